@@ -1,0 +1,26 @@
+"""Exceptions that mean "the user asked for something that cannot work".
+
+Every `NstError` message is one line that names the problem and how to fix it;
+`main.py` and `convert_weights.py` print it and exit non-zero without a
+traceback. Anything else that escapes is a bug and keeps its traceback.
+"""
+
+
+class NstError(Exception):
+  """A user error: bad input, missing file, mismatched weights, bad setting."""
+
+
+class ConfigError(NstError, ValueError):
+  """A setting is out of range or names something that does not exist."""
+
+
+class ImageError(NstError):
+  """An image file cannot be read or written."""
+
+
+class WeightsError(NstError):
+  """A weights file is missing, malformed, or does not fit the network."""
+
+
+class DownloadError(WeightsError):
+  """Fetching the published weights failed (offline, HTTP error, bad hash)."""

@@ -1,0 +1,204 @@
+"""Pixels: the weights' input conventions, and the only image file I/O.
+
+Two layers, kept apart:
+  * array -> array math: `preprocess` maps RGB in [0, 1] to the network's input
+    space for a given `InputConvention`, and `deprocess` is its exact inverse.
+  * path <-> array I/O: `load_image` reads any Pillow-readable file into RGB
+    float32 [H, W, 3] in [0, 1] (optionally resized), and `save_image` writes
+    one atomically.
+"""
+
+from collections.abc import Callable
+import dataclasses
+import os
+from pathlib import Path
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+from PIL import ImageOps
+from PIL import UnidentifiedImageError
+
+from nst_jax import errors
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConvention:
+  """How a set of weights expects its input pixels.
+
+  network_input = (channels(rgb) * scale - mean) / std, where `channels`
+  reverses RGB to BGR when `bgr` is set and `mean`, `std` are in the network's
+  channel order and scale.
+  """
+
+  name: str
+  bgr: bool
+  scale: float
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+
+
+# The Oxford Caffe VGG models (and Keras' conversion of them): BGR, 0..255,
+# minus the ImageNet mean pixel (B, G, R) from the VGG authors' model card,
+# https://gist.github.com/ksimonyan/3785162f95cd2d5fee77 ("mean pixel").
+CAFFE = InputConvention(
+  name='caffe',
+  bgr=True,
+  scale=255.0,
+  mean=(103.939, 116.779, 123.68),
+  std=(1.0, 1.0, 1.0),
+)
+# torchvision's ImageNet models: RGB in [0, 1], normalised per channel with
+# the statistics from torchvision.models' documentation.
+TORCHVISION = InputConvention(
+  name='torchvision',
+  bgr=False,
+  scale=1.0,
+  mean=(0.485, 0.456, 0.406),
+  std=(0.229, 0.224, 0.225),
+)
+CONVENTIONS = {c.name: c for c in (CAFFE, TORCHVISION)}
+
+# Largest pixel count Pillow opens without a flag; its own default guard
+# against decompression bombs.
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
+def get_convention(name: str) -> InputConvention:
+  """Looks up a convention by name ('caffe' or 'torchvision')."""
+  try:
+    return CONVENTIONS[name]
+  except KeyError:
+    raise errors.ConfigError(
+      f'unknown input convention {name!r}; use one of {sorted(CONVENTIONS)}'
+    ) from None
+
+
+def _stats(convention: InputConvention) -> tuple[jax.Array, jax.Array]:
+  # Rank 4 so that they meet [N, H, W, 3] without rank promotion.
+  mean = jnp.asarray(convention.mean, jnp.float32).reshape(1, 1, 1, 3)
+  std = jnp.asarray(convention.std, jnp.float32).reshape(1, 1, 1, 3)
+  return mean, std
+
+
+def preprocess(rgb: jax.typing.ArrayLike, convention: InputConvention) -> jax.Array:
+  """RGB in [0, 1] -> the network's input space.
+
+  Args:
+    rgb: [N, H, W, 3] RGB, nominally in [0, 1] (values outside are allowed and
+      map affinely).
+    convention: how the weights expect their input.
+
+  Returns:
+    [N, H, W, 3] float32: `(channels(rgb) * scale - mean) / std`.
+  """
+  x = jnp.asarray(rgb, jnp.float32)
+  if x.ndim != 4 or x.shape[-1] != 3:
+    raise ValueError(f'expected [N, H, W, 3] RGB, got shape {x.shape}')
+  if convention.bgr:
+    x = x[..., ::-1]
+  mean, std = _stats(convention)
+  return (x * convention.scale - mean) / std
+
+
+def deprocess(x: jax.typing.ArrayLike, convention: InputConvention) -> jax.Array:
+  """The network's input space -> RGB; the exact inverse of `preprocess`.
+
+  Args:
+    x: [N, H, W, 3] in the convention's space.
+    convention: the convention `x` is in.
+
+  Returns:
+    [N, H, W, 3] float32 RGB, not clipped (clip when saving).
+  """
+  x = jnp.asarray(x, jnp.float32)
+  mean, std = _stats(convention)
+  rgb = (x * std + mean) / convention.scale
+  if convention.bgr:
+    rgb = rgb[..., ::-1]
+  return rgb
+
+
+def resized_height(width: int, height: int, new_width: int) -> int:
+  """Height that keeps the aspect ratio of a width x height image at new_width."""
+  return max(1, round(height * new_width / width))
+
+
+def load_image(path: str | os.PathLike, width: int | None = None) -> np.ndarray:
+  """Reads an image file as RGB float32 in [0, 1].
+
+  EXIF orientation is applied, so a photo shows the way its camera meant.
+  Grayscale and palette images become RGB; alpha is dropped (composited on
+  nothing: the colour channels are kept as stored).
+
+  Args:
+    path: any format Pillow reads.
+    width: if given, resize (Lanczos) to this width, keeping the aspect ratio.
+
+  Returns:
+    [H, W, 3] float32 numpy array in [0, 1].
+
+  Raises:
+    ImageError: the file is missing, not an image, or truncated.
+  """
+  path = Path(path)
+  if not path.is_file():
+    what = 'is a directory' if path.is_dir() else 'does not exist'
+    raise errors.ImageError(f'image {path} {what}; pass the path of an image file')
+  try:
+    with Image.open(path) as im:
+      im = ImageOps.exif_transpose(im)
+      im = im.convert('RGB')
+      if width is not None and width != im.width:
+        im = im.resize(
+          (width, resized_height(im.width, im.height, width)),
+          Image.Resampling.LANCZOS,
+        )
+      return np.asarray(im, np.float32) / 255.0
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    raise errors.ImageError(
+      f'cannot read image {path}: {e}; pass a valid PNG, JPEG or other image'
+    ) from None
+
+
+def to_uint8(rgb: np.ndarray) -> np.ndarray:
+  """[H, W, 3] float RGB -> uint8, clipped to [0, 1] and rounded."""
+  return np.round(np.clip(np.asarray(rgb, np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+  """Calls write(tmp) on a temporary file beside `path`, then renames it.
+
+  A reader never sees a half-written `path`, and a failed write leaves any
+  existing `path` untouched.
+  """
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+  os.close(fd)
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def image_format(path: str | os.PathLike) -> str:
+  """Pillow's format name for a file name's suffix (.png -> 'PNG')."""
+  fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+  if fmt is None:
+    raise errors.ImageError(f'cannot tell the image format of {path}; end the name in .png or .jpg')
+  return fmt
+
+
+def save_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
+  """Writes [H, W, 3] RGB in [0, 1] as an 8-bit image, atomically.
+
+  The format follows the suffix (.png, .jpg, ...), as Pillow decides.
+  """
+  fmt = image_format(path)
+  image = Image.fromarray(to_uint8(rgb))
+  atomic_write(path, lambda tmp: image.save(tmp, format=fmt))

@@ -1,0 +1,613 @@
+"""VGG-19 weight files: detect, convert, save, load and fetch.
+
+Sources (see README "Weights"):
+  * Keras `vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5`, the Oxford
+    Caffe weights (the default: what the classic style transfer tools use).
+    HDF5: the root attribute `layer_names` lists the layers; each layer group's
+    attribute `weight_names` lists its datasets in order (kernel
+    [kH, kW, in, out], then bias). Input convention: Caffe (BGR, 0..255, mean).
+  * torchvision `vgg19-dcbb9e9d.pth` state dict, or the same keys in a
+    `.safetensors` file: `features.{i}.weight` [out, in, kH, kW] and
+    `features.{i}.bias`. Input convention: torchvision (RGB, mean/std), unless
+    overridden (jcjohnson's Caffe conversion `vgg19-d01eb7cb.pth` has
+    torchvision's keys and the Caffe convention).
+
+All of them are converted to one `.npz` (no pickles) with flat keys
+`conv1_1/kernel` [3, 3, in, out] and `conv1_1/bias` [out], plus `__meta__/*`
+strings recording where the weights came from and the input convention, which
+decides the preprocessing. Loading checks every key and shape against the
+model.
+"""
+
+from collections.abc import Callable, Mapping
+import dataclasses
+import hashlib
+import http.client
+import os
+from pathlib import Path
+import re
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nst_jax import errors
+from nst_jax import image as image_lib
+from nst_jax import vgg
+
+# The Keras Applications notop file: the original Oxford VGG-19 Caffe weights
+# (conv layers only), converted by Keras' authors. URL and MD5 as published in
+# keras/src/applications/vgg19.py (WEIGHTS_PATH_NO_TOP, file_hash).
+KERAS_URL = (
+  'https://storage.googleapis.com/tensorflow/keras-applications/vgg19/'
+  'vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5'
+)
+KERAS_FILENAME = 'vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5'
+KERAS_MD5 = '253f8cb515780f3b799900260a226db6'
+# torchvision's ImageNet VGG-19 (torchvision.models.VGG19_Weights.IMAGENET1K_V1).
+TORCHVISION_URL = 'https://download.pytorch.org/models/vgg19-dcbb9e9d.pth'
+
+# Where the converted weights live unless told otherwise: <project>/weights/.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_WEIGHTS_PATH = PROJECT_ROOT / 'weights' / 'vgg19.npz'
+WEIGHTS_ENV = 'NST_JAX_WEIGHTS'
+
+# Indices of the conv layers in torchvision's `vgg19().features` Sequential
+# (conv, relu, conv, relu, pool, ...), in network order.
+TORCHVISION_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
+# Keras names the fully connected layers of the "top" file like this; they are
+# dropped, since style transfer only uses the convolutional trunk.
+KERAS_FC_LAYERS = ('fc1', 'fc2', 'predictions', 'flatten')
+
+META_PREFIX = '__meta__/'
+FORMAT_VERSION = '1'
+
+_HDF5_MAGIC = b'\x89HDF\r\n\x1a\n'
+_ZIP_MAGIC = b'PK\x03\x04'
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsInfo:
+  """Where a set of weights came from and how it expects its input.
+
+  Attributes:
+    source: file name of the published file they were converted from.
+    source_sha256: SHA-256 of that file, computed at conversion.
+    source_format: 'keras_h5', 'torch_pth' or 'safetensors'.
+    convention: input convention name ('caffe' or 'torchvision').
+  """
+
+  source: str
+  source_sha256: str
+  source_format: str
+  convention: str
+
+  @property
+  def input_convention(self) -> image_lib.InputConvention:
+    return image_lib.get_convention(self.convention)
+
+
+@dataclasses.dataclass(frozen=True)
+class Weights:
+  """Loaded VGG-19 parameters and their provenance.
+
+  Attributes:
+    params: Flax params pytree, `{'conv1_1': {'kernel': [3,3,3,64], 'bias':
+      [64]}, ...}`, float32 jax arrays.
+    info: provenance and input convention.
+  """
+
+  params: Mapping[str, Mapping[str, jax.Array]]
+  info: WeightsInfo
+
+
+def expected_shapes(
+  stage_sizes=vgg.VGG19_STAGE_SIZES, widths=vgg.VGG_WIDTHS
+) -> dict[str, tuple[int, ...]]:
+  """Flat `layer/param` -> shape the model expects, from `jax.eval_shape`."""
+  model = vgg.VGG(stage_sizes=stage_sizes, widths=widths)
+  abstract = jax.eval_shape(
+    model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  )
+  flat = flax.traverse_util.flatten_dict(abstract['params'], sep='/')
+  return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def check_params(flat: Mapping[str, np.ndarray], source: str) -> None:
+  """Raises WeightsError naming missing, unexpected and mis-shaped layers."""
+  want = expected_shapes()
+  missing = sorted(set(want) - set(flat))
+  extra = sorted(set(flat) - set(want))
+  wrong = [
+    f'{k} has shape {tuple(flat[k].shape)}, expected {want[k]}'
+    for k in want
+    if k in flat and tuple(flat[k].shape) != want[k]
+  ]
+  problems = []
+  if missing:
+    problems.append('missing ' + ', '.join(missing))
+  if extra:
+    problems.append('unexpected ' + ', '.join(extra))
+  problems += wrong
+  if problems:
+    raise errors.WeightsError(
+      f'{source} does not fit VGG-19: {"; ".join(problems)}; '
+      'convert the published VGG-19 file with convert_weights.py'
+    )
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = 'sha256') -> str:
+  """Hex digest of a file, read in 1 MiB chunks."""
+  digest = hashlib.new(algorithm)
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# Reading the published formats.
+
+
+def detect_format(path: str | os.PathLike) -> str:
+  """Tells a weights file's format from its first bytes, not its name.
+
+  Returns:
+    'keras_h5', 'torch_pth' (zip or legacy pickle container), 'safetensors'
+    or 'npz'.
+
+  Raises:
+    WeightsError: none of those.
+  """
+  path = Path(path)
+  if not path.is_file():
+    raise errors.WeightsError(f'weights file {path} does not exist')
+  with open(path, 'rb') as f:
+    head = f.read(16)
+  size = path.stat().st_size
+  if head.startswith(_HDF5_MAGIC):
+    return 'keras_h5'
+  if head.startswith(_ZIP_MAGIC):
+    try:
+      with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    except zipfile.BadZipFile:
+      names = []
+    if any(n.endswith('data.pkl') for n in names):
+      return 'torch_pth'
+    if names and all(n.endswith('.npy') for n in names):
+      return 'npz'
+  # torch.save's legacy (pre-1.6) format is a raw pickle, protocol 2.
+  if head[:1] == b'\x80' and head[1:2] in (b'\x02', b'\x03', b'\x04', b'\x05'):
+    return 'torch_pth'
+  # safetensors: little-endian u64 header length, then a JSON object.
+  if len(head) >= 9 and head[8:9] == b'{':
+    header_len = int.from_bytes(head[:8], 'little')
+    if 0 < header_len <= size - 8:
+      return 'safetensors'
+  raise errors.WeightsError(
+    f'{path} is not a Keras .h5, PyTorch .pth or .safetensors weights file '
+    f'(first bytes {head[:8]!r}); download the published file again'
+  )
+
+
+def _keras_layer_name(name: str) -> str | None:
+  """'block4_conv2' -> 'conv4_2'; None for names that are not VGG-19 convs."""
+  m = re.fullmatch(r'block(\d+)_conv(\d+)', name)
+  paper = f'conv{m[1]}_{m[2]}' if m else None
+  return paper if paper in vgg.conv_names(vgg.VGG19_STAGE_SIZES) else None
+
+
+def _read_keras_h5(path: Path) -> dict[str, np.ndarray]:
+  import h5py  # pylint: disable=g-import-not-at-top  # only needed here
+
+  flat = {}
+  try:
+    f = h5py.File(path, 'r')
+  except OSError as e:
+    raise errors.WeightsError(f'{path} is not a readable HDF5 file ({e})') from None
+  with f:
+    # Keras' save_weights puts the layers at the root; model.save under
+    # 'model_weights'. Both carry the `layer_names` attribute.
+    root = f['model_weights'] if 'model_weights' in f else f
+    if 'layer_names' not in root.attrs:
+      raise errors.WeightsError(
+        f'{path} is HDF5 but not a Keras weights file (no layer_names attribute)'
+      )
+    for raw in root.attrs['layer_names']:
+      layer = raw.decode() if isinstance(raw, bytes) else str(raw)
+      group = root[layer]
+      weight_names = [
+        w.decode() if isinstance(w, bytes) else str(w) for w in group.attrs.get('weight_names', [])
+      ]
+      if not weight_names:
+        continue  # input, pooling and flatten layers have no weights
+      name = _keras_layer_name(layer)
+      if name is None:
+        if layer in KERAS_FC_LAYERS:
+          continue
+        raise errors.WeightsError(
+          f'{path}: unexpected layer {layer!r} with weights; '
+          'expected the VGG-19 layers block1_conv1 ... block5_conv4'
+        )
+      arrays = [np.asarray(group[w]) for w in weight_names]
+      if len(arrays) != 2 or arrays[0].ndim != 4 or arrays[1].ndim != 1:
+        raise errors.WeightsError(
+          f'{path}: layer {layer} holds {[a.shape for a in arrays]}, '
+          'expected a 4-D kernel and a 1-D bias'
+        )
+      # Keras 'tf' ordering is already [kH, kW, in, out] (HWIO), as Flax wants.
+      flat[f'{name}/kernel'], flat[f'{name}/bias'] = arrays
+  return flat
+
+
+def _from_torch_keys(state: Mapping[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
+  names = vgg.conv_names(vgg.VGG19_STAGE_SIZES)
+  by_index = dict(zip(TORCHVISION_CONV_INDICES, names, strict=True))
+  flat = {}
+  unexpected = []
+  for key, value in state.items():
+    if key.startswith('classifier.'):
+      continue  # fully connected layers: not used for style transfer
+    m = re.fullmatch(r'features\.(\d+)\.(weight|bias)', key)
+    if not m or int(m[1]) not in by_index:
+      unexpected.append(key)
+      continue
+    name = by_index[int(m[1])]
+    value = np.asarray(value, np.float32)
+    if m[2] == 'weight':
+      if value.ndim != 4:
+        raise errors.WeightsError(
+          f'{path}: {key} has shape {value.shape}, expected [out, in, 3, 3]'
+        )
+      # [outC, inC, kH, kW] -> [kH, kW, inC, outC]
+      flat[f'{name}/kernel'] = value.transpose(2, 3, 1, 0)
+    else:
+      flat[f'{name}/bias'] = value
+  if unexpected:
+    raise errors.WeightsError(
+      f'{path}: unexpected keys {", ".join(sorted(unexpected)[:8])}; '
+      'expected torchvision VGG-19 keys features.0.weight ... features.34.bias'
+    )
+  return flat
+
+
+def _read_torch_pth(path: Path) -> dict[str, np.ndarray]:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top  # optional dependency
+  except ImportError:
+    raise errors.WeightsError(
+      f'reading {path} (a PyTorch file) needs PyTorch: pip install torch, '
+      'or save its state dict as .safetensors'
+    ) from None
+  try:
+    # weights_only: tensors and containers only; never runs pickled code.
+    state = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # torch raises many types for bad files
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise errors.WeightsError(f'{path}: cannot load as a PyTorch state dict ({first})') from None
+  if isinstance(state, Mapping) and 'state_dict' in state:
+    state = state['state_dict']
+  if not isinstance(state, Mapping):
+    raise errors.WeightsError(f'{path} holds a {type(state).__name__}, not a state dict')
+  return _from_torch_keys({k: v.detach().float().numpy() for k, v in state.items()}, path)
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+  from safetensors import SafetensorError  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+
+  try:
+    state = load_file(path)
+  except (SafetensorError, ValueError, OSError) as e:
+    raise errors.WeightsError(f'{path}: not a readable safetensors file ({e})') from None
+  return _from_torch_keys(state, path)
+
+
+_READERS: dict[str, tuple[Callable[[Path], dict[str, np.ndarray]], str]] = {
+  'keras_h5': (_read_keras_h5, image_lib.CAFFE.name),
+  'torch_pth': (_read_torch_pth, image_lib.TORCHVISION.name),
+  'safetensors': (_read_safetensors, image_lib.TORCHVISION.name),
+}
+
+
+def convert(
+  path: str | os.PathLike, *, convention: str | None = None
+) -> tuple[dict[str, np.ndarray], WeightsInfo]:
+  """Reads a published weights file into flat float32 arrays.
+
+  Args:
+    path: Keras .h5, torchvision .pth or .safetensors (format from content).
+    convention: override of the input convention the layout implies; 'caffe'
+      for Caffe conversions saved with torchvision's keys (vgg19-d01eb7cb.pth).
+
+  Returns:
+    (flat, info): `flat` maps `conv1_1/kernel` etc. to float32 numpy arrays,
+    checked against the model; fully connected layers are dropped.
+  """
+  path = Path(path)
+  fmt = detect_format(path)
+  if fmt == 'npz':
+    raise errors.WeightsError(f'{path} is already a converted .npz; pass it with --weights instead')
+  reader, implied = _READERS[fmt]
+  if convention is not None:
+    image_lib.get_convention(convention)  # validates the name
+  flat = {k: np.ascontiguousarray(v, np.float32) for k, v in reader(path).items()}
+  check_params(flat, str(path))
+  info = WeightsInfo(
+    source=path.name,
+    source_sha256=file_digest(path),
+    source_format=fmt,
+    convention=convention or implied,
+  )
+  return flat, info
+
+
+# ---------------------------------------------------------------------------
+# The converted .npz.
+
+
+def save_npz(path: str | os.PathLike, flat: Mapping[str, np.ndarray], info: WeightsInfo) -> None:
+  """Writes converted weights (and their metadata) atomically, without pickles."""
+  arrays = dict(flat)
+  for field in dataclasses.fields(WeightsInfo):
+    arrays[META_PREFIX + field.name] = np.array(getattr(info, field.name))
+  arrays[META_PREFIX + 'format_version'] = np.array(FORMAT_VERSION)
+
+  def write(tmp: str) -> None:
+    with open(tmp, 'wb') as f:
+      np.savez(f, allow_pickle=False, **arrays)
+
+  image_lib.atomic_write(path, write)
+
+
+def load_weights(path: str | os.PathLike | None = None) -> Weights:
+  """Loads converted weights, checking every key and shape.
+
+  Args:
+    path: a converted `.npz`; None resolves as `resolve_weights_path`.
+
+  Returns:
+    Weights with float32 params on the default device.
+
+  Raises:
+    WeightsError: missing file, a pickle, a wrong key or shape, no metadata.
+  """
+  path = resolve_weights_path(path)
+  if not path.is_file():
+    raise errors.WeightsError(
+      f'weights file {path} does not exist; run: python convert_weights.py '
+      f'--download --output {path}'
+    )
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      contents = {k: npz[k] for k in npz.files}
+  except ValueError as e:
+    raise errors.WeightsError(
+      f'{path} cannot be loaded safely ({e}); it may hold a pickle. Rebuild it '
+      'with convert_weights.py'
+    ) from None
+  except (OSError, zipfile.BadZipFile, EOFError) as e:
+    raise errors.WeightsError(
+      f'{path} is not a valid .npz ({e}); rebuild it with convert_weights.py'
+    ) from None
+  meta = {k[len(META_PREFIX) :]: str(v) for k, v in contents.items() if k.startswith(META_PREFIX)}
+  flat = {k: v for k, v in contents.items() if not k.startswith(META_PREFIX)}
+  fields = [f.name for f in dataclasses.fields(WeightsInfo)]
+  absent = [name for name in fields if name not in meta]
+  if absent:
+    raise errors.WeightsError(
+      f'{path} lacks metadata ({", ".join(absent)}); convert the published '
+      'file with convert_weights.py'
+    )
+  check_params(flat, str(path))
+  info = WeightsInfo(**{name: meta[name] for name in fields})
+  info.input_convention  # validates the convention name  # noqa: B018
+  params = flax.traverse_util.unflatten_dict(
+    {k: jnp.asarray(v, jnp.float32) for k, v in flat.items()}, sep='/'
+  )
+  return Weights(params=params, info=info)
+
+
+def resolve_weights_path(path: str | os.PathLike | None = None) -> Path:
+  """An explicit path, else $NST_JAX_WEIGHTS, else <project>/weights/vgg19.npz."""
+  if path is not None:
+    return Path(path)
+  env = os.environ.get(WEIGHTS_ENV)
+  return Path(env) if env else DEFAULT_WEIGHTS_PATH
+
+
+# ---------------------------------------------------------------------------
+# Fetching the published file.
+
+
+def _format_bytes(n: float) -> str:
+  return f'{n / 1e6:.1f} MB'
+
+
+class _Progress:
+  """Bytes, rate and ETA on stderr: a redrawn line on a terminal, else every 10%."""
+
+  def __init__(self, label: str, total: int | None, start: int, stream=None):
+    self.stream = stream or sys.stderr
+    self.label, self.total, self.start = label, total, start
+    self.t0 = time.monotonic()
+    self.tty = self.stream.isatty()
+    self.last_decile = -1
+    self.last_draw = 0.0
+
+  def update(self, done: int, final: bool = False) -> None:
+    now = time.monotonic()
+    rate = (done - self.start) / max(now - self.t0, 1e-9)
+    if self.total:
+      eta = (self.total - done) / rate if rate > 0 else float('inf')
+      msg = (
+        f'{self.label}: {_format_bytes(done)} of {_format_bytes(self.total)}, '
+        f'{_format_bytes(rate)}/s, ETA {eta:.0f} s'
+      )
+      decile = int(10 * done / self.total)
+    else:
+      msg = f'{self.label}: {_format_bytes(done)}, {_format_bytes(rate)}/s'
+      decile = int(done // 10_000_000)
+    if self.tty:
+      if final or now - self.last_draw > 0.2:
+        self.stream.write('\r' + msg + ('\n' if final else ''))
+        self.stream.flush()
+        self.last_draw = now
+    elif final or decile > self.last_decile:
+      self.stream.write(msg + '\n')
+      self.stream.flush()
+      self.last_decile = decile
+
+
+def download(
+  url: str,
+  dest: str | os.PathLike,
+  *,
+  md5: str | None,
+  timeout: float = 10.0,
+  progress: bool = True,
+) -> Path:
+  """Downloads `url` to `dest`, resuming a previous partial download.
+
+  Bytes go to `dest + '.part'`; only a complete file whose MD5 matches is
+  renamed to `dest`, so `dest` never exists half-written or corrupt. An
+  interrupted transfer keeps the `.part` file and the next call resumes it
+  with an HTTP Range request (or restarts if the server ignores ranges). A
+  hash mismatch deletes the `.part`.
+
+  Args:
+    url: http(s) URL.
+    dest: final path.
+    md5: expected MD5 hex digest (the published hash); None skips the check.
+    timeout: seconds to wait for a connection or for data.
+    progress: report bytes, rate and ETA on stderr.
+
+  Returns:
+    dest as a Path.
+
+  Raises:
+    DownloadError: offline, HTTP error, early close, or hash mismatch.
+  """
+  dest = Path(dest)
+  dest.parent.mkdir(parents=True, exist_ok=True)
+  part = dest.with_name(dest.name + '.part')
+  have = part.stat().st_size if part.exists() else 0
+  if urllib.parse.urlparse(url).scheme not in ('http', 'https'):
+    raise errors.DownloadError(f'{url} is not an http(s) URL; pass an http:// or https:// URL')
+  # The scheme is checked just above, so no file: or custom-scheme opens.
+  request = urllib.request.Request(url, headers={'User-Agent': 'nst-jax'})  # noqa: S310
+  if have:
+    request.add_header('Range', f'bytes={have}-')
+  try:
+    response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310
+  except urllib.error.HTTPError as e:
+    if e.code == 416 and have:  # our partial file is not a prefix; start over
+      part.unlink()
+      return download(url, dest, md5=md5, timeout=timeout, progress=progress)
+    raise errors.DownloadError(
+      f'download of {url} failed: HTTP {e.code} {e.reason}; check the URL or try again later'
+    ) from None
+  except (urllib.error.URLError, OSError) as e:
+    reason = getattr(e, 'reason', e)
+    raise errors.DownloadError(
+      f'cannot download {url} ({reason}); on a machine with internet access '
+      f'fetch that file (MD5 {md5}), copy it here and run: python '
+      f'convert_weights.py --input {dest.name}'
+    ) from None
+
+  with response:
+    resumed = response.status == 206
+    if not resumed:
+      have = 0  # the server sent the whole file
+    length = response.headers.get('Content-Length')
+    total = have + int(length) if length is not None else None
+    digest = hashlib.md5()  # noqa: S324  # the published checksum is MD5
+    if resumed:
+      with open(part, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+          digest.update(chunk)
+    meter = _Progress(f'downloading {dest.name}', total, have) if progress else None
+    done = have
+    try:
+      with open(part, 'ab' if resumed else 'wb') as f:
+        while chunk := response.read(1 << 20):
+          f.write(chunk)
+          digest.update(chunk)
+          done += len(chunk)
+          if meter:
+            meter.update(done)
+    except (OSError, http.client.HTTPException) as e:
+      raise errors.DownloadError(
+        f'download of {url} stopped at {_format_bytes(done)} ({e}); run again to resume'
+      ) from None
+    if meter:
+      meter.update(done, final=True)
+  if total is not None and done < total:
+    raise errors.DownloadError(
+      f'download of {url} stopped at {done} of {total} bytes; run again to resume'
+    )
+  if md5 is not None and digest.hexdigest() != md5:
+    part.unlink()
+    raise errors.DownloadError(
+      f'{url} has MD5 {digest.hexdigest()}, expected {md5}; the download was '
+      'corrupt and has been deleted, run again'
+    )
+  os.replace(part, dest)
+  return dest
+
+
+def fetch_and_convert(
+  output: str | os.PathLike,
+  *,
+  url: str = KERAS_URL,
+  md5: str | None = KERAS_MD5,
+  timeout: float = 10.0,
+  progress: bool = True,
+) -> Path:
+  """Downloads the published Keras file beside `output` and converts it.
+
+  A previously downloaded file with the right MD5 is reused, so a failed
+  conversion never needs a second download.
+
+  Returns:
+    output as a Path.
+  """
+  output = Path(output)
+  raw = output.parent / (Path(urllib.parse.urlparse(url).path).name or KERAS_FILENAME)
+  if not (raw.is_file() and (md5 is None or file_digest(raw, 'md5') == md5)):
+    download(url, raw, md5=md5, timeout=timeout, progress=progress)
+  flat, info = convert(raw)
+  save_npz(output, flat, info)
+  return output
+
+
+def get_weights(path: str | os.PathLike | None = None, *, progress: bool = True) -> Weights:
+  """Loads weights, downloading and converting them on first use.
+
+  Only the default location is filled automatically; an explicit path (or
+  $NST_JAX_WEIGHTS) that does not exist is an error, so a typo never triggers
+  an 80 MB download.
+  """
+  resolved = resolve_weights_path(path)
+  if not resolved.exists() and path is None and WEIGHTS_ENV not in os.environ:
+    print(
+      f'no weights at {resolved}; fetching the VGG-19 weights (about 80 MB, once)',
+      file=sys.stderr,
+    )
+    fetch_and_convert(resolved, progress=progress)
+  return load_weights(resolved)
+
+
+def as_weights(weights: 'Weights | str | os.PathLike | None') -> Weights:
+  """Accepts loaded Weights or a path (None: the default location)."""
+  if isinstance(weights, Weights):
+    return weights
+  return get_weights(weights)
