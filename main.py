@@ -1,0 +1,132 @@
+r"""Neural style transfer (Gatys et al.) on VGG-19, in JAX.
+
+Usage:
+  python main.py -cp content_images/tubingen.jpg -sp style_images/starry_night.jpg \
+      -i 1000 -cw 10 -sw 0.0001 -w 1024
+
+The first run downloads and converts the VGG-19 weights (about 80 MB) into
+weights/vgg19.npz. See README.md for every flag and the loss formulas.
+"""
+
+import math
+import sys
+
+from absl import app
+from absl import flags
+
+import nst_jax
+from nst_jax import config as config_lib
+
+# The seed's options, with their short names.
+flags.DEFINE_string('contentpath', None, 'Content image file.', short_name='cp')
+flags.DEFINE_string('stylepath', None, 'Style image file.', short_name='sp')
+flags.DEFINE_integer('iterations', 1000, 'Number of optimiser iterations.', short_name='i')
+flags.DEFINE_float(
+  'contentweight', 100.0, 'Content weight cw in cw*L_content + sw*L_style.', short_name='cw'
+)
+flags.DEFINE_float(
+  'styleweight', 0.01, 'Style weight sw in cw*L_content + sw*L_style.', short_name='sw'
+)
+flags.DEFINE_integer(
+  'imagewidth',
+  1024,
+  'Output width in pixels; the height keeps the aspect ratio.',
+  short_name='w',
+)
+flags.mark_flags_as_required(['contentpath', 'stylepath'])
+
+flags.DEFINE_string(
+  'output', '', 'Result image; default output/<content>_<style>.png, never replacing a file.'
+)
+flags.DEFINE_string(
+  'weights', None, 'Converted weights .npz; default $NST_JAX_WEIGHTS or weights/vgg19.npz.'
+)
+flags.DEFINE_enum('optimizer', 'lbfgs', list(config_lib.OPTIMIZERS), 'Optimiser.')
+flags.DEFINE_float(
+  'learning_rate', None, 'Adam step size in network input units (default 10); unused by L-BFGS.'
+)
+flags.DEFINE_integer('lbfgs_memory', config_lib.DEFAULT_LBFGS_MEMORY, 'L-BFGS history length.')
+flags.DEFINE_enum(
+  'init', 'content', list(config_lib.INITS), 'Start from the content image or from noise.'
+)
+flags.DEFINE_integer('seed', 0, 'Random seed (used by --init=random).')
+flags.DEFINE_list(
+  'content_layers', list(config_lib.DEFAULT_CONTENT_LAYERS), 'Content layers, comma-separated.'
+)
+flags.DEFINE_list(
+  'style_layers', list(config_lib.DEFAULT_STYLE_LAYERS), 'Style layers, comma-separated.'
+)
+flags.DEFINE_list(
+  'style_layer_weights', None, 'Weight w_l of each style layer, comma-separated (default all 1).'
+)
+flags.DEFINE_enum('pooling', 'max', ['max', 'avg'], 'VGG pooling.')
+flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Network compute dtype.')
+flags.DEFINE_integer('print_iter', 50, 'Log the losses every N iterations (0: only at the end).')
+flags.DEFINE_integer('save_iter', 0, 'Save an intermediate image every N iterations (0: never).')
+
+FLAGS = flags.FLAGS
+
+for _name in ('iterations', 'imagewidth', 'lbfgs_memory'):
+  flags.register_validator(
+    _name, lambda v: v is not None and v > 0, message=f'--{_name} must be a positive integer'
+  )
+for _name in ('print_iter', 'save_iter'):
+  flags.register_validator(_name, lambda v: v >= 0, message=f'--{_name} must be >= 0')
+for _name in ('contentweight', 'styleweight'):
+  flags.register_validator(
+    _name, lambda v: math.isfinite(v) and v >= 0, message=f'--{_name} must be a finite number >= 0'
+  )
+flags.register_validator(
+  'learning_rate',
+  lambda v: v is None or (math.isfinite(v) and v > 0),
+  message='--learning_rate must be a finite number > 0',
+)
+
+
+def _floats(name: str, values: list[str] | None) -> tuple[float, ...] | None:
+  if values is None:
+    return None
+  try:
+    return tuple(float(v) for v in values)
+  except ValueError:
+    raise nst_jax.NstError(f'--{name} must be comma-separated numbers, got {values}') from None
+
+
+def config_from_flags() -> nst_jax.StyleConfig:
+  return nst_jax.StyleConfig(
+    content_path=FLAGS.contentpath,
+    style_path=FLAGS.stylepath,
+    output=FLAGS.output,
+    weights=FLAGS.weights,
+    iterations=FLAGS.iterations,
+    content_weight=FLAGS.contentweight,
+    style_weight=FLAGS.styleweight,
+    width=FLAGS.imagewidth,
+    loss=nst_jax.LossConfig(
+      content_layers=tuple(FLAGS.content_layers),
+      style_layers=tuple(FLAGS.style_layers),
+      style_layer_weights=_floats('style_layer_weights', FLAGS.style_layer_weights),
+    ),
+    optimizer=FLAGS.optimizer,
+    learning_rate=FLAGS.learning_rate,
+    lbfgs_memory=FLAGS.lbfgs_memory,
+    init=FLAGS.init,
+    seed=FLAGS.seed,
+    pooling=FLAGS.pooling,
+    dtype=FLAGS.dtype,
+    print_iter=FLAGS.print_iter,
+    save_iter=FLAGS.save_iter,
+  )
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    nst_jax.run(config_from_flags())
+  except nst_jax.NstError as e:
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,396 @@
+"""Style transfer: targets, optimiser state, the jitted step, and the loop.
+
+The pieces research code imports:
+  * `make_targets(params, content, style, ...)`: content features and style
+    Grams, computed once.
+  * `init_state(image, optimizer)` -> `StyleState(image, opt_state)`.
+  * `update_step(state, params, targets, *, model, optimizer, loss_config)`:
+    one optimiser iteration, a pure module-level function. Jit it where it is
+    called, donating the state:
+
+        step = jax.jit(functools.partial(update_step, model=model,
+                       optimizer=tx, loss_config=loss_cfg), donate_argnums=0)
+
+Images are batch-shaped [N, H, W, 3] throughout. Each image of the batch is
+an independent problem: the step `vmap`s one image's loss and optimiser
+update, so every image keeps its own L-BFGS history and step sizes and gets
+the same result as if run alone.
+
+The optimised variable is the image in the network's input space (for the
+Caffe convention: BGR, 0..255 minus the mean pixel), as in the classic tools,
+so the optimisers' step sizes are in pixel units.
+"""
+
+from collections.abc import Callable, Mapping
+import functools
+import os
+from pathlib import Path
+import time
+from typing import NamedTuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nst_jax import config as config_lib
+from nst_jax import errors
+from nst_jax import image as image_lib
+from nst_jax import losses
+from nst_jax import vgg
+from nst_jax import weights as weights_lib
+
+# Standard deviation of the random init in network space, from
+# jcjohnson/neural-style (`torch.randn(...):mul(0.001)`).
+RANDOM_INIT_STD = 0.001
+DEFAULT_OUTPUT_DIR = 'output'
+
+
+class Targets(NamedTuple):
+  """What the loss compares against, and how much each term counts, per image.
+
+  Attributes:
+    content: content layer -> [N, h, w, c] features of the content images.
+    style: style layer -> [N, C, C] Grams of the style images.
+    content_weight: [N] float32, cw of each image.
+    style_weight: [N] float32, sw of each image.
+  """
+
+  content: Mapping[str, jax.Array]
+  style: Mapping[str, jax.Array]
+  content_weight: jax.Array
+  style_weight: jax.Array
+
+
+class StyleState(NamedTuple):
+  """The optimisation state: donated to and returned by `update_step`.
+
+  Attributes:
+    image: [N, H, W, 3] float32 images in the network's input space.
+    opt_state: the optimiser's state, with a leading [N] axis on every leaf.
+  """
+
+  image: jax.Array
+  opt_state: optax.OptState
+
+
+def make_model(cfg: config_lib.StyleConfig) -> vgg.VGG:
+  """The VGG-19 described by the config (pooling and compute dtype)."""
+  return vgg.VGG19(pooling=cfg.pooling, dtype=vgg.COMPUTE_DTYPES[cfg.dtype])
+
+
+def make_optimizer(cfg: config_lib.StyleConfig) -> optax.GradientTransformationExtraArgs:
+  """The optimiser for `cfg.optimizer`, behind one `update` signature.
+
+  L-BFGS: `optax.lbfgs` with `cfg.lbfgs_memory` pairs and no line search, a
+  unit step after optax's norm-capped first step. This is the classic tools'
+  setting (torch.optim.LBFGS without line_search_fn); optax's default zoom
+  line search costs about 3x per iteration here for no better loss per
+  second (README "Optimizers").
+
+  Adam: `optax.adam(cfg.learning_rate or 10)`, wrapped to accept (and
+  ignore) the `value`, `grad`, `value_fn` arguments L-BFGS takes.
+  """
+  if cfg.optimizer == 'lbfgs':
+    return optax.lbfgs(memory_size=cfg.lbfgs_memory, linesearch=None)
+  lr = cfg.learning_rate or config_lib.DEFAULT_ADAM_LEARNING_RATE
+  return optax.with_extra_args_support(optax.adam(lr))
+
+
+def _features(params, x, *, model: vgg.VGG, layers: tuple[str, ...]):
+  return model.apply({'params': params}, x, layers)
+
+
+def make_targets(
+  params: Mapping[str, Mapping[str, jax.Array]],
+  content: jax.Array,
+  style: jax.Array,
+  *,
+  model: vgg.VGG,
+  loss_config: config_lib.LossConfig,
+  content_weight: jax.typing.ArrayLike,
+  style_weight: jax.typing.ArrayLike,
+) -> Targets:
+  """Content features and style Grams, computed once before optimising.
+
+  Args:
+    params: VGG parameters.
+    content: [N, H, W, 3] content images in network space.
+    style: [N, Hs, Ws, 3] style images in network space (any size).
+    model: the VGG.
+    loss_config: which layers.
+    content_weight: scalar or [N].
+    style_weight: scalar or [N].
+
+  Returns:
+    Targets with leading [N] axes.
+  """
+  n = content.shape[0]
+  content_feats = _features(params, content, model=model, layers=loss_config.content_layers)
+  style_feats = _features(params, style, model=model, layers=loss_config.style_layers)
+  grams = {
+    name: jax.vmap(losses.gram_matrix)(style_feats[name]) for name in loss_config.style_layers
+  }
+  return Targets(
+    content={k: v.astype(jnp.float32) for k, v in content_feats.items()},
+    style=grams,
+    content_weight=jnp.broadcast_to(jnp.asarray(content_weight, jnp.float32), (n,)),
+    style_weight=jnp.broadcast_to(jnp.asarray(style_weight, jnp.float32), (n,)),
+  )
+
+
+def objective(
+  image: jax.Array,
+  params: Mapping[str, Mapping[str, jax.Array]],
+  targets: Targets,
+  *,
+  model: vgg.VGG,
+  loss_config: config_lib.LossConfig,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The loss of one image: cw * L_c + sw * L_s (see `nst_jax.losses`).
+
+  Args:
+    image: [H, W, 3] in network space.
+    params: VGG parameters.
+    targets: one image's targets (no leading batch axis).
+    model: the VGG.
+    loss_config: which layers, and the style layer weights.
+
+  Returns:
+    (total, {'total', 'content', 'style'}) scalars; content and style are the
+    unweighted L_c and L_s.
+  """
+  feats = _features(params, image[None], model=model, layers=loss_config.feature_layers)
+  feats = {k: v[0] for k, v in feats.items()}
+  l_c = losses.content_loss(feats, targets.content, layers=loss_config.content_layers)
+  l_s = losses.style_loss(feats, targets.style, layer_weights=loss_config.layer_weights)
+  total = targets.content_weight * l_c + targets.style_weight * l_s
+  return total, {'total': total, 'content': l_c, 'style': l_s}
+
+
+def init_state(image: jax.Array, optimizer: optax.GradientTransformation) -> StyleState:
+  """A fresh state for [N, H, W, 3] images, one optimiser state per image."""
+  image = jnp.asarray(image, jnp.float32)
+  return StyleState(image=image, opt_state=jax.vmap(optimizer.init)(image))
+
+
+def update_step(
+  state: StyleState,
+  params: Mapping[str, Mapping[str, jax.Array]],
+  targets: Targets,
+  *,
+  model: vgg.VGG,
+  optimizer: optax.GradientTransformationExtraArgs,
+  loss_config: config_lib.LossConfig,
+) -> tuple[StyleState, dict[str, jax.Array]]:
+  """One optimiser iteration on every image of the batch.
+
+  Evaluates the loss and its gradient once per image (L-BFGS without line
+  search and Adam both need exactly one evaluation per iteration) and applies
+  the optimiser's update.
+
+  Args:
+    state: images [N, H, W, 3] and per-image optimiser states.
+    params: VGG parameters (shared by the batch; not donated).
+    targets: per-image targets with leading [N] axes (not donated).
+    model: the VGG (static).
+    optimizer: from `make_optimizer` (static).
+    loss_config: layers and style layer weights (static).
+
+  Returns:
+    (new state, losses): losses maps 'total', 'content', 'style' to [N]
+    float32 values of the images *before* this update.
+  """
+
+  def one_image(image, opt_state, image_targets):
+    value_fn = functools.partial(
+      objective, params=params, targets=image_targets, model=model, loss_config=loss_config
+    )
+    (value, aux), grad = jax.value_and_grad(value_fn, has_aux=True)(image)
+    updates, opt_state = optimizer.update(
+      grad,
+      opt_state,
+      image,
+      value=value,
+      grad=grad,
+      value_fn=lambda x: value_fn(x)[0],
+    )
+    return optax.apply_updates(image, updates), opt_state, aux
+
+  image, opt_state, aux = jax.vmap(one_image)(state.image, state.opt_state, targets)
+  return StyleState(image=image, opt_state=opt_state), aux
+
+
+def initial_image(content: jax.Array, *, init: str, seed: int) -> jax.Array:
+  """The starting image in network space.
+
+  Args:
+    content: [N, H, W, 3] content images in network space.
+    init: 'content' or 'random' (N(0, 0.001^2) in network space: the mean
+      pixel plus faint noise, as in jcjohnson/neural-style).
+    seed: random seed for 'random'.
+  """
+  if init == 'content':
+    return jnp.array(content, jnp.float32)
+  noise = jax.random.normal(jax.random.key(seed), content.shape, jnp.float32)
+  return RANDOM_INIT_STD * noise
+
+
+def _batched(rgb: jax.typing.ArrayLike) -> tuple[jax.Array, bool]:
+  x = jnp.asarray(rgb, jnp.float32)
+  if x.ndim == 3:
+    return x[None], True
+  if x.ndim == 4:
+    return x, False
+  raise ValueError(f'expected an RGB image [H, W, 3] or [N, H, W, 3], got {x.shape}')
+
+
+def is_time(iteration: int, every: int, total: int) -> bool:
+  """True every `every` iterations (1-based) and at the last one; never if every=0."""
+  return every > 0 and (iteration % every == 0 or iteration == total)
+
+
+def stylize(
+  content: jax.typing.ArrayLike,
+  style: jax.typing.ArrayLike,
+  *,
+  config: config_lib.StyleConfig | None = None,
+  weights: 'weights_lib.Weights | str | os.PathLike | None' = None,
+  callback: Callable[[int, np.ndarray], None] | None = None,
+) -> np.ndarray:
+  """Transfers the style of `style` onto `content`.
+
+  The images are used at the size given; `run` does the resizing for files.
+
+  Args:
+    content: RGB in [0, 1], [H, W, 3] or [N, H, W, 3].
+    style: RGB in [0, 1], [Hs, Ws, 3] or [N, Hs, Ws, 3] (any size).
+    config: iterations, weights, layers, optimiser (paths are ignored);
+      None = StyleConfig() defaults.
+    weights: loaded Weights, a path, or None for the default location.
+    callback: called as callback(iteration, rgb) every `config.save_iter`
+      iterations with the current RGB images ([N, H, W, 3], clipped).
+
+  Returns:
+    RGB float32 in [0, 1] with the leading shape of `content`.
+  """
+  config = config or config_lib.StyleConfig()
+  w = weights_lib.as_weights(weights)
+  convention = w.info.input_convention
+  content_b, squeeze = _batched(content)
+  style_b, _ = _batched(style)
+  model = make_model(config)
+  optimizer = make_optimizer(config)
+  loss_config = config.loss
+  content_net = image_lib.preprocess(content_b, convention)
+  targets = jax.jit(make_targets, static_argnames=('model', 'loss_config'))(
+    w.params,
+    content_net,
+    image_lib.preprocess(style_b, convention),
+    model=model,
+    loss_config=loss_config,
+    content_weight=config.content_weight,
+    style_weight=config.style_weight,
+  )
+  state = init_state(initial_image(content_net, init=config.init, seed=config.seed), optimizer)
+  step = jax.jit(
+    functools.partial(update_step, model=model, optimizer=optimizer, loss_config=loss_config),
+    donate_argnums=0,
+  )
+  t0 = time.perf_counter()
+  compiled = step.lower(state, w.params, targets).compile()
+  logging.info('compiled the step in %.1f s', time.perf_counter() - t0)
+
+  def to_rgb(x):
+    return np.clip(np.asarray(image_lib.deprocess(x, convention)), 0.0, 1.0)
+
+  total = config.iterations
+  t_start = time.perf_counter()
+  for it in range(1, total + 1):
+    state, step_losses = compiled(state, w.params, targets)
+    if is_time(it, config.print_iter, total) or it == total:
+      host = jax.device_get(step_losses)
+      if not all(np.all(np.isfinite(v)) for v in host.values()):
+        raise errors.NstError(
+          f'the loss became non-finite at iteration {it}; lower the weights or the learning rate'
+        )
+      elapsed = time.perf_counter() - t_start
+      rate = it / elapsed
+      logging.info(
+        'iteration %d/%d  loss %.5g  content %.5g  style %.5g  %.2f it/s  ETA %.0f s',
+        it,
+        total,
+        float(host['total'].sum()),
+        float(host['content'].sum()),
+        float(host['style'].sum()),
+        rate,
+        (total - it) / rate,
+      )
+    if callback is not None and is_time(it, config.save_iter, total) and it < total:
+      callback(it, to_rgb(state.image))
+  result = to_rgb(state.image)
+  return result[0] if squeeze else result
+
+
+def default_output_path(
+  content_path: str, style_path: str, directory: str = DEFAULT_OUTPUT_DIR
+) -> Path:
+  """output/<content>_<style>.png, with _2, _3 ... added so nothing is replaced."""
+  stem = f'{Path(content_path).stem}_{Path(style_path).stem}'
+  path = Path(directory) / f'{stem}.png'
+  n = 2
+  while path.exists():
+    path = Path(directory) / f'{stem}_{n}.png'
+    n += 1
+  return path
+
+
+def _check_writable(path: Path) -> None:
+  """Fails early if `path` cannot be written; creates nothing."""
+  if path.is_dir():
+    raise errors.NstError(f'output {path} is a directory; name a file such as out.png')
+  image_lib.image_format(path)
+  existing = path.parent
+  while not existing.exists():  # the directories are made only when saving
+    existing = existing.parent
+  if not existing.is_dir():
+    raise errors.NstError(f'{existing} is a file, not a directory; choose another --output')
+  if not os.access(existing, os.W_OK):
+    raise errors.NstError(f'{existing} is not writable; choose another --output')
+
+
+def run(cfg: config_lib.StyleConfig) -> Path:
+  """Reads the images named in `cfg`, stylizes, and writes the result.
+
+  The output is checked for writability before any computation; intermediate
+  images (every `cfg.save_iter`) go beside it as <name>_<iteration>.png.
+  Every file is written atomically.
+
+  Returns:
+    The path written.
+  """
+  output = Path(cfg.output) if cfg.output else default_output_path(cfg.content_path, cfg.style_path)
+  _check_writable(output)
+  content = image_lib.load_image(cfg.content_path, width=cfg.width)
+  style = image_lib.load_image(cfg.style_path, width=cfg.width)
+  w = weights_lib.get_weights(cfg.weights)
+  logging.info(
+    'content %s (%dx%d), style %s, weights %s (%s convention)',
+    cfg.content_path,
+    content.shape[1],
+    content.shape[0],
+    cfg.style_path,
+    w.info.source,
+    w.info.convention,
+  )
+
+  def save_intermediate(iteration: int, rgb: np.ndarray) -> None:
+    path = output.with_name(f'{output.stem}_{iteration:05d}{output.suffix}')
+    image_lib.save_image(path, rgb[0])
+    logging.info('saved %s', path)
+
+  result = stylize(content, style, config=cfg, weights=w, callback=save_intermediate)
+  image_lib.save_image(output, result)
+  logging.info('saved %s', output)
+  return output

@@ -1,0 +1,115 @@
+"""End-to-end tests of main.py, run as a subprocess like a user would."""
+
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from nst_jax import config as config_lib
+from nst_jax.stylize import run
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTENT = ROOT / 'content_images' / 'tubingen.jpg'
+STYLE = ROOT / 'style_images' / 'starry_night.jpg'
+
+
+def _main(*args, cwd, env_weights=None):
+  env = {k: v for k, v in os.environ.items() if k != 'NST_JAX_WEIGHTS'}
+  env['JAX_PLATFORMS'] = 'cpu'
+  if env_weights:
+    env['NST_JAX_WEIGHTS'] = str(env_weights)
+  return subprocess.run(
+    [sys.executable, str(ROOT / 'main.py'), *map(str, args)],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+
+
+def test_seed_command_line_short_forms(tmp_path, caffe_npz):
+  """The documented command, at a test-sized width and iteration count."""
+  r = _main(
+      '-cp', CONTENT, '-sp', STYLE, '-i', 3, '-cw', 10, '-sw', 0.0001, '-w', 48,
+      cwd=tmp_path, env_weights=caffe_npz,
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr
+  out = tmp_path / 'output' / 'tubingen_starry_night.png'
+  with Image.open(out) as im:
+    assert im.size == (48, 36)  # tubingen is 1024x768: the aspect ratio is kept
+  assert 'iteration 3/3' in r.stderr
+  # A second run never replaces the first result.
+  r2 = _main('-cp', CONTENT, '-sp', STYLE, '-i', 1, '-w', 48, cwd=tmp_path, env_weights=caffe_npz)
+  assert r2.returncode == 0, r2.stderr
+  assert (tmp_path / 'output' / 'tubingen_starry_night_2.png').exists()
+
+
+def test_long_forms_output_and_intermediates(tmp_path, caffe_npz):
+  out = tmp_path / 'res' / 'out.png'
+  r = _main(
+      f'--contentpath={CONTENT}', '--stylepath', STYLE, '--iterations=4', '--imagewidth', 40,
+      '--contentweight=5', '--styleweight', '0.1', '--weights', caffe_npz, '--output', out,
+      '--save_iter', 2, '--optimizer', 'adam', '--print_iter', 2,
+      cwd=tmp_path,
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr
+  assert Image.open(out).size == (40, 30)
+  assert (tmp_path / 'res' / 'out_00002.png').exists()
+  assert not (tmp_path / 'res' / 'out_00004.png').exists()  # the last one is the result
+  assert 'iteration 2/4' in r.stderr and 'it/s' in r.stderr and 'ETA' in r.stderr
+
+
+@pytest.mark.parametrize(
+    'args,message',
+    [
+        (['-sp', STYLE], '--contentpath'),
+        (['-cp', CONTENT], '--stylepath'),
+        (['-cp', CONTENT, '-sp', STYLE, '-i', '0'], '--iterations must be a positive integer'),
+        (['-cp', CONTENT, '-sp', STYLE, '-w', '-3'], '--imagewidth must be a positive integer'),
+        (['-cp', CONTENT, '-sp', STYLE, '-cw', '-1'], '--contentweight must be a finite number'),
+        (['-cp', CONTENT, '-sp', STYLE, '-sw', 'nan'], '--styleweight must be a finite number'),
+        (['-cp', CONTENT, '-sp', STYLE, '-sw', 'inf'], '--styleweight must be a finite number'),
+        (['-cp', CONTENT, '-sp', STYLE, '--style_layers', 'relu9_1'], 'unknown layer name'),
+        (['-cp', 'missing.jpg', '-sp', STYLE], 'image missing.jpg does not exist'),
+        (['-cp', CONTENT, '-sp', STYLE, '--output', 'out.xyz'], 'end the name in .png'),
+        (['-cp', CONTENT, '-sp', STYLE, '--weights', 'nope.npz'], 'nope.npz does not exist'),
+    ],
+    ids=[
+        'no-cp', 'no-sp', 'iterations', 'width', 'cw', 'sw-nan', 'sw-inf', 'layer',
+        'missing-image', 'bad-output', 'missing-weights',
+    ],
+)  # fmt: skip
+def test_user_errors_are_one_line(tmp_path, caffe_npz, args, message):
+  r = _main(*args, cwd=tmp_path, env_weights=caffe_npz)
+  assert r.returncode != 0
+  assert message in r.stderr
+  assert 'Traceback' not in r.stderr
+  lines = [line for line in r.stderr.splitlines() if line.strip()]
+  error_lines = [line for line in lines if message in line]
+  assert len(error_lines) == 1, r.stderr
+  assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_same_seed_same_bytes(tmp_path, caffe_npz):
+  rng = np.random.default_rng(0)
+  for name in ('c.png', 's.png'):
+    Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / name)
+  outputs = []
+  for i in range(2):
+    cfg = config_lib.StyleConfig(
+      content_path=str(tmp_path / 'c.png'),
+      style_path=str(tmp_path / 's.png'),
+      output=str(tmp_path / f'o{i}.png'),
+      weights=str(caffe_npz),
+      iterations=5,
+      width=24,
+      init='random',
+      seed=7,
+    )
+    outputs.append(run(cfg).read_bytes())
+  assert outputs[0] == outputs[1]

@@ -1,0 +1,117 @@
+"""Tests for nst_jax.vgg: names, shapes, early stopping, pooling, bfloat16."""
+
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import weight_files
+
+from nst_jax import errors
+from nst_jax import vgg
+
+# A 2-stage, 4/8-channel VGG for fast tests on 16x16 images.
+_VGGTiny = functools.partial(vgg.VGG, stage_sizes=(1, 2), widths=(4, 8))
+
+
+def _tiny_params(seed=0):
+  x = jnp.zeros((1, 16, 16, 3))
+  return _VGGTiny().init(jax.random.key(seed), x)['params']
+
+
+def test_layer_names_follow_the_paper():
+  names = vgg.layer_names(vgg.VGG19_STAGE_SIZES)
+  assert names[:6] == ('conv1_1', 'relu1_1', 'conv1_2', 'relu1_2', 'pool1', 'conv2_1')
+  assert len([n for n in names if n.startswith('conv')]) == 16
+  assert names[-3:] == ('conv5_4', 'relu5_4', 'pool5')
+  assert vgg.conv_names((1, 2)) == ('conv1_1', 'conv2_1', 'conv2_2')
+
+
+def test_params_use_paper_names_and_shapes():
+  params = _tiny_params()
+  shapes = {k: v.shape for k, v in flax.traverse_util.flatten_dict(params, sep='/').items()}
+  assert shapes == {
+    'conv1_1/kernel': (3, 3, 3, 4),
+    'conv1_1/bias': (4,),
+    'conv2_1/kernel': (3, 3, 4, 8),
+    'conv2_1/bias': (8,),
+    'conv2_2/kernel': (3, 3, 8, 8),
+    'conv2_2/bias': (8,),
+  }
+
+
+def test_returns_only_requested_layers_with_shapes():
+  params = _tiny_params()
+  x = jax.random.normal(jax.random.key(1), (2, 16, 15, 3))
+  apply = jax.jit(_VGGTiny().apply, static_argnums=2)
+  out = apply({'params': params}, x, ('relu1_1', 'pool1', 'conv2_2'))
+  assert set(out) == {'relu1_1', 'pool1', 'conv2_2'}
+  assert out['relu1_1'].shape == (2, 16, 15, 4)
+  assert out['pool1'].shape == (2, 8, 7, 4)  # floor at the odd width
+  assert out['conv2_2'].shape == (2, 8, 7, 8)
+  assert float(out['relu1_1'].min()) >= 0.0
+  assert float(out['conv2_2'].min()) < 0.0  # conv outputs are pre-ReLU
+
+
+def test_nothing_computed_past_the_deepest_layer():
+  params = _tiny_params()
+  x = jnp.ones((1, 16, 16, 3))
+  # Parameters of later layers are not even needed...
+  shallow = {'conv1_1': params['conv1_1']}
+  out = _VGGTiny().apply({'params': shallow}, x, ('relu1_1',))
+  assert out['relu1_1'].shape == (1, 16, 16, 4)
+  # ...and no later convolution appears in the computation.
+  jaxpr = jax.make_jaxpr(lambda p: _VGGTiny().apply({'params': p}, x, ('pool1',)))(params)
+  assert str(jaxpr).count('conv_general_dilated') == 1
+
+
+def test_unknown_layer_lists_valid_names():
+  with pytest.raises(errors.ConfigError, match=r'unknown layer name\(s\) relu9_9; valid names'):
+    _VGGTiny().apply({'params': _tiny_params()}, jnp.ones((1, 16, 16, 3)), ('relu9_9',))
+
+
+def test_bad_pooling_is_refused():
+  with pytest.raises(errors.ConfigError, match='pooling must be one of'):
+    vgg.VGG(stage_sizes=(1,), pooling='min').init(jax.random.key(0), jnp.ones((1, 4, 4, 3)))
+
+
+@pytest.mark.parametrize('mode', ['max', 'avg'])
+def test_pool_matches_numpy(mode):
+  x = np.random.default_rng(0).normal(size=(2, 7, 9, 3)).astype(np.float32)
+  got = jax.jit(vgg._pool, static_argnums=1)(x, mode)
+  blocks = x[:, :6, :8].reshape(2, 3, 2, 4, 2, 3)
+  want = blocks.max(axis=(2, 4)) if mode == 'max' else blocks.mean(axis=(2, 4))
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_bfloat16_features_within_derived_tolerance(random_params):
+  """bfloat16 compute agrees with float32 within 3 * u * L.
+
+  u = 2^-8 is bfloat16's unit roundoff. Each conv layer rounds its input, its
+  weights and its output to bfloat16 (accumulating in float32), at most 3u of
+  relative error each; ReLU and pooling are 1-Lipschitz and add none, and
+  He-initialised layers keep errors at roughly their relative size. So after
+  L conv layers the norm-wise relative error is at most about 3uL
+  (0.19 at relu5_1, L=13; 0.012 at relu1_1).
+  """
+  params = flax.traverse_util.unflatten_dict(
+    {
+      f'{n}/{k}': v
+      for n, (kern, b) in random_params.items()
+      for k, v in (('kernel', kern), ('bias', b))
+    },
+    sep='/',
+  )
+  rgb = np.random.default_rng(0).uniform(size=(1, 40, 48, 3)).astype(np.float32)
+  x = jnp.asarray(weight_files.caffe_preprocess(rgb), jnp.float32)
+  layers = ('relu1_1', 'relu2_1', 'relu3_1', 'relu4_2', 'relu5_1')
+  f32 = vgg.VGG19().apply({'params': params}, x, layers)
+  bf16 = vgg.VGG19(dtype=jnp.bfloat16).apply({'params': params}, x, layers)
+  u = 2.0**-8
+  convs_before = {'relu1_1': 1, 'relu2_1': 3, 'relu3_1': 5, 'relu4_2': 10, 'relu5_1': 13}
+  for name in layers:
+    assert bf16[name].dtype == jnp.bfloat16
+    err = weight_files.relative_error(np.asarray(bf16[name], np.float32), f32[name])
+    assert 0 < err < 3 * u * convs_before[name], f'{name}: {err:.3g}'
