@@ -86,6 +86,28 @@ def test_pool_matches_numpy(mode):
   np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def test_max_pool_gradient():
+  # Unique maxima: identical to JAX's own derivative of the reduction.
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 6, 8, 3)), jnp.float32)
+  g = jnp.asarray(np.random.default_rng(2).normal(size=(2, 3, 4, 3)), jnp.float32)
+
+  def plain(v):
+    return v.reshape(2, 3, 2, 4, 2, 3).max(axis=(2, 4))
+
+  _, ours = jax.vjp(lambda v: vgg._pool(v, 'max'), x)
+  _, reference = jax.vjp(plain, x)
+  np.testing.assert_array_equal(ours(g)[0], reference(g)[0])
+  # Ties: the whole gradient goes to the first maximum in raster order.
+  tied = jnp.asarray([[1.0, 5.0], [5.0, 5.0]]).reshape(1, 2, 2, 1)
+  (dx,) = jax.vjp(lambda v: vgg._pool(v, 'max'), tied)[1](jnp.ones((1, 1, 1, 1)))
+  np.testing.assert_array_equal(dx.reshape(2, 2), [[0.0, 1.0], [0.0, 0.0]])
+  # Odd sizes: the dropped row and column get no gradient.
+  odd = jnp.asarray(np.random.default_rng(3).normal(size=(1, 5, 7, 2)), jnp.float32)
+  dx = jax.grad(lambda v: vgg._pool(v, 'max').sum())(odd)
+  assert float(jnp.abs(dx[:, 4, :, :]).sum()) == 0.0 and float(jnp.abs(dx[:, :, 6]).sum()) == 0.0
+  assert float(dx.sum()) == 2 * 3 * 2  # one unit per window
+
+
 def test_bfloat16_features_within_derived_tolerance(random_params):
   """bfloat16 compute agrees with float32 within 3 * u * L.
 
