@@ -85,6 +85,7 @@ def test_step_compiles_once_and_donates_state(optimizer):
 
   step = jax.jit(traced_step, donate_argnums=0)
   state = init_state(content, tx)
+  assert not content.is_deleted()  # init_state copied it
   for _ in range(3):
     old = state
     state, step_losses = step(state, params, targets)
