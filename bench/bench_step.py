@@ -208,7 +208,9 @@ def main():
   parser.add_argument('--optimizers', default='lbfgs,adam')
   parser.add_argument('--iters', type=int, default=5, help='iterations per timed repeat')
   parser.add_argument('--repeats', type=int, default=3, help='timed repeats (median reported)')
-  parser.add_argument('--lbfgs_memory', type=int, default=100)
+  from nst_jax import config as config_lib
+
+  parser.add_argument('--lbfgs_memory', type=int, default=config_lib.DEFAULT_LBFGS_MEMORY)
   parser.add_argument('--json', help='also write the results here')
   parser.add_argument('--one', help=argparse.SUPPRESS)  # internal: SIZE,OPTIMIZER
   args = parser.parse_args()

@@ -602,7 +602,7 @@ def get_weights(path: str | os.PathLike | None = None, *, progress: bool = True)
       f'no weights at {resolved}; fetching the VGG-19 weights (about 80 MB, once)',
       file=sys.stderr,
     )
-    fetch_and_convert(resolved, progress=progress)
+    fetch_and_convert(resolved, url=KERAS_URL, md5=KERAS_MD5, progress=progress)
   return load_weights(resolved)
 
 

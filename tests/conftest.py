@@ -4,7 +4,6 @@ Rank promotion raises, so a [3] mean meeting a [N, H, W, 3] image by accident
 fails loudly instead of broadcasting (equinox's tests do the same).
 """
 
-import os
 from pathlib import Path
 import sys
 
@@ -44,4 +43,3 @@ def caffe_npz(tmp_path_factory, random_params):
 def _no_weights_env(monkeypatch):
   # A developer's $NST_JAX_WEIGHTS must not leak into the tests.
   monkeypatch.delenv(weights_lib.WEIGHTS_ENV, raising=False)
-  os.environ.pop('NST_JAX_WEIGHTS_URL', None)

@@ -403,6 +403,21 @@ def test_offline_fails_fast_with_instructions(tmp_path):
   assert list(tmp_path.iterdir()) == []
 
 
+def test_first_use_downloads_and_converts_at_the_default_path(
+  tmp_path, keras_bytes, monkeypatch, capsys
+):
+  default = tmp_path / 'project' / 'weights' / 'vgg19.npz'
+  monkeypatch.setattr(weights_lib, 'DEFAULT_WEIGHTS_PATH', default)
+  with _serve(keras_bytes) as (url, handler):
+    monkeypatch.setattr(weights_lib, 'KERAS_URL', url)
+    monkeypatch.setattr(weights_lib, 'KERAS_MD5', hashlib.md5(keras_bytes).hexdigest())
+    w = weights_lib.get_weights()
+    again = weights_lib.get_weights()  # now present: no second download
+  assert len(handler.requests) == 1
+  assert default.is_file() and w.info.source_sha256 == again.info.source_sha256
+  assert 'fetching the VGG-19 weights' in capsys.readouterr().err
+
+
 def test_progress_reports_bytes_rate_eta(tmp_path, keras_bytes, capsys):
   with _serve(keras_bytes) as (url, _):
     weights_lib.download(url, tmp_path / 'f.h5', md5=None, progress=True)
