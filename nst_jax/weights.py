@@ -497,7 +497,6 @@ def download(
     DownloadError: offline, HTTP error, early close, or hash mismatch.
   """
   dest = Path(dest)
-  dest.parent.mkdir(parents=True, exist_ok=True)
   part = dest.with_name(dest.name + '.part')
   have = part.stat().st_size if part.exists() else 0
   if urllib.parse.urlparse(url).scheme not in ('http', 'https'):
@@ -519,10 +518,11 @@ def download(
     reason = getattr(e, 'reason', e)
     raise errors.DownloadError(
       f'cannot download {url} ({reason}); on a machine with internet access '
-      f'fetch that file (MD5 {md5}), copy it here and run: python '
-      f'convert_weights.py --input {dest.name}'
+      f'fetch that file (MD5 {md5}), copy it to {dest} and run: python '
+      f'convert_weights.py --input {dest}'
     ) from None
 
+  dest.parent.mkdir(parents=True, exist_ok=True)  # only once the server answers
   with response:
     resumed = response.status == 206
     if not resumed:

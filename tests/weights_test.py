@@ -395,12 +395,13 @@ def test_offline_fails_fast_with_instructions(tmp_path):
   url = f'http://127.0.0.1:{port}/{weights_lib.KERAS_FILENAME}'
   t0 = time.monotonic()
   with pytest.raises(errors.DownloadError) as e:
-    weights_lib.fetch_and_convert(tmp_path / 'v.npz', url=url, progress=False)
+    weights_lib.fetch_and_convert(tmp_path / 'weights' / 'v.npz', url=url, progress=False)
   assert time.monotonic() - t0 < 5
   msg = _one_line(e)
   assert url in msg and weights_lib.KERAS_MD5 in msg
-  assert f'python convert_weights.py --input {weights_lib.KERAS_FILENAME}' in msg
-  assert list(tmp_path.iterdir()) == []
+  raw = tmp_path / 'weights' / weights_lib.KERAS_FILENAME
+  assert f'copy it to {raw} and run: python convert_weights.py --input {raw}' in msg
+  assert list(tmp_path.iterdir()) == []  # not even the weights/ directory
 
 
 def test_first_use_downloads_and_converts_at_the_default_path(
