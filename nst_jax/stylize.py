@@ -117,7 +117,8 @@ def make_targets(
   Args:
     params: VGG parameters.
     content: [N, H, W, 3] content images in network space.
-    style: [N, Hs, Ws, 3] style images in network space (any size).
+    style: [N, Hs, Ws, 3] style images in network space (any size), or
+      [1, Hs, Ws, 3] for one style shared by the whole batch.
     model: the VGG.
     loss_config: which layers.
     content_weight: scalar or [N].
@@ -127,11 +128,14 @@ def make_targets(
     Targets with leading [N] axes.
   """
   n = content.shape[0]
+  if style.shape[0] not in (1, n):
+    raise ValueError(f'{style.shape[0]} style images for {n} content images; give 1 or {n}')
   content_feats = _features(params, content, model=model, layers=loss_config.content_layers)
   style_feats = _features(params, style, model=model, layers=loss_config.style_layers)
-  grams = {
-    name: jax.vmap(losses.gram_matrix)(style_feats[name]) for name in loss_config.style_layers
-  }
+  grams = {}
+  for name in loss_config.style_layers:
+    gram = jax.vmap(losses.gram_matrix)(style_feats[name])  # [1 or N, C, C]
+    grams[name] = jnp.broadcast_to(gram, (n, *gram.shape[1:]))
   return Targets(
     content={k: v.astype(jnp.float32) for k, v in content_feats.items()},
     style=grams,

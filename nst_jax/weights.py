@@ -21,6 +21,7 @@ model.
 
 from collections.abc import Callable, Mapping
 import dataclasses
+import functools
 import hashlib
 import http.client
 import os
@@ -108,6 +109,7 @@ class Weights:
   info: WeightsInfo
 
 
+@functools.cache
 def expected_shapes(
   stage_sizes=vgg.VGG19_STAGE_SIZES, widths=vgg.VGG_WIDTHS
 ) -> dict[str, tuple[int, ...]]:

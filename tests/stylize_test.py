@@ -57,6 +57,22 @@ def test_targets_shapes_and_values():
   np.testing.assert_allclose(targets.content['relu2_2'], feats['relu2_2'], rtol=1e-6)
 
 
+def test_one_style_is_shared_by_a_batch():
+  model, params, content, _ = _problem(n=3)
+  style = jnp.asarray(np.random.default_rng(1).normal(0, 50, (1, 12, 20, 3)), jnp.float32)
+  targets = make_targets(
+    params, content, style, model=model, loss_config=TINY_LOSS, content_weight=1, style_weight=2
+  )
+  chex.assert_shape(targets.style['relu2_1'], (3, 8, 8))
+  np.testing.assert_array_equal(targets.style['relu2_1'][0], targets.style['relu2_1'][2])
+  np.testing.assert_array_equal(targets.style_weight, [2.0, 2.0, 2.0])
+  with pytest.raises(ValueError, match='2 style images for 3 content images'):
+    make_targets(
+      params, content, jnp.concatenate([style, style]), model=model, loss_config=TINY_LOSS,
+      content_weight=1, style_weight=1,
+    )  # fmt: skip
+
+
 def test_objective_is_zero_at_the_targets_and_matches_formula():
   model, params, content, targets = _problem()
   one = jax.tree.map(lambda x: x[0], targets)

@@ -225,23 +225,25 @@ def test_unexpected_layers(tmp_path, random_params):
   assert "unexpected layer 'block6_conv1'" in _one_line(e)
 
 
-def test_npz_with_extra_key_is_refused(tmp_path, caffe_npz):
-  with np.load(caffe_npz) as npz:
+def _tampered_npz(source, dest, **changes):
+  """A copy of a converted .npz with some arrays added or replaced."""
+  with np.load(source) as npz:
     arrays = {k: npz[k] for k in npz.files}
-  arrays['conv6_1/kernel'] = np.zeros(3, np.float32)
-  bad = tmp_path / 'extra.npz'
-  np.savez(bad, **arrays)
+  np.savez(dest, allow_pickle=True, **{**arrays, **changes})
+  return dest
+
+
+def test_npz_with_extra_key_is_refused(tmp_path, caffe_npz):
+  extra = {'conv6_1/kernel': np.zeros(3, np.float32)}
+  bad = _tampered_npz(caffe_npz, tmp_path / 'extra.npz', **extra)
   with pytest.raises(errors.WeightsError) as e:
     weights_lib.load_weights(bad)
   assert 'unexpected conv6_1/kernel' in _one_line(e)
 
 
 def test_npz_holding_a_pickle_is_refused(tmp_path, caffe_npz):
-  with np.load(caffe_npz) as npz:
-    arrays = {k: npz[k] for k in npz.files}
-  arrays['conv1_1/kernel'] = np.array([{'evil': 1}], dtype=object)
-  bad = tmp_path / 'pickled.npz'
-  np.savez(bad, allow_pickle=True, **arrays)
+  pickled = {'conv1_1/kernel': np.array([{'evil': 1}], dtype=object)}
+  bad = _tampered_npz(caffe_npz, tmp_path / 'pickled.npz', **pickled)
   with pytest.raises(errors.WeightsError) as e:
     weights_lib.load_weights(bad)
   assert 'cannot be loaded safely' in _one_line(e)
