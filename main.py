@@ -16,6 +16,7 @@ from absl import flags
 
 import nst_jax
 from nst_jax import config as config_lib
+from nst_jax import image as image_lib
 
 # The seed's options, with their short names.
 flags.DEFINE_string('contentpath', None, 'Content image file.', short_name='cp')
@@ -63,10 +64,15 @@ flags.DEFINE_enum('pooling', 'max', ['max', 'avg'], 'VGG pooling.')
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Network compute dtype.')
 flags.DEFINE_integer('print_iter', 50, 'Log the losses every N iterations (0: only at the end).')
 flags.DEFINE_integer('save_iter', 0, 'Save an intermediate image every N iterations (0: never).')
+flags.DEFINE_integer(
+  'max_image_pixels',
+  image_lib.DEFAULT_MAX_IMAGE_PIXELS,
+  'Refuse input images with more pixels than this (decompression-bomb guard).',
+)
 
 FLAGS = flags.FLAGS
 
-for _name in ('iterations', 'imagewidth', 'lbfgs_memory'):
+for _name in ('iterations', 'imagewidth', 'lbfgs_memory', 'max_image_pixels'):
   flags.register_validator(
     _name, lambda v: v is not None and v > 0, message=f'--{_name} must be a positive integer'
   )
@@ -116,6 +122,7 @@ def config_from_flags() -> nst_jax.StyleConfig:
     dtype=FLAGS.dtype,
     print_iter=FLAGS.print_iter,
     save_iter=FLAGS.save_iter,
+    max_image_pixels=FLAGS.max_image_pixels,
   )
 
 

@@ -9,6 +9,7 @@ import dataclasses
 import math
 
 from nst_jax import errors
+from nst_jax import image as image_lib
 from nst_jax import vgg
 
 # Gatys et al. 2016, Sec. 3: content from conv4_2 (we take its ReLU, as the
@@ -109,6 +110,8 @@ class StyleConfig:
     dtype: compute dtype of the network, 'float32' or 'bfloat16'.
     print_iter: log every this many iterations (0: only the end).
     save_iter: save an intermediate image every this many iterations (0: off).
+    max_image_pixels: input images larger than this (width x height) are
+      refused, as decompression-bomb protection.
   """
 
   content_path: str = ''
@@ -129,9 +132,10 @@ class StyleConfig:
   dtype: str = 'float32'
   print_iter: int = 50
   save_iter: int = 0
+  max_image_pixels: int = image_lib.DEFAULT_MAX_IMAGE_PIXELS
 
   def __post_init__(self):
-    for name in ('iterations', 'width', 'lbfgs_memory'):
+    for name in ('iterations', 'width', 'lbfgs_memory', 'max_image_pixels'):
       value = getattr(self, name)
       _check(
         isinstance(value, int) and value > 0,

@@ -9,11 +9,13 @@ Two layers, kept apart:
 """
 
 from collections.abc import Callable
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
 import tempfile
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,9 +63,12 @@ TORCHVISION = InputConvention(
 )
 CONVENTIONS = {c.name: c for c in (CAFFE, TORCHVISION)}
 
-# Largest pixel count Pillow opens without a flag; its own default guard
-# against decompression bombs.
-MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
+# Largest image (width x height) opened unless the caller raises the limit:
+# Pillow's own default guard against decompression bombs (about 0.25 GB of
+# 24-bit pixels).
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+# Modes Pillow uses for 16- and 32-bit integer grayscale (16-bit PNGs, TIFFs).
+_WIDE_GRAY_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 
 
 def get_convention(name: str) -> InputConvention:
@@ -126,41 +131,94 @@ def resized_height(width: int, height: int, new_width: int) -> int:
   return max(1, round(height * new_width / width))
 
 
-def load_image(path: str | os.PathLike, width: int | None = None) -> np.ndarray:
+def _to_float_rgb(im: Image.Image) -> np.ndarray:
+  """Any Pillow image -> [H, W, 3] float32 RGB in [0, 1], without clipping detail.
+
+  16-bit grayscale keeps its 16 bits (Pillow's own RGB conversion would clip
+  it to 8 bits of garbage). Transparency is composited over white. CMYK goes
+  through Pillow's conversion, which undoes Adobe's inverted CMYK.
+  """
+  if im.mode in _WIDE_GRAY_MODES:
+    scale = 65535.0 if im.mode.startswith('I;16') else max(65535.0, float(np.max(im)))
+    gray = np.asarray(im, np.float32) / scale
+    return np.repeat(gray[..., None], 3, axis=-1)
+  if im.mode in ('RGBA', 'LA', 'PA') or (im.mode == 'P' and 'transparency' in im.info):
+    rgba = np.asarray(im.convert('RGBA'), np.float32) / 255.0
+    alpha = rgba[..., 3:]
+    return rgba[..., :3] * alpha + (1.0 - alpha)
+  return np.asarray(im.convert('RGB'), np.float32) / 255.0
+
+
+def _resize(rgb: np.ndarray, width: int) -> np.ndarray:
+  """Lanczos resize of float RGB to `width`, keeping the aspect ratio."""
+  h, w, _ = rgb.shape
+  size = (width, resized_height(w, h, width))
+  channels = [
+    np.asarray(Image.fromarray(rgb[..., c]).resize(size, Image.Resampling.LANCZOS))
+    for c in range(3)
+  ]
+  # Lanczos overshoots at hard edges; keep the documented [0, 1] range.
+  return np.clip(np.stack(channels, axis=-1), 0.0, 1.0).astype(np.float32)
+
+
+def load_image(
+  path: str | os.PathLike,
+  width: int | None = None,
+  *,
+  max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> np.ndarray:
   """Reads an image file as RGB float32 in [0, 1].
 
   EXIF orientation is applied, so a photo shows the way its camera meant.
-  Grayscale and palette images become RGB; alpha is dropped (composited on
-  nothing: the colour channels are kept as stored).
+  Grayscale, palette, CMYK and 16-bit images become RGB at full precision;
+  transparent areas are composited over white; an animated image gives its
+  first frame (with a warning).
 
   Args:
     path: any format Pillow reads.
-    width: if given, resize (Lanczos) to this width, keeping the aspect ratio.
+    width: if given, resize (Lanczos, in float) to this width, keeping the
+      aspect ratio.
+    max_pixels: refuse images with more pixels than this (decompression bombs).
 
   Returns:
     [H, W, 3] float32 numpy array in [0, 1].
 
   Raises:
-    ImageError: the file is missing, not an image, or truncated.
+    ImageError: the file is missing, not an image, truncated, or too large.
   """
   path = Path(path)
   if not path.is_file():
     what = 'is a directory' if path.is_dir() else 'does not exist'
     raise errors.ImageError(f'image {path} {what}; pass the path of an image file')
   try:
-    with Image.open(path) as im:
-      im = ImageOps.exif_transpose(im)
-      im = im.convert('RGB')
-      if width is not None and width != im.width:
-        im = im.resize(
-          (width, resized_height(im.width, im.height, width)),
-          Image.Resampling.LANCZOS,
+    with _no_pillow_pixel_limit(), Image.open(path) as im:
+      if im.width * im.height > max_pixels:
+        raise errors.ImageError(
+          f'image {path} has {im.width}x{im.height} pixels, more than the limit of '
+          f'{max_pixels}; if you trust the file, raise --max_image_pixels'
         )
-      return np.asarray(im, np.float32) / 255.0
+      frames = getattr(im, 'n_frames', 1)
+      if frames > 1:
+        logging.warning('image %s has %d frames; using the first', path, frames)
+      rgb = _to_float_rgb(ImageOps.exif_transpose(im))
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     raise errors.ImageError(
       f'cannot read image {path}: {e}; pass a valid PNG, JPEG or other image'
     ) from None
+  if width is not None and width != rgb.shape[1]:
+    rgb = _resize(rgb, width)
+  return rgb
+
+
+@contextlib.contextmanager
+def _no_pillow_pixel_limit():
+  # load_image applies its own, caller-set limit before decoding.
+  saved = Image.MAX_IMAGE_PIXELS
+  Image.MAX_IMAGE_PIXELS = None
+  try:
+    yield
+  finally:
+    Image.MAX_IMAGE_PIXELS = saved
 
 
 def to_uint8(rgb: np.ndarray) -> np.ndarray:

@@ -254,6 +254,16 @@ def _batched(rgb: jax.typing.ArrayLike) -> tuple[jax.Array, bool]:
   raise ValueError(f'expected an RGB image [H, W, 3] or [N, H, W, 3], got {x.shape}')
 
 
+def _check_size(what: str, shape: tuple[int, ...], loss_config: config_lib.LossConfig) -> None:
+  need = vgg.min_input_size(loss_config.feature_layers)
+  _, h, w, _ = shape
+  if min(h, w) < need:
+    raise errors.ImageError(
+      f'the {what} image is {w}x{h} px at this width, but the layers used need at least '
+      f'{need} px on each side; use a larger width (-w)'
+    )
+
+
 def is_time(iteration: int, every: int, total: int) -> bool:
   """True every `every` iterations (1-based) and at the last one; never if every=0."""
   return every > 0 and (iteration % every == 0 or iteration == total)
@@ -288,6 +298,8 @@ def stylize(
   convention = w.info.input_convention
   content_b, squeeze = _batched(content)
   style_b, _ = _batched(style)
+  for what, batch in (('content', content_b), ('style', style_b)):
+    _check_size(what, batch.shape, config.loss)
   model = make_model(config)
   optimizer = make_optimizer(config)
   loss_config = config.loss
@@ -386,8 +398,8 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   """
   output = Path(cfg.output) if cfg.output else default_output_path(cfg.content_path, cfg.style_path)
   _check_writable(output)
-  content = image_lib.load_image(cfg.content_path, width=cfg.width)
-  style = image_lib.load_image(cfg.style_path, width=cfg.width)
+  content = image_lib.load_image(cfg.content_path, width=cfg.width, max_pixels=cfg.max_image_pixels)
+  style = image_lib.load_image(cfg.style_path, width=cfg.width, max_pixels=cfg.max_image_pixels)
   w = weights_lib.get_weights(cfg.weights)
   logging.info(
     'content %s (%dx%d), style %s, weights %s (%s convention)',

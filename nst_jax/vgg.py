@@ -66,6 +66,17 @@ def check_layers(layers: Sequence[str], stage_sizes: Sequence[int] = VGG19_STAGE
     )
 
 
+def min_input_size(layers: Sequence[str], stage_sizes: Sequence[int] = VGG19_STAGE_SIZES) -> int:
+  """Smallest height and width that reach every layer in `layers` non-empty.
+
+  Each 2x2 pooling before the deepest layer halves (rounding down) the size,
+  so relu5_1 (after pool1..pool4) needs 2^4 = 16 pixels on each side.
+  """
+  names = layer_names(stage_sizes)
+  deepest = max(names.index(name) for name in layers)
+  return 2 ** sum(1 for name in names[:deepest] if name.startswith('pool'))
+
+
 def _blocks(x: jax.Array) -> jax.Array:
   """[N, 2h, 2w, C] -> [N, h, 2, w, 2, C]: the 2x2 pooling windows."""
   n, h, w, c = x.shape

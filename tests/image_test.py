@@ -116,3 +116,126 @@ def test_bad_image_paths(tmp_path, make, problem):
 def test_unknown_suffix_is_refused(tmp_path):
   with pytest.raises(errors.ImageError, match=r'end the name in \.png or \.jpg'):
     image_lib.save_image(tmp_path / 'out.xyz', np.zeros((2, 2, 3)))
+
+
+# ---------------------------------------------------------------------------
+# Hostile and unusual inputs.
+
+
+def _png_bytes(width, height, bit_depth, color_type, raw_rows: bytes) -> bytes:
+  """A minimal PNG written by hand (for layouts Pillow cannot write)."""
+  import struct
+  import zlib
+
+  def chunk(kind, data):
+    body = kind + data
+    return struct.pack('>I', len(data)) + body + struct.pack('>I', zlib.crc32(body))
+
+  ihdr = struct.pack('>IIBBBBB', width, height, bit_depth, color_type, 0, 0, 0)
+  return (
+    b'\x89PNG\r\n\x1a\n'
+    + chunk(b'IHDR', ihdr)
+    + chunk(b'IDAT', zlib.compress(raw_rows))
+    + chunk(b'IEND', b'')
+  )
+
+
+@pytest.mark.parametrize('fmt', ['JPEG', 'PNG'])
+def test_truncated_files_are_refused(tmp_path, fmt):
+  arr = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+  path = tmp_path / f'cut.{fmt.lower()}'
+  Image.fromarray(arr).save(path, format=fmt)
+  path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  with pytest.raises(errors.ImageError, match=f'cannot read image {path}') as e:
+    image_lib.load_image(path)
+  assert '\n' not in str(e.value)
+
+
+def test_grayscale_and_palette_become_rgb(tmp_path):
+  Image.new('L', (3, 2), 128).save(tmp_path / 'g.png')
+  np.testing.assert_allclose(image_lib.load_image(tmp_path / 'g.png'), 128 / 255, rtol=1e-6)
+  pal = Image.new('RGB', (3, 2), (10, 200, 30)).convert('P')  # web palette: (0, 204, 51)
+  pal.save(tmp_path / 'p.png')
+  want = np.array(pal.convert('RGB').getpixel((0, 0))) / 255
+  assert not np.allclose(want, 0)
+  np.testing.assert_allclose(image_lib.load_image(tmp_path / 'p.png')[0, 0], want, rtol=1e-6)
+
+
+def test_alpha_is_composited_over_white(tmp_path):
+  Image.new('RGBA', (2, 2), (255, 0, 0, 128)).save(tmp_path / 'a.png')
+  a = 128 / 255
+  np.testing.assert_allclose(
+    image_lib.load_image(tmp_path / 'a.png')[0, 0], [1.0, 1 - a, 1 - a], rtol=1e-6
+  )
+
+
+def test_cmyk_jpeg_is_converted(tmp_path):
+  rgb = np.zeros((16, 16, 3), np.uint8)
+  rgb[:8] = (220, 30, 40)
+  rgb[8:] = (20, 40, 200)
+  Image.fromarray(rgb).convert('CMYK').save(tmp_path / 'c.jpg', quality=95)
+  with Image.open(tmp_path / 'c.jpg') as im:
+    assert im.mode == 'CMYK'
+  got = image_lib.load_image(tmp_path / 'c.jpg')
+  np.testing.assert_allclose(
+    got[2:6, 2:14], np.broadcast_to(rgb[0, 0] / 255, (4, 12, 3)), atol=0.05
+  )
+  np.testing.assert_allclose(
+    got[10:14, 2:14], np.broadcast_to(rgb[15, 0] / 255, (4, 12, 3)), atol=0.05
+  )
+
+
+def test_16_bit_grayscale_png_keeps_its_precision(tmp_path):
+  values = np.array([[0, 300, 32768, 65535]], np.uint16)
+  Image.fromarray(values).save(tmp_path / 'g16.png')
+  got = image_lib.load_image(tmp_path / 'g16.png')
+  np.testing.assert_allclose(got[0, :, 0], values[0] / 65535, rtol=1e-6)
+  assert got[0, 1, 0] < 0.01  # not clipped to white, as an 8-bit conversion would do
+
+
+def test_48_bit_rgb_png_is_read(tmp_path):
+  pixels = np.array([[[65535, 0, 32896], [4112, 61680, 0]]], np.uint16)  # 1 row, 2 px
+  raw = b'\x00' + pixels.astype('>u2').tobytes()  # filter byte 0, big-endian samples
+  (tmp_path / 'rgb48.png').write_bytes(_png_bytes(2, 1, 16, 2, raw))
+  got = image_lib.load_image(tmp_path / 'rgb48.png')
+  np.testing.assert_allclose(got[0], pixels[0] / 65535, atol=1 / 255)
+
+
+def test_exif_orientation_is_respected(tmp_path):
+  stored = np.zeros((20, 30, 3), np.uint8)
+  stored[:6, :6] = (255, 0, 0)  # stored top-left corner is red
+  im = Image.fromarray(stored)
+  exif = im.getexif()
+  exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+  im.save(tmp_path / 'r.jpg', exif=exif, quality=100)
+  got = image_lib.load_image(tmp_path / 'r.jpg')
+  assert got.shape == (30, 20, 3)
+  assert got[1, -2, 0] > 0.8 and got[1, 1, 0] < 0.2  # red is now top-right
+
+
+def test_animated_gif_gives_first_frame_with_warning(tmp_path, caplog):
+  frames = [Image.new('RGB', (4, 4), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+  frames[0].save(tmp_path / 'a.gif', save_all=True, append_images=frames[1:])
+  got = image_lib.load_image(tmp_path / 'a.gif')
+  np.testing.assert_allclose(got[0, 0], [1.0, 0.0, 0.0], atol=0.01)
+  assert 'has 3 frames; using the first' in caplog.text
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path):
+  # A 100000 x 100000 PNG header over a few bytes of data: 10^10 pixels.
+  (tmp_path / 'bomb.png').write_bytes(_png_bytes(100_000, 100_000, 8, 2, b'\x00' * 16))
+  with pytest.raises(errors.ImageError, match='raise --max_image_pixels') as e:
+    image_lib.load_image(tmp_path / 'bomb.png')
+  assert '100000x100000' in str(e.value)
+  Image.new('RGB', (40, 30)).save(tmp_path / 'ok.png')
+  with pytest.raises(errors.ImageError, match='more than the limit of 1000'):
+    image_lib.load_image(tmp_path / 'ok.png', max_pixels=1000)
+  assert image_lib.load_image(tmp_path / 'ok.png', max_pixels=1200).shape == (30, 40, 3)
+
+
+def test_one_pixel_image_loads_and_resizes(tmp_path):
+  Image.new('RGB', (1, 1), (0, 128, 255)).save(tmp_path / 'one.png')
+  assert image_lib.load_image(tmp_path / 'one.png').shape == (1, 1, 3)
+  big = image_lib.load_image(tmp_path / 'one.png', width=16)
+  assert big.shape == (16, 16, 3)
+  np.testing.assert_allclose(big, np.broadcast_to([0, 128 / 255, 1], (16, 16, 3)), atol=1e-3)

@@ -113,3 +113,48 @@ def test_same_seed_same_bytes(tmp_path, caffe_npz):
     )
     outputs.append(run(cfg).read_bytes())
   assert outputs[0] == outputs[1]
+
+
+def _inputs(directory, size=(24, 20)):
+  directory.mkdir()
+  rng = np.random.default_rng(1)
+  paths = []
+  for name in ('c.png', 's.png'):
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
+      directory / name
+    )
+    paths.append(directory / name)
+  return paths
+
+
+def test_non_utf8_file_name(tmp_path, caffe_npz):
+  content, style = _inputs(tmp_path / 'in')
+  odd = Path(os.fsdecode(bytes(tmp_path / 'in') + b'/caf\xe9-\xff.png'))  # Latin-1 bytes
+  content.rename(odd)
+  out = tmp_path / 'out'
+  r = _main('-cp', odd, '-sp', style, '-i', 2, '-w', 24, cwd=out.parent, env_weights=caffe_npz)
+  assert r.returncode == 0, r.stderr
+  (result,) = (tmp_path / 'output').iterdir()
+  assert result.suffix == '.png' and os.fsencode(result.name).startswith(b'caf\xe9-\xff')
+  missing = Path(os.fsdecode(bytes(tmp_path) + b'/gone-\xff.jpg'))
+  r = _main('-cp', missing, '-sp', style, cwd=tmp_path, env_weights=caffe_npz)
+  assert r.returncode == 1 and 'does not exist' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_pixel_limit_flag(tmp_path, caffe_npz):
+  content, style = _inputs(tmp_path / 'in')
+  r = _main(
+    '-cp', content, '-sp', style, '--max_image_pixels', 100, cwd=tmp_path, env_weights=caffe_npz
+  )
+  assert r.returncode == 1
+  assert f'image {content} has 24x20 pixels, more than the limit of 100' in r.stderr
+  assert 'Traceback' not in r.stderr and not (tmp_path / 'output').exists()
+
+
+def test_image_too_small_for_the_network(tmp_path, caffe_npz):
+  content, style = _inputs(tmp_path / 'in', size=(40, 2))
+  r = _main('-cp', content, '-sp', style, '-w', 40, cwd=tmp_path, env_weights=caffe_npz)
+  assert r.returncode == 1
+  assert 'the content image is 40x2 px at this width' in r.stderr
+  assert 'need at least 16 px on each side' in r.stderr
+  assert 'Traceback' not in r.stderr and not (tmp_path / 'output').exists()
