@@ -241,6 +241,26 @@ def test_npz_with_extra_key_is_refused(tmp_path, caffe_npz):
   assert 'unexpected conv6_1/kernel' in _one_line(e)
 
 
+def test_corrupted_values_are_caught_by_the_recorded_hash(tmp_path, caffe_npz):
+  with np.load(caffe_npz) as npz:
+    kernel = npz['conv3_2/kernel'].copy()
+  kernel[1, 1, 7, 9] += 1e-3  # one value, valid shape and zip: only the hash can tell
+  bad = _tampered_npz(caffe_npz, tmp_path / 'flipped.npz', **{'conv3_2/kernel': kernel})
+  with pytest.raises(errors.WeightsError) as e:
+    weights_lib.load_weights(bad)
+  msg = _one_line(e)
+  assert 'is corrupt: its arrays do not match the hash recorded at conversion' in msg
+  assert 'python convert_weights.py --download --output' in msg
+
+
+def test_old_npz_without_hash_is_refused(tmp_path, caffe_npz):
+  with np.load(caffe_npz) as npz:
+    arrays = {k: npz[k] for k in npz.files if k != '__meta__/params_sha256'}
+  np.savez(tmp_path / 'old.npz', **arrays)
+  with pytest.raises(errors.WeightsError, match=r'lacks metadata \(params_sha256\)'):
+    weights_lib.load_weights(tmp_path / 'old.npz')
+
+
 def test_npz_holding_a_pickle_is_refused(tmp_path, caffe_npz):
   pickled = {'conv1_1/kernel': np.array([{'evil': 1}], dtype=object)}
   bad = _tampered_npz(caffe_npz, tmp_path / 'pickled.npz', **pickled)
