@@ -186,6 +186,34 @@ def load_image(
   Raises:
     ImageError: the file is missing, not an image, truncated, or too large.
   """
+  with _open(path, max_pixels) as im:
+    frames = getattr(im, 'n_frames', 1)
+    if frames > 1:
+      logging.warning('image %s has %d frames; using the first', path, frames)
+    rgb = _to_float_rgb(ImageOps.exif_transpose(im))
+  if width is not None and width != rgb.shape[1]:
+    rgb = _resize(rgb, width)
+  return rgb
+
+
+@contextlib.contextmanager
+def _no_pillow_pixel_limit():
+  # _open applies its own, caller-set limit before decoding.
+  saved = Image.MAX_IMAGE_PIXELS
+  Image.MAX_IMAGE_PIXELS = None
+  try:
+    yield
+  finally:
+    Image.MAX_IMAGE_PIXELS = saved
+
+
+@contextlib.contextmanager
+def _open(path: str | os.PathLike, max_pixels: int):
+  """Opens an image lazily (header only) with one-line errors for bad files.
+
+  Errors raised while the caller decodes inside the block (a truncated
+  file) become ImageError too.
+  """
   path = Path(path)
   if not path.is_file():
     what = 'is a directory' if path.is_dir() else 'does not exist'
@@ -197,28 +225,24 @@ def load_image(
           f'image {path} has {im.width}x{im.height} pixels, more than the limit of '
           f'{max_pixels}; if you trust the file, raise --max_image_pixels'
         )
-      frames = getattr(im, 'n_frames', 1)
-      if frames > 1:
-        logging.warning('image %s has %d frames; using the first', path, frames)
-      rgb = _to_float_rgb(ImageOps.exif_transpose(im))
+      yield im
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     raise errors.ImageError(
       f'cannot read image {path}: {e}; pass a valid PNG, JPEG or other image'
     ) from None
-  if width is not None and width != rgb.shape[1]:
-    rgb = _resize(rgb, width)
-  return rgb
 
 
-@contextlib.contextmanager
-def _no_pillow_pixel_limit():
-  # load_image applies its own, caller-set limit before decoding.
-  saved = Image.MAX_IMAGE_PIXELS
-  Image.MAX_IMAGE_PIXELS = None
-  try:
-    yield
-  finally:
-    Image.MAX_IMAGE_PIXELS = saved
+def image_size(
+  path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> tuple[int, int]:
+  """(width, height) as displayed (EXIF rotation applied), from the header only.
+
+  Same checks and errors as `load_image`, without decoding the pixels.
+  """
+  with _open(path, max_pixels) as im:
+    w, h = im.size
+    # EXIF orientations 5-8 rotate by 90 degrees, swapping width and height.
+    return (h, w) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
 
 
 def to_uint8(rgb: np.ndarray) -> np.ndarray:

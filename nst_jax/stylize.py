@@ -23,6 +23,7 @@ so the optimisers' step sizes are in pixel units.
 
 from collections.abc import Callable, Mapping
 import functools
+import math
 import os
 from pathlib import Path
 import time
@@ -254,6 +255,107 @@ def _batched(rgb: jax.typing.ArrayLike) -> tuple[jax.Array, bool]:
   raise ValueError(f'expected an RGB image [H, W, 3] or [N, H, W, 3], got {x.shape}')
 
 
+# XLA's working memory for the step beyond the per-pixel terms below, from
+# compiled.memory_analysis() on CPU (53 MB float32, 93 MB bfloat16), rounded up.
+_FIXED_STEP_BYTES = 100_000_000
+# On CPU the process also holds the compiler's and runtime's working set and
+# host copies of the weights: 490-615 MB above XLA's figure, measured at 256,
+# 512 and 1024 px (bench/bench_memory.py). On GPU/TPU that is host memory.
+_CPU_RUNTIME_BYTES = 600_000_000
+
+
+def estimate_memory(
+  height: int,
+  width: int,
+  *,
+  config: config_lib.StyleConfig,
+  batch: int = 1,
+  platform: str = 'cpu',
+) -> int:
+  """Peak memory of one step in bytes, estimated before compiling anything.
+
+  Per pixel: the backward pass keeps one activation per convolution and every
+  pooled map up to the deepest layer used (each at its stage's resolution,
+  1/4 of the pixels per pooling) in the compute dtype, and at its widest
+  holds full-resolution float32 gradients of conv1 (two for float32; three
+  for bfloat16, where XLA keeps float32 copies beside the bfloat16 ones);
+  the optimiser holds image-sized float32 buffers (L-BFGS: 2 * history + 4,
+  Adam: 4). Plus the float32 weights and a fixed working set, and on CPU the
+  compiler's and runtime's memory. Checked against XLA's own memory analysis
+  in the tests and against measured peaks in bench/bench_memory.py.
+
+  Args:
+    height: image height in pixels.
+    width: image width in pixels.
+    config: the layers, dtype, optimiser and history used.
+    batch: images per step.
+    platform: 'cpu' counts the whole process; otherwise device memory only.
+
+  Returns:
+    Bytes.
+  """
+  names = vgg.layer_names(vgg.VGG19_STAGE_SIZES)
+  deepest = max(names.index(name) for name in config.loss.feature_layers)
+  kept, scale = 0.0, 1.0  # channels kept per input pixel; fraction of pixels
+  for name in names[: deepest + 1]:
+    channels = vgg.VGG_WIDTHS[int(name[4]) - 1]
+    if name.startswith('pool'):
+      scale /= 4
+      kept += channels * scale
+    elif name.startswith('conv'):
+      kept += channels * scale
+  bf16 = config.dtype == 'bfloat16'
+  gradients = (3 if bf16 else 2) * vgg.VGG_WIDTHS[0]
+  per_pixel = (2 if bf16 else 4) * kept + 4 * gradients
+  image_buffers = 2 * config.lbfgs_memory + 4 if config.optimizer == 'lbfgs' else 4
+  per_pixel += image_buffers * 3 * 4
+  weights = 4 * sum(math.prod(s) for s in weights_lib.expected_shapes().values())
+  fixed = _FIXED_STEP_BYTES + weights + (_CPU_RUNTIME_BYTES if platform == 'cpu' else 0)
+  return int(fixed + batch * height * width * per_pixel)
+
+
+def available_memory(device: jax.Device | None = None) -> int | None:
+  """Bytes free for a run on `device` (default: the first), None if unknown.
+
+  CPU: the kernel's MemAvailable; GPU/TPU: the allocator's limit minus use.
+  """
+  device = device or jax.devices()[0]
+  if device.platform != 'cpu':
+    stats = device.memory_stats() or {}
+    if 'bytes_limit' in stats:
+      return stats['bytes_limit'] - stats.get('bytes_in_use', 0)
+    return None
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def check_memory(height: int, width: int, *, config: config_lib.StyleConfig) -> int:
+  """Raises NstError, naming the estimate and what to do, if a run won't fit."""
+  device = jax.devices()[0]
+  need = estimate_memory(height, width, config=config, platform=device.platform)
+  have = available_memory(device)
+  logging.info(
+    'estimated peak memory %.2f GB for %dx%d (available: %s)',
+    need / 1e9,
+    width,
+    height,
+    'unknown' if have is None else f'{have / 1e9:.1f} GB',
+  )
+  if have is not None and need > have:
+    raise errors.NstError(
+      f'a {width}x{height} run needs about {need / 1e9:.1f} GB but only {have / 1e9:.1f} GB is '
+      f'available on {device.platform}; use a smaller -w (memory grows with the pixel '
+      'count), --dtype bfloat16 (GPU/TPU), or --optimizer adam or a smaller --lbfgs_memory'
+    )
+  return need
+
+
 def _check_size(what: str, shape: tuple[int, ...], loss_config: config_lib.LossConfig) -> None:
   need = vgg.min_input_size(loss_config.feature_layers)
   _, h, w, _ = shape
@@ -398,6 +500,12 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   """
   output = Path(cfg.output) if cfg.output else default_output_path(cfg.content_path, cfg.style_path)
   _check_writable(output)
+  # Sizes from the headers, so a huge -w is refused before anything is decoded.
+  heights = [
+    image_lib.resized_height(*image_lib.image_size(p, max_pixels=cfg.max_image_pixels), cfg.width)
+    for p in (cfg.content_path, cfg.style_path)
+  ]
+  check_memory(max(heights), cfg.width, config=cfg)
   content = image_lib.load_image(cfg.content_path, width=cfg.width, max_pixels=cfg.max_image_pixels)
   style = image_lib.load_image(cfg.style_path, width=cfg.width, max_pixels=cfg.max_image_pixels)
   w = weights_lib.get_weights(cfg.weights)

@@ -158,3 +158,11 @@ def test_image_too_small_for_the_network(tmp_path, caffe_npz):
   assert 'the content image is 40x2 px at this width' in r.stderr
   assert 'need at least 16 px on each side' in r.stderr
   assert 'Traceback' not in r.stderr and not (tmp_path / 'output').exists()
+
+
+def test_width_too_large_for_memory_is_refused_before_loading(tmp_path, caffe_npz):
+  r = _main('-cp', CONTENT, '-sp', STYLE, '-w', 200_000, cwd=tmp_path, env_weights=caffe_npz)
+  assert r.returncode == 1
+  assert 'a 200000x150000 run needs about' in r.stderr and 'GB is available on cpu' in r.stderr
+  assert 'use a smaller -w' in r.stderr and 'Traceback' not in r.stderr
+  assert list(tmp_path.iterdir()) == []

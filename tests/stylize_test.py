@@ -211,3 +211,31 @@ def test_state_is_a_pytree_of_arrays():
   assert isinstance(state, StyleState)
   for leaf in jax.tree.leaves(state.opt_state):
     assert leaf.shape[0] == 3  # one optimiser state per image
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_memory_estimate_tracks_xla(dtype):
+  """The pre-compile estimate against XLA's own analysis of the compiled step."""
+  from nst_jax.stylize import estimate_memory
+  from nst_jax.stylize import make_model
+
+  cfg = config_lib.StyleConfig(dtype=dtype)
+  model, tx = make_model(cfg), make_optimizer(cfg)
+  params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+  for h, w in ((192, 256), (384, 512)):
+    image = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
+    targets = jax.eval_shape(
+      functools.partial(
+        make_targets, model=model, loss_config=cfg.loss, content_weight=1.0, style_weight=1.0
+      ),
+      params,
+      image,
+      image,
+    )
+    state = jax.eval_shape(lambda x: init_state(x, tx), image)
+    step = functools.partial(update_step, model=model, optimizer=tx, loss_config=cfg.loss)
+    m = jax.jit(step, donate_argnums=0).lower(state, params, targets).compile().memory_analysis()
+    xla = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+    xla -= m.alias_size_in_bytes
+    ratio = estimate_memory(h, w, config=cfg, platform='gpu') / xla  # device part only
+    assert 0.9 < ratio < 1.35, (h, w, ratio)
