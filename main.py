@@ -65,6 +65,12 @@ flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Network compute 
 flags.DEFINE_integer('print_iter', 50, 'Log the losses every N iterations (0: only at the end).')
 flags.DEFINE_integer('save_iter', 0, 'Save an intermediate image every N iterations (0: never).')
 flags.DEFINE_integer(
+  'checkpoint_every',
+  config_lib.DEFAULT_CHECKPOINT_EVERY,
+  'Save a checkpoint (<output>.ckpt) every N iterations (0: only on a signal and at the end).',
+)
+flags.DEFINE_bool('resume', False, "Continue from the output's checkpoint.")
+flags.DEFINE_integer(
   'max_image_pixels',
   image_lib.DEFAULT_MAX_IMAGE_PIXELS,
   'Refuse input images with more pixels than this (decompression-bomb guard).',
@@ -76,7 +82,7 @@ for _name in ('iterations', 'imagewidth', 'lbfgs_memory', 'max_image_pixels'):
   flags.register_validator(
     _name, lambda v: v is not None and v > 0, message=f'--{_name} must be a positive integer'
   )
-for _name in ('print_iter', 'save_iter'):
+for _name in ('print_iter', 'save_iter', 'checkpoint_every'):
   flags.register_validator(_name, lambda v: v >= 0, message=f'--{_name} must be >= 0')
 for _name in ('contentweight', 'styleweight'):
   flags.register_validator(
@@ -123,6 +129,8 @@ def config_from_flags() -> nst_jax.StyleConfig:
     print_iter=FLAGS.print_iter,
     save_iter=FLAGS.save_iter,
     max_image_pixels=FLAGS.max_image_pixels,
+    checkpoint_every=FLAGS.checkpoint_every,
+    resume=FLAGS.resume,
   )
 
 
@@ -132,7 +140,8 @@ def main(argv):
   try:
     nst_jax.run(config_from_flags())
   except nst_jax.NstError as e:
-    sys.exit(f'error: {e}')
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(getattr(e, 'exit_code', 1))
 
 
 if __name__ == '__main__':

@@ -24,3 +24,15 @@ class WeightsError(NstError):
 
 class DownloadError(WeightsError):
   """Fetching the published weights failed (offline, HTTP error, bad hash)."""
+
+
+class Interrupted(NstError):
+  """A run stopped on a signal after saving its checkpoint and image.
+
+  Attributes:
+    exit_code: 128 + the signal number, the shell's convention.
+  """
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.exit_code = 128 + signum

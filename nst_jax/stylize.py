@@ -22,10 +22,13 @@ so the optimisers' step sizes are in pixel units.
 """
 
 from collections.abc import Callable, Mapping
+import contextlib
 import functools
 import math
 import os
 from pathlib import Path
+import signal
+import threading
 import time
 from typing import NamedTuple
 
@@ -35,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nst_jax import checkpoint as checkpoint_lib
 from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax import image as image_lib
@@ -378,6 +382,8 @@ def stylize(
   config: config_lib.StyleConfig | None = None,
   weights: 'weights_lib.Weights | str | os.PathLike | None' = None,
   callback: Callable[[int, np.ndarray], None] | None = None,
+  checkpoint: str | os.PathLike | None = None,
+  should_stop: Callable[[], int | None] | None = None,
 ) -> np.ndarray:
   """Transfers the style of `style` onto `content`.
 
@@ -390,7 +396,13 @@ def stylize(
       None = StyleConfig() defaults.
     weights: loaded Weights, a path, or None for the default location.
     callback: called as callback(iteration, rgb) every `config.save_iter`
-      iterations with the current RGB images ([N, H, W, 3], clipped).
+      iterations, and when stopped, with the current RGB images
+      ([N, H, W, 3], clipped).
+    checkpoint: a checkpoint file, written every `config.checkpoint_every`
+      iterations, at the end and when stopped; with `config.resume` the run
+      continues from it (see nst_jax.checkpoint).
+    should_stop: polled after every iteration; a non-zero return (a signal
+      number) saves the checkpoint and image, then raises Interrupted.
 
   Returns:
     RGB float32 in [0, 1] with the leading shape of `content`.
@@ -416,6 +428,19 @@ def stylize(
     style_weight=config.style_weight,
   )
   state = init_state(initial_image(content_net, init=config.init, seed=config.seed), optimizer)
+  start = 0
+  settings = None
+  if checkpoint is not None:
+    settings = checkpoint_lib.trajectory_settings(
+      config,
+      weights_hash=w.info.params_sha256,
+      content=np.asarray(content_b),
+      style=np.asarray(style_b),
+    )
+    if config.resume:
+      restored, start = checkpoint_lib.restore(checkpoint, like=state, settings=settings)
+      state = jax.tree.map(jnp.asarray, restored)
+      logging.info('resumed from %s after iteration %d', checkpoint, start)
   step = jax.jit(
     functools.partial(update_step, model=model, optimizer=optimizer, loss_config=loss_config),
     donate_argnums=0,
@@ -427,11 +452,22 @@ def stylize(
   def to_rgb(x):
     return np.clip(np.asarray(image_lib.deprocess(x, convention)), 0.0, 1.0)
 
+  def non_finite(it: int) -> errors.NstError:
+    kept = (
+      f'the last finite state is in {checkpoint} (iteration {last_saved}); '
+      if last_saved is not None
+      else ''
+    )
+    return errors.NstError(
+      f'the loss became non-finite at iteration {it}; {kept}lower the weights or the learning rate'
+    )
+
   total = config.iterations
+  last_saved = start if start else None
   t_start = time.perf_counter()
-  for it in range(1, total + 1):
+  for it in range(start + 1, total + 1):
     state, step_losses = compiled(state, w.params, targets)
-    if it == 1:
+    if it == start + 1:
       # The first call pays one-off costs (7 s -> 17 s at 1024x768 on CPU); one
       # sync here keeps them out of the rate and the ETA.
       jax.block_until_ready(step_losses)
@@ -440,11 +476,9 @@ def stylize(
     if is_time(it, config.print_iter, total) or it == total:
       host = jax.device_get(step_losses)
       if not all(np.all(np.isfinite(v)) for v in host.values()):
-        raise errors.NstError(
-          f'the loss became non-finite at iteration {it}; lower the weights or the learning rate'
-        )
-      now = time.perf_counter()
-      rate = (it - 1) / (now - t_first) if it > 1 else 1.0 / (t_first - t_start)
+        raise non_finite(it)
+      done = it - start - 1
+      rate = done / (time.perf_counter() - t_first) if done else 1.0 / (t_first - t_start)
       logging.info(
         'iteration %d/%d  loss %.5g  content %.5g  style %.5g  %.2f it/s  ETA %.0f s',
         it,
@@ -455,23 +489,69 @@ def stylize(
         rate,
         (total - it) / rate,
       )
+    signum = should_stop() if should_stop is not None else None
+    if checkpoint is not None and (signum or is_time(it, config.checkpoint_every, total)):
+      host_state = jax.device_get(state)
+      if not np.all(np.isfinite(host_state.image)):
+        raise non_finite(it)  # never replace a good checkpoint with a broken one
+      checkpoint_lib.save(
+        checkpoint, state=host_state, iteration=it, total=total, settings=settings
+      )
+      last_saved = it
+    if signum:
+      if callback is not None:
+        callback(it, to_rgb(state.image))
+      saved = f'saved {checkpoint} and the current image' if checkpoint else 'stopped'
+      raise errors.Interrupted(
+        f'interrupted by signal {signum} after iteration {it}; {saved}; continue with --resume',
+        signum,
+      )
     if callback is not None and is_time(it, config.save_iter, total) and it < total:
       callback(it, to_rgb(state.image))
   result = to_rgb(state.image)
   return result[0] if squeeze else result
 
 
+def _default_names(content_path: str, style_path: str, directory: str):
+  stem = f'{Path(content_path).stem}_{Path(style_path).stem}'
+  yield Path(directory) / f'{stem}.png'
+  n = 2
+  while True:
+    yield Path(directory) / f'{stem}_{n}.png'
+    n += 1
+
+
 def default_output_path(
   content_path: str, style_path: str, directory: str = DEFAULT_OUTPUT_DIR
 ) -> Path:
-  """output/<content>_<style>.png, with _2, _3 ... added so nothing is replaced."""
-  stem = f'{Path(content_path).stem}_{Path(style_path).stem}'
-  path = Path(directory) / f'{stem}.png'
-  n = 2
-  while path.exists():
-    path = Path(directory) / f'{stem}_{n}.png'
-    n += 1
-  return path
+  """output/<content>_<style>.png, with _2, _3 ... added so nothing is replaced.
+
+  A name whose checkpoint exists counts as taken, so a new run never
+  overwrites an interrupted one.
+  """
+  for path in _default_names(content_path, style_path, directory):
+    if not path.exists() and not checkpoint_lib.path_for(path).exists():
+      return path
+  raise AssertionError('unreachable')
+
+
+def resume_output_path(
+  content_path: str, style_path: str, directory: str = DEFAULT_OUTPUT_DIR
+) -> Path:
+  """The newest default output name that has a checkpoint, for --resume."""
+  found = None
+  for path in _default_names(content_path, style_path, directory):
+    if not checkpoint_lib.path_for(path).exists():
+      if path.exists():
+        continue  # a finished run without checkpoint; later names may have one
+      break
+    found = path
+  if found is None:
+    raise errors.NstError(
+      f'nothing to resume: no checkpoint for these images under {directory}/; run without '
+      '--resume, or name the interrupted run with --output'
+    )
+  return found
 
 
 def _check_writable(path: Path) -> None:
@@ -488,18 +568,55 @@ def _check_writable(path: Path) -> None:
     raise errors.NstError(f'{existing} is not writable; choose another --output')
 
 
+@contextlib.contextmanager
+def _stop_on_signals():
+  """Turns SIGINT/SIGTERM into a flag the loop polls, so it can save first.
+
+  Yields a callable returning the signal number received, or None. Only the
+  main thread can install handlers; elsewhere signals keep their defaults.
+  """
+  received = []
+  if threading.current_thread() is not threading.main_thread():
+    yield lambda: None
+    return
+  previous = {
+    signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+    for signum in (signal.SIGINT, signal.SIGTERM)
+  }
+  try:
+    yield lambda: received[0] if received else None
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
+
+
 def run(cfg: config_lib.StyleConfig) -> Path:
   """Reads the images named in `cfg`, stylizes, and writes the result.
 
-  The output is checked for writability before any computation; intermediate
-  images (every `cfg.save_iter`) go beside it as <name>_<iteration>.png.
+  The output is checked for writability and the memory need estimated before
+  any computation; intermediate images (every `cfg.save_iter`) go beside it
+  as <name>_<iteration>.png and the checkpoint as <name>.ckpt. SIGINT and
+  SIGTERM save the checkpoint and the current image, then raise Interrupted.
   Every file is written atomically.
 
   Returns:
     The path written.
   """
-  output = Path(cfg.output) if cfg.output else default_output_path(cfg.content_path, cfg.style_path)
+  if cfg.output:
+    output = Path(cfg.output)
+  elif cfg.resume:
+    output = resume_output_path(cfg.content_path, cfg.style_path)
+  else:
+    output = default_output_path(cfg.content_path, cfg.style_path)
   _check_writable(output)
+  ckpt = checkpoint_lib.path_for(output)
+  if not cfg.resume and ckpt.exists():
+    payload = checkpoint_lib.read(ckpt)
+    if payload['iteration'] < payload['total']:
+      raise errors.NstError(
+        f'{ckpt} holds an unfinished run ({payload["iteration"]} of {payload["total"]} '
+        'iterations); continue it with --resume, or delete it to start over'
+      )
   # Sizes from the headers, so a huge -w is refused before anything is decoded.
   heights = [
     image_lib.resized_height(*image_lib.image_size(p, max_pixels=cfg.max_image_pixels), cfg.width)
@@ -524,7 +641,16 @@ def run(cfg: config_lib.StyleConfig) -> Path:
     image_lib.save_image(path, rgb[0])
     logging.info('saved %s', path)
 
-  result = stylize(content, style, config=cfg, weights=w, callback=save_intermediate)
+  with _stop_on_signals() as stop:
+    result = stylize(
+      content,
+      style,
+      config=cfg,
+      weights=w,
+      callback=save_intermediate,
+      checkpoint=ckpt,
+      should_stop=stop,
+    )
   image_lib.save_image(output, result)
   logging.info('saved %s', output)
   return output

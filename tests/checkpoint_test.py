@@ -1,0 +1,198 @@
+"""Tests for checkpoints, resume, signals and numerical faults."""
+
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+from PIL import Image
+import pytest
+
+from nst_jax import checkpoint as checkpoint_lib
+from nst_jax import config as config_lib
+from nst_jax import errors
+from nst_jax.stylize import default_output_path
+from nst_jax.stylize import run
+from nst_jax.stylize import stylize
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def images(tmp_path):
+  rng = np.random.default_rng(4)
+  paths = []
+  for name in ('c.png', 's.png'):
+    path = tmp_path / 'in' / name
+    path.parent.mkdir(exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (36, 48, 3), dtype=np.uint8)).save(path)
+    paths.append(path)
+  return paths
+
+
+def _args(content, style, output, weights, *extra):
+  return [
+    sys.executable, str(ROOT / 'main.py'), '-cp', str(content), '-sp', str(style),
+    '-w', '48', '--output', str(output), '--weights', str(weights), '--init', 'random',
+    '--seed', '5', '--print_iter', '0', *map(str, extra),
+  ]  # fmt: skip
+
+
+def _env():
+  return {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+
+
+def _wait_for_checkpoint(path, at_least, proc, timeout=120):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    assert proc.poll() is None, 'the run ended before it could be interrupted'
+    if path.exists() and checkpoint_lib.read(path)['iteration'] >= at_least:
+      return
+    time.sleep(0.05)
+  raise AssertionError('no checkpoint appeared')
+
+
+def _final_arrays(path):
+  state = checkpoint_lib.read(path)['state']
+  return jax.tree.leaves(state)
+
+
+def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, images, caffe_npz):
+  content, style = images
+  total = 400
+  reference = tmp_path / 'ref' / 'out.png'
+  r = subprocess.run(
+    _args(content, style, reference, caffe_npz, '-i', total, '--checkpoint_every', 50),
+    env=_env(), capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr
+
+  out = tmp_path / 'killed' / 'out.png'
+  ckpt = checkpoint_lib.path_for(out)
+  args = _args(content, style, out, caffe_npz, '-i', total, '--checkpoint_every', 10)
+  proc = subprocess.Popen(args, env=_env(), stderr=subprocess.PIPE, text=True)
+  try:
+    _wait_for_checkpoint(ckpt, 60, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+  finally:
+    proc.kill()
+  assert proc.returncode == -signal.SIGKILL
+  killed_at = checkpoint_lib.read(ckpt)['iteration']
+  assert 60 <= killed_at < total and not out.exists()
+
+  r = subprocess.run(args + ['--resume'], env=_env(), capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  assert f'after iteration {killed_at}' in r.stderr
+  assert out.read_bytes() == reference.read_bytes()
+  resumed, uninterrupted = _final_arrays(ckpt), _final_arrays(checkpoint_lib.path_for(reference))
+  assert len(resumed) == len(uninterrupted) > 2  # image and the L-BFGS state
+  for a, b in zip(resumed, uninterrupted, strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_checkpoint_and_image_then_exits(tmp_path, images, caffe_npz, signum):
+  content, style = images
+  out = tmp_path / 'out.png'
+  ckpt = checkpoint_lib.path_for(out)
+  args = _args(content, style, out, caffe_npz, '-i', 100000, '--checkpoint_every', 20)
+  proc = subprocess.Popen(args, env=_env(), stderr=subprocess.PIPE, text=True)
+  try:
+    _wait_for_checkpoint(ckpt, 20, proc)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == 128 + signum, stderr
+  assert f'interrupted by signal {int(signum)} after iteration' in stderr
+  assert 'continue with --resume' in stderr and 'Traceback' not in stderr
+  stopped_at = checkpoint_lib.read(ckpt)['iteration']
+  assert stopped_at % 20 != 0 or stopped_at > 20  # saved at the signal, not only on schedule
+  assert (tmp_path / f'out_{stopped_at:05d}.png').exists()
+  assert not out.exists()
+
+
+def _cfg(content, style, output, weights, **changes):
+  settings = {
+    'content_path': str(content),
+    'style_path': str(style),
+    'output': str(output),
+    'weights': str(weights),
+    'width': 32,
+    'iterations': 4,
+    'checkpoint_every': 2,
+  }
+  return config_lib.StyleConfig(**{**settings, **changes})
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, images, caffe_npz):
+  content, style = images
+  out = tmp_path / 'o.png'
+  run(_cfg(content, style, out, caffe_npz))
+  with pytest.raises(errors.NstError, match=r'style_weight differs \(checkpoint 0.01, now 0.5\)'):
+    run(_cfg(content, style, out, caffe_npz, style_weight=0.5, resume=True))
+  with pytest.raises(errors.NstError, match='optimizer differs'):
+    run(_cfg(content, style, out, caffe_npz, optimizer='adam', resume=True))
+  with pytest.raises(errors.NstError, match='content_pixels differs'):
+    run(_cfg(style, style, out, caffe_npz, resume=True))
+  # More iterations extend the same run.
+  before = out.read_bytes()
+  run(_cfg(content, style, out, caffe_npz, iterations=6, resume=True))
+  assert checkpoint_lib.read(checkpoint_lib.path_for(out))['iteration'] == 6
+  assert out.read_bytes() != before
+
+
+def test_unfinished_checkpoint_is_never_overwritten(tmp_path, images, caffe_npz):
+  content, style = images
+  out = tmp_path / 'o.png'
+  ckpt = checkpoint_lib.path_for(out)
+  run(_cfg(content, style, out, caffe_npz))
+  payload = checkpoint_lib.read(ckpt)
+  payload_path = tmp_path / 'unfinished.ckpt'
+  # Make it look interrupted: a run of 10 stopped after 4.
+  import flax.serialization
+
+  payload['total'] = 10
+  payload_path.write_bytes(flax.serialization.msgpack_serialize(payload))
+  os.replace(payload_path, ckpt)
+  with pytest.raises(errors.NstError, match=r'holds an unfinished run \(4 of 10 iterations\)'):
+    run(_cfg(content, style, out, caffe_npz))
+  # Default naming treats a checkpointed name as taken.
+  directory = tmp_path / 'auto'
+  directory.mkdir()
+  (directory / 'c_s.ckpt').write_bytes(b'x')
+  assert default_output_path('c.png', 's.png', str(directory)).name == 'c_s_2.png'
+
+
+def test_missing_or_damaged_checkpoint(tmp_path, images, caffe_npz):
+  content, style = images
+  out = tmp_path / 'o.png'
+  with pytest.raises(errors.NstError, match='no checkpoint .* to resume'):
+    run(_cfg(content, style, out, caffe_npz, resume=True))
+  checkpoint_lib.path_for(out).write_bytes(b'\x00garbage')
+  with pytest.raises(errors.NstError, match='is unreadable|is not an nst-jax checkpoint'):
+    run(_cfg(content, style, out, caffe_npz, resume=True))
+
+
+def test_non_finite_loss_keeps_the_last_finite_checkpoint(tmp_path, caffe_npz):
+  rng = np.random.default_rng(0)
+  content = rng.uniform(size=(16, 16, 3)).astype(np.float32)
+  style = rng.uniform(size=(16, 16, 3)).astype(np.float32)
+  # Adam's first step moves every pixel by ~1e30: finite, but the next
+  # forward pass overflows float32.
+  cfg = config_lib.StyleConfig(
+    iterations=5, optimizer='adam', learning_rate=1e30, print_iter=1, checkpoint_every=1
+  )
+  ckpt = tmp_path / 'x.ckpt'
+  with pytest.raises(errors.NstError) as e:
+    stylize(content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt)
+  assert 'non-finite at iteration 2; the last finite state is in' in str(e.value)
+  assert '(iteration 1)' in str(e.value)
+  payload = checkpoint_lib.read(ckpt)
+  assert payload['iteration'] == 1
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(payload['state']))
