@@ -196,3 +196,24 @@ def test_non_finite_loss_keeps_the_last_finite_checkpoint(tmp_path, caffe_npz):
   payload = checkpoint_lib.read(ckpt)
   assert payload['iteration'] == 1
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(payload['state']))
+
+
+def test_full_disk_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+  import errno
+
+  path = tmp_path / 'run.ckpt'
+  state = {'image': np.ones((1, 4, 4, 3), np.float32)}
+  checkpoint_lib.save(path, state=state, iteration=3, total=9, settings={})
+  before = path.read_bytes()
+
+  def full_disk(self, data):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  monkeypatch.setattr(Path, 'write_bytes', full_disk)
+  with pytest.raises(OSError, match='No space left'):
+    checkpoint_lib.save(
+      path, state={'image': np.zeros((1, 4, 4, 3))}, iteration=4, total=9, settings={}
+    )
+  monkeypatch.undo()
+  assert path.read_bytes() == before
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['run.ckpt']  # no temp file left
