@@ -142,6 +142,10 @@ def main(argv):
   except nst_jax.NstError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(getattr(e, 'exit_code', 1))
+  except KeyboardInterrupt:
+    # Before the loop starts (loading, compiling) there is nothing to save yet.
+    print('error: interrupted before the first iteration; nothing was written', file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == '__main__':
