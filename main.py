@@ -70,6 +70,9 @@ flags.DEFINE_integer(
   'Save a checkpoint (<output>.ckpt) every N iterations (0: only on a signal and at the end).',
 )
 flags.DEFINE_bool('resume', False, "Continue from the output's checkpoint.")
+flags.DEFINE_bool(
+  'keep_checkpoint', False, 'Keep the checkpoint after the run finishes (to extend it later).'
+)
 flags.DEFINE_integer(
   'max_image_pixels',
   image_lib.DEFAULT_MAX_IMAGE_PIXELS,
@@ -131,6 +134,7 @@ def config_from_flags() -> nst_jax.StyleConfig:
     max_image_pixels=FLAGS.max_image_pixels,
     checkpoint_every=FLAGS.checkpoint_every,
     resume=FLAGS.resume,
+    keep_checkpoint=FLAGS.keep_checkpoint,
   )
 
 

@@ -44,6 +44,7 @@ _FREE_SETTINGS = (
   'save_iter',
   'checkpoint_every',
   'resume',
+  'keep_checkpoint',
   'max_image_pixels',
 )
 

@@ -119,6 +119,9 @@ class StyleConfig:
     checkpoint_every: save a checkpoint every this many iterations (0: only
       on SIGINT/SIGTERM and at the end).
     resume: continue from the output's checkpoint.
+    keep_checkpoint: keep the checkpoint after the run finishes (to extend it
+      later with resume and more iterations); by default it is deleted once
+      the result is saved.
   """
 
   content_path: str = ''
@@ -142,6 +145,7 @@ class StyleConfig:
   max_image_pixels: int = image_lib.DEFAULT_MAX_IMAGE_PIXELS
   checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
   resume: bool = False
+  keep_checkpoint: bool = False
 
   def __post_init__(self):
     for name in ('iterations', 'width', 'lbfgs_memory', 'max_image_pixels'):

@@ -653,4 +653,6 @@ def run(cfg: config_lib.StyleConfig) -> Path:
     )
   image_lib.save_image(output, result)
   logging.info('saved %s', output)
+  if not cfg.keep_checkpoint:
+    ckpt.unlink(missing_ok=True)  # finished: the result is saved, free the space
   return output

@@ -66,7 +66,8 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, images, caffe_npz
   total = 400
   reference = tmp_path / 'ref' / 'out.png'
   r = subprocess.run(
-    _args(content, style, reference, caffe_npz, '-i', total, '--checkpoint_every', 50),
+    _args(content, style, reference, caffe_npz, '-i', total, '--checkpoint_every', 50)
+    + ['--keep_checkpoint'],
     env=_env(), capture_output=True, text=True, timeout=300,
   )  # fmt: skip
   assert r.returncode == 0, r.stderr
@@ -85,7 +86,8 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, images, caffe_npz
   killed_at = checkpoint_lib.read(ckpt)['iteration']
   assert 60 <= killed_at < total and not out.exists()
 
-  r = subprocess.run(args + ['--resume'], env=_env(), capture_output=True, text=True, timeout=300)
+  resume = args + ['--resume', '--keep_checkpoint']
+  r = subprocess.run(resume, env=_env(), capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr
   assert f'after iteration {killed_at}' in r.stderr
   assert out.read_bytes() == reference.read_bytes()
@@ -126,6 +128,7 @@ def _cfg(content, style, output, weights, **changes):
     'width': 32,
     'iterations': 4,
     'checkpoint_every': 2,
+    'keep_checkpoint': True,
   }
   return config_lib.StyleConfig(**{**settings, **changes})
 
@@ -167,6 +170,15 @@ def test_unfinished_checkpoint_is_never_overwritten(tmp_path, images, caffe_npz)
   directory.mkdir()
   (directory / 'c_s.ckpt').write_bytes(b'x')
   assert default_output_path('c.png', 's.png', str(directory)).name == 'c_s_2.png'
+
+
+def test_finished_run_deletes_its_checkpoint_unless_kept(tmp_path, images, caffe_npz):
+  content, style = images
+  out = tmp_path / 'o.png'
+  run(_cfg(content, style, out, caffe_npz, keep_checkpoint=False))
+  assert out.exists() and not checkpoint_lib.path_for(out).exists()
+  run(_cfg(content, style, tmp_path / 'k.png', caffe_npz))
+  assert checkpoint_lib.read(checkpoint_lib.path_for(tmp_path / 'k.png'))['iteration'] == 4
 
 
 def test_missing_or_damaged_checkpoint(tmp_path, images, caffe_npz):
