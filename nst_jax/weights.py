@@ -431,7 +431,7 @@ def load_weights(path: str | os.PathLike | None = None) -> Weights:
       f'{path} is corrupt: its arrays do not match the hash recorded at conversion; rebuild it '
       f'with: python convert_weights.py --download --output {path}'
     )
-  info.input_convention  # validates the convention name  # noqa: B018
+  image_lib.get_convention(info.convention)  # an unknown name is a one-line error
   params = flax.traverse_util.unflatten_dict(
     {k: jnp.asarray(v, jnp.float32) for k, v in flat.items()}, sep='/'
   )
