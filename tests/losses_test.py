@@ -5,6 +5,7 @@ import jax.numpy as jnp
 from jax.test_util import check_grads
 import numpy as np
 import pytest
+import scipy.linalg as scipy_linalg  # a dependency of jax itself
 
 from nst_jax import losses
 
@@ -99,3 +100,186 @@ def test_mismatched_shapes_are_named():
     losses.content_loss(
       {'relu4_2': _feats(0)}, {'relu4_2': _feats(1, (5, 5, 4))}, layers=('relu4_2',)
     )
+
+
+# --- guided Grams, Gaussian (mean/covariance) and histogram terms, TV ------
+
+
+def test_guided_gram_matches_formula():
+  f = _feats(20)
+  t = np.random.default_rng(21).uniform(size=(5, 6)).astype(np.float32)
+  m = f.reshape(30, 4).astype(np.float64) * t.reshape(30, 1)
+  want = m.T @ m / np.sum(t.astype(np.float64) ** 2)
+  np.testing.assert_allclose(losses.gram_matrix(f, t), want, rtol=1e-5, atol=1e-6)
+  # All ones: the plain Gram. A binary mask: the Gram of the selected positions.
+  np.testing.assert_allclose(losses.gram_matrix(f, np.ones((5, 6))), _np_gram(f), rtol=1e-5)
+  binary = np.zeros((5, 6), np.float32)
+  binary[1:4, 2:] = 1
+  np.testing.assert_allclose(
+    losses.gram_matrix(f, binary), _np_gram(f[1:4, 2:]), rtol=1e-5, atol=1e-6
+  )
+
+
+def _np_mean_cov(f, t=None):
+  x = f.reshape(-1, f.shape[-1]).astype(np.float64)
+  w = np.ones(len(x)) if t is None else t.reshape(-1).astype(np.float64) ** 2
+  w = w / w.sum()
+  mu = w @ x
+  return mu, (x - mu).T @ ((x - mu) * w[:, None])
+
+
+def test_mean_cov_matches_numpy_and_the_guided_gram():
+  f = _feats(22)
+  t = np.random.default_rng(23).uniform(size=(5, 6)).astype(np.float32)
+  for mask in (None, t):
+    mu, cov = losses.mean_cov(f, mask)
+    want_mu, want_cov = _np_mean_cov(f, mask)
+    np.testing.assert_allclose(mu, want_mu, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cov, want_cov, rtol=1e-5, atol=1e-6)
+    # The guided Gram is the second moment under the same weights.
+    np.testing.assert_allclose(
+      losses.gram_matrix(f, mask), cov + np.outer(mu, mu), rtol=1e-5, atol=1e-5
+    )
+
+
+def _spd(seed, c=4, floor=0.5):
+  a = np.random.default_rng(seed).normal(size=(c, c))
+  return (a @ a.T + floor * np.eye(c)).astype(np.float32)
+
+
+def test_matrix_square_root_and_trace_gradient():
+  a = _spd(24)
+  s = np.asarray(losses.sqrtm_psd(a), np.float64)
+  np.testing.assert_allclose(s @ s, a, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(s, s.T, atol=1e-6)
+  np.testing.assert_allclose(losses.trace_sqrtm(a), np.trace(s), rtol=1e-5)
+  # d tr(sqrt(A)) / dA = A^{-1/2} / 2, and check_grads agrees with finite differences.
+  lam, v = np.linalg.eigh(a.astype(np.float64))
+  want = v @ np.diag(0.5 / np.sqrt(lam)) @ v.T
+  np.testing.assert_allclose(jax.grad(losses.trace_sqrtm)(jnp.asarray(a)), want, rtol=1e-4)
+  check_grads(losses.trace_sqrtm, (jnp.asarray(a),), order=1, modes=['rev'], atol=1e-2, rtol=1e-2)
+  # Repeated and zero eigenvalues (dead channels): finite gradient, bounded by the floor.
+  singular = np.diag([2.0, 2.0, 0.0, 0.0]).astype(np.float32)
+  g = jax.grad(losses.trace_sqrtm)(jnp.asarray(singular))
+  assert np.all(np.isfinite(g))
+  np.testing.assert_allclose(np.diag(g)[:2], 0.5 / np.sqrt(2.0), rtol=1e-5)
+  np.testing.assert_allclose(np.diag(g)[2:], 0.5 / np.sqrt(2.0 * losses.SQRT_EIG_FLOOR), rtol=1e-3)
+
+
+def test_mean_cov_loss_is_the_gaussian_w2_distance():
+  f, g = _feats(25, (6, 7, 3)), _feats(26, (4, 9, 3)) * 2 + 1
+  mu_s, cov_s = _np_mean_cov(g)
+  target = losses.mean_cov_target(mu_s, cov_s)
+  mu, cov = _np_mean_cov(f)
+  root = scipy_linalg.sqrtm(scipy_linalg.sqrtm(cov_s) @ cov @ scipy_linalg.sqrtm(cov_s)).real
+  want = (np.sum((mu - mu_s) ** 2) + np.trace(cov) + np.trace(cov_s) - 2 * np.trace(root)) / 3
+  got = jax.jit(losses.mean_cov_loss)(f, target)
+  np.testing.assert_allclose(got, want, rtol=1e-4)
+  # Zero at the target's own statistics, and positive elsewhere.
+  same = losses.mean_cov_loss(g, target)
+  assert abs(float(same)) < 1e-4 * float(got)
+  check_grads(
+    lambda x: losses.mean_cov_loss(x, target), (jnp.asarray(f),), order=1, modes=['rev'],
+    atol=2e-2, rtol=2e-2,
+  )  # fmt: skip
+
+
+def _np_weighted_quantiles(samples, weights, m):
+  v = np.concatenate(samples)
+  w = np.concatenate(
+    [np.full(len(s), b / sum(weights) / len(s)) for s, b in zip(samples, weights, strict=True)]
+  )
+  p = (np.arange(m) + 0.5) / m
+  out = np.empty((m, v.shape[1]))
+  for c in range(v.shape[1]):
+    order = np.argsort(v[:, c], kind='stable')
+    cdf = np.cumsum(w[order]) - w[order] / 2
+    out[:, c] = np.interp(p, cdf, v[order, c])
+  return out
+
+
+def test_style_quantiles():
+  rng = np.random.default_rng(27)
+  a, b = rng.normal(size=(30, 3)), rng.normal(3, 1, size=(12, 3))
+  # One set of the right size: exactly its sorted values.
+  np.testing.assert_array_equal(
+    losses.style_quantiles([a], [1.0], 30), np.sort(a, 0).astype(np.float32)
+  )
+  got = losses.style_quantiles([a, b], [3.0, 1.0], 20)
+  np.testing.assert_allclose(
+    got, _np_weighted_quantiles([a, b], [3.0, 1.0], 20), rtol=1e-5, atol=1e-5
+  )
+
+  # The blend weights move the mixture: more weight on b (mean 3) raises the median.
+  def med(w):
+    return float(np.median(losses.style_quantiles([a, b], w, 21)))
+
+  assert med([1.0, 3.0]) > med([1.0, 1.0]) > med([3.0, 1.0])
+
+
+def test_histogram_match_and_loss():
+  f = _feats(28, (4, 5, 3))
+  q = np.sort(np.random.default_rng(29).normal(5, 2, (20, 3)), 0).astype(np.float32)
+  r = np.asarray(losses.histogram_match(f, q))
+  flat = f.reshape(20, 3)
+  for c in range(3):
+    # The matched map has the target's values, in the features' rank order.
+    np.testing.assert_array_equal(np.sort(r[:, c]), q[:, c])
+    np.testing.assert_array_equal(np.argsort(r[:, c]), np.argsort(flat[:, c]))
+  got, grad = jax.value_and_grad(losses.histogram_loss)(jnp.asarray(f), q)
+  np.testing.assert_allclose(got, np.mean((flat - r) ** 2), rtol=1e-5)
+  # R(F) is held constant: the gradient is 2 (F - R) / (M C).
+  np.testing.assert_allclose(grad.reshape(20, 3), 2 * (flat - r) / flat.size, rtol=1e-5)
+  # Features that already have the target histogram cost nothing.
+  assert float(losses.histogram_loss(r.reshape(4, 5, 3), q)) == 0.0
+
+
+def test_tv_loss_matches_formula():
+  x = _feats(30, (5, 6, 3))
+  x64 = x.astype(np.float64)
+  want = np.mean((x64[1:] - x64[:-1]) ** 2) + np.mean((x64[:, 1:] - x64[:, :-1]) ** 2)
+  np.testing.assert_allclose(jax.jit(losses.tv_loss)(x), want, rtol=1e-5)
+  assert float(losses.tv_loss(np.full((5, 6, 3), 7.0))) == 0.0
+  check_grads(losses.tv_loss, (jnp.asarray(x),), order=2, modes=['rev'])
+
+
+def test_normalize_gradient():
+  f = jnp.asarray(_feats(31))
+  p = jnp.asarray(_feats(32))
+  for scale in (1.0, 1000.0):  # the term's magnitude does not reach the gradient
+    weight = jnp.float32(3.0)
+
+    def loss(x, scale=scale, weight=weight):
+      return weight * scale * losses.content_layer_loss(losses.normalize_gradient(x, weight), p)
+
+    h = 2 * (np.asarray(f, np.float64) - np.asarray(p)) / f.size * scale
+    want = 3.0 * h / (np.abs(3.0 * h).sum() + losses.NORMALIZE_EPS) * 3.0
+    np.testing.assert_allclose(jax.grad(loss)(f), want, rtol=1e-5)
+    np.testing.assert_allclose(np.abs(jax.grad(loss)(f)).sum(), 3.0, rtol=1e-5)
+    # The value itself is untouched.
+    np.testing.assert_allclose(loss(f), 3.0 * scale * np.mean((f - p) ** 2), rtol=1e-5)
+
+
+def test_masked_content_and_region_style_terms():
+  f, p = _feats(33), _feats(34)
+  t = np.random.default_rng(35).uniform(size=(5, 6)).astype(np.float32)
+  want = np.mean(t[..., None] * (f.astype(np.float64) - p) ** 2)
+  np.testing.assert_allclose(losses.content_layer_loss(f, p, t), want, rtol=1e-5)
+  np.testing.assert_allclose(
+    losses.content_layer_loss(f, p, np.ones((5, 6))), losses.content_layer_loss(f, p), rtol=1e-6
+  )
+  # Two regions, each with its own style Gram, under its own guidance.
+  masks = np.stack([t, 1 - t])
+  a = np.stack([_np_gram(_feats(36)), _np_gram(_feats(37))]).astype(np.float32)
+
+  def np_guided(mask):
+    m = f.reshape(30, 4).astype(np.float64) * mask.reshape(30, 1)
+    return m.T @ m / np.sum(mask.astype(np.float64) ** 2)
+
+  want = sum(np.mean((np_guided(masks[s]) - a[s]) ** 2) for s in range(2))
+  got = losses.style_layer_loss(f, {'gram': a}, kind='gram', masks=masks)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  with pytest.raises(ValueError, match='2 style regions need 2 masks'):
+    losses.style_layer_loss(f, {'gram': a}, kind='gram')
+  with pytest.raises(ValueError, match='histogram style loss does not take masks'):
+    losses.style_layer_loss(f, {'quantiles': np.zeros((2, 30, 4))}, kind='histogram', masks=masks)
