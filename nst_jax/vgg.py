@@ -77,6 +77,38 @@ def min_input_size(layers: Sequence[str], stage_sizes: Sequence[int] = VGG19_STA
   return 2 ** sum(1 for name in names[:deepest] if name.startswith('pool'))
 
 
+def downsamplings(layer: str, stage_sizes: Sequence[int] = VGG19_STAGE_SIZES) -> int:
+  """How many 2x2 poolings the input has gone through at `layer`'s output."""
+  names = layer_names(stage_sizes)
+  return sum(1 for name in names[: names.index(layer) + 1] if name.startswith('pool'))
+
+
+def mask_at_layer(
+  mask: jax.typing.ArrayLike, layer: str, stage_sizes: Sequence[int] = VGG19_STAGE_SIZES
+) -> jax.Array:
+  """A guidance mask [..., H, W] carried to `layer`'s resolution.
+
+  Each 2x2 pooling before the layer becomes a 2x2 average of the mask, with
+  the same floor at odd sizes as the network's pooling, so the result has
+  exactly the layer's height and width and keeps the fraction of each region.
+  Convolutions keep the size (SAME padding). This is the simple propagation
+  of Gatys et al. 2017 (Sec. 4.1, "simply down-sampled"), not their eroded
+  variant.
+
+  Args:
+    mask: [..., H, W] in [0, 1], at the input image's resolution.
+    layer: a layer name such as 'relu3_1'.
+
+  Returns:
+    [..., H // 2^k, W // 2^k] float32, k = `downsamplings(layer)`.
+  """
+  m = jnp.asarray(mask, jnp.float32)
+  for _ in range(downsamplings(layer, stage_sizes)):
+    h, w = m.shape[-2] // 2, m.shape[-1] // 2
+    m = m[..., : 2 * h, : 2 * w].reshape(*m.shape[:-2], h, 2, w, 2).mean(axis=(-3, -1))
+  return m
+
+
 def _blocks(x: jax.Array) -> jax.Array:
   """[N, 2h, 2w, C] -> [N, h, 2, w, 2, C]: the 2x2 pooling windows."""
   n, h, w, c = x.shape

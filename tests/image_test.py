@@ -239,3 +239,83 @@ def test_one_pixel_image_loads_and_resizes(tmp_path):
   big = image_lib.load_image(tmp_path / 'one.png', width=16)
   assert big.shape == (16, 16, 3)
   np.testing.assert_allclose(big, np.broadcast_to([0, 128 / 255, 1], (16, 16, 3)), atol=1e-3)
+
+
+def _rgb(seed, shape=(1, 6, 7, 3), low=0.2, high=0.8):
+  return np.random.default_rng(seed).uniform(low, high, shape).astype(np.float32)
+
+
+def test_yiq_round_trip_and_luma():
+  x = _rgb(0)
+  np.testing.assert_allclose(image_lib.yiq_to_rgb(image_lib.rgb_to_yiq(x)), x, atol=1e-6)
+  y = image_lib.rgb_to_yiq(x)[..., 0]
+  np.testing.assert_allclose(y, x @ np.array([0.299, 0.587, 0.114]), rtol=1e-6)
+  # Grey has no chroma.
+  np.testing.assert_allclose(
+    image_lib.rgb_to_yiq(np.full((1, 1, 1, 3), 0.5))[..., 1:], 0, atol=1e-7
+  )
+
+
+def test_luminance_image_matches_the_reference_statistics():
+  style, content = _rgb(1, (1, 9, 11, 3)), _rgb(2, (2, 6, 7, 3), 0.4, 0.5)
+  g = np.asarray(image_lib.luminance_image(style, like=content))
+  assert g.shape == (2, 9, 11, 3)
+  np.testing.assert_array_equal(g[..., 0], g[..., 2])  # grey: Y in every channel
+  y_c = np.asarray(image_lib.rgb_to_yiq(content))[..., 0]
+  for i in range(2):
+    np.testing.assert_allclose(g[i, ..., 0].mean(), y_c[i].mean(), rtol=1e-5)
+    np.testing.assert_allclose(g[i, ..., 0].std(), y_c[i].std(), rtol=1e-4)
+
+
+def test_transfer_chroma_keeps_luma_and_takes_colours():
+  result, content = _rgb(3, low=0.4, high=0.6), _rgb(4, low=0.4, high=0.6)
+  out = image_lib.transfer_chroma(result, content)
+  yiq_out, yiq_r, yiq_c = (image_lib.rgb_to_yiq(a) for a in (out, result, content))
+  np.testing.assert_allclose(yiq_out[..., 0], yiq_r[..., 0], atol=1e-6)
+  np.testing.assert_allclose(yiq_out[..., 1:], yiq_c[..., 1:], atol=1e-6)
+
+
+@pytest.mark.parametrize('mode', image_lib.COLOR_MATCH_MODES)
+def test_match_color_gives_the_reference_mean_and_covariance(mode):
+  source = _rgb(5, (1, 20, 30, 3), 0.3, 0.7)
+  source[..., 0] *= 0.5  # a colour cast to remove
+  reference = _rgb(6, (2, 10, 10, 3), 0.35, 0.65)
+  out = np.asarray(image_lib.match_color(source, reference, mode), np.float64)
+  assert out.shape == (2, 20, 30, 3)
+  assert 0.0 < out.min() and out.max() < 1.0  # nothing clipped: moments hold exactly
+  eps = image_lib.COLOR_COV_EPS * np.eye(3)
+  src = source[0].reshape(-1, 3).astype(np.float64)
+  for i in range(2):
+    x, r = out[i].reshape(-1, 3), reference[i].reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(x.mean(0), r.mean(0), atol=1e-5)
+    # Recover the affine map from the pixels; it takes the (regularised) source
+    # covariance exactly to the reference's: A S_s A^T = S_r.
+    design = np.concatenate([src - src.mean(0), np.ones((len(src), 1))], axis=1)
+    a = np.linalg.lstsq(design, x, rcond=None)[0][:3].T
+    want = np.cov(r.T, bias=True) + eps
+    got = a @ (np.cov(src.T, bias=True) + eps) @ a.T
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-8)
+
+
+def test_pca_and_cholesky_differ_only_by_a_rotation():
+  source, reference = _rgb(7, (1, 12, 12, 3), 0.3, 0.7), _rgb(8, (1, 8, 8, 3), 0.35, 0.65)
+  a = np.asarray(image_lib.match_color(source, reference, 'pca'))
+  b = np.asarray(image_lib.match_color(source, reference, 'cholesky'))
+  assert np.abs(a - b).max() > 1e-3  # different maps
+  with pytest.raises(ValueError, match='unknown colour match mode'):
+    image_lib.match_color(source, reference, 'lab')
+
+
+def test_load_mask(tmp_path):
+  gray = np.zeros((20, 30), np.uint8)
+  gray[:, 15:] = 255
+  Image.fromarray(gray).save(tmp_path / 'm.png')
+  m = image_lib.load_mask(tmp_path / 'm.png', 10, 15)
+  assert m.shape == (10, 15) and m.dtype == np.float32
+  np.testing.assert_allclose(m[:, :7], 0.0, atol=1e-6)
+  np.testing.assert_allclose(m[:, 8:], 1.0, atol=1e-6)
+  # Colour masks use their luminance; a mask of another aspect ratio is refused.
+  Image.fromarray(np.full((20, 30, 3), (255, 0, 0), np.uint8)).save(tmp_path / 'red.png')
+  np.testing.assert_allclose(image_lib.load_mask(tmp_path / 'red.png', 10, 15), 0.299, atol=1e-3)
+  with pytest.raises(errors.ImageError, match='draw the mask over the content image'):
+    image_lib.load_mask(tmp_path / 'm.png', 10, 10)

@@ -137,3 +137,24 @@ def test_bfloat16_features_within_derived_tolerance(random_params):
     assert bf16[name].dtype == jnp.bfloat16
     err = weight_files.relative_error(np.asarray(bf16[name], np.float32), f32[name])
     assert 0 < err < 3 * u * convs_before[name], f'{name}: {err:.3g}'
+
+
+@pytest.mark.parametrize('hw', [(37, 53), (32, 32)])
+def test_masks_follow_each_layer_resolution(hw):
+  # The mask at a layer has exactly the layer's size, odd sizes included, and
+  # is the 2x2 average per pooling (floor), as the network pools.
+  model = vgg.VGG(stage_sizes=(1, 1, 1), widths=(2, 2, 2))
+  params = model.init(jax.random.key(0), jnp.zeros((1, *hw, 3)))['params']
+  layers = ('relu1_1', 'pool1', 'relu2_1', 'relu3_1', 'pool3')
+  feats = model.apply({'params': params}, jnp.zeros((1, *hw, 3)), layers)
+  mask = np.random.default_rng(0).uniform(size=hw).astype(np.float32)
+  for name in layers:
+    got = vgg.mask_at_layer(mask, name, (1, 1, 1))
+    assert got.shape == feats[name].shape[1:3], name
+  want = mask
+  for _ in range(2):  # relu3_1 comes after pool1 and pool2
+    h, w = want.shape[0] // 2, want.shape[1] // 2
+    want = want[: 2 * h, : 2 * w].reshape(h, 2, w, 2).mean(axis=(1, 3))
+  np.testing.assert_allclose(vgg.mask_at_layer(mask, 'relu3_1', (1, 1, 1)), want, rtol=1e-6)
+  assert vgg.downsamplings('relu1_1') == 0 and vgg.downsamplings('pool1') == 1
+  assert vgg.downsamplings('relu5_1') == 4
