@@ -17,10 +17,13 @@ from absl import flags
 import nst_jax
 from nst_jax import config as config_lib
 from nst_jax import image as image_lib
+from nst_jax import losses
 
 # The seed's options, with their short names.
 flags.DEFINE_string('contentpath', None, 'Content image file.', short_name='cp')
-flags.DEFINE_string('stylepath', None, 'Style image file.', short_name='sp')
+flags.DEFINE_string(
+  'stylepath', None, 'Style image file, or several separated by commas.', short_name='sp'
+)
 flags.DEFINE_integer('iterations', 1000, 'Number of optimiser iterations.', short_name='i')
 flags.DEFINE_float(
   'contentweight', 100.0, 'Content weight cw in cw*L_content + sw*L_style.', short_name='cw'
@@ -47,8 +50,8 @@ flags.DEFINE_float(
   'learning_rate', None, 'Adam step size in network input units (default 10); unused by L-BFGS.'
 )
 flags.DEFINE_integer('lbfgs_memory', config_lib.DEFAULT_LBFGS_MEMORY, 'L-BFGS history length.')
-flags.DEFINE_enum(
-  'init', 'content', list(config_lib.INITS), 'Start from the content image or from noise.'
+flags.DEFINE_string(
+  'init', 'content', 'Start image: content, random (faint noise), gray, or an image file.'
 )
 flags.DEFINE_integer('seed', 0, 'Random seed (used by --init=random).')
 flags.DEFINE_list(
@@ -59,6 +62,46 @@ flags.DEFINE_list(
 )
 flags.DEFINE_list(
   'style_layer_weights', None, 'Weight w_l of each style layer, comma-separated (default all 1).'
+)
+flags.DEFINE_enum(
+  'style_loss',
+  'gram',
+  list(losses.STYLE_KINDS),
+  'Style term per layer: gram (Gatys), mean_cov (Wasserstein-2 of Gaussian fits), histogram '
+  '(Risser et al.).',
+)
+flags.DEFINE_bool(
+  'normalize_gradients', False, "L1-normalise each loss term's gradient at its layer."
+)
+flags.DEFINE_list(
+  'style_blend_weights', None, 'Weight of each style image, comma-separated (default equal).'
+)
+flags.DEFINE_float('style_scale', 1.0, 'Style image width as a multiple of the output width.')
+flags.DEFINE_float('tv_weight', 0.0, 'Total variation weight (squared differences).')
+flags.DEFINE_enum(
+  'preserve_colors',
+  'none',
+  list(config_lib.PRESERVE_COLORS),
+  "Keep the content's colours: luminance-only transfer, histogram (style colours matched "
+  "first), or postprocess (the content's chroma put back).",
+)
+flags.DEFINE_enum(
+  'color_match',
+  'pca',
+  list(image_lib.COLOR_MATCH_MODES),
+  'Linear colour map of --preserve_colors=histogram.',
+)
+flags.DEFINE_integer(
+  'scales', 1, 'Coarse-to-fine scales, widths sqrt(2) apart; -i iterations each.'
+)
+flags.DEFINE_integer(
+  'min_width', None, 'Instead of --scales: as many scales as keep the coarsest this wide.'
+)
+flags.DEFINE_string(
+  'content_mask', '', 'Grey image: where the content loss applies (white: fully).'
+)
+flags.DEFINE_list(
+  'style_masks', None, 'One grey image per style, comma-separated: where each style applies.'
 )
 flags.DEFINE_enum('pooling', 'max', ['max', 'avg'], 'VGG pooling.')
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Network compute dtype.')
@@ -81,13 +124,21 @@ flags.DEFINE_integer(
 
 FLAGS = flags.FLAGS
 
-for _name in ('iterations', 'imagewidth', 'lbfgs_memory', 'max_image_pixels'):
+for _name in ('iterations', 'imagewidth', 'lbfgs_memory', 'max_image_pixels', 'scales'):
   flags.register_validator(
     _name, lambda v: v is not None and v > 0, message=f'--{_name} must be a positive integer'
   )
 for _name in ('print_iter', 'save_iter', 'checkpoint_every'):
   flags.register_validator(_name, lambda v: v >= 0, message=f'--{_name} must be >= 0')
-for _name in ('contentweight', 'styleweight'):
+flags.register_validator(
+  'min_width', lambda v: v is None or v > 0, message='--min_width must be a positive integer'
+)
+flags.register_validator(
+  'style_scale',
+  lambda v: math.isfinite(v) and v > 0,
+  message='--style_scale must be a finite number > 0',
+)
+for _name in ('contentweight', 'styleweight', 'tv_weight'):
   flags.register_validator(
     _name, lambda v: math.isfinite(v) and v >= 0, message=f'--{_name} must be a finite number >= 0'
   )
@@ -107,10 +158,20 @@ def _floats(name: str, values: list[str] | None) -> tuple[float, ...] | None:
     raise nst_jax.NstError(f'--{name} must be comma-separated numbers, got {values}') from None
 
 
+def _paths(name: str, value: str) -> tuple[str, ...]:
+  paths = tuple(p.strip() for p in value.split(','))
+  if not all(paths):
+    raise nst_jax.NstError(f'--{name} has an empty entry in {value!r}; separate files with commas')
+  return paths
+
+
 def config_from_flags() -> nst_jax.StyleConfig:
   return nst_jax.StyleConfig(
     content_path=FLAGS.contentpath,
-    style_path=FLAGS.stylepath,
+    style_path=_paths('stylepath', FLAGS.stylepath),
+    style_blend_weights=_floats('style_blend_weights', FLAGS.style_blend_weights),
+    style_scale=FLAGS.style_scale,
+    tv_weight=FLAGS.tv_weight,
     output=FLAGS.output,
     weights=FLAGS.weights,
     iterations=FLAGS.iterations,
@@ -121,6 +182,8 @@ def config_from_flags() -> nst_jax.StyleConfig:
       content_layers=tuple(FLAGS.content_layers),
       style_layers=tuple(FLAGS.style_layers),
       style_layer_weights=_floats('style_layer_weights', FLAGS.style_layer_weights),
+      style_loss=FLAGS.style_loss,
+      normalize_gradients=FLAGS.normalize_gradients,
     ),
     optimizer=FLAGS.optimizer,
     learning_rate=FLAGS.learning_rate,
@@ -135,6 +198,12 @@ def config_from_flags() -> nst_jax.StyleConfig:
     checkpoint_every=FLAGS.checkpoint_every,
     resume=FLAGS.resume,
     keep_checkpoint=FLAGS.keep_checkpoint,
+    preserve_colors=FLAGS.preserve_colors,
+    color_match=FLAGS.color_match,
+    scales=FLAGS.scales,
+    min_width=FLAGS.min_width,
+    content_mask=FLAGS.content_mask,
+    style_masks=tuple(FLAGS.style_masks or ()),
   )
 
 

@@ -12,6 +12,10 @@ Public API:
   NstError                    user errors (one-line messages)
 """
 
+# Before anything can start JAX's CPU backend (XLA reads XLA_FLAGS when it
+# creates the backend): see nst_jax/_xla_flags.py.
+from nst_jax import _xla_flags  # noqa: F401, I001
+
 from nst_jax.config import LossConfig
 from nst_jax.config import StyleConfig
 from nst_jax.errors import NstError

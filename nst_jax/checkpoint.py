@@ -15,6 +15,7 @@ trajectory, so a resumed run ends bitwise equal to an uninterrupted one on
 the same machine.
 """
 
+from collections.abc import Sequence
 import dataclasses
 import hashlib
 import json
@@ -46,6 +47,9 @@ _FREE_SETTINGS = (
   'resume',
   'keep_checkpoint',
   'max_image_pixels',
+  # Masks are compared by their pixels (below), not by file name.
+  'content_mask',
+  'style_masks',
 )
 
 
@@ -62,9 +66,19 @@ def pixels_digest(array: np.ndarray) -> str:
 
 
 def trajectory_settings(
-  config: config_lib.StyleConfig, *, weights_hash: str, content: np.ndarray, style: np.ndarray
+  config: config_lib.StyleConfig,
+  *,
+  weights_hash: str,
+  content: np.ndarray,
+  style: np.ndarray | Sequence[np.ndarray],
+  masks: Sequence[np.ndarray] = (),
+  scale: int = 0,
 ) -> dict[str, Any]:
-  """Everything that must be equal for a resumed run to continue the same path."""
+  """Everything that must be equal for a resumed run to continue the same path.
+
+  The pixels are those of one scale (content, styles and masks as the step
+  sees them), so each scale of a multi-scale run has its own settings.
+  """
   settings = {
     f.name: getattr(config, f.name)
     for f in dataclasses.fields(config)
@@ -73,13 +87,22 @@ def trajectory_settings(
   settings['loss'] = dataclasses.asdict(config.loss)
   settings['weights_hash'] = weights_hash
   settings['content_pixels'] = pixels_digest(content)
-  settings['style_pixels'] = pixels_digest(style)
+  styles = [style] if isinstance(style, np.ndarray) else list(style)
+  settings['style_pixels'] = [pixels_digest(s) for s in styles]
+  settings['mask_pixels'] = [pixels_digest(m) for m in masks]
+  settings['scale'] = scale
   # JSON round trip: tuples and lists compare equal after loading.
   return json.loads(json.dumps(settings))
 
 
 def save(
-  path: str | os.PathLike, *, state: Any, iteration: int, total: int, settings: dict
+  path: str | os.PathLike,
+  *,
+  state: Any,
+  iteration: int,
+  total: int,
+  settings: dict,
+  scale: tuple[int, int] = (0, 1),
 ) -> None:
   """Writes the checkpoint atomically.
 
@@ -87,13 +110,17 @@ def save(
     path: the .ckpt file.
     state: the optimisation state pytree (any device; copied to host).
     iteration: iterations completed.
-    total: iterations the run was asked for (iteration == total: finished).
+    total: iterations the run was asked for, per scale.
     settings: from `trajectory_settings`.
+    scale: (index, count) of the scale being optimised; the run is finished
+      when iteration == total at the last scale.
   """
   payload = {
     'format': FORMAT,
     'iteration': iteration,
     'total': total,
+    'scale': scale[0],
+    'scales': scale[1],
     'settings': json.dumps(settings, sort_keys=True),
     'state': flax.serialization.to_state_dict(jax.device_get(state)),
   }
@@ -117,6 +144,14 @@ def read(path: str | os.PathLike) -> dict:
   if not isinstance(payload, dict) or payload.get('format') != FORMAT:
     raise errors.NstError(f'{path} is not an nst-jax checkpoint; delete it to start over')
   return payload
+
+
+def unfinished(payload: dict) -> bool:
+  """Whether a checkpoint's run stopped before its last iteration of its last scale."""
+  return (
+    payload['iteration'] < payload['total']
+    or payload.get('scale', 0) < payload.get('scales', 1) - 1
+  )
 
 
 def restore(path: str | os.PathLike, *, like: Any, settings: dict) -> tuple[Any, int]:

@@ -21,7 +21,7 @@ Caffe convention: BGR, 0..255 minus the mean pixel), as in the classic tools,
 so the optimisers' step sizes are in pixel units.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 import contextlib
 import functools
 import math
@@ -55,17 +55,28 @@ DEFAULT_OUTPUT_DIR = 'output'
 class Targets(NamedTuple):
   """What the loss compares against, and how much each term counts, per image.
 
+  S is the number of style regions: 1 without style masks (the styles are
+  blended into one target), else one per style image.
+
   Attributes:
     content: content layer -> [N, h, w, c] features of the content images.
-    style: style layer -> [N, C, C] Grams of the style images.
+    style: style layer -> statistic -> [N, S, ...] style statistics, as
+      `losses.style_layer_loss` takes them for the config's style loss
+      ('gram': {'gram': [N, S, C, C]}).
     content_weight: [N] float32, cw of each image.
     style_weight: [N] float32, sw of each image.
+    tv_weight: [N] float32, weight of the total variation term.
+    content_mask: None, or content layer -> [N, h, w] weight per position.
+    style_masks: None, or style layer -> [N, S, h, w] region guidance.
   """
 
   content: Mapping[str, jax.Array]
-  style: Mapping[str, jax.Array]
+  style: Mapping[str, Mapping[str, jax.Array]]
   content_weight: jax.Array
   style_weight: jax.Array
+  tv_weight: jax.Array
+  content_mask: Mapping[str, jax.Array] | None = None
+  style_masks: Mapping[str, jax.Array] | None = None
 
 
 class StyleState(NamedTuple):
@@ -107,45 +118,143 @@ def _features(params, x, *, model: vgg.VGG, layers: tuple[str, ...]):
   return model.apply({'params': params}, x, layers)
 
 
+def _layer_positions(height: int, width: int, layer: str) -> int:
+  k = vgg.downsamplings(layer)
+  return (height // 2**k) * (width // 2**k)
+
+
+def _style_statistics(
+  feats: list[jax.Array], blend: tuple[float, ...] | None, *, kind: str, n: int, m: int
+) -> dict[str, jax.Array]:
+  """One layer's style statistics, [n, S, ...].
+
+  Args:
+    feats: per style image, [1 or n, h_i, w_i, C] features.
+    blend: normalised blend weights (S = 1), or None for one region per style.
+    kind: the style loss.
+    n: batch size.
+    m: positions of the optimised image at this layer ('histogram').
+  """
+  feats = [jnp.broadcast_to(f, (n, *f.shape[1:])) for f in feats]
+  if kind == 'histogram':
+    weights = blend or (1.0,)
+
+    def quantiles(*fs):
+      return losses.style_quantiles([f.reshape(-1, f.shape[-1]) for f in fs], weights, m)
+
+    return {'quantiles': jax.vmap(quantiles)(*feats)[:, None]}
+  if kind == 'gram':
+    grams = [jax.vmap(losses.gram_matrix)(f) for f in feats]  # [n, C, C] each
+    if blend is None:
+      return {'gram': jnp.stack(grams, axis=1)}
+    return {'gram': sum(b * g for b, g in zip(blend, grams, strict=True))[:, None]}
+  means, covs = zip(*(jax.vmap(losses.mean_cov)(f) for f in feats), strict=True)
+  if blend is None:
+    mu, cov = jnp.stack(means, axis=1), jnp.stack(covs, axis=1)
+  else:
+    # The mixture's mean and covariance: its second moment (the blended Gram)
+    # minus mu mu^T, written around the mean for float32 accuracy.
+    mu = sum(b * m_i for b, m_i in zip(blend, means, strict=True))
+    cov = sum(
+      b * (c_i + jnp.einsum('ni,nj->nij', m_i - mu, m_i - mu))
+      for b, m_i, c_i in zip(blend, means, covs, strict=True)
+    )
+    mu, cov = mu[:, None], cov[:, None]
+  return jax.vmap(jax.vmap(losses.mean_cov_target))(mu, cov)
+
+
 def make_targets(
   params: Mapping[str, Mapping[str, jax.Array]],
   content: jax.Array,
-  style: jax.Array,
+  style: jax.Array | Sequence[jax.Array],
   *,
   model: vgg.VGG,
   loss_config: config_lib.LossConfig,
   content_weight: jax.typing.ArrayLike,
   style_weight: jax.typing.ArrayLike,
+  tv_weight: jax.typing.ArrayLike = 0.0,
+  blend_weights: Sequence[float] | None = None,
+  content_mask: jax.Array | None = None,
+  style_masks: jax.Array | None = None,
 ) -> Targets:
-  """Content features and style Grams, computed once before optimising.
+  """Content features and style statistics, computed once before optimising.
+
+  Several style images are blended (weights `blend_weights`, normalised;
+  equal by default) into one target per layer: for Grams the weighted sum
+  sum_i b_i G_i (jcjohnson/neural-style's blend), for 'mean_cov' the
+  mixture's mean and covariance, for 'histogram' the mixture's quantiles.
+  With `style_masks` they are not blended: style i governs region i.
 
   Args:
     params: VGG parameters.
     content: [N, H, W, 3] content images in network space.
-    style: [N, Hs, Ws, 3] style images in network space (any size), or
-      [1, Hs, Ws, 3] for one style shared by the whole batch.
+    style: [N or 1, Hs, Ws, 3] style images in network space (any size), or a
+      sequence of such arrays, one per style (sizes may differ).
     model: the VGG.
-    loss_config: which layers.
+    loss_config: which layers and which style loss.
     content_weight: scalar or [N].
     style_weight: scalar or [N].
+    tv_weight: scalar or [N].
+    blend_weights: one weight per style (not with style_masks).
+    content_mask: [N or 1, H, W] weight of the content loss per pixel.
+    style_masks: [N or 1, S, H, W], one region mask per style.
 
   Returns:
     Targets with leading [N] axes.
   """
-  n = content.shape[0]
-  if style.shape[0] not in (1, n):
-    raise ValueError(f'{style.shape[0]} style images for {n} content images; give 1 or {n}')
+  n, height, width = content.shape[:3]
+  styles = list(style) if isinstance(style, (list, tuple)) else [style]
+  for s in styles:
+    if s.shape[0] not in (1, n):
+      raise ValueError(f'{s.shape[0]} style images for {n} content images; give 1 or {n}')
+  if style_masks is not None:
+    if blend_weights is not None:
+      raise ValueError('blend weights and style masks exclude each other')
+    if style_masks.shape[1] != len(styles) or style_masks.shape[2:] != (height, width):
+      raise ValueError(
+        f'style masks {style_masks.shape} for {len(styles)} styles and a {height}x{width} image'
+      )
+    blend = None
+  else:
+    weights = blend_weights or (1.0,) * len(styles)
+    if len(weights) != len(styles):
+      raise ValueError(f'{len(weights)} blend weights for {len(styles)} styles')
+    blend = tuple(float(b) / float(sum(weights)) for b in weights)
   content_feats = _features(params, content, model=model, layers=loss_config.content_layers)
-  style_feats = _features(params, style, model=model, layers=loss_config.style_layers)
-  grams = {}
-  for name in loss_config.style_layers:
-    gram = jax.vmap(losses.gram_matrix)(style_feats[name])  # [1 or N, C, C]
-    grams[name] = jnp.broadcast_to(gram, (n, *gram.shape[1:]))
+  style_feats = [_features(params, s, model=model, layers=loss_config.style_layers) for s in styles]
+  stats = {
+    name: _style_statistics(
+      [f[name] for f in style_feats],
+      blend,
+      kind=loss_config.style_loss,
+      n=n,
+      m=_layer_positions(height, width, name),
+    )
+    for name in loss_config.style_layers
+  }
+
+  def per_layer(mask, layers, shape):
+    if mask is None:
+      return None
+    out = {}
+    for name in layers:
+      m = vgg.mask_at_layer(mask, name)
+      out[name] = jnp.broadcast_to(m, (n, *shape, *m.shape[-2:]))
+    return out
+
+  def per_image(x):
+    return jnp.broadcast_to(jnp.asarray(x, jnp.float32), (n,))
+
   return Targets(
     content={k: v.astype(jnp.float32) for k, v in content_feats.items()},
-    style=grams,
-    content_weight=jnp.broadcast_to(jnp.asarray(content_weight, jnp.float32), (n,)),
-    style_weight=jnp.broadcast_to(jnp.asarray(style_weight, jnp.float32), (n,)),
+    style=stats,
+    content_weight=per_image(content_weight),
+    style_weight=per_image(style_weight),
+    tv_weight=per_image(tv_weight),
+    content_mask=per_layer(content_mask, loss_config.content_layers, ()),
+    style_masks=per_layer(
+      style_masks, loss_config.style_layers, () if style_masks is None else (len(styles),)
+    ),
   )
 
 
@@ -157,25 +266,45 @@ def objective(
   model: vgg.VGG,
   loss_config: config_lib.LossConfig,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The loss of one image: cw * L_c + sw * L_s (see `nst_jax.losses`).
+  """The loss of one image: cw * L_c + sw * L_s + tv * L_tv (see `nst_jax.losses`).
+
+  With `loss_config.normalize_gradients`, each layer's content and style
+  term sends an L1-normalised gradient into the network, times its weight
+  (cw, or sw * w_l); loss values are unchanged.
 
   Args:
     image: [H, W, 3] in network space.
     params: VGG parameters.
     targets: one image's targets (no leading batch axis).
     model: the VGG.
-    loss_config: which layers, and the style layer weights.
+    loss_config: layers, style layer weights, style loss, normalisation.
 
   Returns:
-    (total, {'total', 'content', 'style'}) scalars; content and style are the
-    unweighted L_c and L_s.
+    (total, {'total', 'content', 'style', 'tv'}) scalars; content, style and
+    tv are the unweighted L_c, L_s and L_tv.
   """
   feats = _features(params, image[None], model=model, layers=loss_config.feature_layers)
   feats = {k: v[0] for k, v in feats.items()}
-  l_c = losses.content_loss(feats, targets.content, layers=loss_config.content_layers)
-  l_s = losses.style_loss(feats, targets.style, layer_weights=loss_config.layer_weights)
-  total = targets.content_weight * l_c + targets.style_weight * l_s
-  return total, {'total': total, 'content': l_c, 'style': l_s}
+  cw, sw = targets.content_weight, targets.style_weight
+
+  def layer_input(name, weight):
+    f = feats[name]
+    return losses.normalize_gradient(f, weight) if loss_config.normalize_gradients else f
+
+  l_c = jnp.zeros((), jnp.float32)
+  for name in loss_config.content_layers:
+    mask = None if targets.content_mask is None else targets.content_mask[name]
+    l_c += losses.content_layer_loss(layer_input(name, cw), targets.content[name], mask)
+  l_s = jnp.zeros((), jnp.float32)
+  for name, w_l in loss_config.layer_weights.items():
+    masks = None if targets.style_masks is None else targets.style_masks[name]
+    term = losses.style_layer_loss(
+      layer_input(name, sw * w_l), targets.style[name], kind=loss_config.style_loss, masks=masks
+    )
+    l_s += w_l * term
+  l_tv = losses.tv_loss(image)
+  total = cw * l_c + sw * l_s + targets.tv_weight * l_tv
+  return total, {'total': total, 'content': l_c, 'style': l_s, 'tv': l_tv}
 
 
 def init_state(image: jax.Array, optimizer: optax.GradientTransformation) -> StyleState:
@@ -235,19 +364,40 @@ def update_step(
   return StyleState(image=image, opt_state=opt_state), aux
 
 
-def initial_image(content: jax.Array, *, init: str, seed: int) -> jax.Array:
+def initial_image(
+  content: jax.Array,
+  *,
+  init: str,
+  seed: int,
+  convention: image_lib.InputConvention = image_lib.CAFFE,
+  image: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
   """The starting image in network space.
 
   Args:
     content: [N, H, W, 3] content images in network space.
-    init: 'content' or 'random' (N(0, 0.001^2) in network space: the mean
-      pixel plus faint noise, as in jcjohnson/neural-style).
+    init: 'content'; 'random' (N(0, 0.001^2) in network space: the mean pixel
+      plus faint noise, as in jcjohnson/neural-style); 'gray' (RGB 0.5
+      everywhere); anything else means `image`.
     seed: random seed for 'random'.
+    convention: the weights' input convention (for 'gray' and `image`).
+    image: RGB in [0, 1], [H', W', 3] or [N, H', W', 3], resized to the
+      content's height and width (bicubic); used unless init is a keyword.
   """
   if init == 'content':
     return content
-  noise = jax.random.normal(jax.random.key(seed), content.shape, jnp.float32)
-  return RANDOM_INIT_STD * noise
+  if init == 'random':
+    noise = jax.random.normal(jax.random.key(seed), content.shape, jnp.float32)
+    return RANDOM_INIT_STD * noise
+  if init == 'gray':
+    rgb = jnp.full((1, *content.shape[1:]), 0.5, jnp.float32)
+  else:
+    if image is None:
+      raise ValueError(f'init {init!r} is not content, random or gray, and no image was given')
+    rgb, _ = _batched(image)
+    rgb = image_lib.resize(rgb, *content.shape[1:3])
+  x = image_lib.preprocess(rgb, convention)
+  return jnp.broadcast_to(x, content.shape)
 
 
 def _batched(rgb: jax.typing.ArrayLike) -> tuple[jax.Array, bool]:
@@ -259,9 +409,11 @@ def _batched(rgb: jax.typing.ArrayLike) -> tuple[jax.Array, bool]:
   raise ValueError(f'expected an RGB image [H, W, 3] or [N, H, W, 3], got {x.shape}')
 
 
-# XLA's working memory for the step beyond the per-pixel terms below, from
-# compiled.memory_analysis() on CPU (53 MB float32, 93 MB bfloat16), rounded up.
-_FIXED_STEP_BYTES = 100_000_000
+# XLA's working memory for the step beyond the per-pixel terms below. With
+# the sequential CPU scheduler nst_jax selects (nst_jax/_xla_flags.py),
+# compiled.memory_analysis() leaves almost nothing beyond them: at 256x192
+# to 1024x768 the estimate's device part is 1.05-1.34x XLA's figure.
+_FIXED_STEP_BYTES = 10_000_000
 # On CPU the process also holds the compiler's and runtime's working set and
 # host copies of the weights: 490-615 MB above XLA's figure, measured at 256,
 # 512 and 1024 px (bench/bench_memory.py). On GPU/TPU that is host memory.
@@ -281,8 +433,9 @@ def estimate_memory(
   Per pixel: the backward pass keeps one activation per convolution and every
   pooled map up to the deepest layer used (each at its stage's resolution,
   1/4 of the pixels per pooling) in the compute dtype, and at its widest
-  holds full-resolution float32 gradients of conv1 (two for float32; three
-  for bfloat16, where XLA keeps float32 copies beside the bfloat16 ones);
+  holds full-resolution float32 gradients of conv1 (one for float32, as
+  XLA's sequential CPU schedule keeps them; three for bfloat16, where XLA
+  keeps float32 copies beside the bfloat16 ones);
   the optimiser holds image-sized float32 buffers (L-BFGS: 2 * history + 4,
   Adam: 4). Plus the float32 weights and a fixed working set, and on CPU the
   compiler's and runtime's memory. Checked against XLA's own memory analysis
@@ -309,7 +462,7 @@ def estimate_memory(
     elif name.startswith('conv'):
       kept += channels * scale
   bf16 = config.dtype == 'bfloat16'
-  gradients = (3 if bf16 else 2) * vgg.VGG_WIDTHS[0]
+  gradients = (3 if bf16 else 1) * vgg.VGG_WIDTHS[0]
   per_pixel = (2 if bf16 else 4) * kept + 4 * gradients
   image_buffers = 2 * config.lbfgs_memory + 4 if config.optimizer == 'lbfgs' else 4
   per_pixel += image_buffers * 3 * 4
@@ -360,13 +513,18 @@ def check_memory(height: int, width: int, *, config: config_lib.StyleConfig) -> 
   return need
 
 
-def _check_size(what: str, shape: tuple[int, ...], loss_config: config_lib.LossConfig) -> None:
+def _check_size(
+  what: str, shape: tuple[int, ...], loss_config: config_lib.LossConfig, scales: int = 1
+) -> None:
   need = vgg.min_input_size(loss_config.feature_layers)
   _, h, w, _ = shape
   if min(h, w) < need:
+    where, fix = 'at this width', 'a larger width (-w)'
+    if scales > 1:
+      where, fix = 'at the coarsest scale', 'a larger width (-w) or fewer --scales'
     raise errors.ImageError(
-      f'the {what} image is {w}x{h} px at this width, but the layers used need at least '
-      f'{need} px on each side; use a larger width (-w)'
+      f'the {what} image is {w}x{h} px {where}, but the layers used need at least '
+      f'{need} px on each side; use {fix}'
     )
 
 
@@ -375,34 +533,78 @@ def is_time(iteration: int, every: int, total: int) -> bool:
   return every > 0 and (iteration % every == 0 or iteration == total)
 
 
+def _style_list(style) -> list[jax.Array]:
+  items = list(style) if isinstance(style, (list, tuple)) else [style]
+  if not items:
+    raise errors.ConfigError('no style image given')
+  return [_batched(s)[0] for s in items]
+
+
+def _scaled_shape(shape: tuple[int, ...], ratio: float) -> tuple[int, int]:
+  return max(1, round(shape[1] * ratio)), max(1, round(shape[2] * ratio))
+
+
+def _resize_masks(masks: jax.Array | None, height: int, width: int) -> jax.Array | None:
+  """[B, ..., H, W] masks -> [B, ..., height, width] (antialiased, clipped to [0, 1])."""
+  if masks is None or masks.shape[-2:] == (height, width):
+    return masks
+  lead = masks.shape[:-2]
+  flat = masks.reshape(-1, *masks.shape[-2:])[..., None]
+  out = image_lib.resize(flat, height, width)[..., 0]
+  return jnp.clip(out.reshape(*lead, height, width), 0.0, 1.0)
+
+
 def stylize(
   content: jax.typing.ArrayLike,
-  style: jax.typing.ArrayLike,
+  style: jax.typing.ArrayLike | Sequence[jax.typing.ArrayLike],
   *,
   config: config_lib.StyleConfig | None = None,
   weights: 'weights_lib.Weights | str | os.PathLike | None' = None,
   callback: Callable[[int, np.ndarray], None] | None = None,
   checkpoint: str | os.PathLike | None = None,
   should_stop: Callable[[], int | None] | None = None,
+  content_mask: jax.typing.ArrayLike | None = None,
+  style_masks: jax.typing.ArrayLike | None = None,
+  init_image: jax.typing.ArrayLike | None = None,
 ) -> np.ndarray:
   """Transfers the style of `style` onto `content`.
 
-  The images are used at the size given; `run` does the resizing for files.
+  The images are used at the size given (the content's width is the final
+  width); `run` does the resizing for files. The pipeline:
+    1. colour control on the inputs (`config.preserve_colors`): 'luminance'
+       reduces content and styles to luminance (the styles' matched to the
+       content's mean and deviation); 'histogram' maps each style's colours
+       to the content's (`image.match_color`);
+    2. for each scale of `config.scale_widths(width)`, coarse to fine: resize
+       content, styles (by the same ratio) and masks, compute the targets,
+       start from the previous scale's result upsampled (bicubic, in network
+       space; the first scale from `config.init`), and run
+       `config.iterations` iterations of the jitted step;
+    3. 'luminance' and 'postprocess' put the content's chroma back.
 
   Args:
     content: RGB in [0, 1], [H, W, 3] or [N, H, W, 3].
-    style: RGB in [0, 1], [Hs, Ws, 3] or [N, Hs, Ws, 3] (any size).
+    style: RGB in [0, 1], [Hs, Ws, 3] or [N, Hs, Ws, 3] (any size), or a
+      list of those for several styles (blended with
+      `config.style_blend_weights`, or placed by `style_masks`).
     config: iterations, weights, layers, optimiser (paths are ignored);
       None = StyleConfig() defaults.
     weights: loaded Weights, a path, or None for the default location.
     callback: called as callback(iteration, rgb) every `config.save_iter`
       iterations, and when stopped, with the current RGB images
-      ([N, H, W, 3], clipped).
+      ([N, H, W, 3] at the current scale, clipped, colours post-processed);
+      iterations count on across scales.
     checkpoint: a checkpoint file, written every `config.checkpoint_every`
-      iterations, at the end and when stopped; with `config.resume` the run
-      continues from it (see nst_jax.checkpoint).
+      iterations, at the end of each scale and when stopped; with
+      `config.resume` the run continues from it (see nst_jax.checkpoint).
     should_stop: polled after every iteration; a non-zero return (a signal
       number) saves the checkpoint and image, then raises Interrupted.
+    content_mask: [H, W] or [N, H, W] in [0, 1]: weight of the content loss
+      per pixel (None: 1 everywhere).
+    style_masks: [S, H, W] or [N, S, H, W] in [0, 1], one per style: where
+      each style applies (guided Grams, Gatys et al. 2017).
+    init_image: RGB start image when `config.init` names a file (it is read
+      from that path if this is None).
 
   Returns:
     RGB float32 in [0, 1] with the leading shape of `content`.
@@ -411,33 +613,152 @@ def stylize(
   w = weights_lib.as_weights(weights)
   convention = w.info.input_convention
   content_b, squeeze = _batched(content)
-  style_b, _ = _batched(style)
-  for what, batch in (('content', content_b), ('style', style_b)):
-    _check_size(what, batch.shape, config.loss)
+  styles = _style_list(style)
+  n, height, width = content_b.shape[:3]
+  blend = None if style_masks is not None else config.blend_weights(len(styles))
+  if content_mask is not None:
+    content_mask = jnp.asarray(content_mask, jnp.float32)
+    content_mask = content_mask[None] if content_mask.ndim == 2 else content_mask
+    if content_mask.shape[1:] != (height, width):
+      raise errors.ConfigError(f'content mask {content_mask.shape} for a {width}x{height} image')
+  if style_masks is not None:
+    style_masks = jnp.asarray(style_masks, jnp.float32)
+    style_masks = style_masks[None] if style_masks.ndim == 3 else style_masks
+    if style_masks.shape[1:] != (len(styles), height, width):
+      raise errors.ConfigError(
+        f'style masks {style_masks.shape} for {len(styles)} styles and a {width}x{height} image; '
+        'give one mask per style'
+      )
+  colors = config.preserve_colors
+  if colors == 'luminance':
+    styles = [image_lib.luminance_image(s, like=content_b) for s in styles]
+    work = image_lib.luminance_image(content_b)
+  elif colors == 'histogram':
+    styles = [image_lib.match_color(s, content_b, config.color_match) for s in styles]
+    work = content_b
+  else:
+    work = content_b
+  start_rgb = None
+  if config.init not in config_lib.INITS:
+    if init_image is None:
+      init_image = image_lib.load_image(config.init, max_pixels=config.max_image_pixels)
+    start_rgb, _ = _batched(init_image)
+    if colors == 'luminance':
+      start_rgb = image_lib.luminance_image(start_rgb)
+
+  widths = config.scale_widths(width)
+  coarsest = widths[0] / width
+  shapes = [('content', content_b.shape)] + [('style', s.shape) for s in styles]
+  for what, shape in shapes:
+    _check_size(what, (1, *_scaled_shape(shape, coarsest), 3), config.loss, len(widths))
+
+  resume_scale = 0
+  if config.resume and checkpoint is not None:
+    payload = checkpoint_lib.read(checkpoint)
+    if payload.get('scales', 1) != len(widths):
+      raise errors.NstError(
+        f'cannot resume from {checkpoint}: it was made with {payload.get("scales", 1)} scales, '
+        f'now {len(widths)}; rerun with the same scales'
+      )
+    resume_scale = payload.get('scale', 0)
+
+  def finish(x: jax.Array, colors_at_scale: jax.Array) -> np.ndarray:
+    rgb = jnp.clip(image_lib.deprocess(x, convention), 0.0, 1.0)
+    if colors in ('luminance', 'postprocess'):
+      rgb = image_lib.transfer_chroma(rgb, colors_at_scale)
+    return np.asarray(rgb)
+
+  x = None
+  for k, wk in enumerate(widths):
+    if k < resume_scale:
+      continue
+    ratio = wk / width
+    hk, _ = _scaled_shape(content_b.shape, ratio)
+    colors_k = image_lib.resize(content_b, hk, wk)
+    content_k = image_lib.preprocess(image_lib.resize(work, hk, wk), convention)
+    styles_k = [
+      image_lib.preprocess(image_lib.resize(s, *_scaled_shape(s.shape, ratio)), convention)
+      for s in styles
+    ]
+    if x is None:
+      init = initial_image(
+        content_k, init=config.init, seed=config.seed, convention=convention, image=start_rgb
+      )
+    else:
+      init = image_lib.resize(x, hk, wk)
+    if len(widths) > 1:
+      logging.info('scale %d/%d: %dx%d', k + 1, len(widths), wk, hk)
+    offset = k * config.iterations
+
+    def scale_callback(it, xs, offset=offset, colors_k=colors_k):
+      if callback is not None:
+        callback(offset + it, finish(xs, colors_k))
+
+    x = _optimise(
+      w,
+      config,
+      content_k,
+      styles_k,
+      blend=blend,
+      content_mask=_resize_masks(content_mask, hk, wk),
+      style_masks=_resize_masks(style_masks, hk, wk),
+      init=init,
+      checkpoint=checkpoint,
+      resume=config.resume and k == resume_scale,
+      scale=(k, len(widths)),
+      callback=scale_callback,
+      should_stop=should_stop,
+    )
+  result = finish(x, content_b)
+  return result[0] if squeeze else result
+
+
+def _optimise(
+  w: weights_lib.Weights,
+  config: config_lib.StyleConfig,
+  content: jax.Array,
+  styles: list[jax.Array],
+  *,
+  blend: tuple[float, ...] | None,
+  content_mask: jax.Array | None,
+  style_masks: jax.Array | None,
+  init: jax.Array,
+  checkpoint: str | os.PathLike | None,
+  resume: bool,
+  scale: tuple[int, int],
+  callback: Callable[[int, jax.Array], None],
+  should_stop: Callable[[], int | None] | None,
+) -> jax.Array:
+  """One scale of `stylize`: targets, compile, iterate. Network space in and out."""
   model = make_model(config)
   optimizer = make_optimizer(config)
   loss_config = config.loss
-  content_net = image_lib.preprocess(content_b, convention)
-  targets = jax.jit(make_targets, static_argnames=('model', 'loss_config'))(
+  targets = jax.jit(make_targets, static_argnames=('model', 'loss_config', 'blend_weights'))(
     w.params,
-    content_net,
-    image_lib.preprocess(style_b, convention),
+    content,
+    styles,
     model=model,
     loss_config=loss_config,
     content_weight=config.content_weight,
     style_weight=config.style_weight,
+    tv_weight=config.tv_weight,
+    blend_weights=blend,
+    content_mask=content_mask,
+    style_masks=style_masks,
   )
-  state = init_state(initial_image(content_net, init=config.init, seed=config.seed), optimizer)
+  state = init_state(init, optimizer)
   start = 0
   settings = None
   if checkpoint is not None:
     settings = checkpoint_lib.trajectory_settings(
       config,
       weights_hash=w.info.params_sha256,
-      content=np.asarray(content_b),
-      style=np.asarray(style_b),
+      content=np.asarray(content),
+      style=[np.asarray(s) for s in styles],
+      masks=[np.asarray(m) for m in (content_mask, style_masks) if m is not None],
+      scale=scale[0],
     )
-    if config.resume:
+    if resume:
       restored, start = checkpoint_lib.restore(checkpoint, like=state, settings=settings)
       state = jax.tree.map(jnp.asarray, restored)
       logging.info('resumed from %s after iteration %d', checkpoint, start)
@@ -448,9 +769,7 @@ def stylize(
   t0 = time.perf_counter()
   compiled = step.lower(state, w.params, targets).compile()
   logging.info('compiled the step in %.1f s', time.perf_counter() - t0)
-
-  def to_rgb(x):
-    return np.clip(np.asarray(image_lib.deprocess(x, convention)), 0.0, 1.0)
+  prefix = f'scale {scale[0] + 1}/{scale[1]}  ' if scale[1] > 1 else ''
 
   def non_finite(it: int) -> errors.NstError:
     kept = (
@@ -480,40 +799,48 @@ def stylize(
       done = it - start - 1
       rate = done / (time.perf_counter() - t_first) if done else 1.0 / (t_first - t_start)
       logging.info(
-        'iteration %d/%d  loss %.5g  content %.5g  style %.5g  %.2f it/s  ETA %.0f s',
+        '%siteration %d/%d  loss %.5g  content %.5g  style %.5g  tv %.5g  %.2f it/s  ETA %.0f s',
+        prefix,
         it,
         total,
         float(host['total'].sum()),
         float(host['content'].sum()),
         float(host['style'].sum()),
+        float(host['tv'].sum()),
         rate,
         (total - it) / rate,
       )
     signum = should_stop() if should_stop is not None else None
-    if checkpoint is not None and (signum or is_time(it, config.checkpoint_every, total)):
+    if checkpoint is not None and (
+      signum or it == total or is_time(it, config.checkpoint_every, total)
+    ):
       host_state = jax.device_get(state)
       if not np.all(np.isfinite(host_state.image)):
         raise non_finite(it)  # never replace a good checkpoint with a broken one
       checkpoint_lib.save(
-        checkpoint, state=host_state, iteration=it, total=total, settings=settings
+        checkpoint,
+        state=host_state,
+        iteration=it,
+        total=total,
+        settings=settings,
+        scale=scale,
       )
       last_saved = it
     if signum:
-      if callback is not None:
-        callback(it, to_rgb(state.image))
+      callback(it, state.image)
       saved = f'saved {checkpoint} and the current image' if checkpoint else 'stopped'
       raise errors.Interrupted(
         f'interrupted by signal {signum} after iteration {it}; {saved}; continue with --resume',
         signum,
       )
-    if callback is not None and is_time(it, config.save_iter, total) and it < total:
-      callback(it, to_rgb(state.image))
-  result = to_rgb(state.image)
-  return result[0] if squeeze else result
+    if is_time(it, config.save_iter, total) and it < total:
+      callback(it, state.image)
+  return state.image
 
 
-def _default_names(content_path: str, style_path: str, directory: str):
-  stem = f'{Path(content_path).stem}_{Path(style_path).stem}'
+def _default_names(content_path: str, style_path: str | Sequence[str], directory: str):
+  styles = [style_path] if isinstance(style_path, str) else list(style_path)
+  stem = f'{Path(content_path).stem}_{"+".join(Path(p).stem for p in styles)}'
   yield Path(directory) / f'{stem}.png'
   n = 2
   while True:
@@ -522,9 +849,11 @@ def _default_names(content_path: str, style_path: str, directory: str):
 
 
 def default_output_path(
-  content_path: str, style_path: str, directory: str = DEFAULT_OUTPUT_DIR
+  content_path: str, style_path: str | Sequence[str], directory: str = DEFAULT_OUTPUT_DIR
 ) -> Path:
   """output/<content>_<style>.png, with _2, _3 ... added so nothing is replaced.
+
+  Several styles are joined with '+': output/<content>_<style1>+<style2>.png.
 
   A name whose checkpoint exists counts as taken, so a new run never
   overwrites an interrupted one.
@@ -536,7 +865,7 @@ def default_output_path(
 
 
 def resume_output_path(
-  content_path: str, style_path: str, directory: str = DEFAULT_OUTPUT_DIR
+  content_path: str, style_path: str | Sequence[str], directory: str = DEFAULT_OUTPUT_DIR
 ) -> Path:
   """The newest default output name that has a checkpoint, for --resume."""
   found = None
@@ -597,41 +926,67 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   any computation; intermediate images (every `cfg.save_iter`) go beside it
   as <name>_<iteration>.png and the checkpoint as <name>.ckpt. SIGINT and
   SIGTERM save the checkpoint and the current image, then raise Interrupted.
-  Every file is written atomically.
+  Every file is written atomically. Style images are resized to
+  `cfg.style_scale` x `cfg.width`; masks to the content's size.
 
   Returns:
     The path written.
   """
+  style_paths = cfg.style_paths
+  if not style_paths:
+    raise errors.ConfigError('no style image given; name one or more with -sp a.jpg,b.jpg')
+  if cfg.style_masks and len(cfg.style_masks) != len(style_paths):
+    raise errors.ConfigError(
+      f'{len(cfg.style_masks)} style masks for {len(style_paths)} style images; '
+      'give one mask per style, in the same order'
+    )
   if cfg.output:
     output = Path(cfg.output)
   elif cfg.resume:
-    output = resume_output_path(cfg.content_path, cfg.style_path)
+    output = resume_output_path(cfg.content_path, style_paths)
   else:
-    output = default_output_path(cfg.content_path, cfg.style_path)
+    output = default_output_path(cfg.content_path, style_paths)
   _check_writable(output)
   ckpt = checkpoint_lib.path_for(output)
   if not cfg.resume and ckpt.exists():
     payload = checkpoint_lib.read(ckpt)
-    if payload['iteration'] < payload['total']:
+    if checkpoint_lib.unfinished(payload):
+      scales = payload.get('scales', 1)
+      where = f' at scale {payload.get("scale", 0) + 1} of {scales}' if scales > 1 else ''
       raise errors.NstError(
         f'{ckpt} holds an unfinished run ({payload["iteration"]} of {payload["total"]} '
-        'iterations); continue it with --resume, or delete it to start over'
+        f'iterations{where}); continue it with --resume, or delete it to start over'
       )
   # Sizes from the headers, so a huge -w is refused before anything is decoded.
-  heights = [
-    image_lib.resized_height(*image_lib.image_size(p, max_pixels=cfg.max_image_pixels), cfg.width)
-    for p in (cfg.content_path, cfg.style_path)
-  ]
+  content_size = image_lib.image_size(cfg.content_path, max_pixels=cfg.max_image_pixels)
+  style_width = max(1, round(cfg.style_scale * cfg.width))
+  heights = [image_lib.resized_height(*content_size, cfg.width)]
+  for path in style_paths:
+    size = image_lib.image_size(path, max_pixels=cfg.max_image_pixels)
+    heights.append(image_lib.resized_height(*size, style_width) * style_width // cfg.width)
   check_memory(max(heights), cfg.width, config=cfg)
   content = image_lib.load_image(cfg.content_path, width=cfg.width, max_pixels=cfg.max_image_pixels)
-  style = image_lib.load_image(cfg.style_path, width=cfg.width, max_pixels=cfg.max_image_pixels)
+  styles = [
+    image_lib.load_image(path, width=style_width, max_pixels=cfg.max_image_pixels)
+    for path in style_paths
+  ]
+  height = content.shape[0]
+
+  def mask(path):
+    return image_lib.load_mask(path, height, cfg.width, max_pixels=cfg.max_image_pixels)
+
+  content_mask = mask(cfg.content_mask) if cfg.content_mask else None
+  style_masks = np.stack([mask(p) for p in cfg.style_masks]) if cfg.style_masks else None
+  init_image = None
+  if cfg.init not in config_lib.INITS:
+    init_image = image_lib.load_image(cfg.init, max_pixels=cfg.max_image_pixels)
   w = weights_lib.get_weights(cfg.weights)
   logging.info(
     'content %s (%dx%d), style %s, weights %s (%s convention)',
     cfg.content_path,
     content.shape[1],
     content.shape[0],
-    cfg.style_path,
+    ', '.join(style_paths),
     w.info.source,
     w.info.convention,
   )
@@ -644,12 +999,15 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   with _stop_on_signals() as stop:
     result = stylize(
       content,
-      style,
+      styles,
       config=cfg,
       weights=w,
       callback=save_intermediate,
       checkpoint=ckpt,
       should_stop=stop,
+      content_mask=content_mask,
+      style_masks=style_masks,
+      init_image=init_image,
     )
   image_lib.save_image(output, result)
   logging.info('saved %s', output)

@@ -78,10 +78,33 @@ def test_long_forms_output_and_intermediates(tmp_path, caffe_npz):
         (['-cp', 'missing.jpg', '-sp', STYLE], 'image missing.jpg does not exist'),
         (['-cp', CONTENT, '-sp', STYLE, '--output', 'out.xyz'], 'end the name in .png'),
         (['-cp', CONTENT, '-sp', STYLE, '--weights', 'nope.npz'], 'nope.npz does not exist'),
+        (['-cp', CONTENT, '-sp', f'{STYLE},', '-i', 1], 'has an empty entry'),
+        (
+            ['-cp', CONTENT, '-sp', f'{STYLE},{STYLE}', '--style_blend_weights', '1,2,3'],
+            '3 style blend weights for 2 style images',
+        ),
+        (['-cp', CONTENT, '-sp', STYLE, '--style_blend_weights', 'a'], 'comma-separated numbers'),
+        (['-cp', CONTENT, '-sp', STYLE, '--style_scale', '0'], '--style_scale must be a finite'),
+        (['-cp', CONTENT, '-sp', STYLE, '--tv_weight', '-1'], '--tv_weight must be a finite'),
+        (['-cp', CONTENT, '-sp', STYLE, '--scales', 2, '--min_width', 64], 'not both'),
+        (['-cp', CONTENT, '-sp', STYLE, '--init', 'nothere.png'], 'nothere.png does not exist'),
+        (['-cp', CONTENT, '-sp', STYLE, '--style_masks', STYLE], 'draw the mask over the content'),
+        (
+            ['-cp', CONTENT, '-sp', f'{STYLE},{STYLE}', '--style_masks', CONTENT],
+            '1 style masks for 2 style images',
+        ),
+        (
+            ['-cp', CONTENT, '-sp', STYLE, '--style_masks', CONTENT, '--style_loss', 'histogram'],
+            'histogram style loss does not support style masks',
+        ),
+        (['-cp', CONTENT, '-sp', STYLE, '--preserve_colors', 'yes'], 'preserve_colors'),
+        (['-cp', CONTENT, '-sp', STYLE, '-w', 64, '--scales', 5], 'fewer --scales'),
     ],
     ids=[
         'no-cp', 'no-sp', 'iterations', 'width', 'cw', 'sw-nan', 'sw-inf', 'layer',
-        'missing-image', 'bad-output', 'missing-weights',
+        'missing-image', 'bad-output', 'missing-weights', 'empty-style', 'blend-count',
+        'blend-nan', 'style-scale', 'tv', 'scales-and-min-width', 'missing-init', 'mask-aspect',
+        'mask-count', 'histogram-masks', 'colors', 'too-many-scales',
     ],
 )  # fmt: skip
 def test_user_errors_are_one_line(tmp_path, caffe_npz, args, message):
@@ -166,3 +189,37 @@ def test_width_too_large_for_memory_is_refused_before_loading(tmp_path, caffe_np
   assert 'a 200000x150000 run needs about' in r.stderr and 'GB is available on cpu' in r.stderr
   assert 'use a smaller -w' in r.stderr and 'Traceback' not in r.stderr
   assert list(tmp_path.iterdir()) == []
+
+
+def test_classic_controls_on_the_command_line(tmp_path, caffe_npz):
+  style2 = ROOT / 'style_images' / 'woman-with-hat-matisse.jpg'
+  r = _main(
+      '-cp', CONTENT, '-sp', f'{STYLE},{style2}', '--style_blend_weights', '3,1',
+      '--style_scale', 0.5, '--tv_weight', 0.1, '--init', 'gray', '--preserve_colors',
+      'postprocess', '--scales', 2, '--style_loss', 'mean_cov', '--normalize_gradients',
+      '-i', 2, '-w', 96, '--print_iter', 1,
+      cwd=tmp_path, env_weights=caffe_npz,
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr
+  out = tmp_path / 'output' / 'tubingen_starry_night+woman-with-hat-matisse.png'
+  with Image.open(out) as im:
+    assert im.size == (96, 72)
+  assert 'scale 1/2: 68x51' in r.stderr and 'scale 2/2  iteration 2/2' in r.stderr
+
+
+def test_masks_on_the_command_line(tmp_path, caffe_npz):
+  style2 = ROOT / 'style_images' / 'woman-with-hat-matisse.jpg'
+  top = np.zeros((96, 128), np.uint8)
+  top[:48] = 255
+  Image.fromarray(top).save(tmp_path / 'top.png')
+  Image.fromarray(255 - top).save(tmp_path / 'bottom.png')
+  out = tmp_path / 'masked.png'
+  r = _main(
+      '-cp', CONTENT, '-sp', f'{STYLE},{style2}', '--style_masks',
+      f'{tmp_path / "top.png"},{tmp_path / "bottom.png"}', '--content_mask',
+      tmp_path / 'bottom.png', '--init', CONTENT, '-i', 2, '-w', 48, '--output', out,
+      cwd=tmp_path, env_weights=caffe_npz,
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr
+  with Image.open(out) as im:
+    assert im.size == (48, 36)

@@ -35,3 +35,21 @@ def test_readme_api_example_runs(tmp_path, caffe_npz):
   out = ROOT / 'output' / 'api_example.png'
   assert out.exists()
   out.unlink()
+
+
+def test_readme_flag_table_lists_every_flag():
+  """Every flag main.py defines has a row in the README's flag table, with its default."""
+  r = subprocess.run(
+    [sys.executable, str(ROOT / 'main.py'), '--helpxml'],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin', 'PYTHONPATH': str(ROOT)},
+  )
+  names = re.findall(r'<file>[^<]*main\.py</file>\s*<name>(\w+)</name>', r.stdout)
+  assert len(names) > 30, r.stdout[:500]  # the parse found main.py's flags
+  readme = (ROOT / 'README.md').read_text()
+  table = readme.split('## Command line', 1)[1].split('\n## ', 1)[0]
+  rows = [line for line in table.splitlines() if line.startswith('| `')]
+  missing = [n for n in names if not any(f'`--{n}`' in row for row in rows)]
+  assert not missing, f'flags missing from the README table: {missing}'
