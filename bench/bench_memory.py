@@ -37,6 +37,8 @@ def _rss_bytes() -> int:
 def run_one(width: int) -> dict:
   import jax
 
+  import nst_jax  # noqa: F401  (sets its XLA flags before the backend starts)
+
   jax.devices()  # start the backend before the baseline
   baseline = _rss_bytes()
   import jax.numpy as jnp
