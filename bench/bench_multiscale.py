@@ -32,6 +32,8 @@ import time
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import common  # noqa: E402
+
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -44,11 +46,9 @@ def main():
   args = parser.parse_args()
 
   import jax
-  import jax.numpy as jnp
 
   from nst_jax import config as config_lib
   from nst_jax import image as image_lib
-  from nst_jax import weights as weights_lib
   from nst_jax.stylize import init_state
   from nst_jax.stylize import make_model
   from nst_jax.stylize import make_optimizer
@@ -57,12 +57,7 @@ def main():
 
   cfg = config_lib.StyleConfig(width=args.width, scales=args.scales)
   model, tx = make_model(cfg), make_optimizer(cfg)
-  if weights_lib.DEFAULT_WEIGHTS_PATH.exists():
-    w = weights_lib.load_weights()
-    params, label, convention = w.params, w.info.source, w.info.input_convention
-  else:
-    params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
-    label, convention = 'RANDOM weights (no weights/vgg19.npz)', image_lib.CAFFE
+  params, label, convention = common.params_or_random(model)
   content = image_lib.load_image(ROOT / 'content_images' / 'tubingen.jpg', width=args.width)[None]
   style = image_lib.load_image(ROOT / 'style_images' / 'starry_night.jpg', width=args.width)[None]
   step = jax.jit(

@@ -36,6 +36,8 @@ import time
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import common  # noqa: E402
+
 
 def _flops_per_step(model, loss_config, height, width) -> float:
   """Analytic FLOPs of one loss+gradient evaluation.
@@ -87,12 +89,10 @@ def _timed(fn, iters: int, repeats: int) -> list[float]:
 
 def run_one(size: int, optimizer: str, iters: int, repeats: int, lbfgs_memory: int) -> dict:
   import jax
-  import jax.numpy as jnp
   import numpy as np
 
   from nst_jax import config as config_lib
   from nst_jax import image as image_lib
-  from nst_jax import weights as weights_lib
   from nst_jax.stylize import init_state
   from nst_jax.stylize import make_model
   from nst_jax.stylize import make_optimizer
@@ -102,12 +102,7 @@ def run_one(size: int, optimizer: str, iters: int, repeats: int, lbfgs_memory: i
 
   cfg = config_lib.StyleConfig(optimizer=optimizer, lbfgs_memory=lbfgs_memory)
   model, tx, loss_config = make_model(cfg), make_optimizer(cfg), cfg.loss
-  if weights_lib.DEFAULT_WEIGHTS_PATH.exists():
-    w = weights_lib.load_weights()
-    params, source = w.params, w.info.source
-  else:
-    params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
-    source = 'random (no weights/vgg19.npz)'
+  params, source, _ = common.params_or_random(model)
   rng = np.random.default_rng(0)
   content = image_lib.preprocess(rng.uniform(size=(1, size, size, 3)), image_lib.CAFFE)
   style = image_lib.preprocess(rng.uniform(size=(1, size, size, 3)), image_lib.CAFFE)

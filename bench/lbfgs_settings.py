@@ -27,6 +27,8 @@ import time
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import common  # noqa: E402
+
 SETTINGS = {
   'lbfgs_m100': lambda optax: optax.lbfgs(memory_size=100, linesearch=None),
   'lbfgs_m10': lambda optax: optax.lbfgs(memory_size=10, linesearch=None),
@@ -46,12 +48,10 @@ def main():
   args = parser.parse_args()
 
   import jax
-  import jax.numpy as jnp
   import optax
 
   from nst_jax import config as config_lib
   from nst_jax import image as image_lib
-  from nst_jax import weights as weights_lib
   from nst_jax.stylize import init_state
   from nst_jax.stylize import make_model
   from nst_jax.stylize import make_targets
@@ -59,12 +59,7 @@ def main():
 
   cfg = config_lib.StyleConfig()
   model = make_model(cfg)
-  if weights_lib.DEFAULT_WEIGHTS_PATH.exists():
-    w = weights_lib.load_weights()
-    params, label, convention = w.params, w.info.source, w.info.input_convention
-  else:
-    params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
-    label, convention = 'RANDOM weights (no weights/vgg19.npz)', image_lib.CAFFE
+  params, label, convention = common.params_or_random(model)
   content = image_lib.load_image(ROOT / 'content_images' / 'tubingen.jpg', width=args.width)
   style = image_lib.load_image(ROOT / 'style_images' / 'starry_night.jpg', width=args.width)
   content_net = image_lib.preprocess(content[None], convention)
