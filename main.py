@@ -40,7 +40,10 @@ flags.DEFINE_integer(
 flags.mark_flags_as_required(['contentpath', 'stylepath'])
 
 flags.DEFINE_string(
-  'output', '', 'Result image; default output/<content>_<style>.png, never replacing a file.'
+  'output',
+  '',
+  'Result image (.png, .jpg, .webp, ...), or a directory for an automatic name; default '
+  'output/<content>_<style>.png, never replacing a file.',
 )
 flags.DEFINE_string(
   'weights', None, 'Converted weights .npz; default $NST_JAX_WEIGHTS or weights/vgg19.npz.'
@@ -102,6 +105,16 @@ flags.DEFINE_string(
 )
 flags.DEFINE_list(
   'style_masks', None, 'One grey image per style, comma-separated: where each style applies.'
+)
+flags.DEFINE_enum(
+  'bit_depth', '8', ['8', '16'], 'Bits per channel of the output image (16: PNG only).'
+)
+flags.DEFINE_integer(
+  'quality',
+  image_lib.DEFAULT_QUALITY,
+  'JPEG and WebP output quality, 1-100.',
+  lower_bound=1,
+  upper_bound=100,
 )
 flags.DEFINE_enum('pooling', 'max', ['max', 'avg'], 'VGG pooling.')
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Network compute dtype.')
@@ -204,6 +217,8 @@ def config_from_flags() -> nst_jax.StyleConfig:
     min_width=FLAGS.min_width,
     content_mask=FLAGS.content_mask,
     style_masks=tuple(FLAGS.style_masks or ()),
+    bit_depth=int(FLAGS.bit_depth),
+    quality=FLAGS.quality,
   )
 
 

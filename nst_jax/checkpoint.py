@@ -50,6 +50,8 @@ _FREE_SETTINGS = (
   # Masks are compared by their pixels (below), not by file name.
   'content_mask',
   'style_masks',
+  'bit_depth',
+  'quality',
 )
 
 

@@ -162,6 +162,8 @@ class StyleConfig:
       applies (white: fully, black: not at all); '' = everywhere.
     style_masks: one grey image per style, over the content: where each
       style applies (guided Grams); () = every style everywhere, blended.
+    bit_depth: bits per channel of the output: 8, or 16 (PNG only).
+    quality: JPEG and WebP quality, 1-100.
   """
 
   content_path: str = ''
@@ -195,6 +197,8 @@ class StyleConfig:
   min_width: int | None = None
   content_mask: str = ''
   style_masks: tuple[str, ...] = ()
+  bit_depth: int = 8
+  quality: int = image_lib.DEFAULT_QUALITY
 
   def __post_init__(self):
     for name in ('iterations', 'width', 'lbfgs_memory', 'max_image_pixels', 'scales'):
@@ -257,6 +261,13 @@ class StyleConfig:
       self.color_match in image_lib.COLOR_MATCH_MODES,
       f'color_match must be one of {", ".join(image_lib.COLOR_MATCH_MODES)}, got '
       f'{self.color_match!r}',
+    )
+    _check(
+      self.bit_depth in image_lib.BIT_DEPTHS, f'bit_depth must be 8 or 16, got {self.bit_depth!r}'
+    )
+    _check(
+      isinstance(self.quality, int) and 1 <= self.quality <= 100,
+      f'quality must be an integer from 1 to 100, got {self.quality!r}',
     )
     if self.min_width is not None:
       _check(

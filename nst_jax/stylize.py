@@ -615,6 +615,11 @@ def stylize(
   content_b, squeeze = _batched(content)
   styles = _style_list(style)
   n, height, width = content_b.shape[:3]
+  if style_masks is not None and config.style_blend_weights is not None:
+    raise errors.ConfigError(
+      'style blend weights and style masks exclude each other: with masks each style governs '
+      'its own region'
+    )
   blend = None if style_masks is not None else config.blend_weights(len(styles))
   if content_mask is not None:
     content_mask = jnp.asarray(content_mask, jnp.float32)
@@ -883,11 +888,11 @@ def resume_output_path(
   return found
 
 
-def _check_writable(path: Path) -> None:
+def _check_writable(path: Path, bit_depth: int = 8) -> None:
   """Fails early if `path` cannot be written; creates nothing."""
   if path.is_dir():
     raise errors.NstError(f'output {path} is a directory; name a file such as out.png')
-  image_lib.image_format(path)
+  image_lib.check_output(path, bit_depth)
   existing = path.parent
   while not existing.exists():  # the directories are made only when saving
     existing = existing.parent
@@ -926,7 +931,8 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   any computation; intermediate images (every `cfg.save_iter`) go beside it
   as <name>_<iteration>.png and the checkpoint as <name>.ckpt. SIGINT and
   SIGTERM save the checkpoint and the current image, then raise Interrupted.
-  Every file is written atomically. Style images are resized to
+  Every file is written atomically, in the output's format (`cfg.bit_depth`,
+  `cfg.quality`) with the content image's ICC profile. Style images are resized to
   `cfg.style_scale` x `cfg.width`; masks to the content's size.
 
   Returns:
@@ -940,13 +946,18 @@ def run(cfg: config_lib.StyleConfig) -> Path:
       f'{len(cfg.style_masks)} style masks for {len(style_paths)} style images; '
       'give one mask per style, in the same order'
     )
-  if cfg.output:
+  # --output naming a directory (existing, or ending in a separator) gets an
+  # automatically named file inside it.
+  directory = DEFAULT_OUTPUT_DIR
+  if cfg.output and (Path(cfg.output).is_dir() or cfg.output.endswith(('/', os.sep))):
+    directory = cfg.output
+  if cfg.output and directory == DEFAULT_OUTPUT_DIR:
     output = Path(cfg.output)
   elif cfg.resume:
-    output = resume_output_path(cfg.content_path, style_paths)
+    output = resume_output_path(cfg.content_path, style_paths, directory)
   else:
-    output = default_output_path(cfg.content_path, style_paths)
-  _check_writable(output)
+    output = default_output_path(cfg.content_path, style_paths, directory)
+  _check_writable(output, cfg.bit_depth)
   ckpt = checkpoint_lib.path_for(output)
   if not cfg.resume and ckpt.exists():
     payload = checkpoint_lib.read(ckpt)
@@ -977,6 +988,7 @@ def run(cfg: config_lib.StyleConfig) -> Path:
 
   content_mask = mask(cfg.content_mask) if cfg.content_mask else None
   style_masks = np.stack([mask(p) for p in cfg.style_masks]) if cfg.style_masks else None
+  icc = image_lib.icc_profile(cfg.content_path, max_pixels=cfg.max_image_pixels)
   init_image = None
   if cfg.init not in config_lib.INITS:
     init_image = image_lib.load_image(cfg.init, max_pixels=cfg.max_image_pixels)
@@ -993,7 +1005,7 @@ def run(cfg: config_lib.StyleConfig) -> Path:
 
   def save_intermediate(iteration: int, rgb: np.ndarray) -> None:
     path = output.with_name(f'{output.stem}_{iteration:05d}{output.suffix}')
-    image_lib.save_image(path, rgb[0])
+    image_lib.save_image(path, rgb[0], bit_depth=cfg.bit_depth, quality=cfg.quality, icc=icc)
     logging.info('saved %s', path)
 
   with _stop_on_signals() as stop:
@@ -1009,7 +1021,7 @@ def run(cfg: config_lib.StyleConfig) -> Path:
       style_masks=style_masks,
       init_image=init_image,
     )
-  image_lib.save_image(output, result)
+  image_lib.save_image(output, result, bit_depth=cfg.bit_depth, quality=cfg.quality, icc=icc)
   logging.info('saved %s', output)
   if not cfg.keep_checkpoint:
     ckpt.unlink(missing_ok=True)  # finished: the result is saved, free the space

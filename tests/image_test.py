@@ -319,3 +319,55 @@ def test_load_mask(tmp_path):
   np.testing.assert_allclose(image_lib.load_mask(tmp_path / 'red.png', 10, 15), 0.299, atol=1e-3)
   with pytest.raises(errors.ImageError, match='draw the mask over the content image'):
     image_lib.load_mask(tmp_path / 'm.png', 10, 10)
+
+
+def _srgb_profile():
+  from PIL import ImageCms
+
+  return ImageCms.ImageCmsProfile(ImageCms.createProfile('sRGB')).tobytes()
+
+
+def test_16_bit_png_keeps_16_bits_and_the_icc_profile(tmp_path):
+  import png
+
+  rgb = np.random.default_rng(0).uniform(size=(6, 7, 3)).astype(np.float32)
+  profile = _srgb_profile()
+  image_lib.save_image(tmp_path / 'o.png', rgb, bit_depth=16, icc=profile)
+  w, h, rows, info = png.Reader(filename=str(tmp_path / 'o.png')).read()
+  assert (w, h, info['bitdepth'], info['planes']) == (7, 6, 16, 3)
+  back = np.array(list(rows), np.float64).reshape(6, 7, 3) / 65535
+  np.testing.assert_allclose(back, rgb, atol=0.5 / 65535 + 1e-7)  # 16 bits, rounded
+  with Image.open(tmp_path / 'o.png') as im:
+    assert im.info['icc_profile'] == profile
+
+
+@pytest.mark.parametrize('suffix', ['.png', '.jpg', '.webp'])
+def test_8_bit_outputs_embed_the_icc_profile(tmp_path, suffix):
+  rgb = np.random.default_rng(1).uniform(size=(16, 16, 3)).astype(np.float32)
+  profile = _srgb_profile()
+  image_lib.save_image(tmp_path / f'o{suffix}', rgb, icc=profile)
+  with Image.open(tmp_path / f'o{suffix}') as im:
+    assert im.info['icc_profile'] == profile and im.size == (16, 16)
+  image_lib.save_image(tmp_path / f'plain{suffix}', rgb)
+  with Image.open(tmp_path / f'plain{suffix}') as im:
+    assert not im.info.get('icc_profile')
+
+
+@pytest.mark.parametrize('suffix', ['.jpg', '.webp'])
+def test_quality_changes_lossy_outputs(tmp_path, suffix):
+  rgb = np.random.default_rng(2).uniform(size=(64, 64, 3)).astype(np.float32)
+  errs, sizes = [], []
+  for q in (30, 95):
+    path = tmp_path / f'q{q}{suffix}'
+    image_lib.save_image(path, rgb, quality=q)
+    sizes.append(path.stat().st_size)
+    errs.append(np.abs(image_lib.load_image(path) - rgb).mean())
+  assert sizes[0] < sizes[1] and errs[0] > errs[1]
+
+
+def test_16_bits_need_png(tmp_path):
+  with pytest.raises(errors.ImageError, match='16-bit output needs a .png name'):
+    image_lib.save_image(tmp_path / 'o.jpg', np.zeros((4, 4, 3)), bit_depth=16)
+  assert list(tmp_path.iterdir()) == []
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / 'plain.jpg')
+  assert image_lib.icc_profile(tmp_path / 'plain.jpg') is None

@@ -99,12 +99,17 @@ def test_long_forms_output_and_intermediates(tmp_path, caffe_npz):
         ),
         (['-cp', CONTENT, '-sp', STYLE, '--preserve_colors', 'yes'], 'preserve_colors'),
         (['-cp', CONTENT, '-sp', STYLE, '-w', 64, '--scales', 5], 'fewer --scales'),
+        (
+            ['-cp', CONTENT, '-sp', STYLE, '--bit_depth', 16, '--output', 'o.jpg'],
+            '16-bit output needs a .png name',
+        ),
+        (['-cp', CONTENT, '-sp', STYLE, '--quality', 0], '--quality'),
     ],
     ids=[
         'no-cp', 'no-sp', 'iterations', 'width', 'cw', 'sw-nan', 'sw-inf', 'layer',
         'missing-image', 'bad-output', 'missing-weights', 'empty-style', 'blend-count',
         'blend-nan', 'style-scale', 'tv', 'scales-and-min-width', 'missing-init', 'mask-aspect',
-        'mask-count', 'histogram-masks', 'colors', 'too-many-scales',
+        'mask-count', 'histogram-masks', 'colors', 'too-many-scales', 'bits-jpeg', 'quality',
     ],
 )  # fmt: skip
 def test_user_errors_are_one_line(tmp_path, caffe_npz, args, message):
@@ -223,3 +228,49 @@ def test_masks_on_the_command_line(tmp_path, caffe_npz):
   assert r.returncode == 0, r.stderr
   with Image.open(out) as im:
     assert im.size == (48, 36)
+
+
+def test_output_directory_16_bits_and_the_content_icc_profile(tmp_path, caffe_npz):
+  from PIL import ImageCms
+  import png
+
+  profile = ImageCms.ImageCmsProfile(ImageCms.createProfile('sRGB')).tobytes()
+  content, style = _inputs(tmp_path / 'in')
+  with Image.open(content) as im:
+    im.save(content, icc_profile=profile)
+  results = tmp_path / 'results'
+  cfg = config_lib.StyleConfig(
+    content_path=str(content),
+    style_path=str(style),
+    output=f'{results}/',  # a directory: an automatic name inside it
+    weights=str(caffe_npz),
+    iterations=2,
+    width=24,
+    bit_depth=16,
+  )
+  out = run(cfg)
+  assert out == results / 'c_s.png'
+  assert run(cfg) == results / 'c_s_2.png'  # never replaces a file
+  *_, info = png.Reader(filename=str(out)).read()
+  assert info['bitdepth'] == 16
+  with Image.open(out) as im:
+    assert im.info['icc_profile'] == profile and im.size == (24, 20)
+
+
+def test_output_shows_the_content_upright(tmp_path, caffe_npz):
+  # A camera photo stored sideways with EXIF orientation 6 (rotate 90° clockwise
+  # to view): the result is written upright, with no orientation tag to apply.
+  content, style = _inputs(tmp_path / 'in', size=(40, 24))
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  with Image.open(content) as im:
+    im.save(tmp_path / 'in' / 'sideways.jpg', exif=exif.tobytes())
+  out = run(
+    config_lib.StyleConfig(
+      content_path=str(tmp_path / 'in' / 'sideways.jpg'), style_path=str(style),
+      output=str(tmp_path / 'o.png'), weights=str(caffe_npz), iterations=1, width=32,
+    )
+  )  # fmt: skip
+  with Image.open(out) as im:
+    assert im.size == (32, 53)  # stored 40x24 sideways: shown portrait, 32 wide
+    assert im.getexif().get(0x0112) is None

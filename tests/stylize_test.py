@@ -582,3 +582,12 @@ def test_multiscale_resume_continues_the_same_run(caffe_npz, tmp_path):
       content, style, config=cfg.replace(resume=True), weights=caffe_npz, checkpoint=ckpt
     )
     np.testing.assert_array_equal(resumed, whole)
+
+
+def test_masks_and_blend_weights_exclude_each_other_in_the_api(caffe_npz):
+  rgb = np.full((32, 32, 3), 0.5, np.float32)
+  cfg = config_lib.StyleConfig(style_blend_weights=(1.0, 2.0))
+  with pytest.raises(errors.ConfigError, match='exclude each other'):
+    stylize(rgb, [rgb, rgb], config=cfg, weights=caffe_npz, style_masks=np.ones((2, 32, 32)))
+  with pytest.raises(errors.ConfigError, match='give one mask per style'):
+    stylize(rgb, [rgb, rgb], weights=caffe_npz, style_masks=np.ones((3, 32, 32)))
