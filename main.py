@@ -6,6 +6,22 @@ Usage:
 
 The first run downloads and converts the VGG-19 weights (about 80 MB) into
 weights/vgg19.npz. See README.md for every flag and the loss formulas.
+
+The options you need first (all flags, alphabetically, follow):
+  -cp, --contentpath    content image (required)
+  -sp, --stylepath      style image(s), comma-separated (required)
+  -i,  --iterations     optimiser iterations (1000)
+  -cw, --contentweight  content weight (100)
+  -sw, --styleweight    style weight (0.01)
+  -w,  --imagewidth     output width in pixels (1024)
+  --output              result file or directory (output/<content>_<style>.png)
+  --init                content, random, gray or an image file (content)
+  --scales              coarse-to-fine scales, -i iterations each (1)
+  --preserve_colors     none, luminance, histogram or postprocess (none)
+  --style_scale         style size relative to the output (1.0)
+  --tv_weight           total variation weight (0)
+  --optimizer           lbfgs or adam (lbfgs)
+  --resume              continue an interrupted run from its checkpoint
 """
 
 import math
@@ -118,6 +134,12 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_enum('pooling', 'max', ['max', 'avg'], 'VGG pooling.')
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Network compute dtype.')
+flags.DEFINE_enum(
+  'progress',
+  'auto',
+  list(config_lib.PROGRESS_MODES),
+  'bar: a progress bar; log: a line every --print_iter; auto: a bar on a terminal, else lines.',
+)
 flags.DEFINE_integer('print_iter', 50, 'Log the losses every N iterations (0: only at the end).')
 flags.DEFINE_integer('save_iter', 0, 'Save an intermediate image every N iterations (0: never).')
 flags.DEFINE_integer(
@@ -219,6 +241,7 @@ def config_from_flags() -> nst_jax.StyleConfig:
     style_masks=tuple(FLAGS.style_masks or ()),
     bit_depth=int(FLAGS.bit_depth),
     quality=FLAGS.quality,
+    progress=FLAGS.progress,
   )
 
 

@@ -52,6 +52,7 @@ _FREE_SETTINGS = (
   'style_masks',
   'bit_depth',
   'quality',
+  'progress',
 )
 
 

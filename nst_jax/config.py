@@ -27,6 +27,7 @@ PRESERVE_COLORS = ('none', 'luminance', 'histogram', 'postprocess')
 # Coarse-to-fine: each scale is this factor wider than the previous one
 # (crowsonkb/style-transfer-pytorch's schedule).
 SCALE_FACTOR = math.sqrt(2)
+PROGRESS_MODES = ('auto', 'bar', 'log')
 # Adam's default step in the network's input space. With the Caffe convention
 # pixels span 0..255, and jcjohnson/neural-style uses 10 there.
 DEFAULT_ADAM_LEARNING_RATE = 10.0
@@ -164,6 +165,8 @@ class StyleConfig:
       style applies (guided Grams); () = every style everywhere, blended.
     bit_depth: bits per channel of the output: 8, or 16 (PNG only).
     quality: JPEG and WebP quality, 1-100.
+    progress: 'bar' (tqdm), 'log' (a line every print_iter) or 'auto' (a bar
+      when stderr is a terminal, else lines).
   """
 
   content_path: str = ''
@@ -199,6 +202,7 @@ class StyleConfig:
   style_masks: tuple[str, ...] = ()
   bit_depth: int = 8
   quality: int = image_lib.DEFAULT_QUALITY
+  progress: str = 'auto'
 
   def __post_init__(self):
     for name in ('iterations', 'width', 'lbfgs_memory', 'max_image_pixels', 'scales'):
@@ -268,6 +272,10 @@ class StyleConfig:
     _check(
       isinstance(self.quality, int) and 1 <= self.quality <= 100,
       f'quality must be an integer from 1 to 100, got {self.quality!r}',
+    )
+    _check(
+      self.progress in PROGRESS_MODES,
+      f'progress must be one of {", ".join(PROGRESS_MODES)}, got {self.progress!r}',
     )
     if self.min_width is not None:
       _check(

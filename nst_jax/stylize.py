@@ -28,6 +28,7 @@ import math
 import os
 from pathlib import Path
 import signal
+import sys
 import threading
 import time
 from typing import NamedTuple
@@ -528,6 +529,76 @@ def _check_size(
     )
 
 
+class LogProgress:
+  """Plain log lines every `print_iter` iterations and at the last (pipes, log files)."""
+
+  def __init__(self, print_iter: int):
+    self.print_iter = print_iter
+
+  def start(self, *, scale: tuple[int, int], total: int, done: int) -> None:
+    self.prefix = f'scale {scale[0] + 1}/{scale[1]}  ' if scale[1] > 1 else ''
+    self.total = total
+
+  def wants(self, iteration: int) -> bool:
+    return is_time(iteration, self.print_iter, self.total)
+
+  def report(self, iteration: int, losses: Mapping[str, float], rate: float) -> None:
+    logging.info(
+      '%siteration %d/%d  loss %.5g  content %.5g  style %.5g  tv %.5g  %.2f it/s  ETA %.0f s',
+      self.prefix,
+      iteration,
+      self.total,
+      losses['total'],
+      losses['content'],
+      losses['style'],
+      losses['tv'],
+      rate,
+      (self.total - iteration) / rate,
+    )
+
+  def close(self) -> None:
+    pass
+
+
+class BarProgress:
+  """A tqdm bar on stderr: iteration, total loss, iterations per second, ETA.
+
+  It reads the loss after every iteration (one scalar per image), which
+  also keeps the bar's rate honest under asynchronous dispatch.
+  """
+
+  def __init__(self, file=None):
+    self.file = file
+
+  def start(self, *, scale: tuple[int, int], total: int, done: int) -> None:
+    import tqdm  # only for terminals
+
+    desc = f'scale {scale[0] + 1}/{scale[1]}' if scale[1] > 1 else 'nst-jax'
+    self.bar = tqdm.tqdm(
+      total=total, initial=done, desc=desc, unit='it', dynamic_ncols=True, file=self.file
+    )
+
+  def wants(self, iteration: int) -> bool:
+    del iteration
+    return True
+
+  def report(self, iteration: int, losses: Mapping[str, float], rate: float) -> None:
+    del rate  # tqdm measures its own
+    self.bar.set_postfix(loss=f'{losses["total"]:.4g}', refresh=False)
+    self.bar.update(iteration - self.bar.n)
+
+  def close(self) -> None:
+    self.bar.close()
+
+
+def make_progress(config: config_lib.StyleConfig) -> LogProgress | BarProgress:
+  """config.progress: 'bar', 'log', or 'auto' (a bar when stderr is a terminal)."""
+  mode = config.progress
+  if mode == 'auto':
+    mode = 'bar' if sys.stderr.isatty() else 'log'
+  return BarProgress() if mode == 'bar' else LogProgress(config.print_iter)
+
+
 def is_time(iteration: int, every: int, total: int) -> bool:
   """True every `every` iterations (1-based) and at the last one; never if every=0."""
   return every > 0 and (iteration % every == 0 or iteration == total)
@@ -774,7 +845,6 @@ def _optimise(
   t0 = time.perf_counter()
   compiled = step.lower(state, w.params, targets).compile()
   logging.info('compiled the step in %.1f s', time.perf_counter() - t0)
-  prefix = f'scale {scale[0] + 1}/{scale[1]}  ' if scale[1] > 1 else ''
 
   def non_finite(it: int) -> errors.NstError:
     kept = (
@@ -788,58 +858,52 @@ def _optimise(
 
   total = config.iterations
   last_saved = start if start else None
-  t_start = time.perf_counter()
-  for it in range(start + 1, total + 1):
-    state, step_losses = compiled(state, w.params, targets)
-    if it == start + 1:
-      # The first call pays one-off costs (7 s -> 17 s at 1024x768 on CPU); one
-      # sync here keeps them out of the rate and the ETA.
-      jax.block_until_ready(step_losses)
-      t_first = time.perf_counter()
-      logging.info('first iteration took %.1f s (with warm-up)', t_first - t_start)
-    if is_time(it, config.print_iter, total) or it == total:
-      host = jax.device_get(step_losses)
-      if not all(np.all(np.isfinite(v)) for v in host.values()):
-        raise non_finite(it)
-      done = it - start - 1
-      rate = done / (time.perf_counter() - t_first) if done else 1.0 / (t_first - t_start)
-      logging.info(
-        '%siteration %d/%d  loss %.5g  content %.5g  style %.5g  tv %.5g  %.2f it/s  ETA %.0f s',
-        prefix,
-        it,
-        total,
-        float(host['total'].sum()),
-        float(host['content'].sum()),
-        float(host['style'].sum()),
-        float(host['tv'].sum()),
-        rate,
-        (total - it) / rate,
-      )
-    signum = should_stop() if should_stop is not None else None
-    if checkpoint is not None and (
-      signum or it == total or is_time(it, config.checkpoint_every, total)
-    ):
-      host_state = jax.device_get(state)
-      if not np.all(np.isfinite(host_state.image)):
-        raise non_finite(it)  # never replace a good checkpoint with a broken one
-      checkpoint_lib.save(
-        checkpoint,
-        state=host_state,
-        iteration=it,
-        total=total,
-        settings=settings,
-        scale=scale,
-      )
-      last_saved = it
-    if signum:
-      callback(it, state.image)
-      saved = f'saved {checkpoint} and the current image' if checkpoint else 'stopped'
-      raise errors.Interrupted(
-        f'interrupted by signal {signum} after iteration {it}; {saved}; continue with --resume',
-        signum,
-      )
-    if is_time(it, config.save_iter, total) and it < total:
-      callback(it, state.image)
+  reporter = make_progress(config)
+  reporter.start(scale=scale, total=total, done=start)
+  try:
+    t_start = time.perf_counter()
+    for it in range(start + 1, total + 1):
+      state, step_losses = compiled(state, w.params, targets)
+      if it == start + 1:
+        # The first call pays one-off costs (7 s -> 17 s at 1024x768 on CPU); one
+        # sync here keeps them out of the rate and the ETA.
+        jax.block_until_ready(step_losses)
+        t_first = time.perf_counter()
+        logging.info('first iteration took %.1f s (with warm-up)', t_first - t_start)
+      if reporter.wants(it) or it == total:
+        host = jax.device_get(step_losses)
+        if not all(np.all(np.isfinite(v)) for v in host.values()):
+          raise non_finite(it)
+        done = it - start - 1
+        rate = done / (time.perf_counter() - t_first) if done else 1.0 / (t_first - t_start)
+        reporter.report(it, {k: float(v.sum()) for k, v in host.items()}, rate)
+      signum = should_stop() if should_stop is not None else None
+      if checkpoint is not None and (
+        signum or it == total or is_time(it, config.checkpoint_every, total)
+      ):
+        host_state = jax.device_get(state)
+        if not np.all(np.isfinite(host_state.image)):
+          raise non_finite(it)  # never replace a good checkpoint with a broken one
+        checkpoint_lib.save(
+          checkpoint,
+          state=host_state,
+          iteration=it,
+          total=total,
+          settings=settings,
+          scale=scale,
+        )
+        last_saved = it
+      if signum:
+        callback(it, state.image)
+        saved = f'saved {checkpoint} and the current image' if checkpoint else 'stopped'
+        raise errors.Interrupted(
+          f'interrupted by signal {signum} after iteration {it}; {saved}; continue with --resume',
+          signum,
+        )
+      if is_time(it, config.save_iter, total) and it < total:
+        callback(it, state.image)
+  finally:
+    reporter.close()
   return state.image
 
 

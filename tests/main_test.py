@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+import re
 import subprocess
 import sys
 
@@ -274,3 +275,21 @@ def test_output_shows_the_content_upright(tmp_path, caffe_npz):
   with Image.open(out) as im:
     assert im.size == (32, 53)  # stored 40x24 sideways: shown portrait, 32 wide
     assert im.getexif().get(0x0112) is None
+
+
+def test_helpshort_puts_the_seed_options_and_the_most_used_first(tmp_path):
+  r = subprocess.run(
+    [sys.executable, str(ROOT / 'main.py'), '--helpshort'],
+    capture_output=True, text=True, timeout=120, cwd=tmp_path,
+  )  # fmt: skip
+  head, _, flag_list = r.stdout.partition('\nflags:\n')
+  first = ['--contentpath', '--stylepath', '--iterations', '--contentweight', '--styleweight',
+           '--imagewidth', '--output', '--init', '--scales', '--preserve_colors']  # fmt: skip
+  positions = [head.index(name) for name in first]
+  assert positions == sorted(positions), r.stdout[:2000]
+  for short in ('-cp,', '-sp,', '-i,', '-cw,', '-sw,', '-w,'):
+    assert short in head
+  # Every option named up front is a real flag, and the full list still follows.
+  for name in re.findall(r'^  (?:-\w+, *)?(--\w+)', head, re.M):
+    assert f'{name}:' in flag_list or f'--[no]{name[2:]}:' in flag_list, name
+  assert '--style_blend_weights' in flag_list
