@@ -140,6 +140,9 @@ flags.DEFINE_enum(
   list(config_lib.PROGRESS_MODES),
   'bar: a progress bar; log: a line every --print_iter; auto: a bar on a terminal, else lines.',
 )
+flags.DEFINE_bool(
+  'record', True, 'Write NAME.json, NAME.loss.png and NAME.sheet.jpg beside the output.'
+)
 flags.DEFINE_integer('print_iter', 50, 'Log the losses every N iterations (0: only at the end).')
 flags.DEFINE_integer('save_iter', 0, 'Save an intermediate image every N iterations (0: never).')
 flags.DEFINE_integer(
@@ -242,6 +245,7 @@ def config_from_flags() -> nst_jax.StyleConfig:
     bit_depth=int(FLAGS.bit_depth),
     quality=FLAGS.quality,
     progress=FLAGS.progress,
+    record=FLAGS.record,
   )
 
 

@@ -53,6 +53,7 @@ _FREE_SETTINGS = (
   'bit_depth',
   'quality',
   'progress',
+  'record',
 )
 
 

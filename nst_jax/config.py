@@ -167,6 +167,8 @@ class StyleConfig:
     quality: JPEG and WebP quality, 1-100.
     progress: 'bar' (tqdm), 'log' (a line every print_iter) or 'auto' (a bar
       when stderr is a terminal, else lines).
+    record: write NAME.json, NAME.loss.png and NAME.sheet.jpg beside the
+      output (nst_jax.record); used by `stylize.run`.
   """
 
   content_path: str = ''
@@ -203,6 +205,7 @@ class StyleConfig:
   bit_depth: int = 8
   quality: int = image_lib.DEFAULT_QUALITY
   progress: str = 'auto'
+  record: bool = True
 
   def __post_init__(self):
     for name in ('iterations', 'width', 'lbfgs_memory', 'max_image_pixels', 'scales'):

@@ -44,6 +44,7 @@ from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax import image as image_lib
 from nst_jax import losses
+from nst_jax import record as record_lib
 from nst_jax import vgg
 from nst_jax import weights as weights_lib
 
@@ -281,8 +282,9 @@ def objective(
     loss_config: layers, style layer weights, style loss, normalisation.
 
   Returns:
-    (total, {'total', 'content', 'style', 'tv'}) scalars; content, style and
-    tv are the unweighted L_c, L_s and L_tv.
+    (total, {'total', 'content', 'style', 'tv', 'content/<layer>',
+    'style/<layer>'}) scalars; content, style and tv are the unweighted L_c,
+    L_s and L_tv, and the per-layer entries their terms before w_l.
   """
   feats = _features(params, image[None], model=model, layers=loss_config.feature_layers)
   feats = {k: v[0] for k, v in feats.items()}
@@ -292,20 +294,24 @@ def objective(
     f = feats[name]
     return losses.normalize_gradient(f, weight) if loss_config.normalize_gradients else f
 
+  aux = {}
   l_c = jnp.zeros((), jnp.float32)
   for name in loss_config.content_layers:
     mask = None if targets.content_mask is None else targets.content_mask[name]
-    l_c += losses.content_layer_loss(layer_input(name, cw), targets.content[name], mask)
+    term = losses.content_layer_loss(layer_input(name, cw), targets.content[name], mask)
+    aux[f'content/{name}'] = term
+    l_c += term
   l_s = jnp.zeros((), jnp.float32)
   for name, w_l in loss_config.layer_weights.items():
     masks = None if targets.style_masks is None else targets.style_masks[name]
     term = losses.style_layer_loss(
       layer_input(name, sw * w_l), targets.style[name], kind=loss_config.style_loss, masks=masks
     )
+    aux[f'style/{name}'] = term
     l_s += w_l * term
   l_tv = losses.tv_loss(image)
   total = cw * l_c + sw * l_s + targets.tv_weight * l_tv
-  return total, {'total': total, 'content': l_c, 'style': l_s, 'tv': l_tv}
+  return total, {'total': total, 'content': l_c, 'style': l_s, 'tv': l_tv, **aux}
 
 
 def init_state(image: jax.Array, optimizer: optax.GradientTransformation) -> StyleState:
@@ -637,6 +643,7 @@ def stylize(
   content_mask: jax.typing.ArrayLike | None = None,
   style_masks: jax.typing.ArrayLike | None = None,
   init_image: jax.typing.ArrayLike | None = None,
+  record: dict | None = None,
 ) -> np.ndarray:
   """Transfers the style of `style` onto `content`.
 
@@ -676,6 +683,9 @@ def stylize(
       each style applies (guided Grams, Gatys et al. 2017).
     init_image: RGB start image when `config.init` names a file (it is read
       from that path if this is None).
+    record: a dict to fill with what happened: 'scales' (width, height,
+      compile_s, run_s per scale) and 'history' (scale, iteration, time_s and
+      every loss, at each reported iteration).
 
   Returns:
     RGB float32 in [0, 1] with the leading shape of `content`.
@@ -775,6 +785,7 @@ def stylize(
       config,
       content_k,
       styles_k,
+      record=record,
       blend=blend,
       content_mask=_resize_masks(content_mask, hk, wk),
       style_masks=_resize_masks(style_masks, hk, wk),
@@ -804,6 +815,7 @@ def _optimise(
   scale: tuple[int, int],
   callback: Callable[[int, jax.Array], None],
   should_stop: Callable[[], int | None] | None,
+  record: dict | None = None,
 ) -> jax.Array:
   """One scale of `stylize`: targets, compile, iterate. Network space in and out."""
   model = make_model(config)
@@ -844,7 +856,9 @@ def _optimise(
   )
   t0 = time.perf_counter()
   compiled = step.lower(state, w.params, targets).compile()
-  logging.info('compiled the step in %.1f s', time.perf_counter() - t0)
+  compile_s = time.perf_counter() - t0
+  logging.info('compiled the step in %.1f s', compile_s)
+  history = record.setdefault('history', []) if record is not None else None
 
   def non_finite(it: int) -> errors.NstError:
     kept = (
@@ -876,7 +890,11 @@ def _optimise(
           raise non_finite(it)
         done = it - start - 1
         rate = done / (time.perf_counter() - t_first) if done else 1.0 / (t_first - t_start)
-        reporter.report(it, {k: float(v.sum()) for k, v in host.items()}, rate)
+        step_values = {k: float(v.sum()) for k, v in host.items()}
+        reporter.report(it, step_values, rate)
+        if history is not None:
+          elapsed = time.perf_counter() - t_start
+          history.append({'scale': scale[0], 'iteration': it, 'time_s': elapsed, **step_values})
       signum = should_stop() if should_stop is not None else None
       if checkpoint is not None and (
         signum or it == total or is_time(it, config.checkpoint_every, total)
@@ -904,6 +922,15 @@ def _optimise(
         callback(it, state.image)
   finally:
     reporter.close()
+  if record is not None:
+    record.setdefault('scales', []).append(
+      {
+        'width': int(content.shape[2]),
+        'height': int(content.shape[1]),
+        'compile_s': compile_s,
+        'run_s': time.perf_counter() - t_start,
+      }
+    )
   return state.image
 
 
@@ -1067,9 +1094,15 @@ def run(cfg: config_lib.StyleConfig) -> Path:
     w.info.convention,
   )
 
+  intermediates = []
+  run_record = {} if cfg.record else None
+  t_run = time.perf_counter()
+
   def save_intermediate(iteration: int, rgb: np.ndarray) -> None:
     path = output.with_name(f'{output.stem}_{iteration:05d}{output.suffix}')
     image_lib.save_image(path, rgb[0], bit_depth=cfg.bit_depth, quality=cfg.quality, icc=icc)
+    if cfg.record:
+      intermediates.append(rgb[0])
     logging.info('saved %s', path)
 
   with _stop_on_signals() as stop:
@@ -1084,9 +1117,23 @@ def run(cfg: config_lib.StyleConfig) -> Path:
       content_mask=content_mask,
       style_masks=style_masks,
       init_image=init_image,
+      record=run_record,
     )
   image_lib.save_image(output, result, bit_depth=cfg.bit_depth, quality=cfg.quality, icc=icc)
   logging.info('saved %s', output)
+  if run_record is not None:
+    written = record_lib.write(
+      output,
+      config=cfg,
+      weights_info=w.info,
+      record=run_record,
+      total_s=time.perf_counter() - t_run,
+      content=content,
+      styles=styles,
+      result=result,
+      intermediates=intermediates,
+    )
+    logging.info('saved the run record %s', ', '.join(str(p) for p in written.values()))
   if not cfg.keep_checkpoint:
     ckpt.unlink(missing_ok=True)  # finished: the result is saved, free the space
   return output

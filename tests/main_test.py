@@ -163,8 +163,9 @@ def test_non_utf8_file_name(tmp_path, caffe_npz):
   out = tmp_path / 'out'
   r = _main('-cp', odd, '-sp', style, '-i', 2, '-w', 24, cwd=out.parent, env_weights=caffe_npz)
   assert r.returncode == 0, r.stderr
-  (result,) = (tmp_path / 'output').glob('*.png')
+  (result,) = [p for p in (tmp_path / 'output').glob('*.png') if not p.name.endswith('.loss.png')]
   assert result.suffix == '.png' and os.fsencode(result.name).startswith(b'caf\xe9-\xff')
+  assert result.with_suffix('.json').exists()  # the run record copes with the name too
   missing = Path(os.fsdecode(bytes(tmp_path) + b'/gone-\xff.jpg'))
   r = _main('-cp', missing, '-sp', style, cwd=tmp_path, env_weights=caffe_npz)
   assert r.returncode == 1 and 'does not exist' in r.stderr and 'Traceback' not in r.stderr
