@@ -1,66 +1,10 @@
-r"""Converts published VGG-19 weights into weights/vgg19.npz.
+"""Converts published VGG-19 weights into weights/vgg19.npz (see --help).
 
-Usage:
-  python convert_weights.py --download
-      fetch the Keras notop file (Oxford Caffe weights) from its official URL,
-      verify its published MD5, convert.
-  python convert_weights.py --input FILE [--output PATH] [--input_convention caffe]
-      convert a local Keras .h5, torchvision .pth or .safetensors file (format
-      read from the file's content). Use --input_convention caffe for Caffe
-      conversions saved with torchvision's keys, such as neural-style-pt's
-      vgg19-d01eb7cb.pth.
+The flags and the program live in nst_jax/convert_cli.py, so that the installed
+`nst-jax-convert` command is this same program.
 """
 
-import sys
-import time
-
-from absl import app
-from absl import flags
-
-from nst_jax import errors
-from nst_jax import image as image_lib
-from nst_jax import weights as weights_lib
-
-flags.DEFINE_string('input', None, 'Published weights file to convert (.h5, .pth, .safetensors).')
-flags.DEFINE_bool('download', False, 'Download the Keras VGG-19 notop file and convert it.')
-flags.DEFINE_string(
-  'output', str(weights_lib.DEFAULT_WEIGHTS_PATH), 'Where to write the converted .npz.'
-)
-flags.DEFINE_enum(
-  'input_convention',
-  None,
-  sorted(image_lib.CONVENTIONS),
-  'Override the input convention implied by the file layout.',
-)
-flags.DEFINE_string('url', weights_lib.KERAS_URL, 'Download URL (for mirrors).')
-flags.DEFINE_string('md5', weights_lib.KERAS_MD5, 'Expected MD5 of the downloaded file.')
-
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if bool(FLAGS.input) == FLAGS.download:
-    sys.exit('error: give exactly one of --input FILE or --download')
-  t0 = time.perf_counter()
-  try:
-    if FLAGS.download:
-      if FLAGS.input_convention:
-        sys.exit('error: --input_convention applies to --input only')
-      weights_lib.fetch_and_convert(FLAGS.output, url=FLAGS.url, md5=FLAGS.md5 or None)
-    else:
-      flat, info = weights_lib.convert(FLAGS.input, convention=FLAGS.input_convention)
-      weights_lib.save_npz(FLAGS.output, flat, info)
-    info = weights_lib.load_weights(FLAGS.output).info
-  except errors.NstError as e:
-    sys.exit(f'error: {e}')
-  print(
-    f'wrote {FLAGS.output} from {info.source} ({info.source_format}, sha256 '
-    f'{info.source_sha256[:16]}..., {info.convention} input convention) in '
-    f'{time.perf_counter() - t0:.1f} s'
-  )
-
+from nst_jax import convert_cli
 
 if __name__ == '__main__':
-  app.run(main)
+  convert_cli.run()

@@ -19,3 +19,32 @@ def params_or_random(model):
     return w.params, w.info.source, w.info.input_convention
   params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
   return params, 'RANDOM weights (no weights/vgg19.npz)', image_lib.CAFFE
+
+
+def weights_file_or_random(directory):
+  """A weights .npz for runs of main.py: the real one, or generated random ones.
+
+  Random weights are He-initialised with the real shapes and written through
+  the real Keras layout and converter (tests/weight_files.py), into
+  `directory`.
+
+  Returns:
+    (path, label); the label says RANDOM when they are.
+  """
+  from pathlib import Path
+  import sys
+
+  from nst_jax import weights as weights_lib
+
+  if weights_lib.DEFAULT_WEIGHTS_PATH.exists():
+    return weights_lib.DEFAULT_WEIGHTS_PATH, 'weights/vgg19.npz'
+  sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'tests'))
+  import weight_files
+
+  h5 = Path(directory) / weights_lib.KERAS_FILENAME
+  weight_files.write_keras_h5(h5, weight_files.random_params(seed=0))
+  flat, info = weights_lib.convert(h5)
+  npz = Path(directory) / 'vgg19.npz'
+  weights_lib.save_npz(npz, flat, info)
+  h5.unlink()
+  return npz, 'RANDOM weights of the real shapes (no weights/vgg19.npz)'

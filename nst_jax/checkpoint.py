@@ -54,6 +54,7 @@ _FREE_SETTINGS = (
   'quality',
   'progress',
   'record',
+  'serve',
 )
 
 

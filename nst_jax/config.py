@@ -169,6 +169,8 @@ class StyleConfig:
       when stderr is a terminal, else lines).
     record: write NAME.json, NAME.loss.png and NAME.sheet.jpg beside the
       output (nst_jax.record); used by `stylize.run`.
+    serve: a port for the live preview page on 127.0.0.1 (nst_jax.preview;
+      0 = any free port), or None for no page; used by `stylize.run`.
   """
 
   content_path: str = ''
@@ -206,6 +208,7 @@ class StyleConfig:
   quality: int = image_lib.DEFAULT_QUALITY
   progress: str = 'auto'
   record: bool = True
+  serve: int | None = None
 
   def __post_init__(self):
     for name in ('iterations', 'width', 'lbfgs_memory', 'max_image_pixels', 'scales'):
@@ -280,6 +283,11 @@ class StyleConfig:
       self.progress in PROGRESS_MODES,
       f'progress must be one of {", ".join(PROGRESS_MODES)}, got {self.progress!r}',
     )
+    if self.serve is not None:
+      _check(
+        isinstance(self.serve, int) and 0 <= self.serve <= 65535,
+        f'serve must be a port from 0 to 65535 (0: any free port), got {self.serve!r}',
+      )
     if self.min_width is not None:
       _check(
         isinstance(self.min_width, int) and self.min_width > 0,

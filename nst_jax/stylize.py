@@ -44,6 +44,7 @@ from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax import image as image_lib
 from nst_jax import losses
+from nst_jax import preview as preview_lib
 from nst_jax import record as record_lib
 from nst_jax import vgg
 from nst_jax import weights as weights_lib
@@ -644,6 +645,7 @@ def stylize(
   style_masks: jax.typing.ArrayLike | None = None,
   init_image: jax.typing.ArrayLike | None = None,
   record: dict | None = None,
+  monitor: 'preview_lib.Preview | None' = None,
 ) -> np.ndarray:
   """Transfers the style of `style` onto `content`.
 
@@ -686,6 +688,9 @@ def stylize(
     record: a dict to fill with what happened: 'scales' (width, height,
       compile_s, run_s per scale) and 'history' (scale, iteration, time_s and
       every loss, at each reported iteration).
+    monitor: a live view (nst_jax.preview.Preview, or anything with its
+      `begin`, `due` and `update`): given the losses and the current RGB
+      image ([H, W, 3], image 0) whenever `due()` says so; never waited for.
 
   Returns:
     RGB float32 in [0, 1] with the leading shape of `content`.
@@ -754,6 +759,8 @@ def stylize(
       rgb = image_lib.transfer_chroma(rgb, colors_at_scale)
     return np.asarray(rgb)
 
+  if monitor is not None:
+    monitor.begin(total=config.iterations * len(widths), scales=len(widths))
   x = None
   for k, wk in enumerate(widths):
     if k < resume_scale:
@@ -780,6 +787,12 @@ def stylize(
       if callback is not None:
         callback(offset + it, finish(xs, colors_k))
 
+    scale_monitor = None
+    if monitor is not None:
+
+      def scale_monitor(it, losses, xs, offset=offset, colors_k=colors_k, k=k):
+        monitor.update(offset + it, losses, finish(xs, colors_k)[0], scale=k + 1)
+
     x = _optimise(
       w,
       config,
@@ -795,6 +808,8 @@ def stylize(
       scale=(k, len(widths)),
       callback=scale_callback,
       should_stop=should_stop,
+      monitor=monitor.due if monitor is not None else None,
+      on_monitor=scale_monitor,
     )
   result = finish(x, content_b)
   return result[0] if squeeze else result
@@ -816,8 +831,14 @@ def _optimise(
   callback: Callable[[int, jax.Array], None],
   should_stop: Callable[[], int | None] | None,
   record: dict | None = None,
+  monitor: Callable[[], bool] | None = None,
+  on_monitor: Callable[[int, dict[str, float], jax.Array], None] | None = None,
 ) -> jax.Array:
-  """One scale of `stylize`: targets, compile, iterate. Network space in and out."""
+  """One scale of `stylize`: targets, compile, iterate. Network space in and out.
+
+  `monitor()` is asked after every iteration whether `on_monitor(iteration,
+  losses, image)` wants the current state (the live preview's rate limit).
+  """
   model = make_model(config)
   optimizer = make_optimizer(config)
   loss_config = config.loss
@@ -895,6 +916,9 @@ def _optimise(
         if history is not None:
           elapsed = time.perf_counter() - t_start
           history.append({'scale': scale[0], 'iteration': it, 'time_s': elapsed, **step_values})
+      if monitor is not None and monitor():
+        host = jax.device_get(step_losses)
+        on_monitor(it, {k: float(v.sum()) for k, v in host.items()}, state.image)
       signum = should_stop() if should_stop is not None else None
       if checkpoint is not None and (
         signum or it == total or is_time(it, config.checkpoint_every, total)
@@ -1015,6 +1039,25 @@ def _stop_on_signals():
       signal.signal(signum, handler)
 
 
+@contextlib.contextmanager
+def _serving(port: int | None, *, title: str):
+  """The live preview page on `port` for the duration of the block (None: none)."""
+  if port is None:
+    yield None
+    return
+  preview = preview_lib.Preview(port, title=title)
+  print(f'live preview: {preview.url}', file=sys.stderr, flush=True)
+  linger = preview_lib.DEFAULT_LINGER_S
+  try:
+    yield preview
+  except BaseException as e:
+    preview.fail(f'failed: {e}' if str(e) else f'failed: {type(e).__name__}')
+    linger = 1.0  # let a watching page see why, but do not hold up the exit
+    raise
+  finally:
+    preview.close(linger_s=linger)
+
+
 def run(cfg: config_lib.StyleConfig) -> Path:
   """Reads the images named in `cfg`, stylizes, and writes the result.
 
@@ -1083,57 +1126,62 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   init_image = None
   if cfg.init not in config_lib.INITS:
     init_image = image_lib.load_image(cfg.init, max_pixels=cfg.max_image_pixels)
-  w = weights_lib.get_weights(cfg.weights)
-  logging.info(
-    'content %s (%dx%d), style %s, weights %s (%s convention)',
-    cfg.content_path,
-    content.shape[1],
-    content.shape[0],
-    ', '.join(style_paths),
-    w.info.source,
-    w.info.convention,
-  )
-
-  intermediates = []
-  run_record = {} if cfg.record else None
-  t_run = time.perf_counter()
-
-  def save_intermediate(iteration: int, rgb: np.ndarray) -> None:
-    path = output.with_name(f'{output.stem}_{iteration:05d}{output.suffix}')
-    image_lib.save_image(path, rgb[0], bit_depth=cfg.bit_depth, quality=cfg.quality, icc=icc)
-    if cfg.record:
-      intermediates.append(rgb[0])
-    logging.info('saved %s', path)
-
-  with _stop_on_signals() as stop:
-    result = stylize(
-      content,
-      styles,
-      config=cfg,
-      weights=w,
-      callback=save_intermediate,
-      checkpoint=ckpt,
-      should_stop=stop,
-      content_mask=content_mask,
-      style_masks=style_masks,
-      init_image=init_image,
-      record=run_record,
+  # Bound before the weights load and the compile, so a busy port fails fast.
+  with _serving(cfg.serve, title=output.name) as preview:
+    w = weights_lib.get_weights(cfg.weights)
+    logging.info(
+      'content %s (%dx%d), style %s, weights %s (%s convention)',
+      cfg.content_path,
+      content.shape[1],
+      content.shape[0],
+      ', '.join(style_paths),
+      w.info.source,
+      w.info.convention,
     )
-  image_lib.save_image(output, result, bit_depth=cfg.bit_depth, quality=cfg.quality, icc=icc)
-  logging.info('saved %s', output)
-  if run_record is not None:
-    written = record_lib.write(
-      output,
-      config=cfg,
-      weights_info=w.info,
-      record=run_record,
-      total_s=time.perf_counter() - t_run,
-      content=content,
-      styles=styles,
-      result=result,
-      intermediates=intermediates,
-    )
-    logging.info('saved the run record %s', ', '.join(str(p) for p in written.values()))
-  if not cfg.keep_checkpoint:
-    ckpt.unlink(missing_ok=True)  # finished: the result is saved, free the space
-  return output
+
+    intermediates = []
+    run_record = {} if cfg.record else None
+    t_run = time.perf_counter()
+
+    def save_intermediate(iteration: int, rgb: np.ndarray) -> None:
+      path = output.with_name(f'{output.stem}_{iteration:05d}{output.suffix}')
+      image_lib.save_image(path, rgb[0], bit_depth=cfg.bit_depth, quality=cfg.quality, icc=icc)
+      if cfg.record:
+        intermediates.append(rgb[0])
+      logging.info('saved %s', path)
+
+    with _stop_on_signals() as stop:
+      result = stylize(
+        content,
+        styles,
+        config=cfg,
+        weights=w,
+        callback=save_intermediate,
+        checkpoint=ckpt,
+        should_stop=stop,
+        content_mask=content_mask,
+        style_masks=style_masks,
+        init_image=init_image,
+        record=run_record,
+        monitor=preview,
+      )
+    image_lib.save_image(output, result, bit_depth=cfg.bit_depth, quality=cfg.quality, icc=icc)
+    logging.info('saved %s', output)
+    if preview is not None:
+      preview.finish(result, output)
+    if run_record is not None:
+      written = record_lib.write(
+        output,
+        config=cfg,
+        weights_info=w.info,
+        record=run_record,
+        total_s=time.perf_counter() - t_run,
+        content=content,
+        styles=styles,
+        result=result,
+        intermediates=intermediates,
+      )
+      logging.info('saved the run record %s', ', '.join(str(p) for p in written.values()))
+    if not cfg.keep_checkpoint:
+      ckpt.unlink(missing_ok=True)  # finished: the result is saved, free the space
+    return output

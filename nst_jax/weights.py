@@ -55,10 +55,25 @@ KERAS_MD5 = '253f8cb515780f3b799900260a226db6'
 # torchvision's ImageNet VGG-19 (torchvision.models.VGG19_Weights.IMAGENET1K_V1).
 TORCHVISION_URL = 'https://download.pytorch.org/models/vgg19-dcbb9e9d.pth'
 
-# Where the converted weights live unless told otherwise: <project>/weights/.
+# Where the converted weights live unless told otherwise: <project>/weights/
+# in a source checkout (the directory holding convert_weights.py); for an
+# installed package, the user's cache, as Keras keeps its downloads in
+# ~/.keras/models.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_WEIGHTS_PATH = PROJECT_ROOT / 'weights' / 'vgg19.npz'
+IN_CHECKOUT = (PROJECT_ROOT / 'convert_weights.py').is_file()
+
+
+def _cache_dir() -> Path:
+  base = os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache'
+  return Path(base) / 'nst_jax'
+
+
+DEFAULT_WEIGHTS_PATH = (
+  PROJECT_ROOT / 'weights' / 'vgg19.npz' if IN_CHECKOUT else _cache_dir() / 'vgg19.npz'
+)
 WEIGHTS_ENV = 'NST_JAX_WEIGHTS'
+# How the user runs the converter, for the fixes that error messages name.
+CONVERT_COMMAND = 'python convert_weights.py' if IN_CHECKOUT else 'nst-jax-convert'
 
 # Indices of the conv layers in torchvision's `vgg19().features` Sequential
 # (conv, relu, conv, relu, pool, ...), in network order.
@@ -145,7 +160,7 @@ def check_params(flat: Mapping[str, np.ndarray], source: str) -> None:
   if problems:
     raise errors.WeightsError(
       f'{source} does not fit VGG-19: {"; ".join(problems)}; '
-      'convert the published VGG-19 file with convert_weights.py'
+      f'convert the published VGG-19 file with {CONVERT_COMMAND}'
     )
 
 
@@ -400,8 +415,7 @@ def load_weights(path: str | os.PathLike | None = None) -> Weights:
   path = resolve_weights_path(path)
   if not path.is_file():
     raise errors.WeightsError(
-      f'weights file {path} does not exist; run: python convert_weights.py '
-      f'--download --output {path}'
+      f'weights file {path} does not exist; run: {CONVERT_COMMAND} --download --output {path}'
     )
   try:
     with np.load(path, allow_pickle=False) as npz:
@@ -409,11 +423,11 @@ def load_weights(path: str | os.PathLike | None = None) -> Weights:
   except ValueError as e:
     raise errors.WeightsError(
       f'{path} cannot be loaded safely ({e}); it may hold a pickle. Rebuild it '
-      'with convert_weights.py'
+      f'with {CONVERT_COMMAND}'
     ) from None
   except (OSError, zipfile.BadZipFile, EOFError) as e:
     raise errors.WeightsError(
-      f'{path} is not a valid .npz ({e}); rebuild it with convert_weights.py'
+      f'{path} is not a valid .npz ({e}); rebuild it with {CONVERT_COMMAND}'
     ) from None
   meta = {k[len(META_PREFIX) :]: str(v) for k, v in contents.items() if k.startswith(META_PREFIX)}
   flat = {k: v for k, v in contents.items() if not k.startswith(META_PREFIX)}
@@ -422,14 +436,14 @@ def load_weights(path: str | os.PathLike | None = None) -> Weights:
   if absent:
     raise errors.WeightsError(
       f'{path} lacks metadata ({", ".join(absent)}); convert the published '
-      'file with convert_weights.py'
+      f'file with {CONVERT_COMMAND}'
     )
   check_params(flat, str(path))
   info = WeightsInfo(**{name: meta[name] for name in fields})
   if params_digest(flat) != info.params_sha256:
     raise errors.WeightsError(
       f'{path} is corrupt: its arrays do not match the hash recorded at conversion; rebuild it '
-      f'with: python convert_weights.py --download --output {path}'
+      f'with: {CONVERT_COMMAND} --download --output {path}'
     )
   image_lib.get_convention(info.convention)  # an unknown name is a one-line error
   params = flax.traverse_util.unflatten_dict(
@@ -540,8 +554,8 @@ def download(
     reason = getattr(e, 'reason', e)
     raise errors.DownloadError(
       f'cannot download {url} ({reason}); on a machine with internet access '
-      f'fetch that file (MD5 {md5}), copy it to {dest} and run: python '
-      f'convert_weights.py --input {dest}'
+      f'fetch that file (MD5 {md5}), copy it to {dest} and run: '
+      f'{CONVERT_COMMAND} --input {dest}'
     ) from None
 
   dest.parent.mkdir(parents=True, exist_ok=True)  # only once the server answers

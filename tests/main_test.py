@@ -1,5 +1,6 @@
 """End-to-end tests of main.py, run as a subprocess like a user would."""
 
+import json
 import os
 from pathlib import Path
 import re
@@ -105,12 +106,15 @@ def test_long_forms_output_and_intermediates(tmp_path, caffe_npz):
             '16-bit output needs a .png name',
         ),
         (['-cp', CONTENT, '-sp', STYLE, '--quality', 0], '--quality'),
+        (['-cp', CONTENT, '-sp', STYLE, '--preset', 'fast'], '<classic|fast_cpu|paper>'),
+        (['-cp', CONTENT, '-sp', STYLE, '--serve', 70000], '--serve'),
     ],
     ids=[
         'no-cp', 'no-sp', 'iterations', 'width', 'cw', 'sw-nan', 'sw-inf', 'layer',
         'missing-image', 'bad-output', 'missing-weights', 'empty-style', 'blend-count',
         'blend-nan', 'style-scale', 'tv', 'scales-and-min-width', 'missing-init', 'mask-aspect',
         'mask-count', 'histogram-masks', 'colors', 'too-many-scales', 'bits-jpeg', 'quality',
+        'preset', 'serve-port',
     ],
 )  # fmt: skip
 def test_user_errors_are_one_line(tmp_path, caffe_npz, args, message):
@@ -122,6 +126,25 @@ def test_user_errors_are_one_line(tmp_path, caffe_npz, args, message):
   error_lines = [line for line in lines if message in line]
   assert len(error_lines) == 1, r.stderr
   assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_preset_sets_flags_and_explicit_flags_win(tmp_path, caffe_npz):
+  # -i before --preset still wins: the preset is read before every other flag.
+  r = _main(
+    '-i', 2, '--preset', 'classic', '-cp', CONTENT, '-sp', STYLE, '-w', 32, '--output', 'o.png',
+    cwd=tmp_path, env_weights=caffe_npz,
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr[-3000:]
+  settings = json.loads((tmp_path / 'o.json').read_text())['settings']
+  assert (settings['iterations'], settings['width']) == (2, 32)
+  assert (settings['lbfgs_memory'], settings['init'], settings['tv_weight']) == (
+    100,
+    'random',
+    294.9,
+  )
+  assert (settings['content_weight'], settings['style_weight']) == (5.0, 100.0)
+  assert settings['loss']['style_layer_weights'][0] == 1 / 64**2
+  assert len(json.loads((tmp_path / 'o.json').read_text())['history']) >= 1
 
 
 def test_same_seed_same_bytes(tmp_path, caffe_npz):

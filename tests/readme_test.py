@@ -46,7 +46,7 @@ def test_readme_flag_table_lists_every_flag():
     timeout=120,
     env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin', 'PYTHONPATH': str(ROOT)},
   )
-  names = re.findall(r'<file>[^<]*main\.py</file>\s*<name>(\w+)</name>', r.stdout)
+  names = re.findall(r'<file>nst_jax\.cli</file>\s*<name>(\w+)</name>', r.stdout)
   assert len(names) > 30, r.stdout[:500]  # the parse found main.py's flags
   readme = (ROOT / 'README.md').read_text()
   table = readme.split('## Command line', 1)[1].split('\n## ', 1)[0]

@@ -289,7 +289,7 @@ def test_truncated_npz_is_refused(tmp_path, caffe_npz):
   bad.write_bytes(caffe_npz.read_bytes()[:100_000])
   with pytest.raises(errors.WeightsError) as e:
     weights_lib.load_weights(bad)
-  assert 'rebuild it with convert_weights.py' in _one_line(e)
+  assert 'rebuild it with python convert_weights.py' in _one_line(e)
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,322 @@
+r"""Neural style transfer (Gatys et al.) on VGG-19, in JAX.
+
+Usage (`nst-jax` or `python -m nst_jax` when installed with pip):
+  python main.py -cp content_images/tubingen.jpg -sp style_images/starry_night.jpg \
+      -i 1000 -cw 10 -sw 0.0001 -w 1024
+  python main.py --preset paper -cp content.jpg -sp style.jpg
+
+The first run downloads and converts the VGG-19 weights (about 80 MB) into
+weights/vgg19.npz (~/.cache/nst_jax/ when installed). See README.md for
+every flag and the loss formulas.
+
+The options you need first (all flags, alphabetically, follow):
+  -cp, --contentpath    content image (required)
+  -sp, --stylepath      style image(s), comma-separated (required)
+  -i,  --iterations     optimiser iterations (1000)
+  -cw, --contentweight  content weight (100)
+  -sw, --styleweight    style weight (0.01)
+  -w,  --imagewidth     output width in pixels (1024)
+  --output              result file or directory (output/<content>_<style>.png)
+  --init                content, random, gray or an image file (content)
+  --scales              coarse-to-fine scales, -i iterations each (1)
+  --preserve_colors     none, luminance, histogram or postprocess (none)
+  --style_scale         style size relative to the output (1.0)
+  --tv_weight           total variation weight (0)
+  --optimizer           lbfgs or adam (lbfgs)
+  --preset              paper, classic or fast_cpu settings (flags given still win)
+  --serve               live preview page on 127.0.0.1:PORT (0: any free port)
+  --resume              continue an interrupted run from its checkpoint
+"""
+
+import importlib.resources
+import math
+from pathlib import Path
+import sys
+
+from absl import app
+from absl import flags
+
+import nst_jax
+from nst_jax import _app
+from nst_jax import config as config_lib
+from nst_jax import image as image_lib
+from nst_jax import losses
+
+
+def _presets_dir() -> Path:
+  # A checkout has presets/ beside nst_jax/; a wheel carries them as
+  # nst_jax/presets (pyproject.toml maps the directory into the package).
+  checkout = Path(__file__).resolve().parent.parent / 'presets'
+  if checkout.is_dir():
+    return checkout
+  return Path(str(importlib.resources.files('nst_jax') / 'presets'))
+
+
+PRESETS = {p.stem: p for p in sorted(_presets_dir().glob('*.flags'))}
+
+# The seed's options, with their short names.
+flags.DEFINE_string('contentpath', None, 'Content image file.', short_name='cp')
+flags.DEFINE_string(
+  'stylepath', None, 'Style image file, or several separated by commas.', short_name='sp'
+)
+flags.DEFINE_integer('iterations', 1000, 'Number of optimiser iterations.', short_name='i')
+flags.DEFINE_float(
+  'contentweight', 100.0, 'Content weight cw in cw*L_content + sw*L_style.', short_name='cw'
+)
+flags.DEFINE_float(
+  'styleweight', 0.01, 'Style weight sw in cw*L_content + sw*L_style.', short_name='sw'
+)
+flags.DEFINE_integer(
+  'imagewidth',
+  1024,
+  'Output width in pixels; the height keeps the aspect ratio.',
+  short_name='w',
+)
+flags.mark_flags_as_required(['contentpath', 'stylepath'])
+
+flags.DEFINE_string(
+  'output',
+  '',
+  'Result image (.png, .jpg, .webp, ...), or a directory for an automatic name; default '
+  'output/<content>_<style>.png, never replacing a file.',
+)
+flags.DEFINE_string(
+  'weights', None, 'Converted weights .npz; default $NST_JAX_WEIGHTS or weights/vgg19.npz.'
+)
+flags.DEFINE_enum('optimizer', 'lbfgs', list(config_lib.OPTIMIZERS), 'Optimiser.')
+flags.DEFINE_float(
+  'learning_rate', None, 'Adam step size in network input units (default 10); unused by L-BFGS.'
+)
+flags.DEFINE_integer('lbfgs_memory', config_lib.DEFAULT_LBFGS_MEMORY, 'L-BFGS history length.')
+flags.DEFINE_string(
+  'init', 'content', 'Start image: content, random (faint noise), gray, or an image file.'
+)
+flags.DEFINE_integer('seed', 0, 'Random seed (used by --init=random).')
+flags.DEFINE_list(
+  'content_layers', list(config_lib.DEFAULT_CONTENT_LAYERS), 'Content layers, comma-separated.'
+)
+flags.DEFINE_list(
+  'style_layers', list(config_lib.DEFAULT_STYLE_LAYERS), 'Style layers, comma-separated.'
+)
+flags.DEFINE_list(
+  'style_layer_weights', None, 'Weight w_l of each style layer, comma-separated (default all 1).'
+)
+flags.DEFINE_enum(
+  'style_loss',
+  'gram',
+  list(losses.STYLE_KINDS),
+  'Style term per layer: gram (Gatys), mean_cov (Wasserstein-2 of Gaussian fits), histogram '
+  '(Risser et al.).',
+)
+flags.DEFINE_bool(
+  'normalize_gradients', False, "L1-normalise each loss term's gradient at its layer."
+)
+flags.DEFINE_list(
+  'style_blend_weights', None, 'Weight of each style image, comma-separated (default equal).'
+)
+flags.DEFINE_float('style_scale', 1.0, 'Style image width as a multiple of the output width.')
+flags.DEFINE_float('tv_weight', 0.0, 'Total variation weight (squared differences).')
+flags.DEFINE_enum(
+  'preserve_colors',
+  'none',
+  list(config_lib.PRESERVE_COLORS),
+  "Keep the content's colours: luminance-only transfer, histogram (style colours matched "
+  "first), or postprocess (the content's chroma put back).",
+)
+flags.DEFINE_enum(
+  'color_match',
+  'pca',
+  list(image_lib.COLOR_MATCH_MODES),
+  'Linear colour map of --preserve_colors=histogram.',
+)
+flags.DEFINE_integer(
+  'scales', 1, 'Coarse-to-fine scales, widths sqrt(2) apart; -i iterations each.'
+)
+flags.DEFINE_integer(
+  'min_width', None, 'Instead of --scales: as many scales as keep the coarsest this wide.'
+)
+flags.DEFINE_string(
+  'content_mask', '', 'Grey image: where the content loss applies (white: fully).'
+)
+flags.DEFINE_list(
+  'style_masks', None, 'One grey image per style, comma-separated: where each style applies.'
+)
+flags.DEFINE_enum(
+  'bit_depth', '8', ['8', '16'], 'Bits per channel of the output image (16: PNG only).'
+)
+flags.DEFINE_integer(
+  'quality',
+  image_lib.DEFAULT_QUALITY,
+  'JPEG and WebP output quality, 1-100.',
+  lower_bound=1,
+  upper_bound=100,
+)
+flags.DEFINE_enum('pooling', 'max', ['max', 'avg'], 'VGG pooling.')
+flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Network compute dtype.')
+flags.DEFINE_enum(
+  'progress',
+  'auto',
+  list(config_lib.PROGRESS_MODES),
+  'bar: a progress bar; log: a line every --print_iter; auto: a bar on a terminal, else lines.',
+)
+flags.DEFINE_bool(
+  'record', True, 'Write NAME.json, NAME.loss.png and NAME.sheet.jpg beside the output.'
+)
+flags.DEFINE_integer('print_iter', 50, 'Log the losses every N iterations (0: only at the end).')
+flags.DEFINE_integer('save_iter', 0, 'Save an intermediate image every N iterations (0: never).')
+flags.DEFINE_integer(
+  'checkpoint_every',
+  config_lib.DEFAULT_CHECKPOINT_EVERY,
+  'Save a checkpoint (<output>.ckpt) every N iterations (0: only on a signal and at the end).',
+)
+flags.DEFINE_bool('resume', False, "Continue from the output's checkpoint.")
+flags.DEFINE_bool(
+  'keep_checkpoint', False, 'Keep the checkpoint after the run finishes (to extend it later).'
+)
+flags.DEFINE_enum(
+  'preset',
+  None,
+  list(PRESETS),
+  'Settings from presets/NAME.flags: paper (Gatys et al. 2016), classic '
+  "(jcjohnson/neural-style's defaults), fast_cpu (a quick preview). Flags given on the "
+  'command line override it, wherever they stand.',
+)
+flags.DEFINE_integer(
+  'serve',
+  None,
+  'Serve a live preview page on http://127.0.0.1:PORT/ during the run (0: any free port).',
+  lower_bound=0,
+  upper_bound=65535,
+)
+flags.DEFINE_integer(
+  'max_image_pixels',
+  image_lib.DEFAULT_MAX_IMAGE_PIXELS,
+  'Refuse input images with more pixels than this (decompression-bomb guard).',
+)
+
+FLAGS = flags.FLAGS
+
+for _name in ('iterations', 'imagewidth', 'lbfgs_memory', 'max_image_pixels', 'scales'):
+  flags.register_validator(
+    _name, lambda v: v is not None and v > 0, message=f'--{_name} must be a positive integer'
+  )
+for _name in ('print_iter', 'save_iter', 'checkpoint_every'):
+  flags.register_validator(_name, lambda v: v >= 0, message=f'--{_name} must be >= 0')
+flags.register_validator(
+  'min_width', lambda v: v is None or v > 0, message='--min_width must be a positive integer'
+)
+flags.register_validator(
+  'style_scale',
+  lambda v: math.isfinite(v) and v > 0,
+  message='--style_scale must be a finite number > 0',
+)
+for _name in ('contentweight', 'styleweight', 'tv_weight'):
+  flags.register_validator(
+    _name, lambda v: math.isfinite(v) and v >= 0, message=f'--{_name} must be a finite number >= 0'
+  )
+flags.register_validator(
+  'learning_rate',
+  lambda v: v is None or (math.isfinite(v) and v > 0),
+  message='--learning_rate must be a finite number > 0',
+)
+
+
+def _floats(name: str, values: list[str] | None) -> tuple[float, ...] | None:
+  if values is None:
+    return None
+  try:
+    return tuple(float(v) for v in values)
+  except ValueError:
+    raise nst_jax.NstError(f'--{name} must be comma-separated numbers, got {values}') from None
+
+
+def _paths(name: str, value: str) -> tuple[str, ...]:
+  paths = tuple(p.strip() for p in value.split(','))
+  if not all(paths):
+    raise nst_jax.NstError(f'--{name} has an empty entry in {value!r}; separate files with commas')
+  return paths
+
+
+def config_from_flags() -> nst_jax.StyleConfig:
+  return nst_jax.StyleConfig(
+    content_path=FLAGS.contentpath,
+    style_path=_paths('stylepath', FLAGS.stylepath),
+    style_blend_weights=_floats('style_blend_weights', FLAGS.style_blend_weights),
+    style_scale=FLAGS.style_scale,
+    tv_weight=FLAGS.tv_weight,
+    output=FLAGS.output,
+    weights=FLAGS.weights,
+    iterations=FLAGS.iterations,
+    content_weight=FLAGS.contentweight,
+    style_weight=FLAGS.styleweight,
+    width=FLAGS.imagewidth,
+    loss=nst_jax.LossConfig(
+      content_layers=tuple(FLAGS.content_layers),
+      style_layers=tuple(FLAGS.style_layers),
+      style_layer_weights=_floats('style_layer_weights', FLAGS.style_layer_weights),
+      style_loss=FLAGS.style_loss,
+      normalize_gradients=FLAGS.normalize_gradients,
+    ),
+    optimizer=FLAGS.optimizer,
+    learning_rate=FLAGS.learning_rate,
+    lbfgs_memory=FLAGS.lbfgs_memory,
+    init=FLAGS.init,
+    seed=FLAGS.seed,
+    pooling=FLAGS.pooling,
+    dtype=FLAGS.dtype,
+    print_iter=FLAGS.print_iter,
+    save_iter=FLAGS.save_iter,
+    max_image_pixels=FLAGS.max_image_pixels,
+    checkpoint_every=FLAGS.checkpoint_every,
+    resume=FLAGS.resume,
+    keep_checkpoint=FLAGS.keep_checkpoint,
+    preserve_colors=FLAGS.preserve_colors,
+    color_match=FLAGS.color_match,
+    scales=FLAGS.scales,
+    min_width=FLAGS.min_width,
+    content_mask=FLAGS.content_mask,
+    style_masks=tuple(FLAGS.style_masks or ()),
+    bit_depth=int(FLAGS.bit_depth),
+    quality=FLAGS.quality,
+    progress=FLAGS.progress,
+    record=FLAGS.record,
+    serve=FLAGS.serve,
+  )
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    nst_jax.run(config_from_flags())
+  except nst_jax.NstError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(getattr(e, 'exit_code', 1))
+  except KeyboardInterrupt:
+    # Before the loop starts (loading, compiling) there is nothing to save yet.
+    print('error: interrupted before the first iteration; nothing was written', file=sys.stderr)
+    sys.exit(130)
+
+
+def expand_preset(argv: list[str]) -> list[str]:
+  """Puts `--flagfile=<preset file>` first, so that flags given explicitly win.
+
+  absl reads a --flagfile in place, so later flags override it; placing the
+  preset's flags before all others makes `-i 50 --preset paper` and
+  `--preset paper -i 50` mean the same. An unknown name is left for absl to
+  reject with the list of presets.
+  """
+  names = []
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.startswith('--preset='):
+      names.append(arg.partition('=')[2])
+    elif arg == '--preset' and i + 1 < len(argv):
+      names.append(argv[i + 1])
+  files = [f'--flagfile={PRESETS[n]}' for n in names[-1:] if n in PRESETS]
+  return [argv[0], *files, *argv[1:]]
+
+
+def run(argv: list[str] | None = None) -> None:
+  """The program: main.py, `nst-jax` and `python -m nst_jax` all come here."""
+  argv = list(sys.argv if argv is None else argv)
+  _app.run(main, doc=__doc__, module=__name__, argv=expand_preset(argv))

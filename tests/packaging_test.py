@@ -1,0 +1,126 @@
+"""pip packaging: the wheel installs `nst-jax`, `nst-jax-convert`, `python -m nst_jax`.
+
+The wheel is built from a copy of the checkout (a build writes build/ and
+*.egg-info beside its sources) and installed into a virtual environment that
+sees this interpreter's packages (no downloads), then used from a directory
+outside the checkout, as a user would.
+"""
+
+import os
+from pathlib import Path
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTENT = ROOT / 'content_images' / 'tubingen.jpg'
+STYLE = ROOT / 'style_images' / 'starry_night.jpg'
+SOURCES = ('nst_jax', 'presets', 'pyproject.toml', 'requirements.txt', 'README.md')
+
+
+def _flag_names(helpxml: str) -> list[str]:
+  return re.findall(r'<file>nst_jax\.cli</file>\s*<name>(\w+)</name>', helpxml)
+
+
+@pytest.fixture(scope='module')
+def installed(tmp_path_factory):
+  """(bin directory, environment, working directory) of a fresh install."""
+  tmp = tmp_path_factory.mktemp('package')
+  src = tmp / 'src'
+  for name in SOURCES:
+    if (ROOT / name).is_dir():
+      shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns('__pycache__'))
+    else:
+      src.mkdir(exist_ok=True)
+      shutil.copy(ROOT / name, src / name)
+  pip = [sys.executable, '-m', 'pip', '--disable-pip-version-check', '-q']
+  subprocess.run(
+    [*pip, 'wheel', '--no-deps', '--no-build-isolation', '-w', tmp / 'dist', src], check=True
+  )
+  (wheel,) = (tmp / 'dist').glob('nst_jax-*.whl')
+  subprocess.run([sys.executable, '-m', 'venv', '--system-site-packages', tmp / 'venv'], check=True)
+  bin_dir = tmp / 'venv' / 'bin'
+  subprocess.run([bin_dir / 'python', '-m', 'pip', '-q', 'install', '--no-deps', wheel], check=True)
+  home = tmp / 'home'
+  home.mkdir()
+  env = {
+    'PATH': f'{bin_dir}{os.pathsep}/usr/bin:/bin',
+    'HOME': str(home),
+    'JAX_PLATFORMS': 'cpu',
+  }
+  work = tmp / 'work'
+  work.mkdir()
+  return bin_dir, env, work
+
+
+def _run(installed, *args):
+  _, env, work = installed
+  return subprocess.run(
+    [str(a) for a in args], capture_output=True, text=True, env=env, cwd=work, timeout=300
+  )
+
+
+def test_console_script_and_module_are_the_main_py_program(installed):
+  bin_dir, _, _ = installed
+  checkout = subprocess.run(
+    [sys.executable, ROOT / 'main.py', '--helpxml'], capture_output=True, text=True, timeout=120
+  )
+  expected = _flag_names(checkout.stdout)
+  assert len(expected) > 30
+  for command in ([bin_dir / 'nst-jax'], [bin_dir / 'python', '-m', 'nst_jax']):
+    r = _run(installed, *command, '--helpxml')
+    assert _flag_names(r.stdout) == expected, (command, r.stderr[-2000:])
+  short = _run(installed, bin_dir / 'nst-jax', '--helpshort').stdout
+  head, _, flag_list = short.partition('\nflags:\n')
+  assert '-cp, --contentpath' in head and 'nst-jax' in head
+  assert '--contentpath:' in flag_list and '--styleweight:' in flag_list
+
+
+def test_installed_package_is_used_with_its_presets_and_cache(installed):
+  bin_dir, env, _ = installed
+  r = _run(
+    installed, bin_dir / 'python', '-c',
+    'import nst_jax, nst_jax.weights as w; '
+    'print(nst_jax.__file__); print(w.DEFAULT_WEIGHTS_PATH); print(w.CONVERT_COMMAND)',
+  )  # fmt: skip
+  module, default, command = r.stdout.split('\n')[:3]
+  assert 'site-packages' in module and not module.startswith(str(ROOT)), module
+  assert default == f'{env["HOME"]}/.cache/nst_jax/vgg19.npz'
+  assert command == 'nst-jax-convert'
+  r = _run(installed, bin_dir / 'nst-jax', '--preset', 'paper', '-i', '7', '--helpxml')
+  current = dict(re.findall(r'<name>(\w+)</name>.*?<current>([^<]*)</current>', r.stdout, re.S))
+  assert (current['pooling'], current['init'], current['iterations']) == ('avg', 'random', '7')
+  assert current['styleweight'] == '0.006358'
+
+
+def test_installed_commands_run(installed, caffe_npz):
+  bin_dir, _, work = installed
+  r = _run(
+    installed, bin_dir / 'nst-jax', '-cp', CONTENT, '-sp', STYLE, '-i', 2, '-w', 32,
+    '--weights', caffe_npz, '--output', 'out.png', '--norecord',
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert (work / 'out.png').is_file()
+  r = _run(installed, bin_dir / 'nst-jax-convert', '--input', 'missing.h5')
+  assert r.returncode == 1
+  assert r.stderr.strip().count('\n') == 0 and 'missing.h5' in r.stderr, r.stderr
+
+
+def test_the_library_never_reads_flags():
+  programs = {'cli.py', 'convert_cli.py', '_app.py', '__main__.py'}
+  for path in sorted((ROOT / 'nst_jax').glob('*.py')):
+    if path.name not in programs:
+      source = path.read_text()
+      assert 'absl import flags' not in source, path.name
+      assert not re.search(r'\bFLAGS\b', source), path.name  # XLA_FLAGS is not absl's
+      assert 'nst_jax import cli' not in source, path.name
+  r = subprocess.run(
+    [sys.executable, '-c',
+     'import sys, nst_jax, nst_jax.stylize, nst_jax.preview, nst_jax.record; '
+     'print(sorted(m for m in sys.modules if m.endswith("cli")))'],
+    capture_output=True, text=True, cwd=ROOT, timeout=120,
+  )  # fmt: skip
+  assert r.stdout.strip() == '[]', r.stdout + r.stderr
