@@ -19,9 +19,11 @@ import sys
 import tempfile
 import time
 
-import common
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import common  # noqa: E402
+
 CONTENT = ROOT / 'content_images' / 'tubingen.jpg'
 STYLE = ROOT / 'style_images' / 'starry_night.jpg'
 
