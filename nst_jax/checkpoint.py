@@ -55,6 +55,8 @@ _FREE_SETTINGS = (
   'progress',
   'record',
   'serve',
+  # The layout over devices changes rounding only (README: Scaling out).
+  'shard',
 )
 
 

@@ -39,7 +39,9 @@ from absl import flags
 import nst_jax
 from nst_jax import _app
 from nst_jax import config as config_lib
+from nst_jax import distributed
 from nst_jax import image as image_lib
+from nst_jax import jobs as jobs_lib
 from nst_jax import losses
 
 
@@ -72,7 +74,6 @@ flags.DEFINE_integer(
   'Output width in pixels; the height keeps the aspect ratio.',
   short_name='w',
 )
-flags.mark_flags_as_required(['contentpath', 'stylepath'])
 
 flags.DEFINE_string(
   'output',
@@ -188,6 +189,29 @@ flags.DEFINE_integer(
   lower_bound=0,
   upper_bound=65535,
 )
+flags.DEFINE_string(
+  'jobs',
+  None,
+  'Batch mode: a CSV (with a header) or JSON-lines file of jobs with columns content, style, '
+  'and optionally content_weight, style_weight, output. -cp and -sp may instead name '
+  'directories or globs.',
+)
+flags.DEFINE_enum(
+  'shard',
+  'jobs',
+  list(config_lib.SHARD_MODES),
+  'jobs: a batch of jobs is split over all devices (of all hosts); spatial: each image is '
+  "split by height over this host's devices, for images too large for one device.",
+)
+flags.DEFINE_bool(
+  'distributed',
+  False,
+  'Call jax.distributed.initialize() first (run the same command on every host of a TPU '
+  'slice or cluster); the cluster is detected unless the next three flags are given.',
+)
+flags.DEFINE_string('coordinator_address', None, 'With --distributed: host:port of process 0.')
+flags.DEFINE_integer('num_processes', None, 'With --distributed: the number of processes.')
+flags.DEFINE_integer('process_id', None, 'With --distributed: this process, 0-based.')
 flags.DEFINE_integer(
   'max_image_pixels',
   image_lib.DEFAULT_MAX_IMAGE_PIXELS,
@@ -195,6 +219,13 @@ flags.DEFINE_integer(
 )
 
 FLAGS = flags.FLAGS
+
+flags.register_multi_flags_validator(
+  ['contentpath', 'stylepath', 'jobs'],
+  lambda v: bool(v['jobs']) or bool(v['contentpath'] and v['stylepath']),
+  message='give the content and style images with -cp/--contentpath and -sp/--stylepath '
+  '(files, directories or globs), or a job list with --jobs FILE',
+)
 
 for _name in ('iterations', 'imagewidth', 'lbfgs_memory', 'max_image_pixels', 'scales'):
   flags.register_validator(
@@ -239,8 +270,8 @@ def _paths(name: str, value: str) -> tuple[str, ...]:
 
 def config_from_flags() -> nst_jax.StyleConfig:
   return nst_jax.StyleConfig(
-    content_path=FLAGS.contentpath,
-    style_path=_paths('stylepath', FLAGS.stylepath),
+    content_path=FLAGS.contentpath or '',
+    style_path=_paths('stylepath', FLAGS.stylepath) if FLAGS.stylepath else '',
     style_blend_weights=_floats('style_blend_weights', FLAGS.style_blend_weights),
     style_scale=FLAGS.style_scale,
     tv_weight=FLAGS.tv_weight,
@@ -281,6 +312,7 @@ def config_from_flags() -> nst_jax.StyleConfig:
     progress=FLAGS.progress,
     record=FLAGS.record,
     serve=FLAGS.serve,
+    shard=FLAGS.shard,
   )
 
 
@@ -288,7 +320,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   try:
-    nst_jax.run(config_from_flags())
+    if FLAGS.distributed:
+      distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    cfg = config_from_flags()
+    batch = _batch_jobs(cfg)
+    if batch is None:
+      nst_jax.run(cfg)
+    else:
+      distributed.run_batch(batch, cfg)
   except nst_jax.NstError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(getattr(e, 'exit_code', 1))
@@ -296,6 +335,18 @@ def main(argv):
     # Before the loop starts (loading, compiling) there is nothing to save yet.
     print('error: interrupted before the first iteration; nothing was written', file=sys.stderr)
     sys.exit(130)
+
+
+def _batch_jobs(cfg: nst_jax.StyleConfig) -> list[jobs_lib.Job] | None:
+  """The job list of a batch run, or None for a single run."""
+  if FLAGS.jobs:
+    if FLAGS.contentpath or FLAGS.stylepath:
+      raise nst_jax.NstError('give either --jobs FILE or -cp and -sp, not both')
+    return jobs_lib.read_jobs(FLAGS.jobs)
+  styles = cfg.style_paths
+  if jobs_lib.is_pattern(cfg.content_path) or any(jobs_lib.is_pattern(s) for s in styles):
+    return jobs_lib.jobs_from_specs(cfg.content_path, styles)
+  return None
 
 
 def expand_preset(argv: list[str]) -> list[str]:

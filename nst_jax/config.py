@@ -28,6 +28,9 @@ PRESERVE_COLORS = ('none', 'luminance', 'histogram', 'postprocess')
 # (crowsonkb/style-transfer-pytorch's schedule).
 SCALE_FACTOR = math.sqrt(2)
 PROGRESS_MODES = ('auto', 'bar', 'log')
+# How a run uses several devices (nst_jax.sharding): a batch of jobs split
+# over them, or each image's height split over them.
+SHARD_MODES = ('jobs', 'spatial')
 # Adam's default step in the network's input space. With the Caffe convention
 # pixels span 0..255, and jcjohnson/neural-style uses 10 there.
 DEFAULT_ADAM_LEARNING_RATE = 10.0
@@ -171,6 +174,9 @@ class StyleConfig:
       output (nst_jax.record); used by `stylize.run`.
     serve: a port for the live preview page on 127.0.0.1 (nst_jax.preview;
       0 = any free port), or None for no page; used by `stylize.run`.
+    shard: 'jobs' (a batch of jobs split over all devices; one job runs on
+      one device) or 'spatial' (each image's height split over this
+      process's devices).
   """
 
   content_path: str = ''
@@ -209,6 +215,7 @@ class StyleConfig:
   progress: str = 'auto'
   record: bool = True
   serve: int | None = None
+  shard: str = 'jobs'
 
   def __post_init__(self):
     for name in ('iterations', 'width', 'lbfgs_memory', 'max_image_pixels', 'scales'):
@@ -282,6 +289,10 @@ class StyleConfig:
     _check(
       self.progress in PROGRESS_MODES,
       f'progress must be one of {", ".join(PROGRESS_MODES)}, got {self.progress!r}',
+    )
+    _check(
+      self.shard in SHARD_MODES,
+      f'shard must be one of {", ".join(SHARD_MODES)}, got {self.shard!r}',
     )
     if self.serve is not None:
       _check(

@@ -46,6 +46,7 @@ from nst_jax import image as image_lib
 from nst_jax import losses
 from nst_jax import preview as preview_lib
 from nst_jax import record as record_lib
+from nst_jax import sharding as sharding_lib
 from nst_jax import vgg
 from nst_jax import weights as weights_lib
 
@@ -871,12 +872,16 @@ def _optimise(
       restored, start = checkpoint_lib.restore(checkpoint, like=state, settings=settings)
       state = jax.tree.map(jnp.asarray, restored)
       logging.info('resumed from %s after iteration %d', checkpoint, start)
-  step = jax.jit(
-    functools.partial(update_step, model=model, optimizer=optimizer, loss_config=loss_config),
-    donate_argnums=0,
+  step_fn = functools.partial(
+    update_step, model=model, optimizer=optimizer, loss_config=loss_config
   )
+  params = w.params
+  if config.shard == 'spatial' and jax.local_device_count() > 1:
+    step, state, params, targets = _spatially_sharded(step_fn, state, params, targets)
+  else:
+    step = jax.jit(step_fn, donate_argnums=0)
   t0 = time.perf_counter()
-  compiled = step.lower(state, w.params, targets).compile()
+  compiled = step.lower(state, params, targets).compile()
   compile_s = time.perf_counter() - t0
   logging.info('compiled the step in %.1f s', compile_s)
   history = record.setdefault('history', []) if record is not None else None
@@ -898,7 +903,7 @@ def _optimise(
   try:
     t_start = time.perf_counter()
     for it in range(start + 1, total + 1):
-      state, step_losses = compiled(state, w.params, targets)
+      state, step_losses = compiled(state, params, targets)
       if it == start + 1:
         # The first call pays one-off costs (7 s -> 17 s at 1024x768 on CPU); one
         # sync here keeps them out of the rate and the ETA.
@@ -953,9 +958,55 @@ def _optimise(
         'height': int(content.shape[1]),
         'compile_s': compile_s,
         'run_s': time.perf_counter() - t_start,
+        **sharding_lib.describe(compiled),
       }
     )
   return state.image
+
+
+def _spatially_sharded(step_fn, state: StyleState, params, targets: Targets):
+  """The step with each image's height split over this process's devices.
+
+  The image and every state leaf shaped like it (the L-BFGS history) are
+  split along H over the mesh axis 'space'; the parameters and targets are
+  replicated. XLA's SPMD partitioner adds the halo exchanges of the
+  convolutions and the all-reduces of the Grams and losses. The height is
+  split evenly, over the most devices that divide it.
+
+  Returns:
+    (jitted step, state, params, targets), the last three placed.
+  """
+  height, width = state.image.shape[1:3]
+  devices = jax.local_devices()
+  # Rows split evenly: the most devices that divide the height.
+  used = max(k for k in range(1, len(devices) + 1) if height % k == 0)
+  if used < len(devices):
+    logging.warning(
+      'spatial sharding: a height of %d rows splits evenly over %d of the %d devices; a '
+      'height divisible by %d uses them all',
+      height,
+      used,
+      len(devices),
+      len(devices),
+    )
+  mesh = sharding_lib.spatial_mesh(devices[:used])
+  state_sh = sharding_lib.spatial_shardings(state, mesh, height, width)
+  replicate = sharding_lib.replicated_sharding(mesh)
+  params_sh = jax.tree.map(lambda _: replicate, params)
+  targets_sh = jax.tree.map(lambda _: replicate, targets)
+  step = jax.jit(
+    step_fn,
+    in_shardings=(state_sh, params_sh, targets_sh),
+    out_shardings=(state_sh, replicate),
+    donate_argnums=0,
+  )
+  logging.info('spatial sharding: %d rows over %d devices', height, mesh.size)
+  return (
+    step,
+    jax.device_put(state, state_sh),
+    jax.device_put(params, params_sh),
+    jax.device_put(targets, targets_sh),
+  )
 
 
 def _default_names(content_path: str, style_path: str | Sequence[str], directory: str):
@@ -1003,7 +1054,7 @@ def resume_output_path(
   return found
 
 
-def _check_writable(path: Path, bit_depth: int = 8) -> None:
+def check_writable(path: Path, bit_depth: int = 8) -> None:
   """Fails early if `path` cannot be written; creates nothing."""
   if path.is_dir():
     raise errors.NstError(f'output {path} is a directory; name a file such as out.png')
@@ -1091,7 +1142,7 @@ def run(cfg: config_lib.StyleConfig) -> Path:
     output = resume_output_path(cfg.content_path, style_paths, directory)
   else:
     output = default_output_path(cfg.content_path, style_paths, directory)
-  _check_writable(output, cfg.bit_depth)
+  check_writable(output, cfg.bit_depth)
   ckpt = checkpoint_lib.path_for(output)
   if not cfg.resume and ckpt.exists():
     payload = checkpoint_lib.read(ckpt)

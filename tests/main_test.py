@@ -108,13 +108,21 @@ def test_long_forms_output_and_intermediates(tmp_path, caffe_npz):
         (['-cp', CONTENT, '-sp', STYLE, '--quality', 0], '--quality'),
         (['-cp', CONTENT, '-sp', STYLE, '--preset', 'fast'], '<classic|fast_cpu|paper>'),
         (['-cp', CONTENT, '-sp', STYLE, '--serve', 70000], '--serve'),
+        (['-i', 2], 'or a job list with --jobs FILE'),
+        (['--jobs', 'nojobs.csv'], 'jobs file nojobs.csv does not exist'),
+        (['-cp', 'no_such_dir/*.jpg', '-sp', STYLE], 'matches no files'),
+        (['-cp', str(ROOT / 'content_images'), '-sp', STYLE, '--output', 'one.png'],
+         'name a directory (ending in /)'),
+        (['-cp', str(ROOT / 'content_images'), '-sp', STYLE, '--scales', 2],
+         'scales is not available in batch mode'),
     ],
     ids=[
         'no-cp', 'no-sp', 'iterations', 'width', 'cw', 'sw-nan', 'sw-inf', 'layer',
         'missing-image', 'bad-output', 'missing-weights', 'empty-style', 'blend-count',
         'blend-nan', 'style-scale', 'tv', 'scales-and-min-width', 'missing-init', 'mask-aspect',
         'mask-count', 'histogram-masks', 'colors', 'too-many-scales', 'bits-jpeg', 'quality',
-        'preset', 'serve-port',
+        'preset', 'serve-port', 'no-images', 'missing-jobs', 'empty-glob', 'batch-output-file',
+        'batch-scales',
     ],
 )  # fmt: skip
 def test_user_errors_are_one_line(tmp_path, caffe_npz, args, message):
@@ -145,6 +153,31 @@ def test_preset_sets_flags_and_explicit_flags_win(tmp_path, caffe_npz):
   assert (settings['content_weight'], settings['style_weight']) == (5.0, 100.0)
   assert settings['loss']['style_layer_weights'][0] == 1 / 64**2
   assert len(json.loads((tmp_path / 'o.json').read_text())['history']) >= 1
+
+
+def test_batch_from_a_directory_and_from_a_jobs_file(tmp_path, caffe_npz):
+  # -cp naming a directory: one job per image in it, all written to --output/.
+  r = _main(
+    '-cp', ROOT / 'content_images', '-sp', STYLE, '-i', 2, '-w', 32, '--output', 'out/',
+    cwd=tmp_path, env_weights=caffe_npz,
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr[-3000:]
+  written = sorted(p.name for p in (tmp_path / 'out').iterdir())
+  assert written == ['golden_gate_starry_night.png', 'tubingen_starry_night.png']
+  # Both are 4:3, so 32x24: one group, run as one batched step of two rows.
+  assert 'process 0: 2 jobs of 32x24 (2 rows on 1 devices)' in r.stderr, r.stderr[-3000:]
+  # A JSON-lines job list with per-job weights and outputs (relative to the file).
+  jobs = tmp_path / 'jobs.jsonl'
+  jobs.write_text(
+    json.dumps({'content': str(CONTENT), 'style': [str(STYLE)], 'content_weight': 5,
+                'output': 'res/a.jpg'}) + '\n'
+    + json.dumps({'content': str(CONTENT), 'style': str(STYLE), 'style_weight': 0.5}) + '\n'
+  )  # fmt: skip
+  r = _main('--jobs', jobs, '-i', 2, '-w', 32, '--output', 'auto/', cwd=tmp_path,
+            env_weights=caffe_npz)  # fmt: skip
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert Image.open(tmp_path / 'res' / 'a.jpg').size == (32, 24)
+  assert [p.name for p in (tmp_path / 'auto').iterdir()] == ['tubingen_starry_night.png']
 
 
 def test_same_seed_same_bytes(tmp_path, caffe_npz):

@@ -1,0 +1,200 @@
+"""Job lists for batch mode: from paths, directories, globs or a --jobs file.
+
+A job is one stylisation: a content image, one or more style images
+(blended), its own content and style weights, and an output file. Jobs whose
+outputs have the same shape run together as one batched, sharded step
+(nst_jax.distributed).
+"""
+
+from collections.abc import Iterable, Sequence
+import csv
+import dataclasses
+import glob
+import json
+import os
+from pathlib import Path
+
+from nst_jax import errors
+from nst_jax import image as image_lib
+
+# Files a directory contributes (by suffix, case-insensitive): what Pillow
+# reads and people keep photos and paintings in.
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff', '.gif')
+# The columns of a --jobs file; content and style are required.
+JOB_FIELDS = ('content', 'style', 'content_weight', 'style_weight', 'output')
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One stylisation of a batch.
+
+  Attributes:
+    content: content image path.
+    style: style image paths (several are blended with equal weights).
+    content_weight: cw of this job (None: the config's).
+    style_weight: sw of this job (None: the config's).
+    output: result path ('' = automatic name in the output directory).
+  """
+
+  content: str
+  style: tuple[str, ...]
+  content_weight: float | None = None
+  style_weight: float | None = None
+  output: str = ''
+
+
+def is_pattern(spec: str) -> bool:
+  """True if `spec` names several files: a directory or a glob."""
+  return Path(spec).is_dir() or glob.has_magic(spec)
+
+
+def expand(spec: str, *, what: str) -> list[str]:
+  """A file, a directory (its images, sorted) or a glob (sorted) -> file paths.
+
+  Raises:
+    ConfigError: nothing matches, naming the spec.
+  """
+  if Path(spec).is_dir():
+    paths = sorted(
+      str(p) for p in Path(spec).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    where = f'the directory {spec} holds no images ({", ".join(IMAGE_SUFFIXES)})'
+  elif glob.has_magic(spec):
+    paths = sorted(p for p in glob.glob(spec) if Path(p).is_file())
+    where = f'the pattern {spec} matches no files'
+  else:
+    return [spec]
+  if not paths:
+    raise errors.ConfigError(f'{what}: {where}; check the path')
+  return paths
+
+
+def jobs_from_specs(content_spec: str, style_specs: Sequence[str]) -> list[Job]:
+  """Jobs for -cp and -sp: every content image with every style.
+
+  A directory or glob in -cp gives one job per content image. In -sp a single
+  directory or glob gives one job per style image (each content with each
+  style); several comma-separated files are one blended style, as before.
+  """
+  contents = expand(content_spec, what='-cp')
+  if len(style_specs) == 1:
+    styles = [(p,) for p in expand(style_specs[0], what='-sp')]
+  else:
+    for spec in style_specs:
+      if is_pattern(spec):
+        raise errors.ConfigError(
+          f'-sp {spec} is a directory or pattern inside a comma-separated blend; give blended '
+          'styles as files, or one directory or pattern alone'
+        )
+    styles = [tuple(style_specs)]
+  return [Job(content=c, style=s) for c in contents for s in styles]
+
+
+def read_jobs(path: str | os.PathLike) -> list[Job]:
+  """Reads a --jobs file: CSV with a header, or JSON lines (.jsonl, .ndjson).
+
+  Columns (CSV header, or JSON keys): content, style (several separated by
+  '+' in CSV, or a JSON list), and optionally content_weight, style_weight
+  and output. Relative paths are relative to the jobs file's directory.
+
+  Raises:
+    ConfigError: a missing file, unknown column, missing value or bad
+      number, naming the line.
+  """
+  path = Path(path)
+  if not path.is_file():
+    raise errors.ConfigError(f'jobs file {path} does not exist; check the path given to --jobs')
+  text = path.read_text(encoding='utf-8')
+  if path.suffix.lower() in ('.jsonl', '.ndjson', '.json'):
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise errors.ConfigError(f'{path} line {number} is not JSON ({e.msg})') from None
+      if not isinstance(row, dict):
+        raise errors.ConfigError(f'{path} line {number}: each line must be a JSON object')
+      rows.append((number, row))
+  else:
+    reader = csv.DictReader(text.splitlines())
+    if reader.fieldnames is None:
+      raise errors.ConfigError(f'{path} is empty; the first line names the columns')
+    rows = [(number, row) for number, row in enumerate(reader, 2)]
+  jobs = [_job(path, number, row) for number, row in rows]
+  if not jobs:
+    raise errors.ConfigError(f'{path} lists no jobs')
+  return jobs
+
+
+def _job(path: Path, number: int, row: dict) -> Job:
+  where = f'{path} line {number}'
+  unknown = sorted(set(row) - set(JOB_FIELDS) - {None})
+  if unknown:
+    raise errors.ConfigError(
+      f'{where}: unknown column {", ".join(unknown)}; the columns are {", ".join(JOB_FIELDS)}'
+    )
+  if None in row:  # csv: more values than header columns
+    raise errors.ConfigError(f'{where} has more values than the header has columns')
+
+  def resolve(p: str) -> str:
+    p = os.path.expanduser(str(p).strip())
+    return p if os.path.isabs(p) else str(path.parent / p)
+
+  content = row.get('content')
+  style = row.get('style')
+  if not content or not style:
+    raise errors.ConfigError(f'{where}: content and style are required')
+  styles = style if isinstance(style, list) else str(style).split('+')
+
+  def number_or_none(key: str) -> float | None:
+    value = row.get(key)
+    if value is None or value == '':
+      return None
+    try:
+      x = float(value)
+    except (TypeError, ValueError):
+      raise errors.ConfigError(f'{where}: {key} must be a number, got {value!r}') from None
+    if not (x >= 0 and x != float('inf')):
+      raise errors.ConfigError(f'{where}: {key} must be a finite number >= 0, got {value!r}')
+    return x
+
+  output = row.get('output') or ''
+  return Job(
+    content=resolve(content),
+    style=tuple(resolve(s) for s in styles),
+    content_weight=number_or_none('content_weight'),
+    style_weight=number_or_none('style_weight'),
+    output=resolve(output) if output else '',
+  )
+
+
+def assign_outputs(jobs: Iterable[Job], directory: str) -> list[Job]:
+  """Gives every job without an output `directory/<content>_<style>.png`.
+
+  Names are made unique within the batch and never replace an existing
+  file (`_2`, `_3`, ... are added), as for a single run.
+
+  Raises:
+    ConfigError: two jobs name the same output.
+  """
+  taken: set[str] = set()
+  result = []
+  for job in jobs:
+    output = job.output
+    if not output:
+      stem = f'{Path(job.content).stem}_{"+".join(Path(s).stem for s in job.style)}'
+      k = 1
+      while True:
+        candidate = Path(directory) / (f'{stem}.png' if k == 1 else f'{stem}_{k}.png')
+        if str(candidate) not in taken and not candidate.exists():
+          break
+        k += 1
+      output = str(candidate)
+    elif output in taken:
+      raise errors.ConfigError(f'two jobs write {output}; give each job its own output')
+    image_lib.check_output(output)
+    taken.add(output)
+    result.append(dataclasses.replace(job, output=output))
+  return result

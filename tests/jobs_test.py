@@ -1,0 +1,86 @@
+"""Job lists: paths, directories, globs, CSV and JSON-lines files, output names."""
+
+import json
+
+import pytest
+
+from nst_jax import errors
+from nst_jax import jobs as jobs_lib
+
+
+def _touch(directory, *names):
+  directory.mkdir(parents=True, exist_ok=True)
+  for name in names:
+    (directory / name).write_bytes(b'')
+  return directory
+
+
+def test_specs_expand_directories_and_globs(tmp_path):
+  contents = _touch(tmp_path / 'c', 'b.jpg', 'a.PNG', 'notes.txt')
+  styles = _touch(tmp_path / 's', 'x.jpg', 'y.jpg')
+  jobs = jobs_lib.jobs_from_specs(str(contents), [str(styles / '*.jpg')])
+  assert [(j.content, j.style) for j in jobs] == [
+    (str(contents / 'a.PNG'), (str(styles / 'x.jpg'),)),
+    (str(contents / 'a.PNG'), (str(styles / 'y.jpg'),)),
+    (str(contents / 'b.jpg'), (str(styles / 'x.jpg'),)),
+    (str(contents / 'b.jpg'), (str(styles / 'y.jpg'),)),
+  ]
+  # Comma-separated files stay one blended style.
+  (job,) = jobs_lib.jobs_from_specs('c.jpg', ['x.jpg', 'y.jpg'])
+  assert job.style == ('x.jpg', 'y.jpg')
+  with pytest.raises(errors.ConfigError, match='inside a comma-separated blend'):
+    jobs_lib.jobs_from_specs('c.jpg', [str(styles), 'y.jpg'])
+  with pytest.raises(errors.ConfigError, match='holds no images'):
+    jobs_lib.jobs_from_specs(str(_touch(tmp_path / 'empty')), ['x.jpg'])
+  assert jobs_lib.is_pattern(str(contents)) and jobs_lib.is_pattern('a/*.jpg')
+  assert not jobs_lib.is_pattern('a.jpg')
+
+
+def test_csv_and_json_lines_files(tmp_path):
+  (tmp_path / 'jobs.csv').write_text(
+    'content,style,content_weight,style_weight,output\n'
+    'a.jpg,x.jpg+y.jpg,5,,out/1.png\n'
+    '/abs/b.jpg,x.jpg,,0.5,\n'
+  )
+  a, b = jobs_lib.read_jobs(tmp_path / 'jobs.csv')
+  x, y = str(tmp_path / 'x.jpg'), str(tmp_path / 'y.jpg')
+  assert a == jobs_lib.Job(str(tmp_path / 'a.jpg'), (x, y), 5.0, None, str(tmp_path / 'out/1.png'))
+  assert b == jobs_lib.Job('/abs/b.jpg', (str(tmp_path / 'x.jpg'),), None, 0.5, '')
+  (tmp_path / 'jobs.jsonl').write_text(
+    json.dumps({'content': 'a.jpg', 'style': ['x.jpg', 'y.jpg'], 'style_weight': 2}) + '\n\n'
+  )
+  (c,) = jobs_lib.read_jobs(tmp_path / 'jobs.jsonl')
+  assert c.style == (str(tmp_path / 'x.jpg'), str(tmp_path / 'y.jpg')) and c.style_weight == 2.0
+
+
+@pytest.mark.parametrize(
+  'name,text,message',
+  [
+    ('j.csv', 'content,style,colour\na.jpg,b.jpg,red\n', 'line 2: unknown column colour'),
+    ('j.csv', 'content,style\na.jpg,\n', 'line 2: content and style are required'),
+    ('j.csv', 'content,style,style_weight\na.jpg,b.jpg,lots\n', 'style_weight must be a number'),
+    ('j.csv', 'content,style,style_weight\na.jpg,b.jpg,-1\n', 'finite number >= 0'),
+    ('j.csv', 'content,style\na.jpg,b.jpg,c.jpg\n', 'more values than the header'),
+    ('j.csv', 'content,style\n', 'lists no jobs'),
+    ('j.jsonl', '{"content": "a.jpg"\n', 'line 1 is not JSON'),
+    ('j.jsonl', '["a.jpg", "b.jpg"]\n', 'must be a JSON object'),
+  ],
+)
+def test_bad_jobs_files_name_the_line(tmp_path, name, text, message):
+  (tmp_path / name).write_text(text)
+  with pytest.raises(errors.ConfigError, match=message):
+    jobs_lib.read_jobs(tmp_path / name)
+
+
+def test_outputs_are_unique_and_never_replace_files(tmp_path):
+  (tmp_path / 'a_x.png').write_bytes(b'')
+  jobs = [jobs_lib.Job('d/a.jpg', ('s/x.jpg',)), jobs_lib.Job('e/a.jpg', ('s/x.jpg',)),
+          jobs_lib.Job('a.jpg', ('x.jpg',), output=str(tmp_path / 'mine.jpg'))]  # fmt: skip
+  named = jobs_lib.assign_outputs(jobs, str(tmp_path))
+  assert [j.output for j in named] == [
+    str(tmp_path / 'a_x_2.png'),
+    str(tmp_path / 'a_x_3.png'),
+    str(tmp_path / 'mine.jpg'),
+  ]
+  with pytest.raises(errors.ConfigError, match='two jobs write'):
+    jobs_lib.assign_outputs([jobs[2], jobs[2]], str(tmp_path))
