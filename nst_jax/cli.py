@@ -324,6 +324,10 @@ def main(argv):
       distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     cfg = config_from_flags()
     batch = _batch_jobs(cfg)
+    if batch is None and FLAGS.distributed:
+      # Every process runs this command: a single job too must be owned by
+      # one process, or each would compute and write it.
+      batch = [jobs_lib.Job(cfg.content_path, cfg.style_paths)]
     if batch is None:
       nst_jax.run(cfg)
     else:

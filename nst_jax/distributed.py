@@ -26,6 +26,7 @@ poolings and the all-reduces of the Gram matrices and losses.
 """
 
 from collections.abc import Callable, Sequence
+import dataclasses
 import functools
 import os
 from pathlib import Path
@@ -431,8 +432,9 @@ def run_jobs(
 def run_batch(jobs: Sequence[jobs_lib.Job], cfg: config_lib.StyleConfig) -> list[Path]:
   """Batch mode of the command line: names the outputs, checks, runs, writes.
 
-  `cfg.output` must be empty (output/) or a directory. Jobs without an
-  output get `<directory>/<content>_<style>.png`, never replacing a file.
+  `cfg.output` must be empty (output/) or a directory, or a file name for a
+  single job (a single run on several processes). Jobs without an output
+  get `<directory>/<content>_<style>.png`, never replacing a file.
   Every process names all outputs the same way before any is written; each
   writes only its own jobs' results.
 
@@ -441,13 +443,23 @@ def run_batch(jobs: Sequence[jobs_lib.Job], cfg: config_lib.StyleConfig) -> list
   """
   check_batch_config(cfg)
   if cfg.shard != 'jobs':
+    if jax.process_count() > 1:
+      raise errors.ConfigError(
+        "--shard spatial splits an image over one process's devices; run it without "
+        '--distributed, on one host'
+      )
     raise errors.ConfigError(
-      '--shard spatial runs one image at a time; give one content and one style, or use '
-      '--shard jobs for a batch'
+      '--shard spatial runs one image at a time: give one content and one style image, or '
+      'use --shard jobs for a batch'
     )
   directory = DEFAULT_OUTPUT_DIR
-  if cfg.output:
-    if not (Path(cfg.output).is_dir() or cfg.output.endswith(('/', os.sep))):
+  names_a_file = cfg.output and not (
+    Path(cfg.output).is_dir() or cfg.output.endswith(('/', os.sep))
+  )
+  if names_a_file and len(jobs) == 1 and not jobs[0].output:
+    jobs = [dataclasses.replace(jobs[0], output=cfg.output)]
+  elif cfg.output:
+    if names_a_file:
       raise errors.ConfigError(
         f'--output {cfg.output} names a file, but there are {len(jobs)} jobs; name a '
         'directory (ending in /)'

@@ -4,6 +4,7 @@ import json
 import os
 from pathlib import Path
 import re
+import socket
 import subprocess
 import sys
 
@@ -178,6 +179,21 @@ def test_batch_from_a_directory_and_from_a_jobs_file(tmp_path, caffe_npz):
   assert r.returncode == 0, r.stderr[-3000:]
   assert Image.open(tmp_path / 'res' / 'a.jpg').size == (32, 24)
   assert [p.name for p in (tmp_path / 'auto').iterdir()] == ['tubingen_starry_night.png']
+
+
+def test_distributed_single_run_goes_through_the_owned_batch_path(tmp_path, caffe_npz):
+  with socket.socket() as sock:
+    sock.bind(('127.0.0.1', 0))
+    port = sock.getsockname()[1]
+  r = _main(
+    '-cp', CONTENT, '-sp', STYLE, '-i', 2, '-w', 32, '--output', 'one.png', '--distributed',
+    '--coordinator_address', f'127.0.0.1:{port}', '--num_processes', 1, '--process_id', 0,
+    cwd=tmp_path, env_weights=caffe_npz,
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr[-3000:]
+  # One process owns the one job and writes it where --output says.
+  assert 'process 0 of 1' in r.stderr and 'process 0: saved one.png' in r.stderr
+  assert Image.open(tmp_path / 'one.png').size == (32, 24)
 
 
 def test_same_seed_same_bytes(tmp_path, caffe_npz):
