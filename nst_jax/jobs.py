@@ -113,18 +113,22 @@ def read_jobs(path: str | os.PathLike) -> list[Job]:
       try:
         row = json.loads(line)
       except json.JSONDecodeError as e:
-        raise errors.ConfigError(f'{path} line {number} is not JSON ({e.msg})') from None
+        raise errors.ConfigError(
+          f'{path} line {number} is not JSON ({e.msg}); write one JSON object per line'
+        ) from None
       if not isinstance(row, dict):
         raise errors.ConfigError(f'{path} line {number}: each line must be a JSON object')
       rows.append((number, row))
   else:
     reader = csv.DictReader(text.splitlines())
     if reader.fieldnames is None:
-      raise errors.ConfigError(f'{path} is empty; the first line names the columns')
+      raise errors.ConfigError(
+        f'{path} is empty; its first line names the columns: {", ".join(JOB_FIELDS)}'
+      )
     rows = [(number, row) for number, row in enumerate(reader, 2)]
   jobs = [_job(path, number, row) for number, row in rows]
   if not jobs:
-    raise errors.ConfigError(f'{path} lists no jobs')
+    raise errors.ConfigError(f'{path} lists no jobs; add one line per job after the header')
   return jobs
 
 
@@ -136,7 +140,9 @@ def _job(path: Path, number: int, row: dict) -> Job:
       f'{where}: unknown column {", ".join(unknown)}; the columns are {", ".join(JOB_FIELDS)}'
     )
   if None in row:  # csv: more values than header columns
-    raise errors.ConfigError(f'{where} has more values than the header has columns')
+    raise errors.ConfigError(
+      f'{where} has more values than the header has columns; quote values that contain commas'
+    )
 
   def resolve(p: str) -> str:
     p = os.path.expanduser(str(p).strip())
@@ -145,7 +151,7 @@ def _job(path: Path, number: int, row: dict) -> Job:
   content = row.get('content')
   style = row.get('style')
   if not content or not style:
-    raise errors.ConfigError(f'{where}: content and style are required')
+    raise errors.ConfigError(f'{where}: content and style are required; give both image paths')
   styles = style if isinstance(style, list) else str(style).split('+')
 
   def number_or_none(key: str) -> float | None:

@@ -13,7 +13,7 @@ So the tolerance is measured, per job, in the same process: the sharded
 result may differ from the single run by at most as much as the single run
 moves when its start moves by one float32 ulp (`ulp_spread`), and after one
 iteration, before any amplification, by at most 1e-6. Batched jobs came out
-bitwise equal; spatially sharded images 3 to 50 times inside the bound
+bitwise equal; spatially sharded images 3 to 600 times inside the bound
 (README, Scaling out).
 """
 
