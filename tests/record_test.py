@@ -1,5 +1,7 @@
 """Tests for nst_jax.record: the JSON record and the two pictures, from a real run."""
 
+import collections
+import importlib
 import json
 import os
 import stat
@@ -23,7 +25,7 @@ def _inputs(directory):
   return directory / 'c.png', directory / 's.png'
 
 
-def test_run_writes_the_record_and_pictures(tmp_path, caffe_npz):
+def test_run_writes_the_record_and_pictures(tmp_path, caffe_npz, monkeypatch):
   content, style = _inputs(tmp_path / 'in')
   out = tmp_path / 'o.png'
   cfg = config_lib.StyleConfig(
@@ -37,6 +39,10 @@ def test_run_writes_the_record_and_pictures(tmp_path, caffe_npz):
     save_iter=2,
     scales=2,
   )
+  # A fresh cache, so that this run compiles (and records it) whatever ran before.
+  monkeypatch.setattr(
+    importlib.import_module('nst_jax.stylize'), '_COMPILED_STEPS', collections.OrderedDict()
+  )
   run(cfg)
   paths = record_lib.paths_for(out)
   data = json.loads(paths['json'].read_text())
@@ -48,6 +54,7 @@ def test_run_writes_the_record_and_pictures(tmp_path, caffe_npz):
   assert data['device']['platform'] == 'cpu'
   assert [s['width'] for s in data['scales']] == [23, 32]
   assert all(s['compile_s'] > 0 and s['run_s'] > 0 for s in data['scales'])
+  assert not any(s['compile_reused'] for s in data['scales'])
   # Every iteration of both scales was reported (print_iter 1), in order.
   assert [(h['scale'], h['iteration']) for h in data['history']] == [
     (s, i) for s in (0, 1) for i in range(1, 5)

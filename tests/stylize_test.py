@@ -1,7 +1,9 @@
 """Tests for nst_jax.stylize: the step, its state, targets and the loop."""
 
+import collections
 import dataclasses
 import functools
+import importlib
 import sys
 
 import chex
@@ -95,6 +97,35 @@ def test_objective_is_zero_at_the_targets_and_matches_formula():
   )
   np.testing.assert_allclose(aux['style'], want_style, rtol=1e-5)
   np.testing.assert_allclose(total, want_style, rtol=1e-5)
+
+
+def _fresh_step_cache(monkeypatch):
+  module = importlib.import_module('nst_jax.stylize')
+  monkeypatch.setattr(module, '_COMPILED_STEPS', collections.OrderedDict())
+
+
+def test_later_runs_reuse_the_compiled_step(caffe_npz, monkeypatch):
+  _fresh_step_cache(monkeypatch)
+  rng = np.random.default_rng(0)
+  content, style = rng.uniform(size=(2, 24, 32, 3)).astype(np.float32)
+  cfg = config_lib.StyleConfig(iterations=3, print_iter=0)
+  records = [{}, {}, {}, {}]
+
+  def run(content, config, record):
+    return stylize(content, style, config=config, weights=caffe_npz, record=record)
+
+  first = run(content, cfg, records[0])
+  # Other weights and images of the same size: the same program.
+  again = run(content[::-1], dataclasses.replace(cfg, content_weight=3.0), records[1])
+  # Another history length, or another size: compiled anew.
+  run(content, dataclasses.replace(cfg, lbfgs_memory=4), records[2])
+  run(content[:20], cfg, records[3])
+  assert [r['scales'][0]['compile_reused'] for r in records] == [False, True, False, False]
+  assert records[1]['scales'][0]['compile_s'] == 0.0
+  # The reused program gives what a fresh compile gives.
+  _fresh_step_cache(monkeypatch)
+  np.testing.assert_array_equal(run(content, cfg, {}), first)
+  assert not np.array_equal(again, first)
 
 
 @pytest.mark.parametrize('optimizer', ['lbfgs', 'adam'])
