@@ -67,7 +67,10 @@ _SINGLE_RUN_ONLY = {
   'content_mask': '',
   'style_masks': (),
   'resume': False,
+  'keep_checkpoint': False,
   'style_blend_weights': None,
+  'save_iter': 0,
+  'serve': None,
 }
 
 

@@ -116,6 +116,8 @@ def test_long_forms_output_and_intermediates(tmp_path, caffe_npz):
          'name a directory (ending in /)'),
         (['-cp', str(ROOT / 'content_images'), '-sp', STYLE, '--scales', 2],
          'scales is not available in batch mode'),
+        (['-cp', str(ROOT / 'content_images'), '-sp', STYLE, '--serve', 0],
+         'serve is not available in batch mode'),
     ],
     ids=[
         'no-cp', 'no-sp', 'iterations', 'width', 'cw', 'sw-nan', 'sw-inf', 'layer',
@@ -123,7 +125,7 @@ def test_long_forms_output_and_intermediates(tmp_path, caffe_npz):
         'blend-nan', 'style-scale', 'tv', 'scales-and-min-width', 'missing-init', 'mask-aspect',
         'mask-count', 'histogram-masks', 'colors', 'too-many-scales', 'bits-jpeg', 'quality',
         'preset', 'serve-port', 'no-images', 'missing-jobs', 'empty-glob', 'batch-output-file',
-        'batch-scales',
+        'batch-scales', 'batch-serve',
     ],
 )  # fmt: skip
 def test_user_errors_are_one_line(tmp_path, caffe_npz, args, message):
