@@ -84,8 +84,9 @@ def initialize(
   With no arguments JAX detects the cluster (Cloud TPU VMs, SLURM, ...).
   On CPU, processes exchange data through gloo collectives.
   """
-  if jax.config.jax_platforms in (None, '', 'cpu') or os.environ.get('JAX_PLATFORMS') == 'cpu':
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  # Collectives between CPU devices of different processes go through gloo
+  # (the default has none); GPU and TPU devices use their own.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   kwargs = {
     k: v
     for k, v in dict(
@@ -108,8 +109,7 @@ def check_batch_config(cfg: config_lib.StyleConfig) -> None:
   for name, default in _SINGLE_RUN_ONLY.items():
     if getattr(cfg, name) != default:
       raise errors.ConfigError(
-        f'{name.replace("_", " ")} is not available in batch mode (several jobs); run those '
-        'jobs one at a time'
+        f'--{name} is not available in batch mode (several jobs); run those jobs one at a time'
       )
   if cfg.init not in config_lib.INITS:
     raise errors.ConfigError(
@@ -117,12 +117,11 @@ def check_batch_config(cfg: config_lib.StyleConfig) -> None:
     )
 
 
-class _Row:
+class _Row(NamedTuple):
   """What one job (or filler) contributes: start image and targets, host copies."""
 
-  def __init__(self, init: np.ndarray, targets: Targets):
-    self.init = init
-    self.targets = targets
+  init: np.ndarray
+  targets: Targets
 
 
 def _job_row(
@@ -143,7 +142,10 @@ def _job_row(
   else:
     rgb = image_lib.load_image(job.content, width=width, max_pixels=cfg.max_image_pixels)
     if rgb.shape[:2] != (height, width):
-      raise errors.ImageError(f'{job.content} is {rgb.shape[1]}x{rgb.shape[0]} at -w {width}')
+      raise errors.ImageError(
+        f'{job.content} decoded as {rgb.shape[1]}x{rgb.shape[0]} at -w {width}, not the '
+        f'{width}x{height} its header gave; re-save the file'
+      )
     style_width = max(1, round(cfg.style_scale * width))
     styles = [
       image_lib.load_image(s, width=style_width, max_pixels=cfg.max_image_pixels) for s in job.style

@@ -3,7 +3,6 @@
 import collections
 import dataclasses
 import functools
-import importlib
 import sys
 
 import chex
@@ -100,8 +99,7 @@ def test_objective_is_zero_at_the_targets_and_matches_formula():
 
 
 def _fresh_step_cache(monkeypatch):
-  module = importlib.import_module('nst_jax.stylize')
-  monkeypatch.setattr(module, '_COMPILED_STEPS', collections.OrderedDict())
+  monkeypatch.setattr(STYLE_MODULE, '_COMPILED_STEPS', collections.OrderedDict())
 
 
 def test_later_runs_reuse_the_compiled_step(caffe_npz, monkeypatch):
