@@ -104,13 +104,22 @@ def describe(compiled) -> dict:
       whose first argument is the StyleState.
 
   Returns:
-    {'devices': int, 'image_spec': the image's PartitionSpec as a list
-    (None: not a NamedSharding), 'memory_per_device_bytes': arguments +
+    {'devices': int, 'image_spec' and 'output_image_spec': the image's
+    PartitionSpec as a list, as the step takes it and as it returns it
+    (None: not a NamedSharding), 'params_specs' and 'targets_specs': the
+    distinct specs of those arguments' leaves, as strings, 'memory_per_device_bytes': arguments +
     outputs + temporaries - aliased, from XLA's memory analysis (None when
     the backend gives none)}.
   """
   image_in = compiled.input_shardings[0][0].image
-  spec = list(image_in.spec) if isinstance(image_in, NamedSharding) else None
+  image_out = compiled.output_shardings[0].image
+
+  def spec(sharding):
+    return list(sharding.spec) if isinstance(sharding, NamedSharding) else None
+
+  def specs(tree) -> list[str]:
+    return sorted({str(spec(x)) for x in jax.tree.leaves(tree)})
+
   memory = None
   analysis = compiled.memory_analysis()
   if analysis is not None:
@@ -122,6 +131,10 @@ def describe(compiled) -> dict:
     )
   return {
     'devices': len(image_in.device_set),
-    'image_spec': spec,
+    'image_spec': spec(image_in),
+    'output_image_spec': spec(image_out),
+    # Every distinct layout of the parameters' and the targets' leaves.
+    'params_specs': specs(compiled.input_shardings[0][1]),
+    'targets_specs': specs(compiled.input_shardings[0][2]),
     'memory_per_device_bytes': memory,
   }

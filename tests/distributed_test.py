@@ -60,6 +60,9 @@ def test_eight_jobs_on_eight_devices_equal_eight_single_runs(tmp_path, caffe_npz
   # The compiled step is partitioned: its image argument is split over the
   # 'jobs' axis of all 8 devices, one [1, 48, 64, 3] row on each.
   assert group['devices'] == 8 and group['image_spec'] == ['jobs'], group
+  assert group['output_image_spec'] == ['jobs']
+  # Every target leaf split by job, every parameter replicated.
+  assert group['targets_specs'] == ["['jobs']"] and group['params_specs'] == ['[]']
   assert group['rows'] == 8 and group['jobs_here'] == 8
   assert group['shard_devices'] == list(range(8))
   assert group['shard_shapes'] == [[1, 48, 64, 3]]
@@ -91,6 +94,8 @@ def test_spatial_sharding_equals_the_unsharded_run(tmp_path, caffe_npz, height, 
   assert plain['devices'] == 1
   # 45 rows split evenly over 5 of the 8 devices.
   assert sharded['devices'] == devices and sharded['image_spec'] == [None, 'space', None, None]
+  assert sharded['output_image_spec'] == [None, 'space', None, None]
+  assert sharded['params_specs'] == ['[]'] and sharded['targets_specs'] == ['[]']
   # Each device holds an eighth of the rows: less memory than one device
   # running the whole image (the ratio is reported in the README).
   assert sharded['memory_per_device_bytes'] < plain['memory_per_device_bytes']
