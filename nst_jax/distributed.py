@@ -229,23 +229,19 @@ def plan_groups(
 
 
 def make_batch_step(
-  cfg: config_lib.StyleConfig, mesh: Mesh, state_shape, params_shape, targets_shape
+  model, optimizer, loss_config, mesh: Mesh, state_shape, params_shape, targets_shape
 ):
   """`update_step` jitted with explicit shardings: batch over 'jobs', params replicated."""
-  model = make_model(cfg)
-  optimizer = make_optimizer(cfg)
   rows = sharding_lib.batch_sharding(mesh)
   state_sh = jax.tree.map(lambda _: rows, state_shape)
   targets_sh = jax.tree.map(lambda _: rows, targets_shape)
   params_sh = jax.tree.map(lambda _: sharding_lib.replicated_sharding(mesh), params_shape)
-  losses_sh = rows
-  step = jax.jit(
-    functools.partial(update_step, model=model, optimizer=optimizer, loss_config=cfg.loss),
+  return jax.jit(
+    functools.partial(update_step, model=model, optimizer=optimizer, loss_config=loss_config),
     in_shardings=(state_sh, params_sh, targets_sh),
-    out_shardings=(state_sh, losses_sh),
+    out_shardings=(state_sh, rows),
     donate_argnums=0,
   )
-  return step, optimizer
 
 
 def run_group(
@@ -277,7 +273,8 @@ def run_group(
     index = group.rows[r]
     if index is not None and owner(index) != jax.process_index():
       raise RuntimeError(f"row {r} (job {index}) is not on its owner's devices")
-  targets_fn = jax.jit(functools.partial(make_targets, model=make_model(cfg), loss_config=cfg.loss))
+  model, optimizer = make_model(cfg), make_optimizer(cfg)
+  targets_fn = jax.jit(functools.partial(make_targets, model=model, loss_config=cfg.loss))
   rows = {
     r: _job_row(
       None if group.rows[r] is None else jobs[group.rows[r]],
@@ -302,13 +299,12 @@ def run_group(
   image = sharding_lib.global_array((n_pad, height, width, 3), sharding, lambda r: rows[r].init)
   if params is None:
     params = sharding_lib.replicated(w.params, mesh)
-  optimizer = make_optimizer(cfg)
   state_shape = jax.eval_shape(functools.partial(init_state, optimizer=optimizer), image)
   state = jax.jit(
     functools.partial(init_state, optimizer=optimizer),
     out_shardings=jax.tree.map(lambda _: sharding, state_shape),
   )(image)
-  step, _ = make_batch_step(cfg, mesh, state_shape, params, targets)
+  step = make_batch_step(model, optimizer, cfg.loss, mesh, state_shape, params, targets)
   t0 = time.perf_counter()
   compiled = step.lower(state, params, targets).compile()
   compile_s = time.perf_counter() - t0

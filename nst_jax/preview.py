@@ -1,6 +1,7 @@
 """Live preview: a page on 127.0.0.1 that follows a run (`--serve PORT`).
 
-The page (`/`) polls `/state` (JSON: status, iteration, losses, history) and
+The page (`/`) polls `/state?since=N` (JSON: status, iteration, losses, and
+the loss history from point N on, so each poll carries only what is new) and
 swaps in `/image.png` when a newer image exists, so it updates without
 reloading; it draws the loss curve itself (SVG) from the history. The run
 never waits for the page: the loop hands over a copy of the image at most
@@ -20,6 +21,7 @@ from pathlib import Path
 import threading
 import time
 from typing import Any
+import urllib.parse
 
 import numpy as np
 from PIL import Image
@@ -30,6 +32,9 @@ HOST = '127.0.0.1'
 # How often the loop hands the page a new image (and the page polls): the
 # copy and the host sync cost a few ms, so twice a second is free.
 DEFAULT_INTERVAL_S = 0.5
+# The terms the page plots; the history keeps only these (the per-layer
+# terms are in the current losses).
+CURVES = ('total', 'content', 'style', 'tv')
 # A page that polled within this long counts as watching; at the end the
 # process waits (up to `linger_s`) until a watching page has the final image.
 WATCHING_S = 3.0
@@ -88,7 +93,10 @@ class Preview:
         if route == '/':
           self._send(200, 'text/html; charset=utf-8', page)
         elif route == '/state':
-          self._send(200, 'application/json', preview._state_json())
+          query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+          since = query.get('since', ['0'])[0]
+          since = int(since) if since.isdigit() else 0
+          self._send(200, 'application/json', preview._state_json(since))
         elif route == '/image.png':
           body = preview._image_png()
           self._send(200, 'image/png', body) if body else self._send(404, 'text/plain', b'none')
@@ -141,7 +149,8 @@ class Preview:
     now = time.monotonic()
     self._last_update = now
     pixels = _to_uint8(rgb)
-    point = {'iteration': iteration, **{k: float(v) for k, v in losses.items()}}
+    current = {'iteration': iteration, **{k: float(v) for k, v in losses.items()}}
+    point = {k: current[k] for k in ('iteration', *CURVES) if k in current}
     with self._lock:
       if self._t0 is None:
         self._t0, self._it0 = now, iteration
@@ -152,7 +161,7 @@ class Preview:
       self._state.update(
         iteration=iteration,
         scale=scale,
-        losses=point,
+        losses=current,
         version=self._state['version'] + 1,
       )
 
@@ -188,12 +197,15 @@ class Preview:
 
   # The server's side (its threads).
 
-  def _state_json(self) -> bytes:
+  def _state_json(self, since: int = 0) -> bytes:
+    """The state, with the history from point `since` on; encoded outside the lock."""
     with self._lock:
       self._last_poll = time.monotonic()
       if self._state['status'] in ('done', 'failed'):
         self._end_seen = True
-      return json.dumps(self._state).encode()
+      history = self._state['history']
+      state = dict(self._state, history=history[since:], history_length=len(history))
+    return json.dumps(state).encode()
 
   def _image_png(self) -> bytes:
     with self._lock:

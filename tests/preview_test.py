@@ -60,11 +60,18 @@ def test_state_and_image_follow_the_updates():
 
     time.sleep(0.2)
     assert preview.due()
-    preview.update(25, {'total': 1.25, 'content': 0.5, 'style': 0.75, 'tv': 0.0}, second, scale=2)
+    losses = {'total': 1.25, 'content': 0.5, 'style': 0.75, 'tv': 0.0, 'style/relu1_1': 0.25}
+    preview.update(25, losses, second, scale=2)
     state = _state(preview)
     assert (state['iteration'], state['scale'], state['version']) == (25, 2, 2)
     assert [h['iteration'] for h in state['history']] == [3, 25]
     assert [h['total'] for h in state['history']] == [2.5, 1.25]
+    # Per-layer terms are in the current losses, the history keeps the curves only.
+    assert state['losses']['style/relu1_1'] == 0.25 and 'style/relu1_1' not in state['history'][1]
+    # A page that has n points asks for the rest only.
+    newer = json.loads(_get(preview.url + 'state?since=1')[1])
+    assert [h['iteration'] for h in newer['history']] == [25] and newer['history_length'] == 2
+    assert json.loads(_get(preview.url + 'state?since=2')[1])['history'] == []
     shown = np.asarray(Image.open(io.BytesIO(_get(preview.url + 'image.png?v=2')[1])))
     np.testing.assert_array_equal(shown, np.round(np.clip(second, 0, 1) * 255).astype(np.uint8))
 
