@@ -48,3 +48,33 @@ def weights_file_or_random(directory):
   weights_lib.save_npz(npz, flat, info)
   h5.unlink()
   return npz, 'RANDOM weights of the real shapes (no weights/vgg19.npz)'
+
+
+def lsuv_weights_file(directory, *, seed: int = 0):
+  """Random weights with the real network's activation scale, as a converted .npz.
+
+  He-normal kernels, zero biases, each convolution rescaled so its post-ReLU
+  RMS on a photograph equals the Caffe-space input's (tests/weight_files.py
+  `lsuv_params`), written through the real Keras layout and converter. Every
+  optimiser figure in the README was measured on these (or the real weights,
+  when weights/vgg19.npz exists and --real is given to a bench).
+
+  Returns:
+    (path, label); the label says these are random weights.
+  """
+  from pathlib import Path
+  import sys
+
+  from nst_jax import weights as weights_lib
+
+  sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'tests'))
+  import weight_files
+
+  npz = Path(directory) / f'vgg19_lsuv{seed}.npz'
+  if not npz.exists():
+    h5 = Path(directory) / weights_lib.KERAS_FILENAME
+    weight_files.write_keras_h5(h5, weight_files.lsuv_params(seed=seed))
+    flat, info = weights_lib.convert(h5)
+    weights_lib.save_npz(npz, flat, info)
+    h5.unlink()
+  return npz, f'RANDOM LSUV-scaled weights (seed {seed}; real activation scale)'
