@@ -1,13 +1,17 @@
 """nst-jax: Gatys et al. neural style transfer in JAX.
 
 Public API:
-  StyleConfig, LossConfig     frozen settings (nst_jax.config)
-  stylize, run                arrays -> array, and files -> file (nst_jax.stylize)
-  update_step, StyleState, Targets, make_targets, init_state, make_optimizer,
-  make_model, objective       the jittable step and its pieces
+  StyleConfig and its groups  frozen settings (nst_jax.config): InputConfig,
+                              ModelConfig, LossConfig, OptimConfig,
+                              ScheduleConfig, ColorConfig, SaveConfig, RunConfig
+  stylize, run                arrays -> array, and files -> file
+  update_step, StyleState, Targets, make_targets, init_state, initial_image,
+  make_optimizer, make_model, objective
+                              the pure, jittable step and its pieces (nst_jax.core)
+  preprocess, deprocess       RGB in [0, 1] <-> the network's input space
   load_weights, get_weights, Weights, WeightsInfo
   extract_features            named VGG-19 activations of RGB images
-  gram_matrix, content_loss, style_loss
+  gram_matrix, content_loss, style_loss, tv_loss
   VGG, VGG19                  the Flax module
   NstError                    user errors (one-line messages)
 """
@@ -16,23 +20,34 @@ Public API:
 # creates the backend): see nst_jax/_xla_flags.py.
 from nst_jax import _xla_flags  # noqa: F401, I001
 
+from nst_jax.config import ColorConfig
+from nst_jax.config import InputConfig
 from nst_jax.config import LossConfig
+from nst_jax.config import ModelConfig
+from nst_jax.config import OptimConfig
+from nst_jax.config import RunConfig
+from nst_jax.config import SaveConfig
+from nst_jax.config import ScheduleConfig
 from nst_jax.config import StyleConfig
+from nst_jax.core import StyleState
+from nst_jax.core import Targets
+from nst_jax.core import init_state
+from nst_jax.core import initial_image
+from nst_jax.core import make_model
+from nst_jax.core import make_optimizer
+from nst_jax.core import make_targets
+from nst_jax.core import objective
+from nst_jax.core import update_step
 from nst_jax.errors import NstError
 from nst_jax.features import extract_features
+from nst_jax.image import deprocess
+from nst_jax.image import preprocess
 from nst_jax.losses import content_loss
 from nst_jax.losses import gram_matrix
 from nst_jax.losses import style_loss
-from nst_jax.stylize import StyleState
-from nst_jax.stylize import Targets
-from nst_jax.stylize import init_state
-from nst_jax.stylize import make_model
-from nst_jax.stylize import make_optimizer
-from nst_jax.stylize import make_targets
-from nst_jax.stylize import objective
-from nst_jax.stylize import run
-from nst_jax.stylize import stylize
-from nst_jax.stylize import update_step
+from nst_jax.losses import tv_loss
+from nst_jax.pipeline import run
+from nst_jax.transfer import stylize
 from nst_jax.vgg import VGG
 from nst_jax.vgg import VGG19
 from nst_jax.weights import Weights
@@ -41,8 +56,15 @@ from nst_jax.weights import get_weights
 from nst_jax.weights import load_weights
 
 __all__ = [
+  'ColorConfig',
+  'InputConfig',
   'LossConfig',
+  'ModelConfig',
   'NstError',
+  'OptimConfig',
+  'RunConfig',
+  'SaveConfig',
+  'ScheduleConfig',
   'StyleConfig',
   'StyleState',
   'Targets',
@@ -51,19 +73,23 @@ __all__ = [
   'Weights',
   'WeightsInfo',
   'content_loss',
+  'deprocess',
   'extract_features',
   'get_weights',
   'gram_matrix',
   'init_state',
+  'initial_image',
   'load_weights',
   'make_model',
   'make_optimizer',
   'make_targets',
   'objective',
+  'preprocess',
   'run',
   'style_loss',
   'stylize',
+  'tv_loss',
   'update_step',
 ]
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'

@@ -33,31 +33,17 @@ from nst_jax import image as image_lib
 
 FORMAT = 1
 SUFFIX = '.ckpt'
-# Settings that may change between an interrupted run and its resumption:
-# they do not affect the trajectory (more iterations extend it).
-_FREE_SETTINGS = (
-  'content_path',
-  'style_path',
-  'output',
-  'weights',
-  'iterations',
-  'print_iter',
-  'save_iter',
-  'checkpoint_every',
-  'resume',
-  'keep_checkpoint',
-  'max_image_pixels',
-  # Masks are compared by their pixels (below), not by file name.
-  'content_mask',
-  'style_masks',
-  'bit_depth',
-  'quality',
-  'progress',
-  'record',
-  'serve',
+# Settings that may change between an interrupted run and its resumption,
+# by group: they do not affect the trajectory (more iterations extend it; the
+# inputs are compared by their pixels below, the weights by their hash).
+_FREE_SETTINGS = {
+  'inputs': ('content_path', 'style_path', 'content_mask', 'style_masks', 'max_image_pixels'),
+  'model': ('weights',),
+  'schedule': ('iterations', 'tol', 'window'),
+  'save': '*',
   # The layout over devices changes rounding only (README: Scaling out).
-  'shard',
-)
+  'run': '*',
+}
 
 
 def path_for(output: str | os.PathLike) -> Path:
@@ -80,18 +66,24 @@ def trajectory_settings(
   style: np.ndarray | Sequence[np.ndarray],
   masks: Sequence[np.ndarray] = (),
   scale: int = 0,
+  term_weights: Sequence[float | None] = (),
 ) -> dict[str, Any]:
   """Everything that must be equal for a resumed run to continue the same path.
 
   The pixels are those of one scale (content, styles and masks as the step
   sees them), so each scale of a multi-scale run has its own settings.
+  `term_weights` are a batch job's own content, style and TV weights, which
+  replace the config's.
   """
-  settings = {
-    f.name: getattr(config, f.name)
-    for f in dataclasses.fields(config)
-    if f.name not in _FREE_SETTINGS
-  }
-  settings['loss'] = dataclasses.asdict(config.loss)
+  settings = {}
+  for group in dataclasses.fields(config):
+    free = _FREE_SETTINGS.get(group.name, ())
+    if free == '*':
+      continue
+    values = dataclasses.asdict(getattr(config, group.name))
+    # Dotted keys, so a refusal names the setting: 'loss.content_weight'.
+    settings |= {f'{group.name}.{k}': v for k, v in values.items() if k not in free}
+  settings['term_weights'] = list(term_weights)
   settings['weights_hash'] = weights_hash
   settings['content_pixels'] = pixels_digest(content)
   styles = [style] if isinstance(style, np.ndarray) else list(style)
@@ -110,6 +102,7 @@ def save(
   total: int,
   settings: dict,
   scale: tuple[int, int] = (0, 1),
+  extra: dict | None = None,
 ) -> None:
   """Writes the checkpoint atomically.
 
@@ -121,6 +114,8 @@ def save(
     settings: from `trajectory_settings`.
     scale: (index, count) of the scale being optimised; the run is finished
       when iteration == total at the last scale.
+    extra: small values the run needs to continue exactly (the schedule's
+      convergence history, 'converged' when the scale ended early).
   """
   payload = {
     'format': FORMAT,
@@ -130,6 +125,7 @@ def save(
     'scales': scale[1],
     'settings': json.dumps(settings, sort_keys=True),
     'state': flax.serialization.to_state_dict(jax.device_get(state)),
+    'extra': json.dumps(extra or {}),
   }
   data = flax.serialization.msgpack_serialize(payload)
   image_lib.atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
@@ -153,12 +149,19 @@ def read(path: str | os.PathLike) -> dict:
   return payload
 
 
+def extra(payload: dict) -> dict:
+  """The `extra` values a checkpoint was saved with ({} for older files)."""
+  return json.loads(payload.get('extra', '{}'))
+
+
 def unfinished(payload: dict) -> bool:
-  """Whether a checkpoint's run stopped before its last iteration of its last scale."""
-  return (
-    payload['iteration'] < payload['total']
-    or payload.get('scale', 0) < payload.get('scales', 1) - 1
-  )
+  """Whether a checkpoint's run stopped before the end of its last scale.
+
+  A scale ends at its last iteration, or earlier when the schedule's
+  convergence test stopped it.
+  """
+  scale_done = payload['iteration'] >= payload['total'] or extra(payload).get('converged', False)
+  return not scale_done or payload.get('scale', 0) < payload.get('scales', 1) - 1
 
 
 def restore(path: str | os.PathLike, *, like: Any, settings: dict) -> tuple[Any, int]:

@@ -18,7 +18,7 @@ The options you need first (all flags, alphabetically, follow):
   -w,  --imagewidth     output width in pixels (1024)
   --output              result file or directory (output/<content>_<style>.png)
   --init                content, random, gray or an image file (content)
-  --scales              coarse-to-fine scales, -i iterations each (1)
+  --scales              coarse-to-fine scales sharing -i (0: automatic, 1: one)
   --preserve_colors     none, luminance, histogram or postprocess (none)
   --style_scale         style size relative to the output (1.0)
   --tv_weight           total variation weight (0)
@@ -29,7 +29,6 @@ The options you need first (all flags, alphabetically, follow):
 """
 
 import importlib.resources
-import math
 from pathlib import Path
 import sys
 
@@ -38,6 +37,7 @@ from absl import flags
 
 import nst_jax
 from nst_jax import _app
+from nst_jax import batch as batch_lib
 from nst_jax import config as config_lib
 from nst_jax import distributed
 from nst_jax import image as image_lib
@@ -86,7 +86,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_enum('optimizer', 'lbfgs', list(config_lib.OPTIMIZERS), 'Optimiser.')
 flags.DEFINE_float(
-  'learning_rate', None, 'Adam step size in network input units (default 10); unused by L-BFGS.'
+  'learning_rate', None, 'Adam step size in pixel units, 0..255 (default 10); unused by L-BFGS.'
 )
 flags.DEFINE_integer('lbfgs_memory', config_lib.DEFAULT_LBFGS_MEMORY, 'L-BFGS history length.')
 flags.DEFINE_string(
@@ -131,7 +131,10 @@ flags.DEFINE_enum(
   'Linear colour map of --preserve_colors=histogram.',
 )
 flags.DEFINE_integer(
-  'scales', 1, 'Coarse-to-fine scales, widths sqrt(2) apart; -i iterations each.'
+  'scales',
+  0,
+  'Coarse-to-fine scales, widths sqrt(2) apart, sharing the -i iterations; 0: automatic, '
+  '1: one scale.',
 )
 flags.DEFINE_integer(
   'min_width', None, 'Instead of --scales: as many scales as keep the coarsest this wide.'
@@ -153,7 +156,32 @@ flags.DEFINE_integer(
   upper_bound=100,
 )
 flags.DEFINE_enum('pooling', 'max', ['max', 'avg'], 'VGG pooling.')
-flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Network compute dtype.')
+flags.DEFINE_enum(
+  'dtype',
+  'float32',
+  ['float32', 'bfloat16'],
+  'Network compute dtype (the image, the first convolution and the losses stay float32).',
+)
+flags.DEFINE_enum(
+  'precision',
+  'highest',
+  list(config_lib.PRECISIONS),
+  'float32 matmul/conv precision on GPU/TPU: highest (true float32), or default (TF32 on '
+  'NVIDIA GPUs, bfloat16 passes on TPUs); no effect on CPU.',
+)
+flags.DEFINE_float(
+  'tol',
+  config_lib.ScheduleConfig.tol,
+  'Stop a scale early once its loss fell by less than this fraction over --window iterations '
+  '(0: never).',
+)
+flags.DEFINE_integer('window', 50, 'Iterations the early-stopping test (--tol) looks back.')
+flags.DEFINE_bool(
+  'box',
+  True,
+  'Keep the image in the displayable range while optimising (L-BFGS); --nobox clips only the '
+  'result, as the classic tools do.',
+)
 flags.DEFINE_enum(
   'progress',
   'auto',
@@ -227,30 +255,6 @@ flags.register_multi_flags_validator(
   '(files, directories or globs), or a job list with --jobs FILE',
 )
 
-for _name in ('iterations', 'imagewidth', 'lbfgs_memory', 'max_image_pixels', 'scales'):
-  flags.register_validator(
-    _name, lambda v: v is not None and v > 0, message=f'--{_name} must be a positive integer'
-  )
-for _name in ('print_iter', 'save_iter', 'checkpoint_every'):
-  flags.register_validator(_name, lambda v: v >= 0, message=f'--{_name} must be >= 0')
-flags.register_validator(
-  'min_width', lambda v: v is None or v > 0, message='--min_width must be a positive integer'
-)
-flags.register_validator(
-  'style_scale',
-  lambda v: math.isfinite(v) and v > 0,
-  message='--style_scale must be a finite number > 0',
-)
-for _name in ('contentweight', 'styleweight', 'tv_weight'):
-  flags.register_validator(
-    _name, lambda v: math.isfinite(v) and v >= 0, message=f'--{_name} must be a finite number >= 0'
-  )
-flags.register_validator(
-  'learning_rate',
-  lambda v: v is None or (math.isfinite(v) and v > 0),
-  message='--learning_rate must be a finite number > 0',
-)
-
 
 def _floats(name: str, values: list[str] | None) -> tuple[float, ...] | None:
   if values is None:
@@ -270,50 +274,82 @@ def _paths(name: str, value: str) -> tuple[str, ...]:
 
 def config_from_flags() -> nst_jax.StyleConfig:
   return nst_jax.StyleConfig(
-    content_path=FLAGS.contentpath or '',
-    style_path=_paths('stylepath', FLAGS.stylepath) if FLAGS.stylepath else '',
-    style_blend_weights=_floats('style_blend_weights', FLAGS.style_blend_weights),
-    style_scale=FLAGS.style_scale,
-    tv_weight=FLAGS.tv_weight,
-    output=FLAGS.output,
-    weights=FLAGS.weights,
-    iterations=FLAGS.iterations,
-    content_weight=FLAGS.contentweight,
-    style_weight=FLAGS.styleweight,
-    width=FLAGS.imagewidth,
+    inputs=nst_jax.InputConfig(
+      content_path=FLAGS.contentpath or '',
+      style_path=_paths('stylepath', FLAGS.stylepath) if FLAGS.stylepath else '',
+      style_blend_weights=_floats('style_blend_weights', FLAGS.style_blend_weights),
+      style_scale=FLAGS.style_scale,
+      width=FLAGS.imagewidth,
+      content_mask=FLAGS.content_mask,
+      style_masks=tuple(FLAGS.style_masks or ()),
+      init=FLAGS.init,
+      seed=FLAGS.seed,
+      max_image_pixels=FLAGS.max_image_pixels,
+    ),
+    model=nst_jax.ModelConfig(
+      weights=FLAGS.weights, pooling=FLAGS.pooling, dtype=FLAGS.dtype, precision=FLAGS.precision
+    ),
     loss=nst_jax.LossConfig(
       content_layers=tuple(FLAGS.content_layers),
       style_layers=tuple(FLAGS.style_layers),
       style_layer_weights=_floats('style_layer_weights', FLAGS.style_layer_weights),
       style_loss=FLAGS.style_loss,
       normalize_gradients=FLAGS.normalize_gradients,
+      content_weight=FLAGS.contentweight,
+      style_weight=FLAGS.styleweight,
+      tv_weight=FLAGS.tv_weight,
     ),
-    optimizer=FLAGS.optimizer,
-    learning_rate=FLAGS.learning_rate,
-    lbfgs_memory=FLAGS.lbfgs_memory,
-    init=FLAGS.init,
-    seed=FLAGS.seed,
-    pooling=FLAGS.pooling,
-    dtype=FLAGS.dtype,
-    print_iter=FLAGS.print_iter,
-    save_iter=FLAGS.save_iter,
-    max_image_pixels=FLAGS.max_image_pixels,
-    checkpoint_every=FLAGS.checkpoint_every,
-    resume=FLAGS.resume,
-    keep_checkpoint=FLAGS.keep_checkpoint,
-    preserve_colors=FLAGS.preserve_colors,
-    color_match=FLAGS.color_match,
-    scales=FLAGS.scales,
-    min_width=FLAGS.min_width,
-    content_mask=FLAGS.content_mask,
-    style_masks=tuple(FLAGS.style_masks or ()),
-    bit_depth=int(FLAGS.bit_depth),
-    quality=FLAGS.quality,
-    progress=FLAGS.progress,
-    record=FLAGS.record,
-    serve=FLAGS.serve,
-    shard=FLAGS.shard,
+    optim=nst_jax.OptimConfig(
+      name=FLAGS.optimizer,
+      learning_rate=FLAGS.learning_rate,
+      lbfgs_memory=FLAGS.lbfgs_memory,
+      box=FLAGS.box,
+    ),
+    schedule=nst_jax.ScheduleConfig(
+      iterations=FLAGS.iterations,
+      scales=FLAGS.scales,
+      min_width=FLAGS.min_width,
+      tol=FLAGS.tol,
+      window=FLAGS.window,
+    ),
+    color=nst_jax.ColorConfig(preserve_colors=FLAGS.preserve_colors, color_match=FLAGS.color_match),
+    save=nst_jax.SaveConfig(
+      path=FLAGS.output,
+      bit_depth=int(FLAGS.bit_depth),
+      quality=FLAGS.quality,
+      save_iter=FLAGS.save_iter,
+      record=FLAGS.record,
+    ),
+    run=nst_jax.RunConfig(
+      print_iter=FLAGS.print_iter,
+      progress=FLAGS.progress,
+      checkpoint_every=FLAGS.checkpoint_every,
+      resume=FLAGS.resume,
+      keep_checkpoint=FLAGS.keep_checkpoint,
+      serve=FLAGS.serve,
+      shard=FLAGS.shard,
+    ),
   )
+
+
+# Settings whose flag has another name (the seed's short options), for errors.
+_FLAG_NAMES = {
+  'content_weight': '-cw/--contentweight',
+  'style_weight': '-sw/--styleweight',
+  'width': '-w/--imagewidth',
+  'iterations': '-i/--iterations',
+  'optimizer': '--optimizer',
+}
+
+
+def _flag_message(message: str) -> str:
+  """'iterations must be ...' -> '-i/--iterations must be ...' (the user typed flags)."""
+  first, _, rest = message.partition(' ')
+  if first in _FLAG_NAMES:
+    return f'{_FLAG_NAMES[first]} {rest}'
+  if first.isidentifier() and first in FLAGS:
+    return f'--{first} {rest}'
+  return message
 
 
 def main(argv):
@@ -331,9 +367,9 @@ def main(argv):
     if batch is None:
       nst_jax.run(cfg)
     else:
-      distributed.run_batch(batch, cfg)
+      batch_lib.run_batch(batch, cfg)
   except nst_jax.NstError as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {_flag_message(str(e))}', file=sys.stderr)
     sys.exit(getattr(e, 'exit_code', 1))
   except KeyboardInterrupt:
     # Before the loop starts (loading, compiling) there is nothing to save yet.

@@ -36,3 +36,19 @@ class Interrupted(NstError):
   def __init__(self, message: str, signum: int):
     super().__init__(message)
     self.exit_code = 128 + signum
+
+
+class NonFinite(NstError):
+  """The loss became NaN or infinite.
+
+  Attributes:
+    iteration: the iteration (numbered across scales) whose loss it was.
+  """
+
+  def __init__(self, iteration: int, message: str = ''):
+    super().__init__(
+      message
+      or f'the loss became non-finite at iteration {iteration}; lower the weights or the '
+      'learning rate'
+    )
+    self.iteration = iteration

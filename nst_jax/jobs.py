@@ -15,13 +15,20 @@ import os
 from pathlib import Path
 
 from nst_jax import errors
-from nst_jax import image as image_lib
 
 # Files a directory contributes (by suffix, case-insensitive): what Pillow
 # reads and people keep photos and paintings in.
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff', '.gif')
 # The columns of a --jobs file; content and style are required.
-JOB_FIELDS = ('content', 'style', 'content_weight', 'style_weight', 'output')
+JOB_FIELDS = (
+  'content',
+  'style',
+  'content_weight',
+  'style_weight',
+  'output',
+  'content_mask',
+  'style_masks',
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +41,8 @@ class Job:
     content_weight: cw of this job (None: the config's).
     style_weight: sw of this job (None: the config's).
     output: result path ('' = automatic name in the output directory).
+    content_mask: grey image over the content: where the content loss applies.
+    style_masks: one grey image per style: where each style applies.
   """
 
   content: str
@@ -41,6 +50,8 @@ class Job:
   content_weight: float | None = None
   style_weight: float | None = None
   output: str = ''
+  content_mask: str = ''
+  style_masks: tuple[str, ...] = ()
 
 
 def is_pattern(spec: str) -> bool:
@@ -94,8 +105,9 @@ def read_jobs(path: str | os.PathLike) -> list[Job]:
   """Reads a --jobs file: CSV with a header, or JSON lines (.jsonl, .ndjson).
 
   Columns (CSV header, or JSON keys): content, style (several separated by
-  '+' in CSV, or a JSON list), and optionally content_weight, style_weight
-  and output. Relative paths are relative to the jobs file's directory.
+  '+' in CSV, or a JSON list), and optionally content_weight, style_weight,
+  output, content_mask and style_masks (one per style, like style). Relative
+  paths are relative to the jobs file's directory.
 
   Raises:
     ConfigError: a missing file, unknown column, missing value or bad
@@ -167,40 +179,26 @@ def _job(path: Path, number: int, row: dict) -> Job:
     return x
 
   output = row.get('output') or ''
+  content_mask = row.get('content_mask') or ''
+  masks = row.get('style_masks') or []
+  masks = masks if isinstance(masks, list) else str(masks).split('+')
+  if masks and len(masks) != len(styles):
+    raise errors.ConfigError(
+      f'{where}: {len(masks)} style masks for {len(styles)} styles; give one mask per style'
+    )
   return Job(
     content=resolve(content),
     style=tuple(resolve(s) for s in styles),
     content_weight=number_or_none('content_weight'),
     style_weight=number_or_none('style_weight'),
     output=resolve(output) if output else '',
+    content_mask=resolve(content_mask) if content_mask else '',
+    style_masks=tuple(resolve(m) for m in masks),
   )
 
 
 def assign_outputs(jobs: Iterable[Job], directory: str) -> list[Job]:
-  """Gives every job without an output `directory/<content>_<style>.png`.
+  """Deprecated: `nst_jax.outputs.assign_outputs`."""
+  from nst_jax import outputs
 
-  Names are made unique within the batch and never replace an existing
-  file (`_2`, `_3`, ... are added), as for a single run.
-
-  Raises:
-    ConfigError: two jobs name the same output.
-  """
-  taken: set[str] = set()
-  result = []
-  for job in jobs:
-    output = job.output
-    if not output:
-      stem = f'{Path(job.content).stem}_{"+".join(Path(s).stem for s in job.style)}'
-      k = 1
-      while True:
-        candidate = Path(directory) / (f'{stem}.png' if k == 1 else f'{stem}_{k}.png')
-        if str(candidate) not in taken and not candidate.exists():
-          break
-        k += 1
-      output = str(candidate)
-    elif output in taken:
-      raise errors.ConfigError(f'two jobs write {output}; give each job its own output')
-    image_lib.check_output(output)
-    taken.add(output)
-    result.append(dataclasses.replace(job, output=output))
-  return result
+  return outputs.assign_outputs(jobs, directory)

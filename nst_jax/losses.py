@@ -403,6 +403,7 @@ def content_loss(
   *,
   layers: tuple[str, ...],
   masks: Mapping[str, jax.Array] | None = None,
+  terms: dict[str, jax.Array] | None = None,
 ) -> jax.Array:
   """L_c = sum over `layers` of mean((F_l - P_l)^2) (times T_l with masks).
 
@@ -411,6 +412,7 @@ def content_loss(
     targets: layer name -> [H, W, C] features of the content image.
     layers: the content layers, e.g. `('relu4_2',)`.
     masks: optional layer name -> [H, W] weight of each position.
+    terms: if given, gets each layer's term as 'content/<layer>'.
 
   Returns:
     Scalar float32.
@@ -419,9 +421,12 @@ def content_loss(
   for name in layers:
     mask = None if masks is None else masks[name]
     try:
-      total = total + content_layer_loss(features[name], targets[name], mask)
+      term = content_layer_loss(features[name], targets[name], mask)
     except ValueError as e:
       raise ValueError(f'{name}: {e}') from None
+    if terms is not None:
+      terms[f'content/{name}'] = term
+    total = total + term
   return total
 
 
@@ -488,6 +493,7 @@ def style_loss(
   layer_weights: Mapping[str, float],
   kind: str = 'gram',
   masks: Mapping[str, jax.Array] | None = None,
+  terms: dict[str, jax.Array] | None = None,
 ) -> jax.Array:
   """L_s = sum over layers l of w_l * term_l (Gram: mean((G(F_l) - A_l)^2)).
 
@@ -498,6 +504,7 @@ def style_loss(
     layer_weights: layer name -> w_l; its keys are the style layers.
     kind: one of STYLE_KINDS.
     masks: optional layer name -> [S, H, W] region guidance.
+    terms: if given, gets each layer's term (before w_l) as 'style/<layer>'.
 
   Returns:
     Scalar float32.
@@ -509,5 +516,7 @@ def style_loss(
       term = style_layer_loss(features[name], targets[name], kind=kind, masks=mask)
     except ValueError as e:
       raise ValueError(f'{name}: {e}') from None
+    if terms is not None:
+      terms[f'style/{name}'] = term
     total = total + weight * term
   return total

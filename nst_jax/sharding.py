@@ -47,24 +47,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(JOBS_AXIS))
 
 
-def spatial_shardings(tree, mesh: Mesh, height: int, width: int):
-  """Per-leaf shardings: leaves ending in [..., height, width, 3] split height.
-
-  Images and the L-BFGS history are such leaves; everything else (scalars,
-  step counts) is replicated.
-  """
-
-  def one(leaf):
-    shape = np.shape(leaf)
-    if len(shape) >= 3 and tuple(shape[-3:]) == (height, width, 3):
-      spec = [None] * len(shape)
-      spec[-3] = SPACE_AXIS
-      return NamedSharding(mesh, P(*spec))
-    return NamedSharding(mesh, P())
-
-  return jax.tree.map(one, tree)
-
-
 def global_array(
   shape: tuple[int, ...], sharding: NamedSharding, row: Callable[[int], np.ndarray]
 ) -> jax.Array:
@@ -75,17 +57,6 @@ def global_array(
     return np.stack([row(r) for r in rows])[(slice(None), *index[1:])]
 
   return jax.make_array_from_callback(shape, sharding, data)
-
-
-def replicated(tree, mesh: Mesh):
-  """Every leaf replicated on every device of the mesh (all processes)."""
-  sharding = NamedSharding(mesh, P())
-
-  def one(x):
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-  return jax.tree.map(one, tree)
 
 
 def local_rows(sharding: NamedSharding, n: int) -> list[int]:
@@ -138,3 +109,135 @@ def describe(compiled) -> dict:
     'targets_specs': specs(compiled.input_shardings[0][2]),
     'memory_per_device_bytes': memory,
   }
+
+
+class Layout:
+  """Where the rows of a batch live, and how the step is jitted over them.
+
+  Three kinds share this interface: `SingleLayout` (one device), `JobsLayout`
+  (rows split over a mesh of every device of every process) and
+  `SpatialLayout` (each image's height split over this process's devices).
+  The engine builds every array through it, so one code path serves all.
+
+  Attributes:
+    n_rows: rows of the batch (jobs plus fillers).
+    key: hashable description, part of the compiled-step cache key.
+  """
+
+  n_rows: int
+  key: tuple
+
+  def rows_sharding(self, ndim: int) -> jax.sharding.Sharding:
+    """The sharding of an [N, ...] per-row array (targets, losses) of rank `ndim`."""
+    raise NotImplementedError
+
+  def image_sharding(self, shape: tuple[int, ...]) -> jax.sharding.Sharding:
+    """The sharding of a leaf shaped like the image (or its optimiser buffers)."""
+    return self.rows_sharding(len(shape))
+
+  def params_sharding(self) -> jax.sharding.Sharding:
+    raise NotImplementedError
+
+  def local_rows(self) -> list[int]:
+    """The rows whose data this process provides and whose results it writes."""
+    return list(range(self.n_rows))
+
+  def leaf_sharding(self, shape: tuple[int, ...], height: int, width: int):
+    """Images and image-shaped optimiser buffers use image_sharding, the rest rows_sharding."""
+    if len(shape) >= 3 and tuple(shape[-3:]) == (height, width, 3):
+      return self.image_sharding(shape)
+    return self.rows_sharding(len(shape))
+
+  def assemble(self, shape, sharding, row: Callable[[int], np.ndarray]) -> jax.Array:
+    """A global [n_rows, ...] array from per-row host arrays (asked for local rows only)."""
+    return global_array(tuple(shape), sharding, row)
+
+  def gather(self, tree):
+    """Host copies of every row of every leaf, on every process."""
+    return jax.device_get(tree)
+
+  def host_rows(self, x: jax.Array) -> dict[int, np.ndarray]:
+    """Row -> host copy, for this process's rows."""
+    return dict(enumerate(np.asarray(x)))
+
+
+class SingleLayout(Layout):
+  """Every row on one device (the default device of this process)."""
+
+  def __init__(self, n_rows: int = 1, device: jax.Device | None = None):
+    self.n_rows = n_rows
+    self.device = device or jax.local_devices()[0]
+    self.key = ('single', n_rows, self.device.id)
+
+  def rows_sharding(self, ndim: int):
+    return jax.sharding.SingleDeviceSharding(self.device)
+
+  def params_sharding(self):
+    return jax.sharding.SingleDeviceSharding(self.device)
+
+
+class JobsLayout(Layout):
+  """Rows split over the mesh axis 'jobs' (every device of every process); params replicated."""
+
+  def __init__(self, mesh: Mesh, n_rows: int):
+    self.mesh = mesh
+    self.n_rows = n_rows
+    self.key = ('jobs', n_rows, tuple(d.id for d in mesh.devices.flat))
+
+  def rows_sharding(self, ndim: int):
+    return batch_sharding(self.mesh)
+
+  def params_sharding(self):
+    return replicated_sharding(self.mesh)
+
+  def local_rows(self) -> list[int]:
+    return local_rows(batch_sharding(self.mesh), self.n_rows)
+
+  def gather(self, tree):
+    if jax.process_count() == 1:
+      return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(
+      lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), tree
+    )
+
+  def host_rows(self, x: jax.Array) -> dict[int, np.ndarray]:
+    out = {}
+    for shard in x.addressable_shards:
+      data = np.asarray(shard.data)
+      for k, r in enumerate(range(*shard.index[0].indices(self.n_rows))):
+        out[r] = data[k]
+    return out
+
+
+class SpatialLayout(Layout):
+  """Each image's height split over this process's devices (mesh axis 'space').
+
+  The image and every leaf shaped like it (the L-BFGS history) are split
+  along H; parameters, targets and losses are replicated. XLA's SPMD
+  partitioner adds the halo exchanges of the convolutions and the
+  all-reduces of the Grams and losses.
+  """
+
+  def __init__(self, devices: Sequence[jax.Device], n_rows: int = 1):
+    self.mesh = spatial_mesh(devices)
+    self.n_rows = n_rows
+    self.key = ('spatial', n_rows, tuple(d.id for d in devices))
+
+  def rows_sharding(self, ndim: int):
+    return replicated_sharding(self.mesh)
+
+  def image_sharding(self, shape):
+    spec = [None] * len(shape)
+    spec[-3] = SPACE_AXIS
+    return NamedSharding(self.mesh, P(*spec))
+
+  def params_sharding(self):
+    return replicated_sharding(self.mesh)
+
+
+def spatial_devices(height: int, devices: Sequence[jax.Device]) -> list[jax.Device]:
+  """The most of `devices` that split `height` rows evenly."""
+  used = max(k for k in range(1, len(devices) + 1) if height % k == 0)
+  return list(devices[:used])

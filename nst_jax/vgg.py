@@ -32,6 +32,12 @@ VGG_WIDTHS = (64, 128, 256, 512, 512)
 VGG19_STAGE_SIZES = (2, 2, 4, 4, 4)
 POOLING_MODES = ('max', 'avg')
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# jax.lax.Precision of float32 convolutions, by the names nst_jax.config uses.
+PRECISIONS = {
+  'highest': jax.lax.Precision.HIGHEST,
+  'high': jax.lax.Precision.HIGH,
+  'default': jax.lax.Precision.DEFAULT,
+}
 
 
 def layer_names(stage_sizes: Sequence[int]) -> tuple[str, ...]:
@@ -185,13 +191,19 @@ class VGG(nn.Module):
     pooling: 'max' (the classic tools' default) or 'avg' (Gatys et al. suggest
       it gives slightly smoother results).
     dtype: compute dtype of convolutions and activations (float32 or bfloat16);
-      parameters are always stored in float32.
+      parameters are always stored in float32. The first convolution always
+      runs in float32 on the float32 input and its output is cast: its input
+      is the image in network units (about +-150 for Caffe weights), where
+      bfloat16's spacing of 0.5 to 1 would erase the optimiser's small steps.
+    precision: `jax.lax.Precision` of the convolutions (None: XLA's default,
+      which on accelerators is TF32 or bfloat16 passes for float32).
   """
 
   stage_sizes: Sequence[int]
   widths: Sequence[int] = VGG_WIDTHS
   pooling: str = 'max'
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, layers: Sequence[str] | None = None) -> dict[str, jax.Array]:
@@ -213,20 +225,23 @@ class VGG(nn.Module):
     check_layers(wanted, self.stage_sizes)
     deepest = max(all_names.index(name) for name in wanted)
 
-    x = x.astype(self.dtype)
+    first = all_names[0]
     features = {}
     for name in all_names[: deepest + 1]:
       kind, stage_index = name[:4], name[4:]
       if kind == 'conv':
         stage = int(stage_index.split('_')[0])
+        dtype = jnp.float32 if name == first else self.dtype
         x = nn.Conv(
           self.widths[stage - 1],
           (3, 3),
           padding=((1, 1), (1, 1)),
-          dtype=self.dtype,
+          dtype=dtype,
           param_dtype=jnp.float32,
+          precision=self.precision,
           name=name,
-        )(x)
+        )(x.astype(dtype))
+        x = x.astype(self.dtype)
       elif kind == 'relu':
         x = nn.relu(x)
       else:

@@ -8,17 +8,17 @@ import subprocess
 import sys
 import time
 
+from conftest import flat_config
 import jax
 import numpy as np
 from PIL import Image
 import pytest
 
 from nst_jax import checkpoint as checkpoint_lib
-from nst_jax import config as config_lib
 from nst_jax import errors
-from nst_jax.stylize import default_output_path
-from nst_jax.stylize import run
-from nst_jax.stylize import stylize
+from nst_jax import run
+from nst_jax import stylize
+from nst_jax.outputs import default_output_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -133,16 +133,18 @@ def _cfg(content, style, output, weights, **changes):
     'checkpoint_every': 2,
     'keep_checkpoint': True,
   }
-  return config_lib.StyleConfig(**{**settings, **changes})
+  return flat_config(**{**settings, **changes})
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, images, caffe_npz):
   content, style = images
   out = tmp_path / 'o.png'
   run(_cfg(content, style, out, caffe_npz))
-  with pytest.raises(errors.NstError, match=r'style_weight differs \(checkpoint 0.01, now 0.5\)'):
+  with pytest.raises(
+    errors.NstError, match=r'loss.style_weight differs \(checkpoint 0.01, now 0.5\)'
+  ):
     run(_cfg(content, style, out, caffe_npz, style_weight=0.5, resume=True))
-  with pytest.raises(errors.NstError, match='optimizer differs'):
+  with pytest.raises(errors.NstError, match='optim.name differs'):
     run(_cfg(content, style, out, caffe_npz, optimizer='adam', resume=True))
   with pytest.raises(errors.NstError, match='content_pixels differs'):
     run(_cfg(style, style, out, caffe_npz, resume=True))
@@ -200,7 +202,7 @@ def test_non_finite_loss_keeps_the_last_finite_checkpoint(tmp_path, caffe_npz):
   style = rng.uniform(size=(16, 16, 3)).astype(np.float32)
   # Adam's first step moves every pixel by ~1e30: finite, but the next
   # forward pass overflows float32.
-  cfg = config_lib.StyleConfig(
+  cfg = flat_config(
     iterations=5, optimizer='adam', learning_rate=1e30, print_iter=1, checkpoint_every=1
   )
   ckpt = tmp_path / 'x.ckpt'

@@ -43,3 +43,50 @@ def caffe_npz(tmp_path_factory, random_params):
 def _no_weights_env(monkeypatch):
   # A developer's $NST_JAX_WEIGHTS must not leak into the tests.
   monkeypatch.delenv(weights_lib.WEIGHTS_ENV, raising=False)
+
+
+def _npz_from(params, directory, *, torchvision: bool = False):
+  """Writes `params` in a published layout and converts it, as the real files go."""
+  if torchvision:
+    src = directory / 'vgg19.safetensors'
+    weight_files.write_safetensors(src, weight_files.torchvision_state(params))
+  else:
+    src = directory / weights_lib.KERAS_FILENAME
+    weight_files.write_keras_h5(src, params)
+  flat, info = weights_lib.convert(src)
+  npz = directory / 'vgg19.npz'
+  weights_lib.save_npz(npz, flat, info)
+  return npz
+
+
+@pytest.fixture(scope='session')
+def lsuv_npz(tmp_path_factory):
+  """Random weights with the real network's activation scale (Caffe convention)."""
+  return _npz_from(weight_files.lsuv_params(0), tmp_path_factory.mktemp('lsuv'))
+
+
+@pytest.fixture(scope='session')
+def small_npz(tmp_path_factory):
+  """The LSUV weights with conv1_1 scaled down 128x: every activation 128x smaller."""
+  return _npz_from(weight_files.small_activation_params(0), tmp_path_factory.mktemp('small'))
+
+
+@pytest.fixture(scope='session')
+def torchvision_npz(tmp_path_factory, random_params):
+  """Random weights converted from the torchvision layout (torchvision convention)."""
+  return _npz_from(random_params, tmp_path_factory.mktemp('tv'), torchvision=True)
+
+
+def flat_config(**flat):
+  """A StyleConfig from flat setting names (iterations=, width=, ...), without the warning.
+
+  Tests that only need a few settings read better flat; config_test checks
+  that the flat names still work and warn.
+  """
+  import warnings
+
+  from nst_jax import config as config_lib
+
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', DeprecationWarning)
+    return config_lib.StyleConfig(**flat)

@@ -21,9 +21,10 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import nst_jax  # noqa: E402
-from nst_jax import distributed  # noqa: E402
+from nst_jax import batch as batch_lib  # noqa: E402
 from nst_jax import image as image_lib  # noqa: E402
 from nst_jax import jobs as jobs_lib  # noqa: E402
+from nst_jax import outputs  # noqa: E402
 
 ITERATIONS = 8
 WIDTH = 64
@@ -54,9 +55,11 @@ def sample_jobs(workdir: Path, n: int, *, heights=(48,)) -> list[jobs_lib.Job]:
 
 def alone(job: jobs_lib.Job, cfg: nst_jax.StyleConfig, w) -> np.ndarray:
   """The same job run by itself, through the single-run path, on one device."""
-  solo = dataclasses.replace(cfg, content_weight=job.content_weight, style_weight=job.style_weight)
-  content = image_lib.load_image(job.content, width=cfg.width)
-  style = image_lib.load_image(job.style[0], width=cfg.width)
+  solo = cfg.replace(
+    loss=cfg.loss.replace(content_weight=job.content_weight, style_weight=job.style_weight)
+  )
+  content = image_lib.load_image(job.content, width=cfg.inputs.width)
+  style = image_lib.load_image(job.style[0], width=cfg.inputs.width)
   return nst_jax.stylize(content, style, config=solo, weights=w)
 
 
@@ -68,23 +71,33 @@ def ulp_spread(job: jobs_lib.Job, cfg: nst_jax.StyleConfig, w, reference: np.nda
   close to the single run as this is as equal as float32 allows.
   """
   # The nudge is to the start image, so the reference run starts from the content.
-  assert cfg.init == 'content', 'a one-ulp spread is defined here for --init content'
-  solo = dataclasses.replace(
-    cfg, content_weight=job.content_weight, style_weight=job.style_weight, init='file'
+  assert cfg.inputs.init == 'content', 'a one-ulp spread is defined here for --init content'
+  solo = cfg.replace(
+    loss=cfg.loss.replace(content_weight=job.content_weight, style_weight=job.style_weight),
+    inputs=cfg.inputs.replace(init='file'),
   )
-  content = image_lib.load_image(job.content, width=cfg.width)
-  style = image_lib.load_image(job.style[0], width=cfg.width)
+  content = image_lib.load_image(job.content, width=cfg.inputs.width)
+  style = image_lib.load_image(job.style[0], width=cfg.inputs.width)
   nudged = np.nextafter(content, np.float32(2))
   moved = nst_jax.stylize(content, style, config=solo, weights=w, init_image=nudged)
   return float(np.abs(moved - reference).max())
 
 
+def config(**inputs) -> nst_jax.StyleConfig:
+  return nst_jax.StyleConfig(
+    inputs=nst_jax.InputConfig(width=WIDTH, **inputs),
+    schedule=nst_jax.ScheduleConfig(iterations=ITERATIONS),
+    run=nst_jax.RunConfig(print_iter=0),
+    save=nst_jax.SaveConfig(record=False),
+  )
+
+
 def case_jobs(weights: str, workdir: Path, n: int, heights=(48,), init='content') -> dict:
   w = nst_jax.load_weights(weights)
-  cfg = nst_jax.StyleConfig(iterations=ITERATIONS, width=WIDTH, print_iter=0, init=init, seed=3)
-  jobs = jobs_lib.assign_outputs(sample_jobs(workdir, n, heights=heights), str(workdir / 'out'))
+  cfg = config(init=init, seed=3)
+  jobs = outputs.assign_outputs(sample_jobs(workdir, n, heights=heights), str(workdir / 'out'))
   record = {}
-  results = distributed.run_jobs(jobs, cfg, weights=w, record=record)
+  results = batch_lib.run_batch(jobs, cfg, weights=w, record=record)
   singles = [alone(j, cfg, w) for j in jobs]
   diffs = [float(np.abs(results[j.output] - a).max()) for j, a in zip(jobs, singles, strict=True)]
   # A bitwise-equal result needs no tolerance; the spread costs a run.
@@ -110,20 +123,22 @@ def case_jobs(weights: str, workdir: Path, n: int, heights=(48,), init='content'
 def case_spatial(weights: str, workdir: Path, height: int) -> dict:
   w = nst_jax.load_weights(weights)
   (job,) = sample_jobs(workdir, 1, heights=(height,))
-  cfg = nst_jax.StyleConfig(iterations=ITERATIONS, width=WIDTH, print_iter=0)
+  cfg = config()
   content = image_lib.load_image(job.content, width=WIDTH)
   style = image_lib.load_image(job.style[0], width=WIDTH)
-  one = dataclasses.replace(cfg, iterations=1)
+
+  def spatial(c):
+    return c.replace(run=c.run.replace(shard='spatial'))
+
+  one = cfg.replace(schedule=cfg.schedule.replace(iterations=1))
   first_plain = nst_jax.stylize(content, style, config=one, weights=w)
-  first_sharded = nst_jax.stylize(
-    content, style, config=dataclasses.replace(one, shard='spatial'), weights=w
-  )
+  first_sharded = nst_jax.stylize(content, style, config=spatial(one), weights=w)
   plain, sharded = {}, {}
   a = nst_jax.stylize(content, style, config=cfg, weights=w, record=plain)
-  b = nst_jax.stylize(
-    content, style, config=dataclasses.replace(cfg, shard='spatial'), weights=w, record=sharded
+  b = nst_jax.stylize(content, style, config=spatial(cfg), weights=w, record=sharded)
+  job = dataclasses.replace(
+    job, content_weight=cfg.loss.content_weight, style_weight=cfg.loss.style_weight
   )
-  job = dataclasses.replace(job, content_weight=cfg.content_weight, style_weight=cfg.style_weight)
   return {
     'shape': list(a.shape),
     'max_diff': float(np.abs(a - b).max()),
@@ -135,9 +150,25 @@ def case_spatial(weights: str, workdir: Path, height: int) -> dict:
   }
 
 
+def case_alone(weights: str, workdir: Path, n: int) -> dict:
+  """The n sample jobs run alone, against the 8-bit results in workdir/out/r{i}.png."""
+  w = nst_jax.load_weights(weights)
+  cfg = config()
+  diffs, spreads = [], []
+  for i, job in enumerate(sample_jobs(workdir, n)):
+    got = np.asarray(Image.open(workdir / 'out' / f'r{i}.png'), np.float32) / 255
+    want = alone(job, cfg, w)
+    diffs.append(float(np.abs(got - want).max()))
+    # The same 8-bit file needs no spread; measuring one costs a run.
+    spreads.append(ulp_spread(job, cfg, w, want) if diffs[-1] > 0.5 / 255 + 1e-6 else 0.0)
+  return {'diffs': diffs, 'spreads': spreads}
+
+
 def main():
   case, weights, workdir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-  if case == 'jobs8':
+  if case.startswith('alone'):
+    out = case_alone(weights, workdir, int(case.removeprefix('alone')))
+  elif case == 'jobs8':
     out = case_jobs(weights, workdir, 8)
   elif case == 'jobs5':
     out = case_jobs(weights, workdir, 5, heights=(48, 40), init='random')

@@ -25,8 +25,6 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
-from PIL import Image
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +87,9 @@ def test_spatial_sharding_equals_the_unsharded_run(tmp_path, caffe_npz, height, 
   out = _case(f'spatial{height}', caffe_npz, tmp_path)
   assert out['shape'] == [height, 64, 3]
   assert out['first_step_diff'] <= 1e-6
-  assert out['max_diff'] <= out['ulp_spread'], out
+  # 1e-6: the rounding of the final deprocess and clip, below any 8-bit step
+  # (both differences can saturate at the same clipped pixel).
+  assert out['max_diff'] <= out['ulp_spread'] + 1e-6, out
   plain, sharded = out['plain'], out['sharded']
   assert plain['devices'] == 1
   # 45 rows split evenly over 5 of the 8 devices.
@@ -158,24 +158,28 @@ def test_two_processes_share_a_batch_and_write_disjoint_outputs(tmp_path, caffe_
     assert proc.returncode == 0, err[-4000:]
   # Each process saved exactly its own jobs (round-robin: 0, 2, 4 and 1, 3, 5).
   for p, err in enumerate(logs):
-    saved = sorted(re.findall(rf'process {p}: saved (\S+)', err))
+    saved = sorted(re.findall(rf'process {p}: saved (\S+\.png)\n', err))
     assert saved == sorted(str(tmp_path / 'out' / f'r{i}.png') for i in range(p, 6, 2)), err[-3000:]
     assert not re.search(rf'process {1 - p}:', err)  # logs name their own process
     assert 'process 0 of 2: 4 local of 8 devices' in err or p == 1
-  written = sorted(p.name for p in (tmp_path / 'out').iterdir())
+  written = sorted(p.name for p in (tmp_path / 'out').glob('r?.png'))
   assert written == [f'r{i}.png' for i in range(6)]
-  # And each equals the job run alone: the same 8-bit file, up to the
-  # ulp spread (the saved files are rounded to 1/255).
-  import nst_jax
-
-  w = nst_jax.load_weights(caffe_npz)
-  cfg = nst_jax.StyleConfig(iterations=8, width=64)
-  for i, job in enumerate(jobs):
-    got = np.asarray(Image.open(tmp_path / 'out' / f'r{i}.png'), np.float32) / 255
-    want = distributed_cases.alone(job, cfg, w)
-    diff = np.abs(got - want).max()
-    if diff > 0.5 / 255 + 1e-6:  # not the same 8-bit file: allow the ulp spread
-      assert diff <= 0.5 / 255 + 1e-6 + distributed_cases.ulp_spread(job, cfg, w, want), i
+  # Each job's run record, written by its owner.
+  assert sorted(p.name for p in (tmp_path / 'out').glob('*.json')) == [
+    f'r{i}.json' for i in range(6)
+  ]
+  # And each equals the job run alone on the same kind of device (a process
+  # of 4 simulated devices: their thread pools round sums differently from
+  # one device's, which L-BFGS's active set can turn into visible changes):
+  # the same 8-bit file, up to the ulp spread.
+  r = subprocess.run(
+    [sys.executable, str(CASES), 'alone6', str(caffe_npz), str(tmp_path)],
+    capture_output=True, text=True, timeout=600, env=_env(4),
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr[-4000:]
+  alone = json.loads(r.stdout.strip().splitlines()[-1])
+  for i, (diff, spread) in enumerate(zip(alone['diffs'], alone['spreads'], strict=True)):
+    assert diff <= 0.5 / 255 + 1e-6 + spread, (i, alone)
 
 
 def test_plan_puts_each_process_jobs_on_its_own_devices():

@@ -8,12 +8,12 @@ import socket
 import subprocess
 import sys
 
+from conftest import flat_config
 import numpy as np
 from PIL import Image
 import pytest
 
-from nst_jax import config as config_lib
-from nst_jax.stylize import run
+from nst_jax import run
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENT = ROOT / 'content_images' / 'tubingen.jpg'
@@ -114,10 +114,8 @@ def test_long_forms_output_and_intermediates(tmp_path, caffe_npz):
         (['-cp', 'no_such_dir/*.jpg', '-sp', STYLE], 'matches no files'),
         (['-cp', str(ROOT / 'content_images'), '-sp', STYLE, '--output', 'one.png'],
          'name a directory (ending in /)'),
-        (['-cp', str(ROOT / 'content_images'), '-sp', STYLE, '--scales', 2],
-         'scales is not available in batch mode'),
-        (['-cp', str(ROOT / 'content_images'), '-sp', STYLE, '--serve', 0],
-         'serve is not available in batch mode'),
+        (['-cp', CONTENT, '-sp', STYLE, '--tol', -1], '--tol must be a finite number >= 0'),
+        (['-cp', CONTENT, '-sp', STYLE, '--precision', 'low'], '<highest|high|default>'),
     ],
     ids=[
         'no-cp', 'no-sp', 'iterations', 'width', 'cw', 'sw-nan', 'sw-inf', 'layer',
@@ -125,7 +123,7 @@ def test_long_forms_output_and_intermediates(tmp_path, caffe_npz):
         'blend-nan', 'style-scale', 'tv', 'scales-and-min-width', 'missing-init', 'mask-aspect',
         'mask-count', 'histogram-masks', 'colors', 'too-many-scales', 'bits-jpeg', 'quality',
         'preset', 'serve-port', 'no-images', 'missing-jobs', 'empty-glob', 'batch-output-file',
-        'batch-scales', 'batch-serve',
+        'tol', 'precision',
     ],
 )  # fmt: skip
 def test_user_errors_are_one_line(tmp_path, caffe_npz, args, message):
@@ -147,13 +145,13 @@ def test_preset_sets_flags_and_explicit_flags_win(tmp_path, caffe_npz):
   )  # fmt: skip
   assert r.returncode == 0, r.stderr[-3000:]
   settings = json.loads((tmp_path / 'o.json').read_text())['settings']
-  assert (settings['iterations'], settings['width']) == (2, 32)
-  assert (settings['lbfgs_memory'], settings['init'], settings['tv_weight']) == (
-    100,
-    'random',
-    294.9,
-  )
-  assert (settings['content_weight'], settings['style_weight']) == (5.0, 100.0)
+  assert (settings['schedule']['iterations'], settings['inputs']['width']) == (2, 32)
+  assert (
+    settings['optim']['lbfgs_memory'],
+    settings['inputs']['init'],
+    settings['loss']['tv_weight'],
+  ) == (100, 'random', 294.9)
+  assert (settings['loss']['content_weight'], settings['loss']['style_weight']) == (5.0, 100.0)
   assert settings['loss']['style_layer_weights'][0] == 1 / 64**2
   assert len(json.loads((tmp_path / 'o.json').read_text())['history']) >= 1
 
@@ -166,7 +164,12 @@ def test_batch_from_a_directory_and_from_a_jobs_file(tmp_path, caffe_npz):
   )  # fmt: skip
   assert r.returncode == 0, r.stderr[-3000:]
   written = sorted(p.name for p in (tmp_path / 'out').iterdir())
-  assert written == ['golden_gate_starry_night.png', 'tubingen_starry_night.png']
+  # Each job's result, with its own run record beside it.
+  assert written == sorted(
+    f'{stem}_starry_night{suffix}'
+    for stem in ('golden_gate', 'tubingen')
+    for suffix in ('.png', '.json', '.loss.png', '.sheet.jpg')
+  )
   # Both are 4:3, so 32x24: one group, run as one batched step of two rows.
   assert 'process 0: 2 jobs of 32x24 (2 rows on 1 devices)' in r.stderr, r.stderr[-3000:]
   # A JSON-lines job list with per-job weights and outputs (relative to the file).
@@ -180,7 +183,10 @@ def test_batch_from_a_directory_and_from_a_jobs_file(tmp_path, caffe_npz):
             env_weights=caffe_npz)  # fmt: skip
   assert r.returncode == 0, r.stderr[-3000:]
   assert Image.open(tmp_path / 'res' / 'a.jpg').size == (32, 24)
-  assert [p.name for p in (tmp_path / 'auto').iterdir()] == ['tubingen_starry_night.png']
+  assert sorted(p.name for p in (tmp_path / 'auto').glob('*.png')) == [
+    'tubingen_starry_night.loss.png',
+    'tubingen_starry_night.png',
+  ]
 
 
 def test_distributed_single_run_goes_through_the_owned_batch_path(tmp_path, caffe_npz):
@@ -204,7 +210,7 @@ def test_same_seed_same_bytes(tmp_path, caffe_npz):
     Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / name)
   outputs = []
   for i in range(2):
-    cfg = config_lib.StyleConfig(
+    cfg = flat_config(
       content_path=str(tmp_path / 'c.png'),
       style_path=str(tmp_path / 's.png'),
       output=str(tmp_path / f'o{i}.png'),
@@ -278,7 +284,7 @@ def test_classic_controls_on_the_command_line(tmp_path, caffe_npz):
       '-cp', CONTENT, '-sp', f'{STYLE},{style2}', '--style_blend_weights', '3,1',
       '--style_scale', 0.5, '--tv_weight', 0.1, '--init', 'gray', '--preserve_colors',
       'postprocess', '--scales', 2, '--style_loss', 'mean_cov', '--normalize_gradients',
-      '-i', 2, '-w', 96, '--print_iter', 1,
+      '-i', 4, '-w', 96, '--print_iter', 1,
       cwd=tmp_path, env_weights=caffe_npz,
   )  # fmt: skip
   assert r.returncode == 0, r.stderr
@@ -315,7 +321,7 @@ def test_output_directory_16_bits_and_the_content_icc_profile(tmp_path, caffe_np
   with Image.open(content) as im:
     im.save(content, icc_profile=profile)
   results = tmp_path / 'results'
-  cfg = config_lib.StyleConfig(
+  cfg = flat_config(
     content_path=str(content),
     style_path=str(style),
     output=f'{results}/',  # a directory: an automatic name inside it
@@ -342,7 +348,7 @@ def test_output_shows_the_content_upright(tmp_path, caffe_npz):
   with Image.open(content) as im:
     im.save(tmp_path / 'in' / 'sideways.jpg', exif=exif.tobytes())
   out = run(
-    config_lib.StyleConfig(
+    flat_config(
       content_path=str(tmp_path / 'in' / 'sideways.jpg'), style_path=str(style),
       output=str(tmp_path / 'o.png'), weights=str(caffe_npz), iterations=1, width=32,
     )

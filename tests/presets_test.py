@@ -17,9 +17,9 @@ import nst_jax
 from nst_jax import image as image_lib
 from nst_jax import losses
 from nst_jax.cli import PRESETS
-from nst_jax.stylize import make_model
-from nst_jax.stylize import make_targets
-from nst_jax.stylize import objective
+from nst_jax.core import make_model
+from nst_jax.core import make_targets
+from nst_jax.core import objective
 
 ROOT = Path(__file__).resolve().parent.parent
 # The size the presets' weights are derived for: 512 px wide, 4:3.
@@ -49,8 +49,7 @@ def _loss_parts(name: str, weights) -> tuple[dict, np.ndarray, np.ndarray, np.nd
     style_layers=tuple(v['style_layers'].split(',')),
     style_layer_weights=tuple(map(float, layer_weights.split(','))) if layer_weights else None,
   )
-  config = nst_jax.StyleConfig(loss=loss_config, pooling=v['pooling'])
-  model = make_model(config)
+  model = make_model(v['pooling'])
   convention = weights.info.input_convention
   rng = np.random.default_rng(1)
   content_rgb = image_lib.load_image(ROOT / 'content_images' / 'tubingen.jpg', width=WIDTH)

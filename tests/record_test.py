@@ -1,18 +1,17 @@
 """Tests for nst_jax.record: the JSON record and the two pictures, from a real run."""
 
-import collections
-import importlib
 import json
 import os
 import stat
 
+from conftest import flat_config
 import numpy as np
 from PIL import Image
 
-from nst_jax import config as config_lib
 from nst_jax import record as record_lib
+from nst_jax import run
+from nst_jax import steps
 from nst_jax import weights as weights_lib
-from nst_jax.stylize import run
 
 
 def _inputs(directory):
@@ -28,36 +27,39 @@ def _inputs(directory):
 def test_run_writes_the_record_and_pictures(tmp_path, caffe_npz, monkeypatch):
   content, style = _inputs(tmp_path / 'in')
   out = tmp_path / 'o.png'
-  cfg = config_lib.StyleConfig(
+  cfg = flat_config(
     content_path=str(content),
     style_path=str(style),
     output=str(out),
     weights=str(caffe_npz),
-    iterations=4,
+    iterations=8,
     width=32,
     print_iter=1,
     save_iter=2,
     scales=2,
   )
   # A fresh cache, so that this run compiles (and records it) whatever ran before.
-  monkeypatch.setattr(
-    importlib.import_module('nst_jax.stylize'), '_COMPILED_STEPS', collections.OrderedDict()
-  )
+  monkeypatch.setattr(steps, 'COMPILED', steps.CompiledSteps())
   run(cfg)
   paths = record_lib.paths_for(out)
   data = json.loads(paths['json'].read_text())
-  assert data['settings']['iterations'] == 4 and data['settings']['scales'] == 2
+  assert data['settings']['schedule']['iterations'] == 8
+  assert data['settings']['schedule']['scales'] == 2
   info = weights_lib.load_weights(caffe_npz).info
   assert data['weights']['params_sha256'] == info.params_sha256
   assert data['weights']['source_sha256'] == info.source_sha256
   assert data['versions']['jax'] == __import__('jax').__version__
   assert data['device']['platform'] == 'cpu'
-  assert [s['width'] for s in data['scales']] == [23, 32]
+  assert [(s['width'], s['iterations'], s['stopped']) for s in data['scales']] == [
+    (23, 4, 'iterations'),
+    (32, 4, 'iterations'),
+  ]
   assert all(s['compile_s'] > 0 and s['run_s'] > 0 for s in data['scales'])
   assert not any(s['compile_reused'] for s in data['scales'])
-  # Every iteration of both scales was reported (print_iter 1), in order.
+  # Every iteration of both scales was reported (print_iter 1), in order, the
+  # iterations numbered across scales (4 each: -i is the run's total).
   assert [(h['scale'], h['iteration']) for h in data['history']] == [
-    (s, i) for s in (0, 1) for i in range(1, 5)
+    (s, 4 * s + i) for s in (0, 1) for i in range(1, 5)
   ]
   final = data['final_losses']
   assert final == {
@@ -89,7 +91,7 @@ def test_run_writes_the_record_and_pictures(tmp_path, caffe_npz, monkeypatch):
 def test_record_false_writes_only_the_image(tmp_path, caffe_npz):
   content, style = _inputs(tmp_path / 'in')
   out = tmp_path / 'o.png'
-  cfg = config_lib.StyleConfig(
+  cfg = flat_config(
     content_path=str(content), style_path=str(style), output=str(out),
     weights=str(caffe_npz), iterations=1, width=32, record=False,
   )  # fmt: skip

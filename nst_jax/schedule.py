@@ -1,0 +1,170 @@
+"""The run's schedule: the scales, the iterations each gets, and when to stop early.
+
+`plan(width, schedule)` turns `-w` and `-i` (and `--scales`, `--min_width`)
+into stages, coarse to fine; `-i` is the run's total, never exceeded.
+`Convergence` is the documented early-stopping test the loop applies at each
+stage.
+"""
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from nst_jax import config as config_lib
+
+# Coarse-to-fine: each scale is this factor wider than the previous one
+# (crowsonkb/style-transfer-pytorch's schedule).
+SCALE_FACTOR = math.sqrt(2)
+
+
+def scale_widths(width: int, *, scales: int = 1, min_width: int | None = None) -> tuple[int, ...]:
+  """Coarse-to-fine widths: w_k = round(width / sqrt(2)^(n-1-k)), k = 0..n-1.
+
+  Args:
+    width: the final (largest) width.
+    scales: n, the number of scales.
+    min_width: instead of `scales`: the largest n whose coarsest width is at
+      least min_width (1 if width <= min_width).
+
+  Returns:
+    n increasing widths, the last equal to `width`.
+  """
+  if min_width is not None:
+    scales = 1
+    while round(width / SCALE_FACTOR**scales) >= min_width:
+      scales += 1
+  return tuple(round(width / SCALE_FACTOR ** (scales - 1 - k)) for k in range(scales))
+
+
+class Stage(NamedTuple):
+  """One scale of a run: its width in pixels and the most iterations it gets."""
+
+  width: int
+  iterations: int
+
+
+# The automatic schedule (--scales 0, the default): no scale narrower than
+# this, and at most this many scales. Chosen by measurement on LSUV-scaled
+# weights at 256, 512 and 1024 px (README "Speed", bench/bench_multiscale.py).
+AUTO_MIN_WIDTH = 256
+AUTO_MAX_SCALES = 3
+# The share of the iterations each coarser scale gets, relative to the next
+# finer one (an iteration at the coarser scale costs about half as much).
+AUTO_COARSER_SHARE = 1.0
+
+
+def auto_widths(width: int) -> tuple[int, ...]:
+  """The automatic scales for an output `width` (see AUTO_MIN_WIDTH)."""
+  widths = scale_widths(width, min_width=AUTO_MIN_WIDTH)
+  return widths[-AUTO_MAX_SCALES:]
+
+
+def split(total: int, shares) -> tuple[int, ...]:
+  """`total` iterations in proportion to `shares`, each stage at least 1, summing to total.
+
+  Rounded by largest remainders, so the split is exact and deterministic.
+  """
+  shares = np.asarray(shares, np.float64)
+  if total < len(shares):
+    # Fewer iterations than scales: the finest scales get one each.
+    return tuple([0] * (len(shares) - total) + [1] * total)
+  raw = shares / shares.sum() * (total - len(shares))
+  counts = np.floor(raw).astype(int) + 1
+  # Largest remainders first; among equal ones, the finer scale.
+  order = sorted(range(len(shares)), key=lambda i: (-(raw[i] - np.floor(raw[i])), -i))
+  for i in order[: total - counts.sum()]:
+    counts[i] += 1
+  return tuple(int(c) for c in counts)
+
+
+def plan(width: int, schedule: config_lib.ScheduleConfig) -> tuple[Stage, ...]:
+  """The stages of a run, coarse to fine, their iterations summing to `schedule.iterations`.
+
+  Args:
+    width: the output width.
+    schedule: iterations, scales (0: automatic), min_width.
+
+  Returns:
+    Stages with at least one iteration each (scales that would get none are
+    dropped, the coarsest first).
+  """
+  if schedule.min_width is not None or schedule.scales > 1:
+    widths = scale_widths(width, scales=max(schedule.scales, 1), min_width=schedule.min_width)
+    shares = [1.0] * len(widths)
+  elif schedule.scales == 1:
+    widths, shares = (width,), [1.0]
+  else:
+    widths = auto_widths(width)
+    shares = [AUTO_COARSER_SHARE ** (len(widths) - 1 - k) for k in range(len(widths))]
+  counts = split(schedule.iterations, shares)
+  return tuple(Stage(w, n) for w, n in zip(widths, counts, strict=True) if n > 0)
+
+
+class Convergence:
+  """Stops each image of a batch once its loss has stopped falling.
+
+  For one image with L_k its total loss at iteration k and m_k =
+  min(L_1..L_k) the best so far, the image has converged at iteration
+  k >= window when
+
+      (m_{k - window} - m_k) / m_k < tol,
+
+  that is, its best loss improved by less than a fraction `tol` over the
+  last `window` iterations. The running minimum makes one uphill step (no
+  line search) neither stop nor prolong the run. A converged image is held
+  (`active` False: the step keeps its pixels) while the others go on, so
+  every image gets the result it would get alone; the stage ends when all
+  have converged. tol = 0 never stops.
+
+  Attributes:
+    active: [N] bools for the step (rows not yet converged; fillers stay on).
+    stopped_at: row -> the iteration it converged at.
+  """
+
+  def __init__(self, tol: float, window: int, rows=(0,), n_rows: int = 1):
+    self.tol = tol
+    self.window = window
+    self.rows = tuple(rows)
+    self.best: dict[int, list[float]] = {r: [] for r in self.rows}
+    self.stopped_at: dict[int, int] = {}
+    self.active = np.ones(n_rows, bool)
+    self.changed = False
+
+  def restore(self, row: int, best, converged: bool) -> None:
+    """A resumed row's history (the last window + 1 bests) and whether it had converged."""
+    self.best[row] = [float(b) for b in best]
+    if converged:
+      self.stopped_at[row] = 0
+      self.active[row] = False
+      self.changed = True
+
+  def all_converged(self) -> bool:
+    return self.tol > 0 and len(self.stopped_at) == len(self.rows)
+
+  def state(self, row: int) -> dict:
+    """What a checkpoint keeps for `row` to continue exactly."""
+    return {
+      'converged': row in self.stopped_at,
+      'best': self.best[row][-(self.window + 1) :],
+    }
+
+  def __call__(self, view) -> bool:
+    """After an iteration: True once every row has converged."""
+    if self.tol <= 0:
+      return False
+    totals = view.losses()['total']
+    for r in self.rows:
+      if r in self.stopped_at:
+        continue
+      best = self.best[r]
+      loss = float(totals[r])
+      best.append(min(loss, best[-1]) if best else loss)
+      del best[: -(self.window + 1)]  # only the window matters
+      if len(best) > self.window:
+        old, now = best[0], best[-1]
+        if now > 0 and (old - now) / now < self.tol:
+          self.stopped_at[r] = view.iteration
+          self.active[r] = False
+          self.changed = True
+    return len(self.stopped_at) == len(self.rows)

@@ -1,0 +1,380 @@
+"""Tests for nst_jax.core: targets, the objective, the step and its state."""
+
+import dataclasses
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nst_jax import config as config_lib
+from nst_jax import image as image_lib
+from nst_jax import losses
+from nst_jax import vgg
+from nst_jax.core import StyleState
+from nst_jax.core import init_state
+from nst_jax.core import initial_image
+from nst_jax.core import make_optimizer
+from nst_jax.core import make_targets
+from nst_jax.core import objective
+from nst_jax.core import update_step
+
+_VGGTiny = functools.partial(vgg.VGG, stage_sizes=(1, 2), widths=(4, 8))
+TINY_LOSS = config_lib.LossConfig(content_layers=('relu2_2',), style_layers=('relu1_1', 'relu2_1'))
+
+
+def _problem(n=1, seed=0, hw=(16, 16)):
+  model = _VGGTiny()
+  params = model.init(jax.random.key(seed), jnp.zeros((1, 16, 16, 3)))['params']
+  rng = np.random.default_rng(seed)
+  content = jnp.asarray(rng.normal(0, 50, (n, *hw, 3)), jnp.float32)
+  style = jnp.asarray(rng.normal(0, 50, (n, 12, 20, 3)), jnp.float32)
+  targets = make_targets(
+    params, content, style, model=model, loss_config=TINY_LOSS, content_weight=1.0, style_weight=1.0
+  )
+  return model, params, content, targets
+
+
+def _jitted_step(model, optimizer):
+  return jax.jit(
+    functools.partial(update_step, model=model, optimizer=optimizer, loss_config=TINY_LOSS),
+    donate_argnums=0,
+  )
+
+
+def test_targets_shapes_and_values():
+  model, params, content, targets = _problem(n=2)
+  chex.assert_shape(targets.content['relu2_2'], (2, 8, 8, 8))
+  chex.assert_shape(targets.style['relu1_1']['gram'], (2, 1, 4, 4))
+  chex.assert_shape(targets.style['relu2_1']['gram'], (2, 1, 8, 8))
+  chex.assert_shape([targets.content_weight, targets.style_weight, targets.tv_weight], (2,))
+  assert targets.content_mask is None and targets.style_masks is None
+  # The content target is exactly the content image's features.
+  feats = model.apply({'params': params}, content, ('relu2_2',))
+  np.testing.assert_allclose(targets.content['relu2_2'], feats['relu2_2'], rtol=1e-6)
+
+
+def test_one_style_is_shared_by_a_batch():
+  model, params, content, _ = _problem(n=3)
+  style = jnp.asarray(np.random.default_rng(1).normal(0, 50, (1, 12, 20, 3)), jnp.float32)
+  targets = make_targets(
+    params, content, style, model=model, loss_config=TINY_LOSS, content_weight=1, style_weight=2
+  )
+  chex.assert_shape(targets.style['relu2_1']['gram'], (3, 1, 8, 8))
+  gram = targets.style['relu2_1']['gram']
+  np.testing.assert_array_equal(gram[0], gram[2])
+  np.testing.assert_array_equal(targets.style_weight, [2.0, 2.0, 2.0])
+  with pytest.raises(ValueError, match='2 style images for 3 content images'):
+    make_targets(
+      params, content, jnp.concatenate([style, style]), model=model, loss_config=TINY_LOSS,
+      content_weight=1, style_weight=1,
+    )  # fmt: skip
+
+
+def test_objective_is_zero_at_the_targets_and_matches_formula():
+  model, params, content, targets = _problem()
+  one = jax.tree.map(lambda x: x[0], targets)
+  total, aux = jax.jit(functools.partial(objective, model=model, loss_config=TINY_LOSS))(
+    content[0], params, one
+  )
+  assert float(aux['content']) == 0.0
+  feats = model.apply({'params': params}, content, ('relu1_1', 'relu2_1'))
+  want_style = sum(
+    np.mean(
+      (np.asarray(losses.gram_matrix(feats[k][0])) - np.asarray(one.style[k]['gram'][0])) ** 2
+    )
+    for k in ('relu1_1', 'relu2_1')
+  )
+  np.testing.assert_allclose(aux['style'], want_style, rtol=1e-5)
+  np.testing.assert_allclose(total, want_style, rtol=1e-5)
+
+
+@pytest.mark.parametrize('optimizer', ['lbfgs', 'adam'])
+def test_step_compiles_once_and_donates_state(optimizer):
+  model, params, content, targets = _problem()
+  tx = make_optimizer(optimizer, learning_rate=1.0)
+  chex.clear_trace_counter()  # the counter is keyed by code, shared across parameters
+
+  @chex.assert_max_traces(n=1)
+  def traced_step(state, params, targets):
+    return update_step(state, params, targets, model=model, optimizer=tx, loss_config=TINY_LOSS)
+
+  step = jax.jit(traced_step, donate_argnums=0)
+  state = init_state(content, tx)
+  assert not content.is_deleted()  # init_state copied it
+  for _ in range(3):
+    old = state
+    state, step_losses = step(state, params, targets)
+    assert old.image.is_deleted()  # donated: the buffer was reused
+  assert step._cache_size() == 1
+  chex.assert_shape(step_losses['total'], (1,))
+  chex.assert_tree_all_finite((state, step_losses))
+
+
+@pytest.mark.parametrize('optimizer,lr', [('lbfgs', None), ('adam', 2.0)])
+def test_loss_decreases_and_converges(optimizer, lr):
+  model, params, content, targets = _problem(seed=1)
+  tx = make_optimizer(optimizer, learning_rate=lr)
+  step = _jitted_step(model, tx)
+  start = jnp.asarray(np.random.default_rng(9).normal(0, 50, content.shape), jnp.float32)
+  state = init_state(start, tx)
+  history = []
+  for _ in range(200):
+    state, step_losses = step(state, params, targets)
+    history.append(float(step_losses['total'][0]))
+  assert history[9] < history[0]  # decreasing within 10 steps
+  assert min(history) < 0.1 * history[0], (history[0], min(history))
+
+
+def test_batched_images_are_independent_problems():
+  """Each image of a batch is its own problem, with its own L-BFGS history.
+
+  Exact check: replacing image 1 (and its targets) leaves image 0's whole
+  trajectory bitwise unchanged. Against a run alone, the first step agrees to
+  float rounding; later L-BFGS steps amplify that rounding (its first
+  curvature pair is a difference of nearly equal gradients), so only the
+  first step is compared with the single run.
+  """
+  model, params, content, targets = _problem(n=2, seed=2)
+  _, _, other_content, other_targets = _problem(n=2, seed=5)
+  swapped_content = content.at[1].set(other_content[1])
+  swapped_targets = jax.tree.map(lambda a, b: a.at[1].set(b[1]), targets, other_targets)
+  tx = make_optimizer('lbfgs')
+  step = _jitted_step(model, tx)
+  a = init_state(content * 0.5, tx)
+  b = init_state(swapped_content * 0.5, tx)
+  for _ in range(8):
+    a, _ = step(a, params, targets)
+    b, _ = step(b, params, swapped_targets)
+    np.testing.assert_array_equal(a.image[0], b.image[0])
+  assert float(jnp.abs(a.image[1] - b.image[1]).max()) > 1.0
+
+  alone = init_state(content[:1] * 0.5, tx)
+  alone, _ = step(alone, params, jax.tree.map(lambda x: x[:1], targets))
+  batch, _ = step(init_state(content * 0.5, tx), params, targets)
+  np.testing.assert_allclose(batch.image[0], alone.image[0], rtol=0, atol=1e-4)
+
+
+def test_initial_image():
+  content = jnp.ones((1, 4, 5, 3)) * 7.0
+  np.testing.assert_array_equal(initial_image(content, init='content', seed=0), content)
+  a = initial_image(content, init='random', seed=3)
+  b = initial_image(content, init='random', seed=3)
+  c = initial_image(content, init='random', seed=4)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  assert float(jnp.abs(a).max()) < 0.01  # the mean pixel plus faint noise
+
+
+def test_state_is_a_pytree_of_arrays():
+  tx = make_optimizer('lbfgs')
+  state = init_state(jnp.zeros((3, 4, 4, 3)), tx)
+  assert isinstance(state, StyleState)
+  for leaf in jax.tree.leaves(state.opt_state):
+    assert leaf.shape[0] == 3  # one optimiser state per image
+
+
+def _tiny(seed=0):
+  model = _VGGTiny()
+  params = model.init(jax.random.key(seed), jnp.zeros((1, 16, 16, 3)))['params']
+  return model, params
+
+
+def _net(seed, shape, scale=50.0):
+  return jnp.asarray(np.random.default_rng(seed).normal(0, scale, shape), jnp.float32)
+
+
+def _targets(params, model, content, styles, loss=TINY_LOSS, **kw):
+  kw = {'content_weight': 1.0, 'style_weight': 1.0} | kw
+  return make_targets(params, content, styles, model=model, loss_config=loss, **kw)
+
+
+def test_blended_gram_target_is_the_weighted_sum_of_grams():
+  model, params = _tiny()
+  content = _net(0, (1, 16, 16, 3))
+  s1, s2 = _net(1, (1, 12, 20, 3)), _net(2, (1, 24, 16, 3))
+  g1 = _targets(params, model, content, s1).style
+  g2 = _targets(params, model, content, s2).style
+  blended = _targets(params, model, content, [s1, s2], blend_weights=(3.0, 1.0)).style
+  equal = _targets(params, model, content, [s1, s2]).style
+  for name in TINY_LOSS.style_layers:
+    a, b = g1[name]['gram'], g2[name]['gram']
+    np.testing.assert_allclose(blended[name]['gram'], 0.75 * a + 0.25 * b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(equal[name]['gram'], 0.5 * a + 0.5 * b, rtol=1e-5, atol=1e-5)
+
+
+def _np_quantiles(x, m):
+  p = (np.arange(m) + 0.5) / m
+  ranks = (np.arange(len(x)) + 0.5) / len(x)
+  return np.stack([np.interp(p, ranks, np.sort(x[:, c])) for c in range(x.shape[1])], axis=1)
+
+
+def test_mean_cov_and_histogram_blends_are_the_mixture():
+  # Two equally weighted styles of one size: their mixture is simply all the
+  # feature vectors of both, pooled.
+  model, params = _tiny()
+  content = _net(3, (1, 16, 16, 3))
+  s1, s2 = _net(4, (1, 12, 20, 3)), _net(5, (1, 12, 20, 3), 80.0)
+  feats = model.apply({'params': params}, jnp.concatenate([s1, s2]), TINY_LOSS.style_layers)
+  cov_loss = dataclasses.replace(TINY_LOSS, style_loss='mean_cov')
+  hist_loss = dataclasses.replace(TINY_LOSS, style_loss='histogram')
+  t_cov = _targets(params, model, content, [s1, s2], loss=cov_loss).style
+  t_hist = _targets(params, model, content, [s1, s2], loss=hist_loss).style
+  for name in TINY_LOSS.style_layers:
+    pooled = np.asarray(feats[name], np.float64).reshape(-1, feats[name].shape[-1])
+    mu, cov = pooled.mean(0), np.cov(pooled.T, bias=True)
+    np.testing.assert_allclose(t_cov[name]['mean'][0, 0], mu, rtol=1e-4, atol=1e-3)
+    root = np.asarray(t_cov[name]['cov_sqrt'][0, 0], np.float64)
+    np.testing.assert_allclose(root @ root, cov, rtol=1e-3, atol=1e-2 * np.abs(cov).max())
+    np.testing.assert_allclose(t_cov[name]['cov_trace'][0, 0], np.trace(cov), rtol=1e-4)
+    k = vgg.downsamplings(name)
+    m = (16 // 2**k) ** 2
+    np.testing.assert_allclose(
+      t_hist[name]['quantiles'][0, 0], _np_quantiles(pooled, m), rtol=1e-4, atol=1e-3
+    )
+
+
+def _np_guided_gram(f, t):
+  x = np.asarray(f, np.float64).reshape(-1, f.shape[-1]) * np.asarray(t).reshape(-1, 1)
+  return x.T @ x / np.sum(np.asarray(t, np.float64) ** 2)
+
+
+def test_style_masks_and_content_mask_in_the_objective():
+  model, params = _tiny()
+  content, image = _net(6, (1, 16, 16, 3)), _net(7, (16, 16, 3))
+  s1, s2 = _net(8, (1, 12, 20, 3)), _net(9, (1, 20, 12, 3))
+  left = np.zeros((16, 16), np.float32)
+  left[:, :8] = 1.0
+  style_masks = jnp.asarray(np.stack([left, 1 - left])[None])
+  content_mask = jnp.asarray(np.linspace(0, 1, 256, dtype=np.float32).reshape(1, 16, 16))
+  targets = _targets(
+    params, model, content, [s1, s2], style_masks=style_masks, content_mask=content_mask
+  )
+  chex.assert_shape(targets.style['relu2_1']['gram'], (1, 2, 8, 8))
+  chex.assert_shape(targets.style_masks['relu2_1'], (1, 2, 8, 8))  # after one pooling
+  chex.assert_shape(targets.content_mask['relu2_2'], (1, 8, 8))
+  one = jax.tree.map(lambda x: x[0], targets)
+  _, aux = objective(image, params, one, model=model, loss_config=TINY_LOSS)
+  feats = model.apply({'params': params}, image[None], ('relu1_1', 'relu2_1', 'relu2_2'))
+  grams = {i: _targets(params, model, content, s).style for i, s in enumerate((s1, s2))}
+  want_style = 0.0
+  for name in ('relu1_1', 'relu2_1'):
+    masks = np.asarray(vgg.mask_at_layer(style_masks[0], name))
+    for s in range(2):
+      got_gram = _np_guided_gram(feats[name][0], masks[s])
+      want_style += np.mean((got_gram - np.asarray(grams[s][name]['gram'][0, 0])) ** 2)
+  np.testing.assert_allclose(aux['style'], want_style, rtol=1e-4)
+  t = np.asarray(vgg.mask_at_layer(content_mask[0], 'relu2_2'))
+  diff = np.asarray(feats['relu2_2'][0], np.float64) - np.asarray(targets.content['relu2_2'][0])
+  np.testing.assert_allclose(aux['content'], np.mean(t[..., None] * diff**2), rtol=1e-5)
+
+
+def test_style_masks_put_each_style_in_its_region():
+  # A loud style on the left, a quiet one on the right: after optimising from
+  # one noise image, the left half carries far more feature energy.
+  model, params = _tiny(1)
+  content = jnp.zeros((1, 16, 32, 3))
+  loud, quiet = _net(10, (1, 16, 16, 3), 100.0), _net(11, (1, 16, 16, 3), 5.0)
+  left = np.zeros((16, 32), np.float32)
+  left[:, :16] = 1.0
+  targets = _targets(
+    params, model, content, [loud, quiet], content_weight=0.0,
+    style_masks=jnp.asarray(np.stack([left, 1 - left])[None]),
+  )  # fmt: skip
+  tx = make_optimizer('lbfgs')
+  step = _jitted_step(model, tx)
+  state = init_state(_net(12, (1, 16, 32, 3)), tx)
+  for _ in range(60):
+    state, _ = step(state, params, targets)
+  f = np.asarray(model.apply({'params': params}, state.image, ('relu1_1',))['relu1_1'][0])
+  energy_left, energy_right = np.mean(f[:, 2:14] ** 2), np.mean(f[:, 18:30] ** 2)
+  assert energy_left > 20 * energy_right, (energy_left, energy_right)
+
+
+@pytest.mark.parametrize('optimizer,lr', [('lbfgs', None), ('adam', 2.0)])
+def test_tv_weight_smooths_the_result(optimizer, lr):
+  model, params = _tiny(2)
+  content = _net(13, (1, 16, 16, 3))
+  tx = make_optimizer(optimizer, learning_rate=lr)
+  step = _jitted_step(model, tx)
+  tvs = []
+  for tv_weight in (0.0, 10.0):
+    targets = _targets(params, model, content, _net(14, (1, 16, 16, 3)), tv_weight=tv_weight)
+    state = init_state(_net(15, (1, 16, 16, 3)), tx)
+    for _ in range(40):
+      state, step_losses = step(state, params, targets)
+    tvs.append(float(losses.tv_loss(state.image[0])))
+  assert tvs[1] < 0.5 * tvs[0], tvs
+
+
+def test_normalize_gradients_matches_the_per_layer_oracle():
+  model, params = _tiny(3)
+  content, image = _net(16, (1, 16, 16, 3)), _net(17, (16, 16, 3))
+  loss = dataclasses.replace(TINY_LOSS, style_layer_weights=(2.0, 0.5))
+  targets = _targets(params, model, content, _net(18, (1, 12, 20, 3)), content_weight=3.0)
+  one = jax.tree.map(lambda x: x[0], targets)
+  normalized = dataclasses.replace(loss, normalize_gradients=True)
+  grad = jax.grad(lambda x: objective(x, params, one, model=model, loss_config=normalized)[0])
+  value = objective(image, params, one, model=model, loss_config=normalized)[0]
+  plain_value = objective(image, params, one, model=model, loss_config=loss)[0]
+  np.testing.assert_allclose(value, plain_value, rtol=1e-6)  # values are unchanged
+  # Oracle: each term's gradient at its layer, L1-normalised, times its weight,
+  # then back through the network.
+  layers = ('relu2_2', 'relu1_1', 'relu2_1')
+  feats, vjp = jax.vjp(lambda x: model.apply({'params': params}, x[None], layers), image)
+  cot = {}
+  h = jax.grad(losses.content_layer_loss)(feats['relu2_2'][0], one.content['relu2_2'])
+  cot['relu2_2'] = 3.0 * h / jnp.sum(jnp.abs(h))
+  for name, w_l in (('relu1_1', 2.0), ('relu2_1', 0.5)):
+    h = jax.grad(lambda f, name=name: losses.style_layer_loss(f, one.style[name]))(feats[name][0])
+    cot[name] = 1.0 * w_l * h / jnp.sum(jnp.abs(h))
+  (want,) = vjp({k: v[None] for k, v in cot.items()})
+  np.testing.assert_allclose(grad(image), want, rtol=1e-4, atol=1e-6 * float(jnp.abs(want).max()))
+
+
+@pytest.mark.parametrize('optimizer,lr', [('lbfgs', None), ('adam', 2.0)])
+@pytest.mark.parametrize('kind', ['gram', 'mean_cov', 'histogram'])
+def test_every_style_loss_decreases_with_both_optimizers(kind, optimizer, lr):
+  model, params = _tiny(4)
+  loss = dataclasses.replace(TINY_LOSS, style_loss=kind)
+  content = _net(19, (2, 16, 16, 3))
+  styles = [_net(20, (1, 12, 20, 3)), _net(21, (2, 16, 12, 3), 80.0)]
+  kw = {}
+  if kind != 'histogram':  # histogram takes no masks; the others run guided
+    half = np.zeros((16, 16), np.float32)
+    half[:8] = 1
+    kw['style_masks'] = jnp.asarray(np.stack([half, 1 - half])[None])
+  targets = _targets(params, model, content, styles, loss=loss, tv_weight=0.01, **kw)
+  tx = make_optimizer(optimizer, learning_rate=lr)
+  step = jax.jit(
+    functools.partial(update_step, model=model, optimizer=tx, loss_config=loss), donate_argnums=0
+  )
+  state = init_state(_net(22, (2, 16, 16, 3)), tx)
+  history = []
+  for _ in range(30):
+    state, step_losses = step(state, params, targets)
+    history.append(np.asarray(step_losses['total']))
+  assert step._cache_size() == 1
+  assert np.all(np.isfinite(history))
+  assert np.all(history[-1] < 0.5 * history[0]), (history[0], history[-1])
+
+
+def test_init_gray_and_image():
+  content = jnp.ones((2, 4, 6, 3)) * 7.0
+  gray = initial_image(content, init='gray', seed=0)
+  np.testing.assert_allclose(
+    gray,
+    jnp.broadcast_to(
+      image_lib.preprocess(jnp.full((1, 4, 6, 3), 0.5), image_lib.CAFFE), gray.shape
+    ),
+  )
+  # An image file's pixels, resized to the content's size.
+  rgb = np.random.default_rng(0).uniform(size=(8, 12, 3)).astype(np.float32)
+  x = initial_image(content, init='start.png', seed=0, image=rgb)
+  chex.assert_shape(x, (2, 4, 6, 3))
+  back = image_lib.deprocess(x, image_lib.CAFFE)
+  np.testing.assert_allclose(back[0], image_lib.resize(rgb[None], 4, 6)[0], atol=1e-4)
+  with pytest.raises(ValueError, match='no image was given'):
+    initial_image(content, init='start.png', seed=0)

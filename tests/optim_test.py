@@ -1,0 +1,250 @@
+"""Tests for nst_jax.optim: the L-BFGS made for style transfer, and steps in pixel units."""
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import nst_jax
+from nst_jax import image as image_lib
+from nst_jax import optim
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _numpy_two_loop(g, pairs, gamma):
+  """H g by Nocedal & Wright's Algorithm 7.4, in float64, pairs oldest first."""
+  q = np.asarray(g, np.float64).copy()
+  alphas = []
+  for s, y in reversed(pairs):
+    a = (s @ q) / (s @ y)
+    q -= a * y
+    alphas.append(a)
+  r = gamma * q
+  for (s, y), a in zip(pairs, reversed(alphas), strict=True):
+    b = (y @ r) / (s @ y)
+    r += s * (a - b)
+  return r
+
+
+def test_lbfgs_is_the_two_loop_recursion_with_a_bounded_first_step():
+  rng = np.random.default_rng(0)
+  n = 30
+  q = rng.normal(size=(n, n))
+  hess = q @ q.T / n + np.diag(np.logspace(-1, 1, n))
+  grad = jax.jit(jax.grad(lambda x: 0.5 * x @ jnp.asarray(hess, jnp.float32) @ x))
+  tx = optim.lbfgs(3, first_step=0.5)
+  update = jax.jit(tx.update)
+  x = jnp.asarray(rng.normal(size=n), jnp.float32)
+  state = tx.init(x)
+  pairs = []
+  prev = None
+  for k in range(6):
+    g = grad(x)
+    if prev is not None:
+      pairs = (pairs + [(np.asarray(prev[1], np.float64), np.asarray(g - prev[0], np.float64))])[
+        -3:
+      ]
+    step, state = update(g, state)
+    if k == 0:
+      # The first step: the gradient, its largest entry scaled to first_step.
+      np.testing.assert_allclose(np.abs(step).max(), 0.5, rtol=1e-6)
+      np.testing.assert_allclose(step, -0.5 * g / jnp.abs(g).max(), rtol=1e-6)
+    else:
+      s, y = pairs[-1]
+      want = -_numpy_two_loop(g, pairs, (s @ y) / (y @ y))
+      np.testing.assert_allclose(step, want, rtol=2e-4, atol=1e-6 * np.abs(want).max())
+    prev = (g, step)
+    x = x + step
+  assert int(state.stored) == 3
+
+
+def test_a_pair_with_negative_curvature_is_skipped():
+  # f = -x^2 / 2: every pair has s^T y = -|s|^2 < 0, so none may be stored,
+  # and each step stays the bounded gradient step (uphill directions never
+  # enter the inverse-Hessian estimate). optax stores them.
+  grad = jax.grad(lambda x: -0.5 * jnp.sum(x**2))
+  tx = optim.lbfgs(5, first_step=1.0)
+  x = jnp.ones(4)
+  state = tx.init(x)
+  for _ in range(3):
+    step, state = tx.update(grad(x), state)
+    x = x + step
+    np.testing.assert_allclose(jnp.abs(step).max(), 1.0)
+  assert int(state.stored) == 0 and float(jnp.abs(state.rho).max()) == 0.0
+  reference = optax.lbfgs(memory_size=5, linesearch=None)
+  x = jnp.ones(4)
+  ref_state = reference.init(x)
+  for _ in range(3):
+    g = grad(x)
+    step, ref_state = reference.update(g, ref_state, x, value=0.0, grad=g, value_fn=None)
+    x = x + step
+  assert float(jnp.abs(ref_state[0].weights_memory).max()) > 0  # it kept them
+
+
+@pytest.mark.parametrize('scale', [1e-9, 1.0, 1e9])
+def test_the_first_step_does_not_depend_on_the_loss_scale(scale):
+  g = scale * jnp.asarray(np.random.default_rng(1).normal(size=(8, 8, 3)), jnp.float32)
+  tx = optim.lbfgs(4)
+  step, _ = tx.update(g, tx.init(jnp.zeros_like(g)))
+  np.testing.assert_allclose(jnp.abs(step).max(), optim.DEFAULT_FIRST_STEP, rtol=1e-6)
+
+
+def test_the_box_keeps_pixels_in_range_and_holds_those_pushed_outward():
+  tx = optim.lbfgs(4, first_step=10.0, bounds=(0.0, 255.0))
+  x = jnp.asarray([0.0, 255.0, 3.0, 250.0, 100.0])
+  g = jnp.asarray([1.0, -1.0, 1.0, -1.0, 0.5])  # the first two push outward
+  step, _ = tx.update(g, tx.init(x), x)
+  np.testing.assert_allclose(x + step, [0.0, 255.0, 0.0, 255.0, 95.0])
+
+
+def _images(width=64):
+  content = image_lib.load_image(ROOT / 'content_images' / 'tubingen.jpg', width=width)
+  style = image_lib.load_image(ROOT / 'style_images' / 'starry_night.jpg', width=width)
+  return content, style
+
+
+# The classic objective (jcjohnson/neural-style's weights, written in ours).
+CLASSIC = {
+  'content_weight': 5.0,
+  'style_weight': 1.0,
+  'style_layer_weights': tuple(100.0 / c**2 for c in (64, 128, 256, 512, 512)),
+}
+
+
+def _config(iterations, **loss):
+  return nst_jax.StyleConfig(
+    schedule=nst_jax.ScheduleConfig(iterations=iterations, scales=1),
+    loss=nst_jax.LossConfig(**(CLASSIC | loss)),
+    run=nst_jax.RunConfig(print_iter=1),
+  )
+
+
+def test_scaling_both_weights_gives_the_same_images(lsuv_npz):
+  """-cw and -sw times 1e-6 or 1e6: the same 20 iterations, to float32's spread.
+
+  In exact arithmetic the trajectory is the same (the first step is bounded
+  in pixels, gamma = s^T y / y^T y and the curvature test are scale-free).
+  In float32 the scaled products round differently; the tolerance is how
+  far the reference run moves when its start moves by one float32 ulp (the
+  smallest change any difference in rounding makes, then amplified by
+  L-BFGS), with a floor of 1e-4 of the 0..1 range.
+  """
+  w = nst_jax.load_weights(lsuv_npz)
+  content, style = _images()
+  reference = nst_jax.stylize(content, style, config=_config(20), weights=w)
+  nudged = nst_jax.stylize(
+    content,
+    style,
+    config=_config(20).replace(inputs=nst_jax.InputConfig(init='file')),
+    weights=w,
+    init_image=np.nextafter(content, np.float32(2)),
+  )
+  tolerance = max(float(np.abs(nudged - reference).max()), 1e-4)
+  assert not np.allclose(reference, content, atol=0.05)  # it moved
+  for factor in (1e-6, 1e6):
+    scaled = nst_jax.stylize(
+      content, style, config=_config(20, content_weight=5 * factor, style_weight=factor), weights=w
+    )
+    diff = float(np.abs(scaled - reference).max())
+    assert diff <= tolerance, (factor, diff, tolerance)
+
+
+def test_small_activations_do_not_stall(small_npz):
+  """Weights whose activations are 128x smaller (losses 2^14 to 2^28 x smaller) still optimise.
+
+  From a grey start (with the content as the start, these weights make the
+  content term 2^14 times heavier relative to the style term than the LSUV
+  weights do, so the start is nearly optimal whatever the optimiser).
+  optax's L-BFGS, whose first step is the raw gradient when its norm is
+  below 1, leaves the image where it was on the same problem.
+  """
+  w = nst_jax.load_weights(small_npz)
+  content, style = _images()
+  record = {}
+  cfg = _config(20).replace(inputs=nst_jax.InputConfig(init='gray'))
+  nst_jax.stylize(content, style, config=cfg, weights=w, record=record)
+  totals = [h['total'] for h in record['history']]
+  assert totals[0] < 1.0  # tiny
+  assert min(totals[:20]) < 0.5 * totals[0], totals
+
+  model = nst_jax.make_model()
+  x = image_lib.preprocess(content[None], w.info.input_convention)
+  targets = nst_jax.make_targets(
+    w.params,
+    x,
+    image_lib.preprocess(style[None], w.info.input_convention),
+    model=model,
+    loss_config=_config(1).loss,
+  )
+  x = nst_jax.initial_image(x, init='gray', seed=0)
+  tx = optax.lbfgs(memory_size=10, linesearch=None)
+  step = jax.jit(
+    lambda s: nst_jax.update_step(
+      s, w.params, targets, model=model, optimizer=tx, loss_config=_config(1).loss
+    )
+  )
+  state = nst_jax.init_state(x, tx)
+  first = None
+  for _ in range(20):
+    state, losses = step(state)
+    first = first if first is not None else float(losses['total'][0])
+  assert float(losses['total'][0]) > 0.99 * first  # stalled
+
+
+@pytest.mark.parametrize('fixture', ['caffe_npz', 'torchvision_npz'])
+def test_adam_steps_are_in_pixel_units_for_every_convention(fixture, request):
+  w = nst_jax.load_weights(request.getfixturevalue(fixture))
+  convention = w.info.input_convention
+  content, style = _images(32)
+  model = nst_jax.make_model()
+  x = image_lib.preprocess(content[None], convention)
+  # Weights large enough that Adam's epsilon (1e-8, in gradient units) is
+  # negligible next to every gradient, for both input scales.
+  loss = nst_jax.LossConfig(content_weight=1e6, style_weight=1e4)
+  targets = nst_jax.make_targets(
+    w.params, x, image_lib.preprocess(style[None], convention), model=model, loss_config=loss
+  )
+  tx = nst_jax.make_optimizer('adam', learning_rate=3.0, convention=convention)
+  state, _ = nst_jax.update_step(
+    nst_jax.init_state(x, tx), w.params, targets, model=model, optimizer=tx, loss_config=loss
+  )
+  # Adam's first step is lr * sign(g) per coordinate: 3 pixel units (of 255)
+  # wherever the gradient is not zero, whatever the weights' input scale.
+  moved = np.abs(np.asarray(image_lib.deprocess(state.image, convention) - content[None])) * 255
+  assert np.median(moved) == pytest.approx(3.0, rel=1e-3), np.median(moved)
+  assert moved.max() == pytest.approx(3.0, rel=1e-3)
+
+
+def test_bfloat16_reaches_float32s_objective(lsuv_npz):
+  """L-BFGS with a bfloat16 network: within 5% of float32's objective after 50 iterations.
+
+  Both are scored by one float32 evaluation of their results.
+  """
+  w = nst_jax.load_weights(lsuv_npz)
+  content, style = _images()
+  model = nst_jax.make_model()
+  convention = w.info.input_convention
+  cfg = _config(50)
+  targets = nst_jax.make_targets(
+    w.params,
+    image_lib.preprocess(content[None], convention),
+    image_lib.preprocess(style[None], convention),
+    model=model,
+    loss_config=cfg.loss,
+  )
+  one = jax.tree.map(lambda t: t[0], targets)
+  scores = {}
+  for dtype in ('float32', 'bfloat16'):
+    out = nst_jax.stylize(
+      content,
+      style,
+      config=cfg.replace(model=nst_jax.ModelConfig(dtype=dtype)),
+      weights=w,
+    )
+    x = image_lib.preprocess(out[None], convention)[0]
+    scores[dtype] = float(nst_jax.objective(x, w.params, one, model=model, loss_config=cfg.loss)[0])
+  assert scores['bfloat16'] <= 1.05 * scores['float32'], scores

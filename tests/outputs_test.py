@@ -1,0 +1,73 @@
+"""Tests for nst_jax.outputs: automatic names, resume names, batch names, writability."""
+
+import dataclasses
+
+import pytest
+
+from nst_jax import checkpoint as checkpoint_lib
+from nst_jax import errors
+from nst_jax import outputs
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+  content: str
+  style: tuple[str, ...]
+  output: str = ''
+
+
+def test_default_output_path_never_replaces(tmp_path):
+  first = outputs.default_output_path('a/tubingen.jpg', 'b/starry_night.jpg', str(tmp_path))
+  assert first == tmp_path / 'tubingen_starry_night.png'
+  first.write_bytes(b'x')
+  assert outputs.default_output_path('tubingen.jpg', 'starry_night.jpg', str(tmp_path)).name == (
+    'tubingen_starry_night_2.png'
+  )
+  # A name whose checkpoint exists counts as taken.
+  checkpoint_lib.path_for(tmp_path / 'tubingen_starry_night_2.png').write_bytes(b'x')
+  assert outputs.default_output_path(
+    't/tubingen.jpg', ['starry_night.jpg'], str(tmp_path)
+  ).name == ('tubingen_starry_night_3.png')
+  assert outputs.resume_output_path('tubingen.jpg', 'starry_night.jpg', str(tmp_path)).name == (
+    'tubingen_starry_night_2.png'
+  )
+
+
+def test_single_output_from_a_file_a_directory_or_nothing(tmp_path):
+  assert outputs.single_output('x/out.jpg', 'a.jpg', ['b.jpg'], resume=False) == (
+    outputs.Path('x/out.jpg')
+  )
+  got = outputs.single_output(f'{tmp_path}/', 'a.jpg', ['b.jpg', 'c.jpg'], resume=False)
+  assert got == tmp_path / 'a_b+c.png'
+  with pytest.raises(errors.NstError, match='nothing to resume'):
+    outputs.single_output(f'{tmp_path}/', 'a.jpg', ['b.jpg'], resume=True)
+
+
+def test_batch_names_are_unique_and_resume_finds_the_checkpointed_ones(tmp_path):
+  jobs = [_Job('p/a.jpg', ('s.jpg',)), _Job('q/a.jpg', ('s.jpg',)), _Job('b.jpg', ('s.jpg',))]
+  (tmp_path / 'a_s.png').write_bytes(b'old')  # an earlier, unrelated result
+  named = outputs.assign_outputs(jobs, str(tmp_path))
+  assert [outputs.Path(j.output).name for j in named] == ['a_s_2.png', 'a_s_3.png', 'b_s.png']
+  # The batch was interrupted: job 2 has a checkpoint, job 1 had finished (its
+  # checkpoint kept until the batch ends), job 3 had not started.
+  for j in named[:2]:
+    checkpoint_lib.path_for(j.output).write_bytes(b'x')
+  (tmp_path / 'a_s_2.png').write_bytes(b'done')
+  again = outputs.assign_outputs(jobs, str(tmp_path), resume=True)
+  assert [j.output for j in again] == [j.output for j in named]
+  with pytest.raises(errors.ConfigError, match='two jobs write'):
+    outputs.assign_outputs([_Job('a', ('b',), 'x.png'), _Job('c', ('d',), 'x.png')], 'out')
+
+
+def test_check_writable_and_unfinished(tmp_path):
+  with pytest.raises(errors.NstError, match='is a directory'):
+    outputs.check_writable(tmp_path)
+  (tmp_path / 'file').write_bytes(b'')
+  with pytest.raises(errors.NstError, match='is a file, not a directory'):
+    outputs.check_writable(tmp_path / 'file' / 'sub' / 'out.png')
+  outputs.check_writable(tmp_path / 'new' / 'out.png')
+  assert not (tmp_path / 'new').exists()  # nothing created
+  ckpt = tmp_path / 'run.ckpt'
+  checkpoint_lib.save(ckpt, state={'x': 1}, iteration=3, total=10, settings={})
+  with pytest.raises(errors.NstError, match=r'unfinished run \(3 of 10 iterations\)'):
+    outputs.check_not_unfinished(ckpt)

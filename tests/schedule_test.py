@@ -1,0 +1,109 @@
+"""Tests for nst_jax.schedule: stages, the iteration split, and the convergence test."""
+
+import numpy as np
+import pytest
+
+import nst_jax
+from nst_jax import schedule
+
+
+def test_scale_widths_are_sqrt2_apart_ending_at_the_width():
+  assert schedule.scale_widths(1024) == (1024,)
+  assert schedule.scale_widths(1024, scales=4) == (362, 512, 724, 1024)
+  # min_width: as many scales as keep the coarsest at least that wide.
+  assert schedule.scale_widths(1024, min_width=256) == (256, 362, 512, 724, 1024)
+  assert schedule.scale_widths(1024, min_width=257) == (362, 512, 724, 1024)
+  assert schedule.scale_widths(300, min_width=400) == (300,)
+
+
+def test_split_is_exact_proportional_and_never_zero():
+  assert schedule.split(300, [4, 2, 1]) == (171, 86, 43)
+  assert schedule.split(3, [1, 1]) == (1, 2)  # a tie goes to the finer scale
+  assert schedule.split(10, [1, 1, 1]) == (3, 3, 4)
+  assert schedule.split(2, [1, 1, 1]) == (0, 1, 1)  # fewer iterations than scales
+  for total in range(1, 60):
+    counts = schedule.split(total, [3, 2, 1.5, 1])
+    assert sum(counts) == total and (min(counts) >= 1 or total < 4)
+
+
+def test_plan_never_exceeds_the_iterations():
+  one = nst_jax.ScheduleConfig(iterations=50, scales=1)
+  assert schedule.plan(1024, one) == (schedule.Stage(1024, 50),)
+  three = nst_jax.ScheduleConfig(iterations=10, scales=3)
+  assert schedule.plan(512, three) == (
+    schedule.Stage(256, 3),
+    schedule.Stage(362, 3),
+    schedule.Stage(512, 4),
+  )
+  # Two iterations for three scales: the coarsest is dropped.
+  assert [s.width for s in schedule.plan(512, three.replace(iterations=2))] == [362, 512]
+  by_width = nst_jax.ScheduleConfig(iterations=100, min_width=300)
+  assert [s.width for s in schedule.plan(1024, by_width)] == [362, 512, 724, 1024]
+  for width in (64, 256, 512, 1024, 2048, 4096):
+    stages = schedule.plan(width, nst_jax.ScheduleConfig(iterations=300))
+    assert sum(s.iterations for s in stages) == 300 and stages[-1].width == width
+    assert stages[0].width >= min(width, schedule.AUTO_MIN_WIDTH)
+
+
+class _View:
+  def __init__(self, iteration, totals):
+    self.iteration = iteration
+    self._totals = np.asarray(totals, np.float64)
+
+  def losses(self):
+    return {'total': self._totals}
+
+
+def test_convergence_holds_each_row_once_its_loss_stops_falling():
+  conv = schedule.Convergence(tol=0.01, window=10, rows=(0, 1), n_rows=3)
+  done = []
+  for k in range(1, 61):
+    # Row 0 falls until iteration 20, then is flat; row 1 falls 2% per 10 iterations
+    # until 40; row 2 is a filler (never looked at).
+    row0 = 100.0 * 0.9 ** min(k, 20)
+    row1 = 100.0 * 0.98 ** (min(k, 40) / 10)
+    done.append(conv(_View(k, [row0, row1, np.nan])))
+  # Row 0 converges 10 iterations after its loss stopped changing; row 1 when
+  # its last 10 iterations fell by under 1%: at 46, since 0.98^-0.4 - 1 = 0.8%.
+  assert conv.stopped_at == {0: 30, 1: 46}
+  assert list(conv.active) == [False, False, True]
+  assert done.index(True) == 45 and conv.all_converged()
+  # What a checkpoint keeps is enough to continue exactly.
+  again = schedule.Convergence(tol=0.01, window=10, rows=(0, 1), n_rows=3)
+  for r in (0, 1):
+    state = conv.state(r)
+    assert len(state['best']) == 11
+    again.restore(r, state['best'], state['converged'])
+  assert list(again.active) == [False, False, True]
+  assert not schedule.Convergence(0.0, 10)(_View(1, [1.0]))  # tol 0: never
+
+
+@pytest.mark.parametrize('optimizer', ['lbfgs', 'adam'])
+def test_a_held_image_gets_what_it_would_get_alone(caffe_npz, optimizer):
+  """In a batch, an image that converges early is held while the other goes on.
+
+  Image E (the style image itself as the content) converges long before
+  image L. In the batch [E, L], E is held from its convergence until L's;
+  in the batch [E, E] the stage ends when E converges. E's result is
+  bitwise the same in both (a batch's rows are independent problems, and
+  holding keeps the pixels exactly).
+  """
+  rng = np.random.default_rng(7)
+  late = rng.uniform(size=(32, 32, 3)).astype(np.float32)
+  style = rng.uniform(size=(32, 32, 3)).astype(np.float32)
+  cfg = nst_jax.StyleConfig(
+    schedule=nst_jax.ScheduleConfig(iterations=80, scales=1, tol=0.05, window=5),
+    optim=nst_jax.OptimConfig(name=optimizer, learning_rate=4.0),
+    run=nst_jax.RunConfig(print_iter=1),
+  )
+  records = [{}, {}]
+  el = nst_jax.stylize(
+    np.stack([style, late]), style, config=cfg, weights=caffe_npz, record=records[0]
+  )
+  ee = nst_jax.stylize(
+    np.stack([style, style]), style, config=cfg, weights=caffe_npz, record=records[1]
+  )
+  np.testing.assert_array_equal(el[0], ee[0])
+  (with_late,), (without,) = records[0]['scales'], records[1]['scales']
+  assert with_late['stopped'] == without['stopped'] == 'converged'
+  assert without['iterations'] + 10 < with_late['iterations'] < 80  # E was held a while

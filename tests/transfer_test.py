@@ -1,0 +1,244 @@
+"""Tests for nst_jax.transfer.stylize (and the engine under it): arrays in, arrays out."""
+
+import numpy as np
+import pytest
+
+from nst_jax import checkpoint as checkpoint_lib
+from nst_jax import config as config_lib
+from nst_jax import engine as engine_lib
+from nst_jax import errors
+from nst_jax import image as image_lib
+from nst_jax import steps
+from nst_jax.transfer import stylize
+
+
+def _cfg(iterations=3, *, scales=1, **groups):
+  """A config with `iterations` in total over `scales` scales, and group overrides."""
+  cfg = config_lib.StyleConfig(
+    schedule=config_lib.ScheduleConfig(iterations=iterations, scales=scales),
+    run=config_lib.RunConfig(print_iter=0),
+  )
+  return cfg.replace(**groups)
+
+
+def _recording(monkeypatch):
+  """Records each stage's inputs (network space) and its start and end images."""
+  stages = []
+  inputs = engine_lib._GroupRun._stage_inputs
+  optimise = engine_lib._GroupRun._optimise
+
+  def record_inputs(self, row, h, w, ratio):
+    out = inputs(self, row, h, w, ratio)
+    stages.append({'content': np.asarray(out[0]), 'styles': [np.asarray(s) for s in out[1]]})
+    return out
+
+  def record_optimise(self, st, state, start, total, offset, scales, best=()):
+    stages[-1].update(init=np.asarray(state.image), total=total, offset=offset, scale=st.index)
+    out = optimise(self, st, state, start, total, offset, scales, best)
+    stages[-1]['out'] = np.asarray(out)
+    return out
+
+  monkeypatch.setattr(engine_lib._GroupRun, '_stage_inputs', record_inputs)
+  monkeypatch.setattr(engine_lib._GroupRun, '_optimise', record_optimise)
+  return stages
+
+
+def test_later_runs_reuse_the_compiled_step(caffe_npz, monkeypatch):
+  monkeypatch.setattr(steps, 'COMPILED', steps.CompiledSteps())
+  rng = np.random.default_rng(0)
+  content, style = rng.uniform(size=(2, 24, 32, 3)).astype(np.float32)
+  cfg = _cfg(3)
+  records = [{}, {}, {}, {}]
+
+  def run(content, config, record):
+    return stylize(content, style, config=config, weights=caffe_npz, record=record)
+
+  first = run(content, cfg, records[0])
+  # Other weights and images of the same size: the same program.
+  again = run(content[::-1], cfg.replace(loss=cfg.loss.replace(content_weight=3.0)), records[1])
+  # Another history length, or another size: compiled anew.
+  run(content, cfg.replace(optim=cfg.optim.replace(lbfgs_memory=4)), records[2])
+  run(content[:20], cfg, records[3])
+  assert [r['scales'][0]['compile_reused'] for r in records] == [False, True, False, False]
+  assert records[1]['scales'][0]['compile_s'] == 0.0
+  # The reused program gives what a fresh compile gives.
+  monkeypatch.setattr(steps, 'COMPILED', steps.CompiledSteps())
+  np.testing.assert_array_equal(run(content, cfg, {}), first)
+  assert not np.array_equal(again, first)
+
+
+def test_stylize_end_to_end_on_real_layout(caffe_npz):
+  rng = np.random.default_rng(0)
+  content = rng.uniform(size=(24, 32, 3)).astype(np.float32)
+  style = rng.uniform(size=(20, 28, 3)).astype(np.float32)
+  seen = []
+  cfg = _cfg(6, save=config_lib.SaveConfig(save_iter=2))
+  record = {}
+  out = stylize(
+    content,
+    style,
+    config=cfg,
+    weights=caffe_npz,
+    callback=lambda i, x: seen.append((i, x.shape)),
+    record=record,
+  )
+  assert out.shape == (24, 32, 3) and out.dtype == np.float32
+  assert 0.0 <= out.min() and out.max() <= 1.0
+  assert not np.allclose(out, content, atol=1e-3)  # it changed the image
+  assert seen == [(2, (1, 24, 32, 3)), (4, (1, 24, 32, 3))]
+  assert [(s['iterations'], s['stopped']) for s in record['scales']] == [(6, 'iterations')]
+  again = stylize(content, style, config=cfg, weights=caffe_npz)
+  np.testing.assert_array_equal(out, again)  # deterministic on one machine
+
+
+def test_nonfinite_loss_names_the_iteration(caffe_npz):
+  rgb = np.full((16, 16, 3), 0.5, np.float32)
+  # A finite but huge weight: sw * L_s overflows float32 at the first step.
+  cfg = _cfg(
+    3, loss=config_lib.LossConfig(style_weight=1e38), run=config_lib.RunConfig(print_iter=1)
+  )
+  with pytest.raises(errors.NonFinite, match='non-finite at iteration 1;'):
+    stylize(rgb, np.random.default_rng(0).uniform(size=(16, 16, 3)), config=cfg, weights=caffe_npz)
+
+
+def test_multiscale_runs_coarse_to_fine_from_the_upsampled_result(caffe_npz, monkeypatch):
+  stages = _recording(monkeypatch)
+  rng = np.random.default_rng(1)
+  content = rng.uniform(size=(48, 64, 3)).astype(np.float32)
+  style = rng.uniform(size=(30, 40, 3)).astype(np.float32)
+  seen = []
+  cfg = _cfg(6, scales=2, save=config_lib.SaveConfig(save_iter=2))
+  out = stylize(
+    content, style, config=cfg, weights=caffe_npz, callback=lambda i, x: seen.append((i, x.shape))
+  )
+  assert out.shape == (48, 64, 3)
+  assert [s['content'].shape for s in stages] == [(1, 34, 45, 3), (1, 48, 64, 3)]
+  # The style shrinks by the same ratio as the content.
+  assert [s['styles'][0].shape for s in stages] == [(1, 21, 28, 3), (1, 30, 40, 3)]
+  # The iterations are shared: 3 + 3 = -i, never more.
+  assert [(s['scale'], s['total'], s['offset']) for s in stages] == [(0, 3, 0), (1, 3, 3)]
+  # Scale 2 starts from scale 1's result, upsampled.
+  np.testing.assert_allclose(
+    stages[1]['init'], image_lib.resize(stages[0]['out'], 48, 64), rtol=1e-5, atol=1e-3
+  )
+  assert seen == [(2, (1, 34, 45, 3)), (5, (1, 48, 64, 3))]  # iterations count on
+
+
+@pytest.mark.parametrize('mode', ['luminance', 'postprocess', 'histogram'])
+def test_colour_controls(caffe_npz, monkeypatch, mode):
+  stages = _recording(monkeypatch)
+  rng = np.random.default_rng(2)
+  content = (rng.uniform(size=(32, 32, 3)) * [0.3, 0.5, 0.2] + [0.3, 0.2, 0.4]).astype(np.float32)
+  style = (rng.uniform(size=(32, 32, 3)) * [0.2, 0.2, 0.6] + [0.6, 0.1, 0.2]).astype(np.float32)
+  cfg = _cfg(3, color=config_lib.ColorConfig(preserve_colors=mode))
+  out = stylize(content, style, config=cfg, weights=caffe_npz)
+  seen_style = np.asarray(image_lib.deprocess(stages[0]['styles'][0], image_lib.CAFFE))[0]
+  seen_content = np.asarray(image_lib.deprocess(stages[0]['content'], image_lib.CAFFE))[0]
+  if mode == 'luminance':
+    # Optimised on grey images; the style's luminance matched to the content's.
+    np.testing.assert_allclose(seen_style[..., 0], seen_style[..., 1], atol=1e-4)
+    np.testing.assert_allclose(seen_content[..., 0], seen_content[..., 2], atol=1e-4)
+    y_c = np.asarray(image_lib.rgb_to_yiq(content))[..., 0]
+    np.testing.assert_allclose(seen_style[..., 0].mean(), y_c.mean(), atol=1e-4)
+    np.testing.assert_allclose(seen_style[..., 0].std(), y_c.std(), rtol=1e-3)
+  elif mode == 'histogram':
+    np.testing.assert_allclose(
+      seen_style.reshape(-1, 3).mean(0), content.reshape(-1, 3).mean(0), atol=1e-4
+    )
+    np.testing.assert_allclose(seen_content, content, atol=1e-4)  # the content is untouched
+  if mode in ('luminance', 'postprocess'):
+    # The result carries the content's chroma wherever it was not clipped.
+    inside = np.all((out > 0.01) & (out < 0.99), axis=-1)
+    assert inside.mean() > 0.5
+    iq_out = np.asarray(image_lib.rgb_to_yiq(out))[..., 1:]
+    iq_content = np.asarray(image_lib.rgb_to_yiq(content))[..., 1:]
+    np.testing.assert_allclose(iq_out[inside], iq_content[inside], atol=1e-5)
+
+
+@pytest.mark.parametrize('optimizer', ['lbfgs', 'adam'])
+def test_every_control_at_once_through_the_api(caffe_npz, optimizer):
+  rng = np.random.default_rng(3)
+  content = rng.uniform(size=(40, 48, 3)).astype(np.float32)
+  styles = [
+    rng.uniform(size=(30, 30, 3)).astype(np.float32),
+    rng.uniform(size=(36, 24, 3)).astype(np.float32),
+  ]
+  top = np.zeros((40, 48), np.float32)
+  top[:20] = 1
+  cfg = _cfg(
+    6,
+    scales=2,
+    optim=config_lib.OptimConfig(name=optimizer),
+    inputs=config_lib.InputConfig(init='gray'),
+    color=config_lib.ColorConfig(preserve_colors='luminance'),
+    loss=config_lib.LossConfig(style_loss='mean_cov', normalize_gradients=True, tv_weight=0.1),
+  )
+  out = stylize(
+    content,
+    styles,
+    config=cfg,
+    weights=caffe_npz,
+    content_mask=top,
+    style_masks=np.stack([top, 1 - top]),
+  )
+  assert out.shape == (40, 48, 3) and np.all(np.isfinite(out))
+  assert not np.allclose(out, 0.5, atol=1e-3)
+
+
+def test_multiscale_resume_continues_the_same_run(caffe_npz, tmp_path):
+  rng = np.random.default_rng(4)
+  content = rng.uniform(size=(32, 40, 3)).astype(np.float32)
+  style = rng.uniform(size=(32, 32, 3)).astype(np.float32)
+  cfg = _cfg(6, scales=2, run=config_lib.RunConfig(checkpoint_every=1, print_iter=0))
+  whole = stylize(content, style, config=cfg, weights=caffe_npz, checkpoint=tmp_path / 'a.ckpt')
+  for stop_after in (2, 4):  # inside scale 1, and inside scale 2
+    ckpt = tmp_path / f'b{stop_after}.ckpt'
+    polls = []
+
+    def should_stop(polls=polls, stop_after=stop_after):
+      polls.append(1)
+      return 15 if len(polls) == stop_after else None
+
+    with pytest.raises(errors.Interrupted):
+      stylize(
+        content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt, should_stop=should_stop
+      )
+    payload = checkpoint_lib.read(ckpt)
+    # Polled once per iteration: 3 per scale.
+    assert (payload['scale'], payload['iteration']) == (
+      (stop_after - 1) // 3,
+      (stop_after - 1) % 3 + 1,
+    )
+    assert checkpoint_lib.unfinished(payload)
+    resumed = stylize(
+      content,
+      style,
+      config=cfg.replace(run=cfg.run.replace(resume=True)),
+      weights=caffe_npz,
+      checkpoint=ckpt,
+    )
+    np.testing.assert_array_equal(resumed, whole)
+
+
+def test_masks_and_blend_weights_exclude_each_other_in_the_api(caffe_npz):
+  rgb = np.full((32, 32, 3), 0.5, np.float32)
+  cfg = _cfg(1, inputs=config_lib.InputConfig(style_blend_weights=(1.0, 2.0)))
+  with pytest.raises(errors.ConfigError, match='exclude each other'):
+    stylize(rgb, [rgb, rgb], config=cfg, weights=caffe_npz, style_masks=np.ones((2, 32, 32)))
+  with pytest.raises(errors.ConfigError, match='give one mask per style'):
+    stylize(rgb, [rgb, rgb], weights=caffe_npz, style_masks=np.ones((3, 32, 32)))
+
+
+def test_progress_bar_and_log_lines(caffe_npz, capsys):
+  from nst_jax import hooks
+
+  # Under pytest stderr is not a terminal: 'auto' gives plain lines.
+  assert isinstance(hooks.make_progress('auto', 50), hooks.LogProgress)
+  assert isinstance(hooks.make_progress('bar', 50), hooks.BarProgress)
+  rgb = np.random.default_rng(5).uniform(size=(32, 32, 3)).astype(np.float32)
+  cfg = _cfg(6, scales=2, run=config_lib.RunConfig(progress='bar'))
+  stylize(rgb, rgb, config=cfg, weights=caffe_npz)
+  err = capsys.readouterr().err
+  # One bar per scale, each ending at 3/3 with the loss and the rate.
+  assert 'scale 1/2' in err and 'scale 2/2' in err
+  assert err.count('3/3') >= 2 and 'loss=' in err and ('it/s' in err or 's/it' in err)
