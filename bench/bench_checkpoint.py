@@ -25,6 +25,7 @@ def main():
   parser.add_argument('--width', type=int, default=1024)
   parser.add_argument('--height', type=int, default=768)
   parser.add_argument('--optimizer', default='lbfgs')
+  parser.add_argument('--lbfgs_memory', type=int, default=100)
   parser.add_argument('--repeats', type=int, default=3)
   args = parser.parse_args()
 
@@ -32,12 +33,10 @@ def main():
   import jax.numpy as jnp
 
   from nst_jax import checkpoint as checkpoint_lib
-  from nst_jax import config as config_lib
-  from nst_jax.stylize import init_state
-  from nst_jax.stylize import make_optimizer
+  from nst_jax.core import init_state
+  from nst_jax.core import make_optimizer
 
-  cfg = config_lib.StyleConfig(optimizer=args.optimizer)
-  tx = make_optimizer(cfg)
+  tx = make_optimizer(args.optimizer, memory_size=args.lbfgs_memory)
   image = jax.random.normal(jax.random.key(0), (1, args.height, args.width, 3)) * 50
   state = init_state(image, tx)
   # A few updates so the L-BFGS history holds real numbers.

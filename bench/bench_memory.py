@@ -5,7 +5,7 @@ Usage:
 
 For each width, a fresh process stylizes the sample images (tubingen content,
 starry night style, 2 iterations, default settings) and reports:
-  * the estimate `nst_jax.stylize.estimate_memory` makes before compiling,
+  * the estimate `nst_jax.memory.estimate_memory` makes before compiling,
   * XLA's own analysis of the compiled step (temp + arguments + outputs),
   * the measured peak: on CPU the process's peak RSS minus its RSS after
     importing JAX and starting the backend (so it counts the weights, images,
@@ -46,15 +46,19 @@ def run_one(width: int) -> dict:
   from nst_jax import config as config_lib
   from nst_jax import image as image_lib
   from nst_jax import weights as weights_lib
-  from nst_jax.stylize import estimate_memory
-  from nst_jax.stylize import init_state
-  from nst_jax.stylize import make_model
-  from nst_jax.stylize import make_optimizer
-  from nst_jax.stylize import make_targets
-  from nst_jax.stylize import stylize
-  from nst_jax.stylize import update_step
+  from nst_jax.core import init_state
+  from nst_jax.core import make_model
+  from nst_jax.core import make_optimizer
+  from nst_jax.core import make_targets
+  from nst_jax.core import update_step
+  from nst_jax.memory import estimate_memory
+  from nst_jax.transfer import stylize
 
-  cfg = config_lib.StyleConfig(iterations=2, width=width, print_iter=0)
+  cfg = config_lib.StyleConfig(
+    inputs=config_lib.InputConfig(width=width),
+    schedule=config_lib.ScheduleConfig(iterations=2, scales=1),
+    run=config_lib.RunConfig(print_iter=0),
+  )
   if weights_lib.DEFAULT_WEIGHTS_PATH.exists():
     w = weights_lib.load_weights()
   else:
@@ -77,12 +81,11 @@ def run_one(width: int) -> dict:
   h = max(content.shape[0], style.shape[0])
   estimate = estimate_memory(h, width, config=cfg, platform=jax.devices()[0].platform)
 
-  model, tx = make_model(cfg), make_optimizer(cfg)
+  model = make_model()
+  tx = make_optimizer('lbfgs', memory_size=cfg.optim.lbfgs_memory)
   image = jax.ShapeDtypeStruct((1, content.shape[0], width, 3), jnp.float32)
   targets = jax.eval_shape(
-    functools.partial(
-      make_targets, model=model, loss_config=cfg.loss, content_weight=1.0, style_weight=1.0
-    ),
+    functools.partial(make_targets, model=model, loss_config=cfg.loss),
     w.params,
     image,
     image,

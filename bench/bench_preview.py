@@ -62,7 +62,7 @@ def one(mode: str, content, style, cfg, w) -> float:
   (scale,) = record['scales']
   if mode == 'watched':
     print(f'  watched run: the page fetched {counts}', file=sys.stderr)
-  return scale['run_s'] / cfg.iterations
+  return scale['run_s'] / scale['iterations']
 
 
 def main():
@@ -78,7 +78,10 @@ def main():
   w = weights_lib.Weights(params=params, info=info)
   content = image_lib.load_image(ROOT / 'content_images' / 'tubingen.jpg', width=args.width)
   style = image_lib.load_image(ROOT / 'style_images' / 'starry_night.jpg', width=args.width)
-  cfg = nst_jax.StyleConfig(iterations=args.iterations, width=args.width, print_iter=0)
+  cfg = nst_jax.StyleConfig(
+    schedule=nst_jax.ScheduleConfig(iterations=args.iterations, scales=1),
+    run=nst_jax.RunConfig(print_iter=0),
+  )
   print(f'weights: {label}; {args.width} px, {args.iterations} iterations; {jax.devices()[0]}')
   times = {'off': [], 'served': [], 'watched': []}
   for _ in range(args.repeats):

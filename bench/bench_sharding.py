@@ -37,14 +37,14 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import nst_jax  # noqa: E402
-from nst_jax import distributed  # noqa: E402
-from nst_jax import jobs as jobs_lib  # noqa: E402
+from nst_jax import batch as batch_lib  # noqa: E402
+from nst_jax import outputs  # noqa: E402
 from nst_jax import sharding as sharding_lib  # noqa: E402
-from nst_jax.stylize import init_state  # noqa: E402
-from nst_jax.stylize import make_model  # noqa: E402
-from nst_jax.stylize import make_optimizer  # noqa: E402
-from nst_jax.stylize import make_targets  # noqa: E402
-from nst_jax.stylize import update_step  # noqa: E402
+from nst_jax import steps  # noqa: E402
+from nst_jax.core import init_state  # noqa: E402
+from nst_jax.core import make_model  # noqa: E402
+from nst_jax.core import make_optimizer  # noqa: E402
+from nst_jax.core import make_targets  # noqa: E402
 
 DEVICE_COUNTS = (1, 2, 4, 8)
 
@@ -54,18 +54,22 @@ def batch_table(weights, n_jobs: int, width: int, iterations: int, repeats: int)
   print('| devices | jobs/s (median) | loop s per repeat | rows per device | memory per device |')
   print('| --- | --- | --- | --- | --- |')
   w = nst_jax.load_weights(weights)
-  cfg = nst_jax.StyleConfig(iterations=iterations, width=width, print_iter=0)
+  cfg = nst_jax.StyleConfig(
+    inputs=nst_jax.InputConfig(width=width),
+    schedule=nst_jax.ScheduleConfig(iterations=iterations, scales=1),
+    run=nst_jax.RunConfig(print_iter=0, checkpoint_every=0),
+    save=nst_jax.SaveConfig(record=False),
+  )
   with tempfile.TemporaryDirectory() as tmp:
     distributed_cases.WIDTH = width
-    jobs = jobs_lib.assign_outputs(
-      distributed_cases.sample_jobs(Path(tmp), n_jobs, heights=(width * 3 // 4,)), tmp
-    )
+    sample = distributed_cases.sample_jobs(Path(tmp), n_jobs, heights=(width * 3 // 4,))
     for d in DEVICE_COUNTS:
       mesh = sharding_lib.jobs_mesh(jax.devices()[:d])
       loops = []
-      for _ in range(repeats):
+      for r in range(repeats):
+        jobs = outputs.assign_outputs(sample, f'{tmp}/out{d}_{r}')
         record = {}
-        distributed.run_jobs(jobs, cfg, weights=w, mesh=mesh, write=False, record=record)
+        batch_lib.run_batch(jobs, cfg, weights=w, mesh=mesh, record=record)
         (group,) = record['groups']
         loops.append(group['run_s'])
       rate = n_jobs / statistics.median(loops)
@@ -79,38 +83,43 @@ def batch_table(weights, n_jobs: int, width: int, iterations: int, repeats: int)
 
 def spatial_memory(width: int, devices: int, cfg: nst_jax.StyleConfig, params) -> int:
   height = width * 3 // 4
-  mesh = sharding_lib.spatial_mesh(jax.devices()[:devices])
-  model, optimizer = make_model(cfg), make_optimizer(cfg)
+  layout = sharding_lib.SpatialLayout(jax.devices()[:devices])
+  model = make_model()
+  optimizer = make_optimizer('lbfgs', memory_size=cfg.optim.lbfgs_memory)
   image = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
   targets = jax.eval_shape(
-    functools.partial(
-      make_targets, model=model, loss_config=cfg.loss, content_weight=1.0, style_weight=1.0
-    ),
-    params,
-    image,
-    [image],
+    functools.partial(make_targets, model=model, loss_config=cfg.loss), params, image, [image]
   )
+  replicate = layout.rows_sharding(1)
   state = jax.eval_shape(functools.partial(init_state, optimizer=optimizer), image)
-  state_sh = sharding_lib.spatial_shardings(state, mesh, height, width)
-  replicate = sharding_lib.replicated_sharding(mesh)
-  step = jax.jit(
-    functools.partial(update_step, model=model, optimizer=optimizer, loss_config=cfg.loss),
-    in_shardings=(
-      state_sh,
-      jax.tree.map(lambda _: replicate, params),
-      jax.tree.map(lambda _: replicate, targets),
-    ),
-    out_shardings=(state_sh, replicate),
-    donate_argnums=0,
+  state_sh = jax.tree.map(lambda s: layout.leaf_sharding(s.shape, height, width), state)
+
+  def placed(shapes, sharding):
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, sharding)  # fmt: skip
+
+  args = (
+    placed(state, state_sh),
+    placed(params, jax.tree.map(lambda _: replicate, params)),
+    placed(targets, jax.tree.map(lambda _: replicate, targets)),
+    jax.ShapeDtypeStruct((1,), jnp.bool_, sharding=replicate),
   )
-  compiled = step.lower(state, params, targets).compile()
+  compiled, _ = steps.compile_step(
+    model=model,
+    optimizer=optimizer,
+    loss_config=cfg.loss.structure,
+    loss_fn=nst_jax.objective,
+    layout=layout,
+    state_sharding=state_sh,
+    args=args,
+  )
   return sharding_lib.describe(compiled)['memory_per_device_bytes']
 
 
 def spatial_table(widths) -> None:
   cfg = nst_jax.StyleConfig()
   params = jax.eval_shape(
-    lambda: make_model(cfg).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+    lambda: make_model().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
   )
   print('\nSpatial sharding: memory per device of the compiled step (4:3 images, float32, L-BFGS)')
   print('| width | ' + ' | '.join(f'{d} device{"s" * (d > 1)}' for d in DEVICE_COUNTS) + ' |')

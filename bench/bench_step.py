@@ -19,7 +19,8 @@ For each (size, optimiser) a fresh subprocess (so peak memory is its own):
     backward) alongside XLA's own count.
 
 Uses converted weights if present (weights/vgg19.npz), otherwise random
-weights of the same shapes: speed does not depend on the values.
+weights of the same shapes: speed does not depend on the values. The
+L-BFGS history is --lbfgs_memory (default: the command line's).
 Runs unchanged on GPU/TPU.
 """
 
@@ -93,15 +94,16 @@ def run_one(size: int, optimizer: str, iters: int, repeats: int, lbfgs_memory: i
 
   from nst_jax import config as config_lib
   from nst_jax import image as image_lib
-  from nst_jax.stylize import init_state
-  from nst_jax.stylize import make_model
-  from nst_jax.stylize import make_optimizer
-  from nst_jax.stylize import make_targets
-  from nst_jax.stylize import objective
-  from nst_jax.stylize import update_step
+  from nst_jax.core import init_state
+  from nst_jax.core import make_model
+  from nst_jax.core import make_optimizer
+  from nst_jax.core import make_targets
+  from nst_jax.core import objective
+  from nst_jax.core import update_step
 
-  cfg = config_lib.StyleConfig(optimizer=optimizer, lbfgs_memory=lbfgs_memory)
-  model, tx, loss_config = make_model(cfg), make_optimizer(cfg), cfg.loss
+  loss_config = config_lib.LossConfig()
+  model = make_model()
+  tx = make_optimizer(optimizer, memory_size=lbfgs_memory)
   params, source, _ = common.params_or_random(model)
   rng = np.random.default_rng(0)
   content = image_lib.preprocess(rng.uniform(size=(1, size, size, 3)), image_lib.CAFFE)
@@ -112,8 +114,6 @@ def run_one(size: int, optimizer: str, iters: int, repeats: int, lbfgs_memory: i
     style,
     model=model,
     loss_config=loss_config,
-    content_weight=cfg.content_weight,
-    style_weight=cfg.style_weight,
   )
 
   step = jax.jit(
@@ -150,27 +150,25 @@ def run_one(size: int, optimizer: str, iters: int, repeats: int, lbfgs_memory: i
   jax.block_until_ready(bare(image0, params, one_targets))
   bare_times = _timed(lambda: bare(image0, params, one_targets), iters, repeats)
 
-  # Count loss evaluations per iteration with a host callback (untimed).
+  # Count loss evaluations per iteration with a host callback (untimed), after
+  # the first iteration (whose first L-BFGS step may backtrack).
   calls = {'n': 0}
 
   def counting_objective(image, params, targets, **kw):
     jax.debug.callback(lambda: calls.__setitem__('n', calls['n'] + 1))
     return objective(image, params, targets, **kw)
 
-  # The package exports a function named `stylize`, so reach the module itself.
-  stylize_module = sys.modules['nst_jax.stylize']
-  original = stylize_module.objective
-  stylize_module.objective = counting_objective
-  try:
-    counted = jax.jit(
-      functools.partial(update_step, model=model, optimizer=tx, loss_config=loss_config)
+  counted = jax.jit(
+    functools.partial(
+      update_step, model=model, optimizer=tx, loss_config=loss_config, loss_fn=counting_objective
     )
-    s = init_state(content, tx)
-    for _ in range(3):
-      s, _ = counted(s, params, targets)
-    jax.block_until_ready(s)
-  finally:
-    stylize_module.objective = original
+  )
+  s, _ = counted(init_state(content, tx), params, targets)
+  jax.block_until_ready(s)
+  calls['n'] = 0
+  for _ in range(3):
+    s, _ = counted(s, params, targets)
+  jax.block_until_ready(s)
   evals_per_iter = calls['n'] / 3
 
   flops = _flops_per_step(model, loss_config, size, size)

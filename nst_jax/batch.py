@@ -92,6 +92,7 @@ def run_batch(
   *,
   weights: weights_lib.Weights | None = None,
   record: dict | None = None,
+  mesh=None,
 ) -> dict[str, np.ndarray]:
   """Batch mode: names the outputs, checks, runs each group of jobs, writes.
 
@@ -106,6 +107,7 @@ def run_batch(
     weights: loaded weights (default: fetched as `cfg.model.weights` says).
     record: a dict that gets 'groups': per group, its shape, rows, the jobs
       here, and the compiled step's layout (sharding.describe).
+    mesh: a 1-D mesh with axis 'jobs' (default: every device of every process).
 
   Returns:
     Output path -> RGB [H, W, 3] in [0, 1], for the jobs this process wrote.
@@ -115,8 +117,8 @@ def run_batch(
       '--shard spatial runs one image at a time: give one content and one style image, or '
       'use --shard jobs for a batch'
     )
-  jobs, groups = _plan(jobs, cfg)
-  mesh = sharding_lib.jobs_mesh()
+  mesh = mesh or sharding_lib.jobs_mesh()
+  jobs, groups = _plan(jobs, cfg, mesh.size // jax.process_count())
   for group in groups:
     per_device = len(group.rows) // mesh.size
     memory_lib.check_memory(group.height, group.width, config=cfg, batch=per_device)
@@ -140,7 +142,7 @@ def run_batch(
   return written
 
 
-def _plan(jobs, cfg) -> tuple[list[jobs_lib.Job], list[distributed.Group]]:
+def _plan(jobs, cfg, local_devices) -> tuple[list[jobs_lib.Job], list[distributed.Group]]:
   """Names and checks every output, then groups the unfinished jobs (alike on every process)."""
   jobs, directory = _batch_output_dir(list(jobs), cfg)
   with distributed.together():
@@ -156,7 +158,7 @@ def _plan(jobs, cfg) -> tuple[list[jobs_lib.Job], list[distributed.Group]]:
   groups = distributed.plan_groups(
     [(int(h), int(w)) for h, w in status[:, :2]],
     processes=jax.process_count(),
-    local_devices=jax.local_device_count(),
+    local_devices=local_devices,
     resume=[(int(s[3]), int(s[4])) if s[2] else None for s in status],
     skip=finished,
   )

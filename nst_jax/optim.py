@@ -78,6 +78,8 @@ class LbfgsState(NamedTuple):
     s: [m, ...] stored steps, slot `head - 1` the newest.
     y: [m, ...] stored gradient differences.
     rho: [m] 1 / s^T y of each slot, 0 for an empty slot.
+    shrink: the first step's backtracking factor (t / t0), reused by later
+      steps taken without curvature pairs.
   """
 
   count: jax.Array
@@ -89,6 +91,7 @@ class LbfgsState(NamedTuple):
   s: optax.Updates
   y: optax.Updates
   rho: jax.Array
+  shrink: jax.Array
 
 
 def _vdot(a, b) -> jax.Array:
@@ -125,11 +128,12 @@ def lbfgs(
   Returns:
     A transformation whose updates are the full steps (apply them with
     `optax.apply_updates`; no learning rate or line search follows). Its
-    `update` takes `value` and `value_fn` (optax's names): while no pair is
-    stored, the bounded gradient step is halved until the loss decreases by
+    `update` takes `value` and `value_fn` (optax's names): at the first
+    iteration the bounded gradient step is halved until the loss decreases by
     the Armijo condition (BACKTRACK_C1, at most BACKTRACK_STEPS halvings),
-    which costs extra evaluations in the first iteration only. Without
-    `value_fn` the first step is not backtracked.
+    which costs extra evaluations then only; later steps taken without a
+    curvature pair are shrunk by the same factor. Without `value_fn` the
+    first step is not backtracked.
   """
   if memory_size < 1:
     raise errors.ConfigError(f'the L-BFGS memory must be at least 1, got {memory_size}')
@@ -147,6 +151,7 @@ def lbfgs(
       s=stack,
       y=jax.tree.map(jnp.copy, stack),
       rho=jnp.zeros((memory_size,), jnp.float32),
+      shrink=jnp.ones((), jnp.float32),
     )
 
   def project(step, free, params):
@@ -167,16 +172,21 @@ def lbfgs(
       free, g = _active_set(params, grads, bounds)
     direction = _two_loop(g, state.s, state.y, state.rho, state.gamma, state.head, memory_size)
     # Without curvature information: the gradient scaled so that its largest
-    # entry is first_step (guarded for an exactly zero gradient), backtracked.
+    # entry is first_step (guarded for an exactly zero gradient), backtracked
+    # at the first iteration; later steps without pairs reuse that shrink.
     t0 = first_step / jnp.maximum(_max_abs(g), 1e-30)
+    shrink = state.shrink
     if value_fn is not None and value is not None:
-      t0 = _backtrack(
-        value_fn, value, params, g, t0, state.stored == 0, lambda st: project(st, free, params)
+      t = _backtrack(
+        value_fn, value, params, g, t0, state.count == 0, lambda st: project(st, free, params)
       )
-    bounded = jax.tree.map(lambda gr: gr * t0, g)
+      shrink = jnp.where(state.count == 0, t / t0, shrink)
+    bounded = jax.tree.map(lambda gr: gr * t0 * shrink, g)
     direction = jax.tree.map(lambda d, b: jnp.where(state.stored > 0, d, b), direction, bounded)
     step = project(jax.tree.map(jnp.negative, direction), free, params)
-    return step, state._replace(count=state.count + 1, prev_grad=grads, prev_step=step)
+    return step, state._replace(
+      count=state.count + 1, prev_grad=grads, prev_step=step, shrink=shrink
+    )
 
   return optax.GradientTransformationExtraArgs(init, update)
 
@@ -231,8 +241,11 @@ BACKTRACK_STEPS = 30
 def _backtrack(value_fn, value, params, g, t0, needed, project):
   """The step length t <= t0 along -g whose (projected) step decreases the loss enough.
 
-  Runs only while `needed` (no curvature pair yet): otherwise no evaluation.
+  Runs only when `needed` (the first iteration): otherwise no evaluation.
+  The test allows the loss's own float32 rounding (a few ulps of |f|), so
+  that a zero or tiny gradient does not halve the step for nothing.
   """
+  noise = 4 * float(jnp.finfo(jnp.float32).eps) * jnp.abs(value)
 
   def trial(t):
     step = project(jax.tree.map(lambda gr: -t * gr, g))
@@ -241,7 +254,8 @@ def _backtrack(value_fn, value, params, g, t0, needed, project):
 
   def cond(carry):
     t, f, slope, k = carry
-    return needed & (k < BACKTRACK_STEPS) & ~(f <= value + BACKTRACK_C1 * slope)
+    enough = f <= value + BACKTRACK_C1 * slope + noise
+    return needed & (k < BACKTRACK_STEPS) & ~enough
 
   def body(carry):
     t, _, _, k = carry
