@@ -3,7 +3,8 @@
 Public API:
   StyleConfig and its groups  frozen settings (nst_jax.config): InputConfig,
                               ModelConfig, LossConfig, OptimConfig,
-                              ScheduleConfig, ColorConfig, SaveConfig, RunConfig
+                              ScheduleConfig, ColorConfig, SaveConfig, RunConfig,
+                              VideoConfig
   stylize, run                arrays -> array, and files -> file
   update_step, StyleState, Targets, make_targets, init_state, initial_image,
   make_optimizer, make_model, objective
@@ -17,8 +18,8 @@ Public API:
 """
 
 # Before anything can start JAX's CPU backend (XLA reads XLA_FLAGS when it
-# creates the backend): see nst_jax/_xla_flags.py.
-from nst_jax import _xla_flags  # noqa: F401, I001
+# creates the backend): see nst_jax/xla_flags.py.
+from nst_jax import xla_flags  # noqa: F401, I001
 
 from nst_jax.config import ColorConfig
 from nst_jax.config import InputConfig
@@ -29,6 +30,7 @@ from nst_jax.config import RunConfig
 from nst_jax.config import SaveConfig
 from nst_jax.config import ScheduleConfig
 from nst_jax.config import StyleConfig
+from nst_jax.config import VideoConfig
 from nst_jax.core import StyleState
 from nst_jax.core import Targets
 from nst_jax.core import init_state
@@ -70,6 +72,7 @@ __all__ = [
   'Targets',
   'VGG',
   'VGG19',
+  'VideoConfig',
   'Weights',
   'WeightsInfo',
   'content_loss',

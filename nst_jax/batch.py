@@ -122,7 +122,11 @@ def run_batch(
   for group in groups:
     per_device = len(group.rows) // mesh.size
     memory_lib.check_memory(group.height, group.width, config=cfg, batch=per_device)
-  w = weights if weights is not None else distributed.fetch_weights(cfg.model.weights)
+  w = (
+    weights
+    if weights is not None
+    else distributed.fetch_weights(cfg.model.weights, cfg.model.weights_url)
+  )
   written = {}
   with contextlib.ExitStack() as stack:
     first = next((g for g in groups), None)

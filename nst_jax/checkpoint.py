@@ -38,7 +38,7 @@ SUFFIX = '.ckpt'
 # inputs are compared by their pixels below, the weights by their hash).
 _FREE_SETTINGS = {
   'inputs': ('content_path', 'style_path', 'content_mask', 'style_masks', 'max_image_pixels'),
-  'model': ('weights',),
+  'model': ('weights', 'weights_url'),
   'schedule': ('iterations', 'tol', 'window'),
   'save': '*',
   # The layout over devices changes rounding only (README: Scaling out).

@@ -36,13 +36,15 @@ from absl import app
 from absl import flags
 
 import nst_jax
-from nst_jax import _app
+from nst_jax import absl_app
 from nst_jax import batch as batch_lib
 from nst_jax import config as config_lib
 from nst_jax import distributed
 from nst_jax import image as image_lib
 from nst_jax import jobs as jobs_lib
 from nst_jax import losses
+from nst_jax import video
+from nst_jax import video_pipeline
 
 
 def _presets_dir() -> Path:
@@ -83,6 +85,12 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string(
   'weights', None, 'Converted weights .npz; default $NST_JAX_WEIGHTS or weights/vgg19.npz.'
+)
+flags.DEFINE_multi_string(
+  'weights_url',
+  [],
+  'A mirror of the published weights file to try first when downloading them (repeatable); '
+  'also $NST_JAX_WEIGHTS_URL.',
 )
 flags.DEFINE_enum('optimizer', 'lbfgs', list(config_lib.OPTIMIZERS), 'Optimiser.')
 flags.DEFINE_float(
@@ -240,6 +248,30 @@ flags.DEFINE_bool(
 flags.DEFINE_string('coordinator_address', None, 'With --distributed: host:port of process 0.')
 flags.DEFINE_integer('num_processes', None, 'With --distributed: the number of processes.')
 flags.DEFINE_integer('process_id', None, 'With --distributed: this process, 0-based.')
+flags.DEFINE_float(
+  'temporal_weight',
+  config_lib.VideoConfig.temporal_weight,
+  'Video: weight of the temporal term mean(c (x - warp(previous))^2) (0: frames independent).',
+)
+flags.DEFINE_integer(
+  'passes',
+  1,
+  'Video: 1 = frame after frame; N > 1 = multi-pass, every frame of a pass in one batch over '
+  'all devices, passes sharing -i.',
+)
+flags.DEFINE_string('frames', ':', 'Video: the frames used, START:END (0-based, END exclusive).')
+flags.DEFINE_enum(
+  'flow', 'medium', ['ultrafast', 'fast', 'medium'], 'Video: the DIS optical flow preset.'
+)
+flags.DEFINE_float(
+  'blend', 0.5, 'Video, multi-pass: how much of the warped neighbour a frame starts from.'
+)
+flags.DEFINE_float('fps', 24.0, 'Video: the frame rate of a sequence of images (-cp DIR --video).')
+flags.DEFINE_bool(
+  'video',
+  False,
+  'Read -cp DIR or -cp GLOB as the numbered frames of one video (a video file needs no flag).',
+)
 flags.DEFINE_integer(
   'max_image_pixels',
   image_lib.DEFAULT_MAX_IMAGE_PIXELS,
@@ -287,7 +319,11 @@ def config_from_flags() -> nst_jax.StyleConfig:
       max_image_pixels=FLAGS.max_image_pixels,
     ),
     model=nst_jax.ModelConfig(
-      weights=FLAGS.weights, pooling=FLAGS.pooling, dtype=FLAGS.dtype, precision=FLAGS.precision
+      weights=FLAGS.weights,
+      weights_url=tuple(FLAGS.weights_url),
+      pooling=FLAGS.pooling,
+      dtype=FLAGS.dtype,
+      precision=FLAGS.precision,
     ),
     loss=nst_jax.LossConfig(
       content_layers=tuple(FLAGS.content_layers),
@@ -319,6 +355,14 @@ def config_from_flags() -> nst_jax.StyleConfig:
       quality=FLAGS.quality,
       save_iter=FLAGS.save_iter,
       record=FLAGS.record,
+    ),
+    video=nst_jax.VideoConfig(
+      temporal_weight=FLAGS.temporal_weight,
+      passes=FLAGS.passes,
+      frames=FLAGS.frames,
+      flow=FLAGS.flow,
+      blend=FLAGS.blend,
+      fps=FLAGS.fps,
     ),
     run=nst_jax.RunConfig(
       print_iter=FLAGS.print_iter,
@@ -359,6 +403,9 @@ def main(argv):
     if FLAGS.distributed:
       distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     cfg = config_from_flags()
+    if FLAGS.video or video.is_video_file(cfg.inputs.content_path):
+      video_pipeline.run_video(cfg)
+      return
     batch = _batch_jobs(cfg)
     if batch is None and FLAGS.distributed:
       # Every process runs this command: a single job too must be owned by
@@ -410,4 +457,4 @@ def expand_preset(argv: list[str]) -> list[str]:
 def run(argv: list[str] | None = None) -> None:
   """The program: main.py, `nst-jax` and `python -m nst_jax` all come here."""
   argv = list(sys.argv if argv is None else argv)
-  _app.run(main, doc=__doc__, module=__name__, argv=expand_preset(argv))
+  absl_app.run(main, doc=__doc__, module=__name__, argv=expand_preset(argv))

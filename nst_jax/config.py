@@ -10,6 +10,7 @@
   color     ColorConfig     colour controls (Gatys et al. 2017)
   save      SaveConfig      the result file: path, format, intermediates, record
   run       RunConfig       how the run behaves: progress, checkpoints, preview, devices
+  video     VideoConfig     videos: the temporal loss, passes, frames, optical flow
 
 The command line builds one from its flags; library users build one directly,
 and the pure step needs only `LossConfig.structure`. All sequence fields are
@@ -194,6 +195,8 @@ class ModelConfig(_Group):
   Attributes:
     weights: converted weights (.npz); None = $NST_JAX_WEIGHTS or the default
       location, downloaded on first use.
+    weights_url: mirrors of the published weights file to try first when
+      downloading (nst_jax.download).
     pooling: 'max' or 'avg'.
     dtype: compute dtype of the network, 'float32' or 'bfloat16' (the
       image, its update, the first convolution and every loss stay float32).
@@ -202,6 +205,7 @@ class ModelConfig(_Group):
   """
 
   weights: str | None = None
+  weights_url: tuple[str, ...] = ()
   pooling: str = 'max'
   dtype: str = 'float32'
   precision: str = 'highest'
@@ -430,6 +434,45 @@ class RunConfig(_Group):
       )
 
 
+@dataclasses.dataclass(frozen=True)
+class VideoConfig(_Group):
+  """Videos (nst_jax.video_pipeline): the temporal loss of Ruder et al. and how frames run.
+
+  Attributes:
+    temporal_weight: weight of mean(c (x - warp(x_prev))^2), the temporal
+      term each frame adds (0: every frame on its own).
+    passes: 1: frames one after another, each starting from its
+      predecessor; N > 1: Ruder et al.'s multi-pass algorithm, every frame of
+      a pass an independent problem (a batch over all devices), passes
+      alternating in direction and sharing -i.
+    frames: 'START:END', the frames used (0-based, END exclusive).
+    flow: DIS optical flow preset: 'ultrafast', 'fast' or 'medium'.
+    blend: in multi-pass, the share of the warped neighbour each frame starts
+      from, times the consistency weight (Ruder et al.'s delta).
+    fps: the frame rate given to a sequence of images.
+  """
+
+  temporal_weight: float = 1000.0
+  passes: int = 1
+  frames: str = ':'
+  flow: str = 'medium'
+  blend: float = 0.5
+  fps: float = 24.0
+
+  def __post_init__(self):
+    _finite_nonnegative('temporal_weight', self.temporal_weight)
+    _positive_int('passes', self.passes)
+    _one_of('flow', self.flow, ('ultrafast', 'fast', 'medium'))
+    _check(
+      isinstance(self.blend, (int, float)) and 0 <= self.blend <= 1,
+      f'blend must be a number from 0 to 1, got {self.blend!r}',
+    )
+    _check(
+      isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and self.fps > 0,
+      f'fps must be a finite number > 0, got {self.fps!r}',
+    )
+
+
 GROUPS = {
   'inputs': InputConfig,
   'model': ModelConfig,
@@ -439,6 +482,7 @@ GROUPS = {
   'color': ColorConfig,
   'save': SaveConfig,
   'run': RunConfig,
+  'video': VideoConfig,
 }
 
 
@@ -459,6 +503,7 @@ class StyleConfig:
   color: ColorConfig
   save: SaveConfig
   run: RunConfig
+  video: VideoConfig
 
   def __init__(
     self,
@@ -470,18 +515,11 @@ class StyleConfig:
     color: ColorConfig | None = None,
     save: SaveConfig | None = None,
     run: RunConfig | None = None,
+    video: VideoConfig | None = None,
     **flat,
   ):
-    groups = dict(
-      inputs=inputs,
-      model=model,
-      loss=loss,
-      optim=optim,
-      schedule=schedule,
-      color=color,
-      save=save,
-      run=run,
-    )
+    given = locals()  # the groups, by their parameter names
+    groups = {name: given[name] for name in GROUPS}
     for name, value in groups.items():
       value = value if value is not None else GROUPS[name]()
       if not isinstance(value, GROUPS[name]):
@@ -517,8 +555,6 @@ class StyleConfig:
       groups |= deprecated.split_flat(self, flat, GROUPS)
     return StyleConfig(**{name: groups.get(name, getattr(self, name)) for name in GROUPS})
 
-  # Shortcuts used throughout; not deprecated.
-
   @property
-  def style_paths(self) -> tuple[str, ...]:
+  def style_paths(self) -> tuple[str, ...]:  # a shortcut, not deprecated
     return self.inputs.style_paths

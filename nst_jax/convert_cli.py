@@ -5,8 +5,9 @@ The converted file goes to weights/vgg19.npz in a source checkout, and to
 
 Usage (`nst-jax-convert` when installed):
   python convert_weights.py --download
-      fetch the Keras notop file (Oxford Caffe weights) from its official URL,
-      verify its published MD5, convert.
+      fetch the Keras notop file (Oxford Caffe weights) from its published
+      locations (mirrors tried in order; --url and $NST_JAX_WEIGHTS_URL add
+      your own first), verify its published MD5, convert.
   python convert_weights.py --input FILE [--output PATH] [--input_convention caffe]
       convert a local Keras .h5, torchvision .pth or .safetensors file (format
       read from the file's content). Use --input_convention caffe for Caffe
@@ -20,7 +21,8 @@ import time
 from absl import app
 from absl import flags
 
-from nst_jax import _app
+from nst_jax import absl_app
+from nst_jax import download
 from nst_jax import errors
 from nst_jax import image as image_lib
 from nst_jax import weights as weights_lib
@@ -36,7 +38,12 @@ flags.DEFINE_enum(
   sorted(image_lib.CONVENTIONS),
   'Override the input convention implied by the file layout.',
 )
-flags.DEFINE_string('url', weights_lib.KERAS_URL, 'Download URL (for mirrors).')
+flags.DEFINE_multi_string(
+  'url',
+  [],
+  'A mirror of the Keras file to try first (repeatable); then $NST_JAX_WEIGHTS_URL and the '
+  'published locations.',
+)
 flags.DEFINE_string('md5', weights_lib.KERAS_MD5, 'Expected MD5 of the downloaded file.')
 
 FLAGS = flags.FLAGS
@@ -52,7 +59,9 @@ def main(argv):
     if FLAGS.download:
       if FLAGS.input_convention:
         sys.exit('error: --input_convention applies to --input only')
-      weights_lib.fetch_and_convert(FLAGS.output, url=FLAGS.url, md5=FLAGS.md5 or None)
+      download.fetch_and_convert(
+        FLAGS.output, download.mirrors(FLAGS.url), md5=FLAGS.md5 or weights_lib.KERAS_MD5
+      )
     else:
       flat, info = weights_lib.convert(FLAGS.input, convention=FLAGS.input_convention)
       weights_lib.save_npz(FLAGS.output, flat, info)
@@ -68,4 +77,4 @@ def main(argv):
 
 def run(argv: list[str] | None = None) -> None:
   """The program: convert_weights.py and `nst-jax-convert` both come here."""
-  _app.run(main, doc=__doc__, module=__name__, argv=sys.argv if argv is None else argv)
+  absl_app.run(main, doc=__doc__, module=__name__, argv=sys.argv if argv is None else argv)

@@ -147,7 +147,7 @@ def gather_rows(local: dict[int, np.ndarray], n: int, width: int) -> np.ndarray:
   return table
 
 
-def fetch_weights(path) -> weights_lib.Weights:
+def fetch_weights(path, urls=()) -> weights_lib.Weights:
   """Loads the weights; with several processes, process 0 fetches them first.
 
   The others wait at a barrier (with the outcome agreed, so a failed
@@ -156,14 +156,14 @@ def fetch_weights(path) -> weights_lib.Weights:
   downloads its own.
   """
   if jax.process_count() == 1:
-    return weights_lib.get_weights(path)
+    return weights_lib.get_weights(path, urls=urls)
   loaded = None
   with together():
     if jax.process_index() == 0:
-      loaded = weights_lib.get_weights(path)
+      loaded = weights_lib.get_weights(path, urls=urls)
   with together():
     if loaded is None:
-      loaded = weights_lib.get_weights(path)
+      loaded = weights_lib.get_weights(path, urls=urls)
   return loaded
 
 

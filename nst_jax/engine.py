@@ -334,8 +334,10 @@ class _GroupRun:
     e, i = self.e, self.e.cfg.inputs
     first = {}
     for r, row in self.prepared.items():
+      # A row's own start image (a video frame's warped predecessor) wins.
+      init = 'image' if row.init_rgb is not None else i.init
       x = core.initial_image(
-        st.contents[r], init=i.init, seed=i.seed, convention=e.convention, image=row.init_rgb
+        st.contents[r], init=init, seed=i.seed, convention=e.convention, image=row.init_rgb
       )
       first[r] = np.asarray(x[0])
     return self._init_from(self._image_array(first, st), st)

@@ -23,7 +23,15 @@ class WeightsError(NstError):
 
 
 class DownloadError(WeightsError):
-  """Fetching the published weights failed (offline, HTTP error, bad hash)."""
+  """Fetching the published weights failed (offline, HTTP error, bad hash).
+
+  Attributes:
+    reason: a few words on why, for a list of mirrors that all failed.
+  """
+
+  def __init__(self, message: str, reason: str = ''):
+    super().__init__(message)
+    self.reason = reason or message
 
 
 class Interrupted(NstError):

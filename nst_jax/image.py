@@ -290,10 +290,13 @@ def _to_float_rgb(im: Image.Image) -> np.ndarray:
   return np.asarray(im.convert('RGB'), np.float32) / 255.0
 
 
-def _resize(rgb: np.ndarray, width: int) -> np.ndarray:
-  """Lanczos resize of float RGB to `width`, keeping the aspect ratio."""
+def resize_to_width(rgb: np.ndarray, width: int, height: int | None = None) -> np.ndarray:
+  """Lanczos resize of float RGB [H, W, 3] to `width` (and the aspect ratio's height).
+
+  Done per channel in float, so no 8-bit rounding; the result is clipped to [0, 1].
+  """
   h, w, _ = rgb.shape
-  size = (width, resized_height(w, h, width))
+  size = (width, height or resized_height(w, h, width))
   channels = [
     np.asarray(Image.fromarray(rgb[..., c]).resize(size, Image.Resampling.LANCZOS))
     for c in range(3)
@@ -333,7 +336,7 @@ def load_image(
       logging.warning('image %s has %d frames; using the first', path, frames)
     rgb = _to_float_rgb(ImageOps.exif_transpose(im))
   if width is not None and width != rgb.shape[1]:
-    rgb = _resize(rgb, width)
+    rgb = resize_to_width(rgb, width)
   return rgb
 
 

@@ -354,6 +354,31 @@ def tv_loss(image: jax.typing.ArrayLike) -> jax.Array:
   return jnp.mean(jnp.square(x[1:] - x[:-1])) + jnp.mean(jnp.square(x[:, 1:] - x[:, :-1]))
 
 
+def temporal_loss(
+  image: jax.typing.ArrayLike, previous: jax.typing.ArrayLike, weight: jax.typing.ArrayLike
+) -> jax.Array:
+  """Ruder et al. 2016, eq. 4: L_t = mean(c * (x - w)^2) over H*W*3.
+
+  x is the frame being optimised, w the previous stylised frame warped into
+  this frame by the optical flow, and c in [0, 1] the per-pixel weight of the
+  consistency check (0 at occlusions and motion boundaries; nst_jax.flow). In
+  the network's input space, like the TV term. c = 0 everywhere (a first
+  frame) gives 0.
+
+  Args:
+    image: [H, W, 3].
+    previous: [H, W, 3], w.
+    weight: [H, W], c.
+
+  Returns:
+    Scalar float32.
+  """
+  x = jnp.asarray(image, jnp.float32)
+  w = jnp.asarray(previous, jnp.float32)
+  c = jnp.asarray(weight, jnp.float32)[..., None]
+  return jnp.mean(c * jnp.square(x - w))
+
+
 @jax.custom_vjp
 def normalize_gradient(x: jax.Array, weight: jax.Array) -> jax.Array:
   """Identity whose gradient is L1-normalised, then multiplied by `weight`.

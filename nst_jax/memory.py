@@ -17,7 +17,7 @@ from nst_jax import vgg
 from nst_jax import weights as weights_lib
 
 # XLA's working memory for the step beyond the per-pixel terms below. With
-# the sequential CPU scheduler nst_jax selects (nst_jax/_xla_flags.py),
+# the sequential CPU scheduler nst_jax selects (nst_jax/xla_flags.py),
 # compiled.memory_analysis() leaves almost nothing beyond them: at 256x192
 # to 1024x768 the estimate's device part is 1.05-1.34x XLA's figure.
 _FIXED_STEP_BYTES = 10_000_000

@@ -135,12 +135,17 @@ def intermediate_path(output: str | os.PathLike, iteration: int) -> Path:
 
 
 def check_writable(path: Path, bit_depth: int = 8) -> None:
-  """Fails early if `path` cannot be written; creates nothing."""
+  """Fails early if the image `path` cannot be written; creates nothing."""
   path = Path(path)
   if path.is_dir():
     raise errors.NstError(f'output {path} is a directory; name a file such as out.png')
   image_lib.check_output(path, bit_depth)
-  existing = path.parent
+  check_directory_writable(path)
+
+
+def check_directory_writable(path: Path) -> None:
+  """Fails early if `path`'s directory (or the first ancestor that exists) is not writable."""
+  existing = Path(path).parent
   while not existing.exists():  # the directories are made only when saving
     existing = existing.parent
   if not existing.is_dir():

@@ -147,7 +147,7 @@ def _layout(cfg: config_lib.StyleConfig, height: int) -> sharding_lib.Layout:
         jax.local_device_count(),
         jax.local_device_count(),
       )
-    logging.info('spatial sharding: %d rows over %d devices', height, len(devices))
+    logging.info('Spatial sharding: %d rows over %d devices.', height, len(devices))
     return sharding_lib.SpatialLayout(devices)
   return sharding_lib.SingleLayout()
 
@@ -200,7 +200,7 @@ class Results:
     logging.info('%ssaved %s', self.prefix, path)
     if self.cfg.save.record:
       row = self.rows[r]
-      written = record_lib.write(
+      record_lib.write(
         path,
         config=self.configs.get(r, self.cfg),
         weights_info=self.info,
@@ -210,9 +210,6 @@ class Results:
         styles=list(row.styles),
         result=rgb,
         intermediates=self.intermediates[r],
-      )
-      logging.info(
-        '%ssaved the run record %s', self.prefix, ', '.join(str(p) for p in written.values())
       )
     return path
 
@@ -257,10 +254,10 @@ def _check_memory(cfg: config_lib.StyleConfig, layout: sharding_lib.Layout) -> N
   spatial = len(layout.mesh.devices.flat) if isinstance(layout, sharding_lib.SpatialLayout) else 1
   need, have = memory_lib.check_memory(height, i.width, config=cfg, spatial_devices=spatial)
   logging.info(
-    'estimated peak memory %.2f GB for %dx%d (available: %s)',
-    need / 1e9,
+    'A %dx%d run needs about %.1f GB of memory (%s available).',
     i.width,
     height,
+    need / 1e9,
     'unknown' if have is None else f'{have / 1e9:.1f} GB',
   )
 
@@ -295,21 +292,20 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   icc = image_lib.icc_profile(i.content_path, max_pixels=i.max_image_pixels)
   # Bound before the weights load and the compile, so a busy port fails fast.
   with serving(cfg.run.serve, title=output.name) as preview:
-    w = weights_lib.get_weights(cfg.model.weights)
+    w = weights_lib.get_weights(cfg.model.weights, urls=cfg.model.weights_url)
     logging.info(
-      'content %s (%dx%d), style %s, weights %s (%s convention)',
+      'Styling %s (%dx%d) after %s, with the VGG-19 weights from %s.',
       i.content_path,
       row.content.shape[1],
       row.content.shape[0],
-      ', '.join(cfg.style_paths),
+      ' and '.join(cfg.style_paths),
       w.info.source,
-      w.info.convention,
     )
     results = Results(cfg, w.info, {0: output}, {0: row}, icc={0: icc})
     resume = engine_lib.resume_point(ckpt) if cfg.run.resume else None
     if resume is not None:
       logging.info(
-        'resuming %s after iteration %d (scale %d)', ckpt, resume.iteration, resume.scale + 1
+        'Resuming %s after iteration %d (scale %d).', ckpt, resume.iteration, resume.scale + 1
       )
     record = {}
     with hooks_lib.stop_on_signals() as stop:
@@ -325,4 +321,31 @@ def run(cfg: config_lib.StyleConfig) -> Path:
       preview.finish(rgb, output)
     if not cfg.run.keep_checkpoint:
       ckpt.unlink(missing_ok=True)  # finished: the result is saved, free the space
+    logging.info('%s', summary(output, record, results))
     return output
+
+
+def duration(seconds: float) -> str:
+  """Seconds in words: 12.3 s, 4 min 5 s, 2 h 3 min."""
+  if seconds < 60:
+    return f'{seconds:.1f} s'
+  minutes, s = divmod(round(seconds), 60)
+  return f'{minutes} min {s} s' if minutes < 60 else f'{minutes // 60} h {minutes % 60} min'
+
+
+def summary(output: Path, record: dict, results: Results) -> str:
+  """One line at the end of a run: where, how long, how many iterations, why it stopped."""
+  stages = record.get('scales', [])
+  done = sum(s['iterations'] for s in stages)
+  why = ''
+  if stages and stages[-1]['stopped'] == 'converged':
+    why = (
+      f' (converged after {stages[-1]["iterations"]} of {stages[-1]["budget"]} at the last scale)'
+    )
+  history = results.history.history[0]
+  loss = f', final loss {history[-1]["total"]:.4g}' if history else ''
+  where = ''
+  if results.cfg.save.record:
+    where = f'; run record {record_lib.paths_for(output)["json"]}'
+  elapsed = duration(time.perf_counter() - results.t0)
+  return f'Done: {output} in {elapsed}, {done} iterations{why}{loss}{where}.'

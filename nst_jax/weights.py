@@ -19,19 +19,14 @@ decides the preprocessing. Loading checks every key and shape against the
 model.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import functools
 import hashlib
-import http.client
 import os
 from pathlib import Path
 import re
 import sys
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import zipfile
 
 import flax
@@ -49,6 +44,14 @@ from nst_jax import vgg
 KERAS_URL = (
   'https://storage.googleapis.com/tensorflow/keras-applications/vgg19/'
   'vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5'
+)
+# The same file where Keras published it first, before moving to Google
+# Cloud Storage (fchollet/deep-learning-models, release v0.1): a mirror with
+# the same MD5, tried when the first is unreachable.
+KERAS_MIRRORS = (
+  KERAS_URL,
+  'https://github.com/fchollet/deep-learning-models/releases/download/v0.1/'
+  'vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5',
 )
 KERAS_FILENAME = 'vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5'
 KERAS_MD5 = '253f8cb515780f3b799900260a226db6'
@@ -460,185 +463,35 @@ def resolve_weights_path(path: str | os.PathLike | None = None) -> Path:
   return Path(env) if env else DEFAULT_WEIGHTS_PATH
 
 
-# ---------------------------------------------------------------------------
-# Fetching the published file.
-
-
-def _format_bytes(n: float) -> str:
-  return f'{n / 1e6:.1f} MB'
-
-
-class _Progress:
-  """Bytes, rate and ETA on stderr: a redrawn line on a terminal, else every 10%."""
-
-  def __init__(self, label: str, total: int | None, start: int, stream=None):
-    self.stream = stream or sys.stderr
-    self.label, self.total, self.start = label, total, start
-    self.t0 = time.monotonic()
-    self.tty = self.stream.isatty()
-    self.last_decile = -1
-    self.last_draw = 0.0
-
-  def update(self, done: int, final: bool = False) -> None:
-    now = time.monotonic()
-    rate = (done - self.start) / max(now - self.t0, 1e-9)
-    if self.total:
-      eta = (self.total - done) / rate if rate > 0 else float('inf')
-      msg = (
-        f'{self.label}: {_format_bytes(done)} of {_format_bytes(self.total)}, '
-        f'{_format_bytes(rate)}/s, ETA {eta:.0f} s'
-      )
-      decile = int(10 * done / self.total)
-    else:
-      msg = f'{self.label}: {_format_bytes(done)}, {_format_bytes(rate)}/s'
-      decile = int(done // 10_000_000)
-    if self.tty:
-      if final or now - self.last_draw > 0.2:
-        self.stream.write('\r' + msg + ('\n' if final else ''))
-        self.stream.flush()
-        self.last_draw = now
-    elif final or decile > self.last_decile:
-      self.stream.write(msg + '\n')
-      self.stream.flush()
-      self.last_decile = decile
-
-
-def download(
-  url: str,
-  dest: str | os.PathLike,
+def get_weights(
+  path: str | os.PathLike | None = None,
   *,
-  md5: str | None,
-  timeout: float = 10.0,
   progress: bool = True,
-) -> Path:
-  """Downloads `url` to `dest`, resuming a previous partial download.
-
-  Bytes go to `dest + '.part'`; only a complete file whose MD5 matches is
-  renamed to `dest`, so `dest` never exists half-written or corrupt. An
-  interrupted transfer keeps the `.part` file and the next call resumes it
-  with an HTTP Range request (or restarts if the server ignores ranges). A
-  hash mismatch deletes the `.part`.
-
-  Args:
-    url: http(s) URL.
-    dest: final path.
-    md5: expected MD5 hex digest (the published hash); None skips the check.
-    timeout: seconds to wait for a connection or for data.
-    progress: report bytes, rate and ETA on stderr.
-
-  Returns:
-    dest as a Path.
-
-  Raises:
-    DownloadError: offline, HTTP error, early close, or hash mismatch.
-  """
-  dest = Path(dest)
-  part = dest.with_name(dest.name + '.part')
-  have = part.stat().st_size if part.exists() else 0
-  if urllib.parse.urlparse(url).scheme not in ('http', 'https'):
-    raise errors.DownloadError(f'{url} is not an http(s) URL; pass an http:// or https:// URL')
-  # The scheme is checked just above, so no file: or custom-scheme opens.
-  request = urllib.request.Request(url, headers={'User-Agent': 'nst-jax'})  # noqa: S310
-  if have:
-    request.add_header('Range', f'bytes={have}-')
-  try:
-    response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310
-  except urllib.error.HTTPError as e:
-    if e.code == 416 and have:  # our partial file is not a prefix; start over
-      part.unlink()
-      return download(url, dest, md5=md5, timeout=timeout, progress=progress)
-    raise errors.DownloadError(
-      f'download of {url} failed: HTTP {e.code} {e.reason}; check the URL or try again later'
-    ) from None
-  except (urllib.error.URLError, OSError) as e:
-    reason = getattr(e, 'reason', e)
-    raise errors.DownloadError(
-      f'cannot download {url} ({reason}); on a machine with internet access '
-      f'fetch that file (MD5 {md5}), copy it to {dest} and run: '
-      f'{CONVERT_COMMAND} --input {dest}'
-    ) from None
-
-  dest.parent.mkdir(parents=True, exist_ok=True)  # only once the server answers
-  with response:
-    resumed = response.status == 206
-    if not resumed:
-      have = 0  # the server sent the whole file
-    length = response.headers.get('Content-Length')
-    total = have + int(length) if length is not None else None
-    digest = hashlib.md5()  # noqa: S324  # the published checksum is MD5
-    if resumed:
-      with open(part, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-          digest.update(chunk)
-    meter = _Progress(f'downloading {dest.name}', total, have) if progress else None
-    done = have
-    try:
-      with open(part, 'ab' if resumed else 'wb') as f:
-        while chunk := response.read(1 << 20):
-          f.write(chunk)
-          digest.update(chunk)
-          done += len(chunk)
-          if meter:
-            meter.update(done)
-    except (OSError, http.client.HTTPException) as e:
-      raise errors.DownloadError(
-        f'download of {url} stopped at {_format_bytes(done)} ({e}); run again to resume'
-      ) from None
-    if meter:
-      meter.update(done, final=True)
-  if total is not None and done < total:
-    raise errors.DownloadError(
-      f'download of {url} stopped at {done} of {total} bytes; run again to resume'
-    )
-  if md5 is not None and digest.hexdigest() != md5:
-    part.unlink()
-    raise errors.DownloadError(
-      f'{url} has MD5 {digest.hexdigest()}, expected {md5}; the download was '
-      'corrupt and has been deleted, run again'
-    )
-  os.replace(part, dest)
-  return dest
-
-
-def fetch_and_convert(
-  output: str | os.PathLike,
-  *,
-  url: str = KERAS_URL,
-  md5: str | None = KERAS_MD5,
-  timeout: float = 10.0,
-  progress: bool = True,
-) -> Path:
-  """Downloads the published Keras file beside `output` and converts it.
-
-  A previously downloaded file with the right MD5 is reused, so a failed
-  conversion never needs a second download.
-
-  Returns:
-    output as a Path.
-  """
-  output = Path(output)
-  raw = output.parent / (Path(urllib.parse.urlparse(url).path).name or KERAS_FILENAME)
-  if not (raw.is_file() and (md5 is None or file_digest(raw, 'md5') == md5)):
-    download(url, raw, md5=md5, timeout=timeout, progress=progress)
-  flat, info = convert(raw)
-  save_npz(output, flat, info)
-  return output
-
-
-def get_weights(path: str | os.PathLike | None = None, *, progress: bool = True) -> Weights:
+  urls: Sequence[str] = (),
+) -> Weights:
   """Loads weights, downloading and converting them on first use.
 
   Only the default location is filled automatically; an explicit path (or
   $NST_JAX_WEIGHTS) that does not exist is an error, so a typo never triggers
   an 80 MB download.
+
+  Args:
+    path: a converted .npz, or None for $NST_JAX_WEIGHTS or the default location.
+    progress: show the download's progress.
+    urls: mirrors of the Keras file to try first (then $NST_JAX_WEIGHTS_URL's
+      and the published ones, nst_jax.download.mirrors).
   """
+  from nst_jax import download  # the fetching side, only when needed
+
   resolved = resolve_weights_path(path)
   if not resolved.exists() and path is None and WEIGHTS_ENV not in os.environ:
     print(
       f'no weights at {resolved}; fetching the VGG-19 weights (about 80 MB, once)',
       file=sys.stderr,
     )
-    fetch_and_convert(resolved, url=KERAS_URL, md5=KERAS_MD5, progress=progress)
+    raw = download.fetch(download.mirrors(urls), resolved.parent, md5=KERAS_MD5, progress=progress)
+    flat, info = convert(raw)
+    save_npz(resolved, flat, info)
   return load_weights(resolved)
 
 

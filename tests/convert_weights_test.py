@@ -6,9 +6,9 @@ from pathlib import Path
 import subprocess
 import sys
 
+import download_test
 import numpy as np
 import weight_files
-import weights_test
 
 from nst_jax import weights as weights_lib
 
@@ -43,7 +43,7 @@ def test_download_from_loopback(tmp_path):
   weight_files.write_keras_h5(src, weight_files.random_params(seed=2))
   payload = src.read_bytes()
   out = tmp_path / 'weights' / 'vgg19.npz'
-  with weights_test._serve(payload) as (url, _):
+  with download_test._serve(payload) as (url, _):
     r = _convert(
         '--download', '--url', url, '--md5', hashlib.md5(payload).hexdigest(), '--output', out,
         cwd=tmp_path,

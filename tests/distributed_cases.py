@@ -164,9 +164,23 @@ def case_alone(weights: str, workdir: Path, n: int) -> dict:
   return {'diffs': diffs, 'spreads': spreads}
 
 
+def case_fetch(dest: str, url: str, md5: str, process: int, port: int) -> dict:
+  """distributed.fetch_weights in one of two processes, the default location at `dest`."""
+  from nst_jax import distributed
+  from nst_jax import weights as weights_lib
+
+  distributed.initialize(f'127.0.0.1:{port}', 2, process)
+  weights_lib.DEFAULT_WEIGHTS_PATH = Path(dest)
+  weights_lib.KERAS_MIRRORS, weights_lib.KERAS_MD5 = (url,), md5
+  w = distributed.fetch_weights(None)
+  return {'params_sha256': w.info.params_sha256}
+
+
 def main():
   case, weights, workdir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-  if case.startswith('alone'):
+  if case == 'fetch':
+    out = case_fetch(weights, sys.argv[4], sys.argv[5], int(sys.argv[6]), int(sys.argv[7]))
+  elif case.startswith('alone'):
     out = case_alone(weights, workdir, int(case.removeprefix('alone')))
   elif case == 'jobs8':
     out = case_jobs(weights, workdir, 8)

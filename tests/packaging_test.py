@@ -110,7 +110,7 @@ def test_installed_commands_run(installed, caffe_npz):
 
 
 def test_the_library_never_reads_flags():
-  programs = {'cli.py', 'convert_cli.py', '_app.py', '__main__.py'}
+  programs = {'cli.py', 'convert_cli.py', 'absl_app.py', '__main__.py'}
   for path in sorted((ROOT / 'nst_jax').glob('*.py')):
     if path.name not in programs:
       source = path.read_text()
