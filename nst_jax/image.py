@@ -290,6 +290,21 @@ def _to_float_rgb(im: Image.Image) -> np.ndarray:
   return np.asarray(im.convert('RGB'), np.float32) / 255.0
 
 
+def _png_depth(path) -> int:
+  return Path(path).read_bytes()[24]  # IHDR's bit depth (PNG spec, 11.2.2)
+
+
+def _png16(path, width: int | None) -> np.ndarray:
+  """A 16-bit RGB(A) PNG at full precision (Pillow reads it as 8-bit), alpha over white."""
+  import png
+
+  w, h, rows, info = png.Reader(filename=str(path)).asDirect()
+  data = np.vstack([np.asarray(r, np.float32) for r in rows]) / 65535.0
+  data = data.reshape(h, w, info['planes'])
+  rgb = data[..., :3] * data[..., 3:] + (1.0 - data[..., 3:]) if info['alpha'] else data
+  return resize_to_width(rgb, width) if width not in (None, w) else rgb.astype(np.float32)
+
+
 def resize_to_width(rgb: np.ndarray, width: int, height: int | None = None) -> np.ndarray:
   """Lanczos resize of float RGB [H, W, 3] to `width` (and the aspect ratio's height).
 
@@ -331,6 +346,8 @@ def load_image(
     ImageError: the file is missing, not an image, truncated, or too large.
   """
   with _open(path, max_pixels) as im:
+    if im.format == 'PNG' and im.mode in ('RGB', 'RGBA') and _png_depth(path) == 16:
+      return _png16(path, width)
     frames = getattr(im, 'n_frames', 1)
     if frames > 1:
       logging.warning('image %s has %d frames; using the first', path, frames)

@@ -122,6 +122,12 @@ def _load_frame(path: Path) -> np.ndarray:
   return image_lib.load_image(path)
 
 
+def _quantized(rgb) -> np.ndarray:
+  """What `_load_frame(_save_frame(rgb))` gives, without the file."""
+  levels = np.round(np.clip(np.asarray(rgb, np.float64), 0.0, 1.0) * 65535.0)
+  return levels.astype(np.float32) / np.float32(65535.0)
+
+
 def _save_frame(path: Path, rgb: np.ndarray) -> None:
   # 16 bits: the next frame starts from this one, so keep its precision.
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +261,7 @@ def _one_pass(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.n
       rgb, losses_t = _run_rows(cfg, engine, {0: row}, (0,), stop, preview, prefix)
       _save_frame(done, rgb[0])
       paths.checkpoint(t).unlink(missing_ok=True)
-      results.append(rgb[0])
+      results.append(_load_frame(done))  # as a resumed run would see it: resumes are exact
       seconds = time.perf_counter() - t0
       record['frames'].append({'frame': t, 'time_s': seconds, 'flow_wait_s': wait, **losses_t[0]})
       logging.info(
@@ -396,7 +402,8 @@ def _gather(layout, group, rgb, local, shape) -> list[np.ndarray]:
       (n_rows, *shape), layout.rows_sharding(4), lambda r: rgb.get(r, np.zeros(shape, np.float32))
     )
   )
-  by_frame = {k: np.asarray(full[r]) for r, k in enumerate(group.rows) if k is not None}
+  # On the 16-bit grid of the saved frames, so a resumed pass continues exactly.
+  by_frame = {k: _quantized(full[r]) for r, k in enumerate(group.rows) if k is not None}
   return [by_frame[k] for k in sorted(by_frame)]
 
 

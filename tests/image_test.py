@@ -193,12 +193,15 @@ def test_16_bit_grayscale_png_keeps_its_precision(tmp_path):
   assert got[0, 1, 0] < 0.01  # not clipped to white, as an 8-bit conversion would do
 
 
-def test_48_bit_rgb_png_is_read(tmp_path):
-  pixels = np.array([[[65535, 0, 32896], [4112, 61680, 0]]], np.uint16)  # 1 row, 2 px
+def test_48_bit_rgb_png_keeps_its_precision(tmp_path):
+  # values off the 8-bit grid (k * 257): Pillow alone would round them to 8 bits
+  pixels = np.array([[[65535, 1, 32768], [4000, 61000, 7]]], np.uint16)  # 1 row, 2 px
   raw = b'\x00' + pixels.astype('>u2').tobytes()  # filter byte 0, big-endian samples
   (tmp_path / 'rgb48.png').write_bytes(_png_bytes(2, 1, 16, 2, raw))
   got = image_lib.load_image(tmp_path / 'rgb48.png')
-  np.testing.assert_allclose(got[0], pixels[0] / 65535, atol=1 / 255)
+  np.testing.assert_allclose(got[0], pixels[0] / 65535, atol=1e-7)
+  wide = image_lib.load_image(tmp_path / 'rgb48.png', width=4)
+  np.testing.assert_allclose(wide, image_lib.resize_to_width(got, 4), atol=1e-7)
 
 
 def test_exif_orientation_is_respected(tmp_path):

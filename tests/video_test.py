@@ -1,0 +1,151 @@
+"""Video files and frame folders: decoding, encoding, audio, ranges and every bad input."""
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+import video_clips
+
+from nst_jax import errors
+from nst_jax import image as image_lib
+from nst_jax import video
+
+
+def _frames(n=6, height=48, width=64):
+  return video_clips.moving_square_clip(n=n, height=height, width=width)[0]
+
+
+def _decoded(path):
+  clip = video.open_clip(str(path))
+  return clip, list(video.read_frames(clip, clip.width))
+
+
+def test_round_trip_keeps_frame_count_rate_and_audio(tmp_path):
+  src = video_clips.write_mp4(tmp_path / 'in.mp4', _frames(12), fps=Fraction(30000, 1001),
+                              audio_seconds=12 * 1001 / 30000)  # fmt: skip
+  clip, frames = _decoded(src)
+  assert (clip.count, clip.total, clip.fps, clip.has_audio) == (12, 12, Fraction(30000, 1001), True)
+  assert (clip.width, clip.height) == (64, 48)
+  out = tmp_path / 'out.mp4'
+  video.write_video(out, frames, clip.fps, audio_from=clip)
+  again, frames_again = _decoded(out)
+  assert (again.count, again.fps, again.has_audio) == (12, clip.fps, True)
+  # H.264 at crf 18 on a smooth texture: close to the decoded source.
+  assert np.abs(np.stack(frames_again) - np.stack(frames)).mean() < 0.02
+  # The audio covers the frames (AAC works in 1024-sample packets: within two of them).
+  assert abs(video_clips.audio_seconds(out) - 12 * 1001 / 30000) < 2 * 1024 / 44100
+
+
+def test_a_frame_range_trims_frames_and_audio(tmp_path):
+  src = video_clips.write_mp4(tmp_path / 'in.mp4', _frames(12), fps=24, audio_seconds=0.5)
+  clip = video.open_clip(str(src), frames='4:10')
+  frames = list(video.read_frames(clip, 64))
+  assert (clip.start, clip.count, len(frames)) == (4, 6, 6)
+  whole = list(video.read_frames(video.open_clip(str(src)), 64))
+  np.testing.assert_array_equal(frames[0], whole[4])
+  out = tmp_path / 'out.mp4'
+  video.write_video(out, frames, clip.fps, audio_from=clip)
+  assert video.open_clip(str(out)).count == 6
+  assert abs(video_clips.audio_seconds(out) - 6 / 24) < 2 * 1024 / 44100
+
+
+def test_a_source_without_audio_gives_a_silent_result(tmp_path):
+  src = video_clips.write_mp4(tmp_path / 'in.mp4', _frames(3))
+  clip, frames = _decoded(src)
+  video.write_video(tmp_path / 'out.mp4', frames, clip.fps, audio_from=clip)
+  assert not video.open_clip(str(tmp_path / 'out.mp4')).has_audio
+
+
+def test_frame_folders_and_globs_sort_by_number(tmp_path):
+  frames = _frames(11)
+  for k, rgb in enumerate(frames):
+    image_lib.save_image(tmp_path / f'f{k}.png', rgb, bit_depth=16)  # f10 after f9
+  clip = video.open_clip(str(tmp_path), fps=12.5)
+  got = list(video.read_frames(clip, 64))
+  assert (clip.count, clip.fps) == (11, Fraction(25, 2))
+  np.testing.assert_allclose(got[10], frames[10], atol=1 / 65535)
+  assert video.open_clip(str(tmp_path / 'f1*.png')).count == 2  # f1, f10
+
+
+def test_write_frames_keeps_odd_sizes_and_mp4_drops_a_row_and_column(tmp_path):
+  frames = _frames(2, height=49, width=65)
+  assert video.write_frames(tmp_path / 'dir', frames) == 2
+  assert image_lib.image_size(str(tmp_path / 'dir' / 'frame_00002.png')) == (65, 49)
+  video.write_video(tmp_path / 'odd.mp4', frames, Fraction(24))
+  clip = video.open_clip(str(tmp_path / 'odd.mp4'))
+  assert (clip.width, clip.height) == (64, 48)
+
+
+def test_nothing_is_half_written(tmp_path):
+  def failing():
+    yield _frames(1)[0]
+    raise RuntimeError('interrupted')
+
+  with pytest.raises(RuntimeError):
+    video.write_video(tmp_path / 'out.mp4', failing(), Fraction(24))
+  with pytest.raises(RuntimeError):
+    video.write_frames(tmp_path / 'frames', failing())
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_ten_bit_video_decodes_at_full_precision(tmp_path):
+  ramp = np.linspace(0, 1, 64, dtype=np.float32)[None, :, None] * np.ones((48, 1, 3), np.float32)
+  src = video_clips.write_mp4(tmp_path / 'ten.mkv', [ramp] * 2, codec='ffv1', pix_fmt='yuv420p10le')
+  clip, frames = _decoded(src)
+  assert any('10le' in note for note in clip.notes)
+  # more than 256 levels survive (rgb48): an 8-bit decode would give at most 64 here
+  # but on a 64-step ramp the check is that values are not on the 1/255 grid.
+  off_grid = np.abs(frames[0] * 255 - np.round(frames[0] * 255)) > 0.01
+  assert off_grid.mean() > 0.3
+  np.testing.assert_allclose(frames[0][24], ramp[24], atol=0.02)
+
+
+def test_alpha_is_composited_over_white(tmp_path):
+  rgba = np.zeros((48, 64, 4), np.float32)
+  rgba[..., 0] = 1.0  # red
+  rgba[:, :32, 3] = 1.0  # left half opaque, right half transparent
+  src = video_clips.write_mp4(tmp_path / 'alpha.mov', [rgba] * 2, codec='png', pix_fmt='rgba')
+  clip, frames = _decoded(src)
+  assert any('alpha' in note for note in clip.notes)
+  np.testing.assert_allclose(frames[0][10, 5], [1, 0, 0], atol=1e-6)
+  np.testing.assert_allclose(frames[0][10, 50], [1, 1, 1], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+  'make, spec, message',
+  [
+    (lambda d: (d / 'x.mp4').write_text('not a video'), 'x.mp4', 'is not a video FFmpeg can read'),
+    (lambda d: (d / 'x.txt').write_text('hi'), 'x.txt', 'is not a video (known suffixes'),
+    (lambda d: d.joinpath('empty').mkdir(), 'empty', 'holds no frames'),
+  ],
+)
+def test_unreadable_sources_are_one_line_errors(tmp_path, make, spec, message):
+  make(tmp_path)
+  with pytest.raises(errors.NstError, match=message.replace('(', r'\(')) as info:
+    video.open_clip(str(tmp_path / spec))
+  assert '\n' not in str(info.value)
+
+
+def test_a_file_without_a_video_stream_is_refused(tmp_path):
+  path = tmp_path / 'sound.mp4'
+  with av.open(str(path), 'w') as out:
+    stream = out.add_stream('aac', rate=44100)
+    stream.layout = 'mono'
+    video_clips._sine(out, stream, 0.2)
+  with pytest.raises(errors.ImageError, match='has no video stream'):
+    video.open_clip(str(path))
+
+
+def test_an_empty_frame_range_is_refused(tmp_path):
+  src = video_clips.write_mp4(tmp_path / 'in.mp4', _frames(4))
+  for frames in ('3:3', '9:', 'x'):
+    with pytest.raises(errors.ConfigError, match='--frames'):
+      video.open_clip(str(src), frames=frames)
+
+
+def test_a_variable_frame_rate_is_refused_with_the_conversion(tmp_path):
+  times = [0.0, 0.04, 0.08, 0.2, 0.24, 0.28]
+  src = video_clips.write_mp4(tmp_path / 'vfr.mp4', _frames(6), fps=25, times=times)
+  with pytest.raises(errors.ImageError, match='variable frame rate.*-fps_mode cfr'):
+    video.open_clip(str(src))
