@@ -24,6 +24,9 @@ import distributed_cases  # noqa: E402
 
 from nst_jax import checkpoint as checkpoint_lib  # noqa: E402
 
+# Subprocess runs of the full network: deselect with -m "not slow".
+pytestmark = pytest.mark.slow
+
 ITERATIONS = 12
 
 

@@ -62,6 +62,7 @@ def _final_arrays(path):
   return jax.tree.leaves(state)
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, images, caffe_npz):
   content, style = images
   total = 160
@@ -98,6 +99,7 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, images, caffe_npz
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_checkpoint_and_image_then_exits(tmp_path, images, caffe_npz, signum):
   content, style = images

@@ -47,6 +47,7 @@ def _case(name: str, weights, workdir) -> dict:
   return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_eight_jobs_on_eight_devices_equal_eight_single_runs(tmp_path, caffe_npz):
   out = _case('jobs8', caffe_npz, tmp_path)
   assert out['devices'] == 8
@@ -66,6 +67,7 @@ def test_eight_jobs_on_eight_devices_equal_eight_single_runs(tmp_path, caffe_npz
   assert group['shard_shapes'] == [[1, 48, 64, 3]]
 
 
+@pytest.mark.slow
 def test_five_jobs_in_two_shapes_are_grouped_and_padded_not_dropped(tmp_path, caffe_npz):
   out = _case('jobs5', caffe_npz, tmp_path)
   assert len(out['max_diffs']) == 5
@@ -82,6 +84,7 @@ def test_five_jobs_in_two_shapes_are_grouped_and_padded_not_dropped(tmp_path, ca
   ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('height,devices', [(48, 8), (45, 5)])
 def test_spatial_sharding_equals_the_unsharded_run(tmp_path, caffe_npz, height, devices):
   out = _case(f'spatial{height}', caffe_npz, tmp_path)
@@ -107,6 +110,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_share_a_batch_and_write_disjoint_outputs(tmp_path, caffe_npz):
   sys.path.insert(0, str(ROOT / 'tests'))
   import distributed_cases

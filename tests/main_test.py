@@ -15,6 +15,9 @@ import pytest
 
 from nst_jax import run
 
+# Subprocess runs of the full network: deselect with -m "not slow".
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 CONTENT = ROOT / 'content_images' / 'tubingen.jpg'
 STYLE = ROOT / 'style_images' / 'starry_night.jpg'

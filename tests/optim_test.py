@@ -123,6 +123,7 @@ def _config(iterations, **loss):
   )
 
 
+@pytest.mark.slow
 def test_scaling_both_weights_gives_the_same_images(lsuv_npz):
   """-cw and -sw times 1e-6 or 1e6: the same 20 iterations, to float32's spread.
 
@@ -153,6 +154,7 @@ def test_scaling_both_weights_gives_the_same_images(lsuv_npz):
     assert diff <= tolerance, (factor, diff, tolerance)
 
 
+@pytest.mark.slow
 def test_small_activations_do_not_stall(small_npz):
   """Weights whose activations are 128x smaller (losses 2^14 to 2^28 x smaller) still optimise.
 
@@ -195,6 +197,7 @@ def test_small_activations_do_not_stall(small_npz):
   assert float(losses['total'][0]) > 0.99 * first  # stalled
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('fixture', ['caffe_npz', 'torchvision_npz'])
 def test_adam_steps_are_in_pixel_units_for_every_convention(fixture, request):
   w = nst_jax.load_weights(request.getfixturevalue(fixture))
@@ -219,6 +222,7 @@ def test_adam_steps_are_in_pixel_units_for_every_convention(fixture, request):
   assert moved.max() == pytest.approx(3.0, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_bfloat16_reaches_float32s_objective(lsuv_npz):
   """L-BFGS with a bfloat16 network: within 5% of float32's objective after 50 iterations.
 

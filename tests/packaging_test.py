@@ -2,18 +2,25 @@
 
 The wheel is built from a copy of the checkout (a build writes build/ and
 *.egg-info beside its sources) and installed into a virtual environment that
-sees this interpreter's packages (no downloads), then used from a directory
-outside the checkout, as a user would.
+sees the packages of the interpreter running the tests (no downloads; a .pth
+file, because `venv --system-site-packages` would see the base interpreter's
+packages instead, which inside a virtualenv lack the dependencies), then
+used from a directory outside the checkout, as a user would.
 """
 
 import os
 from pathlib import Path
 import re
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 
 import pytest
+
+# Subprocess runs of the full network: deselect with -m "not slow".
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENT = ROOT / 'content_images' / 'tubingen.jpg'
@@ -41,8 +48,16 @@ def installed(tmp_path_factory):
     [*pip, 'wheel', '--no-deps', '--no-build-isolation', '-w', tmp / 'dist', src], check=True
   )
   (wheel,) = (tmp / 'dist').glob('nst_jax-*.whl')
-  subprocess.run([sys.executable, '-m', 'venv', '--system-site-packages', tmp / 'venv'], check=True)
+  subprocess.run([sys.executable, '-m', 'venv', tmp / 'venv'], check=True)
   bin_dir = tmp / 'venv' / 'bin'
+  inner = subprocess.run(
+    [bin_dir / 'python', '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
+    capture_output=True, text=True, check=True,
+  ).stdout.strip()  # fmt: skip
+  outer = dict.fromkeys(
+    [*site.getsitepackages(), *(sysconfig.get_paths()[k] for k in ('purelib', 'platlib'))]
+  )
+  Path(inner, 'tests_outer_packages.pth').write_text('\n'.join(outer) + '\n')
   subprocess.run([bin_dir / 'python', '-m', 'pip', '-q', 'install', '--no-deps', wheel], check=True)
   home = tmp / 'home'
   home.mkdir()

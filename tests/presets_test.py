@@ -85,6 +85,7 @@ def weights(caffe_npz):
   return nst_jax.load_weights(caffe_npz)
 
 
+@pytest.mark.slow
 def test_paper_preset_has_the_papers_content_style_balance(weights):
   # Gatys et al. 2016: alpha * 1/2 sum (F - P)^2 + beta * sum_l 1/5 * E_l,
   # E_l = sum (F^T F - S^T S)^2 / (4 N^2 M^2), alpha / beta = 1e-3.
@@ -103,6 +104,7 @@ def test_paper_preset_has_the_papers_content_style_balance(weights):
   assert 0.05 < ours_content / ours_style < 20  # a test image where both terms matter
 
 
+@pytest.mark.slow
 def test_classic_preset_reproduces_neural_style_loss(weights):
   # jcjohnson/neural-style: content_weight * mean((F - P)^2) +
   # style_weight * sum_l mean((G_l - A_l)^2), G = F^T F / (C H W).

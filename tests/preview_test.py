@@ -124,6 +124,7 @@ def _read_url(stream, found: dict, lines: list) -> None:
       found['event'].set()
 
 
+@pytest.mark.slow
 def test_live_page_in_headless_chromium(tmp_path, caffe_npz):
   executable = browser.find_chromium()
   if executable is None:

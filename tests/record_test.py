@@ -7,6 +7,7 @@ import stat
 from conftest import flat_config
 import numpy as np
 from PIL import Image
+import pytest
 
 from nst_jax import record as record_lib
 from nst_jax import run
@@ -24,6 +25,7 @@ def _inputs(directory):
   return directory / 'c.png', directory / 's.png'
 
 
+@pytest.mark.slow
 def test_run_writes_the_record_and_pictures(tmp_path, caffe_npz, monkeypatch):
   content, style = _inputs(tmp_path / 'in')
   out = tmp_path / 'o.png'

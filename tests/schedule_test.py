@@ -78,6 +78,7 @@ def test_convergence_holds_each_row_once_its_loss_stops_falling():
   assert not schedule.Convergence(0.0, 10)(_View(1, [1.0]))  # tol 0: never
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('optimizer', ['lbfgs', 'adam'])
 def test_a_held_image_gets_what_it_would_get_alone(caffe_npz, optimizer):
   """In a batch, an image that converges early is held while the other goes on.

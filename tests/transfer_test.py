@@ -43,6 +43,7 @@ def _recording(monkeypatch):
   return stages
 
 
+@pytest.mark.slow
 def test_later_runs_reuse_the_compiled_step(caffe_npz, monkeypatch):
   monkeypatch.setattr(steps, 'COMPILED', steps.CompiledSteps())
   rng = np.random.default_rng(0)
@@ -101,6 +102,7 @@ def test_nonfinite_loss_names_the_iteration(caffe_npz):
     stylize(rgb, np.random.default_rng(0).uniform(size=(16, 16, 3)), config=cfg, weights=caffe_npz)
 
 
+@pytest.mark.slow
 def test_multiscale_runs_coarse_to_fine_from_the_upsampled_result(caffe_npz, monkeypatch):
   stages = _recording(monkeypatch)
   rng = np.random.default_rng(1)
@@ -155,6 +157,7 @@ def test_colour_controls(caffe_npz, monkeypatch, mode):
     np.testing.assert_allclose(iq_out[inside], iq_content[inside], atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('optimizer', ['lbfgs', 'adam'])
 def test_every_control_at_once_through_the_api(caffe_npz, optimizer):
   rng = np.random.default_rng(3)
@@ -185,6 +188,7 @@ def test_every_control_at_once_through_the_api(caffe_npz, optimizer):
   assert not np.allclose(out, 0.5, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_multiscale_resume_continues_the_same_run(caffe_npz, tmp_path):
   rng = np.random.default_rng(4)
   content = rng.uniform(size=(32, 40, 3)).astype(np.float32)
@@ -229,6 +233,7 @@ def test_masks_and_blend_weights_exclude_each_other_in_the_api(caffe_npz):
     stylize(rgb, [rgb, rgb], weights=caffe_npz, style_masks=np.ones((3, 32, 32)))
 
 
+@pytest.mark.slow
 def test_progress_bar_and_log_lines(caffe_npz, capsys):
   from nst_jax import hooks
 
