@@ -4,6 +4,7 @@ Usage:
   python bench/parity.py --width 256 --iterations 300
   python bench/parity.py --width 512 --iterations 1000
   python bench/parity.py --per_iteration --width 256 --iterations 20 --repeats 3
+  python bench/parity.py --width 512 --iterations 1000 --no_torch --variants '--scales 1'
 
 Both sides optimise the same objective from the same start on the same
 weights and images (tubingen.jpg content, starry_night.jpg style, the style
@@ -156,6 +157,12 @@ def main():
   parser.add_argument('--per_iteration', action='store_true')
   parser.add_argument('--repeats', type=int, default=1)
   parser.add_argument('--ours', default='', help='extra flags for main.py, space-separated')
+  parser.add_argument(
+    '--variants',
+    default='',
+    help="extra runs of ours, flag sets separated by ';' (e.g. '--scales 1')",
+  )
+  parser.add_argument('--no_torch', action='store_true', help='only ours (settings compared)')
   parser.add_argument('--real', action='store_true', help='use weights/vgg19.npz if present')
   parser.add_argument('--json', help='also write the results here')
   parser.add_argument('--torch_worker', action='store_true', help=argparse.SUPPRESS)
@@ -194,31 +201,36 @@ def main():
         flush=True,
       )
     else:
-      t = run_torch(args, weights, out, args.iterations)
-      o = run_ours(args, weights, out, args.iterations)
+      t = None if args.no_torch else run_torch(args, weights, out, args.iterations)
+      runs = [('torch', t)] if t else []
+      for v, flags in enumerate(['', *filter(None, args.variants.split(';'))]):
+        vout = out / f'ours{v}'
+        vout.mkdir()
+        runs.append((f'ours {flags}'.strip(), run_ours(args, weights, vout, args.iterations,
+                                                      flags.split())))  # fmt: skip
       row = {}
-      for name, r in (('torch', t), ('ours', o)):
+      for name, r in runs:
         r['score'] = score(weights, args.width, r['image'])
         row[name] = {k: (str(v) if isinstance(v, Path) else v) for k, v in r.items()
                      if k not in ('times',)}  # fmt: skip
         print(
-          f'{name:5s} wall {r["wall_s"]:7.1f} s (loop {r["loop_s"]:7.1f} s), '
+          f'{name}: wall {r["wall_s"]:7.1f} s (loop {r["loop_s"]:7.1f} s), '
           f'{r["iterations"]:4d} iterations, reported loss {r["final_loss"]:.5g}, '
           f'8-bit objective {r["score"]:.5g}'
           + (f', stages {r["stages"]}' if 'stages' in r else ''),
           flush=True,
         )
-      print(
-        f'ours/torch: wall {o["wall_s"] / t["wall_s"]:.3f}, 8-bit objective '
-        f'{o["score"] / t["score"]:.3f}',
-        flush=True,
-      )
-      # When ours first reached torch's final 8-bit score, by its reported loss.
-      for k, time_s, loss in o['curve']:
-        if loss <= t['score']:
-          print(f'ours reported a loss below torch\'s final 8-bit objective at iteration {k}, '
-                f'{time_s:.1f} s into its loop', flush=True)  # fmt: skip
-          break
+      for name, o in runs if t else []:
+        if name == 'torch':
+          continue
+        print(f'{name} / torch: wall {o["wall_s"] / t["wall_s"]:.3f}, 8-bit objective '
+              f'{o["score"] / t["score"]:.3f}', flush=True)  # fmt: skip
+        # When ours first reached torch's final 8-bit score, by its reported loss.
+        for k, time_s, loss in o['curve']:
+          if loss <= t['score']:
+            print(f'  reported a loss below torch\'s final 8-bit objective at iteration {k}, '
+                  f'{time_s:.1f} s into its loop', flush=True)  # fmt: skip
+            break
     results.append(row)
   if args.json:
     Path(args.json).write_text(
