@@ -53,11 +53,9 @@ SHARD_MODES = ('jobs', 'spatial')
 # XLA use TF32 on recent NVIDIA GPUs and one bfloat16 pass on TPUs. CPUs
 # compute float32 either way.
 PRECISIONS = ('highest', 'high', 'default')
-# L-BFGS history: torch.optim.LBFGS's, as the classic tools use it. Measured
-# on LSUV-scaled weights (README "Optimisers", bench/lbfgs_settings.py).
-DEFAULT_LBFGS_MEMORY = 100
+DEFAULT_LBFGS_MEMORY = optim.DEFAULT_LBFGS_MEMORY
 # A checkpoint at 1024x768 takes about 1 s to save with L-BFGS: every 100
-# iterations costs a fraction of a percent (README "Long runs").
+# iterations costs a fraction of a percent (docs/long-runs.md).
 DEFAULT_CHECKPOINT_EVERY = 100
 
 
@@ -331,7 +329,7 @@ class ScheduleConfig(_Group):
   iterations: int = 1000
   scales: int = 0
   min_width: int | None = None
-  tol: float = 0.0
+  tol: float = 0.02  # measured: docs/method.md, "Early stopping"
   window: int = 50
 
   def __post_init__(self):

@@ -45,12 +45,18 @@ class Stage(NamedTuple):
 
 
 # The automatic schedule (--scales 0, the default): no scale narrower than
-# this, and at most this many scales. Chosen by measurement on LSUV-scaled
-# weights at 256, 512 and 1024 px (README "Speed", bench/bench_multiscale.py).
+# AUTO_MIN_WIDTH, at most AUTO_MAX_SCALES scales. Measured on LSUV-scaled
+# weights with early stopping (bench/parity.py --variants; AMD EPYC Zen 4,
+# 2026-12-03, one run each): at 512 px, three scales (256, 362, 512) took
+# 380 s to an 8-bit objective of 4192, one scale 226 s to 4180; at 256 px
+# (2026-12-02) two scales were also slower to a given loss. So coarse-to-fine
+# does not pay on its own here, and the automatic schedule is one scale until
+# a measurement at 1024 px or with the real weights says otherwise;
+# --scales N asks for N.
 AUTO_MIN_WIDTH = 256
-AUTO_MAX_SCALES = 3
+AUTO_MAX_SCALES = 1
 # The share of the iterations each coarser scale gets, relative to the next
-# finer one (an iteration at the coarser scale costs about half as much).
+# finer one, when AUTO_MAX_SCALES > 1.
 AUTO_COARSER_SHARE = 1.0
 
 

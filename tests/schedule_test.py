@@ -43,6 +43,7 @@ def test_plan_never_exceeds_the_iterations():
     stages = schedule.plan(width, nst_jax.ScheduleConfig(iterations=300))
     assert sum(s.iterations for s in stages) == 300 and stages[-1].width == width
     assert stages[0].width >= min(width, schedule.AUTO_MIN_WIDTH)
+    assert len(stages) <= schedule.AUTO_MAX_SCALES
 
 
 class _View:
