@@ -4,8 +4,12 @@ Rank promotion raises, so a [3] mean meeting a [N, H, W, 3] image by accident
 fails loudly instead of broadcasting (equinox's tests do the same).
 """
 
+import atexit
+import os
 from pathlib import Path
+import shutil
 import sys
+import tempfile
 
 import jax
 import pytest
@@ -15,6 +19,21 @@ sys.path.insert(0, str(ROOT))  # main.py and convert_weights.py live at the top
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
+
+# One persistent XLA compilation cache for the session, shared with the
+# subprocesses the tests start (they inherit the environment): many tests
+# compile the same small programs, and compiling is most of their time. A
+# fresh directory per session, so no test ever sees another session's cache.
+_CACHE = tempfile.mkdtemp(prefix='nst-jax-tests-xla-cache-')
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.update({
+  'JAX_COMPILATION_CACHE_DIR': _CACHE,
+  'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+  'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '-1',
+})  # fmt: skip
+jax.config.update('jax_compilation_cache_dir', _CACHE)
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
 
 import weight_files  # noqa: E402
 

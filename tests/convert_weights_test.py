@@ -8,6 +8,7 @@ import sys
 
 import download_test
 import numpy as np
+import pytest
 import weight_files
 
 from nst_jax import weights as weights_lib
@@ -26,6 +27,7 @@ def _convert(*args, cwd):
   )
 
 
+@pytest.mark.slow
 def test_input_conversion(tmp_path, random_params):
   pth = tmp_path / 'vgg19-d01eb7cb.pth'
   weight_files.write_pth(pth, weight_files.torchvision_state(random_params))
@@ -38,6 +40,7 @@ def test_input_conversion(tmp_path, random_params):
   np.testing.assert_array_equal(w.params['conv4_4']['kernel'], random_params['conv4_4'][0])
 
 
+@pytest.mark.slow
 def test_download_from_loopback(tmp_path):
   src = tmp_path / 'src.h5'
   weight_files.write_keras_h5(src, weight_files.random_params(seed=2))
@@ -53,6 +56,7 @@ def test_download_from_loopback(tmp_path):
   assert weights_lib.load_weights(out).info.source_sha256 == hashlib.sha256(payload).hexdigest()
 
 
+@pytest.mark.slow
 def test_errors(tmp_path):
   r = _convert(cwd=tmp_path)
   assert r.returncode != 0 and 'give exactly one of --input FILE or --download' in r.stderr

@@ -44,6 +44,7 @@ def _jitted_step(model, optimizer):
   )
 
 
+@pytest.mark.slow
 def test_targets_shapes_and_values():
   model, params, content, targets = _problem(n=2)
   chex.assert_shape(targets.content['relu2_2'], (2, 8, 8, 8))
@@ -211,6 +212,7 @@ def _np_quantiles(x, m):
   return np.stack([np.interp(p, ranks, np.sort(x[:, c])) for c in range(x.shape[1])], axis=1)
 
 
+@pytest.mark.slow
 def test_mean_cov_and_histogram_blends_are_the_mixture():
   # Two equally weighted styles of one size: their mixture is simply all the
   # feature vectors of both, pooled.
@@ -309,6 +311,7 @@ def test_tv_weight_smooths_the_result(optimizer, lr):
   assert tvs[1] < 0.5 * tvs[0], tvs
 
 
+@pytest.mark.slow
 def test_normalize_gradients_matches_the_per_layer_oracle():
   model, params = _tiny(3)
   content, image = _net(16, (1, 16, 16, 3)), _net(17, (16, 16, 3))
@@ -334,6 +337,7 @@ def test_normalize_gradients_matches_the_per_layer_oracle():
   np.testing.assert_allclose(grad(image), want, rtol=1e-4, atol=1e-6 * float(jnp.abs(want).max()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('optimizer,lr', [('lbfgs', None), ('adam', 2.0)])
 @pytest.mark.parametrize('kind', ['gram', 'mean_cov', 'histogram'])
 def test_every_style_loss_decreases_with_both_optimizers(kind, optimizer, lr):

@@ -49,6 +49,15 @@ def test_seed_command_line_short_forms(tmp_path, caffe_npz):
   with Image.open(out) as im:
     assert im.size == (48, 36)  # tubingen is 1024x768: the aspect ratio is kept
   assert 'iteration 3/3' in r.stderr
+  # A console that talks to people: no backend probing, no absl prefixes, one summary at the end.
+  lines = r.stderr.strip().splitlines()
+  assert not any('xla_bridge' in line or 'libtpu' in line for line in lines), r.stderr
+  assert not any(re.match(r'[IWE]\d{4} ', line) for line in lines), r.stderr
+  assert re.fullmatch(
+    rf'Done: {re.escape(str(out.relative_to(tmp_path)))} in .+, 3 iterations, final loss \S+; '
+    r'run record .+\.json\.',
+    lines[-1],
+  ), lines[-1]
   # A second run never replaces the first result.
   r2 = _main('-cp', CONTENT, '-sp', STYLE, '-i', 1, '-w', 48, cwd=tmp_path, env_weights=caffe_npz)
   assert r2.returncode == 0, r2.stderr

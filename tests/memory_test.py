@@ -36,6 +36,7 @@ def _xla_bytes(cfg, h, w):
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
 def test_memory_estimate_tracks_xla(dtype):
   """The pre-compile estimate against XLA's own analysis of the compiled step."""

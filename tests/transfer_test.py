@@ -92,6 +92,7 @@ def test_stylize_end_to_end_on_real_layout(caffe_npz):
   np.testing.assert_array_equal(out, again)  # deterministic on one machine
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_names_the_iteration(caffe_npz):
   rgb = np.full((16, 16, 3), 0.5, np.float32)
   # A finite but huge weight: sw * L_s overflows float32 at the first step.
@@ -126,6 +127,7 @@ def test_multiscale_runs_coarse_to_fine_from_the_upsampled_result(caffe_npz, mon
   assert seen == [(2, (1, 34, 45, 3)), (5, (1, 48, 64, 3))]  # iterations count on
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode', ['luminance', 'postprocess', 'histogram'])
 def test_colour_controls(caffe_npz, monkeypatch, mode):
   stages = _recording(monkeypatch)

@@ -108,6 +108,7 @@ def test_max_pool_gradient():
   assert float(dx.sum()) == 2 * 3 * 2  # one unit per window
 
 
+@pytest.mark.slow
 def test_bfloat16_features_within_derived_tolerance(random_params):
   """bfloat16 compute agrees with float32 within 3 * u * L.
 
