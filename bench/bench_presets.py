@@ -1,4 +1,4 @@
-"""Expected CPU run time of each preset (README: Presets).
+"""Expected CPU run time of each preset (docs/controls.md, Presets).
 
 Runs `main.py --preset NAME` on the sample images as a user would (a fresh
 process each time: start-up, image loading, compile and the loop). A preset

@@ -1,4 +1,4 @@
-"""What the live preview costs a run (README: Live preview).
+"""What the live preview costs a run (docs/controls.md, Live preview).
 
 Runs the same stylisation with no preview, with `--serve` and nobody
 watching, and with a page polling twice a second (a thread fetching /state

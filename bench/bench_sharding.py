@@ -1,4 +1,4 @@
-"""Batch and spatial sharding on simulated CPU devices (README: Scaling out).
+"""Batch and spatial sharding on simulated CPU devices (docs/scaling.md).
 
   python bench/bench_sharding.py            # both tables, 8 simulated devices
 

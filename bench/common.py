@@ -56,7 +56,7 @@ def lsuv_weights_file(directory, *, seed: int = 0):
   He-normal kernels, zero biases, each convolution rescaled so its post-ReLU
   RMS on a photograph equals the Caffe-space input's (tests/weight_files.py
   `lsuv_params`), written through the real Keras layout and converter. Every
-  optimiser figure in the README was measured on these (or the real weights,
+  optimiser figure in docs/ was measured on these (or the real weights,
   when weights/vgg19.npz exists and --real is given to a bench).
 
   Returns:

@@ -41,7 +41,7 @@ _FREE_SETTINGS = {
   'model': ('weights', 'weights_url'),
   'schedule': ('iterations', 'tol', 'window'),
   'save': '*',
-  # The layout over devices changes rounding only (README: Scaling out).
+  # The layout over devices changes rounding only (docs/scaling.md).
   'run': '*',
 }
 

@@ -6,8 +6,8 @@ Usage (`nst-jax` or `python -m nst_jax` when installed with pip):
   python main.py --preset paper -cp content.jpg -sp style.jpg
 
 The first run downloads and converts the VGG-19 weights (about 80 MB) into
-weights/vgg19.npz (~/.cache/nst_jax/ when installed). See README.md for
-every flag and the loss formulas.
+weights/vgg19.npz (~/.cache/nst_jax/ when installed). docs/cli.md lists
+every flag, docs/method.md the loss formulas.
 
 The options you need first (all flags, alphabetically, follow):
   -cp, --contentpath    content image (required)
@@ -59,11 +59,26 @@ def _presets_dir() -> Path:
 PRESETS = {p.stem: p for p in sorted(_presets_dir().glob('*.flags'))}
 
 # The seed's options, with their short names.
-flags.DEFINE_string('contentpath', None, 'Content image file.', short_name='cp')
 flags.DEFINE_string(
-  'stylepath', None, 'Style image file, or several separated by commas.', short_name='sp'
+  'contentpath',
+  None,
+  'Content image file; a directory or glob runs a batch (one job per image); a video file '
+  '(or --video with frames) runs a video.',
+  short_name='cp',
 )
-flags.DEFINE_integer('iterations', 1000, 'Number of optimiser iterations.', short_name='i')
+flags.DEFINE_string(
+  'stylepath',
+  None,
+  'Style image file, or several separated by commas (blended, or placed by --style_masks); a '
+  'directory or glob alone: one job per style.',
+  short_name='sp',
+)
+flags.DEFINE_integer(
+  'iterations',
+  1000,
+  'Optimiser iterations of the whole run, over all scales (never more; --tol may stop sooner).',
+  short_name='i',
+)
 flags.DEFINE_float(
   'contentweight', 100.0, 'Content weight cw in cw*L_content + sw*L_style.', short_name='cw'
 )
@@ -452,6 +467,46 @@ def expand_preset(argv: list[str]) -> list[str]:
       names.append(argv[i + 1])
   files = [f'--flagfile={PRESETS[n]}' for n in names[-1:] if n in PRESETS]
   return [argv[0], *files, *argv[1:]]
+
+
+SEED_FLAGS = ('contentpath', 'stylepath', 'iterations', 'contentweight', 'styleweight',
+              'imagewidth')  # fmt: skip
+
+
+def reference_markdown() -> str:
+  """docs/cli.md: every flag of this module, from its own help (docs/make_cli_reference.py)."""
+
+  def default(flag) -> str:
+    value = flag.default
+    if flag.name in ('contentpath', 'stylepath'):
+      return 'required (unless `--jobs`)'
+    if isinstance(value, bool):
+      return 'on' if value else 'off'
+    if value is None or value == [] or value == '':
+      return 'none'
+    return f'`{",".join(map(str, value)) if isinstance(value, list) else value}`'
+
+  own = {f.name: f for f in FLAGS.get_flags_for_module(__name__)}
+  names = [*SEED_FLAGS, *sorted(set(own) - set(SEED_FLAGS))]
+  rows = []
+  for name in names:
+    flag = own[name]
+    spelled = f'`-{flag.short_name}`, `--{name}`' if flag.short_name else f'`--{name}`'
+    text = ' '.join(flag.help.split()).replace('|', '\\|')
+    rows.append(f'| {spelled} | {default(flag)} | {text} |')
+  return '\n'.join([
+    '# Command line: what does every flag do?',
+    '',
+    'Generated from the flags\' own help by `python docs/make_cli_reference.py` (a test fails',
+    'when this page and the flags disagree). `python main.py --helpshort` prints the options',
+    'most used first; `--helpfull` adds absl\'s own, such as `--flagfile=FILE`. `nst-jax` and',
+    '`python -m nst_jax` take the same flags. Boolean flags are turned off with `--noNAME`.',
+    '',
+    '| flag | default | meaning |',
+    '| --- | --- | --- |',
+    *rows,
+    '',
+  ])  # fmt: skip
 
 
 def run(argv: list[str] | None = None) -> None:

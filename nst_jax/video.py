@@ -7,7 +7,7 @@ player takes) at the source's frame rate with the same frame count, the
 source's audio stream copied over unchanged, or numbered PNG frames in a
 directory. A directory or glob of numbered images is read as frames too.
 
-Conversions, each documented (README, Video) rather than refused:
+Conversions, each documented (docs/video.md) rather than refused:
   * more than 8 bits per channel: decoded at full precision (rgb48);
   * an alpha channel: composited over white, as for images;
   * an odd output size: H.264's 4:2:0 needs even sizes, so the .mp4 drops

@@ -1,6 +1,6 @@
 """VGG-19 weight files: detect, convert, save, load and fetch.
 
-Sources (see README "Weights"):
+Sources (see docs/weights.md):
   * Keras `vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5`, the Oxford
     Caffe weights (the default: what the classic style transfer tools use).
     HDF5: the root attribute `layer_names` lists the layers; each layer group's
