@@ -290,8 +290,8 @@ def _to_float_rgb(im: Image.Image) -> np.ndarray:
   return np.asarray(im.convert('RGB'), np.float32) / 255.0
 
 
-def _png_depth(path) -> int:
-  return Path(path).read_bytes()[24]  # IHDR's bit depth (PNG spec, 11.2.2)
+def _png_depth(im: Image.Image) -> int:
+  return 16 if im.tile and ';16' in str(im.tile[0].args) else 8  # Pillow's raw mode, e.g. RGB;16B
 
 
 def _png16(path, width: int | None) -> np.ndarray:
@@ -346,7 +346,7 @@ def load_image(
     ImageError: the file is missing, not an image, truncated, or too large.
   """
   with _open(path, max_pixels) as im:
-    if im.format == 'PNG' and im.mode in ('RGB', 'RGBA') and _png_depth(path) == 16:
+    if im.format == 'PNG' and im.mode in ('RGB', 'RGBA') and _png_depth(im) == 16:
       return _png16(path, width)
     frames = getattr(im, 'n_frames', 1)
     if frames > 1:

@@ -261,7 +261,7 @@ def _one_pass(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.n
       rgb, losses_t = _run_rows(cfg, engine, {0: row}, (0,), stop, preview, prefix)
       _save_frame(done, rgb[0])
       paths.checkpoint(t).unlink(missing_ok=True)
-      results.append(_load_frame(done))  # as a resumed run would see it: resumes are exact
+      results.append(_quantized(rgb[0]))  # as a resumed run loads it: resumes are exact
       seconds = time.perf_counter() - t0
       record['frames'].append({'frame': t, 'time_s': seconds, 'flow_wait_s': wait, **losses_t[0]})
       logging.info(

@@ -195,4 +195,3 @@ def test_multi_pass_runs_the_frames_as_a_batch_over_eight_devices(tmp_path, caff
   record = json.loads((tmp_path / 'passes.json').read_text())
   assert [(q['pass'], q['iterations']) for q in record['passes']] == [(1, 2), (2, 2), (3, 2)]
   assert 'pass 3/3: iteration 2/2  5 jobs' in text.replace('\r', '\n')
-  assert jax.device_count() >= 1  # this process is untouched by the child's 8 devices
