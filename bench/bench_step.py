@@ -88,7 +88,9 @@ def _timed(fn, iters: int, repeats: int) -> list[float]:
   return per_call
 
 
-def run_one(size: int, optimizer: str, iters: int, repeats: int, lbfgs_memory: int) -> dict:
+def run_one(
+  size: int, optimizer: str, iters: int, repeats: int, lbfgs_memory: int, raw_params: bool
+) -> dict:
   import jax
   import numpy as np
 
@@ -99,6 +101,7 @@ def run_one(size: int, optimizer: str, iters: int, repeats: int, lbfgs_memory: i
   from nst_jax.core import make_optimizer
   from nst_jax.core import make_targets
   from nst_jax.core import objective
+  from nst_jax.core import prepare_params
   from nst_jax.core import update_step
 
   loss_config = config_lib.LossConfig()
@@ -115,6 +118,8 @@ def run_one(size: int, optimizer: str, iters: int, repeats: int, lbfgs_memory: i
     model=model,
     loss_config=loss_config,
   )
+  # As the engine passes them (kernels also laid out for the backward pass on CPU).
+  params = params if raw_params else prepare_params(params)
 
   step = jax.jit(
     functools.partial(update_step, model=model, optimizer=tx, loss_config=loss_config),
@@ -181,6 +186,7 @@ def run_one(size: int, optimizer: str, iters: int, repeats: int, lbfgs_memory: i
     'backend': jax.default_backend(),
     'jax': jax.__version__,
     'weights': source,
+    'params': 'raw' if raw_params else 'prepared',
     'compile_s': round(compile_s, 2),
     's_per_iter_median': round(step_s, 4),
     's_per_iter_all': [round(t, 4) for t in step_times],
@@ -204,13 +210,20 @@ def main():
   from nst_jax import config as config_lib
 
   parser.add_argument('--lbfgs_memory', type=int, default=config_lib.DEFAULT_LBFGS_MEMORY)
+  parser.add_argument(
+    '--raw_params',
+    action='store_true',
+    help='pass the weights unprepared (XLA lays out the backward kernels every iteration)',
+  )
   parser.add_argument('--json', help='also write the results here')
   parser.add_argument('--one', help=argparse.SUPPRESS)  # internal: SIZE,OPTIMIZER
   args = parser.parse_args()
 
   if args.one:
     size, optimizer = args.one.split(',')
-    result = run_one(int(size), optimizer, args.iters, args.repeats, args.lbfgs_memory)
+    result = run_one(
+      int(size), optimizer, args.iters, args.repeats, args.lbfgs_memory, args.raw_params
+    )
     print(json.dumps(result))
     return
 
@@ -226,6 +239,7 @@ def main():
           f'--iters={args.iters}',
           f'--repeats={args.repeats}',
           f'--lbfgs_memory={args.lbfgs_memory}',
+          *(['--raw_params'] if args.raw_params else []),
         ],
         capture_output=True,
         text=True,
@@ -241,7 +255,7 @@ def main():
         f'{result["loss_evals_per_iter"]:g} loss eval/iter, {result["gflops_per_s"]:.0f} '
         f'GFLOP/s ({result["analytic_gflop_per_iter"]} GFLOP/iter; XLA counts '
         f'{result["xla_gflop_per_iter"]}), peak {result["peak_memory_mb"]} MB '
-        f'({result["peak_memory_kind"]}) [{result["device"]}]',
+        f'({result["peak_memory_kind"]}) [{result["device"]}; {result["params"]} params]',
         flush=True,
       )
   if args.json:

@@ -7,7 +7,7 @@ Public API:
                               VideoConfig
   stylize, run                arrays -> array, and files -> file
   update_step, StyleState, Targets, make_targets, init_state, initial_image,
-  make_optimizer, make_model, objective
+  make_optimizer, make_model, objective, prepare_params
                               the pure, jittable step and its pieces (nst_jax.core)
   preprocess, deprocess       RGB in [0, 1] <-> the network's input space
   load_weights, get_weights, Weights, WeightsInfo
@@ -39,6 +39,7 @@ from nst_jax.core import make_model
 from nst_jax.core import make_optimizer
 from nst_jax.core import make_targets
 from nst_jax.core import objective
+from nst_jax.core import prepare_params
 from nst_jax.core import update_step
 from nst_jax.errors import NstError
 from nst_jax.features import extract_features
@@ -87,6 +88,7 @@ __all__ = [
   'make_optimizer',
   'make_targets',
   'objective',
+  'prepare_params',
   'preprocess',
   'run',
   'style_loss',

@@ -133,9 +133,8 @@ class Engine:
       box=o.box,
       convention=self.convention,
     )
-    self.params = jax.device_put(
-      weights.params, jax.tree.map(lambda _: layout.params_sharding(), weights.params)
-    )
+    params = core.prepare_params(weights.params)
+    self.params = jax.device_put(params, jax.tree.map(lambda _: layout.params_sharding(), params))
     self._targets_fn = jax.jit(
       functools.partial(core.make_targets, model=self.model, loss_config=config.loss),
       static_argnames=('blend_weights',),

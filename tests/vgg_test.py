@@ -5,6 +5,7 @@ import functools
 import flax
 import jax
 import jax.numpy as jnp
+from jax.test_util import check_grads
 import numpy as np
 import pytest
 import weight_files
@@ -159,3 +160,70 @@ def test_masks_follow_each_layer_resolution(hw):
   np.testing.assert_allclose(vgg.mask_at_layer(mask, 'relu3_1', (1, 1, 1)), want, rtol=1e-6)
   assert vgg.downsamplings('relu1_1') == 0 and vgg.downsamplings('pool1') == 1
   assert vgg.downsamplings('relu5_1') == 4
+
+
+def _prepared_and_plain_grads(params, x, layers, dtype=jnp.float32):
+  model = _VGGTiny(dtype=dtype)
+
+  def loss(v, p):
+    feats = model.apply({'params': p}, v, layers)
+    return sum(jnp.sum(jnp.square(f.astype(jnp.float32))) for f in feats.values())
+
+  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+  return grad(x, vgg.with_backward_kernels(params)), grad(x, params)
+
+
+def test_backward_kernel_is_the_flipped_transpose():
+  k = jnp.arange(3 * 3 * 2 * 4, dtype=jnp.float32).reshape(3, 3, 2, 4)
+  kt = vgg.backward_kernel(k)
+  assert kt.shape == (3, 3, 4, 2)
+  for i, j, c, o in [(0, 0, 0, 0), (0, 2, 1, 3), (1, 1, 0, 2), (2, 0, 1, 1)]:
+    assert kt[i, j, o, c] == k[2 - i, 2 - j, c, o]
+  prepared = vgg.with_backward_kernels(_tiny_params())
+  assert set(prepared['conv2_1']) == {'kernel', 'bias', vgg.BACKWARD_KERNEL}
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_prepared_kernels_give_the_same_values_and_gradients(dtype):
+  params = _tiny_params()
+  x = 50 * jax.random.normal(jax.random.key(2), (2, 16, 14, 3))
+  layers = ('relu1_1', 'relu2_2')
+  (v1, (dx1, dp1)), (v0, (dx0, dp0)) = _prepared_and_plain_grads(params, x, layers, dtype)
+  assert float(v1) == float(v0)
+  # The same convolution XLA's autodiff builds, so the same numbers exactly.
+  np.testing.assert_array_equal(dx1, dx0)
+  assert float(jnp.abs(dx0).max()) > 0
+  # The weights' gradient is the true one; the prepared kernel gets none.
+  for name in params:
+    np.testing.assert_allclose(dp1[name]['kernel'], dp0[name]['kernel'], rtol=1e-5, atol=1e-3)
+    np.testing.assert_array_equal(dp1[name]['bias'], dp0[name]['bias'])
+    assert float(jnp.abs(dp1[name][vgg.BACKWARD_KERNEL]).max()) == 0.0
+
+
+def test_prepared_convolution_passes_check_grads():
+  k = jax.random.normal(jax.random.key(3), (3, 3, 2, 3))
+  x = jax.random.normal(jax.random.key(4), (1, 5, 6, 2))
+  check_grads(
+    lambda x, k: vgg._conv_prepared(x, k, vgg.backward_kernel(k), None),
+    (x, k),
+    order=1,
+    modes=['rev'],
+  )
+  # The kernel and its prepared layout passed separately, as a step does.
+  kt = vgg.backward_kernel(k)
+  check_grads(lambda x: vgg._conv_prepared(x, k, kt, None), (x,), order=1, modes=['rev'])
+
+
+def test_prepared_step_lays_out_no_kernel():
+  # The point of preparing: the compiled gradient holds no kernel reversal.
+  params = _tiny_params()
+  x = jnp.ones((1, 16, 16, 3))
+
+  def loss(v, p):
+    return jnp.sum(_VGGTiny().apply({'params': p}, v, ('relu2_2',))['relu2_2'])
+
+  def grad_hlo(p):  # the weights are arguments, as in a step (no constant folding)
+    return jax.jit(jax.grad(loss)).lower(x, p).compile().as_text()
+
+  assert ' reverse(' in grad_hlo(params)
+  assert ' reverse(' not in grad_hlo(vgg.with_backward_kernels(params))
