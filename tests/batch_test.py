@@ -21,6 +21,7 @@ CASES = Path(__file__).with_name('distributed_cases.py')
 sys.path.insert(0, str(ROOT / 'tests'))
 
 import distributed_cases  # noqa: E402
+import small_runs  # noqa: E402
 
 from nst_jax import checkpoint as checkpoint_lib  # noqa: E402
 
@@ -58,7 +59,7 @@ def _jobs_file(tmp_path: Path, n: int = 6, missing: int | None = None) -> Path:
 def _commands(jobs, weights, out, processes: int, *extra):
   base = [sys.executable, str(ROOT / 'main.py'), '--jobs', str(jobs), '-i', str(ITERATIONS),
           '-w', '64', '--weights', str(weights), '--output', f'{out}/', '--norecord',
-          '--checkpoint_every', '3', '--print_iter', '3', *extra]  # fmt: skip
+          '--checkpoint_every', '3', '--print_iter', '3', *small_runs.FLAGS, *extra]  # fmt: skip
   if processes == 1:
     return [base]
   port = _free_port()

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 from PIL import Image
 import pytest
+import small_runs
 
 from nst_jax import checkpoint as checkpoint_lib
 from nst_jax import errors
@@ -39,7 +40,7 @@ def _args(content, style, output, weights, *extra):
   return [
     sys.executable, str(ROOT / 'main.py'), '-cp', str(content), '-sp', str(style),
     '-w', '48', '--output', str(output), '--weights', str(weights), '--init', 'random',
-    '--seed', '5', '--print_iter', '0', *map(str, extra),
+    '--seed', '5', '--print_iter', '0', *small_runs.FLAGS, *map(str, extra),
   ]  # fmt: skip
 
 
@@ -135,7 +136,12 @@ def _cfg(content, style, output, weights, **changes):
     'checkpoint_every': 2,
     'keep_checkpoint': True,
   }
-  return flat_config(**{**settings, **changes})
+  cfg = flat_config(**{**settings, **changes})
+  return cfg.replace(
+    loss=cfg.loss.replace(
+      content_layers=small_runs.CONTENT_LAYERS, style_layers=small_runs.STYLE_LAYERS
+    )
+  )
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+import small_runs  # noqa: E402
 
 import nst_jax  # noqa: E402
 from nst_jax import batch as batch_lib  # noqa: E402
@@ -83,9 +84,11 @@ def ulp_spread(job: jobs_lib.Job, cfg: nst_jax.StyleConfig, w, reference: np.nda
   return float(np.abs(moved - reference).max())
 
 
-def config(**inputs) -> nst_jax.StyleConfig:
+def config(loss: nst_jax.LossConfig | None = None, **inputs) -> nst_jax.StyleConfig:
+  """The cases' settings; the shallow network of small_runs unless `loss` is given."""
   return nst_jax.StyleConfig(
     inputs=nst_jax.InputConfig(width=WIDTH, **inputs),
+    loss=small_runs.loss_config() if loss is None else loss,
     schedule=nst_jax.ScheduleConfig(iterations=ITERATIONS),
     run=nst_jax.RunConfig(print_iter=0),
     save=nst_jax.SaveConfig(record=False),
@@ -123,9 +126,11 @@ def case_jobs(weights: str, workdir: Path, n: int, heights=(48,), init='content'
 def case_spatial(weights: str, workdir: Path, height: int) -> dict:
   w = nst_jax.load_weights(weights)
   (job,) = sample_jobs(workdir, 1, heights=(height,))
-  cfg = config()
   content = image_lib.load_image(job.content, width=WIDTH)
   style = image_lib.load_image(job.style[0], width=WIDTH)
+  # The default layers: the halo exchange of every stage (four poolings,
+  # odd sizes among them) is what spatial sharding must get right.
+  cfg = config(loss=nst_jax.LossConfig())
 
   def spatial(c):
     return c.replace(run=c.run.replace(shard='spatial'))

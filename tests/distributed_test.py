@@ -114,6 +114,7 @@ def _free_port() -> int:
 def test_two_processes_share_a_batch_and_write_disjoint_outputs(tmp_path, caffe_npz):
   sys.path.insert(0, str(ROOT / 'tests'))
   import distributed_cases
+  import small_runs
 
   jobs = distributed_cases.sample_jobs(tmp_path, 6)
   jobs_file = tmp_path / 'jobs.csv'
@@ -145,6 +146,7 @@ def test_two_processes_share_a_batch_and_write_disjoint_outputs(tmp_path, caffe_
         str(p),
         '--print_iter',
         '4',
+        *small_runs.FLAGS,
       ],
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,

@@ -12,6 +12,7 @@ from conftest import flat_config
 import numpy as np
 from PIL import Image
 import pytest
+import small_runs
 
 from nst_jax import run
 
@@ -79,9 +80,8 @@ def test_long_forms_output_and_intermediates(tmp_path, caffe_npz):
   assert 'iteration 2/4' in r.stderr and 'it/s' in r.stderr and 'ETA' in r.stderr
 
 
-@pytest.mark.parametrize(
-    'args,message',
-    [
+# (args, the one-line message); ids below.
+_ERRORS = [
         (['-sp', STYLE], '--contentpath'),
         (['-cp', CONTENT], '--stylepath'),
         (['-cp', CONTENT, '-sp', STYLE, '-i', '0'], '--iterations must be a positive integer'),
@@ -128,25 +128,58 @@ def test_long_forms_output_and_intermediates(tmp_path, caffe_npz):
          'name a directory (ending in /)'),
         (['-cp', CONTENT, '-sp', STYLE, '--tol', -1], '--tol must be a finite number >= 0'),
         (['-cp', CONTENT, '-sp', STYLE, '--precision', 'low'], '<highest|high|default>'),
-    ],
-    ids=[
+    ]  # fmt: skip
+_ERROR_IDS = [
         'no-cp', 'no-sp', 'iterations', 'width', 'cw', 'sw-nan', 'sw-inf', 'layer',
         'missing-image', 'bad-output', 'missing-weights', 'empty-style', 'blend-count',
         'blend-nan', 'style-scale', 'tv', 'scales-and-min-width', 'missing-init', 'mask-aspect',
         'mask-count', 'histogram-masks', 'colors', 'too-many-scales', 'bits-jpeg', 'quality',
         'preset', 'serve-port', 'no-images', 'missing-jobs', 'empty-glob', 'batch-output-file',
         'tol', 'precision',
-    ],
-)  # fmt: skip
-def test_user_errors_are_one_line(tmp_path, caffe_npz, args, message):
-  r = _main(*args, cwd=tmp_path, env_weights=caffe_npz)
-  assert r.returncode != 0
-  assert message in r.stderr
-  assert 'Traceback' not in r.stderr
-  lines = [line for line in r.stderr.splitlines() if line.strip()]
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope='module')
+def error_runs(tmp_path_factory, caffe_npz):
+  """Every _ERRORS case through main.py's command line, each in its own empty directory.
+
+  One interpreter forks a process per case (tests/cli_forks.py): the 33
+  cases then cost one start-up instead of 33.
+  """
+  base = tmp_path_factory.mktemp('errors')
+  env = {k: v for k, v in os.environ.items() if k != 'NST_JAX_WEIGHTS'}
+  env.update(JAX_PLATFORMS='cpu', NST_JAX_WEIGHTS=str(caffe_npz))
+  runs = []
+  for name, (args, _) in zip(_ERROR_IDS, _ERRORS, strict=True):
+    (base / name).mkdir()
+    runs.append({
+      'argv': [str(a) for a in args], 'cwd': str(base / name), 'env': env,
+      'stderr': str(base / f'{name}.stderr'),
+    })  # fmt: skip
+  (base / 'runs.json').write_text(json.dumps(runs))
+  r = subprocess.run(
+    [sys.executable, str(ROOT / 'tests' / 'cli_forks.py'), str(base / 'runs.json')],
+    capture_output=True, text=True, timeout=600, env=env,
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr[-3000:]
+  codes = json.loads(r.stdout.strip().splitlines()[-1])
+  return {
+    name: (code, Path(run['stderr']).read_text(), Path(run['cwd']))
+    for name, code, run in zip(_ERROR_IDS, codes, runs, strict=True)
+  }
+
+
+@pytest.mark.parametrize('name', _ERROR_IDS)
+def test_user_errors_are_one_line(error_runs, name):
+  _, message = _ERRORS[_ERROR_IDS.index(name)]
+  returncode, stderr, cwd = error_runs[name]
+  assert returncode != 0
+  assert message in stderr
+  assert 'Traceback' not in stderr
+  lines = [line for line in stderr.splitlines() if line.strip()]
   error_lines = [line for line in lines if message in line]
-  assert len(error_lines) == 1, r.stderr
-  assert list(tmp_path.iterdir()) == []  # nothing written
+  assert len(error_lines) == 1, stderr
+  assert list(cwd.iterdir()) == []  # nothing written
 
 
 def test_preset_sets_flags_and_explicit_flags_win(tmp_path, caffe_npz):
@@ -172,7 +205,7 @@ def test_batch_from_a_directory_and_from_a_jobs_file(tmp_path, caffe_npz):
   # -cp naming a directory: one job per image in it, all written to --output/.
   r = _main(
     '-cp', ROOT / 'content_images', '-sp', STYLE, '-i', 2, '-w', 32, '--output', 'out/',
-    cwd=tmp_path, env_weights=caffe_npz,
+    *small_runs.FLAGS, cwd=tmp_path, env_weights=caffe_npz,
   )  # fmt: skip
   assert r.returncode == 0, r.stderr[-3000:]
   written = sorted(p.name for p in (tmp_path / 'out').iterdir())
@@ -191,8 +224,8 @@ def test_batch_from_a_directory_and_from_a_jobs_file(tmp_path, caffe_npz):
                 'output': 'res/a.jpg'}) + '\n'
     + json.dumps({'content': str(CONTENT), 'style': str(STYLE), 'style_weight': 0.5}) + '\n'
   )  # fmt: skip
-  r = _main('--jobs', jobs, '-i', 2, '-w', 32, '--output', 'auto/', cwd=tmp_path,
-            env_weights=caffe_npz)  # fmt: skip
+  r = _main('--jobs', jobs, '-i', 2, '-w', 32, '--output', 'auto/', *small_runs.FLAGS,
+            cwd=tmp_path, env_weights=caffe_npz)  # fmt: skip
   assert r.returncode == 0, r.stderr[-3000:]
   assert Image.open(tmp_path / 'res' / 'a.jpg').size == (32, 24)
   assert sorted(p.name for p in (tmp_path / 'auto').glob('*.png')) == [
@@ -296,7 +329,7 @@ def test_classic_controls_on_the_command_line(tmp_path, caffe_npz):
       '-cp', CONTENT, '-sp', f'{STYLE},{style2}', '--style_blend_weights', '3,1',
       '--style_scale', 0.5, '--tv_weight', 0.1, '--init', 'gray', '--preserve_colors',
       'postprocess', '--scales', 2, '--style_loss', 'mean_cov', '--normalize_gradients',
-      '-i', 4, '-w', 96, '--print_iter', 1,
+      '-i', 4, '-w', 96, '--print_iter', 1, *small_runs.FLAGS,
       cwd=tmp_path, env_weights=caffe_npz,
   )  # fmt: skip
   assert r.returncode == 0, r.stderr
@@ -317,7 +350,7 @@ def test_masks_on_the_command_line(tmp_path, caffe_npz):
       '-cp', CONTENT, '-sp', f'{STYLE},{style2}', '--style_masks',
       f'{tmp_path / "top.png"},{tmp_path / "bottom.png"}', '--content_mask',
       tmp_path / 'bottom.png', '--init', CONTENT, '-i', 2, '-w', 48, '--output', out,
-      cwd=tmp_path, env_weights=caffe_npz,
+      *small_runs.FLAGS, cwd=tmp_path, env_weights=caffe_npz,
   )  # fmt: skip
   assert r.returncode == 0, r.stderr
   with Image.open(out) as im:

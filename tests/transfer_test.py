@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import small_runs
 
 from nst_jax import checkpoint as checkpoint_lib
 from nst_jax import config as config_lib
@@ -13,8 +14,12 @@ from nst_jax.transfer import stylize
 
 
 def _cfg(iterations=3, *, scales=1, **groups):
-  """A config with `iterations` in total over `scales` scales, and group overrides."""
+  """A config with `iterations` in total over `scales` scales, and group overrides.
+
+  The network of small_runs (to relu2_1): these tests are of the engine.
+  """
   cfg = config_lib.StyleConfig(
+    loss=small_runs.loss_config(),
     schedule=config_lib.ScheduleConfig(iterations=iterations, scales=scales),
     run=config_lib.RunConfig(print_iter=0),
   )
@@ -97,7 +102,7 @@ def test_nonfinite_loss_names_the_iteration(caffe_npz):
   rgb = np.full((16, 16, 3), 0.5, np.float32)
   # A finite but huge weight: sw * L_s overflows float32 at the first step.
   cfg = _cfg(
-    3, loss=config_lib.LossConfig(style_weight=1e38), run=config_lib.RunConfig(print_iter=1)
+    3, loss=small_runs.loss_config(style_weight=1e38), run=config_lib.RunConfig(print_iter=1)
   )
   with pytest.raises(errors.NonFinite, match='non-finite at iteration 1;'):
     stylize(rgb, np.random.default_rng(0).uniform(size=(16, 16, 3)), config=cfg, weights=caffe_npz)
@@ -176,7 +181,7 @@ def test_every_control_at_once_through_the_api(caffe_npz, optimizer):
     optim=config_lib.OptimConfig(name=optimizer),
     inputs=config_lib.InputConfig(init='gray'),
     color=config_lib.ColorConfig(preserve_colors='luminance'),
-    loss=config_lib.LossConfig(style_loss='mean_cov', normalize_gradients=True, tv_weight=0.1),
+    loss=small_runs.loss_config(style_loss='mean_cov', normalize_gradients=True, tv_weight=0.1),
   )
   out = stylize(
     content,

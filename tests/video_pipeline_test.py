@@ -11,6 +11,7 @@ import jax
 from jax import test_util
 import numpy as np
 import pytest
+import small_runs
 import video_clips
 
 import nst_jax
@@ -140,7 +141,8 @@ def test_a_video_on_the_command_line_keeps_frames_rate_and_audio(tmp_path, caffe
   frames, _ = video_clips.moving_square_clip(n=6, height=36, width=48)
   src = video_clips.write_mp4(tmp_path / 'in.mp4', frames, fps=25, audio_seconds=6 / 25)
   out = tmp_path / 'styled.mp4'
-  p = _main('-cp', src, '-sp', STYLE, '-i', 3, '-w', 48, '--weights', caffe_npz, '--output', out)
+  p = _main('-cp', src, '-sp', STYLE, '-i', 3, '-w', 48, '--weights', caffe_npz, '--output', out,
+            *small_runs.FLAGS)  # fmt: skip
   text, _ = p.communicate(timeout=300)
   assert p.returncode == 0, text
   clip = video.open_clip(str(out))
@@ -157,7 +159,8 @@ def test_a_video_on_the_command_line_keeps_frames_rate_and_audio(tmp_path, caffe
 @pytest.mark.slow
 def test_sigterm_saves_and_resume_gives_the_same_frames(tmp_path, caffe_npz):
   src = _write_frames(tmp_path / 'clip', _clip(3, 36, 48))
-  common = ['-cp', src, '--video', '-sp', STYLE, '-i', 20, '-w', 48, '--weights', caffe_npz]
+  common = ['-cp', src, '--video', '-sp', STYLE, '-i', 20, '-w', 48, '--weights', caffe_npz,
+            *small_runs.FLAGS]  # fmt: skip
   whole = _main(*common, '--output', f'{tmp_path}/whole/')
   text, _ = whole.communicate(timeout=300)
   assert whole.returncode == 0, text
@@ -188,7 +191,7 @@ def test_multi_pass_runs_the_frames_as_a_batch_over_eight_devices(tmp_path, caff
   src = _write_frames(tmp_path / 'clip', _clip(5, 36, 48))
   out = tmp_path / 'passes'
   p = _main('-cp', src, '--video', '-sp', STYLE, '-i', 6, '-w', 48, '--weights', caffe_npz,
-            '--passes', 3, '--output', f'{out}/', devices=8)  # fmt: skip
+            '--passes', 3, '--output', f'{out}/', *small_runs.FLAGS, devices=8)  # fmt: skip
   text, _ = p.communicate(timeout=300)
   assert p.returncode == 0, text
   assert len(list(out.glob('frame_*.png'))) == 5

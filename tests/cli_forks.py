@@ -1,0 +1,67 @@
+"""Runs main.py's command line several times from one interpreter, one fork per run.
+
+  python tests/cli_forks.py RUNS.json
+
+RUNS.json is a list of {"argv": [...], "cwd": DIR, "env": {...}, "stderr":
+FILE}; each run is a child forked after nst_jax.cli is imported (JAX is
+imported but its backend not started, so forking is safe), with its own
+working directory, environment, argv and stderr file, running `cli.run()` as
+main.py does. Prints a JSON list of exit codes. The runs' own work is what a
+user's process does; only the interpreter's start and the imports (about 2 s
+each on this project's machines) are shared, which is what makes the
+one-line-error tests cheap enough to run all.
+"""
+
+import json
+import os
+from pathlib import Path
+import sys
+import traceback
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from nst_jax import cli  # noqa: E402
+
+
+def _child(run: dict) -> int:
+  os.chdir(run['cwd'])
+  os.environ.clear()
+  os.environ.update(run['env'])
+  fd = os.open(run['stderr'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+  os.dup2(fd, 1)
+  os.dup2(fd, 2)
+  sys.argv = [str(ROOT / 'main.py'), *run['argv']]
+  try:
+    cli.run()
+    return 0
+  except SystemExit as e:  # as the interpreter would end the process
+    if e.code is None or isinstance(e.code, int):
+      return e.code or 0
+    print(e.code, file=sys.stderr)
+    return 1
+  except BaseException:  # noqa: BLE001 - an uncaught error, as Python reports it
+    traceback.print_exc()
+    return 1
+
+
+def main() -> None:
+  runs = json.loads(Path(sys.argv[1]).read_text())
+  codes = []
+  for run in runs:
+    pid = os.fork()
+    if pid == 0:
+      code = 1
+      try:
+        code = _child(run)
+      finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    codes.append(os.waitstatus_to_exitcode(status))
+  print(json.dumps(codes))
+
+
+if __name__ == '__main__':
+  main()
