@@ -75,6 +75,7 @@ def measure(width: int, height: int, variant: str, iters: int) -> dict:
     nst_jax.preprocess(rng.uniform(size=(1, height, width, 3)), image_lib.CAFFE) for _ in range(2)
   )
   targets = nst_jax.make_targets(params, content, style, model=model, loss_config=cfg.loss)
+  params = nst_jax.prepare_params(params)  # as the engine passes them to the step
   layout = sharding.SingleLayout()
   state = nst_jax.init_state(content, tx)
   state_sh = jax.tree.map(lambda _: layout.rows_sharding(1), state)
