@@ -432,7 +432,7 @@ def main(argv):
       batch_lib.run_batch(batch, cfg)
   except nst_jax.NstError as e:
     print(f'error: {_flag_message(str(e))}', file=sys.stderr)
-    sys.exit(getattr(e, 'exit_code', 1))
+    distributed.leave(getattr(e, 'exit_code', 1))
   except KeyboardInterrupt:
     # Before the loop starts (loading, compiling) there is nothing to save yet.
     print('error: interrupted before the first iteration; nothing was written', file=sys.stderr)
