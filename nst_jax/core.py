@@ -113,8 +113,8 @@ def make_model(
   )
 
 
-def prepare_params(params: Mapping, platform: str | None = None) -> dict:
-  """The weights as a step should receive them on `platform` (default: JAX's default backend).
+def prepare_params(params: Mapping) -> dict:
+  """The weights as a step should receive them on JAX's default backend.
 
   On CPU each convolution also carries its kernel laid out for the input
   gradient (`vgg.with_backward_kernels`), which saves re-laying out every
@@ -124,7 +124,7 @@ def prepare_params(params: Mapping, platform: str | None = None) -> dict:
   the loop, and pass the result to `update_step` in place of `params`;
   features and gradients are the same.
   """
-  if (platform or jax.default_backend()) == 'cpu':
+  if jax.default_backend() == 'cpu':
     return vgg.with_backward_kernels(dict(params))
   return dict(params)
 

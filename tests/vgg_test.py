@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import weight_files
 
+from nst_jax import core
 from nst_jax import errors
 from nst_jax import vgg
 
@@ -181,6 +182,8 @@ def test_backward_kernel_is_the_flipped_transpose():
     assert kt[i, j, o, c] == k[2 - i, 2 - j, c, o]
   prepared = vgg.with_backward_kernels(_tiny_params())
   assert set(prepared['conv2_1']) == {'kernel', 'bias', vgg.BACKWARD_KERNEL}
+  # What the engine passes the step on CPU (this test's backend).
+  assert set(core.prepare_params(_tiny_params())['conv2_1']) == set(prepared['conv2_1'])
 
 
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
