@@ -117,12 +117,15 @@ def prepare_params(params: Mapping) -> dict:
   """The weights as a step should receive them on JAX's default backend.
 
   On CPU each convolution also carries its kernel laid out for the input
-  gradient (`vgg.with_backward_kernels`), which saves re-laying out every
-  kernel on every iteration: 4-5% per iteration at 256x192 on a 2-core AMD
-  EPYC Zen 4. Elsewhere the params are returned as they are (XLA's own
-  backward convolution; not measured on GPU/TPU yet). Prepare once, outside
-  the loop, and pass the result to `update_step` in place of `params`;
-  features and gradients are the same.
+  gradient, and those with 256 channels or more their Winograd transforms
+  (`vgg.with_backward_kernels`, 357 MB more for VGG-19): XLA no longer lays
+  out every kernel on every iteration, and the deep layers' convolutions on
+  maps of 24x32 to 192x256 run as Winograd F(2x2, 3x3) (`nst_jax.winograd`),
+  about half the time each; see docs/benchmarks.md. Elsewhere the params are
+  returned as they are (XLA's own convolutions; not measured on GPU/TPU
+  yet). Prepare once, outside the loop, and pass the result to `update_step`
+  in place of `params`; features and gradients are the same up to float32
+  rounding.
   """
   if jax.default_backend() == 'cpu':
     return vgg.with_backward_kernels(dict(params))

@@ -15,6 +15,7 @@ import jax
 from nst_jax import errors
 from nst_jax import vgg
 from nst_jax import weights as weights_lib
+from nst_jax import winograd
 
 # XLA's working memory for the step beyond the per-pixel terms below. With
 # the sequential CPU scheduler nst_jax selects (nst_jax/xla_flags.py),
@@ -67,6 +68,22 @@ def per_pixel_bytes(
   return (2 if bf16 else 4) * kept + 4 * gradients + first_conv + image_buffers * 3 * 4
 
 
+def prepared_kernel_bytes() -> int:
+  """Bytes `nst_jax.prepare_params` adds on CPU to the VGG-19 weights.
+
+  Each kernel once more, laid out for the input gradient, and for the
+  convolutions with at least `winograd.MIN_CHANNELS` channels in and out both
+  Winograd transforms, 16/9 of the kernel each (277 MB for VGG-19).
+  """
+  total = 0
+  for name, shape in weights_lib.expected_shapes().items():
+    if name.endswith('/kernel'):
+      total += 4 * math.prod(shape)
+      if min(shape[2:]) >= winograd.MIN_CHANNELS:
+        total += 2 * 4 * 16 * shape[2] * shape[3]
+  return total
+
+
 def estimate_memory(
   height: int,
   width: int,
@@ -100,7 +117,9 @@ def estimate_memory(
   weights = 4 * sum(math.prod(s) for s in weights_lib.expected_shapes().values())
   if config.model.dtype == 'bfloat16':
     weights += weights // 2  # the bfloat16 copies the convolutions read
-  fixed = _FIXED_STEP_BYTES + weights + (_CPU_RUNTIME_BYTES if platform == 'cpu' else 0)
+  if platform == 'cpu':  # where the engine prepares the weights
+    weights += prepared_kernel_bytes() + _CPU_RUNTIME_BYTES
+  fixed = _FIXED_STEP_BYTES + weights
   pixels = batch * height * width
   if spatial_devices > 1:
     share = _SPATIAL_SHARE_FACTOR * per_pixel / spatial_devices + _SPATIAL_WHOLE_BYTES_PER_PIXEL

@@ -14,7 +14,9 @@ pays for `conv5_2` onward.
 `with_backward_kernels(params)` adds to each convolution its kernel flipped and
 transposed, the layout of the input-gradient convolution, so that an
 optimisation that calls the network every iteration does not lay out all the
-kernels again each time (see `Conv3x3`).
+kernels again each time, and for the deep layers their Winograd transforms,
+with which small feature maps are convolved in about half the time
+(`nst_jax.winograd`; see `Conv3x3`).
 
 References:
   Simonyan & Zisserman 2015, arXiv:1409.1556 (the network, configuration E).
@@ -30,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from nst_jax import errors
+from nst_jax import winograd
 
 # Channel widths of the five stages of VGG-16/19 (Simonyan & Zisserman, Table 1).
 VGG_WIDTHS = (64, 128, 256, 512, 512)
@@ -120,8 +123,10 @@ def mask_at_layer(
   return m
 
 
-# The params leaf `with_backward_kernels` adds next to 'kernel' and 'bias'.
+# The params leaves `with_backward_kernels` adds next to 'kernel' and 'bias'.
 BACKWARD_KERNEL = 'backward_kernel'
+WINOGRAD_KERNEL = 'winograd_kernel'
+WINOGRAD_BACKWARD_KERNEL = 'winograd_backward_kernel'
 _DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -165,29 +170,71 @@ def _conv_prepared_bwd(precision, residuals, g):
 _conv_prepared.defvjp(_conv_prepared_fwd, _conv_prepared_bwd)
 
 
-def with_backward_kernels(params: dict) -> dict:
-  """`params` with each convolution's `backward_kernel(kernel)` added.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _conv_winograd(x, kernel, u, u_t, precision):
+  # u and u_t must be the Winograd transforms of kernel and backward_kernel(kernel).
+  del kernel, u_t
+  return winograd.conv3x3(x, u, precision)
 
-  Reverse-mode differentiation of `lax.conv_general_dilated` with respect to
-  its input flips and transposes the kernel inside the program, so a jitted
-  step that takes the weights as an argument re-lays out every kernel on every
-  call (13 copies, 52 MB up to conv5_1). With the prepared kernel passed in,
-  the input gradient is a plain convolution: 4.6% less time per
-  value-and-gradient at 256x192 on a 2-core AMD EPYC Zen 4 (median of 7, one
-  run), bit-identical gradients. The engine prepares the weights once per run
-  on CPU, where this was measured.
+
+def _conv_winograd_fwd(x, kernel, u, u_t, precision):
+  return winograd.conv3x3(x, u, precision), (x, kernel, u, u_t)
+
+
+def _conv_winograd_bwd(precision, residuals, g):
+  x, kernel, u, u_t = residuals
+  # The input gradient is the convolution with the flipped transpose, so it
+  # is a Winograd convolution too (same map size, channels swapped).
+  dx = winograd.conv3x3(g, u_t, precision)
+  _, kernel_vjp = jax.vjp(lambda k: _conv(x, k, precision), kernel)
+  (dkernel,) = kernel_vjp(g)
+  return dx, dkernel, jnp.zeros_like(u), jnp.zeros_like(u_t)
+
+
+_conv_winograd.defvjp(_conv_winograd_fwd, _conv_winograd_bwd)
+
+
+def _prepared_leaves(kernel: jax.Array) -> dict:
+  kernel_t = backward_kernel(kernel)
+  leaves = {BACKWARD_KERNEL: kernel_t}
+  if min(kernel.shape[2:]) >= winograd.MIN_CHANNELS:
+    leaves[WINOGRAD_KERNEL] = winograd.transform_kernel(kernel)
+    leaves[WINOGRAD_BACKWARD_KERNEL] = winograd.transform_kernel(kernel_t)
+  return leaves
+
+
+def with_backward_kernels(params: dict) -> dict:
+  """`params` with each convolution's kernels laid out for the step, once.
+
+  Adds BACKWARD_KERNEL, `backward_kernel(kernel)`: reverse-mode
+  differentiation of `lax.conv_general_dilated` with respect to its input
+  flips and transposes the kernel inside the program, so a jitted step that
+  takes the weights as an argument re-lays out every kernel on every call
+  (13 copies, 52 MB up to conv5_1). With the prepared kernel passed in, the
+  input gradient is a plain convolution: 4.6% less time per value-and-gradient
+  at 256x192 on a 2-core AMD EPYC Zen 4 (median of 7, one run), bit-identical
+  gradients.
+
+  For convolutions with at least `winograd.MIN_CHANNELS` channels in and out
+  (conv3_2 onwards in VGG-19) it also adds WINOGRAD_KERNEL and
+  WINOGRAD_BACKWARD_KERNEL, [16, Cin, Cout] and [16, Cout, Cin]: the
+  Winograd transforms of both kernels, so that the layers where
+  `winograd.worthwhile` holds (small feature maps) run forward and backward
+  as Winograd F(2x2, 3x3), equal to the direct convolution up to rounding.
+  Together 2 x 16/9 the kernels' size (176 MB for conv3_2 to conv5_1).
+
+  The engine prepares the weights once per run on CPU, where this was
+  measured.
 
   Args:
     params: conv name -> {'kernel': [3, 3, Cin, Cout], 'bias': [Cout]}.
 
   Returns:
-    A new dict whose entries also hold BACKWARD_KERNEL, [3, 3, Cout, Cin].
-    Recompute it after changing a kernel: the gradient uses it as given.
+    A new dict whose convolutions also hold the prepared leaves. Recompute
+    them after changing a kernel: the step uses them as given.
   """
   return {
-    name: {**leaves, BACKWARD_KERNEL: backward_kernel(leaves['kernel'])}
-    if 'kernel' in leaves
-    else leaves
+    name: {**leaves, **_prepared_leaves(leaves['kernel'])} if 'kernel' in leaves else leaves
     for name, leaves in params.items()
   }
 
@@ -198,7 +245,9 @@ class Conv3x3(nn.Module):
   The parameters are nn.Conv's ('kernel' [3, 3, Cin, Cout] lecun-normal,
   'bias' [Cout] zeros), so converted weights load unchanged. When the params
   also hold BACKWARD_KERNEL (see `with_backward_kernels`), the input gradient
-  uses it instead of laying out the kernel again.
+  uses it instead of laying out the kernel again; when they hold the
+  Winograd kernels and `winograd.worthwhile` holds for this input's shape,
+  forward and input gradient are Winograd F(2x2, 3x3) convolutions.
 
   Attributes:
     features: output channels.
@@ -217,7 +266,16 @@ class Conv3x3(nn.Module):
     )
     bias = self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
     x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
-    if self.has_variable('params', BACKWARD_KERNEL):
+    _, height, width, cin = x.shape
+    if self.has_variable('params', WINOGRAD_KERNEL) and winograd.worthwhile(
+      height, width, cin, self.features, self.dtype
+    ):
+      u, u_t = (
+        self.get_variable('params', name).astype(self.dtype)
+        for name in (WINOGRAD_KERNEL, WINOGRAD_BACKWARD_KERNEL)
+      )
+      y = _conv_winograd(x, kernel, u, u_t, self.precision)
+    elif self.has_variable('params', BACKWARD_KERNEL):
       kernel_t = self.get_variable('params', BACKWARD_KERNEL).astype(self.dtype)
       y = _conv_prepared(x, kernel, kernel_t, self.precision)
     else:

@@ -9,6 +9,7 @@ import pytest
 from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax import memory
+from nst_jax import vgg
 from nst_jax.core import init_state
 from nst_jax.core import make_model
 from nst_jax.core import make_optimizer
@@ -64,3 +65,15 @@ def test_check_memory_refuses_what_does_not_fit_and_spatial_makes_it_fit(monkeyp
     memory.check_memory(3072, 4096, config=cfg)
   need, have = memory.check_memory(3072, 4096, config=cfg, spatial_devices=4)
   assert need < have == 16 * 10**9
+
+
+def test_prepared_kernel_bytes_counts_what_prepare_params_adds():
+  model = make_model('max')
+  params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+  prepared = jax.eval_shape(vgg.with_backward_kernels, params)
+
+  def size(tree):
+    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
+
+  assert memory.prepared_kernel_bytes() == size(prepared) - size(params)
+  assert 350e6 < memory.prepared_kernel_bytes() < 365e6  # 80 MB + 277 MB for VGG-19
