@@ -113,7 +113,7 @@ def make_model(
   )
 
 
-def prepare_params(params: Mapping) -> dict:
+def prepare_params(params: Mapping, layers: Sequence[str] | None = None) -> dict:
   """The weights as a step should receive them on JAX's default backend.
 
   On CPU each convolution also carries its kernel laid out for the input
@@ -125,10 +125,11 @@ def prepare_params(params: Mapping) -> dict:
   returned as they are (XLA's own convolutions; not measured on GPU/TPU
   yet). Prepare once, outside the loop, and pass the result to `update_step`
   in place of `params`; features and gradients are the same up to float32
-  rounding.
+  rounding. Pass the run's `layers` (e.g. `loss_config.feature_layers`) to
+  prepare only the convolutions up to the deepest of them.
   """
   if jax.default_backend() == 'cpu':
-    return vgg.with_backward_kernels(dict(params))
+    return vgg.with_backward_kernels(dict(params), layers)
   return dict(params)
 
 

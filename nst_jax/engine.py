@@ -133,7 +133,9 @@ class Engine:
       box=o.box,
       convention=self.convention,
     )
-    params = core.prepare_params(weights.params)
+    # Only the convolutions this run reaches: on many devices every leaf is
+    # replicated, and conv5_2 onward would add 170 MB per device for nothing.
+    params = core.prepare_params(weights.params, config.loss.feature_layers)
     self.params = jax.device_put(params, jax.tree.map(lambda _: layout.params_sharding(), params))
     self._targets_fn = jax.jit(
       functools.partial(core.make_targets, model=self.model, loss_config=config.loss),

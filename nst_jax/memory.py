@@ -68,16 +68,20 @@ def per_pixel_bytes(
   return (2 if bf16 else 4) * kept + 4 * gradients + first_conv + image_buffers * 3 * 4
 
 
-def prepared_kernel_bytes() -> int:
-  """Bytes `nst_jax.prepare_params` adds on CPU to the VGG-19 weights.
+def prepared_kernel_bytes(feature_layers=None) -> int:
+  """Bytes `nst_jax.prepare_params(params, feature_layers)` adds on CPU to VGG-19's weights.
 
-  Each kernel once more, laid out for the input gradient, and for the
-  convolutions with at least `winograd.MIN_CHANNELS` channels in and out both
-  Winograd transforms, 16/9 of the kernel each (277 MB for VGG-19).
+  Each kernel up to the deepest layer once more, laid out for the input
+  gradient, and for the convolutions with at least `winograd.MIN_CHANNELS`
+  channels in and out both Winograd transforms, 16/9 of the kernel each
+  (357 MB for all of VGG-19, 227 MB up to relu5_1).
   """
+  names = vgg.layer_names(vgg.VGG19_STAGE_SIZES)
+  deepest = len(names) if feature_layers is None else max(map(names.index, feature_layers))
+  used = set(names[: deepest + 1])
   total = 0
   for name, shape in weights_lib.expected_shapes().items():
-    if name.endswith('/kernel'):
+    if name.endswith('/kernel') and name.split('/')[0] in used:
       total += 4 * math.prod(shape)
       if min(shape[2:]) >= winograd.MIN_CHANNELS:
         total += 2 * 4 * 16 * shape[2] * shape[3]
@@ -118,7 +122,7 @@ def estimate_memory(
   if config.model.dtype == 'bfloat16':
     weights += weights // 2  # the bfloat16 copies the convolutions read
   if platform == 'cpu':  # where the engine prepares the weights
-    weights += prepared_kernel_bytes() + _CPU_RUNTIME_BYTES
+    weights += prepared_kernel_bytes(config.loss.feature_layers) + _CPU_RUNTIME_BYTES
   fixed = _FIXED_STEP_BYTES + weights
   pixels = batch * height * width
   if spatial_devices > 1:

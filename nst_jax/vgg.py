@@ -203,7 +203,7 @@ def _prepared_leaves(kernel: jax.Array) -> dict:
   return leaves
 
 
-def with_backward_kernels(params: dict) -> dict:
+def with_backward_kernels(params: dict, layers: Sequence[str] | None = None) -> dict:
   """`params` with each convolution's kernels laid out for the step, once.
 
   Adds BACKWARD_KERNEL, `backward_kernel(kernel)`: reverse-mode
@@ -228,13 +228,21 @@ def with_backward_kernels(params: dict) -> dict:
 
   Args:
     params: conv name -> {'kernel': [3, 3, Cin, Cout], 'bias': [Cout]}.
+    layers: the layers a run asks for (VGG-19 names); only the convolutions
+      up to the deepest are prepared, the rest are returned as they are.
+      None prepares every convolution.
 
   Returns:
     A new dict whose convolutions also hold the prepared leaves. Recompute
     them after changing a kernel: the step uses them as given.
   """
+  names = layer_names(VGG19_STAGE_SIZES)
+  deepest = len(names) if layers is None else max(names.index(n) for n in layers)
+  used = set(names[: deepest + 1])
   return {
-    name: {**leaves, **_prepared_leaves(leaves['kernel'])} if 'kernel' in leaves else leaves
+    name: {**leaves, **_prepared_leaves(leaves['kernel'])}
+    if 'kernel' in leaves and (layers is None or name in used)
+    else leaves
     for name, leaves in params.items()
   }
 

@@ -57,6 +57,7 @@ def worthwhile(height: int, width: int, cin: int, cout: int, dtype) -> bool:
   )
 
 
+@jax.jit  # once per run and layer; compiled, not dispatched op by op
 def transform_kernel(kernel: jax.Array) -> jax.Array:
   """U = G g G^T for every channel pair: [3, 3, Cin, Cout] -> [16, Cin, Cout].
 

@@ -77,3 +77,8 @@ def test_prepared_kernel_bytes_counts_what_prepare_params_adds():
 
   assert memory.prepared_kernel_bytes() == size(prepared) - size(params)
   assert 350e6 < memory.prepared_kernel_bytes() < 365e6  # 80 MB + 277 MB for VGG-19
+  for layers in (('relu2_1',), ('relu1_1', 'relu4_2', 'relu5_1')):
+    shallow = jax.eval_shape(lambda p, layers=layers: vgg.with_backward_kernels(p, layers), params)
+    assert memory.prepared_kernel_bytes(layers) == size(shallow) - size(params), layers
+  # Only conv1_1 to conv2_1 up to relu2_1: their backward kernels, no Winograd ones.
+  assert memory.prepared_kernel_bytes(('relu2_1',)) == 4 * 9 * (3 * 64 + 64 * 64 + 64 * 128)

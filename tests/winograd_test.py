@@ -65,6 +65,7 @@ def test_winograd_convolution_gradients():
   k = jax.random.normal(jax.random.key(3), (3, 3, 3, 4))
   x = jax.random.normal(jax.random.key(4), (1, 5, 6, 3))
 
+  @jax.jit  # check_grads evaluates many times; eager dispatch of each op is slow
   def conv(x, k):
     u = winograd.transform_kernel(k)
     u_t = winograd.transform_kernel(vgg.backward_kernel(k))
@@ -108,6 +109,10 @@ def test_prepared_params_hold_winograd_kernels_for_wide_layers(narrow_winograd):
       prepared[name][vgg.WINOGRAD_BACKWARD_KERNEL],
       winograd.transform_kernel(vgg.backward_kernel(k)),
     )
+  # A run that stops at relu2_1 gets only the convolutions it reaches prepared.
+  shallow = core.prepare_params(narrow_winograd, ('relu1_1', 'relu2_1'))
+  assert set(shallow['conv2_1']) == {'kernel', 'bias', vgg.BACKWARD_KERNEL}
+  assert set(shallow['conv2_2']) == set(shallow['conv2_3']) == {'kernel', 'bias'}
 
 
 def test_winograd_network_gives_the_direct_values_and_gradients(narrow_winograd):
