@@ -11,11 +11,11 @@ bench/bench_memory.py and bench/bench_sharding.py.
 import math
 
 import jax
+import jax.numpy as jnp
 
 from nst_jax import errors
 from nst_jax import vgg
 from nst_jax import weights as weights_lib
-from nst_jax import winograd
 
 # XLA's working memory for the step beyond the per-pixel terms below. With
 # the sequential CPU scheduler nst_jax selects (nst_jax/xla_flags.py),
@@ -74,18 +74,18 @@ def prepared_kernel_bytes(feature_layers=None) -> int:
   Each kernel up to the deepest layer once more, laid out for the input
   gradient, and for the convolutions with at least `winograd.MIN_CHANNELS`
   channels in and out both Winograd transforms, 16/9 of the kernel each
-  (357 MB for all of VGG-19, 227 MB up to relu5_1).
+  (357 MB for all of VGG-19, 228 MB up to relu5_1). Read off the shapes
+  `vgg.with_backward_kernels` produces, without computing anything.
   """
-  names = vgg.layer_names(vgg.VGG19_STAGE_SIZES)
-  deepest = len(names) if feature_layers is None else max(map(names.index, feature_layers))
-  used = set(names[: deepest + 1])
-  total = 0
-  for name, shape in weights_lib.expected_shapes().items():
-    if name.endswith('/kernel') and name.split('/')[0] in used:
-      total += 4 * math.prod(shape)
-      if min(shape[2:]) >= winograd.MIN_CHANNELS:
-        total += 2 * 4 * 16 * shape[2] * shape[3]
-  return total
+  params = {}
+  for key, shape in weights_lib.expected_shapes().items():
+    layer, leaf = key.split('/')
+    params.setdefault(layer, {})[leaf] = jax.ShapeDtypeStruct(shape, jnp.float32)
+  prepared = jax.eval_shape(lambda p: vgg.with_backward_kernels(p, feature_layers), params)
+  return 4 * (
+    sum(leaf.size for leaf in jax.tree.leaves(prepared))
+    - sum(leaf.size for leaf in jax.tree.leaves(params))
+  )
 
 
 def estimate_memory(

@@ -236,12 +236,13 @@ def with_backward_kernels(params: dict, layers: Sequence[str] | None = None) -> 
     A new dict whose convolutions also hold the prepared leaves. Recompute
     them after changing a kernel: the step uses them as given.
   """
-  names = layer_names(VGG19_STAGE_SIZES)
-  deepest = len(names) if layers is None else max(names.index(n) for n in layers)
-  used = set(names[: deepest + 1])
+  reached = params.keys()
+  if layers is not None:
+    names = layer_names(VGG19_STAGE_SIZES)
+    reached = names[: max(names.index(n) for n in layers) + 1]
   return {
     name: {**leaves, **_prepared_leaves(leaves['kernel'])}
-    if 'kernel' in leaves and (layers is None or name in used)
+    if 'kernel' in leaves and name in reached
     else leaves
     for name, leaves in params.items()
   }

@@ -28,7 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 # Lavin & Gray 2016, F(2x2, 3x3): input transform B^T, kernel transform G,
-# output transform A^T.
+# output transform A^T. B^T and A^T are applied as the adds and subtracts
+# they amount to (`_tile_transform`, `_output_transform`; tested against
+# these matrices): as matrix products they would be 4-wide contractions.
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
 A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)

@@ -9,7 +9,6 @@ import pytest
 from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax import memory
-from nst_jax import vgg
 from nst_jax.core import init_state
 from nst_jax.core import make_model
 from nst_jax.core import make_optimizer
@@ -67,18 +66,28 @@ def test_check_memory_refuses_what_does_not_fit_and_spatial_makes_it_fit(monkeyp
   assert need < have == 16 * 10**9
 
 
+# VGG-19's convolutions in order: (name, Cin, Cout).
+_CONVS = [('conv1_1', 3, 64), ('conv1_2', 64, 64), ('conv2_1', 64, 128), ('conv2_2', 128, 128)]
+_CONVS += [(f'conv3_{i}', 128 if i == 1 else 256, 256) for i in range(1, 5)]
+_CONVS += [(f'conv4_{i}', 256 if i == 1 else 512, 512) for i in range(1, 5)]
+_CONVS += [(f'conv5_{i}', 512, 512) for i in range(1, 5)]
+
+
+def _kernel_bytes_by_hand(last_conv):
+  """A backward kernel (9 Cin Cout floats) per conv; from 256 channels 2 Winograd ones (16 each)."""
+  total = 0
+  for name, cin, cout in _CONVS:
+    total += 4 * 9 * cin * cout + (2 * 4 * 16 * cin * cout if min(cin, cout) >= 256 else 0)
+    if name == last_conv:
+      return total
+  raise ValueError(last_conv)
+
+
 def test_prepared_kernel_bytes_counts_what_prepare_params_adds():
-  model = make_model('max')
-  params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
-  prepared = jax.eval_shape(vgg.with_backward_kernels, params)
-
-  def size(tree):
-    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
-
-  assert memory.prepared_kernel_bytes() == size(prepared) - size(params)
-  assert 350e6 < memory.prepared_kernel_bytes() < 365e6  # 80 MB + 277 MB for VGG-19
-  for layers in (('relu2_1',), ('relu1_1', 'relu4_2', 'relu5_1')):
-    shallow = jax.eval_shape(lambda p, layers=layers: vgg.with_backward_kernels(p, layers), params)
-    assert memory.prepared_kernel_bytes(layers) == size(shallow) - size(params), layers
-  # Only conv1_1 to conv2_1 up to relu2_1: their backward kernels, no Winograd ones.
-  assert memory.prepared_kernel_bytes(('relu2_1',)) == 4 * 9 * (3 * 64 + 64 * 64 + 64 * 128)
+  assert memory.prepared_kernel_bytes() == _kernel_bytes_by_hand('conv5_4')  # 357 MB
+  for layers, last_conv in [
+    (('relu2_1',), 'conv2_1'),
+    (('relu1_1', 'relu4_2', 'relu5_1'), 'conv5_1'),
+    (('relu3_2',), 'conv3_2'),
+  ]:
+    assert memory.prepared_kernel_bytes(layers) == _kernel_bytes_by_hand(last_conv), layers

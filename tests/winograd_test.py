@@ -50,6 +50,18 @@ def test_kernel_transform_is_g_g_gt():
     np.testing.assert_allclose(u[:, c, o].reshape(4, 4), want, rtol=1e-6, atol=1e-6)
 
 
+def test_tile_and_output_transforms_are_b_t_and_a_t():
+  # The hand-written transforms against the published matrices, on one axis.
+  rng = np.random.default_rng(2)
+  d = rng.standard_normal((6, 3)).astype(np.float32)  # 2 tiles of 4 rows, stride 2
+  got = np.stack(winograd._tile_transform(jnp.asarray(d), 0))  # [4, 2 tiles, 3]
+  for tile in range(2):
+    np.testing.assert_allclose(got[:, tile], winograd.B_T @ d[2 * tile : 2 * tile + 4], rtol=1e-6)
+  m = rng.standard_normal((4, 5)).astype(np.float32)
+  got = np.stack(winograd._output_transform(jnp.asarray(m), 0))
+  np.testing.assert_allclose(got, winograd.A_T @ m, rtol=1e-6, atol=1e-6)
+
+
 def test_worthwhile_only_for_deep_float32_layers_on_small_maps():
   f32 = jnp.float32
   assert winograd.worthwhile(24, 32, 512, 512, f32)
