@@ -27,6 +27,7 @@ from nst_jax import errors
 from nst_jax import hooks as hooks_lib
 from nst_jax import jobs as jobs_lib
 from nst_jax import memory as memory_lib
+from nst_jax import output_plan
 from nst_jax import outputs
 from nst_jax import pipeline
 from nst_jax import rows as rows_lib
@@ -73,6 +74,17 @@ def _job_status(jobs, cfg) -> np.ndarray:
       finished = False
       if point is not None:
         finished = not checkpoint_lib.unfinished(checkpoint_lib.read(ckpt))
+        if finished and not Path(job.output).is_file():
+          # Killed between its last checkpoint and its result: the state is
+          # whole, so the result is written again from it (no iteration runs).
+          logging.warning(
+            'job %d: %s is missing although its checkpoint %s is finished; writing it from the '
+            'checkpoint',
+            index + 1,
+            job.output,
+            ckpt,
+          )
+          finished = False
       elif cfg.run.resume and Path(job.output).exists():
         finished = True  # its checkpoint is gone: it finished and was cleaned up
       local[index] = [
@@ -93,6 +105,7 @@ def run_batch(
   weights: weights_lib.Weights | None = None,
   record: dict | None = None,
   mesh=None,
+  inputs: Sequence[str] = (),
 ) -> dict[str, np.ndarray]:
   """Batch mode: names the outputs, checks, runs each group of jobs, writes.
 
@@ -108,6 +121,8 @@ def run_batch(
     record: a dict that gets 'groups': per group, its shape, rows, the jobs
       here, and the compiled step's layout (sharding.describe).
     mesh: a 1-D mesh with axis 'jobs' (default: every device of every process).
+    inputs: other files the caller read (the job list), which no output may
+      replace.
 
   Returns:
     Output path -> RGB [H, W, 3] in [0, 1], for the jobs this process wrote.
@@ -118,7 +133,18 @@ def run_batch(
       'use --shard jobs for a batch'
     )
   mesh = mesh or sharding_lib.jobs_mesh()
-  jobs, groups = _plan(jobs, cfg, mesh.size // jax.process_count())
+  jobs, plan = _plan_outputs(jobs, cfg, inputs)
+  local = [i for i in range(len(jobs)) if distributed.mine(i)]
+  with distributed.together():
+    held = contextlib.ExitStack()
+    held.enter_context(output_plan.locked(plan, local=local))
+  with held:
+    return _run_batch(jobs, cfg, weights, record, mesh)
+
+
+def _run_batch(jobs, cfg, weights, record, mesh) -> dict[str, np.ndarray]:
+  """`run_batch` once every output is planned and locked."""
+  groups = _plan(jobs, cfg, mesh.size // jax.process_count())
   for group in groups:
     per_device = len(group.rows) // mesh.size
     memory_lib.check_memory(group.height, group.width, config=cfg, batch=per_device)
@@ -146,17 +172,32 @@ def run_batch(
   return written
 
 
-def _plan(jobs, cfg, local_devices) -> tuple[list[jobs_lib.Job], list[distributed.Group]]:
-  """Names and checks every output, then groups the unfinished jobs (alike on every process)."""
+def _plan_outputs(jobs, cfg, inputs) -> tuple[list[jobs_lib.Job], list[output_plan.Output]]:
+  """Names and checks every output (output_plan.check), alike on every process."""
   jobs, directory = _batch_output_dir(list(jobs), cfg)
   with distributed.together():
     jobs = outputs.assign_outputs(
       [_with_defaults(job, cfg) for job in jobs], directory, resume=cfg.run.resume
     )
     _check_jobs(jobs, cfg)
+    files = {f'job list {Path(path).name}': path for path in inputs}
+    plan = []
+    for index, job in enumerate(jobs):
+      job_cfg = _job_config(cfg, job)
+      files |= pipeline.input_files(job_cfg, owner=f' of job {index + 1}')
+      height = pipeline.output_height(job.content, cfg) if distributed.mine(index) else 0
+      owner = f'job {index + 1}'
+      plan.append(pipeline.planned_output(job_cfg, Path(job.output), height, owner=owner))
+    local = [i for i in range(len(jobs)) if distributed.mine(i)]
+    output_plan.check(plan, inputs=files, overwrite=cfg.save.overwrite, local=local)
   if jax.process_count() > 1:
     # Names depend on which files exist: fixed everywhere before any is written.
     distributed.agree(None)
+  return jobs, plan
+
+
+def _plan(jobs, cfg, local_devices) -> list[distributed.Group]:
+  """Groups the unfinished jobs (alike on every process)."""
   status = _job_status(jobs, cfg)
   finished = status[:, 5].astype(bool)
   groups = distributed.plan_groups(
@@ -174,7 +215,7 @@ def _plan(jobs, cfg, local_devices) -> tuple[list[jobs_lib.Job], list[distribute
     int(finished.sum()),
     jax.device_count(),
   )
-  return jobs, groups
+  return groups
 
 
 def _with_defaults(job: jobs_lib.Job, cfg: config_lib.StyleConfig) -> jobs_lib.Job:

@@ -30,9 +30,10 @@ import numpy as np
 from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax import image as image_lib
+from nst_jax import output_plan
 
 FORMAT = 1
-SUFFIX = '.ckpt'
+SUFFIX = output_plan.CHECKPOINT_TAIL
 # Settings that may change between an interrupted run and its resumption,
 # by group: they do not affect the trajectory (more iterations extend it; the
 # inputs are compared by their pixels below, the weights by their hash).
@@ -47,9 +48,8 @@ _FREE_SETTINGS = {
 
 
 def path_for(output: str | os.PathLike) -> Path:
-  """output/a_b.png -> output/a_b.ckpt."""
-  output = Path(output)
-  return output.with_name(output.stem + SUFFIX)
+  """output/a_b.png -> output/a_b.ckpt; out/a.jpg -> out/a.jpg.ckpt (output_plan.derived)."""
+  return output_plan.derived(output, SUFFIX)
 
 
 def pixels_digest(array: np.ndarray) -> str:

@@ -40,6 +40,7 @@ from nst_jax import absl_app
 from nst_jax import batch as batch_lib
 from nst_jax import config as config_lib
 from nst_jax import distributed
+from nst_jax import hooks as hooks_lib
 from nst_jax import image as image_lib
 from nst_jax import jobs as jobs_lib
 from nst_jax import losses
@@ -214,6 +215,12 @@ flags.DEFINE_enum(
 flags.DEFINE_bool(
   'record', True, 'Write NAME.json, NAME.loss.png and NAME.sheet.jpg beside the output.'
 )
+flags.DEFINE_bool(
+  'overwrite',
+  False,
+  'Replace existing files at --output (and beside it) that no nst-jax run record claims; a rerun '
+  'to the same output replaces its own result without it. Inputs are never replaced.',
+)
 flags.DEFINE_integer('print_iter', 50, 'Log the losses every N iterations (0: only at the end).')
 flags.DEFINE_integer('save_iter', 0, 'Save an intermediate image every N iterations (0: never).')
 flags.DEFINE_integer(
@@ -370,6 +377,7 @@ def config_from_flags() -> nst_jax.StyleConfig:
       quality=FLAGS.quality,
       save_iter=FLAGS.save_iter,
       record=FLAGS.record,
+      overwrite=FLAGS.overwrite,
     ),
     video=nst_jax.VideoConfig(
       temporal_weight=FLAGS.temporal_weight,
@@ -401,8 +409,14 @@ _FLAG_NAMES = {
 }
 
 
+# Config fields that library messages name, as the command line spells them.
+_FIELD_FLAGS = {'save.overwrite': '--overwrite', 'run.resume': '--resume'}
+
+
 def _flag_message(message: str) -> str:
   """'iterations must be ...' -> '-i/--iterations must be ...' (the user typed flags)."""
+  for field, flag in _FIELD_FLAGS.items():
+    message = message.replace(field, flag)
   first, _, rest = message.partition(' ')
   if first in _FLAG_NAMES:
     return f'{_FLAG_NAMES[first]} {rest}'
@@ -414,6 +428,11 @@ def _flag_message(message: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  with hooks_lib.exit_on_signals(early=not FLAGS.distributed):
+    _main()
+
+
+def _main() -> None:
   try:
     if FLAGS.distributed:
       distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -429,7 +448,7 @@ def main(argv):
     if batch is None:
       nst_jax.run(cfg)
     else:
-      batch_lib.run_batch(batch, cfg)
+      batch_lib.run_batch(batch, cfg, inputs=[FLAGS.jobs] if FLAGS.jobs else ())
   except nst_jax.NstError as e:
     print(f'error: {_flag_message(str(e))}', file=sys.stderr)
     distributed.leave(getattr(e, 'exit_code', 1))

@@ -373,6 +373,7 @@ class SaveConfig(_Group):
     save_iter: save an intermediate image every this many iterations (0: off).
     record: write NAME.json, NAME.loss.png and NAME.sheet.jpg beside the
       output (nst_jax.record).
+    overwrite: replace files no nst-jax run record claims (nst_jax.output_plan).
   """
 
   path: str = ''
@@ -380,6 +381,7 @@ class SaveConfig(_Group):
   quality: int = image_lib.DEFAULT_QUALITY
   save_iter: int = 0
   record: bool = True
+  overwrite: bool = False
 
   def __post_init__(self):
     _check(

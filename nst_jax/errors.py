@@ -18,6 +18,10 @@ class ImageError(NstError):
   """An image file cannot be read or written."""
 
 
+class WriteError(NstError):
+  """A file could not be written (disk full, I/O error); nothing was replaced."""
+
+
 class WeightsError(NstError):
   """A weights file is missing, malformed, or does not fit the network."""
 

@@ -5,8 +5,9 @@ work per row of the batch, so a single image (row 0), a batch of jobs and a
 multi-host batch (each process its own rows) use the same hooks.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 import contextlib
+import os
 from pathlib import Path
 import signal
 import sys
@@ -20,6 +21,7 @@ import numpy as np
 
 from nst_jax import checkpoint as checkpoint_lib
 from nst_jax import errors
+from nst_jax import loop as loop_lib
 from nst_jax.loop import Hook
 from nst_jax.loop import LoopInfo
 from nst_jax.loop import StepView
@@ -176,18 +178,26 @@ class Checkpoints(Hook):
     if not self.paths:
       return
     states = self.row_states(view.state)
+    saved = True
     for r, path in self.paths.items():
       extra = self.extra(r) if self.extra is not None else None
-      checkpoint_lib.save(
-        path,
-        state=states[r],
-        iteration=view.iteration,
-        total=self.info.total,
-        settings=self.settings[r],
-        scale=(self.info.scale, self.info.scales),
-        extra=extra,
-      )
-    self.last_saved = view.iteration
+      try:
+        checkpoint_lib.save(
+          path,
+          state=states[r],
+          iteration=view.iteration,
+          total=self.info.total,
+          settings=self.settings[r],
+          scale=(self.info.scale, self.info.scales),
+          extra=extra,
+        )
+      except errors.WriteError as e:
+        # A full disk must not cost the run: the previous checkpoint stays
+        # whole (atomic write), and the small result may still fit at the end.
+        logging.warning('%s; the run goes on, and the previous checkpoint is kept', e)
+        saved = False
+    if saved:
+      self.last_saved = view.iteration
 
 
 class Intermediates(Hook):
@@ -232,6 +242,66 @@ class Monitor(Hook):
     losses = {k: float(v[self.row]) for k, v in view.losses().items()}
     rgb = self.to_rgb(view.images()[self.row], self.row)
     self.monitor.update(view.global_iteration, losses, rgb, scale=self.info.scale + 1)
+
+
+@contextlib.contextmanager
+def exit_on_signals(*, early: bool = True) -> Iterator[None]:
+  """For a program's main: exit at once on a signal before any iteration, or on a second one.
+
+  Python runs signal handlers only between bytecodes of the main thread, so
+  while it compiles (or waits for a long device call) a SIGTERM waited 21 s
+  at 384 px and minutes at large sizes, and a second Ctrl-C did nothing. The
+  C-level handler also writes each signal's number to a wakeup pipe, which a
+  thread here reads at once: before the first iteration (`loop.ITERATED`)
+  there is no state to lose, so the process ends with one line and 128 +
+  the signal number; a second SIGINT/SIGTERM ends it at once whatever it is
+  doing (the last checkpoint, written atomically, stays). Otherwise the
+  first signal is left to `stop_on_signals`, which saves first.
+
+  Only for code that owns the process (the command line): it calls
+  os._exit. Signals reach the pipe only while Python handles them (always
+  SIGINT; SIGTERM inside `stop_on_signals`; before that SIGTERM's default
+  action ends the process at once anyway).
+
+  Args:
+    early: exit on the first signal before any iteration (off for
+      multi-process runs, whose processes must stop together).
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  read_fd, write_fd = os.pipe()
+  os.set_blocking(write_fd, False)
+  previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+  seen = []
+
+  def watch() -> None:
+    while data := os.read(read_fd, 64):
+      for signum in data:
+        if signum not in (signal.SIGINT, signal.SIGTERM):
+          continue
+        seen.append(signum)
+        if len(seen) > 1:
+          why = (
+            f'interrupted again by signal {signum}; stopped at once (a checkpoint already '
+            'written is kept)'
+          )
+        elif early and not loop_lib.ITERATED.is_set():
+          why = f'interrupted by signal {signum} before the first iteration; nothing was written'
+        else:
+          continue
+        os.write(2, f'error: {why}\n'.encode())
+        os._exit(128 + signum)
+
+  thread = threading.Thread(target=watch, name='nst-jax-signals', daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    signal.set_wakeup_fd(previous)
+    os.close(write_fd)  # the thread reads the end of the pipe and returns
+    thread.join(timeout=1.0)
+    os.close(read_fd)
 
 
 @contextlib.contextmanager

@@ -450,18 +450,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
   existing `path` untouched.
   """
   path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-  os.close(fd)
+  tmp = None
   try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    os.close(fd)
     write(tmp)
     # mkstemp creates 0600; give the file the mode a plain open() would have.
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
+  except BaseException as e:
+    if tmp is not None:
+      Path(tmp).unlink(missing_ok=True)
+    if isinstance(e, OSError) and e.errno is not None:
+      # Disk full, I/O error, permissions: one line, and `path` as it was.
+      raise errors.WriteError(
+        f'could not write {path}: {e.strerror}; nothing was replaced: free space or choose '
+        'another place'
+      ) from None
     raise
 
 

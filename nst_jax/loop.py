@@ -16,6 +16,7 @@ losses raise `errors.NonFinite` at the next iteration whose losses are read.
 
 from collections.abc import Callable, Mapping, Sequence
 import dataclasses
+import threading
 import time
 from typing import Any, NamedTuple
 
@@ -23,6 +24,11 @@ import jax
 import numpy as np
 
 from nst_jax import errors
+
+# Set once any loop of this process has finished an iteration: from then on
+# a signal waits for the loop to save its state (hooks.exit_on_signals);
+# before it there is nothing a run would lose.
+ITERATED = threading.Event()
 
 
 def is_time(iteration: int, every: int, total: int) -> bool:
@@ -210,6 +216,7 @@ def run_loop(
         # one sync keeps them out of the rate and the ETA.
         jax.block_until_ready(losses)
         t_first = time.perf_counter()
+        ITERATED.set()
       view = StepView(
         it,
         info,

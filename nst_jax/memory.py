@@ -64,8 +64,13 @@ def per_pixel_bytes(
   # The first convolution runs in float32 whatever the dtype (nst_jax.vgg):
   # with bfloat16 its full-resolution output is kept at 4 bytes, not 2.
   first_conv = 2 * vgg.VGG_WIDTHS[0] if bf16 else 0
-  image_buffers = 2 * lbfgs_memory + 4 if optimizer == 'lbfgs' else 4
+  image_buffers = optimizer_image_buffers(optimizer, lbfgs_memory)
   return (2 if bf16 else 4) * kept + 4 * gradients + first_conv + image_buffers * 3 * 4
+
+
+def optimizer_image_buffers(optimizer: str, lbfgs_memory: int) -> int:
+  """Image-sized float32 buffers of the optimiser state: L-BFGS 2 * history + 4, Adam 4."""
+  return 2 * lbfgs_memory + 4 if optimizer == 'lbfgs' else 4
 
 
 def prepared_kernel_bytes(feature_layers=None) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 from nst_jax import checkpoint as checkpoint_lib
 from nst_jax import errors
 from nst_jax import image as image_lib
+from nst_jax import output_plan
 
 DEFAULT_OUTPUT_DIR = 'output'
 
@@ -128,30 +129,13 @@ def assign_outputs(jobs: Iterable, directory: str, *, resume: bool = False) -> l
   return result
 
 
-def intermediate_path(output: str | os.PathLike, iteration: int) -> Path:
-  """out/a.png, 250 -> out/a_00250.png."""
-  output = Path(output)
-  return output.with_name(f'{output.stem}_{iteration:05d}{output.suffix}')
-
-
 def check_writable(path: Path, bit_depth: int = 8) -> None:
   """Fails early if the image `path` cannot be written; creates nothing."""
   path = Path(path)
   if path.is_dir():
     raise errors.NstError(f'output {path} is a directory; name a file such as out.png')
-  image_lib.check_output(path, bit_depth)
-  check_directory_writable(path)
-
-
-def check_directory_writable(path: Path) -> None:
-  """Fails early if `path`'s directory (or the first ancestor that exists) is not writable."""
-  existing = Path(path).parent
-  while not existing.exists():  # the directories are made only when saving
-    existing = existing.parent
-  if not existing.is_dir():
-    raise errors.NstError(f'{existing} is a file, not a directory; choose another --output')
-  if not os.access(existing, os.W_OK):
-    raise errors.NstError(f'{existing} is not writable; choose another --output')
+  output_plan.check_format(path, image_lib.check_output(path, bit_depth), bit_depth)
+  output_plan.check_place(path)
 
 
 def check_not_unfinished(ckpt: Path) -> None:

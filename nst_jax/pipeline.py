@@ -26,6 +26,7 @@ from nst_jax import errors
 from nst_jax import hooks as hooks_lib
 from nst_jax import image as image_lib
 from nst_jax import memory as memory_lib
+from nst_jax import output_plan
 from nst_jax import outputs
 from nst_jax import preview as preview_lib
 from nst_jax import record as record_lib
@@ -187,7 +188,7 @@ class Results:
   def intermediate(self, iteration: int, images: dict[int, np.ndarray]) -> None:
     """The engine's on_intermediate: <name>_<iteration>.png beside each output."""
     for r, rgb in images.items():
-      path = outputs.intermediate_path(self.paths[r], iteration)
+      path = output_plan.intermediate_path(self.paths[r], iteration)
       self._save(path, rgb, r)
       if self.cfg.save.record:
         self.intermediates[r].append(rgb)
@@ -240,11 +241,49 @@ def _single_output(cfg: config_lib.StyleConfig) -> Path:
   )
   outputs.check_writable(output, cfg.save.bit_depth)
   ckpt = checkpoint_lib.path_for(output)
+  legacy = output_plan.legacy_derived(output, checkpoint_lib.SUFFIX)
+  if cfg.run.resume and not ckpt.exists() and legacy is not None and legacy.exists():
+    raise errors.NstError(
+      f"no checkpoint {ckpt} to resume, but {legacy} may be this run's, named as nst-jax did "
+      f'before 2026-12 for non-PNG outputs: rename it to {ckpt.name} and resume again'
+    )
   if cfg.run.resume and not ckpt.exists():
     raise errors.NstError(f'no checkpoint {ckpt} to resume; run without --resume to start')
   if not cfg.run.resume:
     outputs.check_not_unfinished(ckpt)
   return output
+
+
+def input_files(cfg: config_lib.StyleConfig, *, owner: str = '') -> dict[str, str]:
+  """Every file a run reads, by what it is ('style image 2'), for the output planner."""
+  i = cfg.inputs
+  files = {f'content image{owner}': i.content_path}
+  styles = cfg.style_paths
+  for k, path in enumerate(styles, 1):
+    files[f'style image{f" {k}" if len(styles) > 1 else ""}{owner}'] = path
+  if i.content_mask:
+    files[f'content mask{owner}'] = i.content_mask
+  for k, path in enumerate(i.style_masks, 1):
+    files[f'style mask {k}{owner}'] = path
+  if i.init not in config_lib.INITS:
+    files[f'init image{owner}'] = i.init
+  files['weights file'] = str(weights_lib.resolve_weights_path(cfg.model.weights or None))
+  return {what: path for what, path in files.items() if path}
+
+
+def planned_output(cfg: config_lib.StyleConfig, output: Path, height: int, **kwargs):
+  """The planner's view of an image result of `cfg` at `height` x width (output_plan.Output)."""
+  pixels = height * cfg.inputs.width
+  buffers = memory_lib.optimizer_image_buffers(cfg.optim.name, cfg.optim.lbfgs_memory)
+  return output_plan.image_output(
+    output,
+    pixels=pixels,
+    state_bytes=output_plan.state_bytes(pixels, image_buffers=buffers + 1),
+    record=cfg.save.record,
+    save_iter=cfg.save.save_iter,
+    iterations=cfg.schedule.iterations,
+    **kwargs,
+  )
 
 
 def _check_memory(cfg: config_lib.StyleConfig, layout: sharding_lib.Layout) -> None:
@@ -277,9 +316,19 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   """
   i = cfg.inputs
   output = _single_output(cfg)
-  ckpt = checkpoint_lib.path_for(output)
-  layout = _layout(cfg, output_height(i.content_path, cfg))
+  height = output_height(i.content_path, cfg)
+  layout = _layout(cfg, height)
   _check_memory(cfg, layout)
+  plan = [planned_output(cfg, output, height)]
+  output_plan.check(plan, inputs=input_files(cfg), overwrite=cfg.save.overwrite)
+  with output_plan.locked(plan):
+    return _run_single(cfg, output, layout)
+
+
+def _run_single(cfg: config_lib.StyleConfig, output: Path, layout: sharding_lib.Layout) -> Path:
+  """`run` once its output is planned and locked."""
+  i = cfg.inputs
+  ckpt = checkpoint_lib.path_for(output)
   row = load_row(
     cfg,
     i.content_path,
@@ -316,7 +365,14 @@ def run(cfg: config_lib.StyleConfig) -> Path:
         resume=resume,
         record=record,
       )[0]
-    results.write(0, rgb, record)
+    try:
+      results.write(0, rgb, record)
+    except errors.WriteError as e:
+      if ckpt.exists():
+        raise errors.WriteError(
+          f'{e}; the checkpoint {ckpt} is kept: then continue with run.resume'
+        ) from None
+      raise
     if preview is not None:
       preview.finish(rgb, output)
     if not cfg.run.keep_checkpoint:

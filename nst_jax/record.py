@@ -29,6 +29,7 @@ from PIL import Image
 from PIL import ImageDraw
 
 from nst_jax import image as image_lib
+from nst_jax import output_plan
 
 FORMAT = 1
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'numpy', 'pillow', 'h5py', 'absl-py')
@@ -40,13 +41,11 @@ SHEET_HEIGHT = 256
 
 
 def paths_for(output: str | os.PathLike) -> dict[str, Path]:
-  """out/a.png -> {'json': out/a.json, 'loss': out/a.loss.png, 'sheet': out/a.sheet.jpg}."""
-  output = Path(output)
-  return {
-    'json': output.with_name(output.stem + '.json'),
-    'loss': output.with_name(output.stem + '.loss.png'),
-    'sheet': output.with_name(output.stem + '.sheet.jpg'),
-  }
+  """out/a.png -> {'json': out/a.json, 'loss': out/a.loss.png, 'sheet': out/a.sheet.jpg}.
+
+  Other suffixes stay in the names (out/a.jpg -> out/a.jpg.json): output_plan.derived.
+  """
+  return {k: output_plan.derived(output, tail) for k, tail in output_plan.RECORD_TAILS.items()}
 
 
 def versions() -> dict[str, str]:

@@ -45,6 +45,7 @@ from nst_jax import hooks as hooks_lib
 from nst_jax import image as image_lib
 from nst_jax import losses
 from nst_jax import memory as memory_lib
+from nst_jax import output_plan
 from nst_jax import outputs
 from nst_jax import pipeline
 from nst_jax import record as record_lib
@@ -114,7 +115,7 @@ def _paths(cfg: config_lib.StyleConfig) -> _Paths:
     )
   if cfg.run.resume and not work.exists():
     raise errors.NstError(f'nothing to resume: no {work}; run without --resume to start')
-  outputs.check_directory_writable(output / 'frame.png' if as_frames else output)
+  output_plan.check_place(output / 'frame.png' if as_frames else output)
   return _Paths(output, as_frames, work)
 
 
@@ -199,6 +200,32 @@ def run_video(cfg: config_lib.StyleConfig) -> Path:
   for note in clip.notes:
     logging.info('%s: %s', clip.path, note)
   height = image_lib.resized_height(clip.width, clip.height, cfg.inputs.width)
+  frame = pipeline.planned_output(cfg, paths.output, height)
+  plan = [
+    output_plan.Output(
+      paths.output,
+      'the video' if not paths.as_frames else 'the frames of',
+      pixels=frame.pixels * clip.count,
+      state_bytes=frame.state_bytes,
+      derived=(('run record', _record_path(paths)),) if cfg.save.record else (),
+      directory=paths.as_frames,
+    )
+  ]
+  output_plan.check(plan, inputs=pipeline.input_files(cfg), overwrite=cfg.save.overwrite)
+  with output_plan.locked(plan):
+    return _run_video(cfg, clip, paths, height)
+
+
+def _record_path(paths: _Paths) -> Path:
+  """x.mp4 -> x.mp4.json (output_plan.derived); frames/ -> frames.json."""
+  if paths.as_frames:
+    return Path(str(paths.output).rstrip('/\\') + '.json')
+  return output_plan.derived(paths.output, output_plan.RECORD_TAILS['json'])
+
+
+def _run_video(cfg: config_lib.StyleConfig, clip, paths: _Paths, height: int) -> Path:
+  """`run_video` once its output is planned and locked."""
+  v = cfg.video
   per_device = -(-clip.count // jax.device_count()) if v.passes > 1 else 1
   memory_lib.check_memory(height, cfg.inputs.width, config=cfg, batch=per_device)
   frames = list(
@@ -414,11 +441,7 @@ def _write(cfg, paths: _Paths, clip, results, record, seconds) -> None:
       video_lib.write_frames(paths.output, results)
     else:
       video_lib.write_video(paths.output, results, clip.fps, audio_from=clip)
-    target = (
-      Path(str(paths.output).rstrip('/\\') + '.json')
-      if paths.as_frames
-      else (paths.output.with_suffix('.json'))
-    )
+    target = _record_path(paths)
     if cfg.save.record:
       data = {
         'output': str(paths.output),

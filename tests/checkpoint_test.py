@@ -238,7 +238,7 @@ def test_full_disk_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypat
     raise OSError(errno.ENOSPC, 'No space left on device')
 
   monkeypatch.setattr(Path, 'write_bytes', full_disk)
-  with pytest.raises(OSError, match='No space left'):
+  with pytest.raises(errors.WriteError, match='No space left'):
     checkpoint_lib.save(
       path, state={'image': np.zeros((1, 4, 4, 3))}, iteration=4, total=9, settings={}
     )

@@ -1,0 +1,351 @@
+"""The output planner: every file a run writes, checked before any work, locked while it runs.
+
+One planner for every kind of run (a single image, a batch, a video). For each
+result it lists the files derived from it (run record, loss plot, contact
+sheet, checkpoint, intermediates) and, before the first iteration, refuses
+with one line:
+  * a file that would replace an input of the run (compared as resolved
+    paths, so `./a.png`, `a.png` and a symbolic link to it are one file);
+  * two outputs, or the derived files of two outputs, that are one file;
+  * an existing file that nst-jax did not write for this output, unless
+    `overwrite` (a result whose run record names it may be replaced by a
+    rerun to the same output, as people expect);
+  * a format Pillow cannot write, a name too long for the file system (the
+    temporary name included), a directory that is missing behind a dangling
+    link, is a file or is not writable, and too little free space for the
+    results and their checkpoints.
+It then takes a lock per result (another process writing it is refused, and
+a crashed run's lock is released by the kernel with its process) and removes
+the temporary files a killed run left beside the outputs.
+"""
+
+from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+import shutil
+
+import filelock
+import numpy as np
+from PIL import Image
+
+from nst_jax import errors
+
+# Derived files of an output NAME.EXT: the default format keeps NAME.json
+# (as every earlier version wrote); any other suffix is kept in the name,
+# so a.png and a.jpg never share a record or a checkpoint.
+DEFAULT_SUFFIX = '.png'
+RECORD_TAILS = {'json': '.json', 'loss': '.loss.png', 'sheet': '.sheet.jpg'}
+RECORD_NAMES = {'json': 'run record', 'loss': 'loss plot', 'sheet': 'contact sheet'}
+CHECKPOINT_TAIL = '.ckpt'
+# atomic_write's temporary name: '.' + name + '.' + 8 random characters + '.tmp'.
+TEMP_EXTRA_CHARS = 14
+# Free space asked beyond the estimate: the record's pictures and JSON, and
+# what compression cannot promise.
+SPACE_MARGIN_BYTES = 4 << 20
+
+
+def derived_stem(output: str | os.PathLike) -> str:
+  """The name derived files start with: a.png -> a, a.jpg -> a.jpg."""
+  output = Path(output)
+  return output.stem if output.suffix == DEFAULT_SUFFIX else output.name
+
+
+def derived(output: str | os.PathLike, tail: str) -> Path:
+  """A file beside `output` named after it: (out/a.png, '.json') -> out/a.json."""
+  output = Path(output)
+  return output.with_name(derived_stem(output) + tail)
+
+
+def legacy_derived(output: str | os.PathLike, tail: str) -> Path | None:
+  """The name an earlier version gave (stem + tail) where it differs from today's."""
+  output = Path(output)
+  old = output.with_name(output.stem + tail)
+  return None if old == derived(output, tail) else old
+
+
+def intermediate_path(output: str | os.PathLike, iteration: int) -> Path:
+  """out/a.png, 250 -> out/a_00250.png."""
+  output = Path(output)
+  return output.with_name(f'{output.stem}_{iteration:05d}{output.suffix}')
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+  return Path(os.path.abspath(Path(path).expanduser())).resolve()
+
+
+def written_by_us(output: str | os.PathLike) -> bool:
+  """Whether the run record beside `output` says nst-jax wrote it (its `output` field)."""
+  record = derived(output, RECORD_TAILS['json'])
+  try:
+    data = json.loads(record.read_text())
+  except (OSError, ValueError):
+    return False
+  return isinstance(data, dict) and Path(str(data.get('output', ''))).name == Path(output).name
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+  """One result and what a run writes beside it.
+
+  Attributes:
+    result: the result file (or a directory of frames).
+    owner: who writes it, for messages ('the result', 'job 3').
+    pixels: pixels of the result, for the free-space estimate.
+    state_bytes: bytes of one checkpoint of its optimisation state.
+    derived: the other files the run may write for it, as (what, path):
+      ('run record', out/a.json).
+    directory: the result is a directory of frames (checked by its writer
+      to be new or empty).
+  """
+
+  result: Path
+  owner: str = 'the result'
+  pixels: int = 0
+  state_bytes: int = 0
+  derived: tuple[tuple[str, Path], ...] = ()
+  directory: bool = False
+
+  @property
+  def files(self) -> list[Path]:
+    """The result and every derived file."""
+    return [self.result, *(path for _, path in self.derived)]
+
+
+def image_output(
+  result: str | os.PathLike,
+  *,
+  owner: str = 'the result',
+  pixels: int = 0,
+  state_bytes: int = 0,
+  record: bool = True,
+  save_iter: int = 0,
+  iterations: int = 0,
+) -> Output:
+  """An image result with its record files, checkpoint and intermediates."""
+  result = Path(result)
+  files = [('checkpoint', derived(result, CHECKPOINT_TAIL))]
+  if record:
+    files += [(RECORD_NAMES[k], derived(result, tail)) for k, tail in RECORD_TAILS.items()]
+  if save_iter:
+    files += [
+      ('intermediate image', intermediate_path(result, it))
+      for it in range(save_iter, iterations + 1, save_iter)
+    ]
+  return Output(result, owner, pixels, state_bytes, tuple(files))
+
+
+def state_bytes(pixels: int, *, image_buffers: int) -> int:
+  """Bytes of a checkpoint: `image_buffers` float32 RGB images of `pixels` (memory's count)."""
+  return pixels * 3 * 4 * image_buffers
+
+
+@functools.cache
+def _encodable(fmt: str, bit_depth: int) -> str | None:
+  """Why Pillow cannot write `fmt` (None if it can): one tiny image, encoded in memory."""
+  if bit_depth == 16:
+    return None  # pypng writes 16-bit PNGs (image.save_image); only PNG gets here
+  try:
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(io.BytesIO(), format=fmt)
+  except Exception as e:  # Pillow raises KeyError, OSError, ValueError... per plugin
+    return f'{type(e).__name__}: {e}'.splitlines()[0]
+  return None
+
+
+def check_format(path: Path, fmt: str, bit_depth: int) -> None:
+  """Refuses a format that Pillow reads but cannot write (.psd, .xpm, .fits, ...)."""
+  why = _encodable(fmt, bit_depth)
+  if why is not None:
+    raise errors.ImageError(
+      f'cannot write {path.name}: Pillow cannot save {fmt} images ({why}); end the name in '
+      '.png, .jpg, .webp or .tif'
+    )
+
+
+def _existing_ancestor(path: Path) -> Path:
+  """The nearest ancestor that exists, refusing a dangling link on the way."""
+  parent = path.parent
+  while not parent.exists():
+    if parent.is_symlink():
+      raise errors.NstError(
+        f'{parent} is a link to {os.readlink(parent)}, which does not exist; create it or choose '
+        'another output directory'
+      )
+    parent = parent.parent
+  return parent
+
+
+def check_place(path: Path) -> Path:
+  """Refuses a name or directory that cannot be written; returns the nearest existing directory."""
+  directory = _existing_ancestor(path)
+  if not directory.is_dir():
+    raise errors.NstError(f'{directory} is a file, not a directory; choose another output')
+  if not os.access(directory, os.W_OK | os.X_OK):
+    raise errors.NstError(f'{directory} is not writable; choose another output directory')
+  limit = os.pathconf(directory, 'PC_NAME_MAX')
+  fits = limit - TEMP_EXTRA_CHARS
+  if len(os.fsencode(path.name)) > fits:
+    raise errors.NstError(
+      f'the name {path.name[:24]}... is {len(os.fsencode(path.name))} bytes long, and at most '
+      f"{fits} fit here ({limit} less the temporary name's {TEMP_EXTRA_CHARS}); choose a "
+      'shorter output name'
+    )
+  if len(os.fsencode(os.path.abspath(path))) + TEMP_EXTRA_CHARS > os.pathconf(
+    directory, 'PC_PATH_MAX'
+  ):
+    raise errors.NstError(f'the path of {path.name[:24]}... is too long; choose a shorter one')
+  return directory
+
+
+def check(
+  outputs: Sequence[Output],
+  *,
+  inputs: Mapping[str, str | os.PathLike],
+  overwrite: bool = False,
+  local: Iterable[int] | None = None,
+) -> None:
+  """Refuses, in one line, a plan that could lose or replace a file (module docstring).
+
+  Args:
+    outputs: every output of the run (a batch's from every process: names
+      are compared across all of them).
+    inputs: a description ('content image of job 2') -> an input file.
+    overwrite: replace existing files that nst-jax did not write.
+    local: indices of `outputs` this process writes (files are checked by
+      their writer); default all.
+
+  Raises:
+    NstError: the first problem found.
+  """
+  by_path = {}
+  for description, path in inputs.items():
+    by_path.setdefault(_resolved(path), description)
+  planned: dict[Path, str] = {}
+  for out in outputs:
+    for kind, path in [('', out.result), *out.derived]:
+      key = _resolved(path)
+      what = f'{out.owner} {out.result}'
+      if kind:
+        what = f'the {kind} {path.name} of {what}'
+      if key in by_path:
+        raise errors.NstError(
+          f'{what} would replace the {by_path[key]}; choose another output name'
+        )
+      if key in planned:
+        raise errors.NstError(
+          f'{what} and {planned[key]} are one file; give each its own output name'
+        )
+      planned[key] = what
+  mine = range(len(outputs)) if local is None else local
+  for index in mine:
+    _check_files(outputs[index], overwrite)
+  _check_space([outputs[i] for i in mine])
+
+
+def _check_files(out: Output, overwrite: bool) -> None:
+  # A checkpoint means a run of ours wrote here and was interrupted (or kept
+  # it): its intermediates are ours before the record exists.
+  ours = written_by_us(out.result) or derived(out.result, CHECKPOINT_TAIL).is_file()
+  if out.directory:
+    check_place(out.result / 'frame.png')
+  for path in out.files[1:] if out.directory else out.files:
+    if path.is_dir():
+      raise errors.NstError(f'{path} is a directory; name a file such as out.png')
+    check_place(path)
+    if path.suffix == CHECKPOINT_TAIL:
+      continue  # checkpoints are read (resume, or refused while unfinished), never foreign
+    if path.exists() and not (ours or overwrite):
+      whose = '' if path == out.result else f', beside {out.result.name},'
+      raise errors.NstError(
+        f'{path} exists{whose} and no nst-jax run record says nst-jax wrote it; choose another '
+        'output name, or replace it with save.overwrite'
+      )
+
+
+def _check_space(outputs: Sequence[Output]) -> None:
+  need: dict[int, list] = {}
+  for out in outputs:
+    directory = _existing_ancestor(out.result)
+    device = os.stat(directory).st_dev
+    entry = need.setdefault(device, [directory, 0])
+    # An uncompressed result, and a checkpoint written beside the previous
+    # one (atomic replacement holds both for a moment).
+    entry[1] += out.pixels * 3 * 2 + 2 * out.state_bytes
+  for directory, total in need.values():
+    total += SPACE_MARGIN_BYTES
+    free = shutil.disk_usage(directory).free
+    if free < total:
+      raise errors.NstError(
+        f'{directory} has {free / 1e6:.0f} MB free and the run needs about {total / 1e6:.0f} MB '
+        '(results and checkpoints); free space or choose another output directory'
+      )
+
+
+def lock_path(result: str | os.PathLike, lock_dir: str | os.PathLike) -> Path:
+  """A result's lock file: in `lock_dir`, named by the hash of its resolved path.
+
+  Kept out of the output directory, so a run leaves nothing there but what it
+  was asked to write.
+  """
+  digest = hashlib.sha256(os.fsencode(_resolved(result))).hexdigest()[:32]
+  return Path(lock_dir) / f'{digest}.lock'
+
+
+def default_lock_dir() -> Path:
+  """$XDG_RUNTIME_DIR/nst_jax-locks, else the user's cache folder (beside the weights)."""
+  base = os.environ.get('XDG_RUNTIME_DIR')
+  if base and os.path.isdir(base):
+    return Path(base) / 'nst_jax-locks'
+  return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'nst_jax' / 'locks'
+
+
+@contextlib.contextmanager
+def locked(
+  outputs: Sequence[Output], *, local: Iterable[int] | None = None, lock_dir=None
+) -> Iterable[None]:
+  """Holds a lock per result this process writes, then removes killed runs' temporaries.
+
+  An advisory lock (flock), so the kernel releases it when its process dies:
+  a crash never leaves an output locked.
+
+  Raises:
+    NstError: another process holds the lock of one of the results.
+  """
+  lock_dir = Path(lock_dir or default_lock_dir())
+  lock_dir.mkdir(parents=True, exist_ok=True)
+  mine = [outputs[i] for i in (range(len(outputs)) if local is None else local)]
+  with contextlib.ExitStack() as stack:
+    for out in mine:
+      lock = filelock.FileLock(lock_path(out.result, lock_dir), timeout=0)
+      try:
+        stack.enter_context(lock)
+      except filelock.Timeout:
+        raise errors.NstError(
+          f'another nst-jax run is writing {out.result}; wait for it to finish or choose another '
+          'output name'
+        ) from None
+    for out in mine:
+      remove_temporaries(out.files)
+    yield
+
+
+def remove_temporaries(paths: Iterable[Path]) -> list[Path]:
+  """Deletes `.NAME.*.tmp` beside each path (a killed atomic write's leftovers)."""
+  removed = []
+  for path in paths:
+    if not path.parent.is_dir():
+      continue
+    for tmp in path.parent.glob(f'.{_glob_escape(path.name)}.*.tmp'):
+      if tmp.is_file() and not tmp.is_symlink():
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+  return removed
+
+
+def _glob_escape(name: str) -> str:
+  return ''.join(f'[{c}]' if c in '*?[' else c for c in name)

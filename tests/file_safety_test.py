@@ -1,0 +1,337 @@
+"""A hostile user's runs: no input, foreign file or earlier result is lost or spoiled.
+
+Each case runs main.py's command line (forked from one interpreter by
+tests/cli_forks.py) on files made here, and asserts the exit code, the one
+line, and the files on disk before and after, by hash.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+from PIL import Image
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / 'tests'))
+
+import small_runs  # noqa: E402
+
+import nst_jax  # noqa: E402
+from nst_jax import batch as batch_lib  # noqa: E402
+from nst_jax import errors  # noqa: E402
+from nst_jax import jobs as jobs_lib  # noqa: E402
+from nst_jax import output_plan  # noqa: E402
+from nst_jax import pipeline  # noqa: E402
+
+pytestmark = pytest.mark.slow
+RUN = ['-i', '2', '-w', '32', '--progress', 'log', *small_runs.FLAGS]
+
+
+def _digests(directory: Path) -> dict[str, str]:
+  return {
+    str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+    for p in sorted(directory.rglob('*'))
+    if p.is_file() and not p.is_symlink()
+  }
+
+
+def _images(directory: Path) -> None:
+  directory.mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(0)
+  for name in ('c.jpg', 'd.png', 's.jpg'):
+    Image.fromarray(rng.integers(0, 256, (24, 32, 3), np.uint8)).save(directory / name)
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory, caffe_npz):
+  """Runs the cases below, each in its own directory set up by its `setup`; returns the outcomes."""
+  base = tmp_path_factory.mktemp('hostile')
+  env = {k: v for k, v in os.environ.items() if k != 'NST_JAX_WEIGHTS'}
+  env.update(JAX_PLATFORMS='cpu', NST_JAX_WEIGHTS=str(caffe_npz), XDG_RUNTIME_DIR=str(base))
+  plan = []
+  for name, (setup, argv, _) in CASES.items():
+    cwd = base / name
+    _images(cwd)
+    setup(cwd)
+    before = _digests(cwd)
+    for k, args in enumerate(argv):
+      plan.append((name, k, cwd, before, args))
+  spec = [
+    {'argv': [*RUN, *args], 'cwd': str(cwd), 'env': env, 'stderr': str(base / f'{name}.{k}.err')}
+    for name, k, cwd, _, args in plan
+  ]
+  (base / 'runs.json').write_text(json.dumps(spec))
+  r = subprocess.run(
+    [sys.executable, str(ROOT / 'tests' / 'cli_forks.py'), str(base / 'runs.json')],
+    capture_output=True, text=True, timeout=600, env=env,
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr[-3000:]
+  codes = json.loads(r.stdout.strip().splitlines()[-1])
+  found = {}
+  for (name, _k, cwd, before, _), code, run in zip(plan, codes, spec, strict=True):
+    found.setdefault(name, {'before': before, 'cwd': cwd, 'runs': []})
+    found[name]['runs'].append((code, Path(run['stderr']).read_text()))
+  for outcome in found.values():
+    outcome['after'] = _digests(outcome['cwd'])
+  return found
+
+
+def _nothing(cwd):
+  del cwd
+
+
+def _notes(cwd):
+  (cwd / 'notes.png').write_bytes(b'my notes')
+  (cwd / 'dir').mkdir()
+  (cwd / 'dir' / 'notes.json').write_text('{"mine": true}')
+
+
+def _jobs(cwd):
+  (cwd / 'jobs.csv').write_text('content,style,output\nc.jpg,s.jpg,d.png\nd.png,s.jpg,e.png\n')
+  (cwd / 'pair.csv').write_text('content,style,output\nc.jpg,s.jpg,a.png\nd.png,s.jpg,b/../a.png\n')
+  (cwd / 'list.png').write_text('content,style,output\nc.jpg,s.jpg,list.png\n')
+  (cwd / 'suffix.csv').write_text('content,style,output\nc.jpg,s.jpg,a.png\nd.png,s.jpg,a.jpg\n')
+
+
+def _dangling(cwd):
+  (cwd / 'gone').symlink_to(cwd / 'nowhere')
+
+
+# name -> (setup, [argv of each run, in order], [(exit code, message or None), ...]).
+CASES = {
+  'output-is-content': (_nothing, [['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'c.jpg']],
+                        [(1, 'error: the result c.jpg would replace the content image; choose '
+                             'another output name')]),
+  'output-is-style-overwrite': (_nothing, [['-cp', 'c.jpg', '-sp', 's.jpg', '--output',
+                                            './s.jpg', '--overwrite']],
+                                [(1, 'would replace the style image;')]),
+  'foreign-file': (_notes, [['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'notes.png']],
+                   [(1, 'error: notes.png exists and no nst-jax run record says nst-jax wrote '
+                        'it; choose another output name, or replace it with --overwrite')]),
+  'foreign-record': (_notes, [['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'dir/notes.png']],
+                     [(1, 'error: dir/notes.json exists, beside notes.png, and no nst-jax run')]),
+  'job-output-is-next-content': (_jobs, [['--jobs', 'jobs.csv']],
+                                 [(1, 'd.png would replace the content image of job 2')]),
+  'jobs-same-file': (_jobs, [['--jobs', 'pair.csv']],
+                     [(1, 'error: job 2 b/../a.png and job 1 a.png are one file;')]),
+  'output-is-jobs-file': (_jobs, [['--jobs', 'list.png']],
+                          [(1, 'error: job 1 list.png would replace the job list list.png;')]),
+  'automatic-names': (_nothing, [['-cp', '*.*g', '-sp', 's.jpg', '--output', 'x/']], [(0, None)]),
+  'unwritable-format': (_nothing, [['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'r.psd']],
+                        [(1, 'error: cannot write r.psd: Pillow cannot save PSD images')]),
+  'long-name': (_nothing, [['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'a' * 241 + '.png']],
+                [(1, 'is 245 bytes long, and at most 241 fit here')]),
+  'dangling-directory': (_dangling, [['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'gone/r.png']],
+                         [(1, 'which does not exist; create it or choose another output')]),
+  # Runs that must work, in order: a rerun replaces its own result; the loss plot of
+  # x.png would be the earlier result x.loss.png; --overwrite replaces a foreign file.
+  'rerun-and-loss-plot': (_notes, [
+    ['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'x.loss.png'],
+    ['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'x.loss.png', '-sw', '1'],
+    ['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'x.png'],
+    ['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'notes.png', '--overwrite'],
+  ], [(0, None), (0, None),
+      (1, 'error: x.loss.png exists, beside x.png, and no nst-jax run record says'),
+      (0, None)]),
+  'suffixes-do-not-share': (_jobs, [['--jobs', 'suffix.csv']], [(0, None)]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize('name', list(CASES))
+def test_hostile_runs(runs, name):
+  outcome = runs[name]
+  expected = CASES[name][2]
+  for (code, stderr), (want_code, message) in zip(outcome['runs'], expected, strict=True):
+    assert code == want_code, stderr[-2000:]
+    assert 'Traceback' not in stderr
+    if message is not None:
+      errors_ = [line for line in stderr.splitlines() if line.startswith('error:')]
+      assert len(errors_) == 1 and message in errors_[0], stderr[-2000:]
+  before, after = outcome['before'], outcome['after']
+  if all(code == 1 for code, _ in outcome['runs']):
+    assert after == before  # refused: nothing written, nothing changed
+  else:
+    changed = {k for k in before if after.get(k) != before[k]}
+    assert changed == ({'notes.png'} if name == 'rerun-and-loss-plot' else set())
+  if name == 'rerun-and-loss-plot':
+    cwd = outcome['cwd']
+    record = json.loads((cwd / 'x.loss.json').read_text())
+    assert record['settings']['loss']['style_weight'] == 1.0  # the rerun's result
+    assert json.loads((cwd / 'notes.json').read_text())['output'] == 'notes.png'
+    assert not (cwd / 'x.png').exists()
+  if name == 'suffixes-do-not-share':
+    cwd = outcome['cwd']
+    assert json.loads((cwd / 'a.json').read_text())['output'] == 'a.png'
+    assert json.loads((cwd / 'a.jpg.json').read_text())['output'] == 'a.jpg'
+  if name == 'automatic-names':
+    assert sorted(p.name for p in (outcome['cwd'] / 'x').glob('*.png') if '.' not in p.stem) == [
+      'c_s.png',
+      'd_s.png',
+      's_s.png',
+    ]
+
+
+_HOLD = textwrap.dedent("""
+  import sys, time
+  from nst_jax import output_plan
+  with output_plan.locked([output_plan.image_output(sys.argv[1])]):
+    print('held', flush=True)
+    time.sleep(120)
+""")
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path, caffe_npz):
+  _images(tmp_path)
+  env = {k: v for k, v in os.environ.items() if k != 'NST_JAX_WEIGHTS'}
+  env.update(JAX_PLATFORMS='cpu', NST_JAX_WEIGHTS=str(caffe_npz), XDG_RUNTIME_DIR=str(tmp_path))
+  holder = subprocess.Popen(
+    [sys.executable, '-c', _HOLD, 'r.png'], cwd=tmp_path, env={**env, 'PYTHONPATH': str(ROOT)},
+    stdout=subprocess.PIPE, text=True,
+  )  # fmt: skip
+  try:
+    assert holder.stdout.readline().strip() == 'held'
+    before = _digests(tmp_path)
+    r = subprocess.run(
+      [sys.executable, str(ROOT / 'main.py'), '-cp', 'c.jpg', '-sp', 's.jpg', '--output',
+       'r.png', *RUN],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+  finally:
+    holder.kill()
+    holder.wait()
+  assert r.returncode == 1
+  assert r.stderr.strip().splitlines()[-1] == (
+    'error: another nst-jax run is writing r.png; wait for it to finish or choose another output '
+    'name'
+  )
+  assert _digests(tmp_path) == before
+
+
+def _cfg(tmp_path, caffe_npz, **save):
+  return nst_jax.StyleConfig(
+    inputs=nst_jax.InputConfig(
+      content_path=str(tmp_path / 'c.jpg'), style_path=str(tmp_path / 's.jpg'), width=32
+    ),
+    model=nst_jax.ModelConfig(weights=str(caffe_npz)),
+    loss=small_runs.loss_config(),
+    schedule=nst_jax.ScheduleConfig(iterations=3),
+    save=nst_jax.SaveConfig(path=str(tmp_path / 'r.png'), **save),
+    run=nst_jax.RunConfig(progress='log'),
+  )
+
+
+def test_a_full_disk_at_the_end_keeps_the_checkpoint_and_resume_writes_the_result(
+  tmp_path, caffe_npz, monkeypatch
+):
+  _images(tmp_path)
+  cfg = _cfg(tmp_path, caffe_npz, record=False)
+  whole = pipeline.run(cfg)
+  expected = whole.read_bytes()
+  whole.unlink()
+  real_save = Image.Image.save
+
+  def full(self, fp, *args, **kwargs):
+    if str(fp).startswith(str(tmp_path / '.r.png.')):
+      raise OSError(28, os.strerror(28))
+    return real_save(self, fp, *args, **kwargs)
+
+  monkeypatch.setattr(Image.Image, 'save', full)
+  with pytest.raises(errors.WriteError) as e:
+    pipeline.run(cfg)
+  assert str(e.value) == (
+    f'could not write {tmp_path / "r.png"}: No space left on device; nothing was replaced: free '
+    f'space or choose another place; the checkpoint {tmp_path / "r.ckpt"} is kept: then continue '
+    'with run.resume'
+  )
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['c.jpg', 'd.png', 'r.ckpt', 's.jpg']
+  monkeypatch.setattr(Image.Image, 'save', real_save)
+  pipeline.run(cfg.replace(run=cfg.run.replace(resume=True)))
+  assert (tmp_path / 'r.png').read_bytes() == expected
+  assert not (tmp_path / 'r.ckpt').exists()
+
+
+def test_a_batch_job_killed_before_its_result_is_written_again_on_resume(tmp_path, caffe_npz):
+  _images(tmp_path)
+  jobs = [
+    jobs_lib.Job(
+      str(tmp_path / 'c.jpg'), (str(tmp_path / 's.jpg'),), output=str(tmp_path / 'a.png')
+    ),
+    jobs_lib.Job(
+      str(tmp_path / 'd.png'), (str(tmp_path / 's.jpg'),), output=str(tmp_path / 'b.png')
+    ),
+  ]
+  cfg = _cfg(tmp_path, caffe_npz, record=False)
+  cfg = cfg.replace(save=cfg.save.replace(path=''), run=cfg.run.replace(keep_checkpoint=True))
+  batch_lib.run_batch(jobs, cfg)
+  expected = {p: Path(p).read_bytes() for p in (tmp_path / 'a.png', tmp_path / 'b.png')}
+  b_time = (tmp_path / 'b.png').stat().st_mtime_ns
+  # As a kill after job a's finished checkpoint and before its result leaves it.
+  (tmp_path / 'a.png').unlink()
+  written = batch_lib.run_batch(jobs, cfg.replace(run=cfg.run.replace(resume=True)))
+  assert list(written) == [str(tmp_path / 'a.png')]
+  assert {p: Path(p).read_bytes() for p in expected} == expected
+  assert (tmp_path / 'b.png').stat().st_mtime_ns == b_time  # finished: not run again
+
+
+def _start(tmp_path, caffe_npz, *args):
+  env = {k: v for k, v in os.environ.items() if k != 'NST_JAX_WEIGHTS'}
+  env.update(JAX_PLATFORMS='cpu', NST_JAX_WEIGHTS=str(caffe_npz), XDG_RUNTIME_DIR='/nonexistent')
+  return subprocess.Popen(
+    [sys.executable, str(ROOT / 'main.py'), '-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'r.png',
+     '--progress', 'log', '--print_iter', '1', *args],
+    cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
+  )  # fmt: skip
+
+
+def _wait_for(process, text: str) -> list[str]:
+  lines = []
+  for line in process.stderr:
+    lines.append(line)
+    if text in line:
+      return lines
+  raise AssertionError(''.join(lines))
+
+
+def test_sigterm_while_compiling_a_1024_px_run_ends_it_within_2_s(tmp_path, caffe_npz):
+  _images(tmp_path)
+  Image.open(tmp_path / 'c.jpg').resize((1024, 768)).save(tmp_path / 'c.jpg')
+  before = _digests(tmp_path)
+  process = _start(tmp_path, caffe_npz, '-w', '1024', '-i', '5')
+  _wait_for(process, 'Styling')  # the weights are loaded; targets and the step compile next
+  time.sleep(1.0)
+  process.send_signal(signal.SIGTERM)
+  t0 = time.perf_counter()
+  rest = process.stderr.read()
+  process.wait(timeout=60)
+  assert time.perf_counter() - t0 < 2.0
+  assert process.returncode == 128 + signal.SIGTERM
+  assert rest.strip().splitlines()[-1] == (
+    'error: interrupted by signal 15 before the first iteration; nothing was written'
+  )
+  assert _digests(tmp_path) == before
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path, caffe_npz):
+  _images(tmp_path)
+  process = _start(tmp_path, caffe_npz, '-w', '32', '-i', '100000', '--tol', '0', *small_runs.FLAGS)
+  _wait_for(process, 'iteration 3')  # past the first iteration: a first signal would save
+  process.send_signal(signal.SIGINT)
+  process.send_signal(signal.SIGINT)
+  t0 = time.perf_counter()
+  rest = process.stderr.read()
+  process.wait(timeout=60)
+  assert time.perf_counter() - t0 < 1.0
+  assert process.returncode == 128 + signal.SIGINT
+  assert 'error: interrupted again by signal 2; stopped at once' in rest
+  # The next run on this output removes whatever a write cut short left behind.
+  with output_plan.locked([output_plan.image_output(tmp_path / 'r.png')], lock_dir=tmp_path):
+    pass
+  assert not list(tmp_path.glob('.*.tmp'))

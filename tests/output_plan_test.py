@@ -1,0 +1,238 @@
+"""Tests for nst_jax.output_plan: nothing a run writes can replace an input or a foreign file."""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from nst_jax import errors
+from nst_jax import image as image_lib
+from nst_jax import output_plan
+
+
+def _digest(path: Path) -> str:
+  return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _out(path, **kwargs) -> output_plan.Output:
+  return output_plan.image_output(Path(path), **kwargs)
+
+
+def test_derived_names_keep_a_non_default_suffix():
+  assert output_plan.derived('o/a.png', '.json') == Path('o/a.json')
+  assert output_plan.derived('o/a.jpg', '.json') == Path('o/a.jpg.json')
+  assert output_plan.derived('o/a.PNG', '.ckpt') == Path('o/a.PNG.ckpt')
+  assert output_plan.legacy_derived('o/a.jpg', '.ckpt') == Path('o/a.ckpt')
+  assert output_plan.legacy_derived('o/a.png', '.ckpt') is None
+  files = {p for _, p in _out('a.png', save_iter=5, iterations=12).derived}
+  assert files == {
+    Path('a.ckpt'), Path('a.json'), Path('a.loss.png'), Path('a.sheet.jpg'),
+    Path('a_00005.png'), Path('a_00010.png'),
+  }  # fmt: skip
+  assert {p for _, p in _out('a.png', record=False).derived} == {Path('a.ckpt')}
+
+
+def test_an_output_never_replaces_an_input(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  photo = tmp_path / 'photo.jpg'
+  photo.write_bytes(b'photo')
+  (tmp_path / 'link.jpg').symlink_to(photo)
+  inputs = {'content image': 'photo.jpg'}
+  for output in ('photo.jpg', './photo.jpg', str(photo), 'sub/../photo.jpg', 'link.jpg'):
+    with pytest.raises(errors.NstError) as e:
+      output_plan.check([_out(output)], inputs=inputs, overwrite=True)
+    assert (
+      str(e.value)
+      == f'the result {Path(output)} would replace the content image; choose another output name'
+    )
+  # A derived file too: the record of x.loss.png's neighbour, a checkpoint.
+  with pytest.raises(
+    errors.NstError, match='the checkpoint photo.jpg.ckpt of the result photo.jpg'
+  ):
+    output_plan.check([_out('photo.jpg')], inputs={'jobs file': 'photo.jpg.ckpt'})
+  with pytest.raises(
+    errors.NstError,
+    match=r'the run record r\.json of the result r\.png would replace the style image',
+  ):
+    output_plan.check([_out('r.png')], inputs={'style image': 'r.json'})
+  assert _digest(photo) == hashlib.sha256(b'photo').hexdigest()
+
+
+def test_outputs_and_their_derived_files_never_share_a_file(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  # a.png and ./a.png are one file.
+  with pytest.raises(errors.NstError, match=r'job 2 a\.png and job 1 a\.png are one file'):
+    output_plan.check([_out('a.png', owner='job 1'), _out('./a.png', owner='job 2')], inputs={})
+  # x.png's loss plot is x.loss.png, another job's result.
+  with pytest.raises(errors.NstError, match='the loss plot x.loss.png of job 2 x.png and job 1'):
+    output_plan.check([_out('x.loss.png', owner='job 1'), _out('x.png', owner='job 2')], inputs={})
+  # a.png and a.jpg differ only in the suffix: their records and checkpoints differ.
+  output_plan.check([_out('a.png', owner='job 1'), _out('a.jpg', owner='job 2')], inputs={})
+
+
+def test_an_existing_foreign_file_is_kept_unless_overwrite(tmp_path):
+  notes = tmp_path / 'notes.png'
+  notes.write_bytes(b'mine')
+  with pytest.raises(errors.NstError) as e:
+    output_plan.check([_out(notes)], inputs={})
+  assert str(e.value) == (
+    f'{notes} exists and no nst-jax run record says nst-jax wrote it; choose another output '
+    'name, or replace it with save.overwrite'
+  )
+  output_plan.check([_out(notes)], inputs={}, overwrite=True)
+  # The user's notes.json beside result.png is not replaced by the run record.
+  (tmp_path / 'result.json').write_text('{"mine": 1}')
+  with pytest.raises(errors.NstError, match=r'result\.json exists, beside result\.png,'):
+    output_plan.check([_out(tmp_path / 'result.png')], inputs={})
+  output_plan.check([_out(tmp_path / 'result.png', record=False)], inputs={})
+
+
+def test_a_rerun_replaces_its_own_result(tmp_path):
+  result = tmp_path / 'r.png'
+  for name in ('r.png', 'r.loss.png', 'r.sheet.jpg', 'r_00005.png'):
+    (tmp_path / name).write_bytes(b'ours')
+  (tmp_path / 'r.json').write_text(json.dumps({'output': str(result)}))
+  output_plan.check([_out(result, save_iter=5, iterations=5)], inputs={})
+  # A record naming another output does not make these files ours.
+  (tmp_path / 'r.json').write_text(json.dumps({'output': 'elsewhere/q.png'}))
+  with pytest.raises(errors.NstError, match='r.png exists and no nst-jax run record'):
+    output_plan.check([_out(result)], inputs={})
+  # An interrupted run (its checkpoint) owns its intermediates before any record exists.
+  for name in ('r.json', 'r.png', 'r.loss.png', 'r.sheet.jpg'):
+    (tmp_path / name).unlink()
+  with pytest.raises(errors.NstError, match='r_00005.png exists'):
+    output_plan.check([_out(result, save_iter=5, iterations=5)], inputs={})
+  (tmp_path / 'r.ckpt').write_bytes(b'state')
+  output_plan.check([_out(result, save_iter=5, iterations=5)], inputs={})
+
+
+@pytest.mark.parametrize(
+  'suffix', ['.psd', '.xpm', '.fits', '.xbm', '.msp', '.h5', '.bufr', '.grib']
+)
+def test_formats_pillow_reads_but_cannot_write_are_refused_up_front(tmp_path, suffix):
+  from nst_jax import outputs
+
+  path = tmp_path / f'r{suffix}'
+  with pytest.raises(errors.ImageError, match=rf'cannot write r\{suffix}: Pillow cannot save'):
+    outputs.check_writable(path)
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_every_format_that_passes_the_check_can_be_saved(tmp_path):
+  from nst_jax import outputs
+
+  rgb = image_lib.load_image(
+    Path(__file__).parent.parent / 'content_images' / 'tubingen.jpg', width=16
+  )
+  for suffix in ('.png', '.jpg', '.webp', '.tif', '.bmp', '.gif', '.ppm', '.tga', '.pcx'):
+    path = tmp_path / f'r{suffix}'
+    outputs.check_writable(path)
+    image_lib.save_image(path, rgb)
+    assert path.stat().st_size > 0
+
+
+def test_names_and_directories_that_cannot_be_written(tmp_path):
+  long = tmp_path / ('a' * 242 + '.png')  # 246 bytes: fits alone, not with '.NAME.XXXXXXXX.tmp'
+  with pytest.raises(errors.NstError, match='is 246 bytes long, and at most 241 fit here'):
+    output_plan.check([_out(long, record=False)], inputs={})
+  (tmp_path / 'dangling').symlink_to(tmp_path / 'gone')
+  with pytest.raises(errors.NstError, match='dangling is a link to .*gone, which does not exist'):
+    output_plan.check([_out(tmp_path / 'dangling' / 'sub' / 'x.png')], inputs={})
+  (tmp_path / 'file').write_bytes(b'')
+  with pytest.raises(errors.NstError, match='is a file, not a directory'):
+    output_plan.check([_out(tmp_path / 'file' / 'x.png')], inputs={})
+  (tmp_path / 'dir.png').mkdir()
+  with pytest.raises(errors.NstError, match='dir.png is a directory'):
+    output_plan.check([_out(tmp_path / 'dir.png')], inputs={})
+
+
+def test_too_little_free_space_is_said_before_the_run(tmp_path, monkeypatch):
+  out = _out(tmp_path / 'r.png', pixels=1000 * 1000, state_bytes=10**8)
+  output_plan.check([out], inputs={})
+  usage = output_plan.shutil.disk_usage(tmp_path)
+  monkeypatch.setattr(output_plan.shutil, 'disk_usage', lambda _: usage._replace(free=150 * 10**6))
+  # 6 MB of result, two checkpoints of 100 MB, 4 MiB of margin.
+  with pytest.raises(errors.NstError, match=r'has 150 MB free and the run needs about 210 MB'):
+    output_plan.check([out], inputs={})
+
+
+_HOLD = textwrap.dedent("""
+  import sys, time
+  from pathlib import Path
+  from nst_jax import output_plan
+  out = output_plan.image_output(Path(sys.argv[1]))
+  with output_plan.locked([out], lock_dir=sys.argv[2]):
+    print('held', flush=True)
+    time.sleep(60)
+""")
+
+
+def test_two_processes_never_write_one_output(tmp_path):
+  result = tmp_path / 'r.png'
+  locks = tmp_path / 'locks'
+  holder = subprocess.Popen(
+    [sys.executable, '-c', _HOLD, str(result), str(locks)],
+    stdout=subprocess.PIPE,
+    text=True,
+    cwd=Path(__file__).parent.parent,
+  )
+  try:
+    assert holder.stdout.readline().strip() == 'held'
+    with pytest.raises(errors.NstError) as e:
+      with output_plan.locked([_out(result)], lock_dir=locks):
+        pass
+    assert str(e.value) == (
+      f'another nst-jax run is writing {result}; wait for it to finish or choose another '
+      'output name'
+    )
+  finally:
+    holder.kill()  # as a crash would: the kernel releases its lock
+    holder.wait()
+  with output_plan.locked([_out(result)], lock_dir=locks):
+    pass
+  assert list(tmp_path.iterdir()) == [locks]  # nothing beside the output
+
+
+def test_a_killed_runs_temporaries_are_removed_by_the_next_run(tmp_path):
+  result = tmp_path / 'r.png'
+  left = [tmp_path / '.r.png.a1b2c3d4.tmp', tmp_path / '.r.ckpt.zz99zz99.tmp']
+  other = tmp_path / '.q.png.a1b2c3d4.tmp'  # another output's: not ours to remove
+  for path in (*left, other):
+    path.write_bytes(b'half')
+  with output_plan.locked([_out(result)], lock_dir=tmp_path / 'locks'):
+    assert not any(p.exists() for p in left)
+  assert other.exists()
+
+
+def test_a_failed_write_is_one_line_and_replaces_nothing(tmp_path):
+  target = tmp_path / 'r.png'
+  target.write_bytes(b'previous')
+
+  def fail(tmp):
+    Path(tmp).write_bytes(b'half')
+    raise OSError(28, os.strerror(28))
+
+  with pytest.raises(errors.WriteError) as e:
+    image_lib.atomic_write(target, fail)
+  assert str(e.value) == (
+    f'could not write {target}: No space left on device; nothing was replaced: free space or '
+    'choose another place'
+  )
+  assert target.read_bytes() == b'previous'
+  assert [p.name for p in tmp_path.iterdir()] == ['r.png']
+
+
+def test_lock_files_live_outside_the_output_directory(tmp_path, monkeypatch):
+  monkeypatch.setenv('XDG_RUNTIME_DIR', str(tmp_path / 'run'))
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+  assert output_plan.default_lock_dir() == tmp_path / 'cache' / 'nst_jax' / 'locks'
+  (tmp_path / 'run').mkdir()
+  assert output_plan.default_lock_dir() == tmp_path / 'run' / 'nst_jax-locks'
+  a = output_plan.lock_path('out/a.png', tmp_path)
+  assert a == output_plan.lock_path(Path.cwd() / 'out' / 'a.png', tmp_path)
+  assert a != output_plan.lock_path('out/b.png', tmp_path)
