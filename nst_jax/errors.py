@@ -3,7 +3,11 @@
 Every `NstError` message is one line that names the problem and how to fix it;
 `main.py` and `convert_weights.py` print it and exit non-zero without a
 traceback. Anything else that escapes is a bug and keeps its traceback.
+`printable` keeps a file name with a newline in it from breaking that line
+(the image, jobs and video loaders pass the names they report through it).
 """
+
+import os
 
 
 class NstError(Exception):
@@ -64,3 +68,24 @@ class NonFinite(NstError):
       'learning rate'
     )
     self.iteration = iteration
+
+
+def printable(path: str | bytes | os.PathLike) -> str:
+  """A path as it goes into a one-line message.
+
+  A name whose every character prints is returned as it is. Otherwise (a
+  newline, a tab, or a byte that is not UTF-8, which Python keeps as a lone
+  surrogate) it is returned as Python's repr, quoted and escaped, e.g.
+  'a\\nb.png': still one line, still unambiguous, and safe to print.
+
+  Args:
+    path: a file name: a string, bytes (decoded as the file system does) or a
+      path object.
+
+  Returns:
+    The name, quoted and escaped only when it must be.
+  """
+  text = os.fspath(path)
+  if isinstance(text, bytes):
+    text = os.fsdecode(text)
+  return text if text.isprintable() else repr(text)

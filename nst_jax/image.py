@@ -6,8 +6,9 @@ Two layers, kept apart:
   * colour math for the colour controls of Gatys et al. 2017: YIQ, luminance,
     chroma transfer and linear colour matching (`match_color`).
   * path <-> array I/O: `load_image` reads any Pillow-readable file into RGB
-    float32 [H, W, 3] in [0, 1] (optionally resized), and `save_image` writes
-    one atomically.
+    float32 [H, W, 3] in [0, 1] (optionally resized; each pixel mode by its
+    real range, `nst_jax.image_modes`), and `save_image` writes one
+    atomically.
 """
 
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
 from nst_jax import errors
+from nst_jax import image_modes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +73,6 @@ CONVENTIONS = {c.name: c for c in (CAFFE, TORCHVISION)}
 # Pillow's own default guard against decompression bombs (about 0.25 GB of
 # 24-bit pixels).
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
-# Modes Pillow uses for 16- and 32-bit integer grayscale (16-bit PNGs, TIFFs).
-_WIDE_GRAY_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 
 
 def get_convention(name: str) -> InputConvention:
@@ -272,39 +272,6 @@ def resized_height(width: int, height: int, new_width: int) -> int:
   return max(1, round(height * new_width / width))
 
 
-def _to_float_rgb(im: Image.Image) -> np.ndarray:
-  """Any Pillow image -> [H, W, 3] float32 RGB in [0, 1], without clipping detail.
-
-  16-bit grayscale keeps its 16 bits (Pillow's own RGB conversion would clip
-  it to 8 bits of garbage). Transparency is composited over white. CMYK goes
-  through Pillow's conversion, which undoes Adobe's inverted CMYK.
-  """
-  if im.mode in _WIDE_GRAY_MODES:
-    scale = 65535.0 if im.mode.startswith('I;16') else max(65535.0, float(np.max(im)))
-    gray = np.asarray(im, np.float32) / scale
-    return np.repeat(gray[..., None], 3, axis=-1)
-  if im.mode in ('RGBA', 'LA', 'PA') or (im.mode == 'P' and 'transparency' in im.info):
-    rgba = np.asarray(im.convert('RGBA'), np.float32) / 255.0
-    alpha = rgba[..., 3:]
-    return rgba[..., :3] * alpha + (1.0 - alpha)
-  return np.asarray(im.convert('RGB'), np.float32) / 255.0
-
-
-def _png_depth(im: Image.Image) -> int:
-  return 16 if im.tile and ';16' in str(im.tile[0].args) else 8  # Pillow's raw mode, e.g. RGB;16B
-
-
-def _png16(path, width: int | None) -> np.ndarray:
-  """A 16-bit RGB(A) PNG at full precision (Pillow reads it as 8-bit), alpha over white."""
-  import png
-
-  w, h, rows, info = png.Reader(filename=str(path)).asDirect()
-  data = np.vstack([np.asarray(r, np.float32) for r in rows]) / 65535.0
-  data = data.reshape(h, w, info['planes'])
-  rgb = data[..., :3] * data[..., 3:] + (1.0 - data[..., 3:]) if info['alpha'] else data
-  return resize_to_width(rgb, width) if width not in (None, w) else rgb.astype(np.float32)
-
-
 def resize_to_width(rgb: np.ndarray, width: int, height: int | None = None) -> np.ndarray:
   """Lanczos resize of float RGB [H, W, 3] to `width` (and the aspect ratio's height).
 
@@ -329,9 +296,12 @@ def load_image(
   """Reads an image file as RGB float32 in [0, 1].
 
   EXIF orientation is applied, so a photo shows the way its camera meant.
-  Grayscale, palette, CMYK and 16-bit images become RGB at full precision;
-  transparent areas are composited over white; an animated image gives its
-  first frame (with a warning).
+  Every Pillow mode is mapped by its real range (`nst_jax.image_modes`):
+  grayscale, palette, CMYK and 16-bit images become RGB at full precision;
+  transparent areas are composited over white; float images are taken as
+  they are and must lie in [0, 1]; 32-bit integer images are taken as 16
+  bits and must lie in 0..65535. An animated image gives its first frame
+  (with a warning).
 
   Args:
     path: any format Pillow reads.
@@ -343,15 +313,18 @@ def load_image(
     [H, W, 3] float32 numpy array in [0, 1].
 
   Raises:
-    ImageError: the file is missing, not an image, truncated, or too large.
+    ImageError: the file is missing, not an image, truncated, or too large;
+      its pixel mode is unknown; or its floats or 32-bit integers lie
+      outside the range above.
   """
   with _open(path, max_pixels) as im:
-    if im.format == 'PNG' and im.mode in ('RGB', 'RGBA') and _png_depth(im) == 16:
-      return _png16(path, width)
-    frames = getattr(im, 'n_frames', 1)
-    if frames > 1:
-      logging.warning('image %s has %d frames; using the first', path, frames)
-    rgb = _to_float_rgb(ImageOps.exif_transpose(im))
+    if image_modes.is_png16(im):
+      rgb = image_modes.read_png16(path)
+    else:
+      frames = getattr(im, 'n_frames', 1)
+      if frames > 1:
+        logging.warning('image %s has %d frames; using the first', path, frames)
+      rgb = image_modes.to_float_rgb(ImageOps.exif_transpose(im), path)
   if width is not None and width != rgb.shape[1]:
     rgb = resize_to_width(rgb, width)
   return rgb
@@ -381,10 +354,10 @@ def load_mask(
     w, h = im.size
     if abs(w / h - width / height) > 0.02 * (width / height):
       raise errors.ImageError(
-        f'mask {path} is {w}x{h} but the content image is {width}x{height} at this width; '
-        'draw the mask over the content image, at its aspect ratio'
+        f'mask {errors.printable(path)} is {w}x{h} but the content image is {width}x{height} '
+        'at this width; draw the mask over the content image, at its aspect ratio'
       )
-    gray = np.asarray(_to_float_rgb(im) @ RGB_TO_YIQ[0], np.float32)
+    gray = np.asarray(image_modes.to_float_rgb(im, path) @ RGB_TO_YIQ[0], np.float32)
   resized = Image.fromarray(gray).resize((width, height), Image.Resampling.BOX)
   return np.clip(np.asarray(resized, np.float32), 0.0, 1.0)
 
@@ -400,6 +373,11 @@ def _no_pillow_pixel_limit():
     Image.MAX_IMAGE_PIXELS = saved
 
 
+def _one_line(e: Exception) -> str:
+  # A decoder's message can span lines; ours is one line.
+  return ' '.join(str(e).splitlines())
+
+
 @contextlib.contextmanager
 def _open(path: str | os.PathLike, max_pixels: int):
   """Opens an image lazily (header only) with one-line errors for bad files.
@@ -410,18 +388,21 @@ def _open(path: str | os.PathLike, max_pixels: int):
   path = Path(path)
   if not path.is_file():
     what = 'is a directory' if path.is_dir() else 'does not exist'
-    raise errors.ImageError(f'image {path} {what}; pass the path of an image file')
+    raise errors.ImageError(
+      f'image {errors.printable(path)} {what}; pass the path of an image file'
+    )
   try:
     with _no_pillow_pixel_limit(), Image.open(path) as im:
       if im.width * im.height > max_pixels:
         raise errors.ImageError(
-          f'image {path} has {im.width}x{im.height} pixels, more than the limit of '
-          f'{max_pixels}; if you trust the file, raise --max_image_pixels'
+          f'image {errors.printable(path)} has {im.width}x{im.height} pixels, more than the '
+          f'limit of {max_pixels}; if you trust the file, raise --max_image_pixels'
         )
       yield im
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     raise errors.ImageError(
-      f'cannot read image {path}: {e}; pass a valid PNG, JPEG or other image'
+      f'cannot read image {errors.printable(path)}: {_one_line(e)}; '
+      'pass a valid PNG, JPEG or other image'
     ) from None
 
 
@@ -477,7 +458,9 @@ def image_format(path: str | os.PathLike) -> str:
   """Pillow's format name for a file name's suffix (.png -> 'PNG')."""
   fmt = Image.registered_extensions().get(Path(path).suffix.lower())
   if fmt is None:
-    raise errors.ImageError(f'cannot tell the image format of {path}; end the name in .png or .jpg')
+    raise errors.ImageError(
+      f'cannot tell the image format of {errors.printable(path)}; end the name in .png or .jpg'
+    )
   return fmt
 
 
@@ -525,7 +508,8 @@ def check_output(path: str | os.PathLike, bit_depth: int = 8) -> str:
     raise errors.ImageError(f'bit depth must be 8 or 16, got {bit_depth}')
   if bit_depth == 16 and fmt != 'PNG':
     raise errors.ImageError(
-      f'16-bit output needs a .png name, not {Path(path).name}; use --bit_depth 8 or a .png output'
+      f'16-bit output needs a .png name, not {errors.printable(Path(path).name)}; '
+      'use --bit_depth 8 or a .png output'
     )
   return fmt
 

@@ -69,10 +69,10 @@ def expand(spec: str, *, what: str) -> list[str]:
     paths = sorted(
       str(p) for p in Path(spec).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     )
-    where = f'the directory {spec} holds no images ({", ".join(IMAGE_SUFFIXES)})'
+    where = f'the directory {errors.printable(spec)} holds no images ({", ".join(IMAGE_SUFFIXES)})'
   elif glob.has_magic(spec):
     paths = sorted(p for p in glob.glob(spec) if Path(p).is_file())
-    where = f'the pattern {spec} matches no files'
+    where = f'the pattern {errors.printable(spec)} matches no files'
   else:
     return [spec]
   if not paths:
@@ -94,8 +94,8 @@ def jobs_from_specs(content_spec: str, style_specs: Sequence[str]) -> list[Job]:
     for spec in style_specs:
       if is_pattern(spec):
         raise errors.ConfigError(
-          f'-sp {spec} is a directory or pattern inside a comma-separated blend; give blended '
-          'styles as files, or one directory or pattern alone'
+          f'-sp {errors.printable(spec)} is a directory or pattern inside a comma-separated '
+          'blend; give blended styles as files, or one directory or pattern alone'
         )
     styles = [tuple(style_specs)]
   return [Job(content=c, style=s) for c in contents for s in styles]
@@ -109,14 +109,26 @@ def read_jobs(path: str | os.PathLike) -> list[Job]:
   output, content_mask and style_masks (one per style, like style). Relative
   paths are relative to the jobs file's directory.
 
+  The file is UTF-8, with or without the byte-order mark that spreadsheet
+  programs write at the start of a "CSV UTF-8" file.
+
   Raises:
-    ConfigError: a missing file, unknown column, missing value or bad
-      number, naming the line.
+    ConfigError: a missing file, a file that is not UTF-8, an unknown
+      column, a missing value or a bad number, naming the line.
   """
   path = Path(path)
+  name = errors.printable(path)
   if not path.is_file():
-    raise errors.ConfigError(f'jobs file {path} does not exist; check the path given to --jobs')
-  text = path.read_text(encoding='utf-8')
+    raise errors.ConfigError(f'jobs file {name} does not exist; check the path given to --jobs')
+  try:
+    # utf-8-sig drops a leading byte-order mark, which would otherwise become
+    # part of the first column's name ('unknown column \ufeffcontent').
+    text = path.read_text(encoding='utf-8-sig')
+  except UnicodeDecodeError as e:
+    raise errors.ConfigError(
+      f'jobs file {name} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset '
+      f'{e.start}); save it as UTF-8'
+    ) from None
   if path.suffix.lower() in ('.jsonl', '.ndjson', '.json'):
     rows = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -126,30 +138,32 @@ def read_jobs(path: str | os.PathLike) -> list[Job]:
         row = json.loads(line)
       except json.JSONDecodeError as e:
         raise errors.ConfigError(
-          f'{path} line {number} is not JSON ({e.msg}); write one JSON object per line'
+          f'{name} line {number} is not JSON ({e.msg}); write one JSON object per line'
         ) from None
       if not isinstance(row, dict):
-        raise errors.ConfigError(f'{path} line {number}: each line must be a JSON object')
+        raise errors.ConfigError(f'{name} line {number}: each line must be a JSON object')
       rows.append((number, row))
   else:
     reader = csv.DictReader(text.splitlines())
     if reader.fieldnames is None:
       raise errors.ConfigError(
-        f'{path} is empty; its first line names the columns: {", ".join(JOB_FIELDS)}'
+        f'{name} is empty; its first line names the columns: {", ".join(JOB_FIELDS)}'
       )
     rows = [(number, row) for number, row in enumerate(reader, 2)]
   jobs = [_job(path, number, row) for number, row in rows]
   if not jobs:
-    raise errors.ConfigError(f'{path} lists no jobs; add one line per job after the header')
+    raise errors.ConfigError(f'{name} lists no jobs; add one line per job after the header')
   return jobs
 
 
 def _job(path: Path, number: int, row: dict) -> Job:
-  where = f'{path} line {number}'
+  where = f'{errors.printable(path)} line {number}'
   unknown = sorted(set(row) - set(JOB_FIELDS) - {None})
   if unknown:
+    # printable: a stray control character in a column name shows as an escape.
+    names = ', '.join(map(errors.printable, unknown))
     raise errors.ConfigError(
-      f'{where}: unknown column {", ".join(unknown)}; the columns are {", ".join(JOB_FIELDS)}'
+      f'{where}: unknown column {names}; the columns are {", ".join(JOB_FIELDS)}'
     )
   if None in row:  # csv: more values than header columns
     raise errors.ConfigError(

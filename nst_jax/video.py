@@ -85,8 +85,8 @@ def parse_range(text: str, total: int, where: str) -> tuple[int, int]:
   end = min(int(match.group(2)) if match.group(2) else total, total)
   if end <= start:
     raise errors.ConfigError(
-      f'--frames {text} selects no frames of {where}, which has {total}; pick a range inside '
-      f'0:{total}'
+      f'--frames {text} selects no frames of {errors.printable(where)}, which has {total}; '
+      f'pick a range inside 0:{total}'
     )
   return start, end - start
 
@@ -103,7 +103,9 @@ def open_frames(spec: str, frames: str = ':', fps: float = DEFAULT_FPS) -> Clip:
     files = [p for p in glob.glob(spec) if Path(p).is_file()]
   files.sort(key=_natural_key)
   if not files:
-    raise errors.ImageError(f'{spec} holds no frames (numbered images); check the path')
+    raise errors.ImageError(
+      f'{errors.printable(spec)} holds no frames (numbered images); check the path'
+    )
   start, count = parse_range(frames, len(files), spec)
   width, height = image_lib.image_size(files[0])
   return Clip(
@@ -126,11 +128,14 @@ def open_video(path: str, frames: str = ':') -> Clip:
     container = av.open(path)
   except (av.error.FFmpegError, OSError) as e:
     raise errors.ImageError(
-      f'{path} is not a video FFmpeg can read ({type(e).__name__}); check the file'
+      f'{errors.printable(path)} is not a video FFmpeg can read ({type(e).__name__}); '
+      'check the file'
     ) from None
   with container:
     if not container.streams.video:
-      raise errors.ImageError(f'{path} has no video stream; give a video, or images with -cp')
+      raise errors.ImageError(
+        f'{errors.printable(path)} has no video stream; give a video, or images with -cp'
+      )
     stream = container.streams.video[0]
     notes = []
     pix = stream.codec_context.pix_fmt or ''
@@ -142,7 +147,7 @@ def open_video(path: str, frames: str = ':') -> Clip:
     total = len(times)
     has_audio = bool(container.streams.audio)
   if total == 0:
-    raise errors.ImageError(f'{path} has no frames; check the file')
+    raise errors.ImageError(f'{errors.printable(path)} has no frames; check the file')
   fps = _constant_rate(times, stream, path)
   start, count = parse_range(frames, total, path)
   return Clip(path, start, count, total, fps, stream.width, stream.height, has_audio, None,
@@ -155,9 +160,10 @@ def _constant_rate(times: list[float], stream, path: str) -> Fraction:
     steps = np.diff(np.asarray(times, np.float64))
     expected = 1.0 / float(rate)
     if np.max(np.abs(steps - expected)) > _RATE_TOLERANCE * expected + 1e-3:
+      name = errors.printable(path)
       raise errors.ImageError(
-        f'{path} has a variable frame rate (frame intervals from {steps.min():.4f} to '
-        f'{steps.max():.4f} s); convert it to a constant rate first, e.g. ffmpeg -i {path} '
+        f'{name} has a variable frame rate (frame intervals from {steps.min():.4f} to '
+        f'{steps.max():.4f} s); convert it to a constant rate first, e.g. ffmpeg -i {name} '
         f'-fps_mode cfr -r {float(rate):g} constant.mp4'
       )
   return Fraction(rate)
@@ -169,8 +175,8 @@ def open_clip(spec: str, frames: str = ':', fps: float = DEFAULT_FPS) -> Clip:
     return open_video(spec, frames)
   if Path(spec).is_file():
     raise errors.ImageError(
-      f'{spec} is not a video (known suffixes: {", ".join(VIDEO_SUFFIXES)}); give a video file '
-      'or a directory of frames'
+      f'{errors.printable(spec)} is not a video (known suffixes: {", ".join(VIDEO_SUFFIXES)}); '
+      'give a video file or a directory of frames'
     )
   return open_frames(spec, frames, fps)
 
@@ -186,10 +192,53 @@ def _frame_rgb(frame) -> np.ndarray:
   return frame.to_ndarray(format='rgb24').astype(np.float32) / 255.0
 
 
+def _read_size(w: int, h: int, width: int | None) -> tuple[int, int]:
+  return (w, h) if width is None else (width, image_lib.resized_height(w, h, width))
+
+
+def check_frame_sizes(paths, width: int | None, *, max_pixels: int) -> None:
+  """Refuses frame images that would not all be read at one size (from their headers).
+
+  Each frame is resized to `width` keeping its aspect ratio, so frames of
+  one aspect ratio and different sizes are fine; frames of different aspect
+  ratios would give arrays of different heights, which the optical flow
+  between neighbours cannot take.
+
+  Args:
+    paths: the frame images, in order (at least one).
+    width: the width frames are resized to, or None for their own size.
+    max_pixels: the image size limit, as for `image.load_image`.
+
+  Raises:
+    ImageError: naming the first frame whose size differs from the first
+      frame's, both sizes and the fix.
+  """
+  first, *rest = paths
+  w0, h0 = image_lib.image_size(first, max_pixels=max_pixels)
+  size0 = _read_size(w0, h0, width)
+  for path in rest:
+    w, h = image_lib.image_size(path, max_pixels=max_pixels)
+    size = _read_size(w, h, width)
+    if size != size0:
+      raise errors.ImageError(
+        f'frame {errors.printable(path)} is {w}x{h} but the first frame, '
+        f'{errors.printable(first)}, is {w0}x{h0}, so they would be read at different sizes '
+        f'({size[0]}x{size[1]} and {size0[0]}x{size0[1]}); give every frame the first '
+        f"frame's size, e.g. resize or crop it to {w0}x{h0}"
+      )
+
+
 def read_frames(clip: Clip, width: int, *, max_pixels: int = image_lib.DEFAULT_MAX_IMAGE_PIXELS):
-  """Yields the clip's frames as RGB float32 [H, W, 3] in [0, 1], resized to `width`."""
+  """Yields the clip's frames as RGB float32 [H, W, 3] in [0, 1], resized to `width`.
+
+  Raises:
+    ImageError: frame images that would come out at different sizes (checked
+      from their headers before the first frame is read).
+  """
   if clip.frame_files is not None:
-    for path in clip.frame_files[clip.start : clip.start + clip.count]:
+    paths = clip.frame_files[clip.start : clip.start + clip.count]
+    check_frame_sizes(paths, width, max_pixels=max_pixels)
+    for path in paths:
       yield image_lib.load_image(path, width=width, max_pixels=max_pixels)
     return
   import av
@@ -236,7 +285,7 @@ def write_video(path: str | os.PathLike, frames, fps: Fraction, *, audio_from: C
         for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format='rgb24')):
           out.mux(packet)
       if stream is None:
-        raise errors.NstError(f'no frames to write to {path}')
+        raise errors.NstError(f'no frames to write to {errors.printable(path)}')
       for packet in stream.encode():
         out.mux(packet)
       if audio is not None:

@@ -72,6 +72,47 @@ def test_bad_jobs_files_name_the_line(tmp_path, name, text, message):
     jobs_lib.read_jobs(tmp_path / name)
 
 
+@pytest.mark.parametrize(
+  'name,text',
+  [
+    ('jobs.csv', 'content,style,style_weight\r\na.jpg,x.jpg,2\r\n'),  # Excel's "CSV UTF-8"
+    ('jobs.jsonl', '{"content": "a.jpg", "style": "x.jpg", "style_weight": 2}\n'),
+  ],
+  ids=['csv', 'jsonl'],
+)
+def test_a_byte_order_mark_is_skipped(tmp_path, name, text):
+  # Before: "unknown column \ufeffcontent" for the CSV, "not JSON" for the JSON lines.
+  (tmp_path / name).write_bytes(b'\xef\xbb\xbf' + text.encode('utf-8'))
+  assert jobs_lib.read_jobs(tmp_path / name) == [
+    jobs_lib.Job(str(tmp_path / 'a.jpg'), (str(tmp_path / 'x.jpg'),), style_weight=2.0)
+  ]
+
+
+def test_a_jobs_file_that_is_not_utf8_is_one_line(tmp_path):
+  # Before: a UnicodeDecodeError traceback.
+  path = tmp_path / 'jobs.csv'
+  path.write_bytes('content,style\ncafé.jpg,x.jpg\n'.encode('latin-1'))
+  with pytest.raises(errors.ConfigError) as e:
+    jobs_lib.read_jobs(path)
+  assert str(e.value) == (
+    f'jobs file {path} is not UTF-8 text (byte 0xe9 at offset 17); save it as UTF-8'
+  )
+
+
+def test_file_and_column_names_with_control_characters_stay_on_one_line(tmp_path):
+  path = tmp_path / 'my\njobs.csv'
+  path.write_text('content,style,\tnote\na.jpg,x.jpg,hi\n')
+  with pytest.raises(errors.ConfigError) as e:
+    jobs_lib.read_jobs(path)
+  assert str(e.value) == (
+    f"{str(path)!r} line 2: unknown column '\\tnote'; the columns are "
+    'content, style, content_weight, style_weight, output, content_mask, style_masks'
+  )
+  with pytest.raises(errors.ConfigError) as e:
+    jobs_lib.read_jobs(tmp_path / 'gone\n.csv')
+  assert '\n' not in str(e.value) and str(e.value).startswith(f"jobs file '{tmp_path}/gone\\n.csv'")
+
+
 def test_outputs_are_unique_and_never_replace_files(tmp_path):
   (tmp_path / 'a_x.png').write_bytes(b'')
   jobs = [jobs_lib.Job('d/a.jpg', ('s/x.jpg',)), jobs_lib.Job('e/a.jpg', ('s/x.jpg',)),

@@ -1,9 +1,11 @@
 """Video files and frame folders: decoding, encoding, audio, ranges and every bad input."""
 
+import dataclasses
 from fractions import Fraction
 
 import av
 import numpy as np
+from PIL import Image
 import pytest
 import video_clips
 
@@ -112,12 +114,33 @@ def test_alpha_is_composited_over_white(tmp_path):
   np.testing.assert_allclose(frames[0][10, 50], [1, 1, 1], atol=1e-6)
 
 
+def test_frames_of_another_aspect_ratio_are_refused_before_reading(tmp_path):
+  # Before: the frames were read at different heights and the optical flow
+  # between them failed with an OpenCV traceback.
+  for name, size in [('f1.png', (64, 48)), ('f2.png', (128, 96)), ('f3.png', (64, 64))]:
+    Image.new('RGB', size).save(tmp_path / name)
+  clip = video.open_clip(str(tmp_path))
+  with pytest.raises(errors.ImageError) as e:
+    next(video.read_frames(clip, 32))
+  assert str(e.value) == (
+    f'frame {tmp_path}/f3.png is 64x64 but the first frame, {tmp_path}/f1.png, is 64x48, so they '
+    "would be read at different sizes (32x32 and 32x24); give every frame the first frame's "
+    'size, e.g. resize or crop it to 64x48'
+  )
+  # The same aspect ratio at another size is resized like the rest.
+  frames = list(video.read_frames(dataclasses.replace(clip, count=2), 32))
+  assert [f.shape for f in frames] == [(24, 32, 3), (24, 32, 3)]
+  with pytest.raises(errors.ImageError, match=r'f2\.png is 128x96 .* \(128x96 and 64x48\)'):
+    video.check_frame_sizes(clip.frame_files[:2], None, max_pixels=10**6)
+
+
 @pytest.mark.parametrize(
   'make, spec, message',
   [
     (lambda d: (d / 'x.mp4').write_text('not a video'), 'x.mp4', 'is not a video FFmpeg can read'),
     (lambda d: (d / 'x.txt').write_text('hi'), 'x.txt', 'is not a video (known suffixes'),
     (lambda d: d.joinpath('empty').mkdir(), 'empty', 'holds no frames'),
+    (lambda d: d.joinpath('new\nline').mkdir(), 'new\nline', "new\\\\nline' holds no frames"),
   ],
 )
 def test_unreadable_sources_are_one_line_errors(tmp_path, make, spec, message):
