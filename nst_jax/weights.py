@@ -21,7 +21,6 @@ model.
 
 from collections.abc import Callable, Mapping, Sequence
 import dataclasses
-import functools
 import hashlib
 import os
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 from nst_jax import errors
 from nst_jax import image as image_lib
 from nst_jax import vgg
+from nst_jax import weight_checks
 
 # The Keras Applications notop file: the original Oxford VGG-19 Caffe weights
 # (conv layers only), converted by Keras' authors. URL and MD5 as published in
@@ -88,6 +88,9 @@ KERAS_FC_LAYERS = ('fc1', 'fc2', 'predictions', 'flatten')
 META_PREFIX = '__meta__/'
 FORMAT_VERSION = '2'  # 2: adds params_sha256
 
+# The fix a file that does not fit the network gets.
+_CONVERT_FIX = f'convert the published VGG-19 file with {CONVERT_COMMAND}'
+
 _HDF5_MAGIC = b'\x89HDF\r\n\x1a\n'
 _ZIP_MAGIC = b'PK\x03\x04'
 
@@ -129,42 +132,6 @@ class Weights:
 
   params: Mapping[str, Mapping[str, jax.Array]]
   info: WeightsInfo
-
-
-@functools.cache
-def expected_shapes(
-  stage_sizes=vgg.VGG19_STAGE_SIZES, widths=vgg.VGG_WIDTHS
-) -> dict[str, tuple[int, ...]]:
-  """Flat `layer/param` -> shape the model expects, from `jax.eval_shape`."""
-  model = vgg.VGG(stage_sizes=stage_sizes, widths=widths)
-  abstract = jax.eval_shape(
-    model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
-  )
-  flat = flax.traverse_util.flatten_dict(abstract['params'], sep='/')
-  return {k: tuple(v.shape) for k, v in flat.items()}
-
-
-def check_params(flat: Mapping[str, np.ndarray], source: str) -> None:
-  """Raises WeightsError naming missing, unexpected and mis-shaped layers."""
-  want = expected_shapes()
-  missing = sorted(set(want) - set(flat))
-  extra = sorted(set(flat) - set(want))
-  wrong = [
-    f'{k} has shape {tuple(flat[k].shape)}, expected {want[k]}'
-    for k in want
-    if k in flat and tuple(flat[k].shape) != want[k]
-  ]
-  problems = []
-  if missing:
-    problems.append('missing ' + ', '.join(missing))
-  if extra:
-    problems.append('unexpected ' + ', '.join(extra))
-  problems += wrong
-  if problems:
-    raise errors.WeightsError(
-      f'{source} does not fit VGG-19: {"; ".join(problems)}; '
-      f'convert the published VGG-19 file with {CONVERT_COMMAND}'
-    )
 
 
 def params_digest(flat: Mapping[str, np.ndarray]) -> str:
@@ -374,7 +341,7 @@ def convert(
   if convention is not None:
     image_lib.get_convention(convention)  # validates the name
   flat = {k: np.ascontiguousarray(v, np.float32) for k, v in reader(path).items()}
-  check_params(flat, str(path))
+  weight_checks.check_params(flat, str(path), fix=_CONVERT_FIX)
   info = WeightsInfo(
     source=path.name,
     source_sha256=file_digest(path),
@@ -441,7 +408,7 @@ def load_weights(path: str | os.PathLike | None = None) -> Weights:
       f'{path} lacks metadata ({", ".join(absent)}); convert the published '
       f'file with {CONVERT_COMMAND}'
     )
-  check_params(flat, str(path))
+  weight_checks.check_params(flat, str(path), fix=_CONVERT_FIX)
   info = WeightsInfo(**{name: meta[name] for name in fields})
   if params_digest(flat) != info.params_sha256:
     raise errors.WeightsError(
