@@ -6,6 +6,7 @@ converted and whenever the converted .npz is loaded.
 
 from collections.abc import Mapping
 import functools
+import hashlib
 
 import flax
 import jax
@@ -53,3 +54,41 @@ def check_params(flat: Mapping[str, np.ndarray], source: str, *, fix: str) -> No
   problems += wrong
   if problems:
     raise errors.WeightsError(f'{source} does not fit VGG-19: {"; ".join(problems)}; {fix}')
+
+
+def params_digest(flat: Mapping[str, np.ndarray]) -> str:
+  """SHA-256 over every array's name, shape and float32 bytes, in key order."""
+  digest = hashlib.sha256()
+  for key in sorted(flat):
+    array = np.ascontiguousarray(flat[key], np.float32)
+    digest.update(f'{key}{array.shape}'.encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
+def keras_dataset(group, weight: str, key: str, *, source: str, fix: str) -> np.ndarray:
+  """Reads the dataset a Keras layer's `weight_names` lists, if it fits the model's `key`.
+
+  Args:
+    group: the layer's h5py group.
+    weight: one name from its `weight_names` (a path below the group).
+    key: the model's name for it, `conv1_1/kernel` etc.
+    source: the file, for the message.
+    fix: what the user should do, the message's end.
+  """
+  import h5py  # pylint: disable=g-import-not-at-top  # only Keras files need it
+
+  where = f'{group.name.lstrip("/")}/{weight}'
+  want = expected_shapes()[key]
+  data = group[weight] if weight in group else None
+  if data is None:
+    problem = f'{where}, listed in weight_names, is missing'
+  elif not isinstance(data, h5py.Dataset):
+    problem = f'{where}, listed in weight_names, is not a dataset'
+  elif data.dtype.kind != 'f':
+    problem = f'{where} holds {data.dtype} values, not floats'
+  elif data.shape != want:
+    problem = f'{where} has shape {data.shape}, expected {want} for {key}'
+  else:
+    return np.asarray(data)
+  raise errors.WeightsError(f'{source}: {problem}; {fix}')

@@ -91,6 +91,12 @@ FORMAT_VERSION = '2'  # 2: adds params_sha256
 # The fix a file that does not fit the network gets.
 _CONVERT_FIX = f'convert the published VGG-19 file with {CONVERT_COMMAND}'
 
+# The fix for a Keras file laid out otherwise than the published one.
+_NOT_KERAS_NOTOP = (
+  'this is not the published VGG-19 notop file: fetch and convert that with '
+  f'{CONVERT_COMMAND} --download'
+)
+
 _HDF5_MAGIC = b'\x89HDF\r\n\x1a\n'
 _ZIP_MAGIC = b'PK\x03\x04'
 
@@ -104,9 +110,10 @@ class WeightsInfo:
     source_sha256: SHA-256 of that file, computed at conversion.
     source_format: 'keras_h5', 'torch_pth' or 'safetensors'.
     convention: input convention name ('caffe' or 'torchvision').
-    params_sha256: `params_digest` of the converted arrays, recorded at
-      conversion and checked on every load (44 ms for VGG-19 here), so a
-      corrupted or tampered .npz is caught before it gives wrong pictures.
+    params_sha256: `weight_checks.params_digest` of the converted arrays,
+      recorded at conversion and checked on every load (44 ms for VGG-19
+      here), so a corrupted or tampered .npz is caught before it gives wrong
+      pictures.
   """
 
   source: str
@@ -132,16 +139,6 @@ class Weights:
 
   params: Mapping[str, Mapping[str, jax.Array]]
   info: WeightsInfo
-
-
-def params_digest(flat: Mapping[str, np.ndarray]) -> str:
-  """SHA-256 over every array's name, shape and float32 bytes, in key order."""
-  digest = hashlib.sha256()
-  for key in sorted(flat):
-    array = np.ascontiguousarray(flat[key], np.float32)
-    digest.update(f'{key}{array.shape}'.encode())
-    digest.update(array.tobytes())
-  return digest.hexdigest()
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = 'sha256') -> str:
@@ -209,44 +206,72 @@ def _keras_layer_name(name: str) -> str | None:
 def _read_keras_h5(path: Path) -> dict[str, np.ndarray]:
   import h5py  # pylint: disable=g-import-not-at-top  # only needed here
 
-  flat = {}
   try:
     f = h5py.File(path, 'r')
   except OSError as e:
     raise errors.WeightsError(f'{path} is not a readable HDF5 file ({e})') from None
-  with f:
-    # Keras' save_weights puts the layers at the root; model.save under
-    # 'model_weights'. Both carry the `layer_names` attribute.
-    root = f['model_weights'] if 'model_weights' in f else f
-    if 'layer_names' not in root.attrs:
+  try:
+    with f:
+      return _keras_layers(path, f)
+  except (OSError, RuntimeError, KeyError, ValueError) as e:
+    # What h5py raises for a damaged object header, heap or B-tree (names
+    # that do not decode are ValueErrors): every read below is of the file.
+    raise errors.WeightsError(
+      f'{path} is damaged ({_first_line(e)}); download the published file again with '
+      f'{CONVERT_COMMAND} --download'
+    ) from None
+
+
+def _keras_layers(path: Path, f) -> dict[str, np.ndarray]:
+  """The conv layers of an open Keras file, every dataset checked against the model."""
+  # Keras' save_weights puts the layers at the root; model.save under
+  # 'model_weights'. Both carry the `layer_names` attribute.
+  root = f['model_weights'] if 'model_weights' in f else f
+  if 'layer_names' not in root.attrs:
+    raise errors.WeightsError(
+      f'{path} is HDF5 but not a Keras weights file (no layer_names attribute)'
+    )
+  flat = {}
+  for raw in root.attrs['layer_names']:
+    layer = _text(raw)
+    if layer not in root:
       raise errors.WeightsError(
-        f'{path} is HDF5 but not a Keras weights file (no layer_names attribute)'
+        f'{path}: layer {layer} is listed in layer_names but has no group; {_NOT_KERAS_NOTOP}'
       )
-    for raw in root.attrs['layer_names']:
-      layer = raw.decode() if isinstance(raw, bytes) else str(raw)
-      group = root[layer]
-      weight_names = [
-        w.decode() if isinstance(w, bytes) else str(w) for w in group.attrs.get('weight_names', [])
-      ]
-      if not weight_names:
-        continue  # input, pooling and flatten layers have no weights
-      name = _keras_layer_name(layer)
-      if name is None:
-        if layer in KERAS_FC_LAYERS:
-          continue
-        raise errors.WeightsError(
-          f'{path}: unexpected layer {layer!r} with weights; '
-          'expected the VGG-19 layers block1_conv1 ... block5_conv4'
-        )
-      arrays = [np.asarray(group[w]) for w in weight_names]
-      if len(arrays) != 2 or arrays[0].ndim != 4 or arrays[1].ndim != 1:
-        raise errors.WeightsError(
-          f'{path}: layer {layer} holds {[a.shape for a in arrays]}, '
-          'expected a 4-D kernel and a 1-D bias'
-        )
-      # Keras 'tf' ordering is already [kH, kW, in, out] (HWIO), as Flax wants.
-      flat[f'{name}/kernel'], flat[f'{name}/bias'] = arrays
+    weight_names = [_text(w) for w in root[layer].attrs.get('weight_names', [])]
+    if not weight_names:
+      continue  # input, pooling and flatten layers have no weights
+    name = _keras_layer_name(layer)
+    if name is None:
+      if layer in KERAS_FC_LAYERS:
+        continue
+      raise errors.WeightsError(
+        f'{path}: unexpected layer {layer!r} with weights; '
+        'expected the VGG-19 layers block1_conv1 ... block5_conv4'
+      )
+    if len(weight_names) != 2:
+      raise errors.WeightsError(
+        f'{path}: layer {layer} lists {len(weight_names)} weights, expected a kernel and a '
+        f'bias; {_NOT_KERAS_NOTOP}'
+      )
+    # Keras 'tf' ordering is already [kH, kW, in, out] (HWIO), as Flax wants.
+    for param, weight in zip(('kernel', 'bias'), weight_names, strict=True):
+      key = f'{name}/{param}'
+      flat[key] = weight_checks.keras_dataset(
+        root[layer], weight, key, source=str(path), fix=_NOT_KERAS_NOTOP
+      )
   return flat
+
+
+def _text(value) -> str:
+  """An HDF5 string attribute entry (bytes in files Keras wrote) as str."""
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _first_line(e: Exception) -> str:
+  # A KeyError's str() quotes its message.
+  text = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
 
 
 def _from_torch_keys(state: Mapping[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
@@ -292,8 +317,9 @@ def _read_torch_pth(path: Path) -> dict[str, np.ndarray]:
     # weights_only: tensors and containers only; never runs pickled code.
     state = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # torch raises many types for bad files
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise errors.WeightsError(f'{path}: cannot load as a PyTorch state dict ({first})') from None
+    raise errors.WeightsError(
+      f'{path}: cannot load as a PyTorch state dict ({_first_line(e)})'
+    ) from None
   if isinstance(state, Mapping) and 'state_dict' in state:
     state = state['state_dict']
   if not isinstance(state, Mapping):
@@ -347,7 +373,7 @@ def convert(
     source_sha256=file_digest(path),
     source_format=fmt,
     convention=convention or implied,
-    params_sha256=params_digest(flat),
+    params_sha256=weight_checks.params_digest(flat),
   )
   return flat, info
 
@@ -410,7 +436,7 @@ def load_weights(path: str | os.PathLike | None = None) -> Weights:
     )
   weight_checks.check_params(flat, str(path), fix=_CONVERT_FIX)
   info = WeightsInfo(**{name: meta[name] for name in fields})
-  if params_digest(flat) != info.params_sha256:
+  if weight_checks.params_digest(flat) != info.params_sha256:
     raise errors.WeightsError(
       f'{path} is corrupt: its arrays do not match the hash recorded at conversion; rebuild it '
       f'with: {CONVERT_COMMAND} --download --output {path}'

@@ -220,6 +220,115 @@ def test_unexpected_layers(tmp_path, random_params):
   assert "unexpected layer 'block6_conv1'" in _one_line(e)
 
 
+# Keras files that are not the published one: each damage done to a generated
+# file in the published layout, and the problem the one line must name.
+NOT_NOTOP = (
+  'this is not the published VGG-19 notop file: fetch and convert that with '
+  f'{weights_lib.CONVERT_COMMAND} --download'
+)
+
+
+def _drop_group(f):
+  del f['block3_conv3']  # still listed in layer_names
+
+
+def _drop_dataset(f):
+  del f['block2_conv1/block2_conv1_W_1:0']  # still listed in weight_names
+
+
+def _replace_dataset(name, data):
+  def change(f):
+    del f[name]
+    f.create_dataset(name, data=data)
+
+  return change
+
+
+def _one_weight_name(f):
+  f['block4_conv2'].attrs['weight_names'] = np.array([b'block4_conv2_W_1:0'])
+
+
+def _group_for_dataset(f):
+  del f['block1_conv1/block1_conv1_W_1:0']
+  f.create_group('block1_conv1/block1_conv1_W_1:0')
+
+
+KERAS_DAMAGE = {
+  'missing-group': (
+    _drop_group,
+    'layer block3_conv3 is listed in layer_names but has no group',
+  ),
+  'missing-dataset': (
+    _drop_dataset,
+    'block2_conv1/block2_conv1_W_1:0, listed in weight_names, is missing',
+  ),
+  'wrong-shape-bias': (
+    _replace_dataset('block4_conv2/block4_conv2_b_1:0', np.zeros(3, np.float32)),
+    'block4_conv2/block4_conv2_b_1:0 has shape (3,), expected (512,) for conv4_2/bias',
+  ),
+  'wrong-shape-kernel': (
+    _replace_dataset('block5_conv4/block5_conv4_W_1:0', np.zeros((512, 512, 3, 3), np.float32)),
+    'block5_conv4/block5_conv4_W_1:0 has shape (512, 512, 3, 3), expected (3, 3, 512, 512) '
+    'for conv5_4/kernel',
+  ),
+  'one-weight-name': (
+    _one_weight_name,
+    'layer block4_conv2 lists 1 weights, expected a kernel and a bias',
+  ),
+  'group-not-dataset': (
+    _group_for_dataset,
+    'block1_conv1/block1_conv1_W_1:0, listed in weight_names, is not a dataset',
+  ),
+  'strings': (
+    _replace_dataset('block1_conv2/block1_conv2_b_1:0', np.array([b'x'] * 64)),
+    'block1_conv2/block1_conv2_b_1:0 holds |S1 values, not floats',
+  ),
+}
+
+
+@pytest.mark.parametrize('damage', KERAS_DAMAGE)
+def test_keras_file_unlike_the_published_one(tmp_path, random_params, damage):
+  change, problem = KERAS_DAMAGE[damage]
+  h5 = tmp_path / 'w.h5'
+  weight_files.write_keras_h5(h5, random_params)
+  with h5py.File(h5, 'a') as f:
+    change(f)
+  with pytest.raises(errors.WeightsError) as e:
+    weights_lib.convert(h5)
+  assert _one_line(e) == f'{h5}: {problem}; {NOT_NOTOP}'
+
+
+def test_keras2_nested_dataset_missing(tmp_path, random_params):
+  h5 = tmp_path / 'w.h5'
+  weight_files.write_keras_h5(h5, random_params, keras_version=2)
+  with h5py.File(h5, 'a') as f:
+    del f['block3_conv1/block3_conv1/bias:0']
+  with pytest.raises(errors.WeightsError) as e:
+    weights_lib.convert(h5)
+  problem = 'block3_conv1/block3_conv1/bias:0, listed in weight_names, is missing'
+  assert _one_line(e) == f'{h5}: {problem}; {NOT_NOTOP}'
+
+
+@pytest.mark.parametrize('signature', [b'TREE', b'HEAP', b'SNOD'])
+def test_keras_file_with_damaged_structure(tmp_path, random_params, signature):
+  # A B-tree, local heap or symbol table node whose signature was
+  # overwritten, as a bad disk or transfer leaves it: h5py raises KeyError,
+  # RuntimeError or OSError from deep inside; the user gets one line.
+  h5 = tmp_path / 'w.h5'
+  weight_files.write_keras_h5(h5, random_params)
+  data = bytearray(h5.read_bytes())
+  at = data.index(signature)
+  data[at : at + 4] = b'XXXX'
+  h5.write_bytes(bytes(data))
+  with pytest.raises(errors.WeightsError) as e:
+    weights_lib.convert(h5)
+  message = _one_line(e)
+  assert message.startswith(f'{h5} is damaged (')
+  assert message.endswith(
+    f'); download the published file again with {weights_lib.CONVERT_COMMAND} --download'
+  )
+
+
 def _tampered_npz(source, dest, **changes):
   """A copy of a converted .npz with some arrays added or replaced."""
   with np.load(source) as npz:
