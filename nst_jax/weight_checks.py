@@ -1,7 +1,9 @@
-"""Checks that a set of VGG-19 arrays fits the network: names and shapes.
+"""Checks that a set of VGG-19 arrays can be used: names, shapes and values.
 
 Every weights file, whatever its format, is checked here twice: when it is
-converted and whenever the converted .npz is loaded.
+converted and whenever the converted .npz is loaded. A damaged or foreign
+file is refused with one line naming the tensor, not found out later as a
+non-finite loss ("lower the weights") or a wrong picture.
 """
 
 from collections.abc import Mapping
@@ -54,6 +56,38 @@ def check_params(flat: Mapping[str, np.ndarray], source: str, *, fix: str) -> No
   problems += wrong
   if problems:
     raise errors.WeightsError(f'{source} does not fit VGG-19: {"; ".join(problems)}; {fix}')
+
+
+def check_values(flat: Mapping[str, np.ndarray], source: str, *, fix: str) -> None:
+  """Raises WeightsError naming the first tensor that is not all finite numbers.
+
+  A NaN or an infinity in any weight makes every loss non-finite, which a
+  run could only report as "lower the weights"; here the tensor is named.
+
+  Args:
+    flat: `conv1_1/kernel` etc. -> array, in any numeric dtype.
+    source: the file they came from, for the message.
+    fix: what the user should do, the message's end.
+  """
+  bad = []
+  for key in sorted(flat):
+    array = np.asarray(flat[key])
+    if array.dtype.kind not in 'fiu':
+      raise errors.WeightsError(f'{source}: {key} holds {array.dtype} values, not numbers; {fix}')
+    # The common case, all finite, costs one pass over the arrays.
+    if array.dtype.kind == 'f' and not np.isfinite(array).all():
+      bad.append((key, int(np.isnan(array).sum()), int(np.isinf(array).sum())))
+  if not bad:
+    return
+  key, nans, infs = bad[0]
+  counts = ' and '.join(f'{n} {what}' for n, what in ((nans, 'NaN'), (infs, 'infinite')) if n)
+  values = 'value' if nans + infs == 1 else 'values'
+  more = ''
+  if len(bad) == 2:
+    more = ', as does 1 other tensor'
+  elif len(bad) > 2:
+    more = f', as do {len(bad) - 1} other tensors'
+  raise errors.WeightsError(f'{source}: {key} holds {counts} {values}{more}; {fix}')
 
 
 def params_digest(flat: Mapping[str, np.ndarray]) -> str:

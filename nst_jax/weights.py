@@ -88,8 +88,12 @@ KERAS_FC_LAYERS = ('fc1', 'fc2', 'predictions', 'flatten')
 META_PREFIX = '__meta__/'
 FORMAT_VERSION = '2'  # 2: adds params_sha256
 
-# The fix a file that does not fit the network gets.
+# The fixes for a file that does not fit the network, and for one whose
+# values are not all finite numbers.
 _CONVERT_FIX = f'convert the published VGG-19 file with {CONVERT_COMMAND}'
+_DAMAGED_FIX = (
+  f'the file is damaged: fetch and convert the published one with {CONVERT_COMMAND} --download'
+)
 
 # The fix for a Keras file laid out otherwise than the published one.
 _NOT_KERAS_NOTOP = (
@@ -216,10 +220,7 @@ def _read_keras_h5(path: Path) -> dict[str, np.ndarray]:
   except (OSError, RuntimeError, KeyError, ValueError) as e:
     # What h5py raises for a damaged object header, heap or B-tree (names
     # that do not decode are ValueErrors): every read below is of the file.
-    raise errors.WeightsError(
-      f'{path} is damaged ({_first_line(e)}); download the published file again with '
-      f'{CONVERT_COMMAND} --download'
-    ) from None
+    raise errors.WeightsError(f'{path}: HDF5 error ({_first_line(e)}); {_DAMAGED_FIX}') from None
 
 
 def _keras_layers(path: Path, f) -> dict[str, np.ndarray]:
@@ -368,6 +369,7 @@ def convert(
     image_lib.get_convention(convention)  # validates the name
   flat = {k: np.ascontiguousarray(v, np.float32) for k, v in reader(path).items()}
   weight_checks.check_params(flat, str(path), fix=_CONVERT_FIX)
+  weight_checks.check_values(flat, str(path), fix=_DAMAGED_FIX)
   info = WeightsInfo(
     source=path.name,
     source_sha256=file_digest(path),
@@ -435,11 +437,14 @@ def load_weights(path: str | os.PathLike | None = None) -> Weights:
       f'file with {CONVERT_COMMAND}'
     )
   weight_checks.check_params(flat, str(path), fix=_CONVERT_FIX)
+  # Before the hash: an .npz converted before the values were checked can
+  # hold a NaN that its own hash vouches for.
+  rebuild = f'rebuild it with: {CONVERT_COMMAND} --download --output {path}'
+  weight_checks.check_values(flat, str(path), fix=rebuild)
   info = WeightsInfo(**{name: meta[name] for name in fields})
   if weight_checks.params_digest(flat) != info.params_sha256:
     raise errors.WeightsError(
-      f'{path} is corrupt: its arrays do not match the hash recorded at conversion; rebuild it '
-      f'with: {CONVERT_COMMAND} --download --output {path}'
+      f'{path} is corrupt: its arrays do not match the hash recorded at conversion; {rebuild}'
     )
   image_lib.get_convention(info.convention)  # an unknown name is a one-line error
   params = flax.traverse_util.unflatten_dict(

@@ -1,5 +1,6 @@
 """Tests for nst_jax.weights: conversion of every layout, loading, download."""
 
+import dataclasses
 import hashlib
 import pickle
 
@@ -10,6 +11,7 @@ import weight_files
 
 from nst_jax import errors
 from nst_jax import extract_features
+from nst_jax import weight_checks
 from nst_jax import weights as weights_lib
 
 ALL_LAYERS = tuple(
@@ -228,6 +230,12 @@ NOT_NOTOP = (
 )
 
 
+DAMAGED = (
+  'the file is damaged: fetch and convert the published one with '
+  f'{weights_lib.CONVERT_COMMAND} --download'
+)
+
+
 def _drop_group(f):
   del f['block3_conv3']  # still listed in layer_names
 
@@ -323,10 +331,51 @@ def test_keras_file_with_damaged_structure(tmp_path, random_params, signature):
   with pytest.raises(errors.WeightsError) as e:
     weights_lib.convert(h5)
   message = _one_line(e)
-  assert message.startswith(f'{h5} is damaged (')
-  assert message.endswith(
-    f'); download the published file again with {weights_lib.CONVERT_COMMAND} --download'
+  assert message.startswith(f'{h5}: HDF5 error (')
+  assert message.endswith(f'); {DAMAGED}')
+
+
+def _with_nan_and_inf(params):
+  """`params` with 12 NaNs in conv3_2's kernel and 3 infinities in conv5_1's bias."""
+  params = dict(params)
+  kernel, bias = (a.copy() for a in params['conv3_2'])
+  kernel.flat[1000:1012] = np.nan
+  params['conv3_2'] = (kernel, bias)
+  kernel, bias = (a.copy() for a in params['conv5_1'])
+  bias[[0, 9, 400]] = [np.inf, -np.inf, np.inf]
+  params['conv5_1'] = (kernel, bias)
+  return params
+
+
+@pytest.mark.parametrize('kind', ['keras1', 'keras2_top', 'pth', 'safetensors'])
+def test_non_finite_weights_are_refused_at_conversion(tmp_path, random_params, kind):
+  src = tmp_path / 'w.bin'
+  _write(kind, src, _with_nan_and_inf(random_params))
+  with pytest.raises(errors.WeightsError) as e:
+    weights_lib.convert(src)
+  assert _one_line(e) == (
+    f'{src}: conv3_2/kernel holds 12 NaN values, as does 1 other tensor; {DAMAGED}'
   )
+
+
+def test_non_finite_weights_are_refused_at_load(tmp_path, random_params):
+  # An .npz written before conversion checked the values: its recorded hash
+  # is that of the NaNs, so only the values check can tell.
+  h5 = tmp_path / 'w.h5'
+  weight_files.write_keras_h5(h5, random_params)
+  flat, info = weights_lib.convert(h5)
+  flat = dict(flat, **{'conv5_1/bias': _with_nan_and_inf(random_params)['conv5_1'][1]})
+  info = dataclasses.replace(info, params_sha256=weight_checks.params_digest(flat))
+  npz = tmp_path / 'vgg19.npz'
+  weights_lib.save_npz(npz, flat, info)
+  digest = hashlib.sha256(npz.read_bytes()).hexdigest()
+  with pytest.raises(errors.WeightsError) as e:
+    weights_lib.load_weights(npz)
+  assert _one_line(e) == (
+    f'{npz}: conv5_1/bias holds 3 infinite values; rebuild it with: '
+    f'{weights_lib.CONVERT_COMMAND} --download --output {npz}'
+  )
+  assert hashlib.sha256(npz.read_bytes()).hexdigest() == digest
 
 
 def _tampered_npz(source, dest, **changes):
