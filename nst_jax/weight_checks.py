@@ -9,6 +9,7 @@ non-finite loss ("lower the weights") or a wrong picture.
 from collections.abc import Mapping
 import functools
 import hashlib
+import os
 
 import flax
 import jax
@@ -97,6 +98,15 @@ def params_digest(flat: Mapping[str, np.ndarray]) -> str:
     array = np.ascontiguousarray(flat[key], np.float32)
     digest.update(f'{key}{array.shape}'.encode())
     digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = 'sha256') -> str:
+  """Hex digest of a file, read in 1 MiB chunks."""
+  digest = hashlib.new(algorithm)
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      digest.update(chunk)
   return digest.hexdigest()
 
 

@@ -21,7 +21,6 @@ model.
 
 from collections.abc import Callable, Mapping, Sequence
 import dataclasses
-import hashlib
 import os
 from pathlib import Path
 import re
@@ -143,15 +142,6 @@ class Weights:
 
   params: Mapping[str, Mapping[str, jax.Array]]
   info: WeightsInfo
-
-
-def file_digest(path: str | os.PathLike, algorithm: str = 'sha256') -> str:
-  """Hex digest of a file, read in 1 MiB chunks."""
-  digest = hashlib.new(algorithm)
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      digest.update(chunk)
-  return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------
@@ -372,7 +362,7 @@ def convert(
   weight_checks.check_values(flat, str(path), fix=_DAMAGED_FIX)
   info = WeightsInfo(
     source=path.name,
-    source_sha256=file_digest(path),
+    source_sha256=weight_checks.file_digest(path),
     source_format=fmt,
     convention=convention or implied,
     params_sha256=weight_checks.params_digest(flat),
@@ -408,12 +398,20 @@ def load_weights(path: str | os.PathLike | None = None) -> Weights:
     Weights with float32 params on the default device.
 
   Raises:
-    WeightsError: missing file, a pickle, a wrong key or shape, no metadata.
+    WeightsError: a missing file or a directory, a pickle, a wrong key or shape,
+      values that are not finite numbers, no metadata.
   """
   path = resolve_weights_path(path)
-  if not path.is_file():
+  inside = path / DEFAULT_WEIGHTS_PATH.name
+  if path.is_dir() and inside.is_file():
     raise errors.WeightsError(
-      f'weights file {path} does not exist; run: {CONVERT_COMMAND} --download --output {path}'
+      f'weights file {path} is a directory; use the converted file in it, {inside}'
+    )
+  if not path.is_file():
+    # A directory: the converter writes a file, so name one in it.
+    what, output = ('is a directory', inside) if path.is_dir() else ('does not exist', path)
+    raise errors.WeightsError(
+      f'weights file {path} {what}; run: {CONVERT_COMMAND} --download --output {output}'
     )
   try:
     with np.load(path, allow_pickle=False) as npz:

@@ -161,6 +161,25 @@ def test_missing_explicit_path_never_downloads(tmp_path):
     weights_lib.get_weights(tmp_path / 'typo.npz')
 
 
+def test_directory_as_weights_names_a_file_in_it(tmp_path, caffe_npz):
+  # The suggested command writes a file in the directory (the converter
+  # refuses a directory as its output); then the line names that file.
+  with pytest.raises(errors.WeightsError) as e:
+    weights_lib.get_weights(tmp_path)
+  assert str(e.value) == (
+    f'weights file {tmp_path} is a directory; run: {weights_lib.CONVERT_COMMAND} --download '
+    f'--output {tmp_path / "vgg19.npz"}'
+  )
+  (tmp_path / 'vgg19.npz').write_bytes(caffe_npz.read_bytes())
+  with pytest.raises(errors.WeightsError) as e:
+    weights_lib.get_weights(tmp_path)
+  inside = tmp_path / 'vgg19.npz'
+  assert (
+    str(e.value)
+    == f'weights file {tmp_path} is a directory; use the converted file in it, {inside}'
+  )
+
+
 # ---------------------------------------------------------------------------
 # Bad files: one line naming the problem and, where there is one, the layer.
 
