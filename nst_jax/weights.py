@@ -87,14 +87,12 @@ KERAS_FC_LAYERS = ('fc1', 'fc2', 'predictions', 'flatten')
 META_PREFIX = '__meta__/'
 FORMAT_VERSION = '2'  # 2: adds params_sha256
 
-# The fixes for a file that does not fit the network, and for one whose
-# values are not all finite numbers.
+# The fixes messages end with: for a file that does not fit the network, one
+# whose values are not all finite, a Keras file unlike the published one.
 _CONVERT_FIX = f'convert the published VGG-19 file with {CONVERT_COMMAND}'
 _DAMAGED_FIX = (
   f'the file is damaged: fetch and convert the published one with {CONVERT_COMMAND} --download'
 )
-
-# The fix for a Keras file laid out otherwise than the published one.
 _NOT_KERAS_NOTOP = (
   'this is not the published VGG-19 notop file: fetch and convert that with '
   f'{CONVERT_COMMAND} --download'
@@ -278,6 +276,10 @@ def _from_torch_keys(state: Mapping[str, np.ndarray], path: Path) -> dict[str, n
       unexpected.append(key)
       continue
     name = by_index[int(m[1])]
+    if not isinstance(value, np.ndarray):
+      raise errors.WeightsError(
+        f'{path}: {key} is a {type(value).__name__}, not a tensor; {_CONVERT_FIX}'
+      )
     value = np.asarray(value, np.float32)
     if m[2] == 'weight':
       if value.ndim != 4:
@@ -315,7 +317,9 @@ def _read_torch_pth(path: Path) -> dict[str, np.ndarray]:
     state = state['state_dict']
   if not isinstance(state, Mapping):
     raise errors.WeightsError(f'{path} holds a {type(state).__name__}, not a state dict')
-  return _from_torch_keys({k: v.detach().float().numpy() for k, v in state.items()}, path)
+  # Other values (an epoch number, say) stay as they are, to be named below.
+  arrays = {k: v.detach().float().numpy() if torch.is_tensor(v) else v for k, v in state.items()}
+  return _from_torch_keys(arrays, path)
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:

@@ -441,6 +441,33 @@ def test_npz_holding_a_pickle_is_refused(tmp_path, caffe_npz):
   assert 'cannot be loaded safely' in _one_line(e)
 
 
+@pytest.mark.parametrize(
+  'extra,problem',
+  [
+    (
+      {'epoch': 3},
+      'unexpected keys epoch; expected torchvision VGG-19 keys features.0.weight ... '
+      'features.34.bias',
+    ),
+    (
+      {'features.5.bias': 'abc'},
+      'features.5.bias is a str, not a tensor; convert the published VGG-19 file with '
+      f'{weights_lib.CONVERT_COMMAND}',
+    ),
+  ],
+  ids=['epoch', 'text'],
+)
+def test_pth_with_values_that_are_not_tensors(tmp_path, random_params, extra, problem):
+  import torch
+
+  state = weight_files.torchvision_state(random_params)
+  pth = tmp_path / 'w.pth'
+  torch.save({**{k: torch.from_numpy(v) for k, v in state.items()}, **extra}, pth)
+  with pytest.raises(errors.WeightsError) as e:
+    weights_lib.convert(pth)
+  assert _one_line(e) == f'{pth}: {problem}'
+
+
 def test_pth_never_runs_pickled_code(tmp_path):
   marker = tmp_path / 'pwned'
 
