@@ -132,7 +132,11 @@ def save(
 
 
 def read(path: str | os.PathLike) -> dict:
-  """The raw payload; WeightsError-style one-line errors for bad files."""
+  """The raw payload, its fields checked; one-line NstErrors for bad files.
+
+  Every field the resume path reads is checked here, so a damaged or foreign
+  file is refused naming the file and the field, never with a traceback.
+  """
   path = Path(path)
   try:
     payload = flax.serialization.msgpack_restore(path.read_bytes())
@@ -141,12 +145,52 @@ def read(path: str | os.PathLike) -> dict:
       f'no checkpoint {path} to resume; run without --resume to start'
     ) from None
   except Exception as e:  # msgpack raises several types for damaged files
+    detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise errors.NstError(
-      f'checkpoint {path} is unreadable ({type(e).__name__}); delete it to start over'
+      f'checkpoint {path} is unreadable (damaged or cut short: {detail}); delete it to start over'
     ) from None
   if not isinstance(payload, dict) or payload.get('format') != FORMAT:
     raise errors.NstError(f'{path} is not an nst-jax checkpoint; delete it to start over')
+  problem = _payload_problem(payload)
+  if problem:
+    raise errors.NstError(f'checkpoint {path} is damaged ({problem}); delete it to start over')
   return payload
+
+
+# The fields of a payload and their types; the optional ones have defaults
+# (older checkpoints lack them).
+_REQUIRED = {'iteration': int, 'total': int, 'settings': str, 'state': dict}
+_OPTIONAL = {'scale': int, 'scales': int, 'extra': str}
+_KINDS = {int: 'an integer', str: 'a string', dict: 'a mapping'}
+
+
+def _payload_problem(payload: dict) -> str | None:
+  """What is wrong with a payload's fields, or None."""
+  for name, kind in (_REQUIRED | _OPTIONAL).items():
+    if name not in payload:
+      if name in _REQUIRED:
+        return f'its {name} field is missing'
+      continue
+    value = payload[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+      return f'its {name} field is a {type(value).__name__}, not {_KINDS[kind]}'
+    if kind is int and value < 0:
+      return f'its {name} field is {value}'
+  parsed = {}
+  for name in ('settings', 'extra'):
+    try:
+      parsed[name] = json.loads(payload.get(name, '{}'))
+    except ValueError:
+      parsed[name] = None
+    if not isinstance(parsed[name], dict):
+      return f'its {name} field is not a JSON object'
+  # What the engine reads back from `extra`: the schedule's convergence history.
+  best = parsed['extra'].get('best', [])
+  if not isinstance(best, list) or not all(isinstance(b, int | float) for b in best):
+    return 'its convergence history is not a list of numbers'
+  if not isinstance(parsed['extra'].get('converged', False), bool):
+    return 'its converged flag is not true or false'
+  return None
 
 
 def extra(payload: dict) -> dict:
@@ -171,8 +215,8 @@ def restore(path: str | os.PathLike, *, like: Any, settings: dict) -> tuple[Any,
     (state, iteration completed).
 
   Raises:
-    NstError: missing or unreadable file, or a setting that differs (named,
-      with both values).
+    NstError: missing or unreadable file, a setting that differs (named,
+      with both values), or a state of another layout (the leaf named).
   """
   payload = read(path)
   saved = json.loads(payload['settings'])
@@ -183,8 +227,43 @@ def restore(path: str | os.PathLike, *, like: Any, settings: dict) -> tuple[Any,
         f'{_short(settings.get(key))}); rerun with the same settings, or without --resume '
         'and another --output to start over'
       )
+  problem = _state_problem(flax.serialization.to_state_dict(like), payload['state'], 'state')
+  if problem:
+    raise errors.NstError(
+      f'checkpoint {path} does not fit this run: {problem}; delete it to start over, or resume '
+      'with the settings that wrote it'
+    )
   state = flax.serialization.from_state_dict(like, payload['state'])
   return jax.tree.map(np.asarray, state), int(payload['iteration'])
+
+
+def _state_problem(want: Any, got: Any, where: str) -> str | None:
+  """What keeps a saved state dict from restoring into `want`'s layout, or None.
+
+  flax's from_state_dict checks the keys but takes any array (or any value)
+  as a leaf: a leaf of another shape or dtype would surface later as a
+  shape error deep in the compiled step, or a silently different run.
+  """
+  if isinstance(want, dict):
+    if not isinstance(got, dict):
+      return f'{where} is a {type(got).__name__}, not a mapping'
+    missing, unexpected = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    if missing:
+      return f'{where} lacks {", ".join(missing)}'
+    if unexpected:
+      return f'{where} has unexpected {", ".join(unexpected)}'
+    problems = (_state_problem(want[k], got[k], f'{where}/{k}') for k in want)
+    return next((p for p in problems if p), None)
+  if want is None:
+    return None if got is None else f'{where} holds a {type(got).__name__}, expected nothing'
+  want = np.asarray(want)
+  if not isinstance(got, np.ndarray | np.generic):
+    return f'{where} is a {type(got).__name__}, not an array'
+  if got.shape != want.shape:
+    return f'{where} has shape {got.shape}, expected {want.shape}'
+  if got.dtype != want.dtype:
+    return f'{where} is {got.dtype}, expected {want.dtype}'
+  return None
 
 
 def _short(value: Any) -> str:

@@ -21,6 +21,7 @@ import urllib.parse
 import urllib.request
 
 from nst_jax import errors
+from nst_jax import weight_checks
 from nst_jax import weights as weights_lib
 
 # Extra mirrors, separated by spaces or commas, tried before the published ones.
@@ -201,7 +202,7 @@ def fetch(
       one mirror, that download's own message).
   """
   raw = Path(directory) / weights_lib.KERAS_FILENAME
-  if raw.is_file() and weights_lib.file_digest(raw, 'md5') == md5:
+  if raw.is_file() and weight_checks.file_digest(raw, 'md5') == md5:
     return raw
   failures = []
   for url in urls:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from nst_jax import errors
 from nst_jax import vgg
-from nst_jax import weights as weights_lib
+from nst_jax import weight_checks
 
 # XLA's working memory for the step beyond the per-pixel terms below. With
 # the sequential CPU scheduler nst_jax selects (nst_jax/xla_flags.py),
@@ -83,7 +83,7 @@ def prepared_kernel_bytes(feature_layers=None) -> int:
   `vgg.with_backward_kernels` produces, without computing anything.
   """
   params = {}
-  for key, shape in weights_lib.expected_shapes().items():
+  for key, shape in weight_checks.expected_shapes().items():
     layer, leaf = key.split('/')
     params.setdefault(layer, {})[leaf] = jax.ShapeDtypeStruct(shape, jnp.float32)
   prepared = jax.eval_shape(lambda p: vgg.with_backward_kernels(p, feature_layers), params)
@@ -123,7 +123,7 @@ def estimate_memory(
     optimizer=config.optim.name,
     lbfgs_memory=config.optim.lbfgs_memory,
   )
-  weights = 4 * sum(math.prod(s) for s in weights_lib.expected_shapes().values())
+  weights = 4 * sum(math.prod(s) for s in weight_checks.expected_shapes().values())
   if config.model.dtype == 'bfloat16':
     weights += weights // 2  # the bfloat16 copies the convolutions read
   if platform == 'cpu':  # where the engine prepares the weights

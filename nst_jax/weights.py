@@ -21,8 +21,6 @@ model.
 
 from collections.abc import Callable, Mapping, Sequence
 import dataclasses
-import functools
-import hashlib
 import os
 from pathlib import Path
 import re
@@ -37,6 +35,7 @@ import numpy as np
 from nst_jax import errors
 from nst_jax import image as image_lib
 from nst_jax import vgg
+from nst_jax import weight_checks
 
 # The Keras Applications notop file: the original Oxford VGG-19 Caffe weights
 # (conv layers only), converted by Keras' authors. URL and MD5 as published in
@@ -88,6 +87,17 @@ KERAS_FC_LAYERS = ('fc1', 'fc2', 'predictions', 'flatten')
 META_PREFIX = '__meta__/'
 FORMAT_VERSION = '2'  # 2: adds params_sha256
 
+# The fixes messages end with: for a file that does not fit the network, one
+# whose values are not all finite, a Keras file unlike the published one.
+_CONVERT_FIX = f'convert the published VGG-19 file with {CONVERT_COMMAND}'
+_DAMAGED_FIX = (
+  f'the file is damaged: fetch and convert the published one with {CONVERT_COMMAND} --download'
+)
+_NOT_KERAS_NOTOP = (
+  'this is not the published VGG-19 notop file: fetch and convert that with '
+  f'{CONVERT_COMMAND} --download'
+)
+
 _HDF5_MAGIC = b'\x89HDF\r\n\x1a\n'
 _ZIP_MAGIC = b'PK\x03\x04'
 
@@ -101,9 +111,10 @@ class WeightsInfo:
     source_sha256: SHA-256 of that file, computed at conversion.
     source_format: 'keras_h5', 'torch_pth' or 'safetensors'.
     convention: input convention name ('caffe' or 'torchvision').
-    params_sha256: `params_digest` of the converted arrays, recorded at
-      conversion and checked on every load (44 ms for VGG-19 here), so a
-      corrupted or tampered .npz is caught before it gives wrong pictures.
+    params_sha256: `weight_checks.params_digest` of the converted arrays,
+      recorded at conversion and checked on every load (44 ms for VGG-19
+      here), so a corrupted or tampered .npz is caught before it gives wrong
+      pictures.
   """
 
   source: str
@@ -129,61 +140,6 @@ class Weights:
 
   params: Mapping[str, Mapping[str, jax.Array]]
   info: WeightsInfo
-
-
-@functools.cache
-def expected_shapes(
-  stage_sizes=vgg.VGG19_STAGE_SIZES, widths=vgg.VGG_WIDTHS
-) -> dict[str, tuple[int, ...]]:
-  """Flat `layer/param` -> shape the model expects, from `jax.eval_shape`."""
-  model = vgg.VGG(stage_sizes=stage_sizes, widths=widths)
-  abstract = jax.eval_shape(
-    model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
-  )
-  flat = flax.traverse_util.flatten_dict(abstract['params'], sep='/')
-  return {k: tuple(v.shape) for k, v in flat.items()}
-
-
-def check_params(flat: Mapping[str, np.ndarray], source: str) -> None:
-  """Raises WeightsError naming missing, unexpected and mis-shaped layers."""
-  want = expected_shapes()
-  missing = sorted(set(want) - set(flat))
-  extra = sorted(set(flat) - set(want))
-  wrong = [
-    f'{k} has shape {tuple(flat[k].shape)}, expected {want[k]}'
-    for k in want
-    if k in flat and tuple(flat[k].shape) != want[k]
-  ]
-  problems = []
-  if missing:
-    problems.append('missing ' + ', '.join(missing))
-  if extra:
-    problems.append('unexpected ' + ', '.join(extra))
-  problems += wrong
-  if problems:
-    raise errors.WeightsError(
-      f'{source} does not fit VGG-19: {"; ".join(problems)}; '
-      f'convert the published VGG-19 file with {CONVERT_COMMAND}'
-    )
-
-
-def params_digest(flat: Mapping[str, np.ndarray]) -> str:
-  """SHA-256 over every array's name, shape and float32 bytes, in key order."""
-  digest = hashlib.sha256()
-  for key in sorted(flat):
-    array = np.ascontiguousarray(flat[key], np.float32)
-    digest.update(f'{key}{array.shape}'.encode())
-    digest.update(array.tobytes())
-  return digest.hexdigest()
-
-
-def file_digest(path: str | os.PathLike, algorithm: str = 'sha256') -> str:
-  """Hex digest of a file, read in 1 MiB chunks."""
-  digest = hashlib.new(algorithm)
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      digest.update(chunk)
-  return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------
@@ -242,44 +198,69 @@ def _keras_layer_name(name: str) -> str | None:
 def _read_keras_h5(path: Path) -> dict[str, np.ndarray]:
   import h5py  # pylint: disable=g-import-not-at-top  # only needed here
 
-  flat = {}
   try:
     f = h5py.File(path, 'r')
   except OSError as e:
     raise errors.WeightsError(f'{path} is not a readable HDF5 file ({e})') from None
-  with f:
-    # Keras' save_weights puts the layers at the root; model.save under
-    # 'model_weights'. Both carry the `layer_names` attribute.
-    root = f['model_weights'] if 'model_weights' in f else f
-    if 'layer_names' not in root.attrs:
+  try:
+    with f:
+      return _keras_layers(path, f)
+  except (OSError, RuntimeError, KeyError, ValueError) as e:
+    # What h5py raises for a damaged object header, heap or B-tree (names
+    # that do not decode are ValueErrors): every read below is of the file.
+    raise errors.WeightsError(f'{path}: HDF5 error ({_first_line(e)}); {_DAMAGED_FIX}') from None
+
+
+def _keras_layers(path: Path, f) -> dict[str, np.ndarray]:
+  """The conv layers of an open Keras file, every dataset checked against the model."""
+  # Keras' save_weights puts the layers at the root; model.save under
+  # 'model_weights'. Both carry the `layer_names` attribute.
+  root = f['model_weights'] if 'model_weights' in f else f
+  if 'layer_names' not in root.attrs:
+    raise errors.WeightsError(
+      f'{path} is HDF5 but not a Keras weights file (no layer_names attribute)'
+    )
+  flat = {}
+  for raw in root.attrs['layer_names']:
+    layer = _text(raw)
+    if layer not in root:
       raise errors.WeightsError(
-        f'{path} is HDF5 but not a Keras weights file (no layer_names attribute)'
+        f'{path}: layer {layer} is listed in layer_names but has no group; {_NOT_KERAS_NOTOP}'
       )
-    for raw in root.attrs['layer_names']:
-      layer = raw.decode() if isinstance(raw, bytes) else str(raw)
-      group = root[layer]
-      weight_names = [
-        w.decode() if isinstance(w, bytes) else str(w) for w in group.attrs.get('weight_names', [])
-      ]
-      if not weight_names:
-        continue  # input, pooling and flatten layers have no weights
-      name = _keras_layer_name(layer)
-      if name is None:
-        if layer in KERAS_FC_LAYERS:
-          continue
-        raise errors.WeightsError(
-          f'{path}: unexpected layer {layer!r} with weights; '
-          'expected the VGG-19 layers block1_conv1 ... block5_conv4'
-        )
-      arrays = [np.asarray(group[w]) for w in weight_names]
-      if len(arrays) != 2 or arrays[0].ndim != 4 or arrays[1].ndim != 1:
-        raise errors.WeightsError(
-          f'{path}: layer {layer} holds {[a.shape for a in arrays]}, '
-          'expected a 4-D kernel and a 1-D bias'
-        )
-      # Keras 'tf' ordering is already [kH, kW, in, out] (HWIO), as Flax wants.
-      flat[f'{name}/kernel'], flat[f'{name}/bias'] = arrays
+    weight_names = [_text(w) for w in root[layer].attrs.get('weight_names', [])]
+    if not weight_names:
+      continue  # input, pooling and flatten layers have no weights
+    name = _keras_layer_name(layer)
+    if name is None:
+      if layer in KERAS_FC_LAYERS:
+        continue
+      raise errors.WeightsError(
+        f'{path}: unexpected layer {layer!r} with weights; '
+        'expected the VGG-19 layers block1_conv1 ... block5_conv4'
+      )
+    if len(weight_names) != 2:
+      raise errors.WeightsError(
+        f'{path}: layer {layer} lists {len(weight_names)} weights, expected a kernel and a '
+        f'bias; {_NOT_KERAS_NOTOP}'
+      )
+    # Keras 'tf' ordering is already [kH, kW, in, out] (HWIO), as Flax wants.
+    for param, weight in zip(('kernel', 'bias'), weight_names, strict=True):
+      key = f'{name}/{param}'
+      flat[key] = weight_checks.keras_dataset(
+        root[layer], weight, key, source=str(path), fix=_NOT_KERAS_NOTOP
+      )
   return flat
+
+
+def _text(value) -> str:
+  """An HDF5 string attribute entry (bytes in files Keras wrote) as str."""
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _first_line(e: Exception) -> str:
+  # A KeyError's str() quotes its message.
+  text = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
 
 
 def _from_torch_keys(state: Mapping[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
@@ -295,6 +276,10 @@ def _from_torch_keys(state: Mapping[str, np.ndarray], path: Path) -> dict[str, n
       unexpected.append(key)
       continue
     name = by_index[int(m[1])]
+    if not isinstance(value, np.ndarray):
+      raise errors.WeightsError(
+        f'{path}: {key} is a {type(value).__name__}, not a tensor; {_CONVERT_FIX}'
+      )
     value = np.asarray(value, np.float32)
     if m[2] == 'weight':
       if value.ndim != 4:
@@ -325,13 +310,16 @@ def _read_torch_pth(path: Path) -> dict[str, np.ndarray]:
     # weights_only: tensors and containers only; never runs pickled code.
     state = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # torch raises many types for bad files
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise errors.WeightsError(f'{path}: cannot load as a PyTorch state dict ({first})') from None
+    raise errors.WeightsError(
+      f'{path}: cannot load as a PyTorch state dict ({_first_line(e)})'
+    ) from None
   if isinstance(state, Mapping) and 'state_dict' in state:
     state = state['state_dict']
   if not isinstance(state, Mapping):
     raise errors.WeightsError(f'{path} holds a {type(state).__name__}, not a state dict')
-  return _from_torch_keys({k: v.detach().float().numpy() for k, v in state.items()}, path)
+  # Other values (an epoch number, say) stay as they are, to be named below.
+  arrays = {k: v.detach().float().numpy() if torch.is_tensor(v) else v for k, v in state.items()}
+  return _from_torch_keys(arrays, path)
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -374,13 +362,14 @@ def convert(
   if convention is not None:
     image_lib.get_convention(convention)  # validates the name
   flat = {k: np.ascontiguousarray(v, np.float32) for k, v in reader(path).items()}
-  check_params(flat, str(path))
+  weight_checks.check_params(flat, str(path), fix=_CONVERT_FIX)
+  weight_checks.check_values(flat, str(path), fix=_DAMAGED_FIX)
   info = WeightsInfo(
     source=path.name,
-    source_sha256=file_digest(path),
+    source_sha256=weight_checks.file_digest(path),
     source_format=fmt,
     convention=convention or implied,
-    params_sha256=params_digest(flat),
+    params_sha256=weight_checks.params_digest(flat),
   )
   return flat, info
 
@@ -413,12 +402,20 @@ def load_weights(path: str | os.PathLike | None = None) -> Weights:
     Weights with float32 params on the default device.
 
   Raises:
-    WeightsError: missing file, a pickle, a wrong key or shape, no metadata.
+    WeightsError: a missing file or a directory, a pickle, a wrong key or shape,
+      values that are not finite numbers, no metadata.
   """
   path = resolve_weights_path(path)
-  if not path.is_file():
+  inside = path / DEFAULT_WEIGHTS_PATH.name
+  if path.is_dir() and inside.is_file():
     raise errors.WeightsError(
-      f'weights file {path} does not exist; run: {CONVERT_COMMAND} --download --output {path}'
+      f'weights file {path} is a directory; use the converted file in it, {inside}'
+    )
+  if not path.is_file():
+    # A directory: the converter writes a file, so name one in it.
+    what, output = ('is a directory', inside) if path.is_dir() else ('does not exist', path)
+    raise errors.WeightsError(
+      f'weights file {path} {what}; run: {CONVERT_COMMAND} --download --output {output}'
     )
   try:
     with np.load(path, allow_pickle=False) as npz:
@@ -441,12 +438,15 @@ def load_weights(path: str | os.PathLike | None = None) -> Weights:
       f'{path} lacks metadata ({", ".join(absent)}); convert the published '
       f'file with {CONVERT_COMMAND}'
     )
-  check_params(flat, str(path))
+  weight_checks.check_params(flat, str(path), fix=_CONVERT_FIX)
+  # Before the hash: an .npz converted before the values were checked can
+  # hold a NaN that its own hash vouches for.
+  rebuild = f'rebuild it with: {CONVERT_COMMAND} --download --output {path}'
+  weight_checks.check_values(flat, str(path), fix=rebuild)
   info = WeightsInfo(**{name: meta[name] for name in fields})
-  if params_digest(flat) != info.params_sha256:
+  if weight_checks.params_digest(flat) != info.params_sha256:
     raise errors.WeightsError(
-      f'{path} is corrupt: its arrays do not match the hash recorded at conversion; rebuild it '
-      f'with: {CONVERT_COMMAND} --download --output {path}'
+      f'{path} is corrupt: its arrays do not match the hash recorded at conversion; {rebuild}'
     )
   image_lib.get_convention(info.convention)  # an unknown name is a one-line error
   params = flax.traverse_util.unflatten_dict(

@@ -245,3 +245,162 @@ def test_full_disk_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypat
   monkeypatch.undo()
   assert path.read_bytes() == before
   assert sorted(p.name for p in tmp_path.iterdir()) == ['run.ckpt']  # no temp file left
+
+
+# ---------------------------------------------------------------------------
+# Damaged and foreign checkpoints (issue 21): one line naming the file, what
+# is wrong and the fix; the file itself is left as it was.
+
+
+def _like():
+  """A state like the engine's: an image and an optimiser state with a counter."""
+  return {
+    'image': np.zeros((6, 8, 3), np.float32),
+    'opt_state': {'count': np.zeros((), np.int32), 's': np.zeros((5, 6, 8, 3), np.float32)},
+  }
+
+
+def _saved(tmp_path, change=None, **fields):
+  """A checkpoint of `_like()`: its state changed by `change`, its fields set (None: deleted)."""
+  import flax.serialization
+
+  path = tmp_path / 'o.ckpt'
+  checkpoint_lib.save(path, state=_like(), iteration=3, total=9, settings={'a': 1})
+  payload = flax.serialization.msgpack_restore(path.read_bytes())
+  if change is not None:
+    change(payload['state'])
+  for name, value in fields.items():
+    if value is None:
+      del payload[name]
+    else:
+      payload[name] = value
+  path.write_bytes(flax.serialization.msgpack_serialize(payload))
+  return path
+
+
+def _restore_error(path):
+  before = path.read_bytes()
+  with pytest.raises(errors.NstError) as e:
+    checkpoint_lib.restore(path, like=_like(), settings={'a': 1})
+  assert path.read_bytes() == before
+  assert '\n' not in str(e.value)
+  return str(e.value)
+
+
+def test_restore_round_trip(tmp_path):
+  state, iteration = checkpoint_lib.restore(_saved(tmp_path), like=_like(), settings={'a': 1})
+  assert iteration == 3
+  assert jax.tree.structure(state) == jax.tree.structure(_like())
+
+
+def _drop_s(state):
+  del state['opt_state']['s']
+
+
+def _add_mu(state):
+  state['opt_state']['mu'] = np.zeros(3, np.float32)
+
+
+def _reshape_image(state):
+  state['image'] = np.zeros((8, 6, 3), np.float32)
+
+
+def _widen_count(state):
+  state['opt_state']['count'] = np.zeros((), np.int64)
+
+
+def _text_leaf(state):
+  state['opt_state']['s'] = 'not an array'
+
+
+def _flat_opt_state(state):
+  state['opt_state'] = np.zeros(3, np.float32)
+
+
+STATE_DAMAGE = {
+  'missing-leaf': (_drop_s, 'state/opt_state lacks s'),
+  'unexpected-leaf': (_add_mu, 'state/opt_state has unexpected mu'),
+  'shape': (_reshape_image, 'state/image has shape (8, 6, 3), expected (6, 8, 3)'),
+  'dtype': (_widen_count, 'state/opt_state/count is int64, expected int32'),
+  'not-an-array': (_text_leaf, 'state/opt_state/s is a str, not an array'),
+  'not-a-mapping': (_flat_opt_state, 'state/opt_state is a ndarray, not a mapping'),
+}
+
+
+@pytest.mark.parametrize('damage', STATE_DAMAGE)
+def test_state_of_another_layout_is_refused(tmp_path, damage):
+  change, problem = STATE_DAMAGE[damage]
+  path = _saved(tmp_path, change)
+  assert _restore_error(path) == (
+    f'checkpoint {path} does not fit this run: {problem}; delete it to start over, or resume '
+    'with the settings that wrote it'
+  )
+
+
+FIELD_DAMAGE = {
+  'no-iteration': ({'iteration': None}, 'its iteration field is missing'),
+  'text-total': ({'total': '9'}, 'its total field is a str, not an integer'),
+  'negative-scale': ({'scale': -1}, 'its scale field is -1'),
+  'state-list': ({'state': [1, 2]}, 'its state field is a list, not a mapping'),
+  'settings-not-json': ({'settings': '{"a": '}, 'its settings field is not a JSON object'),
+  'extra-a-list': ({'extra': '[1]'}, 'its extra field is not a JSON object'),
+  'history': ({'extra': '{"best": ["x"]}'}, 'its convergence history is not a list of numbers'),
+  'converged': ({'extra': '{"converged": "yes"}'}, 'its converged flag is not true or false'),
+}
+
+
+@pytest.mark.parametrize('damage', FIELD_DAMAGE)
+def test_payload_with_a_bad_field_is_refused(tmp_path, damage):
+  fields, problem = FIELD_DAMAGE[damage]
+  path = _saved(tmp_path, **fields)
+  message = f'checkpoint {path} is damaged ({problem}); delete it to start over'
+  assert _restore_error(path) == message
+
+
+@pytest.mark.parametrize('keep', [0.5, 0.999])
+def test_truncated_checkpoint_is_refused(tmp_path, keep):
+  path = _saved(tmp_path)
+  data = path.read_bytes()
+  path.write_bytes(data[: int(len(data) * keep)])
+  assert _restore_error(path) == (
+    f'checkpoint {path} is unreadable (damaged or cut short: Unpack failed: incomplete input); '
+    'delete it to start over'
+  )
+
+
+def _shrink_history(state):
+  # An L-BFGS memory of 20 pairs where this run keeps 30.
+  state['opt_state']['s'] = state['opt_state']['s'][:20]
+
+
+def test_resume_from_a_damaged_checkpoint_keeps_every_file(tmp_path, images, caffe_npz):
+  import flax.serialization
+
+  content, style = images
+  out = tmp_path / 'out' / 'o.png'
+  ckpt = checkpoint_lib.path_for(out)
+  run(_cfg(content, style, out, caffe_npz))
+  good = ckpt.read_bytes()
+  payload = checkpoint_lib.read(ckpt)
+  _shrink_history(payload['state'])
+  shrunk = flax.serialization.msgpack_serialize(payload)
+  cases = [
+    (
+      shrunk,
+      f'checkpoint {ckpt} does not fit this run: state/opt_state/s has shape (20, 24, 32, 3), '
+      'expected (30, 24, 32, 3); delete it to start over, or resume with the settings that '
+      'wrote it',
+    ),
+    (
+      good[:1000],
+      f'checkpoint {ckpt} is unreadable (damaged or cut short: Unpack failed: incomplete '
+      'input); delete it to start over',
+    ),
+  ]
+  for data, message in cases:
+    ckpt.write_bytes(data)
+    before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    with pytest.raises(errors.NstError) as e:
+      run(_cfg(content, style, out, caffe_npz, iterations=6, resume=True))
+    assert str(e.value) == message
+    assert {p.name: p.read_bytes() for p in out.parent.iterdir()} == before

@@ -1,15 +1,17 @@
-"""Runs main.py's command line several times from one interpreter, one fork per run.
+"""Runs main.py's (or convert_weights.py's) command line many times from one interpreter.
 
-  python tests/cli_forks.py RUNS.json
+  python tests/cli_forks.py RUNS.json [convert_weights.py]
 
 RUNS.json is a list of {"argv": [...], "cwd": DIR, "env": {...}, "stderr":
 FILE}; each run is a child forked after nst_jax.cli is imported (JAX is
 imported but its backend not started, so forking is safe), with its own
 working directory, environment, argv and stderr file, running `cli.run()` as
-main.py does. Prints a JSON list of exit codes. The runs' own work is what a
-user's process does; only the interpreter's start and the imports (about 2 s
-each on this project's machines) are shared, which is what makes the
-one-line-error tests cheap enough to run all.
+main.py does. With convert_weights.py the runs are the converter's
+(nst_jax.convert_cli): one program per interpreter, since the two define
+some of the same absl flags. Prints a JSON list of exit codes. The runs' own
+work is what a user's process does; only the interpreter's start and the
+imports (about 2 s each on this project's machines) are shared, which is
+what makes the one-line-error tests cheap enough to run all.
 """
 
 import json
@@ -21,7 +23,12 @@ import traceback
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nst_jax import cli  # noqa: E402
+# The program whose command line the runs give, as its file in ROOT names it.
+PROGRAM = sys.argv[2] if len(sys.argv) > 2 else 'main.py'
+if PROGRAM == 'convert_weights.py':
+  from nst_jax import convert_cli as cli  # noqa: E402
+else:
+  from nst_jax import cli  # noqa: E402
 
 
 def _child(run: dict) -> int:
@@ -31,7 +38,7 @@ def _child(run: dict) -> int:
   fd = os.open(run['stderr'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
   os.dup2(fd, 1)
   os.dup2(fd, 2)
-  sys.argv = [str(ROOT / 'main.py'), *run['argv']]
+  sys.argv = [str(ROOT / PROGRAM), *run['argv']]
   try:
     cli.run()
     return 0

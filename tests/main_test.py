@@ -93,6 +93,9 @@ _ERRORS = [
         (['-cp', 'missing.jpg', '-sp', STYLE], 'image missing.jpg does not exist'),
         (['-cp', CONTENT, '-sp', STYLE, '--output', 'out.xyz'], 'end the name in .png'),
         (['-cp', CONTENT, '-sp', STYLE, '--weights', 'nope.npz'], 'nope.npz does not exist'),
+        (['-cp', CONTENT, '-sp', STYLE, '--weights', '.'],
+         '--weights file . is a directory; run: python convert_weights.py --download --output '
+         'vgg19.npz'),
         (['-cp', CONTENT, '-sp', f'{STYLE},', '-i', 1], 'has an empty entry'),
         (
             ['-cp', CONTENT, '-sp', f'{STYLE},{STYLE}', '--style_blend_weights', '1,2,3'],
@@ -131,11 +134,11 @@ _ERRORS = [
     ]  # fmt: skip
 _ERROR_IDS = [
         'no-cp', 'no-sp', 'iterations', 'width', 'cw', 'sw-nan', 'sw-inf', 'layer',
-        'missing-image', 'bad-output', 'missing-weights', 'empty-style', 'blend-count',
-        'blend-nan', 'style-scale', 'tv', 'scales-and-min-width', 'missing-init', 'mask-aspect',
-        'mask-count', 'histogram-masks', 'colors', 'too-many-scales', 'bits-jpeg', 'quality',
-        'preset', 'serve-port', 'no-images', 'missing-jobs', 'empty-glob', 'batch-output-file',
-        'tol', 'precision',
+        'missing-image', 'bad-output', 'missing-weights', 'weights-dir', 'empty-style',
+        'blend-count', 'blend-nan', 'style-scale', 'tv', 'scales-and-min-width', 'missing-init',
+        'mask-aspect', 'mask-count', 'histogram-masks', 'colors', 'too-many-scales',
+        'bits-jpeg', 'quality', 'preset', 'serve-port', 'no-images', 'missing-jobs',
+        'empty-glob', 'batch-output-file', 'tol', 'precision',
     ]  # fmt: skip
 
 
@@ -143,8 +146,8 @@ _ERROR_IDS = [
 def error_runs(tmp_path_factory, caffe_npz):
   """Every _ERRORS case through main.py's command line, each in its own empty directory.
 
-  One interpreter forks a process per case (tests/cli_forks.py): the 33
-  cases then cost one start-up instead of 33.
+  One interpreter forks a process per case (tests/cli_forks.py): the 34
+  cases then cost one start-up instead of 34.
   """
   base = tmp_path_factory.mktemp('errors')
   env = {k: v for k, v in os.environ.items() if k != 'NST_JAX_WEIGHTS'}

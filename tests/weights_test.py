@@ -1,5 +1,6 @@
 """Tests for nst_jax.weights: conversion of every layout, loading, download."""
 
+import dataclasses
 import hashlib
 import pickle
 
@@ -10,6 +11,7 @@ import weight_files
 
 from nst_jax import errors
 from nst_jax import extract_features
+from nst_jax import weight_checks
 from nst_jax import weights as weights_lib
 
 ALL_LAYERS = tuple(
@@ -159,6 +161,25 @@ def test_missing_explicit_path_never_downloads(tmp_path):
     weights_lib.get_weights(tmp_path / 'typo.npz')
 
 
+def test_directory_as_weights_names_a_file_in_it(tmp_path, caffe_npz):
+  # The suggested command writes a file in the directory (the converter
+  # refuses a directory as its output); then the line names that file.
+  with pytest.raises(errors.WeightsError) as e:
+    weights_lib.get_weights(tmp_path)
+  assert str(e.value) == (
+    f'weights file {tmp_path} is a directory; run: {weights_lib.CONVERT_COMMAND} --download '
+    f'--output {tmp_path / "vgg19.npz"}'
+  )
+  (tmp_path / 'vgg19.npz').write_bytes(caffe_npz.read_bytes())
+  with pytest.raises(errors.WeightsError) as e:
+    weights_lib.get_weights(tmp_path)
+  inside = tmp_path / 'vgg19.npz'
+  assert (
+    str(e.value)
+    == f'weights file {tmp_path} is a directory; use the converted file in it, {inside}'
+  )
+
+
 # ---------------------------------------------------------------------------
 # Bad files: one line naming the problem and, where there is one, the layer.
 
@@ -220,6 +241,162 @@ def test_unexpected_layers(tmp_path, random_params):
   assert "unexpected layer 'block6_conv1'" in _one_line(e)
 
 
+# Keras files that are not the published one: each damage done to a generated
+# file in the published layout, and the problem the one line must name.
+NOT_NOTOP = (
+  'this is not the published VGG-19 notop file: fetch and convert that with '
+  f'{weights_lib.CONVERT_COMMAND} --download'
+)
+
+
+DAMAGED = (
+  'the file is damaged: fetch and convert the published one with '
+  f'{weights_lib.CONVERT_COMMAND} --download'
+)
+
+
+def _drop_group(f):
+  del f['block3_conv3']  # still listed in layer_names
+
+
+def _drop_dataset(f):
+  del f['block2_conv1/block2_conv1_W_1:0']  # still listed in weight_names
+
+
+def _replace_dataset(name, data):
+  def change(f):
+    del f[name]
+    f.create_dataset(name, data=data)
+
+  return change
+
+
+def _one_weight_name(f):
+  f['block4_conv2'].attrs['weight_names'] = np.array([b'block4_conv2_W_1:0'])
+
+
+def _group_for_dataset(f):
+  del f['block1_conv1/block1_conv1_W_1:0']
+  f.create_group('block1_conv1/block1_conv1_W_1:0')
+
+
+KERAS_DAMAGE = {
+  'missing-group': (
+    _drop_group,
+    'layer block3_conv3 is listed in layer_names but has no group',
+  ),
+  'missing-dataset': (
+    _drop_dataset,
+    'block2_conv1/block2_conv1_W_1:0, listed in weight_names, is missing',
+  ),
+  'wrong-shape-bias': (
+    _replace_dataset('block4_conv2/block4_conv2_b_1:0', np.zeros(3, np.float32)),
+    'block4_conv2/block4_conv2_b_1:0 has shape (3,), expected (512,) for conv4_2/bias',
+  ),
+  'wrong-shape-kernel': (
+    _replace_dataset('block5_conv4/block5_conv4_W_1:0', np.zeros((512, 512, 3, 3), np.float32)),
+    'block5_conv4/block5_conv4_W_1:0 has shape (512, 512, 3, 3), expected (3, 3, 512, 512) '
+    'for conv5_4/kernel',
+  ),
+  'one-weight-name': (
+    _one_weight_name,
+    'layer block4_conv2 lists 1 weights, expected a kernel and a bias',
+  ),
+  'group-not-dataset': (
+    _group_for_dataset,
+    'block1_conv1/block1_conv1_W_1:0, listed in weight_names, is not a dataset',
+  ),
+  'strings': (
+    _replace_dataset('block1_conv2/block1_conv2_b_1:0', np.array([b'x'] * 64)),
+    'block1_conv2/block1_conv2_b_1:0 holds |S1 values, not floats',
+  ),
+}
+
+
+@pytest.mark.parametrize('damage', KERAS_DAMAGE)
+def test_keras_file_unlike_the_published_one(tmp_path, random_params, damage):
+  change, problem = KERAS_DAMAGE[damage]
+  h5 = tmp_path / 'w.h5'
+  weight_files.write_keras_h5(h5, random_params)
+  with h5py.File(h5, 'a') as f:
+    change(f)
+  with pytest.raises(errors.WeightsError) as e:
+    weights_lib.convert(h5)
+  assert _one_line(e) == f'{h5}: {problem}; {NOT_NOTOP}'
+
+
+def test_keras2_nested_dataset_missing(tmp_path, random_params):
+  h5 = tmp_path / 'w.h5'
+  weight_files.write_keras_h5(h5, random_params, keras_version=2)
+  with h5py.File(h5, 'a') as f:
+    del f['block3_conv1/block3_conv1/bias:0']
+  with pytest.raises(errors.WeightsError) as e:
+    weights_lib.convert(h5)
+  problem = 'block3_conv1/block3_conv1/bias:0, listed in weight_names, is missing'
+  assert _one_line(e) == f'{h5}: {problem}; {NOT_NOTOP}'
+
+
+@pytest.mark.parametrize('signature', [b'TREE', b'HEAP', b'SNOD'])
+def test_keras_file_with_damaged_structure(tmp_path, random_params, signature):
+  # A B-tree, local heap or symbol table node whose signature was
+  # overwritten, as a bad disk or transfer leaves it: h5py raises KeyError,
+  # RuntimeError or OSError from deep inside; the user gets one line.
+  h5 = tmp_path / 'w.h5'
+  weight_files.write_keras_h5(h5, random_params)
+  data = bytearray(h5.read_bytes())
+  at = data.index(signature)
+  data[at : at + 4] = b'XXXX'
+  h5.write_bytes(bytes(data))
+  with pytest.raises(errors.WeightsError) as e:
+    weights_lib.convert(h5)
+  message = _one_line(e)
+  assert message.startswith(f'{h5}: HDF5 error (')
+  assert message.endswith(f'); {DAMAGED}')
+
+
+def _with_nan_and_inf(params):
+  """`params` with 12 NaNs in conv3_2's kernel and 3 infinities in conv5_1's bias."""
+  params = dict(params)
+  kernel, bias = (a.copy() for a in params['conv3_2'])
+  kernel.flat[1000:1012] = np.nan
+  params['conv3_2'] = (kernel, bias)
+  kernel, bias = (a.copy() for a in params['conv5_1'])
+  bias[[0, 9, 400]] = [np.inf, -np.inf, np.inf]
+  params['conv5_1'] = (kernel, bias)
+  return params
+
+
+@pytest.mark.parametrize('kind', ['keras1', 'keras2_top', 'pth', 'safetensors'])
+def test_non_finite_weights_are_refused_at_conversion(tmp_path, random_params, kind):
+  src = tmp_path / 'w.bin'
+  _write(kind, src, _with_nan_and_inf(random_params))
+  with pytest.raises(errors.WeightsError) as e:
+    weights_lib.convert(src)
+  assert _one_line(e) == (
+    f'{src}: conv3_2/kernel holds 12 NaN values, as does 1 other tensor; {DAMAGED}'
+  )
+
+
+def test_non_finite_weights_are_refused_at_load(tmp_path, random_params):
+  # An .npz written before conversion checked the values: its recorded hash
+  # is that of the NaNs, so only the values check can tell.
+  h5 = tmp_path / 'w.h5'
+  weight_files.write_keras_h5(h5, random_params)
+  flat, info = weights_lib.convert(h5)
+  flat = dict(flat, **{'conv5_1/bias': _with_nan_and_inf(random_params)['conv5_1'][1]})
+  info = dataclasses.replace(info, params_sha256=weight_checks.params_digest(flat))
+  npz = tmp_path / 'vgg19.npz'
+  weights_lib.save_npz(npz, flat, info)
+  digest = hashlib.sha256(npz.read_bytes()).hexdigest()
+  with pytest.raises(errors.WeightsError) as e:
+    weights_lib.load_weights(npz)
+  assert _one_line(e) == (
+    f'{npz}: conv5_1/bias holds 3 infinite values; rebuild it with: '
+    f'{weights_lib.CONVERT_COMMAND} --download --output {npz}'
+  )
+  assert hashlib.sha256(npz.read_bytes()).hexdigest() == digest
+
+
 def _tampered_npz(source, dest, **changes):
   """A copy of a converted .npz with some arrays added or replaced."""
   with np.load(source) as npz:
@@ -262,6 +439,33 @@ def test_npz_holding_a_pickle_is_refused(tmp_path, caffe_npz):
   with pytest.raises(errors.WeightsError) as e:
     weights_lib.load_weights(bad)
   assert 'cannot be loaded safely' in _one_line(e)
+
+
+@pytest.mark.parametrize(
+  'extra,problem',
+  [
+    (
+      {'epoch': 3},
+      'unexpected keys epoch; expected torchvision VGG-19 keys features.0.weight ... '
+      'features.34.bias',
+    ),
+    (
+      {'features.5.bias': 'abc'},
+      'features.5.bias is a str, not a tensor; convert the published VGG-19 file with '
+      f'{weights_lib.CONVERT_COMMAND}',
+    ),
+  ],
+  ids=['epoch', 'text'],
+)
+def test_pth_with_values_that_are_not_tensors(tmp_path, random_params, extra, problem):
+  import torch
+
+  state = weight_files.torchvision_state(random_params)
+  pth = tmp_path / 'w.pth'
+  torch.save({**{k: torch.from_numpy(v) for k, v in state.items()}, **extra}, pth)
+  with pytest.raises(errors.WeightsError) as e:
+    weights_lib.convert(pth)
+  assert _one_line(e) == f'{pth}: {problem}'
 
 
 def test_pth_never_runs_pickled_code(tmp_path):
