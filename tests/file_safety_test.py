@@ -321,9 +321,12 @@ def test_sigterm_while_compiling_a_1024_px_run_ends_it_within_2_s(tmp_path, caff
 
 def test_a_second_ctrl_c_exits_at_once(tmp_path, caffe_npz):
   _images(tmp_path)
-  process = _start(tmp_path, caffe_npz, '-w', '32', '-i', '100000', '--tol', '0', *small_runs.FLAGS)
-  _wait_for(process, 'iteration 3')  # past the first iteration: a first signal would save
+  Image.open(tmp_path / 'c.jpg').resize((512, 384)).save(tmp_path / 'c.jpg')
+  # Iterations of about 0.7 s: both signals arrive within one, after the first iteration.
+  process = _start(tmp_path, caffe_npz, '-w', '512', '-i', '1000', '--tol', '0', *small_runs.FLAGS)
+  _wait_for(process, 'iteration 1/')
   process.send_signal(signal.SIGINT)
+  time.sleep(0.05)  # two signals at once would be delivered as one
   process.send_signal(signal.SIGINT)
   t0 = time.perf_counter()
   rest = process.stderr.read()
