@@ -23,6 +23,8 @@ from absl import app
 from absl import flags
 from absl import logging as absl_logging
 
+# absl's help flags (app.py's HelpFlag, HelpshortFlag, HelpfullFlag, HelpXMLFlag).
+HELP_FLAGS = frozenset({'-?', '--help', '--helpshort', '--helpfull', '--helpxml'})
 # Libraries whose informational lines are for debugging, not for the user.
 QUIET_LOGGERS = ('jax', 'jaxlib', 'absl.flags', 'flax', 'optax', 'PIL')
 
@@ -59,4 +61,11 @@ def run(main: Callable[[list[str]], None], *, doc: str, module: str, argv: Seque
     plain_console()
     return main(args)
 
-  app.run(console_main, argv=list(argv))
+  try:
+    app.run(console_main, argv=list(argv))
+  except SystemExit as e:
+    # absl ends its help with status 1; asking for help is no error, and
+    # every command-line tool people know exits 0 there.
+    if e.code == 1 and HELP_FLAGS.intersection(argv[1:]):
+      sys.exit(0)
+    raise

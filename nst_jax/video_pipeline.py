@@ -109,6 +109,10 @@ def _paths(cfg: config_lib.StyleConfig) -> _Paths:
       if not cfg.run.resume and not output.exists() and not work.exists():
         break
   work = output.with_name(f'.{output.name}.work')
+  if work.is_dir() and not _holds_work(work):
+    # Left by a run that failed before finishing a frame: nothing to resume.
+    logging.warning('Discarded %s: the run that left it finished no frame.', work)
+    shutil.rmtree(work)
   if work.exists() and not cfg.run.resume:
     raise errors.NstError(
       f'{work} holds an unfinished video run; continue it with --resume, or delete it to start over'
@@ -117,6 +121,11 @@ def _paths(cfg: config_lib.StyleConfig) -> _Paths:
     raise errors.NstError(f'nothing to resume: no {work}; run without --resume to start')
   output_plan.check_place(output / 'frame.png' if as_frames else output)
   return _Paths(output, as_frames, work)
+
+
+def _holds_work(work: Path) -> bool:
+  """Whether a work directory holds a finished frame or a checkpoint worth resuming."""
+  return any(p.suffix in ('.png', '.ckpt') for p in work.rglob('frame_*'))
 
 
 def _load_frame(path: Path) -> np.ndarray:

@@ -411,6 +411,7 @@ def test_helpshort_puts_the_seed_options_and_the_most_used_first(tmp_path):
     [sys.executable, str(ROOT / 'main.py'), '--helpshort'],
     capture_output=True, text=True, timeout=120, cwd=tmp_path,
   )  # fmt: skip
+  assert r.returncode == 0  # asking for help is no error
   head, _, flag_list = r.stdout.partition('\nflags:\n')
   first = ['--contentpath', '--stylepath', '--iterations', '--contentweight', '--styleweight',
            '--imagewidth', '--output', '--init', '--scales', '--preserve_colors']  # fmt: skip
@@ -422,3 +423,17 @@ def test_helpshort_puts_the_seed_options_and_the_most_used_first(tmp_path):
   for name in re.findall(r'^  (?:-\w+, *)?(--\w+)', head, re.M):
     assert f'{name}:' in flag_list or f'--[no]{name[2:]}:' in flag_list, name
   assert '--style_blend_weights' in flag_list
+
+
+@pytest.mark.parametrize('flag', ['--help', '--helpfull'])
+def test_help_exits_0_and_a_bad_flag_exits_1(tmp_path, flag):
+  r = subprocess.run(
+    [sys.executable, str(ROOT / 'main.py'), flag], capture_output=True, text=True, timeout=120,
+    cwd=tmp_path,
+  )  # fmt: skip
+  assert r.returncode == 0 and '--contentpath' in r.stdout + r.stderr
+  r = subprocess.run(
+    [sys.executable, str(ROOT / 'main.py'), '--no_such_flag'], capture_output=True, text=True,
+    timeout=120, cwd=tmp_path,
+  )  # fmt: skip
+  assert r.returncode == 1 and 'no_such_flag' in r.stderr

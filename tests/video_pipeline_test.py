@@ -110,14 +110,24 @@ def test_temporal_loss_cuts_flicker_and_frames_follow_their_content(tmp_path, ls
   assert temporal[1] <= 1.5 * per_frame[1], (temporal, per_frame)
 
 
-def test_an_unfinished_run_needs_resume_and_resume_needs_one(tmp_path, caffe_npz):
+def test_an_unfinished_run_needs_resume_and_resume_needs_one(tmp_path, caffe_npz, caplog):
   src = _write_frames(tmp_path / 'clip', _clip(2, 24, 32))
   cfg = _config(src, tmp_path / 'out', caffe_npz)
   with pytest.raises(errors.NstError, match='nothing to resume'):
     video_pipeline.run_video(cfg.replace(run=cfg.run.replace(resume=True)))
-  (tmp_path / '.out.work').mkdir()
+  # Left by a run that failed before finishing a frame: discarded, so it blocks nothing.
+  (tmp_path / '.out.work' / 'final').mkdir(parents=True)
+  with pytest.raises(errors.NstError, match='nothing to resume'):
+    video_pipeline.run_video(cfg.replace(run=cfg.run.replace(resume=True)))
+  assert not (tmp_path / '.out.work').exists()
+  assert (
+    f'Discarded {tmp_path / ".out.work"}: the run that left it finished no frame.' in caplog.text
+  )
+  (tmp_path / '.out.work' / 'final').mkdir(parents=True)
+  (tmp_path / '.out.work' / 'final' / 'frame_00000.png').write_bytes(b'a finished frame')
   with pytest.raises(errors.NstError, match='unfinished video run; continue it with --resume'):
     video_pipeline.run_video(cfg)
+  assert (tmp_path / '.out.work' / 'final' / 'frame_00000.png').read_bytes() == b'a finished frame'
   with pytest.raises(errors.ConfigError, match='must end in .mp4'):
     video_pipeline.run_video(cfg.replace(save=cfg.save.replace(path=str(tmp_path / 'x.avi'))))
 
