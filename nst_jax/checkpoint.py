@@ -47,6 +47,16 @@ _FREE_SETTINGS = {
 }
 
 
+# Settings derived from the inputs rather than set, as a refusal names them.
+_DERIVED_SETTINGS = {
+  'content_pixels': "the content image's pixels",
+  'style_pixels': "the style images' pixels",
+  'mask_pixels': "the masks' pixels",
+  'weights_hash': 'the weights',
+  'term_weights': "the job's own content, style and TV weights",
+}
+
+
 def path_for(output: str | os.PathLike) -> Path:
   """output/a_b.png -> output/a_b.ckpt; out/a.jpg -> out/a.jpg.ckpt (output_plan.derived)."""
   return output_plan.derived(output, SUFFIX)
@@ -220,8 +230,15 @@ def restore(path: str | os.PathLike, *, like: Any, settings: dict) -> tuple[Any,
   """
   payload = read(path)
   saved = json.loads(payload['settings'])
-  for key in sorted(set(saved) | set(settings)):
+  # Named settings first: another width also changes every pixel digest, and
+  # the width is what the user changed.
+  for key in sorted(set(saved) | set(settings), key=lambda k: (k in _DERIVED_SETTINGS, k)):
     if saved.get(key) != settings.get(key):
+      if key in _DERIVED_SETTINGS:
+        raise errors.NstError(
+          f'cannot resume from {path}: {_DERIVED_SETTINGS[key]} differ from the interrupted '
+          "run's; resume with the same files, or start over without resume and another output"
+        )
       raise errors.NstError(
         f'cannot resume from {path}: {key} differs (checkpoint {_short(saved.get(key))}, now '
         f'{_short(settings.get(key))}); rerun with the same settings, or without --resume '

@@ -410,7 +410,12 @@ _FLAG_NAMES = {
 
 
 # Config fields that library messages name, as the command line spells them.
-_FIELD_FLAGS = {'save.overwrite': '--overwrite', 'run.resume': '--resume'}
+_FIELD_FLAGS = {
+  'save.overwrite': '--overwrite',
+  'run.resume': '--resume',
+  'video.passes': '--passes',
+  'schedule.iterations': '-i/--iterations',
+}
 
 
 def _flag_message(message: str) -> str:

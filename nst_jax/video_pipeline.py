@@ -204,6 +204,11 @@ def run_video(cfg: config_lib.StyleConfig) -> Path:
     The video file (or frame directory) written.
   """
   v = cfg.video
+  if v.passes > cfg.schedule.iterations:
+    raise errors.ConfigError(
+      f'video.passes is {v.passes} but schedule.iterations is {cfg.schedule.iterations}, and '
+      'each pass needs an iteration; raise schedule.iterations or lower video.passes'
+    )
   clip = video_lib.open_clip(cfg.inputs.content_path, v.frames, v.fps)
   paths = _paths(cfg)
   for note in clip.notes:

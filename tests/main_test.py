@@ -131,6 +131,9 @@ _ERRORS = [
          'name a directory (ending in /)'),
         (['-cp', CONTENT, '-sp', STYLE, '--tol', -1], '--tol must be a finite number >= 0'),
         (['-cp', CONTENT, '-sp', STYLE, '--precision', 'low'], '<highest|high|default>'),
+        (['-cp', 'frames/', '--video', '-sp', STYLE, '--passes', 8, '-i', 3],
+         '--passes is 8 but -i/--iterations is 3, and each pass needs an iteration; raise '
+         '-i/--iterations or lower --passes'),
     ]  # fmt: skip
 _ERROR_IDS = [
         'no-cp', 'no-sp', 'iterations', 'width', 'cw', 'sw-nan', 'sw-inf', 'layer',
@@ -138,7 +141,7 @@ _ERROR_IDS = [
         'blend-count', 'blend-nan', 'style-scale', 'tv', 'scales-and-min-width', 'missing-init',
         'mask-aspect', 'mask-count', 'histogram-masks', 'colors', 'too-many-scales',
         'bits-jpeg', 'quality', 'preset', 'serve-port', 'no-images', 'missing-jobs',
-        'empty-glob', 'batch-output-file', 'tol', 'precision',
+        'empty-glob', 'batch-output-file', 'tol', 'precision', 'video-passes',
     ]  # fmt: skip
 
 

@@ -130,6 +130,14 @@ def test_an_unfinished_run_needs_resume_and_resume_needs_one(tmp_path, caffe_npz
   assert (tmp_path / '.out.work' / 'final' / 'frame_00000.png').read_bytes() == b'a finished frame'
   with pytest.raises(errors.ConfigError, match='must end in .mp4'):
     video_pipeline.run_video(cfg.replace(save=cfg.save.replace(path=str(tmp_path / 'x.avi'))))
+  with pytest.raises(errors.ConfigError) as e:
+    video_pipeline.run_video(
+      cfg.replace(video=cfg.video.replace(passes=8), schedule=cfg.schedule.replace(iterations=3))
+    )
+  assert str(e.value) == (
+    'video.passes is 8 but schedule.iterations is 3, and each pass needs an iteration; raise '
+    'schedule.iterations or lower video.passes'
+  )
 
 
 def _env(devices=1):
