@@ -338,3 +338,61 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path, caffe_npz):
   with output_plan.locked([output_plan.image_output(tmp_path / 'r.png')], lock_dir=tmp_path):
     pass
   assert not list(tmp_path.glob('.*.tmp'))
+
+
+class _Killed(BaseException):
+  """Stands for SIGKILL: no handler of the run catches it."""
+
+
+def test_a_batch_killed_before_any_write_resumes_to_the_uninterrupted_results(
+  tmp_path, caffe_npz, monkeypatch
+):
+  """Kills the batch before each of its file writes in turn (checkpoints and results), resumes.
+
+  In-process, so every write boundary of a batch with early stopping is
+  covered in seconds; tests/batch_test.py kills real processes at a random
+  moment.
+  """
+  from nst_jax import image as image_lib
+
+  _images(tmp_path / 'in')
+  names = ('c.jpg', 'd.png', 's.jpg')
+  jobs = [
+    jobs_lib.Job(str(tmp_path / 'in' / c), (str(tmp_path / 'in' / 's.jpg'),), content_weight=w)
+    for c, w in zip(names, (1.0, 5.0, 20.0), strict=True)
+  ]
+  cfg = _cfg(tmp_path / 'in', caffe_npz, record=False)
+  # Early stopping on: the jobs stop at different iterations.
+  cfg = cfg.replace(
+    schedule=cfg.schedule.replace(iterations=8, tol=0.3, window=2),
+    run=cfg.run.replace(checkpoint_every=2),
+  )
+  real_write = image_lib.atomic_write
+  writes = []
+
+  def counting(path, write):
+    writes.append(Path(path).name)
+    if len(writes) == kill_at:
+      raise _Killed
+    return real_write(path, write)
+
+  monkeypatch.setattr(image_lib, 'atomic_write', counting)
+
+  def batch(out, *, resume=False):
+    run_cfg = cfg.replace(save=cfg.save.replace(path=f'{out}/'), run=cfg.run.replace(resume=resume))
+    batch_lib.run_batch(jobs, run_cfg)
+
+  kill_at = 0
+  batch(tmp_path / 'whole')
+  expected = _digests(tmp_path / 'whole')
+  assert sorted(expected) == ['c_s.png', 'd_s.png', 's_s.png']
+  order = list(writes)
+  assert sum(name.endswith('.ckpt') for name in order) >= 6
+  for kill_at in range(1, len(order) + 1):
+    writes.clear()
+    out = tmp_path / f'killed{kill_at}'
+    with pytest.raises(_Killed):
+      batch(out)
+    kill_at = 0
+    batch(out, resume=True)
+    assert _digests(out) == expected, (kill_at, order)
