@@ -11,34 +11,39 @@ main.py does. With convert_weights.py the runs are the converter's
 some of the same absl flags. Prints a JSON list of exit codes. The runs' own
 work is what a user's process does; only the interpreter's start and the
 imports (about 2 s each on this project's machines) are shared, which is
-what makes the one-line-error tests cheap enough to run all.
+what makes the one-line-error tests cheap enough to run all. Tests call
+`launch`, which writes RUNS.json and runs this file.
 """
 
 import json
 import os
 from pathlib import Path
+import subprocess
 import sys
 import traceback
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-# The program whose command line the runs give, as its file in ROOT names it.
-PROGRAM = sys.argv[2] if len(sys.argv) > 2 else 'main.py'
-if PROGRAM == 'convert_weights.py':
-  from nst_jax import convert_cli as cli  # noqa: E402
-else:
-  from nst_jax import cli  # noqa: E402
 
 
-def _child(run: dict) -> int:
+def launch(runs: list[dict], base: Path, env: dict, program: str = 'main.py') -> list[int]:
+  """Runs `runs` (RUNS.json's entries) forked from one interpreter; their exit codes."""
+  (base / 'runs.json').write_text(json.dumps(runs))
+  r = subprocess.run(
+    [sys.executable, __file__, str(base / 'runs.json'), program],
+    capture_output=True, text=True, timeout=600, env=env,
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr[-3000:]
+  return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _child(run: dict, cli, program: str) -> int:
   os.chdir(run['cwd'])
   os.environ.clear()
   os.environ.update(run['env'])
   fd = os.open(run['stderr'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
   os.dup2(fd, 1)
   os.dup2(fd, 2)
-  sys.argv = [str(ROOT / PROGRAM), *run['argv']]
+  sys.argv = [str(ROOT / program), *run['argv']]
   try:
     cli.run()
     return 0
@@ -53,6 +58,13 @@ def _child(run: dict) -> int:
 
 
 def main() -> None:
+  sys.path.insert(0, str(ROOT))
+  # The program whose command line the runs give, as its file in ROOT names it.
+  program = sys.argv[2] if len(sys.argv) > 2 else 'main.py'
+  if program == 'convert_weights.py':
+    from nst_jax import convert_cli as cli
+  else:
+    from nst_jax import cli
   runs = json.loads(Path(sys.argv[1]).read_text())
   codes = []
   for run in runs:
@@ -60,7 +72,7 @@ def main() -> None:
     if pid == 0:
       code = 1
       try:
-        code = _child(run)
+        code = _child(run, cli, program)
       finally:
         sys.stdout.flush()
         sys.stderr.flush()

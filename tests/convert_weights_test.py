@@ -1,13 +1,13 @@
 """End-to-end tests of convert_weights.py as a subprocess."""
 
 import hashlib
-import json
 import os
 from pathlib import Path
 import shutil
 import subprocess
 import sys
 
+import cli_forks
 import download_test
 import numpy as np
 import pytest
@@ -216,14 +216,7 @@ def runs(tmp_path_factory, caffe_npz):
         'argv': [str(a) for a in argv], 'cwd': str(d), 'env': env,
         'stderr': str(base / f'{name}.stderr'),
       })  # fmt: skip
-    (base / 'runs.json').write_text(json.dumps(batch))
-    r = subprocess.run(
-      [sys.executable, str(ROOT / 'tests' / 'cli_forks.py'), str(base / 'runs.json'),
-       'convert_weights.py'],
-      capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
-  assert r.returncode == 0, r.stderr[-3000:]
-  codes = json.loads(r.stdout.strip().splitlines()[-1])
+    codes = cli_forks.launch(batch, base, env, 'convert_weights.py')
   return {
     name: (code, Path(run['stderr']).read_text(), Path(run['cwd']), before[name])
     for name, code, run in zip(CASES, codes, batch, strict=True)

@@ -22,6 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / 'tests'))
 
+import cli_forks  # noqa: E402
 import small_runs  # noqa: E402
 
 import nst_jax  # noqa: E402
@@ -68,13 +69,7 @@ def runs(tmp_path_factory, caffe_npz):
     {'argv': [*RUN, *args], 'cwd': str(cwd), 'env': env, 'stderr': str(base / f'{name}.{k}.err')}
     for name, k, cwd, _, args in plan
   ]
-  (base / 'runs.json').write_text(json.dumps(spec))
-  r = subprocess.run(
-    [sys.executable, str(ROOT / 'tests' / 'cli_forks.py'), str(base / 'runs.json')],
-    capture_output=True, text=True, timeout=600, env=env,
-  )  # fmt: skip
-  assert r.returncode == 0, r.stderr[-3000:]
-  codes = json.loads(r.stdout.strip().splitlines()[-1])
+  codes = cli_forks.launch(spec, base, env)
   found = {}
   for (name, _k, cwd, before, _), code, run in zip(plan, codes, spec, strict=True):
     found.setdefault(name, {'before': before, 'cwd': cwd, 'runs': []})
@@ -300,6 +295,14 @@ def _wait_for(process, text: str) -> list[str]:
   raise AssertionError(''.join(lines))
 
 
+def _finish(process) -> tuple[float, str]:
+  """(seconds until the process ended, what it printed meanwhile)."""
+  t0 = time.perf_counter()
+  rest = process.stderr.read()
+  process.wait(timeout=60)
+  return time.perf_counter() - t0, rest
+
+
 def test_sigterm_while_compiling_a_1024_px_run_ends_it_within_2_s(tmp_path, caffe_npz):
   _images(tmp_path)
   Image.open(tmp_path / 'c.jpg').resize((1024, 768)).save(tmp_path / 'c.jpg')
@@ -308,10 +311,8 @@ def test_sigterm_while_compiling_a_1024_px_run_ends_it_within_2_s(tmp_path, caff
   _wait_for(process, 'Styling')  # the weights are loaded; targets and the step compile next
   time.sleep(1.0)
   process.send_signal(signal.SIGTERM)
-  t0 = time.perf_counter()
-  rest = process.stderr.read()
-  process.wait(timeout=60)
-  assert time.perf_counter() - t0 < 2.0
+  seconds, rest = _finish(process)
+  assert seconds < 2.0
   assert process.returncode == 128 + signal.SIGTERM
   assert rest.strip().splitlines()[-1] == (
     'error: interrupted by signal 15 before the first iteration; nothing was written'
@@ -328,10 +329,8 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path, caffe_npz):
   process.send_signal(signal.SIGINT)
   time.sleep(0.05)  # two signals at once would be delivered as one
   process.send_signal(signal.SIGINT)
-  t0 = time.perf_counter()
-  rest = process.stderr.read()
-  process.wait(timeout=60)
-  assert time.perf_counter() - t0 < 1.0
+  seconds, rest = _finish(process)
+  assert seconds < 1.0
   assert process.returncode == 128 + signal.SIGINT
   assert 'error: interrupted again by signal 2; stopped at once' in rest
   # The next run on this output removes whatever a write cut short left behind.

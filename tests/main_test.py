@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import cli_forks
 from conftest import flat_config
 import numpy as np
 from PIL import Image
@@ -162,13 +163,7 @@ def error_runs(tmp_path_factory, caffe_npz):
       'argv': [str(a) for a in args], 'cwd': str(base / name), 'env': env,
       'stderr': str(base / f'{name}.stderr'),
     })  # fmt: skip
-  (base / 'runs.json').write_text(json.dumps(runs))
-  r = subprocess.run(
-    [sys.executable, str(ROOT / 'tests' / 'cli_forks.py'), str(base / 'runs.json')],
-    capture_output=True, text=True, timeout=600, env=env,
-  )  # fmt: skip
-  assert r.returncode == 0, r.stderr[-3000:]
-  codes = json.loads(r.stdout.strip().splitlines()[-1])
+  codes = cli_forks.launch(runs, base, env)
   return {
     name: (code, Path(run['stderr']).read_text(), Path(run['cwd']))
     for name, code, run in zip(_ERROR_IDS, codes, runs, strict=True)
