@@ -7,7 +7,21 @@ The flags and the program live in nst_jax/cli.py, so that the installed
 `nst-jax` command and `python -m nst_jax` are this same program.
 """
 
-from nst_jax import cli
+import os
+import signal
+
+if __name__ == '__main__':
+  # Ctrl-C while the libraries load (about 2 s) ends at once with one line: a
+  # KeyboardInterrupt there printed a traceback, or was swallowed by a
+  # callback and the run went on. The run installs its own handlers later.
+  def _interrupted(signum, frame):
+    del frame
+    os.write(2, b'error: interrupted while starting; nothing was written\n')
+    os._exit(128 + signum)
+
+  signal.signal(signal.SIGINT, _interrupted)
+
+from nst_jax import cli  # noqa: E402
 
 if __name__ == '__main__':
   cli.run()

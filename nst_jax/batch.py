@@ -58,8 +58,6 @@ def _check_jobs(jobs, cfg) -> None:
       if not Path(path).is_file():
         raise errors.ImageError(f'image {path} does not exist (job {index + 1}); check the path')
     outputs.check_writable(Path(job.output), cfg.save.bit_depth)
-    if not cfg.run.resume:
-      outputs.check_not_unfinished(checkpoint_lib.path_for(job.output))
 
 
 def _job_status(jobs, cfg) -> np.ndarray:
@@ -190,6 +188,9 @@ def _plan_outputs(jobs, cfg, inputs) -> tuple[list[jobs_lib.Job], list[output_pl
       plan.append(pipeline.planned_output(job_cfg, Path(job.output), height, owner=owner))
     local = [i for i in range(len(jobs)) if distributed.mine(i)]
     output_plan.check(plan, inputs=files, overwrite=cfg.save.overwrite, local=local)
+    if not cfg.run.resume:  # after the plan: a checkpoint name that is an input is refused there
+      for index in local:
+        outputs.check_not_unfinished(checkpoint_lib.path_for(jobs[index].output))
   if jax.process_count() > 1:
     # Names depend on which files exist: fixed everywhere before any is written.
     distributed.agree(None)

@@ -157,10 +157,14 @@ def read(path: str | os.PathLike) -> dict:
   except Exception as e:  # msgpack raises several types for damaged files
     detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise errors.NstError(
-      f'checkpoint {path} is unreadable (damaged or cut short: {detail}); delete it to start over'
+      f'checkpoint {path} is unreadable (damaged or cut short: {detail}); delete it to start '
+      'over, or move it away if it is a file of yours'
     ) from None
   if not isinstance(payload, dict) or payload.get('format') != FORMAT:
-    raise errors.NstError(f'{path} is not an nst-jax checkpoint; delete it to start over')
+    raise errors.NstError(
+      f'{path} is not an nst-jax checkpoint, and this output keeps its checkpoint under that '
+      'name; move it away'
+    )
   problem = _payload_problem(payload)
   if problem:
     raise errors.NstError(f'checkpoint {path} is damaged ({problem}); delete it to start over')

@@ -30,6 +30,7 @@ The options you need first (all flags, alphabetically, follow):
 
 import importlib.resources
 from pathlib import Path
+import re
 import sys
 
 from absl import app
@@ -419,9 +420,14 @@ _FIELD_FLAGS = {
 
 
 def _flag_message(message: str) -> str:
-  """'iterations must be ...' -> '-i/--iterations must be ...' (the user typed flags)."""
+  """'iterations must be ...' -> '-i/--iterations must be ...' (the user typed flags).
+
+  Also kept on one line: a newline (in a file name, say) is printed as \\n.
+  """
+  message = message.replace('\n', '\\n').replace('\r', '\\r')
   for field, flag in _FIELD_FLAGS.items():
-    message = message.replace(field, flag)
+    # Whole words only: a file named run.resume.png keeps its name.
+    message = re.sub(rf'(?<![\w./-]){re.escape(field)}(?![\w.]*\w)', flag, message)
   first, _, rest = message.partition(' ')
   if first in _FLAG_NAMES:
     return f'{_FLAG_NAMES[first]} {rest}'

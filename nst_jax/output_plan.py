@@ -14,23 +14,24 @@ with one line:
     temporary name included), a directory that is missing behind a dangling
     link, is a file or is not writable, and too little free space for the
     results and their checkpoints.
-It then takes a lock per result (another process writing it is refused, and
-a crashed run's lock is released by the kernel with its process) and removes
-the temporary files a killed run left beside the outputs.
+It then locks every file it will write (another process writing one is
+refused, and a crashed run's lock is released by the kernel with its
+process) and removes the temporary files a killed run left beside them.
 """
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 import contextlib
 import dataclasses
+import fcntl
 import functools
-import hashlib
 import io
 import json
 import os
 from pathlib import Path
+import re
+import resource
 import shutil
 
-import filelock
 import numpy as np
 from PIL import Image
 
@@ -75,18 +76,56 @@ def intermediate_path(output: str | os.PathLike, iteration: int) -> Path:
   return output.with_name(f'{output.stem}_{iteration:05d}{output.suffix}')
 
 
+def intermediates(output: str | os.PathLike, save_iter: int, iterations: int) -> list[Path]:
+  """The intermediates a run saves every `save_iter` of `iterations` (none for 0)."""
+  if not save_iter:
+    return []
+  return [intermediate_path(output, it) for it in range(save_iter, iterations + 1, save_iter)]
+
+
 def _resolved(path: str | os.PathLike) -> Path:
-  return Path(os.path.abspath(Path(path).expanduser())).resolve()
+  try:
+    return Path(os.path.abspath(Path(path).expanduser())).resolve()
+  except RuntimeError:  # pathlib's "Symlink loop"
+    raise errors.NstError(f'{errors.printable(path)} is a loop of symbolic links; fix it') from None
+  except ValueError:  # an embedded NUL byte
+    raise errors.NstError(f'{errors.printable(path)} holds a NUL byte; rename it') from None
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+  """(device, inode) of an existing file: one file under two names (hard or bind links)."""
+  try:
+    st = os.stat(path)
+  except (OSError, ValueError):
+    return None
+  return st.st_dev, st.st_ino
+
+
+def claimed(output: str | os.PathLike) -> set[Path]:
+  """The files the run record beside `output` says nst-jax wrote for it (none without one).
+
+  The record names its result (`output`) and the intermediates it saved;
+  the record, loss plot and contact sheet go with it.
+  """
+  output = Path(output)
+  record = derived(output, RECORD_TAILS['json'])
+  if not record.is_file():  # not a FIFO, which would block the read
+    return set()
+  try:
+    data = json.loads(record.read_text())
+  except (OSError, ValueError):
+    return set()
+  if not isinstance(data, dict) or Path(str(data.get('output', ''))).name != output.name:
+    return set()
+  names = [n for n in data.get('intermediates', []) if isinstance(n, str) and '/' not in n]
+  return {output, *(derived(output, tail) for tail in RECORD_TAILS.values())} | {
+    output.with_name(n) for n in names
+  }
 
 
 def written_by_us(output: str | os.PathLike) -> bool:
   """Whether the run record beside `output` says nst-jax wrote it (its `output` field)."""
-  record = derived(output, RECORD_TAILS['json'])
-  try:
-    data = json.loads(record.read_text())
-  except (OSError, ValueError):
-    return False
-  return isinstance(data, dict) and Path(str(data.get('output', ''))).name == Path(output).name
+  return Path(output) in claimed(output)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +141,9 @@ class Output:
       ('run record', out/a.json).
     directory: the result is a directory of frames (checked by its writer
       to be new or empty).
+    resumable: where an interrupted run of this output keeps its state (the
+      checkpoint; a video's work directory): while it exists, the derived
+      files beside it are that run's (default: the checkpoint).
   """
 
   result: Path
@@ -110,6 +152,11 @@ class Output:
   state_bytes: int = 0
   derived: tuple[tuple[str, Path], ...] = ()
   directory: bool = False
+  resumable: Path | None = None
+
+  @property
+  def state(self) -> Path:
+    return self.resumable or derived(self.result, CHECKPOINT_TAIL)
 
   @property
   def files(self) -> list[Path]:
@@ -132,11 +179,7 @@ def image_output(
   files = [('checkpoint', derived(result, CHECKPOINT_TAIL))]
   if record:
     files += [(RECORD_NAMES[k], derived(result, tail)) for k, tail in RECORD_TAILS.items()]
-  if save_iter:
-    files += [
-      ('intermediate image', intermediate_path(result, it))
-      for it in range(save_iter, iterations + 1, save_iter)
-    ]
+  files += [('intermediate image', p) for p in intermediates(result, save_iter, iterations)]
   return Output(result, owner, pixels, state_bytes, tuple(files))
 
 
@@ -222,9 +265,11 @@ def check(
   Raises:
     NstError: the first problem found.
   """
-  by_path = {}
+  by_path, by_identity = {}, {}
   for description, path in inputs.items():
     by_path.setdefault(_resolved(path), description)
+    if (identity := _identity(Path(path))) is not None:
+      by_identity.setdefault(identity, description)
   planned: dict[Path, str] = {}
   for out in outputs:
     for kind, path in [('', out.result), *out.derived]:
@@ -232,10 +277,11 @@ def check(
       what = f'{out.owner} {out.result}'
       if kind:
         what = f'the {kind} {path.name} of {what}'
-      if key in by_path:
-        raise errors.NstError(
-          f'{what} would replace the {by_path[key]}; choose another output name'
-        )
+      replaced = by_path.get(key)
+      if replaced is None:  # another name of an input: a hard link or a bind mount
+        replaced = by_identity.get(_identity(path))
+      if replaced is not None:
+        raise errors.NstError(f'{what} would replace the {replaced}; choose another output name')
       if key in planned:
         raise errors.NstError(
           f'{what} and {planned[key]} are one file; give each its own output name'
@@ -248,18 +294,25 @@ def check(
 
 
 def _check_files(out: Output, overwrite: bool) -> None:
-  # A checkpoint means a run of ours wrote here and was interrupted (or kept
-  # it): its intermediates are ours before the record exists.
-  ours = written_by_us(out.result) or derived(out.result, CHECKPOINT_TAIL).is_file()
+  ours = claimed(out.result)
+  if os.path.lexists(out.state):
+    # An interrupted run of ours (or one whose checkpoint was kept): what it
+    # wrote beside its checkpoint before any record existed is its own.
+    ours |= set(out.files)
   if out.directory:
     check_place(out.result / 'frame.png')
   for path in out.files[1:] if out.directory else out.files:
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
       raise errors.NstError(f'{path} is a directory; name a file such as out.png')
+    if os.path.lexists(path) and not path.is_file():
+      raise errors.NstError(
+        f'{path} exists and is not a regular file (a link to nowhere, a FIFO, a device); move it '
+        'away or choose another output name'
+      )
     check_place(path)
     if path.suffix == CHECKPOINT_TAIL:
       continue  # checkpoints are read (resume, or refused while unfinished), never foreign
-    if path.exists() and not (ours or overwrite):
+    if path.exists() and not (path in ours or overwrite):
       whose = '' if path == out.result else f', beside {out.result.name},'
       raise errors.NstError(
         f'{path} exists{whose} and no nst-jax run record says nst-jax wrote it; choose another '
@@ -286,64 +339,119 @@ def _check_space(outputs: Sequence[Output]) -> None:
       )
 
 
-def lock_path(result: str | os.PathLike, lock_dir: str | os.PathLike) -> Path:
-  """A result's lock file: in `lock_dir`, named by the hash of its resolved path.
+LOCK_TAIL = '.lock'
+# Temporary names: mkstemp's random part is 8 characters of this alphabet
+# (tempfile._RandomNameSequence); .tmp for files (image.atomic_write),
+# .partial.mp4 and .partial/ for videos and frame folders (nst_jax.video).
+_TEMP_NAME = re.compile(r'\.(?P<name>.+)\.[a-z0-9_]{8}\.(tmp|partial\.mp4|partial)')
 
-  Kept out of the output directory, so a run leaves nothing there but what it
-  was asked to write.
+
+def lock_path(path: str | os.PathLike) -> Path:
+  """The lock of a file a run writes: `.NAME.lock` beside it (removed when the run ends).
+
+  Beside the file, not in a per-user folder: every process that writes the
+  file, whatever its environment or user, meets the same lock.
   """
-  digest = hashlib.sha256(os.fsencode(_resolved(result))).hexdigest()[:32]
-  return Path(lock_dir) / f'{digest}.lock'
+  path = Path(path)
+  return path.with_name(f'.{path.name}{LOCK_TAIL}')
 
 
-def default_lock_dir() -> Path:
-  """$XDG_RUNTIME_DIR/nst_jax-locks, else the user's cache folder (beside the weights)."""
-  base = os.environ.get('XDG_RUNTIME_DIR')
-  if base and os.path.isdir(base):
-    return Path(base) / 'nst_jax-locks'
-  return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'nst_jax' / 'locks'
+def _lock(path: Path) -> int | None:
+  """A held flock on `path` (its fd), or None if another process holds it.
+
+  The lock file is removed on release; a process that opened it just before
+  could then lock a file no longer in the directory, so after locking the
+  name must still lead to the locked file, else it tries again.
+  """
+  while True:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(fd)
+      return None
+    try:
+      if os.stat(path).st_ino == os.fstat(fd).st_ino:
+        return fd
+    except FileNotFoundError:
+      pass
+    os.close(fd)
+
+
+def _unlock(path: Path, fd: int) -> None:
+  path.unlink(missing_ok=True)  # still ours: removed before others can lock it
+  os.close(fd)
+
+
+def _ensure_descriptors(n: int) -> None:
+  """Raises the soft limit of open files when a large batch holds many locks."""
+  soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+  want = n + 256
+  if soft != resource.RLIM_INFINITY and soft < want:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
 
 
 @contextlib.contextmanager
-def locked(
-  outputs: Sequence[Output], *, local: Iterable[int] | None = None, lock_dir=None
-) -> Iterable[None]:
-  """Holds a lock per result this process writes, then removes killed runs' temporaries.
+def locked(outputs: Sequence[Output], *, local: Iterable[int] | None = None) -> Iterator[None]:
+  """Locks every file this process will write (intermediates aside), then cleans up.
 
-  An advisory lock (flock), so the kernel releases it when its process dies:
-  a crash never leaves an output locked.
+  An advisory lock (flock) per result and per derived file, so a run whose
+  result is another's record or loss plot is refused too; the kernel
+  releases a crashed run's locks, and the next run replaces its lock files.
+  Holding the locks, it removes the temporary files a killed run left.
 
   Raises:
-    NstError: another process holds the lock of one of the results.
+    NstError: another process holds one of the locks, or a lock cannot be
+      made.
   """
-  lock_dir = Path(lock_dir or default_lock_dir())
-  lock_dir.mkdir(parents=True, exist_ok=True)
   mine = [outputs[i] for i in (range(len(outputs)) if local is None else local)]
-  with contextlib.ExitStack() as stack:
-    for out in mine:
-      lock = filelock.FileLock(lock_path(out.result, lock_dir), timeout=0)
+  files = [
+    path
+    for out in mine
+    for kind, path in [('', out.result), *out.derived]
+    if kind != 'intermediate image'
+  ]
+  _ensure_descriptors(len(files))
+  held: list[tuple[Path, int]] = []
+  try:
+    for path in files:
+      lock = lock_path(path)
       try:
-        stack.enter_context(lock)
-      except filelock.Timeout:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = _lock(lock)
+      except OSError as e:
         raise errors.NstError(
-          f'another nst-jax run is writing {out.result}; wait for it to finish or choose another '
-          'output name'
+          f'cannot lock {errors.printable(path)} ({e.strerror}); choose another output directory'
         ) from None
+      if fd is None:
+        raise errors.NstError(
+          f'another nst-jax run is writing {errors.printable(path)}; wait for it to finish or '
+          'choose another output name'
+        )
+      held.append((lock, fd))
     for out in mine:
       remove_temporaries(out.files)
     yield
+  finally:
+    for lock, fd in reversed(held):
+      _unlock(lock, fd)
 
 
 def remove_temporaries(paths: Iterable[Path]) -> list[Path]:
-  """Deletes `.NAME.*.tmp` beside each path (a killed atomic write's leftovers)."""
+  """Deletes `.NAME.XXXXXXXX.tmp` (and `.partial` ones) beside each path: a killed write's."""
   removed = []
   for path in paths:
     if not path.parent.is_dir():
       continue
-    for tmp in path.parent.glob(f'.{_glob_escape(path.name)}.*.tmp'):
-      if tmp.is_file() and not tmp.is_symlink():
+    for tmp in path.parent.glob(f'.{_glob_escape(path.name)}.*'):
+      match = _TEMP_NAME.fullmatch(tmp.name)
+      if not match or match['name'] != path.name or tmp.is_symlink():
+        continue
+      if tmp.is_dir():
+        shutil.rmtree(tmp)
+      else:
         tmp.unlink(missing_ok=True)
-        removed.append(tmp)
+      removed.append(tmp)
   return removed
 
 

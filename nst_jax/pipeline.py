@@ -11,6 +11,7 @@ jobs, with every step that can fail on one process agreed by all
 
 from collections.abc import Sequence
 import contextlib
+import os
 from pathlib import Path
 import sys
 import time
@@ -176,6 +177,13 @@ class Results:
     self.configs = configs or {}
     self.prefix = prefix
     self.intermediates: dict[int, list[np.ndarray]] = {r: [] for r in self.paths}
+    self.saved: dict[int, list[str]] = {r: [] for r in self.paths}
+    # Intermediates the plan checked; one saved on a signal at another
+    # iteration is written only where no file is.
+    every, total = cfg.save.save_iter, cfg.schedule.iterations
+    self.planned = {
+      i for p in self.paths.values() for i in output_plan.intermediates(p, every, total)
+    }
     self.t0 = time.perf_counter()
     self.history = hooks_lib.History(cfg.run.print_iter, list(self.paths), t0=self.t0)
 
@@ -189,7 +197,12 @@ class Results:
     """The engine's on_intermediate: <name>_<iteration>.png beside each output."""
     for r, rgb in images.items():
       path = output_plan.intermediate_path(self.paths[r], iteration)
+      if path not in self.planned and os.path.lexists(path):
+        logging.warning('%skept %s: the image of iteration %d was not saved', self.prefix, path,
+                        iteration)  # fmt: skip
+        continue
       self._save(path, rgb, r)
+      self.saved[r].append(path.name)
       if self.cfg.save.record:
         self.intermediates[r].append(rgb)
       logging.info('%ssaved %s', self.prefix, path)
@@ -205,7 +218,7 @@ class Results:
         path,
         config=self.configs.get(r, self.cfg),
         weights_info=self.info,
-        record={**record, 'history': self.history.history[r]},
+        record={**record, 'history': self.history.history[r], 'intermediates': self.saved[r]},
         total_s=time.perf_counter() - self.t0,
         content=row.content,
         styles=list(row.styles),
@@ -249,8 +262,6 @@ def _single_output(cfg: config_lib.StyleConfig) -> Path:
     )
   if cfg.run.resume and not ckpt.exists():
     raise errors.NstError(f'no checkpoint {ckpt} to resume; run without --resume to start')
-  if not cfg.run.resume:
-    outputs.check_not_unfinished(ckpt)
   return output
 
 
@@ -321,6 +332,8 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   _check_memory(cfg, layout)
   plan = [planned_output(cfg, output, height)]
   output_plan.check(plan, inputs=input_files(cfg), overwrite=cfg.save.overwrite)
+  if not cfg.run.resume:  # after the plan: a checkpoint name that is an input is refused there
+    outputs.check_not_unfinished(checkpoint_lib.path_for(output))
   with output_plan.locked(plan):
     return _run_single(cfg, output, layout)
 

@@ -38,6 +38,9 @@ CURVES = {'content': (31, 119, 180), 'style': (214, 39, 40), 'tv': (44, 160, 44)
 TOTAL_COLOR = (0, 0, 0)
 PLOT_SIZE = (800, 480)
 SHEET_HEIGHT = 256
+# JPEG holds at most 65535 px a side (libjpeg); a row shows at most this many images.
+MAX_SHEET_SIDE = 65_000
+MAX_ROW_IMAGES = 200
 
 
 def paths_for(output: str | os.PathLike) -> dict[str, Path]:
@@ -92,6 +95,8 @@ def build(
     'compile_s': sum(s['compile_s'] for s in record.get('scales', [])),
     'total_s': total_s,
     'final_losses': {k: v for k, v in last.items() if k not in ('scale', 'iteration', 'time_s')},
+    # The files it saved beside the output, which a rerun may replace (output_plan.claimed).
+    'intermediates': list(record.get('intermediates', [])),
     'history': history,
   }
 
@@ -157,9 +162,21 @@ def _thumb(rgb: np.ndarray, height: int) -> Image.Image:
 def contact_sheet(
   rows: Sequence[Sequence[np.ndarray]], path: str | os.PathLike, height: int = SHEET_HEIGHT
 ) -> None:
-  """Images [H, W, 3] in [0, 1], each scaled to `height`, laid out in rows (JPEG)."""
-  thumbs = [[_thumb(rgb, height) for rgb in row] for row in rows if len(row)]
+  """Images [H, W, 3] in [0, 1], each scaled to `height`, laid out in rows (JPEG).
+
+  A row of more than MAX_ROW_IMAGES keeps an even sample of them, and the
+  height shrinks until the sheet fits JPEG's 65535 px a side (a panorama, or
+  an intermediate every iteration, failed after the run before).
+  """
+  rows = [list(row)[:: -(-len(row) // MAX_ROW_IMAGES)] for row in rows if len(row)]
   gap = 8
+
+  def row_width(row, h):
+    return sum(max(1, round(x.shape[1] * h / x.shape[0])) for x in row) + gap * (len(row) + 1)
+
+  while height > 1 and max(row_width(row, height) for row in rows) > MAX_SHEET_SIDE:
+    height = max(1, height * MAX_SHEET_SIDE // max(row_width(row, height) for row in rows) - 1)
+  thumbs = [[_thumb(rgb, height) for rgb in row] for row in rows]
   width = max(sum(t.width for t in row) + gap * (len(row) + 1) for row in thumbs)
   sheet = Image.new('RGB', (width, len(thumbs) * (height + gap) + gap), 'white')
   for r, row in enumerate(thumbs):

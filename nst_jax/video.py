@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 import re
 import shutil
+import tempfile
 
 import numpy as np
 
@@ -270,7 +271,11 @@ def write_video(path: str | os.PathLike, frames, fps: Fraction, *, audio_from: C
 
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f'.{path.name}.partial.mp4')
+  # A new name (never a file that is there already), which the next run on
+  # this output removes if a kill leaves it (output_plan.remove_temporaries).
+  fd, name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.partial.mp4', dir=path.parent)
+  os.close(fd)
+  tmp = Path(name)
   try:
     with av.open(str(tmp), 'w') as out:
       stream = None
@@ -341,9 +346,9 @@ def write_frames(directory: str | os.PathLike, frames, *, bit_depth: int = 8) ->
     The number of frames written.
   """
   directory = Path(directory)
-  tmp = directory.with_name(f'.{directory.name}.partial')
-  shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir(parents=True)
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  prefix = f'.{directory.name}.'
+  tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix='.partial', dir=directory.parent))
   n = 0
   try:
     for n, rgb in enumerate(frames, 1):

@@ -28,7 +28,9 @@ spherical images", IJCV 2018 (multi-pass, Sec. 3.3).
 import concurrent.futures
 import dataclasses
 import json
+import os
 from pathlib import Path
+import re
 import shutil
 import time
 
@@ -109,6 +111,8 @@ def _paths(cfg: config_lib.StyleConfig) -> _Paths:
       if not cfg.run.resume and not output.exists() and not work.exists():
         break
   work = output.with_name(f'.{output.name}.work')
+  if os.path.lexists(work):
+    _check_work(work)
   if work.is_dir() and not _holds_work(work):
     # Left by a run that failed before finishing a frame: nothing to resume.
     logging.warning('Discarded %s: the run that left it finished no frame.', work)
@@ -121,6 +125,28 @@ def _paths(cfg: config_lib.StyleConfig) -> _Paths:
     raise errors.NstError(f'nothing to resume: no {work}; run without --resume to start')
   output_plan.check_place(output / 'frame.png' if as_frames else output)
   return _Paths(output, as_frames, work)
+
+
+# What a video run keeps in its work directory: per stage ('final', 'pass2'),
+# finished frames, checkpoints and their temporaries (image.atomic_write).
+_WORK_STAGE = re.compile(r'final|pass\d+')
+_WORK_FILE = re.compile(r'\.?frame_\d{5}\.(png|ckpt)(\.[a-z0-9_]{8}\.tmp)?')
+
+
+def _check_work(work: Path) -> None:
+  """Refuses a work directory holding anything a video run does not write there."""
+  if work.is_symlink() or not work.is_dir():
+    raise errors.NstError(f'{work} is not an nst-jax work directory; move it away to run')
+  for entry in work.iterdir():
+    ours = _WORK_STAGE.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink()
+    found = [entry] if not ours else [
+      p for p in entry.iterdir() if not (_WORK_FILE.fullmatch(p.name) and p.is_file())
+    ]  # fmt: skip
+    if found:
+      raise errors.NstError(
+        f'{work} holds {found[0].relative_to(work)}, which no video run writes there; move it '
+        'away to run'
+      )
 
 
 def _holds_work(work: Path) -> bool:
@@ -223,6 +249,7 @@ def run_video(cfg: config_lib.StyleConfig) -> Path:
       state_bytes=frame.state_bytes,
       derived=(('run record', _record_path(paths)),) if cfg.save.record else (),
       directory=paths.as_frames,
+      resumable=paths.work,
     )
   ]
   output_plan.check(plan, inputs=pipeline.input_files(cfg), overwrite=cfg.save.overwrite)

@@ -367,7 +367,7 @@ def test_truncated_checkpoint_is_refused(tmp_path, keep):
   path.write_bytes(data[: int(len(data) * keep)])
   assert _restore_error(path) == (
     f'checkpoint {path} is unreadable (damaged or cut short: Unpack failed: incomplete input); '
-    'delete it to start over'
+    'delete it to start over, or move it away if it is a file of yours'
   )
 
 
@@ -397,7 +397,7 @@ def test_resume_from_a_damaged_checkpoint_keeps_every_file(tmp_path, images, caf
     (
       good[:1000],
       f'checkpoint {ckpt} is unreadable (damaged or cut short: Unpack failed: incomplete '
-      'input); delete it to start over',
+      'input); delete it to start over, or move it away if it is a file of yours',
     ),
   ]
   for data, message in cases:

@@ -28,6 +28,7 @@ import small_runs  # noqa: E402
 import nst_jax  # noqa: E402
 from nst_jax import batch as batch_lib  # noqa: E402
 from nst_jax import errors  # noqa: E402
+from nst_jax import image as image_lib  # noqa: E402
 from nst_jax import jobs as jobs_lib  # noqa: E402
 from nst_jax import output_plan  # noqa: E402
 from nst_jax import pipeline  # noqa: E402
@@ -56,7 +57,7 @@ def runs(tmp_path_factory, caffe_npz):
   """Runs the cases below, each in its own directory set up by its `setup`; returns the outcomes."""
   base = tmp_path_factory.mktemp('hostile')
   env = {k: v for k, v in os.environ.items() if k != 'NST_JAX_WEIGHTS'}
-  env.update(JAX_PLATFORMS='cpu', NST_JAX_WEIGHTS=str(caffe_npz), XDG_RUNTIME_DIR=str(base))
+  env.update(JAX_PLATFORMS='cpu', NST_JAX_WEIGHTS=str(caffe_npz))
   plan = []
   for name, (setup, argv, _) in CASES.items():
     cwd = base / name
@@ -94,6 +95,14 @@ def _jobs(cwd):
   (cwd / 'pair.csv').write_text('content,style,output\nc.jpg,s.jpg,a.png\nd.png,s.jpg,b/../a.png\n')
   (cwd / 'list.png').write_text('content,style,output\nc.jpg,s.jpg,list.png\n')
   (cwd / 'suffix.csv').write_text('content,style,output\nc.jpg,s.jpg,a.png\nd.png,s.jpg,a.jpg\n')
+
+
+def _style_ckpt(cwd):
+  (cwd / 'r.ckpt').write_bytes((cwd / 's.jpg').read_bytes())
+
+
+def _foreign_ckpt(cwd):
+  (cwd / 'r.ckpt').write_text('my notes, not a checkpoint')
 
 
 def _dangling(cwd):
@@ -137,6 +146,11 @@ CASES = {
       (1, 'error: x.loss.png exists, beside x.png, and no nst-jax run record says'),
       (0, None)]),
   'suffixes-do-not-share': (_jobs, [['--jobs', 'suffix.csv']], [(0, None)]),
+  'checkpoint-is-style': (_style_ckpt, [['-cp', 'c.jpg', '-sp', 'r.ckpt', '--output', 'r.png']],
+                          [(1, 'error: the checkpoint r.ckpt of the result r.png would replace the '
+                               'style image;')]),
+  'foreign-checkpoint': (_foreign_ckpt, [['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'r.png']],
+                         [(1, 'delete it to start over, or move it away if it is a file')]),
 }  # fmt: skip
 
 
@@ -186,7 +200,7 @@ _HOLD = textwrap.dedent("""
 def test_a_second_run_on_the_same_output_is_refused(tmp_path, caffe_npz):
   _images(tmp_path)
   env = {k: v for k, v in os.environ.items() if k != 'NST_JAX_WEIGHTS'}
-  env.update(JAX_PLATFORMS='cpu', NST_JAX_WEIGHTS=str(caffe_npz), XDG_RUNTIME_DIR=str(tmp_path))
+  env.update(JAX_PLATFORMS='cpu', NST_JAX_WEIGHTS=str(caffe_npz))
   holder = subprocess.Popen(
     [sys.executable, '-c', _HOLD, 'r.png'], cwd=tmp_path, env={**env, 'PYTHONPATH': str(ROOT)},
     stdout=subprocess.PIPE, text=True,
@@ -278,7 +292,7 @@ def test_a_batch_job_killed_before_its_result_is_written_again_on_resume(tmp_pat
 
 def _start(tmp_path, caffe_npz, *args):
   env = {k: v for k, v in os.environ.items() if k != 'NST_JAX_WEIGHTS'}
-  env.update(JAX_PLATFORMS='cpu', NST_JAX_WEIGHTS=str(caffe_npz), XDG_RUNTIME_DIR='/nonexistent')
+  env.update(JAX_PLATFORMS='cpu', NST_JAX_WEIGHTS=str(caffe_npz))
   return subprocess.Popen(
     [sys.executable, str(ROOT / 'main.py'), '-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'r.png',
      '--progress', 'log', '--print_iter', '1', *args],
@@ -334,7 +348,9 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path, caffe_npz):
   assert process.returncode == 128 + signal.SIGINT
   assert 'error: interrupted again by signal 2; stopped at once' in rest
   # The next run on this output removes whatever a write cut short left behind.
-  with output_plan.locked([output_plan.image_output(tmp_path / 'r.png')], lock_dir=tmp_path):
+  with output_plan.locked(
+    [output_plan.image_output(tmp_path / 'r.png')],
+  ):
     pass
   assert not list(tmp_path.glob('.*.tmp'))
 
@@ -352,7 +368,6 @@ def test_a_batch_killed_before_any_write_resumes_to_the_uninterrupted_results(
   covered in seconds; tests/batch_test.py kills real processes at a random
   moment.
   """
-  from nst_jax import image as image_lib
 
   _images(tmp_path / 'in')
   names = ('c.jpg', 'd.png', 's.jpg')
@@ -395,3 +410,31 @@ def test_a_batch_killed_before_any_write_resumes_to_the_uninterrupted_results(
     kill_at = 0
     batch(out, resume=True)
     assert _digests(out) == expected, (kill_at, order)
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path, caffe_npz):
+  _images(tmp_path)
+  process = _start(tmp_path, caffe_npz, '-w', '32', *small_runs.FLAGS)
+  time.sleep(0.3)  # importing the libraries
+  process.send_signal(signal.SIGINT)
+  seconds, rest = _finish(process)
+  assert process.returncode == 128 + signal.SIGINT
+  assert rest.strip().splitlines() == ['error: interrupted while starting; nothing was written']
+
+
+def test_an_image_saved_on_a_signal_replaces_no_file(tmp_path):
+  """A signal saves NAME_<iteration>.png, a name the plan could not list: only where none is."""
+  cfg = nst_jax.StyleConfig(save=nst_jax.SaveConfig(save_iter=5), run=nst_jax.RunConfig())
+  cfg = cfg.replace(schedule=cfg.schedule.replace(iterations=10))
+  results = pipeline.Results(cfg, None, {0: tmp_path / 'r.png'}, {0: None})
+  theirs = tmp_path / 'r_00007.png'
+  theirs.write_bytes(b'not ours')
+  rgb = np.full((4, 4, 3), 0.5, np.float32)
+  results.intermediate(7, {0: rgb})  # on a signal
+  results.intermediate(8, {0: rgb})
+  (tmp_path / 'r_00010.png').write_bytes(b'planned: checked before the run')
+  results.intermediate(10, {0: rgb})
+  assert theirs.read_bytes() == b'not ours'
+  assert (tmp_path / 'r_00008.png').exists()
+  assert image_lib.load_image(tmp_path / 'r_00010.png').shape == (4, 4, 3)
+  assert results.saved[0] == ['r_00008.png', 'r_00010.png']  # what the record will claim

@@ -435,3 +435,16 @@ def test_help_exits_0_and_a_bad_flag_exits_1(tmp_path, flag):
     timeout=120, cwd=tmp_path,
   )  # fmt: skip
   assert r.returncode == 1 and 'no_such_flag' in r.stderr
+
+
+def test_messages_keep_file_names_and_one_line():
+  from nst_jax import cli
+
+  assert cli._flag_message('x exists; replace it with save.overwrite') == (
+    'x exists; replace it with --overwrite'
+  )
+  # A file named like a setting keeps its name; a newline in a name stays on the line.
+  assert cli._flag_message('run.resume.png exists; then continue with run.resume.') == (
+    'run.resume.png exists; then continue with --resume.'
+  )
+  assert cli._flag_message('a\nb.png exists') == 'a\\nb.png exists'

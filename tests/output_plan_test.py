@@ -97,6 +97,11 @@ def test_a_rerun_replaces_its_own_result(tmp_path):
   for name in ('r.png', 'r.loss.png', 'r.sheet.jpg', 'r_00005.png'):
     (tmp_path / name).write_bytes(b'ours')
   (tmp_path / 'r.json').write_text(json.dumps({'output': str(result)}))
+  # The record names the result, not this intermediate: someone else's file.
+  with pytest.raises(errors.NstError, match=r'r_00005\.png exists, beside r\.png'):
+    output_plan.check([_out(result, save_iter=5, iterations=5)], inputs={})
+  record = {'output': str(result), 'intermediates': ['r_00005.png']}
+  (tmp_path / 'r.json').write_text(json.dumps(record))
   output_plan.check([_out(result, save_iter=5, iterations=5)], inputs={})
   # A record naming another output does not make these files ours.
   (tmp_path / 'r.json').write_text(json.dumps({'output': 'elsewhere/q.png'}))
@@ -166,7 +171,7 @@ _HOLD = textwrap.dedent("""
   from pathlib import Path
   from nst_jax import output_plan
   out = output_plan.image_output(Path(sys.argv[1]))
-  with output_plan.locked([out], lock_dir=sys.argv[2]):
+  with output_plan.locked([out]):
     print('held', flush=True)
     time.sleep(60)
 """)
@@ -174,9 +179,8 @@ _HOLD = textwrap.dedent("""
 
 def test_two_processes_never_write_one_output(tmp_path):
   result = tmp_path / 'r.png'
-  locks = tmp_path / 'locks'
   holder = subprocess.Popen(
-    [sys.executable, '-c', _HOLD, str(result), str(locks)],
+    [sys.executable, '-c', _HOLD, str(result)],
     stdout=subprocess.PIPE,
     text=True,
     cwd=Path(__file__).parent.parent,
@@ -184,18 +188,18 @@ def test_two_processes_never_write_one_output(tmp_path):
   try:
     assert holder.stdout.readline().strip() == 'held'
     with pytest.raises(errors.NstError) as e:
-      with output_plan.locked([_out(result)], lock_dir=locks):
-        pass
+      with output_plan.locked([_out(tmp_path / 'r.loss.png')]):
+        pass  # its result is r.png's loss plot: the lock of that file is held
     assert str(e.value) == (
-      f'another nst-jax run is writing {result}; wait for it to finish or choose another '
-      'output name'
+      f'another nst-jax run is writing {tmp_path / "r.loss.png"}; wait for it to finish or '
+      'choose another output name'
     )
   finally:
     holder.kill()  # as a crash would: the kernel releases its lock
     holder.wait()
-  with output_plan.locked([_out(result)], lock_dir=locks):
-    pass
-  assert list(tmp_path.iterdir()) == [locks]  # nothing beside the output
+  with output_plan.locked([_out(result)]):
+    assert output_plan.lock_path(result).exists()
+  assert list(tmp_path.iterdir()) == []  # the lock files go with the run
 
 
 def test_a_killed_runs_temporaries_are_removed_by_the_next_run(tmp_path):
@@ -204,7 +208,7 @@ def test_a_killed_runs_temporaries_are_removed_by_the_next_run(tmp_path):
   other = tmp_path / '.q.png.a1b2c3d4.tmp'  # another output's: not ours to remove
   for path in (*left, other):
     path.write_bytes(b'half')
-  with output_plan.locked([_out(result)], lock_dir=tmp_path / 'locks'):
+  with output_plan.locked([_out(result)]):
     assert not any(p.exists() for p in left)
   assert other.exists()
 
@@ -227,12 +231,53 @@ def test_a_failed_write_is_one_line_and_replaces_nothing(tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == ['r.png']
 
 
-def test_lock_files_live_outside_the_output_directory(tmp_path, monkeypatch):
-  monkeypatch.setenv('XDG_RUNTIME_DIR', str(tmp_path / 'run'))
-  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
-  assert output_plan.default_lock_dir() == tmp_path / 'cache' / 'nst_jax' / 'locks'
-  (tmp_path / 'run').mkdir()
-  assert output_plan.default_lock_dir() == tmp_path / 'run' / 'nst_jax-locks'
-  a = output_plan.lock_path('out/a.png', tmp_path)
-  assert a == output_plan.lock_path(Path.cwd() / 'out' / 'a.png', tmp_path)
-  assert a != output_plan.lock_path('out/b.png', tmp_path)
+def test_a_lock_freed_and_removed_under_a_waiting_opener_is_not_shared(tmp_path):
+  lock = tmp_path / '.r.png.lock'
+  fd = output_plan._lock(lock)
+  stale = os.open(lock, os.O_RDWR)  # another process opened the file before it went
+  output_plan._unlock(lock, fd)
+  import fcntl
+
+  fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # it holds a lock on a removed file ...
+  again = output_plan._lock(lock)  # ... which does not keep the name from being locked anew
+  assert again is not None and os.fstat(again).st_ino == os.stat(lock).st_ino
+  os.close(stale)
+  output_plan._unlock(lock, again)
+  assert not lock.exists()
+
+
+def test_another_name_of_an_input_is_refused_even_with_overwrite(tmp_path):
+  photo = tmp_path / 'photo.png'
+  photo.write_bytes(b'photo')
+  os.link(photo, tmp_path / 'alias.png')  # a hard link: one file, two names (as a bind mount)
+  with pytest.raises(errors.NstError, match=r'alias\.png would replace the content image;'):
+    output_plan.check(
+      [_out(tmp_path / 'alias.png')], inputs={'content image': photo}, overwrite=True
+    )
+  assert photo.read_bytes() == b'photo'
+
+
+def test_paths_that_cannot_be_planned_are_one_line(tmp_path):
+  (tmp_path / 'loop.npz').symlink_to(tmp_path / 'loop.npz')
+  with pytest.raises(errors.NstError, match=r'loop\.npz is a loop of symbolic links; fix it'):
+    output_plan.check([_out(tmp_path / 'r.png')], inputs={'weights file': tmp_path / 'loop.npz'})
+  with pytest.raises(errors.NstError, match=r"'a\\x00\.png' holds a NUL byte; rename it"):
+    output_plan.check([_out('a\0.png')], inputs={})
+  os.mkfifo(tmp_path / 'r.json')  # reading it would block for ever
+  with pytest.raises(errors.NstError, match=r'r\.json exists and is not a regular file'):
+    output_plan.check([_out(tmp_path / 'r.png')], inputs={})
+  (tmp_path / 'x.png').symlink_to(tmp_path / 'nowhere.png')
+  with pytest.raises(errors.NstError, match=r'x\.png exists and is not a regular file'):
+    output_plan.check([_out(tmp_path / 'x.png', record=False)], inputs={}, overwrite=True)
+
+
+def test_a_users_own_tmp_files_are_not_temporaries(tmp_path):
+  result = tmp_path / 'r.png'
+  mine = [tmp_path / '.r.png.mine.tmp', tmp_path / '.r.json.backup.tmp']
+  killed = [tmp_path / '.r.png.k3j_x9a2.partial.mp4', tmp_path / '.r.png.abcdefgh.partial']
+  for path in mine + killed[:1]:
+    path.write_bytes(b'x')
+  killed[1].mkdir()
+  (killed[1] / 'frame_00001.png').write_bytes(b'x')
+  assert sorted(output_plan.remove_temporaries(_out(result).files)) == sorted(killed)
+  assert all(p.exists() for p in mine)

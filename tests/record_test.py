@@ -99,3 +99,16 @@ def test_record_false_writes_only_the_image(tmp_path, caffe_npz):
   )  # fmt: skip
   run(cfg)
   assert sorted(p.name for p in tmp_path.iterdir()) == ['in', 'o.png']
+
+
+def test_a_sheet_of_a_panorama_or_many_intermediates_fits_jpeg(tmp_path):
+  panorama = np.full((12, 3000, 3), 0.5, np.float32)
+  path = tmp_path / 'p.sheet.jpg'
+  record_lib.contact_sheet([[panorama, panorama, panorama]], path)
+  with Image.open(path) as im:
+    # At height 256 the row would be 3 x 64000 px; it shrinks to fit (about 86 px high).
+    assert 60_000 < im.width <= record_lib.MAX_SHEET_SIDE and 80 <= im.height - 16 <= 86
+  many = [np.zeros((24, 32, 3), np.float32)] * 1000
+  record_lib.contact_sheet([[panorama], many], path)
+  with Image.open(path) as im:
+    assert im.width <= 65_535

@@ -128,6 +128,16 @@ def test_an_unfinished_run_needs_resume_and_resume_needs_one(tmp_path, caffe_npz
   with pytest.raises(errors.NstError, match='unfinished video run; continue it with --resume'):
     video_pipeline.run_video(cfg)
   assert (tmp_path / '.out.work' / 'final' / 'frame_00000.png').read_bytes() == b'a finished frame'
+  # A file nst-jax never writes there: the directory is not ours to resume or remove.
+  (tmp_path / '.out.work' / 'mine.dat').write_bytes(b'yours')
+  for resume in (False, True):
+    with pytest.raises(errors.NstError) as e:
+      video_pipeline.run_video(cfg.replace(run=cfg.run.replace(resume=resume)))
+    assert str(e.value) == (
+      f'{tmp_path / ".out.work"} holds mine.dat, which no video run writes there; move it away '
+      'to run'
+    )
+  assert (tmp_path / '.out.work' / 'mine.dat').read_bytes() == b'yours'
   with pytest.raises(errors.ConfigError, match='must end in .mp4'):
     video_pipeline.run_video(cfg.replace(save=cfg.save.replace(path=str(tmp_path / 'x.avi'))))
   with pytest.raises(errors.ConfigError) as e:

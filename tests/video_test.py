@@ -91,6 +91,23 @@ def test_nothing_is_half_written(tmp_path):
   assert list(tmp_path.iterdir()) == []
 
 
+def test_files_named_like_the_temporaries_are_left_alone(tmp_path):
+  # Someone's files under the names the writers used before: never replaced or removed.
+  (tmp_path / '.out.mp4.partial.mp4').write_bytes(b'a video of yours')
+  (tmp_path / '.frames.partial').mkdir()
+  (tmp_path / '.frames.partial' / 'notes.txt').write_text('yours')
+  video.write_video(tmp_path / 'out.mp4', _frames(2), Fraction(24))
+  assert video.write_frames(tmp_path / 'frames', _frames(2)) == 2
+  assert (tmp_path / '.out.mp4.partial.mp4').read_bytes() == b'a video of yours'
+  assert (tmp_path / '.frames.partial' / 'notes.txt').read_text() == 'yours'
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+    '.frames.partial',
+    '.out.mp4.partial.mp4',
+    'frames',
+    'out.mp4',
+  ]
+
+
 def test_ten_bit_video_decodes_at_full_precision(tmp_path):
   ramp = np.linspace(0, 1, 64, dtype=np.float32)[None, :, None] * np.ones((48, 1, 3), np.float32)
   src = video_clips.write_mp4(tmp_path / 'ten.mkv', [ramp] * 2, codec='ffv1', pix_fmt='yuv420p10le')
