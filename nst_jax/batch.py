@@ -132,16 +132,11 @@ def run_batch(
     )
   mesh = mesh or sharding_lib.jobs_mesh()
   jobs, plan = _plan_outputs(jobs, cfg, inputs)
-  local = [i for i in range(len(jobs)) if distributed.mine(i)]
-  with distributed.together():
-    held = contextlib.ExitStack()
-    held.enter_context(output_plan.locked(plan, local=local))
-  with held:
-    return _run_batch(jobs, cfg, weights, record, mesh)
+  return _run_batch(jobs, cfg, weights, record, mesh, plan)
 
 
-def _run_batch(jobs, cfg, weights, record, mesh) -> dict[str, np.ndarray]:
-  """`run_batch` once every output is planned and locked."""
+def _run_batch(jobs, cfg, weights, record, mesh, plan) -> dict[str, np.ndarray]:
+  """`run_batch` once every output is planned: weights, then the locks and the groups."""
   groups = _plan(jobs, cfg, mesh.size // jax.process_count())
   for group in groups:
     per_device = len(group.rows) // mesh.size
@@ -153,6 +148,9 @@ def _run_batch(jobs, cfg, weights, record, mesh) -> dict[str, np.ndarray]:
   )
   written = {}
   with contextlib.ExitStack() as stack:
+    with distributed.together():
+      local = [i for i in range(len(jobs)) if distributed.mine(i)]
+      stack.enter_context(output_plan.locked(plan, local=local))
     first = next((g for g in groups), None)
     port = cfg.run.serve if jax.process_index() == 0 else None
     preview = stack.enter_context(pipeline.serving(port, title='batch'))

@@ -31,6 +31,7 @@ The options you need first (all flags, alphabetically, follow):
 import importlib.resources
 from pathlib import Path
 import re
+import signal
 import sys
 
 from absl import app
@@ -45,6 +46,7 @@ from nst_jax import hooks as hooks_lib
 from nst_jax import image as image_lib
 from nst_jax import jobs as jobs_lib
 from nst_jax import losses
+from nst_jax import output_plan
 from nst_jax import video
 from nst_jax import video_pipeline
 
@@ -439,7 +441,13 @@ def _flag_message(message: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  with hooks_lib.exit_on_signals(early=not FLAGS.distributed):
+  early = not FLAGS.distributed
+  # main.py's start-up handler ends the process on Ctrl-C; from here the
+  # signal thread does (before the first iteration), or the loop saves first.
+  signal.signal(
+    signal.SIGINT, (lambda signum, frame: None) if early else signal.default_int_handler
+  )
+  with hooks_lib.exit_on_signals(early=early, before_exit=output_plan.drop_locks):
     _main()
 
 

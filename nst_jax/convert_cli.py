@@ -31,6 +31,7 @@ from nst_jax import absl_app
 from nst_jax import download
 from nst_jax import errors
 from nst_jax import image as image_lib
+from nst_jax import output_plan
 from nst_jax import weight_checks
 from nst_jax import weights as weights_lib
 
@@ -69,16 +70,11 @@ def main(argv):
     sys.exit('error: give exactly one of --input FILE or --download')
   _check_output(Path(FLAGS.output))
   t0 = time.perf_counter()
+  # One converter per output at a time; a killed one's temporary files go.
+  target = output_plan.Output(Path(FLAGS.output), derived=())
   try:
-    if FLAGS.download:
-      if FLAGS.input_convention:
-        sys.exit('error: --input_convention applies to --input only')
-      download.fetch_and_convert(
-        FLAGS.output, download.mirrors(FLAGS.url), md5=FLAGS.md5 or weights_lib.KERAS_MD5
-      )
-    else:
-      flat, info = weights_lib.convert(FLAGS.input, convention=FLAGS.input_convention)
-      weights_lib.save_npz(FLAGS.output, flat, info)
+    with output_plan.locked([target]):
+      _convert()
     info = weights_lib.load_weights(FLAGS.output).info
   except errors.NstError as e:
     sys.exit(f'error: {e}')
@@ -87,6 +83,18 @@ def main(argv):
     f'{info.source_sha256[:16]}..., {info.convention} input convention) in '
     f'{time.perf_counter() - t0:.1f} s'
   )
+
+
+def _convert() -> None:
+  if FLAGS.download:
+    if FLAGS.input_convention:
+      sys.exit('error: --input_convention applies to --input only')
+    download.fetch_and_convert(
+      FLAGS.output, download.mirrors(FLAGS.url), md5=FLAGS.md5 or weights_lib.KERAS_MD5
+    )
+  else:
+    flat, info = weights_lib.convert(FLAGS.input, convention=FLAGS.input_convention)
+    weights_lib.save_npz(FLAGS.output, flat, info)
 
 
 def _check_output(output: Path) -> None:
@@ -101,6 +109,10 @@ def _check_output(output: Path) -> None:
       f'error: --output {output} is a directory; name the file to write, such as '
       f'--output {output / weights_lib.DEFAULT_WEIGHTS_PATH.name}'
     )
+  try:  # a directory that is a file or not writable, a name too long: before the work
+    output_plan.check_place(output)
+  except errors.NstError as e:
+    sys.exit(f'error: {e}')
   # --download saves the published file beside the output, then converts it.
   if FLAGS.input:
     source, role = Path(FLAGS.input), 'the --input file'

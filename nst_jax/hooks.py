@@ -245,7 +245,9 @@ class Monitor(Hook):
 
 
 @contextlib.contextmanager
-def exit_on_signals(*, early: bool = True) -> Iterator[None]:
+def exit_on_signals(
+  *, early: bool = True, before_exit: Callable[[], None] = lambda: None
+) -> Iterator[None]:
   """For a program's main: exit at once on a signal before any iteration, or on a second one.
 
   Python runs signal handlers only between bytecodes of the main thread, so
@@ -266,6 +268,8 @@ def exit_on_signals(*, early: bool = True) -> Iterator[None]:
   Args:
     early: exit on the first signal before any iteration (off for
       multi-process runs, whose processes must stop together).
+    before_exit: called just before the process ends (the output planner's
+      lock files go).
   """
   if threading.current_thread() is not threading.main_thread():
     yield
@@ -290,6 +294,7 @@ def exit_on_signals(*, early: bool = True) -> Iterator[None]:
           why = f'interrupted by signal {signum} before the first iteration; nothing was written'
         else:
           continue
+        before_exit()
         os.write(2, f'error: {why}\n'.encode())
         os._exit(128 + signum)
 

@@ -378,9 +378,20 @@ def _lock(path: Path) -> int | None:
     os.close(fd)
 
 
+# The lock files this process holds: a process that must end at once (a
+# signal before the first iteration) removes them first (`drop_locks`).
+_HELD: dict[Path, int] = {}
+
+
 def _unlock(path: Path, fd: int) -> None:
   path.unlink(missing_ok=True)  # still ours: removed before others can lock it
   os.close(fd)
+
+
+def drop_locks() -> None:
+  """Removes this process's lock files, for an exit that skips the context managers."""
+  for path in list(_HELD):
+    path.unlink(missing_ok=True)
 
 
 def _ensure_descriptors(n: int) -> None:
@@ -429,11 +440,13 @@ def locked(outputs: Sequence[Output], *, local: Iterable[int] | None = None) -> 
           'choose another output name'
         )
       held.append((lock, fd))
+      _HELD[lock] = fd
     for out in mine:
       remove_temporaries(out.files)
     yield
   finally:
     for lock, fd in reversed(held):
+      _HELD.pop(lock, None)
       _unlock(lock, fd)
 
 

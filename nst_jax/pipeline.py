@@ -334,12 +334,11 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   output_plan.check(plan, inputs=input_files(cfg), overwrite=cfg.save.overwrite)
   if not cfg.run.resume:  # after the plan: a checkpoint name that is an input is refused there
     outputs.check_not_unfinished(checkpoint_lib.path_for(output))
-  with output_plan.locked(plan):
-    return _run_single(cfg, output, layout)
+  return _run_single(cfg, output, layout, plan)
 
 
-def _run_single(cfg: config_lib.StyleConfig, output: Path, layout: sharding_lib.Layout) -> Path:
-  """`run` once its output is planned and locked."""
+def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan) -> Path:
+  """`run` once its output is planned: inputs, weights, then the locks and the engine."""
   i = cfg.inputs
   ckpt = checkpoint_lib.path_for(output)
   row = load_row(
@@ -353,8 +352,10 @@ def _run_single(cfg: config_lib.StyleConfig, output: Path, layout: sharding_lib.
   check_size(cfg, row)
   icc = image_lib.icc_profile(i.content_path, max_pixels=i.max_image_pixels)
   # Bound before the weights load and the compile, so a busy port fails fast.
-  with serving(cfg.run.serve, title=output.name) as preview:
+  with serving(cfg.run.serve, title=output.name) as preview, contextlib.ExitStack() as held:
     w = weights_lib.get_weights(cfg.model.weights, urls=cfg.model.weights_url)
+    # Locked once every input has loaded: a run refused until here wrote nothing.
+    held.enter_context(output_plan.locked(plan))
     logging.info(
       'Styling %s (%dx%d) after %s, with the VGG-19 weights from %s.',
       i.content_path,

@@ -253,8 +253,7 @@ def run_video(cfg: config_lib.StyleConfig) -> Path:
     )
   ]
   output_plan.check(plan, inputs=pipeline.input_files(cfg), overwrite=cfg.save.overwrite)
-  with output_plan.locked(plan):
-    return _run_video(cfg, clip, paths, height)
+  return _run_video(cfg, clip, paths, height, plan)
 
 
 def _record_path(paths: _Paths) -> Path:
@@ -264,8 +263,8 @@ def _record_path(paths: _Paths) -> Path:
   return output_plan.derived(paths.output, output_plan.RECORD_TAILS['json'])
 
 
-def _run_video(cfg: config_lib.StyleConfig, clip, paths: _Paths, height: int) -> Path:
-  """`run_video` once its output is planned and locked."""
+def _run_video(cfg: config_lib.StyleConfig, clip, paths: _Paths, height: int, plan) -> Path:
+  """`run_video` once its output is planned: inputs, weights, then the locks and the frames."""
   v = cfg.video
   per_device = -(-clip.count // jax.device_count()) if v.passes > 1 else 1
   memory_lib.check_memory(height, cfg.inputs.width, config=cfg, batch=per_device)
@@ -285,17 +284,20 @@ def _run_video(cfg: config_lib.StyleConfig, clip, paths: _Paths, height: int) ->
     ' and '.join(cfg.style_paths),
     'one pass, frame after frame' if v.passes == 1 else f'{v.passes} passes over all frames',
   )
-  paths.work.mkdir(parents=True, exist_ok=True)
   with pipeline.serving(cfg.run.serve, title=paths.output.name) as preview:
     w = weights_lib.get_weights(cfg.model.weights, urls=cfg.model.weights_url)
-    t0 = time.perf_counter()
-    record = {'frames': []}
-    with hooks_lib.stop_on_signals() as stop:
-      if v.passes == 1:
-        results = _one_pass(cfg, w, frames, styles, paths, record, stop, preview)
-      else:
-        results = _passes(cfg, w, frames, styles, paths, record, stop, preview)
-  _write(cfg, paths, clip, results, record, time.perf_counter() - t0)
+    # Locked once every input has loaded (a run refused until here wrote
+    # nothing), by process 0, which writes the result.
+    with output_plan.locked(plan, local=[0] if jax.process_index() == 0 else []):
+      paths.work.mkdir(parents=True, exist_ok=True)
+      t0 = time.perf_counter()
+      record = {'frames': []}
+      with hooks_lib.stop_on_signals() as stop:
+        if v.passes == 1:
+          results = _one_pass(cfg, w, frames, styles, paths, record, stop, preview)
+        else:
+          results = _passes(cfg, w, frames, styles, paths, record, stop, preview)
+      _write(cfg, paths, clip, results, record, time.perf_counter() - t0)
   return paths.output
 
 

@@ -164,7 +164,20 @@ def _weights_directory(d, url, md5, **_):
   return [*suggested.removeprefix(CONVERT).split(), '--url', url, '--md5', md5]
 
 
+def _output_under_a_file(d, src, **_):
+  (d / 'f').write_text('mine')
+  return ['--input', src, '--output', 'f/out.npz']
+
+
+def _killed_converters_leftovers(d, src, **_):
+  (d / '.vgg19.npz.k1ll3d_x.tmp').write_bytes(b'half a file')  # a SIGKILLed write's
+  (d / '.vgg19.npz.mine.tmp').write_text('mine')  # not that pattern: kept
+  return ['--input', src, '--output', 'vgg19.npz']
+
+
 CASES = {
+  'output-under-a-file': _output_under_a_file,
+  'killed-converters-leftovers': _killed_converters_leftovers,
   'directory-output': _directory_output,
   'output-is-input': _output_is_input,
   'output-links-to-input': _output_links_to_input,
@@ -224,6 +237,7 @@ def runs(tmp_path_factory, caffe_npz):
 
 
 REFUSED = {
+  'output-under-a-file': 'f is a file, not a directory; choose another output',
   'directory-output': '--output {d}/out is a directory; name the file to write, such as '
   '--output {d}/out/vgg19.npz',
   'output-is-input': '--output {d}/w.h5 is the --input file; write the converted .npz to '
@@ -269,6 +283,15 @@ def test_replaced(runs, name):
   np.testing.assert_array_equal(
     w.params['conv2_2']['bias'], weight_files.random_params(seed=3)['conv2_2'][1]
   )
+
+
+@pytest.mark.slow
+def test_a_killed_converters_temporary_file_is_removed_by_the_next(runs):
+  code, stderr, d, before = runs['killed-converters-leftovers']
+  assert code == 0, stderr
+  after = _files(d)
+  assert sorted(after) == ['.vgg19.npz.mine.tmp', 'vgg19.npz']
+  assert after['.vgg19.npz.mine.tmp'] == before['.vgg19.npz.mine.tmp']
 
 
 @pytest.mark.slow
