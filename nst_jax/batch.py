@@ -131,11 +131,11 @@ def run_batch(
       'use --shard jobs for a batch'
     )
   mesh = mesh or sharding_lib.jobs_mesh()
-  jobs, plan = _plan_outputs(jobs, cfg, inputs)
-  return _run_batch(jobs, cfg, weights, record, mesh, plan)
+  jobs, plan, recheck = _plan_outputs(jobs, cfg, inputs)
+  return _run_batch(jobs, cfg, weights, record, mesh, plan, recheck)
 
 
-def _run_batch(jobs, cfg, weights, record, mesh, plan) -> dict[str, np.ndarray]:
+def _run_batch(jobs, cfg, weights, record, mesh, plan, recheck) -> dict[str, np.ndarray]:
   """`run_batch` once every output is planned: weights, then the locks and the groups."""
   groups = _plan(jobs, cfg, mesh.size // jax.process_count())
   for group in groups:
@@ -150,7 +150,7 @@ def _run_batch(jobs, cfg, weights, record, mesh, plan) -> dict[str, np.ndarray]:
   with contextlib.ExitStack() as stack:
     with distributed.together():
       local = [i for i in range(len(jobs)) if distributed.mine(i)]
-      stack.enter_context(output_plan.locked(plan, local=local))
+      stack.enter_context(output_plan.locked(plan, local=local, then_check=recheck))
     first = next((g for g in groups), None)
     port = cfg.run.serve if jax.process_index() == 0 else None
     preview = stack.enter_context(pipeline.serving(port, title='batch'))
@@ -168,8 +168,12 @@ def _run_batch(jobs, cfg, weights, record, mesh, plan) -> dict[str, np.ndarray]:
   return written
 
 
-def _plan_outputs(jobs, cfg, inputs) -> tuple[list[jobs_lib.Job], list[output_plan.Output]]:
-  """Names and checks every output (output_plan.check), alike on every process."""
+def _plan_outputs(jobs, cfg, inputs):
+  """Names and checks every output (output_plan.check), alike on every process.
+
+  Returns:
+    (jobs with their outputs, the plan, the check to run again under the locks).
+  """
   jobs, directory = _batch_output_dir(list(jobs), cfg)
   with distributed.together():
     jobs = outputs.assign_outputs(
@@ -185,14 +189,18 @@ def _plan_outputs(jobs, cfg, inputs) -> tuple[list[jobs_lib.Job], list[output_pl
       owner = f'job {index + 1}'
       plan.append(pipeline.planned_output(job_cfg, Path(job.output), height, owner=owner))
     local = [i for i in range(len(jobs)) if distributed.mine(i)]
-    output_plan.check(plan, inputs=files, overwrite=cfg.save.overwrite, local=local)
+
+    def recheck():
+      output_plan.check(plan, inputs=files, overwrite=cfg.save.overwrite, local=local)
+
+    recheck()
     if not cfg.run.resume:  # after the plan: a checkpoint name that is an input is refused there
       for index in local:
         outputs.check_not_unfinished(checkpoint_lib.path_for(jobs[index].output))
   if jax.process_count() > 1:
     # Names depend on which files exist: fixed everywhere before any is written.
     distributed.agree(None)
-  return jobs, plan
+  return jobs, plan, recheck
 
 
 def _plan(jobs, cfg, local_devices) -> list[distributed.Group]:

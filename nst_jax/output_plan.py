@@ -19,7 +19,7 @@ refused, and a crashed run's lock is released by the kernel with its
 process) and removes the temporary files a killed run left beside them.
 """
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import contextlib
 import dataclasses
 import fcntl
@@ -388,10 +388,19 @@ def _unlock(path: Path, fd: int) -> None:
   os.close(fd)
 
 
+# Directories made for lock files, removed again if the run leaves them empty.
+_MADE: set[Path] = set()
+
+
 def drop_locks() -> None:
-  """Removes this process's lock files, for an exit that skips the context managers."""
+  """Removes this process's lock files (and the empty directories made for them).
+
+  For an exit that skips the context managers: a signal before the first
+  iteration, after which nothing is left behind.
+  """
   for path in list(_HELD):
     path.unlink(missing_ok=True)
+  _remove_if_empty(sorted(_MADE, key=lambda d: len(d.parts), reverse=True))
 
 
 def _ensure_descriptors(n: int) -> None:
@@ -403,8 +412,18 @@ def _ensure_descriptors(n: int) -> None:
 
 
 @contextlib.contextmanager
-def locked(outputs: Sequence[Output], *, local: Iterable[int] | None = None) -> Iterator[None]:
+def locked(
+  outputs: Sequence[Output],
+  *,
+  local: Iterable[int] | None = None,
+  then_check: Callable[[], None] = lambda: None,
+) -> Iterator[None]:
   """Locks every file this process will write (intermediates aside), then cleans up.
+
+  `then_check` runs once the locks are held: the plan checked again, since
+  another run may have finished (and written these names) since it was
+  first checked. Directories made for the lock files are removed again
+  when the run ends with them empty.
 
   An advisory lock (flock) per result and per derived file, so a run whose
   result is another's record or loss plot is refused too; the kernel
@@ -424,11 +443,12 @@ def locked(outputs: Sequence[Output], *, local: Iterable[int] | None = None) -> 
   ]
   _ensure_descriptors(len(files))
   held: list[tuple[Path, int]] = []
+  made: list[Path] = []
   try:
     for path in files:
       lock = lock_path(path)
       try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
+        made += _make_directories(lock.parent)
         fd = _lock(lock)
       except OSError as e:
         raise errors.NstError(
@@ -441,6 +461,7 @@ def locked(outputs: Sequence[Output], *, local: Iterable[int] | None = None) -> 
         )
       held.append((lock, fd))
       _HELD[lock] = fd
+    then_check()
     for out in mine:
       remove_temporaries(out.files)
     yield
@@ -448,6 +469,26 @@ def locked(outputs: Sequence[Output], *, local: Iterable[int] | None = None) -> 
     for lock, fd in reversed(held):
       _HELD.pop(lock, None)
       _unlock(lock, fd)
+    _remove_if_empty(made)
+
+
+def _make_directories(directory: Path) -> list[Path]:
+  """Makes `directory` and its missing parents; returns those made, deepest first."""
+  missing = []
+  while not directory.exists():
+    missing.append(directory)
+    directory = directory.parent
+  for d in reversed(missing):
+    d.mkdir(exist_ok=True)
+    _MADE.add(d)
+  return missing
+
+
+def _remove_if_empty(directories: Iterable[Path]) -> None:
+  for d in directories:  # deepest first
+    _MADE.discard(d)
+    with contextlib.suppress(OSError):
+      d.rmdir()
 
 
 def remove_temporaries(paths: Iterable[Path]) -> list[Path]:

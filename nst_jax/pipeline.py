@@ -331,10 +331,14 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   layout = _layout(cfg, height)
   _check_memory(cfg, layout)
   plan = [planned_output(cfg, output, height)]
-  output_plan.check(plan, inputs=input_files(cfg), overwrite=cfg.save.overwrite)
+  _check_plan(cfg, plan)
   if not cfg.run.resume:  # after the plan: a checkpoint name that is an input is refused there
     outputs.check_not_unfinished(checkpoint_lib.path_for(output))
   return _run_single(cfg, output, layout, plan)
+
+
+def _check_plan(cfg: config_lib.StyleConfig, plan) -> None:
+  output_plan.check(plan, inputs=input_files(cfg), overwrite=cfg.save.overwrite)
 
 
 def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan) -> Path:
@@ -355,7 +359,7 @@ def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan) -> Path
   with serving(cfg.run.serve, title=output.name) as preview, contextlib.ExitStack() as held:
     w = weights_lib.get_weights(cfg.model.weights, urls=cfg.model.weights_url)
     # Locked once every input has loaded: a run refused until here wrote nothing.
-    held.enter_context(output_plan.locked(plan))
+    held.enter_context(output_plan.locked(plan, then_check=lambda: _check_plan(cfg, plan)))
     logging.info(
       'Styling %s (%dx%d) after %s, with the VGG-19 weights from %s.',
       i.content_path,

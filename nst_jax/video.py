@@ -295,6 +295,7 @@ def write_video(path: str | os.PathLike, frames, fps: Fraction, *, audio_from: C
         out.mux(packet)
       if audio is not None:
         _mux_audio(out, audio, audio_from)
+    _plain_mode(tmp, 0o666)  # mkstemp made it private
     os.replace(tmp, path)
   finally:
     tmp.unlink(missing_ok=True)
@@ -339,6 +340,13 @@ def _mux_audio(out, stream, clip: Clip) -> None:
         return
 
 
+def _plain_mode(path: Path, mode: int) -> None:
+  """The mode a plain open() or mkdir() would have given (the umask applied)."""
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(path, mode & ~umask)
+
+
 def write_frames(directory: str | os.PathLike, frames, *, bit_depth: int = 8) -> int:
   """Writes RGB frames as directory/frame_00001.png ..., the directory appearing when complete.
 
@@ -353,6 +361,7 @@ def write_frames(directory: str | os.PathLike, frames, *, bit_depth: int = 8) ->
   try:
     for n, rgb in enumerate(frames, 1):
       image_lib.save_image(tmp / f'frame_{n:05d}.png', rgb, bit_depth=bit_depth)
+    _plain_mode(tmp, 0o777)  # mkdtemp made it private
     if directory.exists():
       directory.rmdir()  # empty: the caller refuses a directory with files in it
     os.replace(tmp, directory)

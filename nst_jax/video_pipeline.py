@@ -252,8 +252,12 @@ def run_video(cfg: config_lib.StyleConfig) -> Path:
       resumable=paths.work,
     )
   ]
-  output_plan.check(plan, inputs=pipeline.input_files(cfg), overwrite=cfg.save.overwrite)
+  _recheck(cfg, plan)
   return _run_video(cfg, clip, paths, height, plan)
+
+
+def _recheck(cfg, plan) -> None:
+  output_plan.check(plan, inputs=pipeline.input_files(cfg), overwrite=cfg.save.overwrite)
 
 
 def _record_path(paths: _Paths) -> Path:
@@ -288,7 +292,8 @@ def _run_video(cfg: config_lib.StyleConfig, clip, paths: _Paths, height: int, pl
     w = weights_lib.get_weights(cfg.model.weights, urls=cfg.model.weights_url)
     # Locked once every input has loaded (a run refused until here wrote
     # nothing), by process 0, which writes the result.
-    with output_plan.locked(plan, local=[0] if jax.process_index() == 0 else []):
+    local = [0] if jax.process_index() == 0 else []
+    with output_plan.locked(plan, local=local, then_check=lambda: _recheck(cfg, plan)):
       paths.work.mkdir(parents=True, exist_ok=True)
       t0 = time.perf_counter()
       record = {'frames': []}

@@ -281,3 +281,23 @@ def test_a_users_own_tmp_files_are_not_temporaries(tmp_path):
   (killed[1] / 'frame_00001.png').write_bytes(b'x')
   assert sorted(output_plan.remove_temporaries(_out(result).files)) == sorted(killed)
   assert all(p.exists() for p in mine)
+
+
+def test_the_plan_is_checked_again_under_the_locks_and_made_directories_go(tmp_path):
+  out = _out(tmp_path / 'deep' / 'er' / 'r.png', record=False)
+  output_plan.check([out], inputs={})
+  # Another run wrote this name between the first check and the locks.
+  (tmp_path / 'deep' / 'er').mkdir(parents=True)
+  (tmp_path / 'deep' / 'er' / 'r.png').write_bytes(b'theirs')
+  with pytest.raises(errors.NstError, match=r'r\.png exists and no nst-jax run record'):
+    with output_plan.locked([out], then_check=lambda: output_plan.check([out], inputs={})):
+      pass
+  assert (tmp_path / 'deep' / 'er' / 'r.png').read_bytes() == b'theirs'
+  # Directories made only for the lock files go again when left empty.
+  fresh = _out(tmp_path / 'new' / 'sub' / 'r.png')
+  with output_plan.locked([fresh]):
+    assert output_plan.lock_path(fresh.result).exists()
+  assert not (tmp_path / 'new').exists()
+  with output_plan.locked([fresh]):
+    output_plan.drop_locks()  # as an exit on a signal does, skipping the context managers
+    assert not (tmp_path / 'new').exists()

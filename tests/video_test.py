@@ -2,6 +2,7 @@
 
 import dataclasses
 from fractions import Fraction
+import os
 
 import av
 import numpy as np
@@ -106,6 +107,10 @@ def test_files_named_like_the_temporaries_are_left_alone(tmp_path):
     'frames',
     'out.mp4',
   ]
+  umask = os.umask(0)
+  os.umask(umask)
+  assert (tmp_path / 'out.mp4').stat().st_mode & 0o777 == 0o666 & ~umask  # not private
+  assert (tmp_path / 'frames').stat().st_mode & 0o777 == 0o777 & ~umask
 
 
 def test_ten_bit_video_decodes_at_full_precision(tmp_path):
