@@ -434,7 +434,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
   tmp = None
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.nst-', suffix='.tmp', dir=path.parent)
     os.close(fd)
     write(tmp)
     # mkstemp creates 0600; give the file the mode a plain open() would have.

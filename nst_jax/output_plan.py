@@ -44,8 +44,8 @@ DEFAULT_SUFFIX = '.png'
 RECORD_TAILS = {'json': '.json', 'loss': '.loss.png', 'sheet': '.sheet.jpg'}
 RECORD_NAMES = {'json': 'run record', 'loss': 'loss plot', 'sheet': 'contact sheet'}
 CHECKPOINT_TAIL = '.ckpt'
-# atomic_write's temporary name: '.' + name + '.' + 8 random characters + '.tmp'.
-TEMP_EXTRA_CHARS = 14
+# atomic_write's temporary name: '.' + name + '.nst-' + 8 random characters + '.tmp'.
+TEMP_EXTRA_CHARS = 18
 # Free space asked beyond the estimate: the record's pictures and JSON, and
 # what compression cannot promise.
 SPACE_MARGIN_BYTES = 4 << 20
@@ -343,7 +343,7 @@ LOCK_TAIL = '.lock'
 # Temporary names: mkstemp's random part is 8 characters of this alphabet
 # (tempfile._RandomNameSequence); .tmp for files (image.atomic_write),
 # .partial.mp4 and .partial/ for videos and frame folders (nst_jax.video).
-_TEMP_NAME = re.compile(r'\.(?P<name>.+)\.[a-z0-9_]{8}\.(tmp|partial\.mp4|partial)')
+_TEMP_NAME = re.compile(r'\.(?P<name>.+)\.nst-[a-z0-9_]{8}\.(tmp|partial\.mp4|partial)')
 
 
 def lock_path(path: str | os.PathLike) -> Path:
@@ -364,17 +364,20 @@ def _lock(path: Path) -> int | None:
   name must still lead to the locked file, else it tries again.
   """
   while True:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    # Read-only: flock needs no more, and another user's lock file opens too.
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      if os.stat(path).st_ino == os.fstat(fd).st_ino:
+        return fd
     except BlockingIOError:
       os.close(fd)
       return None
-    try:
-      if os.stat(path).st_ino == os.fstat(fd).st_ino:
-        return fd
     except FileNotFoundError:
-      pass
+      pass  # removed by its holder just now: try again
+    except OSError:
+      os.close(fd)
+      raise
     os.close(fd)
 
 
@@ -384,7 +387,8 @@ _HELD: dict[Path, int] = {}
 
 
 def _unlock(path: Path, fd: int) -> None:
-  path.unlink(missing_ok=True)  # still ours: removed before others can lock it
+  with contextlib.suppress(OSError):  # another user's file in a sticky directory stays
+    path.unlink(missing_ok=True)  # still ours: removed before others can lock it
   os.close(fd)
 
 
@@ -469,7 +473,7 @@ def locked(
     for lock, fd in reversed(held):
       _HELD.pop(lock, None)
       _unlock(lock, fd)
-    _remove_if_empty(made)
+    _remove_if_empty(sorted(made, key=lambda d: len(d.parts), reverse=True))
 
 
 def _make_directories(directory: Path) -> list[Path]:
@@ -501,11 +505,12 @@ def remove_temporaries(paths: Iterable[Path]) -> list[Path]:
       match = _TEMP_NAME.fullmatch(tmp.name)
       if not match or match['name'] != path.name or tmp.is_symlink():
         continue
-      if tmp.is_dir():
-        shutil.rmtree(tmp)
-      else:
-        tmp.unlink(missing_ok=True)
-      removed.append(tmp)
+      with contextlib.suppress(OSError):  # another user's, say: left, as any stray file
+        if tmp.is_dir():
+          shutil.rmtree(tmp)
+        else:
+          tmp.unlink(missing_ok=True)
+        removed.append(tmp)
   return removed
 
 

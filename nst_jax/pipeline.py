@@ -178,12 +178,12 @@ class Results:
     self.prefix = prefix
     self.intermediates: dict[int, list[np.ndarray]] = {r: [] for r in self.paths}
     self.saved: dict[int, list[str]] = {r: [] for r in self.paths}
-    # Intermediates the plan checked; one saved on a signal at another
-    # iteration is written only where no file is.
+    # Made once the plan passed under the locks: the planned intermediates
+    # that exist now are this output's own. Any other name (one saved on a
+    # signal, or one another run wrote since) is written only where no file is.
     every, total = cfg.save.save_iter, cfg.schedule.iterations
-    self.planned = {
-      i for p in self.paths.values() for i in output_plan.intermediates(p, every, total)
-    }
+    planned = [i for p in self.paths.values() for i in output_plan.intermediates(p, every, total)]
+    self.replaceable = {p for p in planned if os.path.lexists(p)}
     self.t0 = time.perf_counter()
     self.history = hooks_lib.History(cfg.run.print_iter, list(self.paths), t0=self.t0)
 
@@ -197,7 +197,7 @@ class Results:
     """The engine's on_intermediate: <name>_<iteration>.png beside each output."""
     for r, rgb in images.items():
       path = output_plan.intermediate_path(self.paths[r], iteration)
-      if path not in self.planned and os.path.lexists(path):
+      if os.path.lexists(path) and path not in self.replaceable:
         logging.warning('%skept %s: the image of iteration %d was not saved', self.prefix, path,
                         iteration)  # fmt: skip
         continue

@@ -273,7 +273,8 @@ def write_video(path: str | os.PathLike, frames, fps: Fraction, *, audio_from: C
   path.parent.mkdir(parents=True, exist_ok=True)
   # A new name (never a file that is there already), which the next run on
   # this output removes if a kill leaves it (output_plan.remove_temporaries).
-  fd, name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.partial.mp4', dir=path.parent)
+  prefix = f'.{path.name}.nst-'
+  fd, name = tempfile.mkstemp(prefix=prefix, suffix='.partial.mp4', dir=path.parent)
   os.close(fd)
   tmp = Path(name)
   try:
@@ -355,7 +356,7 @@ def write_frames(directory: str | os.PathLike, frames, *, bit_depth: int = 8) ->
   """
   directory = Path(directory)
   directory.parent.mkdir(parents=True, exist_ok=True)
-  prefix = f'.{directory.name}.'
+  prefix = f'.{directory.name}.nst-'
   tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix='.partial', dir=directory.parent))
   n = 0
   try:

@@ -26,6 +26,7 @@ spherical images", IJCV 2018 (multi-pass, Sec. 3.3).
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import os
@@ -113,15 +114,19 @@ def _paths(cfg: config_lib.StyleConfig) -> _Paths:
   work = output.with_name(f'.{output.name}.work')
   if os.path.lexists(work):
     _check_work(work)
-  if work.is_dir() and not _holds_work(work):
+  stale = work.is_dir() and not _holds_work(work)
+  if stale and jax.process_index() == 0:
     # Left by a run that failed before finishing a frame: nothing to resume.
-    logging.warning('Discarded %s: the run that left it finished no frame.', work)
-    shutil.rmtree(work)
-  if work.exists() and not cfg.run.resume:
+    # Under the output's lock: a run still starting up would hold it.
+    with output_plan.locked([output_plan.Output(output, derived=())]):
+      logging.warning('Discarded %s: the run that left it finished no frame.', work)
+      shutil.rmtree(work)
+  started = work.exists() and not stale
+  if started and not cfg.run.resume:
     raise errors.NstError(
       f'{work} holds an unfinished video run; continue it with --resume, or delete it to start over'
     )
-  if cfg.run.resume and not work.exists():
+  if cfg.run.resume and not started:
     raise errors.NstError(f'nothing to resume: no {work}; run without --resume to start')
   output_plan.check_place(output / 'frame.png' if as_frames else output)
   return _Paths(output, as_frames, work)
@@ -252,12 +257,18 @@ def run_video(cfg: config_lib.StyleConfig) -> Path:
       resumable=paths.work,
     )
   ]
-  _recheck(cfg, plan)
+  from nst_jax import distributed
+
+  with distributed.together():  # process 0 writes the result: its checks, agreed by all
+    _recheck(cfg, plan)
   return _run_video(cfg, clip, paths, height, plan)
 
 
 def _recheck(cfg, plan) -> None:
-  output_plan.check(plan, inputs=pipeline.input_files(cfg), overwrite=cfg.save.overwrite)
+  local = [0] if jax.process_index() == 0 else []
+  output_plan.check(
+    plan, inputs=pipeline.input_files(cfg), overwrite=cfg.save.overwrite, local=local
+  )
 
 
 def _record_path(paths: _Paths) -> Path:
@@ -292,8 +303,14 @@ def _run_video(cfg: config_lib.StyleConfig, clip, paths: _Paths, height: int, pl
     w = weights_lib.get_weights(cfg.model.weights, urls=cfg.model.weights_url)
     # Locked once every input has loaded (a run refused until here wrote
     # nothing), by process 0, which writes the result.
+    from nst_jax import distributed
+
     local = [0] if jax.process_index() == 0 else []
-    with output_plan.locked(plan, local=local, then_check=lambda: _recheck(cfg, plan)):
+    with contextlib.ExitStack() as held:
+      with distributed.together():
+        held.enter_context(
+          output_plan.locked(plan, local=local, then_check=lambda: _recheck(cfg, plan))
+        )
       paths.work.mkdir(parents=True, exist_ok=True)
       t0 = time.perf_counter()
       record = {'frames': []}

@@ -170,7 +170,7 @@ def _output_under_a_file(d, src, **_):
 
 
 def _killed_converters_leftovers(d, src, **_):
-  (d / '.vgg19.npz.k1ll3d_x.tmp').write_bytes(b'half a file')  # a SIGKILLed write's
+  (d / '.vgg19.npz.nst-k1ll3d_x.tmp').write_bytes(b'half a file')  # a SIGKILLed write's
   (d / '.vgg19.npz.mine.tmp').write_text('mine')  # not that pattern: kept
   return ['--input', src, '--output', 'vgg19.npz']
 

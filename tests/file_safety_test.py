@@ -131,8 +131,8 @@ CASES = {
   'automatic-names': (_nothing, [['-cp', '*.*g', '-sp', 's.jpg', '--output', 'x/']], [(0, None)]),
   'unwritable-format': (_nothing, [['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'r.psd']],
                         [(1, 'error: cannot write r.psd: Pillow cannot save PSD images')]),
-  'long-name': (_nothing, [['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'a' * 241 + '.png']],
-                [(1, 'is 245 bytes long, and at most 241 fit here')]),
+  'long-name': (_nothing, [['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'a' * 237 + '.png']],
+                [(1, 'is 241 bytes long, and at most 237 fit here')]),
   'dangling-directory': (_dangling, [['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'gone/r.png']],
                          [(1, 'which does not exist; create it or choose another output')]),
   # Runs that must work, in order: a rerun replaces its own result; the loss plot of
@@ -429,15 +429,19 @@ def test_an_image_saved_on_a_signal_replaces_no_file(tmp_path):
   """A signal saves NAME_<iteration>.png, a name the plan could not list: only where none is."""
   cfg = nst_jax.StyleConfig(save=nst_jax.SaveConfig(save_iter=5), run=nst_jax.RunConfig())
   cfg = cfg.replace(schedule=cfg.schedule.replace(iterations=10))
+  # Planned and there when the run starts (the plan passed it: this output's own).
+  (tmp_path / 'r_00010.png').write_bytes(b'an earlier run of this output')
   results = pipeline.Results(cfg, None, {0: tmp_path / 'r.png'}, {0: None})
   theirs = tmp_path / 'r_00007.png'
   theirs.write_bytes(b'not ours')
+  (tmp_path / 'r_00005.png').write_bytes(b'planned, but written by another run since')
   rgb = np.full((4, 4, 3), 0.5, np.float32)
   results.intermediate(7, {0: rgb})  # on a signal
+  results.intermediate(5, {0: rgb})
   results.intermediate(8, {0: rgb})
-  (tmp_path / 'r_00010.png').write_bytes(b'planned: checked before the run')
   results.intermediate(10, {0: rgb})
   assert theirs.read_bytes() == b'not ours'
+  assert (tmp_path / 'r_00005.png').read_bytes() == b'planned, but written by another run since'
   assert (tmp_path / 'r_00008.png').exists()
   assert image_lib.load_image(tmp_path / 'r_00010.png').shape == (4, 4, 3)
   assert results.saved[0] == ['r_00008.png', 'r_00010.png']  # what the record will claim

@@ -142,8 +142,8 @@ def test_every_format_that_passes_the_check_can_be_saved(tmp_path):
 
 
 def test_names_and_directories_that_cannot_be_written(tmp_path):
-  long = tmp_path / ('a' * 242 + '.png')  # 246 bytes: fits alone, not with '.NAME.XXXXXXXX.tmp'
-  with pytest.raises(errors.NstError, match='is 246 bytes long, and at most 241 fit here'):
+  long = tmp_path / ('a' * 242 + '.png')  # 246 bytes: fits alone, not with '.NAME.nst-XXXXXXXX.tmp'
+  with pytest.raises(errors.NstError, match='is 246 bytes long, and at most 237 fit here'):
     output_plan.check([_out(long, record=False)], inputs={})
   (tmp_path / 'dangling').symlink_to(tmp_path / 'gone')
   with pytest.raises(errors.NstError, match='dangling is a link to .*gone, which does not exist'):
@@ -204,8 +204,8 @@ def test_two_processes_never_write_one_output(tmp_path):
 
 def test_a_killed_runs_temporaries_are_removed_by_the_next_run(tmp_path):
   result = tmp_path / 'r.png'
-  left = [tmp_path / '.r.png.a1b2c3d4.tmp', tmp_path / '.r.ckpt.zz99zz99.tmp']
-  other = tmp_path / '.q.png.a1b2c3d4.tmp'  # another output's: not ours to remove
+  left = [tmp_path / '.r.png.nst-a1b2c3d4.tmp', tmp_path / '.r.ckpt.nst-zz99zz99.tmp']
+  other = tmp_path / '.q.png.nst-a1b2c3d4.tmp'  # another output's: not ours to remove
   for path in (*left, other):
     path.write_bytes(b'half')
   with output_plan.locked([_out(result)]):
@@ -273,8 +273,12 @@ def test_paths_that_cannot_be_planned_are_one_line(tmp_path):
 
 def test_a_users_own_tmp_files_are_not_temporaries(tmp_path):
   result = tmp_path / 'r.png'
-  mine = [tmp_path / '.r.png.mine.tmp', tmp_path / '.r.json.backup.tmp']
-  killed = [tmp_path / '.r.png.k3j_x9a2.partial.mp4', tmp_path / '.r.png.abcdefgh.partial']
+  mine = [
+    tmp_path / '.r.png.mine.tmp',
+    tmp_path / '.r.json.backup.tmp',
+    tmp_path / '.r.png.original.tmp',
+  ]
+  killed = [tmp_path / '.r.png.nst-k3j_x9a2.partial.mp4', tmp_path / '.r.png.nst-abcdefgh.partial']
   for path in mine + killed[:1]:
     path.write_bytes(b'x')
   killed[1].mkdir()
