@@ -123,11 +123,6 @@ def claimed(output: str | os.PathLike) -> set[Path]:
   }
 
 
-def written_by_us(output: str | os.PathLike) -> bool:
-  """Whether the run record beside `output` says nst-jax wrote it (its `output` field)."""
-  return Path(output) in claimed(output)
-
-
 @dataclasses.dataclass(frozen=True)
 class Output:
   """One result and what a run writes beside it.
