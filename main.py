@@ -3,7 +3,7 @@
   python main.py -cp content_images/tubingen.jpg -sp style_images/starry_night.jpg \
       -i 1000 -cw 10 -sw 0.0001 -w 1024
 
-The flags and the program live in nst_jax/cli.py, so that the installed
+The flags and the program live in nst_jax/cli/app.py, so that the installed
 `nst-jax` command and `python -m nst_jax` are this same program.
 """
 
@@ -21,7 +21,7 @@ if __name__ == '__main__':
 
   signal.signal(signal.SIGINT, _interrupted)
 
-from nst_jax import cli  # noqa: E402
+from nst_jax.cli import app as cli  # noqa: E402
 
 if __name__ == '__main__':
   cli.run()

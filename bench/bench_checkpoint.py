@@ -4,7 +4,7 @@ Usage:
   python bench/bench_checkpoint.py [--width 1024 --height 768 --repeats 3]
 
 Builds the real step state (image plus L-BFGS or Adam state, default
-settings) for an image of that size and times `nst_jax.checkpoint.save` and
+settings) for an image of that size and times `nst_jax.io.checkpoint.save` and
 `restore` (median of the repeats), reporting the file size.
 """
 
@@ -32,9 +32,9 @@ def main():
   import jax
   import jax.numpy as jnp
 
-  from nst_jax import checkpoint as checkpoint_lib
-  from nst_jax.core import init_state
-  from nst_jax.core import make_optimizer
+  from nst_jax.core.step import init_state
+  from nst_jax.core.step import make_optimizer
+  from nst_jax.io import checkpoint as checkpoint_lib
 
   tx = make_optimizer(args.optimizer, memory_size=args.lbfgs_memory)
   image = jax.random.normal(jax.random.key(0), (1, args.height, args.width, 3)) * 50

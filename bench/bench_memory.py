@@ -5,7 +5,7 @@ Usage:
 
 For each width, a fresh process stylizes the sample images (tubingen content,
 starry night style, 2 iterations, default settings) and reports:
-  * the estimate `nst_jax.memory.estimate_memory` makes before compiling,
+  * the estimate `nst_jax.engine.memory.estimate_memory` makes before compiling,
   * XLA's own analysis of the compiled step (temp + arguments + outputs),
   * the measured peak: on CPU the process's peak RSS minus its RSS after
     importing JAX and starting the backend (so it counts the weights, images,
@@ -44,15 +44,15 @@ def run_one(width: int) -> dict:
   import jax.numpy as jnp
 
   from nst_jax import config as config_lib
-  from nst_jax import image as image_lib
-  from nst_jax import weights as weights_lib
-  from nst_jax.core import init_state
-  from nst_jax.core import make_model
-  from nst_jax.core import make_optimizer
-  from nst_jax.core import make_targets
-  from nst_jax.core import update_step
-  from nst_jax.memory import estimate_memory
-  from nst_jax.transfer import stylize
+  from nst_jax.core.step import init_state
+  from nst_jax.core.step import make_model
+  from nst_jax.core.step import make_optimizer
+  from nst_jax.core.step import make_targets
+  from nst_jax.core.step import update_step
+  from nst_jax.engine.memory import estimate_memory
+  from nst_jax.io import images as image_lib
+  from nst_jax.io import weights as weights_lib
+  from nst_jax.runs.arrays import stylize
 
   cfg = config_lib.StyleConfig(
     inputs=config_lib.InputConfig(width=width),

@@ -48,7 +48,7 @@ def main():
   import jax
 
   from nst_jax import config as config_lib
-  from nst_jax import image as image_lib
+  from nst_jax.io import images as image_lib
   from nst_jax.stylize import init_state
   from nst_jax.stylize import make_model
   from nst_jax.stylize import make_optimizer

@@ -24,10 +24,10 @@ import common  # noqa: E402
 import jax  # noqa: E402
 
 import nst_jax  # noqa: E402
-from nst_jax import image as image_lib  # noqa: E402
-from nst_jax import preview as preview_lib  # noqa: E402
-from nst_jax import vgg  # noqa: E402
-from nst_jax import weights as weights_lib  # noqa: E402
+from nst_jax.core import vgg  # noqa: E402
+from nst_jax.engine import preview as preview_lib  # noqa: E402
+from nst_jax.io import images as image_lib  # noqa: E402
+from nst_jax.io import weights as weights_lib  # noqa: E402
 
 
 def _poll(url: str, stop: threading.Event, counts: dict) -> None:

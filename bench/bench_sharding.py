@@ -37,14 +37,14 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import nst_jax  # noqa: E402
-from nst_jax import batch as batch_lib  # noqa: E402
-from nst_jax import outputs  # noqa: E402
-from nst_jax import sharding as sharding_lib  # noqa: E402
-from nst_jax import steps  # noqa: E402
-from nst_jax.core import init_state  # noqa: E402
-from nst_jax.core import make_model  # noqa: E402
-from nst_jax.core import make_optimizer  # noqa: E402
-from nst_jax.core import make_targets  # noqa: E402
+from nst_jax.core.step import init_state  # noqa: E402
+from nst_jax.core.step import make_model  # noqa: E402
+from nst_jax.core.step import make_optimizer  # noqa: E402
+from nst_jax.core.step import make_targets  # noqa: E402
+from nst_jax.engine import sharding as sharding_lib  # noqa: E402
+from nst_jax.engine import steps  # noqa: E402
+from nst_jax.io import outputs  # noqa: E402
+from nst_jax.runs import batch as batch_lib  # noqa: E402
 
 DEVICE_COUNTS = (1, 2, 4, 8)
 

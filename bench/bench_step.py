@@ -48,7 +48,7 @@ def _flops_per_step(model, loss_config, height, width) -> float:
   forward and one matmul of the same size backward. Elementwise work (ReLU,
   pooling, the loss) is not counted.
   """
-  from nst_jax import vgg
+  from nst_jax.core import vgg
 
   names = vgg.layer_names(model.stage_sizes)
   deepest = max(names.index(n) for n in loss_config.feature_layers)
@@ -95,14 +95,14 @@ def run_one(
   import numpy as np
 
   from nst_jax import config as config_lib
-  from nst_jax import image as image_lib
-  from nst_jax.core import init_state
-  from nst_jax.core import make_model
-  from nst_jax.core import make_optimizer
-  from nst_jax.core import make_targets
-  from nst_jax.core import objective
-  from nst_jax.core import prepare_params
-  from nst_jax.core import update_step
+  from nst_jax.core.step import init_state
+  from nst_jax.core.step import make_model
+  from nst_jax.core.step import make_optimizer
+  from nst_jax.core.step import make_targets
+  from nst_jax.core.step import objective
+  from nst_jax.core.step import prepare_params
+  from nst_jax.core.step import update_step
+  from nst_jax.io import images as image_lib
 
   loss_config = config_lib.LossConfig()
   model = make_model()

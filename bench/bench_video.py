@@ -61,7 +61,7 @@ def main():
   a = p.parse_args()
   import video_clips
 
-  from nst_jax import image as image_lib
+  from nst_jax.io import images as image_lib
 
   with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)

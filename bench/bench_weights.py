@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / 'tests'))
 
 
 def _convert_once(h5: str, out: str) -> dict:
-  from nst_jax import weights as weights_lib
+  from nst_jax.io import weights as weights_lib
 
   t0 = time.perf_counter()
   flat, info = weights_lib.convert(h5)
@@ -38,7 +38,7 @@ def _convert_once(h5: str, out: str) -> dict:
 
 
 def _baseline_rss() -> dict:
-  from nst_jax import weights as weights_lib  # noqa: F401  # same imports as a conversion
+  from nst_jax.io import weights as weights_lib  # noqa: F401  # same imports as a conversion
 
   return {'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6}
 
@@ -61,7 +61,7 @@ def main():
   import weight_files
 
   from nst_jax import extract_features
-  from nst_jax import weights as weights_lib
+  from nst_jax.io import weights as weights_lib
 
   with tempfile.TemporaryDirectory() as tmp:
     h5 = os.path.join(tmp, 'vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5')

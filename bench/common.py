@@ -11,8 +11,8 @@ def params_or_random(model):
   import jax
   import jax.numpy as jnp
 
-  from nst_jax import image as image_lib
-  from nst_jax import weights as weights_lib
+  from nst_jax.io import images as image_lib
+  from nst_jax.io import weights as weights_lib
 
   if weights_lib.DEFAULT_WEIGHTS_PATH.exists():
     w = weights_lib.load_weights()
@@ -34,7 +34,7 @@ def weights_file_or_random(directory):
   from pathlib import Path
   import sys
 
-  from nst_jax import weights as weights_lib
+  from nst_jax.io import weights as weights_lib
 
   if weights_lib.DEFAULT_WEIGHTS_PATH.exists():
     return weights_lib.DEFAULT_WEIGHTS_PATH, 'weights/vgg19.npz'
@@ -65,7 +65,7 @@ def lsuv_weights_file(directory, *, seed: int = 0):
   from pathlib import Path
   import sys
 
-  from nst_jax import weights as weights_lib
+  from nst_jax.io import weights as weights_lib
 
   sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'tests'))
   import weight_files

@@ -10,7 +10,7 @@ default, L-BFGS bfloat16, Adam float32), on jax.devices()[0]:
   * seconds per iteration (median of --iters after two warm-up iterations,
     each iteration waited for),
   * memory: XLA's buffer assignment for the step and, on GPU/TPU, the
-    device's running peak, against `nst_jax.memory.estimate_memory` (sizes the
+    device's running peak, against `nst_jax.engine.memory.estimate_memory` (sizes the
     estimate says will not fit are skipped, as the command line would);
 then a 20-iteration run of main.py (--quick: 3) on the sample images with
 random weights of the real shapes, which must exit 0 and write its output.
@@ -51,10 +51,10 @@ def measure(width: int, height: int, variant: str, iters: int) -> dict:
   import numpy as np
 
   import nst_jax
-  from nst_jax import image as image_lib
-  from nst_jax import memory
-  from nst_jax import sharding
-  from nst_jax import steps
+  from nst_jax.engine import memory
+  from nst_jax.engine import sharding
+  from nst_jax.engine import steps
+  from nst_jax.io import images as image_lib
 
   optimizer, dtype, precision = VARIANTS[variant]
   cfg = nst_jax.StyleConfig(

@@ -42,7 +42,7 @@ MARKS = (10, 25, 50, 100, 200, 300, 500, 1000)
 def optimizer_for(name: str, convention):
   import optax
 
-  from nst_jax import optim
+  from nst_jax.core import optim
 
   kind, _, rest = name.partition('_')
   if kind == 'adam':
@@ -73,8 +73,8 @@ def main():
   import torch_reference as tr
 
   import nst_jax
-  from nst_jax import image as image_lib
-  from nst_jax import weights as weights_lib
+  from nst_jax.io import images as image_lib
+  from nst_jax.io import weights as weights_lib
 
   if args.real and weights_lib.DEFAULT_WEIGHTS_PATH.exists():
     path, label = weights_lib.DEFAULT_WEIGHTS_PATH, 'weights/vgg19.npz'

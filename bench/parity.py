@@ -46,7 +46,7 @@ STYLE = ROOT / 'style_images' / 'starry_night.jpg'
 
 
 def _images(width: int):
-  from nst_jax import image as image_lib
+  from nst_jax.io import images as image_lib
 
   content = image_lib.load_image(CONTENT, width=width)
   style = image_lib.load_image(STYLE, width=width)
@@ -60,10 +60,10 @@ def torch_worker(args) -> None:
   import torch
   import torch_reference as tr
 
-  from nst_jax import image as image_lib
+  from nst_jax.io import images as image_lib
 
   torch.set_num_threads(torch.get_num_threads())
-  from nst_jax import weights as weights_lib
+  from nst_jax.io import weights as weights_lib
 
   convention = weights_lib.load_weights(args.weights_file).info.input_convention
   content, style = _images(args.width)
@@ -133,10 +133,10 @@ def score(weights, width: int, path: Path) -> float:
   import numpy as np
   import torch_reference as tr
 
-  from nst_jax import image as image_lib
+  from nst_jax.io import images as image_lib
 
   content, style = _images(width)
-  from nst_jax import weights as weights_lib
+  from nst_jax.io import weights as weights_lib
 
   convention = weights_lib.load_weights(weights).info.input_convention
   rgb = image_lib.load_image(path)
@@ -175,7 +175,7 @@ def main():
 
   import common
 
-  from nst_jax import weights as weights_lib
+  from nst_jax.io import weights as weights_lib
 
   work = Path(tempfile.mkdtemp(prefix='parity-'))
   if args.real and weights_lib.DEFAULT_WEIGHTS_PATH.exists():

@@ -6,7 +6,7 @@ import sys
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nst_jax import cli  # noqa: E402
+from nst_jax.cli import app as cli  # noqa: E402
 
 if __name__ == '__main__':
   (ROOT / 'docs' / 'cli.md').write_text(cli.reference_markdown())

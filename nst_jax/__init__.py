@@ -8,7 +8,7 @@ Public API:
   stylize, run                arrays -> array, and files -> file
   update_step, StyleState, Targets, make_targets, init_state, initial_image,
   make_optimizer, make_model, objective, prepare_params
-                              the pure, jittable step and its pieces (nst_jax.core)
+                              the pure, jittable step and its pieces (nst_jax.core.step)
   preprocess, deprocess       RGB in [0, 1] <-> the network's input space
   load_weights, get_weights, Weights, WeightsInfo
   extract_features            named VGG-19 activations of RGB images
@@ -31,32 +31,32 @@ from nst_jax.config import SaveConfig
 from nst_jax.config import ScheduleConfig
 from nst_jax.config import StyleConfig
 from nst_jax.config import VideoConfig
-from nst_jax.core import StyleState
-from nst_jax.core import Targets
-from nst_jax.core import init_state
-from nst_jax.core import initial_image
-from nst_jax.core import make_model
-from nst_jax.core import make_optimizer
-from nst_jax.core import make_targets
-from nst_jax.core import objective
-from nst_jax.core import prepare_params
-from nst_jax.core import update_step
+from nst_jax.core.step import StyleState
+from nst_jax.core.step import Targets
+from nst_jax.core.step import init_state
+from nst_jax.core.step import initial_image
+from nst_jax.core.step import make_model
+from nst_jax.core.step import make_optimizer
+from nst_jax.core.step import make_targets
+from nst_jax.core.step import objective
+from nst_jax.core.step import prepare_params
+from nst_jax.core.step import update_step
 from nst_jax.errors import NstError
-from nst_jax.features import extract_features
-from nst_jax.image import deprocess
-from nst_jax.image import preprocess
-from nst_jax.losses import content_loss
-from nst_jax.losses import gram_matrix
-from nst_jax.losses import style_loss
-from nst_jax.losses import tv_loss
-from nst_jax.pipeline import run
-from nst_jax.transfer import stylize
-from nst_jax.vgg import VGG
-from nst_jax.vgg import VGG19
-from nst_jax.weights import Weights
-from nst_jax.weights import WeightsInfo
-from nst_jax.weights import get_weights
-from nst_jax.weights import load_weights
+from nst_jax.runs.features import extract_features
+from nst_jax.io.images import deprocess
+from nst_jax.io.images import preprocess
+from nst_jax.core.losses import content_loss
+from nst_jax.core.losses import gram_matrix
+from nst_jax.core.losses import style_loss
+from nst_jax.core.losses import tv_loss
+from nst_jax.runs.runner import run
+from nst_jax.runs.arrays import stylize
+from nst_jax.core.vgg import VGG
+from nst_jax.core.vgg import VGG19
+from nst_jax.io.weights import Weights
+from nst_jax.io.weights import WeightsInfo
+from nst_jax.io.weights import get_weights
+from nst_jax.io.weights import load_weights
 
 __all__ = [
   'ColorConfig',

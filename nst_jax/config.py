@@ -27,10 +27,10 @@ from typing import Any
 
 from nst_jax import deprecated
 from nst_jax import errors
-from nst_jax import image as image_lib
-from nst_jax import losses
-from nst_jax import optim
-from nst_jax import vgg
+from nst_jax.core import losses
+from nst_jax.core import optim
+from nst_jax.core import vgg
+from nst_jax.io import images as image_lib
 
 # Gatys et al. 2016, Sec. 3: content from conv4_2 (we take its ReLU, as the
 # classic tools do), style from the first layer of each stage.
@@ -45,7 +45,7 @@ INITS = ('content', 'random', 'gray')
 # content's colours put back after the fact.
 PRESERVE_COLORS = ('none', 'luminance', 'histogram', 'postprocess')
 PROGRESS_MODES = ('auto', 'bar', 'log')
-# How a run uses several devices (nst_jax.sharding): a batch of jobs split
+# How a run uses several devices (nst_jax.engine.sharding): a batch of jobs split
 # over them, or each image's height split over them.
 SHARD_MODES = ('jobs', 'spatial')
 # Matmul and convolution precision of float32 computations on accelerators
@@ -194,7 +194,7 @@ class ModelConfig(_Group):
     weights: converted weights (.npz); None = $NST_JAX_WEIGHTS or the default
       location, downloaded on first use.
     weights_url: mirrors of the published weights file to try first when
-      downloading (nst_jax.download).
+      downloading (nst_jax.io.download).
     pooling: 'max' or 'avg'.
     dtype: compute dtype of the network, 'float32' or 'bfloat16' (the
       image, its update, the first convolution and every loss stay float32).
@@ -216,7 +216,7 @@ class ModelConfig(_Group):
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig(_Group):
-  """The objective: cw * L_c + sw * L_s + tv * L_tv (formulas in nst_jax.losses).
+  """The objective: cw * L_c + sw * L_s + tv * L_tv (formulas in nst_jax.core.losses).
 
   Attributes:
     content_layers: layers whose features are matched to the content image.
@@ -232,7 +232,7 @@ class LossConfig(_Group):
     tv_weight: tv, the weight of the total variation term.
 
   The three weights are data, not structure: they travel per image in
-  `nst_jax.core.Targets` (so a batch can mix them without recompiling), and
+  `nst_jax.core.step.Targets` (so a batch can mix them without recompiling), and
   the step takes `structure`, this config with the weights left out.
   """
 
@@ -282,7 +282,7 @@ class LossConfig(_Group):
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig(_Group):
-  """The optimiser (nst_jax.optim).
+  """The optimiser (nst_jax.core.optim).
 
   Attributes:
     name: 'lbfgs' or 'adam'.
@@ -318,7 +318,7 @@ class ScheduleConfig(_Group):
     iterations: optimiser iterations of the whole run, over all scales (one
       loss-and-gradient evaluation each): never more.
     scales: coarse-to-fine scales, widths a factor sqrt(2) apart ending at
-      the output width; 0 = automatic (nst_jax.schedule); 1 = one scale.
+      the output width; 0 = automatic (nst_jax.engine.schedule); 1 = one scale.
     min_width: instead of `scales`: as many scales as keep the coarsest at
       least this wide.
     tol: stop a scale early when its loss fell by less than this fraction
@@ -344,7 +344,7 @@ class ScheduleConfig(_Group):
 
 @dataclasses.dataclass(frozen=True)
 class ColorConfig(_Group):
-  """Colour controls (Gatys et al. 2017, Sec. 5; nst_jax.image).
+  """Colour controls (Gatys et al. 2017, Sec. 5; nst_jax.io.images).
 
   Attributes:
     preserve_colors: 'none', 'luminance' (transfer on luminance only, then the
@@ -367,13 +367,13 @@ class SaveConfig(_Group):
 
   Attributes:
     path: result file, or a directory for an automatic name; '' names one
-      under output/ after the inputs (nst_jax.outputs).
+      under output/ after the inputs (nst_jax.io.outputs).
     bit_depth: bits per channel of the output: 8, or 16 (PNG only).
     quality: JPEG and WebP quality, 1-100.
     save_iter: save an intermediate image every this many iterations (0: off).
     record: write NAME.json, NAME.loss.png and NAME.sheet.jpg beside the
-      output (nst_jax.record).
-    overwrite: replace files no nst-jax run record claims (nst_jax.output_plan).
+      output (nst_jax.io.record).
+    overwrite: replace files no nst-jax run record claims (nst_jax.io.output_plan).
   """
 
   path: str = ''
@@ -436,7 +436,7 @@ class RunConfig(_Group):
 
 @dataclasses.dataclass(frozen=True)
 class VideoConfig(_Group):
-  """Videos (nst_jax.video_pipeline): the temporal loss of Ruder et al. and how frames run.
+  """Videos (nst_jax.runs.video): the temporal loss of Ruder et al. and how frames run.
 
   Attributes:
     temporal_weight: weight of mean(c (x - warp(x_prev))^2), the temporal

@@ -26,7 +26,7 @@ class _Module(types.ModuleType):
     return getattr(importlib.import_module(deprecated.MOVED[name]), name)
 
   def __call__(self, *args, **kwargs):
-    from nst_jax.transfer import stylize
+    from nst_jax.runs.arrays import stylize
 
     return stylize(*args, **kwargs)
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / 'tests'))
 import distributed_cases  # noqa: E402
 import small_runs  # noqa: E402
 
-from nst_jax import checkpoint as checkpoint_lib  # noqa: E402
+from nst_jax.io import checkpoint as checkpoint_lib  # noqa: E402
 
 # Subprocess runs of the full network: deselect with -m "not slow".
 pytestmark = pytest.mark.slow

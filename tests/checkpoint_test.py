@@ -15,11 +15,11 @@ from PIL import Image
 import pytest
 import small_runs
 
-from nst_jax import checkpoint as checkpoint_lib
 from nst_jax import errors
 from nst_jax import run
 from nst_jax import stylize
-from nst_jax.outputs import default_output_path
+from nst_jax.io import checkpoint as checkpoint_lib
+from nst_jax.io.outputs import default_output_path
 
 ROOT = Path(__file__).resolve().parent.parent
 

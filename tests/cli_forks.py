@@ -3,11 +3,11 @@
   python tests/cli_forks.py RUNS.json [convert_weights.py]
 
 RUNS.json is a list of {"argv": [...], "cwd": DIR, "env": {...}, "stderr":
-FILE}; each run is a child forked after nst_jax.cli is imported (JAX is
+FILE}; each run is a child forked after nst_jax.cli.app is imported (JAX is
 imported but its backend not started, so forking is safe), with its own
 working directory, environment, argv and stderr file, running `cli.run()` as
 main.py does. With convert_weights.py the runs are the converter's
-(nst_jax.convert_cli): one program per interpreter, since the two define
+(nst_jax.cli.convert): one program per interpreter, since the two define
 some of the same absl flags. Prints a JSON list of exit codes. The runs' own
 work is what a user's process does; only the interpreter's start and the
 imports (about 2 s each on this project's machines) are shared, which is
@@ -62,9 +62,9 @@ def main() -> None:
   # The program whose command line the runs give, as its file in ROOT names it.
   program = sys.argv[2] if len(sys.argv) > 2 else 'main.py'
   if program == 'convert_weights.py':
-    from nst_jax import convert_cli as cli
+    from nst_jax.cli import convert as cli
   else:
-    from nst_jax import cli
+    from nst_jax.cli import app as cli
   runs = json.loads(Path(sys.argv[1]).read_text())
   codes = []
   for run in runs:

@@ -37,7 +37,7 @@ jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
 
 import weight_files  # noqa: E402
 
-from nst_jax import weights as weights_lib  # noqa: E402
+from nst_jax.io import weights as weights_lib  # noqa: E402
 
 
 @pytest.fixture(scope='session')

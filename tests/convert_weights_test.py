@@ -14,7 +14,7 @@ import pytest
 import weight_files
 
 from nst_jax import errors
-from nst_jax import weights as weights_lib
+from nst_jax.io import weights as weights_lib
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Tests for nst_jax.core: targets, the objective, the step and its state."""
+"""Tests for nst_jax.core.step: targets, the objective, the step and its state."""
 
 import dataclasses
 import functools
@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 
 from nst_jax import config as config_lib
-from nst_jax import image as image_lib
-from nst_jax import losses
-from nst_jax import vgg
-from nst_jax.core import StyleState
-from nst_jax.core import init_state
-from nst_jax.core import initial_image
-from nst_jax.core import make_optimizer
-from nst_jax.core import make_targets
-from nst_jax.core import objective
-from nst_jax.core import update_step
+from nst_jax.core import losses
+from nst_jax.core import vgg
+from nst_jax.core.step import StyleState
+from nst_jax.core.step import init_state
+from nst_jax.core.step import initial_image
+from nst_jax.core.step import make_optimizer
+from nst_jax.core.step import make_targets
+from nst_jax.core.step import objective
+from nst_jax.core.step import update_step
+from nst_jax.io import images as image_lib
 
 _VGGTiny = functools.partial(vgg.VGG, stage_sizes=(1, 2), widths=(4, 8))
 TINY_LOSS = config_lib.LossConfig(content_layers=('relu2_2',), style_layers=('relu1_1', 'relu2_1'))

@@ -22,10 +22,10 @@ from PIL import Image  # noqa: E402
 import small_runs  # noqa: E402
 
 import nst_jax  # noqa: E402
-from nst_jax import batch as batch_lib  # noqa: E402
-from nst_jax import image as image_lib  # noqa: E402
-from nst_jax import jobs as jobs_lib  # noqa: E402
-from nst_jax import outputs  # noqa: E402
+from nst_jax.io import images as image_lib  # noqa: E402
+from nst_jax.io import jobs as jobs_lib  # noqa: E402
+from nst_jax.io import outputs  # noqa: E402
+from nst_jax.runs import batch as batch_lib  # noqa: E402
 
 ITERATIONS = 8
 WIDTH = 64
@@ -171,8 +171,8 @@ def case_alone(weights: str, workdir: Path, n: int) -> dict:
 
 def case_fetch(dest: str, url: str, md5: str, process: int, port: int) -> dict:
   """distributed.fetch_weights in one of two processes, the default location at `dest`."""
-  from nst_jax import distributed
-  from nst_jax import weights as weights_lib
+  from nst_jax.engine import distributed
+  from nst_jax.io import weights as weights_lib
 
   distributed.initialize(f'127.0.0.1:{port}', 2, process)
   weights_lib.DEFAULT_WEIGHTS_PATH = Path(dest)

@@ -189,7 +189,7 @@ def test_two_processes_share_a_batch_and_write_disjoint_outputs(tmp_path, caffe_
 
 
 def test_plan_puts_each_process_jobs_on_its_own_devices():
-  from nst_jax import distributed
+  from nst_jax.engine import distributed
 
   shapes = [(48, 64), (40, 64), (48, 64), (48, 64), (48, 64), (40, 64), (48, 64)]
   # One process, 8 devices: each shape's jobs in order, padded to 8 rows.

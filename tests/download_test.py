@@ -1,4 +1,4 @@
-"""Tests for nst_jax.download: mirrors, verification, resume, offline messages.
+"""Tests for nst_jax.io.download: mirrors, verification, resume, offline messages.
 
 A loopback HTTP server stands in for the published locations.
 """
@@ -13,9 +13,9 @@ import time
 import pytest
 import weight_files
 
-from nst_jax import download
 from nst_jax import errors
-from nst_jax import weights as weights_lib
+from nst_jax.io import download
+from nst_jax.io import weights as weights_lib
 
 
 def _one_line(excinfo) -> str:

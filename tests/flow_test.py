@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import video_clips
 
-from nst_jax import flow
+from nst_jax.runs import flow
 
 
 def _boundary_band(masks, t, radius=3):

@@ -14,8 +14,8 @@ import png
 import pytest
 
 from nst_jax import errors
-from nst_jax import image as image_lib
-from nst_jax import image_modes
+from nst_jax.io import image_modes
+from nst_jax.io import images as image_lib
 
 PALETTE = [255, 0, 0, 0, 0, 255, 10, 20, 30]  # entries 0, 1, 2
 A = 128 / 255  # the half alpha used throughout

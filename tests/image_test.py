@@ -1,4 +1,4 @@
-"""Tests for nst_jax.image: conventions, the inverse pair, file I/O."""
+"""Tests for nst_jax.io.images: conventions, the inverse pair, file I/O."""
 
 import jax
 import numpy as np
@@ -6,7 +6,7 @@ from PIL import Image
 import pytest
 
 from nst_jax import errors
-from nst_jax import image as image_lib
+from nst_jax.io import images as image_lib
 
 CONVENTIONS = [image_lib.CAFFE, image_lib.TORCHVISION]
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from nst_jax import errors
-from nst_jax import jobs as jobs_lib
+from nst_jax.io import jobs as jobs_lib
 
 
 def _touch(directory, *names):

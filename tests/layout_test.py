@@ -55,13 +55,13 @@ def test_no_module_uses_another_modules_private_names(path):
 def test_the_check_finds_private_uses(tmp_path):
   bad = tmp_path / 'bad.py'
   bad.write_text(
-    'from nst_jax.engine import _GroupRun\n'
+    'from nst_jax.engine.engine import _GroupRun\n'
     'from nst_jax import steps as s\n'
     'import nst_jax._hidden\n'
     'x = s._cache\n'
   )
   assert _private_uses(bad) == [
-    'from nst_jax.engine import _GroupRun',
+    'from nst_jax.engine.engine import _GroupRun',
     'import nst_jax._hidden',
     's._cache',
   ]

@@ -1,12 +1,12 @@
-"""Tests for nst_jax.loop (the one loop) and nst_jax.hooks (what runs around it)."""
+"""Tests for nst_jax.engine.loop (the one loop) and nst_jax.engine.hooks (what runs around it)."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from nst_jax import errors
-from nst_jax import hooks
-from nst_jax import loop
+from nst_jax.engine import hooks
+from nst_jax.engine import loop
 
 
 def test_is_time():

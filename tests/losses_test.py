@@ -1,4 +1,4 @@
-"""Tests for nst_jax.losses against the formulas written out in numpy."""
+"""Tests for nst_jax.core.losses against the formulas written out in numpy."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.linalg as scipy_linalg  # a dependency of jax itself
 
-from nst_jax import losses
+from nst_jax.core import losses
 
 
 def _feats(seed, shape=(5, 6, 4)):

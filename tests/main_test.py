@@ -438,7 +438,7 @@ def test_help_exits_0_and_a_bad_flag_exits_1(tmp_path, flag):
 
 
 def test_messages_keep_file_names_and_one_line():
-  from nst_jax import cli
+  from nst_jax.cli import app as cli
 
   assert cli._flag_message('x exists; replace it with save.overwrite') == (
     'x exists; replace it with --overwrite'

@@ -1,4 +1,4 @@
-"""Tests for nst_jax.memory: the pre-compile estimate against XLA, and the refusal."""
+"""Tests for nst_jax.engine.memory: the pre-compile estimate against XLA, and the refusal."""
 
 import functools
 
@@ -8,12 +8,12 @@ import pytest
 
 from nst_jax import config as config_lib
 from nst_jax import errors
-from nst_jax import memory
-from nst_jax.core import init_state
-from nst_jax.core import make_model
-from nst_jax.core import make_optimizer
-from nst_jax.core import make_targets
-from nst_jax.core import update_step
+from nst_jax.core.step import init_state
+from nst_jax.core.step import make_model
+from nst_jax.core.step import make_optimizer
+from nst_jax.core.step import make_targets
+from nst_jax.core.step import update_step
+from nst_jax.engine import memory
 
 
 def _xla_bytes(cfg, h, w):

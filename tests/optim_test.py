@@ -1,4 +1,4 @@
-"""Tests for nst_jax.optim: the L-BFGS made for style transfer, and steps in pixel units."""
+"""Tests for nst_jax.core.optim: the L-BFGS made for style transfer, and steps in pixel units."""
 
 from pathlib import Path
 
@@ -9,8 +9,8 @@ import optax
 import pytest
 
 import nst_jax
-from nst_jax import image as image_lib
-from nst_jax import optim
+from nst_jax.core import optim
+from nst_jax.io import images as image_lib
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Tests for nst_jax.output_plan: nothing a run writes can replace an input or a foreign file."""
+"""Tests for nst_jax.io.output_plan: nothing a run writes can replace an input or a foreign file."""
 
 import hashlib
 import json
@@ -11,8 +11,8 @@ import textwrap
 import pytest
 
 from nst_jax import errors
-from nst_jax import image as image_lib
-from nst_jax import output_plan
+from nst_jax.io import images as image_lib
+from nst_jax.io import output_plan
 
 
 def _digest(path: Path) -> str:
@@ -120,7 +120,7 @@ def test_a_rerun_replaces_its_own_result(tmp_path):
   'suffix', ['.psd', '.xpm', '.fits', '.xbm', '.msp', '.h5', '.bufr', '.grib']
 )
 def test_formats_pillow_reads_but_cannot_write_are_refused_up_front(tmp_path, suffix):
-  from nst_jax import outputs
+  from nst_jax.io import outputs
 
   path = tmp_path / f'r{suffix}'
   with pytest.raises(errors.ImageError, match=rf'cannot write r\{suffix}: Pillow cannot save'):
@@ -129,7 +129,7 @@ def test_formats_pillow_reads_but_cannot_write_are_refused_up_front(tmp_path, su
 
 
 def test_every_format_that_passes_the_check_can_be_saved(tmp_path):
-  from nst_jax import outputs
+  from nst_jax.io import outputs
 
   rgb = image_lib.load_image(
     Path(__file__).parent.parent / 'content_images' / 'tubingen.jpg', width=16
@@ -169,7 +169,7 @@ def test_too_little_free_space_is_said_before_the_run(tmp_path, monkeypatch):
 _HOLD = textwrap.dedent("""
   import sys, time
   from pathlib import Path
-  from nst_jax import output_plan
+  from nst_jax.io import output_plan
   out = output_plan.image_output(Path(sys.argv[1]))
   with output_plan.locked([out]):
     print('held', flush=True)

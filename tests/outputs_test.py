@@ -1,12 +1,12 @@
-"""Tests for nst_jax.outputs: automatic names, resume names, batch names, writability."""
+"""Tests for nst_jax.io.outputs: automatic names, resume names, batch names, writability."""
 
 import dataclasses
 
 import pytest
 
-from nst_jax import checkpoint as checkpoint_lib
 from nst_jax import errors
-from nst_jax import outputs
+from nst_jax.io import checkpoint as checkpoint_lib
+from nst_jax.io import outputs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -98,7 +98,7 @@ def test_installed_package_is_used_with_its_presets_and_cache(installed):
   bin_dir, env, _ = installed
   r = _run(
     installed, bin_dir / 'python', '-c',
-    'import nst_jax, nst_jax.weights as w; '
+    'import nst_jax, nst_jax.io.weights as w; '
     'print(nst_jax.__file__); print(w.DEFAULT_WEIGHTS_PATH); print(w.CONVERT_COMMAND)',
   )  # fmt: skip
   module, default, command = r.stdout.split('\n')[:3]
@@ -134,7 +134,7 @@ def test_the_library_never_reads_flags():
       assert 'nst_jax import cli' not in source, path.name
   r = subprocess.run(
     [sys.executable, '-c',
-     'import sys, nst_jax, nst_jax.stylize, nst_jax.preview, nst_jax.record; '
+     'import sys, nst_jax, nst_jax.stylize, nst_jax.engine.preview, nst_jax.io.record; '
      'print(sorted(m for m in sys.modules if m.endswith("cli")))'],
     capture_output=True, text=True, cwd=ROOT, timeout=120,
   )  # fmt: skip

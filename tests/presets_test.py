@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 import nst_jax
-from nst_jax import image as image_lib
-from nst_jax import losses
-from nst_jax.cli import PRESETS
-from nst_jax.core import make_model
-from nst_jax.core import make_targets
-from nst_jax.core import objective
+from nst_jax.cli.app import PRESETS
+from nst_jax.core import losses
+from nst_jax.core.step import make_model
+from nst_jax.core.step import make_targets
+from nst_jax.core.step import objective
+from nst_jax.io import images as image_lib
 
 ROOT = Path(__file__).resolve().parent.parent
 # The size the presets' weights are derived for: 512 px wide, 4:3.

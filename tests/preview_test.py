@@ -19,7 +19,7 @@ from PIL import Image
 import pytest
 
 from nst_jax import errors
-from nst_jax import preview as preview_lib
+from nst_jax.engine import preview as preview_lib
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENT = ROOT / 'content_images' / 'tubingen.jpg'

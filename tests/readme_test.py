@@ -60,7 +60,7 @@ def test_every_docs_page_starts_with_its_question_and_its_links_resolve():
 def test_the_command_line_reference_is_current():
   """docs/cli.md is what docs/make_cli_reference.py writes from the flags' own help."""
   r = subprocess.run(
-    [sys.executable, '-c', 'from nst_jax import cli; print(cli.reference_markdown(), end="")'],
+    [sys.executable, '-c', 'from nst_jax.cli import app; print(app.reference_markdown(), end="")'],
     capture_output=True,
     text=True,
     timeout=120,

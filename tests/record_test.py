@@ -1,4 +1,4 @@
-"""Tests for nst_jax.record: the JSON record and the two pictures, from a real run."""
+"""Tests for nst_jax.io.record: the JSON record and the two pictures, from a real run."""
 
 import json
 import os
@@ -9,10 +9,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from nst_jax import record as record_lib
 from nst_jax import run
-from nst_jax import steps
-from nst_jax import weights as weights_lib
+from nst_jax.engine import steps
+from nst_jax.io import record as record_lib
+from nst_jax.io import weights as weights_lib
 
 
 def _inputs(directory):

@@ -1,10 +1,10 @@
-"""Tests for nst_jax.schedule: stages, the iteration split, and the convergence test."""
+"""Tests for nst_jax.engine.schedule: stages, the iteration split, and the convergence test."""
 
 import numpy as np
 import pytest
 
 import nst_jax
-from nst_jax import schedule
+from nst_jax.engine import schedule
 
 
 def test_scale_widths_are_sqrt2_apart_ending_at_the_width():

@@ -1,16 +1,16 @@
-"""Tests for nst_jax.transfer.stylize (and the engine under it): arrays in, arrays out."""
+"""Tests for nst_jax.runs.arrays.stylize (and the engine under it): arrays in, arrays out."""
 
 import numpy as np
 import pytest
 import small_runs
 
-from nst_jax import checkpoint as checkpoint_lib
 from nst_jax import config as config_lib
-from nst_jax import engine as engine_lib
 from nst_jax import errors
-from nst_jax import image as image_lib
-from nst_jax import steps
-from nst_jax.transfer import stylize
+from nst_jax.engine import engine as engine_lib
+from nst_jax.engine import steps
+from nst_jax.io import checkpoint as checkpoint_lib
+from nst_jax.io import images as image_lib
+from nst_jax.runs.arrays import stylize
 
 
 def _cfg(iterations=3, *, scales=1, **groups):
@@ -242,7 +242,7 @@ def test_masks_and_blend_weights_exclude_each_other_in_the_api(caffe_npz):
 
 @pytest.mark.slow
 def test_progress_bar_and_log_lines(caffe_npz, capsys):
-  from nst_jax import hooks
+  from nst_jax.engine import hooks
 
   # Under pytest stderr is not a terminal: 'auto' gives plain lines.
   assert isinstance(hooks.make_progress('auto', 50), hooks.LogProgress)

@@ -1,4 +1,4 @@
-"""Tests for nst_jax.vgg: names, shapes, early stopping, pooling, bfloat16."""
+"""Tests for nst_jax.core.vgg: names, shapes, early stopping, pooling, bfloat16."""
 
 import functools
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import weight_files
 
-from nst_jax import core
 from nst_jax import errors
-from nst_jax import vgg
+from nst_jax.core import step as core
+from nst_jax.core import vgg
 
 # A 2-stage, 4/8-channel VGG for fast tests on 16x16 images.
 _VGGTiny = functools.partial(vgg.VGG, stage_sizes=(1, 2), widths=(4, 8))

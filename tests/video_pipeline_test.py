@@ -16,12 +16,12 @@ import video_clips
 
 import nst_jax
 from nst_jax import errors
-from nst_jax import flow
-from nst_jax import image as image_lib
-from nst_jax import losses
-from nst_jax import video
-from nst_jax import video_pipeline
-from nst_jax import weights as weights_lib
+from nst_jax.core import losses
+from nst_jax.io import images as image_lib
+from nst_jax.io import video
+from nst_jax.io import weights as weights_lib
+from nst_jax.runs import flow
+from nst_jax.runs import video as video_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 STYLE = str(ROOT / 'style_images' / 'starry_night.jpg')
@@ -175,7 +175,7 @@ def test_a_video_on_the_command_line_keeps_frames_rate_and_audio(tmp_path, caffe
   assert p.returncode == 0, text
   clip = video.open_clip(str(out))
   assert (clip.count, clip.fps, clip.has_audio, clip.width) == (6, 25, True, 48)
-  # styled.mp4.json: the suffix stays in derived names (nst_jax.output_plan.derived).
+  # styled.mp4.json: the suffix stays in derived names (nst_jax.io.output_plan.derived).
   record = json.loads((tmp_path / 'styled.mp4.json').read_text())
   assert [f['frame'] for f in record['per_frame']] == list(range(6))
   assert all(f['time_s'] > 0 and np.isfinite(f['total']) for f in record['per_frame'])

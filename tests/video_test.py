@@ -11,8 +11,8 @@ import pytest
 import video_clips
 
 from nst_jax import errors
-from nst_jax import image as image_lib
-from nst_jax import video
+from nst_jax.io import images as image_lib
+from nst_jax.io import video
 
 
 def _frames(n=6, height=48, width=64):

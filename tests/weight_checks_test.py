@@ -1,11 +1,11 @@
-"""Tests for nst_jax.weight_checks: the names, shapes and values of VGG-19 arrays."""
+"""Tests for nst_jax.io.weight_checks: the names, shapes and values of VGG-19 arrays."""
 
 import numpy as np
 import pytest
 import weight_files
 
 from nst_jax import errors
-from nst_jax import weight_checks
+from nst_jax.io import weight_checks
 
 FIX = 'do the fix'
 

@@ -1,4 +1,4 @@
-"""Tests for nst_jax.weights: conversion of every layout, loading, download."""
+"""Tests for nst_jax.io.weights: conversion of every layout, loading, download."""
 
 import dataclasses
 import hashlib
@@ -11,8 +11,8 @@ import weight_files
 
 from nst_jax import errors
 from nst_jax import extract_features
-from nst_jax import weight_checks
-from nst_jax import weights as weights_lib
+from nst_jax.io import weight_checks
+from nst_jax.io import weights as weights_lib
 
 ALL_LAYERS = tuple(
   n

@@ -1,4 +1,4 @@
-"""Tests for nst_jax.winograd and its use by the VGG's prepared convolutions."""
+"""Tests for nst_jax.core.winograd and its use by the VGG's prepared convolutions."""
 
 import functools
 
@@ -8,9 +8,9 @@ from jax.test_util import check_grads
 import numpy as np
 import pytest
 
-from nst_jax import core
-from nst_jax import vgg
-from nst_jax import winograd
+from nst_jax.core import step as core
+from nst_jax.core import vgg
+from nst_jax.core import winograd
 
 
 def _numpy_conv(x: np.ndarray, k: np.ndarray) -> np.ndarray:

@@ -1,0 +1,336 @@
+"""Hooks of the optimisation loop: progress, checkpoints, images, preview, record.
+
+Each is a `nst_jax.engine.loop.Hook`; the engine picks the ones a run needs. They
+work per row of the batch, so a single image (row 0), a batch of jobs and a
+multi-host batch (each process its own rows) use the same hooks.
+"""
+
+from collections.abc import Callable, Iterator, Mapping
+import contextlib
+import os
+from pathlib import Path
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+
+from nst_jax import errors
+from nst_jax.engine import loop as loop_lib
+from nst_jax.engine.loop import Hook
+from nst_jax.engine.loop import LoopInfo
+from nst_jax.engine.loop import StepView
+from nst_jax.engine.loop import is_time
+from nst_jax.io import checkpoint as checkpoint_lib
+
+
+def _scale_label(info: LoopInfo) -> str:
+  return f'scale {info.scale + 1}/{info.scales}' if info.scales > 1 else ''
+
+
+class LogProgress(Hook):
+  """A log line every `print_iter` iterations and at the last (pipes, log files)."""
+
+  def __init__(self, print_iter: int, prefix: str = ''):
+    self.print_iter = print_iter
+    self.prefix = prefix
+
+  def begin(self, info: LoopInfo) -> None:
+    label = _scale_label(info)
+    self.head = self.prefix + (f'{label}  ' if label else '')
+    self.jobs = f'  {len(info.rows)} jobs' if len(info.rows) > 1 else ''
+    self.total = info.total
+
+  def after_step(self, view: StepView) -> None:
+    if not (is_time(view.iteration, self.print_iter, self.total) or view.last):
+      return
+    losses = view.mean_losses()
+    left = self.total - view.iteration
+    logging.info(
+      '%siteration %d/%d%s  loss %.5g  content %.5g  style %.5g  tv %.5g  %.2f it/s  ETA %.0f s',
+      self.head,
+      view.iteration,
+      self.total,
+      self.jobs,
+      losses['total'],
+      losses['content'],
+      losses['style'],
+      losses['tv'],
+      view.rate,
+      left / view.rate if view.rate > 0 else 0.0,
+    )
+
+
+class BarProgress(Hook):
+  """A tqdm bar on stderr: iteration, (mean) total loss, iterations per second, ETA.
+
+  It reads the loss after every iteration (one scalar per row), which also
+  keeps the bar's rate honest under asynchronous dispatch.
+  """
+
+  def __init__(self, file=None):
+    self.file = file
+    self.bar = None
+
+  def begin(self, info: LoopInfo) -> None:
+    import tqdm  # only for terminals
+
+    self.bar = tqdm.tqdm(
+      total=info.total,
+      initial=info.start,
+      desc=_scale_label(info) or 'nst-jax',
+      unit='it',
+      dynamic_ncols=True,
+      file=self.file,
+    )
+
+  def after_step(self, view: StepView) -> None:
+    self.bar.set_postfix(loss=f'{view.mean_losses()["total"]:.4g}', refresh=False)
+    self.bar.update(view.iteration - self.bar.n)
+
+  def end(self, view: StepView | None) -> None:
+    if self.bar is not None:
+      self.bar.close()
+      self.bar = None
+
+
+def make_progress(mode: str, print_iter: int, prefix: str = '') -> Hook:
+  """mode 'bar', 'log', or 'auto' (a bar when stderr is a terminal)."""
+  if mode == 'auto':
+    mode = 'bar' if sys.stderr.isatty() else 'log'
+  return BarProgress() if mode == 'bar' else LogProgress(print_iter, prefix)
+
+
+class History(Hook):
+  """Per-row loss history for the run record: every `print_iter` and at the last.
+
+  Attributes:
+    history: row -> list of {'scale', 'iteration' (across scales), 'time_s'
+      (since `t0`), and every loss term}.
+  """
+
+  def __init__(self, print_iter: int, rows, t0: float | None = None):
+    self.print_iter = print_iter
+    self.t0 = time.perf_counter() if t0 is None else t0
+    self.history: dict[int, list[dict[str, Any]]] = {r: [] for r in rows}
+
+  def begin(self, info: LoopInfo) -> None:
+    self.info = info
+
+  def after_step(self, view: StepView) -> None:
+    if not (is_time(view.iteration, self.print_iter, self.info.total) or view.last):
+      return
+    losses = view.losses()
+    for r, entries in self.history.items():
+      entries.append(
+        {
+          'scale': self.info.scale,
+          'iteration': view.global_iteration,
+          'time_s': time.perf_counter() - self.t0,
+          **{k: float(v[r]) for k, v in losses.items()},
+        }
+      )
+
+
+class Checkpoints(Hook):
+  """Saves each local row's state to its own checkpoint file.
+
+  Every `every` iterations, at the last iteration of a scale, and when a
+  signal stops the run. The images must be finite (checked across every
+  process alike), so a good checkpoint is never replaced by a broken one.
+
+  Attributes:
+    last_saved: the last iteration (at this scale) saved, or None.
+  """
+
+  def __init__(
+    self,
+    paths: Mapping[int, Path],
+    *,
+    every: int,
+    settings: Mapping[int, dict],
+    finite: Callable[[Any], np.ndarray],
+    row_states: Callable[[Any], dict[int, Any]],
+    extra: Callable[[int], dict] | None = None,
+  ):
+    self.extra = extra
+    self.paths = dict(paths)
+    self.every = every
+    self.settings = settings
+    self.finite = finite
+    self.row_states = row_states
+    self.last_saved: int | None = None
+
+  def begin(self, info: LoopInfo) -> None:
+    self.info = info
+    self.last_saved = info.start or None
+
+  def after_step(self, view: StepView) -> None:
+    if not (view.last or is_time(view.iteration, self.every, self.info.total)):
+      return
+    ok = self.finite(view.state.image)
+    if not np.all(ok[list(self.info.rows)]):
+      raise errors.NonFinite(view.global_iteration)
+    if not self.paths:
+      return
+    states = self.row_states(view.state)
+    saved = True
+    for r, path in self.paths.items():
+      extra = self.extra(r) if self.extra is not None else None
+      try:
+        checkpoint_lib.save(
+          path,
+          state=states[r],
+          iteration=view.iteration,
+          total=self.info.total,
+          settings=self.settings[r],
+          scale=(self.info.scale, self.info.scales),
+          extra=extra,
+        )
+      except errors.WriteError as e:
+        # A full disk must not cost the run: the previous checkpoint stays
+        # whole (atomic write), and the small result may still fit at the end.
+        logging.warning('%s; the run goes on, and the previous checkpoint is kept', e)
+        saved = False
+    if saved:
+      self.last_saved = view.iteration
+
+
+class Intermediates(Hook):
+  """Calls `save(global_iteration, images)` every `every` iterations and on a signal.
+
+  Not at the last iteration of a scale: the caller saves the result.
+  """
+
+  def __init__(self, every: int, save: Callable[[int, dict[int, np.ndarray]], None]):
+    self.every = every
+    self.save = save
+
+  def begin(self, info: LoopInfo) -> None:
+    self.total = info.total
+
+  def after_step(self, view: StepView) -> None:
+    due = is_time(view.iteration, self.every, self.total) and view.iteration < self.total
+    if view.stopping or (due and view.reason is None):
+      self.save(view.global_iteration, view.images())
+
+
+class Monitor(Hook):
+  """Feeds a live view (nst_jax.engine.preview.Preview) one row's image when it asks.
+
+  Args:
+    monitor: has `due()` and `update(iteration, losses, rgb, scale=)`.
+    row: the row shown.
+    to_rgb: (network-space image [H, W, 3], row) -> RGB [H, W, 3] as saved.
+  """
+
+  def __init__(self, monitor, row: int, to_rgb: Callable[[np.ndarray, int], np.ndarray]):
+    self.monitor = monitor
+    self.row = row
+    self.to_rgb = to_rgb
+
+  def begin(self, info: LoopInfo) -> None:
+    self.info = info
+
+  def after_step(self, view: StepView) -> None:
+    if not self.monitor.due():
+      return
+    losses = {k: float(v[self.row]) for k, v in view.losses().items()}
+    rgb = self.to_rgb(view.images()[self.row], self.row)
+    self.monitor.update(view.global_iteration, losses, rgb, scale=self.info.scale + 1)
+
+
+@contextlib.contextmanager
+def exit_on_signals(
+  *, early: bool = True, before_exit: Callable[[], None] = lambda: None
+) -> Iterator[None]:
+  """For a program's main: exit at once on a signal before any iteration, or on a second one.
+
+  Python runs signal handlers only between bytecodes of the main thread, so
+  while it compiles (or waits for a long device call) a SIGTERM waited 21 s
+  at 384 px and minutes at large sizes, and a second Ctrl-C did nothing. The
+  C-level handler also writes each signal's number to a wakeup pipe, which a
+  thread here reads at once: before the first iteration (`loop.ITERATED`)
+  there is no state to lose, so the process ends with one line and 128 +
+  the signal number; a second SIGINT/SIGTERM ends it at once whatever it is
+  doing (the last checkpoint, written atomically, stays). Otherwise the
+  first signal is left to `stop_on_signals`, which saves first.
+
+  Only for code that owns the process (the command line): it calls
+  os._exit. Signals reach the pipe only while Python handles them (always
+  SIGINT; SIGTERM inside `stop_on_signals`; before that SIGTERM's default
+  action ends the process at once anyway).
+
+  Args:
+    early: exit on the first signal before any iteration (off for
+      multi-process runs, whose processes must stop together).
+    before_exit: called just before the process ends (the output planner's
+      lock files go).
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  read_fd, write_fd = os.pipe()
+  os.set_blocking(write_fd, False)
+  previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+  seen = []
+
+  def watch() -> None:
+    while data := os.read(read_fd, 64):
+      for signum in data:
+        if signum not in (signal.SIGINT, signal.SIGTERM):
+          continue
+        seen.append(signum)
+        if len(seen) > 1:
+          why = (
+            f'interrupted again by signal {signum}; stopped at once (a checkpoint already '
+            'written is kept)'
+          )
+        elif early and not loop_lib.ITERATED.is_set():
+          why = f'interrupted by signal {signum} before the first iteration; nothing was written'
+        else:
+          continue
+        before_exit()
+        os.write(2, f'error: {why}\n'.encode())
+        os._exit(128 + signum)
+
+  thread = threading.Thread(target=watch, name='nst-jax-signals', daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    signal.set_wakeup_fd(previous)
+    os.close(write_fd)  # the thread reads the end of the pipe and returns
+    thread.join(timeout=1.0)
+    os.close(read_fd)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+  """Turns SIGINT/SIGTERM into a flag the loop polls, so it can save first.
+
+  Yields a callable returning the signal number received, or None. Only the
+  main thread can install handlers; elsewhere signals keep their defaults.
+  """
+  received = []
+  if threading.current_thread() is not threading.main_thread():
+    yield lambda: None
+    return
+  previous = {
+    signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+    for signum in (signal.SIGINT, signal.SIGTERM)
+  }
+  try:
+    yield lambda: received[0] if received else None
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
+
+
+def rows_finite(image: jax.Array) -> jax.Array:
+  """[N] bools: every value of each row's image is finite (a device computation)."""
+  return jax.numpy.isfinite(image).all(axis=tuple(range(1, image.ndim)))

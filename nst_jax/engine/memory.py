@@ -1,0 +1,188 @@
+"""Memory: what a run will need, estimated before compiling, and what a device has.
+
+The estimate counts the step's buffers from the network's shape (no
+compilation), so a run too large for the device is refused in a fraction of
+a second with a message that says what to change, instead of failing after
+minutes of compiling. It is checked against XLA's own memory analysis of
+the compiled step in the tests and against measured peaks in
+bench/bench_memory.py and bench/bench_sharding.py.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from nst_jax import errors
+from nst_jax.core import vgg
+from nst_jax.io import weight_checks
+
+# XLA's working memory for the step beyond the per-pixel terms below. With
+# the sequential CPU scheduler nst_jax selects (nst_jax/xla_flags.py),
+# compiled.memory_analysis() leaves almost nothing beyond them: at 256x192
+# to 1024x768 the estimate's device part is 1.05-1.34x XLA's figure.
+_FIXED_STEP_BYTES = 10_000_000
+# On CPU the process also holds the compiler's and runtime's working set and
+# host copies of the weights: 490-615 MB above XLA's figure, measured at 256,
+# 512 and 1024 px (bench/bench_memory.py). On GPU/TPU that is host memory.
+_CPU_RUNTIME_BYTES = 600_000_000
+# A spatially split step (bench/bench_sharding.py, XLA's buffer assignment
+# for 2, 4 and 8 devices at 1024 to 4096 px): each device holds about 1.4x
+# its share of the per-pixel buffers (halo copies and the partitioner's
+# temporaries), plus about 30 bytes per pixel of the whole image that are
+# not split (image-sized temporaries of the loss and the optimiser).
+_SPATIAL_SHARE_FACTOR = 1.4
+_SPATIAL_WHOLE_BYTES_PER_PIXEL = 30
+
+
+def per_pixel_bytes(
+  *, feature_layers, dtype: str = 'float32', optimizer: str = 'lbfgs', lbfgs_memory: int = 100
+) -> float:
+  """Bytes per input pixel of one step (the part that scales with the image).
+
+  The backward pass keeps one activation per convolution and every pooled
+  map up to the deepest layer used (each at its stage's resolution, 1/4 of
+  the pixels per pooling) in the compute dtype, and at its widest holds
+  full-resolution float32 gradients of conv1 (one for float32, as XLA's
+  sequential CPU schedule keeps them; three for bfloat16, where XLA keeps
+  float32 copies beside the bfloat16 ones), and the first convolution's
+  output is float32 in any case. The optimiser holds image-sized
+  float32 buffers: L-BFGS 2 * history + 4, Adam 4.
+  """
+  names = vgg.layer_names(vgg.VGG19_STAGE_SIZES)
+  deepest = max(names.index(name) for name in feature_layers)
+  kept, scale = 0.0, 1.0  # channels kept per input pixel; fraction of pixels
+  for name in names[: deepest + 1]:
+    channels = vgg.VGG_WIDTHS[int(name[4]) - 1]
+    if name.startswith('pool'):
+      scale /= 4
+      kept += channels * scale
+    elif name.startswith('conv'):
+      kept += channels * scale
+  bf16 = dtype == 'bfloat16'
+  gradients = (3 if bf16 else 1) * vgg.VGG_WIDTHS[0]
+  # The first convolution runs in float32 whatever the dtype (nst_jax.core.vgg):
+  # with bfloat16 its full-resolution output is kept at 4 bytes, not 2.
+  first_conv = 2 * vgg.VGG_WIDTHS[0] if bf16 else 0
+  image_buffers = optimizer_image_buffers(optimizer, lbfgs_memory)
+  return (2 if bf16 else 4) * kept + 4 * gradients + first_conv + image_buffers * 3 * 4
+
+
+def optimizer_image_buffers(optimizer: str, lbfgs_memory: int) -> int:
+  """Image-sized float32 buffers of the optimiser state: L-BFGS 2 * history + 4, Adam 4."""
+  return 2 * lbfgs_memory + 4 if optimizer == 'lbfgs' else 4
+
+
+def prepared_kernel_bytes(feature_layers=None) -> int:
+  """Bytes `nst_jax.prepare_params(params, feature_layers)` adds on CPU to VGG-19's weights.
+
+  Each kernel up to the deepest layer once more, laid out for the input
+  gradient, and for the convolutions with at least `winograd.MIN_CHANNELS`
+  channels in and out both Winograd transforms, 16/9 of the kernel each
+  (357 MB for all of VGG-19, 228 MB up to relu5_1). Read off the shapes
+  `vgg.with_backward_kernels` produces, without computing anything.
+  """
+  params = {}
+  for key, shape in weight_checks.expected_shapes().items():
+    layer, leaf = key.split('/')
+    params.setdefault(layer, {})[leaf] = jax.ShapeDtypeStruct(shape, jnp.float32)
+  prepared = jax.eval_shape(lambda p: vgg.with_backward_kernels(p, feature_layers), params)
+  return 4 * (
+    sum(leaf.size for leaf in jax.tree.leaves(prepared))
+    - sum(leaf.size for leaf in jax.tree.leaves(params))
+  )
+
+
+def estimate_memory(
+  height: int,
+  width: int,
+  *,
+  config,
+  batch: int = 1,
+  platform: str = 'cpu',
+  spatial_devices: int = 1,
+) -> int:
+  """Peak memory of one step per device in bytes, estimated before compiling anything.
+
+  Args:
+    height: image height in pixels.
+    width: image width in pixels.
+    config: a StyleConfig (its layers, dtype, optimiser and history).
+    batch: images per device.
+    platform: 'cpu' counts the whole process; otherwise device memory only.
+    spatial_devices: devices each image's height is split over (--shard
+      spatial): each holds its share of the per-pixel buffers (times the
+      measured overhead) and the parts that are not split.
+
+  Returns:
+    Bytes.
+  """
+  per_pixel = per_pixel_bytes(
+    feature_layers=config.loss.feature_layers,
+    dtype=config.model.dtype,
+    optimizer=config.optim.name,
+    lbfgs_memory=config.optim.lbfgs_memory,
+  )
+  weights = 4 * sum(math.prod(s) for s in weight_checks.expected_shapes().values())
+  if config.model.dtype == 'bfloat16':
+    weights += weights // 2  # the bfloat16 copies the convolutions read
+  if platform == 'cpu':  # where the engine prepares the weights
+    weights += prepared_kernel_bytes(config.loss.feature_layers) + _CPU_RUNTIME_BYTES
+  fixed = _FIXED_STEP_BYTES + weights
+  pixels = batch * height * width
+  if spatial_devices > 1:
+    share = _SPATIAL_SHARE_FACTOR * per_pixel / spatial_devices + _SPATIAL_WHOLE_BYTES_PER_PIXEL
+    return int(fixed + pixels * share)
+  return int(fixed + pixels * per_pixel)
+
+
+def available_memory(device: jax.Device | None = None) -> int | None:
+  """Bytes free for a run on `device` (default: the first), None if unknown.
+
+  CPU: the kernel's MemAvailable; GPU/TPU: the allocator's limit minus use.
+  """
+  device = device or jax.devices()[0]
+  if device.platform != 'cpu':
+    stats = device.memory_stats() or {}
+    if 'bytes_limit' in stats:
+      return stats['bytes_limit'] - stats.get('bytes_in_use', 0)
+    return None
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def check_memory(
+  height: int, width: int, *, config, batch: int = 1, spatial_devices: int = 1
+) -> tuple[int, int | None]:
+  """Raises NstError, naming the estimate and what to do, if a run won't fit.
+
+  Returns:
+    (estimated bytes per device, available bytes or None if unknown).
+  """
+  device = jax.local_devices()[0]
+  need = estimate_memory(
+    height,
+    width,
+    config=config,
+    batch=batch,
+    platform=device.platform,
+    spatial_devices=spatial_devices,
+  )
+  have = available_memory(device)
+  if have is not None and need > have:
+    where = f'{device.platform}'
+    if spatial_devices > 1:
+      where += f' (per device, split over {spatial_devices})'
+    spatial = '' if spatial_devices > 1 else ', --shard spatial over several devices'
+    raise errors.NstError(
+      f'a {width}x{height} run needs about {need / 1e9:.1f} GB but only {have / 1e9:.1f} GB is '
+      f'available on {where}; use a smaller -w (memory grows with the pixel count), '
+      f'--dtype bfloat16 (GPU/TPU){spatial}, or --optimizer adam or a smaller --lbfgs_memory'
+    )
+  return need, have

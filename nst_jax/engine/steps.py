@@ -1,0 +1,98 @@
+"""The compiled step: `core.update_step` jitted over a layout, and a cache of them.
+
+The step is jitted where it is used, with the layout's shardings for every
+argument (state donated), and compiled ahead of the loop so the compile time
+is measured and kept out of the iteration rate. Compiled steps are kept for
+reuse: a program calling `stylize` in a loop, or many single runs of one
+size, pays the compile (about 1 s at 64 px, 7 s at 1024 px on a 2-core CPU)
+once.
+"""
+
+import collections
+import functools
+import time
+from typing import Any
+
+import jax
+
+from nst_jax.core import step as core
+from nst_jax.engine import sharding as sharding_lib
+
+
+class CompiledSteps:
+  """Compiled steps, reused by later runs with the same settings, shapes and layout.
+
+  A program calling `stylize` in a loop, or many single runs of one size,
+  pays the compile (about 1 s at 64 px, 7 s at 1024 px on a 2-core CPU) once.
+  """
+
+  KEPT = 8
+
+  def __init__(self):
+    self.cache: collections.OrderedDict = collections.OrderedDict()
+
+  def get(self, step, key, *args) -> tuple[Any, float]:
+    """(compiled, seconds spent compiling: 0.0 when reused)."""
+    leaves = jax.tree.leaves(args)
+    full_key = (
+      key,
+      jax.tree.structure(args),
+      tuple((x.shape, x.dtype, getattr(x, 'sharding', None)) for x in leaves),
+    )
+    compiled = self.cache.get(full_key)
+    if compiled is not None:
+      self.cache.move_to_end(full_key)
+      return compiled, 0.0
+    t0 = time.perf_counter()
+    compiled = step.lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    self.cache[full_key] = compiled
+    while len(self.cache) > self.KEPT:
+      self.cache.popitem(last=False)
+    return compiled, compile_s
+
+
+COMPILED = CompiledSteps()
+
+
+def compile_step(
+  *,
+  model,
+  optimizer,
+  loss_config,
+  loss_fn: core.LossFn,
+  layout: sharding_lib.Layout,
+  state_sharding,
+  args: tuple,
+  key: tuple = (),
+) -> tuple[Any, float]:
+  """`update_step(state, params, targets, active)` compiled for `args` on `layout`.
+
+  Args:
+    model, optimizer, loss_config, loss_fn: the step's static settings.
+    layout: where the rows live; gives every argument's sharding.
+    state_sharding: the state's shardings (images split as the layout says).
+    args: (state, params, targets, active), placed as the layout says.
+    key: anything else the compiled program depends on (for the cache).
+
+  Returns:
+    (compiled step, seconds spent compiling: 0.0 when reused from the cache).
+  """
+  state, params, targets, active = args
+  step_fn = functools.partial(
+    core.update_step, model=model, optimizer=optimizer, loss_config=loss_config, loss_fn=loss_fn
+  )
+  rows = layout.rows_sharding(1)
+  step = jax.jit(
+    step_fn,
+    in_shardings=(
+      state_sharding,
+      jax.tree.map(lambda _: layout.params_sharding(), params),
+      jax.tree.map(lambda leaf: leaf.sharding, targets),
+      rows,
+    ),
+    out_shardings=(state_sharding, rows),
+    donate_argnums=0,
+  )
+  full_key = (model, loss_config, loss_fn, layout.key, *key)
+  return COMPILED.get(step, full_key, *args)

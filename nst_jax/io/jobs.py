@@ -1,0 +1,218 @@
+"""Job lists for batch mode: from paths, directories, globs or a --jobs file.
+
+A job is one stylisation: a content image, one or more style images
+(blended), its own content and style weights, and an output file. Jobs whose
+outputs have the same shape run together as one batched, sharded step
+(nst_jax.engine.distributed).
+"""
+
+from collections.abc import Iterable, Sequence
+import csv
+import dataclasses
+import glob
+import json
+import os
+from pathlib import Path
+
+from nst_jax import errors
+
+# Files a directory contributes (by suffix, case-insensitive): what Pillow
+# reads and people keep photos and paintings in.
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff', '.gif')
+# The columns of a --jobs file; content and style are required.
+JOB_FIELDS = (
+  'content',
+  'style',
+  'content_weight',
+  'style_weight',
+  'output',
+  'content_mask',
+  'style_masks',
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One stylisation of a batch.
+
+  Attributes:
+    content: content image path.
+    style: style image paths (several are blended with equal weights).
+    content_weight: cw of this job (None: the config's).
+    style_weight: sw of this job (None: the config's).
+    output: result path ('' = automatic name in the output directory).
+    content_mask: grey image over the content: where the content loss applies.
+    style_masks: one grey image per style: where each style applies.
+  """
+
+  content: str
+  style: tuple[str, ...]
+  content_weight: float | None = None
+  style_weight: float | None = None
+  output: str = ''
+  content_mask: str = ''
+  style_masks: tuple[str, ...] = ()
+
+
+def is_pattern(spec: str) -> bool:
+  """True if `spec` names several files: a directory or a glob."""
+  return Path(spec).is_dir() or glob.has_magic(spec)
+
+
+def expand(spec: str, *, what: str) -> list[str]:
+  """A file, a directory (its images, sorted) or a glob (sorted) -> file paths.
+
+  Raises:
+    ConfigError: nothing matches, naming the spec.
+  """
+  if Path(spec).is_dir():
+    paths = sorted(
+      str(p) for p in Path(spec).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    where = f'the directory {errors.printable(spec)} holds no images ({", ".join(IMAGE_SUFFIXES)})'
+  elif glob.has_magic(spec):
+    paths = sorted(p for p in glob.glob(spec) if Path(p).is_file())
+    where = f'the pattern {errors.printable(spec)} matches no files'
+  else:
+    return [spec]
+  if not paths:
+    raise errors.ConfigError(f'{what}: {where}; check the path')
+  return paths
+
+
+def jobs_from_specs(content_spec: str, style_specs: Sequence[str]) -> list[Job]:
+  """Jobs for -cp and -sp: every content image with every style.
+
+  A directory or glob in -cp gives one job per content image. In -sp a single
+  directory or glob gives one job per style image (each content with each
+  style); several comma-separated files are one blended style, as before.
+  """
+  contents = expand(content_spec, what='-cp')
+  if len(style_specs) == 1:
+    styles = [(p,) for p in expand(style_specs[0], what='-sp')]
+  else:
+    for spec in style_specs:
+      if is_pattern(spec):
+        raise errors.ConfigError(
+          f'-sp {errors.printable(spec)} is a directory or pattern inside a comma-separated '
+          'blend; give blended styles as files, or one directory or pattern alone'
+        )
+    styles = [tuple(style_specs)]
+  return [Job(content=c, style=s) for c in contents for s in styles]
+
+
+def read_jobs(path: str | os.PathLike) -> list[Job]:
+  """Reads a --jobs file: CSV with a header, or JSON lines (.jsonl, .ndjson).
+
+  Columns (CSV header, or JSON keys): content, style (several separated by
+  '+' in CSV, or a JSON list), and optionally content_weight, style_weight,
+  output, content_mask and style_masks (one per style, like style). Relative
+  paths are relative to the jobs file's directory.
+
+  The file is UTF-8, with or without the byte-order mark that spreadsheet
+  programs write at the start of a "CSV UTF-8" file.
+
+  Raises:
+    ConfigError: a missing file, a file that is not UTF-8, an unknown
+      column, a missing value or a bad number, naming the line.
+  """
+  path = Path(path)
+  name = errors.printable(path)
+  if not path.is_file():
+    raise errors.ConfigError(f'jobs file {name} does not exist; check the path given to --jobs')
+  try:
+    # utf-8-sig drops a leading byte-order mark, which would otherwise become
+    # part of the first column's name ('unknown column \ufeffcontent').
+    text = path.read_text(encoding='utf-8-sig')
+  except UnicodeDecodeError as e:
+    raise errors.ConfigError(
+      f'jobs file {name} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset '
+      f'{e.start}); save it as UTF-8'
+    ) from None
+  if path.suffix.lower() in ('.jsonl', '.ndjson', '.json'):
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise errors.ConfigError(
+          f'{name} line {number} is not JSON ({e.msg}); write one JSON object per line'
+        ) from None
+      if not isinstance(row, dict):
+        raise errors.ConfigError(f'{name} line {number}: each line must be a JSON object')
+      rows.append((number, row))
+  else:
+    reader = csv.DictReader(text.splitlines())
+    if reader.fieldnames is None:
+      raise errors.ConfigError(
+        f'{name} is empty; its first line names the columns: {", ".join(JOB_FIELDS)}'
+      )
+    rows = [(number, row) for number, row in enumerate(reader, 2)]
+  jobs = [_job(path, number, row) for number, row in rows]
+  if not jobs:
+    raise errors.ConfigError(f'{name} lists no jobs; add one line per job after the header')
+  return jobs
+
+
+def _job(path: Path, number: int, row: dict) -> Job:
+  where = f'{errors.printable(path)} line {number}'
+  unknown = sorted(set(row) - set(JOB_FIELDS) - {None})
+  if unknown:
+    # printable: a stray control character in a column name shows as an escape.
+    names = ', '.join(map(errors.printable, unknown))
+    raise errors.ConfigError(
+      f'{where}: unknown column {names}; the columns are {", ".join(JOB_FIELDS)}'
+    )
+  if None in row:  # csv: more values than header columns
+    raise errors.ConfigError(
+      f'{where} has more values than the header has columns; quote values that contain commas'
+    )
+
+  def resolve(p: str) -> str:
+    p = os.path.expanduser(str(p).strip())
+    return p if os.path.isabs(p) else str(path.parent / p)
+
+  content = row.get('content')
+  style = row.get('style')
+  if not content or not style:
+    raise errors.ConfigError(f'{where}: content and style are required; give both image paths')
+  styles = style if isinstance(style, list) else str(style).split('+')
+
+  def number_or_none(key: str) -> float | None:
+    value = row.get(key)
+    if value is None or value == '':
+      return None
+    try:
+      x = float(value)
+    except (TypeError, ValueError):
+      raise errors.ConfigError(f'{where}: {key} must be a number, got {value!r}') from None
+    if not (x >= 0 and x != float('inf')):
+      raise errors.ConfigError(f'{where}: {key} must be a finite number >= 0, got {value!r}')
+    return x
+
+  output = row.get('output') or ''
+  content_mask = row.get('content_mask') or ''
+  masks = row.get('style_masks') or []
+  masks = masks if isinstance(masks, list) else str(masks).split('+')
+  if masks and len(masks) != len(styles):
+    raise errors.ConfigError(
+      f'{where}: {len(masks)} style masks for {len(styles)} styles; give one mask per style'
+    )
+  return Job(
+    content=resolve(content),
+    style=tuple(resolve(s) for s in styles),
+    content_weight=number_or_none('content_weight'),
+    style_weight=number_or_none('style_weight'),
+    output=resolve(output) if output else '',
+    content_mask=resolve(content_mask) if content_mask else '',
+    style_masks=tuple(resolve(m) for m in masks),
+  )
+
+
+def assign_outputs(jobs: Iterable[Job], directory: str) -> list[Job]:
+  """Deprecated: `nst_jax.io.outputs.assign_outputs`."""
+  from nst_jax.io import outputs
+
+  return outputs.assign_outputs(jobs, directory)

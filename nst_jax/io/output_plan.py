@@ -1,0 +1,513 @@
+"""The output planner: every file a run writes, checked before any work, locked while it runs.
+
+One planner for every kind of run (a single image, a batch, a video). For each
+result it lists the files derived from it (run record, loss plot, contact
+sheet, checkpoint, intermediates) and, before the first iteration, refuses
+with one line:
+  * a file that would replace an input of the run (compared as resolved
+    paths, so `./a.png`, `a.png` and a symbolic link to it are one file);
+  * two outputs, or the derived files of two outputs, that are one file;
+  * an existing file that nst-jax did not write for this output, unless
+    `overwrite` (a result whose run record names it may be replaced by a
+    rerun to the same output, as people expect);
+  * a format Pillow cannot write, a name too long for the file system (the
+    temporary name included), a directory that is missing behind a dangling
+    link, is a file or is not writable, and too little free space for the
+    results and their checkpoints.
+It then locks every file it will write (another process writing one is
+refused, and a crashed run's lock is released by the kernel with its
+process) and removes the temporary files a killed run left beside them.
+"""
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import contextlib
+import dataclasses
+import fcntl
+import functools
+import io
+import json
+import os
+from pathlib import Path
+import re
+import resource
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from nst_jax import errors
+
+# Derived files of an output NAME.EXT: the default format keeps NAME.json
+# (as every earlier version wrote); any other suffix is kept in the name,
+# so a.png and a.jpg never share a record or a checkpoint.
+DEFAULT_SUFFIX = '.png'
+RECORD_TAILS = {'json': '.json', 'loss': '.loss.png', 'sheet': '.sheet.jpg'}
+RECORD_NAMES = {'json': 'run record', 'loss': 'loss plot', 'sheet': 'contact sheet'}
+CHECKPOINT_TAIL = '.ckpt'
+# atomic_write's temporary name: '.' + name + '.nst-' + 8 random characters + '.tmp'.
+TEMP_EXTRA_CHARS = 18
+# Free space asked beyond the estimate: the record's pictures and JSON, and
+# what compression cannot promise.
+SPACE_MARGIN_BYTES = 4 << 20
+
+
+def derived_stem(output: str | os.PathLike) -> str:
+  """The name derived files start with: a.png -> a, a.jpg -> a.jpg."""
+  output = Path(output)
+  return output.stem if output.suffix == DEFAULT_SUFFIX else output.name
+
+
+def derived(output: str | os.PathLike, tail: str) -> Path:
+  """A file beside `output` named after it: (out/a.png, '.json') -> out/a.json."""
+  output = Path(output)
+  return output.with_name(derived_stem(output) + tail)
+
+
+def legacy_derived(output: str | os.PathLike, tail: str) -> Path | None:
+  """The name an earlier version gave (stem + tail) where it differs from today's."""
+  output = Path(output)
+  old = output.with_name(output.stem + tail)
+  return None if old == derived(output, tail) else old
+
+
+def intermediate_path(output: str | os.PathLike, iteration: int) -> Path:
+  """out/a.png, 250 -> out/a_00250.png."""
+  output = Path(output)
+  return output.with_name(f'{output.stem}_{iteration:05d}{output.suffix}')
+
+
+def intermediates(output: str | os.PathLike, save_iter: int, iterations: int) -> list[Path]:
+  """The intermediates a run saves every `save_iter` of `iterations` (none for 0)."""
+  if not save_iter:
+    return []
+  return [intermediate_path(output, it) for it in range(save_iter, iterations + 1, save_iter)]
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+  try:
+    return Path(os.path.abspath(Path(path).expanduser())).resolve()
+  except RuntimeError:  # pathlib's "Symlink loop"
+    raise errors.NstError(f'{errors.printable(path)} is a loop of symbolic links; fix it') from None
+  except ValueError:  # an embedded NUL byte
+    raise errors.NstError(f'{errors.printable(path)} holds a NUL byte; rename it') from None
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+  """(device, inode) of an existing file: one file under two names (hard or bind links)."""
+  try:
+    st = os.stat(path)
+  except (OSError, ValueError):
+    return None
+  return st.st_dev, st.st_ino
+
+
+def claimed(output: str | os.PathLike) -> set[Path]:
+  """The files the run record beside `output` says nst-jax wrote for it (none without one).
+
+  The record names its result (`output`) and the intermediates it saved;
+  the record, loss plot and contact sheet go with it.
+  """
+  output = Path(output)
+  record = derived(output, RECORD_TAILS['json'])
+  if not record.is_file():  # not a FIFO, which would block the read
+    return set()
+  try:
+    data = json.loads(record.read_text())
+  except (OSError, ValueError):
+    return set()
+  if not isinstance(data, dict) or Path(str(data.get('output', ''))).name != output.name:
+    return set()
+  names = [n for n in data.get('intermediates', []) if isinstance(n, str) and '/' not in n]
+  return {output, *(derived(output, tail) for tail in RECORD_TAILS.values())} | {
+    output.with_name(n) for n in names
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+  """One result and what a run writes beside it.
+
+  Attributes:
+    result: the result file (or a directory of frames).
+    owner: who writes it, for messages ('the result', 'job 3').
+    pixels: pixels of the result, for the free-space estimate.
+    state_bytes: bytes of one checkpoint of its optimisation state.
+    derived: the other files the run may write for it, as (what, path):
+      ('run record', out/a.json).
+    directory: the result is a directory of frames (checked by its writer
+      to be new or empty).
+    resumable: where an interrupted run of this output keeps its state (the
+      checkpoint; a video's work directory): while it exists, the derived
+      files beside it are that run's (default: the checkpoint).
+  """
+
+  result: Path
+  owner: str = 'the result'
+  pixels: int = 0
+  state_bytes: int = 0
+  derived: tuple[tuple[str, Path], ...] = ()
+  directory: bool = False
+  resumable: Path | None = None
+
+  @property
+  def state(self) -> Path:
+    return self.resumable or derived(self.result, CHECKPOINT_TAIL)
+
+  @property
+  def files(self) -> list[Path]:
+    """The result and every derived file."""
+    return [self.result, *(path for _, path in self.derived)]
+
+
+def image_output(
+  result: str | os.PathLike,
+  *,
+  owner: str = 'the result',
+  pixels: int = 0,
+  state_bytes: int = 0,
+  record: bool = True,
+  save_iter: int = 0,
+  iterations: int = 0,
+) -> Output:
+  """An image result with its record files, checkpoint and intermediates."""
+  result = Path(result)
+  files = [('checkpoint', derived(result, CHECKPOINT_TAIL))]
+  if record:
+    files += [(RECORD_NAMES[k], derived(result, tail)) for k, tail in RECORD_TAILS.items()]
+  files += [('intermediate image', p) for p in intermediates(result, save_iter, iterations)]
+  return Output(result, owner, pixels, state_bytes, tuple(files))
+
+
+def state_bytes(pixels: int, *, image_buffers: int) -> int:
+  """Bytes of a checkpoint: `image_buffers` float32 RGB images of `pixels` (memory's count)."""
+  return pixels * 3 * 4 * image_buffers
+
+
+@functools.cache
+def _encodable(fmt: str, bit_depth: int) -> str | None:
+  """Why Pillow cannot write `fmt` (None if it can): one tiny image, encoded in memory."""
+  if bit_depth == 16:
+    return None  # pypng writes 16-bit PNGs (image.save_image); only PNG gets here
+  try:
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(io.BytesIO(), format=fmt)
+  except Exception as e:  # Pillow raises KeyError, OSError, ValueError... per plugin
+    return f'{type(e).__name__}: {e}'.splitlines()[0]
+  return None
+
+
+def check_format(path: Path, fmt: str, bit_depth: int) -> None:
+  """Refuses a format that Pillow reads but cannot write (.psd, .xpm, .fits, ...)."""
+  why = _encodable(fmt, bit_depth)
+  if why is not None:
+    raise errors.ImageError(
+      f'cannot write {path.name}: Pillow cannot save {fmt} images ({why}); end the name in '
+      '.png, .jpg, .webp or .tif'
+    )
+
+
+def _existing_ancestor(path: Path) -> Path:
+  """The nearest ancestor that exists, refusing a dangling link on the way."""
+  parent = path.parent
+  while not parent.exists():
+    if parent.is_symlink():
+      raise errors.NstError(
+        f'{parent} is a link to {os.readlink(parent)}, which does not exist; create it or choose '
+        'another output directory'
+      )
+    parent = parent.parent
+  return parent
+
+
+def check_place(path: Path) -> Path:
+  """Refuses a name or directory that cannot be written; returns the nearest existing directory."""
+  directory = _existing_ancestor(path)
+  if not directory.is_dir():
+    raise errors.NstError(f'{directory} is a file, not a directory; choose another output')
+  if not os.access(directory, os.W_OK | os.X_OK):
+    raise errors.NstError(f'{directory} is not writable; choose another output directory')
+  limit = os.pathconf(directory, 'PC_NAME_MAX')
+  fits = limit - TEMP_EXTRA_CHARS
+  if len(os.fsencode(path.name)) > fits:
+    raise errors.NstError(
+      f'the name {path.name[:24]}... is {len(os.fsencode(path.name))} bytes long, and at most '
+      f"{fits} fit here ({limit} less the temporary name's {TEMP_EXTRA_CHARS}); choose a "
+      'shorter output name'
+    )
+  if len(os.fsencode(os.path.abspath(path))) + TEMP_EXTRA_CHARS > os.pathconf(
+    directory, 'PC_PATH_MAX'
+  ):
+    raise errors.NstError(f'the path of {path.name[:24]}... is too long; choose a shorter one')
+  return directory
+
+
+def check(
+  outputs: Sequence[Output],
+  *,
+  inputs: Mapping[str, str | os.PathLike],
+  overwrite: bool = False,
+  local: Iterable[int] | None = None,
+) -> None:
+  """Refuses, in one line, a plan that could lose or replace a file (module docstring).
+
+  Args:
+    outputs: every output of the run (a batch's from every process: names
+      are compared across all of them).
+    inputs: a description ('content image of job 2') -> an input file.
+    overwrite: replace existing files that nst-jax did not write.
+    local: indices of `outputs` this process writes (files are checked by
+      their writer); default all.
+
+  Raises:
+    NstError: the first problem found.
+  """
+  by_path, by_identity = {}, {}
+  for description, path in inputs.items():
+    by_path.setdefault(_resolved(path), description)
+    if (identity := _identity(Path(path))) is not None:
+      by_identity.setdefault(identity, description)
+  planned: dict[Path, str] = {}
+  for out in outputs:
+    for kind, path in [('', out.result), *out.derived]:
+      key = _resolved(path)
+      what = f'{out.owner} {out.result}'
+      if kind:
+        what = f'the {kind} {path.name} of {what}'
+      replaced = by_path.get(key)
+      if replaced is None:  # another name of an input: a hard link or a bind mount
+        replaced = by_identity.get(_identity(path))
+      if replaced is not None:
+        raise errors.NstError(f'{what} would replace the {replaced}; choose another output name')
+      if key in planned:
+        raise errors.NstError(
+          f'{what} and {planned[key]} are one file; give each its own output name'
+        )
+      planned[key] = what
+  mine = range(len(outputs)) if local is None else local
+  for index in mine:
+    _check_files(outputs[index], overwrite)
+  _check_space([outputs[i] for i in mine])
+
+
+def _check_files(out: Output, overwrite: bool) -> None:
+  ours = claimed(out.result)
+  if os.path.lexists(out.state):
+    # An interrupted run of ours (or one whose checkpoint was kept): what it
+    # wrote beside its checkpoint before any record existed is its own.
+    ours |= set(out.files)
+  if out.directory:
+    check_place(out.result / 'frame.png')
+  for path in out.files[1:] if out.directory else out.files:
+    if path.is_dir() and not path.is_symlink():
+      raise errors.NstError(f'{path} is a directory; name a file such as out.png')
+    if os.path.lexists(path) and not path.is_file():
+      raise errors.NstError(
+        f'{path} exists and is not a regular file (a link to nowhere, a FIFO, a device); move it '
+        'away or choose another output name'
+      )
+    check_place(path)
+    if path.suffix == CHECKPOINT_TAIL:
+      continue  # checkpoints are read (resume, or refused while unfinished), never foreign
+    if path.exists() and not (path in ours or overwrite):
+      whose = '' if path == out.result else f', beside {out.result.name},'
+      raise errors.NstError(
+        f'{path} exists{whose} and no nst-jax run record says nst-jax wrote it; choose another '
+        'output name, or replace it with save.overwrite'
+      )
+
+
+def _check_space(outputs: Sequence[Output]) -> None:
+  need: dict[int, list] = {}
+  for out in outputs:
+    directory = _existing_ancestor(out.result)
+    device = os.stat(directory).st_dev
+    entry = need.setdefault(device, [directory, 0])
+    # An uncompressed result, and a checkpoint written beside the previous
+    # one (atomic replacement holds both for a moment).
+    entry[1] += out.pixels * 3 * 2 + 2 * out.state_bytes
+  for directory, total in need.values():
+    total += SPACE_MARGIN_BYTES
+    free = shutil.disk_usage(directory).free
+    if free < total:
+      raise errors.NstError(
+        f'{directory} has {free / 1e6:.0f} MB free and the run needs about {total / 1e6:.0f} MB '
+        '(results and checkpoints); free space or choose another output directory'
+      )
+
+
+LOCK_TAIL = '.lock'
+# Temporary names: mkstemp's random part is 8 characters of this alphabet
+# (tempfile._RandomNameSequence); .tmp for files (image.atomic_write),
+# .partial.mp4 and .partial/ for videos and frame folders (nst_jax.io.video).
+_TEMP_NAME = re.compile(r'\.(?P<name>.+)\.nst-[a-z0-9_]{8}\.(tmp|partial\.mp4|partial)')
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+  """The lock of a file a run writes: `.NAME.lock` beside it (removed when the run ends).
+
+  Beside the file, not in a per-user folder: every process that writes the
+  file, whatever its environment or user, meets the same lock.
+  """
+  path = Path(path)
+  return path.with_name(f'.{path.name}{LOCK_TAIL}')
+
+
+def _lock(path: Path) -> int | None:
+  """A held flock on `path` (its fd), or None if another process holds it.
+
+  The lock file is removed on release; a process that opened it just before
+  could then lock a file no longer in the directory, so after locking the
+  name must still lead to the locked file, else it tries again.
+  """
+  while True:
+    # Read-only: flock needs no more, and another user's lock file opens too.
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      if os.stat(path).st_ino == os.fstat(fd).st_ino:
+        return fd
+    except BlockingIOError:
+      os.close(fd)
+      return None
+    except FileNotFoundError:
+      pass  # removed by its holder just now: try again
+    except OSError:
+      os.close(fd)
+      raise
+    os.close(fd)
+
+
+# The lock files this process holds: a process that must end at once (a
+# signal before the first iteration) removes them first (`drop_locks`).
+_HELD: dict[Path, int] = {}
+
+
+def _unlock(path: Path, fd: int) -> None:
+  with contextlib.suppress(OSError):  # another user's file in a sticky directory stays
+    path.unlink(missing_ok=True)  # still ours: removed before others can lock it
+  os.close(fd)
+
+
+# Directories made for lock files, removed again if the run leaves them empty.
+_MADE: set[Path] = set()
+
+
+def drop_locks() -> None:
+  """Removes this process's lock files (and the empty directories made for them).
+
+  For an exit that skips the context managers: a signal before the first
+  iteration, after which nothing is left behind.
+  """
+  for path in list(_HELD):
+    path.unlink(missing_ok=True)
+  _remove_if_empty(sorted(_MADE, key=lambda d: len(d.parts), reverse=True))
+
+
+def _ensure_descriptors(n: int) -> None:
+  """Raises the soft limit of open files when a large batch holds many locks."""
+  soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+  want = n + 256
+  if soft != resource.RLIM_INFINITY and soft < want:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+
+
+@contextlib.contextmanager
+def locked(
+  outputs: Sequence[Output],
+  *,
+  local: Iterable[int] | None = None,
+  then_check: Callable[[], None] = lambda: None,
+) -> Iterator[None]:
+  """Locks every file this process will write (intermediates aside), then cleans up.
+
+  `then_check` runs once the locks are held: the plan checked again, since
+  another run may have finished (and written these names) since it was
+  first checked. Directories made for the lock files are removed again
+  when the run ends with them empty.
+
+  An advisory lock (flock) per result and per derived file, so a run whose
+  result is another's record or loss plot is refused too; the kernel
+  releases a crashed run's locks, and the next run replaces its lock files.
+  Holding the locks, it removes the temporary files a killed run left.
+
+  Raises:
+    NstError: another process holds one of the locks, or a lock cannot be
+      made.
+  """
+  mine = [outputs[i] for i in (range(len(outputs)) if local is None else local)]
+  files = [
+    path
+    for out in mine
+    for kind, path in [('', out.result), *out.derived]
+    if kind != 'intermediate image'
+  ]
+  _ensure_descriptors(len(files))
+  held: list[tuple[Path, int]] = []
+  made: list[Path] = []
+  try:
+    for path in files:
+      lock = lock_path(path)
+      try:
+        made += _make_directories(lock.parent)
+        fd = _lock(lock)
+      except OSError as e:
+        raise errors.NstError(
+          f'cannot lock {errors.printable(path)} ({e.strerror}); choose another output directory'
+        ) from None
+      if fd is None:
+        raise errors.NstError(
+          f'another nst-jax run is writing {errors.printable(path)}; wait for it to finish or '
+          'choose another output name'
+        )
+      held.append((lock, fd))
+      _HELD[lock] = fd
+    then_check()
+    for out in mine:
+      remove_temporaries(out.files)
+    yield
+  finally:
+    for lock, fd in reversed(held):
+      _HELD.pop(lock, None)
+      _unlock(lock, fd)
+    _remove_if_empty(sorted(made, key=lambda d: len(d.parts), reverse=True))
+
+
+def _make_directories(directory: Path) -> list[Path]:
+  """Makes `directory` and its missing parents; returns those made, deepest first."""
+  missing = []
+  while not directory.exists():
+    missing.append(directory)
+    directory = directory.parent
+  for d in reversed(missing):
+    d.mkdir(exist_ok=True)
+    _MADE.add(d)
+  return missing
+
+
+def _remove_if_empty(directories: Iterable[Path]) -> None:
+  for d in directories:  # deepest first
+    _MADE.discard(d)
+    with contextlib.suppress(OSError):
+      d.rmdir()
+
+
+def remove_temporaries(paths: Iterable[Path]) -> list[Path]:
+  """Deletes `.NAME.XXXXXXXX.tmp` (and `.partial` ones) beside each path: a killed write's."""
+  removed = []
+  for path in paths:
+    if not path.parent.is_dir():
+      continue
+    for tmp in path.parent.glob(f'.{_glob_escape(path.name)}.*'):
+      match = _TEMP_NAME.fullmatch(tmp.name)
+      if not match or match['name'] != path.name or tmp.is_symlink():
+        continue
+      with contextlib.suppress(OSError):  # another user's, say: left, as any stray file
+        if tmp.is_dir():
+          shutil.rmtree(tmp)
+        else:
+          tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+  return removed
+
+
+def _glob_escape(name: str) -> str:
+  return ''.join(f'[{c}]' if c in '*?[' else c for c in name)

@@ -1,0 +1,152 @@
+"""Where results go: output names for single runs and batches, checked before any work.
+
+One rule for every kind of run: an automatic name is
+`<directory>/<content>_<style1>+<style2>.png`, with `_2`, `_3`, ... added so
+that nothing is replaced, and a name whose checkpoint exists counts as taken
+(an interrupted run is never overwritten by a new one). With `resume`, the
+name is the one whose checkpoint exists, so the run continues where it was.
+"""
+
+from collections.abc import Iterable, Iterator, Sequence
+import dataclasses
+import os
+from pathlib import Path
+
+from nst_jax import errors
+from nst_jax.io import checkpoint as checkpoint_lib
+from nst_jax.io import images as image_lib
+from nst_jax.io import output_plan
+
+DEFAULT_OUTPUT_DIR = 'output'
+
+
+def names_output_directory(output: str) -> bool:
+  """Whether --output names a directory: an existing one, or a name ending in a separator."""
+  return bool(output) and (Path(output).is_dir() or output.endswith(('/', os.sep)))
+
+
+def candidates(content: str, styles: str | Sequence[str], directory: str) -> Iterator[Path]:
+  """<directory>/<content>_<styles>.png, then _2, _3, ... (without end)."""
+  styles = [styles] if isinstance(styles, str) else list(styles)
+  stem = f'{Path(content).stem}_{"+".join(Path(p).stem for p in styles)}'
+  yield Path(directory) / f'{stem}.png'
+  n = 2
+  while True:
+    yield Path(directory) / f'{stem}_{n}.png'
+    n += 1
+
+
+def _taken(path: Path) -> bool:
+  return path.exists() or checkpoint_lib.path_for(path).exists()
+
+
+def default_output_path(
+  content_path: str, style_path: str | Sequence[str], directory: str = DEFAULT_OUTPUT_DIR
+) -> Path:
+  """The first automatic name that is neither a file nor has a checkpoint."""
+  for path in candidates(content_path, style_path, directory):
+    if not _taken(path):
+      return path
+  raise AssertionError('unreachable')
+
+
+def resume_output_path(
+  content_path: str, style_path: str | Sequence[str], directory: str = DEFAULT_OUTPUT_DIR
+) -> Path:
+  """The newest automatic name that has a checkpoint, for --resume."""
+  found = _resumable(content_path, style_path, directory)
+  if found is None:
+    raise errors.NstError(
+      f'nothing to resume: no checkpoint for these images under {directory}/; run without '
+      '--resume, or name the interrupted run with --output'
+    )
+  return found
+
+
+def _resumable(content: str, styles, directory: str) -> Path | None:
+  found = None
+  for path in candidates(content, styles, directory):
+    if not checkpoint_lib.path_for(path).exists():
+      if path.exists():
+        continue  # a finished run without checkpoint; later names may have one
+      break
+    found = path
+  return found
+
+
+def single_output(output: str, content: str, styles: Sequence[str], *, resume: bool) -> Path:
+  """The result file of a single run, from --output (a file, a directory or '')."""
+  if output and not names_output_directory(output):
+    return Path(output)
+  directory = output or DEFAULT_OUTPUT_DIR
+  if resume:
+    return resume_output_path(content, styles, directory)
+  return default_output_path(content, styles, directory)
+
+
+def assign_outputs(jobs: Iterable, directory: str, *, resume: bool = False) -> list:
+  """Gives every job without an output an automatic name in `directory`.
+
+  Names are unique within the batch and never replace an existing file or
+  checkpoint; with `resume`, a job whose automatic name has a checkpoint
+  (finished or not) keeps that name, so the batch continues where it was.
+
+  Args:
+    jobs: objects with `content`, `style` and `output` fields (nst_jax.io.jobs.Job).
+    directory: where automatic names go.
+    resume: pick the names whose checkpoints exist.
+
+  Raises:
+    ConfigError: two jobs name the same output.
+  """
+  taken: set[str] = set()
+  result = []
+  for job in jobs:
+    output = job.output
+    if not output:
+      found = None
+      if resume:
+        for path in candidates(job.content, job.style, directory):
+          if str(path) in taken:
+            continue
+          if checkpoint_lib.path_for(path).exists():
+            found = path
+            break
+          if not path.exists():
+            break
+      if found is None:
+        found = next(
+          p
+          for p in candidates(job.content, job.style, directory)
+          if str(p) not in taken and not _taken(p)
+        )
+      output = str(found)
+    elif output in taken:
+      raise errors.ConfigError(f'two jobs write {output}; give each job its own output')
+    image_lib.check_output(output)
+    taken.add(output)
+    result.append(dataclasses.replace(job, output=output))
+  return result
+
+
+def check_writable(path: Path, bit_depth: int = 8) -> None:
+  """Fails early if the image `path` cannot be written; creates nothing."""
+  path = Path(path)
+  if path.is_dir():
+    raise errors.NstError(f'output {path} is a directory; name a file such as out.png')
+  output_plan.check_format(path, image_lib.check_output(path, bit_depth), bit_depth)
+  output_plan.check_place(path)
+
+
+def check_not_unfinished(ckpt: Path) -> None:
+  """Refuses to start over a run whose checkpoint is unfinished (without --resume)."""
+  if not ckpt.exists():
+    return
+  payload = checkpoint_lib.read(ckpt)
+  if checkpoint_lib.unfinished(payload):
+    scales = payload.get('scales', 1)
+    where = f' at scale {payload.get("scale", 0) + 1} of {scales}' if scales > 1 else ''
+    raise errors.NstError(
+      f'{ckpt} holds an unfinished run ({payload["iteration"]} of {payload["total"]} '
+      f'iterations{where}); continue it with --resume, or delete it to start over'
+    )

@@ -1,0 +1,172 @@
+"""`stylize`: style transfer on arrays, the library's one-call entry point.
+
+Arrays in, arrays out, nothing read or written unless asked (a checkpoint);
+`nst_jax.runs.runner.run` is the same on files. Both run the engine, so the
+schedule, colour controls, masks and checkpoints behave identically.
+"""
+
+from collections.abc import Callable, Sequence
+import os
+
+import jax
+import numpy as np
+
+from nst_jax import config as config_lib
+from nst_jax import errors
+from nst_jax.core import step as core
+from nst_jax.engine import engine as engine_lib
+from nst_jax.engine import hooks as hooks_lib
+from nst_jax.engine import rows as rows_lib
+from nst_jax.engine import sharding as sharding_lib
+from nst_jax.io import images as image_lib
+from nst_jax.io import weights as weights_lib
+
+
+def _masks(value, n: int, lead: int, shape: tuple[int, ...], what: str):
+  """Per-image masks: [n, ...] from [...] or [n, ...], checked against `shape`."""
+  if value is None:
+    return [None] * n
+  m = np.asarray(value, np.float32)
+  if m.ndim == lead:
+    m = np.broadcast_to(m, (n, *m.shape))
+  if m.shape[1:] != shape or m.shape[0] not in (1, n):
+    raise errors.ConfigError(f'{what} {m.shape} for images of {shape}; {_MASK_HELP[what]}')
+  return [m[min(k, m.shape[0] - 1)] for k in range(n)]
+
+
+_MASK_HELP = {
+  'content mask': 'give [H, W] or [N, H, W] at the content size',
+  'style masks': 'give one mask per style, [S, H, W] or [N, S, H, W]',
+}
+
+
+def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint):
+  """The engine's rows for arrays: one per content image, checked."""
+  content_b = np.asarray(core.batched(content))
+  items = list(style) if isinstance(style, (list, tuple)) else [style]
+  if not items:
+    raise errors.ConfigError('no style image given')
+  styles = [np.asarray(core.batched(s)) for s in items]
+  n, height, width = content_b.shape[:3]
+  if style_masks is not None and cfg.inputs.style_blend_weights is not None:
+    raise errors.ConfigError(
+      'style blend weights and style masks exclude each other: with masks each style governs '
+      'its own region'
+    )
+  cmasks = _masks(content_mask, n, 2, (height, width), 'content mask')
+  smasks = _masks(style_masks, n, 3, (len(styles), height, width), 'style masks')
+  if cfg.inputs.init not in config_lib.INITS and init_image is None:
+    init_image = image_lib.load_image(cfg.inputs.init, max_pixels=cfg.inputs.max_image_pixels)
+  init = None if init_image is None else np.asarray(core.batched(init_image))
+  if checkpoint is not None and n != 1:
+    raise errors.ConfigError('a checkpoint holds one image; stylize a batch without one')
+  return {
+    k: rows_lib.Row(
+      content=content_b[k],
+      styles=[s[min(k, s.shape[0] - 1)] for s in styles],
+      content_mask=cmasks[k],
+      style_masks=smasks[k],
+      init_rgb=None if init is None else init[min(k, init.shape[0] - 1)],
+      checkpoint=checkpoint,
+    )
+    for k in range(n)
+  }
+
+
+def stylize(
+  content: jax.typing.ArrayLike,
+  style: jax.typing.ArrayLike | Sequence[jax.typing.ArrayLike],
+  *,
+  config: config_lib.StyleConfig | None = None,
+  weights: 'weights_lib.Weights | str | os.PathLike | None' = None,
+  callback: Callable[[int, np.ndarray], None] | None = None,
+  checkpoint: str | os.PathLike | None = None,
+  should_stop: Callable[[], int | None] | None = None,
+  content_mask: jax.typing.ArrayLike | None = None,
+  style_masks: jax.typing.ArrayLike | None = None,
+  init_image: jax.typing.ArrayLike | None = None,
+  record: dict | None = None,
+  monitor=None,
+  loss_fn: core.LossFn = core.objective,
+) -> np.ndarray:
+  """Transfers the style of `style` onto `content`.
+
+  The images are used at the size given (the content's width is the output
+  width; `config.inputs.width` is ignored). For each stage of the schedule
+  (`nst_jax.engine.schedule.plan`: by default all of `config.schedule.iterations`
+  at one scale, or coarse to fine), content, styles (by the same ratio) and
+  masks are resized, the targets computed, and the jitted step run from the
+  previous stage's result upsampled; the colour controls of `config.color`
+  apply before and after.
+
+  Args:
+    content: RGB in [0, 1], [H, W, 3] or [N, H, W, 3] (N independent images).
+    style: RGB in [0, 1], [Hs, Ws, 3] (any size) or [N, Hs, Ws, 3], or a list
+      of those for several styles (blended with
+      `config.inputs.style_blend_weights`, or placed by `style_masks`).
+    config: the settings (paths are ignored); None = StyleConfig() defaults.
+    weights: loaded Weights, a path, or None for the default location.
+    callback: called as callback(iteration, rgb) every `config.save.save_iter`
+      iterations and when stopped, with the current RGB images ([N, H, W, 3]
+      at the current scale, as they would be saved); iterations count on
+      across scales.
+    checkpoint: a checkpoint file (one image only), written every
+      `config.run.checkpoint_every` iterations, at the end of each scale and
+      when stopped; with `config.run.resume` the run continues from it.
+    should_stop: polled after every iteration; a non-zero return (a signal
+      number) saves the checkpoint and image, then raises Interrupted.
+    content_mask: [H, W] or [N, H, W] in [0, 1]: weight of the content loss
+      per pixel (None: 1 everywhere).
+    style_masks: [S, H, W] or [N, S, H, W] in [0, 1], one per style: where
+      each style applies (guided Grams, Gatys et al. 2017).
+    init_image: RGB start image when `config.inputs.init` names a file (read
+      from that path if this is None).
+    record: a dict to fill with what happened: 'scales' (size, iterations,
+      why it stopped, compile and run seconds per stage) and 'history' (the
+      losses every `config.run.print_iter` iterations).
+    monitor: a live view (nst_jax.engine.preview.Preview, or anything with its
+      `due` and `update`), shown image 0; never waited for.
+    loss_fn: the per-image loss (core.objective; see core.update_step).
+
+  Returns:
+    RGB float32 in [0, 1] with the leading shape of `content`.
+  """
+  cfg = config or config_lib.StyleConfig()
+  w = weights_lib.as_weights(weights)
+  squeeze = np.ndim(content) == 3
+  rows = _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint)
+  n = len(rows)
+  height, width = rows[0].content.shape[:2]
+  cfg = cfg.replace(inputs=cfg.inputs.replace(width=width))
+  layout = sharding_lib.SingleLayout(n)
+  if cfg.run.shard == 'spatial' and jax.local_device_count() > 1 and n == 1:
+    layout = sharding_lib.SpatialLayout(sharding_lib.spatial_devices(height, jax.local_devices()))
+  engine = engine_lib.Engine(cfg, w, layout, loss_fn=loss_fn)
+  resume = None
+  if cfg.run.resume and checkpoint is not None:
+    resume = engine_lib.resume_point(checkpoint)
+    if resume is None:
+      raise errors.NstError(f'no checkpoint {checkpoint} to resume; run without --resume to start')
+  history = hooks_lib.History(cfg.run.print_iter, range(n))
+
+  def on_intermediate(iteration, images):
+    if callback is not None:
+      callback(iteration, np.stack([images[k] for k in sorted(images)]))
+
+  watch = engine_lib.Watch(
+    progress=cfg.run.progress,
+    print_iter=cfg.run.print_iter,
+    checkpoint_every=cfg.run.checkpoint_every,
+    save_iter=cfg.save.save_iter,
+    on_intermediate=on_intermediate,
+    monitor=monitor,
+    should_stop=should_stop,
+    history=history,
+  )
+  scales = {} if record is not None else None
+  results = engine.run(rows, real=tuple(range(n)), watch=watch, resume=resume, record=scales)
+  if record is not None:
+    record['scales'] = scales.get('scales', [])
+    record['history'] = history.history[0]
+  out = np.stack([results[k] for k in range(n)]).astype(np.float32)
+  return out[0] if squeeze else out

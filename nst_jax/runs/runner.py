@@ -1,0 +1,425 @@
+"""The file pipeline: image files in, result files out, for single runs and batches.
+
+Both go the same way: name and check every output before any work, estimate
+the memory, read the images into `engine.Row`s, fetch the weights, run the
+engine with the hooks (progress, checkpoints, intermediates, preview,
+record) under signal handling, then write each result with its run record.
+A batch does this per group of same-shaped jobs, each process for its own
+jobs, with every step that can fail on one process agreed by all
+(nst_jax.engine.distributed).
+"""
+
+from collections.abc import Sequence
+import contextlib
+import os
+from pathlib import Path
+import sys
+import time
+
+from absl import logging
+import jax
+import numpy as np
+
+from nst_jax import config as config_lib
+from nst_jax import errors
+from nst_jax.core import vgg
+from nst_jax.engine import engine as engine_lib
+from nst_jax.engine import hooks as hooks_lib
+from nst_jax.engine import memory as memory_lib
+from nst_jax.engine import preview as preview_lib
+from nst_jax.engine import rows as rows_lib
+from nst_jax.engine import schedule as schedule_lib
+from nst_jax.engine import sharding as sharding_lib
+from nst_jax.io import checkpoint as checkpoint_lib
+from nst_jax.io import images as image_lib
+from nst_jax.io import output_plan
+from nst_jax.io import outputs
+from nst_jax.io import record as record_lib
+from nst_jax.io import weights as weights_lib
+
+
+def style_width(cfg: config_lib.StyleConfig, width: int) -> int:
+  return max(1, round(cfg.inputs.style_scale * width))
+
+
+def output_height(path: str, cfg: config_lib.StyleConfig) -> int:
+  """The result's height for a content file, from its header (nothing decoded)."""
+  size = image_lib.image_size(path, max_pixels=cfg.inputs.max_image_pixels)
+  return image_lib.resized_height(*size, cfg.inputs.width)
+
+
+def largest_height(content: str, styles: Sequence[str], cfg: config_lib.StyleConfig) -> int:
+  """The largest image height the step sees at the output width (content or a style)."""
+  width = cfg.inputs.width
+  sw = style_width(cfg, width)
+  heights = [output_height(content, cfg)]
+  for path in styles:
+    size = image_lib.image_size(path, max_pixels=cfg.inputs.max_image_pixels)
+    heights.append(image_lib.resized_height(*size, sw) * sw // width)
+  return max(heights)
+
+
+def load_row(
+  cfg: config_lib.StyleConfig,
+  content: str,
+  styles: Sequence[str],
+  *,
+  content_mask: str = '',
+  style_masks: Sequence[str] = (),
+  content_weight: float | None = None,
+  style_weight: float | None = None,
+  checkpoint: Path | None = None,
+) -> rows_lib.Row:
+  """Reads one job's images, masks and start image into a Row."""
+  i = cfg.inputs
+  if style_masks and len(style_masks) != len(styles):
+    raise errors.ConfigError(
+      f'{len(style_masks)} style masks for {len(styles)} style images; give one mask per style, '
+      'in the same order'
+    )
+  rgb = image_lib.load_image(content, width=i.width, max_pixels=i.max_image_pixels)
+  sw = style_width(cfg, i.width)
+  style_rgb = [image_lib.load_image(s, width=sw, max_pixels=i.max_image_pixels) for s in styles]
+  height = rgb.shape[0]
+
+  def mask(path):
+    return image_lib.load_mask(path, height, i.width, max_pixels=i.max_image_pixels)
+
+  init = None
+  if i.init not in config_lib.INITS:
+    init = image_lib.load_image(i.init, max_pixels=i.max_image_pixels)
+  return rows_lib.Row(
+    content=rgb,
+    styles=style_rgb,
+    content_weight=content_weight,
+    style_weight=style_weight,
+    content_mask=mask(content_mask) if content_mask else None,
+    style_masks=np.stack([mask(p) for p in style_masks]) if style_masks else None,
+    init_rgb=init,
+    checkpoint=checkpoint,
+  )
+
+
+def check_size(cfg: config_lib.StyleConfig, row: rows_lib.Row, what: str = '') -> None:
+  """Refuses images smaller than the deepest layer needs, at the coarsest scale."""
+  need = vgg.min_input_size(cfg.loss.feature_layers)
+  stages = schedule_lib.plan(cfg.inputs.width, cfg.schedule)
+  ratio = stages[0].width / cfg.inputs.width
+  images = [('content', row.content)] + [('style', s) for s in row.styles]
+  for name, x in images:
+    h, w = (max(1, round(v * ratio)) for v in x.shape[:2])
+    if min(h, w) < need:
+      where, fix = 'at this width', 'a larger width (-w)'
+      if len(stages) > 1:
+        where, fix = 'at the coarsest scale', 'a larger width (-w) or fewer --scales'
+      raise errors.ImageError(
+        f'the {name} image{what} is {w}x{h} px {where}, but the layers used need at least '
+        f'{need} px on each side; use {fix}'
+      )
+
+
+@contextlib.contextmanager
+def serving(port: int | None, *, title: str):
+  """The live preview page on `port` for the duration of the block (None: none)."""
+  if port is None:
+    yield None
+    return
+  preview = preview_lib.Preview(port, title=title)
+  print(f'live preview: {preview.url}', file=sys.stderr, flush=True)
+  linger = preview_lib.DEFAULT_LINGER_S
+  try:
+    yield preview
+  except BaseException as e:
+    preview.fail(f'failed: {e}' if str(e) else f'failed: {type(e).__name__}')
+    linger = 1.0  # let a watching page see why, but do not hold up the exit
+    raise
+  finally:
+    preview.close(linger_s=linger)
+
+
+def _layout(cfg: config_lib.StyleConfig, height: int) -> sharding_lib.Layout:
+  if cfg.run.shard == 'spatial' and jax.local_device_count() > 1:
+    devices = sharding_lib.spatial_devices(height, jax.local_devices())
+    if len(devices) < jax.local_device_count():
+      logging.warning(
+        'spatial sharding: a height of %d rows splits evenly over %d of the %d devices; a '
+        'height divisible by %d uses them all',
+        height,
+        len(devices),
+        jax.local_device_count(),
+        jax.local_device_count(),
+      )
+    logging.info('Spatial sharding: %d rows over %d devices.', height, len(devices))
+    return sharding_lib.SpatialLayout(devices)
+  return sharding_lib.SingleLayout()
+
+
+class Results:
+  """Writes each row's intermediates, result and run record to its own files.
+
+  Single runs and batches both write through this: one output path per
+  row, with the row's intermediates beside it and (with `cfg.save.record`)
+  NAME.json, NAME.loss.png and NAME.sheet.jpg.
+
+  Args:
+    cfg: the settings (format, record) and, per row, `configs` for the record.
+    weights_info: the weights' provenance, for the record.
+    paths: row -> output file.
+    rows: row -> the Row (its images go on the contact sheet).
+    icc: row -> the content's ICC profile, or None.
+    configs: row -> the settings to record for it (default: `cfg`).
+  """
+
+  def __init__(self, cfg, weights_info, paths, rows, *, icc=None, configs=None, prefix=''):
+    self.cfg, self.info = cfg, weights_info
+    self.paths, self.rows = dict(paths), rows
+    self.icc = icc or {}
+    self.configs = configs or {}
+    self.prefix = prefix
+    self.intermediates: dict[int, list[np.ndarray]] = {r: [] for r in self.paths}
+    self.saved: dict[int, list[str]] = {r: [] for r in self.paths}
+    # Made once the plan passed under the locks: the planned intermediates
+    # that exist now are this output's own. Any other name (one saved on a
+    # signal, or one another run wrote since) is written only where no file is.
+    every, total = cfg.save.save_iter, cfg.schedule.iterations
+    planned = [i for p in self.paths.values() for i in output_plan.intermediates(p, every, total)]
+    self.replaceable = {p for p in planned if os.path.lexists(p)}
+    self.t0 = time.perf_counter()
+    self.history = hooks_lib.History(cfg.run.print_iter, list(self.paths), t0=self.t0)
+
+  def _save(self, path, rgb, r) -> None:
+    save = self.cfg.save
+    image_lib.save_image(
+      path, rgb, bit_depth=save.bit_depth, quality=save.quality, icc=self.icc.get(r)
+    )
+
+  def intermediate(self, iteration: int, images: dict[int, np.ndarray]) -> None:
+    """The engine's on_intermediate: <name>_<iteration>.png beside each output."""
+    for r, rgb in images.items():
+      path = output_plan.intermediate_path(self.paths[r], iteration)
+      if os.path.lexists(path) and path not in self.replaceable:
+        logging.warning('%skept %s: the image of iteration %d was not saved', self.prefix, path,
+                        iteration)  # fmt: skip
+        continue
+      self._save(path, rgb, r)
+      self.saved[r].append(path.name)
+      if self.cfg.save.record:
+        self.intermediates[r].append(rgb)
+      logging.info('%ssaved %s', self.prefix, path)
+
+  def write(self, r: int, rgb: np.ndarray, record: dict) -> Path:
+    """Saves row r's result and its run record; returns the result's path."""
+    path = Path(self.paths[r])
+    self._save(path, rgb, r)
+    logging.info('%ssaved %s', self.prefix, path)
+    if self.cfg.save.record:
+      row = self.rows[r]
+      record_lib.write(
+        path,
+        config=self.configs.get(r, self.cfg),
+        weights_info=self.info,
+        record={**record, 'history': self.history.history[r], 'intermediates': self.saved[r]},
+        total_s=time.perf_counter() - self.t0,
+        content=row.content,
+        styles=list(row.styles),
+        result=rgb,
+        intermediates=self.intermediates[r],
+      )
+    return path
+
+
+def watch(cfg, results: Results, *, preview=None, monitor_row=0, should_stop=None, prefix=''):
+  """The hooks a run from files wants: progress, checkpoints, intermediates, preview, record."""
+  return engine_lib.Watch(
+    progress=cfg.run.progress,
+    print_iter=cfg.run.print_iter,
+    prefix=prefix,
+    checkpoint_every=cfg.run.checkpoint_every,
+    save_iter=cfg.save.save_iter,
+    on_intermediate=results.intermediate,
+    monitor=preview,
+    monitor_row=monitor_row,
+    should_stop=should_stop,
+    history=results.history,
+  )
+
+
+def _single_output(cfg: config_lib.StyleConfig) -> Path:
+  """The result's path, checked, and its checkpoint's state checked against --resume."""
+  i = cfg.inputs
+  if not cfg.style_paths:
+    raise errors.ConfigError('no style image given; name one or more with -sp a.jpg,b.jpg')
+  output = outputs.single_output(
+    cfg.save.path, i.content_path, cfg.style_paths, resume=cfg.run.resume
+  )
+  outputs.check_writable(output, cfg.save.bit_depth)
+  ckpt = checkpoint_lib.path_for(output)
+  legacy = output_plan.legacy_derived(output, checkpoint_lib.SUFFIX)
+  if cfg.run.resume and not ckpt.exists() and legacy is not None and legacy.exists():
+    raise errors.NstError(
+      f"no checkpoint {ckpt} to resume, but {legacy} may be this run's, named as nst-jax did "
+      f'before 2026-12 for non-PNG outputs: rename it to {ckpt.name} and resume again'
+    )
+  if cfg.run.resume and not ckpt.exists():
+    raise errors.NstError(f'no checkpoint {ckpt} to resume; run without --resume to start')
+  return output
+
+
+def input_files(cfg: config_lib.StyleConfig, *, owner: str = '') -> dict[str, str]:
+  """Every file a run reads, by what it is ('style image 2'), for the output planner."""
+  i = cfg.inputs
+  files = {f'content image{owner}': i.content_path}
+  styles = cfg.style_paths
+  for k, path in enumerate(styles, 1):
+    files[f'style image{f" {k}" if len(styles) > 1 else ""}{owner}'] = path
+  if i.content_mask:
+    files[f'content mask{owner}'] = i.content_mask
+  for k, path in enumerate(i.style_masks, 1):
+    files[f'style mask {k}{owner}'] = path
+  if i.init not in config_lib.INITS:
+    files[f'init image{owner}'] = i.init
+  files['weights file'] = str(weights_lib.resolve_weights_path(cfg.model.weights or None))
+  return {what: path for what, path in files.items() if path}
+
+
+def planned_output(cfg: config_lib.StyleConfig, output: Path, height: int, **kwargs):
+  """The planner's view of an image result of `cfg` at `height` x width (output_plan.Output)."""
+  pixels = height * cfg.inputs.width
+  buffers = memory_lib.optimizer_image_buffers(cfg.optim.name, cfg.optim.lbfgs_memory)
+  return output_plan.image_output(
+    output,
+    pixels=pixels,
+    state_bytes=output_plan.state_bytes(pixels, image_buffers=buffers + 1),
+    record=cfg.save.record,
+    save_iter=cfg.save.save_iter,
+    iterations=cfg.schedule.iterations,
+    **kwargs,
+  )
+
+
+def _check_memory(cfg: config_lib.StyleConfig, layout: sharding_lib.Layout) -> None:
+  # Sizes from the headers, so a huge -w is refused before anything is decoded.
+  i = cfg.inputs
+  height = largest_height(i.content_path, cfg.style_paths, cfg)
+  spatial = len(layout.mesh.devices.flat) if isinstance(layout, sharding_lib.SpatialLayout) else 1
+  need, have = memory_lib.check_memory(height, i.width, config=cfg, spatial_devices=spatial)
+  logging.info(
+    'A %dx%d run needs about %.1f GB of memory (%s available).',
+    i.width,
+    height,
+    need / 1e9,
+    'unknown' if have is None else f'{have / 1e9:.1f} GB',
+  )
+
+
+def run(cfg: config_lib.StyleConfig) -> Path:
+  """Reads the images named in `cfg`, stylizes, and writes the result.
+
+  The output is checked for writability and the memory need estimated before
+  any computation; intermediate images (every `cfg.save.save_iter`) go beside
+  it as <name>_<iteration>.png and the checkpoint as <name>.ckpt. SIGINT and
+  SIGTERM save the checkpoint and the current image, then raise Interrupted.
+  Every file is written atomically, in the output's format with the content
+  image's ICC profile.
+
+  Returns:
+    The path written.
+  """
+  i = cfg.inputs
+  output = _single_output(cfg)
+  height = output_height(i.content_path, cfg)
+  layout = _layout(cfg, height)
+  _check_memory(cfg, layout)
+  plan = [planned_output(cfg, output, height)]
+  _check_plan(cfg, plan)
+  if not cfg.run.resume:  # after the plan: a checkpoint name that is an input is refused there
+    outputs.check_not_unfinished(checkpoint_lib.path_for(output))
+  return _run_single(cfg, output, layout, plan)
+
+
+def _check_plan(cfg: config_lib.StyleConfig, plan) -> None:
+  output_plan.check(plan, inputs=input_files(cfg), overwrite=cfg.save.overwrite)
+
+
+def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan) -> Path:
+  """`run` once its output is planned: inputs, weights, then the locks and the engine."""
+  i = cfg.inputs
+  ckpt = checkpoint_lib.path_for(output)
+  row = load_row(
+    cfg,
+    i.content_path,
+    cfg.style_paths,
+    content_mask=i.content_mask,
+    style_masks=i.style_masks,
+    checkpoint=ckpt,
+  )
+  check_size(cfg, row)
+  icc = image_lib.icc_profile(i.content_path, max_pixels=i.max_image_pixels)
+  # Bound before the weights load and the compile, so a busy port fails fast.
+  with serving(cfg.run.serve, title=output.name) as preview, contextlib.ExitStack() as held:
+    w = weights_lib.get_weights(cfg.model.weights, urls=cfg.model.weights_url)
+    # Locked once every input has loaded: a run refused until here wrote nothing.
+    held.enter_context(output_plan.locked(plan, then_check=lambda: _check_plan(cfg, plan)))
+    logging.info(
+      'Styling %s (%dx%d) after %s, with the VGG-19 weights from %s.',
+      i.content_path,
+      row.content.shape[1],
+      row.content.shape[0],
+      ' and '.join(cfg.style_paths),
+      w.info.source,
+    )
+    results = Results(cfg, w.info, {0: output}, {0: row}, icc={0: icc})
+    resume = engine_lib.resume_point(ckpt) if cfg.run.resume else None
+    if resume is not None:
+      logging.info(
+        'Resuming %s after iteration %d (scale %d).', ckpt, resume.iteration, resume.scale + 1
+      )
+    record = {}
+    with hooks_lib.stop_on_signals() as stop:
+      rgb = engine_lib.Engine(cfg, w, layout).run(
+        {0: row},
+        real=(0,),
+        watch=watch(cfg, results, preview=preview, should_stop=stop),
+        resume=resume,
+        record=record,
+      )[0]
+    try:
+      results.write(0, rgb, record)
+    except errors.WriteError as e:
+      if ckpt.exists():
+        raise errors.WriteError(
+          f'{e}; the checkpoint {ckpt} is kept: then continue with run.resume'
+        ) from None
+      raise
+    if preview is not None:
+      preview.finish(rgb, output)
+    if not cfg.run.keep_checkpoint:
+      ckpt.unlink(missing_ok=True)  # finished: the result is saved, free the space
+    logging.info('%s', summary(output, record, results))
+    return output
+
+
+def duration(seconds: float) -> str:
+  """Seconds in words: 12.3 s, 4 min 5 s, 2 h 3 min."""
+  if seconds < 60:
+    return f'{seconds:.1f} s'
+  minutes, s = divmod(round(seconds), 60)
+  return f'{minutes} min {s} s' if minutes < 60 else f'{minutes // 60} h {minutes % 60} min'
+
+
+def summary(output: Path, record: dict, results: Results) -> str:
+  """One line at the end of a run: where, how long, how many iterations, why it stopped."""
+  stages = record.get('scales', [])
+  done = sum(s['iterations'] for s in stages)
+  why = ''
+  if stages and stages[-1]['stopped'] == 'converged':
+    why = (
+      f' (converged after {stages[-1]["iterations"]} of {stages[-1]["budget"]} at the last scale)'
+    )
+  history = results.history.history[0]
+  loss = f', final loss {history[-1]["total"]:.4g}' if history else ''
+  where = ''
+  if results.cfg.save.record:
+    where = f'; run record {record_lib.paths_for(output)["json"]}'
+  elapsed = duration(time.perf_counter() - results.t0)
+  return f'Done: {output} in {elapsed}, {done} iterations{why}{loss}{where}.'

@@ -1,0 +1,532 @@
+"""Video style transfer (Ruder et al.): frames kept consistent by optical flow.
+
+Two ways to run a clip, both through the engine:
+
+  * one pass (`--passes 1`, the default): frame t starts from frame t-1's
+    result warped by the flow (disoccluded pixels from the content frame) and
+    adds the temporal term `temporal_weight * mean(c (x - warp(x_{t-1}))^2)`
+    to its objective. The flow of the next pair is computed on the host while
+    the device optimises the current frame.
+  * several passes (`--passes N`): every frame is stylised on its own first;
+    then each pass, alternating in direction, starts every frame from a blend
+    of its result and its neighbour's warped result (weight blend * c) with
+    the temporal term towards that neighbour. Within a pass the frames are
+    independent problems, so they run as one batch over every device (and
+    host), like a batch of jobs.
+
+Each finished frame is kept (16-bit PNG) in a hidden work directory beside
+the output, with the running frame's checkpoint, so `--resume` continues at
+the first unfinished frame (one pass) or the last unfinished pass; signals
+save as for images. The video (or frame directory) appears only when
+complete, with the run record (per-frame losses and timings) beside it.
+
+Reference: Ruder, Dosovitskiy & Brox, "Artistic style transfer for videos",
+GCPR 2016 (arXiv:1604.08610), and "Artistic style transfer for videos and
+spherical images", IJCV 2018 (multi-pass, Sec. 3.3).
+"""
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import json
+import os
+from pathlib import Path
+import re
+import shutil
+import time
+
+from absl import logging
+import jax
+import numpy as np
+
+from nst_jax import config as config_lib
+from nst_jax import errors
+from nst_jax.core import losses
+from nst_jax.core import step as core
+from nst_jax.engine import engine as engine_lib
+from nst_jax.engine import hooks as hooks_lib
+from nst_jax.engine import memory as memory_lib
+from nst_jax.engine import rows as rows_lib
+from nst_jax.engine import schedule as schedule_lib
+from nst_jax.engine import sharding as sharding_lib
+from nst_jax.io import images as image_lib
+from nst_jax.io import output_plan
+from nst_jax.io import outputs
+from nst_jax.io import record as record_lib
+from nst_jax.io import video as video_lib
+from nst_jax.io import weights as weights_lib
+from nst_jax.runs import flow as flow_lib
+from nst_jax.runs import runner as pipeline
+
+
+def video_objective(image, params, targets, *, model, loss_config):
+  """`core.objective` plus the temporal term of Ruder et al. (`losses.temporal_loss`).
+
+  `targets.extra` holds 'previous' [H, W, 3] (the neighbour's result warped
+  into this frame, network space), 'weight' [H, W] (c) and
+  'temporal_weight' (a scalar).
+  """
+  total, aux = core.objective(image, params, targets, model=model, loss_config=loss_config)
+  t = targets.extra
+  l_t = losses.temporal_loss(image, t['previous'], t['weight'])
+  total = total + t['temporal_weight'] * l_t
+  return total, {**aux, 'total': total, 'temporal': l_t}
+
+
+@dataclasses.dataclass
+class _Paths:
+  """Where a video run keeps its work and writes its result."""
+
+  output: Path  # the .mp4, or the frame directory
+  as_frames: bool
+  work: Path  # hidden: finished frames and checkpoints
+
+  def frame(self, k: int, stage: str = 'final') -> Path:
+    return self.work / stage / f'frame_{k:05d}.png'
+
+  def checkpoint(self, k: int, stage: str = 'final') -> Path:
+    return self.work / stage / f'frame_{k:05d}.ckpt'
+
+
+def _paths(cfg: config_lib.StyleConfig) -> _Paths:
+  """The result (an .mp4, or a directory for PNG frames) and the work directory, checked."""
+  path = cfg.save.path
+  if path and path.endswith(('/', '\\')):
+    output, as_frames = Path(path), True
+    if output.exists() and any(output.iterdir()):
+      raise errors.ConfigError(f'{output} already holds files; name a new or empty directory')
+  elif path:
+    output, as_frames = Path(path), False
+    if output.suffix.lower() != '.mp4':
+      raise errors.ConfigError(
+        f'--output {output} for a video must end in .mp4, or name a directory (ending in /) '
+        'for PNG frames'
+      )
+  else:
+    as_frames = False
+    for candidate in outputs.candidates(cfg.inputs.content_path, cfg.style_paths, 'output'):
+      output = candidate.with_suffix('.mp4')
+      work = output.with_name(f'.{output.name}.work')
+      if cfg.run.resume and work.exists():
+        break
+      if not cfg.run.resume and not output.exists() and not work.exists():
+        break
+  work = output.with_name(f'.{output.name}.work')
+  if os.path.lexists(work):
+    _check_work(work)
+  stale = work.is_dir() and not _holds_work(work)
+  if stale and jax.process_index() == 0:
+    # Left by a run that failed before finishing a frame: nothing to resume.
+    # Under the output's lock: a run still starting up would hold it.
+    with output_plan.locked([output_plan.Output(output, derived=())]):
+      logging.warning('Discarded %s: the run that left it finished no frame.', work)
+      shutil.rmtree(work)
+  started = work.exists() and not stale
+  if started and not cfg.run.resume:
+    raise errors.NstError(
+      f'{work} holds an unfinished video run; continue it with --resume, or delete it to start over'
+    )
+  if cfg.run.resume and not started:
+    raise errors.NstError(f'nothing to resume: no {work}; run without --resume to start')
+  output_plan.check_place(output / 'frame.png' if as_frames else output)
+  return _Paths(output, as_frames, work)
+
+
+# What a video run keeps in its work directory: per stage ('final', 'pass2'),
+# finished frames, checkpoints and their temporaries (image.atomic_write).
+_WORK_STAGE = re.compile(r'final|pass\d+')
+_WORK_FILE = re.compile(r'\.?frame_\d{5}\.(png|ckpt)(\.[a-z0-9_]{8}\.tmp)?')
+
+
+def _check_work(work: Path) -> None:
+  """Refuses a work directory holding anything a video run does not write there."""
+  if work.is_symlink() or not work.is_dir():
+    raise errors.NstError(f'{work} is not an nst-jax work directory; move it away to run')
+  for entry in work.iterdir():
+    ours = _WORK_STAGE.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink()
+    found = [entry] if not ours else [
+      p for p in entry.iterdir() if not (_WORK_FILE.fullmatch(p.name) and p.is_file())
+    ]  # fmt: skip
+    if found:
+      raise errors.NstError(
+        f'{work} holds {found[0].relative_to(work)}, which no video run writes there; move it '
+        'away to run'
+      )
+
+
+def _holds_work(work: Path) -> bool:
+  """Whether a work directory holds a finished frame or a checkpoint worth resuming."""
+  return any(p.suffix in ('.png', '.ckpt') for p in work.rglob('frame_*'))
+
+
+def _load_frame(path: Path) -> np.ndarray:
+  return image_lib.load_image(path)
+
+
+def _quantized(rgb) -> np.ndarray:
+  """What `_load_frame(_save_frame(rgb))` gives, without the file."""
+  levels = np.round(np.clip(np.asarray(rgb, np.float64), 0.0, 1.0) * 65535.0)
+  return levels.astype(np.float32) / np.float32(65535.0)
+
+
+def _save_frame(path: Path, rgb: np.ndarray) -> None:
+  # 16 bits: the next frame starts from this one, so keep its precision.
+  path.parent.mkdir(parents=True, exist_ok=True)
+  image_lib.save_image(path, rgb, bit_depth=16)
+
+
+class _Flows:
+  """Flows between consecutive content frames, computed ahead in a thread (the host's work)."""
+
+  def __init__(self, frames: list[np.ndarray], preset: str):
+    self.frames = frames
+    self.preset = preset
+    self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='nst-jax-flow')
+    self.pending: dict[int, concurrent.futures.Future] = {}
+    self.seconds = 0.0
+
+  def _compute(self, t: int) -> flow_lib.Flows:
+    t0 = time.perf_counter()
+    out = flow_lib.flows(self.frames[t - 1], self.frames[t], self.preset)
+    self.seconds += time.perf_counter() - t0
+    return out
+
+  def prefetch(self, t: int) -> None:
+    if 0 < t < len(self.frames) and t not in self.pending:
+      self.pending[t] = self.pool.submit(self._compute, t)
+
+  def get(self, t: int) -> tuple[flow_lib.Flows, float]:
+    """The flows into frame t, and the seconds the run waited for them."""
+    self.prefetch(t)
+    t0 = time.perf_counter()
+    out = self.pending.pop(t).result()
+    return out, time.perf_counter() - t0
+
+  def close(self) -> None:
+    self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _temporal(prev_rgb, flows, weight_scale, convention, content):
+  """(start image, extra targets) for a frame from its neighbour's result and the flows."""
+  warped = np.clip(flow_lib.warp(prev_rgb, flows.backward), 0.0, 1.0)
+  c = flows.weight
+  start = c[..., None] * warped + (1.0 - c[..., None]) * content
+  extra = {
+    'previous': np.asarray(image_lib.preprocess(warped[None], convention)[0]),
+    'weight': c,
+    'temporal_weight': np.float32(weight_scale),
+  }
+  return start, extra
+
+
+def _no_temporal(content, convention):
+  h, w = content.shape[:2]
+  return {
+    'previous': np.zeros((h, w, 3), np.float32),
+    'weight': np.zeros((h, w), np.float32),
+    'temporal_weight': np.float32(0.0),
+  }
+
+
+def run_video(cfg: config_lib.StyleConfig) -> Path:
+  """Stylises a video (or frame sequence) named by `cfg.inputs.content_path`.
+
+  Returns:
+    The video file (or frame directory) written.
+  """
+  v = cfg.video
+  if v.passes > cfg.schedule.iterations:
+    raise errors.ConfigError(
+      f'video.passes is {v.passes} but schedule.iterations is {cfg.schedule.iterations}, and '
+      'each pass needs an iteration; raise schedule.iterations or lower video.passes'
+    )
+  clip = video_lib.open_clip(cfg.inputs.content_path, v.frames, v.fps)
+  paths = _paths(cfg)
+  for note in clip.notes:
+    logging.info('%s: %s', clip.path, note)
+  height = image_lib.resized_height(clip.width, clip.height, cfg.inputs.width)
+  frame = pipeline.planned_output(cfg, paths.output, height)
+  plan = [
+    output_plan.Output(
+      paths.output,
+      'the video' if not paths.as_frames else 'the frames of',
+      pixels=frame.pixels * clip.count,
+      state_bytes=frame.state_bytes,
+      derived=(('run record', _record_path(paths)),) if cfg.save.record else (),
+      directory=paths.as_frames,
+      resumable=paths.work,
+    )
+  ]
+  from nst_jax.engine import distributed
+
+  with distributed.together():  # process 0 writes the result: its checks, agreed by all
+    _recheck(cfg, plan)
+  return _run_video(cfg, clip, paths, height, plan)
+
+
+def _recheck(cfg, plan) -> None:
+  local = [0] if jax.process_index() == 0 else []
+  output_plan.check(
+    plan, inputs=pipeline.input_files(cfg), overwrite=cfg.save.overwrite, local=local
+  )
+
+
+def _record_path(paths: _Paths) -> Path:
+  """x.mp4 -> x.mp4.json (output_plan.derived); frames/ -> frames.json."""
+  if paths.as_frames:
+    return Path(str(paths.output).rstrip('/\\') + '.json')
+  return output_plan.derived(paths.output, output_plan.RECORD_TAILS['json'])
+
+
+def _run_video(cfg: config_lib.StyleConfig, clip, paths: _Paths, height: int, plan) -> Path:
+  """`run_video` once its output is planned: inputs, weights, then the locks and the frames."""
+  v = cfg.video
+  per_device = -(-clip.count // jax.device_count()) if v.passes > 1 else 1
+  memory_lib.check_memory(height, cfg.inputs.width, config=cfg, batch=per_device)
+  frames = list(
+    video_lib.read_frames(clip, cfg.inputs.width, max_pixels=cfg.inputs.max_image_pixels)
+  )
+  sw = pipeline.style_width(cfg, cfg.inputs.width)
+  styles = [image_lib.load_image(s, width=sw, max_pixels=cfg.inputs.max_image_pixels)
+            for s in cfg.style_paths]  # fmt: skip
+  logging.info(
+    'Styling %d frames of %s (%dx%d, %s fps) after %s; %s.',
+    len(frames),
+    clip.path,
+    cfg.inputs.width,
+    height,
+    f'{float(clip.fps):g}',
+    ' and '.join(cfg.style_paths),
+    'one pass, frame after frame' if v.passes == 1 else f'{v.passes} passes over all frames',
+  )
+  with pipeline.serving(cfg.run.serve, title=paths.output.name) as preview:
+    w = weights_lib.get_weights(cfg.model.weights, urls=cfg.model.weights_url)
+    # Locked once every input has loaded (a run refused until here wrote
+    # nothing), by process 0, which writes the result.
+    from nst_jax.engine import distributed
+
+    local = [0] if jax.process_index() == 0 else []
+    with contextlib.ExitStack() as held:
+      with distributed.together():
+        held.enter_context(
+          output_plan.locked(plan, local=local, then_check=lambda: _recheck(cfg, plan))
+        )
+      paths.work.mkdir(parents=True, exist_ok=True)
+      t0 = time.perf_counter()
+      record = {'frames': []}
+      with hooks_lib.stop_on_signals() as stop:
+        if v.passes == 1:
+          results = _one_pass(cfg, w, frames, styles, paths, record, stop, preview)
+        else:
+          results = _passes(cfg, w, frames, styles, paths, record, stop, preview)
+      _write(cfg, paths, clip, results, record, time.perf_counter() - t0)
+  return paths.output
+
+
+def _engine(cfg, w, layout):
+  return engine_lib.Engine(cfg, w, layout, loss_fn=video_objective)
+
+
+def _one_pass(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.ndarray]:
+  convention = w.info.input_convention
+  engine = _engine(cfg, w, sharding_lib.SingleLayout())
+  flows = _Flows(frames, cfg.video.flow)
+  results = []
+  try:
+    for t, content in enumerate(frames):
+      done = paths.frame(t)
+      if done.exists():  # finished before an interruption
+        results.append(_load_frame(done))
+        continue
+      t0 = time.perf_counter()
+      wait = 0.0
+      if t == 0:
+        init, extra = None, _no_temporal(content, convention)
+      else:
+        f, wait = flows.get(t)
+        init, extra = _temporal(results[-1], f, cfg.video.temporal_weight, convention, content)
+      flows.prefetch(t + 1)  # the next pair's flow, while the device works on this frame
+      row = rows_lib.Row(
+        content=content, styles=styles, init_rgb=init, extra=extra, checkpoint=paths.checkpoint(t)
+      )
+      prefix = f'frame {t + 1}/{len(frames)}: '
+      rgb, losses_t = _run_rows(cfg, engine, {0: row}, (0,), stop, preview, prefix)
+      _save_frame(done, rgb[0])
+      paths.checkpoint(t).unlink(missing_ok=True)
+      results.append(_quantized(rgb[0]))  # as a resumed run loads it: resumes are exact
+      seconds = time.perf_counter() - t0
+      record['frames'].append({'frame': t, 'time_s': seconds, 'flow_wait_s': wait, **losses_t[0]})
+      logging.info(
+        'frame %d/%d done in %.1f s (waited %.2f s for its flow)', t + 1, len(frames), seconds, wait
+      )
+  finally:
+    record['flow_s'] = flows.seconds
+    flows.close()
+  return results
+
+
+def _resume_point(rows, real) -> engine_lib.ResumePoint | None:
+  """Where the rows' checkpoints stand (all rows of a run checkpoint together), on every process."""
+  from nst_jax.engine import distributed
+
+  point = [0, 0, 0]
+  for r in real:
+    if r in rows and rows[r].checkpoint is not None and Path(rows[r].checkpoint).exists():
+      found = engine_lib.resume_point(rows[r].checkpoint)
+      point = [1, found.scale, found.iteration]
+      break
+  table = distributed.gather_rows({jax.process_index(): point}, jax.process_count(), 3)
+  for has, scale, iteration in table:
+    if has:
+      return engine_lib.ResumePoint(int(scale), int(iteration))
+  return None
+
+
+def _run_rows(cfg, engine, rows, real, stop, preview, prefix):
+  """Runs rows through the engine with the run's hooks; (RGB per row, final losses per row)."""
+  history = hooks_lib.History(cfg.run.print_iter, list(real))
+  watch = engine_lib.Watch(
+    progress=cfg.run.progress,
+    print_iter=cfg.run.print_iter,
+    prefix=prefix,
+    checkpoint_every=cfg.run.checkpoint_every,
+    monitor=preview,
+    monitor_row=real[0],
+    should_stop=stop,
+    history=history,
+  )
+  rgb = engine.run(rows, real=real, watch=watch, resume=_resume_point(rows, real))
+  final = {r: (history.history[r][-1] if history.history[r] else {}) for r in real}
+  return rgb, final
+
+
+class _PairFlows:
+  """Flows between any two frames, on demand and kept (the multi-pass needs both directions)."""
+
+  def __init__(self, frames, preset):
+    self.frames, self.preset = frames, preset
+    self.cache: dict[tuple[int, int], np.ndarray] = {}
+    self.seconds = 0.0
+
+  def flow(self, a: int, b: int) -> np.ndarray:
+    if (a, b) not in self.cache:
+      t0 = time.perf_counter()
+      self.cache[(a, b)] = flow_lib.dis_flow(self.frames[a], self.frames[b], self.preset)
+      self.seconds += time.perf_counter() - t0
+    return self.cache[(a, b)]
+
+  def into(self, k: int, j: int) -> flow_lib.Flows:
+    """Frame j brought into frame k: f_{k->j}, f_{j->k} and k's consistency weight."""
+    backward, forward = self.flow(k, j), self.flow(j, k)
+    return flow_lib.Flows(backward, forward, flow_lib.consistency(backward, forward))
+
+
+def _passes(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.ndarray]:
+  """Ruder et al.'s multi-pass algorithm, each pass one batch over every device."""
+  from nst_jax.engine import distributed
+
+  v, n = cfg.video, len(frames)
+  convention = w.info.input_convention
+  mesh = sharding_lib.jobs_mesh()
+  (group,) = distributed.plan_groups(
+    [frames[0].shape[:2]] * n,
+    processes=jax.process_count(),
+    local_devices=mesh.size // jax.process_count(),
+  )
+  layout = sharding_lib.JobsLayout(mesh, len(group.rows))
+  local = layout.local_rows()
+  real = tuple(r for r, k in enumerate(group.rows) if k is not None)
+  budgets = schedule_lib.split(cfg.schedule.iterations, [1.0] * v.passes)
+  flows = _PairFlows(frames, v.flow)
+  results: list[np.ndarray] | None = None
+  for p, budget in enumerate(budgets):
+    stage = f'pass{p + 1}'
+    if all(paths.frame(k, stage).exists() for k in range(n)):
+      results = [_load_frame(paths.frame(k, stage)) for k in range(n)]
+      continue
+    step = 1 if p % 2 else -1  # odd passes look back, even ones ahead
+    rows = {}
+    for r in local:
+      k = group.rows[r]
+      if k is None:
+        rows[r] = rows_lib.filler_row(*frames[0].shape[:2])
+        rows[r].extra = _no_temporal(frames[0], convention)
+        continue
+      j = k - step
+      init, extra = None, _no_temporal(frames[k], convention)
+      if results is not None and 0 <= j < n:
+        f = flows.into(k, j)
+        blend = flow_lib.Flows(f.backward, f.forward, f.weight * v.blend)
+        init, extra = _temporal(results[j], blend, v.temporal_weight, convention, results[k])
+        extra['weight'] = f.weight
+      elif results is not None:
+        init = results[k]
+      rows[r] = rows_lib.Row(
+        content=frames[k], styles=styles, init_rgb=init, extra=extra,
+        checkpoint=paths.checkpoint(k, stage),
+      )  # fmt: skip
+    pass_cfg = cfg.replace(schedule=cfg.schedule.replace(iterations=budget))
+    t0 = time.perf_counter()
+    rgb, final = _run_rows(
+      pass_cfg, _engine(pass_cfg, w, layout), rows, real, stop, preview,
+      f'pass {p + 1}/{v.passes}: ',
+    )  # fmt: skip
+    for r in local:
+      if group.rows[r] is not None:
+        _save_frame(paths.frame(group.rows[r], stage), rgb[r])
+        paths.checkpoint(group.rows[r], stage).unlink(missing_ok=True)
+    results = _gather(layout, group, rgb, local, frames[0].shape)
+    record['frames'] = [
+      {'frame': group.rows[r], 'pass': p + 1, **final[r]} for r in real if r in final
+    ]
+    record.setdefault('passes', []).append(
+      {'pass': p + 1, 'iterations': budget, 'time_s': time.perf_counter() - t0}
+    )
+  record['flow_s'] = flows.seconds
+  return results
+
+
+def _gather(layout, group, rgb, local, shape) -> list[np.ndarray]:
+  """Every frame's result on every process (the next pass needs its neighbours')."""
+  n_rows = len(group.rows)
+  full = layout.gather(
+    layout.assemble(
+      (n_rows, *shape), layout.rows_sharding(4), lambda r: rgb.get(r, np.zeros(shape, np.float32))
+    )
+  )
+  # On the 16-bit grid of the saved frames, so a resumed pass continues exactly.
+  by_frame = {k: _quantized(full[r]) for r, k in enumerate(group.rows) if k is not None}
+  return [by_frame[k] for k in sorted(by_frame)]
+
+
+def _write(cfg, paths: _Paths, clip, results, record, seconds) -> None:
+  """The video (or frames), then the run record; the work directory goes unless kept."""
+  if jax.process_index() == 0:
+    if paths.as_frames:
+      video_lib.write_frames(paths.output, results)
+    else:
+      video_lib.write_video(paths.output, results, clip.fps, audio_from=clip)
+    target = _record_path(paths)
+    if cfg.save.record:
+      data = {
+        'output': str(paths.output),
+        'source': clip.path,
+        'frames': clip.count,
+        'fps': float(clip.fps),
+        'total_s': seconds,
+        'flow_s': record.get('flow_s', 0.0),
+        'settings': json.loads(json.dumps(dataclasses.asdict(cfg))),
+        'versions': record_lib.versions(),
+        'per_frame': record.get('frames', []),
+        'passes': record.get('passes', []),
+      }
+      image_lib.atomic_write(target, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)))
+  if not cfg.run.keep_checkpoint:
+    shutil.rmtree(paths.work, ignore_errors=True)
+  logging.info(
+    'Done: %s, %d frames in %s (%.1f s of optical flow).',
+    paths.output,
+    len(results),
+    pipeline.duration(seconds),
+    record.get('flow_s', 0.0),
+  )
