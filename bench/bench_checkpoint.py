@@ -32,11 +32,14 @@ def main():
   import jax
   import jax.numpy as jnp
 
+  import nst_jax
   from nst_jax.core.step import init_state
   from nst_jax.core.step import make_optimizer
   from nst_jax.io import checkpoint as checkpoint_lib
 
-  tx = make_optimizer(args.optimizer, memory_size=args.lbfgs_memory)
+  tx = make_optimizer(
+    args.optimizer, memory_size=args.lbfgs_memory, convention=nst_jax.core.pixels.CAFFE
+  )
   image = jax.random.normal(jax.random.key(0), (1, args.height, args.width, 3)) * 50
   state = init_state(image, tx)
   # A few updates so the L-BFGS history holds real numbers.

@@ -44,10 +44,10 @@ def run_one(width: int) -> dict:
   import jax.numpy as jnp
 
   from nst_jax import config as config_lib
+  from nst_jax.core.objective import make_targets
   from nst_jax.core.step import init_state
   from nst_jax.core.step import make_model
   from nst_jax.core.step import make_optimizer
-  from nst_jax.core.step import make_targets
   from nst_jax.core.step import update_step
   from nst_jax.engine.memory import estimate_memory
   from nst_jax.io import images as image_lib
@@ -82,16 +82,25 @@ def run_one(width: int) -> dict:
   estimate = estimate_memory(h, width, config=cfg, platform=jax.devices()[0].platform)
 
   model = make_model()
-  tx = make_optimizer('lbfgs', memory_size=cfg.optim.lbfgs_memory)
+  tx = make_optimizer(
+    'lbfgs', memory_size=cfg.optim.lbfgs_memory, convention=nst_jax.core.pixels.CAFFE
+  )
   image = jax.ShapeDtypeStruct((1, content.shape[0], width, 3), jnp.float32)
   targets = jax.eval_shape(
-    functools.partial(make_targets, model=model, loss_config=cfg.loss),
+    functools.partial(
+      make_targets,
+      model=model,
+      loss_spec=cfg.loss.spec,
+      content_weight=cfg.loss.content_weight,
+      style_weight=cfg.loss.style_weight,
+      tv_weight=cfg.loss.tv_weight,
+    ),
     w.params,
     image,
     image,
   )
   state = jax.eval_shape(lambda x: init_state(x, tx), image)
-  step = functools.partial(update_step, model=model, optimizer=tx, loss_config=cfg.loss)
+  step = functools.partial(update_step, model=model, optimizer=tx, loss_spec=cfg.loss.spec)
   m = jax.jit(step, donate_argnums=0).lower(state, w.params, targets).compile().memory_analysis()
   xla = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
   xla -= m.alias_size_in_bytes

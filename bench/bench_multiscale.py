@@ -46,14 +46,15 @@ def main():
   args = parser.parse_args()
 
   import jax
-
-  from nst_jax import config as config_lib
-  from nst_jax.io import images as image_lib
   from nst_jax.stylize import init_state
   from nst_jax.stylize import make_model
   from nst_jax.stylize import make_optimizer
   from nst_jax.stylize import make_targets
   from nst_jax.stylize import update_step
+
+  from nst_jax import config as config_lib
+  from nst_jax.core import pixels
+  from nst_jax.io import images as image_lib
 
   cfg = config_lib.StyleConfig(width=args.width, scales=args.scales)
   model, tx = make_model(cfg), make_optimizer(cfg)
@@ -61,21 +62,21 @@ def main():
   content = image_lib.load_image(ROOT / 'content_images' / 'tubingen.jpg', width=args.width)[None]
   style = image_lib.load_image(ROOT / 'style_images' / 'starry_night.jpg', width=args.width)[None]
   step = jax.jit(
-    functools.partial(update_step, model=model, optimizer=tx, loss_config=cfg.loss),
+    functools.partial(update_step, model=model, optimizer=tx, loss_spec=cfg.loss.spec),
     donate_argnums=0,
   )
 
   def targets_at(height, width):
-    c = image_lib.resize(content, height, width)
+    c = pixels.resize(content, height, width)
     sh = max(1, round(style.shape[1] * width / args.width))
-    s = image_lib.resize(style, sh, width)
-    c_net = image_lib.preprocess(c, convention)
+    s = pixels.resize(style, sh, width)
+    c_net = pixels.preprocess(c, convention)
     t = make_targets(
       params,
       c_net,
-      image_lib.preprocess(s, convention),
+      pixels.preprocess(s, convention),
       model=model,
-      loss_config=cfg.loss,
+      loss_spec=cfg.loss.spec,
       content_weight=cfg.content_weight,
       style_weight=cfg.style_weight,
     )
@@ -101,9 +102,9 @@ def main():
     t0 = time.perf_counter()
     x, ms_curve = None, []
     for wk in widths:
-      hk = image_lib.resized_height(args.width, height, wk)
+      hk = pixels.resized_height(args.width, height, wk)
       c_net, targets = targets_at(hk, wk)
-      init = c_net if x is None else image_lib.resize(x, hk, wk)
+      init = c_net if x is None else pixels.resize(x, hk, wk)
       ms_curve = []  # only the final scale's losses compare with one scale
       x = optimise(init, targets, args.iters_per_scale, t0, ms_curve)
     t_ms, l_ms = ms_curve[-1][0], ms_curve[-1][1]

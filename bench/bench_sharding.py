@@ -37,10 +37,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import nst_jax  # noqa: E402
+from nst_jax.core import pixels  # noqa: E402
+from nst_jax.core.objective import make_targets  # noqa: E402
 from nst_jax.core.step import init_state  # noqa: E402
 from nst_jax.core.step import make_model  # noqa: E402
 from nst_jax.core.step import make_optimizer  # noqa: E402
-from nst_jax.core.step import make_targets  # noqa: E402
 from nst_jax.engine import sharding as sharding_lib  # noqa: E402
 from nst_jax.engine import steps  # noqa: E402
 from nst_jax.io import outputs  # noqa: E402
@@ -85,10 +86,20 @@ def spatial_memory(width: int, devices: int, cfg: nst_jax.StyleConfig, params) -
   height = width * 3 // 4
   layout = sharding_lib.SpatialLayout(jax.devices()[:devices])
   model = make_model()
-  optimizer = make_optimizer('lbfgs', memory_size=cfg.optim.lbfgs_memory)
+  optimizer = make_optimizer('lbfgs', memory_size=cfg.optim.lbfgs_memory, convention=pixels.CAFFE)
   image = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
   targets = jax.eval_shape(
-    functools.partial(make_targets, model=model, loss_config=cfg.loss), params, image, [image]
+    functools.partial(
+      make_targets,
+      model=model,
+      loss_spec=cfg.loss.spec,
+      content_weight=cfg.loss.content_weight,
+      style_weight=cfg.loss.style_weight,
+      tv_weight=cfg.loss.tv_weight,
+    ),
+    params,
+    image,
+    [image],
   )
   replicate = layout.rows_sharding(1)
   state = jax.eval_shape(functools.partial(init_state, optimizer=optimizer), image)
@@ -107,7 +118,7 @@ def spatial_memory(width: int, devices: int, cfg: nst_jax.StyleConfig, params) -
   compiled, _ = steps.compile_step(
     model=model,
     optimizer=optimizer,
-    loss_config=cfg.loss.structure,
+    loss_spec=cfg.loss.spec,
     loss_fn=nst_jax.objective,
     layout=layout,
     state_sharding=state_sh,

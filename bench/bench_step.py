@@ -95,34 +95,37 @@ def run_one(
   import numpy as np
 
   from nst_jax import config as config_lib
+  from nst_jax.core import pixels
+  from nst_jax.core.objective import make_targets
+  from nst_jax.core.objective import objective
   from nst_jax.core.step import init_state
   from nst_jax.core.step import make_model
   from nst_jax.core.step import make_optimizer
-  from nst_jax.core.step import make_targets
-  from nst_jax.core.step import objective
   from nst_jax.core.step import prepare_params
   from nst_jax.core.step import update_step
-  from nst_jax.io import images as image_lib
 
   loss_config = config_lib.LossConfig()
   model = make_model()
-  tx = make_optimizer(optimizer, memory_size=lbfgs_memory)
+  tx = make_optimizer(optimizer, memory_size=lbfgs_memory, convention=pixels.CAFFE)
   params, source, _ = common.params_or_random(model)
   rng = np.random.default_rng(0)
-  content = image_lib.preprocess(rng.uniform(size=(1, size, size, 3)), image_lib.CAFFE)
-  style = image_lib.preprocess(rng.uniform(size=(1, size, size, 3)), image_lib.CAFFE)
+  content = pixels.preprocess(rng.uniform(size=(1, size, size, 3)), pixels.CAFFE)
+  style = pixels.preprocess(rng.uniform(size=(1, size, size, 3)), pixels.CAFFE)
   targets = make_targets(
     params,
     content,
     style,
     model=model,
-    loss_config=loss_config,
+    loss_spec=loss_config.spec,
+    content_weight=loss_config.content_weight,
+    style_weight=loss_config.style_weight,
+    tv_weight=loss_config.tv_weight,
   )
   # As the engine passes them (kernels also laid out for the backward pass on CPU).
   params = params if raw_params else prepare_params(params)
 
   step = jax.jit(
-    functools.partial(update_step, model=model, optimizer=tx, loss_config=loss_config),
+    functools.partial(update_step, model=model, optimizer=tx, loss_spec=loss_config.spec),
     donate_argnums=0,
   )
   state = init_state(content, tx)
@@ -148,7 +151,7 @@ def run_one(
   one_targets = jax.tree.map(lambda x: x[0], targets)
   bare = jax.jit(
     jax.value_and_grad(
-      functools.partial(objective, model=model, loss_config=loss_config), has_aux=True
+      functools.partial(objective, model=model, loss_spec=loss_config.spec), has_aux=True
     )
   )
   image0 = content[0]
@@ -165,7 +168,7 @@ def run_one(
 
   counted = jax.jit(
     functools.partial(
-      update_step, model=model, optimizer=tx, loss_config=loss_config, loss_fn=counting_objective
+      update_step, model=model, optimizer=tx, loss_spec=loss_config.spec, loss_fn=counting_objective
     )
   )
   s, _ = counted(init_state(content, tx), params, targets)

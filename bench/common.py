@@ -11,14 +11,14 @@ def params_or_random(model):
   import jax
   import jax.numpy as jnp
 
-  from nst_jax.io import images as image_lib
+  from nst_jax.core import pixels
   from nst_jax.io import weights as weights_lib
 
   if weights_lib.DEFAULT_WEIGHTS_PATH.exists():
     w = weights_lib.load_weights()
     return w.params, w.info.source, w.info.input_convention
   params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
-  return params, 'RANDOM weights (no weights/vgg19.npz)', image_lib.CAFFE
+  return params, 'RANDOM weights (no weights/vgg19.npz)', pixels.CAFFE
 
 
 def weights_file_or_random(directory):

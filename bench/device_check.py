@@ -51,10 +51,10 @@ def measure(width: int, height: int, variant: str, iters: int) -> dict:
   import numpy as np
 
   import nst_jax
+  from nst_jax.core import pixels
   from nst_jax.engine import memory
   from nst_jax.engine import sharding
   from nst_jax.engine import steps
-  from nst_jax.io import images as image_lib
 
   optimizer, dtype, precision = VARIANTS[variant]
   cfg = nst_jax.StyleConfig(
@@ -69,12 +69,23 @@ def measure(width: int, height: int, variant: str, iters: int) -> dict:
     return row | {'skipped': f'estimate {estimate / 1e9:.1f} GB > {have / 1e9:.1f} GB free'}
   model = nst_jax.make_model(dtype=dtype, precision=precision)
   params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
-  tx = nst_jax.make_optimizer(optimizer, memory_size=cfg.optim.lbfgs_memory)
+  tx = nst_jax.make_optimizer(
+    optimizer, memory_size=cfg.optim.lbfgs_memory, convention=pixels.CAFFE
+  )
   rng = np.random.default_rng(0)
   content, style = (
-    nst_jax.preprocess(rng.uniform(size=(1, height, width, 3)), image_lib.CAFFE) for _ in range(2)
+    nst_jax.preprocess(rng.uniform(size=(1, height, width, 3)), pixels.CAFFE) for _ in range(2)
   )
-  targets = nst_jax.make_targets(params, content, style, model=model, loss_config=cfg.loss)
+  targets = nst_jax.make_targets(
+    params,
+    content,
+    style,
+    model=model,
+    loss_spec=cfg.loss.spec,
+    content_weight=cfg.loss.content_weight,
+    style_weight=cfg.loss.style_weight,
+    tv_weight=cfg.loss.tv_weight,
+  )
   params = nst_jax.prepare_params(params)  # as the engine passes them to the step
   layout = sharding.SingleLayout()
   state = nst_jax.init_state(content, tx)
@@ -84,7 +95,7 @@ def measure(width: int, height: int, variant: str, iters: int) -> dict:
   compiled, _ = steps.compile_step(
     model=model,
     optimizer=tx,
-    loss_config=cfg.loss.structure,
+    loss_spec=cfg.loss.spec,
     loss_fn=nst_jax.objective,
     layout=layout,
     state_sharding=state_sh,

@@ -73,6 +73,7 @@ def main():
   import torch_reference as tr
 
   import nst_jax
+  from nst_jax.core import pixels
   from nst_jax.io import images as image_lib
   from nst_jax.io import weights as weights_lib
 
@@ -90,24 +91,31 @@ def main():
     style_layer_weights=tuple(100.0 / c**2 for c in tr.STYLE_CHANNELS),
   )
   model = nst_jax.make_model()
-  x0 = image_lib.preprocess(content[None], convention)
+  x0 = pixels.preprocess(content[None], convention)
   targets = nst_jax.make_targets(
-    w.params, x0, image_lib.preprocess(style[None], convention), model=model, loss_config=loss
+    w.params,
+    x0,
+    pixels.preprocess(style[None], convention),
+    model=model,
+    loss_spec=loss.spec,
+    content_weight=loss.content_weight,
+    style_weight=loss.style_weight,
+    tv_weight=loss.tv_weight,
   )
   one = jax.tree.map(lambda t: t[0], targets)
 
   @jax.jit
   def score_8bit(x):
-    rgb = jnp.round(jnp.clip(image_lib.deprocess(x, convention), 0, 1) * 255) / 255
-    net = image_lib.preprocess(rgb, convention)[0]
-    return nst_jax.objective(net, w.params, one, model=model, loss_config=loss)[0]
+    rgb = jnp.round(jnp.clip(pixels.deprocess(x, convention), 0, 1) * 255) / 255
+    net = pixels.preprocess(rgb, convention)[0]
+    return nst_jax.objective(net, w.params, one, model=model, loss_spec=loss.spec)[0]
 
   print(f'weights: {label}; {content.shape[1]}x{content.shape[0]}', flush=True)
   results = {}
   for name in args.settings.split(','):
     tx = optimizer_for(name, convention)
     step = jax.jit(
-      functools.partial(nst_jax.update_step, model=model, optimizer=tx, loss_config=loss),
+      functools.partial(nst_jax.update_step, model=model, optimizer=tx, loss_spec=loss.spec),
       donate_argnums=0,
     )
     state = nst_jax.init_state(x0, tx)
@@ -118,7 +126,7 @@ def main():
       losses.append(float(values['total'][0]))
       times.append(time.perf_counter() - t0)
     final = float(score_8bit(state.image))
-    outside = float(np.mean(np.abs(np.asarray(image_lib.deprocess(state.image, convention)) - 0.5)
+    outside = float(np.mean(np.abs(np.asarray(pixels.deprocess(state.image, convention)) - 0.5)
                             > 0.5))  # fmt: skip
     per_iter = statistics.median(times[1:])
     results[name] = {'losses': losses, 's_per_iter': per_iter, 'score_8bit': final}

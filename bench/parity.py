@@ -60,6 +60,7 @@ def torch_worker(args) -> None:
   import torch
   import torch_reference as tr
 
+  from nst_jax.core import pixels
   from nst_jax.io import images as image_lib
 
   torch.set_num_threads(torch.get_num_threads())
@@ -67,14 +68,14 @@ def torch_worker(args) -> None:
 
   convention = weights_lib.load_weights(args.weights_file).info.input_convention
   content, style = _images(args.width)
-  cn = np.asarray(image_lib.preprocess(content[None], convention)[0])
-  sn = np.asarray(image_lib.preprocess(style[None], convention)[0])
+  cn = np.asarray(pixels.preprocess(content[None], convention)[0])
+  sn = np.asarray(pixels.preprocess(style[None], convention)[0])
   t0 = time.perf_counter()
   objective = tr.Objective(
     args.weights_file, tr.to_torch(cn, torch.float32), tr.to_torch(sn, torch.float32), torch.float32
   )
   image, trace = tr.run_lbfgs(objective, tr.to_torch(cn, torch.float32), args.iterations, t0=t0)
-  rgb = np.asarray(image_lib.deprocess(image[None], convention)[0])
+  rgb = np.asarray(pixels.deprocess(image[None], convention)[0])
   image_lib.save_image(Path(args.out) / 'torch.png', rgb)
   Path(args.out, 'torch.json').write_text(json.dumps({'trace': trace, 'setup_s': t0 - t_process}))
 
@@ -133,6 +134,7 @@ def score(weights, width: int, path: Path) -> float:
   import numpy as np
   import torch_reference as tr
 
+  from nst_jax.core import pixels
   from nst_jax.io import images as image_lib
 
   content, style = _images(width)
@@ -140,7 +142,7 @@ def score(weights, width: int, path: Path) -> float:
 
   convention = weights_lib.load_weights(weights).info.input_convention
   rgb = image_lib.load_image(path)
-  net = [np.asarray(image_lib.preprocess(x[None], convention)[0]) for x in (content, style, rgb)]
+  net = [np.asarray(pixels.preprocess(x[None], convention)[0]) for x in (content, style, rgb)]
   return tr.evaluate(weights, *net)
 
 

@@ -32,19 +32,21 @@ from nst_jax.config import ScheduleConfig
 from nst_jax.config import StyleConfig
 from nst_jax.config import VideoConfig
 from nst_jax.core.step import StyleState
-from nst_jax.core.step import Targets
+from nst_jax.core.objective import LossSpec
+from nst_jax.core.objective import Targets
 from nst_jax.core.step import init_state
 from nst_jax.core.step import initial_image
 from nst_jax.core.step import make_model
 from nst_jax.core.step import make_optimizer
-from nst_jax.core.step import make_targets
-from nst_jax.core.step import objective
+from nst_jax.core.objective import make_targets
+from nst_jax.core.objective import objective
 from nst_jax.core.step import prepare_params
 from nst_jax.core.step import update_step
 from nst_jax.errors import NstError
+from nst_jax import deprecated
 from nst_jax.runs.features import extract_features
-from nst_jax.io.images import deprocess
-from nst_jax.io.images import preprocess
+from nst_jax.core.pixels import deprocess
+from nst_jax.core.pixels import preprocess
 from nst_jax.core.losses import content_loss
 from nst_jax.core.losses import gram_matrix
 from nst_jax.core.losses import style_loss
@@ -61,6 +63,7 @@ from nst_jax.io.weights import load_weights
 __all__ = [
   'ColorConfig',
   'InputConfig',
+  'LossSpec',
   'LossConfig',
   'ModelConfig',
   'NstError',
@@ -98,3 +101,5 @@ __all__ = [
 ]
 
 __version__ = '0.2.0'
+
+deprecated.install_old_module_paths()

@@ -13,7 +13,7 @@
   video     VideoConfig     videos: the temporal loss, passes, frames, optical flow
 
 The command line builds one from its flags; library users build one directly,
-and the pure step needs only `LossConfig.structure`. All sequence fields are
+and the pure step needs only `LossConfig.spec`. All sequence fields are
 tuples, so every group can be a static argument of `jax.jit`.
 
 The flat names of earlier versions (`StyleConfig(iterations=300)`,
@@ -24,18 +24,19 @@ place (nst_jax.deprecated).
 import dataclasses
 import math
 from typing import Any
+import warnings
 
 from nst_jax import deprecated
 from nst_jax import errors
+from nst_jax.core import color
 from nst_jax.core import losses
+from nst_jax.core import objective
 from nst_jax.core import optim
 from nst_jax.core import vgg
 from nst_jax.io import images as image_lib
 
-# Gatys et al. 2016, Sec. 3: content from conv4_2 (we take its ReLU, as the
-# classic tools do), style from the first layer of each stage.
-DEFAULT_CONTENT_LAYERS = ('relu4_2',)
-DEFAULT_STYLE_LAYERS = ('relu1_1', 'relu2_1', 'relu3_1', 'relu4_1', 'relu5_1')
+DEFAULT_CONTENT_LAYERS = objective.DEFAULT_CONTENT_LAYERS
+DEFAULT_STYLE_LAYERS = objective.DEFAULT_STYLE_LAYERS
 OPTIMIZERS = optim.OPTIMIZERS
 DEFAULT_ADAM_LEARNING_RATE = optim.DEFAULT_ADAM_LEARNING_RATE
 # --init keywords; any other value is an image file to start from.
@@ -232,8 +233,8 @@ class LossConfig(_Group):
     tv_weight: tv, the weight of the total variation term.
 
   The three weights are data, not structure: they travel per image in
-  `nst_jax.core.step.Targets` (so a batch can mix them without recompiling), and
-  the step takes `structure`, this config with the weights left out.
+  `nst_jax.core.objective.Targets` (so a batch can mix them without
+  recompiling), and the step takes `spec`, the rest as a hashable LossSpec.
   """
 
   content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
@@ -264,20 +265,26 @@ class LossConfig(_Group):
       _finite_nonnegative(name, getattr(self, name))
 
   @property
-  def structure(self) -> 'LossConfig':
-    """This config without its weights: what the compiled step depends on."""
-    return dataclasses.replace(self, content_weight=100.0, style_weight=0.01, tv_weight=0.0)
+  def spec(self) -> objective.LossSpec:
+    """The loss's structure without its weights: what the compiled step depends on."""
+    return objective.LossSpec(
+      content_layers=self.content_layers,
+      style_layers=self.style_layers,
+      style_layer_weights=self.style_layer_weights,
+      style_loss=self.style_loss,
+      normalize_gradients=self.normalize_gradients,
+    )
 
   @property
-  def layer_weights(self) -> dict[str, float]:
-    """Style layer -> w_l."""
-    weights = self.style_layer_weights or (1.0,) * len(self.style_layers)
-    return dict(zip(self.style_layers, weights, strict=True))
+  def structure(self) -> objective.LossSpec:
+    """Deprecated: `spec` (a LossConfig with default weights before 0.3)."""
+    warnings.warn('LossConfig.structure is deprecated; use .spec', DeprecationWarning, stacklevel=2)
+    return self.spec
 
   @property
   def feature_layers(self) -> tuple[str, ...]:
     """Every layer the loss needs, content first, without repeats."""
-    return tuple(dict.fromkeys(self.content_layers + self.style_layers))
+    return self.spec.feature_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -358,7 +365,7 @@ class ColorConfig(_Group):
 
   def __post_init__(self):
     _one_of('preserve_colors', self.preserve_colors, PRESERVE_COLORS)
-    _one_of('color_match', self.color_match, image_lib.COLOR_MATCH_MODES)
+    _one_of('color_match', self.color_match, color.COLOR_MATCH_MODES)
 
 
 @dataclasses.dataclass(frozen=True)

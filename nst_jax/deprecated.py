@@ -3,11 +3,16 @@
 * Flat StyleConfig settings: `StyleConfig(iterations=300)`,
   `cfg.content_weight`, `cfg.replace(width=512)` map to the groups
   (`FLAT_FIELDS`).
-* The module `nst_jax.stylize`, whose pieces moved (`MOVED`); see
-  nst_jax/stylize.py.
+* The module paths of the flat package before 0.3 (`nst_jax.vgg`,
+  `nst_jax.image`, ...): `OLD_MODULES`, served by an import hook.
 """
 
 import dataclasses
+import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+import types
 import warnings
 
 # The flat names of earlier versions -> (group, field).
@@ -77,28 +82,88 @@ def warn_flat(names) -> None:
     )
 
 
-# Names of the former module nst_jax.stylize -> the module that has them now.
-MOVED = {
-  'StyleState': 'nst_jax.core.step',
-  'Targets': 'nst_jax.core.step',
-  'init_state': 'nst_jax.core.step',
-  'initial_image': 'nst_jax.core.step',
-  'make_model': 'nst_jax.core.step',
-  'make_optimizer': 'nst_jax.core.step',
-  'make_targets': 'nst_jax.core.step',
-  'objective': 'nst_jax.core.step',
-  'update_step': 'nst_jax.core.step',
-  'RANDOM_INIT_STD': 'nst_jax.core.step',
-  'stylize': 'nst_jax.runs.arrays',
-  'run': 'nst_jax.runs.runner',
-  'estimate_memory': 'nst_jax.engine.memory',
-  'available_memory': 'nst_jax.engine.memory',
-  'check_memory': 'nst_jax.engine.memory',
-  'default_output_path': 'nst_jax.io.outputs',
-  'resume_output_path': 'nst_jax.io.outputs',
-  'check_writable': 'nst_jax.io.outputs',
-  'DEFAULT_OUTPUT_DIR': 'nst_jax.io.outputs',
-  'is_time': 'nst_jax.engine.loop',
-  'LogProgress': 'nst_jax.engine.hooks',
-  'BarProgress': 'nst_jax.engine.hooks',
+# Modules of the flat package before 0.3 -> the modules that hold their names
+# now (searched in order). `import nst_jax.vgg` and `from nst_jax import image`
+# keep working with a DeprecationWarning; new code imports the sub-packages.
+OLD_MODULES = {
+  'vgg': ('nst_jax.core.vgg',),
+  'winograd': ('nst_jax.core.winograd',),
+  'losses': ('nst_jax.core.losses',),
+  'optim': ('nst_jax.core.optim',),
+  'image': ('nst_jax.io.images', 'nst_jax.core.pixels', 'nst_jax.core.color'),
+  'image_modes': ('nst_jax.io.image_modes',),
+  'video': ('nst_jax.io.video',),
+  'weights': ('nst_jax.io.weights',),
+  'weight_checks': ('nst_jax.io.weight_checks',),
+  'download': ('nst_jax.io.download',),
+  'checkpoint': ('nst_jax.io.checkpoint',),
+  'outputs': ('nst_jax.io.outputs',),
+  'record': ('nst_jax.io.record',),
+  'jobs': ('nst_jax.io.jobs',),
+  'loop': ('nst_jax.engine.loop',),
+  'hooks': ('nst_jax.engine.hooks',),
+  'schedule': ('nst_jax.engine.schedule',),
+  'steps': ('nst_jax.engine.steps',),
+  'rows': ('nst_jax.engine.rows',),
+  'sharding': ('nst_jax.engine.sharding',),
+  'memory': ('nst_jax.engine.memory',),
+  'distributed': ('nst_jax.engine.distributed',),
+  'preview': ('nst_jax.engine.preview',),
+  'pipeline': ('nst_jax.runs.runner',),
+  'transfer': ('nst_jax.runs.arrays',),
+  'batch': ('nst_jax.runs.batch',),
+  'video_pipeline': ('nst_jax.runs.video',),
+  'features': ('nst_jax.runs.features',),
+  'flow': ('nst_jax.runs.flow',),
 }
+# `nst_jax.stylize` was a module of these names until 0.2; importing it made
+# the package's function `nst_jax.stylize` a module. It is gone: importing it
+# says where the names are.
+REMOVED = {
+  'stylize': 'nst_jax.stylize is no longer a module; import update_step, make_targets, '
+  'init_state, make_model, make_optimizer, objective and stylize from nst_jax',
+}
+
+
+class _OldModule(types.ModuleType):
+  """An old module path: each name is looked up in the modules that hold it now."""
+
+  def __getattr__(self, name):
+    if name.startswith('__'):
+      raise AttributeError(name)
+    for target in self.__nst_targets__:
+      module = importlib.import_module(target)
+      if hasattr(module, name):
+        return getattr(module, name)
+    raise AttributeError(f'module {self.__name__} has no attribute {name!r}')
+
+
+class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+  """Finds nst_jax.OLD for every OLD in OLD_MODULES (and refuses REMOVED ones)."""
+
+  def find_spec(self, fullname, path=None, target=None):
+    package, _, name = fullname.rpartition('.')
+    if package != 'nst_jax' or name not in {**OLD_MODULES, **REMOVED}:
+      return None
+    if name in REMOVED:
+      raise ImportError(REMOVED[name], name=fullname)
+    return importlib.machinery.ModuleSpec(fullname, self)
+
+  def create_module(self, spec):
+    name = spec.name.rpartition('.')[2]
+    targets = OLD_MODULES[name]
+    warnings.warn(
+      f'{spec.name} is deprecated; use {" / ".join(targets)}', DeprecationWarning, stacklevel=2
+    )
+    module = _OldModule(spec.name)
+    module.__nst_targets__ = targets
+    return module
+
+  def exec_module(self, module):
+    pass
+
+
+def install_old_module_paths() -> None:
+  """Makes the pre-0.3 module paths importable (once per process)."""
+  if not any(isinstance(f, _Finder) for f in sys.meta_path):
+    sys.meta_path.append(_Finder())

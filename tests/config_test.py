@@ -22,7 +22,7 @@ def test_defaults_are_the_documented_ones():
   assert cfg.optim.name == 'lbfgs' and cfg.inputs.init == 'content'
   assert cfg.model.precision == 'highest' and cfg.optim.box
   hash(cfg)  # usable as a static jit argument
-  assert config_lib.LossConfig().layer_weights == {n: 1.0 for n in cfg.loss.style_layers}
+  assert config_lib.LossConfig().spec.layer_weights == {n: 1.0 for n in cfg.loss.style_layers}
 
 
 @pytest.mark.parametrize(
@@ -99,8 +99,8 @@ def test_flat_names_still_work_and_say_where_they_moved():
 def test_the_step_depends_on_the_loss_structure_not_its_weights():
   a = config_lib.LossConfig(content_weight=5.0, style_weight=1.0)
   b = config_lib.LossConfig(tv_weight=3.0)
-  assert a != b and a.structure == b.structure
-  assert a.structure != config_lib.LossConfig(style_loss='mean_cov').structure
+  assert a != b and a.spec == b.spec
+  assert a.spec != config_lib.LossConfig(style_loss='mean_cov').spec
 
 
 def test_loss_config_validation():
@@ -114,7 +114,7 @@ def test_loss_config_validation():
     content_layers=('relu4_2', 'relu1_1'), style_layers=('relu1_1',), style_layer_weights=(3.0,)
   )
   assert cfg.feature_layers == ('relu4_2', 'relu1_1')
-  assert cfg.layer_weights == {'relu1_1': 3.0}
+  assert cfg.spec.layer_weights == {'relu1_1': 3.0}
   with pytest.raises(
     errors.ConfigError, match='style_loss must be one of gram, mean_cov, histogram'
   ):

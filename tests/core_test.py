@@ -11,15 +11,15 @@ import pytest
 
 from nst_jax import config as config_lib
 from nst_jax.core import losses
+from nst_jax.core import pixels
 from nst_jax.core import vgg
+from nst_jax.core.objective import make_targets
+from nst_jax.core.objective import objective
 from nst_jax.core.step import StyleState
 from nst_jax.core.step import init_state
 from nst_jax.core.step import initial_image
 from nst_jax.core.step import make_optimizer
-from nst_jax.core.step import make_targets
-from nst_jax.core.step import objective
 from nst_jax.core.step import update_step
-from nst_jax.io import images as image_lib
 
 _VGGTiny = functools.partial(vgg.VGG, stage_sizes=(1, 2), widths=(4, 8))
 TINY_LOSS = config_lib.LossConfig(content_layers=('relu2_2',), style_layers=('relu1_1', 'relu2_1'))
@@ -32,14 +32,20 @@ def _problem(n=1, seed=0, hw=(16, 16)):
   content = jnp.asarray(rng.normal(0, 50, (n, *hw, 3)), jnp.float32)
   style = jnp.asarray(rng.normal(0, 50, (n, 12, 20, 3)), jnp.float32)
   targets = make_targets(
-    params, content, style, model=model, loss_config=TINY_LOSS, content_weight=1.0, style_weight=1.0
+    params,
+    content,
+    style,
+    model=model,
+    loss_spec=TINY_LOSS.spec,
+    content_weight=1.0,
+    style_weight=1.0,
   )
   return model, params, content, targets
 
 
 def _jitted_step(model, optimizer):
   return jax.jit(
-    functools.partial(update_step, model=model, optimizer=optimizer, loss_config=TINY_LOSS),
+    functools.partial(update_step, model=model, optimizer=optimizer, loss_spec=TINY_LOSS.spec),
     donate_argnums=0,
   )
 
@@ -61,7 +67,7 @@ def test_one_style_is_shared_by_a_batch():
   model, params, content, _ = _problem(n=3)
   style = jnp.asarray(np.random.default_rng(1).normal(0, 50, (1, 12, 20, 3)), jnp.float32)
   targets = make_targets(
-    params, content, style, model=model, loss_config=TINY_LOSS, content_weight=1, style_weight=2
+    params, content, style, model=model, loss_spec=TINY_LOSS.spec, content_weight=1, style_weight=2
   )
   chex.assert_shape(targets.style['relu2_1']['gram'], (3, 1, 8, 8))
   gram = targets.style['relu2_1']['gram']
@@ -69,7 +75,7 @@ def test_one_style_is_shared_by_a_batch():
   np.testing.assert_array_equal(targets.style_weight, [2.0, 2.0, 2.0])
   with pytest.raises(ValueError, match='2 style images for 3 content images'):
     make_targets(
-      params, content, jnp.concatenate([style, style]), model=model, loss_config=TINY_LOSS,
+      params, content, jnp.concatenate([style, style]), model=model, loss_spec=TINY_LOSS.spec,
       content_weight=1, style_weight=1,
     )  # fmt: skip
 
@@ -77,7 +83,7 @@ def test_one_style_is_shared_by_a_batch():
 def test_objective_is_zero_at_the_targets_and_matches_formula():
   model, params, content, targets = _problem()
   one = jax.tree.map(lambda x: x[0], targets)
-  total, aux = jax.jit(functools.partial(objective, model=model, loss_config=TINY_LOSS))(
+  total, aux = jax.jit(functools.partial(objective, model=model, loss_spec=TINY_LOSS.spec))(
     content[0], params, one
   )
   assert float(aux['content']) == 0.0
@@ -95,12 +101,12 @@ def test_objective_is_zero_at_the_targets_and_matches_formula():
 @pytest.mark.parametrize('optimizer', ['lbfgs', 'adam'])
 def test_step_compiles_once_and_donates_state(optimizer):
   model, params, content, targets = _problem()
-  tx = make_optimizer(optimizer, learning_rate=1.0)
+  tx = make_optimizer(optimizer, learning_rate=1.0, convention=pixels.CAFFE)
   chex.clear_trace_counter()  # the counter is keyed by code, shared across parameters
 
   @chex.assert_max_traces(n=1)
   def traced_step(state, params, targets):
-    return update_step(state, params, targets, model=model, optimizer=tx, loss_config=TINY_LOSS)
+    return update_step(state, params, targets, model=model, optimizer=tx, loss_spec=TINY_LOSS.spec)
 
   step = jax.jit(traced_step, donate_argnums=0)
   state = init_state(content, tx)
@@ -117,7 +123,7 @@ def test_step_compiles_once_and_donates_state(optimizer):
 @pytest.mark.parametrize('optimizer,lr', [('lbfgs', None), ('adam', 2.0)])
 def test_loss_decreases_and_converges(optimizer, lr):
   model, params, content, targets = _problem(seed=1)
-  tx = make_optimizer(optimizer, learning_rate=lr)
+  tx = make_optimizer(optimizer, learning_rate=lr, convention=pixels.CAFFE)
   step = _jitted_step(model, tx)
   start = jnp.asarray(np.random.default_rng(9).normal(0, 50, content.shape), jnp.float32)
   state = init_state(start, tx)
@@ -142,7 +148,7 @@ def test_batched_images_are_independent_problems():
   _, _, other_content, other_targets = _problem(n=2, seed=5)
   swapped_content = content.at[1].set(other_content[1])
   swapped_targets = jax.tree.map(lambda a, b: a.at[1].set(b[1]), targets, other_targets)
-  tx = make_optimizer('lbfgs')
+  tx = make_optimizer('lbfgs', convention=pixels.CAFFE)
   step = _jitted_step(model, tx)
   a = init_state(content * 0.5, tx)
   b = init_state(swapped_content * 0.5, tx)
@@ -170,7 +176,7 @@ def test_initial_image():
 
 
 def test_state_is_a_pytree_of_arrays():
-  tx = make_optimizer('lbfgs')
+  tx = make_optimizer('lbfgs', convention=pixels.CAFFE)
   state = init_state(jnp.zeros((3, 4, 4, 3)), tx)
   assert isinstance(state, StyleState)
   for leaf in jax.tree.leaves(state.opt_state):
@@ -189,7 +195,8 @@ def _net(seed, shape, scale=50.0):
 
 def _targets(params, model, content, styles, loss=TINY_LOSS, **kw):
   kw = {'content_weight': 1.0, 'style_weight': 1.0} | kw
-  return make_targets(params, content, styles, model=model, loss_config=loss, **kw)
+  weights = {n: getattr(loss, n) for n in ('content_weight', 'style_weight', 'tv_weight')}
+  return make_targets(params, content, styles, model=model, loss_spec=loss.spec, **(weights | kw))
 
 
 def test_blended_gram_target_is_the_weighted_sum_of_grams():
@@ -258,7 +265,7 @@ def test_style_masks_and_content_mask_in_the_objective():
   chex.assert_shape(targets.style_masks['relu2_1'], (1, 2, 8, 8))  # after one pooling
   chex.assert_shape(targets.content_mask['relu2_2'], (1, 8, 8))
   one = jax.tree.map(lambda x: x[0], targets)
-  _, aux = objective(image, params, one, model=model, loss_config=TINY_LOSS)
+  _, aux = objective(image, params, one, model=model, loss_spec=TINY_LOSS.spec)
   feats = model.apply({'params': params}, image[None], ('relu1_1', 'relu2_1', 'relu2_2'))
   grams = {i: _targets(params, model, content, s).style for i, s in enumerate((s1, s2))}
   want_style = 0.0
@@ -285,7 +292,7 @@ def test_style_masks_put_each_style_in_its_region():
     params, model, content, [loud, quiet], content_weight=0.0,
     style_masks=jnp.asarray(np.stack([left, 1 - left])[None]),
   )  # fmt: skip
-  tx = make_optimizer('lbfgs')
+  tx = make_optimizer('lbfgs', convention=pixels.CAFFE)
   step = _jitted_step(model, tx)
   state = init_state(_net(12, (1, 16, 32, 3)), tx)
   for _ in range(60):
@@ -299,7 +306,7 @@ def test_style_masks_put_each_style_in_its_region():
 def test_tv_weight_smooths_the_result(optimizer, lr):
   model, params = _tiny(2)
   content = _net(13, (1, 16, 16, 3))
-  tx = make_optimizer(optimizer, learning_rate=lr)
+  tx = make_optimizer(optimizer, learning_rate=lr, convention=pixels.CAFFE)
   step = _jitted_step(model, tx)
   tvs = []
   for tv_weight in (0.0, 10.0):
@@ -319,9 +326,9 @@ def test_normalize_gradients_matches_the_per_layer_oracle():
   targets = _targets(params, model, content, _net(18, (1, 12, 20, 3)), content_weight=3.0)
   one = jax.tree.map(lambda x: x[0], targets)
   normalized = dataclasses.replace(loss, normalize_gradients=True)
-  grad = jax.grad(lambda x: objective(x, params, one, model=model, loss_config=normalized)[0])
-  value = objective(image, params, one, model=model, loss_config=normalized)[0]
-  plain_value = objective(image, params, one, model=model, loss_config=loss)[0]
+  grad = jax.grad(lambda x: objective(x, params, one, model=model, loss_spec=normalized.spec)[0])
+  value = objective(image, params, one, model=model, loss_spec=normalized.spec)[0]
+  plain_value = objective(image, params, one, model=model, loss_spec=loss.spec)[0]
   np.testing.assert_allclose(value, plain_value, rtol=1e-6)  # values are unchanged
   # Oracle: each term's gradient at its layer, L1-normalised, times its weight,
   # then back through the network.
@@ -351,9 +358,9 @@ def test_every_style_loss_decreases_with_both_optimizers(kind, optimizer, lr):
     half[:8] = 1
     kw['style_masks'] = jnp.asarray(np.stack([half, 1 - half])[None])
   targets = _targets(params, model, content, styles, loss=loss, tv_weight=0.01, **kw)
-  tx = make_optimizer(optimizer, learning_rate=lr)
+  tx = make_optimizer(optimizer, learning_rate=lr, convention=pixels.CAFFE)
   step = jax.jit(
-    functools.partial(update_step, model=model, optimizer=tx, loss_config=loss), donate_argnums=0
+    functools.partial(update_step, model=model, optimizer=tx, loss_spec=loss.spec), donate_argnums=0
   )
   state = init_state(_net(22, (2, 16, 16, 3)), tx)
   history = []
@@ -367,18 +374,16 @@ def test_every_style_loss_decreases_with_both_optimizers(kind, optimizer, lr):
 
 def test_init_gray_and_image():
   content = jnp.ones((2, 4, 6, 3)) * 7.0
-  gray = initial_image(content, init='gray', seed=0)
+  gray = initial_image(content, init='gray', seed=0, convention=pixels.CAFFE)
   np.testing.assert_allclose(
     gray,
-    jnp.broadcast_to(
-      image_lib.preprocess(jnp.full((1, 4, 6, 3), 0.5), image_lib.CAFFE), gray.shape
-    ),
+    jnp.broadcast_to(pixels.preprocess(jnp.full((1, 4, 6, 3), 0.5), pixels.CAFFE), gray.shape),
   )
   # An image file's pixels, resized to the content's size.
   rgb = np.random.default_rng(0).uniform(size=(8, 12, 3)).astype(np.float32)
-  x = initial_image(content, init='start.png', seed=0, image=rgb)
+  x = initial_image(content, init='start.png', seed=0, image=rgb, convention=pixels.CAFFE)
   chex.assert_shape(x, (2, 4, 6, 3))
-  back = image_lib.deprocess(x, image_lib.CAFFE)
-  np.testing.assert_allclose(back[0], image_lib.resize(rgb[None], 4, 6)[0], atol=1e-4)
+  back = pixels.deprocess(x, pixels.CAFFE)
+  np.testing.assert_allclose(back[0], pixels.resize(rgb[None], 4, 6)[0], atol=1e-4)
   with pytest.raises(ValueError, match='no image was given'):
-    initial_image(content, init='start.png', seed=0)
+    initial_image(content, init='start.png', seed=0, convention=pixels.CAFFE)

@@ -6,16 +6,18 @@ from PIL import Image
 import pytest
 
 from nst_jax import errors
+from nst_jax.core import color
+from nst_jax.core import pixels
 from nst_jax.io import images as image_lib
 
-CONVENTIONS = [image_lib.CAFFE, image_lib.TORCHVISION]
+CONVENTIONS = [pixels.CAFFE, pixels.TORCHVISION]
 
 
 @pytest.mark.parametrize('convention', CONVENTIONS, ids=lambda c: c.name)
 def test_deprocess_inverts_preprocess(convention):
   rgb = np.random.default_rng(0).uniform(size=(2, 5, 7, 3)).astype(np.float32)
-  pre = jax.jit(image_lib.preprocess, static_argnums=1)
-  de = jax.jit(image_lib.deprocess, static_argnums=1)
+  pre = jax.jit(pixels.preprocess, static_argnums=1)
+  de = jax.jit(pixels.deprocess, static_argnums=1)
   x = pre(rgb, convention)
   assert x.shape == (2, 5, 7, 3) and x.dtype == np.float32
   np.testing.assert_allclose(de(x, convention), rgb, atol=2e-7)
@@ -26,25 +28,25 @@ def test_deprocess_inverts_preprocess(convention):
 def test_caffe_is_bgr_0_255_minus_mean_pixel():
   red = np.zeros((1, 1, 1, 3), np.float32)
   red[..., 0] = 1.0
-  x = np.asarray(image_lib.preprocess(red, image_lib.CAFFE))[0, 0, 0]
+  x = np.asarray(pixels.preprocess(red, pixels.CAFFE))[0, 0, 0]
   np.testing.assert_allclose(x, [0 - 103.939, 0 - 116.779, 255 - 123.68], rtol=1e-6)
 
 
 def test_torchvision_is_rgb_mean_std():
   gray = np.full((1, 1, 1, 3), 0.5, np.float32)
-  x = np.asarray(image_lib.preprocess(gray, image_lib.TORCHVISION))[0, 0, 0]
+  x = np.asarray(pixels.preprocess(gray, pixels.TORCHVISION))[0, 0, 0]
   want = (0.5 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
   np.testing.assert_allclose(x, want, rtol=1e-6)
 
 
 def test_preprocess_wants_batched_rgb():
   with pytest.raises(ValueError, match=r'expected \[N, H, W, 3\]'):
-    image_lib.preprocess(np.zeros((4, 4, 3)), image_lib.CAFFE)
+    pixels.preprocess(np.zeros((4, 4, 3)), pixels.CAFFE)
 
 
 def test_unknown_convention():
   with pytest.raises(errors.ConfigError, match="unknown input convention 'bgr'"):
-    image_lib.get_convention('bgr')
+    pixels.get_convention('bgr')
 
 
 def test_load_resizes_keeping_aspect(tmp_path):
@@ -250,21 +252,19 @@ def _rgb(seed, shape=(1, 6, 7, 3), low=0.2, high=0.8):
 
 def test_yiq_round_trip_and_luma():
   x = _rgb(0)
-  np.testing.assert_allclose(image_lib.yiq_to_rgb(image_lib.rgb_to_yiq(x)), x, atol=1e-6)
-  y = image_lib.rgb_to_yiq(x)[..., 0]
+  np.testing.assert_allclose(color.yiq_to_rgb(color.rgb_to_yiq(x)), x, atol=1e-6)
+  y = color.rgb_to_yiq(x)[..., 0]
   np.testing.assert_allclose(y, x @ np.array([0.299, 0.587, 0.114]), rtol=1e-6)
   # Grey has no chroma.
-  np.testing.assert_allclose(
-    image_lib.rgb_to_yiq(np.full((1, 1, 1, 3), 0.5))[..., 1:], 0, atol=1e-7
-  )
+  np.testing.assert_allclose(color.rgb_to_yiq(np.full((1, 1, 1, 3), 0.5))[..., 1:], 0, atol=1e-7)
 
 
 def test_luminance_image_matches_the_reference_statistics():
   style, content = _rgb(1, (1, 9, 11, 3)), _rgb(2, (2, 6, 7, 3), 0.4, 0.5)
-  g = np.asarray(image_lib.luminance_image(style, like=content))
+  g = np.asarray(color.luminance_image(style, like=content))
   assert g.shape == (2, 9, 11, 3)
   np.testing.assert_array_equal(g[..., 0], g[..., 2])  # grey: Y in every channel
-  y_c = np.asarray(image_lib.rgb_to_yiq(content))[..., 0]
+  y_c = np.asarray(color.rgb_to_yiq(content))[..., 0]
   for i in range(2):
     np.testing.assert_allclose(g[i, ..., 0].mean(), y_c[i].mean(), rtol=1e-5)
     np.testing.assert_allclose(g[i, ..., 0].std(), y_c[i].std(), rtol=1e-4)
@@ -272,21 +272,21 @@ def test_luminance_image_matches_the_reference_statistics():
 
 def test_transfer_chroma_keeps_luma_and_takes_colours():
   result, content = _rgb(3, low=0.4, high=0.6), _rgb(4, low=0.4, high=0.6)
-  out = image_lib.transfer_chroma(result, content)
-  yiq_out, yiq_r, yiq_c = (image_lib.rgb_to_yiq(a) for a in (out, result, content))
+  out = color.transfer_chroma(result, content)
+  yiq_out, yiq_r, yiq_c = (color.rgb_to_yiq(a) for a in (out, result, content))
   np.testing.assert_allclose(yiq_out[..., 0], yiq_r[..., 0], atol=1e-6)
   np.testing.assert_allclose(yiq_out[..., 1:], yiq_c[..., 1:], atol=1e-6)
 
 
-@pytest.mark.parametrize('mode', image_lib.COLOR_MATCH_MODES)
+@pytest.mark.parametrize('mode', color.COLOR_MATCH_MODES)
 def test_match_color_gives_the_reference_mean_and_covariance(mode):
   source = _rgb(5, (1, 20, 30, 3), 0.3, 0.7)
   source[..., 0] *= 0.5  # a colour cast to remove
   reference = _rgb(6, (2, 10, 10, 3), 0.35, 0.65)
-  out = np.asarray(image_lib.match_color(source, reference, mode), np.float64)
+  out = np.asarray(color.match_color(source, reference, mode), np.float64)
   assert out.shape == (2, 20, 30, 3)
   assert 0.0 < out.min() and out.max() < 1.0  # nothing clipped: moments hold exactly
-  eps = image_lib.COLOR_COV_EPS * np.eye(3)
+  eps = color.COLOR_COV_EPS * np.eye(3)
   src = source[0].reshape(-1, 3).astype(np.float64)
   for i in range(2):
     x, r = out[i].reshape(-1, 3), reference[i].reshape(-1, 3).astype(np.float64)
@@ -302,11 +302,11 @@ def test_match_color_gives_the_reference_mean_and_covariance(mode):
 
 def test_pca_and_cholesky_differ_only_by_a_rotation():
   source, reference = _rgb(7, (1, 12, 12, 3), 0.3, 0.7), _rgb(8, (1, 8, 8, 3), 0.35, 0.65)
-  a = np.asarray(image_lib.match_color(source, reference, 'pca'))
-  b = np.asarray(image_lib.match_color(source, reference, 'cholesky'))
+  a = np.asarray(color.match_color(source, reference, 'pca'))
+  b = np.asarray(color.match_color(source, reference, 'cholesky'))
   assert np.abs(a - b).max() > 1e-3  # different maps
   with pytest.raises(ValueError, match='unknown colour match mode'):
-    image_lib.match_color(source, reference, 'lab')
+    color.match_color(source, reference, 'lab')
 
 
 def test_load_mask(tmp_path):

@@ -8,10 +8,11 @@ import pytest
 
 from nst_jax import config as config_lib
 from nst_jax import errors
+from nst_jax.core import pixels
+from nst_jax.core.objective import make_targets
 from nst_jax.core.step import init_state
 from nst_jax.core.step import make_model
 from nst_jax.core.step import make_optimizer
-from nst_jax.core.step import make_targets
 from nst_jax.core.step import update_step
 from nst_jax.engine import memory
 
@@ -19,14 +20,24 @@ from nst_jax.engine import memory
 def _xla_bytes(cfg, h, w):
   """XLA's own figure for the compiled step: arguments + outputs + temporaries - aliased."""
   model = make_model(cfg.model.pooling, dtype=cfg.model.dtype)
-  tx = make_optimizer(cfg.optim.name, memory_size=cfg.optim.lbfgs_memory)
+  tx = make_optimizer(cfg.optim.name, memory_size=cfg.optim.lbfgs_memory, convention=pixels.CAFFE)
   params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
   image = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
   targets = jax.eval_shape(
-    functools.partial(make_targets, model=model, loss_config=cfg.loss), params, image, image
+    functools.partial(
+      make_targets,
+      model=model,
+      loss_spec=cfg.loss.spec,
+      content_weight=cfg.loss.content_weight,
+      style_weight=cfg.loss.style_weight,
+      tv_weight=cfg.loss.tv_weight,
+    ),
+    params,
+    image,
+    image,
   )
   state = jax.eval_shape(lambda x: init_state(x, tx), image)
-  step = functools.partial(update_step, model=model, optimizer=tx, loss_config=cfg.loss)
+  step = functools.partial(update_step, model=model, optimizer=tx, loss_spec=cfg.loss.spec)
   m = jax.jit(step, donate_argnums=0).lower(state, params, targets).compile().memory_analysis()
   return (
     m.temp_size_in_bytes

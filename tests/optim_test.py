@@ -10,6 +10,7 @@ import pytest
 
 import nst_jax
 from nst_jax.core import optim
+from nst_jax.core import pixels
 from nst_jax.io import images as image_lib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,19 +175,22 @@ def test_small_activations_do_not_stall(small_npz):
   assert min(totals[:20]) < 0.5 * totals[0], totals
 
   model = nst_jax.make_model()
-  x = image_lib.preprocess(content[None], w.info.input_convention)
+  x = pixels.preprocess(content[None], w.info.input_convention)
   targets = nst_jax.make_targets(
     w.params,
     x,
-    image_lib.preprocess(style[None], w.info.input_convention),
+    pixels.preprocess(style[None], w.info.input_convention),
     model=model,
-    loss_config=_config(1).loss,
+    loss_spec=_config(1).loss.spec,
+    content_weight=_config(1).loss.content_weight,
+    style_weight=_config(1).loss.style_weight,
+    tv_weight=_config(1).loss.tv_weight,
   )
-  x = nst_jax.initial_image(x, init='gray', seed=0)
+  x = nst_jax.initial_image(x, init='gray', seed=0, convention=pixels.CAFFE)
   tx = optax.lbfgs(memory_size=10, linesearch=None)
   step = jax.jit(
     lambda s: nst_jax.update_step(
-      s, w.params, targets, model=model, optimizer=tx, loss_config=_config(1).loss
+      s, w.params, targets, model=model, optimizer=tx, loss_spec=_config(1).loss.spec
     )
   )
   state = nst_jax.init_state(x, tx)
@@ -204,20 +208,27 @@ def test_adam_steps_are_in_pixel_units_for_every_convention(fixture, request):
   convention = w.info.input_convention
   content, style = _images(32)
   model = nst_jax.make_model()
-  x = image_lib.preprocess(content[None], convention)
+  x = pixels.preprocess(content[None], convention)
   # Weights large enough that Adam's epsilon (1e-8, in gradient units) is
   # negligible next to every gradient, for both input scales.
   loss = nst_jax.LossConfig(content_weight=1e6, style_weight=1e4)
   targets = nst_jax.make_targets(
-    w.params, x, image_lib.preprocess(style[None], convention), model=model, loss_config=loss
+    w.params,
+    x,
+    pixels.preprocess(style[None], convention),
+    model=model,
+    loss_spec=loss.spec,
+    content_weight=loss.content_weight,
+    style_weight=loss.style_weight,
+    tv_weight=loss.tv_weight,
   )
   tx = nst_jax.make_optimizer('adam', learning_rate=3.0, convention=convention)
   state, _ = nst_jax.update_step(
-    nst_jax.init_state(x, tx), w.params, targets, model=model, optimizer=tx, loss_config=loss
+    nst_jax.init_state(x, tx), w.params, targets, model=model, optimizer=tx, loss_spec=loss.spec
   )
   # Adam's first step is lr * sign(g) per coordinate: 3 pixel units (of 255)
   # wherever the gradient is not zero, whatever the weights' input scale.
-  moved = np.abs(np.asarray(image_lib.deprocess(state.image, convention) - content[None])) * 255
+  moved = np.abs(np.asarray(pixels.deprocess(state.image, convention) - content[None])) * 255
   assert np.median(moved) == pytest.approx(3.0, rel=1e-3), np.median(moved)
   assert moved.max() == pytest.approx(3.0, rel=1e-3)
 
@@ -235,10 +246,13 @@ def test_bfloat16_reaches_float32s_objective(lsuv_npz):
   cfg = _config(50)
   targets = nst_jax.make_targets(
     w.params,
-    image_lib.preprocess(content[None], convention),
-    image_lib.preprocess(style[None], convention),
+    pixels.preprocess(content[None], convention),
+    pixels.preprocess(style[None], convention),
     model=model,
-    loss_config=cfg.loss,
+    loss_spec=cfg.loss.spec,
+    content_weight=cfg.loss.content_weight,
+    style_weight=cfg.loss.style_weight,
+    tv_weight=cfg.loss.tv_weight,
   )
   one = jax.tree.map(lambda t: t[0], targets)
   scores = {}
@@ -249,6 +263,8 @@ def test_bfloat16_reaches_float32s_objective(lsuv_npz):
       config=cfg.replace(model=nst_jax.ModelConfig(dtype=dtype)),
       weights=w,
     )
-    x = image_lib.preprocess(out[None], convention)[0]
-    scores[dtype] = float(nst_jax.objective(x, w.params, one, model=model, loss_config=cfg.loss)[0])
+    x = pixels.preprocess(out[None], convention)[0]
+    scores[dtype] = float(
+      nst_jax.objective(x, w.params, one, model=model, loss_spec=cfg.loss.spec)[0]
+    )
   assert scores['bfloat16'] <= 1.05 * scores['float32'], scores

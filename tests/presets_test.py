@@ -16,9 +16,10 @@ import pytest
 import nst_jax
 from nst_jax.cli.app import PRESETS
 from nst_jax.core import losses
+from nst_jax.core import pixels
+from nst_jax.core.objective import make_targets
+from nst_jax.core.objective import objective
 from nst_jax.core.step import make_model
-from nst_jax.core.step import make_targets
-from nst_jax.core.step import objective
 from nst_jax.io import images as image_lib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,19 +55,19 @@ def _loss_parts(name: str, weights) -> tuple[dict, np.ndarray, np.ndarray, np.nd
   rng = np.random.default_rng(1)
   content_rgb = image_lib.load_image(ROOT / 'content_images' / 'tubingen.jpg', width=WIDTH)
   assert content_rgb.shape == (HEIGHT, WIDTH, 3)
-  style_rgb = image_lib.resize(
+  style_rgb = pixels.resize(
     image_lib.load_image(ROOT / 'style_images' / 'starry_night.jpg')[None], HEIGHT, WIDTH
   )[0]
   x_rgb = np.clip(0.5 * content_rgb + 0.5 * rng.uniform(size=content_rgb.shape), 0, 1)
-  images = [image_lib.preprocess(jnp.asarray(a, jnp.float32)[None], convention)
+  images = [pixels.preprocess(jnp.asarray(a, jnp.float32)[None], convention)
             for a in (content_rgb, style_rgb, x_rgb)]  # fmt: skip
   targets = make_targets(
-    weights.params, images[0], images[1], model=model, loss_config=loss_config,
+    weights.params, images[0], images[1], model=model, loss_spec=loss_config.spec,
     content_weight=float(v['contentweight']), style_weight=float(v['styleweight']),
     tv_weight=float(v['tv_weight']),
   )  # fmt: skip
   one = jax.tree.map(lambda t: t[0], targets)
-  _, aux = objective(images[2][0], weights.params, one, model=model, loss_config=loss_config)
+  _, aux = objective(images[2][0], weights.params, one, model=model, loss_spec=loss_config.spec)
   layers = loss_config.feature_layers
   feats = [
     {

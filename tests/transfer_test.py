@@ -6,10 +6,11 @@ import small_runs
 
 from nst_jax import config as config_lib
 from nst_jax import errors
+from nst_jax.core import color
+from nst_jax.core import pixels
 from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import steps
 from nst_jax.io import checkpoint as checkpoint_lib
-from nst_jax.io import images as image_lib
 from nst_jax.runs.arrays import stylize
 
 
@@ -127,7 +128,7 @@ def test_multiscale_runs_coarse_to_fine_from_the_upsampled_result(caffe_npz, mon
   assert [(s['scale'], s['total'], s['offset']) for s in stages] == [(0, 3, 0), (1, 3, 3)]
   # Scale 2 starts from scale 1's result, upsampled.
   np.testing.assert_allclose(
-    stages[1]['init'], image_lib.resize(stages[0]['out'], 48, 64), rtol=1e-5, atol=1e-3
+    stages[1]['init'], pixels.resize(stages[0]['out'], 48, 64), rtol=1e-5, atol=1e-3
   )
   assert seen == [(2, (1, 34, 45, 3)), (5, (1, 48, 64, 3))]  # iterations count on
 
@@ -141,13 +142,13 @@ def test_colour_controls(caffe_npz, monkeypatch, mode):
   style = (rng.uniform(size=(32, 32, 3)) * [0.2, 0.2, 0.6] + [0.6, 0.1, 0.2]).astype(np.float32)
   cfg = _cfg(3, color=config_lib.ColorConfig(preserve_colors=mode))
   out = stylize(content, style, config=cfg, weights=caffe_npz)
-  seen_style = np.asarray(image_lib.deprocess(stages[0]['styles'][0], image_lib.CAFFE))[0]
-  seen_content = np.asarray(image_lib.deprocess(stages[0]['content'], image_lib.CAFFE))[0]
+  seen_style = np.asarray(pixels.deprocess(stages[0]['styles'][0], pixels.CAFFE))[0]
+  seen_content = np.asarray(pixels.deprocess(stages[0]['content'], pixels.CAFFE))[0]
   if mode == 'luminance':
     # Optimised on grey images; the style's luminance matched to the content's.
     np.testing.assert_allclose(seen_style[..., 0], seen_style[..., 1], atol=1e-4)
     np.testing.assert_allclose(seen_content[..., 0], seen_content[..., 2], atol=1e-4)
-    y_c = np.asarray(image_lib.rgb_to_yiq(content))[..., 0]
+    y_c = np.asarray(color.rgb_to_yiq(content))[..., 0]
     np.testing.assert_allclose(seen_style[..., 0].mean(), y_c.mean(), atol=1e-4)
     np.testing.assert_allclose(seen_style[..., 0].std(), y_c.std(), rtol=1e-3)
   elif mode == 'histogram':
@@ -159,8 +160,8 @@ def test_colour_controls(caffe_npz, monkeypatch, mode):
     # The result carries the content's chroma wherever it was not clipped.
     inside = np.all((out > 0.01) & (out < 0.99), axis=-1)
     assert inside.mean() > 0.5
-    iq_out = np.asarray(image_lib.rgb_to_yiq(out))[..., 1:]
-    iq_content = np.asarray(image_lib.rgb_to_yiq(content))[..., 1:]
+    iq_out = np.asarray(color.rgb_to_yiq(out))[..., 1:]
+    iq_content = np.asarray(color.rgb_to_yiq(content))[..., 1:]
     np.testing.assert_allclose(iq_out[inside], iq_content[inside], atol=1e-5)
 
 

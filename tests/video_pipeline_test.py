@@ -71,13 +71,14 @@ def test_video_objective_is_the_objective_plus_the_weighted_temporal_term(caffe_
     rng.uniform(size=(4, 32, 32, 3)), w.info.input_convention
   )
   targets = nst_jax.make_targets(w.params, content[None], style[None], model=model,
-                                 loss_config=loss_config)  # fmt: skip
+                                 loss_spec=loss_config.spec, content_weight=100.0,
+                                 style_weight=0.01)  # fmt: skip
   targets = jax.tree.map(lambda a: a[0], targets)  # one image's targets
   c = rng.uniform(size=(32, 32)).astype(np.float32)
   extra = {'previous': previous, 'weight': c, 'temporal_weight': np.float32(7.0)}
-  base, _ = nst_jax.objective(image, w.params, targets, model=model, loss_config=loss_config)
+  base, _ = nst_jax.objective(image, w.params, targets, model=model, loss_spec=loss_config.spec)
   got, aux = video_pipeline.video_objective(image, w.params, targets._replace(extra=extra),
-                                            model=model, loss_config=loss_config)  # fmt: skip
+                                            model=model, loss_spec=loss_config.spec)  # fmt: skip
   l_t = np.mean(c[..., None] * (np.asarray(image) - np.asarray(previous)) ** 2)
   np.testing.assert_allclose(aux['temporal'], l_t, rtol=1e-5)
   np.testing.assert_allclose(got, base + 7.0 * l_t, rtol=1e-5)

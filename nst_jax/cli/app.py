@@ -40,6 +40,7 @@ from absl import flags
 import nst_jax
 from nst_jax import config as config_lib
 from nst_jax.cli import absl_app
+from nst_jax.core import color
 from nst_jax.core import losses
 from nst_jax.engine import distributed
 from nst_jax.engine import hooks as hooks_lib
@@ -154,7 +155,7 @@ flags.DEFINE_enum(
 flags.DEFINE_enum(
   'color_match',
   'pca',
-  list(image_lib.COLOR_MATCH_MODES),
+  list(color.COLOR_MATCH_MODES),
   'Linear colour map of --preserve_colors=histogram.',
 )
 flags.DEFINE_integer(

@@ -29,8 +29,8 @@ from absl import flags
 
 from nst_jax import errors
 from nst_jax.cli import absl_app
+from nst_jax.core import pixels
 from nst_jax.io import download
-from nst_jax.io import images as image_lib
 from nst_jax.io import output_plan
 from nst_jax.io import weight_checks
 from nst_jax.io import weights as weights_lib
@@ -43,7 +43,7 @@ flags.DEFINE_string(
 flags.DEFINE_enum(
   'input_convention',
   None,
-  sorted(image_lib.CONVENTIONS),
+  sorted(pixels.CONVENTIONS),
   'Override the input convention implied by the file layout.',
 )
 flags.DEFINE_multi_string(

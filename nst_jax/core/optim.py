@@ -44,7 +44,7 @@ import numpy as np
 import optax
 
 from nst_jax import errors
-from nst_jax.io import images as image_lib
+from nst_jax.core import pixels
 
 OPTIMIZERS = ('lbfgs', 'adam')
 # Adam's default step, in pixel units (0..255): jcjohnson/neural-style's
@@ -299,7 +299,7 @@ def _two_loop(grads, s_mem, y_mem, rho, gamma, head, m: int):
   return jax.lax.fori_loop(0, m, second, r)
 
 
-def pixel_scale(convention: image_lib.InputConvention) -> np.ndarray:
+def pixel_scale(convention: pixels.InputConvention) -> np.ndarray:
   """A = dx/dp per network channel, p = RGB x 255 and x the network input.
 
   x_c = (p_c' * scale / 255 - mean_c) / std_c, so A_c = scale / (255 std_c)
@@ -310,7 +310,7 @@ def pixel_scale(convention: image_lib.InputConvention) -> np.ndarray:
 
 
 def in_pixel_units(
-  inner: optax.GradientTransformationExtraArgs, convention: image_lib.InputConvention
+  inner: optax.GradientTransformationExtraArgs, convention: pixels.InputConvention
 ) -> optax.GradientTransformationExtraArgs:
   """`inner` run on the image in pixel units (RGB x 255), for network-space params.
 
@@ -349,7 +349,7 @@ def make_optimizer(
   memory_size: int = DEFAULT_LBFGS_MEMORY,
   first_step: float = DEFAULT_FIRST_STEP,
   box: bool = True,
-  convention: image_lib.InputConvention = image_lib.CAFFE,
+  convention: pixels.InputConvention | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """The image's optimiser, behind one `update` signature.
 
@@ -362,12 +362,15 @@ def make_optimizer(
     box: keep L-BFGS's image inside the displayable range, pixels 0..255
       (projected L-BFGS, see `lbfgs`).
     convention: the weights' input convention (the network space the image
-      lives in).
+      lives in; `WeightsInfo.input_convention`). Required: the pixel units and
+      the box depend on it.
 
   Returns:
     An optax transformation; call `update(grads, state, image, value=...,
     grad=..., value_fn=...)` (the extra arguments are accepted and unused).
   """
+  if convention is None:
+    raise ValueError("make_optimizer needs convention= (the weights' input convention)")
   if name == 'lbfgs':
     inner = lbfgs(memory_size, first_step=first_step, bounds=PIXEL_RANGE if box else None)
   elif name == 'adam':

@@ -388,7 +388,7 @@ class VGG(nn.Module):
 
     Args:
       x: [N, H, W, 3] image already in the weights' input convention (see
-        `nst_jax.io.images.preprocess`).
+        `nst_jax.core.pixels.preprocess`).
       layers: names to return, e.g. `('relu4_2',)`; None returns every layer
         (and is what `init` uses, so that all parameters are created).
 

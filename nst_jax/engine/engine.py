@@ -27,6 +27,9 @@ import numpy as np
 
 from nst_jax import config as config_lib
 from nst_jax import errors
+from nst_jax.core import color
+from nst_jax.core import objective
+from nst_jax.core import pixels
 from nst_jax.core import step as core
 from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import loop as loop_lib
@@ -35,7 +38,6 @@ from nst_jax.engine import schedule as schedule_lib
 from nst_jax.engine import sharding as sharding_lib
 from nst_jax.engine import steps
 from nst_jax.io import checkpoint as checkpoint_lib
-from nst_jax.io import images as image_lib
 from nst_jax.io import weights as weights_lib
 
 
@@ -107,7 +109,7 @@ class Engine:
       input paths are not read).
     weights: loaded weights.
     layout: where the rows live (nst_jax.engine.sharding).
-    loss_fn: the per-image loss (core.objective by default).
+    loss_fn: the per-image loss (nst_jax.core.objective.objective by default).
   """
 
   def __init__(
@@ -116,7 +118,7 @@ class Engine:
     weights: weights_lib.Weights,
     layout: sharding_lib.Layout,
     *,
-    loss_fn: core.LossFn = core.objective,
+    loss_fn: core.LossFn = objective.objective,
   ):
     self.cfg = config
     self.w = weights
@@ -135,18 +137,22 @@ class Engine:
     )
     # Only the convolutions this run reaches: on many devices every leaf is
     # replicated, and conv5_2 onward would add 170 MB per device for nothing.
-    params = core.prepare_params(weights.params, config.loss.feature_layers)
+    params = core.prepare_params(
+      weights.params,
+      config.loss.spec.feature_layers,
+      backend=next(iter(layout.params_sharding().device_set)).platform,
+    )
     self.params = jax.device_put(params, jax.tree.map(lambda _: layout.params_sharding(), params))
     self._targets_fn = jax.jit(
-      functools.partial(core.make_targets, model=self.model, loss_config=config.loss),
+      functools.partial(objective.make_targets, model=self.model, loss_spec=config.loss.spec),
       static_argnames=('blend_weights',),
     )
 
   def to_rgb(self, x: np.ndarray, colors: np.ndarray | None) -> np.ndarray:
     """A network-space image [H, W, 3] -> RGB as saved (clipped, chroma put back)."""
-    rgb = jnp.clip(image_lib.deprocess(jnp.asarray(x)[None], self.convention), 0.0, 1.0)
+    rgb = jnp.clip(pixels.deprocess(jnp.asarray(x)[None], self.convention), 0.0, 1.0)
     if colors is not None:
-      rgb = image_lib.transfer_chroma(rgb, jnp.asarray(colors)[None])
+      rgb = color.transfer_chroma(rgb, jnp.asarray(colors)[None])
     return np.asarray(rgb[0])
 
   def run(
@@ -279,13 +285,19 @@ class _GroupRun:
     content, styles, cmask, smasks = self._stage_inputs(row, h, w, ratio)
     blend = None if smasks is not None else e.cfg.inputs.blend_weights(len(styles))
     extra = row.extra(w, h) if callable(row.extra) else row.extra
+    loss = e.cfg.loss
+    # A row's own weights (a batch job's) win over the config's.
+    cw, sw, tv = (
+      getattr(loss, name) if getattr(row, name) is None else getattr(row, name)
+      for name in ('content_weight', 'style_weight', 'tv_weight')
+    )
     targets = e._targets_fn(
       e.w.params,
       content,
       styles,
-      content_weight=row.content_weight,
-      style_weight=row.style_weight,
-      tv_weight=row.tv_weight,
+      content_weight=cw,
+      style_weight=sw,
+      tv_weight=tv,
       blend_weights=blend,
       content_mask=None if cmask is None else cmask[None],
       style_masks=None if smasks is None else smasks[None],
@@ -326,9 +338,7 @@ class _GroupRun:
 
   def _resize(self, x: jax.Array, st: _Stage) -> jax.Array:
     _, shardings = self._state_shardings(st)
-    resize = jax.jit(
-      lambda x: image_lib.resize(x, st.height, st.width), out_shardings=shardings.image
-    )
+    resize = jax.jit(lambda x: pixels.resize(x, st.height, st.width), out_shardings=shardings.image)
     return resize(x)
 
   def _fresh_state(self, st: _Stage):
@@ -405,7 +415,7 @@ class _GroupRun:
     return steps.compile_step(
       model=e.model,
       optimizer=e.optimizer,
-      loss_config=e.cfg.loss.structure,
+      loss_spec=e.cfg.loss.spec,
       loss_fn=e.loss_fn,
       layout=self.layout,
       state_sharding=state_sh,

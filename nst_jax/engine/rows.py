@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import config as config_lib
-from nst_jax.io import images as image_lib
+from nst_jax.core import pixels
 
 
 @dataclasses.dataclass
@@ -60,7 +60,7 @@ def scaled(h: int, w: int, ratio: float) -> tuple[int, int]:
 def resize(x: np.ndarray, h: int, w: int) -> np.ndarray:
   if x.shape[:2] == (h, w):
     return x
-  return np.asarray(image_lib.resize(jnp.asarray(x)[None], h, w)[0])
+  return np.asarray(pixels.resize(jnp.asarray(x)[None], h, w)[0])
 
 
 def resize_masks(m: np.ndarray | None, h: int, w: int) -> np.ndarray | None:
@@ -69,7 +69,7 @@ def resize_masks(m: np.ndarray | None, h: int, w: int) -> np.ndarray | None:
     return m
   lead = m.shape[:-2]
   flat = jnp.asarray(m).reshape(-1, *m.shape[-2:])[..., None]
-  out = image_lib.resize(flat, h, w)[..., 0]
+  out = pixels.resize(flat, h, w)[..., 0]
   return np.asarray(jnp.clip(out.reshape(*lead, h, w), 0.0, 1.0))
 
 
@@ -79,24 +79,23 @@ def prepare_colors(row: Row, color: config_lib.ColorConfig) -> Row:
   content = jnp.asarray(row.content)[None]
   if mode == 'luminance':
     styles = [
-      np.asarray(image_lib.luminance_image(jnp.asarray(s)[None], like=content)[0])
-      for s in row.styles
+      np.asarray(color.luminance_image(jnp.asarray(s)[None], like=content)[0]) for s in row.styles
     ]
     init = row.init_rgb
     if init is not None:
-      init = np.asarray(image_lib.luminance_image(jnp.asarray(init)[None])[0])
-    work = np.asarray(image_lib.luminance_image(content)[0])
+      init = np.asarray(color.luminance_image(jnp.asarray(init)[None])[0])
+    work = np.asarray(color.luminance_image(content)[0])
     return dataclasses.replace(row, content=work, styles=styles, init_rgb=init)
   if mode == 'histogram':
     styles = [
-      np.asarray(image_lib.match_color(jnp.asarray(s)[None], content, color.color_match)[0])
+      np.asarray(color.match_color(jnp.asarray(s)[None], content, color.color_match)[0])
       for s in row.styles
     ]
     return dataclasses.replace(row, styles=styles)
   return row
 
 
-def stage_inputs(row: Row, h: int, w: int, ratio: float, convention: image_lib.InputConvention):
+def stage_inputs(row: Row, h: int, w: int, ratio: float, convention: pixels.InputConvention):
   """A row's inputs at a stage of size h x w (`ratio` of the output).
 
   Returns:
@@ -104,9 +103,8 @@ def stage_inputs(row: Row, h: int, w: int, ratio: float, convention: image_lib.I
     in network space; the content mask [h, w] and style masks [S, h, w]
     resized, or None).
   """
-  content = image_lib.preprocess(resize(row.content, h, w)[None], convention)
+  content = pixels.preprocess(resize(row.content, h, w)[None], convention)
   styles = [
-    image_lib.preprocess(resize(s, *scaled(*s.shape[:2], ratio))[None], convention)
-    for s in row.styles
+    pixels.preprocess(resize(s, *scaled(*s.shape[:2], ratio))[None], convention) for s in row.styles
   ]
   return content, styles, resize_masks(row.content_mask, h, w), resize_masks(row.style_masks, h, w)

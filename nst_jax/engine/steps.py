@@ -59,7 +59,7 @@ def compile_step(
   *,
   model,
   optimizer,
-  loss_config,
+  loss_spec,
   loss_fn: core.LossFn,
   layout: sharding_lib.Layout,
   state_sharding,
@@ -69,7 +69,7 @@ def compile_step(
   """`update_step(state, params, targets, active)` compiled for `args` on `layout`.
 
   Args:
-    model, optimizer, loss_config, loss_fn: the step's static settings.
+    model, optimizer, loss_spec, loss_fn: the step's static settings.
     layout: where the rows live; gives every argument's sharding.
     state_sharding: the state's shardings (images split as the layout says).
     args: (state, params, targets, active), placed as the layout says.
@@ -80,7 +80,7 @@ def compile_step(
   """
   state, params, targets, active = args
   step_fn = functools.partial(
-    core.update_step, model=model, optimizer=optimizer, loss_config=loss_config, loss_fn=loss_fn
+    core.update_step, model=model, optimizer=optimizer, loss_spec=loss_spec, loss_fn=loss_fn
   )
   rows = layout.rows_sharding(1)
   step = jax.jit(
@@ -94,5 +94,5 @@ def compile_step(
     out_shardings=(state_sharding, rows),
     donate_argnums=0,
   )
-  full_key = (model, loss_config, loss_fn, layout.key, *key)
+  full_key = (model, loss_spec, loss_fn, layout.key, *key)
   return COMPILED.get(step, full_key, *args)

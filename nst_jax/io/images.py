@@ -1,19 +1,13 @@
-"""Pixels: the weights' input conventions, and the only image file I/O.
+"""Image files: the only image file I/O.
 
-Two layers, kept apart:
-  * array -> array math: `preprocess` maps RGB in [0, 1] to the network's input
-    space for a given `InputConvention`, and `deprocess` is its exact inverse.
-  * colour math for the colour controls of Gatys et al. 2017: YIQ, luminance,
-    chroma transfer and linear colour matching (`match_color`).
-  * path <-> array I/O: `load_image` reads any Pillow-readable file into RGB
-    float32 [H, W, 3] in [0, 1] (optionally resized; each pixel mode by its
-    real range, `nst_jax.io.image_modes`), and `save_image` writes one
-    atomically.
+Pixel conventions live in nst_jax.core.pixels and colour math in
+nst_jax.core.color. Here `load_image` reads any Pillow-readable file into
+RGB float32 [H, W, 3] in [0, 1] (optionally resized; each pixel mode by its
+real range, `nst_jax.io.image_modes`), and `save_image` writes one atomically.
 """
 
 from collections.abc import Callable
 import contextlib
-import dataclasses
 import io
 import os
 from pathlib import Path
@@ -21,255 +15,20 @@ import tempfile
 import zlib
 
 from absl import logging
-import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
 from nst_jax import errors
+from nst_jax.core import color
+from nst_jax.core import pixels
 from nst_jax.io import image_modes
-
-
-@dataclasses.dataclass(frozen=True)
-class InputConvention:
-  """How a set of weights expects its input pixels.
-
-  network_input = (channels(rgb) * scale - mean) / std, where `channels`
-  reverses RGB to BGR when `bgr` is set and `mean`, `std` are in the network's
-  channel order and scale.
-  """
-
-  name: str
-  bgr: bool
-  scale: float
-  mean: tuple[float, float, float]
-  std: tuple[float, float, float]
-
-
-# The Oxford Caffe VGG models (and Keras' conversion of them): BGR, 0..255,
-# minus the ImageNet mean pixel (B, G, R) from the VGG authors' model card,
-# https://gist.github.com/ksimonyan/3785162f95cd2d5fee77 ("mean pixel").
-CAFFE = InputConvention(
-  name='caffe',
-  bgr=True,
-  scale=255.0,
-  mean=(103.939, 116.779, 123.68),
-  std=(1.0, 1.0, 1.0),
-)
-# torchvision's ImageNet models: RGB in [0, 1], normalised per channel with
-# the statistics from torchvision.models' documentation.
-TORCHVISION = InputConvention(
-  name='torchvision',
-  bgr=False,
-  scale=1.0,
-  mean=(0.485, 0.456, 0.406),
-  std=(0.229, 0.224, 0.225),
-)
-CONVENTIONS = {c.name: c for c in (CAFFE, TORCHVISION)}
 
 # Largest image (width x height) opened unless the caller raises the limit:
 # Pillow's own default guard against decompression bombs (about 0.25 GB of
 # 24-bit pixels).
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
-
-
-def get_convention(name: str) -> InputConvention:
-  """Looks up a convention by name ('caffe' or 'torchvision')."""
-  try:
-    return CONVENTIONS[name]
-  except KeyError:
-    raise errors.ConfigError(
-      f'unknown input convention {name!r}; use one of {sorted(CONVENTIONS)}'
-    ) from None
-
-
-def _stats(convention: InputConvention) -> tuple[jax.Array, jax.Array]:
-  # Rank 4 so that they meet [N, H, W, 3] without rank promotion.
-  mean = jnp.asarray(convention.mean, jnp.float32).reshape(1, 1, 1, 3)
-  std = jnp.asarray(convention.std, jnp.float32).reshape(1, 1, 1, 3)
-  return mean, std
-
-
-def preprocess(rgb: jax.typing.ArrayLike, convention: InputConvention) -> jax.Array:
-  """RGB in [0, 1] -> the network's input space.
-
-  Args:
-    rgb: [N, H, W, 3] RGB, nominally in [0, 1] (values outside are allowed and
-      map affinely).
-    convention: how the weights expect their input.
-
-  Returns:
-    [N, H, W, 3] float32: `(channels(rgb) * scale - mean) / std`.
-  """
-  x = jnp.asarray(rgb, jnp.float32)
-  if x.ndim != 4 or x.shape[-1] != 3:
-    raise ValueError(f'expected [N, H, W, 3] RGB, got shape {x.shape}')
-  if convention.bgr:
-    x = x[..., ::-1]
-  mean, std = _stats(convention)
-  return (x * convention.scale - mean) / std
-
-
-def deprocess(x: jax.typing.ArrayLike, convention: InputConvention) -> jax.Array:
-  """The network's input space -> RGB; the exact inverse of `preprocess`.
-
-  Args:
-    x: [N, H, W, 3] in the convention's space.
-    convention: the convention `x` is in.
-
-  Returns:
-    [N, H, W, 3] float32 RGB, not clipped (clip when saving).
-  """
-  x = jnp.asarray(x, jnp.float32)
-  mean, std = _stats(convention)
-  rgb = (x * std + mean) / convention.scale
-  if convention.bgr:
-    rgb = rgb[..., ::-1]
-  return rgb
-
-
-# YIQ, the FCC's 1953 NTSC definition: Y is Rec. 601 luma, I and Q the two
-# chroma axes. Rows give Y, I, Q from R, G, B; the inverse is computed, so the
-# round trip is exact to float precision.
-RGB_TO_YIQ = np.array(
-  [
-    [0.299, 0.587, 0.114],
-    [0.595716, -0.274453, -0.321263],
-    [0.211456, -0.522591, 0.311135],
-  ]
-)
-YIQ_TO_RGB = np.linalg.inv(RGB_TO_YIQ)
-COLOR_MATCH_MODES = ('pca', 'cholesky')
-# Added to both colour covariances before matching, so a flat (single-colour)
-# image still gives an invertible map; about (0.003)^2 in [0, 1] units.
-COLOR_COV_EPS = 1e-5
-
-
-def rgb_to_yiq(rgb: jax.typing.ArrayLike) -> jax.Array:
-  """[..., 3] RGB -> [..., 3] YIQ (`RGB_TO_YIQ`)."""
-  return jnp.einsum('...c,dc->...d', jnp.asarray(rgb, jnp.float32), RGB_TO_YIQ.astype(np.float32))
-
-
-def yiq_to_rgb(yiq: jax.typing.ArrayLike) -> jax.Array:
-  """[..., 3] YIQ -> [..., 3] RGB, the exact inverse of `rgb_to_yiq`."""
-  return jnp.einsum('...c,dc->...d', jnp.asarray(yiq, jnp.float32), YIQ_TO_RGB.astype(np.float32))
-
-
-def luminance_image(
-  rgb: jax.typing.ArrayLike, like: jax.typing.ArrayLike | None = None
-) -> jax.Array:
-  """The luminance Y of [N, H, W, 3] RGB as a grey RGB image (Y, Y, Y).
-
-  With `like`, Y is first matched to the mean and standard deviation of
-  `like`'s luminance, per image: Y' = (Y - mu) * sigma_like / sigma + mu_like
-  (Gatys et al. 2017, Sec. 5.1: the style's luminance histogram is brought to
-  the content's before luminance-only transfer).
-
-  Args:
-    rgb: [N, H, W, 3].
-    like: optional [M, H', W', 3] with M == N, or N or M equal to 1.
-
-  Returns:
-    [max(N, M), H, W, 3] float32.
-  """
-  y = rgb_to_yiq(rgb)[..., :1]
-  if like is not None:
-    y_like = rgb_to_yiq(like)[..., :1]
-    axes = (1, 2, 3)
-    mu, sigma = jnp.mean(y, axes, keepdims=True), jnp.std(y, axes, keepdims=True)
-    mu_l, sigma_l = jnp.mean(y_like, axes, keepdims=True), jnp.std(y_like, axes, keepdims=True)
-    y = (y - mu) * (sigma_l / jnp.maximum(sigma, 1e-6)) + mu_l
-  return jnp.concatenate([y, y, y], axis=-1)
-
-
-def transfer_chroma(rgb: jax.typing.ArrayLike, colors: jax.typing.ArrayLike) -> jax.Array:
-  """The luminance of `rgb` with the chroma (I, Q) of `colors`, clipped to [0, 1].
-
-  The classic tools' original-colours post-process. jcjohnson/neural-style
-  does it in YUV: Y is the same luma, and (U, V) and (I, Q) span the same
-  chroma plane, so the RGB result is the same in either space.
-
-  Args:
-    rgb: [N, H, W, 3] stylised images.
-    colors: [N, H, W, 3] (or [1, ...]) images whose colours are kept.
-  """
-  y = rgb_to_yiq(rgb)[..., :1]
-  iq = rgb_to_yiq(colors)[..., 1:]
-  iq = jnp.broadcast_to(iq, (*y.shape[:-1], 2))
-  return jnp.clip(yiq_to_rgb(jnp.concatenate([y, iq], axis=-1)), 0.0, 1.0)
-
-
-def _color_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  flat = x.reshape(x.shape[0], -1, 3)
-  mu = jnp.mean(flat, axis=1)
-  centred = flat - mu[:, None, :]
-  cov = jnp.einsum('npi,npj->nij', centred, centred) / flat.shape[1]
-  return mu, cov + COLOR_COV_EPS * jnp.eye(3, dtype=jnp.float32)[None]
-
-
-def _sym_power(cov: jax.Array, power: float) -> jax.Array:
-  lam, v = jnp.linalg.eigh(cov)
-  return jnp.einsum('nij,nj,nkj->nik', v, lam**power, v)
-
-
-def match_color(
-  source: jax.typing.ArrayLike, reference: jax.typing.ArrayLike, mode: str = 'pca'
-) -> jax.Array:
-  """Maps `source`'s colours so their mean and covariance equal `reference`'s.
-
-  Gatys et al. 2017, Sec. 5.2 ("colour histogram matching"): x' = A (x - mu_s)
-  + mu_r with A Sigma_s A^T = Sigma_r, where
-    'pca':      A = Sigma_r^{1/2} Sigma_s^{-1/2} (symmetric square roots; the
-                paper's Image Analogies variant),
-    'cholesky': A = L_r L_s^{-1} with Sigma = L L^T.
-  Both match the first two moments exactly; they differ by a rotation of the
-  colour space. The result is clipped to [0, 1] (the moments then hold up to
-  the clipped pixels).
-
-  Args:
-    source: [N, H, W, 3] RGB in [0, 1] (the style images).
-    reference: [M, H', W', 3] RGB (the content images); N == M or either 1.
-    mode: 'pca' or 'cholesky'.
-
-  Returns:
-    [max(N, M), H, W, 3] float32.
-  """
-  if mode not in COLOR_MATCH_MODES:
-    raise ValueError(f'unknown colour match mode {mode!r}; use one of {COLOR_MATCH_MODES}')
-  x = jnp.asarray(source, jnp.float32)
-  r = jnp.asarray(reference, jnp.float32)
-  n = max(x.shape[0], r.shape[0])
-  mu_s, cov_s = _color_stats(x)
-  mu_r, cov_r = _color_stats(r)
-  if mode == 'pca':
-    a = _sym_power(cov_r, 0.5) @ _sym_power(cov_s, -0.5)
-  else:
-    a = jnp.linalg.cholesky(cov_r) @ jnp.linalg.inv(jnp.linalg.cholesky(cov_s))
-  x = jnp.broadcast_to(x, (n, *x.shape[1:]))
-  a = jnp.broadcast_to(a, (n, 3, 3))
-  mu_s = jnp.broadcast_to(mu_s, (n, 3))[:, None, None, :]
-  mu_r = jnp.broadcast_to(mu_r, (n, 3))[:, None, None, :]
-  out = jnp.einsum('nhwi,nji->nhwj', x - mu_s, a) + mu_r
-  return jnp.clip(out, 0.0, 1.0)
-
-
-def resize(images: jax.typing.ArrayLike, height: int, width: int) -> jax.Array:
-  """Resizes [N, H, W, C] (or [..., H, W]-last-two for masks, C=0) smoothly.
-
-  Bicubic, with an antialiasing filter when shrinking (jax.image.resize),
-  for the steps of a multi-scale run. Values are not clipped.
-  """
-  x = jnp.asarray(images, jnp.float32)
-  if x.shape[1:3] == (height, width):
-    return x
-  return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), 'cubic', antialias=True)
-
-
-def resized_height(width: int, height: int, new_width: int) -> int:
-  """Height that keeps the aspect ratio of a width x height image at new_width."""
-  return max(1, round(height * new_width / width))
 
 
 def resize_to_width(rgb: np.ndarray, width: int, height: int | None = None) -> np.ndarray:
@@ -278,7 +37,7 @@ def resize_to_width(rgb: np.ndarray, width: int, height: int | None = None) -> n
   Done per channel in float, so no 8-bit rounding; the result is clipped to [0, 1].
   """
   h, w, _ = rgb.shape
-  size = (width, height or resized_height(w, h, width))
+  size = (width, height or pixels.resized_height(w, h, width))
   channels = [
     np.asarray(Image.fromarray(rgb[..., c]).resize(size, Image.Resampling.LANCZOS))
     for c in range(3)
@@ -357,7 +116,7 @@ def load_mask(
         f'mask {errors.printable(path)} is {w}x{h} but the content image is {width}x{height} '
         'at this width; draw the mask over the content image, at its aspect ratio'
       )
-    gray = np.asarray(image_modes.to_float_rgb(im, path) @ RGB_TO_YIQ[0], np.float32)
+    gray = np.asarray(image_modes.to_float_rgb(im, path) @ color.RGB_TO_YIQ[0], np.float32)
   resized = Image.fromarray(gray).resize((width, height), Image.Resampling.BOX)
   return np.clip(np.asarray(resized, np.float32), 0.0, 1.0)
 

@@ -32,6 +32,7 @@ import tempfile
 import numpy as np
 
 from nst_jax import errors
+from nst_jax.core import pixels
 from nst_jax.io import images as image_lib
 from nst_jax.io import jobs as jobs_lib
 
@@ -194,7 +195,7 @@ def _frame_rgb(frame) -> np.ndarray:
 
 
 def _read_size(w: int, h: int, width: int | None) -> tuple[int, int]:
-  return (w, h) if width is None else (width, image_lib.resized_height(w, h, width))
+  return (w, h) if width is None else (width, pixels.resized_height(w, h, width))
 
 
 def check_frame_sizes(paths, width: int | None, *, max_pixels: int) -> None:

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import errors
+from nst_jax.core import pixels
 from nst_jax.core import vgg
 from nst_jax.io import images as image_lib
 from nst_jax.io import weight_checks
@@ -124,8 +125,8 @@ class WeightsInfo:
   params_sha256: str
 
   @property
-  def input_convention(self) -> image_lib.InputConvention:
-    return image_lib.get_convention(self.convention)
+  def input_convention(self) -> pixels.InputConvention:
+    return pixels.get_convention(self.convention)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,9 +335,9 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 
 _READERS: dict[str, tuple[Callable[[Path], dict[str, np.ndarray]], str]] = {
-  'keras_h5': (_read_keras_h5, image_lib.CAFFE.name),
-  'torch_pth': (_read_torch_pth, image_lib.TORCHVISION.name),
-  'safetensors': (_read_safetensors, image_lib.TORCHVISION.name),
+  'keras_h5': (_read_keras_h5, pixels.CAFFE.name),
+  'torch_pth': (_read_torch_pth, pixels.TORCHVISION.name),
+  'safetensors': (_read_safetensors, pixels.TORCHVISION.name),
 }
 
 
@@ -360,7 +361,7 @@ def convert(
     raise errors.WeightsError(f'{path} is already a converted .npz; pass it with --weights instead')
   reader, implied = _READERS[fmt]
   if convention is not None:
-    image_lib.get_convention(convention)  # validates the name
+    pixels.get_convention(convention)  # validates the name
   flat = {k: np.ascontiguousarray(v, np.float32) for k, v in reader(path).items()}
   weight_checks.check_params(flat, str(path), fix=_CONVERT_FIX)
   weight_checks.check_values(flat, str(path), fix=_DAMAGED_FIX)
@@ -448,7 +449,7 @@ def load_weights(path: str | os.PathLike | None = None) -> Weights:
     raise errors.WeightsError(
       f'{path} is corrupt: its arrays do not match the hash recorded at conversion; {rebuild}'
     )
-  image_lib.get_convention(info.convention)  # an unknown name is a one-line error
+  pixels.get_convention(info.convention)  # an unknown name is a one-line error
   params = flax.traverse_util.unflatten_dict(
     {k: jnp.asarray(v, jnp.float32) for k, v in flat.items()}, sep='/'
   )

@@ -13,6 +13,7 @@ import numpy as np
 
 from nst_jax import config as config_lib
 from nst_jax import errors
+from nst_jax.core import objective
 from nst_jax.core import step as core
 from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import hooks as hooks_lib
@@ -87,7 +88,7 @@ def stylize(
   init_image: jax.typing.ArrayLike | None = None,
   record: dict | None = None,
   monitor=None,
-  loss_fn: core.LossFn = core.objective,
+  loss_fn: core.LossFn = objective.objective,
 ) -> np.ndarray:
   """Transfers the style of `style` onto `content`.
 
@@ -126,7 +127,7 @@ def stylize(
       losses every `config.run.print_iter` iterations).
     monitor: a live view (nst_jax.engine.preview.Preview, or anything with its
       `due` and `update`), shown image 0; never waited for.
-    loss_fn: the per-image loss (core.objective; see core.update_step).
+    loss_fn: the per-image loss (nst_jax.core.objective.objective; see update_step).
 
   Returns:
     RGB float32 in [0, 1] with the leading shape of `content`.

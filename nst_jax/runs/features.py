@@ -12,14 +12,14 @@ import os
 import jax
 import jax.numpy as jnp
 
+from nst_jax.core import pixels
 from nst_jax.core import vgg
-from nst_jax.io import images as image_lib
 from nst_jax.io import weights as weights_lib
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'layers', 'convention'))
 def _apply(params, rgb, *, model, layers, convention):
-  return model.apply({'params': params}, image_lib.preprocess(rgb, convention), layers)
+  return model.apply({'params': params}, pixels.preprocess(rgb, convention), layers)
 
 
 def extract_features(

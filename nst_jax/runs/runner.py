@@ -22,6 +22,7 @@ import numpy as np
 
 from nst_jax import config as config_lib
 from nst_jax import errors
+from nst_jax.core import pixels
 from nst_jax.core import vgg
 from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import hooks as hooks_lib
@@ -45,7 +46,7 @@ def style_width(cfg: config_lib.StyleConfig, width: int) -> int:
 def output_height(path: str, cfg: config_lib.StyleConfig) -> int:
   """The result's height for a content file, from its header (nothing decoded)."""
   size = image_lib.image_size(path, max_pixels=cfg.inputs.max_image_pixels)
-  return image_lib.resized_height(*size, cfg.inputs.width)
+  return pixels.resized_height(*size, cfg.inputs.width)
 
 
 def largest_height(content: str, styles: Sequence[str], cfg: config_lib.StyleConfig) -> int:
@@ -55,7 +56,7 @@ def largest_height(content: str, styles: Sequence[str], cfg: config_lib.StyleCon
   heights = [output_height(content, cfg)]
   for path in styles:
     size = image_lib.image_size(path, max_pixels=cfg.inputs.max_image_pixels)
-    heights.append(image_lib.resized_height(*size, sw) * sw // width)
+    heights.append(pixels.resized_height(*size, sw) * sw // width)
   return max(heights)
 
 

@@ -42,7 +42,8 @@ import numpy as np
 from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.core import losses
-from nst_jax.core import step as core
+from nst_jax.core import objective
+from nst_jax.core import pixels
 from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import memory as memory_lib
@@ -59,14 +60,14 @@ from nst_jax.runs import flow as flow_lib
 from nst_jax.runs import runner as pipeline
 
 
-def video_objective(image, params, targets, *, model, loss_config):
+def video_objective(image, params, targets, *, model, loss_spec):
   """`core.objective` plus the temporal term of Ruder et al. (`losses.temporal_loss`).
 
   `targets.extra` holds 'previous' [H, W, 3] (the neighbour's result warped
   into this frame, network space), 'weight' [H, W] (c) and
   'temporal_weight' (a scalar).
   """
-  total, aux = core.objective(image, params, targets, model=model, loss_config=loss_config)
+  total, aux = objective.objective(image, params, targets, model=model, loss_spec=loss_spec)
   t = targets.extra
   l_t = losses.temporal_loss(image, t['previous'], t['weight'])
   total = total + t['temporal_weight'] * l_t
@@ -212,7 +213,7 @@ def _temporal(prev_rgb, flows, weight_scale, convention, content):
   c = flows.weight
   start = c[..., None] * warped + (1.0 - c[..., None]) * content
   extra = {
-    'previous': np.asarray(image_lib.preprocess(warped[None], convention)[0]),
+    'previous': np.asarray(pixels.preprocess(warped[None], convention)[0]),
     'weight': c,
     'temporal_weight': np.float32(weight_scale),
   }
@@ -244,7 +245,7 @@ def run_video(cfg: config_lib.StyleConfig) -> Path:
   paths = _paths(cfg)
   for note in clip.notes:
     logging.info('%s: %s', clip.path, note)
-  height = image_lib.resized_height(clip.width, clip.height, cfg.inputs.width)
+  height = pixels.resized_height(clip.width, clip.height, cfg.inputs.width)
   frame = pipeline.planned_output(cfg, paths.output, height)
   plan = [
     output_plan.Output(

@@ -1,0 +1,383 @@
+"""The objective: what the loss compares against, and the loss of one image.
+
+* `LossSpec`: the loss's structure (layers, style statistic, per-layer
+  weights, normalisation), small and hashable: the static argument of the
+  compiled step.
+* `make_targets(params, content, style, model=, loss_spec=, content_weight=,
+  style_weight=)`: content features and style statistics, computed once, and
+  the loss weights as per-image arrays (data, so a batch can mix them without
+  recompiling).
+* `objective(image, params, targets, model=, loss_spec=)`: one image's
+  cw * L_c + sw * L_s + tv * L_tv and its terms (nst_jax.core.losses).
+"""
+
+from collections.abc import Mapping, Sequence
+import dataclasses
+from typing import Any, NamedTuple
+import warnings
+
+import jax
+import jax.numpy as jnp
+
+from nst_jax.core import losses
+from nst_jax.core import vgg
+
+# Gatys et al. 2016, Sec. 3: content from conv4_2 (we take its ReLU, as the
+# classic tools do), style from the first layer of each stage.
+DEFAULT_CONTENT_LAYERS = ('relu4_2',)
+DEFAULT_STYLE_LAYERS = ('relu1_1', 'relu2_1', 'relu3_1', 'relu4_1', 'relu5_1')
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+  """The loss's structure: what the compiled step depends on (hashable, static).
+
+  The loss weights cw, sw and tv are not here: they are data, per image, in
+  `Targets`.
+
+  Attributes:
+    content_layers: layers whose features are matched to the content image.
+    style_layers: layers whose statistics are matched to the style image.
+    style_layer_weights: w_l for each style layer, same length; None = all 1.
+    style_loss: 'gram' (Gatys et al.), 'mean_cov' (Wasserstein-2 between
+      Gaussian fits) or 'histogram' (Risser et al.).
+    normalize_gradients: L1-normalise each term's gradient at its layer before
+      weighting it (jcjohnson/neural-style's -normalize_gradients).
+  """
+
+  content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
+  style_layers: tuple[str, ...] = DEFAULT_STYLE_LAYERS
+  style_layer_weights: tuple[float, ...] | None = None
+  style_loss: str = 'gram'
+  normalize_gradients: bool = False
+
+  def __post_init__(self):
+    if self.style_loss not in losses.STYLE_KINDS:
+      raise ValueError(f'style_loss must be one of {losses.STYLE_KINDS}, got {self.style_loss!r}')
+    for field in ('content_layers', 'style_layers'):
+      value = getattr(self, field)
+      if not isinstance(value, tuple) or not value:
+        raise ValueError(f'{field} must be a non-empty tuple of layer names, got {value!r}')
+      vgg.check_layers(value)
+    w = self.style_layer_weights
+    if w is not None and len(w) != len(self.style_layers):
+      raise ValueError(
+        f'style_layer_weights has {len(w)} values for {len(self.style_layers)} style layers'
+      )
+
+  @property
+  def layer_weights(self) -> dict[str, float]:
+    """Style layer -> w_l."""
+    weights = self.style_layer_weights or (1.0,) * len(self.style_layers)
+    return dict(zip(self.style_layers, weights, strict=True))
+
+  @property
+  def feature_layers(self) -> tuple[str, ...]:
+    """Every layer the loss needs, content first, without repeats."""
+    return tuple(dict.fromkeys(self.content_layers + self.style_layers))
+
+
+def as_spec(loss: Any) -> LossSpec:
+  """A LossSpec from a LossSpec, or from anything with a `.spec` (a LossConfig)."""
+  if isinstance(loss, LossSpec):
+    return loss
+  spec = getattr(loss, 'spec', None)
+  if isinstance(spec, LossSpec):
+    return spec
+  raise TypeError(f'expected a LossSpec, got {type(loss).__name__}')
+
+
+class Targets(NamedTuple):
+  """What the loss compares against, and how much each term counts, per image.
+
+  S is the number of style regions: 1 without style masks (the styles are
+  blended into one target), else one per style image.
+
+  Attributes:
+    content: content layer -> [N, h, w, c] features of the content images.
+    style: style layer -> statistic -> [N, S, ...] style statistics, as
+      `losses.style_layer_loss` takes them for the config's style loss
+      ('gram': {'gram': [N, S, C, C]}).
+    content_weight: [N] float32, cw of each image.
+    style_weight: [N] float32, sw of each image.
+    tv_weight: [N] float32, weight of the total variation term.
+    content_mask: None, or content layer -> [N, h, w] weight per position.
+    style_masks: None, or style layer -> [N, S, h, w] region guidance.
+    extra: None, or any pytree with leading [N] axes for a custom `loss_fn`
+      (the video loss keeps the warped previous frame here).
+  """
+
+  content: Mapping[str, jax.Array]
+  style: Mapping[str, Mapping[str, jax.Array]]
+  content_weight: jax.Array
+  style_weight: jax.Array
+  tv_weight: jax.Array
+  content_mask: Mapping[str, jax.Array] | None = None
+  style_masks: Mapping[str, jax.Array] | None = None
+  extra: Any = None
+
+
+def _features(params, x, *, model: vgg.VGG, layers: tuple[str, ...]):
+  return model.apply({'params': params}, x, layers)
+
+
+def _layer_positions(height: int, width: int, layer: str) -> int:
+  k = vgg.downsamplings(layer)
+  return (height // 2**k) * (width // 2**k)
+
+
+def _style_statistics(
+  feats: list[jax.Array], blend: tuple[float, ...] | None, *, kind: str, n: int, m: int
+) -> dict[str, jax.Array]:
+  """One layer's style statistics, [n, S, ...].
+
+  Args:
+    feats: per style image, [1 or n, h_i, w_i, C] features.
+    blend: normalised blend weights (S = 1), or None for one region per style.
+    kind: the style loss.
+    n: batch size.
+    m: positions of the optimised image at this layer ('histogram').
+  """
+  feats = [jnp.broadcast_to(f, (n, *f.shape[1:])) for f in feats]
+  if kind == 'histogram':
+    weights = blend or (1.0,)
+
+    def quantiles(*fs):
+      return losses.style_quantiles([f.reshape(-1, f.shape[-1]) for f in fs], weights, m)
+
+    return {'quantiles': jax.vmap(quantiles)(*feats)[:, None]}
+  if kind == 'gram':
+    grams = [jax.vmap(losses.gram_matrix)(f) for f in feats]  # [n, C, C] each
+    if blend is None:
+      return {'gram': jnp.stack(grams, axis=1)}
+    return {'gram': sum(b * g for b, g in zip(blend, grams, strict=True))[:, None]}
+  means, covs = zip(*(jax.vmap(losses.mean_cov)(f) for f in feats), strict=True)
+  if blend is None:
+    mu, cov = jnp.stack(means, axis=1), jnp.stack(covs, axis=1)
+  else:
+    # The mixture's mean and covariance: its second moment (the blended Gram)
+    # minus mu mu^T, written around the mean for float32 accuracy.
+    mu = sum(b * m_i for b, m_i in zip(blend, means, strict=True))
+    cov = sum(
+      b * (c_i + jnp.einsum('ni,nj->nij', m_i - mu, m_i - mu))
+      for b, m_i, c_i in zip(blend, means, covs, strict=True)
+    )
+    mu, cov = mu[:, None], cov[:, None]
+  return jax.vmap(jax.vmap(losses.mean_cov_target))(mu, cov)
+
+
+def make_targets(
+  params: Mapping[str, Mapping[str, jax.Array]],
+  content: jax.Array,
+  style: jax.Array | Sequence[jax.Array],
+  *,
+  model: vgg.VGG,
+  loss_spec: LossSpec | None = None,
+  content_weight: jax.typing.ArrayLike | None = None,
+  style_weight: jax.typing.ArrayLike | None = None,
+  tv_weight: jax.typing.ArrayLike = 0.0,
+  loss_config: Any = None,
+  blend_weights: Sequence[float] | None = None,
+  content_mask: jax.Array | None = None,
+  style_masks: jax.Array | None = None,
+  extra: Any = None,
+) -> Targets:
+  """Content features and style statistics, computed once before optimising.
+
+  Several style images are blended (weights `blend_weights`, normalised;
+  equal by default) into one target per layer: for Grams the weighted sum
+  sum_i b_i G_i (jcjohnson/neural-style's blend), for 'mean_cov' the
+  mixture's mean and covariance, for 'histogram' the mixture's quantiles.
+  With `style_masks` they are not blended: style i governs region i.
+
+  Args:
+    params: VGG parameters.
+    content: [N, H, W, 3] content images in network space.
+    style: [N or 1, Hs, Ws, 3] style images in network space (any size), or a
+      sequence of such arrays, one per style (sizes may differ).
+    model: the VGG.
+    loss_spec: layers and style statistic (`LossSpec`).
+    content_weight: cw, scalar or [N] (required).
+    style_weight: sw, scalar or [N] (required).
+    tv_weight: tv, scalar or [N].
+    loss_config: deprecated: a nst_jax.config.LossConfig in place of
+      `loss_spec`, whose weights stand in for the ones not given.
+    blend_weights: one weight per style (not with style_masks).
+    content_mask: [N or 1, H, W] weight of the content loss per pixel.
+    style_masks: [N or 1, S, H, W], one region mask per style.
+    extra: passed through as `Targets.extra`.
+
+  Returns:
+    Targets with leading [N] axes.
+  """
+  loss_spec, content_weight, style_weight, tv_weight = _spec_and_weights(
+    loss_spec, loss_config, content_weight, style_weight, tv_weight
+  )
+  _check_images(content, style, content_mask, style_masks)
+  n, height, width = content.shape[:3]
+  styles = list(style) if isinstance(style, (list, tuple)) else [style]
+  blend = _blend(styles, n, (height, width), blend_weights, style_masks)
+  content_feats = _features(params, content, model=model, layers=loss_spec.content_layers)
+  style_feats = [_features(params, s, model=model, layers=loss_spec.style_layers) for s in styles]
+  stats = {
+    name: _style_statistics(
+      [f[name] for f in style_feats],
+      blend,
+      kind=loss_spec.style_loss,
+      n=n,
+      m=_layer_positions(height, width, name),
+    )
+    for name in loss_spec.style_layers
+  }
+
+  def per_image(x):
+    return jnp.broadcast_to(jnp.asarray(x, jnp.float32), (n,))
+
+  return Targets(
+    content={k: v.astype(jnp.float32) for k, v in content_feats.items()},
+    style=stats,
+    content_weight=per_image(content_weight),
+    style_weight=per_image(style_weight),
+    tv_weight=per_image(tv_weight),
+    content_mask=_masks_per_layer(content_mask, loss_spec.content_layers, (n,)),
+    style_masks=_masks_per_layer(
+      style_masks, loss_spec.style_layers, (n,) if style_masks is None else (n, len(styles))
+    ),
+    extra=extra,
+  )
+
+
+def _spec_and_weights(loss_spec, loss_config, content_weight, style_weight, tv_weight):
+  """make_targets' structure and weights; a deprecated LossConfig fills in for both."""
+  if loss_config is not None:
+    warnings.warn(
+      'make_targets(loss_config=...) is deprecated; pass loss_spec=config.spec and the '
+      'weights content_weight=, style_weight=, tv_weight=',
+      DeprecationWarning,
+      stacklevel=3,
+    )
+    loss_spec = as_spec(loss_config) if loss_spec is None else loss_spec
+    content_weight = loss_config.content_weight if content_weight is None else content_weight
+    style_weight = loss_config.style_weight if style_weight is None else style_weight
+    if tv_weight is None or (isinstance(tv_weight, float) and tv_weight == 0.0):
+      tv_weight = loss_config.tv_weight
+  if loss_spec is None:
+    raise TypeError('make_targets needs loss_spec= (a LossSpec: layers and style statistic)')
+  missing = [
+    n for n, w in (('content_weight', content_weight), ('style_weight', style_weight)) if w is None
+  ]
+  if missing:
+    raise TypeError(f'make_targets needs {" and ".join(missing)}= (scalar or one per image)')
+  return as_spec(loss_spec), content_weight, style_weight, tv_weight
+
+
+def _check_images(content, style, content_mask, style_masks) -> None:
+  """Shapes make_targets can use, or a ValueError naming the argument."""
+  styles = list(style) if isinstance(style, (list, tuple)) else [style]
+  for name, x in (('content', content), *((f'style[{i}]', s) for i, s in enumerate(styles))):
+    shape = getattr(x, 'shape', None)
+    if shape is None or len(shape) != 4 or shape[-1] != 3:
+      raise ValueError(f'{name} must be [N, H, W, 3] in network space, got shape {shape}')
+  if content_mask is not None and (
+    content_mask.ndim != 3 or content_mask.shape[-2:] != content.shape[1:3]
+  ):
+    raise ValueError(
+      f'content_mask must be [N or 1, H, W] = [.., {content.shape[1]}, {content.shape[2]}], '
+      f'got {content_mask.shape}'
+    )
+  if style_masks is not None and style_masks.ndim != 4:
+    raise ValueError(f'style_masks must be [N or 1, S, H, W], got {style_masks.shape}')
+
+
+def _blend(styles, n, size, blend_weights, style_masks) -> tuple[float, ...] | None:
+  """The normalised blend weights of the styles (None: one region per style mask)."""
+  for s in styles:
+    if s.shape[0] not in (1, n):
+      raise ValueError(f'{s.shape[0]} style images for {n} content images; give 1 or {n}')
+  if style_masks is not None:
+    if blend_weights is not None:
+      raise ValueError('blend weights and style masks exclude each other')
+    if style_masks.shape[1] != len(styles) or style_masks.shape[2:] != size:
+      raise ValueError(
+        f'style masks {style_masks.shape} for {len(styles)} styles and a {size[0]}x{size[1]} image'
+      )
+    return None
+  weights = blend_weights or (1.0,) * len(styles)
+  if len(weights) != len(styles):
+    raise ValueError(f'{len(weights)} blend weights for {len(styles)} styles')
+  return tuple(float(b) / float(sum(weights)) for b in weights)
+
+
+def _masks_per_layer(mask, layers, lead) -> dict[str, jax.Array] | None:
+  """[N or 1, ..., H, W] guidance -> layer -> [*lead, h, w] at each layer's resolution."""
+  if mask is None:
+    return None
+  out = {}
+  for name in layers:
+    m = vgg.mask_at_layer(mask, name)
+    out[name] = jnp.broadcast_to(m, (*lead, *m.shape[-2:]))
+  return out
+
+
+def objective(
+  image: jax.Array,
+  params: Mapping[str, Mapping[str, jax.Array]],
+  targets: Targets,
+  *,
+  model: vgg.VGG,
+  loss_spec: LossSpec,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The loss of one image: cw * L_c + sw * L_s + tv * L_tv (see `nst_jax.core.losses`).
+
+  The content and style terms are `losses.content_loss` and
+  `losses.style_loss` of the image's features; with
+  `loss_spec.normalize_gradients` each layer's features first pass through
+  `losses.normalize_gradient` with that term's weight (cw, or sw * w_l), so
+  every term pushes with an L1-normalised gradient; values are unchanged.
+
+  Args:
+    image: [H, W, 3] in network space.
+    params: VGG parameters.
+    targets: one image's targets (no leading batch axis).
+    model: the VGG.
+    loss_spec: layers, style layer weights, style loss, normalisation.
+
+  Returns:
+    (total, {'total', 'content', 'style', 'tv', 'content/<layer>',
+    'style/<layer>'}) scalars; content, style and tv are the unweighted L_c,
+    L_s and L_tv, and the per-layer entries their terms before w_l.
+  """
+  feats = _features(params, image[None], model=model, layers=loss_spec.feature_layers)
+  feats = {k: v[0] for k, v in feats.items()}
+  cw, sw = targets.content_weight, targets.style_weight
+  layer_weights = loss_spec.layer_weights
+  if loss_spec.normalize_gradients:
+    weight = {name: cw for name in loss_spec.content_layers}
+    style_feats = {
+      name: losses.normalize_gradient(feats[name], sw * w) for name, w in layer_weights.items()
+    }
+    content_feats = {
+      name: losses.normalize_gradient(feats[name], weight[name])
+      for name in loss_spec.content_layers
+    }
+  else:
+    content_feats = style_feats = feats
+  terms = {}
+  l_c = losses.content_loss(
+    content_feats,
+    targets.content,
+    layers=loss_spec.content_layers,
+    masks=targets.content_mask,
+    terms=terms,
+  )
+  l_s = losses.style_loss(
+    style_feats,
+    targets.style,
+    layer_weights=layer_weights,
+    kind=loss_spec.style_loss,
+    masks=targets.style_masks,
+    terms=terms,
+  )
+  l_tv = losses.tv_loss(image)
+  total = cw * l_c + sw * l_s + targets.tv_weight * l_tv
+  return total, {'total': total, 'content': l_c, 'style': l_s, 'tv': l_tv, **terms}
