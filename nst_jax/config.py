@@ -33,7 +33,6 @@ from nst_jax.core import losses
 from nst_jax.core import objective
 from nst_jax.core import optim
 from nst_jax.core import vgg
-from nst_jax.io import images as image_lib
 
 DEFAULT_CONTENT_LAYERS = objective.DEFAULT_CONTENT_LAYERS
 DEFAULT_STYLE_LAYERS = objective.DEFAULT_STYLE_LAYERS
@@ -55,6 +54,14 @@ SHARD_MODES = ('jobs', 'spatial')
 # compute float32 either way.
 PRECISIONS = ('highest', 'high', 'default')
 DEFAULT_LBFGS_MEMORY = optim.DEFAULT_LBFGS_MEMORY
+# Largest image (width x height) opened unless the caller raises the limit:
+# Pillow's own default guard against decompression bombs (about 0.25 GB of
+# 24-bit pixels).
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+# JPEG and WebP quality when none is given: Pillow's scale, 1-100. 95 keeps
+# the fine texture style transfer produces (Pillow's own default is 75).
+DEFAULT_QUALITY = 95
+BIT_DEPTHS = (8, 16)
 # A checkpoint at 1024x768 takes about 1 s to save with L-BFGS: every 100
 # iterations costs a fraction of a percent (docs/long-runs.md).
 DEFAULT_CHECKPOINT_EVERY = 100
@@ -130,7 +137,7 @@ class InputConfig(_Group):
   style_masks: tuple[str, ...] = ()
   init: str = 'content'
   seed: int = 0
-  max_image_pixels: int = image_lib.DEFAULT_MAX_IMAGE_PIXELS
+  max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
   def __post_init__(self):
     _positive_int('width', self.width)
@@ -385,15 +392,13 @@ class SaveConfig(_Group):
 
   path: str = ''
   bit_depth: int = 8
-  quality: int = image_lib.DEFAULT_QUALITY
+  quality: int = DEFAULT_QUALITY
   save_iter: int = 0
   record: bool = True
   overwrite: bool = False
 
   def __post_init__(self):
-    _check(
-      self.bit_depth in image_lib.BIT_DEPTHS, f'bit_depth must be 8 or 16, got {self.bit_depth!r}'
-    )
+    _check(self.bit_depth in BIT_DEPTHS, f'bit_depth must be 8 or 16, got {self.bit_depth!r}')
     _check(
       isinstance(self.quality, int) and 1 <= self.quality <= 100,
       f'quality must be an integer from 1 to 100, got {self.quality!r}',

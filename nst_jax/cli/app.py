@@ -44,7 +44,6 @@ from nst_jax.core import color
 from nst_jax.core import losses
 from nst_jax.engine import distributed
 from nst_jax.engine import hooks as hooks_lib
-from nst_jax.io import images as image_lib
 from nst_jax.io import jobs as jobs_lib
 from nst_jax.io import output_plan
 from nst_jax.io import video
@@ -178,7 +177,7 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_integer(
   'quality',
-  image_lib.DEFAULT_QUALITY,
+  config_lib.DEFAULT_QUALITY,
   'JPEG and WebP output quality, 1-100.',
   lower_bound=1,
   upper_bound=100,
@@ -300,7 +299,7 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_integer(
   'max_image_pixels',
-  image_lib.DEFAULT_MAX_IMAGE_PIXELS,
+  config_lib.DEFAULT_MAX_IMAGE_PIXELS,
   'Refuse input images with more pixels than this (decompression-bomb guard).',
 )
 

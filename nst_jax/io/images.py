@@ -20,15 +20,11 @@ from PIL import Image
 from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
+from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.core import color
 from nst_jax.core import pixels
 from nst_jax.io import image_modes
-
-# Largest image (width x height) opened unless the caller raises the limit:
-# Pillow's own default guard against decompression bombs (about 0.25 GB of
-# 24-bit pixels).
-DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
 
 def resize_to_width(rgb: np.ndarray, width: int, height: int | None = None) -> np.ndarray:
@@ -50,7 +46,7 @@ def load_image(
   path: str | os.PathLike,
   width: int | None = None,
   *,
-  max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+  max_pixels: int = config_lib.DEFAULT_MAX_IMAGE_PIXELS,
 ) -> np.ndarray:
   """Reads an image file as RGB float32 in [0, 1].
 
@@ -94,7 +90,7 @@ def load_mask(
   height: int,
   width: int,
   *,
-  max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+  max_pixels: int = config_lib.DEFAULT_MAX_IMAGE_PIXELS,
 ) -> np.ndarray:
   """Reads a guidance mask: its luminance in [0, 1], resized to height x width.
 
@@ -166,7 +162,7 @@ def _open(path: str | os.PathLike, max_pixels: int):
 
 
 def image_size(
-  path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+  path: str | os.PathLike, *, max_pixels: int = config_lib.DEFAULT_MAX_IMAGE_PIXELS
 ) -> tuple[int, int]:
   """(width, height) as displayed (EXIF rotation applied), from the header only.
 
@@ -223,14 +219,8 @@ def image_format(path: str | os.PathLike) -> str:
   return fmt
 
 
-# JPEG and WebP quality when none is given: Pillow's scale, 1-100. 95 keeps
-# the fine texture style transfer produces (Pillow's own default is 75).
-DEFAULT_QUALITY = 95
-BIT_DEPTHS = (8, 16)
-
-
 def icc_profile(
-  path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+  path: str | os.PathLike, *, max_pixels: int = config_lib.DEFAULT_MAX_IMAGE_PIXELS
 ) -> bytes | None:
   """The ICC colour profile embedded in an image file, or None."""
   with _open(path, max_pixels) as im:
@@ -263,7 +253,7 @@ def _write_png16(tmp: str, rgb: np.ndarray, profile: bytes | None) -> None:
 def check_output(path: str | os.PathLike, bit_depth: int = 8) -> str:
   """Pillow's format for an output name, refusing what `save_image` cannot write."""
   fmt = image_format(path)
-  if bit_depth not in BIT_DEPTHS:
+  if bit_depth not in config_lib.BIT_DEPTHS:
     raise errors.ImageError(f'bit depth must be 8 or 16, got {bit_depth}')
   if bit_depth == 16 and fmt != 'PNG':
     raise errors.ImageError(
@@ -278,7 +268,7 @@ def save_image(
   rgb: np.ndarray,
   *,
   bit_depth: int = 8,
-  quality: int = DEFAULT_QUALITY,
+  quality: int = config_lib.DEFAULT_QUALITY,
   icc: bytes | None = None,
 ) -> None:
   """Writes [H, W, 3] RGB in [0, 1] atomically, in the format of the suffix.

@@ -31,6 +31,7 @@ import tempfile
 
 import numpy as np
 
+from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.core import pixels
 from nst_jax.io import images as image_lib
@@ -230,7 +231,7 @@ def check_frame_sizes(paths, width: int | None, *, max_pixels: int) -> None:
       )
 
 
-def read_frames(clip: Clip, width: int, *, max_pixels: int = image_lib.DEFAULT_MAX_IMAGE_PIXELS):
+def read_frames(clip: Clip, width: int, *, max_pixels: int = config_lib.DEFAULT_MAX_IMAGE_PIXELS):
   """Yields the clip's frames as RGB float32 [H, W, 3] in [0, 1], resized to `width`.
 
   Raises:
