@@ -48,7 +48,7 @@ from nst_jax.runs.features import extract_features
 from nst_jax.core.pixels import deprocess
 from nst_jax.core.pixels import preprocess
 from nst_jax.core.losses import content_loss
-from nst_jax.core.losses import gram_matrix
+from nst_jax.core.statistics import gram_matrix
 from nst_jax.core.losses import style_loss
 from nst_jax.core.losses import tv_loss
 from nst_jax.runs.runner import run

@@ -12,6 +12,7 @@ import pytest
 from nst_jax import config as config_lib
 from nst_jax.core import losses
 from nst_jax.core import pixels
+from nst_jax.core import statistics
 from nst_jax.core import vgg
 from nst_jax.core.objective import make_targets
 from nst_jax.core.objective import objective
@@ -90,7 +91,7 @@ def test_objective_is_zero_at_the_targets_and_matches_formula():
   feats = model.apply({'params': params}, content, ('relu1_1', 'relu2_1'))
   want_style = sum(
     np.mean(
-      (np.asarray(losses.gram_matrix(feats[k][0])) - np.asarray(one.style[k]['gram'][0])) ** 2
+      (np.asarray(statistics.gram_matrix(feats[k][0])) - np.asarray(one.style[k]['gram'][0])) ** 2
     )
     for k in ('relu1_1', 'relu2_1')
   )

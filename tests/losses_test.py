@@ -8,6 +8,7 @@ import pytest
 import scipy.linalg as scipy_linalg  # a dependency of jax itself
 
 from nst_jax.core import losses
+from nst_jax.core import statistics
 
 
 def _feats(seed, shape=(5, 6, 4)):
@@ -22,7 +23,7 @@ def _np_gram(f):
 
 def test_gram_matches_numpy():
   f = _feats(0)
-  got = jax.jit(losses.gram_matrix)(f)
+  got = jax.jit(statistics.gram_matrix)(f)
   assert got.shape == (4, 4) and got.dtype == jnp.float32
   np.testing.assert_allclose(got, _np_gram(f), rtol=1e-5, atol=1e-6)
 
@@ -31,23 +32,25 @@ def test_gram_is_size_independent():
   # Tiling an image 2x2 repeats every position 4 times: G (÷ H*W) is unchanged.
   f = _feats(1)
   tiled = np.tile(f, (2, 2, 1))
-  np.testing.assert_allclose(losses.gram_matrix(tiled), losses.gram_matrix(f), rtol=1e-5)
+  np.testing.assert_allclose(statistics.gram_matrix(tiled), statistics.gram_matrix(f), rtol=1e-5)
 
 
 def test_gram_of_bfloat16_accumulates_in_float32():
   f = _feats(2)
-  got = losses.gram_matrix(jnp.asarray(f, jnp.bfloat16))
+  got = statistics.gram_matrix(jnp.asarray(f, jnp.bfloat16))
   assert got.dtype == jnp.float32
   np.testing.assert_allclose(got, _np_gram(f), rtol=3e-2, atol=3e-2)
 
 
 def test_gram_rejects_wrong_rank():
   with pytest.raises(ValueError, match=r'expects \[H, W, C\]'):
-    losses.gram_matrix(np.zeros((2, 3, 4, 5)))
+    statistics.gram_matrix(np.zeros((2, 3, 4, 5)))
 
 
 def test_gram_gradients():
-  check_grads(losses.gram_matrix, (jnp.asarray(_feats(3), jnp.float32),), order=1, modes=['rev'])
+  check_grads(
+    statistics.gram_matrix, (jnp.asarray(_feats(3), jnp.float32),), order=1, modes=['rev']
+  )
   # And the hand-written backward equals JAX's own derivative of F^T F / M.
   f = jnp.asarray(_feats(4), jnp.float32)
   cot = jnp.asarray(_feats(5, (4, 4)))
@@ -56,7 +59,7 @@ def test_gram_gradients():
     m = x.reshape(-1, 4)
     return m.T @ m / m.shape[0]
 
-  _, vjp_ours = jax.vjp(losses.gram_matrix, f)
+  _, vjp_ours = jax.vjp(statistics.gram_matrix, f)
   _, vjp_plain = jax.vjp(plain, f)
   np.testing.assert_allclose(vjp_ours(cot)[0], vjp_plain(cot)[0], rtol=1e-5, atol=1e-6)
 
@@ -110,13 +113,13 @@ def test_guided_gram_matches_formula():
   t = np.random.default_rng(21).uniform(size=(5, 6)).astype(np.float32)
   m = f.reshape(30, 4).astype(np.float64) * t.reshape(30, 1)
   want = m.T @ m / np.sum(t.astype(np.float64) ** 2)
-  np.testing.assert_allclose(losses.gram_matrix(f, t), want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(statistics.gram_matrix(f, t), want, rtol=1e-5, atol=1e-6)
   # All ones: the plain Gram. A binary mask: the Gram of the selected positions.
-  np.testing.assert_allclose(losses.gram_matrix(f, np.ones((5, 6))), _np_gram(f), rtol=1e-5)
+  np.testing.assert_allclose(statistics.gram_matrix(f, np.ones((5, 6))), _np_gram(f), rtol=1e-5)
   binary = np.zeros((5, 6), np.float32)
   binary[1:4, 2:] = 1
   np.testing.assert_allclose(
-    losses.gram_matrix(f, binary), _np_gram(f[1:4, 2:]), rtol=1e-5, atol=1e-6
+    statistics.gram_matrix(f, binary), _np_gram(f[1:4, 2:]), rtol=1e-5, atol=1e-6
   )
 
 
@@ -132,13 +135,13 @@ def test_mean_cov_matches_numpy_and_the_guided_gram():
   f = _feats(22)
   t = np.random.default_rng(23).uniform(size=(5, 6)).astype(np.float32)
   for mask in (None, t):
-    mu, cov = losses.mean_cov(f, mask)
+    mu, cov = statistics.mean_cov(f, mask)
     want_mu, want_cov = _np_mean_cov(f, mask)
     np.testing.assert_allclose(mu, want_mu, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(cov, want_cov, rtol=1e-5, atol=1e-6)
     # The guided Gram is the second moment under the same weights.
     np.testing.assert_allclose(
-      losses.gram_matrix(f, mask), cov + np.outer(mu, mu), rtol=1e-5, atol=1e-5
+      statistics.gram_matrix(f, mask), cov + np.outer(mu, mu), rtol=1e-5, atol=1e-5
     )
 
 
@@ -149,37 +152,41 @@ def _spd(seed, c=4, floor=0.5):
 
 def test_matrix_square_root_and_trace_gradient():
   a = _spd(24)
-  s = np.asarray(losses.sqrtm_psd(a), np.float64)
+  s = np.asarray(statistics.sqrtm_psd(a), np.float64)
   np.testing.assert_allclose(s @ s, a, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(s, s.T, atol=1e-6)
-  np.testing.assert_allclose(losses.trace_sqrtm(a), np.trace(s), rtol=1e-5)
+  np.testing.assert_allclose(statistics.trace_sqrtm(a), np.trace(s), rtol=1e-5)
   # d tr(sqrt(A)) / dA = A^{-1/2} / 2, and check_grads agrees with finite differences.
   lam, v = np.linalg.eigh(a.astype(np.float64))
   want = v @ np.diag(0.5 / np.sqrt(lam)) @ v.T
-  np.testing.assert_allclose(jax.grad(losses.trace_sqrtm)(jnp.asarray(a)), want, rtol=1e-4)
-  check_grads(losses.trace_sqrtm, (jnp.asarray(a),), order=1, modes=['rev'], atol=1e-2, rtol=1e-2)
+  np.testing.assert_allclose(jax.grad(statistics.trace_sqrtm)(jnp.asarray(a)), want, rtol=1e-4)
+  check_grads(
+    statistics.trace_sqrtm, (jnp.asarray(a),), order=1, modes=['rev'], atol=1e-2, rtol=1e-2
+  )
   # Repeated and zero eigenvalues (dead channels): finite gradient, bounded by the floor.
   singular = np.diag([2.0, 2.0, 0.0, 0.0]).astype(np.float32)
-  g = jax.grad(losses.trace_sqrtm)(jnp.asarray(singular))
+  g = jax.grad(statistics.trace_sqrtm)(jnp.asarray(singular))
   assert np.all(np.isfinite(g))
   np.testing.assert_allclose(np.diag(g)[:2], 0.5 / np.sqrt(2.0), rtol=1e-5)
-  np.testing.assert_allclose(np.diag(g)[2:], 0.5 / np.sqrt(2.0 * losses.SQRT_EIG_FLOOR), rtol=1e-3)
+  np.testing.assert_allclose(
+    np.diag(g)[2:], 0.5 / np.sqrt(2.0 * statistics.SQRT_EIG_FLOOR), rtol=1e-3
+  )
 
 
 def test_mean_cov_loss_is_the_gaussian_w2_distance():
   f, g = _feats(25, (6, 7, 3)), _feats(26, (4, 9, 3)) * 2 + 1
   mu_s, cov_s = _np_mean_cov(g)
-  target = losses.mean_cov_target(mu_s, cov_s)
+  target = statistics.mean_cov_target(mu_s, cov_s)
   mu, cov = _np_mean_cov(f)
   root = scipy_linalg.sqrtm(scipy_linalg.sqrtm(cov_s) @ cov @ scipy_linalg.sqrtm(cov_s)).real
   want = (np.sum((mu - mu_s) ** 2) + np.trace(cov) + np.trace(cov_s) - 2 * np.trace(root)) / 3
-  got = jax.jit(losses.mean_cov_loss)(f, target)
+  got = jax.jit(statistics.mean_cov_loss)(f, target)
   np.testing.assert_allclose(got, want, rtol=1e-4)
   # Zero at the target's own statistics, and positive elsewhere.
-  same = losses.mean_cov_loss(g, target)
+  same = statistics.mean_cov_loss(g, target)
   assert abs(float(same)) < 1e-4 * float(got)
   check_grads(
-    lambda x: losses.mean_cov_loss(x, target), (jnp.asarray(f),), order=1, modes=['rev'],
+    lambda x: statistics.mean_cov_loss(x, target), (jnp.asarray(f),), order=1, modes=['rev'],
     atol=2e-2, rtol=2e-2,
   )  # fmt: skip
 
@@ -203,16 +210,16 @@ def test_style_quantiles():
   a, b = rng.normal(size=(30, 3)), rng.normal(3, 1, size=(12, 3))
   # One set of the right size: exactly its sorted values.
   np.testing.assert_array_equal(
-    losses.style_quantiles([a], [1.0], 30), np.sort(a, 0).astype(np.float32)
+    statistics.style_quantiles([a], [1.0], 30), np.sort(a, 0).astype(np.float32)
   )
-  got = losses.style_quantiles([a, b], [3.0, 1.0], 20)
+  got = statistics.style_quantiles([a, b], [3.0, 1.0], 20)
   np.testing.assert_allclose(
     got, _np_weighted_quantiles([a, b], [3.0, 1.0], 20), rtol=1e-5, atol=1e-5
   )
 
   # The blend weights move the mixture: more weight on b (mean 3) raises the median.
   def med(w):
-    return float(np.median(losses.style_quantiles([a, b], w, 21)))
+    return float(np.median(statistics.style_quantiles([a, b], w, 21)))
 
   assert med([1.0, 3.0]) > med([1.0, 1.0]) > med([3.0, 1.0])
 
@@ -220,18 +227,18 @@ def test_style_quantiles():
 def test_histogram_match_and_loss():
   f = _feats(28, (4, 5, 3))
   q = np.sort(np.random.default_rng(29).normal(5, 2, (20, 3)), 0).astype(np.float32)
-  r = np.asarray(losses.histogram_match(f, q))
+  r = np.asarray(statistics.histogram_match(f, q))
   flat = f.reshape(20, 3)
   for c in range(3):
     # The matched map has the target's values, in the features' rank order.
     np.testing.assert_array_equal(np.sort(r[:, c]), q[:, c])
     np.testing.assert_array_equal(np.argsort(r[:, c]), np.argsort(flat[:, c]))
-  got, grad = jax.value_and_grad(losses.histogram_loss)(jnp.asarray(f), q)
+  got, grad = jax.value_and_grad(statistics.histogram_loss)(jnp.asarray(f), q)
   np.testing.assert_allclose(got, np.mean((flat - r) ** 2), rtol=1e-5)
   # R(F) is held constant: the gradient is 2 (F - R) / (M C).
   np.testing.assert_allclose(grad.reshape(20, 3), 2 * (flat - r) / flat.size, rtol=1e-5)
   # Features that already have the target histogram cost nothing.
-  assert float(losses.histogram_loss(r.reshape(4, 5, 3), q)) == 0.0
+  assert float(statistics.histogram_loss(r.reshape(4, 5, 3), q)) == 0.0
 
 
 def test_tv_loss_matches_formula():

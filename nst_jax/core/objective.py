@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from nst_jax.core import losses
+from nst_jax.core import statistics
 from nst_jax.core import vgg
 
 # Gatys et al. 2016, Sec. 3: content from conv4_2 (we take its ReLU, as the
@@ -143,15 +144,15 @@ def _style_statistics(
     weights = blend or (1.0,)
 
     def quantiles(*fs):
-      return losses.style_quantiles([f.reshape(-1, f.shape[-1]) for f in fs], weights, m)
+      return statistics.style_quantiles([f.reshape(-1, f.shape[-1]) for f in fs], weights, m)
 
     return {'quantiles': jax.vmap(quantiles)(*feats)[:, None]}
   if kind == 'gram':
-    grams = [jax.vmap(losses.gram_matrix)(f) for f in feats]  # [n, C, C] each
+    grams = [jax.vmap(statistics.gram_matrix)(f) for f in feats]  # [n, C, C] each
     if blend is None:
       return {'gram': jnp.stack(grams, axis=1)}
     return {'gram': sum(b * g for b, g in zip(blend, grams, strict=True))[:, None]}
-  means, covs = zip(*(jax.vmap(losses.mean_cov)(f) for f in feats), strict=True)
+  means, covs = zip(*(jax.vmap(statistics.mean_cov)(f) for f in feats), strict=True)
   if blend is None:
     mu, cov = jnp.stack(means, axis=1), jnp.stack(covs, axis=1)
   else:
@@ -163,7 +164,7 @@ def _style_statistics(
       for b, m_i, c_i in zip(blend, means, covs, strict=True)
     )
     mu, cov = mu[:, None], cov[:, None]
-  return jax.vmap(jax.vmap(losses.mean_cov_target))(mu, cov)
+  return jax.vmap(jax.vmap(statistics.mean_cov_target))(mu, cov)
 
 
 def make_targets(
