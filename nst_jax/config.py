@@ -387,7 +387,7 @@ class SaveConfig(_Group):
     save_iter: save an intermediate image every this many iterations (0: off).
     record: write NAME.json, NAME.loss.png and NAME.sheet.jpg beside the
       output (nst_jax.io.record).
-    overwrite: replace files no nst-jax run record claims (nst_jax.io.output_plan).
+    overwrite: replace files no nst-jax run record claims (nst_jax.runs.output_plan).
   """
 
   path: str = ''

@@ -29,8 +29,8 @@ import nst_jax  # noqa: E402
 from nst_jax import errors  # noqa: E402
 from nst_jax.io import images as image_lib  # noqa: E402
 from nst_jax.io import jobs as jobs_lib  # noqa: E402
-from nst_jax.io import output_plan  # noqa: E402
 from nst_jax.runs import batch as batch_lib  # noqa: E402
+from nst_jax.runs import output_plan  # noqa: E402
 from nst_jax.runs import runner as pipeline  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -190,7 +190,7 @@ def test_hostile_runs(runs, name):
 
 _HOLD = textwrap.dedent("""
   import sys, time
-  from nst_jax.io import output_plan
+  from nst_jax.runs import output_plan
   with output_plan.locked([output_plan.image_output(sys.argv[1])]):
     print('held', flush=True)
     time.sleep(120)

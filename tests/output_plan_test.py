@@ -1,4 +1,4 @@
-"""Tests for nst_jax.io.output_plan: nothing a run writes can replace an input or a foreign file."""
+"""Tests for nst_jax.runs.output_plan and nst_jax.io.output_names: no run replaces an input."""
 
 import hashlib
 import json
@@ -12,7 +12,8 @@ import pytest
 
 from nst_jax import errors
 from nst_jax.io import images as image_lib
-from nst_jax.io import output_plan
+from nst_jax.io import output_names
+from nst_jax.runs import output_plan
 
 
 def _digest(path: Path) -> str:
@@ -24,11 +25,11 @@ def _out(path, **kwargs) -> output_plan.Output:
 
 
 def test_derived_names_keep_a_non_default_suffix():
-  assert output_plan.derived('o/a.png', '.json') == Path('o/a.json')
-  assert output_plan.derived('o/a.jpg', '.json') == Path('o/a.jpg.json')
-  assert output_plan.derived('o/a.PNG', '.ckpt') == Path('o/a.PNG.ckpt')
-  assert output_plan.legacy_derived('o/a.jpg', '.ckpt') == Path('o/a.ckpt')
-  assert output_plan.legacy_derived('o/a.png', '.ckpt') is None
+  assert output_names.derived('o/a.png', '.json') == Path('o/a.json')
+  assert output_names.derived('o/a.jpg', '.json') == Path('o/a.jpg.json')
+  assert output_names.derived('o/a.PNG', '.ckpt') == Path('o/a.PNG.ckpt')
+  assert output_names.legacy_derived('o/a.jpg', '.ckpt') == Path('o/a.ckpt')
+  assert output_names.legacy_derived('o/a.png', '.ckpt') is None
   files = {p for _, p in _out('a.png', save_iter=5, iterations=12).derived}
   assert files == {
     Path('a.ckpt'), Path('a.json'), Path('a.loss.png'), Path('a.sheet.jpg'),
@@ -169,7 +170,7 @@ def test_too_little_free_space_is_said_before_the_run(tmp_path, monkeypatch):
 _HOLD = textwrap.dedent("""
   import sys, time
   from pathlib import Path
-  from nst_jax.io import output_plan
+  from nst_jax.runs import output_plan
   out = output_plan.image_output(Path(sys.argv[1]))
   with output_plan.locked([out]):
     print('held', flush=True)
@@ -198,7 +199,7 @@ def test_two_processes_never_write_one_output(tmp_path):
     holder.kill()  # as a crash would: the kernel releases its lock
     holder.wait()
   with output_plan.locked([_out(result)]):
-    assert output_plan.lock_path(result).exists()
+    assert output_names.lock_path(result).exists()
   assert list(tmp_path.iterdir()) == []  # the lock files go with the run
 
 
@@ -283,7 +284,7 @@ def test_a_users_own_tmp_files_are_not_temporaries(tmp_path):
     path.write_bytes(b'x')
   killed[1].mkdir()
   (killed[1] / 'frame_00001.png').write_bytes(b'x')
-  assert sorted(output_plan.remove_temporaries(_out(result).files)) == sorted(killed)
+  assert sorted(output_names.remove_temporaries(_out(result).files)) == sorted(killed)
   assert all(p.exists() for p in mine)
 
 
@@ -300,7 +301,7 @@ def test_the_plan_is_checked_again_under_the_locks_and_made_directories_go(tmp_p
   # Directories made only for the lock files go again when left empty.
   fresh = _out(tmp_path / 'new' / 'sub' / 'r.png')
   with output_plan.locked([fresh]):
-    assert output_plan.lock_path(fresh.result).exists()
+    assert output_names.lock_path(fresh.result).exists()
   assert not (tmp_path / 'new').exists()
   with output_plan.locked([fresh]):
     output_plan.drop_locks()  # as an exit on a signal does, skipping the context managers

@@ -176,7 +176,7 @@ def test_a_video_on_the_command_line_keeps_frames_rate_and_audio(tmp_path, caffe
   assert p.returncode == 0, text
   clip = video.open_clip(str(out))
   assert (clip.count, clip.fps, clip.has_audio, clip.width) == (6, 25, True, 48)
-  # styled.mp4.json: the suffix stays in derived names (nst_jax.io.output_plan.derived).
+  # styled.mp4.json: the suffix stays in derived names (nst_jax.io.output_names.derived).
   record = json.loads((tmp_path / 'styled.mp4.json').read_text())
   assert [f['frame'] for f in record['per_frame']] == list(range(6))
   assert all(f['time_s'] > 0 and np.isfinite(f['total']) for f in record['per_frame'])

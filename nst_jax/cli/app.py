@@ -45,9 +45,9 @@ from nst_jax.core import losses
 from nst_jax.engine import distributed
 from nst_jax.engine import hooks as hooks_lib
 from nst_jax.io import jobs as jobs_lib
-from nst_jax.io import output_plan
 from nst_jax.io import video
 from nst_jax.runs import batch as batch_lib
+from nst_jax.runs import output_plan
 from nst_jax.runs import video as video_pipeline
 
 

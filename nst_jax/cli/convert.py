@@ -31,9 +31,10 @@ from nst_jax import errors
 from nst_jax.cli import absl_app
 from nst_jax.core import pixels
 from nst_jax.io import download
-from nst_jax.io import output_plan
+from nst_jax.io import output_names
 from nst_jax.io import weight_checks
 from nst_jax.io import weights as weights_lib
+from nst_jax.runs import output_plan
 
 flags.DEFINE_string('input', None, 'Published weights file to convert (.h5, .pth, .safetensors).')
 flags.DEFINE_bool('download', False, 'Download the Keras VGG-19 notop file and convert it.')
@@ -110,7 +111,7 @@ def _check_output(output: Path) -> None:
       f'--output {output / weights_lib.DEFAULT_WEIGHTS_PATH.name}'
     )
   try:  # a directory that is a file or not writable, a name too long: before the work
-    output_plan.check_place(output)
+    output_names.check_place(output)
   except errors.NstError as e:
     sys.exit(f'error: {e}')
   # --download saves the published file beside the output, then converts it.

@@ -30,10 +30,10 @@ import numpy as np
 from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.io import images as image_lib
-from nst_jax.io import output_plan
+from nst_jax.io import output_names
 
 FORMAT = 1
-SUFFIX = output_plan.CHECKPOINT_TAIL
+SUFFIX = output_names.CHECKPOINT_TAIL
 # Settings that may change between an interrupted run and its resumption,
 # by group: they do not affect the trajectory (more iterations extend it; the
 # inputs are compared by their pixels below, the weights by their hash).
@@ -58,8 +58,8 @@ _DERIVED_SETTINGS = {
 
 
 def path_for(output: str | os.PathLike) -> Path:
-  """output/a_b.png -> output/a_b.ckpt; out/a.jpg -> out/a.jpg.ckpt (output_plan.derived)."""
-  return output_plan.derived(output, SUFFIX)
+  """output/a_b.png -> output/a_b.ckpt; out/a.jpg -> out/a.jpg.ckpt (output_names.derived)."""
+  return output_names.derived(output, SUFFIX)
 
 
 def pixels_digest(array: np.ndarray) -> str:

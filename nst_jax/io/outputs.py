@@ -15,7 +15,7 @@ from pathlib import Path
 from nst_jax import errors
 from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import images as image_lib
-from nst_jax.io import output_plan
+from nst_jax.io import output_names
 
 DEFAULT_OUTPUT_DIR = 'output'
 
@@ -134,8 +134,8 @@ def check_writable(path: Path, bit_depth: int = 8) -> None:
   path = Path(path)
   if path.is_dir():
     raise errors.NstError(f'output {path} is a directory; name a file such as out.png')
-  output_plan.check_format(path, image_lib.check_output(path, bit_depth), bit_depth)
-  output_plan.check_place(path)
+  output_names.check_format(path, image_lib.check_output(path, bit_depth), bit_depth)
+  output_names.check_place(path)
 
 
 def check_not_unfinished(ckpt: Path) -> None:

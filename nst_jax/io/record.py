@@ -29,7 +29,7 @@ from PIL import Image
 from PIL import ImageDraw
 
 from nst_jax.io import images as image_lib
-from nst_jax.io import output_plan
+from nst_jax.io import output_names
 
 FORMAT = 1
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'numpy', 'pillow', 'h5py', 'absl-py')
@@ -46,9 +46,9 @@ MAX_ROW_IMAGES = 200
 def paths_for(output: str | os.PathLike) -> dict[str, Path]:
   """out/a.png -> {'json': out/a.json, 'loss': out/a.loss.png, 'sheet': out/a.sheet.jpg}.
 
-  Other suffixes stay in the names (out/a.jpg -> out/a.jpg.json): output_plan.derived.
+  Other suffixes stay in the names (out/a.jpg -> out/a.jpg.json): output_names.derived.
   """
-  return {k: output_plan.derived(output, tail) for k, tail in output_plan.RECORD_TAILS.items()}
+  return {k: output_names.derived(output, tail) for k, tail in output_names.RECORD_TAILS.items()}
 
 
 def versions() -> dict[str, str]:
@@ -95,7 +95,7 @@ def build(
     'compile_s': sum(s['compile_s'] for s in record.get('scales', [])),
     'total_s': total_s,
     'final_losses': {k: v for k, v in last.items() if k not in ('scale', 'iteration', 'time_s')},
-    # The files it saved beside the output, which a rerun may replace (output_plan.claimed).
+    # The files it saved beside the output, which a rerun may replace (output_names.claimed).
     'intermediates': list(record.get('intermediates', [])),
     'history': history,
   }

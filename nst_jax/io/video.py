@@ -274,7 +274,7 @@ def write_video(path: str | os.PathLike, frames, fps: Fraction, *, audio_from: C
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   # A new name (never a file that is there already), which the next run on
-  # this output removes if a kill leaves it (output_plan.remove_temporaries).
+  # this output removes if a kill leaves it (output_names.remove_temporaries).
   prefix = f'.{path.name}.nst-'
   fd, name = tempfile.mkstemp(prefix=prefix, suffix='.partial.mp4', dir=path.parent)
   os.close(fd)

@@ -29,9 +29,9 @@ from nst_jax.engine import rows as rows_lib
 from nst_jax.engine import sharding as sharding_lib
 from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import jobs as jobs_lib
-from nst_jax.io import output_plan
 from nst_jax.io import outputs
 from nst_jax.io import weights as weights_lib
+from nst_jax.runs import output_plan
 from nst_jax.runs import runner as pipeline
 
 

@@ -33,10 +33,11 @@ from nst_jax.engine import schedule as schedule_lib
 from nst_jax.engine import sharding as sharding_lib
 from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import images as image_lib
-from nst_jax.io import output_plan
+from nst_jax.io import output_names
 from nst_jax.io import outputs
 from nst_jax.io import record as record_lib
 from nst_jax.io import weights as weights_lib
+from nst_jax.runs import output_plan
 
 
 def style_width(cfg: config_lib.StyleConfig, width: int) -> int:
@@ -183,7 +184,7 @@ class Results:
     # that exist now are this output's own. Any other name (one saved on a
     # signal, or one another run wrote since) is written only where no file is.
     every, total = cfg.save.save_iter, cfg.schedule.iterations
-    planned = [i for p in self.paths.values() for i in output_plan.intermediates(p, every, total)]
+    planned = [i for p in self.paths.values() for i in output_names.intermediates(p, every, total)]
     self.replaceable = {p for p in planned if os.path.lexists(p)}
     self.t0 = time.perf_counter()
     self.history = hooks_lib.History(cfg.run.print_iter, list(self.paths), t0=self.t0)
@@ -197,7 +198,7 @@ class Results:
   def intermediate(self, iteration: int, images: dict[int, np.ndarray]) -> None:
     """The engine's on_intermediate: <name>_<iteration>.png beside each output."""
     for r, rgb in images.items():
-      path = output_plan.intermediate_path(self.paths[r], iteration)
+      path = output_names.intermediate_path(self.paths[r], iteration)
       if os.path.lexists(path) and path not in self.replaceable:
         logging.warning('%skept %s: the image of iteration %d was not saved', self.prefix, path,
                         iteration)  # fmt: skip
@@ -255,7 +256,7 @@ def _single_output(cfg: config_lib.StyleConfig) -> Path:
   )
   outputs.check_writable(output, cfg.save.bit_depth)
   ckpt = checkpoint_lib.path_for(output)
-  legacy = output_plan.legacy_derived(output, checkpoint_lib.SUFFIX)
+  legacy = output_names.legacy_derived(output, checkpoint_lib.SUFFIX)
   if cfg.run.resume and not ckpt.exists() and legacy is not None and legacy.exists():
     raise errors.NstError(
       f"no checkpoint {ckpt} to resume, but {legacy} may be this run's, named as nst-jax did "

@@ -51,12 +51,13 @@ from nst_jax.engine import rows as rows_lib
 from nst_jax.engine import schedule as schedule_lib
 from nst_jax.engine import sharding as sharding_lib
 from nst_jax.io import images as image_lib
-from nst_jax.io import output_plan
+from nst_jax.io import output_names
 from nst_jax.io import outputs
 from nst_jax.io import record as record_lib
 from nst_jax.io import video as video_lib
 from nst_jax.io import weights as weights_lib
 from nst_jax.runs import flow as flow_lib
+from nst_jax.runs import output_plan
 from nst_jax.runs import runner as pipeline
 
 
@@ -129,7 +130,7 @@ def _paths(cfg: config_lib.StyleConfig) -> _Paths:
     )
   if cfg.run.resume and not started:
     raise errors.NstError(f'nothing to resume: no {work}; run without --resume to start')
-  output_plan.check_place(output / 'frame.png' if as_frames else output)
+  output_names.check_place(output / 'frame.png' if as_frames else output)
   return _Paths(output, as_frames, work)
 
 
@@ -273,10 +274,10 @@ def _recheck(cfg, plan) -> None:
 
 
 def _record_path(paths: _Paths) -> Path:
-  """x.mp4 -> x.mp4.json (output_plan.derived); frames/ -> frames.json."""
+  """x.mp4 -> x.mp4.json (output_names.derived); frames/ -> frames.json."""
   if paths.as_frames:
     return Path(str(paths.output).rstrip('/\\') + '.json')
-  return output_plan.derived(paths.output, output_plan.RECORD_TAILS['json'])
+  return output_names.derived(paths.output, output_names.RECORD_TAILS['json'])
 
 
 def _run_video(cfg: config_lib.StyleConfig, clip, paths: _Paths, height: int, plan) -> Path:

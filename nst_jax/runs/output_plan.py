@@ -23,104 +23,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import contextlib
 import dataclasses
 import fcntl
-import functools
-import io
-import json
 import os
 from pathlib import Path
-import re
 import resource
 import shutil
 
-import numpy as np
-from PIL import Image
-
 from nst_jax import errors
+from nst_jax.io import output_names
 
-# Derived files of an output NAME.EXT: the default format keeps NAME.json
-# (as every earlier version wrote); any other suffix is kept in the name,
-# so a.png and a.jpg never share a record or a checkpoint.
-DEFAULT_SUFFIX = '.png'
-RECORD_TAILS = {'json': '.json', 'loss': '.loss.png', 'sheet': '.sheet.jpg'}
-RECORD_NAMES = {'json': 'run record', 'loss': 'loss plot', 'sheet': 'contact sheet'}
-CHECKPOINT_TAIL = '.ckpt'
-# atomic_write's temporary name: '.' + name + '.nst-' + 8 random characters + '.tmp'.
-TEMP_EXTRA_CHARS = 18
 # Free space asked beyond the estimate: the record's pictures and JSON, and
 # what compression cannot promise.
 SPACE_MARGIN_BYTES = 4 << 20
-
-
-def derived_stem(output: str | os.PathLike) -> str:
-  """The name derived files start with: a.png -> a, a.jpg -> a.jpg."""
-  output = Path(output)
-  return output.stem if output.suffix == DEFAULT_SUFFIX else output.name
-
-
-def derived(output: str | os.PathLike, tail: str) -> Path:
-  """A file beside `output` named after it: (out/a.png, '.json') -> out/a.json."""
-  output = Path(output)
-  return output.with_name(derived_stem(output) + tail)
-
-
-def legacy_derived(output: str | os.PathLike, tail: str) -> Path | None:
-  """The name an earlier version gave (stem + tail) where it differs from today's."""
-  output = Path(output)
-  old = output.with_name(output.stem + tail)
-  return None if old == derived(output, tail) else old
-
-
-def intermediate_path(output: str | os.PathLike, iteration: int) -> Path:
-  """out/a.png, 250 -> out/a_00250.png."""
-  output = Path(output)
-  return output.with_name(f'{output.stem}_{iteration:05d}{output.suffix}')
-
-
-def intermediates(output: str | os.PathLike, save_iter: int, iterations: int) -> list[Path]:
-  """The intermediates a run saves every `save_iter` of `iterations` (none for 0)."""
-  if not save_iter:
-    return []
-  return [intermediate_path(output, it) for it in range(save_iter, iterations + 1, save_iter)]
-
-
-def _resolved(path: str | os.PathLike) -> Path:
-  try:
-    return Path(os.path.abspath(Path(path).expanduser())).resolve()
-  except RuntimeError:  # pathlib's "Symlink loop"
-    raise errors.NstError(f'{errors.printable(path)} is a loop of symbolic links; fix it') from None
-  except ValueError:  # an embedded NUL byte
-    raise errors.NstError(f'{errors.printable(path)} holds a NUL byte; rename it') from None
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-  """(device, inode) of an existing file: one file under two names (hard or bind links)."""
-  try:
-    st = os.stat(path)
-  except (OSError, ValueError):
-    return None
-  return st.st_dev, st.st_ino
-
-
-def claimed(output: str | os.PathLike) -> set[Path]:
-  """The files the run record beside `output` says nst-jax wrote for it (none without one).
-
-  The record names its result (`output`) and the intermediates it saved;
-  the record, loss plot and contact sheet go with it.
-  """
-  output = Path(output)
-  record = derived(output, RECORD_TAILS['json'])
-  if not record.is_file():  # not a FIFO, which would block the read
-    return set()
-  try:
-    data = json.loads(record.read_text())
-  except (OSError, ValueError):
-    return set()
-  if not isinstance(data, dict) or Path(str(data.get('output', ''))).name != output.name:
-    return set()
-  names = [n for n in data.get('intermediates', []) if isinstance(n, str) and '/' not in n]
-  return {output, *(derived(output, tail) for tail in RECORD_TAILS.values())} | {
-    output.with_name(n) for n in names
-  }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +64,7 @@ class Output:
 
   @property
   def state(self) -> Path:
-    return self.resumable or derived(self.result, CHECKPOINT_TAIL)
+    return self.resumable or output_names.derived(self.result, output_names.CHECKPOINT_TAIL)
 
   @property
   def files(self) -> list[Path]:
@@ -171,73 +84,21 @@ def image_output(
 ) -> Output:
   """An image result with its record files, checkpoint and intermediates."""
   result = Path(result)
-  files = [('checkpoint', derived(result, CHECKPOINT_TAIL))]
+  files = [('checkpoint', output_names.derived(result, output_names.CHECKPOINT_TAIL))]
   if record:
-    files += [(RECORD_NAMES[k], derived(result, tail)) for k, tail in RECORD_TAILS.items()]
-  files += [('intermediate image', p) for p in intermediates(result, save_iter, iterations)]
+    files += [
+      (output_names.RECORD_NAMES[k], output_names.derived(result, tail))
+      for k, tail in output_names.RECORD_TAILS.items()
+    ]
+  files += [
+    ('intermediate image', p) for p in output_names.intermediates(result, save_iter, iterations)
+  ]
   return Output(result, owner, pixels, state_bytes, tuple(files))
 
 
 def state_bytes(pixels: int, *, image_buffers: int) -> int:
   """Bytes of a checkpoint: `image_buffers` float32 RGB images of `pixels` (memory's count)."""
   return pixels * 3 * 4 * image_buffers
-
-
-@functools.cache
-def _encodable(fmt: str, bit_depth: int) -> str | None:
-  """Why Pillow cannot write `fmt` (None if it can): one tiny image, encoded in memory."""
-  if bit_depth == 16:
-    return None  # pypng writes 16-bit PNGs (image.save_image); only PNG gets here
-  try:
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(io.BytesIO(), format=fmt)
-  except Exception as e:  # Pillow raises KeyError, OSError, ValueError... per plugin
-    return f'{type(e).__name__}: {e}'.splitlines()[0]
-  return None
-
-
-def check_format(path: Path, fmt: str, bit_depth: int) -> None:
-  """Refuses a format that Pillow reads but cannot write (.psd, .xpm, .fits, ...)."""
-  why = _encodable(fmt, bit_depth)
-  if why is not None:
-    raise errors.ImageError(
-      f'cannot write {path.name}: Pillow cannot save {fmt} images ({why}); end the name in '
-      '.png, .jpg, .webp or .tif'
-    )
-
-
-def _existing_ancestor(path: Path) -> Path:
-  """The nearest ancestor that exists, refusing a dangling link on the way."""
-  parent = path.parent
-  while not parent.exists():
-    if parent.is_symlink():
-      raise errors.NstError(
-        f'{parent} is a link to {os.readlink(parent)}, which does not exist; create it or choose '
-        'another output directory'
-      )
-    parent = parent.parent
-  return parent
-
-
-def check_place(path: Path) -> Path:
-  """Refuses a name or directory that cannot be written; returns the nearest existing directory."""
-  directory = _existing_ancestor(path)
-  if not directory.is_dir():
-    raise errors.NstError(f'{directory} is a file, not a directory; choose another output')
-  if not os.access(directory, os.W_OK | os.X_OK):
-    raise errors.NstError(f'{directory} is not writable; choose another output directory')
-  limit = os.pathconf(directory, 'PC_NAME_MAX')
-  fits = limit - TEMP_EXTRA_CHARS
-  if len(os.fsencode(path.name)) > fits:
-    raise errors.NstError(
-      f'the name {path.name[:24]}... is {len(os.fsencode(path.name))} bytes long, and at most '
-      f"{fits} fit here ({limit} less the temporary name's {TEMP_EXTRA_CHARS}); choose a "
-      'shorter output name'
-    )
-  if len(os.fsencode(os.path.abspath(path))) + TEMP_EXTRA_CHARS > os.pathconf(
-    directory, 'PC_PATH_MAX'
-  ):
-    raise errors.NstError(f'the path of {path.name[:24]}... is too long; choose a shorter one')
-  return directory
 
 
 def check(
@@ -262,19 +123,19 @@ def check(
   """
   by_path, by_identity = {}, {}
   for description, path in inputs.items():
-    by_path.setdefault(_resolved(path), description)
-    if (identity := _identity(Path(path))) is not None:
+    by_path.setdefault(output_names.resolved(path), description)
+    if (identity := output_names.identity(Path(path))) is not None:
       by_identity.setdefault(identity, description)
   planned: dict[Path, str] = {}
   for out in outputs:
     for kind, path in [('', out.result), *out.derived]:
-      key = _resolved(path)
+      key = output_names.resolved(path)
       what = f'{out.owner} {out.result}'
       if kind:
         what = f'the {kind} {path.name} of {what}'
       replaced = by_path.get(key)
       if replaced is None:  # another name of an input: a hard link or a bind mount
-        replaced = by_identity.get(_identity(path))
+        replaced = by_identity.get(output_names.identity(path))
       if replaced is not None:
         raise errors.NstError(f'{what} would replace the {replaced}; choose another output name')
       if key in planned:
@@ -289,13 +150,13 @@ def check(
 
 
 def _check_files(out: Output, overwrite: bool) -> None:
-  ours = claimed(out.result)
+  ours = output_names.claimed(out.result)
   if os.path.lexists(out.state):
     # An interrupted run of ours (or one whose checkpoint was kept): what it
     # wrote beside its checkpoint before any record existed is its own.
     ours |= set(out.files)
   if out.directory:
-    check_place(out.result / 'frame.png')
+    output_names.check_place(out.result / 'frame.png')
   for path in out.files[1:] if out.directory else out.files:
     if path.is_dir() and not path.is_symlink():
       raise errors.NstError(f'{path} is a directory; name a file such as out.png')
@@ -304,8 +165,8 @@ def _check_files(out: Output, overwrite: bool) -> None:
         f'{path} exists and is not a regular file (a link to nowhere, a FIFO, a device); move it '
         'away or choose another output name'
       )
-    check_place(path)
-    if path.suffix == CHECKPOINT_TAIL:
+    output_names.check_place(path)
+    if path.suffix == output_names.CHECKPOINT_TAIL:
       continue  # checkpoints are read (resume, or refused while unfinished), never foreign
     if path.exists() and not (path in ours or overwrite):
       whose = '' if path == out.result else f', beside {out.result.name},'
@@ -318,7 +179,7 @@ def _check_files(out: Output, overwrite: bool) -> None:
 def _check_space(outputs: Sequence[Output]) -> None:
   need: dict[int, list] = {}
   for out in outputs:
-    directory = _existing_ancestor(out.result)
+    directory = output_names.existing_ancestor(out.result)
     device = os.stat(directory).st_dev
     entry = need.setdefault(device, [directory, 0])
     # An uncompressed result, and a checkpoint written beside the previous
@@ -332,23 +193,6 @@ def _check_space(outputs: Sequence[Output]) -> None:
         f'{directory} has {free / 1e6:.0f} MB free and the run needs about {total / 1e6:.0f} MB '
         '(results and checkpoints); free space or choose another output directory'
       )
-
-
-LOCK_TAIL = '.lock'
-# Temporary names: mkstemp's random part is 8 characters of this alphabet
-# (tempfile._RandomNameSequence); .tmp for files (image.atomic_write),
-# .partial.mp4 and .partial/ for videos and frame folders (nst_jax.io.video).
-_TEMP_NAME = re.compile(r'\.(?P<name>.+)\.nst-[a-z0-9_]{8}\.(tmp|partial\.mp4|partial)')
-
-
-def lock_path(path: str | os.PathLike) -> Path:
-  """The lock of a file a run writes: `.NAME.lock` beside it (removed when the run ends).
-
-  Beside the file, not in a per-user folder: every process that writes the
-  file, whatever its environment or user, meets the same lock.
-  """
-  path = Path(path)
-  return path.with_name(f'.{path.name}{LOCK_TAIL}')
 
 
 def _lock(path: Path) -> int | None:
@@ -417,14 +261,14 @@ def locked(
   local: Iterable[int] | None = None,
   then_check: Callable[[], None] = lambda: None,
 ) -> Iterator[None]:
-  """Locks every file this process will write (intermediates aside), then cleans up.
+  """Locks every file this process will write (output_names.intermediates aside), then cleans up.
 
   `then_check` runs once the locks are held: the plan checked again, since
   another run may have finished (and written these names) since it was
   first checked. Directories made for the lock files are removed again
   when the run ends with them empty.
 
-  An advisory lock (flock) per result and per derived file, so a run whose
+  An advisory lock (flock) per result and per output_names.derived file, so a run whose
   result is another's record or loss plot is refused too; the kernel
   releases a crashed run's locks, and the next run replaces its lock files.
   Holding the locks, it removes the temporary files a killed run left.
@@ -445,7 +289,7 @@ def locked(
   made: list[Path] = []
   try:
     for path in files:
-      lock = lock_path(path)
+      lock = output_names.lock_path(path)
       try:
         made += _make_directories(lock.parent)
         fd = _lock(lock)
@@ -462,7 +306,7 @@ def locked(
       _HELD[lock] = fd
     then_check()
     for out in mine:
-      remove_temporaries(out.files)
+      output_names.remove_temporaries(out.files)
     yield
   finally:
     for lock, fd in reversed(held):
@@ -488,26 +332,3 @@ def _remove_if_empty(directories: Iterable[Path]) -> None:
     _MADE.discard(d)
     with contextlib.suppress(OSError):
       d.rmdir()
-
-
-def remove_temporaries(paths: Iterable[Path]) -> list[Path]:
-  """Deletes `.NAME.XXXXXXXX.tmp` (and `.partial` ones) beside each path: a killed write's."""
-  removed = []
-  for path in paths:
-    if not path.parent.is_dir():
-      continue
-    for tmp in path.parent.glob(f'.{_glob_escape(path.name)}.*'):
-      match = _TEMP_NAME.fullmatch(tmp.name)
-      if not match or match['name'] != path.name or tmp.is_symlink():
-        continue
-      with contextlib.suppress(OSError):  # another user's, say: left, as any stray file
-        if tmp.is_dir():
-          shutil.rmtree(tmp)
-        else:
-          tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-  return removed
-
-
-def _glob_escape(name: str) -> str:
-  return ''.join(f'[{c}]' if c in '*?[' else c for c in name)

@@ -1,0 +1,205 @@
+"""Output names: the files derived from an output, which of them a run wrote, checks of a path.
+
+For an output NAME.EXT: its run record, loss plot and contact sheet
+(`RECORD_TAILS`), checkpoint (`CHECKPOINT_TAIL`), the `save_iter`
+intermediates and the lock file, named by `derived` so that a.png and a.jpg
+share nothing; `claimed` says which existing files nst-jax wrote for an output
+(its run record lists them); `check_format` and `check_place` refuse a path
+Pillow cannot write or a directory that cannot take it; `remove_temporaries`
+clears what a killed write left. The planner that uses them is
+nst_jax.runs.output_plan.
+"""
+
+from collections.abc import Iterable
+import contextlib
+import functools
+import io
+import json
+import os
+from pathlib import Path
+import re
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from nst_jax import errors
+
+# Derived files of an output NAME.EXT: the default format keeps NAME.json
+# (as every earlier version wrote); any other suffix is kept in the name,
+# so a.png and a.jpg never share a record or a checkpoint.
+DEFAULT_SUFFIX = '.png'
+RECORD_TAILS = {'json': '.json', 'loss': '.loss.png', 'sheet': '.sheet.jpg'}
+RECORD_NAMES = {'json': 'run record', 'loss': 'loss plot', 'sheet': 'contact sheet'}
+CHECKPOINT_TAIL = '.ckpt'
+# atomic_write's temporary name: '.' + name + '.nst-' + 8 random characters + '.tmp'.
+TEMP_EXTRA_CHARS = 18
+
+
+def derived_stem(output: str | os.PathLike) -> str:
+  """The name derived files start with: a.png -> a, a.jpg -> a.jpg."""
+  output = Path(output)
+  return output.stem if output.suffix == DEFAULT_SUFFIX else output.name
+
+
+def derived(output: str | os.PathLike, tail: str) -> Path:
+  """A file beside `output` named after it: (out/a.png, '.json') -> out/a.json."""
+  output = Path(output)
+  return output.with_name(derived_stem(output) + tail)
+
+
+def legacy_derived(output: str | os.PathLike, tail: str) -> Path | None:
+  """The name an earlier version gave (stem + tail) where it differs from today's."""
+  output = Path(output)
+  old = output.with_name(output.stem + tail)
+  return None if old == derived(output, tail) else old
+
+
+def intermediate_path(output: str | os.PathLike, iteration: int) -> Path:
+  """out/a.png, 250 -> out/a_00250.png."""
+  output = Path(output)
+  return output.with_name(f'{output.stem}_{iteration:05d}{output.suffix}')
+
+
+def intermediates(output: str | os.PathLike, save_iter: int, iterations: int) -> list[Path]:
+  """The intermediates a run saves every `save_iter` of `iterations` (none for 0)."""
+  if not save_iter:
+    return []
+  return [intermediate_path(output, it) for it in range(save_iter, iterations + 1, save_iter)]
+
+
+def resolved(path: str | os.PathLike) -> Path:
+  try:
+    return Path(os.path.abspath(Path(path).expanduser())).resolve()
+  except RuntimeError:  # pathlib's "Symlink loop"
+    raise errors.NstError(f'{errors.printable(path)} is a loop of symbolic links; fix it') from None
+  except ValueError:  # an embedded NUL byte
+    raise errors.NstError(f'{errors.printable(path)} holds a NUL byte; rename it') from None
+
+
+def identity(path: Path) -> tuple[int, int] | None:
+  """(device, inode) of an existing file: one file under two names (hard or bind links)."""
+  try:
+    st = os.stat(path)
+  except (OSError, ValueError):
+    return None
+  return st.st_dev, st.st_ino
+
+
+def claimed(output: str | os.PathLike) -> set[Path]:
+  """The files the run record beside `output` says nst-jax wrote for it (none without one).
+
+  The record names its result (`output`) and the intermediates it saved;
+  the record, loss plot and contact sheet go with it.
+  """
+  output = Path(output)
+  record = derived(output, RECORD_TAILS['json'])
+  if not record.is_file():  # not a FIFO, which would block the read
+    return set()
+  try:
+    data = json.loads(record.read_text())
+  except (OSError, ValueError):
+    return set()
+  if not isinstance(data, dict) or Path(str(data.get('output', ''))).name != output.name:
+    return set()
+  names = [n for n in data.get('intermediates', []) if isinstance(n, str) and '/' not in n]
+  return {output, *(derived(output, tail) for tail in RECORD_TAILS.values())} | {
+    output.with_name(n) for n in names
+  }
+
+
+@functools.cache
+def _encodable(fmt: str, bit_depth: int) -> str | None:
+  """Why Pillow cannot write `fmt` (None if it can): one tiny image, encoded in memory."""
+  if bit_depth == 16:
+    return None  # pypng writes 16-bit PNGs (image.save_image); only PNG gets here
+  try:
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(io.BytesIO(), format=fmt)
+  except Exception as e:  # Pillow raises KeyError, OSError, ValueError... per plugin
+    return f'{type(e).__name__}: {e}'.splitlines()[0]
+  return None
+
+
+def check_format(path: Path, fmt: str, bit_depth: int) -> None:
+  """Refuses a format that Pillow reads but cannot write (.psd, .xpm, .fits, ...)."""
+  why = _encodable(fmt, bit_depth)
+  if why is not None:
+    raise errors.ImageError(
+      f'cannot write {path.name}: Pillow cannot save {fmt} images ({why}); end the name in '
+      '.png, .jpg, .webp or .tif'
+    )
+
+
+def existing_ancestor(path: Path) -> Path:
+  """The nearest ancestor that exists, refusing a dangling link on the way."""
+  parent = path.parent
+  while not parent.exists():
+    if parent.is_symlink():
+      raise errors.NstError(
+        f'{parent} is a link to {os.readlink(parent)}, which does not exist; create it or choose '
+        'another output directory'
+      )
+    parent = parent.parent
+  return parent
+
+
+def check_place(path: Path) -> Path:
+  """Refuses a name or directory that cannot be written; returns the nearest existing directory."""
+  directory = existing_ancestor(path)
+  if not directory.is_dir():
+    raise errors.NstError(f'{directory} is a file, not a directory; choose another output')
+  if not os.access(directory, os.W_OK | os.X_OK):
+    raise errors.NstError(f'{directory} is not writable; choose another output directory')
+  limit = os.pathconf(directory, 'PC_NAME_MAX')
+  fits = limit - TEMP_EXTRA_CHARS
+  if len(os.fsencode(path.name)) > fits:
+    raise errors.NstError(
+      f'the name {path.name[:24]}... is {len(os.fsencode(path.name))} bytes long, and at most '
+      f"{fits} fit here ({limit} less the temporary name's {TEMP_EXTRA_CHARS}); choose a "
+      'shorter output name'
+    )
+  if len(os.fsencode(os.path.abspath(path))) + TEMP_EXTRA_CHARS > os.pathconf(
+    directory, 'PC_PATH_MAX'
+  ):
+    raise errors.NstError(f'the path of {path.name[:24]}... is too long; choose a shorter one')
+  return directory
+
+
+LOCK_TAIL = '.lock'
+# Temporary names: mkstemp's random part is 8 characters of this alphabet
+# (tempfile._RandomNameSequence); .tmp for files (image.atomic_write),
+# .partial.mp4 and .partial/ for videos and frame folders (nst_jax.io.video).
+_TEMP_NAME = re.compile(r'\.(?P<name>.+)\.nst-[a-z0-9_]{8}\.(tmp|partial\.mp4|partial)')
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+  """The lock of a file a run writes: `.NAME.lock` beside it (removed when the run ends).
+
+  Beside the file, not in a per-user folder: every process that writes the
+  file, whatever its environment or user, meets the same lock.
+  """
+  path = Path(path)
+  return path.with_name(f'.{path.name}{LOCK_TAIL}')
+
+
+def remove_temporaries(paths: Iterable[Path]) -> list[Path]:
+  """Deletes `.NAME.XXXXXXXX.tmp` (and `.partial` ones) beside each path: a killed write's."""
+  removed = []
+  for path in paths:
+    if not path.parent.is_dir():
+      continue
+    for tmp in path.parent.glob(f'.{_glob_escape(path.name)}.*'):
+      match = _TEMP_NAME.fullmatch(tmp.name)
+      if not match or match['name'] != path.name or tmp.is_symlink():
+        continue
+      with contextlib.suppress(OSError):  # another user's, say: left, as any stray file
+        if tmp.is_dir():
+          shutil.rmtree(tmp)
+        else:
+          tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+  return removed
+
+
+def _glob_escape(name: str) -> str:
+  return ''.join(f'[{c}]' if c in '*?[' else c for c in name)
