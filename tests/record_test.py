@@ -13,6 +13,7 @@ from nst_jax import run
 from nst_jax.engine import steps
 from nst_jax.io import record as record_lib
 from nst_jax.io import weights as weights_lib
+from nst_jax.runs import runner as runner_lib
 
 
 def _inputs(directory):
@@ -41,7 +42,7 @@ def test_run_writes_the_record_and_pictures(tmp_path, caffe_npz, monkeypatch):
     scales=2,
   )
   # A fresh cache, so that this run compiles (and records it) whatever ran before.
-  monkeypatch.setattr(steps, 'COMPILED', steps.CompiledSteps())
+  monkeypatch.setattr(runner_lib, 'COMPILE_CACHE', steps.CompiledSteps())
   run(cfg)
   paths = record_lib.paths_for(out)
   data = json.loads(paths['json'].read_text())

@@ -11,6 +11,7 @@ from nst_jax.core import pixels
 from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import steps
 from nst_jax.io import checkpoint as checkpoint_lib
+from nst_jax.runs import runner as runner_lib
 from nst_jax.runs.arrays import stylize
 
 
@@ -51,7 +52,7 @@ def _recording(monkeypatch):
 
 @pytest.mark.slow
 def test_later_runs_reuse_the_compiled_step(caffe_npz, monkeypatch):
-  monkeypatch.setattr(steps, 'COMPILED', steps.CompiledSteps())
+  monkeypatch.setattr(runner_lib, 'COMPILE_CACHE', steps.CompiledSteps())
   rng = np.random.default_rng(0)
   content, style = rng.uniform(size=(2, 24, 32, 3)).astype(np.float32)
   cfg = _cfg(3)
@@ -69,7 +70,7 @@ def test_later_runs_reuse_the_compiled_step(caffe_npz, monkeypatch):
   assert [r['scales'][0]['compile_reused'] for r in records] == [False, True, False, False]
   assert records[1]['scales'][0]['compile_s'] == 0.0
   # The reused program gives what a fresh compile gives.
-  monkeypatch.setattr(steps, 'COMPILED', steps.CompiledSteps())
+  monkeypatch.setattr(runner_lib, 'COMPILE_CACHE', steps.CompiledSteps())
   np.testing.assert_array_equal(run(content, cfg, {}), first)
   assert not np.array_equal(again, first)
 

@@ -110,6 +110,8 @@ class Engine:
     weights: loaded weights.
     layout: where the rows live (nst_jax.engine.sharding).
     loss_fn: the per-image loss (nst_jax.core.objective.objective by default).
+    compile_cache: where compiled steps are kept for reuse (the runner's;
+      None: compile afresh).
   """
 
   def __init__(
@@ -119,22 +121,26 @@ class Engine:
     layout: sharding_lib.Layout,
     *,
     loss_fn: core.LossFn = objective.objective,
+    compile_cache: steps.CompiledSteps | None = None,
   ):
     self.cfg = config
     self.w = weights
     self.layout = layout
     self.loss_fn = loss_fn
+    self.compile_cache = compile_cache
     self.convention = weights.info.input_convention
     m = config.model
     self.model = core.make_model(m.pooling, dtype=m.dtype, precision=m.precision)
     o = config.optim
-    self.optimizer = core.make_optimizer(
-      o.name,
+    built = dict(
       learning_rate=o.learning_rate,
       memory_size=o.lbfgs_memory,
       box=o.box,
       convention=self.convention,
     )
+    self.optimizer = core.make_optimizer(o.name, **built)
+    # The compile cache's key: what the optimiser was built from.
+    self.optimizer_key = (o.name, *sorted(built.items()))
     # Only the convolutions this run reaches: on many devices every leaf is
     # replicated, and conv5_2 onward would add 170 MB per device for nothing.
     params = core.prepare_params(
@@ -420,7 +426,8 @@ class _GroupRun:
       layout=self.layout,
       state_sharding=state_sh,
       args=(state, e.params, st.targets, self._active(np.ones(1, bool))),
-      key=(e.cfg.optim, e.convention.name),
+      key=e.optimizer_key,
+      cache=e.compile_cache,
     )
 
   def _active(self, active: np.ndarray) -> jax.Array:

@@ -3,9 +3,10 @@
 The step is jitted where it is used, with the layout's shardings for every
 argument (state donated), and compiled ahead of the loop so the compile time
 is measured and kept out of the iteration rate. Compiled steps are kept for
-reuse: a program calling `stylize` in a loop, or many single runs of one
-size, pays the compile (about 1 s at 64 px, 7 s at 1024 px on a 2-core CPU)
-once.
+reuse in a `CompiledSteps` that the caller owns and passes in (the runner
+keeps one per process, nst_jax.runs.runner.COMPILE_CACHE): a program calling
+`stylize` in a loop, or many single runs of one size, pays the compile
+(about 1 s at 64 px, 7 s at 1024 px on a 2-core CPU) once.
 """
 
 import collections
@@ -52,9 +53,6 @@ class CompiledSteps:
     return compiled, compile_s
 
 
-COMPILED = CompiledSteps()
-
-
 def compile_step(
   *,
   model,
@@ -65,6 +63,7 @@ def compile_step(
   state_sharding,
   args: tuple,
   key: tuple = (),
+  cache: CompiledSteps | None = None,
 ) -> tuple[Any, float]:
   """`update_step(state, params, targets, active)` compiled for `args` on `layout`.
 
@@ -73,7 +72,9 @@ def compile_step(
     layout: where the rows live; gives every argument's sharding.
     state_sharding: the state's shardings (images split as the layout says).
     args: (state, params, targets, active), placed as the layout says.
-    key: anything else the compiled program depends on (for the cache).
+    key: what else the program was built from (the optimiser's build
+      arguments, say), for the cache.
+    cache: where compiled steps are kept for reuse (None: compile afresh).
 
   Returns:
     (compiled step, seconds spent compiling: 0.0 when reused from the cache).
@@ -95,4 +96,4 @@ def compile_step(
     donate_argnums=0,
   )
   full_key = (model, loss_spec, loss_fn, layout.key, *key)
-  return COMPILED.get(step, full_key, *args)
+  return (CompiledSteps() if cache is None else cache).get(step, full_key, *args)

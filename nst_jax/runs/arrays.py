@@ -21,6 +21,7 @@ from nst_jax.engine import rows as rows_lib
 from nst_jax.engine import sharding as sharding_lib
 from nst_jax.io import images as image_lib
 from nst_jax.io import weights as weights_lib
+from nst_jax.runs import runner
 
 
 def _masks(value, n: int, lead: int, shape: tuple[int, ...], what: str):
@@ -142,7 +143,7 @@ def stylize(
   layout = sharding_lib.SingleLayout(n)
   if cfg.run.shard == 'spatial' and jax.local_device_count() > 1 and n == 1:
     layout = sharding_lib.SpatialLayout(sharding_lib.spatial_devices(height, jax.local_devices()))
-  engine = engine_lib.Engine(cfg, w, layout, loss_fn=loss_fn)
+  engine = engine_lib.Engine(cfg, w, layout, loss_fn=loss_fn, compile_cache=runner.COMPILE_CACHE)
   resume = None
   if cfg.run.resume and checkpoint is not None:
     resume = engine_lib.resume_point(checkpoint)

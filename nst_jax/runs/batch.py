@@ -304,7 +304,7 @@ def _run_group(group, jobs, cfg, w, mesh, stop, preview, group_record) -> dict[s
   )
   record = {}
   resume = engine_lib.ResumePoint(*group.resume) if group.resume else None
-  rgb = engine_lib.Engine(cfg, w, layout).run(
+  rgb = engine_lib.Engine(cfg, w, layout, compile_cache=pipeline.COMPILE_CACHE).run(
     rows, real=real, watch=watch, resume=resume, record=record
   )
   if group_record is not None and record.get('scales'):

@@ -31,6 +31,7 @@ from nst_jax.engine import preview as preview_lib
 from nst_jax.engine import rows as rows_lib
 from nst_jax.engine import schedule as schedule_lib
 from nst_jax.engine import sharding as sharding_lib
+from nst_jax.engine import steps
 from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import images as image_lib
 from nst_jax.io import output_names
@@ -38,6 +39,10 @@ from nst_jax.io import outputs
 from nst_jax.io import record as record_lib
 from nst_jax.io import weights as weights_lib
 from nst_jax.runs import output_plan
+
+# Compiled steps, kept for reuse by every run of this process (single, batch,
+# video, stylize): the runner owns the cache and hands it to each Engine.
+COMPILE_CACHE = steps.CompiledSteps()
 
 
 def style_width(cfg: config_lib.StyleConfig, width: int) -> int:
@@ -378,7 +383,7 @@ def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan) -> Path
       )
     record = {}
     with hooks_lib.stop_on_signals() as stop:
-      rgb = engine_lib.Engine(cfg, w, layout).run(
+      rgb = engine_lib.Engine(cfg, w, layout, compile_cache=COMPILE_CACHE).run(
         {0: row},
         real=(0,),
         watch=watch(cfg, results, preview=preview, should_stop=stop),

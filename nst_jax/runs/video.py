@@ -326,7 +326,9 @@ def _run_video(cfg: config_lib.StyleConfig, clip, paths: _Paths, height: int, pl
 
 
 def _engine(cfg, w, layout):
-  return engine_lib.Engine(cfg, w, layout, loss_fn=video_objective)
+  return engine_lib.Engine(
+    cfg, w, layout, loss_fn=video_objective, compile_cache=pipeline.COMPILE_CACHE
+  )
 
 
 def _one_pass(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.ndarray]:
