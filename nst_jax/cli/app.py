@@ -30,7 +30,6 @@ The options you need first (all flags, alphabetically, follow):
 
 import importlib.resources
 from pathlib import Path
-import re
 import signal
 import sys
 
@@ -40,6 +39,7 @@ from absl import flags
 import nst_jax
 from nst_jax import config as config_lib
 from nst_jax.cli import absl_app
+from nst_jax.cli import spelling
 from nst_jax.core import losses
 from nst_jax.engine import distributed
 from nst_jax.engine import hooks as hooks_lib
@@ -402,42 +402,6 @@ def config_from_flags() -> nst_jax.StyleConfig:
   )
 
 
-# Settings whose flag has another name (the seed's short options), for errors.
-_FLAG_NAMES = {
-  'content_weight': '-cw/--contentweight',
-  'style_weight': '-sw/--styleweight',
-  'width': '-w/--imagewidth',
-  'iterations': '-i/--iterations',
-  'optimizer': '--optimizer',
-}
-
-
-# Config fields that library messages name, as the command line spells them.
-_FIELD_FLAGS = {
-  'save.overwrite': '--overwrite',
-  'run.resume': '--resume',
-  'video.passes': '--passes',
-  'schedule.iterations': '-i/--iterations',
-}
-
-
-def _flag_message(message: str) -> str:
-  """'iterations must be ...' -> '-i/--iterations must be ...' (the user typed flags).
-
-  Also kept on one line: a newline (in a file name, say) is printed as \\n.
-  """
-  message = message.replace('\n', '\\n').replace('\r', '\\r')
-  for field, flag in _FIELD_FLAGS.items():
-    # Whole words only: a file named run.resume.png keeps its name.
-    message = re.sub(rf'(?<![\w./-]){re.escape(field)}(?![\w.]*\w)', flag, message)
-  first, _, rest = message.partition(' ')
-  if first in _FLAG_NAMES:
-    return f'{_FLAG_NAMES[first]} {rest}'
-  if first.isidentifier() and first in FLAGS:
-    return f'--{first} {rest}'
-  return message
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -469,7 +433,7 @@ def _main() -> None:
     else:
       batch_lib.run_batch(batch, cfg, inputs=[FLAGS.jobs] if FLAGS.jobs else ())
   except nst_jax.NstError as e:
-    print(f'error: {_flag_message(str(e))}', file=sys.stderr)
+    print(f'error: {spelling.for_command_line(str(e))}', file=sys.stderr)
     distributed.leave(getattr(e, 'exit_code', 1))
   except KeyboardInterrupt:
     # Before the loop starts (loading, compiling) there is nothing to save yet.

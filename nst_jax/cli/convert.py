@@ -29,6 +29,7 @@ from absl import flags
 
 from nst_jax import errors
 from nst_jax.cli import absl_app
+from nst_jax.cli import spelling
 from nst_jax.io import download
 from nst_jax.io import images as image_lib
 from nst_jax.io import output_plan
@@ -77,7 +78,7 @@ def main(argv):
       _convert()
     info = weights_lib.load_weights(FLAGS.output).info
   except errors.NstError as e:
-    sys.exit(f'error: {e}')
+    sys.exit(f'error: {spelling.for_command_line(str(e))}')
   print(
     f'wrote {FLAGS.output} from {info.source} ({info.source_format}, sha256 '
     f'{info.source_sha256[:16]}..., {info.convention} input convention) in '
@@ -112,7 +113,7 @@ def _check_output(output: Path) -> None:
   try:  # a directory that is a file or not writable, a name too long: before the work
     output_plan.check_place(output)
   except errors.NstError as e:
-    sys.exit(f'error: {e}')
+    sys.exit(f'error: {spelling.for_command_line(str(e))}')
   # --download saves the published file beside the output, then converts it.
   if FLAGS.input:
     source, role = Path(FLAGS.input), 'the --input file'

@@ -1,0 +1,84 @@
+"""The command line's table of flags: complete and true to the flags.
+
+Library messages name config fields and calls (nst_jax.cli.spelling); the
+programs print them with flags and commands. Here: every StyleConfig field
+has its flag, every flag in the table exists with that spelling, and the
+rewriting keeps file names and one line.
+"""
+
+import dataclasses
+
+import pytest
+
+from nst_jax import config as config_lib
+from nst_jax import errors
+from nst_jax.cli import app
+from nst_jax.cli import spelling
+
+FLAGS = app.FLAGS
+# Flags of main.py that set no StyleConfig field: they choose what kind of
+# run it is, or start the processes of a multi-host run.
+NOT_FIELDS = {
+  'preset',
+  'jobs',
+  'video',
+  'distributed',
+  'coordinator_address',
+  'num_processes',
+  'process_id',
+}
+
+
+def _flag_fields() -> dict[str, str]:
+  """Flag name -> 'group.field', from the code's own table."""
+  table = spelling.FIELD_FLAGS.items()
+  return {spelled.split('/')[-1].removeprefix('--'): field for field, spelled in table}
+
+
+def test_every_config_field_has_its_flag():
+  fields = {
+    f'{group}.{field.name}'
+    for group, cls in config_lib.GROUPS.items()
+    for field in dataclasses.fields(cls)
+  }
+  assert set(spelling.FIELD_FLAGS) == fields
+
+
+@pytest.mark.parametrize('field', sorted(spelling.FIELD_FLAGS))
+def test_the_table_spells_each_flag_as_defined(field):
+  *short, long = spelling.FIELD_FLAGS[field].split('/')
+  assert long.startswith('--') and long[2:] in FLAGS, field
+  flag = FLAGS[long[2:]]
+  assert flag.short_name == (short[0].removeprefix('-') if short else None), field
+
+
+def test_every_flag_sets_a_field_or_is_listed_as_setting_none():
+  own = {f.name for f in FLAGS.get_flags_for_module(app.__name__)}
+  mapped = set(_flag_fields())
+  assert not mapped & NOT_FIELDS
+  assert own == mapped | NOT_FIELDS
+
+
+def test_config_errors_read_as_flags():
+  with pytest.raises(errors.ConfigError) as e:
+    config_lib.InputConfig(width=0)
+  assert str(e.value) == 'inputs.width must be a positive integer, got 0'
+  assert spelling.for_command_line(str(e.value)) == (
+    '-w/--imagewidth must be a positive integer, got 0'
+  )
+  with pytest.raises(errors.ConfigError) as e:
+    config_lib.ScheduleConfig(scales=2, min_width=64)
+  assert spelling.for_command_line(str(e.value)) == 'give --scales or --min_width, not both'
+
+
+def test_messages_keep_file_names_and_one_line():
+  assert spelling.for_command_line('x exists; replace it with save.overwrite') == (
+    'x exists; replace it with --overwrite'
+  )
+  # A file named like a setting keeps its name; a newline in a name stays on the line.
+  assert spelling.for_command_line('run.resume.png exists; then continue with run.resume.') == (
+    'run.resume.png exists; then continue with --resume.'
+  )
+  assert spelling.for_command_line('out/inputs.width exists') == 'out/inputs.width exists'
+  assert spelling.for_command_line('model.weights_url failed') == '--weights_url failed'
+  assert spelling.for_command_line('a\nb.png exists') == 'a\\nb.png exists'
