@@ -14,6 +14,7 @@ from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.cli import app
 from nst_jax.cli import spelling
+from nst_jax.io import weights as weights_lib
 
 FLAGS = app.FLAGS
 # Flags of main.py that set no StyleConfig field: they choose what kind of
@@ -82,3 +83,21 @@ def test_messages_keep_file_names_and_one_line():
   assert spelling.for_command_line('out/inputs.width exists') == 'out/inputs.width exists'
   assert spelling.for_command_line('model.weights_url failed') == '--weights_url failed'
   assert spelling.for_command_line('a\nb.png exists') == 'a\\nb.png exists'
+
+
+def test_suggested_calls_read_as_converter_commands():
+  convert = weights_lib.CONVERT_COMMAND
+  assert spelling.for_command_line(f'damaged: use {weights_lib.fetch_call()}') == (
+    f'damaged: use {convert} --download'
+  )
+  # Spaces and quotes in a name: the call holds it as a Python literal.
+  odd = "my weights/it's.npz"
+  assert spelling.for_command_line(f'run: {weights_lib.fetch_call(odd)}; then') == (
+    f'run: {convert} --download --output {odd}; then'
+  )
+  assert spelling.for_command_line(f'run: {weights_lib.convert_call("a.h5")}') == (
+    f'run: {convert} --input a.h5'
+  )
+  # A newline in the name stays escaped, on the one line.
+  newline = weights_lib.convert_call('a\nb.h5')
+  assert spelling.for_command_line(f'run: {newline}') == f"run: {convert} --input 'a\\nb.h5'"

@@ -94,8 +94,7 @@ def _convert() -> None:
       FLAGS.output, download.mirrors(FLAGS.url), md5=FLAGS.md5 or weights_lib.KERAS_MD5
     )
   else:
-    flat, info = weights_lib.convert(FLAGS.input, convention=FLAGS.input_convention)
-    weights_lib.save_npz(FLAGS.output, flat, info)
+    weights_lib.convert_file(FLAGS.input, FLAGS.output, convention=FLAGS.input_convention)
 
 
 def _check_output(output: Path) -> None:
