@@ -1,9 +1,10 @@
-"""The command line's table of flags: complete and true to the flags.
+"""The command line's table of flags: complete, true to the flags, one source of defaults.
 
 Library messages name config fields and calls (nst_jax.cli.spelling); the
 programs print them with flags and commands. Here: every StyleConfig field
-has its flag, every flag in the table exists with that spelling, and the
-rewriting keeps file names and one line.
+has its flag, every flag in the table exists with that spelling, every flag
+that sets a field defaults to the field's default, and the rewriting keeps
+file names and one line.
 """
 
 import dataclasses
@@ -28,12 +29,42 @@ NOT_FIELDS = {
   'num_processes',
   'process_id',
 }
+# Flags whose default differs from their field's on purpose, with why.
+DIFFERENT_DEFAULTS = {
+  # None: required (unless --jobs), so absl's help shows no default; the
+  # field's '' (no image) is what config_from_flags passes for it.
+  'contentpath': (None, ''),
+  'stylepath': (None, ''),
+}
+# The seed's documented defaults (README, main.py's usage text): -i 1000,
+# -cw 100, -sw 0.01, -w 1024.
+SEED_DEFAULTS = {
+  'iterations': 1000,
+  'contentweight': 100.0,
+  'styleweight': 0.01,
+  'imagewidth': 1024,
+}
 
 
 def _flag_fields() -> dict[str, str]:
   """Flag name -> 'group.field', from the code's own table."""
   table = spelling.FIELD_FLAGS.items()
   return {spelled.split('/')[-1].removeprefix('--'): field for field, spelled in table}
+
+
+def _field_default(field: str):
+  group, name = field.split('.')
+  return getattr(getattr(config_lib.StyleConfig(), group), name)
+
+
+def _as_config(flag):
+  """A flag's default as the config holds it: absl lists are tuples there."""
+  value = flag.default
+  if isinstance(value, list):
+    return tuple(value)
+  if flag.name == 'bit_depth':  # an enum of '8' and '16', an int in SaveConfig
+    return int(value)
+  return value
 
 
 def test_every_config_field_has_its_flag():
@@ -58,6 +89,19 @@ def test_every_flag_sets_a_field_or_is_listed_as_setting_none():
   mapped = set(_flag_fields())
   assert not mapped & NOT_FIELDS
   assert own == mapped | NOT_FIELDS
+
+
+@pytest.mark.parametrize('name', sorted(_flag_fields()))
+def test_flag_defaults_are_the_config_defaults(name):
+  field = _flag_fields()[name]
+  if name in DIFFERENT_DEFAULTS:
+    assert (FLAGS[name].default, _field_default(field)) == DIFFERENT_DEFAULTS[name]
+  else:
+    assert _as_config(FLAGS[name]) == _field_default(field), (name, field)
+
+
+def test_the_seed_defaults_are_the_documented_ones():
+  assert {name: FLAGS[name].default for name in SEED_DEFAULTS} == SEED_DEFAULTS
 
 
 def test_config_errors_read_as_flags():
