@@ -38,7 +38,7 @@ DEFAULT_CONTENT_LAYERS = objective.DEFAULT_CONTENT_LAYERS
 DEFAULT_STYLE_LAYERS = objective.DEFAULT_STYLE_LAYERS
 OPTIMIZERS = optim.OPTIMIZERS
 DEFAULT_ADAM_LEARNING_RATE = optim.DEFAULT_ADAM_LEARNING_RATE
-# --init keywords; any other value is an image file to start from.
+# inputs.init keywords; any other value is an image file to start from.
 INITS = ('content', 'random', 'gray')
 # Gatys et al. 2017, Sec. 5: luminance-only transfer, colour histogram
 # matching of the style to the content, and (the classic tools' option) the
@@ -93,6 +93,13 @@ def _finite_nonnegative(name: str, value: Any) -> None:
   )
 
 
+def _finite_positive(name: str, value: Any) -> None:
+  _check(
+    isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+    f'{name} must be a finite number > 0, got {value!r}',
+  )
+
+
 def _one_of(name: str, value: Any, choices) -> None:
   _check(value in choices, f'{name} must be one of {", ".join(choices)}, got {value!r}')
 
@@ -140,20 +147,16 @@ class InputConfig(_Group):
   max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
   def __post_init__(self):
-    _positive_int('width', self.width)
-    _positive_int('max_image_pixels', self.max_image_pixels)
+    _positive_int('inputs.width', self.width)
+    _positive_int('inputs.max_image_pixels', self.max_image_pixels)
+    _finite_positive('inputs.style_scale', self.style_scale)
     _check(
-      isinstance(self.style_scale, (int, float))
-      and math.isfinite(self.style_scale)
-      and self.style_scale > 0,
-      f'style_scale must be a finite number > 0, got {self.style_scale!r}',
-    )
-    _check(
-      isinstance(self.style_masks, tuple), f'style_masks must be a tuple, got {self.style_masks!r}'
+      isinstance(self.style_masks, tuple),
+      f'inputs.style_masks must be a tuple, got {self.style_masks!r}',
     )
     _check(
       isinstance(self.init, str) and self.init != '',
-      'init must be content, random, gray or an image file',
+      'inputs.init must be content, random, gray or an image file',
     )
     n_styles = len(self.style_paths)
     if self.style_blend_weights is not None:
@@ -217,9 +220,9 @@ class ModelConfig(_Group):
   precision: str = 'highest'
 
   def __post_init__(self):
-    _one_of('pooling', self.pooling, vgg.POOLING_MODES)
-    _one_of('dtype', self.dtype, tuple(vgg.COMPUTE_DTYPES))
-    _one_of('precision', self.precision, PRECISIONS)
+    _one_of('model.pooling', self.pooling, vgg.POOLING_MODES)
+    _one_of('model.dtype', self.dtype, tuple(vgg.COMPUTE_DTYPES))
+    _one_of('model.precision', self.precision, PRECISIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,22 +257,22 @@ class LossConfig(_Group):
   tv_weight: float = 0.0
 
   def __post_init__(self):
-    _one_of('style_loss', self.style_loss, losses.STYLE_KINDS)
+    _one_of('loss.style_loss', self.style_loss, losses.STYLE_KINDS)
     for field in ('content_layers', 'style_layers'):
       value = getattr(self, field)
-      _check(isinstance(value, tuple), f'{field} must be a tuple, got {value!r}')
-      _check(len(value) > 0, f'{field} must name at least one layer')
+      _check(isinstance(value, tuple), f'loss.{field} must be a tuple, got {value!r}')
+      _check(len(value) > 0, f'loss.{field} must name at least one layer')
       vgg.check_layers(value)
     if self.style_layer_weights is not None:
       _check(
         len(self.style_layer_weights) == len(self.style_layers),
-        f'style_layer_weights has {len(self.style_layer_weights)} values for '
+        f'loss.style_layer_weights has {len(self.style_layer_weights)} values for '
         f'{len(self.style_layers)} style layers; give one per layer',
       )
       for w in self.style_layer_weights:
         _finite_nonnegative('each style layer weight', w)
     for name in ('content_weight', 'style_weight', 'tv_weight'):
-      _finite_nonnegative(name, getattr(self, name))
+      _finite_nonnegative(f'loss.{name}', getattr(self, name))
 
   @property
   def spec(self) -> objective.LossSpec:
@@ -313,15 +316,10 @@ class OptimConfig(_Group):
   box: bool = True
 
   def __post_init__(self):
-    _one_of('optimizer', self.name, OPTIMIZERS)
-    _positive_int('lbfgs_memory', self.lbfgs_memory)
+    _one_of('optim.name', self.name, OPTIMIZERS)
+    _positive_int('optim.lbfgs_memory', self.lbfgs_memory)
     if self.learning_rate is not None:
-      _check(
-        isinstance(self.learning_rate, (int, float))
-        and math.isfinite(self.learning_rate)
-        and self.learning_rate > 0,
-        f'learning_rate must be a finite number > 0, got {self.learning_rate!r}',
-      )
+      _finite_positive('optim.learning_rate', self.learning_rate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,13 +345,13 @@ class ScheduleConfig(_Group):
   window: int = 50
 
   def __post_init__(self):
-    _positive_int('iterations', self.iterations)
-    _nonnegative_int('scales', self.scales)
-    _positive_int('window', self.window)
-    _finite_nonnegative('tol', self.tol)
+    _positive_int('schedule.iterations', self.iterations)
+    _nonnegative_int('schedule.scales', self.scales)
+    _positive_int('schedule.window', self.window)
+    _finite_nonnegative('schedule.tol', self.tol)
     if self.min_width is not None:
-      _positive_int('min_width', self.min_width)
-      _check(self.scales in (0, 1), 'give scales or min_width, not both')
+      _positive_int('schedule.min_width', self.min_width)
+      _check(self.scales in (0, 1), 'give schedule.scales or schedule.min_width, not both')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,8 +369,8 @@ class ColorConfig(_Group):
   color_match: str = 'pca'
 
   def __post_init__(self):
-    _one_of('preserve_colors', self.preserve_colors, PRESERVE_COLORS)
-    _one_of('color_match', self.color_match, color.COLOR_MATCH_MODES)
+    _one_of('color.preserve_colors', self.preserve_colors, PRESERVE_COLORS)
+    _one_of('color.color_match', self.color_match, color.COLOR_MATCH_MODES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -398,12 +396,12 @@ class SaveConfig(_Group):
   overwrite: bool = False
 
   def __post_init__(self):
-    _check(self.bit_depth in BIT_DEPTHS, f'bit_depth must be 8 or 16, got {self.bit_depth!r}')
+    _check(self.bit_depth in BIT_DEPTHS, f'save.bit_depth must be 8 or 16, got {self.bit_depth!r}')
     _check(
       isinstance(self.quality, int) and 1 <= self.quality <= 100,
-      f'quality must be an integer from 1 to 100, got {self.quality!r}',
+      f'save.quality must be an integer from 1 to 100, got {self.quality!r}',
     )
-    _nonnegative_int('save_iter', self.save_iter)
+    _nonnegative_int('save.save_iter', self.save_iter)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -435,14 +433,14 @@ class RunConfig(_Group):
   shard: str = 'jobs'
 
   def __post_init__(self):
-    _nonnegative_int('print_iter', self.print_iter)
-    _nonnegative_int('checkpoint_every', self.checkpoint_every)
-    _one_of('progress', self.progress, PROGRESS_MODES)
-    _one_of('shard', self.shard, SHARD_MODES)
+    _nonnegative_int('run.print_iter', self.print_iter)
+    _nonnegative_int('run.checkpoint_every', self.checkpoint_every)
+    _one_of('run.progress', self.progress, PROGRESS_MODES)
+    _one_of('run.shard', self.shard, SHARD_MODES)
     if self.serve is not None:
       _check(
         isinstance(self.serve, int) and 0 <= self.serve <= 65535,
-        f'serve must be a port from 0 to 65535 (0: any free port), got {self.serve!r}',
+        f'run.serve must be a port from 0 to 65535 (0: any free port), got {self.serve!r}',
       )
 
 
@@ -456,7 +454,7 @@ class VideoConfig(_Group):
     passes: 1: frames one after another, each starting from its
       predecessor; N > 1: Ruder et al.'s multi-pass algorithm, every frame of
       a pass an independent problem (a batch over all devices), passes
-      alternating in direction and sharing -i.
+      alternating in direction and sharing schedule.iterations.
     frames: 'START:END', the frames used (0-based, END exclusive).
     flow: DIS optical flow preset: 'ultrafast', 'fast' or 'medium'.
     blend: in multi-pass, the share of the warped neighbour each frame starts
@@ -472,17 +470,14 @@ class VideoConfig(_Group):
   fps: float = 24.0
 
   def __post_init__(self):
-    _finite_nonnegative('temporal_weight', self.temporal_weight)
-    _positive_int('passes', self.passes)
-    _one_of('flow', self.flow, ('ultrafast', 'fast', 'medium'))
+    _finite_nonnegative('video.temporal_weight', self.temporal_weight)
+    _positive_int('video.passes', self.passes)
+    _one_of('video.flow', self.flow, ('ultrafast', 'fast', 'medium'))
     _check(
       isinstance(self.blend, (int, float)) and 0 <= self.blend <= 1,
-      f'blend must be a number from 0 to 1, got {self.blend!r}',
+      f'video.blend must be a number from 0 to 1, got {self.blend!r}',
     )
-    _check(
-      isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and self.fps > 0,
-      f'fps must be a finite number > 0, got {self.fps!r}',
-    )
+    _finite_positive('video.fps', self.fps)
 
 
 GROUPS = {
@@ -547,7 +542,8 @@ class StyleConfig:
     if self.inputs.style_masks:
       _check(
         self.loss.style_loss != 'histogram',
-        'the histogram style loss does not support style masks; use --style_loss gram or mean_cov',
+        'the histogram style loss does not support style masks; set loss.style_loss to gram or '
+        'mean_cov',
       )
 
   def __getattr__(self, name: str):

@@ -28,22 +28,26 @@ def test_defaults_are_the_documented_ones():
 @pytest.mark.parametrize(
   'group,changes,message',
   [
-    ('schedule', {'iterations': 0}, 'iterations must be a positive integer'),
-    ('inputs', {'width': -5}, 'width must be a positive integer'),
-    ('loss', {'content_weight': -1.0}, 'content_weight must be a finite number >= 0'),
-    ('loss', {'style_weight': math.nan}, 'style_weight must be a finite number >= 0'),
-    ('loss', {'style_weight': math.inf}, 'style_weight must be a finite number >= 0'),
-    ('optim', {'learning_rate': 0.0}, 'learning_rate must be a finite number > 0'),
-    ('optim', {'name': 'sgd'}, 'optimizer must be one of lbfgs, adam'),
-    ('inputs', {'init': ''}, 'init must be content, random, gray or an image file'),
-    ('loss', {'tv_weight': -1.0}, 'tv_weight must be a finite number >= 0'),
-    ('inputs', {'style_scale': 0.0}, 'style_scale must be a finite number > 0'),
-    ('schedule', {'scales': -1}, 'scales must be an integer >= 0'),
-    ('schedule', {'scales': 2, 'min_width': 100}, 'give scales or min_width, not both'),
-    ('schedule', {'min_width': 0}, 'min_width must be a positive integer'),
-    ('schedule', {'tol': -0.1}, 'tol must be a finite number >= 0'),
-    ('color', {'preserve_colors': 'yes'}, 'preserve_colors must be one of none, luminance'),
-    ('color', {'color_match': 'lab'}, 'color_match must be one of pca, cholesky'),
+    ('schedule', {'iterations': 0}, 'schedule.iterations must be a positive integer'),
+    ('inputs', {'width': -5}, 'inputs.width must be a positive integer'),
+    ('loss', {'content_weight': -1.0}, 'loss.content_weight must be a finite number >= 0'),
+    ('loss', {'style_weight': math.nan}, 'loss.style_weight must be a finite number >= 0'),
+    ('loss', {'style_weight': math.inf}, 'loss.style_weight must be a finite number >= 0'),
+    ('optim', {'learning_rate': 0.0}, 'optim.learning_rate must be a finite number > 0'),
+    ('optim', {'name': 'sgd'}, 'optim.name must be one of lbfgs, adam'),
+    ('inputs', {'init': ''}, 'inputs.init must be content, random, gray or an image file'),
+    ('loss', {'tv_weight': -1.0}, 'loss.tv_weight must be a finite number >= 0'),
+    ('inputs', {'style_scale': 0.0}, 'inputs.style_scale must be a finite number > 0'),
+    ('schedule', {'scales': -1}, 'schedule.scales must be an integer >= 0'),
+    (
+      'schedule',
+      {'scales': 2, 'min_width': 100},
+      'give schedule.scales or schedule.min_width, not both',
+    ),
+    ('schedule', {'min_width': 0}, 'schedule.min_width must be a positive integer'),
+    ('schedule', {'tol': -0.1}, 'schedule.tol must be a finite number >= 0'),
+    ('color', {'preserve_colors': 'yes'}, 'color.preserve_colors must be one of none, luminance'),
+    ('color', {'color_match': 'lab'}, 'color.color_match must be one of pca, cholesky'),
     (
       'inputs',
       {'style_path': ('a.jpg', 'b.jpg'), 'style_blend_weights': (1.0,)},
@@ -57,11 +61,11 @@ def test_defaults_are_the_documented_ones():
       {'style_masks': ('m',), 'style_blend_weights': (1.0,)},
       'style blend weights and style masks exclude each other',
     ),
-    ('model', {'dtype': 'float16'}, 'dtype must be one of float32, bfloat16'),
-    ('model', {'precision': 'low'}, 'precision must be one of highest, high, default'),
-    ('run', {'print_iter': -1}, 'print_iter must be an integer >= 0'),
-    ('run', {'serve': 70000}, 'serve must be a port from 0 to 65535'),
-    ('save', {'bit_depth': 12}, 'bit_depth must be 8 or 16'),
+    ('model', {'dtype': 'float16'}, 'model.dtype must be one of float32, bfloat16'),
+    ('model', {'precision': 'low'}, 'model.precision must be one of highest, high, default'),
+    ('run', {'print_iter': -1}, 'run.print_iter must be an integer >= 0'),
+    ('run', {'serve': 70000}, 'run.serve must be a port from 0 to 65535'),
+    ('save', {'bit_depth': 12}, 'save.bit_depth must be 8 or 16'),
   ],
 )
 def test_bad_values_are_one_line_errors(group, changes, message):
@@ -116,7 +120,7 @@ def test_loss_config_validation():
   assert cfg.feature_layers == ('relu4_2', 'relu1_1')
   assert cfg.spec.layer_weights == {'relu1_1': 3.0}
   with pytest.raises(
-    errors.ConfigError, match='style_loss must be one of gram, mean_cov, histogram'
+    errors.ConfigError, match='loss.style_loss must be one of gram, mean_cov, histogram'
   ):
     config_lib.LossConfig(style_loss='wasserstein')
 

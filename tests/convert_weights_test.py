@@ -14,6 +14,7 @@ import pytest
 import weight_files
 
 from nst_jax import errors
+from nst_jax.cli import spelling
 from nst_jax.io import weights as weights_lib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,7 +160,7 @@ def _weights_directory(d, url, md5, **_):
   (d / 'weights').mkdir()
   with pytest.raises(errors.WeightsError) as e:
     weights_lib.load_weights(d / 'weights')
-  suggested = str(e.value).split('; run: ')[1]
+  suggested = spelling.for_command_line(str(e.value)).split('; run: ')[1]
   assert suggested == f'{CONVERT} --download --output {d / "weights" / "vgg19.npz"}'
   return [*suggested.removeprefix(CONVERT).split(), '--url', url, '--md5', md5]
 

@@ -150,7 +150,7 @@ def test_offline_fails_fast_with_instructions(tmp_path):
   msg = _one_line(e)
   assert url in msg and weights_lib.KERAS_MD5 in msg
   raw = tmp_path / 'weights' / weights_lib.KERAS_FILENAME
-  assert f'copy it to {raw} and run: python convert_weights.py --input {raw}' in msg
+  assert f'copy it to {raw} and run: nst_jax.io.weights.convert_file({str(raw)!r})' in msg
   assert list(tmp_path.iterdir()) == []  # not even the weights/ directory
 
 

@@ -229,7 +229,7 @@ def test_animated_gif_gives_first_frame_with_warning(tmp_path, caplog):
 def test_decompression_bomb_is_refused_before_decoding(tmp_path):
   # A 100000 x 100000 PNG header over a few bytes of data: 10^10 pixels.
   (tmp_path / 'bomb.png').write_bytes(_png_bytes(100_000, 100_000, 8, 2, b'\x00' * 16))
-  with pytest.raises(errors.ImageError, match='raise --max_image_pixels') as e:
+  with pytest.raises(errors.ImageError, match='raise inputs.max_image_pixels') as e:
     image_lib.load_image(tmp_path / 'bomb.png')
   assert '100000x100000' in str(e.value)
   Image.new('RGB', (40, 30)).save(tmp_path / 'ok.png')

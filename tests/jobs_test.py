@@ -28,7 +28,7 @@ def test_specs_expand_directories_and_globs(tmp_path):
   # Comma-separated files stay one blended style.
   (job,) = jobs_lib.jobs_from_specs('c.jpg', ['x.jpg', 'y.jpg'])
   assert job.style == ('x.jpg', 'y.jpg')
-  with pytest.raises(errors.ConfigError, match='inside a comma-separated blend'):
+  with pytest.raises(errors.ConfigError, match='inputs.style_path .* among several blended styles'):
     jobs_lib.jobs_from_specs('c.jpg', [str(styles), 'y.jpg'])
   with pytest.raises(errors.ConfigError, match='holds no images'):
     jobs_lib.jobs_from_specs(str(_touch(tmp_path / 'empty')), ['x.jpg'])

@@ -11,6 +11,7 @@ most 80 lines without their docstrings).
 
 import ast
 from pathlib import Path
+import re
 
 import pytest
 
@@ -195,3 +196,104 @@ def test_the_function_check_counts_lines_without_the_docstring(tmp_path):
   long.write_text(f'def g():\n{body}\n  return 1\n')
   assert _long_functions(ok) == []
   assert _long_functions(long) == ['g']
+
+
+# The library speaks its own language: its messages name config fields
+# (`run.resume`) and calls, never a flag; nst_jax/cli/spelling.py turns them
+# into flags for the command line.
+LIBRARY = sorted(p for p in (ROOT / 'nst_jax').rglob('*.py') if p.parent.name != 'cli')
+# Literals allowed to hold a flag-like token, by file, with why.
+FLAG_ALLOWED = {
+  # ffmpeg's own input option, in the command a message suggests.
+  'nst_jax/io/video.py': ('ffmpeg -i ',),
+}
+
+
+def _defined_flags(path: Path) -> tuple[set[str], set[str]]:
+  """(names, short names) of the flags `path` defines with absl's DEFINE_*."""
+  names, shorts = set(), set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if (
+      isinstance(node, ast.Call)
+      and isinstance(node.func, ast.Attribute)
+      and node.func.attr.startswith('DEFINE_')
+      and node.args
+      and isinstance(node.args[0], ast.Constant)
+    ):
+      names.add(node.args[0].value)
+      shorts |= {k.value.value for k in node.keywords if k.arg == 'short_name'}
+  return names, shorts
+
+
+def _flag_pattern() -> re.Pattern:
+  # Read, not imported: the two programs' flags cannot share one FlagValues.
+  names, shorts = set(), set()
+  for program in ('app.py', 'convert.py'):
+    more_names, more_shorts = _defined_flags(ROOT / 'nst_jax' / 'cli' / program)
+    names |= more_names
+    shorts |= more_shorts
+  # The seed's short forms (-cp -sp -i -cw -sw -w) must be among them.
+  assert {'cp', 'sp', 'i', 'cw', 'sw', 'w'} <= shorts
+  # The seed's long names that are no field's, as bare words too ("raise imagewidth").
+  seed = names & {'contentpath', 'stylepath', 'contentweight', 'styleweight', 'imagewidth'}
+  alternatives = lambda words: '|'.join(sorted(map(re.escape, words), key=len, reverse=True))  # noqa: E731
+  return re.compile(
+    rf'(?<![\w-])--(?:no)?(?:{alternatives(names)})(?![\w-])'
+    rf'|(?<![\w-])-(?:{alternatives(shorts)})(?![\w-])'
+    rf'|\b(?:{alternatives(seed)})\b'
+  )
+
+
+FLAG = _flag_pattern()
+
+
+def _flag_strings(source: str, allowed: tuple[str, ...] = ()) -> list[str]:
+  """The string literals of `source` (f-strings' constant parts too) that name a flag.
+
+  Docstrings may name flags (they document the program); comments are not
+  in the tree.
+  """
+  tree = ast.parse(source)
+  docstrings = set()
+  for node in ast.walk(tree):
+    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+      body = node.body
+      if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        docstrings.add(id(body[0].value))
+  found = []
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+      if id(node) not in docstrings and FLAG.search(node.value):
+        if not any(a in node.value for a in allowed):
+          found.append((node.lineno, node.col_offset, node.value))
+  # Stable: an f-string's parts share its position and come in their order.
+  return [text for *_, text in sorted(found, key=lambda f: f[:2])]
+
+
+@pytest.mark.parametrize('path', LIBRARY, ids=lambda p: str(p.relative_to(ROOT / 'nst_jax')))
+def test_no_library_string_names_a_flag(path):
+  allowed = FLAG_ALLOWED.get(str(path.relative_to(ROOT)), ())
+  assert _flag_strings(path.read_text(), allowed) == []
+
+
+def test_the_check_finds_flags():
+  source = '''
+"""Module docs may say --resume and -w."""
+def f(x):
+  """So may a function's: -cp FILE."""
+  # and comments: --overwrite
+  a = 'continue with --resume'
+  b = f'lower -w {x} or --noresume'
+  c = 'raise imagewidth'
+  d = 'continue with run.resume, at inputs.width; e.g. ffmpeg -i in.mp4'
+  e = 'multi-pass, non-w, --resumed, x-w, -wide'
+  return 'from --download' + ' (-cw)'
+'''
+  assert _flag_strings(source, allowed=('ffmpeg -i ',)) == [
+    'continue with --resume',
+    'lower -w ',
+    ' or --noresume',
+    'raise imagewidth',
+    'from --download',
+    ' (-cw)',
+  ]

@@ -95,7 +95,7 @@ _ERRORS = [
         (['-cp', CONTENT, '-sp', STYLE, '--output', 'out.xyz'], 'end the name in .png'),
         (['-cp', CONTENT, '-sp', STYLE, '--weights', 'nope.npz'], 'nope.npz does not exist'),
         (['-cp', CONTENT, '-sp', STYLE, '--weights', '.'],
-         '--weights file . is a directory; run: python convert_weights.py --download --output '
+         'weights file . is a directory; run: python convert_weights.py --download --output '
          'vgg19.npz'),
         (['-cp', CONTENT, '-sp', f'{STYLE},', '-i', 1], 'has an empty entry'),
         (
@@ -435,16 +435,3 @@ def test_help_exits_0_and_a_bad_flag_exits_1(tmp_path, flag):
     timeout=120, cwd=tmp_path,
   )  # fmt: skip
   assert r.returncode == 1 and 'no_such_flag' in r.stderr
-
-
-def test_messages_keep_file_names_and_one_line():
-  from nst_jax.cli import app as cli
-
-  assert cli._flag_message('x exists; replace it with save.overwrite') == (
-    'x exists; replace it with --overwrite'
-  )
-  # A file named like a setting keeps its name; a newline in a name stays on the line.
-  assert cli._flag_message('run.resume.png exists; then continue with run.resume.') == (
-    'run.resume.png exists; then continue with --resume.'
-  )
-  assert cli._flag_message('a\nb.png exists') == 'a\\nb.png exists'

@@ -71,7 +71,9 @@ def test_check_memory_refuses_what_does_not_fit_and_spatial_makes_it_fit(monkeyp
   cfg = config_lib.StyleConfig(optim=config_lib.OptimConfig(lbfgs_memory=10))
   monkeypatch.setattr(memory, 'available_memory', lambda device=None: 16 * 10**9)
   monkeypatch.setattr(memory, '_CPU_RUNTIME_BYTES', 0)  # as on an accelerator
-  with pytest.raises(errors.NstError, match=r'needs about 2\d\.\d GB but only 16\.0 GB.*--shard'):
+  with pytest.raises(
+    errors.NstError, match=r'needs about 2\d\.\d GB but only 16\.0 GB.*run\.shard to spatial'
+  ):
     memory.check_memory(3072, 4096, config=cfg)
   need, have = memory.check_memory(3072, 4096, config=cfg, spatial_devices=4)
   assert need < have == 16 * 10**9

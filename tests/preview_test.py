@@ -112,7 +112,9 @@ def test_a_busy_port_is_a_one_line_error():
     taken.bind(('127.0.0.1', 0))
     taken.listen()
     port = taken.getsockname()[1]
-    with pytest.raises(errors.NstError, match=rf'port {port} .*--serve 0 for any free port'):
+    with pytest.raises(
+      errors.NstError, match=rf'port {port} .*run.serve port, or 0 for any free port'
+    ):
       preview_lib.Preview(port)
 
 

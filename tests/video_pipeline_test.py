@@ -126,7 +126,7 @@ def test_an_unfinished_run_needs_resume_and_resume_needs_one(tmp_path, caffe_npz
   )
   (tmp_path / '.out.work' / 'final').mkdir(parents=True)
   (tmp_path / '.out.work' / 'final' / 'frame_00000.png').write_bytes(b'a finished frame')
-  with pytest.raises(errors.NstError, match='unfinished video run; continue it with --resume'):
+  with pytest.raises(errors.NstError, match='unfinished video run; continue it with run.resume'):
     video_pipeline.run_video(cfg)
   assert (tmp_path / '.out.work' / 'final' / 'frame_00000.png').read_bytes() == b'a finished frame'
   # A file nst-jax never writes there: the directory is not ours to resume or remove.

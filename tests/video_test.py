@@ -185,7 +185,7 @@ def test_a_file_without_a_video_stream_is_refused(tmp_path):
 def test_an_empty_frame_range_is_refused(tmp_path):
   src = video_clips.write_mp4(tmp_path / 'in.mp4', _frames(4))
   for frames in ('3:3', '9:', 'x'):
-    with pytest.raises(errors.ConfigError, match='--frames'):
+    with pytest.raises(errors.ConfigError, match='video.frames'):
       video.open_clip(str(src), frames=frames)
 
 

@@ -157,7 +157,8 @@ def test_default_path_is_relative_to_project(monkeypatch, tmp_path):
 
 
 def test_missing_explicit_path_never_downloads(tmp_path):
-  with pytest.raises(errors.WeightsError, match='does not exist; run: python convert_weights.py'):
+  suggestion = r'does not exist; run: nst_jax\.io\.download\.fetch_and_convert\('
+  with pytest.raises(errors.WeightsError, match=suggestion):
     weights_lib.get_weights(tmp_path / 'typo.npz')
 
 
@@ -167,8 +168,8 @@ def test_directory_as_weights_names_a_file_in_it(tmp_path, caffe_npz):
   with pytest.raises(errors.WeightsError) as e:
     weights_lib.get_weights(tmp_path)
   assert str(e.value) == (
-    f'weights file {tmp_path} is a directory; run: {weights_lib.CONVERT_COMMAND} --download '
-    f'--output {tmp_path / "vgg19.npz"}'
+    f'weights file {tmp_path} is a directory; run: '
+    f'nst_jax.io.download.fetch_and_convert({str(tmp_path / "vgg19.npz")!r})'
   )
   (tmp_path / 'vgg19.npz').write_bytes(caffe_npz.read_bytes())
   with pytest.raises(errors.WeightsError) as e:
@@ -245,13 +246,13 @@ def test_unexpected_layers(tmp_path, random_params):
 # file in the published layout, and the problem the one line must name.
 NOT_NOTOP = (
   'this is not the published VGG-19 notop file: fetch and convert that with '
-  f'{weights_lib.CONVERT_COMMAND} --download'
+  'nst_jax.io.download.fetch_and_convert()'
 )
 
 
 DAMAGED = (
   'the file is damaged: fetch and convert the published one with '
-  f'{weights_lib.CONVERT_COMMAND} --download'
+  'nst_jax.io.download.fetch_and_convert()'
 )
 
 
@@ -392,7 +393,7 @@ def test_non_finite_weights_are_refused_at_load(tmp_path, random_params):
     weights_lib.load_weights(npz)
   assert _one_line(e) == (
     f'{npz}: conv5_1/bias holds 3 infinite values; rebuild it with: '
-    f'{weights_lib.CONVERT_COMMAND} --download --output {npz}'
+    f'nst_jax.io.download.fetch_and_convert({str(npz)!r})'
   )
   assert hashlib.sha256(npz.read_bytes()).hexdigest() == digest
 
@@ -422,7 +423,7 @@ def test_corrupted_values_are_caught_by_the_recorded_hash(tmp_path, caffe_npz):
     weights_lib.load_weights(bad)
   msg = _one_line(e)
   assert 'is corrupt: its arrays do not match the hash recorded at conversion' in msg
-  assert 'python convert_weights.py --download --output' in msg
+  assert f'nst_jax.io.download.fetch_and_convert({str(bad)!r})' in msg
 
 
 def test_old_npz_without_hash_is_refused(tmp_path, caffe_npz):

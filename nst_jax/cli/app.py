@@ -30,7 +30,6 @@ The options you need first (all flags, alphabetically, follow):
 
 import importlib.resources
 from pathlib import Path
-import re
 import signal
 import sys
 
@@ -40,6 +39,7 @@ from absl import flags
 import nst_jax
 from nst_jax import config as config_lib
 from nst_jax.cli import absl_app
+from nst_jax.cli import spelling
 from nst_jax.core import color
 from nst_jax.core import losses
 from nst_jax.engine import distributed
@@ -61,6 +61,9 @@ def _presets_dir() -> Path:
 
 
 PRESETS = {p.stem: p for p in sorted(_presets_dir().glob('*.flags'))}
+# Every flag that sets a config field defaults to that field's default, so the
+# command line and the library agree (tests/spelling_test.py).
+DEFAULTS = config_lib.StyleConfig()
 
 # The seed's options, with their short names.
 flags.DEFINE_string(
@@ -79,161 +82,202 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer(
   'iterations',
-  1000,
+  DEFAULTS.schedule.iterations,
   'Optimiser iterations of the whole run, over all scales (never more; --tol may stop sooner).',
   short_name='i',
 )
 flags.DEFINE_float(
-  'contentweight', 100.0, 'Content weight cw in cw*L_content + sw*L_style.', short_name='cw'
+  'contentweight',
+  DEFAULTS.loss.content_weight,
+  'Content weight cw in cw*L_content + sw*L_style.',
+  short_name='cw',
 )
 flags.DEFINE_float(
-  'styleweight', 0.01, 'Style weight sw in cw*L_content + sw*L_style.', short_name='sw'
+  'styleweight',
+  DEFAULTS.loss.style_weight,
+  'Style weight sw in cw*L_content + sw*L_style.',
+  short_name='sw',
 )
 flags.DEFINE_integer(
   'imagewidth',
-  1024,
+  DEFAULTS.inputs.width,
   'Output width in pixels; the height keeps the aspect ratio.',
   short_name='w',
 )
 
 flags.DEFINE_string(
   'output',
-  '',
+  DEFAULTS.save.path,
   'Result image (.png, .jpg, .webp, ...), or a directory for an automatic name; default '
   'output/<content>_<style>.png, never replacing a file.',
 )
 flags.DEFINE_string(
-  'weights', None, 'Converted weights .npz; default $NST_JAX_WEIGHTS or weights/vgg19.npz.'
+  'weights',
+  DEFAULTS.model.weights,
+  'Converted weights .npz; default $NST_JAX_WEIGHTS or weights/vgg19.npz.',
 )
 flags.DEFINE_multi_string(
   'weights_url',
-  [],
+  list(DEFAULTS.model.weights_url),
   'A mirror of the published weights file to try first when downloading them (repeatable); '
   'also $NST_JAX_WEIGHTS_URL.',
 )
-flags.DEFINE_enum('optimizer', 'lbfgs', list(config_lib.OPTIMIZERS), 'Optimiser.')
+flags.DEFINE_enum('optimizer', DEFAULTS.optim.name, list(config_lib.OPTIMIZERS), 'Optimiser.')
 flags.DEFINE_float(
-  'learning_rate', None, 'Adam step size in pixel units, 0..255 (default 10); unused by L-BFGS.'
+  'learning_rate',
+  DEFAULTS.optim.learning_rate,
+  'Adam step size in pixel units, 0..255 (default 10); unused by L-BFGS.',
 )
-flags.DEFINE_integer('lbfgs_memory', config_lib.DEFAULT_LBFGS_MEMORY, 'L-BFGS history length.')
+flags.DEFINE_integer('lbfgs_memory', DEFAULTS.optim.lbfgs_memory, 'L-BFGS history length.')
 flags.DEFINE_string(
-  'init', 'content', 'Start image: content, random (faint noise), gray, or an image file.'
+  'init',
+  DEFAULTS.inputs.init,
+  'Start image: content, random (faint noise), gray, or an image file.',
 )
-flags.DEFINE_integer('seed', 0, 'Random seed (used by --init=random).')
+flags.DEFINE_integer('seed', DEFAULTS.inputs.seed, 'Random seed (used by --init=random).')
 flags.DEFINE_list(
-  'content_layers', list(config_lib.DEFAULT_CONTENT_LAYERS), 'Content layers, comma-separated.'
+  'content_layers', list(DEFAULTS.loss.content_layers), 'Content layers, comma-separated.'
 )
 flags.DEFINE_list(
-  'style_layers', list(config_lib.DEFAULT_STYLE_LAYERS), 'Style layers, comma-separated.'
+  'style_layers', list(DEFAULTS.loss.style_layers), 'Style layers, comma-separated.'
 )
 flags.DEFINE_list(
-  'style_layer_weights', None, 'Weight w_l of each style layer, comma-separated (default all 1).'
+  'style_layer_weights',
+  DEFAULTS.loss.style_layer_weights,
+  'Weight w_l of each style layer, comma-separated (default all 1).',
 )
 flags.DEFINE_enum(
   'style_loss',
-  'gram',
+  DEFAULTS.loss.style_loss,
   list(losses.STYLE_KINDS),
   'Style term per layer: gram (Gatys), mean_cov (Wasserstein-2 of Gaussian fits), histogram '
   '(Risser et al.).',
 )
 flags.DEFINE_bool(
-  'normalize_gradients', False, "L1-normalise each loss term's gradient at its layer."
+  'normalize_gradients',
+  DEFAULTS.loss.normalize_gradients,
+  "L1-normalise each loss term's gradient at its layer.",
 )
 flags.DEFINE_list(
-  'style_blend_weights', None, 'Weight of each style image, comma-separated (default equal).'
+  'style_blend_weights',
+  DEFAULTS.inputs.style_blend_weights,
+  'Weight of each style image, comma-separated (default equal).',
 )
-flags.DEFINE_float('style_scale', 1.0, 'Style image width as a multiple of the output width.')
-flags.DEFINE_float('tv_weight', 0.0, 'Total variation weight (squared differences).')
+flags.DEFINE_float(
+  'style_scale', DEFAULTS.inputs.style_scale, 'Style image width as a multiple of the output width.'
+)
+flags.DEFINE_float(
+  'tv_weight', DEFAULTS.loss.tv_weight, 'Total variation weight (squared differences).'
+)
 flags.DEFINE_enum(
   'preserve_colors',
-  'none',
+  DEFAULTS.color.preserve_colors,
   list(config_lib.PRESERVE_COLORS),
   "Keep the content's colours: luminance-only transfer, histogram (style colours matched "
   "first), or postprocess (the content's chroma put back).",
 )
 flags.DEFINE_enum(
   'color_match',
-  'pca',
+  DEFAULTS.color.color_match,
   list(color.COLOR_MATCH_MODES),
   'Linear colour map of --preserve_colors=histogram.',
 )
 flags.DEFINE_integer(
   'scales',
-  0,
+  DEFAULTS.schedule.scales,
   'Coarse-to-fine scales, widths sqrt(2) apart, sharing the -i iterations; 0: automatic, '
   '1: one scale.',
 )
 flags.DEFINE_integer(
-  'min_width', None, 'Instead of --scales: as many scales as keep the coarsest this wide.'
+  'min_width',
+  DEFAULTS.schedule.min_width,
+  'Instead of --scales: as many scales as keep the coarsest this wide.',
 )
 flags.DEFINE_string(
-  'content_mask', '', 'Grey image: where the content loss applies (white: fully).'
+  'content_mask',
+  DEFAULTS.inputs.content_mask,
+  'Grey image: where the content loss applies (white: fully).',
 )
 flags.DEFINE_list(
-  'style_masks', None, 'One grey image per style, comma-separated: where each style applies.'
+  'style_masks',
+  list(DEFAULTS.inputs.style_masks),
+  'One grey image per style, comma-separated: where each style applies.',
 )
 flags.DEFINE_enum(
-  'bit_depth', '8', ['8', '16'], 'Bits per channel of the output image (16: PNG only).'
+  'bit_depth',
+  str(DEFAULTS.save.bit_depth),
+  ['8', '16'],
+  'Bits per channel of the output image (16: PNG only).',
 )
 flags.DEFINE_integer(
   'quality',
-  config_lib.DEFAULT_QUALITY,
+  DEFAULTS.save.quality,
   'JPEG and WebP output quality, 1-100.',
   lower_bound=1,
   upper_bound=100,
 )
-flags.DEFINE_enum('pooling', 'max', ['max', 'avg'], 'VGG pooling.')
+flags.DEFINE_enum('pooling', DEFAULTS.model.pooling, ['max', 'avg'], 'VGG pooling.')
 flags.DEFINE_enum(
   'dtype',
-  'float32',
+  DEFAULTS.model.dtype,
   ['float32', 'bfloat16'],
   'Network compute dtype (the image, the first convolution and the losses stay float32).',
 )
 flags.DEFINE_enum(
   'precision',
-  'highest',
+  DEFAULTS.model.precision,
   list(config_lib.PRECISIONS),
   'float32 matmul/conv precision on GPU/TPU: highest (true float32), or default (TF32 on '
   'NVIDIA GPUs, bfloat16 passes on TPUs); no effect on CPU.',
 )
 flags.DEFINE_float(
   'tol',
-  config_lib.ScheduleConfig.tol,
+  DEFAULTS.schedule.tol,
   'Stop a scale early once its loss fell by less than this fraction over --window iterations '
   '(0: never).',
 )
-flags.DEFINE_integer('window', 50, 'Iterations the early-stopping test (--tol) looks back.')
+flags.DEFINE_integer(
+  'window', DEFAULTS.schedule.window, 'Iterations the early-stopping test (--tol) looks back.'
+)
 flags.DEFINE_bool(
   'box',
-  True,
+  DEFAULTS.optim.box,
   'Keep the image in the displayable range while optimising (L-BFGS); --nobox clips only the '
   'result, as the classic tools do.',
 )
 flags.DEFINE_enum(
   'progress',
-  'auto',
+  DEFAULTS.run.progress,
   list(config_lib.PROGRESS_MODES),
   'bar: a progress bar; log: a line every --print_iter; auto: a bar on a terminal, else lines.',
 )
 flags.DEFINE_bool(
-  'record', True, 'Write NAME.json, NAME.loss.png and NAME.sheet.jpg beside the output.'
+  'record',
+  DEFAULTS.save.record,
+  'Write NAME.json, NAME.loss.png and NAME.sheet.jpg beside the output.',
 )
 flags.DEFINE_bool(
   'overwrite',
-  False,
+  DEFAULTS.save.overwrite,
   'Replace existing files at --output (and beside it) that no nst-jax run record claims; a rerun '
   'to the same output replaces its own result without it. Inputs are never replaced.',
 )
-flags.DEFINE_integer('print_iter', 50, 'Log the losses every N iterations (0: only at the end).')
-flags.DEFINE_integer('save_iter', 0, 'Save an intermediate image every N iterations (0: never).')
+flags.DEFINE_integer(
+  'print_iter', DEFAULTS.run.print_iter, 'Log the losses every N iterations (0: only at the end).'
+)
+flags.DEFINE_integer(
+  'save_iter', DEFAULTS.save.save_iter, 'Save an intermediate image every N iterations (0: never).'
+)
 flags.DEFINE_integer(
   'checkpoint_every',
-  config_lib.DEFAULT_CHECKPOINT_EVERY,
+  DEFAULTS.run.checkpoint_every,
   'Save a checkpoint (<output>.ckpt) every N iterations (0: only on a signal and at the end).',
 )
-flags.DEFINE_bool('resume', False, "Continue from the output's checkpoint.")
+flags.DEFINE_bool('resume', DEFAULTS.run.resume, "Continue from the output's checkpoint.")
 flags.DEFINE_bool(
-  'keep_checkpoint', False, 'Keep the checkpoint after the run finishes (to extend it later).'
+  'keep_checkpoint',
+  DEFAULTS.run.keep_checkpoint,
+  'Keep the checkpoint after the run finishes (to extend it later).',
 )
 flags.DEFINE_enum(
   'preset',
@@ -245,7 +289,7 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_integer(
   'serve',
-  None,
+  DEFAULTS.run.serve,
   'Serve a live preview page on http://127.0.0.1:PORT/ during the run (0: any free port).',
   lower_bound=0,
   upper_bound=65535,
@@ -259,7 +303,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_enum(
   'shard',
-  'jobs',
+  DEFAULTS.run.shard,
   list(config_lib.SHARD_MODES),
   'jobs: a batch of jobs is split over all devices (of all hosts); spatial: each image is '
   "split by height over this host's devices, for images too large for one device.",
@@ -275,23 +319,32 @@ flags.DEFINE_integer('num_processes', None, 'With --distributed: the number of p
 flags.DEFINE_integer('process_id', None, 'With --distributed: this process, 0-based.')
 flags.DEFINE_float(
   'temporal_weight',
-  config_lib.VideoConfig.temporal_weight,
+  DEFAULTS.video.temporal_weight,
   'Video: weight of the temporal term mean(c (x - warp(previous))^2) (0: frames independent).',
 )
 flags.DEFINE_integer(
   'passes',
-  1,
+  DEFAULTS.video.passes,
   'Video: 1 = frame after frame; N > 1 = multi-pass, every frame of a pass in one batch over '
   'all devices, passes sharing -i.',
 )
-flags.DEFINE_string('frames', ':', 'Video: the frames used, START:END (0-based, END exclusive).')
+flags.DEFINE_string(
+  'frames', DEFAULTS.video.frames, 'Video: the frames used, START:END (0-based, END exclusive).'
+)
 flags.DEFINE_enum(
-  'flow', 'medium', ['ultrafast', 'fast', 'medium'], 'Video: the DIS optical flow preset.'
+  'flow',
+  DEFAULTS.video.flow,
+  ['ultrafast', 'fast', 'medium'],
+  'Video: the DIS optical flow preset.',
 )
 flags.DEFINE_float(
-  'blend', 0.5, 'Video, multi-pass: how much of the warped neighbour a frame starts from.'
+  'blend',
+  DEFAULTS.video.blend,
+  'Video, multi-pass: how much of the warped neighbour a frame starts from.',
 )
-flags.DEFINE_float('fps', 24.0, 'Video: the frame rate of a sequence of images (-cp DIR --video).')
+flags.DEFINE_float(
+  'fps', DEFAULTS.video.fps, 'Video: the frame rate of a sequence of images (-cp DIR --video).'
+)
 flags.DEFINE_bool(
   'video',
   False,
@@ -299,7 +352,7 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_integer(
   'max_image_pixels',
-  config_lib.DEFAULT_MAX_IMAGE_PIXELS,
+  DEFAULTS.inputs.max_image_pixels,
   'Refuse input images with more pixels than this (decompression-bomb guard).',
 )
 
@@ -402,42 +455,6 @@ def config_from_flags() -> nst_jax.StyleConfig:
   )
 
 
-# Settings whose flag has another name (the seed's short options), for errors.
-_FLAG_NAMES = {
-  'content_weight': '-cw/--contentweight',
-  'style_weight': '-sw/--styleweight',
-  'width': '-w/--imagewidth',
-  'iterations': '-i/--iterations',
-  'optimizer': '--optimizer',
-}
-
-
-# Config fields that library messages name, as the command line spells them.
-_FIELD_FLAGS = {
-  'save.overwrite': '--overwrite',
-  'run.resume': '--resume',
-  'video.passes': '--passes',
-  'schedule.iterations': '-i/--iterations',
-}
-
-
-def _flag_message(message: str) -> str:
-  """'iterations must be ...' -> '-i/--iterations must be ...' (the user typed flags).
-
-  Also kept on one line: a newline (in a file name, say) is printed as \\n.
-  """
-  message = message.replace('\n', '\\n').replace('\r', '\\r')
-  for field, flag in _FIELD_FLAGS.items():
-    # Whole words only: a file named run.resume.png keeps its name.
-    message = re.sub(rf'(?<![\w./-]){re.escape(field)}(?![\w.]*\w)', flag, message)
-  first, _, rest = message.partition(' ')
-  if first in _FLAG_NAMES:
-    return f'{_FLAG_NAMES[first]} {rest}'
-  if first.isidentifier() and first in FLAGS:
-    return f'--{first} {rest}'
-  return message
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -469,7 +486,7 @@ def _main() -> None:
     else:
       batch_lib.run_batch(batch, cfg, inputs=[FLAGS.jobs] if FLAGS.jobs else ())
   except nst_jax.NstError as e:
-    print(f'error: {_flag_message(str(e))}', file=sys.stderr)
+    print(f'error: {spelling.for_command_line(str(e))}', file=sys.stderr)
     distributed.leave(getattr(e, 'exit_code', 1))
   except KeyboardInterrupt:
     # Before the loop starts (loading, compiling) there is nothing to save yet.

@@ -29,6 +29,7 @@ from absl import flags
 
 from nst_jax import errors
 from nst_jax.cli import absl_app
+from nst_jax.cli import spelling
 from nst_jax.core import pixels
 from nst_jax.io import download
 from nst_jax.io import output_names
@@ -78,7 +79,7 @@ def main(argv):
       _convert()
     info = weights_lib.load_weights(FLAGS.output).info
   except errors.NstError as e:
-    sys.exit(f'error: {e}')
+    sys.exit(f'error: {spelling.for_command_line(str(e))}')
   print(
     f'wrote {FLAGS.output} from {info.source} ({info.source_format}, sha256 '
     f'{info.source_sha256[:16]}..., {info.convention} input convention) in '
@@ -94,8 +95,7 @@ def _convert() -> None:
       FLAGS.output, download.mirrors(FLAGS.url), md5=FLAGS.md5 or weights_lib.KERAS_MD5
     )
   else:
-    flat, info = weights_lib.convert(FLAGS.input, convention=FLAGS.input_convention)
-    weights_lib.save_npz(FLAGS.output, flat, info)
+    weights_lib.convert_file(FLAGS.input, FLAGS.output, convention=FLAGS.input_convention)
 
 
 def _check_output(output: Path) -> None:
@@ -113,7 +113,7 @@ def _check_output(output: Path) -> None:
   try:  # a directory that is a file or not writable, a name too long: before the work
     output_names.check_place(output)
   except errors.NstError as e:
-    sys.exit(f'error: {e}')
+    sys.exit(f'error: {spelling.for_command_line(str(e))}')
   # --download saves the published file beside the output, then converts it.
   if FLAGS.input:
     source, role = Path(FLAGS.input), 'the --input file'

@@ -213,7 +213,8 @@ class _GroupRun:
     if resume is not None and resume.scale >= len(stages):
       raise errors.NstError(
         f'cannot resume: the checkpoint is at scale {resume.scale + 1}, but this run has '
-        f'{len(stages)} scales; rerun with the same -w, --scales and --min_width'
+        f'{len(stages)} scales; rerun with the same inputs.width, schedule.scales and '
+        'schedule.min_width'
       )
     monitor = self.watch.monitor
     if monitor is not None and self.watch.monitor_row in self.rows:
@@ -532,7 +533,7 @@ class _GroupRun:
       saved = f'saved {", ".join(names)} and the current image' if names else 'stopped'
       raise errors.Interrupted(
         f'interrupted by signal {result.signum} after iteration {offset + result.iteration}; '
-        f'{saved}; continue with --resume',
+        f'{saved}; continue with run.resume',
         result.signum,
       )
     return result.state.image

@@ -179,10 +179,11 @@ def check_memory(
     where = f'{device.platform}'
     if spatial_devices > 1:
       where += f' (per device, split over {spatial_devices})'
-    spatial = '' if spatial_devices > 1 else ', --shard spatial over several devices'
+    spatial = '' if spatial_devices > 1 else ', run.shard to spatial over several devices'
     raise errors.NstError(
       f'a {width}x{height} run needs about {need / 1e9:.1f} GB but only {have / 1e9:.1f} GB is '
-      f'available on {where}; use a smaller -w (memory grows with the pixel count), '
-      f'--dtype bfloat16 (GPU/TPU){spatial}, or --optimizer adam or a smaller --lbfgs_memory'
+      f'available on {where}; use a smaller inputs.width (memory grows with the pixel count) or '
+      f'optim.lbfgs_memory, or set model.dtype to bfloat16 (GPU/TPU){spatial} or optim.name '
+      'to adam'
     )
   return need, have

@@ -118,8 +118,8 @@ class Preview:
       self._server = http.server.ThreadingHTTPServer((HOST, port), Handler)
     except OSError as e:
       raise errors.NstError(
-        f'cannot serve the preview on port {port} ({e.strerror}); choose another with '
-        '--serve PORT, or --serve 0 for any free port'
+        f'cannot serve the preview on port {port} ({e.strerror}); choose another '
+        'run.serve port, or 0 for any free port'
       ) from None
     self._server.daemon_threads = True
     self._thread = threading.Thread(

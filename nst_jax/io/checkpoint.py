@@ -152,7 +152,7 @@ def read(path: str | os.PathLike) -> dict:
     payload = flax.serialization.msgpack_restore(path.read_bytes())
   except FileNotFoundError:
     raise errors.NstError(
-      f'no checkpoint {path} to resume; run without --resume to start'
+      f'no checkpoint {path} to resume; run without run.resume to start'
     ) from None
   except Exception as e:  # msgpack raises several types for damaged files
     detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -241,12 +241,13 @@ def restore(path: str | os.PathLike, *, like: Any, settings: dict) -> tuple[Any,
       if key in _DERIVED_SETTINGS:
         raise errors.NstError(
           f'cannot resume from {path}: {_DERIVED_SETTINGS[key]} differ from the interrupted '
-          "run's; resume with the same files, or start over without resume and another output"
+          "run's; resume with the same files, or start over without run.resume and another "
+          'save.path'
         )
       raise errors.NstError(
         f'cannot resume from {path}: {key} differs (checkpoint {_short(saved.get(key))}, now '
-        f'{_short(settings.get(key))}); rerun with the same settings, or without --resume '
-        'and another --output to start over'
+        f'{_short(settings.get(key))}); rerun with the same settings, or without run.resume '
+        'and another save.path to start over'
       )
   problem = _state_problem(flax.serialization.to_state_dict(like), payload['state'], 'state')
   if problem:

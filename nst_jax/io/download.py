@@ -132,8 +132,7 @@ def download(
     reason = getattr(e, 'reason', e)
     raise errors.DownloadError(
       f'cannot download {url} ({reason}); on a machine with internet access '
-      f'fetch that file (MD5 {md5}), copy it to {dest} and run: '
-      f'{weights_lib.CONVERT_COMMAND} --input {dest}',
+      f'fetch that file (MD5 {md5}), copy it to {dest} and run: {weights_lib.convert_call(dest)}',
       reason=str(reason),
     ) from None
 
@@ -217,13 +216,13 @@ def fetch(
   raise errors.DownloadError(
     f'cannot download the VGG-19 weights from any mirror: {"; ".join(failures)}; on a machine '
     f'with internet access fetch {weights_lib.KERAS_FILENAME} (MD5 {md5}) from one of them, '
-    f'copy it to {raw} and run: {weights_lib.CONVERT_COMMAND} --input {raw}'
+    f'copy it to {raw} and run: {weights_lib.convert_call(raw)}'
   )
 
 
 def fetch_and_convert(
-  output: str | os.PathLike,
-  urls: Sequence[str],
+  output: str | os.PathLike = weights_lib.DEFAULT_WEIGHTS_PATH,
+  urls: Sequence[str] | None = None,
   *,
   md5: str = weights_lib.KERAS_MD5,
   timeout: float = 10.0,
@@ -231,11 +230,19 @@ def fetch_and_convert(
 ) -> Path:
   """Downloads the published Keras file beside `output` from `urls` (in order), converts it.
 
+  A verified file already beside `output` is converted without downloading.
+
+  Args:
+    output: where the converted .npz goes.
+    urls: the mirrors to try, in order; None: `mirrors()`.
+    md5: the published file's MD5.
+    timeout: seconds each connection may wait.
+    progress: show the download's progress on stderr.
+
   Returns:
     output as a Path.
   """
   output = Path(output)
+  urls = mirrors() if urls is None else urls
   raw = fetch(urls, output.parent, md5=md5, timeout=timeout, progress=progress)
-  flat, info = weights_lib.convert(raw)
-  weights_lib.save_npz(output, flat, info)
-  return output
+  return weights_lib.convert_file(raw, output)

@@ -151,7 +151,7 @@ def _open(path: str | os.PathLike, max_pixels: int):
       if im.width * im.height > max_pixels:
         raise errors.ImageError(
           f'image {errors.printable(path)} has {im.width}x{im.height} pixels, more than the '
-          f'limit of {max_pixels}; if you trust the file, raise --max_image_pixels'
+          f'limit of {max_pixels}; if you trust the file, raise inputs.max_image_pixels'
         )
       yield im
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -258,7 +258,7 @@ def check_output(path: str | os.PathLike, bit_depth: int = 8) -> str:
   if bit_depth == 16 and fmt != 'PNG':
     raise errors.ImageError(
       f'16-bit output needs a .png name, not {errors.printable(Path(path).name)}; '
-      'use --bit_depth 8 or a .png output'
+      'use save.bit_depth 8 or a .png output'
     )
   return fmt
 

@@ -87,15 +87,15 @@ def jobs_from_specs(content_spec: str, style_specs: Sequence[str]) -> list[Job]:
   directory or glob gives one job per style image (each content with each
   style); several comma-separated files are one blended style, as before.
   """
-  contents = expand(content_spec, what='-cp')
+  contents = expand(content_spec, what='inputs.content_path')
   if len(style_specs) == 1:
-    styles = [(p,) for p in expand(style_specs[0], what='-sp')]
+    styles = [(p,) for p in expand(style_specs[0], what='inputs.style_path')]
   else:
     for spec in style_specs:
       if is_pattern(spec):
         raise errors.ConfigError(
-          f'-sp {errors.printable(spec)} is a directory or pattern inside a comma-separated '
-          'blend; give blended styles as files, or one directory or pattern alone'
+          f'inputs.style_path {errors.printable(spec)} is a directory or pattern among several '
+          'blended styles; give blended styles as files, or one directory or pattern alone'
         )
     styles = [tuple(style_specs)]
   return [Job(content=c, style=s) for c in contents for s in styles]
@@ -119,7 +119,7 @@ def read_jobs(path: str | os.PathLike) -> list[Job]:
   path = Path(path)
   name = errors.printable(path)
   if not path.is_file():
-    raise errors.ConfigError(f'jobs file {name} does not exist; check the path given to --jobs')
+    raise errors.ConfigError(f'jobs file {name} does not exist; check the path')
   try:
     # utf-8-sig drops a leading byte-order mark, which would otherwise become
     # part of the first column's name ('unknown column \ufeffcontent').

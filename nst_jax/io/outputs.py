@@ -58,7 +58,7 @@ def resume_output_path(
   if found is None:
     raise errors.NstError(
       f'nothing to resume: no checkpoint for these images under {directory}/; run without '
-      '--resume, or name the interrupted run with --output'
+      "run.resume, or give the interrupted run's output as save.path"
     )
   return found
 
@@ -148,5 +148,5 @@ def check_not_unfinished(ckpt: Path) -> None:
     where = f' at scale {payload.get("scale", 0) + 1} of {scales}' if scales > 1 else ''
     raise errors.NstError(
       f'{ckpt} holds an unfinished run ({payload["iteration"]} of {payload["total"]} '
-      f'iterations{where}); continue it with --resume, or delete it to start over'
+      f'iterations{where}); continue it with run.resume, or delete it to start over'
     )

@@ -83,12 +83,12 @@ def parse_range(text: str, total: int, where: str) -> tuple[int, int]:
   """'START:END' (either may be empty; END exclusive) -> (start, count), checked."""
   match = re.fullmatch(r'\s*(\d*)\s*:\s*(\d*)\s*', text or ':')
   if not match:
-    raise errors.ConfigError(f'--frames must be START:END (e.g. 0:48 or 10:), got {text!r}')
+    raise errors.ConfigError(f'video.frames must be START:END (e.g. 0:48 or 10:), got {text!r}')
   start = int(match.group(1) or 0)
   end = min(int(match.group(2)) if match.group(2) else total, total)
   if end <= start:
     raise errors.ConfigError(
-      f'--frames {text} selects no frames of {errors.printable(where)}, which has {total}; '
+      f'video.frames {text} selects no frames of {errors.printable(where)}, which has {total}; '
       f'pick a range inside 0:{total}'
     )
   return start, end - start
@@ -137,7 +137,7 @@ def open_video(path: str, frames: str = ':') -> Clip:
   with container:
     if not container.streams.video:
       raise errors.ImageError(
-        f'{errors.printable(path)} has no video stream; give a video, or images with -cp'
+        f'{errors.printable(path)} has no video stream; give a video, or its frames as images'
       )
     stream = container.streams.video[0]
     notes = []

@@ -75,8 +75,26 @@ DEFAULT_WEIGHTS_PATH = (
   PROJECT_ROOT / 'weights' / 'vgg19.npz' if IN_CHECKOUT else _cache_dir() / 'vgg19.npz'
 )
 WEIGHTS_ENV = 'NST_JAX_WEIGHTS'
-# How the user runs the converter, for the fixes that error messages name.
+# How a command-line user runs the converter: the programs print the calls
+# that messages suggest (fetch_call, convert_call) as its command lines
+# (nst_jax.cli.spelling).
 CONVERT_COMMAND = 'python convert_weights.py' if IN_CHECKOUT else 'nst-jax-convert'
+
+
+def _call(function: str, path: str | os.PathLike | None) -> str:
+  # repr: the name as a Python string literal, one line whatever it holds.
+  return f'{function}({"" if path is None else repr(os.fspath(path))})'
+
+
+def fetch_call(output: str | os.PathLike | None = None) -> str:
+  """The call a message suggests to fetch and convert the published weights into `output`."""
+  return _call('nst_jax.io.download.fetch_and_convert', output)
+
+
+def convert_call(source: str | os.PathLike) -> str:
+  """The call a message suggests to convert the published file `source` (`convert_file`)."""
+  return _call('nst_jax.io.weights.convert_file', source)
+
 
 # Indices of the conv layers in torchvision's `vgg19().features` Sequential
 # (conv, relu, conv, relu, pool, ...), in network order.
@@ -91,12 +109,9 @@ FORMAT_VERSION = '2'  # 2: adds params_sha256
 # The fixes messages end with: for a file that does not fit the network, one
 # whose values are not all finite, a Keras file unlike the published one.
 _CONVERT_FIX = f'convert the published VGG-19 file with {CONVERT_COMMAND}'
-_DAMAGED_FIX = (
-  f'the file is damaged: fetch and convert the published one with {CONVERT_COMMAND} --download'
-)
+_DAMAGED_FIX = f'the file is damaged: fetch and convert the published one with {fetch_call()}'
 _NOT_KERAS_NOTOP = (
-  'this is not the published VGG-19 notop file: fetch and convert that with '
-  f'{CONVERT_COMMAND} --download'
+  f'this is not the published VGG-19 notop file: fetch and convert that with {fetch_call()}'
 )
 
 _HDF5_MAGIC = b'\x89HDF\r\n\x1a\n'
@@ -358,7 +373,9 @@ def convert(
   path = Path(path)
   fmt = detect_format(path)
   if fmt == 'npz':
-    raise errors.WeightsError(f'{path} is already a converted .npz; pass it with --weights instead')
+    raise errors.WeightsError(
+      f'{path} is already a converted .npz; use it as model.weights instead'
+    )
   reader, implied = _READERS[fmt]
   if convention is not None:
     pixels.get_convention(convention)  # validates the name
@@ -373,6 +390,27 @@ def convert(
     params_sha256=weight_checks.params_digest(flat),
   )
   return flat, info
+
+
+def convert_file(
+  source: str | os.PathLike,
+  output: str | os.PathLike = DEFAULT_WEIGHTS_PATH,
+  *,
+  convention: str | None = None,
+) -> Path:
+  """Converts the published weights file `source` into a checked .npz at `output`.
+
+  Args:
+    source: Keras .h5, torchvision .pth or .safetensors (as `convert`).
+    output: where the converted .npz goes (written atomically).
+    convention: as `convert`.
+
+  Returns:
+    output as a Path.
+  """
+  flat, info = convert(source, convention=convention)
+  save_npz(output, flat, info)
+  return Path(output)
 
 
 # ---------------------------------------------------------------------------
@@ -415,9 +453,7 @@ def load_weights(path: str | os.PathLike | None = None) -> Weights:
   if not path.is_file():
     # A directory: the converter writes a file, so name one in it.
     what, output = ('is a directory', inside) if path.is_dir() else ('does not exist', path)
-    raise errors.WeightsError(
-      f'weights file {path} {what}; run: {CONVERT_COMMAND} --download --output {output}'
-    )
+    raise errors.WeightsError(f'weights file {path} {what}; run: {fetch_call(output)}')
   try:
     with np.load(path, allow_pickle=False) as npz:
       contents = {k: npz[k] for k in npz.files}
@@ -442,7 +478,7 @@ def load_weights(path: str | os.PathLike | None = None) -> Weights:
   weight_checks.check_params(flat, str(path), fix=_CONVERT_FIX)
   # Before the hash: an .npz converted before the values were checked can
   # hold a NaN that its own hash vouches for.
-  rebuild = f'rebuild it with: {CONVERT_COMMAND} --download --output {path}'
+  rebuild = f'rebuild it with: {fetch_call(path)}'
   weight_checks.check_values(flat, str(path), fix=rebuild)
   info = WeightsInfo(**{name: meta[name] for name in fields})
   if weight_checks.params_digest(flat) != info.params_sha256:
@@ -491,8 +527,7 @@ def get_weights(
       file=sys.stderr,
     )
     raw = download.fetch(download.mirrors(urls), resolved.parent, md5=KERAS_MD5, progress=progress)
-    flat, info = convert(raw)
-    save_npz(resolved, flat, info)
+    convert_file(raw, resolved)
   return load_weights(resolved)
 
 

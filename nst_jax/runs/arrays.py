@@ -148,7 +148,9 @@ def stylize(
   if cfg.run.resume and checkpoint is not None:
     resume = engine_lib.resume_point(checkpoint)
     if resume is None:
-      raise errors.NstError(f'no checkpoint {checkpoint} to resume; run without --resume to start')
+      raise errors.NstError(
+        f'no checkpoint {checkpoint} to resume; run without resume=True to start'
+      )
   history = hooks_lib.History(cfg.run.print_iter, range(n))
 
   def on_intermediate(iteration, images):

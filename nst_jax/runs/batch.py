@@ -42,8 +42,8 @@ def _batch_output_dir(jobs: list[jobs_lib.Job], cfg: config_lib.StyleConfig):
     if len(jobs) == 1 and not jobs[0].output:
       return [dataclasses.replace(jobs[0], output=path)], outputs.DEFAULT_OUTPUT_DIR
     raise errors.ConfigError(
-      f'--output {path} names a file, but there are {len(jobs)} jobs; name a directory (ending '
-      'in /)'
+      f'save.path {path} names a file, but there are {len(jobs)} jobs; name a directory '
+      '(ending in /)'
     )
   return jobs, path or outputs.DEFAULT_OUTPUT_DIR
 
@@ -127,8 +127,8 @@ def run_batch(
   """
   if cfg.run.shard != 'jobs':
     raise errors.ConfigError(
-      '--shard spatial runs one image at a time: give one content and one style image, or '
-      'use --shard jobs for a batch'
+      f'run.shard {cfg.run.shard} runs one image at a time: give one content and one style '
+      'image, or set run.shard to jobs for a batch'
     )
   mesh = mesh or sharding_lib.jobs_mesh()
   jobs, plan, recheck = _plan_outputs(jobs, cfg, inputs)
@@ -261,7 +261,7 @@ def _load_rows(group, jobs, cfg, layout) -> dict[int, rows_lib.Row]:
       if rows[r].content.shape[:2] != (group.height, group.width):
         raise errors.ImageError(
           f'{job.content} decoded as {rows[r].content.shape[1]}x{rows[r].content.shape[0]} at '
-          f'-w {group.width}, not the {group.width}x{group.height} its header gave; re-save the '
+          f'width {group.width}, not the {group.width}x{group.height} its header gave; re-save the '
           'file'
         )
       pipeline.check_size(cfg, rows[r], f' of job {index + 1}')

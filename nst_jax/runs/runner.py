@@ -116,9 +116,9 @@ def check_size(cfg: config_lib.StyleConfig, row: rows_lib.Row, what: str = '') -
   for name, x in images:
     h, w = (max(1, round(v * ratio)) for v in x.shape[:2])
     if min(h, w) < need:
-      where, fix = 'at this width', 'a larger width (-w)'
+      where, fix = 'at this width', 'a larger inputs.width'
       if len(stages) > 1:
-        where, fix = 'at the coarsest scale', 'a larger width (-w) or fewer --scales'
+        where, fix = 'at the coarsest scale', 'a larger inputs.width or fewer schedule.scales'
       raise errors.ImageError(
         f'the {name} image{what} is {w}x{h} px {where}, but the layers used need at least '
         f'{need} px on each side; use {fix}'
@@ -255,7 +255,7 @@ def _single_output(cfg: config_lib.StyleConfig) -> Path:
   """The result's path, checked, and its checkpoint's state checked against --resume."""
   i = cfg.inputs
   if not cfg.style_paths:
-    raise errors.ConfigError('no style image given; name one or more with -sp a.jpg,b.jpg')
+    raise errors.ConfigError('no style image given; name one or more as inputs.style_path')
   output = outputs.single_output(
     cfg.save.path, i.content_path, cfg.style_paths, resume=cfg.run.resume
   )
@@ -268,7 +268,7 @@ def _single_output(cfg: config_lib.StyleConfig) -> Path:
       f'before 2026-12 for non-PNG outputs: rename it to {ckpt.name} and resume again'
     )
   if cfg.run.resume and not ckpt.exists():
-    raise errors.NstError(f'no checkpoint {ckpt} to resume; run without --resume to start')
+    raise errors.NstError(f'no checkpoint {ckpt} to resume; run without run.resume to start')
   return output
 
 

@@ -101,7 +101,7 @@ def _paths(cfg: config_lib.StyleConfig) -> _Paths:
     output, as_frames = Path(path), False
     if output.suffix.lower() != '.mp4':
       raise errors.ConfigError(
-        f'--output {output} for a video must end in .mp4, or name a directory (ending in /) '
+        f'save.path {output} for a video must end in .mp4, or name a directory (ending in /) '
         'for PNG frames'
       )
   else:
@@ -126,10 +126,11 @@ def _paths(cfg: config_lib.StyleConfig) -> _Paths:
   started = work.exists() and not stale
   if started and not cfg.run.resume:
     raise errors.NstError(
-      f'{work} holds an unfinished video run; continue it with --resume, or delete it to start over'
+      f'{work} holds an unfinished video run; continue it with run.resume, or delete it to start '
+      'over'
     )
   if cfg.run.resume and not started:
-    raise errors.NstError(f'nothing to resume: no {work}; run without --resume to start')
+    raise errors.NstError(f'nothing to resume: no {work}; run without run.resume to start')
   output_names.check_place(output / 'frame.png' if as_frames else output)
   return _Paths(output, as_frames, work)
 
