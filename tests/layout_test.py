@@ -228,7 +228,7 @@ def _defined_flags(path: Path) -> tuple[set[str], set[str]]:
 def _flag_pattern() -> re.Pattern:
   # Read, not imported: the two programs' flags cannot share one FlagValues.
   names, shorts = set(), set()
-  for program in ('app.py', 'convert.py'):
+  for program in ('flags.py', 'convert.py'):
     more_names, more_shorts = _defined_flags(ROOT / 'nst_jax' / 'cli' / program)
     names |= more_names
     shorts |= more_shorts

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import nst_jax
-from nst_jax.cli.app import PRESETS
+from nst_jax.cli.flags import PRESETS
 from nst_jax.core import losses
 from nst_jax.core import pixels
 from nst_jax.core.objective import make_targets

@@ -14,6 +14,7 @@ import pytest
 from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.cli import app
+from nst_jax.cli import flags as cli_flags
 from nst_jax.cli import spelling
 from nst_jax.io import weights as weights_lib
 
@@ -85,7 +86,7 @@ def test_the_table_spells_each_flag_as_defined(field):
 
 
 def test_every_flag_sets_a_field_or_is_listed_as_setting_none():
-  own = {f.name for f in FLAGS.get_flags_for_module(app.__name__)}
+  own = {f.name for f in FLAGS.get_flags_for_module(cli_flags.__name__)}
   mapped = set(_flag_fields())
   assert not mapped & NOT_FIELDS
   assert own == mapped | NOT_FIELDS
