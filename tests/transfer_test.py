@@ -8,7 +8,7 @@ from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.core import color
 from nst_jax.core import pixels
-from nst_jax.engine import engine as engine_lib
+from nst_jax.engine import group as group_lib
 from nst_jax.engine import steps
 from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.runs import runner as runner_lib
@@ -31,8 +31,8 @@ def _cfg(iterations=3, *, scales=1, **groups):
 def _recording(monkeypatch):
   """Records each stage's inputs (network space) and its start and end images."""
   stages = []
-  inputs = engine_lib._GroupRun._stage_inputs
-  optimise = engine_lib._GroupRun._optimise
+  inputs = group_lib.GroupRun._stage_inputs
+  optimise = group_lib.GroupRun._optimise
 
   def record_inputs(self, row, h, w, ratio):
     out = inputs(self, row, h, w, ratio)
@@ -45,8 +45,8 @@ def _recording(monkeypatch):
     stages[-1]['out'] = np.asarray(out)
     return out
 
-  monkeypatch.setattr(engine_lib._GroupRun, '_stage_inputs', record_inputs)
-  monkeypatch.setattr(engine_lib._GroupRun, '_optimise', record_optimise)
+  monkeypatch.setattr(group_lib.GroupRun, '_stage_inputs', record_inputs)
+  monkeypatch.setattr(group_lib.GroupRun, '_optimise', record_optimise)
   return stages
 
 
