@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import config as config_lib
+from nst_jax.core import color
 from nst_jax.core import pixels
 
 
@@ -73,9 +74,9 @@ def resize_masks(m: np.ndarray | None, h: int, w: int) -> np.ndarray | None:
   return np.asarray(jnp.clip(out.reshape(*lead, h, w), 0.0, 1.0))
 
 
-def prepare_colors(row: Row, color: config_lib.ColorConfig) -> Row:
+def prepare_colors(row: Row, controls: config_lib.ColorConfig) -> Row:
   """The row as the optimisation sees it: luminance only, or the styles' colours matched."""
-  mode = color.preserve_colors
+  mode = controls.preserve_colors
   content = jnp.asarray(row.content)[None]
   if mode == 'luminance':
     styles = [
@@ -88,7 +89,7 @@ def prepare_colors(row: Row, color: config_lib.ColorConfig) -> Row:
     return dataclasses.replace(row, content=work, styles=styles, init_rgb=init)
   if mode == 'histogram':
     styles = [
-      np.asarray(color.match_color(jnp.asarray(s)[None], content, color.color_match)[0])
+      np.asarray(color.match_color(jnp.asarray(s)[None], content, controls.color_match)[0])
       for s in row.styles
     ]
     return dataclasses.replace(row, styles=styles)
