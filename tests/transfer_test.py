@@ -240,6 +240,30 @@ def test_multiscale_resume_continues_the_same_run(caffe_npz, tmp_path):
     np.testing.assert_array_equal(resumed, whole)
 
 
+def test_an_image_too_small_for_the_layers_is_refused_naming_its_size(caffe_npz):
+  """The file pipeline's size check, through `stylize`: before any compile, not as a NaN.
+
+  The default layers reach relu5_1, after 4 poolings: 16 px on each side.
+  """
+  rng = np.random.default_rng(6)
+  small = rng.uniform(size=(15, 20, 3)).astype(np.float32)
+  fine = rng.uniform(size=(32, 32, 3)).astype(np.float32)
+  cfg = config_lib.StyleConfig(schedule=config_lib.ScheduleConfig(iterations=2, scales=1))
+  need = 'but the layers used need at least 16 px on each side'
+  with pytest.raises(
+    errors.ImageError, match=f'the content image is 20x15 px at this width, {need}'
+  ):
+    stylize(small, fine, config=cfg, weights=caffe_npz)
+  with pytest.raises(errors.ImageError, match=f'the style image is 20x15 px at this width, {need}'):
+    stylize(fine, small, config=cfg, weights=caffe_npz)
+  # Two scales: the coarsest is 32 / sqrt(2) = 23 px wide, its style 20 * 23 / 32 = 14 px.
+  two = cfg.replace(schedule=cfg.schedule.replace(scales=2))
+  with pytest.raises(errors.ImageError, match='the style image is 14x23 px at the coarsest scale'):
+    stylize(fine, rng.uniform(size=(32, 20, 3)), config=two, weights=caffe_npz)
+  with pytest.raises(errors.ImageError, match='the content image is 20x15 px'):  # a batch
+    stylize(np.stack([small, small]), fine, config=cfg, weights=caffe_npz)
+
+
 def test_masks_and_blend_weights_exclude_each_other_in_the_api(caffe_npz):
   rgb = np.full((32, 32, 3), 0.5, np.float32)
   cfg = _cfg(1, inputs=config_lib.InputConfig(style_blend_weights=(1.0, 2.0)))
