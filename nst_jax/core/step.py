@@ -245,9 +245,15 @@ def make_targets(
 
   Returns:
     Targets with leading [N] axes.
+
+  Raises:
+    ValueError: content or a style not [N, H, W, 3], or a style batch neither 1 nor N.
   """
-  n, height, width = content.shape[:3]
   styles = list(style) if isinstance(style, (list, tuple)) else [style]
+  _check_images(content, 'content')
+  for i, s in enumerate(styles):
+    _check_images(s, 'style' if len(styles) == 1 else f'style {i}')
+  n, height, width = content.shape[:3]
   blend = _blend(styles, n, (height, width), blend_weights, style_masks)
   content_feats = _features(params, content, model=model, layers=loss_config.content_layers)
   style_feats = [_features(params, s, model=model, layers=loss_config.style_layers) for s in styles]
@@ -278,6 +284,12 @@ def make_targets(
     ),
     extra=extra,
   )
+
+
+def _check_images(x, name: str) -> None:
+  """Raises ValueError naming `name` unless `x` is [N, H, W, 3]."""
+  if jnp.ndim(x) != 4 or jnp.shape(x)[-1] != 3:
+    raise ValueError(f'{name} must be [N, H, W, 3] images, got shape {jnp.shape(x)}')
 
 
 def _blend(styles, n, size, blend_weights, style_masks) -> tuple[float, ...] | None:
@@ -380,6 +392,7 @@ def init_state(image: jax.Array, optimizer: optax.GradientTransformation) -> Sty
   The image is copied: the step donates the state, and the caller's array
   (often the content image, needed again) must survive that.
   """
+  _check_images(image, 'image')
   image = jnp.array(image, jnp.float32, copy=True)
   return StyleState(image=image, opt_state=jax.vmap(optimizer.init)(image))
 
