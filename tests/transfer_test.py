@@ -271,19 +271,3 @@ def test_masks_and_blend_weights_exclude_each_other_in_the_api(caffe_npz):
     stylize(rgb, [rgb, rgb], config=cfg, weights=caffe_npz, style_masks=np.ones((2, 32, 32)))
   with pytest.raises(errors.ConfigError, match='give one mask per style'):
     stylize(rgb, [rgb, rgb], weights=caffe_npz, style_masks=np.ones((3, 32, 32)))
-
-
-@pytest.mark.slow
-def test_progress_bar_and_log_lines(caffe_npz, capsys):
-  from nst_jax.engine import hooks
-
-  # Under pytest stderr is not a terminal: 'auto' gives plain lines.
-  assert isinstance(hooks.make_progress('auto', 50), hooks.LogProgress)
-  assert isinstance(hooks.make_progress('bar', 50), hooks.BarProgress)
-  rgb = np.random.default_rng(5).uniform(size=(32, 32, 3)).astype(np.float32)
-  cfg = _cfg(6, scales=2, run=config_lib.RunConfig(progress='bar'))
-  stylize(rgb, rgb, config=cfg, weights=caffe_npz)
-  err = capsys.readouterr().err
-  # One bar per scale, each ending at 3/3 with the loss and the rate.
-  assert 'scale 1/2' in err and 'scale 2/2' in err
-  assert err.count('3/3') >= 2 and 'loss=' in err and ('it/s' in err or 's/it' in err)
