@@ -7,7 +7,6 @@ import small_runs
 from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.engine import engine as engine_lib
-from nst_jax.engine import steps
 from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import images as image_lib
 from nst_jax.runs.arrays import stylize
@@ -46,31 +45,6 @@ def _recording(monkeypatch):
   monkeypatch.setattr(engine_lib._GroupRun, '_stage_inputs', record_inputs)
   monkeypatch.setattr(engine_lib._GroupRun, '_optimise', record_optimise)
   return stages
-
-
-@pytest.mark.slow
-def test_later_runs_reuse_the_compiled_step(caffe_npz, monkeypatch):
-  monkeypatch.setattr(steps, 'COMPILED', steps.CompiledSteps())
-  rng = np.random.default_rng(0)
-  content, style = rng.uniform(size=(2, 24, 32, 3)).astype(np.float32)
-  cfg = _cfg(3)
-  records = [{}, {}, {}, {}]
-
-  def run(content, config, record):
-    return stylize(content, style, config=config, weights=caffe_npz, record=record)
-
-  first = run(content, cfg, records[0])
-  # Other weights and images of the same size: the same program.
-  again = run(content[::-1], cfg.replace(loss=cfg.loss.replace(content_weight=3.0)), records[1])
-  # Another history length, or another size: compiled anew.
-  run(content, cfg.replace(optim=cfg.optim.replace(lbfgs_memory=4)), records[2])
-  run(content[:20], cfg, records[3])
-  assert [r['scales'][0]['compile_reused'] for r in records] == [False, True, False, False]
-  assert records[1]['scales'][0]['compile_s'] == 0.0
-  # The reused program gives what a fresh compile gives.
-  monkeypatch.setattr(steps, 'COMPILED', steps.CompiledSteps())
-  np.testing.assert_array_equal(run(content, cfg, {}), first)
-  assert not np.array_equal(again, first)
 
 
 def test_stylize_end_to_end_on_real_layout(caffe_npz):
