@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import re
 
 import chex
 import jax
@@ -79,6 +80,40 @@ def test_one_style_is_shared_by_a_batch():
       params, content, jnp.concatenate([style, style]), model=model, loss_spec=TINY_LOSS.spec,
       content_weight=1, style_weight=1,
     )  # fmt: skip
+
+
+def test_shape_errors_name_the_argument():
+  model, params, content, _ = _problem(n=2)
+  style = jnp.zeros((1, 12, 20, 3))
+
+  def targets(content, style):
+    return make_targets(
+      params,
+      content,
+      style,
+      model=model,
+      loss_spec=TINY_LOSS.spec,
+      content_weight=TINY_LOSS.content_weight,
+      style_weight=TINY_LOSS.style_weight,
+      tv_weight=TINY_LOSS.tv_weight,
+    )
+
+  def error(name, shape):
+    return rf'^{name} must be \[N, H, W, 3\] images, got shape {re.escape(str(shape))}$'
+
+  for bad in (content[0], content[..., :2]):
+    with pytest.raises(ValueError, match=error('content', bad.shape)):
+      targets(bad, style)
+  with pytest.raises(ValueError, match=error('style', (12, 20, 3))):
+    targets(content, style[0])
+  with pytest.raises(ValueError, match=error('style 1', (1, 12, 20, 4))):
+    targets(content, [style, jnp.zeros((1, 12, 20, 4))])
+  with pytest.raises(ValueError, match=r'^3 style images for 2 content images; give 1 or 2$'):
+    targets(content, jnp.zeros((3, 12, 20, 3)))
+  tx = make_optimizer('lbfgs', convention=pixels.CAFFE)
+  for bad in (content[0], content[None], content[..., :1]):
+    with pytest.raises(ValueError, match=error('image', bad.shape)):
+      init_state(bad, tx)
 
 
 def test_objective_is_zero_at_the_targets_and_matches_formula():

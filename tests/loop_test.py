@@ -1,11 +1,10 @@
-"""Tests for nst_jax.engine.loop (the one loop) and nst_jax.engine.hooks (what runs around it)."""
+"""Tests for nst_jax.engine.loop: the one loop, and what its hooks see (hooks_test: the hooks)."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from nst_jax import errors
-from nst_jax.engine import hooks
 from nst_jax.engine import loop
 
 
@@ -100,18 +99,3 @@ def test_losses_are_fetched_once_per_iteration_and_fillers_are_ignored():
   both = [Recorder(read=True), Recorder(read=True)]
   loop.run_loop(step, 0, None, None, info=loop.LoopInfo(0, 3, rows=(0,)), hooks=both, gather=gather)
   assert len(calls) == 3
-
-
-def test_progress_lines_name_the_scale_and_the_jobs(caplog):
-  caplog.set_level('INFO')
-  progress = hooks.LogProgress(print_iter=2, prefix='process 1: ')
-  loop.run_loop(
-    lambda s, p, t: (s + 1, {'total': jnp.asarray([4.0, 2.0]), 'content': jnp.ones(2),
-                             'style': jnp.ones(2), 'tv': jnp.zeros(2)}),
-    0, None, None,
-    info=loop.LoopInfo(0, 3, scale=1, scales=2, rows=(0, 1)),
-    hooks=[progress],
-  )  # fmt: skip
-  lines = [r.getMessage() for r in caplog.records]
-  assert len(lines) == 2  # iteration 2, and the last
-  assert lines[0].startswith('process 1: scale 2/2  iteration 2/3  2 jobs  loss 3 ')

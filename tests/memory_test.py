@@ -1,4 +1,7 @@
-"""Tests for nst_jax.engine.memory: the pre-compile estimate against XLA, and the refusal."""
+"""Tests for nst_jax.engine.memory: the estimate's parts against the arrays they count.
+
+And the whole estimate against XLA's analysis, and the refusal.
+"""
 
 import functools
 
@@ -9,10 +12,12 @@ import pytest
 from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.core import pixels
+from nst_jax.core import vgg
 from nst_jax.core.objective import make_targets
 from nst_jax.core.step import init_state
 from nst_jax.core.step import make_model
 from nst_jax.core.step import make_optimizer
+from nst_jax.core.step import prepare_params
 from nst_jax.core.step import update_step
 from nst_jax.engine import memory
 
@@ -79,28 +84,83 @@ def test_check_memory_refuses_what_does_not_fit_and_spatial_makes_it_fit(monkeyp
   assert need < have == 16 * 10**9
 
 
-# VGG-19's convolutions in order: (name, Cin, Cout).
-_CONVS = [('conv1_1', 3, 64), ('conv1_2', 64, 64), ('conv2_1', 64, 128), ('conv2_2', 128, 128)]
-_CONVS += [(f'conv3_{i}', 128 if i == 1 else 256, 256) for i in range(1, 5)]
-_CONVS += [(f'conv4_{i}', 256 if i == 1 else 512, 512) for i in range(1, 5)]
-_CONVS += [(f'conv5_{i}', 512, 512) for i in range(1, 5)]
+def _nbytes(tree) -> int:
+  return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
 
 
-def _kernel_bytes_by_hand(last_conv):
-  """A backward kernel (9 Cin Cout floats) per conv; from 256 channels 2 Winograd ones (16 each)."""
-  total = 0
-  for name, cin, cout in _CONVS:
-    total += 4 * 9 * cin * cout + (2 * 4 * 16 * cin * cout if min(cin, cout) >= 256 else 0)
-    if name == last_conv:
-      return total
-  raise ValueError(last_conv)
+def test_prepared_kernel_bytes_is_what_prepare_params_adds(random_params):
+  """Against the bytes of the arrays `prepare_params` really makes (what the engine holds)."""
+  params = {name: {'kernel': k, 'bias': b} for name, (k, b) in random_params.items()}
+  for layers in [('relu2_1',), ('relu1_1', 'relu3_2'), None]:
+    prepared = prepare_params(params, layers)
+    added = _nbytes(prepared) - _nbytes(params)
+    assert memory.prepared_kernel_bytes(layers) == added, layers
+    del prepared
+  assert 350e6 < added < 360e6  # the docstring's 357 MB for all of VGG-19
 
 
-def test_prepared_kernel_bytes_counts_what_prepare_params_adds():
-  assert memory.prepared_kernel_bytes() == _kernel_bytes_by_hand('conv5_4')  # 357 MB
-  for layers, last_conv in [
-    (('relu2_1',), 'conv2_1'),
-    (('relu1_1', 'relu4_2', 'relu5_1'), 'conv5_1'),
-    (('relu3_2',), 'conv3_2'),
-  ]:
-    assert memory.prepared_kernel_bytes(layers) == _kernel_bytes_by_hand(last_conv), layers
+def _activations_per_pixel(deepest: str) -> float:
+  """Values per input pixel of every convolution and pooling output up to `deepest`.
+
+  From the network's own output shapes at 64x64 (no arithmetic of widths).
+  """
+  names = vgg.layer_names(vgg.VGG19_STAGE_SIZES)
+  kept = tuple(n for n in names[: names.index(deepest) + 1] if n.startswith(('conv', 'pool')))
+  model = make_model('max')
+  image = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  params = jax.eval_shape(model.init, jax.random.key(0), image)['params']
+  feats = jax.eval_shape(lambda p, x: model.apply({'params': p}, x, kept), params, image)
+  return sum(f.size for f in feats.values()) / (64 * 64)
+
+
+@pytest.mark.parametrize('dtype,size', [('float32', 4), ('bfloat16', 2)])
+def test_per_pixel_bytes_grows_by_the_activations_of_the_deeper_layers(dtype, size):
+  """Reaching relu4_1 instead of relu2_1 keeps conv2_2..conv4_1 and pool2, pool3 more."""
+
+  def per_pixel(layer):
+    return memory.per_pixel_bytes(feature_layers=(layer,), dtype=dtype)
+
+  want = size * (_activations_per_pixel('relu4_1') - _activations_per_pixel('relu2_1'))
+  assert per_pixel('relu4_1') - per_pixel('relu2_1') == pytest.approx(want, rel=1e-12)
+  want = size * (_activations_per_pixel('relu5_1') - _activations_per_pixel('relu4_1'))
+  assert per_pixel('relu5_1') - per_pixel('relu4_1') == pytest.approx(want, rel=1e-12)
+
+
+def _state_bytes_per_pixel(optimizer: str, lbfgs_memory: int = 1) -> float:
+  """Bytes per pixel of the step's state for an [1, H, W, 3] image (eval_shape of init_state)."""
+  tx = make_optimizer(optimizer, memory_size=lbfgs_memory, convention=pixels.CAFFE)
+  image = jax.ShapeDtypeStruct((1, 32, 48, 3), jnp.float32)
+  state = jax.eval_shape(lambda x: init_state(x, tx), image)
+  image_sized = [leaf for leaf in jax.tree.leaves(state) if leaf.shape[-3:] == (32, 48, 3)]
+  scalars = _nbytes(state) - _nbytes(image_sized)
+  assert scalars < 1000  # counters and per-pair scalars: nothing per pixel
+  return _nbytes(image_sized) / (32 * 48)
+
+
+def test_the_optimiser_buffers_are_the_state_plus_the_gradient():
+  """Each optimiser's image-sized buffers: its state (with the image) and the gradient."""
+  for optimizer, m in [('lbfgs', 1), ('lbfgs', 10), ('lbfgs', 30), ('adam', 1)]:
+    counted = 3 * 4 * memory.optimizer_image_buffers(optimizer, m)
+    gradient = 3 * 4
+    assert counted == _state_bytes_per_pixel(optimizer, m) + gradient, (optimizer, m)
+
+  # And per_pixel_bytes follows the state: 20 more pairs cost what 20 more pairs hold.
+  def per_pixel(optimizer, m):
+    return memory.per_pixel_bytes(feature_layers=('relu2_1',), optimizer=optimizer, lbfgs_memory=m)
+
+  assert per_pixel('lbfgs', 30) - per_pixel('lbfgs', 10) == (
+    _state_bytes_per_pixel('lbfgs', 30) - _state_bytes_per_pixel('lbfgs', 10)
+  )
+  assert per_pixel('lbfgs', 10) - per_pixel('adam', 10) == (
+    _state_bytes_per_pixel('lbfgs', 10) - _state_bytes_per_pixel('adam')
+  )
+
+
+def test_the_estimate_counts_the_weights_as_loaded(random_params):
+  """The fixed part on an accelerator: the step's working bytes plus the weights' real size."""
+  cfg = config_lib.StyleConfig()
+  weights = sum(k.nbytes + b.nbytes for k, b in random_params.values())
+  assert weights == 4 * 20_024_384  # VGG-19's convolutions (torchvision's vgg19().features)
+  one, two = (memory.estimate_memory(1, w, config=cfg, platform='gpu') for w in (1, 2))
+  per_pixel = two - one
+  assert one - per_pixel == pytest.approx(memory._FIXED_STEP_BYTES + weights, abs=2)

@@ -102,6 +102,86 @@ def test_the_box_keeps_pixels_in_range_and_holds_those_pushed_outward():
   np.testing.assert_allclose(x + step, [0.0, 255.0, 0.0, 255.0, 95.0])
 
 
+def test_the_first_step_backtracks_to_the_armijo_point_with_value_fn():
+  """f = x^T A x / 2, A diagonal: the bounded first step overshoots and is halved 3 times.
+
+  The oracle halves t0 = first_step / max|g| in float64 numpy until Armijo's
+  f(x - t g) <= f(x) - c1 t |g|^2 holds. Later steps (curvature pairs, unit
+  step) keep the loss falling on this convex quadratic.
+  """
+  a = np.array([1.0, 4.0, 10.0, 0.5])
+  x0 = np.array([1.0, -1.0, 0.5, 2.0])
+
+  def f_np(x):
+    return 0.5 * np.sum(a * x**2)
+
+  g0 = a * x0
+  t0 = 6.0 / np.abs(g0).max()
+  halvings = 0
+  while f_np(x0 - t0 / 2**halvings * g0) > f_np(x0) - 1e-4 * t0 / 2**halvings * (g0 @ g0):
+    halvings += 1
+  assert halvings == 3  # t0 takes the loss from 4.75 to 180, t0 / 2 to 35.7, t0 / 4 to 6.05
+
+  def f(x):
+    return 0.5 * jnp.sum(jnp.asarray(a, jnp.float32) * x**2)
+
+  tx = optim.lbfgs(5, first_step=6.0)
+  update = jax.jit(lambda g, state, x, v: tx.update(g, state, x, value=v, value_fn=f))
+  x = jnp.asarray(x0, jnp.float32)
+  state = tx.init(x)
+  values = []
+  value_and_grad = jax.jit(jax.value_and_grad(f))
+  for k in range(10):
+    value, g = value_and_grad(x)
+    values.append(float(value))
+    step, state = update(g, state, x, value)
+    if k == 0:
+      np.testing.assert_allclose(step, -t0 / 2**halvings * g0, rtol=1e-6)
+      np.testing.assert_allclose(state.shrink, 2.0**-halvings)
+      # Armijo holds at the accepted step, in float32 too.
+      assert float(f(x + step)) <= values[0] + 1e-4 * float(g @ step)
+    x = x + step
+  assert np.all(np.diff(values) < 0), values
+  assert values[-1] < 1e-5 * values[0], values
+  # Without value_fn the first step is the bounded one, uphill here.
+  step, _ = tx.update(jnp.asarray(g0, jnp.float32), tx.init(jnp.asarray(x0, jnp.float32)))
+  np.testing.assert_allclose(step, -t0 * g0, rtol=1e-6)
+  assert f_np(x0 + np.asarray(step, np.float64)) > 30 * f_np(x0)
+
+
+@pytest.mark.parametrize('convention', [pixels.CAFFE, pixels.TORCHVISION], ids=lambda c: c.name)
+def test_the_box_holds_in_pixels_under_every_input_convention(convention):
+  """make_optimizer's box is RGB [0, 1] after deprocess, whatever the network space.
+
+  f = |x - t|^2 / 2 in network space, with t the image of RGB targets in
+  [-0.5, 1.5]: every iterate stays in [0, 1] RGB, and the result is the
+  box-constrained minimum, the targets clipped to [0, 1] (f is separable per
+  pixel value). Without the box the same run goes to the targets, outside.
+  """
+  rng = np.random.default_rng(0)
+  target_rgb = rng.uniform(-0.5, 1.5, (1, 4, 5, 3)).astype(np.float32)
+  target = pixels.preprocess(target_rgb, convention)
+
+  def f(x):
+    return 0.5 * jnp.sum((x - target) ** 2)
+
+  value_and_grad = jax.jit(jax.value_and_grad(f))
+  for box in (True, False):
+    tx = optim.make_optimizer('lbfgs', memory_size=5, box=box, convention=convention)
+    update = jax.jit(lambda g, state, x, v, tx=tx: tx.update(g, state, x, value=v, value_fn=f))
+    x = pixels.preprocess(jnp.full((1, 4, 5, 3), 0.5), convention)
+    state = tx.init(x)
+    for _ in range(25):
+      value, g = value_and_grad(x)
+      step, state = update(g, state, x, value)
+      x = x + step
+      rgb = np.asarray(pixels.deprocess(x, convention))
+      if box:
+        assert -1e-6 <= rgb.min() and rgb.max() <= 1 + 1e-6, (rgb.min(), rgb.max())
+    want = np.clip(target_rgb, 0.0, 1.0) if box else target_rgb
+    np.testing.assert_allclose(rgb, want, atol=1e-4)
+
+
 def _images(width=64):
   content = image_lib.load_image(ROOT / 'content_images' / 'tubingen.jpg', width=width)
   style = image_lib.load_image(ROOT / 'style_images' / 'starry_night.jpg', width=width)

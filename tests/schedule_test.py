@@ -39,11 +39,47 @@ def test_plan_never_exceeds_the_iterations():
   assert [s.width for s in schedule.plan(512, three.replace(iterations=2))] == [362, 512]
   by_width = nst_jax.ScheduleConfig(iterations=100, min_width=300)
   assert [s.width for s in schedule.plan(1024, by_width)] == [362, 512, 724, 1024]
+  # Three explicit scales at several widths: w / sqrt(2)^2, w / sqrt(2), w,
+  # and 301 = 100 + 100 + 101 (the remainder to the finest).
+  for width in (64, 256, 1000, 4096):
+    stages = schedule.plan(width, nst_jax.ScheduleConfig(iterations=301, scales=3))
+    want = [round(width / 2), round(width / np.sqrt(2)), width]
+    assert stages == tuple(map(schedule.Stage, want, (100, 100, 101))), (width, stages)
+  assert [s.width for s in schedule.plan(4096, three)] == [2048, 2896, 4096]
+  assert [s.width for s in schedule.plan(1000, three)] == [500, 707, 1000]
+
+
+def test_the_automatic_schedule_is_one_scale_today():
+  # AUTO_MAX_SCALES is 1 (see its measurements): every width gets one stage.
   for width in (64, 256, 512, 1024, 2048, 4096):
-    stages = schedule.plan(width, nst_jax.ScheduleConfig(iterations=300))
-    assert sum(s.iterations for s in stages) == 300 and stages[-1].width == width
-    assert stages[0].width >= min(width, schedule.AUTO_MIN_WIDTH)
-    assert len(stages) <= schedule.AUTO_MAX_SCALES
+    auto = nst_jax.ScheduleConfig(iterations=300)
+    assert schedule.plan(width, auto) == (schedule.Stage(width, 300),), width
+
+
+def test_the_automatic_schedule_with_several_scales(monkeypatch):
+  """The automatic branch as it would run with AUTO_MAX_SCALES 3 and coarser shares 1/2.
+
+  Widths: the finest three of width / sqrt(2)^k that are at least
+  AUTO_MIN_WIDTH (256); iterations in proportion 1/4 : 1/2 : 1 after one
+  each, rounded by largest remainders.
+  """
+  monkeypatch.setattr(schedule, 'AUTO_MAX_SCALES', 3)
+  monkeypatch.setattr(schedule, 'AUTO_COARSER_SHARE', 0.5)
+  auto = nst_jax.ScheduleConfig(iterations=70)
+  # 67 after one each: 67 * (1, 2, 4) / 7 = 9.57, 19.14, 38.29; +1 each gives
+  # 10, 20, 39 (69), and the largest remainder (0.57, the coarsest) takes the 70th.
+  assert schedule.plan(1024, auto) == (
+    schedule.Stage(512, 11),
+    schedule.Stage(724, 20),
+    schedule.Stage(1024, 39),
+  )
+  # 2048 / sqrt(2)^k >= 256 for k = 0..6: the finest three.
+  assert [s.width for s in schedule.plan(2048, auto)] == [1024, 1448, 2048]
+  # 362 / sqrt(2) = 256: two scales; 300 / sqrt(2) = 212 < 256: one.
+  assert [s.width for s in schedule.plan(362, auto)] == [256, 362]
+  assert schedule.plan(300, auto) == (schedule.Stage(300, 70),)
+  # Two scales, shares 1/2 : 1 of 68: 22.67 + 1 and 45.33 + 1 -> 24 and 46.
+  assert [s.iterations for s in schedule.plan(362, auto)] == [24, 46]
 
 
 class _View:

@@ -71,26 +71,6 @@ def test_features_match_numpy_reference(tmp_path, random_params, kind, filename,
   assert feats['pool5'].shape == (1, 1, 512)  # 37x53 -> 18x26 -> 9x13 -> 4x6 -> 2x3 -> 1x1
 
 
-def test_batched_input_keeps_leading_dims(caffe_npz, random_params):
-  rgb = _image(20, 24, n=2, seed=3)
-  feats = extract_features(caffe_npz, rgb, ['relu2_1', 'conv1_1'])
-  assert feats['relu2_1'].shape == (2, 10, 12, 128)
-  assert feats['conv1_1'].shape == (2, 20, 24, 64)
-  expected = weight_files.numpy_vgg19(random_params, weight_files.caffe_preprocess(rgb))
-  for name in ('relu2_1', 'conv1_1'):
-    assert weight_files.relative_error(feats[name], expected[name]) < 1e-5
-
-
-def test_avg_pooling_matches_reference(caffe_npz, random_params):
-  rgb = _image(19, 22, seed=4)
-  feats = extract_features(caffe_npz, rgb, ['pool2', 'relu3_1'], pooling='avg')
-  expected = weight_files.numpy_vgg19(
-    random_params, weight_files.caffe_preprocess(rgb)[None], pooling='avg'
-  )
-  for name in ('pool2', 'relu3_1'):
-    assert weight_files.relative_error(feats[name], expected[name][0]) < 1e-5
-
-
 def test_keras_and_torchvision_routes_agree(tmp_path, random_params):
   """Same network, two layouts and two input conventions, same features.
 

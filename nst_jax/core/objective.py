@@ -210,6 +210,11 @@ def make_targets(
 
   Returns:
     Targets with leading [N] axes.
+
+  Raises:
+    ValueError: content or a style not [N, H, W, 3], a style batch neither 1
+      nor N, or masks of the wrong shape.
+    TypeError: no loss_spec, content_weight or style_weight.
   """
   loss_spec, content_weight, style_weight, tv_weight = _spec_and_weights(
     loss_spec, loss_config, content_weight, style_weight, tv_weight
@@ -275,10 +280,12 @@ def _spec_and_weights(loss_spec, loss_config, content_weight, style_weight, tv_w
 def _check_images(content, style, content_mask, style_masks) -> None:
   """Shapes make_targets can use, or a ValueError naming the argument."""
   styles = list(style) if isinstance(style, (list, tuple)) else [style]
-  for name, x in (('content', content), *((f'style[{i}]', s) for i, s in enumerate(styles))):
-    shape = getattr(x, 'shape', None)
-    if shape is None or len(shape) != 4 or shape[-1] != 3:
-      raise ValueError(f'{name} must be [N, H, W, 3] in network space, got shape {shape}')
+  named = [('content', content)] + [
+    ('style' if len(styles) == 1 else f'style {i}', s) for i, s in enumerate(styles)
+  ]
+  for name, x in named:
+    if jnp.ndim(x) != 4 or jnp.shape(x)[-1] != 3:
+      raise ValueError(f'{name} must be [N, H, W, 3] images, got shape {jnp.shape(x)}')
   if content_mask is not None and (
     content_mask.ndim != 3 or content_mask.shape[-2:] != content.shape[1:3]
   ):

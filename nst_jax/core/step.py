@@ -138,12 +138,19 @@ def make_optimizer(name: Any = 'lbfgs', **kwargs) -> optax.GradientTransformatio
   return optim.make_optimizer(name, **kwargs)
 
 
+def _check_images(x, name: str) -> None:
+  """Raises ValueError naming `name` unless `x` is [N, H, W, 3]."""
+  if jnp.ndim(x) != 4 or jnp.shape(x)[-1] != 3:
+    raise ValueError(f'{name} must be [N, H, W, 3] images, got shape {jnp.shape(x)}')
+
+
 def init_state(image: jax.Array, optimizer: optax.GradientTransformation) -> StyleState:
   """A fresh state for [N, H, W, 3] images, one optimiser state per image.
 
   The image is copied: the step donates the state, and the caller's array
   (often the content image, needed again) must survive that.
   """
+  _check_images(image, 'image')
   image = jnp.array(image, jnp.float32, copy=True)
   return StyleState(image=image, opt_state=jax.vmap(optimizer.init)(image))
 

@@ -132,6 +132,9 @@ def stylize(
 
   Returns:
     RGB float32 in [0, 1] with the leading shape of `content`.
+
+  Raises:
+    ImageError: an image smaller than the layers need at the coarsest scale.
   """
   cfg = config or config_lib.StyleConfig()
   w = weights_lib.as_weights(weights)
@@ -140,6 +143,9 @@ def stylize(
   n = len(rows)
   height, width = rows[0].content.shape[:2]
   cfg = cfg.replace(inputs=cfg.inputs.replace(width=width))
+  # The file pipeline's check (every row has row 0's sizes): an image smaller
+  # than the deepest layer needs would otherwise fail later as a non-finite loss.
+  runner.check_size(cfg, rows[0])
   layout = sharding_lib.SingleLayout(n)
   if cfg.run.shard == 'spatial' and jax.local_device_count() > 1 and n == 1:
     layout = sharding_lib.SpatialLayout(sharding_lib.spatial_devices(height, jax.local_devices()))

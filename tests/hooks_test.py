@@ -1,0 +1,214 @@
+"""Tests for nst_jax.engine.hooks: what runs around the loop, driven by a stand-in step.
+
+The stand-in step adds 1 to every pixel and reports losses given per
+iteration, so each hook can be checked against the values it was handed.
+"""
+
+import json
+import os
+import signal
+import threading
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import small_runs
+
+from nst_jax import config as config_lib
+from nst_jax import errors
+from nst_jax.core.step import StyleState
+from nst_jax.engine import hooks
+from nst_jax.engine import loop
+from nst_jax.io import checkpoint as checkpoint_lib
+from nst_jax.runs.arrays import stylize
+
+# Per iteration (1-based), per row: the total loss the stand-in step reports.
+TOTALS = {k: [10.0 * k, 1.0 / k] for k in range(1, 8)}
+
+
+def _step(state, params, targets):
+  """Every pixel + 1; the losses of TOTALS at the iteration the image counts."""
+  del params, targets
+  k = int(state.image[0, 0, 0, 0]) + 1
+  total = jnp.asarray(TOTALS[k])
+  losses = {'total': total, 'content': total / 2, 'style': total / 4, 'tv': jnp.zeros(2)}
+  return StyleState(state.image + 1, None), losses
+
+
+def _state(rows=2):
+  return StyleState(jnp.zeros((rows, 2, 3, 3)), None)
+
+
+class _Events(loop.Hook):
+  def __init__(self, log):
+    self.log = log
+
+  def after_step(self, view):
+    self.log.append(('events', view.iteration))
+
+
+class _Monitor:
+  """A live view that asks for every other iteration."""
+
+  def __init__(self, log):
+    self.log = log
+    self.calls = 0
+    self.updates = []
+
+  def due(self):
+    self.calls += 1
+    return self.calls % 2 == 1
+
+  def update(self, iteration, losses, rgb, *, scale):
+    self.log.append(('monitor', iteration))
+    self.updates.append((iteration, losses, rgb, scale))
+
+
+def test_hooks_run_in_order_with_the_values_given():
+  log = []
+  history = hooks.History(print_iter=2, rows=(0, 1), t0=0.0)
+  saved = {}
+
+  def save(iteration, images):
+    log.append(('intermediates', iteration))
+    saved[iteration] = images
+
+  monitor = _Monitor(log)
+  sequence = [
+    history,
+    hooks.Intermediates(2, save),
+    _Events(log),
+    hooks.Monitor(monitor, 1, lambda x, r: x * 0 + r),
+  ]
+  info = loop.LoopInfo(start=0, total=5, scale=1, scales=2, offset=10, rows=(0, 1))
+  loop.run_loop(_step, _state(), None, None, info=info, hooks=sequence)
+  # Each iteration, the hooks in the order given; intermediates every 2 but
+  # not at the last (the caller saves the result), the monitor when due.
+  assert log == [
+    ('events', 1),
+    ('monitor', 11),
+    ('intermediates', 12),
+    ('events', 2),
+    ('events', 3),
+    ('monitor', 13),
+    ('intermediates', 14),
+    ('events', 4),
+    ('events', 5),
+    ('monitor', 15),
+  ]
+  # Intermediates get every row's network-space image at that iteration.
+  assert sorted(saved[12]) == [0, 1]
+  np.testing.assert_array_equal(saved[14][1], np.full((2, 3, 3), 4.0))
+  # The monitor: row 1's losses, its image through to_rgb, the scale from 1.
+  iteration, losses, rgb, scale = monitor.updates[1]
+  assert (iteration, scale) == (13, 2)
+  assert losses == pytest.approx({'total': 1 / 3, 'content': 1 / 6, 'style': 1 / 12, 'tv': 0.0})
+  np.testing.assert_array_equal(rgb, np.ones((2, 3, 3)))
+  # History: every 2 iterations and the last, each row's terms, iterations across scales.
+  for row in (0, 1):
+    entries = history.history[row]
+    assert [(e['scale'], e['iteration']) for e in entries] == [(1, 12), (1, 14), (1, 15)]
+    assert [e['total'] for e in entries] == pytest.approx([TOTALS[k][row] for k in (2, 4, 5)])
+    assert [e['style'] for e in entries] == pytest.approx([TOTALS[k][row] / 4 for k in (2, 4, 5)])
+    assert all(e['time_s'] > 0 for e in entries)
+
+
+def _checkpoints(tmp_path, every=2):
+  return hooks.Checkpoints(
+    {0: tmp_path / 'a.ckpt'},  # row 1 is a filler: no file
+    every=every,
+    settings={0: {'width': 3}},
+    finite=lambda image: np.asarray(hooks.rows_finite(image)),
+    row_states=lambda state: {r: {'image': np.asarray(x)} for r, x in enumerate(state.image)},
+    extra=lambda row: {'best': [float(row)]},
+  )
+
+
+def test_checkpoints_save_every_so_often_and_at_the_last(tmp_path):
+  ckpt = _checkpoints(tmp_path)
+  info = loop.LoopInfo(start=0, total=5, scale=0, scales=2, offset=0, rows=(0,))
+  loop.run_loop(_step, _state(), None, None, info=info, hooks=[ckpt])
+  assert ckpt.last_saved == 5
+  payload = checkpoint_lib.read(tmp_path / 'a.ckpt')
+  fields = ('iteration', 'total', 'scale', 'scales')
+  assert [payload[k] for k in fields] == [5, 5, 0, 2]
+  assert json.loads(payload['settings']) == {'width': 3}
+  assert checkpoint_lib.extra(payload) == {'best': [0.0]}
+  np.testing.assert_array_equal(payload['state']['image'], np.full((2, 3, 3), 5.0))
+
+
+def test_a_non_finite_image_never_replaces_a_good_checkpoint(tmp_path):
+  def step(state, params, targets):
+    state, losses = _step(state, params, targets)
+    if int(state.image[0, 0, 0, 0]) == 3:  # row 0 breaks at iteration 3
+      state = StyleState(state.image.at[0, 1, 2, 0].set(jnp.nan), None)
+    return state, losses
+
+  ckpt = _checkpoints(tmp_path)
+  info = loop.LoopInfo(start=0, total=6, offset=20, rows=(0,))
+  # Checked when a save is due (4): the iteration is numbered across scales.
+  with pytest.raises(errors.NonFinite, match='iteration 24;'):
+    loop.run_loop(step, _state(), None, None, info=info, hooks=[ckpt])
+  assert ckpt.last_saved == 2
+  assert checkpoint_lib.read(tmp_path / 'a.ckpt')['iteration'] == 2
+
+
+def test_rows_finite_is_per_row():
+  image = np.ones((3, 2, 2, 3), np.float32)
+  image[1, 0, 1, 2] = np.inf
+  image[2, 1, 0, 0] = np.nan
+  np.testing.assert_array_equal(hooks.rows_finite(jnp.asarray(image)), [True, False, False])
+
+
+def test_make_progress_picks_the_kind():
+  log = hooks.make_progress('log', 7, prefix='p: ')
+  assert isinstance(log, hooks.LogProgress) and (log.print_iter, log.prefix) == (7, 'p: ')
+  assert isinstance(hooks.make_progress('bar', 7), hooks.BarProgress)
+
+
+@pytest.mark.skipif(
+  threading.current_thread() is not threading.main_thread(),
+  reason='signal handlers can only be set from the main thread',
+)
+def test_stop_on_signals_turns_a_signal_into_a_flag_and_restores_the_handlers():
+  before = signal.getsignal(signal.SIGTERM)
+  with hooks.stop_on_signals() as stop:
+    assert stop() is None
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop() == signal.SIGTERM
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop() == signal.SIGTERM  # the first one counts
+  assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_progress_lines_name_the_scale_and_the_jobs(caplog):
+  caplog.set_level('INFO')
+  progress = hooks.LogProgress(print_iter=2, prefix='process 1: ')
+  loop.run_loop(
+    lambda s, p, t: (s + 1, {'total': jnp.asarray([4.0, 2.0]), 'content': jnp.ones(2),
+                             'style': jnp.ones(2), 'tv': jnp.zeros(2)}),
+    0, None, None,
+    info=loop.LoopInfo(0, 3, scale=1, scales=2, rows=(0, 1)),
+    hooks=[progress],
+  )  # fmt: skip
+  lines = [r.getMessage() for r in caplog.records]
+  assert len(lines) == 2  # iteration 2, and the last
+  assert lines[0].startswith('process 1: scale 2/2  iteration 2/3  2 jobs  loss 3 ')
+
+
+@pytest.mark.slow
+def test_progress_bar_and_log_lines(caffe_npz, capsys):
+  # Under pytest stderr is not a terminal: 'auto' gives plain lines.
+  assert isinstance(hooks.make_progress('auto', 50), hooks.LogProgress)
+  assert isinstance(hooks.make_progress('bar', 50), hooks.BarProgress)
+  rgb = np.random.default_rng(5).uniform(size=(32, 32, 3)).astype(np.float32)
+  cfg = config_lib.StyleConfig(
+    loss=small_runs.loss_config(),
+    schedule=config_lib.ScheduleConfig(iterations=6, scales=2),
+    run=config_lib.RunConfig(progress='bar'),
+  )
+  stylize(rgb, rgb, config=cfg, weights=caffe_npz)
+  err = capsys.readouterr().err
+  # One bar per scale, each ending at 3/3 with the loss and the rate.
+  assert 'scale 1/2' in err and 'scale 2/2' in err
+  assert err.count('3/3') >= 2 and 'loss=' in err and ('it/s' in err or 's/it' in err)

@@ -1,0 +1,153 @@
+"""Tests for nst_jax.engine.steps: the step compiled over a layout, and the cache of them."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import small_runs
+
+from nst_jax import config as config_lib
+from nst_jax.core import objective
+from nst_jax.core import pixels
+from nst_jax.core import step as core
+from nst_jax.core import vgg
+from nst_jax.engine import sharding
+from nst_jax.engine import steps
+from nst_jax.runs import runner
+from nst_jax.runs.arrays import stylize
+
+_VGGTiny = functools.partial(vgg.VGG, stage_sizes=(1, 2), widths=(4, 8))
+TINY_LOSS = config_lib.LossConfig(content_layers=('relu2_2',), style_layers=('relu1_1', 'relu2_1'))
+
+
+def test_compiled_steps_are_kept_by_key_shapes_and_dtypes():
+  cache = steps.CompiledSteps()
+  double = jax.jit(lambda x: 2 * x)
+  first, seconds = cache.get(double, 'k', jnp.ones(3))
+  again, reused = cache.get(double, 'k', jnp.zeros(3))  # other values: the same program
+  assert again is first and reused == 0.0 and seconds > 0.0
+  others = [
+    cache.get(double, 'k', jnp.ones(4))[0],  # another shape
+    cache.get(double, 'k', jnp.ones(3, jnp.int32))[0],  # another dtype
+    cache.get(double, 'other', jnp.ones(3))[0],  # another key
+  ]
+  assert len({id(c) for c in [first, *others]}) == 4 and len(cache.cache) == 4
+  np.testing.assert_array_equal(first(jnp.arange(3.0)), [0.0, 2.0, 4.0])
+  np.testing.assert_array_equal(others[1](jnp.arange(3, dtype=jnp.int32)), [0, 2, 4])
+
+
+def test_the_least_recently_used_step_goes_first(monkeypatch):
+  cache = steps.CompiledSteps()
+  monkeypatch.setattr(cache, 'KEPT', 2)
+  f = jax.jit(lambda x: x + 1)
+  a, _ = cache.get(f, 'a', jnp.ones(2))
+  cache.get(f, 'b', jnp.ones(2))
+  assert cache.get(f, 'a', jnp.ones(2)) == (a, 0.0)  # 'a' used again: 'b' is now the oldest
+  cache.get(f, 'c', jnp.ones(2))
+  assert [key[0] for key in cache.cache] == ['a', 'c']
+  assert cache.get(f, 'b', jnp.ones(2))[1] > 0.0  # compiled anew
+
+
+def _problem(n=2, seed=0):
+  model = _VGGTiny()
+  rng = np.random.default_rng(seed)
+  # He-initialised by hand from the shapes: model.init itself takes seconds here.
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']
+  params = {
+    name: {
+      'kernel': jnp.asarray(
+        rng.normal(0, np.sqrt(2 / (9 * leaf['kernel'].shape[2])), leaf['kernel'].shape),
+        jnp.float32,
+      ),
+      'bias': jnp.zeros(leaf['bias'].shape, jnp.float32),
+    }
+    for name, leaf in shapes.items()
+  }
+  content = jnp.asarray(rng.normal(0, 50, (n, 16, 16, 3)), jnp.float32)
+  style = jnp.asarray(rng.normal(0, 50, (n, 12, 20, 3)), jnp.float32)
+  # Jitted: op by op, the targets take longer than compiling them.
+  make_targets = jax.jit(
+    functools.partial(
+      objective.make_targets,
+      model=model,
+      loss_spec=TINY_LOSS.spec,
+      content_weight=TINY_LOSS.content_weight,
+      style_weight=TINY_LOSS.style_weight,
+      tv_weight=TINY_LOSS.tv_weight,
+    )
+  )
+  targets = make_targets(params, content, style)
+  return model, params, content, targets
+
+
+def test_compile_step_is_the_core_step_compiled_once_with_the_state_donated():
+  cache = steps.CompiledSteps()
+  model, params, content, targets = _problem()
+  tx = core.make_optimizer('lbfgs', convention=pixels.CAFFE)
+  layout = sharding.SingleLayout(2)
+  state = core.init_state(content, tx)
+  shardings = jax.tree.map(lambda s: layout.leaf_sharding(s.shape, 16, 16), state)
+  active = jnp.ones(2, bool)
+
+  def compile_step(state, key=()):
+    return steps.compile_step(
+      model=model,
+      optimizer=tx,
+      loss_spec=TINY_LOSS.spec,
+      loss_fn=objective.objective,
+      layout=layout,
+      state_sharding=shardings,
+      args=(state, params, targets, active),
+      key=key,
+      cache=cache,
+    )
+
+  compiled, seconds = compile_step(state)
+  assert seconds > 0.0
+  reference = jax.jit(
+    functools.partial(core.update_step, model=model, optimizer=tx, loss_spec=TINY_LOSS.spec)
+  )
+  want = core.init_state(content, tx)
+  for _ in range(3):
+    # As the engine asks each stage: the program compiled once is handed back.
+    assert compile_step(state) == (compiled, 0.0)
+    old = state
+    state, losses = compiled(state, params, targets, active)
+    assert old.image.is_deleted()  # donated: its buffer became the new state's
+    want, want_losses = reference(want, params, targets)
+    np.testing.assert_allclose(losses['total'], want_losses['total'], rtol=1e-6)
+    np.testing.assert_allclose(state.image, want.image, rtol=1e-5, atol=1e-4)
+  # One program, kept under the step's static settings and the layout.
+  (cache_key,) = cache.cache
+  assert cache_key[0] == (model, TINY_LOSS.spec, objective.objective, layout.key)
+
+
+@pytest.mark.slow
+def test_later_runs_reuse_the_compiled_step(caffe_npz, monkeypatch):
+  monkeypatch.setattr(runner, 'COMPILE_CACHE', steps.CompiledSteps())
+  rng = np.random.default_rng(0)
+  content, style = rng.uniform(size=(2, 24, 32, 3)).astype(np.float32)
+  cfg = config_lib.StyleConfig(
+    loss=small_runs.loss_config(),
+    schedule=config_lib.ScheduleConfig(iterations=3, scales=1),
+    run=config_lib.RunConfig(print_iter=0),
+  )
+  records = [{}, {}, {}, {}]
+
+  def run(content, config, record):
+    return stylize(content, style, config=config, weights=caffe_npz, record=record)
+
+  first = run(content, cfg, records[0])
+  # Other weights and images of the same size: the same program.
+  again = run(content[::-1], cfg.replace(loss=cfg.loss.replace(content_weight=3.0)), records[1])
+  # Another history length, or another size: compiled anew.
+  run(content, cfg.replace(optim=cfg.optim.replace(lbfgs_memory=4)), records[2])
+  run(content[:20], cfg, records[3])
+  assert [r['scales'][0]['compile_reused'] for r in records] == [False, True, False, False]
+  assert records[1]['scales'][0]['compile_s'] == 0.0
+  # The reused program gives what a fresh compile gives.
+  monkeypatch.setattr(runner, 'COMPILE_CACHE', steps.CompiledSteps())
+  np.testing.assert_array_equal(run(content, cfg, {}), first)
+  assert not np.array_equal(again, first)
