@@ -15,6 +15,7 @@ import weight_files
 
 from nst_jax import errors
 from nst_jax.cli import spelling
+from nst_jax.io import weight_formats
 from nst_jax.io import weights as weights_lib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +78,7 @@ def test_errors(tmp_path):
 # with a hostile --output (or input), and all of them run as one batch of
 # forks of one converter process (tests/cli_forks.py).
 
-CONVERT = weights_lib.CONVERT_COMMAND
+CONVERT = weight_formats.CONVERT_COMMAND
 
 
 def _directory_output(d, src, **_):

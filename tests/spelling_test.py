@@ -16,7 +16,7 @@ from nst_jax import errors
 from nst_jax.cli import app
 from nst_jax.cli import flags as cli_flags
 from nst_jax.cli import spelling
-from nst_jax.io import weights as weights_lib
+from nst_jax.io import weight_formats
 
 FLAGS = app.FLAGS
 # Flags of main.py that set no StyleConfig field: they choose what kind of
@@ -131,18 +131,18 @@ def test_messages_keep_file_names_and_one_line():
 
 
 def test_suggested_calls_read_as_converter_commands():
-  convert = weights_lib.CONVERT_COMMAND
-  assert spelling.for_command_line(f'damaged: use {weights_lib.fetch_call()}') == (
+  convert = weight_formats.CONVERT_COMMAND
+  assert spelling.for_command_line(f'damaged: use {weight_formats.fetch_call()}') == (
     f'damaged: use {convert} --download'
   )
   # Spaces and quotes in a name: the call holds it as a Python literal.
   odd = "my weights/it's.npz"
-  assert spelling.for_command_line(f'run: {weights_lib.fetch_call(odd)}; then') == (
+  assert spelling.for_command_line(f'run: {weight_formats.fetch_call(odd)}; then') == (
     f'run: {convert} --download --output {odd}; then'
   )
-  assert spelling.for_command_line(f'run: {weights_lib.convert_call("a.h5")}') == (
+  assert spelling.for_command_line(f'run: {weight_formats.convert_call("a.h5")}') == (
     f'run: {convert} --input a.h5'
   )
   # A newline in the name stays escaped, on the one line.
-  newline = weights_lib.convert_call('a\nb.h5')
+  newline = weight_formats.convert_call('a\nb.h5')
   assert spelling.for_command_line(f'run: {newline}') == f"run: {convert} --input 'a\\nb.h5'"

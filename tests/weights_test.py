@@ -11,12 +11,14 @@ import weight_files
 
 from nst_jax import errors
 from nst_jax import extract_features
+from nst_jax.core import vgg
 from nst_jax.io import weight_checks
+from nst_jax.io import weight_formats
 from nst_jax.io import weights as weights_lib
 
 ALL_LAYERS = tuple(
   n
-  for n in weights_lib.vgg.layer_names(weights_lib.vgg.VGG19_STAGE_SIZES)
+  for n in vgg.layer_names(vgg.VGG19_STAGE_SIZES)
   if not n.startswith('pool')
 ) + ('pool1', 'pool2', 'pool3', 'pool4', 'pool5')
 
@@ -130,7 +132,7 @@ def test_loaded_weights_carry_metadata(caffe_npz, random_params):
 
 def test_default_path_is_relative_to_project(monkeypatch, tmp_path):
   monkeypatch.chdir(tmp_path)
-  assert weights_lib.resolve_weights_path() == weights_lib.PROJECT_ROOT / 'weights' / 'vgg19.npz'
+  assert weights_lib.resolve_weights_path() == weight_formats.PROJECT_ROOT / 'weights' / 'vgg19.npz'
   monkeypatch.setenv('NST_JAX_WEIGHTS', str(tmp_path / 'env.npz'))
   assert weights_lib.resolve_weights_path() == tmp_path / 'env.npz'
   assert weights_lib.resolve_weights_path('x.npz').name == 'x.npz'
@@ -433,7 +435,7 @@ def test_npz_holding_a_pickle_is_refused(tmp_path, caffe_npz):
     (
       {'features.5.bias': 'abc'},
       'features.5.bias is a str, not a tensor; convert the published VGG-19 file with '
-      f'{weights_lib.CONVERT_COMMAND}',
+      f'{weight_formats.CONVERT_COMMAND}',
     ),
   ],
   ids=['epoch', 'text'],

@@ -14,7 +14,7 @@ import ast
 import re
 
 from nst_jax import errors
-from nst_jax.io import weights as weights_lib
+from nst_jax.io import weight_formats
 
 # StyleConfig field -> its flag of main.py (nst_jax.cli.app), the seed's
 # options with their short names, as the usage text spells them.
@@ -81,7 +81,7 @@ CALL_COMMANDS = {
   'nst_jax.io.weights.convert_file': ('', '--input'),
 }
 
-# A Python string literal, as repr writes one (weights_lib.fetch_call).
+# A Python string literal, as repr writes one (weight_formats.fetch_call).
 _STRING = r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*\""""
 _CALL = '|'.join(re.escape(call) for call in CALL_COMMANDS)
 # Whole names only: a file named run.resume.png or out/run.resume keeps its name.
@@ -95,7 +95,7 @@ def _spell(match: re.Match) -> str:
   if match['field']:
     return FIELD_FLAGS[match['field']]
   always, takes = CALL_COMMANDS[match['call']]
-  words = [weights_lib.CONVERT_COMMAND, always]
+  words = [weight_formats.CONVERT_COMMAND, always]
   if match['arg']:
     words += [takes, errors.printable(ast.literal_eval(match['arg']))]
   return ' '.join(word for word in words if word)

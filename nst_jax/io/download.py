@@ -22,6 +22,7 @@ import urllib.request
 
 from nst_jax import errors
 from nst_jax.io import weight_checks
+from nst_jax.io import weight_formats
 from nst_jax.io import weights as weights_lib
 
 # Extra mirrors, separated by spaces or commas, tried before the published ones.
@@ -132,7 +133,8 @@ def download(
     reason = getattr(e, 'reason', e)
     raise errors.DownloadError(
       f'cannot download {url} ({reason}); on a machine with internet access '
-      f'fetch that file (MD5 {md5}), copy it to {dest} and run: {weights_lib.convert_call(dest)}',
+      f'fetch that file (MD5 {md5}), copy it to {dest} and run: '
+      f'{weight_formats.convert_call(dest)}',
       reason=str(reason),
     ) from None
 
@@ -216,7 +218,7 @@ def fetch(
   raise errors.DownloadError(
     f'cannot download the VGG-19 weights from any mirror: {"; ".join(failures)}; on a machine '
     f'with internet access fetch {weights_lib.KERAS_FILENAME} (MD5 {md5}) from one of them, '
-    f'copy it to {raw} and run: {weights_lib.convert_call(raw)}'
+    f'copy it to {raw} and run: {weight_formats.convert_call(raw)}'
   )
 
 
