@@ -21,6 +21,7 @@ from nst_jax.io import images as image_lib
 from nst_jax.io import video
 from nst_jax.io import weights as weights_lib
 from nst_jax.runs import flow
+from nst_jax.runs import temporal
 from nst_jax.runs import video as video_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +78,7 @@ def test_video_objective_is_the_objective_plus_the_weighted_temporal_term(caffe_
   c = rng.uniform(size=(32, 32)).astype(np.float32)
   extra = {'previous': previous, 'weight': c, 'temporal_weight': np.float32(7.0)}
   base, _ = nst_jax.objective(image, w.params, targets, model=model, loss_spec=loss_config.spec)
-  got, aux = video_pipeline.video_objective(image, w.params, targets._replace(extra=extra),
+  got, aux = temporal.video_objective(image, w.params, targets._replace(extra=extra),
                                             model=model, loss_spec=loss_config.spec)  # fmt: skip
   l_t = np.mean(c[..., None] * (np.asarray(image) - np.asarray(previous)) ** 2)
   np.testing.assert_allclose(aux['temporal'], l_t, rtol=1e-5)

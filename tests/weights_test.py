@@ -17,9 +17,7 @@ from nst_jax.io import weight_formats
 from nst_jax.io import weights as weights_lib
 
 ALL_LAYERS = tuple(
-  n
-  for n in vgg.layer_names(vgg.VGG19_STAGE_SIZES)
-  if not n.startswith('pool')
+  n for n in vgg.layer_names(vgg.VGG19_STAGE_SIZES) if not n.startswith('pool')
 ) + ('pool1', 'pool2', 'pool3', 'pool4', 'pool5')
 
 

@@ -1,31 +1,27 @@
 """Video style transfer (Ruder et al.): frames kept consistent by optical flow.
 
-Two ways to run a clip, both through the engine:
+Two ways to run a clip, both through the engine (the temporal term, start
+images and flows are in nst_jax.runs.temporal):
 
-  * one pass (`--passes 1`, the default): frame t starts from frame t-1's
-    result warped by the flow (disoccluded pixels from the content frame) and
-    adds the temporal term `temporal_weight * mean(c (x - warp(x_{t-1}))^2)`
-    to its objective. The flow of the next pair is computed on the host while
-    the device optimises the current frame.
-  * several passes (`--passes N`): every frame is stylised on its own first;
-    then each pass, alternating in direction, starts every frame from a blend
-    of its result and its neighbour's warped result (weight blend * c) with
-    the temporal term towards that neighbour. Within a pass the frames are
-    independent problems, so they run as one batch over every device (and
-    host), like a batch of jobs.
+  * one pass (`video.passes` 1, the default): frame t starts from frame t-1's
+    result warped by the flow and adds the temporal term to its objective;
+    the next pair's flow is computed on the host meanwhile.
+  * several passes: every frame is stylised on its own first; then each pass,
+    alternating in direction, starts every frame from a blend of its result
+    and its neighbour's warped result, with the temporal term towards that
+    neighbour. Within a pass the frames are independent problems, one batch
+    over every device (and host), like a batch of jobs.
 
 Each finished frame is kept (16-bit PNG) in a hidden work directory beside
-the output, with the running frame's checkpoint, so `--resume` continues at
-the first unfinished frame (one pass) or the last unfinished pass; signals
-save as for images. The video (or frame directory) appears only when
-complete, with the run record (per-frame losses and timings) beside it.
+the output, with the running frame's checkpoint, so `run.resume` continues
+at the first unfinished frame (one pass) or the last unfinished pass. The
+video (or frame directory) appears only when complete, with its run record.
 
 Reference: Ruder, Dosovitskiy & Brox, "Artistic style transfer for videos",
 GCPR 2016 (arXiv:1604.08610), and "Artistic style transfer for videos and
 spherical images", IJCV 2018 (multi-pass, Sec. 3.3).
 """
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -41,8 +37,6 @@ import numpy as np
 
 from nst_jax import config as config_lib
 from nst_jax import errors
-from nst_jax.core import losses
-from nst_jax.core import objective
 from nst_jax.core import pixels
 from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import hooks as hooks_lib
@@ -59,20 +53,7 @@ from nst_jax.io import weights as weights_lib
 from nst_jax.runs import flow as flow_lib
 from nst_jax.runs import output_plan
 from nst_jax.runs import runner as pipeline
-
-
-def video_objective(image, params, targets, *, model, loss_spec):
-  """`core.objective` plus the temporal term of Ruder et al. (`losses.temporal_loss`).
-
-  `targets.extra` holds 'previous' [H, W, 3] (the neighbour's result warped
-  into this frame, network space), 'weight' [H, W] (c) and
-  'temporal_weight' (a scalar).
-  """
-  total, aux = objective.objective(image, params, targets, model=model, loss_spec=loss_spec)
-  t = targets.extra
-  l_t = losses.temporal_loss(image, t['previous'], t['weight'])
-  total = total + t['temporal_weight'] * l_t
-  return total, {**aux, 'total': total, 'temporal': l_t}
+from nst_jax.runs import temporal
 
 
 @dataclasses.dataclass
@@ -178,59 +159,6 @@ def _save_frame(path: Path, rgb: np.ndarray) -> None:
   image_lib.save_image(path, rgb, bit_depth=16)
 
 
-class _Flows:
-  """Flows between consecutive content frames, computed ahead in a thread (the host's work)."""
-
-  def __init__(self, frames: list[np.ndarray], preset: str):
-    self.frames = frames
-    self.preset = preset
-    self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='nst-jax-flow')
-    self.pending: dict[int, concurrent.futures.Future] = {}
-    self.seconds = 0.0
-
-  def _compute(self, t: int) -> flow_lib.Flows:
-    t0 = time.perf_counter()
-    out = flow_lib.flows(self.frames[t - 1], self.frames[t], self.preset)
-    self.seconds += time.perf_counter() - t0
-    return out
-
-  def prefetch(self, t: int) -> None:
-    if 0 < t < len(self.frames) and t not in self.pending:
-      self.pending[t] = self.pool.submit(self._compute, t)
-
-  def get(self, t: int) -> tuple[flow_lib.Flows, float]:
-    """The flows into frame t, and the seconds the run waited for them."""
-    self.prefetch(t)
-    t0 = time.perf_counter()
-    out = self.pending.pop(t).result()
-    return out, time.perf_counter() - t0
-
-  def close(self) -> None:
-    self.pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _temporal(prev_rgb, flows, weight_scale, convention, content):
-  """(start image, extra targets) for a frame from its neighbour's result and the flows."""
-  warped = np.clip(flow_lib.warp(prev_rgb, flows.backward), 0.0, 1.0)
-  c = flows.weight
-  start = c[..., None] * warped + (1.0 - c[..., None]) * content
-  extra = {
-    'previous': np.asarray(pixels.preprocess(warped[None], convention)[0]),
-    'weight': c,
-    'temporal_weight': np.float32(weight_scale),
-  }
-  return start, extra
-
-
-def _no_temporal(content, convention):
-  h, w = content.shape[:2]
-  return {
-    'previous': np.zeros((h, w, 3), np.float32),
-    'weight': np.zeros((h, w), np.float32),
-    'temporal_weight': np.float32(0.0),
-  }
-
-
 def run_video(cfg: config_lib.StyleConfig) -> Path:
   """Stylises a video (or frame sequence) named by `cfg.inputs.content_path`.
 
@@ -328,14 +256,14 @@ def _run_video(cfg: config_lib.StyleConfig, clip, paths: _Paths, height: int, pl
 
 def _engine(cfg, w, layout):
   return engine_lib.Engine(
-    cfg, w, layout, loss_fn=video_objective, compile_cache=pipeline.COMPILE_CACHE
+    cfg, w, layout, loss_fn=temporal.video_objective, compile_cache=pipeline.COMPILE_CACHE
   )
 
 
 def _one_pass(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.ndarray]:
   convention = w.info.input_convention
   engine = _engine(cfg, w, sharding_lib.SingleLayout())
-  flows = _Flows(frames, cfg.video.flow)
+  flows = temporal.Flows(frames, cfg.video.flow)
   results = []
   try:
     for t, content in enumerate(frames):
@@ -346,10 +274,12 @@ def _one_pass(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.n
       t0 = time.perf_counter()
       wait = 0.0
       if t == 0:
-        init, extra = None, _no_temporal(content, convention)
+        init, extra = None, temporal.no_temporal(content, convention)
       else:
         f, wait = flows.get(t)
-        init, extra = _temporal(results[-1], f, cfg.video.temporal_weight, convention, content)
+        init, extra = temporal.from_neighbour(
+          results[-1], f, cfg.video.temporal_weight, convention, content
+        )
       flows.prefetch(t + 1)  # the next pair's flow, while the device works on this frame
       row = rows_lib.Row(
         content=content, styles=styles, init_rgb=init, extra=extra, checkpoint=paths.checkpoint(t)
@@ -405,27 +335,6 @@ def _run_rows(cfg, engine, rows, real, stop, preview, prefix):
   return rgb, final
 
 
-class _PairFlows:
-  """Flows between any two frames, on demand and kept (the multi-pass needs both directions)."""
-
-  def __init__(self, frames, preset):
-    self.frames, self.preset = frames, preset
-    self.cache: dict[tuple[int, int], np.ndarray] = {}
-    self.seconds = 0.0
-
-  def flow(self, a: int, b: int) -> np.ndarray:
-    if (a, b) not in self.cache:
-      t0 = time.perf_counter()
-      self.cache[(a, b)] = flow_lib.dis_flow(self.frames[a], self.frames[b], self.preset)
-      self.seconds += time.perf_counter() - t0
-    return self.cache[(a, b)]
-
-  def into(self, k: int, j: int) -> flow_lib.Flows:
-    """Frame j brought into frame k: f_{k->j}, f_{j->k} and k's consistency weight."""
-    backward, forward = self.flow(k, j), self.flow(j, k)
-    return flow_lib.Flows(backward, forward, flow_lib.consistency(backward, forward))
-
-
 def _passes(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.ndarray]:
   """Ruder et al.'s multi-pass algorithm, each pass one batch over every device."""
   from nst_jax.engine import distributed
@@ -442,7 +351,7 @@ def _passes(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.nda
   local = layout.local_rows()
   real = tuple(r for r, k in enumerate(group.rows) if k is not None)
   budgets = schedule_lib.split(cfg.schedule.iterations, [1.0] * v.passes)
-  flows = _PairFlows(frames, v.flow)
+  flows = temporal.PairFlows(frames, v.flow)
   results: list[np.ndarray] | None = None
   for p, budget in enumerate(budgets):
     stage = f'pass{p + 1}'
@@ -455,14 +364,16 @@ def _passes(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.nda
       k = group.rows[r]
       if k is None:
         rows[r] = rows_lib.filler_row(*frames[0].shape[:2])
-        rows[r].extra = _no_temporal(frames[0], convention)
+        rows[r].extra = temporal.no_temporal(frames[0], convention)
         continue
       j = k - step
-      init, extra = None, _no_temporal(frames[k], convention)
+      init, extra = None, temporal.no_temporal(frames[k], convention)
       if results is not None and 0 <= j < n:
         f = flows.into(k, j)
         blend = flow_lib.Flows(f.backward, f.forward, f.weight * v.blend)
-        init, extra = _temporal(results[j], blend, v.temporal_weight, convention, results[k])
+        init, extra = temporal.from_neighbour(
+          results[j], blend, v.temporal_weight, convention, results[k]
+        )
         extra['weight'] = f.weight
       elif results is not None:
         init = results[k]
