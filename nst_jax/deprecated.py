@@ -98,6 +98,7 @@ OLD_MODULES = {
   'download': ('nst_jax.io.download',),
   'checkpoint': ('nst_jax.io.checkpoint',),
   'outputs': ('nst_jax.io.outputs',),
+  'output_plan': ('nst_jax.runs.output_plan', 'nst_jax.io.output_names'),
   'record': ('nst_jax.io.record',),
   'jobs': ('nst_jax.io.jobs',),
   'loop': ('nst_jax.engine.loop',),

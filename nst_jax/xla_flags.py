@@ -16,7 +16,7 @@ already set in XLA_FLAGS is left alone. It only concerns the CPU backend.
 
 import os
 
-_FLAG = '--xla_cpu_enable_concurrency_optimized_scheduler'
+FLAG = '--xla_cpu_enable_concurrency_optimized_scheduler'
 
-if _FLAG not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + f' {_FLAG}=false').strip()
+if FLAG not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + f' {FLAG}=false').strip()

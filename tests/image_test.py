@@ -1,5 +1,7 @@
 """Tests for nst_jax.io.images: conventions, the inverse pair, file I/O."""
 
+import os
+
 import jax
 import numpy as np
 from PIL import Image
@@ -104,8 +106,9 @@ def test_failed_save_keeps_previous_file(tmp_path, monkeypatch):
     (lambda p: p.mkdir(), 'is a directory'),
     (lambda p: p.write_text('not an image'), 'cannot read image'),
     (lambda p: p.write_bytes(b''), 'cannot read image'),
+    (os.mkfifo, 'is not a regular file'),  # opening it would wait for a writer forever
   ],
-  ids=['missing', 'directory', 'text', 'empty'],
+  ids=['missing', 'directory', 'text', 'empty', 'fifo'],
 )
 def test_bad_image_paths(tmp_path, make, problem):
   path = tmp_path / 'x.jpg'

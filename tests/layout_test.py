@@ -297,3 +297,41 @@ def f(x):
     'from --download',
     ' (-cw)',
   ]
+
+
+# Modules whose tests go through another door, and the test file that covers
+# them (it must name what it tests).
+TESTED_ELSEWHERE = {
+  'nst_jax.__main__': ('packaging_test.py', "'-m', 'nst_jax'"),
+  'nst_jax.cli.absl_app': ('main_test.py', '--help'),
+  'nst_jax.config.checks': ('config_test.py', 'must be a positive integer'),
+  'nst_jax.config.groups': ('config_test.py', 'config_lib.LossConfig'),
+  'nst_jax.config.outputs': ('config_test.py', 'save.bit_depth must be 8 or 16'),
+  'nst_jax.runs.features': ('features_test.py', 'extract_features'),
+}
+
+
+def _modules_tests_import() -> set[str]:
+  found = set()
+  for test in (ROOT / 'tests').glob('*.py'):
+    for node in ast.walk(ast.parse(test.read_text())):
+      if isinstance(node, ast.ImportFrom) and (node.module or '').startswith('nst_jax'):
+        found.add(node.module)
+        found |= {f'{node.module}.{a.name}' for a in node.names}
+      elif isinstance(node, ast.Import):
+        found |= {a.name for a in node.names}
+  return found
+
+
+def test_every_library_module_has_tests():
+  """The rule docs/testing.md states: a test module imports each library module by its path."""
+  imported = _modules_tests_import()
+  for path in MODULES:
+    if path.name == '__init__.py':
+      continue
+    name = '.'.join(path.relative_to(ROOT).with_suffix('').parts)
+    if name in TESTED_ELSEWHERE:
+      test, marker = TESTED_ELSEWHERE[name]
+      assert marker in (ROOT / 'tests' / test).read_text(), (name, test)
+    else:
+      assert name in imported, f'no test module imports {name}'

@@ -29,7 +29,7 @@ SOURCES = ('nst_jax', 'presets', 'pyproject.toml', 'requirements.txt', 'README.m
 
 
 def _flag_names(helpxml: str) -> list[str]:
-  return re.findall(r'<file>nst_jax\.cli</file>\s*<name>(\w+)</name>', helpxml)
+  return re.findall(r'<file>nst_jax\.cli\.flags</file>\s*<name>(\w+)</name>', helpxml)
 
 
 @pytest.fixture(scope='module')
@@ -98,8 +98,8 @@ def test_installed_package_is_used_with_its_presets_and_cache(installed):
   bin_dir, env, _ = installed
   r = _run(
     installed, bin_dir / 'python', '-c',
-    'import nst_jax, nst_jax.io.weights as w; '
-    'print(nst_jax.__file__); print(w.DEFAULT_WEIGHTS_PATH); print(w.CONVERT_COMMAND)',
+    'import nst_jax, nst_jax.io.weights as w, nst_jax.io.weight_formats as f; '
+    'print(nst_jax.__file__); print(w.DEFAULT_WEIGHTS_PATH); print(f.CONVERT_COMMAND)',
   )  # fmt: skip
   module, default, command = r.stdout.split('\n')[:3]
   assert 'site-packages' in module and not module.startswith(str(ROOT)), module
@@ -125,17 +125,16 @@ def test_installed_commands_run(installed, caffe_npz):
 
 
 def test_the_library_never_reads_flags():
-  programs = {'cli.py', 'convert_cli.py', 'absl_app.py', '__main__.py'}
-  for path in sorted((ROOT / 'nst_jax').glob('*.py')):
-    if path.name not in programs:
+  for path in sorted((ROOT / 'nst_jax').rglob('*.py')):
+    if path.parent.name != 'cli' and path.name != '__main__.py':
       source = path.read_text()
       assert 'absl import flags' not in source, path.name
       assert not re.search(r'\bFLAGS\b', source), path.name  # XLA_FLAGS is not absl's
       assert 'nst_jax import cli' not in source, path.name
   r = subprocess.run(
     [sys.executable, '-c',
-     'import sys, nst_jax, nst_jax.stylize, nst_jax.engine.preview, nst_jax.io.record; '
-     'print(sorted(m for m in sys.modules if m.endswith("cli")))'],
+     'import sys, nst_jax, nst_jax.runs.video, nst_jax.engine.preview, nst_jax.io.record; '
+     'print(sorted(m for m in sys.modules if m.split(".")[:2] == ["nst_jax", "cli"]))'],
     capture_output=True, text=True, cwd=ROOT, timeout=120,
   )  # fmt: skip
   assert r.stdout.strip() == '[]', r.stdout + r.stderr

@@ -230,3 +230,19 @@ def test_prepared_step_lays_out_no_kernel():
 
   assert ' reverse(' in grad_hlo(params)
   assert ' reverse(' not in grad_hlo(vgg.with_backward_kernels(params))
+
+
+def test_layers_through_walks_to_the_deepest_layer_once():
+  # Written out from the paper's table: VGG-19's stage 1 has two convolutions.
+  assert vgg.layers_through(['relu1_1']) == ('conv1_1', 'relu1_1')
+  assert vgg.layers_through(['relu2_1', 'relu1_2']) == (
+    'conv1_1', 'relu1_1', 'conv1_2', 'relu1_2', 'pool1', 'conv2_1', 'relu2_1',
+  )  # fmt: skip
+  through = vgg.layers_through(['relu5_1', 'relu4_2'])
+  assert through[-1] == 'relu5_1' and len(through) == 2 * (2 + 2 + 4 + 4) + 4 + 2
+  assert [vgg.stage_of(n) for n in ('conv1_1', 'relu4_2', 'pool3', 'relu5_4')] == [1, 4, 3, 5]
+  # The size check and the forward pass agree with the walk: 4 poolings before relu5_1.
+  assert vgg.min_input_size(['relu5_1']) == 16
+  assert vgg.min_input_size(['relu1_1']) == 1
+  with pytest.raises(errors.ConfigError, match='relu6_1'):
+    vgg.layers_through(['relu6_1'])

@@ -80,15 +80,31 @@ def check_layers(layers: Sequence[str], stage_sizes: Sequence[int] = VGG19_STAGE
     )
 
 
+def layers_through(
+  layers: Sequence[str], stage_sizes: Sequence[int] = VGG19_STAGE_SIZES
+) -> tuple[str, ...]:
+  """Every layer name from the input through the deepest of `layers`, in order.
+
+  The one walk to the deepest layer: the forward pass, the memory estimate,
+  the prepared kernels and the size check all run this far and no further.
+  """
+  check_layers(layers, stage_sizes)
+  names = layer_names(stage_sizes)
+  return names[: max(names.index(name) for name in layers) + 1]
+
+
+def stage_of(layer: str) -> int:
+  """The stage (1-based block) of a layer name: relu4_2 -> 4, pool3 -> 3."""
+  return int(layer[4:].split('_')[0])
+
+
 def min_input_size(layers: Sequence[str], stage_sizes: Sequence[int] = VGG19_STAGE_SIZES) -> int:
   """Smallest height and width that reach every layer in `layers` non-empty.
 
   Each 2x2 pooling before the deepest layer halves (rounding down) the size,
   so relu5_1 (after pool1..pool4) needs 2^4 = 16 pixels on each side.
   """
-  names = layer_names(stage_sizes)
-  deepest = max(names.index(name) for name in layers)
-  return 2 ** sum(1 for name in names[:deepest] if name.startswith('pool'))
+  return 2 ** sum(1 for name in layers_through(layers, stage_sizes)[:-1] if name.startswith('pool'))
 
 
 def downsamplings(layer: str, stage_sizes: Sequence[int] = VGG19_STAGE_SIZES) -> int:
@@ -236,10 +252,7 @@ def with_backward_kernels(params: dict, layers: Sequence[str] | None = None) -> 
     A new dict whose convolutions also hold the prepared leaves. Recompute
     them after changing a kernel: the step uses them as given.
   """
-  reached = params.keys()
-  if layers is not None:
-    names = layer_names(VGG19_STAGE_SIZES)
-    reached = names[: max(names.index(n) for n in layers) + 1]
+  reached = params.keys() if layers is None else layers_through(layers)
   return {
     name: {**leaves, **_prepared_leaves(leaves['kernel'])}
     if 'kernel' in leaves and name in reached
@@ -399,15 +412,13 @@ class VGG(nn.Module):
       raise errors.ConfigError(f'pooling must be one of {POOLING_MODES}, got {self.pooling!r}')
     all_names = layer_names(self.stage_sizes)
     wanted = all_names if layers is None else tuple(layers)
-    check_layers(wanted, self.stage_sizes)
-    deepest = max(all_names.index(name) for name in wanted)
 
     first = all_names[0]
     features = {}
-    for name in all_names[: deepest + 1]:
-      kind, stage_index = name[:4], name[4:]
+    for name in layers_through(wanted, self.stage_sizes):
+      kind = name[:4]
       if kind == 'conv':
-        stage = int(stage_index.split('_')[0])
+        stage = stage_of(name)
         dtype = jnp.float32 if name == first else self.dtype
         x = Conv3x3(self.widths[stage - 1], dtype=dtype, precision=self.precision, name=name)(
           x.astype(dtype)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from nst_jax import errors
+from nst_jax.core import optim
 from nst_jax.core import vgg
 from nst_jax.io import weight_checks
 
@@ -36,7 +37,11 @@ _SPATIAL_WHOLE_BYTES_PER_PIXEL = 30
 
 
 def per_pixel_bytes(
-  *, feature_layers, dtype: str = 'float32', optimizer: str = 'lbfgs', lbfgs_memory: int = 100
+  *,
+  feature_layers,
+  dtype: str = 'float32',
+  optimizer: str = 'lbfgs',
+  lbfgs_memory: int = optim.DEFAULT_LBFGS_MEMORY,
 ) -> float:
   """Bytes per input pixel of one step (the part that scales with the image).
 
@@ -49,11 +54,9 @@ def per_pixel_bytes(
   output is float32 in any case. The optimiser holds image-sized
   float32 buffers: L-BFGS 2 * history + 4, Adam 4.
   """
-  names = vgg.layer_names(vgg.VGG19_STAGE_SIZES)
-  deepest = max(names.index(name) for name in feature_layers)
   kept, scale = 0.0, 1.0  # channels kept per input pixel; fraction of pixels
-  for name in names[: deepest + 1]:
-    channels = vgg.VGG_WIDTHS[int(name[4]) - 1]
+  for name in vgg.layers_through(feature_layers):
+    channels = vgg.VGG_WIDTHS[vgg.stage_of(name) - 1]
     if name.startswith('pool'):
       scale /= 4
       kept += channels * scale

@@ -13,11 +13,13 @@ offered to the network.
 """
 
 from collections.abc import Mapping
+import contextlib
 import http.server
 import io
 import json
 import math
 from pathlib import Path
+import sys
 import threading
 import time
 from typing import Any
@@ -233,3 +235,22 @@ def _to_uint8(rgb: np.ndarray) -> np.ndarray:
 
 def _html_escape(text: str) -> str:
   return text.replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;')
+
+
+@contextlib.contextmanager
+def serving(port: int | None, *, title: str):
+  """The live preview page on `port` for the duration of the block (None: none)."""
+  if port is None:
+    yield None
+    return
+  preview = Preview(port, title=title)
+  print(f'live preview: {preview.url}', file=sys.stderr, flush=True)
+  linger = DEFAULT_LINGER_S
+  try:
+    yield preview
+  except BaseException as e:
+    preview.fail(f'failed: {e}' if str(e) else f'failed: {type(e).__name__}')
+    linger = 1.0  # let a watching page see why, but do not hold up the exit
+    raise
+  finally:
+    preview.close(linger_s=linger)

@@ -142,7 +142,11 @@ def _open(path: str | os.PathLike, max_pixels: int):
   """
   path = Path(path)
   if not path.is_file():
-    what = 'is a directory' if path.is_dir() else 'does not exist'
+    what = 'does not exist'
+    if path.is_dir():
+      what = 'is a directory'
+    elif path.exists():  # a FIFO, socket or device: reading it could block or never end
+      what = 'is not a regular file (a pipe, socket or device)'
     raise errors.ImageError(
       f'image {errors.printable(path)} {what}; pass the path of an image file'
     )

@@ -7,6 +7,7 @@ schedule, colour controls, masks and checkpoints behave identically.
 
 from collections.abc import Callable, Sequence
 import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -18,7 +19,6 @@ from nst_jax.core import step as core
 from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import rows as rows_lib
-from nst_jax.engine import sharding as sharding_lib
 from nst_jax.io import images as image_lib
 from nst_jax.io import weights as weights_lib
 from nst_jax.runs import runner
@@ -146,17 +146,9 @@ def stylize(
   # The file pipeline's check (every row has row 0's sizes): an image smaller
   # than the deepest layer needs would otherwise fail later as a non-finite loss.
   runner.check_size(cfg, rows[0])
-  layout = sharding_lib.SingleLayout(n)
-  if cfg.run.shard == 'spatial' and jax.local_device_count() > 1 and n == 1:
-    layout = sharding_lib.SpatialLayout(sharding_lib.spatial_devices(height, jax.local_devices()))
-  engine = engine_lib.Engine(cfg, w, layout, loss_fn=loss_fn, compile_cache=runner.COMPILE_CACHE)
-  resume = None
-  if cfg.run.resume and checkpoint is not None:
-    resume = engine_lib.resume_point(checkpoint)
-    if resume is None:
-      raise errors.NstError(
-        f'no checkpoint {checkpoint} to resume; run without resume=True to start'
-      )
+  layout = runner.layout_for(cfg, height, n)
+  engine = runner.make_engine(cfg, w, layout, loss_fn=loss_fn)
+  resume = runner.resume_from(cfg, None if checkpoint is None else Path(checkpoint), required=True)
   history = hooks_lib.History(cfg.run.print_iter, range(n))
 
   def on_intermediate(iteration, images):

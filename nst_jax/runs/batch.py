@@ -25,6 +25,7 @@ from nst_jax.engine import distributed
 from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import memory as memory_lib
+from nst_jax.engine import preview as preview_lib
 from nst_jax.engine import rows as rows_lib
 from nst_jax.engine import sharding as sharding_lib
 from nst_jax.io import checkpoint as checkpoint_lib
@@ -153,7 +154,7 @@ def _run_batch(jobs, cfg, weights, record, mesh, plan, recheck) -> dict[str, np.
       stack.enter_context(output_plan.locked(plan, local=local, then_check=recheck))
     first = next((g for g in groups), None)
     port = cfg.run.serve if jax.process_index() == 0 else None
-    preview = stack.enter_context(pipeline.serving(port, title='batch'))
+    preview = stack.enter_context(preview_lib.serving(port, title='batch'))
     local_stop = stack.enter_context(hooks_lib.stop_on_signals())
     stop = distributed.agreed_stop(local_stop)
     for group in groups:
@@ -304,7 +305,7 @@ def _run_group(group, jobs, cfg, w, mesh, stop, preview, group_record) -> dict[s
   )
   record = {}
   resume = engine_lib.ResumePoint(*group.resume) if group.resume else None
-  rgb = engine_lib.Engine(cfg, w, layout, compile_cache=pipeline.COMPILE_CACHE).run(
+  rgb = pipeline.make_engine(cfg, w, layout).run(
     rows, real=real, watch=watch, resume=resume, record=record
   )
   if group_record is not None and record.get('scales'):

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 import contextlib
 import os
 from pathlib import Path
-import sys
 import time
 
 from absl import logging
@@ -125,27 +124,13 @@ def check_size(cfg: config_lib.StyleConfig, row: rows_lib.Row, what: str = '') -
       )
 
 
-@contextlib.contextmanager
-def serving(port: int | None, *, title: str):
-  """The live preview page on `port` for the duration of the block (None: none)."""
-  if port is None:
-    yield None
-    return
-  preview = preview_lib.Preview(port, title=title)
-  print(f'live preview: {preview.url}', file=sys.stderr, flush=True)
-  linger = preview_lib.DEFAULT_LINGER_S
-  try:
-    yield preview
-  except BaseException as e:
-    preview.fail(f'failed: {e}' if str(e) else f'failed: {type(e).__name__}')
-    linger = 1.0  # let a watching page see why, but do not hold up the exit
-    raise
-  finally:
-    preview.close(linger_s=linger)
+def layout_for(cfg: config_lib.StyleConfig, height: int, n_rows: int = 1) -> sharding_lib.Layout:
+  """Where one process's rows live: one device, or one image's height split over them.
 
-
-def _layout(cfg: config_lib.StyleConfig, height: int) -> sharding_lib.Layout:
-  if cfg.run.shard == 'spatial' and jax.local_device_count() > 1:
+  The one rule for a single file and for arrays (`stylize`); batches and
+  several hosts use `JobsLayout` over every device instead.
+  """
+  if cfg.run.shard == 'spatial' and jax.local_device_count() > 1 and n_rows == 1:
     devices = sharding_lib.spatial_devices(height, jax.local_devices())
     if len(devices) < jax.local_device_count():
       logging.warning(
@@ -158,7 +143,30 @@ def _layout(cfg: config_lib.StyleConfig, height: int) -> sharding_lib.Layout:
       )
     logging.info('Spatial sharding: %d rows over %d devices.', height, len(devices))
     return sharding_lib.SpatialLayout(devices)
-  return sharding_lib.SingleLayout()
+  return sharding_lib.SingleLayout(n_rows)
+
+
+def make_engine(cfg, weights, layout, **kwargs) -> engine_lib.Engine:
+  """The Engine of every kind of run, with the runner's compile cache."""
+  return engine_lib.Engine(cfg, weights, layout, compile_cache=COMPILE_CACHE, **kwargs)
+
+
+def resume_from(cfg: config_lib.StyleConfig, checkpoint: Path | None, *, required: bool):
+  """Where `cfg.run.resume` continues from (None: start afresh).
+
+  `required`: a missing checkpoint is an NstError (arrays: the caller named
+  it), else a fresh start (a file run checked its output's state already).
+  """
+  if not cfg.run.resume or checkpoint is None:
+    return None
+  resume = engine_lib.resume_point(checkpoint)
+  if resume is None and required:
+    raise errors.NstError(f'no checkpoint {checkpoint} to resume; run without run.resume to start')
+  if resume is not None:
+    logging.info(
+      'Resuming %s after iteration %d (scale %d).', checkpoint, resume.iteration, resume.scale + 1
+    )
+  return resume
 
 
 class Results:
@@ -212,13 +220,13 @@ class Results:
       self.saved[r].append(path.name)
       if self.cfg.save.record:
         self.intermediates[r].append(rgb)
-      logging.info('%ssaved %s', self.prefix, path)
+      logging.info('%ssaved %s', self.prefix, errors.printable(path))
 
   def write(self, r: int, rgb: np.ndarray, record: dict) -> Path:
     """Saves row r's result and its run record; returns the result's path."""
     path = Path(self.paths[r])
     self._save(path, rgb, r)
-    logging.info('%ssaved %s', self.prefix, path)
+    logging.info('%ssaved %s', self.prefix, errors.printable(path))
     if self.cfg.save.record:
       row = self.rows[r]
       record_lib.write(
@@ -335,7 +343,7 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   i = cfg.inputs
   output = _single_output(cfg)
   height = output_height(i.content_path, cfg)
-  layout = _layout(cfg, height)
+  layout = layout_for(cfg, height)
   _check_memory(cfg, layout)
   plan = [planned_output(cfg, output, height)]
   _check_plan(cfg, plan)
@@ -363,7 +371,10 @@ def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan) -> Path
   check_size(cfg, row)
   icc = image_lib.icc_profile(i.content_path, max_pixels=i.max_image_pixels)
   # Bound before the weights load and the compile, so a busy port fails fast.
-  with serving(cfg.run.serve, title=output.name) as preview, contextlib.ExitStack() as held:
+  with (
+    preview_lib.serving(cfg.run.serve, title=output.name) as preview,
+    contextlib.ExitStack() as held,
+  ):
     w = weights_lib.get_weights(cfg.model.weights, urls=cfg.model.weights_url)
     # Locked once every input has loaded: a run refused until here wrote nothing.
     held.enter_context(output_plan.locked(plan, then_check=lambda: _check_plan(cfg, plan)))
@@ -376,14 +387,10 @@ def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan) -> Path
       w.info.source,
     )
     results = Results(cfg, w.info, {0: output}, {0: row}, icc={0: icc})
-    resume = engine_lib.resume_point(ckpt) if cfg.run.resume else None
-    if resume is not None:
-      logging.info(
-        'Resuming %s after iteration %d (scale %d).', ckpt, resume.iteration, resume.scale + 1
-      )
+    resume = resume_from(cfg, ckpt, required=False)
     record = {}
     with hooks_lib.stop_on_signals() as stop:
-      rgb = engine_lib.Engine(cfg, w, layout, compile_cache=COMPILE_CACHE).run(
+      rgb = make_engine(cfg, w, layout).run(
         {0: row},
         real=(0,),
         watch=watch(cfg, results, preview=preview, should_stop=stop),
@@ -427,6 +434,7 @@ def summary(output: Path, record: dict, results: Results) -> str:
   loss = f', final loss {history[-1]["total"]:.4g}' if history else ''
   where = ''
   if results.cfg.save.record:
-    where = f'; run record {record_lib.paths_for(output)["json"]}'
+    where = f'; run record {errors.printable(record_lib.paths_for(output)["json"])}'
   elapsed = duration(time.perf_counter() - results.t0)
-  return f'Done: {output} in {elapsed}, {done} iterations{why}{loss}{where}.'
+  # printable: a name with a newline stays on the one success line.
+  return f'Done: {errors.printable(output)} in {elapsed}, {done} iterations{why}{loss}{where}.'

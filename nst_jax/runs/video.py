@@ -41,6 +41,7 @@ from nst_jax.core import pixels
 from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import memory as memory_lib
+from nst_jax.engine import preview as preview_lib
 from nst_jax.engine import rows as rows_lib
 from nst_jax.engine import schedule as schedule_lib
 from nst_jax.engine import sharding as sharding_lib
@@ -230,7 +231,7 @@ def _run_video(cfg: config_lib.StyleConfig, clip, paths: _Paths, height: int, pl
     ' and '.join(cfg.style_paths),
     'one pass, frame after frame' if v.passes == 1 else f'{v.passes} passes over all frames',
   )
-  with pipeline.serving(cfg.run.serve, title=paths.output.name) as preview:
+  with preview_lib.serving(cfg.run.serve, title=paths.output.name) as preview:
     w = weights_lib.get_weights(cfg.model.weights, urls=cfg.model.weights_url)
     # Locked once every input has loaded (a run refused until here wrote
     # nothing), by process 0, which writes the result.
@@ -255,9 +256,7 @@ def _run_video(cfg: config_lib.StyleConfig, clip, paths: _Paths, height: int, pl
 
 
 def _engine(cfg, w, layout):
-  return engine_lib.Engine(
-    cfg, w, layout, loss_fn=temporal.video_objective, compile_cache=pipeline.COMPILE_CACHE
-  )
+  return pipeline.make_engine(cfg, w, layout, loss_fn=temporal.video_objective)
 
 
 def _one_pass(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.ndarray]:

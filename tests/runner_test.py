@@ -1,0 +1,45 @@
+"""Tests for nst_jax.runs.runner's shared pieces: the layout rule, resuming, the success line."""
+
+import time
+import types
+
+import pytest
+
+from nst_jax import config as config_lib
+from nst_jax import errors
+from nst_jax.engine import sharding
+from nst_jax.runs import runner
+
+
+def test_one_layout_rule_for_files_and_arrays():
+  cfg = config_lib.StyleConfig()
+  one = runner.layout_for(cfg, 48)
+  three = runner.layout_for(cfg, 48, 3)
+  assert isinstance(one, sharding.SingleLayout) and one.n_rows == 1
+  assert isinstance(three, sharding.SingleLayout) and three.n_rows == 3
+  # Spatial sharding needs several devices: on this one-device CPU it is one device still.
+  spatial = cfg.replace(run=cfg.run.replace(shard='spatial'))
+  assert isinstance(runner.layout_for(spatial, 48), sharding.SingleLayout)
+
+
+def test_resuming_from_nothing(tmp_path):
+  cfg = config_lib.StyleConfig()
+  missing = tmp_path / 'a.ckpt'
+  assert runner.resume_from(cfg, missing, required=True) is None  # not asked to resume
+  resume = cfg.replace(run=cfg.run.replace(resume=True))
+  assert runner.resume_from(resume, None, required=True) is None  # no checkpoint named
+  assert runner.resume_from(resume, missing, required=False) is None  # a file run starts afresh
+  with pytest.raises(errors.NstError, match=r'no checkpoint .*a\.ckpt to resume; run without'):
+    runner.resume_from(resume, missing, required=True)
+
+
+def test_the_success_line_is_one_line_whatever_the_name(tmp_path):
+  cfg = config_lib.StyleConfig(save=config_lib.SaveConfig(record=False))
+  results = types.SimpleNamespace(
+    cfg=cfg, history=types.SimpleNamespace(history=[[{'total': 2.5}]]), t0=time.perf_counter()
+  )
+  record = {'scales': [{'iterations': 7, 'stopped': 'budget', 'budget': 7}]}
+  line = runner.summary(tmp_path / 'a\nb.png', record, results)
+  assert '\n' not in line
+  assert line.startswith("Done: '") and "a\\nb.png'" in line
+  assert ', 7 iterations, final loss 2.5.' in line
