@@ -6,15 +6,20 @@ Public API:
                               ScheduleConfig, ColorConfig, SaveConfig, RunConfig,
                               VideoConfig
   stylize, run                arrays -> array, and files -> file
-  update_step, StyleState, Targets, make_targets, init_state, initial_image,
-  make_optimizer, make_model, objective, prepare_params
-                              the pure, jittable step and its pieces (nst_jax.core.step)
+  update_step, StyleState, LossSpec, Targets, make_targets, init_state,
+  initial_image, make_optimizer, make_model, objective, prepare_params
+                              the pure, jittable step and its pieces
+                              (nst_jax.core.step, nst_jax.core.objective)
   preprocess, deprocess       RGB in [0, 1] <-> the network's input space
   load_weights, get_weights, Weights, WeightsInfo
   extract_features            named VGG-19 activations of RGB images
   gram_matrix, content_loss, style_loss, tv_loss
   VGG, VGG19                  the Flax module
   NstError                    user errors (one-line messages)
+
+The package is layered (docs/architecture.md): core (pure), io (files),
+engine (the loop), runs (the runner and its adapters), cli (flags), with
+config (the settings) between core and the rest.
 """
 
 # Before anything can start JAX's CPU backend (XLA reads XLA_FLAGS when it

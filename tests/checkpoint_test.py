@@ -122,6 +122,8 @@ def test_signal_saves_checkpoint_and_image_then_exits(tmp_path, images, caffe_np
   stopped_at = int(re.search(r'after iteration (\d+);', stderr).group(1))
   assert checkpoint_lib.read(ckpt)['iteration'] == stopped_at >= 20
   assert (tmp_path / f'out_{stopped_at:05d}.png').exists()
+  # The message names the image it saved (none named when one was not saved).
+  assert f'out_{stopped_at:05d}.png' in stderr.split('after iteration', 1)[1]
   assert not out.exists()
 
 

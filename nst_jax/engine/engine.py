@@ -47,7 +47,8 @@ class Watch:
     prefix: prepended to log lines ('process K: ').
     checkpoint_every: save the rows' checkpoints every this many iterations.
     save_iter: call `on_intermediate` every this many iterations.
-    on_intermediate: (iteration across scales, {row: RGB}) -> None.
+    on_intermediate: (iteration across scales, {row: RGB}) -> the paths it wrote
+      (or None); a stop by signal names them.
     monitor: a live view (nst_jax.engine.preview.Preview) shown `monitor_row`.
     should_stop: a signal number to stop on, or None (agreed across processes).
     history: per-row loss history for the record (filled in).
@@ -58,7 +59,7 @@ class Watch:
   prefix: str = ''
   checkpoint_every: int = 0
   save_iter: int = 0
-  on_intermediate: Callable[[int, dict[int, np.ndarray]], None] | None = None
+  on_intermediate: Callable[[int, dict[int, np.ndarray]], Any] | None = None
   monitor: Any = None
   monitor_row: int = 0
   should_stop: Callable[[], int | None] | None = None

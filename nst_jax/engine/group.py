@@ -51,6 +51,7 @@ class GroupRun:
     """`engine`: the nst_jax.engine.engine.Engine; `watch`: its Watch of hooks."""
     self.e = engine
     self.layout = engine.layout
+    self.saved_images: list = []  # what on_intermediate last wrote
     self.rows = dict(rows)
     self.real = tuple(real)
     self.watch = watch
@@ -313,7 +314,9 @@ class GroupRun:
 
       def save(it, images):
         rgb = {r: self.e.to_rgb(x, st.colors.get(r)) for r, x in images.items() if r in self.real}
-        watch.on_intermediate(it, rgb)
+        # What the callback wrote (a list of paths, or None): the message of a
+        # stop names only images that were saved.
+        self.saved_images = list(watch.on_intermediate(it, rgb) or [])
 
       hooks.append(hooks_lib.Intermediates(watch.save_iter, save))
     if watch.monitor is not None and watch.monitor_row in self.rows:
@@ -388,7 +391,8 @@ class GroupRun:
       )
     if result.reason == 'signal':
       names = [str(p) for p in checkpoints.paths.values()]
-      saved = f'saved {", ".join(names)} and the current image' if names else 'stopped'
+      names += [str(p) for p in self.saved_images]
+      saved = f'saved {", ".join(names)}' if names else 'stopped'
       raise errors.Interrupted(
         f'interrupted by signal {result.signum} after iteration {offset + result.iteration}; '
         f'{saved}; continue with run.resume',

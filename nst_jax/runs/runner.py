@@ -208,8 +208,9 @@ class Results:
       path, rgb, bit_depth=save.bit_depth, quality=save.quality, icc=self.icc.get(r)
     )
 
-  def intermediate(self, iteration: int, images: dict[int, np.ndarray]) -> None:
-    """The engine's on_intermediate: <name>_<iteration>.png beside each output."""
+  def intermediate(self, iteration: int, images: dict[int, np.ndarray]) -> list[Path]:
+    """The engine's on_intermediate: <name>_<iteration>.png beside each output; those written."""
+    written = []
     for r, rgb in images.items():
       path = output_names.intermediate_path(self.paths[r], iteration)
       if os.path.lexists(path) and path not in self.replaceable:
@@ -217,10 +218,12 @@ class Results:
                         iteration)  # fmt: skip
         continue
       self._save(path, rgb, r)
+      written.append(path)
       self.saved[r].append(path.name)
       if self.cfg.save.record:
         self.intermediates[r].append(rgb)
       logging.info('%ssaved %s', self.prefix, errors.printable(path))
+    return written
 
   def write(self, r: int, rgb: np.ndarray, record: dict) -> Path:
     """Saves row r's result and its run record; returns the result's path."""
