@@ -133,3 +133,25 @@ def test_style_paths_and_blend_weights():
   assert config_lib.InputConfig().blend_weights(3) == (1 / 3, 1 / 3, 1 / 3)
   with pytest.raises(errors.ConfigError, match='2 style blend weights for 3 style images'):
     inputs.blend_weights(3)
+
+
+def test_one_rule_for_styles_masks_and_blend_weights():
+  from nst_jax.config import checks
+
+  checks.styles_and_masks(2, n_masks=2)
+  checks.styles_and_masks(2, blend_weights=(1.0, 0.0))
+  checks.styles_and_masks(0, blend_weights=(1.0,))  # the count not known yet
+  cases = [
+    ((2,), {'n_masks': 3}, '3 style masks for 2 style images; give one mask per style'),
+    ((2,), {'blend_weights': (1.0,)}, '1 style blend weights for 2 style images'),
+    ((2,), {'blend_weights': (0.0, 0.0)}, 'style blend weights must not all be 0'),
+    ((1,), {'blend_weights': (float('nan'),)}, 'each style blend weight must be a finite'),
+    ((2,), {'n_masks': 2, 'blend_weights': (1, 1)}, 'exclude each other'),
+    ((2,), {'n_masks': 1, 'where': 'jobs.csv line 3'}, r'^jobs\.csv line 3: 1 style masks'),
+  ]
+  for args, kwargs, message in cases:
+    with pytest.raises(errors.ConfigError, match=message):
+      checks.styles_and_masks(*args, **kwargs)
+  # The config, the job list and the arrays all say it the same way.
+  with pytest.raises(errors.ConfigError, match='2 style masks for 1 style images'):
+    config_lib.InputConfig(style_path='a.png', style_masks=('m1.png', 'm2.png'))

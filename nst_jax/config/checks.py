@@ -49,6 +49,37 @@ def one_of(name: str, value: Any, choices) -> None:
   check(value in choices, f'{name} must be one of {", ".join(choices)}, got {value!r}')
 
 
+def styles_and_masks(
+  n_styles: int, *, n_masks: int = 0, blend_weights=None, where: str = ''
+) -> None:
+  """The rule for several style images, wherever they come from (config, job list, arrays).
+
+  Either blend weights (one per style, each finite and >= 0, not all 0) or
+  one mask per style in the same order (each style governs its region), not
+  both. `n_styles` 0: not known yet (only the weights themselves are checked).
+  """
+  at = f'{where}: ' if where else ''
+  if blend_weights is not None:
+    for b in blend_weights:
+      finite_nonnegative(f'{at}each style blend weight', b)
+    check(sum(blend_weights) > 0, f'{at}style blend weights must not all be 0')
+    check(
+      not n_styles or len(blend_weights) == n_styles,
+      f'{at}{len(blend_weights)} style blend weights for {n_styles} style images; give one per '
+      'style image',
+    )
+    check(
+      not n_masks,
+      f'{at}style blend weights and style masks exclude each other: with masks each style '
+      'governs its own region',
+    )
+  check(
+    not (n_masks and n_styles) or n_masks == n_styles,
+    f'{at}{n_masks} style masks for {n_styles} style images; give one mask per style, in the '
+    'same order',
+  )
+
+
 class Group:
   """Shared by the groups: `replace`."""
 

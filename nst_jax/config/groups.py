@@ -94,25 +94,10 @@ class InputConfig(checks.Group):
       isinstance(self.init, str) and self.init != '',
       'inputs.init must be content, random, gray or an image file',
     )
-    n_styles = len(self.style_paths)
-    if self.style_blend_weights is not None:
-      for b in self.style_blend_weights:
-        checks.finite_nonnegative('each style blend weight', b)
-      checks.check(sum(self.style_blend_weights) > 0, 'style blend weights must not all be 0')
-      checks.check(
-        not n_styles or len(self.style_blend_weights) == n_styles,
-        f'{len(self.style_blend_weights)} style blend weights for {n_styles} style images; '
-        'give one per style image',
-      )
-      checks.check(
-        not self.style_masks,
-        'style blend weights and style masks exclude each other: with masks each style '
-        'governs its own region',
-      )
-    checks.check(
-      not (self.style_masks and n_styles) or len(self.style_masks) == n_styles,
-      f'{len(self.style_masks)} style masks for {n_styles} style images; give one mask per '
-      'style, in the same order',
+    checks.styles_and_masks(
+      len(self.style_paths),
+      n_masks=len(self.style_masks),
+      blend_weights=self.style_blend_weights,
     )
 
   @property
@@ -125,10 +110,7 @@ class InputConfig(checks.Group):
   def blend_weights(self, n_styles: int) -> tuple[float, ...]:
     """The style blend weights for `n_styles` styles, normalised to sum 1."""
     weights = self.style_blend_weights or (1.0,) * n_styles
-    checks.check(
-      len(weights) == n_styles,
-      f'{len(weights)} style blend weights for {n_styles} style images; give one per style',
-    )
+    checks.styles_and_masks(n_styles, blend_weights=weights)
     total = sum(weights)
     return tuple(w / total for w in weights)
 

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from nst_jax import errors
+from nst_jax.config import checks
 
 # Files a directory contributes (by suffix, case-insensitive): what Pillow
 # reads and people keep photos and paintings in.
@@ -196,10 +197,7 @@ def _job(path: Path, number: int, row: dict) -> Job:
   content_mask = row.get('content_mask') or ''
   masks = row.get('style_masks') or []
   masks = masks if isinstance(masks, list) else str(masks).split('+')
-  if masks and len(masks) != len(styles):
-    raise errors.ConfigError(
-      f'{where}: {len(masks)} style masks for {len(styles)} styles; give one mask per style'
-    )
+  checks.styles_and_masks(len(styles), n_masks=len(masks), where=where)
   return Job(
     content=resolve(content),
     style=tuple(resolve(s) for s in styles),

@@ -14,6 +14,7 @@ import numpy as np
 
 from nst_jax import config as config_lib
 from nst_jax import errors
+from nst_jax.config import checks
 from nst_jax.core import objective
 from nst_jax.core import step as core
 from nst_jax.engine import engine as engine_lib
@@ -50,11 +51,11 @@ def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint
     raise errors.ConfigError('no style image given')
   styles = [np.asarray(core.batched(s)) for s in items]
   n, height, width = content_b.shape[:3]
-  if style_masks is not None and cfg.inputs.style_blend_weights is not None:
-    raise errors.ConfigError(
-      'style blend weights and style masks exclude each other: with masks each style governs '
-      'its own region'
-    )
+  checks.styles_and_masks(
+    len(styles),
+    n_masks=np.shape(style_masks)[-3] if np.ndim(style_masks) >= 3 else 0,
+    blend_weights=cfg.inputs.style_blend_weights,
+  )
   cmasks = _masks(content_mask, n, 2, (height, width), 'content mask')
   smasks = _masks(style_masks, n, 3, (len(styles), height, width), 'style masks')
   if cfg.inputs.init not in config_lib.INITS and init_image is None:

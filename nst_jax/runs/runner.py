@@ -21,6 +21,7 @@ import numpy as np
 
 from nst_jax import config as config_lib
 from nst_jax import errors
+from nst_jax.config import checks
 from nst_jax.core import pixels
 from nst_jax.core import vgg
 from nst_jax.engine import engine as engine_lib
@@ -78,11 +79,7 @@ def load_row(
 ) -> rows_lib.Row:
   """Reads one job's images, masks and start image into a Row."""
   i = cfg.inputs
-  if style_masks and len(style_masks) != len(styles):
-    raise errors.ConfigError(
-      f'{len(style_masks)} style masks for {len(styles)} style images; give one mask per style, '
-      'in the same order'
-    )
+  checks.styles_and_masks(len(styles), n_masks=len(style_masks))
   rgb = image_lib.load_image(content, width=i.width, max_pixels=i.max_image_pixels)
   sw = style_width(cfg, i.width)
   style_rgb = [image_lib.load_image(s, width=sw, max_pixels=i.max_image_pixels) for s in styles]
