@@ -12,14 +12,15 @@ from nst_jax.core import color
 from nst_jax.core import losses
 from nst_jax.core import objective
 from nst_jax.core import optim
+from nst_jax.core import step
 from nst_jax.core import vgg
 
 DEFAULT_CONTENT_LAYERS = objective.DEFAULT_CONTENT_LAYERS
 DEFAULT_STYLE_LAYERS = objective.DEFAULT_STYLE_LAYERS
 OPTIMIZERS = optim.OPTIMIZERS
 DEFAULT_ADAM_LEARNING_RATE = optim.DEFAULT_ADAM_LEARNING_RATE
-# inputs.init keywords; any other value is an image file to start from.
-INITS = ('content', 'random', 'gray')
+# inputs.init keywords (the core's); any other value is an image file to start from.
+INITS = step.INIT_KEYWORDS
 # Gatys et al. 2017, Sec. 5: luminance-only transfer, colour histogram
 # matching of the style to the content, and (the classic tools' option) the
 # content's colours put back after the fact.

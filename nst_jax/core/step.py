@@ -42,6 +42,9 @@ from nst_jax.core import vgg
 # Standard deviation of the random init in network units, from
 # jcjohnson/neural-style (`torch.randn(...):mul(0.001)`).
 RANDOM_INIT_STD = 0.001
+# The starting images `initial_image` names by keyword; any other `init` means
+# an image the caller passes (a file, for the config and the command line).
+INIT_KEYWORDS = ('content', 'random', 'gray')
 
 
 class StyleState(NamedTuple):
@@ -250,7 +253,7 @@ def initial_image(
     rgb = jnp.full((1, *content.shape[1:]), 0.5, jnp.float32)
   else:
     if image is None:
-      raise ValueError(f'init {init!r} is not content, random or gray, and no image was given')
+      raise ValueError(f'init {init!r} is not one of {INIT_KEYWORDS}, and no image was given')
     rgb = batched(image)
     rgb = pixels.resize(rgb, *content.shape[1:3])
   if convention is None:

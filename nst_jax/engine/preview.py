@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from nst_jax import errors
+from nst_jax.io import images as image_lib
 
 HOST = '127.0.0.1'
 # How often the loop hands the page a new image (and the page polls): the
@@ -150,7 +151,7 @@ class Preview:
     """The current state: 1-based iteration over all scales, losses, RGB [H, W, 3]."""
     now = time.monotonic()
     self._last_update = now
-    pixels = _to_uint8(rgb)
+    pixels = image_lib.to_uint8(rgb)
     current = {'iteration': iteration, **{k: float(v) for k, v in losses.items()}}
     point = {k: current[k] for k in ('iteration', *CURVES) if k in current}
     with self._lock:
@@ -169,7 +170,7 @@ class Preview:
 
   def finish(self, rgb: np.ndarray, output: str = '') -> None:
     """The run is done: the final image (as saved) and where it went."""
-    pixels = _to_uint8(rgb)
+    pixels = image_lib.to_uint8(rgb)
     with self._lock:
       self._image = pixels
       self._state.update(
@@ -226,11 +227,6 @@ class Preview:
       self._png = (version, body)
       self._served_version = max(self._served_version, version)
     return body
-
-
-def _to_uint8(rgb: np.ndarray) -> np.ndarray:
-  rgb = np.asarray(rgb, np.float32)
-  return np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _html_escape(text: str) -> str:

@@ -88,7 +88,9 @@ def _paths(cfg: config_lib.StyleConfig) -> _Paths:
       )
   else:
     as_frames = False
-    for candidate in outputs.candidates(cfg.inputs.content_path, cfg.style_paths, 'output'):
+    for candidate in outputs.candidates(
+      cfg.inputs.content_path, cfg.style_paths, outputs.DEFAULT_OUTPUT_DIR
+    ):
       output = candidate.with_suffix('.mp4')
       work = output.with_name(f'.{output.name}.work')
       if cfg.run.resume and work.exists():
