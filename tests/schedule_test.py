@@ -93,18 +93,23 @@ class _View:
 
 def test_convergence_holds_each_row_once_its_loss_stops_falling():
   conv = schedule.Convergence(tol=0.01, window=10, rows=(0, 1), n_rows=3)
-  done = []
+  done, held = [], {}
   for k in range(1, 61):
     # Row 0 falls until iteration 20, then is flat; row 1 falls 2% per 10 iterations
     # until 40; row 2 is a filler (never looked at).
     row0 = 100.0 * 0.9 ** min(k, 20)
     row1 = 100.0 * 0.98 ** (min(k, 40) / 10)
     done.append(conv(_View(k, [row0, row1, np.nan])))
+    active = conv.newly_held()  # what the step is told, once per change
+    if active is not None:
+      held[k] = list(active)
   # Row 0 converges 10 iterations after its loss stopped changing; row 1 when
   # its last 10 iterations fell by under 1%: at 46, since 0.98^-0.4 - 1 = 0.8%.
   assert conv.stopped_at == {0: 30, 1: 46}
   assert list(conv.active) == [False, False, True]
   assert done.index(True) == 45 and conv.all_converged()
+  assert held == {30: [False, True, True], 46: [False, False, True]}
+  assert conv.newly_held() is None
   # What a checkpoint keeps is enough to continue exactly.
   again = schedule.Convergence(tol=0.01, window=10, rows=(0, 1), n_rows=3)
   for r in (0, 1):

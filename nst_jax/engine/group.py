@@ -365,8 +365,9 @@ class GroupRun:
     active = [self._active(convergence.active)]
 
     def step(state, params, targets):
-      if convergence.changed:  # a row converged: hold it from now on
-        active[0], convergence.changed = self._active(convergence.active), False
+      held = convergence.newly_held()
+      if held is not None:  # a row converged: hold it from now on
+        active[0] = self._active(held)
       return compiled(state, params, targets, active[0])
 
     t0 = time.perf_counter()

@@ -145,6 +145,13 @@ class Convergence:
       self.active[row] = False
       self.changed = True
 
+  def newly_held(self) -> np.ndarray | None:
+    """`active` if a row converged since the last call (the step must hold it), else None."""
+    if not self.changed:
+      return None
+    self.changed = False
+    return self.active.copy()
+
   def all_converged(self) -> bool:
     return self.tol > 0 and len(self.stopped_at) == len(self.rows)
 
