@@ -188,6 +188,10 @@ def test_two_processes_never_write_one_output(tmp_path):
   )
   try:
     assert holder.stdout.readline().strip() == 'held'
+    # What a run asks before calling a checkpoint unfinished: a live run's is not.
+    assert output_plan.busy(result) and output_plan.busy(tmp_path / 'r.loss.png')
+    assert not output_plan.busy(tmp_path / 'q.png')
+    assert not output_names.lock_path(tmp_path / 'q.png').exists()  # asking creates nothing
     with pytest.raises(errors.NstError) as e:
       with output_plan.locked([_out(tmp_path / 'r.loss.png')]):
         pass  # its result is r.png's loss plot: the lock of that file is held
@@ -198,6 +202,7 @@ def test_two_processes_never_write_one_output(tmp_path):
   finally:
     holder.kill()  # as a crash would: the kernel releases its lock
     holder.wait()
+  assert not output_plan.busy(result)
   with output_plan.locked([_out(result)]):
     assert output_names.lock_path(result).exists()
   assert list(tmp_path.iterdir()) == []  # the lock files go with the run

@@ -220,6 +220,23 @@ def _lock(path: Path) -> int | None:
     os.close(fd)
 
 
+def busy(path: str | os.PathLike) -> bool:
+  """Whether another run holds `path`'s lock now (the lock file is not created)."""
+  try:
+    fd = os.open(output_names.lock_path(path), os.O_RDONLY | os.O_CLOEXEC)
+  except OSError:
+    return False
+  try:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+  except BlockingIOError:
+    return True
+  except OSError:
+    return False
+  finally:
+    os.close(fd)  # closing releases a lock taken here
+  return False
+
+
 # The lock files this process holds: a process that must end at once (a
 # signal before the first iteration) removes them first (`drop_locks`).
 _HELD: dict[Path, int] = {}

@@ -347,6 +347,11 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   _check_memory(cfg, layout)
   plan = [planned_output(cfg, output, height)]
   _check_plan(cfg, plan)
+  if output_plan.busy(output):  # its checkpoint is a live run's, not an unfinished one
+    raise errors.NstError(
+      f'another nst-jax run is writing {errors.printable(output)}; wait for it to finish or '
+      'choose another output name'
+    )
   if not cfg.run.resume:  # after the plan: a checkpoint name that is an input is refused there
     outputs.check_not_unfinished(checkpoint_lib.path_for(output))
   return _run_single(cfg, output, layout, plan)
