@@ -229,3 +229,12 @@ def test_multi_pass_runs_the_frames_as_a_batch_over_eight_devices(tmp_path, caff
   record = json.loads((tmp_path / 'passes.json').read_text())
   assert [(q['pass'], q['iterations']) for q in record['passes']] == [(1, 2), (2, 2), (3, 2)]
   assert 'pass 3/3: iteration 2/2  5 jobs' in text.replace('\r', '\n')
+
+
+def test_frames_too_small_for_the_layers_are_refused_before_any_work(tmp_path):
+  src = _write_frames(tmp_path / 'clip', _clip(2, 24, 32))
+  cfg = _config(src, tmp_path / 'out', tmp_path / 'no-weights-needed.npz')
+  cfg = cfg.replace(inputs=cfg.inputs.replace(width=12))  # relu5_1 needs 16 px a side
+  with pytest.raises(errors.ImageError, match=r'the content image \(a frame\) is 12x9 px'):
+    video_pipeline.run_video(cfg)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['clip']  # nothing written

@@ -223,6 +223,7 @@ def _run_video(cfg: config_lib.StyleConfig, clip, paths: _Paths, height: int, pl
   sw = pipeline.style_width(cfg, cfg.inputs.width)
   styles = [image_lib.load_image(s, width=sw, max_pixels=cfg.inputs.max_image_pixels)
             for s in cfg.style_paths]  # fmt: skip
+  pipeline.check_size(cfg, rows_lib.Row(content=frames[0], styles=styles), ' (a frame)')
   logging.info(
     'Styling %d frames of %s (%dx%d, %s fps) after %s; %s.',
     len(frames),
