@@ -117,9 +117,7 @@ def run_one(
     style,
     model=model,
     loss_spec=loss_config.spec,
-    content_weight=loss_config.content_weight,
-    style_weight=loss_config.style_weight,
-    tv_weight=loss_config.tv_weight,
+    **loss_config.weights,
   )
   # As the engine passes them (kernels also laid out for the backward pass on CPU).
   params = params if raw_params else prepare_params(params)

@@ -82,9 +82,7 @@ def measure(width: int, height: int, variant: str, iters: int) -> dict:
     style,
     model=model,
     loss_spec=cfg.loss.spec,
-    content_weight=cfg.loss.content_weight,
-    style_weight=cfg.loss.style_weight,
-    tv_weight=cfg.loss.tv_weight,
+    **cfg.loss.weights,
   )
   params = nst_jax.prepare_params(params)  # as the engine passes them to the step
   layout = sharding.SingleLayout()

@@ -98,9 +98,7 @@ def main():
     pixels.preprocess(style[None], convention),
     model=model,
     loss_spec=loss.spec,
-    content_weight=loss.content_weight,
-    style_weight=loss.style_weight,
-    tv_weight=loss.tv_weight,
+    **loss.weights,
   )
   one = jax.tree.map(lambda t: t[0], targets)
 

@@ -93,9 +93,7 @@ def test_shape_errors_name_the_argument():
       style,
       model=model,
       loss_spec=TINY_LOSS.spec,
-      content_weight=TINY_LOSS.content_weight,
-      style_weight=TINY_LOSS.style_weight,
-      tv_weight=TINY_LOSS.tv_weight,
+      **TINY_LOSS.weights,
     )
 
   def error(name, shape):

@@ -262,9 +262,7 @@ def test_small_activations_do_not_stall(small_npz):
     pixels.preprocess(style[None], w.info.input_convention),
     model=model,
     loss_spec=_config(1).loss.spec,
-    content_weight=_config(1).loss.content_weight,
-    style_weight=_config(1).loss.style_weight,
-    tv_weight=_config(1).loss.tv_weight,
+    **_config(1).loss.weights,
   )
   x = nst_jax.initial_image(x, init='gray', seed=0, convention=pixels.CAFFE)
   tx = optax.lbfgs(memory_size=10, linesearch=None)
@@ -298,9 +296,7 @@ def test_adam_steps_are_in_pixel_units_for_every_convention(fixture, request):
     pixels.preprocess(style[None], convention),
     model=model,
     loss_spec=loss.spec,
-    content_weight=loss.content_weight,
-    style_weight=loss.style_weight,
-    tv_weight=loss.tv_weight,
+    **loss.weights,
   )
   tx = nst_jax.make_optimizer('adam', learning_rate=3.0, convention=convention)
   state, _ = nst_jax.update_step(
@@ -330,9 +326,7 @@ def test_bfloat16_reaches_float32s_objective(lsuv_npz):
     pixels.preprocess(style[None], convention),
     model=model,
     loss_spec=cfg.loss.spec,
-    content_weight=cfg.loss.content_weight,
-    style_weight=cfg.loss.style_weight,
-    tv_weight=cfg.loss.tv_weight,
+    **cfg.loss.weights,
   )
   one = jax.tree.map(lambda t: t[0], targets)
   scores = {}

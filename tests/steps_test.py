@@ -73,9 +73,7 @@ def _problem(n=2, seed=0):
       objective.make_targets,
       model=model,
       loss_spec=TINY_LOSS.spec,
-      content_weight=TINY_LOSS.content_weight,
-      style_weight=TINY_LOSS.style_weight,
-      tv_weight=TINY_LOSS.tv_weight,
+      **TINY_LOSS.weights,
     )
   )
   targets = make_targets(params, content, style)

@@ -205,6 +205,15 @@ class LossConfig(checks.Group):
     )
 
   @property
+  def weights(self) -> dict[str, float]:
+    """The term weights as make_targets takes them: `make_targets(..., **cfg.loss.weights)`."""
+    return {
+      'content_weight': self.content_weight,
+      'style_weight': self.style_weight,
+      'tv_weight': self.tv_weight,
+    }
+
+  @property
   def structure(self) -> objective.LossSpec:
     """Deprecated: `spec` (a LossConfig with default weights before 0.3)."""
     warnings.warn('LossConfig.structure is deprecated; use .spec', DeprecationWarning, stacklevel=2)
