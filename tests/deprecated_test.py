@@ -1,8 +1,10 @@
 """Tests for nst_jax.deprecated: old names and module paths work, with a warning naming the new."""
 
+import functools
 import importlib
 import subprocess
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -113,3 +115,42 @@ def test_make_targets_without_its_weights_is_refused():
   spec = objective.LossSpec(content_layers=('relu2_1',), style_layers=('relu1_1',))
   with pytest.raises(TypeError, match='make_targets needs content_weight and style_weight='):
     objective.make_targets(params, content, content, model=model, loss_spec=spec)
+
+
+def test_a_custom_loss_fn_written_for_loss_config_still_works():
+  # The README's custom term before 0.3: the loss_fn takes loss_config= and
+  # passes it on to objective; jitted, as the README jits the step.
+  model, params, content = _tiny()
+  loss = nst_jax.LossConfig(content_layers=('relu2_1',), style_layers=('relu1_1',))
+  targets = objective.make_targets(
+    params, content, content, model=model, loss_spec=loss.spec, content_weight=1.0,
+    style_weight=1.0,
+  )  # fmt: skip
+
+  def old_style(x, params, targets, *, model, loss_config):
+    total, aux = objective.objective(x, params, targets, model=model, loss_config=loss_config)
+    return total + 1.0, {**aux, 'total': total + 1.0}
+
+  def new_style(x, params, targets, *, model, loss_spec):
+    total, aux = objective.objective(x, params, targets, model=model, loss_spec=loss_spec)
+    return total + 1.0, {**aux, 'total': total + 1.0}
+
+  tx = step.make_optimizer('adam', convention=pixels.CAFFE)
+  totals = []
+  for loss_fn in (old_style, new_style):
+    run = jax.jit(
+      functools.partial(
+        step.update_step, model=model, optimizer=tx, loss_spec=loss.spec, loss_fn=loss_fn
+      )
+    )
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter('always')
+      _, losses = run(step.init_state(content, tx), params, targets)
+    totals.append(losses['total'])
+    said = ' '.join(str(w.message) for w in caught if w.category is DeprecationWarning)
+    if loss_fn is old_style:
+      assert 'loss_fn taking loss_config= is deprecated' in said
+      assert 'objective(loss_config=...) is deprecated' in said
+    else:
+      assert said == ''
+  np.testing.assert_array_equal(totals[0], totals[1])
