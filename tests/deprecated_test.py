@@ -48,6 +48,27 @@ def test_every_old_module_path_resolves_its_names_with_a_warning():
   assert 'nst_jax.vgg is deprecated; use nst_jax.core.vgg' in r.stderr
 
 
+def test_names_that_moved_to_a_module_beside_the_new_one_resolve_too():
+  # Split modules: nst_jax.losses' statistics (gram_matrix) went to
+  # core/statistics, weights' formats to io/weight_formats, image's limits to
+  # config, pipeline's preview context to engine/preview, video_pipeline's
+  # objective to runs/temporal.
+  code = '; '.join(
+    [
+      'from nst_jax import losses, weights, image, pipeline, video_pipeline',
+      'print(losses.gram_matrix.__module__, weights.detect_format.__module__)',
+      'print(image.DEFAULT_MAX_IMAGE_PIXELS, pipeline.serving.__module__)',
+      'print(video_pipeline.video_objective.__module__)',
+    ]
+  )
+  r = _fresh(code)
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.split() == [
+    'nst_jax.core.statistics', 'nst_jax.io.weight_formats', '89478485', 'nst_jax.engine.preview',
+    'nst_jax.runs.temporal',
+  ]  # fmt: skip
+
+
 def test_an_unknown_module_path_is_an_ordinary_import_error():
   assert deprecated.OLD_MODULES['image'][0] == 'nst_jax.io.images'
   assert 'stylize' in deprecated.REMOVED and 'stylize' not in deprecated.OLD_MODULES
