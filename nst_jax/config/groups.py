@@ -7,6 +7,7 @@ collected by StyleConfig (nst_jax.config).
 import dataclasses
 import warnings
 
+from nst_jax import errors
 from nst_jax.config import checks
 from nst_jax.core import color
 from nst_jax.core import losses
@@ -97,22 +98,24 @@ class InputConfig(checks.Group):
     n_styles = len(self.style_paths)
     if self.style_blend_weights is not None:
       for b in self.style_blend_weights:
-        checks.finite_nonnegative('each style blend weight', b)
-      checks.check(sum(self.style_blend_weights) > 0, 'style blend weights must not all be 0')
+        checks.finite_nonnegative('each of inputs.style_blend_weights', b)
+      checks.check(
+        sum(self.style_blend_weights) > 0, 'inputs.style_blend_weights must not all be 0'
+      )
       checks.check(
         not n_styles or len(self.style_blend_weights) == n_styles,
-        f'{len(self.style_blend_weights)} style blend weights for {n_styles} style images; '
-        'give one per style image',
+        f'inputs.style_blend_weights has {len(self.style_blend_weights)} values for {n_styles} '
+        'style images; give one per style image',
       )
       checks.check(
         not self.style_masks,
-        'style blend weights and style masks exclude each other: with masks each style '
-        'governs its own region',
+        'inputs.style_blend_weights and inputs.style_masks exclude each other: with masks each '
+        'style governs its own region',
       )
     checks.check(
       not (self.style_masks and n_styles) or len(self.style_masks) == n_styles,
-      f'{len(self.style_masks)} style masks for {n_styles} style images; give one mask per '
-      'style, in the same order',
+      f'inputs.style_masks has {len(self.style_masks)} masks for {n_styles} style images; give '
+      'one mask per style, in the same order',
     )
 
   @property
@@ -127,7 +130,8 @@ class InputConfig(checks.Group):
     weights = self.style_blend_weights or (1.0,) * n_styles
     checks.check(
       len(weights) == n_styles,
-      f'{len(weights)} style blend weights for {n_styles} style images; give one per style',
+      f'inputs.style_blend_weights has {len(weights)} values for {n_styles} style images; give '
+      'one per style image',
     )
     total = sum(weights)
     return tuple(w / total for w in weights)
@@ -198,7 +202,10 @@ class LossConfig(checks.Group):
       value = getattr(self, field)
       checks.check(isinstance(value, tuple), f'loss.{field} must be a tuple, got {value!r}')
       checks.check(len(value) > 0, f'loss.{field} must name at least one layer')
-      vgg.check_layers(value)
+      try:
+        vgg.check_layers(value)
+      except errors.ConfigError as e:
+        raise errors.ConfigError(f'loss.{field}: {e}') from None
     if self.style_layer_weights is not None:
       checks.check(
         len(self.style_layer_weights) == len(self.style_layers),
@@ -206,7 +213,7 @@ class LossConfig(checks.Group):
         f'{len(self.style_layers)} style layers; give one per layer',
       )
       for w in self.style_layer_weights:
-        checks.finite_nonnegative('each style layer weight', w)
+        checks.finite_nonnegative('each of loss.style_layer_weights', w)
     for name in ('content_weight', 'style_weight', 'tv_weight'):
       checks.finite_nonnegative(f'loss.{name}', getattr(self, name))
 
