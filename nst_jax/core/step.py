@@ -66,7 +66,7 @@ def make_model(
     pooling: 'max' or 'avg'.
     dtype: compute dtype, 'float32' or 'bfloat16'.
     precision: 'highest', 'high', 'default' or None (see
-      nst_jax.config.PRECISIONS).
+      nst_jax.core.vgg.PRECISIONS).
   """
   if not isinstance(pooling, str):  # a StyleConfig, as before 0.2
     warnings.warn(
