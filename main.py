@@ -3,8 +3,9 @@
   python main.py -cp content_images/tubingen.jpg -sp style_images/starry_night.jpg \
       -i 1000 -cw 10 -sw 0.0001 -w 1024
 
-The flags and the program live in nst_jax/cli/app.py, so that the installed
-`nst-jax` command and `python -m nst_jax` are this same program.
+The flags live in nst_jax/cli/flags.py and the program in nst_jax/cli/app.py,
+so that the installed `nst-jax` command and `python -m nst_jax` are this same
+program.
 """
 
 import os

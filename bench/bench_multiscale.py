@@ -5,7 +5,7 @@ Usage:
       --reference_iters 250 --repeats 3
 
 For each repeat:
-  * multi-scale: the schedule of `config.scale_widths` (sqrt(2) apart),
+  * multi-scale: the widths of `nst_jax.engine.schedule.scale_widths` (sqrt(2) apart),
     `--iters_per_scale` L-BFGS iterations at each, each scale starting from
     the previous result upsampled, as `nst_jax.stylize` does. Its final loss
     L_ms is measured at the full width, against the same targets the
@@ -46,19 +46,31 @@ def main():
   args = parser.parse_args()
 
   import jax
-  from nst_jax.stylize import init_state
-  from nst_jax.stylize import make_model
-  from nst_jax.stylize import make_optimizer
-  from nst_jax.stylize import make_targets
-  from nst_jax.stylize import update_step
 
   from nst_jax import config as config_lib
   from nst_jax.core import pixels
+  from nst_jax.core.objective import make_targets
+  from nst_jax.core.step import init_state
+  from nst_jax.core.step import make_model
+  from nst_jax.core.step import make_optimizer
+  from nst_jax.core.step import update_step
+  from nst_jax.engine import schedule
   from nst_jax.io import images as image_lib
 
-  cfg = config_lib.StyleConfig(width=args.width, scales=args.scales)
-  model, tx = make_model(cfg), make_optimizer(cfg)
+  cfg = config_lib.StyleConfig(
+    inputs=config_lib.InputConfig(width=args.width),
+    schedule=config_lib.ScheduleConfig(scales=args.scales),
+  )
+  model = make_model(cfg.model.pooling, dtype=cfg.model.dtype, precision=cfg.model.precision)
   params, label, convention = common.params_or_random(model)
+  o = cfg.optim
+  tx = make_optimizer(
+    o.name,
+    learning_rate=o.learning_rate,
+    memory_size=o.lbfgs_memory,
+    box=o.box,
+    convention=convention,
+  )
   content = image_lib.load_image(ROOT / 'content_images' / 'tubingen.jpg', width=args.width)[None]
   style = image_lib.load_image(ROOT / 'style_images' / 'starry_night.jpg', width=args.width)[None]
   step = jax.jit(
@@ -77,8 +89,8 @@ def main():
       pixels.preprocess(s, convention),
       model=model,
       loss_spec=cfg.loss.spec,
-      content_weight=cfg.content_weight,
-      style_weight=cfg.style_weight,
+      content_weight=cfg.loss.content_weight,
+      style_weight=cfg.loss.style_weight,
     )
     return c_net, t
 
@@ -91,7 +103,7 @@ def main():
     return state.image
 
   height = content.shape[1]
-  widths = cfg.scale_widths()
+  widths = schedule.scale_widths(args.width, scales=args.scales)
   print(
     f'weights: {label}; final {args.width}x{height}; scales {widths}; '
     f'{args.iters_per_scale} iterations per scale; reference up to {args.reference_iters}',

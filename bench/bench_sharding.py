@@ -3,7 +3,7 @@
   python bench/bench_sharding.py            # both tables, 8 simulated devices
 
 1. Batch: the same jobs (default 8 at 128 px, 20 iterations) run by
-   `distributed.run_jobs` on meshes of the first 1, 2, 4 and 8 devices:
+   `nst_jax.runs.batch.run_batch` on meshes of the first 1, 2, 4 and 8 devices:
    jobs per second (loop time only, median of --repeats) and memory per
    device. On this 2-core machine the simulated devices share the cores, so
    the rate shows overhead, not speed-up.

@@ -51,15 +51,23 @@ def test_defaults_are_the_documented_ones():
     (
       'inputs',
       {'style_path': ('a.jpg', 'b.jpg'), 'style_blend_weights': (1.0,)},
-      '1 style blend weights for 2 style images',
+      'inputs.style_blend_weights has 1 values for 2 style images',
     ),
-    ('inputs', {'style_blend_weights': (0.0, 0.0)}, 'must not all be 0'),
-    ('inputs', {'style_blend_weights': (1.0, -1.0)}, 'each style blend weight must be a finite'),
-    ('inputs', {'style_path': ('a', 'b'), 'style_masks': ('m',)}, '1 style masks for 2 style'),
+    ('inputs', {'style_blend_weights': (0.0, 0.0)}, 'inputs.style_blend_weights must not all be 0'),
+    (
+      'inputs',
+      {'style_blend_weights': (1.0, -1.0)},
+      'each of inputs.style_blend_weights must be a finite',
+    ),
+    (
+      'inputs',
+      {'style_path': ('a', 'b'), 'style_masks': ('m',)},
+      'inputs.style_masks has 1 masks for 2 style',
+    ),
     (
       'inputs',
       {'style_masks': ('m',), 'style_blend_weights': (1.0,)},
-      'style blend weights and style masks exclude each other',
+      'inputs.style_blend_weights and inputs.style_masks exclude each other',
     ),
     ('model', {'dtype': 'float16'}, 'model.dtype must be one of float32, bfloat16'),
     ('model', {'precision': 'low'}, 'model.precision must be one of highest, high, default'),
@@ -108,8 +116,11 @@ def test_the_step_depends_on_the_loss_structure_not_its_weights():
 
 
 def test_loss_config_validation():
-  with pytest.raises(errors.ConfigError, match='unknown layer name'):
+  unknown = r'^loss.style_layers: unknown layer name\(s\) relu6_1;'
+  with pytest.raises(errors.ConfigError, match=unknown):
     config_lib.LossConfig(style_layers=('relu1_1', 'relu6_1'))
+  with pytest.raises(errors.ConfigError, match=r'^loss.content_layers: unknown layer name'):
+    config_lib.LossConfig(content_layers=('conv9_9',))
   with pytest.raises(errors.ConfigError, match='give one per layer'):
     config_lib.LossConfig(style_layer_weights=(1.0, 2.0))
   with pytest.raises(errors.ConfigError, match='must be a tuple'):
@@ -131,7 +142,7 @@ def test_style_paths_and_blend_weights():
   assert inputs.blend_weights(2) == (0.75, 0.25)
   assert config_lib.InputConfig(style_path='a.jpg').style_paths == ('a.jpg',)
   assert config_lib.InputConfig().blend_weights(3) == (1 / 3, 1 / 3, 1 / 3)
-  with pytest.raises(errors.ConfigError, match='2 style blend weights for 3 style images'):
+  with pytest.raises(errors.ConfigError, match='weights has 2 values for 3 style images'):
     inputs.blend_weights(3)
 
 
@@ -142,16 +153,20 @@ def test_one_rule_for_styles_masks_and_blend_weights():
   checks.styles_and_masks(2, blend_weights=(1.0, 0.0))
   checks.styles_and_masks(0, blend_weights=(1.0,))  # the count not known yet
   cases = [
-    ((2,), {'n_masks': 3}, '3 style masks for 2 style images; give one mask per style'),
-    ((2,), {'blend_weights': (1.0,)}, '1 style blend weights for 2 style images'),
-    ((2,), {'blend_weights': (0.0, 0.0)}, 'style blend weights must not all be 0'),
-    ((1,), {'blend_weights': (float('nan'),)}, 'each style blend weight must be a finite'),
+    ((2,), {'n_masks': 3}, r'inputs\.style_masks has 3 masks for 2 style images; give one mask'),
+    ((2,), {'blend_weights': (1.0,)}, 'style_blend_weights has 1 values for 2 style images'),
+    ((2,), {'blend_weights': (0.0, 0.0)}, 'style_blend_weights must not all be 0'),
+    ((1,), {'blend_weights': (float('nan'),)}, 'each of inputs.style_blend_weights must be'),
     ((2,), {'n_masks': 2, 'blend_weights': (1, 1)}, 'exclude each other'),
-    ((2,), {'n_masks': 1, 'where': 'jobs.csv line 3'}, r'^jobs\.csv line 3: 1 style masks'),
+    (
+      (2,),
+      {'n_masks': 1, 'where': 'jobs.csv line 3', 'masks_name': 'style_masks'},
+      r'^jobs\.csv line 3: style_masks has 1 masks',
+    ),
   ]
   for args, kwargs, message in cases:
     with pytest.raises(errors.ConfigError, match=message):
       checks.styles_and_masks(*args, **kwargs)
   # The config, the job list and the arrays all say it the same way.
-  with pytest.raises(errors.ConfigError, match='2 style masks for 1 style images'):
+  with pytest.raises(errors.ConfigError, match='style_masks has 2 masks for 1 style images'):
     config_lib.InputConfig(style_path='a.png', style_masks=('m1.png', 'm2.png'))

@@ -1,8 +1,10 @@
 """Tests for nst_jax.deprecated: old names and module paths work, with a warning naming the new."""
 
+import functools
 import importlib
 import subprocess
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +46,27 @@ def test_every_old_module_path_resolves_its_names_with_a_warning():
   ]  # fmt: skip
   assert 'nst_jax.image is deprecated; use nst_jax.io.images / nst_jax.core.pixels' in r.stderr
   assert 'nst_jax.vgg is deprecated; use nst_jax.core.vgg' in r.stderr
+
+
+def test_names_that_moved_to_a_module_beside_the_new_one_resolve_too():
+  # Split modules: nst_jax.losses' statistics (gram_matrix) went to
+  # core/statistics, weights' formats to io/weight_formats, image's limits to
+  # config, pipeline's preview context to engine/preview, video_pipeline's
+  # objective to runs/temporal.
+  code = '; '.join(
+    [
+      'from nst_jax import losses, weights, image, pipeline, video_pipeline',
+      'print(losses.gram_matrix.__module__, weights.detect_format.__module__)',
+      'print(image.DEFAULT_MAX_IMAGE_PIXELS, pipeline.serving.__module__)',
+      'print(video_pipeline.video_objective.__module__)',
+    ]
+  )
+  r = _fresh(code)
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.split() == [
+    'nst_jax.core.statistics', 'nst_jax.io.weight_formats', '89478485', 'nst_jax.engine.preview',
+    'nst_jax.runs.temporal',
+  ]  # fmt: skip
 
 
 def test_an_unknown_module_path_is_an_ordinary_import_error():
@@ -113,3 +136,42 @@ def test_make_targets_without_its_weights_is_refused():
   spec = objective.LossSpec(content_layers=('relu2_1',), style_layers=('relu1_1',))
   with pytest.raises(TypeError, match='make_targets needs content_weight and style_weight='):
     objective.make_targets(params, content, content, model=model, loss_spec=spec)
+
+
+def test_a_custom_loss_fn_written_for_loss_config_still_works():
+  # The README's custom term before 0.3: the loss_fn takes loss_config= and
+  # passes it on to objective; jitted, as the README jits the step.
+  model, params, content = _tiny()
+  loss = nst_jax.LossConfig(content_layers=('relu2_1',), style_layers=('relu1_1',))
+  targets = objective.make_targets(
+    params, content, content, model=model, loss_spec=loss.spec, content_weight=1.0,
+    style_weight=1.0,
+  )  # fmt: skip
+
+  def old_style(x, params, targets, *, model, loss_config):
+    total, aux = objective.objective(x, params, targets, model=model, loss_config=loss_config)
+    return total + 1.0, {**aux, 'total': total + 1.0}
+
+  def new_style(x, params, targets, *, model, loss_spec):
+    total, aux = objective.objective(x, params, targets, model=model, loss_spec=loss_spec)
+    return total + 1.0, {**aux, 'total': total + 1.0}
+
+  tx = step.make_optimizer('adam', convention=pixels.CAFFE)
+  totals = []
+  for loss_fn in (old_style, new_style):
+    run = jax.jit(
+      functools.partial(
+        step.update_step, model=model, optimizer=tx, loss_spec=loss.spec, loss_fn=loss_fn
+      )
+    )
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter('always')
+      _, losses = run(step.init_state(content, tx), params, targets)
+    totals.append(losses['total'])
+    said = ' '.join(str(w.message) for w in caught if w.category is DeprecationWarning)
+    if loss_fn is old_style:
+      assert 'loss_fn taking loss_config= is deprecated' in said
+      assert 'objective(loss_config=...) is deprecated' in said
+    else:
+      assert said == ''
+  np.testing.assert_array_equal(totals[0], totals[1])

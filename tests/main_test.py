@@ -90,7 +90,7 @@ _ERRORS = [
         (['-cp', CONTENT, '-sp', STYLE, '-cw', '-1'], '--contentweight must be a finite number'),
         (['-cp', CONTENT, '-sp', STYLE, '-sw', 'nan'], '--styleweight must be a finite number'),
         (['-cp', CONTENT, '-sp', STYLE, '-sw', 'inf'], '--styleweight must be a finite number'),
-        (['-cp', CONTENT, '-sp', STYLE, '--style_layers', 'relu9_1'], 'unknown layer name'),
+        (['-cp', CONTENT, '-sp', STYLE, '--style_layers', 'relu9_1'], '--style_layers: unknown'),
         (['-cp', 'missing.jpg', '-sp', STYLE], 'image missing.jpg does not exist'),
         (['-cp', CONTENT, '-sp', STYLE, '--output', 'out.xyz'], 'end the name in .png'),
         (['-cp', CONTENT, '-sp', STYLE, '--weights', 'nope.npz'], 'nope.npz does not exist'),
@@ -100,7 +100,7 @@ _ERRORS = [
         (['-cp', CONTENT, '-sp', f'{STYLE},', '-i', 1], 'has an empty entry'),
         (
             ['-cp', CONTENT, '-sp', f'{STYLE},{STYLE}', '--style_blend_weights', '1,2,3'],
-            '3 style blend weights for 2 style images',
+            '--style_blend_weights has 3 values for 2 style images',
         ),
         (['-cp', CONTENT, '-sp', STYLE, '--style_blend_weights', 'a'], 'comma-separated numbers'),
         (['-cp', CONTENT, '-sp', STYLE, '--style_scale', '0'], '--style_scale must be a finite'),
@@ -110,7 +110,7 @@ _ERRORS = [
         (['-cp', CONTENT, '-sp', STYLE, '--style_masks', STYLE], 'draw the mask over the content'),
         (
             ['-cp', CONTENT, '-sp', f'{STYLE},{STYLE}', '--style_masks', CONTENT],
-            '1 style masks for 2 style images',
+            '--style_masks has 1 masks for 2 style images',
         ),
         (
             ['-cp', CONTENT, '-sp', STYLE, '--style_masks', CONTENT, '--style_loss', 'histogram'],

@@ -163,7 +163,7 @@ def _main() -> None:
     if batch is None and FLAGS.distributed:
       # Every process runs this command: a single job too must be owned by
       # one process, or each would compute and write it.
-      batch = [jobs_lib.Job(cfg.content_path, cfg.style_paths)]
+      batch = [jobs_lib.Job(cfg.inputs.content_path, cfg.style_paths)]
     if batch is None:
       nst_jax.run(cfg)
     else:
@@ -184,8 +184,8 @@ def _batch_jobs(cfg: nst_jax.StyleConfig) -> list[jobs_lib.Job] | None:
       raise nst_jax.NstError('give either --jobs FILE or -cp and -sp, not both')
     return jobs_lib.read_jobs(FLAGS.jobs)
   styles = cfg.style_paths
-  if jobs_lib.is_pattern(cfg.content_path) or any(jobs_lib.is_pattern(s) for s in styles):
-    return jobs_lib.jobs_from_specs(cfg.content_path, styles)
+  if jobs_lib.is_pattern(cfg.inputs.content_path) or any(jobs_lib.is_pattern(s) for s in styles):
+    return jobs_lib.jobs_from_specs(cfg.inputs.content_path, styles)
   return None
 
 

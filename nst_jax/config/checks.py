@@ -50,33 +50,41 @@ def one_of(name: str, value: Any, choices) -> None:
 
 
 def styles_and_masks(
-  n_styles: int, *, n_masks: int = 0, blend_weights=None, where: str = ''
+  n_styles: int,
+  *,
+  n_masks: int = 0,
+  blend_weights=None,
+  where: str = '',
+  weights_name: str = 'inputs.style_blend_weights',
+  masks_name: str = 'inputs.style_masks',
 ) -> None:
   """The rule for several style images, wherever they come from (config, job list, arrays).
 
   Either blend weights (one per style, each finite and >= 0, not all 0) or
   one mask per style in the same order (each style governs its region), not
   both. `n_styles` 0: not known yet (only the weights themselves are checked).
+  The messages name the settings as the caller knows them (`weights_name`,
+  `masks_name`), after `where` (a job list's line).
   """
   at = f'{where}: ' if where else ''
   if blend_weights is not None:
     for b in blend_weights:
-      finite_nonnegative(f'{at}each style blend weight', b)
-    check(sum(blend_weights) > 0, f'{at}style blend weights must not all be 0')
+      finite_nonnegative(f'{at}each of {weights_name}', b)
+    check(sum(blend_weights) > 0, f'{at}{weights_name} must not all be 0')
     check(
       not n_styles or len(blend_weights) == n_styles,
-      f'{at}{len(blend_weights)} style blend weights for {n_styles} style images; give one per '
-      'style image',
+      f'{at}{weights_name} has {len(blend_weights)} values for {n_styles} style images; give '
+      'one per style image',
     )
     check(
       not n_masks,
-      f'{at}style blend weights and style masks exclude each other: with masks each style '
-      'governs its own region',
+      f'{at}{weights_name} and {masks_name} exclude each other: with masks each style governs '
+      'its own region',
     )
   check(
     not (n_masks and n_styles) or n_masks == n_styles,
-    f'{at}{n_masks} style masks for {n_styles} style images; give one mask per style, in the '
-    'same order',
+    f'{at}{masks_name} has {n_masks} masks for {n_styles} style images; give one mask per style, '
+    'in the same order',
   )
 
 

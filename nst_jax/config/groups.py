@@ -7,6 +7,7 @@ collected by StyleConfig (nst_jax.config).
 import dataclasses
 import warnings
 
+from nst_jax import errors
 from nst_jax.config import checks
 from nst_jax.core import color
 from nst_jax.core import losses
@@ -181,7 +182,10 @@ class LossConfig(checks.Group):
       value = getattr(self, field)
       checks.check(isinstance(value, tuple), f'loss.{field} must be a tuple, got {value!r}')
       checks.check(len(value) > 0, f'loss.{field} must name at least one layer')
-      vgg.check_layers(value)
+      try:
+        vgg.check_layers(value)
+      except errors.ConfigError as e:
+        raise errors.ConfigError(f'loss.{field}: {e}') from None
     if self.style_layer_weights is not None:
       checks.check(
         len(self.style_layer_weights) == len(self.style_layers),
@@ -189,7 +193,7 @@ class LossConfig(checks.Group):
         f'{len(self.style_layers)} style layers; give one per layer',
       )
       for w in self.style_layer_weights:
-        checks.finite_nonnegative('each style layer weight', w)
+        checks.finite_nonnegative('each of loss.style_layer_weights', w)
     for name in ('content_weight', 'style_weight', 'tv_weight'):
       checks.finite_nonnegative(f'loss.{name}', getattr(self, name))
 

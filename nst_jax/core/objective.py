@@ -333,7 +333,8 @@ def objective(
   targets: Targets,
   *,
   model: vgg.VGG,
-  loss_spec: LossSpec,
+  loss_spec: LossSpec | None = None,
+  loss_config: Any = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The loss of one image: cw * L_c + sw * L_s + tv * L_tv (see `nst_jax.core.losses`).
 
@@ -349,12 +350,22 @@ def objective(
     targets: one image's targets (no leading batch axis).
     model: the VGG.
     loss_spec: layers, style layer weights, style loss, normalisation.
+    loss_config: deprecated name of `loss_spec` (a LossConfig is accepted),
+      as custom loss functions written before 0.3 pass it.
 
   Returns:
     (total, {'total', 'content', 'style', 'tv', 'content/<layer>',
     'style/<layer>'}) scalars; content, style and tv are the unweighted L_c,
     L_s and L_tv, and the per-layer entries their terms before w_l.
   """
+  if loss_config is not None:
+    warnings.warn(
+      'objective(loss_config=...) is deprecated; use loss_spec=', DeprecationWarning, stacklevel=2
+    )
+    loss_spec = loss_config if loss_spec is None else loss_spec
+  if loss_spec is None:
+    raise TypeError('objective needs loss_spec= (a LossSpec: layers and style statistic)')
+  loss_spec = as_spec(loss_spec)
   feats = _features(params, image[None], model=model, layers=loss_spec.feature_layers)
   feats = {k: v[0] for k, v in feats.items()}
   cw, sw = targets.content_weight, targets.style_weight

@@ -27,6 +27,7 @@ the optimisers see it in pixel units (nst_jax.core.optim.in_pixel_units).
 
 from collections.abc import Callable, Mapping, Sequence
 import functools
+import inspect
 from typing import Any, NamedTuple
 import warnings
 
@@ -68,7 +69,7 @@ def make_model(
     pooling: 'max' or 'avg'.
     dtype: compute dtype, 'float32' or 'bfloat16'.
     precision: 'highest', 'high', 'default' or None (see
-      nst_jax.config.PRECISIONS).
+      nst_jax.core.vgg.PRECISIONS).
   """
   if not isinstance(pooling, str):  # a StyleConfig, as before 0.2
     warnings.warn(
@@ -193,6 +194,8 @@ def update_step(
       model, loss_spec) -> (total, dict of scalars)` with 'total',
       'content', 'style' and 'tv' among the keys (static); `objective` by
       default. Write a custom term by calling `objective` and adding to it.
+      One written before 0.3, taking `loss_config=`, gets the spec under
+      that name (deprecated).
     loss_config: deprecated name of `loss_spec` (a LossConfig is accepted).
 
   Returns:
@@ -205,10 +208,11 @@ def update_step(
     )
     loss_spec = loss_config
   loss_spec = objective_lib.as_spec(loss_spec)
+  spec_keyword = _spec_keyword(loss_fn)
 
   def one_image(image, opt_state, image_targets):
     value_fn = functools.partial(
-      loss_fn, params=params, targets=image_targets, model=model, loss_spec=loss_spec
+      loss_fn, params=params, targets=image_targets, model=model, **{spec_keyword: loss_spec}
     )
     (value, aux), grad = jax.value_and_grad(value_fn, has_aux=True)(image)
     updates, opt_state = optimizer.update(
@@ -221,6 +225,23 @@ def update_step(
     # Only the pixels are held: a held image's optimiser state is never used again.
     new_image = jnp.where(active[:, None, None, None], new_image, state.image)
   return StyleState(image=new_image, opt_state=opt_state), aux
+
+
+def _spec_keyword(loss_fn: Callable) -> str:
+  """'loss_spec', or 'loss_config' for a loss_fn written before 0.3 (deprecated)."""
+  try:
+    parameters = inspect.signature(loss_fn).parameters
+  except (TypeError, ValueError):  # no signature to read: the current convention
+    return 'loss_spec'
+  if 'loss_spec' in parameters or 'loss_config' not in parameters:
+    return 'loss_spec'
+  warnings.warn(
+    'a loss_fn taking loss_config= is deprecated; name that argument loss_spec (it receives '
+    'a LossSpec)',
+    DeprecationWarning,
+    stacklevel=3,
+  )
+  return 'loss_config'
 
 
 def initial_image(

@@ -1,8 +1,9 @@
 """A batch row: one image problem's host arrays, and what each stage makes of them.
 
-The engine optimises rows; the pipeline and `stylize` make them from files
-and arrays. Everything here is host-side array work done once per row and
-stage (colour controls, resizing), before the device computation.
+The engine optimises rows; the runs (nst_jax.runs: the runner, batches, videos
+and `stylize`) make them from files and arrays. Everything here is host-side
+array work done once per row and stage (colour controls, resizing), before the
+device computation.
 """
 
 from collections.abc import Sequence

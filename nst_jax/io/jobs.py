@@ -197,7 +197,7 @@ def _job(path: Path, number: int, row: dict) -> Job:
   content_mask = row.get('content_mask') or ''
   masks = row.get('style_masks') or []
   masks = masks if isinstance(masks, list) else str(masks).split('+')
-  checks.styles_and_masks(len(styles), n_masks=len(masks), where=where)
+  checks.styles_and_masks(len(styles), n_masks=len(masks), where=where, masks_name='style_masks')
   return Job(
     content=resolve(content),
     style=tuple(resolve(s) for s in styles),

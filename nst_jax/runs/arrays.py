@@ -55,6 +55,7 @@ def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint
     len(styles),
     n_masks=np.shape(style_masks)[-3] if np.ndim(style_masks) >= 3 else 0,
     blend_weights=cfg.inputs.style_blend_weights,
+    masks_name='style_masks',
   )
   cmasks = _masks(content_mask, n, 2, (height, width), 'content mask')
   smasks = _masks(style_masks, n, 3, (len(styles), height, width), 'style masks')

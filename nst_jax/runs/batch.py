@@ -33,7 +33,7 @@ from nst_jax.io import jobs as jobs_lib
 from nst_jax.io import outputs
 from nst_jax.io import weights as weights_lib
 from nst_jax.runs import output_plan
-from nst_jax.runs import runner as pipeline
+from nst_jax.runs import runner
 
 
 def _batch_output_dir(jobs: list[jobs_lib.Job], cfg: config_lib.StyleConfig):
@@ -87,7 +87,7 @@ def _job_status(jobs, cfg) -> np.ndarray:
       elif cfg.run.resume and Path(job.output).exists():
         finished = True  # its checkpoint is gone: it finished and was cleaned up
       local[index] = [
-        pipeline.output_height(job.content, cfg),
+        runner.output_height(job.content, cfg),
         cfg.inputs.width,
         point is not None,
         point.scale if point else 0,
@@ -185,10 +185,10 @@ def _plan_outputs(jobs, cfg, inputs):
     plan = []
     for index, job in enumerate(jobs):
       job_cfg = _job_config(cfg, job)
-      files |= pipeline.input_files(job_cfg, owner=f' of job {index + 1}')
-      height = pipeline.output_height(job.content, cfg) if distributed.mine(index) else 0
+      files |= runner.input_files(job_cfg, owner=f' of job {index + 1}')
+      height = runner.output_height(job.content, cfg) if distributed.mine(index) else 0
       owner = f'job {index + 1}'
-      plan.append(pipeline.planned_output(job_cfg, Path(job.output), height, owner=owner))
+      plan.append(runner.planned_output(job_cfg, Path(job.output), height, owner=owner))
     local = [i for i in range(len(jobs)) if distributed.mine(i)]
 
     def recheck():
@@ -249,7 +249,7 @@ def _load_rows(group, jobs, cfg, layout) -> dict[int, rows_lib.Row]:
         # device order would make this process read another's files.
         raise RuntimeError(f"row {r} (job {index}) is not on its owner's devices")
       job = jobs[index]
-      rows[r] = pipeline.load_row(
+      rows[r] = runner.load_row(
         cfg,
         job.content,
         job.style,
@@ -265,7 +265,7 @@ def _load_rows(group, jobs, cfg, layout) -> dict[int, rows_lib.Row]:
           f'width {group.width}, not the {group.width}x{group.height} its header gave; re-save the '
           'file'
         )
-      pipeline.check_size(cfg, rows[r], f' of job {index + 1}')
+      runner.check_size(cfg, rows[r], f' of job {index + 1}')
   return rows
 
 
@@ -285,7 +285,7 @@ def _run_group(group, jobs, cfg, w, mesh, stop, preview, group_record) -> dict[s
     len(group.rows),
     mesh.size,
   )
-  results = pipeline.Results(
+  results = runner.Results(
     cfg,
     w.info,
     {r: jobs[group.rows[r]].output for r in local_real},
@@ -295,7 +295,7 @@ def _run_group(group, jobs, cfg, w, mesh, stop, preview, group_record) -> dict[s
   )
   progress = cfg.run.progress if jax.process_index() == 0 else 'log'
   monitor_row = local_real[0] if local_real else 0
-  watch = pipeline.watch(
+  watch = runner.watch(
     cfg.replace(run=cfg.run.replace(progress=progress)),
     results,
     preview=preview,
@@ -305,7 +305,7 @@ def _run_group(group, jobs, cfg, w, mesh, stop, preview, group_record) -> dict[s
   )
   record = {}
   resume = engine_lib.ResumePoint(*group.resume) if group.resume else None
-  rgb = pipeline.make_engine(cfg, w, layout).run(
+  rgb = runner.make_engine(cfg, w, layout).run(
     rows, real=real, watch=watch, resume=resume, record=record
   )
   if group_record is not None and record.get('scales'):

@@ -1,7 +1,7 @@
 """The file pipeline: image files in, result files out, for single runs and batches.
 
 Both go the same way: name and check every output before any work, estimate
-the memory, read the images into `engine.Row`s, fetch the weights, run the
+the memory, read the images into `rows.Row`s, fetch the weights, run the
 engine with the hooks (progress, checkpoints, intermediates, preview,
 record) under signal handling, then write each result with its run record.
 A batch does this per group of same-shaped jobs, each process for its own
