@@ -93,9 +93,11 @@ _ERRORS = [
         (['-cp', CONTENT, '-sp', STYLE, '--style_layers', 'relu9_1'], '--style_layers: unknown'),
         (['-cp', 'missing.jpg', '-sp', STYLE], 'image missing.jpg does not exist'),
         (['-cp', CONTENT, '-sp', STYLE, '--output', 'out.xyz'], 'end the name in .png'),
-        (['-cp', CONTENT, '-sp', STYLE, '--weights', 'nope.npz'], 'nope.npz does not exist'),
+        (['-cp', CONTENT, '-sp', STYLE, '--weights', 'nope.npz'],
+         'nope.npz (--weights) does not exist'),
         (['-cp', CONTENT, '-sp', STYLE, '--weights', '.'],
-         'weights file . is a directory; run: python convert_weights.py --download --output '
+         'weights file . (--weights) is a directory; run: python convert_weights.py --download '
+         '--output '
          'vgg19.npz'),
         (['-cp', CONTENT, '-sp', f'{STYLE},', '-i', 1], 'has an empty entry'),
         (

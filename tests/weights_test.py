@@ -148,7 +148,7 @@ def test_directory_as_weights_names_a_file_in_it(tmp_path, caffe_npz):
   with pytest.raises(errors.WeightsError) as e:
     weights_lib.get_weights(tmp_path)
   assert str(e.value) == (
-    f'weights file {tmp_path} is a directory; run: '
+    f'weights file {tmp_path} (model.weights) is a directory; run: '
     f'nst_jax.io.download.fetch_and_convert({str(tmp_path / "vgg19.npz")!r})'
   )
   (tmp_path / 'vgg19.npz').write_bytes(caffe_npz.read_bytes())
@@ -157,7 +157,8 @@ def test_directory_as_weights_names_a_file_in_it(tmp_path, caffe_npz):
   inside = tmp_path / 'vgg19.npz'
   assert (
     str(e.value)
-    == f'weights file {tmp_path} is a directory; use the converted file in it, {inside}'
+    == f'weights file {tmp_path} (model.weights) is a directory; use the converted file in it, '
+    f'{inside}'
   )
 
 

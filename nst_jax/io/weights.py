@@ -213,13 +213,13 @@ def load_weights(path: str | os.PathLike | None = None) -> Weights:
   inside = path / DEFAULT_WEIGHTS_PATH.name
   if path.is_dir() and inside.is_file():
     raise errors.WeightsError(
-      f'weights file {path} is a directory; use the converted file in it, {inside}'
+      f'weights file {path} (model.weights) is a directory; use the converted file in it, {inside}'
     )
   if not path.is_file():
     # A directory: the converter writes a file, so name one in it.
     what, output = ('is a directory', inside) if path.is_dir() else ('does not exist', path)
     raise errors.WeightsError(
-      f'weights file {path} {what}; run: {weight_formats.fetch_call(output)}'
+      f'weights file {path} (model.weights) {what}; run: {weight_formats.fetch_call(output)}'
     )
   try:
     with np.load(path, allow_pickle=False) as npz:
