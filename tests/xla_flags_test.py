@@ -1,12 +1,14 @@
 """Tests for nst_jax.xla_flags: the CPU scheduler flag set before JAX starts, a user's kept."""
 
 import os
+from pathlib import Path
 import subprocess
 import sys
 
 from nst_jax import xla_flags
 
 FLAG = xla_flags.FLAG
+MODULE = Path(xla_flags.__file__)
 
 
 def _xla_flags_after_import(xla_flags: str | None) -> str:
@@ -14,7 +16,9 @@ def _xla_flags_after_import(xla_flags: str | None) -> str:
   if xla_flags is not None:
     env['XLA_FLAGS'] = xla_flags
   r = subprocess.run(
-    [sys.executable, '-c', 'import os, nst_jax.xla_flags; print(os.environ["XLA_FLAGS"])'],
+    # The module alone (runpy), not the package: the same code, without importing JAX.
+    [sys.executable, '-c', f'import os, runpy; runpy.run_path({str(MODULE)!r}); '
+     'print(os.environ["XLA_FLAGS"])'],
     capture_output=True, text=True, env=env, timeout=120, check=True,
   )  # fmt: skip
   return r.stdout.strip()
