@@ -105,6 +105,6 @@ __all__ = [
   'update_step',
 ]
 
-__version__ = '0.2.0'
+__version__ = '0.3.0'
 
 deprecated.install_old_module_paths()

@@ -99,6 +99,17 @@ def test_the_old_core_names_resolve_with_a_warning():
     core.no_such_name  # noqa: B018
 
 
+def test_from_core_import_warns_once():
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    from nst_jax.core import init_state  # noqa: F401, PLC0415
+
+  assert [str(w.message) for w in caught] == [
+    'nst_jax.core.init_state is deprecated; use nst_jax.init_state or nst_jax.core.step.init_state'
+  ]
+  assert caught[0].filename == __file__  # the caller's line, not importlib's
+
+
 def _tiny():
   model = vgg.VGG(stage_sizes=(1, 1), widths=(4, 8))
   rng = np.random.default_rng(0)

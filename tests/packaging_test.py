@@ -98,10 +98,13 @@ def test_installed_package_is_used_with_its_presets_and_cache(installed):
   bin_dir, env, _ = installed
   r = _run(
     installed, bin_dir / 'python', '-c',
-    'import nst_jax, nst_jax.io.weights as w, nst_jax.io.weight_formats as f; '
-    'print(nst_jax.__file__); print(w.DEFAULT_WEIGHTS_PATH); print(f.CONVERT_COMMAND)',
+    'import importlib.metadata as m, nst_jax, nst_jax.io.weights as w, '
+    'nst_jax.io.weight_formats as f; print(nst_jax.__file__); print(w.DEFAULT_WEIGHTS_PATH); '
+    'print(f.CONVERT_COMMAND); print(m.version("nst-jax"), nst_jax.__version__)',
   )  # fmt: skip
-  module, default, command = r.stdout.split('\n')[:3]
+  module, default, command, versions = r.stdout.split('\n')[:4]
+  # One version, written once (nst_jax.__version__), is the wheel's too.
+  assert versions == '0.3.0 0.3.0'
   assert 'site-packages' in module and not module.startswith(str(ROOT)), module
   assert default == f'{env["HOME"]}/.cache/nst_jax/vgg19.npz'
   assert command == 'nst-jax-convert'

@@ -5,6 +5,7 @@ Arrays and pytrees in, arrays out: imports nothing from the other sub-packages
 """
 
 import importlib
+import sys
 import warnings
 
 # nst_jax.core was one module before 0.3; its names still resolve here (but
@@ -22,9 +23,12 @@ _MOVED = {
 def __getattr__(name):
   if name not in _MOVED:
     raise AttributeError(f'module nst_jax.core has no attribute {name!r}')
-  warnings.warn(
-    f'nst_jax.core.{name} is deprecated; use nst_jax.{name} or {_MOVED[name]}.{name}',
-    DeprecationWarning,
-    stacklevel=2,
-  )
+  # `from nst_jax.core import x` asks twice: importlib's hasattr, then the
+  # import itself. Only the second is the caller's, so only it warns.
+  if not sys._getframe(1).f_code.co_filename.startswith('<frozen importlib'):
+    warnings.warn(
+      f'nst_jax.core.{name} is deprecated; use nst_jax.{name} or {_MOVED[name]}.{name}',
+      DeprecationWarning,
+      stacklevel=2,
+    )
   return getattr(importlib.import_module(_MOVED[name]), name)
