@@ -113,7 +113,7 @@ def _dangling(cwd):
 CASES = {
   'output-is-content': (_nothing, [['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'c.jpg']],
                         [(1, 'error: the result c.jpg would replace the content image; choose '
-                             'another output name')]),
+                             'another --output')]),
   'output-is-style-overwrite': (_nothing, [['-cp', 'c.jpg', '-sp', 's.jpg', '--output',
                                             './s.jpg', '--overwrite']],
                                 [(1, 'would replace the style image;')]),
@@ -123,7 +123,9 @@ CASES = {
   'foreign-record': (_notes, [['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'dir/notes.png']],
                      [(1, 'error: dir/notes.json exists, beside notes.png, and no nst-jax run')]),
   'job-output-is-next-content': (_jobs, [['--jobs', 'jobs.csv']],
-                                 [(1, 'd.png would replace the content image of job 2')]),
+                                 [(1, 'd.png would replace the content image of job 2; give job 1 '
+                                      'another output (--output, or the output column of its '
+                                      'jobs file)')]),
   'jobs-same-file': (_jobs, [['--jobs', 'pair.csv']],
                      [(1, 'error: job 2 b/../a.png and job 1 a.png are one file;')]),
   'output-is-jobs-file': (_jobs, [['--jobs', 'list.png']],

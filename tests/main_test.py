@@ -91,7 +91,9 @@ _ERRORS = [
         (['-cp', CONTENT, '-sp', STYLE, '-sw', 'nan'], '--styleweight must be a finite number'),
         (['-cp', CONTENT, '-sp', STYLE, '-sw', 'inf'], '--styleweight must be a finite number'),
         (['-cp', CONTENT, '-sp', STYLE, '--style_layers', 'relu9_1'], '--style_layers: unknown'),
-        (['-cp', 'missing.jpg', '-sp', STYLE], 'image missing.jpg does not exist'),
+        (['-cp', 'missing.jpg', '-sp', STYLE],
+         'error: -cp/--contentpath: image missing.jpg does not exist; pass the path of an image '
+         'file'),
         (['-cp', CONTENT, '-sp', STYLE, '--output', 'out.xyz'], 'end the name in .png'),
         (['-cp', CONTENT, '-sp', STYLE, '--weights', 'nope.npz'],
          'nope.npz (--weights) does not exist'),
@@ -108,7 +110,10 @@ _ERRORS = [
         (['-cp', CONTENT, '-sp', STYLE, '--style_scale', '0'], '--style_scale must be a finite'),
         (['-cp', CONTENT, '-sp', STYLE, '--tv_weight', '-1'], '--tv_weight must be a finite'),
         (['-cp', CONTENT, '-sp', STYLE, '--scales', 2, '--min_width', 64], 'not both'),
-        (['-cp', CONTENT, '-sp', STYLE, '--init', 'nothere.png'], 'nothere.png does not exist'),
+        (['-cp', CONTENT, '-sp', STYLE, '--init', 'nothere.png'],
+         'error: --init: image nothere.png does not exist'),
+        (['-cp', CONTENT, '-sp', STYLE, '--content_mask', 'nomask.png'],
+         'error: --content_mask: image nomask.png does not exist'),
         (['-cp', CONTENT, '-sp', STYLE, '--style_masks', STYLE], 'draw the mask over the content'),
         (
             ['-cp', CONTENT, '-sp', f'{STYLE},{STYLE}', '--style_masks', CONTENT],

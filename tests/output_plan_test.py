@@ -49,7 +49,7 @@ def test_an_output_never_replaces_an_input(tmp_path, monkeypatch):
       output_plan.check([_out(output)], inputs=inputs, overwrite=True)
     assert (
       str(e.value)
-      == f'the result {Path(output)} would replace the content image; choose another output name'
+      == f'the result {Path(output)} would replace the content image; choose another save.path'
     )
   # A derived file too: the record of x.loss.png's neighbour, a checkpoint.
   with pytest.raises(

@@ -22,6 +22,7 @@ from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import rows as rows_lib
 from nst_jax.io import images as image_lib
 from nst_jax.io import weights as weights_lib
+from nst_jax.runs import inputs as inputs_lib
 from nst_jax.runs import runner
 
 
@@ -147,7 +148,7 @@ def stylize(
   cfg = cfg.replace(inputs=cfg.inputs.replace(width=width))
   # The file pipeline's check (every row has row 0's sizes): an image smaller
   # than the deepest layer needs would otherwise fail later as a non-finite loss.
-  runner.check_size(cfg, rows[0])
+  inputs_lib.check_size(cfg, rows[0])
   layout = runner.layout_for(cfg, height, n)
   engine = runner.make_engine(cfg, w, layout, loss_fn=loss_fn)
   resume = runner.resume_from(cfg, None if checkpoint is None else Path(checkpoint), required=True)

@@ -32,6 +32,7 @@ from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import jobs as jobs_lib
 from nst_jax.io import outputs
 from nst_jax.io import weights as weights_lib
+from nst_jax.runs import inputs as inputs_lib
 from nst_jax.runs import output_plan
 from nst_jax.runs import runner
 
@@ -87,7 +88,7 @@ def _job_status(jobs, cfg) -> np.ndarray:
       elif cfg.run.resume and Path(job.output).exists():
         finished = True  # its checkpoint is gone: it finished and was cleaned up
       local[index] = [
-        runner.output_height(job.content, cfg),
+        inputs_lib.output_height(job.content, cfg),
         cfg.inputs.width,
         point is not None,
         point.scale if point else 0,
@@ -185,8 +186,8 @@ def _plan_outputs(jobs, cfg, inputs):
     plan = []
     for index, job in enumerate(jobs):
       job_cfg = _job_config(cfg, job)
-      files |= runner.input_files(job_cfg, owner=f' of job {index + 1}')
-      height = runner.output_height(job.content, cfg) if distributed.mine(index) else 0
+      files |= inputs_lib.input_files(job_cfg, owner=f' of job {index + 1}')
+      height = inputs_lib.output_height(job.content, cfg) if distributed.mine(index) else 0
       owner = f'job {index + 1}'
       plan.append(runner.planned_output(job_cfg, Path(job.output), height, owner=owner))
     local = [i for i in range(len(jobs)) if distributed.mine(i)]
@@ -249,7 +250,7 @@ def _load_rows(group, jobs, cfg, layout) -> dict[int, rows_lib.Row]:
         # device order would make this process read another's files.
         raise RuntimeError(f"row {r} (job {index}) is not on its owner's devices")
       job = jobs[index]
-      rows[r] = runner.load_row(
+      rows[r] = inputs_lib.load_row(
         cfg,
         job.content,
         job.style,
@@ -258,6 +259,7 @@ def _load_rows(group, jobs, cfg, layout) -> dict[int, rows_lib.Row]:
         content_weight=job.content_weight,
         style_weight=job.style_weight,
         checkpoint=checkpoint_lib.path_for(job.output),
+        job=index + 1,
       )
       if rows[r].content.shape[:2] != (group.height, group.width):
         raise errors.ImageError(
@@ -265,7 +267,7 @@ def _load_rows(group, jobs, cfg, layout) -> dict[int, rows_lib.Row]:
           f'width {group.width}, not the {group.width}x{group.height} its header gave; re-save the '
           'file'
         )
-      runner.check_size(cfg, rows[r], f' of job {index + 1}')
+      inputs_lib.check_size(cfg, rows[r], f' of job {index + 1}')
   return rows
 
 

@@ -101,6 +101,13 @@ def state_bytes(pixels: int, *, image_buffers: int) -> int:
   return pixels * 3 * 4 * image_buffers
 
 
+def _rename(out: Output) -> str:
+  """What to change for another output name: save.path, or the job's output."""
+  if out.owner == 'the result':
+    return 'choose another save.path'
+  return f'give {out.owner} another output (save.path, or the output column of its jobs file)'
+
+
 def check(
   outputs: Sequence[Output],
   *,
@@ -137,7 +144,7 @@ def check(
       if replaced is None:  # another name of an input: a hard link or a bind mount
         replaced = by_identity.get(output_names.identity(path))
       if replaced is not None:
-        raise errors.NstError(f'{what} would replace the {replaced}; choose another output name')
+        raise errors.NstError(f'{what} would replace the {replaced}; {_rename(out)}')
       if key in planned:
         raise errors.NstError(
           f'{what} and {planned[key]} are one file; give each its own output name'
@@ -163,7 +170,7 @@ def _check_files(out: Output, overwrite: bool) -> None:
     if os.path.lexists(path) and not path.is_file():
       raise errors.NstError(
         f'{path} exists and is not a regular file (a link to nowhere, a FIFO, a device); move it '
-        'away or choose another output name'
+        f'away or {_rename(out)}'
       )
     output_names.check_place(path)
     if path.suffix == output_names.CHECKPOINT_TAIL:

@@ -9,7 +9,6 @@ jobs, with every step that can fail on one process agreed by all
 (nst_jax.engine.distributed).
 """
 
-from collections.abc import Sequence
 import contextlib
 import os
 from pathlib import Path
@@ -21,15 +20,10 @@ import numpy as np
 
 from nst_jax import config as config_lib
 from nst_jax import errors
-from nst_jax.config import checks
-from nst_jax.core import pixels
-from nst_jax.core import vgg
 from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import memory as memory_lib
 from nst_jax.engine import preview as preview_lib
-from nst_jax.engine import rows as rows_lib
-from nst_jax.engine import schedule as schedule_lib
 from nst_jax.engine import sharding as sharding_lib
 from nst_jax.engine import steps
 from nst_jax.io import checkpoint as checkpoint_lib
@@ -38,87 +32,12 @@ from nst_jax.io import output_names
 from nst_jax.io import outputs
 from nst_jax.io import record as record_lib
 from nst_jax.io import weights as weights_lib
+from nst_jax.runs import inputs as inputs_lib
 from nst_jax.runs import output_plan
 
 # Compiled steps, kept for reuse by every run of this process (single, batch,
 # video, stylize): the runner owns the cache and hands it to each Engine.
 COMPILE_CACHE = steps.CompiledSteps()
-
-
-def style_width(cfg: config_lib.StyleConfig, width: int) -> int:
-  return max(1, round(cfg.inputs.style_scale * width))
-
-
-def output_height(path: str, cfg: config_lib.StyleConfig) -> int:
-  """The result's height for a content file, from its header (nothing decoded)."""
-  size = image_lib.image_size(path, max_pixels=cfg.inputs.max_image_pixels)
-  return pixels.resized_height(*size, cfg.inputs.width)
-
-
-def largest_height(content: str, styles: Sequence[str], cfg: config_lib.StyleConfig) -> int:
-  """The largest image height the step sees at the output width (content or a style)."""
-  width = cfg.inputs.width
-  sw = style_width(cfg, width)
-  heights = [output_height(content, cfg)]
-  for path in styles:
-    size = image_lib.image_size(path, max_pixels=cfg.inputs.max_image_pixels)
-    heights.append(pixels.resized_height(*size, sw) * sw // width)
-  return max(heights)
-
-
-def load_row(
-  cfg: config_lib.StyleConfig,
-  content: str,
-  styles: Sequence[str],
-  *,
-  content_mask: str = '',
-  style_masks: Sequence[str] = (),
-  content_weight: float | None = None,
-  style_weight: float | None = None,
-  checkpoint: Path | None = None,
-) -> rows_lib.Row:
-  """Reads one job's images, masks and start image into a Row."""
-  i = cfg.inputs
-  checks.styles_and_masks(len(styles), n_masks=len(style_masks))
-  rgb = image_lib.load_image(content, width=i.width, max_pixels=i.max_image_pixels)
-  sw = style_width(cfg, i.width)
-  style_rgb = [image_lib.load_image(s, width=sw, max_pixels=i.max_image_pixels) for s in styles]
-  height = rgb.shape[0]
-
-  def mask(path):
-    return image_lib.load_mask(path, height, i.width, max_pixels=i.max_image_pixels)
-
-  init = None
-  if i.init not in config_lib.INITS:
-    init = image_lib.load_image(i.init, max_pixels=i.max_image_pixels)
-  return rows_lib.Row(
-    content=rgb,
-    styles=style_rgb,
-    content_weight=content_weight,
-    style_weight=style_weight,
-    content_mask=mask(content_mask) if content_mask else None,
-    style_masks=np.stack([mask(p) for p in style_masks]) if style_masks else None,
-    init_rgb=init,
-    checkpoint=checkpoint,
-  )
-
-
-def check_size(cfg: config_lib.StyleConfig, row: rows_lib.Row, what: str = '') -> None:
-  """Refuses images smaller than the deepest layer needs, at the coarsest scale."""
-  need = vgg.min_input_size(cfg.loss.feature_layers)
-  stages = schedule_lib.plan(cfg.inputs.width, cfg.schedule)
-  ratio = stages[0].width / cfg.inputs.width
-  images = [('content', row.content)] + [('style', s) for s in row.styles]
-  for name, x in images:
-    h, w = (max(1, round(v * ratio)) for v in x.shape[:2])
-    if min(h, w) < need:
-      where, fix = 'at this width', 'a larger inputs.width'
-      if len(stages) > 1:
-        where, fix = 'at the coarsest scale', 'a larger inputs.width or fewer schedule.scales'
-      raise errors.ImageError(
-        f'the {name} image{what} is {w}x{h} px {where}, but the layers used need at least '
-        f'{need} px on each side; use {fix}'
-      )
 
 
 def layout_for(cfg: config_lib.StyleConfig, height: int, n_rows: int = 1) -> sharding_lib.Layout:
@@ -280,23 +199,6 @@ def _single_output(cfg: config_lib.StyleConfig) -> Path:
   return output
 
 
-def input_files(cfg: config_lib.StyleConfig, *, owner: str = '') -> dict[str, str]:
-  """Every file a run reads, by what it is ('style image 2'), for the output planner."""
-  i = cfg.inputs
-  files = {f'content image{owner}': i.content_path}
-  styles = cfg.style_paths
-  for k, path in enumerate(styles, 1):
-    files[f'style image{f" {k}" if len(styles) > 1 else ""}{owner}'] = path
-  if i.content_mask:
-    files[f'content mask{owner}'] = i.content_mask
-  for k, path in enumerate(i.style_masks, 1):
-    files[f'style mask {k}{owner}'] = path
-  if i.init not in config_lib.INITS:
-    files[f'init image{owner}'] = i.init
-  files['weights file'] = str(weights_lib.resolve_weights_path(cfg.model.weights or None))
-  return {what: path for what, path in files.items() if path}
-
-
 def planned_output(cfg: config_lib.StyleConfig, output: Path, height: int, **kwargs):
   """The planner's view of an image result of `cfg` at `height` x width (output_plan.Output)."""
   pixels = height * cfg.inputs.width
@@ -315,7 +217,7 @@ def planned_output(cfg: config_lib.StyleConfig, output: Path, height: int, **kwa
 def _check_memory(cfg: config_lib.StyleConfig, layout: sharding_lib.Layout) -> None:
   # Sizes from the headers, so a huge -w is refused before anything is decoded.
   i = cfg.inputs
-  height = largest_height(i.content_path, cfg.style_paths, cfg)
+  height = inputs_lib.largest_height(i.content_path, cfg.style_paths, cfg)
   spatial = len(layout.mesh.devices.flat) if isinstance(layout, sharding_lib.SpatialLayout) else 1
   need, have = memory_lib.check_memory(height, i.width, config=cfg, spatial_devices=spatial)
   logging.info(
@@ -342,7 +244,10 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   """
   i = cfg.inputs
   output = _single_output(cfg)
-  height = output_height(i.content_path, cfg)
+  try:
+    height = inputs_lib.output_height(i.content_path, cfg)
+  except errors.ImageError as e:
+    raise errors.ImageError(f'inputs.content_path: {e}') from None
   layout = layout_for(cfg, height)
   _check_memory(cfg, layout)
   plan = [planned_output(cfg, output, height)]
@@ -358,14 +263,14 @@ def run(cfg: config_lib.StyleConfig) -> Path:
 
 
 def _check_plan(cfg: config_lib.StyleConfig, plan) -> None:
-  output_plan.check(plan, inputs=input_files(cfg), overwrite=cfg.save.overwrite)
+  output_plan.check(plan, inputs=inputs_lib.input_files(cfg), overwrite=cfg.save.overwrite)
 
 
 def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan) -> Path:
   """`run` once its output is planned: inputs, weights, then the locks and the engine."""
   i = cfg.inputs
   ckpt = checkpoint_lib.path_for(output)
-  row = load_row(
+  row = inputs_lib.load_row(
     cfg,
     i.content_path,
     cfg.style_paths,
@@ -373,7 +278,7 @@ def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan) -> Path
     style_masks=i.style_masks,
     checkpoint=ckpt,
   )
-  check_size(cfg, row)
+  inputs_lib.check_size(cfg, row)
   icc = image_lib.icc_profile(i.content_path, max_pixels=i.max_image_pixels)
   # Bound before the weights load and the compile, so a busy port fails fast.
   with (

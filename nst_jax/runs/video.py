@@ -17,9 +17,8 @@ the output, with the running frame's checkpoint, so `run.resume` continues
 at the first unfinished frame (one pass) or the last unfinished pass. The
 video (or frame directory) appears only when complete, with its run record.
 
-Reference: Ruder, Dosovitskiy & Brox, "Artistic style transfer for videos",
-GCPR 2016 (arXiv:1604.08610), and "Artistic style transfer for videos and
-spherical images", IJCV 2018 (multi-pass, Sec. 3.3).
+Reference: Ruder, Dosovitskiy & Brox, "Artistic style transfer for videos", GCPR
+2016 (arXiv:1604.08610); "... and spherical images", IJCV 2018 (multi-pass, 3.3).
 """
 
 import contextlib
@@ -52,6 +51,7 @@ from nst_jax.io import record as record_lib
 from nst_jax.io import video as video_lib
 from nst_jax.io import weights as weights_lib
 from nst_jax.runs import flow as flow_lib
+from nst_jax.runs import inputs as inputs_lib
 from nst_jax.runs import output_plan
 from nst_jax.runs import runner as pipeline
 from nst_jax.runs import temporal
@@ -201,7 +201,7 @@ def run_video(cfg: config_lib.StyleConfig) -> Path:
 def _recheck(cfg, plan) -> None:
   local = [0] if jax.process_index() == 0 else []
   output_plan.check(
-    plan, inputs=pipeline.input_files(cfg), overwrite=cfg.save.overwrite, local=local
+    plan, inputs=inputs_lib.input_files(cfg), overwrite=cfg.save.overwrite, local=local
   )
 
 
@@ -220,10 +220,10 @@ def _run_video(cfg: config_lib.StyleConfig, clip, paths: _Paths, height: int, pl
   frames = list(
     video_lib.read_frames(clip, cfg.inputs.width, max_pixels=cfg.inputs.max_image_pixels)
   )
-  sw = pipeline.style_width(cfg, cfg.inputs.width)
+  sw = inputs_lib.style_width(cfg, cfg.inputs.width)
   styles = [image_lib.load_image(s, width=sw, max_pixels=cfg.inputs.max_image_pixels)
             for s in cfg.style_paths]  # fmt: skip
-  pipeline.check_size(cfg, rows_lib.Row(content=frames[0], styles=styles), ' (a frame)')
+  inputs_lib.check_size(cfg, rows_lib.Row(content=frames[0], styles=styles), ' (a frame)')
   logging.info(
     'Styling %d frames of %s (%dx%d, %s fps) after %s; %s.',
     len(frames),
