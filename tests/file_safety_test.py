@@ -292,22 +292,21 @@ def test_a_batch_job_killed_before_its_result_is_written_again_on_resume(tmp_pat
   assert (tmp_path / 'b.png').stat().st_mtime_ns == b_time  # finished: not run again
 
 
-def test_resuming_a_finished_batch_is_refused_and_writes_nothing(tmp_path, caffe_npz):
+def test_resuming_a_finished_batch_finds_it_finished_and_writes_nothing(tmp_path, caffe_npz):
   _images(tmp_path)
   jobs = [jobs_lib.Job(str(tmp_path / 'c.jpg'), (str(tmp_path / 's.jpg'),))]
-  cfg = _cfg(tmp_path, caffe_npz, record=False)
+  cfg = _cfg(tmp_path, caffe_npz)
   cfg = cfg.replace(save=cfg.save.replace(path=f'{tmp_path}/out/'))
   batch_lib.run_batch(jobs, cfg)
-  before = sorted(p.name for p in (tmp_path / 'out').iterdir())
-  assert before == ['c_s.png']  # and no checkpoint left
-  # Before: the finished batch ran again as c_s_2.png.
-  with pytest.raises(errors.NstError) as e:
-    batch_lib.run_batch(jobs, cfg.replace(run=cfg.run.replace(resume=True)))
-  assert str(e.value) == (
-    'nothing to resume: no job of the batch has a checkpoint beside its output (a finished '
-    'batch removes them and keeps its results); run without run.resume to start'
-  )
-  assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == before
+  batch_lib.run_batch(jobs, cfg)  # a second batch, later, beside the first: c_s_2.png
+  files = {p.name: p.stat().st_mtime_ns for p in (tmp_path / 'out').iterdir()}
+  # No checkpoint left: both finished.
+  assert sorted(files) == [f'c_s{n}{tail}' for n in ('', '_2')
+                           for tail in ('.json', '.loss.png', '.png', '.sheet.jpg')]  # fmt: skip
+  # Before: a finished batch resumed ran every job again, as c_s_3.png.
+  written = batch_lib.run_batch(jobs, cfg.replace(run=cfg.run.replace(resume=True)))
+  assert written == {}
+  assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / 'out').iterdir()} == files
 
 
 def _start(tmp_path, caffe_npz, *args):

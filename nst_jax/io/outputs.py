@@ -89,7 +89,9 @@ def assign_outputs(jobs: Iterable, directory: str, *, resume: bool = False) -> l
 
   Names are unique within the batch and never replace an existing file or
   checkpoint; with `resume`, a job whose automatic name has a checkpoint
-  (finished or not) keeps that name, so the batch continues where it was.
+  (finished or not) keeps that name, so the batch continues where it was,
+  and one whose newest automatic name holds a result without a checkpoint
+  keeps that name too (its batch finished; the job counts as done).
 
   Args:
     jobs: objects with `content`, `style` and `output` fields (nst_jax.io.jobs.Job).
@@ -106,6 +108,10 @@ def assign_outputs(jobs: Iterable, directory: str, *, resume: bool = False) -> l
     if not output:
       found = None
       if resume:
+        # The name with a checkpoint (an unfinished job, or one of a batch not
+        # yet finished); else the newest result without one, from a batch that
+        # finished and removed its checkpoints: the job is done, not run again.
+        last_result = None
         for path in candidates(job.content, job.style, directory):
           if str(path) in taken:
             continue
@@ -113,7 +119,9 @@ def assign_outputs(jobs: Iterable, directory: str, *, resume: bool = False) -> l
             found = path
             break
           if not path.exists():
+            found = last_result
             break
+          last_result = path
       if found is None:
         found = next(
           p

@@ -209,13 +209,6 @@ def _plan(jobs, cfg, local_devices) -> list[distributed.Group]:
   """Groups the unfinished jobs (alike on every process)."""
   status = _job_status(jobs, cfg)
   finished = status[:, 5].astype(bool)
-  if cfg.run.resume and not (status[:, 2].any() or finished.any()):
-    # As a single run with nothing to resume: otherwise a finished batch, whose
-    # checkpoints are removed, would run again under new automatic names.
-    raise errors.NstError(
-      'nothing to resume: no job of the batch has a checkpoint beside its output '
-      '(a finished batch removes them and keeps its results); run without run.resume to start'
-    )
   groups = distributed.plan_groups(
     [(int(h), int(w)) for h, w in status[:, :2]],
     processes=jax.process_count(),
