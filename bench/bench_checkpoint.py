@@ -1,45 +1,54 @@
-r"""Checkpoint size and save/restore time for a run of a given size.
+r"""Checkpoints: size, what a save costs the run, orbax-checkpoint beside ours, a run's overhead.
 
 Usage:
   python bench/bench_checkpoint.py [--width 1024 --height 768 --repeats 3]
+  python bench/bench_checkpoint.py --orbax          # also orbax-checkpoint's async save
+  python bench/bench_checkpoint.py --overhead 512   # main.py with and without checkpoints
 
-Builds the real step state (image plus L-BFGS or Adam state, default
-settings) for an image of that size and times `nst_jax.io.checkpoint.save` and
-`restore` (median of the repeats), reporting the file size.
+Part 1 builds the real step state (image plus L-BFGS or Adam state, default
+history) at that size and times, as medians of --repeats:
+  * `snapshot`: the copy to the host, the only part on the run's path (the
+    step donates the state, so it is copied before the next iteration);
+  * `write`: serialising and writing, which runs on the checkpoint thread
+    (nst_jax.io.checkpoint.Writer) while the run goes on;
+  * `restore`, and the file size.
+With --orbax, orbax-checkpoint's StandardCheckpointer on the same state: the
+blocking part of an async save, the whole save, the directory's size, and
+`import orbax.checkpoint`'s time in a fresh process beside `import nst_jax`'s.
+
+Part 2 (--overhead W) runs main.py at width W on the sample images
+(LSUV-scaled random weights) with `--checkpoint_every 10` and with
+`--checkpoint_every 0`, alternating (ABBA) so neither always follows the other,
+and reports each process's wall time and the ratio of the medians.
 """
 
 import argparse
 import os
 from pathlib import Path
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / 'bench'))
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--width', type=int, default=1024)
-  parser.add_argument('--height', type=int, default=768)
-  parser.add_argument('--optimizer', default='lbfgs')
-  parser.add_argument('--lbfgs_memory', type=int, default=100)
-  parser.add_argument('--repeats', type=int, default=3)
-  args = parser.parse_args()
+def _median(times):
+  return f'{statistics.median(times):.3f} s ({", ".join(f"{t:.3f}" for t in times)})'
 
+
+def _state(args):
   import jax
   import jax.numpy as jnp
 
-  import nst_jax
+  from nst_jax.core import pixels
   from nst_jax.core.step import init_state
   from nst_jax.core.step import make_optimizer
-  from nst_jax.io import checkpoint as checkpoint_lib
 
-  tx = make_optimizer(
-    args.optimizer, memory_size=args.lbfgs_memory, convention=nst_jax.core.pixels.CAFFE
-  )
+  tx = make_optimizer(args.optimizer, memory_size=args.lbfgs_memory, convention=pixels.CAFFE)
   image = jax.random.normal(jax.random.key(0), (1, args.height, args.width, 3)) * 50
   state = init_state(image, tx)
   # A few updates so the L-BFGS history holds real numbers.
@@ -50,23 +59,98 @@ def main():
       g, state.opt_state, state.image
     )
     state = state._replace(image=state.image + updates, opt_state=opt_state)
+  return jax.block_until_ready(state)
+
+
+def ours(args, state, tmp):
+  from nst_jax.io import checkpoint as checkpoint_lib
+
   settings = {'note': 'benchmark'}
+  path = os.path.join(tmp, 'run.ckpt')
+  snaps, writes, restores = [], [], []
+  for _ in range(args.repeats):
+    t0 = time.perf_counter()
+    payload = checkpoint_lib.snapshot(state, iteration=1, total=2, settings=settings)
+    snaps.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    checkpoint_lib.write(path, payload)
+    writes.append(time.perf_counter() - t0)
+    del payload
+    t0 = time.perf_counter()
+    checkpoint_lib.restore(path, like=state, settings=settings)
+    restores.append(time.perf_counter() - t0)
+  print(f'ours: file {os.path.getsize(path) / 1e6:.0f} MB; snapshot (on the run path) '
+        f'{_median(snaps)}; write (background) {_median(writes)}; '
+        f'restore {_median(restores)}')  # fmt: skip
+
+
+def orbax(args, state, tmp):
+  import orbax.checkpoint as ocp
+
+  blocking, whole = [], []
+  for k in range(args.repeats):
+    path = Path(tmp) / f'orbax{k}'
+    checkpointer = ocp.StandardCheckpointer()
+    t0 = time.perf_counter()
+    checkpointer.save(path, state)
+    blocking.append(time.perf_counter() - t0)
+    checkpointer.wait_until_finished()
+    whole.append(time.perf_counter() - t0)
+    checkpointer.close()
+  size = sum(f.stat().st_size for f in path.rglob('*') if f.is_file())
+  files = sum(1 for f in path.rglob('*') if f.is_file())
+  print(f'orbax StandardCheckpointer: directory {size / 1e6:.0f} MB in {files} files; '
+        f'blocking part {_median(blocking)}; whole save {_median(whole)}')  # fmt: skip
+  for module in ('nst_jax', 'orbax.checkpoint'):
+    times = []
+    for _ in range(3):
+      t0 = time.perf_counter()
+      subprocess.run([sys.executable, '-c', f'import {module}'], check=True, cwd=ROOT)
+      times.append(time.perf_counter() - t0)
+    print(f'python -c "import {module}": {_median(times)}')
+
+
+def overhead(width: int, iterations: int) -> None:
+  import common
+
   with tempfile.TemporaryDirectory() as tmp:
-    path = os.path.join(tmp, 'run.ckpt')
-    saves, restores = [], []
-    for _ in range(args.repeats):
+    weights, label = common.lsuv_weights_file(tmp)
+    walls = {10: [], 0: []}
+    for every in (10, 0, 0, 10):
+      out = Path(tmp) / f'r{every}_{len(walls[every])}.png'
+      cmd = [sys.executable, str(ROOT / 'main.py'), '-cp', 'content_images/tubingen.jpg',
+             '-sp', 'style_images/starry_night.jpg', '-w', str(width), '-i', str(iterations),
+             '--tol', '0', '--weights', str(weights), '--output', str(out), '--norecord',
+             '--checkpoint_every', str(every), '--keep_checkpoint',
+             '--progress', 'log']  # fmt: skip
       t0 = time.perf_counter()
-      checkpoint_lib.save(path, state=state, iteration=1, total=2, settings=settings)
-      saves.append(time.perf_counter() - t0)
-      t0 = time.perf_counter()
-      checkpoint_lib.restore(path, like=state, settings=settings)
-      restores.append(time.perf_counter() - t0)
-    size = os.path.getsize(path)
-  print(
-    f'{args.width}x{args.height} {args.optimizer}: checkpoint {size / 1e6:.0f} MB, save median '
-    f'{statistics.median(saves):.2f} s ({", ".join(f"{t:.2f}" for t in saves)}), restore median '
-    f'{statistics.median(restores):.2f} s'
-  )
+      subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
+      walls[every].append(time.perf_counter() - t0)
+    ratio = statistics.median(walls[10]) / statistics.median(walls[0])
+    print(f'main.py -w {width} -i {iterations} ({label}): --checkpoint_every 10 '
+          f'{_median(walls[10])}, 0: {_median(walls[0])}; ratio {ratio:.3f} (ABBA)')  # fmt: skip
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--width', type=int, default=1024)
+  parser.add_argument('--height', type=int, default=768)
+  parser.add_argument('--optimizer', default='lbfgs')
+  parser.add_argument('--lbfgs_memory', type=int, default=30)
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--orbax', action='store_true')
+  parser.add_argument('--overhead', type=int, metavar='WIDTH')
+  parser.add_argument('--iterations', type=int, default=40, help='for --overhead')
+  args = parser.parse_args()
+  print(f'{os.cpu_count()} CPU cores; {args.width}x{args.height} {args.optimizer}', flush=True)
+  if args.overhead:
+    overhead(args.overhead, args.iterations)
+    return
+  state = _state(args)
+  with tempfile.TemporaryDirectory() as tmp:
+    ours(args, state, tmp)
+    if args.orbax:
+      orbax(args, state, tmp)
 
 
 if __name__ == '__main__':

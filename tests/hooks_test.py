@@ -153,6 +153,109 @@ def test_a_non_finite_image_never_replaces_a_good_checkpoint(tmp_path):
   assert checkpoint_lib.read(tmp_path / 'a.ckpt')['iteration'] == 2
 
 
+class _Clock:
+  """A clock the stand-in step moves by 2 s per iteration."""
+
+  def __init__(self):
+    self.now = 0.0
+
+  def __call__(self):
+    return self.now
+
+
+def _saved_iterations(tmp_path, clock, **kwargs):
+  """Runs 25 iterations of 2 s each on `clock`, checkpointing with `kwargs`."""
+
+  def step(state, params, targets):
+    clock.now += 2.0
+    zeros = jnp.zeros(2)
+    return StyleState(state.image + 1, None), dict.fromkeys(('total', 'content', 'style', 'tv'),
+                                                            zeros)  # fmt: skip
+
+  ckpt = hooks.Checkpoints(
+    {0: tmp_path / 'a.ckpt'},
+    settings={0: {}},
+    finite=lambda image: np.asarray(hooks.rows_finite(image)),
+    row_states=lambda state: {r: {'image': np.asarray(x)} for r, x in enumerate(state.image)},
+    clock=clock,
+    **kwargs,
+  )
+  info = loop.LoopInfo(start=0, total=25, rows=(0,))
+  loop.run_loop(step, _state(), None, None, info=info, hooks=[ckpt])
+  assert checkpoint_lib.read(tmp_path / 'a.ckpt')['iteration'] == 25
+
+
+def test_checkpoints_by_seconds_as_well_as_by_iterations(tmp_path, monkeypatch):
+  iterations = []
+  real_snapshot = checkpoint_lib.snapshot
+
+  def snapshot(state, **kwargs):
+    iterations.append(kwargs['iteration'])
+    return real_snapshot(state, **kwargs)
+
+  monkeypatch.setattr(checkpoint_lib, 'snapshot', snapshot)
+  # 2 s per iteration: every 7 s is every 4th iteration after the last save,
+  # counted again from each save, whatever saved it; and the last.
+  _saved_iterations(tmp_path, _Clock(), every=10, seconds=7.0)
+  assert iterations == [4, 8, 10, 14, 18, 20, 24, 25]
+  iterations.clear()
+  _saved_iterations(tmp_path, _Clock(), every=0, seconds=0.0)
+  assert iterations == [25]  # neither: only the last
+
+
+def test_several_processes_agree_on_time_every_ten_iterations(tmp_path, monkeypatch):
+  iterations, asked = [], []
+  real_snapshot = checkpoint_lib.snapshot
+
+  def snapshot(state, **kwargs):
+    iterations.append(kwargs['iteration'])
+    return real_snapshot(state, **kwargs)
+
+  def agree(due):  # as distributed.agreed_any: another process's clock said due at 20
+    asked.append(due)
+    return due or len(asked) == 2
+
+  monkeypatch.setattr(checkpoint_lib, 'snapshot', snapshot)
+  _saved_iterations(tmp_path, _Clock(), every=0, seconds=50.0, agree=agree)
+  # Asked (one collective) only at 10 and 20 (20 s and 40 s here, under 50).
+  assert asked == [False, False]
+  assert iterations == [20, 25]
+
+
+def test_a_background_write_is_in_order_and_its_error_reaches_the_run():
+  writer = checkpoint_lib.Writer()
+  order, release = [], threading.Event()
+
+  def slow():
+    release.wait(10)
+    order.append('first')
+
+  writer.submit(slow)
+  assert order == []  # the run goes on while it writes
+  release.set()
+  writer.submit(lambda: order.append('second'))  # waits for the first
+  writer.wait()
+  assert order == ['first', 'second']
+  writer.submit(lambda: 1 / 0)
+  with pytest.raises(ZeroDivisionError):
+    writer.wait()
+  writer.wait()  # raised once
+
+
+def test_a_snapshot_is_its_own_copy_and_writes_what_save_writes(tmp_path):
+  image = np.arange(12, dtype=np.float32).reshape(1, 2, 2, 3)
+  state = StyleState(jnp.asarray(image), {'s': jnp.ones((2, 3))})
+  fields = dict(iteration=3, total=9, settings={'w': 1}, scale=(1, 2), extra={'best': [1.0]})
+  payload = checkpoint_lib.snapshot(state, **fields)
+  host = np.asarray(state.image)
+  if host.flags.writeable:  # a view of the device buffer would change the payload
+    host[...] = -1
+  checkpoint_lib.write(tmp_path / 'bg.ckpt', payload)
+  checkpoint_lib.save(tmp_path / 'fg.ckpt', state=StyleState(jnp.asarray(image),
+                      {'s': jnp.ones((2, 3))}), **fields)  # fmt: skip
+  assert (tmp_path / 'bg.ckpt').read_bytes() == (tmp_path / 'fg.ckpt').read_bytes()
+
+
 def test_rows_finite_is_per_row():
   image = np.ones((3, 2, 2, 3), np.float32)
   image[1, 0, 1, 2] = np.inf

@@ -147,6 +147,7 @@ _ERROR_IDS = [
         'no-cp', 'no-sp', 'iterations', 'width', 'cw', 'sw-nan', 'sw-inf', 'layer',
         'missing-image', 'bad-output', 'missing-weights', 'weights-dir', 'empty-style',
         'blend-count', 'blend-nan', 'style-scale', 'tv', 'scales-and-min-width', 'missing-init',
+        'missing-content-mask',
         'mask-aspect', 'mask-count', 'histogram-masks', 'colors', 'too-many-scales',
         'bits-jpeg', 'quality', 'preset', 'serve-port', 'no-images', 'missing-jobs',
         'empty-glob', 'batch-output-file', 'tol', 'precision', 'video-passes',

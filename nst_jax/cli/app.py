@@ -130,6 +130,7 @@ def config_from_flags() -> nst_jax.StyleConfig:
       print_iter=FLAGS.print_iter,
       progress=FLAGS.progress,
       checkpoint_every=FLAGS.checkpoint_every,
+      checkpoint_seconds=FLAGS.checkpoint_seconds,
       resume=FLAGS.resume,
       keep_checkpoint=FLAGS.keep_checkpoint,
       serve=FLAGS.serve,

@@ -238,6 +238,12 @@ flags.DEFINE_integer(
   DEFAULTS.run.checkpoint_every,
   'Save a checkpoint (<output>.ckpt) every N iterations (0: only on a signal and at the end).',
 )
+flags.DEFINE_float(
+  'checkpoint_seconds',
+  DEFAULTS.run.checkpoint_seconds,
+  'Also save a checkpoint when N seconds have passed since the last (0: off); on a fast GPU or '
+  'TPU use this instead of --checkpoint_every.',
+)
 flags.DEFINE_bool('resume', DEFAULTS.run.resume, "Continue from the output's checkpoint.")
 flags.DEFINE_bool(
   'keep_checkpoint',

@@ -62,6 +62,7 @@ FIELD_FLAGS = {
   'run.print_iter': '--print_iter',
   'run.progress': '--progress',
   'run.checkpoint_every': '--checkpoint_every',
+  'run.checkpoint_seconds': '--checkpoint_seconds',
   'run.resume': '--resume',
   'run.keep_checkpoint': '--keep_checkpoint',
   'run.serve': '--serve',

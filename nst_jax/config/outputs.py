@@ -53,6 +53,10 @@ class RunConfig(checks.Group):
       when stderr is a terminal, else lines).
     checkpoint_every: save a checkpoint every this many iterations (0: only
       on SIGINT/SIGTERM and at the end of each scale).
+    checkpoint_seconds: also save one when this many seconds have passed
+      since the last (0: off). For fast devices, where 100 iterations take
+      seconds: count by time there, not iterations. Checkpoints are written
+      in the background either way.
     resume: continue from the output's checkpoint (batch: every unfinished
       job's, skipping finished jobs).
     keep_checkpoint: keep the checkpoint after the run finishes (to extend it
@@ -66,6 +70,7 @@ class RunConfig(checks.Group):
   print_iter: int = 50
   progress: str = 'auto'
   checkpoint_every: int = groups.DEFAULT_CHECKPOINT_EVERY
+  checkpoint_seconds: float = 0.0
   resume: bool = False
   keep_checkpoint: bool = False
   serve: int | None = None
@@ -74,6 +79,7 @@ class RunConfig(checks.Group):
   def __post_init__(self):
     checks.nonnegative_int('run.print_iter', self.print_iter)
     checks.nonnegative_int('run.checkpoint_every', self.checkpoint_every)
+    checks.finite_nonnegative('run.checkpoint_seconds', self.checkpoint_seconds)
     checks.one_of('run.progress', self.progress, groups.PROGRESS_MODES)
     checks.one_of('run.shard', self.shard, groups.SHARD_MODES)
     if self.serve is not None:

@@ -46,6 +46,8 @@ class Watch:
     print_iter: log and record every this many iterations.
     prefix: prepended to log lines ('process K: ').
     checkpoint_every: save the rows' checkpoints every this many iterations.
+    checkpoint_seconds: and when this many seconds have passed since the
+      last save (0: off).
     save_iter: call `on_intermediate` every this many iterations.
     on_intermediate: (iteration across scales, {row: RGB}) -> the paths it wrote
       (or None); a stop by signal names them.
@@ -58,12 +60,24 @@ class Watch:
   print_iter: int = 50
   prefix: str = ''
   checkpoint_every: int = 0
+  checkpoint_seconds: float = 0.0
   save_iter: int = 0
   on_intermediate: Callable[[int, dict[int, np.ndarray]], Any] | None = None
   monitor: Any = None
   monitor_row: int = 0
   should_stop: Callable[[], int | None] | None = None
   history: hooks_lib.History | None = None
+
+  @classmethod
+  def of_run(cls, run, **kwargs) -> 'Watch':
+    """The hooks a RunConfig asks for (progress, print_iter, checkpoints), plus `kwargs`."""
+    return cls(
+      progress=run.progress,
+      print_iter=run.print_iter,
+      checkpoint_every=run.checkpoint_every,
+      checkpoint_seconds=run.checkpoint_seconds,
+      **kwargs,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,7 @@ import numpy as np
 from nst_jax import errors
 from nst_jax.core import pixels
 from nst_jax.core import step as core
+from nst_jax.engine import distributed
 from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import loop as loop_lib
 from nst_jax.engine import rows as rows_lib
@@ -305,6 +306,8 @@ class GroupRun:
       finite=self._finite,
       row_states=self._row_states,
       extra=convergence.state,
+      seconds=watch.checkpoint_seconds,
+      agree=distributed.agreed_any if jax.process_count() > 1 else None,
     )
     hooks = [hooks_lib.make_progress(watch.progress, watch.print_iter, watch.prefix)]
     if watch.history is not None:

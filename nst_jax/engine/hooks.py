@@ -137,15 +137,25 @@ class History(Hook):
 
 
 class Checkpoints(Hook):
-  """Saves each local row's state to its own checkpoint file.
+  """Saves each local row's state to its own checkpoint file, in the background.
 
-  Every `every` iterations, at the last iteration of a scale, and when a
-  signal stops the run. The images must be finite (checked across every
-  process alike), so a good checkpoint is never replaced by a broken one.
+  Every `every` iterations, when `seconds` have passed since the last save,
+  at the last iteration of a scale, and when a signal stops the run. The
+  images must be finite (checked across every process alike), so a good
+  checkpoint is never replaced by a broken one. The state is copied to the
+  host at once (the step donates it); serialising and writing it run on a
+  `checkpoint_lib.Writer` thread while the next iterations go on, and `end`
+  waits for the write, so a stage (or a stop by signal) ends with its
+  checkpoint whole on disk.
 
   Attributes:
-    last_saved: the last iteration (at this scale) saved, or None.
+    last_saved: the last iteration (at this scale) whose checkpoint is written
+      (or being written, by the time anyone reads it after `end`), or None.
   """
+
+  # With several processes the time test must give one answer everywhere:
+  # it is agreed (one small collective) on every this many iterations only.
+  AGREE_EVERY = 10
 
   def __init__(
     self,
@@ -156,48 +166,78 @@ class Checkpoints(Hook):
     finite: Callable[[Any], np.ndarray],
     row_states: Callable[[Any], dict[int, Any]],
     extra: Callable[[int], dict] | None = None,
+    seconds: float = 0.0,
+    agree: Callable[[bool], bool] | None = None,
+    clock: Callable[[], float] = time.monotonic,
   ):
+    """`agree(due) -> due anywhere`, for several processes (None: one process)."""
     self.extra = extra
     self.paths = dict(paths)
     self.every = every
+    self.seconds = seconds
+    self.agree = agree
+    self.clock = clock
     self.settings = settings
     self.finite = finite
     self.row_states = row_states
+    self.writer = checkpoint_lib.Writer()
     self.last_saved: int | None = None
 
   def begin(self, info: LoopInfo) -> None:
     self.info = info
     self.last_saved = info.start or None
+    self.t_saved = self.clock()
+
+  def _due_by_time(self, iteration: int) -> bool:
+    if not self.seconds:
+      return False
+    if self.agree is None:
+      return self.clock() - self.t_saved >= self.seconds
+    if iteration % self.AGREE_EVERY:
+      return False
+    return self.agree(self.clock() - self.t_saved >= self.seconds)
 
   def after_step(self, view: StepView) -> None:
-    if not (view.last or is_time(view.iteration, self.every, self.info.total)):
+    timely = view.last or is_time(view.iteration, self.every, self.info.total)
+    if not (timely or self._due_by_time(view.iteration)):
       return
+    self.t_saved = self.clock()
     ok = self.finite(view.state.image)
     if not np.all(ok[list(self.info.rows)]):
       raise errors.NonFinite(view.global_iteration)
     if not self.paths:
       return
+    self.writer.wait()  # one host copy of the state at most
     states = self.row_states(view.state)
+    payloads = {
+      r: checkpoint_lib.snapshot(
+        states[r],
+        iteration=view.iteration,
+        total=self.info.total,
+        settings=self.settings[r],
+        scale=(self.info.scale, self.info.scales),
+        extra=self.extra(r) if self.extra is not None else None,
+      )
+      for r in self.paths
+    }
+    del states
+    self.writer.submit(lambda: self._write(payloads, view.iteration))
+
+  def _write(self, payloads: dict[int, dict], iteration: int) -> None:
     saved = True
     for r, path in self.paths.items():
-      extra = self.extra(r) if self.extra is not None else None
       try:
-        checkpoint_lib.save(
-          path,
-          state=states[r],
-          iteration=view.iteration,
-          total=self.info.total,
-          settings=self.settings[r],
-          scale=(self.info.scale, self.info.scales),
-          extra=extra,
-        )
+        checkpoint_lib.write(path, payloads.pop(r))
       except errors.WriteError as e:
         # A full disk must not cost the run: the previous checkpoint stays
         # whole (atomic write), and the small result may still fit at the end.
         logging.warning('%s; the run goes on, and the previous checkpoint is kept', e)
         saved = False
     if saved:
-      self.last_saved = view.iteration
+      self.last_saved = iteration
+
+  def end(self, view: StepView | None) -> None:
+    self.writer.wait()
 
 
 class Intermediates(Hook):

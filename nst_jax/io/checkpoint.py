@@ -15,12 +15,13 @@ trajectory, so a resumed run ends bitwise equal to an uninterrupted one on
 the same machine.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import dataclasses
 import hashlib
 import json
 import os
 from pathlib import Path
+import threading
 from typing import Any
 
 import flax.serialization
@@ -114,7 +115,7 @@ def save(
   scale: tuple[int, int] = (0, 1),
   extra: dict | None = None,
 ) -> None:
-  """Writes the checkpoint atomically.
+  """Writes the checkpoint atomically (`write(path, snapshot(state, ...))`).
 
   Args:
     path: the .ckpt file.
@@ -127,18 +128,78 @@ def save(
     extra: small values the run needs to continue exactly (the schedule's
       convergence history, 'converged' when the scale ended early).
   """
-  payload = {
+  write(path, snapshot(state, iteration=iteration, total=total, settings=settings, scale=scale,
+                       extra=extra))  # fmt: skip
+
+
+def snapshot(
+  state: Any,
+  *,
+  iteration: int,
+  total: int,
+  settings: dict,
+  scale: tuple[int, int] = (0, 1),
+  extra: dict | None = None,
+) -> dict:
+  """A checkpoint's payload with host copies of the state (arguments as `save`).
+
+  The copies are the caller's own: the next step reuses the donated
+  buffers, and on a CPU a host view of a device array may be that buffer.
+  """
+  host = jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(state))
+  return {
     'format': FORMAT,
     'iteration': iteration,
     'total': total,
     'scale': scale[0],
     'scales': scale[1],
     'settings': json.dumps(settings, sort_keys=True),
-    'state': flax.serialization.to_state_dict(jax.device_get(state)),
+    'state': flax.serialization.to_state_dict(host),
     'extra': json.dumps(extra or {}),
   }
+
+
+def write(path: str | os.PathLike, payload: dict) -> None:
+  """Serialises a `snapshot` and writes it atomically (temporary file + rename)."""
   data = flax.serialization.msgpack_serialize(payload)
   image_lib.atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+class Writer:
+  """Writes checkpoints on a background thread, at most one at a time.
+
+  The step goes on while a checkpoint is serialised and written. `submit`
+  first waits for the previous write, so at most one host copy of the
+  state is waiting (peak memory grows by one state, never by two), and
+  files are written in order. `wait` ends the current write; an error
+  raised by a write other than WriteError (which `write` callers handle)
+  is raised again there, in the run's thread.
+  """
+
+  def __init__(self):
+    self._thread: threading.Thread | None = None
+    self._error: BaseException | None = None
+
+  def submit(self, job: Callable[[], None]) -> None:
+    """Runs `job` (which writes) in the background, after the previous one."""
+    self.wait()
+    self._thread = threading.Thread(target=self._run, args=(job,), name='nst-jax checkpoint')
+    self._thread.start()
+
+  def _run(self, job: Callable[[], None]) -> None:
+    try:
+      job()
+    except BaseException as e:  # noqa: BLE001 (raised again by wait, in the run's thread)
+      self._error = e
+
+  def wait(self) -> None:
+    """Blocks until the current write has finished; raises its error, if any."""
+    if self._thread is not None:
+      self._thread.join()
+      self._thread = None
+    if self._error is not None:
+      error, self._error = self._error, None
+      raise error
 
 
 def read(path: str | os.PathLike) -> dict:

@@ -158,10 +158,8 @@ def stylize(
     if callback is not None:
       callback(iteration, np.stack([images[k] for k in sorted(images)]))
 
-  watch = engine_lib.Watch(
-    progress=cfg.run.progress,
-    print_iter=cfg.run.print_iter,
-    checkpoint_every=cfg.run.checkpoint_every,
+  watch = engine_lib.Watch.of_run(
+    cfg.run,
     save_iter=cfg.save.save_iter,
     on_intermediate=on_intermediate,
     monitor=monitor,

@@ -164,11 +164,9 @@ class Results:
 
 def watch(cfg, results: Results, *, preview=None, monitor_row=0, should_stop=None, prefix=''):
   """The hooks a run from files wants: progress, checkpoints, intermediates, preview, record."""
-  return engine_lib.Watch(
-    progress=cfg.run.progress,
-    print_iter=cfg.run.print_iter,
+  return engine_lib.Watch.of_run(
+    cfg.run,
     prefix=prefix,
-    checkpoint_every=cfg.run.checkpoint_every,
     save_iter=cfg.save.save_iter,
     on_intermediate=results.intermediate,
     monitor=preview,

@@ -102,8 +102,8 @@ def _paths(cfg: config_lib.StyleConfig) -> _Paths:
     _check_work(work)
   stale = work.is_dir() and not _holds_work(work)
   if stale and jax.process_index() == 0:
-    # Left by a run that failed before finishing a frame: nothing to resume.
-    # Under the output's lock: a run still starting up would hold it.
+    # Left by a run that finished no frame: nothing to resume. Under the
+    # output's lock: a run still starting up would hold it.
     with output_plan.locked([output_plan.Output(output, derived=())]):
       logging.warning('Discarded %s: the run that left it finished no frame.', work)
       shutil.rmtree(work)
@@ -322,11 +322,9 @@ def _resume_point(rows, real) -> engine_lib.ResumePoint | None:
 def _run_rows(cfg, engine, rows, real, stop, preview, prefix):
   """Runs rows through the engine with the run's hooks; (RGB per row, final losses per row)."""
   history = hooks_lib.History(cfg.run.print_iter, list(real))
-  watch = engine_lib.Watch(
-    progress=cfg.run.progress,
-    print_iter=cfg.run.print_iter,
+  watch = engine_lib.Watch.of_run(
+    cfg.run,
     prefix=prefix,
-    checkpoint_every=cfg.run.checkpoint_every,
     monitor=preview,
     monitor_row=real[0],
     should_stop=stop,
