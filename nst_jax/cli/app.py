@@ -108,6 +108,7 @@ def config_from_flags() -> nst_jax.StyleConfig:
       min_width=FLAGS.min_width,
       tol=FLAGS.tol,
       window=FLAGS.window,
+      read_every=FLAGS.read_every,
     ),
     color=nst_jax.ColorConfig(preserve_colors=FLAGS.preserve_colors, color_match=FLAGS.color_match),
     save=nst_jax.SaveConfig(

@@ -204,6 +204,13 @@ flags.DEFINE_float(
 flags.DEFINE_integer(
   'window', DEFAULTS.schedule.window, 'Iterations the early-stopping test (--tol) looks back.'
 )
+flags.DEFINE_integer(
+  'read_every',
+  DEFAULTS.schedule.read_every,
+  'Read the losses from the device every N iterations (0: every iteration on CPU, every 10 on '
+  'GPU/TPU); --tol then stops up to N-1 iterations late.',
+  lower_bound=0,
+)
 flags.DEFINE_bool(
   'box',
   DEFAULTS.optim.box,

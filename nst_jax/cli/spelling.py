@@ -51,6 +51,7 @@ FIELD_FLAGS = {
   'schedule.min_width': '--min_width',
   'schedule.tol': '--tol',
   'schedule.window': '--window',
+  'schedule.read_every': '--read_every',
   'color.preserve_colors': '--preserve_colors',
   'color.color_match': '--color_match',
   'save.path': '--output',

@@ -68,8 +68,10 @@ class LogProgress(Hook):
 class BarProgress(Hook):
   """A tqdm bar on stderr: iteration, (mean) total loss, iterations per second, ETA.
 
-  It reads the loss after every iteration (one scalar per row), which also
-  keeps the bar's rate honest under asynchronous dispatch.
+  It moves every iteration and shows the loss the loop's last sync read
+  (it never asks the devices itself: in a multi-process run only process 0
+  has a bar, and a read of its own would be a collective the others never
+  join).
   """
 
   def __init__(self, file=None):
@@ -89,7 +91,8 @@ class BarProgress(Hook):
     )
 
   def after_step(self, view: StepView) -> None:
-    self.bar.set_postfix(loss=f'{view.mean_losses()["total"]:.4g}', refresh=False)
+    if view.synced:
+      self.bar.set_postfix(loss=f'{view.mean_losses()["total"]:.4g}', refresh=False)
     self.bar.update(view.iteration - self.bar.n)
 
   def end(self, view: StepView | None) -> None:
@@ -222,6 +225,9 @@ class Intermediates(Hook):
 class Monitor(Hook):
   """Feeds a live view (nst_jax.engine.preview.Preview) one row's image when it asks.
 
+  Asked at the loop's syncs only, and it reads only the process's own rows
+  and the synced losses: no collective of its own (process 0 alone has one).
+
   Args:
     monitor: has `due()` and `update(iteration, losses, rgb, scale=)`.
     row: the row shown.
@@ -237,7 +243,8 @@ class Monitor(Hook):
     self.info = info
 
   def after_step(self, view: StepView) -> None:
-    if not self.monitor.due():
+    # Only at a sync: the losses shown are the image's own.
+    if not view.synced or not self.monitor.due():
       return
     losses = {k: float(v[self.row]) for k, v in view.losses().items()}
     rgb = self.to_rgb(view.images()[self.row], self.row)

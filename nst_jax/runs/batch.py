@@ -155,8 +155,9 @@ def _run_batch(jobs, cfg, weights, record, mesh, plan, recheck) -> dict[str, np.
     first = next((g for g in groups), None)
     port = cfg.run.serve if jax.process_index() == 0 else None
     preview = stack.enter_context(preview_lib.serving(port, title='batch'))
-    local_stop = stack.enter_context(hooks_lib.stop_on_signals())
-    stop = distributed.agreed_stop(local_stop)
+    # This process's flag: the loop's sync agrees it with the other
+    # processes, in the same all-gather as the losses.
+    stop = stack.enter_context(hooks_lib.stop_on_signals())
     for group in groups:
       written |= _run_group(
         group, jobs, cfg, w, mesh, stop, preview if group is first else None, record
