@@ -127,6 +127,50 @@ def test_signal_saves_checkpoint_and_image_then_exits(tmp_path, images, caffe_np
   assert not out.exists()
 
 
+@pytest.mark.slow
+def test_sighup_saves_into_the_checkpoint_dir_and_resume_continues_bitwise(
+  tmp_path, images, caffe_npz
+):
+  # A dropped ssh connection (SIGHUP) stops a run as SIGTERM does, and the
+  # checkpoint goes to --checkpoint_dir (a bucket that outlives a preempted
+  # VM), not beside the output.
+  content, style = images
+  total = 300
+  common = ('-i', total, '--tol', 0)
+  reference = tmp_path / 'ref' / 'out.png'
+  r = subprocess.run(
+    _args(content, style, reference, caffe_npz, *common),
+    env=_env(), capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr
+
+  out = tmp_path / 'hup' / 'out.png'
+  bucket = tmp_path / 'bucket'
+  ckpt = checkpoint_lib.path_for(out, bucket)
+  assert ckpt == bucket / 'out.ckpt'
+  args = _args(content, style, out, caffe_npz, *common, '--checkpoint_dir', bucket)
+  proc = subprocess.Popen(
+    args + ['--checkpoint_every', '5'], env=_env(), stderr=subprocess.PIPE, text=True
+  )
+  try:
+    _wait_for_checkpoint(ckpt, 5, proc)
+    proc.send_signal(signal.SIGHUP)
+    _, stderr = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == 128 + signal.SIGHUP, stderr
+  assert f'interrupted by signal {int(signal.SIGHUP)} after iteration' in stderr
+  assert 'Traceback' not in stderr
+  stopped_at = checkpoint_lib.read(ckpt)['iteration']
+  assert 5 <= stopped_at < total and not out.exists()
+  assert not checkpoint_lib.path_for(out).exists()  # nothing beside the output
+
+  r = subprocess.run(args + ['--resume'], env=_env(), capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  assert out.read_bytes() == reference.read_bytes()
+  assert not ckpt.exists()  # finished: deleted from the checkpoint directory too
+
+
 def _cfg(content, style, output, weights, **changes):
   settings = {
     'content_path': str(content),

@@ -133,6 +133,7 @@ def config_from_flags() -> nst_jax.StyleConfig:
       checkpoint_every=FLAGS.checkpoint_every,
       resume=FLAGS.resume,
       keep_checkpoint=FLAGS.keep_checkpoint,
+      checkpoint_dir=FLAGS.checkpoint_dir or None,
       serve=FLAGS.serve,
       shard=FLAGS.shard,
     ),

@@ -246,6 +246,12 @@ flags.DEFINE_integer(
   'Save a checkpoint (<output>.ckpt) every N iterations (0: only on a signal and at the end).',
 )
 flags.DEFINE_bool('resume', DEFAULTS.run.resume, "Continue from the output's checkpoint.")
+flags.DEFINE_string(
+  'checkpoint_dir',
+  DEFAULTS.run.checkpoint_dir,
+  'Write checkpoints (NAME.ckpt) into this directory instead of beside each output, e.g. a '
+  'bucket mounted on every worker, which survives a preempted VM.',
+)
 flags.DEFINE_bool(
   'keep_checkpoint',
   DEFAULTS.run.keep_checkpoint,

@@ -65,6 +65,7 @@ FIELD_FLAGS = {
   'run.checkpoint_every': '--checkpoint_every',
   'run.resume': '--resume',
   'run.keep_checkpoint': '--keep_checkpoint',
+  'run.checkpoint_dir': '--checkpoint_dir',
   'run.serve': '--serve',
   'run.shard': '--shard',
   'video.temporal_weight': '--temporal_weight',

@@ -27,6 +27,11 @@ from nst_jax.engine.loop import StepView
 from nst_jax.engine.loop import is_time
 from nst_jax.io import checkpoint as checkpoint_lib
 
+# The signals that stop a run after saving: Ctrl-C, a kill or a preemption
+# notice, and a hang-up (a dropped ssh connection, a closed terminal), whose
+# default action would end the process without saving.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 
 def _scale_label(info: LoopInfo) -> str:
   return f'scale {info.scale + 1}/{info.scales}' if info.scales > 1 else ''
@@ -263,14 +268,14 @@ def exit_on_signals(
   C-level handler also writes each signal's number to a wakeup pipe, which a
   thread here reads at once: before the first iteration (`loop.ITERATED`)
   there is no state to lose, so the process ends with one line and 128 +
-  the signal number; a second SIGINT/SIGTERM ends it at once whatever it is
+  the signal number; a second SIGINT/SIGTERM/SIGHUP ends it at once whatever it is
   doing (the last checkpoint, written atomically, stays). Otherwise the
   first signal is left to `stop_on_signals`, which saves first.
 
   Only for code that owns the process (the command line): it calls
   os._exit. Signals reach the pipe only while Python handles them (always
-  SIGINT; SIGTERM inside `stop_on_signals`; before that SIGTERM's default
-  action ends the process at once anyway).
+  SIGINT; SIGTERM and SIGHUP inside `stop_on_signals`; before that their
+  default action ends the process at once anyway).
 
   Args:
     early: exit on the first signal before any iteration (off for
@@ -289,7 +294,7 @@ def exit_on_signals(
   def watch() -> None:
     while data := os.read(read_fd, 64):
       for signum in data:
-        if signum not in (signal.SIGINT, signal.SIGTERM):
+        if signum not in STOP_SIGNALS:
           continue
         seen.append(signum)
         if len(seen) > 1:
@@ -318,7 +323,7 @@ def exit_on_signals(
 
 @contextlib.contextmanager
 def stop_on_signals():
-  """Turns SIGINT/SIGTERM into a flag the loop polls, so it can save first.
+  """Turns SIGINT/SIGTERM/SIGHUP into a flag the loop polls, so it can save first.
 
   Yields a callable returning the signal number received, or None. Only the
   main thread can install handlers; elsewhere signals keep their defaults.
@@ -329,7 +334,7 @@ def stop_on_signals():
     return
   previous = {
     signum: signal.signal(signum, lambda signum, frame: received.append(signum))
-    for signum in (signal.SIGINT, signal.SIGTERM)
+    for signum in STOP_SIGNALS
   }
   try:
     yield lambda: received[0] if received else None
