@@ -284,6 +284,14 @@ def _inputs(directory, size=(24, 20)):
   return paths
 
 
+def test_a_run_first_names_its_platform_and_devices(tmp_path):
+  # A missing or mismatched CUDA/TPU plugin falls back to CPU silently; the
+  # first line says where the run computes, even when it then fails.
+  r = _main('-cp', tmp_path / 'missing.png', '-sp', STYLE, cwd=tmp_path)
+  assert r.returncode == 1
+  assert r.stderr.splitlines()[0] == 'platform cpu: 1 device (cpu)', r.stderr
+
+
 def test_non_utf8_file_name(tmp_path, caffe_npz):
   content, style = _inputs(tmp_path / 'in')
   odd = Path(os.fsdecode(bytes(tmp_path / 'in') + b'/caf\xe9-\xff.png'))  # Latin-1 bytes

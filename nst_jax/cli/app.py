@@ -33,6 +33,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 import nst_jax
 from nst_jax.cli import absl_app
@@ -157,6 +158,8 @@ def _main() -> None:
   try:
     if FLAGS.distributed:
       distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    else:
+      logging.info('%s', distributed.platform_line())
     cfg = config_from_flags()
     if FLAGS.video or video.is_video_file(cfg.inputs.content_path):
       video_pipeline.run_video(cfg)

@@ -59,12 +59,25 @@ def initialize(
   }
   jax.distributed.initialize(**kwargs)
   logging.info(
-    'process %d of %d: %d local of %d devices',
+    'process %d of %d: %d local of %d devices; %s',
     jax.process_index(),
     jax.process_count(),
     jax.local_device_count(),
     jax.device_count(),
+    platform_line(),
   )
+
+
+def platform_line() -> str:
+  """Which devices this process computes on: 'platform gpu: 1 device (NVIDIA H100 80GB HBM3)'.
+
+  The first line of every run, so a silent fall-back to CPU (a missing or
+  mismatched CUDA or TPU plugin) shows at once.
+  """
+  devices = jax.local_devices()
+  kinds = sorted({d.device_kind for d in devices})
+  count = f'{len(devices)} device{"s" if len(devices) != 1 else ""}'
+  return f'platform {devices[0].platform}: {count} ({", ".join(kinds)})'
 
 
 def owner(index: int) -> int:
