@@ -330,7 +330,9 @@ def test_width_too_large_for_memory_is_refused_before_loading(tmp_path, caffe_np
   r = _main('-cp', CONTENT, '-sp', STYLE, '-w', 200_000, cwd=tmp_path, env_weights=caffe_npz)
   assert r.returncode == 1
   assert 'a 200000x150000 run needs about' in r.stderr and 'GB is available on cpu' in r.stderr
-  assert 'use a smaller -w' in r.stderr and 'Traceback' not in r.stderr
+  # Only what would fit is suggested: here the widest -w, a shorter history.
+  assert re.search(r'what would fit: -w/--imagewidth \d+ or less', r.stderr), r.stderr
+  assert 'bfloat16' not in r.stderr and 'Traceback' not in r.stderr
   assert list(tmp_path.iterdir()) == []
 
 
