@@ -127,6 +127,51 @@ def test_signal_saves_checkpoint_and_image_then_exits(tmp_path, images, caffe_np
   assert not out.exists()
 
 
+@pytest.mark.slow
+def test_sighup_saves_into_the_checkpoint_dir_and_resume_continues_bitwise(
+  tmp_path, images, caffe_npz
+):
+  # A dropped ssh connection (SIGHUP) stops a run as SIGTERM does, and the
+  # checkpoint goes to --checkpoint_dir (a bucket that outlives a preempted
+  # VM), not beside the output. The reference and the resume run in this
+  # process (one interpreter start instead of three).
+  content, style = images
+  total = 300
+  out = tmp_path / 'hup' / 'out.png'
+  bucket = tmp_path / 'bucket'
+  ckpt = checkpoint_lib.path_for(out, bucket)
+  assert ckpt == bucket / 'out.ckpt'
+  args = _args(content, style, out, caffe_npz, '-i', total, '--tol', 0, '--checkpoint_every', 5)
+  proc = subprocess.Popen(
+    args + ['--checkpoint_dir', str(bucket)], env=_env(), stderr=subprocess.PIPE, text=True
+  )
+  try:
+    _wait_for_checkpoint(ckpt, 5, proc)
+    proc.send_signal(signal.SIGHUP)
+    _, stderr = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == 128 + signal.SIGHUP, stderr
+  assert f'interrupted by signal {int(signal.SIGHUP)} after iteration' in stderr
+  assert 'Traceback' not in stderr
+  stopped_at = checkpoint_lib.read(ckpt)['iteration']
+  assert 5 <= stopped_at < total and not out.exists()
+  assert not checkpoint_lib.path_for(out).exists()  # nothing beside the output
+
+  # The command line's settings (_args), as a config.
+  cfg = _cfg(content, style, out, caffe_npz, width=48, iterations=total, init='random')
+  cfg = cfg.replace(
+    inputs=cfg.inputs.replace(seed=5),
+    schedule=cfg.schedule.replace(tol=0.0),
+    run=cfg.run.replace(print_iter=0, checkpoint_every=5, keep_checkpoint=False),
+  )
+  reference = tmp_path / 'ref' / 'out.png'
+  run(cfg.replace(save=cfg.save.replace(path=str(reference))))
+  run(cfg.replace(run=cfg.run.replace(resume=True, checkpoint_dir=str(bucket))))
+  assert out.read_bytes() == reference.read_bytes()
+  assert not ckpt.exists()  # finished: deleted from the checkpoint directory too
+
+
 def _cfg(content, style, output, weights, **changes):
   settings = {
     'content_path': str(content),

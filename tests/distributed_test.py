@@ -17,13 +17,18 @@ bitwise equal; spatially sharded images 3 to 600 times inside the bound
 (README, Scaling out).
 """
 
+import fcntl
 import json
 import os
 from pathlib import Path
+import pty
 import re
 import socket
+import struct
 import subprocess
 import sys
+import termios
+import threading
 
 import pytest
 
@@ -110,58 +115,68 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_share_a_batch_and_write_disjoint_outputs(tmp_path, caffe_npz):
+def _jobs_file(tmp_path, n: int) -> Path:
   sys.path.insert(0, str(ROOT / 'tests'))
   import distributed_cases
-  import small_runs
 
-  jobs = distributed_cases.sample_jobs(tmp_path, 6)
+  jobs = distributed_cases.sample_jobs(tmp_path, n)
   jobs_file = tmp_path / 'jobs.csv'
   lines = ['content,style,content_weight,style_weight,output']
   for i, job in enumerate(jobs):
     lines.append(f'{job.content},{job.style[0]},{job.content_weight},{job.style_weight},'
                  f'out/r{i}.png')  # fmt: skip
   jobs_file.write_text('\n'.join(lines) + '\n')
+  return jobs_file
+
+
+def _worker(tmp_path, jobs_file, port: int, p: int, *flags, stderr=subprocess.PIPE):
+  """Process p of a two-process run of `jobs_file`, on 4 simulated devices."""
+  sys.path.insert(0, str(ROOT / 'tests'))
+  import small_runs
+
+  return subprocess.Popen(
+    [
+      sys.executable, str(ROOT / 'main.py'), '--jobs', str(jobs_file), '-w', '64',
+      '--distributed', '--coordinator_address', f'127.0.0.1:{port}', '--num_processes', '2',
+      '--process_id', str(p), *small_runs.FLAGS, *flags,
+    ],
+    stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tmp_path, env=_env(4),
+  )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_processes_share_a_batch_and_write_disjoint_outputs(tmp_path, caffe_npz):
+  # Process 0's stderr is a terminal (a progress bar) and it serves the live
+  # preview; process 1 has neither. With --tol 0 nothing else reads the
+  # losses, so a collective that only process 0's hooks started would hang
+  # both (issue 26: they hung until killed). Neither changes the results.
+  jobs_file = _jobs_file(tmp_path, 6)
   port = _free_port()
+  common = ('--weights', str(caffe_npz), '-i', '8', '--print_iter', '4', '--tol', '0')
+  primary, secondary = pty.openpty()
+  # 24 x 80 characters: a new pseudo-terminal is 0 wide, where tqdm draws nothing.
+  fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 80, 0, 0))
+  terminal: list[bytes] = []
+  reader = threading.Thread(target=_drain, args=(primary, terminal), daemon=True)
   procs = [
-    subprocess.Popen(
-      [
-        sys.executable,
-        str(ROOT / 'main.py'),
-        '--jobs',
-        str(jobs_file),
-        '-i',
-        '8',
-        '-w',
-        '64',
-        '--weights',
-        str(caffe_npz),
-        '--distributed',
-        '--coordinator_address',
-        f'127.0.0.1:{port}',
-        '--num_processes',
-        '2',
-        '--process_id',
-        str(p),
-        '--print_iter',
-        '4',
-        *small_runs.FLAGS,
-      ],
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-      cwd=tmp_path,
-      env=_env(4),
-    )  # fmt: skip
-    for p in range(2)
+    _worker(tmp_path, jobs_file, port, 0, *common, '--serve', '0', stderr=secondary),
+    _worker(tmp_path, jobs_file, port, 1, *common),
   ]
-  logs = []
-  for proc in procs:
-    _, err = proc.communicate(timeout=600)
-    logs.append(err)
+  os.close(secondary)
+  reader.start()
+  try:
+    outs = [proc.communicate(timeout=300) for proc in procs]
+  finally:
+    for proc in procs:
+      proc.kill()
+    reader.join(timeout=5)
+    os.close(primary)
+  tty = b''.join(terminal).decode('utf-8', 'replace').replace('\r\n', '\n')
+  logs = [tty, outs[1][1]]
   for proc, err in zip(procs, logs, strict=True):
     assert proc.returncode == 0, err[-4000:]
+  assert '8/8 [' in tty, tty[-3000:]  # a bar, not log lines, on the terminal
+  assert 'live preview: http://127.0.0.1:' in tty
   # Each process saved exactly its own jobs (round-robin: 0, 2, 4 and 1, 3, 5).
   for p, err in enumerate(logs):
     saved = sorted(re.findall(rf'process {p}: saved (\S+\.png)\n', err))
@@ -186,6 +201,18 @@ def test_two_processes_share_a_batch_and_write_disjoint_outputs(tmp_path, caffe_
   alone = json.loads(r.stdout.strip().splitlines()[-1])
   for i, (diff, spread) in enumerate(zip(alone['diffs'], alone['spreads'], strict=True)):
     assert diff <= 0.5 / 255 + 1e-6 + spread, (i, alone)
+
+
+def _drain(fd: int, into: list) -> None:
+  """Reads a pseudo-terminal until its last writer closes it (EIO on Linux)."""
+  while True:
+    try:
+      data = os.read(fd, 4096)
+    except OSError:
+      return
+    if not data:
+      return
+    into.append(data)
 
 
 def test_plan_puts_each_process_jobs_on_its_own_devices():

@@ -108,3 +108,57 @@ def test_a_run_is_refused_without_rows_or_beyond_its_scales(weights):
   row = rows_lib.Row(content=_rgb(6), styles=[_rgb(7)])
   with pytest.raises(errors.NstError, match='checkpoint is at scale 3, but this run has 1 scales'):
     engine.run({0: row}, real=(0,), resume=engine_lib.ResumePoint(scale=2, iteration=1))
+
+
+def _dots_and_convolutions(fn, *args) -> list[str]:
+  """The dot_general and convolution lines of `fn` lowered for `args` (StableHLO)."""
+  import re
+
+  import jax
+
+  text = jax.jit(fn).lower(*args).as_text()
+  return [m.group(0) for m in re.finditer(r'stablehlo\.(dot_general|convolution)[^\n]*', text)]
+
+
+@pytest.mark.parametrize('style_loss', ['gram', 'mean_cov'])
+def test_every_dot_and_convolution_of_the_step_carries_the_configured_precision(style_loss):
+  """The lowered step: Grams (or mean_cov), the L-BFGS dot products and the convolutions alike."""
+  import functools
+  import re
+
+  import jax
+  import jax.numpy as jnp
+
+  from nst_jax.core import objective
+  from nst_jax.core import pixels
+  from nst_jax.core import step as core
+  from nst_jax.core import vgg
+  from nst_jax.engine import steps
+
+  highest = jax.lax.Precision.HIGHEST
+  model = vgg.VGG(stage_sizes=(1, 2), widths=(4, 8), precision=highest)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']
+  spec = config_lib.LossConfig(
+    content_layers=('relu2_2',), style_layers=('relu1_1', 'relu2_1'), style_loss=style_loss
+  ).spec
+  images = jnp.asarray(np.random.default_rng(0).normal(0, 50, (1, 16, 16, 3)), jnp.float32)
+  make_targets = functools.partial(
+    objective.make_targets, model=model, loss_spec=spec, content_weight=1.0, style_weight=1.0
+  )
+  targets = make_targets(params, images, images)
+  optimizer = core.make_optimizer('lbfgs', memory_size=3, convention=pixels.CAFFE)
+  state = core.init_state(images, optimizer=optimizer)
+  step = functools.partial(core.update_step, model=model, optimizer=optimizer, loss_spec=spec)
+
+  for fn, args in [(step, (state, params, targets)), (make_targets, (params, images, images))]:
+    lines = _dots_and_convolutions(steps.at_precision(fn, highest), *args)
+    kinds = {line.split(' ')[0].split('(')[0] for line in lines}
+    assert kinds == {'stablehlo.dot_general', 'stablehlo.convolution'}, kinds
+    # dot_general prints `precision = [HIGHEST, HIGHEST]`, convolution
+    # `precision_config = [#stablehlo<precision HIGHEST>, ...]`.
+    off = [line for line in lines if len(re.findall(r'HIGHEST', line)) != 2]
+    assert not off, off[0]
+  # Without it the Grams and the optimiser's dot products lowered at DEFAULT
+  # (issue 26: 39 convolutions HIGHEST, 21 dots DEFAULT at full size).
+  bare = _dots_and_convolutions(step, state, params, targets)
+  assert any(len(re.findall(r'DEFAULT', line)) == 2 for line in bare)

@@ -1,5 +1,6 @@
 """Tests for nst_jax.engine.loop: the one loop, and what its hooks see (hooks_test: the hooks)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -82,20 +83,105 @@ def test_convergence_ends_the_loop_and_non_finite_losses_raise():
   rec = Recorder(read=True)
   with pytest.raises(errors.NonFinite, match='iteration 3;'):
     loop.run_loop(_step, 0, None, [3.0, 2.0, np.nan, 1.0], info=loop.LoopInfo(0, 4), hooks=[rec])
-  assert rec.events[-1] == ('end', 3)  # hooks are closed on the way out
+  assert rec.events[-1] == ('end', 2)  # hooks are closed on the way out (the last view seen)
 
 
-def test_losses_are_fetched_once_per_iteration_and_fillers_are_ignored():
-  calls = []
+class _CountingSync:
+  """A `sync` that records the iterations each call brought and the flags it carried."""
 
-  def gather(tree):
-    calls.append(1)
-    return {k: np.asarray(v) for k, v in tree.items()}
+  def __init__(self):
+    self.calls = []
 
-  def step(state, params, targets):
-    # Row 1 is a filler whose loss is NaN: never read as a failure.
-    return state + 1, {'total': jnp.asarray([1.0, np.nan]), 'content': jnp.zeros(2)}
+  def __call__(self, pending, flag):
+    self.calls.append((len(pending), flag))
+    return loop.host_sync(pending, flag)
 
-  both = [Recorder(read=True), Recorder(read=True)]
-  loop.run_loop(step, 0, None, None, info=loop.LoopInfo(0, 3, rows=(0,)), hooks=both, gather=gather)
-  assert len(calls) == 3
+
+class _Polls(list):
+  """A `should_stop` that never stops and counts its calls."""
+
+  def append_none(self):
+    self.append(1)
+
+
+class _Shows(loop.Hook):
+  """Process 0's hooks in a multi-process run: a bar and a live view, each reading the losses."""
+
+  def __init__(self):
+    self.seen = []
+
+  def after_step(self, view):
+    if view.synced:
+      self.seen.append((view.iteration, float(view.losses()['total'][0])))
+
+
+def _rows_step(state, params, targets):
+  # Row 1 is a filler whose loss is NaN: never read as a failure.
+  del params, targets
+  return state + 1, {'total': jnp.asarray([state + 1.0, np.nan]), 'content': jnp.zeros(2)}
+
+
+@pytest.mark.parametrize('processes', [1, 2])
+def test_one_sync_per_iteration_whatever_hooks_a_process_has(monkeypatch, processes):
+  # Two processes run the same collectives only if each sync happens at the
+  # same iterations on both, whichever hooks either has (issue 26: process
+  # 0's bar read the losses alone, a collective process 1 never joined).
+  monkeypatch.setattr(jax, 'process_count', lambda: processes)
+  counts = []
+  for hooks in ([], [_Shows(), _Shows(), loop.Hook()]):
+    sync = _CountingSync()
+    polls = _Polls()
+    loop.run_loop(
+      _rows_step, 0, None, None, info=loop.LoopInfo(0, 5, rows=(0,)), hooks=hooks, sync=sync,
+      should_stop=polls.append_none,
+    )  # fmt: skip
+    counts.append((sync.calls, len(polls)))
+    for hook in hooks[:2]:
+      assert hook.seen == [(k, float(k)) for k in range(1, 6)]
+  # One sync per iteration, each with that iteration's losses and the flag:
+  # the same with or without hooks.
+  assert counts[0] == counts[1] == ([(1, 0)] * 5, 5)
+
+
+@pytest.mark.parametrize('processes', [1, 2])
+def test_reading_every_k_iterations_reads_each_iteration_once(monkeypatch, processes):
+  monkeypatch.setattr(jax, 'process_count', lambda: processes)
+  sync = _CountingSync()
+  shows = _Shows()
+  polls = []
+  synced = []
+
+  class Synced(loop.Hook):
+    def after_step(self, view):
+      if view.synced:
+        synced.append([i for i, _ in view.history()])
+
+  loop.run_loop(
+    _rows_step, 0, None, None, info=loop.LoopInfo(0, 10, rows=(0,)), hooks=[shows, Synced()],
+    sync=sync, sync_every=4, sync_also=(6,), should_stop=lambda: polls.append(1),
+  )  # fmt: skip
+  # Every 4th, every 6th and the last: four syncs for ten iterations.
+  assert synced == [[1, 2, 3, 4], [5, 6], [7, 8], [9, 10]]
+  assert [n for n, _ in sync.calls] == [4, 2, 2, 2]
+  assert shows.seen == [(4, 4.0), (6, 6.0), (8, 8.0), (10, 10.0)]
+  # One process polls its own flag (no collective) after every iteration;
+  # several only at a sync, where the flag travels with the losses.
+  assert len(polls) == (10 if processes == 1 else 4)
+
+
+def test_a_signal_between_syncs_stops_one_process_at_once():
+  polls = iter([None, 15])
+  sync = _CountingSync()
+  result = loop.run_loop(
+    _rows_step, 0, None, None, info=loop.LoopInfo(0, 10, rows=(0,)), sync=sync, sync_every=4,
+    should_stop=lambda: next(polls),
+  )  # fmt: skip
+  assert (result.iteration, result.reason, result.signum) == (2, 'signal', 15)
+  assert sync.calls == [(2, 15)]
+
+
+def test_non_finite_losses_read_later_name_their_own_iteration():
+  with pytest.raises(errors.NonFinite, match='iteration 3;'):
+    loop.run_loop(
+      _step, 0, None, [3.0, 2.0, np.nan, 1.0, 1.0], info=loop.LoopInfo(0, 5), sync_every=4
+    )

@@ -290,6 +290,14 @@ def _inputs(directory, size=(24, 20)):
   return paths
 
 
+def test_a_run_first_names_its_platform_and_devices(tmp_path):
+  # A missing or mismatched CUDA/TPU plugin falls back to CPU silently; the
+  # first line says where the run computes, even when it then fails.
+  r = _main('-cp', tmp_path / 'missing.png', '-sp', STYLE, cwd=tmp_path)
+  assert r.returncode == 1
+  assert r.stderr.splitlines()[0] == 'platform cpu: 1 device (cpu)', r.stderr
+
+
 def test_non_utf8_file_name(tmp_path, caffe_npz):
   content, style = _inputs(tmp_path / 'in')
   odd = Path(os.fsdecode(bytes(tmp_path / 'in') + b'/caf\xe9-\xff.png'))  # Latin-1 bytes
@@ -328,7 +336,9 @@ def test_width_too_large_for_memory_is_refused_before_loading(tmp_path, caffe_np
   r = _main('-cp', CONTENT, '-sp', STYLE, '-w', 200_000, cwd=tmp_path, env_weights=caffe_npz)
   assert r.returncode == 1
   assert 'a 200000x150000 run needs about' in r.stderr and 'GB is available on cpu' in r.stderr
-  assert 'use a smaller -w' in r.stderr and 'Traceback' not in r.stderr
+  # Only what would fit is suggested: here the widest -w, a shorter history.
+  assert re.search(r'what would fit: -w/--imagewidth \d+ or less', r.stderr), r.stderr
+  assert 'bfloat16' not in r.stderr and 'Traceback' not in r.stderr
   assert list(tmp_path.iterdir()) == []
 
 

@@ -4,6 +4,7 @@ And the whole estimate against XLA's analysis, and the refusal.
 """
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -70,16 +71,43 @@ def test_spatial_estimate_is_divided_over_the_devices():
 
 
 def test_check_memory_refuses_what_does_not_fit_and_spatial_makes_it_fit(monkeypatch):
-  """With a faked 16 GB device, a 4096 px image is refused alone and fits split over 4."""
+  """With a faked 16 GB device of 4, a 4096 px image is refused alone and fits split over 4."""
   cfg = config_lib.StyleConfig(optim=config_lib.OptimConfig(lbfgs_memory=10))
   monkeypatch.setattr(memory, 'available_memory', lambda device=None: 16 * 10**9)
   monkeypatch.setattr(memory, '_CPU_RUNTIME_BYTES', 0)  # as on an accelerator
-  with pytest.raises(
-    errors.NstError, match=r'needs about 2\d\.\d GB but only 16\.0 GB.*run\.shard to spatial'
-  ):
+  monkeypatch.setattr(jax, 'local_device_count', lambda: 4)
+  with pytest.raises(errors.NstError, match=r'needs about 2\d\.\d GB but only 16\.0 GB') as e:
     memory.check_memory(3072, 4096, config=cfg)
+  assert 'run.shard spatial (over 4 devices)' in str(e.value)
   need, have = memory.check_memory(3072, 4096, config=cfg, spatial_devices=4)
   assert need < have == 16 * 10**9
+
+
+def test_the_refusal_suggests_only_changes_that_fit():
+  """Every change named fits by the estimate; bfloat16, which saves nothing here, is not named."""
+  cfg = config_lib.StyleConfig()
+  need = memory.estimate_memory(3072, 4096, config=cfg, platform='gpu')
+  have = int(need * 0.9)
+  changes = memory.fitting_changes(3072, 4096, config=cfg, have=have, platform='gpu')
+  # At the default layers bfloat16 keeps as many bytes per pixel as float32
+  # and more weights, so it would be refused again.
+  bf16 = cfg.replace(model=cfg.model.replace(dtype='bfloat16'))
+  assert memory.estimate_memory(3072, 4096, config=bf16, platform='gpu') > have
+  assert not any('bfloat16' in c for c in changes)
+  width = int(re.search(r'inputs\.width (\d+) or less', changes[0]).group(1))
+  assert (
+    memory.estimate_memory(round(3072 * width / 4096), width, config=cfg, platform='gpu') <= have
+  )
+  assert (
+    memory.estimate_memory(round(3072 * (width + 1) / 4096), width + 1, config=cfg, platform='gpu')
+    > have
+  )
+  history = int(re.search(r'optim\.lbfgs_memory (\d+) or less', changes[1]).group(1))
+  shorter = cfg.replace(optim=cfg.optim.replace(lbfgs_memory=history))
+  assert memory.estimate_memory(3072, 4096, config=shorter, platform='gpu') <= have
+  assert changes[2:] == ['optim.name adam']
+  # Nothing fits at all: the refusal says so instead of naming changes.
+  assert memory.fitting_changes(3072, 4096, config=cfg, have=10**6, platform='gpu') == []
 
 
 def _nbytes(tree) -> int:

@@ -77,3 +77,46 @@ def test_the_command_line_reference_is_current():
   assert (ROOT / 'docs' / 'cli.md').read_text() == r.stdout, (
     'docs/cli.md is out of date: run python docs/make_cli_reference.py'
   )
+
+
+# The oldest Python each jaxlib minor release has wheels for. Sources: JAX's
+# CHANGELOG (jax 0.7.0 dropped Python 3.10) and pip's resolution on Python
+# 3.10, 3.11 and 3.12 recorded in issue 26 (jaxlib 0.10 needs 3.11, 0.11 needs
+# 3.12). Extend it when requirements.txt admits a newer jaxlib.
+JAXLIB_MIN_PYTHON = {(0, 10): (3, 11), (0, 11): (3, 12)}
+# Ubuntu 22.04's python3, the Python of the runbook's TPU image.
+TPU_IMAGE_PYTHON = {'tpu-ubuntu2204-base': (3, 10)}
+
+
+def _admitted_jaxlibs() -> list[tuple[int, int]]:
+  """The jaxlib minor releases requirements.txt admits, e.g. [(0, 10), (0, 11)]."""
+  text = (ROOT / 'requirements.txt').read_text()
+  low, high = re.search(r'^jaxlib>=(\d+\.\d+)[.\d]*,<(\d+\.\d+)', text, re.M).groups()
+  lo, hi = (tuple(int(x) for x in v.split('.')) for v in (low, high))
+  admitted = [v for v in JAXLIB_MIN_PYTHON if lo <= v < hi]
+  assert lo in JAXLIB_MIN_PYTHON, f'jaxlib {low}: add its oldest Python to JAXLIB_MIN_PYTHON'
+  return admitted
+
+
+def test_the_tpu_runbook_installs_a_python_the_pinned_jaxlib_supports():
+  runbook = (ROOT / 'docs' / 'scaling.md').read_text().split('### A TPU VM slice', 1)[1]
+  commands = '\n'.join(re.findall(r'```sh\n(.*?)```', runbook, re.S))
+  (image,) = set(re.findall(r'--version=(\S+)', commands))
+  (python,) = set(re.findall(r'uv venv --python (\d+\.\d+)', commands))
+  version = tuple(int(x) for x in python.split('.'))
+  needed = [JAXLIB_MIN_PYTHON[v] for v in _admitted_jaxlibs()]
+  # The runbook's Python installs the oldest admitted jaxlib (pip then picks
+  # the newest its Python allows), where the image's own Python cannot.
+  assert version >= min(needed), (python, needed)
+  assert TPU_IMAGE_PYTHON[image] < min(needed)  # which is why the runbook installs one
+  requires = re.search(r'requires-python = ">=(\d+)\.(\d+)"', (ROOT / 'pyproject.toml').read_text())
+  assert version >= tuple(int(x) for x in requires.groups())
+  # The image has python3 but no `python` or `pip`: every command runs the
+  # environment's interpreter by its path, or uv.
+  assert not re.search(r'(?:^|[\s;&(])(?<!uv )(?:python|pip)\s', commands), commands
+  assert '--python ~/nst-env/bin/python' in commands and '~/nst-env/bin/python main.py' in commands
+
+
+def test_the_gpu_install_names_both_cuda_plugins():
+  for text in (README, (ROOT / 'requirements.txt').read_text()):
+    assert 'jax[cuda13]' in text and 'jax[cuda12]' in text

@@ -83,23 +83,29 @@ def test_the_automatic_schedule_with_several_scales(monkeypatch):
 
 
 class _View:
-  def __init__(self, iteration, totals):
-    self.iteration = iteration
-    self._totals = np.asarray(totals, np.float64)
+  """A sync at `iteration` that read the totals of `totals_by_iteration` (or of this one)."""
 
-  def losses(self):
-    return {'total': self._totals}
+  def __init__(self, iteration, totals=None, *, read=None):
+    self.iteration = iteration
+    if read is None:
+      read = [(iteration, totals)]
+    self._read = [(i, {'total': np.asarray(t, np.float64)}) for i, t in read]
+
+  def history(self):
+    return self._read
+
+
+def _falling(k):
+  """Row 0 falls until iteration 20, then is flat; row 1 falls 2% per 10 iterations
+  until 40; row 2 is a filler (never looked at)."""
+  return [100.0 * 0.9 ** min(k, 20), 100.0 * 0.98 ** (min(k, 40) / 10), np.nan]
 
 
 def test_convergence_holds_each_row_once_its_loss_stops_falling():
   conv = schedule.Convergence(tol=0.01, window=10, rows=(0, 1), n_rows=3)
   done, held = [], {}
   for k in range(1, 61):
-    # Row 0 falls until iteration 20, then is flat; row 1 falls 2% per 10 iterations
-    # until 40; row 2 is a filler (never looked at).
-    row0 = 100.0 * 0.9 ** min(k, 20)
-    row1 = 100.0 * 0.98 ** (min(k, 40) / 10)
-    done.append(conv(_View(k, [row0, row1, np.nan])))
+    done.append(conv(_View(k, _falling(k))))
     active = conv.newly_held()  # what the step is told, once per change
     if active is not None:
       held[k] = list(active)
@@ -118,6 +124,26 @@ def test_convergence_holds_each_row_once_its_loss_stops_falling():
     again.restore(r, state['best'], state['converged'])
   assert list(again.active) == [False, False, True]
   assert not schedule.Convergence(0.0, 10)(_View(1, [1.0]))  # tol 0: never
+
+
+def test_convergence_read_every_k_iterations_holds_rows_at_the_next_read():
+  # The losses of 8 iterations read at once (loop.run_loop's sync_every=8):
+  # the same test over the same losses, so the rows pass it at iterations
+  # 30 and 46 as when read one by one, and are held from the reads after
+  # them, 32 and 48: at most k - 1 = 7 iterations later.
+  conv = schedule.Convergence(tol=0.01, window=10, rows=(0, 1), n_rows=3)
+  done = []
+  for end in range(8, 61, 8):
+    read = [(k, _falling(k)) for k in range(end - 7, end + 1)]
+    done.append((end, conv(_View(end, read=read))))
+  assert conv.stopped_at == {0: 32, 1: 48}
+  assert [end for end, d in done if d] == [48, 56]
+  # What a checkpoint keeps is what one-by-one reading kept: the history
+  # stops at the iteration the test passed.
+  one_by_one = schedule.Convergence(tol=0.01, window=10, rows=(0, 1), n_rows=3)
+  for k in range(1, 61):
+    one_by_one(_View(k, _falling(k)))
+  assert conv.state(0) == one_by_one.state(0) and conv.state(1) == one_by_one.state(1)
 
 
 @pytest.mark.slow
@@ -150,3 +176,37 @@ def test_a_held_image_gets_what_it_would_get_alone(caffe_npz, optimizer):
   (with_late,), (without,) = records[0]['scales'], records[1]['scales']
   assert with_late['stopped'] == without['stopped'] == 'converged'
   assert without['iterations'] + 10 < with_late['iterations'] < 80  # E was held a while
+
+
+@pytest.mark.slow
+def test_reading_every_k_stops_up_to_k_minus_1_later_with_the_image_of_that_iteration(caffe_npz):
+  """schedule.read_every=5: the run stops at the first read after the test passes.
+
+  Its image is bitwise the image of a run told to stop there (tol 0, that
+  many iterations): reading less often changes when the loop stops, never
+  what the steps compute.
+  """
+  import small_runs
+
+  rng = np.random.default_rng(3)
+  content = rng.uniform(size=(32, 32, 3)).astype(np.float32)
+  style = rng.uniform(size=(32, 32, 3)).astype(np.float32)
+
+  def run(**schedule_settings):
+    cfg = nst_jax.StyleConfig(
+      loss=small_runs.loss_config(),
+      schedule=nst_jax.ScheduleConfig(scales=1, **schedule_settings),
+      run=nst_jax.RunConfig(print_iter=0),
+    )
+    record = {}
+    image = nst_jax.stylize(content, style, config=cfg, weights=caffe_npz, record=record)
+    return image, record['scales'][0]['iterations']
+
+  early = dict(iterations=40, tol=0.05, window=3)
+  _, every = run(**early, read_every=1)
+  fifth, late = run(**early, read_every=5)
+  assert every < 36  # it did stop early, and not at the end
+  assert late == -(-every // 5) * 5 and late - every <= 4, (every, late)
+  told, ran = run(iterations=late, tol=0.0)
+  assert ran == late
+  np.testing.assert_array_equal(fifth, told)

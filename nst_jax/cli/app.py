@@ -33,6 +33,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 import nst_jax
 from nst_jax.cli import absl_app
@@ -108,6 +109,7 @@ def config_from_flags() -> nst_jax.StyleConfig:
       min_width=FLAGS.min_width,
       tol=FLAGS.tol,
       window=FLAGS.window,
+      read_every=FLAGS.read_every,
     ),
     color=nst_jax.ColorConfig(preserve_colors=FLAGS.preserve_colors, color_match=FLAGS.color_match),
     save=nst_jax.SaveConfig(
@@ -133,6 +135,7 @@ def config_from_flags() -> nst_jax.StyleConfig:
       checkpoint_seconds=FLAGS.checkpoint_seconds,
       resume=FLAGS.resume,
       keep_checkpoint=FLAGS.keep_checkpoint,
+      checkpoint_dir=FLAGS.checkpoint_dir or None,
       serve=FLAGS.serve,
       shard=FLAGS.shard,
     ),
@@ -156,6 +159,8 @@ def _main() -> None:
   try:
     if FLAGS.distributed:
       distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    else:
+      logging.info('%s', distributed.platform_line())
     cfg = config_from_flags()
     if FLAGS.video or video.is_video_file(cfg.inputs.content_path):
       video_pipeline.run_video(cfg)

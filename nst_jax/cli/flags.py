@@ -204,6 +204,13 @@ flags.DEFINE_float(
 flags.DEFINE_integer(
   'window', DEFAULTS.schedule.window, 'Iterations the early-stopping test (--tol) looks back.'
 )
+flags.DEFINE_integer(
+  'read_every',
+  DEFAULTS.schedule.read_every,
+  'Read the losses from the device every N iterations (0: every iteration on CPU, every 10 on '
+  'GPU/TPU); --tol then stops up to N-1 iterations late.',
+  lower_bound=0,
+)
 flags.DEFINE_bool(
   'box',
   DEFAULTS.optim.box,
@@ -245,6 +252,12 @@ flags.DEFINE_float(
   'TPU use this instead of --checkpoint_every.',
 )
 flags.DEFINE_bool('resume', DEFAULTS.run.resume, "Continue from the output's checkpoint.")
+flags.DEFINE_string(
+  'checkpoint_dir',
+  DEFAULTS.run.checkpoint_dir,
+  'Write checkpoints (NAME.ckpt) into this directory instead of beside each output, e.g. a '
+  'bucket mounted on every worker, which survives a preempted VM.',
+)
 flags.DEFINE_bool(
   'keep_checkpoint',
   DEFAULTS.run.keep_checkpoint,

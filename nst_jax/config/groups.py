@@ -268,6 +268,11 @@ class ScheduleConfig(checks.Group):
     tol: stop a scale early when its loss fell by less than this fraction
       over its last `window` iterations (0: never stop early).
     window: iterations the convergence test looks back.
+    read_every: read the losses from the devices every this many iterations
+      (and at the log and checkpoint intervals and the last iteration); 0 =
+      automatic: every iteration on CPU, every AUTO_READ_EVERY on GPU and TPU
+      (nst_jax.engine.schedule). Early stopping then comes up to
+      read_every - 1 iterations after the test passes.
   """
 
   iterations: int = 1000
@@ -275,9 +280,11 @@ class ScheduleConfig(checks.Group):
   min_width: int | None = None
   tol: float = 0.02  # measured: docs/method.md, "Early stopping"
   window: int = 50
+  read_every: int = 0
 
   def __post_init__(self):
     checks.positive_int('schedule.iterations', self.iterations)
+    checks.nonnegative_int('schedule.read_every', self.read_every)
     checks.nonnegative_int('schedule.scales', self.scales)
     checks.positive_int('schedule.window', self.window)
     checks.finite_nonnegative('schedule.tol', self.tol)

@@ -61,6 +61,10 @@ class RunConfig(checks.Group):
       job's, skipping finished jobs).
     keep_checkpoint: keep the checkpoint after the run finishes (to extend it
       later with resume and more iterations).
+    checkpoint_dir: a directory for the checkpoints (NAME.ckpt of each result
+      NAME.png), e.g. a bucket mounted on every worker, which outlives a
+      preempted machine's disk; None: beside each result. Image and batch
+      runs (a video keeps its state in its work directory).
     serve: a port for the live preview page on 127.0.0.1 (0 = any free port),
       or None for no page.
     shard: 'jobs' (a batch of jobs split over all devices) or 'spatial' (each
@@ -73,6 +77,7 @@ class RunConfig(checks.Group):
   checkpoint_seconds: float = 0.0
   resume: bool = False
   keep_checkpoint: bool = False
+  checkpoint_dir: str | None = None
   serve: int | None = None
   shard: str = 'jobs'
 
@@ -82,6 +87,11 @@ class RunConfig(checks.Group):
     checks.finite_nonnegative('run.checkpoint_seconds', self.checkpoint_seconds)
     checks.one_of('run.progress', self.progress, groups.PROGRESS_MODES)
     checks.one_of('run.shard', self.shard, groups.SHARD_MODES)
+    if self.checkpoint_dir is not None:
+      checks.check(
+        isinstance(self.checkpoint_dir, str) and self.checkpoint_dir != '',
+        f'run.checkpoint_dir must name a directory, got {self.checkpoint_dir!r}',
+      )
     if self.serve is not None:
       checks.check(
         isinstance(self.serve, int) and 0 <= self.serve <= 65535,

@@ -12,12 +12,13 @@ host-side decisions every process must take alike.
     an all-gather of an ok/error flag with the message, so a failure on any
     process ends every process within seconds with the same one-line error
     (instead of the others waiting at the next collective until a timeout).
-    Signals are agreed the same way after every iteration (`agreed_stop`).
+    Signals are agreed inside the loop, in the all-gather that brings the
+    losses (nst_jax.engine.loop, `Layout.sync`).
   * Weights: process 0 fetches them first; the others wait at a barrier and
     then load (and so verify) them, downloading only if their disk has no copy.
 """
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 import contextlib
 import os
 import sys
@@ -58,12 +59,25 @@ def initialize(
   }
   jax.distributed.initialize(**kwargs)
   logging.info(
-    'process %d of %d: %d local of %d devices',
+    'process %d of %d: %d local of %d devices; %s',
     jax.process_index(),
     jax.process_count(),
     jax.local_device_count(),
     jax.device_count(),
+    platform_line(),
   )
+
+
+def platform_line() -> str:
+  """Which devices this process computes on: 'platform gpu: 1 device (NVIDIA H100 80GB HBM3)'.
+
+  The first line of every run, so a silent fall-back to CPU (a missing or
+  mismatched CUDA or TPU plugin) shows at once.
+  """
+  devices = jax.local_devices()
+  kinds = sorted({d.device_kind for d in devices})
+  count = f'{len(devices)} device{"s" if len(devices) != 1 else ""}'
+  return f'platform {devices[0].platform}: {count} ({", ".join(kinds)})'
 
 
 def owner(index: int) -> int:
@@ -144,17 +158,6 @@ def together() -> Iterator[None]:
   except Exception as e:  # noqa: BLE001 (shared, then re-raised by agree)
     failure = e
   agree(failure)
-
-
-def agreed_stop(local: Callable[[], int | None]) -> Callable[[], int | None]:
-  """A `should_stop` that every process answers alike: the largest signal any received."""
-  if jax.process_count() == 1:
-    return local
-
-  def should_stop() -> int | None:
-    return agree(None, code=local() or 0) or None
-
-  return should_stop
 
 
 def agreed_any(flag: bool) -> bool:

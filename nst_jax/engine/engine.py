@@ -147,8 +147,12 @@ class Engine:
       backend=next(iter(layout.params_sharding().device_set)).platform,
     )
     self.params = jax.device_put(params, jax.tree.map(lambda _: layout.params_sharding(), params))
+    # The style targets' Grams at the precision of the step's own.
     self.targets_fn = jax.jit(
-      functools.partial(objective.make_targets, model=self.model, loss_spec=config.loss.spec),
+      steps.at_precision(
+        functools.partial(objective.make_targets, model=self.model, loss_spec=config.loss.spec),
+        self.model.precision,
+      ),
       static_argnames=('blend_weights',),
     )
 

@@ -297,6 +297,10 @@ class GroupRun:
     flags = np.broadcast_to(active, (n,))
     return self.layout.assemble((n,), self.layout.rows_sharding(1), lambda r: flags[r])
 
+  def _read_every(self) -> int:
+    platform = next(iter(self.layout.params_sharding().device_set)).platform
+    return schedule_lib.read_every(self.e.cfg.schedule.read_every, platform)
+
   def _hooks(self, st: Stage, convergence) -> tuple[list, hooks_lib.Checkpoints]:
     watch = self.watch
     checkpoints = hooks_lib.Checkpoints(
@@ -384,7 +388,10 @@ class GroupRun:
         hooks=hooks,
         should_stop=self.watch.should_stop,
         converged=convergence,
-        gather=self.layout.gather,
+        sync=self.layout.sync,
+        sync_every=self._read_every(),
+        # What the log, the record and the checkpoints keep is current.
+        sync_also=(self.watch.print_iter, self.watch.checkpoint_every),
         local_rows=self.layout.host_rows,
       )
     except errors.NonFinite as err:

@@ -27,6 +27,11 @@ from nst_jax.engine.loop import StepView
 from nst_jax.engine.loop import is_time
 from nst_jax.io import checkpoint as checkpoint_lib
 
+# The signals that stop a run after saving: Ctrl-C, a kill or a preemption
+# notice, and a hang-up (a dropped ssh connection, a closed terminal), whose
+# default action would end the process without saving.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 
 def _scale_label(info: LoopInfo) -> str:
   return f'scale {info.scale + 1}/{info.scales}' if info.scales > 1 else ''
@@ -68,8 +73,10 @@ class LogProgress(Hook):
 class BarProgress(Hook):
   """A tqdm bar on stderr: iteration, (mean) total loss, iterations per second, ETA.
 
-  It reads the loss after every iteration (one scalar per row), which also
-  keeps the bar's rate honest under asynchronous dispatch.
+  It moves every iteration and shows the loss the loop's last sync read
+  (it never asks the devices itself: in a multi-process run only process 0
+  has a bar, and a read of its own would be a collective the others never
+  join).
   """
 
   def __init__(self, file=None):
@@ -89,7 +96,8 @@ class BarProgress(Hook):
     )
 
   def after_step(self, view: StepView) -> None:
-    self.bar.set_postfix(loss=f'{view.mean_losses()["total"]:.4g}', refresh=False)
+    if view.synced:
+      self.bar.set_postfix(loss=f'{view.mean_losses()["total"]:.4g}', refresh=False)
     self.bar.update(view.iteration - self.bar.n)
 
   def end(self, view: StepView | None) -> None:
@@ -262,6 +270,9 @@ class Intermediates(Hook):
 class Monitor(Hook):
   """Feeds a live view (nst_jax.engine.preview.Preview) one row's image when it asks.
 
+  Asked at the loop's syncs only, and it reads only the process's own rows
+  and the synced losses: no collective of its own (process 0 alone has one).
+
   Args:
     monitor: has `due()` and `update(iteration, losses, rgb, scale=)`.
     row: the row shown.
@@ -277,7 +288,8 @@ class Monitor(Hook):
     self.info = info
 
   def after_step(self, view: StepView) -> None:
-    if not self.monitor.due():
+    # Only at a sync: the losses shown are the image's own.
+    if not view.synced or not self.monitor.due():
       return
     losses = {k: float(v[self.row]) for k, v in view.losses().items()}
     rgb = self.to_rgb(view.images()[self.row], self.row)
@@ -296,14 +308,14 @@ def exit_on_signals(
   C-level handler also writes each signal's number to a wakeup pipe, which a
   thread here reads at once: before the first iteration (`loop.ITERATED`)
   there is no state to lose, so the process ends with one line and 128 +
-  the signal number; a second SIGINT/SIGTERM ends it at once whatever it is
+  the signal number; a second SIGINT/SIGTERM/SIGHUP ends it at once whatever it is
   doing (the last checkpoint, written atomically, stays). Otherwise the
   first signal is left to `stop_on_signals`, which saves first.
 
   Only for code that owns the process (the command line): it calls
   os._exit. Signals reach the pipe only while Python handles them (always
-  SIGINT; SIGTERM inside `stop_on_signals`; before that SIGTERM's default
-  action ends the process at once anyway).
+  SIGINT; SIGTERM and SIGHUP inside `stop_on_signals`; before that their
+  default action ends the process at once anyway).
 
   Args:
     early: exit on the first signal before any iteration (off for
@@ -322,7 +334,7 @@ def exit_on_signals(
   def watch() -> None:
     while data := os.read(read_fd, 64):
       for signum in data:
-        if signum not in (signal.SIGINT, signal.SIGTERM):
+        if signum not in STOP_SIGNALS:
           continue
         seen.append(signum)
         if len(seen) > 1:
@@ -351,7 +363,7 @@ def exit_on_signals(
 
 @contextlib.contextmanager
 def stop_on_signals():
-  """Turns SIGINT/SIGTERM into a flag the loop polls, so it can save first.
+  """Turns SIGINT/SIGTERM/SIGHUP into a flag the loop polls, so it can save first.
 
   Yields a callable returning the signal number received, or None. Only the
   main thread can install handlers; elsewhere signals keep their defaults.
@@ -362,7 +374,7 @@ def stop_on_signals():
     return
   previous = {
     signum: signal.signal(signum, lambda signum, frame: received.append(signum))
-    for signum in (signal.SIGINT, signal.SIGTERM)
+    for signum in STOP_SIGNALS
   }
   try:
     yield lambda: received[0] if received else None

@@ -4,14 +4,28 @@ Single images, batches of jobs, spatially split images and multi-host runs
 all call `run_loop` with a compiled step; what differs between them lives in
 hooks (the `clu.periodic_actions` pattern of the flax examples): progress,
 checkpoints, intermediate images, the live preview, the run record. A hook
-sees each iteration through a `StepView`, which fetches losses and images
-from the devices only when some hook asks, once per iteration.
+sees each iteration through a `StepView`.
 
-Stopping: after each iteration the loop asks `should_stop()` (a signal
-number, agreed by every process in a multi-host run) and then the schedule's
-convergence test; either ends the loop after the hooks have seen the
-iteration as the last (so checkpoints and images are saved). Non-finite
-losses raise `errors.NonFinite` at the next iteration whose losses are read.
+Reading the losses. The loop, not the hooks, decides when the losses come
+to the host: at a *sync*, every `sync_every` iterations, at every multiple
+of the periods in `sync_also` (the log and checkpoint intervals) and at the
+last iteration. A sync is one call of `sync(pending, flag)`: the losses of
+every iteration since the previous sync and this process's stop flag (a
+signal number) go to the host together, as one transfer on one device and
+one all-gather in a multi-process run. The iterations that sync depend only
+on settings every process shares, never on which hooks a process has (a
+progress bar on a terminal, a live preview: process 0's alone), so every
+process runs the same collectives in the same order. A hook reads only the
+copy the last sync made (`StepView.losses`; `StepView.synced` tells whether
+it is this iteration's).
+
+Stopping: at a sync the loop learns the agreed stop flag and runs the
+schedule's convergence test over every iteration read (`StepView.history`);
+either ends the loop after the hooks have seen the iteration as the last
+(so checkpoints and images are saved). On one process the stop flag is
+polled after every iteration (no collective), and a signal makes that
+iteration a sync. Non-finite losses raise `errors.NonFinite` at the sync
+that reads them, naming the first iteration they appeared at.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -59,12 +73,13 @@ class LoopInfo:
 
 
 class StepView:
-  """One iteration's results, fetched from the devices only when asked (once).
+  """One iteration's results, as the hooks see them.
 
   Attributes:
     iteration: 1-based iteration at this scale.
     info: the loop's LoopInfo.
     state: the state after the iteration (device arrays; read-only).
+    synced: whether the losses were read at this iteration (a sync).
     last: whether the loop ends after this iteration (set before hooks run).
     stopping: the signal number that ends the run, or None.
     reason: why the loop ends ('iterations', 'converged', 'signal'), or None.
@@ -76,9 +91,8 @@ class StepView:
     iteration: int,
     info: LoopInfo,
     state: Any,
-    losses: Mapping[str, jax.Array],
+    read: Sequence[tuple[int, dict[str, np.ndarray]]],
     *,
-    gather: Callable[[Any], Any],
     local_rows: Callable[[jax.Array], dict[int, np.ndarray]],
     elapsed_s: float,
     clock: tuple[float, float, int],
@@ -92,18 +106,17 @@ class StepView:
     self.elapsed_s = elapsed_s
     self._clock = clock
     self._rate: float | None = None
-    self._losses = losses
-    self._gather = gather
+    self._read = list(read)
+    self.synced = bool(self._read) and self._read[-1][0] == iteration
     self._local_rows = local_rows
-    self._host_losses: dict[str, np.ndarray] | None = None
     self._images: dict[int, np.ndarray] | None = None
 
   @property
   def rate(self) -> float:
     """Iterations per second, the first (warm-up) iteration left out.
 
-    Measured when first asked: ask after `losses()`, which waits for the
-    device, so asynchronous dispatch does not inflate it.
+    Measured when first asked: ask at a sync (`synced`), which waited for
+    the device, so asynchronous dispatch does not inflate it.
     """
     if self._rate is None:
       t_start, t_first, start = self._clock
@@ -116,18 +129,21 @@ class StepView:
   def global_iteration(self) -> int:
     return self.info.offset + self.iteration
 
+  def history(self) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """(iteration, losses) of every iteration the last sync read, oldest first."""
+    return self._read
+
   def losses(self) -> dict[str, np.ndarray]:
-    """Every loss term for every row, [N] float arrays on the host (all processes).
+    """Every loss term for every row, [N] float arrays: the last sync's copy (every process).
+
+    It is this iteration's when `synced`, else an earlier one's.
 
     Raises:
-      NonFinite: some real row's total loss is not finite.
+      RuntimeError: no sync has run yet at this scale.
     """
-    if self._host_losses is None:
-      self._host_losses = {k: np.asarray(v) for k, v in self._gather(self._losses).items()}
-      totals = self._host_losses['total'][list(self.info.rows)]
-      if not np.all(np.isfinite(totals)):
-        raise errors.NonFinite(self.global_iteration)
-    return self._host_losses
+    if not self._read:
+      raise RuntimeError(f'no losses read yet at iteration {self.iteration} (not a sync)')
+    return self._read[-1][1]
 
   def mean_losses(self) -> dict[str, float]:
     """Each loss term averaged over the real rows (the value itself for one image)."""
@@ -135,17 +151,25 @@ class StepView:
     return {k: float(np.mean(v[rows])) for k, v in self.losses().items()}
 
   def images(self) -> dict[int, np.ndarray]:
-    """Row -> [H, W, 3] network-space image, for the rows this process holds."""
+    """Row -> [H, W, 3] network-space image, for the rows this process holds (no collective)."""
     if self._images is None:
       self._images = self._local_rows(self.state.image)
     return self._images
+
+
+def host_sync(
+  pending: Sequence[Mapping[str, jax.Array]], flag: int
+) -> tuple[list[dict[str, np.ndarray]], int]:
+  """The default `sync` of one process: one copy of every pending loss; the flag as it is."""
+  return [{k: np.asarray(v) for k, v in losses.items()} for losses in jax.device_get(pending)], flag
 
 
 class Hook:
   """Something done around the loop; override what you need.
 
   Hooks run in the order given, on every process of a multi-host run, and
-  must not call collectives of their own except through the view.
+  must not call collectives of their own: they read the losses the loop's
+  last sync brought (`StepView.losses`), whichever hooks a process has.
   """
 
   def begin(self, info: LoopInfo) -> None:
@@ -167,6 +191,39 @@ class LoopResult(NamedTuple):
   signum: int | None = None
 
 
+class _Syncs:
+  """When the loop reads the losses, and what it has not read yet (see the module docstring)."""
+
+  def __init__(self, info: LoopInfo, sync, every: int, also: Sequence[int], should_stop):
+    self.info = info
+    self.sync = sync
+    self.periods = [p for p in (max(every, 1), *also) if p > 0]
+    self.should_stop = should_stop or (lambda: None)
+    # One process polls its own flag after every iteration; several only at
+    # a sync, where the flag travels with the losses.
+    self.poll_each = jax.process_count() == 1
+    self.pending: list[tuple[int, Any]] = []
+
+  def due(self, it: int) -> bool:
+    return it == self.info.total or any(it % p == 0 for p in self.periods)
+
+  def after(self, it: int, losses) -> tuple[list, int | None]:
+    """Queues `losses`; at a sync, returns ((iteration, host losses) read, agreed flag)."""
+    self.pending.append((it, losses))
+    flag = self.should_stop() if self.poll_each or self.due(it) else None
+    if not (self.due(it) or flag):
+      return [], None
+    iterations = [i for i, _ in self.pending]
+    host, agreed = self.sync([x for _, x in self.pending], int(flag or 0))
+    self.pending = []
+    read = list(zip(iterations, host, strict=True))
+    rows = list(self.info.rows)
+    for i, values in read:
+      if not np.all(np.isfinite(values['total'][rows])):
+        raise errors.NonFinite(self.info.offset + i)
+    return read, agreed or None
+
+
 def run_loop(
   step: Callable,
   state: Any,
@@ -177,7 +234,9 @@ def run_loop(
   hooks: Sequence[Hook] = (),
   should_stop: Callable[[], int | None] | None = None,
   converged: Callable[[StepView], bool] | None = None,
-  gather: Callable[[Any], Any] = jax.device_get,
+  sync: Callable[[list, int], tuple[list[dict[str, np.ndarray]], int]] = host_sync,
+  sync_every: int = 1,
+  sync_also: Sequence[int] = (),
   local_rows: Callable[[jax.Array], dict[int, np.ndarray]] | None = None,
 ) -> LoopResult:
   """Iterates `state, losses = step(state, params, targets)` up to `info.total`.
@@ -189,10 +248,15 @@ def run_loop(
     targets: the targets.
     info: iteration range and scale, given to the hooks.
     hooks: run in order after each iteration.
-    should_stop: a signal number to stop on (agreed by every process), or None.
-    converged: the schedule's convergence test (reads the view's losses).
-    gather: device losses -> host values of every row (multi-host: a
-      replicating all-gather).
+    should_stop: this process's signal number to stop on, or None.
+    converged: the schedule's convergence test, called at each sync (it
+      reads `StepView.history`).
+    sync: (the losses of the iterations since the last sync, this process's
+      stop flag) -> (their host copies, every row of every process; the
+      largest flag of any process). Multi-process: one all-gather.
+    sync_every: read the losses every this many iterations (and at the last).
+    sync_also: further periods at which to read them (the log and checkpoint
+      intervals, so what those hooks save is current).
     local_rows: device image [N, ...] -> {row: host copy} for this
       process's rows (default: every row).
 
@@ -200,12 +264,14 @@ def run_loop(
     LoopResult; reason 'iterations', 'converged' or 'signal'.
   """
   local_rows = local_rows or (lambda x: dict(enumerate(np.asarray(x))))
+  syncs = _Syncs(info, sync, sync_every, sync_also, should_stop)
   for hook in hooks:
     hook.begin(info)
   view = None
   it = info.start
   reason = 'iterations'
   signum = None
+  read: list = []
   t_start = time.perf_counter()
   t_first = None
   try:
@@ -217,20 +283,20 @@ def run_loop(
         jax.block_until_ready(losses)
         t_first = time.perf_counter()
         ITERATED.set()
+      fresh, signum = syncs.after(it, losses)
+      read = fresh or read
       view = StepView(
         it,
         info,
         state,
-        losses,
-        gather=gather,
+        read,
         local_rows=local_rows,
         elapsed_s=time.perf_counter() - t_start,
         clock=(t_start, t_first, info.start),
       )
-      signum = should_stop() if should_stop is not None else None
       if signum:
         view.stopping, reason = signum, 'signal'
-      elif converged is not None and converged(view):
+      elif fresh and converged is not None and converged(view):
         reason = 'converged'
       view.last = it == info.total or reason != 'iterations'
       view.reason = reason if view.last else None

@@ -8,6 +8,7 @@ the compiled step in the tests and against measured peaks in
 bench/bench_memory.py and bench/bench_sharding.py.
 """
 
+import functools
 import math
 
 import jax
@@ -34,6 +35,15 @@ _CPU_RUNTIME_BYTES = 600_000_000
 # not split (image-sized temporaries of the loss and the optimiser).
 _SPATIAL_SHARE_FACTOR = 1.4
 _SPATIAL_WHOLE_BYTES_PER_PIXEL = 30
+# Bytes of one kept activation in each compute dtype (model.dtype). Only the
+# activations shrink with bfloat16: the conv1 gradients and the first
+# convolution's output stay float32 (see per_pixel_bytes), so at the default
+# layers bfloat16 keeps as many bytes per pixel as float32 (1536 each, as
+# XLA's CPU analysis has it: tests/memory_test.py) and its weights need half
+# as much again; the refusal suggests it only where it fits.
+BYTES_PER_ELEMENT = {'float32': 4, 'bfloat16': 2}
+# Narrower than this a style transfer is not worth suggesting.
+_SMALLEST_SUGGESTED_WIDTH = 64
 
 
 def per_pixel_bytes(
@@ -68,7 +78,7 @@ def per_pixel_bytes(
   # with bfloat16 its full-resolution output is kept at 4 bytes, not 2.
   first_conv = 2 * vgg.VGG_WIDTHS[0] if bf16 else 0
   image_buffers = optimizer_image_buffers(optimizer, lbfgs_memory)
-  return (2 if bf16 else 4) * kept + 4 * gradients + first_conv + image_buffers * 3 * 4
+  return BYTES_PER_ELEMENT[dtype] * kept + 4 * gradients + first_conv + image_buffers * 3 * 4
 
 
 def optimizer_image_buffers(optimizer: str, lbfgs_memory: int) -> int:
@@ -76,6 +86,7 @@ def optimizer_image_buffers(optimizer: str, lbfgs_memory: int) -> int:
   return 2 * lbfgs_memory + 4 if optimizer == 'lbfgs' else 4
 
 
+@functools.lru_cache(maxsize=16)
 def prepared_kernel_bytes(feature_layers=None) -> int:
   """Bytes `nst_jax.prepare_params(params, feature_layers)` adds on CPU to VGG-19's weights.
 
@@ -163,30 +174,79 @@ def available_memory(device: jax.Device | None = None) -> int | None:
 def check_memory(
   height: int, width: int, *, config, batch: int = 1, spatial_devices: int = 1
 ) -> tuple[int, int | None]:
-  """Raises NstError, naming the estimate and what to do, if a run won't fit.
+  """Raises NstError, naming the estimate and only the changes that would fit, if a run won't.
 
   Returns:
     (estimated bytes per device, available bytes or None if unknown).
   """
   device = jax.local_devices()[0]
-  need = estimate_memory(
-    height,
-    width,
-    config=config,
-    batch=batch,
-    platform=device.platform,
-    spatial_devices=spatial_devices,
-  )
+  setting = dict(batch=batch, platform=device.platform)
+  need = estimate_memory(height, width, config=config, spatial_devices=spatial_devices, **setting)
   have = available_memory(device)
   if have is not None and need > have:
     where = f'{device.platform}'
     if spatial_devices > 1:
       where += f' (per device, split over {spatial_devices})'
-    spatial = '' if spatial_devices > 1 else ', run.shard to spatial over several devices'
+    fits = fitting_changes(
+      height, width, config=config, have=have, spatial_devices=spatial_devices, **setting
+    )
+    fix = (
+      f'what would fit: {"; or ".join(fits)}'
+      if fits
+      else 'no smaller setting fits either: free memory or use a device with more'
+    )
     raise errors.NstError(
       f'a {width}x{height} run needs about {need / 1e9:.1f} GB but only {have / 1e9:.1f} GB is '
-      f'available on {where}; use a smaller inputs.width (memory grows with the pixel count) or '
-      f'optim.lbfgs_memory, or set model.dtype to bfloat16 (GPU/TPU){spatial} or optim.name '
-      'to adam'
+      f'available on {where}; {fix}'
     )
   return need, have
+
+
+def fitting_changes(
+  height: int,
+  width: int,
+  *,
+  config,
+  have: int,
+  batch: int = 1,
+  platform: str = 'cpu',
+  spatial_devices: int = 1,
+) -> list[str]:
+  """The single changes of setting under which the run's estimate fits in `have` bytes.
+
+  Each is checked with the estimate itself, so the refusal never suggests
+  something that would be refused again (bfloat16 at the default layers
+  saves nothing: see BYTES_PER_ELEMENT).
+  """
+
+  def fits(cfg=config, h=height, w=width, split=spatial_devices) -> bool:
+    need = estimate_memory(h, w, config=cfg, batch=batch, platform=platform, spatial_devices=split)
+    return need <= have
+
+  changes = []
+  # The widest that fits, by bisection (the estimate grows with the width).
+  low, high = 0, width
+  while high - low > 1:
+    mid = (low + high) // 2
+    low, high = (mid, high) if fits(h=max(1, round(height * mid / width)), w=mid) else (low, mid)
+  if low >= _SMALLEST_SUGGESTED_WIDTH:
+    changes.append(f'inputs.width {low} or less')
+  o, m = config.optim, config.model
+  if o.name == 'lbfgs':
+    shorter = [k for k in range(o.lbfgs_memory - 1, 0, -1) if fits(_with(config, lbfgs_memory=k))]
+    if shorter:
+      changes.append(f'optim.lbfgs_memory {shorter[0]} or less')
+    if fits(_with(config, name='adam')):
+      changes.append('optim.name adam')
+  if platform != 'cpu' and m.dtype == 'float32':
+    if fits(config.replace(model=m.replace(dtype='bfloat16'))):
+      changes.append('model.dtype bfloat16')
+  if spatial_devices == 1 and batch == 1:
+    split = max(k for k in range(1, jax.local_device_count() + 1) if height % k == 0)
+    if split > 1 and fits(split=split):
+      changes.append(f'run.shard spatial (over {split} devices)')
+  return changes
+
+
+def _with(config, **optim):
+  return config.replace(optim=config.optim.replace(**optim))

@@ -107,6 +107,23 @@ def plan(width: int, schedule: config_lib.ScheduleConfig) -> tuple[Stage, ...]:
   return tuple(Stage(w, n) for w, n in zip(widths, counts, strict=True) if n > 0)
 
 
+# How often the loop reads the losses when schedule.read_every is 0. On CPU
+# an iteration takes 0.1 s to 10 s, so reading ten floats after each costs
+# nothing and keeps early stopping exact. On GPU and TPU an iteration takes
+# milliseconds and each read is a bubble the device waits through (the
+# host must see the result before it queues the next step): reading every
+# 10th iteration leaves up to 9 steps queued. Not yet measured on a device:
+# bench/bench_sync.py times a run at read_every 1 and 10.
+AUTO_READ_EVERY = 10
+
+
+def read_every(setting: int, platform: str) -> int:
+  """The loop's sync period: `setting`, or for 0 the automatic one of `platform`."""
+  if setting > 0:
+    return setting
+  return 1 if platform == 'cpu' else AUTO_READ_EVERY
+
+
 class Convergence:
   """Stops each image of a batch once its loss has stopped falling.
 
@@ -163,21 +180,28 @@ class Convergence:
     }
 
   def __call__(self, view) -> bool:
-    """After an iteration: True once every row has converged."""
+    """At a sync: the test over every iteration read; True once every row has converged.
+
+    A row whose test passes at an iteration read at this sync is held from
+    the sync's iteration on (`stopped_at`): with the losses read every k
+    iterations it stops up to k - 1 iterations after the iteration the test
+    passed at, and its result is the one a run stopped there gets.
+    """
     if self.tol <= 0:
       return False
-    totals = view.losses()['total']
-    for r in self.rows:
-      if r in self.stopped_at:
-        continue
-      best = self.best[r]
-      loss = float(totals[r])
-      best.append(min(loss, best[-1]) if best else loss)
-      del best[: -(self.window + 1)]  # only the window matters
-      if len(best) > self.window:
-        old, now = best[0], best[-1]
-        if now > 0 and (old - now) / now < self.tol:
-          self.stopped_at[r] = view.iteration
-          self.active[r] = False
-          self.changed = True
+    for _, losses in view.history():
+      totals = losses['total']
+      for r in self.rows:
+        if r in self.stopped_at:
+          continue
+        best = self.best[r]
+        loss = float(totals[r])
+        best.append(min(loss, best[-1]) if best else loss)
+        del best[: -(self.window + 1)]  # only the window matters
+        if len(best) > self.window:
+          old, now = best[0], best[-1]
+          if now > 0 and (old - now) / now < self.tol:
+            self.stopped_at[r] = view.iteration
+            self.active[r] = False
+            self.changed = True
     return len(self.stopped_at) == len(self.rows)

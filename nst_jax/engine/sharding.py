@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import math
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -111,6 +112,13 @@ def describe(compiled) -> dict:
   }
 
 
+@jax.jit
+def _pack(losses: tuple[tuple[jax.Array, ...], ...], flags: jax.Array) -> jax.Array:
+  """Per-iteration loss terms ([N] each) and the [N] flags -> one [I T + 1, N] float32 array."""
+  rows = [x.astype(jnp.float32) for terms in losses for x in terms]
+  return jnp.stack([*rows, flags.astype(jnp.float32)])
+
+
 class Layout:
   """Where the rows of a batch live, and how the step is jitted over them.
 
@@ -155,6 +163,16 @@ class Layout:
   def gather(self, tree):
     """Host copies of every row of every leaf, on every process."""
     return jax.device_get(tree)
+
+  def sync(self, pending: Sequence[dict], flag: int) -> tuple[list[dict[str, np.ndarray]], int]:
+    """The loop's sync: host copies of pending losses (every row), and the largest stop flag.
+
+    Args:
+      pending: per iteration, {term: [N] losses on the devices}.
+      flag: this process's stop flag (a signal number, or 0).
+    """
+    host = jax.device_get(list(pending))
+    return [{k: np.asarray(v) for k, v in losses.items()} for losses in host], flag
 
   def host_rows(self, x: jax.Array) -> dict[int, np.ndarray]:
     """Row -> host copy, for this process's rows."""
@@ -201,6 +219,25 @@ class JobsLayout(Layout):
     return jax.tree.map(
       lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), tree
     )
+
+  def sync(self, pending: Sequence[dict], flag: int) -> tuple[list[dict[str, np.ndarray]], int]:
+    """One all-gather for every pending loss and every process's stop flag.
+
+    Each process fills its own rows of an [N] array with its flag; that
+    and each iteration's loss terms are stacked on the devices (no
+    communication: all are split alike over 'jobs') into one [I T + 1, N]
+    array, which one `process_allgather` copies to every process.
+    """
+    if jax.process_count() == 1:
+      return super().sync(pending, flag)
+    from jax.experimental import multihost_utils
+
+    keys = sorted(pending[0])
+    flags = self.assemble((self.n_rows,), self.rows_sharding(1), lambda r: np.float32(flag))
+    packed = _pack(tuple(tuple(losses[k] for k in keys) for losses in pending), flags)
+    table = np.asarray(multihost_utils.process_allgather(packed, tiled=True))
+    host = [{k: table[i * len(keys) + j] for j, k in enumerate(keys)} for i in range(len(pending))]
+    return host, int(table[-1].max())
 
   def host_rows(self, x: jax.Array) -> dict[int, np.ndarray]:
     out = {}

@@ -10,6 +10,7 @@ keeps one per process, nst_jax.runs.runner.COMPILE_CACHE): a program calling
 """
 
 import collections
+from collections.abc import Callable
 import functools
 import time
 from typing import Any
@@ -53,6 +54,33 @@ class CompiledSteps:
     return compiled, compile_s
 
 
+def at_precision(fn: Callable, precision: jax.lax.Precision | None) -> Callable:
+  """`fn`, traced with `precision` as the default of every matmul and convolution in it.
+
+  The network's convolutions carry model.precision themselves; the Gram
+  matrices, the mean_cov statistics, the L-BFGS dot products and whatever a
+  loss_fn computes do not, and would lower at XLA's default (one bfloat16
+  pass on TPU, TF32 on recent NVIDIA GPUs) while the L-BFGS curvature test
+  assumes float32 rounding. Tracing under `jax.default_matmul_precision`
+  gives every dot_general and convolution without its own precision the
+  configured one (tests/engine_test.py reads the lowered step).
+
+  Args:
+    fn: the function to trace (the step, the targets).
+    precision: model.precision as a `jax.lax.Precision`; None: XLA's default.
+  """
+  if precision is None:
+    return fn
+  name = jax.lax.Precision(precision).name.lower()
+
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with jax.default_matmul_precision(name):
+      return fn(*args, **kwargs)
+
+  return traced
+
+
 def compile_step(
   *,
   model,
@@ -80,8 +108,11 @@ def compile_step(
     (compiled step, seconds spent compiling: 0.0 when reused from the cache).
   """
   state, params, targets, active = args
-  step_fn = functools.partial(
-    core.update_step, model=model, optimizer=optimizer, loss_spec=loss_spec, loss_fn=loss_fn
+  step_fn = at_precision(
+    functools.partial(
+      core.update_step, model=model, optimizer=optimizer, loss_spec=loss_spec, loss_fn=loss_fn
+    ),
+    model.precision,
   )
   rows = layout.rows_sharding(1)
   step = jax.jit(

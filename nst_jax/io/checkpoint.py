@@ -58,9 +58,16 @@ _DERIVED_SETTINGS = {
 }
 
 
-def path_for(output: str | os.PathLike) -> Path:
-  """output/a_b.png -> output/a_b.ckpt; out/a.jpg -> out/a.jpg.ckpt (output_names.derived)."""
-  return output_names.derived(output, SUFFIX)
+def path_for(output: str | os.PathLike, directory: str | os.PathLike | None = None) -> Path:
+  """output/a_b.png -> output/a_b.ckpt; out/a.jpg -> out/a.jpg.ckpt (output_names.derived).
+
+  Args:
+    output: the result's path.
+    directory: where checkpoints go (run.checkpoint_dir, e.g. a mounted
+      bucket that outlives a preempted machine); None: beside the output.
+  """
+  beside = output_names.derived(output, SUFFIX)
+  return beside if directory is None else Path(directory) / beside.name
 
 
 def pixels_digest(array: np.ndarray) -> str:

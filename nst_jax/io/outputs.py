@@ -36,25 +36,33 @@ def candidates(content: str, styles: str | Sequence[str], directory: str) -> Ite
     n += 1
 
 
-def _taken(path: Path) -> bool:
-  return path.exists() or checkpoint_lib.path_for(path).exists()
+def _taken(path: Path, checkpoint_dir: str | None = None) -> bool:
+  return path.exists() or checkpoint_lib.path_for(path, checkpoint_dir).exists()
 
 
 def default_output_path(
-  content_path: str, style_path: str | Sequence[str], directory: str = DEFAULT_OUTPUT_DIR
+  content_path: str,
+  style_path: str | Sequence[str],
+  directory: str = DEFAULT_OUTPUT_DIR,
+  *,
+  checkpoint_dir: str | None = None,
 ) -> Path:
-  """The first automatic name that is neither a file nor has a checkpoint."""
+  """The first automatic name that is neither a file nor has a checkpoint (in `checkpoint_dir`)."""
   for path in candidates(content_path, style_path, directory):
-    if not _taken(path):
+    if not _taken(path, checkpoint_dir):
       return path
   raise AssertionError('unreachable')
 
 
 def resume_output_path(
-  content_path: str, style_path: str | Sequence[str], directory: str = DEFAULT_OUTPUT_DIR
+  content_path: str,
+  style_path: str | Sequence[str],
+  directory: str = DEFAULT_OUTPUT_DIR,
+  *,
+  checkpoint_dir: str | None = None,
 ) -> Path:
-  """The newest automatic name that has a checkpoint, for --resume."""
-  found = _resumable(content_path, style_path, directory)
+  """The newest automatic name that has a checkpoint (in `checkpoint_dir`), for resuming."""
+  found = _resumable(content_path, style_path, directory, checkpoint_dir)
   if found is None:
     raise errors.NstError(
       f'nothing to resume: no checkpoint for these images under {directory}/; run without '
@@ -63,10 +71,10 @@ def resume_output_path(
   return found
 
 
-def _resumable(content: str, styles, directory: str) -> Path | None:
+def _resumable(content: str, styles, directory: str, checkpoint_dir: str | None) -> Path | None:
   found = None
   for path in candidates(content, styles, directory):
-    if not checkpoint_lib.path_for(path).exists():
+    if not checkpoint_lib.path_for(path, checkpoint_dir).exists():
       if path.exists():
         continue  # a finished run without checkpoint; later names may have one
       break
@@ -74,17 +82,26 @@ def _resumable(content: str, styles, directory: str) -> Path | None:
   return found
 
 
-def single_output(output: str, content: str, styles: Sequence[str], *, resume: bool) -> Path:
-  """The result file of a single run, from --output (a file, a directory or '')."""
+def single_output(
+  output: str,
+  content: str,
+  styles: Sequence[str],
+  *,
+  resume: bool,
+  checkpoint_dir: str | None = None,
+) -> Path:
+  """The result file of a single run, from save.path (a file, a directory or '')."""
   if output and not names_output_directory(output):
     return Path(output)
   directory = output or DEFAULT_OUTPUT_DIR
   if resume:
-    return resume_output_path(content, styles, directory)
-  return default_output_path(content, styles, directory)
+    return resume_output_path(content, styles, directory, checkpoint_dir=checkpoint_dir)
+  return default_output_path(content, styles, directory, checkpoint_dir=checkpoint_dir)
 
 
-def assign_outputs(jobs: Iterable, directory: str, *, resume: bool = False) -> list:
+def assign_outputs(
+  jobs: Iterable, directory: str, *, resume: bool = False, checkpoint_dir: str | None = None
+) -> list:
   """Gives every job without an output an automatic name in `directory`.
 
   Names are unique within the batch and never replace an existing file or
@@ -97,6 +114,7 @@ def assign_outputs(jobs: Iterable, directory: str, *, resume: bool = False) -> l
     jobs: objects with `content`, `style` and `output` fields (nst_jax.io.jobs.Job).
     directory: where automatic names go.
     resume: pick the names whose checkpoints exist.
+    checkpoint_dir: where checkpoints are (None: beside the outputs).
 
   Raises:
     ConfigError: two jobs name the same output.
@@ -115,7 +133,7 @@ def assign_outputs(jobs: Iterable, directory: str, *, resume: bool = False) -> l
         for path in candidates(job.content, job.style, directory):
           if str(path) in taken:
             continue
-          if checkpoint_lib.path_for(path).exists():
+          if checkpoint_lib.path_for(path, checkpoint_dir).exists():
             found = path
             break
           if not path.exists():
@@ -126,7 +144,7 @@ def assign_outputs(jobs: Iterable, directory: str, *, resume: bool = False) -> l
         found = next(
           p
           for p in candidates(job.content, job.style, directory)
-          if str(p) not in taken and not _taken(p)
+          if str(p) not in taken and not _taken(p, checkpoint_dir)
         )
       output = str(found)
     elif output in taken:

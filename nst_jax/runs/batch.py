@@ -69,7 +69,7 @@ def _job_status(jobs, cfg) -> np.ndarray:
     for index, job in enumerate(jobs):
       if not distributed.mine(index):
         continue
-      ckpt = checkpoint_lib.path_for(job.output)
+      ckpt = checkpoint_lib.path_for(job.output, cfg.run.checkpoint_dir)
       point = engine_lib.resume_point(ckpt) if cfg.run.resume else None
       finished = False
       if point is not None:
@@ -156,8 +156,9 @@ def _run_batch(jobs, cfg, weights, record, mesh, plan, recheck) -> dict[str, np.
     first = next((g for g in groups), None)
     port = cfg.run.serve if jax.process_index() == 0 else None
     preview = stack.enter_context(preview_lib.serving(port, title='batch'))
-    local_stop = stack.enter_context(hooks_lib.stop_on_signals())
-    stop = distributed.agreed_stop(local_stop)
+    # This process's flag: the loop's sync agrees it with the other
+    # processes, in the same all-gather as the losses.
+    stop = stack.enter_context(hooks_lib.stop_on_signals())
     for group in groups:
       written |= _run_group(
         group, jobs, cfg, w, mesh, stop, preview if group is first else None, record
@@ -166,7 +167,7 @@ def _run_batch(jobs, cfg, weights, record, mesh, plan, recheck) -> dict[str, np.
     if not cfg.run.keep_checkpoint:
       for index, job in enumerate(jobs):
         if distributed.mine(index):
-          checkpoint_lib.path_for(job.output).unlink(missing_ok=True)
+          checkpoint_lib.path_for(job.output, cfg.run.checkpoint_dir).unlink(missing_ok=True)
   return written
 
 
@@ -179,7 +180,10 @@ def _plan_outputs(jobs, cfg, inputs):
   jobs, directory = _batch_output_dir(list(jobs), cfg)
   with distributed.together():
     jobs = outputs.assign_outputs(
-      [_with_defaults(job, cfg) for job in jobs], directory, resume=cfg.run.resume
+      [_with_defaults(job, cfg) for job in jobs],
+      directory,
+      resume=cfg.run.resume,
+      checkpoint_dir=cfg.run.checkpoint_dir,
     )
     _check_jobs(jobs, cfg)
     files = {f'job list {Path(path).name}': path for path in inputs}
@@ -198,7 +202,9 @@ def _plan_outputs(jobs, cfg, inputs):
     recheck()
     if not cfg.run.resume:  # after the plan: a checkpoint name that is an input is refused there
       for index in local:
-        outputs.check_not_unfinished(checkpoint_lib.path_for(jobs[index].output))
+        outputs.check_not_unfinished(
+          checkpoint_lib.path_for(jobs[index].output, cfg.run.checkpoint_dir)
+        )
   if jax.process_count() > 1:
     # Names depend on which files exist: fixed everywhere before any is written.
     distributed.agree(None)
@@ -258,7 +264,7 @@ def _load_rows(group, jobs, cfg, layout) -> dict[int, rows_lib.Row]:
         style_masks=job.style_masks,
         content_weight=job.content_weight,
         style_weight=job.style_weight,
-        checkpoint=checkpoint_lib.path_for(job.output),
+        checkpoint=checkpoint_lib.path_for(job.output, cfg.run.checkpoint_dir),
         job=index + 1,
       )
       if rows[r].content.shape[:2] != (group.height, group.width):

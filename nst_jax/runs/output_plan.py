@@ -81,10 +81,16 @@ def image_output(
   record: bool = True,
   save_iter: int = 0,
   iterations: int = 0,
+  checkpoint: Path | None = None,
 ) -> Output:
-  """An image result with its record files, checkpoint and intermediates."""
+  """An image result with its record files, checkpoint and intermediates.
+
+  `checkpoint`: where its checkpoint goes (default: beside the result).
+  """
   result = Path(result)
-  files = [('checkpoint', output_names.derived(result, output_names.CHECKPOINT_TAIL))]
+  if checkpoint is None:
+    checkpoint = output_names.derived(result, output_names.CHECKPOINT_TAIL)
+  files = [('checkpoint', Path(checkpoint))]
   if record:
     files += [
       (output_names.RECORD_NAMES[k], output_names.derived(result, tail))
@@ -93,7 +99,7 @@ def image_output(
   files += [
     ('intermediate image', p) for p in output_names.intermediates(result, save_iter, iterations)
   ]
-  return Output(result, owner, pixels, state_bytes, tuple(files))
+  return Output(result, owner, pixels, state_bytes, tuple(files), resumable=Path(checkpoint))
 
 
 def state_bytes(pixels: int, *, image_buffers: int) -> int:

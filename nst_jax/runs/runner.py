@@ -182,10 +182,14 @@ def _single_output(cfg: config_lib.StyleConfig) -> Path:
   if not cfg.style_paths:
     raise errors.ConfigError('no style image given; name one or more as inputs.style_path')
   output = outputs.single_output(
-    cfg.save.path, i.content_path, cfg.style_paths, resume=cfg.run.resume
+    cfg.save.path,
+    i.content_path,
+    cfg.style_paths,
+    resume=cfg.run.resume,
+    checkpoint_dir=cfg.run.checkpoint_dir,
   )
   outputs.check_writable(output, cfg.save.bit_depth)
-  ckpt = checkpoint_lib.path_for(output)
+  ckpt = checkpoint_lib.path_for(output, cfg.run.checkpoint_dir)
   legacy = output_names.legacy_derived(output, checkpoint_lib.SUFFIX)
   if cfg.run.resume and not ckpt.exists() and legacy is not None and legacy.exists():
     raise errors.NstError(
@@ -208,6 +212,7 @@ def planned_output(cfg: config_lib.StyleConfig, output: Path, height: int, **kwa
     record=cfg.save.record,
     save_iter=cfg.save.save_iter,
     iterations=cfg.schedule.iterations,
+    checkpoint=checkpoint_lib.path_for(output, cfg.run.checkpoint_dir),
     **kwargs,
   )
 
@@ -256,7 +261,7 @@ def run(cfg: config_lib.StyleConfig) -> Path:
       'choose another output name'
     )
   if not cfg.run.resume:  # after the plan: a checkpoint name that is an input is refused there
-    outputs.check_not_unfinished(checkpoint_lib.path_for(output))
+    outputs.check_not_unfinished(checkpoint_lib.path_for(output, cfg.run.checkpoint_dir))
   return _run_single(cfg, output, layout, plan)
 
 
@@ -267,7 +272,7 @@ def _check_plan(cfg: config_lib.StyleConfig, plan) -> None:
 def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan) -> Path:
   """`run` once its output is planned: inputs, weights, then the locks and the engine."""
   i = cfg.inputs
-  ckpt = checkpoint_lib.path_for(output)
+  ckpt = checkpoint_lib.path_for(output, cfg.run.checkpoint_dir)
   row = inputs_lib.load_row(
     cfg,
     i.content_path,
