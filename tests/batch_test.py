@@ -97,7 +97,10 @@ def _pngs(directory: Path) -> dict[str, bytes]:
   return {p.name: p.read_bytes() for p in sorted(directory.glob('*.png'))}
 
 
-@pytest.mark.parametrize('processes,devices', [(1, 8), (2, 4)])
+# Two processes only: one process of several devices goes through the same
+# batch code, and its every write boundary is killed and resumed in-process
+# by file_safety_test (test_a_batch_killed_before_any_write_...), in seconds.
+@pytest.mark.parametrize('processes,devices', [(2, 4)])
 def test_sigkill_mid_batch_then_resume_equals_an_uninterrupted_batch(
   tmp_path, caffe_npz, processes, devices
 ):

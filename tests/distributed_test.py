@@ -90,7 +90,10 @@ def test_five_jobs_in_two_shapes_are_grouped_and_padded_not_dropped(tmp_path, ca
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('height,devices', [(48, 8), (45, 5)])
+# 45 rows over 5 of the 8 devices: 9 rows each, so after the poolings every
+# device holds a fraction of a row and the halos cross several devices; an
+# even split (48 over 8) goes through the same code and is left out for time.
+@pytest.mark.parametrize('height,devices', [(45, 5)])
 def test_spatial_sharding_equals_the_unsharded_run(tmp_path, caffe_npz, height, devices):
   out = _case(f'spatial{height}', caffe_npz, tmp_path)
   assert out['shape'] == [height, 64, 3]
