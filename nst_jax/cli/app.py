@@ -133,6 +133,7 @@ def config_from_flags() -> nst_jax.StyleConfig:
       progress=FLAGS.progress,
       checkpoint_every=FLAGS.checkpoint_every,
       checkpoint_seconds=FLAGS.checkpoint_seconds,
+      compile_cache=FLAGS.compile_cache,
       resume=FLAGS.resume,
       keep_checkpoint=FLAGS.keep_checkpoint,
       checkpoint_dir=FLAGS.checkpoint_dir or None,

@@ -245,6 +245,12 @@ flags.DEFINE_integer(
   DEFAULTS.run.checkpoint_every,
   'Save a checkpoint (<output>.ckpt) every N iterations (0: only on a signal and at the end).',
 )
+flags.DEFINE_string(
+  'compile_cache',
+  DEFAULTS.run.compile_cache,
+  "Where compiled programs are kept, so a repeated run starts in a second: 'auto' "
+  "(~/.cache/nst_jax/xla, or JAX_COMPILATION_CACHE_DIR if set), 'off', or a folder.",
+)
 flags.DEFINE_float(
   'checkpoint_seconds',
   DEFAULTS.run.checkpoint_seconds,

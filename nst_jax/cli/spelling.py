@@ -64,6 +64,7 @@ FIELD_FLAGS = {
   'run.progress': '--progress',
   'run.checkpoint_every': '--checkpoint_every',
   'run.checkpoint_seconds': '--checkpoint_seconds',
+  'run.compile_cache': '--compile_cache',
   'run.resume': '--resume',
   'run.keep_checkpoint': '--keep_checkpoint',
   'run.checkpoint_dir': '--checkpoint_dir',

@@ -57,6 +57,10 @@ class RunConfig(checks.Group):
       since the last (0: off). For fast devices, where 100 iterations take
       seconds: count by time there, not iterations. Checkpoints are written
       in the background either way.
+    compile_cache: where compiled programs are kept between runs
+      (nst_jax.engine.compile_cache): 'auto' (the user's cache folder,
+      ~/.cache/nst_jax/xla, for runs from files; `stylize` then leaves JAX's
+      own setting alone), 'off', or a folder.
     resume: continue from the output's checkpoint (batch: every unfinished
       job's, skipping finished jobs).
     keep_checkpoint: keep the checkpoint after the run finishes (to extend it
@@ -75,6 +79,7 @@ class RunConfig(checks.Group):
   progress: str = 'auto'
   checkpoint_every: int = groups.DEFAULT_CHECKPOINT_EVERY
   checkpoint_seconds: float = 0.0
+  compile_cache: str = 'auto'
   resume: bool = False
   keep_checkpoint: bool = False
   checkpoint_dir: str | None = None
@@ -85,6 +90,10 @@ class RunConfig(checks.Group):
     checks.nonnegative_int('run.print_iter', self.print_iter)
     checks.nonnegative_int('run.checkpoint_every', self.checkpoint_every)
     checks.finite_nonnegative('run.checkpoint_seconds', self.checkpoint_seconds)
+    checks.check(
+      isinstance(self.compile_cache, str) and self.compile_cache != '',
+      f"run.compile_cache must be 'auto', 'off' or a folder, got {self.compile_cache!r}",
+    )
     checks.one_of('run.progress', self.progress, groups.PROGRESS_MODES)
     checks.one_of('run.shard', self.shard, groups.SHARD_MODES)
     if self.checkpoint_dir is not None:

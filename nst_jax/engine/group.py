@@ -22,6 +22,7 @@ import numpy as np
 from nst_jax import errors
 from nst_jax.core import pixels
 from nst_jax.core import step as core
+from nst_jax.engine import compile_cache
 from nst_jax.engine import distributed
 from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import loop as loop_lib
@@ -355,6 +356,7 @@ class GroupRun:
       'stopped': result.reason,
       'compile_s': compile_s,
       'compile_reused': compile_s == 0.0,
+      'compile_from_disk': self.from_disk,
       'run_s': run_s,
       'image_shards': [
         (shard.device.id, tuple(shard.data.shape))
@@ -364,7 +366,12 @@ class GroupRun:
     }
 
   def _optimise(self, st: Stage, state, start, total, offset, scales, convergence):
+    hits = compile_cache.hits()
     compiled, compile_s = self._compiled(st, state)
+    # Served from disk: the persistent cache's hits grew during this compile.
+    self.from_disk = compile_s > 0 and compile_cache.hits() > hits
+    if self.from_disk:
+      logging.info('Loaded the compiled step from the compilation cache in %.1f s.', compile_s)
     info = loop_lib.LoopInfo(
       start=start, total=total, scale=st.index, scales=scales, offset=offset, rows=self.real
     )

@@ -93,6 +93,9 @@ def build(
     'device': _device(),
     'scales': record.get('scales', []),
     'compile_s': sum(s['compile_s'] for s in record.get('scales', [])),
+    # Every compiled step loaded from the persistent compilation cache.
+    'compile_from_disk': bool(record.get('scales'))
+    and all(s.get('compile_from_disk') for s in record['scales']),
     'total_s': total_s,
     'final_losses': {k: v for k, v in last.items() if k not in ('scale', 'iteration', 'time_s')},
     # The files it saved beside the output, which a rerun may replace (output_names.claimed).

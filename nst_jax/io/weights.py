@@ -58,7 +58,8 @@ KERAS_MD5 = '253f8cb515780f3b799900260a226db6'
 TORCHVISION_URL = 'https://download.pytorch.org/models/vgg19-dcbb9e9d.pth'
 
 
-def _cache_dir() -> Path:
+def user_cache_dir() -> Path:
+  """nst_jax's folder in the user's cache (XDG: $XDG_CACHE_HOME, else ~/.cache)."""
   base = os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache'
   return Path(base) / 'nst_jax'
 
@@ -66,7 +67,7 @@ def _cache_dir() -> Path:
 DEFAULT_WEIGHTS_PATH = (
   weight_formats.PROJECT_ROOT / 'weights' / 'vgg19.npz'
   if weight_formats.IN_CHECKOUT
-  else _cache_dir() / 'vgg19.npz'
+  else user_cache_dir() / 'vgg19.npz'
 )
 WEIGHTS_ENV = 'NST_JAX_WEIGHTS'
 

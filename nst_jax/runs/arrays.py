@@ -17,6 +17,7 @@ from nst_jax import errors
 from nst_jax.config import checks
 from nst_jax.core import objective
 from nst_jax.core import step as core
+from nst_jax.engine import compile_cache
 from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import rows as rows_lib
@@ -140,6 +141,8 @@ def stylize(
     ImageError: an image smaller than the layers need at the coarsest scale.
   """
   cfg = config or config_lib.StyleConfig()
+  if cfg.run.compile_cache != 'auto':  # asked for: a research program's JAX is its own
+    compile_cache.use(cfg.run.compile_cache)
   w = weights_lib.as_weights(weights)
   squeeze = np.ndim(content) == 3
   rows = _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint)

@@ -21,6 +21,7 @@ import numpy as np
 
 from nst_jax import config as config_lib
 from nst_jax import errors
+from nst_jax.engine import compile_cache
 from nst_jax.engine import distributed
 from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import hooks as hooks_lib
@@ -127,6 +128,7 @@ def run_batch(
   Returns:
     Output path -> RGB [H, W, 3] in [0, 1], for the jobs this process wrote.
   """
+  compile_cache.use(cfg.run.compile_cache)
   if cfg.run.shard != 'jobs':
     raise errors.ConfigError(
       f'run.shard {cfg.run.shard} runs one image at a time: give one content and one style '

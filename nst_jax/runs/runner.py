@@ -20,6 +20,7 @@ import numpy as np
 
 from nst_jax import config as config_lib
 from nst_jax import errors
+from nst_jax.engine import compile_cache
 from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import memory as memory_lib
@@ -245,6 +246,7 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   Returns:
     The path written.
   """
+  compile_cache.use(cfg.run.compile_cache)  # before JAX's first compile reads it
   i = cfg.inputs
   output = _single_output(cfg)
   try:

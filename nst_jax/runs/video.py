@@ -37,6 +37,7 @@ import numpy as np
 from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.core import pixels
+from nst_jax.engine import compile_cache
 from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import memory as memory_lib
@@ -168,6 +169,7 @@ def run_video(cfg: config_lib.StyleConfig) -> Path:
   Returns:
     The video file (or frame directory) written.
   """
+  compile_cache.use(cfg.run.compile_cache)
   v = cfg.video
   if v.passes > cfg.schedule.iterations:
     raise errors.ConfigError(
