@@ -64,6 +64,28 @@ def test_csv_and_json_lines_files(tmp_path):
     ('j.csv', 'content,style\n', 'lists no jobs'),
     ('j.jsonl', '{"content": "a.jpg"\n', 'line 1 is not JSON'),
     ('j.jsonl', '["a.jpg", "b.jpg"]\n', 'must be a JSON object'),
+    # JSON's other types where a path goes: named, not looked for as 'None' or '5'.
+    (
+      'j.jsonl',
+      '{"content": "a.jpg", "style": ["b.jpg", null]}\n',
+      r'/j.jsonl line 1: style must be an image path \(text\), got null; give a non-empty string$',
+    ),
+    (
+      'j.jsonl',
+      '{"content": 5, "style": "b.jpg"}\n',
+      'line 1: content must be an image path.*got 5',
+    ),
+    ('j.jsonl', '{"content": ["a.jpg"], "style": "b.jpg"}\n', r'content must .* got \["a.jpg"\]'),
+    (
+      'j.jsonl',
+      '{"content": "a.jpg", "style": "b.jpg", "output": {"x": 1}}\n',
+      r'output must be an image path \(text\), got \{"x": 1\}',
+    ),
+    (
+      'j.jsonl',
+      '{"content": "a.jpg", "style": "b.jpg", "style_masks": [" "]}\n',
+      'style_masks must be an image path',
+    ),
   ],
 )
 def test_bad_jobs_files_name_the_line(tmp_path, name, text, message):

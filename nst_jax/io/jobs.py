@@ -179,7 +179,24 @@ def _job(path: Path, number: int, row: dict) -> Job:
   style = row.get('style')
   if not content or not style:
     raise errors.ConfigError(f'{where}: content and style are required; give both image paths')
-  styles = style if isinstance(style, list) else str(style).split('+')
+
+  def text(key: str, value) -> str:
+    # JSON may hold anything: a null or a number where a path goes is a slip
+    # to name, not a file called 'None' to look for.
+    if not isinstance(value, str) or not value.strip():
+      raise errors.ConfigError(
+        f'{where}: {key} must be an image path (text), got {json.dumps(value)}; give a '
+        'non-empty string'
+      )
+    return value
+
+  def paths(key: str, value) -> list[str]:
+    if isinstance(value, list):
+      return [text(key, v) for v in value]
+    return text(key, value).split('+')
+
+  content = text('content', content)
+  styles = paths('style', style)
 
   def number_or_none(key: str) -> float | None:
     value = row.get(key)
@@ -193,18 +210,18 @@ def _job(path: Path, number: int, row: dict) -> Job:
       raise errors.ConfigError(f'{where}: {key} must be a finite number >= 0, got {value!r}')
     return x
 
-  output = row.get('output') or ''
-  content_mask = row.get('content_mask') or ''
+  output = text('output', row['output']) if row.get('output') else ''
+  content_mask = text('content_mask', row['content_mask']) if row.get('content_mask') else ''
   masks = row.get('style_masks') or []
-  masks = masks if isinstance(masks, list) else str(masks).split('+')
+  masks = paths('style_masks', masks) if masks else []
   checks.styles_and_masks(len(styles), n_masks=len(masks), where=where, masks_name='style_masks')
   return Job(
     content=resolve(content),
     style=tuple(resolve(s) for s in styles),
     content_weight=number_or_none('content_weight'),
     style_weight=number_or_none('style_weight'),
-    output=resolve(output) if output else '',
-    content_mask=resolve(content_mask) if content_mask else '',
+    output=output and resolve(output),
+    content_mask=content_mask and resolve(content_mask),
     style_masks=tuple(resolve(m) for m in masks),
   )
 
