@@ -140,7 +140,7 @@ def test_sighup_saves_into_the_checkpoint_dir_and_resume_continues_bitwise(
   out = tmp_path / 'hup' / 'out.png'
   bucket = tmp_path / 'bucket'
   ckpt = checkpoint_lib.path_for(out, bucket)
-  assert ckpt == bucket / 'out.ckpt'
+  assert ckpt.parent == bucket and re.fullmatch(r'out\.[0-9a-f]{8}\.ckpt', ckpt.name)
   args = _args(content, style, out, caffe_npz, '-i', total, '--tol', 0, '--checkpoint_every', 5)
   proc = subprocess.Popen(
     args + ['--checkpoint_dir', str(bucket)], env=_env(), stderr=subprocess.PIPE, text=True
@@ -170,6 +170,30 @@ def test_sighup_saves_into_the_checkpoint_dir_and_resume_continues_bitwise(
   run(cfg.replace(run=cfg.run.replace(resume=True, checkpoint_dir=str(bucket))))
   assert out.read_bytes() == reference.read_bytes()
   assert not ckpt.exists()  # finished: deleted from the checkpoint directory too
+
+
+def test_outputs_of_one_name_keep_their_own_checkpoints_in_the_checkpoint_dir(
+  tmp_path, monkeypatch
+):
+  """a/x.png and b/x.png with one run.checkpoint_dir: two checkpoints, and neither run's files
+  count as the other's (a kept checkpoint of a/x.png let a run to b/x.png replace a b/x.png that
+  nst-jax never wrote)."""
+  from nst_jax.runs import output_plan
+
+  bucket = tmp_path / 'ck'
+  a, b = tmp_path / 'a' / 'x.png', tmp_path / 'b' / 'x.png'
+  assert checkpoint_lib.path_for(a, bucket) != checkpoint_lib.path_for(b, bucket)
+  # One output, however it is named, has one checkpoint.
+  monkeypatch.chdir(tmp_path)
+  assert checkpoint_lib.path_for('a/x.png', bucket) == checkpoint_lib.path_for(a, bucket)
+  assert checkpoint_lib.path_for(a) == tmp_path / 'a' / 'x.ckpt'  # beside: unchanged
+  b.parent.mkdir()
+  b.write_bytes(b'a file of the user')
+  bucket.mkdir()
+  checkpoint_lib.path_for(a, bucket).write_bytes(b'a kept checkpoint of a/x.png')
+  plan = [output_plan.image_output(b, checkpoint=checkpoint_lib.path_for(b, bucket))]
+  with pytest.raises(errors.NstError, match='no nst-jax run record says nst-jax wrote it'):
+    output_plan.check(plan, inputs={})
 
 
 def _cfg(content, style, output, weights, **changes):

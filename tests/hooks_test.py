@@ -19,6 +19,7 @@ from nst_jax import errors
 from nst_jax.core.step import StyleState
 from nst_jax.engine import hooks
 from nst_jax.engine import loop
+from nst_jax.engine import schedule
 from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.runs.arrays import stylize
 
@@ -220,6 +221,52 @@ def test_several_processes_agree_on_time_every_ten_iterations(tmp_path, monkeypa
   # Asked (one collective) only at 10 and 20 (20 s and 40 s here, under 50).
   assert asked == [False, False]
   assert iterations == [20, 25]
+
+
+def test_a_checkpoint_by_time_waits_for_a_read_so_its_convergence_history_is_current(tmp_path):
+  """With the losses read every 5 iterations, a save by time comes at a read.
+
+  A checkpoint keeps the convergence history (extra['best']) beside the
+  state: saved between reads, its history would end iterations before its
+  state, and a resumed run would test convergence over other iterations
+  than an uninterrupted one.
+  """
+  clock = _Clock()
+  convergence = schedule.Convergence(tol=1e-9, window=3, rows=(0,), n_rows=2)
+
+  def step(state, params, targets):
+    clock.now += 2.0
+    k = int(state.image[0, 0, 0, 0]) + 1
+    total = jnp.asarray([100.0 / k, 1.0])
+    losses = {'total': total, 'content': total, 'style': total, 'tv': jnp.zeros(2)}
+    return StyleState(state.image + 1, None), losses
+
+  saved = []
+  real_snapshot = checkpoint_lib.snapshot
+
+  def snapshot(state, **kwargs):
+    saved.append((kwargs['iteration'], kwargs['extra']['best']))
+    return real_snapshot(state, **kwargs)
+
+  ckpt = hooks.Checkpoints(
+    {0: tmp_path / 'a.ckpt'},
+    every=0,
+    settings={0: {}},
+    finite=lambda image: np.asarray(hooks.rows_finite(image)),
+    row_states=lambda state: {r: {'image': np.asarray(x)} for r, x in enumerate(state.image)},
+    extra=convergence.state,
+    seconds=7.0,
+    clock=clock,
+  )
+  info = loop.LoopInfo(start=0, total=12, rows=(0,))
+  with pytest.MonkeyPatch.context() as m:
+    m.setattr(checkpoint_lib, 'snapshot', snapshot)
+    loop.run_loop(step, _state(), None, None, info=info, hooks=[ckpt], converged=convergence,
+                  sync_every=5)  # fmt: skip
+  # Due by time from iteration 4 (8 s); saved at the reads 5 and 10 and the last.
+  assert [it for it, _ in saved] == [5, 10, 12]
+  for it, best in saved:  # each history ends at its own iteration's loss
+    assert best[-1] == pytest.approx(100.0 / it)
 
 
 def test_a_background_write_is_in_order_and_its_error_reaches_the_run():

@@ -190,3 +190,27 @@ def test_the_estimate_counts_the_weights_as_loaded(random_params):
   one, two = (memory.estimate_memory(1, w, config=cfg, platform='gpu') for w in (1, 2))
   per_pixel = two - one
   assert one - per_pixel == pytest.approx(memory._FIXED_STEP_BYTES + weights, abs=2)
+
+
+def test_a_batch_refused_for_memory_is_not_told_to_split_each_image(tmp_path, monkeypatch):
+  """run.shard spatial is a single run's: a batch (or video) is refused it, so never suggested."""
+  import distributed_cases
+
+  from nst_jax.runs import batch
+
+  jobs = distributed_cases.sample_jobs(tmp_path, 1)  # one job of 64x48: one row per device
+  cfg = config_lib.StyleConfig(
+    inputs=config_lib.InputConfig(width=64), save=config_lib.SaveConfig(path=f'{tmp_path}/out/')
+  )
+  need = memory.estimate_memory(48, 64, config=cfg)
+  split = memory.estimate_memory(48, 64, config=cfg, spatial_devices=4)
+  assert split < need
+  # Split over 4 devices it would fit; the width could not shrink enough to.
+  monkeypatch.setattr(memory, 'available_memory', lambda device=None: split)
+  monkeypatch.setattr(jax, 'local_device_count', lambda: 4)
+  assert any(
+    'run.shard spatial' in c for c in memory.fitting_changes(48, 64, config=cfg, have=split)
+  )
+  with pytest.raises(errors.NstError, match='needs about') as e:
+    batch.run_batch(jobs, cfg)
+  assert 'run.shard' not in str(e.value)

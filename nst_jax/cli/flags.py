@@ -261,8 +261,9 @@ flags.DEFINE_bool('resume', DEFAULTS.run.resume, "Continue from the output's che
 flags.DEFINE_string(
   'checkpoint_dir',
   DEFAULTS.run.checkpoint_dir,
-  'Write checkpoints (NAME.ckpt) into this directory instead of beside each output, e.g. a '
-  'bucket mounted on every worker, which survives a preempted VM.',
+  "Write checkpoints (NAME.HASH.ckpt, HASH from the output's full path) into this directory "
+  'instead of beside each output, e.g. a bucket mounted on every worker, which survives a '
+  'preempted VM.',
 )
 flags.DEFINE_bool(
   'keep_checkpoint',

@@ -65,8 +65,9 @@ class RunConfig(checks.Group):
       job's, skipping finished jobs).
     keep_checkpoint: keep the checkpoint after the run finishes (to extend it
       later with resume and more iterations).
-    checkpoint_dir: a directory for the checkpoints (NAME.ckpt of each result
-      NAME.png), e.g. a bucket mounted on every worker, which outlives a
+    checkpoint_dir: a directory for the checkpoints (NAME.HASH.ckpt of each
+      result NAME.png, HASH from its resolved path, so outputs of one name in
+      two directories have their own), e.g. a bucket mounted on every worker, which outlives a
       preempted machine's disk; None: beside each result. Image and batch
       runs (a video keeps its state in its work directory).
     serve: a port for the live preview page on 127.0.0.1 (0 = any free port),

@@ -397,8 +397,13 @@ class GroupRun:
         converged=convergence,
         sync=self.layout.sync,
         sync_every=self._read_every(),
-        # What the log, the record and the checkpoints keep is current.
-        sync_also=(self.watch.print_iter, self.watch.checkpoint_every),
+        # What the log, the record and the checkpoints keep is current (a
+        # checkpoint by time comes at a sync: hooks.Checkpoints).
+        sync_also=(
+          self.watch.print_iter,
+          self.watch.checkpoint_every,
+          hooks_lib.Checkpoints.AGREE_EVERY if self.watch.checkpoint_seconds else 0,
+        ),
         local_rows=self.layout.host_rows,
       )
     except errors.NonFinite as err:

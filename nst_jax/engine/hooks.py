@@ -147,9 +147,10 @@ class History(Hook):
 class Checkpoints(Hook):
   """Saves each local row's state to its own checkpoint file, in the background.
 
-  Every `every` iterations, when `seconds` have passed since the last save,
-  at the last iteration of a scale, and when a signal stops the run. The
-  images must be finite (checked across every process alike), so a good
+  Every `every` iterations, at the first sync of the loop (`StepView.synced`)
+  after `seconds` have passed since the last save, at the last iteration of
+  a scale, and when a signal stops the run. The images must be finite
+  (checked across every process alike), so a good
   checkpoint is never replaced by a broken one. The state is copied to the
   host at once (the step donates it); serialising and writing it run on a
   `checkpoint_lib.Writer` thread while the next iterations go on, and `end`
@@ -196,18 +197,22 @@ class Checkpoints(Hook):
     self.last_saved = info.start or None
     self.t_saved = self.clock()
 
-  def _due_by_time(self, iteration: int) -> bool:
-    if not self.seconds:
+  def _due_by_time(self, view: StepView) -> bool:
+    # Only at a sync: the convergence history a checkpoint keeps (`extra`)
+    # is the last sync's, and must reach the saved state's iteration, or a
+    # resumed run tests convergence over other iterations. The engine makes
+    # every AGREE_EVERY-th iteration a sync when `seconds` is set.
+    if not self.seconds or not view.synced:
       return False
     if self.agree is None:
       return self.clock() - self.t_saved >= self.seconds
-    if iteration % self.AGREE_EVERY:
+    if view.iteration % self.AGREE_EVERY:
       return False
     return self.agree(self.clock() - self.t_saved >= self.seconds)
 
   def after_step(self, view: StepView) -> None:
     timely = view.last or is_time(view.iteration, self.every, self.info.total)
-    if not (timely or self._due_by_time(view.iteration)):
+    if not (timely or self._due_by_time(view)):
       return
     self.t_saved = self.clock()
     ok = self.finite(view.state.image)

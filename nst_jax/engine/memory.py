@@ -172,9 +172,18 @@ def available_memory(device: jax.Device | None = None) -> int | None:
 
 
 def check_memory(
-  height: int, width: int, *, config, batch: int = 1, spatial_devices: int = 1
+  height: int,
+  width: int,
+  *,
+  config,
+  batch: int = 1,
+  spatial_devices: int = 1,
+  can_split: bool = True,
 ) -> tuple[int, int | None]:
   """Raises NstError, naming the estimate and only the changes that would fit, if a run won't.
+
+  `can_split`: the run could split each image over devices (run.shard
+  spatial); batches and videos cannot, so it is not suggested to them.
 
   Returns:
     (estimated bytes per device, available bytes or None if unknown).
@@ -188,7 +197,13 @@ def check_memory(
     if spatial_devices > 1:
       where += f' (per device, split over {spatial_devices})'
     fits = fitting_changes(
-      height, width, config=config, have=have, spatial_devices=spatial_devices, **setting
+      height,
+      width,
+      config=config,
+      have=have,
+      spatial_devices=spatial_devices,
+      can_split=can_split,
+      **setting,
     )
     fix = (
       f'what would fit: {"; or ".join(fits)}'
@@ -211,12 +226,14 @@ def fitting_changes(
   batch: int = 1,
   platform: str = 'cpu',
   spatial_devices: int = 1,
+  can_split: bool = True,
 ) -> list[str]:
   """The single changes of setting under which the run's estimate fits in `have` bytes.
 
   Each is checked with the estimate itself, so the refusal never suggests
   something that would be refused again (bfloat16 at the default layers
-  saves nothing: see BYTES_PER_ELEMENT).
+  saves nothing: see BYTES_PER_ELEMENT); run.shard spatial only where the
+  run can split its image (`can_split`: not a batch or a video).
   """
 
   def fits(cfg=config, h=height, w=width, split=spatial_devices) -> bool:
@@ -241,7 +258,7 @@ def fitting_changes(
   if platform != 'cpu' and m.dtype == 'float32':
     if fits(config.replace(model=m.replace(dtype='bfloat16'))):
       changes.append('model.dtype bfloat16')
-  if spatial_devices == 1 and batch == 1:
+  if can_split and spatial_devices == 1 and batch == 1:
     split = max(k for k in range(1, jax.local_device_count() + 1) if height % k == 0)
     if split > 1 and fits(split=split):
       changes.append(f'run.shard spatial (over {split} devices)')

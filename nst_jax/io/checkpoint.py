@@ -61,13 +61,22 @@ _DERIVED_SETTINGS = {
 def path_for(output: str | os.PathLike, directory: str | os.PathLike | None = None) -> Path:
   """output/a_b.png -> output/a_b.ckpt; out/a.jpg -> out/a.jpg.ckpt (output_names.derived).
 
+  In `directory`, the name also carries 8 hex digits of the hash of the
+  output's resolved path (CKPT_DIR/a_b.1f2e3d4c.ckpt): a checkpoint there
+  belongs to one output as one beside it does, so out1/x.png and
+  out2/x.png never share one, and another output's checkpoint never makes
+  this output's files count as a run's own (output_plan).
+
   Args:
     output: the result's path.
     directory: where checkpoints go (run.checkpoint_dir, e.g. a mounted
       bucket that outlives a preempted machine); None: beside the output.
   """
   beside = output_names.derived(output, SUFFIX)
-  return beside if directory is None else Path(directory) / beside.name
+  if directory is None:
+    return beside
+  digest = hashlib.sha256(os.fsencode(Path(output).resolve())).hexdigest()[:8]
+  return Path(directory) / f'{beside.name[: -len(SUFFIX)]}.{digest}{SUFFIX}'
 
 
 def pixels_digest(array: np.ndarray) -> str:

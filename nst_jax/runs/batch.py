@@ -144,7 +144,10 @@ def _run_batch(jobs, cfg, weights, record, mesh, plan, recheck) -> dict[str, np.
   groups = _plan(jobs, cfg, mesh.size // jax.process_count())
   for group in groups:
     per_device = len(group.rows) // mesh.size
-    memory_lib.check_memory(group.height, group.width, config=cfg, batch=per_device)
+    # run.shard spatial is refused for a batch (run_batch): not suggested.
+    memory_lib.check_memory(
+      group.height, group.width, config=cfg, batch=per_device, can_split=False
+    )
   w = (
     weights
     if weights is not None
