@@ -6,6 +6,7 @@ Public API:
                               ScheduleConfig, ColorConfig, SaveConfig, RunConfig,
                               VideoConfig
   stylize, run                arrays -> array, and files -> file
+  make_step, Step              the jitted, donated step (what the engine runs)
   update_step, StyleState, LossSpec, Targets, make_targets, init_state,
   initial_image, make_optimizer, make_model, objective, prepare_params
                               the pure, jittable step and its pieces
@@ -43,6 +44,8 @@ from nst_jax.core.step import init_state
 from nst_jax.core.step import initial_image
 from nst_jax.core.step import make_model
 from nst_jax.core.step import make_optimizer
+from nst_jax.core.step import make_step
+from nst_jax.core.step import Step
 from nst_jax.core.objective import make_targets
 from nst_jax.core.objective import objective
 from nst_jax.core.step import prepare_params
@@ -77,6 +80,7 @@ __all__ = [
   'SaveConfig',
   'ScheduleConfig',
   'StyleConfig',
+  'Step',
   'StyleState',
   'Targets',
   'VGG',
@@ -94,6 +98,7 @@ __all__ = [
   'load_weights',
   'make_model',
   'make_optimizer',
+  'make_step',
   'make_targets',
   'objective',
   'prepare_params',

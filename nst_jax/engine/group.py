@@ -275,7 +275,7 @@ class GroupRun:
 
   # The loop.
 
-  def _compiled(self, st: Stage, state):
+  def _compiled(self, st: Stage, state, *, first: bool = False):
     e = self.e
     _, state_sh = self._state_shardings(st)
     return steps.compile_step(
@@ -288,6 +288,7 @@ class GroupRun:
       args=(state, e.params, st.targets, self._active(np.ones(1, bool))),
       key=e.optimizer_key,
       cache=e.compile_cache,
+      first=first,
     )
 
   def _active(self, active: np.ndarray) -> jax.Array:
@@ -358,6 +359,12 @@ class GroupRun:
 
   def _optimise(self, st: Stage, state, start, total, offset, scales, convergence):
     compiled, compile_s = self._compiled(st, state)
+    # A stage's first iteration (not a resumed one) is its own program:
+    # L-BFGS's backtracked first step; every later one does one forward and
+    # one backward pass (nst_jax.core.step.make_step).
+    first, first_s = self._compiled(st, state, first=True) if start == 0 else (compiled, 0.0)
+    compile_s += first_s
+    programs = [first]
     info = loop_lib.LoopInfo(
       start=start, total=total, scale=st.index, scales=scales, offset=offset, rows=self.real
     )
@@ -368,7 +375,8 @@ class GroupRun:
       held = convergence.newly_held()
       if held is not None:  # a row converged: hold it from now on
         active[0] = self._active(held)
-      return compiled(state, params, targets, active[0])
+      program = programs.pop() if programs else compiled
+      return program(state, params, targets, active[0])
 
     t0 = time.perf_counter()
     try:

@@ -1,4 +1,4 @@
-"""The compiled step: `core.update_step` jitted over a layout, and a cache of them.
+"""The compiled step: `core.make_step`'s programs over a layout, and a cache of them.
 
 The step is jitted where it is used, with the layout's shardings for every
 argument (state donated), and compiled ahead of the loop so the compile time
@@ -10,7 +10,6 @@ keeps one per process, nst_jax.runs.runner.COMPILE_CACHE): a program calling
 """
 
 import collections
-import functools
 import time
 from typing import Any
 
@@ -64,8 +63,14 @@ def compile_step(
   args: tuple,
   key: tuple = (),
   cache: CompiledSteps | None = None,
+  first: bool = False,
 ) -> tuple[Any, float]:
   """`update_step(state, params, targets, active)` compiled for `args` on `layout`.
+
+  The program is `core.make_step`'s, with the layout's shardings: the one
+  the engine runs every iteration (`Step.update`), or with `first` the first
+  iteration's (`Step.first`: L-BFGS's backtracked first step; the same
+  program as every iteration's for an optimiser without that search).
 
   Args:
     model, optimizer, loss_spec, loss_fn: the step's static settings.
@@ -75,17 +80,18 @@ def compile_step(
     key: what else the program was built from (the optimiser's build
       arguments, say), for the cache.
     cache: where compiled steps are kept for reuse (None: compile afresh).
+    first: the first iteration's program.
 
   Returns:
     (compiled step, seconds spent compiling: 0.0 when reused from the cache).
   """
   state, params, targets, active = args
-  step_fn = functools.partial(
-    core.update_step, model=model, optimizer=optimizer, loss_spec=loss_spec, loss_fn=loss_fn
-  )
   rows = layout.rows_sharding(1)
-  step = jax.jit(
-    step_fn,
+  step = core.make_step(
+    model,
+    optimizer,
+    loss_spec,
+    loss_fn=loss_fn,
     in_shardings=(
       state_sharding,
       jax.tree.map(lambda _: layout.params_sharding(), params),
@@ -93,7 +99,10 @@ def compile_step(
       rows,
     ),
     out_shardings=(state_sharding, rows),
-    donate_argnums=0,
   )
+  program = step.first if first else step.update
+  # A program is kept once, whichever of `first` and `update` it serves.
   full_key = (model, loss_spec, loss_fn, layout.key, *key)
-  return (CompiledSteps() if cache is None else cache).get(step, full_key, *args)
+  if program is not step.update:
+    full_key = (*full_key, 'first')
+  return (CompiledSteps() if cache is None else cache).get(program, full_key, *args)
