@@ -8,7 +8,8 @@ Public API:
   stylize, run                arrays -> array, and files -> file
   make_step, Step              the jitted, donated step (what the engine runs)
   update_step, StyleState, LossSpec, Targets, make_targets, init_state,
-  initial_image, make_optimizer, make_model, objective, prepare_params
+  initial_image, make_optimizer, make_model, objective, network_features,
+  prepare_params
                               the pure, jittable step and its pieces
                               (nst_jax.core.step, nst_jax.core.objective)
   preprocess, deprocess       RGB in [0, 1] <-> the network's input space
@@ -47,6 +48,7 @@ from nst_jax.core.step import make_optimizer
 from nst_jax.core.step import make_step
 from nst_jax.core.step import Step
 from nst_jax.core.objective import make_targets
+from nst_jax.core.objective import network_features
 from nst_jax.core.objective import objective
 from nst_jax.core.step import prepare_params
 from nst_jax.core.step import update_step
@@ -100,6 +102,7 @@ __all__ = [
   'make_optimizer',
   'make_step',
   'make_targets',
+  'network_features',
   'objective',
   'prepare_params',
   'preprocess',

@@ -6,12 +6,14 @@ forward and one backward pass per compiled iteration.
 """
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import small_runs
 
 import nst_jax
 from nst_jax.core import pixels
@@ -129,3 +131,112 @@ def test_each_compiled_iteration_is_one_forward_and_one_backward_pass():
   assert _convolutions(alone) == 6
   assert _convolutions(step.update.lower(state, params, targets)) == 6
   assert _convolutions(step.first.lower(state, params, targets)) == 6 + 3
+
+
+def test_a_custom_term_reads_the_objectives_features_without_a_second_pass():
+  """network_features + objective(features=) : one forward pass for the loss and the term."""
+  model, params, content, targets = _problem()
+  one = jax.tree.map(lambda x: x[0], targets)
+
+  def with_mean(x, params, targets, *, model, loss_spec):
+    feats = nst_jax.network_features(
+      x, params, model=model, layers=loss_spec.feature_layers + ('relu2_1',)
+    )
+    total, aux = nst_jax.objective(
+      x, params, targets, model=model, loss_spec=loss_spec, features=feats
+    )
+    mean = jnp.mean(feats['relu2_1'])
+    return total + mean, {**aux, 'total': total + mean, 'mean': mean}
+
+  total, aux = jax.jit(functools.partial(with_mean, model=model, loss_spec=SPEC))(
+    content[0], params, one
+  )
+  plain, _ = nst_jax.objective(content[0], params, one, model=model, loss_spec=SPEC)
+  want = model.apply({'params': params}, content[:1], ('relu2_1',))['relu2_1'].mean()
+  np.testing.assert_allclose(aux['mean'], want, rtol=1e-6)
+  np.testing.assert_allclose(total, plain + want, rtol=1e-6)
+  step = nst_jax.make_step(model, nst_jax.make_optimizer('adam', convention=pixels.CAFFE), SPEC,
+                           loss_fn=with_mean)  # fmt: skip
+  state = nst_jax.init_state(content, nst_jax.make_optimizer('adam', convention=pixels.CAFFE))
+  assert _convolutions(step.update.lower(state, params, targets)) == 6
+  with pytest.raises(
+    ValueError, match=r'^features lacks relu2_2, relu2_1; compute them with network_'
+  ):
+    nst_jax.objective(
+      content[0], params, one, model=model, loss_spec=SPEC, features={'relu1_1': None}
+    )
+
+
+def test_arrays_are_checked_at_the_api_with_the_fix_named(caffe_npz):
+  rgb = np.random.default_rng(0).uniform(size=(16, 16, 3)).astype(np.float32)
+  weights = nst_jax.load_weights(caffe_npz)
+  # RGB arguments: uint8 is divided by 255; floats outside [0, 1] are refused.
+  as_uint8 = np.round(rgb * 255).astype(np.uint8)
+  got = nst_jax.extract_features(weights, as_uint8, 'relu1_1')['relu1_1']
+  want = nst_jax.extract_features(weights, as_uint8 / np.float32(255), ['relu1_1'])['relu1_1']
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)  # XLA's /255 may round apart
+  with pytest.raises(
+    nst_jax.NstError,
+    match=r'^content has values from 0\.\d+ to 2\d\d\.\d+; RGB floats must lie in \[0, 1\]: '
+    r'divide by 255$',
+  ):
+    nst_jax.stylize(rgb * 255, rgb, weights=weights)
+  with pytest.raises(
+    nst_jax.NstError,
+    match=r'^style 1 has values from -0\.4997 to 0\.4995; .*: clip it to \[0, 1\]$',
+  ):
+    nst_jax.stylize(rgb, [rgb, rgb - 0.5], weights=weights)
+  with pytest.raises(nst_jax.NstError, match=r'^image is int32; give RGB as floats in \[0, 1\]'):
+    nst_jax.extract_features(weights, as_uint8.astype(np.int32), ['relu1_1'])
+  # Params in either form.
+  feats = nst_jax.extract_features(
+    weights.params, rgb, ['relu1_1'], convention=weights.info.input_convention
+  )
+  np.testing.assert_array_equal(
+    feats['relu1_1'], nst_jax.extract_features(weights, rgb, ['relu1_1'])['relu1_1']
+  )
+  with pytest.raises(ValueError, match=r'^extract_features got a params dict, .*convention='):
+    nst_jax.extract_features(weights.params, rgb, ['relu1_1'])
+  with pytest.raises(
+    nst_jax.NstError,
+    match=r"^layers must be a sequence of layer names, got the string 'relu4_2'; write \(",
+  ):
+    vgg.check_layers('relu4_2')
+
+
+def test_network_space_arguments_and_weights_name_their_fix():
+  model, params, content, _ = _problem()
+  with pytest.raises(
+    ValueError,
+    match=re.escape('style_weight has shape (4,) for 1 content image(s); give a scalar or one per '
+                    'image (tile the content: jnp.repeat(content, 4, axis=0))'),
+  ):  # fmt: skip
+    nst_jax.make_targets(params, content, content, model=model, loss_spec=SPEC,
+                         content_weight=1.0, style_weight=jnp.ones(4))  # fmt: skip
+  with pytest.raises(TypeError, match=r'^make_targets needs content_weight and style_weight='):
+    with pytest.warns(DeprecationWarning):
+      nst_jax.make_targets(params, content, content, model=model, loss_config=SPEC)
+  tx = nst_jax.make_optimizer('lbfgs', convention=pixels.CAFFE)
+  with pytest.raises(
+    ValueError, match=re.escape('got shape (16, 16, 3); add the batch axis: x[None]')
+  ):
+    nst_jax.init_state(content[0], tx)
+  with pytest.raises(ValueError, match=r'^image is uint8, but it is an image in network space'):
+    nst_jax.init_state(np.zeros((1, 4, 4, 3), np.uint8), tx)
+  # The config's name for the L-BFGS memory works too; a wrong keyword is named.
+  aliased = nst_jax.make_optimizer('lbfgs', lbfgs_memory=7, convention=pixels.CAFFE)
+  assert nst_jax.init_state(content, aliased).opt_state.s.shape == (1, 7, 16, 16, 3)
+  with pytest.raises(TypeError, match=r'^make_optimizer got unknown keyword\(s\) lr; it takes '):
+    nst_jax.make_optimizer('adam', lr=1.0, convention=pixels.CAFFE)
+
+
+def test_an_interrupted_stylize_names_only_what_it_saved(caffe_npz):
+  rgb = np.random.default_rng(0).uniform(size=(16, 16, 3)).astype(np.float32)
+  cfg = nst_jax.StyleConfig(
+    loss=small_runs.loss_config(),
+    schedule=nst_jax.ScheduleConfig(iterations=5, scales=1),
+    run=nst_jax.RunConfig(print_iter=0),
+  )
+  with pytest.raises(nst_jax.errors.Interrupted) as caught:
+    nst_jax.stylize(rgb, rgb, config=cfg, weights=caffe_npz, should_stop=lambda: 15)
+  assert str(caught.value) == 'interrupted by signal 15 after iteration 1; nothing was saved'

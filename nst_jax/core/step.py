@@ -123,7 +123,11 @@ def _platform(params: Mapping) -> str:
 
 
 def make_optimizer(name: Any = 'lbfgs', **kwargs) -> optax.GradientTransformationExtraArgs:
-  """`nst_jax.core.optim.make_optimizer` (also accepts a StyleConfig, deprecated)."""
+  """`nst_jax.core.optim.make_optimizer`, with `lbfgs_memory` (the config's name) for `memory_size`.
+
+  Also accepts a StyleConfig (deprecated). Unknown keywords are named in a
+  TypeError with the ones it takes.
+  """
   if not isinstance(name, str):
     warnings.warn(
       'make_optimizer(config) is deprecated; use make_optimizer(name, learning_rate=..., '
@@ -141,13 +145,18 @@ def make_optimizer(name: Any = 'lbfgs', **kwargs) -> optax.GradientTransformatio
         **kwargs,
       },
     )
+  if 'lbfgs_memory' in kwargs:  # the config field's name (OptimConfig.lbfgs_memory)
+    if 'memory_size' in kwargs:
+      raise TypeError('make_optimizer got both lbfgs_memory and memory_size; give one')
+    kwargs['memory_size'] = kwargs.pop('lbfgs_memory')
+  known = inspect.signature(optim.make_optimizer).parameters
+  unknown = sorted(set(kwargs) - set(known))
+  if unknown:
+    raise TypeError(
+      f'make_optimizer got unknown keyword(s) {", ".join(unknown)}; it takes '
+      + ', '.join(k for k in known if k != 'name')
+    )
   return optim.make_optimizer(name, **kwargs)
-
-
-def _check_images(x, name: str) -> None:
-  """Raises ValueError naming `name` unless `x` is [N, H, W, 3]."""
-  if jnp.ndim(x) != 4 or jnp.shape(x)[-1] != 3:
-    raise ValueError(f'{name} must be [N, H, W, 3] images, got shape {jnp.shape(x)}')
 
 
 def init_state(image: jax.Array, optimizer: optax.GradientTransformation) -> StyleState:
@@ -156,7 +165,7 @@ def init_state(image: jax.Array, optimizer: optax.GradientTransformation) -> Sty
   The image is copied: the step donates the state, and the caller's array
   (often the content image, needed again) must survive that.
   """
-  _check_images(image, 'image')
+  pixels.check_network_images(image, 'image')
   image = jnp.array(image, jnp.float32, copy=True)
   return StyleState(image=image, opt_state=jax.vmap(optimizer.init)(image))
 
@@ -366,8 +375,9 @@ def initial_image(
     seed: random seed for 'random'.
     convention: the weights' input convention (`WeightsInfo.input_convention`);
       required for 'gray' and an image, which it maps into network space.
-    image: RGB in [0, 1], [H', W', 3] or [N, H', W', 3], resized to the
-      content's height and width (bicubic); used unless init is a keyword.
+    image: RGB in [0, 1] (uint8 divided by 255), [H', W', 3] or
+      [N, H', W', 3], resized to the content's height and width (bicubic);
+      used unless init is a keyword.
   """
   if init == 'content':
     return content
@@ -379,7 +389,7 @@ def initial_image(
   else:
     if image is None:
       raise ValueError(f'init {init!r} is not one of {INIT_KEYWORDS}, and no image was given')
-    rgb = batched(image)
+    rgb = batched(pixels.as_rgb(image, 'image'))
     rgb = pixels.resize(rgb, *content.shape[1:3])
   if convention is None:
     raise ValueError(

@@ -401,10 +401,13 @@ class GroupRun:
     if result.reason == 'signal':
       names = [str(p) for p in checkpoints.paths.values()]
       names += [str(p) for p in self.saved_images]
-      saved = f'saved {", ".join(names)}' if names else 'stopped'
+      # Only what was written is named, and resuming is offered only from a
+      # checkpoint (an array run without one saved nothing).
+      saved = f'saved {", ".join(names)}' if names else 'nothing was saved'
+      then = '; continue with run.resume' if checkpoints.paths else ''
       raise errors.Interrupted(
         f'interrupted by signal {result.signum} after iteration {offset + result.iteration}; '
-        f'{saved}; continue with run.resume',
+        f'{saved}{then}',
         result.signum,
       )
     return result.state.image

@@ -16,6 +16,7 @@ from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.config import checks
 from nst_jax.core import objective
+from nst_jax.core import pixels
 from nst_jax.core import step as core
 from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import hooks as hooks_lib
@@ -45,11 +46,14 @@ _MASK_HELP = {
 
 def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint):
   """The engine's rows for arrays: one per content image, checked."""
-  content_b = np.asarray(core.batched(content))
+  content_b = np.asarray(core.batched(pixels.as_rgb(content, 'content')))
   items = list(style) if isinstance(style, (list, tuple)) else [style]
   if not items:
     raise errors.ConfigError('no style image given')
-  styles = [np.asarray(core.batched(s)) for s in items]
+  styles = [
+    np.asarray(core.batched(pixels.as_rgb(s, 'style' if len(items) == 1 else f'style {i}')))
+    for i, s in enumerate(items)
+  ]
   n, height, width = content_b.shape[:3]
   checks.styles_and_masks(
     len(styles),
@@ -61,7 +65,11 @@ def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint
   smasks = _masks(style_masks, n, 3, (len(styles), height, width), 'style masks')
   if cfg.inputs.init not in config_lib.INITS and init_image is None:
     init_image = image_lib.load_image(cfg.inputs.init, max_pixels=cfg.inputs.max_image_pixels)
-  init = None if init_image is None else np.asarray(core.batched(init_image))
+  init = (
+    None
+    if init_image is None
+    else np.asarray(core.batched(pixels.as_rgb(init_image, 'init_image')))
+  )
   if checkpoint is not None and n != 1:
     raise errors.ConfigError('a checkpoint holds one image; stylize a batch without one')
   return {
@@ -104,7 +112,9 @@ def stylize(
   apply before and after.
 
   Args:
-    content: RGB in [0, 1], [H, W, 3] or [N, H, W, 3] (N independent images).
+    content: RGB in [0, 1], [H, W, 3] or [N, H, W, 3] (N independent
+      images). Floats outside [0, 1] are refused; uint8 is divided by 255
+      (`nst_jax.core.pixels.as_rgb`, the rule of every RGB argument).
     style: RGB in [0, 1], [Hs, Ws, 3] (any size) or [N, Hs, Ws, 3], or a list
       of those for several styles (blended with
       `config.inputs.style_blend_weights`, or placed by `style_masks`).
@@ -118,7 +128,8 @@ def stylize(
       `config.run.checkpoint_every` iterations, at the end of each scale and
       when stopped; with `config.run.resume` the run continues from it.
     should_stop: polled after every iteration; a non-zero return (a signal
-      number) saves the checkpoint and image, then raises Interrupted.
+      number) saves the checkpoint (if `checkpoint` is given), then raises
+      Interrupted, whose message names what was saved.
     content_mask: [H, W] or [N, H, W] in [0, 1]: weight of the content loss
       per pixel (None: 1 everywhere).
     style_masks: [S, H, W] or [N, S, H, W] in [0, 1], one per style: where
