@@ -6,7 +6,12 @@ forward and one backward pass per compiled iteration.
 """
 
 import functools
+import json
+import os
+from pathlib import Path
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +24,7 @@ import nst_jax
 from nst_jax.core import pixels
 from nst_jax.core import vgg
 
+ROOT = Path(__file__).resolve().parent.parent
 _VGGTiny = functools.partial(vgg.VGG, stage_sizes=(1, 2), widths=(4, 8))
 SPEC = nst_jax.LossSpec(content_layers=('relu2_2',), style_layers=('relu1_1', 'relu2_1'))
 
@@ -240,3 +246,51 @@ def test_an_interrupted_stylize_names_only_what_it_saved(caffe_npz):
   with pytest.raises(nst_jax.errors.Interrupted) as caught:
     nst_jax.stylize(rgb, rgb, config=cfg, weights=caffe_npz, should_stop=lambda: 15)
   assert str(caught.value) == 'interrupted by signal 15 after iteration 1; nothing was saved'
+
+
+_SHARDED_STYLIZE = """
+import json, sys
+import numpy as np
+import jax
+import nst_jax
+import small_runs
+rng = np.random.default_rng(0)
+content = rng.uniform(size=(3, 16, 16, 3)).astype(np.float32)
+style = rng.uniform(size=(16, 16, 3)).astype(np.float32)
+cfg = nst_jax.StyleConfig(
+  loss=small_runs.loss_config(),
+  schedule=nst_jax.ScheduleConfig(iterations=2, scales=1),
+  run=nst_jax.RunConfig(print_iter=0, shard=sys.argv[2]),
+)
+record = {}
+out = nst_jax.stylize(content, style, config=cfg, weights=sys.argv[1], record=record)
+alone = nst_jax.stylize(content[1], style, config=cfg, weights=sys.argv[1])
+stage = record['scales'][0]
+print(json.dumps({
+  'devices': stage['devices'], 'shape': list(out.shape), 'local': jax.local_device_count(),
+  'rows_on': sorted({d for d, _ in stage['image_shards']}),
+  'same_as_alone': float(np.abs(out[1] - alone).max()),
+}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('shard,devices', [('jobs', 8), ('spatial', 1)])
+def test_stylize_splits_a_batch_over_the_devices_with_jobs(tmp_path, caffe_npz, shard, devices):
+  """stylize on 3 images, 8 simulated devices: jobs puts the 8 rows (3 real) one per device."""
+  script = tmp_path / 'run.py'
+  script.write_text(_SHARDED_STYLIZE)
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'NST_JAX_WEIGHTS')}
+  env.update(XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu',
+             PYTHONPATH=f'{ROOT}:{ROOT / "tests"}')  # fmt: skip
+  r = subprocess.run(
+    [sys.executable, str(script), str(caffe_npz), shard],
+    env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr[-3000:]
+  got = json.loads(r.stdout.strip().splitlines()[-1])
+  assert got['local'] == 8 and got['shape'] == [3, 16, 16, 3]
+  assert got['devices'] == devices
+  assert len(got['rows_on']) == devices
+  # Each image is its own problem wherever it runs (float rounding of another layout aside).
+  assert got['same_as_alone'] < 1e-3

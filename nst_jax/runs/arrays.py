@@ -6,6 +6,7 @@ schedule, colour controls, masks and checkpoints behave identically.
 """
 
 from collections.abc import Callable, Sequence
+import dataclasses
 import os
 from pathlib import Path
 
@@ -113,8 +114,10 @@ def stylize(
 
   Args:
     content: RGB in [0, 1], [H, W, 3] or [N, H, W, 3] (N independent
-      images). Floats outside [0, 1] are refused; uint8 is divided by 255
-      (`nst_jax.core.pixels.as_rgb`, the rule of every RGB argument).
+      images, split over the local devices when `config.run.shard` is
+      'jobs', the default, as batch runs are). Floats outside [0, 1] are
+      refused; uint8 is divided by 255 (`nst_jax.core.pixels.as_rgb`, the
+      rule of every RGB argument).
     style: RGB in [0, 1], [Hs, Ws, 3] (any size) or [N, Hs, Ws, 3], or a list
       of those for several styles (blended with
       `config.inputs.style_blend_weights`, or placed by `style_masks`).
@@ -160,6 +163,10 @@ def stylize(
   # than the deepest layer needs would otherwise fail later as a non-finite loss.
   runner.check_size(cfg, rows[0])
   layout = runner.layout_for(cfg, height, n)
+  # A jobs layout pads the batch to a multiple of the devices: the extra rows
+  # repeat image 0 (same shapes and styles), are never returned, and write no
+  # checkpoint.
+  rows.update({k: dataclasses.replace(rows[0], checkpoint=None) for k in range(n, layout.n_rows)})
   engine = runner.make_engine(cfg, w, layout, loss_fn=loss_fn)
   resume = runner.resume_from(cfg, None if checkpoint is None else Path(checkpoint), required=True)
   history = hooks_lib.History(cfg.run.print_iter, range(n))
