@@ -17,6 +17,10 @@ Public API:
   extract_features            named VGG-19 activations of RGB images
   gram_matrix, content_loss, style_loss, tv_loss
   VGG, VGG19                  the Flax module
+  random_scaled_params, VGGTiny, targets_at
+                              for experiments: RANDOM weights at the real
+                              activation scale, a tiny network, one image's
+                              targets (nst_jax.core.experiments)
   NstError                    user errors (one-line messages)
 
 The package is layered (docs/architecture.md): core (pure), io (files),
@@ -46,6 +50,9 @@ from nst_jax.core.step import initial_image
 from nst_jax.core.step import make_model
 from nst_jax.core.step import make_optimizer
 from nst_jax.core.step import make_step
+from nst_jax.core.experiments import VGGTiny
+from nst_jax.core.experiments import random_scaled_params
+from nst_jax.core.experiments import targets_at
 from nst_jax.core.step import Step
 from nst_jax.core.objective import make_targets
 from nst_jax.core.objective import network_features
@@ -87,6 +94,7 @@ __all__ = [
   'Targets',
   'VGG',
   'VGG19',
+  'VGGTiny',
   'VideoConfig',
   'Weights',
   'WeightsInfo',
@@ -105,10 +113,12 @@ __all__ = [
   'network_features',
   'objective',
   'prepare_params',
+  'random_scaled_params',
   'preprocess',
   'run',
   'style_loss',
   'stylize',
+  'targets_at',
   'tv_loss',
   'update_step',
 ]

@@ -21,6 +21,7 @@ import pytest
 import small_runs
 
 import nst_jax
+from nst_jax.core import experiments
 from nst_jax.core import pixels
 from nst_jax.core import vgg
 
@@ -294,3 +295,32 @@ def test_stylize_splits_a_batch_over_the_devices_with_jobs(tmp_path, caffe_npz, 
   assert len(got['rows_on']) == devices
   # Each image is its own problem wherever it runs (float rounding of another layout aside).
   assert got['same_as_alone'] < 1e-3
+
+
+def test_random_scaled_params_have_the_probes_scale_at_every_relu():
+  """LSUV: each post-ReLU RMS on the probe equals the probe's own RMS (about 60-75 on photos)."""
+  probe = pixels.preprocess(
+    jnp.asarray(np.random.default_rng(3).uniform(size=(1, 32, 32, 3)), jnp.float32), pixels.CAFFE
+  )
+  model = experiments.VGGTiny()
+  params = experiments.random_scaled_params(1, probe=probe, stage_sizes=(1, 2), widths=(4, 8))
+  feats = model.apply({'params': params}, probe, ('relu1_1', 'relu2_1', 'relu2_2'))
+  want = float(jnp.sqrt(jnp.mean(jnp.square(probe))))
+  assert 60 < want < 90
+  for name, f in feats.items():
+    np.testing.assert_allclose(
+      float(jnp.sqrt(jnp.mean(jnp.square(f)))), want, rtol=1e-4, err_msg=name
+    )
+  assert not np.array_equal(
+    params['conv1_1']['kernel'],
+    experiments.random_scaled_params(2, stage_sizes=(1, 2), widths=(4, 8))['conv1_1']['kernel'],
+  )
+
+
+def test_targets_at_takes_one_images_targets():
+  model, params, content, targets = _problem(n=3)
+  one = nst_jax.targets_at(targets, 2)
+  assert one.style['relu2_1']['gram'].shape == (1, 1, 8, 8)
+  np.testing.assert_array_equal(one.content['relu2_2'][0], targets.content['relu2_2'][2])
+  bare = nst_jax.targets_at(targets, 2, keep_batch=False)
+  np.testing.assert_array_equal(bare.style_weight, targets.style_weight[2])
