@@ -124,19 +124,14 @@ def check_size(cfg: config_lib.StyleConfig, row: rows_lib.Row, what: str = '') -
 def layout_for(cfg: config_lib.StyleConfig, height: int, n_rows: int = 1) -> sharding_lib.Layout:
   """Where one process's rows live: one device, or one image's height split over them.
 
-  The one rule for a single file and for arrays (`stylize`); batches and
-  several hosts use `JobsLayout` over every device instead, and so do
-  arrays when `run.shard` is 'jobs' and there are several images and
-  several local devices (one process; `n_rows` is then padded to a
-  multiple of the devices, and the caller fills the extra rows).
+  The one rule for a single file and for arrays (`stylize`); batches, several
+  hosts, and arrays of several images with run.shard 'jobs' on one process
+  use `JobsLayout` over the devices (rows padded to a multiple of them).
   """
   local = jax.local_device_count()
   if cfg.run.shard == 'jobs' and n_rows > 1 and local > 1 and jax.process_count() == 1:
-    devices = jax.local_devices()
-    logging.info('Jobs sharding: %d images over %d devices.', n_rows, local)
-    return sharding_lib.JobsLayout(
-      sharding_lib.jobs_mesh(devices), sharding_lib.padded_size(n_rows, local)
-    )
+    rows = sharding_lib.padded_size(n_rows, local)
+    return sharding_lib.JobsLayout(sharding_lib.jobs_mesh(jax.local_devices()), rows)
   if cfg.run.shard == 'spatial' and jax.local_device_count() > 1 and n_rows == 1:
     devices = sharding_lib.spatial_devices(height, jax.local_devices())
     if len(devices) < jax.local_device_count():
