@@ -77,3 +77,28 @@ def test_the_command_line_reference_is_current():
   assert (ROOT / 'docs' / 'cli.md').read_text() == r.stdout, (
     'docs/cli.md is out of date: run python docs/make_cli_reference.py'
   )
+
+
+@pytest.mark.slow
+def test_every_recipe_of_the_api_guide_runs(tmp_path, caffe_npz):
+  """docs/api.md's python blocks, in order, as one script: each block asserts what it shows."""
+  text = (ROOT / 'docs' / 'api.md').read_text()
+  blocks = re.findall(r'```python\n(.*?)```', text.split('## Recipes', 1)[1], re.S)
+  assert len(blocks) >= 9
+  script = tmp_path / 'recipes.py'
+  script.write_text('\n'.join(blocks) + "\nprint('recipes ran')\n")
+  r = subprocess.run(
+    [sys.executable, '-W', 'error::DeprecationWarning', str(script)],
+    cwd=ROOT,
+    env={
+      'NST_JAX_WEIGHTS': str(caffe_npz),
+      'JAX_PLATFORMS': 'cpu',
+      'PATH': '/usr/bin:/bin',
+      'PYTHONPATH': str(ROOT),
+    },
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert r.stdout.strip().splitlines()[-1] == 'recipes ran'
