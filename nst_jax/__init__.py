@@ -6,8 +6,10 @@ Public API:
                               ScheduleConfig, ColorConfig, SaveConfig, RunConfig,
                               VideoConfig
   stylize, run                arrays -> array, and files -> file
+  make_step, Step              the jitted, donated step (what the engine runs)
   update_step, StyleState, LossSpec, Targets, make_targets, init_state,
-  initial_image, make_optimizer, make_model, objective, prepare_params
+  initial_image, make_optimizer, make_model, objective, network_features,
+  prepare_params
                               the pure, jittable step and its pieces
                               (nst_jax.core.step, nst_jax.core.objective)
   preprocess, deprocess       RGB in [0, 1] <-> the network's input space
@@ -15,6 +17,10 @@ Public API:
   extract_features            named VGG-19 activations of RGB images
   gram_matrix, content_loss, style_loss, tv_loss
   VGG, VGG19                  the Flax module
+  random_scaled_params, VGGTiny, targets_at
+                              for experiments: RANDOM weights at the real
+                              activation scale, a tiny network, one image's
+                              targets (nst_jax.core.experiments)
   NstError                    user errors (one-line messages)
 
 The package is layered (docs/architecture.md): core (pure), io (files),
@@ -43,7 +49,13 @@ from nst_jax.core.step import init_state
 from nst_jax.core.step import initial_image
 from nst_jax.core.step import make_model
 from nst_jax.core.step import make_optimizer
+from nst_jax.core.step import make_step
+from nst_jax.core.experiments import VGGTiny
+from nst_jax.core.experiments import random_scaled_params
+from nst_jax.core.experiments import targets_at
+from nst_jax.core.step import Step
 from nst_jax.core.objective import make_targets
+from nst_jax.core.objective import network_features
 from nst_jax.core.objective import objective
 from nst_jax.core.step import prepare_params
 from nst_jax.core.step import update_step
@@ -77,10 +89,12 @@ __all__ = [
   'SaveConfig',
   'ScheduleConfig',
   'StyleConfig',
+  'Step',
   'StyleState',
   'Targets',
   'VGG',
   'VGG19',
+  'VGGTiny',
   'VideoConfig',
   'Weights',
   'WeightsInfo',
@@ -94,13 +108,17 @@ __all__ = [
   'load_weights',
   'make_model',
   'make_optimizer',
+  'make_step',
   'make_targets',
+  'network_features',
   'objective',
   'prepare_params',
+  'random_scaled_params',
   'preprocess',
   'run',
   'style_loss',
   'stylize',
+  'targets_at',
   'tv_loss',
   'update_step',
 ]

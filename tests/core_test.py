@@ -97,7 +97,8 @@ def test_shape_errors_name_the_argument():
     )
 
   def error(name, shape):
-    return rf'^{name} must be \[N, H, W, 3\] images, got shape {re.escape(str(shape))}$'
+    fix = '; add the batch axis: x\\[None\\]' if len(shape) == 3 and shape[-1] == 3 else ''
+    return rf'^{name} must be \[N, H, W, 3\] images, got shape {re.escape(str(shape))}{fix}$'
 
   for bad in (content[0], content[..., :2]):
     with pytest.raises(ValueError, match=error('content', bad.shape)):

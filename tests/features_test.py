@@ -83,5 +83,5 @@ def test_bad_layers_and_shapes_are_refused(caffe_npz):
   with pytest.raises(errors.ConfigError, match='unknown layer name.*relu6_1'):
     extract_features(caffe_npz, rgb, ['relu1_1', 'relu6_1'])
   for bad in (rgb[..., :2], rgb[None, None], rgb[0]):
-    with pytest.raises(ValueError, match=rf'got \({", ".join(map(str, bad.shape))},?\)'):
+    with pytest.raises(ValueError, match=rf'got shape \({", ".join(map(str, bad.shape))},?\)'):
       extract_features(caffe_npz, bad, ['relu1_1'])

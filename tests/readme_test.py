@@ -120,3 +120,28 @@ def test_the_tpu_runbook_installs_a_python_the_pinned_jaxlib_supports():
 def test_the_gpu_install_names_both_cuda_plugins():
   for text in (README, (ROOT / 'requirements.txt').read_text()):
     assert 'jax[cuda13]' in text and 'jax[cuda12]' in text
+
+
+@pytest.mark.slow
+def test_every_recipe_of_the_api_guide_runs(tmp_path, caffe_npz):
+  """docs/api.md's python blocks, in order, as one script: each block asserts what it shows."""
+  text = (ROOT / 'docs' / 'api.md').read_text()
+  blocks = re.findall(r'```python\n(.*?)```', text.split('## Recipes', 1)[1], re.S)
+  assert len(blocks) >= 9
+  script = tmp_path / 'recipes.py'
+  script.write_text('\n'.join(blocks) + "\nprint('recipes ran')\n")
+  r = subprocess.run(
+    [sys.executable, '-W', 'error::DeprecationWarning', str(script)],
+    cwd=ROOT,
+    env={
+      'NST_JAX_WEIGHTS': str(caffe_npz),
+      'JAX_PLATFORMS': 'cpu',
+      'PATH': '/usr/bin:/bin',
+      'PYTHONPATH': str(ROOT),
+    },
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert r.stdout.strip().splitlines()[-1] == 'recipes ran'

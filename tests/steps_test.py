@@ -149,3 +149,42 @@ def test_later_runs_reuse_the_compiled_step(caffe_npz, monkeypatch):
   monkeypatch.setattr(runner, 'COMPILE_CACHE', steps.CompiledSteps())
   np.testing.assert_array_equal(run(content, cfg, {}), first)
   assert not np.array_equal(again, first)
+
+
+def test_the_first_iteration_is_its_own_program_with_the_backtracking():
+  """compile_step(first=True) is update_step(backtrack=True); Adam has no such program."""
+  cache = steps.CompiledSteps()
+  model, params, content, targets = _problem()
+  layout = sharding.SingleLayout(2)
+  active = jnp.ones(2, bool)
+
+  def compiled(tx, first):
+    state = core.init_state(content, tx)
+    shardings = jax.tree.map(lambda s: layout.leaf_sharding(s.shape, 16, 16), state)
+    program, _ = steps.compile_step(
+      model=model, optimizer=tx, loss_spec=TINY_LOSS.spec, loss_fn=objective.objective,
+      layout=layout, state_sharding=shardings, args=(state, params, targets, active),
+      cache=cache, first=first,
+    )  # fmt: skip
+    return program, state
+
+  tx = core.make_optimizer('lbfgs', first_step=1e4, convention=pixels.CAFFE)
+  first, state = compiled(tx, True)
+  every, _ = compiled(tx, False)
+  assert first is not every and len(cache.cache) == 2
+  reference = functools.partial(
+    core.update_step, model=model, optimizer=tx, loss_spec=TINY_LOSS.spec
+  )
+  searched, _ = jax.jit(functools.partial(reference, backtrack=True))(
+    core.init_state(content, tx), params, targets
+  )
+  plain, _ = jax.jit(reference)(core.init_state(content, tx), params, targets)
+  state, _ = first(state, params, targets, active)
+  np.testing.assert_allclose(state.image, searched.image, rtol=1e-5, atol=1e-3)
+  # A first step of 10^4 pixels overshoots: the search shrank it, the plain step did not.
+  np.testing.assert_array_equal(state.opt_state.shrink, searched.opt_state.shrink)
+  assert np.all(np.asarray(state.opt_state.shrink) < 1e-2)
+  np.testing.assert_array_equal(plain.opt_state.shrink, [1.0, 1.0])
+  assert float(jnp.abs(plain.image - state.image).max()) > 100.0
+  adam = core.make_optimizer('adam', convention=pixels.CAFFE)
+  assert compiled(adam, True)[0] is compiled(adam, False)[0]

@@ -7,8 +7,10 @@
   style_weight=)`: content features and style statistics, computed once, and
   the loss weights as per-image arrays (data, so a batch can mix them without
   recompiling).
-* `objective(image, params, targets, model=, loss_spec=)`: one image's
-  cw * L_c + sw * L_s + tv * L_tv and its terms (nst_jax.core.losses).
+* `objective(image, params, targets, model=, loss_spec=, features=None)`:
+  one image's cw * L_c + sw * L_s + tv * L_tv and its terms
+  (nst_jax.core.losses); `network_features` gives it, and a custom term,
+  the activations of one forward pass.
 """
 
 from collections.abc import Mapping, Sequence
@@ -20,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from nst_jax.core import losses
+from nst_jax.core import pixels
 from nst_jax.core import statistics
 from nst_jax.core import vgg
 
@@ -127,46 +130,6 @@ def _layer_positions(height: int, width: int, layer: str) -> int:
   return (height // 2**k) * (width // 2**k)
 
 
-def _style_statistics(
-  feats: list[jax.Array], blend: tuple[float, ...] | None, *, kind: str, n: int, m: int
-) -> dict[str, jax.Array]:
-  """One layer's style statistics, [n, S, ...].
-
-  Args:
-    feats: per style image, [1 or n, h_i, w_i, C] features.
-    blend: normalised blend weights (S = 1), or None for one region per style.
-    kind: the style loss.
-    n: batch size.
-    m: positions of the optimised image at this layer ('histogram').
-  """
-  feats = [jnp.broadcast_to(f, (n, *f.shape[1:])) for f in feats]
-  if kind == 'histogram':
-    weights = blend or (1.0,)
-
-    def quantiles(*fs):
-      return statistics.style_quantiles([f.reshape(-1, f.shape[-1]) for f in fs], weights, m)
-
-    return {'quantiles': jax.vmap(quantiles)(*feats)[:, None]}
-  if kind == 'gram':
-    grams = [jax.vmap(statistics.gram_matrix)(f) for f in feats]  # [n, C, C] each
-    if blend is None:
-      return {'gram': jnp.stack(grams, axis=1)}
-    return {'gram': sum(b * g for b, g in zip(blend, grams, strict=True))[:, None]}
-  means, covs = zip(*(jax.vmap(statistics.mean_cov)(f) for f in feats), strict=True)
-  if blend is None:
-    mu, cov = jnp.stack(means, axis=1), jnp.stack(covs, axis=1)
-  else:
-    # The mixture's mean and covariance: its second moment (the blended Gram)
-    # minus mu mu^T, written around the mean for float32 accuracy.
-    mu = sum(b * m_i for b, m_i in zip(blend, means, strict=True))
-    cov = sum(
-      b * (c_i + jnp.einsum('ni,nj->nij', m_i - mu, m_i - mu))
-      for b, m_i, c_i in zip(blend, means, covs, strict=True)
-    )
-    mu, cov = mu[:, None], cov[:, None]
-  return jax.vmap(jax.vmap(statistics.mean_cov_target))(mu, cov)
-
-
 def make_targets(
   params: Mapping[str, Mapping[str, jax.Array]],
   content: jax.Array,
@@ -226,7 +189,7 @@ def make_targets(
   content_feats = _features(params, content, model=model, layers=loss_spec.content_layers)
   style_feats = [_features(params, s, model=model, layers=loss_spec.style_layers) for s in styles]
   stats = {
-    name: _style_statistics(
+    name: statistics.layer_targets(
       [f[name] for f in style_feats],
       blend,
       kind=loss_spec.style_loss,
@@ -236,15 +199,21 @@ def make_targets(
     for name in loss_spec.style_layers
   }
 
-  def per_image(x):
-    return jnp.broadcast_to(jnp.asarray(x, jnp.float32), (n,))
+  def per_image(x, name):
+    x = jnp.asarray(x, jnp.float32)
+    if x.ndim > 1 or x.size not in (1, n):
+      raise ValueError(
+        f'{name} has shape {x.shape} for {n} content image(s); give a scalar or one per image'
+        + (f' (tile the content: jnp.repeat(content, {x.size}, axis=0))' if n == 1 else '')
+      )
+    return jnp.broadcast_to(x.reshape(-1)[0] if x.size == 1 else x, (n,))
 
   return Targets(
     content={k: v.astype(jnp.float32) for k, v in content_feats.items()},
     style=stats,
-    content_weight=per_image(content_weight),
-    style_weight=per_image(style_weight),
-    tv_weight=per_image(tv_weight),
+    content_weight=per_image(content_weight, 'content_weight'),
+    style_weight=per_image(style_weight, 'style_weight'),
+    tv_weight=per_image(tv_weight, 'tv_weight'),
     content_mask=_masks_per_layer(content_mask, loss_spec.content_layers, (n,)),
     style_masks=_masks_per_layer(
       style_masks, loss_spec.style_layers, (n,) if style_masks is None else (n, len(styles))
@@ -263,6 +232,9 @@ def _spec_and_weights(loss_spec, loss_config, content_weight, style_weight, tv_w
       stacklevel=3,
     )
     loss_spec = as_spec(loss_config) if loss_spec is None else loss_spec
+    if isinstance(loss_config, LossSpec):  # no weights to stand in: the check below names them
+      loss_config = None
+  if loss_config is not None:
     content_weight = loss_config.content_weight if content_weight is None else content_weight
     style_weight = loss_config.style_weight if style_weight is None else style_weight
     if tv_weight is None or (isinstance(tv_weight, float) and tv_weight == 0.0):
@@ -284,8 +256,7 @@ def _check_images(content, style, content_mask, style_masks) -> None:
     ('style' if len(styles) == 1 else f'style {i}', s) for i, s in enumerate(styles)
   ]
   for name, x in named:
-    if jnp.ndim(x) != 4 or jnp.shape(x)[-1] != 3:
-      raise ValueError(f'{name} must be [N, H, W, 3] images, got shape {jnp.shape(x)}')
+    pixels.check_network_images(x, name)
   if content_mask is not None and (
     content_mask.ndim != 3 or content_mask.shape[-2:] != content.shape[1:3]
   ):
@@ -327,6 +298,35 @@ def _masks_per_layer(mask, layers, lead) -> dict[str, jax.Array] | None:
   return out
 
 
+def network_features(
+  image: jax.Array,
+  params: Mapping[str, Mapping[str, jax.Array]],
+  *,
+  model: vgg.VGG,
+  layers: Sequence[str],
+) -> dict[str, jax.Array]:
+  """The named activations of one image in network space: one forward pass.
+
+  For a custom loss term: compute the features once, for the loss's layers
+  and your own (`loss_spec.feature_layers + ('relu3_1',)`), and hand them to
+  `objective(..., features=feats)`, which then runs no network of its own.
+  The network stops at the deepest requested layer.
+
+  Args:
+    image: [H, W, 3] in network space (the step's variable).
+    params: VGG parameters (raw or `prepare_params`'d).
+    model: the VGG.
+    layers: names such as 'relu4_2', 'conv1_1', 'pool3'.
+
+  Returns:
+    name -> [h, w, c] activation.
+  """
+  if isinstance(layers, str):
+    layers = (layers,)
+  feats = _features(params, image[None], model=model, layers=tuple(layers))
+  return {k: v[0] for k, v in feats.items()}
+
+
 def objective(
   image: jax.Array,
   params: Mapping[str, Mapping[str, jax.Array]],
@@ -335,6 +335,7 @@ def objective(
   model: vgg.VGG,
   loss_spec: LossSpec | None = None,
   loss_config: Any = None,
+  features: Mapping[str, jax.Array] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The loss of one image: cw * L_c + sw * L_s + tv * L_tv (see `nst_jax.core.losses`).
 
@@ -352,6 +353,10 @@ def objective(
     loss_spec: layers, style layer weights, style loss, normalisation.
     loss_config: deprecated name of `loss_spec` (a LossConfig is accepted),
       as custom loss functions written before 0.3 pass it.
+    features: the image's activations, layer -> [h, w, c], when the caller
+      already has them (`network_features`, for a custom term's layers as
+      well): no forward pass of its own then. Must hold every layer of
+      `loss_spec.feature_layers`; extra layers are ignored.
 
   Returns:
     (total, {'total', 'content', 'style', 'tv', 'content/<layer>',
@@ -366,8 +371,16 @@ def objective(
   if loss_spec is None:
     raise TypeError('objective needs loss_spec= (a LossSpec: layers and style statistic)')
   loss_spec = as_spec(loss_spec)
-  feats = _features(params, image[None], model=model, layers=loss_spec.feature_layers)
-  feats = {k: v[0] for k, v in feats.items()}
+  if features is None:
+    feats = network_features(image, params, model=model, layers=loss_spec.feature_layers)
+  else:
+    missing = [name for name in loss_spec.feature_layers if name not in features]
+    if missing:
+      raise ValueError(
+        f'features lacks {", ".join(missing)}; compute them with network_features(image, '
+        'params, model=model, layers=loss_spec.feature_layers + your layers)'
+      )
+    feats = features
   cw, sw = targets.content_weight, targets.style_weight
   layer_weights = loss_spec.layer_weights
   if loss_spec.normalize_gradients:

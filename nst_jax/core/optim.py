@@ -37,6 +37,7 @@ References:
 """
 
 from typing import NamedTuple
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -180,10 +181,17 @@ def lbfgs(
     t0 = first_step / jnp.maximum(_max_abs(g), 1e-30)
     shrink = state.shrink
     if value_fn is not None and value is not None:
-      t = _backtrack(
-        value_fn, value, params, g, t0, state.count == 0, lambda st: project(st, free, params)
+      # The search's result is a power of two, piecewise constant in every
+      # input: its derivative is zero almost everywhere, so its inputs are
+      # held constant and reverse mode never meets the while_loop's dynamic
+      # condition (jax.grad through this update works).
+      sg = jax.lax.stop_gradient
+      x0 = sg(params)
+      first = state.count == 0
+      found = _backtrack(
+        value_fn, sg(value), x0, sg(g), sg(t0), first, lambda st: project(st, free, x0)
       )
-      shrink = jnp.where(state.count == 0, t / t0, shrink)
+      shrink = jnp.where(first, found, shrink)
     bounded = jax.tree.map(lambda gr: gr * t0 * shrink, g)
     direction = jax.tree.map(lambda d, b: jnp.where(state.stored > 0, d, b), direction, bounded)
     step = project(jax.tree.map(jnp.negative, direction), free, params)
@@ -191,7 +199,25 @@ def lbfgs(
       count=state.count + 1, prev_grad=grads, prev_step=step, shrink=shrink
     )
 
+  _BACKTRACKING.add(update)
   return optax.GradientTransformationExtraArgs(init, update)
+
+
+# The `update` functions that backtrack their first step when given
+# `value_fn` (`lbfgs`, and `in_pixel_units` around it): `backtracks` reads it.
+_BACKTRACKING: 'weakref.WeakSet' = weakref.WeakSet()
+
+
+def backtracks(optimizer: optax.GradientTransformation) -> bool:
+  """Whether `optimizer` backtracks its first step when its update gets `value_fn`.
+
+  True for this module's L-BFGS (`lbfgs`, `make_optimizer('lbfgs')`): a step
+  that passes `value_fn` then runs extra forward passes in a while_loop at the
+  first iteration, so the engine compiles that first step as its own program
+  (`nst_jax.core.step.make_step`) and every later iteration's program holds one
+  forward and one backward pass. False for Adam and any other optax optimiser.
+  """
+  return optimizer.update in _BACKTRACKING
 
 
 def _store_pair(state: LbfgsState, grads, eps: float, m: int) -> LbfgsState:
@@ -241,8 +267,8 @@ BACKTRACK_C1 = 1e-4
 BACKTRACK_STEPS = 30
 
 
-def _backtrack(value_fn, value, params, g, t0, needed, project):
-  """The step length t <= t0 along -g whose (projected) step decreases the loss enough.
+def _backtrack(value_fn, value, params, g, t0, needed, project) -> jax.Array:
+  """The shrink 2^-k <= 1 of t0 whose (projected) step along -g decreases the loss enough.
 
   Runs only when `needed` (the first iteration): otherwise no evaluation.
   The test allows the loss's own float32 rounding (a few ulps of |f|), so
@@ -269,7 +295,7 @@ def _backtrack(value_fn, value, params, g, t0, needed, project):
   inf = jnp.asarray(jnp.inf, jnp.float32)
   init = (t0, inf, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
   t, _, _, _ = jax.lax.while_loop(cond, body, init)
-  return t
+  return t / t0
 
 
 def _two_loop(grads, s_mem, y_mem, rho, gamma, head, m: int):
@@ -339,6 +365,8 @@ def in_pixel_units(
     step, state = inner.update(grads, state, params, value_fn=value_fn, **extra_args)
     return jax.tree.map(lambda u: u * channels(factor, u), step), state
 
+  if backtracks(inner):
+    _BACKTRACKING.add(update)
   return optax.GradientTransformationExtraArgs(inner.init, update)
 
 

@@ -9,6 +9,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nst_jax import errors
 
@@ -59,6 +60,73 @@ def get_convention(name: str) -> InputConvention:
     raise errors.ConfigError(
       f'unknown input convention {name!r}; use one of {sorted(CONVENTIONS)}'
     ) from None
+
+
+def as_rgb(value: jax.typing.ArrayLike, name: str) -> jax.Array:
+  """RGB images as the API takes them: float32 [H, W, 3] or [N, H, W, 3] in [0, 1].
+
+  The rule for every RGB argument of the API (`stylize`, `extract_features`,
+  `initial_image`): uint8 is divided by 255, so 0..255 becomes 0..1; floats
+  must lie in [0, 1] and be finite (a float image in 0..255, or one that
+  bicubic resizing took slightly outside, is refused rather than guessed
+  at); other dtypes are refused. Under a jax trace the values cannot be
+  read, and only dtype and shape are checked.
+
+  Args:
+    value: the caller's array (numpy, jax, nested lists).
+    name: the argument's name, for the message.
+
+  Raises:
+    ConfigError: naming `name`, what is wrong and the fix.
+  """
+  dtype = getattr(value, 'dtype', None)
+  if dtype is None:
+    value = np.asarray(value)
+    dtype = value.dtype
+  dtype = np.dtype(dtype)
+  shape = np.shape(value)
+  if len(shape) not in (3, 4) or shape[-1] != 3:
+    raise errors.ConfigError(
+      f'{name} must be RGB [H, W, 3] or [N, H, W, 3], got shape {tuple(shape)}'
+      + ('; drop the alpha channel: x[..., :3]' if shape and shape[-1] == 4 else '')
+    )
+  if dtype == np.uint8:
+    return jnp.asarray(value, jnp.float32) / 255.0
+  if not np.issubdtype(dtype, np.floating):
+    raise errors.ConfigError(
+      f'{name} is {dtype}; give RGB as floats in [0, 1] (or uint8, divided by 255)'
+    )
+  if isinstance(value, jax.core.Tracer):
+    return jnp.asarray(value, jnp.float32)
+  host = np.asarray(value)
+  low, high = (float(host.min()), float(host.max())) if host.size else (0.0, 0.0)
+  if not (np.isfinite(low) and np.isfinite(high)):
+    raise errors.ConfigError(f'{name} has non-finite values; give RGB as floats in [0, 1]')
+  if low < 0.0 or high > 1.0:
+    fix = 'divide by 255' if high > 1.0 and low >= 0.0 and high <= 255.0 else 'clip it to [0, 1]'
+    raise errors.ConfigError(
+      f'{name} has values from {low:.4g} to {high:.4g}; RGB floats must lie in [0, 1]: {fix}'
+    )
+  return jnp.asarray(host, jnp.float32)
+
+
+def check_network_images(value: jax.typing.ArrayLike, name: str) -> None:
+  """Raises ConfigError naming `name` and the fix unless `value` is [N, H, W, 3] floats.
+
+  For the arguments in network space (`make_targets`, `init_state`): a
+  single image needs its batch axis, and integer pixels are RGB that was
+  never preprocessed.
+  """
+  shape = tuple(np.shape(value))
+  if len(shape) != 4 or shape[-1] != 3:
+    fix = '; add the batch axis: x[None]' if len(shape) == 3 and shape[-1] == 3 else ''
+    raise errors.ConfigError(f'{name} must be [N, H, W, 3] images, got shape {shape}{fix}')
+  dtype = np.dtype(getattr(value, 'dtype', None) or np.asarray(value).dtype)
+  if not np.issubdtype(dtype, np.floating):
+    raise errors.ConfigError(
+      f'{name} is {dtype}, but it is an image in network space: preprocess RGB first, '
+      'nst_jax.preprocess(rgb / 255, weights.info.input_convention)'
+    )
 
 
 def _stats(convention: InputConvention) -> tuple[jax.Array, jax.Array]:

@@ -7,7 +7,8 @@ weighted by a mask T at the layer's resolution):
   * `mean_cov`, `mean_cov_target`, `mean_cov_loss`: Gaussian fits and the
     Wasserstein-2 distance between them (tr sqrt via `trace_sqrtm`);
   * `style_quantiles`, `histogram_match`, `histogram_loss`: the histogram loss
-    of Risser et al. 2017.
+    of Risser et al. 2017;
+  * `layer_targets`: one layer's targets from the style images, blended.
 The losses built from them are in nst_jax.core.losses.
 """
 
@@ -307,3 +308,45 @@ def histogram_loss(features: jax.typing.ArrayLike, quantiles: jax.typing.ArrayLi
   f = _flat(features, 'histogram_loss').astype(jnp.float32)
   r = lax.stop_gradient(histogram_match(features, quantiles))
   return jnp.mean(jnp.square(f - r))
+
+
+def layer_targets(
+  feats: list[jax.Array], blend: tuple[float, ...] | None, *, kind: str, n: int, m: int
+) -> dict[str, jax.Array]:
+  """One layer's style targets, [n, S, ...]: the statistics of the style images, blended.
+
+  What `nst_jax.core.objective.make_targets` stores per style layer.
+
+  Args:
+    feats: per style image, [1 or n, h_i, w_i, C] features.
+    blend: normalised blend weights (S = 1), or None for one region per style.
+    kind: the style loss.
+    n: batch size.
+    m: positions of the optimised image at this layer ('histogram').
+  """
+  feats = [jnp.broadcast_to(f, (n, *f.shape[1:])) for f in feats]
+  if kind == 'histogram':
+    weights = blend or (1.0,)
+
+    def quantiles(*fs):
+      return style_quantiles([f.reshape(-1, f.shape[-1]) for f in fs], weights, m)
+
+    return {'quantiles': jax.vmap(quantiles)(*feats)[:, None]}
+  if kind == 'gram':
+    grams = [jax.vmap(gram_matrix)(f) for f in feats]  # [n, C, C] each
+    if blend is None:
+      return {'gram': jnp.stack(grams, axis=1)}
+    return {'gram': sum(b * g for b, g in zip(blend, grams, strict=True))[:, None]}
+  means, covs = zip(*(jax.vmap(mean_cov)(f) for f in feats), strict=True)
+  if blend is None:
+    mu, cov = jnp.stack(means, axis=1), jnp.stack(covs, axis=1)
+  else:
+    # The mixture's mean and covariance: its second moment (the blended Gram)
+    # minus mu mu^T, written around the mean for float32 accuracy.
+    mu = sum(b * m_i for b, m_i in zip(blend, means, strict=True))
+    cov = sum(
+      b * (c_i + jnp.einsum('ni,nj->nij', m_i - mu, m_i - mu))
+      for b, m_i, c_i in zip(blend, means, covs, strict=True)
+    )
+    mu, cov = mu[:, None], cov[:, None]
+  return jax.vmap(jax.vmap(mean_cov_target))(mu, cov)

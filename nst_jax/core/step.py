@@ -8,10 +8,11 @@ argument, so research code can jit, vmap and differentiate these freely.
     `init_state(image, optimizer)` -> `StyleState(image, opt_state)`.
   * `update_step(state, params, targets, *, model, optimizer, loss_spec,
     loss_fn=objective)`: one optimiser iteration, a module-level pure
-    function. Jit it where it is called, donating the state:
-
-        step = jax.jit(functools.partial(update_step, model=model,
-                       optimizer=tx, loss_spec=spec), donate_argnums=0)
+    function: one forward and one backward pass of the network per image.
+  * `make_step(model, optimizer, loss_spec, loss_fn=objective)`: it jitted
+    with the state donated, as the engine runs it: `step.first(...)` for the
+    first iteration (L-BFGS's backtracked first step), `step(...)` for the
+    rest.
 
 The targets and the objective are in nst_jax.core.objective.
 
@@ -26,6 +27,7 @@ the optimisers see it in pixel units (nst_jax.core.optim.in_pixel_units).
 """
 
 from collections.abc import Callable, Mapping, Sequence
+import dataclasses
 import functools
 import inspect
 from typing import Any, NamedTuple
@@ -121,7 +123,11 @@ def _platform(params: Mapping) -> str:
 
 
 def make_optimizer(name: Any = 'lbfgs', **kwargs) -> optax.GradientTransformationExtraArgs:
-  """`nst_jax.core.optim.make_optimizer` (also accepts a StyleConfig, deprecated)."""
+  """`nst_jax.core.optim.make_optimizer`, with `lbfgs_memory` (the config's name) for `memory_size`.
+
+  Also accepts a StyleConfig (deprecated). Unknown keywords are named in a
+  TypeError with the ones it takes.
+  """
   if not isinstance(name, str):
     warnings.warn(
       'make_optimizer(config) is deprecated; use make_optimizer(name, learning_rate=..., '
@@ -139,13 +145,18 @@ def make_optimizer(name: Any = 'lbfgs', **kwargs) -> optax.GradientTransformatio
         **kwargs,
       },
     )
+  if 'lbfgs_memory' in kwargs:  # the config field's name (OptimConfig.lbfgs_memory)
+    if 'memory_size' in kwargs:
+      raise TypeError('make_optimizer got both lbfgs_memory and memory_size; give one')
+    kwargs['memory_size'] = kwargs.pop('lbfgs_memory')
+  known = inspect.signature(optim.make_optimizer).parameters
+  unknown = sorted(set(kwargs) - set(known))
+  if unknown:
+    raise TypeError(
+      f'make_optimizer got unknown keyword(s) {", ".join(unknown)}; it takes '
+      + ', '.join(k for k in known if k != 'name')
+    )
   return optim.make_optimizer(name, **kwargs)
-
-
-def _check_images(x, name: str) -> None:
-  """Raises ValueError naming `name` unless `x` is [N, H, W, 3]."""
-  if jnp.ndim(x) != 4 or jnp.shape(x)[-1] != 3:
-    raise ValueError(f'{name} must be [N, H, W, 3] images, got shape {jnp.shape(x)}')
 
 
 def init_state(image: jax.Array, optimizer: optax.GradientTransformation) -> StyleState:
@@ -154,7 +165,7 @@ def init_state(image: jax.Array, optimizer: optax.GradientTransformation) -> Sty
   The image is copied: the step donates the state, and the caller's array
   (often the content image, needed again) must survive that.
   """
-  _check_images(image, 'image')
+  pixels.check_network_images(image, 'image')
   image = jnp.array(image, jnp.float32, copy=True)
   return StyleState(image=image, opt_state=jax.vmap(optimizer.init)(image))
 
@@ -173,12 +184,15 @@ def update_step(
   loss_spec: objective_lib.LossSpec | None = None,
   loss_fn: LossFn = objective_lib.objective,
   loss_config: Any = None,
+  backtrack: bool = False,
 ) -> tuple[StyleState, dict[str, jax.Array]]:
   """One optimiser iteration on every image of the batch.
 
   Evaluates the loss and its gradient once per image (L-BFGS without line
   search and Adam both need exactly one evaluation per iteration) and applies
-  the optimiser's update.
+  the optimiser's update: one forward and one backward pass of the network,
+  and nothing the reverse mode cannot go through (`jax.grad` of a loss after
+  k steps works; docs/api.md has the table).
 
   Args:
     state: images [N, H, W, 3] and per-image optimiser states.
@@ -197,6 +211,15 @@ def update_step(
       One written before 0.3, taking `loss_config=`, gets the spec under
       that name (deprecated).
     loss_config: deprecated name of `loss_spec` (a LossConfig is accepted).
+    backtrack: (static) also give the optimiser `value_fn`, so that L-BFGS
+      backtracks its first step (Armijo, halving up to 30 times: extra
+      forward passes in a while_loop, at the first iteration only). Pass
+      True for the first iteration of a run, as `make_step`'s `first` does
+      and the engine does; later iterations need not (a state past its first
+      iteration is never searched again). Without it L-BFGS's first step
+      moves the pixel that moves most by `first_step` pixels, unchecked.
+      The search's result is held constant under differentiation (it is a
+      power of two, piecewise constant), so `jax.grad` goes through this too.
 
   Returns:
     (new state, losses): losses maps each key of `loss_fn`'s dict to [N]
@@ -209,14 +232,29 @@ def update_step(
     loss_spec = loss_config
   loss_spec = objective_lib.as_spec(loss_spec)
   spec_keyword = _spec_keyword(loss_fn)
+  # This package's L-BFGS searches at its first step only, when asked
+  # (`backtrack`); any other optimiser gets `value_fn` as optax defines it.
+  ours = optim.backtracks(optimizer)
 
   def one_image(image, opt_state, image_targets):
     value_fn = functools.partial(
       loss_fn, params=params, targets=image_targets, model=model, **{spec_keyword: loss_spec}
     )
     (value, aux), grad = jax.value_and_grad(value_fn, has_aux=True)(image)
+    search = lambda x: value_fn(x)[0]  # noqa: E731  (optax's own L-BFGS searches every step)
+    if ours:
+      search = None
+      if backtrack:
+        # The trials see constant params and targets: the search's result is
+        # piecewise constant, and a tangent reaching its while_loop would stop
+        # jax.grad (the optimiser holds its own inputs constant likewise).
+        held = jax.lax.stop_gradient((params, image_targets))
+        held_fn = functools.partial(
+          loss_fn, params=held[0], targets=held[1], model=model, **{spec_keyword: loss_spec}
+        )
+        search = lambda x: held_fn(x)[0]  # noqa: E731
     updates, opt_state = optimizer.update(
-      grad, opt_state, image, value=value, grad=grad, value_fn=lambda x: value_fn(x)[0]
+      grad, opt_state, image, value=value, grad=grad, value_fn=search
     )
     return optax.apply_updates(image, updates), opt_state, aux
 
@@ -225,6 +263,108 @@ def update_step(
     # Only the pixels are held: a held image's optimiser state is never used again.
     new_image = jnp.where(active[:, None, None, None], new_image, state.image)
   return StyleState(image=new_image, opt_state=opt_state), aux
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """The jitted step of a run, state donated: `step(...)` each iteration, `step.first(...)` once.
+
+  Both are `jax.jit(functools.partial(update_step, ...), donate_argnums=0)`,
+  called as `(state, params, targets, active=None) -> (state, losses)`.
+
+  Attributes:
+    update: the iteration's program: one forward and one backward pass per
+      image (`update_step`). Calling the Step calls it.
+    first: the first iteration's program (`update_step(..., backtrack=True)`:
+      L-BFGS's backtracked first step, with its extra forward passes); the
+      same object as `update` for an optimiser without that search (Adam;
+      optax's L-BFGS, whose `value_fn` every step gets). Call it for a run's
+      first iteration to take the step the engine and the command line take.
+  """
+
+  update: Callable
+  first: Callable
+
+  def __call__(self, state, params, targets, active=None):
+    return self.update(state, params, targets, active)
+
+
+def at_precision(fn: Callable, precision: jax.lax.Precision | None) -> Callable:
+  """`fn`, traced with `precision` as the default of every matmul and convolution in it.
+
+  The network's convolutions carry model.precision themselves; the Gram
+  matrices, the mean_cov statistics, the L-BFGS dot products and whatever a
+  loss_fn computes do not, and would lower at XLA's default (one bfloat16
+  pass on TPU, TF32 on recent NVIDIA GPUs) while the L-BFGS curvature test
+  assumes float32 rounding. Tracing under `jax.default_matmul_precision`
+  gives every dot_general and convolution without its own precision the
+  configured one (tests/engine_test.py reads the lowered step). `make_step` applies it.
+
+  Args:
+    fn: the function to trace (the step, the targets).
+    precision: model.precision as a `jax.lax.Precision`; None: XLA's default.
+  """
+  if precision is None:
+    return fn
+  name = jax.lax.Precision(precision).name.lower()
+
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with jax.default_matmul_precision(name):
+      return fn(*args, **kwargs)
+
+  return traced
+
+
+def make_step(
+  model: vgg.VGG,
+  optimizer: optax.GradientTransformationExtraArgs,
+  loss_spec: objective_lib.LossSpec,
+  *,
+  loss_fn: LossFn = objective_lib.objective,
+  in_shardings: Any = None,
+  out_shardings: Any = None,
+) -> Step:
+  """The step jitted with its static settings bound and the state donated.
+
+  Example:
+    >>> step = make_step(model, tx, spec)
+    >>> state, losses = step.first(state, params, targets)
+    >>> for _ in range(99):
+    ...   state, losses = step(state, params, targets)
+
+  Args:
+    model: the VGG (`make_model`).
+    optimizer: from `make_optimizer`, or any optax transformation.
+    loss_spec: the loss's structure (a `LossSpec`; a LossConfig's `.spec`).
+    loss_fn: the per-image loss (`update_step`'s `loss_fn`).
+    in_shardings, out_shardings: given to `jax.jit` when not None (the
+      engine passes its layout's).
+
+  Returns:
+    A `Step`. The state passed in is donated (its buffers are reused for
+    the new state): keep no other reference to it. Params and targets are
+    not donated.
+  """
+  placed = {}
+  if in_shardings is not None:
+    placed['in_shardings'] = in_shardings
+  if out_shardings is not None:
+    placed['out_shardings'] = out_shardings
+
+  def jitted(backtrack: bool):
+    fn = functools.partial(
+      update_step,
+      model=model,
+      optimizer=optimizer,
+      loss_spec=loss_spec,
+      loss_fn=loss_fn,
+      backtrack=backtrack,
+    )
+    return jax.jit(at_precision(fn, model.precision), donate_argnums=0, **placed)
+
+  update = jitted(False)
+  return Step(update=update, first=jitted(True) if optim.backtracks(optimizer) else update)
 
 
 def _spec_keyword(loss_fn: Callable) -> str:
@@ -262,8 +402,9 @@ def initial_image(
     seed: random seed for 'random'.
     convention: the weights' input convention (`WeightsInfo.input_convention`);
       required for 'gray' and an image, which it maps into network space.
-    image: RGB in [0, 1], [H', W', 3] or [N, H', W', 3], resized to the
-      content's height and width (bicubic); used unless init is a keyword.
+    image: RGB in [0, 1] (uint8 divided by 255), [H', W', 3] or
+      [N, H', W', 3], resized to the content's height and width (bicubic);
+      used unless init is a keyword.
   """
   if init == 'content':
     return content
@@ -275,7 +416,7 @@ def initial_image(
   else:
     if image is None:
       raise ValueError(f'init {init!r} is not one of {INIT_KEYWORDS}, and no image was given')
-    rgb = batched(image)
+    rgb = batched(pixels.as_rgb(image, 'image'))
     rgb = pixels.resize(rgb, *content.shape[1:3])
   if convention is None:
     raise ValueError(

@@ -72,6 +72,11 @@ def conv_names(stage_sizes: Sequence[int]) -> tuple[str, ...]:
 
 def check_layers(layers: Sequence[str], stage_sizes: Sequence[int] = VGG19_STAGE_SIZES) -> None:
   """Raises ConfigError naming any entry of `layers` the network lacks."""
+  if isinstance(layers, str):  # 'relu4_2' would read as the names r, e, l, u, ...
+    raise errors.ConfigError(
+      f'layers must be a sequence of layer names, got the string {layers!r}; '
+      f'write ({layers!r},) or [{layers!r}]'
+    )
   valid = layer_names(stage_sizes)
   unknown = [name for name in layers if name not in valid]
   if unknown:

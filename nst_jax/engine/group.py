@@ -277,7 +277,7 @@ class GroupRun:
 
   # The loop.
 
-  def _compiled(self, st: Stage, state):
+  def _compiled(self, st: Stage, state, *, first: bool = False):
     e = self.e
     _, state_sh = self._state_shardings(st)
     return steps.compile_step(
@@ -290,6 +290,7 @@ class GroupRun:
       args=(state, e.params, st.targets, self._active(np.ones(1, bool))),
       key=e.optimizer_key,
       cache=e.compile_cache,
+      first=first,
     )
 
   def _active(self, active: np.ndarray) -> jax.Array:
@@ -368,7 +369,13 @@ class GroupRun:
   def _optimise(self, st: Stage, state, start, total, offset, scales, convergence):
     hits = compile_cache.hits()
     compiled, compile_s = self._compiled(st, state)
-    # Served from disk: the persistent cache's hits grew during this compile.
+    # A stage's first iteration (not a resumed one) is its own program:
+    # L-BFGS's backtracked first step; every later one does one forward and
+    # one backward pass (nst_jax.core.step.make_step).
+    first, first_s = self._compiled(st, state, first=True) if start == 0 else (compiled, 0.0)
+    compile_s += first_s
+    programs = [first]
+    # Served from disk: the persistent cache's hits grew during these compiles.
     self.from_disk = compile_s > 0 and compile_cache.hits() > hits
     if self.from_disk:
       logging.info('Loaded the compiled step from the compilation cache in %.1f s.', compile_s)
@@ -382,7 +389,8 @@ class GroupRun:
       held = convergence.newly_held()
       if held is not None:  # a row converged: hold it from now on
         active[0] = self._active(held)
-      return compiled(state, params, targets, active[0])
+      program = programs.pop() if programs else compiled
+      return program(state, params, targets, active[0])
 
     t0 = time.perf_counter()
     try:
@@ -415,10 +423,13 @@ class GroupRun:
     if result.reason == 'signal':
       names = [str(p) for p in checkpoints.paths.values()]
       names += [str(p) for p in self.saved_images]
-      saved = f'saved {", ".join(names)}' if names else 'stopped'
+      # Only what was written is named, and resuming is offered only from a
+      # checkpoint (an array run without one saved nothing).
+      saved = f'saved {", ".join(names)}' if names else 'nothing was saved'
+      then = '; continue with run.resume' if checkpoints.paths else ''
       raise errors.Interrupted(
         f'interrupted by signal {result.signum} after iteration {offset + result.iteration}; '
-        f'{saved}; continue with run.resume',
+        f'{saved}{then}',
         result.signum,
       )
     return result.state.image

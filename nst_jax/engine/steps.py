@@ -1,4 +1,4 @@
-"""The compiled step: `core.update_step` jitted over a layout, and a cache of them.
+"""The compiled step: `core.make_step`'s programs over a layout, and a cache of them.
 
 The step is jitted where it is used, with the layout's shardings for every
 argument (state donated), and compiled ahead of the loop so the compile time
@@ -10,8 +10,6 @@ keeps one per process, nst_jax.runs.runner.COMPILE_CACHE): a program calling
 """
 
 import collections
-from collections.abc import Callable
-import functools
 import time
 from typing import Any
 
@@ -19,6 +17,9 @@ import jax
 
 from nst_jax.core import step as core
 from nst_jax.engine import sharding as sharding_lib
+
+# Where it lives now; the engine's name for it (its targets use it too).
+at_precision = core.at_precision
 
 
 class CompiledSteps:
@@ -54,33 +55,6 @@ class CompiledSteps:
     return compiled, compile_s
 
 
-def at_precision(fn: Callable, precision: jax.lax.Precision | None) -> Callable:
-  """`fn`, traced with `precision` as the default of every matmul and convolution in it.
-
-  The network's convolutions carry model.precision themselves; the Gram
-  matrices, the mean_cov statistics, the L-BFGS dot products and whatever a
-  loss_fn computes do not, and would lower at XLA's default (one bfloat16
-  pass on TPU, TF32 on recent NVIDIA GPUs) while the L-BFGS curvature test
-  assumes float32 rounding. Tracing under `jax.default_matmul_precision`
-  gives every dot_general and convolution without its own precision the
-  configured one (tests/engine_test.py reads the lowered step).
-
-  Args:
-    fn: the function to trace (the step, the targets).
-    precision: model.precision as a `jax.lax.Precision`; None: XLA's default.
-  """
-  if precision is None:
-    return fn
-  name = jax.lax.Precision(precision).name.lower()
-
-  @functools.wraps(fn)
-  def traced(*args, **kwargs):
-    with jax.default_matmul_precision(name):
-      return fn(*args, **kwargs)
-
-  return traced
-
-
 def compile_step(
   *,
   model,
@@ -92,8 +66,14 @@ def compile_step(
   args: tuple,
   key: tuple = (),
   cache: CompiledSteps | None = None,
+  first: bool = False,
 ) -> tuple[Any, float]:
   """`update_step(state, params, targets, active)` compiled for `args` on `layout`.
+
+  The program is `core.make_step`'s, with the layout's shardings: the one
+  the engine runs every iteration (`Step.update`), or with `first` the first
+  iteration's (`Step.first`: L-BFGS's backtracked first step; the same
+  program as every iteration's for an optimiser without that search).
 
   Args:
     model, optimizer, loss_spec, loss_fn: the step's static settings.
@@ -103,20 +83,18 @@ def compile_step(
     key: what else the program was built from (the optimiser's build
       arguments, say), for the cache.
     cache: where compiled steps are kept for reuse (None: compile afresh).
+    first: the first iteration's program.
 
   Returns:
     (compiled step, seconds spent compiling: 0.0 when reused from the cache).
   """
   state, params, targets, active = args
-  step_fn = at_precision(
-    functools.partial(
-      core.update_step, model=model, optimizer=optimizer, loss_spec=loss_spec, loss_fn=loss_fn
-    ),
-    model.precision,
-  )
   rows = layout.rows_sharding(1)
-  step = jax.jit(
-    step_fn,
+  step = core.make_step(
+    model,
+    optimizer,
+    loss_spec,
+    loss_fn=loss_fn,
     in_shardings=(
       state_sharding,
       jax.tree.map(lambda _: layout.params_sharding(), params),
@@ -124,7 +102,10 @@ def compile_step(
       rows,
     ),
     out_shardings=(state_sharding, rows),
-    donate_argnums=0,
   )
+  program = step.first if first else step.update
+  # A program is kept once, whichever of `first` and `update` it serves.
   full_key = (model, loss_spec, loss_fn, layout.key, *key)
-  return (CompiledSteps() if cache is None else cache).get(step, full_key, *args)
+  if program is not step.update:
+    full_key = (*full_key, 'first')
+  return (CompiledSteps() if cache is None else cache).get(program, full_key, *args)

@@ -6,6 +6,7 @@ schedule, colour controls, masks and checkpoints behave identically.
 """
 
 from collections.abc import Callable, Sequence
+import dataclasses
 import os
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.config import checks
 from nst_jax.core import objective
+from nst_jax.core import pixels
 from nst_jax.core import step as core
 from nst_jax.engine import compile_cache
 from nst_jax.engine import engine as engine_lib
@@ -47,11 +49,14 @@ _MASK_HELP = {
 
 def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint):
   """The engine's rows for arrays: one per content image, checked."""
-  content_b = np.asarray(core.batched(content))
+  content_b = np.asarray(core.batched(pixels.as_rgb(content, 'content')))
   items = list(style) if isinstance(style, (list, tuple)) else [style]
   if not items:
     raise errors.ConfigError('no style image given')
-  styles = [np.asarray(core.batched(s)) for s in items]
+  styles = [
+    np.asarray(core.batched(pixels.as_rgb(s, 'style' if len(items) == 1 else f'style {i}')))
+    for i, s in enumerate(items)
+  ]
   n, height, width = content_b.shape[:3]
   checks.styles_and_masks(
     len(styles),
@@ -63,7 +68,11 @@ def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint
   smasks = _masks(style_masks, n, 3, (len(styles), height, width), 'style masks')
   if cfg.inputs.init not in config_lib.INITS and init_image is None:
     init_image = image_lib.load_image(cfg.inputs.init, max_pixels=cfg.inputs.max_image_pixels)
-  init = None if init_image is None else np.asarray(core.batched(init_image))
+  init = (
+    None
+    if init_image is None
+    else np.asarray(core.batched(pixels.as_rgb(init_image, 'init_image')))
+  )
   if checkpoint is not None and n != 1:
     raise errors.ConfigError('a checkpoint holds one image; stylize a batch without one')
   return {
@@ -106,7 +115,11 @@ def stylize(
   apply before and after.
 
   Args:
-    content: RGB in [0, 1], [H, W, 3] or [N, H, W, 3] (N independent images).
+    content: RGB in [0, 1], [H, W, 3] or [N, H, W, 3] (N independent
+      images, split over the local devices when `config.run.shard` is
+      'jobs', the default, as batch runs are). Floats outside [0, 1] are
+      refused; uint8 is divided by 255 (`nst_jax.core.pixels.as_rgb`, the
+      rule of every RGB argument).
     style: RGB in [0, 1], [Hs, Ws, 3] (any size) or [N, Hs, Ws, 3], or a list
       of those for several styles (blended with
       `config.inputs.style_blend_weights`, or placed by `style_masks`).
@@ -120,7 +133,8 @@ def stylize(
       `config.run.checkpoint_every` iterations, at the end of each scale and
       when stopped; with `config.run.resume` the run continues from it.
     should_stop: polled after every iteration; a non-zero return (a signal
-      number) saves the checkpoint and image, then raises Interrupted.
+      number) saves the checkpoint (if `checkpoint` is given), then raises
+      Interrupted, whose message names what was saved.
     content_mask: [H, W] or [N, H, W] in [0, 1]: weight of the content loss
       per pixel (None: 1 everywhere).
     style_masks: [S, H, W] or [N, S, H, W] in [0, 1], one per style: where
@@ -153,6 +167,10 @@ def stylize(
   # than the deepest layer needs would otherwise fail later as a non-finite loss.
   inputs_lib.check_size(cfg, rows[0])
   layout = runner.layout_for(cfg, height, n)
+  # A jobs layout pads the batch to a multiple of the devices: the extra rows
+  # repeat image 0 (same shapes and styles), are never returned, and write no
+  # checkpoint.
+  rows.update({k: dataclasses.replace(rows[0], checkpoint=None) for k in range(n, layout.n_rows)})
   engine = runner.make_engine(cfg, w, layout, loss_fn=loss_fn)
   resume = runner.resume_from(cfg, None if checkpoint is None else Path(checkpoint), required=True)
   history = hooks_lib.History(cfg.run.print_iter, range(n))

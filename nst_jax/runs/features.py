@@ -5,12 +5,11 @@ path, preprocesses with the convention stored in the weights, and runs the
 network only as deep as the deepest requested layer.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 import functools
 import os
 
 import jax
-import jax.numpy as jnp
 
 from nst_jax.core import pixels
 from nst_jax.core import vgg
@@ -23,12 +22,13 @@ def _apply(params, rgb, *, model, layers, convention):
 
 
 def extract_features(
-  weights: 'weights_lib.Weights | str | os.PathLike | None',
+  weights: 'weights_lib.Weights | Mapping | str | os.PathLike | None',
   image: jax.typing.ArrayLike,
-  layers: Sequence[str],
+  layers: Sequence[str] | str,
   *,
   pooling: str = 'max',
   dtype: str = 'float32',
+  convention: pixels.InputConvention | None = None,
 ) -> dict[str, jax.Array]:
   """VGG-19 activations of RGB images.
 
@@ -37,24 +37,35 @@ def extract_features(
     >>> feats['relu4_2'].shape  # rgb: [512, 384, 3] -> [64, 48, 512]
 
   Args:
-    weights: loaded Weights, a converted .npz path, or None (default location,
-      downloaded on first use).
-    image: RGB in [0, 1], [H, W, 3] or [N, H, W, 3], numpy or jax.
-    layers: names such as 'relu4_2', 'conv1_1', 'pool3'.
+    weights: loaded Weights, a converted .npz path, None (default location,
+      downloaded on first use), or a params dict (`weights.params`, raw or
+      `prepare_params`'d, as the step takes it) with `convention`.
+    image: RGB in [0, 1], [H, W, 3] or [N, H, W, 3], numpy or jax
+      (`nst_jax.core.pixels.as_rgb`'s rule: uint8 is divided by 255).
+    layers: names such as 'relu4_2', 'conv1_1', 'pool3', or one name.
     pooling: 'max' or 'avg'.
     dtype: compute dtype, 'float32' or 'bfloat16'.
+    convention: the input convention of a params dict
+      (`weights.info.input_convention`); Weights carry their own.
 
   Returns:
     Dict from each name to its activation, with the input's leading
     dimensions: [h, w, c] for an [H, W, 3] input, else [N, h, w, c].
   """
-  w = weights_lib.as_weights(weights)
-  layers = tuple(layers)
+  if isinstance(weights, Mapping):
+    if convention is None:
+      raise ValueError(
+        'extract_features got a params dict, which does not say its input convention; '
+        'pass the Weights (nst_jax.get_weights()) or convention=weights.info.input_convention'
+      )
+    params = weights
+  else:
+    w = weights_lib.as_weights(weights)
+    params, convention = w.params, w.info.input_convention
+  layers = (layers,) if isinstance(layers, str) else tuple(layers)
   vgg.check_layers(layers)
-  x = jnp.asarray(image, jnp.float32)
-  if x.ndim not in (3, 4) or x.shape[-1] != 3:
-    raise ValueError(f'image must be [H, W, 3] or [N, H, W, 3] RGB, got {x.shape}')
+  x = pixels.as_rgb(image, 'image')
   batched = x if x.ndim == 4 else x[None]
   model = vgg.VGG19(pooling=pooling, dtype=vgg.COMPUTE_DTYPES[dtype])
-  feats = _apply(w.params, batched, model=model, layers=layers, convention=w.info.input_convention)
+  feats = _apply(params, batched, model=model, layers=layers, convention=convention)
   return feats if x.ndim == 4 else {k: v[0] for k, v in feats.items()}

@@ -44,9 +44,14 @@ COMPILE_CACHE = steps.CompiledSteps()
 def layout_for(cfg: config_lib.StyleConfig, height: int, n_rows: int = 1) -> sharding_lib.Layout:
   """Where one process's rows live: one device, or one image's height split over them.
 
-  The one rule for a single file and for arrays (`stylize`); batches and
-  several hosts use `JobsLayout` over every device instead.
+  The one rule for a single file and for arrays (`stylize`); batches, several
+  hosts, and arrays of several images with run.shard 'jobs' on one process
+  use `JobsLayout` over the devices (rows padded to a multiple of them).
   """
+  local = jax.local_device_count()
+  if cfg.run.shard == 'jobs' and n_rows > 1 and local > 1 and jax.process_count() == 1:
+    rows = sharding_lib.padded_size(n_rows, local)
+    return sharding_lib.JobsLayout(sharding_lib.jobs_mesh(jax.local_devices()), rows)
   if cfg.run.shard == 'spatial' and jax.local_device_count() > 1 and n_rows == 1:
     devices = sharding_lib.spatial_devices(height, jax.local_devices())
     if len(devices) < jax.local_device_count():

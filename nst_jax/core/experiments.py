@@ -1,0 +1,94 @@
+"""For experiments: RANDOM weights at the real activation scale, a tiny network, targets_at.
+
+Nothing here is the published VGG-19: `random_scaled_params` draws random
+kernels (never a stand-in for the real weights' features, only for their
+scale), and `VGGTiny` is a two-stage network for fast tests of a loop.
+"""
+
+from collections.abc import Sequence
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nst_jax.core import objective as objective_lib
+from nst_jax.core import pixels
+from nst_jax.core import vgg
+
+# A two-stage VGG (conv1_1; conv2_1, conv2_2) with 4 and 8 channels: layer
+# names are VGG-19's, so LossSpec(content_layers=('relu2_2',),
+# style_layers=('relu1_1', 'relu2_1')) works on it.
+VGGTiny = functools.partial(vgg.VGG, stage_sizes=(1, 2), widths=(4, 8))
+
+
+def random_scaled_params(
+  seed: int = 0,
+  *,
+  probe: jax.typing.ArrayLike | None = None,
+  stage_sizes: Sequence[int] = vgg.VGG19_STAGE_SIZES,
+  widths: Sequence[int] = vgg.VGG_WIDTHS,
+) -> dict:
+  """RANDOM VGG weights whose activations have the real network's scale (LSUV).
+
+  He-normal kernels and zero biases, then each convolution multiplied by
+  one scalar so that its post-ReLU RMS on `probe` equals the RMS of the
+  probe input itself: about 60-75 on Caffe-space photographs, the scale of
+  the published VGG-19's activations (layer-sequential unit-variance
+  scaling, Mishkin & Matas 2016, with the input's RMS as the target). With
+  zero biases a ReLU network is positively homogeneous, so one scalar per
+  layer sets its output RMS exactly. Losses, gradients and step sizes then
+  have their real magnitudes, which is what optimiser experiments need; the
+  features themselves are random, not VGG-19's.
+
+  Args:
+    seed: random seed of the kernels.
+    probe: [1, H, W, 3] Caffe-space input (default: a seeded uniform RGB
+      image, 64x64, preprocessed; a photograph sets the scale more
+      faithfully).
+    stage_sizes, widths: the network's shape (default VGG-19's).
+
+  Returns:
+    layer -> {'kernel': [3, 3, in, out], 'bias': [out]} float32, as
+    `model.apply({'params': ...})` and the step take them.
+  """
+  if probe is None:
+    rgb = np.random.default_rng(seed).uniform(size=(1, 64, 64, 3)).astype(np.float32)
+    probe = pixels.preprocess(rgb, pixels.CAFFE)
+  x = jnp.asarray(probe, jnp.float32)
+  target = jnp.sqrt(jnp.mean(jnp.square(x)))
+  key = jax.random.key(seed)
+  params, cin = {}, 3
+  for stage, (n, width) in enumerate(zip(stage_sizes, widths, strict=True), start=1):
+    for i in range(1, n + 1):
+      key, sub = jax.random.split(key)
+      kernel = jax.random.normal(sub, (3, 3, cin, width)) * np.sqrt(2.0 / (9 * cin))
+      out = jax.nn.relu(_conv(x, kernel))
+      scale = target / jnp.sqrt(jnp.mean(jnp.square(out)))
+      params[f'conv{stage}_{i}'] = {'kernel': kernel * scale, 'bias': jnp.zeros(width)}
+      x, cin = out * scale, width
+    x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')
+  return params
+
+
+def _conv(x, kernel):
+  return jax.lax.conv_general_dilated(
+    x, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    precision=jax.lax.Precision.HIGHEST,
+  )  # fmt: skip
+
+
+def targets_at(
+  targets: objective_lib.Targets, index: int, *, keep_batch: bool = True
+) -> objective_lib.Targets:
+  """One image's targets out of a batch's.
+
+  Args:
+    targets: batched `Targets` (leading [N] on every leaf).
+    index: which image.
+    keep_batch: True: leading [1] axes, for the step (`update_step`, a
+      `make_step` Step); False: no batch axis, for `objective`.
+  """
+  if keep_batch:
+    return jax.tree.map(lambda x: x[index : index + 1], targets)
+  return jax.tree.map(lambda x: x[index], targets)

@@ -1,0 +1,326 @@
+"""Tests for research code on the public API: the jitted step, gradients through it, features.
+
+The step is `nst_jax.make_step` (nst_jax.core.step); these tests hold it to
+what docs/api.md promises a researcher: `jax.grad` through k steps, one
+forward and one backward pass per compiled iteration.
+"""
+
+import functools
+import json
+import os
+from pathlib import Path
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import small_runs
+
+import nst_jax
+from nst_jax.core import experiments
+from nst_jax.core import pixels
+from nst_jax.core import vgg
+
+ROOT = Path(__file__).resolve().parent.parent
+_VGGTiny = functools.partial(vgg.VGG, stage_sizes=(1, 2), widths=(4, 8))
+SPEC = nst_jax.LossSpec(content_layers=('relu2_2',), style_layers=('relu1_1', 'relu2_1'))
+
+
+def _params(model, seed=0):
+  """He-initialised by hand from the shapes (model.init takes seconds)."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']
+  return {
+    name: {
+      'kernel': jnp.asarray(
+        rng.normal(0, np.sqrt(2 / (9 * leaf['kernel'].shape[2])), leaf['kernel'].shape),
+        jnp.float32,
+      ),
+      'bias': jnp.zeros(leaf['bias'].shape, jnp.float32),
+    }
+    for name, leaf in shapes.items()
+  }
+
+
+def _problem(n=1, seed=0):
+  model = _VGGTiny()
+  params = _params(model, seed)
+  rgb = np.random.default_rng(seed).uniform(size=(2 * n, 16, 16, 3)).astype(np.float32)
+  content, style = jnp.split(pixels.preprocess(jnp.asarray(rgb), pixels.CAFFE), 2)
+  targets = nst_jax.make_targets(
+    params, content, style, model=model, loss_spec=SPEC, content_weight=1.0, style_weight=10.0
+  )
+  return model, params, content, targets
+
+
+def _k_steps(model, tx, k, params, content, targets):
+  """The images after k steps with `targets`' weights, the first one backtracked."""
+  update = functools.partial(nst_jax.update_step, model=model, optimizer=tx, loss_spec=SPEC)
+  state = nst_jax.init_state(content, tx)
+  state, _ = update(state, params, targets, backtrack=True)
+  for _ in range(k - 1):
+    state, _ = update(state, params, targets)
+  return state.image
+
+
+@pytest.mark.parametrize(
+  'name,box',
+  [('lbfgs', True), ('lbfgs', False), ('adam', False)],
+  ids=['lbfgs-box', 'lbfgs', 'adam'],
+)
+def test_grad_through_five_steps_matches_central_differences(name, box):
+  """d/d(sw) of the content loss after 5 steps run with style weight sw.
+
+  The meta-objective of a style-weight search: the image after 5 steps (the
+  first one backtracked, as the engine takes it), scored by its content term
+  alone. sw = 0.03 balances the two terms here, where the image's content
+  loss moves with sw (L-BFGS is invariant to the loss's scale, so only the
+  ratio of the weights matters). Central differences at a relative step of
+  2% agree with the gradient to 0.2% (L-BFGS) and 0.1% (Adam), measured.
+  """
+  model, params, content, targets = _problem()
+  tx = nst_jax.make_optimizer(name, box=box, convention=pixels.CAFFE)
+  one = jax.tree.map(lambda x: x[0], targets)
+
+  def meta(sw):
+    image = _k_steps(model, tx, 5, params, content, targets._replace(style_weight=sw[None]))
+    _, aux = nst_jax.objective(image[0], params, one, model=model, loss_spec=SPEC)
+    return aux['content']
+
+  sw, h = 0.03, 0.02 * 0.03
+  value, grad = jax.jit(jax.value_and_grad(meta))(jnp.float32(sw))
+  f = jax.jit(meta)
+  central = (float(f(jnp.float32(sw + h))) - float(f(jnp.float32(sw - h)))) / (2 * h)
+  assert abs(central) * sw > 1e-2 * float(value)  # a real slope, not a flat one
+  np.testing.assert_allclose(float(grad), central, rtol=1e-2)
+
+
+def test_optax_lbfgs_line_search_is_not_differentiable():
+  """The table's one 'no': optax.lbfgs's zoom line search is a while_loop with a dynamic end."""
+  model, params, content, targets = _problem()
+  tx = optax.lbfgs()
+
+  def meta(sw):
+    image = _k_steps(model, tx, 2, params, content, targets._replace(style_weight=sw[None]))
+    return jnp.sum(image)
+
+  with pytest.raises(
+    ValueError, match='Reverse-mode differentiation does not work for lax.while_loop'
+  ):
+    jax.grad(meta)(jnp.float32(0.03))
+
+
+def _convolutions(lowered) -> int:
+  return lowered.as_text().count('stablehlo.convolution')
+
+
+def test_each_compiled_iteration_is_one_forward_and_one_backward_pass():
+  """The step's program holds exactly the convolutions of value_and_grad of the objective.
+
+  The tiny network has 3 convolutions: 3 forward and 3 input-gradient ones.
+  The first iteration's program (L-BFGS's backtracking) holds more: its
+  search's forward passes.
+  """
+  model, params, content, targets = _problem(n=2)
+  tx = nst_jax.make_optimizer('lbfgs', convention=pixels.CAFFE)
+  step = nst_jax.make_step(model, tx, SPEC)
+  state = nst_jax.init_state(content, tx)
+  one = jax.tree.map(lambda x: x[0], targets)
+  alone = jax.jit(
+    jax.value_and_grad(
+      functools.partial(nst_jax.objective, model=model, loss_spec=SPEC), has_aux=True
+    )
+  ).lower(content[0], params, one)
+  assert _convolutions(alone) == 6
+  assert _convolutions(step.update.lower(state, params, targets)) == 6
+  assert _convolutions(step.first.lower(state, params, targets)) == 6 + 3
+
+
+def test_a_custom_term_reads_the_objectives_features_without_a_second_pass():
+  """network_features + objective(features=) : one forward pass for the loss and the term."""
+  model, params, content, targets = _problem()
+  one = jax.tree.map(lambda x: x[0], targets)
+
+  def with_mean(x, params, targets, *, model, loss_spec):
+    feats = nst_jax.network_features(
+      x, params, model=model, layers=loss_spec.feature_layers + ('relu2_1',)
+    )
+    total, aux = nst_jax.objective(
+      x, params, targets, model=model, loss_spec=loss_spec, features=feats
+    )
+    mean = jnp.mean(feats['relu2_1'])
+    return total + mean, {**aux, 'total': total + mean, 'mean': mean}
+
+  total, aux = jax.jit(functools.partial(with_mean, model=model, loss_spec=SPEC))(
+    content[0], params, one
+  )
+  plain, _ = nst_jax.objective(content[0], params, one, model=model, loss_spec=SPEC)
+  want = model.apply({'params': params}, content[:1], ('relu2_1',))['relu2_1'].mean()
+  np.testing.assert_allclose(aux['mean'], want, rtol=1e-6)
+  np.testing.assert_allclose(total, plain + want, rtol=1e-6)
+  step = nst_jax.make_step(model, nst_jax.make_optimizer('adam', convention=pixels.CAFFE), SPEC,
+                           loss_fn=with_mean)  # fmt: skip
+  state = nst_jax.init_state(content, nst_jax.make_optimizer('adam', convention=pixels.CAFFE))
+  assert _convolutions(step.update.lower(state, params, targets)) == 6
+  with pytest.raises(
+    ValueError, match=r'^features lacks relu2_2, relu2_1; compute them with network_'
+  ):
+    nst_jax.objective(
+      content[0], params, one, model=model, loss_spec=SPEC, features={'relu1_1': None}
+    )
+
+
+def test_arrays_are_checked_at_the_api_with_the_fix_named(caffe_npz):
+  rgb = np.random.default_rng(0).uniform(size=(16, 16, 3)).astype(np.float32)
+  weights = nst_jax.load_weights(caffe_npz)
+  # RGB arguments: uint8 is divided by 255; floats outside [0, 1] are refused.
+  as_uint8 = np.round(rgb * 255).astype(np.uint8)
+  got = nst_jax.extract_features(weights, as_uint8, 'relu1_1')['relu1_1']
+  want = nst_jax.extract_features(weights, as_uint8 / np.float32(255), ['relu1_1'])['relu1_1']
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)  # XLA's /255 may round apart
+  with pytest.raises(
+    nst_jax.NstError,
+    match=r'^content has values from 0\.\d+ to 2\d\d\.\d+; RGB floats must lie in \[0, 1\]: '
+    r'divide by 255$',
+  ):
+    nst_jax.stylize(rgb * 255, rgb, weights=weights)
+  with pytest.raises(
+    nst_jax.NstError,
+    match=r'^style 1 has values from -0\.4997 to 0\.4995; .*: clip it to \[0, 1\]$',
+  ):
+    nst_jax.stylize(rgb, [rgb, rgb - 0.5], weights=weights)
+  with pytest.raises(nst_jax.NstError, match=r'^image is int32; give RGB as floats in \[0, 1\]'):
+    nst_jax.extract_features(weights, as_uint8.astype(np.int32), ['relu1_1'])
+  # Params in either form.
+  feats = nst_jax.extract_features(
+    weights.params, rgb, ['relu1_1'], convention=weights.info.input_convention
+  )
+  np.testing.assert_array_equal(
+    feats['relu1_1'], nst_jax.extract_features(weights, rgb, ['relu1_1'])['relu1_1']
+  )
+  with pytest.raises(ValueError, match=r'^extract_features got a params dict, .*convention='):
+    nst_jax.extract_features(weights.params, rgb, ['relu1_1'])
+  with pytest.raises(
+    nst_jax.NstError,
+    match=r"^layers must be a sequence of layer names, got the string 'relu4_2'; write \(",
+  ):
+    vgg.check_layers('relu4_2')
+
+
+def test_network_space_arguments_and_weights_name_their_fix():
+  model, params, content, _ = _problem()
+  with pytest.raises(
+    ValueError,
+    match=re.escape('style_weight has shape (4,) for 1 content image(s); give a scalar or one per '
+                    'image (tile the content: jnp.repeat(content, 4, axis=0))'),
+  ):  # fmt: skip
+    nst_jax.make_targets(params, content, content, model=model, loss_spec=SPEC,
+                         content_weight=1.0, style_weight=jnp.ones(4))  # fmt: skip
+  with pytest.raises(TypeError, match=r'^make_targets needs content_weight and style_weight='):
+    with pytest.warns(DeprecationWarning):
+      nst_jax.make_targets(params, content, content, model=model, loss_config=SPEC)
+  tx = nst_jax.make_optimizer('lbfgs', convention=pixels.CAFFE)
+  with pytest.raises(
+    ValueError, match=re.escape('got shape (16, 16, 3); add the batch axis: x[None]')
+  ):
+    nst_jax.init_state(content[0], tx)
+  with pytest.raises(ValueError, match=r'^image is uint8, but it is an image in network space'):
+    nst_jax.init_state(np.zeros((1, 4, 4, 3), np.uint8), tx)
+  # The config's name for the L-BFGS memory works too; a wrong keyword is named.
+  aliased = nst_jax.make_optimizer('lbfgs', lbfgs_memory=7, convention=pixels.CAFFE)
+  assert nst_jax.init_state(content, aliased).opt_state.s.shape == (1, 7, 16, 16, 3)
+  with pytest.raises(TypeError, match=r'^make_optimizer got unknown keyword\(s\) lr; it takes '):
+    nst_jax.make_optimizer('adam', lr=1.0, convention=pixels.CAFFE)
+
+
+def test_an_interrupted_stylize_names_only_what_it_saved(caffe_npz):
+  rgb = np.random.default_rng(0).uniform(size=(16, 16, 3)).astype(np.float32)
+  cfg = nst_jax.StyleConfig(
+    loss=small_runs.loss_config(),
+    schedule=nst_jax.ScheduleConfig(iterations=5, scales=1),
+    run=nst_jax.RunConfig(print_iter=0),
+  )
+  with pytest.raises(nst_jax.errors.Interrupted) as caught:
+    nst_jax.stylize(rgb, rgb, config=cfg, weights=caffe_npz, should_stop=lambda: 15)
+  assert str(caught.value) == 'interrupted by signal 15 after iteration 1; nothing was saved'
+
+
+_SHARDED_STYLIZE = """
+import json, sys
+import numpy as np
+import jax
+import nst_jax
+import small_runs
+rng = np.random.default_rng(0)
+content = rng.uniform(size=(3, 16, 16, 3)).astype(np.float32)
+style = rng.uniform(size=(16, 16, 3)).astype(np.float32)
+cfg = nst_jax.StyleConfig(
+  loss=small_runs.loss_config(),
+  schedule=nst_jax.ScheduleConfig(iterations=2, scales=1),
+  run=nst_jax.RunConfig(print_iter=0, shard=sys.argv[2]),
+)
+record = {}
+out = nst_jax.stylize(content, style, config=cfg, weights=sys.argv[1], record=record)
+alone = nst_jax.stylize(content[1], style, config=cfg, weights=sys.argv[1])
+stage = record['scales'][0]
+print(json.dumps({
+  'devices': stage['devices'], 'shape': list(out.shape), 'local': jax.local_device_count(),
+  'rows_on': sorted({d for d, _ in stage['image_shards']}),
+  'same_as_alone': float(np.abs(out[1] - alone).max()),
+}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('shard,devices', [('jobs', 8), ('spatial', 1)])
+def test_stylize_splits_a_batch_over_the_devices_with_jobs(tmp_path, caffe_npz, shard, devices):
+  """stylize on 3 images, 8 simulated devices: jobs puts the 8 rows (3 real) one per device."""
+  script = tmp_path / 'run.py'
+  script.write_text(_SHARDED_STYLIZE)
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'NST_JAX_WEIGHTS')}
+  env.update(XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu',
+             PYTHONPATH=f'{ROOT}:{ROOT / "tests"}')  # fmt: skip
+  r = subprocess.run(
+    [sys.executable, str(script), str(caffe_npz), shard],
+    env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr[-3000:]
+  got = json.loads(r.stdout.strip().splitlines()[-1])
+  assert got['local'] == 8 and got['shape'] == [3, 16, 16, 3]
+  assert got['devices'] == devices
+  assert len(got['rows_on']) == devices
+  # Each image is its own problem wherever it runs (float rounding of another layout aside).
+  assert got['same_as_alone'] < 1e-3
+
+
+def test_random_scaled_params_have_the_probes_scale_at_every_relu():
+  """LSUV: each post-ReLU RMS on the probe equals the probe's own RMS (about 60-75 on photos)."""
+  probe = pixels.preprocess(
+    jnp.asarray(np.random.default_rng(3).uniform(size=(1, 32, 32, 3)), jnp.float32), pixels.CAFFE
+  )
+  model = experiments.VGGTiny()
+  params = experiments.random_scaled_params(1, probe=probe, stage_sizes=(1, 2), widths=(4, 8))
+  feats = model.apply({'params': params}, probe, ('relu1_1', 'relu2_1', 'relu2_2'))
+  want = float(jnp.sqrt(jnp.mean(jnp.square(probe))))
+  assert 60 < want < 90
+  for name, f in feats.items():
+    np.testing.assert_allclose(
+      float(jnp.sqrt(jnp.mean(jnp.square(f)))), want, rtol=1e-4, err_msg=name
+    )
+  assert not np.array_equal(
+    params['conv1_1']['kernel'],
+    experiments.random_scaled_params(2, stage_sizes=(1, 2), widths=(4, 8))['conv1_1']['kernel'],
+  )
+
+
+def test_targets_at_takes_one_images_targets():
+  model, params, content, targets = _problem(n=3)
+  one = nst_jax.targets_at(targets, 2)
+  assert one.style['relu2_1']['gram'].shape == (1, 1, 8, 8)
+  np.testing.assert_array_equal(one.content['relu2_2'][0], targets.content['relu2_2'][2])
+  bare = nst_jax.targets_at(targets, 2, keep_batch=False)
+  np.testing.assert_array_equal(bare.style_weight, targets.style_weight[2])
