@@ -139,9 +139,10 @@ def test_loss_config_validation():
 def test_style_paths_and_blend_weights():
   inputs = config_lib.InputConfig(style_path=('a.jpg', 'b.jpg'), style_blend_weights=(3.0, 1.0))
   assert config_lib.StyleConfig(inputs=inputs).style_paths == ('a.jpg', 'b.jpg')
-  assert inputs.blend_weights(2) == (0.75, 0.25)
+  # Checked, not normalised: make_targets normalises, once (objective_test below).
+  assert inputs.blend_weights(2) == (3.0, 1.0)
   assert config_lib.InputConfig(style_path='a.jpg').style_paths == ('a.jpg',)
-  assert config_lib.InputConfig().blend_weights(3) == (1 / 3, 1 / 3, 1 / 3)
+  assert config_lib.InputConfig().blend_weights(3) == (1.0, 1.0, 1.0)
   with pytest.raises(errors.ConfigError, match='weights has 2 values for 3 style images'):
     inputs.blend_weights(3)
 

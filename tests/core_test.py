@@ -246,6 +246,11 @@ def test_blended_gram_target_is_the_weighted_sum_of_grams():
     a, b = g1[name]['gram'], g2[name]['gram']
     np.testing.assert_allclose(blended[name]['gram'], 0.75 * a + 0.25 * b, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(equal[name]['gram'], 0.5 * a + 0.5 * b, rtol=1e-5, atol=1e-5)
+  # Normalised here, the one place (the config only checks): weights that
+  # cannot be normalised are refused rather than giving NaN targets.
+  for bad in ((0.0, 0.0), (1.0, -1.0), (1.0, float('inf'))):
+    with pytest.raises(ValueError, match='blend weights must be finite, >= 0 and not all 0'):
+      _targets(params, model, content, [s1, s2], blend_weights=bad)
 
 
 def _np_quantiles(x, m):

@@ -110,11 +110,14 @@ class InputConfig(checks.Group):
     return tuple(self.style_path)
 
   def blend_weights(self, n_styles: int) -> tuple[float, ...]:
-    """The style blend weights for `n_styles` styles, normalised to sum 1."""
+    """The style blend weights for `n_styles` styles, checked (equal when none are set).
+
+    Not normalised: `nst_jax.make_targets` normalises them to sum 1, the one
+    place that does.
+    """
     weights = self.style_blend_weights or (1.0,) * n_styles
     checks.styles_and_masks(n_styles, blend_weights=weights)
-    total = sum(weights)
-    return tuple(w / total for w in weights)
+    return tuple(float(w) for w in weights)
 
 
 @dataclasses.dataclass(frozen=True)

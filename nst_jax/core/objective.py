@@ -284,7 +284,11 @@ def _blend(styles, n, size, blend_weights, style_masks) -> tuple[float, ...] | N
   weights = blend_weights or (1.0,) * len(styles)
   if len(weights) != len(styles):
     raise ValueError(f'{len(weights)} blend weights for {len(styles)} styles')
-  return tuple(float(b) / float(sum(weights)) for b in weights)
+  total = float(sum(weights))
+  if not all(float(b) >= 0 for b in weights) or not 0 < total < float('inf'):
+    raise ValueError(f'blend weights must be finite, >= 0 and not all 0, got {tuple(weights)}')
+  # The one place blend weights are normalised (the config only checks them).
+  return tuple(float(b) / total for b in weights)
 
 
 def _masks_per_layer(mask, layers, lead) -> dict[str, jax.Array] | None:
