@@ -368,14 +368,14 @@ class GroupRun:
 
   def _optimise(self, st: Stage, state, start, total, offset, scales, convergence):
     hits = compile_cache.hits()
-    compiled, compile_s = self._compiled(st, state)
-    # A stage's first iteration (not a resumed one) is its own program:
-    # L-BFGS's backtracked first step; every later one does one forward and
-    # one backward pass (nst_jax.core.step.make_step).
-    first, first_s = self._compiled(st, state, first=True) if start == 0 else (compiled, 0.0)
-    compile_s += first_s
-    programs = [first]
-    # Served from disk: the persistent cache's hits grew during these compiles.
+    # One program for every iteration: `Step.first`, whose backtracking (for
+    # L-BFGS) runs at an optimiser's first iteration only and is skipped
+    # after, at the cost of a loop test. Compiling `Step.update` as well, for
+    # one forward and backward pass without that test, would double every
+    # run's compile time (research code differentiating through steps uses
+    # `update`; the engine need not).
+    compiled, compile_s = self._compiled(st, state, first=True)
+    # Served from disk: the persistent cache's hits grew during the compile.
     self.from_disk = compile_s > 0 and compile_cache.hits() > hits
     if self.from_disk:
       logging.info('Loaded the compiled step from the compilation cache in %.1f s.', compile_s)
@@ -389,8 +389,7 @@ class GroupRun:
       held = convergence.newly_held()
       if held is not None:  # a row converged: hold it from now on
         active[0] = self._active(held)
-      program = programs.pop() if programs else compiled
-      return program(state, params, targets, active[0])
+      return compiled(state, params, targets, active[0])
 
     t0 = time.perf_counter()
     try:
