@@ -133,6 +133,39 @@ def test_loaded_weights_carry_metadata(caffe_npz, random_params):
     assert npz['conv1_1/kernel'].shape == (3, 3, 3, 64)
 
 
+def test_a_file_is_published_only_if_its_hash_is_the_published_ones(
+  tmp_path, caffe_npz, random_params, monkeypatch, caplog
+):
+  # Random weights written in the published layout, under the published name:
+  # they convert and run, but nothing records them as VGG-19's.
+  w = weights_lib.get_weights(caffe_npz)
+  h5_md5 = w.info.provenance.split()[2].rstrip(',')
+  assert w.info.provenance == (
+    f"unverified: MD5 {h5_md5}, not the published Keras file's {weights_lib.KERAS_MD5}"
+  )
+  assert not w.info.published
+  assert f'{caffe_npz}: not the published VGG-19 weights (unverified: MD5' in caplog.text
+  # A file whose hash is the published one (here: the published hash made this file's).
+  h5 = tmp_path / weights_lib.KERAS_FILENAME
+  weight_files.write_keras_h5(h5, random_params)
+  monkeypatch.setattr(weights_lib, 'KERAS_MD5', weight_checks.file_digest(h5, 'md5'))
+  _, info = weights_lib.convert(h5)
+  assert info.provenance == 'published' and info.published
+  # safetensors has no published file to compare with.
+  st = tmp_path / 'w.safetensors'
+  weight_files.write_safetensors(st, weight_files.torchvision_state(random_params))
+  _, info = weights_lib.convert(st)
+  assert info.provenance == 'unverified: safetensors has no published file to compare with'
+
+
+def test_an_npz_converted_before_provenance_loads_and_says_so(tmp_path, caffe_npz):
+  with np.load(caffe_npz) as npz:
+    arrays = {k: npz[k] for k in npz.files if k != '__meta__/provenance'}
+  np.savez(tmp_path / 'older.npz', **arrays)
+  info = weights_lib.load_weights(tmp_path / 'older.npz').info
+  assert info.provenance == '' and not info.published
+
+
 def test_default_path_is_relative_to_project(monkeypatch, tmp_path):
   monkeypatch.chdir(tmp_path)
   assert weights_lib.resolve_weights_path() == weight_formats.PROJECT_ROOT / 'weights' / 'vgg19.npz'

@@ -88,6 +88,8 @@ def build(
       'source_format': weights_info.source_format,
       'params_sha256': weights_info.params_sha256,
       'convention': weights_info.convention,
+      # 'published', or why these are not known to be VGG-19's published weights.
+      'provenance': weights_info.provenance or 'unknown (converted before it was recorded)',
     },
     'versions': versions(),
     'device': _device(),

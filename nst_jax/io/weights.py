@@ -26,6 +26,7 @@ from pathlib import Path
 import sys
 import zipfile
 
+from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -88,6 +89,12 @@ class WeightsInfo:
       recorded at conversion and checked on every load (44 ms for VGG-19
       here), so a corrupted or tampered .npz is caught before it gives wrong
       pictures.
+    provenance: 'published' when the source file's hash is the published
+      file's (the Keras h5's MD5, the torchvision file's SHA-256 prefix in its
+      name), else what is known ('unverified: ...'): a file of the right
+      layout with other values (random weights for tests, a fine-tuned
+      network) converts and runs, and its run records say it is not VGG-19's.
+      '' for files converted before this field existed.
   """
 
   source: str
@@ -95,6 +102,11 @@ class WeightsInfo:
   source_format: str
   convention: str
   params_sha256: str
+  provenance: str = ''
+
+  @property
+  def published(self) -> bool:
+    return self.provenance == PUBLISHED
 
   @property
   def input_convention(self) -> pixels.InputConvention:
@@ -148,14 +160,35 @@ def convert(
   flat = {k: np.ascontiguousarray(v, np.float32) for k, v in reader(path).items()}
   weight_checks.check_params(flat, str(path), fix=weight_formats.CONVERT_FIX)
   weight_checks.check_values(flat, str(path), fix=weight_formats.DAMAGED_FIX)
+  sha256 = weight_checks.file_digest(path)
   info = WeightsInfo(
     source=path.name,
-    source_sha256=weight_checks.file_digest(path),
+    source_sha256=sha256,
     source_format=fmt,
     convention=convention or implied,
     params_sha256=weight_checks.params_digest(flat),
+    provenance=_provenance(path, fmt, sha256),
   )
   return flat, info
+
+
+# What `WeightsInfo.provenance` says of a file whose hash is the published one.
+PUBLISHED = 'published'
+# torchvision names its files by the first 8 hex digits of their SHA-256.
+TORCHVISION_SHA256_PREFIX = 'dcbb9e9d'
+
+
+def _provenance(path: Path, fmt: str, sha256: str) -> str:
+  if fmt == 'keras_h5':
+    md5 = weight_checks.file_digest(path, 'md5')
+    if md5 == KERAS_MD5:
+      return PUBLISHED
+    return f"unverified: MD5 {md5}, not the published Keras file's {KERAS_MD5}"
+  if fmt == 'torch_pth':
+    if sha256.startswith(TORCHVISION_SHA256_PREFIX):
+      return PUBLISHED
+    return f"unverified: SHA-256 {sha256[:8]}..., not torchvision's {TORCHVISION_SHA256_PREFIX}..."
+  return f'unverified: {fmt} has no published file to compare with'
 
 
 def convert_file(
@@ -236,7 +269,10 @@ def load_weights(path: str | os.PathLike | None = None) -> Weights:
     ) from None
   meta = {k[len(META_PREFIX) :]: str(v) for k, v in contents.items() if k.startswith(META_PREFIX)}
   flat = {k: v for k, v in contents.items() if not k.startswith(META_PREFIX)}
-  fields = [f.name for f in dataclasses.fields(WeightsInfo)]
+  # provenance came later: older files lack it (and say '' there).
+  fields = [
+    f.name for f in dataclasses.fields(WeightsInfo) if f.name in meta or f.name != 'provenance'
+  ]
   absent = [name for name in fields if name not in meta]
   if absent:
     raise errors.WeightsError(
@@ -296,7 +332,15 @@ def get_weights(
     )
     raw = download.fetch(download.mirrors(urls), resolved.parent, md5=KERAS_MD5, progress=progress)
     convert_file(raw, resolved)
-  return load_weights(resolved)
+  weights = load_weights(resolved)
+  if not weights.info.published:
+    # Said once per run: its pictures are not VGG-19's (the record says it too).
+    logging.warning(
+      '%s: not the published VGG-19 weights (%s); results differ from those of the real network',
+      resolved,
+      weights.info.provenance or 'converted before provenance was recorded',
+    )
+  return weights
 
 
 def as_weights(weights: 'Weights | str | os.PathLike | None') -> Weights:
