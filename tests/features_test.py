@@ -80,6 +80,13 @@ def test_bfloat16_features_are_float32s_to_bfloat16_precision(caffe_npz):
 
 def test_bad_layers_and_shapes_are_refused(caffe_npz):
   rgb = _image(16, 16)
+  # Too small for the deepest layer: refused, where the network gave empty maps.
+  with pytest.raises(errors.ConfigError) as e:
+    extract_features(caffe_npz, _image(8, 8), ['relu5_1', 'pool5'])
+  assert str(e.value) == (
+    'image is 8x8 px, but pool5 needs at least 32 px on each side; give a larger image or '
+    'shallower layers'
+  )
   with pytest.raises(errors.ConfigError, match='unknown layer name.*relu6_1'):
     extract_features(caffe_npz, rgb, ['relu1_1', 'relu6_1'])
   for bad in (rgb[..., :2], rgb[None, None], rgb[0]):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import small_runs
 
+import nst_jax
 from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.core import color
@@ -225,10 +226,13 @@ def test_an_image_too_small_for_the_layers_is_refused_naming_its_size(caffe_npz)
   fine = rng.uniform(size=(32, 32, 3)).astype(np.float32)
   cfg = config_lib.StyleConfig(schedule=config_lib.ScheduleConfig(iterations=2, scales=1))
   need = 'but the layers used need at least 16 px on each side'
-  with pytest.raises(
-    errors.ImageError, match=f'the content image is 20x15 px at this width, {need}'
-  ):
+  with pytest.raises(errors.ImageError) as e:
     stylize(small, fine, config=cfg, weights=caffe_npz)
+  # stylize runs at the arrays' size: the fix is a larger image, not inputs.width.
+  assert str(e.value) == (
+    f'the content image is 20x15 px at this width, {need}; use a larger images (stylize runs at '
+    'their size)'
+  )
   with pytest.raises(errors.ImageError, match=f'the style image is 20x15 px at this width, {need}'):
     stylize(fine, small, config=cfg, weights=caffe_npz)
   # Two scales: the coarsest is 32 / sqrt(2) = 23 px wide, its style 20 * 23 / 32 = 14 px.
@@ -246,3 +250,33 @@ def test_masks_and_blend_weights_exclude_each_other_in_the_api(caffe_npz):
     stylize(rgb, [rgb, rgb], config=cfg, weights=caffe_npz, style_masks=np.ones((2, 32, 32)))
   with pytest.raises(errors.ConfigError, match='give one mask per style'):
     stylize(rgb, [rgb, rgb], weights=caffe_npz, style_masks=np.ones((3, 32, 32)))
+
+
+def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_path):
+  rgb = np.full((32, 32, 3), 0.5, np.float32)
+  two = np.stack([rgb, rgb])
+  cases = [
+    # Two style images for one content: the second was dropped without a word.
+    (dict(content=rgb, style=two), 'style has 2 images for 1 content image(s); give 1 or 1: to '
+     'stylise one content with each, repeat it (np.repeat(content, 2, axis=0)); to blend them, '
+     'pass them as a list'),
+    (dict(content=rgb, style=rgb, content_mask=np.full((32, 32), 255.0)),
+     'content mask has values from 255 to 255; masks are in [0, 1] (uint8 masks are divided by '
+     '255): scale it into [0, 1]'),
+    (dict(content=rgb, style=rgb, weights=nst_jax.load_weights(caffe_npz).params),
+     'weights is a params dict, which does not say its input convention; pass the Weights '
+     '(nst_jax.get_weights(path)) or the path of the .npz'),
+    (dict(content=rgb, style=rgb, config=config_lib.StyleConfig(run=config_lib.RunConfig(
+      resume=True))), 'run.resume is set but no checkpoint= names the file to continue; pass '
+     'checkpoint= or leave run.resume False'),
+  ]  # fmt: skip
+  for kwargs, message in cases:
+    kwargs.setdefault('weights', caffe_npz)
+    with pytest.raises(errors.ConfigError) as e:
+      stylize(**kwargs)
+    assert str(e.value) == message
+  # A uint8 mask is read as RGB is: divided by 255 (0 and 255 -> 0 and 1).
+  from nst_jax.runs import arrays
+
+  (mask,) = arrays._masks(np.full((32, 32), 255, np.uint8), 1, 2, (32, 32), 'content mask')
+  np.testing.assert_array_equal(mask, np.ones((32, 32), np.float32))

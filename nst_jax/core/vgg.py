@@ -106,10 +106,11 @@ def stage_of(layer: str) -> int:
 def min_input_size(layers: Sequence[str], stage_sizes: Sequence[int] = VGG19_STAGE_SIZES) -> int:
   """Smallest height and width that reach every layer in `layers` non-empty.
 
-  Each 2x2 pooling before the deepest layer halves (rounding down) the size,
-  so relu5_1 (after pool1..pool4) needs 2^4 = 16 pixels on each side.
+  Each 2x2 pooling up to the deepest layer (itself included) halves
+  (rounding down) the size, so relu5_1 (after pool1..pool4) needs 2^4 = 16
+  pixels on each side, and pool5 32.
   """
-  return 2 ** sum(1 for name in layers_through(layers, stage_sizes)[:-1] if name.startswith('pool'))
+  return 2 ** sum(1 for name in layers_through(layers, stage_sizes) if name.startswith('pool'))
 
 
 def downsamplings(layer: str, stage_sizes: Sequence[int] = VGG19_STAGE_SIZES) -> int:

@@ -5,7 +5,7 @@ Arrays in, arrays out, nothing read or written unless asked (a checkpoint);
 schedule, colour controls, masks and checkpoints behave identically.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import os
 from pathlib import Path
@@ -33,7 +33,13 @@ def _masks(value, n: int, lead: int, shape: tuple[int, ...], what: str):
   """Per-image masks: [n, ...] from [...] or [n, ...], checked against `shape`."""
   if value is None:
     return [None] * n
-  m = np.asarray(value, np.float32)
+  m = np.asarray(value)
+  m = m / np.float32(255) if m.dtype == np.uint8 else m.astype(np.float32)
+  if not (np.isfinite(m).all() and m.min(initial=0) >= 0 and m.max(initial=0) <= 1):
+    raise errors.ConfigError(
+      f'{what} has values from {np.nanmin(m):.4g} to {np.nanmax(m):.4g}; masks are in [0, 1] '
+      '(uint8 masks are divided by 255): scale it into [0, 1]'
+    )
   if m.ndim == lead:
     m = np.broadcast_to(m, (n, *m.shape))
   if m.shape[1:] != shape or m.shape[0] not in (1, n):
@@ -58,6 +64,15 @@ def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint
     for i, s in enumerate(items)
   ]
   n, height, width = content_b.shape[:3]
+  for i, s in enumerate(styles):
+    if s.shape[0] not in (1, n):
+      # Each content image takes its own style image (or all share one): the
+      # others would be dropped without a word.
+      raise errors.ConfigError(
+        f'{"style" if len(styles) == 1 else f"style {i}"} has {s.shape[0]} images for {n} '
+        f'content image(s); give 1 or {n}: to stylise one content with each, repeat it '
+        f'(np.repeat(content, {s.shape[0]}, axis=0)); to blend them, pass them as a list'
+      )
   checks.styles_and_masks(
     len(styles),
     n_masks=np.shape(style_masks)[-3] if np.ndim(style_masks) >= 3 else 0,
@@ -157,6 +172,16 @@ def stylize(
   cfg = config or config_lib.StyleConfig()
   if cfg.run.compile_cache != 'auto':  # asked for: a research program's JAX is its own
     compile_cache.use(cfg.run.compile_cache)
+  if isinstance(weights, Mapping):
+    raise errors.ConfigError(
+      'weights is a params dict, which does not say its input convention; pass the Weights '
+      '(nst_jax.get_weights(path)) or the path of the .npz'
+    )
+  if cfg.run.resume and checkpoint is None:
+    raise errors.ConfigError(
+      'run.resume is set but no checkpoint= names the file to continue; pass checkpoint= or '
+      'leave run.resume False'
+    )
   w = weights_lib.as_weights(weights)
   squeeze = np.ndim(content) == 3
   rows = _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint)
@@ -165,7 +190,7 @@ def stylize(
   cfg = cfg.replace(inputs=cfg.inputs.replace(width=width))
   # The file pipeline's check (every row has row 0's sizes): an image smaller
   # than the deepest layer needs would otherwise fail later as a non-finite loss.
-  inputs_lib.check_size(cfg, rows[0])
+  inputs_lib.check_size(cfg, rows[0], larger='images (stylize runs at their size)')
   layout = runner.layout_for(cfg, height, n)
   # A jobs layout pads the batch to a multiple of the devices: the extra rows
   # repeat image 0 (same shapes and styles), are never returned, and write no

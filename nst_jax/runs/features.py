@@ -11,6 +11,7 @@ import os
 
 import jax
 
+from nst_jax import errors
 from nst_jax.core import pixels
 from nst_jax.core import vgg
 from nst_jax.io import weights as weights_lib
@@ -65,6 +66,13 @@ def extract_features(
   layers = (layers,) if isinstance(layers, str) else tuple(layers)
   vgg.check_layers(layers)
   x = pixels.as_rgb(image, 'image')
+  need = vgg.min_input_size(layers)
+  if min(x.shape[-3:-1]) < need:
+    # The network would return empty maps: 2x2 poolings halve the size.
+    raise errors.ConfigError(
+      f'image is {x.shape[-2]}x{x.shape[-3]} px, but {vgg.layers_through(layers)[-1]} needs at '
+      f'least {need} px on each side; give a larger image or shallower layers'
+    )
   batched = x if x.ndim == 4 else x[None]
   model = vgg.VGG19(pooling=pooling, dtype=vgg.COMPUTE_DTYPES[dtype])
   feats = _apply(params, batched, model=model, layers=layers, convention=convention)

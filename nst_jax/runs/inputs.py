@@ -94,8 +94,14 @@ def load_row(
   )
 
 
-def check_size(cfg: config_lib.StyleConfig, row: rows_lib.Row, what: str = '') -> None:
-  """Refuses images smaller than the deepest layer needs, at the coarsest scale."""
+def check_size(
+  cfg: config_lib.StyleConfig, row: rows_lib.Row, what: str = '', *, larger: str = 'inputs.width'
+) -> None:
+  """Refuses images smaller than the deepest layer needs, at the coarsest scale.
+
+  `larger`: what to make larger, as the caller knows it (arrays: 'images').
+  """
+
   need = vgg.min_input_size(cfg.loss.feature_layers)
   stages = schedule_lib.plan(cfg.inputs.width, cfg.schedule)
   ratio = stages[0].width / cfg.inputs.width
@@ -103,9 +109,9 @@ def check_size(cfg: config_lib.StyleConfig, row: rows_lib.Row, what: str = '') -
   for name, x in images:
     h, w = (max(1, round(v * ratio)) for v in x.shape[:2])
     if min(h, w) < need:
-      where, fix = 'at this width', 'a larger inputs.width'
+      where, fix = 'at this width', f'a larger {larger}'
       if len(stages) > 1:
-        where, fix = 'at the coarsest scale', 'a larger inputs.width or fewer schedule.scales'
+        where, fix = 'at the coarsest scale', f'a larger {larger} or fewer schedule.scales'
       raise errors.ImageError(
         f'the {name} image{what} is {w}x{h} px {where}, but the layers used need at least '
         f'{need} px on each side; use {fix}'
