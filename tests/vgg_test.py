@@ -244,5 +244,6 @@ def test_layers_through_walks_to_the_deepest_layer_once():
   # The size check and the forward pass agree with the walk: 4 poolings before relu5_1.
   assert vgg.min_input_size(['relu5_1']) == 16
   assert vgg.min_input_size(['relu1_1']) == 1
+  assert vgg.min_input_size(['pool5']) == 32  # its own pooling counts: 32 -> 1 px
   with pytest.raises(errors.ConfigError, match='relu6_1'):
     vgg.layers_through(['relu6_1'])
