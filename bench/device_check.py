@@ -112,6 +112,7 @@ def _compile(model, tx, spec, state, params, targets):
     layout=layout,
     state_sharding=jax.tree.map(lambda _: layout.rows_sharding(1), state),
     args=(state, params, targets, active),
+    first=True,  # the program the engine runs for every iteration
   )
   return compiled, active
 
