@@ -38,7 +38,8 @@ def positive_number(value: Any, name: str) -> None:
 
 def per_image(value: jax.typing.ArrayLike, name: str, n: int) -> jax.Array:
   """A loss weight as [N] float32: a scalar or one per image, finite and >= 0."""
-  x = jnp.asarray(value, jnp.float32)
+  concrete = not isinstance(value, jax.core.Tracer)
+  x = np.asarray(value, np.float32) if concrete else value  # numpy: a trace stages jnp's checks
   if x.ndim > 1:
     raise errors.ConfigError(
       f'{name} has shape {x.shape}; give a scalar or a vector of one weight per content image, '
@@ -49,12 +50,11 @@ def per_image(value: jax.typing.ArrayLike, name: str, n: int) -> jax.Array:
       f'{name} has shape {x.shape} for {n} content image(s); give a scalar or one per image'
       + (f' (tile the content: jnp.repeat(content, {x.size}, axis=0))' if n == 1 else '')
     )
-  if not isinstance(x, jax.core.Tracer):
-    host = np.asarray(x)
-    if not np.all(np.isfinite(host)) or np.any(host < 0):
-      raise errors.ConfigError(
-        f'{name} must be finite and >= 0, got {host.tolist() if host.ndim else float(host)}'
-      )
+  if concrete and (not np.all(np.isfinite(x)) or np.any(x < 0)):
+    raise errors.ConfigError(
+      f'{name} must be finite and >= 0, got {x.tolist() if x.ndim else float(x)}'
+    )
+  x = jnp.asarray(x, jnp.float32)
   return jnp.broadcast_to(x.reshape(-1)[0] if x.size == 1 else x, (n,))
 
 

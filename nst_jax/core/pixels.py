@@ -139,7 +139,8 @@ def check_network_images(value: jax.typing.ArrayLike, name: str) -> None:
       f'{name} is {dtype}, but it is an image in network space: preprocess RGB first, '
       'nst_jax.preprocess(rgb / 255, weights.info.input_convention)'
     )
-  if not isinstance(value, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(value))):
+  # numpy, not jnp: inside a trace jnp would stage even a constant's check.
+  if not isinstance(value, jax.core.Tracer) and not np.isfinite(np.asarray(value)).all():
     raise errors.ConfigError(
       f'{name} has NaN or infinite values; give finite images in network space '
       '(nst_jax.preprocess of RGB in [0, 1])'
