@@ -1,5 +1,6 @@
 """Tests for nst_jax.core.step: targets, the objective, the step and its state."""
 
+import contextlib
 import dataclasses
 import functools
 import re
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 
 from nst_jax import config as config_lib
+from nst_jax import errors
+from nst_jax.core import checks
 from nst_jax.core import losses
 from nst_jax.core import pixels
 from nst_jax.core import statistics
@@ -20,6 +23,7 @@ from nst_jax.core.objective import objective
 from nst_jax.core.step import StyleState
 from nst_jax.core.step import init_state
 from nst_jax.core.step import initial_image
+from nst_jax.core.step import make_model
 from nst_jax.core.step import make_optimizer
 from nst_jax.core.step import update_step
 
@@ -107,7 +111,11 @@ def test_shape_errors_name_the_argument():
     targets(content, style[0])
   with pytest.raises(ValueError, match=error('style 1', (1, 12, 20, 4))):
     targets(content, [style, jnp.zeros((1, 12, 20, 4))])
-  with pytest.raises(ValueError, match=r'^3 style images for 2 content images; give 1 or 2$'):
+  with pytest.raises(
+    ValueError,
+    match=r'^3 style images for 2 content images; give 1 or 2, or pass the styles as a list to '
+    r'blend them$',
+  ):
     targets(content, jnp.zeros((3, 12, 20, 3)))
   tx = make_optimizer('lbfgs', convention=pixels.CAFFE)
   for bad in (content[0], content[None], content[..., :1]):
@@ -427,3 +435,139 @@ def test_init_gray_and_image():
   np.testing.assert_allclose(back[0], pixels.resize(rgb[None], 4, 6)[0], atol=1e-4)
   with pytest.raises(ValueError, match='no image was given'):
     initial_image(content, init='start.png', seed=0, convention=pixels.CAFFE)
+
+
+@contextlib.contextmanager
+def _raises(message):
+  """The exact one-line ConfigError `message` (JAX may add a note under a trace; not part of it)."""
+  with pytest.raises(errors.ConfigError) as caught:
+    yield
+  assert str(caught.value) == message
+
+
+def test_make_targets_refuses_bad_weights_and_images():
+  """NaN, inf or negative weights, non-finite images and misshapen weights: one line each."""
+  model, params, content, _ = _problem()
+
+  def targets(content=content, style=content, **weights):
+    weights = {'content_weight': 1.0, 'style_weight': 1.0, **weights}
+    return make_targets(params, content, style, model=model, loss_spec=TINY_LOSS.spec, **weights)
+
+  for name in ('content_weight', 'style_weight', 'tv_weight'):
+    for bad in (float('nan'), float('inf'), -1.0):
+      with _raises(f'{name} must be finite and >= 0, got {bad}'):
+        targets(**{name: bad})
+  with _raises('style_weight must be finite and >= 0, got [1.0, nan]'):
+    targets(content=jnp.concatenate([content, content]), style_weight=jnp.array([1.0, jnp.nan]))
+  with _raises('style_weight has shape (1, 1); give a scalar or a vector of one weight per '
+               'content image, shape (1,)'):  # fmt: skip
+    targets(style_weight=jnp.ones((1, 1)))
+  bad = content.at[0, 0, 0, 0].set(jnp.nan)
+  for name, kwargs in (('content', {'content': bad}), ('style', {'style': bad})):
+    with _raises(f'{name} has NaN or infinite values; give finite images in network space '
+                 '(nst_jax.preprocess of RGB in [0, 1])'):  # fmt: skip
+      targets(**kwargs)
+  with _raises('3 style images for 1 content image; give 1, tile the content to stylise '
+               'it once per style (jnp.repeat(content, 3, axis=0)), or pass the styles as a list '
+               'to blend them'):  # fmt: skip
+    targets(style=jnp.concatenate([content] * 3))
+  with _raises('no style image was given (style is empty); give one [N or 1, Hs, Ws, 3] array, '
+               'or a list of them to blend'):  # fmt: skip
+    targets(style=[])
+  tx = make_optimizer('lbfgs', convention=pixels.CAFFE)
+  with _raises('image has NaN or infinite values; give finite images in network space '
+               '(nst_jax.preprocess of RGB in [0, 1])'):  # fmt: skip
+    init_state(content.at[0, 1, 1, 1].set(jnp.inf), tx)
+
+
+def test_objective_wants_one_images_features():
+  model, params, content, targets = _problem()
+  one = jax.tree.map(lambda x: x[0], targets)
+  feats = model.apply({'params': params}, content, TINY_LOSS.spec.feature_layers)
+  with _raises("features['relu2_2'] has shape (1, 8, 8, 8); features must be one image's, "
+               'layer -> [h, w, c]: network_features of an [H, W, 3] image'):  # fmt: skip
+    objective(content[0], params, one, model=model, loss_spec=TINY_LOSS.spec, features=feats)
+
+
+def test_make_model_and_optimizer_name_their_choices():
+  for kwargs, message in (
+    ({'dtype': 'float16'}, "dtype must be one of 'float32', 'bfloat16', got 'float16'"),
+    ({'dtype': 'float64'}, "dtype must be one of 'float32', 'bfloat16', got 'float64'"),
+    ({'precision': 'fast'}, "precision must be one of 'highest', 'high', 'default', got 'fast'"),
+  ):
+    with _raises(message):
+      make_model(**kwargs)
+  # A convention by name, as the converter names them.
+  by_name = make_optimizer('lbfgs', convention='caffe')
+  state = init_state(jnp.zeros((1, 4, 4, 3)), by_name)
+  assert state.opt_state.s.shape[0] == 1
+  with _raises("convention must be an InputConvention or one of 'caffe', 'torchvision', got "
+               "'bgr'; the weights carry theirs: weights.info.input_convention"):  # fmt: skip
+    make_optimizer('lbfgs', convention='bgr')
+
+
+def test_update_step_refuses_targets_that_do_not_fit():
+  """At trace time: another batch size, another spec's layers or statistics, a bad loss_fn."""
+  model, params, content, targets = _problem()
+  tx = make_optimizer('lbfgs', convention=pixels.CAFFE)
+  state = init_state(jnp.concatenate([content, content]), tx)
+  run = functools.partial(update_step, model=model, optimizer=tx, loss_spec=TINY_LOSS.spec)
+  with _raises('targets are for 1 image(s) but the state holds 2; build them from 2 content '
+               'images with make_targets, or tile them: jax.tree.map(lambda x: jnp.repeat(x, '
+               '2 // 1, axis=0), targets)'):  # fmt: skip
+    run(state, params, targets)
+  state = init_state(content, tx)
+  with _raises("targets lack the content layer(s) relu2_2 of the step's loss_spec; build them "
+               'with make_targets(..., loss_spec=) of the same spec as the step'):  # fmt: skip
+    run(state, params, targets._replace(content={'relu1_1': targets.content['relu2_2']}))
+  mean_cov = dataclasses.replace(TINY_LOSS.spec, style_loss='mean_cov')
+  with _raises("targets hold gram at relu1_1, not the step's 'mean_cov' statistics; build them "
+               'with make_targets(..., loss_spec=) of the same spec as the step'):  # fmt: skip
+    update_step(state, params, targets, model=model, optimizer=tx, loss_spec=mean_cov)
+
+  def scalar_only(image, params, targets, *, model, loss_spec):
+    return objective(image, params, targets, model=model, loss_spec=loss_spec)[0]
+
+  def half(image, params, targets, *, model, loss_spec):
+    total, aux = objective(image, params, targets, model=model, loss_spec=loss_spec)
+    return total.astype(jnp.float16), aux
+
+  def no_keywords(image, params, targets):
+    return objective(image, params, targets, model=model, loss_spec=TINY_LOSS.spec)
+
+  with _raises('loss_fn returned one array; a loss_fn must return (total, dict of scalars), '
+               "e.g. (total, {'total': total})"):  # fmt: skip
+    run(state, params, targets, loss_fn=scalar_only)
+  with _raises('loss_fn returned a total of shape () and dtype float16; a loss_fn must return a '
+               'float32 scalar total: jnp.asarray(total, jnp.float32)'):  # fmt: skip
+    run(state, params, targets, loss_fn=half)
+  with _raises('loss_fn takes no model or loss_spec keyword; a loss_fn must accept '
+               'loss_fn(image, params, targets, *, model, loss_spec) (add **kwargs to ignore '
+               'them)'):  # fmt: skip
+    run(state, params, targets, loss_fn=no_keywords)
+
+
+def test_initial_image_takes_network_space_content_only():
+  content = jnp.ones((1, 4, 5, 3))
+  with _raises('content must be [N, H, W, 3] images, got shape (4, 5, 3); add the batch axis: '
+               'x[None]'):  # fmt: skip
+    initial_image(content[0], init='random', seed=0)
+  rgb = np.zeros((4, 5, 3), np.float32)
+  with _raises("initial_image got image= with init='content', which would ignore it; pass "
+               "init='image' to start from the image, or drop image="):  # fmt: skip
+    initial_image(content, init='content', seed=0, image=rgb)
+  by_name = initial_image(content, init='gray', seed=0, convention='caffe')
+  np.testing.assert_array_equal(
+    by_name, initial_image(content, init='gray', seed=0, convention=pixels.CAFFE)
+  )
+
+
+def test_checks_read_values_only_when_concrete():
+  """Under a trace (jax.grad w.r.t. a weight) the value checks stand aside; shapes still count."""
+  grad = jax.grad(lambda w: checks.per_image(w, 'style_weight', 2).sum())(3.0)
+  assert float(grad) == 2.0
+  with _raises('style_weight must be finite and >= 0, got -3.0'):
+    checks.per_image(-3.0, 'style_weight', 2)
+  checks.positive_number(lambda step: -1.0, 'learning_rate')  # a schedule is not read
+  with _raises('learning_rate must be a finite number > 0, got nan'):
+    checks.positive_number(float('nan'), 'learning_rate')

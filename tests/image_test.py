@@ -3,6 +3,7 @@
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
@@ -42,13 +43,53 @@ def test_torchvision_is_rgb_mean_std():
 
 
 def test_preprocess_wants_batched_rgb():
-  with pytest.raises(ValueError, match=r'expected \[N, H, W, 3\]'):
+  with pytest.raises(
+    errors.ConfigError,
+    match=r'^rgb must be \[N, H, W, 3\] RGB, got shape \(4, 4, 3\); add the batch axis: x\[None\]$',
+  ):
     pixels.preprocess(np.zeros((4, 4, 3)), pixels.CAFFE)
 
 
 def test_unknown_convention():
   with pytest.raises(errors.ConfigError, match="unknown input convention 'bgr'"):
     pixels.get_convention('bgr')
+
+
+def test_conventions_by_name():
+  """preprocess and deprocess take a convention's name, as the converter does; not others."""
+  rgb = np.random.default_rng(0).uniform(size=(1, 4, 4, 3)).astype(np.float32)
+  for name, convention in pixels.CONVENTIONS.items():
+    np.testing.assert_array_equal(pixels.preprocess(rgb, name), pixels.preprocess(rgb, convention))
+    np.testing.assert_array_equal(pixels.deprocess(rgb, name), pixels.deprocess(rgb, convention))
+  with pytest.raises(
+    errors.ConfigError,
+    match=r"^convention must be an InputConvention or one of 'caffe', 'torchvision', got 'bgr'; "
+    r'the weights carry theirs: weights.info.input_convention$',
+  ):
+    pixels.preprocess(rgb, 'bgr')
+
+
+def test_bfloat16_rgb_is_converted():
+  rgb = np.random.default_rng(0).uniform(size=(4, 4, 3)).astype(np.float32)
+  half = jnp.asarray(rgb, jnp.bfloat16)
+  got = pixels.as_rgb(half, 'image')
+  assert got.dtype == jnp.float32
+  np.testing.assert_array_equal(got, np.asarray(half, np.float32))
+  with pytest.raises(errors.ConfigError, match=r'^image has values from 0.005463 to 1.992; RGB'):
+    pixels.as_rgb(half * 2, 'image')
+
+
+def test_network_images_must_be_finite():
+  x = np.zeros((1, 4, 4, 3), np.float32)
+  pixels.check_network_images(x, 'content')
+  for bad in (np.nan, np.inf):
+    x[0, 1, 2, 0] = bad
+    with pytest.raises(
+      errors.ConfigError,
+      match=r'^content has NaN or infinite values; give finite images in network space '
+      r'\(nst_jax.preprocess of RGB in \[0, 1\]\)$',
+    ):
+      pixels.check_network_images(jnp.asarray(x), 'content')
 
 
 def test_load_resizes_keeping_aspect(tmp_path):

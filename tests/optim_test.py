@@ -342,3 +342,11 @@ def test_bfloat16_reaches_float32s_objective(lsuv_npz):
       nst_jax.objective(x, w.params, one, model=model, loss_spec=cfg.loss.spec)[0]
     )
   assert scores['bfloat16'] <= 1.05 * scores['float32'], scores
+
+
+@pytest.mark.parametrize('lr', [-1.0, 0.0, float('nan'), float('inf')])
+def test_adam_refuses_a_learning_rate_that_cannot_step(lr):
+  """A negative rate climbs the loss, zero never moves, NaN/inf ruin the image: refused."""
+  with pytest.raises(nst_jax.errors.ConfigError) as caught:
+    optim.make_optimizer('adam', learning_rate=lr, convention=pixels.CAFFE)
+  assert str(caught.value) == f'learning_rate must be a finite number > 0, got {lr}'

@@ -324,3 +324,36 @@ def test_targets_at_takes_one_images_targets():
   np.testing.assert_array_equal(one.content['relu2_2'][0], targets.content['relu2_2'][2])
   bare = nst_jax.targets_at(targets, 2, keep_batch=False)
   np.testing.assert_array_equal(bare.style_weight, targets.style_weight[2])
+
+
+def test_targets_at_counts_from_the_end_and_refuses_out_of_range():
+  model, params, content, targets = _problem(n=3)
+  np.testing.assert_array_equal(
+    nst_jax.targets_at(targets, -1).content['relu2_2'], targets.content['relu2_2'][2:]
+  )
+  for index in (3, -4):
+    with pytest.raises(nst_jax.errors.ConfigError) as caught:
+      nst_jax.targets_at(targets, index, keep_batch=index > 0)
+    assert str(caught.value) == (
+      f'index {index} is out of range for targets of 3 image(s); give 0 to 2 (or -3 to -1 from '
+      'the end)'
+    )
+
+
+def test_random_scaled_params_refuse_a_probe_with_no_scale():
+  shape = {'stage_sizes': (1, 2), 'widths': (4, 8)}
+  probe = pixels.preprocess(np.full((1, 8, 8, 3), 0.5, np.float32), pixels.CAFFE)
+  unbatched = experiments.random_scaled_params(0, probe=probe[0], **shape)
+  batched = experiments.random_scaled_params(0, probe=probe, **shape)
+  np.testing.assert_array_equal(unbatched['conv2_2']['kernel'], batched['conv2_2']['kernel'])
+  cases = (
+    ({'probe': jnp.zeros((1, 8, 8, 3))}, 'probe has RMS 0, so there is no scale to match; pass a '
+     'photograph in network space (nst_jax.preprocess(rgb, convention)) or leave probe=None'),
+    ({'probe': jnp.zeros((8, 8))}, 'probe must be [N, H, W, 3] images, got shape (8, 8)'),
+    ({'stage_sizes': (1, 2), 'widths': (4,)},
+     'stage_sizes has 2 stages and widths 1; give one width per stage'),
+  )  # fmt: skip
+  for kwargs, message in cases:
+    with pytest.raises(nst_jax.errors.ConfigError) as caught:
+      experiments.random_scaled_params(0, **{**shape, **kwargs})
+    assert str(caught.value) == message

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nst_jax import errors
 from nst_jax.core import objective as objective_lib
 from nst_jax.core import pixels
 from nst_jax.core import vgg
@@ -43,20 +44,35 @@ def random_scaled_params(
 
   Args:
     seed: random seed of the kernels.
-    probe: [1, H, W, 3] Caffe-space input (default: a seeded uniform RGB
-      image, 64x64, preprocessed; a photograph sets the scale more
-      faithfully).
+    probe: [1, H, W, 3] or [H, W, 3] Caffe-space input, not all zero
+      (default: a seeded uniform RGB image, 64x64, preprocessed). The scale
+      is matched on the probe only: on a photograph, weights scaled on the
+      default probe give activations about 0.6x the input's RMS from relu2_1
+      down; pass a photograph (the content) to match its scale.
     stage_sizes, widths: the network's shape (default VGG-19's).
 
   Returns:
     layer -> {'kernel': [3, 3, in, out], 'bias': [out]} float32, as
     `model.apply({'params': ...})` and the step take them.
   """
+  if len(stage_sizes) != len(widths):
+    raise errors.ConfigError(
+      f'stage_sizes has {len(stage_sizes)} stages and widths {len(widths)}; give one width per '
+      'stage'
+    )
   if probe is None:
     rgb = np.random.default_rng(seed).uniform(size=(1, 64, 64, 3)).astype(np.float32)
     probe = pixels.preprocess(rgb, pixels.CAFFE)
   x = jnp.asarray(probe, jnp.float32)
+  if x.ndim == 3:
+    x = x[None]
+  pixels.check_network_images(x, 'probe')
   target = jnp.sqrt(jnp.mean(jnp.square(x)))
+  if not float(target) > 0:
+    raise errors.ConfigError(
+      'probe has RMS 0, so there is no scale to match; pass a photograph in network space '
+      '(nst_jax.preprocess(rgb, convention)) or leave probe=None'
+    )
   key = jax.random.key(seed)
   params, cin = {}, 3
   for stage, (n, width) in enumerate(zip(stage_sizes, widths, strict=True), start=1):
@@ -88,7 +104,17 @@ def targets_at(
     index: which image.
     keep_batch: True: leading [1] axes, for the step (`update_step`, a
       `make_step` Step); False: no batch axis, for `objective`.
+
+  Raises:
+    ConfigError: `index` outside -N..N-1 (negative counts from the end).
   """
+  n = targets.content_weight.shape[0]
+  if not -n <= index < n:
+    raise errors.ConfigError(
+      f'index {index} is out of range for targets of {n} image(s); give 0 to {n - 1} '
+      f'(or -{n} to -1 from the end)'
+    )
+  index = int(index) % n
   if keep_batch:
     return jax.tree.map(lambda x: x[index : index + 1], targets)
   return jax.tree.map(lambda x: x[index], targets)

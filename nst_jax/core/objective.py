@@ -21,6 +21,8 @@ import warnings
 import jax
 import jax.numpy as jnp
 
+from nst_jax import errors
+from nst_jax.core import checks
 from nst_jax.core import losses
 from nst_jax.core import pixels
 from nst_jax.core import statistics
@@ -175,8 +177,9 @@ def make_targets(
     Targets with leading [N] axes.
 
   Raises:
-    ValueError: content or a style not [N, H, W, 3], a style batch neither 1
-      nor N, or masks of the wrong shape.
+    ValueError: content or a style not [N, H, W, 3] finite floats, a style
+      batch neither 1 nor N, masks of the wrong shape, or a weight that is
+      negative, NaN or infinite (ConfigError, a ValueError, for most).
     TypeError: no loss_spec, content_weight or style_weight.
   """
   loss_spec, content_weight, style_weight, tv_weight = _spec_and_weights(
@@ -199,21 +202,12 @@ def make_targets(
     for name in loss_spec.style_layers
   }
 
-  def per_image(x, name):
-    x = jnp.asarray(x, jnp.float32)
-    if x.ndim > 1 or x.size not in (1, n):
-      raise ValueError(
-        f'{name} has shape {x.shape} for {n} content image(s); give a scalar or one per image'
-        + (f' (tile the content: jnp.repeat(content, {x.size}, axis=0))' if n == 1 else '')
-      )
-    return jnp.broadcast_to(x.reshape(-1)[0] if x.size == 1 else x, (n,))
-
   return Targets(
     content={k: v.astype(jnp.float32) for k, v in content_feats.items()},
     style=stats,
-    content_weight=per_image(content_weight, 'content_weight'),
-    style_weight=per_image(style_weight, 'style_weight'),
-    tv_weight=per_image(tv_weight, 'tv_weight'),
+    content_weight=checks.per_image(content_weight, 'content_weight', n),
+    style_weight=checks.per_image(style_weight, 'style_weight', n),
+    tv_weight=checks.per_image(tv_weight, 'tv_weight', n),
     content_mask=_masks_per_layer(content_mask, loss_spec.content_layers, (n,)),
     style_masks=_masks_per_layer(
       style_masks, loss_spec.style_layers, (n,) if style_masks is None else (n, len(styles))
@@ -252,6 +246,11 @@ def _spec_and_weights(loss_spec, loss_config, content_weight, style_weight, tv_w
 def _check_images(content, style, content_mask, style_masks) -> None:
   """Shapes make_targets can use, or a ValueError naming the argument."""
   styles = list(style) if isinstance(style, (list, tuple)) else [style]
+  if not styles:
+    raise errors.ConfigError(
+      'no style image was given (style is empty); give one [N or 1, Hs, Ws, 3] array, or a '
+      'list of them to blend'
+    )
   named = [('content', content)] + [
     ('style' if len(styles) == 1 else f'style {i}', s) for i, s in enumerate(styles)
   ]
@@ -272,7 +271,14 @@ def _blend(styles, n, size, blend_weights, style_masks) -> tuple[float, ...] | N
   """The normalised blend weights of the styles (None: one region per style mask)."""
   for s in styles:
     if s.shape[0] not in (1, n):
-      raise ValueError(f'{s.shape[0]} style images for {n} content images; give 1 or {n}')
+      k = s.shape[0]
+      tile = f'tile the content to stylise it once per style (jnp.repeat(content, {k}, axis=0)), '
+      raise errors.ConfigError(
+        f'{k} style images for {n} content image{"s" * (n != 1)}; give 1'
+        + (f' or {n}, ' if n != 1 else ', ')
+        + (tile if n == 1 else '')
+        + 'or pass the styles as a list to blend them'
+      )
   if style_masks is not None:
     if blend_weights is not None:
       raise ValueError('blend weights and style masks exclude each other')
@@ -383,6 +389,12 @@ def objective(
       raise ValueError(
         f'features lacks {", ".join(missing)}; compute them with network_features(image, '
         'params, model=model, layers=loss_spec.feature_layers + your layers)'
+      )
+    batched = [name for name in loss_spec.feature_layers if jnp.ndim(features[name]) != 3]
+    if batched:
+      raise errors.ConfigError(
+        f'features[{batched[0]!r}] has shape {jnp.shape(features[batched[0]])}; features must be '
+        "one image's, layer -> [h, w, c]: network_features of an [H, W, 3] image"
       )
     feats = features
   cw, sw = targets.content_weight, targets.style_weight

@@ -45,6 +45,7 @@ import numpy as np
 import optax
 
 from nst_jax import errors
+from nst_jax.core import checks
 from nst_jax.core import pixels
 
 OPTIMIZERS = ('lbfgs', 'adam')
@@ -377,7 +378,7 @@ def make_optimizer(
   memory_size: int = DEFAULT_LBFGS_MEMORY,
   first_step: float = DEFAULT_FIRST_STEP,
   box: bool = True,
-  convention: pixels.InputConvention | None = None,
+  convention: pixels.InputConvention | str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """The image's optimiser, behind one `update` signature.
 
@@ -390,8 +391,8 @@ def make_optimizer(
     box: keep L-BFGS's image inside the displayable range, pixels 0..255
       (projected L-BFGS, see `lbfgs`).
     convention: the weights' input convention (the network space the image
-      lives in; `WeightsInfo.input_convention`). Required: the pixel units and
-      the box depend on it.
+      lives in; `WeightsInfo.input_convention`, or its name). Required: the
+      pixel units and the box depend on it.
 
   Returns:
     An optax transformation; call `update(grads, state, image, value=...,
@@ -399,10 +400,13 @@ def make_optimizer(
   """
   if convention is None:
     raise ValueError("make_optimizer needs convention= (the weights' input convention)")
+  convention = pixels.as_convention(convention)
+  checks.positive_number(first_step, 'first_step')
   if name == 'lbfgs':
     inner = lbfgs(memory_size, first_step=first_step, bounds=PIXEL_RANGE if box else None)
   elif name == 'adam':
     lr = DEFAULT_ADAM_LEARNING_RATE if learning_rate is None else learning_rate
+    checks.positive_number(lr, 'learning_rate')
     inner = optax.with_extra_args_support(optax.adam(lr))
   else:
     raise errors.ConfigError(f'optimizer must be one of {", ".join(OPTIMIZERS)}, got {name!r}')

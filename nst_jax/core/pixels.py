@@ -62,6 +62,18 @@ def get_convention(name: str) -> InputConvention:
     ) from None
 
 
+def as_convention(value: InputConvention | str, name: str = 'convention') -> InputConvention:
+  """An InputConvention, or the name of one ('caffe', 'torchvision', as the converter takes)."""
+  if isinstance(value, InputConvention):
+    return value
+  if isinstance(value, str) and value in CONVENTIONS:
+    return CONVENTIONS[value]
+  raise errors.ConfigError(
+    f'{name} must be an InputConvention or one of {", ".join(map(repr, sorted(CONVENTIONS)))}, '
+    f'got {value!r}; the weights carry theirs: weights.info.input_convention'
+  )
+
+
 def as_rgb(value: jax.typing.ArrayLike, name: str) -> jax.Array:
   """RGB images as the API takes them: float32 [H, W, 3] or [N, H, W, 3] in [0, 1].
 
@@ -92,13 +104,13 @@ def as_rgb(value: jax.typing.ArrayLike, name: str) -> jax.Array:
     )
   if dtype == np.uint8:
     return jnp.asarray(value, jnp.float32) / 255.0
-  if not np.issubdtype(dtype, np.floating):
+  if not jnp.issubdtype(dtype, jnp.floating):  # bfloat16 and float16 too
     raise errors.ConfigError(
       f'{name} is {dtype}; give RGB as floats in [0, 1] (or uint8, divided by 255)'
     )
   if isinstance(value, jax.core.Tracer):
     return jnp.asarray(value, jnp.float32)
-  host = np.asarray(value)
+  host = np.asarray(value).astype(np.float32, copy=False)
   low, high = (float(host.min()), float(host.max())) if host.size else (0.0, 0.0)
   if not (np.isfinite(low) and np.isfinite(high)):
     raise errors.ConfigError(f'{name} has non-finite values; give RGB as floats in [0, 1]')
@@ -127,6 +139,12 @@ def check_network_images(value: jax.typing.ArrayLike, name: str) -> None:
       f'{name} is {dtype}, but it is an image in network space: preprocess RGB first, '
       'nst_jax.preprocess(rgb / 255, weights.info.input_convention)'
     )
+  # numpy, not jnp: inside a trace jnp would stage even a constant's check.
+  if not isinstance(value, jax.core.Tracer) and not np.isfinite(np.asarray(value)).all():
+    raise errors.ConfigError(
+      f'{name} has NaN or infinite values; give finite images in network space '
+      '(nst_jax.preprocess of RGB in [0, 1])'
+    )
 
 
 def _stats(convention: InputConvention) -> tuple[jax.Array, jax.Array]:
@@ -136,36 +154,40 @@ def _stats(convention: InputConvention) -> tuple[jax.Array, jax.Array]:
   return mean, std
 
 
-def preprocess(rgb: jax.typing.ArrayLike, convention: InputConvention) -> jax.Array:
+def preprocess(rgb: jax.typing.ArrayLike, convention: InputConvention | str) -> jax.Array:
   """RGB in [0, 1] -> the network's input space.
 
   Args:
     rgb: [N, H, W, 3] RGB, nominally in [0, 1] (values outside are allowed and
       map affinely).
-    convention: how the weights expect their input.
+    convention: how the weights expect their input (or its name, 'caffe' or
+      'torchvision').
 
   Returns:
     [N, H, W, 3] float32: `(channels(rgb) * scale - mean) / std`.
   """
+  convention = as_convention(convention)
   x = jnp.asarray(rgb, jnp.float32)
   if x.ndim != 4 or x.shape[-1] != 3:
-    raise ValueError(f'expected [N, H, W, 3] RGB, got shape {x.shape}')
+    fix = '; add the batch axis: x[None]' if x.ndim == 3 and x.shape[-1] == 3 else ''
+    raise errors.ConfigError(f'rgb must be [N, H, W, 3] RGB, got shape {x.shape}{fix}')
   if convention.bgr:
     x = x[..., ::-1]
   mean, std = _stats(convention)
   return (x * convention.scale - mean) / std
 
 
-def deprocess(x: jax.typing.ArrayLike, convention: InputConvention) -> jax.Array:
+def deprocess(x: jax.typing.ArrayLike, convention: InputConvention | str) -> jax.Array:
   """The network's input space -> RGB; the exact inverse of `preprocess`.
 
   Args:
     x: [N, H, W, 3] in the convention's space.
-    convention: the convention `x` is in.
+    convention: the convention `x` is in (or its name).
 
   Returns:
     [N, H, W, 3] float32 RGB, not clipped (clip when saving).
   """
+  convention = as_convention(convention)
   x = jnp.asarray(x, jnp.float32)
   mean, std = _stats(convention)
   rgb = (x * std + mean) / convention.scale

@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nst_jax import errors
+from nst_jax.core import checks
 from nst_jax.core import objective as objective_lib
 from nst_jax.core import optim
 from nst_jax.core import pixels
@@ -83,8 +85,8 @@ def make_model(
     pooling, dtype, precision = m.pooling, m.dtype, m.precision
   return vgg.VGG19(
     pooling=pooling,
-    dtype=vgg.COMPUTE_DTYPES[dtype],
-    precision=None if precision is None else vgg.PRECISIONS[precision],
+    dtype=checks.choice(vgg.COMPUTE_DTYPES, dtype, 'dtype'),
+    precision=None if precision is None else checks.choice(vgg.PRECISIONS, precision, 'precision'),
   )
 
 
@@ -231,14 +233,18 @@ def update_step(
     )
     loss_spec = loss_config
   loss_spec = objective_lib.as_spec(loss_spec)
+  checks.step_inputs(state.image, targets, loss_spec)
   spec_keyword = _spec_keyword(loss_fn)
   # This package's L-BFGS searches at its first step only, when asked
   # (`backtrack`); any other optimiser gets `value_fn` as optax defines it.
   ours = optim.backtracks(optimizer)
 
+  def checked(*args, **kwargs):
+    return checks.loss_result(loss_fn(*args, **kwargs))
+
   def one_image(image, opt_state, image_targets):
     value_fn = functools.partial(
-      loss_fn, params=params, targets=image_targets, model=model, **{spec_keyword: loss_spec}
+      checked, params=params, targets=image_targets, model=model, **{spec_keyword: loss_spec}
     )
     (value, aux), grad = jax.value_and_grad(value_fn, has_aux=True)(image)
     search = lambda x: value_fn(x)[0]  # noqa: E731  (optax's own L-BFGS searches every step)
@@ -250,7 +256,7 @@ def update_step(
         # jax.grad (the optimiser holds its own inputs constant likewise).
         held = jax.lax.stop_gradient((params, image_targets))
         held_fn = functools.partial(
-          loss_fn, params=held[0], targets=held[1], model=model, **{spec_keyword: loss_spec}
+          checked, params=held[0], targets=held[1], model=model, **{spec_keyword: loss_spec}
         )
         search = lambda x: held_fn(x)[0]  # noqa: E731
     updates, opt_state = optimizer.update(
@@ -369,10 +375,8 @@ def make_step(
 
 def _spec_keyword(loss_fn: Callable) -> str:
   """'loss_spec', or 'loss_config' for a loss_fn written before 0.3 (deprecated)."""
-  try:
-    parameters = inspect.signature(loss_fn).parameters
-  except (TypeError, ValueError):  # no signature to read: the current convention
-    return 'loss_spec'
+  signature = checks.loss_fn_signature(loss_fn)
+  parameters = {} if signature is None else signature.parameters
   if 'loss_spec' in parameters or 'loss_config' not in parameters:
     return 'loss_spec'
   warnings.warn(
@@ -406,6 +410,12 @@ def initial_image(
       [N, H', W', 3], resized to the content's height and width (bicubic);
       used unless init is a keyword.
   """
+  pixels.check_network_images(content, 'content')
+  if init in INIT_KEYWORDS and image is not None:
+    raise errors.ConfigError(
+      f"initial_image got image= with init={init!r}, which would ignore it; pass init='image' "
+      'to start from the image, or drop image='
+    )
   if init == 'content':
     return content
   if init == 'random':
@@ -422,7 +432,7 @@ def initial_image(
     raise ValueError(
       f'initial_image(init={init!r}) needs convention= (the weights input convention)'
     )
-  x = pixels.preprocess(rgb, convention)
+  x = pixels.preprocess(rgb, pixels.as_convention(convention))
   return jnp.broadcast_to(x, content.shape)
 
 

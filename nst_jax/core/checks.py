@@ -1,0 +1,136 @@
+"""One-line checks of the research API's arguments: weights, choices, the step's inputs.
+
+Each raises `errors.ConfigError` naming the argument and the fix. The checks
+read values only where they are concrete (under a trace only shapes and
+dtypes are known), and the step's run at trace time: Python on shapes and
+dict keys, nothing compiled.
+"""
+
+from collections.abc import Callable, Mapping
+import inspect
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nst_jax import errors
+
+
+def choice(table: Mapping[str, Any], value: Any, name: str) -> Any:
+  """table[value], or a ConfigError naming `name` and the choices."""
+  try:
+    return table[value]
+  except (KeyError, TypeError):
+    raise errors.ConfigError(
+      f'{name} must be one of {", ".join(map(repr, table))}, got {value!r}'
+    ) from None
+
+
+def positive_number(value: Any, name: str) -> None:
+  """Refuses a concrete number that is not finite and > 0 (a schedule or a tracer passes)."""
+  if callable(value) or isinstance(value, jax.core.Tracer):
+    return
+  number = float(np.asarray(value))
+  if not (np.isfinite(number) and number > 0):
+    raise errors.ConfigError(f'{name} must be a finite number > 0, got {number}')
+
+
+def per_image(value: jax.typing.ArrayLike, name: str, n: int) -> jax.Array:
+  """A loss weight as [N] float32: a scalar or one per image, finite and >= 0."""
+  concrete = not isinstance(value, jax.core.Tracer)
+  x = np.asarray(value, np.float32) if concrete else value  # numpy: a trace stages jnp's checks
+  if x.ndim > 1:
+    raise errors.ConfigError(
+      f'{name} has shape {x.shape}; give a scalar or a vector of one weight per content image, '
+      f'shape ({n},)'
+    )
+  if x.size not in (1, n):
+    raise errors.ConfigError(
+      f'{name} has shape {x.shape} for {n} content image(s); give a scalar or one per image'
+      + (f' (tile the content: jnp.repeat(content, {x.size}, axis=0))' if n == 1 else '')
+    )
+  if concrete and (not np.all(np.isfinite(x)) or np.any(x < 0)):
+    raise errors.ConfigError(
+      f'{name} must be finite and >= 0, got {x.tolist() if x.ndim else float(x)}'
+    )
+  x = jnp.asarray(x, jnp.float32)
+  return jnp.broadcast_to(x.reshape(-1)[0] if x.size == 1 else x, (n,))
+
+
+def step_inputs(image: jax.Array, targets: Any, loss_spec: Any) -> None:
+  """The state's batch and the targets' layers fit each other and the step's loss_spec."""
+  n, have = image.shape[0], targets.content_weight.shape[0]
+  if n != have:
+    raise errors.ConfigError(
+      f'targets are for {have} image(s) but the state holds {n}; build them from {n} content '
+      f'images with make_targets, or tile them: jax.tree.map(lambda x: jnp.repeat(x, {n} // '
+      f'{have}, axis=0), targets)'
+      if have == 1 or n % have == 0
+      else f'targets are for {have} image(s) but the state holds {n}; give targets and state '
+      'the same batch'
+    )
+  for kind, layers, built in (
+    ('content', loss_spec.content_layers, targets.content),
+    ('style', loss_spec.style_layers, targets.style),
+  ):
+    missing = [name for name in layers if name not in built]
+    if missing:
+      raise errors.ConfigError(
+        f"targets lack the {kind} layer(s) {', '.join(missing)} of the step's loss_spec; build "
+        'them with make_targets(..., loss_spec=) of the same spec as the step'
+      )
+  key = _STATISTIC[loss_spec.style_loss]
+  for name in loss_spec.style_layers:
+    if key not in targets.style[name]:
+      raise errors.ConfigError(
+        f"targets hold {', '.join(targets.style[name])} at {name}, not the step's "
+        f'{loss_spec.style_loss!r} statistics; build them with make_targets(..., loss_spec=) of '
+        'the same spec as the step'
+      )
+
+
+# A key of each style loss's statistics (nst_jax.core.statistics.layer_targets).
+_STATISTIC = {'gram': 'gram', 'mean_cov': 'mean', 'histogram': 'quantiles'}
+
+_SIGNATURE = 'loss_fn(image, params, targets, *, model, loss_spec)'
+
+
+def loss_fn_signature(loss_fn: Callable) -> inspect.Signature | None:
+  """The loss_fn's signature, or a ConfigError if it cannot take model= and loss_spec=."""
+  try:
+    signature = inspect.signature(loss_fn)
+  except (TypeError, ValueError):  # no signature to read
+    return None
+  parameters = signature.parameters
+  if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+    return signature
+  lacking = [
+    k for k in ('model', 'loss_spec') if k not in parameters and not (
+      k == 'loss_spec' and 'loss_config' in parameters
+    )
+  ]  # fmt: skip
+  if lacking:
+    raise errors.ConfigError(
+      f'loss_fn takes no {" or ".join(lacking)} keyword; a loss_fn must accept {_SIGNATURE} '
+      '(add **kwargs to ignore them)'
+    )
+  return signature
+
+
+def loss_result(result: Any) -> tuple[jax.Array, Mapping]:
+  """The loss_fn's (total, aux), or a ConfigError saying what a loss_fn must return."""
+  if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Mapping)):
+    got = 'one array' if hasattr(result, 'shape') else type(result).__name__
+    raise errors.ConfigError(
+      f'loss_fn returned {got}; a loss_fn must return (total, dict of scalars), '
+      "e.g. (total, {'total': total})"
+    )
+  total = result[0]
+  shape, dtype = np.shape(total), getattr(total, 'dtype', np.dtype(type(total)))
+  if shape != () or dtype not in (jnp.float32, jnp.float64):
+    raise errors.ConfigError(
+      f'loss_fn returned a total of shape {shape} and dtype {dtype}; a loss_fn must return a '
+      'float32 scalar total: jnp.asarray(total, jnp.float32)'
+    )
+  return result
