@@ -28,7 +28,7 @@ from nst_jax.io import checkpoint as checkpoint_lib  # noqa: E402
 # Subprocess runs of the full network: deselect with -m "not slow".
 pytestmark = pytest.mark.slow
 
-ITERATIONS = 12
+ITERATIONS = 9
 
 
 def _env(devices: int) -> dict[str, str]:

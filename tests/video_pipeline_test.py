@@ -94,7 +94,9 @@ def test_temporal_loss_cuts_flicker_and_frames_follow_their_content(tmp_path, ls
 
   def measure(name, temporal_weight):
     out = tmp_path / name
-    video_pipeline.run_video(_config(src, out, lsuv_npz, temporal_weight=temporal_weight))
+    video_pipeline.run_video(
+      _config(src, out, lsuv_npz, temporal_weight=temporal_weight, iterations=20)
+    )
     styled = [image_lib.load_image(p) for p in sorted(out.glob('*.png'))]
     flicker = np.mean([
       np.abs(styled[t] - flow.warp(styled[t - 1], f.backward))[f.weight > 0.5].mean()
