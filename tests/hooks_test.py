@@ -316,11 +316,10 @@ def test_make_progress_picks_the_kind():
   assert isinstance(hooks.make_progress('bar', 7), hooks.BarProgress)
 
 
-@pytest.mark.skipif(
-  threading.current_thread() is not threading.main_thread(),
-  reason='signal handlers can only be set from the main thread',
-)
 def test_stop_on_signals_turns_a_signal_into_a_flag_and_restores_the_handlers():
+  # pytest (and each xdist worker) runs tests in the main thread, where
+  # handlers can be set; asserted rather than skipped, so it cannot pass unrun.
+  assert threading.current_thread() is threading.main_thread()
   before = signal.getsignal(signal.SIGTERM)
   with hooks.stop_on_signals() as stop:
     assert stop() is None
@@ -329,6 +328,20 @@ def test_stop_on_signals_turns_a_signal_into_a_flag_and_restores_the_handlers():
     os.kill(os.getpid(), signal.SIGINT)
     assert stop() == signal.SIGTERM  # the first one counts
   assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_stop_on_signals_off_the_main_thread_leaves_the_handlers_alone():
+  # Only the main thread can install handlers: elsewhere the flag stays None.
+  before, seen = signal.getsignal(signal.SIGTERM), []
+
+  def worker():
+    with hooks.stop_on_signals() as stop:
+      seen.append((stop(), signal.getsignal(signal.SIGTERM)))
+
+  thread = threading.Thread(target=worker)
+  thread.start()
+  thread.join()
+  assert seen == [(None, before)]
 
 
 def test_progress_lines_name_the_scale_and_the_jobs(caplog):

@@ -12,12 +12,9 @@ README = (ROOT / 'README.md').read_text()
 DOCS = sorted((ROOT / 'docs').glob('*.md'))
 
 
-@pytest.mark.slow
-def test_readme_api_example_runs(tmp_path, caffe_npz):
-  code = re.search(r'```python\n(.*?)```', README.split('## Python API', 1)[1], re.S).group(1)
-  script = tmp_path / 'example.py'
-  script.write_text(code)
-  r = subprocess.run(
+def _run_docs_code(script, caffe_npz) -> subprocess.CompletedProcess:
+  """Runs a script of the docs' code as a user of the checkout would, deprecations as errors."""
+  return subprocess.run(
     [sys.executable, '-W', 'error::DeprecationWarning', str(script)],
     cwd=ROOT,
     env={
@@ -30,6 +27,14 @@ def test_readme_api_example_runs(tmp_path, caffe_npz):
     text=True,
     timeout=300,
   )
+
+
+@pytest.mark.slow
+def test_readme_api_example_runs(tmp_path, caffe_npz):
+  code = re.search(r'```python\n(.*?)```', README.split('## Python API', 1)[1], re.S).group(1)
+  script = tmp_path / 'example.py'
+  script.write_text(code)
+  r = _run_docs_code(script, caffe_npz)
   assert r.returncode == 0, r.stderr[-3000:]
   lines = r.stdout.strip().splitlines()
   assert lines[0] == '(6, 8, 512)'
@@ -130,18 +135,6 @@ def test_every_recipe_of_the_api_guide_runs(tmp_path, caffe_npz):
   assert len(blocks) >= 9
   script = tmp_path / 'recipes.py'
   script.write_text('\n'.join(blocks) + "\nprint('recipes ran')\n")
-  r = subprocess.run(
-    [sys.executable, '-W', 'error::DeprecationWarning', str(script)],
-    cwd=ROOT,
-    env={
-      'NST_JAX_WEIGHTS': str(caffe_npz),
-      'JAX_PLATFORMS': 'cpu',
-      'PATH': '/usr/bin:/bin',
-      'PYTHONPATH': str(ROOT),
-    },
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  r = _run_docs_code(script, caffe_npz)
   assert r.returncode == 0, r.stderr[-3000:]
   assert r.stdout.strip().splitlines()[-1] == 'recipes ran'

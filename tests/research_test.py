@@ -30,25 +30,9 @@ _VGGTiny = functools.partial(vgg.VGG, stage_sizes=(1, 2), widths=(4, 8))
 SPEC = nst_jax.LossSpec(content_layers=('relu2_2',), style_layers=('relu1_1', 'relu2_1'))
 
 
-def _params(model, seed=0):
-  """He-initialised by hand from the shapes (model.init takes seconds)."""
-  rng = np.random.default_rng(seed)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']
-  return {
-    name: {
-      'kernel': jnp.asarray(
-        rng.normal(0, np.sqrt(2 / (9 * leaf['kernel'].shape[2])), leaf['kernel'].shape),
-        jnp.float32,
-      ),
-      'bias': jnp.zeros(leaf['bias'].shape, jnp.float32),
-    }
-    for name, leaf in shapes.items()
-  }
-
-
 def _problem(n=1, seed=0):
   model = _VGGTiny()
-  params = _params(model, seed)
+  params = small_runs.he_params(model, seed)
   rgb = np.random.default_rng(seed).uniform(size=(2 * n, 16, 16, 3)).astype(np.float32)
   content, style = jnp.split(pixels.preprocess(jnp.asarray(rgb), pixels.CAFFE), 2)
   targets = nst_jax.make_targets(

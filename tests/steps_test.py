@@ -52,19 +52,8 @@ def test_the_least_recently_used_step_goes_first(monkeypatch):
 
 def _problem(n=2, seed=0):
   model = _VGGTiny()
-  rng = np.random.default_rng(seed)
-  # He-initialised by hand from the shapes: model.init itself takes seconds here.
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']
-  params = {
-    name: {
-      'kernel': jnp.asarray(
-        rng.normal(0, np.sqrt(2 / (9 * leaf['kernel'].shape[2])), leaf['kernel'].shape),
-        jnp.float32,
-      ),
-      'bias': jnp.zeros(leaf['bias'].shape, jnp.float32),
-    }
-    for name, leaf in shapes.items()
-  }
+  params = small_runs.he_params(model, seed)
+  rng = np.random.default_rng(seed + 1)
   content = jnp.asarray(rng.normal(0, 50, (n, 16, 16, 3)), jnp.float32)
   style = jnp.asarray(rng.normal(0, 50, (n, 12, 20, 3)), jnp.float32)
   # Jitted: op by op, the targets take longer than compiling them.
