@@ -25,24 +25,44 @@ CONTENT = ROOT / 'content_images' / 'tubingen.jpg'
 STYLE = ROOT / 'style_images' / 'starry_night.jpg'
 
 
-def _main(*args, cwd, env_weights=None):
+def _env(env_weights=None) -> dict:
   env = {k: v for k, v in os.environ.items() if k != 'NST_JAX_WEIGHTS'}
   env['JAX_PLATFORMS'] = 'cpu'
   if env_weights:
     env['NST_JAX_WEIGHTS'] = str(env_weights)
+  return env
+
+
+def _subprocess(*args, cwd, env_weights=None):
+  """main.py in its own interpreter, exactly as a user starts it."""
   return subprocess.run(
     [sys.executable, str(ROOT / 'main.py'), *map(str, args)],
-    cwd=cwd,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+    cwd=cwd, env=_env(env_weights), capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
 
 
-def test_seed_command_line_short_forms(tmp_path, caffe_npz):
+@pytest.fixture(scope='module')
+def cli(tmp_path_factory):
+  """main.py's program forked from one interpreter per run (tests/cli_forks.py).
+
+  What a run does is the program's own (its argv, directory, environment,
+  exit code and output); only the interpreter's start and the imports,
+  about 2 s a run, are shared. The documented command itself runs in its
+  own interpreter below.
+  """
+  server = cli_forks.Server(tmp_path_factory.mktemp('forks'), _env())
+  yield server
+  server.close()
+
+
+def _main(cli, *args, cwd, env_weights=None):
+  """main.py with `args` (forked by `cli`), its stdout and stderr as one stream."""
+  return cli.run(args, cwd=cwd, env=_env(env_weights))
+
+
+def test_seed_command_line_short_forms(tmp_path, caffe_npz, cli):
   """The documented command, at a test-sized width and iteration count."""
-  r = _main(
+  r = _subprocess(
       '-cp', CONTENT, '-sp', STYLE, '-i', 3, '-cw', 10, '-sw', 0.0001, '-w', 48,
       cwd=tmp_path, env_weights=caffe_npz,
   )  # fmt: skip
@@ -61,15 +81,17 @@ def test_seed_command_line_short_forms(tmp_path, caffe_npz):
     lines[-1],
   ), lines[-1]
   # A second run never replaces the first result.
-  r2 = _main('-cp', CONTENT, '-sp', STYLE, '-i', 1, '-w', 48, cwd=tmp_path, env_weights=caffe_npz)
+  r2 = _main(
+    cli, '-cp', CONTENT, '-sp', STYLE, '-i', 1, '-w', 48, cwd=tmp_path, env_weights=caffe_npz
+  )
   assert r2.returncode == 0, r2.stderr
   assert (tmp_path / 'output' / 'tubingen_starry_night_2.png').exists()
 
 
-def test_long_forms_output_and_intermediates(tmp_path, caffe_npz):
+def test_long_forms_output_and_intermediates(tmp_path, caffe_npz, cli):
   out = tmp_path / 'res' / 'out.png'
   r = _main(
-      f'--contentpath={CONTENT}', '--stylepath', STYLE, '--iterations=4', '--imagewidth', 40,
+      cli, f'--contentpath={CONTENT}', '--stylepath', STYLE, '--iterations=4', '--imagewidth', 40,
       '--contentweight=5', '--styleweight', '0.1', '--weights', caffe_npz, '--output', out,
       '--save_iter', 2, '--optimizer', 'adam', '--print_iter', 2,
       cwd=tmp_path,
@@ -191,11 +213,11 @@ def test_user_errors_are_one_line(error_runs, name):
   assert list(cwd.iterdir()) == []  # nothing written
 
 
-def test_preset_sets_flags_and_explicit_flags_win(tmp_path, caffe_npz):
+def test_preset_sets_flags_and_explicit_flags_win(tmp_path, caffe_npz, cli):
   # -i before --preset still wins: the preset is read before every other flag.
   r = _main(
-    '-i', 2, '--preset', 'classic', '-cp', CONTENT, '-sp', STYLE, '-w', 32, '--output', 'o.png',
-    cwd=tmp_path, env_weights=caffe_npz,
+    cli, '-i', 2, '--preset', 'classic', '-cp', CONTENT, '-sp', STYLE, '-w', 32,
+    '--output', 'o.png', cwd=tmp_path, env_weights=caffe_npz,
   )  # fmt: skip
   assert r.returncode == 0, r.stderr[-3000:]
   settings = json.loads((tmp_path / 'o.json').read_text())['settings']
@@ -210,10 +232,10 @@ def test_preset_sets_flags_and_explicit_flags_win(tmp_path, caffe_npz):
   assert len(json.loads((tmp_path / 'o.json').read_text())['history']) >= 1
 
 
-def test_batch_from_a_directory_and_from_a_jobs_file(tmp_path, caffe_npz):
+def test_batch_from_a_directory_and_from_a_jobs_file(tmp_path, caffe_npz, cli):
   # -cp naming a directory: one job per image in it, all written to --output/.
   r = _main(
-    '-cp', ROOT / 'content_images', '-sp', STYLE, '-i', 2, '-w', 32, '--output', 'out/',
+    cli, '-cp', ROOT / 'content_images', '-sp', STYLE, '-i', 2, '-w', 32, '--output', 'out/',
     *small_runs.FLAGS, cwd=tmp_path, env_weights=caffe_npz,
   )  # fmt: skip
   assert r.returncode == 0, r.stderr[-3000:]
@@ -233,7 +255,7 @@ def test_batch_from_a_directory_and_from_a_jobs_file(tmp_path, caffe_npz):
                 'output': 'res/a.jpg'}) + '\n'
     + json.dumps({'content': str(CONTENT), 'style': str(STYLE), 'style_weight': 0.5}) + '\n'
   )  # fmt: skip
-  r = _main('--jobs', jobs, '-i', 2, '-w', 32, '--output', 'auto/', *small_runs.FLAGS,
+  r = _main(cli, '--jobs', jobs, '-i', 2, '-w', 32, '--output', 'auto/', *small_runs.FLAGS,
             cwd=tmp_path, env_weights=caffe_npz)  # fmt: skip
   assert r.returncode == 0, r.stderr[-3000:]
   assert Image.open(tmp_path / 'res' / 'a.jpg').size == (32, 24)
@@ -243,12 +265,12 @@ def test_batch_from_a_directory_and_from_a_jobs_file(tmp_path, caffe_npz):
   ]
 
 
-def test_distributed_single_run_goes_through_the_owned_batch_path(tmp_path, caffe_npz):
+def test_distributed_single_run_goes_through_the_owned_batch_path(tmp_path, caffe_npz, cli):
   with socket.socket() as sock:
     sock.bind(('127.0.0.1', 0))
     port = sock.getsockname()[1]
   r = _main(
-    '-cp', CONTENT, '-sp', STYLE, '-i', 2, '-w', 32, '--output', 'one.png', '--distributed',
+    cli, '-cp', CONTENT, '-sp', STYLE, '-i', 2, '-w', 32, '--output', 'one.png', '--distributed',
     '--coordinator_address', f'127.0.0.1:{port}', '--num_processes', 1, '--process_id', 0,
     cwd=tmp_path, env_weights=caffe_npz,
   )  # fmt: skip
@@ -290,50 +312,51 @@ def _inputs(directory, size=(24, 20)):
   return paths
 
 
-def test_a_run_first_names_its_platform_and_devices(tmp_path):
+def test_a_run_first_names_its_platform_and_devices(tmp_path, cli):
   # A missing or mismatched CUDA/TPU plugin falls back to CPU silently; the
   # first line says where the run computes, even when it then fails.
-  r = _main('-cp', tmp_path / 'missing.png', '-sp', STYLE, cwd=tmp_path)
+  r = _main(cli, '-cp', tmp_path / 'missing.png', '-sp', STYLE, cwd=tmp_path)
   assert r.returncode == 1
   assert r.stderr.splitlines()[0] == 'platform cpu: 1 device (cpu)', r.stderr
 
 
-def test_non_utf8_file_name(tmp_path, caffe_npz):
+def test_non_utf8_file_name(tmp_path, caffe_npz, cli):
   content, style = _inputs(tmp_path / 'in')
   odd = Path(os.fsdecode(bytes(tmp_path / 'in') + b'/caf\xe9-\xff.png'))  # Latin-1 bytes
   content.rename(odd)
   out = tmp_path / 'out'
-  r = _main('-cp', odd, '-sp', style, '-i', 2, '-w', 24, cwd=out.parent, env_weights=caffe_npz)
+  r = _main(cli, '-cp', odd, '-sp', style, '-i', 2, '-w', 24, cwd=out.parent, env_weights=caffe_npz)
   assert r.returncode == 0, r.stderr
   (result,) = [p for p in (tmp_path / 'output').glob('*.png') if not p.name.endswith('.loss.png')]
   assert result.suffix == '.png' and os.fsencode(result.name).startswith(b'caf\xe9-\xff')
   assert result.with_suffix('.json').exists()  # the run record copes with the name too
   missing = Path(os.fsdecode(bytes(tmp_path) + b'/gone-\xff.jpg'))
-  r = _main('-cp', missing, '-sp', style, cwd=tmp_path, env_weights=caffe_npz)
+  r = _main(cli, '-cp', missing, '-sp', style, cwd=tmp_path, env_weights=caffe_npz)
   assert r.returncode == 1 and 'does not exist' in r.stderr and 'Traceback' not in r.stderr
 
 
-def test_pixel_limit_flag(tmp_path, caffe_npz):
+def test_pixel_limit_flag(tmp_path, caffe_npz, cli):
   content, style = _inputs(tmp_path / 'in')
   r = _main(
-    '-cp', content, '-sp', style, '--max_image_pixels', 100, cwd=tmp_path, env_weights=caffe_npz
-  )
+    cli, '-cp', content, '-sp', style, '--max_image_pixels', 100, cwd=tmp_path,
+    env_weights=caffe_npz,
+  )  # fmt: skip
   assert r.returncode == 1
   assert f'image {content} has 24x20 pixels, more than the limit of 100' in r.stderr
   assert 'Traceback' not in r.stderr and not (tmp_path / 'output').exists()
 
 
-def test_image_too_small_for_the_network(tmp_path, caffe_npz):
+def test_image_too_small_for_the_network(tmp_path, caffe_npz, cli):
   content, style = _inputs(tmp_path / 'in', size=(40, 2))
-  r = _main('-cp', content, '-sp', style, '-w', 40, cwd=tmp_path, env_weights=caffe_npz)
+  r = _main(cli, '-cp', content, '-sp', style, '-w', 40, cwd=tmp_path, env_weights=caffe_npz)
   assert r.returncode == 1
   assert 'the content image is 40x2 px at this width' in r.stderr
   assert 'need at least 16 px on each side' in r.stderr
   assert 'Traceback' not in r.stderr and not (tmp_path / 'output').exists()
 
 
-def test_width_too_large_for_memory_is_refused_before_loading(tmp_path, caffe_npz):
-  r = _main('-cp', CONTENT, '-sp', STYLE, '-w', 200_000, cwd=tmp_path, env_weights=caffe_npz)
+def test_width_too_large_for_memory_is_refused_before_loading(tmp_path, caffe_npz, cli):
+  r = _main(cli, '-cp', CONTENT, '-sp', STYLE, '-w', 200_000, cwd=tmp_path, env_weights=caffe_npz)
   assert r.returncode == 1
   assert 'a 200000x150000 run needs about' in r.stderr and 'GB is available on cpu' in r.stderr
   # Only what would fit is suggested: here the widest -w, a shorter history.
@@ -342,10 +365,10 @@ def test_width_too_large_for_memory_is_refused_before_loading(tmp_path, caffe_np
   assert list(tmp_path.iterdir()) == []
 
 
-def test_classic_controls_on_the_command_line(tmp_path, caffe_npz):
+def test_classic_controls_on_the_command_line(tmp_path, caffe_npz, cli):
   style2 = ROOT / 'style_images' / 'woman-with-hat-matisse.jpg'
   r = _main(
-      '-cp', CONTENT, '-sp', f'{STYLE},{style2}', '--style_blend_weights', '3,1',
+      cli, '-cp', CONTENT, '-sp', f'{STYLE},{style2}', '--style_blend_weights', '3,1',
       '--style_scale', 0.5, '--tv_weight', 0.1, '--init', 'gray', '--preserve_colors',
       'postprocess', '--scales', 2, '--style_loss', 'mean_cov', '--normalize_gradients',
       '-i', 4, '-w', 96, '--print_iter', 1, *small_runs.FLAGS,
@@ -358,7 +381,7 @@ def test_classic_controls_on_the_command_line(tmp_path, caffe_npz):
   assert 'scale 1/2: 68x51' in r.stderr and 'scale 2/2  iteration 2/2' in r.stderr
 
 
-def test_masks_on_the_command_line(tmp_path, caffe_npz):
+def test_masks_on_the_command_line(tmp_path, caffe_npz, cli):
   style2 = ROOT / 'style_images' / 'woman-with-hat-matisse.jpg'
   top = np.zeros((96, 128), np.uint8)
   top[:48] = 255
@@ -366,7 +389,7 @@ def test_masks_on_the_command_line(tmp_path, caffe_npz):
   Image.fromarray(255 - top).save(tmp_path / 'bottom.png')
   out = tmp_path / 'masked.png'
   r = _main(
-      '-cp', CONTENT, '-sp', f'{STYLE},{style2}', '--style_masks',
+      cli, '-cp', CONTENT, '-sp', f'{STYLE},{style2}', '--style_masks',
       f'{tmp_path / "top.png"},{tmp_path / "bottom.png"}', '--content_mask',
       tmp_path / 'bottom.png', '--init', CONTENT, '-i', 2, '-w', 48, '--output', out,
       *small_runs.FLAGS, cwd=tmp_path, env_weights=caffe_npz,
@@ -422,11 +445,8 @@ def test_output_shows_the_content_upright(tmp_path, caffe_npz):
     assert im.getexif().get(0x0112) is None
 
 
-def test_helpshort_puts_the_seed_options_and_the_most_used_first(tmp_path):
-  r = subprocess.run(
-    [sys.executable, str(ROOT / 'main.py'), '--helpshort'],
-    capture_output=True, text=True, timeout=120, cwd=tmp_path,
-  )  # fmt: skip
+def test_helpshort_puts_the_seed_options_and_the_most_used_first(tmp_path, cli):
+  r = _main(cli, '--helpshort', cwd=tmp_path)
   assert r.returncode == 0  # asking for help is no error
   head, _, flag_list = r.stdout.partition('\nflags:\n')
   first = ['--contentpath', '--stylepath', '--iterations', '--contentweight', '--styleweight',
@@ -442,14 +462,8 @@ def test_helpshort_puts_the_seed_options_and_the_most_used_first(tmp_path):
 
 
 @pytest.mark.parametrize('flag', ['--help', '--helpfull'])
-def test_help_exits_0_and_a_bad_flag_exits_1(tmp_path, flag):
-  r = subprocess.run(
-    [sys.executable, str(ROOT / 'main.py'), flag], capture_output=True, text=True, timeout=120,
-    cwd=tmp_path,
-  )  # fmt: skip
-  assert r.returncode == 0 and '--contentpath' in r.stdout + r.stderr
-  r = subprocess.run(
-    [sys.executable, str(ROOT / 'main.py'), '--no_such_flag'], capture_output=True, text=True,
-    timeout=120, cwd=tmp_path,
-  )  # fmt: skip
+def test_help_exits_0_and_a_bad_flag_exits_1(tmp_path, flag, cli):
+  r = _main(cli, flag, cwd=tmp_path)
+  assert r.returncode == 0 and '--contentpath' in r.stdout
+  r = _main(cli, '--no_such_flag', cwd=tmp_path)
   assert r.returncode == 1 and 'no_such_flag' in r.stderr
