@@ -18,6 +18,7 @@ import sys
 import sysconfig
 
 import pytest
+import small_runs
 
 # Subprocess runs of the full network: deselect with -m "not slow".
 pytestmark = pytest.mark.slow
@@ -48,7 +49,8 @@ def installed(tmp_path_factory):
     [*pip, 'wheel', '--no-deps', '--no-build-isolation', '-w', tmp / 'dist', src], check=True
   )
   (wheel,) = (tmp / 'dist').glob('nst_jax-*.whl')
-  subprocess.run([sys.executable, '-m', 'venv', tmp / 'venv'], check=True)
+  # No pip inside (ensurepip takes seconds): the outer pip installs into it (--python).
+  subprocess.run([sys.executable, '-m', 'venv', '--without-pip', tmp / 'venv'], check=True)
   bin_dir = tmp / 'venv' / 'bin'
   inner = subprocess.run(
     [bin_dir / 'python', '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
@@ -58,7 +60,7 @@ def installed(tmp_path_factory):
     [*site.getsitepackages(), *(sysconfig.get_paths()[k] for k in ('purelib', 'platlib'))]
   )
   Path(inner, 'tests_outer_packages.pth').write_text('\n'.join(outer) + '\n')
-  subprocess.run([bin_dir / 'python', '-m', 'pip', '-q', 'install', '--no-deps', wheel], check=True)
+  subprocess.run([*pip, '--python', bin_dir / 'python', 'install', '--no-deps', wheel], check=True)
   home = tmp / 'home'
   home.mkdir()
   env = {
@@ -116,9 +118,10 @@ def test_installed_package_is_used_with_its_presets_and_cache(installed):
 
 def test_installed_commands_run(installed, caffe_npz):
   bin_dir, _, work = installed
+  # The shallow layers: what is tested is the installed command, not the network.
   r = _run(
     installed, bin_dir / 'nst-jax', '-cp', CONTENT, '-sp', STYLE, '-i', 2, '-w', 32,
-    '--weights', caffe_npz, '--output', 'out.png', '--norecord',
+    '--weights', caffe_npz, '--output', 'out.png', '--norecord', *small_runs.FLAGS,
   )  # fmt: skip
   assert r.returncode == 0, r.stderr[-3000:]
   assert (work / 'out.png').is_file()
