@@ -27,6 +27,7 @@ import small_runs  # noqa: E402
 
 import nst_jax  # noqa: E402
 from nst_jax import errors  # noqa: E402
+from nst_jax.io import checkpoint as checkpoint_lib  # noqa: E402
 from nst_jax.io import images as image_lib  # noqa: E402
 from nst_jax.io import jobs as jobs_lib  # noqa: E402
 from nst_jax.runs import batch as batch_lib  # noqa: E402
@@ -400,16 +401,21 @@ def test_a_batch_killed_before_any_write_resumes_to_the_uninterrupted_results(
     schedule=cfg.schedule.replace(iterations=10, tol=1.0, window=2),
     run=cfg.run.replace(checkpoint_every=3),
   )
-  real_write = image_lib.atomic_write
   writes = []
 
-  def counting(path, write):
-    writes.append(Path(path).name)
-    if len(writes) == kill_at:
-      raise _Killed
-    return real_write(path, write)
+  def counting(real_write):
+    def write(path, what):
+      writes.append(Path(path).name)
+      if len(writes) == kill_at:
+        raise _Killed
+      return real_write(path, what)
 
-  monkeypatch.setattr(image_lib, 'atomic_write', counting)
+    return write
+
+  monkeypatch.setattr(image_lib, 'atomic_write', counting(image_lib.atomic_write))
+  # Checkpoints are directories of orbax steps, not written by atomic_write; a kill inside
+  # one is tests/checkpoint_store_test.py's.
+  monkeypatch.setattr(checkpoint_lib, 'write', counting(checkpoint_lib.write))
 
   def batch(out, *, resume=False, record=None):
     run_cfg = cfg.replace(save=cfg.save.replace(path=f'{out}/'), run=cfg.run.replace(resume=resume))
