@@ -72,12 +72,15 @@ def is_directory(path: Path) -> bool:
 
 
 def ours(path: Path) -> bool:
-  """Whether `path` is a checkpoint directory of ours, or one being built or removed.
+  """Whether `path` may be a checkpoint nst-jax wrote: a file, or a directory of ours.
 
-  Those two go by a temporary name (`.NAME.ckpt.nst-XXXXXXXX.tmp`), under
-  which their contents are not checked.
+  A file (format 1) is checked when it is read. A directory being built or
+  removed goes by a temporary name (`.NAME.ckpt.nst-XXXXXXXX.tmp`), under
+  which its contents are not checked.
   """
-  return is_directory(path) and (path.name.endswith('.tmp') or foreign(path) is None)
+  if not is_directory(path):
+    return path.is_file()
+  return path.name.endswith('.tmp') or foreign(path) is None
 
 
 def steps(path: Path) -> list[int]:

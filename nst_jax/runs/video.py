@@ -121,8 +121,7 @@ def _paths(cfg: config_lib.StyleConfig) -> _Paths:
   return _Paths(output, as_frames, work)
 
 
-# What a video run keeps in its work directory: per stage ('final', 'pass2'),
-# finished frames, checkpoints (nst_jax.io.checkpoint_store) and their temporaries.
+# A video run's work directory: per stage ('final', 'pass2'), frames, checkpoints, temporaries.
 _WORK_STAGE = re.compile(r'final|pass\d+')
 _WORK_FILE = re.compile(r'\.?frame_\d{5}\.(png|ckpt)(\.nst-[a-z0-9_]{8}\.tmp)?')
 
@@ -134,8 +133,7 @@ def _check_work(work: Path) -> None:
   for entry in work.iterdir():
     ours = _WORK_STAGE.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink()
     found = [entry] if not ours else [
-      p for p in entry.iterdir()
-      if not (_WORK_FILE.fullmatch(p.name) and (p.is_file() or checkpoint_store.ours(p)))
+      p for p in entry.iterdir() if not (_WORK_FILE.fullmatch(p.name) and checkpoint_store.ours(p))
     ]  # fmt: skip
     if found:
       raise errors.NstError(
