@@ -133,7 +133,7 @@ def test_a_kill_at_any_point_of_a_save_leaves_a_checkpoint_that_resumes(
   tmp_path, monkeypatch, before
 ):
   """Kills a save at each of its steps: the previous checkpoint or the new one resumes, bitwise;
-  the next run's litter removal leaves the directory as a finished save would."""
+  the next run's litter removal leaves no temporary, and its first save no older step."""
   import shutil
 
   points = _points(monkeypatch, lambda: before(tmp_path))
@@ -156,10 +156,10 @@ def test_a_kill_at_any_point_of_a_save_leaves_a_checkpoint_that_resumes(
     assert left == (['r.ckpt'] if os.path.lexists(path) else []), (seen, left)
     if path.is_dir():  # else the format-1 file, untouched
       steps = [p.name for p in path.iterdir() if p.name != checkpoint_store.MARKER]
-      assert steps == [str(checkpoint_store.steps(path)[-1])], seen
+      assert sorted(steps) == [str(n) for n in checkpoint_store.steps(path)], seen  # no temporary
     if os.path.lexists(path):
-      _save(path, 9)  # and the next save goes on from there
-      assert _restored(path) == 9
+      _save(path, 9)  # and the next save goes on from there, the older steps removed
+      assert _restored(path) == 9 and len(checkpoint_store.steps(path)) == 1
 
 
 def test_the_first_save_beside_a_format_1_file_replaces_it_at_once(tmp_path, monkeypatch):
@@ -202,3 +202,21 @@ def test_an_empty_directory_that_appears_meanwhile_is_not_replaced(tmp_path, mon
   with pytest.raises(errors.WriteError, match=r'could not write .*r\.ckpt: File exists;'):
     _save(path, 1)
   assert list(path.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ['r.ckpt']
+
+
+def test_a_damaged_newest_step_names_the_one_before(tmp_path):
+  """A kill during a rename that copies (Cloud Storage FUSE) can leave the newest step cut."""
+  import shutil
+
+  path = tmp_path / 'r.ckpt'
+  _save(path, 5)
+  shutil.copytree(path / '0', tmp_path / 'step0')
+  _save(path, 8)
+  (tmp_path / 'step0').rename(path / '0')  # as after a kill before the older step's removal
+  (path / '1' / 'state' / '_METADATA').unlink()
+  with output_plan.locked([output_plan.image_output(tmp_path / 'r.png')]):
+    pass  # litter removal keeps the older step
+  with pytest.raises(errors.NstError, match=rf'delete {path / "1"} to resume from the step before'):
+    _restored(path)
+  shutil.rmtree(path / '1')
+  assert _restored(path) == 5

@@ -253,6 +253,7 @@ def read(path: str | os.PathLike) -> dict:
 
 def read_state(path: str | os.PathLike) -> dict:
   """The saved state as it was saved (nested dicts of numpy arrays), unchecked against a run."""
+  path = Path(path)
   payload, step = _load(path)
   return payload['state'] if step is None else _load_state(path, step)
 
@@ -286,7 +287,7 @@ def _read_directory(path: Path) -> tuple[dict, Path]:
   try:
     meta, step = checkpoint_store.read_meta(path)
   except checkpoint_store.Damaged as e:
-    raise errors.NstError(f'checkpoint {path} is damaged ({e}); delete it to start over') from None
+    raise errors.NstError(f'checkpoint {path} is damaged ({e}); {_fix(path, e.step)}') from None
   if not isinstance(meta, dict) or meta.get('format') != FORMAT:
     found = checkpoint_checks.short(meta.get('format') if isinstance(meta, dict) else meta)
     raise errors.NstError(
@@ -344,6 +345,7 @@ def restore(path: str | os.PathLike, *, like: Any, settings: dict) -> tuple[Any,
       (named, with both values), or a state of another layout (the leaf
       named).
   """
+  path = Path(path)
   payload, step = _load(path)
   saved = payload['settings']
   short = checkpoint_checks.short
@@ -388,8 +390,15 @@ def _damaged_if_unreadable(path, read_step: Callable[[Path], Any], step: Path) -
   except Exception as e:  # orbax and tensorstore raise several types for missing or cut files
     raise errors.NstError(
       f'checkpoint {path} is damaged (its state in {step.name}/ cannot be read: '
-      f'{checkpoint_store.reason(e)}); delete it to start over'
+      f'{checkpoint_store.reason(e)}); {_fix(path, step)}'
     ) from None
+
+
+def _fix(path: Path, step: Path | None) -> str:
+  """What to do about a damaged step: resume from the one before, if there is one."""
+  if step is not None and any(s < int(step.name) for s in checkpoint_store.steps(path)):
+    return f'delete {step} to resume from the step before it, or delete {path.name} to start over'
+  return 'delete it to start over'
 
 
 def _refuse_other_layout(path, want: Any, got: Any) -> None:

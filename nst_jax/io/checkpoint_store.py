@@ -46,6 +46,10 @@ _STEP_TMP = re.compile(r'\d+' + re.escape(orbax_local.TMP_SUFFIX))
 class Damaged(Exception):
   """A checkpoint directory of ours that cannot be read; the message says what is wrong."""
 
+  def __init__(self, message: str, step: Path | None = None):
+    super().__init__(message)
+    self.step = step  # the step that cannot be read, if one was found
+
 
 def foreign(path: Path) -> str | None:
   """Why the directory `path` is not an nst-jax checkpoint, or None if it is."""
@@ -108,14 +112,14 @@ def read_meta(path: Path) -> tuple[dict, Path]:
       text = meta.read_text()
     except FileNotFoundError:
       if step.exists():
-        raise Damaged(f'{meta.relative_to(path)} is missing') from None
+        raise Damaged(f'{meta.relative_to(path)} is missing', step) from None
       continue
     except (OSError, UnicodeDecodeError) as e:
-      raise Damaged(f'{meta.relative_to(path)} cannot be read ({e})') from None
+      raise Damaged(f'{meta.relative_to(path)} cannot be read ({e})', step) from None
     try:
       return json.loads(text), step
     except ValueError:
-      raise Damaged(f'{meta.relative_to(path)} is not JSON') from None
+      raise Damaged(f'{meta.relative_to(path)} is not JSON', step) from None
   raise Damaged('its steps kept changing while it was read')
 
 
@@ -162,7 +166,7 @@ def reason(e: BaseException, limit: int = 160) -> str:
 
 def _save_step(path: Path, state: dict, meta: dict) -> None:
   """The next step inside an existing checkpoint directory, then the older steps removed."""
-  remove_litter(path, keep_older=True)
+  remove_litter(path)
   older = steps(path)
   step = path / str(older[-1] + 1 if older else 0)
   try:
@@ -242,18 +246,18 @@ def _make_temporary(path: Path) -> Path:
       continue
 
 
-def remove_litter(path: Path, *, keep_older: bool = False) -> list[Path]:
+def remove_litter(path: Path) -> list[Path]:
   """Removes orbax's temporary steps a killed save left in a checkpoint directory of ours.
 
-  Also the steps older than the newest committed one (a kill between a
-  commit and their removal), unless `keep_older`. Only names the layout
-  defines are removed, and only in a directory of ours.
+  Only names the layout defines, and only in a directory of ours. Steps
+  older than the newest (a kill between a commit and their removal) are
+  kept until the next save: where a rename is a copy (Cloud Storage FUSE),
+  a kill can leave the newest incomplete, and the one before is then what
+  resumes.
   """
   if not is_directory(path) or foreign(path) is not None:
     return []
   removed = [path / e.name for e in os.scandir(path) if _STEP_TMP.fullmatch(e.name)]
-  if not keep_older:
-    removed += [path / str(step) for step in steps(path)[:-1]]
   for p in removed:
     _rmtree(p)
   return removed
