@@ -10,7 +10,8 @@
 
 A save writes the next step beside the newest and removes the older ones
 only once orbax has committed it, so a kill at any moment leaves a whole step
-to resume from; readers take the highest-numbered committed step. The
+to resume from; readers take the highest-numbered committed step (and a
+refusal of a damaged one names the step before it, which resumes). The
 directory itself appears whole: the first save builds it under a temporary
 name (`.NAME.ckpt.nst-XXXXXXXX.tmp`, the name image.atomic_write uses) and
 renames it into place. Beside a format-1 file (one msgpack file of the same
@@ -26,6 +27,7 @@ into or deleted.
 import contextlib
 import ctypes
 import errno
+import functools
 import json
 import os
 from pathlib import Path
@@ -33,6 +35,8 @@ import re
 import secrets
 import shutil
 import sys
+
+from absl import logging
 
 from nst_jax import errors
 from nst_jax.io import orbax_local
@@ -208,19 +212,18 @@ def remove(path: str | os.PathLike) -> None:
 
   A directory is first renamed to a temporary name, so a kill while it is
   being deleted leaves litter (removed by the next run) rather than a
-  half-deleted checkpoint.
+  half-deleted checkpoint. A failure is a warning.
   """
   path = Path(path)
-  if not os.path.lexists(path):
-    return
-  if not is_directory(path):
-    path.unlink(missing_ok=True)
-    return
-  if foreign(path) is not None:
-    return
-  doomed = _temporary_name(path)
-  os.rename(path, doomed)
-  _rmtree(doomed)
+  try:
+    if not is_directory(path):
+      path.unlink(missing_ok=True)
+    elif foreign(path) is None:
+      doomed = _temporary_name(path)
+      os.rename(path, doomed)
+      _rmtree(doomed)
+  except OSError as e:  # the result is saved: a checkpoint left behind only takes space
+    logging.warning('could not delete the finished checkpoint %s (%s); delete it', path, e.strerror)
 
 
 def _temporary_name(path: Path) -> Path:
@@ -292,6 +295,7 @@ def _renameat2(source: Path, target: Path, flags: int) -> bool:
   raise OSError(code, os.strerror(code), str(target))
 
 
+@functools.cache
 def _libc_renameat2():
   if not sys.platform.startswith('linux'):
     return None
