@@ -106,6 +106,11 @@ def _foreign_ckpt(cwd):
   (cwd / 'r.ckpt').write_text('my notes, not a checkpoint')
 
 
+def _checkpoint_dir_of_mine(cwd):
+  (cwd / 'r.ckpt').mkdir()
+  (cwd / 'r.ckpt' / 'notes.txt').write_text('a directory of the user, named like a checkpoint')
+
+
 def _dangling(cwd):
   (cwd / 'gone').symlink_to(cwd / 'nowhere')
 
@@ -154,6 +159,13 @@ CASES = {
                                'style image;')]),
   'foreign-checkpoint': (_foreign_ckpt, [['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'r.png']],
                          [(1, 'delete it to start over, or move it away if it is a file')]),
+  # Never written into, replaced or deleted, even with --overwrite.
+  'foreign-checkpoint-directory': (_checkpoint_dir_of_mine,
+                                   [['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'r.png',
+                                     '--overwrite']],
+                                   [(1, 'error: r.ckpt is not an nst-jax checkpoint (it is a '
+                                        'directory that nst-jax did not write); move it away or '
+                                        'choose another --output')]),
 }  # fmt: skip
 
 

@@ -36,7 +36,7 @@ STATE_ITEM = 'state'
 META_ITEM = 'meta'
 META_FILE = 'metadata'  # orbax's JsonCheckpointHandler's default name, set explicitly
 # orbax's temporary name for a directory it is saving (AtomicRenameTemporaryPath):
-# NAME + this, renamed to NAME when committed. tests/checkpoint_test.py checks
+# NAME + this, renamed to NAME when committed. tests/orbax_local_test.py checks
 # it against orbax's own constant.
 TMP_SUFFIX = '.orbax-checkpoint-tmp'
 
