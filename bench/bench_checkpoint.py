@@ -1,20 +1,23 @@
-r"""Checkpoints: size, what a save costs the run, orbax-checkpoint beside ours, a run's overhead.
+r"""Checkpoints: size, what a save costs the run, restore, import time, a run's overhead.
 
 Usage:
   python bench/bench_checkpoint.py [--width 1024 --height 768 --repeats 3]
-  python bench/bench_checkpoint.py --orbax          # also orbax-checkpoint's async save
+  python bench/bench_checkpoint.py --format 1       # the old writer (one msgpack file)
+  python bench/bench_checkpoint.py --imports        # import time, with and without orbax
   python bench/bench_checkpoint.py --overhead 512   # main.py with and without checkpoints
 
 Part 1 builds the real step state (image plus L-BFGS or Adam state, default
-history) at that size and times, as medians of --repeats:
+history) at that size and times, as medians of --repeats, what a run does:
   * `snapshot`: the copy to the host, the only part on the run's path (the
     step donates the state, so it is copied before the next iteration);
-  * `write`: serialising and writing, which runs on the checkpoint thread
-    (nst_jax.io.checkpoint.Writer) while the run goes on;
-  * `restore`, and the file size.
-With --orbax, orbax-checkpoint's StandardCheckpointer on the same state: the
-blocking part of an async save, the whole save, the directory's size, and
-`import orbax.checkpoint`'s time in a fresh process beside `import nst_jax`'s.
+  * `write`: the save that runs on the checkpoint thread
+    (nst_jax.io.checkpoint.Writer) while the run goes on: format 2 (the
+    default) is an orbax-checkpoint step in NAME.ckpt/, written beside the
+    previous one, which is then removed, as every save after a run's first;
+    format 1 is the msgpack file nst-jax wrote before (nst_jax.io.checkpoint_v1);
+  * `restore` (checking the layout, then reading the arrays), and the size.
+With --imports, `import nst_jax` and `import nst_jax, orbax.checkpoint` in
+fresh processes (orbax is imported at a run's first save).
 
 Part 2 (--overhead W) runs main.py at width W on the sample images
 (LSUV-scaled random weights) with `--checkpoint_every 10` and with
@@ -70,45 +73,45 @@ def _state(args):
   return jax.block_until_ready(state)
 
 
-def ours(args, state, tmp):
-  from nst_jax.io import checkpoint as checkpoint_lib
+def _size(path: Path) -> tuple[int, int]:
+  """(bytes, files) of a checkpoint file or directory."""
+  if path.is_file():
+    return path.stat().st_size, 1
+  files = [f for f in path.rglob('*') if f.is_file()]
+  return sum(f.stat().st_size for f in files), len(files)
 
+
+def saves(args, state, tmp):
+  from nst_jax.io import checkpoint as checkpoint_lib
+  from nst_jax.io import checkpoint_v1
+
+  write = checkpoint_lib.write if args.format == 2 else checkpoint_v1.write
   settings = {'note': 'benchmark'}
-  path = os.path.join(tmp, 'run.ckpt')
-  snaps, writes, restores = [], [], []
-  for _ in range(args.repeats):
+  path = Path(tmp) / 'run.ckpt'
+  if args.format == 2:  # the first save (and orbax's import) apart: a run pays them once
     t0 = time.perf_counter()
-    payload = checkpoint_lib.snapshot(state, iteration=1, total=2, settings=settings)
+    write(path, checkpoint_lib.snapshot(state, iteration=0, total=2, settings=settings))
+    print(f'first save (imports orbax, makes the directory): {time.perf_counter() - t0:.3f} s')
+  snaps, writes, restores = [], [], []
+  for k in range(args.repeats):
+    t0 = time.perf_counter()
+    payload = checkpoint_lib.snapshot(state, iteration=k + 1, total=2, settings=settings)
     snaps.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
-    checkpoint_lib.write(path, payload)
+    write(path, payload)
     writes.append(time.perf_counter() - t0)
     del payload
     t0 = time.perf_counter()
     checkpoint_lib.restore(path, like=state, settings=settings)
     restores.append(time.perf_counter() - t0)
-  print(f'ours: file {os.path.getsize(path) / 1e6:.0f} MB; snapshot (on the run path) '
+  size, files = _size(path)
+  what = 'format 2 (orbax-checkpoint directory)' if args.format == 2 else 'format 1 (msgpack file)'
+  print(f'{what}: {size / 1e6:.0f} MB in {files} files; snapshot (on the run path) '
         f'{_median(snaps)}; write (background) {_median(writes)}; '
         f'restore {_median(restores)}')  # fmt: skip
 
 
-def orbax(args, state, tmp):
-  import orbax.checkpoint as ocp
-
-  blocking, whole = [], []
-  for k in range(args.repeats):
-    path = Path(tmp) / f'orbax{k}'
-    checkpointer = ocp.StandardCheckpointer()
-    t0 = time.perf_counter()
-    checkpointer.save(path, state)
-    blocking.append(time.perf_counter() - t0)
-    checkpointer.wait_until_finished()
-    whole.append(time.perf_counter() - t0)
-    checkpointer.close()
-  size = sum(f.stat().st_size for f in path.rglob('*') if f.is_file())
-  files = sum(1 for f in path.rglob('*') if f.is_file())
-  print(f'orbax StandardCheckpointer: directory {size / 1e6:.0f} MB in {files} files; '
-        f'blocking part {_median(blocking)}; whole save {_median(whole)}')  # fmt: skip
+def imports():
   for module in ('nst_jax', 'nst_jax, orbax.checkpoint'):
     times = []
     for _ in range(3):
@@ -146,7 +149,8 @@ def main():
   parser.add_argument('--optimizer', default='lbfgs')
   parser.add_argument('--lbfgs_memory', type=int, default=30)
   parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--orbax', action='store_true')
+  parser.add_argument('--format', type=int, choices=(1, 2), default=2)
+  parser.add_argument('--imports', action='store_true')
   parser.add_argument('--overhead', type=int, metavar='WIDTH')
   parser.add_argument('--iterations', type=int, default=40, help='for --overhead')
   args = parser.parse_args()
@@ -154,11 +158,12 @@ def main():
   if args.overhead:
     overhead(args.overhead, args.iterations)
     return
+  if args.imports:
+    imports()
+    return
   state = _state(args)
   with tempfile.TemporaryDirectory() as tmp:
-    ours(args, state, tmp)
-    if args.orbax:
-      orbax(args, state, tmp)
+    saves(args, state, tmp)
 
 
 if __name__ == '__main__':

@@ -1,5 +1,6 @@
 """Tests for checkpoints, resume, signals and numerical faults."""
 
+import json
 import os
 from pathlib import Path
 import re
@@ -19,6 +20,8 @@ from nst_jax import errors
 from nst_jax import run
 from nst_jax import stylize
 from nst_jax.io import checkpoint as checkpoint_lib
+from nst_jax.io import checkpoint_v1
+from nst_jax.io import orbax_local
 from nst_jax.io.outputs import default_output_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,8 +62,7 @@ def _wait_for_checkpoint(path, at_least, proc, timeout=120):
 
 
 def _final_arrays(path):
-  state = checkpoint_lib.read(path)['state']
-  return jax.tree.leaves(state)
+  return jax.tree.leaves(checkpoint_lib.read_state(path))
 
 
 @pytest.mark.slow
@@ -172,6 +174,44 @@ def test_sighup_saves_into_the_checkpoint_dir_and_resume_continues_bitwise(
   assert not ckpt.exists()  # finished: deleted from the checkpoint directory too
 
 
+def test_a_format_1_checkpoint_resumes_bitwise_and_its_first_save_replaces_it(tmp_path, caffe_npz):
+  """A run interrupted before format 2 (its checkpoint the old writer's msgpack file) resumes."""
+  from nst_jax import config as config_lib
+
+  rng = np.random.default_rng(4)
+  content = rng.uniform(size=(16, 20, 3)).astype(np.float32)
+  style = rng.uniform(size=(16, 16, 3)).astype(np.float32)
+  cfg = config_lib.StyleConfig(
+    loss=small_runs.loss_config(),
+    schedule=config_lib.ScheduleConfig(iterations=4),
+    run=config_lib.RunConfig(print_iter=0, checkpoint_every=1),
+  )
+  whole = stylize(content, style, config=cfg, weights=caffe_npz, checkpoint=tmp_path / 'a.ckpt')
+  ckpt = tmp_path / 'b.ckpt'
+  polls = []
+
+  def should_stop():
+    polls.append(1)
+    return 15 if len(polls) == 2 else None
+
+  with pytest.raises(errors.Interrupted):
+    stylize(content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt, should_stop=should_stop)
+  payload, state = checkpoint_lib.read(ckpt), checkpoint_lib.read_state(ckpt)
+  checkpoint_lib.remove(ckpt)
+  checkpoint_v1.write(ckpt, {**payload, 'state': state})  # as nst-jax wrote it before format 2
+  assert ckpt.is_file() and (checkpoint_lib.read(ckpt)['format'], payload['iteration']) == (1, 2)
+  resumed = stylize(
+    content,
+    style,
+    config=cfg.replace(run=cfg.run.replace(resume=True)),
+    weights=caffe_npz,
+    checkpoint=ckpt,
+  )
+  np.testing.assert_array_equal(resumed, whole)
+  assert ckpt.is_dir() and checkpoint_lib.read(ckpt)['format'] == 2  # replaced by its first save
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['a.ckpt', 'b.ckpt']
+
+
 def test_outputs_of_one_name_keep_their_own_checkpoints_in_the_checkpoint_dir(
   tmp_path, monkeypatch
 ):
@@ -244,14 +284,8 @@ def test_unfinished_checkpoint_is_never_overwritten(tmp_path, images, caffe_npz)
   out = tmp_path / 'o.png'
   ckpt = checkpoint_lib.path_for(out)
   run(_cfg(content, style, out, caffe_npz))
-  payload = checkpoint_lib.read(ckpt)
-  payload_path = tmp_path / 'unfinished.ckpt'
   # Make it look interrupted: a run of 10 stopped after 4.
-  import flax.serialization
-
-  payload['total'] = 10
-  payload_path.write_bytes(flax.serialization.msgpack_serialize(payload))
-  os.replace(payload_path, ckpt)
+  _edit_meta(ckpt, total=10)
   with pytest.raises(errors.NstError, match=r'holds an unfinished run \(4 of 10 iterations\)'):
     run(_cfg(content, style, out, caffe_npz))
   # Default naming treats a checkpointed name as taken.
@@ -297,33 +331,66 @@ def test_non_finite_loss_keeps_the_last_finite_checkpoint(tmp_path, caffe_npz):
   assert '(iteration 1)' in str(e.value)
   payload = checkpoint_lib.read(ckpt)
   assert payload['iteration'] == 1
-  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(payload['state']))
+  state = checkpoint_lib.read_state(ckpt)
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state))
+
+
+def _fill_disk(monkeypatch):
+  """Makes orbax's array writes fail as on a full disk (after writing a little)."""
+  import errno
+
+  handler = type(orbax_local._process_local_numpy_handler())
+
+  async def full_disk(self, value, tspec, ts_context):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  monkeypatch.setattr(handler, '_open_and_write', full_disk)
 
 
 def test_full_disk_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-  import errno
-
   path = tmp_path / 'run.ckpt'
   state = {'image': np.ones((1, 4, 4, 3), np.float32)}
   checkpoint_lib.save(path, state=state, iteration=3, total=9, settings={})
-  before = path.read_bytes()
-
-  def full_disk(self, data):
-    raise OSError(errno.ENOSPC, 'No space left on device')
-
-  monkeypatch.setattr(Path, 'write_bytes', full_disk)
-  with pytest.raises(errors.WriteError, match='No space left'):
+  before = _digests(path)
+  _fill_disk(monkeypatch)
+  with pytest.raises(errors.WriteError, match='No space left') as e:
     checkpoint_lib.save(
       path, state={'image': np.zeros((1, 4, 4, 3))}, iteration=4, total=9, settings={}
     )
+  assert '\n' not in str(e.value)
+  # The first save of a checkpoint fails alike, and leaves nothing.
+  with pytest.raises(errors.WriteError, match='No space left'):
+    checkpoint_lib.save(tmp_path / 'new.ckpt', state=state, iteration=1, total=9, settings={})
   monkeypatch.undo()
-  assert path.read_bytes() == before
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['run.ckpt']  # no temp file left
+  assert _digests(path) == before
+  assert checkpoint_lib.read(path)['iteration'] == 3
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['run.ckpt']  # no temporary left
+
+
+def _digests(path: Path) -> dict[str, bytes]:
+  """Every file of a checkpoint (a file, or a directory) by its path, with its bytes."""
+  if path.is_file():
+    return {'': path.read_bytes()}
+  return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob('*')) if p.is_file()}
+
+
+def _edit_meta(path: Path, **fields) -> None:
+  """Sets (or with None deletes) fields of a format-2 checkpoint's newest metadata."""
+  step = max((p for p in path.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+  meta_file = step / orbax_local.META_ITEM / orbax_local.META_FILE
+  meta = json.loads(meta_file.read_text())
+  for name, value in fields.items():
+    if value is None:
+      del meta[name]
+    else:
+      meta[name] = value
+  meta_file.write_text(json.dumps(meta))
 
 
 # ---------------------------------------------------------------------------
-# Damaged and foreign checkpoints (issue 21): one line naming the file, what
-# is wrong and the fix; the file itself is left as it was.
+# Damaged and foreign checkpoints (issue 21): one line naming the checkpoint,
+# what is wrong and the fix; the checkpoint itself is left as it was. Both
+# formats: a format-1 file (the old writer's msgpack) and a format-2 directory.
 
 
 def _like():
@@ -335,11 +402,13 @@ def _like():
 
 
 def _saved(tmp_path, change=None, **fields):
-  """A checkpoint of `_like()`: its state changed by `change`, its fields set (None: deleted)."""
+  """A format-1 checkpoint of `_like()` (the old writer's): its state changed by `change`, its
+  fields set (None: deleted)."""
   import flax.serialization
 
   path = tmp_path / 'o.ckpt'
-  checkpoint_lib.save(path, state=_like(), iteration=3, total=9, settings={'a': 1})
+  payload = checkpoint_lib.snapshot(_like(), iteration=3, total=9, settings={'a': 1})
+  checkpoint_v1.write(path, payload)
   payload = flax.serialization.msgpack_restore(path.read_bytes())
   if change is not None:
     change(payload['state'])
@@ -352,17 +421,30 @@ def _saved(tmp_path, change=None, **fields):
   return path
 
 
+def _saved_v2(tmp_path, change=None, **fields):
+  """As `_saved`, a format-2 checkpoint (a directory of orbax steps)."""
+  path = tmp_path / 'o.ckpt'
+  state = _like()
+  if change is not None:
+    change(state)
+  checkpoint_lib.save(path, state=state, iteration=3, total=9, settings={'a': 1})
+  if fields:
+    _edit_meta(path, **fields)
+  return path
+
+
 def _restore_error(path):
-  before = path.read_bytes()
+  before = _digests(path)
   with pytest.raises(errors.NstError) as e:
     checkpoint_lib.restore(path, like=_like(), settings={'a': 1})
-  assert path.read_bytes() == before
+  assert _digests(path) == before
   assert '\n' not in str(e.value)
   return str(e.value)
 
 
-def test_restore_round_trip(tmp_path):
-  state, iteration = checkpoint_lib.restore(_saved(tmp_path), like=_like(), settings={'a': 1})
+@pytest.mark.parametrize('saved', [_saved, _saved_v2])
+def test_restore_round_trip(tmp_path, saved):
+  state, iteration = checkpoint_lib.restore(saved(tmp_path), like=_like(), settings={'a': 1})
   assert iteration == 3
   assert jax.tree.structure(state) == jax.tree.structure(_like())
 
@@ -401,10 +483,15 @@ STATE_DAMAGE = {
 }
 
 
+@pytest.mark.parametrize('saved', [_saved, _saved_v2])
 @pytest.mark.parametrize('damage', STATE_DAMAGE)
-def test_state_of_another_layout_is_refused(tmp_path, damage):
+def test_state_of_another_layout_is_refused(tmp_path, damage, saved):
   change, problem = STATE_DAMAGE[damage]
-  path = _saved(tmp_path, change)
+  if saved is _saved_v2 and damage == 'not-an-array':
+    pytest.skip('orbax saves arrays only')
+  path = saved(tmp_path, change)
+  if saved is _saved_v2 and damage == 'not-a-mapping':
+    problem = problem.replace('ndarray', 'ArrayMetadata')  # read from orbax's metadata
   assert _restore_error(path) == (
     f'checkpoint {path} does not fit this run: {problem}; delete it to start over, or resume '
     'with the settings that wrote it'
@@ -421,12 +508,31 @@ FIELD_DAMAGE = {
   'history': ({'extra': '{"best": ["x"]}'}, 'its convergence history is not a list of numbers'),
   'converged': ({'extra': '{"converged": "yes"}'}, 'its converged flag is not true or false'),
 }
+# Format 2 keeps settings and extra as JSON objects in its metadata file.
+META_DAMAGE = {
+  'no-iteration': ({'iteration': None}, 'its iteration field is missing'),
+  'text-total': ({'total': '9'}, 'its total field is a str, not an integer'),
+  'negative-scale': ({'scale': -1}, 'its scale field is -1'),
+  'settings-text': ({'settings': '{"a": 1}'}, 'its settings field is not a JSON object'),
+  'extra-a-list': ({'extra': [1]}, 'its extra field is not a JSON object'),
+  'history': ({'extra': {'best': ['x']}}, 'its convergence history is not a list of numbers'),
+  'converged': ({'extra': {'converged': 'yes'}}, 'its converged flag is not true or false'),
+  'format': ({'format': 1}, 'its format field is 1, not 2'),
+}
 
 
 @pytest.mark.parametrize('damage', FIELD_DAMAGE)
 def test_payload_with_a_bad_field_is_refused(tmp_path, damage):
   fields, problem = FIELD_DAMAGE[damage]
   path = _saved(tmp_path, **fields)
+  message = f'checkpoint {path} is damaged ({problem}); delete it to start over'
+  assert _restore_error(path) == message
+
+
+@pytest.mark.parametrize('damage', META_DAMAGE)
+def test_metadata_with_a_bad_field_is_refused(tmp_path, damage):
+  fields, problem = META_DAMAGE[damage]
+  path = _saved_v2(tmp_path, **fields)
   message = f'checkpoint {path} is damaged ({problem}); delete it to start over'
   assert _restore_error(path) == message
 
@@ -442,39 +548,130 @@ def test_truncated_checkpoint_is_refused(tmp_path, keep):
   )
 
 
+def _cut_arrays(path):
+  """Cuts every array data file of a format-2 checkpoint to half its size."""
+  for data in path.rglob('*'):
+    if data.parent.name == 'd' and data.is_file():
+      data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+
+
+def _remove(relative):
+  return lambda path: (path / relative).unlink()
+
+
+def _not_json(path):
+  (path / '0' / 'meta' / 'metadata').write_text('{"iteration": ')
+
+
+def _no_steps(path):
+  import shutil
+
+  shutil.rmtree(path / '0')
+
+
+DIRECTORY_DAMAGE = {
+  'cut-arrays': (_cut_arrays, r'its state in 0/ cannot be read: '),
+  'no-tree-metadata': (_remove('0/state/_METADATA'), r'its state in 0/ cannot be read: '),
+  'no-manifest': (_remove('0/state/manifest.ocdbt'), r'its state in 0/ cannot be read: '),
+  'no-metadata': (_remove('0/meta/metadata'), r'0/meta/metadata is missing'),
+  'metadata-not-json': (_not_json, r'0/meta/metadata is not JSON'),
+  'no-step': (_no_steps, r'it holds no committed step'),
+}
+
+
+@pytest.mark.parametrize('damage', DIRECTORY_DAMAGE)
+def test_a_damaged_checkpoint_directory_is_refused_in_one_line(tmp_path, damage):
+  cut, problem = DIRECTORY_DAMAGE[damage]
+  path = _saved_v2(tmp_path)
+  cut(path)
+  message = _restore_error(path)
+  assert re.fullmatch(
+    rf'checkpoint {re.escape(str(path))} is damaged \({problem}.*\); delete it to start over',
+    message,
+  ), message
+
+
+def test_a_directory_that_is_not_a_checkpoint_is_refused_and_kept(tmp_path):
+  from nst_jax.runs import output_plan
+
+  path = tmp_path / 'o.ckpt'
+  path.mkdir()
+  (path / 'notes.txt').write_text('mine')
+  (path / '3.orbax-checkpoint-tmp').mkdir()  # orbax's name, but not in a directory of ours
+  before = _digests(path)
+  assert _restore_error(path) == (
+    f'{path} is not an nst-jax checkpoint (it is a directory that nst-jax did not write), and '
+    'this output keeps its checkpoint under that name; move it away'
+  )
+  plan = [output_plan.image_output(tmp_path / 'o.png')]
+  with pytest.raises(errors.NstError, match=r'o\.ckpt is not an nst-jax checkpoint \(it is a'):
+    output_plan.check(plan, inputs={}, overwrite=True)
+  with pytest.raises(errors.WriteError, match='it is a directory that nst-jax did not write'):
+    checkpoint_lib.save(path, state=_like(), iteration=1, total=2, settings={})
+  checkpoint_lib.remove(path)  # as a finished run does: someone's directory stays
+  with output_plan.locked(plan):  # litter removal: only in directories of ours
+    pass
+  assert _digests(path) == before and (path / '3.orbax-checkpoint-tmp').is_dir()
+  # With our marker but a file of someone's inside: not ours either.
+  (path / 'nst-jax-checkpoint.json').write_text('{}')
+  with pytest.raises(errors.NstError, match=r'\(it holds notes\.txt, which nst-jax does not'):
+    checkpoint_lib.read(path)
+
+
 def _shrink_history(state):
   # An L-BFGS memory of 20 pairs where this run keeps 30.
   state['opt_state']['s'] = state['opt_state']['s'][:20]
 
 
 def test_resume_from_a_damaged_checkpoint_keeps_every_file(tmp_path, images, caffe_npz):
-  import flax.serialization
+  import shutil
 
   content, style = images
   out = tmp_path / 'out' / 'o.png'
   ckpt = checkpoint_lib.path_for(out)
   run(_cfg(content, style, out, caffe_npz))
-  good = ckpt.read_bytes()
   payload = checkpoint_lib.read(ckpt)
-  _shrink_history(payload['state'])
-  shrunk = flax.serialization.msgpack_serialize(payload)
+  state = checkpoint_lib.read_state(ckpt)
+  good = tmp_path / 'good.ckpt'
+  shutil.copytree(ckpt, good)
+  _shrink_history(state)
+
+  def shrunk():  # the same run's checkpoint, with another L-BFGS memory
+    checkpoint_lib.remove(ckpt)
+    checkpoint_lib.write(ckpt, {**payload, 'state': state})
+
+  def shrunk_v1():  # the same, written by the format-1 writer
+    checkpoint_lib.remove(ckpt)
+    checkpoint_v1.write(ckpt, {**payload, 'state': state})
+
+  def cut_v1():
+    shrunk_v1()
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+
+  def cut():
+    checkpoint_lib.remove(ckpt)
+    shutil.copytree(good, ckpt)
+    _cut_arrays(ckpt)
+
+  layout = (
+    f'checkpoint {ckpt} does not fit this run: state/opt_state/s has shape (20, 24, 32, 3), '
+    'expected (30, 24, 32, 3); delete it to start over, or resume with the settings that '
+    'wrote it'
+  )
   cases = [
+    (shrunk, layout),
+    (shrunk_v1, layout),
     (
-      shrunk,
-      f'checkpoint {ckpt} does not fit this run: state/opt_state/s has shape (20, 24, 32, 3), '
-      'expected (30, 24, 32, 3); delete it to start over, or resume with the settings that '
-      'wrote it',
-    ),
-    (
-      good[:1000],
+      cut_v1,
       f'checkpoint {ckpt} is unreadable (damaged or cut short: Unpack failed: incomplete '
       'input); delete it to start over, or move it away if it is a file of yours',
     ),
+    (cut, f'checkpoint {ckpt} is damaged (its state in '),
   ]
-  for data, message in cases:
-    ckpt.write_bytes(data)
-    before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+  for damage, message in cases:
+    damage()
+    before = _digests(out.parent)
     with pytest.raises(errors.NstError) as e:
       run(_cfg(content, style, out, caffe_npz, iterations=6, resume=True))
-    assert str(e.value) == message
-    assert {p.name: p.read_bytes() for p in out.parent.iterdir()} == before
+    assert str(e.value).startswith(message) and '\n' not in str(e.value), str(e.value)
+    assert _digests(out.parent) == before

@@ -27,6 +27,7 @@ import small_runs  # noqa: E402
 
 import nst_jax  # noqa: E402
 from nst_jax import errors  # noqa: E402
+from nst_jax.io import checkpoint as checkpoint_lib  # noqa: E402
 from nst_jax.io import images as image_lib  # noqa: E402
 from nst_jax.io import jobs as jobs_lib  # noqa: E402
 from nst_jax.runs import batch as batch_lib  # noqa: E402
@@ -105,6 +106,11 @@ def _foreign_ckpt(cwd):
   (cwd / 'r.ckpt').write_text('my notes, not a checkpoint')
 
 
+def _checkpoint_dir_of_mine(cwd):
+  (cwd / 'r.ckpt').mkdir()
+  (cwd / 'r.ckpt' / 'notes.txt').write_text('a directory of the user, named like a checkpoint')
+
+
 def _dangling(cwd):
   (cwd / 'gone').symlink_to(cwd / 'nowhere')
 
@@ -153,6 +159,13 @@ CASES = {
                                'style image;')]),
   'foreign-checkpoint': (_foreign_ckpt, [['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'r.png']],
                          [(1, 'delete it to start over, or move it away if it is a file')]),
+  # Never written into, replaced or deleted, even with --overwrite.
+  'foreign-checkpoint-directory': (_checkpoint_dir_of_mine,
+                                   [['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'r.png',
+                                     '--overwrite']],
+                                   [(1, 'error: r.ckpt is not an nst-jax checkpoint (it is a '
+                                        'directory that nst-jax did not write); move it away or '
+                                        'choose another --output')]),
 }  # fmt: skip
 
 
@@ -400,16 +413,21 @@ def test_a_batch_killed_before_any_write_resumes_to_the_uninterrupted_results(
     schedule=cfg.schedule.replace(iterations=10, tol=1.0, window=2),
     run=cfg.run.replace(checkpoint_every=3),
   )
-  real_write = image_lib.atomic_write
   writes = []
 
-  def counting(path, write):
-    writes.append(Path(path).name)
-    if len(writes) == kill_at:
-      raise _Killed
-    return real_write(path, write)
+  def counting(real_write):
+    def write(path, what):
+      writes.append(Path(path).name)
+      if len(writes) == kill_at:
+        raise _Killed
+      return real_write(path, what)
 
-  monkeypatch.setattr(image_lib, 'atomic_write', counting)
+    return write
+
+  monkeypatch.setattr(image_lib, 'atomic_write', counting(image_lib.atomic_write))
+  # Checkpoints are directories of orbax steps, not written by atomic_write; a kill inside
+  # one is tests/checkpoint_store_test.py's.
+  monkeypatch.setattr(checkpoint_lib, 'write', counting(checkpoint_lib.write))
 
   def batch(out, *, resume=False, record=None):
     run_cfg = cfg.replace(save=cfg.save.replace(path=f'{out}/'), run=cfg.run.replace(resume=resume))

@@ -307,6 +307,7 @@ TESTED_ELSEWHERE = {
   'nst_jax.config.checks': ('config_test.py', 'must be a positive integer'),
   'nst_jax.config.groups': ('config_test.py', 'config_lib.LossConfig'),
   'nst_jax.config.outputs': ('config_test.py', 'save.bit_depth must be 8 or 16'),
+  'nst_jax.io.checkpoint_checks': ('checkpoint_test.py', 'its convergence history is not a list'),
   'nst_jax.runs.features': ('features_test.py', 'extract_features'),
 }
 

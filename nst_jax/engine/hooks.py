@@ -145,7 +145,7 @@ class History(Hook):
 
 
 class Checkpoints(Hook):
-  """Saves each local row's state to its own checkpoint file, in the background.
+  """Saves each local row's state to its own checkpoint, in the background.
 
   Every `every` iterations, at the first sync of the loop (`StepView.synced`)
   after `seconds` have passed since the last save, at the last iteration of

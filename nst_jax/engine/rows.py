@@ -32,7 +32,7 @@ class Row:
     style_masks: [S, H, W], one per style, or None.
     init_rgb: the start image (resized to the content's size): when the
       config's init names a file, or a row's own (a video frame's predecessor).
-    checkpoint: this row's checkpoint file, or None.
+    checkpoint: this row's checkpoint (a NAME.ckpt path), or None.
     extra: per-row data for a custom loss (`Targets.extra`), or a callable
       (stage width, stage height) -> that data.
   """

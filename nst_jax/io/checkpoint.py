@@ -1,14 +1,14 @@
 """Checkpoints of a running style transfer: save, check, restore.
 
-One file per output (`<output stem>.ckpt` beside it), msgpack via
-`flax.serialization` and written atomically (temporary file + rename), so a
-kill at any moment leaves either the previous checkpoint or the new one. It
-holds the optimisation state (image and optimiser state, bit for bit), the
-iteration reached, the hash of the weights, and every setting that shapes the
-trajectory, including hashes of the input pixels. flax serialization rather
-than orbax-checkpoint: one small file and no extra dependency in the run
-path (orbax pulls in tensorstore and async machinery built for sharded
-multi-host training state).
+One checkpoint per output (`<output stem>.ckpt` beside it, or NAME.HASH.ckpt
+in run.checkpoint_dir): a directory of orbax-checkpoint steps
+(nst_jax.io.checkpoint_store has the layout), each committed atomically, so a
+kill at any moment leaves a whole checkpoint. It holds the optimisation state
+(image and optimiser state, bit for bit), the iteration reached, the hash of
+the weights, and every setting that shapes the trajectory, including hashes
+of the input pixels. orbax-checkpoint rather than our own file since format 2
+(docs/long-runs.md says why); format-1 files (one msgpack file) still resume
+(nst_jax.io.checkpoint_v1), and their run's first save replaces them.
 
 Restoring the state into the same compiled step continues the exact
 trajectory, so a resumed run ends bitwise equal to an uninterrupted one on
@@ -30,10 +30,13 @@ import numpy as np
 
 from nst_jax import config as config_lib
 from nst_jax import errors
-from nst_jax.io import images as image_lib
+from nst_jax.io import checkpoint_checks
+from nst_jax.io import checkpoint_store
+from nst_jax.io import checkpoint_v1
+from nst_jax.io import orbax_local
 from nst_jax.io import output_names
 
-FORMAT = 1
+FORMAT = checkpoint_store.FORMAT
 SUFFIX = output_names.CHECKPOINT_TAIL
 # Settings that may change between an interrupted run and its resumption,
 # by group: they do not affect the trajectory (more iterations extend it; the
@@ -134,7 +137,7 @@ def save(
   """Writes the checkpoint atomically (`write(path, snapshot(state, ...))`).
 
   Args:
-    path: the .ckpt file.
+    path: the checkpoint (a directory, NAME.ckpt).
     state: the optimisation state pytree (any device; copied to host).
     iteration: iterations completed.
     total: iterations the run was asked for, per scale.
@@ -169,16 +172,26 @@ def snapshot(
     'total': total,
     'scale': scale[0],
     'scales': scale[1],
-    'settings': json.dumps(settings, sort_keys=True),
+    'settings': settings,
+    'extra': extra or {},
     'state': flax.serialization.to_state_dict(host),
-    'extra': json.dumps(extra or {}),
   }
 
 
 def write(path: str | os.PathLike, payload: dict) -> None:
-  """Serialises a `snapshot` and writes it atomically (temporary file + rename)."""
-  data = flax.serialization.msgpack_serialize(payload)
-  image_lib.atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+  """Writes a `snapshot` as the checkpoint's newest step (checkpoint_store.save).
+
+  Raises:
+    WriteError: a full disk or another failed write; the previous
+      checkpoint is whole.
+  """
+  meta = {k: v for k, v in payload.items() if k != 'state'}
+  checkpoint_store.save(path, state=payload['state'], meta=meta)
+
+
+def remove(path: str | os.PathLike) -> None:
+  """Deletes a finished run's checkpoint (a directory that is not nst-jax's is left)."""
+  checkpoint_store.remove(path)
 
 
 class Writer:
@@ -190,6 +203,15 @@ class Writer:
   files are written in order. `wait` ends the current write; an error
   raised by a write other than WriteError (which `write` callers handle)
   is raised again there, in the run's thread.
+
+  Our thread rather than orbax's AsyncCheckpointer: the step donates its
+  state, so the copy to the host is on the run's path either way (it is
+  all that orbax's blocking part would do), a save is more than orbax's
+  commit (removing the older step; the first save renames the directory
+  into place), in that order for a kill to leave a whole checkpoint, and
+  AsyncCheckpointer coordinates its background commit through the
+  distributed key-value store, which must not happen for checkpoints each
+  process writes alone (nst_jax.io.orbax_local).
   """
 
   def __init__(self):
@@ -219,14 +241,66 @@ class Writer:
 
 
 def read(path: str | os.PathLike) -> dict:
-  """The raw payload, its fields checked; one-line NstErrors for bad files.
+  """The checkpoint's fields, checked; one-line NstErrors for bad checkpoints.
+
+  Returns:
+    {'format', 'iteration', 'total', 'scale', 'scales', 'settings': dict,
+    'extra': dict}, and for a format-1 file its 'state' too (a format-2
+    state is read by `restore` or `read_state`).
+  """
+  return _load(path)[0]
+
+
+def read_state(path: str | os.PathLike) -> dict:
+  """The saved state as it was saved (nested dicts of numpy arrays), unchecked against a run."""
+  path = Path(path)
+  payload, step = _load(path)
+  return payload['state'] if step is None else _load_state(path, step)
+
+
+def _load(path: str | os.PathLike) -> tuple[dict, Path | None]:
+  """(the checked payload, the step directory holding its state; None: a format-1 file).
 
   Every field the resume path reads is checked here, so a damaged or foreign
-  file is refused naming the file and the field, never with a traceback.
+  checkpoint is refused naming it and the field, never with a traceback.
   """
   path = Path(path)
+  if checkpoint_store.is_directory(path):
+    payload, step = _read_directory(path)
+    fmt = FORMAT
+  else:
+    payload, step, fmt = _read_file(path), None, checkpoint_v1.FORMAT
+  payload, problem = checkpoint_checks.fields(payload, fmt)
+  if problem:
+    raise errors.NstError(f'checkpoint {path} is damaged ({problem}); delete it to start over')
+  return payload, step
+
+
+def _read_directory(path: Path) -> tuple[dict, Path]:
+  """A format-2 checkpoint's metadata and the step holding it."""
+  why = checkpoint_store.foreign(path)
+  if why is not None:
+    raise errors.NstError(
+      f'{path} is not an nst-jax checkpoint ({why}), and this output keeps its checkpoint under '
+      'that name; move it away'
+    )
   try:
-    payload = flax.serialization.msgpack_restore(path.read_bytes())
+    meta, step = checkpoint_store.read_meta(path)
+  except checkpoint_store.Damaged as e:
+    raise errors.NstError(f'checkpoint {path} is damaged ({e}); {_fix(path, e.step)}') from None
+  if not isinstance(meta, dict) or meta.get('format') != FORMAT:
+    found = checkpoint_checks.short(meta.get('format') if isinstance(meta, dict) else meta)
+    raise errors.NstError(
+      f'checkpoint {path} is damaged (its format field is {found}, not {FORMAT}); delete it to '
+      'start over'
+    )
+  return meta, step
+
+
+def _read_file(path: Path) -> dict:
+  """A format-1 checkpoint's payload (its fields unchecked)."""
+  try:
+    payload = checkpoint_v1.read(path)
   except FileNotFoundError:
     raise errors.NstError(
       f'no checkpoint {path} to resume; run without run.resume to start'
@@ -237,56 +311,17 @@ def read(path: str | os.PathLike) -> dict:
       f'checkpoint {path} is unreadable (damaged or cut short: {detail}); delete it to start '
       'over, or move it away if it is a file of yours'
     ) from None
-  if not isinstance(payload, dict) or payload.get('format') != FORMAT:
+  if not isinstance(payload, dict) or payload.get('format') != checkpoint_v1.FORMAT:
     raise errors.NstError(
       f'{path} is not an nst-jax checkpoint, and this output keeps its checkpoint under that '
       'name; move it away'
     )
-  problem = _payload_problem(payload)
-  if problem:
-    raise errors.NstError(f'checkpoint {path} is damaged ({problem}); delete it to start over')
   return payload
-
-
-# The fields of a payload and their types; the optional ones have defaults
-# (older checkpoints lack them).
-_REQUIRED = {'iteration': int, 'total': int, 'settings': str, 'state': dict}
-_OPTIONAL = {'scale': int, 'scales': int, 'extra': str}
-_KINDS = {int: 'an integer', str: 'a string', dict: 'a mapping'}
-
-
-def _payload_problem(payload: dict) -> str | None:
-  """What is wrong with a payload's fields, or None."""
-  for name, kind in (_REQUIRED | _OPTIONAL).items():
-    if name not in payload:
-      if name in _REQUIRED:
-        return f'its {name} field is missing'
-      continue
-    value = payload[name]
-    if not isinstance(value, kind) or isinstance(value, bool):
-      return f'its {name} field is a {type(value).__name__}, not {_KINDS[kind]}'
-    if kind is int and value < 0:
-      return f'its {name} field is {value}'
-  parsed = {}
-  for name in ('settings', 'extra'):
-    try:
-      parsed[name] = json.loads(payload.get(name, '{}'))
-    except ValueError:
-      parsed[name] = None
-    if not isinstance(parsed[name], dict):
-      return f'its {name} field is not a JSON object'
-  # What the engine reads back from `extra`: the schedule's convergence history.
-  best = parsed['extra'].get('best', [])
-  if not isinstance(best, list) or not all(isinstance(b, int | float) for b in best):
-    return 'its convergence history is not a list of numbers'
-  if not isinstance(parsed['extra'].get('converged', False), bool):
-    return 'its converged flag is not true or false'
-  return None
 
 
 def extra(payload: dict) -> dict:
   """The `extra` values a checkpoint was saved with ({} for older files)."""
-  return json.loads(payload.get('extra', '{}'))
+  return dict(payload.get('extra', {}))
 
 
 def unfinished(payload: dict) -> bool:
@@ -306,11 +341,14 @@ def restore(path: str | os.PathLike, *, like: Any, settings: dict) -> tuple[Any,
     (state, iteration completed).
 
   Raises:
-    NstError: missing or unreadable file, a setting that differs (named,
-      with both values), or a state of another layout (the leaf named).
+    NstError: missing or unreadable checkpoint, a setting that differs
+      (named, with both values), or a state of another layout (the leaf
+      named).
   """
-  payload = read(path)
-  saved = json.loads(payload['settings'])
+  path = Path(path)
+  payload, step = _load(path)
+  saved = payload['settings']
+  short = checkpoint_checks.short
   # Named settings first: another width also changes every pixel digest, and
   # the width is what the user changed.
   for key in sorted(set(saved) | set(settings), key=lambda k: (k in _DERIVED_SETTINGS, k)):
@@ -322,49 +360,51 @@ def restore(path: str | os.PathLike, *, like: Any, settings: dict) -> tuple[Any,
           'save.path'
         )
       raise errors.NstError(
-        f'cannot resume from {path}: {key} differs (checkpoint {_short(saved.get(key))}, now '
-        f'{_short(settings.get(key))}); rerun with the same settings, or without run.resume '
-        'and another save.path to start over'
+        f'cannot resume from {path}: {key} differs (checkpoint {short(saved.get(key))}, now '
+        f'{short(settings.get(key))}); rerun with the same settings, or without run.resume and '
+        'another save.path to start over'
       )
-  problem = _state_problem(flax.serialization.to_state_dict(like), payload['state'], 'state')
+  want = flax.serialization.to_state_dict(like)
+  if step is None:
+    got = payload['state']
+  else:
+    # The layout from orbax's metadata first: a checkpoint of another run is
+    # refused before its arrays are read.
+    _refuse_other_layout(path, want, _damaged_if_unreadable(path, orbax_local.layout, step))
+    got = _load_state(path, step)
+  _refuse_other_layout(path, want, got)
+  state = flax.serialization.from_state_dict(like, got)
+  return jax.tree.map(np.asarray, state), int(payload['iteration'])
+
+
+def _load_state(path: Path, step: Path) -> dict:
+  return _damaged_if_unreadable(path, orbax_local.load, step)
+
+
+def _damaged_if_unreadable(path, read_step: Callable[[Path], Any], step: Path) -> Any:
+  """read_step(step), an NstError naming the checkpoint if its files are missing or damaged."""
+  try:
+    return read_step(step)
+  except errors.NstError:
+    raise
+  except Exception as e:  # orbax and tensorstore raise several types for missing or cut files
+    raise errors.NstError(
+      f'checkpoint {path} is damaged (its state in {step.name}/ cannot be read: '
+      f'{checkpoint_store.reason(e)}); {_fix(path, step)}'
+    ) from None
+
+
+def _fix(path: Path, step: Path | None) -> str:
+  """What to do about a damaged step: resume from the one before, if there is one."""
+  if step is not None and any(s < int(step.name) for s in checkpoint_store.steps(path)):
+    return f'delete {step} to resume from the step before it, or delete {path.name} to start over'
+  return 'delete it to start over'
+
+
+def _refuse_other_layout(path, want: Any, got: Any) -> None:
+  problem = checkpoint_checks.state_problem(want, got, 'state')
   if problem:
     raise errors.NstError(
       f'checkpoint {path} does not fit this run: {problem}; delete it to start over, or resume '
       'with the settings that wrote it'
     )
-  state = flax.serialization.from_state_dict(like, payload['state'])
-  return jax.tree.map(np.asarray, state), int(payload['iteration'])
-
-
-def _state_problem(want: Any, got: Any, where: str) -> str | None:
-  """What keeps a saved state dict from restoring into `want`'s layout, or None.
-
-  flax's from_state_dict checks the keys but takes any array (or any value)
-  as a leaf: a leaf of another shape or dtype would surface later as a
-  shape error deep in the compiled step, or a silently different run.
-  """
-  if isinstance(want, dict):
-    if not isinstance(got, dict):
-      return f'{where} is a {type(got).__name__}, not a mapping'
-    missing, unexpected = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-    if missing:
-      return f'{where} lacks {", ".join(missing)}'
-    if unexpected:
-      return f'{where} has unexpected {", ".join(unexpected)}'
-    problems = (_state_problem(want[k], got[k], f'{where}/{k}') for k in want)
-    return next((p for p in problems if p), None)
-  if want is None:
-    return None if got is None else f'{where} holds a {type(got).__name__}, expected nothing'
-  want = np.asarray(want)
-  if not isinstance(got, np.ndarray | np.generic):
-    return f'{where} is a {type(got).__name__}, not an array'
-  if got.shape != want.shape:
-    return f'{where} has shape {got.shape}, expected {want.shape}'
-  if got.dtype != want.dtype:
-    return f'{where} is {got.dtype}, expected {want.dtype}'
-  return None
-
-
-def _short(value: Any) -> str:
-  text = json.dumps(value)
-  return text if len(text) <= 40 else text[:16] + '...'

@@ -167,7 +167,8 @@ def check_place(path: Path) -> Path:
 
 LOCK_TAIL = '.lock'
 # Temporary names: mkstemp's random part is 8 characters of this alphabet
-# (tempfile._RandomNameSequence); .tmp for files (image.atomic_write),
+# (tempfile._RandomNameSequence); .tmp for files (image.atomic_write) and
+# checkpoint directories being made or deleted (nst_jax.io.checkpoint_store),
 # .partial.mp4 and .partial/ for videos and frame folders (nst_jax.io.video).
 _TEMP_NAME = re.compile(r'\.(?P<name>.+)\.nst-[a-z0-9_]{8}\.(tmp|partial\.mp4|partial)')
 

@@ -144,7 +144,7 @@ def stylize(
       iterations and when stopped, with the current RGB images ([N, H, W, 3]
       at the current scale, as they would be saved); iterations count on
       across scales.
-    checkpoint: a checkpoint file (one image only), written every
+    checkpoint: a checkpoint path (a NAME.ckpt directory; one image only), written every
       `config.run.checkpoint_every` iterations, at the end of each scale and
       when stopped; with `config.run.resume` the run continues from it.
     should_stop: polled after every iteration; a non-zero return (a signal

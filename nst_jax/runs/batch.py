@@ -172,7 +172,7 @@ def _run_batch(jobs, cfg, weights, record, mesh, plan, recheck) -> dict[str, np.
     if not cfg.run.keep_checkpoint:
       for index, job in enumerate(jobs):
         if distributed.mine(index):
-          checkpoint_lib.path_for(job.output, cfg.run.checkpoint_dir).unlink(missing_ok=True)
+          checkpoint_lib.remove(checkpoint_lib.path_for(job.output, cfg.run.checkpoint_dir))
   return written
 
 

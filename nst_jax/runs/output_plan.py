@@ -16,7 +16,8 @@ with one line:
     results and their checkpoints.
 It then locks every file it will write (another process writing one is
 refused, and a crashed run's lock is released by the kernel with its
-process) and removes the temporary files a killed run left beside them.
+process) and removes the temporary files a killed run left beside them (and
+inside a checkpoint directory: orbax's temporary steps).
 """
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -29,6 +30,7 @@ import resource
 import shutil
 
 from nst_jax import errors
+from nst_jax.io import checkpoint_store
 from nst_jax.io import output_names
 
 # Free space asked beyond the estimate: the record's pictures and JSON, and
@@ -170,7 +172,10 @@ def _check_files(out: Output, overwrite: bool) -> None:
     ours |= set(out.files)
   if out.directory:
     output_names.check_place(out.result / 'frame.png')
-  for path in out.files[1:] if out.directory else out.files:
+  for kind, path in [('', out.result), *out.derived][1 if out.directory else 0 :]:
+    if kind == 'checkpoint':
+      _check_checkpoint(out, path)
+      continue
     if path.is_dir() and not path.is_symlink():
       raise errors.NstError(f'{path} is a directory; name a file such as out.png')
     if os.path.lexists(path) and not path.is_file():
@@ -179,14 +184,34 @@ def _check_files(out: Output, overwrite: bool) -> None:
         f'away or {_rename(out)}'
       )
     output_names.check_place(path)
-    if path.suffix == output_names.CHECKPOINT_TAIL:
-      continue  # checkpoints are read (resume, or refused while unfinished), never foreign
     if path.exists() and not (path in ours or overwrite):
       whose = '' if path == out.result else f', beside {out.result.name},'
       raise errors.NstError(
         f'{path} exists{whose} and no nst-jax run record says nst-jax wrote it; choose another '
         'output name, or replace it with save.overwrite'
       )
+
+
+def _check_checkpoint(out: Output, path: Path) -> None:
+  """A checkpoint is a directory of ours or a (format-1) file, never anything else.
+
+  A file is read before anything replaces it (resume, or refused while
+  unfinished), so a foreign one is refused there. A directory that is not
+  an nst-jax checkpoint is refused here, even with save.overwrite: nst-jax
+  never deletes or writes into someone's directory.
+  """
+  if checkpoint_store.is_directory(path):
+    why = checkpoint_store.foreign(path)
+    if why is not None:
+      raise errors.NstError(
+        f'{path} is not an nst-jax checkpoint ({why}); move it away or {_rename(out)}'
+      )
+  elif os.path.lexists(path) and not path.is_file():
+    raise errors.NstError(
+      f'{path} exists and is not a regular file or an nst-jax checkpoint (a link to nowhere, a '
+      f'FIFO, a device); move it away or {_rename(out)}'
+    )
+  output_names.check_place(path)
 
 
 def _check_space(outputs: Sequence[Output]) -> None:
@@ -337,6 +362,9 @@ def locked(
     then_check()
     for out in mine:
       output_names.remove_temporaries(out.files)
+      for kind, path in out.derived:
+        if kind == 'checkpoint':  # what a killed save left inside it
+          checkpoint_store.remove_litter(path)
     yield
   finally:
     for lock, fd in reversed(held):

@@ -328,7 +328,7 @@ def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan) -> Path
     if preview is not None:
       preview.finish(rgb, output)
     if not cfg.run.keep_checkpoint:
-      ckpt.unlink(missing_ok=True)  # finished: the result is saved, free the space
+      checkpoint_lib.remove(ckpt)  # finished: the result is saved, free the space
     logging.info('%s', summary(output, record, results))
     return output
 

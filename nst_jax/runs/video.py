@@ -45,6 +45,7 @@ from nst_jax.engine import preview as preview_lib
 from nst_jax.engine import rows as rows_lib
 from nst_jax.engine import schedule as schedule_lib
 from nst_jax.engine import sharding as sharding_lib
+from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
 from nst_jax.io import output_names
 from nst_jax.io import outputs
@@ -120,10 +121,9 @@ def _paths(cfg: config_lib.StyleConfig) -> _Paths:
   return _Paths(output, as_frames, work)
 
 
-# What a video run keeps in its work directory: per stage ('final', 'pass2'),
-# finished frames, checkpoints and their temporaries (image.atomic_write).
+# A video run's work directory: per stage ('final', 'pass2'), frames, checkpoints, temporaries.
 _WORK_STAGE = re.compile(r'final|pass\d+')
-_WORK_FILE = re.compile(r'\.?frame_\d{5}\.(png|ckpt)(\.[a-z0-9_]{8}\.tmp)?')
+_WORK_FILE = re.compile(r'\.?frame_\d{5}\.(png|ckpt)(\.nst-[a-z0-9_]{8}\.tmp)?')
 
 
 def _check_work(work: Path) -> None:
@@ -133,7 +133,7 @@ def _check_work(work: Path) -> None:
   for entry in work.iterdir():
     ours = _WORK_STAGE.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink()
     found = [entry] if not ours else [
-      p for p in entry.iterdir() if not (_WORK_FILE.fullmatch(p.name) and p.is_file())
+      p for p in entry.iterdir() if not (_WORK_FILE.fullmatch(p.name) and checkpoint_store.ours(p))
     ]  # fmt: skip
     if found:
       raise errors.NstError(
@@ -291,7 +291,7 @@ def _one_pass(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.n
       prefix = f'frame {t + 1}/{len(frames)}: '
       rgb, losses_t = _run_rows(cfg, engine, {0: row}, (0,), stop, preview, prefix)
       _save_frame(done, rgb[0])
-      paths.checkpoint(t).unlink(missing_ok=True)
+      checkpoint_store.remove(paths.checkpoint(t))
       results.append(_quantized(rgb[0]))  # as a resumed run loads it: resumes are exact
       seconds = time.perf_counter() - t0
       record['frames'].append({'frame': t, 'time_s': seconds, 'flow_wait_s': wait, **losses_t[0]})
@@ -392,7 +392,7 @@ def _passes(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.nda
     for r in local:
       if group.rows[r] is not None:
         _save_frame(paths.frame(group.rows[r], stage), rgb[r])
-        paths.checkpoint(group.rows[r], stage).unlink(missing_ok=True)
+        checkpoint_store.remove(paths.checkpoint(group.rows[r], stage))
     results = _gather(layout, group, rgb, local, frames[0].shape)
     record['frames'] = [
       {'frame': group.rows[r], 'pass': p + 1, **final[r]} for r in real if r in final

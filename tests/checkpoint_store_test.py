@@ -1,0 +1,222 @@
+"""Checkpoint directories: a kill at any point of a save leaves one that resumes, litter goes.
+
+Tiny states (a few hundred bytes): each orbax save takes a few hundredths of
+a second here.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nst_jax import errors
+from nst_jax.io import checkpoint as checkpoint_lib
+from nst_jax.io import checkpoint_store
+from nst_jax.io import checkpoint_v1
+from nst_jax.io import orbax_local
+from nst_jax.runs import output_plan
+
+
+def _state(k: int) -> dict:
+  rng = np.random.default_rng(k)
+  return {
+    'image': rng.normal(size=(4, 5, 3)).astype(np.float32),
+    'opt_state': {
+      'count': np.array(k, np.int32),
+      's': rng.normal(size=(2, 4, 5, 3)).astype(np.float32),
+    },
+  }
+
+
+def _save(path: Path, k: int) -> None:
+  checkpoint_lib.save(path, state=_state(k), iteration=k, total=9, settings={'a': 1})
+
+
+def _restored(path: Path) -> int:
+  """The iteration of the checkpoint, after checking that its state is that iteration's, bitwise."""
+  state, iteration = checkpoint_lib.restore(path, like=_state(0), settings={'a': 1})
+  want = _state(iteration)
+  assert state['image'].tobytes() == want['image'].tobytes()
+  assert state['opt_state']['s'].tobytes() == want['opt_state']['s'].tobytes()
+  assert int(state['opt_state']['count']) == iteration
+  return iteration
+
+
+def test_layout_one_step_then_the_next_replaces_it(tmp_path):
+  path = tmp_path / 'r.ckpt'
+  _save(path, 3)
+  assert sorted(p.name for p in path.iterdir()) == ['0', 'nst-jax-checkpoint.json']
+  assert sorted(p.name for p in (path / '0').iterdir()) == [
+    '_CHECKPOINT_METADATA', 'commit_success.txt', 'meta', 'state'
+  ]  # fmt: skip
+  _save(path, 4)
+  assert sorted(p.name for p in path.iterdir()) == ['1', 'nst-jax-checkpoint.json']
+  assert _restored(path) == 4
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['r.ckpt']
+
+
+class _Killed(BaseException):
+  """Stands for SIGKILL: nothing after it runs, not even cleanup."""
+
+
+def _kill_at(monkeypatch, k: int) -> list[str]:
+  """Kills the k-th step of a save (1-based; 0: none): before each of its file system changes.
+
+  A kill inside orbax's save leaves its temporary step, as SIGKILL before
+  its final rename would. Once killed, every later step dies too, so no
+  cleanup runs.
+  """
+  seen = []
+  real_save, real_rmtree, real_renameat2 = (
+    orbax_local.save, checkpoint_store._rmtree, checkpoint_store._renameat2
+  )  # fmt: skip
+
+  def point(name):
+    seen.append(name)
+    if k and len(seen) >= k:
+      raise _Killed(name)
+
+  def save(directory, **kwargs):
+    point('orbax save')
+    real_save(directory, **kwargs)
+    if k and len(seen) + 1 == k:  # killed inside orbax, before it renamed its temporary step
+      seen.append('orbax commit')
+      os.rename(directory, f'{directory}{orbax_local.TMP_SUFFIX}')
+      raise _Killed('orbax commit')
+    seen.append('orbax commit')
+
+  def rmtree(path):
+    point(f'remove {path.name}')
+    real_rmtree(path)
+
+  def renameat2(source, target, flags):
+    point(f'rename {flags}')
+    return real_renameat2(source, target, flags)
+
+  monkeypatch.setattr(orbax_local, 'save', save)
+  monkeypatch.setattr(checkpoint_store, '_rmtree', rmtree)
+  monkeypatch.setattr(checkpoint_store, '_renameat2', renameat2)
+  return seen
+
+
+def _points(monkeypatch, before) -> int:
+  """How many kill points a save after `before(path)` passes."""
+  with monkeypatch.context() as m:
+    path = Path(before())
+    seen = _kill_at(m, 0)
+    _save(path, 8)
+  return len(seen)
+
+
+def _fresh(tmp_path):
+  directory = tmp_path / 'fresh'
+  directory.mkdir(parents=True, exist_ok=True)
+  return directory / 'r.ckpt'
+
+
+def _existing(tmp_path):
+  path = _fresh(tmp_path)
+  _save(path, 5)
+  return path
+
+
+def _format_1(tmp_path):
+  path = _fresh(tmp_path)
+  checkpoint_v1.write(path, checkpoint_lib.snapshot(_state(5), iteration=5, total=9,
+                                                    settings={'a': 1}))  # fmt: skip
+  return path
+
+
+@pytest.mark.parametrize('before', [_fresh, _existing, _format_1])
+def test_a_kill_at_any_point_of_a_save_leaves_a_checkpoint_that_resumes(
+  tmp_path, monkeypatch, before
+):
+  """Kills a save at each of its steps: the previous checkpoint or the new one resumes, bitwise;
+  the next run's litter removal leaves no temporary, and its first save no older step."""
+  import shutil
+
+  points = _points(monkeypatch, lambda: before(tmp_path))
+  assert points >= 3
+  for k in range(1, points + 1):
+    shutil.rmtree(tmp_path / 'fresh')
+    path = before(tmp_path)
+    had = os.path.lexists(path)
+    with monkeypatch.context() as m:
+      seen = _kill_at(m, k)
+      with pytest.raises(_Killed):
+        _save(path, 8)
+    if had:
+      assert _restored(path) in (5, 8), seen
+    elif os.path.lexists(path):
+      assert _restored(path) == 8, seen
+    with output_plan.locked([output_plan.image_output(path.with_suffix('.png'))]):
+      pass
+    left = sorted(p.name for p in path.parent.iterdir())
+    assert left == (['r.ckpt'] if os.path.lexists(path) else []), (seen, left)
+    if path.is_dir():  # else the format-1 file, untouched
+      steps = [p.name for p in path.iterdir() if p.name != checkpoint_store.MARKER]
+      assert sorted(steps) == [str(n) for n in checkpoint_store.steps(path)], seen  # no temporary
+    if os.path.lexists(path):
+      _save(path, 9)  # and the next save goes on from there, the older steps removed
+      assert _restored(path) == 9 and len(checkpoint_store.steps(path)) == 1
+
+
+def test_the_first_save_beside_a_format_1_file_replaces_it_at_once(tmp_path, monkeypatch):
+  path = _format_1(tmp_path)
+  assert _restored(path) == 5 and path.is_file()
+  _save(path, 8)
+  assert path.is_dir() and _restored(path) == 8
+  assert sorted(p.name for p in path.parent.iterdir()) == ['r.ckpt']
+  # Where the file system cannot exchange two names: delete, then rename.
+  path = _format_1(tmp_path / 'nfs')
+  monkeypatch.setattr(checkpoint_store, '_renameat2', lambda *args: False)
+  _save(path, 8)
+  assert path.is_dir() and _restored(path) == 8
+  assert sorted(p.name for p in path.parent.iterdir()) == ['r.ckpt']
+
+
+def test_a_finished_runs_checkpoint_is_removed_whole_or_left_as_litter(tmp_path, monkeypatch):
+  path = tmp_path / 'r.ckpt'
+  _save(path, 5)
+  monkeypatch.setattr(checkpoint_store, '_rmtree', lambda p: None)  # killed while deleting
+  checkpoint_lib.remove(path)
+  assert not path.exists()
+  (litter,) = tmp_path.iterdir()
+  assert checkpoint_store.ours(litter) and litter.name.startswith('.r.ckpt.nst-')
+  monkeypatch.undo()
+  with output_plan.locked([output_plan.image_output(tmp_path / 'r.png')]):
+    pass
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_directory_that_appears_meanwhile_is_not_replaced(tmp_path, monkeypatch):
+  path = tmp_path / 'r.ckpt'
+  real = orbax_local.save
+
+  def save(directory, **kwargs):
+    real(directory, **kwargs)
+    path.mkdir()  # someone's, made while the first save was being written
+
+  monkeypatch.setattr(orbax_local, 'save', save)
+  with pytest.raises(errors.WriteError, match=r'could not write .*r\.ckpt: File exists;'):
+    _save(path, 1)
+  assert list(path.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ['r.ckpt']
+
+
+def test_a_damaged_newest_step_names_the_one_before(tmp_path):
+  """A kill during a rename that copies (Cloud Storage FUSE) can leave the newest step cut."""
+  import shutil
+
+  path = tmp_path / 'r.ckpt'
+  _save(path, 5)
+  shutil.copytree(path / '0', tmp_path / 'step0')
+  _save(path, 8)
+  (tmp_path / 'step0').rename(path / '0')  # as after a kill before the older step's removal
+  (path / '1' / 'state' / '_METADATA').unlink()
+  with output_plan.locked([output_plan.image_output(tmp_path / 'r.png')]):
+    pass  # litter removal keeps the older step
+  with pytest.raises(errors.NstError, match=rf'delete {path / "1"} to resume from the step before'):
+    _restored(path)
+  shutil.rmtree(path / '1')
+  assert _restored(path) == 5
