@@ -483,12 +483,14 @@ STATE_DAMAGE = {
 }
 
 
-@pytest.mark.parametrize('saved', [_saved, _saved_v2])
-@pytest.mark.parametrize('damage', STATE_DAMAGE)
+# A leaf that is not an array exists only in the old format: orbax saves arrays only.
+@pytest.mark.parametrize(
+  'saved,damage',
+  [(_saved, d) for d in STATE_DAMAGE]
+  + [(_saved_v2, d) for d in STATE_DAMAGE if d != 'not-an-array'],
+)
 def test_state_of_another_layout_is_refused(tmp_path, damage, saved):
   change, problem = STATE_DAMAGE[damage]
-  if saved is _saved_v2 and damage == 'not-an-array':
-    pytest.skip('orbax saves arrays only')
   path = saved(tmp_path, change)
   if saved is _saved_v2 and damage == 'not-a-mapping':
     problem = problem.replace('ndarray', 'ArrayMetadata')  # read from orbax's metadata
