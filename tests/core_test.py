@@ -571,3 +571,26 @@ def test_checks_read_values_only_when_concrete():
   checks.positive_number(lambda step: -1.0, 'learning_rate')  # a schedule is not read
   with _raises('learning_rate must be a finite number > 0, got nan'):
     checks.positive_number(float('nan'), 'learning_rate')
+
+
+def test_active_holds_the_images_it_marks_and_must_be_one_flag_per_image():
+  model, params, content, targets = _problem(n=2)
+  tx = make_optimizer('adam', learning_rate=2.0, convention=pixels.CAFFE)
+  run = functools.partial(update_step, model=model, optimizer=tx, loss_spec=TINY_LOSS.spec)
+  for flags in ([True, False], np.array([1, 0])):  # a list, and numpy's 0/1
+    state, _ = run(init_state(content, tx), params, targets, flags)
+    assert float(jnp.abs(state.image[0] - content[0]).max()) > 0.5
+    np.testing.assert_array_equal(state.image[1], content[1])
+  # [2, 1] used to broadcast into a [2, 2, H, W, 3] state; [3] and a scalar failed in JAX.
+  for flags, shape, dtype in (
+    (jnp.ones((2, 1), bool), (2, 1), 'bool'),
+    (jnp.ones(3, bool), (3,), 'bool'),
+    (True, (), 'bool'),
+    (jnp.ones(2), (2,), 'float32'),
+  ):
+    message = (
+      f'active has shape {shape} and dtype {dtype} for a batch of 2 image(s); give [2] bools, '
+      'one per image (False: that image keeps its pixels), or None'
+    )
+    with _raises(message):
+      run(init_state(content, tx), params, targets, flags)

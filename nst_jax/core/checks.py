@@ -90,6 +90,24 @@ def step_inputs(image: jax.Array, targets: Any, loss_spec: Any) -> None:
       )
 
 
+def active_flags(active: Any, n: int) -> jax.Array:
+  """The step's `active` as [N] bools, or a ConfigError naming the shape it must have.
+
+  Integers count as their truth (the engine's and numpy's 0/1 masks); a
+  scalar or another length would broadcast into a state of another shape,
+  or fail deep in the step.
+  """
+  flags = jnp.asarray(active)
+  if flags.shape != (n,) or not (
+    flags.dtype == jnp.bool_ or jnp.issubdtype(flags.dtype, jnp.integer)
+  ):
+    raise errors.ConfigError(
+      f'active has shape {flags.shape} and dtype {flags.dtype} for a batch of {n} image(s); give '
+      f'[{n}] bools, one per image (False: that image keeps its pixels), or None'
+    )
+  return flags.astype(bool)
+
+
 # A key of each style loss's statistics (nst_jax.core.statistics.layer_targets).
 _STATISTIC = {'gram': 'gram', 'mean_cov': 'mean', 'histogram': 'quantiles'}
 

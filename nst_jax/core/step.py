@@ -200,8 +200,9 @@ def update_step(
     state: images [N, H, W, 3] and per-image optimiser states.
     params: VGG parameters (shared by the batch; not donated).
     targets: per-image targets with leading [N] axes (not donated).
-    active: optional [N] bools; an image whose entry is False keeps its
-      pixels (it has converged and waits for the rest of the batch).
+    active: optional [N] bools (or 0/1 integers); an image whose entry is
+      False keeps its pixels (it has converged and waits for the rest of
+      the batch). Another shape is refused.
     model: the VGG (static).
     optimizer: from `make_optimizer` (static).
     loss_spec: the loss's structure (static, hashable; `LossConfig.spec`).
@@ -234,6 +235,8 @@ def update_step(
     loss_spec = loss_config
   loss_spec = objective_lib.as_spec(loss_spec)
   checks.step_inputs(state.image, targets, loss_spec)
+  if active is not None:
+    active = checks.active_flags(active, state.image.shape[0])
   spec_keyword = _spec_keyword(loss_fn)
   # This package's L-BFGS searches at its first step only, when asked
   # (`backtrack`); any other optimiser gets `value_fn` as optax defines it.
