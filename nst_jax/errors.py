@@ -42,6 +42,26 @@ class DownloadError(WeightsError):
     self.reason = reason or message
 
 
+class ResumeMismatch(NstError):
+  """A checkpoint was written by a run with other settings or other inputs.
+
+  The message speaks to the file pipeline (config fields, files); `stylize`
+  words it again for its own arguments from these attributes.
+
+  Attributes:
+    path: the checkpoint.
+    setting: what differs first: a StyleConfig field ('inputs.width') or an
+      input ('content_pixels', 'style_pixels', 'mask_pixels', 'weights_hash',
+      'term_weights').
+    saved, now: the field's values as short JSON text ('' for an input,
+      which is compared by digest).
+  """
+
+  def __init__(self, message: str, *, path: str, setting: str, saved: str = '', now: str = ''):
+    super().__init__(message)
+    self.path, self.setting, self.saved, self.now = path, setting, saved, now
+
+
 class Interrupted(NstError):
   """A run stopped on a signal after saving its checkpoint and image.
 

@@ -280,3 +280,35 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
 
   (mask,) = arrays._masks(np.full((32, 32), 255, np.uint8), 1, 2, (32, 32), 'content mask')
   np.testing.assert_array_equal(mask, np.ones((32, 32), np.float32))
+
+
+def test_a_resume_that_does_not_fit_names_stylizes_own_arguments(caffe_npz, tmp_path):
+  """Not inputs.width or save.path, which a stylize caller never set."""
+  rng = np.random.default_rng(5)
+  content, style = rng.uniform(size=(2, 16, 16, 3)).astype(np.float32)
+  ckpt = tmp_path / 'a.ckpt'
+  cfg = _cfg(3)
+  with pytest.raises(errors.Interrupted):
+    stylize(content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt, should_stop=lambda: 15)
+  resume = cfg.replace(run=cfg.run.replace(resume=True))
+  start_over = 'or another checkpoint= (or config.run.resume False) to start over'
+  cases = [
+    ({'content': rng.uniform(size=(16, 24, 3))},
+     f"the content is 24 px wide, the interrupted run's 16; pass the same content to resume, "
+     f'{start_over}'),
+    ({'style': style[::-1]},
+     f"the style differs from the interrupted run's; pass the same style to resume, {start_over}"),
+    ({'config': resume.replace(optim=config_lib.OptimConfig(name='adam'))},
+     'config.optim.name differs (checkpoint "lbfgs", now "adam"); pass the same config to '
+     f'resume, {start_over}'),
+  ]  # fmt: skip
+  for kwargs, message in cases:
+    kwargs = {'content': content, 'style': style, 'config': resume, **kwargs}
+    with pytest.raises(errors.ResumeMismatch) as e:
+      stylize(**kwargs, weights=caffe_npz, checkpoint=ckpt)
+    assert str(e.value) == f'cannot resume from {ckpt}: {message}'
+  assert stylize(content, style, config=resume, weights=caffe_npz, checkpoint=ckpt).shape == (
+    16,
+    16,
+    3,
+  )

@@ -53,6 +53,39 @@ _MASK_HELP = {
 }
 
 
+# What a resumed stylize is given again, by the checkpoint's name for it:
+# (what differs, the arguments to pass as before).
+_RESUME_INPUTS = {
+  'content_pixels': ('the content differs', 'content'),
+  'style_pixels': ('the style differs', 'style'),
+  'mask_pixels': ('the masks differ', 'content_mask and style_masks'),
+  'weights_hash': ('the weights differ', 'weights'),
+}
+
+
+def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
+  """The checkpoint's refusal naming stylize's arguments, not the file pipeline's fields.
+
+  stylize sets inputs.width from the content and has no save.path: its
+  caller gave arrays, a config and checkpoint=.
+  """
+  if e.setting == 'inputs.width':
+    what, again = f"the content is {e.now} px wide, the interrupted run's {e.saved}", 'content'
+  elif e.setting in _RESUME_INPUTS:
+    what, again = _RESUME_INPUTS[e.setting]
+    what += " from the interrupted run's"
+  else:
+    what, again = f'config.{e.setting} differs (checkpoint {e.saved}, now {e.now})', 'config'
+  return errors.ResumeMismatch(
+    f'cannot resume from {e.path}: {what}; pass the same {again} to resume, or another '
+    'checkpoint= (or config.run.resume False) to start over',
+    path=e.path,
+    setting=e.setting,
+    saved=e.saved,
+    now=e.now,
+  )
+
+
 def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint):
   """The engine's rows for arrays: one per content image, checked."""
   content_b = np.asarray(core.batched(pixels.as_rgb(content, 'content')))
@@ -213,7 +246,10 @@ def stylize(
     history=history,
   )
   scales = {} if record is not None else None
-  results = engine.run(rows, real=tuple(range(n)), watch=watch, resume=resume, record=scales)
+  try:
+    results = engine.run(rows, real=tuple(range(n)), watch=watch, resume=resume, record=scales)
+  except errors.ResumeMismatch as e:
+    raise _in_stylize_words(e) from None
   if record is not None:
     record['scales'] = scales.get('scales', [])
     record['history'] = history.history[0]
