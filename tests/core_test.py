@@ -19,12 +19,14 @@ from nst_jax.core import pixels
 from nst_jax.core import statistics
 from nst_jax.core import vgg
 from nst_jax.core.objective import make_targets
+from nst_jax.core.objective import network_features
 from nst_jax.core.objective import objective
 from nst_jax.core.step import StyleState
 from nst_jax.core.step import init_state
 from nst_jax.core.step import initial_image
 from nst_jax.core.step import make_model
 from nst_jax.core.step import make_optimizer
+from nst_jax.core.step import prepare_params
 from nst_jax.core.step import update_step
 
 _VGGTiny = functools.partial(vgg.VGG, stage_sizes=(1, 2), widths=(4, 8))
@@ -594,3 +596,90 @@ def test_active_holds_the_images_it_marks_and_must_be_one_flag_per_image():
     )
     with _raises(message):
       run(init_state(content, tx), params, targets, flags)
+
+
+def test_params_in_another_form_are_refused_naming_what_to_pass():
+  """Flax's errors (no parameter named kernel in /conv2_1, an initializer's shape) name no fix."""
+  model, params, content, _ = _problem()
+  spec = TINY_LOSS.spec
+
+  def targets(params, model=model):
+    return make_targets(params, content, content, model=model, loss_spec=spec,
+                        content_weight=1.0, style_weight=1.0)  # fmt: skip
+
+  class Weights:  # what nst_jax.get_weights returns: params under .params
+    def __init__(self, params):
+      self.params = params
+
+  cases = (
+    ({k: v for k, v in params.items() if k != 'conv2_1'}, 'params lack conv2_1, which relu2_2 '
+     'needs; pass the whole network (weights.params)'),
+    (Weights(params), "params is a Weights, not the layer -> {'kernel', 'bias'} dict of the "
+     'network; pass weights.params'),
+    ('weights/vgg19.npz', "params is a str, not the layer -> {'kernel', 'bias'} dict of the "
+     'network; load them: nst_jax.get_weights(path).params'),
+    ({'params': params}, "params is wrapped as {'params': ...} (Flax's variables); pass "
+     "params['params']"),
+  )  # fmt: skip
+  for bad, message in cases:
+    with _raises(message):
+      targets(bad)
+  with _raises("params['conv1_1']['kernel'] has shape (3, 3, 3, 4), but the model's is (3, 3, 3, "
+               '64); pass the model the params are for (nst_jax.VGGTiny() for '
+               'random_scaled_params(stage_sizes=(1, 2), widths=(4, 8)))'):  # fmt: skip
+    targets(params, model=make_model())
+  with _raises("params is a Weights, not the layer -> {'kernel', 'bias'} dict of the network; "
+               'pass weights.params'):  # fmt: skip
+    prepare_params(Weights(params))
+  # What the step runs (under jit): the same check at trace time.
+  tx = make_optimizer('adam', convention=pixels.CAFFE)
+  with _raises('params lack conv2_2, which relu2_2 needs; pass the whole network (weights.params)'):
+    jax.jit(functools.partial(update_step, model=model, optimizer=tx, loss_spec=spec))(
+      init_state(content, tx), {k: v for k, v in params.items() if k != 'conv2_2'},
+      _problem()[3],
+    )  # fmt: skip
+
+
+def test_objective_and_network_features_take_one_image_and_its_targets():
+  model, params, content, targets = _problem()
+  spec = TINY_LOSS.spec
+  batched = ('image has shape (1, 16, 16, 3); network_features and objective take one image '
+             '[H, W, 3] (the step vmaps them over the batch): pass x[0], or jax.vmap over the '
+             'batch')  # fmt: skip
+  with _raises(batched):
+    network_features(content, params, model=model, layers=('relu2_2',))
+  with _raises(batched):
+    objective(content, params, targets, model=model, loss_spec=spec)
+  # Batched targets used to fail as "relu2_2: features (8, 8, 8) vs content target (1, 8, 8, 8)".
+  with _raises("targets hold 1 image(s) (leading batch axes); objective takes one image's: "
+               'nst_jax.targets_at(targets, i, keep_batch=False)'):  # fmt: skip
+    objective(content[0], params, targets, model=model, loss_spec=spec)
+  one = jax.tree.map(lambda x: x[0], targets)
+  feats = network_features(content[0], params, model=model, layers=('relu1_1',))
+  with _raises('features lacks relu2_2, relu2_1; compute them with network_features(image, '
+               'params, model=model, layers=loss_spec.feature_layers + your layers)'):  # fmt: skip
+    objective(content[0], params, one, model=model, loss_spec=spec, features=feats)
+  total, aux = objective(content[0], params, one, model=model, loss_spec=spec)
+  assert float(aux['content']) == 0.0 and float(total) > 0  # the content is its own target
+  feats = network_features(content[0], params, model=model, layers=spec.feature_layers)
+  again, _ = objective(content[0], params, one, model=model, loss_spec=spec, features=feats)
+  assert float(again) == float(total)
+
+
+def test_a_state_of_another_size_or_optimizer_is_refused_at_trace_time():
+  model, params, content, targets = _problem(hw=(16, 16))
+  lbfgs = make_optimizer('lbfgs', convention=pixels.CAFFE)
+  adam = make_optimizer('adam', convention=pixels.CAFFE)
+  run = jax.jit(functools.partial(update_step, model=model, optimizer=lbfgs,
+                                  loss_spec=TINY_LOSS.spec))  # fmt: skip
+  message = (
+    "the state's images are 32x24 px (relu2_2: 16x12), but the targets' content features are 8x8 "
+    "at relu2_2, from content of another size; make the targets from content of the state's "
+    "size, or the state from images of the content's"
+  )
+  with _raises(message):
+    run(init_state(jnp.zeros((1, 24, 32, 3)), lbfgs), params, targets)
+  # Adam's state in an L-BFGS step: AttributeError "'tuple' object has no attribute 'prev_step'".
+  with _raises("state.opt_state is a tuple, not this step's optimizer's LbfgsState; make the "
+               "state with init_state(images, optimizer) of the step's optimizer"):  # fmt: skip
+    run(init_state(content, adam), params, targets)

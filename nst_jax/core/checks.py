@@ -1,4 +1,4 @@
-"""One-line checks of the research API's arguments: weights, choices, the step's inputs.
+"""One-line checks of the research API's arguments: params, choices, the step's inputs.
 
 Each raises `errors.ConfigError` naming the argument and the fix. The checks
 read values only where they are concrete (under a trace only shapes and
@@ -15,6 +15,62 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import errors
+from nst_jax.core import vgg
+
+
+def params_fit(params: Any, model: vgg.VGG, layers: Any) -> None:
+  """Refuses params the model cannot run to `layers` with, naming the fix.
+
+  Flax would say "Could not find parameter named kernel in scope /conv2_1"
+  or that an initializer expected another shape; the caller passed a
+  Weights, a path, a {'params': ...} wrapper, a network's params missing a
+  layer, or another network's (VGGTiny's random params with the VGG-19
+  model). Shapes only: this runs at trace time inside the step.
+
+  Args:
+    params: what the caller passed as params.
+    model: the VGG they are to run in.
+    layers: the layers to be computed (the network runs through the deepest).
+  """
+  params_dict(params)
+  layers = (layers,) if isinstance(layers, str) else tuple(layers)
+  through = vgg.layers_through(layers, model.stage_sizes)
+  cin = 3
+  for name in vgg.conv_names(model.stage_sizes):
+    if name not in through:
+      return
+    width = model.widths[vgg.stage_of(name) - 1]
+    layer = params.get(name)
+    kernel = layer.get('kernel') if isinstance(layer, Mapping) else None
+    if kernel is None:
+      raise errors.ConfigError(
+        f'params lack {name}, which {through[-1]} needs; pass the whole network (weights.params)'
+      )
+    if tuple(np.shape(kernel)) != (3, 3, cin, width):
+      raise errors.ConfigError(
+        f"params['{name}']['kernel'] has shape {tuple(np.shape(kernel))}, but the model's is "
+        f'{(3, 3, cin, width)}; pass the model the params are for (nst_jax.VGGTiny() for '
+        'random_scaled_params(stage_sizes=(1, 2), widths=(4, 8)))'
+      )
+    cin = width
+
+
+def params_dict(params: Any) -> None:
+  """Refuses params that are not a layer -> {'kernel', 'bias'} dict, naming what to pass."""
+  if not isinstance(params, Mapping):
+    fix = (
+      'pass weights.params'
+      if hasattr(params, 'params')
+      else 'load them: nst_jax.get_weights(path).params'
+    )
+    raise errors.ConfigError(
+      f"params is a {type(params).__name__}, not the layer -> {{'kernel', 'bias'}} dict of the "
+      f'network; {fix}'
+    )
+  if set(params) == {'params'}:
+    raise errors.ConfigError(
+      "params is wrapped as {'params': ...} (Flax's variables); pass params['params']"
+    )
 
 
 def choice(table: Mapping[str, Any], value: Any, name: str) -> Any:
@@ -80,6 +136,19 @@ def step_inputs(image: jax.Array, targets: Any, loss_spec: Any) -> None:
         f"targets lack the {kind} layer(s) {', '.join(missing)} of the step's loss_spec; build "
         'them with make_targets(..., loss_spec=) of the same spec as the step'
       )
+  layer = loss_spec.content_layers[0]
+  # Poolings before a layer depend on its stage only, so VGG-19's count
+  # holds for any stage sizes with the same names.
+  k = vgg.downsamplings(layer)
+  height, width = image.shape[1:3]
+  want, have = (height // 2**k, width // 2**k), tuple(targets.content[layer].shape[1:3])
+  if want != have:
+    raise errors.ConfigError(
+      f"the state's images are {width}x{height} px ({layer}: {want[1]}x{want[0]}), but the "
+      f"targets' content features are {have[1]}x{have[0]} at {layer}, from content of another "
+      "size; make the targets from content of the state's size, or the state from images of the "
+      "content's"
+    )
   key = _STATISTIC[loss_spec.style_loss]
   for name in loss_spec.style_layers:
     if key not in targets.style[name]:
@@ -88,6 +157,17 @@ def step_inputs(image: jax.Array, targets: Any, loss_spec: Any) -> None:
         f'{loss_spec.style_loss!r} statistics; build them with make_targets(..., loss_spec=) of '
         'the same spec as the step'
       )
+
+
+def optimizer_state(opt_state: Any, image: jax.Array, optimizer: Any) -> None:
+  """Refuses a state made by another optimiser (a crash inside optax otherwise)."""
+  want = jax.eval_shape(jax.vmap(optimizer.init), image)
+  if jax.tree.structure(want) != jax.tree.structure(opt_state):
+    raise errors.ConfigError(
+      f"state.opt_state is a {type(opt_state).__name__}, not this step's optimizer's "
+      f'{type(want).__name__}; make the state with init_state(images, optimizer) of the '
+      "step's optimizer"
+    )
 
 
 def active_flags(active: Any, n: int) -> jax.Array:

@@ -186,6 +186,7 @@ def make_targets(
     loss_spec, loss_config, content_weight, style_weight, tv_weight
   )
   _check_images(content, style, content_mask, style_masks)
+  checks.params_fit(params, model, loss_spec.feature_layers)
   n, height, width = content.shape[:3]
   styles = list(style) if isinstance(style, (list, tuple)) else [style]
   blend = _blend(styles, n, (height, width), blend_weights, style_masks)
@@ -333,8 +334,19 @@ def network_features(
   """
   if isinstance(layers, str):
     layers = (layers,)
+  _one_image(image, 'image')
+  checks.params_fit(params, model, layers)
   feats = _features(params, image[None], model=model, layers=tuple(layers))
   return {k: v[0] for k, v in feats.items()}
+
+
+def _one_image(image: jax.Array, name: str) -> None:
+  """Refuses anything but one [H, W, 3] image (the step vmaps over the batch)."""
+  if jnp.ndim(image) != 3 or jnp.shape(image)[-1] != 3:
+    raise errors.ConfigError(
+      f'{name} has shape {jnp.shape(image)}; network_features and objective take one image '
+      '[H, W, 3] (the step vmaps them over the batch): pass x[0], or jax.vmap over the batch'
+    )
 
 
 def objective(
@@ -381,12 +393,18 @@ def objective(
   if loss_spec is None:
     raise TypeError('objective needs loss_spec= (a LossSpec: layers and style statistic)')
   loss_spec = as_spec(loss_spec)
+  _one_image(image, 'image')
+  if jnp.ndim(targets.content_weight) != 0:
+    raise errors.ConfigError(
+      f'targets hold {jnp.shape(targets.content_weight)[0]} image(s) (leading batch axes); '
+      "objective takes one image's: nst_jax.targets_at(targets, i, keep_batch=False)"
+    )
   if features is None:
     feats = network_features(image, params, model=model, layers=loss_spec.feature_layers)
   else:
     missing = [name for name in loss_spec.feature_layers if name not in features]
     if missing:
-      raise ValueError(
+      raise errors.ConfigError(
         f'features lacks {", ".join(missing)}; compute them with network_features(image, '
         'params, model=model, layers=loss_spec.feature_layers + your layers)'
       )

@@ -109,6 +109,7 @@ def prepare_params(
   the platform of the device that holds the params (JAX's default device for
   host arrays).
   """
+  checks.params_dict(params)
   if backend is None:
     backend = _platform(params)
   if backend == 'cpu':
@@ -235,6 +236,7 @@ def update_step(
     loss_spec = loss_config
   loss_spec = objective_lib.as_spec(loss_spec)
   checks.step_inputs(state.image, targets, loss_spec)
+  checks.optimizer_state(state.opt_state, state.image, optimizer)
   if active is not None:
     active = checks.active_flags(active, state.image.shape[0])
   spec_keyword = _spec_keyword(loss_fn)
