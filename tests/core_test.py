@@ -496,9 +496,14 @@ def test_make_model_and_optimizer_name_their_choices():
     ({'dtype': 'float16'}, "dtype must be one of 'float32', 'bfloat16', got 'float16'"),
     ({'dtype': 'float64'}, "dtype must be one of 'float32', 'bfloat16', got 'float64'"),
     ({'precision': 'fast'}, "precision must be one of 'highest', 'high', 'default', got 'fast'"),
+    # Refused when made, not at the first apply.
+    ({'pooling': 'mean'}, "pooling must be one of 'max', 'avg', got 'mean'"),
   ):
     with _raises(message):
       make_model(**kwargs)
+  # A JAX user names the dtype by its type.
+  assert make_model(dtype=jnp.bfloat16).dtype == make_model(dtype='bfloat16').dtype == jnp.bfloat16
+  assert make_model(dtype=np.float32).dtype == jnp.float32
   # A convention by name, as the converter names them.
   by_name = make_optimizer('lbfgs', convention='caffe')
   state = init_state(jnp.zeros((1, 4, 4, 3)), by_name)

@@ -71,7 +71,7 @@ def make_model(
 
   Args:
     pooling: 'max' or 'avg'.
-    dtype: compute dtype, 'float32' or 'bfloat16'.
+    dtype: compute dtype, 'float32' or 'bfloat16' (or jnp.bfloat16, jnp.float32).
     precision: 'highest', 'high', 'default' or None (see
       nst_jax.core.vgg.PRECISIONS).
   """
@@ -83,6 +83,9 @@ def make_model(
     )
     m = pooling.model
     pooling, dtype, precision = m.pooling, m.dtype, m.precision
+  checks.choice(dict.fromkeys(vgg.POOLING_MODES), pooling, 'pooling')
+  if not isinstance(dtype, str):  # jnp.bfloat16, np.float32: the names the table holds
+    dtype = getattr(dtype, '__name__', None) or getattr(dtype, 'name', dtype)
   return vgg.VGG19(
     pooling=pooling,
     dtype=checks.choice(vgg.COMPUTE_DTYPES, dtype, 'dtype'),
