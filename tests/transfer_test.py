@@ -312,3 +312,16 @@ def test_a_resume_that_does_not_fit_names_stylizes_own_arguments(caffe_npz, tmp_
     16,
     3,
   )
+
+
+@pytest.mark.parametrize('init', ['content', 'random'])
+def test_init_image_is_the_start_whatever_inputs_init_says(caffe_npz, init):
+  """As the docstring says: init_image replaces the keywords, not only an init file's path."""
+  rng = np.random.default_rng(8)
+  content, style, start = rng.uniform(size=(3, 16, 16, 3)).astype(np.float32)
+  cfg = _cfg(1, inputs=config_lib.InputConfig(init=init))
+  out = stylize(content, style, config=cfg, weights=caffe_npz, init_image=start[:8, :8])
+  resized = np.asarray(pixels.resize(start[:8, :8][None], 16, 16)[0])
+  # One L-BFGS step moves no pixel by more than first_step = 8 of 255.
+  assert np.abs(out - np.clip(resized, 0, 1)).max() <= 8 / 255 + 1e-6
+  assert np.abs(out - content).mean() > 0.2  # uniform noise against uniform noise: about 1/3

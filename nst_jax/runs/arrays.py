@@ -187,8 +187,12 @@ def stylize(
       per pixel (None: 1 everywhere).
     style_masks: [S, H, W] or [N, S, H, W] in [0, 1], one per style: where
       each style applies (guided Grams, Gatys et al. 2017).
-    init_image: RGB start image when `config.inputs.init` names a file (read
-      from that path if this is None).
+    init_image: RGB start image, [H', W', 3] or [N, H', W', 3] (one per
+      content image), resized to the content (bicubic) and used whatever
+      `config.inputs.init` says: it replaces 'content', 'random' and 'gray'
+      too. None: `config.inputs.init` decides, and a value other than those
+      three is read as an image file. With several scales it starts the
+      coarsest; each finer scale starts from the previous result.
     record: a dict to fill with what happened: 'scales' (size, iterations,
       why it stopped, compile and run seconds per stage) and 'history' (the
       losses every `config.run.print_iter` iterations).
