@@ -18,6 +18,14 @@ class ConfigError(NstError, ValueError):
   """A setting is out of range or names something that does not exist."""
 
 
+class ArgumentError(NstError, TypeError):
+  """An argument is missing, unknown, or of another kind than the function takes.
+
+  A TypeError, as Python's own for a missing or unexpected argument, so
+  `except TypeError` keeps working.
+  """
+
+
 class ImageError(NstError):
   """An image file cannot be read or written."""
 

@@ -18,6 +18,7 @@ from nst_jax.core import losses
 from nst_jax.core import pixels
 from nst_jax.core import statistics
 from nst_jax.core import vgg
+from nst_jax.core.objective import LossSpec
 from nst_jax.core.objective import make_targets
 from nst_jax.core.objective import network_features
 from nst_jax.core.objective import objective
@@ -259,7 +260,7 @@ def test_blended_gram_target_is_the_weighted_sum_of_grams():
   # Normalised here, the one place (the config only checks): weights that
   # cannot be normalised are refused rather than giving NaN targets.
   for bad in ((0.0, 0.0), (1.0, -1.0), (1.0, float('inf'))):
-    with pytest.raises(ValueError, match='blend weights must be finite, >= 0 and not all 0'):
+    with _raises(f'blend_weights must be finite, >= 0 and not all 0, got {bad}'):
       _targets(params, model, content, [s1, s2], blend_weights=bad)
 
 
@@ -688,3 +689,50 @@ def test_a_state_of_another_size_or_optimizer_is_refused_at_trace_time():
   with _raises("state.opt_state is a tuple, not this step's optimizer's LbfgsState; make the "
                "state with init_state(images, optimizer) of the step's optimizer"):  # fmt: skip
     run(init_state(content, adam), params, targets)
+
+
+def test_loss_spec_takes_lists_and_one_name_and_names_what_is_wrong():
+  spec = LossSpec(content_layers=['relu2_1'], style_layers='relu1_1', style_layer_weights=[2.0])
+  assert spec == LossSpec(('relu2_1',), ('relu1_1',), (2.0,))
+  hash(spec)  # still the step's static argument
+  cases = (
+    ({'style_loss': 'gramm'}, "style_loss must be one of 'gram', 'mean_cov', 'histogram', got "
+     "'gramm'"),
+    ({'content_layers': ()}, "content_layers must be layer names, e.g. ('relu4_2',), got ()"),
+    ({'style_layer_weights': (1.0,)}, 'style_layer_weights has 1 values for 5 style layers; give '
+     'one per style layer, or None for all 1'),
+  )  # fmt: skip
+  for kwargs, message in cases:
+    with _raises(message):
+      LossSpec(**kwargs)
+
+
+def test_missing_and_misnamed_arguments_are_project_errors_that_stay_type_errors():
+  model, params, content, targets = _problem()
+  cases = (
+    (lambda: make_targets(params, content, content, model=model, content_weight=1.0,
+                          style_weight=1.0),
+     'make_targets needs loss_spec= (a LossSpec: layers and style statistic)'),
+    (lambda: make_targets(params, content, content, model=model, loss_spec=TINY_LOSS.spec,
+                          style_weight=1.0),
+     'make_targets needs content_weight= (scalar or one per image)'),
+    (lambda: make_targets(params, content, content, model=model, loss_spec='gram',
+                          content_weight=1.0, style_weight=1.0),
+     "loss_spec must be a LossSpec, got a str; pass nst_jax.LossSpec(...) or a config's "
+     'cfg.loss.spec'),
+    (lambda: objective(content[0], params, jax.tree.map(lambda x: x[0], targets), model=model),
+     'objective needs loss_spec= (a LossSpec: layers and style statistic)'),
+    (lambda: make_optimizer('adam', lr=1.0, convention='caffe'),
+     'make_optimizer got unknown keyword(s) lr; it takes learning_rate, memory_size, first_step, '
+     'box, convention'),
+  )  # fmt: skip
+  for call, message in cases:
+    with pytest.raises(errors.ArgumentError) as e:
+      call()
+    assert isinstance(e.value, TypeError) and str(e.value) == message
+  with _raises("init 'noise' is not one of content, random, gray, and no image was given; pass "
+               'image= (RGB) to start from it, or one of those'):  # fmt: skip
+    initial_image(content, init='noise', seed=0)
+  with _raises("initial_image(init='gray') needs convention= (the weights' input convention): "
+               'pass convention=weights.info.input_convention'):  # fmt: skip
+    initial_image(content, init='gray', seed=0)

@@ -349,8 +349,9 @@ def test_pca_and_cholesky_differ_only_by_a_rotation():
   a = np.asarray(color.match_color(source, reference, 'pca'))
   b = np.asarray(color.match_color(source, reference, 'cholesky'))
   assert np.abs(a - b).max() > 1e-3  # different maps
-  with pytest.raises(ValueError, match='unknown colour match mode'):
+  with pytest.raises(errors.ConfigError) as e:
     color.match_color(source, reference, 'lab')
+  assert str(e.value) == "unknown colour match mode 'lab'; use one of 'pca', 'cholesky'"
 
 
 def test_load_mask(tmp_path):

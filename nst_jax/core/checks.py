@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import errors
+from nst_jax.core import pixels
 from nst_jax.core import vgg
 
 
@@ -70,6 +71,67 @@ def params_dict(params: Any) -> None:
   if set(params) == {'params'}:
     raise errors.ConfigError(
       "params is wrapped as {'params': ...} (Flax's variables); pass params['params']"
+    )
+
+
+def targets_inputs(content: Any, style: Any, content_mask: Any, style_masks: Any) -> None:
+  """Images and masks make_targets can use, or a ConfigError naming the argument."""
+  styles = list(style) if isinstance(style, (list, tuple)) else [style]
+  if not styles:
+    raise errors.ConfigError(
+      'no style image was given (style is empty); give one [N or 1, Hs, Ws, 3] array, or a '
+      'list of them to blend'
+    )
+  named = [('content', content)] + [
+    ('style' if len(styles) == 1 else f'style {i}', s) for i, s in enumerate(styles)
+  ]
+  for name, x in named:
+    pixels.check_network_images(x, name)
+  if content_mask is not None and (
+    content_mask.ndim != 3 or content_mask.shape[-2:] != content.shape[1:3]
+  ):
+    raise errors.ConfigError(
+      f'content_mask must be [N or 1, H, W] = [.., {content.shape[1]}, {content.shape[2]}], '
+      f'got {content_mask.shape}'
+    )
+  if style_masks is not None and style_masks.ndim != 4:
+    raise errors.ConfigError(
+      f'style_masks must be [N or 1, S, H, W], got {style_masks.shape}; add the batch axis: '
+      'masks[None]'
+    )
+
+
+def one_image(image: jax.Array, name: str) -> None:
+  """Refuses anything but one [H, W, 3] image (the step vmaps over the batch)."""
+  if jnp.ndim(image) != 3 or jnp.shape(image)[-1] != 3:
+    raise errors.ConfigError(
+      f'{name} has shape {jnp.shape(image)}; network_features and objective take one image '
+      '[H, W, 3] (the step vmaps them over the batch): pass x[0], or jax.vmap over the batch'
+    )
+
+
+def one_images_targets(targets: Any) -> None:
+  """Refuses batched targets where objective takes one image's."""
+  if jnp.ndim(targets.content_weight) != 0:
+    raise errors.ConfigError(
+      f'targets hold {jnp.shape(targets.content_weight)[0]} image(s) (leading batch axes); '
+      "objective takes one image's: nst_jax.targets_at(targets, i, keep_batch=False)"
+    )
+
+
+def objective_features(features: Mapping, layers: tuple[str, ...]) -> None:
+  """Refuses `objective(features=)` lacking a loss layer, or a batch's features."""
+  missing = [name for name in layers if name not in features]
+  if missing:
+    raise errors.ConfigError(
+      f'features lacks {", ".join(missing)}; compute them with network_features(image, '
+      'params, model=model, layers=loss_spec.feature_layers + your layers)'
+    )
+  batched = [name for name in layers if jnp.ndim(features[name]) != 3]
+  if batched:
+    raise errors.ConfigError(
+      f'features[{batched[0]!r}] has shape {jnp.shape(features[batched[0]])}; features must be '
+      "one image's, layer -> [h, w, c]: network_features of an [H, W, 3] image"
     )
 
 

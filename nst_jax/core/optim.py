@@ -173,7 +173,9 @@ def lbfgs(
     free, g = None, grads
     if bounds is not None:
       if params is None:
-        raise ValueError('lbfgs with bounds needs params in update()')
+        raise errors.ArgumentError(
+          'L-BFGS with a box needs the image: call update(grads, state, image, value=..., grad=...)'
+        )
       free, g = _active_set(params, grads, bounds)
     direction = _two_loop(g, state.s, state.y, state.rho, state.gamma, state.head, memory_size)
     # Without curvature information: the gradient scaled so that its largest
@@ -399,7 +401,10 @@ def make_optimizer(
     grad=..., value_fn=...)` (the extra arguments are accepted and unused).
   """
   if convention is None:
-    raise ValueError("make_optimizer needs convention= (the weights' input convention)")
+    raise errors.ConfigError(
+      "make_optimizer needs convention= (the weights' input convention): pass "
+      'convention=weights.info.input_convention'
+    )
   convention = pixels.as_convention(convention)
   checks.positive_number(first_step, 'first_step')
   if name == 'lbfgs':

@@ -122,6 +122,16 @@ def as_rgb(value: jax.typing.ArrayLike, name: str) -> jax.Array:
   return jnp.asarray(host, jnp.float32)
 
 
+def batched(rgb: jax.typing.ArrayLike) -> jax.Array:
+  """[H, W, 3] -> [1, H, W, 3]; [N, H, W, 3] unchanged (float32)."""
+  x = jnp.asarray(rgb, jnp.float32)
+  if x.ndim == 3:
+    return x[None]
+  if x.ndim == 4:
+    return x
+  raise errors.ConfigError(f'expected an RGB image [H, W, 3] or [N, H, W, 3], got shape {x.shape}')
+
+
 def check_network_images(value: jax.typing.ArrayLike, name: str) -> None:
   """Raises ConfigError naming `name` and the fix unless `value` is [N, H, W, 3] floats.
 

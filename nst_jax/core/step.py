@@ -153,12 +153,12 @@ def make_optimizer(name: Any = 'lbfgs', **kwargs) -> optax.GradientTransformatio
     )
   if 'lbfgs_memory' in kwargs:  # the config field's name (OptimConfig.lbfgs_memory)
     if 'memory_size' in kwargs:
-      raise TypeError('make_optimizer got both lbfgs_memory and memory_size; give one')
+      raise errors.ArgumentError('make_optimizer got both lbfgs_memory and memory_size; give one')
     kwargs['memory_size'] = kwargs.pop('lbfgs_memory')
   known = inspect.signature(optim.make_optimizer).parameters
   unknown = sorted(set(kwargs) - set(known))
   if unknown:
-    raise TypeError(
+    raise errors.ArgumentError(
       f'make_optimizer got unknown keyword(s) {", ".join(unknown)}; it takes '
       + ', '.join(k for k in known if k != 'name')
     )
@@ -433,22 +433,16 @@ def initial_image(
     rgb = jnp.full((1, *content.shape[1:]), 0.5, jnp.float32)
   else:
     if image is None:
-      raise ValueError(f'init {init!r} is not one of {INIT_KEYWORDS}, and no image was given')
-    rgb = batched(pixels.as_rgb(image, 'image'))
+      raise errors.ConfigError(
+        f'init {init!r} is not one of {", ".join(INIT_KEYWORDS)}, and no image was given; pass '
+        'image= (RGB) to start from it, or one of those'
+      )
+    rgb = pixels.batched(pixels.as_rgb(image, 'image'))
     rgb = pixels.resize(rgb, *content.shape[1:3])
   if convention is None:
-    raise ValueError(
-      f'initial_image(init={init!r}) needs convention= (the weights input convention)'
+    raise errors.ConfigError(
+      f"initial_image(init={init!r}) needs convention= (the weights' input convention): pass "
+      'convention=weights.info.input_convention'
     )
   x = pixels.preprocess(rgb, pixels.as_convention(convention))
   return jnp.broadcast_to(x, content.shape)
-
-
-def batched(rgb: jax.typing.ArrayLike) -> jax.Array:
-  """[H, W, 3] -> [1, H, W, 3]; [N, H, W, 3] unchanged (float32)."""
-  x = jnp.asarray(rgb, jnp.float32)
-  if x.ndim == 3:
-    return x[None]
-  if x.ndim == 4:
-    return x
-  raise ValueError(f'expected an RGB image [H, W, 3] or [N, H, W, 3], got {x.shape}')

@@ -88,12 +88,12 @@ def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
 
 def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint):
   """The engine's rows for arrays: one per content image, checked."""
-  content_b = np.asarray(core.batched(pixels.as_rgb(content, 'content')))
+  content_b = np.asarray(pixels.batched(pixels.as_rgb(content, 'content')))
   items = list(style) if isinstance(style, (list, tuple)) else [style]
   if not items:
     raise errors.ConfigError('no style image given')
   styles = [
-    np.asarray(core.batched(pixels.as_rgb(s, 'style' if len(items) == 1 else f'style {i}')))
+    np.asarray(pixels.batched(pixels.as_rgb(s, 'style' if len(items) == 1 else f'style {i}')))
     for i, s in enumerate(items)
   ]
   n, height, width = content_b.shape[:3]
@@ -119,7 +119,7 @@ def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint
   init = (
     None
     if init_image is None
-    else np.asarray(core.batched(pixels.as_rgb(init_image, 'init_image')))
+    else np.asarray(pixels.batched(pixels.as_rgb(init_image, 'init_image')))
   )
   if checkpoint is not None and n != 1:
     raise errors.ConfigError('a checkpoint holds one image; stylize a batch without one')
