@@ -263,9 +263,6 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
     (dict(content=rgb, style=rgb, content_mask=np.full((32, 32), 255.0)),
      'content mask has values from 255 to 255; masks are in [0, 1] (uint8 masks are divided by '
      '255): scale it into [0, 1]'),
-    (dict(content=rgb, style=rgb, weights=nst_jax.load_weights(caffe_npz).params),
-     'weights is a params dict, which does not say its input convention; pass the Weights '
-     '(nst_jax.get_weights(path)) or the path of the .npz'),
     (dict(content=rgb, style=rgb, config=config_lib.StyleConfig(run=config_lib.RunConfig(
       resume=True))), 'run.resume is set but no checkpoint= names the file to continue; pass '
      'checkpoint= or leave run.resume False'),
@@ -325,3 +322,25 @@ def test_init_image_is_the_start_whatever_inputs_init_says(caffe_npz, init):
   # One L-BFGS step moves no pixel by more than first_step = 8 of 255.
   assert np.abs(out - np.clip(resized, 0, 1)).max() <= 8 / 255 + 1e-6
   assert np.abs(out - content).mean() > 0.2  # uniform noise against uniform noise: about 1/3
+
+
+def test_params_made_in_memory_run_through_weights_from_params(caffe_npz):
+  """random_scaled_params and the like: stylize refused a params dict and named no way in."""
+  loaded = nst_jax.load_weights(caffe_npz)
+  mine = nst_jax.Weights.from_params(loaded.params, 'caffe')
+  assert mine.info.input_convention == pixels.CAFFE
+  # The digest is the .npz's own, so a checkpoint tells these params from others.
+  assert mine.info.params_sha256 == loaded.info.params_sha256
+  rgb = np.random.default_rng(9).uniform(size=(2, 16, 16, 3)).astype(np.float32)
+  cfg = _cfg(2)
+  np.testing.assert_array_equal(
+    stylize(rgb[0], rgb[1], config=cfg, weights=mine),
+    stylize(rgb[0], rgb[1], config=cfg, weights=caffe_npz),
+  )
+  with pytest.raises(errors.ConfigError) as e:
+    stylize(rgb[0], rgb[1], config=cfg, weights=loaded.params)
+  assert str(e.value) == (
+    'weights is a params dict, which does not say its input convention; pass '
+    'nst_jax.Weights.from_params(params, convention), the Weights (nst_jax.get_weights(path)) or '
+    'the path of the .npz'
+  )

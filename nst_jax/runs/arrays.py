@@ -172,7 +172,9 @@ def stylize(
       of those for several styles (blended with
       `config.inputs.style_blend_weights`, or placed by `style_masks`).
     config: the settings (paths are ignored); None = StyleConfig() defaults.
-    weights: loaded Weights, a path, or None for the default location.
+    weights: loaded Weights, a path, or None for the default location; for
+      params made in memory (random_scaled_params),
+      `nst_jax.Weights.from_params(params, convention)`.
     callback: called as callback(iteration, rgb) every `config.save.save_iter`
       iterations and when stopped, with the current RGB images ([N, H, W, 3]
       at the current scale, as they would be saved); iterations count on
@@ -211,8 +213,9 @@ def stylize(
     compile_cache.use(cfg.run.compile_cache)
   if isinstance(weights, Mapping):
     raise errors.ConfigError(
-      'weights is a params dict, which does not say its input convention; pass the Weights '
-      '(nst_jax.get_weights(path)) or the path of the .npz'
+      'weights is a params dict, which does not say its input convention; pass '
+      'nst_jax.Weights.from_params(params, convention), the Weights (nst_jax.get_weights(path)) '
+      'or the path of the .npz'
     )
   if cfg.run.resume and checkpoint is None:
     raise errors.ConfigError(
