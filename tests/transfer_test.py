@@ -344,3 +344,18 @@ def test_params_made_in_memory_run_through_weights_from_params(caffe_npz):
     'nst_jax.Weights.from_params(params, convention), the Weights (nst_jax.get_weights(path)) or '
     'the path of the .npz'
   )
+
+
+def test_a_checkpoint_that_cannot_be_written_is_refused_before_the_run(caffe_npz, tmp_path):
+  """A directory only logged 'could not write', and the run went on with no checkpoint."""
+  rgb = np.full((16, 16, 3), 0.5, np.float32)
+  for path, message in (
+    (tmp_path, f'checkpoint {tmp_path} is a directory; give a file in it, e.g. '
+     f'{tmp_path / "run.ckpt"}'),
+    (tmp_path / 'no' / 'a.ckpt', f'the folder of checkpoint {tmp_path / "no" / "a.ckpt"} does '
+     'not exist; create it or give another path'),
+  ):  # fmt: skip
+    with pytest.raises(errors.ConfigError) as e:
+      stylize(rgb, rgb, config=_cfg(1), weights=caffe_npz, checkpoint=path)
+    assert str(e.value) == message
+  assert list(tmp_path.iterdir()) == []

@@ -86,6 +86,25 @@ def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
   )
 
 
+def _check_checkpoint_path(path: Path) -> None:
+  """Refuses a checkpoint= that cannot be written, before the run.
+
+  The writer only logs a failed write and the run goes on (a full disk must
+  not end a long run), so a directory or a missing folder would give a run
+  with no checkpoint at all.
+  """
+  if path.is_dir():
+    raise errors.ConfigError(
+      f'checkpoint {errors.printable(path)} is a directory; give a file in it, e.g. '
+      f'{errors.printable(path / "run.ckpt")}'
+    )
+  if not path.parent.is_dir():
+    raise errors.ConfigError(
+      f'the folder of checkpoint {errors.printable(path)} does not exist; create it or give '
+      'another path'
+    )
+
+
 def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint):
   """The engine's rows for arrays: one per content image, checked."""
   content_b = np.asarray(pixels.batched(pixels.as_rgb(content, 'content')))
@@ -217,6 +236,8 @@ def stylize(
       'nst_jax.Weights.from_params(params, convention), the Weights (nst_jax.get_weights(path)) '
       'or the path of the .npz'
     )
+  if checkpoint is not None:
+    _check_checkpoint_path(Path(checkpoint))
   if cfg.run.resume and checkpoint is None:
     raise errors.ConfigError(
       'run.resume is set but no checkpoint= names the file to continue; pass checkpoint= or '
