@@ -372,3 +372,12 @@ def test_calls_that_cannot_work_are_one_line_project_errors():
   )
   # The first step moves the pixel that moves most by first_step (8) pixels: here all by 8.
   np.testing.assert_allclose(updates, -8.0 * jnp.ones_like(x), rtol=1e-6)
+
+
+def test_lbfgs_refuses_a_learning_rate_it_would_ignore():
+  with pytest.raises(nst_jax.errors.ConfigError) as e:
+    optim.make_optimizer('lbfgs', learning_rate=0.5, convention='caffe')
+  assert str(e.value) == (
+    "learning_rate is Adam's; L-BFGS takes no learning rate (its step is 1, its first step's "
+    "largest pixel change first_step): drop it, or use make_optimizer('adam', ...)"
+  )

@@ -359,3 +359,13 @@ def test_a_checkpoint_that_cannot_be_written_is_refused_before_the_run(caffe_npz
       stylize(rgb, rgb, config=_cfg(1), weights=caffe_npz, checkpoint=path)
     assert str(e.value) == message
   assert list(tmp_path.iterdir()) == []
+
+
+def test_a_configs_learning_rate_is_left_out_of_lbfgs_as_documented(caffe_npz):
+  """OptimConfig says learning_rate is unused by L-BFGS; make_optimizer now refuses it."""
+  rgb = np.random.default_rng(10).uniform(size=(2, 16, 16, 3)).astype(np.float32)
+  with_rate = _cfg(2, optim=config_lib.OptimConfig(name='lbfgs', learning_rate=0.5))
+  np.testing.assert_array_equal(
+    stylize(rgb[0], rgb[1], config=with_rate, weights=caffe_npz),
+    stylize(rgb[0], rgb[1], config=_cfg(2), weights=caffe_npz),
+  )

@@ -386,8 +386,9 @@ def make_optimizer(
 
   Args:
     name: 'lbfgs' or 'adam'.
-    learning_rate: Adam's step in pixel units (0..255; default 10). Unused by
-      L-BFGS, whose step is 1 as in the classic tools.
+    learning_rate: Adam's step in pixel units (0..255; default 10). Refused
+      with L-BFGS, whose step is 1 as in the classic tools (its first step is
+      `first_step`).
     memory_size: L-BFGS's curvature pairs.
     first_step: L-BFGS's first step, the largest pixel change, in pixel units.
     box: keep L-BFGS's image inside the displayable range, pixels 0..255
@@ -408,6 +409,11 @@ def make_optimizer(
   convention = pixels.as_convention(convention)
   checks.positive_number(first_step, 'first_step')
   if name == 'lbfgs':
+    if learning_rate is not None:
+      raise errors.ConfigError(
+        "learning_rate is Adam's; L-BFGS takes no learning rate (its step is 1, its first "
+        "step's largest pixel change first_step): drop it, or use make_optimizer('adam', ...)"
+      )
     inner = lbfgs(memory_size, first_step=first_step, bounds=PIXEL_RANGE if box else None)
   elif name == 'adam':
     lr = DEFAULT_ADAM_LEARNING_RATE if learning_rate is None else learning_rate

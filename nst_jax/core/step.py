@@ -145,7 +145,7 @@ def make_optimizer(name: Any = 'lbfgs', **kwargs) -> optax.GradientTransformatio
     name, kwargs = (
       o.name,
       {
-        'learning_rate': o.learning_rate,
+        'learning_rate': o.learning_rate if o.name == 'adam' else None,
         'memory_size': o.lbfgs_memory,
         'box': o.box,
         **kwargs,
