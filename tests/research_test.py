@@ -324,6 +324,14 @@ def test_targets_at_counts_from_the_end_and_refuses_out_of_range():
     )
 
 
+def test_targets_at_of_one_image_names_its_one_index():
+  model, params, content, targets = _problem(n=1)
+  with pytest.raises(nst_jax.errors.ConfigError) as caught:
+    nst_jax.targets_at(targets, 1)  # said "give 0 to 0 (or -1 to -1 from the end)"
+  assert str(caught.value) == 'index 1 is out of range for targets of 1 image(s); give 0 (or -1)'
+  np.testing.assert_array_equal(nst_jax.targets_at(targets, -1).style_weight, [10.0])
+
+
 def test_random_scaled_params_refuse_a_probe_with_no_scale():
   shape = {'stage_sizes': (1, 2), 'widths': (4, 8)}
   probe = pixels.preprocess(np.full((1, 8, 8, 3), 0.5, np.float32), pixels.CAFFE)

@@ -230,8 +230,8 @@ def test_an_image_too_small_for_the_layers_is_refused_naming_its_size(caffe_npz)
     stylize(small, fine, config=cfg, weights=caffe_npz)
   # stylize runs at the arrays' size: the fix is a larger image, not inputs.width.
   assert str(e.value) == (
-    f'the content image is 20x15 px at this width, {need}; use a larger images (stylize runs at '
-    'their size)'
+    f'the content image is 20x15 px at this width, {need}; use a larger image size (stylize runs '
+    "at the arrays' size)"
   )
   with pytest.raises(errors.ImageError, match=f'the style image is 20x15 px at this width, {need}'):
     stylize(fine, small, config=cfg, weights=caffe_npz)
@@ -261,7 +261,7 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
      'stylise one content with each, repeat it (np.repeat(content, 2, axis=0)); to blend them, '
      'pass them as a list'),
     (dict(content=rgb, style=rgb, content_mask=np.full((32, 32), 255.0)),
-     'content mask has values from 255 to 255; masks are in [0, 1] (uint8 masks are divided by '
+     'content_mask has values from 255 to 255; masks are in [0, 1] (uint8 masks are divided by '
      '255): scale it into [0, 1]'),
     (dict(content=rgb, style=rgb, config=config_lib.StyleConfig(run=config_lib.RunConfig(
       resume=True))), 'run.resume is set but no checkpoint= names the file to continue; pass '
@@ -275,7 +275,7 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
   # A uint8 mask is read as RGB is: divided by 255 (0 and 255 -> 0 and 1).
   from nst_jax.runs import arrays
 
-  (mask,) = arrays._masks(np.full((32, 32), 255, np.uint8), 1, 2, (32, 32), 'content mask')
+  (mask,) = arrays._masks(np.full((32, 32), 255, np.uint8), 1, 2, (32, 32), 'content_mask')
   np.testing.assert_array_equal(mask, np.ones((32, 32), np.float32))
 
 
@@ -369,3 +369,17 @@ def test_a_configs_learning_rate_is_left_out_of_lbfgs_as_documented(caffe_npz):
     stylize(rgb[0], rgb[1], config=with_rate, weights=caffe_npz),
     stylize(rgb[0], rgb[1], config=_cfg(2), weights=caffe_npz),
   )
+
+
+def test_a_misshapen_mask_is_named_by_the_shape_given_and_the_one_needed(caffe_npz):
+  """It showed the shape after broadcasting ((1, 16, 32) for a (16, 32) mask) as 'images of'."""
+  rgb = np.full((32, 32, 3), 0.5, np.float32)
+  for kwargs, message in (
+    ({'content_mask': np.ones((16, 32))}, 'content_mask has shape (16, 32); give [H, W] = '
+     '[32, 32] or [N, 32, 32], at the content size'),
+    ({'style_masks': np.ones((32, 32))}, 'style_masks has shape (32, 32); give one mask per '
+     'style, [S, H, W] = [1, 32, 32] or [N, 1, 32, 32]'),
+  ):  # fmt: skip
+    with pytest.raises(errors.ConfigError) as e:
+      stylize(rgb, rgb, config=_cfg(1), weights=caffe_npz, **kwargs)
+    assert str(e.value) == message

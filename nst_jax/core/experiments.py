@@ -138,9 +138,9 @@ def targets_at(
   """
   n = targets.content_weight.shape[0]
   if not -n <= index < n:
+    valid = '0 (or -1)' if n == 1 else f'0 to {n - 1} (or -{n} to -1 from the end)'
     raise errors.ConfigError(
-      f'index {index} is out of range for targets of {n} image(s); give 0 to {n - 1} '
-      f'(or -{n} to -1 from the end)'
+      f'index {index} is out of range for targets of {n} image(s); give {valid}'
     )
   index = int(index) % n
   if keep_batch:

@@ -40,16 +40,18 @@ def _masks(value, n: int, lead: int, shape: tuple[int, ...], what: str):
       f'{what} has values from {np.nanmin(m):.4g} to {np.nanmax(m):.4g}; masks are in [0, 1] '
       '(uint8 masks are divided by 255): scale it into [0, 1]'
     )
+  given = m.shape
   if m.ndim == lead:
     m = np.broadcast_to(m, (n, *m.shape))
   if m.shape[1:] != shape or m.shape[0] not in (1, n):
-    raise errors.ConfigError(f'{what} {m.shape} for images of {shape}; {_MASK_HELP[what]}')
+    raise errors.ConfigError(f'{what} has shape {given}; {_MASK_HELP[what].format(*shape)}')
   return [m[min(k, m.shape[0] - 1)] for k in range(n)]
 
 
+# The fix, formatted with the shape a mask must have after its batch axis.
 _MASK_HELP = {
-  'content mask': 'give [H, W] or [N, H, W] at the content size',
-  'style masks': 'give one mask per style, [S, H, W] or [N, S, H, W]',
+  'content_mask': 'give [H, W] = [{0}, {1}] or [N, {0}, {1}], at the content size',
+  'style_masks': 'give one mask per style, [S, H, W] = [{0}, {1}, {2}] or [N, {0}, {1}, {2}]',
 }
 
 
@@ -131,8 +133,8 @@ def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint
     blend_weights=cfg.inputs.style_blend_weights,
     masks_name='style_masks',
   )
-  cmasks = _masks(content_mask, n, 2, (height, width), 'content mask')
-  smasks = _masks(style_masks, n, 3, (len(styles), height, width), 'style masks')
+  cmasks = _masks(content_mask, n, 2, (height, width), 'content_mask')
+  smasks = _masks(style_masks, n, 3, (len(styles), height, width), 'style_masks')
   if cfg.inputs.init not in config_lib.INITS and init_image is None:
     init_image = image_lib.load_image(cfg.inputs.init, max_pixels=cfg.inputs.max_image_pixels)
   init = (
@@ -251,7 +253,7 @@ def stylize(
   cfg = cfg.replace(inputs=cfg.inputs.replace(width=width))
   # The file pipeline's check (every row has row 0's sizes): an image smaller
   # than the deepest layer needs would otherwise fail later as a non-finite loss.
-  inputs_lib.check_size(cfg, rows[0], larger='images (stylize runs at their size)')
+  inputs_lib.check_size(cfg, rows[0], larger="image size (stylize runs at the arrays' size)")
   layout = runner.layout_for(cfg, height, n)
   # A jobs layout pads the batch to a multiple of the devices: the extra rows
   # repeat image 0 (same shapes and styles), are never returned, and write no
