@@ -630,13 +630,19 @@ def test_params_in_another_form_are_refused_naming_what_to_pass():
   for bad, message in cases:
     with _raises(message):
       targets(bad)
-  with _raises("params['conv1_1']['kernel'] has shape (3, 3, 3, 4), but the model's is (3, 3, 3, "
-               '64); pass the model the params are for (nst_jax.VGGTiny() for '
-               'random_scaled_params(stage_sizes=(1, 2), widths=(4, 8)))'):  # fmt: skip
+  other_network = (
+    "params['conv1_1']['kernel'] has shape (3, 3, 3, 4), but the model's is (3, 3, 3, 64); pass "
+    "the model the params are for (nst_jax.make_model() for VGG-19's, nst_jax.VGGTiny() for "
+    'random_scaled_params(stage_sizes=(1, 2), widths=(4, 8)))'
+  )
+  with _raises(other_network):
     targets(params, model=make_model())
   with _raises("params is a Weights, not the layer -> {'kernel', 'bias'} dict of the network; "
                'pass weights.params'):  # fmt: skip
     prepare_params(Weights(params))
+  # One layer name, as the model and extract_features take it (refused before).
+  one = prepare_params(params, 'relu1_1', backend='cpu')
+  assert set(one['conv1_1']) > {'kernel', 'bias'} and set(one['conv2_1']) == {'kernel', 'bias'}
   # What the step runs (under jit): the same check at trace time.
   tx = make_optimizer('adam', convention=pixels.CAFFE)
   with _raises('params lack conv2_2, which relu2_2 needs; pass the whole network (weights.params)'):

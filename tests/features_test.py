@@ -108,8 +108,8 @@ def test_a_model_and_its_params_as_the_step_takes_them():
     ({'model': tiny, 'dtype': 'bfloat16'}, 'extract_features got model= and pooling= or dtype=, '
      'which the model has already; give one: model=nst_jax.make_model(pooling=..., dtype=...)'),
     ({}, "params['conv1_1']['kernel'] has shape (3, 3, 3, 4), but the model's is (3, 3, 3, 64); "
-     'pass the model the params are for (nst_jax.VGGTiny() for random_scaled_params('
-     'stage_sizes=(1, 2), widths=(4, 8)))'),
+     "pass the model the params are for (nst_jax.make_model() for VGG-19's, nst_jax.VGGTiny() "
+     'for random_scaled_params(stage_sizes=(1, 2), widths=(4, 8)))'),
     ({'model': tiny, 'layers': 'relu3_1'}, 'unknown layer name(s) relu3_1; valid names are: '
      'conv1_1, relu1_1, pool1, conv2_1, relu2_1, conv2_2, relu2_2, pool2'),
   )  # fmt: skip

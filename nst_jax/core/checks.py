@@ -50,8 +50,8 @@ def params_fit(params: Any, model: vgg.VGG, layers: Any) -> None:
     if tuple(np.shape(kernel)) != (3, 3, cin, width):
       raise errors.ConfigError(
         f"params['{name}']['kernel'] has shape {tuple(np.shape(kernel))}, but the model's is "
-        f'{(3, 3, cin, width)}; pass the model the params are for (nst_jax.VGGTiny() for '
-        'random_scaled_params(stage_sizes=(1, 2), widths=(4, 8)))'
+        f'{(3, 3, cin, width)}; pass the model the params are for (nst_jax.make_model() for '
+        "VGG-19's, nst_jax.VGGTiny() for random_scaled_params(stage_sizes=(1, 2), widths=(4, 8)))"
       )
     cin = width
 

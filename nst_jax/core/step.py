@@ -113,6 +113,8 @@ def prepare_params(
   host arrays).
   """
   checks.params_dict(params)
+  if isinstance(layers, str):  # one name, as the model and extract_features take it
+    layers = (layers,)
   if backend is None:
     backend = _platform(params)
   if backend == 'cpu':
