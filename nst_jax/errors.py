@@ -18,6 +18,14 @@ class ConfigError(NstError, ValueError):
   """A setting is out of range or names something that does not exist."""
 
 
+class ArgumentError(NstError, TypeError):
+  """An argument is missing, unknown, or of another kind than the function takes.
+
+  A TypeError, as Python's own for a missing or unexpected argument, so
+  `except TypeError` keeps working.
+  """
+
+
 class ImageError(NstError):
   """An image file cannot be read or written."""
 
@@ -40,6 +48,26 @@ class DownloadError(WeightsError):
   def __init__(self, message: str, reason: str = ''):
     super().__init__(message)
     self.reason = reason or message
+
+
+class ResumeMismatch(NstError):
+  """A checkpoint was written by a run with other settings or other inputs.
+
+  The message speaks to the file pipeline (config fields, files); `stylize`
+  words it again for its own arguments from these attributes.
+
+  Attributes:
+    path: the checkpoint.
+    setting: what differs first: a StyleConfig field ('inputs.width') or an
+      input ('content_pixels', 'style_pixels', 'mask_pixels', 'weights_hash',
+      'term_weights').
+    saved, now: the field's values as short JSON text ('' for an input,
+      which is compared by digest).
+  """
+
+  def __init__(self, message: str, *, path: str, setting: str, saved: str = '', now: str = ''):
+    super().__init__(message)
+    self.path, self.setting, self.saved, self.now = path, setting, saved, now
 
 
 class Interrupted(NstError):

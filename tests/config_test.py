@@ -99,8 +99,17 @@ def test_flat_names_still_work_and_say_where_they_moved():
   with pytest.warns(DeprecationWarning):
     again = cfg.replace(width=64)
   assert again.inputs.width == 64 and again.schedule.iterations == 7
-  with pytest.raises(TypeError, match="no setting 'colour'"):
+  with pytest.raises(errors.ArgumentError) as e:  # a TypeError, as Python's own
     config_lib.StyleConfig(colour='none')
+  assert isinstance(e.value, TypeError) and str(e.value) == (
+    "StyleConfig has no setting 'colour'; the settings are in groups: "
+    'StyleConfig(loss=LossConfig(...), ...) (docs/api.md)'
+  )
+  with pytest.raises(errors.ArgumentError) as e:
+    config_lib.StyleConfig(loss=config_lib.OptimConfig())
+  assert str(e.value) == (
+    'StyleConfig(loss=...) takes a LossConfig, got a OptimConfig; pass nst_jax.LossConfig(...)'
+  )
   with pytest.raises(AttributeError):
     _ = cfg.colour
   with warnings.catch_warnings():

@@ -18,13 +18,16 @@ from nst_jax.core import losses
 from nst_jax.core import pixels
 from nst_jax.core import statistics
 from nst_jax.core import vgg
+from nst_jax.core.objective import LossSpec
 from nst_jax.core.objective import make_targets
+from nst_jax.core.objective import network_features
 from nst_jax.core.objective import objective
 from nst_jax.core.step import StyleState
 from nst_jax.core.step import init_state
 from nst_jax.core.step import initial_image
 from nst_jax.core.step import make_model
 from nst_jax.core.step import make_optimizer
+from nst_jax.core.step import prepare_params
 from nst_jax.core.step import update_step
 
 _VGGTiny = functools.partial(vgg.VGG, stage_sizes=(1, 2), widths=(4, 8))
@@ -144,7 +147,9 @@ def test_objective_is_zero_at_the_targets_and_matches_formula():
 @pytest.mark.parametrize('optimizer', ['lbfgs', 'adam'])
 def test_step_compiles_once_and_donates_state(optimizer):
   model, params, content, targets = _problem()
-  tx = make_optimizer(optimizer, learning_rate=1.0, convention=pixels.CAFFE)
+  tx = make_optimizer(
+    optimizer, learning_rate=1.0 if optimizer == 'adam' else None, convention=pixels.CAFFE
+  )
   chex.clear_trace_counter()  # the counter is keyed by code, shared across parameters
 
   @chex.assert_max_traces(n=1)
@@ -257,7 +262,7 @@ def test_blended_gram_target_is_the_weighted_sum_of_grams():
   # Normalised here, the one place (the config only checks): weights that
   # cannot be normalised are refused rather than giving NaN targets.
   for bad in ((0.0, 0.0), (1.0, -1.0), (1.0, float('inf'))):
-    with pytest.raises(ValueError, match='blend weights must be finite, >= 0 and not all 0'):
+    with _raises(f'blend_weights must be finite, >= 0 and not all 0, got {bad}'):
       _targets(params, model, content, [s1, s2], blend_weights=bad)
 
 
@@ -494,9 +499,14 @@ def test_make_model_and_optimizer_name_their_choices():
     ({'dtype': 'float16'}, "dtype must be one of 'float32', 'bfloat16', got 'float16'"),
     ({'dtype': 'float64'}, "dtype must be one of 'float32', 'bfloat16', got 'float64'"),
     ({'precision': 'fast'}, "precision must be one of 'highest', 'high', 'default', got 'fast'"),
+    # Refused when made, not at the first apply.
+    ({'pooling': 'mean'}, "pooling must be one of 'max', 'avg', got 'mean'"),
   ):
     with _raises(message):
       make_model(**kwargs)
+  # A JAX user names the dtype by its type.
+  assert make_model(dtype=jnp.bfloat16).dtype == make_model(dtype='bfloat16').dtype == jnp.bfloat16
+  assert make_model(dtype=np.float32).dtype == jnp.float32
   # A convention by name, as the converter names them.
   by_name = make_optimizer('lbfgs', convention='caffe')
   state = init_state(jnp.zeros((1, 4, 4, 3)), by_name)
@@ -571,3 +581,166 @@ def test_checks_read_values_only_when_concrete():
   checks.positive_number(lambda step: -1.0, 'learning_rate')  # a schedule is not read
   with _raises('learning_rate must be a finite number > 0, got nan'):
     checks.positive_number(float('nan'), 'learning_rate')
+
+
+def test_active_holds_the_images_it_marks_and_must_be_one_flag_per_image():
+  model, params, content, targets = _problem(n=2)
+  tx = make_optimizer('adam', learning_rate=2.0, convention=pixels.CAFFE)
+  run = functools.partial(update_step, model=model, optimizer=tx, loss_spec=TINY_LOSS.spec)
+  for flags in ([True, False], np.array([1, 0])):  # a list, and numpy's 0/1
+    state, _ = run(init_state(content, tx), params, targets, flags)
+    assert float(jnp.abs(state.image[0] - content[0]).max()) > 0.5
+    np.testing.assert_array_equal(state.image[1], content[1])
+  # [2, 1] used to broadcast into a [2, 2, H, W, 3] state; [3] and a scalar failed in JAX.
+  for flags, shape, dtype in (
+    (jnp.ones((2, 1), bool), (2, 1), 'bool'),
+    (jnp.ones(3, bool), (3,), 'bool'),
+    (True, (), 'bool'),
+    (jnp.ones(2), (2,), 'float32'),
+  ):
+    message = (
+      f'active has shape {shape} and dtype {dtype} for a batch of 2 image(s); give [2] bools, '
+      'one per image (False: that image keeps its pixels), or None'
+    )
+    with _raises(message):
+      run(init_state(content, tx), params, targets, flags)
+
+
+def test_params_in_another_form_are_refused_naming_what_to_pass():
+  """Flax's errors (no parameter named kernel in /conv2_1, an initializer's shape) name no fix."""
+  model, params, content, _ = _problem()
+  spec = TINY_LOSS.spec
+
+  def targets(params, model=model):
+    return make_targets(params, content, content, model=model, loss_spec=spec,
+                        content_weight=1.0, style_weight=1.0)  # fmt: skip
+
+  class Weights:  # what nst_jax.get_weights returns: params under .params
+    def __init__(self, params):
+      self.params = params
+
+  cases = (
+    ({k: v for k, v in params.items() if k != 'conv2_1'}, 'params lack conv2_1, which relu2_2 '
+     'needs; pass the whole network (weights.params)'),
+    (Weights(params), "params is a Weights, not the layer -> {'kernel', 'bias'} dict of the "
+     'network; pass weights.params'),
+    ('weights/vgg19.npz', "params is a str, not the layer -> {'kernel', 'bias'} dict of the "
+     'network; load them: nst_jax.get_weights(path).params'),
+    ({'params': params}, "params is wrapped as {'params': ...} (Flax's variables); pass "
+     "params['params']"),
+  )  # fmt: skip
+  for bad, message in cases:
+    with _raises(message):
+      targets(bad)
+  other_network = (
+    "params['conv1_1']['kernel'] has shape (3, 3, 3, 4), but the model's is (3, 3, 3, 64); pass "
+    "the model the params are for (nst_jax.make_model() for VGG-19's, nst_jax.VGGTiny() for "
+    'random_scaled_params(stage_sizes=(1, 2), widths=(4, 8)))'
+  )
+  with _raises(other_network):
+    targets(params, model=make_model())
+  with _raises("params is a Weights, not the layer -> {'kernel', 'bias'} dict of the network; "
+               'pass weights.params'):  # fmt: skip
+    prepare_params(Weights(params))
+  # One layer name, as the model and extract_features take it (refused before).
+  one = prepare_params(params, 'relu1_1', backend='cpu')
+  assert set(one['conv1_1']) > {'kernel', 'bias'} and set(one['conv2_1']) == {'kernel', 'bias'}
+  # What the step runs (under jit): the same check at trace time.
+  tx = make_optimizer('adam', convention=pixels.CAFFE)
+  with _raises('params lack conv2_2, which relu2_2 needs; pass the whole network (weights.params)'):
+    jax.jit(functools.partial(update_step, model=model, optimizer=tx, loss_spec=spec))(
+      init_state(content, tx), {k: v for k, v in params.items() if k != 'conv2_2'},
+      _problem()[3],
+    )  # fmt: skip
+
+
+def test_objective_and_network_features_take_one_image_and_its_targets():
+  model, params, content, targets = _problem()
+  spec = TINY_LOSS.spec
+  batched = ('image has shape (1, 16, 16, 3); network_features and objective take one image '
+             '[H, W, 3] (the step vmaps them over the batch): pass x[0], or jax.vmap over the '
+             'batch')  # fmt: skip
+  with _raises(batched):
+    network_features(content, params, model=model, layers=('relu2_2',))
+  with _raises(batched):
+    objective(content, params, targets, model=model, loss_spec=spec)
+  # Batched targets used to fail as "relu2_2: features (8, 8, 8) vs content target (1, 8, 8, 8)".
+  with _raises("targets hold 1 image(s) (leading batch axes); objective takes one image's: "
+               'nst_jax.targets_at(targets, i, keep_batch=False)'):  # fmt: skip
+    objective(content[0], params, targets, model=model, loss_spec=spec)
+  one = jax.tree.map(lambda x: x[0], targets)
+  feats = network_features(content[0], params, model=model, layers=('relu1_1',))
+  with _raises('features lacks relu2_2, relu2_1; compute them with network_features(image, '
+               'params, model=model, layers=loss_spec.feature_layers + your layers)'):  # fmt: skip
+    objective(content[0], params, one, model=model, loss_spec=spec, features=feats)
+  total, aux = objective(content[0], params, one, model=model, loss_spec=spec)
+  assert float(aux['content']) == 0.0 and float(total) > 0  # the content is its own target
+  feats = network_features(content[0], params, model=model, layers=spec.feature_layers)
+  again, _ = objective(content[0], params, one, model=model, loss_spec=spec, features=feats)
+  assert float(again) == float(total)
+
+
+def test_a_state_of_another_size_or_optimizer_is_refused_at_trace_time():
+  model, params, content, targets = _problem(hw=(16, 16))
+  lbfgs = make_optimizer('lbfgs', convention=pixels.CAFFE)
+  adam = make_optimizer('adam', convention=pixels.CAFFE)
+  run = jax.jit(functools.partial(update_step, model=model, optimizer=lbfgs,
+                                  loss_spec=TINY_LOSS.spec))  # fmt: skip
+  message = (
+    "the state's images are 32x24 px (relu2_2: 16x12), but the targets' content features are 8x8 "
+    "at relu2_2, from content of another size; make the targets from content of the state's "
+    "size, or the state from images of the content's"
+  )
+  with _raises(message):
+    run(init_state(jnp.zeros((1, 24, 32, 3)), lbfgs), params, targets)
+  # Adam's state in an L-BFGS step: AttributeError "'tuple' object has no attribute 'prev_step'".
+  with _raises("state.opt_state is a tuple, not this step's optimizer's LbfgsState; make the "
+               "state with init_state(images, optimizer) of the step's optimizer"):  # fmt: skip
+    run(init_state(content, adam), params, targets)
+
+
+def test_loss_spec_takes_lists_and_one_name_and_names_what_is_wrong():
+  spec = LossSpec(content_layers=['relu2_1'], style_layers='relu1_1', style_layer_weights=[2.0])
+  assert spec == LossSpec(('relu2_1',), ('relu1_1',), (2.0,))
+  hash(spec)  # still the step's static argument
+  cases = (
+    ({'style_loss': 'gramm'}, "style_loss must be one of 'gram', 'mean_cov', 'histogram', got "
+     "'gramm'"),
+    ({'content_layers': ()}, "content_layers must be layer names, e.g. ('relu4_2',), got ()"),
+    ({'style_layer_weights': (1.0,)}, 'style_layer_weights has 1 values for 5 style layers; give '
+     'one per style layer, or None for all 1'),
+  )  # fmt: skip
+  for kwargs, message in cases:
+    with _raises(message):
+      LossSpec(**kwargs)
+
+
+def test_missing_and_misnamed_arguments_are_project_errors_that_stay_type_errors():
+  model, params, content, targets = _problem()
+  cases = (
+    (lambda: make_targets(params, content, content, model=model, content_weight=1.0,
+                          style_weight=1.0),
+     'make_targets needs loss_spec= (a LossSpec: layers and style statistic)'),
+    (lambda: make_targets(params, content, content, model=model, loss_spec=TINY_LOSS.spec,
+                          style_weight=1.0),
+     'make_targets needs content_weight= (scalar or one per image)'),
+    (lambda: make_targets(params, content, content, model=model, loss_spec='gram',
+                          content_weight=1.0, style_weight=1.0),
+     "loss_spec must be a LossSpec, got a str; pass nst_jax.LossSpec(...) or a config's "
+     'cfg.loss.spec'),
+    (lambda: objective(content[0], params, jax.tree.map(lambda x: x[0], targets), model=model),
+     'objective needs loss_spec= (a LossSpec: layers and style statistic)'),
+    (lambda: make_optimizer('adam', lr=1.0, convention='caffe'),
+     'make_optimizer got unknown keyword(s) lr; it takes learning_rate, memory_size, first_step, '
+     'box, convention'),
+  )  # fmt: skip
+  for call, message in cases:
+    with pytest.raises(errors.ArgumentError) as e:
+      call()
+    assert isinstance(e.value, TypeError) and str(e.value) == message
+  with _raises("init 'noise' is not one of content, random, gray, and no image was given; pass "
+               'image= (RGB) to start from it, or one of those'):  # fmt: skip
+    initial_image(content, init='noise', seed=0)
+  with _raises("initial_image(init='gray') needs convention= (the weights' input convention): "
+               'pass convention=weights.info.input_convention'):  # fmt: skip
+    initial_image(content, init='gray', seed=0)

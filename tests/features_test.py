@@ -4,10 +4,12 @@ The oracle is weight_files.numpy_vgg19, a float64 numpy forward pass of the
 same random weights, fed the input convention's preprocessing written out.
 """
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import weight_files
 
+import nst_jax
 from nst_jax import errors
 from nst_jax import extract_features
 from nst_jax.io import weights as weights_lib
@@ -92,3 +94,35 @@ def test_bad_layers_and_shapes_are_refused(caffe_npz):
   for bad in (rgb[..., :2], rgb[None, None], rgb[0]):
     with pytest.raises(ValueError, match=rf'got shape \({", ".join(map(str, bad.shape))},?\)'):
       extract_features(caffe_npz, bad, ['relu1_1'])
+
+
+def test_a_model_and_its_params_as_the_step_takes_them():
+  """random_scaled_params of VGGTiny's shape, with model= (VGG-19's network refused them)."""
+  params = nst_jax.random_scaled_params(0, stage_sizes=(1, 2), widths=(4, 8))
+  rgb, tiny = _image(16, 20, seed=8), nst_jax.VGGTiny()
+  feats = extract_features(params, rgb, 'relu2_2', model=tiny, convention='caffe')
+  want = tiny.apply({'params': params}, nst_jax.preprocess(rgb[None], 'caffe'), ('relu2_2',))
+  # Jitted against eager, on values up to about 200: float32 rounding.
+  np.testing.assert_allclose(feats['relu2_2'], want['relu2_2'][0], atol=1e-3)
+  cases = (
+    ({'model': tiny, 'dtype': 'bfloat16'}, 'extract_features got model= and pooling= or dtype=, '
+     'which the model has already; give one: model=nst_jax.make_model(pooling=..., dtype=...)'),
+    ({}, "params['conv1_1']['kernel'] has shape (3, 3, 3, 4), but the model's is (3, 3, 3, 64); "
+     "pass the model the params are for (nst_jax.make_model() for VGG-19's, nst_jax.VGGTiny() "
+     'for random_scaled_params(stage_sizes=(1, 2), widths=(4, 8)))'),
+    ({'model': tiny, 'layers': 'relu3_1'}, 'unknown layer name(s) relu3_1; valid names are: '
+     'conv1_1, relu1_1, pool1, conv2_1, relu2_1, conv2_2, relu2_2, pool2'),
+  )  # fmt: skip
+  for kwargs, message in cases:
+    kwargs = {'layers': 'relu2_2', 'convention': 'caffe', **kwargs}
+    with pytest.raises(errors.ConfigError) as e:
+      extract_features(params, rgb, **kwargs)
+    assert str(e.value) == message
+
+
+def test_bfloat16_named_by_jax_type_as_by_string(caffe_npz):
+  rgb = _image(16, 16, seed=9)
+  by_name = extract_features(caffe_npz, rgb, 'relu1_1', dtype='bfloat16')['relu1_1']
+  by_type = extract_features(caffe_npz, rgb, 'relu1_1', dtype=jnp.bfloat16)['relu1_1']  # KeyError
+  assert by_type.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(by_type, by_name)

@@ -79,6 +79,44 @@ def test_bfloat16_rgb_is_converted():
     pixels.as_rgb(half * 2, 'image')
 
 
+def test_preprocess_reads_uint8_by_the_rule_and_refuses_another_scale():
+  """uint8 and 0..255 floats went through as 255x the pixels (activations 255x too large)."""
+  rgb = np.random.default_rng(2).uniform(size=(1, 4, 4, 3)).astype(np.float32)
+  as_uint8 = np.round(rgb * 255).astype(np.uint8)
+  np.testing.assert_allclose(
+    pixels.preprocess(as_uint8, 'caffe'), pixels.preprocess(as_uint8 / 255.0, 'caffe'), atol=1e-4
+  )
+  # Bicubic overshoot of a few hundredths passes and maps affinely.
+  over = pixels.preprocess(np.full((1, 2, 2, 3), 1.1, np.float32), 'torchvision')
+  np.testing.assert_allclose(over[0, 0, 0], (1.1 - np.array([0.485, 0.456, 0.406])) /
+                             np.array([0.229, 0.224, 0.225]), rtol=1e-6)  # fmt: skip
+  for bad, message in (
+    (rgb * 255, f'rgb has values from {rgb.min() * 255:.4g} to {rgb.max() * 255:.4g}; preprocess '
+     'takes RGB in [0, 1]: divide by 255'),
+    (rgb - 1, f'rgb has values from {rgb.min() - 1:.4g} to {rgb.max() - 1:.4g}; preprocess takes '
+     'RGB in [0, 1]: clip it to [0, 1]'),
+    (np.full((1, 2, 2, 3), np.nan, np.float32), 'rgb has values from nan to nan; preprocess takes '
+     'RGB in [0, 1]: clip it to [0, 1]'),
+    (as_uint8.astype(np.int32), 'rgb is int32; give RGB as floats in [0, 1] (or uint8)'),
+  ):  # fmt: skip
+    with pytest.raises(errors.ConfigError) as e:
+      pixels.preprocess(bad, 'caffe')
+    assert str(e.value) == message
+  # Under a trace the values cannot be read: the check stands aside.
+  jax.jit(pixels.preprocess, static_argnums=1)(rgb * 255, 'caffe')
+
+
+def test_network_images_of_bfloat16_are_images_and_integers_are_not():
+  x = jnp.zeros((1, 4, 4, 3), jnp.bfloat16)
+  pixels.check_network_images(x, 'content')  # said "is bfloat16 ... preprocess RGB first"
+  with pytest.raises(errors.ConfigError) as e:
+    pixels.check_network_images(np.zeros((1, 4, 4, 3), np.uint8), 'content')
+  assert str(e.value) == (
+    'content is uint8, but it is an image in network space: preprocess RGB first, '
+    'nst_jax.preprocess(rgb, weights.info.input_convention)'
+  )
+
+
 def test_network_images_must_be_finite():
   x = np.zeros((1, 4, 4, 3), np.float32)
   pixels.check_network_images(x, 'content')
@@ -349,8 +387,9 @@ def test_pca_and_cholesky_differ_only_by_a_rotation():
   a = np.asarray(color.match_color(source, reference, 'pca'))
   b = np.asarray(color.match_color(source, reference, 'cholesky'))
   assert np.abs(a - b).max() > 1e-3  # different maps
-  with pytest.raises(ValueError, match='unknown colour match mode'):
+  with pytest.raises(errors.ConfigError) as e:
     color.match_color(source, reference, 'lab')
+  assert str(e.value) == "unknown colour match mode 'lab'; use one of 'pca', 'cholesky'"
 
 
 def test_load_mask(tmp_path):

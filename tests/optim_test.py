@@ -350,3 +350,34 @@ def test_adam_refuses_a_learning_rate_that_cannot_step(lr):
   with pytest.raises(nst_jax.errors.ConfigError) as caught:
     optim.make_optimizer('adam', learning_rate=lr, convention=pixels.CAFFE)
   assert str(caught.value) == f'learning_rate must be a finite number > 0, got {lr}'
+
+
+def test_calls_that_cannot_work_are_one_line_project_errors():
+  """They were a builtin ValueError naming no fix."""
+  with pytest.raises(nst_jax.errors.ConfigError) as e:
+    optim.make_optimizer('lbfgs')
+  assert str(e.value) == (
+    "make_optimizer needs convention= (the weights' input convention): pass "
+    'convention=weights.info.input_convention'
+  )
+  tx = optim.make_optimizer('lbfgs', convention='caffe')
+  x = jnp.zeros((2, 2, 3))
+  with pytest.raises(nst_jax.errors.ArgumentError) as e:  # a TypeError, as a missing argument is
+    tx.update(jnp.ones_like(x), tx.init(x))
+  assert str(e.value) == (
+    'L-BFGS with a box needs the image: call update(grads, state, image, value=..., grad=...)'
+  )
+  updates, _ = tx.update(
+    jnp.ones_like(x), tx.init(x), x, value=jnp.float32(1), grad=jnp.ones_like(x)
+  )
+  # The first step moves the pixel that moves most by first_step (8) pixels: here all by 8.
+  np.testing.assert_allclose(updates, -8.0 * jnp.ones_like(x), rtol=1e-6)
+
+
+def test_lbfgs_refuses_a_learning_rate_it_would_ignore():
+  with pytest.raises(nst_jax.errors.ConfigError) as e:
+    optim.make_optimizer('lbfgs', learning_rate=0.5, convention='caffe')
+  assert str(e.value) == (
+    "learning_rate is Adam's; L-BFGS takes no learning rate (its step is 1, its first step's "
+    "largest pixel change first_step): drop it, or use make_optimizer('adam', ...)"
+  )

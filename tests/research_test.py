@@ -325,6 +325,14 @@ def test_targets_at_counts_from_the_end_and_refuses_out_of_range():
     )
 
 
+def test_targets_at_of_one_image_names_its_one_index():
+  model, params, content, targets = _problem(n=1)
+  with pytest.raises(nst_jax.errors.ConfigError) as caught:
+    nst_jax.targets_at(targets, 1)  # said "give 0 to 0 (or -1 to -1 from the end)"
+  assert str(caught.value) == 'index 1 is out of range for targets of 1 image(s); give 0 (or -1)'
+  np.testing.assert_array_equal(nst_jax.targets_at(targets, -1).style_weight, [10.0])
+
+
 def test_random_scaled_params_refuse_a_probe_with_no_scale():
   shape = {'stage_sizes': (1, 2), 'widths': (4, 8)}
   probe = pixels.preprocess(np.full((1, 8, 8, 3), 0.5, np.float32), pixels.CAFFE)
@@ -342,3 +350,29 @@ def test_random_scaled_params_refuse_a_probe_with_no_scale():
     with pytest.raises(nst_jax.errors.ConfigError) as caught:
       experiments.random_scaled_params(0, **{**shape, **kwargs})
     assert str(caught.value) == message
+
+
+def test_random_scaled_params_draw_again_a_layer_dead_on_the_probe():
+  """One-channel layers die on the probe for some seeds (seed 11: 0/0 gave NaN kernels before)."""
+  shape = {'stage_sizes': (1, 2, 2), 'widths': (1, 1, 1)}
+  probe = pixels.preprocess(
+    jnp.asarray(np.random.default_rng(11).uniform(size=(1, 64, 64, 3)), jnp.float32), pixels.CAFFE
+  )
+  params = experiments.random_scaled_params(11, **shape)
+  assert all(bool(jnp.isfinite(leaf).all()) for leaf in jax.tree.leaves(params))
+  # The default probe is seed 11's uniform image: every ReLU has its RMS.
+  feats = vgg.VGG(**shape).apply({'params': params}, probe, ('relu1_1', 'relu2_2', 'relu3_2'))
+  want = float(jnp.sqrt(jnp.mean(jnp.square(probe))))
+  for name, f in feats.items():
+    np.testing.assert_allclose(float(jnp.sqrt(jnp.mean(jnp.square(f)))), want, rtol=1e-4,
+                               err_msg=name)  # fmt: skip
+
+
+def test_random_scaled_params_refuse_a_layer_that_stays_dead(monkeypatch):
+  monkeypatch.setattr(experiments, '_conv', lambda x, kernel: -jnp.ones((*x.shape[:3], 4)))
+  with pytest.raises(nst_jax.errors.ConfigError) as caught:
+    experiments.random_scaled_params(0, stage_sizes=(1, 2), widths=(4, 8))
+  assert str(caught.value) == (
+    'conv1_1 outputs only zeros on the probe in 30 draws of its kernel, so there is no scale to '
+    'match; pass a larger probe (a photograph in network space) or more channels'
+  )

@@ -230,8 +230,8 @@ def test_an_image_too_small_for_the_layers_is_refused_naming_its_size(caffe_npz)
     stylize(small, fine, config=cfg, weights=caffe_npz)
   # stylize runs at the arrays' size: the fix is a larger image, not inputs.width.
   assert str(e.value) == (
-    f'the content image is 20x15 px at this width, {need}; use a larger images (stylize runs at '
-    'their size)'
+    f'the content image is 20x15 px at this width, {need}; use a larger image size (stylize runs '
+    "at the arrays' size)"
   )
   with pytest.raises(errors.ImageError, match=f'the style image is 20x15 px at this width, {need}'):
     stylize(fine, small, config=cfg, weights=caffe_npz)
@@ -261,11 +261,8 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
      'stylise one content with each, repeat it (np.repeat(content, 2, axis=0)); to blend them, '
      'pass them as a list'),
     (dict(content=rgb, style=rgb, content_mask=np.full((32, 32), 255.0)),
-     'content mask has values from 255 to 255; masks are in [0, 1] (uint8 masks are divided by '
+     'content_mask has values from 255 to 255; masks are in [0, 1] (uint8 masks are divided by '
      '255): scale it into [0, 1]'),
-    (dict(content=rgb, style=rgb, weights=nst_jax.load_weights(caffe_npz).params),
-     'weights is a params dict, which does not say its input convention; pass the Weights '
-     '(nst_jax.get_weights(path)) or the path of the .npz'),
     (dict(content=rgb, style=rgb, config=config_lib.StyleConfig(run=config_lib.RunConfig(
       resume=True))), 'run.resume is set but no checkpoint= names the file to continue; pass '
      'checkpoint= or leave run.resume False'),
@@ -278,5 +275,111 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
   # A uint8 mask is read as RGB is: divided by 255 (0 and 255 -> 0 and 1).
   from nst_jax.runs import arrays
 
-  (mask,) = arrays._masks(np.full((32, 32), 255, np.uint8), 1, 2, (32, 32), 'content mask')
+  (mask,) = arrays._masks(np.full((32, 32), 255, np.uint8), 1, 2, (32, 32), 'content_mask')
   np.testing.assert_array_equal(mask, np.ones((32, 32), np.float32))
+
+
+def test_a_resume_that_does_not_fit_names_stylizes_own_arguments(caffe_npz, tmp_path):
+  """Not inputs.width or save.path, which a stylize caller never set."""
+  rng = np.random.default_rng(5)
+  content, style = rng.uniform(size=(2, 16, 16, 3)).astype(np.float32)
+  ckpt = tmp_path / 'a.ckpt'
+  cfg = _cfg(3)
+  with pytest.raises(errors.Interrupted):
+    stylize(content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt, should_stop=lambda: 15)
+  resume = cfg.replace(run=cfg.run.replace(resume=True))
+  start_over = 'or another checkpoint= (or config.run.resume False) to start over'
+  cases = [
+    ({'content': rng.uniform(size=(16, 24, 3))},
+     f"the content is 24 px wide, the interrupted run's 16; pass the same content to resume, "
+     f'{start_over}'),
+    ({'style': style[::-1]},
+     f"the style differs from the interrupted run's; pass the same style to resume, {start_over}"),
+    ({'config': resume.replace(optim=config_lib.OptimConfig(name='adam'))},
+     'config.optim.name differs (checkpoint "lbfgs", now "adam"); pass the same config to '
+     f'resume, {start_over}'),
+  ]  # fmt: skip
+  for kwargs, message in cases:
+    kwargs = {'content': content, 'style': style, 'config': resume, **kwargs}
+    with pytest.raises(errors.ResumeMismatch) as e:
+      stylize(**kwargs, weights=caffe_npz, checkpoint=ckpt)
+    assert str(e.value) == f'cannot resume from {ckpt}: {message}'
+  assert stylize(content, style, config=resume, weights=caffe_npz, checkpoint=ckpt).shape == (
+    16,
+    16,
+    3,
+  )
+
+
+@pytest.mark.parametrize('init', ['content', 'random'])
+def test_init_image_is_the_start_whatever_inputs_init_says(caffe_npz, init):
+  """As the docstring says: init_image replaces the keywords, not only an init file's path."""
+  rng = np.random.default_rng(8)
+  content, style, start = rng.uniform(size=(3, 16, 16, 3)).astype(np.float32)
+  cfg = _cfg(1, inputs=config_lib.InputConfig(init=init))
+  out = stylize(content, style, config=cfg, weights=caffe_npz, init_image=start[:8, :8])
+  resized = np.asarray(pixels.resize(start[:8, :8][None], 16, 16)[0])
+  # One L-BFGS step moves no pixel by more than first_step = 8 of 255.
+  assert np.abs(out - np.clip(resized, 0, 1)).max() <= 8 / 255 + 1e-6
+  assert np.abs(out - content).mean() > 0.2  # uniform noise against uniform noise: about 1/3
+
+
+def test_params_made_in_memory_run_through_weights_from_params(caffe_npz):
+  """random_scaled_params and the like: stylize refused a params dict and named no way in."""
+  loaded = nst_jax.load_weights(caffe_npz)
+  mine = nst_jax.Weights.from_params(loaded.params, 'caffe')
+  assert mine.info.input_convention == pixels.CAFFE
+  # The digest is the .npz's own, so a checkpoint tells these params from others.
+  assert mine.info.params_sha256 == loaded.info.params_sha256
+  rgb = np.random.default_rng(9).uniform(size=(2, 16, 16, 3)).astype(np.float32)
+  cfg = _cfg(2)
+  np.testing.assert_array_equal(
+    stylize(rgb[0], rgb[1], config=cfg, weights=mine),
+    stylize(rgb[0], rgb[1], config=cfg, weights=caffe_npz),
+  )
+  with pytest.raises(errors.ConfigError) as e:
+    stylize(rgb[0], rgb[1], config=cfg, weights=loaded.params)
+  assert str(e.value) == (
+    'weights is a params dict, which does not say its input convention; pass '
+    'nst_jax.Weights.from_params(params, convention), the Weights (nst_jax.get_weights(path)) or '
+    'the path of the .npz'
+  )
+
+
+def test_a_checkpoint_that_cannot_be_written_is_refused_before_the_run(caffe_npz, tmp_path):
+  """A directory only logged 'could not write', and the run went on with no checkpoint."""
+  rgb = np.full((16, 16, 3), 0.5, np.float32)
+  for path, message in (
+    (tmp_path, f'checkpoint {tmp_path} is a directory; give a file in it, e.g. '
+     f'{tmp_path / "run.ckpt"}'),
+    (tmp_path / 'no' / 'a.ckpt', f'the folder of checkpoint {tmp_path / "no" / "a.ckpt"} does '
+     'not exist; create it or give another path'),
+  ):  # fmt: skip
+    with pytest.raises(errors.ConfigError) as e:
+      stylize(rgb, rgb, config=_cfg(1), weights=caffe_npz, checkpoint=path)
+    assert str(e.value) == message
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_a_configs_learning_rate_is_left_out_of_lbfgs_as_documented(caffe_npz):
+  """OptimConfig says learning_rate is unused by L-BFGS; make_optimizer now refuses it."""
+  rgb = np.random.default_rng(10).uniform(size=(2, 16, 16, 3)).astype(np.float32)
+  with_rate = _cfg(2, optim=config_lib.OptimConfig(name='lbfgs', learning_rate=0.5))
+  np.testing.assert_array_equal(
+    stylize(rgb[0], rgb[1], config=with_rate, weights=caffe_npz),
+    stylize(rgb[0], rgb[1], config=_cfg(2), weights=caffe_npz),
+  )
+
+
+def test_a_misshapen_mask_is_named_by_the_shape_given_and_the_one_needed(caffe_npz):
+  """It showed the shape after broadcasting ((1, 16, 32) for a (16, 32) mask) as 'images of'."""
+  rgb = np.full((32, 32, 3), 0.5, np.float32)
+  for kwargs, message in (
+    ({'content_mask': np.ones((16, 32))}, 'content_mask has shape (16, 32); give [H, W] = '
+     '[32, 32] or [N, 32, 32], at the content size'),
+    ({'style_masks': np.ones((32, 32))}, 'style_masks has shape (32, 32); give one mask per '
+     'style, [S, H, W] = [1, 32, 32] or [N, 1, 32, 32]'),
+  ):  # fmt: skip
+    with pytest.raises(errors.ConfigError) as e:
+      stylize(rgb, rgb, config=_cfg(1), weights=caffe_npz, **kwargs)
+    assert str(e.value) == message

@@ -74,6 +74,14 @@ def test_unknown_layer_lists_valid_names():
     _VGGTiny().apply({'params': _tiny_params()}, jnp.ones((1, 16, 16, 3)), ('relu9_9',))
 
 
+def test_one_layer_name_is_one_layer_not_its_letters():
+  params, x = _tiny_params(), jnp.ones((1, 16, 16, 3))
+  one = _VGGTiny().apply({'params': params}, x, 'relu2_1')  # read as r, e, l, u, 2, _, 1 before
+  both = _VGGTiny().apply({'params': params}, x, ('relu2_1',))
+  assert list(one) == ['relu2_1']
+  np.testing.assert_array_equal(one['relu2_1'], both['relu2_1'])
+
+
 def test_bad_pooling_is_refused():
   with pytest.raises(errors.ConfigError, match='pooling must be one of'):
     vgg.VGG(stage_sizes=(1,), pooling='min').init(jax.random.key(0), jnp.ones((1, 4, 4, 3)))

@@ -5,6 +5,7 @@ import hashlib
 import pickle
 
 import h5py
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import weight_files
@@ -98,10 +99,11 @@ def test_keras_and_torchvision_routes_agree(tmp_path, random_params):
   rgb_tv = tv_std * (255.0 * rgb - caffe_mean_rgb) + tv_mean
   layers = ('conv1_1', 'relu2_2', 'relu3_1', 'relu4_2', 'relu5_1')
   fk = extract_features(npz_k, rgb, layers)
-  # rgb_tv lies outside [0, 1], which extract_features refuses: the same
-  # preprocessing and network by hand, through the library's own functions.
+  # rgb_tv lies outside [0, 1], which extract_features and preprocess
+  # refuse: torchvision's preprocessing written out, then the library's network.
   w_t = weights_lib.load_weights(npz_t)
-  x_t = nst_jax.preprocess(np.float32(rgb_tv)[None], w_t.info.input_convention)[0]
+  assert w_t.info.input_convention.name == 'torchvision'
+  x_t = jnp.asarray((rgb_tv - tv_mean) / tv_std, jnp.float32)
   ft = nst_jax.network_features(x_t, w_t.params, model=nst_jax.make_model(), layers=layers)
   for name in layers:
     err = weight_files.relative_error(ft[name], fk[name])

@@ -30,6 +30,7 @@ engine, runs and cli, never by core.
 import dataclasses
 
 from nst_jax import deprecated
+from nst_jax import errors
 from nst_jax.config import checks
 from nst_jax.config.groups import BIT_DEPTHS
 from nst_jax.config.groups import DEFAULT_ADAM_LEARNING_RATE
@@ -133,9 +134,13 @@ class StyleConfig:
     for name, value in groups.items():
       value = value if value is not None else GROUPS[name]()
       if not isinstance(value, GROUPS[name]):
-        raise TypeError(f'StyleConfig({name}=...) takes a {GROUPS[name].__name__}')
+        raise errors.ArgumentError(
+          f'StyleConfig({name}=...) takes a {GROUPS[name].__name__}, got a '
+          f'{type(value).__name__}; pass nst_jax.{GROUPS[name].__name__}(...)'
+        )
       object.__setattr__(self, name, value)
     if flat:
+      _check_flat(flat)
       deprecated.warn_flat(flat)
       for name, value in deprecated.split_flat(self, flat, GROUPS).items():
         object.__setattr__(self, name, value)
@@ -162,6 +167,7 @@ class StyleConfig:
     flat = {k: v for k, v in changes.items() if k not in GROUPS}
     groups = {k: v for k, v in changes.items() if k in GROUPS}
     if flat:
+      _check_flat(flat)
       deprecated.warn_flat(flat)
       groups |= deprecated.split_flat(self, flat, GROUPS)
     return StyleConfig(**{name: groups.get(name, getattr(self, name)) for name in GROUPS})
@@ -169,3 +175,13 @@ class StyleConfig:
   @property
   def style_paths(self) -> tuple[str, ...]:  # a shortcut, not deprecated
     return self.inputs.style_paths
+
+
+def _check_flat(flat: dict) -> None:
+  """Refuses a flat keyword that names no setting (Python's TypeError, as a project error)."""
+  unknown = [name for name in flat if name not in deprecated.FLAT_FIELDS]
+  if unknown:
+    raise errors.ArgumentError(
+      f'StyleConfig has no setting {unknown[0]!r}; the settings are in groups: '
+      'StyleConfig(loss=LossConfig(...), ...) (docs/api.md)'
+    )

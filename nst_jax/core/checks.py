@@ -1,4 +1,4 @@
-"""One-line checks of the research API's arguments: weights, choices, the step's inputs.
+"""One-line checks of the research API's arguments: params, choices, the step's inputs.
 
 Each raises `errors.ConfigError` naming the argument and the fix. The checks
 read values only where they are concrete (under a trace only shapes and
@@ -15,6 +15,124 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import errors
+from nst_jax.core import pixels
+from nst_jax.core import vgg
+
+
+def params_fit(params: Any, model: vgg.VGG, layers: Any) -> None:
+  """Refuses params the model cannot run to `layers` with, naming the fix.
+
+  Flax would say "Could not find parameter named kernel in scope /conv2_1"
+  or that an initializer expected another shape; the caller passed a
+  Weights, a path, a {'params': ...} wrapper, a network's params missing a
+  layer, or another network's (VGGTiny's random params with the VGG-19
+  model). Shapes only: this runs at trace time inside the step.
+
+  Args:
+    params: what the caller passed as params.
+    model: the VGG they are to run in.
+    layers: the layers to be computed (the network runs through the deepest).
+  """
+  params_dict(params)
+  layers = (layers,) if isinstance(layers, str) else tuple(layers)
+  through = vgg.layers_through(layers, model.stage_sizes)
+  cin = 3
+  for name in vgg.conv_names(model.stage_sizes):
+    if name not in through:
+      return
+    width = model.widths[vgg.stage_of(name) - 1]
+    layer = params.get(name)
+    kernel = layer.get('kernel') if isinstance(layer, Mapping) else None
+    if kernel is None:
+      raise errors.ConfigError(
+        f'params lack {name}, which {through[-1]} needs; pass the whole network (weights.params)'
+      )
+    if tuple(np.shape(kernel)) != (3, 3, cin, width):
+      raise errors.ConfigError(
+        f"params['{name}']['kernel'] has shape {tuple(np.shape(kernel))}, but the model's is "
+        f'{(3, 3, cin, width)}; pass the model the params are for (nst_jax.make_model() for '
+        "VGG-19's, nst_jax.VGGTiny() for random_scaled_params(stage_sizes=(1, 2), widths=(4, 8)))"
+      )
+    cin = width
+
+
+def params_dict(params: Any) -> None:
+  """Refuses params that are not a layer -> {'kernel', 'bias'} dict, naming what to pass."""
+  if not isinstance(params, Mapping):
+    fix = (
+      'pass weights.params'
+      if hasattr(params, 'params')
+      else 'load them: nst_jax.get_weights(path).params'
+    )
+    raise errors.ConfigError(
+      f"params is a {type(params).__name__}, not the layer -> {{'kernel', 'bias'}} dict of the "
+      f'network; {fix}'
+    )
+  if set(params) == {'params'}:
+    raise errors.ConfigError(
+      "params is wrapped as {'params': ...} (Flax's variables); pass params['params']"
+    )
+
+
+def targets_inputs(content: Any, style: Any, content_mask: Any, style_masks: Any) -> None:
+  """Images and masks make_targets can use, or a ConfigError naming the argument."""
+  styles = list(style) if isinstance(style, (list, tuple)) else [style]
+  if not styles:
+    raise errors.ConfigError(
+      'no style image was given (style is empty); give one [N or 1, Hs, Ws, 3] array, or a '
+      'list of them to blend'
+    )
+  named = [('content', content)] + [
+    ('style' if len(styles) == 1 else f'style {i}', s) for i, s in enumerate(styles)
+  ]
+  for name, x in named:
+    pixels.check_network_images(x, name)
+  if content_mask is not None and (
+    content_mask.ndim != 3 or content_mask.shape[-2:] != content.shape[1:3]
+  ):
+    raise errors.ConfigError(
+      f'content_mask must be [N or 1, H, W] = [.., {content.shape[1]}, {content.shape[2]}], '
+      f'got {content_mask.shape}'
+    )
+  if style_masks is not None and style_masks.ndim != 4:
+    raise errors.ConfigError(
+      f'style_masks must be [N or 1, S, H, W], got {style_masks.shape}; add the batch axis: '
+      'masks[None]'
+    )
+
+
+def one_image(image: jax.Array, name: str) -> None:
+  """Refuses anything but one [H, W, 3] image (the step vmaps over the batch)."""
+  if jnp.ndim(image) != 3 or jnp.shape(image)[-1] != 3:
+    raise errors.ConfigError(
+      f'{name} has shape {jnp.shape(image)}; network_features and objective take one image '
+      '[H, W, 3] (the step vmaps them over the batch): pass x[0], or jax.vmap over the batch'
+    )
+
+
+def one_images_targets(targets: Any) -> None:
+  """Refuses batched targets where objective takes one image's."""
+  if jnp.ndim(targets.content_weight) != 0:
+    raise errors.ConfigError(
+      f'targets hold {jnp.shape(targets.content_weight)[0]} image(s) (leading batch axes); '
+      "objective takes one image's: nst_jax.targets_at(targets, i, keep_batch=False)"
+    )
+
+
+def objective_features(features: Mapping, layers: tuple[str, ...]) -> None:
+  """Refuses `objective(features=)` lacking a loss layer, or a batch's features."""
+  missing = [name for name in layers if name not in features]
+  if missing:
+    raise errors.ConfigError(
+      f'features lacks {", ".join(missing)}; compute them with network_features(image, '
+      'params, model=model, layers=loss_spec.feature_layers + your layers)'
+    )
+  batched = [name for name in layers if jnp.ndim(features[name]) != 3]
+  if batched:
+    raise errors.ConfigError(
+      f'features[{batched[0]!r}] has shape {jnp.shape(features[batched[0]])}; features must be '
+      "one image's, layer -> [h, w, c]: network_features of an [H, W, 3] image"
+    )
 
 
 def choice(table: Mapping[str, Any], value: Any, name: str) -> Any:
@@ -80,6 +198,19 @@ def step_inputs(image: jax.Array, targets: Any, loss_spec: Any) -> None:
         f"targets lack the {kind} layer(s) {', '.join(missing)} of the step's loss_spec; build "
         'them with make_targets(..., loss_spec=) of the same spec as the step'
       )
+  layer = loss_spec.content_layers[0]
+  # Poolings before a layer depend on its stage only, so VGG-19's count
+  # holds for any stage sizes with the same names.
+  k = vgg.downsamplings(layer)
+  height, width = image.shape[1:3]
+  want, have = (height // 2**k, width // 2**k), tuple(targets.content[layer].shape[1:3])
+  if want != have:
+    raise errors.ConfigError(
+      f"the state's images are {width}x{height} px ({layer}: {want[1]}x{want[0]}), but the "
+      f"targets' content features are {have[1]}x{have[0]} at {layer}, from content of another "
+      "size; make the targets from content of the state's size, or the state from images of the "
+      "content's"
+    )
   key = _STATISTIC[loss_spec.style_loss]
   for name in loss_spec.style_layers:
     if key not in targets.style[name]:
@@ -88,6 +219,35 @@ def step_inputs(image: jax.Array, targets: Any, loss_spec: Any) -> None:
         f'{loss_spec.style_loss!r} statistics; build them with make_targets(..., loss_spec=) of '
         'the same spec as the step'
       )
+
+
+def optimizer_state(opt_state: Any, image: jax.Array, optimizer: Any) -> None:
+  """Refuses a state made by another optimiser (a crash inside optax otherwise)."""
+  want = jax.eval_shape(jax.vmap(optimizer.init), image)
+  if jax.tree.structure(want) != jax.tree.structure(opt_state):
+    raise errors.ConfigError(
+      f"state.opt_state is a {type(opt_state).__name__}, not this step's optimizer's "
+      f'{type(want).__name__}; make the state with init_state(images, optimizer) of the '
+      "step's optimizer"
+    )
+
+
+def active_flags(active: Any, n: int) -> jax.Array:
+  """The step's `active` as [N] bools, or a ConfigError naming the shape it must have.
+
+  Integers count as their truth (the engine's and numpy's 0/1 masks); a
+  scalar or another length would broadcast into a state of another shape,
+  or fail deep in the step.
+  """
+  flags = jnp.asarray(active)
+  if flags.shape != (n,) or not (
+    flags.dtype == jnp.bool_ or jnp.issubdtype(flags.dtype, jnp.integer)
+  ):
+    raise errors.ConfigError(
+      f'active has shape {flags.shape} and dtype {flags.dtype} for a batch of {n} image(s); give '
+      f'[{n}] bools, one per image (False: that image keeps its pixels), or None'
+    )
+  return flags.astype(bool)
 
 
 # A key of each style loss's statistics (nst_jax.core.statistics.layer_targets).

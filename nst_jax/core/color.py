@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nst_jax import errors
+
 # YIQ, the FCC's 1953 NTSC definition: Y is Rec. 601 luma, I and Q the two
 # chroma axes. Rows give Y, I, Q from R, G, B; the inverse is computed, so the
 # round trip is exact to float precision.
@@ -115,7 +117,9 @@ def match_color(
     [max(N, M), H, W, 3] float32.
   """
   if mode not in COLOR_MATCH_MODES:
-    raise ValueError(f'unknown colour match mode {mode!r}; use one of {COLOR_MATCH_MODES}')
+    raise errors.ConfigError(
+      f'unknown colour match mode {mode!r}; use one of {", ".join(map(repr, COLOR_MATCH_MODES))}'
+    )
   x = jnp.asarray(source, jnp.float32)
   r = jnp.asarray(reference, jnp.float32)
   n = max(x.shape[0], r.shape[0])

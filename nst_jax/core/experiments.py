@@ -21,6 +21,11 @@ from nst_jax.core import vgg
 # names are VGG-19's, so LossSpec(content_layers=('relu2_2',),
 # style_layers=('relu1_1', 'relu2_1')) works on it.
 VGGTiny = functools.partial(vgg.VGG, stage_sizes=(1, 2), widths=(4, 8))
+# Kernels drawn again for a layer whose every ReLU output is zero on the
+# probe (no scale to match: 0 / 0). Each draw of a layer with C >= 1 output
+# channels dies with probability at most about 1/2 (one channel, one
+# position), so 30 draws all dying is a 1e-9 event, not a network shape.
+MAX_DRAWS = 30
 
 
 def random_scaled_params(
@@ -40,7 +45,9 @@ def random_scaled_params(
   zero biases a ReLU network is positively homogeneous, so one scalar per
   layer sets its output RMS exactly. Losses, gradients and step sizes then
   have their real magnitudes, which is what optimiser experiments need; the
-  features themselves are random, not VGG-19's.
+  features themselves are random, not VGG-19's. A layer whose every ReLU
+  output is zero on the probe (likely only for a few channels on a small
+  probe) has its kernel drawn again, so the weights are always finite.
 
   Args:
     seed: random seed of the kernels.
@@ -54,6 +61,10 @@ def random_scaled_params(
   Returns:
     layer -> {'kernel': [3, 3, in, out], 'bias': [out]} float32, as
     `model.apply({'params': ...})` and the step take them.
+
+  Raises:
+    ConfigError: the shape is inconsistent, the probe has no scale (RMS 0),
+      or a layer stays all zero on the probe after `MAX_DRAWS` draws.
   """
   if len(stage_sizes) != len(widths):
     raise errors.ConfigError(
@@ -78,13 +89,30 @@ def random_scaled_params(
   for stage, (n, width) in enumerate(zip(stage_sizes, widths, strict=True), start=1):
     for i in range(1, n + 1):
       key, sub = jax.random.split(key)
-      kernel = jax.random.normal(sub, (3, 3, cin, width)) * np.sqrt(2.0 / (9 * cin))
-      out = jax.nn.relu(_conv(x, kernel))
-      scale = target / jnp.sqrt(jnp.mean(jnp.square(out)))
-      params[f'conv{stage}_{i}'] = {'kernel': kernel * scale, 'bias': jnp.zeros(width)}
+      name = f'conv{stage}_{i}'
+      kernel, out, rms = _live_draw(sub, x, cin, width, name)
+      scale = target / rms
+      params[name] = {'kernel': kernel * scale, 'bias': jnp.zeros(width)}
       x, cin = out * scale, width
     x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')
   return params
+
+
+def _live_draw(key, x, cin: int, width: int, name: str):
+  """A He-normal kernel whose ReLU output on `x` is not all zero, that output, and its RMS."""
+  for attempt in range(MAX_DRAWS):
+    # The first draw is `key`'s own, so seeds whose layers all live keep
+    # the weights they always had.
+    sub = key if attempt == 0 else jax.random.fold_in(key, attempt)
+    kernel = jax.random.normal(sub, (3, 3, cin, width)) * np.sqrt(2.0 / (9 * cin))
+    out = jax.nn.relu(_conv(x, kernel))
+    rms = jnp.sqrt(jnp.mean(jnp.square(out)))
+    if float(rms) > 0:
+      return kernel, out, rms
+  raise errors.ConfigError(
+    f'{name} outputs only zeros on the probe in {MAX_DRAWS} draws of its kernel, so there is '
+    'no scale to match; pass a larger probe (a photograph in network space) or more channels'
+  )
 
 
 def _conv(x, kernel):
@@ -110,9 +138,9 @@ def targets_at(
   """
   n = targets.content_weight.shape[0]
   if not -n <= index < n:
+    valid = '0 (or -1)' if n == 1 else f'0 to {n - 1} (or -{n} to -1 from the end)'
     raise errors.ConfigError(
-      f'index {index} is out of range for targets of {n} image(s); give 0 to {n - 1} '
-      f'(or -{n} to -1 from the end)'
+      f'index {index} is out of range for targets of {n} image(s); give {valid}'
     )
   index = int(index) % n
   if keep_batch:

@@ -39,6 +39,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
+from nst_jax import errors
 from nst_jax.core import statistics
 
 # The per-layer style terms `style_loss` offers (see the module docstring).
@@ -126,7 +127,10 @@ def content_layer_loss(
   f = jnp.asarray(features).astype(jnp.float32)
   p = jnp.asarray(target).astype(jnp.float32)
   if f.shape != p.shape:
-    raise ValueError(f'features {f.shape} vs content target {p.shape}')
+    raise errors.ConfigError(
+      f'features {f.shape} vs content target {p.shape}; make the targets from content of the '
+      "image's size"
+    )
   sq = jnp.square(f - p)
   if mask is not None:
     sq = sq * jnp.asarray(mask, jnp.float32)[..., None]
@@ -158,8 +162,8 @@ def content_loss(
     mask = None if masks is None else masks[name]
     try:
       term = content_layer_loss(features[name], targets[name], mask)
-    except ValueError as e:
-      raise ValueError(f'{name}: {e}') from None
+    except errors.ConfigError as e:
+      raise errors.ConfigError(f'{name}: {e}') from None
     if terms is not None:
       terms[f'content/{name}'] = term
     total = total + term
@@ -196,7 +200,10 @@ def style_layer_loss(
       g = statistics.gram_matrix(features, mask)
       a = t['gram'].astype(jnp.float32)
       if g.shape != a.shape:
-        raise ValueError(f'Gram {g.shape} vs style target {a.shape}')
+        raise errors.ConfigError(
+          f'Gram {g.shape} vs style target {a.shape}; make the targets with the same network '
+          'and layers'
+        )
       return jnp.mean(jnp.square(g - a))
 
   elif kind == 'mean_cov':
@@ -206,18 +213,21 @@ def style_layer_loss(
 
   elif kind == 'histogram':
     if masks is not None:
-      raise ValueError('the histogram style loss does not take masks')
+      raise errors.ConfigError(
+        "the histogram style loss does not take masks; use style_loss 'gram' or 'mean_cov' with "
+        'masks'
+      )
 
     def term(t, mask):
       del mask
       return statistics.histogram_loss(features, t['quantiles'])
 
   else:
-    raise ValueError(f'unknown style loss {kind!r}; use one of {", ".join(STYLE_KINDS)}')
+    raise errors.ConfigError(f'unknown style loss {kind!r}; use one of {", ".join(STYLE_KINDS)}')
   if masks is None:
     regions = jax.tree.leaves(target)[0].shape[0]
     if regions != 1:
-      raise ValueError(f'{regions} style regions need {regions} masks')
+      raise errors.ConfigError(f'{regions} style regions need {regions} masks; give one per region')
     return term(jax.tree.map(lambda x: x[0], target), None)
   return jnp.sum(jax.vmap(term)(target, jnp.asarray(masks, jnp.float32)))
 
@@ -250,8 +260,8 @@ def style_loss(
     mask = None if masks is None else masks[name]
     try:
       term = style_layer_loss(features[name], targets[name], kind=kind, masks=mask)
-    except ValueError as e:
-      raise ValueError(f'{name}: {e}') from None
+    except errors.ConfigError as e:
+      raise errors.ConfigError(f'{name}: {e}') from None
     if terms is not None:
       terms[f'style/{name}'] = term
     total = total + weight * term

@@ -24,7 +24,6 @@ import jax.numpy as jnp
 from nst_jax import errors
 from nst_jax.core import checks
 from nst_jax.core import losses
-from nst_jax.core import pixels
 from nst_jax.core import statistics
 from nst_jax.core import vgg
 
@@ -42,7 +41,8 @@ class LossSpec:
   `Targets`.
 
   Attributes:
-    content_layers: layers whose features are matched to the content image.
+    content_layers: layers whose features are matched to the content image
+      (a tuple; a list or one name is made one).
     style_layers: layers whose statistics are matched to the style image.
     style_layer_weights: w_l for each style layer, same length; None = all 1.
     style_loss: 'gram' (Gatys et al.), 'mean_cov' (Wasserstein-2 between
@@ -59,16 +59,30 @@ class LossSpec:
 
   def __post_init__(self):
     if self.style_loss not in losses.STYLE_KINDS:
-      raise ValueError(f'style_loss must be one of {losses.STYLE_KINDS}, got {self.style_loss!r}')
+      raise errors.ConfigError(
+        f'style_loss must be one of {", ".join(map(repr, losses.STYLE_KINDS))}, got '
+        f'{self.style_loss!r}'
+      )
     for field in ('content_layers', 'style_layers'):
       value = getattr(self, field)
+      # Stored as tuples, so that the spec stays hashable (the step's static
+      # argument); one name is one layer, a list is its tuple.
+      if isinstance(value, str):
+        value = (value,)
+      elif isinstance(value, list):
+        value = tuple(value)
       if not isinstance(value, tuple) or not value:
-        raise ValueError(f'{field} must be a non-empty tuple of layer names, got {value!r}')
+        raise errors.ConfigError(f"{field} must be layer names, e.g. ('relu4_2',), got {value!r}")
       vgg.check_layers(value)
+      object.__setattr__(self, field, value)
     w = self.style_layer_weights
+    if isinstance(w, list):
+      w = tuple(w)
+      object.__setattr__(self, 'style_layer_weights', w)
     if w is not None and len(w) != len(self.style_layers):
-      raise ValueError(
-        f'style_layer_weights has {len(w)} values for {len(self.style_layers)} style layers'
+      raise errors.ConfigError(
+        f'style_layer_weights has {len(w)} values for {len(self.style_layers)} style layers; '
+        'give one per style layer, or None for all 1'
       )
 
   @property
@@ -90,7 +104,10 @@ def as_spec(loss: Any) -> LossSpec:
   spec = getattr(loss, 'spec', None)
   if isinstance(spec, LossSpec):
     return spec
-  raise TypeError(f'expected a LossSpec, got {type(loss).__name__}')
+  raise errors.ArgumentError(
+    f'loss_spec must be a LossSpec, got a {type(loss).__name__}; pass nst_jax.LossSpec(...) or '
+    "a config's cfg.loss.spec"
+  )
 
 
 class Targets(NamedTuple):
@@ -185,7 +202,8 @@ def make_targets(
   loss_spec, content_weight, style_weight, tv_weight = _spec_and_weights(
     loss_spec, loss_config, content_weight, style_weight, tv_weight
   )
-  _check_images(content, style, content_mask, style_masks)
+  checks.targets_inputs(content, style, content_mask, style_masks)
+  checks.params_fit(params, model, loss_spec.feature_layers)
   n, height, width = content.shape[:3]
   styles = list(style) if isinstance(style, (list, tuple)) else [style]
   blend = _blend(styles, n, (height, width), blend_weights, style_masks)
@@ -234,37 +252,17 @@ def _spec_and_weights(loss_spec, loss_config, content_weight, style_weight, tv_w
     if tv_weight is None or (isinstance(tv_weight, float) and tv_weight == 0.0):
       tv_weight = loss_config.tv_weight
   if loss_spec is None:
-    raise TypeError('make_targets needs loss_spec= (a LossSpec: layers and style statistic)')
+    raise errors.ArgumentError(
+      'make_targets needs loss_spec= (a LossSpec: layers and style statistic)'
+    )
   missing = [
     n for n, w in (('content_weight', content_weight), ('style_weight', style_weight)) if w is None
   ]
   if missing:
-    raise TypeError(f'make_targets needs {" and ".join(missing)}= (scalar or one per image)')
+    raise errors.ArgumentError(
+      f'make_targets needs {" and ".join(missing)}= (scalar or one per image)'
+    )
   return as_spec(loss_spec), content_weight, style_weight, tv_weight
-
-
-def _check_images(content, style, content_mask, style_masks) -> None:
-  """Shapes make_targets can use, or a ValueError naming the argument."""
-  styles = list(style) if isinstance(style, (list, tuple)) else [style]
-  if not styles:
-    raise errors.ConfigError(
-      'no style image was given (style is empty); give one [N or 1, Hs, Ws, 3] array, or a '
-      'list of them to blend'
-    )
-  named = [('content', content)] + [
-    ('style' if len(styles) == 1 else f'style {i}', s) for i, s in enumerate(styles)
-  ]
-  for name, x in named:
-    pixels.check_network_images(x, name)
-  if content_mask is not None and (
-    content_mask.ndim != 3 or content_mask.shape[-2:] != content.shape[1:3]
-  ):
-    raise ValueError(
-      f'content_mask must be [N or 1, H, W] = [.., {content.shape[1]}, {content.shape[2]}], '
-      f'got {content_mask.shape}'
-    )
-  if style_masks is not None and style_masks.ndim != 4:
-    raise ValueError(f'style_masks must be [N or 1, S, H, W], got {style_masks.shape}')
 
 
 def _blend(styles, n, size, blend_weights, style_masks) -> tuple[float, ...] | None:
@@ -281,18 +279,26 @@ def _blend(styles, n, size, blend_weights, style_masks) -> tuple[float, ...] | N
       )
   if style_masks is not None:
     if blend_weights is not None:
-      raise ValueError('blend weights and style masks exclude each other')
+      raise errors.ConfigError(
+        'blend_weights and style_masks exclude each other (masks place each style, blending '
+        'mixes them everywhere); give one'
+      )
     if style_masks.shape[1] != len(styles) or style_masks.shape[2:] != size:
-      raise ValueError(
-        f'style masks {style_masks.shape} for {len(styles)} styles and a {size[0]}x{size[1]} image'
+      raise errors.ConfigError(
+        f'style_masks {style_masks.shape} for {len(styles)} style(s) and a {size[1]}x{size[0]} '
+        f'content; give [N or 1, {len(styles)}, {size[0]}, {size[1]}], one mask per style'
       )
     return None
   weights = blend_weights or (1.0,) * len(styles)
   if len(weights) != len(styles):
-    raise ValueError(f'{len(weights)} blend weights for {len(styles)} styles')
+    raise errors.ConfigError(
+      f'{len(weights)} blend_weights for {len(styles)} styles; give one per style'
+    )
   total = float(sum(weights))
   if not all(float(b) >= 0 for b in weights) or not 0 < total < float('inf'):
-    raise ValueError(f'blend weights must be finite, >= 0 and not all 0, got {tuple(weights)}')
+    raise errors.ConfigError(
+      f'blend_weights must be finite, >= 0 and not all 0, got {tuple(weights)}'
+    )
   # The one place blend weights are normalised (the config only checks them).
   return tuple(float(b) / total for b in weights)
 
@@ -333,6 +339,8 @@ def network_features(
   """
   if isinstance(layers, str):
     layers = (layers,)
+  checks.one_image(image, 'image')
+  checks.params_fit(params, model, layers)
   feats = _features(params, image[None], model=model, layers=tuple(layers))
   return {k: v[0] for k, v in feats.items()}
 
@@ -379,23 +387,16 @@ def objective(
     )
     loss_spec = loss_config if loss_spec is None else loss_spec
   if loss_spec is None:
-    raise TypeError('objective needs loss_spec= (a LossSpec: layers and style statistic)')
+    raise errors.ArgumentError(
+      'objective needs loss_spec= (a LossSpec: layers and style statistic)'
+    )
   loss_spec = as_spec(loss_spec)
+  checks.one_image(image, 'image')
+  checks.one_images_targets(targets)
   if features is None:
     feats = network_features(image, params, model=model, layers=loss_spec.feature_layers)
   else:
-    missing = [name for name in loss_spec.feature_layers if name not in features]
-    if missing:
-      raise ValueError(
-        f'features lacks {", ".join(missing)}; compute them with network_features(image, '
-        'params, model=model, layers=loss_spec.feature_layers + your layers)'
-      )
-    batched = [name for name in loss_spec.feature_layers if jnp.ndim(features[name]) != 3]
-    if batched:
-      raise errors.ConfigError(
-        f'features[{batched[0]!r}] has shape {jnp.shape(features[batched[0]])}; features must be '
-        "one image's, layer -> [h, w, c]: network_features of an [H, W, 3] image"
-      )
+    checks.objective_features(features, loss_spec.feature_layers)
     feats = features
   cw, sw = targets.content_weight, targets.style_weight
   layer_weights = loss_spec.layer_weights

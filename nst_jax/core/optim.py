@@ -173,7 +173,9 @@ def lbfgs(
     free, g = None, grads
     if bounds is not None:
       if params is None:
-        raise ValueError('lbfgs with bounds needs params in update()')
+        raise errors.ArgumentError(
+          'L-BFGS with a box needs the image: call update(grads, state, image, value=..., grad=...)'
+        )
       free, g = _active_set(params, grads, bounds)
     direction = _two_loop(g, state.s, state.y, state.rho, state.gamma, state.head, memory_size)
     # Without curvature information: the gradient scaled so that its largest
@@ -384,8 +386,9 @@ def make_optimizer(
 
   Args:
     name: 'lbfgs' or 'adam'.
-    learning_rate: Adam's step in pixel units (0..255; default 10). Unused by
-      L-BFGS, whose step is 1 as in the classic tools.
+    learning_rate: Adam's step in pixel units (0..255; default 10). Refused
+      with L-BFGS, whose step is 1 as in the classic tools (its first step is
+      `first_step`).
     memory_size: L-BFGS's curvature pairs.
     first_step: L-BFGS's first step, the largest pixel change, in pixel units.
     box: keep L-BFGS's image inside the displayable range, pixels 0..255
@@ -399,10 +402,18 @@ def make_optimizer(
     grad=..., value_fn=...)` (the extra arguments are accepted and unused).
   """
   if convention is None:
-    raise ValueError("make_optimizer needs convention= (the weights' input convention)")
+    raise errors.ConfigError(
+      "make_optimizer needs convention= (the weights' input convention): pass "
+      'convention=weights.info.input_convention'
+    )
   convention = pixels.as_convention(convention)
   checks.positive_number(first_step, 'first_step')
   if name == 'lbfgs':
+    if learning_rate is not None:
+      raise errors.ConfigError(
+        "learning_rate is Adam's; L-BFGS takes no learning rate (its step is 1, its first "
+        "step's largest pixel change first_step): drop it, or use make_optimizer('adam', ...)"
+      )
     inner = lbfgs(memory_size, first_step=first_step, bounds=PIXEL_RANGE if box else None)
   elif name == 'adam':
     lr = DEFAULT_ADAM_LEARNING_RATE if learning_rate is None else learning_rate

@@ -122,6 +122,16 @@ def as_rgb(value: jax.typing.ArrayLike, name: str) -> jax.Array:
   return jnp.asarray(host, jnp.float32)
 
 
+def batched(rgb: jax.typing.ArrayLike) -> jax.Array:
+  """[H, W, 3] -> [1, H, W, 3]; [N, H, W, 3] unchanged (float32)."""
+  x = jnp.asarray(rgb, jnp.float32)
+  if x.ndim == 3:
+    return x[None]
+  if x.ndim == 4:
+    return x
+  raise errors.ConfigError(f'expected an RGB image [H, W, 3] or [N, H, W, 3], got shape {x.shape}')
+
+
 def check_network_images(value: jax.typing.ArrayLike, name: str) -> None:
   """Raises ConfigError naming `name` and the fix unless `value` is [N, H, W, 3] floats.
 
@@ -134,10 +144,11 @@ def check_network_images(value: jax.typing.ArrayLike, name: str) -> None:
     fix = '; add the batch axis: x[None]' if len(shape) == 3 and shape[-1] == 3 else ''
     raise errors.ConfigError(f'{name} must be [N, H, W, 3] images, got shape {shape}{fix}')
   dtype = np.dtype(getattr(value, 'dtype', None) or np.asarray(value).dtype)
-  if not np.issubdtype(dtype, np.floating):
+  # jnp's test: numpy does not count bfloat16 (an ml_dtypes type) as floating.
+  if not jnp.issubdtype(dtype, jnp.floating):
     raise errors.ConfigError(
       f'{name} is {dtype}, but it is an image in network space: preprocess RGB first, '
-      'nst_jax.preprocess(rgb / 255, weights.info.input_convention)'
+      'nst_jax.preprocess(rgb, weights.info.input_convention)'
     )
   # numpy, not jnp: inside a trace jnp would stage even a constant's check.
   if not isinstance(value, jax.core.Tracer) and not np.isfinite(np.asarray(value)).all():
@@ -145,6 +156,12 @@ def check_network_images(value: jax.typing.ArrayLike, name: str) -> None:
       f'{name} has NaN or infinite values; give finite images in network space '
       '(nst_jax.preprocess of RGB in [0, 1])'
     )
+
+
+# How far `preprocess` lets RGB stray from [0, 1]: bicubic resizing (the
+# schedule's scales, an init image) overshoots by a few hundredths at sharp
+# edges; 0.5 is far above that and far below a 0..255 image's range.
+RGB_SLACK = 0.5
 
 
 def _stats(convention: InputConvention) -> tuple[jax.Array, jax.Array]:
@@ -158,8 +175,11 @@ def preprocess(rgb: jax.typing.ArrayLike, convention: InputConvention | str) -> 
   """RGB in [0, 1] -> the network's input space.
 
   Args:
-    rgb: [N, H, W, 3] RGB, nominally in [0, 1] (values outside are allowed and
-      map affinely).
+    rgb: [N, H, W, 3] RGB in [0, 1]; uint8 is divided by 255 (`as_rgb`'s
+      rule). Floats may stray from [0, 1] by up to `RGB_SLACK` (bicubic
+      resizing overshoots) and map affinely; values further out, such as a
+      0..255 float image, are refused where they can be read (not under a
+      jax trace), since they would give activations 255 times too large.
     convention: how the weights expect their input (or its name, 'caffe' or
       'torchvision').
 
@@ -167,10 +187,23 @@ def preprocess(rgb: jax.typing.ArrayLike, convention: InputConvention | str) -> 
     [N, H, W, 3] float32: `(channels(rgb) * scale - mean) / std`.
   """
   convention = as_convention(convention)
-  x = jnp.asarray(rgb, jnp.float32)
+  dtype = np.dtype(getattr(rgb, 'dtype', None) or np.asarray(rgb).dtype)
+  if dtype == np.uint8:
+    x = jnp.asarray(rgb, jnp.float32) / 255.0
+  elif jnp.issubdtype(dtype, jnp.floating):
+    x = jnp.asarray(rgb, jnp.float32)
+  else:
+    raise errors.ConfigError(f'rgb is {dtype}; give RGB as floats in [0, 1] (or uint8)')
   if x.ndim != 4 or x.shape[-1] != 3:
     fix = '; add the batch axis: x[None]' if x.ndim == 3 and x.shape[-1] == 3 else ''
     raise errors.ConfigError(f'rgb must be [N, H, W, 3] RGB, got shape {x.shape}{fix}')
+  if not isinstance(x, jax.core.Tracer) and x.size:
+    low, high = float(jnp.min(x)), float(jnp.max(x))
+    if not (-RGB_SLACK <= low and high <= 1.0 + RGB_SLACK):  # NaN fails too
+      fix = 'divide by 255' if high > 1.0 + RGB_SLACK and low >= 0 else 'clip it to [0, 1]'
+      raise errors.ConfigError(
+        f'rgb has values from {low:.4g} to {high:.4g}; preprocess takes RGB in [0, 1]: {fix}'
+      )
   if convention.bgr:
     x = x[..., ::-1]
   mean, std = _stats(convention)

@@ -18,6 +18,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from nst_jax import errors
+
 # In the gradient of tr(sqrt(A)), eigenvalues below this fraction of the
 # largest count as this fraction: d sqrt(l) / dl = 1 / (2 sqrt(l)) is
 # unbounded at l = 0, and dead ReLU channels give exact zeros.
@@ -53,7 +55,10 @@ _gram.defvjp(_gram_fwd, _gram_bwd)
 def _flat(features: jax.typing.ArrayLike, what: str) -> jax.Array:
   f = jnp.asarray(features)
   if f.ndim != 3:
-    raise ValueError(f'{what} expects [H, W, C], got shape {f.shape}')
+    raise errors.ConfigError(
+      f"{what} expects one image's features [H, W, C], got shape {f.shape}; jax.vmap it over "
+      'a batch'
+    )
   h, w, c = f.shape
   return f.reshape(h * w, c)
 
@@ -61,7 +66,10 @@ def _flat(features: jax.typing.ArrayLike, what: str) -> jax.Array:
 def _mask_column(mask: jax.typing.ArrayLike, f: jax.Array, what: str) -> jax.Array:
   t = jnp.asarray(mask, jnp.float32)
   if t.size != f.shape[0]:
-    raise ValueError(f'{what}: mask {t.shape} does not match {f.shape[0]} positions')
+    raise errors.ConfigError(
+      f"{what}: mask {t.shape} does not match the features' {f.shape[0]} positions; give one "
+      "[H, W] at the features' size (nst_jax.core.vgg.mask_at_layer)"
+    )
   return t.reshape(f.shape[0], 1)
 
 
@@ -284,7 +292,10 @@ def histogram_match(features: jax.typing.ArrayLike, quantiles: jax.typing.ArrayL
   f = _flat(features, 'histogram_match').astype(jnp.float32)
   q = jnp.asarray(quantiles, jnp.float32)
   if q.shape != f.shape:
-    raise ValueError(f'histogram_match: quantiles {q.shape} vs features {f.shape}')
+    raise errors.ConfigError(
+      f'histogram_match: quantiles {q.shape} vs features {f.shape}; give the quantiles of '
+      'features of the same shape (layer_targets of the same layer and image size)'
+    )
   order = jnp.argsort(f, axis=0)
   cols = jnp.arange(f.shape[1])[None, :]
   # One sort and a scatter, rather than a second argsort to invert the order.

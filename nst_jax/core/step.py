@@ -71,7 +71,7 @@ def make_model(
 
   Args:
     pooling: 'max' or 'avg'.
-    dtype: compute dtype, 'float32' or 'bfloat16'.
+    dtype: compute dtype, 'float32' or 'bfloat16' (or jnp.bfloat16, jnp.float32).
     precision: 'highest', 'high', 'default' or None (see
       nst_jax.core.vgg.PRECISIONS).
   """
@@ -83,6 +83,9 @@ def make_model(
     )
     m = pooling.model
     pooling, dtype, precision = m.pooling, m.dtype, m.precision
+  checks.choice(dict.fromkeys(vgg.POOLING_MODES), pooling, 'pooling')
+  if not isinstance(dtype, str):  # jnp.bfloat16, np.float32: the names the table holds
+    dtype = getattr(dtype, '__name__', None) or getattr(dtype, 'name', dtype)
   return vgg.VGG19(
     pooling=pooling,
     dtype=checks.choice(vgg.COMPUTE_DTYPES, dtype, 'dtype'),
@@ -109,6 +112,9 @@ def prepare_params(
   the platform of the device that holds the params (JAX's default device for
   host arrays).
   """
+  checks.params_dict(params)
+  if isinstance(layers, str):  # one name, as the model and extract_features take it
+    layers = (layers,)
   if backend is None:
     backend = _platform(params)
   if backend == 'cpu':
@@ -141,7 +147,7 @@ def make_optimizer(name: Any = 'lbfgs', **kwargs) -> optax.GradientTransformatio
     name, kwargs = (
       o.name,
       {
-        'learning_rate': o.learning_rate,
+        'learning_rate': o.learning_rate if o.name == 'adam' else None,
         'memory_size': o.lbfgs_memory,
         'box': o.box,
         **kwargs,
@@ -149,12 +155,12 @@ def make_optimizer(name: Any = 'lbfgs', **kwargs) -> optax.GradientTransformatio
     )
   if 'lbfgs_memory' in kwargs:  # the config field's name (OptimConfig.lbfgs_memory)
     if 'memory_size' in kwargs:
-      raise TypeError('make_optimizer got both lbfgs_memory and memory_size; give one')
+      raise errors.ArgumentError('make_optimizer got both lbfgs_memory and memory_size; give one')
     kwargs['memory_size'] = kwargs.pop('lbfgs_memory')
   known = inspect.signature(optim.make_optimizer).parameters
   unknown = sorted(set(kwargs) - set(known))
   if unknown:
-    raise TypeError(
+    raise errors.ArgumentError(
       f'make_optimizer got unknown keyword(s) {", ".join(unknown)}; it takes '
       + ', '.join(k for k in known if k != 'name')
     )
@@ -200,8 +206,9 @@ def update_step(
     state: images [N, H, W, 3] and per-image optimiser states.
     params: VGG parameters (shared by the batch; not donated).
     targets: per-image targets with leading [N] axes (not donated).
-    active: optional [N] bools; an image whose entry is False keeps its
-      pixels (it has converged and waits for the rest of the batch).
+    active: optional [N] bools (or 0/1 integers); an image whose entry is
+      False keeps its pixels (it has converged and waits for the rest of
+      the batch). Another shape is refused.
     model: the VGG (static).
     optimizer: from `make_optimizer` (static).
     loss_spec: the loss's structure (static, hashable; `LossConfig.spec`).
@@ -234,6 +241,9 @@ def update_step(
     loss_spec = loss_config
   loss_spec = objective_lib.as_spec(loss_spec)
   checks.step_inputs(state.image, targets, loss_spec)
+  checks.optimizer_state(state.opt_state, state.image, optimizer)
+  if active is not None:
+    active = checks.active_flags(active, state.image.shape[0])
   spec_keyword = _spec_keyword(loss_fn)
   # This package's L-BFGS searches at its first step only, when asked
   # (`backtrack`); any other optimiser gets `value_fn` as optax defines it.
@@ -425,22 +435,16 @@ def initial_image(
     rgb = jnp.full((1, *content.shape[1:]), 0.5, jnp.float32)
   else:
     if image is None:
-      raise ValueError(f'init {init!r} is not one of {INIT_KEYWORDS}, and no image was given')
-    rgb = batched(pixels.as_rgb(image, 'image'))
+      raise errors.ConfigError(
+        f'init {init!r} is not one of {", ".join(INIT_KEYWORDS)}, and no image was given; pass '
+        'image= (RGB) to start from it, or one of those'
+      )
+    rgb = pixels.batched(pixels.as_rgb(image, 'image'))
     rgb = pixels.resize(rgb, *content.shape[1:3])
   if convention is None:
-    raise ValueError(
-      f'initial_image(init={init!r}) needs convention= (the weights input convention)'
+    raise errors.ConfigError(
+      f"initial_image(init={init!r}) needs convention= (the weights' input convention): pass "
+      'convention=weights.info.input_convention'
     )
   x = pixels.preprocess(rgb, pixels.as_convention(convention))
   return jnp.broadcast_to(x, content.shape)
-
-
-def batched(rgb: jax.typing.ArrayLike) -> jax.Array:
-  """[H, W, 3] -> [1, H, W, 3]; [N, H, W, 3] unchanged (float32)."""
-  x = jnp.asarray(rgb, jnp.float32)
-  if x.ndim == 3:
-    return x[None]
-  if x.ndim == 4:
-    return x
-  raise ValueError(f'expected an RGB image [H, W, 3] or [N, H, W, 3], got {x.shape}')

@@ -408,8 +408,8 @@ class VGG(nn.Module):
     Args:
       x: [N, H, W, 3] image already in the weights' input convention (see
         `nst_jax.core.pixels.preprocess`).
-      layers: names to return, e.g. `('relu4_2',)`; None returns every layer
-        (and is what `init` uses, so that all parameters are created).
+      layers: names to return, e.g. `('relu4_2',)`, or one name; None returns
+        every layer (and is what `init` uses, so that all parameters are created).
 
     Returns:
       Dict from each requested name to its activation, [N, h, w, c] in `dtype`.
@@ -417,7 +417,10 @@ class VGG(nn.Module):
     if self.pooling not in POOLING_MODES:
       raise errors.ConfigError(f'pooling must be one of {POOLING_MODES}, got {self.pooling!r}')
     all_names = layer_names(self.stage_sizes)
-    wanted = all_names if layers is None else tuple(layers)
+    # One name is one layer, not its letters ('relu4_2' as r, e, l, u, ...).
+    wanted = (
+      all_names if layers is None else (layers,) if isinstance(layers, str) else tuple(layers)
+    )
 
     first = all_names[0]
     features = {}

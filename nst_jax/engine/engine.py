@@ -131,7 +131,8 @@ class Engine:
     self.model = core.make_model(m.pooling, dtype=m.dtype, precision=m.precision)
     o = config.optim
     built = dict(
-      learning_rate=o.learning_rate,
+      # OptimConfig documents learning_rate as unused by L-BFGS, which refuses it.
+      learning_rate=o.learning_rate if o.name == 'adam' else None,
       memory_size=o.lbfgs_memory,
       box=o.box,
       convention=self.convention,

@@ -341,9 +341,10 @@ def restore(path: str | os.PathLike, *, like: Any, settings: dict) -> tuple[Any,
     (state, iteration completed).
 
   Raises:
-    NstError: missing or unreadable checkpoint, a setting that differs
-      (named, with both values), or a state of another layout (the leaf
-      named).
+    NstError: missing or unreadable checkpoint, or a state of another
+      layout (the leaf named).
+    ResumeMismatch: a setting or an input that differs (named, with both
+      values).
   """
   path = Path(path)
   payload, step = _load(path)
@@ -354,15 +355,21 @@ def restore(path: str | os.PathLike, *, like: Any, settings: dict) -> tuple[Any,
   for key in sorted(set(saved) | set(settings), key=lambda k: (k in _DERIVED_SETTINGS, k)):
     if saved.get(key) != settings.get(key):
       if key in _DERIVED_SETTINGS:
-        raise errors.NstError(
+        raise errors.ResumeMismatch(
           f'cannot resume from {path}: {_DERIVED_SETTINGS[key]} differ from the interrupted '
           "run's; resume with the same files, or start over without run.resume and another "
-          'save.path'
+          'save.path',
+          path=str(path),
+          setting=key,
         )
-      raise errors.NstError(
-        f'cannot resume from {path}: {key} differs (checkpoint {short(saved.get(key))}, now '
-        f'{short(settings.get(key))}); rerun with the same settings, or without run.resume and '
-        'another save.path to start over'
+      was, now = short(saved.get(key)), short(settings.get(key))
+      raise errors.ResumeMismatch(
+        f'cannot resume from {path}: {key} differs (checkpoint {was}, now {now}); rerun with the '
+        'same settings, or without run.resume and another save.path to start over',
+        path=str(path),
+        setting=key,
+        saved=was,
+        now=now,
       )
   want = flax.serialization.to_state_dict(like)
   if step is None:

@@ -126,6 +126,32 @@ class Weights:
   params: Mapping[str, Mapping[str, jax.Array]]
   info: WeightsInfo
 
+  @classmethod
+  def from_params(
+    cls, params: Mapping[str, Mapping[str, jax.Array]], convention: pixels.InputConvention | str
+  ) -> 'Weights':
+    """Weights of params made in memory (`nst_jax.random_scaled_params`), for `stylize`.
+
+    Args:
+      params: layer -> {'kernel', 'bias'}, VGG-19's layers.
+      convention: the input space they expect (random_scaled_params: 'caffe').
+
+    Returns:
+      Weights whose info names no source file; `params_sha256` is their
+      digest, so a checkpoint still refuses to resume with other params.
+    """
+    convention = pixels.as_convention(convention)
+    flat = {f'{k}/{leaf}': np.asarray(v) for k, d in params.items() for leaf, v in d.items()}
+    info = WeightsInfo(
+      source='params in memory',
+      source_sha256='',
+      source_format='params',
+      convention=convention.name,
+      params_sha256=weight_checks.params_digest(flat),
+      provenance='unverified: params made in memory, not a weights file',
+    )
+    return cls(params=dict(params), info=info)
+
 
 _READERS: dict[str, tuple[Callable[[Path], dict[str, np.ndarray]], str]] = {
   'keras_h5': (weight_formats.read_keras_h5, pixels.CAFFE.name),

@@ -40,27 +40,81 @@ def _masks(value, n: int, lead: int, shape: tuple[int, ...], what: str):
       f'{what} has values from {np.nanmin(m):.4g} to {np.nanmax(m):.4g}; masks are in [0, 1] '
       '(uint8 masks are divided by 255): scale it into [0, 1]'
     )
+  given = m.shape
   if m.ndim == lead:
     m = np.broadcast_to(m, (n, *m.shape))
   if m.shape[1:] != shape or m.shape[0] not in (1, n):
-    raise errors.ConfigError(f'{what} {m.shape} for images of {shape}; {_MASK_HELP[what]}')
+    raise errors.ConfigError(f'{what} has shape {given}; {_MASK_HELP[what].format(*shape)}')
   return [m[min(k, m.shape[0] - 1)] for k in range(n)]
 
 
+# The fix, formatted with the shape a mask must have after its batch axis.
 _MASK_HELP = {
-  'content mask': 'give [H, W] or [N, H, W] at the content size',
-  'style masks': 'give one mask per style, [S, H, W] or [N, S, H, W]',
+  'content_mask': 'give [H, W] = [{0}, {1}] or [N, {0}, {1}], at the content size',
+  'style_masks': 'give one mask per style, [S, H, W] = [{0}, {1}, {2}] or [N, {0}, {1}, {2}]',
 }
+
+
+# What a resumed stylize is given again, by the checkpoint's name for it:
+# (what differs, the arguments to pass as before).
+_RESUME_INPUTS = {
+  'content_pixels': ('the content differs', 'content'),
+  'style_pixels': ('the style differs', 'style'),
+  'mask_pixels': ('the masks differ', 'content_mask and style_masks'),
+  'weights_hash': ('the weights differ', 'weights'),
+}
+
+
+def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
+  """The checkpoint's refusal naming stylize's arguments, not the file pipeline's fields.
+
+  stylize sets inputs.width from the content and has no save.path: its
+  caller gave arrays, a config and checkpoint=.
+  """
+  if e.setting == 'inputs.width':
+    what, again = f"the content is {e.now} px wide, the interrupted run's {e.saved}", 'content'
+  elif e.setting in _RESUME_INPUTS:
+    what, again = _RESUME_INPUTS[e.setting]
+    what += " from the interrupted run's"
+  else:
+    what, again = f'config.{e.setting} differs (checkpoint {e.saved}, now {e.now})', 'config'
+  return errors.ResumeMismatch(
+    f'cannot resume from {e.path}: {what}; pass the same {again} to resume, or another '
+    'checkpoint= (or config.run.resume False) to start over',
+    path=e.path,
+    setting=e.setting,
+    saved=e.saved,
+    now=e.now,
+  )
+
+
+def _check_checkpoint_path(path: Path) -> None:
+  """Refuses a checkpoint= that cannot be written, before the run.
+
+  The writer only logs a failed write and the run goes on (a full disk must
+  not end a long run), so a directory or a missing folder would give a run
+  with no checkpoint at all.
+  """
+  if path.is_dir():
+    raise errors.ConfigError(
+      f'checkpoint {errors.printable(path)} is a directory; give a file in it, e.g. '
+      f'{errors.printable(path / "run.ckpt")}'
+    )
+  if not path.parent.is_dir():
+    raise errors.ConfigError(
+      f'the folder of checkpoint {errors.printable(path)} does not exist; create it or give '
+      'another path'
+    )
 
 
 def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint):
   """The engine's rows for arrays: one per content image, checked."""
-  content_b = np.asarray(core.batched(pixels.as_rgb(content, 'content')))
+  content_b = np.asarray(pixels.batched(pixels.as_rgb(content, 'content')))
   items = list(style) if isinstance(style, (list, tuple)) else [style]
   if not items:
     raise errors.ConfigError('no style image given')
   styles = [
-    np.asarray(core.batched(pixels.as_rgb(s, 'style' if len(items) == 1 else f'style {i}')))
+    np.asarray(pixels.batched(pixels.as_rgb(s, 'style' if len(items) == 1 else f'style {i}')))
     for i, s in enumerate(items)
   ]
   n, height, width = content_b.shape[:3]
@@ -79,14 +133,14 @@ def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint
     blend_weights=cfg.inputs.style_blend_weights,
     masks_name='style_masks',
   )
-  cmasks = _masks(content_mask, n, 2, (height, width), 'content mask')
-  smasks = _masks(style_masks, n, 3, (len(styles), height, width), 'style masks')
+  cmasks = _masks(content_mask, n, 2, (height, width), 'content_mask')
+  smasks = _masks(style_masks, n, 3, (len(styles), height, width), 'style_masks')
   if cfg.inputs.init not in config_lib.INITS and init_image is None:
     init_image = image_lib.load_image(cfg.inputs.init, max_pixels=cfg.inputs.max_image_pixels)
   init = (
     None
     if init_image is None
-    else np.asarray(core.batched(pixels.as_rgb(init_image, 'init_image')))
+    else np.asarray(pixels.batched(pixels.as_rgb(init_image, 'init_image')))
   )
   if checkpoint is not None and n != 1:
     raise errors.ConfigError('a checkpoint holds one image; stylize a batch without one')
@@ -139,7 +193,9 @@ def stylize(
       of those for several styles (blended with
       `config.inputs.style_blend_weights`, or placed by `style_masks`).
     config: the settings (paths are ignored); None = StyleConfig() defaults.
-    weights: loaded Weights, a path, or None for the default location.
+    weights: loaded Weights, a path, or None for the default location; for
+      params made in memory (random_scaled_params),
+      `nst_jax.Weights.from_params(params, convention)`.
     callback: called as callback(iteration, rgb) every `config.save.save_iter`
       iterations and when stopped, with the current RGB images ([N, H, W, 3]
       at the current scale, as they would be saved); iterations count on
@@ -154,8 +210,12 @@ def stylize(
       per pixel (None: 1 everywhere).
     style_masks: [S, H, W] or [N, S, H, W] in [0, 1], one per style: where
       each style applies (guided Grams, Gatys et al. 2017).
-    init_image: RGB start image when `config.inputs.init` names a file (read
-      from that path if this is None).
+    init_image: RGB start image, [H', W', 3] or [N, H', W', 3] (one per
+      content image), resized to the content (bicubic) and used whatever
+      `config.inputs.init` says: it replaces 'content', 'random' and 'gray'
+      too. None: `config.inputs.init` decides, and a value other than those
+      three is read as an image file. With several scales it starts the
+      coarsest; each finer scale starts from the previous result.
     record: a dict to fill with what happened: 'scales' (size, iterations,
       why it stopped, compile and run seconds per stage) and 'history' (the
       losses every `config.run.print_iter` iterations).
@@ -174,9 +234,12 @@ def stylize(
     compile_cache.use(cfg.run.compile_cache)
   if isinstance(weights, Mapping):
     raise errors.ConfigError(
-      'weights is a params dict, which does not say its input convention; pass the Weights '
-      '(nst_jax.get_weights(path)) or the path of the .npz'
+      'weights is a params dict, which does not say its input convention; pass '
+      'nst_jax.Weights.from_params(params, convention), the Weights (nst_jax.get_weights(path)) '
+      'or the path of the .npz'
     )
+  if checkpoint is not None:
+    _check_checkpoint_path(Path(checkpoint))
   if cfg.run.resume and checkpoint is None:
     raise errors.ConfigError(
       'run.resume is set but no checkpoint= names the file to continue; pass checkpoint= or '
@@ -190,7 +253,7 @@ def stylize(
   cfg = cfg.replace(inputs=cfg.inputs.replace(width=width))
   # The file pipeline's check (every row has row 0's sizes): an image smaller
   # than the deepest layer needs would otherwise fail later as a non-finite loss.
-  inputs_lib.check_size(cfg, rows[0], larger='images (stylize runs at their size)')
+  inputs_lib.check_size(cfg, rows[0], larger="image size (stylize runs at the arrays' size)")
   layout = runner.layout_for(cfg, height, n)
   # A jobs layout pads the batch to a multiple of the devices: the extra rows
   # repeat image 0 (same shapes and styles), are never returned, and write no
@@ -213,7 +276,10 @@ def stylize(
     history=history,
   )
   scales = {} if record is not None else None
-  results = engine.run(rows, real=tuple(range(n)), watch=watch, resume=resume, record=scales)
+  try:
+    results = engine.run(rows, real=tuple(range(n)), watch=watch, resume=resume, record=scales)
+  except errors.ResumeMismatch as e:
+    raise _in_stylize_words(e) from None
   if record is not None:
     record['scales'] = scales.get('scales', [])
     record['history'] = history.history[0]

@@ -2,7 +2,8 @@
 
 The convenience entry point for research code: it loads weights if given a
 path, preprocesses with the convention stored in the weights, and runs the
-network only as deep as the deepest requested layer.
+network (VGG-19, or the `model=` the step and `make_targets` take) only as
+deep as the deepest requested layer.
 """
 
 from collections.abc import Mapping, Sequence
@@ -12,7 +13,9 @@ import os
 import jax
 
 from nst_jax import errors
+from nst_jax.core import checks
 from nst_jax.core import pixels
+from nst_jax.core import step
 from nst_jax.core import vgg
 from nst_jax.io import weights as weights_lib
 
@@ -27,11 +30,12 @@ def extract_features(
   image: jax.typing.ArrayLike,
   layers: Sequence[str] | str,
   *,
-  pooling: str = 'max',
-  dtype: str = 'float32',
-  convention: pixels.InputConvention | None = None,
+  model: vgg.VGG | None = None,
+  pooling: str | None = None,
+  dtype: str | None = None,
+  convention: pixels.InputConvention | str | None = None,
 ) -> dict[str, jax.Array]:
-  """VGG-19 activations of RGB images.
+  """VGG-19 (or `model`'s) activations of RGB images.
 
   Example:
     >>> feats = extract_features('weights/vgg19.npz', rgb, ['relu4_2'])
@@ -44,29 +48,40 @@ def extract_features(
     image: RGB in [0, 1], [H, W, 3] or [N, H, W, 3], numpy or jax
       (`nst_jax.core.pixels.as_rgb`'s rule: uint8 is divided by 255).
     layers: names such as 'relu4_2', 'conv1_1', 'pool3', or one name.
-    pooling: 'max' or 'avg'.
-    dtype: compute dtype, 'float32' or 'bfloat16'.
+    model: the network, as `make_targets` and the step take it (`make_model`,
+      or `nst_jax.VGGTiny()` for `random_scaled_params` of that shape);
+      None: `make_model(pooling=pooling, dtype=dtype)`.
+    pooling: 'max' (default) or 'avg'; not with `model`, which has its own.
+    dtype: compute dtype, 'float32' (default) or 'bfloat16'; not with `model`.
     convention: the input convention of a params dict
-      (`weights.info.input_convention`); Weights carry their own.
+      (`weights.info.input_convention`, or its name); Weights carry their own.
 
   Returns:
     Dict from each name to its activation, with the input's leading
     dimensions: [h, w, c] for an [H, W, 3] input, else [N, h, w, c].
   """
+  if model is None:
+    model = step.make_model(pooling or 'max', dtype=dtype or 'float32')
+  elif pooling is not None or dtype is not None:
+    raise errors.ConfigError(
+      'extract_features got model= and pooling= or dtype=, which the model has already; give '
+      'one: model=nst_jax.make_model(pooling=..., dtype=...)'
+    )
   if isinstance(weights, Mapping):
     if convention is None:
-      raise ValueError(
+      raise errors.ConfigError(
         'extract_features got a params dict, which does not say its input convention; '
         'pass the Weights (nst_jax.get_weights()) or convention=weights.info.input_convention'
       )
-    params = weights
+    params, convention = weights, pixels.as_convention(convention)
   else:
     w = weights_lib.as_weights(weights)
     params, convention = w.params, w.info.input_convention
   layers = (layers,) if isinstance(layers, str) else tuple(layers)
-  vgg.check_layers(layers)
+  vgg.check_layers(layers, model.stage_sizes)
+  checks.params_fit(params, model, layers)
   x = pixels.as_rgb(image, 'image')
-  need = vgg.min_input_size(layers)
+  need = vgg.min_input_size(layers, model.stage_sizes)
   if min(x.shape[-3:-1]) < need:
     # The network would return empty maps: 2x2 poolings halve the size.
     raise errors.ConfigError(
@@ -74,6 +89,5 @@ def extract_features(
       f'least {need} px on each side; give a larger image or shallower layers'
     )
   batched = x if x.ndim == 4 else x[None]
-  model = vgg.VGG19(pooling=pooling, dtype=vgg.COMPUTE_DTYPES[dtype])
   feats = _apply(params, batched, model=model, layers=layers, convention=convention)
   return feats if x.ndim == 4 else {k: v[0] for k, v in feats.items()}
