@@ -350,8 +350,8 @@ def test_a_checkpoint_that_cannot_be_written_is_refused_before_the_run(caffe_npz
   """A directory only logged 'could not write', and the run went on with no checkpoint."""
   rgb = np.full((16, 16, 3), 0.5, np.float32)
   for path, message in (
-    (tmp_path, f'checkpoint {tmp_path} is a directory; give a file in it, e.g. '
-     f'{tmp_path / "run.ckpt"}'),
+    (tmp_path, f'checkpoint {tmp_path} is not an nst-jax checkpoint (it is a directory that '
+     f'nst-jax did not write); give a new path, e.g. {tmp_path / "run.ckpt"}'),
     (tmp_path / 'no' / 'a.ckpt', f'the folder of checkpoint {tmp_path / "no" / "a.ckpt"} does '
      'not exist; create it or give another path'),
   ):  # fmt: skip

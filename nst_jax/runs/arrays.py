@@ -23,6 +23,7 @@ from nst_jax.engine import compile_cache
 from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import rows as rows_lib
+from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
 from nst_jax.io import weights as weights_lib
 from nst_jax.runs import inputs as inputs_lib
@@ -92,13 +93,14 @@ def _check_checkpoint_path(path: Path) -> None:
   """Refuses a checkpoint= that cannot be written, before the run.
 
   The writer only logs a failed write and the run goes on (a full disk must
-  not end a long run), so a directory or a missing folder would give a run
-  with no checkpoint at all.
+  not end a long run), so a directory of someone's or a missing folder
+  would give a run with no checkpoint at all. A checkpoint is itself a
+  directory (orbax's steps, checkpoint_store): one nst-jax wrote is taken.
   """
-  if path.is_dir():
+  if checkpoint_store.is_directory(path) and (why := checkpoint_store.foreign(path)):
     raise errors.ConfigError(
-      f'checkpoint {errors.printable(path)} is a directory; give a file in it, e.g. '
-      f'{errors.printable(path / "run.ckpt")}'
+      f'checkpoint {errors.printable(path)} is not an nst-jax checkpoint ({why}); give a new '
+      f'path, e.g. {errors.printable(path / "run.ckpt")}'
     )
   if not path.parent.is_dir():
     raise errors.ConfigError(
