@@ -20,7 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CASES = Path(__file__).with_name('distributed_cases.py')
 sys.path.insert(0, str(ROOT / 'tests'))
 
-import conftest  # noqa: E402
 import distributed_cases  # noqa: E402
 import small_runs  # noqa: E402
 
@@ -34,7 +33,7 @@ ITERATIONS = 9
 
 def _env(devices: int) -> dict[str, str]:
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'NST_JAX_WEIGHTS')}
-  env['XLA_FLAGS'] = conftest.xla_flags(devices)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   env['JAX_PLATFORMS'] = 'cpu'
   return env
 

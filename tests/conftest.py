@@ -32,25 +32,6 @@ os.environ.update({
   'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '-1',
 })  # fmt: skip
 jax.config.update('jax_compilation_cache_dir', _CACHE)
-
-# XLA's backend optimisation level 0 for the tests' programs and their
-# subprocesses': compiling is most of the suite's time (the backend compile
-# alone was about 70% of the in-process tests' time), and level 0 compiles a
-# step in about 0.6-0.8x the time while the convolutions, which are library
-# calls, run as fast. The programs and what they compute are the same; the
-# README's example, the API guide's recipes, the installed command
-# (packaging_test) and `bench/device_check.py --quick` in .ci/run start with
-# a clean environment and so run at XLA's default level.
-TEST_XLA_FLAGS = '--xla_backend_optimization_level=0'
-
-
-def xla_flags(devices: int | None = None) -> str:
-  """XLA_FLAGS for a test's subprocess: the tests' level, and `devices` simulated CPUs."""
-  count = f' --xla_force_host_platform_device_count={devices}' if devices else ''
-  return TEST_XLA_FLAGS + count
-
-
-os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {TEST_XLA_FLAGS}'.strip()
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
 

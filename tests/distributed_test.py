@@ -30,7 +30,6 @@ import sys
 import termios
 import threading
 
-import conftest
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +38,7 @@ CASES = Path(__file__).with_name('distributed_cases.py')
 
 def _env(devices: int) -> dict[str, str]:
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'NST_JAX_WEIGHTS')}
-  env['XLA_FLAGS'] = conftest.xla_flags(devices)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   env['JAX_PLATFORMS'] = 'cpu'
   return env
 

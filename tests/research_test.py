@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 
-import conftest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -267,7 +266,7 @@ def test_stylize_splits_a_batch_over_the_devices_with_jobs(tmp_path, caffe_npz, 
   script = tmp_path / 'run.py'
   script.write_text(_SHARDED_STYLIZE)
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'NST_JAX_WEIGHTS')}
-  env.update(XLA_FLAGS=conftest.xla_flags(8), JAX_PLATFORMS='cpu',
+  env.update(XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu',
              PYTHONPATH=f'{ROOT}:{ROOT / "tests"}')  # fmt: skip
   r = subprocess.run(
     [sys.executable, str(script), str(caffe_npz), shard],

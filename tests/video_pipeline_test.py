@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 
-import conftest
 import jax
 from jax import test_util
 import numpy as np
@@ -157,7 +156,7 @@ def test_an_unfinished_run_needs_resume_and_resume_needs_one(tmp_path, caffe_npz
 
 def _env(devices=1):
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'NST_JAX_WEIGHTS')}
-  env['XLA_FLAGS'] = conftest.xla_flags(devices)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   env['JAX_PLATFORMS'] = 'cpu'
   return env
 
