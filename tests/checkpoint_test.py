@@ -523,18 +523,14 @@ META_DAMAGE = {
 }
 
 
-@pytest.mark.parametrize('damage', FIELD_DAMAGE)
-def test_payload_with_a_bad_field_is_refused(tmp_path, damage):
-  fields, problem = FIELD_DAMAGE[damage]
-  path = _saved(tmp_path, **fields)
-  message = f'checkpoint {path} is damaged ({problem}); delete it to start over'
-  assert _restore_error(path) == message
-
-
-@pytest.mark.parametrize('damage', META_DAMAGE)
-def test_metadata_with_a_bad_field_is_refused(tmp_path, damage):
-  fields, problem = META_DAMAGE[damage]
-  path = _saved_v2(tmp_path, **fields)
+# Format 1's payload fields and format 2's metadata fields, refused alike.
+@pytest.mark.parametrize(
+  'saved,fields,problem',
+  [pytest.param(_saved, *FIELD_DAMAGE[d], id=f'v1-{d}') for d in FIELD_DAMAGE]
+  + [pytest.param(_saved_v2, *META_DAMAGE[d], id=f'v2-{d}') for d in META_DAMAGE],
+)
+def test_a_bad_field_is_refused(tmp_path, saved, fields, problem):
+  path = saved(tmp_path, **fields)
   message = f'checkpoint {path} is damaged ({problem}); delete it to start over'
   assert _restore_error(path) == message
 
