@@ -373,6 +373,21 @@ def in_pixel_units(
   return optax.GradientTransformationExtraArgs(inner.init, update)
 
 
+def config_arguments(optim_config) -> dict:
+  """`make_optimizer`'s keywords for an OptimConfig (name aside).
+
+  learning_rate goes to Adam only: OptimConfig documents it as unused by
+  L-BFGS, whose `make_optimizer` refuses one (its first step is
+  `first_step`), so a config that sets it runs as before.
+  """
+  o = optim_config
+  return {
+    'learning_rate': o.learning_rate if o.name == 'adam' else None,
+    'memory_size': o.lbfgs_memory,
+    'box': o.box,
+  }
+
+
 def make_optimizer(
   name: str = 'lbfgs',
   *,

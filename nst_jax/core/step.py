@@ -143,16 +143,7 @@ def make_optimizer(name: Any = 'lbfgs', **kwargs) -> optax.GradientTransformatio
       DeprecationWarning,
       stacklevel=2,
     )
-    o = name.optim
-    name, kwargs = (
-      o.name,
-      {
-        'learning_rate': o.learning_rate if o.name == 'adam' else None,
-        'memory_size': o.lbfgs_memory,
-        'box': o.box,
-        **kwargs,
-      },
-    )
+    name, kwargs = name.optim.name, {**optim.config_arguments(name.optim), **kwargs}
   if 'lbfgs_memory' in kwargs:  # the config field's name (OptimConfig.lbfgs_memory)
     if 'memory_size' in kwargs:
       raise errors.ArgumentError('make_optimizer got both lbfgs_memory and memory_size; give one')

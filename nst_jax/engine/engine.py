@@ -26,6 +26,7 @@ import numpy as np
 from nst_jax import config as config_lib
 from nst_jax.core import color
 from nst_jax.core import objective
+from nst_jax.core import optim as optim_lib
 from nst_jax.core import pixels
 from nst_jax.core import step as core
 from nst_jax.engine import group
@@ -130,13 +131,7 @@ class Engine:
     m = config.model
     self.model = core.make_model(m.pooling, dtype=m.dtype, precision=m.precision)
     o = config.optim
-    built = dict(
-      # OptimConfig documents learning_rate as unused by L-BFGS, which refuses it.
-      learning_rate=o.learning_rate if o.name == 'adam' else None,
-      memory_size=o.lbfgs_memory,
-      box=o.box,
-      convention=self.convention,
-    )
+    built = {**optim_lib.config_arguments(o), 'convention': self.convention}
     self.optimizer = core.make_optimizer(o.name, **built)
     # The compile cache's key: what the optimiser was built from.
     self.optimizer_key = (o.name, *sorted(built.items()))
