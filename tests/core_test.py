@@ -588,7 +588,7 @@ def test_active_holds_the_images_it_marks_and_must_be_one_flag_per_image():
   tx = make_optimizer('adam', learning_rate=2.0, convention=pixels.CAFFE)
   run = functools.partial(update_step, model=model, optimizer=tx, loss_spec=TINY_LOSS.spec)
   for flags in ([True, False], np.array([1, 0])):  # a list, and numpy's 0/1
-    state, _ = run(init_state(content, tx), params, targets, flags)
+    state, _ = jax.jit(run)(init_state(content, tx), params, targets, flags)
     assert float(jnp.abs(state.image[0] - content[0]).max()) > 0.5
     np.testing.assert_array_equal(state.image[1], content[1])
   # [2, 1] used to broadcast into a [2, 2, H, W, 3] state; [3] and a scalar failed in JAX.

@@ -1,5 +1,6 @@
 """Tests for nst_jax.core.optim: the L-BFGS made for style transfer, and steps in pixel units."""
 
+import functools
 from pathlib import Path
 
 import jax
@@ -299,9 +300,11 @@ def test_adam_steps_are_in_pixel_units_for_every_convention(fixture, request):
     **loss.weights,
   )
   tx = nst_jax.make_optimizer('adam', learning_rate=3.0, convention=convention)
-  state, _ = nst_jax.update_step(
-    nst_jax.init_state(x, tx), w.params, targets, model=model, optimizer=tx, loss_spec=loss.spec
+  # Jitted: run eagerly, the network's every operation compiled on its own (seconds).
+  step = jax.jit(
+    functools.partial(nst_jax.update_step, model=model, optimizer=tx, loss_spec=loss.spec)
   )
+  state, _ = step(nst_jax.init_state(x, tx), w.params, targets)
   # Adam's first step is lr * sign(g) per coordinate: 3 pixel units (of 255)
   # wherever the gradient is not zero, whatever the weights' input scale.
   moved = np.abs(np.asarray(pixels.deprocess(state.image, convention) - content[None])) * 255

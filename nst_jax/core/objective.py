@@ -15,6 +15,7 @@
 
 from collections.abc import Mapping, Sequence
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 import warnings
 
@@ -144,6 +145,28 @@ def _features(params, x, *, model: vgg.VGG, layers: tuple[str, ...]):
   return model.apply({'params': params}, x, layers)
 
 
+# One compiled program per shape: called eagerly (as research code does),
+# the network and the statistics compiled each operation on its own, about
+# 50-100 ms each on a 2-core CPU; under the engine's jit it is inlined.
+@functools.partial(jax.jit, static_argnames=('blend', 'model', 'spec'))
+def _target_arrays(params, content, styles, *, blend, model: vgg.VGG, spec: LossSpec):
+  """(content features as float32, style statistics) of `make_targets`."""
+  n, height, width = content.shape[:3]
+  content_feats = _features(params, content, model=model, layers=spec.content_layers)
+  style_feats = [_features(params, s, model=model, layers=spec.style_layers) for s in styles]
+  stats = {
+    name: statistics.layer_targets(
+      [f[name] for f in style_feats],
+      blend,
+      kind=spec.style_loss,
+      n=n,
+      m=_layer_positions(height, width, name),
+    )
+    for name in spec.style_layers
+  }
+  return {k: v.astype(jnp.float32) for k, v in content_feats.items()}, stats
+
+
 def _layer_positions(height: int, width: int, layer: str) -> int:
   k = vgg.downsamplings(layer)
   return (height // 2**k) * (width // 2**k)
@@ -207,21 +230,11 @@ def make_targets(
   n, height, width = content.shape[:3]
   styles = list(style) if isinstance(style, (list, tuple)) else [style]
   blend = _blend(styles, n, (height, width), blend_weights, style_masks)
-  content_feats = _features(params, content, model=model, layers=loss_spec.content_layers)
-  style_feats = [_features(params, s, model=model, layers=loss_spec.style_layers) for s in styles]
-  stats = {
-    name: statistics.layer_targets(
-      [f[name] for f in style_feats],
-      blend,
-      kind=loss_spec.style_loss,
-      n=n,
-      m=_layer_positions(height, width, name),
-    )
-    for name in loss_spec.style_layers
-  }
-
+  content_feats, stats = _target_arrays(
+    params, content, styles, blend=blend, model=model, spec=loss_spec
+  )
   return Targets(
-    content={k: v.astype(jnp.float32) for k, v in content_feats.items()},
+    content=content_feats,
     style=stats,
     content_weight=checks.per_image(content_weight, 'content_weight', n),
     style_weight=checks.per_image(style_weight, 'style_weight', n),

@@ -32,6 +32,9 @@ from nst_jax.engine import sharding as sharding_lib
 from nst_jax.engine import steps
 from nst_jax.io import checkpoint as checkpoint_lib
 
+# Jitted once here: a jax.jit made per call compiled it again every time.
+_rows_finite = jax.jit(hooks_lib.rows_finite)
+
 
 @dataclasses.dataclass
 class Stage:
@@ -273,7 +276,7 @@ class GroupRun:
     return {r: jax.tree.unflatten(treedef, [leaf[r] for leaf in per_leaf]) for r in per_leaf[0]}
 
   def _finite(self, image: jax.Array) -> np.ndarray:
-    return np.asarray(self.layout.gather(jax.jit(hooks_lib.rows_finite)(image)))
+    return np.asarray(self.layout.gather(_rows_finite(image)))
 
   # The loop.
 
