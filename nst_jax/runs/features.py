@@ -81,13 +81,8 @@ def extract_features(
   vgg.check_layers(layers, model.stage_sizes)
   checks.params_fit(params, model, layers)
   x = pixels.as_rgb(image, 'image')
-  need = vgg.min_input_size(layers, model.stage_sizes)
-  if min(x.shape[-3:-1]) < need:
-    # The network would return empty maps: 2x2 poolings halve the size.
-    raise errors.ConfigError(
-      f'image is {x.shape[-2]}x{x.shape[-3]} px, but {vgg.layers_through(layers)[-1]} needs at '
-      f'least {need} px on each side; give a larger image or shallower layers'
-    )
+  # The network would return empty maps: 2x2 poolings halve the size.
+  checks.image_size(x, layers, model, 'image')
   batched = x if x.ndim == 4 else x[None]
   feats = _apply(params, batched, model=model, layers=layers, convention=convention)
   return feats if x.ndim == 4 else {k: v[0] for k, v in feats.items()}
