@@ -797,3 +797,36 @@ def test_blend_weights_may_be_an_array():
     got = _targets(params, model, content, [s1, s2], blend_weights=given).style
     for name in TINY_LOSS.style_layers:
       np.testing.assert_array_equal(got[name]['gram'], want[name]['gram'])
+
+
+def test_the_step_names_targets_weights_of_the_wrong_shape():
+  # Targets._replace(style_weight=sw) without [None] met a raw vmap error.
+  model, params, content, targets = _problem(n=2)
+  tx = make_optimizer('adam', learning_rate=1.0, convention=pixels.CAFFE)
+  step = _jitted_step(model, tx)
+  cases = (
+    ({'style_weight': jnp.float32(1.0)}, 'targets.style_weight has shape (); the step takes one '
+     'weight per image, [N]: targets._replace(style_weight=jnp.broadcast_to(w, (2,)))'),
+    ({'tv_weight': jnp.ones(3)}, 'targets.tv_weight has 3 weights but targets.content_weight 2; '
+     'give every weight one value per image'),
+  )  # fmt: skip
+  for change, message in cases:
+    with _raises(message):
+      step(init_state(content, tx), params, targets._replace(**change))
+
+
+def test_loss_spec_checks_its_layer_weights_and_flag():
+  spec = LossSpec(style_layers=('relu1_1', 'relu2_1'), style_layer_weights=np.array([1.0, 2]))
+  assert spec.style_layer_weights == (1.0, 2.0) and hash(spec) is not None
+  cases = (
+    ({'style_layer_weights': (float('nan'), 1.0)},
+     'style_layer_weights must be finite and >= 0, got (nan, 1.0)'),
+    ({'style_layer_weights': (-1.0, 1.0)},
+     'style_layer_weights must be finite and >= 0, got (-1.0, 1.0)'),
+    ({'style_layer_weights': ('a', 1.0)},
+     "style_layer_weights must be numbers, one per style layer, got ('a', 1.0)"),
+    ({'normalize_gradients': 'no'}, "normalize_gradients must be True or False, got 'no'"),
+  )  # fmt: skip
+  for kwargs, message in cases:
+    with _raises(message):
+      LossSpec(style_layers=('relu1_1', 'relu2_1'), **kwargs)

@@ -212,7 +212,21 @@ def per_image(value: jax.typing.ArrayLike, name: str, n: int) -> jax.Array:
 
 def step_inputs(image: jax.Array, targets: Any, loss_spec: Any) -> None:
   """The state's batch and the targets' layers fit each other and the step's loss_spec."""
-  n, have = image.shape[0], targets.content_weight.shape[0]
+  n = image.shape[0]
+  for field in ('content_weight', 'style_weight', 'tv_weight'):
+    shape = tuple(np.shape(getattr(targets, field)))
+    if len(shape) != 1:
+      raise errors.ConfigError(
+        f'targets.{field} has shape {shape}; the step takes one weight per image, [N]: '
+        f'targets._replace({field}=jnp.broadcast_to(w, ({n},)))'
+      )
+  have = targets.content_weight.shape[0]
+  for field in ('style_weight', 'tv_weight'):
+    if np.shape(getattr(targets, field))[0] != have:
+      raise errors.ConfigError(
+        f'targets.{field} has {np.shape(getattr(targets, field))[0]} weights but '
+        f'targets.content_weight {have}; give every weight one value per image'
+      )
   if n != have:
     raise errors.ConfigError(
       f'targets are for {have} image(s) but the state holds {n}; build them from {n} content '

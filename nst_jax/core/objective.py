@@ -77,14 +77,28 @@ class LossSpec:
       vgg.check_layers(value)
       object.__setattr__(self, field, value)
     w = self.style_layer_weights
-    if isinstance(w, list):
-      w = tuple(w)
+    if w is not None:
+      # Python floats: hashable (a numpy array or jax scalar is not), and
+      # checked, as make_targets checks the loss weights.
+      try:
+        w = tuple(float(v) for v in np.asarray(w, np.float64).reshape(-1))
+      except (TypeError, ValueError):
+        raise errors.ConfigError(
+          f'style_layer_weights must be numbers, one per style layer, got {w!r}'
+        ) from None
+      if not all(np.isfinite(v) and v >= 0 for v in w):
+        raise errors.ConfigError(f'style_layer_weights must be finite and >= 0, got {w}')
       object.__setattr__(self, 'style_layer_weights', w)
     if w is not None and len(w) != len(self.style_layers):
       raise errors.ConfigError(
         f'style_layer_weights has {len(w)} values for {len(self.style_layers)} style layers; '
         'give one per style layer, or None for all 1'
       )
+    if not isinstance(self.normalize_gradients, (bool, np.bool_)):
+      raise errors.ConfigError(
+        f'normalize_gradients must be True or False, got {self.normalize_gradients!r}'
+      )
+    object.__setattr__(self, 'normalize_gradients', bool(self.normalize_gradients))
 
   @property
   def layer_weights(self) -> dict[str, float]:
