@@ -744,3 +744,89 @@ def test_missing_and_misnamed_arguments_are_project_errors_that_stay_type_errors
   with _raises("initial_image(init='gray') needs convention= (the weights' input convention): "
                'pass convention=weights.info.input_convention'):  # fmt: skip
     initial_image(content, init='gray', seed=0)
+
+
+def test_make_targets_takes_masks_as_stylize_does():
+  # A trial found a uint8 mask weighting the content loss 255 times, and
+  # NaN or negative masks taken: make_targets now follows stylize's rule.
+  model, params, content, _ = _problem()
+  ones = _targets(params, model, content, content, content_mask=np.ones((1, 16, 16), np.float32))
+  full = _targets(params, model, content, content, content_mask=np.full((1, 16, 16), 255, np.uint8))
+  np.testing.assert_array_equal(full.content_mask['relu2_2'], ones.content_mask['relu2_2'])
+  listed = _targets(params, model, content, content, content_mask=np.ones((1, 16, 16)).tolist())
+  np.testing.assert_array_equal(listed.content_mask['relu2_2'], ones.content_mask['relu2_2'])
+  for bad, shown in (
+    (255.0, 'from 255 to 255'),
+    (-1.0, 'from -1 to -1'),
+    (np.nan, 'from nan to nan'),
+  ):
+    with _raises(
+      f'content_mask has values {shown}; masks are in [0, 1] (uint8 masks are divided by 255): '
+      'scale it into [0, 1]'
+    ):
+      _targets(params, model, content, content, content_mask=np.full((1, 16, 16), bad, np.float32))
+  with _raises(
+    'style_masks has values from 2 to 2; masks are in [0, 1] (uint8 masks are divided by 255): '
+    'scale it into [0, 1]'
+  ):
+    _targets(params, model, content, [content, content], style_masks=np.full((1, 2, 16, 16), 2.0))
+
+
+def test_make_targets_refuses_images_too_small_for_the_layers():
+  # The maps would be empty and the statistics NaN, without a word.
+  model, params = _tiny()
+  one_px = _net(0, (1, 1, 1, 3))
+  with _raises(
+    'content is 1x1 px, but relu2_2 needs at least 2 px on each side; give a larger image or '
+    'shallower layers'
+  ):
+    _targets(params, model, one_px, _net(1, (1, 8, 8, 3)))
+  with _raises(
+    'style 1 is 1x1 px, but relu2_1 needs at least 2 px on each side; give a larger image or '
+    'shallower layers'
+  ):
+    _targets(params, model, _net(1, (1, 8, 8, 3)), [_net(2, (1, 8, 8, 3)), one_px])
+
+
+def test_blend_weights_may_be_an_array():
+  model, params = _tiny()
+  content = _net(0, (1, 16, 16, 3))
+  s1, s2 = _net(1, (1, 12, 20, 3)), _net(2, (1, 24, 16, 3))
+  want = _targets(params, model, content, [s1, s2], blend_weights=(3.0, 1.0)).style
+  for given in (np.array([3.0, 1.0]), jnp.array([3.0, 1.0]), [3, 1]):
+    got = _targets(params, model, content, [s1, s2], blend_weights=given).style
+    for name in TINY_LOSS.style_layers:
+      np.testing.assert_array_equal(got[name]['gram'], want[name]['gram'])
+
+
+def test_the_step_names_targets_weights_of_the_wrong_shape():
+  # Targets._replace(style_weight=sw) without [None] met a raw vmap error.
+  model, params, content, targets = _problem(n=2)
+  tx = make_optimizer('adam', learning_rate=1.0, convention=pixels.CAFFE)
+  step = _jitted_step(model, tx)
+  cases = (
+    ({'style_weight': jnp.float32(1.0)}, 'targets.style_weight has shape (); the step takes one '
+     'weight per image, [N]: targets._replace(style_weight=jnp.broadcast_to(w, (2,)))'),
+    ({'tv_weight': jnp.ones(3)}, 'targets.tv_weight has 3 weights but targets.content_weight 2; '
+     'give every weight one value per image'),
+  )  # fmt: skip
+  for change, message in cases:
+    with _raises(message):
+      step(init_state(content, tx), params, targets._replace(**change))
+
+
+def test_loss_spec_checks_its_layer_weights_and_flag():
+  spec = LossSpec(style_layers=('relu1_1', 'relu2_1'), style_layer_weights=np.array([1.0, 2]))
+  assert spec.style_layer_weights == (1.0, 2.0) and hash(spec) is not None
+  cases = (
+    ({'style_layer_weights': (float('nan'), 1.0)},
+     'style_layer_weights must be finite and >= 0, got (nan, 1.0)'),
+    ({'style_layer_weights': (-1.0, 1.0)},
+     'style_layer_weights must be finite and >= 0, got (-1.0, 1.0)'),
+    ({'style_layer_weights': ('a', 1.0)},
+     "style_layer_weights must be numbers, one per style layer, got ('a', 1.0)"),
+    ({'normalize_gradients': 'no'}, "normalize_gradients must be True or False, got 'no'"),
+  )  # fmt: skip
+  for kwargs, message in cases:
+    with _raises(message):
+      LossSpec(style_layers=('relu1_1', 'relu2_1'), **kwargs)

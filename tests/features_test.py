@@ -126,3 +126,26 @@ def test_bfloat16_named_by_jax_type_as_by_string(caffe_npz):
   by_type = extract_features(caffe_npz, rgb, 'relu1_1', dtype=jnp.bfloat16)['relu1_1']  # KeyError
   assert by_type.dtype == jnp.bfloat16
   np.testing.assert_array_equal(by_type, by_name)
+
+
+def test_layers_none_is_every_layer_and_a_second_convention_is_refused(caffe_npz):
+  rgb = _image(32, 32)
+  weights = weights_lib.load_weights(caffe_npz)
+  every = extract_features(weights, rgb, None)
+  assert set(every) == set(nst_jax.core.vgg.layer_names((2, 2, 4, 4, 4)))
+  np.testing.assert_array_equal(
+    every['relu2_1'], extract_features(weights, rgb, 'relu2_1')['relu2_1']
+  )
+  cases = (
+    ((), "extract_features got no layers; name some, e.g. 'relu4_2' or ('relu1_1', 'relu2_1'), "
+     'or pass None for every layer'),
+    ('relu1_1', "extract_features got convention='torchvision' with weights whose convention "
+     "is 'caffe'; drop convention= (the Weights carry theirs), or pass weights.params with "
+     'convention='),
+  )  # fmt: skip
+  for layers, message in cases:
+    with pytest.raises(errors.ConfigError) as e:
+      extract_features(weights, rgb, layers, convention=None if layers == () else 'torchvision')
+    assert str(e.value) == message
+  same = extract_features(weights, rgb, 'relu1_1', convention='caffe')['relu1_1']
+  np.testing.assert_array_equal(same, every['relu1_1'])

@@ -299,3 +299,26 @@ def test_masked_content_and_region_style_terms():
   assert str(e.value) == (
     "the histogram style loss does not take masks; use style_loss 'gram' or 'mean_cov' with masks"
   )
+
+
+def test_an_empty_style_region_adds_zero():
+  # A trial found one all-zero style mask made the loss NaN (0 * m / tiny,
+  # which overflowed): stylize then blamed the weights. An empty region has
+  # the Gram 0 and adds nothing, in value and gradient.
+  f = _feats(40)
+  np.testing.assert_array_equal(statistics.gram_matrix(f, np.zeros((5, 6))), np.zeros((4, 4)))
+  masks = np.stack([np.ones((5, 6)), np.zeros((5, 6))]).astype(np.float32)
+  a = np.stack([_np_gram(_feats(41)), _np_gram(_feats(42))]).astype(np.float32)
+  for kind, target in (
+    ('gram', {'gram': a}),
+    ('mean_cov', jax.tree.map(lambda *x: jnp.stack(x), *(
+      statistics.mean_cov_target(*statistics.mean_cov(_feats(s))) for s in (41, 42)
+    ))),
+  ):  # fmt: skip
+    alone = losses.style_layer_loss(f, jax.tree.map(lambda x: x[:1], target), kind=kind)
+
+    def masked(x, kind=kind, target=target):
+      return losses.style_layer_loss(x, target, kind=kind, masks=masks)
+
+    assert float(jax.jit(masked)(f)) == pytest.approx(float(alone), rel=1e-5)
+    assert bool(jnp.all(jnp.isfinite(jax.grad(masked)(f))))

@@ -375,3 +375,32 @@ def test_random_scaled_params_refuse_a_layer_that_stays_dead(monkeypatch):
     'conv1_1 outputs only zeros on the probe in 30 draws of its kernel, so there is no scale to '
     'match; pass a larger probe (a photograph in network space) or more channels'
   )
+
+
+def test_targets_at_under_jit_and_vmap_takes_a_traced_index():
+  # A trial found jit and vmap over the index refused (a bool of a tracer).
+  model, params, content, targets = _problem(n=3)
+  picked = jax.jit(lambda i: nst_jax.targets_at(targets, i).content['relu2_2'])(2)
+  np.testing.assert_array_equal(picked, targets.content['relu2_2'][2:])
+  each = jax.vmap(lambda i: nst_jax.targets_at(targets, i, keep_batch=False).style_weight)(
+    jnp.asarray([2, 0, -1])
+  )
+  np.testing.assert_array_equal(each, targets.style_weight[jnp.asarray([2, 0, 2])])
+
+
+def test_random_scaled_params_refuse_a_bad_seed_and_an_rgb_uint8_probe():
+  shape = {'stage_sizes': (1, 2), 'widths': (4, 8)}
+  want = experiments.random_scaled_params(1, **shape)['conv2_2']['kernel']
+  for seed in (np.int64(1), jnp.int32(1)):
+    got = experiments.random_scaled_params(seed, **shape)['conv2_2']['kernel']
+    np.testing.assert_array_equal(got, want)
+  for seed, shown in ((-1, '-1'), (1.5, '1.5'), (None, 'None'), (True, 'True')):
+    with pytest.raises(nst_jax.errors.ConfigError) as caught:
+      experiments.random_scaled_params(seed, **shape)
+    assert str(caught.value) == f'seed must be an integer >= 0, got {shown}'
+  with pytest.raises(nst_jax.errors.ConfigError) as caught:  # was taken as network space
+    experiments.random_scaled_params(0, probe=np.full((8, 8, 3), 200, np.uint8), **shape)
+  assert str(caught.value) == (
+    'probe is uint8, but it is an image in network space: preprocess RGB first, '
+    'nst_jax.preprocess(rgb, weights.info.input_convention)'
+  )

@@ -143,6 +143,23 @@ def test_winograd_network_gives_the_direct_values_and_gradients(narrow_winograd)
   assert float(jnp.abs(dp1['conv2_2'][vgg.WINOGRAD_KERNEL]).max()) == 0.0
 
 
+def test_second_order_gradient_of_winograd_params_reaches_the_kernel(narrow_winograd):
+  # jax.grad through a step w.r.t. prepared params: the input gradient runs
+  # through the Winograd leaves, whose derivative goes to the kernel.
+  params = narrow_winograd
+  x = 50 * jax.random.normal(jax.random.key(2), (1, 16, 12, 3))
+  direction = jax.random.normal(jax.random.key(3), x.shape)
+  slope = jax.jit(jax.grad(lambda p: jnp.vdot(jax.grad(_loss)(x, p), direction)))
+  plain, prepared = slope(params), slope(vgg.with_backward_kernels(params))
+  for name in params:
+    want = plain[name]['kernel']
+    np.testing.assert_allclose(
+      prepared[name]['kernel'], want, rtol=0, atol=1e-5 * float(jnp.abs(want).max())
+    )
+  for leaf in (vgg.WINOGRAD_KERNEL, vgg.WINOGRAD_BACKWARD_KERNEL):
+    assert float(jnp.abs(prepared['conv2_2'][leaf]).max()) == 0.0
+
+
 def _convolutions_in_gradient(params, shape) -> int:
   x = jnp.ones(shape)
   hlo = jax.jit(jax.grad(_loss)).lower(x, params).compile().as_text()

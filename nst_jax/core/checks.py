@@ -101,6 +101,40 @@ def targets_inputs(content: Any, style: Any, content_mask: Any, style_masks: Any
     )
 
 
+def mask_values(mask: Any, name: str) -> jax.Array | None:
+  """A guidance mask as float32 in [0, 1] (uint8 divided by 255), as stylize takes masks.
+
+  Values are checked where concrete: a 0..255 float mask would weight its
+  term 255 times, a negative one reward the mismatch, a NaN poison the loss.
+  """
+  if mask is None:
+    return None
+  if isinstance(mask, jax.core.Tracer):
+    return mask / jnp.float32(255) if mask.dtype == jnp.uint8 else mask.astype(jnp.float32)
+  m = np.asarray(mask)
+  m = m / np.float32(255) if m.dtype == np.uint8 else m.astype(np.float32)
+  if not (np.isfinite(m).all() and m.min(initial=0) >= 0 and m.max(initial=0) <= 1):
+    seen = m[~np.isnan(m)]  # nanmin of an all-NaN mask would warn
+    lo, hi = (seen.min(), seen.max()) if seen.size else (np.nan, np.nan)
+    raise errors.ConfigError(
+      f'{name} has values from {lo:.4g} to {hi:.4g}; masks are in [0, 1] '
+      '(uint8 masks are divided by 255): scale it into [0, 1]'
+    )
+  return jnp.asarray(m)
+
+
+def image_size(x: Any, layers: Any, model: vgg.VGG, name: str) -> None:
+  """Refuses images too small for the deepest layer, whose maps would be empty (NaN statistics)."""
+  need = vgg.min_input_size(layers, model.stage_sizes)
+  height, width = np.shape(x)[-3:-1]
+  if min(height, width) < need:
+    deepest = vgg.layers_through(layers, model.stage_sizes)[-1]
+    raise errors.ConfigError(
+      f'{name} is {width}x{height} px, but {deepest} needs at least {need} px on each side; give '
+      'a larger image or shallower layers'
+    )
+
+
 def one_image(image: jax.Array, name: str) -> None:
   """Refuses anything but one [H, W, 3] image (the step vmaps over the batch)."""
   if jnp.ndim(image) != 3 or jnp.shape(image)[-1] != 3:
@@ -178,7 +212,21 @@ def per_image(value: jax.typing.ArrayLike, name: str, n: int) -> jax.Array:
 
 def step_inputs(image: jax.Array, targets: Any, loss_spec: Any) -> None:
   """The state's batch and the targets' layers fit each other and the step's loss_spec."""
-  n, have = image.shape[0], targets.content_weight.shape[0]
+  n = image.shape[0]
+  for field in ('content_weight', 'style_weight', 'tv_weight'):
+    shape = tuple(np.shape(getattr(targets, field)))
+    if len(shape) != 1:
+      raise errors.ConfigError(
+        f'targets.{field} has shape {shape}; the step takes one weight per image, [N]: '
+        f'targets._replace({field}=jnp.broadcast_to(w, ({n},)))'
+      )
+  have = targets.content_weight.shape[0]
+  for field in ('style_weight', 'tv_weight'):
+    if np.shape(getattr(targets, field))[0] != have:
+      raise errors.ConfigError(
+        f'targets.{field} has {np.shape(getattr(targets, field))[0]} weights but '
+        f'targets.content_weight {have}; give every weight one value per image'
+      )
   if n != have:
     raise errors.ConfigError(
       f'targets are for {have} image(s) but the state holds {n}; build them from {n} content '

@@ -7,6 +7,7 @@ scale), and `VGGTiny` is a two-stage network for fast tests of a loop.
 
 from collections.abc import Sequence
 import functools
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +67,14 @@ def random_scaled_params(
     ConfigError: the shape is inconsistent, the probe has no scale (RMS 0),
       or a layer stays all zero on the probe after `MAX_DRAWS` draws.
   """
+  try:  # an int, a numpy or a concrete jax integer; not a key, a float or a bool
+    number = None if isinstance(seed, (bool, np.bool_)) else operator.index(seed)
+  except TypeError:
+    number = None
+  if number is None or number < 0:
+    shown = repr(seed) if isinstance(seed, (int, float, str, type(None))) else type(seed).__name__
+    raise errors.ConfigError(f'seed must be an integer >= 0, got {shown}')
+  seed = number
   if len(stage_sizes) != len(widths):
     raise errors.ConfigError(
       f'stage_sizes has {len(stage_sizes)} stages and widths {len(widths)}; give one width per '
@@ -74,10 +83,10 @@ def random_scaled_params(
   if probe is None:
     rgb = np.random.default_rng(seed).uniform(size=(1, 64, 64, 3)).astype(np.float32)
     probe = pixels.preprocess(rgb, pixels.CAFFE)
+  if np.ndim(probe) == 3:
+    probe = probe[None] if isinstance(probe, (np.ndarray, jax.Array)) else np.asarray(probe)[None]
+  pixels.check_network_images(probe, 'probe')  # before the cast: uint8 is RGB, not network space
   x = jnp.asarray(probe, jnp.float32)
-  if x.ndim == 3:
-    x = x[None]
-  pixels.check_network_images(x, 'probe')
   target = jnp.sqrt(jnp.mean(jnp.square(x)))
   if not float(target) > 0:
     raise errors.ConfigError(
@@ -129,7 +138,8 @@ def targets_at(
 
   Args:
     targets: batched `Targets` (leading [N] on every leaf).
-    index: which image.
+    index: which image (a traced index under jit or vmap is taken modulo N,
+      unchecked).
     keep_batch: True: leading [1] axes, for the step (`update_step`, a
       `make_step` Step); False: no batch axis, for `objective`.
 
@@ -137,6 +147,9 @@ def targets_at(
     ConfigError: `index` outside -N..N-1 (negative counts from the end).
   """
   n = targets.content_weight.shape[0]
+  if isinstance(index, jax.core.Tracer):  # under jit or vmap: no range check, as x[i] in JAX
+    take = lambda x: jax.lax.dynamic_index_in_dim(x, index % n, keepdims=keep_batch)  # noqa: E731
+    return jax.tree.map(take, targets)
   if not -n <= index < n:
     valid = '0 (or -1)' if n == 1 else f'0 to {n - 1} (or -{n} to -1 from the end)'
     raise errors.ConfigError(

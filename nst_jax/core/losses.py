@@ -187,7 +187,8 @@ def style_layer_loss(
       'histogram': {'quantiles': [S, H*W, C]}.
     kind: one of STYLE_KINDS.
     masks: None (S must be 1), or [S, H, W] guidance, one mask per region:
-      region s is compared with target s under mask s.
+      region s is compared with target s under mask s; a region whose mask
+      is all zero adds 0.
 
   Returns:
     Scalar float32: sum_s term_s, with 'gram' term mean((G_T - A)^2).
@@ -229,7 +230,13 @@ def style_layer_loss(
     if regions != 1:
       raise errors.ConfigError(f'{regions} style regions need {regions} masks; give one per region')
     return term(jax.tree.map(lambda x: x[0], target), None)
-  return jnp.sum(jax.vmap(term)(target, jnp.asarray(masks, jnp.float32)))
+
+  def region(t, mask):
+    # A region with no position at this layer (its mask all zero here: a
+    # style placed nowhere, or a sliver pooled away) has nothing to match.
+    return jnp.where(jnp.any(mask > 0), term(t, mask), 0.0)
+
+  return jnp.sum(jax.vmap(region)(target, jnp.asarray(masks, jnp.float32)))
 
 
 def style_loss(

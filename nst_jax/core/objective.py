@@ -21,6 +21,7 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nst_jax import errors
 from nst_jax.core import checks
@@ -77,14 +78,28 @@ class LossSpec:
       vgg.check_layers(value)
       object.__setattr__(self, field, value)
     w = self.style_layer_weights
-    if isinstance(w, list):
-      w = tuple(w)
+    if w is not None:
+      # Python floats: hashable (a numpy array or jax scalar is not), and
+      # checked, as make_targets checks the loss weights.
+      try:
+        w = tuple(float(v) for v in np.asarray(w, np.float64).reshape(-1))
+      except (TypeError, ValueError):
+        raise errors.ConfigError(
+          f'style_layer_weights must be numbers, one per style layer, got {w!r}'
+        ) from None
+      if not all(np.isfinite(v) and v >= 0 for v in w):
+        raise errors.ConfigError(f'style_layer_weights must be finite and >= 0, got {w}')
       object.__setattr__(self, 'style_layer_weights', w)
     if w is not None and len(w) != len(self.style_layers):
       raise errors.ConfigError(
         f'style_layer_weights has {len(w)} values for {len(self.style_layers)} style layers; '
         'give one per style layer, or None for all 1'
       )
+    if not isinstance(self.normalize_gradients, (bool, np.bool_)):
+      raise errors.ConfigError(
+        f'normalize_gradients must be True or False, got {self.normalize_gradients!r}'
+      )
+    object.__setattr__(self, 'normalize_gradients', bool(self.normalize_gradients))
 
   @property
   def layer_weights(self) -> dict[str, float]:
@@ -209,26 +224,36 @@ def make_targets(
     loss_config: deprecated: a nst_jax.config.LossConfig in place of
       `loss_spec`, whose weights stand in for the ones not given.
     blend_weights: one weight per style (not with style_masks).
-    content_mask: [N or 1, H, W] weight of the content loss per pixel.
-    style_masks: [N or 1, S, H, W], one region mask per style.
+    content_mask: [N or 1, H, W] weight of the content loss per pixel, in
+      [0, 1] (uint8 is divided by 255, as `stylize` takes masks).
+    style_masks: [N or 1, S, H, W], one region mask per style, in [0, 1]
+      (uint8 divided by 255); a region empty at a layer adds 0 there.
     extra: passed through as `Targets.extra`.
 
   Returns:
     Targets with leading [N] axes.
 
   Raises:
-    ValueError: content or a style not [N, H, W, 3] finite floats, a style
-      batch neither 1 nor N, masks of the wrong shape, or a weight that is
+    ValueError: content or a style not [N, H, W, 3] finite floats or too
+      small for the deepest layer, a style batch neither 1 nor N, masks of
+      the wrong shape or outside [0, 1], or a weight that is
       negative, NaN or infinite (ConfigError, a ValueError, for most).
     TypeError: no loss_spec, content_weight or style_weight.
   """
   loss_spec, content_weight, style_weight, tv_weight = _spec_and_weights(
     loss_spec, loss_config, content_weight, style_weight, tv_weight
   )
+  content_mask = checks.mask_values(content_mask, 'content_mask')
+  style_masks = checks.mask_values(style_masks, 'style_masks')
   checks.targets_inputs(content, style, content_mask, style_masks)
   checks.params_fit(params, model, loss_spec.feature_layers)
   n, height, width = content.shape[:3]
   styles = list(style) if isinstance(style, (list, tuple)) else [style]
+  # The state has the content's size and runs to every loss layer.
+  checks.image_size(content, loss_spec.feature_layers, model, 'content')
+  for i, s in enumerate(styles):
+    name = 'style' if len(styles) == 1 else f'style {i}'
+    checks.image_size(s, loss_spec.style_layers, model, name)
   blend = _blend(styles, n, (height, width), blend_weights, style_masks)
   content_feats, stats = _target_arrays(
     params, content, styles, blend=blend, model=model, spec=loss_spec
@@ -302,7 +327,15 @@ def _blend(styles, n, size, blend_weights, style_masks) -> tuple[float, ...] | N
         f'content; give [N or 1, {len(styles)}, {size[0]}, {size[1]}], one mask per style'
       )
     return None
-  weights = blend_weights or (1.0,) * len(styles)
+  if blend_weights is None:
+    weights = (1.0,) * len(styles)
+  elif isinstance(blend_weights, jax.core.Tracer):
+    raise errors.ConfigError(
+      'blend_weights are traced, but they are fixed numbers of the targets; pass numbers, or '
+      'blend the style statistics yourself (make_targets of each style, weighted)'
+    )
+  else:  # a list, a tuple, or a numpy or jax array
+    weights = tuple(float(b) for b in np.asarray(blend_weights, np.float64).reshape(-1))
   if len(weights) != len(styles):
     raise errors.ConfigError(
       f'{len(weights)} blend_weights for {len(styles)} styles; give one per style'

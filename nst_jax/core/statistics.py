@@ -84,7 +84,8 @@ def gram_matrix(
 
   With a guidance mask T (Gatys et al. 2017, eq. 7) the features are weighted
   before the product and the average runs over the region:
-  G_T = (F * T)^T (F * T) / sum(T^2). An all-ones mask gives the plain Gram.
+  G_T = (F * T)^T (F * T) / sum(T^2). An all-ones mask gives the plain Gram,
+  an all-zero one the zero matrix.
 
   Args:
     features: [H, W, C], any float dtype.
@@ -98,7 +99,11 @@ def gram_matrix(
     return _gram(f)
   t = _mask_column(mask, f, 'gram_matrix')
   m = f.shape[0]
-  return _gram(f * t.astype(f.dtype)) * (m / jnp.maximum(jnp.sum(t * t), _TINY))
+  # An empty region (sum(T^2) = 0) has the Gram 0: m / tiny overflowed to
+  # inf, and 0 * inf made the loss NaN.
+  area = jnp.sum(t * t)
+  scale = jnp.where(area > 0, m / jnp.where(area > 0, area, 1.0), 0.0)
+  return _gram(f * t.astype(f.dtype)) * scale
 
 
 def mean_cov(

@@ -216,6 +216,33 @@ def _conv_winograd_bwd(precision, residuals, g):
 _conv_winograd.defvjp(_conv_winograd_fwd, _conv_winograd_bwd)
 
 
+def _winograd_backward(kernel: jax.Array) -> jax.Array:
+  return winograd.transform_kernel(backward_kernel(kernel))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _derived(transform, kernel, leaf):
+  """`leaf`, a prepared copy `transform(kernel)`, differentiated through `kernel`.
+
+  The prepared leaves are params of their own, so a second-order
+  derivative (jax.grad w.r.t. the params of a loss after k steps, whose
+  input gradients run through them) would land on them and not on the
+  kernel: the kernel's gradient would lack that term. Every transform is
+  linear, so the tangent is transform(kernel_dot); the leaf's own tangent
+  is dropped. Where the kernel is not differentiated (a step), JAX calls
+  only this identity.
+  """
+  del kernel
+  return leaf
+
+
+@_derived.defjvp
+def _derived_jvp(transform, primals, tangents):
+  kernel, leaf = primals
+  kernel_dot, _ = tangents
+  return leaf, transform(kernel_dot)
+
+
 def _prepared_leaves(kernel: jax.Array) -> dict:
   kernel_t = backward_kernel(kernel)
   leaves = {BACKWARD_KERNEL: kernel_t}
@@ -293,18 +320,24 @@ class Conv3x3(nn.Module):
       'kernel', nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features), jnp.float32
     )
     bias = self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    kernel32 = kernel
     x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
     _, height, width, cin = x.shape
     if self.has_variable('params', WINOGRAD_KERNEL) and winograd.worthwhile(
       height, width, cin, self.features, self.dtype
     ):
       u, u_t = (
-        self.get_variable('params', name).astype(self.dtype)
-        for name in (WINOGRAD_KERNEL, WINOGRAD_BACKWARD_KERNEL)
+        _derived(transform, kernel32, self.get_variable('params', name)).astype(self.dtype)
+        for name, transform in (
+          (WINOGRAD_KERNEL, winograd.transform_kernel),
+          (WINOGRAD_BACKWARD_KERNEL, _winograd_backward),
+        )
       )
       y = _conv_winograd(x, kernel, u, u_t, self.precision)
     elif self.has_variable('params', BACKWARD_KERNEL):
-      kernel_t = self.get_variable('params', BACKWARD_KERNEL).astype(self.dtype)
+      kernel_t = _derived(
+        backward_kernel, kernel32, self.get_variable('params', BACKWARD_KERNEL)
+      ).astype(self.dtype)
       y = _conv_prepared(x, kernel, kernel_t, self.precision)
     else:
       y = _conv(x, kernel, self.precision)

@@ -28,7 +28,7 @@ def _apply(params, rgb, *, model, layers, convention):
 def extract_features(
   weights: 'weights_lib.Weights | Mapping | str | os.PathLike | None',
   image: jax.typing.ArrayLike,
-  layers: Sequence[str] | str,
+  layers: Sequence[str] | str | None,
   *,
   model: vgg.VGG | None = None,
   pooling: str | None = None,
@@ -47,14 +47,16 @@ def extract_features(
       `prepare_params`'d, as the step takes it) with `convention`.
     image: RGB in [0, 1], [H, W, 3] or [N, H, W, 3], numpy or jax
       (`nst_jax.core.pixels.as_rgb`'s rule: uint8 is divided by 255).
-    layers: names such as 'relu4_2', 'conv1_1', 'pool3', or one name.
+    layers: names such as 'relu4_2', 'conv1_1', 'pool3', or one name; None:
+      every layer of the model.
     model: the network, as `make_targets` and the step take it (`make_model`,
       or `nst_jax.VGGTiny()` for `random_scaled_params` of that shape);
       None: `make_model(pooling=pooling, dtype=dtype)`.
     pooling: 'max' (default) or 'avg'; not with `model`, which has its own.
     dtype: compute dtype, 'float32' (default) or 'bfloat16'; not with `model`.
     convention: the input convention of a params dict
-      (`weights.info.input_convention`, or its name); Weights carry their own.
+      (`weights.info.input_convention`, or its name); Weights carry their own
+      (another given with them is refused).
 
   Returns:
     Dict from each name to its activation, with the input's leading
@@ -76,18 +78,27 @@ def extract_features(
     params, convention = weights, pixels.as_convention(convention)
   else:
     w = weights_lib.as_weights(weights)
-    params, convention = w.params, w.info.input_convention
+    params = w.params
+    if convention is not None and pixels.as_convention(convention) != w.info.input_convention:
+      raise errors.ConfigError(
+        f'extract_features got convention={pixels.as_convention(convention).name!r} with '
+        f'weights whose convention is {w.info.input_convention.name!r}; drop convention= (the '
+        'Weights carry theirs), or pass weights.params with convention='
+      )
+    convention = w.info.input_convention
+  if layers is None:  # as model.apply: every layer
+    layers = vgg.layer_names(model.stage_sizes)
   layers = (layers,) if isinstance(layers, str) else tuple(layers)
+  if not layers:
+    raise errors.ConfigError(
+      "extract_features got no layers; name some, e.g. 'relu4_2' or ('relu1_1', 'relu2_1'), or "
+      'pass None for every layer'
+    )
   vgg.check_layers(layers, model.stage_sizes)
   checks.params_fit(params, model, layers)
   x = pixels.as_rgb(image, 'image')
-  need = vgg.min_input_size(layers, model.stage_sizes)
-  if min(x.shape[-3:-1]) < need:
-    # The network would return empty maps: 2x2 poolings halve the size.
-    raise errors.ConfigError(
-      f'image is {x.shape[-2]}x{x.shape[-3]} px, but {vgg.layers_through(layers)[-1]} needs at '
-      f'least {need} px on each side; give a larger image or shallower layers'
-    )
+  # The network would return empty maps: 2x2 poolings halve the size.
+  checks.image_size(x, layers, model, 'image')
   batched = x if x.ndim == 4 else x[None]
   feats = _apply(params, batched, model=model, layers=layers, convention=convention)
   return feats if x.ndim == 4 else {k: v[0] for k, v in feats.items()}
