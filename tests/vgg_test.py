@@ -11,6 +11,7 @@ import pytest
 import weight_files
 
 from nst_jax import errors
+from nst_jax.core import pooling
 from nst_jax.core import step as core
 from nst_jax.core import vgg
 
@@ -90,7 +91,7 @@ def test_bad_pooling_is_refused():
 @pytest.mark.parametrize('mode', ['max', 'avg'])
 def test_pool_matches_numpy(mode):
   x = np.random.default_rng(0).normal(size=(2, 7, 9, 3)).astype(np.float32)
-  got = jax.jit(vgg._pool, static_argnums=1)(x, mode)
+  got = jax.jit(pooling.pool, static_argnums=1)(x, mode)
   blocks = x[:, :6, :8].reshape(2, 3, 2, 4, 2, 3)
   want = blocks.max(axis=(2, 4)) if mode == 'max' else blocks.mean(axis=(2, 4))
   np.testing.assert_allclose(got, want, rtol=1e-6)
@@ -104,16 +105,16 @@ def test_max_pool_gradient():
   def plain(v):
     return v.reshape(2, 3, 2, 4, 2, 3).max(axis=(2, 4))
 
-  _, ours = jax.vjp(lambda v: vgg._pool(v, 'max'), x)
+  _, ours = jax.vjp(lambda v: pooling.pool(v, 'max'), x)
   _, reference = jax.vjp(plain, x)
   np.testing.assert_array_equal(ours(g)[0], reference(g)[0])
   # Ties: the whole gradient goes to the first maximum in raster order.
   tied = jnp.asarray([[1.0, 5.0], [5.0, 5.0]]).reshape(1, 2, 2, 1)
-  (dx,) = jax.vjp(lambda v: vgg._pool(v, 'max'), tied)[1](jnp.ones((1, 1, 1, 1)))
+  (dx,) = jax.vjp(lambda v: pooling.pool(v, 'max'), tied)[1](jnp.ones((1, 1, 1, 1)))
   np.testing.assert_array_equal(dx.reshape(2, 2), [[0.0, 1.0], [0.0, 0.0]])
   # Odd sizes: the dropped row and column get no gradient.
   odd = jnp.asarray(np.random.default_rng(3).normal(size=(1, 5, 7, 2)), jnp.float32)
-  dx = jax.grad(lambda v: vgg._pool(v, 'max').sum())(odd)
+  dx = jax.grad(lambda v: pooling.pool(v, 'max').sum())(odd)
   assert float(jnp.abs(dx[:, 4, :, :]).sum()) == 0.0 and float(jnp.abs(dx[:, :, 6]).sum()) == 0.0
   assert float(dx.sum()) == 2 * 3 * 2  # one unit per window
 

@@ -254,7 +254,7 @@ def make_targets(
   for i, s in enumerate(styles):
     name = 'style' if len(styles) == 1 else f'style {i}'
     checks.image_size(s, loss_spec.style_layers, model, name)
-  blend = _blend(styles, n, (height, width), blend_weights, style_masks)
+  blend = checks.blend_weights(styles, n, (height, width), blend_weights, style_masks)
   content_feats, stats = _target_arrays(
     params, content, styles, blend=blend, model=model, spec=loss_spec
   )
@@ -301,52 +301,6 @@ def _spec_and_weights(loss_spec, loss_config, content_weight, style_weight, tv_w
       f'make_targets needs {" and ".join(missing)}= (scalar or one per image)'
     )
   return as_spec(loss_spec), content_weight, style_weight, tv_weight
-
-
-def _blend(styles, n, size, blend_weights, style_masks) -> tuple[float, ...] | None:
-  """The normalised blend weights of the styles (None: one region per style mask)."""
-  for s in styles:
-    if s.shape[0] not in (1, n):
-      k = s.shape[0]
-      tile = f'tile the content to stylise it once per style (jnp.repeat(content, {k}, axis=0)), '
-      raise errors.ConfigError(
-        f'{k} style images for {n} content image{"s" * (n != 1)}; give 1'
-        + (f' or {n}, ' if n != 1 else ', ')
-        + (tile if n == 1 else '')
-        + 'or pass the styles as a list to blend them'
-      )
-  if style_masks is not None:
-    if blend_weights is not None:
-      raise errors.ConfigError(
-        'blend_weights and style_masks exclude each other (masks place each style, blending '
-        'mixes them everywhere); give one'
-      )
-    if style_masks.shape[1] != len(styles) or style_masks.shape[2:] != size:
-      raise errors.ConfigError(
-        f'style_masks {style_masks.shape} for {len(styles)} style(s) and a {size[1]}x{size[0]} '
-        f'content; give [N or 1, {len(styles)}, {size[0]}, {size[1]}], one mask per style'
-      )
-    return None
-  if blend_weights is None:
-    weights = (1.0,) * len(styles)
-  elif isinstance(blend_weights, jax.core.Tracer):
-    raise errors.ConfigError(
-      'blend_weights are traced, but they are fixed numbers of the targets; pass numbers, or '
-      'blend the style statistics yourself (make_targets of each style, weighted)'
-    )
-  else:  # a list, a tuple, or a numpy or jax array
-    weights = tuple(float(b) for b in np.asarray(blend_weights, np.float64).reshape(-1))
-  if len(weights) != len(styles):
-    raise errors.ConfigError(
-      f'{len(weights)} blend_weights for {len(styles)} styles; give one per style'
-    )
-  total = float(sum(weights))
-  if not all(float(b) >= 0 for b in weights) or not 0 < total < float('inf'):
-    raise errors.ConfigError(
-      f'blend_weights must be finite, >= 0 and not all 0, got {tuple(weights)}'
-    )
-  # The one place blend weights are normalised (the config only checks them).
-  return tuple(float(b) / total for b in weights)
 
 
 def _masks_per_layer(mask, layers, lead) -> dict[str, jax.Array] | None:
