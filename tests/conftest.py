@@ -37,6 +37,25 @@ jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
 
 import weight_files  # noqa: E402
 
+# Every XLA program the tests' own process compiles (or loads from the
+# persistent cache), by name: `compiled` reads those of one test.
+_COMPILED: list[str] = []
+jax.monitoring.register_event_duration_secs_listener(
+  lambda event, _, **kw: (
+    _COMPILED.append(kw.get('fun_name', '?'))
+    if event == '/jax/core/compile/backend_compile_duration'
+    else None
+  )
+)
+
+
+@pytest.fixture
+def compiled():
+  """A function giving the names ('jit(f)') of the programs compiled so far in this test."""
+  start = len(_COMPILED)
+  return lambda: _COMPILED[start:]
+
+
 from nst_jax.io import weights as weights_lib  # noqa: E402
 
 

@@ -830,3 +830,17 @@ def test_loss_spec_checks_its_layer_weights_and_flag():
   for kwargs, message in cases:
     with _raises(message):
       LossSpec(style_layers=('relu1_1', 'relu2_1'), **kwargs)
+
+
+def test_make_targets_called_eagerly_is_one_program(compiled):
+  # Research code calls it outside jit: the network and the statistics used
+  # to compile operation by operation (dozens of programs per image size).
+  # Sizes no other test uses, so nothing is compiled already.
+  model, params, content, _ = _problem(n=3, hw=(20, 28))
+  style = np.asarray(content[:1])
+  start = len(compiled())
+  make_targets(
+    params, content, style, model=model, loss_spec=TINY_LOSS.spec,
+    content_weight=1.0, style_weight=[1.0, 2.0, 3.0],
+  )  # fmt: skip
+  assert compiled()[start:] == ['jit(_target_arrays)']

@@ -206,6 +206,10 @@ def per_image(value: jax.typing.ArrayLike, name: str, n: int) -> jax.Array:
     raise errors.ConfigError(
       f'{name} must be finite and >= 0, got {x.tolist() if x.ndim else float(x)}'
     )
+  # A concrete weight is broadcast by numpy: jnp's ops, run eagerly, would
+  # each compile a program for every batch size.
+  if concrete:
+    return jnp.asarray(np.full((n,), x.reshape(-1)[0]) if x.size == 1 else x)
   x = jnp.asarray(x, jnp.float32)
   return jnp.broadcast_to(x.reshape(-1)[0] if x.size == 1 else x, (n,))
 

@@ -197,33 +197,30 @@ def preprocess(rgb: jax.typing.ArrayLike, convention: InputConvention | str) -> 
   if len(shape) != 4 or shape[-1] != 3:
     fix = '; add the batch axis: x[None]' if len(shape) == 3 and shape[-1] == 3 else ''
     raise errors.ConfigError(f'rgb must be [N, H, W, 3] RGB, got shape {tuple(shape)}{fix}')
+  x, value_range = _to_network(rgb, convention)
   if dtype != np.uint8 and not isinstance(rgb, jax.core.Tracer) and np.size(rgb):
-    low, high = (float(v) for v in _value_range(rgb))
+    low, high = np.asarray(value_range).tolist()
     if not (-RGB_SLACK <= low and high <= 1.0 + RGB_SLACK):  # NaN fails too
       fix = 'divide by 255' if high > 1.0 + RGB_SLACK and low >= 0 else 'clip it to [0, 1]'
       raise errors.ConfigError(
         f'rgb has values from {low:.4g} to {high:.4g}; preprocess takes RGB in [0, 1]: {fix}'
       )
-  return _to_network(rgb, convention)
+  return x
 
 
-# The arithmetic of `preprocess` and `deprocess` as one compiled program per
-# shape: run eagerly, each of its operations compiled a program of its own
-# (about 50-100 ms each on a 2-core CPU), for every new image size.
-@jax.jit
-def _value_range(x: jax.Array) -> jax.Array:
-  x = jnp.asarray(x, jnp.float32)
-  return jnp.stack([jnp.min(x), jnp.max(x)])
-
-
+# `preprocess` and `deprocess` as one compiled program per shape: run
+# eagerly, each of their operations compiled a program of its own (about
+# 50-100 ms each on a 2-core CPU), for every new image size.
 @functools.partial(jax.jit, static_argnames=('convention',))
-def _to_network(rgb: jax.Array, convention: InputConvention) -> jax.Array:
+def _to_network(rgb: jax.Array, convention: InputConvention) -> tuple[jax.Array, jax.Array]:
+  """(the network-space image, [min, max] of the float32 RGB: read only for the range check)."""
   x = jnp.asarray(rgb)
   x = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
+  value_range = jnp.stack([jnp.min(x), jnp.max(x)]) if x.size else jnp.zeros(2)
   if convention.bgr:
     x = x[..., ::-1]
   mean, std = _stats(convention)
-  return (x * convention.scale - mean) / std
+  return (x * convention.scale - mean) / std, value_range
 
 
 def deprocess(x: jax.typing.ArrayLike, convention: InputConvention | str) -> jax.Array:
