@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import warnings
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
@@ -27,6 +28,7 @@ from nst_jax import errors
 from nst_jax.core import checks
 from nst_jax.core import losses
 from nst_jax.core import statistics
+from nst_jax.core import tiles
 from nst_jax.core import vgg
 
 # Gatys et al. 2016, Sec. 3: content from conv4_2 (we take its ReLU, as the
@@ -51,6 +53,11 @@ class LossSpec:
       Gaussian fits) or 'histogram' (Risser et al.).
     normalize_gradients: L1-normalise each term's gradient at its layer before
       weighting it (jcjohnson/neural-style's -normalize_gradients).
+    tile: None (the whole image at once), or the edge in pixels of the tiles
+      the objective and its gradient are computed over, exactly
+      (`nst_jax.core.tiles`): memory for one tile's activations instead of
+      the image's. A multiple of 16 to relu5_1 (2^poolings); 'gram' and
+      'mean_cov' only, without normalize_gradients.
   """
 
   content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
@@ -58,6 +65,7 @@ class LossSpec:
   style_layer_weights: tuple[float, ...] | None = None
   style_loss: str = 'gram'
   normalize_gradients: bool = False
+  tile: int | None = None
 
   def __post_init__(self):
     if self.style_loss not in losses.STYLE_KINDS:
@@ -100,6 +108,30 @@ class LossSpec:
         f'normalize_gradients must be True or False, got {self.normalize_gradients!r}'
       )
     object.__setattr__(self, 'normalize_gradients', bool(self.normalize_gradients))
+    if self.tile is not None:
+      self._check_tile()
+
+  def _check_tile(self) -> None:
+    if self.style_loss not in tiles.TILED_STYLE_KINDS:
+      raise errors.ConfigError(
+        f"tile: the {self.style_loss!r} style loss is not a sum over positions and cannot be "
+        "tiled; use style_loss 'gram' or 'mean_cov' with tiles, or tile=None"
+      )
+    if self.normalize_gradients:
+      raise errors.ConfigError(
+        'tile: normalize_gradients needs each layer\'s whole gradient at once and cannot be '
+        'tiled; turn one of them off'
+      )
+    align = tiles.alignment(self.feature_layers)
+    if isinstance(self.tile, bool) or not isinstance(self.tile, (int, np.integer)) or (
+      self.tile <= 0 or self.tile % align
+    ):
+      nearest = max(align, round(self.tile / align) * align) if isinstance(self.tile, int) else 256
+      raise errors.ConfigError(
+        f'tile must be None or a positive multiple of {align} (the poolings up to the deepest '
+        f'loss layer), got {self.tile!r}; use {nearest}'
+      )
+    object.__setattr__(self, 'tile', int(self.tile))
 
   @property
   def layer_weights(self) -> dict[str, float]:
@@ -167,6 +199,8 @@ def _features(params, x, *, model: vgg.VGG, layers: tuple[str, ...]):
 def _target_arrays(params, content, styles, *, blend, model: vgg.VGG, spec: LossSpec):
   """(content features as float32, style statistics) of `make_targets`."""
   n, height, width = content.shape[:3]
+  if spec.tile is not None:
+    return _tiled_target_arrays(params, content, styles, blend=blend, model=model, spec=spec)
   content_feats = _features(params, content, model=model, layers=spec.content_layers)
   style_feats = [_features(params, s, model=model, layers=spec.style_layers) for s in styles]
   stats = {
@@ -177,6 +211,29 @@ def _target_arrays(params, content, styles, *, blend, model: vgg.VGG, spec: Loss
       n=n,
       m=_layer_positions(height, width, name),
     )
+    for name in spec.style_layers
+  }
+  return {k: v.astype(jnp.float32) for k, v in content_feats.items()}, stats
+
+
+def _tiled_target_arrays(params, content, styles, *, blend, model: vgg.VGG, spec: LossSpec):
+  """`_target_arrays` tile by tile (`nst_jax.core.tiles`): one image and one window at a time."""
+  n = content.shape[0]
+  content_feats = lax.map(
+    lambda x: tiles.features(params, x, model=model, layers=spec.content_layers, tile=spec.tile),
+    content,
+  )
+  per_style = []
+  for s in styles:
+    stats = lax.map(
+      lambda x: tiles.moments(
+        params, x, model=model, layers=spec.style_layers, tile=spec.tile, kind=spec.style_loss
+      ),
+      s,
+    )
+    per_style.append(jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *a.shape[1:])), stats))
+  stats = {
+    name: statistics.blend_statistics([p[name] for p in per_style], blend, kind=spec.style_loss)
     for name in spec.style_layers
   }
   return {k: v.astype(jnp.float32) for k, v in content_feats.items()}, stats
@@ -393,13 +450,26 @@ def objective(
   loss_spec = as_spec(loss_spec)
   checks.one_image(image, 'image')
   checks.one_images_targets(targets)
+  cw, sw = targets.content_weight, targets.style_weight
+  layer_weights = loss_spec.layer_weights
+  if loss_spec.tile is not None:
+    if features is not None:
+      raise errors.ArgumentError(
+        'objective: features= holds the whole image\'s activations, which a tiled loss_spec '
+        '(tile set) never forms; pass features=None, or a loss_spec with tile=None'
+      )
+    checks.params_fit(params, model, loss_spec.feature_layers)
+    terms = {}
+    l_c, l_s = tiles.terms(
+      image, params, targets, model=model, loss_spec=loss_spec, layer_weights=layer_weights,
+      terms=terms,
+    )
+    return _total(image, targets, l_c, l_s, terms)
   if features is None:
     feats = network_features(image, params, model=model, layers=loss_spec.feature_layers)
   else:
     checks.objective_features(features, loss_spec.feature_layers)
     feats = features
-  cw, sw = targets.content_weight, targets.style_weight
-  layer_weights = loss_spec.layer_weights
   if loss_spec.normalize_gradients:
     weight = {name: cw for name in loss_spec.content_layers}
     style_feats = {
@@ -427,6 +497,11 @@ def objective(
     masks=targets.style_masks,
     terms=terms,
   )
+  return _total(image, targets, l_c, l_s, terms)
+
+
+def _total(image, targets, l_c, l_s, terms):
+  """(cw * L_c + sw * L_s + tv * L_tv, the terms), the one place the weights apply."""
   l_tv = losses.tv_loss(image)
-  total = cw * l_c + sw * l_s + targets.tv_weight * l_tv
+  total = targets.content_weight * l_c + targets.style_weight * l_s + targets.tv_weight * l_tv
   return total, {'total': total, 'content': l_c, 'style': l_s, 'tv': l_tv, **terms}

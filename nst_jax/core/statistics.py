@@ -228,7 +228,11 @@ def mean_cov_loss(
   Returns:
     Scalar float32.
   """
-  mu, cov = mean_cov(features, mask)
+  return mean_cov_distance(*mean_cov(features, mask), target)
+
+
+def mean_cov_distance(mu: jax.Array, cov: jax.Array, target: Mapping[str, jax.Array]) -> jax.Array:
+  """`mean_cov_loss` from the image's mean [C] and covariance [C, C] (the tiled objective's way in)."""
   s = target['cov_sqrt'].astype(jnp.float32)
   # At the optimum S Sigma S = Sigma_s^2: floor its eigenvalues (for the
   # gradient only) relative to the style's mean variance squared, so a flat
@@ -349,11 +353,29 @@ def layer_targets(
 
     return {'quantiles': jax.vmap(quantiles)(*feats)[:, None]}
   if kind == 'gram':
-    grams = [jax.vmap(gram_matrix)(f) for f in feats]  # [n, C, C] each
+    stats = [{'gram': jax.vmap(gram_matrix)(f)} for f in feats]
+  else:
+    stats = [dict(zip(('mean', 'cov'), jax.vmap(mean_cov)(f), strict=True)) for f in feats]
+  return blend_statistics(stats, blend, kind=kind)
+
+
+def blend_statistics(
+  stats: list[Mapping[str, jax.Array]], blend: tuple[float, ...] | None, *, kind: str
+) -> dict[str, jax.Array]:
+  """One layer's 'gram' or 'mean_cov' targets [n, S, ...] from each style image's statistics.
+
+  Args:
+    stats: per style image, {'gram': [n, C, C]} or {'mean': [n, C], 'cov':
+      [n, C, C]} (from its features, or tile by tile: nst_jax.core.tiles).
+    blend: normalised blend weights (S = 1), or None for one region per style.
+    kind: 'gram' or 'mean_cov'.
+  """
+  if kind == 'gram':
+    grams = [s['gram'] for s in stats]
     if blend is None:
       return {'gram': jnp.stack(grams, axis=1)}
     return {'gram': sum(b * g for b, g in zip(blend, grams, strict=True))[:, None]}
-  means, covs = zip(*(jax.vmap(mean_cov)(f) for f in feats), strict=True)
+  means, covs = [s['mean'] for s in stats], [s['cov'] for s in stats]
   if blend is None:
     mu, cov = jnp.stack(means, axis=1), jnp.stack(covs, axis=1)
   else:

@@ -1,0 +1,240 @@
+"""Tests for nst_jax.core.tiles: the tiled objective, gradient and targets equal the untiled ones."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nst_jax
+from nst_jax import errors
+from nst_jax.core import objective as objective_lib
+from nst_jax.core import tiles
+from nst_jax.core import vgg
+
+SHALLOW = dict(content_layers=('relu2_2',), style_layers=('relu1_1', 'relu2_1', 'relu3_1'))
+
+
+@pytest.fixture(scope='module')
+def params():
+  return nst_jax.random_scaled_params(0)
+
+
+@pytest.fixture(scope='module')
+def model():
+  return nst_jax.make_model()
+
+
+def _rel(a, b):
+  return float(jnp.linalg.norm(jnp.ravel(a - b)) / jnp.linalg.norm(jnp.ravel(b)))
+
+
+def _case(params, model, spec, height, width, *, masks=False, seed=0):
+  """(one image's targets, an image near the content) for `spec`, with 2 styles if `masks`."""
+  rng = np.random.default_rng(seed)
+  content = jnp.asarray(rng.uniform(-100, 100, (1, height, width, 3)), jnp.float32)
+  styles = [jnp.asarray(rng.uniform(-100, 100, (1, 40, 56, 3)), jnp.float32)]
+  extra = {}
+  if masks:
+    styles.append(jnp.asarray(rng.uniform(-100, 100, (1, 48, 40, 3)), jnp.float32))
+    m = np.zeros((1, 2, height, width), np.float32)
+    m[:, 0, :, : width // 3] = 1
+    m[:, 1, :, width // 3 :] = rng.uniform(size=(height, width - width // 3))
+    extra = dict(style_masks=m, content_mask=rng.uniform(size=(1, height, width)).astype(np.float32))
+  targets = objective_lib.make_targets(
+    params, content, styles, model=model, loss_spec=spec, content_weight=3.0,
+    style_weight=0.01, tv_weight=0.5, **extra,
+  )
+  image = content[0] + jnp.asarray(rng.normal(0, 20, (height, width, 3)), jnp.float32)
+  return jax.tree.map(lambda a: a[0], targets), image
+
+
+def _value_and_grad(params, model, spec, targets, image):
+  fn = lambda x: objective_lib.objective(x, params, targets, model=model, loss_spec=spec)  # noqa: E731
+  (value, terms), grad = jax.jit(jax.value_and_grad(fn, has_aux=True))(image)
+  return value, terms, grad
+
+
+def test_halo_is_the_derivation():
+  assert tiles.halo(('relu5_1',)) == 70
+  assert tiles.halo(('relu4_2',)) == 38
+  assert tiles.halo(('relu3_1',)) == 10
+  assert tiles.halo(('relu1_1',)) == 1
+  assert tiles.halo(('relu1_1', 'relu5_1', 'relu4_2')) == 70
+  assert tiles.alignment(('relu5_1',)) == 16 and tiles.alignment(('relu2_2',)) == 2
+
+
+@pytest.mark.parametrize('layer,size,block', [('relu3_1', (48, 16), 5), ('relu5_1', (256, 16), 8)])
+def test_halo_is_enough_and_no_more(params, model, layer, size, block):
+  # Input rows further than the halo from a block of features leave it
+  # unchanged; the first row inside the halo changes it.
+  k = vgg.downsamplings(layer)
+  lo, hi = block * 2**k, (block + 1) * 2**k  # the input rows under feature row `block`
+  h = tiles.halo((layer,))
+  rng = np.random.default_rng(1)
+  x = rng.uniform(-100, 100, (1, *size, 3)).astype(np.float32)
+  feats = jax.jit(lambda x: model.apply({'params': params}, x, (layer,))[layer][0, block])
+  base = feats(x)
+  far = x.copy()
+  far[:, : lo - h] = rng.uniform(-100, 100, far[:, : lo - h].shape)
+  far[:, hi + h :] = rng.uniform(-100, 100, far[:, hi + h :].shape)
+  assert float(jnp.max(jnp.abs(feats(far) - base))) == 0.0
+  for row in (lo - h, hi + h - 1):
+    near = x.copy()
+    near[:, row] += 50.0
+    # One path of weights from the edge of the field: small, but no rounding.
+    assert float(jnp.max(jnp.abs(feats(near) - base))) > 1e-3, row
+
+
+@pytest.mark.parametrize(
+  'height,width,tile,layers',
+  [(64, 52, 16, ('relu3_1',)), (66, 50, 16, ('relu3_1',)), (208, 32, 32, ('relu5_1',)),
+   (300, 517, 64, ('relu4_2', 'relu5_1')), (40, 40, 16, ('relu3_1',))],
+)
+def test_grid_partitions_every_layer_and_windows_align(height, width, tile, layers):
+  g = tiles.grid(height, width, tile, layers)
+  align, h = tiles.alignment(layers), tiles.halo(layers)
+  assert all(0 < w <= s for w, s in zip(g.window, (height, width), strict=True))
+  for k in range(int(np.log2(align)) + 1):
+    owned = np.zeros((height >> k, width >> k), int)
+    for (sr, sc), (r0, r1, c0, c1) in zip(g.starts, g.cores, strict=True):
+      assert sr % align == 0 and sc % align == 0
+      assert sr + g.window[0] <= height and sc + g.window[1] <= width
+      # The halo, or the image's edge, on every side of the core.
+      assert sr <= max(r0 - h, 0) and min(r1 + h, height) <= sr + g.window[0]
+      assert sc <= max(c0 - h, 0) and min(c1 + h, width) <= sc + g.window[1]
+      owned[r0 >> k : r1 >> k, c0 >> k : c1 >> k] += 1
+    assert (owned == 1).all(), k
+
+
+def test_an_image_smaller_than_a_window_is_one_tile():
+  g = tiles.grid(40, 40, 16, ('relu3_1',))
+  assert g.count == 1 and g.window == (40, 40)
+
+
+@pytest.mark.parametrize('kind', ['gram', 'mean_cov'])
+@pytest.mark.parametrize('masks', [False, True])
+def test_tiled_objective_and_gradient_equal_the_untiled(params, model, kind, masks):
+  spec = objective_lib.LossSpec(**SHALLOW, style_loss=kind)
+  tiled = objective_lib.LossSpec(**SHALLOW, style_loss=kind, tile=16)
+  targets, image = _case(params, model, spec, 66, 50, masks=masks)
+  assert tiles.grid(66, 50, 16, spec.feature_layers).count == 20
+  value, terms, grad = _value_and_grad(params, model, spec, targets, image)
+  t_value, t_terms, t_grad = _value_and_grad(params, model, tiled, targets, image)
+  assert abs(float(t_value - value)) <= 1e-6 * abs(float(value))
+  assert set(t_terms) == set(terms)
+  for key in terms:
+    # A mean_cov term is tr(Sigma) + tr(Sigma_s) - 2 tr sqrt(...): about 1000x
+    # smaller than its traces here, so float32 leaves it 3e-3 from float64
+    # tiled or not (measured); the tiles move it by a tenth of that.
+    rtol = 3e-4 if kind == 'mean_cov' and key.startswith('style') else 2e-6
+    np.testing.assert_allclose(t_terms[key], terms[key], rtol=rtol, err_msg=key)
+  assert _rel(t_grad, grad) < 1e-5
+
+
+def test_tiled_to_relu5_1_equals_the_untiled(params, model):
+  # A tall image: cut along its rows only, into windows of 192 rows.
+  spec = objective_lib.LossSpec()
+  tiled = objective_lib.LossSpec(tile=32)
+  targets, image = _case(params, model, spec, 224, 32)
+  assert tiles.grid(224, 32, 32, spec.feature_layers).count == 7
+  value, _, grad = _value_and_grad(params, model, spec, targets, image)
+  t_value, _, t_grad = _value_and_grad(params, model, tiled, targets, image)
+  assert abs(float(t_value - value)) <= 1e-6 * abs(float(value))
+  assert _rel(t_grad, grad) < 1e-5
+
+
+def test_gradients_for_params_and_weights_go_through_the_tiles(params, model):
+  spec = objective_lib.LossSpec(**SHALLOW)
+  tiled = objective_lib.LossSpec(**SHALLOW, tile=16)
+  targets, image = _case(params, model, spec, 64, 52)
+
+  def grads(s):
+    def loss(p, sw):
+      t = targets._replace(style_weight=sw)
+      return objective_lib.objective(image, p, t, model=model, loss_spec=s)[0]
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, targets.style_weight)
+
+  (gp, gw), (tp, tw) = grads(spec), grads(tiled)
+  assert _rel(tp['conv2_1']['kernel'], gp['conv2_1']['kernel']) < 1e-5
+  np.testing.assert_allclose(tw, gw, rtol=1e-5)
+
+
+def test_tiled_targets_equal_the_untiled(params, model):
+  spec = objective_lib.LossSpec(**SHALLOW, style_loss='mean_cov')
+  rng = np.random.default_rng(3)
+  content = jnp.asarray(rng.uniform(-100, 100, (2, 66, 50, 3)), jnp.float32)
+  styles = [jnp.asarray(rng.uniform(-100, 100, (1, 70, 60, 3)), jnp.float32)]
+  for kind in ('gram', 'mean_cov'):
+    make = functools.partial(
+      objective_lib.make_targets, params, content, styles, model=model, content_weight=1.0,
+      style_weight=1.0,
+    )
+    plain = make(loss_spec=objective_lib.LossSpec(**SHALLOW, style_loss=kind))
+    tiled = make(loss_spec=objective_lib.LossSpec(**SHALLOW, style_loss=kind, tile=16))
+    np.testing.assert_allclose(tiled.content['relu2_2'], plain.content['relu2_2'], rtol=1e-6)
+    for name in SHALLOW['style_layers']:
+      for stat, value in plain.style[name].items():
+        # The matrix square root of a nearly singular covariance amplifies rounding.
+        tol = 2e-3 if stat == 'cov_sqrt' else 1e-5
+        assert _rel(tiled.style[name][stat], value) < tol, (kind, name, stat)
+
+
+def test_lbfgs_steps_with_tiles_follow_the_untiled(params, model):
+  spec = objective_lib.LossSpec(**SHALLOW)
+  targets, image = _case(params, model, spec, 64, 52)
+  batch = jax.tree.map(lambda a: a[None], targets)
+  images = {}
+  for s in (spec, objective_lib.LossSpec(**SHALLOW, tile=16)):
+    step = nst_jax.make_step(model=model, optimizer=nst_jax.make_optimizer('lbfgs', convention='caffe'), loss_spec=s)
+    state = nst_jax.init_state(image[None], nst_jax.make_optimizer('lbfgs', convention='caffe'))
+    state, _ = step.first(state, params, batch)
+    for _ in range(3):
+      state, losses = step(state, params, batch)
+    images[s.tile] = np.asarray(state.image)
+  # Caffe-space pixels (0..255 scale): a mean difference far below one level.
+  assert float(np.mean(np.abs(images[16] - images[None]))) < 0.05
+
+
+def test_one_tile_program_whatever_the_tile_count(params, model):
+  spec = objective_lib.LossSpec(**SHALLOW, tile=16)
+  targets, _ = _case(params, model, objective_lib.LossSpec(**SHALLOW), 64, 52)
+
+  def convolutions(height, width):
+    image = jnp.zeros((height, width, 3))
+    t = targets._replace(
+      content={'relu2_2': jnp.zeros((height // 2, width // 2, 128))}
+    )
+    fn = jax.grad(lambda x: objective_lib.objective(x, params, t, model=model, loss_spec=spec)[0])
+    return jax.jit(fn).lower(image).as_text().count('convolution(')
+
+  assert tiles.grid(64, 52, 16, spec.feature_layers).count == 16
+  assert tiles.grid(128, 104, 16, spec.feature_layers).count == 56
+  assert convolutions(64, 52) == convolutions(128, 104) > 0
+
+
+@pytest.mark.parametrize(
+  'kwargs,message',
+  [
+    (dict(style_loss='histogram', tile=64), "the 'histogram' style loss is not a sum over positions"),
+    (dict(normalize_gradients=True, tile=64), 'normalize_gradients needs each layer'),
+    (dict(tile=100), 'tile must be None or a positive multiple of 16 (the poolings up to the '
+                     'deepest loss layer), got 100; use 96'),
+    (dict(tile=0), 'got 0; use 16'),
+    (dict(tile=True), 'got True'),
+  ],
+)
+def test_spec_refuses_what_cannot_be_tiled(kwargs, message):
+  with pytest.raises(errors.ConfigError, match=None) as e:
+    objective_lib.LossSpec(**kwargs)
+  assert message in str(e.value) and '\n' not in str(e.value)
+
+
+def test_features_are_refused_with_tiles(params, model):
+  spec = objective_lib.LossSpec(**SHALLOW, tile=16)
+  targets, image = _case(params, model, objective_lib.LossSpec(**SHALLOW), 64, 52)
+  feats = objective_lib.network_features(image, params, model=model, layers=spec.feature_layers)
+  with pytest.raises(errors.ArgumentError, match='pass features=None, or a loss_spec with tile=None'):
+    objective_lib.objective(image, params, targets, model=model, loss_spec=spec, features=feats)
