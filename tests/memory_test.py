@@ -72,20 +72,22 @@ def test_spatial_estimate_is_divided_over_the_devices():
 
 def test_check_memory_refuses_what_does_not_fit_and_spatial_makes_it_fit(monkeypatch):
   """With a faked 16 GB device of 4, a 4096 px image is refused alone and fits split over 4."""
-  cfg = config_lib.StyleConfig(optim=config_lib.OptimConfig(lbfgs_memory=10))
+  cfg = config_lib.StyleConfig(
+    optim=config_lib.OptimConfig(lbfgs_memory=10), loss=config_lib.LossConfig(tiles='off')
+  )
   monkeypatch.setattr(memory, 'available_memory', lambda device=None: 16 * 10**9)
   monkeypatch.setattr(memory, '_CPU_RUNTIME_BYTES', 0)  # as on an accelerator
   monkeypatch.setattr(jax, 'local_device_count', lambda: 4)
   with pytest.raises(errors.NstError, match=r'needs about 2\d\.\d GB but only 16\.0 GB') as e:
     memory.check_memory(3072, 4096, config=cfg)
   assert 'run.shard spatial (over 4 devices)' in str(e.value)
-  need, have = memory.check_memory(3072, 4096, config=cfg, spatial_devices=4)
-  assert need < have == 16 * 10**9
+  plan = memory.check_memory(3072, 4096, config=cfg, spatial_devices=4)
+  assert plan.need < plan.have == 16 * 10**9 and plan.tile is None
 
 
 def test_the_refusal_suggests_only_changes_that_fit():
   """Every change named fits by the estimate; bfloat16, which saves nothing here, is not named."""
-  cfg = config_lib.StyleConfig()
+  cfg = config_lib.StyleConfig(loss=config_lib.LossConfig(tiles='off'))
   need = memory.estimate_memory(3072, 4096, config=cfg, platform='gpu')
   have = int(need * 0.9)
   changes = memory.fitting_changes(3072, 4096, config=cfg, have=have, platform='gpu')
@@ -105,7 +107,10 @@ def test_the_refusal_suggests_only_changes_that_fit():
   history = int(re.search(r'optim\.lbfgs_memory (\d+) or less', changes[1]).group(1))
   shorter = cfg.replace(optim=cfg.optim.replace(lbfgs_memory=history))
   assert memory.estimate_memory(3072, 4096, config=shorter, platform='gpu') <= have
-  assert changes[2:] == ['optim.name adam']
+  assert changes[2] == 'optim.name adam'
+  tile = int(re.fullmatch(r'loss\.tiles (\d+) \(or auto\)', changes[3]).group(1))
+  assert memory.estimate_memory(3072, 4096, config=cfg, platform='gpu', tile=tile) <= have
+  assert len(changes) == 4
   # Nothing fits at all: the refusal says so instead of naming changes.
   assert memory.fitting_changes(3072, 4096, config=cfg, have=10**6, platform='gpu') == []
 
@@ -214,3 +219,84 @@ def test_a_batch_refused_for_memory_is_not_told_to_split_each_image(tmp_path, mo
   with pytest.raises(errors.NstError, match='needs about') as e:
     batch.run_batch(jobs, cfg)
   assert 'run.shard' not in str(e.value)
+
+
+def _limited(gb, **loss):
+  return config_lib.StyleConfig(
+    loss=config_lib.LossConfig(**loss), run=config_lib.RunConfig(memory_limit=gb)
+  )
+
+
+def test_the_plan_is_untiled_when_the_image_fits():
+  plan = memory.check_memory(768, 1024, config=_limited(24))
+  assert plan.tile is None and plan.need == plan.untiled < plan.have == 24 * 10**9
+  assert memory.planned(_limited(24), [plan]).loss.tiles == 'off'
+  assert plan.line(1024, 768).startswith('A 1024x768 run needs about ')
+
+
+def test_the_plan_tiles_when_the_whole_image_just_misses():
+  cfg = _limited(20)
+  plan = memory.check_memory(2160, 3840, config=cfg)
+  assert plan.untiled > 20e9 >= plan.need and plan.history is None
+  assert plan.tile == memory.TILE_EDGES[0]  # the largest edge fits: the least time
+  planned = memory.planned(cfg, [plan])
+  assert planned.loss.tiles == planned.loss.spec.tile == plan.tile
+  assert planned.optim.lbfgs_memory == cfg.optim.lbfgs_memory
+  assert f'in tiles of {plan.tile} px needs about' in plan.line(3840, 2160)
+  assert 'the whole image at once would need 20.0 GB of the 20.0 GB' in plan.line(3840, 2160)
+
+
+def test_where_tiles_alone_do_not_fit_the_plan_shortens_the_history():
+  # At 3840x2160 the L-BFGS history (2m + 4 images) is 6.4 GB of an 8 GB limit.
+  cfg = _limited(8)
+  assert all(
+    memory.estimate_memory(2160, 3840, config=cfg, tile=e) > 8e9 for e in memory.TILE_EDGES
+  )
+  plan = memory.check_memory(2160, 3840, config=cfg)
+  assert cfg.optim.lbfgs_memory // 2 <= plan.history < cfg.optim.lbfgs_memory
+  shorter = cfg.replace(optim=cfg.optim.replace(lbfgs_memory=plan.history))
+  assert plan.need == memory.estimate_memory(2160, 3840, config=shorter, tile=plan.tile) <= 8e9
+  # Large tiles first (small ones cost time): the next larger edge fits with no history >= 15.
+  larger = memory.TILE_EDGES[memory.TILE_EDGES.index(plan.tile) - 1]
+  at_half = cfg.replace(optim=cfg.optim.replace(lbfgs_memory=15))
+  assert memory.estimate_memory(2160, 3840, config=at_half, tile=larger) > 8e9
+  planned = memory.planned(cfg, [plan])
+  assert (planned.loss.tiles, planned.optim.lbfgs_memory) == (plan.tile, plan.history)
+  assert f'an L-BFGS history of {plan.history} needs about' in plan.line(3840, 2160)
+
+
+def test_tiles_shrink_the_estimate_to_a_window_and_the_state():
+  cfg = _limited(8)
+  untiled = memory.estimate_memory(2160, 3840, config=cfg)
+  tiled = memory.estimate_memory(2160, 3840, config=cfg, tile=256)
+  per_pixel = memory.per_pixel_bytes(feature_layers=cfg.loss.feature_layers)
+  state = memory.optimizer_image_buffers('lbfgs', cfg.optim.lbfgs_memory) * 12
+  window = 256 + 2 * 80  # the halo of relu5_1, 70 px, rounded up to 16
+  expected = (per_pixel - state) * window**2 + (state + 96) * 2160 * 3840
+  assert tiled - (untiled - per_pixel * 2160 * 3840) == pytest.approx(expected, rel=1e-9)
+  assert tiled < untiled / 2
+
+
+def test_a_plan_that_cannot_fit_names_the_limit_that_would():
+  with pytest.raises(errors.NstError) as e:
+    memory.check_memory(2160, 3840, config=_limited(1))
+  message = str(e.value)
+  assert 'run.memory_limit is 1 GB' in message and '\n' not in message
+  least = float(re.search(r'run\.memory_limit (\d+\.\d) or more', message).group(1))
+  plan = memory.check_memory(2160, 3840, config=_limited(least))
+  assert plan.tile is not None
+  with pytest.raises(errors.NstError):
+    memory.check_memory(2160, 3840, config=_limited(least - 0.2))
+
+
+def test_off_and_histogram_stay_untiled_and_the_refusal_suggests_tiles():
+  with pytest.raises(errors.NstError, match=r'loss\.tiles \d+ \(or auto\)'):
+    memory.check_memory(2160, 3840, config=_limited(16, tiles='off'))
+  with pytest.raises(errors.NstError) as e:
+    memory.check_memory(2160, 3840, config=_limited(16, style_loss='histogram'))
+  assert 'loss.tiles' not in str(e.value)
+
+
+def test_tiles_and_spatial_sharding_are_refused_together():
+  with pytest.raises(errors.NstError, match="loss.tiles and run.shard spatial do not combine"):
+    memory.check_memory(2160, 3840, config=_limited(8, tiles=256), spatial_devices=2)

@@ -1,4 +1,4 @@
-"""Tests for nst_jax.core.tiles: the tiled objective, gradient and targets equal the untiled ones."""
+"""Tests for nst_jax.core.tiles: the tiled objective, gradient and targets equal the untiled."""
 
 import functools
 
@@ -41,10 +41,19 @@ def _case(params, model, spec, height, width, *, masks=False, seed=0):
     m = np.zeros((1, 2, height, width), np.float32)
     m[:, 0, :, : width // 3] = 1
     m[:, 1, :, width // 3 :] = rng.uniform(size=(height, width - width // 3))
-    extra = dict(style_masks=m, content_mask=rng.uniform(size=(1, height, width)).astype(np.float32))
+    extra = dict(
+      style_masks=m, content_mask=rng.uniform(size=(1, height, width)).astype(np.float32)
+    )
   targets = objective_lib.make_targets(
-    params, content, styles, model=model, loss_spec=spec, content_weight=3.0,
-    style_weight=0.01, tv_weight=0.5, **extra,
+    params,
+    content,
+    styles,
+    model=model,
+    loss_spec=spec,
+    content_weight=3.0,
+    style_weight=0.01,
+    tv_weight=0.5,
+    **extra,
   )
   image = content[0] + jnp.asarray(rng.normal(0, 20, (height, width, 3)), jnp.float32)
   return jax.tree.map(lambda a: a[0], targets), image
@@ -89,8 +98,13 @@ def test_halo_is_enough_and_no_more(params, model, layer, size, block):
 
 @pytest.mark.parametrize(
   'height,width,tile,layers',
-  [(64, 52, 16, ('relu3_1',)), (66, 50, 16, ('relu3_1',)), (208, 32, 32, ('relu5_1',)),
-   (300, 517, 64, ('relu4_2', 'relu5_1')), (40, 40, 16, ('relu3_1',))],
+  [
+    (64, 52, 16, ('relu3_1',)),
+    (66, 50, 16, ('relu3_1',)),
+    (208, 32, 32, ('relu5_1',)),
+    (300, 517, 64, ('relu4_2', 'relu5_1')),
+    (40, 40, 16, ('relu3_1',)),
+  ],
 )
 def test_grid_partitions_every_layer_and_windows_align(height, width, tile, layers):
   g = tiles.grid(height, width, tile, layers)
@@ -163,13 +177,17 @@ def test_gradients_for_params_and_weights_go_through_the_tiles(params, model):
 
 
 def test_tiled_targets_equal_the_untiled(params, model):
-  spec = objective_lib.LossSpec(**SHALLOW, style_loss='mean_cov')
   rng = np.random.default_rng(3)
   content = jnp.asarray(rng.uniform(-100, 100, (2, 66, 50, 3)), jnp.float32)
   styles = [jnp.asarray(rng.uniform(-100, 100, (1, 70, 60, 3)), jnp.float32)]
   for kind in ('gram', 'mean_cov'):
     make = functools.partial(
-      objective_lib.make_targets, params, content, styles, model=model, content_weight=1.0,
+      objective_lib.make_targets,
+      params,
+      content,
+      styles,
+      model=model,
+      content_weight=1.0,
       style_weight=1.0,
     )
     plain = make(loss_spec=objective_lib.LossSpec(**SHALLOW, style_loss=kind))
@@ -188,7 +206,9 @@ def test_lbfgs_steps_with_tiles_follow_the_untiled(params, model):
   batch = jax.tree.map(lambda a: a[None], targets)
   images = {}
   for s in (spec, objective_lib.LossSpec(**SHALLOW, tile=16)):
-    step = nst_jax.make_step(model=model, optimizer=nst_jax.make_optimizer('lbfgs', convention='caffe'), loss_spec=s)
+    step = nst_jax.make_step(
+      model=model, optimizer=nst_jax.make_optimizer('lbfgs', convention='caffe'), loss_spec=s
+    )
     state = nst_jax.init_state(image[None], nst_jax.make_optimizer('lbfgs', convention='caffe'))
     state, _ = step.first(state, params, batch)
     for _ in range(3):
@@ -204,9 +224,7 @@ def test_one_tile_program_whatever_the_tile_count(params, model):
 
   def convolutions(height, width):
     image = jnp.zeros((height, width, 3))
-    t = targets._replace(
-      content={'relu2_2': jnp.zeros((height // 2, width // 2, 128))}
-    )
+    t = targets._replace(content={'relu2_2': jnp.zeros((height // 2, width // 2, 128))})
     fn = jax.grad(lambda x: objective_lib.objective(x, params, t, model=model, loss_spec=spec)[0])
     return jax.jit(fn).lower(image).as_text().count('convolution(')
 
@@ -218,10 +236,16 @@ def test_one_tile_program_whatever_the_tile_count(params, model):
 @pytest.mark.parametrize(
   'kwargs,message',
   [
-    (dict(style_loss='histogram', tile=64), "the 'histogram' style loss is not a sum over positions"),
+    (
+      dict(style_loss='histogram', tile=64),
+      "the 'histogram' style loss is not a sum over positions",
+    ),
     (dict(normalize_gradients=True, tile=64), 'normalize_gradients needs each layer'),
-    (dict(tile=100), 'tile must be None or a positive multiple of 16 (the poolings up to the '
-                     'deepest loss layer), got 100; use 96'),
+    (
+      dict(tile=100),
+      'tile must be None or a positive multiple of 16 (the poolings up to the '
+      'deepest loss layer), got 100; use 96',
+    ),
     (dict(tile=0), 'got 0; use 16'),
     (dict(tile=True), 'got True'),
   ],
@@ -236,5 +260,14 @@ def test_features_are_refused_with_tiles(params, model):
   spec = objective_lib.LossSpec(**SHALLOW, tile=16)
   targets, image = _case(params, model, objective_lib.LossSpec(**SHALLOW), 64, 52)
   feats = objective_lib.network_features(image, params, model=model, layers=spec.feature_layers)
-  with pytest.raises(errors.ArgumentError, match='pass features=None, or a loss_spec with tile=None'):
+  with pytest.raises(
+    errors.ArgumentError, match='pass features=None, or a loss_spec with tile=None'
+  ):
     objective_lib.objective(image, params, targets, model=model, loss_spec=spec, features=feats)
+
+
+def test_loss_spec_is_one_class_under_both_names():
+  from nst_jax.core import loss_spec
+
+  assert objective_lib.LossSpec is loss_spec.LossSpec is nst_jax.LossSpec
+  assert loss_spec.LossSpec(tile=256).tile == 256 and loss_spec.LossSpec().tile is None

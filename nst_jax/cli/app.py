@@ -93,6 +93,7 @@ def config_from_flags() -> nst_jax.StyleConfig:
       style_layer_weights=_floats('style_layer_weights', FLAGS.style_layer_weights),
       style_loss=FLAGS.style_loss,
       normalize_gradients=FLAGS.normalize_gradients,
+      tiles=FLAGS.tiles,
       content_weight=FLAGS.contentweight,
       style_weight=FLAGS.styleweight,
       tv_weight=FLAGS.tv_weight,
@@ -139,6 +140,7 @@ def config_from_flags() -> nst_jax.StyleConfig:
       checkpoint_dir=FLAGS.checkpoint_dir or None,
       serve=FLAGS.serve,
       shard=FLAGS.shard,
+      memory_limit=FLAGS.memory_limit,
     ),
   )
 

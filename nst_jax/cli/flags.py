@@ -251,6 +251,19 @@ flags.DEFINE_string(
   "Where compiled programs are kept, so a repeated run starts in a second: 'auto' "
   "(~/.cache/nst_jax/xla, or JAX_COMPILATION_CACHE_DIR if set), 'off', or a folder.",
 )
+flags.DEFINE_string(
+  'tiles',
+  str(DEFAULTS.loss.tiles),
+  'Compute the loss and its gradient over tiles of N pixels, exactly (less memory, about 1.5x '
+  "the time): 'auto' (only when the whole image would not fit --memory_limit), 'off', or N (a "
+  'multiple of 16).',
+)
+flags.DEFINE_float(
+  'memory_limit',
+  DEFAULTS.run.memory_limit,
+  'GB of memory a run may use (the whole process on CPU, per device on GPU/TPU); default: what '
+  'the device has free. --tiles auto picks the largest tile that fits.',
+)
 flags.DEFINE_float(
   'checkpoint_seconds',
   DEFAULTS.run.checkpoint_seconds,

@@ -14,6 +14,7 @@ from nst_jax.core import losses
 from nst_jax.core import objective
 from nst_jax.core import optim
 from nst_jax.core import step
+from nst_jax.core import tiles as tiles_lib
 from nst_jax.core import vgg
 
 DEFAULT_CONTENT_LAYERS = objective.DEFAULT_CONTENT_LAYERS
@@ -164,6 +165,10 @@ class LossConfig(checks.Group):
     content_weight: cw.
     style_weight: sw.
     tv_weight: tv, the weight of the total variation term.
+    tiles: compute the objective and its gradient over tiles, exactly
+      (nst_jax.core.tiles): 'auto' (only when the whole image would not fit
+      the memory limit: the largest tile that fits), 'off', or the tile edge
+      in pixels (a multiple of 16 to relu5_1).
 
   The three weights are data, not structure: they travel per image in
   `nst_jax.core.objective.Targets` (so a batch can mix them without
@@ -178,9 +183,19 @@ class LossConfig(checks.Group):
   content_weight: float = 100.0
   style_weight: float = 0.01
   tv_weight: float = 0.0
+  tiles: str | int = 'auto'
 
   def __post_init__(self):
     checks.one_of('loss.style_loss', self.style_loss, losses.STYLE_KINDS)
+    if isinstance(self.tiles, str) and self.tiles.isdigit():
+      object.__setattr__(self, 'tiles', int(self.tiles))  # from a flag or a JSON file
+    checks.check(
+      self.tiles in ('auto', 'off')
+      or isinstance(self.tiles, int)
+      and not isinstance(self.tiles, bool)
+      and self.tiles > 0,
+      f"loss.tiles must be 'auto', 'off' or a tile edge in pixels, got {self.tiles!r}",
+    )
     for field in ('content_layers', 'style_layers'):
       value = getattr(self, field)
       checks.check(isinstance(value, tuple), f'loss.{field} must be a tuple, got {value!r}')
@@ -199,6 +214,22 @@ class LossConfig(checks.Group):
         checks.finite_nonnegative('each of loss.style_layer_weights', w)
     for name in ('content_weight', 'style_weight', 'tv_weight'):
       checks.finite_nonnegative(f'loss.{name}', getattr(self, name))
+    if isinstance(self.tiles, int):
+      align = tiles_lib.alignment(self.feature_layers)
+      checks.check(
+        self.tiles % align == 0,
+        f'loss.tiles must be a multiple of {align} (the poolings up to the deepest loss layer), '
+        f'got {self.tiles}; use {max(align, round(self.tiles / align) * align)}',
+      )
+      checks.check(
+        self.style_loss in tiles_lib.TILED_STYLE_KINDS,
+        f'loss.tiles: the {self.style_loss!r} style loss cannot be tiled; use loss.style_loss '
+        "'gram' or 'mean_cov', or loss.tiles 'off'",
+      )
+      checks.check(
+        not self.normalize_gradients,
+        'loss.tiles: loss.normalize_gradients cannot be tiled; turn one of them off',
+      )
 
   @property
   def spec(self) -> objective.LossSpec:
@@ -209,6 +240,7 @@ class LossConfig(checks.Group):
       style_layer_weights=self.style_layer_weights,
       style_loss=self.style_loss,
       normalize_gradients=self.normalize_gradients,
+      tile=self.tiles if isinstance(self.tiles, int) else None,
     )
 
   @property

@@ -74,6 +74,9 @@ class RunConfig(checks.Group):
       or None for no page.
     shard: 'jobs' (a batch of jobs split over all devices) or 'spatial' (each
       image's height split over this process's devices).
+    memory_limit: GB a run may use per device (the whole process on CPU),
+      which the memory plan (nst_jax.engine.memory.plan) fits into; None:
+      what the device has free.
   """
 
   print_iter: int = 50
@@ -86,8 +89,11 @@ class RunConfig(checks.Group):
   checkpoint_dir: str | None = None
   serve: int | None = None
   shard: str = 'jobs'
+  memory_limit: float | None = None
 
   def __post_init__(self):
+    if self.memory_limit is not None:
+      checks.finite_positive('run.memory_limit', self.memory_limit)
     checks.nonnegative_int('run.print_iter', self.print_iter)
     checks.nonnegative_int('run.checkpoint_every', self.checkpoint_every)
     checks.finite_nonnegative('run.checkpoint_seconds', self.checkpoint_seconds)

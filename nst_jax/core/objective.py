@@ -1,8 +1,7 @@
 """The objective: what the loss compares against, and the loss of one image.
 
-* `LossSpec`: the loss's structure (layers, style statistic, per-layer
-  weights, normalisation), small and hashable: the static argument of the
-  compiled step.
+* `LossSpec` (nst_jax.core.loss_spec, also importable from here): the
+  loss's structure, the static argument of the compiled step.
 * `make_targets(params, content, style, model=, loss_spec=, content_weight=,
   style_weight=)`: content features and style statistics, computed once, and
   the loss weights as per-image arrays (data, so a batch can mix them without
@@ -14,7 +13,6 @@
 """
 
 from collections.abc import Mapping, Sequence
-import dataclasses
 import functools
 from typing import Any, NamedTuple
 import warnings
@@ -22,140 +20,20 @@ import warnings
 import jax
 from jax import lax
 import jax.numpy as jnp
-import numpy as np
 
 from nst_jax import errors
 from nst_jax.core import checks
+from nst_jax.core import loss_spec as loss_spec_lib
 from nst_jax.core import losses
 from nst_jax.core import statistics
 from nst_jax.core import tiles
 from nst_jax.core import vgg
 
-# Gatys et al. 2016, Sec. 3: content from conv4_2 (we take its ReLU, as the
-# classic tools do), style from the first layer of each stage.
-DEFAULT_CONTENT_LAYERS = ('relu4_2',)
-DEFAULT_STYLE_LAYERS = ('relu1_1', 'relu2_1', 'relu3_1', 'relu4_1', 'relu5_1')
-
-
-@dataclasses.dataclass(frozen=True)
-class LossSpec:
-  """The loss's structure: what the compiled step depends on (hashable, static).
-
-  The loss weights cw, sw and tv are not here: they are data, per image, in
-  `Targets`.
-
-  Attributes:
-    content_layers: layers whose features are matched to the content image
-      (a tuple; a list or one name is made one).
-    style_layers: layers whose statistics are matched to the style image.
-    style_layer_weights: w_l for each style layer, same length; None = all 1.
-    style_loss: 'gram' (Gatys et al.), 'mean_cov' (Wasserstein-2 between
-      Gaussian fits) or 'histogram' (Risser et al.).
-    normalize_gradients: L1-normalise each term's gradient at its layer before
-      weighting it (jcjohnson/neural-style's -normalize_gradients).
-    tile: None (the whole image at once), or the edge in pixels of the tiles
-      the objective and its gradient are computed over, exactly
-      (`nst_jax.core.tiles`): memory for one tile's activations instead of
-      the image's. A multiple of 16 to relu5_1 (2^poolings); 'gram' and
-      'mean_cov' only, without normalize_gradients.
-  """
-
-  content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
-  style_layers: tuple[str, ...] = DEFAULT_STYLE_LAYERS
-  style_layer_weights: tuple[float, ...] | None = None
-  style_loss: str = 'gram'
-  normalize_gradients: bool = False
-  tile: int | None = None
-
-  def __post_init__(self):
-    if self.style_loss not in losses.STYLE_KINDS:
-      raise errors.ConfigError(
-        f'style_loss must be one of {", ".join(map(repr, losses.STYLE_KINDS))}, got '
-        f'{self.style_loss!r}'
-      )
-    for field in ('content_layers', 'style_layers'):
-      value = getattr(self, field)
-      # Stored as tuples, so that the spec stays hashable (the step's static
-      # argument); one name is one layer, a list is its tuple.
-      if isinstance(value, str):
-        value = (value,)
-      elif isinstance(value, list):
-        value = tuple(value)
-      if not isinstance(value, tuple) or not value:
-        raise errors.ConfigError(f"{field} must be layer names, e.g. ('relu4_2',), got {value!r}")
-      vgg.check_layers(value)
-      object.__setattr__(self, field, value)
-    w = self.style_layer_weights
-    if w is not None:
-      # Python floats: hashable (a numpy array or jax scalar is not), and
-      # checked, as make_targets checks the loss weights.
-      try:
-        w = tuple(float(v) for v in np.asarray(w, np.float64).reshape(-1))
-      except (TypeError, ValueError):
-        raise errors.ConfigError(
-          f'style_layer_weights must be numbers, one per style layer, got {w!r}'
-        ) from None
-      if not all(np.isfinite(v) and v >= 0 for v in w):
-        raise errors.ConfigError(f'style_layer_weights must be finite and >= 0, got {w}')
-      object.__setattr__(self, 'style_layer_weights', w)
-    if w is not None and len(w) != len(self.style_layers):
-      raise errors.ConfigError(
-        f'style_layer_weights has {len(w)} values for {len(self.style_layers)} style layers; '
-        'give one per style layer, or None for all 1'
-      )
-    if not isinstance(self.normalize_gradients, (bool, np.bool_)):
-      raise errors.ConfigError(
-        f'normalize_gradients must be True or False, got {self.normalize_gradients!r}'
-      )
-    object.__setattr__(self, 'normalize_gradients', bool(self.normalize_gradients))
-    if self.tile is not None:
-      self._check_tile()
-
-  def _check_tile(self) -> None:
-    if self.style_loss not in tiles.TILED_STYLE_KINDS:
-      raise errors.ConfigError(
-        f"tile: the {self.style_loss!r} style loss is not a sum over positions and cannot be "
-        "tiled; use style_loss 'gram' or 'mean_cov' with tiles, or tile=None"
-      )
-    if self.normalize_gradients:
-      raise errors.ConfigError(
-        'tile: normalize_gradients needs each layer\'s whole gradient at once and cannot be '
-        'tiled; turn one of them off'
-      )
-    align = tiles.alignment(self.feature_layers)
-    if isinstance(self.tile, bool) or not isinstance(self.tile, (int, np.integer)) or (
-      self.tile <= 0 or self.tile % align
-    ):
-      nearest = max(align, round(self.tile / align) * align) if isinstance(self.tile, int) else 256
-      raise errors.ConfigError(
-        f'tile must be None or a positive multiple of {align} (the poolings up to the deepest '
-        f'loss layer), got {self.tile!r}; use {nearest}'
-      )
-    object.__setattr__(self, 'tile', int(self.tile))
-
-  @property
-  def layer_weights(self) -> dict[str, float]:
-    """Style layer -> w_l."""
-    weights = self.style_layer_weights or (1.0,) * len(self.style_layers)
-    return dict(zip(self.style_layers, weights, strict=True))
-
-  @property
-  def feature_layers(self) -> tuple[str, ...]:
-    """Every layer the loss needs, content first, without repeats."""
-    return tuple(dict.fromkeys(self.content_layers + self.style_layers))
-
-
-def as_spec(loss: Any) -> LossSpec:
-  """A LossSpec from a LossSpec, or from anything with a `.spec` (a LossConfig)."""
-  if isinstance(loss, LossSpec):
-    return loss
-  spec = getattr(loss, 'spec', None)
-  if isinstance(spec, LossSpec):
-    return spec
-  raise errors.ArgumentError(
-    f'loss_spec must be a LossSpec, got a {type(loss).__name__}; pass nst_jax.LossSpec(...) or '
-    "a config's cfg.loss.spec"
-  )
+# The names research code and the config have always imported from here.
+DEFAULT_CONTENT_LAYERS = loss_spec_lib.DEFAULT_CONTENT_LAYERS
+DEFAULT_STYLE_LAYERS = loss_spec_lib.DEFAULT_STYLE_LAYERS
+LossSpec = loss_spec_lib.LossSpec
+as_spec = loss_spec_lib.as_spec
 
 
 class Targets(NamedTuple):
@@ -455,13 +333,18 @@ def objective(
   if loss_spec.tile is not None:
     if features is not None:
       raise errors.ArgumentError(
-        'objective: features= holds the whole image\'s activations, which a tiled loss_spec '
+        "objective: features= holds the whole image's activations, which a tiled loss_spec "
         '(tile set) never forms; pass features=None, or a loss_spec with tile=None'
       )
     checks.params_fit(params, model, loss_spec.feature_layers)
     terms = {}
     l_c, l_s = tiles.terms(
-      image, params, targets, model=model, loss_spec=loss_spec, layer_weights=layer_weights,
+      image,
+      params,
+      targets,
+      model=model,
+      loss_spec=loss_spec,
+      layer_weights=layer_weights,
       terms=terms,
     )
     return _total(image, targets, l_c, l_s, terms)

@@ -232,7 +232,7 @@ def mean_cov_loss(
 
 
 def mean_cov_distance(mu: jax.Array, cov: jax.Array, target: Mapping[str, jax.Array]) -> jax.Array:
-  """`mean_cov_loss` from the image's mean [C] and covariance [C, C] (the tiled objective's way in)."""
+  """`mean_cov_loss` from the image's mean [C] and covariance [C, C] (as the tiles form them)."""
   s = target['cov_sqrt'].astype(jnp.float32)
   # At the optimum S Sigma S = Sigma_s^2: floor its eigenvalues (for the
   # gradient only) relative to the style's mean variance squared, so a flat

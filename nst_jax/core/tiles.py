@@ -88,7 +88,7 @@ def halo(layers: Sequence[str], stage_sizes: Sequence[int] = vgg.VGG19_STAGE_SIZ
 
 
 def alignment(layers: Sequence[str], stage_sizes: Sequence[int] = vgg.VGG19_STAGE_SIZES) -> int:
-  """2^P for the P poolings up to the deepest of `layers`: tile edges and window starts are multiples."""
+  """2^P, P the poolings up to the deepest of `layers`: tile edges and starts are multiples."""
   return vgg.min_input_size(layers, stage_sizes)
 
 
@@ -171,7 +171,7 @@ def _core(tile: jax.Array, k: int, shape: tuple[int, int]) -> jax.Array:
 def _window_of(
   x: jax.Array, tile: jax.Array, k: int, shape: tuple[int, int], *, channels: bool = False
 ) -> jax.Array:
-  """The window's part of a map at a layer after k poolings: [..., h, w], or [h, w, C] (`channels`)."""
+  """The window's part of a map after k poolings: [..., h, w], or [h, w, C] (`channels`)."""
   if channels:
     return lax.dynamic_slice(x, (tile[0] >> k, tile[1] >> k, 0), (*shape, x.shape[-1]))
   lead = x.shape[:-2]
@@ -209,7 +209,9 @@ def _tile_sums(image, params, parts, tile, *, model: vgg.VGG, spec: Any, window:
       t = t * _window_of(parts['style_masks'][name], tile, k, f.shape[:2])
     if spec.style_loss == 'gram':
       # As statistics.gram_matrix: (F * T)^T (F * T), the product in F's dtype.
-      sums['style'][name] = {'ff': _second_moment(_positions(f[None] * t[..., None].astype(f.dtype)))}
+      sums['style'][name] = {
+        'ff': _second_moment(_positions(f[None] * t[..., None].astype(f.dtype)))
+      }
     else:
       # Around the target's mean, so that the covariance sum - mean mean^T
       # does not cancel in float32 (the features are in the hundreds).
@@ -334,7 +336,9 @@ def features(params, image: jax.Array, *, model: vgg.VGG, layers: tuple[str, ...
   shapes = jax.eval_shape(lambda x: model.apply({'params': params}, x[None], layers), image)
   out = {name: jnp.zeros(s.shape[1:], s.dtype) for name, s in shapes.items()}
   one = functools.partial(_tile_features, model=model, layers=layers, window=tiling.window)
-  return lax.scan(lambda o, t: (one(image, params, o, t), None), out, jnp.asarray(tiling.table()))[0]
+  return lax.scan(lambda o, t: (one(image, params, o, t), None), out, jnp.asarray(tiling.table()))[
+    0
+  ]
 
 
 def _tile_moments(image, params, shift, tile, *, model: vgg.VGG, layers, window):
@@ -350,7 +354,9 @@ def _tile_moments(image, params, shift, tile, *, model: vgg.VGG, layers, window)
   return sums
 
 
-def moments(params, image: jax.Array, *, model: vgg.VGG, layers: tuple[str, ...], tile: int, kind: str):
+def moments(
+  params, image: jax.Array, *, model: vgg.VGG, layers: tuple[str, ...], tile: int, kind: str
+):
   """A style image's statistics at `layers`, tile by tile, as `statistics.layer_targets` uses them.
 
   'gram': {'gram': F^T F / M}; 'mean_cov': {'mean', 'cov'}, the covariance
@@ -367,12 +373,16 @@ def moments(params, image: jax.Array, *, model: vgg.VGG, layers: tuple[str, ...]
   tiling = grid(*image.shape[:2], tile, layers, tuple(model.stage_sizes))
   one = functools.partial(_tile_moments, model=model, layers=layers, window=tiling.window)
   table = jnp.asarray(tiling.table())
-  widths = {n: jax.eval_shape(lambda x: model.apply({'params': params}, x[None], layers), image)[n]
-            for n in layers}
+  widths = {
+    n: jax.eval_shape(lambda x: model.apply({'params': params}, x[None], layers), image)[n]
+    for n in layers
+  }
 
   def pass_(shift):
-    zeros = {n: {'f': jnp.zeros(s.shape[-1]), 'ff': jnp.zeros((s.shape[-1],) * 2)}
-             for n, s in widths.items()}
+    zeros = {
+      n: {'f': jnp.zeros(s.shape[-1]), 'ff': jnp.zeros((s.shape[-1],) * 2)}
+      for n, s in widths.items()
+    }
     add = lambda total, t: (jax.tree.map(jnp.add, total, one(image, params, shift, t)), None)  # noqa: E731
     return lax.scan(add, zeros, table)[0]
 
@@ -380,7 +390,10 @@ def moments(params, image: jax.Array, *, model: vgg.VGG, layers: tuple[str, ...]
   if kind == 'gram':
     first = pass_({n: jnp.zeros(s.shape[-1]) for n, s in widths.items()})
     return {n: {'gram': first[n]['ff'] / count[n]} for n in layers}
-  mean = {n: s['f'] / count[n] for n, s in pass_({n: jnp.zeros(s.shape[-1]) for n, s in widths.items()}).items()}
+  mean = {
+    n: s['f'] / count[n]
+    for n, s in pass_({n: jnp.zeros(s.shape[-1]) for n, s in widths.items()}).items()
+  }
   second = pass_(mean)
   out = {}
   for n in layers:

@@ -10,12 +10,15 @@ bench/bench_memory.py and bench/bench_sharding.py.
 
 import functools
 import math
+from typing import NamedTuple
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 
 from nst_jax import errors
 from nst_jax.core import optim
+from nst_jax.core import tiles
 from nst_jax.core import vgg
 from nst_jax.io import weight_checks
 
@@ -44,6 +47,16 @@ _SPATIAL_WHOLE_BYTES_PER_PIXEL = 30
 BYTES_PER_ELEMENT = {'float32': 4, 'bfloat16': 2}
 # Narrower than this a style transfer is not worth suggesting.
 _SMALLEST_SUGGESTED_WIDTH = 64
+# Tile edges the plan tries, largest first (--tiles auto).
+TILE_EDGES = (2048, 1536, 1024, 768, 512, 384, 256, 192, 128, 96, 64, 32)
+# The shortest L-BFGS history the plan takes when tiles alone do not fit:
+# the image-sized history (2m + 4 float32 images) is then most of the memory.
+MIN_PLANNED_HISTORY = 5
+# A tiled step also keeps, per pixel of the whole image: the content
+# targets (relu4_2: 8 floats), the input gradient being summed and its
+# per-tile update, the scan's image-sized temporaries and the targets'
+# tiled pass (bench/bench_memory.py --tiles).
+_TILED_WHOLE_BYTES_PER_PIXEL = 96
 
 
 def per_pixel_bytes(
@@ -115,6 +128,7 @@ def estimate_memory(
   batch: int = 1,
   platform: str = 'cpu',
   spatial_devices: int = 1,
+  tile: int | None = None,
 ) -> int:
   """Peak memory of one step per device in bytes, estimated before compiling anything.
 
@@ -127,6 +141,9 @@ def estimate_memory(
     spatial_devices: devices each image's height is split over (--shard
       spatial): each holds its share of the per-pixel buffers (times the
       measured overhead) and the parts that are not split.
+    tile: the tile edge of a tiled objective (nst_jax.core.tiles), or None:
+      the activations are one window's, the optimiser's state and a few
+      buffers the whole image's.
 
   Returns:
     Bytes.
@@ -144,6 +161,14 @@ def estimate_memory(
     weights += prepared_kernel_bytes(config.loss.feature_layers) + _CPU_RUNTIME_BYTES
   fixed = _FIXED_STEP_BYTES + weights
   pixels = batch * height * width
+  if tile is not None:
+    image_bytes = optimizer_image_buffers(config.optim.name, config.optim.lbfgs_memory) * 3 * 4
+    window = tiles.grid(height, width, tile, config.loss.feature_layers).window
+    return int(
+      fixed
+      + batch * window[0] * window[1] * (per_pixel - image_bytes)
+      + pixels * (image_bytes + _TILED_WHOLE_BYTES_PER_PIXEL)
+    )
   if spatial_devices > 1:
     share = _SPATIAL_SHARE_FACTOR * per_pixel / spatial_devices + _SPATIAL_WHOLE_BYTES_PER_PIXEL
     return int(fixed + pixels * share)
@@ -171,6 +196,101 @@ def available_memory(device: jax.Device | None = None) -> int | None:
   return None
 
 
+class Plan(NamedTuple):
+  """What a run will hold in memory: its tiles, the estimate, and what it may use.
+
+  Attributes:
+    tile: the tile edge (nst_jax.core.tiles), or None: the whole image at once.
+    need: estimated bytes per device with `tile`.
+    have: bytes the run may use (run.memory_limit, else what is free), or
+      None if unknown.
+    untiled: the estimate without tiles.
+    history: a shorter L-BFGS history the plan took to fit, or None.
+  """
+
+  tile: int | None
+  need: int
+  have: int | None
+  untiled: int
+  history: int | None = None
+
+  def line(self, width: int, height: int) -> str:
+    """The plan in one line, for the log."""
+    have = 'unknown' if self.have is None else f'{self.have / 1e9:.1f} GB'
+    if self.tile is None:
+      return (
+        f'A {width}x{height} run needs about {self.need / 1e9:.1f} GB of memory ({have} available).'
+      )
+    why = (
+      f'the whole image at once would need {self.untiled / 1e9:.1f} GB of the {have} it may use'
+      if self.have is not None and self.untiled > self.have
+      else 'as asked'
+    )
+    history = '' if self.history is None else f' and an L-BFGS history of {self.history}'
+    return (
+      f'A {width}x{height} run in tiles of {self.tile} px{history} needs about '
+      f'{self.need / 1e9:.1f} GB of memory ({why}; tiles give the same result, each iteration '
+      'about 1.5x the time).'
+    )
+
+
+def tileable(config) -> bool:
+  """Whether the config's loss can be tiled (nst_jax.core.tiles)."""
+  loss = config.loss
+  return loss.style_loss in tiles.TILED_STYLE_KINDS and not loss.normalize_gradients
+
+
+def _tile_edges(height: int, width: int, config) -> list[int]:
+  align = tiles.alignment(config.loss.feature_layers)
+  return [e for e in TILE_EDGES if e % align == 0 and e < max(height, width)]
+
+
+def _least(height: int, width: int, config, *, spatial_devices: int = 1, **setting) -> int:
+  """The smallest estimate among the plans the config allows (every tile for 'auto')."""
+  needs = [
+    estimate_memory(height, width, config=config, spatial_devices=spatial_devices, **setting)
+  ]
+  tiles_setting = config.loss.tiles
+  if isinstance(tiles_setting, int):
+    needs = [estimate_memory(height, width, config=config, tile=tiles_setting, **setting)]
+  elif tiles_setting == 'auto' and tileable(config) and spatial_devices == 1:
+    edges = _tile_edges(height, width, config)
+    if edges:
+      needs.append(
+        estimate_memory(height, width, config=_shortest(config), tile=edges[-1], **setting)
+      )
+  return min(needs)
+
+
+def _shortest(config):
+  """`config` with the shortest history the plan would take."""
+  if config.optim.name != 'lbfgs':
+    return config
+  return _with(config, lbfgs_memory=min(config.optim.lbfgs_memory, MIN_PLANNED_HISTORY))
+
+
+def _auto(height: int, width: int, config, have: int, **setting) -> tuple[int | None, int | None]:
+  """(tile, shorter history or None): the largest tile that fits, the history shortened if need be.
+
+  A tile's window carries the halo, so small tiles cost time (at 3840x2160,
+  tiles of 96 px compute 7x the pixels, of 1024 px 2x); a shorter history
+  costs some convergence. So the largest tile with at least half the
+  history is taken first, then down to MIN_PLANNED_HISTORY.
+  """
+  o = config.optim
+  if o.name != 'lbfgs':
+    floors = (o.lbfgs_memory,)
+  else:
+    floors = (max(MIN_PLANNED_HISTORY, o.lbfgs_memory // 2), MIN_PLANNED_HISTORY)
+  for floor in floors:
+    for edge in _tile_edges(height, width, config):
+      for m in range(o.lbfgs_memory, min(floor, o.lbfgs_memory) - 1, -1):
+        cfg = config if m == o.lbfgs_memory else _with(config, lbfgs_memory=m)
+        if estimate_memory(height, width, config=cfg, tile=edge, **setting) <= have:
+          return edge, (None if m == o.lbfgs_memory else m)
+  return None, None
+
+
 def check_memory(
   height: int,
   width: int,
@@ -179,19 +299,44 @@ def check_memory(
   batch: int = 1,
   spatial_devices: int = 1,
   can_split: bool = True,
-) -> tuple[int, int | None]:
-  """Raises NstError, naming the estimate and only the changes that would fit, if a run won't.
+) -> Plan:
+  """A run's memory plan: untiled if it fits, else (loss.tiles 'auto') the largest tile that does.
 
-  `can_split`: the run could split each image over devices (run.shard
-  spatial); batches and videos cannot, so it is not suggested to them.
-
-  Returns:
-    (estimated bytes per device, available bytes or None if unknown).
+  Raises NstError, naming the estimate and only the changes that would fit,
+  if no plan fits. `can_split`: the run could split each image over devices
+  (run.shard spatial); batches and videos cannot, so it is not suggested to
+  them.
   """
   device = jax.local_devices()[0]
   setting = dict(batch=batch, platform=device.platform)
-  need = estimate_memory(height, width, config=config, spatial_devices=spatial_devices, **setting)
-  have = available_memory(device)
+  limit = config.run.memory_limit
+  have = int(limit * 1e9) if limit is not None else available_memory(device)
+  untiled = estimate_memory(
+    height, width, config=config, spatial_devices=spatial_devices, **setting
+  )
+  tile = config.loss.tiles if isinstance(config.loss.tiles, int) else None
+  history = None
+  if tile is not None and spatial_devices > 1:
+    raise errors.NstError(
+      'loss.tiles and run.shard spatial do not combine (each device would tile its part of the '
+      "image); use one: loss.tiles 'off', or run.shard jobs"
+    )
+  if (
+    tile is None
+    and config.loss.tiles == 'auto'
+    and have is not None
+    # Every process must compile the same step: free memory differs between
+    # hosts, run.memory_limit does not.
+    and (limit is not None or jax.process_count() == 1)
+    and untiled > have
+    and tileable(config)
+    and spatial_devices == 1
+  ):
+    tile, history = _auto(height, width, config, have, **setting)
+  chosen = config if history is None else _with(config, lbfgs_memory=history)
+  need = (
+    untiled if tile is None else estimate_memory(height, width, config=chosen, tile=tile, **setting)
+  )
   if have is not None and need > have:
     where = f'{device.platform}'
     if spatial_devices > 1:
@@ -205,16 +350,41 @@ def check_memory(
       can_split=can_split,
       **setting,
     )
+    if limit is not None:
+      least = _least(height, width, config=config, spatial_devices=spatial_devices, **setting)
+      fits.append(f'run.memory_limit {math.ceil(least / 1e8) / 10:.1f} or more')
     fix = (
       f'what would fit: {"; or ".join(fits)}'
       if fits
       else 'no smaller setting fits either: free memory or use a device with more'
     )
-    raise errors.NstError(
-      f'a {width}x{height} run needs about {need / 1e9:.1f} GB but only {have / 1e9:.1f} GB is '
-      f'available on {where}; {fix}'
+    available = (
+      f'run.memory_limit is {limit:g} GB'
+      if limit is not None
+      else (f'only {have / 1e9:.1f} GB is available on {where}')
     )
-  return need, have
+    planned = f' in tiles of {tile} px' if tile is not None else ''
+    raise errors.NstError(
+      f'a {width}x{height} run{planned} needs about {need / 1e9:.1f} GB but {available}; {fix}'
+    )
+  return Plan(tile, need, have, untiled, history)
+
+
+def fit(height: int, width: int, *, config, **kwargs):
+  """`config` with its memory plan made (`check_memory`'s arguments) and logged in one line."""
+  plan = check_memory(height, width, config=config, **kwargs)
+  logging.info('%s', plan.line(width, height))
+  return planned(config, [plan])
+
+
+def planned(config, plans: list[Plan]):
+  """`config` with loss.tiles 'auto' made the plans' choice: their smallest tile, else 'off'."""
+  if config.loss.tiles != 'auto':
+    return config
+  chosen = [p.tile for p in plans if p.tile is not None]
+  config = config.replace(loss=config.loss.replace(tiles=min(chosen) if chosen else 'off'))
+  histories = [p.history for p in plans if p.history is not None]
+  return _with(config, lbfgs_memory=min(histories)) if histories else config
 
 
 def fitting_changes(
@@ -237,8 +407,7 @@ def fitting_changes(
   """
 
   def fits(cfg=config, h=height, w=width, split=spatial_devices) -> bool:
-    need = estimate_memory(h, w, config=cfg, batch=batch, platform=platform, spatial_devices=split)
-    return need <= have
+    return _least(h, w, cfg, batch=batch, platform=platform, spatial_devices=split) <= have
 
   changes = []
   # The widest that fits, by bisection (the estimate grows with the width).
@@ -258,6 +427,14 @@ def fitting_changes(
   if platform != 'cpu' and m.dtype == 'float32':
     if fits(config.replace(model=m.replace(dtype='bfloat16'))):
       changes.append('model.dtype bfloat16')
+  if config.loss.tiles == 'off' and tileable(config) and spatial_devices == 1:
+    for edge in _tile_edges(height, width, config):
+      need = estimate_memory(
+        height, width, config=config, batch=batch, platform=platform, tile=edge
+      )
+      if need <= have:
+        changes.append(f'loss.tiles {edge} (or auto)')
+        break
   if can_split and spatial_devices == 1 and batch == 1:
     split = max(k for k in range(1, jax.local_device_count() + 1) if height % k == 0)
     if split > 1 and fits(split=split):

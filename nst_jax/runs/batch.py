@@ -142,12 +142,14 @@ def run_batch(
 def _run_batch(jobs, cfg, weights, record, mesh, plan, recheck) -> dict[str, np.ndarray]:
   """`run_batch` once every output is planned: weights, then the locks and the groups."""
   groups = _plan(jobs, cfg, mesh.size // jax.process_count())
-  for group in groups:
-    per_device = len(group.rows) // mesh.size
-    # run.shard spatial is refused for a batch (run_batch): not suggested.
+  # run.shard spatial is refused for a batch (run_batch): not suggested.
+  plans = [
     memory_lib.check_memory(
-      group.height, group.width, config=cfg, batch=per_device, can_split=False
+      group.height, group.width, config=cfg, batch=len(group.rows) // mesh.size, can_split=False
     )
+    for group in groups
+  ]
+  cfg = memory_lib.planned(cfg, plans)
   w = (
     weights
     if weights is not None

@@ -223,19 +223,13 @@ def planned_output(cfg: config_lib.StyleConfig, output: Path, height: int, **kwa
   )
 
 
-def _check_memory(cfg: config_lib.StyleConfig, layout: sharding_lib.Layout) -> None:
+def _plan_memory(cfg: config_lib.StyleConfig, layout: sharding_lib.Layout):
+  """`cfg` with its memory plan made (loss.tiles resolved), or NstError if nothing fits."""
   # Sizes from the headers, so a huge -w is refused before anything is decoded.
   i = cfg.inputs
   height = inputs_lib.largest_height(i.content_path, cfg.style_paths, cfg)
   spatial = len(layout.mesh.devices.flat) if isinstance(layout, sharding_lib.SpatialLayout) else 1
-  need, have = memory_lib.check_memory(height, i.width, config=cfg, spatial_devices=spatial)
-  logging.info(
-    'A %dx%d run needs about %.1f GB of memory (%s available).',
-    i.width,
-    height,
-    need / 1e9,
-    'unknown' if have is None else f'{have / 1e9:.1f} GB',
-  )
+  return memory_lib.fit(height, i.width, config=cfg, spatial_devices=spatial)
 
 
 def run(cfg: config_lib.StyleConfig) -> Path:
@@ -259,7 +253,7 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   except errors.ImageError as e:
     raise errors.ImageError(f'inputs.content_path: {e}') from None
   layout = layout_for(cfg, height)
-  _check_memory(cfg, layout)
+  cfg = _plan_memory(cfg, layout)
   plan = [planned_output(cfg, output, height)]
   _check_plan(cfg, plan)
   if output_plan.busy(output):  # its checkpoint is a live run's, not an unfinished one

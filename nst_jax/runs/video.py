@@ -218,7 +218,7 @@ def _run_video(cfg: config_lib.StyleConfig, clip, paths: _Paths, height: int, pl
   """`run_video` once its output is planned: inputs, weights, then the locks and the frames."""
   v = cfg.video  # its frames are never split over devices: run.shard is not read
   per_device = -(-clip.count // jax.device_count()) if v.passes > 1 else 1
-  memory_lib.check_memory(height, cfg.inputs.width, config=cfg, batch=per_device, can_split=False)
+  cfg = memory_lib.fit(height, cfg.inputs.width, config=cfg, batch=per_device, can_split=False)
   frames = list(
     video_lib.read_frames(clip, cfg.inputs.width, max_pixels=cfg.inputs.max_image_pixels)
   )
