@@ -186,11 +186,6 @@ def together() -> Iterator[None]:
   agree(failure)
 
 
-def agreed_any(flag: bool) -> bool:
-  """Whether `flag` is true on any process (a collective: every process must call it)."""
-  return agree(None, code=int(bool(flag))) > 0
-
-
 def gather_rows(local: dict[int, np.ndarray], n: int, width: int) -> np.ndarray:
   """Every process's per-job int rows (zeros elsewhere) -> the full [n, width] table."""
   table = np.zeros((n, width), np.int64)
