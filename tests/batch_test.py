@@ -205,9 +205,10 @@ def test_an_image_process_0_cannot_write_stops_both_at_once_with_one_line(tmp_pa
   # Once they run, out0 becomes a file: process 0's next intermediate image
   # cannot be written. Both processes stop at the next read of the losses,
   # save their checkpoints there, and exit 1 with one line naming the
-  # failure, far inside JAX's heartbeat timeout (100 s), which process 1
-  # waited out (or crashed at its next collective) when the failure was
-  # process 0's alone.
+  # failure, far inside JAX's heartbeat timeout (100 s). When the failure
+  # was process 0's alone, process 1 aborted in its next all-gather (SIGABRT
+  # with a stack dump: gloo found process 0 gone), or, where a dead peer's
+  # connection does not close, waited for that timeout.
   (job0, job1) = distributed_cases.sample_jobs(tmp_path, 2)
   jobs = tmp_path / 'jobs.csv'
   jobs.write_text(
