@@ -183,6 +183,67 @@ def test_a_signal_to_one_process_stops_both_after_saving(tmp_path, caffe_npz):
     assert checkpoint_lib.read(checkpoint_lib.path_for(out / f'c{i}_s{i}.png'))['iteration'] == at
 
 
+def test_a_finished_two_process_run_shuts_the_runtime_down_on_both(tmp_path, caffe_npz):
+  # Left to Python's exit, process 0 once died tearing down the coordination
+  # service it hosts (gRPC 'Check failed: queue.Pop() == nullptr', SIGABRT)
+  # after a successful run: now every process shuts the runtime down
+  # together before exit (distributed.finish), and says so.
+  jobs = _jobs_file(tmp_path, n=2)
+  commands = _commands(jobs, caffe_npz, tmp_path / 'out', 2, '-i', '2', '--checkpoint_every', '0')
+  procs = _start(commands, 4, tmp_path)
+  logs = _finish(procs, timeout=300)
+  for p, (proc, err) in enumerate(zip(procs, logs, strict=True)):
+    assert proc.returncode == 0, err[-3000:]
+    assert f'process {p}: shut down the distributed runtime' in err, err[-3000:]
+    # The last thing each process did: nothing of the run came after it.
+    assert 'saved' not in err.split('shut down the distributed runtime', 1)[1]
+  assert len(_pngs(tmp_path / 'out')) == 2
+
+
+def test_an_image_process_0_cannot_write_stops_both_at_once_with_one_line(tmp_path, caffe_npz):
+  # Job 0 (process 0's) writes into out0/, job 1 (process 1's) into out1/.
+  # Once they run, out0 becomes a file: process 0's next intermediate image
+  # cannot be written. Both processes stop at the next read of the losses,
+  # save their checkpoints there, and exit 1 with one line naming the
+  # failure, far inside JAX's heartbeat timeout (100 s). When the failure
+  # was process 0's alone, process 1 aborted in its next all-gather (SIGABRT
+  # with a stack dump: gloo found process 0 gone), or, where a dead peer's
+  # connection does not close, waited for that timeout.
+  (job0, job1) = distributed_cases.sample_jobs(tmp_path, 2)
+  jobs = tmp_path / 'jobs.csv'
+  jobs.write_text(
+    'content,style,output\n'
+    f'{job0.content},{job0.style[0]},{tmp_path / "out0" / "a.png"}\n'
+    f'{job1.content},{job1.style[0]},{tmp_path / "out1" / "b.png"}\n'
+  )
+  ckpt_dir = tmp_path / 'ckpt'
+  extra = ('-i', '100000', '--save_iter', '2', '--checkpoint_dir', str(ckpt_dir))
+  procs = _start(_commands(jobs, caffe_npz, tmp_path / 'out', 2, *extra), 4, tmp_path)
+  outputs = (tmp_path / 'out0' / 'a.png', tmp_path / 'out1' / 'b.png')
+  ckpts = [checkpoint_lib.path_for(o, ckpt_dir) for o in outputs]
+  deadline = time.monotonic() + 300
+  while not all(c.exists() and checkpoint_lib.read(c)['iteration'] >= 3 for c in ckpts):
+    assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+    time.sleep(0.05)
+  (tmp_path / 'out0').rename(tmp_path / 'out0.moved')
+  (tmp_path / 'out0').write_text('not a directory')
+  t0 = time.monotonic()
+  logs = _finish(procs, timeout=120)
+  assert time.monotonic() - t0 < 30
+  stopped = set()
+  for proc, err in zip(procs, logs, strict=True):
+    assert proc.returncode == 1, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith('error: ')]
+    assert len(lines) == 1 and 'Traceback' not in err, err[-3000:]
+    assert f'could not write {tmp_path / "out0" / "a_0000"}' in lines[0], lines[0]
+    # Each process names its own job's checkpoint, saved where both stopped.
+    at = int(re.search(r'holds iteration (\d+): continue with --resume$', lines[0]).group(1))
+    stopped.add(at)
+  assert lines[0].startswith('error: process 0: could not write')  # process 1's line
+  (at,) = stopped
+  assert [checkpoint_lib.read(c)['iteration'] for c in ckpts] == [at, at]
+
+
 def test_two_processes_download_the_weights_once(tmp_path):
   import hashlib
 

@@ -673,3 +673,43 @@ def test_resume_from_a_damaged_checkpoint_keeps_every_file(tmp_path, images, caf
       run(_cfg(content, style, out, caffe_npz, iterations=6, resume=True))
     assert str(e.value).startswith(message) and '\n' not in str(e.value), str(e.value)
     assert _digests(out.parent) == before
+
+
+def test_a_stop_whose_checkpoint_cannot_be_written_names_the_one_kept(
+  tmp_path, caffe_npz, monkeypatch
+):
+  # Two scales of 3 iterations: the first scale's last checkpoint (iteration
+  # 3) is written; the save at a stop in the second scale fails as on a full
+  # disk (the writer warns and the run goes on). The message said 'saved
+  # x.ckpt' there, and counted the kept one from the second scale's start.
+  from nst_jax import config as config_lib
+
+  rgb = np.random.default_rng(0).uniform(size=(32, 32, 3)).astype(np.float32)
+  cfg = config_lib.StyleConfig(
+    loss=small_runs.loss_config(),
+    schedule=config_lib.ScheduleConfig(iterations=6, scales=2),
+    run=config_lib.RunConfig(print_iter=0),
+  )
+  ckpt = tmp_path / 'x.ckpt'
+  polls = []
+
+  def should_stop():
+    polls.append(1)
+    return 15 if len(polls) == 5 else None  # after iteration 5, the second scale's 2nd
+
+  real_write = checkpoint_lib.write
+
+  def write(path, payload):
+    if payload['scale'] == 1:
+      raise errors.WriteError(f'could not write {path}: No space left on device')
+    return real_write(path, payload)
+
+  monkeypatch.setattr(checkpoint_lib, 'write', write)
+  with pytest.raises(errors.Interrupted) as e:
+    stylize(rgb, rgb, config=cfg, weights=caffe_npz, checkpoint=ckpt, should_stop=should_stop)
+  assert str(e.value) == (
+    f'interrupted by signal 15 after iteration 5; the checkpoint {ckpt} could not be written at '
+    'iteration 5 and holds iteration 3: continue from there with run.resume'
+  )
+  payload = checkpoint_lib.read(ckpt)
+  assert (payload['scale'], payload['iteration']) == (0, 3)

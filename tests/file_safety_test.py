@@ -482,3 +482,35 @@ def test_an_image_saved_on_a_signal_replaces_no_file(tmp_path):
   assert (tmp_path / 'r_00008.png').exists()
   assert image_lib.load_image(tmp_path / 'r_00010.png').shape == (4, 4, 3)
   assert results.saved[0] == ['r_00008.png', 'r_00010.png']  # what the record will claim
+
+
+def test_a_full_disk_at_the_end_names_the_iteration_its_checkpoint_holds(
+  tmp_path, caffe_npz, monkeypatch
+):
+  # The same full disk fails the last checkpoint's save (the writer warns
+  # and goes on) and the result: the checkpoint kept is iteration 2's, and
+  # --resume runs from there; the message said it would give the result.
+  _images(tmp_path)
+  cfg = _cfg(tmp_path, caffe_npz, record=False)
+  cfg = cfg.replace(run=cfg.run.replace(checkpoint_every=1))
+  real_save, real_write = Image.Image.save, checkpoint_lib.write
+
+  def full(self, fp, *args, **kwargs):
+    if str(fp).startswith(str(tmp_path / '.r.png.')):
+      raise OSError(28, os.strerror(28))
+    return real_save(self, fp, *args, **kwargs)
+
+  def write(path, payload):
+    if payload['iteration'] == 3:
+      raise errors.WriteError(f'could not write {path}: No space left on device')
+    return real_write(path, payload)
+
+  monkeypatch.setattr(Image.Image, 'save', full)
+  monkeypatch.setattr(checkpoint_lib, 'write', write)
+  with pytest.raises(errors.WriteError) as e:
+    pipeline.run(cfg)
+  assert str(e.value).endswith(
+    f'; the checkpoint {tmp_path / "r.ckpt"} could not be written at the end either and holds '
+    'iteration 2 of scale 1: continue from there with run.resume'
+  )
+  assert checkpoint_lib.read(tmp_path / 'r.ckpt')['iteration'] == 2

@@ -151,7 +151,7 @@ def test_a_non_finite_image_never_replaces_a_good_checkpoint(tmp_path):
   # Checked when a save is due (4): the iteration is numbered across scales.
   with pytest.raises(errors.NonFinite, match='iteration 24;'):
     loop.run_loop(step, _state(), None, None, info=info, hooks=[ckpt])
-  assert ckpt.last_saved == 2
+  assert ckpt.last_saved == 22  # numbered across scales, as the message says it
   assert checkpoint_lib.read(tmp_path / 'a.ckpt')['iteration'] == 2
 
 
@@ -165,7 +165,7 @@ class _Clock:
     return self.now
 
 
-def _saved_iterations(tmp_path, clock, **kwargs):
+def _saved_iterations(tmp_path, clock, sync=loop.host_sync, **kwargs):
   """Runs 25 iterations of 2 s each on `clock`, checkpointing with `kwargs`."""
 
   def step(state, params, targets):
@@ -183,7 +183,7 @@ def _saved_iterations(tmp_path, clock, **kwargs):
     **kwargs,
   )
   info = loop.LoopInfo(start=0, total=25, rows=(0,))
-  loop.run_loop(step, _state(), None, None, info=info, hooks=[ckpt])
+  loop.run_loop(step, _state(), None, None, info=info, hooks=[ckpt], sync=sync)
   assert checkpoint_lib.read(tmp_path / 'a.ckpt')['iteration'] == 25
 
 
@@ -205,23 +205,76 @@ def test_checkpoints_by_seconds_as_well_as_by_iterations(tmp_path, monkeypatch):
   assert iterations == [25]  # neither: only the last
 
 
-def test_several_processes_agree_on_time_every_ten_iterations(tmp_path, monkeypatch):
-  iterations, asked = [], []
+def test_several_processes_agree_on_time_in_the_read_of_the_losses(tmp_path, monkeypatch):
+  iterations, flags = [], []
   real_snapshot = checkpoint_lib.snapshot
 
   def snapshot(state, **kwargs):
     iterations.append(kwargs['iteration'])
     return real_snapshot(state, **kwargs)
 
-  def agree(due):  # as distributed.agreed_any: another process's clock said due at 20
-    asked.append(due)
-    return due or len(asked) == 2
+  def sync(pending, flag):  # as JobsLayout.sync: another process's clock says due at 20
+    flags.append(flag)
+    host, _ = loop.host_sync(pending, flag)
+    return host, np.asarray([flag, loop.SAVE_DUE if len(flags) == 20 else 0])
+
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(checkpoint_lib, 'snapshot', snapshot)
+  _saved_iterations(tmp_path, _Clock(), every=0, seconds=50.0, sync=sync)
+  # The wish travels in the flag of each read (one per iteration here), with
+  # no collective of its own; this clock (2 s an iteration) never said due.
+  assert flags == [0] * 25
+  assert iterations == [20, 25]
+
+
+def test_a_run_of_several_scales_counts_from_the_last_checkpoint_of_the_scale_before(
+  tmp_path, monkeypatch
+):
+  # Each scale has its own Checkpoints. Counted from each scale's start, the
+  # time test waited out the next scale's compile again (here 30 s) and a
+  # stop's message lost the checkpoint the scale before had written.
+  clock = _Clock()
+
+  def step(state, params, targets):
+    clock.now += 2.0
+    zeros = jnp.zeros(2)
+    return StyleState(state.image + 1, None), dict.fromkeys(('total', 'content', 'style', 'tv'),
+                                                            zeros)  # fmt: skip
+
+  snapshots = []
+  real_snapshot = checkpoint_lib.snapshot
+
+  def snapshot(state, **kwargs):
+    snapshots.append((kwargs['scale'][0], kwargs['iteration']))
+    return real_snapshot(state, **kwargs)
 
   monkeypatch.setattr(checkpoint_lib, 'snapshot', snapshot)
-  _saved_iterations(tmp_path, _Clock(), every=0, seconds=50.0, agree=agree)
-  # Asked (one collective) only at 10 and 20 (20 s and 40 s here, under 50).
-  assert asked == [False, False]
-  assert iterations == [20, 25]
+  saved, previous = [], None
+  for scale, compile_s in ((0, 0.0), (1, 30.0)):
+    clock.now += compile_s
+    ckpt = hooks.Checkpoints(
+      {0: tmp_path / 'a.ckpt'},
+      every=0,
+      settings={0: {}},
+      finite=lambda image: np.asarray(hooks.rows_finite(image)),
+      row_states=lambda state: {r: {'image': np.asarray(x)} for r, x in enumerate(state.image)},
+      seconds=40.0,
+      clock=clock,
+      last_saved=None if previous is None else previous.last_saved,
+      t_saved=None if previous is None else previous.t_saved,
+    )
+    info = loop.LoopInfo(start=0, total=10, scale=scale, scales=2, offset=10 * scale, rows=(0,))
+    loop.run_loop(step, _state(), None, None, info=info, hooks=[ckpt])
+    saved.append(ckpt.last_saved)
+    previous = ckpt
+    if scale == 0:
+      # Before any save at the second scale, the first one's is the last.
+      assert (ckpt.last_saved, ckpt.t_saved) == (10, 20.0)
+  # Scale 2: the last save was at 20 s and its loop starts at 50 s, so a
+  # save is due at 60 s, its iteration 5 (counted from 50 s: iteration 20,
+  # never reached); then its last.
+  assert snapshots == [(0, 10), (1, 5), (1, 10)]
+  assert saved == [10, 20]
 
 
 def test_a_checkpoint_by_time_waits_for_a_read_so_its_convergence_history_is_current(tmp_path):

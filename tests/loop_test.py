@@ -185,3 +185,93 @@ def test_non_finite_losses_read_later_name_their_own_iteration():
     loop.run_loop(
       _step, 0, None, [3.0, 2.0, np.nan, 1.0, 1.0], info=loop.LoopInfo(0, 5), sync_every=4
     )
+
+
+class _FailsAt(loop.Hook):
+  """A hook that raises at one iteration (an intermediate image that cannot be written)."""
+
+  def __init__(self, at):
+    self.at = at
+
+  def after_step(self, view):
+    if view.iteration == self.at:
+      raise errors.WriteError(f'could not write x_{view.iteration}.png: Permission denied')
+
+
+def test_a_hook_failure_stops_the_loop_at_the_next_read_after_the_hooks_saw_it():
+  # One process reads after every iteration: the failure at 3 makes 4 the
+  # last, which the hooks see as such (a checkpoint is saved), then it raises.
+  rec = Recorder()
+  sync = _CountingSync()
+  with pytest.raises(errors.WriteError, match='x_3.png'):
+    loop.run_loop(
+      _rows_step, 0, None, None, info=loop.LoopInfo(0, 10, rows=(0,)), hooks=[_FailsAt(3), rec],
+      sync=sync, sync_every=5,
+    )  # fmt: skip
+  # The hook after the failing one still ran at 3 (its collectives, if any,
+  # stay in step with the other processes'); 4 was read at once, flagged.
+  assert rec.events[1:] == [
+    ('after', 1, False, None, None),
+    ('after', 2, False, None, None),
+    ('after', 3, False, None, None),
+    ('after', 4, True, 'failed', None),
+    ('end', 4),
+  ]
+  assert sync.calls == [(4, loop.FAILED)]
+
+
+def test_several_processes_agree_a_failure_in_the_next_read_and_share_it_after(monkeypatch):
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  sync = _CountingSync()
+  agreed = []
+
+  def agree(error):  # as distributed.agree: every process's error, shared
+    agreed.append(error)
+    if error is not None:
+      raise errors.NstError(f'process 0: {error}')
+
+  rec = Recorder()
+  with pytest.raises(errors.NstError, match=r'^process 0: could not write x_2.png'):
+    loop.run_loop(
+      _rows_step, 0, None, None, info=loop.LoopInfo(0, 10, rows=(0,)), hooks=[_FailsAt(2), rec],
+      sync=sync, sync_every=4, agree=agree,
+    )  # fmt: skip
+  # Several processes read only at the iterations they all share (every
+  # 4th): the failure at 2 travels with the read at 4, the last everywhere.
+  assert sync.calls == [(4, loop.FAILED)]
+  assert rec.events[-2:] == [('after', 4, True, 'failed', None), ('end', 4)]
+  assert len(agreed) == 1 and isinstance(agreed[0], errors.WriteError)
+
+
+def test_another_process_failure_ends_this_one_at_the_same_read(monkeypatch):
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  agreed = []
+
+  def agree(error):
+    agreed.append(error)
+    raise errors.NstError('process 1: could not write y_6.png')
+
+  calls = []
+
+  def counting_sync(pending, flag):
+    calls.append(flag)
+    host, flags = loop.host_sync(pending, flag)
+    return host, np.asarray([*flags, loop.FAILED if len(calls) == 2 else 0])
+
+  rec = Recorder()
+  with pytest.raises(errors.NstError, match='^process 1: could not write y_6.png$'):
+    loop.run_loop(
+      _rows_step, 0, None, None, info=loop.LoopInfo(0, 12, rows=(0,)), hooks=[rec],
+      sync=counting_sync, sync_every=4, agree=agree,
+    )  # fmt: skip
+  assert calls == [0, 0]
+  assert rec.events[-2:] == [('after', 8, True, 'failed', None), ('end', 8)]
+  assert agreed == [None]  # this process had nothing to share, and learns the other's
+
+
+def test_merge_flags_takes_the_largest_signal_and_any_bit():
+  assert loop.merge_flags([0, 0]) == (0, 0)
+  assert loop.merge_flags([15, 2 | loop.FAILED, loop.SAVE_DUE]) == (15, loop.FAILED | loop.SAVE_DUE)
+  # As JobsLayout's read brings them: float32, one per row.
+  table = np.asarray([1.0, 15.0 + loop.SAVE_DUE], np.float32)
+  assert loop.merge_flags(table) == (15, loop.SAVE_DUE)

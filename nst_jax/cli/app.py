@@ -30,6 +30,7 @@ The options you need first (all flags, alphabetically, follow):
 
 import signal
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -164,26 +165,40 @@ def _main() -> None:
       distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     else:
       logging.info('%s', distributed.platform_line())
-    cfg = config_from_flags()
-    if FLAGS.video or video.is_video_file(cfg.inputs.content_path):
-      video_pipeline.run_video(cfg)
-      return
-    batch = _batch_jobs(cfg)
-    if batch is None and FLAGS.distributed:
-      # Every process runs this command: a single job too must be owned by
-      # one process, or each would compute and write it.
-      batch = [jobs_lib.Job(cfg.inputs.content_path, cfg.style_paths)]
-    if batch is None:
-      nst_jax.run(cfg)
-    else:
-      batch_lib.run_batch(batch, cfg, inputs=[FLAGS.jobs] if FLAGS.jobs else ())
+    _run(config_from_flags())
+    # Every process, process 0 (the coordination service's host) included,
+    # leaves the runtime together before Python's exit tears anything down.
+    distributed.finish()
   except nst_jax.NstError as e:
     print(f'error: {spelling.for_command_line(str(e))}', file=sys.stderr)
     distributed.leave(getattr(e, 'exit_code', 1))
+  except Exception:
+    if not FLAGS.distributed:
+      raise
+    # A bug on this process: the others learned of it (an agreement) and
+    # left; JAX's exit barrier would wait for them until its timeout.
+    traceback.print_exc()
+    distributed.leave(1)
   except KeyboardInterrupt:
     # Before the loop starts (loading, compiling) there is nothing to save yet.
     print('error: interrupted before the first iteration; nothing was written', file=sys.stderr)
     sys.exit(130)
+
+
+def _run(cfg: nst_jax.StyleConfig) -> None:
+  """A video, a batch, or a single image, as the flags say."""
+  if FLAGS.video or video.is_video_file(cfg.inputs.content_path):
+    video_pipeline.run_video(cfg)
+    return
+  batch = _batch_jobs(cfg)
+  if batch is None and FLAGS.distributed:
+    # Every process runs this command: a single job too must be owned by
+    # one process, or each would compute and write it.
+    batch = [jobs_lib.Job(cfg.inputs.content_path, cfg.style_paths)]
+  if batch is None:
+    nst_jax.run(cfg)
+  else:
+    batch_lib.run_batch(batch, cfg, inputs=[FLAGS.jobs] if FLAGS.jobs else ())
 
 
 def _batch_jobs(cfg: nst_jax.StyleConfig) -> list[jobs_lib.Job] | None:

@@ -16,6 +16,9 @@ host-side decisions every process must take alike.
     losses (nst_jax.engine.loop, `Layout.sync`).
   * Weights: process 0 fetches them first; the others wait at a barrier and
     then load (and so verify) them, downloading only if their disk has no copy.
+  * Ending: a successful run shuts JAX's distributed runtime down on every
+    process together (`finish`); a failure, once agreed, leaves at once
+    (`leave`).
 """
 
 from collections.abc import Iterator, Sequence
@@ -149,6 +152,29 @@ def leave(code: int) -> NoReturn:
   sys.exit(code)
 
 
+def finish() -> None:
+  """Ends a successful multi-process run: every process shuts the distributed runtime down.
+
+  For code that owns the process (the command line), after its last
+  collective. Process 0 hosts JAX's coordination service; left to Python's
+  exit, it tore the service down while another process was still leaving
+  (once in a two-process batch test: `F... server.cc:584] Check failed:
+  queue.Pop() == nullptr`, process 0 killed by SIGABRT after a successful
+  run), as marin-community/marin#8276 saw. So every process first agrees
+  that all work is done, then calls `jax.distributed.shutdown()`, whose
+  client shutdown is a barrier of all processes; only after it does process
+  0 stop the service (JAX's order: client, then service), so no process is
+  still connected when it goes. JAX's own exit hook calls the same function
+  again, which does nothing once the runtime is down.
+  """
+  if jax.process_count() == 1 or not jax.distributed.is_initialized():
+    return
+  index = jax.process_index()
+  agree(None)
+  jax.distributed.shutdown()
+  logging.info('process %d: shut down the distributed runtime', index)
+
+
 @contextlib.contextmanager
 def together() -> Iterator[None]:
   """Runs the block; afterwards every process learns whether any failed (see `agree`)."""
@@ -158,11 +184,6 @@ def together() -> Iterator[None]:
   except Exception as e:  # noqa: BLE001 (shared, then re-raised by agree)
     failure = e
   agree(failure)
-
-
-def agreed_any(flag: bool) -> bool:
-  """Whether `flag` is true on any process (a collective: every process must call it)."""
-  return agree(None, code=int(bool(flag))) > 0
 
 
 def gather_rows(local: dict[int, np.ndarray], n: int, width: int) -> np.ndarray:

@@ -57,6 +57,9 @@ class GroupRun:
     self.e = engine
     self.layout = engine.layout
     self.saved_images: list = []  # what on_intermediate last wrote
+    # The last checkpoint (iteration across scales) and when: one scale's
+    # Checkpoints hands them to the next.
+    self.last_saved, self.t_saved = None, None
     self.rows = dict(rows)
     self.real = tuple(real)
     self.watch = watch
@@ -103,6 +106,7 @@ class GroupRun:
       start = 0
       convergence = self._convergence()
       if resume is not None and k == resume.scale:
+        self.last_saved = offset + resume.iteration  # what the checkpoints hold
         state = self._restore(st, convergence)
         if resume.iteration >= stage.iterations or convergence.all_converged():
           x, offset = state.image, offset + stage.iterations  # this stage is complete
@@ -316,7 +320,8 @@ class GroupRun:
       row_states=self._row_states,
       extra=convergence.state,
       seconds=watch.checkpoint_seconds,
-      agree=distributed.agreed_any if jax.process_count() > 1 else None,
+      last_saved=self.last_saved,
+      t_saved=self.t_saved,
     )
     hooks = [hooks_lib.make_progress(watch.progress, watch.print_iter, watch.prefix)]
     if watch.history is not None:
@@ -339,11 +344,11 @@ class GroupRun:
       )
     return hooks, checkpoints
 
-  def _non_finite(self, err, checkpoints, offset) -> errors.NonFinite:
+  def _non_finite(self, err, checkpoints) -> errors.NonFinite:
     kept = ''
     if checkpoints.last_saved is not None and checkpoints.paths:
       names = ', '.join(str(p) for p in checkpoints.paths.values())
-      kept = f'the last finite state is in {names} (iteration {offset + checkpoints.last_saved}); '
+      kept = f'the last finite state is in {names} (iteration {checkpoints.last_saved}); '
     return errors.NonFinite(
       err.iteration,
       f'the loss became non-finite at iteration {err.iteration}; {kept}lower the weights or '
@@ -412,26 +417,34 @@ class GroupRun:
         sync_also=(
           self.watch.print_iter,
           self.watch.checkpoint_every,
-          hooks_lib.Checkpoints.AGREE_EVERY if self.watch.checkpoint_seconds else 0,
+          hooks_lib.Checkpoints.SYNC_EVERY if self.watch.checkpoint_seconds else 0,
         ),
         local_rows=self.layout.host_rows,
+        agree=distributed.agree if jax.process_count() > 1 else loop_lib.raise_own,
       )
     except errors.NonFinite as err:
-      raise self._non_finite(err, checkpoints, offset) from None
+      raise self._non_finite(err, checkpoints) from None
+    except errors.NstError as err:
+      # A hook's failure (an image that cannot be written), agreed by every
+      # process: the loop stopped at the next read and saved the checkpoints.
+      kept = checkpoints.kept()
+      if kept and len(err.args) == 1:
+        err.args = (f'{err}; {kept}',)
+      raise
+    finally:
+      self.last_saved, self.t_saved = checkpoints.last_saved, checkpoints.t_saved
     if self.record is not None:
       self.record.setdefault('scales', []).append(
         self._stage_record(st, result, total, compile_s, time.perf_counter() - t0, compiled)
       )
     if result.reason == 'signal':
-      names = [str(p) for p in checkpoints.paths.values()]
-      names += [str(p) for p in self.saved_images]
       # Only what was written is named, and resuming is offered only from a
-      # checkpoint (an array run without one saved nothing).
-      saved = f'saved {", ".join(names)}' if names else 'nothing was saved'
-      then = '; continue with run.resume' if checkpoints.paths else ''
+      # checkpoint that holds a state (an array run without one saved nothing).
+      images = ', '.join(str(p) for p in self.saved_images)
+      said = '; '.join(x for x in (images and f'saved {images}', checkpoints.kept()) if x)
       raise errors.Interrupted(
         f'interrupted by signal {result.signum} after iteration {offset + result.iteration}; '
-        f'{saved}{then}',
+        f'{said or "nothing was saved"}',
         result.signum,
       )
     return result.state.image

@@ -149,22 +149,34 @@ class Checkpoints(Hook):
 
   Every `every` iterations, at the first sync of the loop (`StepView.synced`)
   after `seconds` have passed since the last save, at the last iteration of
-  a scale, and when a signal stops the run. The images must be finite
-  (checked across every process alike), so a good
+  a scale, and when a signal or a failure stops the run. The time test
+  rides in the loop's sync (`save_due`, agreed with the losses), so every
+  process saves at the same iteration with no collective of its own. The
+  images must be finite (checked across every process alike), so a good
   checkpoint is never replaced by a broken one. The state is copied to the
   host at once (the step donates it); serialising and writing it run on a
   `checkpoint_lib.Writer` thread while the next iterations go on, and `end`
   waits for the write, so a stage (or a stop by signal) ends with its
   checkpoint whole on disk.
 
+  A run of several scales makes one of these per scale and hands the
+  previous one's `last_saved` and `t_saved` to the next, so the time test
+  and the messages count from the last save, not from the scale's start.
+
   Attributes:
-    last_saved: the last iteration (at this scale) whose checkpoint is written
-      (or being written, by the time anyone reads it after `end`), or None.
+    last_saved: the last iteration (numbered across scales) whose checkpoint
+      is written (or being written, by the time anyone reads it after
+      `end`), or None.
+    last_tried: the last iteration (across scales) this one began to save,
+      or None: after a failed write it is ahead of `last_saved`.
+    t_saved: when the last save began (`clock`), or None before the first
+      scale begins.
   """
 
-  # With several processes the time test must give one answer everywhere:
-  # it is agreed (one small collective) on every this many iterations only.
-  AGREE_EVERY = 10
+  # A checkpoint by time waits for a sync (its convergence history must be
+  # current); with `seconds` set the engine makes at least every this many
+  # iterations one, whatever --read_every is.
+  SYNC_EVERY = 10
 
   def __init__(
     self,
@@ -176,43 +188,39 @@ class Checkpoints(Hook):
     row_states: Callable[[Any], dict[int, Any]],
     extra: Callable[[int], dict] | None = None,
     seconds: float = 0.0,
-    agree: Callable[[bool], bool] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    last_saved: int | None = None,
+    t_saved: float | None = None,
   ):
-    """`agree(due) -> due anywhere`, for several processes (None: one process)."""
     self.extra = extra
     self.paths = dict(paths)
     self.every = every
     self.seconds = seconds
-    self.agree = agree
     self.clock = clock
     self.settings = settings
     self.finite = finite
     self.row_states = row_states
     self.writer = checkpoint_lib.Writer()
-    self.last_saved: int | None = None
+    self.last_saved = last_saved
+    self.last_tried: int | None = None
+    self.t_saved = t_saved
 
   def begin(self, info: LoopInfo) -> None:
     self.info = info
-    self.last_saved = info.start or None
-    self.t_saved = self.clock()
+    if info.start:  # resumed: the checkpoint it read holds this iteration
+      self.last_saved = info.offset + info.start
+    if info.start or self.t_saved is None:
+      self.t_saved = self.clock()
 
-  def _due_by_time(self, view: StepView) -> bool:
-    # Only at a sync: the convergence history a checkpoint keeps (`extra`)
-    # is the last sync's, and must reach the saved state's iteration, or a
-    # resumed run tests convergence over other iterations. The engine makes
-    # every AGREE_EVERY-th iteration a sync when `seconds` is set.
-    if not self.seconds or not view.synced:
-      return False
-    if self.agree is None:
-      return self.clock() - self.t_saved >= self.seconds
-    if view.iteration % self.AGREE_EVERY:
-      return False
-    return self.agree(self.clock() - self.t_saved >= self.seconds)
+  def save_due(self) -> bool:
+    return self.seconds > 0 and self.clock() - self.t_saved >= self.seconds
 
   def after_step(self, view: StepView) -> None:
     timely = view.last or is_time(view.iteration, self.every, self.info.total)
-    if not (timely or self._due_by_time(view)):
+    # By time only at a sync: the convergence history a checkpoint keeps
+    # (`extra`) is the last sync's, and must reach the saved state's
+    # iteration, or a resumed run tests convergence over other iterations.
+    if not (timely or (self.seconds and view.save_due)):
       return
     self.t_saved = self.clock()
     ok = self.finite(view.state.image)
@@ -234,7 +242,8 @@ class Checkpoints(Hook):
       for r in self.paths
     }
     del states
-    self.writer.submit(lambda: self._write(payloads, view.iteration))
+    self.last_tried = view.global_iteration
+    self.writer.submit(lambda: self._write(payloads, view.global_iteration))
 
   def _write(self, payloads: dict[int, dict], iteration: int) -> None:
     saved = True
@@ -251,6 +260,25 @@ class Checkpoints(Hook):
 
   def end(self, view: StepView | None) -> None:
     self.writer.wait()
+
+  def kept(self) -> str:
+    """What the checkpoints hold after a stop, and how to go on ('' without any); after `end`.
+
+    A checkpoint that could not be written at the stop (a full disk: the
+    writer only warns) leaves the previous one, named with its own iteration.
+    """
+    if not self.paths:
+      return ''
+    names = ', '.join(str(p) for p in self.paths.values())
+    saved, tried = self.last_saved, self.last_tried
+    if saved is None:
+      return f'no checkpoint was written to {names}: a rerun starts afresh'
+    if tried is None or tried == saved:
+      return f'the checkpoint {names} holds iteration {saved}: continue with run.resume'
+    return (
+      f'the checkpoint {names} could not be written at iteration {tried} and holds iteration '
+      f'{saved}: continue from there with run.resume'
+    )
 
 
 class Intermediates(Hook):

@@ -19,13 +19,26 @@ process runs the same collectives in the same order. A hook reads only the
 copy the last sync made (`StepView.losses`; `StepView.synced` tells whether
 it is this iteration's).
 
-Stopping: at a sync the loop learns the agreed stop flag and runs the
-schedule's convergence test over every iteration read (`StepView.history`);
-either ends the loop after the hooks have seen the iteration as the last
-(so checkpoints and images are saved). On one process the stop flag is
-polled after every iteration (no collective), and a signal makes that
-iteration a sync. Non-finite losses raise `errors.NonFinite` at the sync
-that reads them, naming the first iteration they appeared at.
+Stopping: at a sync the loop learns the agreed flags (`merge_flags`: the
+largest signal number, whether any process's hook failed, whether any
+process's clock says a checkpoint is due) and runs the schedule's
+convergence test over every iteration read (`StepView.history`); a signal,
+a failure or convergence ends the loop after the hooks have seen the
+iteration as the last (so checkpoints and images are saved). On one process
+the flags are polled after every iteration (no collective), and a signal or
+a failure makes that iteration a sync. Non-finite losses raise
+`errors.NonFinite` at the sync that reads them, naming the first iteration
+they appeared at.
+
+Failures in hooks. A hook that raises (an intermediate image that cannot be
+written, a preview error) may do so on one process only. The loop keeps the
+first such error, goes on calling every hook (a hook's collective, such as
+the checkpoints' finiteness check, must run on every process alike), and
+sends the failure with the flags of the next sync; that iteration is then
+the last on every process (its checkpoint is saved, reason 'failed'). After
+the last iteration every process shares its error in one agreement (`agree`,
+also for a failure after the last sync), so all of them raise it within one
+sync period instead of waiting at a collective for JAX's heartbeat timeout.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +56,19 @@ from nst_jax import errors
 # a signal waits for the loop to save its state (hooks.exit_on_signals);
 # before it there is nothing a run would lose.
 ITERATED = threading.Event()
+
+# A process's flag at a sync, one int: the signal number that stops it (0:
+# none) in the low byte, where the largest over the processes wins, and
+# above it bits that any process may set (their OR over the processes).
+SIGNAL_BITS = 0xFF
+FAILED = 1 << 8  # a hook of this process raised (the error is agreed after the loop)
+SAVE_DUE = 1 << 9  # a hook of this process asks for a save now (Hook.save_due)
+
+
+def merge_flags(flags: Sequence[int] | np.ndarray) -> tuple[int, int]:
+  """Every process's flag (any number of copies of each) -> (largest signal, OR of the bits)."""
+  values = np.asarray(flags).astype(np.int64).reshape(-1)
+  return int((values & SIGNAL_BITS).max()), int(np.bitwise_or.reduce(values & ~SIGNAL_BITS))
 
 
 def is_time(iteration: int, every: int, total: int) -> bool:
@@ -82,7 +108,10 @@ class StepView:
     synced: whether the losses were read at this iteration (a sync).
     last: whether the loop ends after this iteration (set before hooks run).
     stopping: the signal number that ends the run, or None.
-    reason: why the loop ends ('iterations', 'converged', 'signal'), or None.
+    reason: why the loop ends ('iterations', 'converged', 'signal',
+      'failed': a hook raised on some process), or None.
+    save_due: some hook of some process asked for a save at this sync
+      (`Hook.save_due`: a checkpoint by time); False between syncs.
     elapsed_s: seconds since the loop started (when the view was made).
   """
 
@@ -103,6 +132,7 @@ class StepView:
     self.last = False
     self.stopping: int | None = None
     self.reason: str | None = None
+    self.save_due = False
     self.elapsed_s = elapsed_s
     self._clock = clock
     self._rate: float | None = None
@@ -159,9 +189,10 @@ class StepView:
 
 def host_sync(
   pending: Sequence[Mapping[str, jax.Array]], flag: int
-) -> tuple[list[dict[str, np.ndarray]], int]:
+) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
   """The default `sync` of one process: one copy of every pending loss; the flag as it is."""
-  return [{k: np.asarray(v) for k, v in losses.items()} for losses in jax.device_get(pending)], flag
+  host = [{k: np.asarray(v) for k, v in losses.items()} for losses in jax.device_get(pending)]
+  return host, np.asarray([flag])
 
 
 class Hook:
@@ -169,7 +200,11 @@ class Hook:
 
   Hooks run in the order given, on every process of a multi-host run, and
   must not call collectives of their own: they read the losses the loop's
-  last sync brought (`StepView.losses`), whichever hooks a process has.
+  last sync brought (`StepView.losses`), whichever hooks a process has. (A
+  hook every process has may gather at iterations every process takes
+  alike, as `Checkpoints` checks finiteness.) An exception a hook raises
+  ends the loop at the next sync on every process (see the module
+  docstring), and is raised after it.
   """
 
   def begin(self, info: LoopInfo) -> None:
@@ -181,9 +216,20 @@ class Hook:
   def end(self, view: StepView | None) -> None:
     """After the last iteration (None if none ran), also when an error ends the loop."""
 
+  def save_due(self) -> bool:
+    """Asked just before each sync: does this process want a save now (a checkpoint by time)?
+
+    The answer rides in the sync's flags; `StepView.save_due` is their OR
+    over every hook of every process, so all save at the same iteration.
+    """
+    return False
+
 
 class LoopResult(NamedTuple):
-  """How the loop ended: the final state, the last iteration, why, and the signal if any."""
+  """How the loop ended: the final state, the last iteration, why, and the signal if any.
+
+  `reason` is never 'failed' here: that ends in an exception.
+  """
 
   state: Any
   iteration: int
@@ -194,11 +240,12 @@ class LoopResult(NamedTuple):
 class _Syncs:
   """When the loop reads the losses, and what it has not read yet (see the module docstring)."""
 
-  def __init__(self, info: LoopInfo, sync, every: int, also: Sequence[int], should_stop):
+  def __init__(self, info: LoopInfo, sync, every: int, also: Sequence[int], should_stop, save_due):
     self.info = info
     self.sync = sync
     self.periods = [p for p in (max(every, 1), *also) if p > 0]
     self.should_stop = should_stop or (lambda: None)
+    self.save_due = save_due or (lambda: False)
     # One process polls its own flag after every iteration; several only at
     # a sync, where the flag travels with the losses.
     self.poll_each = jax.process_count() == 1
@@ -207,21 +254,35 @@ class _Syncs:
   def due(self, it: int) -> bool:
     return it == self.info.total or any(it % p == 0 for p in self.periods)
 
-  def after(self, it: int, losses) -> tuple[list, int | None]:
-    """Queues `losses`; at a sync, returns ((iteration, host losses) read, agreed flag)."""
+  def after(self, it: int, losses, failed: bool) -> tuple[list, int, int]:
+    """Queues `losses`; at a sync, returns ((iteration, host losses) read, signal, bits).
+
+    `failed`: a hook of this process raised (a sync at once on one process).
+    Between syncs: ([], 0, 0).
+    """
     self.pending.append((it, losses))
-    flag = self.should_stop() if self.poll_each or self.due(it) else None
-    if not (self.due(it) or flag):
-      return [], None
+    due = self.due(it)
+    signum = self.should_stop() if self.poll_each or due else None
+    if not (due or signum or (failed and self.poll_each)):
+      return [], 0, 0
+    # The clock is read at a sync only: a checkpoint by time is saved at a
+    # read (hooks.Checkpoints), and every process asks at the same ones.
+    flag = int(signum or 0) | (FAILED if failed else 0) | (SAVE_DUE if self.save_due() else 0)
     iterations = [i for i, _ in self.pending]
-    host, agreed = self.sync([x for _, x in self.pending], int(flag or 0))
+    host, flags = self.sync([x for _, x in self.pending], flag)
     self.pending = []
     read = list(zip(iterations, host, strict=True))
     rows = list(self.info.rows)
     for i, values in read:
       if not np.all(np.isfinite(values['total'][rows])):
         raise errors.NonFinite(self.info.offset + i)
-    return read, agreed or None
+    return (read, *merge_flags(flags))
+
+
+def raise_own(error: BaseException | None) -> None:
+  """The `agree` of one process: its own failure is everyone's."""
+  if error is not None:
+    raise error
 
 
 def run_loop(
@@ -234,10 +295,11 @@ def run_loop(
   hooks: Sequence[Hook] = (),
   should_stop: Callable[[], int | None] | None = None,
   converged: Callable[[StepView], bool] | None = None,
-  sync: Callable[[list, int], tuple[list[dict[str, np.ndarray]], int]] = host_sync,
+  sync: Callable[[list, int], tuple[list[dict[str, np.ndarray]], np.ndarray]] = host_sync,
   sync_every: int = 1,
   sync_also: Sequence[int] = (),
   local_rows: Callable[[jax.Array], dict[int, np.ndarray]] | None = None,
+  agree: Callable[[BaseException | None], Any] = raise_own,
 ) -> LoopResult:
   """Iterates `state, losses = step(state, params, targets)` up to `info.total`.
 
@@ -252,21 +314,43 @@ def run_loop(
     converged: the schedule's convergence test, called at each sync (it
       reads `StepView.history`).
     sync: (the losses of the iterations since the last sync, this process's
-      stop flag) -> (their host copies, every row of every process; the
-      largest flag of any process). Multi-process: one all-gather.
+      flag) -> (their host copies, every row of every process; the flags of
+      every process, any number of copies of each, for `merge_flags`).
+      Multi-process: one all-gather.
     sync_every: read the losses every this many iterations (and at the last).
     sync_also: further periods at which to read them (the log and checkpoint
       intervals, so what those hooks save is current).
     local_rows: device image [N, ...] -> {row: host copy} for this
       process's rows (default: every row).
+    agree: called once after the last iteration with this process's first
+      hook error (or None) on every process; raises if any process had one
+      (nst_jax.engine.distributed.agree; one process: raises its own).
 
   Returns:
     LoopResult; reason 'iterations', 'converged' or 'signal'.
+
+  Raises:
+    NonFinite: at the sync that read a non-finite loss.
+    Exception: the first error a hook raised, on this process or (through
+      `agree`) another.
   """
   local_rows = local_rows or (lambda x: dict(enumerate(np.asarray(x))))
-  syncs = _Syncs(info, sync, sync_every, sync_also, should_stop)
-  for hook in hooks:
-    hook.begin(info)
+  syncs = _Syncs(
+    info, sync, sync_every, sync_also, should_stop, lambda: any(h.save_due() for h in hooks)
+  )
+  failure: list[Exception] = []
+
+  def call(method: str, arg) -> None:
+    # Every hook is called even after one failed: a hook's collective must
+    # run on every process alike until the failure is agreed.
+    for hook in hooks:
+      try:
+        getattr(hook, method)(arg)
+      except Exception as e:  # noqa: BLE001 (agreed, then raised)
+        if not failure:
+          failure.append(e)
+
+  call('begin', info)
   view = None
   it = info.start
   reason = 'iterations'
@@ -283,7 +367,7 @@ def run_loop(
         jax.block_until_ready(losses)
         t_first = time.perf_counter()
         ITERATED.set()
-      fresh, signum = syncs.after(it, losses)
+      fresh, signum, bits = syncs.after(it, losses, bool(failure))
       read = fresh or read
       view = StepView(
         it,
@@ -294,17 +378,28 @@ def run_loop(
         elapsed_s=time.perf_counter() - t_start,
         clock=(t_start, t_first, info.start),
       )
-      if signum:
+      view.save_due = bool(bits & SAVE_DUE)
+      if bits & FAILED:
+        reason = 'failed'
+      elif signum:
         view.stopping, reason = signum, 'signal'
       elif fresh and converged is not None and converged(view):
         reason = 'converged'
+      signum = signum or None
       view.last = it == info.total or reason != 'iterations'
       view.reason = reason if view.last else None
-      for hook in hooks:
-        hook.after_step(view)
+      call('after_step', view)
       if view.last:
         break
-  finally:
-    for hook in hooks:
-      hook.end(view)
+  except BaseException:
+    for hook in hooks:  # closed on the way out; the error raised is this one
+      try:
+        hook.end(view)
+      except Exception:  # noqa: BLE001, S110
+        pass
+    raise
+  call('end', view)
+  # Every process comes here once per loop: a failure after the last sync
+  # (or one the sync already agreed) is shared, with its message.
+  agree(failure[0] if failure else None)
   return LoopResult(state, it, reason, signum)

@@ -164,15 +164,21 @@ class Layout:
     """Host copies of every row of every leaf, on every process."""
     return jax.device_get(tree)
 
-  def sync(self, pending: Sequence[dict], flag: int) -> tuple[list[dict[str, np.ndarray]], int]:
-    """The loop's sync: host copies of pending losses (every row), and the largest stop flag.
+  def sync(
+    self, pending: Sequence[dict], flag: int
+  ) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+    """The loop's sync: host copies of pending losses (every row), and every process's flag.
 
     Args:
       pending: per iteration, {term: [N] losses on the devices}.
-      flag: this process's stop flag (a signal number, or 0).
+      flag: this process's flag (nst_jax.engine.loop.merge_flags reads them).
+
+    Returns:
+      (per iteration {term: [N] host losses}, the flags: one per process,
+      repeated per row).
     """
     host = jax.device_get(list(pending))
-    return [{k: np.asarray(v) for k, v in losses.items()} for losses in host], flag
+    return [{k: np.asarray(v) for k, v in losses.items()} for losses in host], np.asarray([flag])
 
   def host_rows(self, x: jax.Array) -> dict[int, np.ndarray]:
     """Row -> host copy, for this process's rows."""
@@ -220,13 +226,16 @@ class JobsLayout(Layout):
       lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), tree
     )
 
-  def sync(self, pending: Sequence[dict], flag: int) -> tuple[list[dict[str, np.ndarray]], int]:
-    """One all-gather for every pending loss and every process's stop flag.
+  def sync(
+    self, pending: Sequence[dict], flag: int
+  ) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+    """One all-gather for every pending loss and every process's flag.
 
     Each process fills its own rows of an [N] array with its flag; that
     and each iteration's loss terms are stacked on the devices (no
     communication: all are split alike over 'jobs') into one [I T + 1, N]
-    array, which one `process_allgather` copies to every process.
+    array, which one `process_allgather` copies to every process. The
+    flags are small integers, exact in float32.
     """
     if jax.process_count() == 1:
       return super().sync(pending, flag)
@@ -237,7 +246,7 @@ class JobsLayout(Layout):
     packed = _pack(tuple(tuple(losses[k] for k in keys) for losses in pending), flags)
     table = np.asarray(multihost_utils.process_allgather(packed, tiled=True))
     host = [{k: table[i * len(keys) + j] for j, k in enumerate(keys)} for i in range(len(pending))]
-    return host, int(table[-1].max())
+    return host, table[-1].astype(np.int64)
 
   def host_rows(self, x: jax.Array) -> dict[int, np.ndarray]:
     out = {}

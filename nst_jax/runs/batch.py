@@ -336,7 +336,11 @@ def _run_group(group, jobs, cfg, w, mesh, stop, preview, group_record) -> dict[s
   written = {}
   with distributed.together():
     for r in local_real:
-      path = results.write(r, rgb[r], record)
+      try:
+        path = results.write(r, rgb[r], record)
+      except errors.WriteError as e:
+        ckpt = checkpoint_lib.path_for(jobs[group.rows[r]].output, cfg.run.checkpoint_dir)
+        raise runner.unwritten(e, ckpt) from None
       written[jobs[group.rows[r]].output] = rgb[r]
       if preview is not None and r == monitor_row:
         preview.finish(rgb[r], path)

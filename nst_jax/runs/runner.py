@@ -168,6 +168,29 @@ class Results:
     return path
 
 
+def unwritten(error: errors.WriteError, ckpt: Path) -> errors.WriteError:
+  """A result that could not be written, with what its checkpoint holds and how to go on.
+
+  A finished checkpoint gives the result on `run.resume` without iterating;
+  one whose last save failed too (the same full disk) holds an earlier
+  iteration, from which the resumed run goes on.
+  """
+  if not ckpt.exists():
+    return error
+  try:
+    payload = checkpoint_lib.read(ckpt)
+  except errors.NstError:
+    return error
+  if not checkpoint_lib.unfinished(payload):
+    kept = f'the checkpoint {ckpt} is kept: then continue with run.resume'
+    return errors.WriteError(f'{error}; {kept}')
+  return errors.WriteError(
+    f'{error}; the checkpoint {ckpt} could not be written at the end either and holds iteration '
+    f'{payload["iteration"]} of scale {payload.get("scale", 0) + 1}: continue from there with '
+    'run.resume'
+  )
+
+
 def watch(cfg, results: Results, *, preview=None, monitor_row=0, should_stop=None, prefix=''):
   """The hooks a run from files wants: progress, checkpoints, intermediates, preview, record."""
   return engine_lib.Watch.of_run(
@@ -314,11 +337,7 @@ def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan) -> Path
     try:
       results.write(0, rgb, record)
     except errors.WriteError as e:
-      if ckpt.exists():
-        raise errors.WriteError(
-          f'{e}; the checkpoint {ckpt} is kept: then continue with run.resume'
-        ) from None
-      raise
+      raise unwritten(e, ckpt) from None
     if preview is not None:
       preview.finish(rgb, output)
     if not cfg.run.keep_checkpoint:
