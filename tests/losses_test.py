@@ -322,3 +322,22 @@ def test_an_empty_style_region_adds_zero():
 
     assert float(jax.jit(masked)(f)) == pytest.approx(float(alone), rel=1e-5)
     assert bool(jnp.all(jnp.isfinite(jax.grad(masked)(f))))
+
+
+def test_tv_loss_refuses_a_batch():
+  # [N, H, W, 3] would difference the batch axis and never the width (trial 4).
+  with pytest.raises(errors.ConfigError, match=r'tv_loss expects one image \[H, W, 3\], got shape'):
+    losses.tv_loss(np.zeros((2, 4, 5, 3), np.float32))
+
+
+def test_a_mask_whose_squares_underflow_is_an_empty_region():
+  # Values of 1e-20 pass `mask > 0` but sum(T^2) is 0 in float32: the Gram's
+  # scale called the region empty while the region test did not (trial 4).
+  f = _feats(7, (4, 4, 3))
+  target = {'gram': np.stack([statistics.gram_matrix(f), 2 * statistics.gram_matrix(f)])}
+  tiny = np.stack([np.ones((4, 4)), np.full((4, 4), 1e-20)]).astype(np.float32)
+  empty = np.stack([np.ones((4, 4)), np.zeros((4, 4))]).astype(np.float32)
+  for kind, t in (('gram', target),):
+    got = losses.style_layer_loss(f, t, kind=kind, masks=tiny)
+    np.testing.assert_allclose(got, losses.style_layer_loss(f, t, kind=kind, masks=empty))
+    np.testing.assert_allclose(got, 0.0, atol=1e-6)

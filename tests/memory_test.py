@@ -298,5 +298,5 @@ def test_off_and_histogram_stay_untiled_and_the_refusal_suggests_tiles():
 
 
 def test_tiles_and_spatial_sharding_are_refused_together():
-  with pytest.raises(errors.NstError, match="loss.tiles and run.shard spatial do not combine"):
+  with pytest.raises(errors.NstError, match='loss.tiles and run.shard spatial do not combine'):
     memory.check_memory(2160, 3840, config=_limited(8, tiles=256), spatial_devices=2)

@@ -271,3 +271,12 @@ def test_loss_spec_is_one_class_under_both_names():
 
   assert objective_lib.LossSpec is loss_spec.LossSpec is nst_jax.LossSpec
   assert loss_spec.LossSpec(tile=256).tile == 256 and loss_spec.LossSpec().tile is None
+
+
+@pytest.mark.parametrize('field', ['content_layers', 'style_layers'])
+def test_a_layer_named_twice_is_refused(field):
+  # A repeated style layer kept only its last weight, a content layer counted twice (trial 4).
+  with pytest.raises(errors.ConfigError, match=f'{field} names relu1_1 more than once'):
+    objective_lib.LossSpec(**{field: ('relu1_1', 'relu2_1', 'relu1_1')})
+  with pytest.raises(errors.ConfigError, match=f'loss.{field} names relu1_1 more than once'):
+    nst_jax.LossConfig(**{field: ('relu1_1', 'relu1_1')})

@@ -204,6 +204,10 @@ class LossConfig(checks.Group):
         vgg.check_layers(value)
       except errors.ConfigError as e:
         raise errors.ConfigError(f'loss.{field}: {e}') from None
+      repeated = sorted({name for name in value if value.count(name) > 1})
+      checks.check(
+        not repeated, f'loss.{field} names {", ".join(repeated)} more than once; name each once'
+      )
     if self.style_layer_weights is not None:
       checks.check(
         len(self.style_layer_weights) == len(self.style_layers),

@@ -67,6 +67,13 @@ class LossSpec:
       if not isinstance(value, tuple) or not value:
         raise errors.ConfigError(f"{field} must be layer names, e.g. ('relu4_2',), got {value!r}")
       vgg.check_layers(value)
+      repeated = sorted({name for name in value if value.count(name) > 1})
+      if repeated:
+        # A repeated style layer kept only its last weight; a content layer counted twice.
+        raise errors.ConfigError(
+          f'{field} names {", ".join(repeated)} more than once; name each layer once (weigh '
+          'a style layer with style_layer_weights)'
+        )
       object.__setattr__(self, field, value)
     w = self.style_layer_weights
     if w is not None:

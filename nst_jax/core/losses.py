@@ -63,6 +63,10 @@ def tv_loss(image: jax.typing.ArrayLike) -> jax.Array:
     Scalar float32.
   """
   x = jnp.asarray(image, jnp.float32)
+  if x.ndim != 3:
+    raise errors.ConfigError(
+      f'tv_loss expects one image [H, W, 3], got shape {x.shape}; jax.vmap it over a batch'
+    )
   return jnp.mean(jnp.square(x[1:] - x[:-1])) + jnp.mean(jnp.square(x[:, 1:] - x[:, :-1]))
 
 
@@ -234,7 +238,10 @@ def style_layer_loss(
   def region(t, mask):
     # A region with no position at this layer (its mask all zero here: a
     # style placed nowhere, or a sliver pooled away) has nothing to match.
-    return jnp.where(jnp.any(mask > 0), term(t, mask), 0.0)
+    # Present iff sum(T^2) > 0, the test the Gram's 1/sum(T^2) makes: a mask
+    # of values so small that their squares underflow is empty for both.
+    m = jnp.asarray(mask, jnp.float32)
+    return jnp.where(jnp.sum(m * m) > 0, term(t, mask), 0.0)
 
   return jnp.sum(jax.vmap(region)(target, jnp.asarray(masks, jnp.float32)))
 

@@ -304,7 +304,7 @@ def _style_term(sums, target, mask, positions: int, shift, name: str) -> jax.Arr
     per_region = jax.vmap(statistics.mean_cov_distance)(mu, cov, target)
   if mask is None:
     return per_region[0]
-  present = jnp.any(mask.reshape(mask.shape[0], -1) > 0, axis=1)
+  present = area > 0  # as losses.style_layer_loss
   return jnp.sum(jnp.where(present, per_region, 0.0))
 
 
