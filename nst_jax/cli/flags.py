@@ -254,9 +254,9 @@ flags.DEFINE_string(
 flags.DEFINE_string(
   'tiles',
   str(DEFAULTS.loss.tiles),
-  'Compute the loss and its gradient over tiles of N pixels, exactly (less memory, about 1.5x '
-  "the time): 'auto' (only when the whole image would not fit --memory_limit), 'off', or N (a "
-  'multiple of 16).',
+  'Compute the loss and its gradient over tiles of N pixels, exactly (less memory, more time: '
+  "every window recomputes an 80 px halo): 'auto' (only when the whole image would not fit "
+  "--memory_limit), 'off', or N (a multiple of 16).",
 )
 flags.DEFINE_float(
   'memory_limit',

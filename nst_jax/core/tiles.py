@@ -14,7 +14,8 @@ One compiled tile function runs over equal-shaped windows (`lax.scan`), its
 activations recomputed in the backward pass (`jax.checkpoint`), so memory
 holds one window's activations instead of the whole image's: a forward pass
 per tile to form the sums, and a forward and a backward pass per tile for
-the gradient (about 1.5x the untiled work, plus the halos).
+the gradient: 1.5x the passes, over windows larger than their tiles by the
+halo (measured: 4.6x the time of an untiled 512x384 iteration in tiles of 128).
 
 Geometry, along each axis (rows and columns alike), for a tile edge T, the
 alignment a = 2^P (P poolings up to the deepest layer used: 16 to relu5_1)

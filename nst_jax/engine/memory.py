@@ -229,8 +229,8 @@ class Plan(NamedTuple):
     history = '' if self.history is None else f' and an L-BFGS history of {self.history}'
     return (
       f'A {width}x{height} run in tiles of {self.tile} px{history} needs about '
-      f'{self.need / 1e9:.1f} GB of memory ({why}; tiles give the same result, each iteration '
-      'about 1.5x the time).'
+      f'{self.need / 1e9:.1f} GB of memory ({why}; tiles give the same result, but each window '
+      'recomputes a halo: 4.6x the time at 512 px in tiles of 128, measured).'
     )
 
 
