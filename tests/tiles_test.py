@@ -11,7 +11,6 @@ import nst_jax
 from nst_jax import errors
 from nst_jax.core import objective as objective_lib
 from nst_jax.core import tiles
-from nst_jax.core import vgg
 
 SHALLOW = dict(content_layers=('relu2_2',), style_layers=('relu1_1', 'relu2_1', 'relu3_1'))
 
@@ -65,66 +64,28 @@ def _value_and_grad(params, model, spec, targets, image):
   return value, terms, grad
 
 
-def test_halo_is_the_derivation():
-  assert tiles.halo(('relu5_1',)) == 70
-  assert tiles.halo(('relu4_2',)) == 38
-  assert tiles.halo(('relu3_1',)) == 10
-  assert tiles.halo(('relu1_1',)) == 1
-  assert tiles.halo(('relu1_1', 'relu5_1', 'relu4_2')) == 70
+def test_stages_cut_at_the_poolings_with_even_halos():
+  got = tiles.stages(('relu4_2', 'relu5_1'))
+  assert [names[0] for names, _ in got] == ['conv1_1', 'conv2_1', 'conv3_1', 'conv4_1', 'conv5_1']
+  assert [names[-1] for names, _ in got] == ['pool1', 'pool2', 'pool3', 'pool4', 'relu5_1']
+  # A 3x3 convolution reads one position further: 2, 2, 4, 4 and 1 of them, made even.
+  assert [halo for _, halo in got] == [2, 2, 4, 4, 2]
+  assert tiles.stages(('relu1_1',)) == [(('conv1_1', 'relu1_1'), 2)]
   assert tiles.alignment(('relu5_1',)) == 16 and tiles.alignment(('relu2_2',)) == 2
+  assert [tiles.core_edge(64, n) for n in ('relu1_1', 'relu2_1', 'relu5_1')] == [64, 32, 4]
+  assert tiles.core_edge(16, 'relu5_1') == 2
 
 
-@pytest.mark.parametrize('layer,size,block', [('relu3_1', (48, 16), 5), ('relu5_1', (256, 16), 8)])
-def test_halo_is_enough_and_no_more(params, model, layer, size, block):
-  # Input rows further than the halo from a block of features leave it
-  # unchanged; the first row inside the halo changes it.
-  k = vgg.downsamplings(layer)
-  lo, hi = block * 2**k, (block + 1) * 2**k  # the input rows under feature row `block`
-  h = tiles.halo((layer,))
-  rng = np.random.default_rng(1)
-  x = rng.uniform(-100, 100, (1, *size, 3)).astype(np.float32)
-  feats = jax.jit(lambda x: model.apply({'params': params}, x, (layer,))[layer][0, block])
-  base = feats(x)
-  far = x.copy()
-  far[:, : lo - h] = rng.uniform(-100, 100, far[:, : lo - h].shape)
-  far[:, hi + h :] = rng.uniform(-100, 100, far[:, hi + h :].shape)
-  assert float(jnp.max(jnp.abs(feats(far) - base))) == 0.0
-  for row in (lo - h, hi + h - 1):
-    near = x.copy()
-    near[:, row] += 50.0
-    # One path of weights from the edge of the field: small, but no rounding.
-    assert float(jnp.max(jnp.abs(feats(near) - base))) > 1e-3, row
-
-
-@pytest.mark.parametrize(
-  'height,width,tile,layers',
-  [
-    (64, 52, 16, ('relu3_1',)),
-    (66, 50, 16, ('relu3_1',)),
-    (208, 32, 32, ('relu5_1',)),
-    (300, 517, 64, ('relu4_2', 'relu5_1')),
-    (40, 40, 16, ('relu3_1',)),
-  ],
-)
-def test_grid_partitions_every_layer_and_windows_align(height, width, tile, layers):
-  g = tiles.grid(height, width, tile, layers)
-  align, h = tiles.alignment(layers), tiles.halo(layers)
-  assert all(0 < w <= s for w, s in zip(g.window, (height, width), strict=True))
-  for k in range(int(np.log2(align)) + 1):
-    owned = np.zeros((height >> k, width >> k), int)
-    for (sr, sc), (r0, r1, c0, c1) in zip(g.starts, g.cores, strict=True):
-      assert sr % align == 0 and sc % align == 0
-      assert sr + g.window[0] <= height and sc + g.window[1] <= width
-      # The halo, or the image's edge, on every side of the core.
-      assert sr <= max(r0 - h, 0) and min(r1 + h, height) <= sr + g.window[0]
-      assert sc <= max(c0 - h, 0) and min(c1 + h, width) <= sc + g.window[1]
-      owned[r0 >> k : r1 >> k, c0 >> k : c1 >> k] += 1
-    assert (owned == 1).all(), k
-
-
-def test_an_image_smaller_than_a_window_is_one_tile():
-  g = tiles.grid(40, 40, 16, ('relu3_1',))
-  assert g.count == 1 and g.window == (40, 40)
+@pytest.mark.parametrize('height,width,tile', [(64, 52, 16), (67, 45, 16), (40, 40, 64)])
+def test_tiled_features_equal_the_network(params, model, height, width, tile):
+  # Odd sizes: the last tiles run past the edge, and the poolings drop a row.
+  layers = ('relu1_1', 'relu2_2', 'pool2', 'relu3_1', 'conv3_2')
+  x = jnp.asarray(np.random.default_rng(2).uniform(-100, 100, (height, width, 3)), jnp.float32)
+  want = model.apply({'params': params}, x[None], layers)
+  got = jax.jit(functools.partial(tiles.features, model=model, layers=layers, tile=tile))(params, x)
+  for name in layers:
+    assert got[name].shape == want[name].shape[1:]
+    np.testing.assert_allclose(got[name], want[name][0], rtol=1e-5, atol=1e-3, err_msg=name)
 
 
 @pytest.mark.parametrize('kind', ['gram', 'mean_cov'])
@@ -133,7 +94,6 @@ def test_tiled_objective_and_gradient_equal_the_untiled(params, model, kind, mas
   spec = objective_lib.LossSpec(**SHALLOW, style_loss=kind)
   tiled = objective_lib.LossSpec(**SHALLOW, style_loss=kind, tile=16)
   targets, image = _case(params, model, spec, 66, 50, masks=masks)
-  assert tiles.grid(66, 50, 16, spec.feature_layers).count == 20
   value, terms, grad = _value_and_grad(params, model, spec, targets, image)
   t_value, t_terms, t_grad = _value_and_grad(params, model, tiled, targets, image)
   assert abs(float(t_value - value)) <= 1e-6 * abs(float(value))
@@ -148,11 +108,9 @@ def test_tiled_objective_and_gradient_equal_the_untiled(params, model, kind, mas
 
 
 def test_tiled_to_relu5_1_equals_the_untiled(params, model):
-  # A tall image: cut along its rows only, into windows of 192 rows.
   spec = objective_lib.LossSpec()
   tiled = objective_lib.LossSpec(tile=32)
-  targets, image = _case(params, model, spec, 224, 32)
-  assert tiles.grid(224, 32, 32, spec.feature_layers).count == 7
+  targets, image = _case(params, model, spec, 100, 72, masks=True)
   value, _, grad = _value_and_grad(params, model, spec, targets, image)
   t_value, _, t_grad = _value_and_grad(params, model, tiled, targets, image)
   assert abs(float(t_value - value)) <= 1e-6 * abs(float(value))
@@ -228,8 +186,7 @@ def test_one_tile_program_whatever_the_tile_count(params, model):
     fn = jax.grad(lambda x: objective_lib.objective(x, params, t, model=model, loss_spec=spec)[0])
     return jax.jit(fn).lower(image).as_text().count('convolution(')
 
-  assert tiles.grid(64, 52, 16, spec.feature_layers).count == 16
-  assert tiles.grid(128, 104, 16, spec.feature_layers).count == 56
+  # 4 x 4 and 8 x 7 tiles at the first stage: the same program, run more times.
   assert convolutions(64, 52) == convolutions(128, 104) > 0
 
 

@@ -1,37 +1,31 @@
-"""Exact tiles: the objective and its gradient computed window by window, equal to the untiled.
+"""Exact tiles: the objective, its gradient and the targets computed tile by tile, as the untiled.
 
-The style terms compare statistics that are sums over positions (the Gram
-sum_p f_p f_p^T, the mean and covariance), the content term is a sum over
-positions, and a VGG feature depends on a bounded neighbourhood of the
-input. So the image is cut into tiles; each tile runs the network on a
-window (the tile plus a halo) and adds to the global sums the terms of the
-positions it owns (its core). The losses are then formed from the global
-sums exactly as the untiled objective forms them, and reverse-mode
-differentiation goes back through the same sums: the input gradients of the
-tiles add up to the untiled gradient, up to float rounding.
+The style statistics (the Gram sum_p f_p f_p^T, the mean and covariance)
+and the content term are sums over positions, and a VGG feature depends on
+a bounded neighbourhood. So the network runs stage by stage (a stage: the
+convolutions between two poolings), and each stage runs tile by tile over
+the whole image at its resolution:
 
-One compiled tile function runs over equal-shaped windows (`lax.scan`), its
-activations recomputed in the backward pass (`jax.checkpoint`), so memory
-holds one window's activations instead of the whole image's: a forward pass
-per tile to form the sums, and a forward and a backward pass per tile for
-the gradient: 1.5x the passes, over windows larger than their tiles by the
-halo (measured: 4.6x the time of an untiled 512x384 iteration in tiles of 128).
+  * the stage's input X_s (the image, then each pooled map) is cut into
+    tiles of c_s = T / 2^(s-1) positions (T, the tile edge in input pixels,
+    a multiple of 2^P for the P poolings used); each tile's window adds a
+    halo of h_s positions on each side, h_s = the stage's convolutions
+    rounded up to even: a 3x3 convolution reads one position further, so
+    after h_s of them the tile's own positions (its core) are exact;
+  * inside a window, every activation outside the image is set to zero
+    after each ReLU: exactly the zero padding the untiled convolutions see
+    at the image's edge (so windows never need clamping, and all are equal);
+  * the loss layers of the stage add their core's share to the global sums;
+    the core's pooled map (c_s / 2 per side, aligned since c_s and h_s are
+    even) is the tile's part of X_(s+1).
 
-Geometry, along each axis (rows and columns alike), for a tile edge T, the
-alignment a = 2^P (P poolings up to the deepest layer used: 16 to relu5_1)
-and the halo h (see `halo`) rounded up to a multiple of a:
-
-  * tile i owns the input rows [i T, (i + 1) T), the last one up to the
-    edge; at a layer after k poolings it owns [i T / 2^k, (i + 1) T / 2^k);
-  * every window has W = T + 2h + (H mod a) rows and starts at
-    clip(i T - h, 0, H - W): a multiple of a, so its poolings fall on the
-    image's; H - W is a multiple of a, so the last window ends at the edge
-    and drops the same odd rows as the whole image does;
-  * a window reaches at least h rows beyond its core on each side, or the
-    image's edge, where the untiled network pads alike: every feature of
-    the core is the untiled one.
-
-An axis shorter than T + 2h + (H mod a) is not cut.
+The losses are then formed from the global sums exactly as the untiled
+objective forms them, and reverse mode goes back through the same program,
+each tile's activations recomputed (`jax.checkpoint`): memory holds the
+stage inputs of the whole image (about 130 bytes per pixel to relu5_1) and
+one window's activations, not the 1.5 KB per pixel of every activation. The
+halos are 2 to 4 positions, so the windows add little work; the recomputed
+forward pass adds about a third.
 
 Gatys et al.'s loss and its guided form (Gatys et al. 2017) are covered, for
 the 'gram' and 'mean_cov' statistics; 'histogram' (a sort over all positions)
@@ -39,17 +33,15 @@ and normalized gradients (an L1 norm of each layer's whole gradient) are not
 sums over positions and are refused by `LossSpec`.
 """
 
-from collections.abc import Mapping, Sequence
-import dataclasses
-import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
-import numpy as np
 
-from nst_jax import errors
+from nst_jax.core import pooling
 from nst_jax.core import statistics
 from nst_jax.core import vgg
 
@@ -57,189 +49,158 @@ from nst_jax.core import vgg
 TILED_STYLE_KINDS = ('gram', 'mean_cov')
 
 
-def halo(layers: Sequence[str], stage_sizes: Sequence[int] = vgg.VGG19_STAGE_SIZES) -> int:
-  """Input pixels beyond a block of positions that the block's features depend on.
-
-  Walking back from the deepest layer in `layers` to the input, a margin of
-  m positions (at that layer's resolution) grows by 1 through each 3x3
-  convolution (stride 1, padding 1) and doubles through each aligned 2x2
-  pooling (outputs [a - m, b + m) read inputs [2a - 2m, 2b + 2m)); ReLUs keep
-  it. To relu5_1: 1 (conv5_1), 2 (pool4), 6 (conv4_1..4), 12 (pool3), 16
-  (conv3_1..4), 32 (pool2), 34 (conv2_1..2), 68 (pool1), 70 (conv1_1..2): a
-  relu5_1 feature sees 70 input pixels beyond its own 16 on each side (its
-  receptive field is 16 + 2 * 70 = 156 pixels). Shallower layers need less,
-  so the deepest layer's margin serves them all. Zero padding at a window's
-  edge is where such a margin would run out, so a window that keeps `halo`
-  pixels around its core computes the core's features exactly.
-
-  Args:
-    layers: the layers the loss reads.
-    stage_sizes: convolutions per stage of the VGG.
-
-  Returns:
-    The margin in input pixels (70 to relu5_1, 38 to relu4_2, 1 to relu1_1).
-  """
-  margin = 0
-  for name in reversed(vgg.layers_through(layers, stage_sizes)):
-    if name.startswith('conv'):
-      margin += 1
-    elif name.startswith('pool'):
-      margin *= 2
-  return margin
-
-
 def alignment(layers: Sequence[str], stage_sizes: Sequence[int] = vgg.VGG19_STAGE_SIZES) -> int:
-  """2^P, P the poolings up to the deepest of `layers`: tile edges and starts are multiples."""
+  """2^P, P the poolings up to the deepest of `layers`: tile edges are multiples of it."""
   return vgg.min_input_size(layers, stage_sizes)
 
 
-@dataclasses.dataclass(frozen=True)
-class TileGrid:
-  """Where each tile's window and core lie in an image of `shape` (input pixels).
+def stages(layers: Sequence[str], stage_sizes: Sequence[int] = vgg.VGG19_STAGE_SIZES):
+  """The network up to the deepest of `layers`, cut at its poolings.
 
-  Attributes:
-    shape: (height, width) of the image.
-    window: (rows, cols) of every window.
-    starts: per tile, the top-left (row, col) of its window.
-    cores: per tile, (row0, row1, col0, col1): the positions it owns; the
-      last tile along an axis owns up to the image's edge.
+  Returns:
+    A list of (layer names of the stage, its halo h_s: the stage's
+    convolutions rounded up to even).
   """
-
-  shape: tuple[int, int]
-  window: tuple[int, int]
-  starts: tuple[tuple[int, int], ...]
-  cores: tuple[tuple[int, int, int, int], ...]
-
-  @property
-  def count(self) -> int:
-    """The number of tiles."""
-    return len(self.starts)
-
-  def table(self) -> np.ndarray:
-    """[count, 6] int32: start row, start col, row0, row1, col0, col1 of each tile."""
-    return np.array([s + c for s, c in zip(self.starts, self.cores, strict=True)], np.int32)
+  out = []
+  for name in vgg.layers_through(layers, stage_sizes):
+    if not out or out[-1][-1].startswith('pool'):
+      out.append([])
+    out[-1].append(name)
+  return [(tuple(names), -(-sum(n.startswith('conv') for n in names) // 2) * 2) for names in out]
 
 
-def _axis(size: int, tile: int, pad: int, align: int) -> tuple[int, list[tuple[int, int, int]]]:
-  """(window, [(start, lo, hi)]) along one axis of `size` pixels."""
-  window = tile + 2 * pad + size % align
-  if window >= size:
-    return size, [(0, 0, size)]
-  count = -(-size // tile)
-  cuts = []
-  for i in range(count):
-    lo, hi = i * tile, min((i + 1) * tile, size)
-    cuts.append((min(max(lo - pad, 0), size - window), lo, hi))
-  return window, cuts
+def _layer(model: vgg.VGG, params, name: str, x: jax.Array) -> jax.Array:
+  """One layer of `model` on [h, w, C]: as `vgg.VGG.__call__` runs it (same dtypes)."""
+  kind = name[:4]
+  if kind == 'conv':
+    first = name == vgg.layer_names(model.stage_sizes)[0]
+    dtype = jnp.float32 if first else model.dtype
+    conv = vgg.Conv3x3(model.widths[vgg.stage_of(name) - 1], dtype=dtype, precision=model.precision)
+    return conv.apply({'params': params[name]}, x[None].astype(dtype))[0].astype(model.dtype)
+  if kind == 'relu':
+    return nn.relu(x)
+  return pooling.pool(x[None], model.pooling)[0]
 
 
-@functools.lru_cache(maxsize=64)
-def grid(
-  height: int,
-  width: int,
-  tile: int,
-  layers: tuple[str, ...],
-  stage_sizes: tuple[int, ...] = vgg.VGG19_STAGE_SIZES,
-) -> TileGrid:
-  """The tiles of a height x width image for tile edge `tile` (see the module docstring).
+def _windows(x: jax.Array, core: int, halo: int) -> tuple[jax.Array, int, int]:
+  """[H, W, C] -> ([rows * cols, core + 2 halo, core + 2 halo, C] windows, rows, cols)."""
+  height, width = x.shape[:2]
+  rows, cols = -(-height // core), -(-width // core)
+  padded = jnp.pad(
+    x, ((halo, rows * core - height + halo), (halo, cols * core - width + halo), (0, 0))
+  )
+  edge = core + 2 * halo
 
-  Raises:
-    ConfigError: `tile` is not a positive multiple of `alignment(layers)`.
-  """
-  align = alignment(layers, stage_sizes)
-  if not isinstance(tile, int) or tile <= 0 or tile % align:
-    raise errors.ConfigError(
-      f'tile must be a positive multiple of {align} (the poolings up to {layers[-1]}), got '
-      f'{tile!r}; use {max(align, round(tile / align) * align) if isinstance(tile, int) else 256}'
+  def window(t):
+    i, j = t // cols, t % cols
+    return lax.dynamic_slice(padded, (i * core, j * core, 0), (edge, edge, x.shape[-1]))
+
+  return jax.vmap(window)(jnp.arange(rows * cols)), rows, cols
+
+
+def core_edge(tile: int, layer: str, stage_sizes: Sequence[int] = vgg.VGG19_STAGE_SIZES) -> int:
+  """The core's edge at `layer`'s resolution for tiles of `tile` input pixels (even, >= 2)."""
+  return max(tile >> vgg.downsamplings(layer, stage_sizes), 2)
+
+
+def _run_stage(model, params, x, names, halo, core, consume, zeros):
+  """One stage over tiles: (its sums, the pooled map of the whole image or None)."""
+  height, width = x.shape[:2]
+  windows, rows, cols = _windows(x, core, halo)
+  edge = core + 2 * halo
+  pools = names[-1].startswith('pool')
+
+  def tile(w, t):
+    i, j = t // cols, t % cols
+    r = i * core - halo + jnp.arange(edge)
+    c = j * core - halo + jnp.arange(edge)
+    inside = ((r >= 0) & (r < height))[:, None, None] & ((c >= 0) & (c < width))[None, :, None]
+    sums = {}
+    for name in names[:-1] if pools else names:
+      w = _layer(model, params, name, w)
+      if name.startswith('relu'):
+        w = jnp.where(inside, w, jnp.zeros((), w.dtype))  # the untiled zero padding
+      if name in zeros:
+        own = inside[halo : halo + core, halo : halo + core, 0]
+        sums[name] = consume(
+          name, w[halo : halo + core, halo : halo + core], own, (i * core, j * core)
+        )
+    # The core alone is pooled: c_s and h_s are even, so its windows are the untiled ones.
+    pooled = (
+      _layer(model, params, names[-1], w[halo : halo + core, halo : halo + core]) if pools else None
     )
-  pad = -(-halo(layers, stage_sizes) // align) * align
-  rows_window, rows = _axis(height, tile, pad, align)
-  cols_window, cols = _axis(width, tile, pad, align)
-  starts = tuple((r[0], c[0]) for r in rows for c in cols)
-  cores = tuple((r[1], r[2], c[1], c[2]) for r in rows for c in cols)
-  return TileGrid((height, width), (rows_window, cols_window), starts, cores)
+    return sums, pooled
+
+  # Only the window is kept for the backward pass; the rest is recomputed.
+  tile = jax.checkpoint(tile, prevent_cse=False)
+
+  def body(total, wt):
+    sums, pooled = tile(*wt)
+    return jax.tree.map(jnp.add, total, sums), pooled
+
+  sums, pooled = lax.scan(body, zeros, (windows, jnp.arange(rows * cols)))
+  if not pools:
+    return sums, None
+  half = core // 2
+  full = pooled.reshape(rows, cols, half, half, -1).transpose(0, 2, 1, 3, 4)
+  return sums, full.reshape(rows * half, cols * half, -1)[: height // 2, : width // 2]
 
 
-def _core(tile: jax.Array, k: int, shape: tuple[int, int]) -> jax.Array:
-  """[h, w] float32: 1 where a window position at a layer after k poolings is the tile's own."""
-  rows = (tile[0] >> k) + jnp.arange(shape[0])
-  cols = (tile[1] >> k) + jnp.arange(shape[1])
-  own_rows = (rows >= tile[2] >> k) & (rows < tile[3] >> k)
-  own_cols = (cols >= tile[4] >> k) & (cols < tile[5] >> k)
-  return (own_rows[:, None] & own_cols[None, :]).astype(jnp.float32)
+def run(
+  params,
+  image: jax.Array,
+  *,
+  model: vgg.VGG,
+  layers: Sequence[str],
+  tile: int,
+  consume: Callable,
+  zeros: Mapping[str, Any],
+):
+  """Runs the network tile by tile to the deepest of `layers`, summing `consume` at each.
+
+  Args:
+    params: VGG parameters.
+    image: [H, W, 3] in network space.
+    model: the VGG.
+    layers: the layers to consume.
+    tile: the tile edge in input pixels (a multiple of `alignment(layers)`).
+    consume: `consume(layer, f [c, c, C], own [c, c] bool, (row0, col0)) ->
+      pytree`, a core's share of the sums at that layer (positions where
+      `own` is False lie outside the image); (row0, col0) is the core's
+      offset at the layer's resolution.
+    zeros: layer -> a pytree of zeros shaped as `consume`'s result.
+
+  Returns:
+    layer -> the sums over every tile.
+  """
+  total = {}
+  x = image
+  for names, halo in stages(layers, model.stage_sizes):
+    core = core_edge(tile, names[0], model.stage_sizes)
+    mine = {n: zeros[n] for n in names if n in zeros}
+    sums, x = _run_stage(model, params, x, names, halo, core, consume, mine)
+    total.update(sums)
+  return total
 
 
-def _window_of(
-  x: jax.Array, tile: jax.Array, k: int, shape: tuple[int, int], *, channels: bool = False
-) -> jax.Array:
-  """The window's part of a map after k poolings: [..., h, w], or [h, w, C] (`channels`)."""
+def _padded(a: jax.Array, size: int, *, channels: bool = False) -> jax.Array:
+  """A layer-resolution map [..., h, w] (or [h, w, C]) padded by `size` zeros at its end."""
+  pad = [(0, size), (0, size), (0, 0)] if channels else [(0, 0)] * (a.ndim - 2) + [(0, size)] * 2
+  return jnp.pad(a, pad)
+
+
+def _at(a: jax.Array, at: tuple, size: int, *, channels: bool = False) -> jax.Array:
+  """The size x size block at `at` of a `_padded` map."""
   if channels:
-    return lax.dynamic_slice(x, (tile[0] >> k, tile[1] >> k, 0), (*shape, x.shape[-1]))
-  lead = x.shape[:-2]
-  index = (0,) * len(lead) + (tile[0] >> k, tile[1] >> k)
-  return lax.dynamic_slice(x, index, (*lead, *shape))
-
-
-def _positions(f: jax.Array) -> jax.Array:
-  return f.reshape(f.shape[0], -1, f.shape[-1])  # [S, h, w, C] -> [S, h*w, C]
+    return lax.dynamic_slice(a, (*at, 0), (size, size, a.shape[-1]))
+  lead = a.ndim - 2
+  return lax.dynamic_slice(a, (0,) * lead + tuple(at), (*a.shape[:lead], size, size))
 
 
 def _second_moment(v: jax.Array) -> jax.Array:
-  """[S, M, C] -> [S, C, C]: sum over positions of v_p v_p^T, accumulated in float32."""
+  """[S, h, w, C] -> [S, C, C]: sum over positions of v_p v_p^T, accumulated in float32."""
+  v = v.reshape(v.shape[0], -1, v.shape[-1])
   return lax.dot_general(v, v, (((1,), (1,)), ((0,), (0,))), preferred_element_type=jnp.float32)
-
-
-def _tile_sums(image, params, parts, tile, *, model: vgg.VGG, spec: Any, window: tuple[int, int]):
-  """One tile's share of every sum the loss is made of: its own positions only."""
-  win = lax.dynamic_slice(image, (tile[0], tile[1], 0), (*window, image.shape[-1]))
-  feats = model.apply({'params': params}, win[None], spec.feature_layers)
-  sums = {'content': {}, 'style': {}}
-  for name in spec.content_layers:
-    f = feats[name][0].astype(jnp.float32)
-    k = vgg.downsamplings(name, model.stage_sizes)
-    weight = _core(tile, k, f.shape[:2])
-    if parts['content_mask'] is not None:
-      weight = weight * _window_of(parts['content_mask'][name], tile, k, f.shape[:2])
-    p = _window_of(parts['content'][name], tile, k, f.shape[:2], channels=True)
-    sums['content'][name] = jnp.sum(weight[..., None] * jnp.square(f - p))
-  for name in spec.style_layers:
-    f = feats[name][0]
-    k = vgg.downsamplings(name, model.stage_sizes)
-    t = _core(tile, k, f.shape[:2])[None]
-    if parts['style_masks'] is not None:
-      t = t * _window_of(parts['style_masks'][name], tile, k, f.shape[:2])
-    if spec.style_loss == 'gram':
-      # As statistics.gram_matrix: (F * T)^T (F * T), the product in F's dtype.
-      sums['style'][name] = {
-        'ff': _second_moment(_positions(f[None] * t[..., None].astype(f.dtype)))
-      }
-    else:
-      # Around the target's mean, so that the covariance sum - mean mean^T
-      # does not cancel in float32 (the features are in the hundreds).
-      d = f.astype(jnp.float32)[None] - parts['shift'][name][:, None, None, :]
-      sums['style'][name] = {
-        'f': jnp.sum(jnp.square(t)[..., None] * d, axis=(1, 2)),
-        'ff': _second_moment(_positions(d * t[..., None])),
-      }
-  return sums
-
-
-def _sums(image, params, parts, *, model: vgg.VGG, spec: Any):
-  """The loss's sums over every tile of `image` [H, W, 3]: one compiled tile in a scan."""
-  tiling = grid(*image.shape[:2], spec.tile, spec.feature_layers, tuple(model.stage_sizes))
-  # Recomputed in the backward pass: memory holds one window's activations.
-  one = jax.checkpoint(
-    functools.partial(_tile_sums, model=model, spec=spec, window=tiling.window), prevent_cse=False
-  )
-  table = jnp.asarray(tiling.table())
-  zeros = jax.tree.map(
-    lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(one, image, params, parts, table[0])
-  )
-
-  def add(total, tile):
-    return jax.tree.map(jnp.add, total, one(image, params, parts, tile)), None
-
-  return lax.scan(add, zeros, table)[0]
 
 
 def terms(
@@ -258,42 +219,83 @@ def terms(
   'style/<layer>'). The formulas are `nst_jax.core.losses`' and
   `nst_jax.core.statistics`', applied to sums gathered tile by tile.
   """
-  masks = targets.style_masks
-  shift = None
-  if loss_spec.style_loss == 'mean_cov':
-    shift = {n: lax.stop_gradient(targets.style[n]['mean']) for n in loss_spec.style_layers}
-  parts = {
-    'content': targets.content,
-    'content_mask': targets.content_mask,
-    'style_masks': masks,
-    'shift': shift,
-  }
-  sums = _sums(image, params, parts, model=model, spec=loss_spec)
+  spec = loss_spec
+  masks, content_mask = targets.style_masks, targets.content_mask
+  shift = {}
+  if spec.style_loss == 'mean_cov':
+    # Sums around the target's mean, so that sum - mean mean^T does not
+    # cancel in float32 (the features are in the hundreds).
+    shift = {n: lax.stop_gradient(targets.style[n]['mean']) for n in spec.style_layers}
+
+  # Padded once, outside the tiles' loop: each tile slices its block.
+  size = {n: core_edge(spec.tile, n, model.stage_sizes) for n in spec.feature_layers}
+  content = {n: _padded(targets.content[n], size[n], channels=True) for n in spec.content_layers}
+  content_mask = content_mask and {n: _padded(content_mask[n], size[n]) for n in content_mask}
+  masks = masks and {n: _padded(masks[n], size[n]) for n in masks}
+
+  def consume(name, f, own, at):
+    out = {}
+    if name in spec.content_layers:
+      weight = own.astype(jnp.float32)
+      if content_mask is not None:
+        weight = weight * _at(content_mask[name], at, size[name])
+      p = _at(content[name], at, size[name], channels=True)
+      out['content'] = jnp.sum(weight[..., None] * jnp.square(f.astype(jnp.float32) - p))
+    if name in spec.style_layers:
+      t = own.astype(jnp.float32)[None]
+      if masks is not None:
+        t = t * _at(masks[name], at, size[name])
+      if spec.style_loss == 'gram':
+        # As statistics.gram_matrix: (F * T)^T (F * T), the product in F's dtype.
+        out['ff'] = _second_moment(f[None] * t[..., None].astype(f.dtype))
+      else:
+        d = f.astype(jnp.float32)[None] - shift[name][:, None, None, :]
+        out['f'] = jnp.sum(jnp.square(t)[..., None] * d, axis=(1, 2))
+        out['ff'] = _second_moment(d * t[..., None])
+    return out
+
+  shapes = jax.eval_shape(
+    lambda x: model.apply({'params': params}, x[None], spec.feature_layers), image
+  )
+  zeros = {}
+  for name in spec.feature_layers:
+    c = shapes[name].shape[-1]
+    z = {}
+    if name in spec.content_layers:
+      z['content'] = jnp.zeros((), jnp.float32)
+    if name in spec.style_layers:
+      regions = 1 if targets.style_masks is None else targets.style_masks[name].shape[0]
+      z['ff'] = jnp.zeros((regions, c, c), jnp.float32)
+      if spec.style_loss == 'mean_cov':
+        z['f'] = jnp.zeros((regions, c), jnp.float32)
+    zeros[name] = z
+  sums = run(
+    params, image, model=model, layers=spec.feature_layers, tile=spec.tile, consume=consume,
+    zeros=zeros,
+  )  # fmt: skip
   l_c = jnp.zeros((), jnp.float32)
-  for name in loss_spec.content_layers:
-    term = sums['content'][name] / targets.content[name].size
+  for name in spec.content_layers:
+    term = sums[name]['content'] / targets.content[name].size
     terms[f'content/{name}'] = term
     l_c = l_c + term
   l_s = jnp.zeros((), jnp.float32)
   for name, weight in layer_weights.items():
-    k = vgg.downsamplings(name, model.stage_sizes)
-    positions = (image.shape[0] // 2**k) * (image.shape[1] // 2**k)
-    mask = None if masks is None else masks[name]
-    term = _style_term(sums['style'][name], targets.style[name], mask, positions, shift, name)
+    positions = shapes[name].shape[1] * shapes[name].shape[2]
+    mask = None if targets.style_masks is None else targets.style_masks[name]
+    term = _style_term(sums[name], targets.style[name], mask, positions, shift.get(name))
     terms[f'style/{name}'] = term
     l_s = l_s + weight * term
   return l_c, l_s
 
 
-def _style_term(sums, target, mask, positions: int, shift, name: str) -> jax.Array:
+def _style_term(sums, target, mask, positions: int, shift) -> jax.Array:
   """One layer's style term from its sums, summed over regions as `losses.style_layer_loss`."""
   if mask is None:
     area = jnp.full((1,), float(positions), jnp.float32)
   else:
     t = mask.reshape(mask.shape[0], -1).astype(jnp.float32)
     area = jnp.sum(t * t, axis=1)
-  if shift is None:  # 'gram'
-    # statistics.gram_matrix: an empty region has the Gram 0.
+  if shift is None:  # 'gram'; statistics.gram_matrix: an empty region has the Gram 0
     inverse = jnp.where(area > 0, 1.0 / jnp.where(area > 0, area, 1.0), 0.0)
     grams = sums['ff'] * inverse[:, None, None]
     per_region = jnp.mean(jnp.square(grams - target['gram'].astype(jnp.float32)), axis=(1, 2))
@@ -301,64 +303,43 @@ def _style_term(sums, target, mask, positions: int, shift, name: str) -> jax.Arr
     scale = 1.0 / jnp.maximum(area, jnp.finfo(jnp.float32).tiny)
     mean_d = sums['f'] * scale[:, None]
     cov = sums['ff'] * scale[:, None, None] - jnp.einsum('si,sj->sij', mean_d, mean_d)
-    mu = shift[name] + mean_d
-    per_region = jax.vmap(statistics.mean_cov_distance)(mu, cov, target)
+    per_region = jax.vmap(statistics.mean_cov_distance)(shift + mean_d, cov, target)
   if mask is None:
     return per_region[0]
-  present = area > 0  # as losses.style_layer_loss
-  return jnp.sum(jnp.where(present, per_region, 0.0))
-
-
-def _tile_features(image, params, out, tile, *, model: vgg.VGG, layers, window):
-  """`out` (layer -> [h, w, C]) with the tile's own positions filled in from its window."""
-  win = lax.dynamic_slice(image, (tile[0], tile[1], 0), (*window, image.shape[-1]))
-  feats = model.apply({'params': params}, win[None], layers)
-  new = {}
-  for name in layers:
-    f = feats[name][0]
-    k = vgg.downsamplings(name, model.stage_sizes)
-    own = _core(tile, k, f.shape[:2])[..., None] > 0
-    index = (tile[0] >> k, tile[1] >> k, 0)
-    kept = lax.dynamic_slice(out[name], index, f.shape)
-    new[name] = lax.dynamic_update_slice(out[name], jnp.where(own, f, kept), index)
-  return new
+  return jnp.sum(jnp.where(area > 0, per_region, 0.0))  # as losses.style_layer_loss
 
 
 def features(params, image: jax.Array, *, model: vgg.VGG, layers: tuple[str, ...], tile: int):
   """The activations of one image [H, W, 3] computed tile by tile: equal to `model.apply`'s.
 
-  For the content targets of an image too large to run at once; memory for
-  one window's activations plus the requested maps.
+  For the content targets of an image too large to run at once (no
+  gradient is taken through it: each tile adds its block to a map of the
+  whole layer).
 
   Returns:
     layer -> [h, w, C] in the model's dtype.
   """
-  tiling = grid(*image.shape[:2], tile, layers, tuple(model.stage_sizes))
   shapes = jax.eval_shape(lambda x: model.apply({'params': params}, x[None], layers), image)
-  out = {name: jnp.zeros(s.shape[1:], s.dtype) for name, s in shapes.items()}
-  one = functools.partial(_tile_features, model=model, layers=layers, window=tiling.window)
-  return lax.scan(lambda o, t: (one(image, params, o, t), None), out, jnp.asarray(tiling.table()))[
-    0
-  ]
+  size = {n: core_edge(tile, n, model.stage_sizes) for n in layers}
 
+  def consume(name, f, own, at):
+    del own  # positions beyond the edge are cut off below
+    _, height, width, c = shapes[name].shape
+    full = jnp.zeros((height + size[name], width + size[name], c), f.dtype)
+    return lax.dynamic_update_slice(full, f, (*at, 0))
 
-def _tile_moments(image, params, shift, tile, *, model: vgg.VGG, layers, window):
-  """The tile's sum_p (f_p - c) and sum_p (f_p - c)(f_p - c)^T at each layer (c = shift)."""
-  win = lax.dynamic_slice(image, (tile[0], tile[1], 0), (*window, image.shape[-1]))
-  feats = model.apply({'params': params}, win[None], layers)
-  sums = {}
-  for name in layers:
-    f = feats[name][0]
-    own = _core(tile, vgg.downsamplings(name, model.stage_sizes), f.shape[:2])[..., None]
-    d = (f.astype(jnp.float32) - shift[name][None, None, :]) * own
-    sums[name] = {'f': jnp.sum(d, axis=(0, 1)), 'ff': _second_moment(_positions(d[None]))[0]}
-  return sums
+  zeros = {
+    n: jnp.zeros((s.shape[1] + size[n], s.shape[2] + size[n], s.shape[3]), s.dtype)
+    for n, s in shapes.items()
+  }
+  got = run(params, image, model=model, layers=layers, tile=tile, consume=consume, zeros=zeros)
+  return {n: got[n][: s.shape[1], : s.shape[2]] for n, s in shapes.items()}
 
 
 def moments(
   params, image: jax.Array, *, model: vgg.VGG, layers: tuple[str, ...], tile: int, kind: str
 ):
-  """A style image's statistics at `layers`, tile by tile, as `statistics.layer_targets` uses them.
+  """A style image's statistics at `layers`, tile by tile, for `statistics.blend_statistics`.
 
   'gram': {'gram': F^T F / M}; 'mean_cov': {'mean', 'cov'}, the covariance
   from a second pass around the first pass's mean (float32 would cancel
@@ -371,31 +352,26 @@ def moments(
   Returns:
     layer -> statistics (float32).
   """
-  tiling = grid(*image.shape[:2], tile, layers, tuple(model.stage_sizes))
-  one = functools.partial(_tile_moments, model=model, layers=layers, window=tiling.window)
-  table = jnp.asarray(tiling.table())
-  widths = {
-    n: jax.eval_shape(lambda x: model.apply({'params': params}, x[None], layers), image)[n]
-    for n in layers
-  }
+  shapes = jax.eval_shape(lambda x: model.apply({'params': params}, x[None], layers), image)
+  count = {n: s.shape[1] * s.shape[2] for n, s in shapes.items()}
 
-  def pass_(shift):
+  def sums(shift):
+    def consume(name, f, own, at):
+      del at
+      d = (f.astype(jnp.float32) - shift[name][None, None, :]) * own[..., None]
+      return {'f': jnp.sum(d, axis=(0, 1)), 'ff': _second_moment(d[None])[0]}
+
     zeros = {
       n: {'f': jnp.zeros(s.shape[-1]), 'ff': jnp.zeros((s.shape[-1],) * 2)}
-      for n, s in widths.items()
+      for n, s in shapes.items()
     }
-    add = lambda total, t: (jax.tree.map(jnp.add, total, one(image, params, shift, t)), None)  # noqa: E731
-    return lax.scan(add, zeros, table)[0]
+    return run(params, image, model=model, layers=layers, tile=tile, consume=consume, zeros=zeros)
 
-  count = {n: s.shape[1] * s.shape[2] for n, s in widths.items()}
+  first = sums({n: jnp.zeros(s.shape[-1]) for n, s in shapes.items()})
   if kind == 'gram':
-    first = pass_({n: jnp.zeros(s.shape[-1]) for n, s in widths.items()})
     return {n: {'gram': first[n]['ff'] / count[n]} for n in layers}
-  mean = {
-    n: s['f'] / count[n]
-    for n, s in pass_({n: jnp.zeros(s.shape[-1]) for n, s in widths.items()}).items()
-  }
-  second = pass_(mean)
+  mean = {n: first[n]['f'] / count[n] for n in layers}
+  second = sums(mean)
   out = {}
   for n in layers:
     d = second[n]['f'] / count[n]  # ~0: the first pass's rounding

@@ -52,10 +52,13 @@ TILE_EDGES = (2048, 1536, 1024, 768, 512, 384, 256, 192, 128, 96, 64, 32)
 # The shortest L-BFGS history the plan takes when tiles alone do not fit:
 # the image-sized history (2m + 4 float32 images) is then most of the memory.
 MIN_PLANNED_HISTORY = 5
-# A tiled step also keeps, per pixel of the whole image: the content
-# targets (relu4_2: 8 floats), the input gradient being summed and its
-# per-tile update, the scan's image-sized temporaries and the targets'
-# tiled pass (bench/bench_memory.py --tiles).
+# A tiled step (nst_jax.core.tiles) keeps each stage's input for the whole
+# image, its windows, and in the backward pass the cotangents of both: about
+# 5 copies of the stage inputs (measured: 6.0 GB peak RSS at 2048x1536 in
+# tiles of 256, history 30); and per pixel beyond them the content
+# targets padded (relu4_2: 2 x 8 floats), the image's gradient and the
+# masks' share (bench/bench_tiles.py measures the peak).
+_TILED_STAGE_COPIES = 5
 _TILED_WHOLE_BYTES_PER_PIXEL = 96
 
 
@@ -92,6 +95,15 @@ def per_pixel_bytes(
   first_conv = 2 * vgg.VGG_WIDTHS[0] if bf16 else 0
   image_buffers = optimizer_image_buffers(optimizer, lbfgs_memory)
   return BYTES_PER_ELEMENT[dtype] * kept + 4 * gradients + first_conv + image_buffers * 3 * 4
+
+
+def stage_input_bytes(feature_layers, dtype: str = 'float32') -> float:
+  """Bytes per input pixel of the stage inputs a tiled step keeps: the image and each pooled map."""
+  total, scale = 12.0, 1.0  # the image, float32
+  for names, _ in tiles.stages(feature_layers)[1:]:
+    scale /= 4
+    total += vgg.VGG_WIDTHS[vgg.stage_of(names[0]) - 2] * scale * BYTES_PER_ELEMENT[dtype]
+  return total
 
 
 def optimizer_image_buffers(optimizer: str, lbfgs_memory: int) -> int:
@@ -163,11 +175,13 @@ def estimate_memory(
   pixels = batch * height * width
   if tile is not None:
     image_bytes = optimizer_image_buffers(config.optim.name, config.optim.lbfgs_memory) * 3 * 4
-    window = tiles.grid(height, width, tile, config.loss.feature_layers).window
+    # The first stage's window is the largest: count every activation at its size.
+    window = (tile + 2 * tiles.stages(config.loss.feature_layers)[0][1]) ** 2
+    whole = _TILED_STAGE_COPIES * stage_input_bytes(config.loss.feature_layers, config.model.dtype)
     return int(
       fixed
-      + batch * window[0] * window[1] * (per_pixel - image_bytes)
-      + pixels * (image_bytes + _TILED_WHOLE_BYTES_PER_PIXEL)
+      + batch * window * (per_pixel - image_bytes)
+      + pixels * (image_bytes + whole + _TILED_WHOLE_BYTES_PER_PIXEL)
     )
   if spatial_devices > 1:
     share = _SPATIAL_SHARE_FACTOR * per_pixel / spatial_devices + _SPATIAL_WHOLE_BYTES_PER_PIXEL
