@@ -799,6 +799,16 @@ def test_blend_weights_may_be_an_array():
       np.testing.assert_array_equal(got[name]['gram'], want[name]['gram'])
 
 
+def test_blend_weights_must_be_numbers_one_per_style():
+  """Strings and a nested list were read by numpy and flattened (a trial)."""
+  model, params = _tiny()
+  content = _net(0, (1, 16, 16, 3))
+  styles = [_net(1, (1, 12, 20, 3)), _net(2, (1, 24, 16, 3))]
+  for given in (['1', '3'], [[1, 3]]):
+    with _raises(f'blend_weights must be numbers, one per style, got {given!r}; pass e.g. (1, 3)'):
+      _targets(params, model, content, styles, blend_weights=given)
+
+
 def test_the_step_names_targets_weights_of_the_wrong_shape():
   # Targets._replace(style_weight=sw) without [None] met a raw vmap error.
   model, params, content, targets = _problem(n=2)

@@ -380,7 +380,12 @@ def blend_weights(styles, n, size, blend_weights, style_masks) -> tuple[float, .
       'blend the style statistics yourself (make_targets of each style, weighted)'
     )
   else:  # a list, a tuple, or a numpy or jax array
-    weights = tuple(float(b) for b in np.asarray(blend_weights, np.float64).reshape(-1))
+    given = np.asarray(blend_weights)
+    if given.dtype.kind not in 'iuf' or given.ndim > 1:  # numpy reads ['1', '3'] and [[1, 3]]
+      raise errors.ConfigError(
+        f'blend_weights must be numbers, one per style, got {blend_weights!r}; pass e.g. (1, 3)'
+      )
+    weights = tuple(float(b) for b in given.astype(np.float64).reshape(-1))
   if len(weights) != len(styles):
     raise errors.ConfigError(
       f'{len(weights)} blend_weights for {len(styles)} styles; give one per style'

@@ -74,6 +74,8 @@ def random_scaled_params(
   if number is None or number < 0:
     shown = repr(seed) if isinstance(seed, (int, float, str, type(None))) else type(seed).__name__
     raise errors.ConfigError(f'seed must be an integer >= 0, got {shown}')
+  if number >= 2**63:  # jax.random.key takes a C long: an OverflowError naming no argument
+    raise errors.ConfigError(f'seed must be below 2**63 (a JAX key holds 64 bits), got {number}')
   seed = number
   if len(stage_sizes) != len(widths):
     raise errors.ConfigError(
@@ -147,6 +149,12 @@ def targets_at(
     ConfigError: `index` outside -N..N-1 (negative counts from the end).
   """
   n = targets.content_weight.shape[0]
+  dtype = getattr(index, 'dtype', None)  # a numpy or jax integer, concrete or traced
+  whole = jnp.issubdtype(dtype, jnp.integer) if dtype is not None else type(index) is int
+  if not whole or np.ndim(index) != 0:  # 1.0 was taken as image 1, True as image 1
+    raise errors.ConfigError(
+      f'index must be an integer (which image), got {index!r}; pass int(index) if you mean it'
+    )
   if isinstance(index, jax.core.Tracer):  # under jit or vmap: no range check, as x[i] in JAX
     take = lambda x: jax.lax.dynamic_index_in_dim(x, index % n, keepdims=keep_batch)  # noqa: E731
     return jax.tree.map(take, targets)
