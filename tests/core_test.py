@@ -772,6 +772,26 @@ def test_make_targets_takes_masks_as_stylize_does():
     _targets(params, model, content, [content, content], style_masks=np.full((1, 2, 16, 16), 2.0))
 
 
+def test_a_mask_batch_neither_one_nor_n_is_refused_naming_the_mask():
+  """It was JAX's broadcasting error ("float32[3,8,8] ... float32[1,8,8]"), naming no argument."""
+  model, params = _tiny()
+  one, three = _net(0, (1, 16, 16, 3)), _net(0, (3, 16, 16, 3))
+  with _raises('content_mask has a batch of 3 for 1 content image; give 1 (shared by every image)'):
+    _targets(params, model, one, one, content_mask=np.ones((3, 16, 16), np.float32))
+  with _raises(
+    'content_mask has a batch of 2 for 3 content images; give 1 (shared by every image) or 3, '
+    'one per image'
+  ):
+    _targets(params, model, three, one, content_mask=np.ones((2, 16, 16), np.float32))
+  with _raises(
+    'style_masks has a batch of 2 for 3 content images; give 1 (shared by every image) or 3, '
+    'one per image'
+  ):
+    _targets(params, model, three, [one, one], style_masks=np.ones((2, 2, 16, 16), np.float32))
+  shared = _targets(params, model, three, one, content_mask=np.ones((1, 16, 16), np.float32))
+  assert shared.content_mask['relu2_2'].shape == (3, 8, 8)
+
+
 def test_make_targets_refuses_images_too_small_for_the_layers():
   # The maps would be empty and the statistics NaN, without a word.
   model, params = _tiny()

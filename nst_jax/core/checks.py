@@ -99,6 +99,13 @@ def targets_inputs(content: Any, style: Any, content_mask: Any, style_masks: Any
       f'style_masks must be [N or 1, S, H, W], got {style_masks.shape}; add the batch axis: '
       'masks[None]'
     )
+  n = content.shape[0]
+  for name, mask in (('content_mask', content_mask), ('style_masks', style_masks)):
+    if mask is not None and mask.shape[0] not in (1, n):
+      raise errors.ConfigError(
+        f'{name} has a batch of {mask.shape[0]} for {n} content image{"s" * (n != 1)}; give 1 '
+        f'(shared by every image){f" or {n}, one per image" if n != 1 else ""}'
+      )
 
 
 def mask_values(mask: Any, name: str) -> jax.Array | None:
