@@ -680,6 +680,24 @@ def test_objective_and_network_features_take_one_image_and_its_targets():
   assert float(again) == float(total)
 
 
+def test_objective_names_targets_of_another_spec():
+  """A bare KeyError: 'relu1_1' before; the step already said this."""
+  model, params, content, targets = _problem()
+  one = jax.tree.map(lambda x: x[0], targets)
+  other = LossSpec(content_layers=('relu1_1',), style_layers=('relu1_1', 'relu2_1'))
+  with _raises(
+    "targets lack the content layer(s) relu1_1 of objective's loss_spec; build them with "
+    'make_targets(..., loss_spec=) of the same spec as objective'
+  ):
+    objective(content[0], params, one, model=model, loss_spec=other)
+  with _raises(
+    "targets hold gram at relu1_1, not objective's 'mean_cov' statistics; build them with "
+    'make_targets(..., loss_spec=) of the same spec as objective'
+  ):
+    objective(content[0], params, one, model=model,
+              loss_spec=dataclasses.replace(TINY_LOSS.spec, style_loss='mean_cov'))  # fmt: skip
+
+
 def test_a_state_of_another_size_or_optimizer_is_refused_at_trace_time():
   model, params, content, targets = _problem(hw=(16, 16))
   lbfgs = make_optimizer('lbfgs', convention=pixels.CAFFE)

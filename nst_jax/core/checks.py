@@ -247,16 +247,7 @@ def step_inputs(image: jax.Array, targets: Any, loss_spec: Any) -> None:
       else f'targets are for {have} image(s) but the state holds {n}; give targets and state '
       'the same batch'
     )
-  for kind, layers, built in (
-    ('content', loss_spec.content_layers, targets.content),
-    ('style', loss_spec.style_layers, targets.style),
-  ):
-    missing = [name for name in layers if name not in built]
-    if missing:
-      raise errors.ConfigError(
-        f"targets lack the {kind} layer(s) {', '.join(missing)} of the step's loss_spec; build "
-        'them with make_targets(..., loss_spec=) of the same spec as the step'
-      )
+  target_layers(targets, loss_spec, 'the step')
   layer = loss_spec.content_layers[0]
   # Poolings before a layer depend on its stage only, so VGG-19's count
   # holds for any stage sizes with the same names.
@@ -270,13 +261,27 @@ def step_inputs(image: jax.Array, targets: Any, loss_spec: Any) -> None:
       "size; make the targets from content of the state's size, or the state from images of the "
       "content's"
     )
+
+
+def target_layers(targets: Any, loss_spec: Any, user: str) -> None:
+  """Refuses targets lacking a layer or the statistic of `user`'s loss_spec (a KeyError later)."""
+  for kind, layers, built in (
+    ('content', loss_spec.content_layers, targets.content),
+    ('style', loss_spec.style_layers, targets.style),
+  ):
+    missing = [name for name in layers if name not in built]
+    if missing:
+      raise errors.ConfigError(
+        f"targets lack the {kind} layer(s) {', '.join(missing)} of {user}'s loss_spec; build "
+        f'them with make_targets(..., loss_spec=) of the same spec as {user}'
+      )
   key = _STATISTIC[loss_spec.style_loss]
   for name in loss_spec.style_layers:
     if key not in targets.style[name]:
       raise errors.ConfigError(
-        f"targets hold {', '.join(targets.style[name])} at {name}, not the step's "
+        f"targets hold {', '.join(targets.style[name])} at {name}, not {user}'s "
         f'{loss_spec.style_loss!r} statistics; build them with make_targets(..., loss_spec=) of '
-        'the same spec as the step'
+        f'the same spec as {user}'
       )
 
 

@@ -328,6 +328,7 @@ def objective(
   loss_spec = as_spec(loss_spec)
   checks.one_image(image, 'image')
   checks.one_images_targets(targets)
+  checks.target_layers(targets, loss_spec, 'objective')
   cw, sw = targets.content_weight, targets.style_weight
   layer_weights = loss_spec.layer_weights
   if loss_spec.tile is not None:
