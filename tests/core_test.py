@@ -698,6 +698,23 @@ def test_objective_names_targets_of_another_spec():
               loss_spec=dataclasses.replace(TINY_LOSS.spec, style_loss='mean_cov'))  # fmt: skip
 
 
+def test_extra_without_the_batch_axis_is_refused_naming_the_leaf():
+  """JAX's "vmap was requested to map its argument along axis 0 ..." before (a trial)."""
+  model, params, content, targets = _problem()
+  fix = 'every leaf of extra needs a leading axis of the 1 image(s): x[None] for one image, or '
+  fix += 'jnp.broadcast_to(x, (1, *x.shape)) to share it'
+  with _raises(f'extra has shape (); {fix}'):
+    _targets(params, model, content, content, extra=jnp.float32(3.0))
+  lbfgs = make_optimizer('lbfgs', convention=pixels.CAFFE)
+  step = functools.partial(update_step, model=model, optimizer=lbfgs, loss_spec=TINY_LOSS.spec)
+  bad = targets._replace(extra={'previous': jnp.ones(2)})
+  with _raises(f"targets.extra['previous'] has shape (2,); {fix}"):
+    step(init_state(content, lbfgs), params, bad)
+  good = targets._replace(extra={'previous': jnp.ones((1, 2))})
+  _, step_losses = step(init_state(content, lbfgs), params, good)
+  assert step_losses['total'].shape == (1,)
+
+
 def test_a_state_of_another_size_or_optimizer_is_refused_at_trace_time():
   model, params, content, targets = _problem(hw=(16, 16))
   lbfgs = make_optimizer('lbfgs', convention=pixels.CAFFE)

@@ -248,6 +248,7 @@ def step_inputs(image: jax.Array, targets: Any, loss_spec: Any) -> None:
       'the same batch'
     )
   target_layers(targets, loss_spec, 'the step')
+  extra_batch(targets.extra, n, 'targets.extra')
   layer = loss_spec.content_layers[0]
   # Poolings before a layer depend on its stage only, so VGG-19's count
   # holds for any stage sizes with the same names.
@@ -282,6 +283,18 @@ def target_layers(targets: Any, loss_spec: Any, user: str) -> None:
         f"targets hold {', '.join(targets.style[name])} at {name}, not {user}'s "
         f'{loss_spec.style_loss!r} statistics; build them with make_targets(..., loss_spec=) of '
         f'the same spec as {user}'
+      )
+
+
+def extra_batch(extra: Any, n: int, name: str) -> None:
+  """Refuses a leaf of `Targets.extra` without the leading [N] axis the step vmaps over."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(extra):
+    shape = tuple(np.shape(leaf))
+    if not shape or shape[0] != n:
+      raise errors.ConfigError(
+        f'{name}{jax.tree_util.keystr(path)} has shape {shape}; every leaf of extra needs a '
+        f'leading axis of the {n} image(s): x[None] for one image, or jnp.broadcast_to(x, '
+        f'({n}, *x.shape)) to share it'
       )
 
 

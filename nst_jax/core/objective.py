@@ -189,6 +189,7 @@ def make_targets(
   for i, s in enumerate(styles):
     name = 'style' if len(styles) == 1 else f'style {i}'
     checks.image_size(s, loss_spec.style_layers, model, name)
+  checks.extra_batch(extra, n, 'extra')
   blend = checks.blend_weights(styles, n, (height, width), blend_weights, style_masks)
   content_feats, stats = _target_arrays(
     params, content, styles, blend=blend, model=model, spec=loss_spec
