@@ -715,6 +715,23 @@ def test_extra_without_the_batch_axis_is_refused_naming_the_leaf():
   assert step_losses['total'].shape == (1,)
 
 
+def test_a_float64_weight_under_x64_steps_as_its_float32():
+  """L-BFGS's backtracking while_loop refused a float64 carry (a float64 weight, x64 on)."""
+  model, params, content, targets = _problem()
+  lbfgs = make_optimizer('lbfgs', convention=pixels.CAFFE)
+  step = functools.partial(
+    update_step, model=model, optimizer=lbfgs, loss_spec=TINY_LOSS.spec, backtrack=True
+  )
+  want, want_losses = step(init_state(content, lbfgs), params, targets)
+  with jax.enable_x64(True):
+    wide = targets._replace(style_weight=jnp.asarray([1.0], jnp.float64))
+    assert wide.style_weight.dtype == jnp.float64
+    got, got_losses = step(init_state(content, lbfgs), params, wide)
+  assert got.image.dtype == jnp.float32 and got_losses['total'].dtype == jnp.float32
+  np.testing.assert_array_equal(got.image, want.image)
+  np.testing.assert_array_equal(got_losses['total'], want_losses['total'])
+
+
 def test_a_state_of_another_size_or_optimizer_is_refused_at_trace_time():
   model, params, content, targets = _problem(hw=(16, 16))
   lbfgs = make_optimizer('lbfgs', convention=pixels.CAFFE)

@@ -424,3 +424,15 @@ def test_targets_at_refuses_an_index_that_is_not_an_integer():
     np.testing.assert_array_equal(nst_jax.targets_at(targets, index).style_weight, [10.0])
   with pytest.raises(nst_jax.errors.ConfigError, match=r'^index must be an integer'):
     jax.jit(lambda i: nst_jax.targets_at(targets, i))(jnp.float32(1))
+
+
+def test_random_scaled_params_are_the_same_float32_under_x64():
+  """Under jax_enable_x64 the kernel was float64 and the probe float32: a conv dtype error."""
+  shape = {'stage_sizes': (1, 2), 'widths': (4, 8)}
+  want = experiments.random_scaled_params(0, **shape)
+  with jax.enable_x64(True):
+    got = experiments.random_scaled_params(0, **shape)
+  for name in want:
+    for leaf in ('kernel', 'bias'):
+      assert got[name][leaf].dtype == jnp.float32
+      np.testing.assert_array_equal(got[name][leaf], want[name][leaf])

@@ -103,7 +103,7 @@ def random_scaled_params(
       name = f'conv{stage}_{i}'
       kernel, out, rms = _live_draw(sub, x, cin, width, name)
       scale = target / rms
-      params[name] = {'kernel': kernel * scale, 'bias': jnp.zeros(width)}
+      params[name] = {'kernel': kernel * scale, 'bias': jnp.zeros(width, jnp.float32)}
       x, cin = out * scale, width
     x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')
   return params
@@ -115,7 +115,8 @@ def _live_draw(key, x, cin: int, width: int, name: str):
     # The first draw is `key`'s own, so seeds whose layers all live keep
     # the weights they always had.
     sub = key if attempt == 0 else jax.random.fold_in(key, attempt)
-    kernel = jax.random.normal(sub, (3, 3, cin, width)) * np.sqrt(2.0 / (9 * cin))
+    # float32 whatever jax_enable_x64 says: a float64 kernel met the float32 probe in the conv.
+    kernel = jax.random.normal(sub, (3, 3, cin, width), jnp.float32) * float(np.sqrt(2 / (9 * cin)))
     out = jax.nn.relu(_conv(x, kernel))
     rms = jnp.sqrt(jnp.mean(jnp.square(out)))
     if float(rms) > 0:

@@ -169,6 +169,7 @@ def init_state(image: jax.Array, optimizer: optax.GradientTransformation) -> Sty
   return StyleState(image=image, opt_state=jax.vmap(optimizer.init)(image))
 
 
+_WEIGHTS = ('content_weight', 'style_weight', 'tv_weight')
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
@@ -235,13 +236,17 @@ def update_step(
   checks.optimizer_state(state.opt_state, state.image, optimizer)
   if active is not None:
     active = checks.active_flags(active, state.image.shape[0])
+  # float32, as make_targets makes them: a float64 weight (jax_enable_x64) made the loss, and
+  # so L-BFGS's while_loop carry, float64 against its float32 state.
+  targets = targets._replace(**{k: jnp.asarray(getattr(targets, k), jnp.float32) for k in _WEIGHTS})
   spec_keyword = _spec_keyword(loss_fn)
   # This package's L-BFGS searches at its first step only, when asked
   # (`backtrack`); any other optimiser gets `value_fn` as optax defines it.
   ours = optim.backtracks(optimizer)
 
   def checked(*args, **kwargs):
-    return checks.loss_result(loss_fn(*args, **kwargs))
+    total, aux = checks.loss_result(loss_fn(*args, **kwargs))
+    return jnp.asarray(total, jnp.float32), aux  # float64 under x64 would not fit L-BFGS's state
 
   def one_image(image, opt_state, image_targets):
     value_fn = functools.partial(
