@@ -3,6 +3,7 @@
 import contextlib
 import dataclasses
 import functools
+import pickle
 import re
 
 import chex
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import nst_jax
 from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.core import checks
@@ -62,6 +64,7 @@ def _jitted_step(model, optimizer):
 @pytest.mark.slow
 def test_targets_shapes_and_values():
   model, params, content, targets = _problem(n=2)
+  chex.assert_shape(targets.content_size, (2, 16, 16, 0))  # the content's size, no data
   chex.assert_shape(targets.content['relu2_2'], (2, 8, 8, 8))
   chex.assert_shape(targets.style['relu1_1']['gram'], (2, 1, 4, 4))
   chex.assert_shape(targets.style['relu2_1']['gram'], (2, 1, 8, 8))
@@ -739,12 +742,32 @@ def test_a_state_of_another_size_or_optimizer_is_refused_at_trace_time():
   run = jax.jit(functools.partial(update_step, model=model, optimizer=lbfgs,
                                   loss_spec=TINY_LOSS.spec))  # fmt: skip
   message = (
-    "the state's images are 32x24 px (relu2_2: 16x12), but the targets' content features are 8x8 "
-    "at relu2_2, from content of another size; make the targets from content of the state's "
-    "size, or the state from images of the content's"
+    "the state's images are 32x24 px, but the targets are for 16x16 px content; make the targets "
+    "from content of the state's size, or the state from images of the content's"
   )
   with _raises(message):
     run(init_state(jnp.zeros((1, 24, 32, 3)), lbfgs), params, targets)
+  # 17x19 pools to relu2_2's 8x8 as 16x16 does: refused now, run misaligned before (a trial).
+  with _raises(message.replace('32x24', '19x17')):
+    run(init_state(jnp.zeros((1, 17, 19, 3)), lbfgs), params, targets)
+  with _raises(message.replace('32x24', '19x17')):
+    objective(jnp.zeros((17, 19, 3)), params, jax.tree.map(lambda x: x[0], targets), model=model,
+              loss_spec=TINY_LOSS.spec)  # fmt: skip
+  # Targets built without content_size (before it existed) keep the map-size check.
+  old = targets._replace(content_size=None)
+  with _raises(
+    "the state's images are 32x24 px (relu2_2: 16x12), but the targets' content features are 8x8 "
+    "at relu2_2, from content of another size; make the targets from content of the state's "
+    "size, or the state from images of the content's"
+  ):
+    run(init_state(jnp.zeros((1, 24, 32, 3)), lbfgs), params, old)
+  kept = pickle.loads(pickle.dumps(jax.device_get(targets)))  # a pytree of arrays still
+  assert nst_jax.targets_at(kept, 0, keep_batch=False).content_size.shape == (16, 16, 0)
+  legacy = type(targets)(*targets[:8])  # a positional construction of the eight older fields
+  assert legacy.content_size is None
+  _, legacy_losses = run(init_state(content, lbfgs), params, legacy)
+  _, new_losses = run(init_state(content, lbfgs), params, targets)
+  np.testing.assert_array_equal(legacy_losses['total'], new_losses['total'])
   # Adam's state in an L-BFGS step: AttributeError "'tuple' object has no attribute 'prev_step'".
   with _raises("state.opt_state is a tuple, not this step's optimizer's LbfgsState; make the "
                "state with init_state(images, optimizer) of the step's optimizer"):  # fmt: skip

@@ -249,12 +249,27 @@ def step_inputs(image: jax.Array, targets: Any, loss_spec: Any) -> None:
     )
   target_layers(targets, loss_spec, 'the step')
   extra_batch(targets.extra, n, 'targets.extra')
-  layer = loss_spec.content_layers[0]
+  state_size(image.shape[1:3], targets, loss_spec)
+
+
+def state_size(size: tuple[int, int], targets: Any, loss_spec: Any) -> None:
+  """Refuses an image (H, W) = `size` of another size than the targets' content."""
+  height, width = size
+  if targets.content_size is not None:  # exact: the content's own (H, W)
+    h, w = np.shape(targets.content_size)[-3:-1]
+    if (h, w) != (height, width):
+      raise errors.ConfigError(
+        f"the state's images are {width}x{height} px, but the targets are for {w}x{h} px "
+        "content; make the targets from content of the state's size, or the state from images "
+        "of the content's"
+      )
+    return
+  # Targets built without content_size: the first content layer's map only.
   # Poolings before a layer depend on its stage only, so VGG-19's count
   # holds for any stage sizes with the same names.
+  layer = loss_spec.content_layers[0]
   k = vgg.downsamplings(layer)
-  height, width = image.shape[1:3]
-  want, have = (height // 2**k, width // 2**k), tuple(targets.content[layer].shape[1:3])
+  want, have = (height // 2**k, width // 2**k), tuple(targets.content[layer].shape[-3:-1])
   if want != have:
     raise errors.ConfigError(
       f"the state's images are {width}x{height} px ({layer}: {want[1]}x{want[0]}), but the "
