@@ -39,6 +39,7 @@ import optax
 
 from nst_jax import errors
 from nst_jax.core import checks
+from nst_jax.core import donation
 from nst_jax.core import objective as objective_lib
 from nst_jax.core import optim
 from nst_jax.core import pixels
@@ -281,7 +282,8 @@ def update_step(
 class Step:
   """The jitted step of a run, state donated: `step(...)` each iteration, `step.first(...)` once.
 
-  Both are `jax.jit(functools.partial(update_step, ...), donate_argnums=0)`,
+  Both are `jax.jit(functools.partial(update_step, ...), donate_argnums=0)`
+  (not donating traced inputs, as under `jax.grad`: `donation.DonatingJit`),
   called as `(state, params, targets, active=None) -> (state, losses)`.
 
   Attributes:
@@ -354,9 +356,9 @@ def make_step(
       engine passes its layout's).
 
   Returns:
-    A `Step`. The state passed in is donated (its buffers are reused for
-    the new state): keep no other reference to it. Params and targets are
-    not donated.
+    A `Step`. A concrete state passed in is donated (its buffers are reused
+    for the new state): keep no other reference to it. Params and targets
+    are not donated.
   """
   placed = {}
   if in_shardings is not None:
@@ -373,7 +375,8 @@ def make_step(
       loss_fn=loss_fn,
       backtrack=backtrack,
     )
-    return jax.jit(at_precision(fn, model.precision), donate_argnums=0, **placed)
+    # Donating on concrete arrays only: see donation.DonatingJit (jax.grad through calls).
+    return donation.DonatingJit(at_precision(fn, model.precision), **placed)
 
   update = jitted(False)
   return Step(update=update, first=jitted(True) if optim.backtracks(optimizer) else update)
