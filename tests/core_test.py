@@ -3,6 +3,7 @@
 import contextlib
 import dataclasses
 import functools
+import pickle
 import re
 
 import chex
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import nst_jax
 from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.core import checks
@@ -62,6 +64,7 @@ def _jitted_step(model, optimizer):
 @pytest.mark.slow
 def test_targets_shapes_and_values():
   model, params, content, targets = _problem(n=2)
+  chex.assert_shape(targets.content_size, (2, 16, 16, 0))  # the content's size, no data
   chex.assert_shape(targets.content['relu2_2'], (2, 8, 8, 8))
   chex.assert_shape(targets.style['relu1_1']['gram'], (2, 1, 4, 4))
   chex.assert_shape(targets.style['relu2_1']['gram'], (2, 1, 8, 8))
@@ -680,6 +683,58 @@ def test_objective_and_network_features_take_one_image_and_its_targets():
   assert float(again) == float(total)
 
 
+def test_objective_names_targets_of_another_spec():
+  """A bare KeyError: 'relu1_1' before; the step already said this."""
+  model, params, content, targets = _problem()
+  one = jax.tree.map(lambda x: x[0], targets)
+  other = LossSpec(content_layers=('relu1_1',), style_layers=('relu1_1', 'relu2_1'))
+  with _raises(
+    "targets lack the content layer(s) relu1_1 of objective's loss_spec; build them with "
+    'make_targets(..., loss_spec=) of the same spec as objective'
+  ):
+    objective(content[0], params, one, model=model, loss_spec=other)
+  with _raises(
+    "targets hold gram at relu1_1, not objective's 'mean_cov' statistics; build them with "
+    'make_targets(..., loss_spec=) of the same spec as objective'
+  ):
+    objective(content[0], params, one, model=model,
+              loss_spec=dataclasses.replace(TINY_LOSS.spec, style_loss='mean_cov'))  # fmt: skip
+
+
+def test_extra_without_the_batch_axis_is_refused_naming_the_leaf():
+  """JAX's "vmap was requested to map its argument along axis 0 ..." before (a trial)."""
+  model, params, content, targets = _problem()
+  fix = 'every leaf of extra needs a leading axis of the 1 image(s): x[None] for one image, or '
+  fix += 'jnp.broadcast_to(x, (1, *x.shape)) to share it'
+  with _raises(f'extra has shape (); {fix}'):
+    _targets(params, model, content, content, extra=jnp.float32(3.0))
+  lbfgs = make_optimizer('lbfgs', convention=pixels.CAFFE)
+  step = functools.partial(update_step, model=model, optimizer=lbfgs, loss_spec=TINY_LOSS.spec)
+  bad = targets._replace(extra={'previous': jnp.ones(2)})
+  with _raises(f"targets.extra['previous'] has shape (2,); {fix}"):
+    step(init_state(content, lbfgs), params, bad)
+  good = targets._replace(extra={'previous': jnp.ones((1, 2))})
+  _, step_losses = step(init_state(content, lbfgs), params, good)
+  assert step_losses['total'].shape == (1,)
+
+
+def test_a_float64_weight_under_x64_steps_as_its_float32():
+  """L-BFGS's backtracking while_loop refused a float64 carry (a float64 weight, x64 on)."""
+  model, params, content, targets = _problem()
+  lbfgs = make_optimizer('lbfgs', convention=pixels.CAFFE)
+  step = functools.partial(
+    update_step, model=model, optimizer=lbfgs, loss_spec=TINY_LOSS.spec, backtrack=True
+  )
+  want, want_losses = step(init_state(content, lbfgs), params, targets)
+  with jax.enable_x64(True):
+    wide = targets._replace(style_weight=jnp.asarray([1.0], jnp.float64))
+    assert wide.style_weight.dtype == jnp.float64
+    got, got_losses = step(init_state(content, lbfgs), params, wide)
+  assert got.image.dtype == jnp.float32 and got_losses['total'].dtype == jnp.float32
+  np.testing.assert_array_equal(got.image, want.image)
+  np.testing.assert_array_equal(got_losses['total'], want_losses['total'])
+
+
 def test_a_state_of_another_size_or_optimizer_is_refused_at_trace_time():
   model, params, content, targets = _problem(hw=(16, 16))
   lbfgs = make_optimizer('lbfgs', convention=pixels.CAFFE)
@@ -687,12 +742,32 @@ def test_a_state_of_another_size_or_optimizer_is_refused_at_trace_time():
   run = jax.jit(functools.partial(update_step, model=model, optimizer=lbfgs,
                                   loss_spec=TINY_LOSS.spec))  # fmt: skip
   message = (
-    "the state's images are 32x24 px (relu2_2: 16x12), but the targets' content features are 8x8 "
-    "at relu2_2, from content of another size; make the targets from content of the state's "
-    "size, or the state from images of the content's"
+    "the state's images are 32x24 px, but the targets are for 16x16 px content; make the targets "
+    "from content of the state's size, or the state from images of the content's"
   )
   with _raises(message):
     run(init_state(jnp.zeros((1, 24, 32, 3)), lbfgs), params, targets)
+  # 17x19 pools to relu2_2's 8x8 as 16x16 does: refused now, run misaligned before (a trial).
+  with _raises(message.replace('32x24', '19x17')):
+    run(init_state(jnp.zeros((1, 17, 19, 3)), lbfgs), params, targets)
+  with _raises(message.replace('32x24', '19x17')):
+    objective(jnp.zeros((17, 19, 3)), params, jax.tree.map(lambda x: x[0], targets), model=model,
+              loss_spec=TINY_LOSS.spec)  # fmt: skip
+  # Targets built without content_size (before it existed) keep the map-size check.
+  old = targets._replace(content_size=None)
+  with _raises(
+    "the state's images are 32x24 px (relu2_2: 16x12), but the targets' content features are 8x8 "
+    "at relu2_2, from content of another size; make the targets from content of the state's "
+    "size, or the state from images of the content's"
+  ):
+    run(init_state(jnp.zeros((1, 24, 32, 3)), lbfgs), params, old)
+  kept = pickle.loads(pickle.dumps(jax.device_get(targets)))  # a pytree of arrays still
+  assert nst_jax.targets_at(kept, 0, keep_batch=False).content_size.shape == (16, 16, 0)
+  legacy = type(targets)(*targets[:8])  # a positional construction of the eight older fields
+  assert legacy.content_size is None
+  _, legacy_losses = run(init_state(content, lbfgs), params, legacy)
+  _, new_losses = run(init_state(content, lbfgs), params, targets)
+  np.testing.assert_array_equal(legacy_losses['total'], new_losses['total'])
   # Adam's state in an L-BFGS step: AttributeError "'tuple' object has no attribute 'prev_step'".
   with _raises("state.opt_state is a tuple, not this step's optimizer's LbfgsState; make the "
                "state with init_state(images, optimizer) of the step's optimizer"):  # fmt: skip
@@ -772,6 +847,26 @@ def test_make_targets_takes_masks_as_stylize_does():
     _targets(params, model, content, [content, content], style_masks=np.full((1, 2, 16, 16), 2.0))
 
 
+def test_a_mask_batch_neither_one_nor_n_is_refused_naming_the_mask():
+  """It was JAX's broadcasting error ("float32[3,8,8] ... float32[1,8,8]"), naming no argument."""
+  model, params = _tiny()
+  one, three = _net(0, (1, 16, 16, 3)), _net(0, (3, 16, 16, 3))
+  with _raises('content_mask has a batch of 3 for 1 content image; give 1 (shared by every image)'):
+    _targets(params, model, one, one, content_mask=np.ones((3, 16, 16), np.float32))
+  with _raises(
+    'content_mask has a batch of 2 for 3 content images; give 1 (shared by every image) or 3, '
+    'one per image'
+  ):
+    _targets(params, model, three, one, content_mask=np.ones((2, 16, 16), np.float32))
+  with _raises(
+    'style_masks has a batch of 2 for 3 content images; give 1 (shared by every image) or 3, '
+    'one per image'
+  ):
+    _targets(params, model, three, [one, one], style_masks=np.ones((2, 2, 16, 16), np.float32))
+  shared = _targets(params, model, three, one, content_mask=np.ones((1, 16, 16), np.float32))
+  assert shared.content_mask['relu2_2'].shape == (3, 8, 8)
+
+
 def test_make_targets_refuses_images_too_small_for_the_layers():
   # The maps would be empty and the statistics NaN, without a word.
   model, params = _tiny()
@@ -797,6 +892,16 @@ def test_blend_weights_may_be_an_array():
     got = _targets(params, model, content, [s1, s2], blend_weights=given).style
     for name in TINY_LOSS.style_layers:
       np.testing.assert_array_equal(got[name]['gram'], want[name]['gram'])
+
+
+def test_blend_weights_must_be_numbers_one_per_style():
+  """Strings and a nested list were read by numpy and flattened (a trial)."""
+  model, params = _tiny()
+  content = _net(0, (1, 16, 16, 3))
+  styles = [_net(1, (1, 12, 20, 3)), _net(2, (1, 24, 16, 3))]
+  for given in (['1', '3'], [[1, 3]]):
+    with _raises(f'blend_weights must be numbers, one per style, got {given!r}; pass e.g. (1, 3)'):
+      _targets(params, model, content, styles, blend_weights=given)
 
 
 def test_the_step_names_targets_weights_of_the_wrong_shape():

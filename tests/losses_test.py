@@ -110,6 +110,25 @@ def test_mismatched_shapes_are_named():
     )
 
 
+def test_a_layer_missing_from_an_argument_is_named():
+  """A bare KeyError: 'relu1_1' before (a trial)."""
+  f, g = {'relu1_1': _feats(0)}, {'relu1_1': statistics.gram_matrix(_feats(1))}
+  cases = (
+    (lambda: losses.content_loss(f, {}, layers=('relu1_1',)), 'content_loss: targets'),
+    (lambda: losses.content_loss({}, f, layers=('relu1_1',)), 'content_loss: features'),
+    (lambda: losses.style_loss(f, g, layer_weights={'relu1_1': 1.0}, masks={}),
+     'style_loss: masks'),
+  )  # fmt: skip
+  for call, where in cases:
+    with pytest.raises(errors.ConfigError) as caught:
+      call()
+    assert str(caught.value) == (
+      f'{where} lack the layer relu1_1; give features, targets (and masks) for every loss layer, '
+      'from the same layers'
+    )
+  assert float(losses.content_loss(f, f, layers=('relu1_1',))) == 0.0
+
+
 # --- guided Grams, Gaussian (mean/covariance) and histogram terms, TV ------
 
 

@@ -384,3 +384,15 @@ def test_lbfgs_refuses_a_learning_rate_it_would_ignore():
     "learning_rate is Adam's; L-BFGS takes no learning rate (its step is 1, its first step's "
     "largest pixel change first_step): drop it, or use make_optimizer('adam', ...)"
   )
+
+
+@pytest.mark.parametrize('memory', [2.5, '30', True, None])
+def test_lbfgs_memory_must_be_a_whole_number(memory):
+  """2.5 was accepted and failed in init_state; '30' compared a str with an int."""
+  with pytest.raises(nst_jax.errors.ConfigError) as e:
+    optim.make_optimizer('lbfgs', memory_size=memory, convention='caffe')
+  assert str(e.value) == (
+    f'memory_size (the L-BFGS memory) must be an integer >= 1, got {memory!r}'
+  )
+  tx = optim.make_optimizer('lbfgs', memory_size=np.int64(3), convention='caffe')
+  assert tx.init(jnp.zeros((2, 2, 3))).s.shape == (3, 2, 2, 3)

@@ -398,9 +398,41 @@ def test_random_scaled_params_refuse_a_bad_seed_and_an_rgb_uint8_probe():
     with pytest.raises(nst_jax.errors.ConfigError) as caught:
       experiments.random_scaled_params(seed, **shape)
     assert str(caught.value) == f'seed must be an integer >= 0, got {shown}'
+  with pytest.raises(nst_jax.errors.ConfigError) as caught:  # an OverflowError in jax.random.key
+    experiments.random_scaled_params(2**64, **shape)
+  assert str(caught.value) == (
+    'seed must be below 2**63 (a JAX key holds 64 bits), got 18446744073709551616'
+  )
   with pytest.raises(nst_jax.errors.ConfigError) as caught:  # was taken as network space
     experiments.random_scaled_params(0, probe=np.full((8, 8, 3), 200, np.uint8), **shape)
   assert str(caught.value) == (
     'probe is uint8, but it is an image in network space: preprocess RGB first, '
     'nst_jax.preprocess(rgb, weights.info.input_convention)'
   )
+
+
+def test_targets_at_refuses_an_index_that_is_not_an_integer():
+  """1.0 and True were taken as image 1."""
+  model, params, content, targets = _problem(n=2)
+  for index in (1.0, True, np.float32(1), jnp.float32(1), jnp.asarray([1])):
+    with pytest.raises(nst_jax.errors.ConfigError) as caught:
+      nst_jax.targets_at(targets, index)
+    assert str(caught.value) == (
+      f'index must be an integer (which image), got {index!r}; pass int(index) if you mean it'
+    )
+  for index in (np.int64(1), jnp.int32(1)):
+    np.testing.assert_array_equal(nst_jax.targets_at(targets, index).style_weight, [10.0])
+  with pytest.raises(nst_jax.errors.ConfigError, match=r'^index must be an integer'):
+    jax.jit(lambda i: nst_jax.targets_at(targets, i))(jnp.float32(1))
+
+
+def test_random_scaled_params_are_the_same_float32_under_x64():
+  """Under jax_enable_x64 the kernel was float64 and the probe float32: a conv dtype error."""
+  shape = {'stage_sizes': (1, 2), 'widths': (4, 8)}
+  want = experiments.random_scaled_params(0, **shape)
+  with jax.enable_x64(True):
+    got = experiments.random_scaled_params(0, **shape)
+  for name in want:
+    for leaf in ('kernel', 'bias'):
+      assert got[name][leaf].dtype == jnp.float32
+      np.testing.assert_array_equal(got[name][leaf], want[name][leaf])

@@ -182,7 +182,10 @@ def test_one_tile_program_whatever_the_tile_count(params, model):
 
   def convolutions(height, width):
     image = jnp.zeros((height, width, 3))
-    t = targets._replace(content={'relu2_2': jnp.zeros((height // 2, width // 2, 128))})
+    t = targets._replace(
+      content={'relu2_2': jnp.zeros((height // 2, width // 2, 128))},
+      content_size=jnp.zeros((height, width, 0)),  # targets of this size, as make_targets records
+    )
     fn = jax.grad(lambda x: objective_lib.objective(x, params, t, model=model, loss_spec=spec)[0])
     return jax.jit(fn).lower(image).as_text().count('convolution(')
 

@@ -99,6 +99,13 @@ def targets_inputs(content: Any, style: Any, content_mask: Any, style_masks: Any
       f'style_masks must be [N or 1, S, H, W], got {style_masks.shape}; add the batch axis: '
       'masks[None]'
     )
+  n = content.shape[0]
+  for name, mask in (('content_mask', content_mask), ('style_masks', style_masks)):
+    if mask is not None and mask.shape[0] not in (1, n):
+      raise errors.ConfigError(
+        f'{name} has a batch of {mask.shape[0]} for {n} content image{"s" * (n != 1)}; give 1 '
+        f'(shared by every image){f" or {n}, one per image" if n != 1 else ""}'
+      )
 
 
 def mask_values(mask: Any, name: str) -> jax.Array | None:
@@ -240,22 +247,29 @@ def step_inputs(image: jax.Array, targets: Any, loss_spec: Any) -> None:
       else f'targets are for {have} image(s) but the state holds {n}; give targets and state '
       'the same batch'
     )
-  for kind, layers, built in (
-    ('content', loss_spec.content_layers, targets.content),
-    ('style', loss_spec.style_layers, targets.style),
-  ):
-    missing = [name for name in layers if name not in built]
-    if missing:
+  target_layers(targets, loss_spec, 'the step')
+  extra_batch(targets.extra, n, 'targets.extra')
+  state_size(image.shape[1:3], targets, loss_spec)
+
+
+def state_size(size: tuple[int, int], targets: Any, loss_spec: Any) -> None:
+  """Refuses an image (H, W) = `size` of another size than the targets' content."""
+  height, width = size
+  if targets.content_size is not None:  # exact: the content's own (H, W)
+    h, w = np.shape(targets.content_size)[-3:-1]
+    if (h, w) != (height, width):
       raise errors.ConfigError(
-        f"targets lack the {kind} layer(s) {', '.join(missing)} of the step's loss_spec; build "
-        'them with make_targets(..., loss_spec=) of the same spec as the step'
+        f"the state's images are {width}x{height} px, but the targets are for {w}x{h} px "
+        "content; make the targets from content of the state's size, or the state from images "
+        "of the content's"
       )
-  layer = loss_spec.content_layers[0]
+    return
+  # Targets built without content_size: the first content layer's map only.
   # Poolings before a layer depend on its stage only, so VGG-19's count
   # holds for any stage sizes with the same names.
+  layer = loss_spec.content_layers[0]
   k = vgg.downsamplings(layer)
-  height, width = image.shape[1:3]
-  want, have = (height // 2**k, width // 2**k), tuple(targets.content[layer].shape[1:3])
+  want, have = (height // 2**k, width // 2**k), tuple(targets.content[layer].shape[-3:-1])
   if want != have:
     raise errors.ConfigError(
       f"the state's images are {width}x{height} px ({layer}: {want[1]}x{want[0]}), but the "
@@ -263,13 +277,39 @@ def step_inputs(image: jax.Array, targets: Any, loss_spec: Any) -> None:
       "size; make the targets from content of the state's size, or the state from images of the "
       "content's"
     )
+
+
+def target_layers(targets: Any, loss_spec: Any, user: str) -> None:
+  """Refuses targets lacking a layer or the statistic of `user`'s loss_spec (a KeyError later)."""
+  for kind, layers, built in (
+    ('content', loss_spec.content_layers, targets.content),
+    ('style', loss_spec.style_layers, targets.style),
+  ):
+    missing = [name for name in layers if name not in built]
+    if missing:
+      raise errors.ConfigError(
+        f"targets lack the {kind} layer(s) {', '.join(missing)} of {user}'s loss_spec; build "
+        f'them with make_targets(..., loss_spec=) of the same spec as {user}'
+      )
   key = _STATISTIC[loss_spec.style_loss]
   for name in loss_spec.style_layers:
     if key not in targets.style[name]:
       raise errors.ConfigError(
-        f"targets hold {', '.join(targets.style[name])} at {name}, not the step's "
+        f"targets hold {', '.join(targets.style[name])} at {name}, not {user}'s "
         f'{loss_spec.style_loss!r} statistics; build them with make_targets(..., loss_spec=) of '
-        'the same spec as the step'
+        f'the same spec as {user}'
+      )
+
+
+def extra_batch(extra: Any, n: int, name: str) -> None:
+  """Refuses a leaf of `Targets.extra` without the leading [N] axis the step vmaps over."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(extra):
+    shape = tuple(np.shape(leaf))
+    if not shape or shape[0] != n:
+      raise errors.ConfigError(
+        f'{name}{jax.tree_util.keystr(path)} has shape {shape}; every leaf of extra needs a '
+        f'leading axis of the {n} image(s): x[None] for one image, or jnp.broadcast_to(x, '
+        f'({n}, *x.shape)) to share it'
       )
 
 
@@ -380,7 +420,12 @@ def blend_weights(styles, n, size, blend_weights, style_masks) -> tuple[float, .
       'blend the style statistics yourself (make_targets of each style, weighted)'
     )
   else:  # a list, a tuple, or a numpy or jax array
-    weights = tuple(float(b) for b in np.asarray(blend_weights, np.float64).reshape(-1))
+    given = np.asarray(blend_weights)
+    if given.dtype.kind not in 'iuf' or given.ndim > 1:  # numpy reads ['1', '3'] and [[1, 3]]
+      raise errors.ConfigError(
+        f'blend_weights must be numbers, one per style, got {blend_weights!r}; pass e.g. (1, 3)'
+      )
+    weights = tuple(float(b) for b in given.astype(np.float64).reshape(-1))
   if len(weights) != len(styles):
     raise errors.ConfigError(
       f'{len(weights)} blend_weights for {len(styles)} styles; give one per style'

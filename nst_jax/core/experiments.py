@@ -74,6 +74,8 @@ def random_scaled_params(
   if number is None or number < 0:
     shown = repr(seed) if isinstance(seed, (int, float, str, type(None))) else type(seed).__name__
     raise errors.ConfigError(f'seed must be an integer >= 0, got {shown}')
+  if number >= 2**63:  # jax.random.key takes a C long: an OverflowError naming no argument
+    raise errors.ConfigError(f'seed must be below 2**63 (a JAX key holds 64 bits), got {number}')
   seed = number
   if len(stage_sizes) != len(widths):
     raise errors.ConfigError(
@@ -101,7 +103,7 @@ def random_scaled_params(
       name = f'conv{stage}_{i}'
       kernel, out, rms = _live_draw(sub, x, cin, width, name)
       scale = target / rms
-      params[name] = {'kernel': kernel * scale, 'bias': jnp.zeros(width)}
+      params[name] = {'kernel': kernel * scale, 'bias': jnp.zeros(width, jnp.float32)}
       x, cin = out * scale, width
     x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')
   return params
@@ -113,7 +115,8 @@ def _live_draw(key, x, cin: int, width: int, name: str):
     # The first draw is `key`'s own, so seeds whose layers all live keep
     # the weights they always had.
     sub = key if attempt == 0 else jax.random.fold_in(key, attempt)
-    kernel = jax.random.normal(sub, (3, 3, cin, width)) * np.sqrt(2.0 / (9 * cin))
+    # float32 whatever jax_enable_x64 says: a float64 kernel met the float32 probe in the conv.
+    kernel = jax.random.normal(sub, (3, 3, cin, width), jnp.float32) * float(np.sqrt(2 / (9 * cin)))
     out = jax.nn.relu(_conv(x, kernel))
     rms = jnp.sqrt(jnp.mean(jnp.square(out)))
     if float(rms) > 0:
@@ -147,6 +150,12 @@ def targets_at(
     ConfigError: `index` outside -N..N-1 (negative counts from the end).
   """
   n = targets.content_weight.shape[0]
+  dtype = getattr(index, 'dtype', None)  # a numpy or jax integer, concrete or traced
+  whole = jnp.issubdtype(dtype, jnp.integer) if dtype is not None else type(index) is int
+  if not whole or np.ndim(index) != 0:  # 1.0 was taken as image 1, True as image 1
+    raise errors.ConfigError(
+      f'index must be an integer (which image), got {index!r}; pass int(index) if you mean it'
+    )
   if isinstance(index, jax.core.Tracer):  # under jit or vmap: no range check, as x[i] in JAX
     take = lambda x: jax.lax.dynamic_index_in_dim(x, index % n, keepdims=keep_batch)  # noqa: E731
     return jax.tree.map(take, targets)

@@ -163,6 +163,7 @@ def content_loss(
   """
   total = jnp.zeros((), jnp.float32)
   for name in layers:
+    _has_layer('content_loss', name, features, targets, masks)
     mask = None if masks is None else masks[name]
     try:
       term = content_layer_loss(features[name], targets[name], mask)
@@ -271,6 +272,7 @@ def style_loss(
   """
   total = jnp.zeros((), jnp.float32)
   for name, weight in layer_weights.items():
+    _has_layer('style_loss', name, features, targets, masks)
     mask = None if masks is None else masks[name]
     try:
       term = style_layer_loss(features[name], targets[name], kind=kind, masks=mask)
@@ -280,3 +282,13 @@ def style_loss(
       terms[f'style/{name}'] = term
     total = total + weight * term
   return total
+
+
+def _has_layer(loss: str, name: str, features, targets, masks) -> None:
+  """Refuses a loss layer missing from an argument (a bare KeyError otherwise)."""
+  for argument, held in (('features', features), ('targets', targets), ('masks', masks)):
+    if held is not None and name not in held:
+      raise errors.ConfigError(
+        f'{loss}: {argument} lack the layer {name}; give features, targets (and masks) for every '
+        'loss layer, from the same layers'
+      )

@@ -20,6 +20,7 @@ import warnings
 import jax
 from jax import lax
 import jax.numpy as jnp
+import numpy as np
 
 from nst_jax import errors
 from nst_jax.core import checks
@@ -54,6 +55,12 @@ class Targets(NamedTuple):
     style_masks: None, or style layer -> [N, S, h, w] region guidance.
     extra: None, or any pytree with leading [N] axes for a custom `loss_fn`
       (the video loss keeps the warped previous frame here).
+    content_size: None, or an empty [N, H, W, 0] float32 array whose shape
+      is the content images' height and width (no data): the step and
+      `objective` refuse an image of another size exactly. An array, not a
+      tuple, so that Targets stays a pytree of [N, ...] arrays under jit,
+      vmap, tree maps and pickle; targets built without it are checked by
+      the first content layer's map size only.
   """
 
   content: Mapping[str, jax.Array]
@@ -64,6 +71,7 @@ class Targets(NamedTuple):
   content_mask: Mapping[str, jax.Array] | None = None
   style_masks: Mapping[str, jax.Array] | None = None
   extra: Any = None
+  content_size: jax.Array | None = None
 
 
 def _features(params, x, *, model: vgg.VGG, layers: tuple[str, ...]):
@@ -189,6 +197,7 @@ def make_targets(
   for i, s in enumerate(styles):
     name = 'style' if len(styles) == 1 else f'style {i}'
     checks.image_size(s, loss_spec.style_layers, model, name)
+  checks.extra_batch(extra, n, 'extra')
   blend = checks.blend_weights(styles, n, (height, width), blend_weights, style_masks)
   content_feats, stats = _target_arrays(
     params, content, styles, blend=blend, model=model, spec=loss_spec
@@ -204,6 +213,7 @@ def make_targets(
       style_masks, loss_spec.style_layers, (n,) if style_masks is None else (n, len(styles))
     ),
     extra=extra,
+    content_size=jnp.asarray(np.zeros((n, height, width, 0), np.float32)),
   )
 
 
@@ -328,6 +338,8 @@ def objective(
   loss_spec = as_spec(loss_spec)
   checks.one_image(image, 'image')
   checks.one_images_targets(targets)
+  checks.target_layers(targets, loss_spec, 'objective')
+  checks.state_size(image.shape[:2], targets, loss_spec)
   cw, sw = targets.content_weight, targets.style_weight
   layer_weights = loss_spec.layer_weights
   if loss_spec.tile is not None:

@@ -36,6 +36,7 @@ References:
   optimization", Math. Programming 45.
 """
 
+import operator
 from typing import NamedTuple
 import weakref
 
@@ -140,6 +141,15 @@ def lbfgs(
     curvature pair are shrunk by the same factor. Without `value_fn` the
     first step is not backtracked.
   """
+  try:  # 2.5 or '30' failed late, in init_state's zeros or as a str < int
+    whole = None if isinstance(memory_size, bool) else operator.index(memory_size)
+  except TypeError:
+    whole = None
+  if whole is None:
+    raise errors.ConfigError(
+      f'memory_size (the L-BFGS memory) must be an integer >= 1, got {memory_size!r}'
+    )
+  memory_size = whole
   if memory_size < 1:
     raise errors.ConfigError(f'the L-BFGS memory must be at least 1, got {memory_size}')
 

@@ -39,6 +39,7 @@ import optax
 
 from nst_jax import errors
 from nst_jax.core import checks
+from nst_jax.core import donation
 from nst_jax.core import objective as objective_lib
 from nst_jax.core import optim
 from nst_jax.core import pixels
@@ -169,6 +170,7 @@ def init_state(image: jax.Array, optimizer: optax.GradientTransformation) -> Sty
   return StyleState(image=image, opt_state=jax.vmap(optimizer.init)(image))
 
 
+_WEIGHTS = ('content_weight', 'style_weight', 'tv_weight')
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
@@ -235,13 +237,17 @@ def update_step(
   checks.optimizer_state(state.opt_state, state.image, optimizer)
   if active is not None:
     active = checks.active_flags(active, state.image.shape[0])
+  # float32, as make_targets makes them: a float64 weight (jax_enable_x64) made the loss, and
+  # so L-BFGS's while_loop carry, float64 against its float32 state.
+  targets = targets._replace(**{k: jnp.asarray(getattr(targets, k), jnp.float32) for k in _WEIGHTS})
   spec_keyword = _spec_keyword(loss_fn)
   # This package's L-BFGS searches at its first step only, when asked
   # (`backtrack`); any other optimiser gets `value_fn` as optax defines it.
   ours = optim.backtracks(optimizer)
 
   def checked(*args, **kwargs):
-    return checks.loss_result(loss_fn(*args, **kwargs))
+    total, aux = checks.loss_result(loss_fn(*args, **kwargs))
+    return jnp.asarray(total, jnp.float32), aux  # float64 under x64 would not fit L-BFGS's state
 
   def one_image(image, opt_state, image_targets):
     value_fn = functools.partial(
@@ -276,7 +282,8 @@ def update_step(
 class Step:
   """The jitted step of a run, state donated: `step(...)` each iteration, `step.first(...)` once.
 
-  Both are `jax.jit(functools.partial(update_step, ...), donate_argnums=0)`,
+  Both are `jax.jit(functools.partial(update_step, ...), donate_argnums=0)`
+  (not donating traced inputs, as under `jax.grad`: `donation.DonatingJit`),
   called as `(state, params, targets, active=None) -> (state, losses)`.
 
   Attributes:
@@ -349,9 +356,9 @@ def make_step(
       engine passes its layout's).
 
   Returns:
-    A `Step`. The state passed in is donated (its buffers are reused for
-    the new state): keep no other reference to it. Params and targets are
-    not donated.
+    A `Step`. A concrete state passed in is donated (its buffers are reused
+    for the new state): keep no other reference to it. Params and targets
+    are not donated.
   """
   placed = {}
   if in_shardings is not None:
@@ -368,7 +375,8 @@ def make_step(
       loss_fn=loss_fn,
       backtrack=backtrack,
     )
-    return jax.jit(at_precision(fn, model.precision), donate_argnums=0, **placed)
+    # Donating on concrete arrays only: see donation.DonatingJit (jax.grad through calls).
+    return donation.DonatingJit(at_precision(fn, model.precision), **placed)
 
   update = jitted(False)
   return Step(update=update, first=jitted(True) if optim.backtracks(optimizer) else update)

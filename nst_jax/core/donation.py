@@ -1,0 +1,41 @@
+"""A jitted function that donates its first argument where donating can work: on concrete arrays.
+
+`make_step`'s programs are `DonatingJit`s: the engine and a plain loop get
+the state's buffers reused; `jax.grad` or `jax.vjp` of a loop of calls,
+eager or under `jax.jit`, gets the same program without donation.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+
+class DonatingJit:
+  """`jax.jit(fn, donate_argnums=0)`, called without donation when an argument is traced.
+
+  Eager `jax.grad` through two calls of a donating jit failed with "Array
+  has been deleted": under reverse mode JAX partially evaluates each call,
+  runs its known half with the state donated, and keeps some of those very
+  buffers (inputs forwarded as residuals) for the backward pass or hands
+  them to the next call, which donates them again. Under an outer
+  `jax.jit` donation does nothing anyway. So a call whose arguments hold a
+  `jax.core.Tracer` goes to `fn` jitted without donation: the same program
+  and values, the inputs kept.
+
+  Attributes other than the call (`lower`, `trace`, `eval_shape`,
+  `_cache_size`) are the donating jit's, the program the engine compiles.
+  """
+
+  def __init__(self, fn: Callable, **jit_kwargs: Any):
+    self.donating = jax.jit(fn, donate_argnums=0, **jit_kwargs)
+    self.kept = jax.jit(fn, **jit_kwargs)
+
+  def __call__(self, *args):
+    traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args))
+    return (self.kept if traced else self.donating)(*args)
+
+  def __getattr__(self, name: str):
+    if name in ('donating', 'kept'):  # not set yet (copy, pickle): no recursion
+      raise AttributeError(name)
+    return getattr(self.donating, name)
