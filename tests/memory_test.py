@@ -13,6 +13,7 @@ import pytest
 from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.core import pixels
+from nst_jax.core import tiles
 from nst_jax.core import vgg
 from nst_jax.core.objective import make_targets
 from nst_jax.core.step import init_state
@@ -234,47 +235,48 @@ def test_the_plan_is_untiled_when_the_image_fits():
   assert plan.line(1024, 768).startswith('A 1024x768 run needs about ')
 
 
-def test_the_plan_tiles_when_the_whole_image_just_misses():
-  cfg = _limited(20)
+@pytest.mark.parametrize('gb', [10, 12, 14, 16, 20])
+def test_the_plan_takes_the_largest_tile_with_at_least_half_the_history(gb):
+  cfg = _limited(gb)
+  full = cfg.optim.lbfgs_memory
+
+  def need(edge, history):
+    return memory.estimate_memory(
+      2160, 3840, config=cfg.replace(optim=cfg.optim.replace(lbfgs_memory=history)), tile=edge
+    )
+
   plan = memory.check_memory(2160, 3840, config=cfg)
-  assert plan.untiled > 20e9 >= plan.need and plan.history is None
-  assert plan.tile == memory.TILE_EDGES[0]  # the largest edge fits: the least time
+  history = plan.history or full
+  assert plan.untiled > gb * 1e9 >= plan.need == need(plan.tile, history)
+  assert history == full or need(plan.tile, history + 1) > gb * 1e9  # the longest that fits
+  for larger in memory.TILE_EDGES[: memory.TILE_EDGES.index(plan.tile)]:
+    assert need(larger, full // 2) > gb * 1e9  # no larger tile fits with half the history
   planned = memory.planned(cfg, [plan])
   assert planned.loss.tiles == planned.loss.spec.tile == plan.tile
-  assert planned.optim.lbfgs_memory == cfg.optim.lbfgs_memory
-  assert f'in tiles of {plan.tile} px needs about' in plan.line(3840, 2160)
-  assert 'the whole image at once would need 20.0 GB of the 20.0 GB' in plan.line(3840, 2160)
+  assert planned.optim.lbfgs_memory == history
+  assert f'in tiles of {plan.tile} px' in plan.line(3840, 2160)
+  assert f'the whole image at once would need 20.0 GB of the {gb:.1f} GB' in plan.line(3840, 2160)
 
 
-def test_where_tiles_alone_do_not_fit_the_plan_shortens_the_history():
-  # At 3840x2160 the L-BFGS history (2m + 4 images) is 6.4 GB of an 8 GB limit.
-  cfg = _limited(8)
-  assert all(
-    memory.estimate_memory(2160, 3840, config=cfg, tile=e) > 8e9 for e in memory.TILE_EDGES
-  )
-  plan = memory.check_memory(2160, 3840, config=cfg)
-  assert cfg.optim.lbfgs_memory // 2 <= plan.history < cfg.optim.lbfgs_memory
-  shorter = cfg.replace(optim=cfg.optim.replace(lbfgs_memory=plan.history))
-  assert plan.need == memory.estimate_memory(2160, 3840, config=shorter, tile=plan.tile) <= 8e9
-  # Large tiles first (small ones cost time): the next larger edge fits with no history >= 15.
-  larger = memory.TILE_EDGES[memory.TILE_EDGES.index(plan.tile) - 1]
-  at_half = cfg.replace(optim=cfg.optim.replace(lbfgs_memory=15))
-  assert memory.estimate_memory(2160, 3840, config=at_half, tile=larger) > 8e9
-  planned = memory.planned(cfg, [plan])
-  assert (planned.loss.tiles, planned.optim.lbfgs_memory) == (plan.tile, plan.history)
-  assert f'an L-BFGS history of {plan.history} needs about' in plan.line(3840, 2160)
+def test_a_plan_that_fits_untiled_keeps_its_history():
+  plan = memory.check_memory(768, 1024, config=_limited(8))
+  assert plan.tile is None and plan.history is None
+  assert memory.planned(_limited(8), [plan]).optim.lbfgs_memory == 30
 
 
-def test_tiles_shrink_the_estimate_to_a_window_and_the_state():
+def test_tiles_shrink_the_estimate_to_a_window_and_the_stage_inputs():
   cfg = _limited(8)
   untiled = memory.estimate_memory(2160, 3840, config=cfg)
   tiled = memory.estimate_memory(2160, 3840, config=cfg, tile=256)
   per_pixel = memory.per_pixel_bytes(feature_layers=cfg.loss.feature_layers)
   state = memory.optimizer_image_buffers('lbfgs', cfg.optim.lbfgs_memory) * 12
-  window = 256 + 2 * 80  # the halo of relu5_1, 70 px, rounded up to 16
-  expected = (per_pixel - state) * window**2 + (state + 96) * 2160 * 3840
+  # The image and the pooled maps to relu5_1: 3, 64/4, 128/16, 256/64, 512/256 floats per pixel.
+  assert tiles.stage_input_bytes(cfg.loss.feature_layers) == 4 * (3 + 16 + 8 + 4 + 2)
+  stage_inputs = 5 * 132 + 96
+  window = 256 + 2 * 2  # the first stage's halo: its two convolutions
+  expected = (per_pixel - state) * window**2 + (state + stage_inputs) * 2160 * 3840
   assert tiled - (untiled - per_pixel * 2160 * 3840) == pytest.approx(expected, rel=1e-9)
-  assert tiled < untiled / 2
+  assert tiled < 0.7 * untiled
 
 
 def test_a_plan_that_cannot_fit_names_the_limit_that_would():

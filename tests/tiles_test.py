@@ -101,8 +101,8 @@ def test_tiled_objective_and_gradient_equal_the_untiled(params, model, kind, mas
   for key in terms:
     # A mean_cov term is tr(Sigma) + tr(Sigma_s) - 2 tr sqrt(...): about 1000x
     # smaller than its traces here, so float32 leaves it 3e-3 from float64
-    # tiled or not (measured); the tiles move it by a tenth of that.
-    rtol = 3e-4 if kind == 'mean_cov' and key.startswith('style') else 2e-6
+    # tiled or not (measured); the tiles move it by a third of that at most.
+    rtol = 1e-3 if kind == 'mean_cov' and key.startswith('style') else 2e-6
     np.testing.assert_allclose(t_terms[key], terms[key], rtol=rtol, err_msg=key)
   assert _rel(t_grad, grad) < 1e-5
 

@@ -54,6 +54,15 @@ def alignment(layers: Sequence[str], stage_sizes: Sequence[int] = vgg.VGG19_STAG
   return vgg.min_input_size(layers, stage_sizes)
 
 
+def stage_input_bytes(layers: Sequence[str], bytes_per_element: int = 4) -> float:
+  """Bytes per input pixel of the stage inputs a tiled step keeps: the image and each pooled map."""
+  total, scale = 12.0, 1.0  # the image, float32
+  for names, _ in stages(layers)[1:]:
+    scale /= 4
+    total += vgg.VGG_WIDTHS[vgg.stage_of(names[0]) - 2] * scale * bytes_per_element
+  return total
+
+
 def stages(layers: Sequence[str], stage_sizes: Sequence[int] = vgg.VGG19_STAGE_SIZES):
   """The network up to the deepest of `layers`, cut at its poolings.
 
@@ -125,10 +134,16 @@ def _run_stage(model, params, x, names, halo, core, consume, zeros):
         sums[name] = consume(
           name, w[halo : halo + core, halo : halo + core], own, (i * core, j * core)
         )
+    if not pools:
+      return sums, None
     # The core alone is pooled: c_s and h_s are even, so its windows are the untiled ones.
-    pooled = (
-      _layer(model, params, names[-1], w[halo : halo + core, halo : halo + core]) if pools else None
-    )
+    pooled = _layer(model, params, names[-1], w[halo : halo + core, halo : halo + core])
+    if names[-1] in zeros:
+      half = core // 2
+      own = (i * half + jnp.arange(half) < height // 2)[:, None] & (
+        j * half + jnp.arange(half) < width // 2
+      )[None, :]
+      sums[names[-1]] = consume(names[-1], pooled, own, (i * half, j * half))
     return sums, pooled
 
   # Only the window is kept for the backward pass; the rest is recomputed.

@@ -97,15 +97,6 @@ def per_pixel_bytes(
   return BYTES_PER_ELEMENT[dtype] * kept + 4 * gradients + first_conv + image_buffers * 3 * 4
 
 
-def stage_input_bytes(feature_layers, dtype: str = 'float32') -> float:
-  """Bytes per input pixel of the stage inputs a tiled step keeps: the image and each pooled map."""
-  total, scale = 12.0, 1.0  # the image, float32
-  for names, _ in tiles.stages(feature_layers)[1:]:
-    scale /= 4
-    total += vgg.VGG_WIDTHS[vgg.stage_of(names[0]) - 2] * scale * BYTES_PER_ELEMENT[dtype]
-  return total
-
-
 def optimizer_image_buffers(optimizer: str, lbfgs_memory: int) -> int:
   """Image-sized float32 buffers of the optimiser state: L-BFGS 2 * history + 4, Adam 4."""
   return 2 * lbfgs_memory + 4 if optimizer == 'lbfgs' else 4
@@ -177,7 +168,9 @@ def estimate_memory(
     image_bytes = optimizer_image_buffers(config.optim.name, config.optim.lbfgs_memory) * 3 * 4
     # The first stage's window is the largest: count every activation at its size.
     window = (tile + 2 * tiles.stages(config.loss.feature_layers)[0][1]) ** 2
-    whole = _TILED_STAGE_COPIES * stage_input_bytes(config.loss.feature_layers, config.model.dtype)
+    whole = _TILED_STAGE_COPIES * tiles.stage_input_bytes(
+      config.loss.feature_layers, BYTES_PER_ELEMENT[config.model.dtype]
+    )
     return int(
       fixed
       + batch * window * (per_pixel - image_bytes)
@@ -243,8 +236,7 @@ class Plan(NamedTuple):
     history = '' if self.history is None else f' and an L-BFGS history of {self.history}'
     return (
       f'A {width}x{height} run in tiles of {self.tile} px{history} needs about '
-      f'{self.need / 1e9:.1f} GB of memory ({why}; tiles give the same result, but each window '
-      'recomputes a halo: 4.6x the time at 512 px in tiles of 128, measured).'
+      f'{self.need / 1e9:.1f} GB of memory ({why}; the same result, more time per iteration).'
     )
 
 
@@ -268,19 +260,10 @@ def _least(height: int, width: int, config, *, spatial_devices: int = 1, **setti
   if isinstance(tiles_setting, int):
     needs = [estimate_memory(height, width, config=config, tile=tiles_setting, **setting)]
   elif tiles_setting == 'auto' and tileable(config) and spatial_devices == 1:
-    edges = _tile_edges(height, width, config)
-    if edges:
-      needs.append(
-        estimate_memory(height, width, config=_shortest(config), tile=edges[-1], **setting)
-      )
+    short = _with(config, lbfgs_memory=min(config.optim.lbfgs_memory, MIN_PLANNED_HISTORY))
+    needs += [estimate_memory(height, width, config=short, tile=e, **setting) for e in (
+      _tile_edges(height, width, config)[-1:])]  # fmt: skip
   return min(needs)
-
-
-def _shortest(config):
-  """`config` with the shortest history the plan would take."""
-  if config.optim.name != 'lbfgs':
-    return config
-  return _with(config, lbfgs_memory=min(config.optim.lbfgs_memory, MIN_PLANNED_HISTORY))
 
 
 def _auto(height: int, width: int, config, have: int, **setting) -> tuple[int | None, int | None]:
