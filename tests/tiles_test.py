@@ -71,9 +71,7 @@ def test_stages_cut_at_the_poolings_with_even_halos():
   # A 3x3 convolution reads one position further: 2, 2, 4, 4 and 1 of them, made even.
   assert [halo for _, halo in got] == [2, 2, 4, 4, 2]
   assert tiles.stages(('relu1_1',)) == [(('conv1_1', 'relu1_1'), 2)]
-  assert tiles.alignment(('relu5_1',)) == 16 and tiles.alignment(('relu2_2',)) == 2
-  assert [tiles.core_edge(64, n) for n in ('relu1_1', 'relu2_1', 'relu5_1')] == [64, 32, 4]
-  assert tiles.core_edge(16, 'relu5_1') == 2
+  assert [tiles.core_edge(64, n) for n in ('relu1_1', 'relu2_1', 'relu5_1')] == [64, 64, 64]
 
 
 @pytest.mark.parametrize('height,width,tile', [(64, 52, 16), (67, 45, 16), (40, 40, 64)])
@@ -109,8 +107,9 @@ def test_tiled_objective_and_gradient_equal_the_untiled(params, model, kind, mas
 
 def test_tiled_to_relu5_1_equals_the_untiled(params, model):
   spec = objective_lib.LossSpec()
-  tiled = objective_lib.LossSpec(tile=32)
-  targets, image = _case(params, model, spec, 100, 72, masks=True)
+  tiled = objective_lib.LossSpec(tile=16)
+  # Tiles of 16 positions at every stage: 2 x 1 of them at relu4_1 (18 x 12).
+  targets, image = _case(params, model, spec, 144, 100, masks=True)
   value, _, grad = _value_and_grad(params, model, spec, targets, image)
   t_value, _, t_grad = _value_and_grad(params, model, tiled, targets, image)
   assert abs(float(t_value - value)) <= 1e-6 * abs(float(value))
@@ -202,11 +201,11 @@ def test_one_tile_program_whatever_the_tile_count(params, model):
     ),
     (dict(normalize_gradients=True, tile=64), 'normalize_gradients needs each layer'),
     (
-      dict(tile=100),
-      'tile must be None or a positive multiple of 16 (the poolings up to the '
-      'deepest loss layer), got 100; use 96',
+      dict(tile=99),
+      'tile must be None or an even number of pixels, at least 16, got 99; use 98',
     ),
     (dict(tile=0), 'got 0; use 16'),
+    (dict(tile=12), 'got 12; use 16'),
     (dict(tile=True), 'got True'),
   ],
 )
@@ -240,3 +239,13 @@ def test_a_layer_named_twice_is_refused(field):
     objective_lib.LossSpec(**{field: ('relu1_1', 'relu2_1', 'relu1_1')})
   with pytest.raises(errors.ConfigError, match=f'loss.{field} names relu1_1 more than once'):
     nst_jax.LossConfig(**{field: ('relu1_1', 'relu1_1')})
+
+
+def test_the_config_names_its_field_for_a_bad_tile():
+  with pytest.raises(errors.ConfigError) as e:
+    nst_jax.LossConfig(tiles=99)
+  assert str(e.value) == (
+    "loss.tiles must be 'auto', 'off' or an even number of pixels, at least 16, got 99; use 98"
+  )
+  assert nst_jax.LossConfig(tiles='100').tiles == 100  # from a flag
+  assert nst_jax.LossConfig(tiles=100).spec.tile == 100

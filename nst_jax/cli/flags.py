@@ -256,7 +256,7 @@ flags.DEFINE_string(
   str(DEFAULTS.loss.tiles),
   'Compute the loss and its gradient over tiles of N pixels, exactly (less memory, more time: '
   "every window recomputes an 80 px halo): 'auto' (only when the whole image would not fit "
-  "--memory_limit), 'off', or N (a multiple of 16).",
+  "--memory_limit), 'off', or N (even, at least 16).",
 )
 flags.DEFINE_float(
   'memory_limit',

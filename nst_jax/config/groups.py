@@ -168,7 +168,7 @@ class LossConfig(checks.Group):
     tiles: compute the objective and its gradient over tiles, exactly
       (nst_jax.core.tiles): 'auto' (only when the whole image would not fit
       the memory limit: the largest tile that fits), 'off', or the tile edge
-      in pixels (a multiple of 16 to relu5_1).
+      in pixels (even, at least 16).
 
   The three weights are data, not structure: they travel per image in
   `nst_jax.core.objective.Targets` (so a batch can mix them without
@@ -219,12 +219,8 @@ class LossConfig(checks.Group):
     for name in ('content_weight', 'style_weight', 'tv_weight'):
       checks.finite_nonnegative(f'loss.{name}', getattr(self, name))
     if isinstance(self.tiles, int):
-      align = tiles_lib.alignment(self.feature_layers)
-      checks.check(
-        self.tiles % align == 0,
-        f'loss.tiles must be a multiple of {align} (the poolings up to the deepest loss layer), '
-        f'got {self.tiles}; use {max(align, round(self.tiles / align) * align)}',
-      )
+      problem = tiles_lib.tile_problem(self.tiles)
+      checks.check(not problem, f"loss.tiles must be 'auto', 'off' or {problem}")
       checks.check(
         self.style_loss in tiles_lib.TILED_STYLE_KINDS,
         f'loss.tiles: the {self.style_loss!r} style loss cannot be tiled; use loss.style_loss '

@@ -39,7 +39,7 @@ class LossSpec:
     tile: None (the whole image at once), or the edge in pixels of the tiles
       the objective and its gradient are computed over, exactly
       (`nst_jax.core.tiles`): memory for one tile's activations instead of
-      the image's. A multiple of 16 to relu5_1 (2^poolings); 'gram' and
+      the image's. Even and at least tiles.MIN_TILE; 'gram' and
       'mean_cov' only, without normalize_gradients.
   """
 
@@ -112,17 +112,9 @@ class LossSpec:
         "tile: normalize_gradients needs each layer's whole gradient at once and cannot be "
         'tiled; turn one of them off'
       )
-    align = tiles.alignment(self.feature_layers)
-    if (
-      isinstance(self.tile, bool)
-      or not isinstance(self.tile, (int, np.integer))
-      or (self.tile <= 0 or self.tile % align)
-    ):
-      nearest = max(align, round(self.tile / align) * align) if isinstance(self.tile, int) else 256
-      raise errors.ConfigError(
-        f'tile must be None or a positive multiple of {align} (the poolings up to the deepest '
-        f'loss layer), got {self.tile!r}; use {nearest}'
-      )
+    problem = tiles.tile_problem(self.tile)
+    if problem:
+      raise errors.ConfigError(f'tile must be None or {problem}')
     object.__setattr__(self, 'tile', int(self.tile))
 
   @property

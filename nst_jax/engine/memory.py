@@ -166,7 +166,7 @@ def estimate_memory(
   pixels = batch * height * width
   if tile is not None:
     image_bytes = optimizer_image_buffers(config.optim.name, config.optim.lbfgs_memory) * 3 * 4
-    # The first stage's window is the largest: count every activation at its size.
+    # Every activation counted at the size of a window (the first stage's halo).
     window = (tile + 2 * tiles.stages(config.loss.feature_layers)[0][1]) ** 2
     whole = _TILED_STAGE_COPIES * tiles.stage_input_bytes(
       config.loss.feature_layers, BYTES_PER_ELEMENT[config.model.dtype]
@@ -247,8 +247,7 @@ def tileable(config) -> bool:
 
 
 def _tile_edges(height: int, width: int, config) -> list[int]:
-  align = tiles.alignment(config.loss.feature_layers)
-  return [e for e in TILE_EDGES if e % align == 0 and e < max(height, width)]
+  return [e for e in TILE_EDGES if e < max(height, width)]
 
 
 def _least(height: int, width: int, config, *, spatial_devices: int = 1, **setting) -> int:

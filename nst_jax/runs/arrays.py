@@ -22,6 +22,7 @@ from nst_jax.core import step as core
 from nst_jax.engine import compile_cache
 from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import hooks as hooks_lib
+from nst_jax.engine import memory as memory_lib
 from nst_jax.engine import rows as rows_lib
 from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
@@ -257,6 +258,8 @@ def stylize(
   # than the deepest layer needs would otherwise fail later as a non-finite loss.
   inputs_lib.check_size(cfg, rows[0], larger="image size (stylize runs at the arrays' size)")
   layout = runner.layout_for(cfg, height, n)
+  if cfg.run.memory_limit is not None:  # asked for: plan as a run from files does
+    cfg = memory_lib.fit(height, width, config=cfg, batch=n, can_split=False)
   # A jobs layout pads the batch to a multiple of the devices: the extra rows
   # repeat image 0 (same shapes and styles), are never returned, and write no
   # checkpoint.
