@@ -71,7 +71,10 @@ def test_stages_cut_at_the_poolings_with_even_halos():
   # A 3x3 convolution reads one position further: 2, 2, 4, 4 and 1 of them, made even.
   assert [halo for _, halo in got] == [2, 2, 4, 4, 2]
   assert tiles.stages(('relu1_1',)) == [(('conv1_1', 'relu1_1'), 2)]
-  assert [tiles.core_edge(64, n) for n in ('relu1_1', 'relu2_1', 'relu5_1')] == [64, 64, 64]
+  # Balanced even cores, at most the tile: 768 = 3 x 256; 300 = 2 x 150; 25 -> 2 x 14.
+  assert tiles.cores(768, 1024, 256) == (256, 256)
+  assert tiles.cores(192, 256, 256) == (192, 256)
+  assert tiles.cores(300, 25, 256) == (150, 26) and tiles.cores(25, 9, 16) == (14, 10)
 
 
 @pytest.mark.parametrize('height,width,tile', [(64, 52, 16), (67, 45, 16), (40, 40, 64)])

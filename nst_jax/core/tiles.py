@@ -103,46 +103,50 @@ def _layer(model: vgg.VGG, params, name: str, x: jax.Array) -> jax.Array:
   return pooling.pool(x[None], model.pooling)[0]
 
 
-def _windows(x: jax.Array, core: int, halo: int) -> tuple[jax.Array, int, int]:
-  """[H, W, C] -> ([rows * cols, core + 2 halo, core + 2 halo, C] windows, rows, cols)."""
+def cores(height: int, width: int, tile: int) -> tuple[int, int]:
+  """The core (rows, cols) of every tile of a stage's height x width map: balanced, even, <= tile.
+
+  ceil(n / tile) tiles per axis, each ceil(n / count) positions rounded up
+  to even (the core is pooled in place): at 1024x768 in tiles of 256, 256 x
+  256 at the first stage and one core of 192 x 256 at the third, not a
+  window of 264 x 264 that is mostly padding (measured: that made the tiled
+  iteration slower still).
+  """
+
+  def axis(n: int) -> int:
+    count = -(-n // tile)
+    core = -(-n // count)
+    return max(2, core + core % 2)
+
+  return axis(height), axis(width)
+
+
+def _windows(x: jax.Array, core: tuple[int, int], halo: int) -> tuple[jax.Array, int, int]:
+  """[H, W, C] -> ([rows * cols, core + 2 halo (each axis), C] windows, rows, cols)."""
   height, width = x.shape[:2]
-  rows, cols = -(-height // core), -(-width // core)
+  rows, cols = -(-height // core[0]), -(-width // core[1])
   padded = jnp.pad(
-    x, ((halo, rows * core - height + halo), (halo, cols * core - width + halo), (0, 0))
+    x, ((halo, rows * core[0] - height + halo), (halo, cols * core[1] - width + halo), (0, 0))
   )
-  edge = core + 2 * halo
+  edges = (core[0] + 2 * halo, core[1] + 2 * halo, x.shape[-1])
 
   def window(t):
-    i, j = t // cols, t % cols
-    return lax.dynamic_slice(padded, (i * core, j * core, 0), (edge, edge, x.shape[-1]))
+    return lax.dynamic_slice(padded, (t // cols * core[0], t % cols * core[1], 0), edges)
 
   return jax.vmap(window)(jnp.arange(rows * cols)), rows, cols
 
 
-def core_edge(tile: int, layer: str, stage_sizes: Sequence[int] = vgg.VGG19_STAGE_SIZES) -> int:
-  """The core's edge at `layer`'s resolution: `tile` positions at every stage.
-
-  Not tile / 2^(s-1): the deep stages' halos (4 positions) on their small
-  cores made a 1024x768 iteration in tiles of 256 1.9x the untiled one
-  (measured; 1.35x the positions, times the recomputed forward pass). A
-  deep stage's map is small, so a core of `tile` positions is one or few
-  tiles there.
-  """
-  del layer, stage_sizes
-  return tile
-
-
-def _run_stage(model, params, x, names, halo, core, consume, zeros):
+def _run_stage(model, params, x, names, halo, tile, consume, zeros):
   """One stage over tiles: (its sums, the pooled map of the whole image or None)."""
   height, width = x.shape[:2]
-  windows, rows, cols = _windows(x, core, halo)
-  edge = core + 2 * halo
+  ch, cw = cores(height, width, tile)
+  windows, rows, cols = _windows(x, (ch, cw), halo)
   pools = names[-1].startswith('pool')
 
-  def tile(w, t):
+  def tile_fn(w, t):
     i, j = t // cols, t % cols
-    r = i * core - halo + jnp.arange(edge)
-    c = j * core - halo + jnp.arange(edge)
+    r = i * ch - halo + jnp.arange(ch + 2 * halo)
+    c = j * cw - halo + jnp.arange(cw + 2 * halo)
     inside = ((r >= 0) & (r < height))[:, None, None] & ((c >= 0) & (c < width))[None, :, None]
     sums = {}
     for name in names[:-1] if pools else names:
@@ -150,35 +154,34 @@ def _run_stage(model, params, x, names, halo, core, consume, zeros):
       if name.startswith('relu'):
         w = jnp.where(inside, w, jnp.zeros((), w.dtype))  # the untiled zero padding
       if name in zeros:
-        own = inside[halo : halo + core, halo : halo + core, 0]
-        sums[name] = consume(
-          name, w[halo : halo + core, halo : halo + core], own, (i * core, j * core)
-        )
+        own = inside[halo : halo + ch, halo : halo + cw, 0]
+        sums[name] = consume(name, w[halo : halo + ch, halo : halo + cw], own, (i * ch, j * cw))
     if not pools:
       return sums, None
-    # The core alone is pooled: c_s and h_s are even, so its windows are the untiled ones.
-    pooled = _layer(model, params, names[-1], w[halo : halo + core, halo : halo + core])
+    # The core alone is pooled: its edges and the halo are even, so its
+    # pooling windows are the untiled ones.
+    pooled = _layer(model, params, names[-1], w[halo : halo + ch, halo : halo + cw])
     if names[-1] in zeros:
-      half = core // 2
-      own = (i * half + jnp.arange(half) < height // 2)[:, None] & (
-        j * half + jnp.arange(half) < width // 2
+      hh, hw = ch // 2, cw // 2
+      own = (i * hh + jnp.arange(hh) < height // 2)[:, None] & (
+        j * hw + jnp.arange(hw) < width // 2
       )[None, :]
-      sums[names[-1]] = consume(names[-1], pooled, own, (i * half, j * half))
+      sums[names[-1]] = consume(names[-1], pooled, own, (i * hh, j * hw))
     return sums, pooled
 
   # Only the window is kept for the backward pass; the rest is recomputed.
-  tile = jax.checkpoint(tile, prevent_cse=False)
+  tile_fn = jax.checkpoint(tile_fn, prevent_cse=False)
 
   def body(total, wt):
-    sums, pooled = tile(*wt)
+    sums, pooled = tile_fn(*wt)
     return jax.tree.map(jnp.add, total, sums), pooled
 
   sums, pooled = lax.scan(body, zeros, (windows, jnp.arange(rows * cols)))
   if not pools:
     return sums, None
-  half = core // 2
-  full = pooled.reshape(rows, cols, half, half, -1).transpose(0, 2, 1, 3, 4)
-  return sums, full.reshape(rows * half, cols * half, -1)[: height // 2, : width // 2]
+  hh, hw = ch // 2, cw // 2
+  full = pooled.reshape(rows, cols, hh, hw, -1).transpose(0, 2, 1, 3, 4)
+  return sums, full.reshape(rows * hh, cols * hw, -1)[: height // 2, : width // 2]
 
 
 def run(
@@ -199,7 +202,7 @@ def run(
     model: the VGG.
     layers: the layers to consume.
     tile: the tile edge (`tile_problem` says what it must be).
-    consume: `consume(layer, f [c, c, C], own [c, c] bool, (row0, col0)) ->
+    consume: `consume(layer, f [h, w, C], own [h, w] bool, (row0, col0)) ->
       pytree`, a core's share of the sums at that layer (positions where
       `own` is False lie outside the image); (row0, col0) is the core's
       offset at the layer's resolution.
@@ -211,9 +214,8 @@ def run(
   total = {}
   x = image
   for names, halo in stages(layers, model.stage_sizes):
-    core = core_edge(tile, names[0], model.stage_sizes)
     mine = {n: zeros[n] for n in names if n in zeros}
-    sums, x = _run_stage(model, params, x, names, halo, core, consume, mine)
+    sums, x = _run_stage(model, params, x, names, halo, tile, consume, mine)
     total.update(sums)
   return total
 
@@ -224,12 +226,12 @@ def _padded(a: jax.Array, size: int, *, channels: bool = False) -> jax.Array:
   return jnp.pad(a, pad)
 
 
-def _at(a: jax.Array, at: tuple, size: int, *, channels: bool = False) -> jax.Array:
-  """The size x size block at `at` of a `_padded` map."""
+def _at(a: jax.Array, at: tuple, shape: tuple, *, channels: bool = False) -> jax.Array:
+  """The block of `shape` (rows, cols) at `at` of a `_padded` map."""
   if channels:
-    return lax.dynamic_slice(a, (*at, 0), (size, size, a.shape[-1]))
+    return lax.dynamic_slice(a, (*at, 0), (*shape, a.shape[-1]))
   lead = a.ndim - 2
-  return lax.dynamic_slice(a, (0,) * lead + tuple(at), (*a.shape[:lead], size, size))
+  return lax.dynamic_slice(a, (0,) * lead + tuple(at), (*a.shape[:lead], *shape))
 
 
 def _second_moment(v: jax.Array) -> jax.Array:
@@ -263,23 +265,24 @@ def terms(
     shift = {n: lax.stop_gradient(targets.style[n]['mean']) for n in spec.style_layers}
 
   # Padded once, outside the tiles' loop: each tile slices its block.
-  size = {n: core_edge(spec.tile, n, model.stage_sizes) for n in spec.feature_layers}
-  content = {n: _padded(targets.content[n], size[n], channels=True) for n in spec.content_layers}
-  content_mask = content_mask and {n: _padded(content_mask[n], size[n]) for n in content_mask}
-  masks = masks and {n: _padded(masks[n], size[n]) for n in masks}
+  # A core is at most `tile` positions: that much padding serves every block.
+  size = spec.tile
+  content = {n: _padded(targets.content[n], size, channels=True) for n in spec.content_layers}
+  content_mask = content_mask and {n: _padded(content_mask[n], size) for n in content_mask}
+  masks = masks and {n: _padded(masks[n], size) for n in masks}
 
   def consume(name, f, own, at):
     out = {}
     if name in spec.content_layers:
       weight = own.astype(jnp.float32)
       if content_mask is not None:
-        weight = weight * _at(content_mask[name], at, size[name])
-      p = _at(content[name], at, size[name], channels=True)
+        weight = weight * _at(content_mask[name], at, f.shape[:2])
+      p = _at(content[name], at, f.shape[:2], channels=True)
       out['content'] = jnp.sum(weight[..., None] * jnp.square(f.astype(jnp.float32) - p))
     if name in spec.style_layers:
       t = own.astype(jnp.float32)[None]
       if masks is not None:
-        t = t * _at(masks[name], at, size[name])
+        t = t * _at(masks[name], at, f.shape[:2])
       if spec.style_loss == 'gram':
         # As statistics.gram_matrix: (F * T)^T (F * T), the product in F's dtype.
         out['ff'] = _second_moment(f[None] * t[..., None].astype(f.dtype))
@@ -355,16 +358,15 @@ def features(params, image: jax.Array, *, model: vgg.VGG, layers: tuple[str, ...
     layer -> [h, w, C] in the model's dtype.
   """
   shapes = jax.eval_shape(lambda x: model.apply({'params': params}, x[None], layers), image)
-  size = {n: core_edge(tile, n, model.stage_sizes) for n in layers}
 
   def consume(name, f, own, at):
     del own  # positions beyond the edge are cut off below
     _, height, width, c = shapes[name].shape
-    full = jnp.zeros((height + size[name], width + size[name], c), f.dtype)
+    full = jnp.zeros((height + tile, width + tile, c), f.dtype)
     return lax.dynamic_update_slice(full, f, (*at, 0))
 
   zeros = {
-    n: jnp.zeros((s.shape[1] + size[n], s.shape[2] + size[n], s.shape[3]), s.dtype)
+    n: jnp.zeros((s.shape[1] + tile, s.shape[2] + tile, s.shape[3]), s.dtype)
     for n, s in shapes.items()
   }
   got = run(params, image, model=model, layers=layers, tile=tile, consume=consume, zeros=zeros)
