@@ -114,14 +114,15 @@ def test_hooks_run_in_order_with_the_values_given():
     assert all(e['time_s'] > 0 for e in entries)
 
 
-def _checkpoints(tmp_path, every=2):
+def _checkpoints(tmp_path, every=2, **kwargs):
+  kwargs.setdefault('settings', {0: {'width': 3}})
+  kwargs.setdefault('extra', lambda row: {'best': [float(row)]})
   return hooks.Checkpoints(
     {0: tmp_path / 'a.ckpt'},  # row 1 is a filler: no file
     every=every,
-    settings={0: {'width': 3}},
     finite=lambda image: np.asarray(hooks.rows_finite(image)),
     row_states=lambda state: {r: {'image': np.asarray(x)} for r, x in enumerate(state.image)},
-    extra=lambda row: {'best': [float(row)]},
+    **kwargs,
   )
 
 
@@ -252,12 +253,11 @@ def test_a_run_of_several_scales_counts_from_the_last_checkpoint_of_the_scale_be
   saved, previous = [], None
   for scale, compile_s in ((0, 0.0), (1, 30.0)):
     clock.now += compile_s
-    ckpt = hooks.Checkpoints(
-      {0: tmp_path / 'a.ckpt'},
+    ckpt = _checkpoints(
+      tmp_path,
       every=0,
       settings={0: {}},
-      finite=lambda image: np.asarray(hooks.rows_finite(image)),
-      row_states=lambda state: {r: {'image': np.asarray(x)} for r, x in enumerate(state.image)},
+      extra=None,
       seconds=40.0,
       clock=clock,
       last_saved=None if previous is None else previous.last_saved,
@@ -302,12 +302,10 @@ def test_a_checkpoint_by_time_waits_for_a_read_so_its_convergence_history_is_cur
     saved.append((kwargs['iteration'], kwargs['extra']['best']))
     return real_snapshot(state, **kwargs)
 
-  ckpt = hooks.Checkpoints(
-    {0: tmp_path / 'a.ckpt'},
+  ckpt = _checkpoints(
+    tmp_path,
     every=0,
     settings={0: {}},
-    finite=lambda image: np.asarray(hooks.rows_finite(image)),
-    row_states=lambda state: {r: {'image': np.asarray(x)} for r, x in enumerate(state.image)},
     extra=convergence.state,
     seconds=7.0,
     clock=clock,
