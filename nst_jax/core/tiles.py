@@ -7,7 +7,8 @@ convolutions between two poolings), and each stage runs tile by tile over
 the whole image at its resolution:
 
   * the stage's input X_s (the image, then each pooled map) is cut into
-    tiles of T x T positions at every stage (T even); each tile's window
+    tiles of at most T x T positions at every stage (balanced and even:
+    `cores`); each tile's window
     adds a halo of h_s positions on each side, h_s = the stage's
     convolutions rounded up to even: a 3x3 convolution reads one position
     further, so after h_s of them the tile's own positions (its core) are
