@@ -183,23 +183,6 @@ def test_a_signal_to_one_process_stops_both_after_saving(tmp_path, caffe_npz):
     assert checkpoint_lib.read(checkpoint_lib.path_for(out / f'c{i}_s{i}.png'))['iteration'] == at
 
 
-def test_a_finished_two_process_run_shuts_the_runtime_down_on_both(tmp_path, caffe_npz):
-  # Left to Python's exit, process 0 once died tearing down the coordination
-  # service it hosts (gRPC 'Check failed: queue.Pop() == nullptr', SIGABRT)
-  # after a successful run: now every process shuts the runtime down
-  # together before exit (distributed.finish), and says so.
-  jobs = _jobs_file(tmp_path, n=2)
-  commands = _commands(jobs, caffe_npz, tmp_path / 'out', 2, '-i', '2', '--checkpoint_every', '0')
-  procs = _start(commands, 4, tmp_path)
-  logs = _finish(procs, timeout=300)
-  for p, (proc, err) in enumerate(zip(procs, logs, strict=True)):
-    assert proc.returncode == 0, err[-3000:]
-    assert f'process {p}: shut down the distributed runtime' in err, err[-3000:]
-    # The last thing each process did: nothing of the run came after it.
-    assert 'saved' not in err.split('shut down the distributed runtime', 1)[1]
-  assert len(_pngs(tmp_path / 'out')) == 2
-
-
 def test_an_image_process_0_cannot_write_stops_both_at_once_with_one_line(tmp_path, caffe_npz):
   # Job 0 (process 0's) writes into out0/, job 1 (process 1's) into out1/.
   # Once they run, out0 becomes a file: process 0's next intermediate image

@@ -176,8 +176,14 @@ def test_two_processes_share_a_batch_and_write_disjoint_outputs(tmp_path, caffe_
     os.close(primary)
   tty = b''.join(terminal).decode('utf-8', 'replace').replace('\r\n', '\n')
   logs = [tty, outs[1][1]]
-  for proc, err in zip(procs, logs, strict=True):
+  for p, (proc, err) in enumerate(zip(procs, logs, strict=True)):
     assert proc.returncode == 0, err[-4000:]
+    # Left to Python's exit, process 0 once died tearing down the coordination
+    # service it hosts (gRPC 'Check failed: queue.Pop() == nullptr', SIGABRT)
+    # after a successful run: every process shuts the runtime down together
+    # before exit (distributed.finish), as the last thing it does.
+    assert f'process {p}: shut down the distributed runtime' in err, err[-3000:]
+    assert 'saved' not in err.split('shut down the distributed runtime', 1)[1]
   assert '8/8 [' in tty, tty[-3000:]  # a bar, not log lines, on the terminal
   assert 'live preview: http://127.0.0.1:' in tty
   # Each process saved exactly its own jobs (round-robin: 0, 2, 4 and 1, 3, 5).

@@ -111,8 +111,8 @@ def test_tiled_objective_and_gradient_equal_the_untiled(params, model, kind, mas
 def test_tiled_to_relu5_1_equals_the_untiled(params, model):
   spec = objective_lib.LossSpec()
   tiled = objective_lib.LossSpec(tile=16)
-  # Tiles of 16 positions at every stage: 2 x 1 of them at relu4_1 (18 x 12).
-  targets, image = _case(params, model, spec, 144, 100, masks=True)
+  # Tiles of 16 positions at every stage: 2 x 1 of them at relu4_1 (18 x 4).
+  targets, image = _case(params, model, spec, 144, 36, masks=True)
   value, _, grad = _value_and_grad(params, model, spec, targets, image)
   t_value, _, t_grad = _value_and_grad(params, model, tiled, targets, image)
   assert abs(float(t_value - value)) <= 1e-6 * abs(float(value))
