@@ -806,8 +806,15 @@ def test_missing_and_misnamed_arguments_are_project_errors_that_stay_type_errors
     (lambda: objective(content[0], params, jax.tree.map(lambda x: x[0], targets), model=model),
      'objective needs loss_spec= (a LossSpec: layers and style statistic)'),
     (lambda: make_optimizer('adam', lr=1.0, convention='caffe'),
-     'make_optimizer got unknown keyword(s) lr; it takes learning_rate, memory_size, first_step, '
-     'box, convention'),
+     "make_optimizer got an unknown keyword 'lr'; it takes learning_rate, memory_size, "
+     'first_step, box, convention'),
+    (lambda: make_optimizer('lbfgs', first_stepp=4, convention='caffe'),
+     "make_optimizer got an unknown keyword 'first_stepp'; did you mean 'first_step'?"),
+    (lambda: make_targets(params, content, content, model=model, loss_spec=TINY_LOSS.spec,
+                          content_weight=1.0, style_weight=1.0, tv_wieght=1.0),
+     "make_targets got an unknown keyword 'tv_wieght'; did you mean 'tv_weight'?"),
+    (lambda: LossSpec(content_layer=('relu1_1',)),
+     "LossSpec got an unknown keyword 'content_layer'; did you mean 'content_layers'?"),
   )  # fmt: skip
   for call, message in cases:
     with pytest.raises(errors.ArgumentError) as e:

@@ -217,7 +217,7 @@ def test_network_space_arguments_and_weights_name_their_fix():
   # The config's name for the L-BFGS memory works too; a wrong keyword is named.
   aliased = nst_jax.make_optimizer('lbfgs', lbfgs_memory=7, convention=pixels.CAFFE)
   assert nst_jax.init_state(content, aliased).opt_state.s.shape == (1, 7, 16, 16, 3)
-  with pytest.raises(TypeError, match=r'^make_optimizer got unknown keyword\(s\) lr; it takes '):
+  with pytest.raises(TypeError, match=r"^make_optimizer got an unknown keyword 'lr'; it takes "):
     nst_jax.make_optimizer('adam', lr=1.0, convention=pixels.CAFFE)
 
 

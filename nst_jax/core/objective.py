@@ -130,6 +130,7 @@ def _layer_positions(height: int, width: int, layer: str) -> int:
   return (height // 2**k) * (width // 2**k)
 
 
+@errors.keywords_checked
 def make_targets(
   params: Mapping[str, Mapping[str, jax.Array]],
   content: jax.Array,
