@@ -10,6 +10,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import nst_jax
@@ -29,6 +30,7 @@ from nst_jax.core.step import init_state
 from nst_jax.core.step import initial_image
 from nst_jax.core.step import make_model
 from nst_jax.core.step import make_optimizer
+from nst_jax.core.step import make_step
 from nst_jax.core.step import prepare_params
 from nst_jax.core.step import update_step
 
@@ -465,6 +467,14 @@ def test_make_targets_refuses_bad_weights_and_images():
     for bad in (float('nan'), float('inf'), -1.0):
       with _raises(f'{name} must be finite and >= 0, got {bad}'):
         targets(**{name: bad})
+    # Not numbers: refused as blend_weights are (numpy read '1e-2' as 0.01).
+    for bad, fix in (
+      ('abc', f'pass a number, e.g. {name}=1e-2'),
+      (1 + 2j, f'pass a number, e.g. {name}=1e-2'),
+      ('1e-2', f"pass the number, {name}=float('1e-2')"),
+    ):
+      with _raises(f'{name} must be a real number or one per image, got {bad!r}; {fix}'):
+        targets(**{name: bad})
   with _raises('style_weight must be finite and >= 0, got [1.0, nan]'):
     targets(content=jnp.concatenate([content, content]), style_weight=jnp.array([1.0, jnp.nan]))
   with _raises('style_weight has shape (1, 1); give a scalar or a vector of one weight per '
@@ -486,6 +496,32 @@ def test_make_targets_refuses_bad_weights_and_images():
   with _raises('image has NaN or infinite values; give finite images in network space '
                '(nst_jax.preprocess of RGB in [0, 1])'):  # fmt: skip
     init_state(content.at[0, 1, 1, 1].set(jnp.inf), tx)
+
+
+def test_the_step_refuses_what_is_not_an_optax_transformation():
+  """A name or an uncalled factory: one line naming the call to make, in all three entries."""
+  model, params, content, targets = _problem()
+  state = init_state(content, optax.adam(1.0))
+  entries = {
+    'init_state': lambda tx: init_state(content, tx),
+    'make_step': lambda tx: make_step(model, tx, TINY_LOSS.spec),
+    'update_step': lambda tx: update_step(
+      state, params, targets, model=model, optimizer=tx, loss_spec=TINY_LOSS.spec
+    ),
+  }
+  head = 'optimizer must be an optax GradientTransformation, got '
+  cases = (
+    ('lbfgs', "str 'lbfgs': pass nst_jax.make_optimizer('lbfgs', "
+              'convention=weights.info.input_convention)'),
+    (optax.adam, 'the function optax.adam: call it: optax.adam(learning_rate)'),
+    (make_optimizer, "the function make_optimizer: call it: nst_jax.make_optimizer('lbfgs', "
+                     'convention=weights.info.input_convention)'),
+  )  # fmt: skip
+  for call in entries.values():
+    for tx, message in cases:
+      with pytest.raises(errors.ArgumentError) as e:
+        call(tx)
+      assert isinstance(e.value, TypeError) and str(e.value) == head + message
 
 
 def test_objective_wants_one_images_features():

@@ -161,6 +161,7 @@ def init_state(image: jax.Array, optimizer: optax.GradientTransformation) -> Sty
   (often the content image, needed again) must survive that.
   """
   pixels.check_network_images(image, 'image')
+  checks.optimizer(optimizer)
   image = jnp.array(image, jnp.float32, copy=True)
   return StyleState(image=image, opt_state=jax.vmap(optimizer.init)(image))
 
@@ -229,6 +230,7 @@ def update_step(
     loss_spec = loss_config
   loss_spec = objective_lib.as_spec(loss_spec)
   checks.step_inputs(state.image, targets, loss_spec)
+  checks.optimizer(optimizer)
   checks.optimizer_state(state.opt_state, state.image, optimizer)
   if active is not None:
     active = checks.active_flags(active, state.image.shape[0])
@@ -355,6 +357,7 @@ def make_step(
     for the new state): keep no other reference to it. Params and targets
     are not donated.
   """
+  checks.optimizer(optimizer)
   placed = {}
   if in_shardings is not None:
     placed['in_shardings'] = in_shardings
