@@ -398,6 +398,12 @@ def test_random_scaled_params_refuse_a_bad_seed_and_an_rgb_uint8_probe():
     with pytest.raises(nst_jax.errors.ConfigError) as caught:
       experiments.random_scaled_params(seed, **shape)
     assert str(caught.value) == f'seed must be an integer >= 0, got {shown}'
+  for key, shown in ((jax.random.PRNGKey(0), 'ArrayImpl'), (jax.random.key(0), 'PRNGKeyArray')):
+    with pytest.raises(nst_jax.errors.ConfigError) as caught:  # a JAX user's habit
+      experiments.random_scaled_params(key, **shape)
+    assert str(caught.value) == (
+      f'seed must be an integer >= 0, got {shown}; pass an int seed, e.g. 0 (not a jax.random key)'
+    )
   with pytest.raises(nst_jax.errors.ConfigError) as caught:  # an OverflowError in jax.random.key
     experiments.random_scaled_params(2**64, **shape)
   assert str(caught.value) == (
