@@ -40,6 +40,17 @@ def test_defaults_are_the_documented_ones():
     ('inputs', {'init': ''}, 'inputs.init must be content, random, gray or an image file'),
     ('loss', {'tv_weight': -1.0}, 'loss.tv_weight must be a finite number >= 0'),
     ('inputs', {'style_scale': 0.0}, 'inputs.style_scale must be a finite number > 0'),
+    (
+      'loss',
+      {'tiles': 16.0},
+      "loss.tiles must be 'auto', 'off' or a tile edge in pixels, got 16.0; use 16",
+    ),
+    (
+      'loss',
+      {'tiles': 'big'},
+      "loss.tiles must be 'auto', 'off' or a tile edge in pixels, got "
+      "'big'; use 'auto', 'off' or an even number such as 256",
+    ),
     ('schedule', {'scales': -1}, 'schedule.scales must be an integer >= 0'),
     (
       'schedule',
