@@ -5,8 +5,15 @@ Every `NstError` message is one line that names the problem and how to fix it;
 traceback. Anything else that escapes is a bug and keeps its traceback.
 `printable` keeps a file name with a newline in it from breaking that line
 (the image, jobs and video loaders pass the names they report through it).
+`unknown_keywords` is the one refusal of a keyword a function or settings
+class does not take: it names the keyword and the closest one it does
+(`keywords_checked` applies it to a function).
 """
 
+from collections.abc import Callable, Iterable
+import difflib
+import functools
+import inspect
 import os
 
 
@@ -117,3 +124,50 @@ def printable(path: str | bytes | os.PathLike) -> str:
   if isinstance(text, bytes):
     text = os.fsdecode(text)
   return text if text.isprintable() else repr(text)
+
+
+def unknown_keywords(
+  owner: str,
+  given: Iterable[str],
+  valid: Iterable[str],
+  *,
+  suggest: Callable[[str], str] = repr,
+  otherwise: str = '',
+) -> None:
+  """Raises ArgumentError naming the first of `given` not in `valid`, and its closest valid name.
+
+  Python's own TypeError ("got an unexpected keyword argument") names the
+  typo only; this names the fix as well (difflib's closest match, or the
+  valid names when none is close).
+
+  Args:
+    owner: how the caller is written, e.g. 'LossConfig' or 'make_targets'.
+    given: the keywords passed.
+    valid: the keywords `owner` takes.
+    suggest: how to write a valid name in the message (e.g. with its group).
+    otherwise: the fix when no name is close ('' lists `valid`).
+  """
+  valid = list(valid)
+  unknown = [name for name in given if name not in valid]
+  if not unknown:
+    return
+  name = unknown[0]
+  close = difflib.get_close_matches(name, valid, n=1)
+  if close:
+    fix = f'did you mean {suggest(close[0])}?'
+  else:
+    fix = otherwise or f'it takes {", ".join(valid)}'
+  raise ArgumentError(f'{owner} got an unknown keyword {name!r}; {fix}')
+
+
+def keywords_checked(fn: Callable) -> Callable:
+  """`fn`, refusing an unknown keyword with `unknown_keywords` before Python's TypeError would."""
+  kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+  valid = [p.name for p in inspect.signature(fn).parameters.values() if p.kind in kinds]
+
+  @functools.wraps(fn)
+  def checked(*args, **kwargs):
+    unknown_keywords(fn.__name__, kwargs, valid)
+    return fn(*args, **kwargs)
+
+  return checked

@@ -1,6 +1,8 @@
 """Tests for nst_jax.config: defaults, groups, validation, flat names, hashability."""
 
+import copy
 import math
+import pickle
 import warnings
 
 import pytest
@@ -38,6 +40,17 @@ def test_defaults_are_the_documented_ones():
     ('inputs', {'init': ''}, 'inputs.init must be content, random, gray or an image file'),
     ('loss', {'tv_weight': -1.0}, 'loss.tv_weight must be a finite number >= 0'),
     ('inputs', {'style_scale': 0.0}, 'inputs.style_scale must be a finite number > 0'),
+    (
+      'loss',
+      {'tiles': 16.0},
+      "loss.tiles must be 'auto', 'off' or a tile edge in pixels, got 16.0; use 16",
+    ),
+    (
+      'loss',
+      {'tiles': 'big'},
+      "loss.tiles must be 'auto', 'off' or a tile edge in pixels, got "
+      "'big'; use 'auto', 'off' or an even number such as 256",
+    ),
     ('schedule', {'scales': -1}, 'schedule.scales must be an integer >= 0'),
     (
       'schedule',
@@ -102,7 +115,18 @@ def test_flat_names_still_work_and_say_where_they_moved():
   with pytest.raises(errors.ArgumentError) as e:  # a TypeError, as Python's own
     config_lib.StyleConfig(colour='none')
   assert isinstance(e.value, TypeError) and str(e.value) == (
-    "StyleConfig has no setting 'colour'; the settings are in groups: "
+    "StyleConfig got an unknown keyword 'colour'; did you mean color=nst_jax.ColorConfig(...)?"
+  )
+  with pytest.raises(errors.ArgumentError) as e:
+    config_lib.StyleConfig(iteration=2)  # a flat name's typo: its place in its group
+  assert str(e.value) == (
+    "StyleConfig got an unknown keyword 'iteration'; did you mean "
+    'schedule=nst_jax.ScheduleConfig(iterations=...)?'
+  )
+  with pytest.raises(errors.ArgumentError) as e:
+    config_lib.StyleConfig(qqq=2)
+  assert str(e.value) == (
+    "StyleConfig got an unknown keyword 'qqq'; the settings are in groups: "
     'StyleConfig(loss=LossConfig(...), ...) (docs/api.md)'
   )
   with pytest.raises(errors.ArgumentError) as e:
@@ -180,3 +204,37 @@ def test_one_rule_for_styles_masks_and_blend_weights():
   # The config, the job list and the arrays all say it the same way.
   with pytest.raises(errors.ConfigError, match='style_masks has 2 masks for 1 style images'):
     config_lib.InputConfig(style_path='a.png', style_masks=('m1.png', 'm2.png'))
+
+
+@pytest.mark.parametrize(
+  'make,message',
+  [
+    (
+      lambda: config_lib.LossConfig(style_layer=('relu1_1',)),
+      "LossConfig got an unknown keyword 'style_layer'; did you mean 'style_layers'?",
+    ),
+    (
+      lambda: config_lib.RunConfig(memory_limt=1.0),
+      "RunConfig got an unknown keyword 'memory_limt'; did you mean 'memory_limit'?",
+    ),
+    (
+      lambda: config_lib.LossConfig().replace(tile=16),
+      "LossConfig got an unknown keyword 'tile'; did you mean 'tiles'?",
+    ),
+    (
+      lambda: config_lib.ColorConfig(zzz=1),
+      "ColorConfig got an unknown keyword 'zzz'; it takes preserve_colors, color_match",
+    ),
+  ],
+)
+def test_an_unknown_keyword_of_a_group_names_the_closest_field(make, message):
+  with pytest.raises(errors.ArgumentError) as e:  # a TypeError, as Python's own
+    make()
+  assert isinstance(e.value, TypeError) and str(e.value) == message
+
+
+def test_groups_still_copy_and_pickle():
+  """The groups' keyword check (__new__) leaves copy and pickle, which call it bare, working."""
+  loss = config_lib.LossConfig(tiles=16, style_weight=2.0)
+  assert copy.deepcopy(loss) == loss and pickle.loads(pickle.dumps(loss)) == loss
+  assert config_lib.StyleConfig(loss=loss).replace(loss=loss).loss == loss

@@ -10,6 +10,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import nst_jax
@@ -29,6 +30,7 @@ from nst_jax.core.step import init_state
 from nst_jax.core.step import initial_image
 from nst_jax.core.step import make_model
 from nst_jax.core.step import make_optimizer
+from nst_jax.core.step import make_step
 from nst_jax.core.step import prepare_params
 from nst_jax.core.step import update_step
 
@@ -465,6 +467,14 @@ def test_make_targets_refuses_bad_weights_and_images():
     for bad in (float('nan'), float('inf'), -1.0):
       with _raises(f'{name} must be finite and >= 0, got {bad}'):
         targets(**{name: bad})
+    # Not numbers: refused as blend_weights are (numpy read '1e-2' as 0.01).
+    for bad, fix in (
+      ('abc', f'pass a number, e.g. {name}=1e-2'),
+      (1 + 2j, f'pass a number, e.g. {name}=1e-2'),
+      ('1e-2', f"pass the number, {name}=float('1e-2')"),
+    ):
+      with _raises(f'{name} must be a real number or one per image, got {bad!r}; {fix}'):
+        targets(**{name: bad})
   with _raises('style_weight must be finite and >= 0, got [1.0, nan]'):
     targets(content=jnp.concatenate([content, content]), style_weight=jnp.array([1.0, jnp.nan]))
   with _raises('style_weight has shape (1, 1); give a scalar or a vector of one weight per '
@@ -486,6 +496,32 @@ def test_make_targets_refuses_bad_weights_and_images():
   with _raises('image has NaN or infinite values; give finite images in network space '
                '(nst_jax.preprocess of RGB in [0, 1])'):  # fmt: skip
     init_state(content.at[0, 1, 1, 1].set(jnp.inf), tx)
+
+
+def test_the_step_refuses_what_is_not_an_optax_transformation():
+  """A name or an uncalled factory: one line naming the call to make, in all three entries."""
+  model, params, content, targets = _problem()
+  state = init_state(content, optax.adam(1.0))
+  entries = {
+    'init_state': lambda tx: init_state(content, tx),
+    'make_step': lambda tx: make_step(model, tx, TINY_LOSS.spec),
+    'update_step': lambda tx: update_step(
+      state, params, targets, model=model, optimizer=tx, loss_spec=TINY_LOSS.spec
+    ),
+  }
+  head = 'optimizer must be an optax GradientTransformation, got '
+  cases = (
+    ('lbfgs', "str 'lbfgs': pass nst_jax.make_optimizer('lbfgs', "
+              'convention=weights.info.input_convention)'),
+    (optax.adam, 'the function optax.adam: call it: optax.adam(learning_rate)'),
+    (make_optimizer, "the function make_optimizer: call it: nst_jax.make_optimizer('lbfgs', "
+                     'convention=weights.info.input_convention)'),
+  )  # fmt: skip
+  for call in entries.values():
+    for tx, message in cases:
+      with pytest.raises(errors.ArgumentError) as e:
+        call(tx)
+      assert isinstance(e.value, TypeError) and str(e.value) == head + message
 
 
 def test_objective_wants_one_images_features():
@@ -806,8 +842,15 @@ def test_missing_and_misnamed_arguments_are_project_errors_that_stay_type_errors
     (lambda: objective(content[0], params, jax.tree.map(lambda x: x[0], targets), model=model),
      'objective needs loss_spec= (a LossSpec: layers and style statistic)'),
     (lambda: make_optimizer('adam', lr=1.0, convention='caffe'),
-     'make_optimizer got unknown keyword(s) lr; it takes learning_rate, memory_size, first_step, '
-     'box, convention'),
+     "make_optimizer got an unknown keyword 'lr'; it takes learning_rate, memory_size, "
+     'first_step, box, convention'),
+    (lambda: make_optimizer('lbfgs', first_stepp=4, convention='caffe'),
+     "make_optimizer got an unknown keyword 'first_stepp'; did you mean 'first_step'?"),
+    (lambda: make_targets(params, content, content, model=model, loss_spec=TINY_LOSS.spec,
+                          content_weight=1.0, style_weight=1.0, tv_wieght=1.0),
+     "make_targets got an unknown keyword 'tv_wieght'; did you mean 'tv_weight'?"),
+    (lambda: LossSpec(content_layer=('relu1_1',)),
+     "LossSpec got an unknown keyword 'content_layer'; did you mean 'content_layers'?"),
   )  # fmt: skip
   for call, message in cases:
     with pytest.raises(errors.ArgumentError) as e:

@@ -51,3 +51,24 @@ def test_eager_grad_through_several_lbfgs_steps_equals_the_jitted_grad():
   assert state.image.is_deleted() and not new.image.is_deleted()
   again, _ = step(new, params, targets)
   assert new.image.is_deleted() and not again.image.is_deleted()
+
+
+def test_a_donated_state_is_refused_naming_the_fix():
+  """Reusing a state after step(state, ...) was JAX's "Array has been deleted"; now one line."""
+  model, params, content, targets = _problem()
+  tx = nst_jax.make_optimizer('lbfgs', convention=pixels.CAFFE)
+  step = nst_jax.make_step(model, tx, SPEC)
+  state = nst_jax.init_state(content, tx)
+  new, _ = step(state, params, targets)
+  try:
+    step(state, params, targets)
+  except nst_jax.errors.ConfigError as e:
+    assert str(e) == (
+      'the state was donated to an earlier call of the step (its buffers are gone); pass the '
+      'state that call returned (state, losses = step(state, ...)), or keep a copy made before '
+      'it: jax.tree.map(jnp.copy, state)'
+    )
+  else:
+    raise AssertionError('a donated state was taken')
+  new, _ = step(new, params, targets)  # the returned state goes on
+  assert not new.image.is_deleted()

@@ -50,6 +50,66 @@ def test_preprocess_wants_batched_rgb():
     pixels.preprocess(np.zeros((4, 4, 3)), pixels.CAFFE)
 
 
+_CHANNELS_FIRST = '; if it is channels-first, move the channels last: x.transpose'
+_GREY = '; if it is greyscale, repeat it as RGB: np.repeat('
+
+
+@pytest.mark.parametrize(
+  'shape,fix',
+  [
+    ((1, 3, 8, 8), _CHANNELS_FIRST + '(0, 2, 3, 1)'),
+    ((3, 8, 8), _CHANNELS_FIRST + '(1, 2, 0)[None]'),
+    ((1, 8, 8, 4), '; drop the alpha channel: x[..., :3]'),
+    ((8, 8, 4), '; drop the alpha channel: x[None][..., :3]'),
+    ((8, 8), _GREY + 'x[None][..., None], 3, -1)'),
+    ((2, 8, 8), _GREY + 'x[..., None], 3, -1)'),
+    ((1, 8, 8, 1), '; repeat the grey channel: np.repeat(x, 3, -1)'),
+    ((2, 2, 8, 8, 3), ''),  # nothing to recognise: the shape alone
+  ],
+)
+def test_preprocess_names_the_fix_for_a_layout_it_recognises(shape, fix):
+  with pytest.raises(errors.ConfigError) as e:
+    pixels.preprocess(np.zeros(shape, np.float32), pixels.CAFFE)
+  assert str(e.value) == f'rgb must be [N, H, W, 3] RGB, got shape {shape}{fix}'
+  # The applied fix is taken (the shapes of one 8x8 image, or two).
+  x = np.zeros(shape, np.float32)
+  fixed = {
+    (1, 3, 8, 8): lambda: x.transpose(0, 2, 3, 1),
+    (3, 8, 8): lambda: x.transpose(1, 2, 0)[None],
+    (8, 8, 4): lambda: x[None][..., :3],
+    (8, 8): lambda: np.repeat(x[None][..., None], 3, -1),
+    (2, 8, 8): lambda: np.repeat(x[..., None], 3, -1),
+  }.get(shape)
+  if fixed is not None:
+    assert pixels.preprocess(fixed(), pixels.CAFFE).shape[1:] == (8, 8, 3)
+
+
+@pytest.mark.parametrize(
+  'shape,fix',
+  [
+    ((3, 17, 23), _CHANNELS_FIRST + '(1, 2, 0)'),
+    ((17, 23), _GREY + 'x[..., None], 3, -1)'),
+    ((17, 23, 4), '; drop the alpha channel: x[..., :3]'),
+    ((17, 23, 1), '; repeat the grey channel: np.repeat(x, 3, -1)'),
+  ],
+)
+def test_the_rgb_rule_names_the_fix_for_a_layout_it_recognises(shape, fix):
+  """`as_rgb`, stylize's rule: [H, W, 3] is accepted, so no batch axis is asked for."""
+  with pytest.raises(errors.ConfigError) as e:
+    pixels.as_rgb(np.zeros(shape, np.float32), 'content')
+  assert str(e.value) == f'content must be RGB [H, W, 3] or [N, H, W, 3], got shape {shape}{fix}'
+
+
+def test_deprocess_wants_the_batch_axis_as_preprocess_does():
+  x = pixels.preprocess(np.full((1, 4, 4, 3), 0.5, np.float32), pixels.CAFFE)
+  with pytest.raises(errors.ConfigError) as e:
+    pixels.deprocess(x[0], pixels.CAFFE)  # it gained a batch axis silently before
+  assert str(e.value) == (
+    'x must be [N, H, W, 3] in network space, got shape (4, 4, 3); add the batch axis: x[None]'
+  )
+  np.testing.assert_allclose(pixels.deprocess(x[0][None], pixels.CAFFE), 0.5, atol=1e-6)
+
+
 def test_unknown_convention():
   with pytest.raises(errors.ConfigError, match="unknown input convention 'bgr'"):
     pixels.get_convention('bgr')

@@ -79,8 +79,10 @@ def test_check_memory_refuses_what_does_not_fit_and_spatial_makes_it_fit(monkeyp
   monkeypatch.setattr(memory, 'available_memory', lambda device=None: 16 * 10**9)
   monkeypatch.setattr(memory, '_CPU_RUNTIME_BYTES', 0)  # as on an accelerator
   monkeypatch.setattr(jax, 'local_device_count', lambda: 4)
-  with pytest.raises(errors.NstError, match=r'needs about 2\d\.\d GB but only 16\.0 GB') as e:
+  # A ConfigError (a ValueError), as the other refused settings: `except ValueError` catches it.
+  with pytest.raises(errors.ConfigError, match=r'needs about 2\d\.\d GB but only 16\.0 GB') as e:
     memory.check_memory(3072, 4096, config=cfg)
+  assert isinstance(e.value, ValueError)
   assert 'run.shard spatial (over 4 devices)' in str(e.value)
   plan = memory.check_memory(3072, 4096, config=cfg, spatial_devices=4)
   assert plan.need < plan.have == 16 * 10**9 and plan.tile is None

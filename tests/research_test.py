@@ -217,7 +217,7 @@ def test_network_space_arguments_and_weights_name_their_fix():
   # The config's name for the L-BFGS memory works too; a wrong keyword is named.
   aliased = nst_jax.make_optimizer('lbfgs', lbfgs_memory=7, convention=pixels.CAFFE)
   assert nst_jax.init_state(content, aliased).opt_state.s.shape == (1, 7, 16, 16, 3)
-  with pytest.raises(TypeError, match=r'^make_optimizer got unknown keyword\(s\) lr; it takes '):
+  with pytest.raises(TypeError, match=r"^make_optimizer got an unknown keyword 'lr'; it takes "):
     nst_jax.make_optimizer('adam', lr=1.0, convention=pixels.CAFFE)
 
 
@@ -398,6 +398,12 @@ def test_random_scaled_params_refuse_a_bad_seed_and_an_rgb_uint8_probe():
     with pytest.raises(nst_jax.errors.ConfigError) as caught:
       experiments.random_scaled_params(seed, **shape)
     assert str(caught.value) == f'seed must be an integer >= 0, got {shown}'
+  for key, shown in ((jax.random.PRNGKey(0), 'ArrayImpl'), (jax.random.key(0), 'PRNGKeyArray')):
+    with pytest.raises(nst_jax.errors.ConfigError) as caught:  # a JAX user's habit
+      experiments.random_scaled_params(key, **shape)
+    assert str(caught.value) == (
+      f'seed must be an integer >= 0, got {shown}; pass an int seed, e.g. 0 (not a jax.random key)'
+    )
   with pytest.raises(nst_jax.errors.ConfigError) as caught:  # an OverflowError in jax.random.key
     experiments.random_scaled_params(2**64, **shape)
   assert str(caught.value) == (

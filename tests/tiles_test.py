@@ -210,6 +210,10 @@ def test_one_tile_program_whatever_the_tile_count(params, model):
     (dict(tile=0), 'got 0; use 16'),
     (dict(tile=12), 'got 12; use 16'),
     (dict(tile=True), 'got True'),
+    # A float: an integral one meant that int (not 256, as before), others the nearest even.
+    (dict(tile=16.0), 'at least 16, got 16.0; use 16'),
+    (dict(tile=17.5), 'got 17.5; use 18'),
+    (dict(tile='64'), "got '64'; use 64"),
   ],
 )
 def test_spec_refuses_what_cannot_be_tiled(kwargs, message):

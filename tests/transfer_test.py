@@ -13,6 +13,7 @@ from nst_jax.core import color
 from nst_jax.core import pixels
 from nst_jax.engine import group as group_lib
 from nst_jax.io import checkpoint as checkpoint_lib
+from nst_jax.io import images as image_lib
 from nst_jax.runs.arrays import stylize
 
 
@@ -268,6 +269,10 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
     (dict(content=rgb, style=rgb, config=config_lib.StyleConfig(run=config_lib.RunConfig(
       resume=True))), 'run.resume is set but no checkpoint= names the file to continue; pass '
      'checkpoint= or leave run.resume False'),
+    # A keyword's typo: it named a missing file only (trial 5), as initial_image names them.
+    (dict(content=rgb, style=rgb, config=config_lib.StyleConfig(inputs=config_lib.InputConfig(
+      init='randm'))), "inputs.init 'randm' is not one of content, random, gray, and no image "
+     'file of that name exists; pass one of those, the path of an image file, or init_image='),
   ]  # fmt: skip
   for kwargs, message in cases:
     kwargs.setdefault('weights', caffe_npz)
@@ -408,3 +413,26 @@ def test_a_memory_limit_plans_tiles_and_the_image_is_the_untiled_one(caffe_npz, 
   with pytest.raises(errors.NstError, match=r'run\.memory_limit is 0\.5 GB; what would fit'):
     stylize(content, style, config=cfg.replace(run=cfg.run.replace(memory_limit=0.5)),
             weights=caffe_npz)  # fmt: skip
+
+
+def test_style_scale_resizes_the_style_as_the_file_pipeline_does(caffe_npz):
+  """Each style at style_scale x the content's width (trial 5: stylize ignored style_scale)."""
+  rng = np.random.default_rng(3)
+  content = rng.uniform(size=(16, 24, 3)).astype(np.float32)
+  style = rng.uniform(size=(24, 32, 3)).astype(np.float32)
+  half = _cfg(2, inputs=config_lib.InputConfig(style_scale=0.5))
+  out = stylize(content, style, config=half, weights=caffe_npz)
+  pre = image_lib.resize_to_width(style, 12)  # inputs.style_width: round(0.5 * 24)
+  assert pre.shape == (9, 12, 3)
+  np.testing.assert_array_equal(out, stylize(content, pre, config=_cfg(2), weights=caffe_npz))
+  as_given = stylize(content, style, config=_cfg(2), weights=caffe_npz)  # 1: the size given
+  assert np.abs(out - as_given).max() > 1e-3
+
+
+def test_the_callback_is_called_where_intermediates_are_saved(caffe_npz):
+  """save_iter 2 of 4 iterations: at 2, not at 4, whose image is the result (the docstring)."""
+  rgb = np.random.default_rng(4).uniform(size=(16, 16, 3)).astype(np.float32)
+  seen = []
+  cfg = _cfg(4, save=config_lib.SaveConfig(save_iter=2))
+  stylize(rgb, rgb[::-1], config=cfg, weights=caffe_npz, callback=lambda i, x: seen.append(i))
+  assert seen == [2]

@@ -178,10 +178,18 @@ class StyleConfig:
 
 
 def _check_flat(flat: dict) -> None:
-  """Refuses a flat keyword that names no setting (Python's TypeError, as a project error)."""
-  unknown = [name for name in flat if name not in deprecated.FLAT_FIELDS]
-  if unknown:
-    raise errors.ArgumentError(
-      f'StyleConfig has no setting {unknown[0]!r}; the settings are in groups: '
-      'StyleConfig(loss=LossConfig(...), ...) (docs/api.md)'
-    )
+  """Refuses a flat keyword that names no setting, naming the closest setting in its group."""
+
+  def in_group(name: str) -> str:
+    if name in GROUPS:
+      return f'{name}=nst_jax.{GROUPS[name].__name__}(...)'
+    group, field = deprecated.FLAT_FIELDS[name]
+    return f'{group}=nst_jax.{GROUPS[group].__name__}({field}=...)'
+
+  errors.unknown_keywords(
+    'StyleConfig',
+    flat,
+    [*GROUPS, *deprecated.FLAT_FIELDS],
+    suggest=in_group,
+    otherwise='the settings are in groups: StyleConfig(loss=LossConfig(...), ...) (docs/api.md)',
+  )

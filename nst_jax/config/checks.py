@@ -89,7 +89,12 @@ def styles_and_masks(
 
 
 class Group:
-  """Shared by the groups: `replace`."""
+  """Shared by the groups: `replace`, and unknown keywords named with the closest field."""
+
+  def __new__(cls, *args, **kwargs):
+    # Before the dataclass's __init__, whose TypeError would name the typo only.
+    errors.unknown_keywords(cls.__name__, kwargs, (f.name for f in dataclasses.fields(cls)))
+    return super().__new__(cls)
 
   def replace(self, **changes):
     return dataclasses.replace(self, **changes)

@@ -194,7 +194,12 @@ class LossConfig(checks.Group):
       or isinstance(self.tiles, int)
       and not isinstance(self.tiles, bool)
       and self.tiles > 0,
-      f"loss.tiles must be 'auto', 'off' or a tile edge in pixels, got {self.tiles!r}",
+      f"loss.tiles must be 'auto', 'off' or a tile edge in pixels, got {self.tiles!r}; "
+      + (
+        f'use {tiles_lib.nearest_tile(self.tiles)}'
+        if isinstance(self.tiles, (int, float)) and not isinstance(self.tiles, bool)
+        else "use 'auto', 'off' or an even number such as 256"
+      ),
     )
     for field in ('content_layers', 'style_layers'):
       value = getattr(self, field)

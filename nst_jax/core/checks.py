@@ -198,6 +198,13 @@ def positive_number(value: Any, name: str) -> None:
 def per_image(value: jax.typing.ArrayLike, name: str, n: int) -> jax.Array:
   """A loss weight as [N] float32: a scalar or one per image, finite and >= 0."""
   concrete = not isinstance(value, jax.core.Tracer)
+  dtype = np.asarray(value).dtype if concrete else value.dtype
+  if dtype.kind not in 'iuf' and not jnp.issubdtype(dtype, jnp.floating):  # bfloat16 is 'V'
+    # As blend_weights: numpy read '1e-2' as 0.01, and failed on 'abc' naming no argument.
+    fix = f'pass a number, e.g. {name}=1e-2'
+    if isinstance(value, str) and _is_number(value):
+      fix = f'pass the number, {name}=float({value!r})'
+    raise errors.ConfigError(f'{name} must be a real number or one per image, got {value!r}; {fix}')
   x = np.asarray(value, np.float32) if concrete else value  # numpy: a trace stages jnp's checks
   if x.ndim > 1:
     raise errors.ConfigError(
@@ -219,6 +226,14 @@ def per_image(value: jax.typing.ArrayLike, name: str, n: int) -> jax.Array:
     return jnp.asarray(np.full((n,), x.reshape(-1)[0]) if x.size == 1 else x)
   x = jnp.asarray(x, jnp.float32)
   return jnp.broadcast_to(x.reshape(-1)[0] if x.size == 1 else x, (n,))
+
+
+def _is_number(text: str) -> bool:
+  try:
+    float(text)
+  except ValueError:
+    return False
+  return True
 
 
 def step_inputs(image: jax.Array, targets: Any, loss_spec: Any) -> None:
@@ -313,6 +328,28 @@ def extra_batch(extra: Any, n: int, name: str) -> None:
       )
 
 
+def optimizer(tx: Any) -> None:
+  """Refuses what is not an optax transformation: an optimiser's name, or a factory not called."""
+  if callable(getattr(tx, 'init', None)) and callable(getattr(tx, 'update', None)):
+    return
+  ours = "nst_jax.make_optimizer('lbfgs', convention=weights.info.input_convention)"
+  shown, fix = f'{type(tx).__name__} {tx!r}', f'pass {ours}'
+  if isinstance(tx, str):
+    fix = f'pass {ours.replace(repr("lbfgs"), repr(tx))}'
+  elif callable(tx):  # optax.adam rather than optax.adam(lr)
+    name = getattr(tx, '__qualname__', type(tx).__name__)
+    module = getattr(tx, '__module__', None) or ''
+    name = f'{"optax." * module.startswith("optax")}{name}'
+    shown, fix = f'the function {name}', f'call it: {name}(learning_rate)'
+    if not hasattr(tx, '__qualname__'):  # a functools.partial, a class instance
+      shown, fix = f'a {name}', 'call it to make the transformation'
+    if module.startswith('nst_jax'):
+      fix = f'call it: {ours}'
+  raise errors.ArgumentError(
+    f'optimizer must be an optax GradientTransformation, got {shown}: {fix}'
+  )
+
+
 def optimizer_state(opt_state: Any, image: jax.Array, optimizer: Any) -> None:
   """Refuses a state made by another optimiser (a crash inside optax otherwise)."""
   want = jax.eval_shape(jax.vmap(optimizer.init), image)
@@ -386,54 +423,3 @@ def loss_result(result: Any) -> tuple[jax.Array, Mapping]:
       'float32 scalar total: jnp.asarray(total, jnp.float32)'
     )
   return result
-
-
-def blend_weights(styles, n, size, blend_weights, style_masks) -> tuple[float, ...] | None:
-  """`make_targets`' normalised blend weights of the styles (None: one region per style mask)."""
-  for s in styles:
-    if s.shape[0] not in (1, n):
-      k = s.shape[0]
-      tile = f'tile the content to stylise it once per style (jnp.repeat(content, {k}, axis=0)), '
-      raise errors.ConfigError(
-        f'{k} style images for {n} content image{"s" * (n != 1)}; give 1'
-        + (f' or {n}, ' if n != 1 else ', ')
-        + (tile if n == 1 else '')
-        + 'or pass the styles as a list to blend them'
-      )
-  if style_masks is not None:
-    if blend_weights is not None:
-      raise errors.ConfigError(
-        'blend_weights and style_masks exclude each other (masks place each style, blending '
-        'mixes them everywhere); give one'
-      )
-    if style_masks.shape[1] != len(styles) or style_masks.shape[2:] != size:
-      raise errors.ConfigError(
-        f'style_masks {style_masks.shape} for {len(styles)} style(s) and a {size[1]}x{size[0]} '
-        f'content; give [N or 1, {len(styles)}, {size[0]}, {size[1]}], one mask per style'
-      )
-    return None
-  if blend_weights is None:
-    weights = (1.0,) * len(styles)
-  elif isinstance(blend_weights, jax.core.Tracer):
-    raise errors.ConfigError(
-      'blend_weights are traced, but they are fixed numbers of the targets; pass numbers, or '
-      'blend the style statistics yourself (make_targets of each style, weighted)'
-    )
-  else:  # a list, a tuple, or a numpy or jax array
-    given = np.asarray(blend_weights)
-    if given.dtype.kind not in 'iuf' or given.ndim > 1:  # numpy reads ['1', '3'] and [[1, 3]]
-      raise errors.ConfigError(
-        f'blend_weights must be numbers, one per style, got {blend_weights!r}; pass e.g. (1, 3)'
-      )
-    weights = tuple(float(b) for b in given.astype(np.float64).reshape(-1))
-  if len(weights) != len(styles):
-    raise errors.ConfigError(
-      f'{len(weights)} blend_weights for {len(styles)} styles; give one per style'
-    )
-  total = float(sum(weights))
-  if not all(float(b) >= 0 for b in weights) or not 0 < total < float('inf'):
-    raise errors.ConfigError(
-      f'blend_weights must be finite, >= 0 and not all 0, got {tuple(weights)}'
-    )
-  # The one place blend weights are normalised (the config only checks them).
-  return tuple(float(b) / total for b in weights)

@@ -2,13 +2,16 @@
 
 `make_step`'s programs are `DonatingJit`s: the engine and a plain loop get
 the state's buffers reused; `jax.grad` or `jax.vjp` of a loop of calls,
-eager or under `jax.jit`, gets the same program without donation.
+eager or under `jax.jit`, gets the same program without donation. A state
+already donated is refused in one line naming the fix.
 """
 
 from collections.abc import Callable
 from typing import Any
 
 import jax
+
+from nst_jax import errors
 
 
 class DonatingJit:
@@ -33,7 +36,18 @@ class DonatingJit:
 
   def __call__(self, *args):
     traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args))
-    return (self.kept if traced else self.donating)(*args)
+    if traced:
+      return self.kept(*args)
+    if args and any(
+      isinstance(leaf, jax.Array) and leaf.is_deleted() for leaf in jax.tree.leaves(args[0])
+    ):
+      # JAX's own "Array has been deleted" names neither the cause nor the fix.
+      raise errors.ConfigError(
+        'the state was donated to an earlier call of the step (its buffers are gone); pass the '
+        'state that call returned (state, losses = step(state, ...)), or keep a copy made before '
+        'it: jax.tree.map(jnp.copy, state)'
+      )
+    return self.donating(*args)
 
   def __getattr__(self, name: str):
     if name in ('donating', 'kept'):  # not set yet (copy, pickle): no recursion

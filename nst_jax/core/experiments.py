@@ -73,7 +73,8 @@ def random_scaled_params(
     number = None
   if number is None or number < 0:
     shown = repr(seed) if isinstance(seed, (int, float, str, type(None))) else type(seed).__name__
-    raise errors.ConfigError(f'seed must be an integer >= 0, got {shown}')
+    fix = '; pass an int seed, e.g. 0 (not a jax.random key)' if isinstance(seed, jax.Array) else ''
+    raise errors.ConfigError(f'seed must be an integer >= 0, got {shown}{fix}')
   if number >= 2**63:  # jax.random.key takes a C long: an OverflowError naming no argument
     raise errors.ConfigError(f'seed must be below 2**63 (a JAX key holds 64 bits), got {number}')
   seed = number

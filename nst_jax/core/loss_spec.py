@@ -50,6 +50,11 @@ class LossSpec:
   normalize_gradients: bool = False
   tile: int | None = None
 
+  def __new__(cls, *args, **kwargs):
+    # Before the dataclass's __init__, whose TypeError would name the typo only.
+    errors.unknown_keywords('LossSpec', kwargs, (f.name for f in dataclasses.fields(cls)))
+    return super().__new__(cls)
+
   def __post_init__(self):
     if self.style_loss not in losses.STYLE_KINDS:
       raise errors.ConfigError(

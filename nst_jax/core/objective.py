@@ -95,7 +95,7 @@ def _target_arrays(params, content, styles, *, blend, model: vgg.VGG, spec: Loss
       blend,
       kind=spec.style_loss,
       n=n,
-      m=_layer_positions(height, width, name),
+      m=(height >> vgg.downsamplings(name)) * (width >> vgg.downsamplings(name)),
     )
     for name in spec.style_layers
   }
@@ -125,11 +125,7 @@ def _tiled_target_arrays(params, content, styles, *, blend, model: vgg.VGG, spec
   return {k: v.astype(jnp.float32) for k, v in content_feats.items()}, stats
 
 
-def _layer_positions(height: int, width: int, layer: str) -> int:
-  k = vgg.downsamplings(layer)
-  return (height // 2**k) * (width // 2**k)
-
-
+@errors.keywords_checked
 def make_targets(
   params: Mapping[str, Mapping[str, jax.Array]],
   content: jax.Array,
@@ -198,7 +194,7 @@ def make_targets(
     name = 'style' if len(styles) == 1 else f'style {i}'
     checks.image_size(s, loss_spec.style_layers, model, name)
   checks.extra_batch(extra, n, 'extra')
-  blend = checks.blend_weights(styles, n, (height, width), blend_weights, style_masks)
+  blend = _blend_weights(styles, n, (height, width), blend_weights, style_masks)
   content_feats, stats = _target_arrays(
     params, content, styles, blend=blend, model=model, spec=loss_spec
   )
@@ -215,6 +211,57 @@ def make_targets(
     extra=extra,
     content_size=jnp.asarray(np.zeros((n, height, width, 0), np.float32)),
   )
+
+
+def _blend_weights(styles, n, size, blend_weights, style_masks) -> tuple[float, ...] | None:
+  """`make_targets`' normalised blend weights of the styles (None: one region per style mask)."""
+  for s in styles:
+    if s.shape[0] not in (1, n):
+      k = s.shape[0]
+      tile = f'tile the content to stylise it once per style (jnp.repeat(content, {k}, axis=0)), '
+      raise errors.ConfigError(
+        f'{k} style images for {n} content image{"s" * (n != 1)}; give 1'
+        + (f' or {n}, ' if n != 1 else ', ')
+        + (tile if n == 1 else '')
+        + 'or pass the styles as a list to blend them'
+      )
+  if style_masks is not None:
+    if blend_weights is not None:
+      raise errors.ConfigError(
+        'blend_weights and style_masks exclude each other (masks place each style, blending '
+        'mixes them everywhere); give one'
+      )
+    if style_masks.shape[1] != len(styles) or style_masks.shape[2:] != size:
+      raise errors.ConfigError(
+        f'style_masks {style_masks.shape} for {len(styles)} style(s) and a {size[1]}x{size[0]} '
+        f'content; give [N or 1, {len(styles)}, {size[0]}, {size[1]}], one mask per style'
+      )
+    return None
+  if blend_weights is None:
+    weights = (1.0,) * len(styles)
+  elif isinstance(blend_weights, jax.core.Tracer):
+    raise errors.ConfigError(
+      'blend_weights are traced, but they are fixed numbers of the targets; pass numbers, or '
+      'blend the style statistics yourself (make_targets of each style, weighted)'
+    )
+  else:  # a list, a tuple, or a numpy or jax array
+    given = np.asarray(blend_weights)
+    if given.dtype.kind not in 'iuf' or given.ndim > 1:  # numpy reads ['1', '3'] and [[1, 3]]
+      raise errors.ConfigError(
+        f'blend_weights must be numbers, one per style, got {blend_weights!r}; pass e.g. (1, 3)'
+      )
+    weights = tuple(float(b) for b in given.astype(np.float64).reshape(-1))
+  if len(weights) != len(styles):
+    raise errors.ConfigError(
+      f'{len(weights)} blend_weights for {len(styles)} styles; give one per style'
+    )
+  total = float(sum(weights))
+  if not all(float(b) >= 0 for b in weights) or not 0 < total < float('inf'):
+    raise errors.ConfigError(
+      f'blend_weights must be finite, >= 0 and not all 0, got {tuple(weights)}'
+    )
+  # The one place blend weights are normalised (the config only checks them).
+  return tuple(float(b) / total for b in weights)
 
 
 def _spec_and_weights(loss_spec, loss_config, content_weight, style_weight, tv_weight):

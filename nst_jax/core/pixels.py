@@ -101,7 +101,7 @@ def as_rgb(value: jax.typing.ArrayLike, name: str) -> jax.Array:
   if len(shape) not in (3, 4) or shape[-1] != 3:
     raise errors.ConfigError(
       f'{name} must be RGB [H, W, 3] or [N, H, W, 3], got shape {tuple(shape)}'
-      + ('; drop the alpha channel: x[..., :3]' if shape and shape[-1] == 4 else '')
+      + layout_fix(shape, batched=False)
     )
   if dtype == np.uint8:
     return jnp.asarray(value, jnp.float32) / 255.0
@@ -121,6 +121,31 @@ def as_rgb(value: jax.typing.ArrayLike, name: str) -> jax.Array:
       f'{name} has values from {low:.4g} to {high:.4g}; RGB floats must lie in [0, 1]: {fix}'
     )
   return jnp.asarray(host, jnp.float32)
+
+
+def layout_fix(shape: tuple[int, ...], *, batched: bool) -> str:
+  """'; <the fix>' for RGB given in a layout the shape gives away ('' when it does not).
+
+  Channels first ([N, 3, H, W] from PyTorch), greyscale ([H, W], [N, H, W] or
+  one channel), RGBA, or (where [N, H, W, 3] is due, `batched`) one image
+  without its batch axis.
+
+  Args:
+    shape: the refused array's shape.
+    batched: whether the function takes [N, H, W, 3] only (not [H, W, 3]).
+  """
+  rank, last = len(shape), (shape[-1] if shape else None)
+  lead = '[None]' if batched and rank in (2, 3) else ''  # one image where a batch is due
+  if rank in (3, 4) and last in (1, 4):
+    fix = f'drop the alpha channel: x{lead}[..., :3]'
+    return '; ' + (fix if last == 4 else f'repeat the grey channel: np.repeat(x{lead}, 3, -1)')
+  if rank in (3, 4) and shape[-3] in (3, 4) and last != 3:  # PyTorch's [N, 3, H, W]
+    axes = '0, 2, 3, 1' if rank == 4 else '1, 2, 0'
+    return f'; if it is channels-first, move the channels last: x.transpose({axes}){lead}'
+  if rank == 2 or (rank == 3 and last != 3):  # [H, W], or [N, H, W]: a batch of them
+    lead = lead if rank == 2 else ''
+    return f'; if it is greyscale, repeat it as RGB: np.repeat(x{lead}[..., None], 3, -1)'
+  return '; add the batch axis: x[None]' if rank == 3 and batched else ''
 
 
 def batched(rgb: jax.typing.ArrayLike) -> jax.Array:
@@ -195,7 +220,7 @@ def preprocess(rgb: jax.typing.ArrayLike, convention: InputConvention | str) -> 
     raise errors.ConfigError(f'rgb is {dtype}; give RGB as floats in [0, 1] (or uint8)')
   shape = np.shape(rgb)
   if len(shape) != 4 or shape[-1] != 3:
-    fix = '; add the batch axis: x[None]' if len(shape) == 3 and shape[-1] == 3 else ''
+    fix = layout_fix(shape, batched=True)
     raise errors.ConfigError(f'rgb must be [N, H, W, 3] RGB, got shape {tuple(shape)}{fix}')
   x, value_range = _to_network(rgb, convention)
   if dtype != np.uint8 and not isinstance(rgb, jax.core.Tracer) and np.size(rgb):
@@ -232,9 +257,16 @@ def deprocess(x: jax.typing.ArrayLike, convention: InputConvention | str) -> jax
 
   Returns:
     [N, H, W, 3] float32 RGB, not clipped (clip when saving).
+
+  Raises:
+    ConfigError: `x` is not [N, H, W, 3] (one image [H, W, 3] too, as
+      `preprocess` refuses it: it gained a batch axis silently before).
   """
   if not isinstance(x, (jax.Array, np.ndarray)):
     x = np.asarray(x, np.float32)
+  if x.ndim != 4 or x.shape[-1] != 3:
+    fix = layout_fix(x.shape, batched=True)
+    raise errors.ConfigError(f'x must be [N, H, W, 3] in network space, got shape {x.shape}{fix}')
   return _to_rgb(x, as_convention(convention))
 
 

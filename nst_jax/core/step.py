@@ -134,8 +134,8 @@ def _platform(params: Mapping) -> str:
 def make_optimizer(name: Any = 'lbfgs', **kwargs) -> optax.GradientTransformationExtraArgs:
   """`nst_jax.core.optim.make_optimizer`, with `lbfgs_memory` (the config's name) for `memory_size`.
 
-  Also accepts a StyleConfig (deprecated). Unknown keywords are named in a
-  TypeError with the ones it takes.
+  Also accepts a StyleConfig (deprecated). An unknown keyword is refused in
+  a TypeError naming the closest one it takes (or all of them).
   """
   if not isinstance(name, str):
     warnings.warn(
@@ -149,13 +149,8 @@ def make_optimizer(name: Any = 'lbfgs', **kwargs) -> optax.GradientTransformatio
     if 'memory_size' in kwargs:
       raise errors.ArgumentError('make_optimizer got both lbfgs_memory and memory_size; give one')
     kwargs['memory_size'] = kwargs.pop('lbfgs_memory')
-  known = inspect.signature(optim.make_optimizer).parameters
-  unknown = sorted(set(kwargs) - set(known))
-  if unknown:
-    raise errors.ArgumentError(
-      f'make_optimizer got unknown keyword(s) {", ".join(unknown)}; it takes '
-      + ', '.join(k for k in known if k != 'name')
-    )
+  known = [k for k in inspect.signature(optim.make_optimizer).parameters if k != 'name']
+  errors.unknown_keywords('make_optimizer', kwargs, known)
   return optim.make_optimizer(name, **kwargs)
 
 
@@ -166,6 +161,7 @@ def init_state(image: jax.Array, optimizer: optax.GradientTransformation) -> Sty
   (often the content image, needed again) must survive that.
   """
   pixels.check_network_images(image, 'image')
+  checks.optimizer(optimizer)
   image = jnp.array(image, jnp.float32, copy=True)
   return StyleState(image=image, opt_state=jax.vmap(optimizer.init)(image))
 
@@ -234,6 +230,7 @@ def update_step(
     loss_spec = loss_config
   loss_spec = objective_lib.as_spec(loss_spec)
   checks.step_inputs(state.image, targets, loss_spec)
+  checks.optimizer(optimizer)
   checks.optimizer_state(state.opt_state, state.image, optimizer)
   if active is not None:
     active = checks.active_flags(active, state.image.shape[0])
@@ -360,6 +357,7 @@ def make_step(
     for the new state): keep no other reference to it. Params and targets
     are not donated.
   """
+  checks.optimizer(optimizer)
   placed = {}
   if in_shardings is not None:
     placed['in_shardings'] = in_shardings

@@ -62,9 +62,19 @@ def tile_problem(tile) -> str | None:
     isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < MIN_TILE or tile % 2
   ):
     # Even: a stage's core is pooled in place, on the untiled pooling's grid.
-    nearest = max(MIN_TILE, int(tile) // 2 * 2) if isinstance(tile, (int, np.integer)) else 256
-    return f'an even number of pixels, at least {MIN_TILE}, got {tile!r}; use {nearest}'
+    return f'an even number of pixels, at least {MIN_TILE}, got {tile!r}; use {nearest_tile(tile)}'
   return None
+
+
+def nearest_tile(tile) -> int:
+  """The valid edge nearest `tile` (16.0 or '16': 16, 99: 98, 0: 16); 256 for a non-number."""
+  try:
+    value = float(tile)
+  except (TypeError, ValueError):
+    return 256
+  if isinstance(tile, bool) or not np.isfinite(value):
+    return 256
+  return max(MIN_TILE, round(value) // 2 * 2)
 
 
 def stage_input_bytes(layers: Sequence[str], bytes_per_element: int = 4) -> float:

@@ -298,10 +298,10 @@ def check_memory(
 ) -> Plan:
   """A run's memory plan: untiled if it fits, else (loss.tiles 'auto') the largest tile that does.
 
-  Raises NstError, naming the estimate and only the changes that would fit,
-  if no plan fits. `can_split`: the run could split each image over devices
-  (run.shard spatial); batches and videos cannot, so it is not suggested to
-  them.
+  Raises ConfigError (a ValueError, as other refused settings), naming the
+  estimate and only the changes that would fit, if no plan fits.
+  `can_split`: the run could split each image over devices (run.shard
+  spatial); batches and videos cannot, so it is not suggested to them.
   """
   device = jax.local_devices()[0]
   setting = dict(batch=batch, platform=device.platform)
@@ -313,7 +313,7 @@ def check_memory(
   tile = config.loss.tiles if isinstance(config.loss.tiles, int) else None
   history = None
   if tile is not None and spatial_devices > 1:
-    raise errors.NstError(
+    raise errors.ConfigError(
       'loss.tiles and run.shard spatial do not combine (each device would tile its part of the '
       "image); use one: loss.tiles 'off', or run.shard jobs"
     )
@@ -360,7 +360,7 @@ def check_memory(
       else (f'only {have / 1e9:.1f} GB is available on {where}')
     )
     planned = f' in tiles of {tile} px' if tile is not None else ''
-    raise errors.NstError(
+    raise errors.ConfigError(
       f'a {width}x{height} run{planned} needs about {need / 1e9:.1f} GB but {available}; {fix}'
     )
   return Plan(tile, need, have, untiled, history)

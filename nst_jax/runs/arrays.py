@@ -121,6 +121,9 @@ def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint
     for i, s in enumerate(items)
   ]
   n, height, width = content_b.shape[:3]
+  if cfg.inputs.style_scale != 1.0:  # as the file pipeline: style_scale x the output width
+    sw = inputs_lib.style_width(cfg, width)
+    styles = [np.stack([image_lib.resize_to_width(im, sw) for im in s]) for s in styles]
   for i, s in enumerate(styles):
     if s.shape[0] not in (1, n):
       # Each content image takes its own style image (or all share one): the
@@ -139,6 +142,12 @@ def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint
   cmasks = _masks(content_mask, n, 2, (height, width), 'content_mask')
   smasks = _masks(style_masks, n, 3, (len(styles), height, width), 'style_masks')
   if cfg.inputs.init not in config_lib.INITS and init_image is None:
+    if not os.path.lexists(cfg.inputs.init):  # a typo of a keyword ('randm') more often than not
+      raise errors.ConfigError(
+        f'inputs.init {cfg.inputs.init!r} is not one of {", ".join(config_lib.INITS)}, '
+        'and no image file of that name exists; pass one of those, the path of an image file, '
+        'or init_image='
+      )
     init_image = image_lib.load_image(cfg.inputs.init, max_pixels=cfg.inputs.max_image_pixels)
   init = (
     None
@@ -179,7 +188,11 @@ def stylize(
   """Transfers the style of `style` onto `content`.
 
   The images are used at the size given (the content's width is the output
-  width; `config.inputs.width` is ignored). For each stage of the schedule
+  width; `config.inputs.width` is ignored), except that a
+  `config.inputs.style_scale` other than 1 resizes each style to
+  style_scale x the content's width (Lanczos, keeping its aspect ratio), as
+  the file pipeline does; at 1, the default, the styles keep their size.
+  For each stage of the schedule
   (`nst_jax.engine.schedule.plan`: by default all of `config.schedule.iterations`
   at one scale, or coarse to fine), content, styles (by the same ratio) and
   masks are resized, the targets computed, and the jitted step run from the
@@ -195,14 +208,19 @@ def stylize(
     style: RGB in [0, 1], [Hs, Ws, 3] (any size) or [N, Hs, Ws, 3], or a list
       of those for several styles (blended with
       `config.inputs.style_blend_weights`, or placed by `style_masks`).
-    config: the settings (paths are ignored); None = StyleConfig() defaults.
+    config: the settings (the paths and `inputs.width` are ignored;
+      `inputs.style_scale` as above); None = StyleConfig() defaults.
     weights: loaded Weights, a path, or None for the default location; for
       params made in memory (random_scaled_params),
       `nst_jax.Weights.from_params(params, convention)`.
-    callback: called as callback(iteration, rgb) every `config.save.save_iter`
-      iterations and when stopped, with the current RGB images ([N, H, W, 3]
-      at the current scale, as they would be saved); iterations count on
-      across scales.
+    callback: called as callback(iteration, rgb) with the current RGB
+      images ([N, H, W, 3] at the current scale, as they would be saved)
+      where the file pipeline saves an intermediate image: at each multiple
+      of `config.save.save_iter` iterations of a scale except the scale's
+      last iteration (its result is the return value, or the next scale's
+      start) and one where the scale stopped converged; and when
+      `should_stop` stops the run. So save_iter 2 of 4 iterations calls it
+      at 2 only. `iteration` counts on across scales.
     checkpoint: a checkpoint path (a NAME.ckpt directory; one image only), written every
       `config.run.checkpoint_every` iterations, at the end of each scale and
       when stopped; with `config.run.resume` the run continues from it.
