@@ -94,7 +94,11 @@ def test_tiled_features_equal_the_network(params, model, height, width, tile):
 def test_tiled_objective_and_gradient_equal_the_untiled(params, model, kind, masks):
   spec = objective_lib.LossSpec(**SHALLOW, style_loss=kind)
   tiled = objective_lib.LossSpec(**SHALLOW, style_loss=kind, tile=16)
-  targets, image = _case(params, model, spec, 66, 50, masks=masks)
+  # mean_cov: more positions than channels at relu3_1 (18 x 16 > 256). Where
+  # M <= C the untiled term takes an SVD of the features, which the tiles'
+  # sums cannot (statistics.mean_cov_distance: 2e-3 apart at 16 x 12).
+  size = (66, 50) if kind == 'gram' else (72, 66)
+  targets, image = _case(params, model, spec, *size, masks=masks)
   value, terms, grad = _value_and_grad(params, model, spec, targets, image)
   t_value, t_terms, t_grad = _value_and_grad(params, model, tiled, targets, image)
   assert abs(float(t_value - value)) <= 1e-6 * abs(float(value))
