@@ -24,6 +24,7 @@ import distributed_cases  # noqa: E402
 import small_runs  # noqa: E402
 
 from nst_jax.io import checkpoint as checkpoint_lib  # noqa: E402
+from nst_jax.io import output_names  # noqa: E402
 
 # Subprocess runs of the full network: deselect with -m "not slow".
 pytestmark = pytest.mark.slow
@@ -204,8 +205,11 @@ def test_an_image_process_0_cannot_write_stops_both_at_once_with_one_line(tmp_pa
   procs = _start(_commands(jobs, caffe_npz, tmp_path / 'out', 2, *extra), 4, tmp_path)
   outputs = (tmp_path / 'out0' / 'a.png', tmp_path / 'out1' / 'b.png')
   ckpts = [checkpoint_lib.path_for(o, ckpt_dir) for o in outputs]
+  # Both past their 4th iteration: their intermediate images are there (a
+  # file's existence, cheaper to poll every 50 ms than a checkpoint read back).
+  marks = [output_names.intermediate_path(o, 4) for o in outputs]
   deadline = time.monotonic() + 300
-  while not all(c.exists() and checkpoint_lib.read(c)['iteration'] >= 3 for c in ckpts):
+  while not all(m.exists() for m in marks):
     assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
     time.sleep(0.05)
   (tmp_path / 'out0').rename(tmp_path / 'out0.moved')
