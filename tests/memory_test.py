@@ -274,11 +274,11 @@ def test_tiles_shrink_the_estimate_to_a_window_and_the_stage_inputs():
   state = memory.optimizer_image_buffers('lbfgs', cfg.optim.lbfgs_memory) * 12
   # The image and the pooled maps to relu5_1: 3, 64/4, 128/16, 256/64, 512/256 floats per pixel.
   assert tiles.stage_input_bytes(cfg.loss.feature_layers) == 4 * (3 + 16 + 8 + 4 + 2)
-  stage_inputs = 5 * 132 + 96
+  stage_inputs = 1.5 * 132 + 96
   window = 256 + 2 * 2  # the first stage's halo: its two convolutions
-  expected = (per_pixel - state) * window**2 + (state + stage_inputs) * 2160 * 3840
+  expected = (per_pixel - state) * window**2 + (1.8 * state + stage_inputs) * 2160 * 3840
   assert tiled - (untiled - per_pixel * 2160 * 3840) == pytest.approx(expected, rel=1e-9)
-  assert tiled < 0.7 * untiled
+  assert tiled < 0.75 * untiled  # at history 30 the state (1.8 x 768 bytes per pixel) is most of it
 
 
 def test_a_plan_that_cannot_fit_names_the_limit_that_would():
@@ -304,3 +304,11 @@ def test_off_and_histogram_stay_untiled_and_the_refusal_suggests_tiles():
 def test_tiles_and_spatial_sharding_are_refused_together():
   with pytest.raises(errors.NstError, match='loss.tiles and run.shard spatial do not combine'):
     memory.check_memory(2160, 3840, config=_limited(8, tiles=256), spatial_devices=2)
+
+
+def test_a_3840_print_is_planned_within_8_gb():
+  # The plan measured: tubingen at -w 3840 (3840x2880) with --memory_limit 8
+  # peaked at 7.50 GB (docs/long-runs.md); the fitted estimate is 7.92 GB.
+  plan = memory.check_memory(2880, 3840, config=_limited(8))
+  assert (plan.tile, plan.history) == (512, 5)
+  assert 7.5e9 <= plan.need <= 8e9

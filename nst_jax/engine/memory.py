@@ -53,12 +53,19 @@ TILE_EDGES = (2048, 1536, 1024, 768, 512, 384, 256, 192, 128, 96, 64, 32)
 # the image-sized history (2m + 4 float32 images) is then most of the memory.
 MIN_PLANNED_HISTORY = 5
 # A tiled step (nst_jax.core.tiles) keeps each stage's input for the whole
-# image, its windows, and in the backward pass the cotangents of both: about
-# 5 copies of the stage inputs (measured: 6.0 GB peak RSS at 2048x1536 in
-# tiles of 256, history 30); and per pixel beyond them the content
-# targets padded (relu4_2: 2 x 8 floats), the image's gradient and the
-# masks' share (bench/bench_tiles.py measures the peak).
-_TILED_STAGE_COPIES = 5
+# image and, in the backward pass, the cotangent of one stage's input; per
+# pixel beyond them, the content targets padded, the image's gradient and
+# the masks' share. The image-sized optimiser state costs more than its own
+# size at the peak (the step's new state is formed beside the old one, and
+# the run's copies of it). Fitted to peak RSS of 2-iteration runs (2-core
+# Intel Xeon, tiles of 256, default layers; bench/bench_tiles.py measures
+# it): 6.18 GB at 2048x1536 with history 30 and 7.34 GB at 3840x2880 with
+# history 5 give 1.78x the state and 273 bytes per pixel beside it (1.34
+# copies of the stage inputs and the 96 bytes); that fit gives 2.32 GB at
+# 1024x768, history 30, where 2.33 GB was measured. Rounded up: the estimate
+# is 1-4% above those three peaks.
+_TILED_STAGE_COPIES = 1.5
+_TILED_STATE_FACTOR = 1.8
 _TILED_WHOLE_BYTES_PER_PIXEL = 96
 
 
@@ -174,7 +181,7 @@ def estimate_memory(
     return int(
       fixed
       + batch * window * (per_pixel - image_bytes)
-      + pixels * (image_bytes + whole + _TILED_WHOLE_BYTES_PER_PIXEL)
+      + pixels * (_TILED_STATE_FACTOR * image_bytes + whole + _TILED_WHOLE_BYTES_PER_PIXEL)
     )
   if spatial_devices > 1:
     share = _SPATIAL_SHARE_FACTOR * per_pixel / spatial_devices + _SPATIAL_WHOLE_BYTES_PER_PIXEL
