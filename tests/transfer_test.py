@@ -397,17 +397,18 @@ def test_a_memory_limit_plans_tiles_and_the_image_is_the_untiled_one(caffe_npz, 
   from nst_jax.engine import memory
 
   rng = np.random.default_rng(8)
-  content = rng.uniform(size=(64, 48, 3)).astype(np.float32)
+  content = rng.uniform(size=(64, 96, 3)).astype(np.float32)
   style = rng.uniform(size=(40, 40, 3)).astype(np.float32)
   cfg = config_lib.StyleConfig(schedule=config_lib.ScheduleConfig(iterations=3, scales=1))
   # Between the two estimates: the whole image does not fit, tiles of 32 do.
-  untiled = memory.estimate_memory(64, 48, config=cfg)
-  tiled = memory.estimate_memory(64, 48, config=cfg, tile=32)
+  # (At 64x48 a tile's window is most of the image: tiles would not save memory.)
+  untiled = memory.estimate_memory(64, 96, config=cfg)
+  tiled = memory.estimate_memory(64, 96, config=cfg, tile=32)
   assert tiled < untiled
   limited = cfg.replace(run=cfg.run.replace(memory_limit=(untiled + tiled) / 2 / 1e9))
   with caplog.at_level(logging.INFO):
     got = stylize(content, style, config=limited, weights=caffe_npz)
-  assert 'A 48x64 run in tiles of 32 px needs about' in caplog.text
+  assert 'A 96x64 run in tiles of 32 px needs about' in caplog.text
   want = stylize(content, style, config=cfg, weights=caffe_npz)
   assert float(np.mean(np.abs(got - want))) < 0.5 / 255
   with pytest.raises(errors.NstError, match=r'run\.memory_limit is 0\.5 GB; what would fit'):
