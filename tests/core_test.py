@@ -973,7 +973,8 @@ def test_loss_spec_checks_its_layer_weights_and_flag():
      'style_layer_weights must be finite and >= 0, got (-1.0, 1.0)'),
     ({'style_layer_weights': ('a', 1.0)},
      "style_layer_weights must be numbers, one per style layer, got ('a', 1.0)"),
-    ({'normalize_gradients': 'no'}, "normalize_gradients must be True or False, got 'no'"),
+    ({'normalize_gradients': 'no'},
+     "normalize_gradients must be True or False, got 'no'; pass True or False"),
   )  # fmt: skip
   for kwargs, message in cases:
     with _raises(message):

@@ -190,6 +190,11 @@ def positive_number(value: Any, name: str) -> None:
   """Refuses a concrete number that is not finite and > 0 (a schedule or a tracer passes)."""
   if callable(value) or isinstance(value, jax.core.Tracer):
     return
+  dtype = np.asarray(value).dtype
+  if dtype.kind not in 'iuf' and not jnp.issubdtype(dtype, jnp.floating):  # float('1') passes
+    raise errors.ConfigError(
+      f'{name} must be a finite number > 0, got {value!r}; {_number_fix(value, name)}'
+    )
   number = float(np.asarray(value))
   if not (np.isfinite(number) and number > 0):
     raise errors.ConfigError(f'{name} must be a finite number > 0, got {number}')
@@ -201,10 +206,9 @@ def per_image(value: jax.typing.ArrayLike, name: str, n: int) -> jax.Array:
   dtype = np.asarray(value).dtype if concrete else value.dtype
   if dtype.kind not in 'iuf' and not jnp.issubdtype(dtype, jnp.floating):  # bfloat16 is 'V'
     # As blend_weights: numpy read '1e-2' as 0.01, and failed on 'abc' naming no argument.
-    fix = f'pass a number, e.g. {name}=1e-2'
-    if isinstance(value, str) and _is_number(value):
-      fix = f'pass the number, {name}=float({value!r})'
-    raise errors.ConfigError(f'{name} must be a real number or one per image, got {value!r}; {fix}')
+    raise errors.ConfigError(
+      f'{name} must be a real number or one per image, got {value!r}; {_number_fix(value, name)}'
+    )
   x = np.asarray(value, np.float32) if concrete else value  # numpy: a trace stages jnp's checks
   if x.ndim > 1:
     raise errors.ConfigError(
@@ -228,12 +232,23 @@ def per_image(value: jax.typing.ArrayLike, name: str, n: int) -> jax.Array:
   return jnp.broadcast_to(x.reshape(-1)[0] if x.size == 1 else x, (n,))
 
 
-def _is_number(text: str) -> bool:
-  try:
-    float(text)
-  except ValueError:
-    return False
-  return True
+def _number_fix(value: Any, name: str) -> str:
+  """How to pass `value` as a number: float('1e-2') for a numeric string."""
+  if isinstance(value, str):
+    try:
+      float(value)
+    except ValueError:
+      pass
+    else:
+      return f'pass the number, {name}=float({value!r})'
+  return f'pass a number, e.g. {name}=1e-2'
+
+
+def flag(value: Any, name: str) -> bool:
+  """`value` as a bool, or a ConfigError: any non-empty string, 'false' too, is truthy."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise errors.ConfigError(f'{name} must be True or False, got {value!r}; pass True or False')
+  return bool(value)
 
 
 def step_inputs(image: jax.Array, targets: Any, loss_spec: Any) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from nst_jax import errors
+from nst_jax.core import checks
 from nst_jax.core import losses
 from nst_jax.core import tiles
 from nst_jax.core import vgg
@@ -98,11 +99,8 @@ class LossSpec:
         f'style_layer_weights has {len(w)} values for {len(self.style_layers)} style layers; '
         'give one per style layer, or None for all 1'
       )
-    if not isinstance(self.normalize_gradients, (bool, np.bool_)):
-      raise errors.ConfigError(
-        f'normalize_gradients must be True or False, got {self.normalize_gradients!r}'
-      )
-    object.__setattr__(self, 'normalize_gradients', bool(self.normalize_gradients))
+    flag = checks.flag(self.normalize_gradients, 'normalize_gradients')
+    object.__setattr__(self, 'normalize_gradients', flag)
     if self.tile is not None:
       self._check_tile()
 
