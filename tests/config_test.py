@@ -103,6 +103,32 @@ def test_settings_across_groups_are_checked_together():
     )
 
 
+def test_a_flat_name_and_its_group_may_not_disagree():
+  """style_weight=3 overrode loss=LossConfig(style_weight=5) without a word (trial 6)."""
+  message = (
+    'style_weight is given twice, flat (3.0) and in loss= (5.0); give loss.style_weight only: '
+    'StyleConfig(loss=nst_jax.LossConfig(style_weight=...))'
+  )
+  loss = config_lib.LossConfig(style_weight=5.0)
+  with pytest.raises(errors.ArgumentError) as e:
+    config_lib.StyleConfig(style_weight=3.0, loss=loss)
+  assert str(e.value) == message
+  with pytest.raises(errors.ArgumentError) as e:
+    config_lib.StyleConfig().replace(style_weight=3.0, loss=loss)
+  assert str(e.value) == message
+  with pytest.warns(DeprecationWarning):
+    # No conflict: the group leaves it at its default, or says the same.
+    cfg = config_lib.StyleConfig(style_weight=3.0, loss=config_lib.LossConfig(content_weight=5.0))
+    assert (cfg.loss.style_weight, cfg.loss.content_weight) == (3.0, 5.0)
+    # replace put the flat name on self's loss, dropping the loss given beside it.
+    again = config_lib.StyleConfig().replace(
+      tv_weight=1.0, loss=config_lib.LossConfig(content_weight=5.0)
+    )
+    assert (again.loss.tv_weight, again.loss.content_weight) == (1.0, 5.0)
+    # A group set earlier (self's) is no conflict: the flat name changes it, as before.
+    assert config_lib.StyleConfig(loss=loss).replace(style_weight=3.0).loss.style_weight == 3.0
+
+
 def test_flat_names_still_work_and_say_where_they_moved():
   with pytest.warns(DeprecationWarning, match=r'iterations -> schedule\.iterations'):
     cfg = config_lib.StyleConfig(iterations=7, optimizer='adam', output='x.png')
