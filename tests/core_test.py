@@ -993,3 +993,26 @@ def test_make_targets_called_eagerly_is_one_program(compiled):
     content_weight=1.0, style_weight=[1.0, 2.0, 3.0],
   )  # fmt: skip
   assert compiled()[start:] == ['jit(_target_arrays)']
+
+
+def test_a_model_that_is_no_vgg_names_make_model():
+  """model=None (a forgotten make_model()) was an AttributeError naming stage_sizes."""
+  model, params, content, targets = _problem()
+  tx = make_optimizer('adam', learning_rate=1.0, convention=pixels.CAFFE)
+  state = init_state(content, tx)
+  calls = [
+    lambda: make_targets(
+      params, content, content, model=None, loss_spec=TINY_LOSS.spec, content_weight=1.0,
+      style_weight=1.0,
+    ),
+    lambda: network_features(content[0], params, model=None, layers=('relu1_1',)),
+    lambda: update_step(state, params, targets, model=None, optimizer=tx, loss_spec=TINY_LOSS.spec),
+    lambda: make_step(None, tx, TINY_LOSS.spec),
+  ]  # fmt: skip
+  for call in calls:
+    with pytest.raises(errors.ArgumentError) as e:
+      call()
+    assert str(e.value) == (
+      'model must be a VGG module, got NoneType; pass model=nst_jax.make_model() (or '
+      'nst_jax.VGGTiny())'
+    )

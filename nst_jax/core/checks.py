@@ -19,6 +19,15 @@ from nst_jax.core import pixels
 from nst_jax.core import vgg
 
 
+def vgg_model(model: Any) -> None:
+  """Refuses a model that is no VGG module (None was an AttributeError on stage_sizes)."""
+  if not isinstance(model, vgg.VGG):
+    raise errors.ArgumentError(
+      f'model must be a VGG module, got {type(model).__name__}; pass '
+      'model=nst_jax.make_model() (or nst_jax.VGGTiny())'
+    )
+
+
 def params_fit(params: Any, model: vgg.VGG, layers: Any) -> None:
   """Refuses params the model cannot run to `layers` with, naming the fix.
 
@@ -33,6 +42,7 @@ def params_fit(params: Any, model: vgg.VGG, layers: Any) -> None:
     model: the VGG they are to run in.
     layers: the layers to be computed (the network runs through the deepest).
   """
+  vgg_model(model)
   params_dict(params)
   layers = (layers,) if isinstance(layers, str) else tuple(layers)
   through = vgg.layers_through(layers, model.stage_sizes)

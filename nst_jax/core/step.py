@@ -229,6 +229,7 @@ def update_step(
     )
     loss_spec = loss_config
   loss_spec = objective_lib.as_spec(loss_spec)
+  checks.vgg_model(model)
   checks.step_inputs(state.image, targets, loss_spec)
   checks.optimizer(optimizer)
   checks.optimizer_state(state.opt_state, state.image, optimizer)
@@ -357,6 +358,7 @@ def make_step(
     for the new state): keep no other reference to it. Params and targets
     are not donated.
   """
+  checks.vgg_model(model)
   checks.optimizer(optimizer)
   placed = {}
   if in_shardings is not None:
