@@ -595,6 +595,24 @@ def test_update_step_refuses_targets_that_do_not_fit():
                'them)'):  # fmt: skip
     run(state, params, targets, loss_fn=no_keywords)
 
+  # Other names for params and targets: Python's "unexpected keyword argument 'params'" (trial 6).
+  def other_names(img, p, t, *, model, loss_spec):
+    return objective(img, p, t, model=model, loss_spec=loss_spec)
+
+  message = (
+    'loss_fn(img, p, t, *, model, loss_spec) cannot take params= and targets= by name; name '
+    'them: loss_fn(image, params, targets, *, model, loss_spec)'
+  )
+  with _raises(message):
+    run(state, params, targets, loss_fn=other_names)
+  with _raises(message):
+    make_step(model, tx, TINY_LOSS.spec, loss_fn=other_names)
+
+  def keyword_only(x, *, params, targets, **kwargs):  # still works: the step passes them by name
+    return objective(x, params, targets, **kwargs)
+
+  assert run(state, params, targets, loss_fn=keyword_only)[1]['total'].shape == (1,)
+
 
 def test_initial_image_takes_network_space_content_only():
   content = jnp.ones((1, 4, 5, 3))
@@ -1013,6 +1031,5 @@ def test_a_model_that_is_no_vgg_names_make_model():
     with pytest.raises(errors.ArgumentError) as e:
       call()
     assert str(e.value) == (
-      'model must be a VGG module, got NoneType; pass model=nst_jax.make_model() (or '
-      'nst_jax.VGGTiny())'
+      'model must be a VGG module, got NoneType; pass model=nst_jax.make_model()'
     )

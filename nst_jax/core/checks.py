@@ -23,8 +23,7 @@ def vgg_model(model: Any) -> None:
   """Refuses a model that is no VGG module (None was an AttributeError on stage_sizes)."""
   if not isinstance(model, vgg.VGG):
     raise errors.ArgumentError(
-      f'model must be a VGG module, got {type(model).__name__}; pass '
-      'model=nst_jax.make_model() (or nst_jax.VGGTiny())'
+      f'model must be a VGG module, got {type(model).__name__}; pass model=nst_jax.make_model()'
     )
 
 
@@ -244,14 +243,11 @@ def per_image(value: jax.typing.ArrayLike, name: str, n: int) -> jax.Array:
 
 def _number_fix(value: Any, name: str) -> str:
   """How to pass `value` as a number: float('1e-2') for a numeric string."""
-  if isinstance(value, str):
-    try:
-      float(value)
-    except ValueError:
-      pass
-    else:
-      return f'pass the number, {name}=float({value!r})'
-  return f'pass a number, e.g. {name}=1e-2'
+  try:
+    float(value if isinstance(value, str) else 'no number')
+    return f'pass the number, {name}=float({value!r})'
+  except ValueError:
+    return f'pass a number, e.g. {name}=1e-2'
 
 
 def flag(value: Any, name: str) -> bool:
@@ -417,18 +413,21 @@ def loss_fn_signature(loss_fn: Callable) -> inspect.Signature | None:
   except (TypeError, ValueError):  # no signature to read
     return None
   parameters = signature.parameters
-  if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
-    return signature
-  lacking = [
-    k for k in ('model', 'loss_spec') if k not in parameters and not (
-      k == 'loss_spec' and 'loss_config' in parameters
-    )
-  ]  # fmt: skip
+  free = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+  old = 'loss_config' in parameters and 'loss_spec' not in parameters  # the deprecated name
+  spec = 'loss_config' if old else 'loss_spec'
+  lacking = [k for k in ('model', spec) if k not in parameters and not free]
   if lacking:
     raise errors.ConfigError(
       f'loss_fn takes no {" or ".join(lacking)} keyword; a loss_fn must accept {_SIGNATURE} '
       '(add **kwargs to ignore them)'
     )
+  try:  # as the step calls it: params and targets by name (loss_fn(img, p, t) got params=)
+    signature.bind(None, params=0, targets=0, model=0, **{spec: 0})
+  except TypeError:
+    raise errors.ConfigError(
+      f'loss_fn{signature} cannot take params= and targets= by name; name them: {_SIGNATURE}'
+    ) from None
   return signature
 
 

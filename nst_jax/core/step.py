@@ -360,6 +360,7 @@ def make_step(
   """
   checks.vgg_model(model)
   checks.optimizer(optimizer)
+  checks.loss_fn_signature(loss_fn)  # now, not at the first call
   placed = {}
   if in_shardings is not None:
     placed['in_shardings'] = in_shardings
