@@ -1033,3 +1033,18 @@ def test_a_model_that_is_no_vgg_names_make_model():
     assert str(e.value) == (
       'model must be a VGG module, got NoneType; pass model=nst_jax.make_model()'
     )
+
+
+def test_make_targets_refuses_masks_with_the_histogram_loss():
+  """Two styles and masks were zip()'s 'argument 2 is shorter than argument 1' (trial 6)."""
+  model, params, content, _ = _problem()
+  spec = dataclasses.replace(TINY_LOSS.spec, style_loss='histogram')
+  for n_styles in (1, 2):
+    with _raises(
+      "the histogram style loss does not take masks; use style_loss 'gram' or 'mean_cov' with "
+      'masks, or blend the styles (blend weights) without them'
+    ):
+      make_targets(
+        params, content, [content] * n_styles, model=model, loss_spec=spec, content_weight=1.0,
+        style_weight=1.0, style_masks=np.ones((1, n_styles, 16, 16), np.float32),
+      )  # fmt: skip
