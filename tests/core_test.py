@@ -1048,3 +1048,20 @@ def test_make_targets_refuses_masks_with_the_histogram_loss():
         params, content, [content] * n_styles, model=model, loss_spec=spec, content_weight=1.0,
         style_weight=1.0, style_masks=np.ones((1, n_styles, 16, 16), np.float32),
       )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+  'seed,message',
+  [
+    (1.5, 'seed must be an integer >= 0, got 1.5'),
+    (-1, 'seed must be an integer >= 0, got -1'),
+  ],
+)
+def test_initial_image_checks_its_seed_as_random_scaled_params_does(seed, message):
+  """1.5 was JAX's 'PRNG key seed must be an integer; got JitTracer(...)'; -1 was accepted."""
+  with _raises(message):
+    initial_image(jnp.zeros((1, 4, 4, 3)), init='random', seed=seed)
+  traced = jax.jit(lambda s: initial_image(jnp.zeros((1, 4, 4, 3)), init='random', seed=s))(3)
+  np.testing.assert_allclose(
+    traced, initial_image(jnp.zeros((1, 4, 4, 3)), init='random', seed=3), rtol=1e-6
+  )

@@ -40,6 +40,7 @@ import optax
 from nst_jax import errors
 from nst_jax.core import checks
 from nst_jax.core import donation
+from nst_jax.core import experiments
 from nst_jax.core import objective as objective_lib
 from nst_jax.core import optim
 from nst_jax.core import pixels
@@ -361,11 +362,8 @@ def make_step(
   checks.vgg_model(model)
   checks.optimizer(optimizer)
   checks.loss_fn_signature(loss_fn)  # now, not at the first call
-  placed = {}
-  if in_shardings is not None:
-    placed['in_shardings'] = in_shardings
-  if out_shardings is not None:
-    placed['out_shardings'] = out_shardings
+  shardings = dict(in_shardings=in_shardings, out_shardings=out_shardings)
+  placed = {k: v for k, v in shardings.items() if v is not None}
 
   def jitted(backtrack: bool):
     fn = functools.partial(
@@ -429,7 +427,8 @@ def initial_image(
   if init == 'content':
     return content
   if init == 'random':
-    noise = jax.random.normal(jax.random.key(seed), content.shape, jnp.float32)
+    key = jax.random.key(experiments.as_seed(seed))  # not JAX's error naming a tracer
+    noise = jax.random.normal(key, content.shape, jnp.float32)
     return RANDOM_INIT_STD * noise
   if init == 'gray':
     rgb = jnp.full((1, *content.shape[1:]), 0.5, jnp.float32)
