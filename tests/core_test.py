@@ -1065,3 +1065,16 @@ def test_initial_image_checks_its_seed_as_random_scaled_params_does(seed, messag
   np.testing.assert_allclose(
     traced, initial_image(jnp.zeros((1, 4, 4, 3)), init='random', seed=3), rtol=1e-6
   )
+
+
+def test_make_targets_names_the_batch_axis_of_a_content_mask():
+  """An [H, W] mask (as stylize takes one) was told its shape only, not the fix (trial 6)."""
+  model, params, content, _ = _problem()
+  with _raises(
+    'content_mask must be [N or 1, H, W] = [.., 16, 16], got (16, 16); add the batch axis: '
+    'content_mask[None]'
+  ):
+    make_targets(
+      params, content, content, model=model, loss_spec=TINY_LOSS.spec, content_weight=1.0,
+      style_weight=1.0, content_mask=np.ones((16, 16), np.float32),
+    )  # fmt: skip

@@ -102,6 +102,7 @@ def targets_inputs(content: Any, style: Any, content_mask: Any, style_masks: Any
     raise errors.ConfigError(
       f'content_mask must be [N or 1, H, W] = [.., {content.shape[1]}, {content.shape[2]}], '
       f'got {content_mask.shape}'
+      + ('; add the batch axis: content_mask[None]' if content_mask.ndim == 2 else '')
     )
   if style_masks is not None and style_masks.ndim != 4:
     raise errors.ConfigError(
