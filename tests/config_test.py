@@ -292,6 +292,10 @@ def test_groups_still_copy_and_pickle():
       "optim.learning_rate must be a finite number > 0, got '1'",
     ),
     (
+      lambda: config_lib.InputConfig(style_path=('a', 'b'), style_blend_weights='12'),
+      "inputs.style_blend_weights must be numbers, one per style image, got '12'; e.g. (1.0, 2.0)",
+    ),
+    (
       lambda: config_lib.LossConfig(style_weight=True),
       'loss.style_weight must be a finite number >= 0, got True',
     ),
@@ -319,4 +323,6 @@ def test_numpy_and_jax_scalars_are_python_numbers_in_the_groups():
   schedule = config_lib.ScheduleConfig(iterations=np.int64(2))
   assert schedule.iterations == 2 and type(schedule.iterations) is int
   assert config_lib.OptimConfig(box=np.bool_(False)).box is False
+  blend = config_lib.InputConfig(style_path=('a', 'b'), style_blend_weights=[np.float32(1), 2])
+  assert blend.style_blend_weights == (1.0, 2) and hash(blend) is not None
   hash(config_lib.StyleConfig(loss=loss, schedule=schedule))

@@ -991,6 +991,12 @@ def test_loss_spec_checks_its_layer_weights_and_flag():
      'style_layer_weights must be finite and >= 0, got (-1.0, 1.0)'),
     ({'style_layer_weights': ('a', 1.0)},
      "style_layer_weights must be numbers, one per style layer, got ('a', 1.0)"),
+    # True is no weight: it was read as 1.0 (trial 6).
+    ({'style_layer_weights': (True, 1.0)},
+     'style_layer_weights must be numbers, one per style layer, got (True, 1.0)'),
+    ({'tile': True},
+     'tile must be None or an even number of pixels, at least 16, got True; use an integer such '
+     'as 256'),
     ({'normalize_gradients': 'no'},
      "normalize_gradients must be True or False, got 'no'; pass True or False"),
   )  # fmt: skip

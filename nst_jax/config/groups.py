@@ -98,6 +98,13 @@ class InputConfig(checks.Group):
       isinstance(self.init, str) and self.init != '',
       'inputs.init must be content, random, gray or an image file',
     )
+    if isinstance(self.style_blend_weights, list):  # hashable, as the other sequences
+      object.__setattr__(self, 'style_blend_weights', tuple(self.style_blend_weights))
+    checks.check(
+      self.style_blend_weights is None or isinstance(self.style_blend_weights, tuple),
+      f'inputs.style_blend_weights must be numbers, one per style image, got '
+      f'{self.style_blend_weights!r}; e.g. (1.0, 2.0)',
+    )
     checks.styles_and_masks(
       len(self.style_paths),
       n_masks=len(self.style_masks),

@@ -86,6 +86,8 @@ class LossSpec:
       # Python floats: hashable (a numpy array or jax scalar is not), and
       # checked, as make_targets checks the loss weights.
       try:
+        if any(isinstance(v, (bool, np.bool_)) for v in np.ravel(np.asarray(w, object))):
+          raise TypeError  # True is no weight, as make_targets refuses content_weight=True
         w = tuple(float(v) for v in np.asarray(w, np.float64).reshape(-1))
       except (TypeError, ValueError):
         raise errors.ConfigError(
