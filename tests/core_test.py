@@ -20,6 +20,7 @@ from nst_jax.core import checks
 from nst_jax.core import losses
 from nst_jax.core import pixels
 from nst_jax.core import statistics
+from nst_jax.core import step_checks
 from nst_jax.core import vgg
 from nst_jax.core.objective import LossSpec
 from nst_jax.core.objective import make_targets
@@ -1084,3 +1085,26 @@ def test_make_targets_names_the_batch_axis_of_a_content_mask():
       params, content, content, model=model, loss_spec=TINY_LOSS.spec, content_weight=1.0,
       style_weight=1.0, content_mask=np.ones((16, 16), np.float32),
     )  # fmt: skip
+
+
+def test_the_step_refuses_an_active_flag_of_2_and_an_aux_array():
+  """active=[2] ran as True; an [H, W, 3] aux entry came back as [N, H, W, 3] (trial 6)."""
+  model, params, content, targets = _problem()
+  tx = make_optimizer('adam', learning_rate=1.0, convention=pixels.CAFFE)
+  state = init_state(content, tx)
+  run = functools.partial(update_step, model=model, optimizer=tx, loss_spec=TINY_LOSS.spec)
+  with _raises(
+    'active holds [2]; give bools or 0/1, one per image (False or 0: that image keeps its pixels)'
+  ):
+    step_checks.active_flags(jnp.asarray([2]), 1)
+  assert step_checks.active_flags(np.asarray([0, 1]), 2).tolist() == [False, True]
+
+  def image_in_aux(x, params, targets, *, model, loss_spec):
+    total, aux = objective(x, params, targets, model=model, loss_spec=loss_spec)
+    return total, {**aux, 'image': x}
+
+  with _raises(
+    "loss_fn returned aux['image'] of shape (16, 16, 3); aux must be a dict of scalars: reduce "
+    "it, e.g. jnp.mean(aux['image'])"
+  ):
+    run(state, params, targets, loss_fn=image_in_aux)

@@ -6,8 +6,7 @@ dtypes are known), and the step's run at trace time: Python on shapes and
 dict keys, nothing compiled.
 """
 
-from collections.abc import Callable, Mapping
-import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -350,101 +349,5 @@ def extra_batch(extra: Any, n: int, name: str) -> None:
       )
 
 
-def optimizer(tx: Any) -> None:
-  """Refuses what is not an optax transformation: an optimiser's name, or a factory not called."""
-  if callable(getattr(tx, 'init', None)) and callable(getattr(tx, 'update', None)):
-    return
-  ours = "nst_jax.make_optimizer('lbfgs', convention=weights.info.input_convention)"
-  shown, fix = f'{type(tx).__name__} {tx!r}', f'pass {ours}'
-  if isinstance(tx, str):
-    fix = f'pass {ours.replace(repr("lbfgs"), repr(tx))}'
-  elif callable(tx):  # optax.adam rather than optax.adam(lr)
-    name = getattr(tx, '__qualname__', type(tx).__name__)
-    module = getattr(tx, '__module__', None) or ''
-    name = f'{"optax." * module.startswith("optax")}{name}'
-    shown, fix = f'the function {name}', f'call it: {name}(learning_rate)'
-    if not hasattr(tx, '__qualname__'):  # a functools.partial, a class instance
-      shown, fix = f'a {name}', 'call it to make the transformation'
-    if module.startswith('nst_jax'):
-      fix = f'call it: {ours}'
-  raise errors.ArgumentError(
-    f'optimizer must be an optax GradientTransformation, got {shown}: {fix}'
-  )
-
-
-def optimizer_state(opt_state: Any, image: jax.Array, optimizer: Any) -> None:
-  """Refuses a state made by another optimiser (a crash inside optax otherwise)."""
-  want = jax.eval_shape(jax.vmap(optimizer.init), image)
-  if jax.tree.structure(want) != jax.tree.structure(opt_state):
-    raise errors.ConfigError(
-      f"state.opt_state is a {type(opt_state).__name__}, not this step's optimizer's "
-      f'{type(want).__name__}; make the state with init_state(images, optimizer) of the '
-      "step's optimizer"
-    )
-
-
-def active_flags(active: Any, n: int) -> jax.Array:
-  """The step's `active` as [N] bools, or a ConfigError naming the shape it must have.
-
-  Integers count as their truth (the engine's and numpy's 0/1 masks); a
-  scalar or another length would broadcast into a state of another shape,
-  or fail deep in the step.
-  """
-  flags = jnp.asarray(active)
-  if flags.shape != (n,) or not (
-    flags.dtype == jnp.bool_ or jnp.issubdtype(flags.dtype, jnp.integer)
-  ):
-    raise errors.ConfigError(
-      f'active has shape {flags.shape} and dtype {flags.dtype} for a batch of {n} image(s); give '
-      f'[{n}] bools, one per image (False: that image keeps its pixels), or None'
-    )
-  return flags.astype(bool)
-
-
 # A key of each style loss's statistics (nst_jax.core.statistics.layer_targets).
 _STATISTIC = {'gram': 'gram', 'mean_cov': 'mean', 'histogram': 'quantiles'}
-
-_SIGNATURE = 'loss_fn(image, params, targets, *, model, loss_spec)'
-
-
-def loss_fn_signature(loss_fn: Callable) -> inspect.Signature | None:
-  """The loss_fn's signature, or a ConfigError if it cannot take model= and loss_spec=."""
-  try:
-    signature = inspect.signature(loss_fn)
-  except (TypeError, ValueError):  # no signature to read
-    return None
-  parameters = signature.parameters
-  free = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-  old = 'loss_config' in parameters and 'loss_spec' not in parameters  # the deprecated name
-  spec = 'loss_config' if old else 'loss_spec'
-  lacking = [k for k in ('model', spec) if k not in parameters and not free]
-  if lacking:
-    raise errors.ConfigError(
-      f'loss_fn takes no {" or ".join(lacking)} keyword; a loss_fn must accept {_SIGNATURE} '
-      '(add **kwargs to ignore them)'
-    )
-  try:  # as the step calls it: params and targets by name (loss_fn(img, p, t) got params=)
-    signature.bind(None, params=0, targets=0, model=0, **{spec: 0})
-  except TypeError:
-    raise errors.ConfigError(
-      f'loss_fn{signature} cannot take params= and targets= by name; name them: {_SIGNATURE}'
-    ) from None
-  return signature
-
-
-def loss_result(result: Any) -> tuple[jax.Array, Mapping]:
-  """The loss_fn's (total, aux), or a ConfigError saying what a loss_fn must return."""
-  if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Mapping)):
-    got = 'one array' if hasattr(result, 'shape') else type(result).__name__
-    raise errors.ConfigError(
-      f'loss_fn returned {got}; a loss_fn must return (total, dict of scalars), '
-      "e.g. (total, {'total': total})"
-    )
-  total = result[0]
-  shape, dtype = np.shape(total), getattr(total, 'dtype', np.dtype(type(total)))
-  if shape != () or dtype not in (jnp.float32, jnp.float64):
-    raise errors.ConfigError(
-      f'loss_fn returned a total of shape {shape} and dtype {dtype}; a loss_fn must return a '
-      'float32 scalar total: jnp.asarray(total, jnp.float32)'
-    )
-  return result
