@@ -103,6 +103,32 @@ def test_settings_across_groups_are_checked_together():
     )
 
 
+def test_a_flat_name_and_its_group_may_not_disagree():
+  """style_weight=3 overrode loss=LossConfig(style_weight=5) without a word (trial 6)."""
+  message = (
+    'style_weight is given twice, flat (3.0) and in loss= (5.0); give loss.style_weight only: '
+    'StyleConfig(loss=nst_jax.LossConfig(style_weight=...))'
+  )
+  loss = config_lib.LossConfig(style_weight=5.0)
+  with pytest.raises(errors.ArgumentError) as e:
+    config_lib.StyleConfig(style_weight=3.0, loss=loss)
+  assert str(e.value) == message
+  with pytest.raises(errors.ArgumentError) as e:
+    config_lib.StyleConfig().replace(style_weight=3.0, loss=loss)
+  assert str(e.value) == message
+  with pytest.warns(DeprecationWarning):
+    # No conflict: the group leaves it at its default, or says the same.
+    cfg = config_lib.StyleConfig(style_weight=3.0, loss=config_lib.LossConfig(content_weight=5.0))
+    assert (cfg.loss.style_weight, cfg.loss.content_weight) == (3.0, 5.0)
+    # replace put the flat name on self's loss, dropping the loss given beside it.
+    again = config_lib.StyleConfig().replace(
+      tv_weight=1.0, loss=config_lib.LossConfig(content_weight=5.0)
+    )
+    assert (again.loss.tv_weight, again.loss.content_weight) == (1.0, 5.0)
+    # A group set earlier (self's) is no conflict: the flat name changes it, as before.
+    assert config_lib.StyleConfig(loss=loss).replace(style_weight=3.0).loss.style_weight == 3.0
+
+
 def test_flat_names_still_work_and_say_where_they_moved():
   with pytest.warns(DeprecationWarning, match=r'iterations -> schedule\.iterations'):
     cfg = config_lib.StyleConfig(iterations=7, optimizer='adam', output='x.png')
@@ -156,8 +182,14 @@ def test_loss_config_validation():
     config_lib.LossConfig(content_layers=('conv9_9',))
   with pytest.raises(errors.ConfigError, match='give one per layer'):
     config_lib.LossConfig(style_layer_weights=(1.0, 2.0))
-  with pytest.raises(errors.ConfigError, match='must be a tuple'):
-    config_lib.LossConfig(content_layers=['relu4_2'])
+  # As LossSpec: a list is its tuple, one name one layer (the tuple keeps the group hashable).
+  assert config_lib.LossConfig(content_layers=['relu2_1']).content_layers == ('relu2_1',)
+  assert config_lib.LossConfig(style_layers='relu2_1', style_layer_weights=[2.0]).spec == (
+    config_lib.LossConfig(style_layers=('relu2_1',), style_layer_weights=(2.0,)).spec
+  )
+  with pytest.raises(errors.ConfigError) as e:
+    config_lib.LossConfig(content_layers=4)
+  assert str(e.value) == "loss.content_layers must be layer names, e.g. ('relu4_2',), got 4"
   cfg = config_lib.LossConfig(
     content_layers=('relu4_2', 'relu1_1'), style_layers=('relu1_1',), style_layer_weights=(3.0,)
   )
@@ -238,3 +270,59 @@ def test_groups_still_copy_and_pickle():
   loss = config_lib.LossConfig(tiles=16, style_weight=2.0)
   assert copy.deepcopy(loss) == loss and pickle.loads(pickle.dumps(loss)) == loss
   assert config_lib.StyleConfig(loss=loss).replace(loss=loss).loss == loss
+
+
+@pytest.mark.parametrize(
+  'make,message',
+  [
+    (
+      lambda: config_lib.OptimConfig(box='false'),
+      "optim.box must be True or False, got 'false'; pass True or False",
+    ),
+    (
+      lambda: config_lib.OptimConfig(box=0),
+      'optim.box must be True or False, got 0; pass True or False',
+    ),
+    (
+      lambda: config_lib.LossConfig(normalize_gradients='no'),
+      "loss.normalize_gradients must be True or False, got 'no'; pass True or False",
+    ),
+    (
+      lambda: config_lib.OptimConfig(name='adam', learning_rate='1'),
+      "optim.learning_rate must be a finite number > 0, got '1'",
+    ),
+    (
+      lambda: config_lib.InputConfig(style_path=('a', 'b'), style_blend_weights='12'),
+      "inputs.style_blend_weights must be numbers, one per style image, got '12'; e.g. (1.0, 2.0)",
+    ),
+    (
+      lambda: config_lib.LossConfig(style_weight=True),
+      'loss.style_weight must be a finite number >= 0, got True',
+    ),
+  ],
+)
+def test_flags_and_numbers_are_refused_under_their_field_names(make, message):
+  """box='false' is truthy: it turned the box on; 'no' was refused only later, as LossSpec's."""
+  with pytest.raises(errors.ConfigError) as e:
+    make()
+  assert str(e.value) == message
+
+
+def test_numpy_and_jax_scalars_are_python_numbers_in_the_groups():
+  """np.float32(0.01) is a valid weight; it was refused as not 'a finite number >= 0'."""
+  import jax.numpy as jnp
+  import numpy as np
+
+  loss = config_lib.LossConfig(
+    style_weight=np.float32(0.5),
+    content_weight=jnp.float32(2.0),
+    style_layer_weights=[np.int64(1)] * 5,
+  )
+  assert (loss.style_weight, loss.content_weight, loss.style_layer_weights) == (0.5, 2.0, (1,) * 5)
+  assert type(loss.style_weight) is float and type(loss.content_weight) is float
+  schedule = config_lib.ScheduleConfig(iterations=np.int64(2))
+  assert schedule.iterations == 2 and type(schedule.iterations) is int
+  assert config_lib.OptimConfig(box=np.bool_(False)).box is False
+  blend = config_lib.InputConfig(style_path=('a', 'b'), style_blend_weights=[np.float32(1), 2])
+  assert blend.style_blend_weights == (1.0, 2) and hash(blend) is not None
+  hash(config_lib.StyleConfig(loss=loss, schedule=schedule))

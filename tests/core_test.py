@@ -20,6 +20,7 @@ from nst_jax.core import checks
 from nst_jax.core import losses
 from nst_jax.core import pixels
 from nst_jax.core import statistics
+from nst_jax.core import step_checks
 from nst_jax.core import vgg
 from nst_jax.core.objective import LossSpec
 from nst_jax.core.objective import make_targets
@@ -595,6 +596,24 @@ def test_update_step_refuses_targets_that_do_not_fit():
                'them)'):  # fmt: skip
     run(state, params, targets, loss_fn=no_keywords)
 
+  # Other names for params and targets: Python's "unexpected keyword argument 'params'" (trial 6).
+  def other_names(img, p, t, *, model, loss_spec):
+    return objective(img, p, t, model=model, loss_spec=loss_spec)
+
+  message = (
+    'loss_fn(img, p, t, *, model, loss_spec) cannot take params= and targets= by name; name '
+    'them: loss_fn(image, params, targets, *, model, loss_spec)'
+  )
+  with _raises(message):
+    run(state, params, targets, loss_fn=other_names)
+  with _raises(message):
+    make_step(model, tx, TINY_LOSS.spec, loss_fn=other_names)
+
+  def keyword_only(x, *, params, targets, **kwargs):  # still works: the step passes them by name
+    return objective(x, params, targets, **kwargs)
+
+  assert run(state, params, targets, loss_fn=keyword_only)[1]['total'].shape == (1,)
+
 
 def test_initial_image_takes_network_space_content_only():
   content = jnp.ones((1, 4, 5, 3))
@@ -973,7 +992,14 @@ def test_loss_spec_checks_its_layer_weights_and_flag():
      'style_layer_weights must be finite and >= 0, got (-1.0, 1.0)'),
     ({'style_layer_weights': ('a', 1.0)},
      "style_layer_weights must be numbers, one per style layer, got ('a', 1.0)"),
-    ({'normalize_gradients': 'no'}, "normalize_gradients must be True or False, got 'no'"),
+    # True is no weight: it was read as 1.0 (trial 6).
+    ({'style_layer_weights': (True, 1.0)},
+     'style_layer_weights must be numbers, one per style layer, got (True, 1.0)'),
+    ({'tile': True},
+     'tile must be None or an even number of pixels, at least 16, got True; use an integer such '
+     'as 256'),
+    ({'normalize_gradients': 'no'},
+     "normalize_gradients must be True or False, got 'no'; pass True or False"),
   )  # fmt: skip
   for kwargs, message in cases:
     with _raises(message):
@@ -992,3 +1018,93 @@ def test_make_targets_called_eagerly_is_one_program(compiled):
     content_weight=1.0, style_weight=[1.0, 2.0, 3.0],
   )  # fmt: skip
   assert compiled()[start:] == ['jit(_target_arrays)']
+
+
+def test_a_model_that_is_no_vgg_names_make_model():
+  """model=None (a forgotten make_model()) was an AttributeError naming stage_sizes."""
+  model, params, content, targets = _problem()
+  tx = make_optimizer('adam', learning_rate=1.0, convention=pixels.CAFFE)
+  state = init_state(content, tx)
+  calls = [
+    lambda: make_targets(
+      params, content, content, model=None, loss_spec=TINY_LOSS.spec, content_weight=1.0,
+      style_weight=1.0,
+    ),
+    lambda: network_features(content[0], params, model=None, layers=('relu1_1',)),
+    lambda: update_step(state, params, targets, model=None, optimizer=tx, loss_spec=TINY_LOSS.spec),
+    lambda: make_step(None, tx, TINY_LOSS.spec),
+  ]  # fmt: skip
+  for call in calls:
+    with pytest.raises(errors.ArgumentError) as e:
+      call()
+    assert str(e.value) == (
+      'model must be a VGG module, got NoneType; pass model=nst_jax.make_model()'
+    )
+
+
+def test_make_targets_refuses_masks_with_the_histogram_loss():
+  """Two styles and masks were zip()'s 'argument 2 is shorter than argument 1' (trial 6)."""
+  model, params, content, _ = _problem()
+  spec = dataclasses.replace(TINY_LOSS.spec, style_loss='histogram')
+  for n_styles in (1, 2):
+    with _raises(
+      "the histogram style loss does not take masks; use style_loss 'gram' or 'mean_cov' with "
+      'masks, or blend the styles (blend weights) without them'
+    ):
+      make_targets(
+        params, content, [content] * n_styles, model=model, loss_spec=spec, content_weight=1.0,
+        style_weight=1.0, style_masks=np.ones((1, n_styles, 16, 16), np.float32),
+      )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+  'seed,message',
+  [
+    (1.5, 'seed must be an integer >= 0, got 1.5'),
+    (-1, 'seed must be an integer >= 0, got -1'),
+  ],
+)
+def test_initial_image_checks_its_seed_as_random_scaled_params_does(seed, message):
+  """1.5 was JAX's 'PRNG key seed must be an integer; got JitTracer(...)'; -1 was accepted."""
+  with _raises(message):
+    initial_image(jnp.zeros((1, 4, 4, 3)), init='random', seed=seed)
+  traced = jax.jit(lambda s: initial_image(jnp.zeros((1, 4, 4, 3)), init='random', seed=s))(3)
+  np.testing.assert_allclose(
+    traced, initial_image(jnp.zeros((1, 4, 4, 3)), init='random', seed=3), rtol=1e-6
+  )
+
+
+def test_make_targets_names_the_batch_axis_of_a_content_mask():
+  """An [H, W] mask (as stylize takes one) was told its shape only, not the fix (trial 6)."""
+  model, params, content, _ = _problem()
+  with _raises(
+    'content_mask must be [N or 1, H, W] = [.., 16, 16], got (16, 16); add the batch axis: '
+    'content_mask[None]'
+  ):
+    make_targets(
+      params, content, content, model=model, loss_spec=TINY_LOSS.spec, content_weight=1.0,
+      style_weight=1.0, content_mask=np.ones((16, 16), np.float32),
+    )  # fmt: skip
+
+
+def test_the_step_refuses_an_active_flag_of_2_and_an_aux_array():
+  """active=[2] ran as True; an [H, W, 3] aux entry came back as [N, H, W, 3] (trial 6)."""
+  model, params, content, targets = _problem()
+  tx = make_optimizer('adam', learning_rate=1.0, convention=pixels.CAFFE)
+  state = init_state(content, tx)
+  run = functools.partial(update_step, model=model, optimizer=tx, loss_spec=TINY_LOSS.spec)
+  with _raises(
+    'active holds [2]; give bools or 0/1, one per image (False or 0: that image keeps its pixels)'
+  ):
+    step_checks.active_flags(jnp.asarray([2]), 1)
+  assert step_checks.active_flags(np.asarray([0, 1]), 2).tolist() == [False, True]
+
+  def image_in_aux(x, params, targets, *, model, loss_spec):
+    total, aux = objective(x, params, targets, model=model, loss_spec=loss_spec)
+    return total, {**aux, 'image': x}
+
+  with _raises(
+    "loss_fn returned aux['image'] of shape (16, 16, 3); aux must be a dict of scalars: reduce "
+    "it, e.g. jnp.mean(aux['image'])"
+  ):
+    run(state, params, targets, loss_fn=image_in_aux)

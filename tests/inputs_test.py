@@ -69,6 +69,15 @@ def test_too_small_for_the_layers_is_refused_with_the_fix(files):
     'the content image of job 2 is 8x8 px at this width, but the layers used need at least '
     '16 px on each side; use a larger inputs.width'
   )
+  # A style shrunk by style_scale: a larger image was the wrong fix (trial 6).
+  shrunk = _cfg(style_scale=0.01)
+  small = dataclasses.replace(row, styles=[np.zeros((1, 1, 3), np.float32)])
+  with pytest.raises(errors.ImageError) as e:
+    inputs.check_size(shrunk, small)
+  assert str(e.value) == (
+    'the style image is 1x1 px at this width, but the layers used need at least 16 px on each '
+    'side; use a larger inputs.style_scale (now 0.01) or shallower layers'
+  )
 
 
 def test_input_files_name_each_input(files):

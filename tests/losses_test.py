@@ -316,7 +316,8 @@ def test_masked_content_and_region_style_terms():
   with pytest.raises(errors.ConfigError) as e:
     losses.style_layer_loss(f, {'quantiles': np.zeros((2, 30, 4))}, kind='histogram', masks=masks)
   assert str(e.value) == (
-    "the histogram style loss does not take masks; use style_loss 'gram' or 'mean_cov' with masks"
+    "the histogram style loss does not take masks; use style_loss 'gram' or 'mean_cov' with "
+    'masks, or blend the styles (blend weights) without them'
   )
 
 

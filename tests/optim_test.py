@@ -396,3 +396,31 @@ def test_lbfgs_memory_must_be_a_whole_number(memory):
   )
   tx = optim.make_optimizer('lbfgs', memory_size=np.int64(3), convention='caffe')
   assert tx.init(jnp.zeros((2, 2, 3))).s.shape == (3, 2, 2, 3)
+
+
+@pytest.mark.parametrize(
+  'kwargs,message',
+  [
+    ({'box': 'false'}, "box must be True or False, got 'false'; pass True or False"),
+    ({'box': None}, 'box must be True or False, got None; pass True or False'),
+  ],
+)
+def test_the_box_is_true_or_false(kwargs, message):
+  """'false' is truthy: it turned the box on without a word."""
+  with pytest.raises(nst_jax.errors.ConfigError) as e:
+    optim.make_optimizer('lbfgs', convention='caffe', **kwargs)
+  assert str(e.value) == message
+
+
+@pytest.mark.parametrize(
+  'lr,fix',
+  [
+    ('1', "pass the number, learning_rate=float('1')"),
+    ('x', 'pass a number, e.g. learning_rate=1e-2'),
+  ],
+)
+def test_adam_refuses_a_learning_rate_that_is_no_number(lr, fix):
+  """'1' was accepted (float('1')), while memory_size '30' was refused."""
+  with pytest.raises(nst_jax.errors.ConfigError) as e:
+    optim.make_optimizer('adam', learning_rate=lr, convention='caffe')
+  assert str(e.value) == f'learning_rate must be a finite number > 0, got {lr!r}; {fix}'

@@ -273,6 +273,11 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
     (dict(content=rgb, style=rgb, config=config_lib.StyleConfig(inputs=config_lib.InputConfig(
       init='randm'))), "inputs.init 'randm' is not one of content, random, gray, and no image "
      'file of that name exists; pass one of those, the path of an image file, or init_image='),
+    # Two start images for three contents: row 2 started from the second, unsaid (trial 6).
+    (dict(content=np.stack([rgb] * 3), style=rgb, init_image=two),
+     'init_image has 2 images for 3 content image(s); give 1 or 3: one start image for all, or '
+     'one per content image, in order'),
+    (dict(content=rgb, style=[]), 'no style image given; pass one: stylize(content, style, ...)'),
   ]  # fmt: skip
   for kwargs, message in cases:
     kwargs.setdefault('weights', caffe_npz)
@@ -284,6 +289,24 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
 
   (mask,) = arrays._masks(np.full((32, 32), 255, np.uint8), 1, 2, (32, 32), 'content_mask')
   np.testing.assert_array_equal(mask, np.ones((32, 32), np.float32))
+
+
+def test_a_config_or_keyword_stylize_does_not_take_names_the_fix(caffe_npz):
+  """A LossConfig or a dict as config= was an AttributeError ('... has no attribute run')."""
+  rgb = np.full((32, 32, 3), 0.5, np.float32)
+  cases = [
+    (dict(config=config_lib.LossConfig()),
+     'config must be a StyleConfig, got a LossConfig; pass nst_jax.StyleConfig(loss=config)'),
+    (dict(config={'iterations': 2}),
+     'config must be a StyleConfig, got a dict; pass '
+     'nst_jax.StyleConfig(loss=nst_jax.LossConfig(...))'),
+    (dict(style_mask=np.ones((1, 32, 32))),
+     "stylize got an unknown keyword 'style_mask'; did you mean 'style_masks'?"),
+  ]  # fmt: skip
+  for kwargs, message in cases:
+    with pytest.raises(errors.ArgumentError) as e:
+      stylize(rgb, rgb, weights=caffe_npz, **kwargs)
+    assert str(e.value) == message
 
 
 def test_a_resume_that_does_not_fit_names_stylizes_own_arguments(caffe_npz, tmp_path):

@@ -511,3 +511,24 @@ def test_truncated_npz_is_refused(tmp_path, caffe_npz):
   with pytest.raises(errors.WeightsError) as e:
     weights_lib.load_weights(bad)
   assert 'rebuild it with python convert_weights.py' in _one_line(e)
+
+
+@pytest.mark.parametrize(
+  'params,message',
+  [
+    (
+      {'params': {}},
+      "params is wrapped as {'params': ...} (Flax's variables); pass params['params']",
+    ),
+    (
+      [1, 2],
+      "params is a list, not the layer -> {'kernel', 'bias'} dict of the network; load them: "
+      'nst_jax.get_weights(path).params',
+    ),
+  ],
+)
+def test_weights_from_params_refuses_what_is_no_params_dict(params, message):
+  """They were "float() argument must be ... not 'dict'" and "'list' has no attribute 'items'"."""
+  with pytest.raises(errors.ConfigError) as e:
+    nst_jax.Weights.from_params(params, 'caffe')
+  assert str(e.value) == message

@@ -28,6 +28,7 @@ engine, runs and cli, never by core.
 """
 
 import dataclasses
+import types
 
 from nst_jax import deprecated
 from nst_jax import errors
@@ -141,6 +142,7 @@ class StyleConfig:
       object.__setattr__(self, name, value)
     if flat:
       _check_flat(flat)
+      _check_given_once(groups, flat)
       deprecated.warn_flat(flat)
       for name, value in deprecated.split_flat(self, flat, GROUPS).items():
         object.__setattr__(self, name, value)
@@ -166,11 +168,14 @@ class StyleConfig:
     """A copy with whole groups replaced (flat legacy names also accepted)."""
     flat = {k: v for k, v in changes.items() if k not in GROUPS}
     groups = {k: v for k, v in changes.items() if k in GROUPS}
+    merged = {name: groups.get(name, getattr(self, name)) for name in GROUPS}
     if flat:
       _check_flat(flat)
+      _check_given_once(groups, flat)
       deprecated.warn_flat(flat)
-      groups |= deprecated.split_flat(self, flat, GROUPS)
-    return StyleConfig(**{name: groups.get(name, getattr(self, name)) for name in GROUPS})
+      # On top of the groups given here (a given group was replaced whole by self's before).
+      merged |= deprecated.split_flat(types.SimpleNamespace(**merged), flat, GROUPS)
+    return StyleConfig(**merged)
 
   @property
   def style_paths(self) -> tuple[str, ...]:  # a shortcut, not deprecated
@@ -193,3 +198,22 @@ def _check_flat(flat: dict) -> None:
     suggest=in_group,
     otherwise='the settings are in groups: StyleConfig(loss=LossConfig(...), ...) (docs/api.md)',
   )
+
+
+def _check_given_once(groups: dict, flat: dict) -> None:
+  """Refuses a flat name whose group, given too, sets it otherwise (the flat one won, unsaid).
+
+  Args:
+    groups: the groups passed, by name (None: not passed).
+    flat: the flat names passed, all known (`_check_flat`).
+  """
+  for name, value in flat.items():
+    group, field = deprecated.FLAT_FIELDS[name]
+    if groups.get(group) is None:
+      continue
+    in_group = getattr(groups[group], field)
+    if in_group != getattr(GROUPS[group](), field) and in_group != value:
+      raise errors.ArgumentError(
+        f'{name} is given twice, flat ({value!r}) and in {group}= ({in_group!r}); give '
+        f'{group}.{field} only: StyleConfig({group}=nst_jax.{GROUPS[group].__name__}({field}=...))'
+      )

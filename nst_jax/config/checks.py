@@ -9,12 +9,42 @@ import dataclasses
 import math
 from typing import Any
 
+import jax
+import numpy as np
+
 from nst_jax import errors
 
 
 def check(ok: bool, message: str) -> None:
   if not ok:
     raise errors.ConfigError(message)
+
+
+def _plain(value: Any) -> Any:
+  """A numpy or concrete JAX real (or bool) scalar as its Python number; anything else as is."""
+  if isinstance(value, np.generic) and value.dtype.kind in 'biuf':
+    return value.item()
+  if isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer) and value.ndim == 0:
+    return value.item() if np.dtype(value.dtype).kind in 'biuf' else value
+  return value
+
+
+def plain_numbers(group: Any) -> None:
+  """Turns numpy and JAX scalars in `group`'s fields (or their tuples) into Python numbers.
+
+  np.float32(0.01) is a valid weight, but the checks below take Python
+  numbers, and a group must stay hashable (a JAX scalar is not).
+  """
+  for field in dataclasses.fields(group):
+    value = getattr(group, field.name)
+    # A list stays a list, for the group's own conversion or message.
+    plain = type(value)(map(_plain, value)) if type(value) in (tuple, list) else _plain(value)
+    if plain is not value:
+      object.__setattr__(group, field.name, plain)
+
+
+def flag(name: str, value: Any) -> None:
+  check(isinstance(value, bool), f'{name} must be True or False, got {value!r}; pass True or False')
 
 
 def positive_int(name: str, value: Any) -> None:
@@ -33,14 +63,20 @@ def nonnegative_int(name: str, value: Any) -> None:
 
 def finite_nonnegative(name: str, value: Any) -> None:
   check(
-    isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+    isinstance(value, (int, float))
+    and not isinstance(value, bool)
+    and math.isfinite(value)
+    and value >= 0,
     f'{name} must be a finite number >= 0, got {value!r}',
   )
 
 
 def finite_positive(name: str, value: Any) -> None:
   check(
-    isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+    isinstance(value, (int, float))
+    and not isinstance(value, bool)
+    and math.isfinite(value)
+    and value > 0,
     f'{name} must be a finite number > 0, got {value!r}',
   )
 

@@ -86,6 +86,7 @@ class InputConfig(checks.Group):
   max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
   def __post_init__(self):
+    checks.plain_numbers(self)
     checks.positive_int('inputs.width', self.width)
     checks.positive_int('inputs.max_image_pixels', self.max_image_pixels)
     checks.finite_positive('inputs.style_scale', self.style_scale)
@@ -96,6 +97,13 @@ class InputConfig(checks.Group):
     checks.check(
       isinstance(self.init, str) and self.init != '',
       'inputs.init must be content, random, gray or an image file',
+    )
+    if isinstance(self.style_blend_weights, list):  # hashable, as the other sequences
+      object.__setattr__(self, 'style_blend_weights', tuple(self.style_blend_weights))
+    checks.check(
+      self.style_blend_weights is None or isinstance(self.style_blend_weights, tuple),
+      f'inputs.style_blend_weights must be numbers, one per style image, got '
+      f'{self.style_blend_weights!r}; e.g. (1.0, 2.0)',
     )
     checks.styles_and_masks(
       len(self.style_paths),
@@ -144,6 +152,7 @@ class ModelConfig(checks.Group):
   precision: str = 'highest'
 
   def __post_init__(self):
+    checks.plain_numbers(self)
     checks.one_of('model.pooling', self.pooling, vgg.POOLING_MODES)
     checks.one_of('model.dtype', self.dtype, tuple(vgg.COMPUTE_DTYPES))
     checks.one_of('model.precision', self.precision, PRECISIONS)
@@ -186,7 +195,9 @@ class LossConfig(checks.Group):
   tiles: str | int = 'auto'
 
   def __post_init__(self):
+    checks.plain_numbers(self)
     checks.one_of('loss.style_loss', self.style_loss, losses.STYLE_KINDS)
+    checks.flag('loss.normalize_gradients', self.normalize_gradients)
     if isinstance(self.tiles, str) and self.tiles.isdigit():
       object.__setattr__(self, 'tiles', int(self.tiles))  # from a flag or a JSON file
     checks.check(
@@ -203,7 +214,14 @@ class LossConfig(checks.Group):
     )
     for field in ('content_layers', 'style_layers'):
       value = getattr(self, field)
-      checks.check(isinstance(value, tuple), f'loss.{field} must be a tuple, got {value!r}')
+      # As LossSpec: one name is one layer, a list is its tuple (hashable).
+      value = (value,) if isinstance(value, str) else value
+      value = tuple(value) if isinstance(value, list) else value
+      checks.check(
+        isinstance(value, tuple),
+        f"loss.{field} must be layer names, e.g. ('relu4_2',), got {value!r}",
+      )
+      object.__setattr__(self, field, value)
       checks.check(len(value) > 0, f'loss.{field} must name at least one layer')
       try:
         vgg.check_layers(value)
@@ -213,6 +231,8 @@ class LossConfig(checks.Group):
       checks.check(
         not repeated, f'loss.{field} names {", ".join(repeated)} more than once; name each once'
       )
+    if isinstance(self.style_layer_weights, list):
+      object.__setattr__(self, 'style_layer_weights', tuple(self.style_layer_weights))
     if self.style_layer_weights is not None:
       checks.check(
         len(self.style_layer_weights) == len(self.style_layers),
@@ -288,8 +308,10 @@ class OptimConfig(checks.Group):
   box: bool = True
 
   def __post_init__(self):
+    checks.plain_numbers(self)
     checks.one_of('optim.name', self.name, OPTIMIZERS)
     checks.positive_int('optim.lbfgs_memory', self.lbfgs_memory)
+    checks.flag('optim.box', self.box)
     if self.learning_rate is not None:
       checks.finite_positive('optim.learning_rate', self.learning_rate)
 
@@ -323,6 +345,7 @@ class ScheduleConfig(checks.Group):
   read_every: int = 0
 
   def __post_init__(self):
+    checks.plain_numbers(self)
     checks.positive_int('schedule.iterations', self.iterations)
     checks.nonnegative_int('schedule.read_every', self.read_every)
     checks.nonnegative_int('schedule.scales', self.scales)
@@ -348,5 +371,6 @@ class ColorConfig(checks.Group):
   color_match: str = 'pca'
 
   def __post_init__(self):
+    checks.plain_numbers(self)
     checks.one_of('color.preserve_colors', self.preserve_colors, PRESERVE_COLORS)
     checks.one_of('color.color_match', self.color_match, color.COLOR_MATCH_MODES)

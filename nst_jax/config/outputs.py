@@ -33,6 +33,7 @@ class SaveConfig(checks.Group):
   overwrite: bool = False
 
   def __post_init__(self):
+    checks.plain_numbers(self)
     checks.check(
       self.bit_depth in groups.BIT_DEPTHS, f'save.bit_depth must be 8 or 16, got {self.bit_depth!r}'
     )
@@ -92,6 +93,7 @@ class RunConfig(checks.Group):
   memory_limit: float | None = None
 
   def __post_init__(self):
+    checks.plain_numbers(self)
     if self.memory_limit is not None:
       checks.finite_positive('run.memory_limit', self.memory_limit)
     checks.nonnegative_int('run.print_iter', self.print_iter)
@@ -141,6 +143,7 @@ class VideoConfig(checks.Group):
   fps: float = 24.0
 
   def __post_init__(self):
+    checks.plain_numbers(self)
     checks.finite_nonnegative('video.temporal_weight', self.temporal_weight)
     checks.positive_int('video.passes', self.passes)
     checks.one_of('video.flow', self.flow, ('ultrafast', 'fast', 'medium'))

@@ -6,8 +6,7 @@ dtypes are known), and the step's run at trace time: Python on shapes and
 dict keys, nothing compiled.
 """
 
-from collections.abc import Callable, Mapping
-import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -17,6 +16,14 @@ import numpy as np
 from nst_jax import errors
 from nst_jax.core import pixels
 from nst_jax.core import vgg
+
+
+def vgg_model(model: Any) -> None:
+  """Refuses a model that is no VGG module (None was an AttributeError on stage_sizes)."""
+  if not isinstance(model, vgg.VGG):
+    raise errors.ArgumentError(
+      f'model must be a VGG module, got {type(model).__name__}; pass model=nst_jax.make_model()'
+    )
 
 
 def params_fit(params: Any, model: vgg.VGG, layers: Any) -> None:
@@ -33,6 +40,7 @@ def params_fit(params: Any, model: vgg.VGG, layers: Any) -> None:
     model: the VGG they are to run in.
     layers: the layers to be computed (the network runs through the deepest).
   """
+  vgg_model(model)
   params_dict(params)
   layers = (layers,) if isinstance(layers, str) else tuple(layers)
   through = vgg.layers_through(layers, model.stage_sizes)
@@ -93,6 +101,7 @@ def targets_inputs(content: Any, style: Any, content_mask: Any, style_masks: Any
     raise errors.ConfigError(
       f'content_mask must be [N or 1, H, W] = [.., {content.shape[1]}, {content.shape[2]}], '
       f'got {content_mask.shape}'
+      + ('; add the batch axis: content_mask[None]' if content_mask.ndim == 2 else '')
     )
   if style_masks is not None and style_masks.ndim != 4:
     raise errors.ConfigError(
@@ -190,6 +199,11 @@ def positive_number(value: Any, name: str) -> None:
   """Refuses a concrete number that is not finite and > 0 (a schedule or a tracer passes)."""
   if callable(value) or isinstance(value, jax.core.Tracer):
     return
+  dtype = np.asarray(value).dtype
+  if dtype.kind not in 'iuf' and not jnp.issubdtype(dtype, jnp.floating):  # float('1') passes
+    raise errors.ConfigError(
+      f'{name} must be a finite number > 0, got {value!r}; {_number_fix(value, name)}'
+    )
   number = float(np.asarray(value))
   if not (np.isfinite(number) and number > 0):
     raise errors.ConfigError(f'{name} must be a finite number > 0, got {number}')
@@ -201,10 +215,9 @@ def per_image(value: jax.typing.ArrayLike, name: str, n: int) -> jax.Array:
   dtype = np.asarray(value).dtype if concrete else value.dtype
   if dtype.kind not in 'iuf' and not jnp.issubdtype(dtype, jnp.floating):  # bfloat16 is 'V'
     # As blend_weights: numpy read '1e-2' as 0.01, and failed on 'abc' naming no argument.
-    fix = f'pass a number, e.g. {name}=1e-2'
-    if isinstance(value, str) and _is_number(value):
-      fix = f'pass the number, {name}=float({value!r})'
-    raise errors.ConfigError(f'{name} must be a real number or one per image, got {value!r}; {fix}')
+    raise errors.ConfigError(
+      f'{name} must be a real number or one per image, got {value!r}; {_number_fix(value, name)}'
+    )
   x = np.asarray(value, np.float32) if concrete else value  # numpy: a trace stages jnp's checks
   if x.ndim > 1:
     raise errors.ConfigError(
@@ -228,12 +241,20 @@ def per_image(value: jax.typing.ArrayLike, name: str, n: int) -> jax.Array:
   return jnp.broadcast_to(x.reshape(-1)[0] if x.size == 1 else x, (n,))
 
 
-def _is_number(text: str) -> bool:
+def _number_fix(value: Any, name: str) -> str:
+  """How to pass `value` as a number: float('1e-2') for a numeric string."""
   try:
-    float(text)
+    float(value if isinstance(value, str) else 'no number')
+    return f'pass the number, {name}=float({value!r})'
   except ValueError:
-    return False
-  return True
+    return f'pass a number, e.g. {name}=1e-2'
+
+
+def flag(value: Any, name: str) -> bool:
+  """`value` as a bool, or a ConfigError: any non-empty string, 'false' too, is truthy."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise errors.ConfigError(f'{name} must be True or False, got {value!r}; pass True or False')
+  return bool(value)
 
 
 def step_inputs(image: jax.Array, targets: Any, loss_spec: Any) -> None:
@@ -328,98 +349,5 @@ def extra_batch(extra: Any, n: int, name: str) -> None:
       )
 
 
-def optimizer(tx: Any) -> None:
-  """Refuses what is not an optax transformation: an optimiser's name, or a factory not called."""
-  if callable(getattr(tx, 'init', None)) and callable(getattr(tx, 'update', None)):
-    return
-  ours = "nst_jax.make_optimizer('lbfgs', convention=weights.info.input_convention)"
-  shown, fix = f'{type(tx).__name__} {tx!r}', f'pass {ours}'
-  if isinstance(tx, str):
-    fix = f'pass {ours.replace(repr("lbfgs"), repr(tx))}'
-  elif callable(tx):  # optax.adam rather than optax.adam(lr)
-    name = getattr(tx, '__qualname__', type(tx).__name__)
-    module = getattr(tx, '__module__', None) or ''
-    name = f'{"optax." * module.startswith("optax")}{name}'
-    shown, fix = f'the function {name}', f'call it: {name}(learning_rate)'
-    if not hasattr(tx, '__qualname__'):  # a functools.partial, a class instance
-      shown, fix = f'a {name}', 'call it to make the transformation'
-    if module.startswith('nst_jax'):
-      fix = f'call it: {ours}'
-  raise errors.ArgumentError(
-    f'optimizer must be an optax GradientTransformation, got {shown}: {fix}'
-  )
-
-
-def optimizer_state(opt_state: Any, image: jax.Array, optimizer: Any) -> None:
-  """Refuses a state made by another optimiser (a crash inside optax otherwise)."""
-  want = jax.eval_shape(jax.vmap(optimizer.init), image)
-  if jax.tree.structure(want) != jax.tree.structure(opt_state):
-    raise errors.ConfigError(
-      f"state.opt_state is a {type(opt_state).__name__}, not this step's optimizer's "
-      f'{type(want).__name__}; make the state with init_state(images, optimizer) of the '
-      "step's optimizer"
-    )
-
-
-def active_flags(active: Any, n: int) -> jax.Array:
-  """The step's `active` as [N] bools, or a ConfigError naming the shape it must have.
-
-  Integers count as their truth (the engine's and numpy's 0/1 masks); a
-  scalar or another length would broadcast into a state of another shape,
-  or fail deep in the step.
-  """
-  flags = jnp.asarray(active)
-  if flags.shape != (n,) or not (
-    flags.dtype == jnp.bool_ or jnp.issubdtype(flags.dtype, jnp.integer)
-  ):
-    raise errors.ConfigError(
-      f'active has shape {flags.shape} and dtype {flags.dtype} for a batch of {n} image(s); give '
-      f'[{n}] bools, one per image (False: that image keeps its pixels), or None'
-    )
-  return flags.astype(bool)
-
-
 # A key of each style loss's statistics (nst_jax.core.statistics.layer_targets).
 _STATISTIC = {'gram': 'gram', 'mean_cov': 'mean', 'histogram': 'quantiles'}
-
-_SIGNATURE = 'loss_fn(image, params, targets, *, model, loss_spec)'
-
-
-def loss_fn_signature(loss_fn: Callable) -> inspect.Signature | None:
-  """The loss_fn's signature, or a ConfigError if it cannot take model= and loss_spec=."""
-  try:
-    signature = inspect.signature(loss_fn)
-  except (TypeError, ValueError):  # no signature to read
-    return None
-  parameters = signature.parameters
-  if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
-    return signature
-  lacking = [
-    k for k in ('model', 'loss_spec') if k not in parameters and not (
-      k == 'loss_spec' and 'loss_config' in parameters
-    )
-  ]  # fmt: skip
-  if lacking:
-    raise errors.ConfigError(
-      f'loss_fn takes no {" or ".join(lacking)} keyword; a loss_fn must accept {_SIGNATURE} '
-      '(add **kwargs to ignore them)'
-    )
-  return signature
-
-
-def loss_result(result: Any) -> tuple[jax.Array, Mapping]:
-  """The loss_fn's (total, aux), or a ConfigError saying what a loss_fn must return."""
-  if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Mapping)):
-    got = 'one array' if hasattr(result, 'shape') else type(result).__name__
-    raise errors.ConfigError(
-      f'loss_fn returned {got}; a loss_fn must return (total, dict of scalars), '
-      "e.g. (total, {'total': total})"
-    )
-  total = result[0]
-  shape, dtype = np.shape(total), getattr(total, 'dtype', np.dtype(type(total)))
-  if shape != () or dtype not in (jnp.float32, jnp.float64):
-    raise errors.ConfigError(
-      f'loss_fn returned a total of shape {shape} and dtype {dtype}; a loss_fn must return a '
-      'float32 scalar total: jnp.asarray(total, jnp.float32)'
-    )
-  return result

@@ -8,6 +8,7 @@ scale), and `VGGTiny` is a two-stage network for fast tests of a loop.
 from collections.abc import Sequence
 import functools
 import operator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,23 @@ VGGTiny = functools.partial(vgg.VGG, stage_sizes=(1, 2), widths=(4, 8))
 # channels dies with probability at most about 1/2 (one channel, one
 # position), so 30 draws all dying is a 1e-9 event, not a network shape.
 MAX_DRAWS = 30
+
+
+def as_seed(seed: Any) -> Any:
+  """`seed` as an int from 0 to 2**63 - 1 (a traced integer passes), or a ConfigError."""
+  if isinstance(seed, jax.core.Tracer) and jnp.issubdtype(seed.dtype, jnp.integer):
+    return seed
+  try:  # an int, a numpy or a concrete jax integer; not a key, a float or a bool
+    number = None if isinstance(seed, (bool, np.bool_)) else operator.index(seed)
+  except TypeError:
+    number = None
+  if number is None or number < 0:
+    shown = repr(seed) if isinstance(seed, (int, float, str, type(None))) else type(seed).__name__
+    fix = '; pass an int seed, e.g. 0 (not a jax.random key)' if isinstance(seed, jax.Array) else ''
+    raise errors.ConfigError(f'seed must be an integer >= 0, got {shown}{fix}')
+  if number >= 2**63:  # jax.random.key takes a C long: an OverflowError naming no argument
+    raise errors.ConfigError(f'seed must be below 2**63 (a JAX key holds 64 bits), got {number}')
+  return number
 
 
 def random_scaled_params(
@@ -67,17 +85,7 @@ def random_scaled_params(
     ConfigError: the shape is inconsistent, the probe has no scale (RMS 0),
       or a layer stays all zero on the probe after `MAX_DRAWS` draws.
   """
-  try:  # an int, a numpy or a concrete jax integer; not a key, a float or a bool
-    number = None if isinstance(seed, (bool, np.bool_)) else operator.index(seed)
-  except TypeError:
-    number = None
-  if number is None or number < 0:
-    shown = repr(seed) if isinstance(seed, (int, float, str, type(None))) else type(seed).__name__
-    fix = '; pass an int seed, e.g. 0 (not a jax.random key)' if isinstance(seed, jax.Array) else ''
-    raise errors.ConfigError(f'seed must be an integer >= 0, got {shown}{fix}')
-  if number >= 2**63:  # jax.random.key takes a C long: an OverflowError naming no argument
-    raise errors.ConfigError(f'seed must be below 2**63 (a JAX key holds 64 bits), got {number}')
-  seed = number
+  seed = as_seed(seed)
   if len(stage_sizes) != len(widths):
     raise errors.ConfigError(
       f'stage_sizes has {len(stage_sizes)} stages and widths {len(widths)}; give one width per '

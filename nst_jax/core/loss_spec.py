@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from nst_jax import errors
+from nst_jax.core import checks
 from nst_jax.core import losses
 from nst_jax.core import tiles
 from nst_jax.core import vgg
@@ -85,6 +86,8 @@ class LossSpec:
       # Python floats: hashable (a numpy array or jax scalar is not), and
       # checked, as make_targets checks the loss weights.
       try:
+        if any(isinstance(v, (bool, np.bool_)) for v in np.ravel(np.asarray(w, object))):
+          raise TypeError  # True is no weight, as make_targets refuses content_weight=True
         w = tuple(float(v) for v in np.asarray(w, np.float64).reshape(-1))
       except (TypeError, ValueError):
         raise errors.ConfigError(
@@ -98,11 +101,8 @@ class LossSpec:
         f'style_layer_weights has {len(w)} values for {len(self.style_layers)} style layers; '
         'give one per style layer, or None for all 1'
       )
-    if not isinstance(self.normalize_gradients, (bool, np.bool_)):
-      raise errors.ConfigError(
-        f'normalize_gradients must be True or False, got {self.normalize_gradients!r}'
-      )
-    object.__setattr__(self, 'normalize_gradients', bool(self.normalize_gradients))
+    flag = checks.flag(self.normalize_gradients, 'normalize_gradients')
+    object.__setattr__(self, 'normalize_gradients', flag)
     if self.tile is not None:
       self._check_tile()
 

@@ -175,6 +175,15 @@ def content_loss(
   return total
 
 
+def check_masks(kind: str, masks: jax.typing.ArrayLike | None) -> None:
+  """Refuses style masks with the histogram style loss, whose quantile targets have no regions."""
+  if kind == 'histogram' and masks is not None:
+    raise errors.ConfigError(
+      "the histogram style loss does not take masks; use style_loss 'gram' or 'mean_cov' with "
+      'masks, or blend the styles (blend weights) without them'
+    )
+
+
 def style_layer_loss(
   features: jax.typing.ArrayLike,
   target: jax.typing.ArrayLike | Mapping[str, jax.Array],
@@ -218,11 +227,7 @@ def style_layer_loss(
       return statistics.mean_cov_loss(features, t, mask)
 
   elif kind == 'histogram':
-    if masks is not None:
-      raise errors.ConfigError(
-        "the histogram style loss does not take masks; use style_loss 'gram' or 'mean_cov' with "
-        'masks'
-      )
+    check_masks(kind, masks)
 
     def term(t, mask):
       del mask

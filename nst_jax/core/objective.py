@@ -185,6 +185,7 @@ def make_targets(
   content_mask = checks.mask_values(content_mask, 'content_mask')
   style_masks = checks.mask_values(style_masks, 'style_masks')
   checks.targets_inputs(content, style, content_mask, style_masks)
+  losses.check_masks(loss_spec.style_loss, style_masks)  # not zip's error in the quantiles
   checks.params_fit(params, model, loss_spec.feature_layers)
   n, height, width = content.shape[:3]
   styles = list(style) if isinstance(style, (list, tuple)) else [style]

@@ -433,6 +433,7 @@ def make_optimizer(
     )
   convention = pixels.as_convention(convention)
   checks.positive_number(first_step, 'first_step')
+  box = checks.flag(box, 'box')  # 'false' is truthy: a box the caller turned off
   if name == 'lbfgs':
     if learning_rate is not None:
       raise errors.ConfigError(

@@ -40,9 +40,11 @@ import optax
 from nst_jax import errors
 from nst_jax.core import checks
 from nst_jax.core import donation
+from nst_jax.core import experiments
 from nst_jax.core import objective as objective_lib
 from nst_jax.core import optim
 from nst_jax.core import pixels
+from nst_jax.core import step_checks
 from nst_jax.core import vgg
 
 # Standard deviation of the random init in network units, from
@@ -161,7 +163,7 @@ def init_state(image: jax.Array, optimizer: optax.GradientTransformation) -> Sty
   (often the content image, needed again) must survive that.
   """
   pixels.check_network_images(image, 'image')
-  checks.optimizer(optimizer)
+  step_checks.optimizer(optimizer)
   image = jnp.array(image, jnp.float32, copy=True)
   return StyleState(image=image, opt_state=jax.vmap(optimizer.init)(image))
 
@@ -229,11 +231,12 @@ def update_step(
     )
     loss_spec = loss_config
   loss_spec = objective_lib.as_spec(loss_spec)
+  checks.vgg_model(model)
   checks.step_inputs(state.image, targets, loss_spec)
-  checks.optimizer(optimizer)
-  checks.optimizer_state(state.opt_state, state.image, optimizer)
+  step_checks.optimizer(optimizer)
+  step_checks.optimizer_state(state.opt_state, state.image, optimizer)
   if active is not None:
-    active = checks.active_flags(active, state.image.shape[0])
+    active = step_checks.active_flags(active, state.image.shape[0])
   # float32, as make_targets makes them: a float64 weight (jax_enable_x64) made the loss, and
   # so L-BFGS's while_loop carry, float64 against its float32 state.
   targets = targets._replace(**{k: jnp.asarray(getattr(targets, k), jnp.float32) for k in _WEIGHTS})
@@ -243,7 +246,7 @@ def update_step(
   ours = optim.backtracks(optimizer)
 
   def checked(*args, **kwargs):
-    total, aux = checks.loss_result(loss_fn(*args, **kwargs))
+    total, aux = step_checks.loss_result(loss_fn(*args, **kwargs))
     return jnp.asarray(total, jnp.float32), aux  # float64 under x64 would not fit L-BFGS's state
 
   def one_image(image, opt_state, image_targets):
@@ -357,12 +360,11 @@ def make_step(
     for the new state): keep no other reference to it. Params and targets
     are not donated.
   """
-  checks.optimizer(optimizer)
-  placed = {}
-  if in_shardings is not None:
-    placed['in_shardings'] = in_shardings
-  if out_shardings is not None:
-    placed['out_shardings'] = out_shardings
+  checks.vgg_model(model)
+  step_checks.optimizer(optimizer)
+  step_checks.loss_fn_signature(loss_fn)  # now, not at the first call
+  shardings = dict(in_shardings=in_shardings, out_shardings=out_shardings)
+  placed = {k: v for k, v in shardings.items() if v is not None}
 
   def jitted(backtrack: bool):
     fn = functools.partial(
@@ -382,7 +384,7 @@ def make_step(
 
 def _spec_keyword(loss_fn: Callable) -> str:
   """'loss_spec', or 'loss_config' for a loss_fn written before 0.3 (deprecated)."""
-  signature = checks.loss_fn_signature(loss_fn)
+  signature = step_checks.loss_fn_signature(loss_fn)
   parameters = {} if signature is None else signature.parameters
   if 'loss_spec' in parameters or 'loss_config' not in parameters:
     return 'loss_spec'
@@ -426,7 +428,8 @@ def initial_image(
   if init == 'content':
     return content
   if init == 'random':
-    noise = jax.random.normal(jax.random.key(seed), content.shape, jnp.float32)
+    key = jax.random.key(experiments.as_seed(seed))  # not JAX's error naming a tracer
+    noise = jax.random.normal(key, content.shape, jnp.float32)
     return RANDOM_INIT_STD * noise
   if init == 'gray':
     rgb = jnp.full((1, *content.shape[1:]), 0.5, jnp.float32)

@@ -62,7 +62,10 @@ def tile_problem(tile) -> str | None:
     isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < MIN_TILE or tile % 2
   ):
     # Even: a stage's core is pooled in place, on the untiled pooling's grid.
-    return f'an even number of pixels, at least {MIN_TILE}, got {tile!r}; use {nearest_tile(tile)}'
+    use = nearest_tile(tile)
+    if isinstance(tile, (bool, np.bool_)) or not isinstance(tile, (int, float, np.number, str)):
+      use = f'an integer such as {use}'  # True is no edge to round
+    return f'an even number of pixels, at least {MIN_TILE}, got {tile!r}; use {use}'
   return None
 
 

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import errors
+from nst_jax.core import checks as core_checks
 from nst_jax.core import pixels
 from nst_jax.io import images as image_lib
 from nst_jax.io import weight_checks
@@ -141,6 +142,7 @@ class Weights:
       digest, so a checkpoint still refuses to resume with other params.
     """
     convention = pixels.as_convention(convention)
+    core_checks.params_dict(params)  # a {'params': ...} wrapper or a list failed in the digest
     flat = {f'{k}/{leaf}': np.asarray(v) for k, d in params.items() for leaf, v in d.items()}
     info = WeightsInfo(
       source='params in memory',

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -110,12 +111,25 @@ def _check_checkpoint_path(path: Path) -> None:
     )
 
 
+def _config(config: Any) -> config_lib.StyleConfig:
+  """stylize's config, or an ArgumentError naming how to build one (not an AttributeError)."""
+  if config is None:
+    return config_lib.StyleConfig()
+  if isinstance(config, config_lib.StyleConfig):
+    return config
+  group = next((k for k, g in config_lib.GROUPS.items() if isinstance(config, g)), None)
+  fix = f'StyleConfig({group}=config)' if group else 'StyleConfig(loss=nst_jax.LossConfig(...))'
+  raise errors.ArgumentError(
+    f'config must be a StyleConfig, got a {type(config).__name__}; pass nst_jax.{fix}'
+  )
+
+
 def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint):
   """The engine's rows for arrays: one per content image, checked."""
   content_b = np.asarray(pixels.batched(pixels.as_rgb(content, 'content')))
   items = list(style) if isinstance(style, (list, tuple)) else [style]
   if not items:
-    raise errors.ConfigError('no style image given')
+    raise errors.ConfigError('no style image given; pass one: stylize(content, style, ...)')
   styles = [
     np.asarray(pixels.batched(pixels.as_rgb(s, 'style' if len(items) == 1 else f'style {i}')))
     for i, s in enumerate(items)
@@ -154,6 +168,12 @@ def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint
     if init_image is None
     else np.asarray(pixels.batched(pixels.as_rgb(init_image, 'init_image')))
   )
+  if init is not None and init.shape[0] not in (1, n):
+    # As the styles: row k took init[min(k, last)], the others were dropped without a word.
+    raise errors.ConfigError(
+      f'init_image has {init.shape[0]} images for {n} content image(s); give 1 or {n}: one '
+      'start image for all, or one per content image, in order'
+    )
   if checkpoint is not None and n != 1:
     raise errors.ConfigError('a checkpoint holds one image; stylize a batch without one')
   return {
@@ -169,6 +189,7 @@ def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint
   }
 
 
+@errors.keywords_checked
 def stylize(
   content: jax.typing.ArrayLike,
   style: jax.typing.ArrayLike | Sequence[jax.typing.ArrayLike],
@@ -232,11 +253,12 @@ def stylize(
     style_masks: [S, H, W] or [N, S, H, W] in [0, 1], one per style: where
       each style applies (guided Grams, Gatys et al. 2017).
     init_image: RGB start image, [H', W', 3] or [N, H', W', 3] (one per
-      content image), resized to the content (bicubic) and used whatever
-      `config.inputs.init` says: it replaces 'content', 'random' and 'gray'
-      too. None: `config.inputs.init` decides, and a value other than those
-      three is read as an image file. With several scales it starts the
-      coarsest; each finer scale starts from the previous result.
+      content image; another batch size is refused), resized to the content
+      (bicubic) and used whatever `config.inputs.init` says: it replaces
+      'content', 'random' and 'gray' too. None: `config.inputs.init` decides,
+      and a value other than those three is read as an image file. With
+      several scales it starts the coarsest; each finer scale starts from the
+      previous result.
     record: a dict to fill with what happened: 'scales' (size, iterations,
       why it stopped, compile and run seconds per stage) and 'history' (the
       losses every `config.run.print_iter` iterations).
@@ -250,7 +272,7 @@ def stylize(
   Raises:
     ImageError: an image smaller than the layers need at the coarsest scale.
   """
-  cfg = config or config_lib.StyleConfig()
+  cfg = _config(config)
   if cfg.run.compile_cache != 'auto':  # asked for: a research program's JAX is its own
     compile_cache.use(cfg.run.compile_cache)
   if isinstance(weights, Mapping):

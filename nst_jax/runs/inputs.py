@@ -112,6 +112,8 @@ def check_size(
       where, fix = 'at this width', f'a larger {larger}'
       if len(stages) > 1:
         where, fix = 'at the coarsest scale', f'a larger {larger} or fewer schedule.scales'
+      if name == 'style' and cfg.inputs.style_scale < 1:  # the style was shrunk: that is why
+        fix = f'a larger inputs.style_scale (now {cfg.inputs.style_scale}) or shallower layers'
       raise errors.ImageError(
         f'the {name} image{what} is {w}x{h} px {where}, but the layers used need at least '
         f'{need} px on each side; use {fix}'

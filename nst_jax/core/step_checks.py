@@ -1,0 +1,125 @@
+"""One-line checks of the step's own arguments: the optimiser, its state, `active`, the loss_fn.
+
+Split from nst_jax.core.checks (the arguments every research call shares);
+like those they raise naming the argument and the fix, and run at trace time
+on shapes, types and signatures (values only where concrete).
+"""
+
+from collections.abc import Callable, Mapping
+import inspect
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nst_jax import errors
+
+
+def optimizer(tx: Any) -> None:
+  """Refuses what is not an optax transformation: an optimiser's name, or a factory not called."""
+  if callable(getattr(tx, 'init', None)) and callable(getattr(tx, 'update', None)):
+    return
+  ours = "nst_jax.make_optimizer('lbfgs', convention=weights.info.input_convention)"
+  shown, fix = f'{type(tx).__name__} {tx!r}', f'pass {ours}'
+  if isinstance(tx, str):
+    fix = f'pass {ours.replace(repr("lbfgs"), repr(tx))}'
+  elif callable(tx):  # optax.adam rather than optax.adam(lr)
+    name = getattr(tx, '__qualname__', type(tx).__name__)
+    module = getattr(tx, '__module__', None) or ''
+    name = f'{"optax." * module.startswith("optax")}{name}'
+    shown, fix = f'the function {name}', f'call it: {name}(learning_rate)'
+    if not hasattr(tx, '__qualname__'):  # a functools.partial, a class instance
+      shown, fix = f'a {name}', 'call it to make the transformation'
+    if module.startswith('nst_jax'):
+      fix = f'call it: {ours}'
+  raise errors.ArgumentError(
+    f'optimizer must be an optax GradientTransformation, got {shown}: {fix}'
+  )
+
+
+def optimizer_state(opt_state: Any, image: jax.Array, optimizer: Any) -> None:
+  """Refuses a state made by another optimiser (a crash inside optax otherwise)."""
+  want = jax.eval_shape(jax.vmap(optimizer.init), image)
+  if jax.tree.structure(want) != jax.tree.structure(opt_state):
+    raise errors.ConfigError(
+      f"state.opt_state is a {type(opt_state).__name__}, not this step's optimizer's "
+      f'{type(want).__name__}; make the state with init_state(images, optimizer) of the '
+      "step's optimizer"
+    )
+
+
+def active_flags(active: Any, n: int) -> jax.Array:
+  """The step's `active` as [N] bools, or a ConfigError naming the shape it must have.
+
+  Integers count as their truth (the engine's and numpy's 0/1 masks); a
+  scalar or another length would broadcast into a state of another shape,
+  or fail deep in the step.
+  """
+  flags = jnp.asarray(active)
+  if flags.shape != (n,) or not (
+    flags.dtype == jnp.bool_ or jnp.issubdtype(flags.dtype, jnp.integer)
+  ):
+    raise errors.ConfigError(
+      f'active has shape {flags.shape} and dtype {flags.dtype} for a batch of {n} image(s); give '
+      f'[{n}] bools, one per image (False: that image keeps its pixels), or None'
+    )
+  if not isinstance(flags, jax.core.Tracer) and not np.isin(np.asarray(flags), (0, 1)).all():
+    raise errors.ConfigError(  # 2 read as True: a typo for a 0/1 mask more likely than not
+      f'active holds {np.asarray(flags).tolist()}; give bools or 0/1, one per image (False or 0: '
+      'that image keeps its pixels)'
+    )
+  return flags.astype(bool)
+
+
+_SIGNATURE = 'loss_fn(image, params, targets, *, model, loss_spec)'
+
+
+def loss_fn_signature(loss_fn: Callable) -> inspect.Signature | None:
+  """The loss_fn's signature, or a ConfigError if it cannot take model= and loss_spec=."""
+  try:
+    signature = inspect.signature(loss_fn)
+  except (TypeError, ValueError):  # no signature to read
+    return None
+  parameters = signature.parameters
+  free = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+  old = 'loss_config' in parameters and 'loss_spec' not in parameters  # the deprecated name
+  spec = 'loss_config' if old else 'loss_spec'
+  lacking = [k for k in ('model', spec) if k not in parameters and not free]
+  if lacking:
+    raise errors.ConfigError(
+      f'loss_fn takes no {" or ".join(lacking)} keyword; a loss_fn must accept {_SIGNATURE} '
+      '(add **kwargs to ignore them)'
+    )
+  try:  # as the step calls it: params and targets by name (loss_fn(img, p, t) got params=)
+    signature.bind(None, params=0, targets=0, model=0, **{spec: 0})
+  except TypeError:
+    raise errors.ConfigError(
+      f'loss_fn{signature} cannot take params= and targets= by name; name them: {_SIGNATURE}'
+    ) from None
+  return signature
+
+
+def loss_result(result: Any) -> tuple[jax.Array, Mapping]:
+  """The loss_fn's (total, aux), or a ConfigError saying what a loss_fn must return."""
+  if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Mapping)):
+    got = 'one array' if hasattr(result, 'shape') else type(result).__name__
+    raise errors.ConfigError(
+      f'loss_fn returned {got}; a loss_fn must return (total, dict of scalars), '
+      "e.g. (total, {'total': total})"
+    )
+  total = result[0]
+  shape, dtype = np.shape(total), getattr(total, 'dtype', np.dtype(type(total)))
+  if shape != () or dtype not in (jnp.float32, jnp.float64):
+    raise errors.ConfigError(
+      f'loss_fn returned a total of shape {shape} and dtype {dtype}; a loss_fn must return a '
+      'float32 scalar total: jnp.asarray(total, jnp.float32)'
+    )
+  shaped = {k: np.shape(v) for k, v in result[1].items() if np.shape(v) != ()}
+  if shaped:  # the step would return each as [N, ...], not the [N] losses documented
+    name, shape = next(iter(shaped.items()))
+    raise errors.ConfigError(
+      f'loss_fn returned aux[{name!r}] of shape {shape}; aux must be a dict of scalars: reduce '
+      f'it, e.g. jnp.mean(aux[{name!r}])'
+    )
+  return result
