@@ -10,6 +10,7 @@ eigh-based PSD square roots with negative eigenvalues clipped.
 import jax
 import jax.numpy as jnp
 from jax.test_util import check_grads
+from losses_test import _np_mean_cov  # the (weighted) mean and covariance in float64
 import numpy as np
 import pytest
 
@@ -28,14 +29,6 @@ def vgg_features():
   params = nst_jax.random_scaled_params(0)
   feats = nst_jax.make_model().apply({'params': params}, images, LAYERS)
   return {name: tuple(np.asarray(f)) for name, f in feats.items()}
-
-
-def _np_mean_cov(f, t=None):
-  x = f.reshape(-1, f.shape[-1]).astype(np.float64)
-  w = np.ones(len(x)) if t is None else t.reshape(-1).astype(np.float64) ** 2
-  w = w / w.sum()
-  mu = w @ x
-  return mu, (x - mu).T @ ((x - mu) * w[:, None])
 
 
 def _np_psd_sqrt(a):
