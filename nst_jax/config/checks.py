@@ -43,10 +43,6 @@ def plain_numbers(group: Any) -> None:
       object.__setattr__(group, field.name, plain)
 
 
-def flag(name: str, value: Any) -> None:
-  check(isinstance(value, bool), f'{name} must be True or False, got {value!r}; pass True or False')
-
-
 def positive_int(name: str, value: Any) -> None:
   check(
     isinstance(value, int) and not isinstance(value, bool) and value > 0,

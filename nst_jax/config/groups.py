@@ -9,6 +9,7 @@ import warnings
 
 from nst_jax import errors
 from nst_jax.config import checks
+from nst_jax.core import checks as core_checks
 from nst_jax.core import color
 from nst_jax.core import losses
 from nst_jax.core import objective
@@ -197,7 +198,7 @@ class LossConfig(checks.Group):
   def __post_init__(self):
     checks.plain_numbers(self)
     checks.one_of('loss.style_loss', self.style_loss, losses.STYLE_KINDS)
-    checks.flag('loss.normalize_gradients', self.normalize_gradients)
+    core_checks.flag(self.normalize_gradients, 'loss.normalize_gradients')
     if isinstance(self.tiles, str) and self.tiles.isdigit():
       object.__setattr__(self, 'tiles', int(self.tiles))  # from a flag or a JSON file
     checks.check(
@@ -311,7 +312,7 @@ class OptimConfig(checks.Group):
     checks.plain_numbers(self)
     checks.one_of('optim.name', self.name, OPTIMIZERS)
     checks.positive_int('optim.lbfgs_memory', self.lbfgs_memory)
-    checks.flag('optim.box', self.box)
+    core_checks.flag(self.box, 'optim.box')
     if self.learning_rate is not None:
       checks.finite_positive('optim.learning_rate', self.learning_rate)
 
