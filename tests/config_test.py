@@ -117,16 +117,48 @@ def test_a_flat_name_and_its_group_may_not_disagree():
     config_lib.StyleConfig().replace(style_weight=3.0, loss=loss)
   assert str(e.value) == message
   with pytest.warns(DeprecationWarning):
-    # No conflict: the group leaves it at its default, or says the same.
-    cfg = config_lib.StyleConfig(style_weight=3.0, loss=config_lib.LossConfig(content_weight=5.0))
-    assert (cfg.loss.style_weight, cfg.loss.content_weight) == (3.0, 5.0)
-    # replace put the flat name on self's loss, dropping the loss given beside it.
-    again = config_lib.StyleConfig().replace(
-      tv_weight=1.0, loss=config_lib.LossConfig(content_weight=5.0)
-    )
-    assert (again.loss.tv_weight, again.loss.content_weight) == (1.0, 5.0)
+    # No conflict: the group says the same (a list is its tuple, an int its float).
+    cfg = config_lib.StyleConfig(style_weight=5, loss=loss)
+    assert cfg.loss.style_weight == 5.0
+    blend = config_lib.InputConfig(style_path=('a', 'b'), style_blend_weights=(1.0, 2.0))
+    same = config_lib.StyleConfig(style_blend_weights=[1, 2], inputs=blend)
+    assert same.inputs.style_blend_weights == (1.0, 2.0)
     # A group set earlier (self's) is no conflict: the flat name changes it, as before.
     assert config_lib.StyleConfig(loss=loss).replace(style_weight=3.0).loss.style_weight == 3.0
+
+
+@pytest.mark.parametrize(
+  'make,message',
+  [
+    # The group's value is its default, but the group was given: it says 1000 (trial 7).
+    (
+      lambda: config_lib.StyleConfig(
+        iterations=300, schedule=config_lib.ScheduleConfig(iterations=1000)
+      ),
+      'iterations is given twice, flat (300) and in schedule= (1000); give schedule.iterations '
+      'only: StyleConfig(schedule=nst_jax.ScheduleConfig(iterations=...))',
+    ),
+    (
+      lambda: config_lib.StyleConfig(
+        style_weight=5.0, loss=config_lib.LossConfig(style_weight=0.01)
+      ),
+      'style_weight is given twice, flat (5.0) and in loss= (0.01); give loss.style_weight only: '
+      'StyleConfig(loss=nst_jax.LossConfig(style_weight=...))',
+    ),
+    # A group given for another field states this one too (its default): the flat name won, unsaid.
+    (
+      lambda: config_lib.StyleConfig().replace(
+        tv_weight=1.0, loss=config_lib.LossConfig(content_weight=5.0)
+      ),
+      'tv_weight is given twice, flat (1.0) and in loss= (0.0); give loss.tv_weight only: '
+      'StyleConfig(loss=nst_jax.LossConfig(tv_weight=...))',
+    ),
+  ],
+)
+def test_a_flat_name_and_a_group_at_its_default_may_not_disagree(make, message):
+  with pytest.raises(errors.ArgumentError) as e:
+    make()
+  assert str(e.value) == message
 
 
 def test_flat_names_still_work_and_say_where_they_moved():

@@ -201,7 +201,12 @@ def _check_flat(flat: dict) -> None:
 
 
 def _check_given_once(groups: dict, flat: dict) -> None:
-  """Refuses a flat name whose group, given too, sets it otherwise (the flat one won, unsaid).
+  """Refuses a flat name whose group, given too, holds another value (the flat one won, unsaid).
+
+  A group given is the caller's word for each of its fields, its defaults
+  included: a group cannot tell `ScheduleConfig(iterations=1000)` from
+  `ScheduleConfig()`. The flat value is compared as the group would hold it
+  (a list as its tuple, an int as its float).
 
   Args:
     groups: the groups passed, by name (None: not passed).
@@ -212,7 +217,7 @@ def _check_given_once(groups: dict, flat: dict) -> None:
     if groups.get(group) is None:
       continue
     in_group = getattr(groups[group], field)
-    if in_group != getattr(GROUPS[group](), field) and in_group != value:
+    if getattr(groups[group].replace(**{field: value}), field) != in_group:
       raise errors.ArgumentError(
         f'{name} is given twice, flat ({value!r}) and in {group}= ({in_group!r}); give '
         f'{group}.{field} only: StyleConfig({group}=nst_jax.{GROUPS[group].__name__}({field}=...))'
