@@ -358,3 +358,28 @@ def test_numpy_and_jax_scalars_are_python_numbers_in_the_groups():
   blend = config_lib.InputConfig(style_path=('a', 'b'), style_blend_weights=[np.float32(1), 2])
   assert blend.style_blend_weights == (1.0, 2) and hash(blend) is not None
   hash(config_lib.StyleConfig(loss=loss, schedule=schedule))
+
+
+@pytest.mark.parametrize(
+  'seed,message',
+  [
+    (-1, 'inputs.seed must be an integer >= 0, got -1'),
+    (1.0, 'inputs.seed must be an integer >= 0, got 1.0'),
+    (True, 'inputs.seed must be an integer >= 0, got True'),
+    ('0', "inputs.seed must be an integer >= 0, got '0'"),
+    (2**63, f'inputs.seed must be below 2**63 (a JAX key holds 64 bits), got {2**63}'),
+  ],
+)
+def test_a_seed_is_checked_when_the_group_is_made(seed, message):
+  """-1, 1.0 and 2**63 were refused only when a run drew its start, as 'seed' (trial 7)."""
+  with pytest.raises(errors.ConfigError) as e:
+    config_lib.InputConfig(seed=seed)
+  assert str(e.value) == message
+
+
+def test_a_numpy_integer_seed_is_a_python_int():
+  import numpy as np
+
+  for seed in (np.int64(7), np.uint8(7), 7, 2**63 - 1):
+    got = config_lib.InputConfig(seed=seed).seed
+    assert got == seed and type(got) is int

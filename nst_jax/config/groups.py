@@ -11,6 +11,7 @@ from nst_jax import errors
 from nst_jax.config import checks
 from nst_jax.core import checks as core_checks
 from nst_jax.core import color
+from nst_jax.core import experiments
 from nst_jax.core import losses
 from nst_jax.core import objective
 from nst_jax.core import optim
@@ -70,7 +71,8 @@ class InputConfig(checks.Group):
       style applies (guided Grams); () = every style everywhere, blended.
     init: 'content', 'random' (the mean pixel plus N(0, 0.001^2) noise, as
       neural-style does), 'gray' (uniform RGB 0.5), or an image file.
-    seed: seed of the random init.
+    seed: seed of the random init, an integer from 0 to 2**63 - 1 (numpy
+      integers too), checked here as every field is.
     max_image_pixels: input images larger than this (width x height) are
       refused, as decompression-bomb protection.
   """
@@ -91,6 +93,8 @@ class InputConfig(checks.Group):
     checks.positive_int('inputs.width', self.width)
     checks.positive_int('inputs.max_image_pixels', self.max_image_pixels)
     checks.finite_positive('inputs.style_scale', self.style_scale)
+    # The rule of every seed (initial_image's, random_scaled_params'), now rather than at the run.
+    object.__setattr__(self, 'seed', experiments.as_seed(self.seed, 'inputs.seed'))
     checks.check(
       isinstance(self.style_masks, tuple),
       f'inputs.style_masks must be a tuple, got {self.style_masks!r}',

@@ -30,8 +30,11 @@ VGGTiny = functools.partial(vgg.VGG, stage_sizes=(1, 2), widths=(4, 8))
 MAX_DRAWS = 30
 
 
-def as_seed(seed: Any) -> Any:
-  """`seed` as an int from 0 to 2**63 - 1 (a traced integer passes), or a ConfigError."""
+def as_seed(seed: Any, name: str = 'seed') -> Any:
+  """`seed` as an int from 0 to 2**63 - 1 (a traced integer passes), or a ConfigError naming `name`.
+
+  `name` is the seed as its caller set it: 'seed', or a config's 'inputs.seed'.
+  """
   if isinstance(seed, jax.core.Tracer) and jnp.issubdtype(seed.dtype, jnp.integer):
     return seed
   try:  # an int, a numpy or a concrete jax integer; not a key, a float or a bool
@@ -41,9 +44,9 @@ def as_seed(seed: Any) -> Any:
   if number is None or number < 0:
     shown = repr(seed) if isinstance(seed, (int, float, str, type(None))) else type(seed).__name__
     fix = '; pass an int seed, e.g. 0 (not a jax.random key)' if isinstance(seed, jax.Array) else ''
-    raise errors.ConfigError(f'seed must be an integer >= 0, got {shown}{fix}')
+    raise errors.ConfigError(f'{name} must be an integer >= 0, got {shown}{fix}')
   if number >= 2**63:  # jax.random.key takes a C long: an OverflowError naming no argument
-    raise errors.ConfigError(f'seed must be below 2**63 (a JAX key holds 64 bits), got {number}')
+    raise errors.ConfigError(f'{name} must be below 2**63 (a JAX key holds 64 bits), got {number}')
   return number
 
 
