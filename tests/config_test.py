@@ -356,8 +356,33 @@ def test_numpy_and_jax_scalars_are_python_numbers_in_the_groups():
   assert schedule.iterations == 2 and type(schedule.iterations) is int
   assert config_lib.OptimConfig(box=np.bool_(False)).box is False
   blend = config_lib.InputConfig(style_path=('a', 'b'), style_blend_weights=[np.float32(1), 2])
-  assert blend.style_blend_weights == (1.0, 2) and hash(blend) is not None
+  assert blend.style_blend_weights == (1.0, 2.0) and hash(blend) is not None
   hash(config_lib.StyleConfig(loss=loss, schedule=schedule))
+
+
+def test_ints_given_for_float_settings_are_floats():
+  """content_weight=3 stayed the int 3 in .weights and the record, beside floats (trial 7)."""
+  import numpy as np
+
+  loss = config_lib.LossConfig(
+    content_weight=3, style_weight=np.int64(2), style_layer_weights=[1] * 5
+  )
+  assert loss.weights == {'content_weight': 3.0, 'style_weight': 2.0, 'tv_weight': 0.0}
+  assert [type(w) for w in loss.weights.values()] == [float] * 3
+  assert [type(w) for w in loss.style_layer_weights] == [float] * 5
+  blend = config_lib.InputConfig(style_path=('a', 'b'), style_blend_weights=(3, 1))
+  assert [type(w) for w in blend.style_blend_weights] == [float, float]
+  floats = (
+    config_lib.ScheduleConfig(tol=1).tol,
+    config_lib.OptimConfig(name='adam', learning_rate=2).learning_rate,
+    config_lib.InputConfig(style_scale=2).style_scale,
+    config_lib.RunConfig(memory_limit=8).memory_limit,
+    config_lib.VideoConfig(fps=30).fps,
+  )
+  assert floats == (1.0, 2.0, 2.0, 8.0, 30.0) and {type(f) for f in floats} == {float}
+  # Integer settings stay ints, None stays None.
+  assert type(config_lib.ScheduleConfig(iterations=3).iterations) is int
+  assert config_lib.OptimConfig().learning_rate is None
 
 
 @pytest.mark.parametrize(

@@ -29,16 +29,38 @@ def _plain(value: Any) -> Any:
   return value
 
 
+# Field types whose numbers are floats: an int given for them becomes its float.
+_FLOAT_TYPES = (float, float | None)
+_FLOAT_TUPLE_TYPES = (tuple[float, ...], tuple[float, ...] | None)
+
+
+def _as_float(value: Any) -> Any:
+  """An int (not a bool) as its float; anything else as is, for the checks to name."""
+  if isinstance(value, int) and not isinstance(value, bool):
+    try:
+      return float(value)
+    except OverflowError:  # too large for a float: refused by the field's check
+      return value
+  return value
+
+
 def plain_numbers(group: Any) -> None:
   """Turns numpy and JAX scalars in `group`'s fields (or their tuples) into Python numbers.
 
   np.float32(0.01) is a valid weight, but the checks below take Python
-  numbers, and a group must stay hashable (a JAX scalar is not).
+  numbers, and a group must stay hashable (a JAX scalar is not). An int
+  given for a float field becomes its float (content_weight=3 -> 3.0), so
+  `.weights` and the run record hold one type. A float32 keeps its value
+  (np.float32(0.1) is 0.10000000149011612, the number passed).
   """
   for field in dataclasses.fields(group):
     value = getattr(group, field.name)
     # A list stays a list, for the group's own conversion or message.
     plain = type(value)(map(_plain, value)) if type(value) in (tuple, list) else _plain(value)
+    if field.type in _FLOAT_TYPES:
+      plain = _as_float(plain)
+    elif field.type in _FLOAT_TUPLE_TYPES and type(plain) in (tuple, list):
+      plain = type(plain)(map(_as_float, plain))
     if plain is not value:
       object.__setattr__(group, field.name, plain)
 
