@@ -260,7 +260,7 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
   two = np.stack([rgb, rgb])
   cases = [
     # Two style images for one content: the second was dropped without a word.
-    (dict(content=rgb, style=two), 'style has 2 images for 1 content image(s); give 1 or 1: to '
+    (dict(content=rgb, style=two), 'style has 2 images for 1 content image(s); give 1: to '
      'stylise one content with each, repeat it (np.repeat(content, 2, axis=0)); to blend them, '
      'pass them as a list'),
     (dict(content=rgb, style=rgb, content_mask=np.full((32, 32), 255.0)),
@@ -277,6 +277,9 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
     (dict(content=np.stack([rgb] * 3), style=rgb, init_image=two),
      'init_image has 2 images for 3 content image(s); give 1 or 3: one start image for all, or '
      'one per content image, in order'),
+    # It said 'give 1 or 1' (trial 7).
+    (dict(content=rgb, style=rgb, init_image=two),
+     'init_image has 2 images for 1 content image(s); give 1'),
     (dict(content=rgb, style=[]), 'no style image given; pass one: stylize(content, style, ...)'),
   ]  # fmt: skip
   for kwargs, message in cases:

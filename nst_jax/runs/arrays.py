@@ -124,6 +124,11 @@ def _config(config: Any) -> config_lib.StyleConfig:
   )
 
 
+def _one_or(n: int) -> str:
+  """How many images of a batched argument `n` content images take: '1' or '1 or n'."""
+  return '1' if n == 1 else f'1 or {n}'
+
+
 def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint):
   """The engine's rows for arrays: one per content image, checked."""
   content_b = np.asarray(pixels.batched(pixels.as_rgb(content, 'content')))
@@ -144,7 +149,7 @@ def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint
       # others would be dropped without a word.
       raise errors.ConfigError(
         f'{"style" if len(styles) == 1 else f"style {i}"} has {s.shape[0]} images for {n} '
-        f'content image(s); give 1 or {n}: to stylise one content with each, repeat it '
+        f'content image(s); give {_one_or(n)}: to stylise one content with each, repeat it '
         f'(np.repeat(content, {s.shape[0]}, axis=0)); to blend them, pass them as a list'
       )
   checks.styles_and_masks(
@@ -170,9 +175,9 @@ def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint
   )
   if init is not None and init.shape[0] not in (1, n):
     # As the styles: row k took init[min(k, last)], the others were dropped without a word.
+    how = ': one start image for all, or one per content image, in order' if n > 1 else ''
     raise errors.ConfigError(
-      f'init_image has {init.shape[0]} images for {n} content image(s); give 1 or {n}: one '
-      'start image for all, or one per content image, in order'
+      f'init_image has {init.shape[0]} images for {n} content image(s); give {_one_or(n)}{how}'
     )
   if checkpoint is not None and n != 1:
     raise errors.ConfigError('a checkpoint holds one image; stylize a batch without one')
