@@ -321,7 +321,7 @@ def test_a_resume_that_does_not_fit_names_stylizes_own_arguments(caffe_npz, tmp_
   with pytest.raises(errors.Interrupted):
     stylize(content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt, should_stop=lambda: 15)
   resume = cfg.replace(run=cfg.run.replace(resume=True))
-  start_over = 'or another checkpoint= (or config.run.resume False) to start over'
+  start_over = 'or another checkpoint= path (or remove this one) to start over'
   cases = [
     ({'content': rng.uniform(size=(16, 24, 3))},
      f"the content is 24 px wide, the interrupted run's 16; pass the same content to resume, "
@@ -392,6 +392,72 @@ def test_a_checkpoint_that_cannot_be_written_is_refused_before_the_run(caffe_npz
       stylize(rgb, rgb, config=_cfg(1), weights=caffe_npz, checkpoint=path)
     assert str(e.value) == message
   assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_path_that_is_someones_file_is_refused_and_left_alone(caffe_npz, tmp_path):
+  """checkpoint='notes.txt' deleted the file and put a checkpoint directory there (trial 7)."""
+  rgb = np.full((16, 16, 3), 0.5, np.float32)
+  notes = tmp_path / 'notes.txt'
+  notes.write_text('my notes')
+  (tmp_path / 'folder').mkdir()
+  links = {
+    'link.ckpt': notes,
+    'dangling.ckpt': tmp_path / 'gone',
+    'to_dir.ckpt': tmp_path / 'folder',
+  }
+  for name, target in links.items():
+    (tmp_path / name).symlink_to(target)
+  someones = 'is a file that is not an nst-jax checkpoint (or a damaged one); give a new path'
+  neither = (
+    'is neither an nst-jax checkpoint nor a regular file (a link to nowhere or to a directory, a '
+    'FIFO, a device); give a new path'
+  )
+  cases = [
+    (notes, someones),
+    (tmp_path / 'link.ckpt', someones),
+    (tmp_path / 'dangling.ckpt', neither),
+    (tmp_path / 'to_dir.ckpt', neither),
+  ]
+  for resume in (False, True):
+    cfg = _cfg(1, run=config_lib.RunConfig(print_iter=0, resume=resume))
+    for path, message in cases:
+      with pytest.raises(errors.ConfigError) as e:
+        stylize(rgb, rgb, config=cfg, weights=caffe_npz, checkpoint=path)
+      assert str(e.value) == f'checkpoint {path} {message}'
+  assert notes.read_text() == 'my notes'
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(['notes.txt', 'folder', *links])
+  assert [(tmp_path / n).readlink() for n in links] == list(links.values())
+
+
+def test_a_new_run_keeps_an_unfinished_checkpoint_and_replaces_a_finished_one(caffe_npz, tmp_path):
+  """A run with run.resume False replaced an interrupted run's checkpoint unsaid (trial 7).
+
+  As the command line: an unfinished checkpoint asks for run.resume; a
+  finished one (stylize keeps it, to extend) is replaced.
+  """
+  rng = np.random.default_rng(11)
+  content, style = rng.uniform(size=(2, 16, 16, 3)).astype(np.float32)
+  ckpt = tmp_path / 'a.ckpt'
+  cfg = _cfg(3)
+  with pytest.raises(errors.Interrupted):
+    stylize(content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt, should_stop=lambda: 15)
+  saved = checkpoint_lib.read(ckpt)
+  other = cfg.replace(loss=cfg.loss.replace(style_weight=0.05))
+  with pytest.raises(errors.ConfigError) as e:
+    stylize(content, style, config=other, weights=caffe_npz, checkpoint=ckpt)
+  assert str(e.value) == (
+    f'checkpoint {ckpt} holds an unfinished run (1 of 3 iterations); continue it with '
+    'config.run.resume=True, or start afresh with another checkpoint= path (or remove this one)'
+  )
+  assert checkpoint_lib.read(ckpt) == saved
+  resume = cfg.replace(run=cfg.run.replace(resume=True))
+  whole = stylize(content, style, config=cfg, weights=caffe_npz)
+  resumed = stylize(content, style, config=resume, weights=caffe_npz, checkpoint=ckpt)
+  np.testing.assert_array_equal(resumed, whole)
+  assert not checkpoint_lib.unfinished(checkpoint_lib.read(ckpt))
+  afresh = stylize(content, style, config=other, weights=caffe_npz, checkpoint=ckpt)
+  assert afresh.shape == (16, 16, 3) and not np.array_equal(afresh, whole)
+  assert checkpoint_lib.read(ckpt)['settings']['loss.style_weight'] == 0.05  # the new run's
 
 
 def test_a_configs_learning_rate_is_left_out_of_lbfgs_as_documented(caffe_npz):

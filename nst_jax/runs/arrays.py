@@ -25,6 +25,7 @@ from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import memory as memory_lib
 from nst_jax.engine import rows as rows_lib
+from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
 from nst_jax.io import weights as weights_lib
@@ -83,7 +84,7 @@ def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
     what, again = f'config.{e.setting} differs (checkpoint {e.saved}, now {e.now})', 'config'
   return errors.ResumeMismatch(
     f'cannot resume from {e.path}: {what}; pass the same {again} to resume, or another '
-    'checkpoint= (or config.run.resume False) to start over',
+    'checkpoint= path (or remove this one) to start over',
     path=e.path,
     setting=e.setting,
     saved=e.saved,
@@ -91,23 +92,52 @@ def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
   )
 
 
-def _check_checkpoint_path(path: Path) -> None:
-  """Refuses a checkpoint= that cannot be written, before the run.
+def _check_checkpoint_path(path: Path, *, resume: bool) -> None:
+  """Refuses a checkpoint= that cannot be written or must not be replaced, before the run.
 
   The writer only logs a failed write and the run goes on (a full disk must
   not end a long run), so a directory of someone's or a missing folder
   would give a run with no checkpoint at all. A checkpoint is itself a
-  directory (orbax's steps, checkpoint_store): one nst-jax wrote is taken.
+  directory (orbax's steps, checkpoint_store): one nst-jax wrote is taken,
+  as is a readable format-1 file. Anything else there (someone's file, a
+  link to one) was replaced by the checkpoint, so it is refused. As on the
+  command line, a new run (not `resume`) never replaces an unfinished
+  checkpoint; a finished one (kept, to extend with run.resume) it does.
   """
-  if checkpoint_store.is_directory(path) and (why := checkpoint_store.foreign(path)):
+  shown = errors.printable(path)
+  directory = checkpoint_store.is_directory(path)
+  if directory and (why := checkpoint_store.foreign(path)):
     raise errors.ConfigError(
-      f'checkpoint {errors.printable(path)} is not an nst-jax checkpoint ({why}); give a new '
-      f'path, e.g. {errors.printable(path / "run.ckpt")}'
+      f'checkpoint {shown} is not an nst-jax checkpoint ({why}); give a new path, e.g. '
+      f'{errors.printable(path / "run.ckpt")}'
     )
   if not path.parent.is_dir():
     raise errors.ConfigError(
-      f'the folder of checkpoint {errors.printable(path)} does not exist; create it or give '
-      'another path'
+      f'the folder of checkpoint {shown} does not exist; create it or give another path'
+    )
+  if not os.path.lexists(path):
+    return
+  if not (directory or path.is_file()):
+    raise errors.ConfigError(
+      f'checkpoint {shown} is neither an nst-jax checkpoint nor a regular file (a link to nowhere '
+      'or to a directory, a FIFO, a device); give a new path'
+    )
+  try:
+    payload = checkpoint_lib.read(path)
+  except errors.NstError:
+    if directory:
+      raise  # ours, damaged: its own message says what is wrong and what to do
+    raise errors.ConfigError(
+      f'checkpoint {shown} is a file that is not an nst-jax checkpoint (or a damaged one); give '
+      'a new path'
+    ) from None
+  if not resume and checkpoint_lib.unfinished(payload):
+    scales = payload.get('scales', 1)
+    where = f' at scale {payload.get("scale", 0) + 1} of {scales}' if scales > 1 else ''
+    raise errors.ConfigError(
+      f'checkpoint {shown} holds an unfinished run ({payload["iteration"]} of '
+      f'{payload["total"]} iterations{where}); continue it with config.run.resume=True, or start '
+      'afresh with another checkpoint= path (or remove this one)'
     )
 
 
@@ -249,7 +279,14 @@ def stylize(
       at 2 only. `iteration` counts on across scales.
     checkpoint: a checkpoint path (a NAME.ckpt directory; one image only), written every
       `config.run.checkpoint_every` iterations, at the end of each scale and
-      when stopped; with `config.run.resume` the run continues from it.
+      when stopped, and kept after the run (to extend it with more
+      iterations). With `config.run.resume` the run continues from it (a
+      missing one is refused). Without it, as on the command line: a new
+      path is created; a finished run's checkpoint there is replaced; an
+      unfinished one (an interrupted run) is refused, naming
+      `config.run.resume=True` or another path. Anything else there is
+      refused and left as it is: a directory or file nst-jax did not write,
+      a link, a missing folder.
     should_stop: polled after every iteration; a non-zero return (a signal
       number) saves the checkpoint (if `checkpoint` is given), then raises
       Interrupted, whose message names what was saved.
@@ -287,7 +324,7 @@ def stylize(
       'or the path of the .npz'
     )
   if checkpoint is not None:
-    _check_checkpoint_path(Path(checkpoint))
+    _check_checkpoint_path(Path(checkpoint), resume=cfg.run.resume)
   if cfg.run.resume and checkpoint is None:
     raise errors.ConfigError(
       'run.resume is set but no checkpoint= names the file to continue; pass checkpoint= or '
