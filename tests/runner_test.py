@@ -43,3 +43,26 @@ def test_the_success_line_is_one_line_whatever_the_name(tmp_path):
   assert '\n' not in line
   assert line.startswith("Done: '") and "a\\nb.png'" in line
   assert ', 7 iterations, final loss 2.5.' in line
+
+
+def test_tiles_and_an_image_split_over_devices_are_refused_for_files_and_arrays(monkeypatch):
+  """stylize took loss.tiles with run.shard spatial; the command line refused them (trial 7).
+
+  The one layout rule refuses them for both, as the memory plan does: it
+  has no estimate for a tiled image split over devices.
+  """
+  import jax
+
+  cfg = config_lib.StyleConfig(
+    loss=config_lib.LossConfig(tiles=16), run=config_lib.RunConfig(shard='spatial')
+  )
+  monkeypatch.setattr(jax, 'local_device_count', lambda: 2)
+  monkeypatch.setattr(jax, 'local_devices', lambda: jax.devices() * 2)
+  with pytest.raises(errors.ConfigError) as e:
+    runner.layout_for(cfg, 48)
+  assert str(e.value) == (
+    'loss.tiles and run.shard spatial do not combine (each device would tile its part of the '
+    "image); use one: loss.tiles 'off', or run.shard jobs"
+  )
+  # Only one device of the two splits 47 rows evenly: nothing is split, the tiles stay.
+  assert runner.layout_for(cfg, 47).mesh.devices.size == 1

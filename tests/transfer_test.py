@@ -529,3 +529,22 @@ def test_the_callback_is_called_where_intermediates_are_saved(caffe_npz):
   cfg = _cfg(4, save=config_lib.SaveConfig(save_iter=2))
   stylize(rgb, rgb[::-1], config=cfg, weights=caffe_npz, callback=lambda i, x: seen.append(i))
   assert seen == [2]
+
+
+def test_tiles_with_an_image_split_over_devices_are_refused_as_on_the_command_line(
+  caffe_npz, monkeypatch
+):
+  """stylize took loss.tiles with run.shard spatial, which the command line refuses (trial 7)."""
+  import jax
+
+  rgb = np.full((16, 16, 3), 0.5, np.float32)
+  cfg = _cfg(1, loss=small_runs.loss_config().replace(tiles=16), run=config_lib.RunConfig(
+    shard='spatial', print_iter=0))  # fmt: skip
+  monkeypatch.setattr(jax, 'local_device_count', lambda: 2)  # two devices, as far as it asks
+  monkeypatch.setattr(jax, 'local_devices', lambda: jax.devices() * 2)
+  with pytest.raises(errors.ConfigError) as e:
+    stylize(rgb, rgb, config=cfg, weights=caffe_npz)
+  assert str(e.value) == (
+    'loss.tiles and run.shard spatial do not combine (each device would tile its part of the '
+    "image); use one: loss.tiles 'off', or run.shard jobs"
+  )

@@ -20,6 +20,7 @@ from nst_jax import errors
 from nst_jax.core import optim
 from nst_jax.core import tiles
 from nst_jax.core import vgg
+from nst_jax.engine import sharding
 from nst_jax.io import weight_checks
 
 # XLA's working memory for the step beyond the per-pixel terms below. With
@@ -319,11 +320,7 @@ def check_memory(
   )
   tile = config.loss.tiles if isinstance(config.loss.tiles, int) else None
   history = None
-  if tile is not None and spatial_devices > 1:
-    raise errors.ConfigError(
-      'loss.tiles and run.shard spatial do not combine (each device would tile its part of the '
-      "image); use one: loss.tiles 'off', or run.shard jobs"
-    )
+  sharding.check_tiles(tile, spatial_devices)
   if (
     tile is None
     and config.loss.tiles == 'auto'

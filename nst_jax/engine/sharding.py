@@ -17,6 +17,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from nst_jax import errors
+
 JOBS_AXIS = 'jobs'
 SPACE_AXIS = 'space'
 
@@ -287,3 +289,16 @@ def spatial_devices(height: int, devices: Sequence[jax.Device]) -> list[jax.Devi
   """The most of `devices` that split `height` rows evenly."""
   used = max(k for k in range(1, len(devices) + 1) if height % k == 0)
   return list(devices[:used])
+
+
+def check_tiles(tiles, n_devices: int) -> None:
+  """Refuses a tile edge (loss.tiles) for an image split over `n_devices` > 1 (run.shard spatial).
+
+  The memory plan has no estimate for the two together, and tiling is for
+  an image too large for one device, as the split is: one of them is enough.
+  """
+  if isinstance(tiles, int) and n_devices > 1:
+    raise errors.ConfigError(
+      'loss.tiles and run.shard spatial do not combine (each device would tile its part of the '
+      "image); use one: loss.tiles 'off', or run.shard jobs"
+    )

@@ -54,6 +54,7 @@ def layout_for(cfg: config_lib.StyleConfig, height: int, n_rows: int = 1) -> sha
     return sharding_lib.JobsLayout(sharding_lib.jobs_mesh(jax.local_devices()), rows)
   if cfg.run.shard == 'spatial' and jax.local_device_count() > 1 and n_rows == 1:
     devices = sharding_lib.spatial_devices(height, jax.local_devices())
+    sharding_lib.check_tiles(cfg.loss.tiles, len(devices))  # for arrays as for files
     if len(devices) < jax.local_device_count():
       logging.warning(
         'spatial sharding: a height of %d rows splits evenly over %d of the %d devices; a '
