@@ -827,6 +827,13 @@ def test_a_state_of_another_size_or_optimizer_is_refused_at_trace_time():
   with _raises("state.opt_state is a tuple, not this step's optimizer's LbfgsState; make the "
                "state with init_state(images, optimizer) of the step's optimizer"):  # fmt: skip
     run(init_state(content, adam), params, targets)
+  # Another memory size passed the structure check and ran neither optimiser's trajectory.
+  with _raises("state.opt_state.s has shape (1, 3, 16, 16, 3), but this step's optimizer makes "
+               '(1, 30, 16, 16, 3) for these images (a state of another memory size or image '
+               "size); make the state with init_state(images, optimizer) of the step's "
+               'optimizer'):  # fmt: skip
+    run(init_state(content, make_optimizer('lbfgs', memory_size=3, convention='caffe')), params,
+        targets)  # fmt: skip
 
 
 def test_loss_spec_takes_lists_and_one_name_and_names_what_is_wrong():

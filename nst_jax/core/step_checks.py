@@ -39,14 +39,27 @@ def optimizer(tx: Any) -> None:
 
 
 def optimizer_state(opt_state: Any, image: jax.Array, optimizer: Any) -> None:
-  """Refuses a state made by another optimiser (a crash inside optax otherwise)."""
+  """Refuses a state made by another optimiser (a crash inside optax otherwise).
+
+  At trace time, on shapes: another structure (Adam's state in an L-BFGS
+  step), or leaves of other shapes (another L-BFGS memory size, which ran a
+  trajectory neither optimiser's; another image size).
+  """
   want = jax.eval_shape(jax.vmap(optimizer.init), image)
+  fix = "make the state with init_state(images, optimizer) of the step's optimizer"
   if jax.tree.structure(want) != jax.tree.structure(opt_state):
     raise errors.ConfigError(
       f"state.opt_state is a {type(opt_state).__name__}, not this step's optimizer's "
-      f'{type(want).__name__}; make the state with init_state(images, optimizer) of the '
-      "step's optimizer"
+      f'{type(want).__name__}; {fix}'
     )
+  paths = jax.tree_util.tree_flatten_with_path(want)[0]
+  for (path, leaf), got in zip(paths, jax.tree.leaves(opt_state), strict=True):
+    if tuple(leaf.shape) != tuple(np.shape(got)):
+      raise errors.ConfigError(
+        f'state.opt_state{jax.tree_util.keystr(path)} has shape {tuple(np.shape(got))}, but '
+        f"this step's optimizer makes {tuple(leaf.shape)} for these images (a state of another "
+        f'memory size or image size); {fix}'
+      )
 
 
 def active_flags(active: Any, n: int) -> jax.Array:
