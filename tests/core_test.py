@@ -1115,3 +1115,28 @@ def test_the_step_refuses_an_active_flag_of_2_and_an_aux_array():
     "it, e.g. jnp.mean(aux['image'])"
   ):
     run(state, params, targets, loss_fn=image_in_aux)
+
+
+def test_the_ready_step_refuses_a_weights_and_active_values_other_than_0_or_1():
+  """The jitted Step traced numpy [0, -1] and read it as True, and gave JAX's abstract-array error
+  for a Weights; eager update_step refused both (trial 7 (b)5, (c)1)."""
+  model, params, content, targets = _problem(n=2)
+  tx = make_optimizer('lbfgs', convention=pixels.CAFFE)
+  step = make_step(model, tx, TINY_LOSS.spec)
+  weights = nst_jax.Weights.from_params(params, 'caffe')
+  for call in (step, step.first):
+    with _raises("params is a Weights, not the layer -> {'kernel', 'bias'} dict of the network; "
+                 'pass weights.params'):  # fmt: skip
+      call(init_state(content, tx), weights, targets)
+  for flags in (jnp.array([1, 2]), np.array([0, -1])):
+    with _raises(f'active holds {np.asarray(flags).tolist()}; give bools or 0/1, one per image '
+                 '(False or 0: that image keeps its pixels)'):  # fmt: skip
+      step(init_state(content, tx), params, targets, flags)
+  for flags in (jnp.array([1, 0]), np.array([True, False]), [1, 0]):
+    state, _ = step(init_state(content, tx), params, targets, flags)
+    np.testing.assert_array_equal(state.image[1], content[1])
+    assert float(jnp.abs(state.image[0] - content[0]).max()) > 0.0
+  # Under an outer jit active is traced: its values cannot be read (its shape still is).
+  traced = jax.jit(lambda s, a: step(s, params, targets, a)[0].image)(init_state(content, tx),
+                                                                     jnp.array([1, 2]))  # fmt: skip
+  assert traced.shape == content.shape

@@ -199,7 +199,8 @@ def update_step(
     targets: per-image targets with leading [N] axes (not donated).
     active: optional [N] bools (or 0/1 integers); an image whose entry is
       False keeps its pixels (it has converged and waits for the rest of
-      the batch). Another shape is refused.
+      the batch). Another shape is refused; values other than 0/1 where
+      they are concrete (not under an outer jit, vmap or grad).
     model: the VGG (static).
     optimizer: from `make_optimizer` (static).
     loss_spec: the loss's structure (static, hashable; `LossConfig.spec`).
@@ -240,7 +241,7 @@ def update_step(
   # float32, as make_targets makes them: a float64 weight (jax_enable_x64) made the loss, and
   # so L-BFGS's while_loop carry, float64 against its float32 state.
   targets = targets._replace(**{k: jnp.asarray(getattr(targets, k), jnp.float32) for k in _WEIGHTS})
-  spec_keyword = _spec_keyword(loss_fn)
+  spec_keyword = step_checks.spec_keyword(loss_fn)
   # This package's L-BFGS searches at its first step only, when asked
   # (`backtrack`); any other optimiser gets `value_fn` as optax defines it.
   ours = optim.backtracks(optimizer)
@@ -285,6 +286,8 @@ class Step:
   Both are `jax.jit(functools.partial(update_step, ...), donate_argnums=0)`
   (not donating traced inputs, as under `jax.grad`: `donation.DonatingJit`),
   called as `(state, params, targets, active=None) -> (state, losses)`.
+  Each call first checks on the host what the jit cannot (a Weights as
+  params; `active`'s values where concrete: `step_checks.call_arguments`).
 
   Attributes:
     update: the iteration's program: one forward and one backward pass per
@@ -376,25 +379,11 @@ def make_step(
       backtrack=backtrack,
     )
     # Donating on concrete arrays only: see donation.DonatingJit (jax.grad through calls).
-    return donation.DonatingJit(at_precision(fn, model.precision), **placed)
+    fn = at_precision(fn, model.precision)  # the Step's calls check on the host first (below)
+    return donation.DonatingJit(fn, check=step_checks.call_arguments, **placed)
 
   update = jitted(False)
   return Step(update=update, first=jitted(True) if optim.backtracks(optimizer) else update)
-
-
-def _spec_keyword(loss_fn: Callable) -> str:
-  """'loss_spec', or 'loss_config' for a loss_fn written before 0.3 (deprecated)."""
-  signature = step_checks.loss_fn_signature(loss_fn)
-  parameters = {} if signature is None else signature.parameters
-  if 'loss_spec' in parameters or 'loss_config' not in parameters:
-    return 'loss_spec'
-  warnings.warn(
-    'a loss_fn taking loss_config= is deprecated; name that argument loss_spec (it receives '
-    'a LossSpec)',
-    DeprecationWarning,
-    stacklevel=3,
-  )
-  return 'loss_config'
 
 
 def initial_image(
