@@ -1140,3 +1140,27 @@ def test_the_ready_step_refuses_a_weights_and_active_values_other_than_0_or_1():
   traced = jax.jit(lambda s, a: step(s, params, targets, a)[0].image)(init_state(content, tx),
                                                                      jnp.array([1, 2]))  # fmt: skip
   assert traced.shape == content.shape
+
+
+def test_the_step_reports_as_total_the_value_it_optimises_and_needs_no_other_key():
+  """losses['total'] was aux['total'], not loss_fn's first element (trial 7 (d)3)."""
+  model, params, content, targets = _problem()
+  tx = make_optimizer('lbfgs', convention=pixels.CAFFE)
+
+  def shifted(x, params, targets, *, model, loss_spec):  # aux['total'] left as objective's
+    total, aux = objective(x, params, targets, model=model, loss_spec=loss_spec)
+    return total + 1000.0, aux
+
+  def bare(x, params, targets, *, model, loss_spec):
+    total, aux = objective(x, params, targets, model=model, loss_spec=loss_spec)
+    return total, {'content': aux['content']}
+
+  _, want = make_step(model, tx, TINY_LOSS.spec)(init_state(content, tx), params, targets)
+  _, got = make_step(model, tx, TINY_LOSS.spec, loss_fn=shifted)(init_state(content, tx), params,
+                                                                 targets)  # fmt: skip
+  np.testing.assert_allclose(got['total'], want['total'] + 1000.0, rtol=1e-6)
+  np.testing.assert_array_equal(got['style'], want['style'])
+  _, got = make_step(model, tx, TINY_LOSS.spec, loss_fn=bare)(init_state(content, tx), params,
+                                                              targets)  # fmt: skip
+  assert sorted(got) == ['content', 'total']
+  np.testing.assert_array_equal(got['total'], want['total'])

@@ -206,9 +206,10 @@ def update_step(
     loss_spec: the loss's structure (static, hashable; `LossConfig.spec`).
       The weights are in `targets`, so other weights reuse the compiled step.
     loss_fn: `loss_fn(image [H, W, 3], params, targets_of_one_image, *,
-      model, loss_spec) -> (total, dict of scalars)` with 'total',
-      'content', 'style' and 'tv' among the keys (static); `objective` by
-      default. Write a custom term by calling `objective` and adding to it.
+      model, loss_spec) -> (total, dict of scalars)` (static); `objective`
+      by default. The step needs no key: it sets 'total' to the total it
+      optimises (`stylize` also wants 'content', 'style' and 'tv'). Write
+      a custom term by calling `objective` and adding to it.
       One written before 0.3, taking `loss_config=`, gets the spec under
       that name (deprecated).
     loss_config: deprecated name of `loss_spec` (a LossConfig is accepted).
@@ -223,8 +224,9 @@ def update_step(
       power of two, piecewise constant), so `jax.grad` goes through this too.
 
   Returns:
-    (new state, losses): losses maps each key of `loss_fn`'s dict to [N]
-    float32 values of the images *before* this update.
+    (new state, losses): losses maps each key of `loss_fn`'s dict, and
+    'total' (the optimised total), to [N] values of the images *before*
+    this update.
   """
   if loss_config is not None:
     warnings.warn(
@@ -248,7 +250,8 @@ def update_step(
 
   def checked(*args, **kwargs):
     total, aux = step_checks.loss_result(loss_fn(*args, **kwargs))
-    return jnp.asarray(total, jnp.float32), aux  # float64 under x64 would not fit L-BFGS's state
+    total = jnp.asarray(total, jnp.float32)  # float64 under x64 would not fit L-BFGS's state
+    return total, {**aux, 'total': total}  # the value optimised, whatever aux says (or lacks)
 
   def one_image(image, opt_state, image_targets):
     value_fn = functools.partial(
