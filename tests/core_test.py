@@ -554,6 +554,9 @@ def test_make_model_and_optimizer_name_their_choices():
   with _raises("convention must be an InputConvention or one of 'caffe', 'torchvision', got "
                "'bgr'; the weights carry theirs: weights.info.input_convention"):  # fmt: skip
     make_optimizer('lbfgs', convention='bgr')
+  # None is no StyleConfig (deprecated): it fell into that path's AttributeError.
+  with _raises('optimizer must be one of lbfgs, adam, got None'):
+    make_optimizer(None, convention='caffe')
 
 
 def test_update_step_refuses_targets_that_do_not_fit():

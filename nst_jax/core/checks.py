@@ -257,6 +257,18 @@ def flag(value: Any, name: str) -> bool:
   return bool(value)
 
 
+def lbfgs_only(**knobs: Any) -> None:
+  """Refuses L-BFGS's knobs given to Adam, which has none of them (they were dropped unread)."""
+  given = [k for k, v in knobs.items() if v is not None]
+  if given:
+    it = 'it' if len(given) == 1 else 'them'
+    raise errors.ConfigError(
+      f"{' and '.join(given)} {'is' if it == 'it' else 'are'} L-BFGS's; Adam has no memory, "
+      f'first step or box (its step is learning_rate; clip its result): drop {it}, or use '
+      "make_optimizer('lbfgs', ...)"
+    )
+
+
 def step_inputs(image: jax.Array, targets: Any, loss_spec: Any) -> None:
   """The state's batch and the targets' layers fit each other and the step's loss_spec."""
   n = image.shape[0]

@@ -139,7 +139,7 @@ def make_optimizer(name: Any = 'lbfgs', **kwargs) -> optax.GradientTransformatio
   Also accepts a StyleConfig (deprecated). An unknown keyword is refused in
   a TypeError naming the closest one it takes (or all of them).
   """
-  if not isinstance(name, str):
+  if not isinstance(name, str) and hasattr(name, 'optim'):  # None: refused as a wrong name
     warnings.warn(
       'make_optimizer(config) is deprecated; use make_optimizer(name, learning_rate=..., '
       'memory_size=..., convention=...)',
