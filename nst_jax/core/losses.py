@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from nst_jax import errors
+from nst_jax.core import pixels
 from nst_jax.core import statistics
 
 # The per-layer style terms `style_loss` offers (see the module docstring).
@@ -57,16 +58,20 @@ def tv_loss(image: jax.typing.ArrayLike) -> jax.Array:
   direction's (H-1)*W*3 or H*(W-1)*3 differences.
 
   Args:
-    image: [H, W, 3].
+    image: [H, W, 3] (channels last: [3, H, W] is refused, as it would
+      difference the channels).
 
   Returns:
     Scalar float32.
   """
   x = jnp.asarray(image, jnp.float32)
-  if x.ndim != 3:
-    raise errors.ConfigError(
-      f'tv_loss expects one image [H, W, 3], got shape {x.shape}; jax.vmap it over a batch'
+  if x.ndim != 3 or x.shape[-1] != 3:
+    fix = (
+      '; jax.vmap it over a batch'
+      if x.shape[-1:] == (3,)
+      else pixels.layout_fix(x.shape, batched=False)
     )
+    raise errors.ConfigError(f'tv_loss expects one image [H, W, 3], got shape {x.shape}{fix}')
   return jnp.mean(jnp.square(x[1:] - x[:-1])) + jnp.mean(jnp.square(x[:, 1:] - x[:, :-1]))
 
 
