@@ -376,3 +376,30 @@ def test_a_mask_whose_squares_underflow_is_an_empty_region():
     got = losses.style_layer_loss(f, t, kind=kind, masks=tiny)
     np.testing.assert_allclose(got, losses.style_layer_loss(f, t, kind=kind, masks=empty))
     np.testing.assert_allclose(got, 0.0, atol=1e-6)
+
+
+def test_style_loss_takes_a_bare_gram_and_names_a_wrong_one_and_a_list_of_weights():
+  """{'gram': [C, C]} and a wrong-shaped Gram were told 16 regions need 16 masks; a list of
+  layer weights gave AttributeError 'items' (trial 7 (c)4, (c)5)."""
+  f = _feats(3, (4, 5, 16))
+  a = np.asarray(statistics.gram_matrix(0.5 * f))
+  want = np.mean(np.square(_np_gram(f) - a))
+
+  def loss(target, weights=None):
+    return losses.style_loss({'a': f}, {'a': target}, layer_weights=weights or {'a': 1.0})
+
+  for target in (a, {'gram': a}, {'gram': a[None]}):
+    np.testing.assert_allclose(loss(target), want, rtol=1e-5)
+  for bad in (a[:, :1], a[None, :8, :8]):
+    with pytest.raises(errors.ConfigError) as e:
+      loss({'gram': bad})
+    assert str(e.value) == (
+      f"a: the style target's 'gram' has shape {bad.shape}, but these features' Gram is "
+      '(16, 16); give [S, 16, 16] (one region: A[None]), from the same network and layers'
+    )
+  with pytest.raises(errors.ConfigError) as e:
+    loss(a, [1.0])
+  assert str(e.value) == (
+    "layer_weights is a list; give a dict layer -> weight, e.g. {'relu1_1': 1.0} (a LossSpec's "
+    '.layer_weights)'
+  )
