@@ -446,6 +446,26 @@ def test_init_gray_and_image():
   np.testing.assert_allclose(back[0], pixels.resize(rgb[None], 4, 6)[0], atol=1e-4)
   with pytest.raises(ValueError, match='no image was given'):
     initial_image(content, init='start.png', seed=0, convention=pixels.CAFFE)
+  # Another batch than 1 or N: JAX's "Incompatible types for broadcasting" (trial 7 (c)3).
+  with _raises('image has 3 images for 2 content image(s); give 1 (one start image for all) or '
+               '2, one per content image'):  # fmt: skip
+    initial_image(content, init='image', seed=0, image=np.stack([rgb] * 3), convention='caffe')
+  with _raises('image has 2 images for 1 content image(s); give 1 (one start image for all)'):
+    initial_image(content[:1], init='image', seed=0, image=np.stack([rgb] * 2), convention='caffe')
+  two = initial_image(content, init='image', seed=0, image=np.stack([rgb, rgb[::-1]]),
+                      convention=pixels.CAFFE)  # fmt: skip
+  np.testing.assert_allclose(two[0], x[0], atol=1e-4)
+  assert not np.allclose(two[1], x[1], atol=1e-2)
+
+
+def test_make_targets_takes_content_as_a_nested_list():
+  """init_state and preprocess took lists; make_targets said 'list' has no 'shape' (trial 7)."""
+  model, params, content, targets = _problem()
+  listed = make_targets(params, np.asarray(content).tolist(), content[:, :12], model=model,
+                        loss_spec=TINY_LOSS.spec, content_weight=1.0, style_weight=1.0)  # fmt: skip
+  want = make_targets(params, content, content[:, :12], model=model, loss_spec=TINY_LOSS.spec,
+                      content_weight=1.0, style_weight=1.0)  # fmt: skip
+  jax.tree.map(np.testing.assert_array_equal, listed, want)
 
 
 @contextlib.contextmanager

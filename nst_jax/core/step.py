@@ -408,8 +408,8 @@ def initial_image(
     convention: the weights' input convention (`WeightsInfo.input_convention`);
       required for 'gray' and an image, which it maps into network space.
     image: RGB in [0, 1] (uint8 divided by 255), [H', W', 3] or
-      [N, H', W', 3], resized to the content's height and width (bicubic);
-      used unless init is a keyword.
+      [1 or N, H', W', 3] (another batch is refused), resized to the
+      content's height and width (bicubic); used unless init is a keyword.
   """
   pixels.check_network_images(content, 'content')
   if init in INIT_KEYWORDS and image is not None:
@@ -432,6 +432,7 @@ def initial_image(
         'image= (RGB) to start from it, or one of those'
       )
     rgb = pixels.batched(pixels.as_rgb(image, 'image'))
+    checks.start_batch(rgb.shape[0], content.shape[0], 'image')
     rgb = pixels.resize(rgb, *content.shape[1:3])
   if convention is None:
     raise errors.ConfigError(
