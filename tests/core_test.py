@@ -1025,6 +1025,9 @@ def test_loss_spec_checks_its_layer_weights_and_flag():
     # True is no weight: it was read as 1.0 (trial 6).
     ({'style_layer_weights': (True, 1.0)},
      'style_layer_weights must be numbers, one per style layer, got (True, 1.0)'),
+    # '1' was read as 1.0, while make_targets refuses style_weight='1e-2' (trial 7).
+    ({'style_layer_weights': ('1', 1.0)},
+     "style_layer_weights must be numbers, one per style layer, got ('1', 1.0)"),
     ({'tile': True},
      'tile must be None or an even number of pixels, at least 16, got True; use an integer such '
      'as 256'),
