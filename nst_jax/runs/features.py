@@ -62,6 +62,11 @@ def extract_features(
     Dict from each name to its activation, with the input's leading
     dimensions: [h, w, c] for an [H, W, 3] input, else [N, h, w, c].
   """
+  if hasattr(weights, 'shape'):  # extract_features(rgb, weights, ...): "expected str ... ndarray"
+    raise errors.ArgumentError(
+      f'extract_features got an array of shape {tuple(weights.shape)} as weights; the order is '
+      'extract_features(weights, image, layers)'
+    )
   if model is None:
     model = step.make_model(pooling or 'max', dtype=dtype or 'float32')
   elif pooling is not None or dtype is not None:
