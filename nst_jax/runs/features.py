@@ -46,7 +46,9 @@ def extract_features(
       downloaded on first use), or a params dict (`weights.params`, raw or
       `prepare_params`'d, as the step takes it) with `convention`.
     image: RGB in [0, 1], [H, W, 3] or [N, H, W, 3], numpy or jax
-      (`nst_jax.core.pixels.as_rgb`'s rule: uint8 is divided by 255).
+      (`nst_jax.core.pixels.as_rgb`'s rule: uint8 is divided by 255; the
+      [0, 1] range is checked only outside a jax trace, as values under
+      `jax.jit` cannot be read).
     layers: names such as 'relu4_2', 'conv1_1', 'pool3', or one name; None:
       every layer of the model.
     model: the network, as `make_targets` and the step take it (`make_model`,
