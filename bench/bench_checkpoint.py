@@ -51,7 +51,8 @@ def _state(args):
   from nst_jax.core.step import init_state
   from nst_jax.core.step import make_optimizer
 
-  tx = make_optimizer(args.optimizer, memory_size=args.lbfgs_memory, convention=pixels.CAFFE)
+  pairs = args.lbfgs_memory if args.optimizer == 'lbfgs' else None  # Adam has none (refused)
+  tx = make_optimizer(args.optimizer, memory_size=pairs, convention=pixels.CAFFE)
   image = jax.random.normal(jax.random.key(0), (1, args.height, args.width, 3)) * 50
   state = init_state(image, tx)
   # A few updates so the L-BFGS history holds real numbers.

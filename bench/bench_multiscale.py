@@ -48,6 +48,7 @@ def main():
   import jax
 
   from nst_jax import config as config_lib
+  from nst_jax.core import optim
   from nst_jax.core import pixels
   from nst_jax.core.objective import make_targets
   from nst_jax.core.step import init_state
@@ -64,13 +65,8 @@ def main():
   model = make_model(cfg.model.pooling, dtype=cfg.model.dtype, precision=cfg.model.precision)
   params, label, convention = common.params_or_random(model)
   o = cfg.optim
-  tx = make_optimizer(
-    o.name,
-    learning_rate=o.learning_rate,
-    memory_size=o.lbfgs_memory,
-    box=o.box,
-    convention=convention,
-  )
+  # Each optimiser its own settings, as the engine builds it (Adam refuses L-BFGS's).
+  tx = make_optimizer(o.name, **optim.config_arguments(o), convention=convention)
   content = image_lib.load_image(ROOT / 'content_images' / 'tubingen.jpg', width=args.width)[None]
   style = image_lib.load_image(ROOT / 'style_images' / 'starry_night.jpg', width=args.width)[None]
   step = jax.jit(

@@ -106,7 +106,8 @@ def run_one(
 
   loss_config = config_lib.LossConfig()
   model = make_model()
-  tx = make_optimizer(optimizer, memory_size=lbfgs_memory, convention=pixels.CAFFE)
+  memory = lbfgs_memory if optimizer == 'lbfgs' else None  # Adam has no memory (refused)
+  tx = make_optimizer(optimizer, memory_size=memory, convention=pixels.CAFFE)
   params, source, _ = common.params_or_random(model)
   rng = np.random.default_rng(0)
   content = pixels.preprocess(rng.uniform(size=(1, size, size, 3)), pixels.CAFFE)

@@ -159,7 +159,8 @@ def child_step(width: int, height: int, variant: str, iters: int) -> dict:
   )
   device = jax.devices()[0]
   model, params, convention = _model_and_params(dtype, precision)
-  tx = nst_jax.make_optimizer(optimizer, memory_size=cfg.optim.lbfgs_memory, convention=convention)
+  pairs = cfg.optim.lbfgs_memory if optimizer == 'lbfgs' else None  # Adam has none (refused)
+  tx = nst_jax.make_optimizer(optimizer, memory_size=pairs, convention=convention)
   rng = np.random.default_rng(0)
   content, style = (
     nst_jax.preprocess(rng.uniform(size=(1, height, width, 3)), convention) for _ in range(2)

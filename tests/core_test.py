@@ -446,6 +446,26 @@ def test_init_gray_and_image():
   np.testing.assert_allclose(back[0], pixels.resize(rgb[None], 4, 6)[0], atol=1e-4)
   with pytest.raises(ValueError, match='no image was given'):
     initial_image(content, init='start.png', seed=0, convention=pixels.CAFFE)
+  # Another batch than 1 or N: JAX's "Incompatible types for broadcasting" (trial 7 (c)3).
+  with _raises('image has 3 images for 2 content image(s); give 1 (one start image for all) or '
+               '2, one per content image'):  # fmt: skip
+    initial_image(content, init='image', seed=0, image=np.stack([rgb] * 3), convention='caffe')
+  with _raises('image has 2 images for 1 content image(s); give 1 (one start image for all)'):
+    initial_image(content[:1], init='image', seed=0, image=np.stack([rgb] * 2), convention='caffe')
+  two = initial_image(content, init='image', seed=0, image=np.stack([rgb, rgb[::-1]]),
+                      convention=pixels.CAFFE)  # fmt: skip
+  np.testing.assert_allclose(two[0], x[0], atol=1e-4)
+  assert not np.allclose(two[1], x[1], atol=1e-2)
+
+
+def test_make_targets_takes_content_as_a_nested_list():
+  """init_state and preprocess took lists; make_targets said 'list' has no 'shape' (trial 7)."""
+  model, params, content, targets = _problem()
+  listed = make_targets(params, np.asarray(content).tolist(), content[:, :12], model=model,
+                        loss_spec=TINY_LOSS.spec, content_weight=1.0, style_weight=1.0)  # fmt: skip
+  want = make_targets(params, content, content[:, :12], model=model, loss_spec=TINY_LOSS.spec,
+                      content_weight=1.0, style_weight=1.0)  # fmt: skip
+  jax.tree.map(np.testing.assert_array_equal, listed, want)
 
 
 @contextlib.contextmanager
@@ -554,6 +574,9 @@ def test_make_model_and_optimizer_name_their_choices():
   with _raises("convention must be an InputConvention or one of 'caffe', 'torchvision', got "
                "'bgr'; the weights carry theirs: weights.info.input_convention"):  # fmt: skip
     make_optimizer('lbfgs', convention='bgr')
+  # None is no StyleConfig (deprecated): it fell into that path's AttributeError.
+  with _raises('optimizer must be one of lbfgs, adam, got None'):
+    make_optimizer(None, convention='caffe')
 
 
 def test_update_step_refuses_targets_that_do_not_fit():
@@ -827,6 +850,13 @@ def test_a_state_of_another_size_or_optimizer_is_refused_at_trace_time():
   with _raises("state.opt_state is a tuple, not this step's optimizer's LbfgsState; make the "
                "state with init_state(images, optimizer) of the step's optimizer"):  # fmt: skip
     run(init_state(content, adam), params, targets)
+  # Another memory size passed the structure check and ran neither optimiser's trajectory.
+  with _raises("state.opt_state.s has shape (1, 3, 16, 16, 3), but this step's optimizer makes "
+               '(1, 30, 16, 16, 3) for these images (a state of another memory size or image '
+               "size); make the state with init_state(images, optimizer) of the step's "
+               'optimizer'):  # fmt: skip
+    run(init_state(content, make_optimizer('lbfgs', memory_size=3, convention='caffe')), params,
+        targets)  # fmt: skip
 
 
 def test_loss_spec_takes_lists_and_one_name_and_names_what_is_wrong():
@@ -995,6 +1025,9 @@ def test_loss_spec_checks_its_layer_weights_and_flag():
     # True is no weight: it was read as 1.0 (trial 6).
     ({'style_layer_weights': (True, 1.0)},
      'style_layer_weights must be numbers, one per style layer, got (True, 1.0)'),
+    # '1' was read as 1.0, while make_targets refuses style_weight='1e-2' (trial 7).
+    ({'style_layer_weights': ('1', 1.0)},
+     "style_layer_weights must be numbers, one per style layer, got ('1', 1.0)"),
     ({'tile': True},
      'tile must be None or an even number of pixels, at least 16, got True; use an integer such '
      'as 256'),
@@ -1108,3 +1141,52 @@ def test_the_step_refuses_an_active_flag_of_2_and_an_aux_array():
     "it, e.g. jnp.mean(aux['image'])"
   ):
     run(state, params, targets, loss_fn=image_in_aux)
+
+
+def test_the_ready_step_refuses_a_weights_and_active_values_other_than_0_or_1():
+  """The jitted Step traced numpy [0, -1] and read it as True, and gave JAX's abstract-array error
+  for a Weights; eager update_step refused both (trial 7 (b)5, (c)1)."""
+  model, params, content, targets = _problem(n=2)
+  tx = make_optimizer('lbfgs', convention=pixels.CAFFE)
+  step = make_step(model, tx, TINY_LOSS.spec)
+  weights = nst_jax.Weights.from_params(params, 'caffe')
+  for call in (step, step.first):
+    with _raises("params is a Weights, not the layer -> {'kernel', 'bias'} dict of the network; "
+                 'pass weights.params'):  # fmt: skip
+      call(init_state(content, tx), weights, targets)
+  for flags in (jnp.array([1, 2]), np.array([0, -1])):
+    with _raises(f'active holds {np.asarray(flags).tolist()}; give bools or 0/1, one per image '
+                 '(False or 0: that image keeps its pixels)'):  # fmt: skip
+      step(init_state(content, tx), params, targets, flags)
+  for flags in (jnp.array([1, 0]), np.array([True, False]), [1, 0]):
+    state, _ = step(init_state(content, tx), params, targets, flags)
+    np.testing.assert_array_equal(state.image[1], content[1])
+    assert float(jnp.abs(state.image[0] - content[0]).max()) > 0.0
+  # Under an outer jit active is traced: its values cannot be read (its shape still is).
+  traced = jax.jit(lambda s, a: step(s, params, targets, a)[0].image)(init_state(content, tx),
+                                                                     jnp.array([1, 2]))  # fmt: skip
+  assert traced.shape == content.shape
+
+
+def test_the_step_reports_as_total_the_value_it_optimises_and_needs_no_other_key():
+  """losses['total'] was aux['total'], not loss_fn's first element (trial 7 (d)3)."""
+  model, params, content, targets = _problem()
+  tx = make_optimizer('lbfgs', convention=pixels.CAFFE)
+
+  def shifted(x, params, targets, *, model, loss_spec):  # aux['total'] left as objective's
+    total, aux = objective(x, params, targets, model=model, loss_spec=loss_spec)
+    return total + 1000.0, aux
+
+  def bare(x, params, targets, *, model, loss_spec):
+    total, aux = objective(x, params, targets, model=model, loss_spec=loss_spec)
+    return total, {'content': aux['content']}
+
+  _, want = make_step(model, tx, TINY_LOSS.spec)(init_state(content, tx), params, targets)
+  _, got = make_step(model, tx, TINY_LOSS.spec, loss_fn=shifted)(init_state(content, tx), params,
+                                                                 targets)  # fmt: skip
+  np.testing.assert_allclose(got['total'], want['total'] + 1000.0, rtol=1e-6)
+  np.testing.assert_array_equal(got['style'], want['style'])
+  _, got = make_step(model, tx, TINY_LOSS.spec, loss_fn=bare)(init_state(content, tx), params,
+                                                              targets)  # fmt: skip
+  assert sorted(got) == ['content', 'total']
+  np.testing.assert_array_equal(got['total'], want['total'])

@@ -96,6 +96,18 @@ def test_bad_layers_and_shapes_are_refused(caffe_npz):
       extract_features(caffe_npz, bad, ['relu1_1'])
 
 
+def test_the_image_given_where_the_weights_go_names_the_order(caffe_npz):
+  """extract_features(rgb, weights, 'relu1_1') said 'expected str, bytes or os.PathLike'."""
+  rgb = _image(16, 16)
+  with pytest.raises(errors.ArgumentError) as e:
+    extract_features(rgb, caffe_npz, 'relu1_1')
+  assert str(e.value) == (
+    'extract_features got an array of shape (16, 16, 3) as weights; the order is '
+    'extract_features(weights, image, layers)'
+  )
+  assert extract_features(caffe_npz, rgb, 'relu1_1')['relu1_1'].shape == (16, 16, 64)
+
+
 def test_a_model_and_its_params_as_the_step_takes_them():
   """random_scaled_params of VGGTiny's shape, with model= (VGG-19's network refused them)."""
   params = nst_jax.random_scaled_params(0, stage_sizes=(1, 2), widths=(4, 8))

@@ -108,6 +108,14 @@ def test_deprocess_wants_the_batch_axis_as_preprocess_does():
     'x must be [N, H, W, 3] in network space, got shape (4, 4, 3); add the batch axis: x[None]'
   )
   np.testing.assert_allclose(pixels.deprocess(x[0][None], pixels.CAFFE), 0.5, atol=1e-6)
+  # Integers are RGB, never network space: refused as init_state refuses them (trial 7).
+  for dtype in (np.int32, np.uint8):
+    with pytest.raises(errors.ConfigError) as e:
+      pixels.deprocess(np.zeros((1, 4, 4, 3), dtype), pixels.CAFFE)
+    assert str(e.value) == (
+      f'x is {np.dtype(dtype)}, but deprocess takes images in network space (floats, as '
+      'state.image): integer pixels are RGB already (divide uint8 by 255)'
+    )
 
 
 def test_unknown_convention():

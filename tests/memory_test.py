@@ -162,7 +162,8 @@ def test_per_pixel_bytes_grows_by_the_activations_of_the_deeper_layers(dtype, si
 
 def _state_bytes_per_pixel(optimizer: str, lbfgs_memory: int = 1) -> float:
   """Bytes per pixel of the step's state for an [1, H, W, 3] image (eval_shape of init_state)."""
-  tx = make_optimizer(optimizer, memory_size=lbfgs_memory, convention=pixels.CAFFE)
+  memory = lbfgs_memory if optimizer == 'lbfgs' else None  # Adam has no memory (refused)
+  tx = make_optimizer(optimizer, memory_size=memory, convention=pixels.CAFFE)
   image = jax.ShapeDtypeStruct((1, 32, 48, 3), jnp.float32)
   state = jax.eval_shape(lambda x: init_state(x, tx), image)
   image_sized = [leaf for leaf in jax.tree.leaves(state) if leaf.shape[-3:] == (32, 48, 3)]

@@ -386,7 +386,33 @@ def test_lbfgs_refuses_a_learning_rate_it_would_ignore():
   )
 
 
-@pytest.mark.parametrize('memory', [2.5, '30', True, None])
+def test_adam_refuses_the_lbfgs_settings_it_would_ignore():
+  """box=True with Adam left pixels outside [0, 1]; memory and first step were dropped (trial 7)."""
+  for kwargs, given in (
+    ({'box': True}, 'box is'),
+    ({'box': False}, 'box is'),
+    ({'memory_size': 2, 'first_step': 0.5}, 'memory_size and first_step are'),
+  ):
+    with pytest.raises(nst_jax.errors.ConfigError) as e:
+      optim.make_optimizer('adam', convention='caffe', **kwargs)
+    it = 'it' if given.endswith('is') else 'them'
+    assert str(e.value) == (
+      f"{given} L-BFGS's; Adam has no memory, first step or box (its step is learning_rate; clip "
+      f"its result): drop {it}, or use make_optimizer('lbfgs', ...)"
+    )
+  # A config gives each optimiser its own settings only: Adam's box default is not passed on.
+  adam = nst_jax.OptimConfig(name='adam', box=True, lbfgs_memory=3, learning_rate=2.0)
+  assert optim.config_arguments(adam) == {'learning_rate': 2.0}
+  lbfgs = nst_jax.OptimConfig(lbfgs_memory=3, box=False, learning_rate=2.0)
+  assert optim.config_arguments(lbfgs) == {'memory_size': 3, 'box': False}
+  x = jnp.zeros((4, 4, 3))
+  tx = optim.make_optimizer('lbfgs', convention='caffe', **optim.config_arguments(lbfgs))
+  assert tx.init(x).s.shape == (3, 4, 4, 3)
+  tx = optim.make_optimizer('adam', convention='caffe', **optim.config_arguments(adam))
+  assert optax.tree_utils.tree_get(tx.init(x), 'count') == 0
+
+
+@pytest.mark.parametrize('memory', [2.5, '30', True])
 def test_lbfgs_memory_must_be_a_whole_number(memory):
   """2.5 was accepted and failed in init_state; '30' compared a str with an int."""
   with pytest.raises(nst_jax.errors.ConfigError) as e:
@@ -402,7 +428,7 @@ def test_lbfgs_memory_must_be_a_whole_number(memory):
   'kwargs,message',
   [
     ({'box': 'false'}, "box must be True or False, got 'false'; pass True or False"),
-    ({'box': None}, 'box must be True or False, got None; pass True or False'),
+    ({'box': 0}, 'box must be True or False, got 0; pass True or False'),
   ],
 )
 def test_the_box_is_true_or_false(kwargs, message):
@@ -410,6 +436,18 @@ def test_the_box_is_true_or_false(kwargs, message):
   with pytest.raises(nst_jax.errors.ConfigError) as e:
     optim.make_optimizer('lbfgs', convention='caffe', **kwargs)
   assert str(e.value) == message
+
+
+def test_none_is_each_lbfgs_setting_s_default():
+  """None means the default (so Adam can tell a setting given from one left out)."""
+  x = jnp.full((2, 2, 3), 300.0)  # beyond the box: the default box clips the first step
+  g = jnp.ones_like(x)
+  for kwargs in ({'box': None, 'memory_size': None, 'first_step': None}, {}):
+    tx = optim.make_optimizer('lbfgs', convention='caffe', **kwargs)
+    state = tx.init(x)
+    assert state.s.shape == (optim.DEFAULT_LBFGS_MEMORY, 2, 2, 3)
+    updates, _ = tx.update(g, state, x, value=jnp.float32(1), grad=g)
+    assert float(jnp.max(x + updates)) <= 255.0 - 103.939 + 1e-3
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,7 @@ def _k_steps(model, tx, k, params, content, targets):
 
 @pytest.mark.parametrize(
   'name,box',
-  [('lbfgs', True), ('lbfgs', False), ('adam', False)],
+  [('lbfgs', True), ('lbfgs', False), ('adam', None)],  # None: not given (Adam has no box)
   ids=['lbfgs-box', 'lbfgs', 'adam'],
 )
 def test_grad_through_five_steps_matches_central_differences(name, box):

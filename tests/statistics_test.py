@@ -126,3 +126,27 @@ def test_feature_route_gradient_and_a_flat_start():
   g = jax.grad(term)(jnp.asarray(flat))
   want = 2 * (0.5 - _np_mean_cov(style)[0]) / (6 * 8)
   np.testing.assert_allclose(g, np.broadcast_to(want, flat.shape), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize('fn', [statistics.gram_matrix, statistics.mean_cov])
+def test_a_mask_of_another_shape_is_refused_even_with_as_many_positions(fn):
+  """A [7, 6] mask for [6, 7] features was reshaped onto the grid, scrambling it (trial 7)."""
+  rng = np.random.default_rng(0)
+  f = rng.uniform(size=(6, 7, 4)).astype(np.float32)
+  mask = rng.uniform(size=(6, 7)).astype(np.float32)
+  name = fn.__name__
+  for bad in (mask.T, mask.reshape(42), mask[:3, :3]):
+    with pytest.raises(nst_jax.errors.ConfigError) as e:
+      fn(f, bad)
+    assert str(e.value) == (
+      f"{name}: mask {bad.shape} does not match the features' (6, 7) positions; give one [H, W] "
+      "at the features' size (nst_jax.core.vgg.mask_at_layer)"
+    )
+  _, want_cov = _np_mean_cov(f, mask)
+  got = fn(f, mask)
+  if name == 'mean_cov':
+    np.testing.assert_allclose(got[1], want_cov, rtol=1e-4, atol=1e-6)
+  else:
+    t = mask.reshape(-1, 1)
+    ft = f.reshape(-1, 4) * t
+    np.testing.assert_allclose(got, ft.T @ ft / np.sum(t * t), rtol=1e-5, atol=1e-6)

@@ -1,6 +1,7 @@
 """Tests for nst_jax.engine.steps: the step compiled over a layout, and the cache of them."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +10,7 @@ import pytest
 import small_runs
 
 from nst_jax import config as config_lib
+from nst_jax import errors
 from nst_jax.core import objective
 from nst_jax.core import pixels
 from nst_jax.core import step as core
@@ -177,3 +179,32 @@ def test_the_first_iteration_is_its_own_program_with_the_backtracking():
   assert float(jnp.abs(plain.image - state.image).max()) > 100.0
   adam = core.make_optimizer('adam', convention=pixels.CAFFE)
   assert compiled(adam, True)[0] is compiled(adam, False)[0]
+
+
+def test_a_run_refuses_a_loss_fn_without_the_terms_it_logs():
+  """stylize(loss_fn=...) whose aux lacked 'content' ran into a KeyError in the log (trial 7)."""
+  model, params, content, targets = _problem()
+  tx = core.make_optimizer('adam', convention=pixels.CAFFE)
+  layout = sharding.SingleLayout(2)
+  state = core.init_state(content, tx)
+
+  def total_only(x, params, targets, *, model, loss_spec):
+    return objective.objective(x, params, targets, model=model, loss_spec=loss_spec)[0], {}
+
+  def compiled(loss_fn):
+    return steps.compile_step(
+      model=model, optimizer=tx, loss_spec=TINY_LOSS.spec, loss_fn=loss_fn, layout=layout,
+      state_sharding=jax.tree.map(lambda s: layout.leaf_sharding(s.shape, 16, 16), state),
+      args=(state, params, targets, jnp.ones(2, bool)),
+    )  # fmt: skip
+
+  with pytest.raises(
+    errors.ConfigError,
+    match=re.escape(
+      "loss_fn's aux lacks 'content', 'style', 'tv', which a run logs and records; add them: "
+      "start from nst_jax.objective's aux, return (total, {**aux, 'total': total, ...})"
+    ),
+  ):
+    compiled(total_only)
+  program, _ = compiled(objective.objective)
+  assert set(program.out_info[1]) >= {'total', *steps.LOGGED}

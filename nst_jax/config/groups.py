@@ -302,9 +302,12 @@ class OptimConfig(checks.Group):
     name: 'lbfgs' or 'adam'.
     learning_rate: Adam's step size in pixel units, 0..255, for every input
       convention (None: 10). Unused by L-BFGS.
-    lbfgs_memory: L-BFGS history length.
+    lbfgs_memory: L-BFGS history length. Unused by Adam.
     box: keep L-BFGS's image inside the displayable range (projected L-BFGS),
       so the saved image is the one optimised rather than a clipped copy.
+      Unused by Adam, which has no box (the saved image is clipped); the
+      engine passes Adam none of L-BFGS's settings, while
+      `make_optimizer('adam', box=...)` refuses them.
   """
 
   name: str = 'lbfgs'

@@ -82,8 +82,14 @@ def params_dict(params: Any) -> None:
     )
 
 
-def targets_inputs(content: Any, style: Any, content_mask: Any, style_masks: Any) -> None:
-  """Images and masks make_targets can use, or a ConfigError naming the argument."""
+def targets_inputs(content: Any, style: Any, content_mask: Any, style_masks: Any) -> Any:
+  """make_targets' content as an array (a nested list too), or a ConfigError naming the argument.
+
+  Checks the images and masks make_targets can use. A list as `style` is
+  several styles (make_targets' blend), so only content is read as an
+  array-like, as init_state and preprocess read theirs.
+  """
+  content = content if hasattr(content, 'shape') else np.asarray(content)
   styles = list(style) if isinstance(style, (list, tuple)) else [style]
   if not styles:
     raise errors.ConfigError(
@@ -115,6 +121,16 @@ def targets_inputs(content: Any, style: Any, content_mask: Any, style_masks: Any
         f'{name} has a batch of {mask.shape[0]} for {n} content image{"s" * (n != 1)}; give 1 '
         f'(shared by every image){f" or {n}, one per image" if n != 1 else ""}'
       )
+  return content
+
+
+def start_batch(m: int, n: int, name: str) -> None:
+  """Refuses start images neither 1 nor one per content image (a broadcasting error otherwise)."""
+  if m not in (1, n):
+    per_image = f' or {n}, one per content image' if n != 1 else ''
+    raise errors.ConfigError(
+      f'{name} has {m} images for {n} content image(s); give 1 (one start image for all){per_image}'
+    )
 
 
 def mask_values(mask: Any, name: str) -> jax.Array | None:
@@ -255,6 +271,18 @@ def flag(value: Any, name: str) -> bool:
   if not isinstance(value, (bool, np.bool_)):
     raise errors.ConfigError(f'{name} must be True or False, got {value!r}; pass True or False')
   return bool(value)
+
+
+def lbfgs_only(**knobs: Any) -> None:
+  """Refuses L-BFGS's knobs given to Adam, which has none of them (they were dropped unread)."""
+  given = [k for k, v in knobs.items() if v is not None]
+  if given:
+    it = 'it' if len(given) == 1 else 'them'
+    raise errors.ConfigError(
+      f"{' and '.join(given)} {'is' if it == 'it' else 'are'} L-BFGS's; Adam has no memory, "
+      f'first step or box (its step is learning_rate; clip its result): drop {it}, or use '
+      "make_optimizer('lbfgs', ...)"
+    )
 
 
 def step_inputs(image: jax.Array, targets: Any, loss_spec: Any) -> None:

@@ -26,15 +26,23 @@ class DonatingJit:
   `jax.core.Tracer` goes to `fn` jitted without donation: the same program
   and values, the inputs kept.
 
+  `check`, if given, runs on the arguments first, traced or not (make_step's:
+  the params' form and `active`'s concrete values, which the jit would trace).
+
   Attributes other than the call (`lower`, `trace`, `eval_shape`,
   `_cache_size`) are the donating jit's, the program the engine compiles.
   """
 
-  def __init__(self, fn: Callable, **jit_kwargs: Any):
+  def __init__(
+    self, fn: Callable, *, check: Callable[[tuple], None] | None = None, **jit_kwargs: Any
+  ):
+    self.check = check  # host checks of the arguments before JAX sees them (make_step's)
     self.donating = jax.jit(fn, donate_argnums=0, **jit_kwargs)
     self.kept = jax.jit(fn, **jit_kwargs)
 
   def __call__(self, *args):
+    if self.check is not None:
+      self.check(args)
     traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args))
     if traced:
       return self.kept(*args)
@@ -50,6 +58,6 @@ class DonatingJit:
     return self.donating(*args)
 
   def __getattr__(self, name: str):
-    if name in ('donating', 'kept'):  # not set yet (copy, pickle): no recursion
+    if name in ('donating', 'kept', 'check'):  # not set yet (copy, pickle): no recursion
       raise AttributeError(name)
     return getattr(self.donating, name)

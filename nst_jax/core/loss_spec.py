@@ -86,8 +86,11 @@ class LossSpec:
       # Python floats: hashable (a numpy array or jax scalar is not), and
       # checked, as make_targets checks the loss weights.
       try:
-        if any(isinstance(v, (bool, np.bool_)) for v in np.ravel(np.asarray(w, object))):
-          raise TypeError  # True is no weight, as make_targets refuses content_weight=True
+        # True and '1' are no weights, as make_targets refuses content_weight=True and '1e-2'.
+        if any(
+          isinstance(v, (bool, np.bool_, str, bytes)) for v in np.ravel(np.asarray(w, object))
+        ):
+          raise TypeError
         w = tuple(float(v) for v in np.asarray(w, np.float64).reshape(-1))
       except (TypeError, ValueError):
         raise errors.ConfigError(

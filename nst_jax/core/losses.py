@@ -38,8 +38,10 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nst_jax import errors
+from nst_jax.core import pixels
 from nst_jax.core import statistics
 
 # The per-layer style terms `style_loss` offers (see the module docstring).
@@ -57,16 +59,20 @@ def tv_loss(image: jax.typing.ArrayLike) -> jax.Array:
   direction's (H-1)*W*3 or H*(W-1)*3 differences.
 
   Args:
-    image: [H, W, 3].
+    image: [H, W, 3] (channels last: [3, H, W] is refused, as it would
+      difference the channels).
 
   Returns:
     Scalar float32.
   """
   x = jnp.asarray(image, jnp.float32)
-  if x.ndim != 3:
-    raise errors.ConfigError(
-      f'tv_loss expects one image [H, W, 3], got shape {x.shape}; jax.vmap it over a batch'
+  if x.ndim != 3 or x.shape[-1] != 3:
+    fix = (
+      '; jax.vmap it over a batch'
+      if x.shape[-1:] == (3,)
+      else pixels.layout_fix(x.shape, batched=False)
     )
+    raise errors.ConfigError(f'tv_loss expects one image [H, W, 3], got shape {x.shape}{fix}')
   return jnp.mean(jnp.square(x[1:] - x[:-1])) + jnp.mean(jnp.square(x[:, 1:] - x[:, :-1]))
 
 
@@ -196,7 +202,8 @@ def style_layer_loss(
   Args:
     features: [H, W, C].
     target: the style statistics with a leading region axis [S, ...]:
-      'gram': {'gram': [S, C, C]} (a bare [C, C] Gram also works);
+      'gram': {'gram': [S, C, C]} (a bare [C, C] Gram, alone or as
+      {'gram': [C, C]}, is one region's);
       'mean_cov': `mean_cov_target` fields stacked to [S, ...];
       'histogram': {'quantiles': [S, H*W, C]}.
     kind: one of STYLE_KINDS.
@@ -208,18 +215,13 @@ def style_layer_loss(
     Scalar float32: sum_s term_s, with 'gram' term mean((G_T - A)^2).
   """
   if not isinstance(target, Mapping):
-    target = {'gram': jnp.asarray(target)[None]}
+    target = {'gram': target}
   if kind == 'gram':
+    target = {**target, 'gram': _gram_target(target, jnp.shape(features)[-1])}
 
     def term(t, mask):
       g = statistics.gram_matrix(features, mask)
-      a = t['gram'].astype(jnp.float32)
-      if g.shape != a.shape:
-        raise errors.ConfigError(
-          f'Gram {g.shape} vs style target {a.shape}; make the targets with the same network '
-          'and layers'
-        )
-      return jnp.mean(jnp.square(g - a))
+      return jnp.mean(jnp.square(g - t['gram'].astype(jnp.float32)))
 
   elif kind == 'mean_cov':
 
@@ -252,6 +254,25 @@ def style_layer_loss(
   return jnp.sum(jax.vmap(region)(target, jnp.asarray(masks, jnp.float32)))
 
 
+def _gram_target(target: Mapping, c: int) -> jax.Array:
+  """The 'gram' target as [S, C, C]: a bare [C, C] Gram gets its region axis."""
+  if 'gram' not in target:
+    raise errors.ConfigError(
+      f"the style target has {sorted(target)}, no 'gram'; give kind= the statistic it holds, "
+      "or {'gram': [S, C, C]}"
+    )
+  a = target['gram']
+  shape = np.shape(a)
+  if shape == (c, c):
+    return jnp.asarray(a)[None]
+  if len(shape) != 3 or shape[1:] != (c, c):
+    raise errors.ConfigError(
+      f"the style target's 'gram' has shape {shape}, but these features' Gram is {(c, c)}; give "
+      f'[S, {c}, {c}] (one region: A[None]), from the same network and layers'
+    )
+  return jnp.asarray(a)
+
+
 def style_loss(
   features: Mapping[str, jax.Array],
   targets: Mapping[str, jax.Array | Mapping[str, jax.Array]],
@@ -275,6 +296,11 @@ def style_loss(
   Returns:
     Scalar float32.
   """
+  if not isinstance(layer_weights, Mapping):
+    raise errors.ConfigError(
+      f'layer_weights is a {type(layer_weights).__name__}; give a dict layer -> weight, e.g. '
+      "{'relu1_1': 1.0} (a LossSpec's .layer_weights)"
+    )
   total = jnp.zeros((), jnp.float32)
   for name, weight in layer_weights.items():
     _has_layer('style_loss', name, features, targets, masks)

@@ -152,7 +152,7 @@ def make_targets(
 
   Args:
     params: VGG parameters.
-    content: [N, H, W, 3] content images in network space.
+    content: [N, H, W, 3] content images in network space (array-like).
     style: [N or 1, Hs, Ws, 3] style images in network space (any size), or a
       sequence of such arrays, one per style (sizes may differ).
     model: the VGG.
@@ -184,7 +184,7 @@ def make_targets(
   )
   content_mask = checks.mask_values(content_mask, 'content_mask')
   style_masks = checks.mask_values(style_masks, 'style_masks')
-  checks.targets_inputs(content, style, content_mask, style_masks)
+  content = checks.targets_inputs(content, style, content_mask, style_masks)  # a list: an array
   losses.check_masks(loss_spec.style_loss, style_masks)  # not zip's error in the quantiles
   checks.params_fit(params, model, loss_spec.feature_layers)
   n, height, width = content.shape[:3]

@@ -384,27 +384,23 @@ def in_pixel_units(
 
 
 def config_arguments(optim_config) -> dict:
-  """`make_optimizer`'s keywords for an OptimConfig (name aside).
+  """`make_optimizer`'s keywords for an OptimConfig (name aside): its optimiser's only.
 
-  learning_rate goes to Adam only: OptimConfig documents it as unused by
-  L-BFGS, whose `make_optimizer` refuses one (its first step is
-  `first_step`), so a config that sets it runs as before.
+  learning_rate is Adam's, lbfgs_memory and box L-BFGS's (the other refuses each).
   """
   o = optim_config
-  return {
-    'learning_rate': o.learning_rate if o.name == 'adam' else None,
-    'memory_size': o.lbfgs_memory,
-    'box': o.box,
-  }
+  if o.name == 'adam':
+    return {'learning_rate': o.learning_rate}
+  return {'memory_size': o.lbfgs_memory, 'box': o.box}
 
 
 def make_optimizer(
   name: str = 'lbfgs',
   *,
   learning_rate: float | None = None,
-  memory_size: int = DEFAULT_LBFGS_MEMORY,
-  first_step: float = DEFAULT_FIRST_STEP,
-  box: bool = True,
+  memory_size: int | None = None,
+  first_step: float | None = None,
+  box: bool | None = None,
   convention: pixels.InputConvention | str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """The image's optimiser, behind one `update` signature.
@@ -414,10 +410,11 @@ def make_optimizer(
     learning_rate: Adam's step in pixel units (0..255; default 10). Refused
       with L-BFGS, whose step is 1 as in the classic tools (its first step is
       `first_step`).
-    memory_size: L-BFGS's curvature pairs.
-    first_step: L-BFGS's first step, the largest pixel change, in pixel units.
+    memory_size: L-BFGS's curvature pairs (None: 30).
+    first_step: L-BFGS's first step, the largest pixel change, in pixel units (None: 8).
     box: keep L-BFGS's image inside the displayable range, pixels 0..255
-      (projected L-BFGS, see `lbfgs`).
+      (projected L-BFGS, see `lbfgs`; None: True). These three are L-BFGS's:
+      refused with Adam, which has none of them.
     convention: the weights' input convention (the network space the image
       lives in; `WeightsInfo.input_convention`, or its name). Required: the
       pixel units and the box depend on it.
@@ -432,16 +429,19 @@ def make_optimizer(
       'convention=weights.info.input_convention'
     )
   convention = pixels.as_convention(convention)
-  checks.positive_number(first_step, 'first_step')
-  box = checks.flag(box, 'box')  # 'false' is truthy: a box the caller turned off
   if name == 'lbfgs':
     if learning_rate is not None:
       raise errors.ConfigError(
         "learning_rate is Adam's; L-BFGS takes no learning rate (its step is 1, its first "
         "step's largest pixel change first_step): drop it, or use make_optimizer('adam', ...)"
       )
-    inner = lbfgs(memory_size, first_step=first_step, bounds=PIXEL_RANGE if box else None)
+    first_step = DEFAULT_FIRST_STEP if first_step is None else first_step
+    checks.positive_number(first_step, 'first_step')
+    box = box is None or checks.flag(box, 'box')  # 'false' is truthy: a box the caller turned off
+    memory = DEFAULT_LBFGS_MEMORY if memory_size is None else memory_size
+    inner = lbfgs(memory, first_step=first_step, bounds=PIXEL_RANGE if box else None)
   elif name == 'adam':
+    checks.lbfgs_only(memory_size=memory_size, first_step=first_step, box=box)
     lr = DEFAULT_ADAM_LEARNING_RATE if learning_rate is None else learning_rate
     checks.positive_number(lr, 'learning_rate')
     inner = optax.with_extra_args_support(optax.adam(lr))

@@ -260,13 +260,19 @@ def deprocess(x: jax.typing.ArrayLike, convention: InputConvention | str) -> jax
 
   Raises:
     ConfigError: `x` is not [N, H, W, 3] (one image [H, W, 3] too, as
-      `preprocess` refuses it: it gained a batch axis silently before).
+      `preprocess` refuses it: it gained a batch axis silently before), or
+      not floats (integers are RGB, never network space).
   """
   if not isinstance(x, (jax.Array, np.ndarray)):
     x = np.asarray(x, np.float32)
   if x.ndim != 4 or x.shape[-1] != 3:
     fix = layout_fix(x.shape, batched=True)
     raise errors.ConfigError(f'x must be [N, H, W, 3] in network space, got shape {x.shape}{fix}')
+  if not jnp.issubdtype(x.dtype, jnp.floating):  # as init_state and make_targets refuse them
+    raise errors.ConfigError(
+      f'x is {x.dtype}, but deprocess takes images in network space (floats, as state.image): '
+      'integer pixels are RGB already (divide uint8 by 255)'
+    )
   return _to_rgb(x, as_convention(convention))
 
 

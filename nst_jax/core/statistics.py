@@ -63,14 +63,14 @@ def _flat(features: jax.typing.ArrayLike, what: str) -> jax.Array:
   return f.reshape(h * w, c)
 
 
-def _mask_column(mask: jax.typing.ArrayLike, f: jax.Array, what: str) -> jax.Array:
+def _mask_column(mask: jax.typing.ArrayLike, hw: tuple[int, ...], what: str) -> jax.Array:
   t = jnp.asarray(mask, jnp.float32)
-  if t.size != f.shape[0]:
+  if t.shape != tuple(hw):  # [7, 6] for [6, 7] features was reshaped, positions scrambled
     raise errors.ConfigError(
-      f"{what}: mask {t.shape} does not match the features' {f.shape[0]} positions; give one "
+      f"{what}: mask {t.shape} does not match the features' {tuple(hw)} positions; give one "
       "[H, W] at the features' size (nst_jax.core.vgg.mask_at_layer)"
     )
-  return t.reshape(f.shape[0], 1)
+  return t.reshape(-1, 1)
 
 
 def gram_matrix(
@@ -97,7 +97,7 @@ def gram_matrix(
   f = _flat(features, 'gram_matrix')
   if mask is None:
     return _gram(f)
-  t = _mask_column(mask, f, 'gram_matrix')
+  t = _mask_column(mask, jnp.shape(features)[:2], 'gram_matrix')
   m = f.shape[0]
   # An empty region (sum(T^2) = 0) has the Gram 0: m / tiny overflowed to
   # inf, and 0 * inf made the loss NaN.
@@ -123,17 +123,17 @@ def mean_cov(
     ([C], [C, C]) float32.
   """
   f = _flat(features, 'mean_cov').astype(jnp.float32)
-  w, mu, centred = _centre(f, mask, 'mean_cov')
+  w, mu, centred = _centre(f, mask, 'mean_cov', jnp.shape(features)[:2])
   cov = lax.dot_general(centred * w, centred, (((0,), (0,)), ((), ())))
   return mu, cov
 
 
-def _centre(f: jax.Array, mask, what: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _centre(f: jax.Array, mask, what: str, hw) -> tuple[jax.Array, jax.Array, jax.Array]:
   """`mean_cov`'s weights w [M, 1] (1/M, or T^2 / sum(T^2)), mean mu [C] and F - mu [M, C]."""
   if mask is None:
     w = jnp.full((f.shape[0], 1), 1.0 / f.shape[0], jnp.float32)
   else:
-    t = _mask_column(mask, f, what)
+    t = _mask_column(mask, hw, what)
     w = t * t / jnp.maximum(jnp.sum(t * t), _TINY)
   mu = jnp.sum(w * f, axis=0)
   return w, mu, f - mu[None, :]
@@ -277,7 +277,7 @@ def mean_cov_loss(
   m, c = f.shape
   if m > c:
     return mean_cov_distance(*mean_cov(features, mask), target)
-  w, mu, centred = _centre(f, mask, 'mean_cov_loss')
+  w, mu, centred = _centre(f, mask, 'mean_cov_loss', jnp.shape(features)[:2])
   a = (jnp.sqrt(w) * centred) @ target['cov_sqrt'].astype(jnp.float32)
   trace = jnp.sum(w * jnp.square(centred))  # tr(Sigma)
   w2 = jnp.sum(jnp.square(mu - target['mean'])) + trace + target['cov_trace']

@@ -139,7 +139,7 @@ def make_optimizer(name: Any = 'lbfgs', **kwargs) -> optax.GradientTransformatio
   Also accepts a StyleConfig (deprecated). An unknown keyword is refused in
   a TypeError naming the closest one it takes (or all of them).
   """
-  if not isinstance(name, str):
+  if not isinstance(name, str) and hasattr(name, 'optim'):  # None: refused as a wrong name
     warnings.warn(
       'make_optimizer(config) is deprecated; use make_optimizer(name, learning_rate=..., '
       'memory_size=..., convention=...)',
@@ -199,15 +199,17 @@ def update_step(
     targets: per-image targets with leading [N] axes (not donated).
     active: optional [N] bools (or 0/1 integers); an image whose entry is
       False keeps its pixels (it has converged and waits for the rest of
-      the batch). Another shape is refused.
+      the batch). Another shape is refused; values other than 0/1 where
+      they are concrete (not under an outer jit, vmap or grad).
     model: the VGG (static).
     optimizer: from `make_optimizer` (static).
     loss_spec: the loss's structure (static, hashable; `LossConfig.spec`).
       The weights are in `targets`, so other weights reuse the compiled step.
     loss_fn: `loss_fn(image [H, W, 3], params, targets_of_one_image, *,
-      model, loss_spec) -> (total, dict of scalars)` with 'total',
-      'content', 'style' and 'tv' among the keys (static); `objective` by
-      default. Write a custom term by calling `objective` and adding to it.
+      model, loss_spec) -> (total, dict of scalars)` (static); `objective`
+      by default. The step needs no key: it sets 'total' to the total it
+      optimises (`stylize` also wants 'content', 'style' and 'tv'). Write
+      a custom term by calling `objective` and adding to it.
       One written before 0.3, taking `loss_config=`, gets the spec under
       that name (deprecated).
     loss_config: deprecated name of `loss_spec` (a LossConfig is accepted).
@@ -222,8 +224,9 @@ def update_step(
       power of two, piecewise constant), so `jax.grad` goes through this too.
 
   Returns:
-    (new state, losses): losses maps each key of `loss_fn`'s dict to [N]
-    float32 values of the images *before* this update.
+    (new state, losses): losses maps each key of `loss_fn`'s dict, and
+    'total' (the optimised total), to [N] values of the images *before*
+    this update.
   """
   if loss_config is not None:
     warnings.warn(
@@ -240,14 +243,15 @@ def update_step(
   # float32, as make_targets makes them: a float64 weight (jax_enable_x64) made the loss, and
   # so L-BFGS's while_loop carry, float64 against its float32 state.
   targets = targets._replace(**{k: jnp.asarray(getattr(targets, k), jnp.float32) for k in _WEIGHTS})
-  spec_keyword = _spec_keyword(loss_fn)
+  spec_keyword = step_checks.spec_keyword(loss_fn)
   # This package's L-BFGS searches at its first step only, when asked
   # (`backtrack`); any other optimiser gets `value_fn` as optax defines it.
   ours = optim.backtracks(optimizer)
 
   def checked(*args, **kwargs):
     total, aux = step_checks.loss_result(loss_fn(*args, **kwargs))
-    return jnp.asarray(total, jnp.float32), aux  # float64 under x64 would not fit L-BFGS's state
+    total = jnp.asarray(total, jnp.float32)  # float64 under x64 would not fit L-BFGS's state
+    return total, {**aux, 'total': total}  # the value optimised, whatever aux says (or lacks)
 
   def one_image(image, opt_state, image_targets):
     value_fn = functools.partial(
@@ -285,6 +289,8 @@ class Step:
   Both are `jax.jit(functools.partial(update_step, ...), donate_argnums=0)`
   (not donating traced inputs, as under `jax.grad`: `donation.DonatingJit`),
   called as `(state, params, targets, active=None) -> (state, losses)`.
+  Each call first checks on the host what the jit cannot (a Weights as
+  params; `active`'s values where concrete: `step_checks.call_arguments`).
 
   Attributes:
     update: the iteration's program: one forward and one backward pass per
@@ -376,25 +382,11 @@ def make_step(
       backtrack=backtrack,
     )
     # Donating on concrete arrays only: see donation.DonatingJit (jax.grad through calls).
-    return donation.DonatingJit(at_precision(fn, model.precision), **placed)
+    fn = at_precision(fn, model.precision)  # the Step's calls check on the host first (below)
+    return donation.DonatingJit(fn, check=step_checks.call_arguments, **placed)
 
   update = jitted(False)
   return Step(update=update, first=jitted(True) if optim.backtracks(optimizer) else update)
-
-
-def _spec_keyword(loss_fn: Callable) -> str:
-  """'loss_spec', or 'loss_config' for a loss_fn written before 0.3 (deprecated)."""
-  signature = step_checks.loss_fn_signature(loss_fn)
-  parameters = {} if signature is None else signature.parameters
-  if 'loss_spec' in parameters or 'loss_config' not in parameters:
-    return 'loss_spec'
-  warnings.warn(
-    'a loss_fn taking loss_config= is deprecated; name that argument loss_spec (it receives '
-    'a LossSpec)',
-    DeprecationWarning,
-    stacklevel=3,
-  )
-  return 'loss_config'
 
 
 def initial_image(
@@ -416,8 +408,8 @@ def initial_image(
     convention: the weights' input convention (`WeightsInfo.input_convention`);
       required for 'gray' and an image, which it maps into network space.
     image: RGB in [0, 1] (uint8 divided by 255), [H', W', 3] or
-      [N, H', W', 3], resized to the content's height and width (bicubic);
-      used unless init is a keyword.
+      [1 or N, H', W', 3] (another batch is refused), resized to the
+      content's height and width (bicubic); used unless init is a keyword.
   """
   pixels.check_network_images(content, 'content')
   if init in INIT_KEYWORDS and image is not None:
@@ -440,6 +432,7 @@ def initial_image(
         'image= (RGB) to start from it, or one of those'
       )
     rgb = pixels.batched(pixels.as_rgb(image, 'image'))
+    checks.start_batch(rgb.shape[0], content.shape[0], 'image')
     rgb = pixels.resize(rgb, *content.shape[1:3])
   if convention is None:
     raise errors.ConfigError(

@@ -8,12 +8,14 @@ on shapes, types and signatures (values only where concrete).
 from collections.abc import Callable, Mapping
 import inspect
 from typing import Any
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import errors
+from nst_jax.core import checks
 
 
 def optimizer(tx: Any) -> None:
@@ -39,14 +41,27 @@ def optimizer(tx: Any) -> None:
 
 
 def optimizer_state(opt_state: Any, image: jax.Array, optimizer: Any) -> None:
-  """Refuses a state made by another optimiser (a crash inside optax otherwise)."""
+  """Refuses a state made by another optimiser (a crash inside optax otherwise).
+
+  At trace time, on shapes: another structure (Adam's state in an L-BFGS
+  step), or leaves of other shapes (another L-BFGS memory size, which ran a
+  trajectory neither optimiser's; another image size).
+  """
   want = jax.eval_shape(jax.vmap(optimizer.init), image)
+  fix = "make the state with init_state(images, optimizer) of the step's optimizer"
   if jax.tree.structure(want) != jax.tree.structure(opt_state):
     raise errors.ConfigError(
       f"state.opt_state is a {type(opt_state).__name__}, not this step's optimizer's "
-      f'{type(want).__name__}; make the state with init_state(images, optimizer) of the '
-      "step's optimizer"
+      f'{type(want).__name__}; {fix}'
     )
+  paths = jax.tree_util.tree_flatten_with_path(want)[0]
+  for (path, leaf), got in zip(paths, jax.tree.leaves(opt_state), strict=True):
+    if tuple(leaf.shape) != tuple(np.shape(got)):
+      raise errors.ConfigError(
+        f'state.opt_state{jax.tree_util.keystr(path)} has shape {tuple(np.shape(got))}, but '
+        f"this step's optimizer makes {tuple(leaf.shape)} for these images (a state of another "
+        f'memory size or image size); {fix}'
+      )
 
 
 def active_flags(active: Any, n: int) -> jax.Array:
@@ -64,12 +79,39 @@ def active_flags(active: Any, n: int) -> jax.Array:
       f'active has shape {flags.shape} and dtype {flags.dtype} for a batch of {n} image(s); give '
       f'[{n}] bools, one per image (False: that image keeps its pixels), or None'
     )
-  if not isinstance(flags, jax.core.Tracer) and not np.isin(np.asarray(flags), (0, 1)).all():
-    raise errors.ConfigError(  # 2 read as True: a typo for a 0/1 mask more likely than not
-      f'active holds {np.asarray(flags).tolist()}; give bools or 0/1, one per image (False or 0: '
-      'that image keeps its pixels)'
-    )
+  if not isinstance(flags, jax.core.Tracer):
+    active_values(flags)
   return flags.astype(bool)
+
+
+def active_values(active: Any) -> None:
+  """Refuses concrete `active` values other than 0/1 (2 read as True: a typo for a 0/1 mask)."""
+  if getattr(active, 'dtype', None) == np.bool_:  # nothing to read (no transfer from the device)
+    return
+  values = np.asarray(active)
+  if not np.isin(values, (0, 1)).all():
+    raise errors.ConfigError(
+      f'active holds {values.tolist()}; give bools or 0/1, one per image (False or 0: that image '
+      'keeps its pixels)'
+    )
+
+
+def call_arguments(args: tuple) -> None:
+  """The ready Step's host checks of (state, params, targets, active), before JAX sees them.
+
+  A Weights got JAX's "Error interpreting argument ... as an abstract array";
+  `active`'s values are read where they are concrete ([N]: cheap), as the
+  jitted step traces even a numpy array and cannot. Traced values (under an
+  outer jit or vmap) cannot be read and pass.
+  """
+  if len(args) > 1 and not isinstance(args[1], Mapping):
+    checks.params_dict(args[1])
+  active = args[3] if len(args) > 3 else None
+  if active is None or any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(active)):
+    return
+  if isinstance(active, jax.Array) and not active.is_fully_addressable:
+    return  # rows on other hosts: the step's shape check still holds
+  active_values(active)
 
 
 _SIGNATURE = 'loss_fn(image, params, targets, *, model, loss_spec)'
@@ -98,6 +140,21 @@ def loss_fn_signature(loss_fn: Callable) -> inspect.Signature | None:
       f'loss_fn{signature} cannot take params= and targets= by name; name them: {_SIGNATURE}'
     ) from None
   return signature
+
+
+def spec_keyword(loss_fn: Callable) -> str:
+  """'loss_spec', or 'loss_config' for a loss_fn written before 0.3 (deprecated)."""
+  signature = loss_fn_signature(loss_fn)
+  parameters = {} if signature is None else signature.parameters
+  if 'loss_spec' in parameters or 'loss_config' not in parameters:
+    return 'loss_spec'
+  warnings.warn(
+    'a loss_fn taking loss_config= is deprecated; name that argument loss_spec (it receives '
+    'a LossSpec)',
+    DeprecationWarning,
+    stacklevel=3,
+  )
+  return 'loss_config'
 
 
 def loss_result(result: Any) -> tuple[jax.Array, Mapping]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 
+from nst_jax import errors
 from nst_jax.core import step as core
 from nst_jax.engine import sharding as sharding_lib
 
@@ -108,4 +109,20 @@ def compile_step(
   full_key = (model, loss_spec, loss_fn, layout.key, *key)
   if program is not step.update:
     full_key = (*full_key, 'first')
-  return (CompiledSteps() if cache is None else cache).get(program, full_key, *args)
+  compiled, seconds = (CompiledSteps() if cache is None else cache).get(program, full_key, *args)
+  logged_losses(compiled.out_info[1])
+  return compiled, seconds
+
+
+# The terms a run logs, records and previews besides 'total' (which the step always returns).
+LOGGED = ('content', 'style', 'tv')
+
+
+def logged_losses(losses: Any) -> None:
+  """Refuses a loss_fn whose aux lacks a term the run logs (a KeyError mid-run otherwise)."""
+  lacking = [k for k in LOGGED if k not in losses]
+  if lacking:
+    raise errors.ConfigError(
+      f"loss_fn's aux lacks {', '.join(map(repr, lacking))}, which a run logs and records; add "
+      "them: start from nst_jax.objective's aux, return (total, {**aux, 'total': total, ...})"
+    )

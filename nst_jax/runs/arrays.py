@@ -306,7 +306,8 @@ def stylize(
       losses every `config.run.print_iter` iterations).
     monitor: a live view (nst_jax.engine.preview.Preview, or anything with its
       `due` and `update`), shown image 0; never waited for.
-    loss_fn: the per-image loss (nst_jax.core.objective.objective; see update_step).
+    loss_fn: the per-image loss (nst_jax.core.objective.objective; see update_step);
+      its aux must hold 'content', 'style' and 'tv', which the run logs.
 
   Returns:
     RGB float32 in [0, 1] with the leading shape of `content`.

@@ -46,7 +46,9 @@ def extract_features(
       downloaded on first use), or a params dict (`weights.params`, raw or
       `prepare_params`'d, as the step takes it) with `convention`.
     image: RGB in [0, 1], [H, W, 3] or [N, H, W, 3], numpy or jax
-      (`nst_jax.core.pixels.as_rgb`'s rule: uint8 is divided by 255).
+      (`nst_jax.core.pixels.as_rgb`'s rule: uint8 is divided by 255; the
+      [0, 1] range is checked only outside a jax trace, as values under
+      `jax.jit` cannot be read).
     layers: names such as 'relu4_2', 'conv1_1', 'pool3', or one name; None:
       every layer of the model.
     model: the network, as `make_targets` and the step take it (`make_model`,
@@ -62,6 +64,11 @@ def extract_features(
     Dict from each name to its activation, with the input's leading
     dimensions: [h, w, c] for an [H, W, 3] input, else [N, h, w, c].
   """
+  if hasattr(weights, 'shape'):  # extract_features(rgb, weights, ...): "expected str ... ndarray"
+    raise errors.ArgumentError(
+      f'extract_features got an array of shape {tuple(weights.shape)} as weights; the order is '
+      'extract_features(weights, image, layers)'
+    )
   if model is None:
     model = step.make_model(pooling or 'max', dtype=dtype or 'float32')
   elif pooling is not None or dtype is not None:
