@@ -61,8 +61,8 @@ def test_tiles_and_an_image_split_over_devices_are_refused_for_files_and_arrays(
   with pytest.raises(errors.ConfigError) as e:
     runner.layout_for(cfg, 48)
   assert str(e.value) == (
-    'loss.tiles and run.shard spatial do not combine (each device would tile its part of the '
-    "image); use one: loss.tiles 'off', or run.shard jobs"
+    'loss.tiles and run.shard spatial do not combine (both split the image to fit memory, and '
+    "the memory plan covers one at a time); use one: loss.tiles 'off', or run.shard jobs"
   )
   # Only one device of the two splits 47 rows evenly: nothing is split, the tiles stay.
   assert runner.layout_for(cfg, 47).mesh.devices.size == 1

@@ -545,6 +545,6 @@ def test_tiles_with_an_image_split_over_devices_are_refused_as_on_the_command_li
   with pytest.raises(errors.ConfigError) as e:
     stylize(rgb, rgb, config=cfg, weights=caffe_npz)
   assert str(e.value) == (
-    'loss.tiles and run.shard spatial do not combine (each device would tile its part of the '
-    "image); use one: loss.tiles 'off', or run.shard jobs"
+    'loss.tiles and run.shard spatial do not combine (both split the image to fit memory, and '
+    "the memory plan covers one at a time); use one: loss.tiles 'off', or run.shard jobs"
   )

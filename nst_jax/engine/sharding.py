@@ -299,6 +299,6 @@ def check_tiles(tiles, n_devices: int) -> None:
   """
   if isinstance(tiles, int) and n_devices > 1:
     raise errors.ConfigError(
-      'loss.tiles and run.shard spatial do not combine (each device would tile its part of the '
-      "image); use one: loss.tiles 'off', or run.shard jobs"
+      'loss.tiles and run.shard spatial do not combine (both split the image to fit memory, and '
+      "the memory plan covers one at a time); use one: loss.tiles 'off', or run.shard jobs"
     )
