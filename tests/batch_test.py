@@ -201,7 +201,9 @@ def test_an_image_process_0_cannot_write_stops_both_at_once_with_one_line(tmp_pa
     f'{job1.content},{job1.style[0]},{tmp_path / "out1" / "b.png"}\n'
   )
   ckpt_dir = tmp_path / 'ckpt'
-  extra = ('-i', '100000', '--save_iter', '2', '--checkpoint_dir', str(ckpt_dir))
+  # 2000, not more: the output plan checks each planned intermediate name
+  # before the run (100000 took each process 11 s at --save_iter 2).
+  extra = ('-i', '2000', '--save_iter', '2', '--checkpoint_dir', str(ckpt_dir))
   procs = _start(_commands(jobs, caffe_npz, tmp_path / 'out', 2, *extra), 4, tmp_path)
   outputs = (tmp_path / 'out0' / 'a.png', tmp_path / 'out1' / 'b.png')
   ckpts = [checkpoint_lib.path_for(o, ckpt_dir) for o in outputs]
