@@ -312,18 +312,24 @@ def test_a_config_or_keyword_stylize_does_not_take_names_the_fix(caffe_npz):
     assert str(e.value) == message
 
 
-def test_a_resume_that_does_not_fit_names_stylizes_own_arguments(caffe_npz, tmp_path):
-  """Not inputs.width or save.path, which a stylize caller never set."""
-  rng = np.random.default_rng(5)
+def _interrupted(caffe_npz, tmp_path, *, seed):
+  """A 3-iteration stylize stopped at its first check: (content, style, its checkpoint, config)."""
+  rng = np.random.default_rng(seed)
   content, style = rng.uniform(size=(2, 16, 16, 3)).astype(np.float32)
   ckpt = tmp_path / 'a.ckpt'
   cfg = _cfg(3)
   with pytest.raises(errors.Interrupted):
     stylize(content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt, should_stop=lambda: 15)
+  return content, style, ckpt, cfg
+
+
+def test_a_resume_that_does_not_fit_names_stylizes_own_arguments(caffe_npz, tmp_path):
+  """Not inputs.width or save.path, which a stylize caller never set."""
+  content, style, ckpt, cfg = _interrupted(caffe_npz, tmp_path, seed=5)
   resume = cfg.replace(run=cfg.run.replace(resume=True))
   start_over = 'or another checkpoint= path (or remove this one) to start over'
   cases = [
-    ({'content': rng.uniform(size=(16, 24, 3))},
+    ({'content': np.random.default_rng(5).uniform(size=(16, 24, 3))},
      f"the content is 24 px wide, the interrupted run's 16; pass the same content to resume, "
      f'{start_over}'),
     ({'style': style[::-1]},
@@ -435,12 +441,7 @@ def test_a_new_run_keeps_an_unfinished_checkpoint_and_replaces_a_finished_one(ca
   As the command line: an unfinished checkpoint asks for run.resume; a
   finished one (stylize keeps it, to extend) is replaced.
   """
-  rng = np.random.default_rng(11)
-  content, style = rng.uniform(size=(2, 16, 16, 3)).astype(np.float32)
-  ckpt = tmp_path / 'a.ckpt'
-  cfg = _cfg(3)
-  with pytest.raises(errors.Interrupted):
-    stylize(content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt, should_stop=lambda: 15)
+  content, style, ckpt, cfg = _interrupted(caffe_npz, tmp_path, seed=11)
   saved = checkpoint_lib.read(ckpt)
   other = cfg.replace(loss=cfg.loss.replace(style_weight=0.05))
   with pytest.raises(errors.ConfigError) as e:
