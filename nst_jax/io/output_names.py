@@ -184,23 +184,30 @@ def lock_path(path: str | os.PathLike) -> Path:
 
 
 def remove_temporaries(paths: Iterable[Path]) -> list[Path]:
-  """Deletes `.NAME.XXXXXXXX.tmp` (and `.partial` ones) beside each path: a killed write's."""
-  removed = []
+  """Deletes `.NAME.XXXXXXXX.tmp` (and `.partial` ones) beside each path: a killed write's.
+
+  Each folder is listed once, whatever the number of paths in it: a glob
+  per path read the folder once per planned intermediate (50000 of them at
+  `-i 100000 --save_iter 2` took 16 s).
+  """
+  wanted: dict[Path, set[str]] = {}
   for path in paths:
-    if not path.parent.is_dir():
+    wanted.setdefault(path.parent, set()).add(path.name)
+  removed = []
+  for directory, names in wanted.items():
+    try:
+      entries = list(os.scandir(directory))
+    except OSError:  # no folder yet (or not one, or unreadable): nothing of ours in it
       continue
-    for tmp in path.parent.glob(f'.{_glob_escape(path.name)}.*'):
-      match = _TEMP_NAME.fullmatch(tmp.name)
-      if not match or match['name'] != path.name or tmp.is_symlink():
+    for entry in entries:
+      match = _TEMP_NAME.fullmatch(entry.name)
+      if not match or match['name'] not in names or entry.is_symlink():
         continue
+      tmp = directory / entry.name
       with contextlib.suppress(OSError):  # another user's, say: left, as any stray file
-        if tmp.is_dir():
+        if entry.is_dir(follow_symlinks=False):
           shutil.rmtree(tmp)
         else:
           tmp.unlink(missing_ok=True)
         removed.append(tmp)
   return removed
-
-
-def _glob_escape(name: str) -> str:
-  return ''.join(f'[{c}]' if c in '*?[' else c for c in name)

@@ -36,6 +36,8 @@ from nst_jax.io import output_names
 # Free space asked beyond the estimate: the record's pictures and JSON, and
 # what compression cannot promise.
 SPACE_MARGIN_BYTES = 4 << 20
+# The kind of an output's planned intermediate images (Output.derived).
+INTERMEDIATE = 'intermediate image'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,9 +100,7 @@ def image_output(
       (output_names.RECORD_NAMES[k], output_names.derived(result, tail))
       for k, tail in output_names.RECORD_TAILS.items()
     ]
-  files += [
-    ('intermediate image', p) for p in output_names.intermediates(result, save_iter, iterations)
-  ]
+  files += [(INTERMEDIATE, p) for p in output_names.intermediates(result, save_iter, iterations)]
   return Output(result, owner, pixels, state_bytes, tuple(files), resumable=Path(checkpoint))
 
 
@@ -142,9 +142,10 @@ def check(
     if (identity := output_names.identity(Path(path))) is not None:
       by_identity.setdefault(identity, description)
   planned: dict[Path, str] = {}
+  folders: dict[Path, Path] = {}  # each folder resolved once, not once per intermediate
   for out in outputs:
     for kind, path in [('', out.result), *out.derived]:
-      key = output_names.resolved(path)
+      key = _resolved(path, folders) if kind == INTERMEDIATE else output_names.resolved(path)
       what = f'{out.owner} {out.result}'
       if kind:
         what = f'the {kind} {path.name} of {what}'
@@ -164,8 +165,18 @@ def check(
   _check_space([outputs[i] for i in mine])
 
 
+def _resolved(path: Path, folders: dict[Path, Path]) -> Path:
+  """output_names.resolved(path), its folder's resolution taken from (or put in) `folders`."""
+  if os.path.islink(path):  # a link's own target, which its folder does not say
+    return output_names.resolved(path)
+  if path.parent not in folders:
+    folders[path.parent] = output_names.resolved(path.parent)
+  return folders[path.parent] / path.name
+
+
 def _check_files(out: Output, overwrite: bool) -> None:
   ours = output_names.claimed(out.result)
+  placed: set[tuple[Path, int]] = set()  # intermediates: one folder, names of a few lengths
   if os.path.lexists(out.state):
     # An interrupted run of ours (or one whose checkpoint was kept): what it
     # wrote beside its checkpoint before any record existed is its own.
@@ -183,7 +194,9 @@ def _check_files(out: Output, overwrite: bool) -> None:
         f'{path} exists and is not a regular file (a link to nowhere, a FIFO, a device); move it '
         f'away or {_rename(out)}'
       )
-    output_names.check_place(path)
+    if kind != INTERMEDIATE or (path.parent, len(path.name)) not in placed:
+      output_names.check_place(path)  # the folder, and the name's and path's lengths
+      placed.add((path.parent, len(path.name)))
     if path.exists() and not (path in ours or overwrite):
       whose = '' if path == out.result else f', beside {out.result.name},'
       raise errors.NstError(
@@ -334,10 +347,7 @@ def locked(
   """
   mine = [outputs[i] for i in (range(len(outputs)) if local is None else local)]
   files = [
-    path
-    for out in mine
-    for kind, path in [('', out.result), *out.derived]
-    if kind != 'intermediate image'
+    path for out in mine for kind, path in [('', out.result), *out.derived] if kind != INTERMEDIATE
   ]
   _ensure_descriptors(len(files))
   held: list[tuple[Path, int]] = []
