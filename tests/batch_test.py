@@ -202,7 +202,7 @@ def test_an_image_process_0_cannot_write_stops_both_at_once_with_one_line(tmp_pa
   )
   ckpt_dir = tmp_path / 'ckpt'
   # 2000, not more: the output plan checks each planned intermediate name
-  # before the run (100000 took each process 11 s at --save_iter 2).
+  # before the run (50000 names at -i 100000 cost each process a second).
   extra = ('-i', '2000', '--save_iter', '2', '--checkpoint_dir', str(ckpt_dir))
   procs = _start(_commands(jobs, caffe_npz, tmp_path / 'out', 2, *extra), 4, tmp_path)
   outputs = (tmp_path / 'out0' / 'a.png', tmp_path / 'out1' / 'b.png')
