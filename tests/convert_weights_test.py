@@ -306,6 +306,6 @@ def test_weights_directory_gets_a_command_that_works(runs):
   with pytest.raises(errors.WeightsError) as e:
     weights_lib.load_weights(d / 'weights')
   assert str(e.value) == (
-    f'weights file {d / "weights"} (model.weights) is a directory; use the converted file in '
-    f'it, {converted}'
+    f'weights file {d / "weights"} (path=) is a directory; use the converted file in it, '
+    f'{converted}'
   )

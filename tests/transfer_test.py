@@ -549,3 +549,28 @@ def test_tiles_with_an_image_split_over_devices_are_refused_as_on_the_command_li
     'loss.tiles and run.shard spatial do not combine (both split the image to fit memory, and '
     "the memory plan covers one at a time); use one: loss.tiles 'off', or run.shard jobs"
   )
+
+
+def test_weights_come_from_weights_then_model_weights_then_the_variable(
+  caffe_npz, tmp_path, monkeypatch
+):
+  """As nst_jax.run: config.model.weights was ignored for $NST_JAX_WEIGHTS (trial 8)."""
+  rgb = np.random.default_rng(9).uniform(size=(16, 16, 3)).astype(np.float32)
+  cfg = _cfg(1)
+  missing = tmp_path / 'missing.npz'
+  monkeypatch.setenv('NST_JAX_WEIGHTS', str(missing))
+  fetch = f'run: nst_jax.io.download.fetch_and_convert({str(missing)!r})'
+  with pytest.raises(errors.WeightsError) as e:
+    stylize(rgb, rgb, config=cfg)
+  assert str(e.value) == f'weights file {missing} ($NST_JAX_WEIGHTS) does not exist; {fetch}'
+  given = stylize(rgb, rgb, config=cfg, weights=caffe_npz)
+  from_config = cfg.replace(model=cfg.model.replace(weights=str(caffe_npz)))
+  np.testing.assert_array_equal(stylize(rgb, rgb, config=from_config), given)
+  # weights= first: each error names where its path came from.
+  with pytest.raises(errors.WeightsError) as e:
+    stylize(rgb, rgb, config=from_config, weights=missing)
+  assert str(e.value) == f'weights file {missing} (weights=) does not exist; {fetch}'
+  monkeypatch.setenv('NST_JAX_WEIGHTS', str(caffe_npz))
+  with pytest.raises(errors.WeightsError) as e:
+    stylize(rgb, rgb, config=cfg.replace(model=cfg.model.replace(weights=str(missing))))
+  assert str(e.value) == f'weights file {missing} (model.weights) does not exist; {fetch}'

@@ -182,13 +182,34 @@ def test_missing_explicit_path_never_downloads(tmp_path):
     weights_lib.get_weights(tmp_path / 'typo.npz')
 
 
+def test_a_missing_weights_file_names_where_its_path_came_from(tmp_path, monkeypatch):
+  """It said '(model.weights)' for a path given to load_weights or taken from the variable."""
+  missing = tmp_path / 'x.npz'
+  fetch = f'run: nst_jax.io.download.fetch_and_convert({str(missing)!r})'
+  cases = [
+    (lambda: weights_lib.load_weights(missing), 'path='),
+    (lambda: weights_lib.get_weights(missing), 'path='),
+    (lambda: weights_lib.get_weights(missing, given_as='model.weights'), 'model.weights'),
+    (lambda: weights_lib.as_weights(missing), 'weights='),
+  ]
+  for load, origin in cases:
+    with pytest.raises(errors.WeightsError) as e:
+      load()
+    assert str(e.value) == f'weights file {missing} ({origin}) does not exist; {fetch}'
+  monkeypatch.setenv(weights_lib.WEIGHTS_ENV, str(missing))
+  for load in (weights_lib.load_weights, weights_lib.get_weights, weights_lib.as_weights):
+    with pytest.raises(errors.WeightsError) as e:
+      load(None)
+    assert str(e.value) == f'weights file {missing} ($NST_JAX_WEIGHTS) does not exist; {fetch}'
+
+
 def test_directory_as_weights_names_a_file_in_it(tmp_path, caffe_npz):
   # The suggested command writes a file in the directory (the converter
   # refuses a directory as its output); then the line names that file.
   with pytest.raises(errors.WeightsError) as e:
     weights_lib.get_weights(tmp_path)
   assert str(e.value) == (
-    f'weights file {tmp_path} (model.weights) is a directory; run: '
+    f'weights file {tmp_path} (path=) is a directory; run: '
     f'nst_jax.io.download.fetch_and_convert({str(tmp_path / "vgg19.npz")!r})'
   )
   (tmp_path / 'vgg19.npz').write_bytes(caffe_npz.read_bytes())
@@ -197,7 +218,7 @@ def test_directory_as_weights_names_a_file_in_it(tmp_path, caffe_npz):
   inside = tmp_path / 'vgg19.npz'
   assert (
     str(e.value)
-    == f'weights file {tmp_path} (model.weights) is a directory; use the converted file in it, '
+    == f'weights file {tmp_path} (path=) is a directory; use the converted file in it, '
     f'{inside}'
   )
 

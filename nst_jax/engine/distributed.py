@@ -202,17 +202,17 @@ def fetch_weights(path, urls=()) -> weights_lib.Weights:
   The others wait at a barrier (with the outcome agreed, so a failed
   download ends every process), then load the file, which checks its hash;
   a process whose disk has no copy (hosts without a shared directory)
-  downloads its own.
+  downloads its own. `path` is the config's model.weights (messages say so).
   """
   if jax.process_count() == 1:
-    return weights_lib.get_weights(path, urls=urls)
+    return weights_lib.get_weights(path, urls=urls, given_as='model.weights')
   loaded = None
   with together():
     if jax.process_index() == 0:
-      loaded = weights_lib.get_weights(path, urls=urls)
+      loaded = weights_lib.get_weights(path, urls=urls, given_as='model.weights')
   with together():
     if loaded is None:
-      loaded = weights_lib.get_weights(path, urls=urls)
+      loaded = weights_lib.get_weights(path, urls=urls, given_as='model.weights')
   return loaded
 
 

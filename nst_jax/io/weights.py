@@ -258,11 +258,14 @@ def save_npz(path: str | os.PathLike, flat: Mapping[str, np.ndarray], info: Weig
   image_lib.atomic_write(path, write)
 
 
-def load_weights(path: str | os.PathLike | None = None) -> Weights:
+def load_weights(path: str | os.PathLike | None = None, *, given_as: str = 'path=') -> Weights:
   """Loads converted weights, checking every key and shape.
 
   Args:
     path: a converted `.npz`; None resolves as `resolve_weights_path`.
+    given_as: what a message calls `path` when it is given (a caller's own
+      argument or config field, e.g. 'model.weights'); one from
+      $NST_JAX_WEIGHTS or the default location is named so.
 
   Returns:
     Weights with float32 params on the default device.
@@ -271,17 +274,18 @@ def load_weights(path: str | os.PathLike | None = None) -> Weights:
     WeightsError: a missing file or a directory, a pickle, a wrong key or shape,
       values that are not finite numbers, no metadata.
   """
+  origin = weights_origin(path, given_as)
   path = resolve_weights_path(path)
   inside = path / DEFAULT_WEIGHTS_PATH.name
   if path.is_dir() and inside.is_file():
     raise errors.WeightsError(
-      f'weights file {path} (model.weights) is a directory; use the converted file in it, {inside}'
+      f'weights file {path} ({origin}) is a directory; use the converted file in it, {inside}'
     )
   if not path.is_file():
     # A directory: the converter writes a file, so name one in it.
     what, output = ('is a directory', inside) if path.is_dir() else ('does not exist', path)
     raise errors.WeightsError(
-      f'weights file {path} (model.weights) {what}; run: {weight_formats.fetch_call(output)}'
+      f'weights file {path} ({origin}) {what}; run: {weight_formats.fetch_call(output)}'
     )
   try:
     with np.load(path, allow_pickle=False) as npz:
@@ -332,11 +336,24 @@ def resolve_weights_path(path: str | os.PathLike | None = None) -> Path:
   return Path(env) if env else DEFAULT_WEIGHTS_PATH
 
 
+def weights_origin(path: str | os.PathLike | None, given_as: str) -> str:
+  """Where `resolve_weights_path(path)` takes its path from, in a message's words.
+
+  Args:
+    path: the path given, or None.
+    given_as: what the caller called `path` ('path=', 'weights=', 'model.weights').
+  """
+  if path is not None:
+    return given_as
+  return f'${WEIGHTS_ENV}' if os.environ.get(WEIGHTS_ENV) else 'the default location'
+
+
 def get_weights(
   path: str | os.PathLike | None = None,
   *,
   progress: bool = True,
   urls: Sequence[str] = (),
+  given_as: str = 'path=',
 ) -> Weights:
   """Loads weights, downloading and converting them on first use.
 
@@ -349,6 +366,7 @@ def get_weights(
     progress: show the download's progress.
     urls: mirrors of the Keras file to try first (then $NST_JAX_WEIGHTS_URL's
       and the published ones, nst_jax.io.download.mirrors).
+    given_as: what messages call `path` (as `load_weights`).
   """
   from nst_jax.io import download  # the fetching side, only when needed
 
@@ -360,7 +378,7 @@ def get_weights(
     )
     raw = download.fetch(download.mirrors(urls), resolved.parent, md5=KERAS_MD5, progress=progress)
     convert_file(raw, resolved)
-  weights = load_weights(resolved)
+  weights = load_weights(path, given_as=given_as)
   if not weights.info.published:
     # Said once per run: its pictures are not VGG-19's (the record says it too).
     logging.warning(
@@ -371,8 +389,19 @@ def get_weights(
   return weights
 
 
-def as_weights(weights: 'Weights | str | os.PathLike | None') -> Weights:
-  """Accepts loaded Weights or a path (None: the default location)."""
+def as_weights(
+  weights: 'Weights | str | os.PathLike | None', *, given_as: str = 'weights=', urls=()
+) -> Weights:
+  """Accepts loaded Weights or a path (None: as `resolve_weights_path`), named `given_as`."""
   if isinstance(weights, Weights):
     return weights
-  return get_weights(weights)
+  return get_weights(weights, urls=urls, given_as=given_as)
+
+
+def for_model(model) -> Weights:
+  """The weights a run's `ModelConfig` names, as `nst_jax.run` and `stylize` load them.
+
+  `model.weights`, else $NST_JAX_WEIGHTS, else the default location
+  (downloaded there on first use); a message names where the path came from.
+  """
+  return get_weights(model.weights, urls=model.weights_url, given_as='model.weights')

@@ -266,9 +266,12 @@ def stylize(
       `config.inputs.style_blend_weights`, or placed by `style_masks`).
     config: the settings (the paths and `inputs.width` are ignored;
       `inputs.style_scale` as above); None = StyleConfig() defaults.
-    weights: loaded Weights, a path, or None for the default location; for
-      params made in memory (random_scaled_params),
-      `nst_jax.Weights.from_params(params, convention)`.
+    weights: loaded Weights, or the path of a converted .npz; for params
+      made in memory (random_scaled_params),
+      `nst_jax.Weights.from_params(params, convention)`. None: as
+      `nst_jax.run`, `config.model.weights`, else $NST_JAX_WEIGHTS, else the
+      default location (downloaded there on first use); an error names
+      which of these the path came from.
     callback: called as callback(iteration, rgb) with the current RGB
       images ([N, H, W, 3] at the current scale, as they would be saved)
       where the file pipeline saves an intermediate image: at each multiple
@@ -331,7 +334,10 @@ def stylize(
       'run.resume is set but no checkpoint= names the file to continue; pass checkpoint= or '
       'leave run.resume False'
     )
-  w = weights_lib.as_weights(weights)
+  if weights is None:  # as nst_jax.run: model.weights, else $NST_JAX_WEIGHTS, else the default
+    w = weights_lib.for_model(cfg.model)
+  else:
+    w = weights_lib.as_weights(weights, urls=cfg.model.weights_url)
   squeeze = np.ndim(content) == 3
   rows = _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint)
   n = len(rows)

@@ -313,7 +313,7 @@ def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan) -> Path
     preview_lib.serving(cfg.run.serve, title=output.name) as preview,
     contextlib.ExitStack() as held,
   ):
-    w = weights_lib.get_weights(cfg.model.weights, urls=cfg.model.weights_url)
+    w = weights_lib.for_model(cfg.model)
     # Locked once every input has loaded: a run refused until here wrote nothing.
     held.enter_context(output_plan.locked(plan, then_check=lambda: _check_plan(cfg, plan)))
     logging.info(

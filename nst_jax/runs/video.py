@@ -237,7 +237,7 @@ def _run_video(cfg: config_lib.StyleConfig, clip, paths: _Paths, height: int, pl
     'one pass, frame after frame' if v.passes == 1 else f'{v.passes} passes over all frames',
   )
   with preview_lib.serving(cfg.run.serve, title=paths.output.name) as preview:
-    w = weights_lib.get_weights(cfg.model.weights, urls=cfg.model.weights_url)
+    w = weights_lib.for_model(cfg.model)
     # Locked once every input has loaded (a run refused until here wrote
     # nothing), by process 0, which writes the result.
     from nst_jax.engine import distributed
