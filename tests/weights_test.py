@@ -482,6 +482,20 @@ def test_npz_holding_a_pickle_is_refused(tmp_path, caffe_npz):
   with pytest.raises(errors.WeightsError) as e:
     weights_lib.load_weights(bad)
   assert 'cannot be loaded safely' in _one_line(e)
+  assert 'it may hold a pickle' in _one_line(e)
+
+
+@pytest.mark.parametrize('data', [b'\xff\xd8\xff\xe0 a JPEG', b'some text\n'], ids=['jpeg', 'text'])
+def test_a_file_that_is_not_an_npz_is_named_so_not_a_pickle(tmp_path, data):
+  """A JPEG or text file named .npz was said to 'may hold a pickle' (trial 8)."""
+  bad = tmp_path / 'w.npz'
+  bad.write_bytes(data)
+  with pytest.raises(errors.WeightsError) as e:
+    weights_lib.load_weights(bad)
+  assert str(e.value) == (
+    f'{bad} is not an .npz file (it is not a zip archive); give the converted weights '
+    f'({weight_formats.CONVERT_COMMAND} writes them)'
+  )
 
 
 @pytest.mark.parametrize(

@@ -287,6 +287,7 @@ def load_weights(path: str | os.PathLike | None = None, *, given_as: str = 'path
     raise errors.WeightsError(
       f'weights file {path} ({origin}) {what}; run: {weight_formats.fetch_call(output)}'
     )
+  _check_zip(path)
   try:
     with np.load(path, allow_pickle=False) as npz:
       contents = {k: npz[k] for k in npz.files}
@@ -326,6 +327,30 @@ def load_weights(path: str | os.PathLike | None = None, *, given_as: str = 'path
     {k: jnp.asarray(v, jnp.float32) for k, v in flat.items()}, sep='/'
   )
   return Weights(params=params, info=info)
+
+
+def _check_zip(path: Path) -> None:
+  """Refuses a file that is no zip archive: np.load would read it as a pickle and refuse that.
+
+  Only the leading signature is read: a truncated or damaged archive (zip
+  magic, no directory) is left to np.load, whose message names the damage.
+  """
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(len(_ZIP_MAGIC))
+  except OSError as e:
+    raise errors.WeightsError(
+      f'{path} cannot be read ({e.strerror}); check its permissions'
+    ) from None
+  if head != _ZIP_MAGIC:
+    raise errors.WeightsError(
+      f'{path} is not an .npz file (it is not a zip archive); give the converted weights '
+      f'({weight_formats.CONVERT_COMMAND} writes them)'
+    )
+
+
+# A zip archive's first local file header (np.savez writes at least one array).
+_ZIP_MAGIC = b'PK\x03\x04'
 
 
 def resolve_weights_path(path: str | os.PathLike | None = None) -> Path:
