@@ -408,3 +408,13 @@ def test_a_numpy_integer_seed_is_a_python_int():
   for seed in (np.int64(7), np.uint8(7), 7, 2**63 - 1):
     got = config_lib.InputConfig(seed=seed).seed
     assert got == seed and type(got) is int
+
+
+def test_as_style_config_names_the_callers_argument():
+  cfg = config_lib.StyleConfig()
+  assert config_lib.as_style_config(cfg, 'cfg') is cfg
+  with pytest.raises(errors.ArgumentError) as e:
+    config_lib.as_style_config(config_lib.ModelConfig(), 'settings')
+  assert str(e.value) == (
+    'settings must be a StyleConfig, got a ModelConfig; pass nst_jax.StyleConfig(model=settings)'
+  )

@@ -66,3 +66,15 @@ def test_tiles_and_an_image_split_over_devices_are_refused_for_files_and_arrays(
   )
   # Only one device of the two splits 47 rows evenly: nothing is split, the tiles stay.
   assert runner.layout_for(cfg, 47).mesh.devices.size == 1
+
+
+def test_run_refuses_a_group_for_its_config_naming_the_fix():
+  """A LossConfig was an AttributeError ('... has no attribute run'), as stylize's was."""
+  cases = [
+    (config_lib.LossConfig(), 'a LossConfig; pass nst_jax.StyleConfig(loss=cfg)'),
+    (None, 'a NoneType; pass nst_jax.StyleConfig(loss=nst_jax.LossConfig(...))'),
+  ]
+  for cfg, message in cases:
+    with pytest.raises(errors.ArgumentError) as e:
+      runner.run(cfg)
+    assert str(e.value) == f'cfg must be a StyleConfig, got {message}'

@@ -182,6 +182,21 @@ class StyleConfig:
     return self.inputs.style_paths
 
 
+def as_style_config(config, argument: str) -> StyleConfig:
+  """`config` if it is a StyleConfig, else an ArgumentError naming how to build one.
+
+  A group alone (a LossConfig) failed later as an AttributeError ('...
+  has no attribute run'). `argument` is the caller's name for it.
+  """
+  if isinstance(config, StyleConfig):
+    return config
+  group = next((k for k, g in GROUPS.items() if isinstance(config, g)), None)
+  fix = f'StyleConfig({group}={argument})' if group else 'StyleConfig(loss=nst_jax.LossConfig(...))'
+  raise errors.ArgumentError(
+    f'{argument} must be a StyleConfig, got a {type(config).__name__}; pass nst_jax.{fix}'
+  )
+
+
 def _check_flat(flat: dict) -> None:
   """Refuses a flat keyword that names no setting, naming the closest setting in its group."""
 

@@ -142,15 +142,9 @@ def _check_checkpoint_path(path: Path, *, resume: bool) -> None:
 
 
 def _config(config: Any) -> config_lib.StyleConfig:
-  """stylize's config, or an ArgumentError naming how to build one (not an AttributeError)."""
-  if config is None:
-    return config_lib.StyleConfig()
-  if isinstance(config, config_lib.StyleConfig):
-    return config
-  group = next((k for k, g in config_lib.GROUPS.items() if isinstance(config, g)), None)
-  fix = f'StyleConfig({group}=config)' if group else 'StyleConfig(loss=nst_jax.LossConfig(...))'
-  raise errors.ArgumentError(
-    f'config must be a StyleConfig, got a {type(config).__name__}; pass nst_jax.{fix}'
+  """stylize's config (None: the defaults), or an ArgumentError naming how to build one."""
+  return (
+    config_lib.StyleConfig() if config is None else config_lib.as_style_config(config, 'config')
   )
 
 

@@ -266,9 +266,14 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   Every file is written atomically, in the output's format with the content
   image's ICC profile.
 
+  Args:
+    cfg: a StyleConfig naming the files (`inputs.content_path`,
+      `inputs.style_path`); a group alone is refused naming the fix.
+
   Returns:
     The path written.
   """
+  cfg = config_lib.as_style_config(cfg, 'cfg')
   compile_cache.use(cfg.run.compile_cache)  # before JAX's first compile reads it
   i = cfg.inputs
   output = _single_output(cfg)
