@@ -78,3 +78,13 @@ def test_run_refuses_a_group_for_its_config_naming_the_fix():
     with pytest.raises(errors.ArgumentError) as e:
       runner.run(cfg)
     assert str(e.value) == f'cfg must be a StyleConfig, got {message}'
+
+
+def test_an_empty_content_path_is_named_so(tmp_path):
+  """It said 'image . is a directory' (Path('') is '.')."""
+  cfg = config_lib.StyleConfig(
+    inputs=config_lib.InputConfig(content_path='', style_path=str(tmp_path / 's.png'))
+  )
+  with pytest.raises(errors.ConfigError) as e:
+    runner.run(cfg)
+  assert str(e.value) == 'inputs.content_path is empty; give the path of an image file'

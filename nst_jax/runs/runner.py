@@ -209,6 +209,8 @@ def watch(cfg, results: Results, *, preview=None, monitor_row=0, should_stop=Non
 def _single_output(cfg: config_lib.StyleConfig) -> Path:
   """The result's path, checked, and its checkpoint's state checked against --resume."""
   i = cfg.inputs
+  if not i.content_path:  # Path('') is '.', which was refused as 'a directory'
+    raise errors.ConfigError('inputs.content_path is empty; give the path of an image file')
   if not cfg.style_paths:
     raise errors.ConfigError('no style image given; name one or more as inputs.style_path')
   output = outputs.single_output(
