@@ -255,6 +255,12 @@ def test_masks_and_blend_weights_exclude_each_other_in_the_api(caffe_npz):
     stylize(rgb, [rgb, rgb], weights=caffe_npz, style_masks=np.ones((3, 32, 32)))
 
 
+_NESTED = (
+  'style is a nested list; pass np.asarray(style) for one image, or a list of [H, W, 3] arrays to '
+  'blend several'
+)
+
+
 def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_path):
   rgb = np.full((32, 32, 3), 0.5, np.float32)
   two = np.stack([rgb, rgb])
@@ -281,6 +287,10 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
     (dict(content=rgb, style=rgb, init_image=two),
      'init_image has 2 images for 1 content image(s); give 1'),
     (dict(content=rgb, style=[]), 'no style image given; pass one: stylize(content, style, ...)'),
+    # One image as nested lists was read as 32 styles of [32, 3] (trial 8).
+    (dict(content=rgb, style=rgb.tolist()), _NESTED),
+    (dict(content=rgb, style=list(rgb[0, 0])), _NESTED),  # items of ndim 0
+    (dict(content=rgb, style=[rgb, rgb.tolist()]), _NESTED),
   ]  # fmt: skip
   for kwargs, message in cases:
     kwargs.setdefault('weights', caffe_npz)

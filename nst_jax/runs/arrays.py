@@ -159,6 +159,12 @@ def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint
   items = list(style) if isinstance(style, (list, tuple)) else [style]
   if not items:
     raise errors.ConfigError('no style image given; pass one: stylize(content, style, ...)')
+  if len(items) > 1 and any(isinstance(s, (list, tuple)) or np.ndim(s) < 2 for s in items):
+    # A list is several styles: one image's .tolist() read as H styles of [W, 3].
+    raise errors.ConfigError(
+      'style is a nested list; pass np.asarray(style) for one image, or a list of [H, W, 3] '
+      'arrays to blend several'
+    )
   styles = [
     np.asarray(pixels.batched(pixels.as_rgb(s, 'style' if len(items) == 1 else f'style {i}')))
     for i, s in enumerate(items)
@@ -257,7 +263,8 @@ def stylize(
       rule of every RGB argument).
     style: RGB in [0, 1], [Hs, Ws, 3] (any size) or [N, Hs, Ws, 3], or a list
       of those for several styles (blended with
-      `config.inputs.style_blend_weights`, or placed by `style_masks`).
+      `config.inputs.style_blend_weights`, or placed by `style_masks`); one
+      image as nested lists (`.tolist()`) is refused: pass np.asarray(style).
     config: the settings (the paths and `inputs.width` are ignored;
       `inputs.style_scale` as above); None = StyleConfig() defaults.
     weights: loaded Weights, or the path of a converted .npz; for params
