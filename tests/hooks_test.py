@@ -385,6 +385,17 @@ def test_stop_on_signals_turns_a_signal_into_a_flag_and_restores_the_handlers():
   assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_stop_on_signals_for_a_library_call_lets_a_second_signal_interrupt_at_once():
+  """stylize's use: the first signal stops the loop (it saves first), a second is Ctrl-C's own."""
+  before = signal.getsignal(signal.SIGINT)
+  with pytest.raises(KeyboardInterrupt), hooks.stop_on_signals(interrupt_again=True) as stop:
+    signal.raise_signal(signal.SIGINT)
+    assert stop() == signal.SIGINT
+    signal.raise_signal(signal.SIGTERM)
+  assert stop() == signal.SIGINT
+  assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_stop_on_signals_off_the_main_thread_leaves_the_handlers_alone():
   # Only the main thread can install handlers: elsewhere the flag stays None.
   before, seen = signal.getsignal(signal.SIGTERM), []

@@ -1,6 +1,8 @@
 """Tests for nst_jax.runs.arrays.stylize (and the engine under it): arrays in, arrays out."""
 
 import logging
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -584,3 +586,47 @@ def test_weights_come_from_weights_then_model_weights_then_the_variable(
   with pytest.raises(errors.WeightsError) as e:
     stylize(rgb, rgb, config=cfg.replace(model=cfg.model.replace(weights=str(missing))))
   assert str(e.value) == f'weights file {missing} (model.weights) does not exist; {fetch}'
+
+
+def test_ctrl_c_in_stylize_saves_the_checkpoint_as_the_command_line_does(caffe_npz, tmp_path):
+  """A SIGINT raised a bare KeyboardInterrupt and saved nothing (trial 8)."""
+  rng = np.random.default_rng(11)
+  content, style = rng.uniform(size=(2, 16, 16, 3)).astype(np.float32)
+  cfg = _cfg(4, save=config_lib.SaveConfig(save_iter=2))
+  whole = stylize(content, style, config=cfg, weights=caffe_npz, checkpoint=tmp_path / 'a.ckpt')
+
+  def ctrl_c(iteration, rgb):
+    calls.append(iteration)
+    if len(calls) == 1:  # Ctrl-C once (it is called again when the run stops)
+      os.kill(os.getpid(), signal.SIGINT)
+
+  before, calls = signal.getsignal(signal.SIGINT), []
+  ckpt = tmp_path / 'b.ckpt'
+  with pytest.raises(errors.Interrupted) as e:
+    stylize(content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt, callback=ctrl_c)
+  # The loop polled iteration 2's stop before its hooks ran: it stops after the next.
+  assert str(e.value) == (
+    f'interrupted by signal 2 after iteration 3; the checkpoint {ckpt} holds iteration 3: '
+    'continue with run.resume'
+  )
+  assert signal.getsignal(signal.SIGINT) is before
+  payload = checkpoint_lib.read(ckpt)
+  assert payload['iteration'] == 3 and checkpoint_lib.unfinished(payload)
+  resume = cfg.replace(run=cfg.run.replace(resume=True))
+  resumed = stylize(content, style, config=resume, weights=caffe_npz, checkpoint=ckpt)
+  np.testing.assert_array_equal(resumed, whole)
+  assert calls == [2, 3]  # and with the image it stopped at
+  # Without checkpoint=, a clean stop that says so.
+  calls.clear()
+  with pytest.raises(errors.Interrupted) as e:
+    stylize(content, style, config=cfg, weights=caffe_npz, callback=ctrl_c)
+  assert str(e.value) == 'interrupted by signal 2 after iteration 3; nothing was saved'
+  assert signal.getsignal(signal.SIGINT) is before
+
+  def twice(iteration, rgb):
+    signal.raise_signal(signal.SIGINT)
+    signal.raise_signal(signal.SIGINT)
+
+  with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once
+    stylize(content, style, config=cfg, weights=caffe_npz, callback=twice)
+  assert signal.getsignal(signal.SIGINT) is before

@@ -395,20 +395,29 @@ def exit_on_signals(
 
 
 @contextlib.contextmanager
-def stop_on_signals():
+def stop_on_signals(*, interrupt_again: bool = False):
   """Turns SIGINT/SIGTERM/SIGHUP into a flag the loop polls, so it can save first.
 
   Yields a callable returning the signal number received, or None. Only the
   main thread can install handlers; elsewhere signals keep their defaults.
+  The previous handlers come back on leaving, also on an error.
+
+  Args:
+    interrupt_again: a second signal raises KeyboardInterrupt at once (a
+      library call's Ctrl-C); else it is ignored (the command line's
+      `exit_on_signals` ends the process on it).
   """
   received = []
   if threading.current_thread() is not threading.main_thread():
     yield lambda: None
     return
-  previous = {
-    signum: signal.signal(signum, lambda signum, frame: received.append(signum))
-    for signum in STOP_SIGNALS
-  }
+
+  def handler(signum, frame):
+    if received and interrupt_again:
+      raise KeyboardInterrupt(f'interrupted again by signal {signum}')
+    received.append(signum)
+
+  previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
   try:
     yield lambda: received[0] if received else None
   finally:

@@ -293,7 +293,14 @@ def stylize(
       a link, a missing folder.
     should_stop: polled after every iteration; a non-zero return (a signal
       number) saves the checkpoint (if `checkpoint` is given), then raises
-      Interrupted, whose message names what was saved.
+      Interrupted, whose message names what was saved. Ctrl-C (SIGINT),
+      SIGTERM and SIGHUP do the same, as on the command line, when stylize
+      is called from the main thread: for the run, a handler of its own
+      turns the first into that stop (at the next iteration's poll; "nothing
+      was saved" without `checkpoint`), a second raises KeyboardInterrupt
+      at once, and the previous handlers come back after the run, also
+      after an error. Called from another thread, stylize leaves signals
+      alone (Python runs handlers on the main thread only): use should_stop.
     content_mask: [H, W] or [N, H, W] in [0, 1]: weight of the content loss
       per pixel (None: 1 everywhere).
     style_masks: [S, H, W] or [N, S, H, W] in [0, 1], one per style: where
@@ -362,19 +369,21 @@ def stylize(
     if callback is not None:
       callback(iteration, np.stack([images[k] for k in sorted(images)]))
 
-  watch = engine_lib.Watch.of_run(
-    cfg.run,
-    save_iter=cfg.save.save_iter,
-    on_intermediate=on_intermediate,
-    monitor=monitor,
-    should_stop=should_stop,
-    history=history,
-  )
   scales = {} if record is not None else None
-  try:
-    results = engine.run(rows, real=tuple(range(n)), watch=watch, resume=resume, record=scales)
-  except errors.ResumeMismatch as e:
-    raise _in_stylize_words(e) from None
+  # As the command line: the first signal stops the loop, which saves first.
+  with hooks_lib.stop_on_signals(interrupt_again=True) as signalled:
+    watch = engine_lib.Watch.of_run(
+      cfg.run,
+      save_iter=cfg.save.save_iter,
+      on_intermediate=on_intermediate,
+      monitor=monitor,
+      should_stop=lambda: (should_stop and should_stop()) or signalled(),
+      history=history,
+    )
+    try:
+      results = engine.run(rows, real=tuple(range(n)), watch=watch, resume=resume, record=scales)
+    except errors.ResumeMismatch as e:
+      raise _in_stylize_words(e) from None
   if record is not None:
     record['scales'] = scales.get('scales', [])
     record['history'] = history.history[0]
