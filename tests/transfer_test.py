@@ -630,3 +630,20 @@ def test_ctrl_c_in_stylize_saves_the_checkpoint_as_the_command_line_does(caffe_n
   with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once
     stylize(content, style, config=cfg, weights=caffe_npz, callback=twice)
   assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_the_fields_stylize_documents_as_ignored_change_nothing(caffe_npz, tmp_path, monkeypatch):
+  """Trial 8 (D2): they were ignored, but only 'the paths and inputs.width' were listed."""
+  monkeypatch.chdir(tmp_path)
+  rgb = np.random.default_rng(12).uniform(size=(16, 16, 3)).astype(np.float32)
+  cfg = _cfg(1)
+  plain = stylize(rgb, rgb, config=cfg, weights=caffe_npz)
+  ignored = cfg.replace(
+    inputs=cfg.inputs.replace(content_path='c.png', style_path='s.png', width=64),
+    save=config_lib.SaveConfig(
+      path='out.png', bit_depth=16, quality=50, record=False, overwrite=True
+    ),
+    run=cfg.run.replace(checkpoint_dir='ckpts', keep_checkpoint=True),
+  )
+  np.testing.assert_array_equal(stylize(rgb, rgb, config=ignored, weights=caffe_npz), plain)
+  assert list(tmp_path.iterdir()) == []  # no file written

@@ -265,8 +265,18 @@ def stylize(
       of those for several styles (blended with
       `config.inputs.style_blend_weights`, or placed by `style_masks`); one
       image as nested lists (`.tolist()`) is refused: pass np.asarray(style).
-    config: the settings (the paths and `inputs.width` are ignored;
-      `inputs.style_scale` as above); None = StyleConfig() defaults.
+    config: the settings; None = StyleConfig() defaults. stylize reads
+      arrays and writes nothing but `checkpoint`, so these fields are
+      ignored (not refused: one config serves files and arrays):
+      `inputs.content_path`, `inputs.style_path`, `inputs.content_mask`,
+      `inputs.style_masks` (pass arrays), `inputs.width` (the content's
+      width is the output's), `save.path`, `save.bit_depth`,
+      `save.quality`, `save.record`, `save.overwrite` (the result is
+      returned; `record=` fills a dict), `run.checkpoint_dir`,
+      `run.keep_checkpoint` (`checkpoint=` names the checkpoint, kept),
+      `run.serve` (`monitor=`) and `video`. `inputs.style_scale` as above;
+      `inputs.init` other than a keyword names an image file to read;
+      `save.save_iter` paces `callback`.
     weights: loaded Weights, or the path of a converted .npz; for params
       made in memory (random_scaled_params),
       `nst_jax.Weights.from_params(params, convention)`. None: as
