@@ -284,12 +284,13 @@ def stylize(
       default location (downloaded there on first use); an error names
       which of these the path came from.
     callback: called as callback(iteration, rgb) with the current RGB
-      images ([N, H, W, 3] at the current scale, as they would be saved)
+      images ([N, H, W, 3] at the current scale, as they would be saved;
+      [1, H, W, 3] for one [H, W, 3] content)
       where the file pipeline saves an intermediate image: at each multiple
       of `config.save.save_iter` iterations of a scale except the scale's
       last iteration (its result is the return value, or the next scale's
       start) and one where the scale stopped converged; and when
-      `should_stop` stops the run. So save_iter 2 of 4 iterations calls it
+      `should_stop` or a signal stops the run. So save_iter 2 of 4 iterations calls it
       at 2 only. `iteration` counts on across scales.
     checkpoint: a checkpoint path (a NAME.ckpt directory; one image only), written every
       `config.run.checkpoint_every` iterations, at the end of each scale and
