@@ -726,6 +726,12 @@ def test_params_in_another_form_are_refused_naming_what_to_pass():
   # One layer name, as the model and extract_features take it (refused before).
   one = prepare_params(params, 'relu1_1', backend='cpu')
   assert set(one['conv1_1']) > {'kernel', 'bias'} and set(one['conv2_1']) == {'kernel', 'bias'}
+  # Another spelling than JAX's platform names skipped the CPU preparation silently.
+  for backend, fix in (('CPU', "; JAX names it 'cpu'"), ('host', ''), (1, '')):
+    with _raises("backend must be a JAX platform, one of 'cpu', 'gpu', 'tpu', 'cuda', 'rocm' (or "
+                 f"None for the params' device), got {backend!r}{fix}"):  # fmt: skip
+      prepare_params(params, 'relu1_1', backend=backend)
+  assert set(prepare_params(params, 'relu1_1', backend='cuda')['conv1_1']) == {'kernel', 'bias'}
   # What the step runs (under jit): the same check at trace time.
   tx = make_optimizer('adam', convention=pixels.CAFFE)
   with _raises('params lack conv2_2, which relu2_2 needs; pass the whole network (weights.params)'):

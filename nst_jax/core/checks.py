@@ -211,6 +211,22 @@ def choice(table: Mapping[str, Any], value: Any, name: str) -> Any:
     ) from None
 
 
+# The platform names JAX gives devices (`Device.platform`, `jax.default_backend()`),
+# plus 'cuda' and 'rocm', which `jax.devices` also takes. JAX takes them in lower case only.
+PLATFORMS = ('cpu', 'gpu', 'tpu', 'cuda', 'rocm')
+
+
+def platform(backend: Any) -> str:
+  """`backend` if it is a platform JAX names, or a ConfigError naming those (not a silent no-op)."""
+  if backend in PLATFORMS or (isinstance(backend, str) and backend == jax.default_backend()):
+    return backend
+  fix = f'; JAX names it {backend.lower()!r}' if str(backend).lower() in PLATFORMS else ''
+  raise errors.ConfigError(
+    f'backend must be a JAX platform, one of {", ".join(map(repr, PLATFORMS))} (or None for the '
+    f"params' device), got {backend!r}{fix}"
+  )
+
+
 def positive_number(value: Any, name: str) -> None:
   """Refuses a concrete number that is not finite and > 0 (a schedule or a tracer passes)."""
   if callable(value) or isinstance(value, jax.core.Tracer):
