@@ -344,6 +344,22 @@ def test_an_empty_style_region_adds_zero():
     assert bool(jnp.all(jnp.isfinite(jax.grad(masked)(f))))
 
 
+def test_tv_loss_of_one_row_or_column_counts_only_the_other_direction():
+  """A direction with no neighbouring pairs adds 0 (it was the NaN mean of no differences)."""
+  x = np.random.default_rng(1).normal(0, 30, (5, 6, 3)).astype(np.float32)
+  row, column = x[:1], x[:, :1]
+  np.testing.assert_allclose(
+    jax.jit(losses.tv_loss)(row), np.mean(np.square(np.diff(row, axis=1))), rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    losses.tv_loss(column), np.mean(np.square(np.diff(column, axis=0))), rtol=1e-6
+  )
+  assert float(losses.tv_loss(x[:1, :1])) == 0.0
+  grad = jax.grad(losses.tv_loss)(jnp.asarray(row))
+  np.testing.assert_allclose(grad[0, 0], 2 * (row[0, 0] - row[0, 1]) / (6 - 1) / 3, rtol=1e-5)
+  assert np.isfinite(np.asarray(jax.grad(losses.tv_loss)(jnp.asarray(x[:1, :1])))).all()
+
+
 def test_tv_loss_refuses_a_batch():
   # [N, H, W, 3] would difference the batch axis and never the width (trial 4).
   with pytest.raises(errors.ConfigError, match=r'tv_loss expects one image \[H, W, 3\], got shape'):

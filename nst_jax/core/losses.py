@@ -56,7 +56,8 @@ def tv_loss(image: jax.typing.ArrayLike) -> jax.Array:
   The squared (smooth) form, whose gradient jcjohnson/neural-style's TVLoss
   uses; neural-style-pt sums absolute differences instead. In the network's
   input space (0..255 for the Caffe convention). Each mean runs over that
-  direction's (H-1)*W*3 or H*(W-1)*3 differences.
+  direction's (H-1)*W*3 or H*(W-1)*3 differences; a direction with none (an
+  image one pixel high or wide) adds 0, not the NaN mean of no differences.
 
   Args:
     image: [H, W, 3] (channels last: [3, H, W] is refused, as it would
@@ -73,7 +74,12 @@ def tv_loss(image: jax.typing.ArrayLike) -> jax.Array:
       else pixels.layout_fix(x.shape, batched=False)
     )
     raise errors.ConfigError(f'tv_loss expects one image [H, W, 3], got shape {x.shape}{fix}')
-  return jnp.mean(jnp.square(x[1:] - x[:-1])) + jnp.mean(jnp.square(x[:, 1:] - x[:, :-1]))
+  return _mean_square(x[1:] - x[:-1]) + _mean_square(x[:, 1:] - x[:, :-1])
+
+
+def _mean_square(d: jax.Array) -> jax.Array:
+  """mean(d^2), or 0 where d is empty (decided on the static shape: its gradient stays finite)."""
+  return jnp.mean(jnp.square(d)) if d.size else jnp.zeros((), jnp.float32)
 
 
 def temporal_loss(
