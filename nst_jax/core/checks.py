@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import errors
+from nst_jax.core import losses
 from nst_jax.core import pixels
 from nst_jax.core import vgg
 
@@ -371,7 +372,7 @@ def target_layers(targets: Any, loss_spec: Any, user: str) -> None:
         f"targets lack the {kind} layer(s) {', '.join(missing)} of {user}'s loss_spec; build "
         f'them with make_targets(..., loss_spec=) of the same spec as {user}'
       )
-  key = _STATISTIC[loss_spec.style_loss]
+  key = losses.STYLE_STATISTIC[loss_spec.style_loss]
   for name in loss_spec.style_layers:
     if key not in targets.style[name]:
       raise errors.ConfigError(
@@ -391,7 +392,3 @@ def extra_batch(extra: Any, n: int, name: str) -> None:
         f'leading axis of the {n} image(s): x[None] for one image, or jnp.broadcast_to(x, '
         f'({n}, *x.shape)) to share it'
       )
-
-
-# A key of each style loss's statistics (nst_jax.core.statistics.layer_targets).
-_STATISTIC = {'gram': 'gram', 'mean_cov': 'mean', 'histogram': 'quantiles'}

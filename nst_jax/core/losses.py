@@ -46,6 +46,8 @@ from nst_jax.core import statistics
 
 # The per-layer style terms `style_loss` offers (see the module docstring).
 STYLE_KINDS = ('gram', 'mean_cov', 'histogram')
+# A key of each style loss's statistics (`nst_jax.core.statistics.layer_targets`).
+STYLE_STATISTIC = {'gram': 'gram', 'mean_cov': 'mean', 'histogram': 'quantiles'}
 # Added to the L1 norm when normalising gradients, as jcjohnson/neural-style.
 NORMALIZE_EPS = 1e-8
 
@@ -222,6 +224,7 @@ def style_layer_loss(
   """
   if not isinstance(target, Mapping):
     target = {'gram': target}
+  _statistic(target, kind)
   if kind == 'gram':
     target = {**target, 'gram': _gram_target(target, jnp.shape(features)[-1])}
 
@@ -260,13 +263,19 @@ def style_layer_loss(
   return jnp.sum(jax.vmap(region)(target, jnp.asarray(masks, jnp.float32)))
 
 
+def _statistic(target: Mapping, kind: str) -> None:
+  """Refuses a target of another statistic than `kind`'s (a Gram for 'mean_cov', as objective)."""
+  key = STYLE_STATISTIC.get(kind)  # an unknown kind: refused by name after
+  if key is not None and key not in target:
+    raise errors.ConfigError(
+      f'the style target holds {", ".join(map(str, target))}, not {kind!r} statistics; make it '
+      f'with make_targets(..., loss_spec=) of style_loss={kind!r}, or pass kind= the statistic '
+      'it holds'
+    )
+
+
 def _gram_target(target: Mapping, c: int) -> jax.Array:
   """The 'gram' target as [S, C, C]: a bare [C, C] Gram gets its region axis."""
-  if 'gram' not in target:
-    raise errors.ConfigError(
-      f"the style target has {sorted(target)}, no 'gram'; give kind= the statistic it holds, "
-      "or {'gram': [S, C, C]}"
-    )
   a = target['gram']
   shape = np.shape(a)
   if shape == (c, c):
