@@ -554,6 +554,24 @@ def test_objective_wants_one_images_features():
     objective(content[0], params, one, model=model, loss_spec=TINY_LOSS.spec, features=feats)
 
 
+def test_objective_names_features_of_another_image_size():
+  """It said to remake the (right) targets from content of the image's size."""
+  model, params, content, targets = _problem()
+  one = jax.tree.map(lambda x: x[0], targets)
+  small = jnp.zeros((8, 12, 3))
+  feats = network_features(small, params, model=model, layers=TINY_LOSS.spec.feature_layers)
+  with _raises("features are of another image than image: features['relu1_1'] is 12x8, but "
+               "image's 16x16 px give 16x16 there; compute them from image: network_features("
+               'image, params, model=model, layers=loss_spec.feature_layers)'):  # fmt: skip
+    objective(content[0], params, one, model=model, loss_spec=TINY_LOSS.spec, features=feats)
+  feats = network_features(content[0], params, model=model, layers=TINY_LOSS.spec.feature_layers)
+  total, _ = objective(content[0], params, one, model=model, loss_spec=TINY_LOSS.spec)
+  again, _ = objective(
+    content[0], params, one, model=model, loss_spec=TINY_LOSS.spec, features=feats
+  )
+  assert float(again) == float(total)
+
+
 def test_make_model_and_optimizer_name_their_choices():
   for kwargs, message in (
     ({'dtype': 'float16'}, "dtype must be one of 'float32', 'bfloat16', got 'float16'"),

@@ -186,8 +186,12 @@ def one_images_targets(targets: Any) -> None:
     )
 
 
-def objective_features(features: Mapping, layers: tuple[str, ...]) -> None:
-  """Refuses `objective(features=)` lacking a loss layer, or a batch's features."""
+def objective_features(features: Mapping, layers: tuple[str, ...], size: tuple[int, int]) -> None:
+  """Refuses `objective(features=)` lacking a loss layer, a batch's, or another image size's.
+
+  `size`: the image's (H, W); each 2x2 pooling before a layer floors its map
+  (`vgg.downsamplings`, which holds for any stage sizes with these names).
+  """
   missing = [name for name in layers if name not in features]
   if missing:
     raise errors.ConfigError(
@@ -200,6 +204,15 @@ def objective_features(features: Mapping, layers: tuple[str, ...]) -> None:
       f'features[{batched[0]!r}] has shape {jnp.shape(features[batched[0]])}; features must be '
       "one image's, layer -> [h, w, c]: network_features of an [H, W, 3] image"
     )
+  for name in sorted(layers, key=vgg.downsamplings):  # the shallowest map names the size best
+    k = vgg.downsamplings(name)
+    want, have = (size[0] // 2**k, size[1] // 2**k), tuple(jnp.shape(features[name])[:2])
+    if want != have:
+      raise errors.ConfigError(
+        f'features are of another image than image: features[{name!r}] is {have[1]}x{have[0]}, '
+        f"but image's {size[1]}x{size[0]} px give {want[1]}x{want[0]} there; compute them from "
+        'image: network_features(image, params, model=model, layers=loss_spec.feature_layers)'
+      )
 
 
 def choice(table: Mapping[str, Any], value: Any, name: str) -> Any:

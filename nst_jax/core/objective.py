@@ -411,7 +411,7 @@ def objective(
   if features is None:
     feats = network_features(image, params, model=model, layers=loss_spec.feature_layers)
   else:
-    checks.objective_features(features, loss_spec.feature_layers)
+    checks.objective_features(features, loss_spec.feature_layers, image.shape[:2])
     feats = features
   if loss_spec.normalize_gradients:
     weight = {name: cw for name in loss_spec.content_layers}
