@@ -820,6 +820,31 @@ def test_extra_without_the_batch_axis_is_refused_naming_the_leaf():
   assert step_losses['total'].shape == (1,)
 
 
+def test_a_target_of_another_batch_or_a_mask_of_another_map_is_refused_naming_it():
+  """JAX's many-line "vmap got inconsistent sizes", and a TypeError in mul (a trial's _replace)."""
+  model, params, content, targets = _problem(n=2)
+  adam = make_optimizer('adam', convention=pixels.CAFFE)
+  step = functools.partial(update_step, model=model, optimizer=adam, loss_spec=TINY_LOSS.spec)
+  state = init_state(content, adam)
+  fix = ("every target needs a leading axis of 2: make them with make_targets from the 2 content "
+         "images, or share one image's: jnp.broadcast_to(x, (2, *x.shape[1:]))")  # fmt: skip
+  one = {k: v[:1] for k, v in targets.content.items()}
+  with _raises(f"targets.content['relu2_2'] has shape (1, 8, 8, 8), but the state holds 2 "
+               f'image(s); {fix}'):  # fmt: skip
+    step(state, params, targets._replace(content=one))
+  one = {k: {'gram': v['gram'][:1]} for k, v in targets.style.items()}
+  with _raises(f"targets.style['relu1_1']['gram'] has shape (1, 1, 4, 4), but the state holds 2 "
+               f'image(s); {fix}'):  # fmt: skip
+    step(state, params, targets._replace(style=one))
+  with _raises("targets.content_mask['relu2_2'] has shape (2, 4, 4), but the content target's "
+               'map there needs (2, 8, 8); make it with make_targets(..., content_mask=) from '
+               "[N, H, W] masks of the content's size"):  # fmt: skip
+    step(state, params, targets._replace(content_mask={'relu2_2': jnp.ones((2, 4, 4))}))
+  masked = targets._replace(content_mask={'relu2_2': jnp.zeros((2, 8, 8))})
+  _, step_losses = step(state, params, masked)
+  np.testing.assert_array_equal(step_losses['content'], [0.0, 0.0])
+
+
 def test_a_float64_weight_under_x64_steps_as_its_float32():
   """L-BFGS's backtracking while_loop refused a float64 carry (a float64 weight, x64 on)."""
   model, params, content, targets = _problem()

@@ -235,6 +235,7 @@ def update_step(
   loss_spec = objective_lib.as_spec(loss_spec)
   checks.vgg_model(model)
   checks.step_inputs(state.image, targets, loss_spec)
+  step_checks.target_batches(targets, state.image.shape[0])
   step_checks.optimizer(optimizer)
   step_checks.optimizer_state(state.opt_state, state.image, optimizer)
   if active is not None:

@@ -40,6 +40,35 @@ def optimizer(tx: Any) -> None:
   )
 
 
+def target_batches(targets: Any, n: int) -> None:
+  """Refuses a target leaf without the state's leading [N], or a content mask of another map.
+
+  The step vmaps every leaf over the batch (make_targets broadcasts one
+  style, mask or weight to all N): a [1] leaf got JAX's many-line "vmap got
+  inconsistent sizes", a mask of another size a TypeError in a product.
+  Shapes only, at trace time; the weights and `extra` are `checks.step_inputs`'.
+  """
+  fix = f'make them with make_targets from the {n} content images'
+  for field in ('content', 'style', 'content_mask', 'style_masks', 'content_size'):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(getattr(targets, field)):
+      shape = tuple(np.shape(leaf))
+      if not shape or shape[0] != n:
+        raise errors.ConfigError(
+          f'targets.{field}{jax.tree_util.keystr(path)} has shape {shape}, but the state holds '
+          f"{n} image(s); every target needs a leading axis of {n}: {fix}, or share one image's: "
+          f'jnp.broadcast_to(x, ({n}, *x.shape[1:]))'
+        )
+  for name, mask in (targets.content_mask or {}).items():
+    if name in targets.content:
+      want = (n, *np.shape(targets.content[name])[1:3])
+      if tuple(np.shape(mask)) != want:
+        raise errors.ConfigError(
+          f'targets.content_mask[{name!r}] has shape {tuple(np.shape(mask))}, but the content '
+          f"target's map there needs {want}; make it with make_targets(..., content_mask=) from "
+          "[N, H, W] masks of the content's size"
+        )
+
+
 def optimizer_state(opt_state: Any, image: jax.Array, optimizer: Any) -> None:
   """Refuses a state made by another optimiser (a crash inside optax otherwise).
 
