@@ -176,6 +176,8 @@ class LossConfig(checks.Group):
       et al.).
     normalize_gradients: L1-normalise each loss term's gradient at its layer
       before weighting it (jcjohnson/neural-style's -normalize_gradients).
+      Pair it with Adam: the result is no loss's gradient, so L-BFGS's
+      curvature pairs mislead it and it can diverge (docs/controls.md).
     content_weight: cw.
     style_weight: sw.
     tv_weight: tv, the weight of the total variation term.
