@@ -1217,6 +1217,27 @@ def test_the_ready_step_refuses_a_weights_and_active_values_other_than_0_or_1():
   assert traced.shape == content.shape
 
 
+def test_the_ready_step_refuses_negative_or_nan_weights_set_through_replace():
+  """make_targets refuses them; _replace passed them: negative totals, a NaN loss (a trial)."""
+  model, params, content, targets = _problem(n=2)
+  tx = make_optimizer('adam', convention=pixels.CAFFE)
+  step = make_step(model, tx, TINY_LOSS.spec)
+  cases = (
+    ('tv_weight', jnp.array([-1.0, -1.0]), '[-1.0, -1.0]'),
+    ('style_weight', np.array([np.nan, 1e-2], np.float32), '[nan, 0.009999999776482582]'),
+  )
+  for field, bad, shown in cases:
+    with _raises(f'targets.{field} holds {shown}; weights must be finite and >= 0, as '
+                 'make_targets makes them (Targets._replace does not check values)'):  # fmt: skip
+      step(init_state(content, tx), params, targets._replace(**{field: bad}))
+  _, step_losses = step(init_state(content, tx), params, targets._replace(tv_weight=jnp.zeros(2)))
+  np.testing.assert_allclose(
+    step_losses['total'],
+    targets.content_weight * step_losses['content'] + targets.style_weight * step_losses['style'],
+    rtol=1e-6,
+  )
+
+
 def test_the_step_reports_as_total_the_value_it_optimises_and_needs_no_other_key():
   """losses['total'] was aux['total'], not loss_fn's first element (trial 7 (d)3)."""
   model, params, content, targets = _problem()
