@@ -270,6 +270,11 @@ def test_blended_gram_target_is_the_weighted_sum_of_grams():
   for bad in ((0.0, 0.0), (1.0, -1.0), (1.0, float('inf'))):
     with _raises(f'blend_weights must be finite, >= 0 and not all 0, got {bad}'):
       _targets(params, model, content, [s1, s2], blend_weights=bad)
+  # Counted in good English ("2 blend_weights for 1 styles" before).
+  with _raises('blend_weights has 2 values for 1 style; give one per style'):
+    _targets(params, model, content, [s1], blend_weights=(1.0, 2.0))
+  with _raises('blend_weights has 1 value for 2 styles; give one per style'):
+    _targets(params, model, content, [s1, s2], blend_weights=(1.0,))
 
 
 def _np_quantiles(x, m):
@@ -916,7 +921,7 @@ def test_loss_spec_takes_lists_and_one_name_and_names_what_is_wrong():
     ({'style_loss': 'gramm'}, "style_loss must be one of 'gram', 'mean_cov', 'histogram', got "
      "'gramm'"),
     ({'content_layers': ()}, "content_layers must be layer names, e.g. ('relu4_2',), got ()"),
-    ({'style_layer_weights': (1.0,)}, 'style_layer_weights has 1 values for 5 style layers; give '
+    ({'style_layer_weights': (1.0,)}, 'style_layer_weights has 1 value for 5 style layers; give '
      'one per style layer, or None for all 1'),
   )  # fmt: skip
   for kwargs, message in cases:

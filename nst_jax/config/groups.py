@@ -243,8 +243,8 @@ class LossConfig(checks.Group):
     if self.style_layer_weights is not None:
       checks.check(
         len(self.style_layer_weights) == len(self.style_layers),
-        f'loss.style_layer_weights has {len(self.style_layer_weights)} values for '
-        f'{len(self.style_layers)} style layers; give one per layer',
+        f'loss.style_layer_weights has {errors.counted(len(self.style_layer_weights), "value")} '
+        f'for {errors.counted(len(self.style_layers), "style layer")}; give one per layer',
       )
       for w in self.style_layer_weights:
         checks.finite_nonnegative('each of loss.style_layer_weights', w)

@@ -241,6 +241,15 @@ def platform(backend: Any) -> str:
   )
 
 
+def count_per_style(n_weights: int, n_styles: int) -> None:
+  """Refuses make_targets' blend_weights of another count than the styles."""
+  if n_weights != n_styles:
+    raise errors.ConfigError(
+      f'blend_weights has {errors.counted(n_weights, "value")} for '
+      f'{errors.counted(n_styles, "style")}; give one per style'
+    )
+
+
 def positive_number(value: Any, name: str) -> None:
   """Refuses a concrete number that is not finite and > 0 (a schedule or a tracer passes)."""
   if callable(value) or isinstance(value, jax.core.Tracer):

@@ -103,8 +103,9 @@ class LossSpec:
       object.__setattr__(self, 'style_layer_weights', w)
     if w is not None and len(w) != len(self.style_layers):
       raise errors.ConfigError(
-        f'style_layer_weights has {len(w)} values for {len(self.style_layers)} style layers; '
-        'give one per style layer, or None for all 1'
+        f'style_layer_weights has {errors.counted(len(w), "value")} for '
+        f'{errors.counted(len(self.style_layers), "style layer")}; give one per style layer, or '
+        'None for all 1'
       )
     flag = checks.flag(self.normalize_gradients, 'normalize_gradients')
     object.__setattr__(self, 'normalize_gradients', flag)
