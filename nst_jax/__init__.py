@@ -16,7 +16,8 @@ Public API:
   load_weights, get_weights, Weights, WeightsInfo
   extract_features            named VGG-19 activations of RGB images
   gram_matrix, content_loss, style_loss, tv_loss
-  VGG, VGG19                  the Flax module
+  VGG, VGG19                  the Flax module (VGG19() is make_model(): Precision.HIGHEST;
+                              VGG's precision None is the backend's default, TF32 on GPU)
   random_scaled_params, VGGTiny, targets_at
                               for experiments: RANDOM weights at the real
                               activation scale, a tiny network, one image's

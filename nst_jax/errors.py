@@ -105,6 +105,11 @@ class NonFinite(NstError):
     self.iteration = iteration
 
 
+def counted(n: int, noun: str) -> str:
+  """'1 value', '2 values': a count and its noun, plural unless 1."""
+  return f'{n} {noun}{"s" * (n != 1)}'
+
+
 def printable(path: str | bytes | os.PathLike) -> str:
   """A path as it goes into a one-line message.
 

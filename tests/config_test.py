@@ -64,7 +64,7 @@ def test_defaults_are_the_documented_ones():
     (
       'inputs',
       {'style_path': ('a.jpg', 'b.jpg'), 'style_blend_weights': (1.0,)},
-      'inputs.style_blend_weights has 1 values for 2 style images',
+      'inputs.style_blend_weights has 1 value for 2 style images',
     ),
     ('inputs', {'style_blend_weights': (0.0, 0.0)}, 'inputs.style_blend_weights must not all be 0'),
     (
@@ -75,7 +75,7 @@ def test_defaults_are_the_documented_ones():
     (
       'inputs',
       {'style_path': ('a', 'b'), 'style_masks': ('m',)},
-      'inputs.style_masks has 1 masks for 2 style',
+      'inputs.style_masks has 1 mask for 2 style',
     ),
     (
       'inputs',
@@ -252,21 +252,21 @@ def test_one_rule_for_styles_masks_and_blend_weights():
   checks.styles_and_masks(0, blend_weights=(1.0,))  # the count not known yet
   cases = [
     ((2,), {'n_masks': 3}, r'inputs\.style_masks has 3 masks for 2 style images; give one mask'),
-    ((2,), {'blend_weights': (1.0,)}, 'style_blend_weights has 1 values for 2 style images'),
+    ((2,), {'blend_weights': (1.0,)}, 'style_blend_weights has 1 value for 2 style images'),
     ((2,), {'blend_weights': (0.0, 0.0)}, 'style_blend_weights must not all be 0'),
     ((1,), {'blend_weights': (float('nan'),)}, 'each of inputs.style_blend_weights must be'),
     ((2,), {'n_masks': 2, 'blend_weights': (1, 1)}, 'exclude each other'),
     (
       (2,),
       {'n_masks': 1, 'where': 'jobs.csv line 3', 'masks_name': 'style_masks'},
-      r'^jobs\.csv line 3: style_masks has 1 masks',
+      r'^jobs\.csv line 3: style_masks has 1 mask for 2 style images',
     ),
   ]
   for args, kwargs, message in cases:
     with pytest.raises(errors.ConfigError, match=message):
       checks.styles_and_masks(*args, **kwargs)
   # The config, the job list and the arrays all say it the same way.
-  with pytest.raises(errors.ConfigError, match='style_masks has 2 masks for 1 style images'):
+  with pytest.raises(errors.ConfigError, match='style_masks has 2 masks for 1 style image;'):
     config_lib.InputConfig(style_path='a.png', style_masks=('m1.png', 'm2.png'))
 
 

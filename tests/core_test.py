@@ -270,6 +270,11 @@ def test_blended_gram_target_is_the_weighted_sum_of_grams():
   for bad in ((0.0, 0.0), (1.0, -1.0), (1.0, float('inf'))):
     with _raises(f'blend_weights must be finite, >= 0 and not all 0, got {bad}'):
       _targets(params, model, content, [s1, s2], blend_weights=bad)
+  # Counted in good English ("2 blend_weights for 1 styles" before).
+  with _raises('blend_weights has 2 values for 1 style; give one per style'):
+    _targets(params, model, content, [s1], blend_weights=(1.0, 2.0))
+  with _raises('blend_weights has 1 value for 2 styles; give one per style'):
+    _targets(params, model, content, [s1, s2], blend_weights=(1.0,))
 
 
 def _np_quantiles(x, m):
@@ -554,6 +559,24 @@ def test_objective_wants_one_images_features():
     objective(content[0], params, one, model=model, loss_spec=TINY_LOSS.spec, features=feats)
 
 
+def test_objective_names_features_of_another_image_size():
+  """It said to remake the (right) targets from content of the image's size."""
+  model, params, content, targets = _problem()
+  one = jax.tree.map(lambda x: x[0], targets)
+  small = jnp.zeros((8, 12, 3))
+  feats = network_features(small, params, model=model, layers=TINY_LOSS.spec.feature_layers)
+  with _raises("features are of another image than image: features['relu1_1'] is 12x8, but "
+               "image's 16x16 px give 16x16 there; compute them from image: network_features("
+               'image, params, model=model, layers=loss_spec.feature_layers)'):  # fmt: skip
+    objective(content[0], params, one, model=model, loss_spec=TINY_LOSS.spec, features=feats)
+  feats = network_features(content[0], params, model=model, layers=TINY_LOSS.spec.feature_layers)
+  total, _ = objective(content[0], params, one, model=model, loss_spec=TINY_LOSS.spec)
+  again, _ = objective(
+    content[0], params, one, model=model, loss_spec=TINY_LOSS.spec, features=feats
+  )
+  assert float(again) == float(total)
+
+
 def test_make_model_and_optimizer_name_their_choices():
   for kwargs, message in (
     ({'dtype': 'float16'}, "dtype must be one of 'float32', 'bfloat16', got 'float16'"),
@@ -726,6 +749,12 @@ def test_params_in_another_form_are_refused_naming_what_to_pass():
   # One layer name, as the model and extract_features take it (refused before).
   one = prepare_params(params, 'relu1_1', backend='cpu')
   assert set(one['conv1_1']) > {'kernel', 'bias'} and set(one['conv2_1']) == {'kernel', 'bias'}
+  # Another spelling than JAX's platform names skipped the CPU preparation silently.
+  for backend, fix in (('CPU', "; JAX names it 'cpu'"), ('host', ''), (1, '')):
+    with _raises("backend must be a JAX platform, one of 'cpu', 'gpu', 'tpu', 'cuda', 'rocm' (or "
+                 f"None for the params' device), got {backend!r}{fix}"):  # fmt: skip
+      prepare_params(params, 'relu1_1', backend=backend)
+  assert set(prepare_params(params, 'relu1_1', backend='cuda')['conv1_1']) == {'kernel', 'bias'}
   # What the step runs (under jit): the same check at trace time.
   tx = make_optimizer('adam', convention=pixels.CAFFE)
   with _raises('params lack conv2_2, which relu2_2 needs; pass the whole network (weights.params)'):
@@ -794,6 +823,31 @@ def test_extra_without_the_batch_axis_is_refused_naming_the_leaf():
   good = targets._replace(extra={'previous': jnp.ones((1, 2))})
   _, step_losses = step(init_state(content, lbfgs), params, good)
   assert step_losses['total'].shape == (1,)
+
+
+def test_a_target_of_another_batch_or_a_mask_of_another_map_is_refused_naming_it():
+  """JAX's many-line "vmap got inconsistent sizes", and a TypeError in mul (a trial's _replace)."""
+  model, params, content, targets = _problem(n=2)
+  adam = make_optimizer('adam', convention=pixels.CAFFE)
+  step = functools.partial(update_step, model=model, optimizer=adam, loss_spec=TINY_LOSS.spec)
+  state = init_state(content, adam)
+  fix = ("every target needs a leading axis of 2: make them with make_targets from the 2 content "
+         "images, or share one image's: jnp.broadcast_to(x, (2, *x.shape[1:]))")  # fmt: skip
+  one = {k: v[:1] for k, v in targets.content.items()}
+  with _raises(f"targets.content['relu2_2'] has shape (1, 8, 8, 8), but the state holds 2 "
+               f'image(s); {fix}'):  # fmt: skip
+    step(state, params, targets._replace(content=one))
+  one = {k: {'gram': v['gram'][:1]} for k, v in targets.style.items()}
+  with _raises(f"targets.style['relu1_1']['gram'] has shape (1, 1, 4, 4), but the state holds 2 "
+               f'image(s); {fix}'):  # fmt: skip
+    step(state, params, targets._replace(style=one))
+  with _raises("targets.content_mask['relu2_2'] has shape (2, 4, 4), but the content target's "
+               'map there needs (2, 8, 8); make it with make_targets(..., content_mask=) from '
+               "[N, H, W] masks of the content's size"):  # fmt: skip
+    step(state, params, targets._replace(content_mask={'relu2_2': jnp.ones((2, 4, 4))}))
+  masked = targets._replace(content_mask={'relu2_2': jnp.zeros((2, 8, 8))})
+  _, step_losses = step(state, params, masked)
+  np.testing.assert_array_equal(step_losses['content'], [0.0, 0.0])
 
 
 def test_a_float64_weight_under_x64_steps_as_its_float32():
@@ -867,7 +921,7 @@ def test_loss_spec_takes_lists_and_one_name_and_names_what_is_wrong():
     ({'style_loss': 'gramm'}, "style_loss must be one of 'gram', 'mean_cov', 'histogram', got "
      "'gramm'"),
     ({'content_layers': ()}, "content_layers must be layer names, e.g. ('relu4_2',), got ()"),
-    ({'style_layer_weights': (1.0,)}, 'style_layer_weights has 1 values for 5 style layers; give '
+    ({'style_layer_weights': (1.0,)}, 'style_layer_weights has 1 value for 5 style layers; give '
      'one per style layer, or None for all 1'),
   )  # fmt: skip
   for kwargs, message in cases:
@@ -1166,6 +1220,27 @@ def test_the_ready_step_refuses_a_weights_and_active_values_other_than_0_or_1():
   traced = jax.jit(lambda s, a: step(s, params, targets, a)[0].image)(init_state(content, tx),
                                                                      jnp.array([1, 2]))  # fmt: skip
   assert traced.shape == content.shape
+
+
+def test_the_ready_step_refuses_negative_or_nan_weights_set_through_replace():
+  """make_targets refuses them; _replace passed them: negative totals, a NaN loss (a trial)."""
+  model, params, content, targets = _problem(n=2)
+  tx = make_optimizer('adam', convention=pixels.CAFFE)
+  step = make_step(model, tx, TINY_LOSS.spec)
+  cases = (
+    ('tv_weight', jnp.array([-1.0, -1.0]), '[-1.0, -1.0]'),
+    ('style_weight', np.array([np.nan, 1e-2], np.float32), '[nan, 0.009999999776482582]'),
+  )
+  for field, bad, shown in cases:
+    with _raises(f'targets.{field} holds {shown}; weights must be finite and >= 0, as '
+                 'make_targets makes them (Targets._replace does not check values)'):  # fmt: skip
+      step(init_state(content, tx), params, targets._replace(**{field: bad}))
+  _, step_losses = step(init_state(content, tx), params, targets._replace(tv_weight=jnp.zeros(2)))
+  np.testing.assert_allclose(
+    step_losses['total'],
+    targets.content_weight * step_losses['content'] + targets.style_weight * step_losses['style'],
+    rtol=1e-6,
+  )
 
 
 def test_the_step_reports_as_total_the_value_it_optimises_and_needs_no_other_key():

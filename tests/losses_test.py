@@ -344,6 +344,47 @@ def test_an_empty_style_region_adds_zero():
     assert bool(jnp.all(jnp.isfinite(jax.grad(masked)(f))))
 
 
+def test_tv_loss_of_one_row_or_column_counts_only_the_other_direction():
+  """A direction with no neighbouring pairs adds 0 (it was the NaN mean of no differences)."""
+  x = np.random.default_rng(1).normal(0, 30, (5, 6, 3)).astype(np.float32)
+  row, column = x[:1], x[:, :1]
+  np.testing.assert_allclose(
+    jax.jit(losses.tv_loss)(row), np.mean(np.square(np.diff(row, axis=1))), rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    losses.tv_loss(column), np.mean(np.square(np.diff(column, axis=0))), rtol=1e-6
+  )
+  assert float(losses.tv_loss(x[:1, :1])) == 0.0
+  grad = jax.grad(losses.tv_loss)(jnp.asarray(row))
+  np.testing.assert_allclose(grad[0, 0], 2 * (row[0, 0] - row[0, 1]) / (6 - 1) / 3, rtol=1e-5)
+  assert np.isfinite(np.asarray(jax.grad(losses.tv_loss)(jnp.asarray(x[:1, :1])))).all()
+
+
+def test_style_loss_names_a_target_of_another_statistic():
+  """A Gram for 'mean_cov' or 'histogram' was "4 style regions need 4 masks" (C = 4 rows)."""
+  f = np.random.default_rng(2).normal(size=(5, 6, 4)).astype(np.float32)
+  g = np.asarray(statistics.gram_matrix(f))
+  fix = (
+    'make it with make_targets(..., loss_spec=) of style_loss={0!r}, or pass kind= the '
+    'statistic it holds'
+  )
+  for kind in ('mean_cov', 'histogram'):
+    for target in ({'gram': g}, g):
+      with pytest.raises(errors.ConfigError) as e:
+        losses.style_loss({'a': f}, {'a': target}, layer_weights={'a': 1.0}, kind=kind)
+      want = f'a: the style target holds gram, not {kind!r} statistics; ' + fix.format(kind)
+      assert str(e.value) == want
+  stats = statistics.mean_cov_target(np.zeros(4), np.eye(4))
+  with pytest.raises(errors.ConfigError) as e:
+    losses.style_layer_loss(f, stats, kind='gram')
+  assert str(e.value) == (
+    "the style target holds mean, cov_sqrt, cov_trace, not 'gram' statistics; " + fix.format('gram')
+  )
+  np.testing.assert_allclose(
+    losses.style_loss({'a': f}, {'a': g}, layer_weights={'a': 2.0}), 0.0, atol=1e-6
+  )
+
+
 def test_tv_loss_refuses_a_batch():
   # [N, H, W, 3] would difference the batch axis and never the width (trial 4).
   with pytest.raises(errors.ConfigError, match=r'tv_loss expects one image \[H, W, 3\], got shape'):

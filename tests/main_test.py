@@ -139,7 +139,7 @@ _ERRORS = [
         (['-cp', CONTENT, '-sp', STYLE, '--style_masks', STYLE], 'draw the mask over the content'),
         (
             ['-cp', CONTENT, '-sp', f'{STYLE},{STYLE}', '--style_masks', CONTENT],
-            '--style_masks has 1 masks for 2 style images',
+            '--style_masks has 1 mask for 2 style images',
         ),
         (
             ['-cp', CONTENT, '-sp', STYLE, '--style_masks', CONTENT, '--style_loss', 'histogram'],

@@ -332,6 +332,18 @@ def test_targets_at_of_one_image_names_its_one_index():
   np.testing.assert_array_equal(nst_jax.targets_at(targets, -1).style_weight, [10.0])
 
 
+def test_targets_at_refuses_targets_without_a_batch_axis():
+  model, params, content, targets = _problem(n=2)
+  bare = nst_jax.targets_at(targets, 1, keep_batch=False)
+  with pytest.raises(nst_jax.errors.ConfigError) as caught:
+    nst_jax.targets_at(bare, 0)  # an IndexError: tuple index out of range
+  assert str(caught.value) == (
+    "targets hold no batch axis (already one image's, as targets_at(..., keep_batch=False) "
+    'gives them); use them as they are, or give targets_at the batched targets'
+  )
+  np.testing.assert_array_equal(bare.style_weight, targets.style_weight[1])
+
+
 def test_random_scaled_params_refuse_a_probe_with_no_scale():
   shape = {'stage_sizes': (1, 2), 'widths': (4, 8)}
   probe = pixels.preprocess(np.full((1, 8, 8, 3), 0.5, np.float32), pixels.CAFFE)

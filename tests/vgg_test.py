@@ -83,6 +83,15 @@ def test_one_layer_name_is_one_layer_not_its_letters():
   np.testing.assert_array_equal(one['relu2_1'], both['relu2_1'])
 
 
+def test_vgg19_is_make_models_module_at_highest_precision():
+  """VGG19() had precision None: TF32 on a GPU, unlike make_model() (a trial)."""
+  assert vgg.VGG19() == core.make_model()
+  assert vgg.VGG19().precision == jax.lax.Precision.HIGHEST
+  assert vgg.VGG19(precision=None).precision is None  # the backend's default, when asked
+  assert vgg.VGG(stage_sizes=(1, 2)).precision is None
+  assert core.make_model(precision='default').precision == jax.lax.Precision.DEFAULT
+
+
 def test_bad_pooling_is_refused():
   with pytest.raises(errors.ConfigError, match='pooling must be one of'):
     vgg.VGG(stage_sizes=(1,), pooling='min').init(jax.random.key(0), jnp.ones((1, 4, 4, 3)))

@@ -121,7 +121,8 @@ flags.DEFINE_enum(
 flags.DEFINE_bool(
   'normalize_gradients',
   DEFAULTS.loss.normalize_gradients,
-  "L1-normalise each loss term's gradient at its layer.",
+  "L1-normalise each loss term's gradient at its layer; pair with --optimizer adam (L-BFGS can "
+  'diverge on it).',
 )
 flags.DEFINE_list(
   'style_blend_weights',

@@ -127,8 +127,8 @@ def styles_and_masks(
     check(sum(blend_weights) > 0, f'{at}{weights_name} must not all be 0')
     check(
       not n_styles or len(blend_weights) == n_styles,
-      f'{at}{weights_name} has {len(blend_weights)} values for {n_styles} style images; give '
-      'one per style image',
+      f'{at}{weights_name} has {errors.counted(len(blend_weights), "value")} for '
+      f'{errors.counted(n_styles, "style image")}; give one per style image',
     )
     check(
       not n_masks,
@@ -137,8 +137,8 @@ def styles_and_masks(
     )
   check(
     not (n_masks and n_styles) or n_masks == n_styles,
-    f'{at}{masks_name} has {n_masks} masks for {n_styles} style images; give one mask per style, '
-    'in the same order',
+    f'{at}{masks_name} has {errors.counted(n_masks, "mask")} for '
+    f'{errors.counted(n_styles, "style image")}; give one mask per style, in the same order',
   )
 
 

@@ -176,6 +176,8 @@ class LossConfig(checks.Group):
       et al.).
     normalize_gradients: L1-normalise each loss term's gradient at its layer
       before weighting it (jcjohnson/neural-style's -normalize_gradients).
+      Pair it with Adam: the result is no loss's gradient, so L-BFGS's
+      curvature pairs mislead it and it can diverge (docs/controls.md).
     content_weight: cw.
     style_weight: sw.
     tv_weight: tv, the weight of the total variation term.
@@ -241,8 +243,8 @@ class LossConfig(checks.Group):
     if self.style_layer_weights is not None:
       checks.check(
         len(self.style_layer_weights) == len(self.style_layers),
-        f'loss.style_layer_weights has {len(self.style_layer_weights)} values for '
-        f'{len(self.style_layers)} style layers; give one per layer',
+        f'loss.style_layer_weights has {errors.counted(len(self.style_layer_weights), "value")} '
+        f'for {errors.counted(len(self.style_layers), "style layer")}; give one per layer',
       )
       for w in self.style_layer_weights:
         checks.finite_nonnegative('each of loss.style_layer_weights', w)

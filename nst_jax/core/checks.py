@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import errors
+from nst_jax.core import losses
 from nst_jax.core import pixels
 from nst_jax.core import vgg
 
@@ -185,8 +186,12 @@ def one_images_targets(targets: Any) -> None:
     )
 
 
-def objective_features(features: Mapping, layers: tuple[str, ...]) -> None:
-  """Refuses `objective(features=)` lacking a loss layer, or a batch's features."""
+def objective_features(features: Mapping, layers: tuple[str, ...], size: tuple[int, int]) -> None:
+  """Refuses `objective(features=)` lacking a loss layer, a batch's, or another image size's.
+
+  `size`: the image's (H, W); each 2x2 pooling before a layer floors its map
+  (`vgg.downsamplings`, which holds for any stage sizes with these names).
+  """
   missing = [name for name in layers if name not in features]
   if missing:
     raise errors.ConfigError(
@@ -199,6 +204,15 @@ def objective_features(features: Mapping, layers: tuple[str, ...]) -> None:
       f'features[{batched[0]!r}] has shape {jnp.shape(features[batched[0]])}; features must be '
       "one image's, layer -> [h, w, c]: network_features of an [H, W, 3] image"
     )
+  for name in sorted(layers, key=vgg.downsamplings):  # the shallowest map names the size best
+    k = vgg.downsamplings(name)
+    want, have = (size[0] // 2**k, size[1] // 2**k), tuple(jnp.shape(features[name])[:2])
+    if want != have:
+      raise errors.ConfigError(
+        f'features are of another image than image: features[{name!r}] is {have[1]}x{have[0]}, '
+        f"but image's {size[1]}x{size[0]} px give {want[1]}x{want[0]} there; compute them from "
+        'image: network_features(image, params, model=model, layers=loss_spec.feature_layers)'
+      )
 
 
 def choice(table: Mapping[str, Any], value: Any, name: str) -> Any:
@@ -209,6 +223,31 @@ def choice(table: Mapping[str, Any], value: Any, name: str) -> Any:
     raise errors.ConfigError(
       f'{name} must be one of {", ".join(map(repr, table))}, got {value!r}'
     ) from None
+
+
+# The platform names JAX gives devices (`Device.platform`, `jax.default_backend()`),
+# plus 'cuda' and 'rocm', which `jax.devices` also takes. JAX takes them in lower case only.
+PLATFORMS = ('cpu', 'gpu', 'tpu', 'cuda', 'rocm')
+
+
+def platform(backend: Any) -> str:
+  """`backend` if it is a platform JAX names, or a ConfigError naming those (not a silent no-op)."""
+  if backend in PLATFORMS or (isinstance(backend, str) and backend == jax.default_backend()):
+    return backend
+  fix = f'; JAX names it {backend.lower()!r}' if str(backend).lower() in PLATFORMS else ''
+  raise errors.ConfigError(
+    f'backend must be a JAX platform, one of {", ".join(map(repr, PLATFORMS))} (or None for the '
+    f"params' device), got {backend!r}{fix}"
+  )
+
+
+def count_per_style(n_weights: int, n_styles: int) -> None:
+  """Refuses make_targets' blend_weights of another count than the styles."""
+  if n_weights != n_styles:
+    raise errors.ConfigError(
+      f'blend_weights has {errors.counted(n_weights, "value")} for '
+      f'{errors.counted(n_styles, "style")}; give one per style'
+    )
 
 
 def positive_number(value: Any, name: str) -> None:
@@ -355,7 +394,7 @@ def target_layers(targets: Any, loss_spec: Any, user: str) -> None:
         f"targets lack the {kind} layer(s) {', '.join(missing)} of {user}'s loss_spec; build "
         f'them with make_targets(..., loss_spec=) of the same spec as {user}'
       )
-  key = _STATISTIC[loss_spec.style_loss]
+  key = losses.STYLE_STATISTIC[loss_spec.style_loss]
   for name in loss_spec.style_layers:
     if key not in targets.style[name]:
       raise errors.ConfigError(
@@ -375,7 +414,3 @@ def extra_batch(extra: Any, n: int, name: str) -> None:
         f'leading axis of the {n} image(s): x[None] for one image, or jnp.broadcast_to(x, '
         f'({n}, *x.shape)) to share it'
       )
-
-
-# A key of each style loss's statistics (nst_jax.core.statistics.layer_targets).
-_STATISTIC = {'gram': 'gram', 'mean_cov': 'mean', 'histogram': 'quantiles'}

@@ -159,8 +159,14 @@ def targets_at(
       `make_step` Step); False: no batch axis, for `objective`.
 
   Raises:
-    ConfigError: `index` outside -N..N-1 (negative counts from the end).
+    ConfigError: `index` outside -N..N-1 (negative counts from the end), or
+      targets without the batch axis (one image's already).
   """
+  if not np.shape(targets.content_weight):
+    raise errors.ConfigError(
+      "targets hold no batch axis (already one image's, as targets_at(..., keep_batch=False) "
+      'gives them); use them as they are, or give targets_at the batched targets'
+    )
   n = targets.content_weight.shape[0]
   dtype = getattr(index, 'dtype', None)  # a numpy or jax integer, concrete or traced
   whole = jnp.issubdtype(dtype, jnp.integer) if dtype is not None else type(index) is int

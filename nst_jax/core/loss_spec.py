@@ -36,7 +36,9 @@ class LossSpec:
     style_loss: 'gram' (Gatys et al.), 'mean_cov' (Wasserstein-2 between
       Gaussian fits) or 'histogram' (Risser et al.).
     normalize_gradients: L1-normalise each term's gradient at its layer before
-      weighting it (jcjohnson/neural-style's -normalize_gradients).
+      weighting it (jcjohnson/neural-style's -normalize_gradients). Pair it
+      with Adam: the result is no loss's gradient, so L-BFGS's curvature
+      pairs mislead it and it can diverge (docs/controls.md).
     tile: None (the whole image at once), or the edge in pixels of the tiles
       the objective and its gradient are computed over, exactly
       (`nst_jax.core.tiles`): memory for one tile's activations instead of
@@ -101,8 +103,9 @@ class LossSpec:
       object.__setattr__(self, 'style_layer_weights', w)
     if w is not None and len(w) != len(self.style_layers):
       raise errors.ConfigError(
-        f'style_layer_weights has {len(w)} values for {len(self.style_layers)} style layers; '
-        'give one per style layer, or None for all 1'
+        f'style_layer_weights has {errors.counted(len(w), "value")} for '
+        f'{errors.counted(len(self.style_layers), "style layer")}; give one per style layer, or '
+        'None for all 1'
       )
     flag = checks.flag(self.normalize_gradients, 'normalize_gradients')
     object.__setattr__(self, 'normalize_gradients', flag)

@@ -46,6 +46,8 @@ from nst_jax.core import statistics
 
 # The per-layer style terms `style_loss` offers (see the module docstring).
 STYLE_KINDS = ('gram', 'mean_cov', 'histogram')
+# A key of each style loss's statistics (`nst_jax.core.statistics.layer_targets`).
+STYLE_STATISTIC = {'gram': 'gram', 'mean_cov': 'mean', 'histogram': 'quantiles'}
 # Added to the L1 norm when normalising gradients, as jcjohnson/neural-style.
 NORMALIZE_EPS = 1e-8
 
@@ -56,7 +58,8 @@ def tv_loss(image: jax.typing.ArrayLike) -> jax.Array:
   The squared (smooth) form, whose gradient jcjohnson/neural-style's TVLoss
   uses; neural-style-pt sums absolute differences instead. In the network's
   input space (0..255 for the Caffe convention). Each mean runs over that
-  direction's (H-1)*W*3 or H*(W-1)*3 differences.
+  direction's (H-1)*W*3 or H*(W-1)*3 differences; a direction with none (an
+  image one pixel high or wide) adds 0, not the NaN mean of no differences.
 
   Args:
     image: [H, W, 3] (channels last: [3, H, W] is refused, as it would
@@ -73,7 +76,12 @@ def tv_loss(image: jax.typing.ArrayLike) -> jax.Array:
       else pixels.layout_fix(x.shape, batched=False)
     )
     raise errors.ConfigError(f'tv_loss expects one image [H, W, 3], got shape {x.shape}{fix}')
-  return jnp.mean(jnp.square(x[1:] - x[:-1])) + jnp.mean(jnp.square(x[:, 1:] - x[:, :-1]))
+  return _mean_square(x[1:] - x[:-1]) + _mean_square(x[:, 1:] - x[:, :-1])
+
+
+def _mean_square(d: jax.Array) -> jax.Array:
+  """mean(d^2), or 0 where d is empty (decided on the static shape: its gradient stays finite)."""
+  return jnp.mean(jnp.square(d)) if d.size else jnp.zeros((), jnp.float32)
 
 
 def temporal_loss(
@@ -216,6 +224,7 @@ def style_layer_loss(
   """
   if not isinstance(target, Mapping):
     target = {'gram': target}
+  _statistic(target, kind)
   if kind == 'gram':
     target = {**target, 'gram': _gram_target(target, jnp.shape(features)[-1])}
 
@@ -254,13 +263,19 @@ def style_layer_loss(
   return jnp.sum(jax.vmap(region)(target, jnp.asarray(masks, jnp.float32)))
 
 
+def _statistic(target: Mapping, kind: str) -> None:
+  """Refuses a target of another statistic than `kind`'s (a Gram for 'mean_cov', as objective)."""
+  key = STYLE_STATISTIC.get(kind)  # an unknown kind: refused by name after
+  if key is not None and key not in target:
+    raise errors.ConfigError(
+      f'the style target holds {", ".join(map(str, target))}, not {kind!r} statistics; make it '
+      f'with make_targets(..., loss_spec=) of style_loss={kind!r}, or pass kind= the statistic '
+      'it holds'
+    )
+
+
 def _gram_target(target: Mapping, c: int) -> jax.Array:
   """The 'gram' target as [S, C, C]: a bare [C, C] Gram gets its region axis."""
-  if 'gram' not in target:
-    raise errors.ConfigError(
-      f"the style target has {sorted(target)}, no 'gram'; give kind= the statistic it holds, "
-      "or {'gram': [S, C, C]}"
-    )
   a = target['gram']
   shape = np.shape(a)
   if shape == (c, c):

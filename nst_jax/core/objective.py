@@ -252,10 +252,7 @@ def _blend_weights(styles, n, size, blend_weights, style_masks) -> tuple[float, 
         f'blend_weights must be numbers, one per style, got {blend_weights!r}; pass e.g. (1, 3)'
       )
     weights = tuple(float(b) for b in given.astype(np.float64).reshape(-1))
-  if len(weights) != len(styles):
-    raise errors.ConfigError(
-      f'{len(weights)} blend_weights for {len(styles)} styles; give one per style'
-    )
+  checks.count_per_style(len(weights), len(styles))
   total = float(sum(weights))
   if not all(float(b) >= 0 for b in weights) or not 0 < total < float('inf'):
     raise errors.ConfigError(
@@ -411,7 +408,7 @@ def objective(
   if features is None:
     feats = network_features(image, params, model=model, layers=loss_spec.feature_layers)
   else:
-    checks.objective_features(features, loss_spec.feature_layers)
+    checks.objective_features(features, loss_spec.feature_layers, image.shape[:2])
     feats = features
   if loss_spec.normalize_gradients:
     weight = {name: cw for name in loss_spec.content_layers}

@@ -113,13 +113,12 @@ def prepare_params(
   rounding. Pass the run's `layers` (e.g. `loss_spec.feature_layers`) to
   prepare only the convolutions up to the deepest of them. `backend` None:
   the platform of the device that holds the params (JAX's default device for
-  host arrays).
+  host arrays); another name than JAX's (lower case) is refused.
   """
   checks.params_dict(params)
   if isinstance(layers, str):  # one name, as the model and extract_features take it
     layers = (layers,)
-  if backend is None:
-    backend = _platform(params)
+  backend = _platform(params) if backend is None else checks.platform(backend)
   if backend == 'cpu':
     return vgg.with_backward_kernels(dict(params), layers)
   return dict(params)
@@ -236,6 +235,7 @@ def update_step(
   loss_spec = objective_lib.as_spec(loss_spec)
   checks.vgg_model(model)
   checks.step_inputs(state.image, targets, loss_spec)
+  step_checks.target_batches(targets, state.image.shape[0])
   step_checks.optimizer(optimizer)
   step_checks.optimizer_state(state.opt_state, state.image, optimizer)
   if active is not None:

@@ -40,6 +40,35 @@ def optimizer(tx: Any) -> None:
   )
 
 
+def target_batches(targets: Any, n: int) -> None:
+  """Refuses a target leaf without the state's leading [N], or a content mask of another map.
+
+  The step vmaps every leaf over the batch (make_targets broadcasts one
+  style, mask or weight to all N): a [1] leaf got JAX's many-line "vmap got
+  inconsistent sizes", a mask of another size a TypeError in a product.
+  Shapes only, at trace time; the weights and `extra` are `checks.step_inputs`'.
+  """
+  fix = f'make them with make_targets from the {n} content images'
+  for field in ('content', 'style', 'content_mask', 'style_masks', 'content_size'):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(getattr(targets, field)):
+      shape = tuple(np.shape(leaf))
+      if not shape or shape[0] != n:
+        raise errors.ConfigError(
+          f'targets.{field}{jax.tree_util.keystr(path)} has shape {shape}, but the state holds '
+          f"{n} image(s); every target needs a leading axis of {n}: {fix}, or share one image's: "
+          f'jnp.broadcast_to(x, ({n}, *x.shape[1:]))'
+        )
+  for name, mask in (targets.content_mask or {}).items():
+    if name in targets.content:
+      want = (n, *np.shape(targets.content[name])[1:3])
+      if tuple(np.shape(mask)) != want:
+        raise errors.ConfigError(
+          f'targets.content_mask[{name!r}] has shape {tuple(np.shape(mask))}, but the content '
+          f"target's map there needs {want}; make it with make_targets(..., content_mask=) from "
+          "[N, H, W] masks of the content's size"
+        )
+
+
 def optimizer_state(opt_state: Any, image: jax.Array, optimizer: Any) -> None:
   """Refuses a state made by another optimiser (a crash inside optax otherwise).
 
@@ -100,18 +129,44 @@ def call_arguments(args: tuple) -> None:
   """The ready Step's host checks of (state, params, targets, active), before JAX sees them.
 
   A Weights got JAX's "Error interpreting argument ... as an abstract array";
-  `active`'s values are read where they are concrete ([N]: cheap), as the
+  the targets' weights and `active`'s values are read where they are
+  concrete ([N]: cheap; a jax.Array keeps its host copy after the first), as the
   jitted step traces even a numpy array and cannot. Traced values (under an
   outer jit or vmap) cannot be read and pass.
   """
   if len(args) > 1 and not isinstance(args[1], Mapping):
     checks.params_dict(args[1])
+  if len(args) > 2:
+    weight_values(args[2])
   active = args[3] if len(args) > 3 else None
   if active is None or any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(active)):
     return
   if isinstance(active, jax.Array) and not active.is_fully_addressable:
     return  # rows on other hosts: the step's shape check still holds
   active_values(active)
+
+
+def weight_values(targets: Any) -> None:
+  """Refuses concrete weights that are not finite and >= 0, as make_targets does.
+
+  `Targets._replace` bypasses make_targets' checks: a negative tv_weight gave
+  negative totals, a NaN style_weight a NaN loss. Traced or not fully
+  addressable weights cannot be read here and pass.
+  """
+  for field in ('content_weight', 'style_weight', 'tv_weight'):
+    w = getattr(targets, field, None)
+    if w is None or isinstance(w, jax.core.Tracer):
+      continue
+    if isinstance(w, jax.Array) and not w.is_fully_addressable:
+      continue
+    values = np.asarray(w)
+    if values.dtype.kind not in 'iuf':  # refused by shape and dtype in the trace
+      continue
+    if not (np.isfinite(values).all() and (values >= 0).all()):
+      raise errors.ConfigError(
+        f'targets.{field} holds {values.tolist()}; weights must be finite and >= 0, as '
+        'make_targets makes them (Targets._replace does not check values)'
+      )
 
 
 _SIGNATURE = 'loss_fn(image, params, targets, *, model, loss_spec)'

@@ -359,7 +359,8 @@ class VGG(nn.Module):
       is the image in network units (about +-150 for Caffe weights), where
       bfloat16's spacing of 0.5 to 1 would erase the optimiser's small steps.
     precision: `jax.lax.Precision` of the convolutions (None: XLA's default,
-      which on accelerators is TF32 or bfloat16 passes for float32).
+      which on accelerators is TF32 or bfloat16 passes for float32). `VGG19`
+      and `make_model()` set HIGHEST.
   """
 
   stage_sizes: Sequence[int]
@@ -409,4 +410,6 @@ class VGG(nn.Module):
     return features
 
 
-VGG19 = functools.partial(VGG, stage_sizes=VGG19_STAGE_SIZES)
+# At HIGHEST precision, as `nst_jax.make_model()` builds it: None (the generic
+# VGG's default) would run float32 convolutions as TF32 on a GPU.
+VGG19 = functools.partial(VGG, stage_sizes=VGG19_STAGE_SIZES, precision=PRECISIONS['highest'])

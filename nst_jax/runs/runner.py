@@ -69,8 +69,18 @@ def layout_for(cfg: config_lib.StyleConfig, height: int, n_rows: int = 1) -> sha
   return sharding_lib.SingleLayout(n_rows)
 
 
+# Once per run: normalised gradients are no loss's gradient (docs/controls.md).
+NORMALIZED_LBFGS = (
+  'normalize_gradients with the L-BFGS optimiser: the normalised gradient is not the gradient of '
+  'the loss L-BFGS is given, so its curvature pairs model no function and the run can diverge; '
+  'use the Adam optimiser with normalize_gradients'
+)
+
+
 def make_engine(cfg, weights, layout, **kwargs) -> engine_lib.Engine:
   """The Engine of every kind of run, with the runner's compile cache."""
+  if cfg.loss.normalize_gradients and cfg.optim.name == 'lbfgs':
+    logging.warning(NORMALIZED_LBFGS)
   return engine_lib.Engine(cfg, weights, layout, compile_cache=COMPILE_CACHE, **kwargs)
 
 
