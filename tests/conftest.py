@@ -49,25 +49,6 @@ jax.monitoring.register_event_duration_secs_listener(
 )
 
 
-# The files with the most test-seconds, heaviest first (measured with
-# --durations, 2026-12-06). pytest-xdist's --dist loadfile hands each worker
-# the next file when it finishes one, in collection order (pyproject's
-# --no-loadscope-reorder: xdist's own order, by number of tests, put these
-# few-test, many-second files last, and one worker ran the last of them
-# while the other had nothing left). Longest first, the two end together.
-HEAVY_FIRST = (
-  'tiles_test.py', 'batch_test.py', 'distributed_test.py', 'main_test.py', 'optim_test.py',
-  'research_test.py', 'transfer_test.py', 'core_test.py', 'checkpoint_test.py', 'readme_test.py',
-  'video_pipeline_test.py', 'packaging_test.py', 'file_safety_test.py', 'losses_test.py',
-  'schedule_test.py', 'presets_test.py', 'statistics_test.py',
-)  # fmt: skip
-
-
-def pytest_collection_modifyitems(items):
-  rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files keep order
-
-
 @pytest.fixture
 def compiled():
   """A function giving the names ('jit(f)') of the programs compiled so far in this test."""
