@@ -404,13 +404,19 @@ def target_layers(targets: Any, loss_spec: Any, user: str) -> None:
       )
 
 
-def extra_batch(extra: Any, n: int, name: str) -> None:
-  """Refuses a leaf of `Targets.extra` without the leading [N] axis the step vmaps over."""
-  for path, leaf in jax.tree_util.tree_leaves_with_path(extra):
+def without_batch(tree: Any, n: int) -> tuple[str, tuple] | None:
+  """The first leaf of `tree` without a leading [n] axis, as (its path, its shape), or None."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
     shape = tuple(np.shape(leaf))
     if not shape or shape[0] != n:
-      raise errors.ConfigError(
-        f'{name}{jax.tree_util.keystr(path)} has shape {shape}; every leaf of extra needs a '
-        f'leading axis of the {n} image(s): x[None] for one image, or jnp.broadcast_to(x, '
-        f'({n}, *x.shape)) to share it'
-      )
+      return jax.tree_util.keystr(path), shape
+  return None
+
+
+def extra_batch(extra: Any, n: int, name: str) -> None:
+  """Refuses a leaf of `Targets.extra` without the leading [N] axis the step vmaps over."""
+  if (bad := without_batch(extra, n)) is not None:
+    raise errors.ConfigError(
+      f'{name}{bad[0]} has shape {bad[1]}; every leaf of extra needs a leading axis of the {n} '
+      f'image(s): x[None] for one image, or jnp.broadcast_to(x, ({n}, *x.shape)) to share it'
+    )

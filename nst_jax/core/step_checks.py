@@ -50,14 +50,12 @@ def target_batches(targets: Any, n: int) -> None:
   """
   fix = f'make them with make_targets from the {n} content images'
   for field in ('content', 'style', 'content_mask', 'style_masks', 'content_size'):
-    for path, leaf in jax.tree_util.tree_leaves_with_path(getattr(targets, field)):
-      shape = tuple(np.shape(leaf))
-      if not shape or shape[0] != n:
-        raise errors.ConfigError(
-          f'targets.{field}{jax.tree_util.keystr(path)} has shape {shape}, but the state holds '
-          f"{n} image(s); every target needs a leading axis of {n}: {fix}, or share one image's: "
-          f'jnp.broadcast_to(x, ({n}, *x.shape[1:]))'
-        )
+    if (bad := checks.without_batch(getattr(targets, field), n)) is not None:
+      raise errors.ConfigError(
+        f'targets.{field}{bad[0]} has shape {bad[1]}, but the state holds {n} image(s); every '
+        f"target needs a leading axis of {n}: {fix}, or share one image's: "
+        f'jnp.broadcast_to(x, ({n}, *x.shape[1:]))'
+      )
   for name, mask in (targets.content_mask or {}).items():
     if name in targets.content:
       want = (n, *np.shape(targets.content[name])[1:3])
