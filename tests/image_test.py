@@ -428,6 +428,20 @@ def test_transfer_chroma_keeps_luma_and_takes_colours():
   np.testing.assert_allclose(yiq_out[..., 1:], yiq_c[..., 1:], atol=1e-6)
 
 
+def test_match_color_refuses_one_image_naming_the_batch_axis():
+  """One [H, W, 3] image read its rows as images: wrong colours, or JAX's matmul error (trial 9)."""
+  rng = np.random.default_rng(0)
+  one, other = rng.uniform(size=(32, 32, 3)), rng.uniform(size=(1, 24, 24, 3))
+  with pytest.raises(errors.ConfigError) as e:
+    color.match_color(one, other)
+  assert str(e.value) == (
+    'source must be [N, H, W, 3] RGB images, got shape (32, 32, 3); add the batch axis: x[None]'
+  )
+  with pytest.raises(errors.ConfigError, match=r'^reference must be \[N, H, W, 3\]'):
+    color.match_color(other, one)
+  assert color.match_color(one[None], other).shape == (1, 32, 32, 3)
+
+
 @pytest.mark.parametrize('mode', color.COLOR_MATCH_MODES)
 def test_match_color_gives_the_reference_mean_and_covariance(mode):
   source = _rgb(5, (1, 20, 30, 3), 0.3, 0.7)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import errors
+from nst_jax.core import pixels
 
 # YIQ, the FCC's 1953 NTSC definition: Y is Rec. 601 luma, I and Q the two
 # chroma axes. Rows give Y, I, Q from R, G, B; the inverse is computed, so the
@@ -120,6 +121,13 @@ def match_color(
     raise errors.ConfigError(
       f'unknown colour match mode {mode!r}; use one of {", ".join(map(repr, COLOR_MATCH_MODES))}'
     )
+  for name, value in (('source', source), ('reference', reference)):
+    shape = tuple(np.shape(value))
+    if len(shape) != 4 or shape[-1] != 3:  # one [H, W, 3] image read its rows as images
+      raise errors.ConfigError(
+        f'{name} must be [N, H, W, 3] RGB images, got shape {shape}'
+        f'{pixels.layout_fix(shape, batched=True)}'
+      )
   x = jnp.asarray(source, jnp.float32)
   r = jnp.asarray(reference, jnp.float32)
   n = max(x.shape[0], r.shape[0])
