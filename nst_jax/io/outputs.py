@@ -168,11 +168,17 @@ def check_not_unfinished(ckpt: Path) -> None:
   """Refuses to start over a run whose checkpoint is unfinished (without --resume)."""
   if not ckpt.exists():
     return
-  payload = checkpoint_lib.read(ckpt)
-  if checkpoint_lib.unfinished(payload):
-    scales = payload.get('scales', 1)
-    where = f' at scale {payload.get("scale", 0) + 1} of {scales}' if scales > 1 else ''
+  if (run := unfinished_run(checkpoint_lib.read(ckpt))) is not None:
     raise errors.NstError(
-      f'{ckpt} holds an unfinished run ({payload["iteration"]} of {payload["total"]} '
-      f'iterations{where}); continue it with run.resume, or delete it to start over'
+      f'{ckpt} holds an unfinished run ({run}); continue it with run.resume, or delete it to '
+      'start over'
     )
+
+
+def unfinished_run(payload: dict) -> str | None:
+  """'3 of 6 iterations' (and ' at scale 1 of 2') of an unfinished checkpoint; None if finished."""
+  if not checkpoint_lib.unfinished(payload):
+    return None
+  scales = payload.get('scales', 1)
+  where = f' at scale {payload.get("scale", 0) + 1} of {scales}' if scales > 1 else ''
+  return f'{payload["iteration"]} of {payload["total"]} iterations{where}'

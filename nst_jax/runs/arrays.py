@@ -28,6 +28,7 @@ from nst_jax.engine import rows as rows_lib
 from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
+from nst_jax.io import outputs
 from nst_jax.io import weights as weights_lib
 from nst_jax.runs import inputs as inputs_lib
 from nst_jax.runs import runner
@@ -131,13 +132,10 @@ def _check_checkpoint_path(path: Path, *, resume: bool) -> None:
       f'checkpoint {shown} is a file that is not an nst-jax checkpoint (or a damaged one); give '
       'a new path'
     ) from None
-  if not resume and checkpoint_lib.unfinished(payload):
-    scales = payload.get('scales', 1)
-    where = f' at scale {payload.get("scale", 0) + 1} of {scales}' if scales > 1 else ''
+  if not resume and (run := outputs.unfinished_run(payload)) is not None:
     raise errors.ConfigError(
-      f'checkpoint {shown} holds an unfinished run ({payload["iteration"]} of '
-      f'{payload["total"]} iterations{where}); continue it with config.run.resume=True, or start '
-      'afresh with another checkpoint= path (or remove this one)'
+      f'checkpoint {shown} holds an unfinished run ({run}); continue it with '
+      'config.run.resume=True, or start afresh with another checkpoint= path (or remove this one)'
     )
 
 
