@@ -144,7 +144,10 @@ def test_layers_none_is_every_layer_and_a_second_convention_is_refused(caffe_npz
   rgb = _image(32, 32)
   weights = weights_lib.load_weights(caffe_npz)
   every = extract_features(weights, rgb, None)
-  assert set(every) == set(nst_jax.core.vgg.layer_names((2, 2, 4, 4, 4)))
+  # Every layer, in network order as model.apply gives them (jit had sorted them).
+  assert list(every) == list(nst_jax.core.vgg.layer_names((2, 2, 4, 4, 4)))
+  assert list(every)[:4] == ['conv1_1', 'relu1_1', 'conv1_2', 'relu1_2']
+  assert list(extract_features(weights, rgb, ['relu3_1', 'conv1_1'])) == ['conv1_1', 'relu3_1']
   np.testing.assert_array_equal(
     every['relu2_1'], extract_features(weights, rgb, 'relu2_1')['relu2_1']
   )

@@ -62,7 +62,8 @@ def extract_features(
 
   Returns:
     Dict from each name to its activation, with the input's leading
-    dimensions: [h, w, c] for an [H, W, 3] input, else [N, h, w, c].
+    dimensions: [h, w, c] for an [H, W, 3] input, else [N, h, w, c]; its
+    keys in network order (conv1_1, relu1_1, conv1_2, ...), as `model.apply`.
   """
   if hasattr(weights, 'shape'):  # extract_features(rgb, weights, ...): "expected str ... ndarray"
     raise errors.ArgumentError(
@@ -108,4 +109,6 @@ def extract_features(
   checks.image_size(x, layers, model, 'image')
   batched = x if x.ndim == 4 else x[None]
   feats = _apply(params, batched, model=model, layers=layers, convention=convention)
-  return feats if x.ndim == 4 else {k: v[0] for k, v in feats.items()}
+  # In network order, as model.apply gives them (jit returns a dict's keys sorted).
+  order = [name for name in vgg.layer_names(model.stage_sizes) if name in feats]
+  return {k: feats[k] if x.ndim == 4 else feats[k][0] for k in order}
