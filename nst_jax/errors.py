@@ -81,12 +81,13 @@ class Interrupted(NstError):
   """A run stopped on a signal after saving its checkpoint and image.
 
   Attributes:
-    exit_code: 128 + the signal number, the shell's convention.
+    exit_code: 128 + the signal number, the shell's convention (1 for a
+      stop asked without a signal, `signum` None: stylize's should_stop).
   """
 
-  def __init__(self, message: str, signum: int):
+  def __init__(self, message: str, signum: int | None):
     super().__init__(message)
-    self.exit_code = 128 + signum
+    self.exit_code = 1 if signum is None else 128 + signum
 
 
 class NonFinite(NstError):

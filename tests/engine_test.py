@@ -64,7 +64,7 @@ def test_a_short_run_lowers_each_rows_loss_and_returns_its_rgb(weights):
     assert 0.0 <= out.min() and out.max() <= 1.0
     assert np.abs(out - content).max() > 4 / 255  # it moved
     totals = [entry['total'] for entry in history[r]]
-    assert [entry['iteration'] for entry in history[r]] == [1, 2, 3]
+    assert [entry['iteration'] for entry in history[r]] == [0, 1, 2, 3]  # the start, then each
     assert totals[-1] < 0.9 * totals[0], totals
   (stage,) = record['scales']
   assert (stage['width'], stage['height'], stage['iterations'], stage['budget']) == (W, H, 3, 3)

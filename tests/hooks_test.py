@@ -4,7 +4,6 @@ The stand-in step adds 1 to every pixel and reports losses given per
 iteration, so each hook can be checked against the values it was handed.
 """
 
-import os
 import signal
 import threading
 
@@ -82,7 +81,13 @@ def test_hooks_run_in_order_with_the_values_given():
     hooks.Monitor(monitor, 1, lambda x, r: x * 0 + r),
   ]
   info = loop.LoopInfo(start=0, total=5, scale=1, scales=2, offset=10, rows=(0, 1))
-  loop.run_loop(_step, _state(), None, None, info=info, hooks=sequence)
+  scored = []
+
+  def score(state):  # the final image's losses, its image kept (the engine's held step)
+    scored.append(np.asarray(state.image).copy())
+    return state, _step(state, None, None)[1]
+
+  result = loop.run_loop(_step, _state(), None, None, info=info, hooks=sequence, score=score)
   # Each iteration, the hooks in the order given; intermediates every 2 but
   # not at the last (the caller saves the result), the monitor when due.
   assert log == [
@@ -105,13 +110,45 @@ def test_hooks_run_in_order_with_the_values_given():
   assert (iteration, scale) == (13, 2)
   assert losses == pytest.approx({'total': 1 / 3, 'content': 1 / 6, 'style': 1 / 12, 'tv': 0.0})
   np.testing.assert_array_equal(rgb, np.ones((2, 3, 3)))
-  # History: every 2 iterations and the last, each row's terms, iterations across scales.
+  # Scored once, after the last iteration, on the final image (5 updates).
+  assert len(scored) == 1 and np.all(scored[0] == 5.0)
+  np.testing.assert_array_equal(result.state.image, np.full((2, 2, 3, 3), 5.0))
+  # History: entry k holds the losses of the image after k updates (across
+  # scales): the start (call 1 reports it), every 2, and the scored result.
+  # The step at call c reports TOTALS[c], its image's after c - 1 updates.
   for row in (0, 1):
     entries = history.history[row]
-    assert [(e['scale'], e['iteration']) for e in entries] == [(1, 12), (1, 14), (1, 15)]
-    assert [e['total'] for e in entries] == pytest.approx([TOTALS[k][row] for k in (2, 4, 5)])
-    assert [e['style'] for e in entries] == pytest.approx([TOTALS[k][row] / 4 for k in (2, 4, 5)])
+    assert [(e['scale'], e['iteration']) for e in entries] == [(1, k) for k in (10, 12, 14, 15)]
+    assert [e['total'] for e in entries] == pytest.approx([TOTALS[k][row] for k in (1, 3, 5, 6)])
+    assert [e['style'] for e in entries] == pytest.approx(
+      [TOTALS[k][row] / 4 for k in (1, 3, 5, 6)]
+    )
     assert all(e['time_s'] > 0 for e in entries)
+
+
+def test_the_final_image_is_not_scored_after_a_stop_by_signal_and_its_nan_is_an_error():
+  history = hooks.History(print_iter=10, rows=(0, 1), t0=0.0)
+  info = loop.LoopInfo(start=0, total=5, rows=(0, 1))
+  calls = []
+
+  def score(state):
+    calls.append(1)
+    return state, _step(state, None, None)[1]
+
+  stops = iter([None, None, signal.SIGTERM])
+  result = loop.run_loop(
+    _step, _state(), None, None, info=info, hooks=[history], score=score,
+    should_stop=lambda: next(stops),
+  )  # fmt: skip
+  assert (result.reason, result.iteration, calls) == ('signal', 3, [])
+  assert [e['iteration'] for e in history.history[0]] == [0]  # the start image only
+
+  def nan_score(state):
+    return state, {k: jnp.full(2, jnp.nan) for k in ('total', 'content', 'style', 'tv')}
+
+  with pytest.raises(errors.NonFinite) as err:
+    loop.run_loop(_step, _state(), None, None, info=info, score=nan_score)
+  assert err.value.iteration == 5
 
 
 def _checkpoints(tmp_path, every=2, **kwargs):
@@ -369,45 +406,6 @@ def test_make_progress_picks_the_kind():
   log = hooks.make_progress('log', 7, prefix='p: ')
   assert isinstance(log, hooks.LogProgress) and (log.print_iter, log.prefix) == (7, 'p: ')
   assert isinstance(hooks.make_progress('bar', 7), hooks.BarProgress)
-
-
-def test_stop_on_signals_turns_a_signal_into_a_flag_and_restores_the_handlers():
-  # pytest (and each xdist worker) runs tests in the main thread, where
-  # handlers can be set; asserted rather than skipped, so it cannot pass unrun.
-  assert threading.current_thread() is threading.main_thread()
-  before = signal.getsignal(signal.SIGTERM)
-  with hooks.stop_on_signals() as stop:
-    assert stop() is None
-    os.kill(os.getpid(), signal.SIGTERM)
-    assert stop() == signal.SIGTERM
-    os.kill(os.getpid(), signal.SIGINT)
-    assert stop() == signal.SIGTERM  # the first one counts
-  assert signal.getsignal(signal.SIGTERM) is before
-
-
-def test_stop_on_signals_for_a_library_call_lets_a_second_signal_interrupt_at_once():
-  """stylize's use: the first signal stops the loop (it saves first), a second is Ctrl-C's own."""
-  before = signal.getsignal(signal.SIGINT)
-  with pytest.raises(KeyboardInterrupt), hooks.stop_on_signals(interrupt_again=True) as stop:
-    signal.raise_signal(signal.SIGINT)
-    assert stop() == signal.SIGINT
-    signal.raise_signal(signal.SIGTERM)
-  assert stop() == signal.SIGINT
-  assert signal.getsignal(signal.SIGINT) is before
-
-
-def test_stop_on_signals_off_the_main_thread_leaves_the_handlers_alone():
-  # Only the main thread can install handlers: elsewhere the flag stays None.
-  before, seen = signal.getsignal(signal.SIGTERM), []
-
-  def worker():
-    with hooks.stop_on_signals() as stop:
-      seen.append((stop(), signal.getsignal(signal.SIGTERM)))
-
-  thread = threading.Thread(target=worker)
-  thread.start()
-  thread.join()
-  assert seen == [(None, before)]
 
 
 def test_progress_lines_name_the_scale_and_the_jobs(caplog):

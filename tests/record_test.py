@@ -61,10 +61,11 @@ def test_run_writes_the_record_and_pictures(tmp_path, caffe_npz, monkeypatch):
   ]
   assert all(s['compile_s'] > 0 and s['run_s'] > 0 for s in data['scales'])
   assert not any(s['compile_reused'] for s in data['scales'])
-  # Every iteration of both scales was reported (print_iter 1), in order, the
-  # iterations numbered across scales (4 each: -i is the run's total).
+  # Every image of both scales was scored (print_iter 1), in order, numbered
+  # by the updates done across scales (4 each: -i is the run's total): each
+  # scale's start image, then after each update, the last its result.
   assert [(h['scale'], h['iteration']) for h in data['history']] == [
-    (s, 4 * s + i) for s in (0, 1) for i in range(1, 5)
+    (s, 4 * s + i) for s in (0, 1) for i in range(0, 5)
   ]
   final = data['final_losses']
   assert final == {

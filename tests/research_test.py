@@ -221,16 +221,75 @@ def test_network_space_arguments_and_weights_name_their_fix():
     nst_jax.make_optimizer('adam', lr=1.0, convention=pixels.CAFFE)
 
 
-def test_an_interrupted_stylize_names_only_what_it_saved(caffe_npz):
+def test_an_interrupted_stylize_names_only_what_it_saved_and_records_what_ran(caffe_npz):
   rgb = np.random.default_rng(0).uniform(size=(16, 16, 3)).astype(np.float32)
   cfg = nst_jax.StyleConfig(
     loss=small_runs.loss_config(),
     schedule=nst_jax.ScheduleConfig(iterations=5, scales=1),
-    run=nst_jax.RunConfig(print_iter=0),
+    run=nst_jax.RunConfig(print_iter=1),
   )
   with pytest.raises(nst_jax.errors.Interrupted) as caught:
     nst_jax.stylize(rgb, rgb, config=cfg, weights=caffe_npz, should_stop=lambda: 15)
   assert str(caught.value) == 'interrupted by signal 15 after iteration 1; nothing was saved'
+  assert caught.value.exit_code == 128 + 15
+  # True is no signal number: the message says who stopped it (it said "signal 1").
+  polls, record = [], {}
+
+  def second_poll():
+    polls.append(1)
+    return len(polls) == 2
+
+  with pytest.raises(nst_jax.errors.Interrupted) as caught:
+    nst_jax.stylize(rgb, rgb, config=cfg, weights=caffe_npz, should_stop=second_poll, record=record)
+  assert str(caught.value) == 'stopped by should_stop after iteration 2; nothing was saved'
+  assert caught.value.exit_code == 1
+  # The record keeps what ran: the start image and the first update, scored
+  # by iterations 1 and 2 (the image after the second update was not).
+  ((stage,),) = (record['scales'],)
+  assert (stage['iterations'], stage['start'], stage['stopped']) == (2, 0, 'signal')
+  assert [h['iteration'] for h in record['history']] == [0, 1]
+
+
+def test_stylize_records_the_losses_of_the_result_for_every_image_of_a_batch(caffe_npz):
+  """The record's last entry is the returned image's objective (not the image's before)."""
+  rng = np.random.default_rng(1)
+  contents = rng.uniform(0.1, 0.9, size=(2, 16, 16, 3)).astype(np.float32)
+  style = rng.uniform(size=(16, 16, 3)).astype(np.float32)
+  cfg = nst_jax.StyleConfig(
+    loss=small_runs.loss_config(content_weight=1.0, style_weight=1.0, tv_weight=0.5),
+    schedule=nst_jax.ScheduleConfig(iterations=3, scales=1),
+    run=nst_jax.RunConfig(print_iter=1),
+  )
+  record = {}
+  out = nst_jax.stylize(contents, style, config=cfg, weights=caffe_npz, record=record)
+  history = record['history']
+  assert [h['iteration'] for h in history] == [0, 1, 2, 3]
+  assert all(len(h[k]) == 2 for h in history for k in ('total', 'content', 'style', 'tv'))
+  assert history[0]['content'] == [0.0, 0.0]  # the start image is the content
+  # Oracle: the objective of each returned image, computed here (the box
+  # keeps L-BFGS's pixels displayable, so the RGB returned is the image).
+  w = nst_jax.load_weights(caffe_npz)
+  model, spec = nst_jax.make_model(), cfg.loss.spec
+  pre = functools.partial(pixels.preprocess, convention=w.info.input_convention)
+  targets = nst_jax.make_targets(
+    w.params, pre(contents), pre(style[None]), model=model, loss_spec=spec, **cfg.loss.weights
+  )
+  for i in range(2):
+    total, aux = nst_jax.objective(
+      pre(out[i : i + 1])[0],
+      w.params,
+      nst_jax.targets_at(targets, i, keep_batch=False),
+      model=model,
+      loss_spec=spec,
+    )
+    np.testing.assert_allclose(history[-1]['total'][i], float(total), rtol=2e-5)
+    np.testing.assert_allclose(history[-1]['style'][i], float(aux['style']), rtol=2e-5)
+  # Image 1 alone: the batch's second values (rows are independent problems).
+  alone = {}
+  nst_jax.stylize(contents[1], style, config=cfg, weights=caffe_npz, record=alone)
+  assert [h['total'] for h in alone['history']] == pytest.approx(
+    [h['total'][1] for h in history], rel=1e-6
+  )
 
 
 _SHARDED_STYLIZE = """

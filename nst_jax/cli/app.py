@@ -41,7 +41,7 @@ from nst_jax.cli import absl_app
 from nst_jax.cli import flags as cli_flags
 from nst_jax.cli import spelling
 from nst_jax.engine import distributed
-from nst_jax.engine import hooks as hooks_lib
+from nst_jax.engine import signals
 from nst_jax.io import jobs as jobs_lib
 from nst_jax.io import video
 from nst_jax.runs import batch as batch_lib
@@ -155,7 +155,7 @@ def main(argv):
   signal.signal(
     signal.SIGINT, (lambda signum, frame: None) if early else signal.default_int_handler
   )
-  with hooks_lib.exit_on_signals(early=early, before_exit=output_plan.drop_locks):
+  with signals.exit_on_signals(early=early, before_exit=output_plan.drop_locks):
     _main()
 
 

@@ -344,23 +344,15 @@ class GroupRun:
       )
     return hooks, checkpoints
 
-  def _non_finite(self, err, checkpoints) -> errors.NonFinite:
-    kept = ''
-    if checkpoints.last_saved is not None and checkpoints.paths:
-      names = ', '.join(str(p) for p in checkpoints.paths.values())
-      kept = f'the last finite state is in {names} (iteration {checkpoints.last_saved}); '
-    return errors.NonFinite(
-      err.iteration,
-      f'the loss became non-finite at iteration {err.iteration}; {kept}lower the weights or '
-      'the learning rate',
-    )
-
-  def _stage_record(self, st, result, total, compile_s, run_s, compiled) -> dict:
+  def _stage_record(self, st, result, start, total, compile_s, run_s, compiled) -> dict:
     """What the run record says about one stage."""
     return {
       'width': st.width,
       'height': st.height,
+      # Iterations done at this stage, those before a resume included; this
+      # call ran from 'start'.
       'iterations': result.iteration,
+      'start': start,
       'budget': total,
       'stopped': result.reason,
       'compile_s': compile_s,
@@ -399,6 +391,11 @@ class GroupRun:
         active[0] = self._active(held)
       return compiled(state, params, targets, active[0])
 
+    # The result's own losses: the step again with every row held (no
+    # update, no other program to compile).
+    held = self._active(np.zeros(1, bool))
+    score = lambda state: compiled(state, self.e.params, st.targets, held)  # noqa: E731
+
     t0 = time.perf_counter()
     try:
       result = loop_lib.run_loop(
@@ -421,9 +418,10 @@ class GroupRun:
         ),
         local_rows=self.layout.host_rows,
         agree=distributed.agree if jax.process_count() > 1 else loop_lib.raise_own,
+        score=score,
       )
     except errors.NonFinite as err:
-      raise self._non_finite(err, checkpoints) from None
+      raise checkpoints.non_finite(err.iteration) from None
     except errors.NstError as err:
       # A hook's failure (an image that cannot be written), agreed by every
       # process: the loop stopped at the next read and saved the checkpoints.
@@ -435,16 +433,17 @@ class GroupRun:
       self.last_saved, self.t_saved = checkpoints.last_saved, checkpoints.t_saved
     if self.record is not None:
       self.record.setdefault('scales', []).append(
-        self._stage_record(st, result, total, compile_s, time.perf_counter() - t0, compiled)
+        self._stage_record(st, result, start, total, compile_s, time.perf_counter() - t0, compiled)
       )
     if result.reason == 'signal':
       # Only what was written is named, and resuming is offered only from a
       # checkpoint that holds a state (an array run without one saved nothing).
       images = ', '.join(str(p) for p in self.saved_images)
       said = '; '.join(x for x in (images and f'saved {images}', checkpoints.kept()) if x)
+      asked = result.signum == loop_lib.ASKED
+      by = 'stopped by should_stop' if asked else f'interrupted by signal {result.signum}'
       raise errors.Interrupted(
-        f'interrupted by signal {result.signum} after iteration {offset + result.iteration}; '
-        f'{said or "nothing was saved"}',
-        result.signum,
+        f'{by} after iteration {offset + result.iteration}; {said or "nothing was saved"}',
+        None if asked else result.signum,
       )
     return result.state.image

@@ -5,13 +5,9 @@ work per row of the batch, so a single image (row 0), a batch of jobs and a
 multi-host batch (each process its own rows) use the same hooks.
 """
 
-from collections.abc import Callable, Iterator, Mapping
-import contextlib
-import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-import signal
 import sys
-import threading
 import time
 from typing import Any
 
@@ -20,17 +16,11 @@ import jax
 import numpy as np
 
 from nst_jax import errors
-from nst_jax.engine import loop as loop_lib
 from nst_jax.engine.loop import Hook
 from nst_jax.engine.loop import LoopInfo
 from nst_jax.engine.loop import StepView
 from nst_jax.engine.loop import is_time
 from nst_jax.io import checkpoint as checkpoint_lib
-
-# The signals that stop a run after saving: Ctrl-C, a kill or a preemption
-# notice, and a hang-up (a dropped ssh connection, a closed terminal), whose
-# default action would end the process without saving.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _scale_label(info: LoopInfo) -> str:
@@ -114,11 +104,20 @@ def make_progress(mode: str, print_iter: int, prefix: str = '') -> Hook:
 
 
 class History(Hook):
-  """Per-row loss history for the run record: every `print_iter` and at the last.
+  """Per-row loss history for the run record.
+
+  The entry of iteration k holds the losses of the image after k updates
+  (k numbered across scales): a scale's start image (k = its first
+  iteration - 1, 0 for a fresh run), every `print_iter` updates, and the
+  final image (`StepView.final`, when the loop scored it: not after a stop by
+  signal). A step returns the losses of the image it was given, so the
+  losses read at iteration c are entry c - 1's. At a scale's boundary two
+  entries share k: the previous scale's result and the next scale's start
+  (resized, with that scale's targets); 'scale' tells them apart.
 
   Attributes:
-    history: row -> list of {'scale', 'iteration' (across scales), 'time_s'
-      (since `t0`), and every loss term}.
+    history: row -> list of {'scale', 'iteration' (updates done, across
+      scales), 'time_s' (since `t0`, when read), and every loss term}.
   """
 
   def __init__(self, print_iter: int, rows, t0: float | None = None):
@@ -129,19 +128,28 @@ class History(Hook):
   def begin(self, info: LoopInfo) -> None:
     self.info = info
 
-  def after_step(self, view: StepView) -> None:
-    if not (is_time(view.iteration, self.print_iter, self.info.total) or view.last):
-      return
-    losses = view.losses()
+  def _add(self, done: int, losses: dict[str, np.ndarray]) -> None:
     for r, entries in self.history.items():
       entries.append(
         {
           'scale': self.info.scale,
-          'iteration': view.global_iteration,
+          'iteration': self.info.offset + done,
           'time_s': time.perf_counter() - self.t0,
           **{k: float(v[r]) for k, v in losses.items()},
         }
       )
+
+  def after_step(self, view: StepView) -> None:
+    if not view.synced:
+      return
+    for c, losses in view.history():  # every iteration this sync read
+      done = c - 1
+      if done == self.info.start or (self.print_iter > 0 and done % self.print_iter == 0):
+        self._add(done, losses)
+
+  def end(self, view: StepView | None) -> None:
+    if view is not None and view.final is not None:
+      self._add(view.iteration, view.final)
 
 
 class Checkpoints(Hook):
@@ -261,6 +269,18 @@ class Checkpoints(Hook):
   def end(self, view: StepView | None) -> None:
     self.writer.wait()
 
+  def non_finite(self, iteration: int) -> errors.NonFinite:
+    """The error for a non-finite loss at `iteration`, naming the last good checkpoint."""
+    kept = ''
+    if self.last_saved is not None and self.paths:
+      names = ', '.join(str(p) for p in self.paths.values())
+      kept = f'the last finite state is in {names} (iteration {self.last_saved}); '
+    return errors.NonFinite(
+      iteration,
+      f'the loss became non-finite at iteration {iteration}; {kept}lower the weights or '
+      'the learning rate',
+    )
+
   def kept(self) -> str:
     """What the checkpoints hold after a stop, and how to go on ('' without any); after `end`.
 
@@ -327,102 +347,6 @@ class Monitor(Hook):
     losses = {k: float(v[self.row]) for k, v in view.losses().items()}
     rgb = self.to_rgb(view.images()[self.row], self.row)
     self.monitor.update(view.global_iteration, losses, rgb, scale=self.info.scale + 1)
-
-
-@contextlib.contextmanager
-def exit_on_signals(
-  *, early: bool = True, before_exit: Callable[[], None] = lambda: None
-) -> Iterator[None]:
-  """For a program's main: exit at once on a signal before any iteration, or on a second one.
-
-  Python runs signal handlers only between bytecodes of the main thread, so
-  while it compiles (or waits for a long device call) a SIGTERM waited 21 s
-  at 384 px and minutes at large sizes, and a second Ctrl-C did nothing. The
-  C-level handler also writes each signal's number to a wakeup pipe, which a
-  thread here reads at once: before the first iteration (`loop.ITERATED`)
-  there is no state to lose, so the process ends with one line and 128 +
-  the signal number; a second SIGINT/SIGTERM/SIGHUP ends it at once whatever it is
-  doing (the last checkpoint, written atomically, stays). Otherwise the
-  first signal is left to `stop_on_signals`, which saves first.
-
-  Only for code that owns the process (the command line): it calls
-  os._exit. Signals reach the pipe only while Python handles them (always
-  SIGINT; SIGTERM and SIGHUP inside `stop_on_signals`; before that their
-  default action ends the process at once anyway).
-
-  Args:
-    early: exit on the first signal before any iteration (off for
-      multi-process runs, whose processes must stop together).
-    before_exit: called just before the process ends (the output planner's
-      lock files go).
-  """
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-  read_fd, write_fd = os.pipe()
-  os.set_blocking(write_fd, False)
-  previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-  seen = []
-
-  def watch() -> None:
-    while data := os.read(read_fd, 64):
-      for signum in data:
-        if signum not in STOP_SIGNALS:
-          continue
-        seen.append(signum)
-        if len(seen) > 1:
-          why = (
-            f'interrupted again by signal {signum}; stopped at once (a checkpoint already '
-            'written is kept)'
-          )
-        elif early and not loop_lib.ITERATED.is_set():
-          why = f'interrupted by signal {signum} before the first iteration; nothing was written'
-        else:
-          continue
-        before_exit()
-        os.write(2, f'error: {why}\n'.encode())
-        os._exit(128 + signum)
-
-  thread = threading.Thread(target=watch, name='nst-jax-signals', daemon=True)
-  thread.start()
-  try:
-    yield
-  finally:
-    signal.set_wakeup_fd(previous)
-    os.close(write_fd)  # the thread reads the end of the pipe and returns
-    thread.join(timeout=1.0)
-    os.close(read_fd)
-
-
-@contextlib.contextmanager
-def stop_on_signals(*, interrupt_again: bool = False):
-  """Turns SIGINT/SIGTERM/SIGHUP into a flag the loop polls, so it can save first.
-
-  Yields a callable returning the signal number received, or None. Only the
-  main thread can install handlers; elsewhere signals keep their defaults.
-  The previous handlers come back on leaving, also on an error.
-
-  Args:
-    interrupt_again: a second signal raises KeyboardInterrupt at once (a
-      library call's Ctrl-C); else it is ignored (the command line's
-      `exit_on_signals` ends the process on it).
-  """
-  received = []
-  if threading.current_thread() is not threading.main_thread():
-    yield lambda: None
-    return
-
-  def handler(signum, frame):
-    if received and interrupt_again:
-      raise KeyboardInterrupt(f'interrupted again by signal {signum}')
-    received.append(signum)
-
-  previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
-  try:
-    yield lambda: received[0] if received else None
-  finally:
-    for signum, handler in previous.items():
-      signal.signal(signum, handler)
 
 
 def rows_finite(image: jax.Array) -> jax.Array:

@@ -30,6 +30,14 @@ a failure makes that iteration a sync. Non-finite losses raise
 `errors.NonFinite` at the sync that reads them, naming the first iteration
 they appeared at.
 
+Scoring the result. A step returns the losses of the image it was given,
+before its update, so the losses read at iteration k are those of the image
+after k - 1 updates, and the last update is never scored. Given `score`
+(the engine's: the compiled step with every row held, so the image stays
+and no program is compiled for it), the loop evaluates the final image once
+more after the last iteration and hands its losses to the hooks' `end`
+(`StepView.final`): the run record's final losses are the result's.
+
 Failures in hooks. A hook that raises (an intermediate image that cannot be
 written, a preview error) may do so on one process only. The loop keeps the
 first such error, goes on calling every hook (a hook's collective, such as
@@ -53,7 +61,7 @@ import numpy as np
 from nst_jax import errors
 
 # Set once any loop of this process has finished an iteration: from then on
-# a signal waits for the loop to save its state (hooks.exit_on_signals);
+# a signal waits for the loop to save its state (signals.exit_on_signals);
 # before it there is nothing a run would lose.
 ITERATED = threading.Event()
 
@@ -63,6 +71,9 @@ ITERATED = threading.Event()
 SIGNAL_BITS = 0xFF
 FAILED = 1 << 8  # a hook of this process raised (the error is agreed after the loop)
 SAVE_DUE = 1 << 9  # a hook of this process asks for a save now (Hook.save_due)
+# The "signal number" of a stop asked for without a signal (stylize's
+# should_stop returning True): above every real signal (64 on Linux).
+ASKED = SIGNAL_BITS
 
 
 def merge_flags(flags: Sequence[int] | np.ndarray) -> tuple[int, int]:
@@ -113,6 +124,10 @@ class StepView:
     save_due: some hook of some process asked for a save at this sync
       (`Hook.save_due`: a checkpoint by time); False between syncs.
     elapsed_s: seconds since the loop started (when the view was made).
+    final: after the last iteration, when the loop scored the final image
+      (`run_loop`'s `score`; not on a stop by signal): every loss term for
+      every row of the image after the last update, as `losses()`; else None.
+      Hooks see it in `end`.
   """
 
   def __init__(
@@ -134,6 +149,7 @@ class StepView:
     self.reason: str | None = None
     self.save_due = False
     self.elapsed_s = elapsed_s
+    self.final: dict[str, np.ndarray] | None = None
     self._clock = clock
     self._rate: float | None = None
     self._read = list(read)
@@ -300,6 +316,7 @@ def run_loop(
   sync_also: Sequence[int] = (),
   local_rows: Callable[[jax.Array], dict[int, np.ndarray]] | None = None,
   agree: Callable[[BaseException | None], Any] = raise_own,
+  score: Callable[[Any], tuple[Any, Any]] | None = None,
 ) -> LoopResult:
   """Iterates `state, losses = step(state, params, targets)` up to `info.total`.
 
@@ -325,6 +342,12 @@ def run_loop(
     agree: called once after the last iteration with this process's first
       hook error (or None) on every process; raises if any process had one
       (nst_jax.engine.distributed.agree; one process: raises its own).
+    score: state -> (state with the same image, losses of that image), run
+      once after the last iteration (after its hooks, before their `end`)
+      unless a signal or a failure stopped the loop. A step's losses are of
+      the image *before* its update, so without it the last update is never
+      scored; its losses are read in one more sync (every process alike)
+      into `StepView.final`.
 
   Returns:
     LoopResult; reason 'iterations', 'converged' or 'signal'.
@@ -391,6 +414,14 @@ def run_loop(
       call('after_step', view)
       if view.last:
         break
+    if score is not None and view is not None and reason in ('iterations', 'converged'):
+      # After the hooks of the last iteration: they copied what they keep
+      # of the state, which `score` donates.
+      state, losses = score(state)
+      view.state = state
+      view.final = sync([losses], 0)[0][0]
+      if not np.all(np.isfinite(view.final['total'][list(info.rows)])):
+        raise errors.NonFinite(info.offset + it)
   except BaseException:
     for hook in hooks:  # closed on the way out; the error raised is this one
       try:

@@ -99,6 +99,7 @@ def build(
     'compile_from_disk': bool(record.get('scales'))
     and all(s.get('compile_from_disk') for s in record['scales']),
     'total_s': total_s,
+    # The losses of the result written (History scores the final image).
     'final_losses': {k: v for k, v in last.items() if k not in ('scale', 'iteration', 'time_s')},
     # The files it saved beside the output, which a rerun may replace (output_names.claimed).
     'intermediates': list(record.get('intermediates', [])),
@@ -113,15 +114,14 @@ def _nice_log_ticks(lo: float, hi: float) -> list[float]:
 def loss_plot(history: Sequence[dict], path: str | os.PathLike) -> None:
   """Draws the total (weighted) and the unweighted L_c, L_s, L_tv per iteration, log y.
 
-  Iterations count on across scales (scale k adds k * iterations per scale);
-  non-positive values are left out (log scale).
+  Iterations count on across scales (History numbers them so); non-positive
+  values are left out (log scale).
   """
   w, h = PLOT_SIZE
   left, right, top, bottom = 80, 150, 20, 50
   im = Image.new('RGB', (w, h), 'white')
   draw = ImageDraw.Draw(im)
-  per_scale = max((e['iteration'] for e in history), default=1)
-  xs = [e['scale'] * per_scale + e['iteration'] for e in history]
+  xs = [e['iteration'] for e in history]
   names = [n for n in ('total', *CURVES) if any(e.get(n, 0) > 0 for e in history)]
   values = [e[n] for e in history for n in names if e.get(n, 0) > 0]
   draw.rectangle([left, top, w - right, h - bottom], outline='black')

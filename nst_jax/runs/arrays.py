@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import os
 from pathlib import Path
+import signal
 from typing import Any
 
 import jax
@@ -23,8 +24,10 @@ from nst_jax.core import step as core
 from nst_jax.engine import compile_cache
 from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import hooks as hooks_lib
+from nst_jax.engine import loop as loop_lib
 from nst_jax.engine import memory as memory_lib
 from nst_jax.engine import rows as rows_lib
+from nst_jax.engine import signals
 from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
@@ -68,6 +71,26 @@ _RESUME_INPUTS = {
   'mask_pixels': ('the masks differ', 'content_mask and style_masks'),
   'weights_hash': ('the weights differ', 'weights'),
 }
+
+
+def _asked(should_stop: Callable[[], Any] | None) -> int | None:
+  """should_stop's answer as the loop's flag: a signal number (1-64) as it is, else ASKED."""
+  asked = should_stop() if should_stop is not None else None
+  if not asked:
+    return None
+  is_signal = isinstance(asked, int) and not isinstance(asked, bool) and 0 < asked < signal.NSIG
+  return asked if is_signal else loop_lib.ASKED
+
+
+def _history(per_row: dict[int, list[dict]], n: int, *, batched: bool) -> list[dict]:
+  """The record's history: row 0's entries, each loss term a list over the N rows if batched."""
+  if not batched:
+    return list(per_row[0])
+  entries = []
+  for same in zip(*(per_row[r] for r in range(n)), strict=True):
+    entry = {k: v for k, v in same[0].items() if k in ('scale', 'iteration', 'time_s')}
+    entries.append({**entry, **{k: [e[k] for e in same] for k in same[0] if k not in entry}})
+  return entries
 
 
 def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
@@ -300,9 +323,11 @@ def stylize(
       `config.run.resume=True` or another path. Anything else there is
       refused and left as it is: a directory or file nst-jax did not write,
       a link, a missing folder.
-    should_stop: polled after every iteration; a non-zero return (a signal
-      number) saves the checkpoint (if `checkpoint` is given), then raises
-      Interrupted, whose message names what was saved. Ctrl-C (SIGINT),
+    should_stop: polled after every iteration; a true return saves the
+      checkpoint (if `checkpoint` is given), then raises Interrupted, whose
+      message names what was saved and says "stopped by should_stop" (an int
+      from 1 to 64, a signal number your handler caught, is named as that
+      signal instead). Ctrl-C (SIGINT),
       SIGTERM and SIGHUP do the same, as on the command line, when stylize
       is called from the main thread: for the run, a handler of its own
       turns the first into that stop (at the next iteration's poll; "nothing
@@ -321,9 +346,17 @@ def stylize(
       and a value other than those three is read as an image file. With
       several scales it starts the coarsest; each finer scale starts from the
       previous result.
-    record: a dict to fill with what happened: 'scales' (size, iterations,
-      why it stopped, compile and run seconds per stage) and 'history' (the
-      losses every `config.run.print_iter` iterations).
+    record: a dict to fill with what happened, also when a stop or an error
+      ends the run (what ran until then): 'scales' (per stage run: size,
+      'iterations' done at the stage in all, 'start' where this call began
+      (after a resume), 'budget', why it 'stopped', compile and run seconds)
+      and 'history': entries {'scale', 'iteration', 'time_s', and every loss
+      term}, where 'iteration' k holds the losses of the image after k
+      updates (numbered across scales): each stage's start image, every
+      `config.run.print_iter` updates and each stage's result (scored once
+      more; not after a stop). For a batch of contents ([N, H, W, 3]) each
+      loss term is a list of N values, one per image; for one [H, W, 3]
+      content a float.
     monitor: a live view (nst_jax.engine.preview.Preview, or anything with its
       `due` and `update`), shown image 0; never waited for.
     loss_fn: the per-image loss (nst_jax.core.objective.objective; see update_step);
@@ -380,21 +413,22 @@ def stylize(
 
   scales = {} if record is not None else None
   # As the command line: the first signal stops the loop, which saves first.
-  with hooks_lib.stop_on_signals(interrupt_again=True) as signalled:
+  with signals.stop_on_signals(interrupt_again=True) as signalled:
     watch = engine_lib.Watch.of_run(
       cfg.run,
       save_iter=cfg.save.save_iter,
       on_intermediate=on_intermediate,
       monitor=monitor,
-      should_stop=lambda: (should_stop and should_stop()) or signalled(),
+      should_stop=lambda: _asked(should_stop) or signalled(),
       history=history,
     )
     try:
       results = engine.run(rows, real=tuple(range(n)), watch=watch, resume=resume, record=scales)
     except errors.ResumeMismatch as e:
       raise _in_stylize_words(e) from None
-  if record is not None:
-    record['scales'] = scales.get('scales', [])
-    record['history'] = history.history[0]
+    finally:
+      if record is not None:  # a stop or an error keeps what ran
+        record['scales'] = scales.get('scales', [])
+        record['history'] = _history(history.history, n, batched=not squeeze)
   out = np.stack([results[k] for k in range(n)]).astype(np.float32)
   return out[0] if squeeze else out

@@ -24,11 +24,11 @@ from nst_jax import errors
 from nst_jax.engine import compile_cache
 from nst_jax.engine import distributed
 from nst_jax.engine import engine as engine_lib
-from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import memory as memory_lib
 from nst_jax.engine import preview as preview_lib
 from nst_jax.engine import rows as rows_lib
 from nst_jax.engine import sharding as sharding_lib
+from nst_jax.engine import signals
 from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import jobs as jobs_lib
 from nst_jax.io import outputs
@@ -165,7 +165,7 @@ def _run_batch(jobs, cfg, weights, record, mesh, plan, recheck) -> dict[str, np.
     preview = stack.enter_context(preview_lib.serving(port, title='batch'))
     # This process's flag: the loop's sync agrees it with the other
     # processes, in the same all-gather as the losses.
-    stop = stack.enter_context(hooks_lib.stop_on_signals())
+    stop = stack.enter_context(signals.stop_on_signals())
     for group in groups:
       written |= _run_group(
         group, jobs, cfg, w, mesh, stop, preview if group is first else None, record

@@ -26,6 +26,7 @@ from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import memory as memory_lib
 from nst_jax.engine import preview as preview_lib
 from nst_jax.engine import sharding as sharding_lib
+from nst_jax.engine import signals
 from nst_jax.engine import steps
 from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import images as image_lib
@@ -344,7 +345,7 @@ def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan) -> Path
     results = Results(cfg, w.info, {0: output}, {0: row}, icc={0: icc})
     resume = resume_from(cfg, ckpt, required=False)
     record = {}
-    with hooks_lib.stop_on_signals() as stop:
+    with signals.stop_on_signals() as stop:
       rgb = make_engine(cfg, w, layout).run(
         {0: row},
         real=(0,),

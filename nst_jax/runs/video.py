@@ -45,6 +45,7 @@ from nst_jax.engine import preview as preview_lib
 from nst_jax.engine import rows as rows_lib
 from nst_jax.engine import schedule as schedule_lib
 from nst_jax.engine import sharding as sharding_lib
+from nst_jax.engine import signals
 from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
 from nst_jax.io import output_names
@@ -251,7 +252,7 @@ def _run_video(cfg: config_lib.StyleConfig, clip, paths: _Paths, height: int, pl
       paths.work.mkdir(parents=True, exist_ok=True)
       t0 = time.perf_counter()
       record = {'frames': []}
-      with hooks_lib.stop_on_signals() as stop:
+      with signals.stop_on_signals() as stop:
         if v.passes == 1:
           results = _one_pass(cfg, w, frames, styles, paths, record, stop, preview)
         else:
@@ -333,8 +334,7 @@ def _run_rows(cfg, engine, rows, real, stop, preview, prefix):
     history=history,
   )
   rgb = engine.run(rows, real=real, watch=watch, resume=_resume_point(rows, real))
-  final = {r: (history.history[r][-1] if history.history[r] else {}) for r in real}
-  return rgb, final
+  return rgb, {r: (history.history[r][-1] if history.history[r] else {}) for r in real}
 
 
 def _passes(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.ndarray]:

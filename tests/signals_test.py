@@ -1,0 +1,48 @@
+"""Tests of nst_jax.engine.signals: a first signal becomes a flag the loop polls."""
+
+import os
+import signal
+import threading
+
+import pytest
+
+from nst_jax.engine import signals
+
+
+def test_stop_on_signals_turns_a_signal_into_a_flag_and_restores_the_handlers():
+  # pytest (and each xdist worker) runs tests in the main thread, where
+  # handlers can be set; asserted rather than skipped, so it cannot pass unrun.
+  assert threading.current_thread() is threading.main_thread()
+  before = signal.getsignal(signal.SIGTERM)
+  with signals.stop_on_signals() as stop:
+    assert stop() is None
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop() == signal.SIGTERM
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop() == signal.SIGTERM  # the first one counts
+  assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_stop_on_signals_for_a_library_call_lets_a_second_signal_interrupt_at_once():
+  """stylize's use: the first signal stops the loop (it saves first), a second is Ctrl-C's own."""
+  before = signal.getsignal(signal.SIGINT)
+  with pytest.raises(KeyboardInterrupt), signals.stop_on_signals(interrupt_again=True) as stop:
+    signal.raise_signal(signal.SIGINT)
+    assert stop() == signal.SIGINT
+    signal.raise_signal(signal.SIGTERM)
+  assert stop() == signal.SIGINT
+  assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_stop_on_signals_off_the_main_thread_leaves_the_handlers_alone():
+  # Only the main thread can install handlers: elsewhere the flag stays None.
+  before, seen = signal.getsignal(signal.SIGTERM), []
+
+  def worker():
+    with signals.stop_on_signals() as stop:
+      seen.append((stop(), signal.getsignal(signal.SIGTERM)))
+
+  thread = threading.Thread(target=worker)
+  thread.start()
+  thread.join()
+  assert seen == [(None, before)]
