@@ -283,11 +283,11 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
      'file of that name exists; pass one of those, the path of an image file, or init_image='),
     # Two start images for three contents: row 2 started from the second, unsaid (trial 6).
     (dict(content=np.stack([rgb] * 3), style=rgb, init_image=two),
-     'init_image has 2 images for 3 content image(s); give 1 or 3: one start image for all, or '
-     'one per content image, in order'),
+     'init_image has 2 images for 3 content image(s); give 1 (one start image for all) or 3, one '
+     'per content image'),
     # It said 'give 1 or 1' (trial 7).
     (dict(content=rgb, style=rgb, init_image=two),
-     'init_image has 2 images for 1 content image(s); give 1'),
+     'init_image has 2 images for 1 content image(s); give 1 (one start image for all)'),
     (dict(content=rgb, style=[]), 'no style image given; pass one: stylize(content, style, ...)'),
     # One image as nested lists was read as 32 styles of [32, 3] (trial 8).
     (dict(content=rgb, style=rgb.tolist()), _NESTED),

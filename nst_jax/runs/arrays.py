@@ -18,6 +18,7 @@ import numpy as np
 from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.config import checks
+from nst_jax.core import checks as core_checks
 from nst_jax.core import objective
 from nst_jax.core import pixels
 from nst_jax.core import step as core
@@ -224,12 +225,9 @@ def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint
     if init_image is None
     else np.asarray(pixels.batched(pixels.as_rgb(init_image, 'init_image')))
   )
-  if init is not None and init.shape[0] not in (1, n):
+  if init is not None:
     # As the styles: row k took init[min(k, last)], the others were dropped without a word.
-    how = ': one start image for all, or one per content image, in order' if n > 1 else ''
-    raise errors.ConfigError(
-      f'init_image has {init.shape[0]} images for {n} content image(s); give {_one_or(n)}{how}'
-    )
+    core_checks.start_batch(init.shape[0], n, 'init_image')
   if checkpoint is not None and n != 1:
     raise errors.ConfigError('a checkpoint holds one image; stylize a batch without one')
   return {
