@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 
 from nst_jax.engine import loop as loop_lib
 
@@ -18,6 +19,13 @@ from nst_jax.engine import loop as loop_lib
 # notice, and a hang-up (a dropped ssh connection, a closed terminal), whose
 # default action would end the process without saving.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Signals closer together than this are one request. coreutils' `timeout`
+# sends its signal to the process and then to its process group, so the
+# process gets it twice, microseconds apart (measured: 4 us): read as a
+# second Ctrl-C, a run capped with `timeout -s INT` exited at once and lost
+# what it had done since its last checkpoint (4 of 11 tries in trial 10). A
+# person's second Ctrl-C comes later than this.
+AGAIN_AFTER_S = 0.1
 
 
 @contextlib.contextmanager
@@ -32,9 +40,11 @@ def exit_on_signals(
   C-level handler also writes each signal's number to a wakeup pipe, which a
   thread here reads at once: before the first iteration (`loop.ITERATED`)
   there is no state to lose, so the process ends with one line and 128 +
-  the signal number; a second SIGINT/SIGTERM/SIGHUP ends it at once whatever it is
-  doing (the last checkpoint, written atomically, stays). Otherwise the
-  first signal is left to `stop_on_signals`, which saves first.
+  the signal number; a second SIGINT/SIGTERM/SIGHUP (`AGAIN_AFTER_S` or
+  more after the first: closer ones are one signal sent twice) ends it at
+  once whatever it is doing (the last checkpoint, written atomically,
+  stays). Otherwise the first signal is left to `stop_on_signals`, which
+  saves first.
 
   Only for code that owns the process (the command line): it calls
   os._exit. Signals reach the pipe only while Python handles them (always
@@ -53,18 +63,19 @@ def exit_on_signals(
   read_fd, write_fd = os.pipe()
   os.set_blocking(write_fd, False)
   previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-  seen = []
+  seen = []  # when each signal came (one sent twice counted once)
 
   def watch() -> None:
     while data := os.read(read_fd, 64):
       for signum in data:
-        if signum not in STOP_SIGNALS:
+        now = time.monotonic()
+        if signum not in STOP_SIGNALS or (seen and now - seen[0] < AGAIN_AFTER_S):
           continue
-        seen.append(signum)
+        seen.append(now)
         if len(seen) > 1:
           why = (
-            f'interrupted again by signal {signum}; stopped at once (a checkpoint already '
-            'written is kept)'
+            f'interrupted again by signal {signum}; stopped at once without saving (a '
+            'checkpoint written before is kept)'
           )
         elif early and not loop_lib.ITERATED.is_set():
           why = f'interrupted by signal {signum} before the first iteration; nothing was written'
@@ -94,19 +105,23 @@ def stop_on_signals(*, interrupt_again: bool = False):
   The previous handlers come back on leaving, also on an error.
 
   Args:
-    interrupt_again: a second signal raises KeyboardInterrupt at once (a
-      library call's Ctrl-C); else it is ignored (the command line's
-      `exit_on_signals` ends the process on it).
+    interrupt_again: a second signal (`AGAIN_AFTER_S` or more after the
+      first) raises KeyboardInterrupt at once (a library call's Ctrl-C);
+      else it is ignored (the command line's `exit_on_signals` ends the
+      process on it).
   """
-  received = []
+  received, first = [], []
   if threading.current_thread() is not threading.main_thread():
     yield lambda: None
     return
 
   def handler(signum, frame):
-    if received and interrupt_again:
-      raise KeyboardInterrupt(f'interrupted again by signal {signum}')
+    if received:
+      if interrupt_again and time.monotonic() - first[0] >= AGAIN_AFTER_S:
+        raise KeyboardInterrupt(f'interrupted again by signal {signum}')
+      return
     received.append(signum)
+    first.append(time.monotonic())
 
   previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
   try:
