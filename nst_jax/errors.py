@@ -70,11 +70,17 @@ class ResumeMismatch(NstError):
       'term_weights').
     saved, now: the field's values as short JSON text ('' for an input,
       which is compared by digest).
+    held: for fewer 'schedule.iterations' than the checkpoint holds, what
+      it holds, in words ('110 of 400 iterations, more than
+      schedule.iterations 30'); else ''.
   """
 
-  def __init__(self, message: str, *, path: str, setting: str, saved: str = '', now: str = ''):
+  def __init__(
+    self, message: str, *, path: str, setting: str, saved: str = '', now: str = '', held: str = ''
+  ):
     super().__init__(message)
     self.path, self.setting, self.saved, self.now = path, setting, saved, now
+    self.held = held
 
 
 class Interrupted(NstError):

@@ -304,6 +304,45 @@ def test_finished_run_deletes_its_checkpoint_unless_kept(tmp_path, images, caffe
   assert checkpoint_lib.read(checkpoint_lib.path_for(tmp_path / 'k.png'))['iteration'] == 4
 
 
+def test_resume_at_the_end_keeps_the_record_and_fewer_iterations_are_refused(
+  tmp_path, images, caffe_npz
+):
+  """Trial 10 (b)1: a smaller -i ended an unfinished run at once, deleted its checkpoint and wrote
+  an empty record. Now refused before anything is touched; as many as it holds gives the result
+  again, with the whole run's record (the history travels in the checkpoint).
+  """
+  from nst_jax.cli import spelling
+
+  content, style = images
+  out = tmp_path / 'k.png'
+  ckpt, record = checkpoint_lib.path_for(out), tmp_path / 'k.json'
+  run(_cfg(content, style, out, caffe_npz, print_iter=1))
+  first = json.loads(record.read_text())
+  assert [e['iteration'] for e in first['history']] == [0, 1, 2, 3, 4]
+  run(_cfg(content, style, out, caffe_npz, resume=True))  # print_iter 50: no entry of its own
+  again = json.loads(record.read_text())
+  drop = lambda h: [{k: v for k, v in e.items() if k != 'time_s'} for e in h]  # noqa: E731
+  assert drop(again['history']) == drop(first['history'])
+  assert again['final_losses'] == first['final_losses']
+  # Made to look interrupted: 4 of a run of 10.
+  meta = checkpoint_lib.read(ckpt)
+  _edit_meta(ckpt, total=10, extra={**meta['extra'], 'iterations': 10})
+  files = {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()}
+  with pytest.raises(errors.ResumeMismatch) as e:
+    run(_cfg(content, style, out, caffe_npz, iterations=2, resume=True))
+  assert str(e.value) == (
+    f'cannot resume from {ckpt}: it holds 4 of 10 iterations, more than schedule.iterations 2; '
+    'resume with schedule.iterations 10 (or more), or without run.resume and another save.path '
+    'to start over'
+  )
+  assert spelling.for_command_line(str(e.value)) == (
+    f'cannot resume from {ckpt}: it holds 4 of 10 iterations, more than -i/--iterations 2; '
+    'resume with -i/--iterations 10 (or more), or without --resume and another --output to '
+    'start over'
+  )
+  assert {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()} == files
+
+
 def test_missing_or_damaged_checkpoint(tmp_path, images, caffe_npz):
   content, style = images
   out = tmp_path / 'o.png'

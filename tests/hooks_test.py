@@ -172,7 +172,8 @@ def test_checkpoints_save_every_so_often_and_at_the_last(tmp_path):
   fields = ('iteration', 'total', 'scale', 'scales')
   assert [payload[k] for k in fields] == [5, 5, 0, 2]
   assert payload['settings'] == {'width': 3}
-  assert checkpoint_lib.extra(payload) == {'best': [0.0]}
+  # The convergence history, and the scale's offset for a resume's check of -i.
+  assert checkpoint_lib.extra(payload) == {'best': [0.0], 'offset': 0}
   state = checkpoint_lib.read_state(tmp_path / 'a.ckpt')
   np.testing.assert_array_equal(state['image'], np.full((2, 3, 3), 5.0))
 
@@ -333,11 +334,11 @@ def test_a_checkpoint_by_time_waits_for_a_read_so_its_convergence_history_is_cur
     return StyleState(state.image + 1, None), losses
 
   saved = []
-  real_snapshot = checkpoint_lib.snapshot
+  real_write = checkpoint_lib.write
 
-  def snapshot(state, **kwargs):
-    saved.append((kwargs['iteration'], kwargs['extra']['best']))
-    return real_snapshot(state, **kwargs)
+  def write(path, payload):  # the extra is filled in when the write is submitted
+    saved.append((payload['iteration'], payload['extra']['best']))
+    return real_write(path, payload)
 
   ckpt = _checkpoints(
     tmp_path,
@@ -349,7 +350,7 @@ def test_a_checkpoint_by_time_waits_for_a_read_so_its_convergence_history_is_cur
   )
   info = loop.LoopInfo(start=0, total=12, rows=(0,))
   with pytest.MonkeyPatch.context() as m:
-    m.setattr(checkpoint_lib, 'snapshot', snapshot)
+    m.setattr(checkpoint_lib, 'write', write)
     loop.run_loop(step, _state(), None, None, info=info, hooks=[ckpt], converged=convergence,
                   sync_every=5)  # fmt: skip
   # Due by time from iteration 4 (8 s); saved at the reads 5 and 10 and the last.

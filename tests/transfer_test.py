@@ -4,6 +4,7 @@ import logging
 import os
 import signal
 
+import jax
 import numpy as np
 import pytest
 import small_runs
@@ -324,12 +325,12 @@ def test_a_config_or_keyword_stylize_does_not_take_names_the_fix(caffe_npz):
     assert str(e.value) == message
 
 
-def _interrupted(caffe_npz, tmp_path, *, seed):
+def _interrupted(caffe_npz, tmp_path, *, seed, cfg=None):
   """A 3-iteration stylize stopped at its first check: (content, style, its checkpoint, config)."""
   rng = np.random.default_rng(seed)
   content, style = rng.uniform(size=(2, 16, 16, 3)).astype(np.float32)
   ckpt = tmp_path / 'a.ckpt'
-  cfg = _cfg(3)
+  cfg = cfg or _cfg(3)
   with pytest.raises(errors.Interrupted):
     stylize(content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt, should_stop=lambda: 15)
   return content, style, ckpt, cfg
@@ -471,6 +472,47 @@ def test_a_new_run_keeps_an_unfinished_checkpoint_and_replaces_a_finished_one(ca
   afresh = stylize(content, style, config=other, weights=caffe_npz, checkpoint=ckpt)
   assert afresh.shape == (16, 16, 3) and not np.array_equal(afresh, whole)
   assert checkpoint_lib.read(ckpt)['settings']['loss.style_weight'] == 0.05  # the new run's
+
+
+def _losses(history):
+  """A record's history without the times (a resumed run's differ)."""
+  return [{k: v for k, v in e.items() if k != 'time_s'} for e in history]
+
+
+def test_a_resumed_record_is_the_whole_runs_and_fewer_iterations_are_refused(caffe_npz, tmp_path):
+  """Trial 10 (b)3: the record began at the resume point; (b)1: fewer iterations than the
+  checkpoint holds ended the run at once, with an empty record.
+
+  The history travels in the checkpoint: entries 0 (the checkpoint's, at
+  iteration 1), 2 and 3 (the result), as the uninterrupted run's; the
+  resume point (1) is no print_iter multiple, so it has no entry.
+  """
+  cfg = _cfg(3, run=config_lib.RunConfig(print_iter=2))
+  content, style, ckpt, cfg = _interrupted(caffe_npz, tmp_path, seed=12, cfg=cfg)
+  resume = cfg.replace(run=cfg.run.replace(resume=True))
+  whole, resumed = {}, {}
+  want = stylize(content, style, config=cfg, weights=caffe_npz, record=whole)
+  got = stylize(content, style, config=resume, weights=caffe_npz, checkpoint=ckpt, record=resumed)
+  np.testing.assert_array_equal(got, want)
+  assert [e['iteration'] for e in resumed['history']] == [0, 2, 3]
+  assert _losses(resumed['history']) == _losses(whole['history'])
+  # The checkpoint is finished at 3: fewer iterations are refused, nothing touched.
+  saved, state = checkpoint_lib.read(ckpt), checkpoint_lib.read_state(ckpt)
+  fewer, record = resume.replace(schedule=resume.schedule.replace(iterations=2)), {}
+  with pytest.raises(errors.ResumeMismatch) as e:
+    stylize(content, style, config=fewer, weights=caffe_npz, checkpoint=ckpt, record=record)
+  assert str(e.value) == (
+    f'cannot resume from {ckpt}: it holds 3 of 3 iterations, more than config.schedule.iterations'
+    ' 2; pass a config with schedule.iterations 3 (or more) to resume, or another checkpoint= '
+    'path (or remove this one) to start over'
+  )
+  assert record == {} and checkpoint_lib.read(ckpt) == saved
+  jax.tree.map(np.testing.assert_array_equal, checkpoint_lib.read_state(ckpt), state)
+  # As many as it holds: the result again, with the whole run's history.
+  again = {}
+  got = stylize(content, style, config=resume, weights=caffe_npz, checkpoint=ckpt, record=again)
+  np.testing.assert_array_equal(got, want)
+  assert _losses(again['history']) == _losses(whole['history'])
 
 
 def test_a_configs_learning_rate_is_left_out_of_lbfgs_as_documented(caffe_npz):

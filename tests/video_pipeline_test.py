@@ -217,6 +217,14 @@ def test_sigterm_saves_and_resume_gives_the_same_frames(tmp_path, caffe_npz):
   assert len(cut_frames) == len(whole_frames) == 3
   for a, b in zip(whole_frames, cut_frames, strict=True):
     np.testing.assert_array_equal(image_lib.load_image(a), image_lib.load_image(b))
+  # Frame 1, finished before the signal, keeps its record entry (trial 10 (b)2).
+  per_frame = [
+    [{k: v for k, v in f.items() if k not in ('time_s', 'flow_wait_s')} for f in record]
+    for record in (json.loads((tmp_path / f'{d}.json').read_text())['per_frame']
+                   for d in ('whole', 'cut'))
+  ]  # fmt: skip
+  assert [f['frame'] for f in per_frame[1]] == [0, 1, 2]
+  assert per_frame[1] == per_frame[0]
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import config as config_lib
+from nst_jax import errors
 from nst_jax.core import color
 from nst_jax.core import objective
 from nst_jax.core import optim as optim_lib
@@ -32,6 +33,7 @@ from nst_jax.core import step as core
 from nst_jax.engine import group
 from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import rows as rows_lib
+from nst_jax.engine import schedule as schedule_lib
 from nst_jax.engine import sharding as sharding_lib
 from nst_jax.engine import steps
 from nst_jax.io import checkpoint as checkpoint_lib
@@ -92,12 +94,66 @@ class ResumePoint:
   iteration: int
 
 
-def resume_point(path: Path | None) -> ResumePoint | None:
-  """A row's resume point from its checkpoint (None: no checkpoint)."""
+def resume_point(
+  path: Path | None, stages: Sequence[schedule_lib.Stage] | None = None
+) -> ResumePoint | None:
+  """A row's resume point from its checkpoint (None: no checkpoint).
+
+  Args:
+    path: the row's checkpoint.
+    stages: the resumed run's stages (`schedule.plan`): a checkpoint that
+      holds more iterations than they allow is refused (`check_budget`).
+  """
   if path is None or not Path(path).exists():
     return None
   payload = checkpoint_lib.read(path)
-  return ResumePoint(int(payload.get('scale', 0)), int(payload['iteration']))
+  point = ResumePoint(int(payload.get('scale', 0)), int(payload['iteration']))
+  if stages is not None:
+    check_budget(path, payload, point, stages)
+  return point
+
+
+def check_budget(path, payload: dict, point: ResumePoint, stages) -> None:
+  """Refuses to resume a checkpoint past what `stages` (schedule.iterations) allow.
+
+  Such a run would end at once with the checkpoint's image, its record
+  empty, and the unfinished checkpoint deleted. A checkpoint at exactly the
+  run's end (kept with run.keep_checkpoint) gives its result again.
+
+  Raises:
+    ResumeMismatch: naming the iterations the checkpoint holds, of how
+      many, and schedule.iterations (setting 'schedule.iterations').
+  """
+  now = sum(s.iterations for s in stages)
+  extra = checkpoint_lib.extra(payload)
+  scales = int(payload.get('scales', 1))
+  # Checkpoints before 2026-12-07 lack the run's iterations and the scale's
+  # offset; with one scale they are the scale's own.
+  was = extra.get('iterations', payload['total'] if scales == 1 else None)
+  offset = extra.get('offset', 0 if point.scale == 0 else None)
+  done = None if offset is None else offset + point.iteration
+  if done is not None and done > now:
+    held = f'{done} of {was} iterations' if was is not None else f'{done} iterations'
+    held += f', more than schedule.iterations {now}'
+    again = was if was is not None else done
+  elif point.scale >= len(stages) or point.iteration > stages[point.scale].iterations:
+    gives = stages[point.scale].iterations if point.scale < len(stages) else 0
+    held = (
+      f'{point.iteration} iterations of scale {point.scale + 1}, more than the {gives} '
+      f'schedule.iterations {now} gives that scale'
+    )
+    again = was if was is not None else payload['total'] * scales
+  else:
+    return
+  raise errors.ResumeMismatch(
+    f'cannot resume from {path}: it holds {held}; resume with schedule.iterations {again} (or '
+    'more), or without run.resume and another save.path to start over',
+    path=str(path),
+    setting='schedule.iterations',
+    saved=str(again),
+    now=str(now),
+    held=held,
+  )
 
 
 class Engine:

@@ -249,10 +249,9 @@ class GroupRun:
         state, _ = checkpoint_lib.restore(self.checkpoints[r], like=like, settings=st.settings[r])
         per_row[r] = jax.tree.leaves(state)
         extra = checkpoint_lib.extra(checkpoint_lib.read(self.checkpoints[r]))
-        best = list(extra.get('best', []))[-window:]
-        history[r][0] = float(extra.get('converged', False))
-        history[r][1] = len(best)
-        history[r][2 : 2 + len(best)] = best
+        history[r] = schedule_lib.Convergence.saved(extra, window)
+        if self.watch.history is not None:  # the record's entries up to the checkpoint
+          self.watch.history.restore(r, extra.get('history'))
       else:
         if fresh is None:
           fresh = self._row_states(self._fresh_state(st))
@@ -319,6 +318,8 @@ class GroupRun:
       finite=self._finite,
       row_states=self._row_states,
       extra=convergence.state,
+      history=watch.history,
+      iterations=self.e.cfg.schedule.iterations,
       seconds=watch.checkpoint_seconds,
       last_saved=self.last_saved,
       t_saved=self.t_saved,

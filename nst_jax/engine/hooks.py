@@ -115,6 +115,12 @@ class History(Hook):
   entries share k: the previous scale's result and the next scale's start
   (resized, with that scale's targets); 'scale' tells them apart.
 
+  A resumed run starts from the entries its checkpoint kept (`restore`:
+  those before the checkpoint's iteration, and a finished scale's result),
+  and adds its own start entry only where an uninterrupted run has one (a
+  multiple of `print_iter`), so its history equals the uninterrupted run's
+  (the entries before the resume keep that run's 'time_s').
+
   Attributes:
     history: row -> list of {'scale', 'iteration' (updates done, across
       scales), 'time_s' (since `t0`, when read), and every loss term}.
@@ -128,8 +134,18 @@ class History(Hook):
   def begin(self, info: LoopInfo) -> None:
     self.info = info
 
+  def restore(self, row: int, entries) -> None:
+    """Row `row`'s entries from its checkpoint (`Checkpoints` keeps them; older ones have none)."""
+    if row in self.history and entries:
+      self.history[row] = [dict(e) for e in entries]
+
   def _add(self, done: int, losses: dict[str, np.ndarray]) -> None:
     for r, entries in self.history.items():
+      if entries and (entries[-1]['scale'], entries[-1]['iteration']) == (
+        self.info.scale,
+        self.info.offset + done,
+      ):
+        continue  # a kept run's result, extended: its entry is the checkpoint's
       entries.append(
         {
           'scale': self.info.scale,
@@ -144,7 +160,10 @@ class History(Hook):
       return
     for c, losses in view.history():  # every iteration this sync read
       done = c - 1
-      if done == self.info.start or (self.print_iter > 0 and done % self.print_iter == 0):
+      # A resumed scale (start > 0) gets no start entry of its own: an
+      # uninterrupted run has none there unless print_iter says so.
+      first = done == self.info.start == 0
+      if first or (self.print_iter > 0 and done % self.print_iter == 0):
         self._add(done, losses)
 
   def end(self, view: StepView | None) -> None:
@@ -171,6 +190,13 @@ class Checkpoints(Hook):
   previous one's `last_saved` and `t_saved` to the next, so the time test
   and the messages count from the last save, not from the scale's start.
 
+  Each row's checkpoint keeps in its `extra`, beside the convergence
+  history, the run's `iterations` (over all scales), the scale's `offset`
+  and the row's record `history` (a `History`'s entries), so a resumed run
+  knows how far the checkpoint went and records the whole run. At a
+  scale's last iteration the write waits for `end`, after the loop scored
+  the result, so the history holds the result's entry.
+
   Attributes:
     last_saved: the last iteration (numbered across scales) whose checkpoint
       is written (or being written, by the time anyone reads it after
@@ -195,12 +221,17 @@ class Checkpoints(Hook):
     finite: Callable[[Any], np.ndarray],
     row_states: Callable[[Any], dict[int, Any]],
     extra: Callable[[int], dict] | None = None,
+    history: 'History | None' = None,
+    iterations: int | None = None,
     seconds: float = 0.0,
     clock: Callable[[], float] = time.monotonic,
     last_saved: int | None = None,
     t_saved: float | None = None,
   ):
     self.extra = extra
+    self.history = history
+    self.iterations = iterations
+    self.pending: tuple[dict[int, dict], int] | None = None
     self.paths = dict(paths)
     self.every = every
     self.seconds = seconds
@@ -245,13 +276,30 @@ class Checkpoints(Hook):
         total=self.info.total,
         settings=self.settings[r],
         scale=(self.info.scale, self.info.scales),
-        extra=self.extra(r) if self.extra is not None else None,
       )
       for r in self.paths
     }
     del states
     self.last_tried = view.global_iteration
-    self.writer.submit(lambda: self._write(payloads, view.global_iteration))
+    if view.last:  # the result's entry comes after the scoring: written at `end`
+      self.pending = (payloads, view.global_iteration)
+    else:
+      self._submit(payloads, view.global_iteration)
+
+  def _extra(self, r: int) -> dict:
+    """Row r's `extra`: the convergence history, and what the run record needs."""
+    extra = dict(self.extra(r)) if self.extra is not None else {}
+    extra['offset'] = self.info.offset
+    if self.iterations is not None:
+      extra['iterations'] = self.iterations
+    if self.history is not None and r in self.history.history:
+      extra['history'] = list(self.history.history[r])
+    return extra
+
+  def _submit(self, payloads: dict[int, dict], iteration: int) -> None:
+    for r, payload in payloads.items():
+      payload['extra'] = self._extra(r)
+    self.writer.submit(lambda: self._write(payloads, iteration))
 
   def _write(self, payloads: dict[int, dict], iteration: int) -> None:
     saved = True
@@ -267,6 +315,10 @@ class Checkpoints(Hook):
       self.last_saved = iteration
 
   def end(self, view: StepView | None) -> None:
+    if self.pending is not None:
+      payloads, iteration = self.pending
+      self.pending = None
+      self._submit(payloads, iteration)
     self.writer.wait()
 
   def non_finite(self, iteration: int) -> errors.NonFinite:

@@ -162,6 +162,19 @@ class Convergence:
       self.active[row] = False
       self.changed = True
 
+  @staticmethod
+  def saved(extra: dict, window: int) -> np.ndarray:
+    """A checkpoint's `extra` as one row of floats for every process.
+
+    [converged, n, the last n (<= window) bests], padded with NaN to window + 2;
+    `restore` takes them back.
+    """
+    best = list(extra.get('best', []))[-window:]
+    row = np.full(window + 2, np.nan, np.float64)
+    row[0], row[1] = float(extra.get('converged', False)), len(best)
+    row[2 : 2 + len(best)] = best
+    return row
+
   def newly_held(self) -> np.ndarray | None:
     """`active` if a row converged since the last call (the step must hold it), else None."""
     if not self.changed:

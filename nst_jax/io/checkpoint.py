@@ -145,7 +145,9 @@ def save(
     scale: (index, count) of the scale being optimised; the run is finished
       when iteration == total at the last scale.
     extra: small values the run needs to continue exactly (the schedule's
-      convergence history, 'converged' when the scale ended early).
+      convergence history, 'converged' when the scale ended early) and to
+      record the whole run ('iterations' of the run, the scale's 'offset',
+      the record's 'history': nst_jax.engine.hooks.Checkpoints).
   """
   write(path, snapshot(state, iteration=iteration, total=total, settings=settings, scale=scale,
                        extra=extra))  # fmt: skip

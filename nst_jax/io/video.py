@@ -23,6 +23,7 @@ temporary file and renamed, frames to a hidden directory and renamed.
 import dataclasses
 from fractions import Fraction
 import glob
+import json
 import os
 from pathlib import Path
 import re
@@ -371,3 +372,33 @@ def write_frames(directory: str | os.PathLike, frames, *, bit_depth: int = 8) ->
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return n
+
+
+# A video run's finished frames (nst_jax.runs.video keeps them in its work
+# directory until the result is written).
+
+
+def quantized(rgb) -> np.ndarray:
+  """What `load_work_frame` gives for a frame `save_work_frame` wrote, without the file."""
+  levels = np.round(np.clip(np.asarray(rgb, np.float64), 0.0, 1.0) * 65535.0)
+  return levels.astype(np.float32) / np.float32(65535.0)
+
+
+def save_work_frame(path: Path, rgb: np.ndarray, entry: dict | None = None) -> None:
+  """A finished frame as a 16-bit PNG, and its run record entry as `path`.json.
+
+  16 bits: the next frame starts from this one, so keep its precision. The
+  entry is written first: a frame whose PNG exists has its entry (a resumed
+  run's record lists it, as the uninterrupted run's does).
+  """
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if entry is not None:
+    text = json.dumps(entry)
+    image_lib.atomic_write(path.with_suffix('.json'), lambda tmp: Path(tmp).write_text(text))
+  image_lib.save_image(path, rgb, bit_depth=16)
+
+
+def load_work_frame(path: Path) -> tuple[np.ndarray, dict | None]:
+  """(a finished frame's RGB, its record entry; None from a run before 2026-12-07)."""
+  entry = path.with_suffix('.json')
+  return image_lib.load_image(path), json.loads(entry.read_text()) if entry.exists() else None

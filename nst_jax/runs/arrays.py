@@ -100,20 +100,26 @@ def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
   stylize sets inputs.width from the content and has no save.path: its
   caller gave arrays, a config and checkpoint=.
   """
-  if e.setting == 'inputs.width':
-    what, again = f"the content is {e.now} px wide, the interrupted run's {e.saved}", 'content'
+  if e.held:  # fewer iterations than the checkpoint holds
+    what = 'it holds ' + e.held.replace('schedule.iterations', 'config.schedule.iterations')
+    again = f'a config with schedule.iterations {e.saved} (or more)'
+  elif e.setting == 'inputs.width':
+    what = f"the content is {e.now} px wide, the interrupted run's {e.saved}"
+    again = 'the same content'
   elif e.setting in _RESUME_INPUTS:
     what, again = _RESUME_INPUTS[e.setting]
-    what += " from the interrupted run's"
+    what, again = what + " from the interrupted run's", f'the same {again}'
   else:
-    what, again = f'config.{e.setting} differs (checkpoint {e.saved}, now {e.now})', 'config'
+    what = f'config.{e.setting} differs (checkpoint {e.saved}, now {e.now})'
+    again = 'the same config'
   return errors.ResumeMismatch(
-    f'cannot resume from {e.path}: {what}; pass the same {again} to resume, or another '
+    f'cannot resume from {e.path}: {what}; pass {again} to resume, or another '
     'checkpoint= path (or remove this one) to start over',
     path=e.path,
     setting=e.setting,
     saved=e.saved,
     now=e.now,
+    held=e.held,
   )
 
 
@@ -402,7 +408,12 @@ def stylize(
   # checkpoint.
   rows.update({k: dataclasses.replace(rows[0], checkpoint=None) for k in range(n, layout.n_rows)})
   engine = runner.make_engine(cfg, w, layout, loss_fn=loss_fn)
-  resume = runner.resume_from(cfg, None if checkpoint is None else Path(checkpoint), required=True)
+  try:
+    resume = runner.resume_from(
+      cfg, None if checkpoint is None else Path(checkpoint), required=True
+    )
+  except errors.ResumeMismatch as e:
+    raise _in_stylize_words(e) from None
   history = hooks_lib.History(cfg.run.print_iter, range(n))
 
   def on_intermediate(iteration, images):

@@ -27,6 +27,7 @@ from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import memory as memory_lib
 from nst_jax.engine import preview as preview_lib
 from nst_jax.engine import rows as rows_lib
+from nst_jax.engine import schedule as schedule_lib
 from nst_jax.engine import sharding as sharding_lib
 from nst_jax.engine import signals
 from nst_jax.io import checkpoint as checkpoint_lib
@@ -66,12 +67,14 @@ def _check_jobs(jobs, cfg) -> None:
 def _job_status(jobs, cfg) -> np.ndarray:
   """Every job's [height, width, resumable, scale, iteration, finished], on every process."""
   local = {}
+  stages = schedule_lib.plan(cfg.inputs.width, cfg.schedule)
   with distributed.together():
     for index, job in enumerate(jobs):
       if not distributed.mine(index):
         continue
       ckpt = checkpoint_lib.path_for(job.output, cfg.run.checkpoint_dir)
-      point = engine_lib.resume_point(ckpt) if cfg.run.resume else None
+      # A checkpoint past -i is refused (agreed by every process), as a single run's.
+      point = engine_lib.resume_point(ckpt, stages) if cfg.run.resume else None
       finished = False
       if point is not None:
         finished = not checkpoint_lib.unfinished(checkpoint_lib.read(ckpt))

@@ -25,6 +25,7 @@ from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import memory as memory_lib
 from nst_jax.engine import preview as preview_lib
+from nst_jax.engine import schedule as schedule_lib
 from nst_jax.engine import sharding as sharding_lib
 from nst_jax.engine import signals
 from nst_jax.engine import steps
@@ -90,10 +91,13 @@ def resume_from(cfg: config_lib.StyleConfig, checkpoint: Path | None, *, require
 
   `required`: a missing checkpoint is an NstError (arrays: the caller named
   it), else a fresh start (a file run checked its output's state already).
+  A checkpoint past `cfg.schedule.iterations` is a ResumeMismatch
+  (engine.check_budget).
   """
   if not cfg.run.resume or checkpoint is None:
     return None
-  resume = engine_lib.resume_point(checkpoint)
+  stages = schedule_lib.plan(cfg.inputs.width, cfg.schedule)
+  resume = engine_lib.resume_point(checkpoint, stages)
   if resume is None and required:
     raise errors.NstError(f'no checkpoint {checkpoint} to resume; run without run.resume to start')
   if resume is not None:
@@ -303,16 +307,19 @@ def run(cfg: config_lib.StyleConfig) -> Path:
       f'another nst-jax run is writing {errors.printable(output)}; wait for it to finish or '
       'choose another output name'
     )
+  ckpt = checkpoint_lib.path_for(output, cfg.run.checkpoint_dir)
   if not cfg.run.resume:  # after the plan: a checkpoint name that is an input is refused there
-    outputs.check_not_unfinished(checkpoint_lib.path_for(output, cfg.run.checkpoint_dir))
-  return _run_single(cfg, output, layout, plan)
+    outputs.check_not_unfinished(ckpt)
+  # Before any input loads or file is written: a checkpoint past -i is refused.
+  resume = resume_from(cfg, ckpt, required=False)
+  return _run_single(cfg, output, layout, plan, resume)
 
 
 def _check_plan(cfg: config_lib.StyleConfig, plan) -> None:
   output_plan.check(plan, inputs=inputs_lib.input_files(cfg), overwrite=cfg.save.overwrite)
 
 
-def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan) -> Path:
+def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan, resume) -> Path:
   """`run` once its output is planned: inputs, weights, then the locks and the engine."""
   i = cfg.inputs
   ckpt = checkpoint_lib.path_for(output, cfg.run.checkpoint_dir)
@@ -343,7 +350,6 @@ def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan) -> Path
       w.info.source,
     )
     results = Results(cfg, w.info, {0: output}, {0: row}, icc={0: icc})
-    resume = resume_from(cfg, ckpt, required=False)
     record = {}
     with signals.stop_on_signals() as stop:
       rgb = make_engine(cfg, w, layout).run(

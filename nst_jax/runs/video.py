@@ -124,7 +124,7 @@ def _paths(cfg: config_lib.StyleConfig) -> _Paths:
 
 # A video run's work directory: per stage ('final', 'pass2'), frames, checkpoints, temporaries.
 _WORK_STAGE = re.compile(r'final|pass\d+')
-_WORK_FILE = re.compile(r'\.?frame_\d{5}\.(png|ckpt)(\.nst-[a-z0-9_]{8}\.tmp)?')
+_WORK_FILE = re.compile(r'\.?frame_\d{5}\.(png|ckpt|json)(\.nst-[a-z0-9_]{8}\.tmp)?')
 
 
 def _check_work(work: Path) -> None:
@@ -146,22 +146,6 @@ def _check_work(work: Path) -> None:
 def _holds_work(work: Path) -> bool:
   """Whether a work directory holds a finished frame or a checkpoint worth resuming."""
   return any(p.suffix in ('.png', '.ckpt') for p in work.rglob('frame_*'))
-
-
-def _load_frame(path: Path) -> np.ndarray:
-  return image_lib.load_image(path)
-
-
-def _quantized(rgb) -> np.ndarray:
-  """What `_load_frame(_save_frame(rgb))` gives, without the file."""
-  levels = np.round(np.clip(np.asarray(rgb, np.float64), 0.0, 1.0) * 65535.0)
-  return levels.astype(np.float32) / np.float32(65535.0)
-
-
-def _save_frame(path: Path, rgb: np.ndarray) -> None:
-  # 16 bits: the next frame starts from this one, so keep its precision.
-  path.parent.mkdir(parents=True, exist_ok=True)
-  image_lib.save_image(path, rgb, bit_depth=16)
 
 
 def run_video(cfg: config_lib.StyleConfig) -> Path:
@@ -273,8 +257,10 @@ def _one_pass(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.n
   try:
     for t, content in enumerate(frames):
       done = paths.frame(t)
-      if done.exists():  # finished before an interruption
-        results.append(_load_frame(done))
+      if done.exists():  # finished before an interruption: its image and record entry
+        rgb, entry = video_lib.load_work_frame(done)
+        results.append(rgb)
+        record['frames'] += [entry] if entry is not None else []
         continue
       t0 = time.perf_counter()
       wait = 0.0
@@ -291,11 +277,11 @@ def _one_pass(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.n
       )
       prefix = f'frame {t + 1}/{len(frames)}: '
       rgb, losses_t = _run_rows(cfg, engine, {0: row}, (0,), stop, preview, prefix)
-      _save_frame(done, rgb[0])
-      checkpoint_store.remove(paths.checkpoint(t))
-      results.append(_quantized(rgb[0]))  # as a resumed run loads it: resumes are exact
       seconds = time.perf_counter() - t0
       record['frames'].append({'frame': t, 'time_s': seconds, 'flow_wait_s': wait, **losses_t[0]})
+      video_lib.save_work_frame(done, rgb[0], record['frames'][-1])
+      checkpoint_store.remove(paths.checkpoint(t))
+      results.append(video_lib.quantized(rgb[0]))  # as a resumed run loads it: resumes are exact
       logging.info(
         'frame %d/%d done in %.1f s (waited %.2f s for its flow)', t + 1, len(frames), seconds, wait
       )
@@ -358,7 +344,7 @@ def _passes(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.nda
   for p, budget in enumerate(budgets):
     stage = f'pass{p + 1}'
     if all(paths.frame(k, stage).exists() for k in range(n)):
-      results = [_load_frame(paths.frame(k, stage)) for k in range(n)]
+      results = [video_lib.load_work_frame(paths.frame(k, stage))[0] for k in range(n)]
       continue
     step = 1 if p % 2 else -1  # odd passes look back, even ones ahead
     rows = {}
@@ -391,7 +377,7 @@ def _passes(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.nda
     )  # fmt: skip
     for r in local:
       if group.rows[r] is not None:
-        _save_frame(paths.frame(group.rows[r], stage), rgb[r])
+        video_lib.save_work_frame(paths.frame(group.rows[r], stage), rgb[r])
         checkpoint_store.remove(paths.checkpoint(group.rows[r], stage))
     results = _gather(layout, group, rgb, local, frames[0].shape)
     record['frames'] = [
@@ -413,7 +399,7 @@ def _gather(layout, group, rgb, local, shape) -> list[np.ndarray]:
     )
   )
   # On the 16-bit grid of the saved frames, so a resumed pass continues exactly.
-  by_frame = {k: _quantized(full[r]) for r, k in enumerate(group.rows) if k is not None}
+  by_frame = {k: video_lib.quantized(full[r]) for r, k in enumerate(group.rows) if k is not None}
   return [by_frame[k] for k in sorted(by_frame)]
 
 
