@@ -3,6 +3,7 @@
 import logging
 import os
 import signal
+import time
 
 import jax
 import numpy as np
@@ -15,6 +16,7 @@ from nst_jax import errors
 from nst_jax.core import color
 from nst_jax.core import pixels
 from nst_jax.engine import group as group_lib
+from nst_jax.engine import signals
 from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import images as image_lib
 from nst_jax.runs.arrays import stylize
@@ -667,6 +669,7 @@ def test_ctrl_c_in_stylize_saves_the_checkpoint_as_the_command_line_does(caffe_n
 
   def twice(iteration, rgb):
     signal.raise_signal(signal.SIGINT)
+    time.sleep(signals.AGAIN_AFTER_S)  # closer, they are one signal sent twice
     signal.raise_signal(signal.SIGINT)
 
   with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once
