@@ -78,10 +78,8 @@ class _Paths:
 def _paths(cfg: config_lib.StyleConfig) -> _Paths:
   """The result (an .mp4, or a directory for PNG frames) and the work directory, checked."""
   path = cfg.save.path
-  if path and path.endswith(('/', '\\')):
-    output, as_frames = Path(path), True
-    if output.exists() and any(output.iterdir()):
-      raise errors.ConfigError(f'{output} already holds files; name a new or empty directory')
+  if path and (path.endswith(('/', '\\')) or Path(path).is_dir()):  # as for an image
+    output, as_frames = Path(path), True  # the output planner checks what it holds
   elif path:
     output, as_frames = Path(path), False
     if output.suffix.lower() != '.mp4':
@@ -148,12 +146,8 @@ def _holds_work(work: Path) -> bool:
   return any(p.suffix in ('.png', '.ckpt') for p in work.rglob('frame_*'))
 
 
-def _load_frame(path: Path) -> np.ndarray:
-  return image_lib.load_image(path)
-
-
 def _quantized(rgb) -> np.ndarray:
-  """What `_load_frame(_save_frame(rgb))` gives, without the file."""
+  """What loading `_save_frame(rgb)`'s file gives, without the file."""
   levels = np.round(np.clip(np.asarray(rgb, np.float64), 0.0, 1.0) * 65535.0)
   return levels.astype(np.float32) / np.float32(65535.0)
 
@@ -274,7 +268,7 @@ def _one_pass(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.n
     for t, content in enumerate(frames):
       done = paths.frame(t)
       if done.exists():  # finished before an interruption
-        results.append(_load_frame(done))
+        results.append(image_lib.load_image(done))
         continue
       t0 = time.perf_counter()
       wait = 0.0
@@ -358,7 +352,7 @@ def _passes(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.nda
   for p, budget in enumerate(budgets):
     stage = f'pass{p + 1}'
     if all(paths.frame(k, stage).exists() for k in range(n)):
-      results = [_load_frame(paths.frame(k, stage)) for k in range(n)]
+      results = [image_lib.load_image(paths.frame(k, stage)) for k in range(n)]
       continue
     step = 1 if p % 2 else -1  # odd passes look back, even ones ahead
     rows = {}
@@ -420,8 +414,12 @@ def _gather(layout, group, rgb, local, shape) -> list[np.ndarray]:
 def _write(cfg, paths: _Paths, clip, results, record, seconds) -> None:
   """The video (or frames), then the run record; the work directory goes unless kept."""
   if jax.process_index() == 0:
-    if paths.as_frames:
-      video_lib.write_frames(paths.output, results)
+    if paths.as_frames:  # replacing the frames an earlier run's record claims, nothing else
+      ours = {p.name for p in output_names.claimed(paths.output) if p.parent == paths.output}
+      try:
+        video_lib.write_frames(paths.output, results, replaces=ours)
+      except errors.NstError as e:  # a file put there during the run: the work is kept
+        raise errors.NstError(f'{e}, then continue with run.resume') from None
     else:
       video_lib.write_video(paths.output, results, clip.fps, audio_from=clip)
     target = _record_path(paths)
