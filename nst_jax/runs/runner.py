@@ -266,7 +266,10 @@ def _plan_memory(cfg: config_lib.StyleConfig, layout: sharding_lib.Layout):
   i = cfg.inputs
   height = inputs_lib.largest_height(i.content_path, cfg.style_paths, cfg)
   spatial = len(layout.mesh.devices.flat) if isinstance(layout, sharding_lib.SpatialLayout) else 1
-  return memory_lib.fit(height, i.width, config=cfg, spatial_devices=spatial)
+  output_height = inputs_lib.output_height(i.content_path, cfg)  # what the messages name
+  return memory_lib.fit(
+    height, i.width, config=cfg, spatial_devices=spatial, output_height=output_height
+  )
 
 
 def run(cfg: config_lib.StyleConfig) -> Path:
