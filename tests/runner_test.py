@@ -43,6 +43,10 @@ def test_the_success_line_is_one_line_whatever_the_name(tmp_path):
   assert '\n' not in line
   assert line.startswith("Done: '") and "a\\nb.png'" in line
   assert ', 7 iterations, final loss 2.5.' in line
+  record = {'scales': [{'iterations': 1, 'stopped': 'budget', 'budget': 1}]}
+  line = runner.summary(tmp_path / 'one.png', record, results)
+  assert line.startswith(f'Done: {tmp_path / "one.png"} in ')
+  assert line.endswith(' s, 1 iteration, final loss 2.5.')  # was '1 iterations'
 
 
 def test_the_memory_plan_names_the_output_size_not_a_taller_style(tmp_path, caplog):

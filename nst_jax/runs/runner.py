@@ -392,4 +392,5 @@ def summary(output: Path, record: dict, results: Results) -> str:
     where = f'; run record {errors.printable(record_lib.paths_for(output)["json"])}'
   elapsed = duration(time.perf_counter() - results.t0)
   # printable: a name with a newline stays on the one success line.
-  return f'Done: {errors.printable(output)} in {elapsed}, {done} iterations{why}{loss}{where}.'
+  done = errors.counted(done, 'iteration')
+  return f'Done: {errors.printable(output)} in {elapsed}, {done}{why}{loss}{where}.'
