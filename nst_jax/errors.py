@@ -117,6 +117,21 @@ def counted(n: int, noun: str) -> str:
   return f'{n} {noun}{"s" * (n != 1)}'
 
 
+def gigabytes(*sizes: int | None) -> list[str]:
+  """Byte counts as '0.9 GB' ('unknown' for None), with up to 3 decimals where unequal ones match.
+
+  0.946e9 and 0.945e9 both round to '0.9 GB', which would say that a run
+  needing the first does not fit in the second: they read '0.946 GB' and
+  '0.945 GB'.
+  """
+  known = {s for s in sizes if s is not None}
+  for digits in (1, 2, 3):
+    text = {s: f'{s / 1e9:.{digits}f} GB' for s in known}
+    if len(set(text.values())) == len(known):
+      break
+  return [text.get(s, 'unknown') for s in sizes]
+
+
 def printable(path: str | bytes | os.PathLike) -> str:
   """A path as it goes into a one-line message.
 

@@ -29,6 +29,11 @@ def test_sizes_come_from_headers(files):
   assert inputs.style_width(cfg.replace(inputs=cfg.inputs.replace(style_scale=0.5)), 32) == 16
   # The style at the output width: 40x40 -> 32x32, taller than the content's 24 rows.
   assert inputs.largest_height(str(files / 'c.png'), [str(files / 's.png')], cfg) == 32
+  with pytest.raises(errors.ImageError) as e:  # named by its field, as the content is
+    inputs.largest_height(str(files / 'c.png'), [str(files / 's.png'), 'gone.png'], cfg)
+  assert str(e.value) == (
+    'inputs.style_path: image gone.png does not exist; pass the path of an image file'
+  )
 
 
 def test_a_row_holds_every_image_at_the_run_width(files):

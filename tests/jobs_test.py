@@ -56,8 +56,11 @@ def test_csv_and_json_lines_files(tmp_path):
 @pytest.mark.parametrize(
   'name,text,message',
   [
-    ('j.csv', 'content,style,colour\na.jpg,b.jpg,red\n', 'line 2: unknown column colour'),
+    # The header is line 1 (was 'line 2', the first job's), and blank lines count.
+    ('j.csv', 'content,style,colour\na.jpg,b.jpg,red\n', '/j.csv line 1: unknown column colour;'),
     ('j.csv', 'content,style\na.jpg,\n', 'line 2: content and style are required'),
+    ('j.csv', 'content,style\n\na.jpg,b.jpg\nc.jpg,\n', '/j.csv line 4: content and style are'),
+    ('j.jsonl', '\n{"content": "a.jpg", "colour": "red"}\n', '/j.jsonl line 2: unknown column'),
     ('j.csv', 'content,style,style_weight\na.jpg,b.jpg,lots\n', 'style_weight must be a number'),
     ('j.csv', 'content,style,style_weight\na.jpg,b.jpg,-1\n', 'finite number >= 0'),
     ('j.csv', 'content,style\na.jpg,b.jpg,c.jpg\n', 'more values than the header'),
@@ -127,7 +130,7 @@ def test_file_and_column_names_with_control_characters_stay_on_one_line(tmp_path
   with pytest.raises(errors.ConfigError) as e:
     jobs_lib.read_jobs(path)
   assert str(e.value) == (
-    f"{str(path)!r} line 2: unknown column '\\tnote'; the columns are "
+    f"{str(path)!r} line 1: unknown column '\\tnote'; the columns are "
     'content, style, content_weight, style_weight, output, content_mask, style_masks'
   )
   with pytest.raises(errors.ConfigError) as e:

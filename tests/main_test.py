@@ -116,6 +116,9 @@ _ERRORS = [
         (['-cp', 'missing.jpg', '-sp', STYLE],
          'error: -cp/--contentpath: image missing.jpg does not exist; pass the path of an image '
          'file'),
+        (['-cp', CONTENT, '-sp', 'missing.jpg'],
+         'error: -sp/--stylepath: image missing.jpg does not exist; pass the path of an image '
+         'file'),
         (['-cp', CONTENT, '-sp', STYLE, '--output', 'out.xyz'], 'end the name in .png'),
         (['-cp', CONTENT, '-sp', STYLE, '--weights', 'nope.npz'],
          'nope.npz (--weights) does not exist'),
@@ -167,7 +170,8 @@ _ERRORS = [
     ]  # fmt: skip
 _ERROR_IDS = [
         'no-cp', 'no-sp', 'iterations', 'width', 'cw', 'sw-nan', 'sw-inf', 'layer',
-        'missing-image', 'bad-output', 'missing-weights', 'weights-dir', 'empty-style',
+        'missing-image', 'missing-style', 'bad-output', 'missing-weights', 'weights-dir',
+        'empty-style',
         'blend-count', 'blend-nan', 'style-scale', 'tv', 'scales-and-min-width', 'missing-init',
         'missing-content-mask',
         'mask-aspect', 'mask-count', 'histogram-masks', 'colors', 'too-many-scales',

@@ -238,6 +238,27 @@ def test_the_plan_is_untiled_when_the_image_fits():
   assert plan.line(1024, 768).startswith('A 1024x768 run needs about ')
 
 
+@pytest.mark.parametrize(
+  'plan,line',
+  [
+    (memory.Plan(None, 500_000_000, None, 500_000_000),
+     'A 128x96 run needs about 0.5 GB of memory (unknown available).'),
+    (memory.Plan(None, 2_040_000_000, 24_000_000_000, 2_040_000_000),
+     'A 128x96 run needs about 2.0 GB of memory (24.0 GB available).'),
+    # Trial 10: '... would need 0.9 GB of the 0.9 GB it may use' for 0.946 against 0.945.
+    (memory.Plan(64, 310_000_000, 945_000_000, 946_000_000, 26),
+     'A 128x96 run in tiles of 64 px and an L-BFGS history of 26 needs about 0.31 GB of memory '
+     '(the whole image at once would need 0.95 GB of the 0.94 GB it may use; the same result, '
+     'more time per iteration).'),
+    (memory.Plan(64, 310_000_000, None, 946_000_000),
+     'A 128x96 run in tiles of 64 px needs about 0.3 GB of memory (as asked; the same result, '
+     'more time per iteration).'),
+  ],
+)  # fmt: skip
+def test_the_plan_line_tells_apart_sizes_that_differ(plan, line):
+  assert plan.line(128, 96) == line
+
+
 @pytest.mark.parametrize('gb', [10, 12, 14, 16, 20])
 def test_the_plan_takes_the_largest_tile_with_at_least_half_the_history(gb):
   cfg = _limited(gb)
@@ -258,7 +279,9 @@ def test_the_plan_takes_the_largest_tile_with_at_least_half_the_history(gb):
   assert planned.loss.tiles == planned.loss.spec.tile == plan.tile
   assert planned.optim.lbfgs_memory == history
   assert f'in tiles of {plan.tile} px' in plan.line(3840, 2160)
-  assert f'the whole image at once would need 20.0 GB of the {gb:.1f} GB' in plan.line(3840, 2160)
+  # 20.03 GB against 20 GB read '20.0 GB of the 20.0 GB' (trial 10): as many digits as differ.
+  shown = '20.03 GB of the 20.00 GB' if gb == 20 else f'20.0 GB of the {gb:.1f} GB'
+  assert f'the whole image at once would need {shown}' in plan.line(3840, 2160)
 
 
 def test_a_plan_that_fits_untiled_keeps_its_history():
@@ -284,8 +307,9 @@ def test_tiles_shrink_the_estimate_to_a_window_and_the_stage_inputs():
 
 def test_a_plan_that_cannot_fit_names_the_limit_that_would():
   with pytest.raises(errors.NstError) as e:
-    memory.check_memory(2160, 3840, config=_limited(1))
+    memory.check_memory(2160, 3840, config=_limited(1), output_height=2000)  # a taller style
   message = str(e.value)
+  assert message.startswith('a 3840x2000 run needs about ')  # the output's size
   assert 'run.memory_limit is 1 GB' in message and '\n' not in message
   least = float(re.search(r'run\.memory_limit (\d+\.\d) or more', message).group(1))
   plan = memory.check_memory(2160, 3840, config=_limited(least))

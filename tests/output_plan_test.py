@@ -1,5 +1,6 @@
 """Tests for nst_jax.runs.output_plan and nst_jax.io.output_names: no run replaces an input."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,7 +28,9 @@ def _out(path, **kwargs) -> output_plan.Output:
 def test_derived_names_keep_a_non_default_suffix():
   assert output_names.derived('o/a.png', '.json') == Path('o/a.json')
   assert output_names.derived('o/a.jpg', '.json') == Path('o/a.jpg.json')
-  assert output_names.derived('o/a.PNG', '.ckpt') == Path('o/a.PNG.ckpt')
+  # A PNG whatever the case, as Pillow reads the suffix (it was 'another format': a.PNG.ckpt).
+  assert output_names.derived('o/a.PNG', '.ckpt') == Path('o/a.ckpt')
+  assert output_names.derived('o/a.Png', '.json') == Path('o/a.json')
   assert output_names.legacy_derived('o/a.jpg', '.ckpt') == Path('o/a.ckpt')
   assert output_names.legacy_derived('o/a.png', '.ckpt') is None
   files = {p for _, p in _out('a.png', save_iter=5, iterations=12).derived}
@@ -115,6 +118,58 @@ def test_a_rerun_replaces_its_own_result(tmp_path):
     output_plan.check([_out(result, save_iter=5, iterations=5)], inputs={})
   (tmp_path / 'r.ckpt').write_bytes(b'state')
   output_plan.check([_out(result, save_iter=5, iterations=5)], inputs={})
+
+
+def test_a_rerun_replaces_its_own_frame_folder_and_nothing_else_in_it(tmp_path):
+  frames = tmp_path / 'out_frames'
+  plan = [
+    output_plan.Output(
+      frames, 'the frames of', derived=(('run record', tmp_path / 'out_frames.json'),),
+      directory=True, resumable=tmp_path / '.out_frames.work',
+    )
+  ]  # fmt: skip
+  frames.mkdir()
+  output_plan.check(plan, inputs={})  # empty
+  for n in (1, 2, 3):
+    (frames / f'frame_{n:05d}.png').write_bytes(b'ours')
+  # No record: the frames are someone's, and overwrite deletes nothing inside a folder.
+  for overwrite in (False, True):
+    with pytest.raises(errors.NstError) as e:
+      output_plan.check(plan, inputs={}, overwrite=overwrite)
+    assert str(e.value) == (
+      f'{frames} holds frame_00001.png, frame_00002.png, frame_00003.png, which no nst-jax run '
+      'record says nst-jax wrote; move them away or choose another save.path (save.overwrite '
+      'replaces no file inside a folder)'
+    )
+  # The run record of the run that wrote them (its count of frames): a rerun replaces them.
+  record = {'output': str(frames), 'frames': 3}
+  (tmp_path / 'out_frames.json').write_text(json.dumps(record))
+  output_plan.check(plan, inputs={})
+  assert output_names.claimed(frames) == {
+    frames, *(frames / f'frame_{n:05d}.png' for n in (1, 2, 3)),
+    *(tmp_path / f'out_frames{tail}' for tail in ('.json', '.loss.png', '.sheet.jpg')),
+  }  # fmt: skip
+  # Anything else in it is refused by name, whatever the record says.
+  (frames / 'frame_00004.png').write_bytes(b'not counted')
+  (frames / 'notes.txt').write_bytes(b'yours')
+  with pytest.raises(errors.NstError) as e:
+    output_plan.check(plan, inputs={}, overwrite=True)
+  assert str(e.value) == (
+    f'{frames} holds frame_00004.png, notes.txt, which no nst-jax run record says nst-jax wrote; '
+    'move them away or choose another save.path (save.overwrite replaces no file inside a '
+    'folder)'
+  )
+  (frames / 'frame_00004.png').unlink()
+  with pytest.raises(errors.NstError, match=r'holds notes\.txt, which .*; move it away or'):
+    output_plan.check(plan, inputs={})
+  (frames / 'notes.txt').unlink()
+  (tmp_path / 'elsewhere').symlink_to(frames)
+  link = dataclasses.replace(plan[0], result=tmp_path / 'elsewhere')
+  with pytest.raises(errors.NstError) as e:
+    output_plan.check([link], inputs={})
+  assert str(e.value) == (
+    f'{tmp_path / "elsewhere"} is a link; name a folder of its own for the frames'
+  )
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,32 @@ def test_the_success_line_is_one_line_whatever_the_name(tmp_path):
   assert '\n' not in line
   assert line.startswith("Done: '") and "a\\nb.png'" in line
   assert ', 7 iterations, final loss 2.5.' in line
+  record = {'scales': [{'iterations': 1, 'stopped': 'budget', 'budget': 1}]}
+  line = runner.summary(tmp_path / 'one.png', record, results)
+  assert line.startswith(f'Done: {tmp_path / "one.png"} in ')
+  assert line.endswith(' s, 1 iteration, final loss 2.5.')  # was '1 iterations'
+
+
+def test_the_memory_plan_names_the_output_size_not_a_taller_style(tmp_path, caplog):
+  """Trial 10: a 128x96 content with a 128x101 style logged 'A 128x101 run ...'."""
+  import logging
+
+  import numpy as np
+
+  from nst_jax.io import images as image_lib
+
+  for name, height in (('c.png', 96), ('s.png', 101)):
+    image_lib.save_image(tmp_path / name, np.full((height, 128, 3), 0.5, np.float32))
+  cfg = config_lib.StyleConfig(
+    inputs=config_lib.InputConfig(
+      content_path=str(tmp_path / 'c.png'), style_path=(str(tmp_path / 's.png'),), width=128
+    ),
+    run=config_lib.RunConfig(memory_limit=24),
+  )
+  with caplog.at_level(logging.INFO):
+    runner._plan_memory(cfg, sharding.SingleLayout())
+  plans = [r.getMessage() for r in caplog.records if r.getMessage().startswith('A ')]
+  assert plans == ['A 128x96 run needs about 0.9 GB of memory (24.0 GB available).']
 
 
 def test_tiles_and_an_image_split_over_devices_are_refused_for_files_and_arrays(monkeypatch):

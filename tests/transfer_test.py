@@ -651,7 +651,7 @@ def test_ctrl_c_in_stylize_saves_the_checkpoint_as_the_command_line_does(caffe_n
   # The loop polled iteration 2's stop before its hooks ran: it stops after the next.
   assert str(e.value) == (
     f'interrupted by signal 2 after iteration 3; the checkpoint {ckpt} holds iteration 3: '
-    'continue with run.resume'
+    'continue with config.run.resume=True'  # docs/api.md's words; the command line's: --resume
   )
   assert signal.getsignal(signal.SIGINT) is before
   payload = checkpoint_lib.read(ckpt)

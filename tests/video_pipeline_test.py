@@ -241,6 +241,30 @@ def test_multi_pass_runs_the_frames_as_a_batch_over_eight_devices(tmp_path, caff
   assert 'pass 3/3: iteration 2/2  5 jobs' in text.replace('\r', '\n')
 
 
+def test_a_rerun_replaces_its_own_frame_folder_named_without_a_slash(tmp_path, caffe_npz):
+  src = _write_frames(tmp_path / 'clip', _clip(2, 24, 32))
+  out = tmp_path / 'out'
+  out.mkdir()  # an existing folder is one for frames, with or without the slash
+  (out / 'notes.txt').write_text('yours')
+  cfg = _config(src, out, caffe_npz, iterations=1)
+  cfg = cfg.replace(
+    save=cfg.save.replace(path=str(out)),
+    loss=small_runs.loss_config(),
+    inputs=cfg.inputs.replace(width=32),
+  )
+  with pytest.raises(errors.NstError) as e:
+    video_pipeline.run_video(cfg)
+  assert str(e.value) == (
+    f'{out} holds notes.txt, which no nst-jax run record says nst-jax wrote; move it away or '
+    'choose another save.path (save.overwrite replaces no file inside a folder)'
+  )
+  (out / 'notes.txt').unlink()
+  for _ in range(2):  # the second run replaces the frames the first one's record claims
+    assert video_pipeline.run_video(cfg) == out
+    assert sorted(p.name for p in out.iterdir()) == ['frame_00001.png', 'frame_00002.png']
+  assert json.loads((tmp_path / 'out.json').read_text())['frames'] == 2
+
+
 def test_frames_too_small_for_the_layers_are_refused_before_any_work(tmp_path):
   src = _write_frames(tmp_path / 'clip', _clip(2, 24, 32))
   cfg = _config(src, tmp_path / 'out', tmp_path / 'no-weights-needed.npz')

@@ -80,6 +80,23 @@ def test_write_frames_keeps_odd_sizes_and_mp4_drops_a_row_and_column(tmp_path):
   assert (clip.width, clip.height) == (64, 48)
 
 
+def test_write_frames_replaces_an_earlier_runs_frames_and_nothing_else(tmp_path):
+  folder = tmp_path / 'dir'
+  video.write_frames(folder, _frames(3))
+  (folder / 'notes.txt').write_text('yours')  # put there after the planner's check
+  with pytest.raises(errors.NstError) as e:
+    video.write_frames(folder, _frames(2), replaces={f'frame_{n:05d}.png' for n in (1, 2, 3)})
+  assert str(e.value) == f'{folder} now holds notes.txt, which nst-jax did not write; move it away'
+  assert sorted(p.name for p in folder.iterdir()) == [
+    'frame_00001.png', 'frame_00002.png', 'frame_00003.png', 'notes.txt'
+  ]  # fmt: skip
+  (folder / 'notes.txt').unlink()
+  assert video.write_frames(folder, _frames(2), replaces={'frame_00001.png', 'frame_00002.png',
+                                                          'frame_00003.png'}) == 2  # fmt: skip
+  assert sorted(p.name for p in folder.iterdir()) == ['frame_00001.png', 'frame_00002.png']
+  assert [p.name for p in tmp_path.iterdir()] == ['dir']  # no temporary left
+
+
 def test_nothing_is_half_written(tmp_path):
   def failing():
     yield _frames(1)[0]

@@ -567,3 +567,17 @@ def test_weights_from_params_refuses_what_is_no_params_dict(params, message):
   with pytest.raises(errors.ConfigError) as e:
     nst_jax.Weights.from_params(params, 'caffe')
   assert str(e.value) == message
+
+
+def test_params_made_in_memory_saved_for_the_command_line_name_their_file(tmp_path, caffe_npz):
+  """Such files said 'params in memory' as their source in every run and record."""
+  loaded = weights_lib.load_weights(caffe_npz)
+  mine = nst_jax.Weights.from_params(loaded.params, 'caffe')
+  assert mine.info.source == 'params in memory'
+  assert sorted(mine.flat())[:2] == ['conv1_1/bias', 'conv1_1/kernel']
+  weights_lib.save_npz(tmp_path / 'random.npz', mine.flat(), mine.info)
+  again = weights_lib.load_weights(tmp_path / 'random.npz')
+  assert again.info == dataclasses.replace(mine.info, source='random.npz')
+  for layer, leaves in loaded.params.items():
+    for leaf, value in leaves.items():
+      np.testing.assert_array_equal(again.params[layer][leaf], value)

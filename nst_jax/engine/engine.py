@@ -57,6 +57,8 @@ class Watch:
     monitor: a live view (nst_jax.engine.preview.Preview) shown `monitor_row`.
     should_stop: a signal number to stop on, or None (agreed across processes).
     history: per-row loss history for the record (filled in).
+    resume_as: how a stop's message says to resume ('run.resume', which the
+      command line spells --resume; stylize: 'config.run.resume=True').
   """
 
   progress: str = 'log'
@@ -70,6 +72,7 @@ class Watch:
   monitor_row: int = 0
   should_stop: Callable[[], int | None] | None = None
   history: hooks_lib.History | None = None
+  resume_as: str = 'run.resume'
 
   @classmethod
   def of_run(cls, run, **kwargs) -> 'Watch':

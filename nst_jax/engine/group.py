@@ -95,13 +95,13 @@ class GroupRun:
       st = self._stage(k, stage.width)
       if len(stages) > 1:
         logging.info(
-          '%sscale %d/%d: %dx%d, up to %d iterations',
+          '%sscale %d/%d: %dx%d, up to %s',
           self.watch.prefix,
           k + 1,
           len(stages),
           st.width,
           st.height,
-          stage.iterations,
+          errors.counted(stage.iterations, 'iteration'),
         )
       start = 0
       convergence = self._convergence()
@@ -323,6 +323,7 @@ class GroupRun:
       seconds=watch.checkpoint_seconds,
       last_saved=self.last_saved,
       t_saved=self.t_saved,
+      resume_as=watch.resume_as,
     )
     hooks = [hooks_lib.make_progress(watch.progress, watch.print_iter, watch.prefix)]
     if watch.history is not None:
@@ -350,8 +351,7 @@ class GroupRun:
     return {
       'width': st.width,
       'height': st.height,
-      # Iterations done at this stage, those before a resume included; this
-      # call ran from 'start'.
+      # Done at this stage in all (before a resume too); this call began at 'start'.
       'iterations': result.iteration,
       'start': start,
       'budget': total,

@@ -227,11 +227,13 @@ class Checkpoints(Hook):
     clock: Callable[[], float] = time.monotonic,
     last_saved: int | None = None,
     t_saved: float | None = None,
+    resume_as: str = 'run.resume',
   ):
     self.extra = extra
     self.history = history
     self.iterations = iterations
     self.pending: tuple[dict[int, dict], int] | None = None
+    self.resume_as = resume_as  # how `kept` says to resume
     self.paths = dict(paths)
     self.every = every
     self.seconds = seconds
@@ -346,10 +348,10 @@ class Checkpoints(Hook):
     if saved is None:
       return f'no checkpoint was written to {names}: a rerun starts afresh'
     if tried is None or tried == saved:
-      return f'the checkpoint {names} holds iteration {saved}: continue with run.resume'
+      return f'the checkpoint {names} holds iteration {saved}: continue with {self.resume_as}'
     return (
       f'the checkpoint {names} could not be written at iteration {tried} and holds iteration '
-      f'{saved}: continue from there with run.resume'
+      f'{saved}: continue from there with {self.resume_as}'
     )
 
 

@@ -231,20 +231,18 @@ class Plan(NamedTuple):
 
   def line(self, width: int, height: int) -> str:
     """The plan in one line, for the log."""
-    have = 'unknown' if self.have is None else f'{self.have / 1e9:.1f} GB'
+    need, untiled, have = errors.gigabytes(self.need, self.untiled, self.have)
     if self.tile is None:
-      return (
-        f'A {width}x{height} run needs about {self.need / 1e9:.1f} GB of memory ({have} available).'
-      )
+      return f'A {width}x{height} run needs about {need} of memory ({have} available).'
     why = (
-      f'the whole image at once would need {self.untiled / 1e9:.1f} GB of the {have} it may use'
+      f'the whole image at once would need {untiled} of the {have} it may use'
       if self.have is not None and self.untiled > self.have
       else 'as asked'
     )
     history = '' if self.history is None else f' and an L-BFGS history of {self.history}'
     return (
       f'A {width}x{height} run in tiles of {self.tile} px{history} needs about '
-      f'{self.need / 1e9:.1f} GB of memory ({why}; the same result, more time per iteration).'
+      f'{need} of memory ({why}; the same result, more time per iteration).'
     )
 
 
@@ -303,6 +301,7 @@ def check_memory(
   batch: int = 1,
   spatial_devices: int = 1,
   can_split: bool = True,
+  output_height: int | None = None,
 ) -> Plan:
   """A run's memory plan: untiled if it fits, else (loss.tiles 'auto') the largest tile that does.
 
@@ -310,6 +309,8 @@ def check_memory(
   estimate and only the changes that would fit, if no plan fits.
   `can_split`: the run could split each image over devices (run.shard
   spatial); batches and videos cannot, so it is not suggested to them.
+  `output_height`: the result's, which messages name (default `height`,
+  which is the tallest image the step holds: a style may be taller).
   """
   device = jax.local_devices()[0]
   setting = dict(batch=batch, platform=device.platform)
@@ -358,14 +359,16 @@ def check_memory(
       if fits
       else 'no smaller setting fits either: free memory or use a device with more'
     )
+    need_gb, have_gb = errors.gigabytes(need, have)  # never '0.9 GB but only 0.9 GB'
     available = (
       f'run.memory_limit is {limit:g} GB'
       if limit is not None
-      else (f'only {have / 1e9:.1f} GB is available on {where}')
+      else (f'only {have_gb} is available on {where}')
     )
     planned = f' in tiles of {tile} px' if tile is not None else ''
     raise errors.ConfigError(
-      f'a {width}x{height} run{planned} needs about {need / 1e9:.1f} GB but {available}; {fix}'
+      f'a {width}x{output_height or height} run{planned} needs about {need_gb} but '
+      f'{available}; {fix}'
     )
   return Plan(tile, need, have, untiled, history)
 
@@ -373,7 +376,7 @@ def check_memory(
 def fit(height: int, width: int, *, config, **kwargs):
   """`config` with its memory plan made (`check_memory`'s arguments) and logged in one line."""
   plan = check_memory(height, width, config=config, **kwargs)
-  logging.info('%s', plan.line(width, height))
+  logging.info('%s', plan.line(width, kwargs.get('output_height') or height))
   return planned(config, [plan])
 
 

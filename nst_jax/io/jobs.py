@@ -150,22 +150,27 @@ def read_jobs(path: str | os.PathLike) -> list[Job]:
       raise errors.ConfigError(
         f'{name} is empty; its first line names the columns: {", ".join(JOB_FIELDS)}'
       )
-    rows = [(number, row) for number, row in enumerate(reader, 2)]
+    _check_columns(f'{name} line 1', reader.fieldnames)  # the header, not the first job
+    rows = [(reader.line_num, row) for row in reader]  # blank lines counted, as an editor does
   jobs = [_job(path, number, row) for number, row in rows]
   if not jobs:
     raise errors.ConfigError(f'{name} lists no jobs; add one line per job after the header')
   return jobs
 
 
-def _job(path: Path, number: int, row: dict) -> Job:
-  where = f'{errors.printable(path)} line {number}'
-  unknown = sorted(set(row) - set(JOB_FIELDS) - {None})
+def _check_columns(where: str, columns) -> None:
+  unknown = sorted(set(columns) - set(JOB_FIELDS) - {None})
   if unknown:
     # printable: a stray control character in a column name shows as an escape.
     names = ', '.join(map(errors.printable, unknown))
     raise errors.ConfigError(
       f'{where}: unknown column {names}; the columns are {", ".join(JOB_FIELDS)}'
     )
+
+
+def _job(path: Path, number: int, row: dict) -> Job:
+  where = f'{errors.printable(path)} line {number}'
+  _check_columns(where, row)  # a JSON line's keys; a CSV's header was checked
   if None in row:  # csv: more values than header columns
     raise errors.ConfigError(
       f'{where} has more values than the header has columns; quote values that contain commas'

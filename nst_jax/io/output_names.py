@@ -4,9 +4,10 @@ For an output NAME.EXT: its run record, loss plot and contact sheet
 (`RECORD_TAILS`), checkpoint (`CHECKPOINT_TAIL`), the `save_iter`
 intermediates and the lock file, named by `derived` so that a.png and a.jpg
 share nothing; `claimed` says which existing files nst-jax wrote for an output
-(its run record lists them); `check_format` and `check_place` refuse a path
-Pillow cannot write or a directory that cannot take it; `remove_temporaries`
-clears what a killed write left. The planner that uses them is
+(its run record lists them, and counts a frame folder's frames);
+`check_format` and `check_place` refuse a path Pillow cannot write or a
+directory that cannot take it; `remove_temporaries` clears what a killed
+write left. The planner that uses them is
 nst_jax.runs.output_plan.
 """
 
@@ -32,6 +33,8 @@ DEFAULT_SUFFIX = '.png'
 RECORD_TAILS = {'json': '.json', 'loss': '.loss.png', 'sheet': '.sheet.jpg'}
 RECORD_NAMES = {'json': 'run record', 'loss': 'loss plot', 'sheet': 'contact sheet'}
 CHECKPOINT_TAIL = '.ckpt'
+# The frames a video run writes into a folder (nst_jax.io.video.write_frames), numbered from 1.
+FRAME_NAME = 'frame_{:05d}.png'
 # atomic_write's temporary name: '.' + name + '.nst-' + 8 random characters + '.tmp'.
 TEMP_EXTRA_CHARS = 18
 
@@ -39,7 +42,8 @@ TEMP_EXTRA_CHARS = 18
 def derived_stem(output: str | os.PathLike) -> str:
   """The name derived files start with: a.png -> a, a.jpg -> a.jpg."""
   output = Path(output)
-  return output.stem if output.suffix == DEFAULT_SUFFIX else output.name
+  # Case-blind, as Pillow picks the format: a.PNG is a PNG, and its record a.json.
+  return output.stem if output.suffix.lower() == DEFAULT_SUFFIX else output.name
 
 
 def derived(output: str | os.PathLike, tail: str) -> Path:
@@ -90,7 +94,8 @@ def claimed(output: str | os.PathLike) -> set[Path]:
   """The files the run record beside `output` says nst-jax wrote for it (none without one).
 
   The record names its result (`output`) and the intermediates it saved;
-  the record, loss plot and contact sheet go with it.
+  the record, loss plot and contact sheet go with it. A video's record of
+  a frame folder counts its `frames`: frame_00001.png to that count inside it.
   """
   output = Path(output)
   record = derived(output, RECORD_TAILS['json'])
@@ -103,9 +108,20 @@ def claimed(output: str | os.PathLike) -> set[Path]:
   if not isinstance(data, dict) or Path(str(data.get('output', ''))).name != output.name:
     return set()
   names = [n for n in data.get('intermediates', []) if isinstance(n, str) and '/' not in n]
-  return {output, *(derived(output, tail) for tail in RECORD_TAILS.values())} | {
+  ours = {output, *(derived(output, tail) for tail in RECORD_TAILS.values())} | {
     output.with_name(n) for n in names
   }
+  frames = data.get('frames')
+  if output.is_dir() and isinstance(frames, int) and not isinstance(frames, bool):
+    with contextlib.suppress(OSError):  # unreadable: nothing in it is known to be ours
+      ours |= {output / n for n in os.listdir(output) if _frame_number(n) in range(1, frames + 1)}
+  return ours
+
+
+def _frame_number(name: str) -> int:
+  """n of FRAME_NAME's frame_0000n.png (-1 for any other name, frame_1.png among them)."""
+  match = re.fullmatch(r'frame_(\d{5,})\.png', name)
+  return int(match[1]) if match and name == FRAME_NAME.format(int(match[1])) else -1
 
 
 @functools.cache

@@ -20,6 +20,7 @@ Every output appears only when complete: the video is written to a hidden
 temporary file and renamed, frames to a hidden directory and renamed.
 """
 
+from collections.abc import Collection
 import dataclasses
 from fractions import Fraction
 import glob
@@ -37,6 +38,7 @@ from nst_jax import errors
 from nst_jax.core import pixels
 from nst_jax.io import images as image_lib
 from nst_jax.io import jobs as jobs_lib
+from nst_jax.io import output_names
 
 # What a -cp that names a file is taken to be a video by (case-insensitive).
 VIDEO_SUFFIXES = (
@@ -351,11 +353,25 @@ def _plain_mode(path: Path, mode: int) -> None:
   os.chmod(path, mode & ~umask)
 
 
-def write_frames(directory: str | os.PathLike, frames, *, bit_depth: int = 8) -> int:
+def write_frames(
+  directory: str | os.PathLike, frames, *, bit_depth: int = 8, replaces: Collection[str] = ()
+) -> int:
   """Writes RGB frames as directory/frame_00001.png ..., the directory appearing when complete.
+
+  Args:
+    directory: the folder of frames; an existing one must be empty or hold
+      only files named in `replaces`.
+    frames: an iterable of RGB frames [H, W, 3] in [0, 1].
+    bit_depth: 8 or 16 bits per channel.
+    replaces: names of files in `directory` that an earlier run wrote (the
+      frames its run record claims: output_names.claimed): deleted once the
+      new frames are complete.
 
   Returns:
     The number of frames written.
+
+  Raises:
+    NstError: `directory` holds a file not in `replaces` (nothing is deleted).
   """
   directory = Path(directory)
   directory.parent.mkdir(parents=True, exist_ok=True)
@@ -364,14 +380,31 @@ def write_frames(directory: str | os.PathLike, frames, *, bit_depth: int = 8) ->
   n = 0
   try:
     for n, rgb in enumerate(frames, 1):
-      image_lib.save_image(tmp / f'frame_{n:05d}.png', rgb, bit_depth=bit_depth)
+      image_lib.save_image(tmp / output_names.FRAME_NAME.format(n), rgb, bit_depth=bit_depth)
     _plain_mode(tmp, 0o777)  # mkdtemp made it private
     if directory.exists():
-      directory.rmdir()  # empty: the caller refuses a directory with files in it
+      _empty(directory, replaces)
     os.replace(tmp, directory)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return n
+
+
+def _empty(directory: Path, replaces: Collection[str]) -> None:
+  """Deletes an earlier run's frames from `directory`, and it; refuses if it holds anything else.
+
+  The planner checked the folder before the run; this checks it again, in
+  case a file was put there since.
+  """
+  entries = sorted(directory.iterdir())
+  for p in entries:
+    if p.name not in replaces or p.is_symlink() or not p.is_file():
+      raise errors.NstError(
+        f'{directory} now holds {p.name}, which nst-jax did not write; move it away'
+      )
+  for p in entries:
+    p.unlink()
+  directory.rmdir()
 
 
 # A video run's finished frames (nst_jax.runs.video keeps them in its work

@@ -75,6 +75,7 @@ WEIGHTS_ENV = 'NST_JAX_WEIGHTS'
 
 META_PREFIX = '__meta__/'
 FORMAT_VERSION = '2'  # 2: adds params_sha256
+IN_MEMORY = 'params in memory'  # WeightsInfo.source of Weights.from_params, until saved
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +146,7 @@ class Weights:
     core_checks.params_dict(params)  # a {'params': ...} wrapper or a list failed in the digest
     flat = {f'{k}/{leaf}': np.asarray(v) for k, d in params.items() for leaf, v in d.items()}
     info = WeightsInfo(
-      source='params in memory',
+      source=IN_MEMORY,
       source_sha256='',
       source_format='params',
       convention=convention.name,
@@ -153,6 +154,10 @@ class Weights:
       provenance='unverified: params made in memory, not a weights file',
     )
     return cls(params=dict(params), info=info)
+
+  def flat(self) -> dict[str, np.ndarray]:
+    """The params as `save_npz` takes them: {'conv1_1/kernel': [3, 3, 3, 64], ...}, numpy."""
+    return {f'{k}/{leaf}': np.asarray(v) for k, d in self.params.items() for leaf, v in d.items()}
 
 
 _READERS: dict[str, tuple[Callable[[Path], dict[str, np.ndarray]], str]] = {
@@ -245,7 +250,20 @@ def convert_file(
 
 
 def save_npz(path: str | os.PathLike, flat: Mapping[str, np.ndarray], info: WeightsInfo) -> None:
-  """Writes converted weights (and their metadata) atomically, without pickles."""
+  """Writes weights and their metadata as an .npz for `load_weights` (atomically, no pickles).
+
+  Args:
+    path: the .npz to write.
+    flat: every VGG-19 layer's kernel and bias as float32 arrays under
+      'layer/leaf' keys: {'conv1_1/kernel': [3, 3, 3, 64], 'conv1_1/bias':
+      [64], ...}, as `convert` returns them or `Weights.flat()` gives them.
+    info: `convert`'s for a published file, or `Weights.info`. Params made in
+      memory get this file's name as their source, so runs from it name it:
+      `w = Weights.from_params(nst_jax.random_scaled_params(0), 'caffe')`,
+      `save_npz('random.npz', w.flat(), w.info)`, then `--weights random.npz`.
+  """
+  if info.source == IN_MEMORY:
+    info = dataclasses.replace(info, source=Path(path).name)
   arrays = dict(flat)
   for field in dataclasses.fields(WeightsInfo):
     arrays[META_PREFIX + field.name] = np.array(getattr(info, field.name))

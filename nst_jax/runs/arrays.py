@@ -430,6 +430,7 @@ def stylize(
       monitor=monitor,
       should_stop=lambda: _asked(should_stop) or signalled(),
       history=history,
+      resume_as='config.run.resume=True',  # as the docs and the refusal above name it
     )
     try:
       results = engine.run(rows, real=tuple(range(n)), watch=watch, resume=resume, record=scales)

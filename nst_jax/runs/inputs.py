@@ -37,7 +37,10 @@ def largest_height(content: str, styles: Sequence[str], cfg: config_lib.StyleCon
   sw = style_width(cfg, width)
   heights = [output_height(content, cfg)]
   for path in styles:
-    size = image_lib.image_size(path, max_pixels=cfg.inputs.max_image_pixels)
+    try:
+      size = image_lib.image_size(path, max_pixels=cfg.inputs.max_image_pixels)
+    except errors.ImageError as e:  # named as the content's is (runner.run)
+      raise errors.ImageError(f'inputs.style_path: {e}') from None
     heights.append(pixels.resized_height(*size, sw) * sw // width)
   return max(heights)
 

@@ -9,7 +9,8 @@ with one line:
   * two outputs, or the derived files of two outputs, that are one file;
   * an existing file that nst-jax did not write for this output, unless
     `overwrite` (a result whose run record names it may be replaced by a
-    rerun to the same output, as people expect);
+    rerun to the same output, as people expect; in a folder of video
+    frames, even with `overwrite`: only the frames its record claims go);
   * a format Pillow cannot write, a name too long for the file system (the
     temporary name included), a directory that is missing behind a dangling
     link, is a file or is not writable, and too little free space for the
@@ -51,8 +52,8 @@ class Output:
     state_bytes: bytes of one checkpoint of its optimisation state.
     derived: the other files the run may write for it, as (what, path):
       ('run record', out/a.json).
-    directory: the result is a directory of frames (checked by its writer
-      to be new or empty).
+    directory: the result is a directory of frames: new, empty or holding
+      only the frames its run record claims (which a rerun replaces).
     resumable: where an interrupted run of this output keeps its state (the
       checkpoint; a video's work directory): while it exists, the derived
       files beside it are that run's (default: the checkpoint).
@@ -111,7 +112,7 @@ def state_bytes(pixels: int, *, image_buffers: int) -> int:
 
 def _rename(out: Output) -> str:
   """What to change for another output name: save.path, or the job's output."""
-  if out.owner == 'the result':
+  if not out.owner.startswith('job '):  # the result, the video, the frames of a video
     return 'choose another save.path'
   return f'give {out.owner} another output (save.path, or the output column of its jobs file)'
 
@@ -183,6 +184,7 @@ def _check_files(out: Output, overwrite: bool) -> None:
     ours |= set(out.files)
   if out.directory:
     output_names.check_place(out.result / 'frame.png')
+    _check_frame_folder(out, ours)
   for kind, path in [('', out.result), *out.derived][1 if out.directory else 0 :]:
     if kind == 'checkpoint':
       _check_checkpoint(out, path)
@@ -203,6 +205,29 @@ def _check_files(out: Output, overwrite: bool) -> None:
         f'{path} exists{whose} and no nst-jax run record says nst-jax wrote it; choose another '
         'output name, or replace it with save.overwrite'
       )
+
+
+def _check_frame_folder(out: Output, ours: set[Path]) -> None:
+  """A folder of frames is new, empty, or holds only frames its run record claims (a rerun's).
+
+  Nothing else in it is replaced, even with save.overwrite: the writer
+  deletes only the claimed frames (nst_jax.io.video.write_frames), and the
+  rest are someone's files.
+  """
+  if out.result.is_symlink():
+    raise errors.NstError(f'{out.result} is a link; name a folder of its own for the frames')
+  if not out.result.is_dir():
+    return  # none yet, or a file (check_place refused it)
+  foreign = sorted(
+    p.name for p in out.result.iterdir() if p not in ours or p.is_symlink() or not p.is_file()
+  )
+  if foreign:
+    names = ', '.join(foreign[:3]) + (f' and {len(foreign) - 3} more' if len(foreign) > 3 else '')
+    raise errors.NstError(
+      f'{out.result} holds {names}, which no nst-jax run record says nst-jax wrote; move '
+      f'{"it" if len(foreign) == 1 else "them"} away or {_rename(out)} (save.overwrite replaces '
+      'no file inside a folder)'
+    )
 
 
 def _check_checkpoint(out: Output, path: Path) -> None:

@@ -270,7 +270,10 @@ def _plan_memory(cfg: config_lib.StyleConfig, layout: sharding_lib.Layout):
   i = cfg.inputs
   height = inputs_lib.largest_height(i.content_path, cfg.style_paths, cfg)
   spatial = len(layout.mesh.devices.flat) if isinstance(layout, sharding_lib.SpatialLayout) else 1
-  return memory_lib.fit(height, i.width, config=cfg, spatial_devices=spatial)
+  output_height = inputs_lib.output_height(i.content_path, cfg)  # what the messages name
+  return memory_lib.fit(
+    height, i.width, config=cfg, spatial_devices=spatial, output_height=output_height
+  )
 
 
 def run(cfg: config_lib.StyleConfig) -> Path:
@@ -395,4 +398,5 @@ def summary(output: Path, record: dict, results: Results) -> str:
     where = f'; run record {errors.printable(record_lib.paths_for(output)["json"])}'
   elapsed = duration(time.perf_counter() - results.t0)
   # printable: a name with a newline stays on the one success line.
-  return f'Done: {errors.printable(output)} in {elapsed}, {done} iterations{why}{loss}{where}.'
+  done = errors.counted(done, 'iteration')
+  return f'Done: {errors.printable(output)} in {elapsed}, {done}{why}{loss}{where}.'

@@ -78,10 +78,8 @@ class _Paths:
 def _paths(cfg: config_lib.StyleConfig) -> _Paths:
   """The result (an .mp4, or a directory for PNG frames) and the work directory, checked."""
   path = cfg.save.path
-  if path and path.endswith(('/', '\\')):
-    output, as_frames = Path(path), True
-    if output.exists() and any(output.iterdir()):
-      raise errors.ConfigError(f'{output} already holds files; name a new or empty directory')
+  if path and (path.endswith(('/', '\\')) or Path(path).is_dir()):  # as for an image
+    output, as_frames = Path(path), True  # the output planner checks what it holds
   elif path:
     output, as_frames = Path(path), False
     if output.suffix.lower() != '.mp4':
@@ -406,8 +404,12 @@ def _gather(layout, group, rgb, local, shape) -> list[np.ndarray]:
 def _write(cfg, paths: _Paths, clip, results, record, seconds) -> None:
   """The video (or frames), then the run record; the work directory goes unless kept."""
   if jax.process_index() == 0:
-    if paths.as_frames:
-      video_lib.write_frames(paths.output, results)
+    if paths.as_frames:  # replacing the frames an earlier run's record claims, nothing else
+      ours = {p.name for p in output_names.claimed(paths.output) if p.parent == paths.output}
+      try:
+        video_lib.write_frames(paths.output, results, replaces=ours)
+      except errors.NstError as e:  # a file put there during the run: the work is kept
+        raise errors.NstError(f'{e}, then continue with run.resume') from None
     else:
       video_lib.write_video(paths.output, results, clip.fps, audio_from=clip)
     target = _record_path(paths)
