@@ -148,7 +148,7 @@ def loss_plot(history: Sequence[dict], path: str | os.PathLike) -> None:
       color = CURVES.get(name, TOTAL_COLOR)
       points = [to_px(x, e[name]) for x, e in zip(xs, history, strict=True) if e.get(name, 0) > 0]
       if len(points) > 1:
-        draw.line(points, fill=color, width=2)
+        draw.line(points, fill=color, width=2, joint='curve')  # no gaps at the joints
       elif points:
         draw.ellipse(
           [points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2], color
