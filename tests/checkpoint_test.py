@@ -748,7 +748,7 @@ def test_a_stop_whose_checkpoint_cannot_be_written_names_the_one_kept(
     stylize(rgb, rgb, config=cfg, weights=caffe_npz, checkpoint=ckpt, should_stop=should_stop)
   assert str(e.value) == (
     f'interrupted by signal 15 after iteration 5; the checkpoint {ckpt} could not be written at '
-    'iteration 5 and holds iteration 3: continue from there with run.resume'
+    'iteration 5 and holds iteration 3: continue from there with config.run.resume=True'
   )
   payload = checkpoint_lib.read(ckpt)
   assert (payload['scale'], payload['iteration']) == (0, 3)
