@@ -20,19 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
-# One persistent XLA compilation cache for the run, shared by pytest-xdist's
-# workers (they inherit the controller's environment, set here before they
-# start) and the subprocesses the tests start: many tests in different files
+# One persistent XLA compilation cache for the session, shared with the
+# subprocesses the tests start (they inherit the environment): many tests
 # compile the same small programs, and compiling is most of their time. A
-# fresh directory per run, so no test ever sees another run's cache; the
-# process that made it removes it.
-_SHARED = 'NST_JAX_TESTS_XLA_CACHE'
-if os.path.isdir(os.environ.get(_SHARED, '')):
-  _CACHE = os.environ[_SHARED]
-else:
-  _CACHE = tempfile.mkdtemp(prefix='nst-jax-tests-xla-cache-')
-  os.environ[_SHARED] = _CACHE
-  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+# fresh directory per session, so no test ever sees another session's cache.
+_CACHE = tempfile.mkdtemp(prefix='nst-jax-tests-xla-cache-')
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ.update({
   'JAX_COMPILATION_CACHE_DIR': _CACHE,
   'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
