@@ -130,7 +130,7 @@ def check_budget(path, payload: dict, point: ResumePoint, stages) -> None:
   now = sum(s.iterations for s in stages)
   extra = checkpoint_lib.extra(payload)
   scales = int(payload.get('scales', 1))
-  # Checkpoints before 2026-12-07 lack the run's iterations and the scale's
+  # Checkpoints written before 2026-12-06 lack the run's iterations and the scale's
   # offset; with one scale they are the scale's own.
   was = extra.get('iterations', payload['total'] if scales == 1 else None)
   offset = extra.get('offset', 0 if point.scale == 0 else None)
