@@ -42,8 +42,7 @@ TEMP_EXTRA_CHARS = 18
 def derived_stem(output: str | os.PathLike) -> str:
   """The name derived files start with: a.png -> a, a.jpg -> a.jpg."""
   output = Path(output)
-  # Case-blind, as Pillow picks the format: a.PNG is a PNG, and its record a.json.
-  return output.stem if output.suffix.lower() == DEFAULT_SUFFIX else output.name
+  return output.stem if output.suffix == DEFAULT_SUFFIX else output.name
 
 
 def derived(output: str | os.PathLike, tail: str) -> Path:
