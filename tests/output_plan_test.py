@@ -28,6 +28,8 @@ def _out(path, **kwargs) -> output_plan.Output:
 def test_derived_names_keep_a_non_default_suffix():
   assert output_names.derived('o/a.png', '.json') == Path('o/a.json')
   assert output_names.derived('o/a.jpg', '.json') == Path('o/a.jpg.json')
+  # a.png and a.PNG are two files on most file systems: case-blind names made them share
+  # a.ckpt, and a --resume of one continued the other's run (trial 11).
   assert output_names.derived('o/a.PNG', '.ckpt') == Path('o/a.PNG.ckpt')
   assert output_names.legacy_derived('o/a.jpg', '.ckpt') == Path('o/a.ckpt')
   assert output_names.legacy_derived('o/a.png', '.ckpt') is None
