@@ -195,6 +195,18 @@ def test_multiscale_resume_continues_the_same_run(caffe_npz, tmp_path):
   style = rng.uniform(size=(32, 32, 3)).astype(np.float32)
   cfg = _cfg(6, scales=2, run=config_lib.RunConfig(checkpoint_every=1, print_iter=0))
   whole = stylize(content, style, config=cfg, weights=caffe_npz, checkpoint=tmp_path / 'a.ckpt')
+  # More iterations cannot extend it: the scales split them, and scale 1 ran
+  # its 3 of 6 (10 ran 2 more and recorded 8 updates as 10; trial 11).
+  ten = cfg.replace(schedule=cfg.schedule.replace(iterations=10), run=cfg.run.replace(resume=True))
+  before = checkpoint_lib.read(tmp_path / 'a.ckpt')
+  with pytest.raises(errors.ResumeMismatch) as e:
+    stylize(content, style, config=ten, weights=caffe_npz, checkpoint=tmp_path / 'a.ckpt')
+  assert str(e.value) == (
+    f'cannot resume from {tmp_path / "a.ckpt"}: config.schedule.iterations differs (checkpoint '
+    '6, now 10); pass the same config to resume, or another checkpoint= path (or remove this '
+    'one) to start over'
+  )
+  assert checkpoint_lib.read(tmp_path / 'a.ckpt') == before
   for stop_after in (2, 4):  # inside scale 1, and inside scale 2
     ckpt = tmp_path / f'b{stop_after}.ckpt'
     polls = []

@@ -121,7 +121,9 @@ def check_budget(path, payload: dict, point: ResumePoint, stages) -> None:
 
   Such a run would end at once with the checkpoint's image, its record
   empty, and the unfinished checkpoint deleted. A checkpoint at exactly the
-  run's end (kept with run.keep_checkpoint) gives its result again.
+  run's end (kept with run.keep_checkpoint) gives its result again. With
+  several scales schedule.iterations must be the checkpoint's: the scales
+  split it, and the earlier ones ran with their shares.
 
   Raises:
     ResumeMismatch: naming the iterations the checkpoint holds, of how
@@ -146,6 +148,22 @@ def check_budget(path, payload: dict, point: ResumePoint, stages) -> None:
       f'schedule.iterations {now} gives that scale'
     )
     again = was if was is not None else payload['total'] * scales
+  elif len(stages) > 1 and (
+    payload['total'] != stages[point.scale].iterations
+    or (offset is not None and offset != sum(s.iterations for s in stages[: point.scale]))
+  ):
+    # The scales split -i: another -i moves the earlier scales' shares, which
+    # ran already (6 -> 10 over 2 scales ran 3 + 5 and labelled 8 updates 10).
+    saved = str(was) if was is not None else f'{payload["total"]} at scale {point.scale + 1}'
+    raise errors.ResumeMismatch(
+      f'cannot resume from {path}: schedule.iterations differs (checkpoint {saved}, now {now}); '
+      f'{len(stages)} scales share it, so a resume keeps it: rerun with the same settings, or '
+      'without run.resume and another save.path to start over',
+      path=str(path),
+      setting='schedule.iterations',
+      saved=saved,
+      now=str(now),
+    )
   else:
     return
   raise errors.ResumeMismatch(
