@@ -246,7 +246,7 @@ def test_an_interrupted_stylize_names_only_what_it_saved_and_records_what_ran(ca
   # The record keeps what ran: the start image and the first update, scored
   # by iterations 1 and 2 (the image after the second update was not).
   ((stage,),) = (record['scales'],)
-  assert (stage['iterations'], stage['start'], stage['stopped']) == (2, 0, 'signal')
+  assert (stage['iterations'], stage['start'], stage['stopped']) == (2, 0, 'should_stop')
   assert [h['iteration'] for h in record['history']] == [0, 1]
 
 

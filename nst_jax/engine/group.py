@@ -355,7 +355,7 @@ class GroupRun:
       'iterations': result.iteration,
       'start': start,
       'budget': total,
-      'stopped': result.reason,
+      'stopped': 'should_stop' if result.signum == loop_lib.ASKED else result.reason,
       'compile_s': compile_s,
       'compile_reused': compile_s == 0.0,
       'compile_from_disk': self.from_disk,
