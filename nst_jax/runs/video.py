@@ -289,14 +289,17 @@ def _one_pass(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.n
   return results
 
 
-def _resume_point(rows, real) -> engine_lib.ResumePoint | None:
-  """Where the rows' checkpoints stand (all rows of a run checkpoint together), on every process."""
+def _resume_point(rows, real, stages=None) -> engine_lib.ResumePoint | None:
+  """Where the rows' checkpoints stand (all rows of a run checkpoint together), on every process.
+
+  `stages`: the frame's (a checkpoint past them is refused: engine.check_budget).
+  """
   from nst_jax.engine import distributed
 
   point = [0, 0, 0]
   for r in real:
     if r in rows and rows[r].checkpoint is not None and Path(rows[r].checkpoint).exists():
-      found = engine_lib.resume_point(rows[r].checkpoint)
+      found = engine_lib.resume_point(rows[r].checkpoint, stages)
       point = [1, found.scale, found.iteration]
       break
   table = distributed.gather_rows({jax.process_index(): point}, jax.process_count(), 3)
@@ -317,7 +320,11 @@ def _run_rows(cfg, engine, rows, real, stop, preview, prefix):
     should_stop=stop,
     history=history,
   )
-  rgb = engine.run(rows, real=real, watch=watch, resume=_resume_point(rows, real))
+  # One pass: a frame's checkpoint past -i is refused as an image's. Several:
+  # each pass runs a share of -i, which a refusal would name (not checked).
+  width = next(iter(rows.values())).content.shape[1]
+  stages = schedule_lib.plan(width, cfg.schedule) if cfg.video.passes == 1 else None
+  rgb = engine.run(rows, real=real, watch=watch, resume=_resume_point(rows, real, stages))
   return rgb, {r: (history.history[r][-1] if history.history[r] else {}) for r in real}
 
 
