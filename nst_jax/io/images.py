@@ -287,7 +287,8 @@ def save_image(
     path: the file; its suffix picks the format.
     rgb: [H, W, 3] float RGB.
     bit_depth: 8, or 16 (PNG only).
-    quality: JPEG/WebP quality, 1-100.
+    quality: JPEG/WebP quality, 1-100 (JPEG keeps full colour resolution,
+      4:4:4 chroma).
     icc: an ICC profile to embed (the content image's, so the numbers keep
       their meaning), or None.
 
@@ -302,4 +303,9 @@ def save_image(
   options = {'icc_profile': icc} if icc else {}
   if fmt in ('JPEG', 'WEBP'):
     options['quality'] = quality
+  if fmt == 'JPEG':
+    # 4:4:4: Pillow's default 4:2:0 halves the colour resolution, which the
+    # brush strokes' colour edges live in (a 48 px result scored 3.7x its own
+    # loss as 4:2:0, 1.2x as 4:4:4; trial 12).
+    options['subsampling'] = 0
   atomic_write(path, lambda tmp: image.save(tmp, format=fmt, **options))
