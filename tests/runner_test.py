@@ -131,3 +131,44 @@ def test_normalized_gradients_with_lbfgs_warn_once_per_engine(monkeypatch, caplo
       warned += [(name, normalize, r.getMessage()) for r in caplog.records]
   assert warned == [('lbfgs', True, runner.NORMALIZED_LBFGS)]
   assert 'the run can diverge; use the Adam optimiser' in runner.NORMALIZED_LBFGS
+
+
+def test_a_rerun_without_resume_is_refused_beside_an_interrupted_run(tmp_path, monkeypatch):
+  """Trial 12 (e)1: a folder batch rerun without --resume started a `_2` batch without a word."""
+  import numpy as np
+
+  from nst_jax.io import checkpoint as checkpoint_lib
+  from nst_jax.io import images as image_lib
+  from nst_jax.io import jobs as jobs_lib
+  from nst_jax.runs import batch
+  from nst_jax.runs import output_plan
+
+  monkeypatch.chdir(tmp_path)
+  for name in ('c.png', 's.png', 'd.png'):
+    image_lib.save_image(tmp_path / name, np.full((24, 32, 3), 0.5, np.float32))
+  out = tmp_path / 'out'
+  out.mkdir()
+  ckpt = out / 'c_s.ckpt'
+  checkpoint_lib.save(ckpt, state={'x': 1}, iteration=3, total=10, settings={})
+  cfg = config_lib.StyleConfig(
+    inputs=config_lib.InputConfig(content_path='c.png', style_path=('s.png',), width=32),
+    save=config_lib.SaveConfig(path='out/'),
+  )
+  refusal = (
+    f'{ckpt.relative_to(tmp_path)} holds an unfinished run (3 of 10 iterations); continue it '
+    'with run.resume, or delete it to start over'
+  )
+  with pytest.raises(errors.NstError) as e:
+    runner.run(cfg)
+  assert str(e.value) == refusal
+  jobs = [jobs_lib.Job('d.png', ('s.png',)), jobs_lib.Job('c.png', ('s.png',))]
+  with pytest.raises(errors.NstError) as e:
+    batch.run_batch(jobs, cfg)
+  assert str(e.value) == refusal
+  assert sorted(p.name for p in out.iterdir()) == ['c_s.ckpt']  # nothing written
+  # A live run's checkpoint is not an interrupted one: a second run gets the next name.
+  with output_plan.locked([runner.planned_output(cfg, out / 'c_s.png', 24)]):
+    runner.check_no_interrupted('c.png', ['s.png'], 'out', cfg)
+  # A finished checkpoint (kept) is a finished run: the next name is free to take.
+  checkpoint_lib.save(ckpt, state={'x': 1}, iteration=10, total=10, settings={})
+  runner.check_no_interrupted('c.png', ['s.png'], 'out', cfg)

@@ -62,7 +62,7 @@ def resume_output_path(
   checkpoint_dir: str | None = None,
 ) -> Path:
   """The newest automatic name that has a checkpoint (in `checkpoint_dir`), for resuming."""
-  found = _resumable(content_path, style_path, directory, checkpoint_dir)
+  found = newest_checkpointed(content_path, style_path, directory, checkpoint_dir)
   if found is None:
     raise errors.NstError(
       f'nothing to resume: no checkpoint for these images under {directory}/; run without '
@@ -71,7 +71,10 @@ def resume_output_path(
   return found
 
 
-def _resumable(content: str, styles, directory: str, checkpoint_dir: str | None) -> Path | None:
+def newest_checkpointed(
+  content: str, styles: str | Sequence[str], directory: str, checkpoint_dir: str | None = None
+) -> Path | None:
+  """The newest automatic name of these images that has a checkpoint (None: none has)."""
   found = None
   for path in candidates(content, styles, directory):
     if not checkpoint_lib.path_for(path, checkpoint_dir).exists():

@@ -188,6 +188,7 @@ def _plan_outputs(jobs, cfg, inputs):
     (jobs with their outputs, the plan, the check to run again under the locks).
   """
   jobs, directory = _batch_output_dir(list(jobs), cfg)
+  automatic = [not job.output for job in jobs]
   with distributed.together():
     jobs = outputs.assign_outputs(
       [_with_defaults(job, cfg) for job in jobs],
@@ -215,6 +216,9 @@ def _plan_outputs(jobs, cfg, inputs):
         outputs.check_not_unfinished(
           checkpoint_lib.path_for(jobs[index].output, cfg.run.checkpoint_dir)
         )
+        if automatic[index]:
+          job = jobs[index]
+          runner.check_no_interrupted(job.content, job.style, directory, cfg)
   if jax.process_count() > 1:
     # Names depend on which files exist: fixed everywhere before any is written.
     distributed.agree(None)

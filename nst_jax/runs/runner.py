@@ -313,9 +313,26 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   ckpt = checkpoint_lib.path_for(output, cfg.run.checkpoint_dir)
   if not cfg.run.resume:  # after the plan: a checkpoint name that is an input is refused there
     outputs.check_not_unfinished(ckpt)
+    if not cfg.save.path or outputs.names_output_directory(cfg.save.path):
+      check_no_interrupted(
+        i.content_path, cfg.style_paths, cfg.save.path or outputs.DEFAULT_OUTPUT_DIR, cfg
+      )
   # Before any input loads or file is written: a checkpoint past -i is refused.
   resume = resume_from(cfg, ckpt, required=False)
   return _run_single(cfg, output, layout, plan, resume)
+
+
+def check_no_interrupted(content: str, styles, directory: str, cfg: config_lib.StyleConfig):
+  """Refuses a new automatic name beside an interrupted run of the same images.
+
+  Automatic names skip every name with a checkpoint, so without this check a
+  rerun that forgot run.resume would start over at `_2` and leave the
+  interrupted run behind unsaid. A live run's checkpoint (its output locked)
+  is not refused: a second run at once gets the next name.
+  """
+  found = outputs.newest_checkpointed(content, styles, directory, cfg.run.checkpoint_dir)
+  if found is not None and not output_plan.busy(found):
+    outputs.check_not_unfinished(checkpoint_lib.path_for(found, cfg.run.checkpoint_dir))
 
 
 def _check_plan(cfg: config_lib.StyleConfig, plan) -> None:
