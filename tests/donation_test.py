@@ -44,7 +44,8 @@ def test_eager_grad_through_several_lbfgs_steps_equals_the_jitted_grad():
   eager = jax.grad(mean_after)(jnp.float32(0.03))
   jitted = jax.jit(jax.grad(mean_after))(jnp.float32(0.03))
   assert float(jitted) != 0.0
-  np.testing.assert_allclose(float(eager), float(jitted), rtol=1e-5)
+  # One fused program against op-by-op: 4.5e-5 apart on an AMD EPYC, 1e-5 on an Intel Xeon.
+  np.testing.assert_allclose(float(eager), float(jitted), rtol=2e-4)
   # Concrete calls still donate: the state's buffers are reused.
   state = nst_jax.init_state(content, tx)
   new, _ = step.first(state, params, targets)
