@@ -91,6 +91,12 @@ def test_bad_layers_and_shapes_are_refused(caffe_npz):
   )
   with pytest.raises(errors.ConfigError, match='unknown layer name.*relu6_1'):
     extract_features(caffe_npz, rgb, ['relu1_1', 'relu6_1'])
+  for odd in (3, None):  # the message's join raised "expected str instance, int found" (trial 13)
+    with pytest.raises(errors.ConfigError) as e:
+      extract_features(caffe_npz, rgb, ['relu1_1', odd])
+    assert str(e.value).startswith(
+      f"layer names must be strings such as 'relu4_2', got {odd!r}; valid names are: conv1_1, "
+    )
   for bad in (rgb[..., :2], rgb[None, None], rgb[0]):
     with pytest.raises(ValueError, match=rf'got shape \({", ".join(map(str, bad.shape))},?\)'):
       extract_features(caffe_npz, bad, ['relu1_1'])

@@ -178,7 +178,7 @@ flags.DEFINE_enum(
 flags.DEFINE_integer(
   'quality',
   DEFAULTS.save.quality,
-  'JPEG and WebP output quality, 1-100.',
+  'JPEG output quality, 1-100 (WebP is written lossless: lossy WebP halves the colour resolution).',
   lower_bound=1,
   upper_bound=100,
 )

@@ -43,7 +43,8 @@ DEFAULT_LBFGS_MEMORY = optim.DEFAULT_LBFGS_MEMORY
 # Pillow's own default guard against decompression bombs (about 0.25 GB of
 # 24-bit pixels).
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
-# JPEG and WebP quality when none is given: Pillow's scale, 1-100. 95 keeps
+# JPEG quality when none is given (for WebP, which is written lossless, the
+# compression effort): Pillow's scale, 1-100. 95 keeps
 # the fine texture style transfer produces (Pillow's own default is 75).
 DEFAULT_QUALITY = 95
 BIT_DEPTHS = (8, 16)

@@ -18,7 +18,7 @@ class SaveConfig(checks.Group):
     path: result file, or a directory for an automatic name; '' names one
       under output/ after the inputs (nst_jax.io.outputs).
     bit_depth: bits per channel of the output: 8, or 16 (PNG only).
-    quality: JPEG and WebP quality, 1-100.
+    quality: JPEG quality, 1-100 (WebP is written lossless; this is its effort).
     save_iter: save an intermediate image every this many iterations (0: off).
     record: write NAME.json, NAME.loss.png and NAME.sheet.jpg beside the
       output (nst_jax.io.record).

@@ -134,6 +134,22 @@ def start_batch(m: int, n: int, name: str) -> None:
     )
 
 
+def mask_float(m: np.ndarray, name: str) -> np.ndarray:
+  """A concrete mask as float32: uint8 divided by 255, refused when it holds only 0 and 1.
+
+  A uint8 mask of 0s and 1s (a label map) would weigh its term 1/255 where
+  it means 1 (trial 13): it is refused naming the fix.
+  """
+  if m.dtype != np.uint8:
+    return m.astype(np.float32)
+  if m.size and m.max() == 1:
+    raise errors.ConfigError(
+      f'{name} is uint8 holding only 0 and 1, which weigh 0 and 1/255 (uint8 masks are divided '
+      'by 255); multiply it by 255, or give it as floats in [0, 1]'
+    )
+  return m / np.float32(255)
+
+
 def mask_values(mask: Any, name: str) -> jax.Array | None:
   """A guidance mask as float32 in [0, 1] (uint8 divided by 255), as stylize takes masks.
 
@@ -144,8 +160,7 @@ def mask_values(mask: Any, name: str) -> jax.Array | None:
     return None
   if isinstance(mask, jax.core.Tracer):
     return mask / jnp.float32(255) if mask.dtype == jnp.uint8 else mask.astype(jnp.float32)
-  m = np.asarray(mask)
-  m = m / np.float32(255) if m.dtype == np.uint8 else m.astype(np.float32)
+  m = mask_float(np.asarray(mask), name)
   if not (np.isfinite(m).all() and m.min(initial=0) >= 0 and m.max(initial=0) <= 1):
     seen = m[~np.isnan(m)]  # nanmin of an all-NaN mask would warn
     lo, hi = (seen.min(), seen.max()) if seen.size else (np.nan, np.nan)

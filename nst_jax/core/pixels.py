@@ -69,9 +69,11 @@ def as_convention(value: InputConvention | str, name: str = 'convention') -> Inp
     return value
   if isinstance(value, str) and value in CONVENTIONS:
     return CONVENTIONS[value]
+  # A Weights (or any array holder) would print its kernels: its type says enough.
+  got = repr(value) if isinstance(value, str | int | float | type(None)) else type(value).__name__
   raise errors.ConfigError(
     f'{name} must be an InputConvention or one of {", ".join(map(repr, sorted(CONVENTIONS)))}, '
-    f'got {value!r}; the weights carry theirs: weights.info.input_convention'
+    f'got {got[:80]}; the weights carry theirs: weights.info.input_convention'
   )
 
 
@@ -116,7 +118,10 @@ def as_rgb(value: jax.typing.ArrayLike, name: str) -> jax.Array:
   if not (np.isfinite(low) and np.isfinite(high)):
     raise errors.ConfigError(f'{name} has non-finite values; give RGB as floats in [0, 1]')
   if low < 0.0 or high > 1.0:
-    fix = 'divide by 255' if high > 1.0 and low >= 0.0 and high <= 255.0 else 'clip it to [0, 1]'
+    # A small overshoot (a resize, an unclipped deprocess) is clipped, not
+    # divided: dividing 0..1.009 by 255 gave a black image (trial 13).
+    far = high > 1.0 + RGB_SLACK and low >= 0.0 and high <= 255.0
+    fix = 'divide by 255' if far else 'clip it to [0, 1]'
     raise errors.ConfigError(
       f'{name} has values from {low:.4g} to {high:.4g}; RGB floats must lie in [0, 1]: {fix}'
     )

@@ -79,6 +79,12 @@ def check_layers(layers: Sequence[str], stage_sizes: Sequence[int] = VGG19_STAGE
       f'write ({layers!r},) or [{layers!r}]'
     )
   valid = layer_names(stage_sizes)
+  odd = [name for name in layers if not isinstance(name, str)]
+  if odd:  # 3 or None: the join below would fail on them (trial 13)
+    raise errors.ConfigError(
+      f'layer names must be strings such as {"relu4_2"!r}, got {odd[0]!r}; valid names are: '
+      + ', '.join(valid)
+    )
   unknown = [name for name in layers if name not in valid]
   if unknown:
     raise errors.ConfigError(

@@ -254,6 +254,39 @@ def _write_png16(tmp: str, rgb: np.ndarray, profile: bytes | None) -> None:
   Path(tmp).write_bytes(_png_with_icc(buffer.getvalue(), profile))
 
 
+def _savable(rgb) -> np.ndarray:
+  """`save_image`'s `rgb` as float [H, W, 3], or ConfigError naming the fix."""
+  value = np.asarray(rgb)
+  if value.ndim == 4 and value.shape[-1] == 3:
+    raise errors.ConfigError(
+      f'rgb must be one image [H, W, 3], got {value.shape}; save each image of the batch: rgb[0]'
+    )
+  if value.ndim != 3 or value.shape[-1] != 3:
+    raise errors.ConfigError(
+      f'rgb must be one RGB image [H, W, 3], got shape {value.shape}'
+      + pixels.layout_fix(value.shape, batched=False)
+    )
+  if value.dtype == np.uint8:
+    return value.astype(np.float32) / 255.0
+  if not np.issubdtype(value.dtype, np.floating) and value.dtype.name != 'bfloat16':
+    raise errors.ConfigError(f'rgb is {value.dtype}; give RGB as floats in [0, 1] (or uint8)')
+  value = value.astype(np.float32)
+  if not np.isfinite(value).all():
+    raise errors.ConfigError('rgb has non-finite values; give RGB as floats in [0, 1]')
+  low, high = (float(value.min()), float(value.max())) if value.size else (0.0, 0.0)
+  if low < -pixels.RGB_SLACK or high > 1.0 + pixels.RGB_SLACK:
+    if low >= 0:
+      fix = 'divide by 255'
+    elif high > 1.0 + pixels.RGB_SLACK:  # both ways far out: network space
+      fix = 'deprocess it first (nst_jax.deprocess) and clip to [0, 1]'
+    else:
+      fix = 'map it to [0, 1]'
+    raise errors.ConfigError(
+      f'rgb has values from {low:.4g} to {high:.4g}; RGB floats must lie in [0, 1]: {fix}'
+    )
+  return value
+
+
 def check_output(path: str | os.PathLike, bit_depth: int = 8) -> str:
   """Pillow's format for an output name, refusing what `save_image` cannot write."""
   fmt = image_format(path)
@@ -287,15 +320,20 @@ def save_image(
     path: the file; its suffix picks the format.
     rgb: [H, W, 3] float RGB.
     bit_depth: 8, or 16 (PNG only).
-    quality: JPEG/WebP quality, 1-100 (JPEG keeps full colour resolution,
-      4:4:4 chroma).
+    quality: JPEG quality, 1-100 (JPEG keeps full colour resolution, 4:4:4
+      chroma); WebP is written lossless (lossy WebP halves the colour
+      resolution), `quality` its compression effort.
     icc: an ICC profile to embed (the content image's, so the numbers keep
       their meaning), or None.
 
   Raises:
     ImageError: an unknown suffix, or 16 bits for a format other than PNG.
+    ConfigError: `rgb` is not one [H, W, 3] image of floats in [0, 1] (uint8
+      is taken as 0..255; floats up to `pixels.RGB_SLACK` outside are
+      clipped, as a resized or unboxed result's overshoot is), naming the fix.
   """
   fmt = check_output(path, bit_depth)
+  rgb = _savable(rgb)
   if bit_depth == 16:
     atomic_write(path, lambda tmp: _write_png16(tmp, rgb, icc))
     return
@@ -303,6 +341,10 @@ def save_image(
   options = {'icc_profile': icc} if icc else {}
   if fmt in ('JPEG', 'WEBP'):
     options['quality'] = quality
+  if fmt == 'WEBP':
+    # Lossless: lossy WebP is 4:2:0 only (libwebp), and a 48 px result was
+    # off by up to 50/255 and scored 1.66x its recorded loss (trial 13).
+    options['lossless'] = True
   if fmt == 'JPEG':
     # 4:4:4: Pillow's default 4:2:0 halves the colour resolution, which the
     # brush strokes' colour edges live in (a 48 px result scored 3.7x its own

@@ -42,8 +42,7 @@ def _masks(value, n: int, lead: int, shape: tuple[int, ...], what: str):
   """Per-image masks: [n, ...] from [...] or [n, ...], checked against `shape`."""
   if value is None:
     return [None] * n
-  m = np.asarray(value)
-  m = m / np.float32(255) if m.dtype == np.uint8 else m.astype(np.float32)
+  m = core_checks.mask_float(np.asarray(value), what)
   if not (np.isfinite(m).all() and m.min(initial=0) >= 0 and m.max(initial=0) <= 1):
     raise errors.ConfigError(
       f'{what} has values from {np.nanmin(m):.4g} to {np.nanmax(m):.4g}; masks are in [0, 1] '
