@@ -607,7 +607,11 @@ def test_update_step_refuses_targets_that_do_not_fit():
   model, params, content, targets = _problem()
   tx = make_optimizer('lbfgs', convention=pixels.CAFFE)
   state = init_state(jnp.concatenate([content, content]), tx)
-  run = functools.partial(update_step, model=model, optimizer=tx, loss_spec=TINY_LOSS.spec)
+
+  def run(state, params, targets, **kw):  # jitted: the checks run at trace time, nothing compiles
+    step = functools.partial(update_step, model=model, optimizer=tx, loss_spec=TINY_LOSS.spec)
+    return jax.jit(functools.partial(step, **kw))(state, params, targets)
+
   with _raises('targets are for 1 image(s) but the state holds 2; build them from 2 content '
                'images with make_targets, or tile them: jax.tree.map(lambda x: jnp.repeat(x, '
                '2 // 1, axis=0), targets)'):  # fmt: skip
@@ -619,7 +623,9 @@ def test_update_step_refuses_targets_that_do_not_fit():
   mean_cov = dataclasses.replace(TINY_LOSS.spec, style_loss='mean_cov')
   with _raises("targets hold gram at relu1_1, not the step's 'mean_cov' statistics; build them "
                'with make_targets(..., loss_spec=) of the same spec as the step'):  # fmt: skip
-    update_step(state, params, targets, model=model, optimizer=tx, loss_spec=mean_cov)
+    jax.jit(functools.partial(update_step, model=model, optimizer=tx, loss_spec=mean_cov))(
+      state, params, targets
+    )
 
   def scalar_only(image, params, targets, *, model, loss_spec):
     return objective(image, params, targets, model=model, loss_spec=loss_spec)[0]
@@ -829,7 +835,8 @@ def test_a_target_of_another_batch_or_a_mask_of_another_map_is_refused_naming_it
   """JAX's many-line "vmap got inconsistent sizes", and a TypeError in mul (a trial's _replace)."""
   model, params, content, targets = _problem(n=2)
   adam = make_optimizer('adam', convention=pixels.CAFFE)
-  step = functools.partial(update_step, model=model, optimizer=adam, loss_spec=TINY_LOSS.spec)
+  step = jax.jit(functools.partial(update_step, model=model, optimizer=adam,
+                                   loss_spec=TINY_LOSS.spec))  # fmt: skip
   state = init_state(content, adam)
   fix = ("every target needs a leading axis of 2: make them with make_targets from the 2 content "
          "images, or share one image's: jnp.broadcast_to(x, (2, *x.shape[1:]))")  # fmt: skip
@@ -854,8 +861,10 @@ def test_a_float64_weight_under_x64_steps_as_its_float32():
   """L-BFGS's backtracking while_loop refused a float64 carry (a float64 weight, x64 on)."""
   model, params, content, targets = _problem()
   lbfgs = make_optimizer('lbfgs', convention=pixels.CAFFE)
-  step = functools.partial(
-    update_step, model=model, optimizer=lbfgs, loss_spec=TINY_LOSS.spec, backtrack=True
+  step = jax.jit(
+    functools.partial(
+      update_step, model=model, optimizer=lbfgs, loss_spec=TINY_LOSS.spec, backtrack=True
+    )
   )
   want, want_losses = step(init_state(content, lbfgs), params, targets)
   with jax.enable_x64(True):
