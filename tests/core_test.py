@@ -1002,10 +1002,17 @@ def test_make_targets_takes_masks_as_stylize_does():
     _targets(params, model, content, [content, content], style_masks=np.full((1, 2, 16, 16), 2.0))
   # A uint8 label map of 0s and 1s would weigh 1/255 (trial 13).
   with _raises(
-    'content_mask is uint8 holding only 0 and 1, which weigh 0 and 1/255 (uint8 masks are divided '
-    'by 255); multiply it by 255, or give it as floats in [0, 1]'
+    'content_mask is uint8 holding only 0 and 1, which weigh at most 1/255 (uint8 masks are '
+    'divided by 255); multiply it by 255, or give it as floats in [0, 1]'
   ):
     _targets(params, model, content, content, content_mask=np.ones((1, 16, 16), np.uint8))
+  with _raises(
+    'style_masks is uint8 holding values up to 2 only, which weigh at most 2/255 (uint8 masks are '
+    'divided by 255); multiply it by 255, or give it as floats in [0, 1]'
+  ):
+    labels = np.zeros((1, 2, 16, 16), np.uint8)
+    labels[:, 1] = 2
+    _targets(params, model, content, [content, content], style_masks=labels)
 
 
 def test_a_mask_batch_neither_one_nor_n_is_refused_naming_the_mask():

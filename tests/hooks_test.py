@@ -440,3 +440,26 @@ def test_progress_bar_and_log_lines(caffe_npz, capsys):
   # One bar per scale, each ending at 3/3 with the loss and the rate.
   assert 'scale 1/2' in err and 'scale 2/2' in err
   assert err.count('3/3') >= 2 and 'loss=' in err and ('it/s' in err or 's/it' in err)
+
+
+def test_the_last_log_line_reports_the_result_the_record_does(caffe_npz, caplog):
+  """Trial 14: 'iteration 3/3 loss 5744' (the image after 2 updates) while Done said 4756."""
+  import logging
+  import re
+
+  rgb = np.random.default_rng(6).uniform(size=(32, 32, 3)).astype(np.float32)
+  cfg = config_lib.StyleConfig(
+    loss=small_runs.loss_config(),
+    schedule=config_lib.ScheduleConfig(iterations=3),
+    run=config_lib.RunConfig(progress='log', print_iter=1),
+  )
+  record = {}
+  with caplog.at_level(logging.INFO):
+    stylize(rgb, rgb, config=cfg, weights=caffe_npz, record=record)
+  lines = [r.getMessage() for r in caplog.records if 'iteration ' in r.getMessage()]
+  got = [float(re.search(r'  loss (\S+)', line).group(1)) for line in lines]
+  assert [line.split('  ')[0] for line in lines] == [f'iteration {k}/3' for k in (1, 2, 3)]
+  # The record's history: entry k is the image after k updates, the last the result.
+  history = {e['iteration']: e['total'] for e in record['history']}
+  assert sorted(history) == [0, 1, 2, 3]
+  assert got == pytest.approx([history[0], history[1], history[3]], rel=1e-4)

@@ -165,6 +165,10 @@ def test_preprocess_reads_uint8_by_the_rule_and_refuses_another_scale():
   )
   # An overshoot is clipped, not divided: 0..1.009 / 255 was a black image (trial 13).
   fix = r'from 0 to 1\.009; RGB floats must lie in \[0, 1\]: clip it to \[0, 1\]$'
+  with pytest.raises(
+    errors.ConfigError, match=r'RGB floats must lie in \[0, 1\]: divide by 65535$'
+  ):
+    pixels.as_rgb(rgb * 65535, 'rgb')  # 16-bit values: /255 was refused again (trial 14)
   with pytest.raises(errors.ConfigError, match=fix):
     pixels.as_rgb(np.concatenate([rgb[..., :1] * 0, rgb[..., 1:] * 0 + 1.009], -1), 'rgb')
   # Bicubic overshoot of a few hundredths passes and maps affinely.
@@ -239,9 +243,12 @@ def test_save_load_round_trip_png(tmp_path):
 
 
 def test_save_clips_out_of_range(tmp_path):
-  rgb = np.array([[[-0.5, 0.5, 1.5]]], np.float32)
+  # An overshoot (a resize's, an unboxed result's) in a few pixels is clipped.
+  rgb = np.full((10, 10, 3), 0.5, np.float32)
+  rgb[0, 0] = [-0.5, 0.5, 1.5]
   image_lib.save_image(tmp_path / 'c.png', rgb)
-  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / 'c.png')), [[[0, 128, 255]]])
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / 'c.png'))[0, :2],
+                                [[0, 128, 255], [128, 128, 128]])  # fmt: skip
 
 
 def test_save_takes_uint8_and_refuses_other_scales_and_batches_naming_the_fix(tmp_path):
@@ -263,6 +270,13 @@ def test_save_takes_uint8_and_refuses_other_scales_and_batches_naming_the_fix(tm
     (floats[None], 'rgb must be one image [H, W, 3], got (1, 5, 6, 3); save each image of the '
      'batch: rgb[0]'),
     (rgb.astype(np.int32), 'rgb is int32; give RGB as floats in [0, 1] (or uint8)'),
+    # Centred at 0, inside the slack: half of it was clipped black (trial 14).
+    (floats - 0.5, f'rgb has values from {floats.min() - 0.5:.4g} to {floats.max() - 0.5:.4g}; '
+     'RGB floats must lie in [0, 1]: map it to [0, 1]'),
+    (floats * 65535, f'rgb has values from {int(rgb.min()) * 257:.4g} to '
+     f'{int(rgb.max()) * 257:.4g}; RGB floats must lie in [0, 1]: divide by 65535'),
+    (np.zeros((0, 4, 3), np.float32), 'rgb is empty (shape (0, 4, 3)); give an image of at least '
+     '1x1'),
   ):  # fmt: skip
     with pytest.raises(errors.ConfigError) as e:
       image_lib.save_image(tmp_path / 'bad.png', bad)
@@ -533,6 +547,16 @@ def test_load_mask(tmp_path):
   np.testing.assert_allclose(image_lib.load_mask(tmp_path / 'red.png', 10, 15), 0.299, atol=1e-3)
   with pytest.raises(errors.ImageError, match='draw the mask over the content image'):
     image_lib.load_mask(tmp_path / 'm.png', 10, 10)
+  # A label image of 0s and 1s weighed 1/255 (trial 14); an all-black mask is a mask.
+  Image.fromarray(gray // 255).save(tmp_path / 'labels.png')
+  with pytest.raises(errors.ImageError) as e:
+    image_lib.load_mask(tmp_path / 'labels.png', 10, 15)
+  assert str(e.value) == (
+    f'mask {tmp_path / "labels.png"} is nearly black (its brightest pixel is 1 of 255): white '
+    'marks the region; if it holds labels 0 and 1, save it with 0 and 255'
+  )
+  Image.fromarray(gray * 0).save(tmp_path / 'none.png')
+  assert image_lib.load_mask(tmp_path / 'none.png', 10, 15).max() == 0
 
 
 def _srgb_profile():

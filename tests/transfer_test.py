@@ -290,7 +290,7 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
      'content_mask has values from 255 to 255; masks are in [0, 1] (uint8 masks are divided by '
      '255): scale it into [0, 1]'),
     (dict(content=rgb, style=rgb, content_mask=np.ones((32, 32), np.uint8)),
-     'content_mask is uint8 holding only 0 and 1, which weigh 0 and 1/255 (uint8 masks are '
+     'content_mask is uint8 holding only 0 and 1, which weigh at most 1/255 (uint8 masks are '
      'divided by 255); multiply it by 255, or give it as floats in [0, 1]'),
     (dict(content=rgb, style=rgb, config=config_lib.StyleConfig(run=config_lib.RunConfig(
       resume=True))), 'run.resume is set but no checkpoint= names the file to continue; pass '

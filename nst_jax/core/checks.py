@@ -135,19 +135,27 @@ def start_batch(m: int, n: int, name: str) -> None:
 
 
 def mask_float(m: np.ndarray, name: str) -> np.ndarray:
-  """A concrete mask as float32: uint8 divided by 255, refused when it holds only 0 and 1.
+  """A concrete mask as float32: uint8 divided by 255, refused when it looks like labels.
 
-  A uint8 mask of 0s and 1s (a label map) would weigh its term 1/255 where
-  it means 1 (trial 13): it is refused naming the fix.
+  A uint8 mask of 0s and 1s (or small labels, at most `FAINT_MASK`) would
+  weigh its term 1/255 where it means 1 (trials 13, 14): it is refused
+  naming the fix.
   """
   if m.dtype != np.uint8:
     return m.astype(np.float32)
-  if m.size and m.max() == 1:
+  top = int(m.max()) if m.size else 0
+  if 1 <= top <= FAINT_MASK:
+    held = 'only 0 and 1' if top == 1 else f'values up to {top} only'
     raise errors.ConfigError(
-      f'{name} is uint8 holding only 0 and 1, which weigh 0 and 1/255 (uint8 masks are divided '
+      f'{name} is uint8 holding {held}, which weigh at most {top}/255 (uint8 masks are divided '
       'by 255); multiply it by 255, or give it as floats in [0, 1]'
     )
   return m / np.float32(255)
+
+
+# The brightest a uint8 mask (or an 8-bit mask file) may be and still be read
+# as weights: at most 15 of 255 it is a label map (0, 1, 2, ...), not a region.
+FAINT_MASK = 15
 
 
 def mask_values(mask: Any, name: str) -> jax.Array | None:

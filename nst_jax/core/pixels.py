@@ -120,12 +120,18 @@ def as_rgb(value: jax.typing.ArrayLike, name: str) -> jax.Array:
   if low < 0.0 or high > 1.0:
     # A small overshoot (a resize, an unclipped deprocess) is clipped, not
     # divided: dividing 0..1.009 by 255 gave a black image (trial 13).
-    far = high > 1.0 + RGB_SLACK and low >= 0.0 and high <= 255.0
-    fix = 'divide by 255' if far else 'clip it to [0, 1]'
+    far = high > 1.0 + RGB_SLACK and low >= 0.0
+    fix = rescale_fix(high) if far else 'clip it to [0, 1]'
     raise errors.ConfigError(
       f'{name} has values from {low:.4g} to {high:.4g}; RGB floats must lie in [0, 1]: {fix}'
     )
   return jnp.asarray(host, jnp.float32)
+
+
+def rescale_fix(high: float) -> str:
+  """The fix for non-negative RGB floats whose maximum `high` is far above 1."""
+  # A 16-bit image read as floats (0..65535): /255 left it 257x too bright (trial 14).
+  return 'divide by 65535' if high > 255.0 else 'divide by 255'
 
 
 def layout_fix(shape: tuple[int, ...], *, batched: bool) -> str:
@@ -231,7 +237,7 @@ def preprocess(rgb: jax.typing.ArrayLike, convention: InputConvention | str) -> 
   if dtype != np.uint8 and not isinstance(rgb, jax.core.Tracer) and np.size(rgb):
     low, high = np.asarray(value_range).tolist()
     if not (-RGB_SLACK <= low and high <= 1.0 + RGB_SLACK):  # NaN fails too
-      fix = 'divide by 255' if high > 1.0 + RGB_SLACK and low >= 0 else 'clip it to [0, 1]'
+      fix = rescale_fix(high) if high > 1.0 + RGB_SLACK and low >= 0 else 'clip it to [0, 1]'
       raise errors.ConfigError(
         f'rgb has values from {low:.4g} to {high:.4g}; preprocess takes RGB in [0, 1]: {fix}'
       )

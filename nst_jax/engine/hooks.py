@@ -41,9 +41,27 @@ class LogProgress(Hook):
     self.total = info.total
 
   def after_step(self, view: StepView) -> None:
-    if not (is_time(view.iteration, self.print_iter, self.total) or view.last):
-      return
-    losses = view.mean_losses()
+    if view.last:
+      view.rate  # noqa: B018 (measured now: `end` comes after the final scoring)
+      return  # in `end`, with the scored final image's losses when there are some
+    if is_time(view.iteration, self.print_iter, self.total):
+      self._log(view, view.mean_losses())
+
+  def end(self, view: StepView | None) -> None:
+    # The step's losses are its input image's, one update behind: the last
+    # line named the image after n-1 updates while Done and the record named
+    # the result (trial 14). `final` scores the image after the last update.
+    if view is not None and view.last:
+      rows = list(view.info.rows)
+      final = view.final
+      losses = (
+        {k: float(np.mean(v[rows])) for k, v in final.items()}
+        if final is not None
+        else view.mean_losses()
+      )
+      self._log(view, losses)
+
+  def _log(self, view: StepView, losses: dict[str, float]) -> None:
     left = self.total - view.iteration
     logging.info(
       '%siteration %d/%d%s  loss %.5g  content %.5g  style %.5g  tv %.5g  %.2f it/s  ETA %.0f s',

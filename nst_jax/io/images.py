@@ -22,6 +22,7 @@ from PIL import UnidentifiedImageError
 
 from nst_jax import config as config_lib
 from nst_jax import errors
+from nst_jax.core import checks as core_checks
 from nst_jax.core import color
 from nst_jax.core import pixels
 from nst_jax.io import image_modes
@@ -113,6 +114,13 @@ def load_mask(
         'at this width; draw the mask over the content image, at its aspect ratio'
       )
     gray = np.asarray(image_modes.to_float_rgb(im, path) @ color.RGB_TO_YIQ[0], np.float32)
+  top = float(gray.max()) if gray.size else 0.0
+  # A label image of 0s and 1s weighed its term 1/255 (trial 14).
+  if 0.0 < top <= core_checks.FAINT_MASK / 255 + 1e-6:
+    raise errors.ImageError(
+      f'mask {errors.printable(path)} is nearly black (its brightest pixel is {top * 255:.3g} of '
+      '255): white marks the region; if it holds labels 0 and 1, save it with 0 and 255'
+    )
   resized = Image.fromarray(gray).resize((width, height), Image.Resampling.BOX)
   return np.clip(np.asarray(resized, np.float32), 0.0, 1.0)
 
@@ -254,6 +262,10 @@ def _write_png16(tmp: str, rgb: np.ndarray, profile: bytes | None) -> None:
   Path(tmp).write_bytes(_png_with_icc(buffer.getvalue(), profile))
 
 
+# The share of an image's values `save_image` clips to [0, 1] without a word.
+MAX_CLIPPED = 0.05
+
+
 def _savable(rgb) -> np.ndarray:
   """`save_image`'s `rgb` as float [H, W, 3], or ConfigError naming the fix."""
   value = np.asarray(rgb)
@@ -266,6 +278,8 @@ def _savable(rgb) -> np.ndarray:
       f'rgb must be one RGB image [H, W, 3], got shape {value.shape}'
       + pixels.layout_fix(value.shape, batched=False)
     )
+  if not value.size:
+    raise errors.ConfigError(f'rgb is empty (shape {value.shape}); give an image of at least 1x1')
   if value.dtype == np.uint8:
     return value.astype(np.float32) / 255.0
   if not np.issubdtype(value.dtype, np.floating) and value.dtype.name != 'bfloat16':
@@ -273,10 +287,13 @@ def _savable(rgb) -> np.ndarray:
   value = value.astype(np.float32)
   if not np.isfinite(value).all():
     raise errors.ConfigError('rgb has non-finite values; give RGB as floats in [0, 1]')
-  low, high = (float(value.min()), float(value.max())) if value.size else (0.0, 0.0)
-  if low < -pixels.RGB_SLACK or high > 1.0 + pixels.RGB_SLACK:
-    if low >= 0:
-      fix = 'divide by 255'
+  low, high = float(value.min()), float(value.max())
+  # An overshoot touches a few pixels; an image centred at 0 has half of
+  # them below: it was clipped half black without a word (trial 14).
+  outside = float(np.mean((value < -0.5 / 255) | (value > 1 + 0.5 / 255)))
+  if low < -pixels.RGB_SLACK or high > 1.0 + pixels.RGB_SLACK or outside > MAX_CLIPPED:
+    if low >= 0 and high > 1.0 + pixels.RGB_SLACK:
+      fix = pixels.rescale_fix(high)
     elif high > 1.0 + pixels.RGB_SLACK:  # both ways far out: network space
       fix = 'deprocess it first (nst_jax.deprocess) and clip to [0, 1]'
     else:
