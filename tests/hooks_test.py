@@ -435,11 +435,17 @@ def test_progress_bar_and_log_lines(caffe_npz, capsys):
     schedule=config_lib.ScheduleConfig(iterations=6, scales=2),
     run=config_lib.RunConfig(progress='bar'),
   )
-  stylize(rgb, rgb, config=cfg, weights=caffe_npz)
+  record = {}
+  stylize(rgb, rgb, config=cfg, weights=caffe_npz, record=record)
   err = capsys.readouterr().err
   # One bar per scale, each ending at 3/3 with the loss and the rate.
   assert 'scale 1/2' in err and 'scale 2/2' in err
   assert err.count('3/3') >= 2 and 'loss=' in err and ('it/s' in err or 's/it' in err)
+  # The bar's last loss is the result's, as the record's last entry.
+  import re
+
+  last = re.findall(r'loss=(\S+?)[\]\s,]', err)[-1]
+  assert last == f'{record["history"][-1]["total"]:.4g}', (last, record['history'][-1])
 
 
 def test_the_last_log_line_reports_the_result_the_record_does(caffe_npz, caplog):

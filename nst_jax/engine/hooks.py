@@ -110,6 +110,9 @@ class BarProgress(Hook):
 
   def end(self, view: StepView | None) -> None:
     if self.bar is not None:
+      if view is not None and view.final is not None:  # the result's, as LogProgress's last line
+        total = float(np.mean(view.final['total'][list(view.info.rows)]))
+        self.bar.set_postfix(loss=f'{total:.4g}', refresh=False)
       self.bar.close()
       self.bar = None
 
