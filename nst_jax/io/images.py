@@ -346,8 +346,9 @@ def save_image(
   Raises:
     ImageError: an unknown suffix, or 16 bits for a format other than PNG.
     ConfigError: `rgb` is not one [H, W, 3] image of floats in [0, 1] (uint8
-      is taken as 0..255; floats up to `pixels.RGB_SLACK` outside are
-      clipped, as a resized or unboxed result's overshoot is), naming the fix.
+      is taken as 0..255; an overshoot, up to `pixels.RGB_SLACK` outside in
+      at most `MAX_CLIPPED` of the values, as a resized or unboxed result
+      has, is clipped), naming the fix.
   """
   fmt = check_output(path, bit_depth)
   rgb = _savable(rgb)
