@@ -1013,6 +1013,13 @@ def test_make_targets_takes_masks_as_stylize_does():
     labels = np.zeros((1, 2, 16, 16), np.uint8)
     labels[:, 1] = 2
     _targets(params, model, content, [content, content], style_masks=labels)
+  with _raises(
+    'style_masks is uint8 holding only 0 and 1, which weigh at most 1/255 (uint8 masks are '
+    'divided by 255); multiply it by 255, or give it as floats in [0, 1]'
+  ):  # each mask on its own: a 0/255 one beside it hid it (trial 15)
+    mixed = np.zeros((1, 2, 16, 16), np.uint8)
+    mixed[:, 0, :8], mixed[:, 1, 8:] = 1, 255
+    _targets(params, model, content, [content, content], style_masks=mixed)
 
 
 def test_a_mask_batch_neither_one_nor_n_is_refused_naming_the_mask():

@@ -281,6 +281,15 @@ def test_save_takes_uint8_and_refuses_other_scales_and_batches_naming_the_fix(tm
     with pytest.raises(errors.ConfigError) as e:
       image_lib.save_image(tmp_path / 'bad.png', bad)
     assert str(e.value) == message
+  # The fix reads the bulk of the values, not the maximum alone (trial 15).
+  hot = floats.copy()
+  hot[0, 0, 0] = 1.6  # one hot pixel: dividing by 255 would save it black
+  with pytest.raises(errors.ConfigError, match=r'to 1\.6; RGB floats must lie in .*: clip it'):
+    image_lib.save_image(tmp_path / 'bad.png', hot)
+  over = floats * 255
+  over[0, 0] = 299  # a 0..255 image overshooting is still 0..255, not 16-bit
+  with pytest.raises(errors.ConfigError, match=r'to 299; .*: divide by 255$'):
+    image_lib.save_image(tmp_path / 'bad.png', over)
   assert sorted(p.name for p in tmp_path.iterdir()) == ['u.png']  # nothing else written
 
 

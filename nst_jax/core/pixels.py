@@ -121,17 +121,30 @@ def as_rgb(value: jax.typing.ArrayLike, name: str) -> jax.Array:
     # A small overshoot (a resize, an unclipped deprocess) is clipped, not
     # divided: dividing 0..1.009 by 255 gave a black image (trial 13).
     far = high > 1.0 + RGB_SLACK and low >= 0.0
-    fix = rescale_fix(high) if far else 'clip it to [0, 1]'
+    fix = rescale_fix(high, float(np.mean(host > 1.0))) if far else 'clip it to [0, 1]'
     raise errors.ConfigError(
       f'{name} has values from {low:.4g} to {high:.4g}; RGB floats must lie in [0, 1]: {fix}'
     )
   return jnp.asarray(host, jnp.float32)
 
 
-def rescale_fix(high: float) -> str:
-  """The fix for non-negative RGB floats whose maximum `high` is far above 1."""
-  # A 16-bit image read as floats (0..65535): /255 left it 257x too bright (trial 14).
-  return 'divide by 65535' if high > 255.0 else 'divide by 255'
+def rescale_fix(high: float, share_above: float = 1.0) -> str:
+  """The fix for non-negative RGB floats whose maximum `high` is far above 1.
+
+  Args:
+    high: the largest value.
+    share_above: the share of values above 1: a few hot pixels are clipped,
+      not a reason to divide the rest into black (trial 15).
+  """
+  if share_above <= MAX_HOT:
+    return 'clip it to [0, 1]'
+  # A 16-bit image read as floats (0..65535): /255 left it 257x too bright
+  # (trial 14); a 0..255 image overshooting to 299 is still 0..255 (trial 15).
+  return 'divide by 65535' if high > 4 * 255.0 else 'divide by 255'
+
+
+# The share of values above 1 that reads as hot pixels rather than another scale.
+MAX_HOT = 0.05
 
 
 def layout_fix(shape: tuple[int, ...], *, batched: bool) -> str:

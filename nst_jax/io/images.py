@@ -293,7 +293,7 @@ def _savable(rgb) -> np.ndarray:
   outside = float(np.mean((value < -0.5 / 255) | (value > 1 + 0.5 / 255)))
   if low < -pixels.RGB_SLACK or high > 1.0 + pixels.RGB_SLACK or outside > MAX_CLIPPED:
     if low >= 0 and high > 1.0 + pixels.RGB_SLACK:
-      fix = pixels.rescale_fix(high)
+      fix = pixels.rescale_fix(high, float(np.mean(value > 1.0)))
     elif high > 1.0 + pixels.RGB_SLACK:  # both ways far out: network space
       fix = 'deprocess it first (nst_jax.deprocess) and clip to [0, 1]'
     else:
