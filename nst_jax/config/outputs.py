@@ -50,8 +50,10 @@ class RunConfig(checks.Group):
 
   Attributes:
     print_iter: report every this many iterations (0: only the end).
-    progress: 'bar' (tqdm), 'log' (a line every print_iter) or 'auto' (a bar
-      when stderr is a terminal, else lines).
+    progress: 'bar' (tqdm), 'log' (a line every print_iter, through absl
+      logging at INFO: from your own code, `absl.logging.set_verbosity('info')`
+      first, as the command line does) or 'auto' (a bar when stderr is a
+      terminal, else lines).
     checkpoint_every: save a checkpoint every this many iterations (0: only
       on SIGINT/SIGTERM and at the end of each scale).
     checkpoint_seconds: also save one when this many seconds have passed
