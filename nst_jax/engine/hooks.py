@@ -52,14 +52,8 @@ class LogProgress(Hook):
     # line named the image after n-1 updates while Done and the record named
     # the result (trial 14). `final` scores the image after the last update.
     if view is not None and view.last:
-      rows = list(view.info.rows)
-      final = view.final
-      losses = (
-        {k: float(np.mean(v[rows])) for k, v in final.items()}
-        if final is not None
-        else view.mean_losses()
-      )
-      self._log(view, losses)
+      final = view.mean_final()
+      self._log(view, final if final is not None else view.mean_losses())
 
   def _log(self, view: StepView, losses: dict[str, float]) -> None:
     left = self.total - view.iteration
@@ -110,9 +104,9 @@ class BarProgress(Hook):
 
   def end(self, view: StepView | None) -> None:
     if self.bar is not None:
-      if view is not None and view.final is not None:  # the result's, as LogProgress's last line
-        total = float(np.mean(view.final['total'][list(view.info.rows)]))
-        self.bar.set_postfix(loss=f'{total:.4g}', refresh=False)
+      final = view.mean_final() if view is not None else None
+      if final is not None:  # the result's, as LogProgress's last line
+        self.bar.set_postfix(loss=f'{final["total"]:.4g}', refresh=False)
       self.bar.close()
       self.bar = None
 

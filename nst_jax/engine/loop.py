@@ -196,6 +196,13 @@ class StepView:
     rows = list(self.info.rows)
     return {k: float(np.mean(v[rows])) for k, v in self.losses().items()}
 
+  def mean_final(self) -> dict[str, float] | None:
+    """`final` averaged over the real rows, as `mean_losses`; None when not scored."""
+    if self.final is None:
+      return None
+    rows = list(self.info.rows)
+    return {k: float(np.mean(v[rows])) for k, v in self.final.items()}
+
   def images(self) -> dict[int, np.ndarray]:
     """Row -> [H, W, 3] network-space image, for the rows this process holds (no collective)."""
     if self._images is None:
