@@ -164,9 +164,11 @@ def test_preprocess_reads_uint8_by_the_rule_and_refuses_another_scale():
     pixels.preprocess(as_uint8, 'caffe'), pixels.preprocess(as_uint8 / 255.0, 'caffe'), atol=1e-4
   )
   # An overshoot is clipped, not divided: 0..1.009 / 255 was a black image (trial 13).
-  fix = r'from 0 to 1\.009; RGB floats must lie in \[0, 1\]: clip it to \[0, 1\]$'
+  fix = r'from 0 to 1\.009; RGB floats must lie in \[0, 1\]: clip it to \[0, 1\] \(np\.clip'
   with pytest.raises(
-    errors.ConfigError, match=r'RGB floats must lie in \[0, 1\]: divide by 65535$'
+    errors.ConfigError,
+    match=r"RGB floats must lie in \[0, 1\]: divide by its format's maximum: "
+    r'65535 \(16-bit\)$',
   ):
     pixels.as_rgb(rgb * 65535, 'rgb')  # 16-bit values: /255 was refused again (trial 14)
   with pytest.raises(errors.ConfigError, match=fix):
@@ -179,10 +181,11 @@ def test_preprocess_reads_uint8_by_the_rule_and_refuses_another_scale():
     (rgb * 255, f'rgb has values from {rgb.min() * 255:.4g} to {rgb.max() * 255:.4g}; preprocess '
      'takes RGB in [0, 1]: divide by 255'),
     (rgb - 1, f'rgb has values from {rgb.min() - 1:.4g} to {rgb.max() - 1:.4g}; preprocess takes '
-     'RGB in [0, 1]: clip it to [0, 1]'),
-    (np.full((1, 2, 2, 3), np.nan, np.float32), 'rgb has values from nan to nan; preprocess takes '
-     'RGB in [0, 1]: clip it to [0, 1]'),
-    (as_uint8.astype(np.int32), 'rgb is int32; give RGB as floats in [0, 1] (or uint8)'),
+     'RGB in [0, 1]: if it is -1..1 data map it with (x + 1) / 2, else clip it to [0, 1]'),
+    (np.full((1, 2, 2, 3), np.nan, np.float32), 'rgb has non-finite values; give RGB as floats in '
+     '[0, 1]'),
+    (as_uint8.astype(np.int32), 'rgb is int32; give RGB as floats in [0, 1] (or uint8); if it is '
+     '0..255 data, x.astype(np.uint8)'),
   ):  # fmt: skip
     with pytest.raises(errors.ConfigError) as e:
       pixels.preprocess(bad, 'caffe')
@@ -259,22 +262,28 @@ def test_save_takes_uint8_and_refuses_other_scales_and_batches_naming_the_fix(tm
   floats = rgb / np.float32(255)
   for bad, message in (
     (floats * 255, f'rgb has values from {rgb.min():.4g} to {rgb.max():.4g}; RGB floats must lie '
-     'in [0, 1]: divide by 255'),
+     'in [0, 1]: divide by 255 (or deprocess it, if it is network space)'),
     (floats * 2 - 1, f'rgb has values from {floats.min() * 2 - 1:.4g} to '
-     f'{floats.max() * 2 - 1:.4g}; RGB floats must lie in [0, 1]: map it to [0, 1]'),
+     f'{floats.max() * 2 - 1:.4g}; RGB floats must lie in [0, 1]: if it is -1..1 data map it with '
+     '(x + 1) / 2, else clip it to [0, 1]'),
     (floats * 230 - 110, f'rgb has values from {floats.min() * 230 - 110:.4g} to '
-     f'{floats.max() * 230 - 110:.4g}; RGB floats must lie in [0, 1]: deprocess it first '
-     '(nst_jax.deprocess) and clip to [0, 1]'),
+     f'{floats.max() * 230 - 110:.4g}; RGB floats must lie in [0, 1]: it looks like network '
+     'space: deprocess it first (nst_jax.deprocess) and clip to [0, 1]'),
     (np.full((2, 2, 3), np.nan, np.float32), 'rgb has non-finite values; give RGB as floats in '
      '[0, 1]'),
     (floats[None], 'rgb must be one image [H, W, 3], got (1, 5, 6, 3); save each image of the '
      'batch: rgb[0]'),
-    (rgb.astype(np.int32), 'rgb is int32; give RGB as floats in [0, 1] (or uint8)'),
+    (rgb.astype(np.int32), 'rgb is int32; give RGB as floats in [0, 1] or uint8: if it is 0..255 '
+     'data, x.astype(np.uint8)'),
+    (rgb.astype(np.uint16) * 257, 'rgb is uint16; give RGB as floats in [0, 1] or uint8: divide it '
+     'by 65535 (16-bit): x / 65535'),
     # Centred at 0, inside the slack: half of it was clipped black (trial 14).
     (floats - 0.5, f'rgb has values from {floats.min() - 0.5:.4g} to {floats.max() - 0.5:.4g}; '
-     'RGB floats must lie in [0, 1]: map it to [0, 1]'),
+     'RGB floats must lie in [0, 1]: clip it to [0, 1] if the values outside are an overshoot; if '
+     'the image is shifted (centred at 0, say), map it back: (x - x.min()) / (x.max() - x.min())'),
     (floats * 65535, f'rgb has values from {int(rgb.min()) * 257:.4g} to '
-     f'{int(rgb.max()) * 257:.4g}; RGB floats must lie in [0, 1]: divide by 65535'),
+     f'{int(rgb.max()) * 257:.4g}; RGB floats must lie in [0, 1]: divide by its format\'s maximum: '
+     '65535 (16-bit)'),
     (np.zeros((0, 4, 3), np.float32), 'rgb is empty (shape (0, 4, 3)); give an image of at least '
      '1x1'),
   ):  # fmt: skip
@@ -284,11 +293,11 @@ def test_save_takes_uint8_and_refuses_other_scales_and_batches_naming_the_fix(tm
   # The fix reads the bulk of the values, not the maximum alone (trial 15).
   hot = floats.copy()
   hot[0, 0, 0] = 1.6  # one hot pixel: dividing by 255 would save it black
-  with pytest.raises(errors.ConfigError, match=r'to 1\.6; RGB floats must lie in .*: clip it'):
+  with pytest.raises(errors.ConfigError, match=r'to 1\.6; RGB floats must lie in .*clip it to'):
     image_lib.save_image(tmp_path / 'bad.png', hot)
   over = floats * 255
   over[0, 0] = 299  # a 0..255 image overshooting is still 0..255, not 16-bit
-  with pytest.raises(errors.ConfigError, match=r'to 299; .*: divide by 255$'):
+  with pytest.raises(errors.ConfigError, match=r'to 299; .*: divide by 255 \(or deprocess'):
     image_lib.save_image(tmp_path / 'bad.png', over)
   assert sorted(p.name for p in tmp_path.iterdir()) == ['u.png']  # nothing else written
 
@@ -643,3 +652,69 @@ def test_preprocess_and_deprocess_are_one_program_each(compiled):
   back = pixels.deprocess(x, pixels.CAFFE)
   assert compiled() == ['jit(_to_network)', 'jit(_to_rgb)']
   np.testing.assert_allclose(back, rgb, atol=1e-6)
+
+
+def test_a_transparent_mask_is_refused_and_an_opaque_one_read(tmp_path):
+  """Trial 16: strokes on a transparent layer, composited over white, covered the whole image."""
+  rgba = np.zeros((10, 15, 4), np.uint8)
+  rgba[2:6, 3:9] = 255  # white, opaque strokes; the rest transparent
+  Image.fromarray(rgba, 'RGBA').save(tmp_path / 'layer.png')
+  with pytest.raises(errors.ImageError, match=r'has transparent pixels, which could mean inside'):
+    image_lib.load_mask(tmp_path / 'layer.png', 10, 15)
+  rgba[..., 3] = 255  # the same strokes, everything opaque: black is outside
+  Image.fromarray(rgba, 'RGBA').save(tmp_path / 'opaque.png')
+  m = image_lib.load_mask(tmp_path / 'opaque.png', 10, 15)
+  assert m.sum() == pytest.approx(4 * 6) and m[2:6, 3:9].min() == pytest.approx(1.0)
+
+
+def test_sizes_and_arrays_are_checked_before_resizing(tmp_path):
+  """Trial 16: a 0..255 float image resized to all white; jax arrays and widths failed in Pillow."""
+  rgb = np.random.default_rng(7).uniform(size=(12, 16, 3)).astype(np.float32)
+  Image.fromarray(np.round(rgb * 255).astype(np.uint8)).save(tmp_path / 'c.png')
+  np.testing.assert_array_equal(
+    image_lib.resize_to_width(jnp.asarray(rgb), 8), image_lib.resize_to_width(rgb, 8)
+  )
+  for bad, message in (
+    (rgb * 255, 'rgb has values from'),
+    (rgb[None], r'rgb must be one image \[H, W, 3\], got \(1, 12, 16, 3\); resize each image'),
+  ):
+    with pytest.raises(errors.ConfigError, match=message):
+      image_lib.resize_to_width(bad, 8)
+  for width in (0, -5, 16.0, True):
+    with pytest.raises(errors.ConfigError) as e:
+      image_lib.load_image(tmp_path / 'c.png', width)
+    assert str(e.value) == f'width must be a whole number of pixels >= 1, got {width!r}'
+  with pytest.raises(errors.ConfigError, match=r'^height must be a whole number of pixels'):
+    image_lib.load_mask(tmp_path / 'c.png', 0, 16)
+
+
+@pytest.mark.parametrize(
+  'make, fix',
+  [
+    # Between 1.5 and 25 no format fits; /255 saved a 0..2 image black (trial 16).
+    (lambda x: x * 2,
+     'no image format is 0..2: divide by its maximum (x / x.max()) if it is a scaled image'),
+    (lambda x: x * 4095, "divide by its format's maximum: 4095 (12-bit) or 65535 (16-bit)"),
+    (lambda x: x * 900, "maximum: 1023 (10-bit) or 4095 (12-bit) or 65535 (16-bit)"),
+    # An unboxed optimiser's overshoot on many pixels: clip, said how.
+    (lambda x: np.where(x > 0.85, 1.04, x), 'clip it to [0, 1] (np.clip(x, 0, 1))'),
+    # A black image with a grey square: 128 is not a hot pixel, both readings named.
+    (lambda x: np.pad(np.full((6, 6, 3), 128.0), ((0, 26), (0, 26), (0, 0))),
+     'divide by 255 (or deprocess it, if it is network space); or clip it to [0, 1], if the '
+     'values above 1 are stray'),
+    # One hot pixel in 3072 values: clipped, nothing else.
+    (lambda x: np.where(np.arange(x.size).reshape(x.shape) == 5, 255.0, x),
+     'clip it to [0, 1] (np.clip(x, 0, 1)): the values above 1 are a few stray pixels'),
+  ],
+)  # fmt: skip
+def test_the_range_advice_names_each_reading_the_values_allow(tmp_path, make, fix):
+  rgb = np.random.default_rng(8).uniform(size=(32, 32, 3)).astype(np.float32)
+  bad = make(rgb)
+  with pytest.raises(errors.ConfigError) as e:
+    image_lib.save_image(tmp_path / 'x.png', bad)
+  assert str(e.value).endswith(fix), str(e.value)
+  assert str(e.value).startswith(f'rgb has values from {bad.min():.4g} to {bad.max():.4g}; ')
+  with pytest.raises(errors.ConfigError) as e:  # the input side gives the same advice
+    pixels.as_rgb(bad, 'content')
+  assert str(e.value).endswith(fix.replace(' (or deprocess it, if it is network space)', ''))
+  assert not list(tmp_path.iterdir())

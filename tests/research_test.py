@@ -174,7 +174,8 @@ def test_arrays_are_checked_at_the_api_with_the_fix_named(caffe_npz):
     nst_jax.stylize(rgb * 255, rgb, weights=weights)
   with pytest.raises(
     nst_jax.NstError,
-    match=r'^style 1 has values from -0\.4997 to 0\.4995; .*: clip it to \[0, 1\]$',
+    match=r'^style 1 has values from -0\.4997 to 0\.4995; .*: clip it to \[0, 1\] if the values '
+    r'outside are an overshoot; if the image is shifted',
   ):
     nst_jax.stylize(rgb, [rgb, rgb - 0.5], weights=weights)
   with pytest.raises(nst_jax.NstError, match=r'^image is int32; give RGB as floats in \[0, 1\]'):

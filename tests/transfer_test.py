@@ -292,6 +292,17 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
     (dict(content=rgb, style=rgb, content_mask=np.ones((32, 32), np.uint8)),
      'content_mask is uint8 holding only 0 and 1, which weigh at most 1/255 (uint8 masks are '
      'divided by 255); multiply it by 255, or give it as floats in [0, 1]'),
+    (dict(content=rgb, style=rgb, content_mask=np.full((32, 32), np.nan)),
+     'content_mask has NaN or infinite values; masks are finite, in [0, 1]'),  # not 'from 0 to 0'
+    # Stacked [H, W, 1] masks were read as [N, S, H, W]: '32 masks for 2 styles' (trial 16).
+    (dict(content=rgb, style=[rgb, rgb], style_masks=np.ones((2, 32, 32, 1))),
+     'style_masks has shape (2, 32, 32, 1); give one mask per style, [S, H, W] = [2, 32, 32] or '
+     '[N, 2, 32, 32]; drop its channel axis: m[..., 0] (nst_jax.io.images.load_mask reads a mask '
+     'file as [H, W])'),
+    (dict(content=rgb, style=rgb, content_mask=np.ones((32, 32, 3))),
+     'content_mask has shape (32, 32, 3); give [H, W] = [32, 32] or [N, 32, 32], at the content '
+     'size; drop its channel axis: m[..., 0] (nst_jax.io.images.load_mask reads a mask file as '
+     '[H, W])'),
     (dict(content=rgb, style=rgb, config=config_lib.StyleConfig(run=config_lib.RunConfig(
       resume=True))), 'run.resume is set but no checkpoint= names the file to continue; pass '
      'checkpoint= or leave run.resume False'),
@@ -318,9 +329,9 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
       stylize(**kwargs)
     assert str(e.value) == message
   # A uint8 mask is read as RGB is: divided by 255 (0 and 255 -> 0 and 1).
-  from nst_jax.runs import arrays
+  from nst_jax.core import mask_checks
 
-  (mask,) = arrays._masks(np.full((32, 32), 255, np.uint8), 1, 2, (32, 32), 'content_mask')
+  (mask,) = mask_checks.per_image(np.full((32, 32), 255, np.uint8), 1, 2, (32, 32), 'content_mask')
   np.testing.assert_array_equal(mask, np.ones((32, 32), np.float32))
 
 

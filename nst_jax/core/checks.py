@@ -134,55 +134,6 @@ def start_batch(m: int, n: int, name: str) -> None:
     )
 
 
-def mask_float(m: np.ndarray, name: str) -> np.ndarray:
-  """A concrete mask as float32: uint8 divided by 255, refused when it looks like labels.
-
-  A uint8 mask of 0s and 1s (or small labels, at most `FAINT_MASK`) would
-  weigh its term 1/255 where it means 1 (trials 13, 14): it is refused
-  naming the fix.
-  """
-  if m.dtype != np.uint8:
-    return m.astype(np.float32)
-  # Each mask on its own (the last two axes): a 0/1 one stacked with a 0/255
-  # one passed on the stack's maximum (trial 15).
-  tops = m.reshape(-1, m.shape[-2] * m.shape[-1]).max(axis=1) if m.ndim >= 2 and m.size else []
-  faint = [int(t) for t in tops if 1 <= t <= FAINT_MASK]
-  top = max(faint, default=0)
-  if faint:
-    held = 'only 0 and 1' if top == 1 else f'values up to {top} only'
-    raise errors.ConfigError(
-      f'{name} is uint8 holding {held}, which weigh at most {top}/255 (uint8 masks are divided '
-      'by 255); multiply it by 255, or give it as floats in [0, 1]'
-    )
-  return m / np.float32(255)
-
-
-# The brightest a uint8 mask (or an 8-bit mask file) may be and still be read
-# as weights: at most 15 of 255 it is a label map (0, 1, 2, ...), not a region.
-FAINT_MASK = 15
-
-
-def mask_values(mask: Any, name: str) -> jax.Array | None:
-  """A guidance mask as float32 in [0, 1] (uint8 divided by 255), as stylize takes masks.
-
-  Values are checked where concrete: a 0..255 float mask would weight its
-  term 255 times, a negative one reward the mismatch, a NaN poison the loss.
-  """
-  if mask is None:
-    return None
-  if isinstance(mask, jax.core.Tracer):
-    return mask / jnp.float32(255) if mask.dtype == jnp.uint8 else mask.astype(jnp.float32)
-  m = mask_float(np.asarray(mask), name)
-  if not (np.isfinite(m).all() and m.min(initial=0) >= 0 and m.max(initial=0) <= 1):
-    seen = m[~np.isnan(m)]  # nanmin of an all-NaN mask would warn
-    lo, hi = (seen.min(), seen.max()) if seen.size else (np.nan, np.nan)
-    raise errors.ConfigError(
-      f'{name} has values from {lo:.4g} to {hi:.4g}; masks are in [0, 1] '
-      '(uint8 masks are divided by 255): scale it into [0, 1]'
-    )
-  return jnp.asarray(m)
-
-
 def image_size(x: Any, layers: Any, model: vgg.VGG, name: str) -> None:
   """Refuses images too small for the deepest layer, whose maps would be empty (NaN statistics)."""
   need = vgg.min_input_size(layers, model.stage_sizes)

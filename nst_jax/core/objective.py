@@ -26,6 +26,7 @@ from nst_jax import errors
 from nst_jax.core import checks
 from nst_jax.core import loss_spec as loss_spec_lib
 from nst_jax.core import losses
+from nst_jax.core import mask_checks
 from nst_jax.core import statistics
 from nst_jax.core import tiles
 from nst_jax.core import vgg
@@ -182,8 +183,8 @@ def make_targets(
   loss_spec, content_weight, style_weight, tv_weight = _spec_and_weights(
     loss_spec, loss_config, content_weight, style_weight, tv_weight
   )
-  content_mask = checks.mask_values(content_mask, 'content_mask')
-  style_masks = checks.mask_values(style_masks, 'style_masks')
+  content_mask = mask_checks.mask_values(content_mask, 'content_mask')
+  style_masks = mask_checks.mask_values(style_masks, 'style_masks')
   content = checks.targets_inputs(content, style, content_mask, style_masks)  # a list: an array
   losses.check_masks(loss_spec.style_loss, style_masks)  # not zip's error in the quantiles
   checks.params_fit(params, model, loss_spec.feature_layers)

@@ -108,8 +108,9 @@ def as_rgb(value: jax.typing.ArrayLike, name: str) -> jax.Array:
   if dtype == np.uint8:
     return jnp.asarray(value, jnp.float32) / 255.0
   if not jnp.issubdtype(dtype, jnp.floating):  # bfloat16 and float16 too
+    fix = '' if isinstance(value, jax.core.Tracer) else '; ' + int_fix(dtype, *_range(value))
     raise errors.ConfigError(
-      f'{name} is {dtype}; give RGB as floats in [0, 1] (or uint8, divided by 255)'
+      f'{name} is {dtype}; give RGB as floats in [0, 1] (or uint8, divided by 255){fix}'
     )
   if isinstance(value, jax.core.Tracer):
     return jnp.asarray(value, jnp.float32)
@@ -120,31 +121,103 @@ def as_rgb(value: jax.typing.ArrayLike, name: str) -> jax.Array:
   if low < 0.0 or high > 1.0:
     # A small overshoot (a resize, an unclipped deprocess) is clipped, not
     # divided: dividing 0..1.009 by 255 gave a black image (trial 13).
-    far = high > 1.0 + RGB_SLACK and low >= 0.0
-    fix = rescale_fix(high, float(np.mean(host > 1.0))) if far else 'clip it to [0, 1]'
+    fix = range_fix(low, high, float(np.mean(host > 1.0)))
     raise errors.ConfigError(
       f'{name} has values from {low:.4g} to {high:.4g}; RGB floats must lie in [0, 1]: {fix}'
     )
   return jnp.asarray(host, jnp.float32)
 
 
-def rescale_fix(high: float, share_above: float = 1.0) -> str:
-  """The fix for non-negative RGB floats whose maximum `high` is far above 1.
+def range_fix(
+  low: float, high: float, share_above: float | None = None, *, output: bool = False
+) -> str:
+  """The fix for RGB floats outside [0, 1], from the values' range.
+
+  A guess would be worse than naming the choice, so where two readings fit
+  the range both are named: a float image's scale cannot be read from it.
+  - Within `OVERSHOOT` of [0, 1] (an optimiser's or a resize's overshoot):
+    clip; within `RGB_SLACK`, clip or shift.
+  - Far out on both sides: network space (deprocess).
+  - Below 0 only: -1..1 data ((x + 1) / 2), else clip.
+  - Above 1 only: a few stray values (`share_above` <= `MAX_STRAY`) are
+    clipped; up to `MAX_HOT` of them may be either; else the format's
+    maximum by the largest value: 255, 1023, 4095 or 65535 (an overshoot of
+    a quarter still reads as that format: a 0..255 image went to 299), and
+    below `MIN_BYTE_SCALE` no format fits (a 0..2 image divided by 255 came
+    out black, trial 16): divide by the maximum or clip.
 
   Args:
+    low: the smallest value.
     high: the largest value.
-    share_above: the share of values above 1: a few hot pixels are clipped,
-      not a reason to divide the rest into black (trial 15).
+    share_above: the share of values above 1, where it is known.
+    output: whether the array is a result to save, where network space and
+      an unclipped result are likely inputs.
   """
-  if share_above <= MAX_HOT:
-    return 'clip it to [0, 1]'
-  # A 16-bit image read as floats (0..65535): /255 left it 257x too bright
-  # (trial 14); a 0..255 image overshooting to 299 is still 0..255 (trial 15).
-  return 'divide by 65535' if high > 4 * 255.0 else 'divide by 255'
+  far_high, far_low = high > 1.0 + RGB_SLACK, low < -RGB_SLACK
+  if far_high and far_low:
+    return 'it looks like network space: deprocess it first (nst_jax.deprocess) and clip to [0, 1]'
+  if not far_high and not far_low:
+    if -OVERSHOOT <= low and high <= 1.0 + OVERSHOOT:
+      return 'clip it to [0, 1] (np.clip(x, 0, 1))'
+    # Half an image below 0 is a centred image, not an overshoot: clipping
+    # it saved it half black (trial 14).
+    return (
+      'clip it to [0, 1] if the values outside are an overshoot; if the image is shifted '
+      '(centred at 0, say), map it back: (x - x.min()) / (x.max() - x.min())'
+    )
+  if far_low:
+    return 'if it is -1..1 data map it with (x + 1) / 2, else clip it to [0, 1]'
+  if share_above is not None and share_above <= MAX_STRAY:
+    return 'clip it to [0, 1] (np.clip(x, 0, 1)): the values above 1 are a few stray pixels'
+  if high < MIN_BYTE_SCALE:
+    fix = (
+      f'no image format is 0..{high:.3g}: divide by its maximum (x / x.max()) if it is a '
+      'scaled image'
+    )
+  else:
+    scales = [s for s in FORMAT_MAXIMA if high <= 1.25 * s] or [FORMAT_MAXIMA[-1]]
+    if scales[0] == 255:
+      fix = 'divide by 255' + (' (or deprocess it, if it is network space)' if output else '')
+    else:
+      fix = "divide by its format's maximum: " + ' or '.join(FORMAT_NAMES[s] for s in scales)
+  if share_above is not None and share_above <= MAX_HOT:
+    fix += '; or clip it to [0, 1], if the values above 1 are stray'
+  return fix
 
 
-# The share of values above 1 that reads as hot pixels rather than another scale.
+# How far an unboxed optimiser's result or a Lanczos resize strays from [0, 1]
+# (trial 16: 10 unboxed Adam or L-BFGS steps reached 0.08).
+OVERSHOOT = 0.1
+# The share of values above 1 that reads as stray pixels (a hot pixel, a
+# resampling ring): clipped without a second reading.
+MAX_STRAY = 0.001
+# The share above which values above 1 cannot be stray pixels.
 MAX_HOT = 0.05
+# Integer formats' maxima (8, 10, 12, 16 bits), as a float image read from one holds them.
+FORMAT_MAXIMA = (255, 1023, 4095, 65535)
+FORMAT_NAMES = {
+  255: '255 (8-bit)', 1023: '1023 (10-bit)', 4095: '4095 (12-bit)', 65535: '65535 (16-bit)'
+}  # fmt: skip
+# Below this maximum no 8-bit or deeper image fits: a dark 0..255 image has
+# pixels this bright unless it is nearly black.
+MIN_BYTE_SCALE = 25.0
+
+
+def _range(value) -> tuple[float, float]:
+  host = np.asarray(value)
+  return (float(host.min()), float(host.max())) if host.size else (0.0, 0.0)
+
+
+def int_fix(dtype, low: float, high: float) -> str:
+  """The conversion of an integer RGB array to what the API takes (floats in [0, 1] or uint8)."""
+  dtype = np.dtype(dtype)
+  if dtype == np.uint16:
+    return 'divide it by 65535 (16-bit): x / 65535'
+  if dtype == np.bool_:
+    return 'convert it: x.astype(np.float32)'
+  if 0 <= low and high <= 255:
+    return 'if it is 0..255 data, x.astype(np.uint8)'
+  return "convert it to floats in [0, 1]: x / its format's maximum"
 
 
 def layout_fix(shape: tuple[int, ...], *, batched: bool) -> str:
@@ -241,7 +314,8 @@ def preprocess(rgb: jax.typing.ArrayLike, convention: InputConvention | str) -> 
     rgb = np.asarray(rgb)  # a nested list: jit would take it for a tree of scalars
   dtype = np.dtype(rgb.dtype)
   if dtype != np.uint8 and not jnp.issubdtype(dtype, jnp.floating):
-    raise errors.ConfigError(f'rgb is {dtype}; give RGB as floats in [0, 1] (or uint8)')
+    fix = '' if isinstance(rgb, jax.core.Tracer) else '; ' + int_fix(dtype, *_range(rgb))
+    raise errors.ConfigError(f'rgb is {dtype}; give RGB as floats in [0, 1] (or uint8){fix}')
   shape = np.shape(rgb)
   if len(shape) != 4 or shape[-1] != 3:
     fix = layout_fix(shape, batched=True)
@@ -249,8 +323,10 @@ def preprocess(rgb: jax.typing.ArrayLike, convention: InputConvention | str) -> 
   x, value_range = _to_network(rgb, convention)
   if dtype != np.uint8 and not isinstance(rgb, jax.core.Tracer) and np.size(rgb):
     low, high = np.asarray(value_range).tolist()
-    if not (-RGB_SLACK <= low and high <= 1.0 + RGB_SLACK):  # NaN fails too
-      fix = rescale_fix(high) if high > 1.0 + RGB_SLACK and low >= 0 else 'clip it to [0, 1]'
+    if not (np.isfinite(low) and np.isfinite(high)):
+      raise errors.ConfigError('rgb has non-finite values; give RGB as floats in [0, 1]')
+    if not (-RGB_SLACK <= low and high <= 1.0 + RGB_SLACK):
+      fix = range_fix(low, high)
       raise errors.ConfigError(
         f'rgb has values from {low:.4g} to {high:.4g}; preprocess takes RGB in [0, 1]: {fix}'
       )

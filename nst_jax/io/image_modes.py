@@ -155,3 +155,11 @@ def read_png16(path: str | os.PathLike) -> np.ndarray:
   if info['alpha']:
     colour = _over_white(colour, data[..., -1:])
   return np.broadcast_to(colour, (h, w, 3)).astype(np.float32)
+
+
+def has_transparency(im: Image.Image) -> bool:
+  """Whether any pixel of `im` is less than opaque (an alpha channel or a transparent colour)."""
+  alpha_mode = im.mode in STRAIGHT_ALPHA_MODES or im.mode in PREMULTIPLIED_ALPHA_MODES
+  if not alpha_mode and 'transparency' not in im.info:
+    return False
+  return im.convert('RGBA').getchannel('A').getextrema()[0] < 255

@@ -22,17 +22,33 @@ from PIL import UnidentifiedImageError
 
 from nst_jax import config as config_lib
 from nst_jax import errors
-from nst_jax.core import checks as core_checks
 from nst_jax.core import color
+from nst_jax.core import mask_checks
 from nst_jax.core import pixels
 from nst_jax.io import image_modes
 
 
 def resize_to_width(rgb: np.ndarray, width: int, height: int | None = None) -> np.ndarray:
-  """Lanczos resize of float RGB [H, W, 3] to `width` (and the aspect ratio's height).
+  """Lanczos resize of RGB [H, W, 3] to `width` (and the aspect ratio's height).
 
-  Done per channel in float, so no 8-bit rounding; the result is clipped to [0, 1].
+  Done per channel in float, so no 8-bit rounding; the result is clipped to
+  [0, 1]. `rgb` follows the API's rule for RGB (`nst_jax.core.pixels.as_rgb`:
+  floats in [0, 1] or uint8, numpy or jax): a 0..255 float image was clipped
+  to white and passed every later check (trial 16).
+
+  Raises:
+    ConfigError: `rgb` is not one RGB image in [0, 1], or the size is not
+      positive whole pixels, naming the fix.
   """
+  if np.ndim(rgb) == 4 and np.shape(rgb)[-1] == 3:
+    raise errors.ConfigError(
+      f'rgb must be one image [H, W, 3], got {np.shape(rgb)}; resize each image of the batch: '
+      'rgb[0]'
+    )
+  rgb = np.asarray(pixels.as_rgb(rgb, 'rgb'))
+  for name, size in (('width', width), ('height', height)):
+    if size is not None:
+      check_size(size, name)
   h, w, _ = rgb.shape
   size = (width, height or pixels.resized_height(w, h, width))
   channels = [
@@ -41,6 +57,12 @@ def resize_to_width(rgb: np.ndarray, width: int, height: int | None = None) -> n
   ]
   # Lanczos overshoots at hard edges; keep the documented [0, 1] range.
   return np.clip(np.stack(channels, axis=-1), 0.0, 1.0).astype(np.float32)
+
+
+def check_size(size, name: str) -> None:
+  """Refuses a size in pixels that is not a whole number above 0, naming `name`."""
+  if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+    raise errors.ConfigError(f'{name} must be a whole number of pixels >= 1, got {size!r}')
 
 
 def load_image(
@@ -72,7 +94,10 @@ def load_image(
     ImageError: the file is missing, not an image, truncated, or too large;
       its pixel mode is unknown; or its floats or 32-bit integers lie
       outside the range above.
+    ConfigError: `width` is not a whole number of pixels >= 1.
   """
+  if width is not None:
+    check_size(width, 'width')
   with _open(path, max_pixels) as im:
     if image_modes.is_png16(im):
       rgb = image_modes.read_png16(path)
@@ -99,14 +124,26 @@ def load_mask(
   mask is drawn over the content image, so it must have the content's aspect
   ratio (within 2%); it is resized with a box filter (area average).
 
+  Transparency is refused: over white (the photos' rule) a region painted
+  on a transparent layer covered the whole image (trial 16), and whether
+  transparent means outside is the painter's choice to make.
+
   Returns:
     [height, width] float32.
 
   Raises:
-    ImageError: unreadable, or the aspect ratio does not match.
+    ImageError: unreadable, transparent, or the aspect ratio does not match.
+    ConfigError: `height` or `width` is not a whole number of pixels >= 1.
   """
+  check_size(height, 'height')
+  check_size(width, 'width')
   with _open(path, max_pixels) as im:
     im = ImageOps.exif_transpose(im)
+    if image_modes.has_transparency(im):
+      raise errors.ImageError(
+        f'mask {errors.printable(path)} has transparent pixels, which could mean inside or '
+        'outside; flatten it onto black (transparent = outside) or white and save it without alpha'
+      )
     w, h = im.size
     if abs(w / h - width / height) > 0.02 * (width / height):
       raise errors.ImageError(
@@ -116,7 +153,7 @@ def load_mask(
     gray = np.asarray(image_modes.to_float_rgb(im, path) @ color.RGB_TO_YIQ[0], np.float32)
   top = float(gray.max()) if gray.size else 0.0
   # A label image of 0s and 1s weighed its term 1/255 (trial 14).
-  if 0.0 < top <= core_checks.FAINT_MASK / 255 + 1e-6:
+  if 0.0 < top <= mask_checks.FAINT_MASK / 255 + 1e-6:
     raise errors.ImageError(
       f'mask {errors.printable(path)} is nearly black (its brightest pixel is {top * 255:.3g} of '
       '255): white marks the region; if it holds labels 0 and 1, save it with 0 and 255'
@@ -283,7 +320,8 @@ def _savable(rgb) -> np.ndarray:
   if value.dtype == np.uint8:
     return value.astype(np.float32) / 255.0
   if not np.issubdtype(value.dtype, np.floating) and value.dtype.name != 'bfloat16':
-    raise errors.ConfigError(f'rgb is {value.dtype}; give RGB as floats in [0, 1] (or uint8)')
+    fix = pixels.int_fix(value.dtype, float(value.min()), float(value.max()))
+    raise errors.ConfigError(f'rgb is {value.dtype}; give RGB as floats in [0, 1] or uint8: {fix}')
   value = value.astype(np.float32)
   if not np.isfinite(value).all():
     raise errors.ConfigError('rgb has non-finite values; give RGB as floats in [0, 1]')
@@ -292,12 +330,7 @@ def _savable(rgb) -> np.ndarray:
   # them below: it was clipped half black without a word (trial 14).
   outside = float(np.mean((value < -0.5 / 255) | (value > 1 + 0.5 / 255)))
   if low < -pixels.RGB_SLACK or high > 1.0 + pixels.RGB_SLACK or outside > MAX_CLIPPED:
-    if low >= 0 and high > 1.0 + pixels.RGB_SLACK:
-      fix = pixels.rescale_fix(high, float(np.mean(value > 1.0)))
-    elif high > 1.0 + pixels.RGB_SLACK:  # both ways far out: network space
-      fix = 'deprocess it first (nst_jax.deprocess) and clip to [0, 1]'
-    else:
-      fix = 'map it to [0, 1]'
+    fix = pixels.range_fix(low, high, float(np.mean(value > 1.0)), output=True)
     raise errors.ConfigError(
       f'rgb has values from {low:.4g} to {high:.4g}; RGB floats must lie in [0, 1]: {fix}'
     )

@@ -19,6 +19,7 @@ from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.config import checks
 from nst_jax.core import checks as core_checks
+from nst_jax.core import mask_checks
 from nst_jax.core import objective
 from nst_jax.core import pixels
 from nst_jax.core import step as core
@@ -36,32 +37,6 @@ from nst_jax.io import outputs
 from nst_jax.io import weights as weights_lib
 from nst_jax.runs import inputs as inputs_lib
 from nst_jax.runs import runner
-
-
-def _masks(value, n: int, lead: int, shape: tuple[int, ...], what: str):
-  """Per-image masks: [n, ...] from [...] or [n, ...], checked against `shape`."""
-  if value is None:
-    return [None] * n
-  m = core_checks.mask_float(np.asarray(value), what)
-  if not (np.isfinite(m).all() and m.min(initial=0) >= 0 and m.max(initial=0) <= 1):
-    raise errors.ConfigError(
-      f'{what} has values from {np.nanmin(m):.4g} to {np.nanmax(m):.4g}; masks are in [0, 1] '
-      '(uint8 masks are divided by 255): scale it into [0, 1]'
-    )
-  given = m.shape
-  if m.ndim == lead:
-    m = np.broadcast_to(m, (n, *m.shape))
-  if m.shape[1:] != shape or m.shape[0] not in (1, n):
-    raise errors.ConfigError(f'{what} has shape {given}; {_MASK_HELP[what].format(*shape)}')
-  return [m[min(k, m.shape[0] - 1)] for k in range(n)]
-
-
-# The fix, formatted with the shape a mask must have after its batch axis.
-_MASK_HELP = {
-  'content_mask': 'give [H, W] = [{0}, {1}] or [N, {0}, {1}], at the content size',
-  'style_masks': 'give one mask per style, [S, H, W] = [{0}, {1}, {2}] or [N, {0}, {1}, {2}]',
-}
-
 
 # What a resumed stylize is given again, by the checkpoint's name for it:
 # (what differs, the arguments to pass as before).
@@ -209,14 +184,16 @@ def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint
         f'content image(s); give {_one_or(n)}: to stylise one content with each, repeat it '
         f'(np.repeat(content, {s.shape[0]}, axis=0)); to blend them, pass them as a list'
       )
+  mask_checks.mask_size(content_mask, (height, width), 'content_mask')
+  mask_checks.mask_size(style_masks, (len(styles), height, width), 'style_masks')
   checks.styles_and_masks(
     len(styles),
     n_masks=np.shape(style_masks)[-3] if np.ndim(style_masks) >= 3 else 0,
     blend_weights=cfg.inputs.style_blend_weights,
     masks_name='style_masks',
   )
-  cmasks = _masks(content_mask, n, 2, (height, width), 'content_mask')
-  smasks = _masks(style_masks, n, 3, (len(styles), height, width), 'style_masks')
+  cmasks = mask_checks.per_image(content_mask, n, 2, (height, width), 'content_mask')
+  smasks = mask_checks.per_image(style_masks, n, 3, (len(styles), height, width), 'style_masks')
   if cfg.inputs.init not in config_lib.INITS and init_image is None:
     if not os.path.lexists(cfg.inputs.init):  # a typo of a keyword ('randm') more often than not
       raise errors.ConfigError(

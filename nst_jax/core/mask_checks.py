@@ -1,0 +1,128 @@
+"""Checks of guidance masks as the API takes them: uint8 or float, in [0, 1], not labels.
+
+One rule for every mask argument (`make_targets`, `objective`, `stylize`) and
+the mask files (`nst_jax.io.images.load_mask` reads `FAINT_MASK`).
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nst_jax import errors
+
+
+def mask_float(m: np.ndarray, name: str) -> np.ndarray:
+  """A concrete mask as float32: uint8 divided by 255, refused when it looks like labels.
+
+  A uint8 mask of 0s and 1s (or small labels, at most `FAINT_MASK`) would
+  weigh its term 1/255 where it means 1 (trials 13, 14), and so would a
+  label map of more classes, perhaps with 255 on the boundaries (PASCAL
+  VOC's void, trial 16): several values between 1 and `MAX_LABEL` and none
+  above but 255. Those are refused naming the fix.
+  """
+  if m.dtype != np.uint8:
+    return m.astype(np.float32)
+  # Each mask on its own (the last two axes): a 0/1 one stacked with a 0/255
+  # one passed on the stack's maximum (trial 15).
+  for one in m.reshape(-1, m.shape[-2] * m.shape[-1]) if m.ndim >= 2 and m.size else []:
+    top = int(one.max())
+    if 1 <= top <= FAINT_MASK:
+      held = 'only 0 and 1' if top == 1 else f'values up to {top} only'
+      raise errors.ConfigError(
+        f'{name} is uint8 holding {held}, which weigh at most {top}/255 (uint8 masks are divided '
+        'by 255); multiply it by 255, or give it as floats in [0, 1]'
+      )
+    inner = np.setdiff1d(np.unique(one), (0, 255))
+    if inner.size >= 2 and inner.max() <= MAX_LABEL:
+      raise errors.ConfigError(
+        f'{name} is uint8 holding {inner.size} values from {int(inner.min())} to '
+        f'{int(inner.max())}{" and 255" if top == 255 else ""}: a label map, whose labels would '
+        'weigh label/255; give the region of label k: (labels == k).astype(np.float32)'
+      )
+  return m / np.float32(255)
+
+
+# The brightest a uint8 mask (or an 8-bit mask file) may be and still be read
+# as weights: at most 15 of 255 it is a label map (0, 1, 2, ...), not a region.
+FAINT_MASK = 15
+# The largest label a uint8 label map is taken to hold: a soft or anti-aliased
+# 0/255 mask has grey levels far above it, a label map (20 VOC classes, 40 of
+# NYU) only small ones.
+MAX_LABEL = 63
+
+
+def mask_range(m: np.ndarray, name: str) -> None:
+  """Refuses a float mask with values outside [0, 1] or not finite, naming the fix."""
+  if not np.isfinite(m).all():
+    raise errors.ConfigError(f'{name} has NaN or infinite values; masks are finite, in [0, 1]')
+  if m.size and (m.min() < 0 or m.max() > 1):
+    raise errors.ConfigError(
+      f'{name} has values from {m.min():.4g} to {m.max():.4g}; masks are in [0, 1] '
+      '(uint8 masks are divided by 255): scale it into [0, 1]'
+    )
+
+
+def mask_values(mask: Any, name: str) -> jax.Array | None:
+  """A guidance mask as float32 in [0, 1] (uint8 divided by 255), as stylize takes masks.
+
+  Values are checked where concrete: a 0..255 float mask would weight its
+  term 255 times, a negative one reward the mismatch, a NaN poison the loss.
+  """
+  if mask is None:
+    return None
+  if isinstance(mask, jax.core.Tracer):
+    return mask / jnp.float32(255) if mask.dtype == jnp.uint8 else mask.astype(jnp.float32)
+  m = mask_float(np.asarray(mask), name)
+  mask_range(m, name)
+  return jnp.asarray(m)
+
+
+def per_image(value, n: int, lead: int, shape: tuple[int, ...], what: str) -> list:
+  """Per-image masks, as stylize takes them: n masks from one or [n, ...] of them.
+
+  Args:
+    value: the caller's mask array (or None: no mask).
+    n: the batch's size.
+    lead: the rank of one image's masks (2: [H, W]; 3: [S, H, W]).
+    shape: one image's masks' shape.
+    what: the argument's name, for the messages.
+
+  Returns:
+    n float32 arrays of `shape` (or n Nones).
+  """
+  if value is None:
+    return [None] * n
+  m = mask_float(np.asarray(value), what)
+  mask_range(m, what)
+  given = m.shape
+  if m.ndim == lead:
+    m = np.broadcast_to(m, (n, *m.shape))
+  if m.shape[1:] != shape or m.shape[0] not in (1, n):
+    raise errors.ConfigError(f'{what} has shape {given}; {MASK_HELP[what].format(*shape)}')
+  return [m[min(k, m.shape[0] - 1)] for k in range(n)]
+
+
+def mask_size(value, shape: tuple[int, ...], what: str) -> None:
+  """Refuses masks whose last two axes are not the content's [H, W], first of all.
+
+  A channel axis ([S, H, W, 1] from stacked greyscale images) was read as
+  [N, S, H, W] and reported as 32 masks for 2 styles (trial 16).
+  """
+  given = np.shape(value) if value is not None else shape
+  if given[-2:] == shape[-2:]:
+    return
+  fix = ''
+  if len(given) >= 3 and given[-3:-1] == shape[-2:] and given[-1] in (1, 3, 4):
+    fix = (
+      '; drop its channel axis: m[..., 0] (nst_jax.io.images.load_mask reads a mask file as [H, W])'
+    )
+  raise errors.ConfigError(f'{what} has shape {given}; {MASK_HELP[what].format(*shape)}{fix}')
+
+
+# The fix, formatted with the shape a mask must have after its batch axis.
+MASK_HELP = {
+  'content_mask': 'give [H, W] = [{0}, {1}] or [N, {0}, {1}], at the content size',
+  'style_masks': 'give one mask per style, [S, H, W] = [{0}, {1}, {2}] or [N, {0}, {1}, {2}]',
+}

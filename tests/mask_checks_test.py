@@ -1,0 +1,58 @@
+"""The rule for guidance masks given as arrays (nst_jax.core.mask_checks)."""
+
+import numpy as np
+import pytest
+
+from nst_jax import errors
+from nst_jax.core import mask_checks
+
+
+def _labels(values, shape=(16, 16)) -> np.ndarray:
+  """A uint8 map cycling through `values`."""
+  flat = np.resize(np.asarray(values, np.uint8), shape[0] * shape[1])
+  return flat.reshape(shape)
+
+
+def test_a_label_map_is_refused_however_many_labels_it_holds():
+  """Trial 16: VOC's classes with 255 on the boundaries passed as weights label/255."""
+  for values, held in (
+    ([0, 7, 15, 20, 255], '3 values from 7 to 20 and 255'),
+    (range(40), '39 values from 1 to 39'),
+  ):
+    with pytest.raises(errors.ConfigError) as e:
+      mask_checks.mask_float(_labels(values), 'content_mask')
+    assert str(e.value) == (
+      f'content_mask is uint8 holding {held}: a label map, whose labels would weigh label/255; '
+      'give the region of label k: (labels == k).astype(np.float32)'
+    )
+
+
+def test_soft_and_antialiased_uint8_masks_are_weights():
+  soft = np.linspace(0, 255, 256).astype(np.uint8).reshape(16, 16)  # a gradient: every level
+  np.testing.assert_array_equal(mask_checks.mask_float(soft, 'm'), soft / np.float32(255))
+  edge = _labels([0, 255])
+  edge[3, 3] = 37  # one grey pixel on an edge
+  np.testing.assert_array_equal(mask_checks.mask_float(edge, 'm'), edge / np.float32(255))
+  bright = _labels([0, 64, 200, 255])  # grey levels above any label
+  np.testing.assert_array_equal(mask_checks.mask_float(bright, 'm'), bright / np.float32(255))
+
+
+def test_masks_must_be_finite_and_in_range():
+  for bad in (np.nan, np.inf):
+    with pytest.raises(errors.ConfigError) as e:
+      mask_checks.mask_range(np.array([[0.0, bad]]), 'style_masks')
+    assert str(e.value) == 'style_masks has NaN or infinite values; masks are finite, in [0, 1]'
+  mask_checks.mask_range(np.array([[0.0, 1.0]]), 'm')  # the edges are in
+  with pytest.raises(errors.ConfigError, match=r'^m has values from -0\.5 to 1; masks are in'):
+    mask_checks.mask_range(np.array([[-0.5, 1.0]]), 'm')
+
+
+def test_per_image_masks_share_one_mask_or_take_one_each():
+  one = np.zeros((4, 4), np.float32)
+  got = mask_checks.per_image(one, 3, 2, (4, 4), 'content_mask')
+  assert len(got) == 3 and all(np.array_equal(m, one) for m in got)
+  each = np.stack([one, one + 1])
+  np.testing.assert_array_equal(mask_checks.per_image(each, 2, 2, (4, 4), 'content_mask')[1], 1)
+  assert mask_checks.per_image(None, 2, 2, (4, 4), 'content_mask') == [None, None]
+  with pytest.raises(errors.ConfigError, match=r'^content_mask has shape \(3, 4, 4\); give'):
+    mask_checks.per_image(np.zeros((3, 4, 4)), 2, 2, (4, 4), 'content_mask')
