@@ -41,26 +41,28 @@ class LogProgress(Hook):
     self.total = info.total
 
   def after_step(self, view: StepView) -> None:
+    # The step's losses are its input image's, one update behind: they are
+    # logged under the iteration they belong to, as the record's history
+    # files them ('iteration 1 ... content 0' was the untouched start, trial 16).
+    before = view.iteration - 1
     if view.last:
       view.rate  # noqa: B018 (measured now: `end` comes after the final scoring)
-      return  # in `end`, with the scored final image's losses when there are some
-    if is_time(view.iteration, self.print_iter, self.total):
-      self._log(view, view.mean_losses())
+    if before >= 1 and is_time(before, self.print_iter, self.total):
+      self._log(view, view.mean_losses(), before)
 
   def end(self, view: StepView | None) -> None:
-    # The step's losses are its input image's, one update behind: the last
-    # line named the image after n-1 updates while Done and the record named
-    # the result (trial 14). `final` scores the image after the last update.
+    # The last line is the image after the last update, scored after the loop
+    # (trial 14: it named the image after n-1 updates while Done named the result).
     if view is not None and view.last:
       final = view.mean_final()
-      self._log(view, final if final is not None else view.mean_losses())
+      self._log(view, final if final is not None else view.mean_losses(), view.iteration)
 
-  def _log(self, view: StepView, losses: dict[str, float]) -> None:
-    left = self.total - view.iteration
+  def _log(self, view: StepView, losses: dict[str, float], iteration: int) -> None:
+    left = self.total - iteration
     logging.info(
       '%siteration %d/%d%s  loss %.5g  content %.5g  style %.5g  tv %.5g  %.2f it/s  ETA %.0f s',
       self.head,
-      view.iteration,
+      iteration,
       self.total,
       self.jobs,
       losses['total'],
