@@ -514,3 +514,15 @@ def test_random_scaled_params_are_the_same_float32_under_x64():
     for leaf in ('kernel', 'bias'):
       assert got[name][leaf].dtype == jnp.float32
       np.testing.assert_array_equal(got[name][leaf], want[name][leaf])
+
+
+@pytest.mark.parametrize('partitionable', [True, False])
+def test_flat_normal_draws_what_jax_random_normal_draws(partitionable):
+  """random_scaled_params and the random start draw flat (cheaper to compile): the same bits."""
+  from nst_jax.core import experiments
+
+  key = jax.random.fold_in(jax.random.key(3), 2)
+  with jax.threefry_partitionable(partitionable):
+    for shape in ((3, 3, 3, 8), (1, 5, 7, 3)):
+      want = jax.random.normal(key, shape, jnp.float32)
+      np.testing.assert_array_equal(experiments.flat_normal(key, shape), want)

@@ -421,7 +421,7 @@ def initial_image(
     return content
   if init == 'random':
     key = jax.random.key(experiments.as_seed(seed))  # not JAX's error naming a tracer
-    noise = jax.random.normal(key, content.shape, jnp.float32)
+    noise = experiments.flat_normal(key, content.shape)
     return RANDOM_INIT_STD * noise
   if init == 'gray':
     rgb = jnp.full((1, *content.shape[1:]), 0.5, jnp.float32)
