@@ -976,6 +976,12 @@ def test_missing_and_misnamed_arguments_are_project_errors_that_stay_type_errors
     initial_image(content, init='gray', seed=0)
 
 
+_LABEL_FIX = (
+  'if it holds labels, give the region of label k: (labels == k).astype(np.float32); if its '
+  'values are weights, give them as floats in [0, 1]: m / 255'
+)
+
+
 def test_make_targets_takes_masks_as_stylize_does():
   # A trial found a uint8 mask weighting the content loss 255 times, and
   # NaN or negative masks taken: make_targets now follows stylize's rule.
@@ -985,22 +991,23 @@ def test_make_targets_takes_masks_as_stylize_does():
   np.testing.assert_array_equal(full.content_mask['relu2_2'], ones.content_mask['relu2_2'])
   listed = _targets(params, model, content, content, content_mask=np.ones((1, 16, 16)).tolist())
   np.testing.assert_array_equal(listed.content_mask['relu2_2'], ones.content_mask['relu2_2'])
-  for bad, shown in (
-    (255.0, 'from 255 to 255'),
-    (-1.0, 'from -1 to -1'),
+  for bad, shown, fix in (
+    # Whole numbers: labels, or 0..255 weights (trial 17: 'scale it' misled for labels).
+    (255.0, 'from 255 to 255', _LABEL_FIX),
+    (-1.0, 'from -1 to -1', 'scale it into [0, 1]'),
   ):
     with _raises(
       f'content_mask has values {shown}; masks are in [0, 1] (uint8 masks are divided by 255): '
-      'scale it into [0, 1]'
+      + fix
     ):
       _targets(params, model, content, content, content_mask=np.full((1, 16, 16), bad, np.float32))
   with _raises('content_mask has NaN or infinite values; masks are finite, in [0, 1]'):
     _targets(params, model, content, content, content_mask=np.full((1, 16, 16), np.nan))
   with _raises(
-    'style_masks has values from 2 to 2; masks are in [0, 1] (uint8 masks are divided by 255): '
-    'scale it into [0, 1]'
+    'style_masks has values from 2.5 to 2.5; masks are in [0, 1] (uint8 masks are divided by '
+    '255): scale it into [0, 1]'
   ):
-    _targets(params, model, content, [content, content], style_masks=np.full((1, 2, 16, 16), 2.0))
+    _targets(params, model, content, [content, content], style_masks=np.full((1, 2, 16, 16), 2.5))
   # A uint8 label map of 0s and 1s would weigh 1/255 (trial 13).
   with _raises(
     'content_mask is uint8 holding only 0 and 1, which weigh at most 1/255 (uint8 masks are '

@@ -138,7 +138,7 @@ CASES = {
                           [(1, 'error: job 1 list.png would replace the job list list.png;')]),
   'automatic-names': (_nothing, [['-cp', '*.*g', '-sp', 's.jpg', '--output', 'x/']], [(0, None)]),
   'unwritable-format': (_nothing, [['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'r.psd']],
-                        [(1, 'error: cannot write r.psd: Pillow cannot save PSD images')]),
+                        [(1, 'error: cannot write r.psd: Pillow cannot save the result as PSD')]),
   'long-name': (_nothing, [['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'a' * 237 + '.png']],
                 [(1, 'is 241 bytes long, and at most 237 fit here')]),
   'dangling-directory': (_dangling, [['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'gone/r.png']],

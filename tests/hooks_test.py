@@ -471,3 +471,12 @@ def test_the_last_log_line_reports_the_result_the_record_does(caffe_npz, caplog)
   # Each line is the image after as many updates as it says (trial 16: 'iteration 1' was the
   # untouched start, content 0).
   assert got == pytest.approx([history[1], history[2], history[3]], rel=1e-4)
+  # Stopped after two updates, never scored: the last line is the last image scored, under its
+  # own iteration (trial 17: iteration 1's losses were repeated as iteration 2).
+  caplog.clear()
+  asked = iter([False, True])
+  with caplog.at_level(logging.INFO), pytest.raises(errors.NstError):
+    stylize(rgb, rgb, config=cfg, weights=caffe_npz, should_stop=lambda: next(asked, True))
+  lines = [r.getMessage() for r in caplog.records if 'iteration ' in r.getMessage()]
+  assert [line.split('  ')[0] for line in lines] == ['iteration 1/3']
+  assert float(re.search(r'  loss (\S+)', lines[0]).group(1)) == pytest.approx(history[1], rel=1e-4)

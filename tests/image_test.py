@@ -179,9 +179,11 @@ def test_preprocess_reads_uint8_by_the_rule_and_refuses_another_scale():
                              np.array([0.229, 0.224, 0.225]), rtol=1e-6)  # fmt: skip
   for bad, message in (
     (rgb * 255, f'rgb has values from {rgb.min() * 255:.4g} to {rgb.max() * 255:.4g}; preprocess '
-     'takes RGB in [0, 1]: divide by 255'),
+     'takes RGB in [0, 1]: divide by 255, or deprocess it (nst_jax.deprocess) if it is network '
+     'space'),
     (rgb - 1, f'rgb has values from {rgb.min() - 1:.4g} to {rgb.max() - 1:.4g}; preprocess takes '
-     'RGB in [0, 1]: if it is -1..1 data map it with (x + 1) / 2, else clip it to [0, 1]'),
+     'RGB in [0, 1]: if it is -1..1 data map it with (x + 1) / 2, or deprocess it '
+     '(nst_jax.deprocess) if it is network space; else clip it to [0, 1]'),
     (np.full((1, 2, 2, 3), np.nan, np.float32), 'rgb has non-finite values; give RGB as floats in '
      '[0, 1]'),
     (as_uint8.astype(np.int32), 'rgb is int32; give RGB as floats in [0, 1] (or uint8); if it is '
@@ -262,10 +264,11 @@ def test_save_takes_uint8_and_refuses_other_scales_and_batches_naming_the_fix(tm
   floats = rgb / np.float32(255)
   for bad, message in (
     (floats * 255, f'rgb has values from {rgb.min():.4g} to {rgb.max():.4g}; RGB floats must lie '
-     'in [0, 1]: divide by 255 (or deprocess it, if it is network space)'),
+     'in [0, 1]: divide by 255, or deprocess it (nst_jax.deprocess) if it is network space'),
     (floats * 2 - 1, f'rgb has values from {floats.min() * 2 - 1:.4g} to '
      f'{floats.max() * 2 - 1:.4g}; RGB floats must lie in [0, 1]: if it is -1..1 data map it with '
-     '(x + 1) / 2, else clip it to [0, 1]'),
+     '(x + 1) / 2, or deprocess it (nst_jax.deprocess) if it is network space; else clip it to '
+     '[0, 1]'),
     (floats * 230 - 110, f'rgb has values from {floats.min() * 230 - 110:.4g} to '
      f'{floats.max() * 230 - 110:.4g}; RGB floats must lie in [0, 1]: it looks like network '
      'space: deprocess it first (nst_jax.deprocess) and clip to [0, 1]'),
@@ -275,8 +278,11 @@ def test_save_takes_uint8_and_refuses_other_scales_and_batches_naming_the_fix(tm
      'batch: rgb[0]'),
     (rgb.astype(np.int32), 'rgb is int32; give RGB as floats in [0, 1] or uint8: if it is 0..255 '
      'data, x.astype(np.uint8)'),
-    (rgb.astype(np.uint16) * 257, 'rgb is uint16; give RGB as floats in [0, 1] or uint8: divide it '
-     'by 65535 (16-bit): x / 65535'),
+    (rgb.astype(np.uint16) * 257, "rgb is uint16; give RGB as floats in [0, 1] or uint8: divide by "
+     "its format's maximum: 65535 (16-bit)"),
+    # 12-bit data kept in 16 bits: x / 65535 saved it nearly black (trial 17).
+    (rgb.astype(np.uint16) * 16, "rgb is uint16; give RGB as floats in [0, 1] or uint8: divide by "
+     "its format's maximum: 4095 (12-bit) or 65535 (16-bit)"),
     # Centred at 0, inside the slack: half of it was clipped black (trial 14).
     (floats - 0.5, f'rgb has values from {floats.min() - 0.5:.4g} to {floats.max() - 0.5:.4g}; '
      'RGB floats must lie in [0, 1]: clip it to [0, 1] if the values outside are an overshoot; if '
@@ -297,7 +303,7 @@ def test_save_takes_uint8_and_refuses_other_scales_and_batches_naming_the_fix(tm
     image_lib.save_image(tmp_path / 'bad.png', hot)
   over = floats * 255
   over[0, 0] = 299  # a 0..255 image overshooting is still 0..255, not 16-bit
-  with pytest.raises(errors.ConfigError, match=r'to 299; .*: divide by 255 \(or deprocess'):
+  with pytest.raises(errors.ConfigError, match=r'to 299; .*: divide by 255, or deprocess'):
     image_lib.save_image(tmp_path / 'bad.png', over)
   assert sorted(p.name for p in tmp_path.iterdir()) == ['u.png']  # nothing else written
 
@@ -677,6 +683,8 @@ def test_sizes_and_arrays_are_checked_before_resizing(tmp_path):
   for bad, message in (
     (rgb * 255, 'rgb has values from'),
     (rgb[None], r'rgb must be one image \[H, W, 3\], got \(1, 12, 16, 3\); resize each image'),
+    # Not '[H, W, 3] or [N, H, W, 3]': a batch is what it refuses (trial 17).
+    (rgb[..., 0], r'^rgb must be one RGB image \[H, W, 3\], got shape \(12, 16\); if it is grey'),
   ):
     with pytest.raises(errors.ConfigError, match=message):
       image_lib.resize_to_width(bad, 8)
@@ -693,15 +701,16 @@ def test_sizes_and_arrays_are_checked_before_resizing(tmp_path):
   [
     # Between 1.5 and 25 no format fits; /255 saved a 0..2 image black (trial 16).
     (lambda x: x * 2,
-     'no image format is 0..2: divide by its maximum (x / x.max()) if it is a scaled image'),
+     'no image format is 0..2: divide by its maximum (x / x.max()) if it is a scaled image, or '
+     'deprocess it (nst_jax.deprocess) if it is network space'),
     (lambda x: x * 4095, "divide by its format's maximum: 4095 (12-bit) or 65535 (16-bit)"),
     (lambda x: x * 900, "maximum: 1023 (10-bit) or 4095 (12-bit) or 65535 (16-bit)"),
     # An unboxed optimiser's overshoot on many pixels: clip, said how.
     (lambda x: np.where(x > 0.85, 1.04, x), 'clip it to [0, 1] (np.clip(x, 0, 1))'),
     # A black image with a grey square: 128 is not a hot pixel, both readings named.
     (lambda x: np.pad(np.full((6, 6, 3), 128.0), ((0, 26), (0, 26), (0, 0))),
-     'divide by 255 (or deprocess it, if it is network space); or clip it to [0, 1], if the '
-     'values above 1 are stray'),
+     'divide by 255, or deprocess it (nst_jax.deprocess) if it is network space; or clip it to '
+     '[0, 1], if the values above 1 are stray'),
     # One hot pixel in 3072 values: clipped, nothing else.
     (lambda x: np.where(np.arange(x.size).reshape(x.shape) == 5, 255.0, x),
      'clip it to [0, 1] (np.clip(x, 0, 1)): the values above 1 are a few stray pixels'),
@@ -716,5 +725,37 @@ def test_the_range_advice_names_each_reading_the_values_allow(tmp_path, make, fi
   assert str(e.value).startswith(f'rgb has values from {bad.min():.4g} to {bad.max():.4g}; ')
   with pytest.raises(errors.ConfigError) as e:  # the input side gives the same advice
     pixels.as_rgb(bad, 'content')
-  assert str(e.value).endswith(fix.replace(' (or deprocess it, if it is network space)', ''))
+  assert str(e.value).endswith(fix)
   assert not list(tmp_path.iterdir())
+
+
+def test_a_label_map_file_is_refused_as_a_mask(tmp_path):
+  """Trial 17: a grey label PNG (VOC-like classes, 255 on the boundaries) weighed label/255."""
+  labels = np.resize(np.array([0, 7, 15, 20, 255], np.uint8), 10 * 15).reshape(10, 15)
+  Image.fromarray(labels).save(tmp_path / 'labels.png')
+  with pytest.raises(errors.ImageError) as e:
+    image_lib.load_mask(tmp_path / 'labels.png', 10, 15)
+  assert str(e.value).endswith(
+    'has 3 grey level(s) from 7 to 20 besides 255 and none brighter, as a label map has: white '
+    "marks the region; save one label's region white on black (a weak mask: brighten it)"
+  )
+  soft = np.linspace(0, 255, 150).astype(np.uint8).reshape(10, 15)  # every level: weights
+  Image.fromarray(soft).save(tmp_path / 'soft.png')
+  np.testing.assert_allclose(
+    image_lib.load_mask(tmp_path / 'soft.png', 10, 15), soft / 255, atol=1e-6
+  )
+
+
+def test_save_sets_avif_quality_and_checks_quality(tmp_path):
+  """Trial 17: .avif took Pillow's quality 75 whatever was asked; quality 0 or 1000 passed."""
+  rgb = np.random.default_rng(9).uniform(size=(24, 32, 3)).astype(np.float32)
+  sizes = {}
+  for q in (30, 100):
+    image_lib.save_image(tmp_path / f'q{q}.avif', rgb, quality=q)
+    sizes[q] = (tmp_path / f'q{q}.avif').stat().st_size
+  assert sizes[100] > 2 * sizes[30]
+  for bad in (0, 1000, 50.5, '90', True):
+    with pytest.raises(errors.ConfigError) as e:
+      image_lib.save_image(tmp_path / 'x.jpg', rgb, quality=bad)
+    assert str(e.value) == f'quality must be a whole number from 1 to 100, got {bad!r}'
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['q100.avif', 'q30.avif']

@@ -14,16 +14,18 @@ def _labels(values, shape=(16, 16)) -> np.ndarray:
 
 
 def test_a_label_map_is_refused_however_many_labels_it_holds():
-  """Trial 16: VOC's classes with 255 on the boundaries passed as weights label/255."""
+  """Trials 16, 17: VOC's classes with 255 on the boundaries passed as weights label/255."""
   for values, held in (
-    ([0, 7, 15, 20, 255], '3 values from 7 to 20 and 255'),
-    (range(40), '39 values from 1 to 39'),
+    ([0, 7, 15, 20, 255], '3 grey level(s) from 7 to 20 besides 255'),
+    ([0, 1, 255], '1 grey level(s) from 1 to 1 besides 255'),  # one class and the boundary
+    (range(40), '39 grey level(s) from 1 to 39'),
   ):
     with pytest.raises(errors.ConfigError) as e:
       mask_checks.mask_float(_labels(values), 'content_mask')
     assert str(e.value) == (
-      f'content_mask is uint8 holding {held}: a label map, whose labels would weigh label/255; '
-      'give the region of label k: (labels == k).astype(np.float32)'
+      f'content_mask is uint8 with {held} and none brighter: if it holds labels, give the region '
+      'of label k: (labels == k).astype(np.float32); if its values are weights, give them as '
+      'floats in [0, 1]: m / 255'
     )
 
 
@@ -31,10 +33,29 @@ def test_soft_and_antialiased_uint8_masks_are_weights():
   soft = np.linspace(0, 255, 256).astype(np.uint8).reshape(16, 16)  # a gradient: every level
   np.testing.assert_array_equal(mask_checks.mask_float(soft, 'm'), soft / np.float32(255))
   edge = _labels([0, 255])
-  edge[3, 3] = 37  # one grey pixel on an edge
+  edge[3, 3], edge[4, 4] = 37, 180  # grey pixels along an edge
   np.testing.assert_array_equal(mask_checks.mask_float(edge, 'm'), edge / np.float32(255))
   bright = _labels([0, 64, 200, 255])  # grey levels above any label
   np.testing.assert_array_equal(mask_checks.mask_float(bright, 'm'), bright / np.float32(255))
+  # A weak graded mask reads as labels would, so it is refused naming m / 255 (trial 17).
+  with pytest.raises(errors.ConfigError, match=r'give them as floats in \[0, 1\]: m / 255$'):
+    mask_checks.mask_float(_labels([0, 25, 51]), 'm')
+  weak = _labels([0, 25, 51]) / np.float32(255)
+  np.testing.assert_array_equal(mask_checks.mask_float(weak, 'm'), weak)
+
+
+def test_whole_numbers_outside_the_range_are_told_both_readings():
+  """Trial 17: an argmax label map (int64) was told 'scale it into [0, 1]'."""
+  for labels, weights in (
+    (np.arange(21)[None], 'm / 255'),
+    (np.array([[0.0, 300.0]]), 'm / m.max()'),
+  ):
+    with pytest.raises(errors.ConfigError) as e:
+      mask_checks.mask_range(mask_checks.mask_float(labels, 'm'), 'm')
+    assert str(e.value).endswith(
+      '(labels == k).astype(np.float32); if its values are weights, give them as floats in '
+      f'[0, 1]: {weights}'
+    )
 
 
 def test_masks_must_be_finite_and_in_range():

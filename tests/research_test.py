@@ -169,7 +169,7 @@ def test_arrays_are_checked_at_the_api_with_the_fix_named(caffe_npz):
   with pytest.raises(
     nst_jax.NstError,
     match=r'^content has values from 0\.\d+ to 2\d\d\.\d+; RGB floats must lie in \[0, 1\]: '
-    r'divide by 255$',
+    r'divide by 255, or deprocess it \(nst_jax\.deprocess\) if it is network space$',
   ):
     nst_jax.stylize(rgb * 255, rgb, weights=weights)
   with pytest.raises(

@@ -206,6 +206,15 @@ def test_multiscale_resume_continues_the_same_run(caffe_npz, tmp_path):
     '6, now 10); pass the same config to resume, or another checkpoint= path (or remove this '
     'one) to start over'
   )
+  # Another number of scales is named as such (trial 17: 'iterations differs (6, now 6)').
+  three = cfg.replace(schedule=cfg.schedule.replace(scales=3), run=cfg.run.replace(resume=True))
+  with pytest.raises(errors.ResumeMismatch) as e:
+    stylize(content, style, config=three, weights=caffe_npz, checkpoint=tmp_path / 'a.ckpt')
+  assert str(e.value) == (
+    f'cannot resume from {tmp_path / "a.ckpt"}: config.schedule.scales differs (checkpoint 2, '
+    'now 3); pass the same config to resume, or another checkpoint= path (or remove this one) to '
+    'start over'
+  )
   assert checkpoint_lib.read(tmp_path / 'a.ckpt') == before
   for stop_after in (2, 4):  # inside scale 1, and inside scale 2
     ckpt = tmp_path / f'b{stop_after}.ckpt'
@@ -288,7 +297,8 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
      'pass them as a list'),
     (dict(content=rgb, style=rgb, content_mask=np.full((32, 32), 255.0)),
      'content_mask has values from 255 to 255; masks are in [0, 1] (uint8 masks are divided by '
-     '255): scale it into [0, 1]'),
+     '255): if it holds labels, give the region of label k: (labels == k).astype(np.float32); if '
+     'its values are weights, give them as floats in [0, 1]: m / 255'),
     (dict(content=rgb, style=rgb, content_mask=np.ones((32, 32), np.uint8)),
      'content_mask is uint8 holding only 0 and 1, which weigh at most 1/255 (uint8 masks are '
      'divided by 255); multiply it by 255, or give it as floats in [0, 1]'),

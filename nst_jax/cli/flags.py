@@ -178,7 +178,8 @@ flags.DEFINE_enum(
 flags.DEFINE_integer(
   'quality',
   DEFAULTS.save.quality,
-  'JPEG output quality, 1-100 (WebP is written lossless: lossy WebP halves the colour resolution).',
+  'JPEG and AVIF output quality, 1-100 (WebP is written lossless: lossy WebP halves the colour '
+  'resolution).',
   lower_bound=1,
   upper_bound=100,
 )

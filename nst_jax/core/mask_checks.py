@@ -14,13 +14,14 @@ from nst_jax import errors
 
 
 def mask_float(m: np.ndarray, name: str) -> np.ndarray:
-  """A concrete mask as float32: uint8 divided by 255, refused when it looks like labels.
+  """A concrete mask as float32: uint8 divided by 255, refused when it may be labels.
 
   A uint8 mask of 0s and 1s (or small labels, at most `FAINT_MASK`) would
   weigh its term 1/255 where it means 1 (trials 13, 14), and so would a
   label map of more classes, perhaps with 255 on the boundaries (PASCAL
-  VOC's void, trial 16): several values between 1 and `MAX_LABEL` and none
-  above but 255. Those are refused naming the fix.
+  VOC's void, trials 16, 17): grey levels up to `MAX_LABEL` only (besides 0
+  and 255), several of them or beside 255. A weak graded mask looks the
+  same, so the message names both fixes (`label_fix`).
   """
   if m.dtype != np.uint8:
     return m.astype(np.float32)
@@ -34,22 +35,42 @@ def mask_float(m: np.ndarray, name: str) -> np.ndarray:
         f'{name} is uint8 holding {held}, which weigh at most {top}/255 (uint8 masks are divided '
         'by 255); multiply it by 255, or give it as floats in [0, 1]'
       )
-    inner = np.setdiff1d(np.unique(one), (0, 255))
-    if inner.size >= 2 and inner.max() <= MAX_LABEL:
-      raise errors.ConfigError(
-        f'{name} is uint8 holding {inner.size} values from {int(inner.min())} to '
-        f'{int(inner.max())}{" and 255" if top == 255 else ""}: a label map, whose labels would '
-        'weigh label/255; give the region of label k: (labels == k).astype(np.float32)'
-      )
+    if levels := label_levels(one):
+      raise errors.ConfigError(f'{name} is uint8 with {levels}: {label_fix("m / 255")}')
   return m / np.float32(255)
+
+
+def label_levels(levels: np.ndarray) -> str | None:
+  """How 8-bit grey levels look like a label map ('3 grey level(s) from ...'), or None.
+
+  Grey levels up to `MAX_LABEL` only besides 0 and 255, several of them or
+  beside 255, as a label map has (a weak graded mask too).
+  """
+  inner = np.setdiff1d(np.unique(levels), (0, 255))
+  white = bool((levels == 255).any())
+  if not (inner.size and inner.max() <= MAX_LABEL and (inner.size >= 2 or white)):
+    return None
+  besides = ' besides 255' if white else ''
+  return (
+    f'{inner.size} grey level(s) from {int(inner.min())} to {int(inner.max())}{besides} and '
+    'none brighter'
+  )
+
+
+def label_fix(as_weights: str) -> str:
+  """The two readings of a mask that may hold labels, each with its fix."""
+  return (
+    'if it holds labels, give the region of label k: (labels == k).astype(np.float32); if its '
+    f'values are weights, give them as floats in [0, 1]: {as_weights}'
+  )
 
 
 # The brightest a uint8 mask (or an 8-bit mask file) may be and still be read
 # as weights: at most 15 of 255 it is a label map (0, 1, 2, ...), not a region.
 FAINT_MASK = 15
 # The largest label a uint8 label map is taken to hold: a soft or anti-aliased
-# 0/255 mask has grey levels far above it, a label map (20 VOC classes, 40 of
-# NYU) only small ones.
+# 0/255 mask has grey levels far above it, a label map (20 VOC classes, 34
+# Cityscapes ids, 40 NYU classes) only small ones.
 MAX_LABEL = 63
 
 
@@ -58,9 +79,12 @@ def mask_range(m: np.ndarray, name: str) -> None:
   if not np.isfinite(m).all():
     raise errors.ConfigError(f'{name} has NaN or infinite values; masks are finite, in [0, 1]')
   if m.size and (m.min() < 0 or m.max() > 1):
+    fix = 'scale it into [0, 1]'
+    if m.min() >= 0 and np.array_equal(m, np.round(m)):  # whole numbers: labels, or 0..255
+      fix = label_fix('m / 255' if m.max() <= 255 else 'm / m.max()')
     raise errors.ConfigError(
       f'{name} has values from {m.min():.4g} to {m.max():.4g}; masks are in [0, 1] '
-      '(uint8 masks are divided by 255): scale it into [0, 1]'
+      f'(uint8 masks are divided by 255): {fix}'
     )
 
 

@@ -128,30 +128,27 @@ def as_rgb(value: jax.typing.ArrayLike, name: str) -> jax.Array:
   return jnp.asarray(host, jnp.float32)
 
 
-def range_fix(
-  low: float, high: float, share_above: float | None = None, *, output: bool = False
-) -> str:
+def range_fix(low: float, high: float, share_above: float | None = None) -> str:
   """The fix for RGB floats outside [0, 1], from the values' range.
 
-  A guess would be worse than naming the choice, so where two readings fit
-  the range both are named: a float image's scale cannot be read from it.
+  A float image's scale cannot be read from it, so where two readings fit
+  the range both are named (network space among them: a result not
+  deprocessed):
   - Within `OVERSHOOT` of [0, 1] (an optimiser's or a resize's overshoot):
     clip; within `RGB_SLACK`, clip or shift.
   - Far out on both sides: network space (deprocess).
-  - Below 0 only: -1..1 data ((x + 1) / 2), else clip.
+  - Below 0 only: -1..1 data ((x + 1) / 2), network space, else clip.
   - Above 1 only: a few stray values (`share_above` <= `MAX_STRAY`) are
     clipped; up to `MAX_HOT` of them may be either; else the format's
     maximum by the largest value: 255, 1023, 4095 or 65535 (an overshoot of
     a quarter still reads as that format: a 0..255 image went to 299), and
     below `MIN_BYTE_SCALE` no format fits (a 0..2 image divided by 255 came
-    out black, trial 16): divide by the maximum or clip.
+    out black, trial 16): divide by the maximum, or deprocess.
 
   Args:
     low: the smallest value.
     high: the largest value.
     share_above: the share of values above 1, where it is known.
-    output: whether the array is a result to save, where network space and
-      an unclipped result are likely inputs.
   """
   far_high, far_low = high > 1.0 + RGB_SLACK, low < -RGB_SLACK
   if far_high and far_low:
@@ -165,24 +162,27 @@ def range_fix(
       'clip it to [0, 1] if the values outside are an overshoot; if the image is shifted '
       '(centred at 0, say), map it back: (x - x.min()) / (x.max() - x.min())'
     )
+  network = ', or deprocess it (nst_jax.deprocess) if it is network space'
   if far_low:
-    return 'if it is -1..1 data map it with (x + 1) / 2, else clip it to [0, 1]'
+    return f'if it is -1..1 data map it with (x + 1) / 2{network}; else clip it to [0, 1]'
   if share_above is not None and share_above <= MAX_STRAY:
     return 'clip it to [0, 1] (np.clip(x, 0, 1)): the values above 1 are a few stray pixels'
   if high < MIN_BYTE_SCALE:
     fix = (
       f'no image format is 0..{high:.3g}: divide by its maximum (x / x.max()) if it is a '
-      'scaled image'
+      f'scaled image{network}'
     )
   else:
     scales = [s for s in FORMAT_MAXIMA if high <= 1.25 * s] or [FORMAT_MAXIMA[-1]]
-    if scales[0] == 255:
-      fix = 'divide by 255' + (' (or deprocess it, if it is network space)' if output else '')
-    else:
-      fix = "divide by its format's maximum: " + ' or '.join(FORMAT_NAMES[s] for s in scales)
+    fix = 'divide by 255' + network if scales[0] == 255 else format_fix(scales)
   if share_above is not None and share_above <= MAX_HOT:
     fix += '; or clip it to [0, 1], if the values above 1 are stray'
   return fix
+
+
+def format_fix(scales) -> str:
+  """'divide by its format's maximum: 4095 (12-bit) or 65535 (16-bit)' for `scales`."""
+  return "divide by its format's maximum: " + ' or '.join(FORMAT_NAMES[s] for s in scales)
 
 
 # How far an unboxed optimiser's result or a Lanczos resize strays from [0, 1]
@@ -211,8 +211,8 @@ def _range(value) -> tuple[float, float]:
 def int_fix(dtype, low: float, high: float) -> str:
   """The conversion of an integer RGB array to what the API takes (floats in [0, 1] or uint8)."""
   dtype = np.dtype(dtype)
-  if dtype == np.uint16:
-    return 'divide it by 65535 (16-bit): x / 65535'
+  if dtype == np.uint16:  # 8-, 10- or 12-bit data is often kept in 16 bits (trial 17)
+    return format_fix([s for s in FORMAT_MAXIMA if high <= s])
   if dtype == np.bool_:
     return 'convert it: x.astype(np.float32)'
   if 0 <= low and high <= 255:

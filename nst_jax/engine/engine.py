@@ -126,12 +126,25 @@ def check_budget(path, payload: dict, point: ResumePoint, stages) -> None:
   split it, and the earlier ones ran with their shares.
 
   Raises:
-    ResumeMismatch: naming the iterations the checkpoint holds, of how
-      many, and schedule.iterations (setting 'schedule.iterations').
+    ResumeMismatch: another number of scales (setting 'schedule.scales'), or
+      naming the iterations the checkpoint holds, of how many, and
+      schedule.iterations (setting 'schedule.iterations').
   """
   now = sum(s.iterations for s in stages)
   extra = checkpoint_lib.extra(payload)
   scales = int(payload.get('scales', 1))
+  if scales != len(
+    stages
+  ):  # first: the iterations' checks below blamed schedule.iterations (trial 17)
+    raise errors.ResumeMismatch(
+      f'cannot resume from {path}: schedule.scales differs (checkpoint {scales}, now '
+      f'{len(stages)}); resume with the same settings, or without run.resume and another '
+      'save.path to start over',
+      path=str(path),
+      setting='schedule.scales',
+      saved=str(scales),
+      now=str(len(stages)),
+    )
   # Checkpoints written before 2026-12-06 lack the run's iterations and the scale's
   # offset; with one scale they are the scale's own.
   was = extra.get('iterations', payload['total'] if scales == 1 else None)

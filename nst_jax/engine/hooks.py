@@ -39,6 +39,7 @@ class LogProgress(Hook):
     self.head = self.prefix + (f'{label}  ' if label else '')
     self.jobs = f'  {len(info.rows)} jobs' if len(info.rows) > 1 else ''
     self.total = info.total
+    self.logged = info.start  # the iteration of the last line (a resumed run's start)
 
   def after_step(self, view: StepView) -> None:
     # The step's losses are its input image's, one update behind: they are
@@ -53,11 +54,18 @@ class LogProgress(Hook):
   def end(self, view: StepView | None) -> None:
     # The last line is the image after the last update, scored after the loop
     # (trial 14: it named the image after n-1 updates while Done named the result).
-    if view is not None and view.last:
-      final = view.mean_final()
-      self._log(view, final if final is not None else view.mean_losses(), view.iteration)
+    if view is None or not view.last:
+      return
+    final = view.mean_final()
+    if final is not None:
+      self._log(view, final, view.iteration)
+    elif view.iteration - 1 >= 1 and view.iteration - 1 != self.logged:
+      # Stopped, so never scored: the last losses are the image before the
+      # last update's (trial 17: they were labelled with the stop's iteration).
+      self._log(view, view.mean_losses(), view.iteration - 1)
 
   def _log(self, view: StepView, losses: dict[str, float], iteration: int) -> None:
+    self.logged = iteration
     left = self.total - iteration
     logging.info(
       '%siteration %d/%d%s  loss %.5g  content %.5g  style %.5g  tv %.5g  %.2f it/s  ETA %.0f s',

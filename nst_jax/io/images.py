@@ -26,6 +26,7 @@ from nst_jax.core import color
 from nst_jax.core import mask_checks
 from nst_jax.core import pixels
 from nst_jax.io import image_modes
+from nst_jax.io import output_names
 
 
 def resize_to_width(rgb: np.ndarray, width: int, height: int | None = None) -> np.ndarray:
@@ -44,6 +45,11 @@ def resize_to_width(rgb: np.ndarray, width: int, height: int | None = None) -> n
     raise errors.ConfigError(
       f'rgb must be one image [H, W, 3], got {np.shape(rgb)}; resize each image of the batch: '
       'rgb[0]'
+    )
+  if np.ndim(rgb) != 3 or np.shape(rgb)[-1] != 3:
+    raise errors.ConfigError(
+      f'rgb must be one RGB image [H, W, 3], got shape {np.shape(rgb)}'
+      + pixels.layout_fix(np.shape(rgb), batched=False)
     )
   rgb = np.asarray(pixels.as_rgb(rgb, 'rgb'))
   for name, size in (('width', width), ('height', height)):
@@ -158,6 +164,13 @@ def load_mask(
       f'mask {errors.printable(path)} is nearly black (its brightest pixel is {top * 255:.3g} of '
       '255): white marks the region; if it holds labels 0 and 1, save it with 0 and 255'
     )
+  levels = gray * 255
+  if np.abs(levels - np.round(levels)).max(initial=0) < 1e-3:  # an 8-bit grey image
+    if found := mask_checks.label_levels(np.round(levels)):
+      raise errors.ImageError(
+        f'mask {errors.printable(path)} has {found}, as a label map has: white marks the '
+        "region; save one label's region white on black (a weak mask: brighten it)"
+      )
   resized = Image.fromarray(gray).resize((width, height), Image.Resampling.BOX)
   return np.clip(np.asarray(resized, np.float32), 0.0, 1.0)
 
@@ -330,7 +343,7 @@ def _savable(rgb) -> np.ndarray:
   # them below: it was clipped half black without a word (trial 14).
   outside = float(np.mean((value < -0.5 / 255) | (value > 1 + 0.5 / 255)))
   if low < -pixels.RGB_SLACK or high > 1.0 + pixels.RGB_SLACK or outside > MAX_CLIPPED:
-    fix = pixels.range_fix(low, high, float(np.mean(value > 1.0)), output=True)
+    fix = pixels.range_fix(low, high, float(np.mean(value > 1.0)))
     raise errors.ConfigError(
       f'rgb has values from {low:.4g} to {high:.4g}; RGB floats must lie in [0, 1]: {fix}'
     )
@@ -340,6 +353,7 @@ def _savable(rgb) -> np.ndarray:
 def check_output(path: str | os.PathLike, bit_depth: int = 8) -> str:
   """Pillow's format for an output name, refusing what `save_image` cannot write."""
   fmt = image_format(path)
+  output_names.check_format(Path(path), fmt, bit_depth if bit_depth in (8, 16) else 8)
   if bit_depth not in config_lib.BIT_DEPTHS:
     raise errors.ImageError(f'bit depth must be 8 or 16, got {bit_depth}')
   if bit_depth == 16 and fmt != 'PNG':
@@ -370,28 +384,37 @@ def save_image(
     path: the file; its suffix picks the format.
     rgb: [H, W, 3] float RGB.
     bit_depth: 8, or 16 (PNG only).
-    quality: JPEG quality, 1-100 (JPEG keeps full colour resolution, 4:4:4
-      chroma); WebP is written lossless (lossy WebP halves the colour
+    quality: JPEG and AVIF quality, 1-100 (both keep full colour resolution,
+      4:4:4 chroma); WebP is written lossless (lossy WebP halves the colour
       resolution), `quality` its compression effort.
     icc: an ICC profile to embed (the content image's, so the numbers keep
       their meaning), or None.
 
   Raises:
-    ImageError: an unknown suffix, or 16 bits for a format other than PNG.
-    ConfigError: `rgb` is not one [H, W, 3] image of floats in [0, 1] (uint8
-      is taken as 0..255; an overshoot, up to `pixels.RGB_SLACK` outside in
-      at most `MAX_CLIPPED` of the values, as a resized or unboxed result
-      has, is clipped), naming the fix.
+    ImageError: an unknown suffix, a format that cannot hold the result
+      (`output_names.check_format`), or 16 bits for a format other than PNG.
+    ConfigError: `quality` is not 1-100, or `rgb` is not one [H, W, 3]
+      image of floats in [0, 1] (uint8 is taken as 0..255; an overshoot, up
+      to `pixels.RGB_SLACK` outside in at most `MAX_CLIPPED` of the values,
+      as a resized or unboxed result has, is clipped), naming the fix.
   """
   fmt = check_output(path, bit_depth)
+  if (
+    isinstance(quality, bool)
+    or not isinstance(quality, (int, np.integer))
+    or not 1 <= quality <= 100
+  ):
+    raise errors.ConfigError(f'quality must be a whole number from 1 to 100, got {quality!r}')
   rgb = _savable(rgb)
   if bit_depth == 16:
     atomic_write(path, lambda tmp: _write_png16(tmp, rgb, icc))
     return
   image = Image.fromarray(to_uint8(rgb))
   options = {'icc_profile': icc} if icc else {}
-  if fmt in ('JPEG', 'WEBP'):
+  if fmt in ('JPEG', 'WEBP', 'AVIF'):  # AVIF took Pillow's quality 75 whatever was asked (trial 17)
     options['quality'] = quality
+  if fmt == 'AVIF':
+    options['subsampling'] = '4:4:4'  # as JPEG's, below
   if fmt == 'WEBP':
     # Lossless: lossy WebP is 4:2:0 only (libwebp), and a 48 px result was
     # off by up to 50/255 and scored 1.66x its recorded loss (trial 13).

@@ -125,23 +125,47 @@ def _frame_number(name: str) -> int:
 
 @functools.cache
 def _encodable(fmt: str, bit_depth: int) -> str | None:
-  """Why Pillow cannot write `fmt` (None if it can): one tiny image, encoded in memory."""
+  """Why `fmt` cannot hold the result (None if it can): a small image, written and read back.
+
+  Pillow writes some formats only after changing the image: GIF keeps 256
+  colours, ICO resizes to icon sizes, XBM and MSP take one bit (trial 17).
+  Formats whose loss `save_image` sets (JPEG's `quality`) pass, and so do
+  those Pillow writes but cannot read back (PDF).
+  """
   if bit_depth == 16:
     return None  # pypng writes 16-bit PNGs (image.save_image); only PNG gets here
+  noise = np.random.default_rng(0).integers(0, 256, (24, 40, 3), np.uint8)
+  buffer = io.BytesIO()
   try:
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(io.BytesIO(), format=fmt)
+    options = {'lossless': True} if fmt == 'WEBP' else {}
+    Image.fromarray(noise).save(buffer, format=fmt, **options)
   except Exception as e:  # Pillow raises KeyError, OSError, ValueError... per plugin
     return f'{type(e).__name__}: {e}'.splitlines()[0]
+  if fmt in LOSSY_FORMATS:
+    return None
+  try:
+    with Image.open(buffer) as back:
+      back = np.asarray(back.convert('RGB'))
+  except Exception:  # written, not read: nothing to compare
+    return None
+  if back.shape != noise.shape:
+    return f'it wrote a {back.shape[1]}x{back.shape[0]} image for a 40x24 one'
+  if not np.array_equal(back, noise):
+    return 'it changed the colours: it holds fewer than RGB has'
   return None
 
 
+# Lossy by design, with their loss set by `quality` in image.save_image.
+LOSSY_FORMATS = ('JPEG', 'AVIF')
+
+
 def check_format(path: Path, fmt: str, bit_depth: int) -> None:
-  """Refuses a format that Pillow reads but cannot write (.psd, .xpm, .fits, ...)."""
+  """Refuses a format Pillow cannot write the result in (.psd, .xpm, .fits, .gif, .ico, ...)."""
   why = _encodable(fmt, bit_depth)
   if why is not None:
     raise errors.ImageError(
-      f'cannot write {path.name}: Pillow cannot save {fmt} images ({why}); end the name in '
-      '.png, .jpg, .webp or .tif'
+      f'cannot write {path.name}: Pillow cannot save the result as {fmt} ({why}); end the name '
+      'in .png, .jpg, .webp or .tif'
     )
 
 
