@@ -728,3 +728,39 @@ def test_the_fields_stylize_documents_as_ignored_change_nothing(caffe_npz, tmp_p
   )
   np.testing.assert_array_equal(stylize(rgb, rgb, config=ignored, weights=caffe_npz), plain)
   assert list(tmp_path.iterdir()) == []  # no file written
+
+
+@pytest.mark.slow
+def test_a_resume_near_early_stopping_converges_where_the_whole_run_did(caffe_npz, tmp_path):
+  """Trial 17: stopped within `window` of converging, the resumed run took one update more.
+
+  The stop's own losses were not given to the convergence test, so the
+  checkpoint's history was one short.
+  """
+  rng = np.random.default_rng(5)
+  content, style = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
+  cfg = _cfg(20, run=config_lib.RunConfig(checkpoint_every=1, print_iter=0))
+  cfg = cfg.replace(schedule=cfg.schedule.replace(tol=0.05, window=3))
+  record = {}
+  whole = stylize(content, style, config=cfg, weights=caffe_npz, record=record)
+  done = record['history'][-1]['iteration']
+  assert 3 < done < 20  # it converged, after more than a window
+  for stop_after in (done - 2, done - 1):
+    ckpt = tmp_path / f'{stop_after}.ckpt'
+    polls = []
+
+    def should_stop(polls=polls, stop_after=stop_after):
+      polls.append(1)
+      return 15 if len(polls) == stop_after else None
+
+    with pytest.raises(errors.Interrupted):
+      stylize(
+        content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt, should_stop=should_stop
+      )
+    again = {}
+    resumed = stylize(
+      content, style, config=cfg.replace(run=cfg.run.replace(resume=True)), weights=caffe_npz,
+      checkpoint=ckpt, record=again,
+    )  # fmt: skip
+    assert again['history'][-1]['iteration'] == done, stop_after
+    np.testing.assert_array_equal(resumed, whole)

@@ -409,11 +409,15 @@ def run_loop(
         clock=(t_start, t_first, info.start),
       )
       view.save_due = bool(bits & SAVE_DUE)
+      # The convergence test reads every loss it is given, also at a stop:
+      # the checkpoint keeps its history, and one loss short a resumed run
+      # converged one iteration late (trial 17).
+      done = not bits & FAILED and fresh and converged is not None and converged(view)
       if bits & FAILED:
         reason = 'failed'
       elif signum:
         view.stopping, reason = signum, 'signal'
-      elif fresh and converged is not None and converged(view):
+      elif done:
         reason = 'converged'
       signum = signum or None
       view.last = it == info.total or reason != 'iterations'
