@@ -66,7 +66,7 @@ class ResumeMismatch(NstError):
   Attributes:
     path: the checkpoint.
     setting: what differs first: a StyleConfig field ('inputs.width') or an
-      input ('content_pixels', 'style_pixels', 'mask_pixels', 'weights_hash',
+      input ('content_pixels', 'style_pixels', 'mask_pixels', 'init_pixels', 'weights_hash',
       'term_weights').
     saved, now: the field's values as short JSON text ('' for an input,
       which is compared by digest).

@@ -764,3 +764,24 @@ def test_a_resume_near_early_stopping_converges_where_the_whole_run_did(caffe_np
     )  # fmt: skip
     assert again['history'][-1]['iteration'] == done, stop_after
     np.testing.assert_array_equal(resumed, whole)
+
+
+def test_a_resume_with_another_init_image_is_refused(caffe_npz, tmp_path):
+  """Trial 17: another init_image on resume was ignored, while another inputs.init was refused."""
+  rng = np.random.default_rng(6)
+  content, style, start, other = rng.uniform(size=(4, 32, 32, 3)).astype(np.float32)
+  cfg = _cfg(4, run=config_lib.RunConfig(checkpoint_every=1, print_iter=0))
+  ckpt = tmp_path / 'a.ckpt'
+  with pytest.raises(errors.Interrupted):
+    stylize(content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt, init_image=start,
+            should_stop=lambda: 15)  # fmt: skip
+  again = cfg.replace(run=cfg.run.replace(resume=True))
+  with pytest.raises(errors.ResumeMismatch) as e:
+    stylize(content, style, config=again, weights=caffe_npz, checkpoint=ckpt, init_image=other)
+  assert str(e.value) == (
+    f"cannot resume from {ckpt}: the init_image differs from the interrupted run's; pass the "
+    'same init_image to resume, or another checkpoint= path (or remove this one) to start over'
+  )
+  out = stylize(content, style, config=again, weights=caffe_npz, checkpoint=ckpt, init_image=start)
+  whole = stylize(content, style, config=cfg, weights=caffe_npz, init_image=start)
+  np.testing.assert_array_equal(out, whole)

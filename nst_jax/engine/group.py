@@ -189,6 +189,7 @@ class GroupRun:
         masks=[m for m in (cmask, smasks) if m is not None],
         scale=k,
         term_weights=(row.content_weight, row.style_weight, row.tv_weight),
+        init=row.init_rgb if k == 0 else None,  # later scales start from the one before
       )
     return host, settings, content
 
@@ -240,8 +241,7 @@ class GroupRun:
     """
     shapes, shardings = self._state_shardings(st)
     like = jax.tree.map(lambda s: np.zeros(s.shape[1:], s.dtype), shapes)
-    fresh = None
-    per_row = {}
+    fresh, per_row = None, {}
     window = convergence.window + 1
     history = {r: np.full(window + 2, np.nan, np.float64) for r in self.rows}
     for r in self.rows:

@@ -56,6 +56,7 @@ _DERIVED_SETTINGS = {
   'content_pixels': "the content image's pixels",
   'style_pixels': "the style images' pixels",
   'mask_pixels': "the masks' pixels",
+  'init_pixels': "the start image's pixels",
   'weights_hash': 'the weights',
   'term_weights': "the job's own content, style and TV weights",
 }
@@ -97,13 +98,17 @@ def trajectory_settings(
   masks: Sequence[np.ndarray] = (),
   scale: int = 0,
   term_weights: Sequence[float | None] = (),
+  init: np.ndarray | None = None,
 ) -> dict[str, Any]:
   """Everything that must be equal for a resumed run to continue the same path.
 
   The pixels are those of one scale (content, styles and masks as the step
   sees them), so each scale of a multi-scale run has its own settings.
   `term_weights` are a batch job's own content, style and TV weights, which
-  replace the config's.
+  replace the config's. `init` is a start image given as pixels (an
+  init_image, or inputs.init's file): another one was ignored on resume
+  while another inputs.init keyword was refused (trial 17). Checkpoints
+  written before hold none, and resume as before without one.
   """
   settings = {}
   for group in dataclasses.fields(config):
@@ -119,6 +124,8 @@ def trajectory_settings(
   styles = [style] if isinstance(style, np.ndarray) else list(style)
   settings['style_pixels'] = [pixels_digest(s) for s in styles]
   settings['mask_pixels'] = [pixels_digest(m) for m in masks]
+  if init is not None:
+    settings['init_pixels'] = pixels_digest(init)
   settings['scale'] = scale
   # JSON round trip: tuples and lists compare equal after loading.
   return json.loads(json.dumps(settings))

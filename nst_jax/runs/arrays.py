@@ -44,6 +44,7 @@ _RESUME_INPUTS = {
   'content_pixels': ('the content differs', 'content'),
   'style_pixels': ('the style differs', 'style'),
   'mask_pixels': ('the masks differ', 'content_mask and style_masks'),
+  'init_pixels': ('the init_image differs', 'init_image'),
   'weights_hash': ('the weights differ', 'weights'),
 }
 
