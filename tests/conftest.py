@@ -20,12 +20,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
-# One persistent XLA compilation cache for the session, shared with the
-# subprocesses the tests start (they inherit the environment): many tests
-# compile the same small programs, and compiling is most of their time. A
-# fresh directory per session, so no test ever sees another session's cache.
-_CACHE = tempfile.mkdtemp(prefix='nst-jax-tests-xla-cache-')
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+# One persistent XLA compilation cache, shared with the subprocesses the tests
+# start (they inherit the environment): many tests compile the same small
+# programs, and compiling is most of their time. It is kept between sessions
+# (JAX keys each program by its HLO, flags and versions, so a changed program
+# never meets an old entry), which a second run spends loading instead:
+# $NST_JAX_TEST_XLA_CACHE names its folder, or 'fresh' for an empty one that
+# is deleted at the end (a cold run, as on a new machine). Hits count as
+# compiles for `compiled` below (JAX times both under one event), so no test
+# reads differently warm or cold.
+_SETTING = os.environ.get('NST_JAX_TEST_XLA_CACHE', '')
+# JAX's own size bound locks the folder and stats every entry on each write
+# (a slower suite, docs/testing.md), so the folder is unbounded while the
+# tests run and trimmed here, the oldest written first, before they start.
+_MAX_BYTES, _TRIM_TO = 4 * 1024**3, 2 * 1024**3
+
+
+def _trim(folder: Path) -> None:
+  entries = sorted(
+    (p.stat().st_mtime, p.stat().st_size, p) for p in folder.iterdir() if p.is_file()
+  )
+  total = sum(size for _, size, _ in entries)
+  if total <= _MAX_BYTES:
+    return
+  for _, size, path in entries:
+    if total <= _TRIM_TO:
+      break
+    path.unlink(missing_ok=True)
+    total -= size
+
+
+if _SETTING == 'fresh':
+  _CACHE = tempfile.mkdtemp(prefix='nst-jax-tests-xla-cache-')
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+else:
+  _CACHE = _SETTING or str(
+    Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'nst_jax_tests' / 'xla'
+  )
+  os.makedirs(_CACHE, exist_ok=True)
+  if 'PYTEST_XDIST_WORKER' not in os.environ:  # once, in the controlling process
+    _trim(Path(_CACHE))
 os.environ.update({
   'JAX_COMPILATION_CACHE_DIR': _CACHE,
   'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
