@@ -420,7 +420,8 @@ def test_progress_lines_name_the_scale_and_the_jobs(caplog):
     hooks=[progress],
   )  # fmt: skip
   lines = [r.getMessage() for r in caplog.records]
-  assert len(lines) == 2  # iteration 2, and the last
+  # Iteration 2 (read at 3); the last is never scored here (no `score`), so no line claims it.
+  assert len(lines) == 1
   assert lines[0].startswith('process 1: scale 2/2  iteration 2/3  2 jobs  loss 3 ')
 
 

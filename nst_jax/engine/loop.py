@@ -82,6 +82,15 @@ def merge_flags(flags: Sequence[int] | np.ndarray) -> tuple[int, int]:
   return int((values & SIGNAL_BITS).max()), int(np.bitwise_or.reduce(values & ~SIGNAL_BITS))
 
 
+def _reason(bits: int, signum: int | None, converged: bool) -> str:
+  """Why the loop ends after an iteration ('iterations': it goes on, unless that was the last)."""
+  if bits & FAILED:
+    return 'failed'
+  if signum:
+    return 'signal'
+  return 'converged' if converged else 'iterations'
+
+
 def is_time(iteration: int, every: int, total: int) -> bool:
   """True every `every` iterations (1-based) and at the last one; never if every=0."""
   return every > 0 and (iteration % every == 0 or iteration == total)
@@ -409,16 +418,10 @@ def run_loop(
         clock=(t_start, t_first, info.start),
       )
       view.save_due = bool(bits & SAVE_DUE)
-      # The convergence test reads every loss it is given, also at a stop:
-      # the checkpoint keeps its history, and one loss short a resumed run
-      # converged one iteration late (trial 17).
+      # A stop's losses too: its checkpoint keeps the test's history (one short: trial 17).
       done = not bits & FAILED and fresh and converged is not None and converged(view)
-      if bits & FAILED:
-        reason = 'failed'
-      elif signum:
-        view.stopping, reason = signum, 'signal'
-      elif done:
-        reason = 'converged'
+      reason = _reason(bits, signum, done)
+      view.stopping = signum if reason == 'signal' else view.stopping
       signum = signum or None
       view.last = it == info.total or reason != 'iterations'
       view.reason = reason if view.last else None
