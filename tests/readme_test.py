@@ -1,5 +1,6 @@
 """The README is a short front door whose example runs; docs/ holds the rest and stays current."""
 
+import os
 from pathlib import Path
 import re
 import subprocess
@@ -22,6 +23,13 @@ def _run_docs_code(script, caffe_npz) -> subprocess.CompletedProcess:
       'JAX_PLATFORMS': 'cpu',
       'PATH': '/usr/bin:/bin',
       'PYTHONPATH': str(ROOT),  # as when run from the checkout
+      # The tests' compilation cache (conftest.py): the docs' code compiles
+      # what it would anyway, a second session loads it.
+      **{
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(('JAX_COMPILATION_CACHE', 'JAX_PERSISTENT'))
+      },
     },
     capture_output=True,
     text=True,
