@@ -188,6 +188,18 @@ def test_every_control_at_once_through_the_api(caffe_npz, optimizer):
   assert not np.allclose(out, 0.5, atol=1e-3)
 
 
+def _stopped_after(polls: int, *args, **kwargs) -> None:
+  """stylize(*args, **kwargs) stopped as SIGTERM would after `polls` iterations (one poll each)."""
+  count = []
+
+  def should_stop():
+    count.append(1)
+    return 15 if len(count) == polls else None
+
+  with pytest.raises(errors.Interrupted):
+    stylize(*args, should_stop=should_stop, **kwargs)
+
+
 @pytest.mark.slow
 def test_multiscale_resume_continues_the_same_run(caffe_npz, tmp_path):
   rng = np.random.default_rng(4)
@@ -197,37 +209,23 @@ def test_multiscale_resume_continues_the_same_run(caffe_npz, tmp_path):
   whole = stylize(content, style, config=cfg, weights=caffe_npz, checkpoint=tmp_path / 'a.ckpt')
   # More iterations cannot extend it: the scales split them, and scale 1 ran
   # its 3 of 6 (10 ran 2 more and recorded 8 updates as 10; trial 11).
-  ten = cfg.replace(schedule=cfg.schedule.replace(iterations=10), run=cfg.run.replace(resume=True))
   before = checkpoint_lib.read(tmp_path / 'a.ckpt')
-  with pytest.raises(errors.ResumeMismatch) as e:
-    stylize(content, style, config=ten, weights=caffe_npz, checkpoint=tmp_path / 'a.ckpt')
-  assert str(e.value) == (
-    f'cannot resume from {tmp_path / "a.ckpt"}: config.schedule.iterations differs (checkpoint '
-    '6, now 10); pass the same config to resume, or another checkpoint= path (or remove this '
-    'one) to start over'
-  )
-  # Another number of scales is named as such (trial 17: 'iterations differs (6, now 6)').
-  three = cfg.replace(schedule=cfg.schedule.replace(scales=3), run=cfg.run.replace(resume=True))
-  with pytest.raises(errors.ResumeMismatch) as e:
-    stylize(content, style, config=three, weights=caffe_npz, checkpoint=tmp_path / 'a.ckpt')
-  assert str(e.value) == (
-    f'cannot resume from {tmp_path / "a.ckpt"}: config.schedule.scales differs (checkpoint 2, '
-    'now 3); pass the same config to resume, or another checkpoint= path (or remove this one) to '
-    'start over'
-  )
+  for changed, message in (
+    (dict(iterations=10), 'config.schedule.iterations differs (checkpoint 6, now 10)'),
+    # Another number of scales is named as such (trial 17: 'iterations differs (6, now 6)').
+    (dict(scales=3), 'config.schedule.scales differs (checkpoint 2, now 3)'),
+  ):
+    other = cfg.replace(schedule=cfg.schedule.replace(**changed), run=cfg.run.replace(resume=True))
+    with pytest.raises(errors.ResumeMismatch) as e:
+      stylize(content, style, config=other, weights=caffe_npz, checkpoint=tmp_path / 'a.ckpt')
+    assert str(e.value) == (
+      f'cannot resume from {tmp_path / "a.ckpt"}: {message}; pass the same config to resume, or '
+      'another checkpoint= path (or remove this one) to start over'
+    )
   assert checkpoint_lib.read(tmp_path / 'a.ckpt') == before
   for stop_after in (2, 4):  # inside scale 1, and inside scale 2
     ckpt = tmp_path / f'b{stop_after}.ckpt'
-    polls = []
-
-    def should_stop(polls=polls, stop_after=stop_after):
-      polls.append(1)
-      return 15 if len(polls) == stop_after else None
-
-    with pytest.raises(errors.Interrupted):
-      stylize(
-        content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt, should_stop=should_stop
-      )
+    _stopped_after(stop_after, content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt)
     payload = checkpoint_lib.read(ckpt)
     # Polled once per iteration: 3 per scale.
     assert (payload['scale'], payload['iteration']) == (
@@ -747,16 +745,7 @@ def test_a_resume_near_early_stopping_converges_where_the_whole_run_did(caffe_np
   assert 3 < done < 20  # it converged, after more than a window
   for stop_after in (done - 2, done - 1):
     ckpt = tmp_path / f'{stop_after}.ckpt'
-    polls = []
-
-    def should_stop(polls=polls, stop_after=stop_after):
-      polls.append(1)
-      return 15 if len(polls) == stop_after else None
-
-    with pytest.raises(errors.Interrupted):
-      stylize(
-        content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt, should_stop=should_stop
-      )
+    _stopped_after(stop_after, content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt)
     again = {}
     resumed = stylize(
       content, style, config=cfg.replace(run=cfg.run.replace(resume=True)), weights=caffe_npz,
