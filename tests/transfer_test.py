@@ -774,3 +774,22 @@ def test_a_resume_with_another_init_image_is_refused(caffe_npz, tmp_path):
   out = stylize(content, style, config=again, weights=caffe_npz, checkpoint=ckpt, init_image=start)
   whole = stylize(content, style, config=cfg, weights=caffe_npz, init_image=start)
   np.testing.assert_array_equal(out, whole)
+
+
+def test_an_error_in_the_callback_names_the_checkpoint_it_left(caffe_npz, tmp_path):
+  """Trial 17: the callback's own error came out alone, though the checkpoint was saved."""
+  rng = np.random.default_rng(7)
+  content, style = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
+  cfg = _cfg(4, run=config_lib.RunConfig(checkpoint_every=1, print_iter=0))
+  cfg = cfg.replace(save=cfg.save.replace(save_iter=2))
+
+  def callback(iteration, images):
+    raise RuntimeError('disk full')
+
+  ckpt = tmp_path / 'a.ckpt'
+  with pytest.raises(RuntimeError, match='^disk full') as e:
+    stylize(content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt, callback=callback)
+  # Raised at iteration 2, the failure stops the loop at the next read, which saves.
+  assert e.value.__notes__ == [
+    f'the checkpoint {ckpt} holds iteration 3: continue with config.run.resume=True'
+  ]

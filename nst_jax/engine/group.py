@@ -410,8 +410,7 @@ class GroupRun:
         converged=convergence,
         sync=self.layout.sync,
         sync_every=self._read_every(),
-        # What the log, the record and the checkpoints keep is current (a
-        # checkpoint by time comes at a sync: hooks.Checkpoints).
+        # Reads for the log, the record and the checkpoints (by time: at a sync, hooks.Checkpoints).
         sync_also=(
           self.watch.print_iter,
           self.watch.checkpoint_every,
@@ -423,12 +422,13 @@ class GroupRun:
       )
     except errors.NonFinite as err:
       raise checkpoints.non_finite(err.iteration) from None
-    except errors.NstError as err:
-      # A hook's failure (an image that cannot be written), agreed by every
-      # process: the loop stopped at the next read and saved the checkpoints.
+    except Exception as err:
+      # A hook's failure (an unwritable image, a callback), agreed: the checkpoints were saved.
       kept = checkpoints.kept()
-      if kept and len(err.args) == 1:
+      if kept and isinstance(err, errors.NstError) and len(err.args) == 1:
         err.args = (f'{err}; {kept}',)
+      elif kept:  # not ours to reword (trial 17: a callback's error said nothing of it)
+        err.add_note(kept)
       raise
     finally:
       self.last_saved, self.t_saved = checkpoints.last_saved, checkpoints.t_saved
