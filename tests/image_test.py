@@ -731,7 +731,7 @@ def test_the_range_advice_names_each_reading_the_values_allow(tmp_path, make, fi
 
 def test_a_label_map_file_is_refused_as_a_mask(tmp_path):
   """Trial 17: a grey label PNG (VOC-like classes, 255 on the boundaries) weighed label/255."""
-  labels = np.resize(np.array([0, 7, 15, 20, 255], np.uint8), 10 * 15).reshape(10, 15)
+  labels = np.kron(np.array([[0, 7, 15], [20, 255, 0]], np.uint8), np.ones((5, 5), np.uint8))
   Image.fromarray(labels).save(tmp_path / 'labels.png')
   with pytest.raises(errors.ImageError) as e:
     image_lib.load_mask(tmp_path / 'labels.png', 10, 15)

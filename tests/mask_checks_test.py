@@ -7,10 +7,11 @@ from nst_jax import errors
 from nst_jax.core import mask_checks
 
 
-def _labels(values, shape=(16, 16)) -> np.ndarray:
-  """A uint8 map cycling through `values`."""
-  flat = np.resize(np.asarray(values, np.uint8), shape[0] * shape[1])
-  return flat.reshape(shape)
+def _labels(values, tile: int = 4) -> np.ndarray:
+  """A uint8 map of `values` in tile x tile squares, as a label map's regions."""
+  cols = int(np.ceil(np.sqrt(len(values))))
+  grid = np.resize(np.asarray(values, np.uint8), (-(-len(values) // cols), cols))
+  return np.kron(grid, np.ones((tile, tile), np.uint8))
 
 
 def test_a_label_map_is_refused_however_many_labels_it_holds():
@@ -32,11 +33,16 @@ def test_a_label_map_is_refused_however_many_labels_it_holds():
 def test_soft_and_antialiased_uint8_masks_are_weights():
   soft = np.linspace(0, 255, 256).astype(np.uint8).reshape(16, 16)  # a gradient: every level
   np.testing.assert_array_equal(mask_checks.mask_float(soft, 'm'), soft / np.float32(255))
-  edge = _labels([0, 255])
+  edge = _labels([0, 255], tile=8)
   edge[3, 3], edge[4, 4] = 37, 180  # grey pixels along an edge
   np.testing.assert_array_equal(mask_checks.mask_float(edge, 'm'), edge / np.float32(255))
   bright = _labels([0, 64, 200, 255])  # grey levels above any label
   np.testing.assert_array_equal(mask_checks.mask_float(bright, 'm'), bright / np.float32(255))
+  # A 0/255 mask resized: one grey level on the edge, never a region (trial 18 found 42 refused).
+  half = np.zeros((48, 64), np.uint8)
+  half[:, 33:] = 255
+  half[:, 32] = 42
+  np.testing.assert_array_equal(mask_checks.mask_float(half, 'm'), half / np.float32(255))
   # A weak graded mask reads as labels would, so it is refused naming m / 255 (trial 17).
   with pytest.raises(errors.ConfigError, match=r'give them as floats in \[0, 1\]: m / 255$'):
     mask_checks.mask_float(_labels([0, 25, 51]), 'm')
