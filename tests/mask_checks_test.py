@@ -54,6 +54,7 @@ def test_whole_numbers_outside_the_range_are_told_both_readings():
   """Trial 17: an argmax label map (int64) was told 'scale it into [0, 1]'."""
   for labels, weights in (
     (np.arange(21)[None], 'm / 255'),
+    (np.array([[-1, 0, 3]]), 'm / 255'),  # -1: an ignored pixel (trial 18: 'scale it')
     (np.array([[0.0, 300.0]]), 'm / m.max()'),
   ):
     with pytest.raises(errors.ConfigError) as e:

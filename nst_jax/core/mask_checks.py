@@ -93,7 +93,9 @@ def mask_range(m: np.ndarray, name: str) -> None:
     raise errors.ConfigError(f'{name} has NaN or infinite values; masks are finite, in [0, 1]')
   if m.size and (m.min() < 0 or m.max() > 1):
     fix = 'scale it into [0, 1]'
-    if m.min() >= 0 and np.array_equal(m, np.round(m)):  # whole numbers: labels, or 0..255
+    if m.max() > 1 and np.array_equal(
+      m, np.round(m)
+    ):  # whole numbers: labels (-1: ignored), or 0..255
       fix = label_fix('m / 255' if m.max() <= 255 else 'm / m.max()')
     raise errors.ConfigError(
       f'{name} has values from {m.min():.4g} to {m.max():.4g}; masks are in [0, 1] '

@@ -160,11 +160,14 @@ def range_fix(low: float, high: float, share_above: float | None = None) -> str:
     # it saved it half black (trial 14).
     return (
       'clip it to [0, 1] if the values outside are an overshoot; if the image is shifted '
-      '(centred at 0, say), map it back: (x - x.min()) / (x.max() - x.min())'
+      '(centred at 0, say), map it back: (x - x.min()) / (x.max() - x.min()); deprocess it '
+      '(nst_jax.deprocess) if it is network space'
     )
   network = ', or deprocess it (nst_jax.deprocess) if it is network space'
   if far_low:
-    return f'if it is -1..1 data map it with (x + 1) / 2{network}; else clip it to [0, 1]'
+    if low >= -1.0 - OVERSHOOT:  # -123 is no -1..1 image (trial 18)
+      return f'if it is -1..1 data map it with (x + 1) / 2{network}; else clip it to [0, 1]'
+    return 'it looks like network space: deprocess it first (nst_jax.deprocess)'
   if share_above is not None and share_above <= MAX_STRAY:
     return 'clip it to [0, 1] (np.clip(x, 0, 1)): the values above 1 are a few stray pixels'
   if high < MIN_BYTE_SCALE:

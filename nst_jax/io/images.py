@@ -405,6 +405,7 @@ def save_image(
     or not 1 <= quality <= 100
   ):
     raise errors.ConfigError(f'quality must be a whole number from 1 to 100, got {quality!r}')
+  quality = int(quality)  # numpy's integers failed inside Pillow (trial 18)
   rgb = _savable(rgb)
   if bit_depth == 16:
     atomic_write(path, lambda tmp: _write_png16(tmp, rgb, icc))

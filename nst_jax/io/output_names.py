@@ -128,9 +128,9 @@ def _encodable(fmt: str, bit_depth: int) -> str | None:
   """Why `fmt` cannot hold the result (None if it can): a small image, written and read back.
 
   Pillow writes some formats only after changing the image: GIF keeps 256
-  colours, ICO resizes to icon sizes, XBM and MSP take one bit (trial 17).
-  Formats whose loss `save_image` sets (JPEG's `quality`) pass, and so do
-  those Pillow writes but cannot read back (PDF).
+  colours, ICO resizes to icon sizes, XBM and MSP take one bit (trial 17),
+  PDF holds a JPEG (trial 18). Formats whose loss `save_image` sets (JPEG's
+  and AVIF's `quality`) pass; one it cannot read back is refused, unchecked.
   """
   if bit_depth == 16:
     return None  # pypng writes 16-bit PNGs (image.save_image); only PNG gets here
@@ -146,8 +146,9 @@ def _encodable(fmt: str, bit_depth: int) -> str | None:
   try:
     with Image.open(buffer) as back:
       back = np.asarray(back.convert('RGB'))
-  except Exception:  # written, not read: nothing to compare
-    return None
+  except Exception as e:  # written, not read back: PDF, EPS
+    return f'it cannot be read back to check that it holds the image ({type(e).__name__})'
+
   if back.shape != noise.shape:
     return f'it wrote a {back.shape[1]}x{back.shape[0]} image for a 40x24 one'
   if not np.array_equal(back, noise):
