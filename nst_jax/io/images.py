@@ -353,7 +353,6 @@ def _savable(rgb) -> np.ndarray:
 def check_output(path: str | os.PathLike, bit_depth: int = 8) -> str:
   """Pillow's format for an output name, refusing what `save_image` cannot write."""
   fmt = image_format(path)
-  output_names.check_format(Path(path), fmt, bit_depth if bit_depth in (8, 16) else 8)
   if bit_depth not in config_lib.BIT_DEPTHS:
     raise errors.ImageError(f'bit depth must be 8 or 16, got {bit_depth}')
   if bit_depth == 16 and fmt != 'PNG':
@@ -361,6 +360,7 @@ def check_output(path: str | os.PathLike, bit_depth: int = 8) -> str:
       f'16-bit output needs a .png name, not {errors.printable(Path(path).name)}; '
       'use save.bit_depth 8 or a .png output'
     )
+  output_names.check_format(Path(path), fmt, bit_depth)
   return fmt
 
 

@@ -163,7 +163,7 @@ def check_writable(path: Path, bit_depth: int = 8) -> None:
   path = Path(path)
   if path.is_dir():
     raise errors.NstError(f'output {path} is a directory; name a file such as out.png')
-  output_names.check_format(path, image_lib.check_output(path, bit_depth), bit_depth)
+  image_lib.check_output(path, bit_depth)  # the format, written and read back
   output_names.check_place(path)
 
 
