@@ -69,7 +69,7 @@ class ResumeMismatch(NstError):
       input ('content_pixels', 'style_pixels', 'mask_pixels', 'init_pixels', 'weights_hash',
       'term_weights').
     saved, now: the field's values as short JSON text ('' for an input,
-      which is compared by digest).
+      which is compared by digest; 'none' for the side without one).
     held: for fewer 'schedule.iterations' than the checkpoint holds, what
       it holds, in words ('110 of 400 iterations, more than
       schedule.iterations 30'); else ''.

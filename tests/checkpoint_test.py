@@ -266,7 +266,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, images, caffe_npz):
     run(_cfg(content, style, out, caffe_npz, style_weight=0.5, resume=True))
   with pytest.raises(errors.NstError, match='optim.name differs'):
     run(_cfg(content, style, out, caffe_npz, optimizer='adam', resume=True))
-  with pytest.raises(errors.NstError, match="the content image's pixels differ from the inter"):
+  with pytest.raises(errors.NstError, match="the content image's pixels differ from the checkp"):
     run(_cfg(style, style, out, caffe_npz, resume=True))
   # Another width changes every pixel digest too; the width is what is named.
   with pytest.raises(errors.NstError, match=r'inputs.width differs \(checkpoint 32, now 40\)'):

@@ -742,7 +742,7 @@ def test_a_label_map_file_is_refused_as_a_mask(tmp_path):
   with pytest.raises(errors.ImageError) as e:
     image_lib.load_mask(tmp_path / 'labels.png', 10, 15)
   assert str(e.value).endswith(
-    'has 3 grey level(s) from 7 to 20 besides 255 and none brighter, as a label map has: white '
+    'has 3 grey levels from 7 to 20 besides 255 and none brighter, as a label map has: white '
     "marks the region; save one label's region white on black (a weak mask: brighten it)"
   )
   soft = np.linspace(0, 255, 150).astype(np.uint8).reshape(10, 15)  # every level: weights

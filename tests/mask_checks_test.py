@@ -17,9 +17,9 @@ def _labels(values, tile: int = 4) -> np.ndarray:
 def test_a_label_map_is_refused_however_many_labels_it_holds():
   """Trials 16, 17: VOC's classes with 255 on the boundaries passed as weights label/255."""
   for values, held in (
-    ([0, 7, 15, 20, 255], '3 grey level(s) from 7 to 20 besides 255'),
-    ([0, 1, 255], '1 grey level(s) from 1 to 1 besides 255'),  # one class and the boundary
-    (range(40), '39 grey level(s) from 1 to 39'),
+    ([0, 7, 15, 20, 255], '3 grey levels from 7 to 20 besides 255'),
+    ([0, 1, 255], 'grey level 1 besides 255'),  # one class and the boundary
+    (range(40), '39 grey levels from 1 to 39'),
   ):
     with pytest.raises(errors.ConfigError) as e:
       mask_checks.mask_float(_labels(values), 'content_mask')

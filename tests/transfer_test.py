@@ -379,10 +379,10 @@ def test_a_resume_that_does_not_fit_names_stylizes_own_arguments(caffe_npz, tmp_
   start_over = 'or another checkpoint= path (or remove this one) to start over'
   cases = [
     ({'content': np.random.default_rng(5).uniform(size=(16, 24, 3))},
-     f"the content is 24 px wide, the interrupted run's 16; pass the same content to resume, "
+     f"the content is 24 px wide, the checkpoint's 16; pass the same content to resume, "
      f'{start_over}'),
     ({'style': style[::-1]},
-     f"the style differs from the interrupted run's; pass the same style to resume, {start_over}"),
+     f"the style differs from the checkpoint's; pass the same style to resume, {start_over}"),
     ({'config': resume.replace(optim=config_lib.OptimConfig(name='adam'))},
      'config.optim.name differs (checkpoint "lbfgs", now "adam"); pass the same config to '
      f'resume, {start_over}'),
@@ -756,24 +756,41 @@ def test_a_resume_near_early_stopping_converges_where_the_whole_run_did(caffe_np
 
 
 def test_a_resume_with_another_init_image_is_refused(caffe_npz, tmp_path):
-  """Trial 17: another init_image on resume was ignored, while another inputs.init was refused."""
+  """Trial 17: another init_image on resume was ignored, while another inputs.init was refused.
+
+  Trial 18: past the first scale (and from a finished checkpoint) it still
+  was, and a run that had none was told to pass "the same init_image".
+  """
   rng = np.random.default_rng(6)
   content, style, start, other = rng.uniform(size=(4, 32, 32, 3)).astype(np.float32)
-  cfg = _cfg(4, run=config_lib.RunConfig(checkpoint_every=1, print_iter=0))
-  ckpt = tmp_path / 'a.ckpt'
-  with pytest.raises(errors.Interrupted):
-    stylize(content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt, init_image=start,
-            should_stop=lambda: 15)  # fmt: skip
+  cfg = _cfg(4, scales=2, run=config_lib.RunConfig(checkpoint_every=1, print_iter=0))
   again = cfg.replace(run=cfg.run.replace(resume=True))
-  with pytest.raises(errors.ResumeMismatch) as e:
-    stylize(content, style, config=again, weights=caffe_npz, checkpoint=ckpt, init_image=other)
-  assert str(e.value) == (
-    f"cannot resume from {ckpt}: the init_image differs from the interrupted run's; pass the "
-    'same init_image to resume, or another checkpoint= path (or remove this one) to start over'
-  )
-  out = stylize(content, style, config=again, weights=caffe_npz, checkpoint=ckpt, init_image=start)
+  start_over = 'to resume, or another checkpoint= path (or remove this one) to start over'
+  # Stopped in scale 2 (after 3 of 2 + 2 iterations), and finished.
+  stopped, done = tmp_path / 'a.ckpt', tmp_path / 'b.ckpt'
+  _stopped_after(3, content, style, config=cfg, weights=caffe_npz, checkpoint=stopped,
+                 init_image=start)  # fmt: skip
+  stylize(content, style, config=cfg, weights=caffe_npz, checkpoint=done, init_image=start)
+  for ckpt in (stopped, done):
+    for init, message in (
+      (other, "the init_image differs from the checkpoint's; pass the same init_image"),
+      (None, "the checkpoint's run had an init_image; pass the same init_image"),
+    ):
+      with pytest.raises(errors.ResumeMismatch) as e:
+        stylize(content, style, config=again, weights=caffe_npz, checkpoint=ckpt, init_image=init)
+      assert str(e.value) == f'cannot resume from {ckpt}: {message} {start_over}', ckpt.name
+  out = stylize(content, style, config=again, weights=caffe_npz, checkpoint=stopped,
+                init_image=start)  # fmt: skip
   whole = stylize(content, style, config=cfg, weights=caffe_npz, init_image=start)
   np.testing.assert_array_equal(out, whole)
+  plain = tmp_path / 'c.ckpt'
+  _stopped_after(3, content, style, config=cfg, weights=caffe_npz, checkpoint=plain)
+  with pytest.raises(errors.ResumeMismatch) as e:
+    stylize(content, style, config=again, weights=caffe_npz, checkpoint=plain, init_image=start)
+  assert str(e.value) == (
+    f"cannot resume from {plain}: the checkpoint's run had no init_image; pass no init_image "
+    f'{start_over}'
+  )
 
 
 def test_an_error_in_the_callback_names_the_checkpoint_it_left(caffe_npz, tmp_path):

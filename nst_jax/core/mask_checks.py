@@ -41,7 +41,7 @@ def mask_float(m: np.ndarray, name: str) -> np.ndarray:
 
 
 def label_levels(levels: np.ndarray) -> str | None:
-  """How [H, W] 8-bit grey levels look like a label map ('3 grey level(s) from ...'), or None.
+  """How [H, W] 8-bit grey levels look like a label map ('3 grey levels from 7 to 20 ...'), or None.
 
   Grey levels up to `MAX_LABEL` only besides 0 and 255, several of them or
   beside 255, filling regions as labels do: at least `MIN_LABEL_AREA` of
@@ -61,10 +61,9 @@ def label_levels(levels: np.ndarray) -> str | None:
   if np.count_nonzero(flat & np.isin(middle, inner)) < max(4, MIN_LABEL_AREA * levels.size):
     return None
   besides = ' besides 255' if white else ''
-  return (
-    f'{inner.size} grey level(s) from {int(inner.min())} to {int(inner.max())}{besides} and '
-    'none brighter'
-  )
+  low, high = int(inner.min()), int(inner.max())
+  said = f'grey level {low}' if low == high else f'{inner.size} grey levels from {low} to {high}'
+  return f'{said}{besides} and none brighter'
 
 
 def label_fix(as_weights: str) -> str:

@@ -189,7 +189,7 @@ class GroupRun:
         masks=[m for m in (cmask, smasks) if m is not None],
         scale=k,
         term_weights=(row.content_weight, row.style_weight, row.tv_weight),
-        init=row.init_rgb if k == 0 else None,  # later scales start from the one before
+        init=row.init_rgb,  # every scale's: it decides their start too (trial 18)
       )
     return host, settings, content
 

@@ -365,11 +365,14 @@ def restore(path: str | os.PathLike, *, like: Any, settings: dict) -> tuple[Any,
     if saved.get(key) != settings.get(key):
       if key in _DERIVED_SETTINGS:
         raise errors.ResumeMismatch(
-          f'cannot resume from {path}: {_DERIVED_SETTINGS[key]} differ from the interrupted '
-          "run's; resume with the same files, or start over without run.resume and another "
+          f'cannot resume from {path}: {_DERIVED_SETTINGS[key]} differ from the checkpoint'
+          "'s; resume with the same files, or start over without run.resume and another "
           'save.path',
           path=str(path),
           setting=key,
+          # An input only one run had (a start image): named as such.
+          saved='' if key in saved else 'none',
+          now='' if key in settings else 'none',
         )
       was, now = short(saved.get(key)), short(settings.get(key))
       raise errors.ResumeMismatch(

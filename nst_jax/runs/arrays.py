@@ -79,11 +79,16 @@ def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
     what = 'it holds ' + e.held.replace('schedule.iterations', 'config.schedule.iterations')
     again = f'a config with schedule.iterations {e.saved} (or more)'
   elif e.setting == 'inputs.width':
-    what = f"the content is {e.now} px wide, the interrupted run's {e.saved}"
+    what = f"the content is {e.now} px wide, the checkpoint's {e.saved}"
     again = 'the same content'
+  elif e.setting == 'init_pixels' and 'none' in (e.saved, e.now):
+    # Trial 18: "pass the same init_image" to a run that had none.
+    had = 'an' if e.now == 'none' else 'no'
+    what = f"the checkpoint's run had {had} init_image"
+    again = 'the same init_image' if e.now == 'none' else 'no init_image'
   elif e.setting in _RESUME_INPUTS:
     what, again = _RESUME_INPUTS[e.setting]
-    what, again = what + " from the interrupted run's", f'the same {again}'
+    what, again = what + " from the checkpoint's", f'the same {again}'
   else:
     what = f'config.{e.setting} differs (checkpoint {e.saved}, now {e.now})'
     again = 'the same config'
