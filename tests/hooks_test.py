@@ -126,22 +126,27 @@ def test_hooks_run_in_order_with_the_values_given():
     assert all(e['time_s'] > 0 for e in entries)
 
 
-def test_the_final_image_is_not_scored_after_a_stop_by_signal_and_its_nan_is_an_error():
-  history = hooks.History(print_iter=10, rows=(0, 1), t0=0.0)
-  info = loop.LoopInfo(start=0, total=5, rows=(0, 1))
-  calls = []
+def test_a_stop_is_scored_at_the_scales_end_only_and_a_nan_score_is_an_error():
+  """A stop before the end records the last image read (trial 18), kept from checkpoints;
+  one at the end scores the result, as a finished scale (trial 17)."""
+  for stop_at, scored, entries in ((3, [], [0, 2]), (5, [1], [0, 5])):
+    history = hooks.History(print_iter=10, rows=(0, 1), t0=0.0)
+    info = loop.LoopInfo(start=0, total=5, rows=(0, 1))
+    calls = []
 
-  def score(state):
-    calls.append(1)
-    return state, _step(state, None, None)[1]
+    def score(state, calls=calls):
+      calls.append(1)
+      return state, _step(state, None, None)[1]
 
-  stops = iter([None, None, signal.SIGTERM])
-  result = loop.run_loop(
-    _step, _state(), None, None, info=info, hooks=[history], score=score,
-    should_stop=lambda: next(stops),
-  )  # fmt: skip
-  assert (result.reason, result.iteration, calls) == ('signal', 3, [])
-  assert [e['iteration'] for e in history.history[0]] == [0]  # the start image only
+    stops = iter([None] * (stop_at - 1) + [signal.SIGTERM])
+    result = loop.run_loop(
+      _step, _state(), None, None, info=info, hooks=[history], score=score,
+      should_stop=lambda stops=stops: next(stops),
+    )  # fmt: skip
+    assert (result.reason, result.iteration, calls) == ('signal', stop_at, scored)
+    assert [e['iteration'] for e in history.history[0]] == entries
+    # The checkpoint's entries are an uninterrupted run's: the stop's is the record's alone.
+    assert [e['iteration'] for e in history.kept(0)] == entries[: 1 if stop_at < 5 else 2]
 
   def nan_score(state):
     return state, {k: jnp.full(2, jnp.nan) for k in ('total', 'content', 'style', 'tv')}

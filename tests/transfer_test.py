@@ -551,6 +551,42 @@ def test_a_resumed_record_is_the_whole_runs_and_fewer_iterations_are_refused(caf
   assert _losses(again['history']) == _losses(whole['history'])
 
 
+def test_a_stops_record_ends_where_its_log_does_and_a_resume_keeps_every_result(
+  caffe_npz, tmp_path, caplog
+):
+  """Trial 18 (H8): after a stop the log's last line named iteration k - 1, the record's
+  history the last print_iter multiple; trial 17 (G16): a stop at a scale's last iteration
+  was never scored, and a resumed record lacked that scale's result.
+  """
+  rng = np.random.default_rng(13)
+  content, style = rng.uniform(size=(2, 16, 16, 3)).astype(np.float32)
+  run = config_lib.RunConfig(print_iter=2, checkpoint_every=1)
+  for cfg, polls, last in (
+    (_cfg(6, run=run), 4, (0, 3)),  # stopped in the scale: the image before the stop's update
+    (_cfg(8, scales=2, run=run), 4, (0, 4)),  # at scale 1's end: its result, scored
+  ):
+    every = {}  # every entry, for the stopped image's losses
+    stylize(content, style, config=cfg.replace(run=run.replace(print_iter=1)), weights=caffe_npz,
+            record=every)  # fmt: skip
+    whole, stopped, resumed = {}, {}, {}
+    stylize(content, style, config=cfg, weights=caffe_npz, record=whole)
+    ckpt = tmp_path / f'{cfg.schedule.scales}.ckpt'
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+      _stopped_after(polls, content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt,
+                     record=stopped)  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if ' loss ' in r.getMessage()]
+    entry = stopped['history'][-1]
+    assert (entry['scale'], entry['iteration']) == last
+    assert f'iteration {last[1]}/' in lines[-1]
+    assert f'loss {entry["total"]:.5g} ' in lines[-1]
+    by_step = {(e['scale'], e['iteration']): e for e in _losses(every['history'])}
+    assert _losses([entry]) == [by_step[last]]
+    resume = cfg.replace(run=run.replace(resume=True))
+    stylize(content, style, config=resume, weights=caffe_npz, checkpoint=ckpt, record=resumed)
+    assert _losses(resumed['history']) == _losses(whole['history'])
+
+
 def test_a_configs_learning_rate_is_left_out_of_lbfgs_as_documented(caffe_npz):
   """OptimConfig says learning_rate is unused by L-BFGS; make_optimizer now refuses it."""
   rgb = np.random.default_rng(10).uniform(size=(2, 16, 16, 3)).astype(np.float32)

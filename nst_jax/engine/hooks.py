@@ -134,17 +134,20 @@ class History(Hook):
   The entry of iteration k holds the losses of the image after k updates
   (k numbered across scales): a scale's start image (k = its first
   iteration - 1, 0 for a fresh run), every `print_iter` updates, and the
-  final image (`StepView.final`, when the loop scored it: not after a stop by
-  signal). A step returns the losses of the image it was given, so the
-  losses read at iteration c are entry c - 1's. At a scale's boundary two
-  entries share k: the previous scale's result and the next scale's start
-  (resized, with that scale's targets); 'scale' tells them apart.
+  final image (`StepView.final`, when the loop scored it), or after a stop
+  before a scale's last iteration the image it last scored (k = the stop's
+  iteration - 1, as the log's last line: trial 18). A step returns the
+  losses of the image it was given, so the losses read at iteration c are
+  entry c - 1's. At a scale's boundary two entries share k: the previous
+  scale's result and the next scale's start (resized, with that scale's
+  targets); 'scale' tells them apart.
 
   A resumed run starts from the entries its checkpoint kept (`restore`:
   those before the checkpoint's iteration, and a finished scale's result),
   and adds its own start entry only where an uninterrupted run has one (a
   multiple of `print_iter`), so its history equals the uninterrupted run's
-  (the entries before the resume keep that run's 'time_s').
+  (the entries before the resume keep that run's 'time_s'). A stop's entry
+  is the record's alone: checkpoints keep `kept`, as uninterrupted runs.
 
   Attributes:
     history: row -> list of {'scale', 'iteration' (updates done, across
@@ -155,6 +158,12 @@ class History(Hook):
     self.print_iter = print_iter
     self.t0 = time.perf_counter() if t0 is None else t0
     self.history: dict[int, list[dict[str, Any]]] = {r: [] for r in rows}
+    self.stop_entry = False  # the last entries are a stop's
+
+  def kept(self, row: int) -> list[dict[str, Any]]:
+    """Row `row`'s entries for its checkpoint: all but a stop's."""
+    entries = self.history[row]
+    return list(entries[:-1] if self.stop_entry else entries)
 
   def begin(self, info: LoopInfo) -> None:
     self.info = info
@@ -164,13 +173,16 @@ class History(Hook):
     if row in self.history and entries:
       self.history[row] = [dict(e) for e in entries]
 
-  def _add(self, done: int, losses: dict[str, np.ndarray]) -> None:
+  def _add(self, done: int, losses: dict[str, np.ndarray]) -> bool:
+    """Adds iteration `done`'s entries; False if they were there (a kept result, a logged stop)."""
+    added = False
     for r, entries in self.history.items():
       if entries and (entries[-1]['scale'], entries[-1]['iteration']) == (
         self.info.scale,
         self.info.offset + done,
       ):
         continue  # a kept run's result, extended: its entry is the checkpoint's
+      added = True
       entries.append(
         {
           'scale': self.info.scale,
@@ -179,6 +191,7 @@ class History(Hook):
           **{k: float(v[r]) for k, v in losses.items()},
         }
       )
+    return added
 
   def after_step(self, view: StepView) -> None:
     if not view.synced:
@@ -192,8 +205,12 @@ class History(Hook):
         self._add(done, losses)
 
   def end(self, view: StepView | None) -> None:
-    if view is not None and view.final is not None:
+    if view is None or not view.last:
+      return
+    if view.final is not None:
       self._add(view.iteration, view.final)
+    elif view.synced:  # stopped: the losses read last are the image's before the stop's update
+      self.stop_entry = self._add(view.iteration - 1, view.history()[-1][1])
 
 
 class Checkpoints(Hook):
@@ -320,7 +337,7 @@ class Checkpoints(Hook):
     if self.iterations is not None:
       extra['iterations'] = self.iterations
     if self.history is not None and r in self.history.history:
-      extra['history'] = list(self.history.history[r])
+      extra['history'] = self.history.kept(r)
     return extra
 
   def _submit(self, payloads: dict[int, dict], iteration: int) -> None:

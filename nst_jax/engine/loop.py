@@ -35,8 +35,8 @@ before its update, so the losses read at iteration k are those of the image
 after k - 1 updates, and the last update is never scored. Given `score`
 (the engine's: the compiled step with every row held, so the image stays
 and no program is compiled for it), the loop evaluates the final image once
-more after the last iteration and hands its losses to the hooks' `end`
-(`StepView.final`): the run record's final losses are the result's.
+more after the last iteration (a stop's too, at the scale's last) and
+hands its losses to the hooks' `end` (`StepView.final`).
 
 Failures in hooks. A hook that raises (an intermediate image that cannot be
 written, a preview error) may do so on one process only. The loop keeps the
@@ -360,7 +360,7 @@ def run_loop(
       (nst_jax.engine.distributed.agree; one process: raises its own).
     score: state -> (state with the same image, losses of that image), run
       once after the last iteration (after its hooks, before their `end`)
-      unless a signal or a failure stopped the loop. A step's losses are of
+      unless a failure, or a signal before `info.total`, stopped the loop. A step's losses are of
       the image *before* its update, so without it the last update is never
       scored; its losses are read in one more sync (every process alike)
       into `StepView.final`.
@@ -392,11 +392,8 @@ def run_loop(
   call('begin', info)
   view = None
   it = info.start
-  reason = 'iterations'
-  signum = None
-  read: list = []
-  t_start = time.perf_counter()
-  t_first = None
+  reason, signum, read = 'iterations', None, []
+  t_start, t_first = time.perf_counter(), None
   try:
     for it in range(info.start + 1, info.total + 1):
       state, losses = step(state, params, targets)
@@ -428,7 +425,9 @@ def run_loop(
       call('after_step', view)
       if view.last:
         break
-    if score is not None and view is not None and reason in ('iterations', 'converged'):
+    # At a scale's last iteration even a stop scores: a resume skips a finished scale (trial 17).
+    ended = reason in ('iterations', 'converged') or (reason == 'signal' and it == info.total)
+    if score is not None and view is not None and ended:
       # After the hooks of the last iteration: they copied what they keep
       # of the state, which `score` donates.
       state, losses = score(state)
