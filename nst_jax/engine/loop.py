@@ -360,10 +360,10 @@ def run_loop(
       (nst_jax.engine.distributed.agree; one process: raises its own).
     score: state -> (state with the same image, losses of that image), run
       once after the last iteration (after its hooks, before their `end`)
-      unless a failure, or a signal before `info.total`, stopped the loop. A step's losses are of
-      the image *before* its update, so without it the last update is never
-      scored; its losses are read in one more sync (every process alike)
-      into `StepView.final`.
+      unless a failure, or a signal before `info.total`, stopped the loop.
+      A step's losses are of the image *before* its update, so without it
+      the last update is never scored; its losses are read in one more sync
+      (every process alike) into `StepView.final`.
 
   Returns:
     LoopResult; reason 'iterations', 'converged' or 'signal'.
