@@ -366,6 +366,23 @@ def test_sigterm_while_compiling_a_1024_px_run_ends_it_within_2_s(tmp_path, caff
   assert _digests(tmp_path) == before
 
 
+def test_a_signal_while_the_results_are_written_lets_them_finish(tmp_path, caffe_npz):
+  """Trial 20: SIGTERM or SIGHUP after the last iteration ended the run by their default
+  action: a result without its record, lock files, a finished checkpoint, and no line."""
+  signum = signal.SIGHUP  # a dropped ssh connection; SIGTERM takes the same path
+  _images(tmp_path)
+  inputs = {p.name for p in tmp_path.iterdir()}
+  process = _start(tmp_path, caffe_npz, '-i', '2', *small_runs.FLAGS)
+  _wait_for(process, 'saved r.png')  # the record, plot and sheet come next
+  process.send_signal(signum)
+  _, rest = _finish(process)
+  assert process.returncode == 0, rest
+  assert f'signal {int(signum)} after the last iteration: the results are written first' in rest
+  assert 'Done: r.png' in rest
+  written = {p.name for p in tmp_path.iterdir()} - inputs  # no lock, temporary file or checkpoint
+  assert sorted(written) == ['r.json', 'r.loss.png', 'r.png', 'r.sheet.jpg']
+
+
 def test_a_second_ctrl_c_exits_at_once(tmp_path, caffe_npz):
   _images(tmp_path)
   Image.open(tmp_path / 'c.jpg').resize((512, 384)).save(tmp_path / 'c.jpg')

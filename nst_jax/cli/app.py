@@ -151,10 +151,14 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   early = not FLAGS.distributed
   # main.py's start-up handler ends the process on Ctrl-C; from here the
-  # signal thread does (before the first iteration), or the loop saves first.
-  signal.signal(
-    signal.SIGINT, (lambda signum, frame: None) if early else signal.default_int_handler
-  )
+  # signal thread does (before the first iteration), or the loop saves first,
+  # or the results are finished first. Several processes must stop together:
+  # SIGTERM and SIGHUP keep their default there.
+  if early:
+    for signum in signals.STOP_SIGNALS:
+      signal.signal(signum, lambda signum, frame: None)
+  else:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
   with signals.exit_on_signals(early=early, before_exit=output_plan.drop_locks):
     _main()
 

@@ -26,6 +26,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # what it had done since its last checkpoint (4 of 11 tries in trial 10). A
 # person's second Ctrl-C comes later than this.
 AGAIN_AFTER_S = 0.1
+# Set while `stop_on_signals` turns signals into the loop's flag (main thread).
+LISTENING = threading.Event()
 
 
 @contextlib.contextmanager
@@ -44,12 +46,15 @@ def exit_on_signals(
   more after the first: closer ones are one signal sent twice) ends it at
   once whatever it is doing (the last checkpoint, written atomically,
   stays). Otherwise the first signal is left to `stop_on_signals`, which
-  saves first.
+  saves first; outside it, after the last iteration, the result's files
+  are being written: they are finished first, with a line saying so
+  (trial 20: SIGTERM's default action there left a result without its
+  record).
 
   Only for code that owns the process (the command line): it calls
-  os._exit. Signals reach the pipe only while Python handles them (always
-  SIGINT; SIGTERM and SIGHUP inside `stop_on_signals`; before that their
-  default action ends the process at once anyway).
+  os._exit. Signals reach the pipe only while Python handles them: the
+  caller installs handlers for all of `STOP_SIGNALS` that do nothing (the
+  command line does, unless several processes must stop together).
 
   Args:
     early: exit on the first signal before any iteration (off for
@@ -79,7 +84,11 @@ def exit_on_signals(
           )
         elif early and not loop_lib.ITERATED.is_set():
           why = f'interrupted by signal {signum} before the first iteration; nothing was written'
+        elif LISTENING.is_set() or not loop_lib.ITERATED.is_set():
+          continue  # the loop saves, then stops (or, several processes: they stop together)
         else:
+          os.write(2, f'signal {signum} after the last iteration: the results are written '
+                   'first (a second signal stops at once)\n'.encode())  # fmt: skip
           continue
         before_exit()
         os.write(2, f'error: {why}\n'.encode())
@@ -124,8 +133,12 @@ def stop_on_signals(*, interrupt_again: bool = False):
     first.append(time.monotonic())
 
   previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+  was_listening = LISTENING.is_set()
+  LISTENING.set()
   try:
     yield lambda: received[0] if received else None
   finally:
+    if not was_listening:
+      LISTENING.clear()
     for signum, handler in previous.items():
       signal.signal(signum, handler)
