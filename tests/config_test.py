@@ -181,6 +181,17 @@ def test_flat_names_still_work_and_say_where_they_moved():
     "StyleConfig got an unknown keyword 'iteration'; did you mean "
     'schedule=nst_jax.ScheduleConfig(iterations=...)?'
   )
+  # A group's field with no flat legacy name: its group (trial 19 was told the loss group).
+  for make in (
+    lambda: config_lib.StyleConfig(tol=0.5),
+    lambda: config_lib.StyleConfig().replace(tol=0.5),
+  ):
+    with pytest.raises(errors.ArgumentError) as e:
+      make()
+    assert str(e.value) == (
+      "StyleConfig got 'tol', which is schedule.tol: pass StyleConfig(schedule=nst_jax."
+      'ScheduleConfig(tol=...)), or config.replace(schedule=config.schedule.replace(tol=...))'
+    )
   with pytest.raises(errors.ArgumentError) as e:
     config_lib.StyleConfig(qqq=2)
   assert str(e.value) == (

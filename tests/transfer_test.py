@@ -312,8 +312,8 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
      'size; drop its channel axis: m[..., 0] (nst_jax.io.images.load_mask reads a mask file as '
      '[H, W])'),
     (dict(content=rgb, style=rgb, config=config_lib.StyleConfig(run=config_lib.RunConfig(
-      resume=True))), 'run.resume is set but no checkpoint= names the file to continue; pass '
-     'checkpoint= or leave run.resume False'),
+      resume=True))), 'config.run.resume is set but no checkpoint= names the file to continue; '
+     'pass checkpoint= or leave config.run.resume False'),
     # A keyword's typo: it named a missing file only (trial 5), as initial_image names them.
     (dict(content=rgb, style=rgb, config=config_lib.StyleConfig(inputs=config_lib.InputConfig(
       init='randm'))), "inputs.init 'randm' is not one of content, random, gray, and no image "
@@ -556,35 +556,39 @@ def test_a_stops_record_ends_where_its_log_does_and_a_resume_keeps_every_result(
 ):
   """Trial 18 (H8): after a stop the log's last line named iteration k - 1, the record's
   history the last print_iter multiple; trial 17 (G16): a stop at a scale's last iteration
-  was never scored, and a resumed record lacked that scale's result.
+  was never scored, and a resumed record lacked that scale's result; trial 19 (I7): a stop
+  at a scale's first iteration logged the last scale's result, recorded this one's start.
   """
   rng = np.random.default_rng(13)
   content, style = rng.uniform(size=(2, 16, 16, 3)).astype(np.float32)
   run = config_lib.RunConfig(print_iter=2, checkpoint_every=1)
-  for cfg, polls, last in (
-    (_cfg(6, run=run), 4, (0, 3)),  # stopped in the scale: the image before the stop's update
-    (_cfg(8, scales=2, run=run), 4, (0, 4)),  # at scale 1's end: its result, scored
-  ):
+  for cfg, stops in (
+    (_cfg(6, run=run), [(4, (0, 3), 'iteration 3/6 ')]),  # the image before the stop's update
+    (_cfg(8, scales=2, run=run), [
+      (4, (0, 4), 'scale 1/2  iteration 4/4 '),  # at scale 1's end: its result, scored
+      (5, (1, 4), 'scale 2/2  iteration 0/4 '),  # at scale 2's first: its start
+    ]),
+  ):  # fmt: skip
     every = {}  # every entry, for the stopped image's losses
     stylize(content, style, config=cfg.replace(run=run.replace(print_iter=1)), weights=caffe_npz,
             record=every)  # fmt: skip
-    whole, stopped, resumed = {}, {}, {}
-    stylize(content, style, config=cfg, weights=caffe_npz, record=whole)
-    ckpt = tmp_path / f'{cfg.schedule.scales}.ckpt'
-    caplog.clear()
-    with caplog.at_level(logging.INFO):
-      _stopped_after(polls, content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt,
-                     record=stopped)  # fmt: skip
-    lines = [r.getMessage() for r in caplog.records if ' loss ' in r.getMessage()]
-    entry = stopped['history'][-1]
-    assert (entry['scale'], entry['iteration']) == last
-    assert f'iteration {last[1]}/' in lines[-1]
-    assert f'loss {entry["total"]:.5g} ' in lines[-1]
     by_step = {(e['scale'], e['iteration']): e for e in _losses(every['history'])}
-    assert _losses([entry]) == [by_step[last]]
-    resume = cfg.replace(run=run.replace(resume=True))
-    stylize(content, style, config=resume, weights=caffe_npz, checkpoint=ckpt, record=resumed)
-    assert _losses(resumed['history']) == _losses(whole['history'])
+    whole = {}
+    stylize(content, style, config=cfg, weights=caffe_npz, record=whole)
+    for polls, last, line in stops:
+      ckpt, stopped, resumed = tmp_path / f'{cfg.schedule.scales}_{polls}.ckpt', {}, {}
+      caplog.clear()
+      with caplog.at_level(logging.INFO):
+        _stopped_after(polls, content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt,
+                       record=stopped)  # fmt: skip
+      lines = [r.getMessage() for r in caplog.records if ' loss ' in r.getMessage()]
+      entry = stopped['history'][-1]
+      assert (entry['scale'], entry['iteration']) == last
+      assert line in lines[-1] and f'loss {entry["total"]:.5g} ' in lines[-1], lines[-1]
+      assert _losses([entry]) == [by_step[last]]
+      resume = cfg.replace(run=run.replace(resume=True))
+      stylize(content, style, config=resume, weights=caffe_npz, checkpoint=ckpt, record=resumed)
+      assert _losses(resumed['history']) == _losses(whole['history']), polls
 
 
 def test_a_configs_learning_rate_is_left_out_of_lbfgs_as_documented(caffe_npz):

@@ -198,7 +198,21 @@ def as_style_config(config, argument: str) -> StyleConfig:
 
 
 def _check_flat(flat: dict) -> None:
-  """Refuses a flat keyword that names no setting, naming the closest setting in its group."""
+  """Refuses a flat keyword that names no setting, naming the closest setting in its group.
+
+  A group's field without a legacy flat name (tol) is named in its group:
+  trial 19 was told the loss group for schedule.tol.
+  """
+  for name in flat:
+    owners = [g for g, cls in GROUPS.items() if name in cls.__dataclass_fields__]
+    if name not in deprecated.FLAT_FIELDS and name not in GROUPS and owners:
+      ways = ' or '.join(
+        f'StyleConfig({g}=nst_jax.{GROUPS[g].__name__}({name}=...)), or '
+        f'config.replace({g}=config.{g}.replace({name}=...))'
+        for g in owners
+      )
+      where = ' and '.join(f'{g}.{name}' for g in owners)
+      raise errors.ArgumentError(f'StyleConfig got {name!r}, which is {where}: pass {ways}')
 
   def in_group(name: str) -> str:
     if name in GROUPS:

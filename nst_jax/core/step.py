@@ -198,7 +198,8 @@ def update_step(
     targets: per-image targets with leading [N] axes (not donated).
     active: optional [N] bools (or 0/1 integers); an image whose entry is
       False keeps its pixels (it has converged and waits for the rest of
-      the batch). Another shape is refused; values other than 0/1 where
+      the batch); its optimiser state still moves on, so this is no pause
+      (selecting the whole state would cost every step). Another shape is refused; values other than 0/1 where
       they are concrete (not under an outer jit, vmap or grad).
     model: the VGG (static).
     optimizer: from `make_optimizer` (static).

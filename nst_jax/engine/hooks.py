@@ -39,7 +39,7 @@ class LogProgress(Hook):
     self.head = self.prefix + (f'{label}  ' if label else '')
     self.jobs = f'  {len(info.rows)} jobs' if len(info.rows) > 1 else ''
     self.total = info.total
-    self.logged = info.start  # the iteration of the last line (a resumed run's start)
+    self.logged = None  # the iteration of this loop's last line
 
   def after_step(self, view: StepView) -> None:
     # The step's losses are its input image's, one update behind: they are
@@ -59,9 +59,9 @@ class LogProgress(Hook):
     final = view.mean_final()
     if final is not None:
       self._log(view, final, view.iteration)
-    elif view.iteration - 1 >= 1 and view.iteration - 1 != self.logged:
-      # Stopped, so never scored: the last losses are the image before the
-      # last update's (trial 17: they were labelled with the stop's iteration).
+    elif view.iteration - 1 != self.logged:
+      # Stopped, so never scored: the image's before the last update, as the
+      # record's last entry (trials 17, 19: a scale's start had no line).
       self._log(view, view.mean_losses(), view.iteration - 1)
 
   def _log(self, view: StepView, losses: dict[str, float], iteration: int) -> None:

@@ -144,8 +144,9 @@ def read_png16(path: str | os.PathLike) -> np.ndarray:
   import png  # pypng: Pillow decodes 16-bit colour PNGs to 8 bits
 
   try:
-    w, h, rows, info = png.Reader(filename=os.fspath(path)).asDirect()
-    data = np.vstack([np.asarray(r, np.float32) for r in rows]) / _MAX16
+    with open(path, 'rb') as f:  # pypng's own file=filename is never closed (trial 19)
+      w, h, rows, info = png.Reader(file=f).asDirect()
+      data = np.vstack([np.asarray(r, np.float32) for r in rows]) / _MAX16
   except (png.Error, zlib.error) as e:  # truncated or corrupt; Pillow only read the header
     raise errors.ImageError(
       f'cannot read image {errors.printable(path)}: {e}; pass a valid PNG, JPEG or other image'

@@ -350,15 +350,22 @@ def _savable(rgb) -> np.ndarray:
   return value
 
 
-def check_output(path: str | os.PathLike, bit_depth: int = 8) -> str:
-  """Pillow's format for an output name, refusing what `save_image` cannot write."""
+def check_output(
+  path: str | os.PathLike, bit_depth: int = 8, *, field: str = 'save.bit_depth'
+) -> str:
+  """Pillow's format for an output name, refusing what `save_image` cannot write.
+
+  `field` is the caller's name for the bit depth (save_image's argument:
+  'bit_depth', trial 19).
+  """
   fmt = image_format(path)
-  if bit_depth not in config_lib.BIT_DEPTHS:
-    raise errors.ImageError(f'bit depth must be 8 or 16, got {bit_depth}')
+  is_int = isinstance(bit_depth, int | np.integer) and not isinstance(bit_depth, bool)
+  if not is_int or bit_depth not in config_lib.BIT_DEPTHS:
+    raise errors.ConfigError(f'{field} must be 8 or 16 (an int), got {bit_depth!r}')
   if bit_depth == 16 and fmt != 'PNG':
     raise errors.ImageError(
       f'16-bit output needs a .png name, not {errors.printable(Path(path).name)}; '
-      'use save.bit_depth 8 or a .png output'
+      f'use {field}{" " if "." in field else "="}8 or a .png name'  # a field, or an argument
     )
   output_names.check_format(Path(path), fmt, bit_depth)
   return fmt
@@ -393,12 +400,12 @@ def save_image(
   Raises:
     ImageError: an unknown suffix, a format that cannot hold the result
       (`output_names.check_format`), or 16 bits for a format other than PNG.
-    ConfigError: `quality` is not 1-100, or `rgb` is not one [H, W, 3]
+    ConfigError: `quality` is not 1-100, `bit_depth` not 8 or 16, or `rgb` is not one [H, W, 3]
       image of floats in [0, 1] (uint8 is taken as 0..255; an overshoot, up
       to `pixels.RGB_SLACK` outside in at most `MAX_CLIPPED` of the values,
       as a resized or unboxed result has, is clipped), naming the fix.
   """
-  fmt = check_output(path, bit_depth)
+  fmt = check_output(path, bit_depth, field='bit_depth')
   if (
     isinstance(quality, bool)
     or not isinstance(quality, (int, np.integer))

@@ -367,8 +367,8 @@ def stylize(
     _check_checkpoint_path(Path(checkpoint), resume=cfg.run.resume)
   if cfg.run.resume and checkpoint is None:
     raise errors.ConfigError(
-      'run.resume is set but no checkpoint= names the file to continue; pass checkpoint= or '
-      'leave run.resume False'
+      'config.run.resume is set but no checkpoint= names the file to continue; pass checkpoint= '
+      'or leave config.run.resume False'
     )
   if weights is None:  # as nst_jax.run: model.weights, else $NST_JAX_WEIGHTS, else the default
     w = weights_lib.for_model(cfg.model)

@@ -89,7 +89,7 @@ def make_engine(cfg, weights, layout, **kwargs) -> engine_lib.Engine:
 def resume_from(cfg: config_lib.StyleConfig, checkpoint: Path | None, *, required: bool):
   """Where `cfg.run.resume` continues from (None: start afresh).
 
-  `required`: a missing checkpoint is an NstError (arrays: the caller named
+  `required`: a missing checkpoint is a ConfigError (arrays: the caller named
   it), else a fresh start (a file run checked its output's state already).
   A checkpoint past `cfg.schedule.iterations` is a ResumeMismatch
   (engine.check_budget).
@@ -98,8 +98,11 @@ def resume_from(cfg: config_lib.StyleConfig, checkpoint: Path | None, *, require
     return None
   stages = schedule_lib.plan(cfg.inputs.width, cfg.schedule)
   resume = engine_lib.resume_point(checkpoint, stages)
-  if resume is None and required:
-    raise errors.NstError(f'no checkpoint {checkpoint} to resume; run without run.resume to start')
+  if resume is None and required:  # stylize's checkpoint=, in its words (trial 19)
+    raise errors.ConfigError(
+      f'no checkpoint {checkpoint} to resume; pass the checkpoint= of the run to continue, or '
+      'leave config.run.resume False to start'
+    )
   if resume is not None:
     logging.info(
       'Resuming %s after iteration %d (scale %d).', checkpoint, resume.iteration, resume.scale + 1
