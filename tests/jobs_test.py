@@ -124,6 +124,19 @@ def test_a_jobs_file_that_is_not_utf8_is_one_line(tmp_path):
   )
 
 
+def test_a_quoted_csv_value_keeps_its_line_break(tmp_path):
+  """Trial 20: the CSV was split into lines first, so "c<LF>x.jpg" became cx.jpg: another
+  existing file was styled, and the output written under another name, exit 0."""
+  path = tmp_path / 'jobs.csv'
+  path.write_text('content,style,output\n"c\nx.jpg",s.jpg,"o\n2.png"\n\nd.jpg,s.jpg,o.png\n')
+  assert jobs_lib.read_jobs(path) == [
+    jobs_lib.Job(str(tmp_path / 'c\nx.jpg'), (str(tmp_path / 's.jpg'),),
+                 output=str(tmp_path / 'o\n2.png')),
+    jobs_lib.Job(str(tmp_path / 'd.jpg'), (str(tmp_path / 's.jpg'),),
+                 output=str(tmp_path / 'o.png')),
+  ]  # fmt: skip
+
+
 def test_file_and_column_names_with_control_characters_stay_on_one_line(tmp_path):
   path = tmp_path / 'my\njobs.csv'
   path.write_text('content,style,\tnote\na.jpg,x.jpg,hi\n')

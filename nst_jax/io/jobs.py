@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 import csv
 import dataclasses
 import glob
+import io
 import json
 import os
 from pathlib import Path
@@ -145,7 +146,9 @@ def read_jobs(path: str | os.PathLike) -> list[Job]:
         raise errors.ConfigError(f'{name} line {number}: each line must be a JSON object')
       rows.append((number, row))
   else:
-    reader = csv.DictReader(text.splitlines())
+    # The text itself, not its lines: a quoted value may hold a line break (a
+    # file name with one lost it, and another file was styled: trial 20).
+    reader = csv.DictReader(io.StringIO(text, newline=''))
     if reader.fieldnames is None:
       raise errors.ConfigError(
         f'{name} is empty; its first line names the columns: {", ".join(JOB_FIELDS)}'
