@@ -12,6 +12,7 @@ class does not take: it names the keyword and the closest one it does
 
 from collections.abc import Callable, Iterable
 import difflib
+import errno
 import functools
 import inspect
 import os
@@ -130,6 +131,32 @@ def gigabytes(*sizes: int | None) -> list[str]:
     if len(set(text.values())) == len(known):
       break
   return [text.get(s, 'unknown') for s in sizes]
+
+
+def write_failure(path: os.PathLike, e: BaseException, why: str) -> str:
+  """'could not write PATH: WHY; nothing was replaced: FIX', the fix by the error's errno.
+
+  Only a full disk is told to free space (trial 20: a read-only file system
+  and a folder replaced by a file were too). `e`'s errno, or its cause's
+  (orbax wraps the OSError), picks the fix; without one, a full disk is
+  the likely cause of a failed write.
+  """
+  code = getattr(e, 'errno', None) or getattr(e.__cause__, 'errno', None)
+  folder = os.path.dirname(os.fspath(path)) or '.'
+  if code in (errno.ENOTDIR, errno.EEXIST, errno.ENOENT) and not os.path.isdir(folder):
+    why = f'its folder {printable(folder)} is gone or is not a folder'
+    fix = 'make it or choose another place'
+  elif code == errno.EEXIST:  # something took the name meanwhile
+    fix = 'move it away or choose another place'
+  elif code == errno.EROFS:
+    fix = 'choose another place (a read-only file system)'
+  elif code in (errno.EACCES, errno.EPERM):
+    fix = f'make {printable(folder)} writable or choose another place'
+  elif code in (errno.ENOSPC, errno.EDQUOT, None):
+    fix = 'free space or choose another place'
+  else:
+    fix = 'choose another place'
+  return f'could not write {printable(path)}: {why}; nothing was replaced: {fix}'
 
 
 def printable(path: str | bytes | os.PathLike) -> str:

@@ -1,8 +1,11 @@
 """The one-line error contract: file names cannot break the line."""
 
+import errno
+
 import pytest
 
 from nst_jax import errors
+from nst_jax.io import images
 
 
 @pytest.mark.parametrize(
@@ -46,3 +49,29 @@ def test_unknown_keywords_names_the_closest_valid_one_or_lists_them():
   assert g(1, alpha=2) == 3
   with pytest.raises(errors.ArgumentError, match=r"^g got an unknown keyword 'alpha_'; did you"):
     g(1, alpha_=2)
+
+
+def test_a_write_failure_is_told_the_fix_of_its_cause(tmp_path):
+  """Trial 20: a read-only file system and a folder replaced by a file were told to free space."""
+  path = tmp_path / 'r.png'
+  fixes = {
+    errno.ENOSPC: 'No space; nothing was replaced: free space or choose another place',
+    errno.EROFS: 'No space; nothing was replaced: choose another place (a read-only file system)',
+    errno.EACCES: f'No space; nothing was replaced: make {tmp_path} writable or choose another '
+    'place',
+    errno.EIO: 'No space; nothing was replaced: choose another place',
+  }
+  for code, said in fixes.items():
+    assert errors.write_failure(path, OSError(code, 'x'), 'No space') == (
+      f'could not write {path}: {said}'
+    )
+  wrapped = RuntimeError('tensorstore: ...')
+  wrapped.__cause__ = OSError(errno.EROFS, 'x')
+  assert errors.write_failure(path, wrapped, 'w').endswith('(a read-only file system)')
+  (tmp_path / 'gone').write_text('a file where the folder was')
+  with pytest.raises(errors.WriteError) as e:
+    images.atomic_write(tmp_path / 'gone' / 'r.png', lambda tmp: None)
+  assert str(e.value) == (
+    f'could not write {tmp_path}/gone/r.png: its folder {tmp_path}/gone is gone or is not a '
+    'folder; nothing was replaced: make it or choose another place'
+  )

@@ -199,8 +199,9 @@ def update_step(
     active: optional [N] bools (or 0/1 integers); an image whose entry is
       False keeps its pixels (it has converged and waits for the rest of
       the batch); its optimiser state still moves on, so this is no pause
-      (selecting the whole state would cost every step). Another shape is refused; values other than 0/1 where
-      they are concrete (not under an outer jit, vmap or grad).
+      (selecting the whole state would cost every step). Another shape is
+      refused; values other than 0/1 where they are concrete (not under an
+      outer jit, vmap or grad).
     model: the VGG (static).
     optimizer: from `make_optimizer` (static).
     loss_spec: the loss's structure (static, hashable; `LossConfig.spec`).

@@ -148,10 +148,7 @@ def save(path: str | os.PathLike, *, state: dict, meta: dict) -> None:
   except errors.NstError:
     raise
   except Exception as e:  # orbax and tensorstore raise several types for one failed write
-    raise errors.WriteError(
-      f'could not write {path}: {reason(e)}; nothing was replaced: free space or choose another '
-      'place'
-    ) from None
+    raise errors.WriteError(errors.write_failure(path, e, reason(e))) from None
 
 
 def reason(e: BaseException, limit: int = 160) -> str:

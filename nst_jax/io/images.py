@@ -264,10 +264,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
       Path(tmp).unlink(missing_ok=True)
     if isinstance(e, OSError) and e.errno is not None:
       # Disk full, I/O error, permissions: one line, and `path` as it was.
-      raise errors.WriteError(
-        f'could not write {path}: {e.strerror}; nothing was replaced: free space or choose '
-        'another place'
-      ) from None
+      raise errors.WriteError(errors.write_failure(path, e, e.strerror)) from None
     raise
 
 
