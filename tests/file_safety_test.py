@@ -5,6 +5,7 @@ tests/cli_forks.py) on files made here, and asserts the exit code, the one
 line, and the files on disk before and after, by hash.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -151,7 +152,7 @@ CASES = {
     ['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'x.png'],
     ['-cp', 'c.jpg', '-sp', 's.jpg', '--output', 'notes.png', '--overwrite'],
   ], [(0, None), (0, None),
-      (1, 'error: x.loss.png exists, beside x.png, and no nst-jax run record says'),
+      (1, 'error: x.loss.png exists, beside x.png, and is the result of another run'),
       (0, None)]),
   'suffixes-do-not-share': (_jobs, [['--jobs', 'suffix.csv']], [(0, None)]),
   'checkpoint-is-style': (_style_ckpt, [['-cp', 'c.jpg', '-sp', 'r.ckpt', '--output', 'r.png']],
@@ -280,6 +281,39 @@ def test_a_full_disk_at_the_end_keeps_the_checkpoint_and_resume_writes_the_resul
   pipeline.run(cfg.replace(run=cfg.run.replace(resume=True)))
   assert (tmp_path / 'r.png').read_bytes() == expected
   assert not (tmp_path / 'r.ckpt').exists()
+
+
+def test_a_resumed_batch_redoes_a_job_whose_result_or_record_is_not_whole(tmp_path, caffe_npz):
+  """Trial 20: --resume counted any existing output as finished, exit 0: one cut short (J2),
+  one of a job since edited in the list (J2), one whose record a kill cut off (J12)."""
+  _images(tmp_path)
+  a, b = tmp_path / 'a.png', tmp_path / 'b.png'
+  style = (str(tmp_path / 's.jpg'),)
+  jobs = [jobs_lib.Job(str(tmp_path / 'c.jpg'), style, output=str(a)),
+          jobs_lib.Job(str(tmp_path / 'd.png'), style, output=str(b))]  # fmt: skip
+  cfg = _cfg(tmp_path, caffe_npz)
+  cfg = cfg.replace(save=cfg.save.replace(path=''), run=cfg.run.replace(keep_checkpoint=True))
+  resume = cfg.replace(run=cfg.run.replace(resume=True))
+  batch_lib.run_batch(jobs, cfg)
+  expected = {p: p.read_bytes() for p in (a, b)}
+  # J12: killed after a.png, before its record: written again from the finished checkpoint.
+  for name in ('a.json', 'a.loss.png', 'a.sheet.jpg'):
+    (tmp_path / name).unlink()
+  b_time = b.stat().st_mtime_ns
+  assert list(batch_lib.run_batch(jobs, resume)) == [str(a)]
+  assert (tmp_path / 'a.json').is_file() and a.read_bytes() == expected[a]
+  assert b.stat().st_mtime_ns == b_time  # whole: not run again
+  # J2: b.png cut short, its checkpoint cleaned up: run again.
+  checkpoint_lib.remove(tmp_path / 'b.ckpt')
+  b.write_bytes(expected[b][:100])
+  assert list(batch_lib.run_batch(jobs, resume)) == [str(b)]
+  assert b.read_bytes() == expected[b]
+  # J2: the list now gives b another content: its result is that job's no more.
+  checkpoint_lib.remove(tmp_path / 'b.ckpt')
+  edited = [jobs[0], dataclasses.replace(jobs[1], content=str(tmp_path / 'c.jpg'))]
+  assert list(batch_lib.run_batch(edited, resume)) == [str(b)]
+  record = json.loads((tmp_path / 'b.json').read_text())
+  assert record['settings']['inputs']['content_path'] == str(tmp_path / 'c.jpg')
 
 
 def test_a_batch_job_killed_before_its_result_is_written_again_on_resume(tmp_path, caffe_npz):

@@ -9,11 +9,14 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from nst_jax import errors
+from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import images as image_lib
 from nst_jax.io import output_names
+from nst_jax.runs import output_locks
 from nst_jax.runs import output_plan
 
 
@@ -118,6 +121,52 @@ def test_a_rerun_replaces_its_own_result(tmp_path):
     output_plan.check([_out(result, save_iter=5, iterations=5)], inputs={})
   (tmp_path / 'r.ckpt').write_bytes(b'state')
   output_plan.check([_out(result, save_iter=5, iterations=5)], inputs={})
+
+
+def _checkpoint(path: Path, iteration: int, total: int) -> None:
+  state = {'image': np.zeros((1, 2, 2, 3), np.float32)}
+  checkpoint_lib.write(path, checkpoint_lib.snapshot(state, iteration=iteration, total=total,
+                                                     settings={}))  # fmt: skip
+
+
+def test_an_unfinished_checkpoint_owns_no_result_and_another_runs_result_is_not_replaced(
+  tmp_path,
+):
+  """Trial 20: J9, a user's r.png and r.json put beside an interrupted run's checkpoint were
+  replaced by --resume; J10, a rerun replaced another run's result at its loss plot's name;
+  J1, a batch's result could be another's image saved on a stop."""
+  result = tmp_path / 'r.png'
+  for name in ('r.png', 'r.json'):
+    (tmp_path / name).write_text('mine')
+  _checkpoint(tmp_path / 'r.ckpt', 3, 10)  # unfinished: it wrote no result
+  with pytest.raises(errors.NstError) as e:
+    output_plan.check([_out(result)], inputs={})
+  assert str(e.value) == (
+    f'{result} exists and no nst-jax run record says nst-jax wrote it; choose another output '
+    'name, or replace it with save.overwrite'
+  )
+  _checkpoint(tmp_path / 'r.ckpt', 10, 10)  # finished: killed while writing its result
+  output_plan.check([_out(result)], inputs={})
+  # Another run's result (its record names it) at this one's loss plot name.
+  (tmp_path / 'r.json').write_text(json.dumps({'output': str(result)}))
+  (tmp_path / 'r.loss.png').write_text('their result')
+  (tmp_path / 'r.loss.json').write_text(json.dumps({'output': str(tmp_path / 'r.loss.png')}))
+  with pytest.raises(errors.NstError) as e:
+    output_plan.check([_out(result)], inputs={})
+  assert str(e.value) == (
+    f'{tmp_path}/r.loss.png exists, beside r.png, and is the result of another run (its run '
+    'record says so); choose another output name, or replace it with save.overwrite'
+  )
+  output_plan.check([_out(result)], inputs={}, overwrite=True)
+  plan = [_out(tmp_path / 'x.png', owner='job 1'), _out(tmp_path / 'x_00008.png', owner='job 2')]
+  with pytest.raises(errors.NstError) as e:
+    output_plan.check(plan, inputs={})
+  assert str(e.value) == (
+    f'job 2 {tmp_path}/x_00008.png is a name job 1 {tmp_path}/x.png saves its image under if '
+    'stopped (NAME_<iteration>); give job 2 another output (save.path, or the output column of '
+    'its jobs file)'
+  )
+  output_plan.check([plan[1]], inputs={})  # alone, it is a name like any other
 
 
 def test_a_rerun_replaces_its_own_frame_folder_and_nothing_else_in_it(tmp_path):
@@ -250,8 +299,8 @@ def test_two_processes_never_write_one_output(tmp_path):
   try:
     assert holder.stdout.readline().strip() == 'held'
     # What a run asks before calling a checkpoint unfinished: a live run's is not.
-    assert output_plan.busy(result) and output_plan.busy(tmp_path / 'r.loss.png')
-    assert not output_plan.busy(tmp_path / 'q.png')
+    assert output_locks.busy(result) and output_locks.busy(tmp_path / 'r.loss.png')
+    assert not output_locks.busy(tmp_path / 'q.png')
     assert not output_names.lock_path(tmp_path / 'q.png').exists()  # asking creates nothing
     with pytest.raises(errors.NstError) as e:
       with output_plan.locked([_out(tmp_path / 'r.loss.png')]):
@@ -263,7 +312,7 @@ def test_two_processes_never_write_one_output(tmp_path):
   finally:
     holder.kill()  # as a crash would: the kernel releases its lock
     holder.wait()
-  assert not output_plan.busy(result)
+  assert not output_locks.busy(result)
   with output_plan.locked([_out(result)]):
     assert output_names.lock_path(result).exists()
   assert list(tmp_path.iterdir()) == []  # the lock files go with the run
@@ -300,16 +349,16 @@ def test_a_failed_write_is_one_line_and_replaces_nothing(tmp_path):
 
 def test_a_lock_freed_and_removed_under_a_waiting_opener_is_not_shared(tmp_path):
   lock = tmp_path / '.r.png.lock'
-  fd = output_plan._lock(lock)
+  fd = output_locks._lock(lock)
   stale = os.open(lock, os.O_RDWR)  # another process opened the file before it went
-  output_plan._unlock(lock, fd)
+  output_locks._unlock(lock, fd)
   import fcntl
 
   fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # it holds a lock on a removed file ...
-  again = output_plan._lock(lock)  # ... which does not keep the name from being locked anew
+  again = output_locks._lock(lock)  # ... which does not keep the name from being locked anew
   assert again is not None and os.fstat(again).st_ino == os.stat(lock).st_ino
   os.close(stale)
-  output_plan._unlock(lock, again)
+  output_locks._unlock(lock, again)
   assert not lock.exists()
 
 
@@ -402,5 +451,5 @@ def test_the_plan_is_checked_again_under_the_locks_and_made_directories_go(tmp_p
     assert output_names.lock_path(fresh.result).exists()
   assert not (tmp_path / 'new').exists()
   with output_plan.locked([fresh]):
-    output_plan.drop_locks()  # as an exit on a signal does, skipping the context managers
+    output_locks.drop_locks()  # as an exit on a signal does, skipping the context managers
     assert not (tmp_path / 'new').exists()

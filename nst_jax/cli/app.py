@@ -45,7 +45,7 @@ from nst_jax.engine import signals
 from nst_jax.io import jobs as jobs_lib
 from nst_jax.io import video
 from nst_jax.runs import batch as batch_lib
-from nst_jax.runs import output_plan
+from nst_jax.runs import output_locks
 from nst_jax.runs import video as video_pipeline
 
 FLAGS = flags.FLAGS
@@ -159,7 +159,7 @@ def main(argv):
       signal.signal(signum, lambda signum, frame: None)
   else:
     signal.signal(signal.SIGINT, signal.default_int_handler)
-  with signals.exit_on_signals(early=early, before_exit=output_plan.drop_locks):
+  with signals.exit_on_signals(early=early, before_exit=output_locks.drop_locks):
     _main()
 
 

@@ -64,6 +64,12 @@ def intermediate_path(output: str | os.PathLike, iteration: int) -> Path:
   return output.with_name(f'{output.stem}_{iteration:05d}{output.suffix}')
 
 
+def stopped_from(path: Path) -> Path | None:
+  """The output whose intermediate (or stop) image `path` is named as: a_00250.png -> a.png."""
+  match = re.fullmatch(r'(.*)_\d{5,}', path.stem)
+  return path.with_name(match[1] + path.suffix) if match else None
+
+
 def intermediates(output: str | os.PathLike, save_iter: int, iterations: int) -> list[Path]:
   """The intermediates a run saves every `save_iter` of `iterations` (none for 0)."""
   if not save_iter:
@@ -89,6 +95,21 @@ def identity(path: Path) -> tuple[int, int] | None:
   return st.st_dev, st.st_ino
 
 
+def record_naming(output: str | os.PathLike) -> dict | None:
+  """The run record beside `output` (a dict), if there is one and it names `output`."""
+  output = Path(output)
+  record = derived(output, RECORD_TAILS['json'])
+  if not record.is_file():  # not a FIFO, which would block the read
+    return None
+  try:
+    data = json.loads(record.read_text())
+  except (OSError, ValueError):
+    return None
+  if not isinstance(data, dict) or Path(str(data.get('output', ''))).name != output.name:
+    return None
+  return data
+
+
 def claimed(output: str | os.PathLike) -> set[Path]:
   """The files the run record beside `output` says nst-jax wrote for it (none without one).
 
@@ -97,14 +118,8 @@ def claimed(output: str | os.PathLike) -> set[Path]:
   a frame folder counts its `frames`: frame_00001.png to that count inside it.
   """
   output = Path(output)
-  record = derived(output, RECORD_TAILS['json'])
-  if not record.is_file():  # not a FIFO, which would block the read
-    return set()
-  try:
-    data = json.loads(record.read_text())
-  except (OSError, ValueError):
-    return set()
-  if not isinstance(data, dict) or Path(str(data.get('output', ''))).name != output.name:
+  data = record_naming(output)
+  if data is None:
     return set()
   names = [n for n in data.get('intermediates', []) if isinstance(n, str) and '/' not in n]
   ours = {output, *(derived(output, tail) for tail in RECORD_TAILS.values())} | {

@@ -37,7 +37,11 @@ def candidates(content: str, styles: str | Sequence[str], directory: str) -> Ite
 
 
 def _taken(path: Path, checkpoint_dir: str | None = None) -> bool:
-  return path.exists() or checkpoint_lib.path_for(path, checkpoint_dir).exists()
+  """The name, its checkpoint or a record file beside it exists (trial 20: a record's name)."""
+  records = (output_names.derived(path, tail) for tail in output_names.RECORD_TAILS.values())
+  return any(os.path.lexists(p) for p in (path, *records)) or (
+    checkpoint_lib.path_for(path, checkpoint_dir).exists()
+  )
 
 
 def default_output_path(
@@ -47,7 +51,7 @@ def default_output_path(
   *,
   checkpoint_dir: str | None = None,
 ) -> Path:
-  """The first automatic name that is neither a file nor has a checkpoint (in `checkpoint_dir`)."""
+  """The first automatic name with no file, record files or checkpoint (in `checkpoint_dir`)."""
   for path in candidates(content_path, style_path, directory):
     if not _taken(path, checkpoint_dir):
       return path

@@ -18,6 +18,7 @@ from pathlib import Path
 from absl import logging
 import jax
 import numpy as np
+import PIL.Image
 
 from nst_jax import config as config_lib
 from nst_jax import errors
@@ -32,6 +33,7 @@ from nst_jax.engine import sharding as sharding_lib
 from nst_jax.engine import signals
 from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import jobs as jobs_lib
+from nst_jax.io import output_names
 from nst_jax.io import outputs
 from nst_jax.io import weights as weights_lib
 from nst_jax.runs import inputs as inputs_lib
@@ -78,19 +80,26 @@ def _job_status(jobs, cfg) -> np.ndarray:
       finished = False
       if point is not None:
         finished = not checkpoint_lib.unfinished(checkpoint_lib.read(ckpt))
-        if finished and not Path(job.output).is_file():
-          # Killed between its last checkpoint and its result: the state is
-          # whole, so the result is written again from it (no iteration runs).
+        if finished and (why := _not_whole(job, cfg)):
+          # Killed between its last checkpoint and its result or record: the
+          # state is whole, so they are written again from it (no iteration).
           logging.warning(
-            'job %d: %s is missing although its checkpoint %s is finished; writing it from the '
-            'checkpoint',
+            'job %d: %s %s although its checkpoint %s is finished; writing it from the checkpoint',
             index + 1,
-            job.output,
+            errors.printable(job.output),
+            why,
             ckpt,
           )
           finished = False
       elif cfg.run.resume and Path(job.output).exists():
-        finished = True  # its checkpoint is gone: it finished and was cleaned up
+        # Its checkpoint is gone: it finished and was cleaned up, if its
+        # result is whole and its record says this job made it.
+        why = _not_whole(job, cfg)
+        finished = why is None
+        if why:
+          logging.warning(
+            'job %d: %s %s; running it again', index + 1, errors.printable(job.output), why
+          )
       local[index] = [
         inputs_lib.output_height(job.content, cfg),
         cfg.inputs.width,
@@ -100,6 +109,37 @@ def _job_status(jobs, cfg) -> np.ndarray:
         finished,
       ]
   return distributed.gather_rows(local, len(jobs), 6)
+
+
+def _not_whole(job: jobs_lib.Job, cfg: config_lib.StyleConfig) -> str | None:
+  """Why a job's output does not count as finished on resume, or None if it does.
+
+  Trial 20: any existing file did (one cut short, one of a job since edited
+  in the list, one whose record a kill cut off), and the batch exited 0.
+  The output must open as an image and, with records on, its record must
+  name it and this job's content and styles.
+  """
+  out = Path(job.output)
+  if not out.is_file():
+    return 'is missing'
+  try:
+    with PIL.Image.open(out) as im:
+      im.load()
+  except Exception:  # noqa: BLE001 (Pillow raises several types for a damaged file)
+    return 'cannot be read (cut short or damaged)'
+  if not cfg.save.record:
+    return None
+  record = output_names.record_naming(out)
+  if record is None:
+    return 'has no run record naming it'
+  given = record.get('settings', {}).get('inputs', {})
+  made_from = [given.get('content_path'), *(given.get('style_path') or [])]
+  files = [job.content, *job.style]
+  same = len(made_from) == len(files) and all(
+    isinstance(a, str) and output_names.resolved(a) == output_names.resolved(b)
+    for a, b in zip(made_from, files, strict=True)
+  )
+  return None if same else 'was made from other images (its run record says so)'
 
 
 def run_batch(

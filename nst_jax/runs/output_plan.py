@@ -15,24 +15,23 @@ with one line:
     temporary name included), a directory that is missing behind a dangling
     link, is a file or is not writable, and too little free space for the
     results and their checkpoints.
-It then locks every file it will write (another process writing one is
-refused, and a crashed run's lock is released by the kernel with its
-process) and removes the temporary files a killed run left beside them (and
+It then locks every file it will write (`output_locks`: another process
+writing one is refused, and a crashed run's lock is released by the kernel
+with its process) and removes the temporary files a killed run left beside them (and
 inside a checkpoint directory: orbax's temporary steps).
 """
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import contextlib
 import dataclasses
-import fcntl
 import os
 from pathlib import Path
-import resource
 import shutil
 
 from nst_jax import errors
 from nst_jax.io import checkpoint_store
 from nst_jax.io import output_names
+from nst_jax.runs import output_locks
 
 # Free space asked beyond the estimate: the record's pictures and JSON, and
 # what compression cannot promise.
@@ -160,10 +159,23 @@ def check(
           f'{what} and {planned[key]} are one file; give each its own output name'
         )
       planned[key] = what
+  _check_stop_images(outputs)
   mine = range(len(outputs)) if local is None else local
   for index in mine:
     _check_files(outputs[index], overwrite)
   _check_space([outputs[i] for i in mine])
+
+
+def _check_stop_images(outputs: Sequence[Output]) -> None:
+  """Refuses a result named as another's image saved on a stop (x.png's x_00008.png, trial 20)."""
+  results = {output_names.resolved(o.result): o for o in outputs if not o.directory}
+  for key, out in results.items():
+    other = results.get(output_names.stopped_from(key))
+    if other is not None:
+      raise errors.NstError(
+        f'{out.owner} {out.result} is a name {other.owner} {other.result} saves its image under '
+        f'if stopped (NAME_<iteration>); {_rename(out)}'
+      )
 
 
 def _resolved(path: Path, folders: dict[Path, Path]) -> Path:
@@ -180,8 +192,14 @@ def _check_files(out: Output, overwrite: bool) -> None:
   placed: set[tuple[Path, int]] = set()  # intermediates: one folder, names of a few lengths
   if os.path.lexists(out.state):
     # An interrupted run of ours (or one whose checkpoint was kept): what it
-    # wrote beside its checkpoint before any record existed is its own.
-    ours |= set(out.files)
+    # wrote beside its checkpoint before any record existed is its own: its
+    # intermediates, and its result and records once finished (killed while
+    # writing them). Unfinished, it wrote none (trial 20: a user's r.png
+    # and r.json put there since were replaced by --resume).
+    image = ('checkpoint', out.state) in out.derived
+    ours |= {p for kind, p in out.derived if kind == INTERMEDIATE or not image}
+    if not image or _finished(out.state):
+      ours |= set(out.files)
   if out.directory:
     output_names.check_place(out.result / 'frame.png')
     _check_frame_folder(out, ours)
@@ -199,12 +217,29 @@ def _check_files(out: Output, overwrite: bool) -> None:
     if kind != INTERMEDIATE or (path.parent, len(path.name)) not in placed:
       output_names.check_place(path)  # the folder, and the name's and path's lengths
       placed.add((path.parent, len(path.name)))
+    if kind and path.exists() and not overwrite and path in output_names.claimed(path):
+      # Another run's result at this one's derived name (trial 20: a loss
+      # plot's, replaced by a rerun; an intermediate's, called no run's).
+      raise errors.NstError(
+        f'{path} exists, beside {out.result.name}, and is the result of another run (its run '
+        'record says so); choose another output name, or replace it with save.overwrite'
+      )
     if path.exists() and not (path in ours or overwrite):
       whose = '' if path == out.result else f', beside {out.result.name},'
       raise errors.NstError(
         f'{path} exists{whose} and no nst-jax run record says nst-jax wrote it; choose another '
         'output name, or replace it with save.overwrite'
       )
+
+
+def _finished(checkpoint: Path) -> bool:
+  """Whether the checkpoint holds a finished run (a damaged one: no)."""
+  from nst_jax.io import checkpoint as checkpoint_lib  # jax: not for --help's imports
+
+  try:
+    return not checkpoint_lib.unfinished(checkpoint_lib.read(checkpoint))
+  except errors.NstError:
+    return False
 
 
 def _check_frame_folder(out: Output, ours: set[Path]) -> None:
@@ -271,82 +306,6 @@ def _check_space(outputs: Sequence[Output]) -> None:
       )
 
 
-def _lock(path: Path) -> int | None:
-  """A held flock on `path` (its fd), or None if another process holds it.
-
-  The lock file is removed on release; a process that opened it just before
-  could then lock a file no longer in the directory, so after locking the
-  name must still lead to the locked file, else it tries again.
-  """
-  while True:
-    # Read-only: flock needs no more, and another user's lock file opens too.
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      if os.stat(path).st_ino == os.fstat(fd).st_ino:
-        return fd
-    except BlockingIOError:
-      os.close(fd)
-      return None
-    except FileNotFoundError:
-      pass  # removed by its holder just now: try again
-    except OSError:
-      os.close(fd)
-      raise
-    os.close(fd)
-
-
-def busy(path: str | os.PathLike) -> bool:
-  """Whether another run holds `path`'s lock now (the lock file is not created)."""
-  try:
-    fd = os.open(output_names.lock_path(path), os.O_RDONLY | os.O_CLOEXEC)
-  except OSError:
-    return False
-  try:
-    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-  except BlockingIOError:
-    return True
-  except OSError:
-    return False
-  finally:
-    os.close(fd)  # closing releases a lock taken here
-  return False
-
-
-# The lock files this process holds: a process that must end at once (a
-# signal before the first iteration) removes them first (`drop_locks`).
-_HELD: dict[Path, int] = {}
-
-
-def _unlock(path: Path, fd: int) -> None:
-  with contextlib.suppress(OSError):  # another user's file in a sticky directory stays
-    path.unlink(missing_ok=True)  # still ours: removed before others can lock it
-  os.close(fd)
-
-
-# Directories made for lock files, removed again if the run leaves them empty.
-_MADE: set[Path] = set()
-
-
-def drop_locks() -> None:
-  """Removes this process's lock files (and the empty directories made for them).
-
-  For an exit that skips the context managers: a signal before the first
-  iteration, after which nothing is left behind.
-  """
-  for path in list(_HELD):
-    path.unlink(missing_ok=True)
-  _remove_if_empty(sorted(_MADE, key=lambda d: len(d.parts), reverse=True))
-
-
-def _ensure_descriptors(n: int) -> None:
-  """Raises the soft limit of open files when a large batch holds many locks."""
-  soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-  want = n + 256
-  if soft != resource.RLIM_INFINITY and soft < want:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
-
-
 @contextlib.contextmanager
 def locked(
   outputs: Sequence[Output],
@@ -374,26 +333,7 @@ def locked(
   files = [
     path for out in mine for kind, path in [('', out.result), *out.derived] if kind != INTERMEDIATE
   ]
-  _ensure_descriptors(len(files))
-  held: list[tuple[Path, int]] = []
-  made: list[Path] = []
-  try:
-    for path in files:
-      lock = output_names.lock_path(path)
-      try:
-        made += _make_directories(lock.parent)
-        fd = _lock(lock)
-      except OSError as e:
-        raise errors.NstError(
-          f'cannot lock {errors.printable(path)} ({e.strerror}); choose another output directory'
-        ) from None
-      if fd is None:
-        raise errors.NstError(
-          f'another nst-jax run is writing {errors.printable(path)}; wait for it to finish or '
-          'choose another output name'
-        )
-      held.append((lock, fd))
-      _HELD[lock] = fd
+  with output_locks.hold(files):
     then_check()
     for out in mine:
       output_names.remove_temporaries(out.files)
@@ -401,27 +341,3 @@ def locked(
         if kind == 'checkpoint':  # what a killed save left inside it
           checkpoint_store.remove_litter(path)
     yield
-  finally:
-    for lock, fd in reversed(held):
-      _HELD.pop(lock, None)
-      _unlock(lock, fd)
-    _remove_if_empty(sorted(made, key=lambda d: len(d.parts), reverse=True))
-
-
-def _make_directories(directory: Path) -> list[Path]:
-  """Makes `directory` and its missing parents; returns those made, deepest first."""
-  missing = []
-  while not directory.exists():
-    missing.append(directory)
-    directory = directory.parent
-  for d in reversed(missing):
-    d.mkdir(exist_ok=True)
-    _MADE.add(d)
-  return missing
-
-
-def _remove_if_empty(directories: Iterable[Path]) -> None:
-  for d in directories:  # deepest first
-    _MADE.discard(d)
-    with contextlib.suppress(OSError):
-      d.rmdir()

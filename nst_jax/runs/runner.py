@@ -36,6 +36,7 @@ from nst_jax.io import outputs
 from nst_jax.io import record as record_lib
 from nst_jax.io import weights as weights_lib
 from nst_jax.runs import inputs as inputs_lib
+from nst_jax.runs import output_locks
 from nst_jax.runs import output_plan
 
 # Compiled steps, kept for reuse by every run of this process (single, batch,
@@ -308,7 +309,7 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   cfg = _plan_memory(cfg, layout)
   plan = [planned_output(cfg, output, height)]
   _check_plan(cfg, plan)
-  if output_plan.busy(output):  # its checkpoint is a live run's, not an unfinished one
+  if output_locks.busy(output):  # its checkpoint is a live run's, not an unfinished one
     raise errors.NstError(
       f'another nst-jax run is writing {errors.printable(output)}; wait for it to finish or '
       'choose another output name'
@@ -334,7 +335,7 @@ def check_no_interrupted(content: str, styles, directory: str, cfg: config_lib.S
   is not refused: a second run at once gets the next name.
   """
   found = outputs.newest_checkpointed(content, styles, directory, cfg.run.checkpoint_dir)
-  if found is not None and not output_plan.busy(found):
+  if found is not None and not output_locks.busy(found):
     outputs.check_not_unfinished(checkpoint_lib.path_for(found, cfg.run.checkpoint_dir))
 
 
