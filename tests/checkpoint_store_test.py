@@ -6,6 +6,7 @@ a second here.
 
 import os
 from pathlib import Path
+import shutil
 
 import numpy as np
 import pytest
@@ -202,6 +203,28 @@ def test_an_empty_directory_that_appears_meanwhile_is_not_replaced(tmp_path, mon
   with pytest.raises(errors.WriteError, match=r'could not write .*r\.ckpt: File exists;'):
     _save(path, 1)
   assert list(path.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ['r.ckpt']
+
+
+def test_a_folder_removed_while_the_first_save_is_written_leaves_no_checkpoint(
+  tmp_path, monkeypatch
+):
+  """Trial 20: orbax made the removed temporary directory again, without its marker; put in
+  place, every later run refused it as a directory nst-jax did not write."""
+  path = tmp_path / 'out' / 'r.ckpt'
+  real = orbax_local.save
+
+  def save(directory, **kwargs):
+    shutil.rmtree(tmp_path / 'out')  # rm -rf of the output folder, mid-write
+    real(directory, **kwargs)
+
+  monkeypatch.setattr(orbax_local, 'save', save)
+  with pytest.raises(errors.WriteError) as e:
+    _save(path, 1)
+  assert str(e.value) == (
+    f'could not write {path}: its folder was removed while it was written; nothing was '
+    'replaced: choose another place'
+  )
+  assert not os.path.lexists(path) and list((tmp_path / 'out').iterdir()) == []
 
 
 def test_a_damaged_newest_step_names_the_one_before(tmp_path):

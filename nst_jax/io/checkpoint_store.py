@@ -186,6 +186,10 @@ def _create(path: Path, state: dict, meta: dict) -> None:
   try:
     (tmp / MARKER).write_text(json.dumps({'format': FORMAT, 'writer': 'nst-jax'}) + '\n')
     orbax_local.save(tmp / '0', state=state, meta=meta)
+    if not (tmp / MARKER).is_file():
+      # Its folder was deleted meanwhile and orbax made the step's path again:
+      # put in place, it was called someone's by every later run (trial 20).
+      raise FileNotFoundError(errno.ENOENT, 'its folder was removed while it was written')
     if is_directory(path):  # made while this save was written: someone's, never replaced
       raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
     if not os.path.lexists(path):
