@@ -471,3 +471,16 @@ def test_help_exits_0_and_a_bad_flag_exits_1(tmp_path, flag, cli):
   assert r.returncode == 0 and '--contentpath' in r.stdout
   r = _main(cli, '--no_such_flag', cwd=tmp_path)
   assert r.returncode == 1 and 'no_such_flag' in r.stderr
+
+
+def test_absls_profile_file_never_replaces_a_file(tmp_path, cli):
+  """absl's --profile_file wrote its profile over any file at exit, an input included."""
+  photo = tmp_path / 'photo.jpg'
+  photo.write_bytes(CONTENT.read_bytes())
+  r = _main(cli, '-cp', photo, '-sp', STYLE, '--profile_file', photo, cwd=tmp_path)
+  assert r.returncode == 1
+  assert r.stderr.splitlines()[0] == (
+    f'FATAL Flags parsing error: flag --profile_file={photo}: it exists; name a new file (the '
+    'profile would replace it)'
+  )
+  assert photo.read_bytes() == CONTENT.read_bytes()

@@ -17,6 +17,7 @@ every library's lines back, as absl programs allow.
 
 from collections.abc import Callable, Sequence
 import logging
+import os
 import sys
 
 from absl import app
@@ -25,6 +26,8 @@ from absl import logging as absl_logging
 
 # absl's help flags (app.py's HelpFlag, HelpshortFlag, HelpfullFlag, HelpXMLFlag).
 HELP_FLAGS = frozenset({'-?', '--help', '--helpshort', '--helpfull', '--helpxml'})
+# Whether `run` added its check of absl's --profile_file (once per process).
+_PROFILE_CHECKED: list[bool] = []
 # Libraries whose informational lines are for debugging, not for the user.
 QUIET_LOGGERS = ('jax', 'jaxlib', 'absl.flags', 'flax', 'optax', 'PIL')
 
@@ -60,6 +63,16 @@ def run(main: Callable[[list[str]], None], *, doc: str, module: str, argv: Seque
   def console_main(args):
     plain_console()
     return main(args)
+
+  if 'profile_file' in flags.FLAGS and not _PROFILE_CHECKED:
+    # absl's own flag: at exit its profile replaced any file there (a content
+    # image included), outside the output plan; checked as the flags are parsed.
+    flags.register_validator(
+      'profile_file',
+      lambda path: not path or not os.path.lexists(path),
+      message='it exists; name a new file (the profile would replace it)',
+    )
+    _PROFILE_CHECKED.append(True)
 
   try:
     app.run(console_main, argv=list(argv))
