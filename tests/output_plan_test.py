@@ -8,6 +8,7 @@ from pathlib import Path
 import subprocess
 import sys
 import textwrap
+import types
 
 import numpy as np
 import pytest
@@ -275,6 +276,25 @@ def test_too_little_free_space_is_said_before_the_run(tmp_path, monkeypatch):
   # 6 MB of result, two checkpoints of 100 MB, 4 MiB of margin.
   with pytest.raises(errors.NstError, match=r'has 150 MB free and the run needs about 210 MB'):
     output_plan.check([out], inputs={})
+
+
+def test_too_few_free_inodes_are_said_before_the_run(tmp_path, monkeypatch):
+  """An issue 21 leftover: with no inode left the run failed at its first checkpoint and end."""
+  out = _out(tmp_path / 'r.png')  # result, checkpoint, 3 record files
+  real = os.statvfs(tmp_path)  # the other fields (name lengths) as they are
+  fake = types.SimpleNamespace(**{k: getattr(real, k) for k in dir(real) if k.startswith('f_')})
+  fake.f_files, fake.f_favail = 1000, 49
+  monkeypatch.setattr(output_plan.os, 'statvfs', lambda _: fake)
+  with pytest.raises(errors.NstError) as e:
+    output_plan.check([out], inputs={})
+  assert str(e.value) == (
+    f'{tmp_path} has room for 49 more files and the run writes about 50 (results, records, '
+    'locks and checkpoints); delete files or choose another output directory'
+  )
+  fake.f_favail = 50
+  output_plan.check([out], inputs={})
+  fake.f_files = fake.f_favail = 0  # btrfs: no fixed count
+  output_plan.check([out], inputs={})
 
 
 _HOLD = textwrap.dedent("""
