@@ -392,7 +392,7 @@ def run_loop(
   call('begin', info)
   view = None
   it = info.start
-  reason, signum, read = 'iterations', None, []
+  reason, signum, read, done = 'iterations', None, [], False
   t_start, t_first = time.perf_counter(), None
   try:
     for it in range(info.start + 1, info.total + 1):
@@ -425,8 +425,8 @@ def run_loop(
       call('after_step', view)
       if view.last:
         break
-    # At a scale's last iteration even a stop scores: a resume skips a finished scale (trial 17).
-    ended = reason in ('iterations', 'converged') or (reason == 'signal' and it == info.total)
+    # At a scale's end (its last iteration, or converged) a stop scores too: a resume skips it.
+    ended = reason != 'failed' and (reason != 'signal' or it == info.total or done)
     if score is not None and view is not None and ended:
       # After the hooks of the last iteration: they copied what they keep
       # of the state, which `score` donates.
