@@ -2,9 +2,11 @@
 
 import copy
 import math
+import pathlib
 import pickle
 import warnings
 
+import numpy as np
 import pytest
 
 from nst_jax import config as config_lib
@@ -429,3 +431,28 @@ def test_as_style_config_names_the_callers_argument():
   assert str(e.value) == (
     'settings must be a StyleConfig, got a ModelConfig; pass nst_jax.StyleConfig(model=settings)'
   )
+
+
+def test_switches_take_bools_only_and_weights_a_path():
+  """Trial 21: SaveConfig(overwrite='False') replaced a file ('False' is truthy), and
+  ModelConfig(weights=3) failed deep in stylize."""
+  for make, name, value in (
+    (config_lib.SaveConfig, 'overwrite', 'False'),
+    (config_lib.SaveConfig, 'record', 0),
+    (config_lib.RunConfig, 'resume', 'no'),
+    (config_lib.RunConfig, 'keep_checkpoint', None),
+    (config_lib.OptimConfig, 'box', 1),
+  ):
+    with pytest.raises(errors.ConfigError) as e:
+      make(**{name: value})
+    group = {c: n for n, c in config_lib.GROUPS.items()}[make]
+    said = f'{group}.{name} must be True or False, got {value!r}'
+    assert str(e.value) == f'{said}; pass True or False'
+  assert config_lib.SaveConfig(record=np.bool_(False)).record is False
+  with pytest.raises(errors.ConfigError) as e:
+    config_lib.ModelConfig(weights=3)
+  assert str(e.value) == (
+    "model.weights must be a file's path (text), got 3; pass the converted .npz file, or None for "
+    'the default'
+  )
+  assert config_lib.ModelConfig(weights=pathlib.Path('w/v.npz')).weights == 'w/v.npz'

@@ -702,17 +702,14 @@ def test_active_holds_the_images_it_marks_and_must_be_one_flag_per_image():
     assert float(jnp.abs(state.image[0] - content[0]).max()) > 0.5
     np.testing.assert_array_equal(state.image[1], content[1])
   # [2, 1] used to broadcast into a [2, 2, H, W, 3] state; [3] and a scalar failed in JAX.
-  for flags, shape, dtype in (
-    (jnp.ones((2, 1), bool), (2, 1), 'bool'),
-    (jnp.ones(3, bool), (3,), 'bool'),
-    (True, (), 'bool'),
-    (jnp.ones(2), (2,), 'float32'),
+  fix = 'give [2] bools, one per image (False: that image keeps its pixels), or None'
+  for flags, what in (
+    (jnp.ones((2, 1), bool), 'has shape (2, 1) for a batch of 2 image(s)'),
+    (jnp.ones(3, bool), 'has shape (3,) for a batch of 2 image(s)'),
+    (True, 'has shape () for a batch of 2 image(s)'),
+    (jnp.ones(2), 'is float32, not bools or integers'),  # trial 21: its right shape was named too
   ):
-    message = (
-      f'active has shape {shape} and dtype {dtype} for a batch of 2 image(s); give [2] bools, '
-      'one per image (False: that image keeps its pixels), or None'
-    )
-    with _raises(message):
+    with _raises(f'active {what}; {fix}'):
       run(init_state(content, tx), params, targets, flags)
 
 

@@ -330,6 +330,15 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
     (dict(content=rgb, style=rgb.tolist()), _NESTED),
     (dict(content=rgb, style=list(rgb[0, 0])), _NESTED),  # items of ndim 0
     (dict(content=rgb, style=[rgb, rgb.tolist()]), _NESTED),
+    # Trial 21: Python's own errors, one only after compiling and two iterations.
+    (dict(content=rgb, style=rgb, should_stop=True), 'should_stop must be a function returning '
+     'True (or a signal number) to stop or None, got bool True'),
+    (dict(content=rgb, style=rgb, callback=3), 'callback must be a function (iteration, rgb) -> '
+     'None or None, got int 3'),
+    (dict(content=rgb, style=rgb, record=[]), 'record must be a dict, which stylize fills, got '
+     'list; pass record={}'),
+    (dict(content=rgb, style=rgb, should_stop=lambda: np.array([1, 0])), 'should_stop returned '
+     'ndarray of shape (2,); return True (or a signal number 1-64) to stop, else False or None'),
   ]  # fmt: skip
   for kwargs, message in cases:
     kwargs.setdefault('weights', caffe_npz)
@@ -589,6 +598,14 @@ def test_a_stops_record_ends_where_its_log_does_and_a_resume_keeps_every_result(
       resume = cfg.replace(run=run.replace(resume=True))
       stylize(content, style, config=resume, weights=caffe_npz, checkpoint=ckpt, record=resumed)
       assert _losses(resumed['history']) == _losses(whole['history']), polls
+
+
+def test_should_stops_numpy_integer_is_named_as_the_signal(caffe_npz):
+  """Trial 21: np.int64(2) was 'stopped by should_stop', a plain 2 'signal 2', as documented."""
+  rgb = np.full((16, 16, 3), 0.5, np.float32)
+  with pytest.raises(errors.Interrupted) as e:
+    stylize(rgb, rgb, config=_cfg(2), weights=caffe_npz, should_stop=lambda: np.int64(2))
+  assert str(e.value) == 'interrupted by signal 2 after iteration 1; nothing was saved'
 
 
 def test_a_configs_learning_rate_is_left_out_of_lbfgs_as_documented(caffe_npz):

@@ -29,6 +29,12 @@ def _plain(value: Any) -> Any:
   return value
 
 
+# How StyleConfig names each group (nst_jax.config.GROUPS), for messages.
+_GROUP_NAMES = {
+  'InputConfig': 'inputs', 'ModelConfig': 'model', 'LossConfig': 'loss', 'OptimConfig': 'optim',
+  'ScheduleConfig': 'schedule', 'ColorConfig': 'color', 'SaveConfig': 'save', 'RunConfig': 'run',
+  'VideoConfig': 'video',
+}  # fmt: skip
 # Field types whose numbers are floats: an int given for them becomes its float.
 _FLOAT_TYPES = (float, float | None)
 _FLOAT_TUPLE_TYPES = (tuple[float, ...], tuple[float, ...] | None)
@@ -47,6 +53,9 @@ def _as_float(value: Any) -> Any:
 def plain_numbers(group: Any) -> None:
   """Turns numpy and JAX scalars in `group`'s fields (or their tuples) into Python numbers.
 
+  A bool field takes a bool only (np.bool_ becomes one); anything else is a
+  ConfigError naming the field.
+
   np.float32(0.01) is a valid weight, but the checks below take Python
   numbers, and a group must stay hashable (a JAX scalar is not). An int
   given for a float field becomes its float (content_weight=3 -> 3.0), so
@@ -57,6 +66,10 @@ def plain_numbers(group: Any) -> None:
     value = getattr(group, field.name)
     # A list stays a list, for the group's own conversion or message.
     plain = type(value)(map(_plain, value)) if type(value) in (tuple, list) else _plain(value)
+    if field.type is bool and not isinstance(plain, bool):
+      # 'False' is truthy: SaveConfig(overwrite='False') replaced a file (trial 21).
+      name = f'{_GROUP_NAMES.get(type(group).__name__, type(group).__name__)}.{field.name}'
+      raise errors.ConfigError(f'{name} must be True or False, got {value!r}; pass True or False')
     if field.type in _FLOAT_TYPES:
       plain = _as_float(plain)
     elif field.type in _FLOAT_TUPLE_TYPES and type(plain) in (tuple, list):

@@ -5,6 +5,7 @@ collected by StyleConfig (nst_jax.config).
 """
 
 import dataclasses
+import os
 import warnings
 
 from nst_jax import errors
@@ -159,6 +160,13 @@ class ModelConfig(checks.Group):
 
   def __post_init__(self):
     checks.plain_numbers(self)
+    if isinstance(self.weights, os.PathLike):
+      object.__setattr__(self, 'weights', os.fspath(self.weights))
+    checks.check(  # trial 21: 3 failed deep in stylize, naming no field
+      self.weights is None or isinstance(self.weights, str),
+      f"model.weights must be a file's path (text), got {self.weights!r}; pass the converted "
+      '.npz file, or None for the default',
+    )
     checks.one_of('model.pooling', self.pooling, vgg.POOLING_MODES)
     checks.one_of('model.dtype', self.dtype, tuple(vgg.COMPUTE_DTYPES))
     checks.one_of('model.precision', self.precision, PRECISIONS)

@@ -99,13 +99,12 @@ def active_flags(active: Any, n: int) -> jax.Array:
   or fail deep in the step.
   """
   flags = jnp.asarray(active)
-  if flags.shape != (n,) or not (
-    flags.dtype == jnp.bool_ or jnp.issubdtype(flags.dtype, jnp.integer)
-  ):
-    raise errors.ConfigError(
-      f'active has shape {flags.shape} and dtype {flags.dtype} for a batch of {n} image(s); give '
-      f'[{n}] bools, one per image (False: that image keeps its pixels), or None'
-    )
+  fix = f'give [{n}] bools, one per image (False: that image keeps its pixels), or None'
+  if flags.shape != (n,):
+    raise errors.ConfigError(f'active has shape {flags.shape} for a batch of {n} image(s); {fix}')
+  if not (flags.dtype == jnp.bool_ or jnp.issubdtype(flags.dtype, jnp.integer)):
+    # The shape was right (trial 21: both were named, as if the shape were wrong too).
+    raise errors.ConfigError(f'active is {flags.dtype}, not bools or integers; {fix}')
   if not isinstance(flags, jax.core.Tracer):
     active_values(flags)
   return flags.astype(bool)

@@ -52,6 +52,12 @@ _RESUME_INPUTS = {
 def _asked(should_stop: Callable[[], Any] | None) -> int | None:
   """should_stop's answer as the loop's flag: a signal number (1-64) as it is, else ASKED."""
   asked = should_stop() if should_stop is not None else None
+  if np.ndim(asked) != 0:  # trial 21: numpy's "truth value ... is ambiguous"
+    raise errors.ConfigError(
+      f'should_stop returned {type(asked).__name__} of shape {np.shape(asked)}; return True (or '
+      'a signal number 1-64) to stop, else False or None'
+    )
+  asked = asked.item() if isinstance(asked, np.generic | jax.Array) else asked  # np.int64(2)
   if not asked:
     return None
   is_signal = isinstance(asked, int) and not isinstance(asked, bool) and 0 < asked < signal.NSIG
@@ -67,6 +73,20 @@ def _history(per_row: dict[int, list[dict]], n: int, *, batched: bool) -> list[d
     entry = {k: v for k, v in same[0].items() if k in ('scale', 'iteration', 'time_s')}
     entries.append({**entry, **{k: [e[k] for e in same] for k in same[0] if k not in entry}})
   return entries
+
+
+def _check_hooks(callback, should_stop, record) -> None:
+  """Refuses a callback, should_stop or record of the wrong kind (trial 21: Python's errors)."""
+  for name, fn, kind in (
+    ('callback', callback, 'a function (iteration, rgb) -> None'),
+    ('should_stop', should_stop, 'a function returning True (or a signal number) to stop'),
+  ):
+    if fn is not None and not callable(fn):
+      raise errors.ConfigError(f'{name} must be {kind} or None, got {type(fn).__name__} {fn!r}')
+  if record is not None and not isinstance(record, dict):
+    raise errors.ConfigError(
+      f'record must be a dict, which stylize fills, got {type(record).__name__}; pass record={{}}'
+    )
 
 
 def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
@@ -355,6 +375,7 @@ def stylize(
     ImageError: an image smaller than the layers need at the coarsest scale.
   """
   cfg = _config(config)
+  _check_hooks(callback, should_stop, record)
   if cfg.run.compile_cache != 'auto':  # asked for: a research program's JAX is its own
     compile_cache.use(cfg.run.compile_cache)
   if isinstance(weights, Mapping):
