@@ -225,6 +225,16 @@ def test_a_folder_removed_while_the_first_save_is_written_leaves_no_checkpoint(
     'replaced: choose another place'
   )
   assert not os.path.lexists(path) and list((tmp_path / 'out').iterdir()) == []
+  # Trial 22: the same at a later save, into the existing checkpoint directory.
+  monkeypatch.setattr(orbax_local, 'save', real)
+  _save(path, 1)
+  monkeypatch.setattr(orbax_local, 'save', save)
+  with pytest.raises(errors.WriteError, match='its folder was removed while it was written'):
+    _save(path, 2)
+  assert not os.path.lexists(path) and list((tmp_path / 'out').iterdir()) == []
+  monkeypatch.setattr(orbax_local, 'save', real)
+  _save(path, 3)  # the next save makes a whole checkpoint again
+  assert checkpoint_store.foreign(path) is None
 
 
 def test_a_damaged_newest_step_names_the_one_before(tmp_path):

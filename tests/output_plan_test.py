@@ -100,6 +100,12 @@ def test_an_existing_foreign_file_is_kept_unless_overwrite(tmp_path):
   output_plan.check([_out(tmp_path / 'result.png', record=False)], inputs={})
 
 
+def _checkpoint(path: Path, iteration: int, total: int) -> None:
+  state = {'image': np.zeros((1, 2, 2, 3), np.float32)}
+  checkpoint_lib.write(path, checkpoint_lib.snapshot(state, iteration=iteration, total=total,
+                                                     settings={}))  # fmt: skip
+
+
 def test_a_rerun_replaces_its_own_result(tmp_path):
   result = tmp_path / 'r.png'
   for name in ('r.png', 'r.loss.png', 'r.sheet.jpg', 'r_00005.png'):
@@ -120,14 +126,12 @@ def test_a_rerun_replaces_its_own_result(tmp_path):
     (tmp_path / name).unlink()
   with pytest.raises(errors.NstError, match='r_00005.png exists'):
     output_plan.check([_out(result, save_iter=5, iterations=5)], inputs={})
-  (tmp_path / 'r.ckpt').write_bytes(b'state')
-  output_plan.check([_out(result, save_iter=5, iterations=5)], inputs={})
-
-
-def _checkpoint(path: Path, iteration: int, total: int) -> None:
-  state = {'image': np.zeros((1, 2, 2, 3), np.float32)}
-  checkpoint_lib.write(path, checkpoint_lib.snapshot(state, iteration=iteration, total=total,
-                                                     settings={}))  # fmt: skip
+  _checkpoint(tmp_path / 'r.ckpt', 5, 10)
+  output_plan.check([_out(result, save_iter=5, iterations=10)], inputs={})
+  # Trial 22: not one past the iteration the checkpoint holds, which it never wrote.
+  (tmp_path / 'r_00010.png').write_bytes(b'mine')
+  with pytest.raises(errors.NstError, match='r_00010.png exists, beside r.png, and no nst-jax'):
+    output_plan.check([_out(result, save_iter=5, iterations=10)], inputs={})
 
 
 def test_an_unfinished_checkpoint_owns_no_result_and_another_runs_result_is_not_replaced(
@@ -146,7 +150,10 @@ def test_an_unfinished_checkpoint_owns_no_result_and_another_runs_result_is_not_
     f'{result} exists and no nst-jax run record says nst-jax wrote it; choose another output '
     'name, or replace it with save.overwrite'
   )
-  _checkpoint(tmp_path / 'r.ckpt', 10, 10)  # finished: killed while writing its result
+  _checkpoint(tmp_path / 'r.ckpt', 10, 10)  # finished, and kept: r.json is someone's (trial 22)
+  with pytest.raises(errors.NstError, match=r'r\.png exists and no nst-jax run record'):
+    output_plan.check([_out(result)], inputs={})
+  (tmp_path / 'r.json').unlink()  # as a run killed between its result and its record
   output_plan.check([_out(result)], inputs={})
   # Another run's result (its record names it) at this one's loss plot name.
   (tmp_path / 'r.json').write_text(json.dumps({'output': str(result)}))

@@ -165,6 +165,10 @@ def reason(e: BaseException, limit: int = 160) -> str:
   return text
 
 
+# Why a save failed whose directory was deleted while orbax wrote into it.
+_REMOVED = 'its folder was removed while it was written'
+
+
 def _save_step(path: Path, state: dict, meta: dict) -> None:
   """The next step inside an existing checkpoint directory, then the older steps removed."""
   remove_litter(path)
@@ -172,6 +176,11 @@ def _save_step(path: Path, state: dict, meta: dict) -> None:
   step = path / str(older[-1] + 1 if older else 0)
   try:
     orbax_local.save(step, state=state, meta=meta)
+    if not (path / MARKER).is_file():  # removed meanwhile; orbax made the path again (trial 22)
+      _rmtree(step)
+      with contextlib.suppress(OSError):
+        path.rmdir()  # only if empty: nothing but our step was in it
+      raise FileNotFoundError(errno.ENOENT, _REMOVED)
   except BaseException:
     _rmtree(step.with_name(step.name + orbax_local.TMP_SUFFIX))
     raise
@@ -189,7 +198,7 @@ def _create(path: Path, state: dict, meta: dict) -> None:
     if not (tmp / MARKER).is_file():
       # Its folder was deleted meanwhile and orbax made the step's path again:
       # put in place, it was called someone's by every later run (trial 20).
-      raise FileNotFoundError(errno.ENOENT, 'its folder was removed while it was written')
+      raise FileNotFoundError(errno.ENOENT, _REMOVED)
     if is_directory(path):  # made while this save was written: someone's, never replaced
       raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
     if not os.path.lexists(path):

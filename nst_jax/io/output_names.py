@@ -64,6 +64,12 @@ def intermediate_path(output: str | os.PathLike, iteration: int) -> Path:
   return output.with_name(f'{output.stem}_{iteration:05d}{output.suffix}')
 
 
+def intermediate_number(path: Path) -> int | None:
+  """The iteration an intermediate's name holds (a_00250.png -> 250), or None."""
+  match = re.fullmatch(r'.*_(\d{5,})', path.stem)
+  return int(match[1]) if match else None
+
+
 def stopped_from(path: Path) -> Path | None:
   """The output whose intermediate (or stop) image `path` is named as: a_00250.png -> a.png."""
   match = re.fullmatch(r'(.*)_\d{5,}', path.stem)

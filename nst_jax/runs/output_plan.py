@@ -193,16 +193,10 @@ def _resolved(path: Path, folders: dict[Path, Path]) -> Path:
 def _check_files(out: Output, overwrite: bool) -> None:
   ours = output_names.claimed(out.result)
   placed: set[tuple[Path, int]] = set()  # intermediates: one folder, names of a few lengths
-  if os.path.lexists(out.state):
-    # An interrupted run of ours (or one whose checkpoint was kept): what it
-    # wrote beside its checkpoint before any record existed is its own: its
-    # intermediates, and its result and records once finished (killed while
-    # writing them). Unfinished, it wrote none (trial 20: a user's r.png
-    # and r.json put there since were replaced by --resume).
-    image = ('checkpoint', out.state) in out.derived
-    ours |= {p for kind, p in out.derived if kind == INTERMEDIATE or not image}
-    if not image or _finished(out.state):
-      ours |= set(out.files)
+  if ('checkpoint', out.state) in out.derived:
+    ours |= _checkpoints_own(out)
+  elif os.path.lexists(out.state):  # a video's work directory: what it wrote is its own
+    ours |= set(out.files)
   if out.directory:
     output_names.check_place(out.result / 'frame.png')
     _check_frame_folder(out, ours)
@@ -235,14 +229,30 @@ def _check_files(out: Output, overwrite: bool) -> None:
       )
 
 
-def _finished(checkpoint: Path) -> bool:
-  """Whether the checkpoint holds a finished run (a damaged one: no)."""
+def _checkpoints_own(out: Output) -> set[Path]:
+  """What the run that left `out`'s checkpoint wrote beside it before any record existed.
+
+  Its intermediates up to the iteration it holds; once finished (killed
+  while writing its files), its result and records too, unless a file at the
+  record's name says otherwise. Trials 20 and 22: a user's r.png, r.json or
+  r_00010.png put there since were replaced by --resume.
+  """
   from nst_jax.io import checkpoint as checkpoint_lib  # jax: not for --help's imports
 
   try:
-    return not checkpoint_lib.unfinished(checkpoint_lib.read(checkpoint))
-  except errors.NstError:
-    return False
+    payload = checkpoint_lib.read(out.state)
+  except errors.NstError:  # none, or damaged: refused or replaced elsewhere
+    return set()
+  done = checkpoint_lib.extra(payload).get('offset', 0) + payload['iteration']
+  ours = {
+    p for kind, p in out.derived
+    if kind == INTERMEDIATE and (output_names.intermediate_number(p) or 0) <= done
+  }  # fmt: skip
+  record = output_names.derived(out.result, output_names.RECORD_TAILS['json'])
+  foreign_record = record.exists() and output_names.record_naming(out.result) is None
+  if not checkpoint_lib.unfinished(payload) and not foreign_record:
+    ours |= set(out.files)
+  return ours
 
 
 def _check_frame_folder(out: Output, ours: set[Path]) -> None:
