@@ -480,3 +480,15 @@ def test_the_plan_is_checked_again_under_the_locks_and_made_directories_go(tmp_p
   with output_plan.locked([fresh]):
     output_locks.drop_locks()  # as an exit on a signal does, skipping the context managers
     assert not (tmp_path / 'new').exists()
+
+
+def test_an_unusable_checkpoint_dir_is_named_not_the_output(tmp_path):
+  """Trial 22: a --checkpoint_dir that is a file was blamed on --output."""
+  (tmp_path / 'afile').write_text('x')
+  out = _out(tmp_path / 'out' / 'r.png', checkpoint=tmp_path / 'afile' / 'r.ckpt')
+  with pytest.raises(errors.NstError) as e:
+    output_plan.check([out], inputs={})
+  assert (
+    str(e.value)
+    == f'{tmp_path}/afile is a file, not a directory; choose another run.checkpoint_dir'
+  )

@@ -204,13 +204,18 @@ def existing_ancestor(path: Path) -> Path:
   return parent
 
 
-def check_place(path: Path) -> Path:
-  """Refuses a name or directory that cannot be written; returns the nearest existing directory."""
+def check_place(path: Path, where: str = 'output') -> Path:
+  """Refuses a name or directory that cannot be written; returns the nearest existing directory.
+
+  `where`: the setting that put it there, for the fix ('run.checkpoint_dir':
+  trial 22 was told to change the output).
+  """
   directory = existing_ancestor(path)
   if not directory.is_dir():
-    raise errors.NstError(f'{directory} is a file, not a directory; choose another output')
+    raise errors.NstError(f'{directory} is a file, not a directory; choose another {where}')
   if not os.access(directory, os.W_OK | os.X_OK):
-    raise errors.NstError(f'{directory} is not writable; choose another output directory')
+    folder = 'output directory' if where == 'output' else where
+    raise errors.NstError(f'{directory} is not writable; choose another {folder}')
   limit = os.pathconf(directory, 'PC_NAME_MAX')
   fits = limit - TEMP_EXTRA_CHARS
   if len(os.fsencode(path.name)) > fits:

@@ -297,7 +297,9 @@ def _check_checkpoint(out: Output, path: Path) -> None:
       f'{path} exists and is not a regular file or an nst-jax checkpoint (a link to nowhere, a '
       f'FIFO, a device); move it away or {_rename(out)}'
     )
-  output_names.check_place(path)
+  # A checkpoint away from its output is in run.checkpoint_dir, which the fix names.
+  beside = path.parent == out.result.parent
+  output_names.check_place(path, 'output' if beside else 'run.checkpoint_dir')
 
 
 def _check_space(outputs: Sequence[Output]) -> None:
