@@ -253,3 +253,22 @@ def test_a_damaged_newest_step_names_the_one_before(tmp_path):
     _restored(path)
   shutil.rmtree(path / '1')
   assert _restored(path) == 5
+
+
+def test_a_full_disk_is_said_as_such_and_orbaxs_own_lines_are_not_shown():
+  """Trial 22 (L5): tensorstore's RESOURCE_EXHAUSTED line was echoed, and orbax's own
+  'error: [process=0][thread=...]' lines framed the run's one-line warning."""
+  import logging
+
+  from nst_jax.cli import absl_app
+
+  full = RuntimeError('RESOURCE_EXHAUSTED: Error writing "opt_state.gamma/0" in OCDBT database')
+  assert checkpoint_store.reason(full) == 'No space left on device'
+  assert checkpoint_store.reason(RuntimeError('INTERNAL: other')) == 'INTERNAL: other'
+  keep = absl_app._NotFromOrbax()
+  for path, level, shown in (
+    (f'{os.sep}x{os.sep}orbax{os.sep}checkpoint{os.sep}y.py', logging.ERROR, False),
+    (f'{os.sep}x{os.sep}nst_jax{os.sep}engine{os.sep}hooks.py', logging.WARNING, True),
+  ):
+    record = logging.LogRecord('absl', level, path, 1, 'message', None, None)
+    assert keep.filter(record) is shown

@@ -492,3 +492,17 @@ def test_an_unusable_checkpoint_dir_is_named_not_the_output(tmp_path):
     str(e.value)
     == f'{tmp_path}/afile is a file, not a directory; choose another run.checkpoint_dir'
   )
+
+
+def test_a_videos_work_directory_owns_no_file_beside_a_foreign_record(tmp_path):
+  """Trial 22 (L6): --resume of an interrupted video replaced a user's s.mp4 and s.mp4.json."""
+  video = tmp_path / 's.mp4'
+  plan = [output_plan.Output(video, 'the video', derived=(('run record', tmp_path / 's.mp4.json'),),
+                             resumable=tmp_path / '.s.mp4.work')]  # fmt: skip
+  (tmp_path / '.s.mp4.work').mkdir()
+  video.write_bytes(b'mine')
+  (tmp_path / 's.mp4.json').write_text('{"mine": 1}')
+  with pytest.raises(errors.NstError, match=r's\.mp4 exists and no nst-jax run record'):
+    output_plan.check(plan, inputs={})
+  (tmp_path / 's.mp4.json').unlink()  # as a run killed between its video and its record
+  output_plan.check(plan, inputs={})

@@ -44,11 +44,23 @@ class PlainFormatter(logging.Formatter):
     return message
 
 
+class _NotFromOrbax(logging.Filter):
+  """Drops orbax's own lines: it logs through absl, and a failed save said 'error: [process=0]
+  [thread=...] _SignalingThread.run() raised ...' twice around the run's own one-line warning
+  (trial 22), which says what failed and that the run goes on."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return f'{os.sep}orbax{os.sep}' not in record.pathname or record.levelno >= logging.CRITICAL
+
+
 def plain_console() -> bool:
   """Plain sentences unless --verbosity >= 1 or --logtostderr; returns whether set."""
   if flags.FLAGS.verbosity >= 1 or flags.FLAGS.logtostderr:
     return False
-  absl_logging.get_absl_handler().setFormatter(PlainFormatter())
+  handler = absl_logging.get_absl_handler()
+  handler.setFormatter(PlainFormatter())
+  if not any(isinstance(f, _NotFromOrbax) for f in handler.filters):
+    handler.addFilter(_NotFromOrbax())
   for name in QUIET_LOGGERS:
     logging.getLogger(name).setLevel(logging.WARNING)
   return True

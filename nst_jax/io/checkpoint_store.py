@@ -158,6 +158,8 @@ def reason(e: BaseException, limit: int = 160) -> str:
   """
   if isinstance(e, OSError) and e.strerror:
     return e.strerror
+  if 'RESOURCE_EXHAUSTED' in str(e) or 'No space left on device' in str(e):
+    return os.strerror(errno.ENOSPC)  # tensorstore's full disk (trial 22: its raw line)
   lines = str(e).strip().splitlines()
   text = lines[0].split(' [tensorstore_spec=')[0] if lines else type(e).__name__
   if len(text) > limit:

@@ -195,8 +195,8 @@ def _check_files(out: Output, overwrite: bool) -> None:
   placed: set[tuple[Path, int]] = set()  # intermediates: one folder, names of a few lengths
   if ('checkpoint', out.state) in out.derived:
     ours |= _checkpoints_own(out)
-  elif os.path.lexists(out.state):  # a video's work directory: what it wrote is its own
-    ours |= set(out.files)
+  elif os.path.lexists(out.state) and not _foreign_record(out):
+    ours |= set(out.files)  # a video's work directory: its result if killed while writing it
   if out.directory:
     output_names.check_place(out.result / 'frame.png')
     _check_frame_folder(out, ours)
@@ -248,11 +248,15 @@ def _checkpoints_own(out: Output) -> set[Path]:
     p for kind, p in out.derived
     if kind == INTERMEDIATE and (output_names.intermediate_number(p) or 0) <= done
   }  # fmt: skip
-  record = output_names.derived(out.result, output_names.RECORD_TAILS['json'])
-  foreign_record = record.exists() and output_names.record_naming(out.result) is None
-  if not checkpoint_lib.unfinished(payload) and not foreign_record:
+  if not checkpoint_lib.unfinished(payload) and not _foreign_record(out):
     ours |= set(out.files)
   return ours
+
+
+def _foreign_record(out: Output) -> bool:
+  """A file at the result's record name that names no such result: someone's (trial 22)."""
+  record = output_names.derived(out.result, output_names.RECORD_TAILS['json'])
+  return os.path.lexists(record) and output_names.record_naming(out.result) is None
 
 
 def _check_frame_folder(out: Output, ours: set[Path]) -> None:
