@@ -4,6 +4,7 @@ import hashlib
 import os
 from pathlib import Path
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -79,6 +80,10 @@ def test_errors(tmp_path):
 # forks of one converter process (tests/cli_forks.py).
 
 CONVERT = weight_formats.CONVERT_COMMAND
+
+
+def _new_directory_output(d, src, **_):
+  return ['--input', src, '--output', 'newdir/']  # trial 22: written as a file 'newdir'
 
 
 def _directory_output(d, src, **_):
@@ -181,6 +186,7 @@ CASES = {
   'output-under-a-file': _output_under_a_file,
   'killed-converters-leftovers': _killed_converters_leftovers,
   'directory-output': _directory_output,
+  'new-directory-output': _new_directory_output,
   'output-is-input': _output_is_input,
   'output-links-to-input': _output_links_to_input,
   'output-in-linked-directory': _output_in_linked_directory,
@@ -242,6 +248,8 @@ REFUSED = {
   'output-under-a-file': 'f is a file, not a directory; choose another output',
   'directory-output': '--output {d}/out is a directory; name the file to write, such as '
   '--output {d}/out/vgg19.npz',
+  'new-directory-output': '--output newdir/ names a directory; name the file to write, such as '
+  '--output newdir/vgg19.npz',
   'output-is-input': '--output {d}/w.h5 is the --input file; write the converted .npz to '
   'another --output',
   'output-links-to-input': '--output vgg19.npz is the --input file; write the converted .npz '
@@ -309,3 +317,37 @@ def test_weights_directory_gets_a_command_that_works(runs):
     f'weights file {d / "weights"} (path=) is a directory; use the converted file in it, '
     f'{converted}'
   )
+
+
+_SIGNALLED = """
+import os, signal, sys, time
+from nst_jax.cli import convert
+from nst_jax.io import images, weights
+
+def convert_file(source, output, convention=None):
+  def write(tmp):
+    with open(tmp, 'wb') as f:
+      f.write(b'x' * 1000)
+    os.kill(os.getpid(), int(sys.argv[2]))  # mid-write, as a kill would come
+    time.sleep(5)
+  images.atomic_write(output, write)
+
+weights.convert_file = convert_file
+convert.run(['convert_weights.py', '--input', sys.argv[1], '--output', 'out.npz'])
+"""
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_mid_conversion_is_one_line_and_leaves_nothing(tmp_path, signum):
+  """Trial 22: Ctrl-C printed a traceback; SIGTERM/SIGHUP left the lock and an 80 MB temporary."""
+  (tmp_path / 'in.h5').write_bytes(b'not read: convert_file is replaced')
+  r = subprocess.run(
+    [sys.executable, '-c', _SIGNALLED, 'in.h5', str(int(signum))], cwd=tmp_path,
+    env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(ROOT)},
+    capture_output=True, text=True, timeout=60,
+  )  # fmt: skip
+  assert r.returncode == 128 + signum, r.stderr
+  assert r.stderr.splitlines() == [
+    f'error: interrupted by signal {int(signum)}; out.npz was not written'
+  ]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['in.h5']
