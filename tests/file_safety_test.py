@@ -314,6 +314,13 @@ def test_a_resumed_batch_redoes_a_job_whose_result_or_record_is_not_whole(tmp_pa
   assert list(batch_lib.run_batch(edited, resume)) == [str(b)]
   record = json.loads((tmp_path / 'b.json').read_text())
   assert record['settings']['inputs']['content_path'] == str(tmp_path / 'c.jpg')
+  # Trial 22 (L10, L11): another weight, its kept finished checkpoint the earlier job's.
+  assert not checkpoint_lib.unfinished(checkpoint_lib.read(tmp_path / 'b.ckpt'))
+  edited[1] = dataclasses.replace(edited[1], style_weight=5.0)
+  assert list(batch_lib.run_batch(edited, resume)) == [str(b)]
+  record = json.loads((tmp_path / 'b.json').read_text())
+  assert record['settings']['loss']['style_weight'] == 5.0
+  assert list(batch_lib.run_batch(edited, resume)) == []  # now finished as listed
 
 
 def test_a_batch_job_killed_before_its_result_is_written_again_on_resume(tmp_path, caffe_npz):

@@ -31,6 +31,12 @@ def test_default_output_path_never_replaces(tmp_path):
   assert outputs.resume_output_path('tubingen.jpg', 'starry_night.jpg', str(tmp_path)).name == (
     'tubingen_starry_night_2.png'
   )
+  # So does one whose record or intermediate name is someone's file (trials 20, 22).
+  (tmp_path / 'tubingen_starry_night_3.json').write_text('{}')
+  (tmp_path / 'tubingen_starry_night_4_00002.png').write_bytes(b'x')
+  assert outputs.default_output_path('tubingen.jpg', 'starry_night.jpg', str(tmp_path)).name == (
+    'tubingen_starry_night_5.png'
+  )
 
 
 def test_single_output_from_a_file_a_directory_or_nothing(tmp_path):

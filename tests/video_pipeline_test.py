@@ -118,8 +118,13 @@ def test_temporal_loss_cuts_flicker_and_frames_follow_their_content(tmp_path, ls
 def test_an_unfinished_run_needs_resume_and_resume_needs_one(tmp_path, caffe_npz, caplog):
   src = _write_frames(tmp_path / 'clip', _clip(2, 24, 32))
   cfg = _config(src, tmp_path / 'out', caffe_npz)
+  # Trial 22: a checkpoint_dir (a bucket) was ignored without a word.
   with pytest.raises(errors.NstError, match='nothing to resume'):
-    video_pipeline.run_video(cfg.replace(run=cfg.run.replace(resume=True)))
+    video_pipeline.run_video(cfg.replace(run=cfg.run.replace(resume=True, checkpoint_dir='b')))
+  assert (
+    'run.checkpoint_dir applies to image and batch runs; a video keeps its state in its work '
+    'directory beside the output (.NAME.work)'
+  ) in caplog.text
   # Left by a run that failed before finishing a frame: discarded, so it blocks nothing.
   (tmp_path / '.out.work' / 'final').mkdir(parents=True)
   with pytest.raises(errors.NstError, match='nothing to resume'):

@@ -24,6 +24,8 @@ from absl import app
 from absl import flags
 from absl import logging as absl_logging
 
+from nst_jax.cli import spelling
+
 # absl's help flags (app.py's HelpFlag, HelpshortFlag, HelpfullFlag, HelpXMLFlag).
 HELP_FLAGS = frozenset({'-?', '--help', '--helpshort', '--helpfull', '--helpxml'})
 # Whether `run` added its check of absl's --profile_file (once per process).
@@ -37,6 +39,8 @@ class PlainFormatter(logging.Formatter):
 
   def format(self, record: logging.LogRecord) -> str:
     message = record.getMessage()
+    if record.levelno >= logging.WARNING:  # the library's field names as the user's flags
+      message = spelling.for_command_line(message)
     if record.levelno >= logging.ERROR:
       return f'error: {message}'
     if record.levelno >= logging.WARNING:

@@ -278,7 +278,8 @@ flags.DEFINE_string(
   DEFAULTS.run.checkpoint_dir,
   "Write checkpoints (NAME.HASH.ckpt, HASH from the output's full path) into this directory "
   'instead of beside each output, e.g. a bucket mounted on every worker, which survives a '
-  'preempted VM.',
+  'preempted VM. Image and batch runs; a video keeps its state in its work directory beside '
+  'the output.',
 )
 flags.DEFINE_bool(
   'keep_checkpoint',

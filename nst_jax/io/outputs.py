@@ -8,6 +8,7 @@ name is the one whose checkpoint exists, so the run continues where it was.
 """
 
 from collections.abc import Iterable, Iterator, Sequence
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -37,11 +38,20 @@ def candidates(content: str, styles: str | Sequence[str], directory: str) -> Ite
 
 
 def _taken(path: Path, checkpoint_dir: str | None = None) -> bool:
-  """The name, its checkpoint or a record file beside it exists (trial 20: a record's name)."""
+  """The name, its checkpoint, a record file or an intermediate's name beside it exists.
+
+  Trials 20 and 22: a name whose record or NAME_00002.png was someone's was
+  kept, and the user, who gave none, was told to choose another.
+  """
   records = (output_names.derived(path, tail) for tail in output_names.RECORD_TAILS.values())
-  return any(os.path.lexists(p) for p in (path, *records)) or (
-    checkpoint_lib.path_for(path, checkpoint_dir).exists()
-  )
+  if any(os.path.lexists(p) for p in (path, *records)):
+    return True
+  if checkpoint_lib.path_for(path, checkpoint_dir).exists():
+    return True
+  with contextlib.suppress(OSError):  # no folder yet: nothing in it
+    names = os.listdir(path.parent)
+    return any(output_names.stopped_from(path.with_name(n)) == path for n in names)
+  return False
 
 
 def default_output_path(

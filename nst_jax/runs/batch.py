@@ -80,16 +80,22 @@ def _job_status(jobs, cfg) -> np.ndarray:
       finished = False
       if point is not None:
         finished = not checkpoint_lib.unfinished(checkpoint_lib.read(ckpt))
-        if finished and (why := _not_whole(job, cfg)):
+        why = _not_whole(job, cfg) if finished else None
+        if why and why.startswith(_MADE_WITH):
+          # The job was edited since: its kept checkpoint is the earlier job's
+          # (trial 22: resuming it was refused, with a fix for single runs).
+          logging.warning(
+            'job %d: %s %s; running it again, replacing its finished checkpoint %s',
+            index + 1, errors.printable(job.output), why, ckpt,
+          )  # fmt: skip
+          point, finished = None, False
+        elif why:
           # Killed between its last checkpoint and its result or record: the
           # state is whole, so they are written again from it (no iteration).
           logging.warning(
             'job %d: %s %s although its checkpoint %s is finished; writing it from the checkpoint',
-            index + 1,
-            errors.printable(job.output),
-            why,
-            ckpt,
-          )
+            index + 1, errors.printable(job.output), why, ckpt,
+          )  # fmt: skip
           finished = False
       elif cfg.run.resume and Path(job.output).exists():
         # Its checkpoint is gone: it finished and was cleaned up, if its
@@ -132,14 +138,30 @@ def _not_whole(job: jobs_lib.Job, cfg: config_lib.StyleConfig) -> str | None:
   record = output_names.record_naming(out)
   if record is None:
     return 'has no run record naming it'
-  given = record.get('settings', {}).get('inputs', {})
-  made_from = [given.get('content_path'), *(given.get('style_path') or [])]
-  files = [job.content, *job.style]
-  same = len(made_from) == len(files) and all(
-    isinstance(a, str) and output_names.resolved(a) == output_names.resolved(b)
-    for a, b in zip(made_from, files, strict=True)
-  )
-  return None if same else 'was made from other images (its run record says so)'
+  was, now = record.get('settings', {}), _job_config(cfg, job)
+  for field in _JOB_SETTINGS:
+    group, name = field.split('.')
+    if not _same_setting(was.get(group, {}).get(name), getattr(getattr(now, group), name)):
+      return f'{_MADE_WITH} another {field} (its run record says so)'
+  return None
+
+
+# What a job's run record must hold as the job list now says (trial 22: an
+# edited weight counted as finished). Paths compare as resolved files.
+_JOB_SETTINGS = (
+  'inputs.content_path', 'inputs.style_path', 'inputs.content_mask', 'inputs.style_masks',
+  'loss.content_weight', 'loss.style_weight',
+)  # fmt: skip
+_MADE_WITH = 'was made with'
+
+
+def _same_setting(was, now) -> bool:
+  """A record's value (JSON) and the job's: paths as files, lists item by item, numbers by value."""
+  if isinstance(now, tuple | list):
+    return isinstance(was, list) and len(was) == len(now) and all(map(_same_setting, was, now))
+  if isinstance(now, str) and now and isinstance(was, str) and was:
+    return output_names.resolved(was) == output_names.resolved(now)
+  return was == now
 
 
 def run_batch(

@@ -160,6 +160,11 @@ def run_video(cfg: config_lib.StyleConfig) -> Path:
       'each pass needs an iteration; raise schedule.iterations or lower video.passes'
     )
   clip = video_lib.open_clip(cfg.inputs.content_path, v.frames, v.fps)
+  if cfg.run.checkpoint_dir:  # trial 22: a bucket asked for, and the state on the VM's disk
+    logging.warning(
+      'run.checkpoint_dir applies to image and batch runs; a video keeps its state in its work '
+      'directory beside the output (.NAME.work)'
+    )
   paths = _paths(cfg)
   for note in clip.notes:
     logging.info('%s: %s', clip.path, note)
