@@ -123,7 +123,7 @@ def _not_whole(job: jobs_lib.Job, cfg: config_lib.StyleConfig) -> str | None:
   Trial 20: any existing file did (one cut short, one of a job since edited
   in the list, one whose record a kill cut off), and the batch exited 0.
   The output must open as an image and, with records on, its record must
-  name it and this job's content and styles.
+  name it and this job's images, masks and weights (`_JOB_SETTINGS`).
   """
   out = Path(job.output)
   if not out.is_file():

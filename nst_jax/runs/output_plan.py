@@ -17,8 +17,8 @@ with one line:
     few free inodes) for the results and their checkpoints.
 It then locks every file it will write (`output_locks`: another process
 writing one is refused, and a crashed run's lock is released by the kernel
-with its process) and removes the temporary files a killed run left beside them (and
-inside a checkpoint directory: orbax's temporary steps).
+with its process) and removes the temporary files a killed run left beside
+them (and inside a checkpoint directory: orbax's temporary steps).
 """
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
