@@ -711,6 +711,21 @@ def test_active_holds_the_images_it_marks_and_must_be_one_flag_per_image():
   ):
     with _raises(f'active {what}; {fix}'):
       run(init_state(content, tx), params, targets, flags)
+  # The ready Step says the same of floats, whatever their values (trial 23: [2., 0.] was
+  # told '0/1', and [1., 0.] then refused as float32).
+  step = make_step(model, tx, TINY_LOSS.spec)
+  for flags in (np.array([2.0, 0.0]), np.array([1.0, 0.0])):
+    with _raises('active is float64, not bools or integers; give bools, one per image (False: '
+                 'that image keeps its pixels), or None'):  # fmt: skip
+      step(init_state(content, tx), params, targets, flags)
+  # A LossConfig as loss_spec: its weights were ignored without a word (trial 23).
+  with pytest.raises(errors.ArgumentError) as e:
+    make_step(model, tx, TINY_LOSS)
+  assert str(e.value) == (
+    'loss_spec must be a LossSpec, got a LossConfig, whose weights would be ignored (the weights '
+    'travel in the targets: make_targets(..., content_weight=, style_weight=, tv_weight=)); pass '
+    'its .spec'
+  )
 
 
 def test_params_in_another_form_are_refused_naming_what_to_pass():

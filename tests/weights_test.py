@@ -581,3 +581,21 @@ def test_params_made_in_memory_saved_for_the_command_line_name_their_file(tmp_pa
   for layer, leaves in loaded.params.items():
     for leaf, value in leaves.items():
       np.testing.assert_array_equal(again.params[layer][leaf], value)
+
+
+def test_weights_of_another_type_are_named():
+  """Trial 23: weights=7 got Python's 'expected str, bytes or os.PathLike object, not int'."""
+  rgb = np.full((8, 8, 3), 0.5, np.float32)
+  with pytest.raises(errors.ArgumentError) as e:
+    nst_jax.stylize(rgb, rgb, weights=7)
+  assert str(e.value) == (
+    'weights must be loaded Weights or the path of a converted .npz, got int 7; pass a path, or '
+    'None for the default'
+  )
+  with pytest.raises(errors.ArgumentError) as e:
+    nst_jax.get_weights('')
+  assert str(e.value) == (
+    "path must be the path of a converted .npz, got str ''; pass a path, or None for the default"
+  )
+  with pytest.raises(errors.ConfigError, match="model.weights must be a file's path"):
+    nst_jax.ModelConfig(weights='')

@@ -163,7 +163,7 @@ class ModelConfig(checks.Group):
     if isinstance(self.weights, os.PathLike):
       object.__setattr__(self, 'weights', os.fspath(self.weights))
     checks.check(  # trial 21: 3 failed deep in stylize, naming no field
-      self.weights is None or isinstance(self.weights, str),
+      self.weights is None or (isinstance(self.weights, str) and self.weights != ''),
       f"model.weights must be a file's path (text), got {self.weights!r}; pass the converted "
       '.npz file, or None for the default',
     )

@@ -140,13 +140,23 @@ class LossSpec:
     return tuple(dict.fromkeys(self.content_layers + self.style_layers))
 
 
-def as_spec(loss: Any) -> LossSpec:
-  """A LossSpec from a LossSpec, or from anything with a `.spec` (a LossConfig)."""
+def as_spec(loss: Any, *, config_ok: bool = False) -> LossSpec:
+  """A LossSpec from a LossSpec, or (`config_ok`: the deprecated loss_config=) a LossConfig.
+
+  A LossConfig as loss_spec= is refused: its weights were ignored without a
+  word, since a step's weights travel in the targets (trial 23).
+  """
   if isinstance(loss, LossSpec):
     return loss
   spec = getattr(loss, 'spec', None)
-  if isinstance(spec, LossSpec):
+  if isinstance(spec, LossSpec) and config_ok:
     return spec
+  if isinstance(spec, LossSpec):
+    raise errors.ArgumentError(
+      f'loss_spec must be a LossSpec, got a {type(loss).__name__}, whose weights would be '
+      'ignored (the weights travel in the targets: make_targets(..., content_weight=, '
+      'style_weight=, tv_weight=)); pass its .spec'
+    )
   raise errors.ArgumentError(
     f'loss_spec must be a LossSpec, got a {type(loss).__name__}; pass nst_jax.LossSpec(...) or '
     "a config's cfg.loss.spec"

@@ -272,7 +272,7 @@ def _spec_and_weights(loss_spec, loss_config, content_weight, style_weight, tv_w
       DeprecationWarning,
       stacklevel=3,
     )
-    loss_spec = as_spec(loss_config) if loss_spec is None else loss_spec
+    loss_spec = as_spec(loss_config, config_ok=True) if loss_spec is None else loss_spec
     if isinstance(loss_config, LossSpec):  # no weights to stand in: the check below names them
       loss_config = None
   if loss_config is not None:

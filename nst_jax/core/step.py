@@ -233,7 +233,7 @@ def update_step(
     warnings.warn(
       'update_step(loss_config=...) is deprecated; use loss_spec=', DeprecationWarning, stacklevel=2
     )
-    loss_spec = loss_config
+    loss_spec = objective_lib.as_spec(loss_config, config_ok=True)
   loss_spec = objective_lib.as_spec(loss_spec)
   checks.vgg_model(model)
   checks.step_inputs(state.image, targets, loss_spec)
@@ -371,6 +371,7 @@ def make_step(
   checks.vgg_model(model)
   step_checks.optimizer(optimizer)
   step_checks.loss_fn_signature(loss_fn)  # now, not at the first call
+  loss_spec = objective_lib.as_spec(loss_spec)  # likewise (trial 23: JAX's traceback around it)
   shardings = dict(in_shardings=in_shardings, out_shardings=out_shardings)
   placed = {k: v for k, v in shardings.items() if v is not None}
 

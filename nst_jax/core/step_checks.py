@@ -115,6 +115,12 @@ def active_values(active: Any) -> None:
   if getattr(active, 'dtype', None) == np.bool_:  # nothing to read (no transfer from the device)
     return
   values = np.asarray(active)
+  if values.dtype != np.bool_ and not np.issubdtype(values.dtype, np.integer):
+    # As active_flags says it: [2., 0.] was told '0/1', and [1., 0.] then refused (trial 23).
+    raise errors.ConfigError(
+      f'active is {values.dtype}, not bools or integers; give bools, one per image (False: '
+      'that image keeps its pixels), or None'
+    )
   if not np.isin(values, (0, 1)).all():
     raise errors.ConfigError(
       f'active holds {values.tolist()}; give bools or 0/1, one per image (False or 0: that image '

@@ -136,3 +136,17 @@ def keras_dataset(group, weight: str, key: str, *, source: str, fix: str) -> np.
   else:
     return np.asarray(data)
   raise errors.WeightsError(f'{source}: {problem}; {fix}')
+
+
+def path_argument(path, given_as: str):
+  """`path` if it is None or a non-empty path, else an ArgumentError naming `given_as`.
+
+  Trial 23: weights=7 got Python's "expected str, bytes or os.PathLike object".
+  """
+  if path is None or (isinstance(path, str | os.PathLike) and os.fspath(path)):
+    return path
+  what = 'loaded Weights or ' if given_as == 'weights=' else ''  # stylize's takes both
+  raise errors.ArgumentError(
+    f'{given_as.rstrip("=")} must be {what}the path of a converted .npz, got '
+    f'{type(path).__name__} {path!r}; pass a path, or None for the default'
+  )

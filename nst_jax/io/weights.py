@@ -413,7 +413,7 @@ def get_weights(
   """
   from nst_jax.io import download  # the fetching side, only when needed
 
-  resolved = resolve_weights_path(path)
+  resolved = resolve_weights_path(weight_checks.path_argument(path, given_as))
   if not resolved.exists() and path is None and WEIGHTS_ENV not in os.environ:
     print(
       f'no weights at {resolved}; fetching the VGG-19 weights (about 80 MB, once)',

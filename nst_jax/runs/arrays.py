@@ -360,7 +360,8 @@ def stylize(
       term}, where 'iteration' k holds the losses of the image after k
       updates (numbered across scales): each stage's start image, every
       `config.run.print_iter` updates and each stage's result (scored once
-      more; not after a stop). For a batch of contents ([N, H, W, 3]) each
+      more; after a stop before a stage's end, the last image read
+      instead). For a batch of contents ([N, H, W, 3]) each
       loss term is a list of N values, one per image; for one [H, W, 3]
       content a float.
     monitor: a live view (nst_jax.engine.preview.Preview, or anything with its
