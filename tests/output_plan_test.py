@@ -130,8 +130,19 @@ def test_a_rerun_replaces_its_own_result(tmp_path):
   output_plan.check([_out(result, save_iter=5, iterations=10)], inputs={})
   # Trial 22: not one past the iteration the checkpoint holds, which it never wrote.
   (tmp_path / 'r_00010.png').write_bytes(b'mine')
-  with pytest.raises(errors.NstError, match='r_00010.png exists, beside r.png, and no nst-jax'):
+  with pytest.raises(errors.NstError) as e:
     output_plan.check([_out(result, save_iter=5, iterations=10)], inputs={})
+  # Trial 24 (N9): a name with a newline matched no iteration, and every one counted as held.
+  odd = tmp_path / 'o\nr.png'
+  _checkpoint(tmp_path / 'o\nr.ckpt', 5, 10)
+  (tmp_path / 'o\nr_00010.png').write_bytes(b'mine')
+  with pytest.raises(errors.NstError, match='past iteration 5 that its checkpoint holds'):
+    output_plan.check([_out(odd, save_iter=5, iterations=10)], inputs={})
+  assert str(e.value) == (  # trial 24: after a kill, it may be the run's own
+    f'{tmp_path}/r_00010.png exists, beside r.png, past iteration 5 that its checkpoint holds: '
+    "this run's own if it was killed after that checkpoint, else someone's; move it away to "
+    'resume (or replace it with save.overwrite)'
+  )
 
 
 def test_an_unfinished_checkpoint_owns_no_result_and_another_runs_result_is_not_replaced(
@@ -502,7 +513,29 @@ def test_a_videos_work_directory_owns_no_file_beside_a_foreign_record(tmp_path):
   (tmp_path / '.s.mp4.work').mkdir()
   video.write_bytes(b'mine')
   (tmp_path / 's.mp4.json').write_text('{"mine": 1}')
-  with pytest.raises(errors.NstError, match=r's\.mp4 exists and no nst-jax run record'):
-    output_plan.check(plan, inputs={})
-  (tmp_path / 's.mp4.json').unlink()  # as a run killed between its video and its record
+  for _ in ('foreign record', 'no record'):  # trial 24: the second was taken as the run's own
+    with pytest.raises(errors.NstError, match=r's\.mp4 exists and no nst-jax run record'):
+      output_plan.check(plan, inputs={})
+    (tmp_path / 's.mp4.json').unlink(missing_ok=True)
+  # As a run killed between its video and its record: it had begun writing its result.
+  (tmp_path / '.s.mp4.work' / output_names.WORK_WRITING).touch()
   output_plan.check(plan, inputs={})
+
+
+def test_a_record_claims_the_file_it_was_written_for_only(tmp_path):
+  """Trial 24 (N2): any r.json naming a file called r.png claimed whatever r.png was."""
+  result = tmp_path / 'r.png'
+  result.write_bytes(b'the result')
+  digest = output_names.file_sha256(result)
+  record = tmp_path / 'r.json'
+  record.write_text(json.dumps({'output': str(result), 'result_sha256': digest}))
+  output_plan.check([_out(result)], inputs={})  # a rerun replaces its own result
+  result.write_bytes(b'a picture of mine, saved over it')
+  with pytest.raises(errors.NstError, match=r'r\.png exists and no nst-jax run record'):
+    output_plan.check([_out(result)], inputs={})
+  result.write_bytes(b'the result')
+  record.write_text(json.dumps({'output': '/elsewhere/r.png', 'result_sha256': digest}))
+  with pytest.raises(errors.NstError, match=r'r\.png exists and no nst-jax run record'):
+    output_plan.check([_out(result)], inputs={})  # a result and record copied here
+  record.write_text(json.dumps({'output': 'r.png'}))  # relative, from before the digest
+  output_plan.check([_out(result)], inputs={})

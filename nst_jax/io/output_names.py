@@ -14,6 +14,7 @@ nst_jax.runs.output_plan.
 from collections.abc import Iterable
 import contextlib
 import functools
+import hashlib
 import io
 import json
 import os
@@ -66,13 +67,13 @@ def intermediate_path(output: str | os.PathLike, iteration: int) -> Path:
 
 def intermediate_number(path: Path) -> int | None:
   """The iteration an intermediate's name holds (a_00250.png -> 250), or None."""
-  match = re.fullmatch(r'.*_(\d{5,})', path.stem)
+  match = re.fullmatch(r'.*_(\d{5,})', path.stem, re.DOTALL)  # a name may hold a newline
   return int(match[1]) if match else None
 
 
 def stopped_from(path: Path) -> Path | None:
   """The output whose intermediate (or stop) image `path` is named as: a_00250.png -> a.png."""
-  match = re.fullmatch(r'(.*)_\d{5,}', path.stem)
+  match = re.fullmatch(r'(.*)_\d{5,}', path.stem, re.DOTALL)
   return path.with_name(match[1] + path.suffix) if match else None
 
 
@@ -101,8 +102,17 @@ def identity(path: Path) -> tuple[int, int] | None:
   return st.st_dev, st.st_ino
 
 
+# Made in a video's work directory when its result is written: a run killed
+# after it may have written the result (output_plan owns it then), not before.
+WORK_WRITING = 'writing-result'
+
+
 def record_naming(output: str | os.PathLike) -> dict | None:
-  """The run record beside `output` (a dict), if there is one and it names `output`."""
+  """The run record beside `output` (a dict), if there is one and it names `output`.
+
+  Named by name (a relative path's), by resolved path (an absolute one's),
+  and by the result's SHA-256 where the record holds it.
+  """
   output = Path(output)
   record = derived(output, RECORD_TAILS['json'])
   if not record.is_file():  # not a FIFO, which would block the read
@@ -113,7 +123,22 @@ def record_naming(output: str | os.PathLike) -> dict | None:
     return None
   if not isinstance(data, dict) or Path(str(data.get('output', ''))).name != output.name:
     return None
+  named = Path(str(data['output']))
+  if named.is_absolute() and resolved(named) != resolved(output):  # a record copied here
+    return None
+  digest = data.get('result_sha256')  # records before 2026-12-07 have none
+  if isinstance(digest, str) and output.is_file() and file_sha256(output) != digest:
+    return None  # the result was replaced since (trial 24: a user's image at its name)
   return data
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+  """The SHA-256 of a file's bytes, in hex (a run record's 'result_sha256')."""
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def claimed(output: str | os.PathLike) -> set[Path]:

@@ -81,6 +81,8 @@ def build(
   return {
     'format': FORMAT,
     'output': str(output),
+    # Which file the record is of: a file put at its name since is not this run's.
+    'result_sha256': output_names.file_sha256(output) if Path(output).is_file() else None,
     'settings': json.loads(json.dumps(dataclasses.asdict(config))),
     'weights': {
       'source': weights_info.source,

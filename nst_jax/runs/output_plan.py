@@ -193,9 +193,11 @@ def _resolved(path: Path, folders: dict[Path, Path]) -> Path:
 def _check_files(out: Output, overwrite: bool) -> None:
   ours = output_names.claimed(out.result)
   placed: set[tuple[Path, int]] = set()  # intermediates: one folder, names of a few lengths
+  held = None  # the iteration an interrupted run's checkpoint holds
   if ('checkpoint', out.state) in out.derived:
-    ours |= _checkpoints_own(out)
-  elif os.path.lexists(out.state) and not _foreign_record(out):
+    owned, held = _checkpoints_own(out)
+    ours |= owned
+  elif (out.state / output_names.WORK_WRITING).exists() and not _foreign_record(out):
     ours |= set(out.files)  # a video's work directory: its result if killed while writing it
   if out.directory:
     output_names.check_place(out.result / 'frame.png')
@@ -221,6 +223,14 @@ def _check_files(out: Output, overwrite: bool) -> None:
         f'{path} exists, beside {out.result.name}, and is the result of another run (its run '
         'record says so); choose another output name, or replace it with save.overwrite'
       )
+    number = output_names.intermediate_number(path) if kind == INTERMEDIATE else None
+    if path.exists() and not (path in ours or overwrite) and held is not None and number:
+      # Trial 24: after a kill this may be the run's own, from after its last checkpoint.
+      raise errors.NstError(
+        f'{path} exists, beside {out.result.name}, past iteration {held} that its checkpoint '
+        "holds: this run's own if it was killed after that checkpoint, else someone's; move it "
+        'away to resume (or replace it with save.overwrite)'
+      )
     if path.exists() and not (path in ours or overwrite):
       whose = '' if path == out.result else f', beside {out.result.name},'
       raise errors.NstError(
@@ -229,8 +239,8 @@ def _check_files(out: Output, overwrite: bool) -> None:
       )
 
 
-def _checkpoints_own(out: Output) -> set[Path]:
-  """What the run that left `out`'s checkpoint wrote beside it before any record existed.
+def _checkpoints_own(out: Output) -> tuple[set[Path], int | None]:
+  """(What the run that left `out`'s checkpoint wrote beside it, the iteration it holds).
 
   Its intermediates up to the iteration it holds; once finished (killed
   while writing its files), its result and records too, unless a file at the
@@ -242,15 +252,15 @@ def _checkpoints_own(out: Output) -> set[Path]:
   try:
     payload = checkpoint_lib.read(out.state)
   except errors.NstError:  # none, or damaged: refused or replaced elsewhere
-    return set()
+    return set(), None
   done = checkpoint_lib.extra(payload).get('offset', 0) + payload['iteration']
   ours = {
     p for kind, p in out.derived
-    if kind == INTERMEDIATE and (output_names.intermediate_number(p) or 0) <= done
+    if kind == INTERMEDIATE and (output_names.intermediate_number(p) or done + 1) <= done
   }  # fmt: skip
   if not checkpoint_lib.unfinished(payload) and not _foreign_record(out):
     ours |= set(out.files)
-  return ours
+  return ours, done
 
 
 def _foreign_record(out: Output) -> bool:

@@ -130,6 +130,8 @@ def _check_work(work: Path) -> None:
   if work.is_symlink() or not work.is_dir():
     raise errors.NstError(f'{work} is not an nst-jax work directory; move it away to run')
   for entry in work.iterdir():
+    if entry.name == output_names.WORK_WRITING and entry.is_file():
+      continue
     ours = _WORK_STAGE.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink()
     found = [entry] if not ours else [
       p for p in entry.iterdir() if not (_WORK_FILE.fullmatch(p.name) and checkpoint_store.ours(p))
@@ -161,10 +163,8 @@ def run_video(cfg: config_lib.StyleConfig) -> Path:
     )
   clip = video_lib.open_clip(cfg.inputs.content_path, v.frames, v.fps)
   if cfg.run.checkpoint_dir:  # trial 22: a bucket asked for, and the state on the VM's disk
-    logging.warning(
-      'run.checkpoint_dir applies to image and batch runs; a video keeps its state in its work '
-      'directory beside the output (.NAME.work)'
-    )
+    logging.warning('run.checkpoint_dir applies to image and batch runs; a video keeps its '
+                    'state in its work directory beside the output (.NAME.work)')  # fmt: skip
   paths = _paths(cfg)
   for note in clip.notes:
     logging.info('%s: %s', clip.path, note)
@@ -416,6 +416,7 @@ def _gather(layout, group, rgb, local, shape) -> list[np.ndarray]:
 def _write(cfg, paths: _Paths, clip, results, record, seconds) -> None:
   """The video (or frames), then the run record; the work directory goes unless kept."""
   if jax.process_index() == 0:
+    (paths.work / output_names.WORK_WRITING).touch()  # the result is ours now (trial 24)
     if paths.as_frames:  # replacing the frames an earlier run's record claims, nothing else
       ours = {p.name for p in output_names.claimed(paths.output) if p.parent == paths.output}
       try:
@@ -428,6 +429,7 @@ def _write(cfg, paths: _Paths, clip, results, record, seconds) -> None:
     if cfg.save.record:
       data = {
         'output': str(paths.output),
+        'result_sha256': None if paths.as_frames else output_names.file_sha256(paths.output),
         'source': clip.path,
         'frames': clip.count,
         'fps': float(clip.fps),
@@ -441,10 +443,5 @@ def _write(cfg, paths: _Paths, clip, results, record, seconds) -> None:
       image_lib.atomic_write(target, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)))
   if not cfg.run.keep_checkpoint:
     shutil.rmtree(paths.work, ignore_errors=True)
-  logging.info(
-    'Done: %s, %d frames in %s (%.1f s of optical flow).',
-    paths.output,
-    len(results),
-    pipeline.duration(seconds),
-    record.get('flow_s', 0.0),
-  )
+  logging.info('Done: %s, %d frames in %s (%.1f s of optical flow).', paths.output, len(results),
+               pipeline.duration(seconds), record.get('flow_s', 0.0))  # fmt: skip
