@@ -303,10 +303,18 @@ def test_a_resumed_batch_redoes_a_job_whose_result_or_record_is_not_whole(tmp_pa
   assert list(batch_lib.run_batch(jobs, resume)) == [str(a)]
   assert (tmp_path / 'a.json').is_file() and a.read_bytes() == expected[a]
   assert b.stat().st_mtime_ns == b_time  # whole: not run again
-  # J2: b.png cut short, its checkpoint cleaned up: run again.
+  # J2: b.png cut short, its checkpoint cleaned up: not the file its record is of (trial 24:
+  # the record's digest), so it is replaced with save.overwrite only, and run again.
   checkpoint_lib.remove(tmp_path / 'b.ckpt')
   b.write_bytes(expected[b][:100])
-  assert list(batch_lib.run_batch(jobs, resume)) == [str(b)]
+  with pytest.raises(errors.NstError) as e:
+    batch_lib.run_batch(jobs, resume)
+  assert str(e.value) == (
+    f'{b} is not the file its run record was written for (changed since); move it away, or '
+    'replace it with save.overwrite'
+  )
+  again = resume.replace(save=resume.save.replace(overwrite=True))
+  assert list(batch_lib.run_batch(jobs, again)) == [str(b)]
   assert b.read_bytes() == expected[b]
   # J2: the list now gives b another content: its result is that job's no more.
   checkpoint_lib.remove(tmp_path / 'b.ckpt')

@@ -531,8 +531,12 @@ def test_a_record_claims_the_file_it_was_written_for_only(tmp_path):
   record.write_text(json.dumps({'output': str(result), 'result_sha256': digest}))
   output_plan.check([_out(result)], inputs={})  # a rerun replaces its own result
   result.write_bytes(b'a picture of mine, saved over it')
-  with pytest.raises(errors.NstError, match=r'r\.png exists and no nst-jax run record'):
+  with pytest.raises(errors.NstError) as e:
     output_plan.check([_out(result)], inputs={})
+  assert str(e.value) == (
+    f'{result} is not the file its run record was written for (changed since); move it away, or '
+    'replace it with save.overwrite'
+  )
   result.write_bytes(b'the result')
   record.write_text(json.dumps({'output': '/elsewhere/r.png', 'result_sha256': digest}))
   with pytest.raises(errors.NstError, match=r'r\.png exists and no nst-jax run record'):

@@ -107,12 +107,8 @@ def identity(path: Path) -> tuple[int, int] | None:
 WORK_WRITING = 'writing-result'
 
 
-def record_naming(output: str | os.PathLike) -> dict | None:
-  """The run record beside `output` (a dict), if there is one and it names `output`.
-
-  Named by name (a relative path's), by resolved path (an absolute one's),
-  and by the result's SHA-256 where the record holds it.
-  """
+def record_beside(output: str | os.PathLike) -> dict | None:
+  """The run record beside `output` (a dict), if there is one and it names a file of its name."""
   output = Path(output)
   record = derived(output, RECORD_TAILS['json'])
   if not record.is_file():  # not a FIFO, which would block the read
@@ -123,13 +119,32 @@ def record_naming(output: str | os.PathLike) -> dict | None:
     return None
   if not isinstance(data, dict) or Path(str(data.get('output', ''))).name != output.name:
     return None
+  return data
+
+
+def record_naming(output: str | os.PathLike) -> dict | None:
+  """The run record beside `output` (a dict), if there is one and it names `output`.
+
+  Named by name (a relative path's), by resolved path (an absolute one's),
+  and by the result's SHA-256 where the record holds it.
+  """
+  output = Path(output)
+  data = record_beside(output)
+  if data is None:
+    return None
   named = Path(str(data['output']))
   if named.is_absolute() and resolved(named) != resolved(output):  # a record copied here
     return None
-  digest = data.get('result_sha256')  # records before 2026-12-07 have none
-  if isinstance(digest, str) and output.is_file() and file_sha256(output) != digest:
-    return None  # the result was replaced since (trial 24: a user's image at its name)
-  return data
+  return None if changed_since_record(output, data) else data
+
+
+def changed_since_record(output: Path, record: dict) -> bool:
+  """Whether `output` is another file than its record's (trial 24: an image saved over it).
+
+  Records before 2026-12-07 hold no digest: never changed, as far as they say.
+  """
+  digest = record.get('result_sha256')
+  return isinstance(digest, str) and output.is_file() and file_sha256(output) != digest
 
 
 def file_sha256(path: str | os.PathLike) -> str:

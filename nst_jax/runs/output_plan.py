@@ -231,6 +231,11 @@ def _check_files(out: Output, overwrite: bool) -> None:
         "holds: this run's own if it was killed after that checkpoint, else someone's; move it "
         'away to resume (or replace it with save.overwrite)'
       )
+    if path.exists() and not (path in ours or overwrite) and _changed(path):
+      raise errors.NstError(
+        f'{path} is not the file its run record was written for (changed since); move it away, '
+        'or replace it with save.overwrite'
+      )
     if path.exists() and not (path in ours or overwrite):
       whose = '' if path == out.result else f', beside {out.result.name},'
       raise errors.NstError(
@@ -261,6 +266,12 @@ def _checkpoints_own(out: Output) -> tuple[set[Path], int | None]:
   if not checkpoint_lib.unfinished(payload) and not _foreign_record(out):
     ours |= set(out.files)
   return ours, done
+
+
+def _changed(result: Path) -> bool:
+  """A result whose own record (by name) holds another file's digest."""
+  data = output_names.record_beside(result)
+  return data is not None and output_names.changed_since_record(result, data)
 
 
 def _foreign_record(out: Output) -> bool:
