@@ -113,10 +113,10 @@ def test_a_rerun_replaces_its_own_result(tmp_path):
   (tmp_path / 'r.json').write_text(json.dumps({'output': str(result)}))
   # The record names the result, not this intermediate: someone else's file.
   with pytest.raises(errors.NstError, match=r'r_00005\.png exists, beside r\.png'):
-    output_plan.check([_out(result, save_iter=5, iterations=5)], inputs={})
+    output_plan.check([_out(result, save_iter=5, iterations=6)], inputs={})
   record = {'output': str(result), 'intermediates': ['r_00005.png']}
   (tmp_path / 'r.json').write_text(json.dumps(record))
-  output_plan.check([_out(result, save_iter=5, iterations=5)], inputs={})
+  output_plan.check([_out(result, save_iter=5, iterations=6)], inputs={})
   # A record naming another output does not make these files ours.
   (tmp_path / 'r.json').write_text(json.dumps({'output': 'elsewhere/q.png'}))
   with pytest.raises(errors.NstError, match='r.png exists and no nst-jax run record'):
@@ -125,19 +125,19 @@ def test_a_rerun_replaces_its_own_result(tmp_path):
   for name in ('r.json', 'r.png', 'r.loss.png', 'r.sheet.jpg'):
     (tmp_path / name).unlink()
   with pytest.raises(errors.NstError, match='r_00005.png exists'):
-    output_plan.check([_out(result, save_iter=5, iterations=5)], inputs={})
+    output_plan.check([_out(result, save_iter=5, iterations=6)], inputs={})
   _checkpoint(tmp_path / 'r.ckpt', 5, 10)
-  output_plan.check([_out(result, save_iter=5, iterations=10)], inputs={})
+  output_plan.check([_out(result, save_iter=5, iterations=15)], inputs={})
   # Trial 22: not one past the iteration the checkpoint holds, which it never wrote.
   (tmp_path / 'r_00010.png').write_bytes(b'mine')
   with pytest.raises(errors.NstError) as e:
-    output_plan.check([_out(result, save_iter=5, iterations=10)], inputs={})
+    output_plan.check([_out(result, save_iter=5, iterations=15)], inputs={})
   # Trial 24 (N9): a name with a newline matched no iteration, and every one counted as held.
   odd = tmp_path / 'o\nr.png'
   _checkpoint(tmp_path / 'o\nr.ckpt', 5, 10)
   (tmp_path / 'o\nr_00010.png').write_bytes(b'mine')
   with pytest.raises(errors.NstError, match='past iteration 5 that its checkpoint holds'):
-    output_plan.check([_out(odd, save_iter=5, iterations=10)], inputs={})
+    output_plan.check([_out(odd, save_iter=5, iterations=15)], inputs={})
   assert str(e.value) == (  # trial 24: after a kill, it may be the run's own
     f'{tmp_path}/r_00010.png exists, beside r.png, past iteration 5 that its checkpoint holds: '
     "this run's own if it was killed after that checkpoint, else someone's; move it away to "
@@ -520,6 +520,14 @@ def test_a_videos_work_directory_owns_no_file_beside_a_foreign_record(tmp_path):
   # As a run killed between its video and its record: it had begun writing its result.
   (tmp_path / '.s.mp4.work' / output_names.WORK_WRITING).touch()
   output_plan.check(plan, inputs={})
+
+
+def test_intermediates_are_named_as_each_scale_numbers_them():
+  """Trial 24 (N8): a 2-scale plan listed _00012 and _00016 where _00014 and _00018 were saved;
+  a scale's last iteration is its result, never an intermediate."""
+  names = [p.name for p in output_names.intermediates('r.png', 4, [10, 10])]
+  assert names == ['r_00004.png', 'r_00008.png', 'r_00014.png', 'r_00018.png']
+  assert [p.name for p in output_names.intermediates('r.png', 5, 10)] == ['r_00005.png']
 
 
 def test_a_record_claims_the_file_it_was_written_for_only(tmp_path):

@@ -11,7 +11,7 @@ write left. The planner that uses them is
 nst_jax.runs.output_plan.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 import contextlib
 import functools
 import hashlib
@@ -77,11 +77,23 @@ def stopped_from(path: Path) -> Path | None:
   return path.with_name(match[1] + path.suffix) if match else None
 
 
-def intermediates(output: str | os.PathLike, save_iter: int, iterations: int) -> list[Path]:
-  """The intermediates a run saves every `save_iter` of `iterations` (none for 0)."""
+def intermediates(
+  output: str | os.PathLike, save_iter: int, iterations: int | Sequence[int]
+) -> list[Path]:
+  """The intermediates a run saves every `save_iter` iterations (none for 0).
+
+  `iterations`: the run's, or each scale's (numbered across scales, from
+  each scale's start: trial 24's 2-scale plan named 12 and 16 where 14 and
+  18 were written). None at a scale's last iteration, which is its result.
+  """
   if not save_iter:
     return []
-  return [intermediate_path(output, it) for it in range(save_iter, iterations + 1, save_iter)]
+  stages = [iterations] if isinstance(iterations, int) else list(iterations)
+  numbers, offset = [], 0
+  for n in stages:
+    numbers += [offset + k for k in range(save_iter, n, save_iter)]
+    offset += n
+  return [intermediate_path(output, it) for it in numbers]
 
 
 def resolved(path: str | os.PathLike) -> Path:

@@ -87,7 +87,7 @@ def image_output(
   state_bytes: int = 0,
   record: bool = True,
   save_iter: int = 0,
-  iterations: int = 0,
+  iterations: int | Sequence[int] = 0,
   checkpoint: Path | None = None,
 ) -> Output:
   """An image result with its record files, checkpoint and intermediates.

@@ -134,13 +134,14 @@ class Results:
     self.configs = configs or {}
     self.prefix = prefix
     self.intermediates: dict[int, list[np.ndarray]] = {r: [] for r in self.paths}
-    self.saved: dict[int, list[str]] = {r: [] for r in self.paths}
     # Made once the plan passed under the locks: the planned intermediates
-    # that exist now are this output's own. Any other name (one saved on a
-    # signal, or one another run wrote since) is written only where no file is.
-    every, total = cfg.save.save_iter, cfg.schedule.iterations
-    planned = [i for p in self.paths.values() for i in output_names.intermediates(p, every, total)]
-    self.replaceable = {p for p in planned if os.path.lexists(p)}
+    # that exist now are this output's own (an interrupted run's, which the
+    # record claims too: trial 24). Any other name (one saved on a signal, or
+    # one another run wrote since) is written only where no file is.
+    every, stages = cfg.save.save_iter, _stage_iterations(cfg)
+    planned = {r: output_names.intermediates(p, every, stages) for r, p in self.paths.items()}
+    self.saved = {r: [p.name for p in names if os.path.lexists(p)] for r, names in planned.items()}
+    self.replaceable = {p for names in planned.values() for p in names if os.path.lexists(p)}
     self.t0 = time.perf_counter()
     self.history = hooks_lib.History(cfg.run.print_iter, list(self.paths), t0=self.t0)
 
@@ -161,7 +162,8 @@ class Results:
         continue
       self._save(path, rgb, r)
       written.append(path)
-      self.saved[r].append(path.name)
+      if path.name not in self.saved[r]:
+        self.saved[r].append(path.name)
       if self.cfg.save.record:
         self.intermediates[r].append(rgb)
       logging.info('%ssaved %s', self.prefix, errors.printable(path))
@@ -252,6 +254,11 @@ def _single_output(cfg: config_lib.StyleConfig) -> Path:
   return output
 
 
+def _stage_iterations(cfg: config_lib.StyleConfig) -> list[int]:
+  """Each scale's iterations, which number the intermediates (output_names.intermediates)."""
+  return [s.iterations for s in schedule_lib.plan(cfg.inputs.width, cfg.schedule)]
+
+
 def planned_output(cfg: config_lib.StyleConfig, output: Path, height: int, **kwargs):
   """The planner's view of an image result of `cfg` at `height` x width (output_plan.Output)."""
   pixels = height * cfg.inputs.width
@@ -262,7 +269,7 @@ def planned_output(cfg: config_lib.StyleConfig, output: Path, height: int, **kwa
     state_bytes=output_plan.state_bytes(pixels, image_buffers=buffers + 1),
     record=cfg.save.record,
     save_iter=cfg.save.save_iter,
-    iterations=cfg.schedule.iterations,
+    iterations=_stage_iterations(cfg),
     checkpoint=checkpoint_lib.path_for(output, cfg.run.checkpoint_dir),
     **kwargs,
   )
