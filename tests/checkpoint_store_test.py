@@ -235,6 +235,13 @@ def test_a_folder_removed_while_the_first_save_is_written_leaves_no_checkpoint(
   monkeypatch.setattr(orbax_local, 'save', real)
   _save(path, 3)  # the next save makes a whole checkpoint again
   assert checkpoint_store.foreign(path) is None
+  # Trial 24: orbax's finishing thread can make a step's path again after the check; what it
+  # leaves is named as such, not as a directory nst-jax did not write.
+  (path / checkpoint_store.MARKER).unlink()
+  assert checkpoint_store.foreign(path) == (
+    "it holds orbax's steps without nst-jax's marker: a save cut short when its folder was "
+    'removed; delete it'
+  )
 
 
 def test_a_damaged_newest_step_names_the_one_before(tmp_path):

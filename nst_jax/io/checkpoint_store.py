@@ -62,6 +62,16 @@ def foreign(path: Path) -> str | None:
   except OSError as e:
     return f'it cannot be read ({e.strerror})'
   names = {e.name for e in entries}
+  steps_only = entries and all(
+    (_STEP.fullmatch(e.name) or _STEP_TMP.fullmatch(e.name)) and e.is_dir(follow_symlinks=False)
+    for e in entries
+  )
+  if MARKER not in names and steps_only:
+    # orbax made a step's path again after the folder was removed mid-save (trial 24).
+    return (
+      "it holds orbax's steps without nst-jax's marker: a save cut short when its folder was "
+      'removed; delete it'
+    )
   if MARKER not in names:
     return 'it is a directory that nst-jax did not write'
   for entry in entries:
