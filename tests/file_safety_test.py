@@ -329,6 +329,10 @@ def test_a_resumed_batch_redoes_a_job_whose_result_or_record_is_not_whole(tmp_pa
   record = json.loads((tmp_path / 'b.json').read_text())
   assert record['settings']['loss']['style_weight'] == 5.0
   assert list(batch_lib.run_batch(edited, resume)) == []  # now finished as listed
+  # Trial 24 (N6): the content file now holds another picture, at the same path.
+  with Image.open(tmp_path / 'c.jpg') as im:
+    im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / 'c.jpg')
+  assert sorted(batch_lib.run_batch(edited, resume)) == [str(a), str(b)]
 
 
 def test_a_batch_job_killed_before_its_result_is_written_again_on_resume(tmp_path, caffe_npz):

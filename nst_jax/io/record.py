@@ -83,6 +83,8 @@ def build(
     'output': str(output),
     # Which file the record is of: a file put at its name since is not this run's.
     'result_sha256': output_names.file_sha256(output) if Path(output).is_file() else None,
+    # And of which inputs: a batch's resume reruns a job whose images changed (trial 24).
+    'inputs_sha256': _input_digests(config),
     'settings': json.loads(json.dumps(dataclasses.asdict(config))),
     'weights': {
       'source': weights_info.source,
@@ -107,6 +109,13 @@ def build(
     'intermediates': list(record.get('intermediates', [])),
     'history': history,
   }
+
+
+def _input_digests(config: Any) -> dict[str, str]:
+  """{path: SHA-256} of the content and style files a config names (those that are files)."""
+  inputs = getattr(config, 'inputs', None)
+  paths = [getattr(inputs, 'content_path', ''), *getattr(inputs, 'style_path', ())]
+  return {p: output_names.file_sha256(p) for p in paths if p and os.path.isfile(p)}
 
 
 def _nice_log_ticks(lo: float, hi: float) -> list[float]:

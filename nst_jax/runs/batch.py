@@ -13,6 +13,7 @@ ends every process with the same one-line error.
 from collections.abc import Sequence
 import contextlib
 import dataclasses
+import os
 from pathlib import Path
 
 from absl import logging
@@ -143,6 +144,10 @@ def _not_whole(job: jobs_lib.Job, cfg: config_lib.StyleConfig) -> str | None:
     group, name = field.split('.')
     if not _same_setting(was.get(group, {}).get(name), getattr(getattr(now, group), name)):
       return f'{_MADE_WITH} another {field} (its run record says so)'
+  digests = record.get('inputs_sha256') or {}  # records before 2026-12-07 have none
+  for path in (job.content, *job.style):
+    if path in digests and os.path.isfile(path) and output_names.file_sha256(path) != digests[path]:
+      return f'{_MADE_WITH} another {errors.printable(path)} (its content changed since)'
   return None
 
 
