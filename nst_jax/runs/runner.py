@@ -139,9 +139,12 @@ class Results:
     # record claims too: trial 24). Any other name (one saved on a signal, or
     # one another run wrote since) is written only where no file is.
     every, stages = cfg.save.save_iter, _stage_iterations(cfg)
-    planned = {r: output_names.intermediates(p, every, stages) for r, p in self.paths.items()}
-    self.saved = {r: [p.name for p in names if os.path.lexists(p)] for r, names in planned.items()}
-    self.replaceable = {p for names in planned.values() for p in names if os.path.lexists(p)}
+    there = {
+      r: [i for i in output_names.intermediates(p, every, stages) if os.path.lexists(i)]
+      for r, p in self.paths.items()
+    }
+    self.saved = {r: [p.name for p in paths] for r, paths in there.items()}
+    self.replaceable = {p for paths in there.values() for p in paths}
     self.t0 = time.perf_counter()
     self.history = hooks_lib.History(cfg.run.print_iter, list(self.paths), t0=self.t0)
 
