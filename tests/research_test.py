@@ -404,6 +404,14 @@ def test_targets_at_refuses_targets_without_a_batch_axis():
   np.testing.assert_array_equal(bare.style_weight, targets.style_weight[1])
 
 
+def test_targets_at_takes_keep_batch_as_a_bool_only():
+  model, params, content, targets = _problem(n=2)
+  with pytest.raises(nst_jax.errors.ConfigError) as caught:
+    nst_jax.targets_at(targets, 1, keep_batch='no')  # truthy: kept the batch axis
+  assert str(caught.value) == "keep_batch must be True or False, got 'no'; pass True or False"
+  assert nst_jax.targets_at(targets, 1, keep_batch=np.False_).style_weight.shape == ()
+
+
 def test_random_scaled_params_refuse_a_probe_with_no_scale():
   shape = {'stage_sizes': (1, 2), 'widths': (4, 8)}
   probe = pixels.preprocess(np.full((1, 8, 8, 3), 0.5, np.float32), pixels.CAFFE)

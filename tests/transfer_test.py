@@ -339,6 +339,9 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
      'list; pass record={}'),
     (dict(content=rgb, style=rgb, should_stop=lambda: np.array([1, 0])), 'should_stop returned '
      'ndarray of shape (2,); return True (or a signal number 1-64) to stop, else False or None'),
+    # Trial 23: 'no' is truthy, so it stopped the run.
+    (dict(content=rgb, style=rgb, should_stop=lambda: 'no'), "should_stop returned str 'no'; "
+     'return True (or a signal number 1-64) to stop, else False or None'),
   ]  # fmt: skip
   for kwargs, message in cases:
     kwargs.setdefault('weights', caffe_npz)

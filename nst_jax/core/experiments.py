@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import errors
+from nst_jax.core import checks
 from nst_jax.core import objective as objective_lib
 from nst_jax.core import pixels
 from nst_jax.core import vgg
@@ -172,8 +173,10 @@ def targets_at(
 
   Raises:
     ConfigError: `index` outside -N..N-1 (negative counts from the end), or
+      `keep_batch` not a bool, or
       targets without the batch axis (one image's already).
   """
+  keep_batch = checks.flag(keep_batch, 'keep_batch')  # 'no' is truthy: a batch axis kept unasked
   if not np.shape(targets.content_weight):
     raise errors.ConfigError(
       "targets hold no batch axis (already one image's, as targets_at(..., keep_batch=False) "

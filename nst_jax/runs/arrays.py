@@ -52,12 +52,14 @@ _RESUME_INPUTS = {
 def _asked(should_stop: Callable[[], Any] | None) -> int | None:
   """should_stop's answer as the loop's flag: a signal number (1-64) as it is, else ASKED."""
   asked = should_stop() if should_stop is not None else None
-  if np.ndim(asked) != 0:  # trial 21: numpy's "truth value ... is ambiguous"
+  if isinstance(asked, np.ndarray | np.generic | jax.Array) and np.ndim(asked) == 0:
+    asked = asked.item()  # np.int64(2), np.bool_, a 0-d array
+  if asked is not None and not isinstance(asked, bool | int):  # trial 21: arrays; 23: 'no' stopped
+    shape = f' of shape {np.shape(asked)}' if np.ndim(asked) else f' {asked!r}'
     raise errors.ConfigError(
-      f'should_stop returned {type(asked).__name__} of shape {np.shape(asked)}; return True (or '
-      'a signal number 1-64) to stop, else False or None'
+      f'should_stop returned {type(asked).__name__}{shape}; return True (or a signal number '
+      '1-64) to stop, else False or None'
     )
-  asked = asked.item() if isinstance(asked, np.generic | jax.Array) else asked  # np.int64(2)
   if not asked:
     return None
   is_signal = isinstance(asked, int) and not isinstance(asked, bool) and 0 < asked < signal.NSIG
@@ -329,12 +331,12 @@ def stylize(
       `config.run.resume=True` or another path. Anything else there is
       refused and left as it is: a directory or file nst-jax did not write,
       a link, a missing folder.
-    should_stop: polled after every iteration; a true return saves the
+    should_stop: polled after every iteration; True (or an int) saves the
       checkpoint (if `checkpoint` is given), then raises Interrupted, whose
       message names what was saved and says "stopped by should_stop" (an int
       from 1 to 64, a signal number your handler caught, is named as that
-      signal instead). Ctrl-C (SIGINT),
-      SIGTERM and SIGHUP do the same, as on the command line, when stylize
+      signal instead; False, 0 or None go on, anything else is refused).
+      Ctrl-C (SIGINT), SIGTERM and SIGHUP do the same, as on the command line, when stylize
       is called from the main thread: for the run, a handler of its own
       turns the first into that stop (at the next iteration's poll; "nothing
       was saved" without `checkpoint`), a second raises KeyboardInterrupt
