@@ -714,8 +714,33 @@ def test_resume_from_a_damaged_checkpoint_keeps_every_file(tmp_path, images, caf
     assert _digests(out.parent) == before
 
 
+def test_a_save_that_fails_before_any_was_written_says_none_is_kept(
+  tmp_path, caffe_npz, monkeypatch, caplog
+):
+  rgb = np.random.default_rng(0).uniform(size=(32, 32, 3)).astype(np.float32)
+  from nst_jax import config as config_lib
+
+  cfg = config_lib.StyleConfig(
+    loss=small_runs.loss_config(),
+    schedule=config_lib.ScheduleConfig(iterations=2),
+    run=config_lib.RunConfig(print_iter=0, checkpoint_every=1),
+  )
+  ckpt = tmp_path / 'x.ckpt'
+
+  def write(path, payload):
+    raise errors.WriteError(f'could not write {path}: No space left on device')
+
+  monkeypatch.setattr(checkpoint_lib, 'write', write)
+  stylize(rgb, rgb, config=cfg, weights=caffe_npz, checkpoint=ckpt)
+  said = [r.getMessage() for r in caplog.records if 'could not write' in r.getMessage()]
+  # It said "the previous checkpoint is kept" with none written (trial 24 N3).
+  none = 'No space left on device; the run goes on (no checkpoint is written yet)'
+  assert said == [f'could not write {ckpt}: {none}'] * 2
+  assert not ckpt.exists()
+
+
 def test_a_stop_whose_checkpoint_cannot_be_written_names_the_one_kept(
-  tmp_path, caffe_npz, monkeypatch
+  tmp_path, caffe_npz, monkeypatch, caplog
 ):
   # Two scales of 3 iterations: the first scale's last checkpoint (iteration
   # 3) is written; the save at a stop in the second scale fails as on a full
@@ -750,5 +775,11 @@ def test_a_stop_whose_checkpoint_cannot_be_written_names_the_one_kept(
     f'interrupted by signal 15 after iteration 5; the checkpoint {ckpt} could not be written at '
     'iteration 5 and holds iteration 3: continue from there with config.run.resume=True'
   )
+  # It said "the previous checkpoint is kept" also where none was written (trial 24 N3).
+  said = [r.getMessage() for r in caplog.records if 'could not write' in r.getMessage()]
+  assert said == [
+    f'could not write {ckpt}: No space left on device; the run goes on (the checkpoint of '
+    'iteration 3 is kept)'
+  ]
   payload = checkpoint_lib.read(ckpt)
   assert (payload['scale'], payload['iteration']) == (0, 3)

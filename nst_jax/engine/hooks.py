@@ -350,10 +350,10 @@ class Checkpoints(Hook):
     for r, path in self.paths.items():
       try:
         checkpoint_lib.write(path, payloads.pop(r))
-      except errors.WriteError as e:
-        # A full disk must not cost the run: the previous checkpoint stays
-        # whole (atomic write), and the small result may still fit at the end.
-        logging.warning('%s; the run goes on, and the previous checkpoint is kept', e)
+      except errors.WriteError as e:  # a full disk must not cost the run (the write is atomic)
+        kept = f'the checkpoint of iteration {self.last_saved} is kept'  # trial 24 N3: "previous"
+        kept = kept if self.last_saved is not None else 'no checkpoint is written yet'
+        logging.warning('%s; the run goes on (%s)', e, kept)
         saved = False
     if saved:
       self.last_saved = iteration
