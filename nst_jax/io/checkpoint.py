@@ -59,6 +59,7 @@ _DERIVED_SETTINGS = {
   'init_pixels': "the start image's pixels",
   'weights_hash': 'the weights',
   'term_weights': "the job's own content, style and TV weights",
+  'frame_pixels': "the video's frames",
 }
 
 
@@ -357,7 +358,22 @@ def restore(path: str | os.PathLike, *, like: Any, settings: dict) -> tuple[Any,
   """
   path = Path(path)
   payload, step = _load(path)
-  saved = payload['settings']
+  refuse_other_settings(path, payload['settings'], settings)
+  want = flax.serialization.to_state_dict(like)
+  if step is None:
+    got = payload['state']
+  else:
+    # The layout from orbax's metadata first: a checkpoint of another run is
+    # refused before its arrays are read.
+    _refuse_other_layout(path, want, _damaged_if_unreadable(path, orbax_local.layout, step))
+    got = _load_state(path, step)
+  _refuse_other_layout(path, want, got)
+  state = flax.serialization.from_state_dict(like, got)
+  return jax.tree.map(np.asarray, state), int(payload['iteration'])
+
+
+def refuse_other_settings(path: Path, saved: dict, settings: dict) -> None:
+  """Raises ResumeMismatch naming the first setting that differs (`path` in the message)."""
   short = checkpoint_checks.short
   # Named settings first: another width also changes every pixel digest, and
   # the width is what the user changed.
@@ -383,17 +399,6 @@ def restore(path: str | os.PathLike, *, like: Any, settings: dict) -> tuple[Any,
         saved=was,
         now=now,
       )
-  want = flax.serialization.to_state_dict(like)
-  if step is None:
-    got = payload['state']
-  else:
-    # The layout from orbax's metadata first: a checkpoint of another run is
-    # refused before its arrays are read.
-    _refuse_other_layout(path, want, _damaged_if_unreadable(path, orbax_local.layout, step))
-    got = _load_state(path, step)
-  _refuse_other_layout(path, want, got)
-  state = flax.serialization.from_state_dict(like, got)
-  return jax.tree.map(np.asarray, state), int(payload['iteration'])
 
 
 def _load_state(path: Path, step: Path) -> dict:

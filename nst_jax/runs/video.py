@@ -24,9 +24,7 @@ Reference: Ruder, Dosovitskiy & Brox, "Artistic style transfer for videos", GCPR
 import contextlib
 import dataclasses
 import json
-import os
 from pathlib import Path
-import re
 import shutil
 import time
 
@@ -49,7 +47,6 @@ from nst_jax.engine import signals
 from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
 from nst_jax.io import output_names
-from nst_jax.io import outputs
 from nst_jax.io import record as record_lib
 from nst_jax.io import video as video_lib
 from nst_jax.io import weights as weights_lib
@@ -58,94 +55,7 @@ from nst_jax.runs import inputs as inputs_lib
 from nst_jax.runs import output_plan
 from nst_jax.runs import runner as pipeline
 from nst_jax.runs import temporal
-
-
-@dataclasses.dataclass
-class _Paths:
-  """Where a video run keeps its work and writes its result."""
-
-  output: Path  # the .mp4, or the frame directory
-  as_frames: bool
-  work: Path  # hidden: finished frames and checkpoints
-
-  def frame(self, k: int, stage: str = 'final') -> Path:
-    return self.work / stage / f'frame_{k:05d}.png'
-
-  def checkpoint(self, k: int, stage: str = 'final') -> Path:
-    return self.work / stage / f'frame_{k:05d}.ckpt'
-
-
-def _paths(cfg: config_lib.StyleConfig) -> _Paths:
-  """The result (an .mp4, or a directory for PNG frames) and the work directory, checked."""
-  path = cfg.save.path
-  if path and (path.endswith(('/', '\\')) or Path(path).is_dir()):  # as for an image
-    output, as_frames = Path(path), True  # the output planner checks what it holds
-  elif path:
-    output, as_frames = Path(path), False
-    if output.suffix.lower() != '.mp4':
-      raise errors.ConfigError(
-        f'save.path {output} for a video must end in .mp4, or name a directory (ending in /) '
-        'for PNG frames'
-      )
-  else:
-    as_frames = False
-    for candidate in outputs.candidates(
-      cfg.inputs.content_path, cfg.style_paths, outputs.DEFAULT_OUTPUT_DIR
-    ):
-      output = candidate.with_suffix('.mp4')
-      work = output.with_name(f'.{output.name}.work')
-      if cfg.run.resume and work.exists():
-        break
-      if not cfg.run.resume and not output.exists() and not work.exists():
-        break
-  work = output.with_name(f'.{output.name}.work')
-  if os.path.lexists(work):
-    _check_work(work)
-  stale = work.is_dir() and not _holds_work(work)
-  if stale and jax.process_index() == 0:
-    # Left by a run that finished no frame: nothing to resume. Under the
-    # output's lock: a run still starting up would hold it.
-    with output_plan.locked([output_plan.Output(output, derived=())]):
-      logging.warning('Discarded %s: the run that left it finished no frame.', work)
-      shutil.rmtree(work)
-  started = work.exists() and not stale
-  if started and not cfg.run.resume:
-    raise errors.NstError(
-      f'{work} holds an unfinished video run; continue it with run.resume, or delete it to start '
-      'over'
-    )
-  if cfg.run.resume and not started:
-    raise errors.NstError(f'nothing to resume: no {work}; run without run.resume to start')
-  output_names.check_place(output / 'frame.png' if as_frames else output)
-  return _Paths(output, as_frames, work)
-
-
-# A video run's work directory: per stage ('final', 'pass2'), frames, checkpoints, temporaries.
-_WORK_STAGE = re.compile(r'final|pass\d+')
-_WORK_FILE = re.compile(r'\.?frame_\d{5}\.(png|ckpt|json)(\.nst-[a-z0-9_]{8}\.tmp)?')
-
-
-def _check_work(work: Path) -> None:
-  """Refuses a work directory holding anything a video run does not write there."""
-  if work.is_symlink() or not work.is_dir():
-    raise errors.NstError(f'{work} is not an nst-jax work directory; move it away to run')
-  for entry in work.iterdir():
-    if entry.name == output_names.WORK_WRITING and entry.is_file():
-      continue
-    ours = _WORK_STAGE.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink()
-    found = [entry] if not ours else [
-      p for p in entry.iterdir() if not (_WORK_FILE.fullmatch(p.name) and checkpoint_store.ours(p))
-    ]  # fmt: skip
-    if found:
-      raise errors.NstError(
-        f'{work} holds {found[0].relative_to(work)}, which no video run writes there; move it '
-        'away to run'
-      )
-
-
-def _holds_work(work: Path) -> bool:
-  """Whether a work directory holds a finished frame or a checkpoint worth resuming."""
-  return any(p.suffix in ('.png', '.ckpt') for p in work.rglob('frame_*'))
+from nst_jax.runs import video_work
 
 
 def run_video(cfg: config_lib.StyleConfig) -> Path:
@@ -165,7 +75,7 @@ def run_video(cfg: config_lib.StyleConfig) -> Path:
   if cfg.run.checkpoint_dir:  # trial 22: a bucket asked for, and the state on the VM's disk
     logging.warning('run.checkpoint_dir applies to image and batch runs; a video keeps its '
                     'state in its work directory beside the output (.NAME.work)')  # fmt: skip
-  paths = _paths(cfg)
+  paths = video_work.paths(cfg)
   for note in clip.notes:
     logging.info('%s: %s', clip.path, note)
   height = pixels.resized_height(clip.width, clip.height, cfg.inputs.width)
@@ -176,7 +86,7 @@ def run_video(cfg: config_lib.StyleConfig) -> Path:
       'the video' if not paths.as_frames else 'the frames of',
       pixels=frame.pixels * clip.count,
       state_bytes=frame.state_bytes,
-      derived=(('run record', _record_path(paths)),) if cfg.save.record else (),
+      derived=(('run record', video_work.record_path(paths)),) if cfg.save.record else (),
       directory=paths.as_frames,
       resumable=paths.work,
     )
@@ -195,16 +105,9 @@ def _recheck(cfg, plan) -> None:
   )
 
 
-def _record_path(paths: _Paths) -> Path:
-  """x.mp4 -> x.mp4.json (output_names.derived); frames/ -> frames.json."""
-  if paths.as_frames:
-    return Path(str(paths.output).rstrip('/\\') + '.json')
-  return output_names.derived(paths.output, output_names.RECORD_TAILS['json'])
-
-
-def _run_video(cfg: config_lib.StyleConfig, clip, paths: _Paths, height: int, plan) -> Path:
+def _run_video(cfg: config_lib.StyleConfig, clip, paths: video_work.Paths, height, plan) -> Path:
   """`run_video` once its output is planned: inputs, weights, then the locks and the frames."""
-  v = cfg.video  # its frames are never split over devices: run.shard is not read
+  v, given = cfg.video, cfg  # its frames are never split over devices: run.shard is not read
   per_device = -(-clip.count // jax.device_count()) if v.passes > 1 else 1
   cfg = memory_lib.fit(height, cfg.inputs.width, config=cfg, batch=per_device, can_split=False)
   frames = list(
@@ -236,7 +139,10 @@ def _run_video(cfg: config_lib.StyleConfig, clip, paths: _Paths, height: int, pl
         held.enter_context(
           output_plan.locked(plan, local=local, then_check=lambda: _recheck(cfg, plan))
         )
-      paths.work.mkdir(parents=True, exist_ok=True)
+      with distributed.together():  # before any frame: a resume with other settings is refused
+        now = video_work.settings(given, weights_hash=w.info.params_sha256, frames=frames,
+                                  styles=styles)  # fmt: skip
+        video_work.hold_settings(paths, now)
       t0 = time.perf_counter()
       record = {'frames': []}
       with signals.stop_on_signals() as stop:
@@ -413,7 +319,7 @@ def _gather(layout, group, rgb, local, shape) -> list[np.ndarray]:
   return [by_frame[k] for k in sorted(by_frame)]
 
 
-def _write(cfg, paths: _Paths, clip, results, record, seconds) -> None:
+def _write(cfg, paths: video_work.Paths, clip, results, record, seconds) -> None:
   """The video (or frames), then the run record; the work directory goes unless kept."""
   if jax.process_index() == 0:
     (paths.work / output_names.WORK_WRITING).touch()  # the result is ours now (trial 24)
@@ -425,7 +331,7 @@ def _write(cfg, paths: _Paths, clip, results, record, seconds) -> None:
         raise errors.NstError(f'{e}, then continue with run.resume') from None
     else:
       video_lib.write_video(paths.output, results, clip.fps, audio_from=clip)
-    target = _record_path(paths)
+    target = video_work.record_path(paths)
     if cfg.save.record:
       data = {
         'output': str(paths.output),

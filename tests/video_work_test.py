@@ -1,0 +1,75 @@
+"""A video's work directory: a resume with other settings than its frames' is refused."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import small_runs
+import video_clips
+
+import nst_jax
+from nst_jax import errors
+from nst_jax.io import images as image_lib
+from nst_jax.runs import video as video_pipeline
+from nst_jax.runs import video_work
+
+ROOT = Path(__file__).resolve().parent.parent
+STYLES = [
+  str(ROOT / 'style_images' / name) for name in ('starry_night.jpg', 'woman-with-hat-matisse.jpg')
+]
+
+
+def _digests(folder):
+  return {p: p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+def test_a_resume_with_other_settings_or_frames_is_refused_before_any_frame(tmp_path, caffe_npz):
+  frames, _ = video_clips.moving_square_clip(n=2, height=24, width=32)
+  src = tmp_path / 'clip'
+  src.mkdir()
+  for k, rgb in enumerate(frames):
+    image_lib.save_image(src / f'f{k:03d}.png', rgb, bit_depth=16)
+  cfg = nst_jax.StyleConfig(
+    inputs=nst_jax.InputConfig(content_path=str(src), style_path=(STYLES[0],), width=32),
+    model=nst_jax.ModelConfig(weights=str(caffe_npz)),
+    loss=small_runs.loss_config(),
+    schedule=nst_jax.ScheduleConfig(iterations=2),
+    save=nst_jax.SaveConfig(path=str(tmp_path / 'v.mp4')),
+    run=nst_jax.RunConfig(progress='log', print_iter=0, keep_checkpoint=True),
+  )
+  video_pipeline.run_video(cfg)  # the work directory kept: every frame finished
+  work = tmp_path / '.v.mp4.work'
+  saved = json.loads((work / video_work.SETTINGS).read_text())
+  assert saved['loss.style_weight'] == cfg.loss.style_weight and len(saved['frame_pixels']) == 64
+  resume = cfg.replace(run=cfg.run.replace(resume=True))
+  video_pipeline.run_video(resume)  # the same settings: it goes on (here: writes the video)
+  before = _digests(tmp_path)
+  # Trial 26 Q2, Q3: another style, weight, width or -i made a video of two runs with exit 0
+  # (finished frames are not run again), or a traceback for another width.
+  cases = [
+    (resume.replace(loss=resume.loss.replace(style_weight=1.0)),
+     'loss.style_weight differs (checkpoint 0.01, now 1.0)'),
+    (resume.replace(inputs=resume.inputs.replace(width=40)),
+     'inputs.width differs (checkpoint 32, now 40)'),
+    (resume.replace(schedule=resume.schedule.replace(iterations=3)),
+     'schedule.iterations differs (checkpoint 2, now 3)'),
+    (resume.replace(inputs=resume.inputs.replace(style_path=(STYLES[1],))),
+     "the style images' pixels differ from the checkpoint's"),
+  ]  # fmt: skip
+  for changed, differs in cases:
+    with pytest.raises(errors.ResumeMismatch) as e:
+      video_pipeline.run_video(changed)
+    assert str(e.value).startswith(f'cannot resume from {work}: {differs}'), str(e.value)
+    assert _digests(tmp_path) == before
+  image_lib.save_image(src / 'f001.png', np.flip(frames[1], 0), bit_depth=16)
+  with pytest.raises(errors.ResumeMismatch, match="the video's frames differ from the checkpo"):
+    video_pipeline.run_video(resume)
+  # Frames from an nst-jax that wrote no settings: nothing to check them against.
+  (work / video_work.SETTINGS).unlink()
+  with pytest.raises(errors.NstError) as e:
+    video_pipeline.run_video(resume)
+  assert str(e.value) == (
+    f'{work} holds frames of a run that recorded no settings (an earlier nst-jax): they cannot '
+    'be checked against this run; delete it to start over'
+  )
