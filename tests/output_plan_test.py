@@ -400,6 +400,39 @@ def test_a_lock_freed_and_removed_under_a_waiting_opener_is_not_shared(tmp_path)
   assert not lock.exists()
 
 
+def test_a_file_link_or_folder_at_a_lock_name_is_refused_and_kept(tmp_path):
+  # Trial 26: a user's notes at .r.png.lock were removed (by a run refused after it too),
+  # and a dangling link there made a file where it pointed.
+  (tmp_path / '.r.png.lock').write_text('my notes')
+  (tmp_path / '.r.json.lock').symlink_to(tmp_path / 'made_through_the_link')
+  (tmp_path / '.r.loss.png.lock').mkdir()
+  os.mkfifo(tmp_path / '.r.sheet.jpg.lock')  # opening it for reading blocked
+  expected = [
+    ('r.png', 'a file of 8 bytes'),
+    ('r.json', 'a link'),
+    ('r.loss.png', 'a directory'),
+    ('r.sheet.jpg', 'not a file'),
+  ]
+  before = sorted(p.name for p in tmp_path.iterdir())
+  for name, kind in expected:
+    with (
+      pytest.raises(errors.NstError) as e,
+      output_locks.hold([tmp_path / 'ok.png', tmp_path / name]),
+    ):
+      pass
+    assert str(e.value) == (
+      f'{tmp_path / f".{name}.lock"} is {kind}, not an empty nst-jax lock file, at the name a '
+      'run locks its output with; move it away, or choose another output name'
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # ok.png's lock went again
+  assert (tmp_path / '.r.png.lock').read_text() == 'my notes'
+  # An empty one (a killed run's) is taken, and removed after.
+  (tmp_path / '.x.png.lock').touch()
+  with output_locks.hold([tmp_path / 'x.png']):
+    assert (tmp_path / '.x.png.lock').exists()
+  assert not (tmp_path / '.x.png.lock').exists()
+
+
 def test_another_name_of_an_input_is_refused_even_with_overwrite(tmp_path):
   photo = tmp_path / 'photo.png'
   photo.write_bytes(b'photo')

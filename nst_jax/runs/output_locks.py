@@ -9,10 +9,12 @@ run's outputs.
 
 from collections.abc import Iterable, Iterator
 import contextlib
+import errno
 import fcntl
 import os
 from pathlib import Path
 import resource
+import stat
 
 from nst_jax import errors
 from nst_jax.io import output_names
@@ -40,6 +42,9 @@ def hold(files: Iterable[Path]) -> Iterator[None]:
         made += _make_directories(lock.parent)
         fd = _lock(lock)
       except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EISDIR):  # trial 26: a link was followed
+          kind = 'a link' if e.errno == errno.ELOOP else 'a directory'
+          raise _in_the_way(lock, kind) from None
         raise errors.NstError(
           f'cannot lock {errors.printable(path)} ({e.strerror}); choose another output directory'
         ) from None
@@ -67,8 +72,14 @@ def _lock(path: Path) -> int | None:
   """
   while True:
     # Read-only: flock needs no more, and another user's lock file opens too.
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    # Not through a link: it made a file wherever the link pointed.
+    flags = os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # a FIFO
+    fd = os.open(path, flags, 0o644)
     try:
+      found = os.fstat(fd)
+      if not stat.S_ISREG(found.st_mode) or found.st_size:  # ours are empty, and removed after
+        regular = stat.S_ISREG(found.st_mode)
+        raise _in_the_way(path, f'a file of {found.st_size} bytes' if regular else 'not a file')
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       if os.stat(path).st_ino == os.fstat(fd).st_ino:
         return fd
@@ -77,10 +88,17 @@ def _lock(path: Path) -> int | None:
       return None
     except FileNotFoundError:
       pass  # removed by its holder just now: try again
-    except OSError:
+    except (OSError, errors.NstError):
       os.close(fd)
       raise
     os.close(fd)
+
+
+def _in_the_way(lock: Path, kind: str) -> errors.NstError:
+  return errors.NstError(
+    f'{errors.printable(lock)} is {kind}, not an empty nst-jax lock file, at the name a run '
+    'locks its output with; move it away, or choose another output name'
+  )
 
 
 def busy(path: str | os.PathLike) -> bool:
