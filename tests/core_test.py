@@ -660,6 +660,16 @@ def test_update_step_refuses_targets_that_do_not_fit():
     run(state, params, targets, loss_fn=other_names)
   with _raises(message):
     make_step(model, tx, TINY_LOSS.spec, loss_fn=other_names)
+  # None ("the default", as elsewhere) failed inside the traced step: 'NoneType' object is not
+  # callable (trial 25).
+  message = (
+    'loss_fn must be a function loss_fn(image, params, targets, *, model, loss_spec), got '
+    'NoneType None; leave it out for nst_jax.objective'
+  )
+  with _raises(message):
+    make_step(model, tx, TINY_LOSS.spec, loss_fn=None)
+  with _raises(message):
+    run(state, params, targets, loss_fn=None)
 
   def keyword_only(x, *, params, targets, **kwargs):  # still works: the step passes them by name
     return objective(x, params, targets, **kwargs)

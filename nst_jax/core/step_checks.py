@@ -177,6 +177,11 @@ _SIGNATURE = 'loss_fn(image, params, targets, *, model, loss_spec)'
 
 def loss_fn_signature(loss_fn: Callable) -> inspect.Signature | None:
   """The loss_fn's signature, or a ConfigError if it cannot take model= and loss_spec=."""
+  if not callable(loss_fn):  # trial 25: None failed inside the traced step, in Python's words
+    raise errors.ConfigError(
+      f'loss_fn must be a function {_SIGNATURE}, got {type(loss_fn).__name__} {loss_fn!r}; '
+      'leave it out for nst_jax.objective'
+    )
   try:
     signature = inspect.signature(loss_fn)
   except (TypeError, ValueError):  # no signature to read

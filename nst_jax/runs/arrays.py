@@ -30,10 +30,7 @@ from nst_jax.engine import loop as loop_lib
 from nst_jax.engine import memory as memory_lib
 from nst_jax.engine import rows as rows_lib
 from nst_jax.engine import signals
-from nst_jax.io import checkpoint as checkpoint_lib
-from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
-from nst_jax.io import outputs
 from nst_jax.io import weights as weights_lib
 from nst_jax.runs import inputs as inputs_lib
 from nst_jax.runs import runner
@@ -123,52 +120,6 @@ def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
     now=e.now,
     held=e.held,
   )
-
-
-def _check_checkpoint_path(path: Path, *, resume: bool) -> None:
-  """Refuses a checkpoint= that cannot be written or must not be replaced, before the run.
-
-  The writer only logs a failed write and the run goes on (a full disk must
-  not end a long run), so a directory of someone's or a missing folder
-  would give a run with no checkpoint at all. A checkpoint is itself a
-  directory (orbax's steps, checkpoint_store): one nst-jax wrote is taken,
-  as is a readable format-1 file. Anything else there (someone's file, a
-  link to one) was replaced by the checkpoint, so it is refused. As on the
-  command line, a new run (not `resume`) never replaces an unfinished
-  checkpoint; a finished one (kept, to extend with run.resume) it does.
-  """
-  shown = errors.printable(path)
-  directory = checkpoint_store.is_directory(path)
-  if directory and (why := checkpoint_store.foreign(path)):
-    raise errors.ConfigError(
-      f'checkpoint {shown} is not an nst-jax checkpoint ({why}); give a new path, e.g. '
-      f'{errors.printable(path / "run.ckpt")}'
-    )
-  if not path.parent.is_dir():
-    raise errors.ConfigError(
-      f'the folder of checkpoint {shown} does not exist; create it or give another path'
-    )
-  if not os.path.lexists(path):
-    return
-  if not (directory or path.is_file()):
-    raise errors.ConfigError(
-      f'checkpoint {shown} is neither an nst-jax checkpoint nor a regular file (a link to nowhere '
-      'or to a directory, a FIFO, a device); give a new path'
-    )
-  try:
-    payload = checkpoint_lib.read(path)
-  except errors.NstError:
-    if directory:
-      raise  # ours, damaged: its own message says what is wrong and what to do
-    raise errors.ConfigError(
-      f'checkpoint {shown} is a file that is not an nst-jax checkpoint (or a damaged one); give '
-      'a new path'
-    ) from None
-  if not resume and (run := outputs.unfinished_run(payload)) is not None:
-    raise errors.ConfigError(
-      f'checkpoint {shown} holds an unfinished run ({run}); continue it with '
-      'config.run.resume=True, or start afresh with another checkpoint= path (or remove this one)'
-    )
 
 
 def _config(config: Any) -> config_lib.StyleConfig:
@@ -388,7 +339,7 @@ def stylize(
       'or the path of the .npz'
     )
   if checkpoint is not None:
-    _check_checkpoint_path(Path(checkpoint), resume=cfg.run.resume)
+    inputs_lib.checkpoint_argument(checkpoint, resume=cfg.run.resume)
   if cfg.run.resume and checkpoint is None:
     raise errors.ConfigError(
       'config.run.resume is set but no checkpoint= names the file to continue; pass checkpoint= '

@@ -1,12 +1,16 @@
 """A run's input files: their sizes from headers, reading them into rows, and the size check.
 
+Also the check of stylize's `checkpoint=` path, which must not replace anything not its own.
+
 Shared by the single-file run (nst_jax.runs.runner), batches and arrays: an
 unreadable file's error names the config field it came from (or its job),
 and an image smaller than the layers need is refused before any compile.
 """
 
 from collections.abc import Sequence
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +21,10 @@ from nst_jax.core import pixels
 from nst_jax.core import vgg
 from nst_jax.engine import rows as rows_lib
 from nst_jax.engine import schedule as schedule_lib
+from nst_jax.io import checkpoint as checkpoint_lib
+from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
+from nst_jax.io import outputs
 from nst_jax.io import weights as weights_lib
 
 
@@ -138,3 +145,54 @@ def input_files(cfg: config_lib.StyleConfig, *, owner: str = '') -> dict[str, st
     files[f'init image{owner}'] = i.init
   files['weights file'] = str(weights_lib.resolve_weights_path(cfg.model.weights or None))
   return {what: path for what, path in files.items() if path}
+
+
+def checkpoint_argument(given: Any, *, resume: bool) -> None:
+  """Refuses stylize's checkpoint= that cannot be written or must not be replaced, before the run.
+
+  The writer only logs a failed write and the run goes on (a full disk must
+  not end a long run), so a directory of someone's or a missing folder would
+  give no checkpoint at all. A checkpoint is itself a directory (orbax's
+  steps, checkpoint_store): one nst-jax wrote is taken, as is a readable
+  format-1 file; anything else there (someone's file, a link to one) is
+  refused. As on the command line, a new run (not `resume`) never replaces
+  an unfinished checkpoint; a finished one (kept, to extend) it does.
+  """
+  if not isinstance(given, str | os.PathLike):  # trial 25: pathlib's TypeError for 5 or bytes
+    raise errors.ConfigError(
+      f'checkpoint must be a path (str or pathlib.Path), got {type(given).__name__} {given!r}; '
+      "pass e.g. checkpoint='run.ckpt'"
+    )
+  path = Path(given)
+  shown = errors.printable(path)
+  directory = checkpoint_store.is_directory(path)
+  if directory and (why := checkpoint_store.foreign(path)):
+    raise errors.ConfigError(
+      f'checkpoint {shown} is not an nst-jax checkpoint ({why}); give a new path, e.g. '
+      f'{errors.printable(path / "run.ckpt")}'
+    )
+  if not path.parent.is_dir():
+    raise errors.ConfigError(
+      f'the folder of checkpoint {shown} does not exist; create it or give another path'
+    )
+  if not os.path.lexists(path):
+    return
+  if not (directory or path.is_file()):
+    raise errors.ConfigError(
+      f'checkpoint {shown} is neither an nst-jax checkpoint nor a regular file (a link to nowhere '
+      'or to a directory, a FIFO, a device); give a new path'
+    )
+  try:
+    payload = checkpoint_lib.read(path)
+  except errors.NstError:
+    if directory:
+      raise  # ours, damaged: its own message says what is wrong and what to do
+    raise errors.ConfigError(
+      f'checkpoint {shown} is a file that is not an nst-jax checkpoint (or a damaged one); give '
+      'a new path'
+    ) from None
+  if not resume and (run := outputs.unfinished_run(payload)) is not None:
+    raise errors.ConfigError(
+      f'checkpoint {shown} holds an unfinished run ({run}); continue it with '
+      'config.run.resume=True, or start afresh with another checkpoint= path (or remove this one)'
+    )
