@@ -195,6 +195,9 @@ def test_hostile_runs(runs, name):
   if name == 'suffixes-do-not-share':
     cwd = outcome['cwd']
     assert json.loads((cwd / 'a.json').read_text())['output'] == 'a.png'
+    # Where, too: a copy elsewhere of a relative run's pair is not its result (trial 26).
+    where = json.loads((cwd / 'a.json').read_text())['output_resolved']
+    assert where == str((cwd / 'a.png').resolve())
     assert json.loads((cwd / 'a.jpg.json').read_text())['output'] == 'a.jpg'
   if name == 'automatic-names':
     assert sorted(p.name for p in (outcome['cwd'] / 'x').glob('*.png') if '.' not in p.stem) == [

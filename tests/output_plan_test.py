@@ -582,5 +582,12 @@ def test_a_record_claims_the_file_it_was_written_for_only(tmp_path):
   record.write_text(json.dumps({'output': '/elsewhere/r.png', 'result_sha256': digest}))
   with pytest.raises(errors.NstError, match=r'r\.png exists and no nst-jax run record'):
     output_plan.check([_out(result)], inputs={})  # a result and record copied here
+  # Trial 26: a relative --output's pair copied here was claimed by name.
+  elsewhere = {'output': 'rel/r.png', 'output_resolved': '/elsewhere/rel/r.png'}
+  record.write_text(json.dumps({**elsewhere, 'result_sha256': digest}))
+  with pytest.raises(errors.NstError, match=r'r\.png exists and no nst-jax run record'):
+    output_plan.check([_out(result)], inputs={})
+  record.write_text(json.dumps({'output': 'r.png', 'output_resolved': str(result.resolve())}))
+  output_plan.check([_out(result)], inputs={})
   record.write_text(json.dumps({'output': 'r.png'}))  # relative, from before the digest
   output_plan.check([_out(result)], inputs={})

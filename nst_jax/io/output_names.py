@@ -137,14 +137,15 @@ def record_beside(output: str | os.PathLike) -> dict | None:
 def record_naming(output: str | os.PathLike) -> dict | None:
   """The run record beside `output` (a dict), if there is one and it names `output`.
 
-  Named by name (a relative path's), by resolved path (an absolute one's),
-  and by the result's SHA-256 where the record holds it.
+  Named by resolved path (`output_resolved`, or an absolute `output`; a
+  relative one's by name in records before 2026-12-07), and by the
+  result's SHA-256 where the record holds it.
   """
   output = Path(output)
   data = record_beside(output)
   if data is None:
     return None
-  named = Path(str(data['output']))
+  named = Path(str(data.get('output_resolved') or data['output']))
   if named.is_absolute() and resolved(named) != resolved(output):  # a record copied here
     return None
   return None if changed_since_record(output, data) else data

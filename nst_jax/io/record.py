@@ -81,6 +81,8 @@ def build(
   return {
     'format': FORMAT,
     'output': str(output),
+    # Where, whatever the working directory was: a copy elsewhere is not its result (trial 26).
+    'output_resolved': str(output_names.resolved(output)),
     # Which file the record is of: a file put at its name since is not this run's.
     'result_sha256': output_names.file_sha256(output) if Path(output).is_file() else None,
     # And of which inputs: a batch's resume reruns a job whose images changed (trial 24).

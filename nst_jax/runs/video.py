@@ -335,6 +335,7 @@ def _write(cfg, paths: video_work.Paths, clip, results, record, seconds) -> None
     if cfg.save.record:
       data = {
         'output': str(paths.output),
+        'output_resolved': str(output_names.resolved(paths.output)),
         'result_sha256': None if paths.as_frames else output_names.file_sha256(paths.output),
         'source': clip.path,
         'frames': clip.count,
