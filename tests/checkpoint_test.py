@@ -20,8 +20,10 @@ from nst_jax import errors
 from nst_jax import run
 from nst_jax import stylize
 from nst_jax.io import checkpoint as checkpoint_lib
+from nst_jax.io import checkpoint_store
 from nst_jax.io import checkpoint_v1
 from nst_jax.io import orbax_local
+from nst_jax.io import output_names
 from nst_jax.io.outputs import default_output_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -783,3 +785,25 @@ def test_a_stop_whose_checkpoint_cannot_be_written_names_the_one_kept(
   ]
   payload = checkpoint_lib.read(ckpt)
   assert (payload['scale'], payload['iteration']) == (0, 3)
+
+
+def test_a_kept_checkpoint_claims_only_the_result_it_was_kept_with(tmp_path, images, caffe_npz):
+  """Trial 26: with no record, a kept checkpoint claimed whatever file was at the result's name."""
+  content, style = images
+  out = tmp_path / 'r.png'
+  cfg = _cfg(content, style, out, caffe_npz, iterations=2, record=False)
+  run(cfg)
+  assert checkpoint_store.noted_result(tmp_path / 'r.ckpt') == output_names.file_sha256(out)
+  kept = out.read_bytes()
+  out.write_bytes(b'my picture')
+  for resume in (False, True):
+    with pytest.raises(errors.NstError) as e:
+      run(cfg.replace(run=cfg.run.replace(resume=resume)))
+    assert str(e.value) == (
+      f'{out} exists and no nst-jax run record says nst-jax wrote it; choose another output '
+      'name, or replace it with save.overwrite'
+    )
+    assert out.read_bytes() == b'my picture'
+  out.write_bytes(kept)
+  run(cfg)  # its own result: replaced by the rerun
+  assert out.read_bytes() == kept

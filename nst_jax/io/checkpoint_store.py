@@ -229,6 +229,28 @@ def _create(path: Path, state: dict, meta: dict) -> None:
   _rmtree(tmp)  # the old file, now under the temporary name
 
 
+def note_result(path: Path, digest: str) -> None:
+  """Puts a kept checkpoint's result digest (SHA-256 hex) in its marker.
+
+  A finished checkpoint owns the result beside it (a run killed while
+  writing it); a file put at the result's name since is someone's (trial
+  26: --norecord --keep_checkpoint, and a user's image replaced). Not for
+  format-1 files.
+  """
+  marker = path / MARKER
+  if is_directory(path) and marker.is_file() and not marker.is_symlink():
+    data = {'format': FORMAT, 'writer': 'nst-jax', 'result_sha256': digest}
+    marker.write_text(json.dumps(data) + '\n')  # small: no temporary (foreign() names none)
+
+
+def noted_result(path: Path) -> str | None:
+  """The result digest `note_result` put in the marker, or None."""
+  with contextlib.suppress(OSError, ValueError):
+    digest = json.loads((path / MARKER).read_text()).get('result_sha256')
+    return digest if isinstance(digest, str) else None
+  return None
+
+
 def remove(path: str | os.PathLike) -> None:
   """Deletes a checkpoint (a format-1 file, or a directory of ours; someone's is left).
 

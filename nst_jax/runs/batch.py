@@ -33,6 +33,7 @@ from nst_jax.engine import schedule as schedule_lib
 from nst_jax.engine import sharding as sharding_lib
 from nst_jax.engine import signals
 from nst_jax.io import checkpoint as checkpoint_lib
+from nst_jax.io import checkpoint_store
 from nst_jax.io import jobs as jobs_lib
 from nst_jax.io import output_names
 from nst_jax.io import outputs
@@ -241,10 +242,12 @@ def _run_batch(jobs, cfg, weights, record, mesh, plan, recheck) -> dict[str, np.
         group, jobs, cfg, w, mesh, stop, preview if group is first else None, record
       )
   with distributed.together():
-    if not cfg.run.keep_checkpoint:
-      for index, job in enumerate(jobs):
-        if distributed.mine(index):
-          checkpoint_lib.remove(checkpoint_lib.path_for(job.output, cfg.run.checkpoint_dir))
+    for index, job in enumerate(jobs):
+      ckpt = checkpoint_lib.path_for(job.output, cfg.run.checkpoint_dir)
+      if distributed.mine(index) and not cfg.run.keep_checkpoint:
+        checkpoint_lib.remove(ckpt)
+      elif distributed.mine(index) and Path(job.output).is_file():
+        checkpoint_store.note_result(ckpt, output_names.file_sha256(job.output))
   return written
 
 

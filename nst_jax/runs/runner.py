@@ -30,6 +30,7 @@ from nst_jax.engine import sharding as sharding_lib
 from nst_jax.engine import signals
 from nst_jax.engine import steps
 from nst_jax.io import checkpoint as checkpoint_lib
+from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
 from nst_jax.io import output_names
 from nst_jax.io import outputs
@@ -401,6 +402,8 @@ def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan, resume)
       preview.finish(rgb, output)
     if not cfg.run.keep_checkpoint:
       checkpoint_lib.remove(ckpt)  # finished: the result is saved, free the space
+    else:
+      checkpoint_store.note_result(ckpt, output_names.file_sha256(output))
     logging.info('%s', summary(output, record, results))
     return output
 
