@@ -807,3 +807,29 @@ def test_a_kept_checkpoint_claims_only_the_result_it_was_kept_with(tmp_path, ima
   out.write_bytes(kept)
   run(cfg)  # its own result: replaced by the rerun
   assert out.read_bytes() == kept
+
+
+def test_a_rerun_keeps_claiming_or_removes_what_an_earlier_run_wrote(tmp_path, images, caffe_npz):
+  """Trial 26: a rerun left an earlier run's intermediates nobody's (the next --save_iter run
+  said nst-jax had not written them), and with --norecord its record, loss plot and sheet
+  beside a result they do not describe."""
+  content, style = images
+  out = tmp_path / 'r.png'
+
+  def rerun(**changes):
+    run(_cfg(content, style, out, caffe_npz, keep_checkpoint=False, **changes))
+    return json.loads((tmp_path / 'r.json').read_text()) if changes.get('record', True) else None
+
+  every = ['r_00001.png', 'r_00002.png', 'r_00003.png']
+  assert rerun(save_iter=1)['intermediates'] == every
+  record = rerun(save_iter=2)  # of 4 iterations: r_00002 only; the others are the first run's
+  assert (record['intermediates'], record['earlier_intermediates']) == (
+    ['r_00002.png'],
+    ['r_00001.png', 'r_00003.png'],
+  )
+  record = rerun()  # none: every one still claimed, as the earlier runs'
+  assert (record['intermediates'], record['earlier_intermediates']) == ([], every)
+  record = rerun(save_iter=1)  # was refused: "no nst-jax run record says nst-jax wrote it"
+  assert (record['intermediates'], record['earlier_intermediates']) == (every, [])
+  rerun(record=False)
+  assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('r')) == ['r.png', *every]

@@ -172,15 +172,17 @@ def file_sha256(path: str | os.PathLike) -> str:
 def claimed(output: str | os.PathLike) -> set[Path]:
   """The files the run record beside `output` says nst-jax wrote for it (none without one).
 
-  The record names its result (`output`) and the intermediates it saved;
-  the record, loss plot and contact sheet go with it. A video's record of
-  a frame folder counts its `frames`: frame_00001.png to that count inside it.
+  The record names its result (`output`) and the intermediates it saved
+  (and an earlier run's it did not replace); the record, loss plot and
+  contact sheet go with it. A video's record of a frame folder counts its
+  `frames`: frame_00001.png to that count inside it.
   """
   output = Path(output)
   data = record_naming(output)
   if data is None:
     return set()
-  names = [n for n in data.get('intermediates', []) if isinstance(n, str) and '/' not in n]
+  listed = [*_names(data.get('intermediates')), *_names(data.get('earlier_intermediates'))]
+  names = [n for n in listed if isinstance(n, str) and '/' not in n]
   ours = {output, *(derived(output, tail) for tail in RECORD_TAILS.values())} | {
     output.with_name(n) for n in names
   }
@@ -189,6 +191,10 @@ def claimed(output: str | os.PathLike) -> set[Path]:
     with contextlib.suppress(OSError):  # unreadable: nothing in it is known to be ours
       ours |= {output / n for n in os.listdir(output) if _frame_number(n) in range(1, frames + 1)}
   return ours
+
+
+def _names(value) -> list:
+  return value if isinstance(value, list) else []
 
 
 def _frame_number(name: str) -> int:

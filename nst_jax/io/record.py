@@ -109,6 +109,8 @@ def build(
     'final_losses': {k: v for k, v in last.items() if k not in ('scale', 'iteration', 'time_s')},
     # The files it saved beside the output, which a rerun may replace (output_names.claimed).
     'intermediates': list(record.get('intermediates', [])),
+    # An earlier run's to this output, not replaced by this one: still nst-jax's (trial 26).
+    'earlier_intermediates': list(record.get('earlier_intermediates', [])),
     'history': history,
   }
 

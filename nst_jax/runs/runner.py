@@ -146,6 +146,8 @@ class Results:
     }
     self.saved = {r: [p.name for p in paths] for r, paths in there.items()}
     self.replaceable = {p for paths in there.values() for p in paths}
+    # What an earlier run's record claims beside each result this run replaces (trial 26).
+    self.earlier = {r: output_names.claimed(p) - {Path(p)} for r, p in self.paths.items()}
     self.t0 = time.perf_counter()
     self.history = hooks_lib.History(cfg.run.print_iter, list(self.paths), t0=self.t0)
 
@@ -178,13 +180,22 @@ class Results:
     path = Path(self.paths[r])
     self._save(path, rgb, r)
     logging.info('%ssaved %s', self.prefix, errors.printable(path))
-    if self.cfg.save.record:
+    earlier = self.earlier.get(r, set())
+    if not self.cfg.save.record:  # an earlier record, loss plot, sheet: of the image replaced
+      for tail in output_names.RECORD_TAILS.values():
+        if (old := output_names.derived(path, tail)) in earlier:
+          old.unlink(missing_ok=True)
+    else:
       row = self.rows[r]
+      # An earlier run's intermediates this one did not replace: still claimed, as that run's.
+      before = sorted(p.name for p in earlier if output_names.intermediate_number(p) is not None
+                      and p.name not in self.saved[r] and os.path.lexists(p))  # fmt: skip
+      record = {**record, 'history': self.history.history[r], 'earlier_intermediates': before}
       record_lib.write(
         path,
         config=self.configs.get(r, self.cfg),
         weights_info=self.info,
-        record={**record, 'history': self.history.history[r], 'intermediates': self.saved[r]},
+        record={**record, 'intermediates': self.saved[r]},
         total_s=time.perf_counter() - self.t0,
         content=row.content,
         styles=list(row.styles),
