@@ -163,3 +163,34 @@ def test_outputs_are_unique_and_never_replace_files(tmp_path):
   ]
   with pytest.raises(errors.ConfigError, match='two jobs write'):
     jobs_lib.assign_outputs([jobs[2], jobs[2]], str(tmp_path))
+
+
+def test_a_folder_leaves_out_what_nst_jax_wrote_into_it(tmp_path, caplog):
+  """Trial 26: a run into its own input folder styled its results, loss plots and sheets."""
+  from nst_jax.io import output_names
+
+  caplog.set_level('INFO')
+  for name in ('a.jpg', 'b.jpg', 'a_s.png', 'a_s.loss.png', 'a_s.sheet.jpg', 'a_s_00001.png'):
+    (tmp_path / name).write_bytes(name.encode())
+  result = tmp_path / 'a_s.png'
+  (tmp_path / 'a_s.json').write_text(json.dumps({
+    'output': str(result), 'result_sha256': output_names.file_sha256(result),
+    'intermediates': ['a_s_00001.png'],
+  }))  # fmt: skip
+  names = [p.rsplit('/', 1)[-1] for p in jobs_lib.expand(str(tmp_path), what='inputs.content_path')]
+  assert names == ['a.jpg', 'b.jpg']
+  assert f'inputs.content_path: left out 4 file(s) of {tmp_path} that nst-jax wrote' in caplog.text
+  # A result changed since its record was written is the user's image, and so are the rest.
+  result.write_bytes(b'my own picture now')
+  assert len(jobs_lib.expand(f'{tmp_path}/*.png', what='inputs.content_path')) == 3
+  # A video's frame folder, claimed by the record beside it.
+  frames = tmp_path / 'frames_out'
+  frames.mkdir()
+  (frames / 'frame_00001.png').write_bytes(b'styled')
+  (tmp_path / 'frames_out.json').write_text(json.dumps({'output': str(frames), 'frames': 1}))
+  with pytest.raises(errors.ConfigError) as e:
+    jobs_lib.expand(f'{tmp_path}/frames*/*.png', what='inputs.content_path')
+  assert str(e.value) == (
+    f'inputs.content_path: the pattern {tmp_path}/frames*/*.png matches no files but the results '
+    'of nst-jax runs; check the path'
+  )

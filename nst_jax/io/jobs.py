@@ -15,8 +15,11 @@ import json
 import os
 from pathlib import Path
 
+from absl import logging
+
 from nst_jax import errors
 from nst_jax.config import checks
+from nst_jax.io import output_names
 
 # Files a directory contributes (by suffix, case-insensitive): what Pillow
 # reads and people keep photos and paintings in.
@@ -77,9 +80,17 @@ def expand(spec: str, *, what: str) -> list[str]:
     where = f'the pattern {errors.printable(spec)} matches no files'
   else:
     return [spec]
-  if not paths:
+  # Results nst-jax wrote there (with their loss plots, sheets, intermediates, frames): a run
+  # into its own input folder took them as photos on the next run (trial 26).
+  ours = set().union(*map(output_names.claimed, {*paths, *{Path(p).parent for p in paths}}))
+  kept = [p for p in paths if Path(p) not in ours]
+  if len(kept) < len(paths):
+    logging.info('%s: left out %d file(s) of %s that nst-jax wrote (its run records say so)',
+                 what, len(paths) - len(kept), errors.printable(spec))  # fmt: skip
+    where += ' but the results of nst-jax runs' if not kept else ''
+  if not kept:
     raise errors.ConfigError(f'{what}: {where}; check the path')
-  return paths
+  return kept
 
 
 def jobs_from_specs(content_spec: str, style_specs: Sequence[str]) -> list[Job]:
