@@ -359,6 +359,11 @@ def test_a_batch_job_killed_before_its_result_is_written_again_on_resume(tmp_pat
   assert list(written) == [str(tmp_path / 'a.png')]
   assert {p: Path(p).read_bytes() for p in expected} == expected
   assert (tmp_path / 'b.png').stat().st_mtime_ns == b_time  # finished: not run again
+  # Trial 26: with no record, a finished checkpoint made with another setting was resumed,
+  # refused only after the other jobs had run (a job with a record was run again).
+  other = cfg.replace(loss=cfg.loss.replace(style_weight=5.0), run=cfg.run.replace(resume=True))
+  assert sorted(batch_lib.run_batch(jobs, other)) == sorted(map(str, expected))
+  assert checkpoint_lib.read(tmp_path / 'b.ckpt')['settings']['loss.style_weight'] == 5.0
 
 
 def test_resuming_a_finished_batch_finds_it_finished_and_writes_nothing(tmp_path, caffe_npz):

@@ -111,14 +111,7 @@ def trajectory_settings(
   while another inputs.init keyword was refused (trial 17). Checkpoints
   written before hold none, and resume as before without one.
   """
-  settings = {}
-  for group in dataclasses.fields(config):
-    free = _FREE_SETTINGS.get(group.name, ())
-    if free == '*':
-      continue
-    values = dataclasses.asdict(getattr(config, group.name))
-    # Dotted keys, so a refusal names the setting: 'loss.content_weight'.
-    settings |= {f'{group.name}.{k}': v for k, v in values.items() if k not in free}
+  settings = config_settings(config)
   settings['term_weights'] = list(term_weights)
   settings['weights_hash'] = weights_hash
   settings['content_pixels'] = pixels_digest(content)
@@ -130,6 +123,29 @@ def trajectory_settings(
   settings['scale'] = scale
   # JSON round trip: tuples and lists compare equal after loading.
   return json.loads(json.dumps(settings))
+
+
+def config_settings(config: config_lib.StyleConfig) -> dict[str, Any]:
+  """The config's part of `trajectory_settings`: dotted keys ('loss.content_weight')."""
+  settings = {}
+  for group in dataclasses.fields(config):
+    free = _FREE_SETTINGS.get(group.name, ())
+    if free != '*':
+      values = dataclasses.asdict(getattr(config, group.name))
+      settings |= {f'{group.name}.{k}': v for k, v in values.items() if k not in free}
+  return json.loads(json.dumps(settings))
+
+
+def config_difference(path: Path, saved: dict, config: config_lib.StyleConfig) -> Any:
+  """The ResumeMismatch for the first config setting a checkpoint's `settings` hold otherwise,
+  or None (inputs and weights are not compared: that needs the files read)."""
+  # 'auto' (loss.tiles): the memory planner's choice, which the checkpoint holds made.
+  now = {k: v for k, v in config_settings(config).items() if v != 'auto'}
+  try:
+    refuse_other_settings(path, {k: v for k, v in saved.items() if k in now}, now)
+  except errors.ResumeMismatch as e:
+    return e
+  return None
 
 
 def save(

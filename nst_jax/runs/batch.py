@@ -81,8 +81,15 @@ def _job_status(jobs, cfg) -> np.ndarray:
       point = engine_lib.resume_point(ckpt, stages) if cfg.run.resume else None
       finished = False
       if point is not None:
-        finished = not checkpoint_lib.unfinished(checkpoint_lib.read(ckpt))
+        payload = checkpoint_lib.read(ckpt)
+        finished = not checkpoint_lib.unfinished(payload)
+        # Trial 26: another setting was refused only after the other jobs had run.
+        differs = checkpoint_lib.config_difference(ckpt, payload['settings'], cfg)
+        if differs is not None and not finished:
+          raise differs
         why = _not_whole(job, cfg) if finished else None
+        if differs is not None and not (why or '').startswith(_MADE_WITH):
+          why = f'{_MADE_WITH} another {differs.setting} (its finished checkpoint says so)'
         if why and why.startswith(_MADE_WITH):
           # The job was edited since: its kept checkpoint is the earlier job's
           # (trial 22: resuming it was refused, with a fix for single runs).
