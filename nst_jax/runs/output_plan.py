@@ -225,11 +225,16 @@ def _check_files(out: Output, overwrite: bool) -> None:
       )
     number = output_names.intermediate_number(path) if kind == INTERMEDIATE else None
     if path.exists() and not (path in ours or overwrite) and held is not None and number:
-      # Trial 24: after a kill this may be the run's own, from after its last checkpoint.
+      # Trial 24: after a kill this may be the run's own, from after its last checkpoint;
+      # trial 26: all of them named at once, not one refusal per file.
+      past = [p.name for k, p in out.derived if k == INTERMEDIATE and p.is_file() and p not in ours]
+      names = ', '.join(past[:-1]) + f' and {past[-1]}' if len(past) > 1 else path.name
+      them = 'them' if len(past) > 1 else 'it'
       raise errors.NstError(
-        f'{path} exists, beside {out.result.name}, past iteration {held} that its checkpoint '
-        "holds: this run's own if it was killed after that checkpoint, else someone's; move it "
-        'away to resume (or replace it with save.overwrite)'
+        f'{path.parent / names} exist{"s" if len(past) < 2 else ""}, beside '
+        f"{out.result.name}, past iteration {held} that its checkpoint holds: this run's own if "
+        f"it was stopped after that checkpoint, else someone's; move {them} away to resume (or "
+        f'replace {them} with save.overwrite)'
       )
     if path.exists() and not (path in ours or overwrite) and _changed(path):
       raise errors.NstError(
