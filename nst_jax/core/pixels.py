@@ -96,7 +96,14 @@ def as_rgb(value: jax.typing.ArrayLike, name: str) -> jax.Array:
   """
   dtype = getattr(value, 'dtype', None)
   if dtype is None:
-    value = np.asarray(value)
+    try:
+      value = np.asarray(value)
+    except ValueError:  # trial 25: numpy's "inhomogeneous shape", for images of two sizes
+      sizes = sorted({str(np.shape(v)) for v in value})
+      raise errors.ConfigError(
+        f'{name} is a list of images of different shapes ({", ".join(sizes)}); a batch shares '
+        'one size: call once per size, or resize them to one'
+      ) from None
     dtype = value.dtype
   dtype = np.dtype(dtype)
   shape = np.shape(value)

@@ -349,8 +349,8 @@ def stylize(
     w = weights_lib.for_model(cfg.model)
   else:
     w = weights_lib.as_weights(weights, urls=cfg.model.weights_url)
-  squeeze = np.ndim(content) == 3
   rows = _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint)
+  squeeze = np.ndim(content) == 3  # after _rows' checks: a ragged list is numpy's ValueError
   n = len(rows)
   height, width = rows[0].content.shape[:2]
   cfg = cfg.replace(inputs=cfg.inputs.replace(width=width))
