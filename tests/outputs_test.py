@@ -65,6 +65,33 @@ def test_batch_names_are_unique_and_resume_finds_the_checkpointed_ones(tmp_path)
     outputs.assign_outputs([_Job('a', ('b',), 'x.png'), _Job('c', ('d',), 'x.png')], 'out')
 
 
+def test_a_resume_whose_automatic_names_moved_is_refused(tmp_path):
+  """Trial 26: a photo added to the folder moved the names, and a resume replaced another
+  photo's finished result with this one's."""
+  import json
+
+  from nst_jax.io import output_names
+
+  result = tmp_path / 'a_s.png'
+  result.write_bytes(b'the result of ph/a.jpg')
+  (tmp_path / 'a_s.json').write_text(json.dumps({
+    'output': str(result), 'result_sha256': output_names.file_sha256(result),
+    'settings': {'inputs': {'content_path': 'ph/a.jpg', 'style_path': ['st/s.jpg']}},
+  }))  # fmt: skip
+  checkpoint_lib.path_for(result).write_bytes(b'x')
+  same = outputs.assign_outputs([_Job('ph/a.jpg', ('st/s.jpg',))], str(tmp_path), resume=True)
+  assert same[0].output == str(result)
+  with pytest.raises(errors.ConfigError) as e:
+    outputs.assign_outputs([_Job('ph/a.bmp', ('st/s.jpg',))], str(tmp_path), resume=True)
+  assert str(e.value) == (
+    f'{result} is the result of a.jpg with s.jpg (its run record says so), not of a.bmp with '
+    's.jpg: files were added or removed since the batch began, and the automatic names moved; '
+    'put the folder back as it was to resume, or start over without run.resume and another '
+    'output directory'
+  )
+  assert result.read_bytes() == b'the result of ph/a.jpg'
+
+
 def test_check_writable_and_unfinished(tmp_path):
   with pytest.raises(errors.NstError, match='is a directory'):
     outputs.check_writable(tmp_path)

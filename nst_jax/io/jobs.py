@@ -82,8 +82,10 @@ def expand(spec: str, *, what: str) -> list[str]:
     return [spec]
   # Results nst-jax wrote there (with their loss plots, sheets, intermediates, frames): a run
   # into its own input folder took them as photos on the next run (trial 26).
-  ours = set().union(*map(output_names.claimed, {*paths, *{Path(p).parent for p in paths}}))
-  kept = [p for p in paths if Path(p) not in ours]
+  full = [Path(os.path.abspath(p)) for p in paths]
+  folders = {f.parent for f in full if f.parent.name}  # a video's frame folder, by its record
+  ours = set().union(*map(output_names.claimed, {*full, *folders}))
+  kept = [p for p, f in zip(paths, full, strict=True) if f not in ours]
   if len(kept) < len(paths):
     logging.info('%s: left out %d file(s) of %s that nst-jax wrote (its run records say so)',
                  what, len(paths) - len(kept), errors.printable(spec))  # fmt: skip

@@ -150,6 +150,7 @@ def assign_outputs(
         for path in candidates(job.content, job.style, directory):
           if str(path) in taken:
             continue
+          _refuse_moved(job, path)
           if checkpoint_lib.path_for(path, checkpoint_dir).exists():
             found = path
             break
@@ -170,6 +171,29 @@ def assign_outputs(
     taken.add(output)
     result.append(dataclasses.replace(job, output=output))
   return result
+
+
+def _refuse_moved(job, path: Path) -> None:
+  """Refuses a resume whose automatic name holds another job's result (by its run record).
+
+  Names follow the order of a folder's files: one added or removed since
+  the batch began moved them, and a finished result of another photo was
+  replaced by this job's (trial 26).
+  """
+  data = output_names.record_naming(path)
+  inputs = (data or {}).get('settings', {}).get('inputs', {})
+  if not isinstance(inputs, dict) or 'content_path' not in inputs:
+    return
+  styles = inputs.get('style_path') or []
+  made = (Path(str(inputs['content_path'])).name, [Path(str(p)).name for p in styles])
+  if made != (Path(job.content).name, [Path(p).name for p in job.style]):
+    raise errors.ConfigError(
+      f'{errors.printable(path)} is the result of {made[0]} with {", ".join(made[1])} (its run '
+      f'record says so), not of {Path(job.content).name} with '
+      f'{", ".join(Path(p).name for p in job.style)}: files were added or removed since the '
+      'batch began, and the automatic names moved; put the folder back as it was to resume, or '
+      'start over without run.resume and another output directory'
+    )
 
 
 def check_writable(path: Path, bit_depth: int = 8) -> None:
