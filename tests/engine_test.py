@@ -162,3 +162,18 @@ def test_every_dot_and_convolution_of_the_step_carries_the_configured_precision(
   # (issue 26: 39 convolutions HIGHEST, 21 dots DEFAULT at full size).
   bare = _dots_and_convolutions(step, state, params, targets)
   assert any(len(re.findall(r'DEFAULT', line)) == 2 for line in bare)
+
+
+def test_a_multi_scale_resume_with_fewer_iterations_names_exactly_the_checkpoints():
+  """Trial 26: 'resume with -i 40 (or more)', and more was then refused (the scales split -i)."""
+  from nst_jax.engine import schedule as schedule_lib
+
+  payload = {'total': 20, 'scales': 2, 'iteration': 7, 'extra': {'iterations': 40, 'offset': 20}}
+  stages = schedule_lib.plan(64, config_lib.ScheduleConfig(iterations=10, scales=2))
+  with pytest.raises(errors.ResumeMismatch) as e:
+    engine_lib.check_budget('r.ckpt', payload, engine_lib.ResumePoint(1, 7), stages)
+  assert str(e.value) == (
+    'cannot resume from r.ckpt: it holds 27 of 40 iterations, more than schedule.iterations 10; '
+    'resume with schedule.iterations 40, or without run.resume and another save.path to start '
+    'over'
+  )

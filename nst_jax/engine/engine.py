@@ -179,9 +179,10 @@ def check_budget(path, payload: dict, point: ResumePoint, stages) -> None:
     )
   else:
     return
+  more = ' (or more)' if len(stages) == 1 else ''  # several scales split it: exactly (trial 26)
   raise errors.ResumeMismatch(
-    f'cannot resume from {path}: it holds {held}; resume with schedule.iterations {again} (or '
-    'more), or without run.resume and another save.path to start over',
+    f'cannot resume from {path}: it holds {held}; resume with schedule.iterations {again}{more}, '
+    'or without run.resume and another save.path to start over',
     path=str(path),
     setting='schedule.iterations',
     saved=str(again),
