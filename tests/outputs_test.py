@@ -104,3 +104,27 @@ def test_check_writable_and_unfinished(tmp_path):
   checkpoint_lib.save(ckpt, state={'x': 1}, iteration=3, total=10, settings={})
   with pytest.raises(errors.NstError, match=r'unfinished run \(3 of 10 iterations\)'):
     outputs.check_not_unfinished(ckpt)
+
+
+def test_a_checkpoint_dir_run_does_not_pass_by_an_unfinished_checkpoint_beside(tmp_path):
+  """Trial 26: --resume said there was none, and a new run started over beside it."""
+  import numpy as np
+
+  out = tmp_path / 'r.png'
+  state = {'image': np.zeros((1, 2, 2, 3), np.float32)}
+  payload = checkpoint_lib.snapshot(state, iteration=8, total=30, settings={})
+  checkpoint_lib.write(checkpoint_lib.path_for(out), payload)
+  elsewhere = str(tmp_path / 'bucket')
+  for resume, go_on in ((True, 'resume it without'), (False, 'continue it with run.resume and '
+                                                             'without')):  # fmt: skip
+    with pytest.raises(errors.NstError) as e:
+      outputs.single_output(str(out), 'c.jpg', ['s.jpg'], resume=resume, checkpoint_dir=elsewhere)
+    assert str(e.value) == (
+      f'{tmp_path / "r.ckpt"}, beside the output, holds an unfinished run (8 of 30 iterations) '
+      f'written without run.checkpoint_dir; {go_on} run.checkpoint_dir, or delete it to start '
+      'over'
+    )
+  job = _Job('c.jpg', ('s.jpg',), str(out))
+  with pytest.raises(errors.NstError, match='beside the output, holds an unfinished run'):
+    outputs.assign_outputs([job], str(tmp_path), checkpoint_dir=elsewhere)
+  assert outputs.single_output(str(out), 'c.jpg', ['s.jpg'], resume=True) == out  # beside: found

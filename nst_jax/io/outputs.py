@@ -109,11 +109,36 @@ def single_output(
 ) -> Path:
   """The result file of a single run, from save.path (a file, a directory or '')."""
   if output and not names_output_directory(output):
-    return Path(output)
-  directory = output or DEFAULT_OUTPUT_DIR
-  if resume:
-    return resume_output_path(content, styles, directory, checkpoint_dir=checkpoint_dir)
-  return default_output_path(content, styles, directory, checkpoint_dir=checkpoint_dir)
+    found = Path(output)
+  elif resume:
+    found = resume_output_path(content, styles, output or DEFAULT_OUTPUT_DIR,
+                               checkpoint_dir=checkpoint_dir)  # fmt: skip
+  else:
+    found = default_output_path(content, styles, output or DEFAULT_OUTPUT_DIR,
+                                checkpoint_dir=checkpoint_dir)  # fmt: skip
+  check_beside(found, checkpoint_dir, resume=resume)
+  return found
+
+
+def check_beside(output: Path, checkpoint_dir: str | None, *, resume: bool) -> None:
+  """Refuses a run with run.checkpoint_dir where an unfinished checkpoint is beside `output`.
+
+  Written without checkpoint_dir, it was not seen: a resume said there was
+  none, and a new run started over beside it (trial 26).
+  """
+  beside = checkpoint_lib.path_for(output)
+  if not checkpoint_dir or checkpoint_lib.path_for(output, checkpoint_dir).exists():
+    return
+  try:
+    run = unfinished_run(checkpoint_lib.read(beside)) if beside.exists() else None
+  except errors.NstError:  # damaged, or someone's: not this run's to resume
+    return
+  if run is not None:
+    go_on = 'resume it without' if resume else 'continue it with run.resume and without'
+    raise errors.NstError(
+      f'{beside}, beside the output, holds an unfinished run ({run}) written without '
+      f'run.checkpoint_dir; {go_on} run.checkpoint_dir, or delete it to start over'
+    )
 
 
 def assign_outputs(
@@ -168,6 +193,7 @@ def assign_outputs(
     elif output in taken:
       raise errors.ConfigError(f'two jobs write {output}; give each job its own output')
     image_lib.check_output(output)
+    check_beside(Path(output), checkpoint_dir, resume=resume)
     taken.add(output)
     result.append(dataclasses.replace(job, output=output))
   return result
