@@ -332,8 +332,15 @@ def test_non_utf8_file_name(tmp_path, caffe_npz, cli):
   r = _main(cli, '-cp', odd, '-sp', style, '-i', 2, '-w', 24, cwd=out.parent, env_weights=caffe_npz)
   assert r.returncode == 0, r.stderr
   (result,) = [p for p in (tmp_path / 'output').glob('*.png') if not p.name.endswith('.loss.png')]
-  assert result.suffix == '.png' and os.fsencode(result.name).startswith(b'caf\xe9-\xff')
-  assert result.with_suffix('.json').exists()  # the run record copes with the name too
+  # Trial 26: its bytes kept, no checkpoint could be written (orbax takes UTF-8 names only).
+  assert result.name == 'caf_-__s.png' and 'could not write' not in r.stderr, r.stderr
+  assert result.with_suffix('.json').exists()
+  named = Path(os.fsdecode(bytes(tmp_path) + b'/r-\xff.png'))
+  r = _main(cli, '-cp', odd, '-sp', style, '--output', named, cwd=tmp_path, env_weights=caffe_npz)
+  assert r.returncode == 1 and r.stderr.splitlines()[-1] == (
+    f"error: '{tmp_path}/r-\\udcff.ckpt' is not a UTF-8 name, and orbax writes checkpoints under "
+    'UTF-8 names only; choose another --output'
+  ), r.stderr
   missing = Path(os.fsdecode(bytes(tmp_path) + b'/gone-\xff.jpg'))
   r = _main(cli, '-cp', missing, '-sp', style, cwd=tmp_path, env_weights=caffe_npz)
   assert r.returncode == 1 and 'does not exist' in r.stderr and 'Traceback' not in r.stderr

@@ -30,6 +30,9 @@ def candidates(content: str, styles: str | Sequence[str], directory: str) -> Ite
   """<directory>/<content>_<styles>.png, then _2, _3, ... (without end)."""
   styles = [styles] if isinstance(styles, str) else list(styles)
   stem = f'{Path(content).stem}_{"+".join(Path(p).stem for p in styles)}'
+  # A name's bytes that are not UTF-8 (surrogate escapes): '_', as orbax's checkpoint names
+  # must be UTF-8 (trial 26: no checkpoint could be written).
+  stem = ''.join('_' if '\udc80' <= ch <= '\udcff' else ch for ch in stem)
   yield Path(directory) / f'{stem}.png'
   n = 2
   while True:
