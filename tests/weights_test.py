@@ -599,3 +599,20 @@ def test_weights_of_another_type_are_named():
   )
   with pytest.raises(errors.ConfigError, match="model.weights must be a file's path"):
     nst_jax.ModelConfig(weights='')
+
+
+def test_a_folder_or_a_cut_short_download_as_input_names_the_fix(tmp_path):
+  """Trial 26: a folder 'does not exist'; cut-short .h5 and .safetensors had no fix."""
+  with pytest.raises(errors.WeightsError) as e:
+    weight_formats.detect_format(tmp_path)
+  assert str(e.value) == f'weights file {tmp_path} is a directory; name the file in it'
+  params = weight_files.random_params(seed=1)
+  h5, st = tmp_path / 'w.h5', tmp_path / 'w.safetensors'
+  weight_files.write_keras_h5(h5, params)
+  weight_files.write_safetensors(st, weight_files.torchvision_state(params))
+  for path, read in ((h5, weight_formats.read_keras_h5), (st, weight_formats.read_safetensors)):
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(errors.WeightsError) as e:
+      read(path)
+    assert str(e.value).startswith(str(path)) and '\n' not in str(e.value)
+    assert str(e.value).endswith('; download the published file again'), str(e.value)

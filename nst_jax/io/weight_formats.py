@@ -82,7 +82,8 @@ def detect_format(path: str | os.PathLike) -> str:
   """
   path = Path(path)
   if not path.is_file():
-    raise errors.WeightsError(f'weights file {path} does not exist')
+    what = 'is a directory; name the file in it' if path.is_dir() else 'does not exist'
+    raise errors.WeightsError(f'weights file {path} {what}')
   with open(path, 'rb') as f:
     head = f.read(16)
   size = path.stat().st_size
@@ -125,7 +126,9 @@ def read_keras_h5(path: Path) -> dict[str, np.ndarray]:
   try:
     f = h5py.File(path, 'r')
   except OSError as e:
-    raise errors.WeightsError(f'{path} is not a readable HDF5 file ({e})') from None
+    raise errors.WeightsError(
+      f'{path} is not a readable HDF5 file ({e}); download the published file again'
+    ) from None
   try:
     with f:
       return keras_layers(path, f)
@@ -253,5 +256,7 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
   try:
     state = load_file(path)
   except (SafetensorError, ValueError, OSError) as e:
-    raise errors.WeightsError(f'{path}: not a readable safetensors file ({e})') from None
+    raise errors.WeightsError(
+      f'{path}: not a readable safetensors file ({e}); download the published file again'
+    ) from None
   return from_torch_keys(state, path)
