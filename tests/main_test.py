@@ -15,6 +15,7 @@ from PIL import Image
 import pytest
 import small_runs
 
+from nst_jax import errors
 from nst_jax import run
 
 # Subprocess runs of the full network: deselect with -m "not slow".
@@ -491,3 +492,18 @@ def test_absls_profile_file_never_replaces_a_file(tmp_path, cli):
     'profile would replace it)'
   )
   assert photo.read_bytes() == CONTENT.read_bytes()
+
+
+def test_a_style_file_whose_name_holds_a_comma_is_named_with_the_fix(tmp_path, monkeypatch):
+  """Trial 26: 'image a does not exist' for -sp a,b.jpg, which is one file."""
+  from nst_jax.cli import app
+
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / 'a,b.jpg').write_bytes(b'x')
+  with pytest.raises(errors.NstError) as e:
+    app._paths('stylepath', 'a,b.jpg')
+  assert str(e.value) == (
+    "--stylepath 'a,b.jpg' is one file, but commas separate files here; rename it without the "
+    'comma'
+  )
+  assert app._paths('stylepath', 'a.jpg, b.jpg') == ('a.jpg', 'b.jpg')

@@ -28,6 +28,7 @@ The options you need first (all flags, alphabetically, follow):
   --resume              continue an interrupted run from its checkpoint
 """
 
+import os
 import signal
 import sys
 import traceback
@@ -61,6 +62,10 @@ def _floats(name: str, values: list[str] | None) -> tuple[float, ...] | None:
 
 
 def _paths(name: str, value: str) -> tuple[str, ...]:
+  if ',' in value and os.path.isfile(value):  # trial 26: 'image a does not exist' for a,b.jpg
+    raise nst_jax.NstError(
+      f'--{name} {value!r} is one file, but commas separate files here; rename it without the comma'
+    )
   paths = tuple(p.strip() for p in value.split(','))
   if not all(paths):
     raise nst_jax.NstError(f'--{name} has an empty entry in {value!r}; separate files with commas')
