@@ -194,3 +194,14 @@ def test_a_folder_leaves_out_what_nst_jax_wrote_into_it(tmp_path, caplog):
     f'inputs.content_path: the pattern {tmp_path}/frames*/*.png matches no files but the results '
     'of nst-jax runs; check the path'
   )
+
+
+def test_an_empty_entry_between_plus_signs_is_named(tmp_path):
+  """Trial 26: 's.jpg+' gave 'image . does not exist'."""
+  jobs = tmp_path / 'j.csv'
+  jobs.write_text('content,style,output\nc.jpg,s.jpg+,o1.png\n')
+  with pytest.raises(errors.ConfigError) as e:
+    jobs_lib.read_jobs(jobs)
+  assert (
+    str(e.value) == f"{jobs} line 2: style has an empty entry in 's.jpg+'; separate files with +"
+  )

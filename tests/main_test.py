@@ -503,7 +503,6 @@ def test_a_style_file_whose_name_holds_a_comma_is_named_with_the_fix(tmp_path, m
   with pytest.raises(errors.NstError) as e:
     app._paths('stylepath', 'a,b.jpg')
   assert str(e.value) == (
-    "--stylepath 'a,b.jpg' is one file, but commas separate files here; rename it without the "
-    'comma'
+    "--stylepath 'a,b.jpg' is one file, but commas separate files here; rename it without the comma"
   )
   assert app._paths('stylepath', 'a.jpg, b.jpg') == ('a.jpg', 'b.jpg')

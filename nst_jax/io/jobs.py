@@ -214,7 +214,12 @@ def _job(path: Path, number: int, row: dict) -> Job:
   def paths(key: str, value) -> list[str]:
     if isinstance(value, list):
       return [text(key, v) for v in value]
-    return text(key, value).split('+')
+    found = text(key, value).split('+')
+    if not all(p.strip() for p in found):  # trial 26: 'image . does not exist' for 's.jpg+'
+      raise errors.ConfigError(
+        f'{where}: {key} has an empty entry in {value!r}; separate files with +'
+      )
+    return found
 
   content = text('content', content)
   styles = paths('style', style)
