@@ -211,3 +211,21 @@ def test_a_variable_frame_rate_is_refused_with_the_conversion(tmp_path):
   src = video_clips.write_mp4(tmp_path / 'vfr.mp4', _frames(6), fps=25, times=times)
   with pytest.raises(errors.ImageError, match='variable frame rate.*-fps_mode cfr'):
     video.open_clip(str(src))
+
+
+def test_a_frame_folder_leaves_out_sub_folders_and_what_nst_jax_wrote(tmp_path):
+  """Trial 26: a sub-folder f_005.png was read as a frame; a glob took styled frames."""
+  import json
+
+  frames = tmp_path / 'fr'
+  frames.mkdir()
+  for k in range(1, 4):
+    Image.new('RGB', (8, 6)).save(frames / f'f_{k:03d}.png')
+  (frames / 'f_005.png').mkdir()
+  assert video.open_clip(str(frames)).count == 3
+  styled = tmp_path / 'fr_out'
+  styled.mkdir()
+  Image.new('RGB', (8, 6)).save(styled / 'frame_00001.png')
+  (tmp_path / 'fr_out.json').write_text(json.dumps({'output': str(styled), 'frames': 1}))
+  clip = video.open_clip(f'{tmp_path}/fr*/*.png')
+  assert clip.count == 3  # fr_out's frame is the run's result (its record says so)

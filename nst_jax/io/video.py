@@ -23,7 +23,6 @@ temporary file and renamed, frames to a hidden directory and renamed.
 from collections.abc import Collection
 import dataclasses
 from fractions import Fraction
-import glob
 import json
 import os
 from pathlib import Path
@@ -103,10 +102,12 @@ def _natural_key(path: str):
 
 def open_frames(spec: str, frames: str = ':', fps: float = DEFAULT_FPS) -> Clip:
   """A directory or glob of numbered images as a clip (sorted by their numbers)."""
-  if Path(spec).is_dir():
-    files = [str(p) for p in Path(spec).iterdir() if p.suffix.lower() in jobs_lib.IMAGE_SUFFIXES]
-  else:
-    files = [p for p in glob.glob(spec) if Path(p).is_file()]
+  # As a batch's: images only (a sub-folder was read as a frame), and not the frames or results
+  # an nst-jax run wrote there (trial 26: a glob took an earlier run's styled frames).
+  try:
+    files = jobs_lib.expand(spec, what='inputs.content_path') if jobs_lib.is_pattern(spec) else []
+  except errors.ConfigError:
+    files = []
   files.sort(key=_natural_key)
   if not files:
     raise errors.ImageError(
