@@ -279,3 +279,7 @@ def test_a_full_disk_is_said_as_such_and_orbaxs_own_lines_are_not_shown():
   ):
     record = logging.LogRecord('absl', level, path, 1, 'message', None, None)
     assert keep.filter(record) is shown
+  # Trial 26: after a damaged checkpoint's one line, asyncio's lines for its other reads.
+  future = 'Future exception was never retrieved\nfuture: <Future finished exception=...>'
+  loose = logging.LogRecord('asyncio', logging.ERROR, 'base_events.py', 1, future, None, None)
+  assert not keep.filter(loose)
