@@ -668,6 +668,9 @@ def test_update_step_refuses_targets_that_do_not_fit():
   )
   with _raises(message):
     make_step(model, tx, TINY_LOSS.spec, loss_fn=None)
+  with pytest.raises(errors.ArgumentError) as caught:  # Python's own TypeError (trial 25)
+    make_step(model, tx, TINY_LOSS.spec, lossfn=None)
+  assert str(caught.value) == "make_step got an unknown keyword 'lossfn'; did you mean 'loss_fn'?"
   with _raises(message):
     run(state, params, targets, loss_fn=None)
 

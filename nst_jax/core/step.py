@@ -338,6 +338,7 @@ def at_precision(fn: Callable, precision: jax.lax.Precision | None) -> Callable:
   return traced
 
 
+@errors.keywords_checked  # trial 25: make_step(lossfn=...) was Python's own TypeError
 def make_step(
   model: vgg.VGG,
   optimizer: optax.GradientTransformationExtraArgs,
