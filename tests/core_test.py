@@ -685,6 +685,9 @@ def test_initial_image_takes_network_space_content_only():
   with _raises('content must be [N, H, W, 3] images, got shape (4, 5, 3); add the batch axis: '
                'x[None]'):  # fmt: skip
     initial_image(content[0], init='random', seed=0)
+  with _raises('content must be [N, H, W, 3] images, got shape (1, 3, 4, 5); if it is '
+               'channels-first, move the channels last: x.transpose(0, 2, 3, 1)'):  # fmt: skip
+    initial_image(content.transpose(0, 3, 1, 2), init='random', seed=0)  # trial 25: no fix
   rgb = np.zeros((4, 5, 3), np.float32)
   with _raises("initial_image got image= with init='content', which would ignore it; pass "
                "init='image' to start from the image, or drop image="):  # fmt: skip

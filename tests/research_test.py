@@ -421,7 +421,8 @@ def test_random_scaled_params_refuse_a_probe_with_no_scale():
   cases = (
     ({'probe': jnp.zeros((1, 8, 8, 3))}, 'probe has RMS 0, so there is no scale to match; pass a '
      'photograph in network space (nst_jax.preprocess(rgb, convention)) or leave probe=None'),
-    ({'probe': jnp.zeros((8, 8))}, 'probe must be [N, H, W, 3] images, got shape (8, 8)'),
+    ({'probe': jnp.zeros((8, 8))}, 'probe must be [N, H, W, 3] images, got shape (8, 8); if it '
+     'is greyscale, repeat it as RGB: np.repeat(x[None][..., None], 3, -1)'),
     ({'stage_sizes': (1, 2), 'widths': (4,)},
      'stage_sizes has 2 stages and widths 1; give one width per stage'),
   )  # fmt: skip

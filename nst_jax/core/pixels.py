@@ -273,8 +273,8 @@ def check_network_images(value: jax.typing.ArrayLike, name: str) -> None:
   never preprocessed.
   """
   shape = tuple(np.shape(value))
-  if len(shape) != 4 or shape[-1] != 3:
-    fix = '; add the batch axis: x[None]' if len(shape) == 3 and shape[-1] == 3 else ''
+  if len(shape) != 4 or shape[-1] != 3:  # trial 25: channels first got no fix here
+    fix = layout_fix(shape, batched=True)
     raise errors.ConfigError(f'{name} must be [N, H, W, 3] images, got shape {shape}{fix}')
   dtype = np.dtype(getattr(value, 'dtype', None) or np.asarray(value).dtype)
   # jnp's test: numpy does not count bfloat16 (an ml_dtypes type) as floating.
