@@ -110,7 +110,7 @@ def test_shape_errors_name_the_argument():
     )
 
   def error(name, shape):
-    fix = '; add the batch axis: x\\[None\\]' if len(shape) == 3 and shape[-1] == 3 else ''
+    fix = re.escape(pixels.layout_fix(shape, batched=True))  # the RGB arguments' fixes too
     return rf'^{name} must be \[N, H, W, 3\] images, got shape {re.escape(str(shape))}{fix}$'
 
   for bad in (content[0], content[..., :2]):
@@ -120,6 +120,7 @@ def test_shape_errors_name_the_argument():
     targets(content, style[0])
   with pytest.raises(ValueError, match=error('style 1', (1, 12, 20, 4))):
     targets(content, [style, jnp.zeros((1, 12, 20, 4))])
+  assert 'alpha' in error('s', (1, 12, 20, 4))  # the fix is in the expected line
   with pytest.raises(
     ValueError,
     match=r'^3 style images for 2 content images; give 1 or 2, or pass the styles as a list to '
