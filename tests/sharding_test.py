@@ -12,6 +12,7 @@ from jax.sharding import SingleDeviceSharding
 import numpy as np
 import pytest
 
+from nst_jax import errors
 from nst_jax.core import step as core
 from nst_jax.engine import sharding
 
@@ -133,3 +134,29 @@ def test_describe_reads_the_layout_and_memory_of_a_compiled_step():
   # Not a NamedSharding: no spec.
   single = jax.jit(step).lower(*args).compile()
   assert sharding.describe(single)['image_spec'] is None
+
+
+def test_spatial_devices_split_every_scales_height(monkeypatch):
+  """Trial 27: 2 scales of 32 and 23 rows over 4 devices: JAX's IndivisibleError at scale 1."""
+  from nst_jax import config as config_lib
+  from nst_jax.runs import runner
+
+  devices = [f'device{i}' for i in range(4)]
+  assert sharding.spatial_devices([32, 24], devices) == devices  # both divide by 4
+  assert sharding.spatial_devices([32, 23], devices) == devices[:1]
+  monkeypatch.setattr(runner.jax, 'local_devices', lambda: devices)
+  monkeypatch.setattr(runner.jax, 'local_device_count', lambda: len(devices))
+  monkeypatch.setattr(sharding, 'SpatialLayout', lambda used: used)
+  for scales, want in ((1, 4), (2, 1)):
+    cfg = config_lib.StyleConfig(
+      inputs=config_lib.InputConfig(width=24),
+      schedule=config_lib.ScheduleConfig(iterations=4, scales=scales),
+      run=config_lib.RunConfig(shard='spatial'),
+    )
+    assert runner.layout_for(cfg, 32) == devices[:want]
+  with pytest.raises(errors.ConfigError) as e:  # trial 27: a batch ran on one device, unsaid
+    runner.layout_for(cfg, 32, n_rows=3)
+  assert str(e.value) == (
+    "run.shard 'spatial' splits one image over the devices, and 3 were given; use run.shard "
+    "'jobs' for a batch, or stylize them one at a time"
+  )

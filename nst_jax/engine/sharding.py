@@ -285,9 +285,11 @@ class SpatialLayout(Layout):
     return replicated_sharding(self.mesh)
 
 
-def spatial_devices(height: int, devices: Sequence[jax.Device]) -> list[jax.Device]:
-  """The most of `devices` that split `height` rows evenly."""
-  used = max(k for k in range(1, len(devices) + 1) if height % k == 0)
+def spatial_devices(heights: int | Sequence[int], devices: Sequence[jax.Device]) -> list:
+  """The most of `devices` that split `heights` rows evenly (each scale's height: trial 27,
+  a coarser scale's that did not divide was JAX's IndivisibleError)."""
+  heights = [heights] if isinstance(heights, int) else list(heights)
+  used = max(k for k in range(1, len(devices) + 1) if all(h % k == 0 for h in heights))
   return list(devices[:used])
 
 

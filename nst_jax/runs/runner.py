@@ -25,6 +25,7 @@ from nst_jax.engine import engine as engine_lib
 from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import memory as memory_lib
 from nst_jax.engine import preview as preview_lib
+from nst_jax.engine import rows as rows_lib
 from nst_jax.engine import schedule as schedule_lib
 from nst_jax.engine import sharding as sharding_lib
 from nst_jax.engine import signals
@@ -48,26 +49,28 @@ COMPILE_CACHE = steps.CompiledSteps()
 def layout_for(cfg: config_lib.StyleConfig, height: int, n_rows: int = 1) -> sharding_lib.Layout:
   """Where one process's rows live: one device, or one image's height split over them.
 
-  The one rule for a single file and for arrays (`stylize`); batches, several
-  hosts, and arrays of several images with run.shard 'jobs' on one process
-  use `JobsLayout` over the devices (rows padded to a multiple of them).
+  For a single file and for arrays (`stylize`; several images with run.shard
+  'jobs' use `JobsLayout` over the devices, rows padded to a multiple of them).
   """
   local = jax.local_device_count()
   if cfg.run.shard == 'jobs' and n_rows > 1 and local > 1 and jax.process_count() == 1:
     rows = sharding_lib.padded_size(n_rows, local)
     return sharding_lib.JobsLayout(sharding_lib.jobs_mesh(jax.local_devices()), rows)
-  if cfg.run.shard == 'spatial' and jax.local_device_count() > 1 and n_rows == 1:
-    devices = sharding_lib.spatial_devices(height, jax.local_devices())
+  if cfg.run.shard == 'spatial' and local > 1 and n_rows > 1:  # trial 27: ran on one device
+    raise errors.ConfigError(
+      f"run.shard 'spatial' splits one image over the devices, and {n_rows} were given; use "
+      "run.shard 'jobs' for a batch, or stylize them one at a time"
+    )
+  if cfg.run.shard == 'spatial' and local > 1 and n_rows == 1:
+    w = cfg.inputs.width
+    heights = sorted({rows_lib.scaled(height, w, s.width / w)[0]
+                      for s in schedule_lib.plan(w, cfg.schedule)})  # fmt: skip
+    devices = sharding_lib.spatial_devices(heights, jax.local_devices())
     sharding_lib.check_tiles(cfg.loss.tiles, len(devices))  # for arrays as for files
-    if len(devices) < jax.local_device_count():
-      logging.warning(
-        'spatial sharding: a height of %d rows splits evenly over %d of the %d devices; a '
-        'height divisible by %d uses them all',
-        height,
-        len(devices),
-        jax.local_device_count(),
-        jax.local_device_count(),
-      )
+    if len(devices) < local:
+      logging.warning('spatial sharding: a height of %s rows splits evenly over %d of the %d '
+                      'devices; heights divisible by %d use them all',
+                      '/'.join(map(str, heights)), len(devices), local, local)  # fmt: skip
     logging.info('Spatial sharding: %d rows over %d devices.', height, len(devices))
     return sharding_lib.SpatialLayout(devices)
   return sharding_lib.SingleLayout(n_rows)
