@@ -585,9 +585,15 @@ def test_make_model_and_optimizer_name_their_choices():
     ({'precision': 'fast'}, "precision must be one of 'highest', 'high', 'default', got 'fast'"),
     # Refused when made, not at the first apply.
     ({'pooling': 'mean'}, "pooling must be one of 'max', 'avg', got 'mean'"),
+    # Trial 27: Python's AttributeError after a DeprecationWarning meant for a StyleConfig.
+    ({'pooling': None}, "pooling must be one of 'max', 'avg', got None"),
   ):
     with _raises(message):
       make_model(**kwargs)
+  from nst_jax import config as config_lib  # a ModelConfig group: its fields (trial 27)
+
+  group = config_lib.ModelConfig(pooling='avg', dtype='bfloat16', precision='default')
+  assert make_model(group) == make_model(pooling='avg', dtype='bfloat16', precision='default')
   # A JAX user names the dtype by its type.
   assert make_model(dtype=jnp.bfloat16).dtype == make_model(dtype='bfloat16').dtype == jnp.bfloat16
   assert make_model(dtype=np.float32).dtype == jnp.float32

@@ -78,7 +78,9 @@ def make_model(
     precision: 'highest', 'high', 'default' or None (see
       nst_jax.core.vgg.PRECISIONS).
   """
-  if not isinstance(pooling, str):  # a StyleConfig, as before 0.2
+  if hasattr(pooling, 'precision'):  # a ModelConfig: its fields (trial 27: an AttributeError)
+    pooling, dtype, precision = pooling.pooling, pooling.dtype, pooling.precision
+  elif hasattr(pooling, 'model'):  # a StyleConfig, as before 0.2
     warnings.warn(
       'make_model(config) is deprecated; use make_model(pooling=..., dtype=..., precision=...)',
       DeprecationWarning,
