@@ -823,6 +823,11 @@ def test_a_resume_near_early_stopping_converges_where_the_whole_run_did(caffe_np
     np.testing.assert_array_equal(resumed, whole)
 
 
+def _doubled(image, params, targets, *, model, loss_spec):
+  total, aux = nst_jax.objective(image, params, targets, model=model, loss_spec=loss_spec)
+  return 2 * total, aux
+
+
 def test_a_resume_with_another_init_image_is_refused(caffe_npz, tmp_path):
   """Trial 17: another init_image on resume was ignored, while another inputs.init was refused.
 
@@ -847,6 +852,14 @@ def test_a_resume_with_another_init_image_is_refused(caffe_npz, tmp_path):
       with pytest.raises(errors.ResumeMismatch) as e:
         stylize(content, style, config=again, weights=caffe_npz, checkpoint=ckpt, init_image=init)
       assert str(e.value) == f'cannot resume from {ckpt}: {message} {start_over}', ckpt.name
+  # Trial 27: another loss_fn went on with the checkpoint's L-BFGS memory, unsaid.
+  with pytest.raises(errors.ResumeMismatch) as e:
+    stylize(content, style, config=again, weights=caffe_npz, checkpoint=stopped,
+            init_image=start, loss_fn=_doubled)  # fmt: skip
+  assert str(e.value) == (
+    f"cannot resume from {stopped}: the loss_fn differs from the checkpoint's; pass the same "
+    f'loss_fn {start_over}'
+  )
   out = stylize(content, style, config=again, weights=caffe_npz, checkpoint=stopped,
                 init_image=start)  # fmt: skip
   whole = stylize(content, style, config=cfg, weights=caffe_npz, init_image=start)

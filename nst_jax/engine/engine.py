@@ -217,6 +217,8 @@ class Engine:
     self.w = weights
     self.layout = layout
     self.loss_fn = loss_fn
+    # What a checkpoint names: a custom loss_fn (the default, none: older checkpoints hold none).
+    self.custom_loss = None if loss_fn is objective.objective else loss_fn
     self.compile_cache = compile_cache
     self.convention = weights.info.input_convention
     m = config.model

@@ -179,18 +179,17 @@ class GroupRun:
       extra=None if extra is None else jax.tree.map(lambda x: jnp.asarray(x)[None], extra),
     )
     host = jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(targets))
-    settings = None
-    if row.checkpoint is not None:
-      settings = checkpoint_lib.trajectory_settings(
-        e.cfg,
-        weights_hash=e.w.info.params_sha256,
-        content=np.asarray(content),
-        style=[np.asarray(s) for s in styles],
-        masks=[m for m in (cmask, smasks) if m is not None],
-        scale=k,
-        term_weights=(row.content_weight, row.style_weight, row.tv_weight),
-        init=row.init_rgb,  # every scale's: it decides their start too (trial 18)
-      )
+    settings = None if row.checkpoint is None else checkpoint_lib.trajectory_settings(
+      e.cfg,
+      weights_hash=e.w.info.params_sha256,
+      content=np.asarray(content),
+      style=[np.asarray(s) for s in styles],
+      masks=[m for m in (cmask, smasks) if m is not None],
+      scale=k,
+      term_weights=(row.content_weight, row.style_weight, row.tv_weight),
+      init=row.init_rgb,  # every scale's: it decides their start too (trial 18)
+      loss_fn=e.custom_loss,
+    )  # fmt: skip
     return host, settings, content
 
   # States.

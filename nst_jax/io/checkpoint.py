@@ -46,8 +46,7 @@ _FREE_SETTINGS = {
   'model': ('weights', 'weights_url'),
   'schedule': ('iterations', 'tol', 'window'),
   'save': '*',
-  # The layout over devices changes rounding only (docs/scaling.md).
-  'run': '*',
+  'run': '*',  # the layout over devices changes rounding only (docs/scaling.md)
 }
 
 
@@ -100,18 +99,20 @@ def trajectory_settings(
   scale: int = 0,
   term_weights: Sequence[float | None] = (),
   init: np.ndarray | None = None,
+  loss_fn: Any = None,
 ) -> dict[str, Any]:
   """Everything that must be equal for a resumed run to continue the same path.
 
   The pixels are those of one scale (content, styles and masks as the step
   sees them), so each scale of a multi-scale run has its own settings.
   `term_weights` are a batch job's own content, style and TV weights, which
-  replace the config's. `init` is a start image given as pixels (an
-  init_image, or inputs.init's file): another one was ignored on resume
-  while another inputs.init keyword was refused (trial 17). Checkpoints
-  written before hold none, and resume as before without one.
+  replace the config's. `init`: a start image as pixels (trial 17); `loss_fn`:
+  a custom one, by module and name (trial 27). Older checkpoints hold neither.
   """
   settings = config_settings(config)
+  if loss_fn is not None:
+    fn = getattr(loss_fn, 'func', loss_fn)  # a functools.partial: its function
+    settings['loss_fn'] = f'{fn.__module__}.{getattr(fn, "__qualname__", type(fn).__qualname__)}'
   settings['term_weights'] = list(term_weights)
   settings['weights_hash'] = weights_hash
   settings['content_pixels'] = pixels_digest(content)
@@ -137,8 +138,7 @@ def config_settings(config: config_lib.StyleConfig) -> dict[str, Any]:
 
 
 def config_difference(path: Path, saved: dict, config: config_lib.StyleConfig) -> Any:
-  """The ResumeMismatch for the first config setting a checkpoint's `settings` hold otherwise,
-  or None (inputs and weights are not compared: that needs the files read)."""
+  """The ResumeMismatch for the first config setting `saved` holds otherwise, or None."""
   # 'auto' (loss.tiles): the memory planner's choice, which the checkpoint holds made.
   now = {k: v for k, v in config_settings(config).items() if v != 'auto'}
   try:

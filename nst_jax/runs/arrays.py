@@ -43,6 +43,7 @@ _RESUME_INPUTS = {
   'mask_pixels': ('the masks differ', 'content_mask and style_masks'),
   'init_pixels': ('the init_image differs', 'init_image'),
   'weights_hash': ('the weights differ', 'weights'),
+  'loss_fn': ('the loss_fn differs', 'loss_fn'),  # trial 27: another went on, unsaid
 }
 
 
