@@ -339,6 +339,9 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
      'list; pass record={}'),
     (dict(content=rgb, style=rgb, should_stop=lambda: np.array([1, 0])), 'should_stop returned '
      'ndarray of shape (2,); return True (or a signal number 1-64) to stop, else False or None'),
+    # Trial 27: KeyError 0.
+    (dict(content=np.zeros((0, 32, 32, 3), np.float32), style=rgb),
+     'content holds no images (shape (0, 32, 32, 3)); pass one or more'),
     # Trial 25: numpy's "inhomogeneous shape" for photos of two sizes.
     (dict(content=[rgb, rgb[:24]], style=rgb), 'content is a list of images of different shapes '
      '((24, 32, 3), (32, 32, 3)); a batch shares one size: call once per size, or resize them '

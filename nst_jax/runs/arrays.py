@@ -138,6 +138,8 @@ def _one_or(n: int) -> str:
 def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint):
   """The engine's rows for arrays: one per content image, checked."""
   content_b = np.asarray(pixels.batched(pixels.as_rgb(content, 'content')))
+  if not len(content_b):  # trial 27: KeyError 0
+    raise errors.ConfigError(f'content holds no images (shape {content_b.shape}); pass one or more')
   items = list(style) if isinstance(style, (list, tuple)) else [style]
   if not items:
     raise errors.ConfigError('no style image given; pass one: stylize(content, style, ...)')
