@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import small_runs
 
 import nst_jax
@@ -73,3 +74,6 @@ def test_a_donated_state_is_refused_naming_the_fix():
     raise AssertionError('a donated state was taken')
   new, _ = step(new, params, targets)  # the returned state goes on
   assert not new.image.is_deleted()
+  # Trial 27: the same state to update_step, eagerly, was JAX's "Array has been deleted".
+  with pytest.raises(nst_jax.errors.ConfigError, match='^the state was donated to an earlier'):
+    nst_jax.update_step(state, params, targets, model=model, optimizer=tx, loss_spec=SPEC)

@@ -14,6 +14,20 @@ import jax
 from nst_jax import errors
 
 
+def refuse_donated(state: Any) -> None:
+  """A ConfigError for a state whose buffers a donating call took (update_step's too: trial 27).
+
+  JAX's own "Array has been deleted" names neither the cause nor the fix.
+  """
+  concrete = [x for x in jax.tree.leaves(state) if not isinstance(x, jax.core.Tracer)]
+  if any(isinstance(leaf, jax.Array) and leaf.is_deleted() for leaf in concrete):
+    raise errors.ConfigError(
+      'the state was donated to an earlier call of the step (its buffers are gone); pass the '
+      'state that call returned (state, losses = step(state, ...)), or keep a copy made before '
+      'it: jax.tree.map(jnp.copy, state)'
+    )
+
+
 class DonatingJit:
   """`jax.jit(fn, donate_argnums=0)`, called without donation when an argument is traced.
 
@@ -46,15 +60,8 @@ class DonatingJit:
     traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args))
     if traced:
       return self.kept(*args)
-    if args and any(
-      isinstance(leaf, jax.Array) and leaf.is_deleted() for leaf in jax.tree.leaves(args[0])
-    ):
-      # JAX's own "Array has been deleted" names neither the cause nor the fix.
-      raise errors.ConfigError(
-        'the state was donated to an earlier call of the step (its buffers are gone); pass the '
-        'state that call returned (state, losses = step(state, ...)), or keep a copy made before '
-        'it: jax.tree.map(jnp.copy, state)'
-      )
+    if args:
+      refuse_donated(args[0])
     return self.donating(*args)
 
   def __getattr__(self, name: str):
