@@ -320,7 +320,8 @@ print(json.dumps({
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('shard,devices', [('jobs', 8), ('spatial', 1)])
+# 'spatial' ran a batch on one device, unsaid; it is refused now (sharding_test, trial 27).
+@pytest.mark.parametrize('shard,devices', [('jobs', 8)])
 def test_stylize_splits_a_batch_over_the_devices_with_jobs(tmp_path, caffe_npz, shard, devices):
   """stylize on 3 images, 8 simulated devices: jobs puts the 8 rows (3 real) one per device."""
   script = tmp_path / 'run.py'
