@@ -131,6 +131,11 @@ def test_shape_errors_name_the_argument():
   for bad in (content[0], content[None], content[..., :1]):
     with pytest.raises(ValueError, match=error('image', bad.shape)):
       init_state(bad, tx)
+  with pytest.raises(ValueError) as caught:  # trial 27: 'image must be ..., got shape (2,)'
+    init_state(tx, content)
+  assert str(caught.value) == (
+    'init_state got the optimiser first; the order is init_state(images, optimizer)'
+  )
 
 
 def test_objective_is_zero_at_the_targets_and_matches_formula():

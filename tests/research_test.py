@@ -427,6 +427,9 @@ def test_random_scaled_params_refuse_a_probe_with_no_scale():
     ({'stage_sizes': (1, 2), 'widths': (4,)},
      'stage_sizes has 2 stages and widths 1; give one width per stage'),
   )  # fmt: skip
+  # Trial 27: under jit numpy's SeedSequence TypeError, or JAX's ConcretizationTypeError.
+  with pytest.raises(nst_jax.errors.ConfigError, match='^random_scaled_params runs on the host'):
+    jax.jit(lambda k: experiments.random_scaled_params(k, **shape))(3)
   for kwargs, message in cases:
     with pytest.raises(nst_jax.errors.ConfigError) as caught:
       experiments.random_scaled_params(0, **{**shape, **kwargs})

@@ -90,6 +90,11 @@ def random_scaled_params(
     ConfigError: the shape is inconsistent, the probe has no scale (RMS 0),
       or a layer stays all zero on the probe after `MAX_DRAWS` draws.
   """
+  if isinstance(seed, jax.core.Tracer) or isinstance(probe, jax.core.Tracer):  # trial 27
+    raise errors.ConfigError(
+      'random_scaled_params runs on the host (numpy draws, a measured scale): call it outside '
+      'jax.jit and jax.vmap, in a Python loop over seeds'
+    )
   seed = as_seed(seed)
   if len(stage_sizes) != len(widths):
     raise errors.ConfigError(

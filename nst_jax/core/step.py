@@ -163,8 +163,7 @@ def init_state(image: jax.Array, optimizer: optax.GradientTransformation) -> Sty
   The image is copied: the step donates the state, and the caller's array
   (often the content image, needed again) must survive that.
   """
-  pixels.check_network_images(image, 'image')
-  step_checks.optimizer(optimizer)
+  step_checks.init_arguments(image, optimizer)
   image = jnp.array(image, jnp.float32, copy=True)
   return StyleState(image=image, opt_state=jax.vmap(optimizer.init)(image))
 

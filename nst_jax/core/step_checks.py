@@ -16,6 +16,17 @@ import numpy as np
 
 from nst_jax import errors
 from nst_jax.core import checks
+from nst_jax.core import pixels
+
+
+def init_arguments(image: Any, tx: Any) -> None:
+  """init_state's: the images (not the optimiser first: trial 27 said 'got shape (2,)')."""
+  if callable(getattr(image, 'init', None)) and callable(getattr(image, 'update', None)):
+    raise errors.ConfigError(
+      'init_state got the optimiser first; the order is init_state(images, optimizer)'
+    )
+  pixels.check_network_images(image, 'image')
+  optimizer(tx)
 
 
 def optimizer(tx: Any) -> None:
