@@ -416,6 +416,7 @@ def test_a_file_link_or_folder_at_a_lock_name_is_refused_and_kept(tmp_path):
   (tmp_path / '.r.json.lock').symlink_to(tmp_path / 'made_through_the_link')
   (tmp_path / '.r.loss.png.lock').mkdir()
   os.mkfifo(tmp_path / '.r.sheet.jpg.lock')  # opening it for reading blocked
+  assert not output_locks.busy(tmp_path / 'r.sheet.jpg')  # trial 28: it blocked here too
   expected = [
     ('r.png', 'a file of 8 bytes'),
     ('r.json', 'a link'),

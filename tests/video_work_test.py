@@ -73,3 +73,12 @@ def test_a_resume_with_other_settings_or_frames_is_refused_before_any_frame(tmp_
     f'{work} holds frames of a run that recorded no settings (an earlier nst-jax): they cannot '
     'be checked against this run; delete it to start over'
   )
+  (work / video_work.SETTINGS).write_text(
+    '[1, 2]'
+  )  # trial 28: valid JSON, no settings: a traceback
+  with pytest.raises(errors.NstError) as e:
+    video_pipeline.run_video(resume)
+  assert str(e.value) == (
+    f'{work / video_work.SETTINGS} is unreadable (it holds a list, not the settings); delete '
+    f'{work} to start over'
+  )

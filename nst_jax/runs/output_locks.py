@@ -104,7 +104,8 @@ def _in_the_way(lock: Path, kind: str) -> errors.NstError:
 def busy(path: str | os.PathLike) -> bool:
   """Whether another run holds `path`'s lock now (the lock file is not created)."""
   try:
-    fd = os.open(output_names.lock_path(path), os.O_RDONLY | os.O_CLOEXEC)
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # a FIFO: no wait
+    fd = os.open(output_names.lock_path(path), flags)
   except OSError:
     return False
   try:

@@ -173,7 +173,9 @@ def hold_settings(paths: Paths, now: dict) -> None:
   if path.is_file():
     try:
       saved = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+      if not isinstance(saved, dict):  # trial 28: a list was a traceback
+        raise ValueError(f'it holds a {type(saved).__name__}, not the settings')
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError too
       raise errors.NstError(
         f'{path} is unreadable ({e}); delete {paths.work} to start over'
       ) from None
