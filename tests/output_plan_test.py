@@ -601,3 +601,18 @@ def test_a_record_claims_the_file_it_was_written_for_only(tmp_path):
   output_plan.check([_out(result)], inputs={})
   record.write_text(json.dumps({'output': 'r.png'}))  # relative, from before the digest
   output_plan.check([_out(result)], inputs={})
+
+
+def test_a_checkpoint_name_that_is_not_utf8_names_what_to_change(tmp_path):
+  """Orbax writes UTF-8 names only (trial 26); in a run.checkpoint_dir, that is the fix (28)."""
+  import os
+
+  odd = Path(os.fsdecode(bytes(tmp_path) + b'/b-\xff'))
+  odd.mkdir()
+  for ckpt, fix in (
+    (tmp_path / 'r-\udcff.ckpt', 'choose another save.path'),
+    (odd / 'r.1234abcd.ckpt', 'choose another run.checkpoint_dir'),
+  ):
+    with pytest.raises(errors.NstError) as e:
+      output_plan.check([_out(tmp_path / 'r.png', checkpoint=ckpt)], inputs={})
+    assert str(e.value).endswith(f'orbax writes checkpoints under UTF-8 names only; {fix}')

@@ -82,3 +82,27 @@ def test_a_resume_with_other_settings_or_frames_is_refused_before_any_frame(tmp_
     f'{work / video_work.SETTINGS} is unreadable (it holds a list, not the settings); delete '
     f'{work} to start over'
   )
+
+
+def test_a_video_output_name_that_is_not_utf8_is_refused_before_any_frame(tmp_path, caffe_npz):
+  """Trial 28: every frame checkpoint's save failed (orbax takes UTF-8 names only)."""
+  import os
+
+  frames, _ = video_clips.moving_square_clip(n=2, height=24, width=32)
+  src = tmp_path / 'clip'
+  src.mkdir()
+  for k, rgb in enumerate(frames):
+    image_lib.save_image(src / f'f{k:03d}.png', rgb)
+  out = os.fsdecode(bytes(tmp_path) + b'/v-\xff.mp4')
+  cfg = nst_jax.StyleConfig(
+    inputs=nst_jax.InputConfig(content_path=str(src), style_path=(STYLES[0],), width=32),
+    model=nst_jax.ModelConfig(weights=str(caffe_npz)),
+    save=nst_jax.SaveConfig(path=out),
+  )
+  with pytest.raises(errors.NstError) as e:
+    video_pipeline.run_video(cfg)
+  assert str(e.value) == (
+    f"'{tmp_path}/.v-\\udcff.mp4.work' is not a UTF-8 name, and orbax writes the frames' "
+    'checkpoints there under UTF-8 names only; choose another save.path'
+  )
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['clip']

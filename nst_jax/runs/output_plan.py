@@ -332,13 +332,20 @@ def _check_checkpoint(out: Output, path: Path) -> None:
   # A checkpoint away from its output is in run.checkpoint_dir, which the fix names.
   beside = path.parent == out.result.parent
   output_names.check_place(path, 'output' if beside else 'run.checkpoint_dir')
-  try:
-    str(path).encode()
-  except UnicodeEncodeError:  # trial 26: every save failed, in pybind11's words, after the run
+  if not _utf8(path):  # trial 26: every save failed, in pybind11's words, after the run
+    fix = _rename(out) if beside or _utf8(path.parent) else 'choose another run.checkpoint_dir'
     raise errors.NstError(
       f'{errors.printable(path)} is not a UTF-8 name, and orbax writes checkpoints under UTF-8 '
-      f'names only; {_rename(out)}'
-    ) from None
+      f'names only; {fix}'
+    )
+
+
+def _utf8(path: Path) -> bool:
+  try:
+    str(path).encode()
+  except UnicodeEncodeError:
+    return False
+  return True
 
 
 def _check_space(outputs: Sequence[Output]) -> None:

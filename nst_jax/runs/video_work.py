@@ -91,6 +91,13 @@ def paths(cfg: config_lib.StyleConfig) -> Paths:
   if cfg.run.resume and not started:
     raise errors.NstError(f'nothing to resume: no {work}; run without run.resume to start')
   output_names.check_place(output / 'frame.png' if as_frames else output)
+  try:
+    str(work).encode()
+  except UnicodeEncodeError:  # trial 28: every frame's checkpoint save failed
+    raise errors.NstError(
+      f"{errors.printable(work)} is not a UTF-8 name, and orbax writes the frames' checkpoints "
+      'there under UTF-8 names only; choose another save.path'
+    ) from None
   return Paths(output, as_frames, work)
 
 
