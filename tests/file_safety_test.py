@@ -33,6 +33,7 @@ from nst_jax.io import images as image_lib  # noqa: E402
 from nst_jax.io import jobs as jobs_lib  # noqa: E402
 from nst_jax.runs import batch as batch_lib  # noqa: E402
 from nst_jax.runs import output_plan  # noqa: E402
+from nst_jax.runs import results as results_lib  # noqa: E402
 from nst_jax.runs import runner as pipeline  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -546,7 +547,7 @@ def test_an_image_saved_on_a_signal_replaces_no_file(tmp_path):
   cfg = cfg.replace(schedule=cfg.schedule.replace(iterations=20))
   # Planned and there when the run starts (the plan passed it: this output's own).
   (tmp_path / 'r_00010.png').write_bytes(b'an earlier run of this output')
-  results = pipeline.Results(cfg, None, {0: tmp_path / 'r.png'}, {0: None})
+  results = results_lib.Results(cfg, None, {0: tmp_path / 'r.png'}, {0: None})
   theirs = tmp_path / 'r_00007.png'
   theirs.write_bytes(b'not ours')
   (tmp_path / 'r_00005.png').write_bytes(b'planned, but written by another run since')

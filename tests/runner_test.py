@@ -8,6 +8,7 @@ import pytest
 from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.engine import sharding
+from nst_jax.runs import results as results_lib
 from nst_jax.runs import runner
 
 
@@ -43,12 +44,12 @@ def test_the_success_line_is_one_line_whatever_the_name(tmp_path):
     cfg=cfg, history=types.SimpleNamespace(history=[[{'total': 2.5}]]), t0=time.perf_counter()
   )
   record = {'scales': [{'iterations': 7, 'stopped': 'budget', 'budget': 7}]}
-  line = runner.summary(tmp_path / 'a\nb.png', record, results)
+  line = results_lib.summary(tmp_path / 'a\nb.png', record, results)
   assert '\n' not in line
   assert line.startswith("Done: '") and "a\\nb.png'" in line
   assert ', 7 iterations, final loss 2.5.' in line
   record = {'scales': [{'iterations': 1, 'stopped': 'budget', 'budget': 1}]}
-  line = runner.summary(tmp_path / 'one.png', record, results)
+  line = results_lib.summary(tmp_path / 'one.png', record, results)
   assert line.startswith(f'Done: {tmp_path / "one.png"} in ')
   assert line.endswith(' s, 1 iteration, final loss 2.5.')  # was '1 iterations'
 

@@ -40,6 +40,7 @@ from nst_jax.io import outputs
 from nst_jax.io import weights as weights_lib
 from nst_jax.runs import inputs as inputs_lib
 from nst_jax.runs import output_plan
+from nst_jax.runs import results as results_lib
 from nst_jax.runs import runner
 
 
@@ -220,7 +221,6 @@ def run_batch(
 def _run_batch(jobs, cfg, weights, record, mesh, plan, recheck) -> dict[str, np.ndarray]:
   """`run_batch` once every output is planned: weights, then the locks and the groups."""
   groups = _plan(jobs, cfg, mesh.size // jax.process_count())
-  # run.shard spatial is refused for a batch (run_batch): not suggested.
   plans = [
     memory_lib.check_memory(
       group.height, group.width, config=cfg, batch=len(group.rows) // mesh.size, can_split=False
@@ -384,7 +384,7 @@ def _run_group(group, jobs, cfg, w, mesh, stop, preview, group_record) -> dict[s
     len(group.rows),
     mesh.size,
   )
-  results = runner.Results(
+  results = results_lib.Results(
     cfg,
     w.info,
     {r: jobs[group.rows[r]].output for r in local_real},
@@ -424,7 +424,7 @@ def _run_group(group, jobs, cfg, w, mesh, stop, preview, group_record) -> dict[s
         path = results.write(r, rgb[r], record)
       except errors.WriteError as e:
         ckpt = checkpoint_lib.path_for(jobs[group.rows[r]].output, cfg.run.checkpoint_dir)
-        raise runner.unwritten(e, ckpt) from None
+        raise results_lib.unwritten(e, ckpt) from None
       written[jobs[group.rows[r]].output] = rgb[r]
       if preview is not None and r == monitor_row:
         preview.finish(rgb[r], path)

@@ -10,19 +10,15 @@ jobs, with every step that can fail on one process agreed by all
 """
 
 import contextlib
-import os
 from pathlib import Path
-import time
 
 from absl import logging
 import jax
-import numpy as np
 
 from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.engine import compile_cache
 from nst_jax.engine import engine as engine_lib
-from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import memory as memory_lib
 from nst_jax.engine import preview as preview_lib
 from nst_jax.engine import rows as rows_lib
@@ -35,11 +31,11 @@ from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
 from nst_jax.io import output_names
 from nst_jax.io import outputs
-from nst_jax.io import record as record_lib
 from nst_jax.io import weights as weights_lib
 from nst_jax.runs import inputs as inputs_lib
 from nst_jax.runs import output_locks
 from nst_jax.runs import output_plan
+from nst_jax.runs import results as results_lib
 
 # Compiled steps, kept for reuse by every run of this process (single, batch,
 # video, stylize): the runner owns the cache and hands it to each Engine.
@@ -115,123 +111,9 @@ def resume_from(cfg: config_lib.StyleConfig, checkpoint: Path | None, *, require
   return resume
 
 
-class Results:
-  """Writes each row's intermediates, result and run record to its own files.
-
-  Single runs and batches both write through this: one output path per
-  row, with the row's intermediates beside it and (with `cfg.save.record`)
-  NAME.json, NAME.loss.png and NAME.sheet.jpg.
-
-  Args:
-    cfg: the settings (format, record) and, per row, `configs` for the record.
-    weights_info: the weights' provenance, for the record.
-    paths: row -> output file.
-    rows: row -> the Row (its images go on the contact sheet).
-    icc: row -> the content's ICC profile, or None.
-    configs: row -> the settings to record for it (default: `cfg`).
-  """
-
-  def __init__(self, cfg, weights_info, paths, rows, *, icc=None, configs=None, prefix=''):
-    self.cfg, self.info = cfg, weights_info
-    self.paths, self.rows = dict(paths), rows
-    self.icc = icc or {}
-    self.configs = configs or {}
-    self.prefix = prefix
-    self.intermediates: dict[int, list[np.ndarray]] = {r: [] for r in self.paths}
-    # Made once the plan passed under the locks: the planned intermediates
-    # that exist now are this output's own (an interrupted run's, which the
-    # record claims too: trial 24). Any other name (one saved on a signal, or
-    # one another run wrote since) is written only where no file is.
-    every, stages = cfg.save.save_iter, _stage_iterations(cfg)
-    there = {
-      r: [i for i in output_names.intermediates(p, every, stages) if os.path.lexists(i)]
-      for r, p in self.paths.items()
-    }
-    self.saved = {r: [p.name for p in paths] for r, paths in there.items()}
-    self.replaceable = {p for paths in there.values() for p in paths}
-    # What an earlier run's record claims beside each result this run replaces (trial 26).
-    self.earlier = {r: output_names.claimed(p) - {Path(p)} for r, p in self.paths.items()}
-    self.t0 = time.perf_counter()
-    self.history = hooks_lib.History(cfg.run.print_iter, list(self.paths), t0=self.t0)
-
-  def _save(self, path, rgb, r) -> None:
-    save = self.cfg.save
-    image_lib.save_image(
-      path, rgb, bit_depth=save.bit_depth, quality=save.quality, icc=self.icc.get(r)
-    )
-
-  def intermediate(self, iteration: int, images: dict[int, np.ndarray]) -> list[Path]:
-    """The engine's on_intermediate: <name>_<iteration>.png beside each output; those written."""
-    written = []
-    for r, rgb in images.items():
-      path = output_names.intermediate_path(self.paths[r], iteration)
-      if os.path.lexists(path) and path not in self.replaceable:
-        logging.warning('%skept %s: the image of iteration %d was not saved', self.prefix, path,
-                        iteration)  # fmt: skip
-        continue
-      self._save(path, rgb, r)
-      written.append(path)
-      if path.name not in self.saved[r]:
-        self.saved[r].append(path.name)
-      if self.cfg.save.record:
-        self.intermediates[r].append(rgb)
-      logging.info('%ssaved %s', self.prefix, errors.printable(path))
-    return written
-
-  def write(self, r: int, rgb: np.ndarray, record: dict) -> Path:
-    """Saves row r's result and its run record; returns the result's path."""
-    path = Path(self.paths[r])
-    self._save(path, rgb, r)
-    logging.info('%ssaved %s', self.prefix, errors.printable(path))
-    earlier = self.earlier.get(r, set())
-    if not self.cfg.save.record:  # an earlier record, loss plot, sheet: of the image replaced
-      for tail in output_names.RECORD_TAILS.values():
-        if (old := output_names.derived(path, tail)) in earlier:
-          old.unlink(missing_ok=True)
-    else:
-      row = self.rows[r]
-      # An earlier run's intermediates this one did not replace: still claimed, as that run's.
-      before = sorted(p.name for p in earlier if output_names.intermediate_number(p) is not None
-                      and p.name not in self.saved[r] and os.path.lexists(p))  # fmt: skip
-      record = {**record, 'history': self.history.history[r], 'earlier_intermediates': before}
-      record_lib.write(
-        path,
-        config=self.configs.get(r, self.cfg),
-        weights_info=self.info,
-        record={**record, 'intermediates': self.saved[r]},
-        total_s=time.perf_counter() - self.t0,
-        content=row.content,
-        styles=list(row.styles),
-        result=rgb,
-        intermediates=self.intermediates[r],
-      )
-    return path
-
-
-def unwritten(error: errors.WriteError, ckpt: Path) -> errors.WriteError:
-  """A result that could not be written, with what its checkpoint holds and how to go on.
-
-  A finished checkpoint gives the result on `run.resume` without iterating;
-  one whose last save failed too (the same full disk) holds an earlier
-  iteration, from which the resumed run goes on.
-  """
-  if not ckpt.exists():
-    return error
-  try:
-    payload = checkpoint_lib.read(ckpt)
-  except errors.NstError:
-    return error
-  if not checkpoint_lib.unfinished(payload):
-    kept = f'the checkpoint {ckpt} is kept: then continue with run.resume'
-    return errors.WriteError(f'{error}; {kept}')
-  return errors.WriteError(
-    f'{error}; the checkpoint {ckpt} could not be written at the end either and holds iteration '
-    f'{payload["iteration"]} of scale {payload.get("scale", 0) + 1}: continue from there with '
-    'run.resume'
-  )
-
-
-def watch(cfg, results: Results, *, preview=None, monitor_row=0, should_stop=None, prefix=''):
+def watch(
+  cfg, results: results_lib.Results, *, preview=None, monitor_row=0, should_stop=None, prefix=''
+):
   """The hooks a run from files wants: progress, checkpoints, intermediates, preview, record."""
   return engine_lib.Watch.of_run(
     cfg.run,
@@ -272,11 +154,6 @@ def _single_output(cfg: config_lib.StyleConfig) -> Path:
   return output
 
 
-def _stage_iterations(cfg: config_lib.StyleConfig) -> list[int]:
-  """Each scale's iterations, which number the intermediates (output_names.intermediates)."""
-  return [s.iterations for s in schedule_lib.plan(cfg.inputs.width, cfg.schedule)]
-
-
 def planned_output(cfg: config_lib.StyleConfig, output: Path, height: int, **kwargs):
   """The planner's view of an image result of `cfg` at `height` x width (output_plan.Output)."""
   pixels = height * cfg.inputs.width
@@ -287,7 +164,7 @@ def planned_output(cfg: config_lib.StyleConfig, output: Path, height: int, **kwa
     state_bytes=output_plan.state_bytes(pixels, image_buffers=buffers + 1),
     record=cfg.save.record,
     save_iter=cfg.save.save_iter,
-    iterations=_stage_iterations(cfg),
+    iterations=results_lib.stage_iterations(cfg),
     checkpoint=checkpoint_lib.path_for(output, cfg.run.checkpoint_dir),
     **kwargs,
   )
@@ -398,7 +275,7 @@ def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan, resume)
       ' and '.join(cfg.style_paths),
       w.info.source,
     )
-    results = Results(cfg, w.info, {0: output}, {0: row}, icc={0: icc})
+    results = results_lib.Results(cfg, w.info, {0: output}, {0: row}, icc={0: icc})
     record = {}
     with signals.stop_on_signals() as stop:
       rgb = make_engine(cfg, w, layout).run(
@@ -411,40 +288,12 @@ def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan, resume)
     try:
       results.write(0, rgb, record)
     except errors.WriteError as e:
-      raise unwritten(e, ckpt) from None
+      raise results_lib.unwritten(e, ckpt) from None
     if preview is not None:
       preview.finish(rgb, output)
     if not cfg.run.keep_checkpoint:
       checkpoint_lib.remove(ckpt)  # finished: the result is saved, free the space
     else:
       checkpoint_store.note_result(ckpt, output_names.file_sha256(output))
-    logging.info('%s', summary(output, record, results))
+    logging.info('%s', results_lib.summary(output, record, results))
     return output
-
-
-def duration(seconds: float) -> str:
-  """Seconds in words: 12.3 s, 4 min 5 s, 2 h 3 min."""
-  if seconds < 60:
-    return f'{seconds:.1f} s'
-  minutes, s = divmod(round(seconds), 60)
-  return f'{minutes} min {s} s' if minutes < 60 else f'{minutes // 60} h {minutes % 60} min'
-
-
-def summary(output: Path, record: dict, results: Results) -> str:
-  """One line at the end of a run: where, how long, how many iterations, why it stopped."""
-  stages = record.get('scales', [])
-  done = sum(s['iterations'] for s in stages)
-  why = ''
-  if stages and stages[-1]['stopped'] == 'converged':
-    why = (
-      f' (converged after {stages[-1]["iterations"]} of {stages[-1]["budget"]} at the last scale)'
-    )
-  history = results.history.history[0]
-  loss = f', final loss {history[-1]["total"]:.4g}' if history else ''
-  where = ''
-  if results.cfg.save.record:
-    where = f'; run record {errors.printable(record_lib.paths_for(output)["json"])}'
-  elapsed = duration(time.perf_counter() - results.t0)
-  # printable: a name with a newline stays on the one success line.
-  done = errors.counted(done, 'iteration')
-  return f'Done: {errors.printable(output)} in {elapsed}, {done}{why}{loss}{where}.'

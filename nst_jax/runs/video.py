@@ -53,6 +53,7 @@ from nst_jax.io import weights as weights_lib
 from nst_jax.runs import flow as flow_lib
 from nst_jax.runs import inputs as inputs_lib
 from nst_jax.runs import output_plan
+from nst_jax.runs import results as results_lib
 from nst_jax.runs import runner as pipeline
 from nst_jax.runs import temporal
 from nst_jax.runs import video_work
@@ -351,4 +352,4 @@ def _write(cfg, paths: video_work.Paths, clip, results, record, seconds) -> None
   if not cfg.run.keep_checkpoint:
     shutil.rmtree(paths.work, ignore_errors=True)
   logging.info('Done: %s, %d frames in %s (%.1f s of optical flow).', paths.output, len(results),
-               pipeline.duration(seconds), record.get('flow_s', 0.0))  # fmt: skip
+               results_lib.duration(seconds), record.get('flow_s', 0.0))  # fmt: skip

@@ -1,0 +1,171 @@
+"""Writing a run's files: each row's intermediates, result and run record, and the last line.
+
+Single runs and batches (nst_jax.runs.runner, nst_jax.runs.batch) write
+through `Results`: one output per row, its intermediates beside it, and
+(with `save.record`) NAME.json, NAME.loss.png and NAME.sheet.jpg.
+"""
+
+import os
+from pathlib import Path
+import time
+
+from absl import logging
+import numpy as np
+
+from nst_jax import config as config_lib
+from nst_jax import errors
+from nst_jax.engine import hooks as hooks_lib
+from nst_jax.engine import schedule as schedule_lib
+from nst_jax.io import checkpoint as checkpoint_lib
+from nst_jax.io import images as image_lib
+from nst_jax.io import output_names
+from nst_jax.io import record as record_lib
+
+
+def stage_iterations(cfg: config_lib.StyleConfig) -> list[int]:
+  """Each scale's iterations, which number the intermediates (output_names.intermediates)."""
+  return [s.iterations for s in schedule_lib.plan(cfg.inputs.width, cfg.schedule)]
+
+
+class Results:
+  """Writes each row's intermediates, result and run record to its own files.
+
+  Single runs and batches both write through this: one output path per
+  row, with the row's intermediates beside it and (with `cfg.save.record`)
+  NAME.json, NAME.loss.png and NAME.sheet.jpg.
+
+  Args:
+    cfg: the settings (format, record) and, per row, `configs` for the record.
+    weights_info: the weights' provenance, for the record.
+    paths: row -> output file.
+    rows: row -> the Row (its images go on the contact sheet).
+    icc: row -> the content's ICC profile, or None.
+    configs: row -> the settings to record for it (default: `cfg`).
+  """
+
+  def __init__(self, cfg, weights_info, paths, rows, *, icc=None, configs=None, prefix=''):
+    self.cfg, self.info = cfg, weights_info
+    self.paths, self.rows = dict(paths), rows
+    self.icc = icc or {}
+    self.configs = configs or {}
+    self.prefix = prefix
+    self.intermediates: dict[int, list[np.ndarray]] = {r: [] for r in self.paths}
+    # Made once the plan passed under the locks: the planned intermediates
+    # that exist now are this output's own (an interrupted run's, which the
+    # record claims too: trial 24). Any other name (one saved on a signal, or
+    # one another run wrote since) is written only where no file is.
+    every, stages = cfg.save.save_iter, stage_iterations(cfg)
+    there = {
+      r: [i for i in output_names.intermediates(p, every, stages) if os.path.lexists(i)]
+      for r, p in self.paths.items()
+    }
+    self.saved = {r: [p.name for p in paths] for r, paths in there.items()}
+    self.replaceable = {p for paths in there.values() for p in paths}
+    # What an earlier run's record claims beside each result this run replaces (trial 26).
+    self.earlier = {r: output_names.claimed(p) - {Path(p)} for r, p in self.paths.items()}
+    self.t0 = time.perf_counter()
+    self.history = hooks_lib.History(cfg.run.print_iter, list(self.paths), t0=self.t0)
+
+  def _save(self, path, rgb, r) -> None:
+    save = self.cfg.save
+    image_lib.save_image(
+      path, rgb, bit_depth=save.bit_depth, quality=save.quality, icc=self.icc.get(r)
+    )
+
+  def intermediate(self, iteration: int, images: dict[int, np.ndarray]) -> list[Path]:
+    """The engine's on_intermediate: <name>_<iteration>.png beside each output; those written."""
+    written = []
+    for r, rgb in images.items():
+      path = output_names.intermediate_path(self.paths[r], iteration)
+      if os.path.lexists(path) and path not in self.replaceable:
+        logging.warning('%skept %s: the image of iteration %d was not saved', self.prefix, path,
+                        iteration)  # fmt: skip
+        continue
+      self._save(path, rgb, r)
+      written.append(path)
+      if path.name not in self.saved[r]:
+        self.saved[r].append(path.name)
+      if self.cfg.save.record:
+        self.intermediates[r].append(rgb)
+      logging.info('%ssaved %s', self.prefix, errors.printable(path))
+    return written
+
+  def write(self, r: int, rgb: np.ndarray, record: dict) -> Path:
+    """Saves row r's result and its run record; returns the result's path."""
+    path = Path(self.paths[r])
+    self._save(path, rgb, r)
+    logging.info('%ssaved %s', self.prefix, errors.printable(path))
+    earlier = self.earlier.get(r, set())
+    if not self.cfg.save.record:  # an earlier record, loss plot, sheet: of the image replaced
+      for tail in output_names.RECORD_TAILS.values():
+        if (old := output_names.derived(path, tail)) in earlier:
+          old.unlink(missing_ok=True)
+    else:
+      row = self.rows[r]
+      # An earlier run's intermediates this one did not replace: still claimed, as that run's.
+      before = sorted(p.name for p in earlier if output_names.intermediate_number(p) is not None
+                      and p.name not in self.saved[r] and os.path.lexists(p))  # fmt: skip
+      record = {**record, 'history': self.history.history[r], 'earlier_intermediates': before}
+      record_lib.write(
+        path,
+        config=self.configs.get(r, self.cfg),
+        weights_info=self.info,
+        record={**record, 'intermediates': self.saved[r]},
+        total_s=time.perf_counter() - self.t0,
+        content=row.content,
+        styles=list(row.styles),
+        result=rgb,
+        intermediates=self.intermediates[r],
+      )
+    return path
+
+
+def unwritten(error: errors.WriteError, ckpt: Path) -> errors.WriteError:
+  """A result that could not be written, with what its checkpoint holds and how to go on.
+
+  A finished checkpoint gives the result on `run.resume` without iterating;
+  one whose last save failed too (the same full disk) holds an earlier
+  iteration, from which the resumed run goes on.
+  """
+  if not ckpt.exists():
+    return error
+  try:
+    payload = checkpoint_lib.read(ckpt)
+  except errors.NstError:
+    return error
+  if not checkpoint_lib.unfinished(payload):
+    kept = f'the checkpoint {ckpt} is kept: then continue with run.resume'
+    return errors.WriteError(f'{error}; {kept}')
+  return errors.WriteError(
+    f'{error}; the checkpoint {ckpt} could not be written at the end either and holds iteration '
+    f'{payload["iteration"]} of scale {payload.get("scale", 0) + 1}: continue from there with '
+    'run.resume'
+  )
+
+
+def duration(seconds: float) -> str:
+  """Seconds in words: 12.3 s, 4 min 5 s, 2 h 3 min."""
+  if seconds < 60:
+    return f'{seconds:.1f} s'
+  minutes, s = divmod(round(seconds), 60)
+  return f'{minutes} min {s} s' if minutes < 60 else f'{minutes // 60} h {minutes % 60} min'
+
+
+def summary(output: Path, record: dict, results: Results) -> str:
+  """One line at the end of a run: where, how long, how many iterations, why it stopped."""
+  stages = record.get('scales', [])
+  done = sum(s['iterations'] for s in stages)
+  why = ''
+  if stages and stages[-1]['stopped'] == 'converged':
+    why = (
+      f' (converged after {stages[-1]["iterations"]} of {stages[-1]["budget"]} at the last scale)'
+    )
+  history = results.history.history[0]
+  loss = f', final loss {history[-1]["total"]:.4g}' if history else ''
+  where = ''
+  if results.cfg.save.record:
+    where = f'; run record {errors.printable(record_lib.paths_for(output)["json"])}'
+  elapsed = duration(time.perf_counter() - results.t0)
+  # printable: a name with a newline stays on the one success line.
+  done = errors.counted(done, 'iteration')
+  return f'Done: {errors.printable(output)} in {elapsed}, {done}{why}{loss}{where}.'
