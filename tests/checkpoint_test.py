@@ -833,3 +833,33 @@ def test_a_rerun_keeps_claiming_or_removes_what_an_earlier_run_wrote(tmp_path, i
   assert (record['intermediates'], record['earlier_intermediates']) == (every, [])
   rerun(record=False)
   assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('r')) == ['r.png', *every]
+
+
+def test_a_record_that_cannot_be_written_leaves_the_result_unreplaced(
+  tmp_path, images, caffe_npz, monkeypatch
+):
+  """Trial 28: a disk full after the result left it without its record; the rerun then called
+  nst-jax's own result someone's. The record is written first, the result renamed after."""
+  from nst_jax.io import images as image_lib
+
+  content, style = images
+  out = tmp_path / 'r.png'
+  cfg = _cfg(content, style, out, caffe_npz, iterations=2, keep_checkpoint=False)
+  run(cfg)
+  before = _digests(tmp_path)
+  real = image_lib.atomic_write
+
+  def full(path, write, **kwargs):
+    if Path(path).suffix == '.json':
+      raise errors.WriteError(f'could not write {path}: No space left on device')
+    return real(path, write, **kwargs)
+
+  monkeypatch.setattr(image_lib, 'atomic_write', full)
+  other = cfg.replace(loss=cfg.loss.replace(style_weight=1.0))
+  with pytest.raises(errors.WriteError, match=r'r\.json: No space left on device'):
+    run(other)
+  after = {k: v for k, v in _digests(tmp_path).items() if not k.startswith('r.ckpt/')}
+  assert after == before  # neither the result nor its record replaced (the checkpoint is kept)
+  monkeypatch.setattr(image_lib, 'atomic_write', real)
+  run(other)  # the rerun takes its own result, as before the full disk
+  assert json.loads((tmp_path / 'r.json').read_text())['settings']['loss']['style_weight'] == 1.0

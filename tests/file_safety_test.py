@@ -495,11 +495,11 @@ def test_a_batch_killed_before_any_write_resumes_to_the_uninterrupted_results(
   writes = []
 
   def counting(real_write):
-    def write(path, what):
+    def write(path, what, **kwargs):
       writes.append(Path(path).name)
       if len(writes) == kill_at:
         raise _Killed
-      return real_write(path, what)
+      return real_write(path, what, **kwargs)
 
     return write
 

@@ -241,11 +241,18 @@ def to_uint8(rgb: np.ndarray) -> np.ndarray:
   return np.round(np.clip(np.asarray(rgb, np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+def atomic_write(
+  path: str | os.PathLike,
+  write: Callable[[str], None],
+  *,
+  then: Callable[[str], None] | None = None,
+) -> None:
   """Calls write(tmp) on a temporary file beside `path`, then renames it.
 
   A reader never sees a half-written `path`, and a failed write leaves any
-  existing `path` untouched.
+  existing `path` untouched. `then(tmp)`, if given, runs on the written
+  file before the rename (a result's run record, with its digest); if it
+  fails, nothing is renamed.
   """
   path = Path(path)
   tmp = None
@@ -258,6 +265,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
+    if then is not None:
+      then(tmp)
     os.replace(tmp, path)
   except BaseException as e:
     if tmp is not None:
@@ -375,6 +384,7 @@ def save_image(
   bit_depth: int = 8,
   quality: int = config_lib.DEFAULT_QUALITY,
   icc: bytes | None = None,
+  then: Callable[[str], None] | None = None,
 ) -> None:
   """Writes [H, W, 3] RGB in [0, 1] atomically, in the format of the suffix.
 
@@ -393,6 +403,8 @@ def save_image(
       resolution), `quality` its compression effort.
     icc: an ICC profile to embed (the content image's, so the numbers keep
       their meaning), or None.
+    then: called with the written temporary file before it is renamed into
+      place (`atomic_write`).
 
   Raises:
     ImageError: an unknown suffix, a format that cannot hold the result
@@ -412,7 +424,7 @@ def save_image(
   quality = int(quality)  # numpy's integers failed inside Pillow (trial 18)
   rgb = _savable(rgb)
   if bit_depth == 16:
-    atomic_write(path, lambda tmp: _write_png16(tmp, rgb, icc))
+    atomic_write(path, lambda tmp: _write_png16(tmp, rgb, icc), then=then)
     return
   image = Image.fromarray(to_uint8(rgb))
   options = {'icc_profile': icc} if icc else {}
@@ -429,4 +441,4 @@ def save_image(
     # brush strokes' colour edges live in (a 48 px result scored 3.7x its own
     # loss as 4:2:0, 1.2x as 4:4:4; trial 12).
     options['subsampling'] = 0
-  atomic_write(path, lambda tmp: image.save(tmp, format=fmt, **options))
+  atomic_write(path, lambda tmp: image.save(tmp, format=fmt, **options), then=then)

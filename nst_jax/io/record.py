@@ -73,7 +73,13 @@ def _device() -> dict[str, Any]:
 
 
 def build(
-  *, config: Any, weights_info: Any, record: dict, total_s: float, output: str | os.PathLike
+  *,
+  config: Any,
+  weights_info: Any,
+  record: dict,
+  total_s: float,
+  output: str | os.PathLike,
+  written: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
   """The JSON record as a dict (see the module docstring)."""
   history = record.get('history', [])
@@ -84,7 +90,9 @@ def build(
     # Where, whatever the working directory was: a copy elsewhere is not its result (trial 26).
     'output_resolved': str(output_names.resolved(output)),
     # Which file the record is of: a file put at its name since is not this run's.
-    'result_sha256': output_names.file_sha256(output) if Path(output).is_file() else None,
+    'result_sha256': output_names.file_sha256(written or output)
+    if Path(written or output).is_file()
+    else None,
     # And of which inputs: a batch's resume reruns a job whose images changed (trial 24).
     'inputs_sha256': _input_digests(config),
     'settings': json.loads(json.dumps(dataclasses.asdict(config))),
@@ -218,14 +226,26 @@ def write(
   styles: Sequence[np.ndarray],
   result: np.ndarray,
   intermediates: Sequence[np.ndarray] = (),
+  written: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
-  """Writes NAME.json, NAME.loss.png and NAME.sheet.jpg beside `output`."""
+  """Writes NAME.json, NAME.loss.png and NAME.sheet.jpg beside `output`.
+
+  `written`: the result's file not yet renamed to `output` (its digest goes
+  in the record), with the figures left to `figures` after the rename.
+  """
   paths = paths_for(output)
   data = build(
-    config=config, weights_info=weights_info, record=record, total_s=total_s, output=output
-  )
+    config=config, weights_info=weights_info, record=record, total_s=total_s, output=output,
+    written=written,
+  )  # fmt: skip
   text = json.dumps(data, indent=1)
   image_lib.atomic_write(paths['json'], lambda tmp: Path(tmp).write_text(text))
-  loss_plot(data['history'], paths['loss'])
-  contact_sheet([[content, *styles, result], list(intermediates)], paths['sheet'])
+  if written is None:
+    figures(paths, data['history'], [content, *styles, result], intermediates)
   return paths
+
+
+def figures(paths: dict[str, Path], history: list, row: Sequence, intermediates=()) -> None:
+  """The loss plot and the contact sheet (`row`: content, styles, result)."""
+  loss_plot(history, paths['loss'])
+  contact_sheet([list(row), list(intermediates)], paths['sheet'])

@@ -66,10 +66,10 @@ class Results:
     self.t0 = time.perf_counter()
     self.history = hooks_lib.History(cfg.run.print_iter, list(self.paths), t0=self.t0)
 
-  def _save(self, path, rgb, r) -> None:
+  def _save(self, path, rgb, r, then=None) -> None:
     save = self.cfg.save
     image_lib.save_image(
-      path, rgb, bit_depth=save.bit_depth, quality=save.quality, icc=self.icc.get(r)
+      path, rgb, bit_depth=save.bit_depth, quality=save.quality, icc=self.icc.get(r), then=then
     )
 
   def intermediate(self, iteration: int, images: dict[int, np.ndarray]) -> list[Path]:
@@ -93,30 +93,33 @@ class Results:
   def write(self, r: int, rgb: np.ndarray, record: dict) -> Path:
     """Saves row r's result and its run record; returns the result's path."""
     path = Path(self.paths[r])
-    self._save(path, rgb, r)
-    logging.info('%ssaved %s', self.prefix, errors.printable(path))
     earlier = self.earlier.get(r, set())
-    if not self.cfg.save.record:  # an earlier record, loss plot, sheet: of the image replaced
-      for tail in output_names.RECORD_TAILS.values():
+    if not self.cfg.save.record:
+      self._save(path, rgb, r)
+      logging.info('%ssaved %s', self.prefix, errors.printable(path))
+      for tail in output_names.RECORD_TAILS.values():  # an earlier record: of the image replaced
         if (old := output_names.derived(path, tail)) in earlier:
           old.unlink(missing_ok=True)
-    else:
-      row = self.rows[r]
-      # An earlier run's intermediates this one did not replace: still claimed, as that run's.
-      before = sorted(p.name for p in earlier if output_names.intermediate_number(p) is not None
-                      and p.name not in self.saved[r] and os.path.lexists(p))  # fmt: skip
-      record = {**record, 'history': self.history.history[r], 'earlier_intermediates': before}
+      return path
+    row = self.rows[r]
+    # An earlier run's intermediates this one did not replace: still claimed, as that run's.
+    before = sorted(p.name for p in earlier if output_names.intermediate_number(p) is not None
+                    and p.name not in self.saved[r] and os.path.lexists(p))  # fmt: skip
+    record = {**record, 'history': self.history.history[r], 'earlier_intermediates': before}
+    record = {**record, 'intermediates': self.saved[r]}
+    config, seconds = self.configs.get(r, self.cfg), time.perf_counter() - self.t0
+
+    def record_first(tmp: str) -> None:  # trial 28: a full disk left a result without a record
       record_lib.write(
-        path,
-        config=self.configs.get(r, self.cfg),
-        weights_info=self.info,
-        record={**record, 'intermediates': self.saved[r]},
-        total_s=time.perf_counter() - self.t0,
-        content=row.content,
-        styles=list(row.styles),
-        result=rgb,
-        intermediates=self.intermediates[r],
-      )
+        path, config=config, weights_info=self.info, record=record, total_s=seconds,
+        content=row.content, styles=list(row.styles), result=rgb, written=tmp,
+      )  # fmt: skip
+
+    self._save(path, rgb, r, then=record_first)
+    logging.info('%ssaved %s', self.prefix, errors.printable(path))
+    history = record['history']
+    record_lib.figures(record_lib.paths_for(path), history, [row.content, *row.styles, rgb],
+                       self.intermediates[r])  # fmt: skip
     return path
 
 
