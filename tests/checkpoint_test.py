@@ -863,3 +863,27 @@ def test_a_record_that_cannot_be_written_leaves_the_result_unreplaced(
   monkeypatch.setattr(image_lib, 'atomic_write', real)
   run(other)  # the rerun takes its own result, as before the full disk
   assert json.loads((tmp_path / 'r.json').read_text())['settings']['loss']['style_weight'] == 1.0
+
+
+def test_a_checkpoint_save_cut_short_leaves_no_temporary_directory(
+  tmp_path, images, caffe_npz, monkeypatch
+):
+  """Trial 28: a full disk left `.r.ckpt.nst-XXXXXXXX.tmp/` (orbax wrote into it after the
+  failed save was cleaned up); the run removes its temporaries again when it ends."""
+  content, style = images
+  out = tmp_path / 'r.png'
+
+  def cut_short(path, payload):
+    left = Path(path).with_name(f'.{Path(path).name}.nst-abcd1234.tmp') / '0.orbax-checkpoint-tmp'
+    left.mkdir(parents=True, exist_ok=True)
+    (left / 'part').write_bytes(b'half a state')
+    raise errors.WriteError(f'could not write {path}: No space left on device')
+
+  monkeypatch.setattr(checkpoint_lib, 'write', cut_short)
+  run(_cfg(content, style, out, caffe_npz, iterations=2, keep_checkpoint=False))
+  assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(('r', '.r'))) == [
+    'r.json',
+    'r.loss.png',
+    'r.png',
+    'r.sheet.jpg',
+  ]

@@ -405,9 +405,17 @@ def locked(
   ]
   with output_locks.hold(files):
     then_check()
-    for out in mine:
-      output_names.remove_temporaries(out.files)
-      for kind, path in out.derived:
-        if kind == 'checkpoint':  # what a killed save left inside it
-          checkpoint_store.remove_litter(path)
-    yield
+    _remove_litter(mine)
+    try:
+      yield
+    finally:  # trial 28: a save a full disk cut short left its temporary directory behind
+      _remove_litter(mine)
+
+
+def _remove_litter(mine: Sequence[Output]) -> None:
+  """The temporary files a killed (or failed) run left beside its outputs and in checkpoints."""
+  for out in mine:
+    output_names.remove_temporaries(out.files)
+    for kind, path in out.derived:
+      if kind == 'checkpoint':  # what a killed save left inside it
+        checkpoint_store.remove_litter(path)
