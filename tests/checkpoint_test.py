@@ -158,6 +158,8 @@ def test_sighup_saves_into_the_checkpoint_dir_and_resume_continues_bitwise(
   assert proc.returncode == 128 + signal.SIGHUP, stderr
   assert f'interrupted by signal {int(signal.SIGHUP)} after iteration' in stderr
   assert 'Traceback' not in stderr
+  # Trial 28: it said only "continue with --resume", which found no checkpoint and started over.
+  assert stderr.rstrip().endswith(f'continue with --resume and --checkpoint_dir {bucket}'), stderr
   stopped_at = checkpoint_lib.read(ckpt)['iteration']
   assert 5 <= stopped_at < total and not out.exists()
   assert not checkpoint_lib.path_for(out).exists()  # nothing beside the output
@@ -348,8 +350,12 @@ def test_resume_at_the_end_keeps_the_record_and_fewer_iterations_are_refused(
 def test_missing_or_damaged_checkpoint(tmp_path, images, caffe_npz):
   content, style = images
   out = tmp_path / 'o.png'
-  with pytest.raises(errors.NstError, match='no checkpoint .* to resume'):
+  with pytest.raises(errors.NstError) as e:
     run(_cfg(content, style, out, caffe_npz, resume=True))
+  assert str(e.value) == (  # trial 28: the run may have had a run.checkpoint_dir
+    f'no checkpoint {tmp_path / "o.ckpt"} to resume (or give the run.checkpoint_dir it ran with); '
+    'run without run.resume to start'
+  )
   checkpoint_lib.path_for(out).write_bytes(b'\x00garbage')
   with pytest.raises(errors.NstError, match='is unreadable|is not an nst-jax checkpoint'):
     run(_cfg(content, style, out, caffe_npz, resume=True))

@@ -77,6 +77,9 @@ class Watch:
   @classmethod
   def of_run(cls, run, **kwargs) -> 'Watch':
     """The hooks a RunConfig asks for (progress, print_iter, checkpoints), plus `kwargs`."""
+    # The folder too: a resume without it found no checkpoint, and started over (trial 28).
+    where = f' and run.checkpoint_dir {run.checkpoint_dir}' if run.checkpoint_dir else ''
+    kwargs.setdefault('resume_as', f'run.resume{where}')
     return cls(
       progress=run.progress,
       print_iter=run.print_iter,

@@ -150,7 +150,8 @@ def _single_output(cfg: config_lib.StyleConfig) -> Path:
       f'before 2026-12 for non-PNG outputs: rename it to {ckpt.name} and resume again'
     )
   if cfg.run.resume and not ckpt.exists():
-    raise errors.NstError(f'no checkpoint {ckpt} to resume; run without run.resume to start')
+    other = '' if cfg.run.checkpoint_dir else ' (or give the run.checkpoint_dir it ran with)'
+    raise errors.NstError(f'no checkpoint {ckpt} to resume{other}; run without run.resume to start')
   return output
 
 
