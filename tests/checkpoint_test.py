@@ -799,7 +799,8 @@ def test_a_kept_checkpoint_claims_only_the_result_it_was_kept_with(tmp_path, ima
   out = tmp_path / 'r.png'
   cfg = _cfg(content, style, out, caffe_npz, iterations=2, record=False)
   run(cfg)
-  assert checkpoint_store.noted_result(tmp_path / 'r.ckpt') == output_names.file_sha256(out)
+  noted = checkpoint_store.noted_result(tmp_path / 'r.ckpt')
+  assert noted == (output_names.file_sha256(out), str(out.resolve()))
   kept = out.read_bytes()
   out.write_bytes(b'my picture')
   for resume in (False, True):
@@ -811,6 +812,15 @@ def test_a_kept_checkpoint_claims_only_the_result_it_was_kept_with(tmp_path, ima
     )
     assert out.read_bytes() == b'my picture'
   out.write_bytes(kept)
+  # Trial 28: the pair copied elsewhere (cp -a out backup) was claimed there too.
+  import shutil
+
+  copy = tmp_path / 'backup'
+  copy.mkdir()
+  shutil.copy(out, copy / 'r.png')
+  shutil.copytree(tmp_path / 'r.ckpt', copy / 'r.ckpt')
+  with pytest.raises(errors.NstError, match=r'r\.png exists and no nst-jax run record says'):
+    run(cfg.replace(save=cfg.save.replace(path=str(copy / 'r.png'))))
   run(cfg)  # its own result: replaced by the rerun
   assert out.read_bytes() == kept
 

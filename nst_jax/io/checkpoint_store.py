@@ -229,7 +229,7 @@ def _create(path: Path, state: dict, meta: dict) -> None:
   _rmtree(tmp)  # the old file, now under the temporary name
 
 
-def note_result(path: Path, digest: str) -> None:
+def note_result(path: Path, digest: str, result: Path | None = None) -> None:
   """Puts a kept checkpoint's result digest (SHA-256 hex) in its marker.
 
   A finished checkpoint owns the result beside it (a run killed while
@@ -240,15 +240,18 @@ def note_result(path: Path, digest: str) -> None:
   marker = path / MARKER
   if is_directory(path) and marker.is_file() and not marker.is_symlink():
     data = {'format': FORMAT, 'writer': 'nst-jax', 'result_sha256': digest}
+    if result is not None:  # where: a copy of result and checkpoint elsewhere is not it (trial 28)
+      data['result_path'] = os.path.realpath(result)
     marker.write_text(json.dumps(data) + '\n')  # small: no temporary (foreign() names none)
 
 
-def noted_result(path: Path) -> str | None:
-  """The result digest `note_result` put in the marker, or None."""
-  with contextlib.suppress(OSError, ValueError):
-    digest = json.loads((path / MARKER).read_text()).get('result_sha256')
-    return digest if isinstance(digest, str) else None
-  return None
+def noted_result(path: Path) -> tuple[str | None, str | None]:
+  """(The result digest, its resolved path) `note_result` put in the marker, or Nones."""
+  with contextlib.suppress(OSError, ValueError, AttributeError):
+    data = json.loads((path / MARKER).read_text())
+    digest, where = data.get('result_sha256'), data.get('result_path')
+    return (digest if isinstance(digest, str) else None, where if isinstance(where, str) else None)
+  return None, None
 
 
 def remove(path: str | os.PathLike) -> None:

@@ -254,7 +254,7 @@ def _run_batch(jobs, cfg, weights, record, mesh, plan, recheck) -> dict[str, np.
       if distributed.mine(index) and not cfg.run.keep_checkpoint:
         checkpoint_lib.remove(ckpt)
       elif distributed.mine(index) and Path(job.output).is_file():
-        checkpoint_store.note_result(ckpt, output_names.file_sha256(job.output))
+        checkpoint_store.note_result(ckpt, output_names.file_sha256(job.output), job.output)
   return written
 
 

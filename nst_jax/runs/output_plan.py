@@ -269,8 +269,12 @@ def _checkpoints_own(out: Output) -> tuple[set[Path], int | None]:
     if kind == INTERMEDIATE and (output_names.intermediate_number(p) or done + 1) <= done
   }  # fmt: skip
   if not checkpoint_lib.unfinished(payload) and not _foreign_record(out):
-    noted = checkpoint_store.noted_result(out.state)  # kept: the result it was kept with
-    if noted is None or not out.result.is_file() or output_names.file_sha256(out.result) == noted:
+    noted, where = checkpoint_store.noted_result(out.state)  # kept: the result it was kept with
+    elsewhere = where is not None and where != str(output_names.resolved(out.result))
+    same = (
+      noted is None or not out.result.is_file() or output_names.file_sha256(out.result) == noted
+    )
+    if same and not elsewhere:
       ours |= set(out.files)
   return ours, done
 

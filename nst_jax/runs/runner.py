@@ -295,6 +295,6 @@ def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan, resume)
     if not cfg.run.keep_checkpoint:
       checkpoint_lib.remove(ckpt)  # finished: the result is saved, free the space
     else:
-      checkpoint_store.note_result(ckpt, output_names.file_sha256(output))
+      checkpoint_store.note_result(ckpt, output_names.file_sha256(output), output)
     logging.info('%s', results_lib.summary(output, record, results))
     return output
