@@ -847,8 +847,11 @@ def test_a_rerun_keeps_claiming_or_removes_what_an_earlier_run_wrote(tmp_path, i
   assert (record['intermediates'], record['earlier_intermediates']) == ([], every)
   record = rerun(save_iter=1)  # was refused: "no nst-jax run record says nst-jax wrote it"
   assert (record['intermediates'], record['earlier_intermediates']) == (every, [])
-  rerun(record=False)
-  assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('r')) == ['r.png', *every]
+  rerun(record=False, save_iter=2)  # trial 28: the earlier run's were left, nobody's
+  assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('r')) == [
+    'r.png',
+    'r_00002.png',  # this run's own (unclaimed: no record)
+  ]
 
 
 def test_a_record_that_cannot_be_written_leaves_the_result_unreplaced(

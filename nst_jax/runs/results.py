@@ -100,6 +100,9 @@ class Results:
       for tail in output_names.RECORD_TAILS.values():  # an earlier record: of the image replaced
         if (old := output_names.derived(path, tail)) in earlier:
           old.unlink(missing_ok=True)
+      for old in earlier:  # and the intermediates it claimed, nobody's without it (trial 28)
+        if output_names.intermediate_number(old) is not None and old.name not in self.saved[r]:
+          old.unlink(missing_ok=True)
       return path
     row = self.rows[r]
     # An earlier run's intermediates this one did not replace: still claimed, as that run's.
