@@ -283,3 +283,6 @@ def test_a_full_disk_is_said_as_such_and_orbaxs_own_lines_are_not_shown():
   future = 'Future exception was never retrieved\nfuture: <Future finished exception=...>'
   loose = logging.LogRecord('asyncio', logging.ERROR, 'base_events.py', 1, future, None, None)
   assert not keep.filter(loose)
+  task = logging.LogRecord('asyncio', logging.ERROR, 'base_events.py', 1, 'Task exception was '
+                           'never retrieved\nfuture: <Task finished ...>', None, None)  # fmt: skip
+  assert not keep.filter(task)

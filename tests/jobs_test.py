@@ -205,3 +205,26 @@ def test_an_empty_entry_between_plus_signs_is_named(tmp_path):
   assert (
     str(e.value) == f"{jobs} line 2: style has an empty entry in 's.jpg+'; separate files with +"
   )
+
+
+def test_json_lines_slips_of_type_and_a_plus_in_a_file_name_are_named(tmp_path):
+  """Trial 28: true was taken as content weight 1, output 0 as an automatic name, and a+b.jpg
+  (one file) as two styles, 'image a does not exist'."""
+  (tmp_path / 'a+b.jpg').write_bytes(b'x')
+  cases = [
+    ('{"content": "c.jpg", "style": "s.jpg", "content_weight": true}',
+     'content_weight must be a number, got true'),
+    ('{"content": "c.jpg", "style": "s.jpg", "output": 0}',
+     'output must be an image path (text), got 0; give a non-empty string'),
+    ('{"content": "c.jpg", "style": "a+b.jpg"}',
+     "style 'a+b.jpg' is one file, but + separates files here; rename it, or give the styles as "
+     'a JSON list in a .jsonl jobs file'),
+  ]  # fmt: skip
+  jobs = tmp_path / 'j.jsonl'
+  for line, message in cases:
+    jobs.write_text(line + '\n')
+    with pytest.raises(errors.ConfigError) as e:
+      jobs_lib.read_jobs(jobs)
+    assert str(e.value) == f'{jobs} line 1: {message}'
+  jobs.write_text('{"content": "c.jpg", "style": ["a+b.jpg"]}\n')
+  assert jobs_lib.read_jobs(jobs)[0].style == (str(tmp_path / 'a+b.jpg'),)

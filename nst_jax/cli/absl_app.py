@@ -54,7 +54,9 @@ class _NotFromOrbax(logging.Filter):
   (trial 22), which says what failed and that the run goes on."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if record.name == 'asyncio' and str(record.msg).startswith('Future exception was never '):
+    if record.name == 'asyncio' and str(record.msg).startswith(
+      ('Future exception was never', 'Task exception was never')  # trial 28: a Task's too
+    ):
       return False  # trial 26: a refused damaged checkpoint's other reads, left at exit
     return f'{os.sep}orbax{os.sep}' not in record.pathname or record.levelno >= logging.CRITICAL
 

@@ -214,7 +214,13 @@ def _job(path: Path, number: int, row: dict) -> Job:
   def paths(key: str, value) -> list[str]:
     if isinstance(value, list):
       return [text(key, v) for v in value]
-    found = text(key, value).split('+')
+    value = text(key, value)
+    if '+' in value and Path(resolve(value)).is_file():  # trial 28: 'image a does not exist'
+      raise errors.ConfigError(
+        f'{where}: {key} {value!r} is one file, but + separates files here; rename it, or give '
+        'the styles as a JSON list in a .jsonl jobs file'
+      )
+    found = value.split('+')
     if not all(p.strip() for p in found):  # trial 26: 'image . does not exist' for 's.jpg+'
       raise errors.ConfigError(
         f'{where}: {key} has an empty entry in {value!r}; separate files with +'
@@ -228,6 +234,8 @@ def _job(path: Path, number: int, row: dict) -> Job:
     value = row.get(key)
     if value is None or value == '':
       return None
+    if isinstance(value, bool):  # trial 28: true was taken as 1
+      raise errors.ConfigError(f'{where}: {key} must be a number, got {json.dumps(value)}')
     try:
       x = float(value)
     except (TypeError, ValueError):
@@ -236,7 +244,7 @@ def _job(path: Path, number: int, row: dict) -> Job:
       raise errors.ConfigError(f'{where}: {key} must be a finite number >= 0, got {value!r}')
     return x
 
-  output = text('output', row['output']) if row.get('output') else ''
+  output = text('output', row['output']) if row.get('output') not in (None, '') else ''
   content_mask = text('content_mask', row['content_mask']) if row.get('content_mask') else ''
   masks = row.get('style_masks') or []
   masks = paths('style_masks', masks) if masks else []
