@@ -106,3 +106,41 @@ def test_a_video_output_name_that_is_not_utf8_is_refused_before_any_frame(tmp_pa
     'checkpoints there under UTF-8 names only; choose another save.path'
   )
   assert sorted(p.name for p in tmp_path.iterdir()) == ['clip']
+
+
+def test_what_a_video_cannot_do_is_refused_before_any_work(tmp_path, caffe_npz, caplog):
+  """Trial 28: an --init file was refused late in the API's words (its work directory left),
+  16 bits and intermediates were taken and not done, and a second run on a live one's output
+  was told to delete the live run's work directory."""
+  from nst_jax.runs import output_locks
+
+  frames, _ = video_clips.moving_square_clip(n=2, height=24, width=32)
+  src = tmp_path / 'clip'
+  src.mkdir()
+  for k, rgb in enumerate(frames):
+    image_lib.save_image(src / f'f{k:03d}.png', rgb)
+  out = tmp_path / 'v.mp4'
+  cfg = nst_jax.StyleConfig(
+    inputs=nst_jax.InputConfig(content_path=str(src), style_path=(STYLES[0],), width=32),
+    model=nst_jax.ModelConfig(weights=str(caffe_npz)),
+    save=nst_jax.SaveConfig(path=str(out)),
+  )
+  for changed, message in (
+    (cfg.replace(inputs=cfg.inputs.replace(init=STYLES[1])),
+     f"inputs.init '{STYLES[1]}': a video starts each frame from its content, noise, grey or the "
+     'frame before; give inputs.init content, random or gray'),
+    (cfg.replace(save=cfg.save.replace(bit_depth=16)),
+     'save.bit_depth 16 is for image results; a video is written with 8 bits per channel: use '
+     'save.bit_depth 8'),
+  ):  # fmt: skip
+    with pytest.raises(errors.ConfigError) as e:
+      video_pipeline.run_video(changed)
+    assert str(e.value) == message
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['clip']
+  (tmp_path / '.v.mp4.work' / 'final').mkdir(parents=True)
+  (tmp_path / '.v.mp4.work' / 'final' / 'frame_00000.png').write_bytes(b'a live run frame')
+  with output_locks.hold([out]), pytest.raises(errors.NstError) as e:
+    video_pipeline.run_video(cfg)
+  assert str(e.value) == (
+    f'another nst-jax run is writing {out}; wait for it to finish or choose another output name'
+  )

@@ -72,6 +72,19 @@ def run_video(cfg: config_lib.StyleConfig) -> Path:
       f'video.passes is {v.passes} but schedule.iterations is {cfg.schedule.iterations}, and '
       'each pass needs an iteration; raise schedule.iterations or lower video.passes'
     )
+  # Trial 28: refused late in the API's words (an --init file), or taken and not done (16 bits,
+  # intermediates).
+  if cfg.inputs.init not in config_lib.INITS:
+    raise errors.ConfigError(
+      f'inputs.init {cfg.inputs.init!r}: a video starts each frame from its content, noise, '
+      'grey or the frame before; give inputs.init content, random or gray'
+    )
+  if cfg.save.bit_depth != 8:
+    raise errors.ConfigError('save.bit_depth 16 is for image results; a video is written with 8 '
+                             'bits per channel: use save.bit_depth 8')  # fmt: skip
+  if cfg.save.save_iter:
+    logging.warning('save.save_iter applies to image and batch runs; a video saves no images '
+                    'between its frames')  # fmt: skip
   clip = video_lib.open_clip(cfg.inputs.content_path, v.frames, v.fps)
   if cfg.run.checkpoint_dir:  # trial 22: a bucket asked for, and the state on the VM's disk
     logging.warning('run.checkpoint_dir applies to image and batch runs; a video keeps its '

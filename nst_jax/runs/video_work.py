@@ -28,6 +28,7 @@ from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
 from nst_jax.io import output_names
 from nst_jax.io import outputs
+from nst_jax.runs import output_locks
 from nst_jax.runs import output_plan
 
 # What made the finished frames, at the work directory's top.
@@ -83,6 +84,11 @@ def paths(cfg: config_lib.StyleConfig) -> Paths:
       logging.warning('Discarded %s: the run that left it finished no frame.', work)
       shutil.rmtree(work)
   started = work.exists() and not stale
+  if started and output_locks.busy(output):  # trial 28: told to delete a live run's work
+    raise errors.NstError(
+      f'another nst-jax run is writing {output}; wait for it to finish or choose another output '
+      'name'
+    )
   if started and not cfg.run.resume:
     raise errors.NstError(
       f'{work} holds an unfinished video run; continue it with run.resume, or delete it to start '
