@@ -144,3 +144,37 @@ def test_what_a_video_cannot_do_is_refused_before_any_work(tmp_path, caffe_npz, 
   assert str(e.value) == (
     f'another nst-jax run is writing {out}; wait for it to finish or choose another output name'
   )
+
+
+def test_a_pass_whose_frames_checkpoints_disagree_runs_again_from_its_start(
+  tmp_path, caffe_npz, caplog
+):
+  """Trial 28: killed while a pass's checkpoints were saved, frame 0 one step ahead of frame 1;
+  the resume mixed them into another video, exit 0 (or, one missing, was refused for ever)."""
+  from nst_jax.io import checkpoint as checkpoint_lib
+
+  frames, _ = video_clips.moving_square_clip(n=2, height=24, width=32)
+  src = tmp_path / 'clip'
+  src.mkdir()
+  for k, rgb in enumerate(frames):
+    image_lib.save_image(src / f'f{k:03d}.png', rgb, bit_depth=16)
+  cfg = nst_jax.StyleConfig(
+    inputs=nst_jax.InputConfig(content_path=str(src), style_path=(STYLES[0],), width=32),
+    model=nst_jax.ModelConfig(weights=str(caffe_npz)),
+    loss=small_runs.loss_config(),
+    schedule=nst_jax.ScheduleConfig(iterations=4),
+    save=nst_jax.SaveConfig(path=f'{tmp_path}/out/'),
+    run=nst_jax.RunConfig(progress='log', print_iter=0, keep_checkpoint=True),
+    video=nst_jax.VideoConfig(passes=2),
+  )
+  video_pipeline.run_video(cfg)
+  whole = {p.name: p.read_bytes() for p in (tmp_path / 'out').iterdir()}
+  pass2 = tmp_path / '.out.work' / 'pass2'
+  for k in range(2):
+    (pass2 / f'frame_{k:05d}.png').unlink()  # pass 2 unfinished ...
+  state = {'image': np.zeros((1, 24, 32, 3), np.float32)}
+  payload = checkpoint_lib.snapshot(state, iteration=1, total=2, settings={})
+  checkpoint_lib.write(pass2 / 'frame_00000.ckpt', payload)  # ... frame 0 saved, frame 1 not
+  video_pipeline.run_video(cfg.replace(run=cfg.run.replace(resume=True)))
+  assert "pass 2: its frames' checkpoints hold different iterations (1, -1" in caplog.text
+  assert {p.name: p.read_bytes() for p in (tmp_path / 'out').iterdir()} == whole

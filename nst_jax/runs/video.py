@@ -44,6 +44,7 @@ from nst_jax.engine import rows as rows_lib
 from nst_jax.engine import schedule as schedule_lib
 from nst_jax.engine import sharding as sharding_lib
 from nst_jax.engine import signals
+from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
 from nst_jax.io import output_names
@@ -276,6 +277,7 @@ def _passes(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.nda
     if all(paths.frame(k, stage).exists() for k in range(n)):
       results = [video_lib.load_work_frame(paths.frame(k, stage))[0] for k in range(n)]
       continue
+    _whole_pass(paths, stage, group, local, p)
     step = 1 if p % 2 else -1  # odd passes look back, even ones ahead
     rows = {}
     for r in local:
@@ -318,6 +320,36 @@ def _passes(cfg, w, frames, styles, paths, record, stop, preview) -> list[np.nda
     )
   record['flow_s'] = flows.seconds
   return results
+
+
+def _whole_pass(paths, stage, group, local, p) -> None:
+  """Removes a pass's checkpoints unless every frame's holds the same iteration (trial 28).
+
+  The frames of a pass are one batch with one iteration count, but their
+  checkpoints are saved one after another: a kill between two left frames
+  at different iterations, and the resume mixed them (or, with one missing,
+  was refused for ever). The pass then runs again from its start, whose
+  inputs (the previous pass's frames) are kept.
+  """
+  from nst_jax.engine import distributed
+
+  held = {}
+  for r in local:
+    if group.rows[r] is not None:
+      ckpt = paths.checkpoint(group.rows[r], stage)
+      try:
+        held[r] = np.array([checkpoint_lib.read(ckpt)['iteration'] if ckpt.exists() else -1])
+      except errors.NstError:  # cut short: as missing
+        held[r] = np.array([-1])
+  table = distributed.gather_rows(held, len(group.rows), 1)[:, 0]
+  real = [int(table[r]) for r, k in enumerate(group.rows) if k is not None]
+  if len(set(real)) > 1:
+    logging.warning('pass %d: its frames\' checkpoints hold different iterations (%s: stopped '
+                    'while they were saved); the pass runs again from its start', p + 1,
+                    ', '.join(map(str, real)))  # fmt: skip
+    for r in held:
+      checkpoint_store.remove(paths.checkpoint(group.rows[r], stage))
+    output_names.remove_temporaries([paths.checkpoint(group.rows[r], stage) for r in held])
 
 
 def _gather(layout, group, rgb, local, shape) -> list[np.ndarray]:
