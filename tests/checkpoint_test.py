@@ -906,3 +906,20 @@ def test_a_checkpoint_save_cut_short_leaves_no_temporary_directory(
     'r.png',
     'r.sheet.jpg',
   ]
+
+
+def test_a_resumed_record_claims_the_image_its_stop_saved(tmp_path, images, caffe_npz):
+  """Trial 28: the stop's NAME_<k>.png was nobody's after a resume, and a folder batch into
+  its own folder then styled it as a photo."""
+  content, style = images
+  out = tmp_path / 'r.png'
+  run(_cfg(content, style, out, caffe_npz))  # 4 iterations, the checkpoint kept
+  ckpt = checkpoint_lib.path_for(out)
+  meta = checkpoint_lib.read(ckpt)
+  _edit_meta(ckpt, total=10, extra={**meta['extra'], 'iterations': 10})  # stopped at 4 of 10
+  (tmp_path / 'r_00004.png').write_bytes(out.read_bytes())  # the image its stop saved
+  (tmp_path / 'r_00005.png').write_bytes(b'past the checkpoint: not claimed')
+  for name in ('r.png', 'r.json', 'r.loss.png', 'r.sheet.jpg'):  # as a stopped run leaves it
+    (tmp_path / name).unlink()
+  run(_cfg(content, style, out, caffe_npz, iterations=10, resume=True))
+  assert json.loads((tmp_path / 'r.json').read_text())['intermediates'] == ['r_00004.png']

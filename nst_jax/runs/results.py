@@ -59,6 +59,9 @@ class Results:
       r: [i for i in output_names.intermediates(p, every, stages) if os.path.lexists(i)]
       for r, p in self.paths.items()
     }
+    if cfg.run.resume:  # a stop's image, up to the checkpoint's iteration: claimed (trial 28)
+      for r, p in self.paths.items():
+        there[r] += [q for q in _stop_images(p, cfg.run.checkpoint_dir) if q not in there[r]]
     self.saved = {r: [p.name for p in paths] for r, paths in there.items()}
     self.replaceable = {p for paths in there.values() for p in paths}
     # What an earlier run's record claims beside each result this run replaces (trial 26).
@@ -124,6 +127,19 @@ class Results:
     record_lib.figures(record_lib.paths_for(path), history, [row.content, *row.styles, rgb],
                        self.intermediates[r])  # fmt: skip
     return path
+
+
+def _stop_images(output: Path, checkpoint_dir: str | None) -> list[Path]:
+  """NAME_<k>.png beside `output` with k up to its checkpoint's iteration: a stopped run's."""
+  try:
+    payload = checkpoint_lib.read(checkpoint_lib.path_for(output, checkpoint_dir))
+    held = checkpoint_lib.extra(payload).get('offset', 0) + payload['iteration']
+    names = os.listdir(Path(output).parent)
+  except (errors.NstError, OSError):  # none, or unreadable: the run refuses or starts afresh
+    return []
+  found = [Path(output).with_name(n) for n in sorted(names)]
+  return [q for q in found if output_names.stopped_from(q) == Path(output)
+          and (output_names.intermediate_number(q) or held + 1) <= held]  # fmt: skip
 
 
 def unwritten(error: errors.WriteError, ckpt: Path) -> errors.WriteError:
