@@ -923,3 +923,22 @@ def test_a_resumed_record_claims_the_image_its_stop_saved(tmp_path, images, caff
     (tmp_path / name).unlink()
   run(_cfg(content, style, out, caffe_npz, iterations=10, resume=True))
   assert json.loads((tmp_path / 'r.json').read_text())['intermediates'] == ['r_00004.png']
+
+
+def test_an_image_saved_over_an_intermediate_is_not_replaced(tmp_path, images, caffe_npz):
+  """Trial 28: records claimed intermediates by name only, and a rerun replaced the user's
+  picture saved over r_00002.png without --overwrite."""
+  content, style = images
+  out = tmp_path / 'r.png'
+  cfg = _cfg(content, style, out, caffe_npz, save_iter=1, keep_checkpoint=False)
+  run(cfg)
+  record = json.loads((tmp_path / 'r.json').read_text())
+  assert sorted(record['intermediates_sha256']) == ['r_00001.png', 'r_00002.png', 'r_00003.png']
+  (tmp_path / 'r_00002.png').write_bytes(b'my picture')
+  with pytest.raises(errors.NstError) as e:
+    run(cfg)
+  assert str(e.value) == (
+    f'{tmp_path / "r_00002.png"} exists, beside r.png, and no nst-jax run record says nst-jax '
+    'wrote it; choose another output name, or replace it with save.overwrite'
+  )
+  assert (tmp_path / 'r_00002.png').read_bytes() == b'my picture'

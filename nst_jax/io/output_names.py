@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 import re
 import shutil
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -183,14 +184,21 @@ def claimed(output: str | os.PathLike) -> set[Path]:
     return set()
   listed = [*_names(data.get('intermediates')), *_names(data.get('earlier_intermediates'))]
   names = [n for n in listed if isinstance(n, str) and '/' not in n]
+  # By digest where the record holds one: an image saved over one is someone's (trial 28).
+  digests = data.get('intermediates_sha256')
+  digests = digests if isinstance(digests, dict) else {}
   ours = {output, *(derived(output, tail) for tail in RECORD_TAILS.values())} | {
-    output.with_name(n) for n in names
+    output.with_name(n) for n in names if not _changed(output.with_name(n), digests.get(n))
   }
   frames = data.get('frames')
   if output.is_dir() and isinstance(frames, int) and not isinstance(frames, bool):
     with contextlib.suppress(OSError):  # unreadable: nothing in it is known to be ours
       ours |= {output / n for n in os.listdir(output) if _frame_number(n) in range(1, frames + 1)}
   return ours
+
+
+def _changed(path: Path, digest: Any) -> bool:
+  return isinstance(digest, str) and path.is_file() and file_sha256(path) != digest
 
 
 def _names(value) -> list:

@@ -72,6 +72,12 @@ def _device() -> dict[str, Any]:
   }
 
 
+def _digests(output: str | os.PathLike, record: dict) -> dict[str, str]:
+  names = [*record.get('intermediates', []), *record.get('earlier_intermediates', [])]
+  there = [(n, Path(output).with_name(n)) for n in names]
+  return {n: output_names.file_sha256(p) for n, p in there if p.is_file()}
+
+
 def build(
   *,
   config: Any,
@@ -117,6 +123,8 @@ def build(
     'final_losses': {k: v for k, v in last.items() if k not in ('scale', 'iteration', 'time_s')},
     # The files it saved beside the output, which a rerun may replace (output_names.claimed).
     'intermediates': list(record.get('intermediates', [])),
+    # Each one's digest: an image saved over one is someone's (trial 28).
+    'intermediates_sha256': _digests(output, record),
     # An earlier run's to this output, not replaced by this one: still nst-jax's (trial 26).
     'earlier_intermediates': list(record.get('earlier_intermediates', [])),
     'history': history,
