@@ -98,3 +98,12 @@ def test_input_files_name_each_input(files):
     'init image of job 1': 'i.png',
     'weights file': 'w.npz',
   }
+
+
+def test_a_mask_black_everywhere_is_warned_of(files, caplog):
+  """Trial 28: an all-black style mask gave back the content image, exit 0, unsaid."""
+  Image.new('L', (64, 48)).save(files / 'black.png')
+  black = str(files / 'black.png')
+  row = inputs.load_row(_cfg(), str(files / 'c.png'), [str(files / 's.png')], style_masks=[black])
+  assert not row.style_masks.any()
+  assert f'inputs.style_masks {black} is black everywhere: its term applies nowhere' in caplog.text

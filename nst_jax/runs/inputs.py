@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from absl import logging
 import numpy as np
 
 from nst_jax import config as config_lib
@@ -85,7 +86,10 @@ def load_row(
   height = rgb.shape[0]
 
   def mask(field, path):
-    return read(field, image_lib.load_mask, path, height, i.width)
+    found = read(field, image_lib.load_mask, path, height, i.width)
+    if not found.any():  # trial 28: the style applied nowhere, and the content came back
+      logging.warning('%s %s is black everywhere: its term applies nowhere', field, path)
+    return found
 
   init = None
   if i.init not in config_lib.INITS:
