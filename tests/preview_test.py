@@ -193,3 +193,36 @@ def test_live_page_in_headless_chromium(tmp_path, caffe_npz):
     if run.poll() is None:
       run.kill()
       run.wait()
+
+
+def test_a_batch_says_done_after_its_last_group(tmp_path, caffe_npz, monkeypatch):
+  """Trial 28: 'done' (and the first group's image) after the first of two groups."""
+  import small_runs
+
+  from nst_jax import config as config_lib
+  from nst_jax.io import jobs as jobs_lib
+  from nst_jax.runs import batch as batch_lib
+
+  rng = np.random.default_rng(0)
+  for name, size in (('a.png', (32, 24)), ('b.png', (32, 40)), ('s.png', (32, 32))):
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), np.uint8)).save(tmp_path / name)
+  seen = []
+  real = preview_lib.Preview.finish
+
+  def finish(self, rgb, output=''):
+    seen.append(sorted(p.name for p in (tmp_path / 'out').glob('*_s.png')))
+    return real(self, rgb, output)
+
+  monkeypatch.setattr(preview_lib.Preview, 'finish', finish)
+  monkeypatch.setattr(preview_lib, 'DEFAULT_LINGER_S', 0.0)
+  cfg = config_lib.StyleConfig(
+    inputs=config_lib.InputConfig(width=32),
+    model=config_lib.ModelConfig(weights=str(caffe_npz)),
+    loss=small_runs.loss_config(),
+    schedule=config_lib.ScheduleConfig(iterations=2),
+    save=config_lib.SaveConfig(path=f'{tmp_path}/out/', record=False),
+    run=config_lib.RunConfig(serve=0, print_iter=0, progress='log'),
+  )
+  jobs = [jobs_lib.Job(str(tmp_path / n), (str(tmp_path / 's.png'),)) for n in ('a.png', 'b.png')]
+  batch_lib.run_batch(jobs, cfg)
+  assert seen == [['a_s.png', 'b_s.png']]  # once, when both groups are written

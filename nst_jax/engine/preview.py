@@ -61,6 +61,7 @@ class Preview:
 
   def __init__(self, port: int, *, title: str = '', interval_s: float = DEFAULT_INTERVAL_S):
     self.interval_s = interval_s
+    self.pending: tuple[np.ndarray, str] | None = None  # a batch's shown result, until its end
     self._lock = threading.Lock()
     self._last_update = -math.inf
     self._t0: float | None = None

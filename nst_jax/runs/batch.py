@@ -241,13 +241,13 @@ def _run_batch(jobs, cfg, weights, record, mesh, plan, recheck) -> dict[str, np.
     first = next((g for g in groups), None)
     port = cfg.run.serve if jax.process_index() == 0 else None
     preview = stack.enter_context(preview_lib.serving(port, title='batch'))
-    # This process's flag: the loop's sync agrees it with the other
-    # processes, in the same all-gather as the losses.
+    # This process's flag: the loop's sync agrees it with the others, with the losses.
     stop = stack.enter_context(signals.stop_on_signals())
     for group in groups:
-      written |= _run_group(
-        group, jobs, cfg, w, mesh, stop, preview if group is first else None, record
-      )
+      shows = preview if group is first else None  # its monitor row, 'done' at the end (trial 28)
+      written |= _run_group(group, jobs, cfg, w, mesh, stop, shows, record)
+    if preview is not None and preview.pending is not None:
+      preview.finish(*preview.pending)
   with distributed.together():
     for index, job in enumerate(jobs):
       ckpt = checkpoint_lib.path_for(job.output, cfg.run.checkpoint_dir)
@@ -427,7 +427,7 @@ def _run_group(group, jobs, cfg, w, mesh, stop, preview, group_record) -> dict[s
         raise results_lib.unwritten(e, ckpt) from None
       written[jobs[group.rows[r]].output] = rgb[r]
       if preview is not None and r == monitor_row:
-        preview.finish(rgb[r], path)
+        preview.pending = (rgb[r], path)
   return written
 
 

@@ -166,6 +166,8 @@ def _run_video(cfg: config_lib.StyleConfig, clip, paths: video_work.Paths, heigh
         else:
           results = _passes(cfg, w, frames, styles, paths, record, stop, preview)
       _write(cfg, paths, clip, results, record, time.perf_counter() - t0)
+      if preview is not None:  # trial 28: it never said done
+        preview.finish(results[-1], str(paths.output))
   return paths.output
 
 
