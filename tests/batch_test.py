@@ -226,7 +226,8 @@ def test_an_image_process_0_cannot_write_stops_both_at_once_with_one_line(tmp_pa
     assert len(lines) == 1 and 'Traceback' not in err, err[-3000:]
     assert f'could not write {tmp_path / "out0" / "a_0000"}' in lines[0], lines[0]
     # Each process names its own job's checkpoint, saved where both stopped.
-    at = int(re.search(r'holds iteration (\d+): continue with --resume$', lines[0]).group(1))
+    resume = f'continue with --resume and --checkpoint_dir {ckpt_dir}'  # its folder too (28)
+    at = int(re.search(rf'holds iteration (\d+): {re.escape(resume)}$', lines[0]).group(1))
     stopped.add(at)
   assert lines[0].startswith('error: process 0: could not write')  # process 1's line
   (at,) = stopped
