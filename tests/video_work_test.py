@@ -20,24 +20,35 @@ STYLES = [
 ]
 
 
-def _digests(folder):
-  return {p: p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
-
-
-def test_a_resume_with_other_settings_or_frames_is_refused_before_any_frame(tmp_path, caffe_npz):
+def _clip(tmp_path):
+  """Two frames of a moving square, as a folder of 16-bit PNGs: (frames, the folder)."""
   frames, _ = video_clips.moving_square_clip(n=2, height=24, width=32)
   src = tmp_path / 'clip'
   src.mkdir()
   for k, rgb in enumerate(frames):
     image_lib.save_image(src / f'f{k:03d}.png', rgb, bit_depth=16)
-  cfg = nst_jax.StyleConfig(
+  return frames, src
+
+
+def _config(src, weights, path, iterations=2):
+  """A small run of the clip at `src` to `path`, its work directory kept."""
+  return nst_jax.StyleConfig(
     inputs=nst_jax.InputConfig(content_path=str(src), style_path=(STYLES[0],), width=32),
-    model=nst_jax.ModelConfig(weights=str(caffe_npz)),
+    model=nst_jax.ModelConfig(weights=str(weights)),
     loss=small_runs.loss_config(),
-    schedule=nst_jax.ScheduleConfig(iterations=2),
-    save=nst_jax.SaveConfig(path=str(tmp_path / 'v.mp4')),
+    schedule=nst_jax.ScheduleConfig(iterations=iterations),
+    save=nst_jax.SaveConfig(path=path),
     run=nst_jax.RunConfig(progress='log', print_iter=0, keep_checkpoint=True),
   )
+
+
+def _digests(folder):
+  return {p: p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+def test_a_resume_with_other_settings_or_frames_is_refused_before_any_frame(tmp_path, caffe_npz):
+  frames, src = _clip(tmp_path)
+  cfg = _config(src, caffe_npz, str(tmp_path / 'v.mp4'), iterations=2)
   video_pipeline.run_video(cfg)  # the work directory kept: every frame finished
   work = tmp_path / '.v.mp4.work'
   saved = json.loads((work / video_work.SETTINGS).read_text())
@@ -88,17 +99,9 @@ def test_a_video_output_name_that_is_not_utf8_is_refused_before_any_frame(tmp_pa
   """Trial 28: every frame checkpoint's save failed (orbax takes UTF-8 names only)."""
   import os
 
-  frames, _ = video_clips.moving_square_clip(n=2, height=24, width=32)
-  src = tmp_path / 'clip'
-  src.mkdir()
-  for k, rgb in enumerate(frames):
-    image_lib.save_image(src / f'f{k:03d}.png', rgb)
+  frames, src = _clip(tmp_path)
   out = os.fsdecode(bytes(tmp_path) + b'/v-\xff.mp4')
-  cfg = nst_jax.StyleConfig(
-    inputs=nst_jax.InputConfig(content_path=str(src), style_path=(STYLES[0],), width=32),
-    model=nst_jax.ModelConfig(weights=str(caffe_npz)),
-    save=nst_jax.SaveConfig(path=out),
-  )
+  cfg = _config(src, caffe_npz, out)
   with pytest.raises(errors.NstError) as e:
     video_pipeline.run_video(cfg)
   assert str(e.value) == (
@@ -114,17 +117,9 @@ def test_what_a_video_cannot_do_is_refused_before_any_work(tmp_path, caffe_npz, 
   was told to delete the live run's work directory."""
   from nst_jax.runs import output_locks
 
-  frames, _ = video_clips.moving_square_clip(n=2, height=24, width=32)
-  src = tmp_path / 'clip'
-  src.mkdir()
-  for k, rgb in enumerate(frames):
-    image_lib.save_image(src / f'f{k:03d}.png', rgb)
+  frames, src = _clip(tmp_path)
   out = tmp_path / 'v.mp4'
-  cfg = nst_jax.StyleConfig(
-    inputs=nst_jax.InputConfig(content_path=str(src), style_path=(STYLES[0],), width=32),
-    model=nst_jax.ModelConfig(weights=str(caffe_npz)),
-    save=nst_jax.SaveConfig(path=str(out)),
-  )
+  cfg = _config(src, caffe_npz, str(out))
   for changed, message in (
     (cfg.replace(inputs=cfg.inputs.replace(init=STYLES[1])),
      f"inputs.init '{STYLES[1]}': a video starts each frame from its content, noise, grey or the "
@@ -153,20 +148,9 @@ def test_a_pass_whose_frames_checkpoints_disagree_runs_again_from_its_start(
   the resume mixed them into another video, exit 0 (or, one missing, was refused for ever)."""
   from nst_jax.io import checkpoint as checkpoint_lib
 
-  frames, _ = video_clips.moving_square_clip(n=2, height=24, width=32)
-  src = tmp_path / 'clip'
-  src.mkdir()
-  for k, rgb in enumerate(frames):
-    image_lib.save_image(src / f'f{k:03d}.png', rgb, bit_depth=16)
-  cfg = nst_jax.StyleConfig(
-    inputs=nst_jax.InputConfig(content_path=str(src), style_path=(STYLES[0],), width=32),
-    model=nst_jax.ModelConfig(weights=str(caffe_npz)),
-    loss=small_runs.loss_config(),
-    schedule=nst_jax.ScheduleConfig(iterations=4),
-    save=nst_jax.SaveConfig(path=f'{tmp_path}/out/'),
-    run=nst_jax.RunConfig(progress='log', print_iter=0, keep_checkpoint=True),
-    video=nst_jax.VideoConfig(passes=2),
-  )
+  frames, src = _clip(tmp_path)
+  cfg = _config(src, caffe_npz, f'{tmp_path}/out/', iterations=4)
+  cfg = cfg.replace(video=nst_jax.VideoConfig(passes=2))
   video_pipeline.run_video(cfg)
   whole = {p.name: p.read_bytes() for p in (tmp_path / 'out').iterdir()}
   pass2 = tmp_path / '.out.work' / 'pass2'
