@@ -111,8 +111,8 @@ class Results:
     # An earlier run's intermediates this one did not replace: still claimed, as that run's.
     before = sorted(p.name for p in earlier if output_names.intermediate_number(p) is not None
                     and p.name not in self.saved[r] and os.path.lexists(p))  # fmt: skip
-    record = {**record, 'history': self.history.history[r], 'earlier_intermediates': before}
-    record = {**record, 'intermediates': self.saved[r]}
+    record = {**record, 'history': self.history.history[r], 'intermediates': self.saved[r],
+              'earlier_intermediates': before}  # fmt: skip
     config, seconds = self.configs.get(r, self.cfg), time.perf_counter() - self.t0
 
     def record_first(tmp: str) -> None:  # trial 28: a full disk left a result without a record
@@ -123,9 +123,8 @@ class Results:
 
     self._save(path, rgb, r, then=record_first)
     logging.info('%ssaved %s', self.prefix, errors.printable(path))
-    history = record['history']
-    record_lib.figures(record_lib.paths_for(path), history, [row.content, *row.styles, rgb],
-                       self.intermediates[r])  # fmt: skip
+    record_lib.figures(record_lib.paths_for(path), record['history'],
+                       [row.content, *row.styles, rgb], self.intermediates[r])  # fmt: skip
     return path
 
 
