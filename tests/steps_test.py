@@ -208,3 +208,39 @@ def test_a_run_refuses_a_loss_fn_without_the_terms_it_logs():
     compiled(total_only)
   program, _ = compiled(objective.objective)
   assert set(program.out_info[1]) >= {'total', *steps.LOGGED}
+
+
+def test_a_loss_fns_identity_tells_two_of_one_name_apart():
+  """Trial 29: two lambdas, partials, closures or instances of one name resumed each other."""
+  import functools
+
+  from nst_jax.core import step_checks
+
+  def scaled(x, *, by):
+    return x * by
+
+  def factory(k):
+    def loss(x):
+      return x * k
+
+    return loss
+
+  class Loss:
+    def __init__(self, w):
+      self.w = w
+
+    def __call__(self, x):
+      return x * self.w
+
+  identity = step_checks.loss_fn_identity
+  pairs = [
+    (functools.partial(scaled, by=2.0), functools.partial(scaled, by=3.0)),
+    (lambda x: x * 2, lambda x: x * 3),
+    (factory(2), factory(3)),
+    (Loss(2), Loss(3)),
+  ]
+  for a, b in pairs:
+    assert identity(a) != identity(b) and identity(a).split()[0] == identity(b).split()[0]
+    assert identity(a) == identity(a)
+  assert identity(functools.partial(scaled, by=2.0)) == identity(functools.partial(scaled, by=2.0))
+  assert identity(factory(2)) == identity(factory(2))

@@ -6,7 +6,9 @@ on shapes, types and signatures (values only where concrete).
 """
 
 from collections.abc import Callable, Mapping
+import hashlib
 import inspect
+import json
 from typing import Any
 import warnings
 
@@ -254,3 +256,32 @@ def loss_result(result: Any) -> tuple[jax.Array, Mapping]:
       f'it, e.g. jnp.mean(aux[{name!r}])'
     )
   return result
+
+
+def loss_fn_identity(loss_fn: Callable) -> str:
+  """A custom loss_fn as a checkpoint names it, so that a resume with another is refused.
+
+  Its name and a digest of its module, qualified name and what tells two of
+  one name apart where it is plain data (trial 29: two lambdas, partials or
+  closures of one name went on under each other's objective): a partial's
+  arguments, a function's bytecode and constants, a closure's cells, an
+  instance's fields. Other values (arrays, functions) count by their type.
+  """
+  fn = getattr(loss_fn, 'func', loss_fn)  # a functools.partial: its function, then its arguments
+  name = getattr(fn, '__qualname__', type(fn).__qualname__)
+  parts = [f'{getattr(fn, "__module__", "?")}.{name}']
+  if fn is not loss_fn:
+    parts.append(_plain([loss_fn.args, sorted(loss_fn.keywords.items())]))
+  code = getattr(fn, '__code__', None)
+  if code is not None:
+    consts = _plain([c for c in code.co_consts if not inspect.iscode(c)])
+    parts.append(hashlib.sha256(code.co_code + consts.encode()).hexdigest())
+    parts.append(_plain([c.cell_contents for c in fn.__closure__ or ()]))
+  elif hasattr(fn, '__dict__'):
+    parts.append(_plain(sorted(vars(fn).items())))  # a callable instance's fields
+  # Its name and a digest of the rest: short enough for a refusal to show both.
+  return f'{name} {hashlib.sha256(" ".join(parts).encode()).hexdigest()[:8]}'
+
+
+def _plain(value: Any) -> str:
+  return json.dumps(value, default=lambda v: type(v).__name__, sort_keys=True)

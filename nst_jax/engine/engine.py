@@ -30,6 +30,7 @@ from nst_jax.core import objective
 from nst_jax.core import optim as optim_lib
 from nst_jax.core import pixels
 from nst_jax.core import step as core
+from nst_jax.core import step_checks
 from nst_jax.engine import group
 from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import rows as rows_lib
@@ -221,7 +222,8 @@ class Engine:
     self.layout = layout
     self.loss_fn = loss_fn
     # What a checkpoint names: a custom loss_fn (the default, none: older checkpoints hold none).
-    self.custom_loss = None if loss_fn is objective.objective else loss_fn
+    custom = loss_fn is not objective.objective
+    self.custom_loss = step_checks.loss_fn_identity(loss_fn) if custom else None
     self.compile_cache = compile_cache
     self.convention = weights.info.input_convention
     m = config.model

@@ -99,7 +99,7 @@ def trajectory_settings(
   scale: int = 0,
   term_weights: Sequence[float | None] = (),
   init: np.ndarray | None = None,
-  loss_fn: Any = None,
+  loss_fn: str | None = None,
 ) -> dict[str, Any]:
   """Everything that must be equal for a resumed run to continue the same path.
 
@@ -110,9 +110,8 @@ def trajectory_settings(
   a custom one, by module and name (trial 27). Older checkpoints hold neither.
   """
   settings = config_settings(config)
-  if loss_fn is not None:
-    fn = getattr(loss_fn, 'func', loss_fn)  # a functools.partial: its function
-    settings['loss_fn'] = f'{fn.__module__}.{getattr(fn, "__qualname__", type(fn).__qualname__)}'
+  if loss_fn is not None:  # step_checks.loss_fn_identity's words
+    settings['loss_fn'] = loss_fn
   settings['term_weights'] = list(term_weights)
   settings['weights_hash'] = weights_hash
   settings['content_pixels'] = pixels_digest(content)

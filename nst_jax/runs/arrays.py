@@ -43,7 +43,6 @@ _RESUME_INPUTS = {
   'mask_pixels': ('the masks differ', 'content_mask and style_masks'),
   'init_pixels': ('the init_image differs', 'init_image'),
   'weights_hash': ('the weights differ', 'weights'),
-  'loss_fn': ('the loss_fn differs', 'loss_fn'),  # trial 27: another went on, unsaid
 }
 
 
@@ -106,6 +105,10 @@ def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
     had = 'an' if e.now == 'none' else 'no'
     what = f"the checkpoint's run had {had} init_image"
     again = 'the same init_image' if e.now == 'none' else 'no init_image'
+  elif e.setting == 'loss_fn':  # trial 27: another went on, unsaid; 29: named, both
+    was = 'the default objective' if e.saved == 'null' else e.saved
+    now = 'the default objective' if e.now == 'null' else e.now
+    what, again = f"the loss_fn is {now}, the checkpoint's run had {was}", 'that loss_fn'
   elif e.setting in _RESUME_INPUTS:
     what, again = _RESUME_INPUTS[e.setting]
     what, again = what + " from the checkpoint's", f'the same {again}'
