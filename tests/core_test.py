@@ -599,6 +599,12 @@ def test_make_model_and_optimizer_name_their_choices():
 
   group = config_lib.ModelConfig(pooling='avg', dtype='bfloat16', precision='default')
   assert make_model(group) == make_model(pooling='avg', dtype='bfloat16', precision='default')
+  with _raises('make_model got a ModelConfig and dtype= or precision= too, which it would '
+               'ignore; give one: make_model(cfg.model), or make_model(pooling=..., dtype=..., '
+               'precision=...)'):  # fmt: skip
+    make_model(config_lib.ModelConfig(), dtype='bfloat16')  # trial 29: a float32 model, unsaid
+  with pytest.warns(DeprecationWarning, match='make_model'):  # a StyleConfig, as before 0.2
+    assert make_model(config_lib.StyleConfig(model=group)) == make_model(group)
   # A JAX user names the dtype by its type.
   assert make_model(dtype=jnp.bfloat16).dtype == make_model(dtype='bfloat16').dtype == jnp.bfloat16
   assert make_model(dtype=np.float32).dtype == jnp.float32

@@ -398,3 +398,12 @@ def extra_batch(extra: Any, n: int, name: str) -> None:
       f'{name}{bad[0]} has shape {bad[1]}; every leaf of extra needs a leading axis of the {n} '
       f'image(s): x[None] for one image, or jnp.broadcast_to(x, ({n}, *x.shape)) to share it'
     )
+
+
+def model_group_alone(dtype: Any, precision: Any) -> None:
+  """Refuses dtype= or precision= beside a ModelConfig, whose own fields win (trial 29)."""
+  if (dtype, precision) != ('float32', 'highest'):
+    raise errors.ConfigError(
+      'make_model got a ModelConfig and dtype= or precision= too, which it would ignore; give '
+      'one: make_model(cfg.model), or make_model(pooling=..., dtype=..., precision=...)'
+    )

@@ -78,15 +78,12 @@ def make_model(
     precision: 'highest', 'high', 'default' or None (see
       nst_jax.core.vgg.PRECISIONS).
   """
-  if hasattr(pooling, 'precision'):  # a ModelConfig: its fields (trial 27: an AttributeError)
-    pooling, dtype, precision = pooling.pooling, pooling.dtype, pooling.precision
-  elif hasattr(pooling, 'model'):  # a StyleConfig, as before 0.2
-    warnings.warn(
-      'make_model(config) is deprecated; use make_model(pooling=..., dtype=..., precision=...)',
-      DeprecationWarning,
-      stacklevel=2,
-    )
-    m = pooling.model
+  m = pooling.model if hasattr(pooling, 'model') else pooling  # a StyleConfig, as before 0.2
+  if hasattr(m, 'precision'):  # a ModelConfig: its fields (trial 27: an AttributeError)
+    if m is not pooling:
+      warnings.warn('make_model(config) is deprecated; use make_model(cfg.model)',
+                    DeprecationWarning, stacklevel=2)  # fmt: skip
+    checks.model_group_alone(dtype, precision)
     pooling, dtype, precision = m.pooling, m.dtype, m.precision
   checks.choice(dict.fromkeys(vgg.POOLING_MODES), pooling, 'pooling')
   if not isinstance(dtype, str):  # jnp.bfloat16, np.float32: the names the table holds
