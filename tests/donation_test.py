@@ -77,3 +77,14 @@ def test_a_donated_state_is_refused_naming_the_fix():
   # Trial 27: the same state to update_step, eagerly, was JAX's "Array has been deleted".
   with pytest.raises(nst_jax.errors.ConfigError, match='^the state was donated to an earlier'):
     nst_jax.update_step(state, params, targets, model=model, optimizer=tx, loss_spec=SPEC)
+
+  # Trial 29: under jax.grad of a Step call (its weights traced), and its image elsewhere.
+  def total(w):
+    return step(state, params, targets._replace(style_weight=w))[1]['total'].sum()
+
+  with pytest.raises(nst_jax.errors.ConfigError, match='^the state was donated to an earlier'):
+    jax.grad(total)(targets.style_weight)
+  with pytest.raises(nst_jax.errors.ConfigError, match="^x is a donated state's image"):
+    nst_jax.deprocess(state.image, pixels.CAFFE)
+  with pytest.raises(nst_jax.errors.ConfigError, match="^image is a donated state's image"):
+    nst_jax.init_state(state.image, tx)

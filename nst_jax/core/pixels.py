@@ -7,6 +7,7 @@
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -265,6 +266,15 @@ def batched(rgb: jax.typing.ArrayLike) -> jax.Array:
   raise errors.ConfigError(f'expected an RGB image [H, W, 3] or [N, H, W, 3], got shape {x.shape}')
 
 
+def _not_donated(value: Any, name: str) -> None:
+  """A donated state's image in one line (trial 29: JAX's "Array has been deleted")."""
+  if isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer) and value.is_deleted():
+    raise errors.ConfigError(
+      f"{name} is a donated state's image (a step took its buffers); use the state the step "
+      'returned, or a copy made before: jnp.copy(state.image)'
+    )
+
+
 def check_network_images(value: jax.typing.ArrayLike, name: str) -> None:
   """Raises ConfigError naming `name` and the fix unless `value` is [N, H, W, 3] floats.
 
@@ -272,6 +282,7 @@ def check_network_images(value: jax.typing.ArrayLike, name: str) -> None:
   single image needs its batch axis, and integer pixels are RGB that was
   never preprocessed.
   """
+  _not_donated(value, name)
   shape = tuple(np.shape(value))
   if len(shape) != 4 or shape[-1] != 3:  # trial 25: channels first got no fix here
     fix = layout_fix(shape, batched=True)
@@ -375,6 +386,7 @@ def deprocess(x: jax.typing.ArrayLike, convention: InputConvention | str) -> jax
   """
   if not isinstance(x, (jax.Array, np.ndarray)):
     x = np.asarray(x, np.float32)
+  _not_donated(x, 'x')
   if x.ndim != 4 or x.shape[-1] != 3:
     fix = layout_fix(x.shape, batched=True)
     raise errors.ConfigError(f'x must be [N, H, W, 3] in network space, got shape {x.shape}{fix}')
