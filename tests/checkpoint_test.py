@@ -917,8 +917,12 @@ def test_a_resumed_record_claims_the_image_its_stop_saved(tmp_path, images, caff
   ckpt = checkpoint_lib.path_for(out)
   meta = checkpoint_lib.read(ckpt)
   _edit_meta(ckpt, total=10, extra={**meta['extra'], 'iterations': 10})  # stopped at 4 of 10
-  (tmp_path / 'r_00004.png').write_bytes(out.read_bytes())  # the image its stop saved
-  (tmp_path / 'r_00005.png').write_bytes(b'past the checkpoint: not claimed')
+  (tmp_path / 'r_00004.png').write_bytes(out.read_bytes())  # the image its stop saved ...
+  images = {'r_00004.png': output_names.file_sha256(tmp_path / 'r_00004.png')}
+  checkpoint_store.note_images(ckpt, images)  # ... noted in its checkpoint, as a stop does
+  # Trial 30: by name, a resume claimed a user's picture at such a name, which a later run
+  # replaced without --overwrite.
+  (tmp_path / 'r_00003.png').write_bytes(b'a picture of mine, not noted')
   for name in ('r.png', 'r.json', 'r.loss.png', 'r.sheet.jpg'):  # as a stopped run leaves it
     (tmp_path / name).unlink()
   run(_cfg(content, style, out, caffe_npz, iterations=10, resume=True))
@@ -942,3 +946,26 @@ def test_an_image_saved_over_an_intermediate_is_not_replaced(tmp_path, images, c
     'wrote it; choose another output name, or replace it with save.overwrite'
   )
   assert (tmp_path / 'r_00002.png').read_bytes() == b'my picture'
+
+
+def test_a_stop_notes_the_images_it_saved_in_its_checkpoint(tmp_path):
+  """What a resume claims and a folder of inputs leaves out: by digest (trial 30)."""
+  from nst_jax import config as config_lib
+  from nst_jax.io import jobs as jobs_lib
+  from nst_jax.runs import results as results_lib
+
+  out = tmp_path / 'a_s.png'
+  ckpt = checkpoint_lib.path_for(out)
+  state = {'image': np.zeros((1, 2, 2, 3), np.float32)}
+  checkpoint_lib.write(ckpt, checkpoint_lib.snapshot(state, iteration=7, total=30, settings={}))
+  results = results_lib.Results(config_lib.StyleConfig(), None, {0: out}, {0: None})
+  rgb = np.full((2, 2, 3), 0.5, np.float32)
+  with pytest.raises(errors.Interrupted), results.noting_stops():
+    results.intermediate(7, {0: rgb})
+    raise errors.Interrupted('interrupted by signal 15 after iteration 7', 15)
+  stop = tmp_path / 'a_s_00007.png'
+  assert checkpoint_store.noted_images(ckpt) == {stop.name: output_names.file_sha256(stop)}
+  Image.new('RGB', (2, 2)).save(tmp_path / 'a.png')  # a photo
+  assert jobs_lib.expand(str(tmp_path), what='inputs.content_path') == [str(tmp_path / 'a.png')]
+  stop.write_bytes(b'saved over by the user')  # theirs now: a photo again
+  assert len(jobs_lib.expand(str(tmp_path), what='inputs.content_path')) == 2

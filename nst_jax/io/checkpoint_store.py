@@ -35,6 +35,7 @@ import re
 import secrets
 import shutil
 import sys
+from typing import Any
 
 from absl import logging
 
@@ -230,28 +231,53 @@ def _create(path: Path, state: dict, meta: dict) -> None:
 
 
 def note_result(path: Path, digest: str, result: Path | None = None) -> None:
-  """Puts a kept checkpoint's result digest (SHA-256 hex) in its marker.
+  """Puts a kept checkpoint's result digest (SHA-256 hex) and resolved path in its marker.
 
   A finished checkpoint owns the result beside it (a run killed while
-  writing it); a file put at the result's name since is someone's (trial
-  26: --norecord --keep_checkpoint, and a user's image replaced). Not for
-  format-1 files.
+  writing it); a file put at the result's name since, or a copy of both
+  elsewhere, is someone's (trials 26, 28). Not for format-1 files.
   """
+  where = {} if result is None else {'result_path': os.path.realpath(result)}
+  _note(path, result_sha256=digest, **where)
+
+
+def note_images(path: Path, images: dict[str, str]) -> None:
+  """Adds {name: SHA-256} of images a stopped run saved beside its output to the marker.
+
+  A resume claims them by digest (trial 30: by name, it claimed a user's
+  pictures at such names), and a folder of inputs leaves them out.
+  """
+  _note(path, images_sha256={**noted_images(path), **images})
+
+
+def _note(path: Path, **fields: Any) -> None:
   marker = path / MARKER
   if is_directory(path) and marker.is_file() and not marker.is_symlink():
-    data = {'format': FORMAT, 'writer': 'nst-jax', 'result_sha256': digest}
-    if result is not None:  # where: a copy of result and checkpoint elsewhere is not it (trial 28)
-      data['result_path'] = os.path.realpath(result)
+    data = _marker(path)
+    data.update(format=FORMAT, writer='nst-jax', **fields)
     marker.write_text(json.dumps(data) + '\n')  # small: no temporary (foreign() names none)
+
+
+def _marker(path: Path) -> dict:
+  with contextlib.suppress(OSError, ValueError):
+    data = json.loads((path / MARKER).read_text())
+    return data if isinstance(data, dict) else {}
+  return {}
 
 
 def noted_result(path: Path) -> tuple[str | None, str | None]:
   """(The result digest, its resolved path) `note_result` put in the marker, or Nones."""
-  with contextlib.suppress(OSError, ValueError, AttributeError):
-    data = json.loads((path / MARKER).read_text())
-    digest, where = data.get('result_sha256'), data.get('result_path')
-    return (digest if isinstance(digest, str) else None, where if isinstance(where, str) else None)
-  return None, None
+  data = _marker(path)
+  digest, where = data.get('result_sha256'), data.get('result_path')
+  return (digest if isinstance(digest, str) else None, where if isinstance(where, str) else None)
+
+
+def noted_images(path: Path) -> dict[str, str]:
+  """The {name: SHA-256} `note_images` put in the marker ({} without)."""
+  images = _marker(path).get('images_sha256')
+  if not isinstance(images, dict):
+    return {}
+  return {k: v for k, v in images.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def remove(path: str | os.PathLike) -> None:

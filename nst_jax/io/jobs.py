@@ -19,6 +19,7 @@ from absl import logging
 
 from nst_jax import errors
 from nst_jax.config import checks
+from nst_jax.io import checkpoint_store
 from nst_jax.io import output_names
 
 # Files a directory contributes (by suffix, case-insensitive): what Pillow
@@ -85,7 +86,7 @@ def expand(spec: str, *, what: str) -> list[str]:
   full = [Path(os.path.abspath(p)) for p in paths]
   folders = {f.parent for f in full if f.parent.name}  # a video's frame folder, by its record
   ours = set().union(*map(output_names.claimed, {*full, *folders}))
-  kept = [p for p, f in zip(paths, full, strict=True) if f not in ours]
+  kept = [p for p, f in zip(paths, full, strict=True) if f not in ours and not _stop_image(f)]
   if len(kept) < len(paths):
     logging.info('%s: left out %d file(s) of %s that nst-jax wrote (its run records say so)',
                  what, len(paths) - len(kept), errors.printable(spec))  # fmt: skip
@@ -93,6 +94,16 @@ def expand(spec: str, *, what: str) -> list[str]:
   if not kept:
     raise errors.ConfigError(f'{what}: {where}; check the path')
   return kept
+
+
+def _stop_image(path: Path) -> bool:
+  """An image a stopped run saved (its checkpoint beside its result notes it: trial 30)."""
+  result = output_names.stopped_from(path)
+  if result is None:
+    return False
+  ckpt = output_names.derived(result, output_names.CHECKPOINT_TAIL)
+  digest = checkpoint_store.noted_images(ckpt).get(path.name)
+  return digest is not None and output_names.file_sha256(path) == digest
 
 
 def jobs_from_specs(content_spec: str, style_specs: Sequence[str]) -> list[Job]:

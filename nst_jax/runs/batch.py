@@ -404,9 +404,9 @@ def _run_group(group, jobs, cfg, w, mesh, stop, preview, group_record) -> dict[s
   )
   record = {}
   resume = engine_lib.ResumePoint(*group.resume) if group.resume else None
-  rgb = runner.make_engine(cfg, w, layout).run(
-    rows, real=real, watch=watch, resume=resume, record=record
-  )
+  engine = runner.make_engine(cfg, w, layout)
+  with results.noting_stops():
+    rgb = engine.run(rows, real=real, watch=watch, resume=resume, record=record)
   if group_record is not None and record.get('scales'):
     group_record.setdefault('groups', []).append(
       {

@@ -5,6 +5,8 @@ through `Results`: one output per row, its intermediates beside it, and
 (with `save.record`) NAME.json, NAME.loss.png and NAME.sheet.jpg.
 """
 
+from collections.abc import Iterator
+import contextlib
 import os
 from pathlib import Path
 import time
@@ -17,6 +19,7 @@ from nst_jax import errors
 from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import schedule as schedule_lib
 from nst_jax.io import checkpoint as checkpoint_lib
+from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
 from nst_jax.io import output_names
 from nst_jax.io import record as record_lib
@@ -66,8 +69,23 @@ class Results:
     self.replaceable = {p for paths in there.values() for p in paths}
     # What an earlier run's record claims beside each result this run replaces (trial 26).
     self.earlier = {r: output_names.claimed(p) - {Path(p)} for r, p in self.paths.items()}
+    self.wrote: dict[int, list[Path]] = {r: [] for r in self.paths}  # this run's images
     self.t0 = time.perf_counter()
     self.history = hooks_lib.History(cfg.run.print_iter, list(self.paths), t0=self.t0)
+
+  @contextlib.contextmanager
+  def noting_stops(self) -> Iterator[None]:
+    """On a stop, notes the images this run saved in its checkpoints, by digest: a resume
+    claims them (trial 30: by name, it claimed a user's pictures), a folder leaves them out."""
+    try:
+      yield
+    except errors.Interrupted:
+      for r, p in self.paths.items():
+        images = {q.name: output_names.file_sha256(q) for q in self.wrote[r] if q.is_file()}
+        if images:
+          checkpoint_store.note_images(checkpoint_lib.path_for(p, self.cfg.run.checkpoint_dir),
+                                       images)  # fmt: skip
+      raise
 
   def _save(self, path, rgb, r, then=None) -> None:
     save = self.cfg.save
@@ -86,6 +104,7 @@ class Results:
         continue
       self._save(path, rgb, r)
       written.append(path)
+      self.wrote[r].append(path)
       if path.name not in self.saved[r]:
         self.saved[r].append(path.name)
       if self.cfg.save.record:
@@ -129,16 +148,10 @@ class Results:
 
 
 def _stop_images(output: Path, checkpoint_dir: str | None) -> list[Path]:
-  """NAME_<k>.png beside `output` with k up to its checkpoint's iteration: a stopped run's."""
-  try:
-    payload = checkpoint_lib.read(checkpoint_lib.path_for(output, checkpoint_dir))
-    held = checkpoint_lib.extra(payload).get('offset', 0) + payload['iteration']
-    names = os.listdir(Path(output).parent)
-  except (errors.NstError, OSError):  # none, or unreadable: the run refuses or starts afresh
-    return []
-  found = [Path(output).with_name(n) for n in sorted(names)]
-  return [q for q in found if output_names.stopped_from(q) == Path(output)
-          and (output_names.intermediate_number(q) or held + 1) <= held]  # fmt: skip
+  """The images a stopped run noted in its checkpoint, still the files it saved (by digest)."""
+  noted = checkpoint_store.noted_images(checkpoint_lib.path_for(output, checkpoint_dir))
+  found = [Path(output).with_name(n) for n in sorted(noted) if '/' not in n]
+  return [q for q in found if q.is_file() and output_names.file_sha256(q) == noted[q.name]]
 
 
 def unwritten(error: errors.WriteError, ckpt: Path) -> errors.WriteError:

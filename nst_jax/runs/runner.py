@@ -278,7 +278,7 @@ def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan, resume)
     )
     results = results_lib.Results(cfg, w.info, {0: output}, {0: row}, icc={0: icc})
     record = {}
-    with signals.stop_on_signals() as stop:
+    with signals.stop_on_signals() as stop, results.noting_stops():
       rgb = make_engine(cfg, w, layout).run(
         {0: row},
         real=(0,),
