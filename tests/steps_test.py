@@ -232,15 +232,25 @@ def test_a_loss_fns_identity_tells_two_of_one_name_apart():
     def __call__(self, x):
       return x * self.w
 
+  class HasFunc(Loss):  # not a partial, whatever its attributes (trial 31: an AttributeError)
+    func = 'f'
+
   identity = step_checks.loss_fn_identity
   pairs = [
     (functools.partial(scaled, by=2.0), functools.partial(scaled, by=3.0)),
     (lambda x: x * 2, lambda x: x * 3),
     (factory(2), factory(3)),
     (Loss(2), Loss(3)),
+    # Trial 31: default arguments, bound methods, closures over JAX scalars.
+    (lambda x, s=0.0: x * s, lambda x, s=1e3: x * s),
+    (Loss(2).__call__, Loss(3).__call__),
+    (factory(np.float32(0.0)), factory(np.float32(1e3))),
+    (HasFunc(2), HasFunc(3)),
   ]
   for a, b in pairs:
     assert identity(a) != identity(b) and identity(a).split()[0] == identity(b).split()[0]
     assert identity(a) == identity(a)
   assert identity(functools.partial(scaled, by=2.0)) == identity(functools.partial(scaled, by=2.0))
   assert identity(factory(2)) == identity(factory(2))
+  # A dict with tuple keys in a closure: json's TypeError before (trial 31).
+  assert identity(factory({(1, 2): 3})) == identity(factory({(1, 2): 3}))

@@ -865,8 +865,8 @@ def test_a_resume_with_another_init_image_is_refused(caffe_npz, tmp_path):
     stylize(content, style, config=again, weights=caffe_npz, checkpoint=stopped,
             init_image=start, loss_fn=_doubled)  # fmt: skip
   assert str(e.value).startswith(f'cannot resume from {stopped}: the loss_fn is "_doubled ')
-  assert str(e.value).endswith(f"the checkpoint's run had the default objective; pass that "
-                               f'loss_fn {start_over}')  # fmt: skip
+  assert str(e.value).endswith(f"the checkpoint's run had the default objective; pass no "
+                               f'loss_fn (the default objective) {start_over}')  # fmt: skip
   # Trial 29: two of one name (partials of one function) were one loss_fn to a resume.
   cut = tmp_path / 'd.ckpt'
   half = functools.partial(_scaled, by=0.5)

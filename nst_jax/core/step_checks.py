@@ -6,6 +6,7 @@ on shapes, types and signatures (values only where concrete).
 """
 
 from collections.abc import Callable, Mapping
+import functools
 import hashlib
 import inspect
 import json
@@ -262,26 +263,47 @@ def loss_fn_identity(loss_fn: Callable) -> str:
   """A custom loss_fn as a checkpoint names it, so that a resume with another is refused.
 
   Its name and a digest of its module, qualified name and what tells two of
-  one name apart where it is plain data (trial 29: two lambdas, partials or
-  closures of one name went on under each other's objective): a partial's
-  arguments, a function's bytecode and constants, a closure's cells, an
-  instance's fields. Other values (arrays, functions) count by their type.
+  one name apart (trials 29, 31: lambdas, partials, closures, bound methods
+  of one name went on under each other's objective): a partial's arguments,
+  the bytecode and constants (inner functions' too), default arguments,
+  closure cells, a bound method's or callable instance's fields, where they
+  are plain data or scalars; other values (arrays, functions) count by type.
   """
-  fn = getattr(loss_fn, 'func', loss_fn)  # a functools.partial: its function, then its arguments
+  partial = isinstance(loss_fn, functools.partial)
+  fn = loss_fn.func if partial else loss_fn
   name = getattr(fn, '__qualname__', type(fn).__qualname__)
   parts = [f'{getattr(fn, "__module__", "?")}.{name}']
-  if fn is not loss_fn:
+  if partial:
     parts.append(_plain([loss_fn.args, sorted(loss_fn.keywords.items())]))
-  code = getattr(fn, '__code__', None)
+  owner = getattr(fn, '__self__', None)  # a bound method: its instance's fields
+  function = getattr(fn, '__func__', fn)
+  code = getattr(function, '__code__', None)
   if code is not None:
-    consts = _plain([c for c in code.co_consts if not inspect.iscode(c)])
-    parts.append(hashlib.sha256(code.co_code + consts.encode()).hexdigest())
-    parts.append(_plain([c.cell_contents for c in fn.__closure__ or ()]))
-  elif hasattr(fn, '__dict__'):
-    parts.append(_plain(sorted(vars(fn).items())))  # a callable instance's fields
+    parts.append(_code_digest(code))
+    cells = [c.cell_contents for c in getattr(function, '__closure__', None) or ()]
+    parts.append(_plain([cells, function.__defaults__, function.__kwdefaults__]))
+  fields = owner if owner is not None else (fn if code is None else None)
+  if fields is not None:  # a callable instance (or a bound method's): its fields
+    parts.append(_plain(getattr(fields, '__dict__', type(fields).__name__)))
   # Its name and a digest of the rest: short enough for a refusal to show both.
   return f'{name} {hashlib.sha256(" ".join(parts).encode()).hexdigest()[:8]}'
 
 
+def _code_digest(code: Any) -> str:
+  """SHA-256 of a code object's bytecode and constants, nested code objects' included."""
+  inner = [_code_digest(c) if inspect.iscode(c) else c for c in code.co_consts]
+  return hashlib.sha256(code.co_code + _plain(inner).encode()).hexdigest()
+
+
 def _plain(value: Any) -> str:
-  return json.dumps(value, default=lambda v: type(v).__name__, sort_keys=True)
+  """JSON of `value`, scalars (numpy, JAX) as numbers, anything else by its type's name."""
+  try:
+    return json.dumps(value, default=_scalar, sort_keys=True)
+  except (TypeError, ValueError):  # keys that are no strings, and the like
+    return type(value).__name__
+
+
+def _scalar(value: Any) -> Any:
+  if hasattr(value, 'item') and np.ndim(value) == 0:
+    return value.item()
+  return type(value).__name__

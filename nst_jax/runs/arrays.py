@@ -108,7 +108,8 @@ def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
   elif e.setting == 'loss_fn':  # trial 27: another went on, unsaid; 29: named, both
     was = 'the default objective' if e.saved == 'null' else e.saved
     now = 'the default objective' if e.now == 'null' else e.now
-    what, again = f"the loss_fn is {now}, the checkpoint's run had {was}", 'that loss_fn'
+    what = f"the loss_fn is {now}, the checkpoint's run had {was}"
+    again = 'no loss_fn (the default objective)' if e.saved == 'null' else f'the loss_fn {was}'
   elif e.setting in _RESUME_INPUTS:
     what, again = _RESUME_INPUTS[e.setting]
     what, again = what + " from the checkpoint's", f'the same {again}'
