@@ -969,3 +969,23 @@ def test_a_stop_notes_the_images_it_saved_in_its_checkpoint(tmp_path):
   assert jobs_lib.expand(str(tmp_path), what='inputs.content_path') == [str(tmp_path / 'a.png')]
   stop.write_bytes(b'saved over by the user')  # theirs now: a photo again
   assert len(jobs_lib.expand(str(tmp_path), what='inputs.content_path')) == 2
+  # Trial 32: a user's r_00004.png at a planned name was claimed by name on resume; once a stop
+  # has noted its images, only those are the run's.
+  from nst_jax.runs import output_plan
+
+  (tmp_path / 'a_s_00004.png').write_bytes(b'a picture of mine')
+  plan = output_plan.image_output(out, save_iter=2, iterations=30, checkpoint=ckpt)
+  with pytest.raises(errors.NstError, match=r'a_s_00004\.png exists, beside a_s\.png, and no '):
+    output_plan.check([plan], inputs={})
+  # And with run.checkpoint_dir: the folder of inputs looks there (its stop image was styled).
+  bucket = tmp_path / 'bucket'
+  elsewhere = tmp_path / 'b' / 'a_s.png'
+  elsewhere.parent.mkdir()
+  stop2 = elsewhere.with_name('a_s_00007.png')
+  Image.new('RGB', (2, 2)).save(stop2)
+  far = checkpoint_lib.path_for(elsewhere, bucket)
+  checkpoint_lib.write(far, checkpoint_lib.snapshot(state, iteration=7, total=30, settings={}))
+  checkpoint_store.note_images(far, {stop2.name: output_names.file_sha256(stop2)})
+  Image.new('RGB', (2, 2)).save(elsewhere.with_name('photo.png'))
+  found = jobs_lib.expand(str(stop2.parent), what='c', checkpoint_dir=str(bucket))
+  assert found == [str(elsewhere.with_name('photo.png'))]

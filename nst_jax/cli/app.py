@@ -218,7 +218,7 @@ def _batch_jobs(cfg: nst_jax.StyleConfig) -> list[jobs_lib.Job] | None:
     return jobs_lib.read_jobs(FLAGS.jobs)
   styles = cfg.style_paths
   if jobs_lib.is_pattern(cfg.inputs.content_path) or any(jobs_lib.is_pattern(s) for s in styles):
-    return jobs_lib.jobs_from_specs(cfg.inputs.content_path, styles)
+    return jobs_lib.jobs_from_specs(cfg.inputs.content_path, styles, cfg.run.checkpoint_dir)
   return None
 
 

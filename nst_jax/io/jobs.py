@@ -65,7 +65,7 @@ def is_pattern(spec: str) -> bool:
   return Path(spec).is_dir() or glob.has_magic(spec)
 
 
-def expand(spec: str, *, what: str) -> list[str]:
+def expand(spec: str, *, what: str, checkpoint_dir: str | None = None) -> list[str]:
   """A file, a directory (its images, sorted) or a glob (sorted) -> file paths.
 
   Raises:
@@ -86,7 +86,8 @@ def expand(spec: str, *, what: str) -> list[str]:
   full = [Path(os.path.abspath(p)) for p in paths]
   folders = {f.parent for f in full if f.parent.name}  # a video's frame folder, by its record
   ours = set().union(*map(output_names.claimed, {*full, *folders}))
-  kept = [p for p, f in zip(paths, full, strict=True) if f not in ours and not _stop_image(f)]
+  kept = [p for p, f in zip(paths, full, strict=True)
+          if f not in ours and not _stop_image(f, checkpoint_dir)]  # fmt: skip
   if len(kept) < len(paths):
     logging.info('%s: left out %d file(s) of %s that nst-jax wrote (its run records say so)',
                  what, len(paths) - len(kept), errors.printable(spec))  # fmt: skip
@@ -96,26 +97,31 @@ def expand(spec: str, *, what: str) -> list[str]:
   return kept
 
 
-def _stop_image(path: Path) -> bool:
-  """An image a stopped run saved (its checkpoint beside its result notes it: trial 30)."""
+def _stop_image(path: Path, checkpoint_dir: str | None) -> bool:
+  """An image a stopped run saved (its checkpoint notes it: trial 30; in checkpoint_dir: 32)."""
+  from nst_jax.io import checkpoint as checkpoint_lib  # jax: not for --help's imports
+
   result = output_names.stopped_from(path)
   if result is None:
     return False
-  ckpt = output_names.derived(result, output_names.CHECKPOINT_TAIL)
+  ckpt = checkpoint_lib.path_for(result, checkpoint_dir)
   digest = checkpoint_store.noted_images(ckpt).get(path.name)
   return digest is not None and output_names.file_sha256(path) == digest
 
 
-def jobs_from_specs(content_spec: str, style_specs: Sequence[str]) -> list[Job]:
+def jobs_from_specs(
+  content_spec: str, style_specs: Sequence[str], checkpoint_dir: str | None = None
+) -> list[Job]:
   """Jobs for -cp and -sp: every content image with every style.
 
   A directory or glob in -cp gives one job per content image. In -sp a single
   directory or glob gives one job per style image (each content with each
   style); several comma-separated files are one blended style, as before.
   """
-  contents = expand(content_spec, what='inputs.content_path')
+  contents = expand(content_spec, what='inputs.content_path', checkpoint_dir=checkpoint_dir)
   if len(style_specs) == 1:
-    styles = [(p,) for p in expand(style_specs[0], what='inputs.style_path')]
+    found = expand(style_specs[0], what='inputs.style_path', checkpoint_dir=checkpoint_dir)
+    styles = [(p,) for p in found]
   else:
     for spec in style_specs:
       if is_pattern(spec):

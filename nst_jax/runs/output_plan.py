@@ -224,7 +224,8 @@ def _check_files(out: Output, overwrite: bool) -> None:
         'record says so); choose another output name, or replace it with save.overwrite'
       )
     number = output_names.intermediate_number(path) if kind == INTERMEDIATE else None
-    if path.exists() and not (path in ours or overwrite) and held is not None and number:
+    past = held is not None and number is not None and number > held
+    if path.exists() and not (path in ours or overwrite) and past:
       # Trial 24: after a kill this may be the run's own, from after its last checkpoint;
       # trial 26: all of them named at once, not one refusal per file.
       past = [p.name for k, p in out.derived if k == INTERMEDIATE and p.is_file() and p not in ours]
@@ -264,9 +265,13 @@ def _checkpoints_own(out: Output) -> tuple[set[Path], int | None]:
   except errors.NstError:  # none, or damaged: refused or replaced elsewhere
     return set(), None
   done = checkpoint_lib.extra(payload).get('offset', 0) + payload['iteration']
+  # A stop noted the images it saved (by digest): only those (trial 32: by name, a user's
+  # r_00004.png was claimed). After a kill, none is noted: by name, as the refusal says.
+  noted = checkpoint_store.noted_images(out.state)
   ours = {
     p for kind, p in out.derived
     if kind == INTERMEDIATE and (output_names.intermediate_number(p) or done + 1) <= done
+    and (not noted or not p.is_file() or noted.get(p.name) == output_names.file_sha256(p))
   }  # fmt: skip
   if not checkpoint_lib.unfinished(payload) and not _foreign_record(out):
     noted, where = checkpoint_store.noted_result(out.state)  # kept: the result it was kept with
