@@ -7,10 +7,14 @@ traceback. Anything else that escapes is a bug and keeps its traceback.
 (the image, jobs and video loaders pass the names they report through it).
 `unknown_keywords` is the one refusal of a keyword a function or settings
 class does not take: it names the keyword and the closest one it does
-(`keywords_checked` applies it to a function).
+(`keywords_checked` applies it to a function). `in_callers_words` is a
+message as the caller reads it where the library itself shows it (the live
+preview page): `spoken_as` lets the command line put its flags in there.
 """
 
 from collections.abc import Callable, Iterable
+import contextlib
+import contextvars
 import difflib
 import errno
 import functools
@@ -225,3 +229,30 @@ def keywords_checked(fn: Callable) -> Callable:
     return fn(*args, **kwargs)
 
   return checked
+
+
+# How the caller reads the library's messages: identity for Python, the
+# flags' names for main.py (nst_jax.cli.spelling.for_command_line).
+_WORDS: contextvars.ContextVar[Callable[[str], str] | None] = contextvars.ContextVar(
+  'nst_jax_words', default=None
+)
+
+
+@contextlib.contextmanager
+def spoken_as(words: Callable[[str], str]):
+  """Within the block, `in_callers_words` rewrites messages with `words`."""
+  token = _WORDS.set(words)
+  try:
+    yield
+  finally:
+    _WORDS.reset(token)
+
+
+def in_callers_words(message: str) -> str:
+  """`message` as the caller reads it where the library shows it itself.
+
+  The terminal's error line is printed by the caller; a page the library
+  serves (the live preview) says the same thing through this.
+  """
+  words = _WORDS.get()
+  return message if words is None else words(message)

@@ -1,5 +1,6 @@
 """The live preview: its server (state, image, lifetime) and the page in Chromium."""
 
+import contextlib
 import io
 import json
 import os
@@ -116,6 +117,25 @@ def test_a_busy_port_is_a_one_line_error():
       errors.NstError, match=rf'port {port} .*run.serve port, or 0 for any free port'
     ):
       preview_lib.Preview(port)
+
+
+def test_a_failure_shows_the_callers_words(monkeypatch):
+  """Trial 32 W4: the page told a command-line user to 'continue with run.resume'."""
+  from nst_jax.cli import spelling
+
+  shown = []
+  monkeypatch.setattr(preview_lib.Preview, 'fail', lambda self, message: shown.append(message))
+  stop = errors.Interrupted('the checkpoint r.ckpt holds iteration 7: continue with run.resume', 15)
+  for words, expected in ((None, 'run.resume'), (spelling.for_command_line, '--resume')):
+    with contextlib.ExitStack() as stack:
+      if words:
+        stack.enter_context(errors.spoken_as(words))
+      with pytest.raises(errors.Interrupted), preview_lib.serving(0, title='r.png'):
+        raise stop
+    assert (
+      shown.pop() == f'failed: the checkpoint r.ckpt holds iteration 7: continue with {expected}'
+    )
+  assert errors.in_callers_words('run.resume') == 'run.resume'  # the block's words are gone
 
 
 def _read_url(stream, found: dict, lines: list) -> None:

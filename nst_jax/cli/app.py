@@ -164,7 +164,10 @@ def main(argv):
       signal.signal(signum, lambda signum, frame: None)
   else:
     signal.signal(signal.SIGINT, signal.default_int_handler)
-  with signals.exit_on_signals(early=early, before_exit=output_locks.drop_locks):
+  with (
+    signals.exit_on_signals(early=early, before_exit=output_locks.drop_locks),
+    nst_jax.errors.spoken_as(spelling.for_command_line),  # the preview page's words too
+  ):
     _main()
 
 

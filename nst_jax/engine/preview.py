@@ -246,7 +246,8 @@ def serving(port: int | None, *, title: str):
   try:
     yield preview
   except BaseException as e:
-    preview.fail(f'failed: {e}' if str(e) else f'failed: {type(e).__name__}')
+    why = errors.in_callers_words(str(e)) if str(e) else type(e).__name__
+    preview.fail(f'failed: {why}')  # as the terminal's line says it (trial 32 W4)
     linger = 1.0  # let a watching page see why, but do not hold up the exit
     raise
   finally:
