@@ -891,6 +891,31 @@ def test_a_resume_with_another_init_image_is_refused(caffe_npz, tmp_path):
   )
 
 
+def test_a_checkpoint_naming_its_loss_fn_the_old_way_says_so(caffe_npz, tmp_path, monkeypatch):
+  """Trial 31 V3: before 45c6757 a checkpoint named its loss_fn `module.qualname`.
+
+  Resumed with the very same function, the refusal said to "pass" it.
+  """
+  from nst_jax.core import step_checks
+
+  rng = np.random.default_rng(8)
+  content, style = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
+  cfg = _cfg(4, run=config_lib.RunConfig(checkpoint_every=1, print_iter=0))
+  old = tmp_path / 'old.ckpt'
+  with monkeypatch.context() as m:  # the older writer's words
+    m.setattr(step_checks, 'loss_fn_identity', lambda fn: f'{fn.__module__}.{fn.__qualname__}')
+    _stopped_after(2, content, style, config=cfg, weights=caffe_npz, checkpoint=old,
+                   loss_fn=_doubled)  # fmt: skip
+  again = cfg.replace(run=cfg.run.replace(resume=True))
+  with pytest.raises(errors.ResumeMismatch) as e:
+    stylize(content, style, config=again, weights=caffe_npz, checkpoint=old, loss_fn=_doubled)
+  assert str(e.value) == (
+    f'cannot resume from {old}: an older nst-jax wrote it, naming its loss_fn '
+    '"transfer_test._doubled" without its code, so this one cannot be checked against it; '
+    'start over with another checkpoint= path (or remove this one)'
+  )
+
+
 def test_an_error_in_the_callback_names_the_checkpoint_it_left(caffe_npz, tmp_path):
   """Trial 17: the callback's own error came out alone, though the checkpoint was saved."""
   rng = np.random.default_rng(7)

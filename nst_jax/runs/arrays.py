@@ -105,6 +105,18 @@ def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
     had = 'an' if e.now == 'none' else 'no'
     what = f"the checkpoint's run had {had} init_image"
     again = 'the same init_image' if e.now == 'none' else 'no init_image'
+  elif e.setting == 'loss_fn' and e.saved != 'null' and ' ' not in e.saved:
+    # Trial 31 V3: before 45c6757 a checkpoint named its loss_fn `module.qualname`,
+    # which cannot tell two of one name apart: "pass that loss_fn" could not help.
+    return errors.ResumeMismatch(
+      f'cannot resume from {e.path}: an older nst-jax wrote it, naming its loss_fn '
+      f'{e.saved} without its code, so this one cannot be checked against it; '
+      'start over with another checkpoint= path (or remove this one)',
+      path=e.path,
+      setting=e.setting,
+      saved=e.saved,
+      now=e.now,
+    )
   elif e.setting == 'loss_fn':  # trial 27: another went on, unsaid; 29: named, both
     was = 'the default objective' if e.saved == 'null' else e.saved
     now = 'the default objective' if e.now == 'null' else e.now
