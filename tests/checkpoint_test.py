@@ -927,6 +927,13 @@ def test_a_resumed_record_claims_the_image_its_stop_saved(tmp_path, images, caff
     (tmp_path / name).unlink()
   run(_cfg(content, style, out, caffe_npz, iterations=10, resume=True))
   assert json.loads((tmp_path / 'r.json').read_text())['intermediates'] == ['r_00004.png']
+  # Trial 32 W3: a new run over the kept checkpoint kept the earlier run's noted images, and
+  # after its own stop and resume its record listed them as its own.
+  assert checkpoint_store.noted_images(ckpt) == images
+  run(_cfg(content, style, out, caffe_npz, iterations=6, style_weight=0.5))
+  assert checkpoint_store.noted_images(ckpt) == {}
+  record = json.loads((tmp_path / 'r.json').read_text())
+  assert (record['intermediates'], record['earlier_intermediates']) == ([], ['r_00004.png'])
 
 
 def test_an_image_saved_over_an_intermediate_is_not_replaced(tmp_path, images, caffe_npz):

@@ -250,6 +250,20 @@ def note_images(path: Path, images: dict[str, str]) -> None:
   _note(path, images_sha256={**noted_images(path), **images})
 
 
+def forget_images(path: Path) -> None:
+  """Drops the noted images of a finished checkpoint a new run starts over.
+
+  They were the earlier run's stops (its record claims them since it
+  finished); kept, a stop of the new run added its own to them and its
+  resume listed the earlier run's as its own (trial 32 W3).
+  """
+  marker = path / MARKER
+  if is_directory(path) and marker.is_file() and not marker.is_symlink():
+    data = _marker(path)
+    if data.pop('images_sha256', None) is not None:
+      marker.write_text(json.dumps(data) + '\n')
+
+
 def _note(path: Path, **fields: Any) -> None:
   marker = path / MARKER
   if is_directory(path) and marker.is_file() and not marker.is_symlink():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from nst_jax import errors
 from nst_jax.io import checkpoint as checkpoint_lib
+from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
 from nst_jax.io import output_names
 
@@ -243,6 +244,16 @@ def check_not_unfinished(ckpt: Path) -> None:
       f'{ckpt} holds an unfinished run ({run}); continue it with run.resume, or delete it to '
       'start over'
     )
+
+
+def start_over(ckpt: Path) -> None:
+  """A run without run.resume over the checkpoint `ckpt`: refused if unfinished.
+
+  A finished one (kept) is the new run's to write over: the images its
+  earlier run noted at a stop are forgotten (checkpoint_store.forget_images).
+  """
+  check_not_unfinished(ckpt)
+  checkpoint_store.forget_images(ckpt)
 
 
 def unfinished_run(payload: dict) -> str | None:

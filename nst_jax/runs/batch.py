@@ -290,9 +290,7 @@ def _plan_outputs(jobs, cfg, inputs):
     recheck()
     if not cfg.run.resume:  # after the plan: a checkpoint name that is an input is refused there
       for index in local:
-        outputs.check_not_unfinished(
-          checkpoint_lib.path_for(jobs[index].output, cfg.run.checkpoint_dir)
-        )
+        outputs.start_over(checkpoint_lib.path_for(jobs[index].output, cfg.run.checkpoint_dir))
         if automatic[index]:
           job = jobs[index]
           runner.check_no_interrupted(job.content, job.style, directory, cfg)

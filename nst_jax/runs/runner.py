@@ -219,7 +219,7 @@ def run(cfg: config_lib.StyleConfig) -> Path:
     )
   ckpt = checkpoint_lib.path_for(output, cfg.run.checkpoint_dir)
   if not cfg.run.resume:  # after the plan: a checkpoint name that is an input is refused there
-    outputs.check_not_unfinished(ckpt)
+    outputs.start_over(ckpt)
     if not cfg.save.path or outputs.names_output_directory(cfg.save.path):
       check_no_interrupted(
         i.content_path, cfg.style_paths, cfg.save.path or outputs.DEFAULT_OUTPUT_DIR, cfg
