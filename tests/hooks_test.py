@@ -199,6 +199,25 @@ def test_a_non_finite_image_never_replaces_a_good_checkpoint(tmp_path):
   assert checkpoint_lib.read(tmp_path / 'a.ckpt')['iteration'] == 2
 
 
+def test_kept_names_what_the_checkpoints_hold(tmp_path):
+  one = _checkpoints(tmp_path)
+  assert one.kept() == f'no checkpoint was written to {tmp_path / "a.ckpt"}: a rerun starts afresh'
+  one.last_saved = one.last_tried = 4
+  assert (
+    one.kept()
+    == f'the checkpoint {tmp_path / "a.ckpt"} holds iteration 4: continue with run.resume'
+  )
+  both = hooks.Checkpoints(
+    {0: tmp_path / 'a.ckpt', 1: tmp_path / 'b.ckpt'}, every=2, settings={}, finite=None,
+    row_states=None, resume_as='--resume',
+  )  # fmt: skip
+  both.last_saved, both.last_tried = 4, 6  # the stop's save failed (a full disk)
+  assert both.kept() == (
+    f'the checkpoints {tmp_path / "a.ckpt"}, {tmp_path / "b.ckpt"} could not be written at '
+    'iteration 6 and hold iteration 4: continue from there with --resume'
+  )
+
+
 class _Clock:
   """A clock the stand-in step moves by 2 s per iteration."""
 

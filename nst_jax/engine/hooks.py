@@ -385,16 +385,14 @@ class Checkpoints(Hook):
     """
     if not self.paths:
       return ''
-    names = ', '.join(str(p) for p in self.paths.values())
-    saved, tried = self.last_saved, self.last_tried
+    names, saved, tried = ', '.join(map(str, self.paths.values())), self.last_saved, self.last_tried
     if saved is None:
       return f'no checkpoint was written to {names}: a rerun starts afresh'
+    the, s = ('the checkpoint', 's') if len(self.paths) == 1 else ('the checkpoints', '')  # a batch
     if tried is None or tried == saved:
-      return f'the checkpoint {names} holds iteration {saved}: continue with {self.resume_as}'
-    return (
-      f'the checkpoint {names} could not be written at iteration {tried} and holds iteration '
-      f'{saved}: continue from there with {self.resume_as}'
-    )
+      return f'{the} {names} hold{s} iteration {saved}: continue with {self.resume_as}'
+    return (f'{the} {names} could not be written at iteration {tried} and hold{s} iteration '
+            f'{saved}: continue from there with {self.resume_as}')  # fmt: skip
 
 
 class Intermediates(Hook):
