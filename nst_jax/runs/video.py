@@ -348,7 +348,7 @@ def _whole_pass(paths, stage, group, local, p) -> None:
   if len(set(real)) > 1:
     logging.warning('pass %d: its frames\' checkpoints hold different iterations (%s: stopped '
                     'while they were saved); the pass runs again from its start', p + 1,
-                    ', '.join(map(str, real)))  # fmt: skip
+                    ', '.join(str(i) if i >= 0 else 'none' for i in real))  # fmt: skip
     for r in held:
       checkpoint_store.remove(paths.checkpoint(group.rows[r], stage))
     output_names.remove_temporaries([paths.checkpoint(group.rows[r], stage) for r in held])
