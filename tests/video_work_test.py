@@ -93,6 +93,9 @@ def test_a_resume_with_other_settings_or_frames_is_refused_before_any_frame(tmp_
     f'{work / video_work.SETTINGS} is unreadable (it holds a list, not the settings); delete '
     f'{work} to start over'
   )
+  (work / video_work.SETTINGS).write_text('{}')  # it named color.color_match as differing
+  with pytest.raises(errors.NstError, match=r'is unreadable \(it lacks (\d+) of the \1 settings\)'):
+    video_pipeline.run_video(resume)
 
 
 def test_a_video_output_name_that_is_not_utf8_is_refused_before_any_frame(tmp_path, caffe_npz):
@@ -160,5 +163,7 @@ def test_a_pass_whose_frames_checkpoints_disagree_runs_again_from_its_start(
   payload = checkpoint_lib.snapshot(state, iteration=1, total=2, settings={})
   checkpoint_lib.write(pass2 / 'frame_00000.ckpt', payload)  # ... frame 0 saved, frame 1 not
   video_pipeline.run_video(cfg.replace(run=cfg.run.replace(resume=True)))
-  assert "pass 2: its frames' checkpoints hold different iterations (1, none: stopped " in caplog.text
+  assert (
+    "pass 2: its frames' checkpoints hold different iterations (1, none: stopped " in caplog.text
+  )
   assert {p.name: p.read_bytes() for p in (tmp_path / 'out').iterdir()} == whole

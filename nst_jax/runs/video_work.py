@@ -188,6 +188,8 @@ def hold_settings(paths: Paths, now: dict) -> None:
       saved = json.loads(path.read_text())
       if not isinstance(saved, dict):  # trial 28: a list was a traceback
         raise ValueError(f'it holds a {type(saved).__name__}, not the settings')
+      if len(missing := set(now) - set(saved)) > len(now) // 2:  # `{}` named color.color_match
+        raise ValueError(f'it lacks {len(missing)} of the {len(now)} settings')
     except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError too
       raise errors.NstError(
         f'{path} is unreadable ({e}); delete {paths.work} to start over'
