@@ -908,7 +908,7 @@ def test_a_checkpoint_save_cut_short_leaves_no_temporary_directory(
   ]
 
 
-def test_a_resumed_record_claims_the_image_its_stop_saved(tmp_path, images, caffe_npz):
+def test_a_resumed_record_claims_the_image_its_stop_saved(tmp_path, images, caffe_npz, caplog):
   """Trial 28: the stop's NAME_<k>.png was nobody's after a resume, and a folder batch into
   its own folder then styled it as a photo."""
   content, style = images
@@ -925,8 +925,13 @@ def test_a_resumed_record_claims_the_image_its_stop_saved(tmp_path, images, caff
   (tmp_path / 'r_00003.png').write_bytes(b'a picture of mine, not noted')
   for name in ('r.png', 'r.json', 'r.loss.png', 'r.sheet.jpg'):  # as a stopped run leaves it
     (tmp_path / name).unlink()
+  caplog.set_level('INFO')
   run(_cfg(content, style, out, caffe_npz, iterations=10, resume=True))
   assert json.loads((tmp_path / 'r.json').read_text())['intermediates'] == ['r_00004.png']
+  # The time is this process's: it said '10 iterations' in the time of 6.
+  assert re.search(
+    rf'Done: {re.escape(str(out))} in \S+ s, 6 iterations since the resume,', caplog.text
+  )
   # Trial 32 W3: a new run over the kept checkpoint kept the earlier run's noted images, and
   # after its own stop and resume its record listed them as its own.
   assert checkpoint_store.noted_images(ckpt) == images

@@ -185,10 +185,14 @@ def duration(seconds: float) -> str:
   return f'{minutes} min {s} s' if minutes < 60 else f'{minutes // 60} h {minutes % 60} min'
 
 
-def summary(output: Path, record: dict, results: Results) -> str:
-  """One line at the end of a run: where, how long, how many iterations, why it stopped."""
+def summary(output: Path, record: dict, results: Results, *, resumed: bool = False) -> str:
+  """One line at the end of a run: where, how long, how many iterations, why it stopped.
+
+  `resumed`: the time is this process's, and so are the iterations counted
+  (the record's stages count from their start before the resume too).
+  """
   stages = record.get('scales', [])
-  done = sum(s['iterations'] for s in stages)
+  done = sum(s['iterations'] - (s.get('start', 0) if resumed else 0) for s in stages)
   why = ''
   if stages and stages[-1]['stopped'] == 'converged':
     why = (
@@ -201,5 +205,5 @@ def summary(output: Path, record: dict, results: Results) -> str:
     where = f'; run record {errors.printable(record_lib.paths_for(output)["json"])}'
   elapsed = duration(time.perf_counter() - results.t0)
   # printable: a name with a newline stays on the one success line.
-  done = errors.counted(done, 'iteration')
+  done = errors.counted(done, 'iteration') + (' since the resume' if resumed else '')
   return f'Done: {errors.printable(output)} in {elapsed}, {done}{why}{loss}{where}.'

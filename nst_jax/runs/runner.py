@@ -296,5 +296,5 @@ def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan, resume)
       checkpoint_lib.remove(ckpt)  # finished: the result is saved, free the space
     else:
       checkpoint_store.note_result(ckpt, output_names.file_sha256(output), output)
-    logging.info('%s', results_lib.summary(output, record, results))
+    logging.info('%s', results_lib.summary(output, record, results, resumed=resume is not None))
     return output
