@@ -108,15 +108,11 @@ def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
   elif e.setting == 'loss_fn' and e.saved != 'null' and ' ' not in e.saved:
     # Trial 31 V3: before 45c6757 a checkpoint named its loss_fn `module.qualname`,
     # which cannot tell two of one name apart: "pass that loss_fn" could not help.
-    return errors.ResumeMismatch(
-      f'cannot resume from {e.path}: an older nst-jax wrote it, naming its loss_fn '
-      f'{e.saved} without its code, so this one cannot be checked against it; '
-      'start over with another checkpoint= path (or remove this one)',
-      path=e.path,
-      setting=e.setting,
-      saved=e.saved,
-      now=e.now,
+    what = (
+      f'an older nst-jax wrote it, naming its loss_fn {e.saved} without its code, so this one '
+      'cannot be checked against it'
     )
+    again = None
   elif e.setting == 'loss_fn':  # trial 27: another went on, unsaid; 29: named, both
     was = 'the default objective' if e.saved == 'null' else e.saved
     now = 'the default objective' if e.now == 'null' else e.now
@@ -128,9 +124,11 @@ def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
   else:
     what = f'config.{e.setting} differs (checkpoint {e.saved}, now {e.now})'
     again = 'the same config'
+  fix = f'pass {again} to resume, or another checkpoint= path (or remove this one) to start over'
+  if again is None:
+    fix = 'start over with another checkpoint= path (or remove this one)'
   return errors.ResumeMismatch(
-    f'cannot resume from {e.path}: {what}; pass {again} to resume, or another '
-    'checkpoint= path (or remove this one) to start over',
+    f'cannot resume from {e.path}: {what}; {fix}',
     path=e.path,
     setting=e.setting,
     saved=e.saved,
