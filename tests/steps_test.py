@@ -1,5 +1,6 @@
 """Tests for nst_jax.engine.steps: the step compiled over a layout, and the cache of them."""
 
+import dataclasses
 import functools
 import re
 
@@ -14,6 +15,7 @@ from nst_jax import errors
 from nst_jax.core import objective
 from nst_jax.core import pixels
 from nst_jax.core import step as core
+from nst_jax.core import step_checks
 from nst_jax.core import vgg
 from nst_jax.engine import sharding
 from nst_jax.engine import steps
@@ -142,6 +144,34 @@ def test_later_runs_reuse_the_compiled_step(caffe_npz, monkeypatch):
   assert not np.array_equal(again, first)
 
 
+def test_the_compile_cache_keys_a_loss_fn_by_what_it_computes(caffe_npz, monkeypatch):
+  """Trial 33: keyed by the object, an unhashable loss_fn (a dataclass) was a TypeError, and one
+  whose field changed between runs reused the old program: the old objective, unsaid."""
+  monkeypatch.setattr(runner, 'COMPILE_CACHE', steps.CompiledSteps())
+  rng = np.random.default_rng(3)
+  content, style = rng.uniform(size=(2, 16, 16, 3)).astype(np.float32)
+  cfg = config_lib.StyleConfig(
+    loss=small_runs.loss_config(),
+    schedule=config_lib.ScheduleConfig(iterations=2),
+    run=config_lib.RunConfig(print_iter=0),
+  )
+  records = [{}, {}, {}]
+
+  def run(loss_fn, record):
+    return stylize(content, style, config=cfg, weights=caffe_npz, loss_fn=loss_fn, record=record)
+
+  loss = _DataLoss(0.0)
+  first = run(loss, records[0])
+  loss.by = 1e3  # a sweep: change the field, run again
+  changed = run(loss, records[1])
+  fresh = run(_DataLoss(1e3), records[2])  # another object computing the same: reused
+  assert [r['scales'][0]['compile_reused'] for r in records] == [False, False, True]
+  np.testing.assert_array_equal(changed, fresh)
+  totals = [[entry['total'] for entry in r['history']] for r in records]
+  assert totals[1] == totals[2] and totals[1][0] > totals[0][0]  # the new objective's
+  assert not np.array_equal(first, changed)
+
+
 def test_the_first_iteration_is_its_own_program_with_the_backtracking():
   """compile_step(first=True) is update_step(backtrack=True); Adam has no such program."""
   cache = steps.CompiledSteps()
@@ -210,47 +240,106 @@ def test_a_run_refuses_a_loss_fn_without_the_terms_it_logs():
   assert set(program.out_info[1]) >= {'total', *steps.LOGGED}
 
 
-def test_a_loss_fns_identity_tells_two_of_one_name_apart():
-  """Trial 29: two lambdas, partials, closures or instances of one name resumed each other."""
-  import functools
+def _objective(x, params, targets, *, model, loss_spec):
+  return objective.objective(x, params, targets, model=model, loss_spec=loss_spec)
 
-  from nst_jax.core import step_checks
 
-  def scaled(x, *, by):
-    return x * by
+def _scaled(x, params, targets, *, model, loss_spec, by):
+  total, aux = _objective(x, params, targets, model=model, loss_spec=loss_spec)
+  return total + by * jnp.mean(x**2), aux
 
-  def factory(k):
-    def loss(x):
-      return x * k
 
-    return loss
+def _scaled_by(k, reduce=jnp.mean):
+  def loss(x, params, targets, *, model, loss_spec):
+    total, aux = _objective(x, params, targets, model=model, loss_spec=loss_spec)
+    weight = sum(k.values()) if isinstance(k, dict) else k
+    return total + jnp.sum(weight) * reduce(x**2), aux
 
-  class Loss:
-    def __init__(self, w):
-      self.w = w
+  return loss
 
-    def __call__(self, x):
-      return x * self.w
 
-  class HasFunc(Loss):  # not a partial, whatever its attributes (trial 31: an AttributeError)
-    func = 'f'
+class _Loss:
+  def __init__(self, by):
+    self.by, self.calls = by, 0
 
-  identity = step_checks.loss_fn_identity
+  def __call__(self, x, params, targets, *, model, loss_spec):
+    self.calls += 1  # bookkeeping that leaves the result alone
+    return _scaled(x, params, targets, model=model, loss_spec=loss_spec, by=self.by)
+
+  loss = __call__
+
+
+class _Slotted(_Loss):
+  __slots__ = ()
+
+
+class _HasFunc(_Loss):  # not a partial, whatever its attributes (trial 31: an AttributeError)
+  func = 'f'
+
+
+@dataclasses.dataclass
+class _DataLoss:  # unhashable: the compile cache's key failed on it (trial 33 X5)
+  by: float
+
+  def __call__(self, x, params, targets, *, model, loss_spec):
+    return _scaled(x, params, targets, model=model, loss_spec=loss_spec, by=self.by)
+
+
+def _defined(source: str, **globals_) -> object:
+  """A loss_fn `lf` defined from `source`, as a notebook cell run again defines it."""
+  namespace = {'jnp': jnp, '_objective': _objective, **globals_}
+  exec(source, namespace)  # noqa: S102 (the test's own source, as a notebook runs a cell)
+  return namespace['lf']
+
+
+def test_a_loss_fns_identity_is_what_it_computes():
+  """Trials 29, 31, 33: loss_fns of one name that compute otherwise resumed each other (lambdas,
+  partials, closures, instances, defaults, jitted closures, slots, dicts with tuple keys, arrays,
+  another function called, a global); one that counts its calls was refused its own resume."""
+  model, params, _, targets = _problem()
+  one = jax.tree.map(lambda x: x[0], targets)
+
+  def identity(loss_fn):
+    return step_checks.loss_fn_identity(
+      loss_fn, model=model, loss_spec=TINY_LOSS.spec, params=params, targets=one, shape=(16, 16)
+    )
+
+  cell = """def lf(x, params, targets, *, model, loss_spec):
+  total, aux = _objective(x, params, targets, model=model, loss_spec=loss_spec)
+  return total + SCALE * jnp.REDUCE(x**2), aux
+"""
+  mean, total = cell.replace('REDUCE', 'mean'), cell.replace('REDUCE', 'sum')
+  jit = functools.partial(jax.jit, static_argnames=('model', 'loss_spec'))
   pairs = [
-    (functools.partial(scaled, by=2.0), functools.partial(scaled, by=3.0)),
-    (lambda x: x * 2, lambda x: x * 3),
-    (factory(2), factory(3)),
-    (Loss(2), Loss(3)),
-    # Trial 31: default arguments, bound methods, closures over JAX scalars.
-    (lambda x, s=0.0: x * s, lambda x, s=1e3: x * s),
-    (Loss(2).__call__, Loss(3).__call__),
-    (factory(np.float32(0.0)), factory(np.float32(1e3))),
-    (HasFunc(2), HasFunc(3)),
-  ]
+    (functools.partial(_scaled, by=2.0), functools.partial(_scaled, by=3.0)),
+    (lambda *a, **k: _scaled(*a, **k, by=2.0), lambda *a, **k: _scaled(*a, **k, by=3.0)),
+    (_scaled_by(2.0), _scaled_by(3.0)),
+    (_Loss(2.0), _Loss(3.0)),
+    (_Loss(2.0).loss, _Loss(3.0).loss),
+    (_scaled_by(np.float32(0.0)), _scaled_by(np.float32(1e3))),
+    (_HasFunc(2.0), _HasFunc(3.0)),
+    (jit(_scaled_by(0.0)), jit(_scaled_by(1e3))),
+    (_scaled_by(1.0, jnp.mean), _scaled_by(1.0, jnp.sum)),
+    (_Slotted(0.0), _Slotted(1e3)),
+    (_DataLoss(0.0), _DataLoss(1e3)),
+    (_scaled_by({('relu1_1', 0): 1.0}), _scaled_by({('relu1_1', 0): 1e3})),
+    (_scaled_by(jnp.array([0.0, 1.0])), _scaled_by(jnp.array([1e3, 1.0]))),
+    (_defined(mean, SCALE=1.0), _defined(total, SCALE=1.0)),  # a cell edited and run again
+    (_defined(mean, SCALE=0.0), _defined(mean, SCALE=1e3)),  # a global changed
+  ]  # fmt: skip
   for a, b in pairs:
-    assert identity(a) != identity(b) and identity(a).split()[0] == identity(b).split()[0]
-    assert identity(a) == identity(a)
-  assert identity(functools.partial(scaled, by=2.0)) == identity(functools.partial(scaled, by=2.0))
-  assert identity(factory(2)) == identity(factory(2))
-  # A dict with tuple keys in a closure: json's TypeError before (trial 31).
-  assert identity(factory({(1, 2): 3})) == identity(factory({(1, 2): 3}))
+    assert identity(a) != identity(b), (identity(a), identity(b))
+    assert identity(a).split()[0] == identity(b).split()[0]  # one name, told apart by the digest
+  same = [
+    (functools.partial(_scaled, by=2.0), functools.partial(_scaled, by=2.0)),
+    (_scaled_by(2.0), _scaled_by(2.0)),
+    (_scaled_by(jnp.array([1e3, 1.0])), _scaled_by(np.array([1e3, 1.0], np.float32))),
+    (_defined(mean, SCALE=1.0), _defined(mean, SCALE=1.0)),
+  ]  # fmt: skip
+  for a, b in same:
+    assert identity(a) == identity(b)
+  counting = _Loss(2.0)
+  before = identity(counting)
+  counting(jnp.zeros((16, 16, 3)), params, one, model=model, loss_spec=TINY_LOSS.spec)
+  assert counting.calls == 2 and identity(counting) == before  # trial 33 X8
+  assert identity(_DataLoss(0.0)).startswith('_DataLoss ')

@@ -903,7 +903,7 @@ def test_a_checkpoint_naming_its_loss_fn_the_old_way_says_so(caffe_npz, tmp_path
   cfg = _cfg(4, run=config_lib.RunConfig(checkpoint_every=1, print_iter=0))
   old = tmp_path / 'old.ckpt'
   with monkeypatch.context() as m:  # the older writer's words
-    m.setattr(step_checks, 'loss_fn_identity', lambda fn: f'{fn.__module__}.{fn.__qualname__}')
+    m.setattr(step_checks, 'loss_fn_identity', lambda fn, **_: f'{fn.__module__}.{fn.__qualname__}')
     _stopped_after(2, content, style, config=cfg, weights=caffe_npz, checkpoint=old,
                    loss_fn=_doubled)  # fmt: skip
   again = cfg.replace(run=cfg.run.replace(resume=True))

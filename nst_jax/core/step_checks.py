@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 import functools
 import hashlib
 import inspect
-import json
+import re
 from typing import Any
 import warnings
 
@@ -259,51 +259,45 @@ def loss_result(result: Any) -> tuple[jax.Array, Mapping]:
   return result
 
 
-def loss_fn_identity(loss_fn: Callable) -> str:
+def loss_fn_identity(
+  loss_fn: Callable, *, model: Any, loss_spec: Any, params: Any, targets: Any, shape: tuple
+) -> str:
   """A custom loss_fn as a checkpoint names it, so that a resume with another is refused.
 
-  Its name and a digest of its module, qualified name and what tells two of
-  one name apart (trials 29, 31: lambdas, partials, closures, bound methods
-  of one name went on under each other's objective): a partial's arguments,
-  the bytecode and constants (inner functions' too), default arguments,
-  closure cells, a bound method's or callable instance's fields, where they
-  are plain data or scalars; other values (arrays, functions) count by type.
+  Its name and a digest of what it computes: the jaxpr of
+  `loss_fn(x, params=, targets=, model=, loss_spec=)` traced on abstract
+  arguments (an image [*shape, 3], the params and one image's targets, as
+  shapes), and the values of the arrays it closes over. Whatever the result
+  depends on is in it (code, the functions it calls, globals, closures,
+  defaults, fields, arrays in them); what leaves the result alone (a counter
+  the function keeps) is not. Trials 29, 31 and 33 found one Python-side
+  heuristic after another that let another objective resume unsaid.
+  Another JAX version may trace the same function otherwise (then refused).
+
+  Args:
+    loss_fn: the per-image loss (see nst_jax.core.step.update_step).
+    model, loss_spec: the step's.
+    params, targets: arrays or shapes (one image's targets, no batch axis).
+    shape: the image's (height, width).
   """
-  partial = isinstance(loss_fn, functools.partial)
-  fn = loss_fn.func if partial else loss_fn
-  name = getattr(fn, '__qualname__', type(fn).__qualname__)
-  parts = [f'{getattr(fn, "__module__", "?")}.{name}']
-  if partial:
-    parts.append(_plain([loss_fn.args, sorted(loss_fn.keywords.items())]))
-  owner = getattr(fn, '__self__', None)  # a bound method: its instance's fields
-  function = getattr(fn, '__func__', fn)
-  code = getattr(function, '__code__', None)
-  if code is not None:
-    parts.append(_code_digest(code))
-    cells = [c.cell_contents for c in getattr(function, '__closure__', None) or ()]
-    parts.append(_plain([cells, function.__defaults__, function.__kwdefaults__]))
-  fields = owner if owner is not None else (fn if code is None else None)
-  if fields is not None:  # a callable instance (or a bound method's): its fields
-    parts.append(_plain(getattr(fields, '__dict__', type(fields).__name__)))
-  # Its name and a digest of the rest: short enough for a refusal to show both.
-  return f'{name} {hashlib.sha256(" ".join(parts).encode()).hexdigest()[:8]}'
+  fn = loss_fn.func if isinstance(loss_fn, functools.partial) else loss_fn
+  name = getattr(fn, '__qualname__', None) or type(fn).__qualname__
+  with warnings.catch_warnings():  # the step warns of a deprecated loss_config= once
+    warnings.simplefilter('ignore', DeprecationWarning)
+    keyword = spec_keyword(loss_fn)
 
+  def call(x, p, t):
+    return loss_result(loss_fn(x, params=p, targets=t, model=model, **{keyword: loss_spec}))
 
-def _code_digest(code: Any) -> str:
-  """SHA-256 of a code object's bytecode and constants, nested code objects' included."""
-  inner = [_code_digest(c) if inspect.iscode(c) else c for c in code.co_consts]
-  return hashlib.sha256(code.co_code + _plain(inner).encode()).hexdigest()
+  def abstract(tree):
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tree)
 
-
-def _plain(value: Any) -> str:
-  """JSON of `value`, scalars (numpy, JAX) as numbers, anything else by its type's name."""
-  try:
-    return json.dumps(value, default=_scalar, sort_keys=True)
-  except (TypeError, ValueError):  # keys that are no strings, and the like
-    return type(value).__name__
-
-
-def _scalar(value: Any) -> Any:
-  if hasattr(value, 'item') and np.ndim(value) == 0:
-    return value.item()
-  return type(value).__name__
+  image = jax.ShapeDtypeStruct((*shape, 3), jnp.float32)
+  closed = jax.make_jaxpr(call)(image, abstract(params), abstract(targets))
+  # An object's address (a callback's, say) differs from process to process.
+  digest = hashlib.sha256(re.sub(r' at 0x[0-9a-f]+', '', str(closed.jaxpr)).encode())
+  for const in closed.consts:
+    value = np.asarray(const)
+    digest.update(f'{value.dtype}{value.shape}'.encode() + value.tobytes())
+  # Its name and the digest: short enough for a refusal to show both.
+  return f'{name} {digest.hexdigest()[:8]}'

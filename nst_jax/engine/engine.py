@@ -221,9 +221,7 @@ class Engine:
     self.w = weights
     self.layout = layout
     self.loss_fn = loss_fn
-    # What a checkpoint names: a custom loss_fn (the default, none: older checkpoints hold none).
-    custom = loss_fn is not objective.objective
-    self.custom_loss = step_checks.loss_fn_identity(loss_fn) if custom else None
+    self._loss_identities: dict = {}  # loss_identity's, by the shapes traced
     self.compile_cache = compile_cache
     self.convention = weights.info.input_convention
     m = config.model
@@ -249,6 +247,28 @@ class Engine:
       ),
       static_argnames=('blend_weights',),
     )
+
+  def loss_identity(self, targets: Any, shape: tuple[int, int], *, batched=False) -> str | None:
+    """A custom loss_fn's identity at one image's `targets` (arrays or shapes) and `shape`.
+
+    `batched`: the targets have the rows' leading axis (a stage's), left out.
+
+    What its checkpoints name and the compile cache's key (trial 33: keyed by
+    the object, a changed field reused the old program); None for the default
+    objective (older checkpoints hold none). step_checks.loss_fn_identity.
+    """
+    if self.loss_fn is objective.objective:
+      return None
+    if batched:
+      targets = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), targets)
+    leaves = jax.tree.leaves(targets)
+    key = (shape, jax.tree.structure(targets), tuple((np.shape(x), x.dtype) for x in leaves))
+    if key not in self._loss_identities:
+      self._loss_identities[key] = step_checks.loss_fn_identity(
+        self.loss_fn, model=self.model, loss_spec=self.cfg.loss.spec, params=self.params,
+        targets=targets, shape=shape,
+      )  # fmt: skip
+    return self._loss_identities[key]
 
   def to_rgb(self, x: np.ndarray, colors: np.ndarray | None) -> np.ndarray:
     """A network-space image [H, W, 3] -> RGB as saved (clipped, chroma put back)."""

@@ -188,7 +188,7 @@ class GroupRun:
       scale=k,
       term_weights=(row.content_weight, row.style_weight, row.tv_weight),
       init=row.init_rgb,  # every scale's: it decides their start too (trial 18)
-      loss_fn=e.custom_loss,
+      loss_fn=e.loss_identity(host, (h, w)),
     )  # fmt: skip
     return host, settings, content
 
@@ -294,6 +294,7 @@ class GroupRun:
       state_sharding=state_sh,
       args=(state, e.params, st.targets, self._active(np.ones(1, bool))),
       key=e.optimizer_key,
+      loss_key=e.loss_identity(st.targets, (st.height, st.width), batched=True),
       cache=e.compile_cache,
       first=first,
     )

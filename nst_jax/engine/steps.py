@@ -66,6 +66,7 @@ def compile_step(
   state_sharding,
   args: tuple,
   key: tuple = (),
+  loss_key: str | None = None,
   cache: CompiledSteps | None = None,
   first: bool = False,
 ) -> tuple[Any, float]:
@@ -83,6 +84,9 @@ def compile_step(
     args: (state, params, targets, active), placed as the layout says.
     key: what else the program was built from (the optimiser's build
       arguments, say), for the cache.
+    loss_key: the custom loss_fn's identity (Engine.loss_identity), the
+      cache's key for it: by the object, a changed field reused the old
+      program and an unhashable one failed (trial 33); None: the loss_fn.
     cache: where compiled steps are kept for reuse (None: compile afresh).
     first: the first iteration's program.
 
@@ -106,7 +110,7 @@ def compile_step(
   )
   program = step.first if first else step.update
   # A program is kept once, whichever of `first` and `update` it serves.
-  full_key = (model, loss_spec, loss_fn, layout.key, *key)
+  full_key = (model, loss_spec, loss_fn if loss_key is None else loss_key, layout.key, *key)
   if program is not step.update:
     full_key = (*full_key, 'first')
   compiled, seconds = (CompiledSteps() if cache is None else cache).get(program, full_key, *args)
