@@ -46,6 +46,10 @@ class WriteError(NstError):
   """A file could not be written (disk full, I/O error); nothing was replaced."""
 
 
+class FileAppeared(WriteError):
+  """A file appeared at a name the run planned to write while it ran: someone's, kept."""
+
+
 class WeightsError(NstError):
   """A weights file is missing, malformed, or does not fit the network."""
 

@@ -19,6 +19,7 @@ import small_runs
 from nst_jax import errors
 from nst_jax import run
 from nst_jax import stylize
+from nst_jax.io import atomic
 from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import checkpoint_store
 from nst_jax.io import checkpoint_v1
@@ -859,27 +860,26 @@ def test_a_record_that_cannot_be_written_leaves_the_result_unreplaced(
 ):
   """Trial 28: a disk full after the result left it without its record; the rerun then called
   nst-jax's own result someone's. The record is written first, the result renamed after."""
-  from nst_jax.io import images as image_lib
 
   content, style = images
   out = tmp_path / 'r.png'
   cfg = _cfg(content, style, out, caffe_npz, iterations=2, keep_checkpoint=False)
   run(cfg)
   before = _digests(tmp_path)
-  real = image_lib.atomic_write
+  real = atomic.write
 
   def full(path, write, **kwargs):
     if Path(path).suffix == '.json':
       raise errors.WriteError(f'could not write {path}: No space left on device')
     return real(path, write, **kwargs)
 
-  monkeypatch.setattr(image_lib, 'atomic_write', full)
+  monkeypatch.setattr(atomic, 'write', full)
   other = cfg.replace(loss=cfg.loss.replace(style_weight=1.0))
   with pytest.raises(errors.WriteError, match=r'r\.json: No space left on device'):
     run(other)
   after = {k: v for k, v in _digests(tmp_path).items() if not k.startswith('r.ckpt/')}
   assert after == before  # neither the result nor its record replaced (the checkpoint is kept)
-  monkeypatch.setattr(image_lib, 'atomic_write', real)
+  monkeypatch.setattr(atomic, 'write', real)
   run(other)  # the rerun takes its own result, as before the full disk
   assert json.loads((tmp_path / 'r.json').read_text())['settings']['loss']['style_weight'] == 1.0
 

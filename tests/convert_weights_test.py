@@ -330,7 +330,7 @@ def convert_file(source, output, convention=None):
       f.write(b'x' * 1000)
     os.kill(os.getpid(), int(sys.argv[2]))  # mid-write, as a kill would come
     time.sleep(5)
-  images.atomic_write(output, write)
+  atomic.write(output, write)
 
 weights.convert_file = convert_file
 convert.run(['convert_weights.py', '--input', sys.argv[1], '--output', 'out.npz'])

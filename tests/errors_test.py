@@ -5,7 +5,7 @@ import errno
 import pytest
 
 from nst_jax import errors
-from nst_jax.io import images
+from nst_jax.io import atomic
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,7 @@ def test_a_write_failure_is_told_the_fix_of_its_cause(tmp_path):
   assert errors.write_failure(path, wrapped, 'w').endswith('(a read-only file system)')
   (tmp_path / 'gone').write_text('a file where the folder was')
   with pytest.raises(errors.WriteError) as e:
-    images.atomic_write(tmp_path / 'gone' / 'r.png', lambda tmp: None)
+    atomic.write(tmp_path / 'gone' / 'r.png', lambda tmp: None)
   assert str(e.value) == (
     f'could not write {tmp_path}/gone/r.png: its folder {tmp_path}/gone is gone or is not a '
     'folder; nothing was replaced: make it or choose another place'

@@ -28,8 +28,8 @@ import small_runs  # noqa: E402
 
 import nst_jax  # noqa: E402
 from nst_jax import errors  # noqa: E402
+from nst_jax.io import atomic  # noqa: E402
 from nst_jax.io import checkpoint as checkpoint_lib  # noqa: E402
-from nst_jax.io import images as image_lib  # noqa: E402
 from nst_jax.io import jobs as jobs_lib  # noqa: E402
 from nst_jax.runs import batch as batch_lib  # noqa: E402
 from nst_jax.runs import output_plan  # noqa: E402
@@ -503,8 +503,8 @@ def test_a_batch_killed_before_any_write_resumes_to_the_uninterrupted_results(
 
     return write
 
-  monkeypatch.setattr(image_lib, 'atomic_write', counting(image_lib.atomic_write))
-  # Checkpoints are directories of orbax steps, not written by atomic_write; a kill inside
+  monkeypatch.setattr(atomic, 'write', counting(atomic.write))
+  # Checkpoints are directories of orbax steps, not written by atomic.write; a kill inside
   # one is tests/checkpoint_store_test.py's.
   monkeypatch.setattr(checkpoint_lib, 'write', counting(checkpoint_lib.write))
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from nst_jax import errors
+from nst_jax.io import atomic
 from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import images as image_lib
 from nst_jax.io import output_names
@@ -385,7 +386,7 @@ def test_a_failed_write_is_one_line_and_replaces_nothing(tmp_path):
     raise OSError(28, os.strerror(28))
 
   with pytest.raises(errors.WriteError) as e:
-    image_lib.atomic_write(target, fail)
+    atomic.write(target, fail)
   assert str(e.value) == (
     f'could not write {target}: No space left on device; nothing was replaced: free space or '
     'choose another place'

@@ -13,7 +13,7 @@ only once orbax has committed it, so a kill at any moment leaves a whole step
 to resume from; readers take the highest-numbered committed step (and a
 refusal of a damaged one names the step before it, which resumes). The
 directory itself appears whole: the first save builds it under a temporary
-name (`.NAME.ckpt.nst-XXXXXXXX.tmp`, the name image.atomic_write uses) and
+name (`.NAME.ckpt.nst-XXXXXXXX.tmp`, the name nst_jax.io.atomic.write uses) and
 renames it into place. Beside a format-1 file (one msgpack file of the same
 name, from nst-jax before format 2) the first save exchanges the two
 atomically (Linux renameat2 RENAME_EXCHANGE), then deletes the file; where
@@ -314,7 +314,7 @@ def remove(path: str | os.PathLike) -> None:
 
 
 def _temporary_name(path: Path) -> Path:
-  """`.NAME.nst-XXXXXXXX.tmp` beside `path`: image.atomic_write's name, which the planner's
+  """`.NAME.nst-XXXXXXXX.tmp` beside `path`: nst_jax.io.atomic.write's name, which the planner's
   litter removal knows (output_names.remove_temporaries)."""
   name = ''.join(secrets.choice('abcdefghijklmnopqrstuvwxyz0123456789_') for _ in range(8))
   return path.with_name(f'.{path.name}.nst-{name}.tmp')

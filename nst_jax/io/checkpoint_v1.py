@@ -12,7 +12,7 @@ from pathlib import Path
 
 import flax.serialization
 
-from nst_jax.io import images as image_lib
+from nst_jax.io import atomic
 
 FORMAT = 1
 
@@ -39,4 +39,4 @@ def write(path: str | os.PathLike, payload: dict) -> None:
       'state': payload['state'],
     }
   )
-  image_lib.atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+  atomic.write(path, lambda tmp: Path(tmp).write_bytes(data))

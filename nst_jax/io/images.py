@@ -11,7 +11,6 @@ import contextlib
 import io
 import os
 from pathlib import Path
-import tempfile
 import zlib
 
 from absl import logging
@@ -25,6 +24,7 @@ from nst_jax import errors
 from nst_jax.core import color
 from nst_jax.core import mask_checks
 from nst_jax.core import pixels
+from nst_jax.io import atomic
 from nst_jax.io import image_modes
 from nst_jax.io import output_names
 
@@ -241,42 +241,6 @@ def to_uint8(rgb: np.ndarray) -> np.ndarray:
   return np.round(np.clip(np.asarray(rgb, np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def atomic_write(
-  path: str | os.PathLike,
-  write: Callable[[str], None],
-  *,
-  then: Callable[[str], None] | None = None,
-) -> None:
-  """Calls write(tmp) on a temporary file beside `path`, then renames it.
-
-  A reader never sees a half-written `path`, and a failed write leaves any
-  existing `path` untouched. `then(tmp)`, if given, runs on the written
-  file before the rename (a result's run record, with its digest); if it
-  fails, nothing is renamed.
-  """
-  path = Path(path)
-  tmp = None
-  try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.nst-', suffix='.tmp', dir=path.parent)
-    os.close(fd)
-    write(tmp)
-    # mkstemp creates 0600; give the file the mode a plain open() would have.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    if then is not None:
-      then(tmp)
-    os.replace(tmp, path)
-  except BaseException as e:
-    if tmp is not None:
-      Path(tmp).unlink(missing_ok=True)
-    if isinstance(e, OSError) and e.errno is not None:
-      # Disk full, I/O error, permissions: one line, and `path` as it was.
-      raise errors.WriteError(errors.write_failure(path, e, e.strerror)) from None
-    raise
-
-
 def image_format(path: str | os.PathLike) -> str:
   """Pillow's format name for a file name's suffix (.png -> 'PNG')."""
   fmt = Image.registered_extensions().get(Path(path).suffix.lower())
@@ -385,6 +349,7 @@ def save_image(
   quality: int = config_lib.DEFAULT_QUALITY,
   icc: bytes | None = None,
   then: Callable[[str], None] | None = None,
+  replace: bool = True,
 ) -> None:
   """Writes [H, W, 3] RGB in [0, 1] atomically, in the format of the suffix.
 
@@ -404,7 +369,8 @@ def save_image(
     icc: an ICC profile to embed (the content image's, so the numbers keep
       their meaning), or None.
     then: called with the written temporary file before it is renamed into
-      place (`atomic_write`).
+      place (`nst_jax.io.atomic.write`).
+    replace: False: a file at `path` by then is kept (`nst_jax.io.atomic.write`).
 
   Raises:
     ImageError: an unknown suffix, a format that cannot hold the result
@@ -424,7 +390,7 @@ def save_image(
   quality = int(quality)  # numpy's integers failed inside Pillow (trial 18)
   rgb = _savable(rgb)
   if bit_depth == 16:
-    atomic_write(path, lambda tmp: _write_png16(tmp, rgb, icc), then=then)
+    atomic.write(path, lambda tmp: _write_png16(tmp, rgb, icc), then=then, replace=replace)
     return
   image = Image.fromarray(to_uint8(rgb))
   options = {'icc_profile': icc} if icc else {}
@@ -441,4 +407,5 @@ def save_image(
     # brush strokes' colour edges live in (a 48 px result scored 3.7x its own
     # loss as 4:2:0, 1.2x as 4:4:4; trial 12).
     options['subsampling'] = 0
-  atomic_write(path, lambda tmp: image.save(tmp, format=fmt, **options), then=then)
+  atomic.write(path, lambda tmp: image.save(tmp, format=fmt, **options), then=then,
+               replace=replace)  # fmt: skip

@@ -37,7 +37,7 @@ RECORD_NAMES = {'json': 'run record', 'loss': 'loss plot', 'sheet': 'contact she
 CHECKPOINT_TAIL = '.ckpt'
 # The frames a video run writes into a folder (nst_jax.io.video.write_frames), numbered from 1.
 FRAME_NAME = 'frame_{:05d}.png'
-# atomic_write's temporary name: '.' + name + '.nst-' + 8 random characters + '.tmp'.
+# atomic.write's temporary name: '.' + name + '.nst-' + 8 random characters + '.tmp'.
 TEMP_EXTRA_CHARS = 18
 
 
@@ -300,7 +300,7 @@ def check_place(path: Path, where: str = 'output') -> Path:
 
 LOCK_TAIL = '.lock'
 # Temporary names: mkstemp's random part is 8 characters of this alphabet
-# (tempfile._RandomNameSequence); .tmp for files (image.atomic_write) and
+# (tempfile._RandomNameSequence); .tmp for files (nst_jax.io.atomic.write) and
 # checkpoint directories being made or deleted (nst_jax.io.checkpoint_store),
 # .partial.mp4 and .partial/ for videos and frame folders (nst_jax.io.video).
 _TEMP_NAME = re.compile(r'\.(?P<name>.+)\.nst-[a-z0-9_]{8}\.(tmp|partial\.mp4|partial)')

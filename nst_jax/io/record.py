@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
+from nst_jax.io import atomic
 from nst_jax.io import images as image_lib
 from nst_jax.io import output_names
 
@@ -186,7 +187,7 @@ def loss_plot(history: Sequence[dict], path: str | os.PathLike) -> None:
         )
       draw.line([w - right + 15, top + 20 + 18 * i, w - right + 40, top + 20 + 18 * i], color, 2)
       draw.text((w - right + 45, top + 14 + 18 * i), name, fill='black')
-  image_lib.atomic_write(path, lambda tmp: im.save(tmp, format='PNG'))
+  atomic.write(path, lambda tmp: im.save(tmp, format='PNG'))
 
 
 def _thumb(rgb: np.ndarray, height: int) -> Image.Image:
@@ -220,7 +221,7 @@ def contact_sheet(
     for t in row:
       sheet.paste(t, (x, gap + r * (height + gap)))
       x += t.width + gap
-  image_lib.atomic_write(path, lambda tmp: sheet.save(tmp, format='JPEG', quality=90))
+  atomic.write(path, lambda tmp: sheet.save(tmp, format='JPEG', quality=90))
 
 
 def write(
@@ -247,7 +248,7 @@ def write(
     written=written,
   )  # fmt: skip
   text = json.dumps(data, indent=1)
-  image_lib.atomic_write(paths['json'], lambda tmp: Path(tmp).write_text(text))
+  atomic.write(paths['json'], lambda tmp: Path(tmp).write_text(text))
   if written is None:
     figures(paths, data['history'], [content, *styles, result], intermediates)
   return paths

@@ -35,6 +35,7 @@ import numpy as np
 from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.core import pixels
+from nst_jax.io import atomic
 from nst_jax.io import images as image_lib
 from nst_jax.io import jobs as jobs_lib
 from nst_jax.io import output_names
@@ -428,7 +429,7 @@ def save_work_frame(path: Path, rgb: np.ndarray, entry: dict | None = None) -> N
   path.parent.mkdir(parents=True, exist_ok=True)
   if entry is not None:
     text = json.dumps(entry)
-    image_lib.atomic_write(path.with_suffix('.json'), lambda tmp: Path(tmp).write_text(text))
+    atomic.write(path.with_suffix('.json'), lambda tmp: Path(tmp).write_text(text))
   image_lib.save_image(path, rgb, bit_depth=16)
 
 

@@ -35,7 +35,7 @@ import numpy as np
 from nst_jax import errors
 from nst_jax.core import checks as core_checks
 from nst_jax.core import pixels
-from nst_jax.io import images as image_lib
+from nst_jax.io import atomic
 from nst_jax.io import weight_checks
 from nst_jax.io import weight_formats
 
@@ -273,7 +273,7 @@ def save_npz(path: str | os.PathLike, flat: Mapping[str, np.ndarray], info: Weig
     with open(tmp, 'wb') as f:
       np.savez(f, allow_pickle=False, **arrays)
 
-  image_lib.atomic_write(path, write)
+  atomic.write(path, write)
 
 
 def load_weights(path: str | os.PathLike | None = None, *, given_as: str = 'path=') -> Weights:

@@ -44,6 +44,7 @@ from nst_jax.engine import rows as rows_lib
 from nst_jax.engine import schedule as schedule_lib
 from nst_jax.engine import sharding as sharding_lib
 from nst_jax.engine import signals
+from nst_jax.io import atomic
 from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
@@ -395,7 +396,7 @@ def _write(cfg, paths: video_work.Paths, clip, results, record, seconds) -> None
         'per_frame': record.get('frames', []),
         'passes': record.get('passes', []),
       }
-      image_lib.atomic_write(target, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)))
+      atomic.write(target, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)))
   if not cfg.run.keep_checkpoint:
     shutil.rmtree(paths.work, ignore_errors=True)
   logging.info('Done: %s, %d frames in %s (%.1f s of optical flow).', paths.output, len(results),

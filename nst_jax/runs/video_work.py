@@ -23,9 +23,9 @@ import numpy as np
 
 from nst_jax import config as config_lib
 from nst_jax import errors
+from nst_jax.io import atomic
 from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import checkpoint_store
-from nst_jax.io import images as image_lib
 from nst_jax.io import output_names
 from nst_jax.io import outputs
 from nst_jax.runs import output_locks
@@ -201,4 +201,4 @@ def hold_settings(paths: Paths, now: dict) -> None:
       f'{paths.work} holds frames of a run that recorded no settings (an earlier nst-jax): they '
       'cannot be checked against this run; delete it to start over'
     )
-  image_lib.atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(now, indent=1)))
+  atomic.write(path, lambda tmp: Path(tmp).write_text(json.dumps(now, indent=1)))
