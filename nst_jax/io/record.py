@@ -13,7 +13,7 @@ Pictures are drawn with Pillow alone (no plotting library in the run path).
 Every file is written atomically.
 """
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 import dataclasses
 import importlib.metadata
 import json
@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
+from nst_jax import errors
 from nst_jax.io import atomic
 from nst_jax.io import images as image_lib
 from nst_jax.io import output_names
@@ -74,9 +75,12 @@ def _device() -> dict[str, Any]:
 
 
 def _digests(output: str | os.PathLike, record: dict) -> dict[str, str]:
+  """Each intermediate's SHA-256: as written where the run says (its 'written_sha256'; one
+  replaced since is someone's: trial 34), else of the file there now."""
   names = [*record.get('intermediates', []), *record.get('earlier_intermediates', [])]
+  written = record.get('written_sha256', {})
   there = [(n, Path(output).with_name(n)) for n in names]
-  return {n: output_names.file_sha256(p) for n, p in there if p.is_file()}
+  return {n: written.get(n) or output_names.file_sha256(p) for n, p in there if p.is_file()}
 
 
 def build(
@@ -143,7 +147,7 @@ def _nice_log_ticks(lo: float, hi: float) -> list[float]:
   return [10.0**k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)]
 
 
-def loss_plot(history: Sequence[dict], path: str | os.PathLike) -> None:
+def loss_plot(history: Sequence[dict], path: str | os.PathLike, *, replace=True) -> None:
   """Draws the total (weighted) and the unweighted L_c, L_s, L_tv per iteration, log y.
 
   Iterations count on across scales (History numbers them so); non-positive
@@ -187,7 +191,7 @@ def loss_plot(history: Sequence[dict], path: str | os.PathLike) -> None:
         )
       draw.line([w - right + 15, top + 20 + 18 * i, w - right + 40, top + 20 + 18 * i], color, 2)
       draw.text((w - right + 45, top + 14 + 18 * i), name, fill='black')
-  atomic.write(path, lambda tmp: im.save(tmp, format='PNG'))
+  atomic.write(path, lambda tmp: im.save(tmp, format='PNG'), replace=replace)
 
 
 def _thumb(rgb: np.ndarray, height: int) -> Image.Image:
@@ -197,7 +201,11 @@ def _thumb(rgb: np.ndarray, height: int) -> Image.Image:
 
 
 def contact_sheet(
-  rows: Sequence[Sequence[np.ndarray]], path: str | os.PathLike, height: int = SHEET_HEIGHT
+  rows: Sequence[Sequence[np.ndarray]],
+  path: str | os.PathLike,
+  height: int = SHEET_HEIGHT,
+  *,
+  replace: bool = True,
 ) -> None:
   """Images [H, W, 3] in [0, 1], each scaled to `height`, laid out in rows (JPEG).
 
@@ -221,7 +229,7 @@ def contact_sheet(
     for t in row:
       sheet.paste(t, (x, gap + r * (height + gap)))
       x += t.width + gap
-  atomic.write(path, lambda tmp: sheet.save(tmp, format='JPEG', quality=90))
+  atomic.write(path, lambda tmp: sheet.save(tmp, format='JPEG', quality=90), replace=replace)
 
 
 def write(
@@ -236,11 +244,14 @@ def write(
   result: np.ndarray,
   intermediates: Sequence[np.ndarray] = (),
   written: str | os.PathLike | None = None,
+  replaceable: Collection[Path] | None = None,
 ) -> dict[str, Path]:
   """Writes NAME.json, NAME.loss.png and NAME.sheet.jpg beside `output`.
 
   `written`: the result's file not yet renamed to `output` (its digest goes
   in the record), with the figures left to `figures` after the rename.
+  `replaceable`: the files the run may replace (None: any); another one
+  there by then is kept (errors.FileAppeared for the record).
   """
   paths = paths_for(output)
   data = build(
@@ -248,13 +259,30 @@ def write(
     written=written,
   )  # fmt: skip
   text = json.dumps(data, indent=1)
-  atomic.write(paths['json'], lambda tmp: Path(tmp).write_text(text))
+  replace = replaceable is None or paths['json'] in replaceable
+  atomic.write(paths['json'], lambda tmp: Path(tmp).write_text(text), replace=replace)
   if written is None:
-    figures(paths, data['history'], [content, *styles, result], intermediates)
+    figures(paths, data['history'], [content, *styles, result], intermediates,
+            replaceable=replaceable)  # fmt: skip
   return paths
 
 
-def figures(paths: dict[str, Path], history: list, row: Sequence, intermediates=()) -> None:
-  """The loss plot and the contact sheet (`row`: content, styles, result)."""
-  loss_plot(history, paths['loss'])
-  contact_sheet([list(row), list(intermediates)], paths['sheet'])
+def figures(
+  paths: dict[str, Path], history: list, row: Sequence, intermediates=(), *, replaceable=None
+) -> list[Path]:
+  """The loss plot and the contact sheet (`row`: content, styles, result).
+
+  Returns those not written because a file not in `replaceable` (None: any
+  may be replaced) was there by then, which is kept.
+  """
+  kept = []
+  for key, draw in (
+    ('loss', lambda path, replace: loss_plot(history, path, replace=replace)),
+    ('sheet', lambda path, replace: contact_sheet([list(row), list(intermediates)], path,
+                                                  replace=replace)),
+  ):  # fmt: skip
+    try:
+      draw(paths[key], replaceable is None or paths[key] in replaceable)
+    except errors.FileAppeared:
+      kept.append(paths[key])
+  return kept

@@ -67,9 +67,15 @@ class Results:
         there[r] += [q for q in _stop_images(p, cfg.run.checkpoint_dir) if q not in there[r]]
     self.saved = {r: [p.name for p in paths] for r, paths in there.items()}
     self.replaceable = {p for paths in there.values() for p in paths}
+    # The result and record files there now are this output's (the plan said so); any other is
+    # written only where no file is by then (trial 34: put there while the run ran, replaced).
+    for p in self.paths.values():
+      files = [Path(p), *(output_names.derived(p, t) for t in output_names.RECORD_TAILS.values())]
+      self.replaceable |= {q for q in files if os.path.lexists(q)}
     # What an earlier run's record claims beside each result this run replaces (trial 26).
     self.earlier = {r: output_names.claimed(p) - {Path(p)} for r, p in self.paths.items()}
     self.wrote: dict[int, list[Path]] = {r: [] for r in self.paths}  # this run's images
+    self.digests: dict[int, dict[str, str]] = {r: {} for r in self.paths}  # theirs, as written
     self.t0 = time.perf_counter()
     self.history = hooks_lib.History(cfg.run.print_iter, list(self.paths), t0=self.t0)
 
@@ -81,7 +87,7 @@ class Results:
       yield
     except errors.Interrupted:
       for r, p in self.paths.items():
-        images = {q.name: output_names.file_sha256(q) for q in self.wrote[r] if q.is_file()}
+        images = dict(self.digests[r])  # as written: a file put over one since is someone's
         if images:
           checkpoint_store.note_images(checkpoint_lib.path_for(p, self.cfg.run.checkpoint_dir),
                                        images)  # fmt: skip
@@ -90,21 +96,25 @@ class Results:
   def _save(self, path, rgb, r, then=None) -> None:
     save = self.cfg.save
     image_lib.save_image(
-      path, rgb, bit_depth=save.bit_depth, quality=save.quality, icc=self.icc.get(r), then=then
-    )
+      path, rgb, bit_depth=save.bit_depth, quality=save.quality, icc=self.icc.get(r), then=then,
+      replace=Path(path) in self.replaceable,
+    )  # fmt: skip
 
   def intermediate(self, iteration: int, images: dict[int, np.ndarray]) -> list[Path]:
     """The engine's on_intermediate: <name>_<iteration>.png beside each output; those written."""
     written = []
     for r, rgb in images.items():
       path = output_names.intermediate_path(self.paths[r], iteration)
-      if os.path.lexists(path) and path not in self.replaceable:
+      try:
+        self._save(path, rgb, r)
+      except errors.FileAppeared:  # someone's, there before or since (trial 34: another run's)
         logging.warning('%skept %s: the image of iteration %d was not saved', self.prefix, path,
                         iteration)  # fmt: skip
         continue
-      self._save(path, rgb, r)
       written.append(path)
       self.wrote[r].append(path)
+      self.replaceable.add(path)  # this run's own now (a stop's image saved at a save_iter)
+      self.digests[r][path.name] = output_names.file_sha256(path)  # as written, for the record
       if path.name not in self.saved[r]:
         self.saved[r].append(path.name)
       if self.cfg.save.record:
@@ -120,7 +130,9 @@ class Results:
       self._save(path, rgb, r)
       logging.info('%ssaved %s', self.prefix, errors.printable(path))
       for tail in output_names.RECORD_TAILS.values():  # an earlier record: of the image replaced
-        if (old := output_names.derived(path, tail)) in earlier:
+        old = output_names.derived(path, tail)
+        # Not another run's result put at such a name (trial 34: deleted; its record named it).
+        if old in earlier and output_names.record_naming(old) is None:
           old.unlink(missing_ok=True)
       for old in earlier:  # and the intermediates it claimed, nobody's without it (trial 28)
         if output_names.intermediate_number(old) is not None and old.name not in self.saved[r]:
@@ -131,19 +143,29 @@ class Results:
     before = sorted(p.name for p in earlier if output_names.intermediate_number(p) is not None
                     and p.name not in self.saved[r] and os.path.lexists(p))  # fmt: skip
     record = {**record, 'history': self.history.history[r], 'intermediates': self.saved[r],
-              'earlier_intermediates': before}  # fmt: skip
+              'earlier_intermediates': before, 'written_sha256': self.digests[r]}  # fmt: skip
     config, seconds = self.configs.get(r, self.cfg), time.perf_counter() - self.t0
 
+    recorded = []
+
     def record_first(tmp: str) -> None:  # trial 28: a full disk left a result without a record
-      record_lib.write(
+      recorded.append(record_lib.write(
         path, config=config, weights_info=self.info, record=record, total_s=seconds,
         content=row.content, styles=list(row.styles), result=rgb, written=tmp,
-      )  # fmt: skip
+        replaceable=self.replaceable,
+      ))  # fmt: skip
 
-    self._save(path, rgb, r, then=record_first)
+    try:
+      self._save(path, rgb, r, then=record_first)
+    except errors.FileAppeared:
+      if recorded:  # at the result's name: the record just written describes no result there
+        recorded[0]['json'].unlink(missing_ok=True)
+      raise
     logging.info('%ssaved %s', self.prefix, errors.printable(path))
-    record_lib.figures(record_lib.paths_for(path), record['history'],
-                       [row.content, *row.styles, rgb], self.intermediates[r])  # fmt: skip
+    for kept in record_lib.figures(record_lib.paths_for(path), record['history'],
+                                   [row.content, *row.styles, rgb], self.intermediates[r],
+                                   replaceable=self.replaceable):  # fmt: skip
+      logging.warning('%skept %s: a file appeared there while the run ran', self.prefix, kept)
     return path
 
 

@@ -1,0 +1,131 @@
+"""Tests for nst_jax.runs.results: what a run writes at its end, and what it keeps of others'."""
+
+import json
+from pathlib import Path
+
+from conftest import flat_config
+import numpy as np
+from PIL import Image
+import pytest
+import small_runs
+
+from nst_jax import errors
+from nst_jax import run
+from nst_jax.io import checkpoint as checkpoint_lib
+from nst_jax.io import output_names
+from nst_jax.runs import results as results_lib
+
+
+@pytest.fixture()
+def images(tmp_path):
+  rng = np.random.default_rng(5)
+  paths = []
+  for name in ('c.png', 's.png'):
+    path = tmp_path / 'in' / name
+    path.parent.mkdir(exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(path)
+    paths.append(path)
+  return paths
+
+
+def _cfg(images, output, weights, **changes):
+  content, style = images
+  settings = {'content_path': str(content), 'style_path': str(style), 'output': str(output),
+              'weights': str(weights), 'width': 32, 'iterations': 4, **changes}  # fmt: skip
+  cfg = flat_config(**settings)
+  return cfg.replace(loss=small_runs.loss_config())
+
+
+def _digests(folder: Path) -> dict[str, str]:
+  return {p.name: output_names.file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _put_at_first_intermediate(monkeypatch, files: dict[Path, bytes]) -> None:
+  """Puts `files` (a user's) in place when the run saves its first intermediate."""
+  real = results_lib.Results.intermediate
+
+  def intermediate(self, iteration, images):
+    for path, data in files.items():
+      if not path.exists():
+        path.write_bytes(data)
+    return real(self, iteration, images)
+
+  monkeypatch.setattr(results_lib.Results, 'intermediate', intermediate)
+
+
+def test_files_put_at_the_results_names_while_it_runs_are_kept(
+  tmp_path, images, caffe_npz, monkeypatch, caplog
+):
+  """Trial 34 Y6: put at the result's, record's and sheet's names mid-run, they were replaced."""
+  out = tmp_path / 'out' / 'r.png'
+  out.parent.mkdir()
+  mine = {out: b'my picture', out.with_suffix('.json'): b'{"mine": 1}',
+          out.with_name('r.sheet.jpg'): b'my sheet'}  # fmt: skip
+  _put_at_first_intermediate(monkeypatch, mine)
+  with pytest.raises(errors.WriteError) as e:
+    run(_cfg(images, out, caffe_npz, save_iter=2))
+  ckpt = checkpoint_lib.path_for(out)
+  assert str(e.value) == (
+    f'could not write {out.with_suffix(".json")}: a file appeared there while the run ran, and '
+    f'is kept; the checkpoint {ckpt} is kept: then continue with run.resume'
+  )
+  assert {p: p.read_bytes() for p in mine} == mine
+  assert not checkpoint_lib.unfinished(checkpoint_lib.read(ckpt))  # the result is not lost
+  # Only the sheet put there: the result and record are written, the sheet is kept.
+  checkpoint_lib.remove(ckpt)
+  for p in out.parent.iterdir():  # as the user would, the run's images too
+    p.unlink()
+  sheet = {out.with_name('r.sheet.jpg'): b'my sheet'}
+  monkeypatch.undo()
+  _put_at_first_intermediate(monkeypatch, sheet)
+  run(_cfg(images, out, caffe_npz, save_iter=2))
+  assert out.with_name('r.sheet.jpg').read_bytes() == b'my sheet'
+  assert f'kept {out.with_name("r.sheet.jpg")}: a file appeared there while the run ran' in (
+    caplog.text
+  )
+  assert output_names.record_naming(out) is not None
+
+
+def test_an_intermediate_another_run_wrote_meanwhile_is_kept_and_not_claimed(
+  tmp_path, images, caffe_npz, monkeypatch, caplog
+):
+  """Trial 34 Y5: a second run's result at r_00002.png was replaced by the first run's image,
+  or claimed by its record (digests read at the end), and a --norecord rerun deleted it."""
+  out = tmp_path / 'r.png'
+  theirs = out.with_name('r_00004.png')
+  _put_at_first_intermediate(monkeypatch, {theirs: b'another run'})
+  run(_cfg(images, out, caffe_npz, save_iter=2, iterations=6))
+  assert theirs.read_bytes() == b'another run'
+  assert f'kept {theirs}: the image of iteration 4 was not saved' in caplog.text
+  record = json.loads(out.with_suffix('.json').read_text())
+  assert record['intermediates'] == ['r_00002.png']
+  assert list(record['intermediates_sha256']) == ['r_00002.png']
+  # A file put over one of the run's own after it was written: the record has what it wrote.
+  monkeypatch.undo()
+  (tmp_path / 'r_00002.png').unlink()
+  real = results_lib.Results.write
+
+  def write(self, r, rgb, record):
+    (tmp_path / 'r_00002.png').write_bytes(b'put over it')
+    return real(self, r, rgb, record)
+
+  monkeypatch.setattr(results_lib.Results, 'write', write)
+  cfg = _cfg(images, out, caffe_npz, save_iter=2, iterations=6)
+  run(cfg.replace(save=cfg.save.replace(overwrite=True)))
+  claimed = output_names.claimed(out)
+  assert tmp_path / 'r_00002.png' not in claimed and out in claimed
+
+
+def test_a_norecord_rerun_leaves_another_runs_result_at_a_figures_name(tmp_path, images, caffe_npz):
+  """Trial 34 Y9: B's result at A's sheet name, with its own record, was deleted by A's rerun."""
+  out = tmp_path / 'r.png'
+  run(_cfg(images, out, caffe_npz))
+  sheet = out.with_name('r.sheet.jpg')
+  sheet.unlink()
+  run(_cfg(images, sheet, caffe_npz, iterations=2))  # B, recorded as r.sheet.jpg.json
+  before = _digests(tmp_path)
+  run(_cfg(images, out, caffe_npz, record=False))
+  after = _digests(tmp_path)
+  assert after['r.sheet.jpg'] == before['r.sheet.jpg']
+  assert 'r.json' not in after and 'r.loss.png' not in after  # A's own earlier record: gone
+  assert output_names.record_naming(sheet) is not None
