@@ -23,6 +23,8 @@ orbax is imported on the first checkpoint, so `import nst_jax` and
 """
 
 import functools
+import hashlib
+import json
 import logging as std_logging
 import os
 from pathlib import Path
@@ -35,6 +37,9 @@ from nst_jax import errors
 STATE_ITEM = 'state'
 META_ITEM = 'meta'
 META_FILE = 'metadata'  # orbax's JsonCheckpointHandler's default name, set explicitly
+# The meta's key for the SHA-256 of the state's arrays, checked on load: a flipped bit in a data
+# file resumed to another result, exit 0 (trial 34); orbax checks no content.
+STATE_DIGEST = 'state_sha256'
 # orbax's temporary name for a directory it is saving (AtomicRenameTemporaryPath):
 # NAME + this, renamed to NAME when committed. tests/orbax_local_test.py checks
 # it against orbax's own constant.
@@ -185,6 +190,7 @@ def save(directory: Path, *, state: dict, meta: dict, process: int | None = None
     process: as `checkpointer`.
   """
   ocp = _ocp()
+  meta = {**meta, STATE_DIGEST: state_digest(state)}
   with checkpointer(process) as ckptr:
     ckptr.save(
       Path(directory).absolute(),  # orbax refuses relative paths
@@ -206,10 +212,33 @@ def layout(directory: Path, process: int | None = None) -> Any:
 
 
 def load(directory: Path, process: int | None = None) -> dict:
-  """The saved state as nested dicts of numpy arrays, bit for bit."""
+  """The saved state as nested dicts of numpy arrays, bit for bit.
+
+  Raises:
+    ValueError: its arrays are not those saved (their SHA-256 in the meta;
+      steps saved before it was kept are not checked).
+  """
   ocp = _ocp()
   with checkpointer(process) as ckptr:
     restored = ckptr.restore(
       Path(directory).absolute(), ocp.args.Composite(**{STATE_ITEM: ocp.args.PyTreeRestore()})
     )
-  return restored[STATE_ITEM]
+  state = restored[STATE_ITEM]
+  meta = json.loads((Path(directory) / META_ITEM / META_FILE).read_text())
+  saved = meta.get(STATE_DIGEST) if isinstance(meta, dict) else None
+  if saved is not None and saved != state_digest(state):
+    raise ValueError(f'its arrays are not those saved (their {STATE_DIGEST} differs)')
+  return state
+
+
+def state_digest(state: dict) -> str:
+  """SHA-256 of a state's arrays: each leaf's path, dtype, shape and bytes, in tree order."""
+  import jax
+  import numpy as np
+
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    value = np.ascontiguousarray(leaf)  # no copy for the saved arrays, which are
+    digest.update(f'{jax.tree_util.keystr(path)} {value.dtype} {value.shape};'.encode())
+    digest.update(value.data if value.size else b'')
+  return digest.hexdigest()
