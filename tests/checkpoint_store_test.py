@@ -16,6 +16,7 @@ from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import checkpoint_store
 from nst_jax.io import checkpoint_v1
 from nst_jax.io import orbax_local
+from nst_jax.io import output_names
 from nst_jax.runs import output_plan
 
 
@@ -286,3 +287,17 @@ def test_a_full_disk_is_said_as_such_and_orbaxs_own_lines_are_not_shown():
   task = logging.LogRecord('asyncio', logging.ERROR, 'base_events.py', 1, 'Task exception was '
                            'never retrieved\nfuture: <Task finished ...>', None, None)  # fmt: skip
   assert not keep.filter(task)
+
+
+def test_json_nested_too_deeply_is_damaged_not_a_traceback(tmp_path):
+  """Trial 34 Y3: a marker, step meta or run record of 10^5 nested lists was a RecursionError."""
+
+  deep = '[' * 100000 + ']' * 100000
+  ckpt = tmp_path / 'r.ckpt'
+  state = {'image': np.zeros((1, 2, 2, 3), np.float32)}
+  checkpoint_lib.write(ckpt, checkpoint_lib.snapshot(state, iteration=2, total=4, settings={}))
+  (ckpt / checkpoint_store.MARKER).write_text(deep)
+  assert checkpoint_store.noted_images(ckpt) == {}
+  (tmp_path / 'r.png').write_bytes(b'x')
+  (tmp_path / 'r.json').write_text(deep)
+  assert output_names.record_naming(tmp_path / 'r.png') is None

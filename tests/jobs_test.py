@@ -66,6 +66,7 @@ def test_csv_and_json_lines_files(tmp_path):
     ('j.csv', 'content,style\na.jpg,b.jpg,c.jpg\n', 'more values than the header'),
     ('j.csv', 'content,style\n', 'lists no jobs'),
     ('j.jsonl', '{"content": "a.jpg"\n', 'line 1 is not JSON'),
+    ('j.jsonl', '[' * 100000 + ']' * 100000, r'line 1 is not JSON \(nested too deeply\)'),  # 34
     ('j.jsonl', '["a.jpg", "b.jpg"]\n', 'must be a JSON object'),
     # JSON's other types where a path goes: named, not looked for as 'None' or '5'.
     (

@@ -51,7 +51,7 @@ def fields(payload: dict, fmt: int) -> tuple[dict, str | None]:
     if fmt == checkpoint_v1.FORMAT:
       try:
         value = json.loads(value) if isinstance(value, str) else None
-      except ValueError:
+      except (ValueError, RecursionError):
         value = None
     if not isinstance(value, dict):
       return payload, f'its {name} field is not a JSON object'

@@ -133,7 +133,7 @@ def read_meta(path: Path) -> tuple[dict, Path]:
       raise Damaged(f'{meta.relative_to(path)} cannot be read ({e})', step) from None
     try:
       return json.loads(text), step
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deeply for Python's parser too (trial 34)
       raise Damaged(f'{meta.relative_to(path)} is not JSON', step) from None
   raise Damaged('its steps kept changing while it was read')
 
@@ -273,7 +273,7 @@ def _note(path: Path, **fields: Any) -> None:
 
 
 def _marker(path: Path) -> dict:
-  with contextlib.suppress(OSError, ValueError):
+  with contextlib.suppress(OSError, ValueError, RecursionError):
     data = json.loads((path / MARKER).read_text())
     return data if isinstance(data, dict) else {}
   return {}

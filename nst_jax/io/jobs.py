@@ -168,9 +168,10 @@ def read_jobs(path: str | os.PathLike) -> list[Job]:
         continue
       try:
         row = json.loads(line)
-      except json.JSONDecodeError as e:
+      except (json.JSONDecodeError, RecursionError) as e:  # trial 34: 10^5 '[' a traceback
         raise errors.ConfigError(
-          f'{name} line {number} is not JSON ({e.msg}); write one JSON object per line'
+          f'{name} line {number} is not JSON ({getattr(e, "msg", "nested too deeply")}); write '
+          'one JSON object per line'
         ) from None
       if not isinstance(row, dict):
         raise errors.ConfigError(f'{name} line {number}: each line must be a JSON object')

@@ -128,7 +128,7 @@ def record_beside(output: str | os.PathLike) -> dict | None:
     return None
   try:
     data = json.loads(record.read_text())
-  except (OSError, ValueError):
+  except (OSError, ValueError, RecursionError):  # RecursionError: nested too deeply (trial 34)
     return None
   if not isinstance(data, dict) or Path(str(data.get('output', ''))).name != output.name:
     return None

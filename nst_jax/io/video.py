@@ -436,4 +436,8 @@ def save_work_frame(path: Path, rgb: np.ndarray, entry: dict | None = None) -> N
 def load_work_frame(path: Path) -> tuple[np.ndarray, dict | None]:
   """(a finished frame's RGB, its record entry; None from a run before 2026-12-06)."""
   entry = path.with_suffix('.json')
-  return image_lib.load_image(path), json.loads(entry.read_text()) if entry.exists() else None
+  try:  # damaged (by hand, or a kill of an older version): the frame is kept, its entry not
+    data = json.loads(entry.read_text()) if entry.exists() else None
+  except (OSError, ValueError, RecursionError):
+    data = None
+  return image_lib.load_image(path), data if isinstance(data, dict) else None

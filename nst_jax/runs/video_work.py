@@ -190,7 +190,7 @@ def hold_settings(paths: Paths, now: dict) -> None:
         raise ValueError(f'it holds a {type(saved).__name__}, not the settings')
       if len(missing := set(now) - set(saved)) > len(now) // 2:  # `{}` named color.color_match
         raise ValueError(f'it lacks {len(missing)} of the {len(now)} settings')
-    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError too
+    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
       raise errors.NstError(
         f'{path} is unreadable ({e}); delete {paths.work} to start over'
       ) from None
