@@ -290,8 +290,7 @@ def test_a_full_disk_is_said_as_such_and_orbaxs_own_lines_are_not_shown():
 
 
 def test_json_nested_too_deeply_is_damaged_not_a_traceback(tmp_path):
-  """Trial 34 Y3: a marker, step meta or run record of 10^5 nested lists was a RecursionError."""
-
+  """Trial 34 Y3: a marker or run record of 10^5 nested lists was a RecursionError."""
   deep = '[' * 100000 + ']' * 100000
   ckpt = tmp_path / 'r.ckpt'
   state = {'image': np.zeros((1, 2, 2, 3), np.float32)}
