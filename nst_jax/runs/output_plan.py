@@ -265,13 +265,15 @@ def _checkpoints_own(out: Output) -> tuple[set[Path], int | None]:
   except errors.NstError:  # none, or damaged: refused or replaced elsewhere
     return set(), None
   done = checkpoint_lib.extra(payload).get('offset', 0) + payload['iteration']
-  # A stop noted the images it saved (by digest): only those (trial 32: by name, a user's
-  # r_00004.png was claimed). After a kill, none is noted: by name, as the refusal says.
+  # A stop noted the images it saved (by digest): up to it, only those (trial 32: by name, a
+  # user's r_00004.png was claimed). After a kill, none is noted: by name, as the refusal says;
+  # so are those past the last stop, which a resume killed since wrote (trial 34).
   noted = checkpoint_store.noted_images(out.state)
+  stopped = max((output_names.intermediate_number(Path(n)) or 0 for n in noted), default=0)
   ours = {
     p for kind, p in out.derived
-    if kind == INTERMEDIATE and (output_names.intermediate_number(p) or done + 1) <= done
-    and (not noted or not p.is_file() or noted.get(p.name) == output_names.file_sha256(p))
+    if kind == INTERMEDIATE and (n := output_names.intermediate_number(p) or done + 1) <= done
+    and (n > stopped or not p.is_file() or noted.get(p.name) == output_names.file_sha256(p))
   }  # fmt: skip
   if not checkpoint_lib.unfinished(payload) and not _foreign_record(out):
     noted, where = checkpoint_store.noted_result(out.state)  # kept: the result it was kept with
