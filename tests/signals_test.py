@@ -79,6 +79,6 @@ def test_a_signal_delivered_twice_at_once_is_one_and_a_later_second_exits_at_onc
   assert r.stdout == f'still running; stop() == {int(signal.SIGINT)}\n'
   assert r.returncode == 128 + signal.SIGINT
   assert r.stderr.strip().splitlines()[-1] == (
-    'error: interrupted again by signal 2; stopped at once without saving (a checkpoint written '
-    'before is kept)'
+    'error: interrupted again by signal 2; stopped at once without saving (any checkpoint '
+    'written before is kept)'
   )

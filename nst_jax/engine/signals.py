@@ -79,8 +79,8 @@ def exit_on_signals(
         seen.append(now)
         if len(seen) > 1:
           why = (
-            f'interrupted again by signal {signum}; stopped at once without saving (a '
-            'checkpoint written before is kept)'
+            f'interrupted again by signal {signum}; stopped at once without saving (any '
+            'checkpoint written before is kept)'  # trial 34: 'a' promised one before the first
           )
         elif early and not loop_lib.ITERATED.is_set():
           why = f'interrupted by signal {signum} before the first iteration; nothing was written'
