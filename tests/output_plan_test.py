@@ -617,3 +617,24 @@ def test_a_checkpoint_name_that_is_not_utf8_names_what_to_change(tmp_path):
     with pytest.raises(errors.NstError) as e:
       output_plan.check([_out(tmp_path / 'r.png', checkpoint=ckpt)], inputs={})
     assert str(e.value).endswith(f'orbax writes checkpoints under UTF-8 names only; {fix}')
+
+
+def test_a_name_that_is_another_results_record_says_whose(tmp_path):
+  """Trial 34 Y2: --output r.jpg.png beside r.jpg derives r.jpg's record names; the refusal
+  offered save.overwrite, which would leave r.jpg without its record."""
+  jpg = tmp_path / 'r.jpg'
+  jpg.write_bytes(b'a result')
+  record = tmp_path / 'r.jpg.json'
+  record.write_text(json.dumps({'output': str(jpg), 'result_sha256': _digest(jpg)}))
+  with pytest.raises(errors.NstError) as e:
+    output_plan.check([_out(tmp_path / 'r.jpg.png')], inputs={})
+  assert str(e.value) == (
+    f'{record} is the run record of r.jpg, another result; choose another output name'
+  )
+  # The other way round: the record of a PNG result r.jpg.png, at --output r.jpg's name.
+  jpg.unlink()
+  png = tmp_path / 'r.jpg.png'
+  png.write_bytes(b'another result')
+  record.write_text(json.dumps({'output': str(png), 'result_sha256': _digest(png)}))
+  with pytest.raises(errors.NstError, match=r'r\.jpg\.json is the run record of r\.jpg\.png, an'):
+    output_plan.check([_out(jpg)], inputs={})

@@ -242,6 +242,10 @@ def _check_files(out: Output, overwrite: bool) -> None:
         f'{path} is not the file its run record was written for (changed since); move it away, '
         'or replace it with save.overwrite'
       )
+    if path.exists() and not (path in ours or overwrite) and (other := _figure_of(path, out)):
+      raise errors.NstError(  # trial 34: offered save.overwrite, which left the other bare
+        f'{path} is the {other[1]} of {other[0]}, another result; choose another output name'
+      )
     if path.exists() and not (path in ours or overwrite):
       whose = '' if path == out.result else f', beside {out.result.name},'
       raise errors.NstError(
@@ -284,6 +288,17 @@ def _checkpoints_own(out: Output) -> tuple[set[Path], int | None]:
     if same and not elsewhere:
       ours |= set(out.files)
   return ours, done
+
+
+def _figure_of(path: Path, out: Output) -> tuple[str, str] | None:
+  """(Another result, 'run record' or the like) when `path` is one of that result's files
+  (out/r.jpg.json is r.jpg's record, whose name --output r.jpg.png derives too)."""
+  for key, tail in output_names.RECORD_TAILS.items():
+    stem = path.name[: -len(tail)] if path.name.endswith(tail) else None
+    for other in () if not stem else (path.with_name(stem), path.with_name(stem + '.png')):
+      if other != out.result and other.is_file() and path in output_names.claimed(other):
+        return other.name, output_names.RECORD_NAMES[key]
+  return None
 
 
 def _changed(result: Path) -> bool:
