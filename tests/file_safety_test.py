@@ -559,9 +559,10 @@ def test_an_image_saved_on_a_signal_replaces_no_file(tmp_path):
   assert (tmp_path / 'r_00005.png').read_bytes() == b'planned, but written by another run since'
   assert (tmp_path / 'r_00008.png').exists()
   assert (tmp_path / 'r_00010.png').read_bytes() == b'an earlier run of this output'  # not reached
-  # What the record will claim: the ones written, and the planned one there at the start (a
-  # resumed run's, written before its stop: trial 24 N7 found its next rerun refused it).
-  assert sorted(results.saved[0]) == ['r_00008.png', 'r_00010.png']
+  # What the record will claim: the ones written. Not the planned one there at the start, an
+  # earlier run's (its own record's `earlier_intermediates`); a resume claims the interrupted
+  # run's (trial 24 N7), and no other (trial 34: a user's, let be by --overwrite, was claimed).
+  assert sorted(results.saved[0]) == ['r_00008.png']
 
 
 def test_a_full_disk_at_the_end_names_the_iteration_its_checkpoint_holds(

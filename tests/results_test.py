@@ -129,3 +129,26 @@ def test_a_norecord_rerun_leaves_another_runs_result_at_a_figures_name(tmp_path,
   assert after['r.sheet.jpg'] == before['r.sheet.jpg']
   assert 'r.json' not in after and 'r.loss.png' not in after  # A's own earlier record: gone
   assert output_names.record_naming(sheet) is not None
+
+
+def test_a_resume_claims_only_what_the_interrupted_run_wrote(tmp_path):
+  """Trial 34 Y12: with --overwrite, a resume's record claimed a user's r_00004.png, before the
+  checkpoint's iteration (never written again), and a later rerun replaced it unasked."""
+  import nst_jax
+  from nst_jax.io import checkpoint_store
+
+  out = tmp_path / 'r.png'
+  cfg = nst_jax.StyleConfig(
+    save=nst_jax.SaveConfig(save_iter=2), run=nst_jax.RunConfig(resume=True)
+  )
+  cfg = cfg.replace(schedule=cfg.schedule.replace(iterations=20))
+  ckpt = checkpoint_lib.path_for(out)
+  state = {'image': np.zeros((1, 2, 2, 3), np.float32)}
+  checkpoint_lib.write(ckpt, checkpoint_lib.snapshot(state, iteration=7, total=20, settings={}))
+  for name in ('r_00002.png', 'r_00007.png'):  # the interrupted run's, noted by its stop
+    (tmp_path / name).write_bytes(name.encode())
+  checkpoint_store.note_images(ckpt, {n: output_names.file_sha256(tmp_path / n)
+                                      for n in ('r_00002.png', 'r_00007.png')})  # fmt: skip
+  (tmp_path / 'r_00004.png').write_bytes(b'my picture')
+  results = results_lib.Results(cfg, None, {0: out}, {0: None})
+  assert sorted(results.saved[0]) == ['r_00002.png', 'r_00007.png']

@@ -195,7 +195,7 @@ def _check_files(out: Output, overwrite: bool) -> None:
   placed: set[tuple[Path, int]] = set()  # intermediates: one folder, names of a few lengths
   held = None  # the iteration an interrupted run's checkpoint holds
   if ('checkpoint', out.state) in out.derived:
-    owned, held = _checkpoints_own(out)
+    owned, held = checkpoints_own(out)
     ours |= owned
   elif (out.state / output_names.WORK_WRITING).exists() and not _foreign_record(out):
     ours |= set(out.files)  # a video's work directory: its result if killed while writing it
@@ -254,7 +254,7 @@ def _check_files(out: Output, overwrite: bool) -> None:
       )
 
 
-def _checkpoints_own(out: Output) -> tuple[set[Path], int | None]:
+def checkpoints_own(out: Output) -> tuple[set[Path], int | None]:
   """(What the run that left `out`'s checkpoint wrote beside it, the iteration it holds).
 
   Its intermediates up to the iteration it holds; once finished (killed

@@ -23,6 +23,7 @@ from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
 from nst_jax.io import output_names
 from nst_jax.io import record as record_lib
+from nst_jax.runs import output_plan
 
 
 def stage_iterations(cfg: config_lib.StyleConfig) -> list[int]:
@@ -54,19 +55,28 @@ class Results:
     self.prefix = prefix
     self.intermediates: dict[int, list[np.ndarray]] = {r: [] for r in self.paths}
     # Made once the plan passed under the locks: the planned intermediates
-    # that exist now are this output's own (an interrupted run's, which the
-    # record claims too: trial 24). Any other name (one saved on a signal, or
-    # one another run wrote since) is written only where no file is.
+    # that exist now may be replaced (an earlier run's, or --overwrite'n);
+    # any other name (one saved on a signal, or one another run wrote since)
+    # is written only where no file is. A resume's record claims those the
+    # interrupted run wrote (trial 24), by the plan's rule; not a user's that
+    # --overwrite let be and the run never reached, nor an earlier run's
+    # (trial 34: claimed by name, a later rerun replaced the user's picture).
     every, stages = cfg.save.save_iter, stage_iterations(cfg)
     there = {
       r: [i for i in output_names.intermediates(p, every, stages) if os.path.lexists(i)]
       for r, p in self.paths.items()
     }
+    self.replaceable = {p for paths in there.values() for p in paths}
+    own = {r: [] for r in self.paths}
     if cfg.run.resume:  # a stop's image, up to the checkpoint's iteration: claimed (trial 28)
       for r, p in self.paths.items():
-        there[r] += [q for q in _stop_images(p, cfg.run.checkpoint_dir) if q not in there[r]]
-    self.saved = {r: [p.name for p in paths] for r, paths in there.items()}
-    self.replaceable = {p for paths in there.values() for p in paths}
+        ckpt = checkpoint_lib.path_for(p, cfg.run.checkpoint_dir)
+        out = output_plan.image_output(p, save_iter=every, iterations=stages, checkpoint=ckpt)
+        owned = output_plan.checkpoints_own(out)[0]
+        own[r] = [i for i in there[r] if i in owned]
+        own[r] += [q for q in _stop_images(p, cfg.run.checkpoint_dir) if q not in own[r]]
+    self.replaceable |= {p for paths in own.values() for p in paths}
+    self.saved = {r: [p.name for p in paths] for r, paths in own.items()}
     # The result and record files there now are this output's (the plan said so); any other is
     # written only where no file is by then (trial 34: put there while the run ran, replaced).
     for p in self.paths.values():
