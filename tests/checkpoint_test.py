@@ -941,6 +941,25 @@ def test_a_resumed_record_claims_the_image_its_stop_saved(tmp_path, images, caff
   assert (record['intermediates'], record['earlier_intermediates']) == ([], ['r_00004.png'])
 
 
+def test_a_resume_takes_the_start_image_by_its_pixels_not_its_paths_spelling(
+  tmp_path, images, caffe_npz, monkeypatch
+):
+  """Trial 34 Y11: --init ./i.jpg refused the resume of a run started with its absolute path."""
+  content, style = images
+  out = tmp_path / 'r.png'
+  run(_cfg(content, style, out, caffe_npz, init=str(style)))  # 4 iterations, the checkpoint kept
+  ckpt = checkpoint_lib.path_for(out)
+  meta = checkpoint_lib.read(ckpt)
+  _edit_meta(ckpt, total=10, extra={**meta['extra'], 'iterations': 10})  # stopped at 4 of 10
+  for name in ('r.png', 'r.json', 'r.loss.png', 'r.sheet.jpg'):
+    (tmp_path / name).unlink()
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(errors.ResumeMismatch, match="the start image's pixels differ"):
+    run(_cfg(content, style, out, caffe_npz, iterations=10, resume=True, init='in/c.png'))
+  run(_cfg(content, style, out, caffe_npz, iterations=10, resume=True, init='./in/s.png'))
+  assert checkpoint_lib.read(ckpt)['iteration'] == 10
+
+
 def test_an_image_saved_over_an_intermediate_is_not_replaced(tmp_path, images, caffe_npz):
   """Trial 28: records claimed intermediates by name only, and a rerun replaced the user's
   picture saved over r_00002.png without --overwrite."""

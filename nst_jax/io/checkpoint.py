@@ -390,6 +390,7 @@ def restore(path: str | os.PathLike, *, like: Any, settings: dict) -> tuple[Any,
 def refuse_other_settings(path: Path, saved: dict, settings: dict) -> None:
   """Raises ResumeMismatch naming the first setting that differs (`path` in the message)."""
   short = checkpoint_checks.short
+  saved, settings = (checkpoint_checks.init_as_file(s, config_lib.INITS) for s in (saved, settings))
   # Named settings first: another width also changes every pixel digest, and
   # the width is what the user changed.
   for key in sorted(set(saved) | set(settings), key=lambda k: (k in _DERIVED_SETTINGS, k)):

@@ -101,3 +101,16 @@ def state_problem(want: Any, got: Any, where: str) -> str | None:
 def short(value: Any) -> str:
   text = json.dumps(value)
   return text if len(text) <= 40 else text[:16] + '...'
+
+
+def init_as_file(settings: dict, keywords) -> dict:
+  """`settings` with an image file's 'inputs.init' as 'an image file'.
+
+  Its pixels are compared ('init_pixels'), not how its path was spelled
+  (trial 34: ./i.jpg and its absolute path refused each other's resume).
+  `keywords`: the inits that are no file (config's INITS).
+  """
+  init = settings.get('inputs.init')
+  if isinstance(init, str) and init not in keywords:
+    return {**settings, 'inputs.init': 'an image file'}
+  return settings
