@@ -300,3 +300,21 @@ def test_json_nested_too_deeply_is_damaged_not_a_traceback(tmp_path):
   (tmp_path / 'r.png').write_bytes(b'x')
   (tmp_path / 'r.json').write_text(deep)
   assert output_names.record_naming(tmp_path / 'r.png') is None
+
+
+def test_a_file_put_at_the_checkpoints_name_while_it_runs_is_kept(tmp_path):
+  """Trial 34 Y6: `echo notes > r.ckpt` during a run: its first save took the file for a
+  format-1 checkpoint, swapped it out and deleted it."""
+  ckpt = tmp_path / 'r.ckpt'
+  ckpt.write_text('my notes')
+  state = {'image': np.zeros((1, 2, 2, 3), np.float32)}
+  with pytest.raises(errors.WriteError, match='a file appeared there while the run ran'):
+    checkpoint_lib.write(ckpt, checkpoint_lib.snapshot(state, iteration=1, total=2, settings={}))
+  assert ckpt.read_text() == 'my notes'
+  assert [p.name for p in tmp_path.iterdir()] == ['r.ckpt']  # no temporary left either
+  checkpoint_store.remove(ckpt)  # at the run's end: not its checkpoint, kept
+  assert ckpt.read_text() == 'my notes'
+  ckpt.unlink()
+  checkpoint_v1.write(ckpt, checkpoint_lib.snapshot(state, iteration=1, total=2, settings={}))
+  checkpoint_lib.write(ckpt, checkpoint_lib.snapshot(state, iteration=2, total=2, settings={}))
+  assert checkpoint_store.is_directory(ckpt) and checkpoint_lib.read(ckpt)['iteration'] == 2

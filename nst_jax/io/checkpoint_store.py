@@ -218,6 +218,8 @@ def _create(path: Path, state: dict, meta: dict) -> None:
       if not _renameat2(tmp, path, _RENAME_NOREPLACE):
         os.rename(tmp, path)
       return
+    if not _format_1_file(path):  # put there while the run ran: someone's (trial 34: deleted)
+      raise FileExistsError(errno.EEXIST, 'a file appeared there while the run ran', str(path))
     # A format-1 file (its run resumed, or finished and kept): swapped with
     # the directory at once, so that one of them is always there.
     if not _renameat2(tmp, path, _RENAME_EXCHANGE):
@@ -228,6 +230,23 @@ def _create(path: Path, state: dict, meta: dict) -> None:
     _rmtree(tmp)
     raise
   _rmtree(tmp)  # the old file, now under the temporary name
+
+
+def _format_1_file(path: Path) -> bool:
+  """Whether `path` is a format-1 checkpoint: a msgpack map whose 'format' is 1 (read up to that
+  key, which comes before the state: nst_jax.io.checkpoint_v1 writes its keys sorted)."""
+  import msgpack  # flax's serialiser, without flax (and jax), which --help does not load
+
+  try:
+    with open(path, 'rb') as f:
+      unpacker = msgpack.Unpacker(f, raw=False, max_buffer_size=1 << 30)
+      for _ in range(min(unpacker.read_map_header(), 16)):
+        if unpacker.unpack() == 'format':
+          return unpacker.unpack() == 1
+        unpacker.skip()
+  except Exception:  # noqa: BLE001 (msgpack raises several types for what is not msgpack)
+    return False
+  return False
 
 
 def note_result(path: Path, digest: str, result: Path | None = None) -> None:
@@ -304,7 +323,8 @@ def remove(path: str | os.PathLike) -> None:
   path = Path(path)
   try:
     if not is_directory(path):
-      path.unlink(missing_ok=True)
+      if _format_1_file(path):  # not a file put at its name since (trial 34)
+        path.unlink()
     elif foreign(path) is None:
       doomed = _temporary_name(path)
       os.rename(path, doomed)
