@@ -167,3 +167,30 @@ def test_a_pass_whose_frames_checkpoints_disagree_runs_again_from_its_start(
     "pass 2: its frames' checkpoints hold different iterations (1, none: stopped " in caplog.text
   )
   assert {p.name: p.read_bytes() for p in (tmp_path / 'out').iterdir()} == whole
+
+
+def test_a_file_put_at_the_videos_name_while_it_runs_is_kept(tmp_path, caffe_npz, monkeypatch):
+  """Trial 34 Y6: a user's v.mp4 and v.mp4.json put there mid-run were replaced, exit 0."""
+  from nst_jax.io import video as video_lib
+
+  _, src = _clip(tmp_path)
+  out = tmp_path / 'v.mp4'
+  real = video_lib.write_video
+
+  def write_video(path, *args, **kwargs):
+    out.write_bytes(b'my video')  # put there just before the end
+    return real(path, *args, **kwargs)
+
+  monkeypatch.setattr(video_lib, 'write_video', write_video)
+  cfg = _config(src, caffe_npz, str(out))
+  with pytest.raises(errors.WriteError) as e:
+    video_pipeline.run_video(cfg)
+  assert str(e.value) == (
+    f'could not write {out}: a file appeared there while the run ran, and is kept; move it away, '
+    'then continue with run.resume'
+  )
+  assert out.read_bytes() == b'my video'
+  out.rename(tmp_path / 'mine.mp4')
+  monkeypatch.undo()
+  video_pipeline.run_video(cfg.replace(run=cfg.run.replace(resume=True)))
+  assert out.stat().st_size > 1000 and (tmp_path / 'mine.mp4').read_bytes() == b'my video'

@@ -47,7 +47,7 @@ def write(
     if replace:
       os.replace(tmp, path)
     else:
-      _place_new(tmp, path)
+      place_new(tmp, path)
   except BaseException as e:
     if tmp is not None:
       Path(tmp).unlink(missing_ok=True)
@@ -57,7 +57,7 @@ def write(
     raise
 
 
-def _place_new(tmp: str, path: Path) -> None:
+def place_new(tmp: str | os.PathLike, path: Path) -> None:
   """Puts `tmp` at `path` only if no file is there: a hard link fails on one, at once."""
   try:
     os.link(tmp, path)

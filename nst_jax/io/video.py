@@ -265,7 +265,9 @@ def even_size(height: int, width: int) -> tuple[int, int]:
   return height - height % 2, width - width % 2
 
 
-def write_video(path: str | os.PathLike, frames, fps: Fraction, *, audio_from: Clip | None = None):
+def write_video(
+  path: str | os.PathLike, frames, fps: Fraction, *, audio_from: Clip | None = None, replace=True
+):
   """Encodes RGB frames [H, W, 3] in [0, 1] as H.264 in an .mp4, atomically.
 
   Args:
@@ -273,6 +275,7 @@ def write_video(path: str | os.PathLike, frames, fps: Fraction, *, audio_from: C
     frames: an iterable of RGB frames, all of one size.
     fps: the frame rate.
     audio_from: copy this clip's audio (the part under its frame range).
+    replace: False: a file at `path` by the end is kept (nst_jax.io.atomic.write).
   """
   import av
 
@@ -304,7 +307,10 @@ def write_video(path: str | os.PathLike, frames, fps: Fraction, *, audio_from: C
       if audio is not None:
         _mux_audio(out, audio, audio_from)
     _plain_mode(tmp, 0o666)  # mkstemp made it private
-    os.replace(tmp, path)
+    if replace:
+      os.replace(tmp, path)
+    else:
+      atomic.place_new(tmp, path)  # errors.FileAppeared on a file there by now
   finally:
     tmp.unlink(missing_ok=True)
 

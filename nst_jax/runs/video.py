@@ -24,6 +24,7 @@ Reference: Ruder, Dosovitskiy & Brox, "Artistic style transfer for videos", GCPR
 import contextlib
 import dataclasses
 import json
+import os
 from pathlib import Path
 import shutil
 import time
@@ -155,6 +156,8 @@ def _run_video(cfg: config_lib.StyleConfig, clip, paths: video_work.Paths, heigh
         held.enter_context(
           output_plan.locked(plan, local=local, then_check=lambda: _recheck(cfg, plan))
         )
+      # What the plan let this run replace; a file there later is someone's (trial 34).
+      there = {p for p in (paths.output, video_work.record_path(paths)) if os.path.lexists(p)}
       with distributed.together():  # before any frame: a resume with other settings is refused
         now = video_work.settings(given, weights_hash=w.info.params_sha256, frames=frames,
                                   styles=styles)  # fmt: skip
@@ -166,7 +169,7 @@ def _run_video(cfg: config_lib.StyleConfig, clip, paths: video_work.Paths, heigh
           results = _one_pass(cfg, w, frames, styles, paths, record, stop, preview)
         else:
           results = _passes(cfg, w, frames, styles, paths, record, stop, preview)
-      _write(cfg, paths, clip, results, record, time.perf_counter() - t0)
+      _write(cfg, paths, clip, results, record, time.perf_counter() - t0, there)
       if preview is not None:  # trial 28: it never said done
         preview.finish(results[-1], str(paths.output))
   return paths.output
@@ -368,8 +371,12 @@ def _gather(layout, group, rgb, local, shape) -> list[np.ndarray]:
   return [by_frame[k] for k in sorted(by_frame)]
 
 
-def _write(cfg, paths: video_work.Paths, clip, results, record, seconds) -> None:
-  """The video (or frames), then the run record; the work directory goes unless kept."""
+def _write(cfg, paths: video_work.Paths, clip, results, record, seconds, there=()) -> None:
+  """The video (or frames), then the run record; the work directory goes unless kept.
+
+  `there`: the files the plan let the run replace; another one there by
+  now is kept, and the run stops with its work kept, to resume.
+  """
   if jax.process_index() == 0:
     (paths.work / output_names.WORK_WRITING).touch()  # the result is ours now (trial 24)
     if paths.as_frames:  # replacing the frames an earlier run's record claims, nothing else
@@ -379,7 +386,12 @@ def _write(cfg, paths: video_work.Paths, clip, results, record, seconds) -> None
       except errors.NstError as e:  # a file put there during the run: the work is kept
         raise errors.NstError(f'{e}, then continue with run.resume') from None
     else:
-      video_lib.write_video(paths.output, results, clip.fps, audio_from=clip)
+      try:
+        video_lib.write_video(paths.output, results, clip.fps, audio_from=clip,
+                              replace=paths.output in there)  # fmt: skip
+      except errors.FileAppeared as e:  # not ours, then: a resume must not take it (trial 24)
+        (paths.work / output_names.WORK_WRITING).unlink(missing_ok=True)
+        raise errors.WriteError(f'{e}; move it away, then continue with run.resume') from None
     target = video_work.record_path(paths)
     if cfg.save.record:
       data = {
@@ -396,7 +408,11 @@ def _write(cfg, paths: video_work.Paths, clip, results, record, seconds) -> None
         'per_frame': record.get('frames', []),
         'passes': record.get('passes', []),
       }
-      atomic.write(target, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)))
+      try:
+        atomic.write(target, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)),
+                     replace=target in there)  # fmt: skip
+      except errors.FileAppeared as e:  # the video is written: only its record is not
+        raise errors.WriteError(f'{e}; the video {paths.output} is written without it') from None
   if not cfg.run.keep_checkpoint:
     shutil.rmtree(paths.work, ignore_errors=True)
   logging.info('Done: %s, %d frames in %s (%.1f s of optical flow).', paths.output, len(results),
