@@ -167,6 +167,18 @@ def write_failure(path: os.PathLike, e: BaseException, why: str) -> str:
   return f'could not write {printable(path)}: {why}; nothing was replaced: {fix}'
 
 
+def not_a_file(path: str | os.PathLike) -> str:
+  """Why `path` (not a regular file) cannot be read as one: 'does not exist', 'is a directory'
+  or 'is not a regular file (a pipe, socket or device)', which reading could block on."""
+  if os.path.isdir(path):
+    return 'is a directory'
+  return (
+    'is not a regular file (a pipe, socket or device)'
+    if os.path.exists(path)
+    else ('does not exist')
+  )
+
+
 def printable(path: str | bytes | os.PathLike) -> str:
   """A path as it goes into a one-line message.
 

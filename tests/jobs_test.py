@@ -1,6 +1,7 @@
 """Job lists: paths, directories, globs, CSV and JSON-lines files, output names."""
 
 import json
+import re
 
 import pytest
 
@@ -229,3 +230,13 @@ def test_json_lines_slips_of_type_and_a_plus_in_a_file_name_are_named(tmp_path):
     assert str(e.value) == f'{jobs} line 1: {message}'
   jobs.write_text('{"content": "c.jpg", "style": ["a+b.jpg"]}\n')
   assert jobs_lib.read_jobs(jobs)[0].style == (str(tmp_path / 'a+b.jpg'),)
+
+
+def test_a_jobs_file_that_is_a_folder_or_a_pipe_is_named_so(tmp_path):
+  """Trial 34 Y15: both were 'does not exist'; a folder is the likeliest slip (--jobs photos/)."""
+  import os
+
+  os.mkfifo(tmp_path / 'f.csv')
+  for name, what in (('', 'is a directory'), ('f.csv', 'is not a regular file (a pipe, socket')):
+    with pytest.raises(errors.ConfigError, match=re.escape(f'{what}')):
+      jobs_lib.read_jobs(tmp_path / name)

@@ -152,3 +152,15 @@ def test_a_resume_claims_only_what_the_interrupted_run_wrote(tmp_path):
   (tmp_path / 'r_00004.png').write_bytes(b'my picture')
   results = results_lib.Results(cfg, None, {0: out}, {0: None})
   assert sorted(results.saved[0]) == ['r_00002.png', 'r_00007.png']
+
+
+def test_a_norecord_rerun_leaves_a_folder_at_a_figures_name(tmp_path, images, caffe_npz):
+  """Trial 34 Y16: a folder made at r.loss.png was an IsADirectoryError after the result."""
+  out = tmp_path / 'r.png'
+  run(_cfg(images, out, caffe_npz, iterations=2))
+  plot = out.with_name('r.loss.png')
+  plot.unlink()
+  plot.mkdir()
+  (plot / 'notes.txt').write_text('mine')
+  run(_cfg(images, out, caffe_npz, iterations=2, record=False))
+  assert (plot / 'notes.txt').read_text() == 'mine' and not out.with_suffix('.json').exists()

@@ -2,6 +2,7 @@
 
 import dataclasses
 import hashlib
+import os
 import pickle
 
 import h5py
@@ -220,6 +221,14 @@ def test_directory_as_weights_names_a_file_in_it(tmp_path, caffe_npz):
     str(e.value)
     == f'weights file {tmp_path} (path=) is a directory; use the converted file in it, '
     f'{inside}'
+  )
+  # Trial 34 Y15: a pipe (or /dev/null) 'did not exist', and the converter was offered onto it.
+  os.mkfifo(tmp_path / 'w.npz')
+  with pytest.raises(errors.WeightsError) as e:
+    weights_lib.get_weights(tmp_path / 'w.npz')
+  assert str(e.value) == (
+    f'weights file {tmp_path / "w.npz"} (path=) is not a regular file (a pipe, socket or '
+    'device); name a converted .npz file'
   )
 
 

@@ -200,13 +200,8 @@ def _open(path: str | os.PathLike, max_pixels: int):
   """
   path = Path(path)
   if not path.is_file():
-    what = 'does not exist'
-    if path.is_dir():
-      what = 'is a directory'
-    elif path.exists():  # a FIFO, socket or device: reading it could block or never end
-      what = 'is not a regular file (a pipe, socket or device)'
     raise errors.ImageError(
-      f'image {errors.printable(path)} {what}; pass the path of an image file'
+      f'image {errors.printable(path)} {errors.not_a_file(path)}; pass the path of an image file'
     )
   try:
     with _no_pillow_pixel_limit(), Image.open(path) as im:

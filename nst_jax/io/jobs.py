@@ -151,7 +151,8 @@ def read_jobs(path: str | os.PathLike) -> list[Job]:
   path = Path(path)
   name = errors.printable(path)
   if not path.is_file():
-    raise errors.ConfigError(f'jobs file {name} does not exist; check the path')
+    raise errors.ConfigError(f'jobs file {name} {errors.not_a_file(path)}; name a CSV or JSON '
+                             'lines file')  # trial 34: a folder was "does not exist"  # fmt: skip
   try:
     # utf-8-sig drops a leading byte-order mark, which would otherwise become
     # part of the first column's name ('unknown column \ufeffcontent').

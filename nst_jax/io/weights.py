@@ -300,11 +300,10 @@ def load_weights(path: str | os.PathLike | None = None, *, given_as: str = 'path
       f'weights file {path} ({origin}) is a directory; use the converted file in it, {inside}'
     )
   if not path.is_file():
-    # A directory: the converter writes a file, so name one in it.
-    what, output = ('is a directory', inside) if path.is_dir() else ('does not exist', path)
-    raise errors.WeightsError(
-      f'weights file {path} ({origin}) {what}; run: {weight_formats.fetch_call(output)}'
-    )
+    # A directory: the converter writes a file, so name one in it; a FIFO or a device none.
+    fix = f'run: {weight_formats.fetch_call(inside if path.is_dir() else path)}'
+    fix = fix if path.is_dir() or not path.exists() else 'name a converted .npz file'
+    raise errors.WeightsError(f'weights file {path} ({origin}) {errors.not_a_file(path)}; {fix}')
   _check_zip(path)
   try:
     with np.load(path, allow_pickle=False) as npz:

@@ -142,8 +142,8 @@ class Results:
       for tail in output_names.RECORD_TAILS.values():  # an earlier record: of the image replaced
         old = output_names.derived(path, tail)
         # Not another run's result put at such a name (trial 34: deleted; its record named it).
-        if old in earlier and output_names.record_naming(old) is None:
-          old.unlink(missing_ok=True)
+        if old in earlier and old.is_file() and output_names.record_naming(old) is None:
+          old.unlink()  # a file only: a folder made at its name since is someone's (trial 34)
       for old in earlier:  # and the intermediates it claimed, nobody's without it (trial 28)
         if output_names.intermediate_number(old) is not None and old.name not in self.saved[r]:
           old.unlink(missing_ok=True)
