@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+import re
 import subprocess
 import sys
 import textwrap
@@ -638,3 +639,19 @@ def test_a_name_that_is_another_results_record_says_whose(tmp_path):
   record.write_text(json.dumps({'output': str(png), 'result_sha256': _digest(png)}))
   with pytest.raises(errors.NstError, match=r'r\.jpg\.json is the run record of r\.jpg\.png, an'):
     output_plan.check([_out(jpg)], inputs={})
+
+
+def test_nothing_is_planned_inside_a_checkpoint(tmp_path):
+  """Trial 34 Y8: --output r.ckpt/x.png (or --checkpoint_dir r.ckpt) wrote into another run's
+  checkpoint, whose resume then called it "not an nst-jax checkpoint"."""
+  from nst_jax.io import checkpoint as checkpoint_lib
+
+  ckpt = tmp_path / 'r.ckpt'
+  state = {'image': np.zeros((1, 2, 2, 3), np.float32)}
+  checkpoint_lib.write(ckpt, checkpoint_lib.snapshot(state, iteration=2, total=4, settings={}))
+  for output in (ckpt / 'x.png', ckpt / '0' / 'x.png', ckpt / 'new' / 'x.png'):
+    with pytest.raises(errors.NstError, match=re.escape(f'{ckpt} is an nst-jax checkpoint; ch')):
+      output_plan.check([_out(output)], inputs={})
+  elsewhere = output_plan.image_output(tmp_path / 'q.png', checkpoint=ckpt / 'q.1234abcd.ckpt')
+  with pytest.raises(errors.NstError, match='checkpoint; choose another run.checkpoint_dir'):
+    output_plan.check([elsewhere], inputs={})

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from nst_jax import errors
+from nst_jax.io import checkpoint_store
 
 # Derived files of an output NAME.EXT: the default format keeps NAME.json
 # (as every earlier version wrote); any other suffix is kept in the name,
@@ -280,6 +281,9 @@ def check_place(path: Path, where: str = 'output') -> Path:
   directory = existing_ancestor(path)
   if not directory.is_dir():
     raise errors.NstError(f'{directory} is a file, not a directory; choose another {where}')
+  for inside in (directory, *directory.parents)[:3]:  # its steps are NAME.ckpt/N/
+    if (inside / checkpoint_store.MARKER).is_file():  # trial 34: its resume was then refused
+      raise errors.NstError(f'{inside} is an nst-jax checkpoint; choose another {where}')
   if not os.access(directory, os.W_OK | os.X_OK):
     folder = 'output directory' if where == 'output' else where
     raise errors.NstError(f'{directory} is not writable; choose another {folder}')
