@@ -164,3 +164,20 @@ def test_a_norecord_rerun_leaves_a_folder_at_a_figures_name(tmp_path, images, ca
   (plot / 'notes.txt').write_text('mine')
   run(_cfg(images, out, caffe_npz, iterations=2, record=False))
   assert (plot / 'notes.txt').read_text() == 'mine' and not out.with_suffix('.json').exists()
+
+
+def test_a_picture_saved_over_a_figure_is_not_claimed(tmp_path, images, caffe_npz):
+  """Trial 34 Y7: the loss plot and sheet were claimed by name; a rerun replaced a picture saved
+  over one, and a --norecord rerun deleted it."""
+  out = tmp_path / 'r.png'
+  run(_cfg(images, out, caffe_npz, iterations=2))
+  record = json.loads(out.with_suffix('.json').read_text())
+  plot, sheet = out.with_name('r.loss.png'), out.with_name('r.sheet.jpg')
+  assert record['figures_sha256'] == {p.name: output_names.file_sha256(p) for p in (plot, sheet)}
+  assert {plot, sheet} <= output_names.claimed(out)
+  sheet.write_bytes(b'my picture')
+  assert sheet not in output_names.claimed(out) and plot in output_names.claimed(out)
+  with pytest.raises(errors.NstError, match=r'r\.sheet\.jpg exists, beside r\.png, and no nst-'):
+    run(_cfg(images, out, caffe_npz, iterations=2))
+  run(_cfg(images, out, caffe_npz, iterations=2, record=False))
+  assert sheet.read_bytes() == b'my picture' and not plot.exists()

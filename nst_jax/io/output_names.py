@@ -188,7 +188,10 @@ def claimed(output: str | os.PathLike) -> set[Path]:
   # By digest where the record holds one: an image saved over one is someone's (trial 28).
   digests = data.get('intermediates_sha256')
   digests = digests if isinstance(digests, dict) else {}
-  ours = {output, *(derived(output, tail) for tail in RECORD_TAILS.values())} | {
+  figures = data.get('figures_sha256')  # the loss plot's and sheet's (trial 34: by name before)
+  figures = figures if isinstance(figures, dict) else {}
+  beside = [derived(output, tail) for tail in RECORD_TAILS.values()]
+  ours = {output, *(p for p in beside if not _changed(p, figures.get(p.name)))} | {
     output.with_name(n) for n in names if not _changed(output.with_name(n), digests.get(n))
   }
   frames = data.get('frames')

@@ -262,9 +262,20 @@ def write(
   replace = replaceable is None or paths['json'] in replaceable
   atomic.write(paths['json'], lambda tmp: Path(tmp).write_text(text), replace=replace)
   if written is None:
-    figures(paths, data['history'], [content, *styles, result], intermediates,
-            replaceable=replaceable)  # fmt: skip
+    kept = figures(paths, data['history'], [content, *styles, result], intermediates,
+                   replaceable=replaceable)  # fmt: skip
+    note_figures(paths, kept)
   return paths
+
+
+def note_figures(paths: dict[str, Path], kept: Collection[Path] = ()) -> None:
+  """Adds the loss plot's and sheet's SHA-256 to the record at paths['json']: a picture saved
+  over one since is someone's (trial 34: claimed by name, a rerun replaced it)."""
+  data = json.loads(paths['json'].read_text())
+  figures = [paths[k] for k in ('loss', 'sheet') if paths[k] not in kept and paths[k].is_file()]
+  data['figures_sha256'] = {p.name: output_names.file_sha256(p) for p in figures}
+  text = json.dumps(data, indent=1)
+  atomic.write(paths['json'], lambda tmp: Path(tmp).write_text(text))
 
 
 def figures(

@@ -172,10 +172,12 @@ class Results:
         recorded[0]['json'].unlink(missing_ok=True)
       raise
     logging.info('%ssaved %s', self.prefix, errors.printable(path))
-    for kept in record_lib.figures(record_lib.paths_for(path), record['history'],
-                                   [row.content, *row.styles, rgb], self.intermediates[r],
-                                   replaceable=self.replaceable):  # fmt: skip
-      logging.warning('%skept %s: a file appeared there while the run ran', self.prefix, kept)
+    files = record_lib.paths_for(path)
+    kept = record_lib.figures(files, record['history'], [row.content, *row.styles, rgb],
+                              self.intermediates[r], replaceable=self.replaceable)  # fmt: skip
+    for figure in kept:
+      logging.warning('%skept %s: a file appeared there while the run ran', self.prefix, figure)
+    record_lib.note_figures(files, kept)
     return path
 
 
