@@ -322,7 +322,7 @@ def test_weights_directory_gets_a_command_that_works(runs):
 _SIGNALLED = """
 import os, signal, sys, time
 from nst_jax.cli import convert
-from nst_jax.io import images, weights
+from nst_jax.io import atomic, weights
 
 def convert_file(source, output, convention=None):
   def write(tmp):

@@ -326,6 +326,11 @@ def test_a_loss_fns_identity_is_what_it_computes():
     (_scaled_by(jnp.array([0.0, 1.0])), _scaled_by(jnp.array([1e3, 1.0]))),
     (_defined(mean, SCALE=1.0), _defined(total, SCALE=1.0)),  # a cell edited and run again
     (_defined(mean, SCALE=0.0), _defined(mean, SCALE=1e3)),  # a global changed
+    # Trial 35: an inner jit's arrays, a host callback, a gradient rule, an aux key's name.
+    (_inner_jit(jnp.array([0.0])), _inner_jit(jnp.array([1e3]))),
+    (_host(np.sum), _host(np.max)),
+    (_with_vjp(1.0), _with_vjp(2.0)),
+    (_aux_named('penalty'), _aux_named('reg')),
   ]  # fmt: skip
   for a, b in pairs:
     assert identity(a) != identity(b), (identity(a), identity(b))
@@ -343,3 +348,53 @@ def test_a_loss_fns_identity_is_what_it_computes():
   counting(jnp.zeros((16, 16, 3)), params, one, model=model, loss_spec=TINY_LOSS.spec)
   assert counting.calls == 2 and identity(counting) == before  # trial 33 X8
   assert identity(_DataLoss(0.0)).startswith('_DataLoss ')
+  key = jax.random.key(0)  # a typed key closed over: np.asarray failed on it (trial 35)
+  assert identity(_scaled_by_noise(key)) != identity(_scaled_by_noise(jax.random.key(1)))
+
+
+def _inner_jit(k):
+  inner = jax.jit(lambda x: jnp.sum(k) * jnp.mean(x**2))  # k: the inner program's own const
+  return lambda x, params, targets, *, model, loss_spec: (
+    _objective(x, params, targets, model=model, loss_spec=loss_spec)[0] + inner(x),
+    _objective(x, params, targets, model=model, loss_spec=loss_spec)[1],
+  )
+
+
+def _host(reduce):
+  def loss(x, params, targets, *, model, loss_spec):
+    total, aux = _objective(x, params, targets, model=model, loss_spec=loss_spec)
+    shape = jax.ShapeDtypeStruct((), jnp.float32)
+    host = jax.pure_callback(lambda y: np.float32(reduce(y)), shape, jax.lax.stop_gradient(x))
+    return total + host, aux
+
+  return loss
+
+
+def _with_vjp(slope):
+  @jax.custom_vjp
+  def square(x):
+    return x**2
+
+  square.defvjp(lambda x: (x**2, x), lambda x, g: (slope * 2 * x * g,))
+
+  def loss(x, params, targets, *, model, loss_spec):
+    total, aux = _objective(x, params, targets, model=model, loss_spec=loss_spec)
+    return total + jnp.mean(square(x)), aux
+
+  return loss
+
+
+def _aux_named(name):
+  def loss(x, params, targets, *, model, loss_spec):
+    total, aux = _objective(x, params, targets, model=model, loss_spec=loss_spec)
+    return total, {**aux, name: jnp.mean(x)}
+
+  return loss
+
+
+def _scaled_by_noise(key):
+  def loss(x, params, targets, *, model, loss_spec):
+    total, aux = _objective(x, params, targets, model=model, loss_spec=loss_spec)
+    return total + jnp.mean(jax.random.normal(key, x.shape) * x), aux
+
+  return loss

@@ -293,11 +293,42 @@ def loss_fn_identity(
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tree)
 
   image = jax.ShapeDtypeStruct((*shape, 3), jnp.float32)
-  closed = jax.make_jaxpr(call)(image, abstract(params), abstract(targets))
+  # The gradient's program, which holds the loss's and the backward rules (custom_vjp's: trial
+  # 35), and its outputs' tree: the aux names the run logs.
+  closed, out = jax.make_jaxpr(jax.value_and_grad(call, has_aux=True), return_shape=True)(
+    image, abstract(params), abstract(targets)
+  )
   # An object's address (a callback's, say) differs from process to process.
-  digest = hashlib.sha256(re.sub(r' at 0x[0-9a-f]+', '', str(closed.jaxpr)).encode())
-  for const in closed.consts:
+  text = re.sub(r' at 0x[0-9a-f]+', '', str(closed.jaxpr))
+  digest = hashlib.sha256(f'{text} {jax.tree.structure(out)}'.encode())
+  consts, callbacks = list(closed.consts), []
+  _inside(closed.jaxpr, consts, callbacks)
+  for const in consts:
+    if jax.dtypes.issubdtype(getattr(const, 'dtype', None), jax.dtypes.prng_key):
+      const = jax.random.key_data(const)  # a typed key has no bytes of its own (trial 35)
     value = np.asarray(const)
     digest.update(f'{value.dtype}{value.shape}'.encode() + value.tobytes())
+  for fn in callbacks:  # a host callback's function: by its name, code, closure and defaults
+    fn = getattr(fn, '__func__', fn)
+    code, cells = getattr(fn, '__code__', None), getattr(fn, '__closure__', None) or ()
+    parts = (getattr(fn, '__qualname__', type(fn).__qualname__), code and code.co_code,
+             code and (code.co_consts, code.co_names), [c.cell_contents for c in cells],
+             getattr(fn, '__defaults__', None))  # fmt: skip
+    digest.update(re.sub(r' at 0x[0-9a-f]+', '', repr(parts)).encode())
   # Its name and the digest: short enough for a refusal to show both.
   return f'{name} {digest.hexdigest()[:8]}'
+
+
+def _inside(jaxpr: Any, consts: list, callbacks: list) -> None:
+  """Adds the arrays and host callbacks of `jaxpr`'s inner programs (an inner jit's closed-over
+  arrays are its own consts, not the outer's: trial 35) to `consts` and `callbacks`."""
+  for eqn in jaxpr.eqns:
+    for param in eqn.params.values():
+      for value in param if isinstance(param, (tuple, list)) else (param,):
+        if hasattr(value, 'jaxpr') and hasattr(value, 'consts'):  # a ClosedJaxpr
+          consts.extend(value.consts)
+          _inside(value.jaxpr, consts, callbacks)
+        elif hasattr(value, 'eqns'):  # a Jaxpr
+          _inside(value, consts, callbacks)
+        elif hasattr(value, 'callback_func'):  # pure_callback's, io_callback's
+          callbacks.append(value.callback_func)

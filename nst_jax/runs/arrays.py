@@ -113,6 +113,15 @@ def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
       'cannot be checked against it'
     )
     again = None
+  elif e.setting == 'loss_fn' and e.saved.split()[0] == e.now.split()[0]:  # one name (trial 35)
+    name, was, now = (part.strip('"') for part in (*e.now.split()[:1], e.saved.split()[-1],
+                                                   e.now.split()[-1]))  # fmt: skip
+    what = (
+      f"the loss_fn {name} computes otherwise than the checkpoint's run's (digest {now}, then "
+      f'{was}: other code or values, or traced otherwise, as under jax.jit or by another JAX '
+      'version)'
+    )
+    again = "the loss_fn the checkpoint's run had"
   elif e.setting == 'loss_fn':  # trial 27: another went on, unsaid; 29: named, both
     was = 'the default objective' if e.saved == 'null' else e.saved
     now = 'the default objective' if e.now == 'null' else e.now
