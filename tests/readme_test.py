@@ -151,3 +151,16 @@ def test_every_recipe_of_the_api_guide_runs(tmp_path, lsuv_npz):
   r = _run_docs_code(script, lsuv_npz)
   assert r.returncode == 0, r.stderr[-3000:]
   assert r.stdout.strip().splitlines()[-1] == 'recipes ran'
+
+
+def test_api_md_names_stylizes_parameters_as_the_function_does():
+  """Trial 35 Z7: api.md said `style_or_styles`; passing that name was refused."""
+  import inspect
+  import re
+
+  import nst_jax
+
+  text = (ROOT / 'docs' / 'api.md').read_text()
+  documented = re.search(r'`nst_jax\.stylize\((.*?)\)`', text, re.DOTALL)[1]
+  names = [p.split('=')[0].strip() for p in documented.split(',') if p.strip() not in ('*', '')]
+  assert names == list(inspect.signature(nst_jax.stylize).parameters)
