@@ -84,3 +84,14 @@ def test_per_image_masks_share_one_mask_or_take_one_each():
   assert mask_checks.per_image(None, 2, 2, (4, 4), 'content_mask') == [None, None]
   with pytest.raises(errors.ConfigError, match=r'^content_mask has shape \(3, 4, 4\); give'):
     mask_checks.per_image(np.zeros((3, 4, 4)), 2, 2, (4, 4), 'content_mask')
+
+
+def test_masks_of_several_sizes_are_one_line():
+  """Trial 35 Z8: a list of masks, each at its own style's size, was numpy's 'inhomogeneous'."""
+  masks = [np.ones((16, 24), np.float32), np.ones((12, 12), np.float32)]
+  with pytest.raises(errors.ConfigError) as e:
+    mask_checks.mask_size(masks, (2, 16, 24), 'style_masks')
+  assert str(e.value).startswith('style_masks holds masks of several shapes ((16, 24), (12, 12)); ')
+  assert "each is at the content's size: give one mask per style, [S, H, W] = [2, 16, 24]" in str(
+    e.value
+  )

@@ -148,7 +148,14 @@ def mask_size(value, shape: tuple[int, ...], what: str) -> None:
   A channel axis ([S, H, W, 1] from stacked greyscale images) was read as
   [N, S, H, W] and reported as 32 masks for 2 styles (trial 16).
   """
-  given = np.shape(value) if value is not None else shape
+  try:
+    given = np.shape(value) if value is not None else shape
+  except ValueError:  # a list of masks of several sizes (trial 35: numpy's 'inhomogeneous')
+    sizes = ', '.join(str(np.shape(m)) for m in value)
+    raise errors.ConfigError(
+      f"{what} holds masks of several shapes ({sizes}); each is at the content's size: "
+      f'{MASK_HELP[what].format(*shape)}'
+    ) from None
   if given[-2:] == shape[-2:]:
     return
   fix = ''
