@@ -398,3 +398,22 @@ def _scaled_by_noise(key):
     return total + jnp.mean(jax.random.normal(key, x.shape) * x), aux
 
   return loss
+
+
+def test_a_loss_fn_with_an_io_callback_is_one_line_for_lbfgs(caffe_npz):
+  """Trial 35 Z9: JAX's 'Unordered IO effects not supported in while_loop with batched
+  predicate', from inside the first step's line search."""
+  from jax.experimental import io_callback
+
+  def logged(x, params, targets, *, model, loss_spec):
+    total, aux = _objective(x, params, targets, model=model, loss_spec=loss_spec)
+    io_callback(lambda value: None, None, jax.lax.stop_gradient(total))
+    return total, aux
+
+  rng = np.random.default_rng(4)
+  content, style = rng.uniform(size=(2, 16, 16, 3)).astype(np.float32)
+  cfg = config_lib.StyleConfig(
+    loss=small_runs.loss_config(), schedule=config_lib.ScheduleConfig(iterations=2)
+  )
+  with pytest.raises(errors.ConfigError, match=r"use jax.pure_callback, or optim.name='adam'$"):
+    stylize(content, style, config=cfg, weights=caffe_npz, loss_fn=logged)

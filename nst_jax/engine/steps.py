@@ -113,7 +113,15 @@ def compile_step(
   full_key = (model, loss_spec, loss_fn if loss_key is None else loss_key, layout.key, *key)
   if program is not step.update:
     full_key = (*full_key, 'first')
-  compiled, seconds = (CompiledSteps() if cache is None else cache).get(program, full_key, *args)
+  try:
+    compiled, seconds = (CompiledSteps() if cache is None else cache).get(program, full_key, *args)
+  except Exception as e:
+    if 'IO effects not supported in while_loop' not in str(e):
+      raise
+    raise errors.ConfigError(  # trial 35: JAX's words from inside the line search
+      'loss_fn has an IO effect (jax.experimental.io_callback), which the L-BFGS line search '
+      "(a while_loop over the images) cannot carry; use jax.pure_callback, or optim.name='adam'"
+    ) from None
   logged_losses(compiled.out_info[1])
   return compiled, seconds
 
