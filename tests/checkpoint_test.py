@@ -357,6 +357,13 @@ def test_missing_or_damaged_checkpoint(tmp_path, images, caffe_npz):
     f'no checkpoint {tmp_path / "o.ckpt"} to resume (or give the run.checkpoint_dir it ran with); '
     'run without run.resume to start'
   )
+  run(_cfg(content, style, out, caffe_npz, iterations=2, keep_checkpoint=False))
+  with pytest.raises(errors.NstError) as e:  # trial 34: said 'no checkpoint', of a finished run
+    run(_cfg(content, style, out, caffe_npz, resume=True))
+  assert str(e.value) == (
+    f'{out} is finished (its run record says so) and its checkpoint was not kept; run without '
+    'run.resume to make it again (run.keep_checkpoint keeps one)'
+  )
   checkpoint_lib.path_for(out).write_bytes(b'\x00garbage')
   with pytest.raises(errors.NstError, match='is unreadable|is not an nst-jax checkpoint'):
     run(_cfg(content, style, out, caffe_npz, resume=True))

@@ -149,6 +149,11 @@ def _single_output(cfg: config_lib.StyleConfig) -> Path:
       f"no checkpoint {ckpt} to resume, but {legacy} may be this run's, named as nst-jax did "
       f'before 2026-12 for non-PNG outputs: rename it to {ckpt.name} and resume again'
     )
+  if cfg.run.resume and not ckpt.exists() and output_names.record_naming(output) is not None:
+    raise errors.NstError(  # trial 34: 'no checkpoint to resume', of a run that had finished
+      f'{errors.printable(output)} is finished (its run record says so) and its checkpoint was '
+      'not kept; run without run.resume to make it again (run.keep_checkpoint keeps one)'
+    )
   if cfg.run.resume and not ckpt.exists():
     other = '' if cfg.run.checkpoint_dir else ' (or give the run.checkpoint_dir it ran with)'
     raise errors.NstError(f'no checkpoint {ckpt} to resume{other}; run without run.resume to start')
