@@ -67,7 +67,7 @@ def test_files_put_at_the_results_names_while_it_runs_are_kept(
   ckpt = checkpoint_lib.path_for(out)
   assert str(e.value) == (
     f'could not write {out.with_suffix(".json")}: a file appeared there while the run ran, and '
-    f'is kept; the checkpoint {ckpt} is kept: then continue with run.resume'
+    f'is kept; the checkpoint {ckpt} is kept: move it away, then continue with run.resume'
   )
   assert {p: p.read_bytes() for p in mine} == mine
   assert not checkpoint_lib.unfinished(checkpoint_lib.read(ckpt))  # the result is not lost
@@ -83,6 +83,27 @@ def test_files_put_at_the_results_names_while_it_runs_are_kept(
   assert f'kept {out.with_name("r.sheet.jpg")}: a file appeared there while the run ran' in (
     caplog.text
   )
+  assert output_names.record_naming(out) is not None
+  claimed = output_names.claimed(out)  # trial 36: the kept sheet was then claimed by name
+  assert out.with_name('r.sheet.jpg') not in claimed and out.with_name('r.loss.png') in claimed
+
+
+def test_the_resume_after_a_result_appeared_does_not_take_it(
+  tmp_path, images, caffe_npz, monkeypatch
+):
+  """Trial 36 H1: the finished checkpoint claimed the result's name, and the resume its stop
+  asked for (or a plain rerun) replaced the user's file there."""
+  out = tmp_path / 'r.png'
+  _put_at_first_intermediate(monkeypatch, {out: b'my picture'})
+  with pytest.raises(errors.WriteError, match='move it away, then continue with run.resume'):
+    run(_cfg(images, out, caffe_npz, save_iter=2))
+  monkeypatch.undo()
+  for resume in (True, False):
+    with pytest.raises(errors.NstError, match=r'r\.png exists and no nst-jax run record says'):
+      run(_cfg(images, out, caffe_npz, save_iter=2, resume=resume))
+  assert out.read_bytes() == b'my picture'
+  out.rename(tmp_path / 'mine.png')
+  run(_cfg(images, out, caffe_npz, save_iter=2, resume=True))
   assert output_names.record_naming(out) is not None
 
 

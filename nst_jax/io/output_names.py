@@ -189,9 +189,10 @@ def claimed(output: str | os.PathLike) -> set[Path]:
   digests = data.get('intermediates_sha256')
   digests = digests if isinstance(digests, dict) else {}
   figures = data.get('figures_sha256')  # the loss plot's and sheet's (trial 34: by name before)
-  figures = figures if isinstance(figures, dict) else {}
-  beside = [derived(output, tail) for tail in RECORD_TAILS.values()]
-  ours = {output, *(p for p in beside if not _changed(p, figures.get(p.name)))} | {
+  json_, *plots = [derived(output, tail) for tail in RECORD_TAILS.values()]
+  if isinstance(figures, dict):  # one it did not write (kept: trial 36) is not its
+    plots = [p for p in plots if p.name in figures and not _changed(p, figures[p.name])]
+  ours = {output, json_, *plots} | {
     output.with_name(n) for n in names if not _changed(output.with_name(n), digests.get(n))
   }
   frames = data.get('frames')

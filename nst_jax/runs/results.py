@@ -159,6 +159,7 @@ class Results:
     recorded = []
 
     def record_first(tmp: str) -> None:  # trial 28: a full disk left a result without a record
+      recorded.append(output_names.file_sha256(tmp))
       recorded.append(record_lib.write(
         path, config=config, weights_info=self.info, record=record, total_s=seconds,
         content=row.content, styles=list(row.styles), result=rgb, written=tmp,
@@ -168,8 +169,12 @@ class Results:
     try:
       self._save(path, rgb, r, then=record_first)
     except errors.FileAppeared:
-      if recorded:  # at the result's name: the record just written describes no result there
-        recorded[0]['json'].unlink(missing_ok=True)
+      if len(recorded) == 2:  # at the result's name: the record just written describes none
+        recorded[1]['json'].unlink(missing_ok=True)
+        # And the finished checkpoint owns only its own result there, by digest: by name, the
+        # resume it asks for replaced the file that appeared (trial 36).
+        ckpt = checkpoint_lib.path_for(path, self.cfg.run.checkpoint_dir)
+        checkpoint_store.note_result(ckpt, recorded[0], path)
       raise
     logging.info('%ssaved %s', self.prefix, errors.printable(path))
     files = record_lib.paths_for(path)
@@ -202,7 +207,8 @@ def unwritten(error: errors.WriteError, ckpt: Path) -> errors.WriteError:
   except errors.NstError:
     return error
   if not checkpoint_lib.unfinished(payload):
-    kept = f'the checkpoint {ckpt} is kept: then continue with run.resume'
+    then = 'move it away, then' if isinstance(error, errors.FileAppeared) else 'then'
+    kept = f'the checkpoint {ckpt} is kept: {then} continue with run.resume'
     return errors.WriteError(f'{error}; {kept}')
   return errors.WriteError(
     f'{error}; the checkpoint {ckpt} could not be written at the end either and holds iteration '
