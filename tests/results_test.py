@@ -202,3 +202,39 @@ def test_a_picture_saved_over_a_figure_is_not_claimed(tmp_path, images, caffe_np
     run(_cfg(images, out, caffe_npz, iterations=2))
   run(_cfg(images, out, caffe_npz, iterations=2, record=False))
   assert sheet.read_bytes() == b'my picture' and not plot.exists()
+
+
+def test_pictures_saved_over_an_earlier_runs_files_while_a_rerun_runs_are_kept(
+  tmp_path, images, caffe_npz, monkeypatch
+):
+  """Trial 36 H4, H12, H13: saved over the earlier result, an earlier intermediate or sheet
+  while the rerun ran, they were replaced, deleted (--norecord) or claimed by the new record."""
+  out = tmp_path / 'r.png'
+  run(_cfg(images, out, caffe_npz, save_iter=2, iterations=6))  # r_00002, r_00004: the earlier
+  mine = {out.with_name('r_00004.png'): b'mine 4', out.with_name('r.sheet.jpg'): b'my sheet'}
+
+  def over(files):
+    real = results_lib.Results.intermediate
+
+    def intermediate(self, iteration, images):
+      for path, data in files.items():
+        path.write_bytes(data)  # the earlier run's file, saved over mid-run
+      return real(self, iteration, images)
+
+    monkeypatch.setattr(results_lib.Results, 'intermediate', intermediate)
+
+  over(mine)
+  run(_cfg(images, out, caffe_npz, save_iter=2, iterations=3, record=False))  # writes r_00002
+  assert {p: p.read_bytes() for p in mine} == mine  # not deleted as the earlier record's
+  monkeypatch.undo()
+  for p in tmp_path.glob('r*'):  # afresh: the earlier run again, with its record
+    p.unlink()
+  run(_cfg(images, out, caffe_npz, save_iter=2, iterations=6))
+  over({out.with_name('r_00004.png'): b'mine 4'})
+  run(_cfg(images, out, caffe_npz, save_iter=2, iterations=3))
+  record = json.loads(out.with_suffix('.json').read_text())
+  assert (record['intermediates'], record['earlier_intermediates']) == (['r_00002.png'], [])
+  over({out: b'my picture'})  # the earlier result itself
+  with pytest.raises(errors.WriteError, match='a file appeared there while the run ran'):
+    run(_cfg(images, out, caffe_npz, save_iter=2, iterations=3))
+  assert out.read_bytes() == b'my picture'

@@ -84,6 +84,9 @@ class Results:
       self.replaceable |= {q for q in files if os.path.lexists(q)}
     # What an earlier run's record claims beside each result this run replaces (trial 26).
     self.earlier = {r: output_names.claimed(p) - {Path(p)} for r, p in self.paths.items()}
+    # Each as it is now: one saved over since (a user's picture, mid-run) is someone's, neither
+    # replaced, deleted nor claimed (trial 36).
+    self.stamps = {q: _stamp(q) for q in self.replaceable.union(*self.earlier.values())}
     self.wrote: dict[int, list[Path]] = {r: [] for r in self.paths}  # this run's images
     self.digests: dict[int, dict[str, str]] = {r: {} for r in self.paths}  # theirs, as written
     self.t0 = time.perf_counter()
@@ -103,12 +106,18 @@ class Results:
                                        images)  # fmt: skip
       raise
 
+  def _as_planned(self, path: Path) -> bool:
+    """Whether `path` is as the plan (or this run's own write) left it, or gone."""
+    return _stamp(path) in (self.stamps.get(path), None)
+
   def _save(self, path, rgb, r, then=None) -> None:
     save = self.cfg.save
+    path = Path(path)
     image_lib.save_image(
       path, rgb, bit_depth=save.bit_depth, quality=save.quality, icc=self.icc.get(r), then=then,
-      replace=Path(path) in self.replaceable,
+      replace=path in self.replaceable and self._as_planned(path),
     )  # fmt: skip
+    self.stamps[path] = _stamp(path)
 
   def intermediate(self, iteration: int, images: dict[int, np.ndarray]) -> list[Path]:
     """The engine's on_intermediate: <name>_<iteration>.png beside each output; those written."""
@@ -142,17 +151,21 @@ class Results:
       for tail in output_names.RECORD_TAILS.values():  # an earlier record: of the image replaced
         old = output_names.derived(path, tail)
         # Not another run's result put at such a name (trial 34: deleted; its record named it).
-        if old in earlier and old.is_file() and output_names.record_naming(old) is None:
+        if (old in earlier and old.is_file() and self._as_planned(old)
+            and output_names.record_naming(old) is None):  # fmt: skip
           old.unlink()  # a file only: a folder made at its name since is someone's (trial 34)
       for old in earlier:  # and the intermediates it claimed, nobody's without it (trial 28)
-        if output_names.intermediate_number(old) is not None and old.name not in self.saved[r]:
+        if (output_names.intermediate_number(old) is not None and old.name not in self.saved[r]
+            and self._as_planned(old)):  # fmt: skip
           old.unlink(missing_ok=True)
       return path
     row = self.rows[r]
     # An earlier run's intermediates this one did not replace: still claimed, as that run's.
     before = sorted(p.name for p in earlier if output_names.intermediate_number(p) is not None
-                    and p.name not in self.saved[r] and os.path.lexists(p))  # fmt: skip
-    record = {**record, 'history': self.history.history[r], 'intermediates': self.saved[r],
+                    and p.name not in self.saved[r] and os.path.lexists(p)
+                    and self._as_planned(p))  # fmt: skip
+    own = [n for n in self.saved[r] if self._as_planned(path.with_name(n))]
+    record = {**record, 'history': self.history.history[r], 'intermediates': own,
               'earlier_intermediates': before, 'written_sha256': self.digests[r]}  # fmt: skip
     config, seconds = self.configs.get(r, self.cfg), time.perf_counter() - self.t0
 
@@ -184,6 +197,15 @@ class Results:
       logging.warning('%skept %s: a file appeared there while the run ran', self.prefix, figure)
     record_lib.note_figures(files, kept)
     return path
+
+
+def _stamp(path: Path) -> tuple | None:
+  """(inode, size, mtime) of the file at `path`, or None: a file saved over it changes it."""
+  try:
+    st = os.lstat(path)
+  except OSError:
+    return None
+  return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _stop_images(output: Path, checkpoint_dir: str | None) -> list[Path]:
