@@ -415,5 +415,22 @@ def test_a_loss_fn_with_an_io_callback_is_one_line_for_lbfgs(caffe_npz):
   cfg = config_lib.StyleConfig(
     loss=small_runs.loss_config(), schedule=config_lib.ScheduleConfig(iterations=2)
   )
-  with pytest.raises(errors.ConfigError, match=r"use jax.pure_callback, or optim.name='adam'$"):
+  fix = r'log with jax.debug.callback, or compute on the host with jax.pure_callback$'
+  with pytest.raises(errors.ConfigError, match=fix):
     stylize(content, style, config=cfg, weights=caffe_npz, loss_fn=logged)
+  # Trial 37: make_step's own programs, and an ordered callback, which no vmap takes (Adam too).
+  model, params, images, targets = _problem()
+  tx = core.make_optimizer('lbfgs', convention=pixels.CAFFE)
+  step = core.make_step(model, tx, TINY_LOSS.spec, loss_fn=logged)
+  with pytest.raises(errors.ConfigError, match=fix):
+    step.first(core.init_state(images, tx), params, targets)
+
+  def ordered(x, params, targets, *, model, loss_spec):
+    total, aux = _objective(x, params, targets, model=model, loss_spec=loss_spec)
+    io_callback(lambda value: None, None, jax.lax.stop_gradient(total), ordered=True)
+    return total, aux
+
+  adam = core.make_optimizer('adam', convention=pixels.CAFFE)
+  step = core.make_step(model, adam, TINY_LOSS.spec, loss_fn=ordered)
+  with pytest.raises(errors.ConfigError, match=fix):
+    step.update(core.init_state(images, adam), params, targets)

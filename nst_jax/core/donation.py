@@ -12,6 +12,7 @@ from typing import Any
 import jax
 
 from nst_jax import errors
+from nst_jax.core import step_checks
 
 
 def refuse_donated(state: Any) -> None:
@@ -60,7 +61,12 @@ class DonatingJit:
     if args:  # its concrete leaves, also where another argument is traced (trial 29: jax.grad)
       refuse_donated(args[0])
     traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args))
-    return self.kept(*args) if traced else self.donating(*args)
+    try:
+      return self.kept(*args) if traced else self.donating(*args)
+    except Exception as e:
+      if (error := step_checks.io_effect_error(e)) is None:
+        raise
+      raise error from None
 
   def __getattr__(self, name: str):
     if name in ('donating', 'kept', 'check'):  # not set yet (copy, pickle): no recursion

@@ -332,3 +332,18 @@ def _inside(jaxpr: Any, consts: list, callbacks: list) -> None:
           _inside(value, consts, callbacks)
         elif hasattr(value, 'callback_func'):  # pure_callback's, io_callback's
           callbacks.append(value.callback_func)
+
+
+# JAX's words when a loss_fn's io_callback meets the step's vmap or L-BFGS's batched while_loop.
+_IO_EFFECT_ERRORS = ('IO effects not supported in while_loop', 'Cannot `vmap` ordered IO callback')
+
+
+def io_effect_error(e: Exception) -> errors.ConfigError | None:
+  """A one-line ConfigError for JAX's refusal of a loss_fn's io_callback (trials 35, 37)."""
+  if not any(words in str(e) for words in _IO_EFFECT_ERRORS):
+    return None
+  return errors.ConfigError(
+    'loss_fn has an IO effect (jax.experimental.io_callback), which the step cannot carry (it '
+    "maps the loss over the images, and L-BFGS's line search loops over them); log with "
+    'jax.debug.callback, or compute on the host with jax.pure_callback'
+  )

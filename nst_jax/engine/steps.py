@@ -17,6 +17,7 @@ import jax
 
 from nst_jax import errors
 from nst_jax.core import step as core
+from nst_jax.core import step_checks
 from nst_jax.engine import sharding as sharding_lib
 
 # Where it lives now; the engine's name for it (its targets use it too).
@@ -116,12 +117,9 @@ def compile_step(
   try:
     compiled, seconds = (CompiledSteps() if cache is None else cache).get(program, full_key, *args)
   except Exception as e:
-    if 'IO effects not supported in while_loop' not in str(e):
+    if (error := step_checks.io_effect_error(e)) is None:
       raise
-    raise errors.ConfigError(  # trial 35: JAX's words from inside the line search
-      'loss_fn has an IO effect (jax.experimental.io_callback), which the L-BFGS line search '
-      "(a while_loop over the images) cannot carry; use jax.pure_callback, or optim.name='adam'"
-    ) from None
+    raise error from None  # trial 35: JAX's words from inside the line search
   logged_losses(compiled.out_info[1])
   return compiled, seconds
 
