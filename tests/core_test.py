@@ -1278,6 +1278,19 @@ def test_the_step_refuses_an_active_flag_of_2_and_an_aux_array():
     "it, e.g. jnp.mean(aux['image'])"
   ):
     run(state, params, targets, loss_fn=image_in_aux)
+  # Trial 37: a nested dict, None or a tuple failed after compiling, in hooks or numpy's words.
+  for kind, value in (('dict', lambda x: {'a': jnp.mean(x)}), ('NoneType', lambda x: None),
+                      ('tuple', lambda x: (jnp.mean(x), jnp.max(x)))):  # fmt: skip
+
+    def odd_aux(x, params, targets, *, model, loss_spec, value=value):
+      total, aux = objective(x, params, targets, model=model, loss_spec=loss_spec)
+      return total, {**aux, 'parts': value(x)}
+
+    with _raises(
+      f"loss_fn returned aux['parts'], a {kind}; aux must be a flat dict of scalars: give each its "
+      'own key, e.g. aux[\'parts\' + "/part"]'
+    ):
+      run(state, params, targets, loss_fn=odd_aux)
 
 
 def test_the_ready_step_refuses_a_weights_and_active_values_other_than_0_or_1():

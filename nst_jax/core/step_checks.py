@@ -249,6 +249,12 @@ def loss_result(result: Any) -> tuple[jax.Array, Mapping]:
       f'loss_fn returned a total of shape {shape} and dtype {dtype}; a loss_fn must return a '
       'float32 scalar total: jnp.asarray(total, jnp.float32)'
     )
+  for name, value in result[1].items():  # trial 37: a dict, None or tuple failed later, unnamed
+    if value is None or isinstance(value, (Mapping, list, tuple)):
+      raise errors.ConfigError(
+        f'loss_fn returned aux[{name!r}], a {type(value).__name__}; aux must be a flat dict of '
+        f'scalars: give each its own key, e.g. aux[{name!r} + "/part"]'
+      )
   shaped = {k: np.shape(v) for k, v in result[1].items() if np.shape(v) != ()}
   if shaped:  # the step would return each as [N, ...], not the [N] losses documented
     name, shape = next(iter(shaped.items()))
