@@ -329,6 +329,9 @@ def test_a_loss_fns_identity_is_what_it_computes():
     # Trial 35: an inner jit's arrays, a host callback, a gradient rule, an aux key's name.
     (_inner_jit(jnp.array([0.0])), _inner_jit(jnp.array([1e3]))),
     (_host(np.sum), _host(np.max)),
+    (_host(_Scale(0.0).of), _host(_Scale(1e3).of)),  # trial 37: methods, instances, helpers
+    (_host(_Scale(0.0)), _host(_Scale(1e3))),
+    (_host(_helped(np.sum)), _host(_helped(np.max))),
     (_with_vjp(1.0), _with_vjp(2.0)),
     (_aux_named('penalty'), _aux_named('reg')),
   ]  # fmt: skip
@@ -368,6 +371,20 @@ def _host(reduce):
     return total + host, aux
 
   return loss
+
+
+class _Scale:
+  def __init__(self, k):
+    self.k = k
+
+  def of(self, y):
+    return np.sum(y) * self.k
+
+  __call__ = of
+
+
+def _helped(reduce):
+  return lambda y: reduce(y)
 
 
 def _with_vjp(slope):

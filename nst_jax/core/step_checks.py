@@ -314,15 +314,34 @@ def loss_fn_identity(
       const = jax.random.key_data(const)  # a typed key has no bytes of its own (trial 35)
     value = np.asarray(const)
     digest.update(f'{value.dtype}{value.shape}'.encode() + value.tobytes())
-  for fn in callbacks:  # a host callback's function: by its name, code, closure and defaults
-    fn = getattr(fn, '__func__', fn)
-    code, cells = getattr(fn, '__code__', None), getattr(fn, '__closure__', None) or ()
-    parts = (getattr(fn, '__qualname__', type(fn).__qualname__), code and code.co_code,
-             code and (code.co_consts, code.co_names), [c.cell_contents for c in cells],
-             getattr(fn, '__defaults__', None))  # fmt: skip
-    digest.update(re.sub(r' at 0x[0-9a-f]+', '', repr(parts)).encode())
+  for fn in callbacks:  # a host callback: Python, not traced; described as _host says
+    digest.update(re.sub(r' at 0x[0-9a-f]+', '', repr(_host(fn))).encode())
   # Its name and the digest: short enough for a refusal to show both.
   return f'{name} {digest.hexdigest()[:8]}'
+
+
+def _host(fn: Any, depth: int = 0) -> Any:
+  """A host callback's description: its name, code, defaults, closure, the globals its code
+  reads and a bound method's or callable instance's fields; functions among them in turn, two
+  levels deep (trial 37: a method, an instance, a helper or a global was not told apart)."""
+  if depth > 2 or not callable(fn):
+    return fn if depth else None
+  owner = getattr(fn, '__self__', None)
+  function = getattr(fn, '__func__', fn)
+  if not hasattr(function, '__code__'):  # a callable instance: its class's __call__
+    owner, function = fn, type(fn).__call__  # noqa: B004 (the method itself, not a test)
+  code = getattr(function, '__code__', None)
+  if code is None:  # a builtin or C function: by name
+    return getattr(fn, '__qualname__', type(fn).__qualname__)
+  names = getattr(function, '__globals__', {})
+  read = {n: names[n] for n in code.co_names if n in names and not inspect.ismodule(names[n])}
+  cells = [c.cell_contents for c in getattr(function, '__closure__', None) or ()]
+  fields = vars(owner) if hasattr(owner, '__dict__') else {}
+  return (
+    function.__qualname__, code.co_code, code.co_consts, code.co_names, function.__defaults__,
+    [_host(v, depth + 1) for v in cells], {n: _host(v, depth + 1) for n, v in read.items()},
+    {k: _host(v, depth + 1) for k, v in fields.items()},
+  )  # fmt: skip
 
 
 def _inside(jaxpr: Any, consts: list, callbacks: list) -> None:
