@@ -874,9 +874,9 @@ def test_a_resume_with_another_init_image_is_refused(caffe_npz, tmp_path):
                  init_image=start, loss_fn=half)  # fmt: skip
   with pytest.raises(
     errors.ResumeMismatch,
-    match=r"the loss_fn _scaled computes otherwise than the checkpoint's run's \(digest \w{8}, "
-    r'then \w{8}: other code or values, or traced otherwise, as under jax.jit or by another JAX '
-    r"version\); pass the loss_fn the checkpoint's run had to resume, or another checkpoint=",
+    match=r"the loss_fn _scaled computes otherwise than the checkpoint's run's \(digest \w{8}; "
+    r"the checkpoint's \w{8}: other code or values, or traced otherwise, as under jax.jit or by "
+    r"another JAX version\); pass the loss_fn the checkpoint's run had to resume, or another ch",
   ):
     stylize(content, style, config=again, weights=caffe_npz, checkpoint=cut, init_image=start,
             loss_fn=functools.partial(_scaled, by=2.0))  # fmt: skip

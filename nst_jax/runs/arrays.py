@@ -117,9 +117,9 @@ def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
     name, was, now = (part.strip('"') for part in (*e.now.split()[:1], e.saved.split()[-1],
                                                    e.now.split()[-1]))  # fmt: skip
     what = (
-      f"the loss_fn {name} computes otherwise than the checkpoint's run's (digest {now}, then "
-      f'{was}: other code or values, or traced otherwise, as under jax.jit or by another JAX '
-      'version)'
+      f"the loss_fn {name} computes otherwise than the checkpoint's run's (digest {now}; the "
+      f"checkpoint's {was}: other code or values, or traced otherwise, as under jax.jit or by "
+      'another JAX version)'
     )
     again = "the loss_fn the checkpoint's run had"
   elif e.setting == 'loss_fn':  # trial 27: another went on, unsaid; 29: named, both
