@@ -429,8 +429,12 @@ def _digests(path: Path) -> dict[str, bytes]:
   return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob('*')) if p.is_file()}
 
 
-def _edit_meta(path: Path, **fields) -> None:
-  """Sets (or with None deletes) fields of a format-2 checkpoint's newest metadata."""
+def _edit_meta(path: Path, *, sign: bool = True, **fields) -> None:
+  """Sets (or with None deletes) fields of a format-2 checkpoint's newest metadata.
+
+  `sign`: its SHA-256 made again, as a writer of such a meta would have (else the edit is
+  damage, which the digest catches first).
+  """
   step = max((p for p in path.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
   meta_file = step / orbax_local.META_ITEM / orbax_local.META_FILE
   meta = json.loads(meta_file.read_text())
@@ -439,6 +443,8 @@ def _edit_meta(path: Path, **fields) -> None:
       del meta[name]
     else:
       meta[name] = value
+  if sign:
+    meta[orbax_local.META_DIGEST] = orbax_local._meta_digest(meta)
   meta_file.write_text(json.dumps(meta))
 
 
@@ -1034,3 +1040,18 @@ def test_a_stop_notes_the_images_it_saved_in_its_checkpoint(tmp_path):
   Image.new('RGB', (2, 2)).save(elsewhere.with_name('photo.png'))
   found = jobs_lib.expand(str(stop2.parent), what='c', checkpoint_dir=str(bucket))
   assert found == [str(elsewhere.with_name('photo.png'))]
+
+
+def test_a_changed_digit_in_a_checkpoints_meta_is_damage(tmp_path):
+  """Trial 36 H3: "iteration": 7 -> 6 in the meta resumed to another result, exit 0."""
+  ckpt = tmp_path / 'r.ckpt'
+  state = {'image': np.zeros((1, 2, 2, 3), np.float32)}
+  checkpoint_lib.write(ckpt, checkpoint_lib.snapshot(state, iteration=7, total=30, settings={}))
+  assert checkpoint_lib.read(ckpt)['iteration'] == 7
+  _edit_meta(ckpt, sign=False, iteration=6)
+  with pytest.raises(errors.NstError) as e:
+    checkpoint_lib.read(ckpt)
+  assert str(e.value) == (
+    f'checkpoint {ckpt} is damaged (0/meta/metadata is not what was saved (its SHA-256 '
+    'differs)); delete it to start over'
+  )

@@ -132,9 +132,12 @@ def read_meta(path: Path) -> tuple[dict, Path]:
     except (OSError, UnicodeDecodeError) as e:
       raise Damaged(f'{meta.relative_to(path)} cannot be read ({e})', step) from None
     try:
-      return json.loads(text), step
+      data = json.loads(text)
     except (ValueError, RecursionError):  # nested too deeply for Python's parser too (trial 34)
       raise Damaged(f'{meta.relative_to(path)} is not JSON', step) from None
+    if not orbax_local.meta_intact(data):  # trial 36: "iteration": 7 -> 6 resumed, exit 0
+      raise Damaged(f'{meta.relative_to(path)} is not what was saved (its SHA-256 differs)', step)
+    return data, step
   raise Damaged('its steps kept changing while it was read')
 
 

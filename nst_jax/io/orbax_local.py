@@ -40,6 +40,8 @@ META_FILE = 'metadata'  # orbax's JsonCheckpointHandler's default name, set expl
 # The meta's key for the SHA-256 of the state's arrays, checked on load: a flipped bit in a data
 # file resumed to another result, exit 0 (trial 34); orbax checks no content.
 STATE_DIGEST = 'state_sha256'
+# And of the rest of the meta (iteration, settings, history): a flipped digit resumed (trial 36).
+META_DIGEST = 'meta_sha256'
 # orbax's temporary name for a directory it is saving (AtomicRenameTemporaryPath):
 # NAME + this, renamed to NAME when committed. tests/orbax_local_test.py checks
 # it against orbax's own constant.
@@ -190,7 +192,8 @@ def save(directory: Path, *, state: dict, meta: dict, process: int | None = None
     process: as `checkpointer`.
   """
   ocp = _ocp()
-  meta = {**meta, STATE_DIGEST: state_digest(state)}
+  meta = json.loads(json.dumps({**meta, STATE_DIGEST: state_digest(state)}))  # as read back
+  meta[META_DIGEST] = _meta_digest(meta)
   with checkpointer(process) as ckptr:
     ckptr.save(
       Path(directory).absolute(),  # orbax refuses relative paths
@@ -229,6 +232,18 @@ def load(directory: Path, process: int | None = None) -> dict:
   if saved is not None and saved != state_digest(state):
     raise ValueError(f'its arrays are not those saved (their {STATE_DIGEST} differs)')
   return state
+
+
+def _meta_digest(meta: dict) -> str:
+  rest = {k: v for k, v in meta.items() if k != META_DIGEST}
+  return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
+def meta_intact(meta: Any) -> bool:
+  """Whether a step's meta is as saved (by its META_DIGEST; one saved before it had one is)."""
+  if not isinstance(meta, dict) or META_DIGEST not in meta:
+    return True
+  return meta[META_DIGEST] == _meta_digest(meta)
 
 
 def state_digest(state: dict) -> str:
