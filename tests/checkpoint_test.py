@@ -1021,12 +1021,16 @@ def test_a_stop_notes_the_images_it_saved_in_its_checkpoint(tmp_path):
   plan = output_plan.image_output(out, save_iter=2, iterations=30, checkpoint=ckpt)
   with pytest.raises(errors.NstError, match=r'a_s_00004\.png exists, beside a_s\.png, and no '):
     output_plan.check([plan], inputs={})
-  # Trial 34: the resume, killed after its checkpoint of 11, wrote 8 and 10, noted nowhere:
-  # past the stop, they are its own by name, as after any kill.
+  # Trial 34: the resume, killed after its checkpoint of 11, wrote 8 and 10; since trial 36 it
+  # notes each as it writes it, and those are its own, after a kill too; no other is.
   (tmp_path / 'a_s_00004.png').unlink()
   checkpoint_lib.write(ckpt, checkpoint_lib.snapshot(state, iteration=11, total=30, settings={}))
   for k in (8, 10):
     Image.new('RGB', (2, 2)).save(tmp_path / f'a_s_{k:05d}.png')
+  with pytest.raises(errors.NstError, match=r'a_s_00008\.png exists, beside a_s\.png, and no '):
+    output_plan.check([plan], inputs={})
+  checkpoint_store.note_images(ckpt, {f'a_s_{k:05d}.png': output_names.file_sha256(
+    tmp_path / f'a_s_{k:05d}.png') for k in (8, 10)})  # fmt: skip
   output_plan.check([plan], inputs={})
   # And with run.checkpoint_dir: the folder of inputs looks there (its stop image was styled).
   bucket = tmp_path / 'bucket'

@@ -17,6 +17,7 @@ import pytest
 from nst_jax import errors
 from nst_jax.io import atomic
 from nst_jax.io import checkpoint as checkpoint_lib
+from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
 from nst_jax.io import output_names
 from nst_jax.runs import output_locks
@@ -129,6 +130,10 @@ def test_a_rerun_replaces_its_own_result(tmp_path):
   with pytest.raises(errors.NstError, match='r_00005.png exists'):
     output_plan.check([_out(result, save_iter=5, iterations=6)], inputs={})
   _checkpoint(tmp_path / 'r.ckpt', 5, 10)
+  mine = {'r_00005.png': _digest(tmp_path / 'r_00005.png')}
+  with pytest.raises(errors.NstError, match='r_00005.png exists'):  # trial 36: not noted
+    output_plan.check([_out(result, save_iter=5, iterations=15)], inputs={})
+  checkpoint_store.note_images(tmp_path / 'r.ckpt', mine)  # as the run notes what it writes
   output_plan.check([_out(result, save_iter=5, iterations=15)], inputs={})
   # Trial 22: not one past the iteration the checkpoint holds, which it never wrote.
   (tmp_path / 'r_00010.png').write_bytes(b'mine')

@@ -238,3 +238,28 @@ def test_pictures_saved_over_an_earlier_runs_files_while_a_rerun_runs_are_kept(
   with pytest.raises(errors.WriteError, match='a file appeared there while the run ran'):
     run(_cfg(images, out, caffe_npz, save_iter=2, iterations=3))
   assert out.read_bytes() == b'my picture'
+
+
+def test_after_a_kill_only_the_images_the_run_noted_are_its_own(
+  tmp_path, images, caffe_npz, monkeypatch
+):
+  """Trial 36 H10, H11: after a kill, a resume claimed by name a user's picture the run had
+  kept (or one there before a run without save_iter), and a later rerun replaced it."""
+  from checkpoint_test import _edit_meta
+
+  out = tmp_path / 'r.png'
+  theirs = out.with_name('r_00004.png')
+  _put_at_first_intermediate(monkeypatch, {theirs: b'my picture'})
+  run(_cfg(images, out, caffe_npz, save_iter=2, iterations=6, keep_checkpoint=True))
+  monkeypatch.undo()
+  ckpt = checkpoint_lib.path_for(out)
+  from nst_jax.io import checkpoint_store
+
+  assert sorted(checkpoint_store.noted_images(ckpt)) == ['r_00002.png']  # noted as written
+  meta = checkpoint_lib.read(ckpt)
+  _edit_meta(ckpt, total=10, extra={**meta['extra'], 'iterations': 10})  # killed at 6 of 10
+  for name in ('r.png', 'r.json', 'r.loss.png', 'r.sheet.jpg'):
+    out.with_name(name).unlink()
+  with pytest.raises(errors.NstError, match=r'r_00004\.png exists, beside r\.png, and no nst-'):
+    run(_cfg(images, out, caffe_npz, save_iter=2, iterations=10, resume=True))
+  assert theirs.read_bytes() == b'my picture'

@@ -44,6 +44,9 @@ from nst_jax.io import orbax_local
 
 FORMAT = 2
 MARKER = 'nst-jax-checkpoint.json'
+# In the marker of a checkpoint whose run notes each image as it writes it (note_images): its own
+# are those noted, by digest, after a kill too; older ones noted only a stop's (trial 36).
+NOTED_AS_WRITTEN = 'images_noted_as_written'
 _STEP = re.compile(r'\d+')
 _STEP_TMP = re.compile(r'\d+' + re.escape(orbax_local.TMP_SUFFIX))
 
@@ -209,7 +212,9 @@ def _create(path: Path, state: dict, meta: dict) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = _make_temporary(path)
   try:
-    (tmp / MARKER).write_text(json.dumps({'format': FORMAT, 'writer': 'nst-jax'}) + '\n')
+    marker = {'format': FORMAT, 'writer': 'nst-jax', NOTED_AS_WRITTEN: True,
+              'images_sha256': dict(_WRITTEN.get(Path(path), {}))}  # fmt: skip
+    (tmp / MARKER).write_text(json.dumps(marker) + '\n')
     orbax_local.save(tmp / '0', state=state, meta=meta)
     if not (tmp / MARKER).is_file():
       # Its folder was deleted meanwhile and orbax made the step's path again:
@@ -306,6 +311,22 @@ def noted_result(path: Path) -> tuple[str | None, str | None]:
   data = _marker(path)
   digest, where = data.get('result_sha256'), data.get('result_path')
   return (digest if isinstance(digest, str) else None, where if isinstance(where, str) else None)
+
+
+# Checkpoint path -> {name: SHA-256} of the images its run wrote, which the run fills as it
+# writes them (runs.results.Results): the first save puts those in the marker at once, so a kill
+# between that save and the next note leaves none of them unnoted.
+_WRITTEN: dict[Path, dict[str, str]] = {}
+
+
+def expect_images(path: Path, written: dict[str, str]) -> None:
+  """Lets the first save of the checkpoint `path` note `written` (a dict its run fills)."""
+  _WRITTEN[Path(path)] = written
+
+
+def notes_as_written(path: Path) -> bool:
+  """Whether the checkpoint's run noted each image as it wrote it (NOTED_AS_WRITTEN)."""
+  return _marker(path).get(NOTED_AS_WRITTEN) is True
 
 
 def noted_images(path: Path) -> dict[str, str]:

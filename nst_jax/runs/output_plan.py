@@ -269,15 +269,17 @@ def checkpoints_own(out: Output) -> tuple[set[Path], int | None]:
   except errors.NstError:  # none, or damaged: refused or replaced elsewhere
     return set(), None
   done = checkpoint_lib.extra(payload).get('offset', 0) + payload['iteration']
-  # A stop noted the images it saved (by digest): up to it, only those (trial 32: by name, a
-  # user's r_00004.png was claimed). After a kill, none is noted: by name, as the refusal says;
-  # so are those past the last stop, which a resume killed since wrote (trial 34).
+  # Noted images (by digest) are its own: each as written since trial 36, at any number; before,
+  # a stop's, else by name up to the checkpoint (after a kill, or past the stop: trials 32, 34).
   noted = checkpoint_store.noted_images(out.state)
   stopped = max((output_names.intermediate_number(Path(n)) or 0 for n in noted), default=0)
   ours = {
     p for kind, p in out.derived
     if kind == INTERMEDIATE and (n := output_names.intermediate_number(p) or done + 1) <= done
     and (n > stopped or not p.is_file() or noted.get(p.name) == output_names.file_sha256(p))
+  } if not checkpoint_store.notes_as_written(out.state) else {
+    p for kind, p in out.derived
+    if kind == INTERMEDIATE and p.is_file() and noted.get(p.name) == output_names.file_sha256(p)
   }  # fmt: skip
   if not checkpoint_lib.unfinished(payload) and not _foreign_record(out):
     noted, where = checkpoint_store.noted_result(out.state)  # kept: the result it was kept with

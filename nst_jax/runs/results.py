@@ -89,6 +89,9 @@ class Results:
     self.stamps = {q: _stamp(q) for q in self.replaceable.union(*self.earlier.values())}
     self.wrote: dict[int, list[Path]] = {r: [] for r in self.paths}  # this run's images
     self.digests: dict[int, dict[str, str]] = {r: {} for r in self.paths}  # theirs, as written
+    for r, p in self.paths.items():  # noted by the checkpoint's first save too (trial 36)
+      checkpoint_store.expect_images(checkpoint_lib.path_for(p, cfg.run.checkpoint_dir),
+                                     self.digests[r])  # fmt: skip
     self.t0 = time.perf_counter()
     self.history = hooks_lib.History(cfg.run.print_iter, list(self.paths), t0=self.t0)
 
@@ -134,6 +137,10 @@ class Results:
       self.wrote[r].append(path)
       self.replaceable.add(path)  # this run's own now (a stop's image saved at a save_iter)
       self.digests[r][path.name] = output_names.file_sha256(path)  # as written, for the record
+      # And in its checkpoint, once there is one: after a kill, only noted images are the run's
+      # (trial 36: by name, a resume claimed a user's picture the run had kept).
+      checkpoint_store.note_images(checkpoint_lib.path_for(self.paths[r],
+                                   self.cfg.run.checkpoint_dir), self.digests[r])  # fmt: skip
       if path.name not in self.saved[r]:
         self.saved[r].append(path.name)
       if self.cfg.save.record:
