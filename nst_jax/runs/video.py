@@ -412,7 +412,10 @@ def _write(cfg, paths: video_work.Paths, clip, results, record, seconds, there=(
         atomic.write(target, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)),
                      replace=target in there)  # fmt: skip
       except errors.FileAppeared as e:  # the video is written: only its record is not
-        raise errors.WriteError(f'{e}; the video {paths.output} is written without it') from None
+        raise errors.WriteError(
+          f'{e}; the video {paths.output} is written without it: move that file away, then '
+          'continue with run.resume'
+        ) from None
   if not cfg.run.keep_checkpoint:
     shutil.rmtree(paths.work, ignore_errors=True)
   logging.info('Done: %s, %d frames in %s (%.1f s of optical flow).', paths.output, len(results),
