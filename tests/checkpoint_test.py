@@ -30,18 +30,6 @@ from nst_jax.io.outputs import default_output_path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture()
-def images(tmp_path):
-  rng = np.random.default_rng(4)
-  paths = []
-  for name in ('c.png', 's.png'):
-    path = tmp_path / 'in' / name
-    path.parent.mkdir(exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (36, 48, 3), dtype=np.uint8)).save(path)
-    paths.append(path)
-  return paths
-
-
 def _args(content, style, output, weights, *extra):
   return [
     sys.executable, str(ROOT / 'main.py'), '-cp', str(content), '-sp', str(style),

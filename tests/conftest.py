@@ -12,6 +12,8 @@ import sys
 import tempfile
 
 import jax
+import numpy as np
+from PIL import Image
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,3 +164,16 @@ def flat_config(**flat):
   with warnings.catch_warnings():
     warnings.simplefilter('ignore', DeprecationWarning)
     return config_lib.StyleConfig(**flat)
+
+
+@pytest.fixture()
+def images(tmp_path):
+  """A content and a style file, in/c.png and in/s.png (48 x 36, random pixels)."""
+  rng = np.random.default_rng(4)
+  paths = []
+  for name in ('c.png', 's.png'):
+    path = tmp_path / 'in' / name
+    path.parent.mkdir(exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (36, 48, 3), dtype=np.uint8)).save(path)
+    paths.append(path)
+  return paths

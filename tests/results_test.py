@@ -5,7 +5,6 @@ from pathlib import Path
 
 from conftest import flat_config
 import numpy as np
-from PIL import Image
 import pytest
 import small_runs
 
@@ -14,18 +13,6 @@ from nst_jax import run
 from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import output_names
 from nst_jax.runs import results as results_lib
-
-
-@pytest.fixture()
-def images(tmp_path):
-  rng = np.random.default_rng(5)
-  paths = []
-  for name in ('c.png', 's.png'):
-    path = tmp_path / 'in' / name
-    path.parent.mkdir(exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(path)
-    paths.append(path)
-  return paths
 
 
 def _cfg(images, output, weights, **changes):
