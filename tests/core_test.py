@@ -1279,8 +1279,12 @@ def test_the_step_refuses_an_active_flag_of_2_and_an_aux_array():
   ):
     run(state, params, targets, loss_fn=image_in_aux)
   # Trial 37: a nested dict, None or a tuple failed after compiling, in hooks or numpy's words.
-  for kind, value in (('dict', lambda x: {'a': jnp.mean(x)}), ('NoneType', lambda x: None),
-                      ('tuple', lambda x: (jnp.mean(x), jnp.max(x)))):  # fmt: skip
+  for kind, value in (
+    ('dict', lambda x: {'a': jnp.mean(x)}),
+    ('NoneType', lambda x: None),
+    ('tuple', lambda x: (jnp.mean(x), jnp.max(x))),
+    ('str', lambda x: 'hi'),
+  ):  # fmt: skip  (trial 38: a str was JAX's words)
 
     def odd_aux(x, params, targets, *, model, loss_spec, value=value):
       total, aux = objective(x, params, targets, model=model, loss_spec=loss_spec)

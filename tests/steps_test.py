@@ -332,6 +332,8 @@ def test_a_loss_fns_identity_is_what_it_computes():
     (_host(_Scale(0.0).of), _host(_Scale(1e3).of)),  # trial 37: methods, instances, helpers
     (_host(_Scale(0.0)), _host(_Scale(1e3))),
     (_host(_helped(np.sum)), _host(_helped(np.max))),
+    (_host(_Scale(_Scale(0.0)).of), _host(_Scale(_Scale(1e3)).of)),  # trial 38: a field's field
+    (_host(_helped(_table(1.0))), _host(_helped(_table(1e3)))),  # 5000 values in a closure
     (_with_vjp(1.0), _with_vjp(2.0)),
     (_aux_named('penalty'), _aux_named('reg')),
   ]  # fmt: skip
@@ -381,6 +383,12 @@ class _Scale:
     return np.sum(y) * self.k
 
   __call__ = of
+
+
+def _table(middle):
+  table = np.ones(5000, np.float32)
+  table[2500] = middle  # numpy's repr leaves the middle out
+  return table
 
 
 def _helped(reduce):
@@ -451,3 +459,14 @@ def test_a_loss_fn_with_an_io_callback_is_one_line_for_lbfgs(caffe_npz):
   step = core.make_step(model, adam, TINY_LOSS.spec, loss_fn=ordered)
   with pytest.raises(errors.ConfigError, match=fix):
     step.update(core.init_state(images, adam), params, targets)
+  # Trial 38: an ordered jax.debug.callback runs (the engine's read of the program's outputs
+  # was an empty AssertionError inside JAX).
+  calls = []
+
+  def debugged(x, params, targets, *, model, loss_spec):
+    total, aux = _objective(x, params, targets, model=model, loss_spec=loss_spec)
+    jax.debug.callback(lambda value: calls.append(value), total, ordered=True)
+    return total, aux
+
+  stylize(content, style, config=cfg, weights=caffe_npz, loss_fn=debugged)
+  assert len(calls) >= 2
