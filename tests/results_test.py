@@ -250,3 +250,31 @@ def test_after_a_kill_only_the_images_the_run_noted_are_its_own(
   with pytest.raises(errors.NstError, match=r'r_00004\.png exists, beside r\.png, and no nst-'):
     run(_cfg(images, out, caffe_npz, save_iter=2, iterations=10, resume=True))
   assert theirs.read_bytes() == b'my picture'
+
+
+def test_the_earlier_record_and_figures_saved_over_while_a_rerun_runs_are_kept(
+  tmp_path, images, caffe_npz, monkeypatch, caplog
+):
+  """Trial 39 G1, G2: pictures saved over the earlier run's loss plot, sheet or record while a
+  rerun ran were replaced at its end, exit 0."""
+  out = tmp_path / 'r.png'
+  run(_cfg(images, out, caffe_npz, save_iter=2, iterations=4))
+  sheet, record = out.with_name('r.sheet.jpg'), out.with_suffix('.json')
+  real = results_lib.Results.intermediate
+
+  def saving_over(files):
+    def intermediate(self, iteration, images):
+      for path, data in files.items():
+        path.write_bytes(data)
+      return real(self, iteration, images)
+
+    monkeypatch.setattr(results_lib.Results, 'intermediate', intermediate)
+
+  saving_over({sheet: b'my sheet'})
+  run(_cfg(images, out, caffe_npz, save_iter=2, iterations=4))
+  assert sheet.read_bytes() == b'my sheet' and f'kept {sheet}' in caplog.text
+  sheet.unlink()  # the user moves it away (the plan refuses it now: not the run's)
+  saving_over({record: b'{"mine": 1}'})
+  with pytest.raises(errors.WriteError, match='r.json: a file appeared there while the run ran'):
+    run(_cfg(images, out, caffe_npz, save_iter=2, iterations=4))
+  assert record.read_bytes() == b'{"mine": 1}'

@@ -194,3 +194,18 @@ def test_a_file_put_at_the_videos_name_while_it_runs_is_kept(tmp_path, caffe_npz
   monkeypatch.undo()
   video_pipeline.run_video(cfg.replace(run=cfg.run.replace(resume=True)))
   assert out.stat().st_size > 1000 and (tmp_path / 'mine.mp4').read_bytes() == b'my video'
+  # Trial 39 G3: saved over the earlier run's video while a rerun ran, it was replaced.
+  import shutil
+
+  shutil.rmtree(tmp_path / '.v.mp4.work')  # its work, kept: gone, as without keep_checkpoint
+  held = video_work.hold_settings
+
+  def saved_over(paths, now):  # after the plan, before the first frame
+    out.write_bytes(b'my video')
+    return held(paths, now)
+
+  monkeypatch.setattr(video_work, 'hold_settings', saved_over)
+  rerun = cfg.replace(run=cfg.run.replace(keep_checkpoint=False))
+  with pytest.raises(errors.WriteError, match='a file appeared there while the run ran'):
+    video_pipeline.run_video(rerun)
+  assert out.read_bytes() == b'my video'

@@ -86,7 +86,7 @@ class Results:
     self.earlier = {r: output_names.claimed(p) - {Path(p)} for r, p in self.paths.items()}
     # Each as it is now: one saved over since (a user's picture, mid-run) is someone's, neither
     # replaced, deleted nor claimed (trial 36).
-    self.stamps = {q: _stamp(q) for q in self.replaceable.union(*self.earlier.values())}
+    self.stamps = {q: stamp(q) for q in self.replaceable.union(*self.earlier.values())}
     self.wrote: dict[int, list[Path]] = {r: [] for r in self.paths}  # this run's images
     self.digests: dict[int, dict[str, str]] = {r: {} for r in self.paths}  # theirs, as written
     for r, p in self.paths.items():  # noted by the checkpoint's first save too (trial 36)
@@ -111,7 +111,7 @@ class Results:
 
   def _as_planned(self, path: Path) -> bool:
     """Whether `path` is as the plan (or this run's own write) left it, or gone."""
-    return _stamp(path) in (self.stamps.get(path), None)
+    return stamp(path) in (self.stamps.get(path), None)
 
   def _save(self, path, rgb, r, then=None) -> None:
     save = self.cfg.save
@@ -120,7 +120,7 @@ class Results:
       path, rgb, bit_depth=save.bit_depth, quality=save.quality, icc=self.icc.get(r), then=then,
       replace=path in self.replaceable and self._as_planned(path),
     )  # fmt: skip
-    self.stamps[path] = _stamp(path)
+    self.stamps[path] = stamp(path)
 
   def intermediate(self, iteration: int, images: dict[int, np.ndarray]) -> list[Path]:
     """The engine's on_intermediate: <name>_<iteration>.png beside each output; those written."""
@@ -177,13 +177,15 @@ class Results:
     config, seconds = self.configs.get(r, self.cfg), time.perf_counter() - self.t0
 
     recorded = []
+    # Files saved over since the plan (a user's, mid-run) are kept, the record and figures too.
+    replaceable = {p for p in self.replaceable if self._as_planned(p)}
 
     def record_first(tmp: str) -> None:  # trial 28: a full disk left a result without a record
       recorded.append(output_names.file_sha256(tmp))
       recorded.append(record_lib.write(
         path, config=config, weights_info=self.info, record=record, total_s=seconds,
         content=row.content, styles=list(row.styles), result=rgb, written=tmp,
-        replaceable=self.replaceable,
+        replaceable=replaceable,
       ))  # fmt: skip
 
     try:
@@ -199,14 +201,14 @@ class Results:
     logging.info('%ssaved %s', self.prefix, errors.printable(path))
     files = record_lib.paths_for(path)
     kept = record_lib.figures(files, record['history'], [row.content, *row.styles, rgb],
-                              self.intermediates[r], replaceable=self.replaceable)  # fmt: skip
+                              self.intermediates[r], replaceable=replaceable)  # fmt: skip
     for figure in kept:
       logging.warning('%skept %s: a file appeared there while the run ran', self.prefix, figure)
     record_lib.note_figures(files, kept)
     return path
 
 
-def _stamp(path: Path) -> tuple | None:
+def stamp(path: str | os.PathLike) -> tuple | None:
   """(inode, size, mtime) of the file at `path`, or None: a file saved over it changes it."""
   try:
     st = os.lstat(path)

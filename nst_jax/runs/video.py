@@ -24,7 +24,6 @@ Reference: Ruder, Dosovitskiy & Brox, "Artistic style transfer for videos", GCPR
 import contextlib
 import dataclasses
 import json
-import os
 from pathlib import Path
 import shutil
 import time
@@ -157,7 +156,7 @@ def _run_video(cfg: config_lib.StyleConfig, clip, paths: video_work.Paths, heigh
           output_plan.locked(plan, local=local, then_check=lambda: _recheck(cfg, plan))
         )
       # What the plan let this run replace; a file there later is someone's (trial 34).
-      there = {p for p in (paths.output, video_work.record_path(paths)) if os.path.lexists(p)}
+      there = {p: results_lib.stamp(p) for p in (paths.output, video_work.record_path(paths))}
       with distributed.together():  # before any frame: a resume with other settings is refused
         now = video_work.settings(given, weights_hash=w.info.params_sha256, frames=frames,
                                   styles=styles)  # fmt: skip
@@ -371,12 +370,19 @@ def _gather(layout, group, rgb, local, shape) -> list[np.ndarray]:
   return [by_frame[k] for k in sorted(by_frame)]
 
 
-def _write(cfg, paths: video_work.Paths, clip, results, record, seconds, there=()) -> None:
+def _write(cfg, paths: video_work.Paths, clip, results, record, seconds, there=None) -> None:
   """The video (or frames), then the run record; the work directory goes unless kept.
 
-  `there`: the files the plan let the run replace; another one there by
-  now is kept, and the run stops with its work kept, to resume.
+  `there`: each file the plan let the run replace, as it was then
+  (results.stamp; None: none there); one there by now that is not as it was
+  (put there, or saved over since: trial 39) is kept, and the run stops
+  with its work kept, to resume.
   """
+
+  def replaceable(path):
+    was = (there or {}).get(path)
+    return was is not None and results_lib.stamp(path) in (was, None)
+
   if jax.process_index() == 0:
     (paths.work / output_names.WORK_WRITING).touch()  # the result is ours now (trial 24)
     if paths.as_frames:  # replacing the frames an earlier run's record claims, nothing else
@@ -388,7 +394,7 @@ def _write(cfg, paths: video_work.Paths, clip, results, record, seconds, there=(
     else:
       try:
         video_lib.write_video(paths.output, results, clip.fps, audio_from=clip,
-                              replace=paths.output in there)  # fmt: skip
+                              replace=replaceable(paths.output))  # fmt: skip
       except errors.FileAppeared as e:  # not ours, then: a resume must not take it (trial 24)
         (paths.work / output_names.WORK_WRITING).unlink(missing_ok=True)
         raise errors.WriteError(f'{e}; move it away, then continue with run.resume') from None
@@ -410,7 +416,7 @@ def _write(cfg, paths: video_work.Paths, clip, results, record, seconds, there=(
       }
       try:
         atomic.write(target, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)),
-                     replace=target in there)  # fmt: skip
+                     replace=replaceable(target))  # fmt: skip
       except errors.FileAppeared as e:  # the video is written: only its record is not
         raise errors.WriteError(
           f'{e}; the video {paths.output} is written without it: move that file away, then '
