@@ -87,7 +87,6 @@ class Results:
     # Each as it is now: one saved over since (a user's picture, mid-run) is someone's, neither
     # replaced, deleted nor claimed (trial 36).
     self.stamps = {q: stamp(q) for q in self.replaceable.union(*self.earlier.values())}
-    self.wrote: dict[int, list[Path]] = {r: [] for r in self.paths}  # this run's images
     self.digests: dict[int, dict[str, str]] = {r: {} for r in self.paths}  # theirs, as written
     for r, p in self.paths.items():  # noted by the checkpoint's first save too (trial 36)
       checkpoint_store.expect_images(checkpoint_lib.path_for(p, cfg.run.checkpoint_dir),
@@ -134,7 +133,6 @@ class Results:
                         iteration)  # fmt: skip
         continue
       written.append(path)
-      self.wrote[r].append(path)
       self.replaceable.add(path)  # this run's own now (a stop's image saved at a save_iter)
       self.digests[r][path.name] = output_names.file_sha256(path)  # as written, for the record
       # And in its checkpoint, once there is one: after a kill, only noted images are the run's
