@@ -1278,23 +1278,35 @@ def test_the_step_refuses_an_active_flag_of_2_and_an_aux_array():
     "it, e.g. jnp.mean(aux['image'])"
   ):
     run(state, params, targets, loss_fn=image_in_aux)
-  # Trial 37: a nested dict, None or a tuple failed after compiling, in hooks or numpy's words.
-  for kind, value in (
-    ('dict', lambda x: {'a': jnp.mean(x)}),
-    ('NoneType', lambda x: None),
-    ('tuple', lambda x: (jnp.mean(x), jnp.max(x))),
-    ('str', lambda x: 'hi'),
-  ):  # fmt: skip  (trial 38: a str was JAX's words)
+  # Trial 37: a nested dict, None or a tuple failed after compiling, in hooks or numpy's words;
+  # trials 38 and 40: a str, a numpy str, a set, a complex value or an int key met JAX's words.
+  nested = "aux must be a flat dict of scalars: give each part its own key, e.g. aux['parts/part']"
+  real = 'aux values must be real numbers (scalars), e.g. jnp.float32(value)'
+  for kind, value, fix in (
+    ('a dict', lambda x: {'a': jnp.mean(x)}, nested),
+    ('a tuple', lambda x: (jnp.mean(x), jnp.max(x)), nested),
+    ('None', lambda x: None, real),
+    ('a str', lambda x: 'hi', real),
+    ('an array of <U1', lambda x: np.array('a'), real),
+    ('a set', lambda x: {1}, real),
+    ('an array of complex64', lambda x: 1j * jnp.mean(x), real),
+  ):  # fmt: skip
 
     def odd_aux(x, params, targets, *, model, loss_spec, value=value):
       total, aux = objective(x, params, targets, model=model, loss_spec=loss_spec)
       return total, {**aux, 'parts': value(x)}
 
-    with _raises(
-      f"loss_fn returned aux['parts'], a {kind}; aux must be a flat dict of scalars: give each its "
-      'own key, e.g. aux[\'parts\' + "/part"]'
-    ):
+    with _raises(f"loss_fn returned aux['parts'], {kind}; {fix}"):
       run(state, params, targets, loss_fn=odd_aux)
+
+  def int_key(x, params, targets, *, model, loss_spec):
+    total, aux = objective(x, params, targets, model=model, loss_spec=loss_spec)
+    return total, {**aux, 7: total}
+
+  with _raises(
+    "loss_fn returned aux with the key 7, an int; aux keys must be strings, e.g. aux['7']"
+  ):
+    run(state, params, targets, loss_fn=int_key)
 
 
 def test_the_ready_step_refuses_a_weights_and_active_values_other_than_0_or_1():

@@ -172,6 +172,40 @@ def test_the_compile_cache_keys_a_loss_fn_by_what_it_computes(caffe_npz, monkeyp
   assert not np.array_equal(first, changed)
 
 
+def test_the_compile_cache_keys_a_host_callback_by_its_function(caffe_npz, monkeypatch):
+  """Trial 40 F1: two loss_fns whose host callbacks differ only in Python state their identity
+  does not describe (here deeper than it reaches) shared one program: the second run called the
+  first's callback. Keyed by the callback functions too, each compiles its own."""
+  monkeypatch.setattr(runner, 'COMPILE_CACHE', steps.CompiledSteps())
+  content, style = np.random.default_rng(4).uniform(size=(2, 16, 16, 3)).astype(np.float32)
+  cfg = config_lib.StyleConfig(
+    loss=small_runs.loss_config(),
+    schedule=config_lib.ScheduleConfig(iterations=2),
+    run=config_lib.RunConfig(print_iter=0),
+  )
+
+  def deep(k):  # six levels down: beyond what host_state describes
+    box = [[[[[k]]]]]
+
+    def loss(x, params, targets, *, model, loss_spec):
+      total, aux = _objective(x, params, targets, model=model, loss_spec=loss_spec)
+      host = jax.pure_callback(
+        lambda y: np.float32(box[0][0][0][0][0] * np.mean(np.square(y))),
+        jax.ShapeDtypeStruct((), jnp.float32), jax.lax.stop_gradient(x), vmap_method='sequential',
+      )  # fmt: skip
+      return total + host, aux
+
+    return loss
+
+  records = [{}, {}, {}]
+  a, b = deep(0.0), deep(1e3)
+  for loss_fn, record in zip([a, b, a], records, strict=True):
+    stylize(content, style, config=cfg, weights=caffe_npz, loss_fn=loss_fn, record=record)
+  assert [r['scales'][0]['compile_reused'] for r in records] == [False, False, True]
+  totals = [r['history'][0]['total'] for r in records]
+  assert totals[1] > totals[0] + 1.0 and totals[2] == totals[0]  # each run its own callback's
+
+
 def test_the_first_iteration_is_its_own_program_with_the_backtracking():
   """compile_step(first=True) is update_step(backtrack=True); Adam has no such program."""
   cache = steps.CompiledSteps()

@@ -250,7 +250,7 @@ def update_step(
   ours = optim.backtracks(optimizer)
 
   def checked(*args, **kwargs):
-    total, aux = step_checks.loss_result(loss_fn(*args, **kwargs))
+    total, aux = step_checks.call_loss_fn(loss_fn, *args, **kwargs)
     total = jnp.asarray(total, jnp.float32)  # float64 under x64 would not fit L-BFGS's state
     return total, {**aux, 'total': total}  # the value optimised, whatever aux says (or lacks)
 

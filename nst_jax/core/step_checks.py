@@ -19,6 +19,7 @@ import numpy as np
 
 from nst_jax import errors
 from nst_jax.core import checks
+from nst_jax.core import host_state
 from nst_jax.core import pixels
 
 
@@ -234,6 +235,22 @@ def spec_keyword(loss_fn: Callable) -> str:
   return 'loss_config'
 
 
+def call_loss_fn(loss_fn: Callable, *args: Any, **kwargs: Any) -> tuple[jax.Array, Mapping]:
+  """`loss_fn(*args, **kwargs)` checked by `loss_result`; a loss_fn jitted with the model and
+  spec as arrays is one line naming the fix (trial 40: JAX's words named neither)."""
+  try:
+    result = loss_fn(*args, **kwargs)
+  except TypeError as e:
+    text = str(e)
+    if 'as an abstract array' not in text or not re.search(r'at path (model|loss_spec)', text):
+      raise
+    raise errors.ConfigError(
+      'loss_fn is jitted with the model and loss spec as arrays; jit it with '
+      "static_argnames=('model', 'loss_spec')"
+    ) from None
+  return loss_result(result)
+
+
 def loss_result(result: Any) -> tuple[jax.Array, Mapping]:
   """The loss_fn's (total, aux), or a ConfigError saying what a loss_fn must return."""
   if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Mapping)):
@@ -250,11 +267,7 @@ def loss_result(result: Any) -> tuple[jax.Array, Mapping]:
       'float32 scalar total: jnp.asarray(total, jnp.float32)'
     )
   for name, value in result[1].items():  # trial 37: a dict, None or tuple failed later, unnamed
-    if value is None or isinstance(value, (Mapping, list, tuple, str, bytes)):
-      raise errors.ConfigError(
-        f'loss_fn returned aux[{name!r}], a {type(value).__name__}; aux must be a flat dict of '
-        f'scalars: give each its own key, e.g. aux[{name!r} + "/part"]'
-      )
+    _aux_entry(name, value)
   shaped = {k: np.shape(v) for k, v in result[1].items() if np.shape(v) != ()}
   if shaped:  # the step would return each as [N, ...], not the [N] losses documented
     name, shape = next(iter(shaped.items()))
@@ -265,8 +278,50 @@ def loss_result(result: Any) -> tuple[jax.Array, Mapping]:
   return result
 
 
+def _aux_entry(name: Any, value: Any) -> None:
+  """One aux entry: a string key and a real number (trials 37, 38, 40: anything else met JAX's
+  words or a sort of the keys, naming neither aux nor the entry)."""
+  if not isinstance(name, str):
+    raise errors.ConfigError(
+      f'loss_fn returned aux with the key {name!r}, {_kind(name)}; aux keys must be strings, '
+      f"e.g. aux['{name}']"
+    )
+  if isinstance(value, (Mapping, list, tuple)):
+    raise errors.ConfigError(
+      f'loss_fn returned aux[{name!r}], {_kind(value)}; aux must be a flat dict of scalars: give '
+      f"each part its own key, e.g. aux['{name}/part']"
+    )
+  dtype = getattr(value, 'dtype', None)
+  if dtype is None:
+    real = isinstance(value, (bool, int, float))
+  else:
+    real = any(jnp.issubdtype(dtype, kind) for kind in (jnp.floating, jnp.integer, jnp.bool_))
+  if not real:
+    raise errors.ConfigError(
+      f'loss_fn returned aux[{name!r}], {_kind(value)}; aux values must be real numbers '
+      '(scalars), e.g. jnp.float32(value)'
+    )
+
+
+def _kind(value: Any) -> str:
+  """'None', 'an array of complex64', 'a str', 'an int'."""
+  if value is None:
+    return 'None'
+  if hasattr(value, 'dtype'):
+    return f'an array of {value.dtype}'
+  name = type(value).__name__
+  return f'{"an" if name[0] in "aeiou" else "a"} {name}'
+
+
 def loss_fn_identity(
-  loss_fn: Callable, *, model: Any, loss_spec: Any, params: Any, targets: Any, shape: tuple
+  loss_fn: Callable,
+  *,
+  model: Any,
+  loss_spec: Any,
+  params: Any,
+  targets: Any,
+  shape: tuple,
+  callbacks: list | None = None,
 ) -> str:
   """A custom loss_fn as a checkpoint names it, so that a resume with another is refused.
 
@@ -285,6 +340,8 @@ def loss_fn_identity(
     model, loss_spec: the step's.
     params, targets: arrays or shapes (one image's targets, no batch axis).
     shape: the image's (height, width).
+    callbacks: a list that gets the host callbacks' functions (the compile cache keys by them
+      too, as host_state.key says: Python state the digest cannot see may differ).
   """
   fn = loss_fn.func if isinstance(loss_fn, functools.partial) else loss_fn
   name = getattr(fn, '__qualname__', None) or type(fn).__qualname__
@@ -293,7 +350,7 @@ def loss_fn_identity(
     keyword = spec_keyword(loss_fn)
 
   def call(x, p, t):
-    return loss_result(loss_fn(x, params=p, targets=t, model=model, **{keyword: loss_spec}))
+    return call_loss_fn(loss_fn, x, params=p, targets=t, model=model, **{keyword: loss_spec})
 
   def abstract(tree):
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tree)
@@ -305,9 +362,9 @@ def loss_fn_identity(
     image, abstract(params), abstract(targets)
   )
   # An object's address (a callback's, say) differs from process to process.
-  text = re.sub(r' at 0x[0-9a-f]+', '', str(closed.jaxpr))
+  text = host_state.ADDRESS.sub('', str(closed.jaxpr))
   digest = hashlib.sha256(f'{text} {jax.tree.structure(out)}'.encode())
-  consts, callbacks = list(closed.consts), []
+  consts, callbacks = list(closed.consts), [] if callbacks is None else callbacks
   _inside(closed.jaxpr, consts, callbacks)
   for const in consts:
     if jax.dtypes.issubdtype(getattr(const, 'dtype', None), jax.dtypes.prng_key):
@@ -315,36 +372,9 @@ def loss_fn_identity(
     value = np.asarray(const)
     digest.update(f'{value.dtype}{value.shape}'.encode() + value.tobytes())
   for fn in callbacks:  # a host callback: Python, not traced; described as _host says
-    digest.update(re.sub(r' at 0x[0-9a-f]+', '', repr(_host(fn))).encode())
+    digest.update(host_state.describe(fn).encode())
   # Its name and the digest: short enough for a refusal to show both.
   return f'{name} {digest.hexdigest()[:8]}'
-
-
-def _host(fn: Any, depth: int = 0) -> Any:
-  """A host callback's description: its name, code, defaults, closure, the globals its code
-  reads and a bound method's or callable instance's fields; functions among them in turn, two
-  levels deep (trial 37: a method, an instance, a helper or a global was not told apart)."""
-  if isinstance(fn, np.ndarray):  # by its bytes: numpy's repr leaves out the middle (trial 38)
-    return fn.dtype.str, fn.shape, hashlib.sha256(np.ascontiguousarray(fn).data).hexdigest()
-  if depth > 2 or not callable(fn):  # a plain object's fields too (trial 38: conf.k)
-    plain = hasattr(fn, '__dict__') and not isinstance(fn, type) and depth <= 2
-    return {k: _host(v, depth + 1) for k, v in vars(fn).items()} if plain else fn
-  owner = getattr(fn, '__self__', None)
-  function = getattr(fn, '__func__', fn)
-  if not hasattr(function, '__code__'):  # a callable instance: its class's __call__
-    owner, function = fn, type(fn).__call__  # noqa: B004 (the method itself, not a test)
-  code = getattr(function, '__code__', None)
-  if code is None:  # a builtin or C function: by name
-    return getattr(fn, '__qualname__', type(fn).__qualname__)
-  names = getattr(function, '__globals__', {})
-  read = {n: names[n] for n in code.co_names if n in names and not inspect.ismodule(names[n])}
-  cells = [c.cell_contents for c in getattr(function, '__closure__', None) or ()]
-  fields = vars(owner) if hasattr(owner, '__dict__') else {}
-  return (
-    function.__qualname__, code.co_code, code.co_consts, code.co_names, function.__defaults__,
-    [_host(v, depth + 1) for v in cells], {n: _host(v, depth + 1) for n, v in read.items()},
-    {k: _host(v, depth + 1) for k, v in fields.items()},
-  )  # fmt: skip
 
 
 def _inside(jaxpr: Any, consts: list, callbacks: list) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.core import color
+from nst_jax.core import host_state
 from nst_jax.core import objective
 from nst_jax.core import optim as optim_lib
 from nst_jax.core import pixels
@@ -253,21 +254,34 @@ class Engine:
 
     `batched`: the targets have the rows' leading axis (a stage's), left out.
 
-    What its checkpoints name and the compile cache's key (trial 33: keyed by
-    the object, a changed field reused the old program); None for the default
-    objective (older checkpoints hold none). step_checks.loss_fn_identity.
+    What its checkpoints name (trial 33: keyed by the object, a changed field
+    reused the old program); None for the default objective (older
+    checkpoints hold none). step_checks.loss_fn_identity.
     """
+    return self._traced(targets, shape, batched)[0]
+
+  def loss_key(self, targets: Any, shape: tuple[int, int], *, batched=False) -> Any:
+    """The compile cache's key for the loss_fn: its identity, and its host callbacks' code and
+    the objects they read where it has any (host_state.key; trial 40: Python state beyond what
+    the identity describes made two loss_fns one program, the first's callback in the second's
+    run)."""
+    identity, callbacks = self._traced(targets, shape, batched)
+    return (identity, *callbacks) if callbacks else identity
+
+  def _traced(self, targets: Any, shape: tuple[int, int], batched: bool) -> tuple:
     if self.loss_fn is objective.objective:
-      return None
+      return None, ()
     if batched:
       targets = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), targets)
     leaves = jax.tree.leaves(targets)
     key = (shape, jax.tree.structure(targets), tuple((np.shape(x), x.dtype) for x in leaves))
     if key not in self._loss_identities:
-      self._loss_identities[key] = step_checks.loss_fn_identity(
+      callbacks: list = []
+      identity = step_checks.loss_fn_identity(
         self.loss_fn, model=self.model, loss_spec=self.cfg.loss.spec, params=self.params,
-        targets=targets, shape=shape,
+        targets=targets, shape=shape, callbacks=callbacks,
       )  # fmt: skip
+      self._loss_identities[key] = identity, tuple(map(host_state.key, callbacks))
     return self._loss_identities[key]
 
   def to_rgb(self, x: np.ndarray, colors: np.ndarray | None) -> np.ndarray:

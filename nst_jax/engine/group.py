@@ -294,7 +294,7 @@ class GroupRun:
       state_sharding=state_sh,
       args=(state, e.params, st.targets, self._active(np.ones(1, bool))),
       key=e.optimizer_key,
-      loss_key=e.loss_identity(st.targets, (st.height, st.width), batched=True),
+      loss_key=e.loss_key(st.targets, (st.height, st.width), batched=True),
       cache=e.compile_cache,
       first=first,
     )

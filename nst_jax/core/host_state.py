@@ -1,0 +1,166 @@
+"""A host callback's Python state, described for a custom loss_fn's identity.
+
+A loss_fn's jaxpr (nst_jax.core.step_checks.loss_fn_identity) holds what JAX
+traces; a host callback (jax.pure_callback, jax.debug.callback) is Python the
+trace does not see: its code, and whatever its code reads when it runs. This
+describes that as text, the same in every process for the same state and
+different for a different one, as far as it reaches: functions two levels
+deep, data four levels deep (containers, objects' fields and slots, the
+attributes of classes and modules the code names, arrays by their bytes).
+Beyond that the description keeps a type's name; a checkpoint's resume
+cannot tell such a change apart, and the compile cache keys by the callback
+functions themselves as well (nst_jax.engine.engine.Engine.loss_key).
+"""
+
+from collections.abc import Mapping
+import functools
+import hashlib
+import inspect
+import re
+from typing import Any
+import warnings
+
+import jax
+import numpy as np
+
+# How far a host callback's description reaches: functions calling functions (trial 37), and
+# data within data: containers, objects' fields, class and module attributes (trials 38, 40).
+_FUNCTION_DEPTH, _DATA_DEPTH, _MOST_VALUES = 2, 4, 20_000
+ADDRESS = re.compile(r' at 0x[0-9a-f]+')
+_SKIP = object()
+
+
+def _host(fn: Any, depth: int = 0, seen: dict | None = None) -> Any:
+  """A host callback's description: its name, code, defaults, closure, the globals its code
+  reads (a class's or module's attributes it names too) and a bound method's or callable
+  instance's fields, each value as `_value` describes it; functions among them in turn, two
+  levels deep (trial 37: a method, an instance, a helper or a global was not told apart)."""
+  seen = {} if seen is None else seen
+  if isinstance(fn, functools.partial):
+    return 'partial', _host(fn.func, depth, seen), _value((fn.args, fn.keywords), depth, 0, seen)
+  owner = getattr(fn, '__self__', None)
+  function = getattr(fn, '__func__', fn)
+  if not hasattr(function, '__code__') and not isinstance(fn, type):  # a callable instance
+    owner, function = fn, type(fn).__call__  # noqa: B004 (the method itself, not a test)
+  code = getattr(function, '__code__', None)
+  if code is None or depth > _FUNCTION_DEPTH:  # a class, a builtin or C function: by name
+    return getattr(fn, '__qualname__', type(fn).__qualname__)
+  names = getattr(function, '__globals__', {})
+  read = {}
+  for n in (n for n in code.co_names if n in names):
+    value = names[n]
+    if inspect.ismodule(value) or isinstance(value, type):  # trial 40: Cfg.K, lf_mod.K
+      value = {a: x for a in code.co_names if (x := _attribute(value, a)) is not _SKIP}
+    read[n] = value
+  cells = [c.cell_contents for c in getattr(function, '__closure__', None) or ()]
+
+  def values(v):
+    return _value(v, depth + 1, 0, seen)
+
+  return (
+    function.__qualname__, code.co_code, code.co_consts, code.co_names,
+    values(function.__defaults__), values(cells), values(read), values(_fields(owner)),
+  )  # fmt: skip
+
+
+def _attribute(owner: Any, name: str) -> Any:
+  """`owner.name` (a module's or class's attribute a host function names) if it is data the
+  function may read, else _SKIP: a module's functions, classes and submodules are code, which
+  no run changes in place, and describing them would walk the libraries."""
+  with warnings.catch_warnings():  # a module's deprecated names warn when read
+    warnings.simplefilter('ignore')
+    if name.startswith('__') or not hasattr(owner, name):
+      return _SKIP
+    value = getattr(owner, name)
+  if inspect.ismodule(owner) and (inspect.ismodule(value) or callable(value)):
+    return _SKIP
+  return value
+
+
+def _fields(owner: Any) -> dict:
+  """An object's fields: its __dict__ and its __slots__ (trial 40)."""
+  fields = dict(vars(owner)) if hasattr(owner, '__dict__') else {}
+  for cls in type(owner).__mro__ if owner is not None else ():
+    slots = getattr(cls, '__slots__', ())
+    for name in (slots,) if isinstance(slots, str) else slots:
+      if name not in ('__dict__', '__weakref__') and hasattr(owner, name):
+        fields[name] = getattr(owner, name)
+  return fields
+
+
+def _value(v: Any, functions: int, depth: int, seen: dict) -> Any:
+  """A value a host callback reads, described so that another value that could change its result
+  describes otherwise: arrays (numpy's, JAX's) by their bytes (numpy's repr leaves out the
+  middle: trial 38), containers and objects' fields walked (trial 40), functions as `_host`
+  says. Beyond _DATA_DEPTH levels, a cycle or _MOST_VALUES values, the type's name."""
+  if v is None or isinstance(v, (bool, int, float, complex, str, bytes)):
+    return v
+  if isinstance(v, (np.ndarray, np.generic, jax.Array)):
+    if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key):
+      v = jax.random.key_data(v)
+    a = np.ascontiguousarray(v)
+    return a.dtype.str, a.shape, hashlib.sha256(a.data).hexdigest()
+  if depth > _DATA_DEPTH or id(v) in seen or len(seen) > _MOST_VALUES:
+    return type(v).__qualname__
+  seen[id(v)] = v  # kept alive, so that no other value takes its id meanwhile
+
+  def inner(x):
+    return _value(x, functions, depth + 1, seen)
+
+  if isinstance(v, Mapping):
+    return type(v).__qualname__, [(inner(k), inner(x)) for k, x in v.items()]
+  if isinstance(v, (list, tuple)):
+    return type(v).__qualname__, [inner(x) for x in v]
+  if isinstance(v, (set, frozenset)):
+    return type(v).__qualname__, sorted(repr(inner(x)) for x in v)
+  if isinstance(v, type):  # a class in a closure: what it defines (what is read is unknown)
+    return v.__qualname__, {k: inner(x) for k, x in vars(v).items() if not k.startswith('__')}
+  if callable(v):
+    return _host(v, functions, seen)
+  fields = {} if inspect.ismodule(v) else _fields(v)
+  if fields:
+    return type(v).__qualname__, {k: inner(x) for k, x in fields.items()}
+  return ADDRESS.sub('', repr(v))
+
+
+def describe(fn: Any) -> str:
+  """`fn`'s description as text (an object's address, which differs between processes, left out)."""
+  return ADDRESS.sub('', repr(_host(fn)))
+
+
+class _Same:
+  """A value compared by identity (and kept alive, so that its id stays its own)."""
+
+  __slots__ = ('value',)
+
+  def __init__(self, value: Any):
+    self.value = value
+
+  def __eq__(self, other: object) -> bool:
+    return isinstance(other, _Same) and other.value is self.value
+
+  def __hash__(self) -> int:
+    return id(self.value)
+
+
+def key(fn: Any) -> Any:
+  """A hashable key equal for two host callbacks only where they run the same code on the same
+  objects (closure cells, bound instance, partial arguments, defaults), so that a program
+  compiled with one serves the other: what they read, they read at run time from those objects.
+  A function made anew on each trace (a lambda inside the loss) keys alike when its closure
+  holds the same objects."""
+  if isinstance(fn, functools.partial):
+    arguments = (*fn.args, *sorted(fn.keywords.items()))
+    return 'partial', key(fn.func), tuple(map(_Same, arguments))
+  function = getattr(fn, '__func__', fn)
+  code = getattr(function, '__code__', None)
+  if code is None:
+    return _Same(fn)
+  cells = []
+  for cell in getattr(function, '__closure__', None) or ():
+    try:
+      cells.append(_Same(cell.cell_contents))
+    except ValueError:  # a cell not yet filled
+      cells.append(None)
+  defaults = tuple(map(_Same, function.__defaults__ or ()))
+  return code, tuple(cells), defaults, _Same(getattr(fn, '__self__', None))
