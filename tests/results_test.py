@@ -278,3 +278,34 @@ def test_the_earlier_record_and_figures_saved_over_while_a_rerun_runs_are_kept(
   with pytest.raises(errors.WriteError, match='r.json: a file appeared there while the run ran'):
     run(_cfg(images, out, caffe_npz, save_iter=2, iterations=4))
   assert record.read_bytes() == b'{"mine": 1}'
+
+
+def test_a_kept_checkpoint_claims_its_result_not_pictures_at_its_other_names(
+  tmp_path, images, caffe_npz, monkeypatch
+):
+  """Trial 41 F1-F3: a finished checkpoint (kept, or left by a run refused at its end) claimed
+  every name beside its result: the next run, or the resume a refusal asked for, replaced
+  pictures saved over the loss plot, sheet or an intermediate, and ones it never wrote."""
+  out = tmp_path / 'r.png'
+  plot, sheet, second = (out.with_name(n) for n in ('r.loss.png', 'r.sheet.jpg', 'r_00002.png'))
+  kept = {'keep_checkpoint': True, 'save_iter': 2}
+  run(_cfg(images, out, caffe_npz, iterations=4, **kept))
+  for name, later in [(plot, {}), (sheet, {'resume': True, 'iterations': 6}), (second, {})]:
+    name.write_bytes(b'mine')  # saved over the kept run's, then a rerun or a longer resume
+    with pytest.raises(errors.NstError, match=f'{name.name} exists, beside r.png, and no nst-jax'):
+      run(_cfg(images, out, caffe_npz, **{'iterations': 4, **kept, **later}))
+    assert name.read_bytes() == b'mine'
+    name.unlink()
+  # A name it never wrote: past the iteration the checkpoint holds, or a --norecord run's plot.
+  out.with_name('r_00006.png').write_bytes(b'mine')
+  with pytest.raises(errors.NstError, match=r'r_00006\.png exists, beside r\.png, past iteration'):
+    run(_cfg(images, out, caffe_npz, iterations=8, resume=True, **kept))
+  assert out.with_name('r_00006.png').read_bytes() == b'mine'
+  for p in tmp_path.glob('r*'):
+    if p.is_file():
+      p.unlink()
+  run(_cfg(images, out, caffe_npz, iterations=4, record=False, **kept))
+  plot.write_bytes(b'mine')
+  with pytest.raises(errors.NstError, match='r.loss.png exists, beside r.png, and no nst-jax'):
+    run(_cfg(images, out, caffe_npz, iterations=4, resume=True, **kept))
+  assert plot.read_bytes() == b'mine'

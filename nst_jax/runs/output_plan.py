@@ -56,9 +56,8 @@ class Output:
       ('run record', out/a.json).
     directory: the result is a directory of frames: new, empty or holding
       only the frames its run record claims (which a rerun replaces).
-    resumable: where an interrupted run of this output keeps its state (the
-      checkpoint; a video's work directory): while it exists, the derived
-      files beside it are that run's (default: the checkpoint).
+    resumable: where an interrupted run of this output keeps its state (the checkpoint, the
+      default; a video's work directory): while it exists, derived files may be that run's.
   """
 
   result: Path
@@ -257,10 +256,12 @@ def _check_files(out: Output, overwrite: bool) -> None:
 def checkpoints_own(out: Output) -> tuple[set[Path], int | None]:
   """(What the run that left `out`'s checkpoint wrote beside it, the iteration it holds).
 
-  Its intermediates up to the iteration it holds; once finished (killed
-  while writing its files), its result and records too, unless a file at the
-  record's name says otherwise. Trials 20 and 22: a user's r.png, r.json or
-  r_00010.png put there since were replaced by --resume.
+  Its intermediates up to the iteration it holds (by the digests its marker notes, where it
+  does); once finished (killed while writing its files), its result, unless a file at the
+  record's name says otherwise. Its record, plot and sheet are the record's to claim, by digest
+  (trial 41: claimed here by name, the next run replaced pictures saved over them, or ones it
+  never wrote). Trials 20 and 22: a user's r.png, r.json or r_00010.png put there since were
+  replaced by --resume.
   """
   from nst_jax.io import checkpoint as checkpoint_lib  # jax: not for --help's imports
 
@@ -288,7 +289,7 @@ def checkpoints_own(out: Output) -> tuple[set[Path], int | None]:
       noted is None or not out.result.is_file() or output_names.file_sha256(out.result) == noted
     )
     if same and not elsewhere:
-      ours |= set(out.files)
+      ours.add(out.result)
   return ours, done
 
 
