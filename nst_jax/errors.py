@@ -20,6 +20,7 @@ import errno
 import functools
 import inspect
 import os
+from pathlib import Path
 
 
 class NstError(Exception):
@@ -47,7 +48,15 @@ class WriteError(NstError):
 
 
 class FileAppeared(WriteError):
-  """A file appeared at a name the run planned to write while it ran: someone's, kept."""
+  """A file appeared at a name the run planned to write while it ran: someone's, kept.
+
+  Attributes:
+    path: where (None where not known).
+  """
+
+  def __init__(self, message: str, path: os.PathLike | None = None):
+    super().__init__(message)
+    self.path = None if path is None else Path(path)
 
 
 class WeightsError(NstError):
@@ -158,6 +167,9 @@ def write_failure(path: os.PathLike, e: BaseException, why: str) -> str:
     fix = 'move it away or choose another place'
   elif code == errno.EROFS:
     fix = 'choose another place (a read-only file system)'
+  elif code in (errno.EACCES, errno.EPERM) and os.path.lexists(path) and os.access(folder, os.W_OK):
+    fix = 'the file there may not be replaced (immutable, or protected): move it away or choose '
+    fix += 'another place'  # trial 41: 'make . writable', of a writable folder
   elif code in (errno.EACCES, errno.EPERM):
     fix = f'make {printable(folder)} writable or choose another place'
   elif code in (errno.ENOSPC, errno.EDQUOT, None):

@@ -16,6 +16,7 @@ import jax
 import pytest
 import small_runs
 
+from nst_jax import errors
 from nst_jax.engine import compile_cache
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,9 +127,17 @@ def test_a_folder_that_cannot_be_made_turns_the_cache_off_with_a_warning(tmp_pat
   try:
     assert compile_cache.use(str(blocker / 'xla')) is None
     assert jax.config.jax_enable_compilation_cache is False
+    # Trial 41: a file's own name gave a bare "[Errno 17] File exists".
+    with errors.spoken_as(lambda m: m.replace('run.compile_cache', '--compile_cache')):
+      assert compile_cache.use(str(blocker)) is None
   finally:
     jax.config.update('jax_enable_compilation_cache', True)
   assert 'compiling without the compilation cache:' in caplog.text
+  assert (
+    f'compiling without the compilation cache: {blocker} is not a folder; name a folder with '
+    "--compile_cache (or 'off')" in caplog.text
+  )
+  assert blocker.read_text() == 'a file, not a folder'
 
 
 def test_the_default_folder_follows_xdg(monkeypatch, tmp_path):

@@ -65,6 +65,13 @@ def test_a_write_failure_is_told_the_fix_of_its_cause(tmp_path):
     assert errors.write_failure(path, OSError(code, 'x'), 'No space') == (
       f'could not write {path}: {said}'
     )
+  # Trial 41: a file that may not be replaced (chattr +i), in a writable folder.
+  path.write_bytes(b'protected')
+  assert errors.write_failure(path, OSError(errno.EPERM, 'x'), 'Operation not permitted') == (
+    f'could not write {path}: Operation not permitted; nothing was replaced: the file there may '
+    'not be replaced (immutable, or protected): move it away or choose another place'
+  )
+  path.unlink()
   wrapped = RuntimeError('tensorstore: ...')
   wrapped.__cause__ = OSError(errno.EROFS, 'x')
   assert errors.write_failure(path, wrapped, 'w').endswith('(a read-only file system)')

@@ -54,7 +54,7 @@ def test_files_put_at_the_results_names_while_it_runs_are_kept(
   ckpt = checkpoint_lib.path_for(out)
   assert str(e.value) == (
     f'could not write {out.with_suffix(".json")}: a file appeared there while the run ran, and '
-    f'is kept; the checkpoint {ckpt} is kept: move it away, then continue with run.resume'
+    f'is kept; move r.json away, then continue with run.resume (the checkpoint {ckpt} is kept)'
   )
   assert {p: p.read_bytes() for p in mine} == mine
   assert not checkpoint_lib.unfinished(checkpoint_lib.read(ckpt))  # the result is not lost
@@ -82,7 +82,7 @@ def test_the_resume_after_a_result_appeared_does_not_take_it(
   asked for (or a plain rerun) replaced the user's file there."""
   out = tmp_path / 'r.png'
   _put_at_first_intermediate(monkeypatch, {out: b'my picture'})
-  with pytest.raises(errors.WriteError, match='move it away, then continue with run.resume'):
+  with pytest.raises(errors.WriteError, match=r'move r\.png away, then continue with run.resume'):
     run(_cfg(images, out, caffe_npz, save_iter=2))
   monkeypatch.undo()
   for resume in (True, False):

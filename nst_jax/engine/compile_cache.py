@@ -30,6 +30,7 @@ import threading
 from absl import logging
 import jax
 
+from nst_jax import errors
 from nst_jax.io import weights as weights_lib
 
 # A 1024 px step's entry is about 10 MB, a 64 px one 3 MB: room for a few
@@ -67,8 +68,13 @@ def use(setting: str) -> Path | None:
     path.mkdir(parents=True, exist_ok=True)
     if not os.access(path, os.W_OK):
       raise PermissionError(f'{path} is not writable')
-  except OSError as e:
-    logging.warning('compiling without the compilation cache: %s', e)
+  except OSError as e:  # trial 41: a file's name gave a bare errno
+    why = f'{path} is not a folder' if path.exists() and not path.is_dir() else e
+    logging.warning(
+      'compiling without the compilation cache: %s; %s',
+      why,
+      errors.in_callers_words("name a folder with run.compile_cache (or 'off')"),
+    )
     jax.config.update('jax_enable_compilation_cache', False)
     return None
   jax.config.update('jax_enable_compilation_cache', True)

@@ -72,5 +72,6 @@ def place_new(tmp: str | os.PathLike, path: Path) -> None:
     return
   raise errors.FileAppeared(
     f'could not write {errors.printable(path)}: a file appeared there while the run ran, and is '
-    'kept'
+    'kept',
+    path,
   )

@@ -236,9 +236,12 @@ def unwritten(error: errors.WriteError, ckpt: Path) -> errors.WriteError:
   except errors.NstError:
     return error
   if not checkpoint_lib.unfinished(payload):
-    then = 'move it away, then' if isinstance(error, errors.FileAppeared) else 'then'
-    kept = f'the checkpoint {ckpt} is kept: {then} continue with run.resume'
-    return errors.WriteError(f'{error}; {kept}')
+    if isinstance(error, errors.FileAppeared):  # trial 41: 'move it away' read as the checkpoint
+      what = errors.printable(error.path.name) if error.path else 'that file'
+      return errors.WriteError(
+        f'{error}; move {what} away, then continue with run.resume (the checkpoint {ckpt} is kept)'
+      )
+    return errors.WriteError(f'{error}; the checkpoint {ckpt} is kept: continue with run.resume')
   return errors.WriteError(
     f'{error}; the checkpoint {ckpt} could not be written at the end either and holds iteration '
     f'{payload["iteration"]} of scale {payload.get("scale", 0) + 1}: continue from there with '
