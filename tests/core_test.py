@@ -581,6 +581,12 @@ def test_objective_names_features_of_another_image_size():
     content[0], params, one, model=model, loss_spec=TINY_LOSS.spec, features=feats
   )
   assert float(again) == float(total)
+  # Trial 40: None (every layer, as model.apply takes it) was "'NoneType' object is not iterable".
+  every = network_features(content[0], params, model=model, layers=None)
+  applied = model.apply({'params': params}, content[:1], None)
+  assert sorted(every) == sorted(applied) and len(every) > len(feats)
+  for name, value in applied.items():
+    np.testing.assert_array_equal(every[name], value[0])
 
 
 def test_make_model_and_optimizer_name_their_choices():

@@ -7,6 +7,8 @@ cache could not tell apart); the same state built anew describes the same.
 
 import dataclasses
 import functools
+import os
+import subprocess
 import sys
 import types
 
@@ -116,3 +118,53 @@ def test_state_beyond_its_reach_describes_alike():
   deep = [[[[[0.0]]]]], [[[[[1e3]]]]]
   assert host_state.describe(_reading(deep[0])) == host_state.describe(_reading(deep[1]))
   assert host_state.describe(_reading(deep[0][0])) != host_state.describe(_reading(deep[1][0]))
+
+
+def _helper_scale():
+  return 2.0
+
+
+def _calls_helper(y):
+  return np.sum(y) * _MODULE.scale()
+
+
+def test_a_helper_called_through_its_module_and_set_constants():
+  """Trial 40: a module's function edited (reloaded) was not described; `x in {'a', 'b'}` was
+  described by the set's order, which string hashing makes differ between processes."""
+  _MODULE.scale = _helper_scale
+  before = host_state.describe(_calls_helper)
+  _MODULE.scale = lambda: 3.0
+  assert host_state.describe(_calls_helper) != before
+  script = (
+    'from nst_jax.core import host_state\n'
+    "def h(y, mode='mean'):\n"
+    "  return 1.0 if mode in {'mean', 'max', 'min', 'sum', 'median', 'std'} else 2.0\n"
+    'print(host_state.describe(h))'
+  )
+  seen = {
+    subprocess.run(
+      [sys.executable, '-c', script],
+      capture_output=True,
+      text=True,
+      check=True,
+      env={**os.environ, 'PYTHONHASHSEED': str(seed)},
+    ).stdout  # fmt: skip
+    for seed in (1, 2, 3)
+  }
+  assert len(seen) == 1 and 'mean' in next(iter(seen))
+
+
+def test_keys_tell_the_objects_a_callback_reads():
+  """The compile cache's key: equal for a function made anew around the same objects (a lambda
+  inside the loss), different for one around other objects (trial 40 F1, F4)."""
+  log, other = [], []
+
+  def made(into):
+    return lambda t: into.append(t)
+
+  assert host_state.key(made(log)) == host_state.key(made(log))
+  assert host_state.key(made(log)) != host_state.key(made(other))
+  assert hash(host_state.key(made(log))) == hash(host_state.key(made(log)))
+  assert host_state.key(functools.partial(np.add, 1.0)) != host_state.key(
+    functools.partial(np.add, 2.0)
+  )

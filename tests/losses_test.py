@@ -299,6 +299,14 @@ def test_masked_content_and_region_style_terms():
   np.testing.assert_allclose(
     losses.content_layer_loss(f, p, np.ones((5, 6))), losses.content_layer_loss(f, p), rtol=1e-6
   )
+  # Trial 40: JAX's broadcasting words (or a [1, H, W] mask broadcast), where gram_matrix spoke.
+  for shape in [(3, 3), (5, 6, 4), (1, 5, 6), (6, 5)]:
+    with pytest.raises(errors.ConfigError) as e:
+      losses.content_loss({'r': f}, {'r': p}, layers=('r',), masks={'r': np.ones(shape)})
+    assert str(e.value) == (
+      f"r: content_loss: mask {shape} does not match the features' (5, 6) positions; give one "
+      "[H, W] at the features' size (nst_jax.core.vgg.mask_at_layer)"
+    )
   # Two regions, each with its own style Gram, under its own guidance.
   masks = np.stack([t, 1 - t])
   a = np.stack([_np_gram(_feats(36)), _np_gram(_feats(37))]).astype(np.float32)

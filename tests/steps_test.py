@@ -205,6 +205,24 @@ def test_the_compile_cache_keys_a_host_callback_by_its_function(caffe_npz, monke
   totals = [r['history'][0]['total'] for r in records]
   assert totals[1] > totals[0] + 1.0 and totals[2] == totals[0]  # each run its own callback's
 
+  def logging_into(log):  # trial 40 F4: the second run logged into the first run's list
+    def loss(x, params, targets, *, model, loss_spec):
+      total, aux = _objective(x, params, targets, model=model, loss_spec=loss_spec)
+      jax.debug.callback(lambda t: log.append(float(t)), jax.lax.stop_gradient(total))
+      return total, aux
+
+    return loss
+
+  logs, records = ([], [], []), [{}, {}, {}]
+  first, second = logging_into(logs[0]), logging_into(logs[1])
+  for loss_fn, record in zip([first, second, first], records, strict=True):
+    lengths = [len(log) for log in logs]
+    stylize(content, style, config=cfg, weights=caffe_npz, loss_fn=loss_fn, record=record)
+    grew = [len(log) - n for log, n in zip(logs, lengths, strict=True)]
+    assert sum(1 for g in grew if g) == 1 and grew[loss_fn is second] > 0, grew
+  # Its own lambda on each trace, the same list: the same program.
+  assert [r['scales'][0]['compile_reused'] for r in records] == [False, False, True]
+
 
 def test_the_first_iteration_is_its_own_program_with_the_backtracking():
   """compile_step(first=True) is update_step(backtrack=True); Adam has no such program."""

@@ -58,21 +58,34 @@ def _host(fn: Any, depth: int = 0, seen: dict | None = None) -> Any:
     return _value(v, depth + 1, 0, seen)
 
   return (
-    function.__qualname__, code.co_code, code.co_consts, code.co_names,
+    function.__qualname__, _code(code),
     values(function.__defaults__), values(cells), values(read), values(_fields(owner)),
   )  # fmt: skip
 
 
+def _code(code: Any) -> tuple:
+  """A code object as the same in every process: its set constants sorted (trial 40: `x in
+  {'a', 'b'}` is a frozenset, ordered by string hashes, which differ between processes)."""
+  consts = []
+  for const in code.co_consts:
+    if isinstance(const, frozenset):
+      const = sorted(map(repr, const))
+    elif inspect.iscode(const):  # a lambda's, a comprehension's
+      const = _code(const)
+    consts.append(const)
+  return code.co_code, consts, code.co_names
+
+
 def _attribute(owner: Any, name: str) -> Any:
-  """`owner.name` (a module's or class's attribute a host function names) if it is data the
-  function may read, else _SKIP: a module's functions, classes and submodules are code, which
-  no run changes in place, and describing them would walk the libraries."""
+  """`owner.name` (a module's or class's attribute a host function names) if the function may
+  read or call it, else _SKIP: a module's classes and submodules (describing them would walk the
+  libraries; its functions are described, two levels deep: trial 40, a helper's code edited)."""
   with warnings.catch_warnings():  # a module's deprecated names warn when read
     warnings.simplefilter('ignore')
     if name.startswith('__') or not hasattr(owner, name):
       return _SKIP
     value = getattr(owner, name)
-  if inspect.ismodule(owner) and (inspect.ismodule(value) or callable(value)):
+  if inspect.ismodule(owner) and (inspect.ismodule(value) or isinstance(value, type)):
     return _SKIP
   return value
 
@@ -143,15 +156,15 @@ class _Same:
     return id(self.value)
 
 
-def key(fn: Any) -> Any:
+def key(fn: Any, depth: int = 0) -> Any:
   """A hashable key equal for two host callbacks only where they run the same code on the same
-  objects (closure cells, bound instance, partial arguments, defaults), so that a program
-  compiled with one serves the other: what they read, they read at run time from those objects.
-  A function made anew on each trace (a lambda inside the loss) keys alike when its closure
-  holds the same objects."""
+  objects (closure cells, bound instance, partial arguments, defaults; hashable values by value),
+  so that a program compiled with one serves the other: what they read, they read at run time
+  from those objects. A function made anew on each trace (a lambda inside the loss, JAX's wrapper
+  of a jax.debug.callback) keys alike when its closure holds the same."""
   if isinstance(fn, functools.partial):
     arguments = (*fn.args, *sorted(fn.keywords.items()))
-    return 'partial', key(fn.func), tuple(map(_Same, arguments))
+    return 'partial', key(fn.func, depth), tuple(map(_Same, arguments))
   function = getattr(fn, '__func__', fn)
   code = getattr(function, '__code__', None)
   if code is None:
@@ -159,8 +172,44 @@ def key(fn: Any) -> Any:
   cells = []
   for cell in getattr(function, '__closure__', None) or ():
     try:
-      cells.append(_Same(cell.cell_contents))
+      value = cell.cell_contents
     except ValueError:  # a cell not yet filled
-      cells.append(None)
+      value = None
+    cells.append(_cell_key(value, depth))
   defaults = tuple(map(_Same, function.__defaults__ or ()))
   return code, tuple(cells), defaults, _Same(getattr(fn, '__self__', None))
+
+
+class _Equal:
+  """A hashable value compared by its type and value (a tree's structure, a label)."""
+
+  __slots__ = ('value',)
+
+  def __init__(self, value: Any):
+    self.value = value
+
+  def __eq__(self, other: object) -> bool:
+    return (
+      isinstance(other, _Equal)
+      and type(other.value) is type(self.value)
+      and (other.value == self.value)
+    )
+
+  def __hash__(self) -> int:
+    return hash(self.value)
+
+
+def _cell_key(value: Any, depth: int) -> Any:
+  """A closure cell's part of `key`: a function by the same rule, a level down (the user's,
+  inside jax.debug.callback's wrapper, made anew on each trace); a dict item by item (the
+  wrapper's static arguments); a hashable value by value (its tree structure); else the
+  object itself."""
+  if hasattr(value, '__code__') and depth < _FUNCTION_DEPTH:
+    return key(value, depth + 1)
+  if type(value) is dict:
+    return tuple((k, _cell_key(v, depth)) for k, v in value.items())
+  try:
+    hash(value)
+  except TypeError:
+    return _Same(value)
+  return _Equal(value)

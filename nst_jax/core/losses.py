@@ -151,7 +151,13 @@ def content_layer_loss(
     )
   sq = jnp.square(f - p)
   if mask is not None:
-    sq = sq * jnp.asarray(mask, jnp.float32)[..., None]
+    t = jnp.asarray(mask, jnp.float32)
+    if t.shape != f.shape[:2]:  # trial 40: JAX's broadcasting words, or a [1, H, W] broadcast
+      raise errors.ConfigError(
+        f"content_loss: mask {t.shape} does not match the features' {f.shape[:2]} positions; "
+        "give one [H, W] at the features' size (nst_jax.core.vgg.mask_at_layer)"
+      )
+    sq = sq * t[..., None]
   return jnp.mean(sq)
 
 

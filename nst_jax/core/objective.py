@@ -310,7 +310,7 @@ def network_features(
   params: Mapping[str, Mapping[str, jax.Array]],
   *,
   model: vgg.VGG,
-  layers: Sequence[str],
+  layers: Sequence[str] | None,
 ) -> dict[str, jax.Array]:
   """The named activations of one image in network space: one forward pass.
 
@@ -323,11 +323,15 @@ def network_features(
     image: [H, W, 3] in network space (the step's variable).
     params: VGG parameters (raw or `prepare_params`'d).
     model: the VGG.
-    layers: names such as 'relu4_2', 'conv1_1', 'pool3'.
+    layers: names such as 'relu4_2', 'conv1_1', 'pool3', or None for every layer (as
+      `model.apply` and `extract_features` take it: trial 40).
 
   Returns:
     name -> [h, w, c] activation.
   """
+  if layers is None:
+    checks.vgg_model(model)
+    layers = vgg.layer_names(model.stage_sizes)
   if isinstance(layers, str):
     layers = (layers,)
   checks.one_image(image, 'image')

@@ -340,8 +340,9 @@ def loss_fn_identity(
     model, loss_spec: the step's.
     params, targets: arrays or shapes (one image's targets, no batch axis).
     shape: the image's (height, width).
-    callbacks: a list that gets the host callbacks' functions (the compile cache keys by them
-      too, as host_state.key says: Python state the digest cannot see may differ).
+    callbacks: a list that gets the host callbacks' functions, jax.debug.callback's too (the
+      compile cache keys by them, as host_state.key says: Python state the digest cannot see
+      may differ).
   """
   fn = loss_fn.func if isinstance(loss_fn, functools.partial) else loss_fn
   name = getattr(fn, '__qualname__', None) or type(fn).__qualname__
@@ -364,32 +365,39 @@ def loss_fn_identity(
   # An object's address (a callback's, say) differs from process to process.
   text = host_state.ADDRESS.sub('', str(closed.jaxpr))
   digest = hashlib.sha256(f'{text} {jax.tree.structure(out)}'.encode())
-  consts, callbacks = list(closed.consts), [] if callbacks is None else callbacks
-  _inside(closed.jaxpr, consts, callbacks)
+  consts, hosts, loggers = list(closed.consts), [], []
+  _inside(closed.jaxpr, consts, hosts, loggers)
+  if callbacks is not None:
+    callbacks.extend(hosts + loggers)
   for const in consts:
     if jax.dtypes.issubdtype(getattr(const, 'dtype', None), jax.dtypes.prng_key):
       const = jax.random.key_data(const)  # a typed key has no bytes of its own (trial 35)
     value = np.asarray(const)
     digest.update(f'{value.dtype}{value.shape}'.encode() + value.tobytes())
-  for fn in callbacks:  # a host callback: Python, not traced; described as _host says
+  for fn in hosts:  # a host callback: Python, not traced; described as host_state says
     digest.update(host_state.describe(fn).encode())
   # Its name and the digest: short enough for a refusal to show both.
   return f'{name} {digest.hexdigest()[:8]}'
 
 
-def _inside(jaxpr: Any, consts: list, callbacks: list) -> None:
+def _inside(jaxpr: Any, consts: list, hosts: list, loggers: list) -> None:
   """Adds the arrays and host callbacks of `jaxpr`'s inner programs (an inner jit's closed-over
-  arrays are its own consts, not the outer's: trial 35) to `consts` and `callbacks`."""
+  arrays are its own consts, not the outer's: trial 35) to `consts` and `hosts`, and
+  jax.debug.callback's functions to `loggers` (they leave the result alone: not in the
+  identity, but the compile cache's key: trial 40, a reused program logged into the first run's
+  list)."""
   for eqn in jaxpr.eqns:
     for param in eqn.params.values():
       for value in param if isinstance(param, (tuple, list)) else (param,):
         if hasattr(value, 'jaxpr') and hasattr(value, 'consts'):  # a ClosedJaxpr
           consts.extend(value.consts)
-          _inside(value.jaxpr, consts, callbacks)
+          _inside(value.jaxpr, consts, hosts, loggers)
         elif hasattr(value, 'eqns'):  # a Jaxpr
-          _inside(value, consts, callbacks)
+          _inside(value, consts, hosts, loggers)
         elif hasattr(value, 'callback_func'):  # pure_callback's, io_callback's
-          callbacks.append(value.callback_func)
+          hosts.append(value.callback_func)
+    if eqn.primitive.name == 'debug_callback' and callable(eqn.params.get('callback')):
+      loggers.append(eqn.params['callback'])
 
 
 # JAX's words when a loss_fn's io_callback meets the step's vmap or L-BFGS's batched while_loop.
