@@ -309,3 +309,25 @@ def test_a_kept_checkpoint_claims_its_result_not_pictures_at_its_other_names(
   with pytest.raises(errors.NstError, match='r.loss.png exists, beside r.png, and no nst-jax'):
     run(_cfg(images, out, caffe_npz, iterations=4, resume=True, **kept))
   assert plot.read_bytes() == b'mine'
+
+
+def test_a_later_run_to_the_same_checkpoint_notes_none_of_an_earlier_runs_images(
+  tmp_path, images, caffe_npz
+):
+  """The images a file run wrote stayed registered for its checkpoint's path after it ended: a
+  later run in the process saving a checkpoint there (stylize's checkpoint=) noted them as its own,
+  by digest, and a resume would claim them."""
+  from PIL import Image
+
+  from nst_jax import stylize
+  from nst_jax.io import checkpoint_store
+
+  out = tmp_path / 'r.png'
+  run(_cfg(images, out, caffe_npz, save_iter=2))
+  assert out.with_name('r_00002.png').is_file()
+  ckpt = checkpoint_lib.path_for(out)
+  assert not ckpt.exists()  # removed at the end, as by default
+  content, style = (np.asarray(Image.open(p).convert('RGB'), np.float32) / 255 for p in images)
+  cfg = _cfg(images, out, caffe_npz, iterations=2)
+  stylize(content[:32, :32], style[:32, :32], config=cfg, weights=caffe_npz, checkpoint=ckpt)
+  assert ckpt.is_dir() and checkpoint_store.noted_images(ckpt) == {}

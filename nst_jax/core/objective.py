@@ -323,15 +323,13 @@ def network_features(
     image: [H, W, 3] in network space (the step's variable).
     params: VGG parameters (raw or `prepare_params`'d).
     model: the VGG.
-    layers: names such as 'relu4_2', 'conv1_1', 'pool3', or None for every layer (as
-      `model.apply` and `extract_features` take it: trial 40).
+    layers: names such as 'relu4_2', 'conv1_1', 'pool3'; None: every layer (as model.apply).
 
   Returns:
     name -> [h, w, c] activation.
   """
-  if layers is None:
-    checks.vgg_model(model)
-    layers = vgg.layer_names(model.stage_sizes)
+  if layers is None:  # trial 40: "'NoneType' object is not iterable"
+    layers = vgg.layer_names(checks.vgg_model(model) or model.stage_sizes)
   if isinstance(layers, str):
     layers = (layers,)
   checks.one_image(image, 'image')

@@ -319,9 +319,14 @@ def noted_result(path: Path) -> tuple[str | None, str | None]:
 _WRITTEN: dict[Path, dict[str, str]] = {}
 
 
-def expect_images(path: Path, written: dict[str, str]) -> None:
-  """Lets the first save of the checkpoint `path` note `written` (a dict its run fills)."""
-  _WRITTEN[Path(path)] = written
+def expect_images(path: Path, written: dict[str, str] | None) -> None:
+  """Lets the first save of the checkpoint `path` note `written` (a dict its run fills); None
+  forgets it once the run is over (another run to that path in the process, stylize's
+  checkpoint= say, noted the images of the first as its own)."""
+  if written is None:
+    _WRITTEN.pop(Path(path), None)
+  else:
+    _WRITTEN[Path(path)] = written
 
 
 def notes_as_written(path: Path) -> bool:

@@ -98,15 +98,20 @@ class Results:
   def noting_stops(self) -> Iterator[None]:
     """On a stop, notes the images this run saved in its checkpoints, by digest: a resume
     claims them (trial 30: by name, it claimed a user's pictures), a folder leaves them out."""
+    ckpts = {
+      r: checkpoint_lib.path_for(p, self.cfg.run.checkpoint_dir) for r, p in self.paths.items()
+    }
     try:
       yield
     except errors.Interrupted:
-      for r, p in self.paths.items():
+      for r, ckpt in ckpts.items():
         images = dict(self.digests[r])  # as written: a file put over one since is someone's
         if images:
-          checkpoint_store.note_images(checkpoint_lib.path_for(p, self.cfg.run.checkpoint_dir),
-                                       images)  # fmt: skip
+          checkpoint_store.note_images(ckpt, images)
       raise
+    finally:  # the checkpoints' saves are over: their first saves no longer note this run's
+      for ckpt in ckpts.values():
+        checkpoint_store.expect_images(ckpt, None)
 
   def _as_planned(self, path: Path) -> bool:
     """Whether `path` is as the plan (or this run's own write) left it, or gone."""
