@@ -246,7 +246,9 @@ def unwritten(error: errors.WriteError, ckpt: Path) -> errors.WriteError:
       return errors.WriteError(
         f'{error}; move {what} away, then continue with run.resume (the checkpoint {ckpt} is kept)'
       )
-    return errors.WriteError(f'{error}; the checkpoint {ckpt} is kept: continue with run.resume')
+    return errors.WriteError(
+      f'{error}; the checkpoint {ckpt} is kept: then continue with run.resume'
+    )
   return errors.WriteError(
     f'{error}; the checkpoint {ckpt} could not be written at the end either and holds iteration '
     f'{payload["iteration"]} of scale {payload.get("scale", 0) + 1}: continue from there with '
