@@ -192,7 +192,7 @@ def test_a_picture_saved_over_a_figure_is_not_claimed(tmp_path, images, caffe_np
 
 
 def test_pictures_saved_over_an_earlier_runs_files_while_a_rerun_runs_are_kept(
-  tmp_path, images, caffe_npz, monkeypatch
+  tmp_path, images, caffe_npz, monkeypatch, caplog
 ):
   """Trial 36 H4, H12, H13: saved over the earlier result, an earlier intermediate or sheet
   while the rerun ran, they were replaced, deleted (--norecord) or claimed by the new record."""
@@ -213,6 +213,8 @@ def test_pictures_saved_over_an_earlier_runs_files_while_a_rerun_runs_are_kept(
   over(mine)
   run(_cfg(images, out, caffe_npz, save_iter=2, iterations=3, record=False))  # writes r_00002
   assert {p: p.read_bytes() for p in mine} == mine  # not deleted as the earlier record's
+  for path in mine:  # and said, as with a record (trial 41)
+    assert f'kept {path}: a file appeared there while the run ran' in caplog.text
   monkeypatch.undo()
   for p in tmp_path.glob('r*'):  # afresh: the earlier run again, with its record
     p.unlink()

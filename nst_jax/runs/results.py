@@ -168,6 +168,9 @@ class Results:
         if (output_names.intermediate_number(old) is not None and old.name not in self.saved[r]
             and self._as_planned(old)):  # fmt: skip
           old.unlink(missing_ok=True)
+      for old in sorted(earlier):  # said, as with a record (trial 41: kept without a word)
+        if old.is_file() and not self._as_planned(old) and old.name not in self.saved[r]:
+          logging.warning('%skept %s: a file appeared there while the run ran', self.prefix, old)
       return path
     row = self.rows[r]
     # An earlier run's intermediates this one did not replace: still claimed, as that run's.
