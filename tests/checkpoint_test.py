@@ -809,8 +809,8 @@ def test_a_kept_checkpoint_claims_only_the_result_it_was_kept_with(tmp_path, ima
     with pytest.raises(errors.NstError) as e:
       run(cfg.replace(run=cfg.run.replace(resume=resume)))
     assert str(e.value) == (
-      f'{out} exists and no nst-jax run record says nst-jax wrote it; choose another output '
-      'name, or replace it with save.overwrite'
+      f'{out} exists and no nst-jax run record says nst-jax wrote it; move it away, or replace '
+      'it with save.overwrite'
     )
     assert out.read_bytes() == b'my picture'
   out.write_bytes(kept)

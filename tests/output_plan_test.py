@@ -173,9 +173,9 @@ def test_an_unfinished_checkpoint_owns_no_result_and_another_runs_result_is_not_
   _checkpoint(tmp_path / 'r.ckpt', 3, 10)  # unfinished: it wrote no result
   with pytest.raises(errors.NstError) as e:
     output_plan.check([_out(result)], inputs={})
-  assert str(e.value) == (
-    f'{result} exists and no nst-jax run record says nst-jax wrote it; choose another output '
-    'name, or replace it with save.overwrite'
+  assert str(e.value) == (  # not 'choose another output name', which leaves its work behind
+    f'{result} exists and no nst-jax run record says nst-jax wrote it; move it away, or replace '
+    'it with save.overwrite'
   )
   _checkpoint(tmp_path / 'r.ckpt', 10, 10)  # finished, and kept: r.json is someone's (trial 22)
   with pytest.raises(errors.NstError, match=r'r\.png exists and no nst-jax run record'):

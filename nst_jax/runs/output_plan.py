@@ -247,9 +247,10 @@ def _check_files(out: Output, overwrite: bool) -> None:
       )
     if path.exists() and not (path in ours or overwrite):
       whose = '' if path == out.result else f', beside {out.result.name},'
-      raise errors.NstError(
-        f'{path} exists{whose} and no nst-jax run record says nst-jax wrote it; choose another '
-        'output name, or replace it with save.overwrite'
+      fix = 'choose another output name' if held is None else 'move it away'
+      raise errors.NstError(  # trial 41: another name, beside a checkpoint, left its work behind
+        f'{path} exists{whose} and no nst-jax run record says nst-jax wrote it; {fix}, or replace '
+        'it with save.overwrite'
       )
 
 
@@ -259,9 +260,8 @@ def checkpoints_own(out: Output) -> tuple[set[Path], int | None]:
   Its intermediates up to the iteration it holds (by the digests its marker notes, where it
   does); once finished (killed while writing its files), its result, unless a file at the
   record's name says otherwise. Its record, plot and sheet are the record's to claim, by digest
-  (trial 41: claimed here by name, the next run replaced pictures saved over them, or ones it
-  never wrote). Trials 20 and 22: a user's r.png, r.json or r_00010.png put there since were
-  replaced by --resume.
+  (trial 41: by name here, the next run replaced pictures saved over them, or ones it never
+  wrote). Trials 20, 22: a user's r.png, r.json or r_00010.png were replaced by --resume.
   """
   from nst_jax.io import checkpoint as checkpoint_lib  # jax: not for --help's imports
 
