@@ -168,3 +168,77 @@ def test_keys_tell_the_objects_a_callback_reads():
   assert host_state.key(functools.partial(np.add, 1.0)) != host_state.key(
     functools.partial(np.add, 2.0)
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Named:  # equal by its name alone: two runs' loggers (trial 42 G1)
+  name: str
+  values: list = dataclasses.field(default_factory=list, compare=False, hash=False)
+
+
+class _Weighted:
+  weight = 0.0
+
+  def host(self, y):
+    return np.sum(y) * self.weight
+
+
+def test_trial_42_edges():
+  """G1: objects equal by a name of theirs keyed as one; G3: functools.cache and jax.jit
+  wrappers, class attributes read through an instance, inherited ones of a class; G4, G5: an
+  address in upper case, an object array's pointers; G8: a tracer kept on an object; G9: a
+  flax module's creation counter; a repr that raises."""
+  import jax
+
+  import nst_jax
+
+  a, b = _Named('run'), _Named('run')
+  assert host_state.key(_reading(a)) != host_state.key(_reading(b))
+
+  def cached(k):
+    @functools.cache
+    def h():
+      return np.float32(k)
+
+    return h
+
+  assert host_state.describe(cached(0.0)) != host_state.describe(cached(1e3))
+  jitted = [jax.jit(lambda k=k: k * 2.0) for k in (0.0, 1e3)]
+  assert host_state.describe(jitted[0]) != host_state.describe(jitted[1])
+  one = _Weighted()
+  before = host_state.describe(one.host)
+  _Weighted.weight = 1e3
+  try:
+    assert host_state.describe(one.host) != before
+  finally:
+    _Weighted.weight = 0.0
+
+  class Sub(_Weighted):
+    pass
+
+  before = host_state.describe(_reading(Sub))
+  _Weighted.weight = 1e3
+  try:
+    assert host_state.describe(_reading(Sub)) != before
+  finally:
+    _Weighted.weight = 0.0
+  rng = np.random.default_rng(0)
+  assert ' at 0x' not in host_state.describe(_reading(rng)).lower()
+  objects = np.array(['mean', 'max'], dtype=object)
+  assert 'mean' in host_state.describe(_reading(objects))
+  assert host_state.describe(_reading(objects)) != host_state.describe(
+    _reading(np.array(['mean', 'min'], dtype=object))
+  )
+  kept = types.SimpleNamespace()
+  jax.make_jaxpr(lambda x: setattr(kept, 'last', x) or x)(1.0)
+  assert 'Tracer' in host_state.describe(_reading(kept))
+  models = nst_jax.make_model(), nst_jax.make_model()
+  assert host_state.describe(_reading(models[0])) == host_state.describe(_reading(models[1]))
+
+  class Unprintable:
+    __slots__ = ()
+
+    def __repr__(self):
+      raise RuntimeError('no repr')
+
+  assert 'Unprintable' in host_state.describe(_reading(Unprintable()))

@@ -875,8 +875,10 @@ def test_a_resume_with_another_init_image_is_refused(caffe_npz, tmp_path):
   with pytest.raises(
     errors.ResumeMismatch,
     match=r"the loss_fn _scaled computes otherwise than the checkpoint's run's \(digest \w{8}; "
-    r"the checkpoint's \w{8}: other code or values, or traced otherwise, as under jax.jit or by "
-    r"another JAX version\); pass the loss_fn the checkpoint's run had to resume, or another ch",
+    r"the checkpoint's \w{8}: other code or values, a host callback's Python state too, or "
+    r'traced otherwise, as under jax.jit or by another JAX version; state that leaves the result '
+    r'alone, a list a host callback records into, say: declare it, loss_fn.nst_jax_identity = '
+    r"'my-loss-v1', and start over\); pass the loss_fn the checkpoint's run had to resume, or ano",
   ):
     stylize(content, style, config=again, weights=caffe_npz, checkpoint=cut, init_image=start,
             loss_fn=functools.partial(_scaled, by=2.0))  # fmt: skip
@@ -938,3 +940,48 @@ def test_an_error_in_the_callback_names_the_checkpoint_it_left(caffe_npz, tmp_pa
   assert e.value.__notes__ == [
     f'the checkpoint {ckpt} holds iteration 3: continue with config.run.resume=True'
   ]
+
+
+def _recording(log):
+  """A loss_fn whose host callback records each value it sees into `log` (state that changes
+  as it runs, without changing the result)."""
+
+  def record(value):
+    log.append(float(value))
+    return np.float32(0.0)
+
+  def loss(image, params, targets, *, model, loss_spec):
+    total, aux = nst_jax.objective(image, params, targets, model=model, loss_spec=loss_spec)
+    shape = jax.ShapeDtypeStruct((), np.float32)
+    noted = jax.pure_callback(record, shape, jax.lax.stop_gradient(total), vmap_method='sequential')
+    return total + noted, aux
+
+  return loss
+
+
+def test_a_loss_fn_declares_its_identity_for_host_state_that_leaves_the_result_alone(
+  caffe_npz, tmp_path
+):
+  """Trial 42 G2: a host callback recording into a list was refused its own resume in the same
+  process (its description counts the list); a declared identity is compared instead."""
+  rng = np.random.default_rng(21)
+  content, style = rng.uniform(size=(2, 16, 16, 3)).astype(np.float32)
+  cfg = _cfg(4, run=config_lib.RunConfig(checkpoint_every=1, print_iter=0))
+  again = cfg.replace(run=cfg.run.replace(resume=True))
+  straight = stylize(content, style, config=cfg, weights=caffe_npz, loss_fn=_recording([]))
+  recording = _recording([])
+  _stopped_after(2, content, style, config=cfg, weights=caffe_npz, checkpoint=tmp_path / 'a.ckpt',
+                 loss_fn=recording)  # fmt: skip
+  with pytest.raises(errors.ResumeMismatch, match='declare it, loss_fn.nst_jax_identity = '):
+    stylize(content, style, config=again, weights=caffe_npz, checkpoint=tmp_path / 'a.ckpt',
+            loss_fn=recording)  # fmt: skip
+  recording.nst_jax_identity = 'recording v1'
+  _stopped_after(2, content, style, config=cfg, weights=caffe_npz, checkpoint=tmp_path / 'b.ckpt',
+                 loss_fn=recording)  # fmt: skip
+  resumed = stylize(content, style, config=again, weights=caffe_npz, checkpoint=tmp_path / 'b.ckpt',
+                    loss_fn=recording)  # fmt: skip
+  np.testing.assert_array_equal(resumed, straight)
+  for bad in ('', 7):
+    recording.nst_jax_identity = bad
+    with pytest.raises(errors.ConfigError, match=r'loss_fn.nst_jax_identity is .*; give a non-'):
+      stylize(content, style, config=cfg, weights=caffe_npz, loss_fn=recording)

@@ -13,6 +13,7 @@ functions themselves as well (nst_jax.engine.engine.Engine.loss_key).
 """
 
 from collections.abc import Mapping
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -25,8 +26,8 @@ import numpy as np
 
 # How far a host callback's description reaches: functions calling functions (trial 37), and
 # data within data: containers, objects' fields, class and module attributes (trials 38, 40).
-_FUNCTION_DEPTH, _DATA_DEPTH, _MOST_VALUES = 2, 4, 20_000
-ADDRESS = re.compile(r' at 0x[0-9a-f]+')
+_FUNCTION_DEPTH, _DATA_DEPTH, _MOST_VALUES = 2, 4, 200_000
+ADDRESS = re.compile(r' at 0x[0-9a-fA-F]+')  # numpy's Generator prints upper case (trial 42)
 _SKIP = object()
 
 
@@ -38,6 +39,9 @@ def _host(fn: Any, depth: int = 0, seen: dict | None = None) -> Any:
   seen = {} if seen is None else seen
   if isinstance(fn, functools.partial):
     return 'partial', _host(fn.func, depth, seen), _value((fn.args, fn.keywords), depth, 0, seen)
+  wrapped = getattr(fn, '__wrapped__', None)
+  if not hasattr(fn, '__code__') and callable(wrapped):  # functools.cache's, jax.jit's (trial 42)
+    return type(fn).__qualname__, _host(wrapped, depth, seen)
   owner = getattr(fn, '__self__', None)
   function = getattr(fn, '__func__', fn)
   if not hasattr(function, '__code__') and not isinstance(fn, type):  # a callable instance
@@ -57,9 +61,13 @@ def _host(fn: Any, depth: int = 0, seen: dict | None = None) -> Any:
   def values(v):
     return _value(v, depth + 1, 0, seen)
 
+  fields = _fields(owner)
+  if owner is not None and not isinstance(owner, type):  # self.K, a class attribute (trial 42)
+    fields |= {a: x for a in code.co_names if a not in fields
+               and (x := _attribute(type(owner), a)) is not _SKIP}  # fmt: skip
   return (
     function.__qualname__, _code(code),
-    values(function.__defaults__), values(cells), values(read), values(_fields(owner)),
+    values(function.__defaults__), values(cells), values(read), values(fields),
   )  # fmt: skip
 
 
@@ -91,7 +99,10 @@ def _attribute(owner: Any, name: str) -> Any:
 
 
 def _fields(owner: Any) -> dict:
-  """An object's fields: its __dict__ and its __slots__ (trial 40)."""
+  """An object's fields: a dataclass's own (trial 42: a flax module's bookkeeping, a creation
+  counter, made each run's model another), else its __dict__ and its __slots__ (trial 40)."""
+  if dataclasses.is_dataclass(owner) and not isinstance(owner, type):
+    return {f.name: getattr(owner, f.name, None) for f in dataclasses.fields(owner)}
   fields = dict(vars(owner)) if hasattr(owner, '__dict__') else {}
   for cls in type(owner).__mro__ if owner is not None else ():
     slots = getattr(cls, '__slots__', ())
@@ -108,6 +119,10 @@ def _value(v: Any, functions: int, depth: int, seen: dict) -> Any:
   says. Beyond _DATA_DEPTH levels, a cycle or _MOST_VALUES values, the type's name."""
   if v is None or isinstance(v, (bool, int, float, complex, str, bytes)):
     return v
+  if isinstance(v, jax.core.Tracer):  # stored on an object while tracing (trial 42)
+    return 'Tracer', str(v.aval)
+  if isinstance(v, (np.ndarray, np.generic)) and v.dtype == object:  # pointers (trial 42)
+    return 'object array', np.shape(v), _value(np.asarray(v).tolist(), functions, depth, seen)
   if isinstance(v, (np.ndarray, np.generic, jax.Array)):
     if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key):
       v = jax.random.key_data(v)
@@ -126,14 +141,18 @@ def _value(v: Any, functions: int, depth: int, seen: dict) -> Any:
     return type(v).__qualname__, [inner(x) for x in v]
   if isinstance(v, (set, frozenset)):
     return type(v).__qualname__, sorted(repr(inner(x)) for x in v)
-  if isinstance(v, type):  # a class in a closure: what it defines (what is read is unknown)
-    return v.__qualname__, {k: inner(x) for k, x in vars(v).items() if not k.startswith('__')}
+  if isinstance(v, type):  # a class in a closure: what it has, inherited too (trial 42)
+    names = [k for k in dir(v) if not k.startswith('__')]
+    return v.__qualname__, {k: inner(x) for k in names if (x := _attribute(v, k)) is not _SKIP}
   if callable(v):
     return _host(v, functions, seen)
   fields = {} if inspect.ismodule(v) else _fields(v)
   if fields:
     return type(v).__qualname__, {k: inner(x) for k, x in fields.items()}
-  return ADDRESS.sub('', repr(v))
+  try:
+    return ADDRESS.sub('', repr(v))
+  except Exception:  # noqa: BLE001 (a repr that raises: its type, then)
+    return type(v).__qualname__
 
 
 def describe(fn: Any) -> str:
@@ -202,14 +221,22 @@ class _Equal:
 def _cell_key(value: Any, depth: int) -> Any:
   """A closure cell's part of `key`: a function by the same rule, a level down (the user's,
   inside jax.debug.callback's wrapper, made anew on each trace); a dict item by item (the
-  wrapper's static arguments); a hashable value by value (its tree structure); else the
-  object itself."""
+  wrapper's static arguments); a plain value by value (its tree structure); else the object
+  itself."""
   if hasattr(value, '__code__') and depth < _FUNCTION_DEPTH:
     return key(value, depth + 1)
   if type(value) is dict:
     return tuple((k, _cell_key(v, depth)) for k, v in value.items())
-  try:
-    hash(value)
-  except TypeError:
-    return _Same(value)
-  return _Equal(value)
+  if _plain(value):
+    return _Equal(value)
+  return _Same(value)  # trial 42: objects equal by a name of theirs logged into each other
+
+
+def _plain(value: Any) -> bool:
+  """A value whose equality says all of it: None, a number, a string, a tree's structure, or
+  a tuple or frozenset of such."""
+  if value is None or type(value) in (bool, int, float, complex, str, bytes):
+    return True
+  if type(value) in (tuple, frozenset):
+    return all(map(_plain, value))
+  return type(value) is type(jax.tree.structure(0))  # a PyTreeDef

@@ -313,6 +313,25 @@ def _kind(value: Any) -> str:
   return f'{"an" if name[0] in "aeiou" else "a"} {name}'
 
 
+def declared_identity(loss_fn: Callable) -> str | None:
+  """The identity a loss_fn declares by its `nst_jax_identity` attribute (a partial's function's
+  too), for a checkpoint to compare instead of the digest; None where it declares none.
+
+  For host state that changes without changing the result (a list a host callback records into,
+  a counter, a cache), which the digest counts (trial 42): the caller answers for it.
+  """
+  fn = loss_fn.func if isinstance(loss_fn, functools.partial) else loss_fn
+  declared = getattr(loss_fn, 'nst_jax_identity', getattr(fn, 'nst_jax_identity', None))
+  if declared is None:
+    return None
+  if not isinstance(declared, str) or not declared.strip():
+    raise errors.ConfigError(
+      f'loss_fn.nst_jax_identity is {declared!r}; give a non-empty string naming what it '
+      "computes, e.g. 'my-loss-v1'"
+    )
+  return 'declared:' + re.sub(r'\s+', '_', declared.strip())
+
+
 def loss_fn_identity(
   loss_fn: Callable,
   *,

@@ -222,6 +222,7 @@ class Engine:
     self.w = weights
     self.layout = layout
     self.loss_fn = loss_fn
+    step_checks.declared_identity(loss_fn)  # a bad one before any work
     self._loss_identities: dict = {}  # loss_identity's, by the shapes traced
     self.compile_cache = compile_cache
     self.convention = weights.info.input_convention
@@ -256,9 +257,12 @@ class Engine:
 
     What its checkpoints name (trial 33: keyed by the object, a changed field
     reused the old program); None for the default objective (older
-    checkpoints hold none). step_checks.loss_fn_identity.
+    checkpoints hold none). step_checks.loss_fn_identity, or the identity
+    its `nst_jax_identity` attribute declares (step_checks.declared_identity).
     """
-    return self._traced(targets, shape, batched)[0]
+    identity = self._traced(targets, shape, batched)[0]
+    declared = step_checks.declared_identity(self.loss_fn)
+    return identity if declared is None else f'{identity.split()[0]} {declared}'
 
   def loss_key(self, targets: Any, shape: tuple[int, int], *, batched=False) -> Any:
     """The compile cache's key for the loss_fn: its identity, and its host callbacks' code and

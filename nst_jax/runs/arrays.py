@@ -118,8 +118,10 @@ def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
                                                    e.now.split()[-1]))  # fmt: skip
     what = (
       f"the loss_fn {name} computes otherwise than the checkpoint's run's (digest {now}; the "
-      f"checkpoint's {was}: other code or values, or traced otherwise, as under jax.jit or by "
-      'another JAX version)'
+      f"checkpoint's {was}: other code or values, a host callback's Python state too, or traced "
+      'otherwise, as under jax.jit or by another JAX version; state that leaves the result '
+      'alone, a list a host callback records into, say: declare it, loss_fn.nst_jax_identity = '
+      "'my-loss-v1', and start over)"
     )
     again = "the loss_fn the checkpoint's run had"
   elif e.setting == 'loss_fn':  # trial 27: another went on, unsaid; 29: named, both
