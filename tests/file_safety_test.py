@@ -282,6 +282,12 @@ def test_a_full_disk_at_the_end_keeps_the_checkpoint_and_resume_writes_the_resul
   )
   assert sorted(p.name for p in tmp_path.iterdir()) == ['c.jpg', 'd.png', 'r.ckpt', 's.jpg']
   monkeypatch.setattr(Image.Image, 'save', real_save)
+  # Trial 43 F-B: the finished checkpoint noted no result, and owned a picture put there since.
+  (tmp_path / 'r.png').write_bytes(b'my picture')
+  with pytest.raises(errors.NstError, match=r'r\.png exists and no nst-jax run record says'):
+    pipeline.run(cfg.replace(run=cfg.run.replace(resume=True)))
+  assert (tmp_path / 'r.png').read_bytes() == b'my picture'
+  (tmp_path / 'r.png').unlink()
   pipeline.run(cfg.replace(run=cfg.run.replace(resume=True)))
   assert (tmp_path / 'r.png').read_bytes() == expected
   assert not (tmp_path / 'r.ckpt').exists()

@@ -180,8 +180,11 @@ def test_an_unfinished_checkpoint_owns_no_result_and_another_runs_result_is_not_
   _checkpoint(tmp_path / 'r.ckpt', 10, 10)  # finished, and kept: r.json is someone's (trial 22)
   with pytest.raises(errors.NstError, match=r'r\.png exists and no nst-jax run record'):
     output_plan.check([_out(result)], inputs={})
-  (tmp_path / 'r.json').unlink()  # as a run killed between its result and its record
-  output_plan.check([_out(result)], inputs={})
+  (tmp_path / 'r.json').unlink()  # as a run killed between its result and its record:
+  with pytest.raises(errors.NstError, match=r'r\.png exists and no nst-jax run record'):
+    output_plan.check([_out(result)], inputs={})  # trial 43: not by name (someone's, since?)
+  checkpoint_store.note_result(tmp_path / 'r.ckpt', output_names.file_sha256(result), result)
+  output_plan.check([_out(result)], inputs={})  # the digest noted before it was put in place
   # Another run's result (its record names it) at this one's loss plot name.
   (tmp_path / 'r.json').write_text(json.dumps({'output': str(result)}))
   (tmp_path / 'r.loss.png').write_text('their result')
@@ -567,8 +570,8 @@ def test_a_videos_work_directory_owns_no_file_beside_a_foreign_record(tmp_path):
     with pytest.raises(errors.NstError, match=r's\.mp4 exists and no nst-jax run record'):
       output_plan.check(plan, inputs={})
     (tmp_path / 's.mp4.json').unlink(missing_ok=True)
-  # As a run killed between its video and its record: it had begun writing its result.
-  (tmp_path / '.s.mp4.work' / output_names.WORK_WRITING).touch()
+  # As a run killed between its video and its record: its marker holds the video's digest.
+  (tmp_path / '.s.mp4.work' / output_names.WORK_WRITING).write_text(output_names.file_sha256(video))
   output_plan.check(plan, inputs={})
 
 
@@ -660,3 +663,23 @@ def test_nothing_is_planned_inside_a_checkpoint(tmp_path):
   elsewhere = output_plan.image_output(tmp_path / 'q.png', checkpoint=ckpt / 'q.1234abcd.ckpt')
   with pytest.raises(errors.NstError, match='checkpoint; choose another run.checkpoint_dir'):
     output_plan.check([elsewhere], inputs={})
+
+
+def test_a_video_work_directory_owns_only_the_video_it_noted(tmp_path):
+  """Trial 43 F-A: a kept work directory with its writing marker owned whatever was at the
+  video's name: a user's video put there after the record was moved away was replaced."""
+  video, work = tmp_path / 'v.mp4', tmp_path / '.v.mp4.work'
+  work.mkdir()
+  plan = output_plan.Output(video, 'the video', resumable=work,
+                            derived=(('run record', tmp_path / 'v.mp4.json'),))  # fmt: skip
+  (work / output_names.WORK_WRITING).touch()  # killed while writing: none there yet, ours
+  output_plan.check([plan], inputs={})
+  video.write_bytes(b'their video')  # and one there, the marker empty: not known to be ours
+  with pytest.raises(errors.NstError, match=r'v\.mp4 exists and no nst-jax run record says'):
+    output_plan.check([plan], inputs={})
+  (work / output_names.WORK_WRITING).write_text(output_names.file_sha256(video))
+  output_plan.check([plan], inputs={})  # the video it wrote, by digest
+  video.write_bytes(b'my video')
+  with pytest.raises(errors.NstError, match=r'v\.mp4 exists and no nst-jax run record says'):
+    output_plan.check([plan], inputs={})
+  assert video.read_bytes() == b'my video'

@@ -333,3 +333,30 @@ def test_a_later_run_to_the_same_checkpoint_notes_none_of_an_earlier_runs_images
   cfg = _cfg(images, out, caffe_npz, iterations=2)
   stylize(content[:32, :32], style[:32, :32], config=cfg, weights=caffe_npz, checkpoint=ckpt)
   assert ckpt.is_dir() and checkpoint_store.noted_images(ckpt) == {}
+
+
+def test_a_record_written_before_its_figures_claims_none_of_their_names(
+  tmp_path, images, caffe_npz, monkeypatch
+):
+  """Trial 43 F-C: killed between its record and its figures, a record without figures_sha256
+  read as an older one, which claims them by name: pictures put there were replaced by the
+  resume, and deleted by a --norecord rerun."""
+  from nst_jax.io import record as record_lib
+
+  out = tmp_path / 'r.png'
+  plot = out.with_name('r.loss.png')
+
+  def killed(*args, **kwargs):
+    raise SystemExit('killed')
+
+  monkeypatch.setattr(record_lib, 'figures', killed)
+  with pytest.raises(SystemExit):
+    run(_cfg(images, out, caffe_npz))
+  monkeypatch.undo()
+  assert json.loads(out.with_suffix('.json').read_text())['figures_sha256'] == {}
+  plot.write_bytes(b'mine')
+  for resume in (True, False):
+    with pytest.raises(errors.NstError, match=r'r\.loss\.png exists, beside r\.png, and no nst-'):
+      run(_cfg(images, out, caffe_npz, resume=resume))
+  run(_cfg(images, out, caffe_npz, record=False))
+  assert plot.read_bytes() == b'mine'

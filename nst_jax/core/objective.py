@@ -330,11 +330,11 @@ def network_features(
   """
   if layers is None:  # trial 40: "'NoneType' object is not iterable"
     layers = vgg.layer_names(checks.vgg_model(model) or model.stage_sizes)
-  if isinstance(layers, str):
-    layers = (layers,)
+  layers = (layers,) if isinstance(layers, str) else tuple(layers)
   checks.one_image(image, 'image')
   checks.params_fit(params, model, layers)
-  feats = _features(params, image[None], model=model, layers=tuple(layers))
+  checks.image_size(image, layers, model, 'image')  # trial 42: empty maps, then NaN statistics
+  feats = _features(params, image[None], model=model, layers=layers)
   return {k: v[0] for k, v in feats.items()}
 
 

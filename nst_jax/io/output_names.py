@@ -118,7 +118,23 @@ def identity(path: Path) -> tuple[int, int] | None:
 
 # Made in a video's work directory when its result is written: a run killed
 # after it may have written the result (output_plan owns it then), not before.
+# Once the video is written it holds the video's SHA-256 (trial 43: a user's
+# video put there after a kept run was the work directory's by name).
 WORK_WRITING = 'writing-result'
+
+
+def work_owns(work: Path, result: Path) -> bool:
+  """Whether the video work directory `work` owns what is at `result`: a frame folder, no file,
+  or the video whose digest its WORK_WRITING marker holds; not without the marker."""
+  marker = work / WORK_WRITING
+  if not marker.is_file():
+    return False
+  if result.is_dir() or not result.is_file():
+    return True
+  try:
+    return marker.read_text().strip() == file_sha256(result)
+  except (OSError, UnicodeDecodeError):
+    return False
 
 
 def record_beside(output: str | os.PathLike) -> dict | None:

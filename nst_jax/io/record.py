@@ -258,6 +258,9 @@ def write(
     config=config, weights_info=weights_info, record=record, total_s=total_s, output=output,
     written=written,
   )  # fmt: skip
+  # None yet (note_figures adds them): a record of a run killed before its figures claims none
+  # (trial 43: as an older record, it claimed them by name, and pictures put there were lost).
+  data['figures_sha256'] = {}
   text = json.dumps(data, indent=1)
   replace = replaceable is None or paths['json'] in replaceable
   atomic.write(paths['json'], lambda tmp: Path(tmp).write_text(text), replace=replace)

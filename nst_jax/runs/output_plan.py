@@ -196,8 +196,8 @@ def _check_files(out: Output, overwrite: bool) -> None:
   if ('checkpoint', out.state) in out.derived:
     owned, held = checkpoints_own(out)
     ours |= owned
-  elif (out.state / output_names.WORK_WRITING).exists() and not _foreign_record(out):
-    ours |= set(out.files)  # a video's work directory: its result if killed while writing it
+  elif output_names.work_owns(out.state, out.result) and not _foreign_record(out):
+    ours |= set(out.files) if out.directory else {out.result}  # a video's, if killed writing it
   if out.directory:
     output_names.check_place(out.result / 'frame.png')
     _check_frame_folder(out, ours)
@@ -285,9 +285,8 @@ def checkpoints_own(out: Output) -> tuple[set[Path], int | None]:
   if not checkpoint_lib.unfinished(payload) and not _foreign_record(out):
     noted, where = checkpoint_store.noted_result(out.state)  # kept: the result it was kept with
     elsewhere = where is not None and where != str(output_names.resolved(out.result))
-    same = (
-      noted is None or not out.result.is_file() or output_names.file_sha256(out.result) == noted
-    )
+    same = not out.result.is_file() or output_names.file_sha256(out.result) == noted  # trial 43:
+    # one it never noted (its result unwritten: a full disk, a kill) was taken, a user's put there
     if same and not elsewhere:
       ours.add(out.result)
   return ours, done

@@ -155,8 +155,15 @@ class Results:
     """Saves row r's result and its run record; returns the result's path."""
     path = Path(self.paths[r])
     earlier = self.earlier.get(r, set())
+    ckpt = checkpoint_lib.path_for(path, self.cfg.run.checkpoint_dir)
+
+    def note(tmp: str) -> str:  # before it is in place: after a kill (or a file that appeared
+      digest = output_names.file_sha256(tmp)  # there: trial 36), the checkpoint owns it by this
+      checkpoint_store.note_result(ckpt, digest, path)  # digest, not by name (trial 43)
+      return digest
+
     if not self.cfg.save.record:
-      self._save(path, rgb, r)
+      self._save(path, rgb, r, then=note)
       logging.info('%ssaved %s', self.prefix, errors.printable(path))
       for tail in output_names.RECORD_TAILS.values():  # an earlier record: of the image replaced
         old = output_names.derived(path, tail)
@@ -187,7 +194,7 @@ class Results:
     replaceable = {p for p in self.replaceable if self._as_planned(p)}
 
     def record_first(tmp: str) -> None:  # trial 28: a full disk left a result without a record
-      recorded.append(output_names.file_sha256(tmp))
+      recorded.append(note(tmp))
       recorded.append(record_lib.write(
         path, config=config, weights_info=self.info, record=record, total_s=seconds,
         content=row.content, styles=list(row.styles), result=rgb, written=tmp,
@@ -199,10 +206,6 @@ class Results:
     except errors.FileAppeared:
       if len(recorded) == 2:  # at the result's name: the record just written describes none
         recorded[1]['json'].unlink(missing_ok=True)
-        # And the finished checkpoint owns only its own result there, by digest: by name, the
-        # resume it asks for replaced the file that appeared (trial 36).
-        ckpt = checkpoint_lib.path_for(path, self.cfg.run.checkpoint_dir)
-        checkpoint_store.note_result(ckpt, recorded[0], path)
       raise
     logging.info('%ssaved %s', self.prefix, errors.printable(path))
     files = record_lib.paths_for(path)

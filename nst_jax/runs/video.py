@@ -398,6 +398,8 @@ def _write(cfg, paths: video_work.Paths, clip, results, record, seconds, there=N
       except errors.FileAppeared as e:  # not ours, then: a resume must not take it (trial 24)
         (paths.work / output_names.WORK_WRITING).unlink(missing_ok=True)
         raise errors.WriteError(f'{e}; move it away, then continue with run.resume') from None
+      digest = output_names.file_sha256(paths.output)  # ours by digest from now (trial 43)
+      (paths.work / output_names.WORK_WRITING).write_text(digest)
     target = video_work.record_path(paths)
     if cfg.save.record:
       data = {
