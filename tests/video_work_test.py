@@ -195,9 +195,10 @@ def test_a_file_put_at_the_videos_name_while_it_runs_is_kept(tmp_path, caffe_npz
   video_pipeline.run_video(cfg.replace(run=cfg.run.replace(resume=True)))
   assert out.stat().st_size > 1000 and (tmp_path / 'mine.mp4').read_bytes() == b'my video'
   # Trial 39 G3: saved over the earlier run's video while a rerun ran, it was replaced.
-  import shutil
-
-  shutil.rmtree(tmp_path / '.v.mp4.work')  # its work, kept: gone, as without keep_checkpoint
+  # Trial 43 Q7: its work, kept, was called an unfinished run and refused every rerun.
+  assert (tmp_path / '.v.mp4.work').is_dir()
+  video_pipeline.run_video(cfg.replace(run=cfg.run.replace(keep_checkpoint=False)))
+  assert not (tmp_path / '.v.mp4.work').exists() and out.stat().st_size > 1000
   held = video_work.hold_settings
 
   def saved_over(paths, now):  # after the plan, before the first frame

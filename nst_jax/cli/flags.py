@@ -284,7 +284,8 @@ flags.DEFINE_string(
 flags.DEFINE_bool(
   'keep_checkpoint',
   DEFAULTS.run.keep_checkpoint,
-  'Keep the checkpoint after the run finishes (to extend it later).',
+  'Keep the checkpoint after the run finishes (to extend an image run later with more -i; a '
+  'video keeps its work directory, which a rerun replaces).',
 )
 flags.DEFINE_enum(
   'preset',

@@ -77,12 +77,18 @@ def paths(cfg: config_lib.StyleConfig) -> Paths:
   if os.path.lexists(work):
     _check_work(work)
   stale = work.is_dir() and not _holds_work(work)
-  if stale and jax.process_index() == 0:
-    # Left by a run that finished no frame: nothing to resume. Under the
-    # output's lock: a run still starting up would hold it.
+  marker = work / output_names.WORK_WRITING
+  # Kept by a finished run (run.keep_checkpoint), its video still there: a rerun replaces it, as
+  # a finished checkpoint (trial 43: refused as unfinished, every rerun to the name).
+  done = not cfg.run.resume and output.is_file() and marker.is_file() and bool(marker.read_text())
+  done = done and output_names.work_owns(work, output)
+  if (stale or done) and jax.process_index() == 0:
+    # Under the output's lock: a run still starting up would hold it.
     with output_plan.locked([output_plan.Output(output, derived=())]):
-      logging.warning('Discarded %s: the run that left it finished no frame.', work)
+      why = 'the run that left it finished no frame' if stale else 'its run finished; rerunning'
+      logging.warning('Discarded %s: %s.', work, why)
       shutil.rmtree(work)
+  stale = stale or done
   started = work.exists() and not stale
   if started and output_locks.busy(output):  # trial 28: told to delete a live run's work
     raise errors.NstError(
