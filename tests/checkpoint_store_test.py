@@ -236,6 +236,11 @@ def test_a_folder_removed_while_the_first_save_is_written_leaves_no_checkpoint(
   monkeypatch.setattr(orbax_local, 'save', real)
   _save(path, 3)  # the next save makes a whole checkpoint again
   assert checkpoint_store.foreign(path) is None
+  (path / 'notes.txt').write_text('mine')  # trial 43: "move it away" left the run's work behind
+  assert checkpoint_store.foreign(path) == (
+    'it holds notes.txt, which nst-jax does not write there: move that out of it to keep its work'
+  )
+  (path / 'notes.txt').unlink()
   # Trial 24: orbax's finishing thread can make a step's path again after the check; what it
   # leaves is named as such, not as a directory nst-jax did not write.
   (path / checkpoint_store.MARKER).unlink()

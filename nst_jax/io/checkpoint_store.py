@@ -84,7 +84,10 @@ def foreign(path: Path) -> str | None:
       entry.is_dir(follow_symlinks=False)
     )
     if not known:
-      return f'it holds {entry.name}, which nst-jax does not write there'
+      return (  # trial 43: only 'move it away', which left its run's work behind
+        f'it holds {entry.name}, which nst-jax does not write there: move that out of it to '
+        'keep its work'
+      )
   return None
 
 
