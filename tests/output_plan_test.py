@@ -683,3 +683,19 @@ def test_a_video_work_directory_owns_only_the_video_it_noted(tmp_path):
   with pytest.raises(errors.NstError, match=r'v\.mp4 exists and no nst-jax run record says'):
     output_plan.check([plan], inputs={})
   assert video.read_bytes() == b'my video'
+
+
+def test_a_folder_at_a_name_the_run_writes_beside_its_result(tmp_path):
+  """Trial 43 Q13: 'name a file such as out.png', to a user who had named one (r.png)."""
+  result = tmp_path / 'r.png'
+  (tmp_path / 'r.loss.png').mkdir()
+  with pytest.raises(errors.NstError) as e:
+    output_plan.check([_out(result)], inputs={})
+  assert (
+    str(e.value)
+    == f'{tmp_path}/r.loss.png is a directory; move it away or choose another save.path'
+  )
+  result.mkdir()
+  with pytest.raises(errors.NstError) as e:
+    output_plan.check([_out(result)], inputs={})
+  assert str(e.value) == f'{result} is a directory; name a file such as out.png'

@@ -205,8 +205,9 @@ def _check_files(out: Output, overwrite: bool) -> None:
     if kind == 'checkpoint':
       _check_checkpoint(out, path)
       continue
-    if path.is_dir() and not path.is_symlink():
-      raise errors.NstError(f'{path} is a directory; name a file such as out.png')
+    if path.is_dir() and not path.is_symlink():  # trial 43: 'name a file' of a name derived
+      fix = f'move it away or {_rename(out)}' if kind else 'name a file such as out.png'
+      raise errors.NstError(f'{path} is a directory; {fix}')
     if os.path.lexists(path) and not path.is_file():
       raise errors.NstError(
         f'{path} exists and is not a regular file (a link to nowhere, a FIFO, a device); move it '
