@@ -360,3 +360,28 @@ def test_a_record_written_before_its_figures_claims_none_of_their_names(
       run(_cfg(images, out, caffe_npz, resume=resume))
   run(_cfg(images, out, caffe_npz, record=False))
   assert plot.read_bytes() == b'mine'
+
+
+def test_a_rerun_stopped_at_its_result_keeps_the_earlier_record(
+  tmp_path, images, caffe_npz, monkeypatch
+):
+  """Trial 43 Q15: a rerun that found a file at its result's name deleted the earlier run's
+  record with its own, and the resume it asked for then refused that run's own figures."""
+  out = tmp_path / 'r.png'
+  run(_cfg(images, out, caffe_npz, save_iter=2))
+  earlier = out.with_suffix('.json').read_bytes()
+  real = results_lib.Results.intermediate
+
+  def saved_over(self, iteration, images):
+    out.write_bytes(b'my picture')
+    return real(self, iteration, images)
+
+  monkeypatch.setattr(results_lib.Results, 'intermediate', saved_over)
+  with pytest.raises(errors.WriteError, match=r'move r\.png away, then continue with run.resume'):
+    run(_cfg(images, out, caffe_npz, save_iter=2))
+  monkeypatch.undo()
+  assert out.with_suffix('.json').read_bytes() == earlier and out.read_bytes() == b'my picture'
+  out.rename(tmp_path / 'mine.png')
+  run(_cfg(images, out, caffe_npz, save_iter=2, resume=True))  # one round, as it said
+  assert output_names.record_naming(out) is not None
+  assert (tmp_path / 'mine.png').read_bytes() == b'my picture'

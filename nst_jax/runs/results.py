@@ -18,6 +18,7 @@ from nst_jax import config as config_lib
 from nst_jax import errors
 from nst_jax.engine import hooks as hooks_lib
 from nst_jax.engine import schedule as schedule_lib
+from nst_jax.io import atomic
 from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
@@ -192,6 +193,8 @@ class Results:
     recorded = []
     # Files saved over since the plan (a user's, mid-run) are kept, the record and figures too.
     replaceable = {p for p in self.replaceable if self._as_planned(p)}
+    json_ = record_lib.paths_for(path)['json']
+    earlier_record = json_.read_bytes() if json_ in replaceable and json_.is_file() else None
 
     def record_first(tmp: str) -> None:  # trial 28: a full disk left a result without a record
       recorded.append(note(tmp))
@@ -204,8 +207,11 @@ class Results:
     try:
       self._save(path, rgb, r, then=record_first)
     except errors.FileAppeared:
-      if len(recorded) == 2:  # at the result's name: the record just written describes none
-        recorded[1]['json'].unlink(missing_ok=True)
+      if len(recorded) == 2:  # at the result's name: the record just written describes none,
+        if earlier_record is None:  # the earlier one still claims that run's figures (trial 43)
+          recorded[1]['json'].unlink(missing_ok=True)
+        else:
+          atomic.write(json_, lambda tmp: Path(tmp).write_bytes(earlier_record))
       raise
     logging.info('%ssaved %s', self.prefix, errors.printable(path))
     files = record_lib.paths_for(path)
