@@ -942,7 +942,7 @@ def test_an_error_in_the_callback_names_the_checkpoint_it_left(caffe_npz, tmp_pa
   ]
 
 
-def _recording(log):
+def _recording_into(log):
   """A loss_fn whose host callback records each value it sees into `log` (state that changes
   as it runs, without changing the result)."""
 
@@ -968,8 +968,8 @@ def test_a_loss_fn_declares_its_identity_for_host_state_that_leaves_the_result_a
   content, style = rng.uniform(size=(2, 16, 16, 3)).astype(np.float32)
   cfg = _cfg(4, run=config_lib.RunConfig(checkpoint_every=1, print_iter=0))
   again = cfg.replace(run=cfg.run.replace(resume=True))
-  straight = stylize(content, style, config=cfg, weights=caffe_npz, loss_fn=_recording([]))
-  recording = _recording([])
+  straight = stylize(content, style, config=cfg, weights=caffe_npz, loss_fn=_recording_into([]))
+  recording = _recording_into([])
   _stopped_after(2, content, style, config=cfg, weights=caffe_npz, checkpoint=tmp_path / 'a.ckpt',
                  loss_fn=recording)  # fmt: skip
   with pytest.raises(errors.ResumeMismatch, match='declare it, loss_fn.nst_jax_identity = '):
