@@ -1383,3 +1383,17 @@ def test_the_step_reports_as_total_the_value_it_optimises_and_needs_no_other_key
                                                               targets)  # fmt: skip
   assert sorted(got) == ['content', 'total']
   np.testing.assert_array_equal(got['total'], want['total'])
+
+
+def test_a_declared_identity_is_read_where_a_loss_fn_can_hold_one():
+  """Trial 44 P3: a bound method takes no attribute; its instance declares it."""
+
+  class Loss:
+    def loss(self, x, params, targets, *, model, loss_spec):
+      return objective(x, params, targets, model=model, loss_spec=loss_spec)
+
+  one = Loss()
+  assert step_checks.declared_identity(one.loss) is None
+  one.nst_jax_identity = 'my loss'
+  assert step_checks.declared_identity(one.loss) == 'declared:my_loss'
+  assert step_checks.declared_identity(functools.partial(one.loss)) == 'declared:my_loss'

@@ -155,16 +155,29 @@ def test_a_helper_called_through_its_module_and_set_constants():
 
 
 def test_keys_tell_the_objects_a_callback_reads():
-  """The compile cache's key: equal for a function made anew around the same objects (a lambda
-  inside the loss), different for one around other objects (trial 40 F1, F4)."""
+  """The compile cache's key: equal for a function made anew around the same closure cells (a
+  lambda inside the loss, on each trace), different around other cells (trial 40 F1, F4; trial
+  44: cells by value, two loss_fns' dicts or `nonlocal` counts were one)."""
   log, other = [], []
 
-  def made(into):
-    return lambda t: into.append(t)
+  def loss_fn(into):
+    count = 0
 
-  assert host_state.key(made(log)) == host_state.key(made(log))
-  assert host_state.key(made(log)) != host_state.key(made(other))
-  assert hash(host_state.key(made(log))) == hash(host_state.key(made(log)))
+    def trace():  # what each trace of the loss makes
+      def host(t):
+        nonlocal count
+        count += 1
+        into.append(t)
+
+      return host
+
+    return trace
+
+  one, two = loss_fn(log), loss_fn(log)
+  assert host_state.key(one()) == host_state.key(one())
+  assert hash(host_state.key(one())) == hash(host_state.key(one()))
+  assert host_state.key(one()) != host_state.key(two())  # the same list, another count
+  assert host_state.key(one()) != host_state.key(loss_fn(other)())
   assert host_state.key(functools.partial(np.add, 1.0)) != host_state.key(
     functools.partial(np.add, 2.0)
   )
@@ -242,3 +255,49 @@ def test_trial_42_edges():
       raise RuntimeError('no repr')
 
   assert 'Unprintable' in host_state.describe(_reading(Unprintable()))
+
+
+class _Settings:
+  weight = 0.0
+
+
+_SETTINGS = _Settings()
+
+
+def _reads_settings(y):
+  return np.sum(y) * _SETTINGS.weight
+
+
+def test_trial_44_edges():
+  """P1: a class attribute read through an instance held as a global; P5, P6: two loss_fns
+  recording into their own dicts keyed alike (by value); P7: a generator's seed."""
+  before = host_state.describe(_reads_settings)
+  _Settings.weight = 1e3
+  try:
+    assert host_state.describe(_reads_settings) != before
+  finally:
+    _Settings.weight = 0.0
+  held = _Settings()  # in a closure, not a global
+  before = host_state.describe(_reading(held))
+  _Settings.weight = 1e3
+  try:
+    assert host_state.describe(_reading(held)) != before
+  finally:
+    _Settings.weight = 0.0
+  frozen = _Frozen(1.0)
+  object.__setattr__(frozen, 'extra', 0.0)  # not a declared field
+  before = host_state.describe(_reading(frozen))
+  object.__setattr__(frozen, 'extra', 1e3)
+  assert host_state.describe(_reading(frozen)) != before
+  ours, theirs = {}, {}
+  assert host_state.key(lambda t: ours.update(t=t)) != host_state.key(lambda t: theirs.update(t=t))
+
+  def drawing(seed):
+    rng = np.random.default_rng(seed)
+    return lambda: rng.uniform()
+
+  used = drawing(0)
+  before = host_state.describe(used)
+  used()  # drawing advances its state, not its seed: the same description
+  assert host_state.describe(used) == before == host_state.describe(drawing(0))
+  assert host_state.describe(drawing(1)) != before

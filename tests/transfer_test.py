@@ -981,6 +981,13 @@ def test_a_loss_fn_declares_its_identity_for_host_state_that_leaves_the_result_a
   resumed = stylize(content, style, config=again, weights=caffe_npz, checkpoint=tmp_path / 'b.ckpt',
                     loss_fn=recording)  # fmt: skip
   np.testing.assert_array_equal(resumed, straight)
+  # Trial 44: another declared identity was "computes otherwise ... declare it".
+  _stopped_after(2, content, style, config=cfg, weights=caffe_npz, checkpoint=tmp_path / 'c.ckpt',
+                 loss_fn=recording)  # fmt: skip
+  recording.nst_jax_identity = 'recording v2'
+  with pytest.raises(errors.ResumeMismatch, match='declared identity is recording_v2, the check'):
+    stylize(content, style, config=again, weights=caffe_npz, checkpoint=tmp_path / 'c.ckpt',
+            loss_fn=recording)  # fmt: skip
   for bad in ('', 7):
     recording.nst_jax_identity = bad
     with pytest.raises(errors.ConfigError, match=r'loss_fn.nst_jax_identity is .*; give a non-'):

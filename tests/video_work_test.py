@@ -11,6 +11,7 @@ import video_clips
 import nst_jax
 from nst_jax import errors
 from nst_jax.io import images as image_lib
+from nst_jax.io import output_names
 from nst_jax.runs import video as video_pipeline
 from nst_jax.runs import video_work
 
@@ -210,3 +211,19 @@ def test_a_file_put_at_the_videos_name_while_it_runs_is_kept(tmp_path, caffe_npz
   with pytest.raises(errors.WriteError, match='a file appeared there while the run ran'):
     video_pipeline.run_video(rerun)
   assert out.read_bytes() == b'my video'
+
+
+def test_a_finished_frames_folder_run_kept_is_replaced_by_a_rerun(tmp_path, caffe_npz):
+  """Trial 45 P2-1: a frames folder's work kept by a finished run (--keep_checkpoint) was called
+  an unfinished video run and refused every rerun to the folder."""
+  _, src = _clip(tmp_path)
+  out = tmp_path / 'frames'
+  cfg = _config(src, caffe_npz, f'{out}/')
+  video_pipeline.run_video(cfg)
+  work = next(tmp_path.glob('.frames*.work'))
+  assert (work / output_names.WORK_WRITING).read_text() == video_work.FRAMES_WRITTEN
+  video_pipeline.run_video(cfg.replace(run=cfg.run.replace(keep_checkpoint=False)))
+  assert not work.exists() and sorted(p.name for p in out.iterdir()) == [
+    'frame_00001.png',
+    'frame_00002.png',
+  ]

@@ -101,15 +101,26 @@ def _attribute(owner: Any, name: str) -> Any:
 def _fields(owner: Any) -> dict:
   """An object's fields: a dataclass's own (trial 42: a flax module's bookkeeping, a creation
   counter, made each run's model another), else its __dict__ and its __slots__ (trial 40)."""
-  if dataclasses.is_dataclass(owner) and not isinstance(owner, type):
-    return {f.name: getattr(owner, f.name, None) for f in dataclasses.fields(owner)}
   fields = dict(vars(owner)) if hasattr(owner, '__dict__') else {}
+  if dataclasses.is_dataclass(owner) and not isinstance(owner, type):
+    fields = {k: v for k, v in fields.items() if not k.startswith('_')}  # not flax's bookkeeping
+    fields |= {f.name: getattr(owner, f.name, None) for f in dataclasses.fields(owner)}
+  if owner is not None and not isinstance(owner, type) and hasattr(owner, '__dict__'):
+    for name in dir(type(owner)):  # its class's data, read through it (trial 44: S.weight)
+      static = inspect.getattr_static(type(owner), name, None)
+      if not name.startswith('__') and name not in fields and _data(static):
+        fields[name] = static
   for cls in type(owner).__mro__ if owner is not None else ():
     slots = getattr(cls, '__slots__', ())
     for name in (slots,) if isinstance(slots, str) else slots:
       if name not in ('__dict__', '__weakref__') and hasattr(owner, name):
         fields[name] = getattr(owner, name)
   return fields
+
+
+def _data(value: Any) -> bool:
+  """Whether a class attribute is data (not a method, property or other descriptor)."""
+  return not (callable(value) or hasattr(value, '__get__') or isinstance(value, type))
 
 
 def _value(v: Any, functions: int, depth: int, seen: dict) -> Any:
@@ -128,6 +139,15 @@ def _value(v: Any, functions: int, depth: int, seen: dict) -> Any:
       v = jax.random.key_data(v)
     a = np.ascontiguousarray(v)
     return a.dtype.str, a.shape, hashlib.sha256(a.data).hexdigest()
+  if isinstance(v, np.random.Generator):  # by its seed, not its state (which a run advances)
+    seeds = v.bit_generator.seed_seq
+    spawned = getattr(seeds, 'spawn_key', ())
+    return (
+      'Generator',
+      type(v.bit_generator).__name__,
+      repr(getattr(seeds, 'entropy', seeds)),
+      spawned,
+    )
   if depth > _DATA_DEPTH or id(v) in seen or len(seen) > _MOST_VALUES:
     return type(v).__qualname__
   seen[id(v)] = v  # kept alive, so that no other value takes its id meanwhile
@@ -189,12 +209,15 @@ def key(fn: Any, depth: int = 0) -> Any:
   if code is None:
     return _Same(fn)
   cells = []
+  jax_own = (getattr(function, '__module__', None) or '').startswith('jax')
   for cell in getattr(function, '__closure__', None) or ():
     try:
       value = cell.cell_contents
     except ValueError:  # a cell not yet filled
       value = None
-    cells.append(_cell_key(value, depth))
+    # A user's cell by the cell itself (trial 44: by value, two loss_fns' `nonlocal` counts or
+    # dicts were one); in JAX's wrapper, made anew on each trace, by what it holds.
+    cells.append(_cell_key(value, depth, jax_own) if jax_own else _Same(cell))
   defaults = tuple(map(_Same, function.__defaults__ or ()))
   return code, tuple(cells), defaults, _Same(getattr(fn, '__self__', None))
 
@@ -218,14 +241,14 @@ class _Equal:
     return hash(self.value)
 
 
-def _cell_key(value: Any, depth: int) -> Any:
+def _cell_key(value: Any, depth: int, jax_own: bool = False) -> Any:
   """A closure cell's part of `key`: a function by the same rule, a level down (the user's,
-  inside jax.debug.callback's wrapper, made anew on each trace); a dict item by item (the
-  wrapper's static arguments); a plain value by value (its tree structure); else the object
-  itself."""
+  inside jax.debug.callback's wrapper, made anew on each trace); in JAX's own wrapper, a dict
+  item by item (its static arguments); a plain value by value (its tree structure); else the
+  object itself (trial 44: a user's dicts by value, two runs logged into one)."""
   if hasattr(value, '__code__') and depth < _FUNCTION_DEPTH:
     return key(value, depth + 1)
-  if type(value) is dict:
+  if type(value) is dict and jax_own:
     return tuple((k, _cell_key(v, depth)) for k, v in value.items())
   if _plain(value):
     return _Equal(value)

@@ -314,14 +314,17 @@ def _kind(value: Any) -> str:
 
 
 def declared_identity(loss_fn: Callable) -> str | None:
-  """The identity a loss_fn declares by its `nst_jax_identity` attribute (a partial's function's
-  too), for a checkpoint to compare instead of the digest; None where it declares none.
+  """The identity a loss_fn declares by its `nst_jax_identity` attribute (a partial's function's,
+  a bound method's instance's too), for a checkpoint to compare instead of the digest; None where
+  it declares none.
 
   For host state that changes without changing the result (a list a host callback records into,
   a counter, a cache), which the digest counts (trial 42): the caller answers for it.
   """
   fn = loss_fn.func if isinstance(loss_fn, functools.partial) else loss_fn
-  declared = getattr(loss_fn, 'nst_jax_identity', getattr(fn, 'nst_jax_identity', None))
+  owner = getattr(fn, '__self__', None)  # a bound method's instance (trial 44: no attribute)
+  declared = next((o.nst_jax_identity for o in (loss_fn, fn, owner)
+                   if hasattr(o, 'nst_jax_identity')), None)  # fmt: skip
   if declared is None:
     return None
   if not isinstance(declared, str) or not declared.strip():

@@ -378,8 +378,7 @@ def restore(path: str | os.PathLike, *, like: Any, settings: dict) -> tuple[Any,
   if step is None:
     got = payload['state']
   else:
-    # The layout from orbax's metadata first: a checkpoint of another run is
-    # refused before its arrays are read.
+    # The layout from orbax's metadata first: another run's is refused before its arrays are read.
     _refuse_other_layout(path, want, _damaged_if_unreadable(path, orbax_local.layout, step))
     got = _load_state(path, step)
   _refuse_other_layout(path, want, got)
@@ -406,7 +405,8 @@ def refuse_other_settings(path: Path, saved: dict, settings: dict) -> None:
           saved='' if key in saved else 'none',
           now='' if key in settings else 'none',
         )
-      was, now = short(saved.get(key)), short(settings.get(key))
+      most = 200 if key == 'loss_fn' else 40  # its name and digest or declared identity, whole
+      was, now = short(saved.get(key), most), short(settings.get(key), most)
       raise errors.ResumeMismatch(
         f'cannot resume from {path}: {key} differs (checkpoint {was}, now {now}); rerun with the '
         'same settings, or without run.resume and another save.path to start over',

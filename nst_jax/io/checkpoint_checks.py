@@ -98,9 +98,9 @@ def state_problem(want: Any, got: Any, where: str) -> str | None:
   return None
 
 
-def short(value: Any) -> str:
+def short(value: Any, most: int = 40) -> str:
   text = json.dumps(value)
-  return text if len(text) <= 40 else text[:16] + '...'
+  return text if len(text) <= most else text[:16] + '...'
 
 
 def init_as_file(settings: dict, keywords) -> dict:

@@ -113,6 +113,11 @@ def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
       'cannot be checked against it'
     )
     again = None
+  elif e.setting == 'loss_fn' and 'declared:' in f'{e.saved} {e.now}':  # trial 44
+    said = [v.strip('"').split()[-1].replace('declared:', '') if 'declared:' in v else 'none'
+            for v in (e.now, e.saved)]  # fmt: skip
+    what = f"the loss_fn's declared identity is {said[0]}, the checkpoint's run's {said[1]}"
+    again = "the loss_fn as the checkpoint's run declared it (nst_jax_identity)"
   elif e.setting == 'loss_fn' and e.saved.split()[0] == e.now.split()[0]:  # one name (trial 35)
     name, was, now = (part.strip('"') for part in (*e.now.split()[:1], e.saved.split()[-1],
                                                    e.now.split()[-1]))  # fmt: skip

@@ -248,7 +248,7 @@ def _check_files(out: Output, overwrite: bool) -> None:
       )
     if path.exists() and not (path in ours or overwrite):
       whose = '' if path == out.result else f', beside {out.result.name},'
-      fix = 'choose another output name' if held is None else 'move it away'
+      fix = 'move it away' if os.path.lexists(out.state) else 'choose another output name'
       raise errors.NstError(  # trial 41: another name, beside a checkpoint, left its work behind
         f'{path} exists{whose} and no nst-jax run record says nst-jax wrote it; {fix}, or replace '
         'it with save.overwrite'

@@ -391,6 +391,7 @@ def _write(cfg, paths: video_work.Paths, clip, results, record, seconds, there=N
         video_lib.write_frames(paths.output, results, replaces=ours)
       except errors.NstError as e:  # a file put there during the run: the work is kept
         raise errors.NstError(f'{e}, then continue with run.resume') from None
+      (paths.work / output_names.WORK_WRITING).write_text(video_work.FRAMES_WRITTEN)
     else:
       try:
         video_lib.write_video(paths.output, results, clip.fps, audio_from=clip,

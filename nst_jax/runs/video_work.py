@@ -35,6 +35,11 @@ from nst_jax.runs import output_plan
 SETTINGS = 'settings.json'
 
 
+# What a frames folder's run puts in its work directory's WORK_WRITING marker once every frame is
+# written (a video's: the video's SHA-256): a rerun then replaces the kept work (trial 45).
+FRAMES_WRITTEN = 'frames written'
+
+
 @dataclasses.dataclass
 class Paths:
   """Where a video run keeps its work and writes its result."""
@@ -80,8 +85,10 @@ def paths(cfg: config_lib.StyleConfig) -> Paths:
   marker = work / output_names.WORK_WRITING
   # Kept by a finished run (run.keep_checkpoint), its video still there: a rerun replaces it, as
   # a finished checkpoint (trial 43: refused as unfinished, every rerun to the name).
-  done = not cfg.run.resume and output.is_file() and marker.is_file() and bool(marker.read_text())
-  done = done and output_names.work_owns(work, output)
+  done = not cfg.run.resume and marker.is_file() and bool(text := marker.read_text())
+  done = done and (
+    output_names.work_owns(work, output) if output.is_file() else text == FRAMES_WRITTEN
+  )
   if (stale or done) and jax.process_index() == 0:
     # Under the output's lock: a run still starting up would hold it.
     with output_plan.locked([output_plan.Output(output, derived=())]):
