@@ -601,3 +601,26 @@ def test_a_full_disk_at_the_end_names_the_iteration_its_checkpoint_holds(
     'iteration 2 of scale 1: continue from there with run.resume'
   )
   assert checkpoint_lib.read(tmp_path / 'r.ckpt')['iteration'] == 2
+
+
+def test_a_batch_resumed_with_more_iterations_does_not_count_a_shorter_result_finished(
+  tmp_path, caffe_npz, caplog
+):
+  """Trial 45 P2-7: a job's result made with -i 2 counted as finished for -i 4 (its record was
+  compared on inputs and weights only), and the batch exited 0 without running it."""
+  _images(tmp_path)
+  jobs = [jobs_lib.Job(str(tmp_path / 'c.jpg'), (str(tmp_path / 's.jpg'),),
+                       output=str(tmp_path / 'out' / 'a.png'))]  # fmt: skip
+  cfg = _cfg(tmp_path, caffe_npz)
+  cfg = cfg.replace(schedule=cfg.schedule.replace(iterations=2),
+                    save=cfg.save.replace(path=f'{tmp_path}/out/'))  # fmt: skip
+  batch_lib.run_batch(jobs, cfg)
+  more = cfg.replace(schedule=cfg.schedule.replace(iterations=4), run=cfg.run.replace(resume=True))
+  written = batch_lib.run_batch(jobs, more)
+  assert 'was made with another schedule.iterations (its run record says so)' in caplog.text
+  assert (
+    list(written)
+    and json.loads((tmp_path / 'out' / 'a.json').read_text())['settings']['schedule']['iterations']
+    == 4
+  )
+  assert batch_lib.run_batch(jobs, more) == {}  # now it is finished

@@ -385,3 +385,27 @@ def test_a_rerun_stopped_at_its_result_keeps_the_earlier_record(
   run(_cfg(images, out, caffe_npz, save_iter=2, resume=True))  # one round, as it said
   assert output_names.record_naming(out) is not None
   assert (tmp_path / 'mine.png').read_bytes() == b'my picture'
+
+
+def test_a_picture_saved_over_the_result_while_its_figures_are_drawn_is_not_the_checkpoints(
+  tmp_path, images, caffe_npz, monkeypatch
+):
+  """Trial 45 P2-8, P2-9: a kept checkpoint noted the digest of whatever was at the result's name
+  after the figures: a picture saved over the result meanwhile became its own, and the next
+  resume replaced it."""
+  from nst_jax.io import record as record_lib
+
+  out = tmp_path / 'r.png'
+  real = record_lib.figures
+
+  def drawing(*args, **kwargs):
+    out.write_bytes(b'my picture')
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(record_lib, 'figures', drawing)
+  run(_cfg(images, out, caffe_npz, keep_checkpoint=True))
+  monkeypatch.undo()
+  assert out.read_bytes() == b'my picture'
+  with pytest.raises(errors.NstError, match=r'r\.png is not the file its run record was written'):
+    run(_cfg(images, out, caffe_npz, keep_checkpoint=True, resume=True))
+  assert out.read_bytes() == b'my picture'

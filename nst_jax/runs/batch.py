@@ -33,7 +33,6 @@ from nst_jax.engine import schedule as schedule_lib
 from nst_jax.engine import sharding as sharding_lib
 from nst_jax.engine import signals
 from nst_jax.io import checkpoint as checkpoint_lib
-from nst_jax.io import checkpoint_store
 from nst_jax.io import jobs as jobs_lib
 from nst_jax.io import output_names
 from nst_jax.io import outputs
@@ -149,7 +148,10 @@ def _not_whole(job: jobs_lib.Job, cfg: config_lib.StyleConfig) -> str | None:
   if record is None:
     return 'has no run record naming it'
   was, now = record.get('settings', {}), _job_config(cfg, job)
-  for field in _JOB_SETTINGS:
+  # And every setting its path depends on (trial 45: a record of -i 10 counted as finished for
+  # -i 30, and the job's own checkpoint was deleted).
+  trajectory = [k for k in checkpoint_lib.config_settings(now) if k != 'loss.tiles']  # planned
+  for field in dict.fromkeys([*_JOB_SETTINGS, *trajectory, *_FINISH_SETTINGS]):
     group, name = field.split('.')
     if not _same_setting(was.get(group, {}).get(name), getattr(getattr(now, group), name)):
       return f'{_MADE_WITH} another {field} (its run record says so)'
@@ -167,6 +169,8 @@ _JOB_SETTINGS = (
   'loss.content_weight', 'loss.style_weight',
 )  # fmt: skip
 _MADE_WITH = 'was made with'
+# What a checkpoint may change on resume, but a finished result was made with.
+_FINISH_SETTINGS = ('schedule.iterations', 'schedule.tol', 'schedule.window')
 
 
 def _same_setting(was, now) -> bool:
@@ -251,10 +255,8 @@ def _run_batch(jobs, cfg, weights, record, mesh, plan, recheck) -> dict[str, np.
   with distributed.together():
     for index, job in enumerate(jobs):
       ckpt = checkpoint_lib.path_for(job.output, cfg.run.checkpoint_dir)
-      if distributed.mine(index) and not cfg.run.keep_checkpoint:
-        checkpoint_lib.remove(ckpt)
-      elif distributed.mine(index) and Path(job.output).is_file():
-        checkpoint_store.note_result(ckpt, output_names.file_sha256(job.output), job.output)
+      if distributed.mine(index) and not cfg.run.keep_checkpoint:  # kept: its result noted as
+        checkpoint_lib.remove(ckpt)  # written (trial 45: noted here, a user's picture since)
   return written
 
 

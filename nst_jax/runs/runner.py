@@ -27,7 +27,6 @@ from nst_jax.engine import sharding as sharding_lib
 from nst_jax.engine import signals
 from nst_jax.engine import steps
 from nst_jax.io import checkpoint as checkpoint_lib
-from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
 from nst_jax.io import output_names
 from nst_jax.io import outputs
@@ -297,9 +296,7 @@ def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan, resume)
       raise results_lib.unwritten(e, ckpt) from None
     if preview is not None:
       preview.finish(rgb, output)
-    if not cfg.run.keep_checkpoint:
-      checkpoint_lib.remove(ckpt)  # finished: the result is saved, free the space
-    else:
-      checkpoint_store.note_result(ckpt, output_names.file_sha256(output), output)
+    if not cfg.run.keep_checkpoint:  # kept, it noted its result's digest as written (trial 45:
+      checkpoint_lib.remove(ckpt)  # noted here, a picture saved over it since became its own)
     logging.info('%s', results_lib.summary(output, record, results, resumed=resume is not None))
     return output
