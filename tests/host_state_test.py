@@ -301,3 +301,27 @@ def test_trial_44_edges():
   used()  # drawing advances its state, not its seed: the same description
   assert host_state.describe(used) == before == host_state.describe(drawing(0))
   assert host_state.describe(drawing(1)) != before
+
+
+class _SlottedSettings:
+  __slots__ = ('name',)
+  weight = 0.0
+
+  def __init__(self):
+    self.name = 'a'
+
+
+def test_trial_46_edges():
+  """N1: a class attribute read through a __slots__ instance; N2: a user's module named jax*
+  is not JAX's own wrapper (its dicts keyed by value again)."""
+  held = _SlottedSettings()
+  before = host_state.describe(_reading(held))
+  _SlottedSettings.weight = 1e3
+  try:
+    assert host_state.describe(_reading(held)) != before
+  finally:
+    _SlottedSettings.weight = 0.0
+  namespace: dict = {'__name__': 'jax_helpers'}
+  exec('def make(into):\n  return lambda t: into.update(t=t)\n', namespace)  # noqa: S102
+  ours, theirs = {}, {}
+  assert host_state.key(namespace['make'](ours)) != host_state.key(namespace['make'](theirs))

@@ -198,7 +198,9 @@ def test_a_file_put_at_the_videos_name_while_it_runs_is_kept(tmp_path, caffe_npz
   # Trial 39 G3: saved over the earlier run's video while a rerun ran, it was replaced.
   # Trial 43 Q7: its work, kept, was called an unfinished run and refused every rerun.
   assert (tmp_path / '.v.mp4.work').is_dir()
+  out.rename(tmp_path / 'kept.mp4')  # trial 47: the user keeps the video; still "unfinished"
   video_pipeline.run_video(cfg.replace(run=cfg.run.replace(keep_checkpoint=False)))
+  assert (tmp_path / 'kept.mp4').stat().st_size > 1000
   assert not (tmp_path / '.v.mp4.work').exists() and out.stat().st_size > 1000
   held = video_work.hold_settings
 

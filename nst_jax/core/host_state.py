@@ -105,7 +105,7 @@ def _fields(owner: Any) -> dict:
   if dataclasses.is_dataclass(owner) and not isinstance(owner, type):
     fields = {k: v for k, v in fields.items() if not k.startswith('_')}  # not flax's bookkeeping
     fields |= {f.name: getattr(owner, f.name, None) for f in dataclasses.fields(owner)}
-  if owner is not None and not isinstance(owner, type) and hasattr(owner, '__dict__'):
+  if owner is not None and not isinstance(owner, type):  # __slots__ ones too (trial 46)
     for name in dir(type(owner)):  # its class's data, read through it (trial 44: S.weight)
       static = inspect.getattr_static(type(owner), name, None)
       if not name.startswith('__') and name not in fields and _data(static):
@@ -209,7 +209,8 @@ def key(fn: Any, depth: int = 0) -> Any:
   if code is None:
     return _Same(fn)
   cells = []
-  jax_own = (getattr(function, '__module__', None) or '').startswith('jax')
+  module = getattr(function, '__module__', None) or ''
+  jax_own = module == 'jax' or module.startswith(('jax.', 'jaxlib.'))  # not a user's jax_utils
   for cell in getattr(function, '__closure__', None) or ():
     try:
       value = cell.cell_contents

@@ -87,7 +87,9 @@ def paths(cfg: config_lib.StyleConfig) -> Paths:
   # a finished checkpoint (trial 43: refused as unfinished, every rerun to the name).
   done = not cfg.run.resume and marker.is_file() and bool(text := marker.read_text())
   done = done and (
-    output_names.work_owns(work, output) if output.is_file() else text == FRAMES_WRITTEN
+    output_names.work_owns(work, output)
+    if output.is_file()
+    else text == FRAMES_WRITTEN or not os.path.lexists(output)  # its video moved away (trial 47)
   )
   if (stale or done) and jax.process_index() == 0:
     # Under the output's lock: a run still starting up would hold it.
