@@ -200,7 +200,8 @@ def key(fn: Any, depth: int = 0) -> Any:
   objects (closure cells, bound instance, partial arguments, defaults; hashable values by value),
   so that a program compiled with one serves the other: what they read, they read at run time
   from those objects. A function made anew on each trace (a lambda inside the loss, JAX's wrapper
-  of a jax.debug.callback) keys alike when its closure holds the same."""
+  of a jax.debug.callback) keys alike when it closes over the same cells: the loss_fn's own, not
+  the loss's locals, which are new on each call (such a loss_fn compiles anew each run)."""
   if isinstance(fn, functools.partial):
     arguments = (*fn.args, *sorted(fn.keywords.items()))
     return 'partial', key(fn.func, depth), tuple(map(_Same, arguments))
