@@ -56,6 +56,16 @@ def _table(middle, wrap=lambda t: t):
   return wrap(table)
 
 
+def _changes_with(fn, owner, name: str, value=1e3) -> bool:
+  """Whether `fn`'s description differs once `owner.name` is `value` (set back after)."""
+  before, old = host_state.describe(fn), getattr(owner, name)
+  setattr(owner, name, value)
+  try:
+    return host_state.describe(fn) != before
+  finally:
+    setattr(owner, name, old)
+
+
 def _reads_class(y):
   return np.sum(y) * _Cfg.K
 
@@ -219,22 +229,12 @@ def test_trial_42_edges():
   jitted = [jax.jit(lambda k=k: k * 2.0) for k in (0.0, 1e3)]
   assert host_state.describe(jitted[0]) != host_state.describe(jitted[1])
   one = _Weighted()
-  before = host_state.describe(one.host)
-  _Weighted.weight = 1e3
-  try:
-    assert host_state.describe(one.host) != before
-  finally:
-    _Weighted.weight = 0.0
+  assert _changes_with(one.host, _Weighted, 'weight')
 
   class Sub(_Weighted):
     pass
 
-  before = host_state.describe(_reading(Sub))
-  _Weighted.weight = 1e3
-  try:
-    assert host_state.describe(_reading(Sub)) != before
-  finally:
-    _Weighted.weight = 0.0
+  assert _changes_with(_reading(Sub), _Weighted, 'weight')
   rng = np.random.default_rng(0)
   assert ' at 0x' not in host_state.describe(_reading(rng)).lower()
   objects = np.array(['mean', 'max'], dtype=object)
@@ -271,19 +271,9 @@ def _reads_settings(y):
 def test_trial_44_edges():
   """P1: a class attribute read through an instance held as a global; P5, P6: two loss_fns
   recording into their own dicts keyed alike (by value); P7: a generator's seed."""
-  before = host_state.describe(_reads_settings)
-  _Settings.weight = 1e3
-  try:
-    assert host_state.describe(_reads_settings) != before
-  finally:
-    _Settings.weight = 0.0
+  assert _changes_with(_reads_settings, _Settings, 'weight')
   held = _Settings()  # in a closure, not a global
-  before = host_state.describe(_reading(held))
-  _Settings.weight = 1e3
-  try:
-    assert host_state.describe(_reading(held)) != before
-  finally:
-    _Settings.weight = 0.0
+  assert _changes_with(_reading(held), _Settings, 'weight')
   frozen = _Frozen(1.0)
   object.__setattr__(frozen, 'extra', 0.0)  # not a declared field
   before = host_state.describe(_reading(frozen))
@@ -315,12 +305,7 @@ def test_trial_46_edges():
   """N1: a class attribute read through a __slots__ instance; N2: a user's module named jax*
   is not JAX's own wrapper (its dicts keyed by value again)."""
   held = _SlottedSettings()
-  before = host_state.describe(_reading(held))
-  _SlottedSettings.weight = 1e3
-  try:
-    assert host_state.describe(_reading(held)) != before
-  finally:
-    _SlottedSettings.weight = 0.0
+  assert _changes_with(_reading(held), _SlottedSettings, 'weight')
   namespace: dict = {'__name__': 'jax_helpers'}
   exec('def make(into):\n  return lambda t: into.update(t=t)\n', namespace)  # noqa: S102
   ours, theirs = {}, {}
