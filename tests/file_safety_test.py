@@ -624,3 +624,38 @@ def test_a_batch_resumed_with_more_iterations_does_not_count_a_shorter_result_fi
     == 4
   )
   assert batch_lib.run_batch(jobs, more) == {}  # now it is finished
+
+
+def test_a_batch_killed_while_drawing_a_jobs_figures_draws_them_on_resume(
+  tmp_path, caffe_npz, monkeypatch, caplog
+):
+  """Trial 47 N2: killed while it drew a job's loss plot and sheet, a batch's resume counted the
+  job "finished earlier" (its result and record whole) and never drew them."""
+  from nst_jax.io import record as record_lib
+
+  _images(tmp_path)
+  out = tmp_path / 'out'
+  jobs = [jobs_lib.Job(str(tmp_path / 'c.jpg'), (str(tmp_path / 's.jpg'),),
+                       output=str(out / 'a.png'))]  # fmt: skip
+  cfg = _cfg(tmp_path, caffe_npz)
+  cfg = cfg.replace(save=cfg.save.replace(path=f'{out}/'))
+
+  def killed(*args, **kwargs):
+    raise SystemExit('killed')
+
+  monkeypatch.setattr(record_lib, 'figures', killed)
+  with pytest.raises(SystemExit):
+    batch_lib.run_batch(jobs, cfg)
+  monkeypatch.undo()
+  assert sorted(p.name for p in out.iterdir()) == ['a.ckpt', 'a.json', 'a.png']
+  result = (out / 'a.png').read_bytes()
+  written = batch_lib.run_batch(jobs, cfg.replace(run=cfg.run.replace(resume=True)))
+  assert 'a.png lacks its loss plot and sheet (its run stopped while drawing them)' in caplog.text
+  assert list(written) == [str(out / 'a.png')] and (out / 'a.png').read_bytes() == result
+  assert sorted(p.name for p in out.iterdir()) == ['a.json', 'a.loss.png', 'a.png', 'a.sheet.jpg']
+  record = json.loads((out / 'a.json').read_text())
+  assert 'figures_drawn' not in record and sorted(record['figures_sha256']) == [
+    'a.loss.png',
+    'a.sheet.jpg',
+  ]
+  assert batch_lib.run_batch(jobs, cfg.replace(run=cfg.run.replace(resume=True))) == {}

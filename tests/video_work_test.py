@@ -224,6 +224,19 @@ def test_a_finished_frames_folder_run_kept_is_replaced_by_a_rerun(tmp_path, caff
   video_pipeline.run_video(cfg)
   work = next(tmp_path.glob('.frames*.work'))
   assert (work / output_names.WORK_WRITING).read_text() == video_work.FRAMES_WRITTEN
+  # Trial 47 N7: a rerun refused for the user's folder at the name discarded the kept work first.
+  out.rename(tmp_path / 'kept')
+  (tmp_path / 'frames.json').rename(tmp_path / 'kept.json')
+  out.mkdir()
+  (out / 'frame_00001.png').write_bytes(b'my picture')
+  with pytest.raises(errors.NstError, match='frame_00001.png, which no nst-jax run record says'):
+    video_pipeline.run_video(cfg.replace(run=cfg.run.replace(keep_checkpoint=False)))
+  assert (work / output_names.WORK_WRITING).read_text() == video_work.FRAMES_WRITTEN
+  assert (out / 'frame_00001.png').read_bytes() == b'my picture'
+  (out / 'frame_00001.png').unlink()
+  out.rmdir()
+  (tmp_path / 'kept').rename(out)
+  (tmp_path / 'kept.json').rename(tmp_path / 'frames.json')
   video_pipeline.run_video(cfg.replace(run=cfg.run.replace(keep_checkpoint=False)))
   assert not work.exists() and sorted(p.name for p in out.iterdir()) == [
     'frame_00001.png',

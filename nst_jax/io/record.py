@@ -261,6 +261,7 @@ def write(
   # None yet (note_figures adds them): a record of a run killed before its figures claims none
   # (trial 43: as an older record, it claimed them by name, and pictures put there were lost).
   data['figures_sha256'] = {}
+  data['figures_drawn'] = False  # trial 47 N2: a batch killed while drawing them called it done
   text = json.dumps(data, indent=1)
   replace = replaceable is None or paths['json'] in replaceable
   atomic.write(paths['json'], lambda tmp: Path(tmp).write_text(text), replace=replace)
@@ -277,6 +278,7 @@ def note_figures(paths: dict[str, Path], kept: Collection[Path] = ()) -> None:
   data = json.loads(paths['json'].read_text())
   figures = [paths[k] for k in ('loss', 'sheet') if paths[k] not in kept and paths[k].is_file()]
   data['figures_sha256'] = {p.name: output_names.file_sha256(p) for p in figures}
+  data.pop('figures_drawn', None)
   text = json.dumps(data, indent=1)
   atomic.write(paths['json'], lambda tmp: Path(tmp).write_text(text))
 

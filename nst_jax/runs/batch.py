@@ -1,13 +1,12 @@
 """Batch mode: many jobs, grouped by output shape, over every device of every process.
 
-Each process runs the same command with the same job list and reads,
-computes and writes only its own jobs (nst_jax.engine.distributed.owner). Jobs of
-one output shape (and one resume point) run as one batch through the engine,
-their rows split over the mesh of all devices. Everything single runs have
-works per job: the schedule, masks, colour controls, an init image,
-intermediates, checkpoints and `--resume`, signals, the run record. Every
-step that can fail on one process is agreed by all, so a failure anywhere
-ends every process with the same one-line error.
+Each process runs the same command with the same job list and reads, computes and writes only
+its own jobs (nst_jax.engine.distributed.owner). Jobs of one output shape (and one resume point)
+run as one batch through the engine, their rows split over the mesh of all devices. Everything
+single runs have works per job: the schedule, masks, colour controls, an init image,
+intermediates, checkpoints and `--resume`, signals, the run record. Every step that can fail on
+one process is agreed by all, so a failure anywhere ends every process with the same one-line
+error.
 """
 
 from collections.abc import Sequence
@@ -129,10 +128,9 @@ def _job_status(jobs, cfg) -> np.ndarray:
 def _not_whole(job: jobs_lib.Job, cfg: config_lib.StyleConfig) -> str | None:
   """Why a job's output does not count as finished on resume, or None if it does.
 
-  Trial 20: any existing file did (one cut short, one of a job since edited
-  in the list, one whose record a kill cut off), and the batch exited 0.
-  The output must open as an image and, with records on, its record must
-  name it and this job's images, masks and weights (`_JOB_SETTINGS`).
+  Trial 20: any existing file did (one cut short, one of a job since edited in the list, one
+  whose record a kill cut off), and the batch exited 0. The output must open as an image and,
+  with records on, its record must name it and this job's images, masks and weights.
   """
   out = Path(job.output)
   if not out.is_file():
@@ -147,6 +145,8 @@ def _not_whole(job: jobs_lib.Job, cfg: config_lib.StyleConfig) -> str | None:
   record = output_names.record_naming(out)
   if record is None:
     return 'has no run record naming it'
+  if record.get('figures_drawn') is False:  # trial 47 N2: "finished earlier", never drawn
+    return 'lacks its loss plot and sheet (its run stopped while drawing them)'
   was, now = record.get('settings', {}), _job_config(cfg, job)
   # And every setting its path depends on (trial 45: a record of -i 10 counted as finished for
   # -i 30, and the job's own checkpoint was deleted).
@@ -162,8 +162,8 @@ def _not_whole(job: jobs_lib.Job, cfg: config_lib.StyleConfig) -> str | None:
   return None
 
 
-# What a job's run record must hold as the job list now says (trial 22: an
-# edited weight counted as finished). Paths compare as resolved files.
+# What a job's run record must hold as the job list now says (trial 22: an edited weight counted
+# as finished). Paths compare as resolved files.
 _JOB_SETTINGS = (
   'inputs.content_path', 'inputs.style_path', 'inputs.content_mask', 'inputs.style_masks',
   'loss.content_weight', 'loss.style_weight',

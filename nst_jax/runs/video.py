@@ -110,7 +110,10 @@ def run_video(cfg: config_lib.StyleConfig) -> Path:
   from nst_jax.engine import distributed
 
   with distributed.together():  # process 0 writes the result: its checks, agreed by all
-    _recheck(cfg, plan)
+    # A work directory to discard counts as gone, and goes once the plan is accepted.
+    gone = paths.work / 'discarded' if paths.discard else paths.work
+    _recheck(cfg, [dataclasses.replace(plan[0], resumable=gone)])
+  video_work.discard(paths)
   return _run_video(cfg, clip, paths, height, plan)
 
 

@@ -47,6 +47,7 @@ class Paths:
   output: Path  # the .mp4, or the frame directory
   as_frames: bool
   work: Path  # hidden: finished frames and checkpoints
+  discard: str | None = None  # why `work` is to go, before the run starts (a finished or empty one)
 
   def frame(self, k: int, stage: str = 'final') -> Path:
     return self.work / stage / f'frame_{k:05d}.png'
@@ -91,12 +92,9 @@ def paths(cfg: config_lib.StyleConfig) -> Paths:
     if output.is_file()
     else text == FRAMES_WRITTEN or not os.path.lexists(output)  # its video moved away (trial 47)
   )
-  if (stale or done) and jax.process_index() == 0:
-    # Under the output's lock: a run still starting up would hold it.
-    with output_plan.locked([output_plan.Output(output, derived=())]):
-      why = 'the run that left it finished no frame' if stale else 'its run finished; rerunning'
-      logging.warning('Discarded %s: %s.', work, why)
-      shutil.rmtree(work)
+  # Discarded once the output plan is checked (`discard`): a rerun refused for a file in the
+  # way kept its work (trial 47 N7: gone, and "rerunning" said).
+  discard = 'the run that left it finished no frame' if stale else 'its run finished; rerunning'
   stale = stale or done
   started = work.exists() and not stale
   if started and output_locks.busy(output):  # trial 28: told to delete a live run's work
@@ -119,7 +117,16 @@ def paths(cfg: config_lib.StyleConfig) -> Paths:
       f"{errors.printable(work)} is not a UTF-8 name, and orbax writes the frames' checkpoints "
       'there under UTF-8 names only; choose another save.path'
     ) from None
-  return Paths(output, as_frames, work)
+  return Paths(output, as_frames, work, discard if stale else None)
+
+
+def discard(paths: Paths) -> None:
+  """Removes a finished or empty work directory `paths` says is to go (process 0, under the
+  output's lock: a run still starting up would hold it)."""
+  if paths.discard and paths.work.is_dir() and jax.process_index() == 0:
+    with output_plan.locked([output_plan.Output(paths.output, derived=())]):
+      logging.warning('Discarded %s: %s.', paths.work, paths.discard)
+      shutil.rmtree(paths.work)
 
 
 def record_path(paths: Paths) -> Path:
