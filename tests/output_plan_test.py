@@ -494,6 +494,18 @@ def test_a_users_own_tmp_files_are_not_temporaries(tmp_path):
   assert all(p.exists() for p in mine)
 
 
+def test_a_run_without_records_removes_a_killed_runs_figure_temporaries(tmp_path):
+  """Trial 45: `.r.loss.png.nst-*.tmp`, left by a run killed while it drew its loss plot, stayed
+  for ever when the next run wrote no record (its plan lists no loss plot)."""
+  killed = [tmp_path / f'.r.{tail}.nst-ck33_kbj.tmp' for tail in ('json', 'loss.png', 'sheet.jpg')]
+  for path in killed:
+    path.write_bytes(b'')
+  (tmp_path / '.q.loss.png.nst-ck33_kbj.tmp').write_bytes(b'')  # another output's: kept
+  with output_plan.locked([_out(tmp_path / 'r.png', record=False)]):
+    assert not any(p.exists() for p in killed)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['.q.loss.png.nst-ck33_kbj.tmp']
+
+
 def test_a_plan_of_many_intermediates_reads_each_folder_once(tmp_path, monkeypatch):
   """-i 100000 --save_iter 2 planned 50000 names: a glob and a resolve each, 11 s per process."""
   photo = tmp_path / 'photo.jpg'

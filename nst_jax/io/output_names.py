@@ -54,6 +54,11 @@ def derived(output: str | os.PathLike, tail: str) -> Path:
   return output.with_name(derived_stem(output) + tail)
 
 
+def record_files(output: str | os.PathLike) -> list[Path]:
+  """The run record, loss plot and contact sheet beside `output` (`RECORD_TAILS`, in order)."""
+  return [derived(output, tail) for tail in RECORD_TAILS.values()]
+
+
 def legacy_derived(output: str | os.PathLike, tail: str) -> Path | None:
   """The name an earlier version gave (stem + tail) where it differs from today's."""
   output = Path(output)
@@ -205,7 +210,7 @@ def claimed(output: str | os.PathLike) -> set[Path]:
   digests = data.get('intermediates_sha256')
   digests = digests if isinstance(digests, dict) else {}
   figures = data.get('figures_sha256')  # the loss plot's and sheet's (trial 34: by name before)
-  json_, *plots = [derived(output, tail) for tail in RECORD_TAILS.values()]
+  json_, *plots = record_files(output)
   if isinstance(figures, dict):  # one it did not write (kept: trial 36) is not its
     plots = [p for p in plots if p.name in figures and not _changed(p, figures[p.name])]
   ours = {output, json_, *plots} | {

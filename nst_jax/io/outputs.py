@@ -47,8 +47,7 @@ def _taken(path: Path, checkpoint_dir: str | None = None) -> bool:
   Trials 20 and 22: a name whose record or NAME_00002.png was someone's was
   kept, and the user, who gave none, was told to choose another.
   """
-  records = (output_names.derived(path, tail) for tail in output_names.RECORD_TAILS.values())
-  if any(os.path.lexists(p) for p in (path, *records)):
+  if any(os.path.lexists(p) for p in (path, *output_names.record_files(path))):
     return True
   if checkpoint_lib.path_for(path, checkpoint_dir).exists():
     return True

@@ -1,9 +1,8 @@
 """The output planner: every file a run writes, checked before any work, locked while it runs.
 
-One planner for every kind of run (a single image, a batch, a video). For each
-result it lists the files derived from it (run record, loss plot, contact
-sheet, checkpoint, intermediates) and, before the first iteration, refuses
-with one line:
+One planner for every kind of run (a single image, a batch, a video). For each result it lists
+the files derived from it (run record, loss plot, contact sheet, checkpoint, intermediates) and,
+before the first iteration, refuses with one line:
   * a file that would replace an input of the run (compared as resolved
     paths, so `./a.png`, `a.png` and a symbolic link to it are one file);
   * two outputs, or the derived files of two outputs, that are one file;
@@ -15,10 +14,10 @@ with one line:
     temporary name included), a directory that is missing behind a dangling
     link, is a file or is not writable, and too little free space (or too
     few free inodes) for the results and their checkpoints.
-It then locks every file it will write (`output_locks`: another process
-writing one is refused, and a crashed run's lock is released by the kernel
-with its process) and removes the temporary files a killed run left beside
-them (and inside a checkpoint directory: orbax's temporary steps).
+It then locks every file it will write (`output_locks`: another process writing one is refused,
+and a crashed run's lock is released by the kernel with its process) and removes the temporary
+files a killed run left beside them, and its record's and figures' (run with records or not),
+and inside a checkpoint directory (orbax's temporary steps).
 """
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -443,8 +442,9 @@ def locked(
 
 def _remove_litter(mine: Sequence[Output]) -> None:
   """The temporary files a killed (or failed) run left beside its outputs and in checkpoints."""
-  for out in mine:
-    output_names.remove_temporaries(out.files)
+  for out in mine:  # trial 45: a --norecord rerun left a killed run's `.r.loss.png.nst-*.tmp`
+    figures = [] if out.directory else output_names.record_files(out.result)
+    output_names.remove_temporaries([*out.files, *figures])
     for kind, path in out.derived:
       if kind == 'checkpoint':  # what a killed save left inside it
         checkpoint_store.remove_litter(path)

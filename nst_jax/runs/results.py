@@ -81,7 +81,7 @@ class Results:
     # The result and record files there now are this output's (the plan said so); any other is
     # written only where no file is by then (trial 34: put there while the run ran, replaced).
     for p in self.paths.values():
-      files = [Path(p), *(output_names.derived(p, t) for t in output_names.RECORD_TAILS.values())]
+      files = [Path(p), *output_names.record_files(p)]
       self.replaceable |= {q for q in files if os.path.lexists(q)}
     # What an earlier run's record claims beside each result this run replaces (trial 26).
     self.earlier = {r: output_names.claimed(p) - {Path(p)} for r, p in self.paths.items()}
