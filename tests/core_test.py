@@ -1397,3 +1397,11 @@ def test_a_declared_identity_is_read_where_a_loss_fn_can_hold_one():
   one.nst_jax_identity = 'my loss'
   assert step_checks.declared_identity(one.loss) == 'declared:my_loss'
   assert step_checks.declared_identity(functools.partial(one.loss)) == 'declared:my_loss'
+  # Trial 46 N7: the class's function's identity, read through the bound method, won over the
+  # instance's own; a partial's own wins over both.
+  Loss.loss.nst_jax_identity = 'every loss'
+  assert step_checks.declared_identity(one.loss) == 'declared:my_loss'
+  assert step_checks.declared_identity(Loss().loss) == 'declared:every_loss'
+  named = functools.partial(one.loss)
+  named.nst_jax_identity = 'this one'
+  assert step_checks.declared_identity(named) == 'declared:this_one'

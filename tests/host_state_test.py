@@ -310,3 +310,44 @@ def test_trial_46_edges():
   exec('def make(into):\n  return lambda t: into.update(t=t)\n', namespace)  # noqa: S102
   ours, theirs = {}, {}
   assert host_state.key(namespace['make'](ours)) != host_state.key(namespace['make'](theirs))
+
+
+class _Scaler:
+  def scale(self):
+    return 2.0
+
+
+_SCALER = _Scaler()
+
+
+def _calls_scaler(y):
+  return np.sum(y) * _SCALER.scale()
+
+
+@dataclasses.dataclass
+class _Private:
+  k: float = 1.0
+
+  def __post_init__(self):
+    self._scale = 2.0
+
+
+class _Base:
+  K = 0.0
+
+
+class _Derived(_Base):
+  @classmethod
+  def host(cls, y):
+    return np.sum(y) * cls.K
+
+
+def test_trial_46_reach():
+  """Went on unsaid: a method of a global instance edited (the method's code was not described),
+  a dataclass's `_private` attribute that is no field, a classmethod reading an inherited cls.K."""
+  assert _changes_with(_calls_scaler, _Scaler, 'scale', lambda self: 3.0)
+  assert _changes_with(lambda y: np.sum(y) * _SCALER.scale(), _Scaler, 'scale', lambda self: 3.0)
+  held = _Private()
+  assert _changes_with(_reading(held), held, '_scale')
+  assert _changes_with(_Derived.host, _Base, 'K')
+  assert host_state.describe(_calls_scaler) == host_state.describe(_calls_scaler)

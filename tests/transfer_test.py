@@ -878,7 +878,8 @@ def test_a_resume_with_another_init_image_is_refused(caffe_npz, tmp_path):
     r"the checkpoint's \w{8}: other code or values, a host callback's Python state too, or "
     r'traced otherwise, as under jax.jit or by another JAX version; state that leaves the result '
     r'alone, a list a host callback records into, say: declare it, loss_fn.nst_jax_identity = '
-    r"'my-loss-v1', and start over\); pass the loss_fn the checkpoint's run had to resume, or ano",
+    r"'my-loss-v1' \(on the instance, for a bound method\), and start over\); pass the loss_fn "
+    r"the checkpoint's run had to resume, or ano",
   ):
     stylize(content, style, config=again, weights=caffe_npz, checkpoint=cut, init_image=start,
             loss_fn=functools.partial(_scaled, by=2.0))  # fmt: skip
@@ -984,10 +985,18 @@ def test_a_loss_fn_declares_its_identity_for_host_state_that_leaves_the_result_a
   # Trial 44: another declared identity was "computes otherwise ... declare it".
   _stopped_after(2, content, style, config=cfg, weights=caffe_npz, checkpoint=tmp_path / 'c.ckpt',
                  loss_fn=recording)  # fmt: skip
-  recording.nst_jax_identity = 'recording v2'
-  with pytest.raises(errors.ResumeMismatch, match='declared identity is recording_v2, the check'):
-    stylize(content, style, config=again, weights=caffe_npz, checkpoint=tmp_path / 'c.ckpt',
-            loss_fn=recording)  # fmt: skip
+  # Trial 46 N8: one declared 'none' read as none declared.
+  for now, said in (('recording v2', "the identity 'recording_v2'"),
+                    ('none', "the identity 'none'"), (None, 'no identity')):  # fmt: skip
+    recording.nst_jax_identity = now
+    if now is None:
+      del recording.nst_jax_identity
+    with pytest.raises(errors.ResumeMismatch) as refused:
+      stylize(content, style, config=again, weights=caffe_npz, checkpoint=tmp_path / 'c.ckpt',
+              loss_fn=recording)  # fmt: skip
+    assert f"the loss_fn declares {said}, the checkpoint's run the identity 'recording_v1'" in str(
+      refused.value
+    )
   for bad in ('', 7):
     recording.nst_jax_identity = bad
     with pytest.raises(errors.ConfigError, match=r'loss_fn.nst_jax_identity is .*; give a non-'):

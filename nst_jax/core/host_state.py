@@ -55,20 +55,39 @@ def _host(fn: Any, depth: int = 0, seen: dict | None = None) -> Any:
     value = names[n]
     if inspect.ismodule(value) or isinstance(value, type):  # trial 40: Cfg.K, lf_mod.K
       value = {a: x for a in code.co_names if (x := _attribute(value, a)) is not _SKIP}
-    read[n] = value
-  cells = [c.cell_contents for c in getattr(function, '__closure__', None) or ()]
+    read[n] = _with_methods(value, code)
+  cells = [
+    _with_methods(c.cell_contents, code) for c in getattr(function, '__closure__', None) or ()
+  ]
 
   def values(v):
     return _value(v, depth + 1, 0, seen)
 
   fields = _fields(owner)
-  if owner is not None and not isinstance(owner, type):  # self.K, a class attribute (trial 42)
+  if owner is not None:  # self.K, a class attribute (trial 42); a classmethod's, inherited (46)
+    cls = owner if isinstance(owner, type) else type(owner)
     fields |= {a: x for a in code.co_names if a not in fields
-               and (x := _attribute(type(owner), a)) is not _SKIP}  # fmt: skip
+               and (x := _attribute(cls, a)) is not _SKIP}  # fmt: skip
   return (
     function.__qualname__, _code(code),
     values(function.__defaults__), values(cells), values(read), values(fields),
   )  # fmt: skip
+
+
+def _with_methods(value: Any, code: Any) -> Any:
+  """`value` and the methods of its class that `code` names, for an object (not a class, module
+  or function) a host function reads: trial 46, `S.scale(x)` of a global instance S went on
+  unsaid when the method's code was edited."""
+  if value is None or inspect.ismodule(value) or isinstance(value, type) or callable(value):
+    return value
+  if not hasattr(value, '__dict__') and not hasattr(type(value), '__slots__'):
+    return value  # a number, a string, a container, an array
+  methods = {}
+  for name in code.co_names:
+    found = inspect.getattr_static(type(value), name, None)
+    if inspect.isfunction(found) or isinstance(found, (classmethod, staticmethod)):
+      methods[name] = getattr(found, '__func__', found)
+  return (value, methods) if methods else value
 
 
 def _code(code: Any) -> tuple:
@@ -102,8 +121,9 @@ def _fields(owner: Any) -> dict:
   """An object's fields: a dataclass's own (trial 42: a flax module's bookkeeping, a creation
   counter, made each run's model another), else its __dict__ and its __slots__ (trial 40)."""
   fields = dict(vars(owner)) if hasattr(owner, '__dict__') else {}
+  if _flax_module(owner):  # not flax's bookkeeping (a user's dataclass's _private: trial 46)
+    fields = {k: v for k, v in fields.items() if not k.startswith('_')}
   if dataclasses.is_dataclass(owner) and not isinstance(owner, type):
-    fields = {k: v for k, v in fields.items() if not k.startswith('_')}  # not flax's bookkeeping
     fields |= {f.name: getattr(owner, f.name, None) for f in dataclasses.fields(owner)}
   if owner is not None and not isinstance(owner, type):  # __slots__ ones too (trial 46)
     for name in dir(type(owner)):  # its class's data, read through it (trial 44: S.weight)
@@ -116,6 +136,12 @@ def _fields(owner: Any) -> dict:
       if name not in ('__dict__', '__weakref__') and hasattr(owner, name):
         fields[name] = getattr(owner, name)
   return fields
+
+
+def _flax_module(owner: Any) -> bool:
+  """Whether `owner` is a flax module (an instance), whose `_`-fields are flax's bookkeeping."""
+  mro = type(owner).__mro__ if owner is not None and not isinstance(owner, type) else ()
+  return any(c.__module__.startswith('flax.') for c in mro)
 
 
 def _data(value: Any) -> bool:

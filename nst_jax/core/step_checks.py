@@ -323,8 +323,10 @@ def declared_identity(loss_fn: Callable) -> str | None:
   """
   fn = loss_fn.func if isinstance(loss_fn, functools.partial) else loss_fn
   owner = getattr(fn, '__self__', None)  # a bound method's instance (trial 44: no attribute)
-  declared = next((o.nst_jax_identity for o in (loss_fn, fn, owner)
-                   if hasattr(o, 'nst_jax_identity')), None)  # fmt: skip
+  # The most particular first: a partial's own, then the instance's (trial 46: its class's
+  # function's, read through the bound method, won), then the function's.
+  found = (loss_fn, owner, fn) if fn is not loss_fn else (owner, fn)
+  declared = next((o.nst_jax_identity for o in found if hasattr(o, 'nst_jax_identity')), None)
   if declared is None:
     return None
   if not isinstance(declared, str) or not declared.strip():

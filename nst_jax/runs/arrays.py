@@ -114,9 +114,10 @@ def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
     )
     again = None
   elif e.setting == 'loss_fn' and 'declared:' in f'{e.saved} {e.now}':  # trial 44
-    said = [v.strip('"').split()[-1].replace('declared:', '') if 'declared:' in v else 'none'
-            for v in (e.now, e.saved)]  # fmt: skip
-    what = f"the loss_fn's declared identity is {said[0]}, the checkpoint's run's {said[1]}"
+    # Trial 46 N8: an identity declared 'none' read as none declared.
+    said = ['the identity ' + repr(v.strip('"').split()[-1].replace('declared:', '', 1))
+            if 'declared:' in v else 'no identity' for v in (e.now, e.saved)]  # fmt: skip
+    what = f"the loss_fn declares {said[0]}, the checkpoint's run {said[1]}"
     again = "the loss_fn as the checkpoint's run declared it (nst_jax_identity)"
   elif e.setting == 'loss_fn' and e.saved.split()[0] == e.now.split()[0]:  # one name (trial 35)
     name, was, now = (part.strip('"') for part in (*e.now.split()[:1], e.saved.split()[-1],
@@ -126,7 +127,7 @@ def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
       f"checkpoint's {was}: other code or values, a host callback's Python state too, or traced "
       'otherwise, as under jax.jit or by another JAX version; state that leaves the result '
       'alone, a list a host callback records into, say: declare it, loss_fn.nst_jax_identity = '
-      "'my-loss-v1', and start over)"
+      "'my-loss-v1' (on the instance, for a bound method), and start over)"
     )
     again = "the loss_fn the checkpoint's run had"
   elif e.setting == 'loss_fn':  # trial 27: another went on, unsaid; 29: named, both
