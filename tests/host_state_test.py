@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import types
+import typing
 
 import jax.numpy as jnp
 import numpy as np
@@ -342,6 +343,19 @@ class _Derived(_Base):
     return np.sum(y) * cls.K
 
 
+class _Pair(typing.NamedTuple):
+  a: float
+  scale = 1.0
+
+
+class _Table(dict):
+  scale = 1.0
+
+
+def _scaled(y, k):
+  return y * k
+
+
 def test_trial_46_reach():
   """Went on unsaid: a method of a global instance edited (the method's code was not described),
   a dataclass's `_private` attribute that is no field, a classmethod reading an inherited cls.K."""
@@ -351,3 +365,13 @@ def test_trial_46_reach():
   assert _changes_with(_reading(held), held, '_scale')
   assert _changes_with(_Derived.host, _Base, 'K')
   assert host_state.describe(_calls_scaler) == host_state.describe(_calls_scaler)
+  # N1's last: a NamedTuple's class attribute that is no field, a dict subclass's.
+  assert _changes_with(_reading(_Pair(1.0)), _Pair, 'scale')
+  assert _changes_with(_reading(_Table(x=1)), _Table, 'scale')
+  # N9: a partial's keyword arguments were keyed as fresh pairs, never alike (recompiled).
+  half = functools.partial(_scaled, k=0.5)
+  assert host_state.key(half) == host_state.key(functools.partial(_scaled, k=float('0.5')))
+  assert host_state.key(half) != host_state.key(functools.partial(_scaled, k=0.6))
+  assert host_state.key(functools.partial(_scaled, k=[])) != host_state.key(
+    functools.partial(_scaled, k=[])
+  )

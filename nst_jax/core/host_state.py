@@ -181,12 +181,14 @@ def _value(v: Any, functions: int, depth: int, seen: dict) -> Any:
   def inner(x):
     return _value(x, functions, depth + 1, seen)
 
+  # A subclass's own fields and class data too (trial 46: a NamedTuple's, a dict subclass's).
+  own = () if type(v) in (dict, list, tuple, set, frozenset) else (_fields(v),)
   if isinstance(v, Mapping):
-    return type(v).__qualname__, [(inner(k), inner(x)) for k, x in v.items()]
+    return type(v).__qualname__, [(inner(k), inner(x)) for k, x in v.items()], *map(inner, own)
   if isinstance(v, (list, tuple)):
-    return type(v).__qualname__, [inner(x) for x in v]
+    return type(v).__qualname__, [inner(x) for x in v], *map(inner, own)
   if isinstance(v, (set, frozenset)):
-    return type(v).__qualname__, sorted(repr(inner(x)) for x in v)
+    return type(v).__qualname__, sorted(repr(inner(x)) for x in v), *map(inner, own)
   if isinstance(v, type):  # a class in a closure: what it has, inherited too (trial 42)
     names = [k for k in dir(v) if not k.startswith('__')]
     return v.__qualname__, {k: inner(x) for k in names if (x := _attribute(v, k)) is not _SKIP}
@@ -229,8 +231,9 @@ def key(fn: Any, depth: int = 0) -> Any:
   of a jax.debug.callback) keys alike when it closes over the same cells: the loss_fn's own, not
   the loss's locals, which are new on each call (such a loss_fn compiles anew each run)."""
   if isinstance(fn, functools.partial):
-    arguments = (*fn.args, *sorted(fn.keywords.items()))
-    return 'partial', key(fn.func, depth), tuple(map(_Same, arguments))
+    # Keywords as (name, value): a fresh (name, value) pair, by identity, never keyed alike (46 N9).
+    keywords = tuple((k, _argument(x)) for k, x in sorted(fn.keywords.items()))
+    return 'partial', key(fn.func, depth), tuple(map(_argument, fn.args)), keywords
   function = getattr(fn, '__func__', fn)
   code = getattr(function, '__code__', None)
   if code is None:
@@ -246,7 +249,7 @@ def key(fn: Any, depth: int = 0) -> Any:
     # A user's cell by the cell itself (trial 44: by value, two loss_fns' `nonlocal` counts or
     # dicts were one); in JAX's wrapper, made anew on each trace, by what it holds.
     cells.append(_cell_key(value, depth, jax_own) if jax_own else _Same(cell))
-  defaults = tuple(map(_Same, function.__defaults__ or ()))
+  defaults = tuple(map(_argument, function.__defaults__ or ()))
   return code, tuple(cells), defaults, _Same(getattr(fn, '__self__', None))
 
 
@@ -281,6 +284,12 @@ def _cell_key(value: Any, depth: int, jax_own: bool = False) -> Any:
   if _plain(value):
     return _Equal(value)
   return _Same(value)  # trial 42: objects equal by a name of theirs logged into each other
+
+
+def _argument(value: Any) -> Any:
+  """A partial's argument's or a default's part of `key`: a plain value by value, else the object
+  itself (a list it appends to is another run's list)."""
+  return _Equal(value) if _plain(value) else _Same(value)
 
 
 def _plain(value: Any) -> bool:
