@@ -240,7 +240,14 @@ def test_a_folder_removed_while_the_first_save_is_written_leaves_no_checkpoint(
   assert checkpoint_store.foreign(path) == (
     'it holds notes.txt, which nst-jax does not write there: move that out of it to keep its work'
   )
-  (path / 'notes.txt').unlink()
+  for name in ('mine.jpg', 'a.txt', 'b.txt'):  # trial 45: the first one only was named
+    (path / name).write_text('mine')
+  assert checkpoint_store.foreign(path) == (
+    'it holds a.txt, b.txt, mine.jpg and 1 more, which nst-jax does not write there: move them out '
+    'of it to keep its work'
+  )
+  for name in ('notes.txt', 'mine.jpg', 'a.txt', 'b.txt'):
+    (path / name).unlink()
   # Trial 24: orbax's finishing thread can make a step's path again after the check; what it
   # leaves is named as such, not as a directory nst-jax did not write.
   (path / checkpoint_store.MARKER).unlink()

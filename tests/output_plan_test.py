@@ -147,8 +147,8 @@ def test_a_rerun_replaces_its_own_result(tmp_path):
     output_plan.check([_out(odd, save_iter=5, iterations=15)], inputs={})
   assert str(e.value) == (  # trial 24: after a kill, it may be the run's own
     f'{tmp_path}/r_00010.png exists, beside r.png, past iteration 5 that its checkpoint holds: '
-    "this run's own if it was stopped after that checkpoint, else someone's; move it away to "
-    'resume (or replace it with save.overwrite)'
+    "this run's own if it was stopped after that checkpoint, else someone's; move it away (or "
+    'replace it with save.overwrite)'
   )
   # Trial 26: a full disk stopped the run with several past its checkpoint; named one a time.
   (tmp_path / 'r_00015.png').write_bytes(b'mine')
@@ -157,7 +157,7 @@ def test_a_rerun_replaces_its_own_result(tmp_path):
   assert str(e.value).startswith(
     f'{tmp_path}/r_00010.png and r_00015.png exist, beside r.png, past iteration 5 that its '
     "checkpoint holds: this run's own if it was stopped after that checkpoint, else someone's; "
-    'move them away to resume (or replace them with save.overwrite)'
+    'move them away (or replace them with save.overwrite)'
   )
 
 

@@ -177,3 +177,27 @@ def test_a_rerun_without_resume_is_refused_beside_an_interrupted_run(tmp_path, m
   # A finished checkpoint (kept) is a finished run: the next name is free to take.
   checkpoint_lib.save(ckpt, state={'x': 1}, iteration=10, total=10, settings={})
   runner.check_no_interrupted('c.png', ['s.png'], 'out', cfg)
+
+
+def test_an_old_names_checkpoint_is_offered_only_where_it_notes_no_other_result(tmp_path):
+  """Before 2026-12 r.jpg's checkpoint was r.ckpt, which a resume of r.jpg offers to rename; trial
+  43 Q5: it offered r.png's kept r.ckpt, whose marker notes r.png as its result."""
+  from nst_jax.io import checkpoint_store
+
+  content = tmp_path / 'c.jpg'
+  content.write_bytes(b'')
+  cfg = config_lib.StyleConfig(
+    inputs=config_lib.InputConfig(content_path=str(content), style_path=str(content)),
+    save=config_lib.SaveConfig(path=str(tmp_path / 'r.jpg')),
+    run=config_lib.RunConfig(resume=True),
+  )
+  (tmp_path / 'r.ckpt').mkdir()
+  (tmp_path / 'r.ckpt' / checkpoint_store.MARKER).write_text('{"format": 2}')
+  with pytest.raises(errors.NstError, match=r"r\.ckpt may be this run's, named as nst-jax did"):
+    runner._single_output(cfg)
+  checkpoint_store.note_result(tmp_path / 'r.ckpt', 'ab' * 32, tmp_path / 'r.png')
+  with pytest.raises(errors.NstError, match=r'^no checkpoint .*r\.jpg\.ckpt to resume'):
+    runner._single_output(cfg)
+  checkpoint_store.note_result(tmp_path / 'r.ckpt', 'ab' * 32, tmp_path / 'r.jpg')
+  with pytest.raises(errors.NstError, match=r"r\.ckpt may be this run's, named as nst-jax did"):
+    runner._single_output(cfg)

@@ -78,17 +78,22 @@ def foreign(path: Path) -> str | None:
     )
   if MARKER not in names:
     return 'it is a directory that nst-jax did not write'
-  for entry in entries:
-    known = entry.name == MARKER and entry.is_file(follow_symlinks=False)
-    known |= bool(_STEP.fullmatch(entry.name) or _STEP_TMP.fullmatch(entry.name)) and (
-      entry.is_dir(follow_symlinks=False)
-    )
-    if not known:
-      return (  # trial 43: only 'move it away', which left its run's work behind
-        f'it holds {entry.name}, which nst-jax does not write there: move that out of it to '
-        'keep its work'
-      )
-  return None
+
+  def known(e: os.DirEntry) -> bool:
+    if e.name == MARKER:
+      return e.is_file(follow_symlinks=False)
+    step = _STEP.fullmatch(e.name) or _STEP_TMP.fullmatch(e.name)
+    return bool(step) and e.is_dir(follow_symlinks=False)
+
+  unknown = sorted(e.name for e in entries if not known(e))
+  if not unknown:
+    return None
+  # Trial 43: only 'move it away', which left its run's work behind; 45: the first file only.
+  named = ', '.join(unknown[:3]) + (f' and {len(unknown) - 3} more' if len(unknown) > 3 else '')
+  that = 'that' if len(unknown) == 1 else 'them'
+  return (
+    f'it holds {named}, which nst-jax does not write there: move {that} out of it to keep its work'
+  )
 
 
 def is_directory(path: Path) -> bool:

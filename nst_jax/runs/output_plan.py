@@ -233,7 +233,7 @@ def _check_files(out: Output, overwrite: bool) -> None:
       raise errors.NstError(
         f'{path.parent / names} exist{"s" if len(past) < 2 else ""}, beside '
         f"{out.result.name}, past iteration {held} that its checkpoint holds: this run's own if "
-        f"it was stopped after that checkpoint, else someone's; move {them} away to resume (or "
+        f"it was stopped after that checkpoint, else someone's; move {them} away (or "
         f'replace {them} with save.overwrite)'
       )
     if path.exists() and not (path in ours or overwrite) and _changed(path):

@@ -10,6 +10,7 @@ jobs, with every step that can fail on one process agreed by all
 """
 
 import contextlib
+import os
 from pathlib import Path
 
 from absl import logging
@@ -27,6 +28,7 @@ from nst_jax.engine import sharding as sharding_lib
 from nst_jax.engine import signals
 from nst_jax.engine import steps
 from nst_jax.io import checkpoint as checkpoint_lib
+from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
 from nst_jax.io import output_names
 from nst_jax.io import outputs
@@ -143,6 +145,9 @@ def _single_output(cfg: config_lib.StyleConfig) -> Path:
   outputs.check_writable(output, cfg.save.bit_depth)
   ckpt = checkpoint_lib.path_for(output, cfg.run.checkpoint_dir)
   legacy = output_names.legacy_derived(output, checkpoint_lib.SUFFIX)
+  # Not one noting another result as its own (trial 43 Q5: r.png's kept r.ckpt offered to r.jpg).
+  noted = checkpoint_store.noted_result(legacy)[1] if legacy is not None else None
+  legacy = legacy if noted in (None, os.path.realpath(output)) else None
   if cfg.run.resume and not ckpt.exists() and legacy is not None and legacy.exists():
     raise errors.NstError(
       f"no checkpoint {ckpt} to resume, but {legacy} may be this run's, named as nst-jax did "
