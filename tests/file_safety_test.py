@@ -659,3 +659,31 @@ def test_a_batch_killed_while_drawing_a_jobs_figures_draws_them_on_resume(
     'a.sheet.jpg',
   ]
   assert batch_lib.run_batch(jobs, cfg.replace(run=cfg.run.replace(resume=True))) == {}
+
+
+def test_a_finished_checkpoint_of_this_batch_beside_an_older_result_writes_the_result(
+  tmp_path, caffe_npz, caplog
+):
+  """Trial 47 P2-7c: a job's finished checkpoint made with this batch's settings was thrown away
+  and run again because an older result (of -i 2) sat at its name; without it, the same
+  checkpoint wrote the result."""
+  _images(tmp_path)
+  out = tmp_path / 'out'
+  jobs = [jobs_lib.Job(str(tmp_path / 'c.jpg'), (str(tmp_path / 's.jpg'),),
+                       output=str(out / 'a.png'))]  # fmt: skip
+  cfg = _cfg(tmp_path, caffe_npz)
+  cfg = cfg.replace(schedule=cfg.schedule.replace(iterations=2),
+                    save=cfg.save.replace(path=f'{out}/'))  # fmt: skip
+  batch_lib.run_batch(jobs, cfg)
+  older = {p: p.read_bytes() for p in out.iterdir()}
+  more = cfg.replace(schedule=cfg.schedule.replace(iterations=4),
+                     run=cfg.run.replace(keep_checkpoint=True))  # fmt: skip
+  batch_lib.run_batch(jobs, more)
+  result = (out / 'a.png').read_bytes()
+  for path, data in older.items():  # as a kill of the -i 4 run after its last checkpoint
+    path.write_bytes(data)
+  resumed = more.replace(run=more.run.replace(resume=True))
+  assert list(batch_lib.run_batch(jobs, resumed)) == [str(out / 'a.png')]
+  assert 'writing it from the checkpoint' in caplog.text and 'running it again' not in caplog.text
+  assert (out / 'a.png').read_bytes() == result
+  assert json.loads((out / 'a.json').read_text())['settings']['schedule']['iterations'] == 4

@@ -89,17 +89,15 @@ def _job_status(jobs, cfg) -> np.ndarray:
         why = _not_whole(job, cfg) if finished else None
         if differs is not None and not (why or '').startswith(_MADE_WITH):
           why = f'{_MADE_WITH} another {differs.setting} (its finished checkpoint says so)'
-        if why and why.startswith(_MADE_WITH):
-          # The job was edited since: its kept checkpoint is the earlier job's
-          # (trial 22: resuming it was refused, with a fix for single runs).
+        # The job was edited since: its kept checkpoint is the earlier job's (trial 22: resuming
+        # it was refused); not where only an older result's -i, say, differs (47 P2-7c: rerun).
+        if why and why.startswith(_MADE_WITH) and (differs or _not_whole(job, cfg, _JOB_SETTINGS)):
           logging.warning(
             'job %d: %s %s; running it again, replacing its finished checkpoint %s',
             index + 1, errors.printable(job.output), why, ckpt,
           )  # fmt: skip
           point, finished = None, False
-        elif why:
-          # Killed between its last checkpoint and its result or record: the
-          # state is whole, so they are written again from it (no iteration).
+        elif why:  # killed before its result or record: written again from the whole state
           logging.warning(
             'job %d: %s %s although its checkpoint %s is finished; writing it from the checkpoint',
             index + 1, errors.printable(job.output), why, ckpt,
@@ -125,12 +123,13 @@ def _job_status(jobs, cfg) -> np.ndarray:
   return distributed.gather_rows(local, len(jobs), 6)
 
 
-def _not_whole(job: jobs_lib.Job, cfg: config_lib.StyleConfig) -> str | None:
+def _not_whole(job: jobs_lib.Job, cfg: config_lib.StyleConfig, fields=()) -> str | None:
   """Why a job's output does not count as finished on resume, or None if it does.
 
   Trial 20: any existing file did (one cut short, one of a job since edited in the list, one
   whose record a kill cut off), and the batch exited 0. The output must open as an image and,
-  with records on, its record must name it and this job's images, masks and weights.
+  with records on, its record must name it and this job's images, masks and weights (`fields`:
+  these settings only, with the images' digests; none: every setting the result depends on).
   """
   out = Path(job.output)
   if not out.is_file():
@@ -151,7 +150,7 @@ def _not_whole(job: jobs_lib.Job, cfg: config_lib.StyleConfig) -> str | None:
   # And every setting its path depends on (trial 45: a record of -i 10 counted as finished for
   # -i 30, and the job's own checkpoint was deleted).
   trajectory = [k for k in checkpoint_lib.config_settings(now) if k != 'loss.tiles']  # planned
-  for field in dict.fromkeys([*_JOB_SETTINGS, *trajectory, *_FINISH_SETTINGS]):
+  for field in fields or dict.fromkeys([*_JOB_SETTINGS, *trajectory, *_FINISH_SETTINGS]):
     group, name = field.split('.')
     if not _same_setting(was.get(group, {}).get(name), getattr(getattr(now, group), name)):
       return f'{_MADE_WITH} another {field} (its run record says so)'
