@@ -321,6 +321,18 @@ class _Scaler:
 _SCALER = _Scaler()
 
 
+class _Holder:
+  def __init__(self):
+    self.helper = _Scaler()
+
+  @property
+  def weight(self):
+    return _TABLE.sum()
+
+
+_HOLDER = _Holder()
+
+
 def _calls_scaler(y):
   return np.sum(y) * _SCALER.scale()
 
@@ -361,6 +373,10 @@ def test_trial_46_reach():
   a dataclass's `_private` attribute that is no field, a classmethod reading an inherited cls.K."""
   assert _changes_with(_calls_scaler, _Scaler, 'scale', lambda self: 3.0)
   assert _changes_with(lambda y: np.sum(y) * _SCALER.scale(), _Scaler, 'scale', lambda self: 3.0)
+  through = lambda y: np.sum(y) * _HOLDER.helper.scale()  # noqa: E731 (a host as people write one)
+  assert _changes_with(through, _Scaler, 'scale', lambda self: 3.0)
+  weighted = lambda y: np.sum(y) * _HOLDER.weight  # noqa: E731
+  assert _changes_with(weighted, _Holder, 'weight', property(lambda self: 3.0))
   held = _Private()
   assert _changes_with(_reading(held), held, '_scale')
   assert _changes_with(_Derived.host, _Base, 'K')

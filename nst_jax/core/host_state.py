@@ -55,13 +55,11 @@ def _host(fn: Any, depth: int = 0, seen: dict | None = None) -> Any:
     value = names[n]
     if inspect.ismodule(value) or isinstance(value, type):  # trial 40: Cfg.K, lf_mod.K
       value = {a: x for a in code.co_names if (x := _attribute(value, a)) is not _SKIP}
-    read[n] = _with_methods(value, code)
-  cells = [
-    _with_methods(c.cell_contents, code) for c in getattr(function, '__closure__', None) or ()
-  ]
+    read[n] = value
+  cells = [c.cell_contents for c in getattr(function, '__closure__', None) or ()]
 
-  def values(v):
-    return _value(v, depth + 1, 0, seen)
+  def values(v):  # the objects among them with the methods the code names (`_methods`)
+    return _value(v, depth + 1, 0, seen, frozenset(code.co_names))
 
   fields = _fields(owner)
   if owner is not None:  # self.K, a class attribute (trial 42); a classmethod's, inherited (46)
@@ -74,20 +72,18 @@ def _host(fn: Any, depth: int = 0, seen: dict | None = None) -> Any:
   )  # fmt: skip
 
 
-def _with_methods(value: Any, code: Any) -> Any:
-  """`value` and the methods of its class that `code` names, for an object (not a class, module
-  or function) a host function reads: trial 46, `S.scale(x)` of a global instance S went on
+def _methods(value: Any, names: frozenset) -> dict:
+  """The functions (and properties' getters) of an object's class that a host function's code
+  names (`names`): trial 46, `S.scale(x)` of a global instance S (or `S.helper.scale(x)`) went on
   unsaid when the method's code was edited."""
-  if value is None or inspect.ismodule(value) or isinstance(value, type) or callable(value):
-    return value
-  if not hasattr(value, '__dict__') and not hasattr(type(value), '__slots__'):
-    return value  # a number, a string, a container, an array
   methods = {}
-  for name in code.co_names:
+  for name in sorted(names):
     found = inspect.getattr_static(type(value), name, None)
+    if isinstance(found, property) and found.fget is not None:  # trial 44: its code, unsaid
+      found = found.fget
     if inspect.isfunction(found) or isinstance(found, (classmethod, staticmethod)):
       methods[name] = getattr(found, '__func__', found)
-  return (value, methods) if methods else value
+  return methods
 
 
 def _code(code: Any) -> tuple:
@@ -149,11 +145,12 @@ def _data(value: Any) -> bool:
   return not (callable(value) or hasattr(value, '__get__') or isinstance(value, type))
 
 
-def _value(v: Any, functions: int, depth: int, seen: dict) -> Any:
+def _value(v: Any, functions: int, depth: int, seen: dict, names: frozenset = frozenset()) -> Any:
   """A value a host callback reads, described so that another value that could change its result
   describes otherwise: arrays (numpy's, JAX's) by their bytes (numpy's repr leaves out the
   middle: trial 38), containers and objects' fields walked (trial 40), functions as `_host`
-  says. Beyond _DATA_DEPTH levels, a cycle or _MOST_VALUES values, the type's name."""
+  says, an object's methods that `names` (the host function's code's) names too. Beyond
+  _DATA_DEPTH levels, a cycle or _MOST_VALUES values, the type's name."""
   if v is None or isinstance(v, (bool, int, float, complex, str, bytes)):
     return v
   if isinstance(v, jax.core.Tracer):  # stored on an object while tracing (trial 42)
@@ -179,7 +176,7 @@ def _value(v: Any, functions: int, depth: int, seen: dict) -> Any:
   seen[id(v)] = v  # kept alive, so that no other value takes its id meanwhile
 
   def inner(x):
-    return _value(x, functions, depth + 1, seen)
+    return _value(x, functions, depth + 1, seen, names)
 
   # A subclass's own fields and class data too (trial 46: a NamedTuple's, a dict subclass's).
   own = () if type(v) in (dict, list, tuple, set, frozenset) else (_fields(v),)
@@ -195,6 +192,10 @@ def _value(v: Any, functions: int, depth: int, seen: dict) -> Any:
   if callable(v):
     return _host(v, functions, seen)
   fields = {} if inspect.ismodule(v) else _fields(v)
+  methods = {} if inspect.ismodule(v) else _methods(v, names)
+  if methods:
+    described = {k: _host(m, functions, seen) for k, m in methods.items()}
+    return type(v).__qualname__, {k: inner(x) for k, x in fields.items()}, described
   if fields:
     return type(v).__qualname__, {k: inner(x) for k, x in fields.items()}
   try:
