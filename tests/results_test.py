@@ -409,3 +409,21 @@ def test_a_picture_saved_over_the_result_while_its_figures_are_drawn_is_not_the_
   with pytest.raises(errors.NstError, match=r'r\.png is not the file its run record was written'):
     run(_cfg(images, out, caffe_npz, keep_checkpoint=True, resume=True))
   assert out.read_bytes() == b'my picture'
+
+
+def test_an_intermediate_at_another_running_runs_output_is_not_saved(
+  tmp_path, images, caffe_npz, caplog
+):
+  """Trial 36 H1b: run B's output was run A's planned intermediate; A wrote it while B ran, B
+  stopped at its result, and B's resume then replaced A's image (the locks cover results,
+  records and checkpoints, not intermediates). A leaves it to the run holding its lock."""
+  from nst_jax.runs import output_locks
+
+  out = tmp_path / 'r.png'
+  theirs = output_names.intermediate_path(out, 2)
+  with output_locks.hold([theirs]):  # run B, still running
+    run(_cfg(images, out, caffe_npz, save_iter=2, iterations=6))
+    assert not theirs.exists() and output_names.intermediate_path(out, 4).is_file()
+  assert f'kept {theirs}: the image of iteration 2 was not saved' in caplog.text
+  record = json.loads(out.with_suffix('.json').read_text())
+  assert sorted(record['intermediates_sha256']) == ['r_00004.png']

@@ -24,6 +24,7 @@ from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
 from nst_jax.io import output_names
 from nst_jax.io import record as record_lib
+from nst_jax.runs import output_locks
 from nst_jax.runs import output_plan
 
 
@@ -133,6 +134,8 @@ class Results:
     for r, rgb in images.items():
       path = output_names.intermediate_path(self.paths[r], iteration)
       try:
+        if output_locks.busy(path):  # another run's output, not yet written (trial 36 H1b)
+          raise errors.FileAppeared(f'another run writes {path}', path=path)
         self._save(path, rgb, r)
       except errors.FileAppeared:  # someone's, there before or since (trial 34: another run's)
         logging.warning('%skept %s: the image of iteration %d was not saved', self.prefix, path,
