@@ -427,3 +427,34 @@ def test_an_intermediate_at_another_running_runs_output_is_not_saved(
   assert f'kept {theirs}: the image of iteration 2 was not saved' in caplog.text
   record = json.loads(out.with_suffix('.json').read_text())
   assert sorted(record['intermediates_sha256']) == ['r_00004.png']
+
+
+def test_a_run_killed_while_drawing_its_sheet_owns_the_loss_plot_it_drew(
+  tmp_path, images, caffe_npz, monkeypatch
+):
+  """Trial 49 E2: killed while the sheet was drawn, the loss plot just drawn was in no record, so
+  every rerun and resume called it someone's, and a --norecord rerun left it beside another
+  image (E3b). Each figure is noted by its digest before it is put in place."""
+  from nst_jax.io import record as record_lib
+
+  out = tmp_path / 'r.png'
+  plot = out.with_name('r.loss.png')
+
+  def killed(*args, **kwargs):
+    raise SystemExit('killed')
+
+  monkeypatch.setattr(record_lib, 'contact_sheet', killed)
+  with pytest.raises(SystemExit):
+    run(_cfg(images, out, caffe_npz))
+  monkeypatch.undo()
+  record = json.loads(out.with_suffix('.json').read_text())
+  assert record['figures_drawn'] is False
+  assert record['figures_sha256'] == {'r.loss.png': output_names.file_sha256(plot)}
+  run(_cfg(images, out, caffe_npz, resume=True))
+  assert out.with_name('r.sheet.jpg').is_file()
+  monkeypatch.setattr(record_lib, 'contact_sheet', killed)
+  with pytest.raises(SystemExit):
+    run(_cfg(images, out, caffe_npz, iterations=5))
+  monkeypatch.undo()
+  run(_cfg(images, out, caffe_npz, iterations=2, record=False))
+  assert sorted(p.name for p in tmp_path.glob('r*')) == ['r.png']

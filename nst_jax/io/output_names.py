@@ -212,9 +212,9 @@ def claimed(output: str | os.PathLike) -> set[Path]:
   figures = data.get('figures_sha256')  # the loss plot's and sheet's (trial 34: by name before)
   json_, *plots = record_files(output)
   if isinstance(figures, dict):  # one it did not write (kept: trial 36) is not its
-    plots = [p for p in plots if p.name in figures and not _changed(p, figures[p.name])]
+    plots = [p for p in plots if p.name in figures and not changed(p, figures[p.name])]
   ours = {output, json_, *plots} | {
-    output.with_name(n) for n in names if not _changed(output.with_name(n), digests.get(n))
+    output.with_name(n) for n in names if not changed(output.with_name(n), digests.get(n))
   }
   frames = data.get('frames')
   if output.is_dir() and isinstance(frames, int) and not isinstance(frames, bool):
@@ -223,7 +223,8 @@ def claimed(output: str | os.PathLike) -> set[Path]:
   return ours
 
 
-def _changed(path: Path, digest: Any) -> bool:
+def changed(path: Path, digest: Any) -> bool:
+  """Whether the file at `path` is not the one of SHA-256 `digest` (a string) any more."""
   return isinstance(digest, str) and path.is_file() and file_sha256(path) != digest
 
 

@@ -15,6 +15,7 @@ Every file is written atomically.
 
 from collections.abc import Collection, Sequence
 import dataclasses
+import functools
 import importlib.metadata
 import json
 import math
@@ -147,11 +148,11 @@ def _nice_log_ticks(lo: float, hi: float) -> list[float]:
   return [10.0**k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)]
 
 
-def loss_plot(history: Sequence[dict], path: str | os.PathLike, *, replace=True) -> None:
+def loss_plot(history: Sequence[dict], path: str | os.PathLike, *, replace=True, then=None) -> None:
   """Draws the total (weighted) and the unweighted L_c, L_s, L_tv per iteration, log y.
 
   Iterations count on across scales (History numbers them so); non-positive
-  values are left out (log scale).
+  values are left out (log scale). `then(tmp)`: as atomic.write's.
   """
   w, h = PLOT_SIZE
   left, right, top, bottom = 80, 150, 20, 50
@@ -191,7 +192,7 @@ def loss_plot(history: Sequence[dict], path: str | os.PathLike, *, replace=True)
         )
       draw.line([w - right + 15, top + 20 + 18 * i, w - right + 40, top + 20 + 18 * i], color, 2)
       draw.text((w - right + 45, top + 14 + 18 * i), name, fill='black')
-  atomic.write(path, lambda tmp: im.save(tmp, format='PNG'), replace=replace)
+  atomic.write(path, lambda tmp: im.save(tmp, format='PNG'), then=then, replace=replace)
 
 
 def _thumb(rgb: np.ndarray, height: int) -> Image.Image:
@@ -206,8 +207,10 @@ def contact_sheet(
   height: int = SHEET_HEIGHT,
   *,
   replace: bool = True,
+  then=None,
 ) -> None:
-  """Images [H, W, 3] in [0, 1], each scaled to `height`, laid out in rows (JPEG).
+  """Images [H, W, 3] in [0, 1], each scaled to `height`, laid out in rows (JPEG); `then(tmp)`:
+  as atomic.write's.
 
   A row of more than MAX_ROW_IMAGES keeps an even sample of them, and the
   height shrinks until the sheet fits JPEG's 65535 px a side (a panorama, or
@@ -229,7 +232,8 @@ def contact_sheet(
     for t in row:
       sheet.paste(t, (x, gap + r * (height + gap)))
       x += t.width + gap
-  atomic.write(path, lambda tmp: sheet.save(tmp, format='JPEG', quality=90), replace=replace)
+  save = lambda tmp: sheet.save(tmp, format='JPEG', quality=90)  # noqa: E731
+  atomic.write(path, save, then=then, replace=replace)
 
 
 def write(
@@ -254,13 +258,19 @@ def write(
   there by then is kept (errors.FileAppeared for the record).
   """
   paths = paths_for(output)
+  earlier = (output_names.record_naming(output) or {}).get('figures_sha256')
   data = build(
     config=config, weights_info=weights_info, record=record, total_s=total_s, output=output,
     written=written,
   )  # fmt: skip
-  # None yet (note_figures adds them): a record of a run killed before its figures claims none
-  # (trial 43: as an older record, it claimed them by name, and pictures put there were lost).
-  data['figures_sha256'] = {}
+  # None of its own yet (`figures` notes each): a record of a run killed before its figures
+  # claims only the earlier run's still there, by digest (trial 49: they were nobody's then);
+  # none by name (trial 43: as an older record, it claimed them so, and pictures were lost).
+  earlier = earlier if isinstance(earlier, dict) else {}
+  data['figures_sha256'] = {
+    f.name: d for f in (paths['loss'], paths['sheet'])
+    if isinstance(d := earlier.get(f.name), str) and not output_names.changed(f, d) and f.is_file()
+  }  # fmt: skip
   data['figures_drawn'] = False  # trial 47 N2: a batch killed while drawing them called it done
   text = json.dumps(data, indent=1)
   replace = replaceable is None or paths['json'] in replaceable
@@ -283,22 +293,35 @@ def note_figures(paths: dict[str, Path], kept: Collection[Path] = ()) -> None:
   atomic.write(paths['json'], lambda tmp: Path(tmp).write_text(text))
 
 
+def _note_figure(paths: dict[str, Path], figure: Path, tmp: str) -> None:
+  """Adds `figure`'s digest (its file `tmp`, before the rename) to the record's figures_sha256."""
+  data = json.loads(paths['json'].read_text())
+  data['figures_sha256'] = {
+    **data.get('figures_sha256', {}),
+    figure.name: output_names.file_sha256(tmp),
+  }
+  text = json.dumps(data, indent=1)
+  atomic.write(paths['json'], lambda t: Path(t).write_text(text))
+
+
 def figures(
   paths: dict[str, Path], history: list, row: Sequence, intermediates=(), *, replaceable=None
 ) -> list[Path]:
   """The loss plot and the contact sheet (`row`: content, styles, result).
 
   Returns those not written because a file not in `replaceable` (None: any
-  may be replaced) was there by then, which is kept.
+  may be replaced) was there by then, which is kept. Each is noted in the record by its digest
+  before it is put in place (trial 49: killed while the sheet was drawn, the loss plot drawn
+  was nobody's, and every rerun was refused for it).
   """
   kept = []
   for key, draw in (
-    ('loss', lambda path, replace: loss_plot(history, path, replace=replace)),
-    ('sheet', lambda path, replace: contact_sheet([list(row), list(intermediates)], path,
-                                                  replace=replace)),
-  ):  # fmt: skip
+    ('loss', lambda path, **kw: loss_plot(history, path, **kw)),
+    ('sheet', lambda path, **kw: contact_sheet([list(row), list(intermediates)], path, **kw)),
+  ):
     try:
-      draw(paths[key], replaceable is None or paths[key] in replaceable)
+      draw(paths[key], replace=replaceable is None or paths[key] in replaceable,
+           then=functools.partial(_note_figure, paths, paths[key]))  # fmt: skip
     except errors.FileAppeared:
       kept.append(paths[key])
   return kept
