@@ -391,3 +391,113 @@ def test_trial_46_reach():
   assert host_state.key(functools.partial(_scaled, k=[])) != host_state.key(
     functools.partial(_scaled, k=[])
   )
+
+
+_WEIGHTS = {'a': 1.0}
+_SETTINGS_MODULE = types.ModuleType('nst_jax_host_state_test_imported')
+_SETTINGS_MODULE.K = 0.0
+sys.modules[_SETTINGS_MODULE.__name__] = _SETTINGS_MODULE
+
+
+class _Chain:
+  base = 1.0
+
+  def weight(self):
+    return self._base()
+
+  def _base(self):
+    return self.base
+
+  @functools.cached_property
+  def scale(self):
+    return 2.0
+
+
+def _inside_comprehension(y):
+  return np.float32(sum([_WEIGHTS[k] for k in ('a',)])) * y
+
+
+def _imports_itself(y):
+  import nst_jax_host_state_test_imported as settings  # noqa: PLC0415
+
+  return y * settings.K
+
+
+def test_trial_48_reach():
+  """Went on unsaid (F2, F5, F8, F14, F15): a global read only in a comprehension, a function's
+  own attribute, a module the host imports itself or holds in a cell, a method chain on self;
+  keyword-only defaults (F1) neither described nor keyed."""
+  before = host_state.describe(_inside_comprehension)
+  _WEIGHTS['a'] = 1e3
+  assert host_state.describe(_inside_comprehension) != before
+  _WEIGHTS['a'] = 1.0
+
+  def own(y):
+    return y * own.k
+
+  own.k = 0.0
+  assert _changes_with(own, own, 'k')
+  assert _changes_with(_imports_itself, _SETTINGS_MODULE, 'K')
+  held = _SETTINGS_MODULE
+  assert _changes_with(lambda y: y * held.K, _SETTINGS_MODULE, 'K')
+  chained = _Chain()
+  assert _changes_with(lambda y: y * chained.weight(), _Chain, 'base')
+
+  def keyword(y, *, k=0.0):
+    return y * k
+
+  assert _changes_with(keyword, keyword, '__kwdefaults__', {'k': 1e3})
+  assert host_state.key(keyword) != host_state.key(_with_kwdefault(keyword, 1e3))
+
+
+def _with_kwdefault(fn, k):
+  copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
+                            fn.__closure__)  # fmt: skip
+  copy.__kwdefaults__ = {'k': k}
+  return copy
+
+
+def test_trial_48_state_that_leaves_the_result_alone_describes_alike():
+  """F10, F12, F16, F17: the whole environment, a logger's, a path's or a cached_property's
+  caches (set on first use) made a resume in the same process or another shell refused; F11: an
+  empty cell crashed."""
+  import logging  # noqa: PLC0415
+  import pathlib  # noqa: PLC0415
+
+  log, path, chained = logging.getLogger('nst_jax_test_host'), pathlib.Path('a/b.txt'), _Chain()
+
+  def host(y):
+    return y * len(os.environ.get('NST_JAX_TEST_UNSET', 'x')) + len(str(path)) + chained.scale
+
+  def logging_host(y):
+    log.info('y')
+    return y
+
+  before = host_state.describe(host), host_state.describe(logging_host)
+  os.environ['NST_JAX_TEST_OTHER'] = '1'
+  log.isEnabledFor(20)
+  hash(path), str(path), chained.scale  # noqa: B018 (the caches filled)
+  try:
+    assert (host_state.describe(host), host_state.describe(logging_host)) == before
+  finally:
+    del os.environ['NST_JAX_TEST_OTHER']
+
+  def empty(y):
+    return y * later
+
+  assert 'empty cell' in host_state.describe(empty)
+  later = 1.0  # noqa: F841 (assigned after: the cell was empty)
+
+
+def test_trial_48_keys():
+  """F4: the same code in two namespaces shared one program; F13: a bound builtin or a partial
+  made anew on each trace (a jax.debug.callback's LOG.append) recompiled on every call."""
+  first, second = {}, {}
+  source = 'K = {}\ndef host(y):\n  return y * K\n'
+  exec(compile(source.format(0), 'cfg.py', 'exec'), first)  # noqa: S102
+  exec(compile(source.format(1000), 'cfg.py', 'exec'), second)  # noqa: S102
+  assert host_state.key(first['host']) != host_state.key(second['host'])
+  log, other = [], []
+  assert host_state.key(log.append) == host_state.key(log.append) != host_state.key(other.append)
+  made = [functools.partial(_scaled, k=log) for _ in range(2)]
+  assert host_state._cell_key(made[0], 0) == host_state._cell_key(made[1], 0)

@@ -17,7 +17,12 @@ import dataclasses
 import functools
 import hashlib
 import inspect
+import logging
+import os
+import pathlib
 import re
+import sys
+import types
 from typing import Any
 import warnings
 
@@ -50,26 +55,44 @@ def _host(fn: Any, depth: int = 0, seen: dict | None = None) -> Any:
   if code is None or depth > _FUNCTION_DEPTH:  # a class, a builtin or C function: by name
     return getattr(fn, '__qualname__', type(fn).__qualname__)
   names = getattr(function, '__globals__', {})
+  named = _names(code)  # its comprehensions' and inner functions' too (trial 48 F2)
   read = {}
-  for n in (n for n in code.co_names if n in names):
-    value = names[n]
+  for n in sorted(named):
+    # A global, or a module the function imports itself (trial 48 F8: `import cfg` inside it).
+    value = names[n] if n in names else sys.modules.get(n, _SKIP)
+    if value is _SKIP or (n not in names and not inspect.ismodule(value)):
+      continue
     if inspect.ismodule(value) or isinstance(value, type):  # trial 40: Cfg.K, lf_mod.K
-      value = {a: x for a in code.co_names if (x := _attribute(value, a)) is not _SKIP}
+      value = {a: x for a in sorted(named) if (x := _attribute(value, a)) is not _SKIP}
     read[n] = value
-  cells = [c.cell_contents for c in getattr(function, '__closure__', None) or ()]
+  cells = []
+  for cell in getattr(function, '__closure__', None) or ():
+    try:
+      cells.append(cell.cell_contents)
+    except ValueError:  # not yet assigned (trial 48 F11: a crash, not the user's own error)
+      cells.append('<empty cell>')
 
   def values(v):  # the objects among them with the methods the code names (`_methods`)
-    return _value(v, depth + 1, 0, seen, frozenset(code.co_names))
+    return _value(v, depth + 1, 0, seen, named)
 
   fields = _fields(owner)
   if owner is not None:  # self.K, a class attribute (trial 42); a classmethod's, inherited (46)
     cls = owner if isinstance(owner, type) else type(owner)
-    fields |= {a: x for a in code.co_names if a not in fields
+    fields |= {a: x for a in sorted(named) if a not in fields
                and (x := _attribute(cls, a)) is not _SKIP}  # fmt: skip
+  # Keyword-only defaults and the function's own attributes (trial 48 F1, F5: `host.k`).
+  extra = [values(v) for v in (function.__kwdefaults__, vars(function)) if v]
   return (
     function.__qualname__, _code(code),
-    values(function.__defaults__), values(cells), values(read), values(fields),
+    values(function.__defaults__), values(cells), values(read), values(fields), *extra,
   )  # fmt: skip
+
+
+def _names(code: Any) -> frozenset:
+  """The names a code object reads, its nested code objects' (comprehensions, inner functions,
+  lambdas) included."""
+  inner = [_names(c) for c in code.co_consts if inspect.iscode(c)]
+  return frozenset(code.co_names).union(*inner)
 
 
 def _methods(value: Any, names: frozenset) -> dict:
@@ -81,8 +104,14 @@ def _methods(value: Any, names: frozenset) -> dict:
     found = inspect.getattr_static(type(value), name, None)
     if isinstance(found, property) and found.fget is not None:  # trial 44: its code, unsaid
       found = found.fget
-    if inspect.isfunction(found) or isinstance(found, (classmethod, staticmethod)):
-      methods[name] = getattr(found, '__func__', found)
+    elif isinstance(found, functools.cached_property):
+      found = found.func
+    if isinstance(found, staticmethod):
+      methods[name] = found.__func__
+    elif isinstance(found, classmethod):
+      methods[name] = types.MethodType(found.__func__, type(value))
+    elif inspect.isfunction(found):  # bound: what it reads of self is followed (trial 48 F15)
+      methods[name] = types.MethodType(found, value)
   return methods
 
 
@@ -117,6 +146,10 @@ def _fields(owner: Any) -> dict:
   """An object's fields: a dataclass's own (trial 42: a flax module's bookkeeping, a creation
   counter, made each run's model another), else its __dict__ and its __slots__ (trial 40)."""
   fields = dict(vars(owner)) if hasattr(owner, '__dict__') else {}
+  # Not a cached_property's value, set on first use (trial 48 F17): its function is described.
+  cached = [k for k in fields if isinstance(inspect.getattr_static(type(owner), k, None),
+                                            functools.cached_property)]  # fmt: skip
+  fields = {k: v for k, v in fields.items() if k not in cached}
   if _flax_module(owner):  # not flax's bookkeeping (a user's dataclass's _private: trial 46)
     fields = {k: v for k, v in fields.items() if not k.startswith('_')}
   if dataclasses.is_dataclass(owner) and not isinstance(owner, type):
@@ -153,6 +186,10 @@ def _value(v: Any, functions: int, depth: int, seen: dict, names: frozenset = fr
   _DATA_DEPTH levels, a cycle or _MOST_VALUES values, the type's name."""
   if v is None or isinstance(v, (bool, int, float, complex, str, bytes)):
     return v
+  if v is os.environ:  # the whole environment: another shell's refused every resume (48 F10)
+    return 'os.environ'
+  if isinstance(v, (pathlib.PurePath, logging.Logger)):  # caches set on first use (48 F12, F16)
+    return type(v).__qualname__, str(v)
   if isinstance(v, jax.core.Tracer):  # stored on an object while tracing (trial 42)
     return 'Tracer', str(v.aval)
   if isinstance(v, (np.ndarray, np.generic)) and v.dtype == object:  # pointers (trial 42)
@@ -191,8 +228,10 @@ def _value(v: Any, functions: int, depth: int, seen: dict, names: frozenset = fr
     return v.__qualname__, {k: inner(x) for k in names if (x := _attribute(v, k)) is not _SKIP}
   if callable(v):
     return _host(v, functions, seen)
-  fields = {} if inspect.ismodule(v) else _fields(v)
-  methods = {} if inspect.ismodule(v) else _methods(v, names)
+  if inspect.ismodule(v):  # in a cell, a field or an argument: what the code names of it (48 F14)
+    named = {a: x for a in sorted(names) if (x := _attribute(v, a)) is not _SKIP}
+    return 'module', v.__name__, {a: inner(x) for a, x in named.items()}
+  fields, methods = _fields(v), _methods(v, names)
   if methods:
     described = {k: _host(m, functions, seen) for k, m in methods.items()}
     return type(v).__qualname__, {k: inner(x) for k, x in fields.items()}, described
@@ -237,6 +276,9 @@ def key(fn: Any, depth: int = 0) -> Any:
     return 'partial', key(fn.func, depth), tuple(map(_argument, fn.args)), keywords
   function = getattr(fn, '__func__', fn)
   code = getattr(function, '__code__', None)
+  owner = getattr(fn, '__self__', None)
+  if code is None and owner is not None and not inspect.ismodule(owner):
+    return 'method', _Same(owner), getattr(fn, '__name__', None)  # LOG.append, new each time (F13)
   if code is None:
     return _Same(fn)
   cells = []
@@ -251,7 +293,10 @@ def key(fn: Any, depth: int = 0) -> Any:
     # dicts were one); in JAX's wrapper, made anew on each trace, by what it holds.
     cells.append(_cell_key(value, depth, jax_own) if jax_own else _Same(cell))
   defaults = tuple(map(_argument, function.__defaults__ or ()))
-  return code, tuple(cells), defaults, _Same(getattr(fn, '__self__', None))
+  keywords = tuple((k, _argument(x)) for k, x in sorted((function.__kwdefaults__ or {}).items()))
+  # Its globals too: the same code run in two namespaces (runpy, %run twice) read each its own.
+  namespace = _Same(getattr(function, '__globals__', None))
+  return code, tuple(cells), defaults, keywords, namespace, _Same(owner)
 
 
 class _Equal:
@@ -278,7 +323,10 @@ def _cell_key(value: Any, depth: int, jax_own: bool = False) -> Any:
   inside jax.debug.callback's wrapper, made anew on each trace); in JAX's own wrapper, a dict
   item by item (its static arguments); a plain value by value (its tree structure); else the
   object itself (trial 44: a user's dicts by value, two runs logged into one)."""
-  if hasattr(value, '__code__') and depth < _FUNCTION_DEPTH:
+  # A partial or a bound builtin (LOG.append) is made anew on each trace too (trial 48 F13).
+  owner = getattr(value, '__self__', None)
+  made = isinstance(value, functools.partial) or not (owner is None or inspect.ismodule(owner))
+  if (hasattr(value, '__code__') or made) and depth < _FUNCTION_DEPTH:
     return key(value, depth + 1)
   if type(value) is dict and jax_own:
     return tuple((k, _cell_key(v, depth)) for k, v in value.items())

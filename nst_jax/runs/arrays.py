@@ -119,6 +119,10 @@ def _in_stylize_words(e: errors.ResumeMismatch) -> errors.ResumeMismatch:
             if 'declared:' in v else 'no identity' for v in (e.now, e.saved)]  # fmt: skip
     what = f"the loss_fn declares {said[0]}, the checkpoint's run {said[1]}"
     again = "the loss_fn as the checkpoint's run declared it (nst_jax_identity)"
+    if said[0] == said[1]:  # an earlier nst-jax counted the function's name too (trial 48 F9)
+      name = e.saved.strip('"').split()[0]
+      what = f'{what}, but under the name {name}, which an earlier nst-jax counted too'
+      again = None
   elif e.setting == 'loss_fn' and e.saved.split()[0] == e.now.split()[0]:  # one name (trial 35)
     name, was, now = (part.strip('"') for part in (*e.now.split()[:1], e.saved.split()[-1],
                                                    e.now.split()[-1]))  # fmt: skip
