@@ -197,6 +197,12 @@ def loss_fn_signature(loss_fn: Callable) -> inspect.Signature | None:
       f'loss_fn must be a function {_SIGNATURE}, got {type(loss_fn).__name__} {loss_fn!r}; '
       'leave it out for nst_jax.objective'
     )
+  bound = sorted({'model', 'loss_spec', 'loss_config'} & set(getattr(loss_fn, 'keywords', {})))
+  if isinstance(loss_fn, functools.partial) and bound:  # trial 48 F6: replaced, unsaid
+    raise errors.ConfigError(
+      f'loss_fn is a partial binding {"= and ".join(bound)}=, which the step passes anew on every '
+      'call (from the config and weights); leave them out of the partial'
+    )
   try:
     signature = inspect.signature(loss_fn)
   except (TypeError, ValueError):  # no signature to read
