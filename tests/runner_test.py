@@ -174,6 +174,13 @@ def test_a_rerun_without_resume_is_refused_beside_an_interrupted_run(tmp_path, m
   # A live run's checkpoint is not an interrupted one: a second run gets the next name.
   with output_plan.locked([runner.planned_output(cfg, out / 'c_s.png', 24)]):
     runner.check_no_interrupted('c.png', ['s.png'], 'out', cfg)
+    # Trial 49 C1: a batch to that output was told its checkpoint was unfinished, to delete it.
+    busy = 'another nst-jax run is writing out/c_s.png; wait for it to finish or choose another'
+    for resume in (False, True):
+      named = cfg.replace(save=cfg.save.replace(path='out/c_s.png'),
+                          run=cfg.run.replace(resume=resume))  # fmt: skip
+      with pytest.raises(errors.NstError, match=busy):
+        batch.run_batch([jobs_lib.Job('c.png', ('s.png',))], named)
   # A finished checkpoint (kept) is a finished run: the next name is free to take.
   checkpoint_lib.save(ckpt, state={'x': 1}, iteration=10, total=10, settings={})
   runner.check_no_interrupted('c.png', ['s.png'], 'out', cfg)

@@ -144,7 +144,7 @@ def _not_whole(job: jobs_lib.Job, cfg: config_lib.StyleConfig, fields=()) -> str
   record = output_names.record_naming(out)
   if record is None:
     return 'has no run record naming it'
-  if record.get('figures_drawn') is False:  # trial 47 N2: "finished earlier", never drawn
+  if record.get('figures_drawn', True) is not True:  # 47 N2: "finished earlier", never drawn
     return 'lacks its loss plot and sheet (its run stopped while drawing them)'
   was, now = record.get('settings', {}), _job_config(cfg, job)
   # And every setting its path depends on (trial 45: a record of -i 10 counted as finished for
@@ -289,12 +289,11 @@ def _plan_outputs(jobs, cfg, inputs):
       output_plan.check(plan, inputs=files, overwrite=cfg.save.overwrite, local=local)
 
     recheck()
-    if not cfg.run.resume:  # after the plan: a checkpoint name that is an input is refused there
-      for index in local:
-        outputs.start_over(checkpoint_lib.path_for(jobs[index].output, cfg.run.checkpoint_dir))
-        if automatic[index]:
-          job = jobs[index]
-          runner.check_no_interrupted(job.content, job.style, directory, cfg)
+    for index in local:  # after the plan (runner.start_over)
+      runner.start_over(Path(jobs[index].output), cfg)
+      if automatic[index] and not cfg.run.resume:
+        job = jobs[index]
+        runner.check_no_interrupted(job.content, job.style, directory, cfg)
   if jax.process_count() > 1:
     # Names depend on which files exist: fixed everywhere before any is written.
     distributed.agree(None)

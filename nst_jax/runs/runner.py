@@ -221,14 +221,9 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   cfg = _plan_memory(cfg, layout)
   plan = [planned_output(cfg, output, height)]
   _check_plan(cfg, plan)
-  if output_locks.busy(output):  # its checkpoint is a live run's, not an unfinished one
-    raise errors.NstError(
-      f'another nst-jax run is writing {errors.printable(output)}; wait for it to finish or '
-      'choose another output name'
-    )
   ckpt = checkpoint_lib.path_for(output, cfg.run.checkpoint_dir)
-  if not cfg.run.resume:  # after the plan: a checkpoint name that is an input is refused there
-    outputs.start_over(ckpt)
+  start_over(output, cfg)
+  if not cfg.run.resume:
     if not cfg.save.path or outputs.names_output_directory(cfg.save.path):
       check_no_interrupted(
         i.content_path, cfg.style_paths, cfg.save.path or outputs.DEFAULT_OUTPUT_DIR, cfg
@@ -236,6 +231,20 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   # Before any input loads or file is written: a checkpoint past -i is refused.
   resume = resume_from(cfg, ckpt, required=False)
   return _run_single(cfg, output, layout, plan, resume)
+
+
+def start_over(output: Path, cfg: config_lib.StyleConfig) -> None:
+  """Refuses an output another run is writing now (its checkpoint is a live run's: trial 49 C1,
+  a batch was told it was unfinished and to delete it), and, without run.resume, an output whose
+  checkpoint holds an unfinished run. After the plan: a checkpoint name that is an input is
+  refused there."""
+  if output_locks.busy(output):
+    raise errors.NstError(
+      f'another nst-jax run is writing {errors.printable(output)}; wait for it to finish or '
+      'choose another output name'
+    )
+  if not cfg.run.resume:
+    outputs.start_over(checkpoint_lib.path_for(output, cfg.run.checkpoint_dir))
 
 
 def check_no_interrupted(content: str, styles, directory: str, cfg: config_lib.StyleConfig):
