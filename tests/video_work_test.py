@@ -242,3 +242,44 @@ def test_a_finished_frames_folder_run_kept_is_replaced_by_a_rerun(tmp_path, caff
     'frame_00001.png',
     'frame_00002.png',
   ]
+
+
+def test_a_video_run_stopped_at_its_record_goes_on(tmp_path, caffe_npz, monkeypatch):
+  """Trial 49 V1, V2: stopped between its video (or frames) and the record (a full disk, a kill),
+  the line said no way on, a plain rerun called the run's own video nobody's, and a frames
+  folder's every rerun and resume refused its own frames; a user's video saved there since was
+  called an unfinished run."""
+  from nst_jax.io import atomic
+
+  _, src = _clip(tmp_path)
+  real = atomic.write
+
+  def full(path, *args, **kwargs):
+    if str(path).endswith(('v.mp4.json', 'sf.json')):  # the record, after the frames
+      raise errors.WriteError(f'could not write {path}: No space left on device')
+    return real(path, *args, **kwargs)
+
+  out = tmp_path / 'v.mp4'
+  cfg = _config(src, caffe_npz, str(out)).replace(run=nst_jax.RunConfig(progress='log'))
+  monkeypatch.setattr(atomic, 'write', full)
+  with pytest.raises(errors.WriteError, match=r'v\.mp4 is written and .*\.v\.mp4\.work kept: cont'):
+    video_pipeline.run_video(cfg)
+  monkeypatch.undo()
+  with pytest.raises(errors.NstError, match=r'holds an unfinished video run; continue it with run'):
+    video_pipeline.run_video(cfg)  # a plain rerun was told the run's own video was nobody's
+  video_pipeline.run_video(cfg.replace(run=cfg.run.replace(resume=True)))
+  assert (tmp_path / 'v.mp4.json').is_file() and not (tmp_path / '.v.mp4.work').exists()
+  kept = cfg.replace(run=cfg.run.replace(keep_checkpoint=True))
+  video_pipeline.run_video(kept)
+  out.write_bytes(b'my video')
+  with pytest.raises(errors.NstError, match=r'v\.mp4 is not the video .* holds the digest of'):
+    video_pipeline.run_video(cfg)
+  assert out.read_bytes() == b'my video'
+  frames = tmp_path / 'sf'
+  monkeypatch.setattr(atomic, 'write', full)
+  with pytest.raises(errors.WriteError, match='kept: continue with run.resume'):
+    video_pipeline.run_video(_config(src, caffe_npz, f'{frames}/'))
+  monkeypatch.undo()
+  resumed = _config(src, caffe_npz, f'{frames}/').replace(run=nst_jax.RunConfig(resume=True))
+  video_pipeline.run_video(resumed)
+  assert (tmp_path / 'sf.json').is_file() and len(list(frames.iterdir())) == 2

@@ -126,6 +126,8 @@ def identity(path: Path) -> tuple[int, int] | None:
 # Once the video is written it holds the video's SHA-256 (trial 43: a user's
 # video put there after a kept run was the work directory's by name).
 WORK_WRITING = 'writing-result'
+# A frames folder's frames, {name: SHA-256}, noted before the folder is put in place (trial 49).
+WORK_FRAMES = 'frames-written.json'
 
 
 def work_owns(work: Path, result: Path) -> bool:
@@ -140,6 +142,20 @@ def work_owns(work: Path, result: Path) -> bool:
     return marker.read_text().strip() == file_sha256(result)
   except (OSError, UnicodeDecodeError):
     return False
+
+
+def work_frames(work: Path, folder: Path) -> set[Path]:
+  """The frames in `folder` that the video work directory `work` wrote there, by the digests it
+  noted before it put the folder in place (trial 49 V2: killed before the record, even a resume
+  refused the run's own frames; by name, a user's folder there would be taken)."""
+  try:
+    noted = json.loads((work / WORK_FRAMES).read_text())
+  except (OSError, ValueError, RecursionError):
+    return set()
+  if not isinstance(noted, dict):
+    return set()
+  frames = {folder / n: d for n, d in noted.items() if isinstance(n, str) and '/' not in n}
+  return {p for p, d in frames.items() if p.is_file() and not p.is_symlink() and not changed(p, d)}
 
 
 def record_beside(output: str | os.PathLike) -> dict | None:

@@ -16,11 +16,11 @@ Refused with a one-line error: a file FFmpeg cannot read, one without a video
 stream, an empty frame range, and a variable frame rate (convert first; the
 message says how).
 
-Every output appears only when complete: the video is written to a hidden
-temporary file and renamed, frames to a hidden directory and renamed.
+Every output appears only when complete: the video is written to a hidden temporary file and
+renamed, frames to a hidden directory and renamed.
 """
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 import dataclasses
 from fractions import Fraction
 import json
@@ -362,18 +362,19 @@ def _plain_mode(path: Path, mode: int) -> None:
 
 
 def write_frames(
-  directory: str | os.PathLike, frames, *, bit_depth: int = 8, replaces: Collection[str] = ()
-) -> int:
+  directory: str | os.PathLike, frames, *, bit_depth: int = 8, replaces: Collection[str] = (),
+  then: Callable[[Path], None] | None = None,
+) -> int:  # fmt: skip
   """Writes RGB frames as directory/frame_00001.png ..., the directory appearing when complete.
 
   Args:
-    directory: the folder of frames; an existing one must be empty or hold
-      only files named in `replaces`.
+    directory: the folder of frames; an existing one must be empty or hold only files named in
+      `replaces`.
     frames: an iterable of RGB frames [H, W, 3] in [0, 1].
     bit_depth: 8 or 16 bits per channel.
-    replaces: names of files in `directory` that an earlier run wrote (the
-      frames its run record claims: output_names.claimed): deleted once the
-      new frames are complete.
+    replaces: names of files in `directory` that an earlier run wrote (the frames its run record
+      claims: output_names.claimed): deleted once the new frames are complete.
+    then: called with the complete folder before it is put in place.
 
   Returns:
     The number of frames written.
@@ -383,13 +384,15 @@ def write_frames(
   """
   directory = Path(directory)
   directory.parent.mkdir(parents=True, exist_ok=True)
-  prefix = f'.{directory.name}.nst-'
-  tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix='.partial', dir=directory.parent))
+  tmp = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.nst-', suffix='.partial',
+                              dir=directory.parent))  # fmt: skip
   n = 0
   try:
     for n, rgb in enumerate(frames, 1):
       image_lib.save_image(tmp / output_names.FRAME_NAME.format(n), rgb, bit_depth=bit_depth)
     _plain_mode(tmp, 0o777)  # mkdtemp made it private
+    if then is not None:
+      then(tmp)
     if directory.exists():
       _empty(directory, replaces)
     os.replace(tmp, directory)
@@ -401,8 +404,7 @@ def write_frames(
 def _empty(directory: Path, replaces: Collection[str]) -> None:
   """Deletes an earlier run's frames from `directory`, and it; refuses if it holds anything else.
 
-  The planner checked the folder before the run; this checks it again, in
-  case a file was put there since.
+  The planner checked the folder before the run; this checks it again (a file put there since).
   """
   entries = sorted(directory.iterdir())
   for p in entries:

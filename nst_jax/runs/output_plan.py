@@ -196,7 +196,8 @@ def _check_files(out: Output, overwrite: bool) -> None:
     owned, held = checkpoints_own(out)
     ours |= owned
   elif output_names.work_owns(out.state, out.result) and not _foreign_record(out):
-    ours |= set(out.files) if out.directory else {out.result}  # a video's, if killed writing it
+    frames = output_names.work_frames(out.state, out.result)  # a video's, if killed writing it
+    ours |= {*out.files, *frames} if out.directory else {out.result}
   if out.directory:
     output_names.check_place(out.result / 'frame.png')
     _check_frame_folder(out, ours)
@@ -318,9 +319,8 @@ def _foreign_record(out: Output) -> bool:
 def _check_frame_folder(out: Output, ours: set[Path]) -> None:
   """A folder of frames is new, empty, or holds only frames its run record claims (a rerun's).
 
-  Nothing else in it is replaced, even with save.overwrite: the writer
-  deletes only the claimed frames (nst_jax.io.video.write_frames), and the
-  rest are someone's files.
+  Nothing else in it is replaced, even with save.overwrite: the writer deletes only the claimed
+  frames (nst_jax.io.video.write_frames), and the rest are someone's files.
   """
   if out.result.is_symlink():
     raise errors.NstError(f'{out.result} is a link; name a folder of its own for the frames')

@@ -387,11 +387,19 @@ def _write(cfg, paths: video_work.Paths, clip, results, record, seconds, there=N
     return was is not None and results_lib.stamp(path) in (was, None)
 
   if jax.process_index() == 0:
+    # A killed run's frames, which its work began to write (trial 49 V2), before this one's mark.
+    earlier = output_names.work_frames(paths.work, paths.output)
     (paths.work / output_names.WORK_WRITING).touch()  # the result is ours now (trial 24)
     if paths.as_frames:  # replacing the frames an earlier run's record claims, nothing else
-      ours = {p.name for p in output_names.claimed(paths.output) if p.parent == paths.output}
+      claimed = {*output_names.claimed(paths.output), *earlier}
+      ours = {p.name for p in claimed if p.parent == paths.output}
+
+      def note(folder: Path) -> None:  # before it is in place: ours by these digests after a kill
+        digests = {f.name: output_names.file_sha256(f) for f in sorted(folder.iterdir())}
+        (paths.work / output_names.WORK_FRAMES).write_text(json.dumps(digests))
+
       try:
-        video_lib.write_frames(paths.output, results, replaces=ours)
+        video_lib.write_frames(paths.output, results, replaces=ours, then=note)
       except errors.NstError as e:  # a file put there during the run: the work is kept
         raise errors.NstError(f'{e}, then continue with run.resume') from None
       (paths.work / output_names.WORK_WRITING).write_text(video_work.FRAMES_WRITTEN)
@@ -427,6 +435,10 @@ def _write(cfg, paths: video_work.Paths, clip, results, record, seconds, there=N
         raise errors.WriteError(
           f'{e}; the video {paths.output} is written without it: move that file away, then '
           'continue with run.resume'
+        ) from None
+      except errors.WriteError as e:  # a full disk, say (trial 49 V1: no way on was said)
+        raise errors.WriteError(
+          f'{e}; {paths.output} is written and {paths.work} kept: continue with run.resume'
         ) from None
   if not cfg.run.keep_checkpoint:
     shutil.rmtree(paths.work, ignore_errors=True)

@@ -92,15 +92,27 @@ def paths(cfg: config_lib.StyleConfig) -> Paths:
     if output.is_file()
     else text == FRAMES_WRITTEN or not os.path.lexists(output)  # its video moved away (trial 47)
   )
-  # Discarded once the output plan is checked (`discard`): a rerun refused for a file in the
-  # way kept its work (trial 47 N7: gone, and "rerunning" said).
-  discard = 'the run that left it finished no frame' if stale else 'its run finished; rerunning'
+  # Not one stopped before its record (trial 49 V1, V2: discarded, its own result was nobody's).
+  record = output.with_name(output.name.rstrip('/') + '.json')
+  done = done and (not cfg.save.record or record.is_file() or not os.path.lexists(output)
+                   or (as_frames and not output_names.work_frames(work, output)))  # fmt: skip
+  if stale:  # no finished frame: gone at once, whatever this run does next
+    discard(Paths(output, as_frames, work, 'the run that left it finished no frame'))
+  # A finished one once the output plan is checked: a rerun refused for a file in the way kept
+  # its work (trial 47 N7: gone, and "rerunning" said).
   stale = stale or done
   started = work.exists() and not stale
   if started and output_locks.busy(output):  # trial 28: told to delete a live run's work
     raise errors.NstError(
       f'another nst-jax run is writing {output}; wait for it to finish or choose another output '
       'name'
+    )
+  noted = marker.read_text().strip() if started and marker.is_file() else ''
+  if (started and not cfg.run.resume and noted not in ('', FRAMES_WRITTEN) and output.is_file()
+      and not output_names.work_owns(work, output)):  # fmt: skip
+    raise errors.NstError(  # trial 49: a user's video there since was "an unfinished run"
+      f'{output} is not the video {work} holds the digest of (saved over since); move it away, '
+      'then run again'
     )
   if started and not cfg.run.resume:
     raise errors.NstError(
@@ -117,7 +129,7 @@ def paths(cfg: config_lib.StyleConfig) -> Paths:
       f"{errors.printable(work)} is not a UTF-8 name, and orbax writes the frames' checkpoints "
       'there under UTF-8 names only; choose another save.path'
     ) from None
-  return Paths(output, as_frames, work, discard if stale else None)
+  return Paths(output, as_frames, work, 'its run finished; rerunning' if done else None)
 
 
 def discard(paths: Paths) -> None:
@@ -140,7 +152,8 @@ def record_path(paths: Paths) -> Path:
 _WORK_STAGE = re.compile(r'final|pass\d+')
 _WORK_FILE = re.compile(r'\.?frame_\d{5}\.(png|ckpt|json)(\.nst-[a-z0-9_]{8}\.tmp)?')
 _WORK_TOP = re.compile(
-  rf'{re.escape(output_names.WORK_WRITING)}|\.?{re.escape(SETTINGS)}(\.nst-[a-z0-9_]{{8}}\.tmp)?'
+  rf'{re.escape(output_names.WORK_WRITING)}|{re.escape(output_names.WORK_FRAMES)}'
+  rf'|\.?{re.escape(SETTINGS)}(\.nst-[a-z0-9_]{{8}}\.tmp)?'
 )
 
 
