@@ -1,11 +1,10 @@
 """Video in and out: frames as RGB arrays, and back into a video with the source's audio.
 
-Reading and writing go through PyAV, which bundles FFmpeg: anything FFmpeg
-reads (.mp4, .mov, .mkv, .webm, .avi, .gif, ...) is read, whatever the
-machine has installed. The result is an H.264 .mp4 (yuv420p, the format every
-player takes) at the source's frame rate with the same frame count, the
-source's audio stream copied over unchanged, or numbered PNG frames in a
-directory. A directory or glob of numbered images is read as frames too.
+Reading and writing go through PyAV, which bundles FFmpeg: anything FFmpeg reads (.mp4, .mov,
+.mkv, .webm, .avi, .gif, ...) is read, whatever the machine has installed. The result is an H.264
+.mp4 (yuv420p, the format every player takes) at the source's frame rate with the same frame
+count, the source's audio stream copied over unchanged, or numbered PNG frames in a directory. A
+directory or glob of numbered images is read as frames too.
 
 Conversions, each documented (docs/video.md) rather than refused:
   * more than 8 bits per channel: decoded at full precision (rgb48);
