@@ -260,6 +260,7 @@ def test_trial_42_edges():
 
 class _Settings:
   weight = 0.0
+  registry: list = []  # noqa: RUF012 (class data, as a registry of instances is)
 
 
 _SETTINGS = _Settings()
@@ -274,7 +275,9 @@ def test_trial_44_edges():
   recording into their own dicts keyed alike (by value); P7: a generator's seed."""
   assert _changes_with(_reads_settings, _Settings, 'weight')
   held = _Settings()  # in a closure, not a global
-  assert _changes_with(_reading(held), _Settings, 'weight')
+  assert _changes_with(lambda y: np.sum(y) * held.weight, _Settings, 'weight')
+  # Trial 48 F17: class data the code does not name (a registry of every instance) is not read.
+  assert not _changes_with(lambda y: np.sum(y) * held.weight, _Settings, 'registry', [held])
   frozen = _Frozen(1.0)
   object.__setattr__(frozen, 'extra', 0.0)  # not a declared field
   before = host_state.describe(_reading(frozen))
@@ -306,7 +309,7 @@ def test_trial_46_edges():
   """N1: a class attribute read through a __slots__ instance; N2: a user's module named jax*
   is not JAX's own wrapper (its dicts keyed by value again)."""
   held = _SlottedSettings()
-  assert _changes_with(_reading(held), _SlottedSettings, 'weight')
+  assert _changes_with(lambda y: np.sum(y) * held.weight, _SlottedSettings, 'weight')
   namespace: dict = {'__name__': 'jax_helpers'}
   exec('def make(into):\n  return lambda t: into.update(t=t)\n', namespace)  # noqa: S102
   ours, theirs = {}, {}
@@ -382,8 +385,9 @@ def test_trial_46_reach():
   assert _changes_with(_Derived.host, _Base, 'K')
   assert host_state.describe(_calls_scaler) == host_state.describe(_calls_scaler)
   # N1's last: a NamedTuple's class attribute that is no field, a dict subclass's.
-  assert _changes_with(_reading(_Pair(1.0)), _Pair, 'scale')
-  assert _changes_with(_reading(_Table(x=1)), _Table, 'scale')
+  pair, table = _Pair(1.0), _Table(x=1)
+  assert _changes_with(lambda y: np.sum(y) * pair.scale, _Pair, 'scale')
+  assert _changes_with(lambda y: np.sum(y) * table.scale, _Table, 'scale')
   # N9: a partial's keyword arguments were keyed as fresh pairs, never alike (recompiled).
   half = functools.partial(_scaled, k=0.5)
   assert host_state.key(half) == host_state.key(functools.partial(_scaled, k=float('0.5')))

@@ -75,11 +75,13 @@ def _host(fn: Any, depth: int = 0, seen: dict | None = None) -> Any:
   def values(v):  # the objects among them with the methods the code names (`_methods`)
     return _value(v, depth + 1, 0, seen, named)
 
-  fields = _fields(owner)
+  fields = _fields(owner, named)
   if owner is not None:  # self.K, a class attribute (trial 42); a classmethod's, inherited (46)
     cls = owner if isinstance(owner, type) else type(owner)
     fields |= {a: x for a in sorted(named) if a not in fields
                and (x := _attribute(cls, a)) is not _SKIP}  # fmt: skip
+    if owner is not cls:  # its methods bound: what they read of self too (self._base(): 48 F15)
+      fields |= _methods(owner, named)
   # Keyword-only defaults and the function's own attributes (trial 48 F1, F5: `host.k`).
   extra = [values(v) for v in (function.__kwdefaults__, vars(function)) if v]
   return (
@@ -142,7 +144,7 @@ def _attribute(owner: Any, name: str) -> Any:
   return value
 
 
-def _fields(owner: Any) -> dict:
+def _fields(owner: Any, names: frozenset) -> dict:
   """An object's fields: a dataclass's own (trial 42: a flax module's bookkeeping, a creation
   counter, made each run's model another), else its __dict__ and its __slots__ (trial 40)."""
   fields = dict(vars(owner)) if hasattr(owner, '__dict__') else {}
@@ -157,7 +159,8 @@ def _fields(owner: Any) -> dict:
   if owner is not None and not isinstance(owner, type):  # __slots__ ones too (trial 46)
     for name in dir(type(owner)):  # its class's data, read through it (trial 44: S.weight)
       static = inspect.getattr_static(type(owner), name, None)
-      if not name.startswith('__') and name not in fields and _data(static):
+      # Only what the code names (trial 48 F17: a class's registry of every instance).
+      if name in names and name not in fields and _data(static):
         fields[name] = static
   for cls in type(owner).__mro__ if owner is not None else ():
     slots = getattr(cls, '__slots__', ())
@@ -216,13 +219,17 @@ def _value(v: Any, functions: int, depth: int, seen: dict, names: frozenset = fr
     return _value(x, functions, depth + 1, seen, names)
 
   # A subclass's own fields and class data too (trial 46: a NamedTuple's, a dict subclass's).
-  own = () if type(v) in (dict, list, tuple, set, frozenset) else (_fields(v),)
+  own = () if type(v) in (dict, list, tuple, set, frozenset) else (_fields(v, names),)
   if isinstance(v, Mapping):
     return type(v).__qualname__, [(inner(k), inner(x)) for k, x in v.items()], *map(inner, own)
   if isinstance(v, (list, tuple)):
     return type(v).__qualname__, [inner(x) for x in v], *map(inner, own)
   if isinstance(v, (set, frozenset)):
     return type(v).__qualname__, sorted(repr(inner(x)) for x in v), *map(inner, own)
+  if isinstance(v, (property, functools.cached_property)):  # its code (trial 48 F3: replaced)
+    return type(v).__qualname__, _host(
+      v.fget if isinstance(v, property) else v.func, functions, seen
+    )
   if isinstance(v, type):  # a class in a closure: what it has, inherited too (trial 42)
     names = [k for k in dir(v) if not k.startswith('__')]
     return v.__qualname__, {k: inner(x) for k in names if (x := _attribute(v, k)) is not _SKIP}
@@ -231,7 +238,7 @@ def _value(v: Any, functions: int, depth: int, seen: dict, names: frozenset = fr
   if inspect.ismodule(v):  # in a cell, a field or an argument: what the code names of it (48 F14)
     named = {a: x for a in sorted(names) if (x := _attribute(v, a)) is not _SKIP}
     return 'module', v.__name__, {a: inner(x) for a, x in named.items()}
-  fields, methods = _fields(v), _methods(v, names)
+  fields, methods = _fields(v, names), _methods(v, names)
   if methods:
     described = {k: _host(m, functions, seen) for k, m in methods.items()}
     return type(v).__qualname__, {k: inner(x) for k, x in fields.items()}, described
