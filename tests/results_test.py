@@ -27,6 +27,18 @@ def _digests(folder: Path) -> dict[str, str]:
   return {p.name: output_names.file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+def _killed_in(monkeypatch, module, name: str, cfg) -> None:
+  """Runs `cfg` with `module.name` raising SystemExit (as a kill there would stop it)."""
+
+  def killed(*args, **kwargs):
+    raise SystemExit('killed')
+
+  monkeypatch.setattr(module, name, killed)
+  with pytest.raises(SystemExit):
+    run(cfg)
+  monkeypatch.undo()
+
+
 def _put_at_first_intermediate(monkeypatch, files: dict[Path, bytes]) -> None:
   """Puts `files` (a user's) in place when the run saves its first intermediate."""
   real = results_lib.Results.intermediate
@@ -345,14 +357,7 @@ def test_a_record_written_before_its_figures_claims_none_of_their_names(
 
   out = tmp_path / 'r.png'
   plot = out.with_name('r.loss.png')
-
-  def killed(*args, **kwargs):
-    raise SystemExit('killed')
-
-  monkeypatch.setattr(record_lib, 'figures', killed)
-  with pytest.raises(SystemExit):
-    run(_cfg(images, out, caffe_npz))
-  monkeypatch.undo()
+  _killed_in(monkeypatch, record_lib, 'figures', _cfg(images, out, caffe_npz))
   assert json.loads(out.with_suffix('.json').read_text())['figures_sha256'] == {}
   plot.write_bytes(b'mine')
   for resume in (True, False):
@@ -439,22 +444,12 @@ def test_a_run_killed_while_drawing_its_sheet_owns_the_loss_plot_it_drew(
 
   out = tmp_path / 'r.png'
   plot = out.with_name('r.loss.png')
-
-  def killed(*args, **kwargs):
-    raise SystemExit('killed')
-
-  monkeypatch.setattr(record_lib, 'contact_sheet', killed)
-  with pytest.raises(SystemExit):
-    run(_cfg(images, out, caffe_npz))
-  monkeypatch.undo()
+  _killed_in(monkeypatch, record_lib, 'contact_sheet', _cfg(images, out, caffe_npz))
   record = json.loads(out.with_suffix('.json').read_text())
   assert record['figures_drawn'] is False
   assert record['figures_sha256'] == {'r.loss.png': output_names.file_sha256(plot)}
   run(_cfg(images, out, caffe_npz, resume=True))
   assert out.with_name('r.sheet.jpg').is_file()
-  monkeypatch.setattr(record_lib, 'contact_sheet', killed)
-  with pytest.raises(SystemExit):
-    run(_cfg(images, out, caffe_npz, iterations=5))
-  monkeypatch.undo()
+  _killed_in(monkeypatch, record_lib, 'contact_sheet', _cfg(images, out, caffe_npz, iterations=5))
   run(_cfg(images, out, caffe_npz, iterations=2, record=False))
   assert sorted(p.name for p in tmp_path.glob('r*')) == ['r.png']
