@@ -148,7 +148,7 @@ def _fields(owner: Any, names: frozenset) -> dict:
   """An object's fields: a dataclass's own (trial 42: a flax module's bookkeeping, a creation
   counter, made each run's model another), else its __dict__ and its __slots__ (trial 40)."""
   fields = dict(vars(owner)) if hasattr(owner, '__dict__') else {}
-  # Not a cached_property's value, set on first use (trial 48 F17): its function is described.
+  # Not a cached_property's value, set on first use (trial 48 F16): its function is described.
   cached = [k for k in fields if isinstance(inspect.getattr_static(type(owner), k, None),
                                             functools.cached_property)]  # fmt: skip
   fields = {k: v for k, v in fields.items() if k not in cached}
@@ -231,8 +231,8 @@ def _value(v: Any, functions: int, depth: int, seen: dict, names: frozenset = fr
       v.fget if isinstance(v, property) else v.func, functions, seen
     )
   if isinstance(v, type):  # a class in a closure: what it has, inherited too (trial 42)
-    names = [k for k in dir(v) if not k.startswith('__')]
-    return v.__qualname__, {k: inner(x) for k in names if (x := _attribute(v, k)) is not _SKIP}
+    attributes = [k for k in dir(v) if not k.startswith('__')]
+    return v.__qualname__, {k: inner(x) for k in attributes if (x := _attribute(v, k)) is not _SKIP}
   if callable(v):
     return _host(v, functions, seen)
   if inspect.ismodule(v):  # in a cell, a field or an argument: what the code names of it (48 F14)
