@@ -73,7 +73,7 @@ def test_the_memory_plan_names_the_output_size_not_a_taller_style(tmp_path, capl
   with caplog.at_level(logging.INFO):
     runner._plan_memory(cfg, sharding.SingleLayout())
   plans = [r.getMessage() for r in caplog.records if r.getMessage().startswith('A ')]
-  assert plans == ['A 128x96 run needs about 0.9 GB of memory (24.0 GB available).']
+  assert plans == ['A 128x96 run needs about 1.0 GB of memory (24.0 GB available).']
 
 
 def test_tiles_and_an_image_split_over_devices_are_refused_for_files_and_arrays(monkeypatch):

@@ -1,11 +1,10 @@
 """Memory: what a run will need, estimated before compiling, and what a device has.
 
-The estimate counts the step's buffers from the network's shape (no
-compilation), so a run too large for the device is refused in a fraction of
-a second with a message that says what to change, instead of failing after
-minutes of compiling. It is checked against XLA's own memory analysis of
-the compiled step in the tests and against measured peaks in
-bench/bench_memory.py and bench/bench_sharding.py.
+The estimate counts the step's buffers from the network's shape (no compilation), so a run too
+large for the device is refused in a fraction of a second with a message that says what to change,
+instead of failing after minutes of compiling. It is checked against XLA's own memory analysis of
+the compiled step in the tests and against measured peaks in bench/bench_memory.py and
+bench/bench_sharding.py.
 """
 
 import functools
@@ -23,28 +22,25 @@ from nst_jax.core import vgg
 from nst_jax.engine import sharding
 from nst_jax.io import weight_checks
 
-# XLA's working memory for the step beyond the per-pixel terms below. With
-# the sequential CPU scheduler nst_jax selects (nst_jax/xla_flags.py),
-# compiled.memory_analysis() leaves almost nothing beyond them: at 256x192
-# to 1024x768 the estimate's device part is 1.05-1.34x XLA's figure.
+# XLA's working memory for the step beyond the per-pixel terms below. With the sequential CPU
+# scheduler nst_jax selects (nst_jax/xla_flags.py), compiled.memory_analysis() leaves almost
+# nothing beyond them: at 256x192 to 1024x768 the device part is 1.05-1.34x XLA's figure.
 _FIXED_STEP_BYTES = 10_000_000
 # On CPU the process also holds the compiler's and runtime's working set and
 # host copies of the weights: 490-615 MB above XLA's figure, measured at 256,
 # 512 and 1024 px (bench/bench_memory.py). On GPU/TPU that is host memory.
 _CPU_RUNTIME_BYTES = 600_000_000
-# A spatially split step (bench/bench_sharding.py, XLA's buffer assignment
-# for 2, 4 and 8 devices at 1024 to 4096 px): each device holds about 1.4x
-# its share of the per-pixel buffers (halo copies and the partitioner's
-# temporaries), plus about 30 bytes per pixel of the whole image that are
-# not split (image-sized temporaries of the loss and the optimiser).
+# A spatially split step (bench/bench_sharding.py, XLA's buffer assignment for 2, 4 and 8
+# devices at 1024 to 4096 px): each device holds about 1.4x its share of the per-pixel buffers
+# (halo copies and the partitioner's temporaries), plus about 30 bytes per pixel of the whole
+# image that are not split (image-sized temporaries of the loss and the optimiser).
 _SPATIAL_SHARE_FACTOR = 1.4
 _SPATIAL_WHOLE_BYTES_PER_PIXEL = 30
-# Bytes of one kept activation in each compute dtype (model.dtype). Only the
-# activations shrink with bfloat16: the conv1 gradients and the first
-# convolution's output stay float32 (see per_pixel_bytes), so at the default
-# layers bfloat16 keeps as many bytes per pixel as float32 (1536 each, as
-# XLA's CPU analysis has it: tests/memory_test.py) and its weights need half
-# as much again; the refusal suggests it only where it fits.
+# Bytes of one kept activation in each compute dtype (model.dtype). Only the activations shrink
+# with bfloat16: the conv1 gradients and the first convolution's output stay float32 (see
+# per_pixel_bytes), so at the default layers bfloat16 keeps as many bytes per pixel as float32
+# (1536 each, as XLA's CPU analysis has it: tests/memory_test.py) and its weights need half as
+# much again; the refusal suggests it only where it fits.
 BYTES_PER_ELEMENT = {'float32': 4, 'bfloat16': 2}
 # Narrower than this a style transfer is not worth suggesting.
 _SMALLEST_SUGGESTED_WIDTH = 64
@@ -53,21 +49,22 @@ TILE_EDGES = (2048, 1536, 1024, 768, 512, 384, 256, 192, 128, 96, 64, 32)
 # The shortest L-BFGS history the plan takes when tiles alone do not fit:
 # the image-sized history (2m + 4 float32 images) is then most of the memory.
 MIN_PLANNED_HISTORY = 5
-# A tiled step (nst_jax.core.tiles) keeps each stage's input for the whole
-# image and, in the backward pass, the cotangent of one stage's input; per
-# pixel beyond them, the content targets padded, the image's gradient and
-# the masks' share. The image-sized optimiser state costs more than its own
-# size at the peak (the step's new state is formed beside the old one, and
-# the run's copies of it). Fitted to peak RSS of 2-iteration runs (2-core
-# Intel Xeon, tiles of 256, default layers; bench/bench_tiles.py measures
-# it): 6.18 GB at 2048x1536 with history 30 and 7.34 GB at 3840x2880 with
-# history 5 give 1.78x the state and 273 bytes per pixel beside it (1.34
-# copies of the stage inputs and the 96 bytes); that fit gives 2.32 GB at
-# 1024x768, history 30, where 2.33 GB was measured. Rounded up: the estimate
-# is 1-4% above those three peaks.
+# A tiled step (nst_jax.core.tiles) keeps each stage's input for the whole image and, in the
+# backward pass, the cotangent of one stage's input; per pixel beyond them, the content targets
+# padded, the image's gradient and the masks' share. The image-sized optimiser state costs more
+# than its own size at the peak (the step's new state is formed beside the old one, and the run's
+# copies of it). Fitted to peak RSS of 2-iteration runs (2-core Intel Xeon, tiles of 256, default
+# layers; bench/bench_tiles.py measures it): 6.18 GB at 2048x1536 with history 30 and 7.34 GB at
+# 3840x2880 with history 5 give 1.78x the state and 273 bytes per pixel beside it (1.34 copies of
+# the stage inputs and the 96 bytes); that fit gives 2.32 GB at 1024x768, history 30, where 2.33
+# GB was measured. Rounded up: the estimate is 1-4% above those three peaks.
 _TILED_STAGE_COPIES = 1.5
 _TILED_STATE_FACTOR = 1.8
 _TILED_WHOLE_BYTES_PER_PIXEL = 96
+# Untiled on CPU, the state counts as often at the peak, and 290 bytes per pixel more: peak RSS of
+# 2-iteration runs (bench/bench_memory.py, 2-core AMD EPYC, 2026-12-07) 1455 MB at 512x384 and
+# 3348 MB at 1024x768 (the estimate was 0.94x and 0.82x; now 1.06x and 1.03x).
+_UNTILED_CPU_BYTES_PER_PIXEL = 290
 
 
 def per_pixel_bytes(
@@ -187,6 +184,9 @@ def estimate_memory(
   if spatial_devices > 1:
     share = _SPATIAL_SHARE_FACTOR * per_pixel / spatial_devices + _SPATIAL_WHOLE_BYTES_PER_PIXEL
     return int(fixed + pixels * share)
+  if platform == 'cpu':
+    state = optimizer_image_buffers(config.optim.name, config.optim.lbfgs_memory) * 3 * 4
+    per_pixel += (_TILED_STATE_FACTOR - 1) * state + _UNTILED_CPU_BYTES_PER_PIXEL
   return int(fixed + pixels * per_pixel)
 
 
