@@ -673,7 +673,7 @@ def test_update_step_refuses_targets_that_do_not_fit():
     run(state, params, targets, loss_fn=no_keywords)
   # Trial 48 F6: the step's own loss_spec= replaced the one a partial bound, unsaid.
   with _raises('loss_fn is a partial binding loss_spec=, which the step passes anew on every '
-               'call (from the config and weights); leave them out of the partial'):  # fmt: skip
+               'call; leave them out of the partial'):  # fmt: skip
     make_step(model, tx, TINY_LOSS.spec, loss_fn=functools.partial(half, loss_spec=None))
 
   # Other names for params and targets: Python's "unexpected keyword argument 'params'" (trial 6).

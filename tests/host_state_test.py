@@ -362,6 +362,9 @@ class _Pair(typing.NamedTuple):
   a: float
   scale = 1.0
 
+  def doubled(self):
+    return 2.0
+
 
 class _Table(dict):
   scale = 1.0
@@ -505,3 +508,34 @@ def test_trial_48_keys():
   assert host_state.key(log.append) == host_state.key(log.append) != host_state.key(other.append)
   made = [functools.partial(_scaled, k=log) for _ in range(2)]
   assert host_state._cell_key(made[0], 0) == host_state._cell_key(made[1], 0)
+
+
+class _Keyed:
+  """An object whose __getattr__ raises KeyError, not AttributeError (trial 50 N9)."""
+
+  def __getattr__(self, name):
+    raise KeyError(name)
+
+  def __call__(self, y):
+    return y
+
+
+def test_trial_50_edges():
+  """N1: a NamedTuple's method replaced went on unsaid; N2: what a host reads through a partial's
+  argument; N10: a global met first deep inside another was cut off there; N9: a KeyError from a
+  __getattr__ crashed the description."""
+  pair = _Pair(1.0)
+  assert _changes_with(lambda y: y * pair.doubled(), _Pair, 'doubled', lambda self: 3.0)
+  settings = _Chain()
+  through = functools.partial(lambda y, s: y * s.weight(), s=settings)
+  assert _changes_with(through, _Chain, 'base')
+  inner = {'loss': {'k': 0.0}}
+  archive = {'runs': [{'a': [{'cfg': inner}]}]}
+
+  def host(y):
+    return y * inner['loss']['k'] + len(archive)
+
+  before = host_state.describe(host)
+  inner['loss']['k'] = 1e3
+  assert host_state.describe(host) != before
+  assert 'Keyed' in host_state.describe(_Keyed())

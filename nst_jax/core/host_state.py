@@ -42,18 +42,22 @@ def _host(fn: Any, depth: int = 0, seen: dict | None = None) -> Any:
   instance's fields, each value as `_value` describes it; functions among them in turn, two
   levels deep (trial 37: a method, an instance, a helper or a global was not told apart)."""
   seen = {} if seen is None else seen
-  if isinstance(fn, functools.partial):
-    return 'partial', _host(fn.func, depth, seen), _value((fn.args, fn.keywords), depth, 0, seen)
-  wrapped = getattr(fn, '__wrapped__', None)
-  if not hasattr(fn, '__code__') and callable(wrapped):  # functools.cache's, jax.jit's (trial 42)
+  if isinstance(fn, functools.partial):  # its arguments with what the function names (50 N2)
+    code = getattr(getattr(fn.func, '__func__', fn.func), '__code__', None)
+    arguments = _value(
+      (fn.args, fn.keywords), depth, 0, seen, _names(code) if code else frozenset()
+    )
+    return 'partial', _host(fn.func, depth, seen), arguments
+  wrapped = attribute(fn, '__wrapped__')
+  if attribute(fn, '__code__') is None and callable(wrapped):  # functools.cache's, jax.jit's (42)
     return type(fn).__qualname__, _host(wrapped, depth, seen)
-  owner = getattr(fn, '__self__', None)
-  function = getattr(fn, '__func__', fn)
-  if not hasattr(function, '__code__') and not isinstance(fn, type):  # a callable instance
+  owner = attribute(fn, '__self__')
+  function = attribute(fn, '__func__') or fn
+  if attribute(function, '__code__') is None and not isinstance(fn, type):  # a callable instance
     owner, function = fn, type(fn).__call__  # noqa: B004 (the method itself, not a test)
-  code = getattr(function, '__code__', None)
+  code = attribute(function, '__code__')
   if code is None or depth > _FUNCTION_DEPTH:  # a class, a builtin or C function: by name
-    return getattr(fn, '__qualname__', type(fn).__qualname__)
+    return attribute(fn, '__qualname__') or type(fn).__qualname__
   names = getattr(function, '__globals__', {})
   named = _names(code)  # its comprehensions' and inner functions' too (trial 48 F2)
   read = {}
@@ -88,6 +92,15 @@ def _host(fn: Any, depth: int = 0, seen: dict | None = None) -> Any:
     function.__qualname__, _code(code),
     values(function.__defaults__), values(cells), values(read), values(fields), *extra,
   )  # fmt: skip
+
+
+def attribute(owner: Any, name: str) -> Any:
+  """`getattr(owner, name, None)`, also where the object's __getattr__ raises another error (trial
+  50 N9: a KeyError crashed the description)."""
+  try:
+    return getattr(owner, name, None)
+  except Exception:  # noqa: BLE001 (the user's __getattr__ may raise anything)
+    return None
 
 
 def _names(code: Any) -> frozenset:
@@ -211,15 +224,20 @@ def _value(v: Any, functions: int, depth: int, seen: dict, names: frozenset = fr
       repr(getattr(seeds, 'entropy', seeds)),
       spawned,
     )
-  if depth > _DATA_DEPTH or id(v) in seen or len(seen) > _MOST_VALUES:
+  # Once described, not again, unless met nearer the top (trial 50 N10: met first deep in
+  # another global, its own reading was cut off there).
+  if depth > _DATA_DEPTH or seen.get(id(v), (None, _DATA_DEPTH + 1))[1] <= depth:
     return type(v).__qualname__
-  seen[id(v)] = v  # kept alive, so that no other value takes its id meanwhile
+  if len(seen) > _MOST_VALUES:
+    return type(v).__qualname__
+  seen[id(v)] = v, depth  # kept alive, so that no other value takes its id meanwhile
 
   def inner(x):
     return _value(x, functions, depth + 1, seen, names)
 
-  # A subclass's own fields and class data too (trial 46: a NamedTuple's, a dict subclass's).
-  own = () if type(v) in (dict, list, tuple, set, frozenset) else (_fields(v, names),)
+  # A subclass's own fields, class data and methods too (trial 46: a NamedTuple's; 50 N1).
+  subclass = type(v) not in (dict, list, tuple, set, frozenset)
+  own = (_fields(v, names), _methods(v, names)) if subclass else ()
   if isinstance(v, Mapping):
     return type(v).__qualname__, [(inner(k), inner(x)) for k, x in v.items()], *map(inner, own)
   if isinstance(v, (list, tuple)):
@@ -281,9 +299,9 @@ def key(fn: Any, depth: int = 0) -> Any:
     # Keywords as (name, value): a fresh (name, value) pair, by identity, never keyed alike (46 N9).
     keywords = tuple((k, _argument(x)) for k, x in sorted(fn.keywords.items()))
     return 'partial', key(fn.func, depth), tuple(map(_argument, fn.args)), keywords
-  function = getattr(fn, '__func__', fn)
-  code = getattr(function, '__code__', None)
-  owner = getattr(fn, '__self__', None)
+  function = attribute(fn, '__func__') or fn
+  code = attribute(function, '__code__')
+  owner = attribute(fn, '__self__')
   if code is None and owner is not None and not inspect.ismodule(owner):
     return 'method', _Same(owner), getattr(fn, '__name__', None)  # LOG.append, new each time (F13)
   if code is None:
@@ -331,9 +349,9 @@ def _cell_key(value: Any, depth: int, jax_own: bool = False) -> Any:
   item by item (its static arguments); a plain value by value (its tree structure); else the
   object itself (trial 44: a user's dicts by value, two runs logged into one)."""
   # A partial or a bound builtin (LOG.append) is made anew on each trace too (trial 48 F13).
-  owner = getattr(value, '__self__', None)
+  owner = attribute(value, '__self__')
   made = isinstance(value, functools.partial) or not (owner is None or inspect.ismodule(owner))
-  if (hasattr(value, '__code__') or made) and depth < _FUNCTION_DEPTH:
+  if (attribute(value, '__code__') is not None or made) and depth < _FUNCTION_DEPTH:
     return key(value, depth + 1)
   if type(value) is dict and jax_own:
     return tuple((k, _cell_key(v, depth)) for k, v in value.items())

@@ -201,7 +201,7 @@ def loss_fn_signature(loss_fn: Callable) -> inspect.Signature | None:
   if isinstance(loss_fn, functools.partial) and bound:  # trial 48 F6: replaced, unsaid
     raise errors.ConfigError(
       f'loss_fn is a partial binding {"= and ".join(bound)}=, which the step passes anew on every '
-      'call (from the config and weights); leave them out of the partial'
+      'call; leave them out of the partial'
     )
   try:
     signature = inspect.signature(loss_fn)
@@ -328,11 +328,13 @@ def declared_identity(loss_fn: Callable) -> str | None:
   a counter, a cache), which the digest counts (trial 42): the caller answers for it.
   """
   fn = loss_fn.func if isinstance(loss_fn, functools.partial) else loss_fn
-  owner = getattr(fn, '__self__', None)  # a bound method's instance (trial 44: no attribute)
+  owner = host_state.attribute(fn, '__self__')  # a bound method's instance (44: no attribute)
   # The most particular first: a partial's own, then the instance's (trial 46: its class's
   # function's, read through the bound method, won), then the function's.
   found = (loss_fn, owner, fn) if fn is not loss_fn else (owner, fn)
-  declared = next((o.nst_jax_identity for o in found if hasattr(o, 'nst_jax_identity')), None)
+  declared = next(
+    (d for o in found if (d := host_state.attribute(o, 'nst_jax_identity')) is not None), None
+  )
   if declared is None:
     return None
   if not isinstance(declared, str) or not declared.strip():
