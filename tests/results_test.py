@@ -429,7 +429,9 @@ def test_an_intermediate_at_another_running_runs_output_is_not_saved(
   with output_locks.hold([theirs]):  # run B, still running
     run(_cfg(images, out, caffe_npz, save_iter=2, iterations=6))
     assert not theirs.exists() and output_names.intermediate_path(out, 4).is_file()
-  assert f'kept {theirs}: the image of iteration 2 was not saved' in caplog.text
+  assert f'{theirs} is the output of another run, running now: the image of iteration 2' in (
+    caplog.text
+  )
   record = json.loads(out.with_suffix('.json').read_text())
   assert sorted(record['intermediates_sha256']) == ['r_00004.png']
 

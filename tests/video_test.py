@@ -229,3 +229,28 @@ def test_a_frame_folder_leaves_out_sub_folders_and_what_nst_jax_wrote(tmp_path):
   (tmp_path / 'fr_out.json').write_text(json.dumps({'output': str(styled), 'frames': 1}))
   clip = video.open_clip(f'{tmp_path}/fr*/*.png')
   assert clip.count == 3  # fr_out's frame is the run's result (its record says so)
+
+
+def test_a_video_is_noted_before_it_is_in_place_and_a_full_disk_is_one_line(tmp_path, monkeypatch):
+  """Trial 51 V4: killed between the rename and the digest's note, the run's own video was
+  nobody's; V6: a full or read-only disk while encoding was av's traceback."""
+  import errno
+  import hashlib
+
+  frames = [np.full((16, 16, 3), v, np.float32) for v in (0.2, 0.8)]
+  out = tmp_path / 'v.mp4'
+  seen = []
+
+  def then(tmp):
+    seen.append((os.path.exists(out), hashlib.sha256(tmp.read_bytes()).hexdigest()))
+
+  video.write_video(out, frames, Fraction(24), then=then)
+  assert seen == [(False, hashlib.sha256(out.read_bytes()).hexdigest())]
+
+  def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  monkeypatch.setattr(av, 'open', full)
+  with pytest.raises(errors.WriteError, match=r'could not write .*w\.mp4: No space left on device'):
+    video.write_video(tmp_path / 'w.mp4', frames, Fraction(24))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['v.mp4']  # no partial file left

@@ -265,8 +265,9 @@ def even_size(height: int, width: int) -> tuple[int, int]:
 
 
 def write_video(
-  path: str | os.PathLike, frames, fps: Fraction, *, audio_from: Clip | None = None, replace=True
-):
+  path: str | os.PathLike, frames, fps: Fraction, *, audio_from: Clip | None = None, replace=True,
+  then: Callable[[Path], None] | None = None,
+):  # fmt: skip
   """Encodes RGB frames [H, W, 3] in [0, 1] as H.264 in an .mp4, atomically.
 
   Args:
@@ -275,15 +276,14 @@ def write_video(
     fps: the frame rate.
     audio_from: copy this clip's audio (the part under its frame range).
     replace: False: a file at `path` by the end is kept (nst_jax.io.atomic.write).
+    then: called with the written video before it is put in place.
   """
   import av
 
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  # A new name (never a file that is there already), which the next run on
-  # this output removes if a kill leaves it (output_names.remove_temporaries).
-  prefix = f'.{path.name}.nst-'
-  fd, name = tempfile.mkstemp(prefix=prefix, suffix='.partial.mp4', dir=path.parent)
+  # A new name (never a file there already), removed by the next run if a kill leaves it.
+  fd, name = tempfile.mkstemp(prefix=f'.{path.name}.nst-', suffix='.partial.mp4', dir=path.parent)
   os.close(fd)
   tmp = Path(name)
   try:
@@ -306,10 +306,11 @@ def write_video(
       if audio is not None:
         _mux_audio(out, audio, audio_from)
     _plain_mode(tmp, 0o666)  # mkstemp made it private
-    if replace:
-      os.replace(tmp, path)
-    else:
-      atomic.place_new(tmp, path)  # errors.FileAppeared on a file there by now
+    if then is not None:
+      then(tmp)
+    os.replace(tmp, path) if replace else atomic.place_new(tmp, path)  # FileAppeared on one there
+  except OSError as e:  # a full or read-only disk (trial 51 V6: av's traceback)
+    raise errors.WriteError(errors.write_failure(path, e, e.strerror or str(e))) from e
   finally:
     tmp.unlink(missing_ok=True)
 
@@ -416,8 +417,7 @@ def _empty(directory: Path, replaces: Collection[str]) -> None:
   directory.rmdir()
 
 
-# A video run's finished frames (nst_jax.runs.video keeps them in its work
-# directory until the result is written).
+# A video run's finished frames (nst_jax.runs.video keeps them in its work directory until then).
 
 
 def quantized(rgb) -> np.ndarray:
@@ -429,9 +429,9 @@ def quantized(rgb) -> np.ndarray:
 def save_work_frame(path: Path, rgb: np.ndarray, entry: dict | None = None) -> None:
   """A finished frame as a 16-bit PNG, and its run record entry as `path`.json.
 
-  16 bits: the next frame starts from this one, so keep its precision. The
-  entry is written first: a frame whose PNG exists has its entry (a resumed
-  run's record lists it, as the uninterrupted run's does).
+  16 bits: the next frame starts from this one, so keep its precision. The entry is written first:
+  a frame whose PNG exists has its entry (a resumed run's record lists it, as the uninterrupted
+  run's does).
   """
   path.parent.mkdir(parents=True, exist_ok=True)
   if entry is not None:

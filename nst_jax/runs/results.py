@@ -133,9 +133,11 @@ class Results:
     written = []
     for r, rgb in images.items():
       path = output_names.intermediate_path(self.paths[r], iteration)
+      if output_locks.busy(path):  # another run's output, not yet written (trial 36 H1b)
+        logging.warning('%s%s is the output of another run, running now: the image of iteration %d'
+                        ' was not saved', self.prefix, path, iteration)  # fmt: skip
+        continue
       try:
-        if output_locks.busy(path):  # another run's output, not yet written (trial 36 H1b)
-          raise errors.FileAppeared(f'another run writes {path}', path=path)
         self._save(path, rgb, r)
       except errors.FileAppeared:  # someone's, there before or since (trial 34: another run's)
         logging.warning('%skept %s: the image of iteration %d was not saved', self.prefix, path,

@@ -404,14 +404,16 @@ def _write(cfg, paths: video_work.Paths, clip, results, record, seconds, there=N
         raise errors.NstError(f'{e}, then continue with run.resume') from None
       (paths.work / output_names.WORK_WRITING).write_text(video_work.FRAMES_WRITTEN)
     else:
+
+      def noted(video: Path) -> None:  # ours by digest (trial 43), before it is in place (51 V4)
+        (paths.work / output_names.WORK_WRITING).write_text(output_names.file_sha256(video))
+
       try:
         video_lib.write_video(paths.output, results, clip.fps, audio_from=clip,
-                              replace=replaceable(paths.output))  # fmt: skip
+                              replace=replaceable(paths.output), then=noted)  # fmt: skip
       except errors.FileAppeared as e:  # not ours, then: a resume must not take it (trial 24)
         (paths.work / output_names.WORK_WRITING).unlink(missing_ok=True)
         raise errors.WriteError(f'{e}; move it away, then continue with run.resume') from None
-      digest = output_names.file_sha256(paths.output)  # ours by digest from now (trial 43)
-      (paths.work / output_names.WORK_WRITING).write_text(digest)
     target = video_work.record_path(paths)
     if cfg.save.record:
       data = {
