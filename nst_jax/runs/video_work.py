@@ -47,7 +47,7 @@ class Paths:
   output: Path  # the .mp4, or the frame directory
   as_frames: bool
   work: Path  # hidden: finished frames and checkpoints
-  discard: str | None = None  # why `work` is to go, before the run starts (a finished or empty one)
+  discard: str | None = None  # why `work` (a finished run's) goes once the plan is accepted
 
   def frame(self, k: int, stage: str = 'final') -> Path:
     return self.work / stage / f'frame_{k:05d}.png'
