@@ -283,3 +283,35 @@ def test_a_video_run_stopped_at_its_record_goes_on(tmp_path, caffe_npz, monkeypa
   resumed = _config(src, caffe_npz, f'{frames}/').replace(run=nst_jax.RunConfig(resume=True))
   video_pipeline.run_video(resumed)
   assert (tmp_path / 'sf.json').is_file() and len(list(frames.iterdir())) == 2
+
+
+def test_a_rerun_killed_before_its_record_resumes_over_the_earlier_record(
+  tmp_path, caffe_npz, monkeypatch
+):
+  """Trial 53 V7: a rerun that replaced its own earlier video, killed before its record, was
+  refused by --resume and every rerun: the earlier run's record called the new video changed."""
+  from nst_jax.io import atomic
+
+  _, src = _clip(tmp_path)
+  out = tmp_path / 'v.mp4'
+  cfg = _config(src, caffe_npz, str(out)).replace(run=nst_jax.RunConfig(progress='log'))
+  video_pipeline.run_video(cfg)
+  earlier = out.read_bytes()
+  real = atomic.write
+
+  def killed(path, *args, **kwargs):
+    if str(path).endswith('v.mp4.json'):
+      raise SystemExit('killed')
+    return real(path, *args, **kwargs)
+
+  other = cfg.replace(inputs=cfg.inputs.replace(style_path=(STYLES[1],)))
+  monkeypatch.setattr(atomic, 'write', killed)
+  with pytest.raises(SystemExit):
+    video_pipeline.run_video(other)
+  monkeypatch.undo()
+  assert out.read_bytes() != earlier
+  with pytest.raises(errors.NstError, match='holds an unfinished video run; continue it with run'):
+    video_pipeline.run_video(other)
+  video_pipeline.run_video(other.replace(run=other.run.replace(resume=True)))
+  record = json.loads((tmp_path / 'v.mp4.json').read_text())
+  assert record['result_sha256'] == output_names.file_sha256(out)

@@ -196,8 +196,7 @@ def _check_files(out: Output, overwrite: bool) -> None:
     owned, held = checkpoints_own(out)
     ours |= owned
   elif output_names.work_owns(out.state, out.result) and not _foreign_record(out):
-    frames = output_names.work_frames(out.state, out.result)  # a video's, if killed writing it
-    ours |= {*out.files, *frames} if out.directory else {out.result}
+    ours |= {*out.files, *output_names.work_frames(out.state, out.result)}  # killed writing it
   if out.directory:
     output_names.check_place(out.result / 'frame.png')
     _check_frame_folder(out, ours)
@@ -311,9 +310,10 @@ def _changed(result: Path) -> bool:
 
 
 def _foreign_record(out: Output) -> bool:
-  """A file at the result's record name that names no such result: someone's (trial 22)."""
+  """A file at the result's record name that names no such result: someone's (trial 22); not
+  the record of an earlier run to it (trial 53 V7: a rerun's own video was nobody's)."""
   record = output_names.derived(out.result, output_names.RECORD_TAILS['json'])
-  return os.path.lexists(record) and output_names.record_naming(out.result) is None
+  return os.path.lexists(record) and output_names.record_beside(out.result) is None
 
 
 def _check_frame_folder(out: Output, ours: set[Path]) -> None:

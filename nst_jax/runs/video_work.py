@@ -93,8 +93,9 @@ def paths(cfg: config_lib.StyleConfig) -> Paths:
     else text == FRAMES_WRITTEN or not os.path.lexists(output)  # its video moved away (trial 47)
   )
   # Not one stopped before its record (trial 49 V1, V2: discarded, its own result was nobody's).
-  record = output.with_name(output.name.rstrip('/') + '.json')
-  done = done and (not cfg.save.record or record.is_file() or not os.path.lexists(output)
+  # (Its own record, not an earlier run's: trial 53 V7.)
+  done = done and (not cfg.save.record or output_names.record_naming(output) is not None
+                   or not os.path.lexists(output)
                    or (as_frames and not output_names.work_frames(work, output)))  # fmt: skip
   if stale:  # no finished frame: gone at once, whatever this run does next
     discard(Paths(output, as_frames, work, 'the run that left it finished no frame'))
