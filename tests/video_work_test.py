@@ -315,3 +315,21 @@ def test_a_rerun_killed_before_its_record_resumes_over_the_earlier_record(
   video_pipeline.run_video(other.replace(run=other.run.replace(resume=True)))
   record = json.loads((tmp_path / 'v.mp4.json').read_text())
   assert record['result_sha256'] == output_names.file_sha256(out)
+
+
+def test_a_picture_saved_over_a_finished_runs_frame_is_kept(tmp_path, caffe_npz):
+  """Trial 53 F1: a frames folder's record claimed its frames by name, and a rerun replaced a
+  picture the user had saved over one of them; now by the digests the record notes."""
+  _, src = _clip(tmp_path)
+  out = tmp_path / 'frames'
+  cfg = _config(src, caffe_npz, f'{out}/').replace(run=nst_jax.RunConfig(progress='log'))
+  video_pipeline.run_video(cfg)
+  record = json.loads((tmp_path / 'frames.json').read_text())
+  assert sorted(record['frames_sha256']) == ['frame_00001.png', 'frame_00002.png']
+  (out / 'frame_00001.png').write_bytes(b'my picture')
+  with pytest.raises(errors.NstError, match='frames holds frame_00001.png, which no nst-jax run'):
+    video_pipeline.run_video(cfg)
+  assert (out / 'frame_00001.png').read_bytes() == b'my picture'
+  (out / 'frame_00001.png').unlink()
+  video_pipeline.run_video(cfg)  # the run's own frame 2 is replaced as before
+  assert sorted(p.name for p in out.iterdir()) == ['frame_00001.png', 'frame_00002.png']

@@ -386,6 +386,7 @@ def _write(cfg, paths: video_work.Paths, clip, results, record, seconds, there=N
     was = (there or {}).get(path)
     return was is not None and results_lib.stamp(path) in (was, None)
 
+  written = {}  # the frames' digests, for the record too (trial 53 F1: claimed by name before)
   if jax.process_index() == 0:
     # A killed run's frames, which its work began to write (trial 49 V2), before this one's mark.
     earlier = output_names.work_frames(paths.work, paths.output)
@@ -395,8 +396,8 @@ def _write(cfg, paths: video_work.Paths, clip, results, record, seconds, there=N
       ours = {p.name for p in claimed if p.parent == paths.output}
 
       def note(folder: Path) -> None:  # before it is in place: ours by these digests after a kill
-        digests = {f.name: output_names.file_sha256(f) for f in sorted(folder.iterdir())}
-        (paths.work / output_names.WORK_FRAMES).write_text(json.dumps(digests))
+        written.update({f.name: output_names.file_sha256(f) for f in sorted(folder.iterdir())})
+        (paths.work / output_names.WORK_FRAMES).write_text(json.dumps(written))
 
       try:
         video_lib.write_frames(paths.output, results, replaces=ours, then=note)
@@ -422,6 +423,7 @@ def _write(cfg, paths: video_work.Paths, clip, results, record, seconds, there=N
         'result_sha256': None if paths.as_frames else output_names.file_sha256(paths.output),
         'source': clip.path,
         'frames': clip.count,
+        'frames_sha256': written or None,
         'fps': float(clip.fps),
         'total_s': seconds,
         'flow_s': record.get('flow_s', 0.0),
