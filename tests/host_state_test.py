@@ -539,3 +539,28 @@ def test_trial_50_edges():
   inner['loss']['k'] = 1e3
   assert host_state.describe(host) != before
   assert 'Keyed' in host_state.describe(_Keyed())
+
+
+def test_trial_52_edges():
+  """N11: a config first described for a helper naming fewer of its attributes; N13: a partial
+  over a callable instance; N14: a bound builtin method's object; N15: an itemgetter's key."""
+  import operator  # noqa: PLC0415
+
+  table = np.zeros(3, np.float32)
+  before = host_state.describe(table.sum)
+  table[1] = 1e3
+  assert host_state.describe(table.sum) != before
+  assert host_state.describe(operator.itemgetter('a')) != host_state.describe(
+    operator.itemgetter('b')
+  )
+  chained = _Chain()
+  through = functools.partial(_Keyed.__call__, _Keyed())  # a method of an instance, its code
+  assert 'Keyed' in host_state.describe(through)
+
+  def helper(y):
+    return y * len(vars(chained))
+
+  def host(y):
+    return helper(y) + chained.weight()
+
+  assert _changes_with(host, _Chain, 'base')

@@ -43,7 +43,7 @@ def _host(fn: Any, depth: int = 0, seen: dict | None = None) -> Any:
   levels deep (trial 37: a method, an instance, a helper or a global was not told apart)."""
   seen = {} if seen is None else seen
   if isinstance(fn, functools.partial):  # its arguments with what the function names (50 N2)
-    code = getattr(getattr(fn.func, '__func__', fn.func), '__code__', None)
+    code = _code_of(fn.func)  # a function's, a method's, a wrapper's or an instance's (52 N13)
     arguments = _value(
       (fn.args, fn.keywords), depth, 0, seen, _names(code) if code else frozenset()
     )
@@ -53,10 +53,18 @@ def _host(fn: Any, depth: int = 0, seen: dict | None = None) -> Any:
     return type(fn).__qualname__, _host(wrapped, depth, seen)
   owner = attribute(fn, '__self__')
   function = attribute(fn, '__func__') or fn
-  if attribute(function, '__code__') is None and not isinstance(fn, type):  # a callable instance
-    owner, function = fn, type(fn).__call__  # noqa: B004 (the method itself, not a test)
+  builtin = owner is not None and not inspect.ismodule(owner) and attribute(fn, '__code__') is None
+  if builtin and depth <= _FUNCTION_DEPTH:  # ARR.sum, CFG.get: by the object too (trial 52 N14)
+    return 'builtin method', attribute(fn, '__name__'), _value(owner, depth + 1, 0, seen)
+  if attribute(function, '__code__') is None and not isinstance(fn, type) and not builtin:
+    owner, function = fn, type(fn).__call__  # a callable instance  # noqa: B004
   code = attribute(function, '__code__')
-  if code is None or depth > _FUNCTION_DEPTH:  # a class, a builtin or C function: by name
+  if code is None:  # a class, a builtin or C function: by its repr (itemgetter('a'): trial 52)
+    try:
+      return ADDRESS.sub('', repr(fn))
+    except Exception:  # noqa: BLE001 (a repr that raises: its type, then)
+      return type(fn).__qualname__
+  if depth > _FUNCTION_DEPTH:
     return attribute(fn, '__qualname__') or type(fn).__qualname__
   names = getattr(function, '__globals__', {})
   named = _names(code)  # its comprehensions' and inner functions' too (trial 48 F2)
@@ -92,6 +100,14 @@ def _host(fn: Any, depth: int = 0, seen: dict | None = None) -> Any:
     function.__qualname__, _code(code),
     values(function.__defaults__), values(cells), values(read), values(fields), *extra,
   )  # fmt: skip
+
+
+def _code_of(fn: Any) -> Any:
+  """The code object `fn` runs: its own, its method's, what it wraps, its class's __call__."""
+  for f in (fn, attribute(fn, '__func__'), attribute(fn, '__wrapped__'), type(fn).__call__):
+    if (code := attribute(f, '__code__')) is not None:
+      return code
+  return None
 
 
 def attribute(owner: Any, name: str) -> Any:
@@ -226,11 +242,14 @@ def _value(v: Any, functions: int, depth: int, seen: dict, names: frozenset = fr
     )
   # Once described, not again, unless met nearer the top (trial 50 N10: met first deep in
   # another global, its own reading was cut off there).
-  if depth > _DATA_DEPTH or seen.get(id(v), (None, _DATA_DEPTH + 1))[1] <= depth:
+  # And by what it was described for (trial 52 N11, N17: first met for a helper naming fewer of
+  # its attributes, or beyond the function depth, it was a bare name where the host reads it).
+  memo = id(v), names, functions
+  if depth > _DATA_DEPTH or seen.get(memo, (None, _DATA_DEPTH + 1))[1] <= depth:
     return type(v).__qualname__
   if len(seen) > _MOST_VALUES:
     return type(v).__qualname__
-  seen[id(v)] = v, depth  # kept alive, so that no other value takes its id meanwhile
+  seen[memo] = v, depth  # kept alive, so that no other value takes its id meanwhile
 
   def inner(x):
     return _value(x, functions, depth + 1, seen, names)

@@ -377,7 +377,7 @@ def loss_fn_identity(
       may differ).
   """
   fn = loss_fn.func if isinstance(loss_fn, functools.partial) else loss_fn
-  name = getattr(fn, '__qualname__', None) or type(fn).__qualname__
+  name = host_state.attribute(fn, '__qualname__') or type(fn).__qualname__  # 52: a KeyError
   with warnings.catch_warnings():  # the step warns of a deprecated loss_config= once
     warnings.simplefilter('ignore', DeprecationWarning)
     keyword = spec_keyword(loss_fn)
