@@ -333,3 +333,17 @@ def test_a_picture_saved_over_a_finished_runs_frame_is_kept(tmp_path, caffe_npz)
   (out / 'frame_00001.png').unlink()
   video_pipeline.run_video(cfg)  # the run's own frame 2 is replaced as before
   assert sorted(p.name for p in out.iterdir()) == ['frame_00001.png', 'frame_00002.png']
+
+
+def test_a_norecord_rerun_removes_the_replaced_videos_record(tmp_path, caffe_npz):
+  """Trial 53 R1: it stayed, naming the old style and digest (the next rerun was then refused)."""
+  _, src = _clip(tmp_path)
+  out = tmp_path / 'v.mp4'
+  cfg = _config(src, caffe_npz, str(out)).replace(run=nst_jax.RunConfig(progress='log'))
+  video_pipeline.run_video(cfg)
+  assert (tmp_path / 'v.mp4.json').is_file()
+  video_pipeline.run_video(cfg.replace(save=cfg.save.replace(record=False)))
+  assert not (tmp_path / 'v.mp4.json').exists() and out.is_file()
+  # Without a record nothing says nst-jax wrote it, as for an image (long-runs.md).
+  with pytest.raises(errors.NstError, match=r'v\.mp4 exists and no nst-jax run record says'):
+    video_pipeline.run_video(cfg)

@@ -20,6 +20,7 @@ renamed, frames to a hidden directory and renamed.
 """
 
 from collections.abc import Callable, Collection
+import contextlib
 import dataclasses
 from fractions import Fraction
 import json
@@ -282,10 +283,9 @@ def write_video(
 
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  # A new name (never a file there already), removed by the next run if a kill leaves it.
   fd, name = tempfile.mkstemp(prefix=f'.{path.name}.nst-', suffix='.partial.mp4', dir=path.parent)
   os.close(fd)
-  tmp = Path(name)
+  tmp = Path(name)  # a new name; the next run removes one a kill (or a read-only disk) leaves
   try:
     with av.open(str(tmp), 'w') as out:
       stream = None
@@ -312,7 +312,8 @@ def write_video(
   except OSError as e:  # a full or read-only disk (trial 51 V6: av's traceback)
     raise errors.WriteError(errors.write_failure(path, e, e.strerror or str(e))) from e
   finally:
-    tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+      tmp.unlink(missing_ok=True)
 
 
 def _copy_audio_streams(out, clip: Clip | None):
@@ -402,10 +403,8 @@ def write_frames(
 
 
 def _empty(directory: Path, replaces: Collection[str]) -> None:
-  """Deletes an earlier run's frames from `directory`, and it; refuses if it holds anything else.
-
-  The planner checked the folder before the run; this checks it again (a file put there since).
-  """
+  """Deletes an earlier run's frames from `directory`, and it; refuses if it holds anything else
+  (the planner checked it before the run; a file may have been put there since)."""
   entries = sorted(directory.iterdir())
   for p in entries:
     if p.name not in replaces or p.is_symlink() or not p.is_file():

@@ -1,21 +1,19 @@
 """Video style transfer (Ruder et al.): frames kept consistent by optical flow.
 
-Two ways to run a clip, both through the engine (the temporal term, start
-images and flows are in nst_jax.runs.temporal):
+Two ways to run a clip, both through the engine (the temporal term, start images and flows are in
+nst_jax.runs.temporal):
 
-  * one pass (`video.passes` 1, the default): frame t starts from frame t-1's
-    result warped by the flow and adds the temporal term to its objective;
-    the next pair's flow is computed on the host meanwhile.
-  * several passes: every frame is stylised on its own first; then each pass,
-    alternating in direction, starts every frame from a blend of its result
-    and its neighbour's warped result, with the temporal term towards that
-    neighbour. Within a pass the frames are independent problems, one batch
-    over every device (and host), like a batch of jobs.
+  * one pass (`video.passes` 1, the default): frame t starts from frame t-1's result warped by
+    the flow and adds the temporal term to its objective; the next pair's flow is computed on the
+    host meanwhile.
+  * several passes: every frame is stylised on its own first; then each pass, alternating in
+    direction, starts every frame from a blend of its result and its neighbour's warped result,
+    with the temporal term towards that neighbour. Within a pass the frames are independent
+    problems, one batch over every device (and host), like a batch of jobs.
 
-Each finished frame is kept (16-bit PNG) in a hidden work directory beside
-the output, with the running frame's checkpoint, so `run.resume` continues
-at the first unfinished frame (one pass) or the last unfinished pass. The
-video (or frame directory) appears only when complete, with its run record.
+Each finished frame is kept (16-bit PNG) in a hidden work directory beside the output, with the
+running frame's checkpoint, so `run.resume` continues at the first unfinished frame (one pass) or
+the last unfinished pass. The video (or frames) appears only when complete, with its run record.
 
 Reference: Ruder, Dosovitskiy & Brox, "Artistic style transfer for videos", GCPR
 2016 (arXiv:1604.08610); "... and spherical images", IJCV 2018 (multi-pass, 3.3).
@@ -444,6 +442,8 @@ def _write(cfg, paths: video_work.Paths, clip, results, record, seconds, there=N
         raise errors.WriteError(
           f'{e}; {paths.output} is written and {paths.work} kept: continue with run.resume'
         ) from None
+    elif output_names.record_beside(paths.output) is not None:  # the replaced one's (trial 53 R1)
+      target.unlink(missing_ok=True)
   if not cfg.run.keep_checkpoint:
     shutil.rmtree(paths.work, ignore_errors=True)
   logging.info('Done: %s, %d frames in %s (%.1f s of optical flow).', paths.output, len(results),
