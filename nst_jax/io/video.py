@@ -154,16 +154,17 @@ def open_video(path: str, frames: str = ':') -> Clip:
     times = [f.time for f in container.decode(video=0) if f.time is not None]
     total = len(times)
     has_audio = bool(container.streams.audio)
+    # Read while the file is open (PyAV 18.1.1: the closed container's stream refuses it).
+    rate, width, height = stream.average_rate or stream.guessed_rate, stream.width, stream.height
   if total == 0:
     raise errors.ImageError(f'{errors.printable(path)} has no frames; check the file')
-  fps = _constant_rate(times, stream, path)
+  fps = _constant_rate(times, rate, path)
   start, count = parse_range(frames, total, path)
-  return Clip(path, start, count, total, fps, stream.width, stream.height, has_audio, None,
-              tuple(notes))  # fmt: skip
+  return Clip(path, start, count, total, fps, width, height, has_audio, None, tuple(notes))
 
 
-def _constant_rate(times: list[float], stream, path: str) -> Fraction:
-  rate = stream.average_rate or stream.guessed_rate or Fraction(DEFAULT_FPS)
+def _constant_rate(times: list[float], rate: Fraction | None, path: str) -> Fraction:
+  rate = rate or Fraction(DEFAULT_FPS)
   if len(times) > 2:
     steps = np.diff(np.asarray(times, np.float64))
     expected = 1.0 / float(rate)
