@@ -541,6 +541,11 @@ def test_trial_50_edges():
   assert 'Keyed' in host_state.describe(_Keyed())
 
 
+class _Reader:
+  def __call__(self, y, s):
+    return y * s.weight()
+
+
 def test_trial_52_edges():
   """N11: a config first described for a helper naming fewer of its attributes; N13: a partial
   over a callable instance; N14: a bound builtin method's object; N15: an itemgetter's key."""
@@ -554,8 +559,8 @@ def test_trial_52_edges():
     operator.itemgetter('b')
   )
   chained = _Chain()
-  through = functools.partial(_Keyed.__call__, _Keyed())  # a method of an instance, its code
-  assert 'Keyed' in host_state.describe(through)
+  # What the instance's __call__ reads of its partial argument (a method of it, its class data).
+  assert _changes_with(functools.partial(_Reader(), s=chained), _Chain, 'base')
 
   def helper(y):
     return y * len(vars(chained))
