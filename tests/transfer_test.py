@@ -962,6 +962,54 @@ def _recording_into(log):
   return loss
 
 
+def _on_host(y):
+  return np.float32(0.0) * y
+
+
+def _calling_host(image, params, targets, *, model, loss_spec):
+  """A loss_fn computing part of its value in Python on the host (state nothing changes)."""
+  total, aux = nst_jax.objective(image, params, targets, model=model, loss_spec=loss_spec)
+  shape = jax.ShapeDtypeStruct((), np.float32)
+  noted = jax.pure_callback(_on_host, shape, jax.lax.stop_gradient(total), vmap_method='sequential')
+  return total + noted, aux
+
+
+def test_a_resume_with_a_host_callback_says_how_far_its_state_was_compared(
+  caffe_npz, tmp_path, caplog
+):
+  """Trials 40-52 each found more Python state beyond the description's reach, each a resume
+  continuing unsaid under another objective: such a resume says what it compared and how to
+  answer for the rest, once; a declared identity, a fresh run or a pure loss_fn say nothing."""
+  rng = np.random.default_rng(22)
+  content, style = rng.uniform(size=(2, 16, 16, 3)).astype(np.float32)
+  cfg = _cfg(4, run=config_lib.RunConfig(checkpoint_every=1, print_iter=0))
+  again = cfg.replace(run=cfg.run.replace(resume=True))
+  said = []
+  for loss_fn, declared in ((_calling_host, None), (functools.partial(_calling_host), 'v1'),
+                            (nst_jax.objective, None)):  # fmt: skip
+    if declared:
+      loss_fn.nst_jax_identity = declared
+    ckpt = tmp_path / f'{len(said)}.ckpt'
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      _stopped_after(2, content, style, config=cfg, weights=caffe_npz, checkpoint=ckpt,
+                     loss_fn=loss_fn)  # fmt: skip
+      fresh = [r.getMessage() for r in caplog.records if 'calls Python' in r.getMessage()]
+      stylize(content, style, config=again, weights=caffe_npz, checkpoint=ckpt, loss_fn=loss_fn)
+    said.append([r.getMessage() for r in caplog.records if 'calls Python' in r.getMessage()])
+    assert fresh == []
+  assert said == [
+    [
+      'resuming with loss_fn _calling_host, which calls Python on the host: its state was '
+      "compared only as far as docs/api.md's description reaches (a change beyond it, in an "
+      "object a helper is passed, say, resumes unsaid); set loss_fn.nst_jax_identity = "
+      "'my-loss-v1' to answer for it yourself"
+    ],
+    [],
+    [],
+  ]
+
+
 def test_a_loss_fn_declares_its_identity_for_host_state_that_leaves_the_result_alone(
   caffe_npz, tmp_path
 ):

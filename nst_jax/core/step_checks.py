@@ -354,6 +354,7 @@ def loss_fn_identity(
   targets: Any,
   shape: tuple,
   callbacks: list | None = None,
+  host_callbacks: list | None = None,
 ) -> str:
   """A custom loss_fn as a checkpoint names it, so that a resume with another is refused.
 
@@ -375,6 +376,7 @@ def loss_fn_identity(
     callbacks: a list that gets the host callbacks' functions, jax.debug.callback's too (the
       compile cache keys by them, as host_state.key says: Python state the digest cannot see
       may differ).
+    host_callbacks: a list that gets the host callbacks' alone (pure_callback's, io_callback's).
   """
   fn = loss_fn.func if isinstance(loss_fn, functools.partial) else loss_fn
   name = host_state.attribute(fn, '__qualname__') or type(fn).__qualname__  # 52: a KeyError
@@ -399,8 +401,9 @@ def loss_fn_identity(
   digest = hashlib.sha256(f'{text} {jax.tree.structure(out)}'.encode())
   consts, hosts, loggers = list(closed.consts), [], []
   _inside(closed.jaxpr, consts, hosts, loggers)
-  if callbacks is not None:
-    callbacks.extend(hosts + loggers)
+  for into, found in ((callbacks, hosts + loggers), (host_callbacks, hosts)):
+    if into is not None:
+      into.extend(found)
   for const in consts:
     if jax.dtypes.issubdtype(getattr(const, 'dtype', None), jax.dtypes.prng_key):
       const = jax.random.key_data(const)  # a typed key has no bytes of its own (trial 35)
