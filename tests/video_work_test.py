@@ -317,6 +317,40 @@ def test_a_rerun_killed_before_its_record_resumes_over_the_earlier_record(
   assert record['result_sha256'] == output_names.file_sha256(out)
 
 
+def test_a_run_stopped_before_its_record_names_a_file_at_the_records_name(
+  tmp_path, caffe_npz, monkeypatch
+):
+  """Trial 51 V3: killed between its video and its record, with a user's file at the record's
+  name, the rerun's line said to resume, and only the resume named the user's file."""
+  from nst_jax.io import atomic
+
+  _, src = _clip(tmp_path)
+  out, notes = tmp_path / 'v.mp4', tmp_path / 'v.mp4.json'
+  cfg = _config(src, caffe_npz, str(out)).replace(run=nst_jax.RunConfig(progress='log'))
+  real = atomic.write
+
+  def killed(path, *args, **kwargs):
+    if str(path).endswith('v.mp4.json'):
+      raise SystemExit('killed')
+    return real(path, *args, **kwargs)
+
+  monkeypatch.setattr(atomic, 'write', killed)
+  with pytest.raises(SystemExit):
+    video_pipeline.run_video(cfg)
+  monkeypatch.undo()
+  notes.write_text('my notes')
+  with pytest.raises(errors.NstError) as refused:
+    video_pipeline.run_video(cfg)
+  assert str(refused.value) == (
+    f'{tmp_path}/.v.mp4.work holds an unfinished video run; move {notes} away (no run record '
+    'of v.mp4), then continue with run.resume, or delete it to start over'
+  )
+  assert notes.read_text() == 'my notes'
+  notes.rename(tmp_path / 'mine.json')
+  video_pipeline.run_video(cfg.replace(run=cfg.run.replace(resume=True)))
+  assert json.loads(notes.read_text())['result_sha256'] == output_names.file_sha256(out)
+
+
 def test_a_picture_saved_over_a_finished_runs_frame_is_kept(tmp_path, caffe_npz):
   """Trial 53 F1: a frames folder's record claimed its frames by name, and a rerun replaced a
   picture the user had saved over one of them; now by the digests the record notes."""

@@ -116,9 +116,11 @@ def paths(cfg: config_lib.StyleConfig) -> Paths:
       'then run again'
     )
   if started and not cfg.run.resume:
+    way, record = 'continue it with run.resume', record_path(Paths(output, as_frames, work, None))
+    if os.path.lexists(record) and output_names.record_beside(output) is None:  # trial 51 V3
+      way = f'move {record} away (no run record of {output.name}), then continue with run.resume'
     raise errors.NstError(
-      f'{work} holds an unfinished video run; continue it with run.resume, or delete it to start '
-      'over'
+      f'{work} holds an unfinished video run; {way}, or delete it to start over'
     )
   if cfg.run.resume and not started:
     raise errors.NstError(f'nothing to resume: no {work}; run without run.resume to start')
