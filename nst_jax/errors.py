@@ -238,7 +238,10 @@ def unknown_keywords(
   if not unknown:
     return
   name = unknown[0]
-  close = difflib.get_close_matches(name, valid, n=1)
+  # A valid name with a word added ('style_image' for 'style') before difflib's closest, which
+  # took 'style_masks' (trial 54 T54-8: the picture would have gone in as masks).
+  stems = [v for v in valid if name.startswith(f'{v}_') or name.endswith(f'_{v}')]
+  close = sorted(stems, key=len)[-1:] or difflib.get_close_matches(name, valid, n=1)
   if close:
     fix = f'did you mean {suggest(close[0])}?'
   else:

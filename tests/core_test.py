@@ -988,10 +988,31 @@ def test_loss_spec_takes_lists_and_one_name_and_names_what_is_wrong():
     ({'content_layers': ()}, "content_layers must be layer names, e.g. ('relu4_2',), got ()"),
     ({'style_layer_weights': (1.0,)}, 'style_layer_weights has 1 value for 5 style layers; give '
      'one per style layer, or None for all 1'),
+    # Trial 54 T54-9: checked without a model, VGG-19's list read as the tiny model's.
+    ({'style_layers': ('relu9_1',)}, "style_layers: unknown layer name(s) relu9_1 (a LossSpec "
+     "checks VGG-19's; a smaller model's are checked where it runs); VGG-19's are: "
+     + ', '.join(vgg.layer_names(vgg.VGG19_STAGE_SIZES))),
   )  # fmt: skip
   for kwargs, message in cases:
     with _raises(message):
       LossSpec(**kwargs)
+
+
+def test_a_traced_backtrack_names_how_to_make_it_static():
+  """Trial 54 T54-6: a user's jax.jit of update_step given backtrack=True as an argument raised
+  JAX's TracerBoolConversionError from inside the step, naming no fix."""
+  model, params, content, targets = _problem()
+  opt = make_optimizer('lbfgs', convention='caffe')
+  step = functools.partial(update_step, model=model, optimizer=opt, loss_spec=TINY_LOSS.spec)
+  with pytest.raises(errors.ArgumentError) as e:
+    jax.jit(step)(init_state(content, opt), params, targets, backtrack=True)
+  assert str(e.value) == (
+    'update_step got a traced backtrack=; it decides the program, so make it static: '
+    "functools.partial(update_step, backtrack=True), or jax.jit(..., static_argnames='backtrack')"
+  )
+  static = jax.jit(step, static_argnames='backtrack')
+  _, losses = static(init_state(content, opt), params, targets, backtrack=True)
+  assert np.isfinite(losses['total']).all()
 
 
 def test_missing_and_misnamed_arguments_are_project_errors_that_stay_type_errors():
@@ -1098,10 +1119,16 @@ def test_a_mask_batch_neither_one_nor_n_is_refused_naming_the_mask():
   ):
     _targets(params, model, three, one, content_mask=np.ones((2, 16, 16), np.float32))
   with _raises(
-    'style_masks has a batch of 2 for 3 content images; give 1 (shared by every image) or 3, '
-    'one per image'
+    'style_masks ([N or 1, S, H, W]: images, then styles) has a batch of 2 for 3 content images; '
+    'give 1 (shared by every image) or 3, one per image'
   ):
     _targets(params, model, three, [one, one], style_masks=np.ones((2, 2, 16, 16), np.float32))
+  with _raises(  # trial 54 T54-13: one [1, H, W] mask per style, in a list
+    'style_masks ([N or 1, S, H, W]: images, then styles) has a batch of 2 for 1 content image; '
+    'give 1 (shared by every image); one [1, H, W] mask per style stacks as '
+    'np.stack(masks, axis=1)'
+  ):
+    _targets(params, model, one, [one, one], style_masks=[np.ones((1, 16, 16), np.float32)] * 2)
   shared = _targets(params, model, three, one, content_mask=np.ones((1, 16, 16), np.float32))
   assert shared.content_mask['relu2_2'].shape == (3, 8, 8)
 

@@ -27,6 +27,16 @@ def vgg_model(model: Any) -> None:
     )
 
 
+def static_backtrack(backtrack: Any) -> None:
+  """Refuses a traced `backtrack` (a jit of update_step that did not make it static: JAX's
+  TracerBoolConversionError from inside the step, naming no fix; trial 54 T54-6)."""
+  if isinstance(backtrack, jax.core.Tracer):
+    raise errors.ArgumentError(
+      'update_step got a traced backtrack=; it decides the program, so make it static: '
+      "functools.partial(update_step, backtrack=True), or jax.jit(..., static_argnames='backtrack')"
+    )
+
+
 def params_fit(params: Any, model: vgg.VGG, layers: Any) -> None:
   """Refuses params the model cannot run to `layers` with, naming the fix.
 
@@ -118,9 +128,13 @@ def targets_inputs(content: Any, style: Any, content_mask: Any, style_masks: Any
   n = content.shape[0]
   for name, mask in (('content_mask', content_mask), ('style_masks', style_masks)):
     if mask is not None and mask.shape[0] not in (1, n):
+      form = ' ([N or 1, S, H, W]: images, then styles)' * (name == 'style_masks')
+      # Trial 54 T54-13: a list of one [1, H, W] mask per style stacks on the batch axis.
+      stack = '; one [1, H, W] mask per style stacks as np.stack(masks, axis=1)'
       raise errors.ConfigError(
-        f'{name} has a batch of {mask.shape[0]} for {n} content image{"s" * (n != 1)}; give 1 '
-        f'(shared by every image){f" or {n}, one per image" if n != 1 else ""}'
+        f'{name}{form} has a batch of {mask.shape[0]} for {n} content image{"s" * (n != 1)}; '
+        f'give 1 (shared by every image){f" or {n}, one per image" if n != 1 else ""}'
+        + (stack if name == 'style_masks' and mask.shape[1] == 1 else '')
       )
   return content
 

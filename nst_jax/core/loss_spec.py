@@ -74,7 +74,15 @@ class LossSpec:
         value = tuple(value)
       if not isinstance(value, tuple) or not value:
         raise errors.ConfigError(f"{field} must be layer names, e.g. ('relu4_2',), got {value!r}")
-      vgg.check_layers(value)
+      try:
+        vgg.check_layers(value)
+      except errors.ConfigError as e:  # checked without a model (trial 54 T54-9: VGGTiny's?)
+        words = str(e).replace(
+          '; valid names are',
+          " (a LossSpec checks VGG-19's; a smaller model's are checked where "
+          "it runs); VGG-19's are",
+        )
+        raise errors.ConfigError(f'{field}: {words}') from None
       repeated = sorted({name for name in value if value.count(name) > 1})
       if repeated:
         # A repeated style layer kept only its last weight; a content layer counted twice.

@@ -234,6 +234,7 @@ def update_step(
     loss_spec = objective_lib.as_spec(loss_config, config_ok=True)
   loss_spec = objective_lib.as_spec(loss_spec)
   checks.vgg_model(model)
+  checks.static_backtrack(backtrack)
   donation.refuse_donated(state)  # eager: a Step's state passed again (under jit: traced)
   checks.step_inputs(state.image, targets, loss_spec)
   step_checks.target_batches(targets, state.image.shape[0])
