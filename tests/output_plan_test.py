@@ -96,6 +96,15 @@ def test_an_existing_foreign_file_is_kept_unless_overwrite(tmp_path):
     'name, or replace it with save.overwrite'
   )
   output_plan.check([_out(notes)], inputs={}, overwrite=True)
+  for damaged in ('{"outp', '[1, 2]', '{"output": "/etc/passwd"}'):  # trial 55 T55-12: unsaid
+    (tmp_path / 'notes.json').write_text(damaged)
+    with pytest.raises(errors.NstError) as e:
+      output_plan.check([_out(notes)], inputs={})
+    assert str(e.value) == (
+      f'{notes} exists (notes.json is unreadable or of another file) and no nst-jax run record '
+      'says nst-jax wrote it; choose another output name, or replace it with save.overwrite'
+    )
+  (tmp_path / 'notes.json').unlink()
   # The user's notes.json beside result.png is not replaced by the run record.
   (tmp_path / 'result.json').write_text('{"mine": 1}')
   with pytest.raises(errors.NstError, match=r'result\.json exists, beside result\.png,'):
@@ -122,7 +131,7 @@ def test_a_rerun_replaces_its_own_result(tmp_path):
   output_plan.check([_out(result, save_iter=5, iterations=6)], inputs={})
   # A record naming another output does not make these files ours.
   (tmp_path / 'r.json').write_text(json.dumps({'output': 'elsewhere/q.png'}))
-  with pytest.raises(errors.NstError, match='r.png exists and no nst-jax run record'):
+  with pytest.raises(errors.NstError, match=r'r\.png exists \(r\.json is unreadable or of anoth'):
     output_plan.check([_out(result)], inputs={})
   # An interrupted run (its checkpoint) owns its intermediates before any record exists.
   for name in ('r.json', 'r.png', 'r.loss.png', 'r.sheet.jpg'):
@@ -174,11 +183,11 @@ def test_an_unfinished_checkpoint_owns_no_result_and_another_runs_result_is_not_
   with pytest.raises(errors.NstError) as e:
     output_plan.check([_out(result)], inputs={})
   assert str(e.value) == (  # not 'choose another output name', which leaves its work behind
-    f'{result} exists and no nst-jax run record says nst-jax wrote it; move it away, or replace '
-    'it with save.overwrite'
+    f'{result} exists (r.json is unreadable or of another file) and no nst-jax run record says '
+    'nst-jax wrote it; move it away, or replace it with save.overwrite'
   )
   _checkpoint(tmp_path / 'r.ckpt', 10, 10)  # finished, and kept: r.json is someone's (trial 22)
-  with pytest.raises(errors.NstError, match=r'r\.png exists and no nst-jax run record'):
+  with pytest.raises(errors.NstError, match=r'r\.png exists \(r\.json is unreadable or of'):
     output_plan.check([_out(result)], inputs={})
   (tmp_path / 'r.json').unlink()  # as a run killed between its result and its record:
   with pytest.raises(errors.NstError, match=r'r\.png exists and no nst-jax run record'):
@@ -578,9 +587,9 @@ def test_a_videos_work_directory_owns_no_file_beside_a_foreign_record(tmp_path):
   (tmp_path / '.s.mp4.work').mkdir()
   video.write_bytes(b'mine')
   (tmp_path / 's.mp4.json').write_text('{"mine": 1}')
-  for _ in ('foreign record', 'no record'):  # trial 24: the second was taken as the run's own
-    with pytest.raises(errors.NstError, match=r's\.mp4 exists and no nst-jax run record'):
-      output_plan.check(plan, inputs={})
+  for said in (' (s.mp4.json is unreadable or of another file)', ''):  # trial 24: the second
+    with pytest.raises(errors.NstError, match=re.escape(f'{video} exists{said} and no nst-jax')):
+      output_plan.check(plan, inputs={})  # ... was taken as the run's own
     (tmp_path / 's.mp4.json').unlink(missing_ok=True)
   # As a run killed between its video and its record: its marker holds the video's digest.
   (tmp_path / '.s.mp4.work' / output_names.WORK_WRITING).write_text(output_names.file_sha256(video))

@@ -351,6 +351,47 @@ def test_a_run_stopped_before_its_record_names_a_file_at_the_records_name(
   assert json.loads(notes.read_text())['result_sha256'] == output_names.file_sha256(out)
 
 
+def test_a_read_only_disk_at_the_works_notes_is_one_line_and_resumes(
+  tmp_path, caffe_npz, monkeypatch
+):
+  """Trial 55 T55-5: the disk made read-only after the last frame, before the result, was a
+  traceback from the work directory's note that the result is being written (and a frames
+  folder's note of its frames' digests)."""
+  import errno
+
+  _, src = _clip(tmp_path)
+  real_touch, real_write = Path.touch, Path.write_text
+
+  def read_only(names):
+    def refuse(real):
+      def call(self, *args, **kwargs):
+        if self.name in names:
+          raise OSError(errno.EROFS, 'Read-only file system')
+        return real(self, *args, **kwargs)
+
+      return call
+
+    monkeypatch.setattr(Path, 'touch', refuse(real_touch))
+    monkeypatch.setattr(Path, 'write_text', refuse(real_write))
+
+  for out, note in ((tmp_path / 'v.mp4', output_names.WORK_WRITING),
+                    (tmp_path / 'sf', output_names.WORK_FRAMES)):  # fmt: skip
+    cfg = _config(src, caffe_npz, f'{out}/' if out.suffix == '' else str(out))
+    work = out.with_name(f'.{out.name}.work')
+    read_only({note})
+    with pytest.raises(errors.WriteError) as e:
+      video_pipeline.run_video(cfg)
+    monkeypatch.undo()
+    assert str(e.value) == (
+      f'could not write {work / note}: Read-only file system; {work} keeps the finished frames: '
+      'free space or make it writable, then continue with run.resume'
+    )
+    assert not out.exists() and work.is_dir()
+    video_pipeline.run_video(cfg.replace(run=cfg.run.replace(resume=True, keep_checkpoint=False)))
+    assert out.exists() and not work.exists()
+    assert json.loads(video_work.record_path(video_work.Paths(out, False, work)).read_text())
+
+
 def test_a_picture_saved_over_a_finished_runs_frame_is_kept(tmp_path, caffe_npz):
   """Trial 53 F1: a frames folder's record claimed its frames by name, and a rerun replaced a
   picture the user had saved over one of them; now by the digests the record notes."""

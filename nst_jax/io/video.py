@@ -358,8 +358,7 @@ def _mux_audio(out, stream, clip: Clip) -> None:
 
 def _plain_mode(path: Path, mode: int) -> None:
   """The mode a plain open() or mkdir() would have given (the umask applied)."""
-  umask = os.umask(0)
-  os.umask(umask)
+  os.umask(umask := os.umask(0))
   os.chmod(path, mode & ~umask)
 
 
@@ -370,8 +369,7 @@ def write_frames(
   """Writes RGB frames as directory/frame_00001.png ..., the directory appearing when complete.
 
   Args:
-    directory: the folder of frames; an existing one must be empty or hold only files named in
-      `replaces`.
+    directory: the folder of frames; an existing one empty or holding only `replaces`' files.
     frames: an iterable of RGB frames [H, W, 3] in [0, 1].
     bit_depth: 8 or 16 bits per channel.
     replaces: names of files in `directory` that an earlier run wrote (the frames its run record
@@ -398,6 +396,8 @@ def write_frames(
     if directory.exists():
       _empty(directory, replaces)
     os.replace(tmp, directory)
+  except OSError as e:  # a full or read-only disk, at the frames or their note (trial 55 T55-5)
+    raise errors.WriteError(errors.write_failure(directory, e, e.strerror or str(e))) from e
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return n

@@ -88,18 +88,16 @@ def image_output(
   iterations: int | Sequence[int] = 0,
   checkpoint: Path | None = None,
 ) -> Output:
-  """An image result with its record files, checkpoint and intermediates.
-
-  `checkpoint`: where its checkpoint goes (default: beside the result).
-  """
+  """An image result with its record files, checkpoint (`checkpoint`, default: beside the
+  result) and intermediates."""
   result = Path(result)
   if checkpoint is None:
     checkpoint = output_names.derived(result, output_names.CHECKPOINT_TAIL)
   files = [('checkpoint', Path(checkpoint))]
   if record:
+    names = output_names.RECORD_NAMES
     files += [
-      (output_names.RECORD_NAMES[k], output_names.derived(result, tail))
-      for k, tail in output_names.RECORD_TAILS.items()
+      (names[k], output_names.derived(result, t)) for k, t in output_names.RECORD_TAILS.items()
     ]
   files += [(INTERMEDIATE, p) for p in output_names.intermediates(result, save_iter, iterations)]
   return Output(result, owner, pixels, state_bytes, tuple(files), resumable=Path(checkpoint))
@@ -247,6 +245,8 @@ def _check_files(out: Output, overwrite: bool) -> None:
       )
     if path.exists() and not (path in ours or overwrite):
       whose = '' if path == out.result else f', beside {out.result.name},'
+      if path == out.result and _foreign_record(out):  # trial 55 T55-12: a damaged one unsaid
+        whose = f' ({output_names.record_files(path)[0].name} is unreadable or of another file)'
       fix = 'move it away' if os.path.lexists(out.state) else 'choose another output name'
       raise errors.NstError(  # trial 41: another name, beside a checkpoint, left its work behind
         f'{path} exists{whose} and no nst-jax run record says nst-jax wrote it; {fix}, or replace '

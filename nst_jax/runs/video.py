@@ -47,7 +47,6 @@ from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import checkpoint_store
 from nst_jax.io import images as image_lib
 from nst_jax.io import output_names
-from nst_jax.io import record as record_lib
 from nst_jax.io import video as video_lib
 from nst_jax.io import weights as weights_lib
 from nst_jax.runs import flow as flow_lib
@@ -388,24 +387,28 @@ def _write(cfg, paths: video_work.Paths, clip, results, record, seconds, there=N
   if jax.process_index() == 0:
     # A killed run's frames, which its work began to write (trial 49 V2), before this one's mark.
     earlier = output_names.work_frames(paths.work, paths.output)
-    (paths.work / output_names.WORK_WRITING).touch()  # the result is ours now (trial 24)
+    video_work.mark(paths, output_names.WORK_WRITING)  # the result is ours now (trial 24)
     if paths.as_frames:  # replacing the frames an earlier run's record claims, nothing else
       claimed = {*output_names.claimed(paths.output), *earlier}
       ours = {p.name for p in claimed if p.parent == paths.output}
 
       def note(folder: Path) -> None:  # before it is in place: ours by these digests after a kill
         written.update({f.name: output_names.file_sha256(f) for f in sorted(folder.iterdir())})
-        (paths.work / output_names.WORK_FRAMES).write_text(json.dumps(written))
+        video_work.mark(paths, output_names.WORK_FRAMES, json.dumps(written))
 
       try:
         video_lib.write_frames(paths.output, results, replaces=ours, then=note)
+      except video_work.WorkKept:
+        raise
+      except errors.WriteError as e:  # a full or read-only disk (trial 55 T55-5): kept too
+        raise video_work.WorkKept(video_work.kept(e, paths)) from None
       except errors.NstError as e:  # a file put there during the run: the work is kept
         raise errors.NstError(f'{e}, then continue with run.resume') from None
-      (paths.work / output_names.WORK_WRITING).write_text(video_work.FRAMES_WRITTEN)
+      video_work.mark(paths, output_names.WORK_WRITING, video_work.FRAMES_WRITTEN)
     else:
 
       def noted(video: Path) -> None:  # ours by digest (trial 43), before it is in place (51 V4)
-        (paths.work / output_names.WORK_WRITING).write_text(output_names.file_sha256(video))
+        video_work.mark(paths, output_names.WORK_WRITING, output_names.file_sha256(video))
 
       try:
         video_lib.write_video(paths.output, results, clip.fps, audio_from=clip,
@@ -415,21 +418,7 @@ def _write(cfg, paths: video_work.Paths, clip, results, record, seconds, there=N
         raise errors.WriteError(f'{e}; move it away, then continue with run.resume') from None
     target = video_work.record_path(paths)
     if cfg.save.record:
-      data = {
-        'output': str(paths.output),
-        'output_resolved': str(output_names.resolved(paths.output)),
-        'result_sha256': None if paths.as_frames else output_names.file_sha256(paths.output),
-        'source': clip.path,
-        'frames': clip.count,
-        'frames_sha256': written or None,
-        'fps': float(clip.fps),
-        'total_s': seconds,
-        'flow_s': record.get('flow_s', 0.0),
-        'settings': json.loads(json.dumps(dataclasses.asdict(cfg))),
-        'versions': record_lib.versions(),
-        'per_frame': record.get('frames', []),
-        'passes': record.get('passes', []),
-      }
+      data = video_work.record_data(cfg, paths, clip, record, seconds, written)
       try:
         atomic.write(target, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)),
                      replace=replaceable(target))  # fmt: skip

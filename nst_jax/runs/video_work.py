@@ -28,6 +28,7 @@ from nst_jax.io import checkpoint as checkpoint_lib
 from nst_jax.io import checkpoint_store
 from nst_jax.io import output_names
 from nst_jax.io import outputs
+from nst_jax.io import record as record_lib
 from nst_jax.runs import output_locks
 from nst_jax.runs import output_plan
 
@@ -133,6 +134,53 @@ def paths(cfg: config_lib.StyleConfig) -> Paths:
       'there under UTF-8 names only; choose another save.path'
     ) from None
   return Paths(output, as_frames, work, 'its run finished; rerunning' if done else None)
+
+
+class WorkKept(errors.WriteError):
+  """A write of the result failed; the work directory is kept, and the line says the way on."""
+
+
+def mark(paths: Paths, name: str, text: str | None = None) -> None:
+  """Writes `text` to the work directory's note `name` (None: touched, its text kept).
+
+  Raises:
+    WorkKept: a full or read-only disk (trial 55 T55-5: a traceback).
+  """
+  path = paths.work / name
+  try:
+    if text is None:
+      path.touch()
+    else:
+      path.write_text(text)
+  except OSError as e:
+    raise WorkKept(kept(f'could not write {path}: {e.strerror or e}', paths)) from None
+
+
+def kept(failure: object, paths: Paths) -> str:
+  """A failure to write the result, and the way on: the work directory keeps the frames."""
+  return (
+    f'{failure}; {paths.work} keeps the finished frames: free space or make it writable, then '
+    'continue with run.resume'
+  )
+
+
+def record_data(cfg, paths: Paths, clip, record: dict, seconds: float, written: dict) -> dict:
+  """The run record of a video run (`written`: the frames' digests, a frames folder's)."""
+  return {
+    'output': str(paths.output),
+    'output_resolved': str(output_names.resolved(paths.output)),
+    'result_sha256': None if paths.as_frames else output_names.file_sha256(paths.output),
+    'source': clip.path,
+    'frames': clip.count,
+    'frames_sha256': written or None,
+    'fps': float(clip.fps),
+    'total_s': seconds,
+    'flow_s': record.get('flow_s', 0.0),
+    'settings': json.loads(json.dumps(dataclasses.asdict(cfg))),
+    'versions': record_lib.versions(),
+    'per_frame': record.get('frames', []),
+    'passes': record.get('passes', []),
+  }
 
 
 def discard(paths: Paths) -> None:
