@@ -238,10 +238,16 @@ def unknown_keywords(
   if not unknown:
     return
   name = unknown[0]
-  # A valid name with a word added ('style_image' for 'style') before difflib's closest, which
-  # took 'style_masks' (trial 54 T54-8: the picture would have gone in as masks).
+  # A slip of a letter or two ('style_weights') first; then a valid name with a word added
+  # ('style_image' for 'style'), before difflib's closest, which took 'style_masks' (trial 54
+  # T54-8: the picture would have gone in as masks; trial 56: the stem alone took 'style' for
+  # 'style_weights').
   stems = [v for v in valid if name.startswith(f'{v}_') or name.endswith(f'_{v}')]
-  close = sorted(stems, key=len)[-1:] or difflib.get_close_matches(name, valid, n=1)
+  close = (
+    difflib.get_close_matches(name, valid, n=1, cutoff=0.85)
+    or sorted(stems, key=len)[-1:]
+    or difflib.get_close_matches(name, valid, n=1)
+  )
   if close:
     fix = f'did you mean {suggest(close[0])}?'
   else:

@@ -42,11 +42,15 @@ def test_unknown_keywords_names_the_closest_valid_one_or_lists_them():
   assert str(e.value) == "f got an unknown keyword 'zzz'; it takes a, b"
   errors.unknown_keywords('f', ['a'], ('a', 'b'))  # nothing unknown: nothing raised
   # Trial 54 T54-8: a name with a word added is the name, not difflib's closest ('style_masks').
+  # Trial 56: a slip of a letter (a plural) before the stem ('style_weights' was told 'style').
   for given, meant in (('style_image', 'style'), ('content_img', 'content'), ('my_style', 'style'),
-                       ('style_masks_2', 'style_masks')):  # fmt: skip
+                       ('style_masks_2', 'style_masks'), ('style_mask', 'style_masks'),
+                       ('content_masks', 'content_mask'), ('style_weights', 'style_weight'),
+                       ('content_weights', 'content_weight')):  # fmt: skip
     with pytest.raises(errors.ArgumentError) as e:
-      errors.unknown_keywords('stylize', [given], ('content', 'style', 'style_masks'))
-    assert str(e.value) == f"stylize got an unknown keyword {given!r}; did you mean {meant!r}?"
+      valid = ('content', 'style', 'style_masks', 'content_mask', 'style_weight', 'content_weight')
+      errors.unknown_keywords('stylize', [given], valid)
+    assert str(e.value) == f'stylize got an unknown keyword {given!r}; did you mean {meant!r}?'
 
   @errors.keywords_checked
   def g(x, *, alpha=1):
