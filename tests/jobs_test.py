@@ -139,6 +139,21 @@ def test_a_quoted_csv_value_keeps_its_line_break(tmp_path):
   ]  # fmt: skip
 
 
+def test_a_csv_row_cut_short_is_refused_naming_its_line(tmp_path):
+  """Trial 57: a row with fewer values than the header read its missing output as none given and
+  wrote the result to the default output, exit 0."""
+  path = tmp_path / 'jobs.csv'
+  path.write_text('content,style,output\na.jpg,x.jpg,o.png\nb.jpg,x.jpg\n')
+  with pytest.raises(errors.ConfigError) as e:
+    jobs_lib.read_jobs(path)
+  assert str(e.value) == (
+    f"{path} line 3 has fewer values than the header's 3 columns; give each column a value, an "
+    'empty one by its comma alone (a.jpg,b.jpg,)'
+  )
+  path.write_text('content,style,output\na.jpg,x.jpg,o.png\nb.jpg,x.jpg,\n')
+  assert [job.output for job in jobs_lib.read_jobs(path)] == [str(tmp_path / 'o.png'), '']
+
+
 def test_file_and_column_names_with_control_characters_stay_on_one_line(tmp_path):
   path = tmp_path / 'my\njobs.csv'
   path.write_text('content,style,\tnote\na.jpg,x.jpg,hi\n')

@@ -187,6 +187,12 @@ def read_jobs(path: str | os.PathLike) -> list[Job]:
       )
     _check_columns(f'{name} line 1', reader.fieldnames)  # the header, not the first job
     rows = [(reader.line_num, row) for row in reader]  # blank lines counted, as an editor does
+    for number, row in rows:  # trial 57: a row cut short read its missing output as none given
+      if any(value is None for key, value in row.items() if key is not None):
+        raise errors.ConfigError(
+          f"{name} line {number} has fewer values than the header's {len(reader.fieldnames)} "
+          'columns; give each column a value, an empty one by its comma alone (a.jpg,b.jpg,)'
+        )
   jobs = [_job(path, number, row) for number, row in rows]
   if not jobs:
     raise errors.ConfigError(f'{name} lists no jobs; add one line per job after the header')
