@@ -1002,7 +1002,7 @@ def test_a_resume_with_a_host_callback_says_how_far_its_state_was_compared(
     [
       'resuming with loss_fn _calling_host, which calls Python on the host: its state was '
       "compared only as far as docs/api.md's description reaches (a change beyond it, in an "
-      "object a helper is passed, say, resumes unsaid); set loss_fn.nst_jax_identity = "
+      'object a helper is passed, say, resumes unsaid); set loss_fn.nst_jax_identity = '
       "'my-loss-v1' to answer for it yourself"
     ],
     [],

@@ -392,6 +392,39 @@ def test_a_read_only_disk_at_the_works_notes_is_one_line_and_resumes(
     assert json.loads(video_work.record_path(video_work.Paths(out, False, work)).read_text())
 
 
+def test_a_full_disk_while_the_video_is_encoded_keeps_the_work_and_says_resume(
+  tmp_path, caffe_npz, monkeypatch
+):
+  """Trial 57 T57-8: the line named the disk's fix and 'choose another place', not that the
+  finished frames were kept for --resume (a fresh run would redo every frame)."""
+  import errno
+
+  import av
+
+  _, src = _clip(tmp_path)
+  out, work = tmp_path / 'v.mp4', tmp_path / '.v.mp4.work'
+  cfg = _config(src, caffe_npz, str(out))
+  real = av.open
+
+  def full(file, mode='r', *args, **kwargs):
+    if mode == 'w':
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    return real(file, mode, *args, **kwargs)
+
+  monkeypatch.setattr(av, 'open', full)
+  with pytest.raises(errors.WriteError) as e:
+    video_pipeline.run_video(cfg)
+  monkeypatch.undo()
+  assert str(e.value).endswith(
+    f'{work} keeps the finished frames: free space or make it writable, then continue with '
+    'run.resume'
+  )
+  assert str(e.value).startswith(f'could not write {out}: No space left on device')
+  assert not out.exists() and work.is_dir()
+  video_pipeline.run_video(cfg.replace(run=cfg.run.replace(resume=True, keep_checkpoint=False)))
+  assert out.is_file() and not work.exists()
+
+
 def test_a_picture_saved_over_a_finished_runs_frame_is_kept(tmp_path, caffe_npz):
   """Trial 53 F1: a frames folder's record claimed its frames by name, and a rerun replaced a
   picture the user had saved over one of them; now by the digests the record notes."""

@@ -416,6 +416,10 @@ def _write(cfg, paths: video_work.Paths, clip, results, record, seconds, there=N
       except errors.FileAppeared as e:  # not ours, then: a resume must not take it (trial 24)
         (paths.work / output_names.WORK_WRITING).unlink(missing_ok=True)
         raise errors.WriteError(f'{e}; move it away, then continue with run.resume') from None
+      except video_work.WorkKept:
+        raise
+      except errors.WriteError as e:  # a full disk while encoding (trial 57 T57-8: no way on)
+        raise video_work.WorkKept(video_work.kept(e, paths)) from None
     target = video_work.record_path(paths)
     if cfg.save.record:
       data = video_work.record_data(cfg, paths, clip, record, seconds, written)
