@@ -255,13 +255,22 @@ def unknown_keywords(
   raise ArgumentError(f'{owner} got an unknown keyword {name!r}; {fix}')
 
 
-def keywords_checked(fn: Callable) -> Callable:
-  """`fn`, refusing an unknown keyword with `unknown_keywords` before Python's TypeError would."""
+def keywords_checked(fn: Callable | None = None, *, known: Callable | None = None) -> Callable:
+  """`fn`, refusing an unknown keyword with `unknown_keywords` before Python's TypeError would.
+
+  `known(name)`: the fix for an unknown keyword that means something elsewhere (a setting given
+  to `stylize`: trial 58 T58-3, 'style_weight' was told 'style', the image), or None.
+  """
+  if fn is None:
+    return functools.partial(keywords_checked, known=known)
   kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
   valid = [p.name for p in inspect.signature(fn).parameters.values() if p.kind in kinds]
 
   @functools.wraps(fn)
   def checked(*args, **kwargs):
+    for name in kwargs:
+      if name not in valid and known is not None and (fix := known(name)):
+        raise ArgumentError(f'{fn.__name__} got an unknown keyword {name!r}; {fix}')
     unknown_keywords(fn.__name__, kwargs, valid)
     return fn(*args, **kwargs)
 

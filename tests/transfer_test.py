@@ -378,11 +378,28 @@ def test_a_config_or_keyword_stylize_does_not_take_names_the_fix(caffe_npz):
      'nst_jax.StyleConfig(loss=nst_jax.LossConfig(...))'),
     (dict(style_mask=np.ones((1, 32, 32))),
      "stylize got an unknown keyword 'style_mask'; did you mean 'style_masks'?"),
+    # Trial 58 T58-3: a setting given as stylize's keyword was told 'style', the image.
+    (dict(style_weight=1e3),
+     "stylize got an unknown keyword 'style_weight'; it is a setting, loss.style_weight: pass "
+     'config=nst_jax.StyleConfig(loss=nst_jax.LossConfig(style_weight=...))'),
+    (dict(iterations=5),
+     "stylize got an unknown keyword 'iterations'; it is a setting, schedule.iterations: pass "
+     'config=nst_jax.StyleConfig(schedule=nst_jax.ScheduleConfig(iterations=...))'),
   ]  # fmt: skip
   for kwargs, message in cases:
     with pytest.raises(errors.ArgumentError) as e:
       stylize(rgb, rgb, weights=caffe_npz, **kwargs)
     assert str(e.value) == message
+  # Trial 58 T58-7: VGGTiny's params were told to pass a model=, which stylize does not take.
+  tiny = nst_jax.random_scaled_params(0, stage_sizes=(1, 2), widths=(4, 8))
+  tiny = nst_jax.Weights.from_params(tiny, 'caffe')
+  with pytest.raises(errors.ConfigError) as e:
+    stylize(rgb, rgb, weights=tiny)
+  assert str(e.value) == (
+    "weights' conv1_1 kernel is (3, 3, 3, 4), not VGG-19's (3, 3, 3, 64): stylize runs VGG-19; "
+    "pass its weights (nst_jax.Weights.from_params(nst_jax.random_scaled_params(seed), 'caffe') "
+    'for random ones), or run another model with nst_jax.make_step'
+  )
 
 
 def _interrupted(caffe_npz, tmp_path, *, seed, cfg=None):

@@ -229,6 +229,18 @@ def _check_flat(flat: dict) -> None:
   )
 
 
+def as_setting(name: str) -> str | None:
+  """How to pass `name` as a setting where a config is taken (`stylize`), or None if it is none."""
+  owners = [g for g, cls in GROUPS.items() if name in cls.__dataclass_fields__]
+  if not owners:
+    return None
+  group = GROUPS[owners[0]]
+  return (
+    f'it is a setting, {owners[0]}.{name}: pass config=nst_jax.StyleConfig({owners[0]}='
+    f'nst_jax.{group.__name__}({name}=...))'
+  )
+
+
 def _check_given_once(groups: dict, flat: dict) -> None:
   """Refuses a flat name whose group, given too, holds another value (the flat one won, unsaid).
 

@@ -150,3 +150,16 @@ def path_argument(path, given_as: str):
     f'{given_as.rstrip("=")} must be {what}the path of a converted .npz, got '
     f'{type(path).__name__} {path!r}; pass a path, or None for the default'
   )
+
+
+def vgg19_sized(params: dict, owner: str) -> None:
+  """Refuses params of another network where VGG-19 runs (`owner`: who runs it, e.g. stylize,
+  which takes no model=: VGGTiny's params were told to pass one, trial 58)."""
+  kernel = params.get('conv1_1', {}).get('kernel')
+  want = expected_shapes()['conv1_1/kernel']
+  if kernel is not None and tuple(np.shape(kernel)) != want:
+    raise errors.ConfigError(
+      f"weights' conv1_1 kernel is {tuple(np.shape(kernel))}, not VGG-19's {want}: {owner} runs "
+      'VGG-19; pass its weights (nst_jax.Weights.from_params(nst_jax.random_scaled_params(seed), '
+      "'caffe') for random ones), or run another model with nst_jax.make_step"
+    )

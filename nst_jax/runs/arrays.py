@@ -31,6 +31,7 @@ from nst_jax.engine import memory as memory_lib
 from nst_jax.engine import rows as rows_lib
 from nst_jax.engine import signals
 from nst_jax.io import images as image_lib
+from nst_jax.io import weight_checks
 from nst_jax.io import weights as weights_lib
 from nst_jax.runs import inputs as inputs_lib
 from nst_jax.runs import runner
@@ -242,7 +243,7 @@ def _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint
   }
 
 
-@errors.keywords_checked
+@errors.keywords_checked(known=config_lib.as_setting)
 def stylize(
   content: jax.typing.ArrayLike,
   style: jax.typing.ArrayLike | Sequence[jax.typing.ArrayLike],
@@ -387,6 +388,7 @@ def stylize(
     w = weights_lib.for_model(cfg.model)
   else:
     w = weights_lib.as_weights(weights, urls=cfg.model.weights_url)
+  weight_checks.vgg19_sized(w.params, 'stylize')  # trial 58 T58-7
   rows = _rows(cfg, content, style, content_mask, style_masks, init_image, checkpoint)
   squeeze = np.ndim(content) == 3  # after _rows' checks: a ragged list is numpy's ValueError
   n = len(rows)
