@@ -455,3 +455,23 @@ def test_a_run_killed_while_drawing_its_sheet_owns_the_loss_plot_it_drew(
   _killed_in(monkeypatch, record_lib, 'contact_sheet', _cfg(images, out, caffe_npz, iterations=5))
   run(_cfg(images, out, caffe_npz, iterations=2, record=False))
   assert sorted(p.name for p in tmp_path.glob('r*')) == ['r.png']
+
+
+def test_a_rerun_after_a_kill_at_the_result_replaces_the_killed_runs_images(
+  tmp_path, images, caffe_npz, monkeypatch
+):
+  """Trial 59 T59-7: killed while its result was written (its checkpoint finished), a plain rerun
+  forgot the images the checkpoint noted before checking its plan again under the locks, so that
+  check called them someone's; the refused rerun had forgotten them for --resume too."""
+  out = tmp_path / 'r.png'
+  cfg = _cfg(images, out, caffe_npz, save_iter=2, checkpoint_every=1)
+  _killed_in(monkeypatch, results_lib.Results, 'write', cfg)
+  ckpt = checkpoint_lib.path_for(out, None)
+  from nst_jax.io import checkpoint_store
+
+  assert sorted(checkpoint_store.noted_images(ckpt)) == ['r_00002.png']
+  run(cfg)  # was refused: "r_00002.png exists, beside r.png, and no nst-jax run record says ..."
+  record = json.loads(out.with_suffix('.json').read_text())
+  assert record['intermediates'] == ['r_00002.png'] and not ckpt.exists()
+  assert record['intermediates_sha256'] == {'r_00002.png': output_names.file_sha256(
+    tmp_path / 'r_00002.png')}  # fmt: skip

@@ -245,14 +245,17 @@ def check_not_unfinished(ckpt: Path) -> None:
     )
 
 
-def start_over(ckpt: Path) -> None:
+def start_over(ckpt: Path, *, forget: bool = True) -> None:
   """A run without run.resume over the checkpoint `ckpt`: refused if unfinished.
 
   A finished one (kept) is the new run's to write over: the images its
-  earlier run noted at a stop are forgotten (checkpoint_store.forget_images).
+  earlier run noted at a stop are forgotten (checkpoint_store.forget_images),
+  unless `forget` is False (the caller forgets them once its plan is checked
+  for the last time: trial 59, the second check disowned them and refused).
   """
   check_not_unfinished(ckpt)
-  checkpoint_store.forget_images(ckpt)
+  if forget:
+    checkpoint_store.forget_images(ckpt)
 
 
 def unfinished_run(payload: dict) -> str | None:

@@ -222,7 +222,7 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   plan = [planned_output(cfg, output, height)]
   _check_plan(cfg, plan)
   ckpt = checkpoint_lib.path_for(output, cfg.run.checkpoint_dir)
-  start_over(output, cfg)
+  start_over(output, cfg, forget=False)  # its images forgotten after the last plan check
   if not cfg.run.resume:
     if not cfg.save.path or outputs.names_output_directory(cfg.save.path):
       check_no_interrupted(
@@ -233,7 +233,7 @@ def run(cfg: config_lib.StyleConfig) -> Path:
   return _run_single(cfg, output, layout, plan, resume)
 
 
-def start_over(output: Path, cfg: config_lib.StyleConfig) -> None:
+def start_over(output: Path, cfg: config_lib.StyleConfig, *, forget: bool = True) -> None:
   """Refuses an output another run is writing now (its checkpoint is a live run's: trial 49 C1,
   a batch was told it was unfinished and to delete it), and, without run.resume, an output whose
   checkpoint holds an unfinished run. After the plan: a checkpoint name that is an input is
@@ -244,7 +244,7 @@ def start_over(output: Path, cfg: config_lib.StyleConfig) -> None:
       'choose another output name'
     )
   if not cfg.run.resume:
-    outputs.start_over(checkpoint_lib.path_for(output, cfg.run.checkpoint_dir))
+    outputs.start_over(checkpoint_lib.path_for(output, cfg.run.checkpoint_dir), forget=forget)
 
 
 def check_no_interrupted(content: str, styles, directory: str, cfg: config_lib.StyleConfig):
@@ -286,6 +286,8 @@ def _run_single(cfg: config_lib.StyleConfig, output: Path, layout, plan, resume)
     w = weights_lib.for_model(cfg.model)
     # Locked once every input has loaded: a run refused until here wrote nothing.
     held.enter_context(output_plan.locked(plan, then_check=lambda: _check_plan(cfg, plan)))
+    if not cfg.run.resume:  # checked: a killed run's images it noted are this run's to replace
+      checkpoint_store.forget_images(ckpt)
     logging.info(
       'Styling %s (%dx%d) after %s, with the VGG-19 weights from %s.',
       i.content_path,
