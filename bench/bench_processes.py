@@ -2,7 +2,7 @@ r"""Whole processes of main.py: compile time and time per iteration, and their s
 
 Usage:
   python bench/bench_processes.py [--width 256] [--pairs 4]
-  python bench/bench_processes.py --variant_flags '--xla_cpu_use_fusion_emitters=false'
+  python bench/bench_processes.py --variant_flags=--xla_cpu_use_fusion_emitters=false
 
 Runs `main.py` on the sample images (tubingen, starry night) with LSUV-scaled random weights
 (the real network's activation scale), one scale, no early stop, the compile cache off, in
@@ -26,6 +26,7 @@ import sys
 import tempfile
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / 'bench'))
 sys.path.insert(0, str(ROOT / 'tests'))
 
