@@ -481,6 +481,23 @@ def test_help_exits_0_and_a_bad_flag_exits_1(tmp_path, flag, cli):
   assert r.returncode == 1 and 'no_such_flag' in r.stderr
 
 
+def test_the_program_ends_without_the_interpreters_last_garbage_collections():
+  # An atexit handler registered first runs last: after the program's own,
+  # just before the interpreter's final collections, which skip frozen objects.
+  code = (
+    'import atexit, gc, sys\n'
+    'atexit.register(lambda: print("frozen", gc.get_freeze_count()))\n'
+    'from nst_jax.cli import app\n'
+    'app.run(["main.py", "--help"])\n'
+  )
+  r = subprocess.run(
+    [sys.executable, '-c', code], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120
+  )
+  assert r.returncode == 0, r.stderr[-2000:]
+  frozen = int(re.search(r'^frozen (\d+)$', r.stdout, re.M).group(1))
+  assert frozen > 10_000  # the libraries' objects and the program's (0 unfrozen)
+
+
 def test_absls_profile_file_never_replaces_a_file(tmp_path, cli):
   """absl's --profile_file wrote its profile over any file at exit, an input included."""
   photo = tmp_path / 'photo.jpg'
