@@ -339,7 +339,9 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
      'None or None, got int 3'),
     (dict(content=rgb, style=rgb, record=[]), 'record must be a dict, which stylize fills, got '
      'list; pass record={}'),
-    (dict(content=rgb, style=rgb, should_stop=lambda: np.array([1, 0])), 'should_stop returned '
+    # This and 'no' below are read only while it runs: the network of small_runs (_cfg's).
+    (dict(content=rgb, style=rgb, config=_cfg(), should_stop=lambda: np.array([1, 0])),
+     'should_stop returned '
      'ndarray of shape (2,); return True (or a signal number 1-64) to stop, else False or None'),
     # Trial 27: KeyError 0.
     (dict(content=np.zeros((0, 32, 32, 3), np.float32), style=rgb),
@@ -352,7 +354,8 @@ def test_arguments_stylize_would_misread_are_refused_in_one_line(caffe_npz, tmp_
     (dict(content=rgb, style=rgb, checkpoint=5), 'checkpoint must be a path (str or '
      "pathlib.Path), got int 5; pass e.g. checkpoint='run.ckpt'"),
     # Trial 23: 'no' is truthy, so it stopped the run.
-    (dict(content=rgb, style=rgb, should_stop=lambda: 'no'), "should_stop returned str 'no'; "
+    (dict(content=rgb, style=rgb, config=_cfg(), should_stop=lambda: 'no'),
+     "should_stop returned str 'no'; "
      'return True (or a signal number 1-64) to stop, else False or None'),
   ]  # fmt: skip
   for kwargs, message in cases:
