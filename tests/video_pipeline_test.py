@@ -87,16 +87,18 @@ def test_video_objective_is_the_objective_plus_the_weighted_temporal_term(caffe_
 
 @pytest.mark.slow
 def test_temporal_loss_cuts_flicker_and_frames_follow_their_content(tmp_path, lsuv_npz):
-  frames, _ = video_clips.moving_square_clip(n=3, height=72, width=96)
+  # 48x64, not 72x96: the iterations of the default network are this test's
+  # cost (0.24 s each at 72x96); at 48x64 the flicker ratio (0.14, 0.15 at 72x96)
+  # and the content ratio (1.23, 1.16) stay well inside their bounds (1/3, 1.5).
+  frames, _ = video_clips.moving_square_clip(n=3, height=48, width=64)
   src = _write_frames(tmp_path / 'clip', frames)
   w = weights_lib.load_weights(lsuv_npz)
   fl = [flow.flows(frames[t - 1], frames[t]) for t in range(1, len(frames))]
 
   def measure(name, temporal_weight):
     out = tmp_path / name
-    video_pipeline.run_video(
-      _config(src, out, lsuv_npz, temporal_weight=temporal_weight, iterations=20)
-    )
+    cfg = _config(src, out, lsuv_npz, temporal_weight=temporal_weight, iterations=20)
+    video_pipeline.run_video(cfg.replace(inputs=cfg.inputs.replace(width=64)))
     styled = [image_lib.load_image(p) for p in sorted(out.glob('*.png'))]
     flicker = np.mean([
       np.abs(styled[t] - flow.warp(styled[t - 1], f.backward))[f.weight > 0.5].mean()
