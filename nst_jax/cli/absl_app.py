@@ -106,7 +106,7 @@ def run(main: Callable[[list[str]], None], *, doc: str, module: str, argv: Seque
   finally:
     # The program ends here, and the interpreter's last garbage collections
     # would walk every object the libraries and the run made, to free memory
-    # that the exit frees anyway: 0.5-1 s of every run (docs/benchmarks.md).
+    # that the exit frees anyway: 0.5-0.7 s of every run (docs/benchmarks.md).
     # Frozen objects are skipped. Nothing is left for a collector to finish:
     # files are written and closed by the run (io/atomic.py), and the atexit
     # handlers (JAX's, absl's) still run.
