@@ -39,10 +39,9 @@ def _write_frames(directory, frames):
   return directory
 
 
-def _config(content, output, weights, **video_settings):
-  iterations = video_settings.pop('iterations', 30)
+def _config(content, output, weights, *, iterations=30, width=96, **video_settings):
   return nst_jax.StyleConfig(
-    inputs=nst_jax.InputConfig(content_path=str(content), style_path=(STYLE,), width=96),
+    inputs=nst_jax.InputConfig(content_path=str(content), style_path=(STYLE,), width=width),
     model=nst_jax.ModelConfig(weights=str(weights)),
     schedule=nst_jax.ScheduleConfig(iterations=iterations),
     save=nst_jax.SaveConfig(path=f'{output}/'),
@@ -97,8 +96,9 @@ def test_temporal_loss_cuts_flicker_and_frames_follow_their_content(tmp_path, ls
 
   def measure(name, temporal_weight):
     out = tmp_path / name
-    cfg = _config(src, out, lsuv_npz, temporal_weight=temporal_weight, iterations=20)
-    video_pipeline.run_video(cfg.replace(inputs=cfg.inputs.replace(width=64)))
+    video_pipeline.run_video(
+      _config(src, out, lsuv_npz, temporal_weight=temporal_weight, iterations=20, width=64)
+    )
     styled = [image_lib.load_image(p) for p in sorted(out.glob('*.png'))]
     flicker = np.mean([
       np.abs(styled[t] - flow.warp(styled[t - 1], f.backward))[f.weight > 0.5].mean()
