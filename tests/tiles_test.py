@@ -11,6 +11,7 @@ import pytest
 import nst_jax
 from nst_jax import errors
 from nst_jax.core import objective as objective_lib
+from nst_jax.core import tile_targets
 from nst_jax.core import tiles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +86,9 @@ def test_tiled_features_equal_the_network(params, model, height, width, tile):
   layers = ('relu1_1', 'relu2_2', 'pool2', 'relu3_1', 'conv3_2')
   x = jnp.asarray(np.random.default_rng(2).uniform(-100, 100, (height, width, 3)), jnp.float32)
   want = model.apply({'params': params}, x[None], layers)
-  got = jax.jit(functools.partial(tiles.features, model=model, layers=layers, tile=tile))(params, x)
+  got = jax.jit(functools.partial(tile_targets.features, model=model, layers=layers, tile=tile))(
+    params, x
+  )
   for name in layers:
     assert got[name].shape == want[name].shape[1:]
     np.testing.assert_allclose(got[name], want[name][0], rtol=1e-5, atol=1e-3, err_msg=name)

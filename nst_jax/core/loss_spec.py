@@ -44,6 +44,9 @@ class LossSpec:
       (`nst_jax.core.tiles`): memory for one tile's activations instead of
       the image's. Even and at least tiles.MIN_TILE; 'gram' and
       'mean_cov' only, without normalize_gradients.
+    tile_progress: with `tile`, each tile calls back to the host as it is
+      done (`nst_jax.core.tile_progress`), for a display within a long
+      iteration; such a step is kept out of the persistent compile cache.
   """
 
   content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
@@ -52,6 +55,7 @@ class LossSpec:
   style_loss: str = 'gram'
   normalize_gradients: bool = False
   tile: int | None = None
+  tile_progress: bool = False
 
   def __new__(cls, *args, **kwargs):
     # Before the dataclass's __init__, whose TypeError would name the typo only.
@@ -119,6 +123,7 @@ class LossSpec:
     object.__setattr__(self, 'normalize_gradients', flag)
     if self.tile is not None:
       self._check_tile()
+    object.__setattr__(self, 'tile_progress', checks.flag(self.tile_progress, 'tile_progress'))
 
   def _check_tile(self) -> None:
     if self.style_loss not in tiles.TILED_STYLE_KINDS:

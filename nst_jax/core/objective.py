@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 import warnings
 
 import jax
-from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
@@ -28,6 +27,7 @@ from nst_jax.core import loss_spec as loss_spec_lib
 from nst_jax.core import losses
 from nst_jax.core import mask_checks
 from nst_jax.core import statistics
+from nst_jax.core import tile_targets
 from nst_jax.core import tiles
 from nst_jax.core import vgg
 
@@ -87,7 +87,7 @@ def _target_arrays(params, content, styles, *, blend, model: vgg.VGG, spec: Loss
   """(content features as float32, style statistics) of `make_targets`."""
   n, height, width = content.shape[:3]
   if spec.tile is not None:
-    return _tiled_target_arrays(params, content, styles, blend=blend, model=model, spec=spec)
+    return tile_targets.target_arrays(params, content, styles, blend=blend, model=model, spec=spec)
   content_feats = _features(params, content, model=model, layers=spec.content_layers)
   style_feats = [_features(params, s, model=model, layers=spec.style_layers) for s in styles]
   stats = {
@@ -98,29 +98,6 @@ def _target_arrays(params, content, styles, *, blend, model: vgg.VGG, spec: Loss
       n=n,
       m=(height >> vgg.downsamplings(name)) * (width >> vgg.downsamplings(name)),
     )
-    for name in spec.style_layers
-  }
-  return {k: v.astype(jnp.float32) for k, v in content_feats.items()}, stats
-
-
-def _tiled_target_arrays(params, content, styles, *, blend, model: vgg.VGG, spec: LossSpec):
-  """`_target_arrays` tile by tile (`nst_jax.core.tiles`): one image and one window at a time."""
-  n = content.shape[0]
-  content_feats = lax.map(
-    lambda x: tiles.features(params, x, model=model, layers=spec.content_layers, tile=spec.tile),
-    content,
-  )
-  per_style = []
-  for s in styles:
-    stats = lax.map(
-      lambda x: tiles.moments(
-        params, x, model=model, layers=spec.style_layers, tile=spec.tile, kind=spec.style_loss
-      ),
-      s,
-    )
-    per_style.append(jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *a.shape[1:])), stats))
-  stats = {
-    name: statistics.blend_statistics([p[name] for p in per_style], blend, kind=spec.style_loss)
     for name in spec.style_layers
   }
   return {k: v.astype(jnp.float32) for k, v in content_feats.items()}, stats

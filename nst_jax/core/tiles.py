@@ -1,4 +1,4 @@
-"""Exact tiles: the objective, its gradient and the targets computed tile by tile, as the untiled.
+"""Exact tiles: the objective and its gradient computed tile by tile, as the untiled.
 
 The style statistics (the Gram sum_p f_p f_p^T, the mean and covariance)
 and the content term are sums over positions, and a VGG feature depends on
@@ -31,7 +31,10 @@ forward pass adds about a third.
 Gatys et al.'s loss and its guided form (Gatys et al. 2017) are covered, for
 the 'gram' and 'mean_cov' statistics; 'histogram' (a sort over all positions)
 and normalized gradients (an L1 norm of each layer's whole gradient) are not
-sums over positions and are refused by `LossSpec`.
+sums over positions and are refused by `LossSpec`. The targets of images
+too large to run at once use the same tiles (`nst_jax.core.tile_targets`);
+`LossSpec.tile_progress` reports each tile as it starts
+(`nst_jax.core.tile_progress`).
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +48,7 @@ import numpy as np
 
 from nst_jax.core import pooling
 from nst_jax.core import statistics
+from nst_jax.core import tile_progress
 from nst_jax.core import vgg
 
 # The style statistics whose terms are sums over positions (see the module docstring).
@@ -150,7 +154,7 @@ def _windows(x: jax.Array, core: tuple[int, int], halo: int) -> tuple[jax.Array,
   return jax.vmap(window)(jnp.arange(rows * cols)), rows, cols
 
 
-def _run_stage(model, params, x, names, halo, tile, consume, zeros, combine):
+def _run_stage(model, params, x, names, halo, tile, consume, zeros, combine, progress):
   """One stage over tiles: (its sums, the pooled map of the whole image or None)."""
   height, width = x.shape[:2]
   ch, cw = cores(height, width, tile)
@@ -158,6 +162,8 @@ def _run_stage(model, params, x, names, halo, tile, consume, zeros, combine):
   pools = names[-1].startswith('pool')
 
   def tile_fn(w, t):
+    if progress is not None:  # (stage, stages, tiles before): tile_progress.emit's
+      tile_progress.emit(progress[0], progress[1], rows * cols, progress[2], t)
     i, j = t // cols, t % cols
     r = i * ch - halo + jnp.arange(ch + 2 * halo)
     c = j * cw - halo + jnp.arange(cw + 2 * halo)
@@ -208,6 +214,7 @@ def run(
   consume: Callable,
   zeros: Mapping[str, Any],
   combine: Callable = lambda a, b: jax.tree.map(jnp.add, a, b),
+  progress: bool = False,
 ):
   """Runs the network tile by tile to the deepest of `layers`, summing `consume` at each.
 
@@ -223,15 +230,18 @@ def run(
       offset at the layer's resolution.
     zeros: layer -> a pytree of zeros shaped as `consume`'s result.
     combine: (a layer's total so far, a tile's) -> the new total; added by default.
+    progress: each tile calls back as it starts (`tile_progress.emit`).
 
   Returns:
     layer -> the sums over every tile.
   """
-  total = {}
-  x = image
-  for names, halo in stages(layers, model.stage_sizes):
+  total, x, before, cut = {}, image, 0, stages(layers, model.stage_sizes)
+  for k, (names, halo) in enumerate(cut):
     mine = {n: zeros[n] for n in names if n in zeros}
-    sums, x = _run_stage(model, params, x, names, halo, tile, consume, mine, combine)
+    where = (k, len(cut), before) if progress else None
+    ch, cw = cores(*x.shape[:2], tile)
+    before += -(-x.shape[0] // ch) * -(-x.shape[1] // cw)
+    sums, x = _run_stage(model, params, x, names, halo, tile, consume, mine, combine, where)
     total.update(sums)
   return total
 
@@ -250,7 +260,7 @@ def _at(a: jax.Array, at: tuple, shape: tuple, *, channels: bool = False) -> jax
   return lax.dynamic_slice(a, (0,) * lead + tuple(at), (*a.shape[:lead], *shape))
 
 
-def _second_moment(v: jax.Array) -> jax.Array:
+def second_moment(v: jax.Array) -> jax.Array:
   """[S, h, w, C] -> [S, C, C]: sum over positions of v_p v_p^T, accumulated in float32."""
   v = v.reshape(v.shape[0], -1, v.shape[-1])
   return lax.dot_general(v, v, (((1,), (1,)), ((0,), (0,))), preferred_element_type=jnp.float32)
@@ -299,12 +309,12 @@ def terms(
         t = t * _at(masks[name], at, f.shape[:2])
       if spec.style_loss == 'gram':
         # As statistics.gram_matrix: (F * T)^T (F * T), the product in F's dtype.
-        out['ff'] = _second_moment(f[None] * t[..., None].astype(f.dtype))
+        out['ff'] = second_moment(f[None] * t[..., None].astype(f.dtype))
       else:  # the tile's weight, mean and second moment about its own mean (see _merged)
         d = f.astype(jnp.float32)[None] - shift[name][:, None, None, :]
         out['w'] = jnp.sum(jnp.square(t), axis=(1, 2))
         out['mean'] = jnp.sum(jnp.square(t)[..., None] * d, axis=(1, 2)) / _nonzero(out['w'])
-        out['m2'] = _second_moment((d - out['mean'][:, None, None, :]) * t[..., None])
+        out['m2'] = second_moment((d - out['mean'][:, None, None, :]) * t[..., None])
     return out
 
   shapes = jax.eval_shape(
@@ -324,7 +334,7 @@ def terms(
     zeros[name] = z
   sums = run(
     params, image, model=model, layers=spec.feature_layers, tile=spec.tile, consume=consume,
-    zeros=zeros, combine=_merged,
+    zeros=zeros, combine=_merged, progress=spec.tile_progress,
   )  # fmt: skip
   l_c = jnp.zeros((), jnp.float32)
   for name in spec.content_layers:
@@ -378,72 +388,3 @@ def _style_term(sums, target, mask, positions: int, shift) -> jax.Array:
   if mask is None:
     return per_region[0]
   return jnp.sum(jnp.where(area > 0, per_region, 0.0))  # as losses.style_layer_loss
-
-
-def features(params, image: jax.Array, *, model: vgg.VGG, layers: tuple[str, ...], tile: int):
-  """The activations of one image [H, W, 3] computed tile by tile: equal to `model.apply`'s.
-
-  For the content targets of an image too large to run at once (no
-  gradient is taken through it: each tile adds its block to a map of the
-  whole layer).
-
-  Returns:
-    layer -> [h, w, C] in the model's dtype.
-  """
-  shapes = jax.eval_shape(lambda x: model.apply({'params': params}, x[None], layers), image)
-
-  def consume(name, f, own, at):
-    del own  # positions beyond the edge are cut off below
-    _, height, width, c = shapes[name].shape
-    full = jnp.zeros((height + tile, width + tile, c), f.dtype)
-    return lax.dynamic_update_slice(full, f, (*at, 0))
-
-  zeros = {
-    n: jnp.zeros((s.shape[1] + tile, s.shape[2] + tile, s.shape[3]), s.dtype)
-    for n, s in shapes.items()
-  }
-  got = run(params, image, model=model, layers=layers, tile=tile, consume=consume, zeros=zeros)
-  return {n: got[n][: s.shape[1], : s.shape[2]] for n, s in shapes.items()}
-
-
-def moments(
-  params, image: jax.Array, *, model: vgg.VGG, layers: tuple[str, ...], tile: int, kind: str
-):
-  """A style image's statistics at `layers`, tile by tile, for `statistics.blend_statistics`.
-
-  'gram': {'gram': F^T F / M}; 'mean_cov': {'mean', 'cov'}, the covariance
-  from a second pass around the first pass's mean (float32 would cancel
-  otherwise). Equal to the untiled statistics up to float rounding.
-
-  Args:
-    image: [H, W, 3] in network space.
-    kind: 'gram' or 'mean_cov'.
-
-  Returns:
-    layer -> statistics (float32).
-  """
-  shapes = jax.eval_shape(lambda x: model.apply({'params': params}, x[None], layers), image)
-  count = {n: s.shape[1] * s.shape[2] for n, s in shapes.items()}
-
-  def sums(shift):
-    def consume(name, f, own, at):
-      del at
-      d = (f.astype(jnp.float32) - shift[name][None, None, :]) * own[..., None]
-      return {'f': jnp.sum(d, axis=(0, 1)), 'ff': _second_moment(d[None])[0]}
-
-    zeros = {
-      n: {'f': jnp.zeros(s.shape[-1]), 'ff': jnp.zeros((s.shape[-1],) * 2)}
-      for n, s in shapes.items()
-    }
-    return run(params, image, model=model, layers=layers, tile=tile, consume=consume, zeros=zeros)
-
-  first = sums({n: jnp.zeros(s.shape[-1]) for n, s in shapes.items()})
-  if kind == 'gram':
-    return {n: {'gram': first[n]['ff'] / count[n]} for n in layers}
-  mean = {n: first[n]['f'] / count[n] for n in layers}
-  second = sums(mean)
-  out = {}
-  for n in layers:
-    d = second[n]['f'] / count[n]  # ~0: the first pass's rounding
-    out[n] = {'mean': mean[n] + d, 'cov': second[n]['ff'] / count[n] - jnp.outer(d, d)}
-  return out

@@ -30,6 +30,7 @@ from nst_jax.engine import rows as rows_lib
 from nst_jax.engine import schedule as schedule_lib
 from nst_jax.engine import sharding as sharding_lib
 from nst_jax.engine import steps
+from nst_jax.engine import tile_progress
 from nst_jax.io import checkpoint as checkpoint_lib
 
 # Jitted once here: a jax.jit made per call compiled it again every time.
@@ -57,8 +58,7 @@ class GroupRun:
     self.e = engine
     self.layout = engine.layout
     self.saved_images: list = []  # what on_intermediate last wrote
-    # The last checkpoint (iteration across scales) and when: one scale's
-    # Checkpoints hands them to the next.
+    # The last checkpoint (iteration across scales) and when, from scale to scale.
     self.last_saved, self.t_saved = None, None
     self.rows = dict(rows)
     self.real = tuple(real)
@@ -86,8 +86,7 @@ class GroupRun:
     monitor = self.watch.monitor
     if monitor is not None and self.watch.monitor_row in self.rows:
       monitor.begin(total=sum(s.iterations for s in stages), scales=len(stages))
-    x = None
-    offset = 0
+    x, offset = None, 0
     for k, stage in enumerate(stages):
       if resume is not None and k < resume.scale:
         offset += stage.iterations
@@ -288,7 +287,7 @@ class GroupRun:
     return steps.compile_step(
       model=e.model,
       optimizer=e.optimizer,
-      loss_spec=e.cfg.loss.spec,
+      loss_spec=tile_progress.spec_for(e.cfg.loss.spec, st.height, st.width, self.layout),
       loss_fn=e.loss_fn,
       layout=self.layout,
       state_sharding=state_sh,
@@ -325,7 +324,8 @@ class GroupRun:
       t_saved=self.t_saved,
       resume_as=watch.resume_as,
     )
-    hooks = [hooks_lib.make_progress(watch.progress, watch.print_iter, watch.prefix)]
+    progress = hooks_lib.make_progress(watch.progress, watch.print_iter, watch.prefix)
+    hooks = [tile_progress.around(progress, self.e.cfg.loss.spec, st.height, st.width, self.layout)]
     if watch.history is not None:
       hooks.append(watch.history)
     hooks.append(checkpoints)
