@@ -54,13 +54,13 @@ def test_a_tiled_gradient_reports_every_tile_forward_then_backward(params, model
   # The stages' tiles at 48x36 in tiles of 16: 3x3 windows at full size, 2x2
   # of the pooled 24x18 (cores of 12x10), one of 12x9.
   counts = [3 * 3, 2 * 2, 1]
-  forward = [(k, 3, t, n, sum(counts[:k]) + t) for k, n in enumerate(counts) for t in range(n)]
+  forward = [(k, 3, t, n, sum(counts[:k]) + t, 14) for k, n in enumerate(counts) for t in range(n)]
   assert calls == forward + forward[::-1]  # the backward pass recomputes each tile, last first
   plain_value, plain_grad = value_and_grad(spec)  # the callbacks change nothing computed
   np.testing.assert_allclose(value, plain_value, rtol=1e-6)
   np.testing.assert_allclose(grad, plain_grad, rtol=1e-5, atol=1e-6 * float(jnp.abs(grad).max()))
   # Without a listener the callbacks go nowhere; a listener is gone after its block.
-  assert core_progress._listener is None  # noqa: SLF001
+  assert core_progress._listeners == []  # noqa: SLF001
 
 
 def test_the_first_lbfgs_step_reports_its_trial_forward_passes_too(params, model):
@@ -70,7 +70,7 @@ def test_the_first_lbfgs_step_reports_its_trial_forward_passes_too(params, model
   step = nst_jax.make_step(model=model, optimizer=optimizer, loss_spec=spec)
   state = nst_jax.init_state(content, optimizer)
   positions = []
-  with core_progress.listen(lambda *a: positions.append(a[-1])):
+  with core_progress.listen(lambda *a: positions.append(a[-2])):
     state, _ = step.first(state, params, targets)
     jax.block_until_ready(state.image)
     first = len(positions)
@@ -96,7 +96,7 @@ def _passes(hook, positions, counts):
   starts = np.cumsum([0, *counts])
   for p in positions:
     k = int(np.searchsorted(starts, p, side='right') - 1)
-    hook.tile(k, len(counts), p - int(starts[k]), counts[k], p)
+    hook.tile(k, len(counts), p - int(starts[k]), counts[k], p, int(starts[-1]))
 
 
 def test_the_bar_names_the_pass_stage_and_tile():
@@ -122,6 +122,85 @@ def test_the_bar_names_the_pass_stage_and_tile():
   assert passes == ['forward'] * 5 + ['backward'] * 5 + ['forward'] * 10 + ['backward'] * 5
 
 
+@pytest.mark.parametrize(
+  'counts, labels',
+  [
+    # Two tiles in a pass: a 0 after the last tile going forward is a new pass (trial 87).
+    ([2], 'FF BB FF FF BB FF BB'),
+    ([1, 1], 'FF BB FF FF BB'),
+    # One tile: nothing tells the passes apart, so none is named.
+    ([1], '- - - - -'),
+  ],
+)
+def test_short_passes_are_told_apart_or_not_named(counts, labels):
+  inner = types.SimpleNamespace(bar=_Bar(), begin=lambda info: None, end=lambda view: None)
+  hook = tile_progress.TileProgress(inner)
+  hook.begin(None)
+  n = sum(counts)
+  forward, backward = list(range(n)), list(range(n))[::-1]
+  order = {'F': forward, 'B': backward, '-': forward}
+  _passes(hook, [p for group in labels.split() for p in order[group[0]]], counts)
+  hook.end(None)
+  said = [s.split(' pass')[0] if ' pass' in s else '-' for s in inner.bar.postfixes]
+  want = [{'F': 'forward', 'B': 'backward', '-': '-'}[c] for c in labels.replace(' ', '')]
+  assert said == want
+
+
+def test_the_bar_keeps_the_last_loss_beside_the_tile():
+  inner = types.SimpleNamespace(
+    bar=_Bar(), begin=lambda info: None, after_step=lambda view: None, end=lambda view: None
+  )
+  hook = tile_progress.TileProgress(inner)
+  hook.begin(None)
+  _passes(hook, [0], [3])
+  hook.after_step(types.SimpleNamespace(synced=True, mean_losses=lambda: {'total': 1234.5678}))
+  _passes(hook, [1], [3])
+  hook.after_step(types.SimpleNamespace(synced=False, mean_losses=None))  # no read: kept
+  _passes(hook, [2], [3])
+  hook.end(None)
+  assert inner.bar.postfixes == [
+    'forward pass, stage 1/1, tile 1/3',
+    'loss=1235, forward pass, stage 1/1, tile 2/3',
+    'loss=1235, forward pass, stage 1/1, tile 3/3',
+  ]
+
+
+def test_a_listener_that_raises_is_stopped_with_a_warning_and_the_step_goes_on(params, model):
+  spec = objective_lib.LossSpec(('relu1_2',), ('relu1_1',), tile=16, tile_progress=True)
+  targets, content = _targets(params, model, spec, 32, 32)
+  one = jax.tree.map(lambda a: a[0], targets)
+  fn = lambda x: objective_lib.objective(x, params, one, model=model, loss_spec=spec)[0]  # noqa: E731
+  calls = []
+
+  def broken(*args):
+    calls.append(args)
+    raise BrokenPipeError('the terminal went away')
+
+  with core_progress.listen(broken), pytest.warns(RuntimeWarning, match='the terminal went away'):
+    value, grad = jax.jit(jax.value_and_grad(fn))(content[0])
+    jax.block_until_ready(grad)
+  assert len(calls) == 1  # not called again after it raised
+  plain = objective_lib.LossSpec(('relu1_2',), ('relu1_1',), tile=16)
+  want = objective_lib.objective(content[0], params, one, model=model, loss_spec=plain)[0]
+  np.testing.assert_allclose(value, want, rtol=1e-6)
+  assert bool(jnp.all(jnp.isfinite(grad)))
+
+
+def test_listeners_ending_out_of_order_remove_only_their_own():
+  a, b = [], []
+  first = core_progress.listen(lambda *x: a.append(x))
+  second = core_progress.listen(lambda *x: b.append(x))
+  first.__enter__()
+  second.__enter__()
+  core_progress._deliver(0, 1, 4, 0, 4, 1)  # noqa: SLF001 - as the runtime calls it
+  first.__exit__(None, None, None)  # the older run ends first (two runs in two threads)
+  core_progress._deliver(0, 1, 4, 0, 4, 2)  # noqa: SLF001
+  second.__exit__(None, None, None)
+  core_progress._deliver(0, 1, 4, 0, 4, 3)  # noqa: SLF001
+  assert a == [] and b == [(0, 1, 1, 4, 1, 4), (0, 1, 2, 4, 2, 4)]
+  assert core_progress._listeners == []  # noqa: SLF001
+
+
 def test_without_a_terminal_a_line_every_log_seconds_at_most(monkeypatch):
   now = [100.0]
   lines = []
@@ -138,7 +217,7 @@ def test_without_a_terminal_a_line_every_log_seconds_at_most(monkeypatch):
     'within the iteration: forward pass, stage 1/1, tile 3/8',
     'within the iteration: forward pass, stage 1/1, tile 6/8',
   ]
-  assert core_progress._listener is None  # noqa: SLF001 - end() stops listening
+  assert core_progress._listeners == []  # noqa: SLF001 - end() stops listening
 
 
 def _layout(devices):

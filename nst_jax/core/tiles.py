@@ -162,8 +162,8 @@ def _run_stage(model, params, x, names, halo, tile, consume, zeros, combine, pro
   pools = names[-1].startswith('pool')
 
   def tile_fn(w, t):
-    if progress is not None:  # (stage, stages, tiles before): tile_progress.emit's
-      tile_progress.emit(progress[0], progress[1], rows * cols, progress[2], t)
+    if progress is not None:  # (stage, stages, tiles before, tiles per pass)
+      tile_progress.emit(*progress[:2], rows * cols, *progress[2:], t)
     i, j = t // cols, t % cols
     r = i * ch - halo + jnp.arange(ch + 2 * halo)
     c = j * cw - halo + jnp.arange(cw + 2 * halo)
@@ -235,15 +235,24 @@ def run(
   Returns:
     layer -> the sums over every tile.
   """
-  total, x, before, cut = {}, image, 0, stages(layers, model.stage_sizes)
+  total, x, cut = {}, image, stages(layers, model.stage_sizes)
+  counts = tile_counts(*image.shape[:2], layers, tile, model.stage_sizes)
   for k, (names, halo) in enumerate(cut):
     mine = {n: zeros[n] for n in names if n in zeros}
-    where = (k, len(cut), before) if progress else None
-    ch, cw = cores(*x.shape[:2], tile)
-    before += -(-x.shape[0] // ch) * -(-x.shape[1] // cw)
+    where = (k, len(cut), sum(counts[:k]), sum(counts)) if progress else None
     sums, x = _run_stage(model, params, x, names, halo, tile, consume, mine, combine, where)
     total.update(sums)
   return total
+
+
+def tile_counts(height: int, width: int, layers, tile: int, stage_sizes=vgg.VGG19_STAGE_SIZES):
+  """The tiles (windows) of each stage of `run` for a height x width image, in order."""
+  counts = []
+  for _ in stages(layers, stage_sizes):
+    ch, cw = cores(height, width, tile)
+    counts.append(-(-height // ch) * -(-width // cw))
+    height, width = height // 2, width // 2  # every stage but the last ends in a pooling
+  return counts
 
 
 def _padded(a: jax.Array, size: int, *, channels: bool = False) -> jax.Array:

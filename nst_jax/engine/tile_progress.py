@@ -4,9 +4,11 @@ At a print's size a tiled iteration takes a minute or more on a CPU, and a
 bar that moves once an iteration looks hung. So where an iteration is long
 (`wanted`), the step reports each tile as it starts
 (`nst_jax.core.tile_progress`), and `TileProgress` shows it: in a terminal
-the bar's postfix names the pass, the stage and the tile (it reads
-"forward pass, stage 1/5, tile 7/12" until the iteration's loss replaces
-it), in a log one line every LOG_SECONDS at most.
+the bar's postfix names the pass, the stage and the tile beside the last
+loss read ("loss=1.2e+05, forward pass, stage 1/5, tile 7/12"), in a log
+one line every LOG_SECONDS at most. One tiled run at a time per process
+shows its tiles: the callbacks carry no run, so the newest run's listener
+takes them all.
 
 The cost: JAX keeps no program with host callbacks in its persistent
 compilation cache, so such a step compiles in every run (seconds, against
@@ -60,11 +62,13 @@ class TileProgress(loop_lib.Hook):
   """A progress hook (`hooks.BarProgress` or `LogProgress`) that also shows each tile.
 
   Listens (`nst_jax.core.tile_progress.listen`) from `begin` to `end`. The
-  callbacks say stage and tile, not the pass: the forward pass goes through
-  the tiles in order (position + 1 each), the backward pass in reverse
-  (position - 1), and each turns at a repeated position (the last tile
-  starts the backward pass, the first the next forward pass); a jump to
-  position 0 is a new forward pass (the first iteration's trial steps).
+  callbacks say stage and tile, not the pass; it is read from the
+  positions (0 .. per_pass - 1 in forward order): the forward pass counts
+  up, the backward pass (which recomputes the tiles) down, each turns at a
+  repeated position (the last tile starts the backward pass, the first the
+  next forward pass), and 0 after the last tile in a forward pass is a new
+  forward pass (the first iteration's trial steps). With one tile in a
+  pass nothing tells the passes apart, and none is named.
   """
 
   def __init__(self, inner: loop_lib.Hook, *, clock=time.monotonic):
@@ -74,6 +78,7 @@ class TileProgress(loop_lib.Hook):
     self._last = None
     self._backward = False
     self._logged = 0.0
+    self._loss = None
 
   def begin(self, info: loop_lib.LoopInfo) -> None:
     self.inner.begin(info)
@@ -83,6 +88,8 @@ class TileProgress(loop_lib.Hook):
 
   def after_step(self, view: loop_lib.StepView) -> None:
     self.inner.after_step(view)
+    if view.synced:  # what the bar shows beside the tiles (the loop's last read)
+      self._loss = f'{view.mean_losses()["total"]:.4g}'
 
   def save_due(self) -> bool:
     return self.inner.save_due()
@@ -93,22 +100,23 @@ class TileProgress(loop_lib.Hook):
       self._listening = None
     self.inner.end(view)
 
-  def tile(self, stage: int, stages: int, tile: int, count: int, position: int) -> None:
+  def tile(self, stage: int, stages: int, tile: int, count: int, position: int, per_pass: int):
     """The listener: one tile of one stage starts (`core_progress.listen`'s arguments)."""
     last, self._last = self._last, position
-    if last is not None and position == last:
+    if last is None or (position == 0 and last == per_pass - 1 and not self._backward):
+      self._backward = False  # the first tile seen, or a new forward pass
+    elif position == last:
       self._backward = not self._backward
-    elif last is not None and position == last - 1:
+    elif position == last - 1:
       self._backward = True
-    else:  # the next tile forward, or a new pass from the first
+    elif position == last + 1:
       self._backward = False
-    text = (
-      f'{"backward" if self._backward else "forward"} pass, stage {stage + 1}/{stages}, '
-      f'tile {tile + 1}/{count}'
-    )
+    where = f'stage {stage + 1}/{stages}, tile {tile + 1}/{count}'
+    if per_pass > 1:
+      where = f'{"backward" if self._backward else "forward"} pass, {where}'
     bar = getattr(self.inner, 'bar', None)
     if bar is not None:
-      bar.set_postfix_str(text)
+      bar.set_postfix_str(where if self._loss is None else f'loss={self._loss}, {where}')
     elif self.clock() - self._logged >= LOG_SECONDS:
       self._logged = self.clock()
-      logging.info('%swithin the iteration: %s', getattr(self.inner, 'head', ''), text)
+      logging.info('%swithin the iteration: %s', getattr(self.inner, 'head', ''), where)
