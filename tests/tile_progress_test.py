@@ -186,6 +186,13 @@ def test_a_listener_that_raises_is_stopped_with_a_warning_and_the_step_goes_on(p
   assert bool(jnp.all(jnp.isfinite(grad)))
 
 
+def test_tile_progress_without_tiles_is_refused_naming_tile():
+  with pytest.raises(nst_jax.NstError, match=r'set tile \(e.g. tile=256\) too'):
+    nst_jax.LossSpec(tile_progress=True)
+  with pytest.raises(nst_jax.NstError, match='tile_progress'):
+    nst_jax.LossSpec(tile=32, tile_progress='often')
+
+
 def test_listeners_ending_out_of_order_remove_only_their_own():
   a, b = [], []
   first = core_progress.listen(lambda *x: a.append(x))

@@ -124,6 +124,11 @@ class LossSpec:
     if self.tile is not None:
       self._check_tile()
     object.__setattr__(self, 'tile_progress', checks.flag(self.tile_progress, 'tile_progress'))
+    if self.tile_progress and self.tile is None:
+      raise errors.ConfigError(
+        'tile_progress reports the tiles of a tiled objective; set tile (e.g. tile=256) too, or '
+        'drop tile_progress'
+      )
 
   def _check_tile(self) -> None:
     if self.style_loss not in tiles.TILED_STYLE_KINDS:
