@@ -227,9 +227,9 @@ def test_without_a_terminal_a_line_every_log_seconds_at_most(monkeypatch):
   assert core_progress._listeners == []  # noqa: SLF001 - end() stops listening
 
 
-def _layout(devices):
+def _layout(devices, rows=1):
   sharding = types.SimpleNamespace(device_set=list(devices))
-  return types.SimpleNamespace(params_sharding=lambda: sharding)
+  return types.SimpleNamespace(params_sharding=lambda: sharding, n_rows=rows)
 
 
 def test_only_long_tiled_iterations_on_one_device_report_their_tiles():
@@ -239,6 +239,7 @@ def test_only_long_tiled_iterations_on_one_device_report_their_tiles():
   big = tile_progress.MIN_PIXELS['cpu']
   assert tile_progress.wanted(tiled, 1024, big // 1024, _layout([cpu]))
   assert not tile_progress.wanted(tiled, 1024, big // 1024 - 1, _layout([cpu]))
+  assert tile_progress.wanted(tiled, 512, big // 2048, _layout([cpu], rows=4))  # a batch of 4
   assert not tile_progress.wanted(nst_jax.LossSpec(), 4096, 4096, _layout([cpu]))
   assert not tile_progress.wanted(tiled, 4096, 4096, _layout([cpu, object()]))
   assert not tile_progress.wanted(tiled, 2048, 2048, _layout([gpu]))

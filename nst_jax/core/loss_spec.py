@@ -44,9 +44,10 @@ class LossSpec:
       (`nst_jax.core.tiles`): memory for one tile's activations instead of
       the image's. Even and at least tiles.MIN_TILE; 'gram' and
       'mean_cov' only, without normalize_gradients.
-    tile_progress: with `tile`, each tile calls back to the host as it is
-      done (`nst_jax.core.tile_progress`), for a display within a long
-      iteration; such a step is kept out of the persistent compile cache.
+    tile_progress: with `tile`, each tile of the objective calls back to
+      the host as it starts (`nst_jax.core.tile_progress`), for a display
+      within a long iteration; such a step is kept out of the persistent
+      compile cache. The targets (`make_targets`) report nothing.
   """
 
   content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS

@@ -6,7 +6,10 @@ bar that moves once an iteration looks hung. So where an iteration is long
 (`nst_jax.core.tile_progress`), and `TileProgress` shows it: in a terminal
 the bar's postfix names the pass, the stage and the tile beside the last
 loss read ("loss=1.2e+05, forward pass, stage 1/5, tile 7/12"), in a log
-one line every LOG_SECONDS at most. One tiled run at a time per process
+one line every LOG_SECONDS at most. They name no iteration: the host
+dispatches steps ahead of the device, so a callback cannot tell which
+one it belongs to (after the last iteration the final image is scored,
+one more forward and backward pass). One tiled run at a time per process
 shows its tiles: the callbacks carry no run, so the newest run's listener
 takes them all.
 
@@ -37,13 +40,15 @@ def wanted(spec, height: int, width: int, layout) -> bool:
   """Whether a step of `spec` on `layout`'s devices at height x width reports its tiles.
 
   Tiled, on one device (several would each call back, interleaved), and
-  at least MIN_PIXELS for the platform.
+  at least MIN_PIXELS for the platform over the images that device holds
+  (a batch of rows runs on it at once).
   """
   devices = layout.params_sharding().device_set
   if spec.tile is None or len(devices) != 1:
     return False
   platform = next(iter(devices)).platform
-  return height * width >= MIN_PIXELS.get(platform, MIN_PIXELS_ACCELERATOR)
+  pixels = height * width * getattr(layout, 'n_rows', 1)
+  return pixels >= MIN_PIXELS.get(platform, MIN_PIXELS_ACCELERATOR)
 
 
 def spec_for(spec, height: int, width: int, layout):
