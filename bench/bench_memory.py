@@ -2,6 +2,12 @@ r"""Memory pre-flight estimate against the measured peak, for several widths.
 
 Usage:
   python bench/bench_memory.py [--widths 256,512,1024]
+  python bench/bench_memory.py --largest 24 [--platform cpu]
+
+`--largest GB`: no run; for each memory plan (untiled, tiles, the L-BFGS
+history), the widest 4:3 image whose estimate fits in GB, by bisection on
+`estimate_memory` (which the runs above and bench/bench_tiles.py check
+against measured peaks: 1-6% above them on CPU).
 
 For each width, a fresh process stylizes the sample images (tubingen content,
 starry night style, 2 iterations, default settings) and reports:
@@ -121,11 +127,44 @@ def run_one(width: int) -> dict:
   }
 
 
+def largest(gigabytes: float, platform: str) -> None:
+  """Prints the widest 4:3 image each plan's estimate fits in `gigabytes`."""
+  import nst_jax
+  from nst_jax.engine import memory
+
+  plans = [('untiled', 'off', 30), ('untiled', 'off', 5)]
+  plans += [(f'tiles of {t}', t, m) for t in (512, 256) for m in (30, 5)]
+  for label, tiles, history in plans:
+    config = nst_jax.StyleConfig(
+      loss=nst_jax.LossConfig(tiles=tiles), optim=nst_jax.OptimConfig(lbfgs_memory=history)
+    )
+    tile = tiles if isinstance(tiles, int) else None
+
+    def need(width, config=config, tile=tile):
+      height = width * 3 // 4
+      return memory.estimate_memory(height, width, config=config, platform=platform, tile=tile)
+
+    low, high = 64, 1 << 16
+    while high - low > 1:
+      mid = (low + high) // 2
+      low, high = (mid, high) if need(mid) <= gigabytes * 1e9 else (low, mid)
+    print(
+      f'{label}, L-BFGS history {history}: up to {low}x{low * 3 // 4} in {gigabytes:g} GB '
+      f'({need(low) / (low * (low * 3 // 4)):.0f} bytes per pixel there; {platform})',
+      flush=True,
+    )
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--widths', default='256,512,1024')
   parser.add_argument('--one', type=int, help=argparse.SUPPRESS)
+  parser.add_argument('--largest', type=float, help='GB: the widest image of each plan, no run')
+  parser.add_argument('--platform', default='cpu')
   args = parser.parse_args()
+  if args.largest:
+    largest(args.largest, args.platform)
+    return
   if args.one:
     print(json.dumps(run_one(args.one)))
     return
