@@ -96,6 +96,14 @@ from nst_jax.io import weights as weights_lib  # noqa: E402
 
 
 @pytest.fixture(scope='session')
+def scaled_params():
+  """Random VGG-19 params at the real network's activation scale (LSUV), seed 0."""
+  import nst_jax
+
+  return nst_jax.random_scaled_params(0)
+
+
+@pytest.fixture(scope='session')
 def random_params():
   """Random VGG-19 params (paper name -> (kernel, bias)), seed 0."""
   return weight_files.random_params(seed=0)

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiles_test import SHALLOW  # the tiled objective's own tests' layers (relu1_1 to relu3_1)
 
 import nst_jax
 from nst_jax.core import objective as objective_lib
@@ -15,12 +16,10 @@ from nst_jax.engine import hooks
 from nst_jax.engine import loop
 from nst_jax.engine import tile_progress
 
-SHALLOW = dict(content_layers=('relu2_2',), style_layers=('relu1_1', 'relu2_1', 'relu3_1'))
-
 
 @pytest.fixture(scope='module')
-def params():
-  return nst_jax.random_scaled_params(0)
+def params(scaled_params):
+  return scaled_params
 
 
 @pytest.fixture(scope='module')
