@@ -47,7 +47,7 @@ def wanted(spec, height: int, width: int, layout) -> bool:
   if spec.tile is None or len(devices) != 1:
     return False
   platform = next(iter(devices)).platform
-  pixels = height * width * getattr(layout, 'n_rows', 1)
+  pixels = height * width * layout.n_rows
   return pixels >= MIN_PIXELS.get(platform, MIN_PIXELS_ACCELERATOR)
 
 
