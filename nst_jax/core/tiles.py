@@ -162,8 +162,8 @@ def _run_stage(model, params, x, names, halo, tile, consume, zeros, combine, pro
   pools = names[-1].startswith('pool')
 
   def tile_fn(w, t):
-    if progress is not None:  # (stage, stages, tiles before, tiles per pass)
-      tile_progress.emit(*progress[:2], rows * cols, *progress[2:], t)
+    if progress is not None:  # tile_progress.emit's static arguments, from `run`
+      tile_progress.emit(*progress, t)
     i, j = t // cols, t % cols
     r = i * ch - halo + jnp.arange(ch + 2 * halo)
     c = j * cw - halo + jnp.arange(cw + 2 * halo)
@@ -239,7 +239,7 @@ def run(
   counts = tile_counts(*image.shape[:2], layers, tile, model.stage_sizes)
   for k, (names, halo) in enumerate(cut):
     mine = {n: zeros[n] for n in names if n in zeros}
-    where = (k, len(cut), sum(counts[:k]), sum(counts)) if progress else None
+    where = (k, len(cut), counts[k], sum(counts[:k]), sum(counts)) if progress else None
     sums, x = _run_stage(model, params, x, names, halo, tile, consume, mine, combine, where)
     total.update(sums)
   return total
